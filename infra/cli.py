@@ -1,0 +1,31 @@
+"""The `llmfleet` command: a typer app whose sub-commands live in infra/commands/*.
+
+Each module in COMMANDS exposes `register(app: typer.Typer) -> None`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="llmfleet",
+    help="Deploy and serve DeepSeek-R1 class models on multi-host GPU clusters (Pulumi + Docker + Ray).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# One line per command module; keep the order the README documents them in.
+COMMANDS = (
+    "plan",
+    "preview",
+)
+
+for _name in COMMANDS:
+    importlib.import_module(f"infra.commands.{_name}").register(app)
+
+
+def main() -> None:
+    app()
