@@ -1,0 +1,180 @@
+"""A tiny DeepSeek-V3-architecture model, generated on this machine, never downloaded.
+
+It has the real architecture (MLA attention, MoE with shared + routed experts, a dense first
+layer) at toy size, random weights from a seed, and a byte-level BPE tokenizer trained here on a
+built-in corpus. It is saved with ``save_pretrained`` so the ordinary transformers loading path
+(``AutoModelForCausalLM`` / ``AutoTokenizer``) is exercised exactly as for a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MODEL_ID = "llmfleet/tiny-deepseek-v3"
+DATA_DIR_ENV = "LLMFLEET_DATA_DIR"
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜pad｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]  # ids 0..4, in this order
+
+# DeepSeek-R1's template, reduced to system / user / assistant turns.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}" + USER + "{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}" + ASSISTANT + "{{ m['content'] }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+
+CORPUS = """\
+A GPU cluster is a group of hosts that each carry several graphics processors. The hosts talk over
+a fast network, and a scheduler such as Ray decides which process runs on which GPU. Large language
+models do not fit on one GPU, so the weights are split across many of them.
+
+Tensor parallelism splits every layer across the GPUs of one host. Each GPU holds a slice of each
+weight matrix and the slices are joined with an all-reduce after every layer. This needs a fast link
+between the GPUs, which is why it stays inside a host when there is no NVLink.
+
+Pipeline parallelism splits the model by layers. The first host runs the first layers, hands the
+activations to the next host, and so on. Only the activations cross the network, so slower links
+between hosts are fine. A batch of requests keeps every stage of the pipeline busy.
+
+DeepSeek-V3 is a mixture of experts. Each token is sent to a few routed experts and one shared
+expert, so only a small part of the model works for each token. Multi-head latent attention keeps
+the key and value cache small by storing a compressed latent vector for every token.
+
+Serving a model means answering requests as they arrive. The server batches requests that arrive
+together, runs one forward pass for all of them, and streams the new tokens back to each client. The
+OpenAI API is the common language of these servers: chat completions, completions and models.
+
+Memory bandwidth sets the speed of decoding. Every new token reads the active weights once, so a
+GPU with 864 gigabytes per second of bandwidth can read a few hundred gigabytes in a fraction of a
+second. Batching many requests reads the weights once for all of them and raises the throughput.
+"""
+
+TOKENIZER_VOCAB = 512
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "llmfleet")
+
+
+def model_dir_for(data_dir: Path, seed: int) -> Path:
+    return Path(data_dir) / "models" / f"tiny-deepseek-v3-s{seed}"
+
+
+def tiny_config(vocab_size: int):
+    """Every DeepSeek-V3 feature at toy size: MLA, 8 routed + 1 shared expert, 1 dense layer."""
+    from transformers import DeepseekV3Config
+
+    return DeepseekV3Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_shared_experts=1,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        max_position_embeddings=2048,
+        num_mtp_layers=0,  # serving never loads the MTP module
+        bos_token_id=SPECIAL_TOKENS.index(BOS),
+        eos_token_id=SPECIAL_TOKENS.index(EOS),
+        pad_token_id=SPECIAL_TOKENS.index(PAD),
+        tie_word_embeddings=False,
+    )
+
+
+def build_tokenizer():
+    """Byte-level BPE trained on CORPUS, wrapped as a PreTrainedTokenizerFast with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.split("\n\n"), trainer=trainer)
+    # Plain prompts get a BOS like DeepSeek's; the chat template writes its own.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[USER, ASSISTANT],
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=2048,
+    )
+
+
+def build_into(out_dir: Path, seed: int) -> None:
+    """Write tokenizer + random-weight model to out_dir, deterministically from seed."""
+    import torch
+    from transformers import DeepseekV3ForCausalLM, GenerationConfig
+
+    tokenizer = build_tokenizer()
+    config = tiny_config(vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    model = DeepseekV3ForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def ensure_tiny_model(data_dir: Path | None = None, seed: int = 0) -> Path:
+    """Return the tiny model's directory, creating it once.
+
+    Built in a temp dir beside the target and renamed into place, so a reader never sees a half
+    written model and concurrent callers are safe: the first rename wins, the others discard theirs.
+    """
+    final = model_dir_for(Path(data_dir) if data_dir else default_data_dir(), seed)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build_into(tmp, seed)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # a real failure, not a lost race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def is_tiny_model_id(model_id: str) -> bool:
+    return model_id == MODEL_ID
