@@ -38,6 +38,7 @@ class Gpu(_Row):
     bf16_tflops: float = Field(gt=0)
     fp8_tflops: float | None = Field(default=None, gt=0)
     nvlink: bool
+    interconnect_gbs: float = Field(gt=0)  # GPU-to-GPU bandwidth inside a host, per direction
     native_fp8: bool
 
     @property

@@ -1,0 +1,401 @@
+"""The typed stack config: one pydantic model over the flat Pulumi config map.
+
+`load_stack_config(raw, stack)` takes what Pulumi holds ("aws:region" -> "us-east-1",
+"llmfleet:workerCount" -> "auto", structured values as JSON text) and returns a
+validated `StackConfig`, or raises `ConfigError` whose message is one line that names
+the key, the bad value and what is allowed.
+
+Pulumi.yaml's `config:` block declares the same keys (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from infra.catalog import load_catalog
+
+NS = "llmfleet"
+SECRET_PLACEHOLDER = "[secret]"
+PROVIDERS = ("aws", "existing")
+QUANTIZATIONS = ("fp8", "bf16", "int8", "int4")
+AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+
+
+class ConfigError(ValueError):
+    """A bad stack config; str() is one line."""
+
+
+def _fmt(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, str) else repr(v)
+
+
+class HostSpec(BaseModel):
+    """One existing host (llmfleet:provider = existing)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    address: str = Field(min_length=1)
+    ssh_user: str = Field(default="ubuntu", alias="sshUser", min_length=1)
+    role: Literal["head", "worker"]
+    gpu_model: str | None = Field(default="L20", alias="gpuModel")
+    gpu_count: int = Field(default=8, alias="gpuCount", ge=0)
+    private_ip: str | None = Field(default=None, alias="privateIp")
+
+
+# Every key: attribute name -> Pulumi key. Structured ones are JSON in the raw map.
+class StackConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    stack: str = "dev"
+    region: str = Field(default="us-east-1", alias="aws:region")
+    provider: Literal["aws", "existing"] = Field(default="aws", alias="llmfleet:provider")
+    availability_zone: str | None = Field(default=None, alias="llmfleet:availabilityZone")
+    model: str = Field(default="deepseek-r1", alias="llmfleet:model")
+    quantization: Literal["fp8", "bf16", "int8", "int4"] | None = Field(default=None, alias="llmfleet:quantization")
+    max_model_len: Annotated[int, Field(ge=256, le=1_048_576)] = Field(default=8192, alias="llmfleet:maxModelLen")
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = Field(default=64, alias="llmfleet:concurrency")
+    gpu_memory_utilization: Annotated[float, Field(ge=0.5, le=0.98)] = Field(
+        default=0.90, alias="llmfleet:gpuMemoryUtilization")
+    gpu_instance_type: str = Field(default="g6e.48xlarge", alias="llmfleet:gpuInstanceType")
+    worker_count: int | Literal["auto"] = Field(default="auto", alias="llmfleet:workerCount")
+    head_instance_type: str = Field(default="m7i.2xlarge", alias="llmfleet:headInstanceType")
+    weights_uri: str | None = Field(default=None, alias="llmfleet:weightsUri")
+    weights_path: str = Field(default="/opt/llmfleet/models", alias="llmfleet:weightsPath")
+    endpoint_public: bool = Field(default=False, alias="llmfleet:endpointPublic")
+    endpoint_allowed_cidrs: list[str] = Field(default_factory=list, alias="llmfleet:endpointAllowedCidrs")
+    endpoint_port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8000, alias="llmfleet:endpointPort")
+    spot: bool = Field(default=False, alias="llmfleet:spot")
+    max_monthly_usd: Annotated[float, Field(gt=0)] | None = Field(default=None, alias="llmfleet:maxMonthlyUsd")
+    tags: dict[str, str] = Field(default_factory=dict, alias="llmfleet:tags")
+    vpc_cidr: str = Field(default="10.42.0.0/16", alias="llmfleet:vpcCidr")
+    nat_gateway: bool = Field(default=False, alias="llmfleet:natGateway")
+    ecr_keep_images: Annotated[int, Field(ge=1, le=1000)] = Field(default=10, alias="llmfleet:ecrKeepImages")
+    capacity_reservation_id: str | None = Field(default=None, alias="llmfleet:capacityReservationId")
+    root_volume_gb: Annotated[int, Field(ge=64, le=16384)] | None = Field(default=None, alias="llmfleet:rootVolumeGb")
+    base_image: str = Field(default="vllm/vllm-openai:v0.11.0", alias="llmfleet:baseImage")
+    hosts: list[HostSpec] = Field(default_factory=list, alias="llmfleet:hosts")
+    ssh_private_key: str | None = Field(default=None, alias="llmfleet:sshPrivateKey")
+    host_hourly_usd: Annotated[float, Field(ge=0)] | None = Field(default=None, alias="llmfleet:hostHourlyUsd")
+    image_registry: str | None = Field(default=None, alias="llmfleet:imageRegistry")
+
+    # ---- single-field rules -------------------------------------------------
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not REGION_RE.match(v):
+            raise ValueError("allowed: an AWS region name such as us-east-1")
+        return v
+
+    @field_validator("availability_zone")
+    @classmethod
+    def _az(cls, v: str | None) -> str | None:
+        if v is not None and not AZ_RE.match(v):
+            raise ValueError("allowed: an availability zone name such as us-east-1a, or unset for auto")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        models = load_catalog().models
+        if v not in models:
+            raise ValueError(f"allowed: {', '.join(models)}")
+        return v
+
+    @field_validator("gpu_instance_type")
+    @classmethod
+    def _gpu_type(cls, v: str) -> str:
+        gpu_types = [i.name for i in load_catalog().instances.values() if i.gpu]
+        if v not in gpu_types:
+            raise ValueError(f"allowed: {', '.join(gpu_types)}")
+        return v
+
+    @field_validator("head_instance_type")
+    @classmethod
+    def _head_type(cls, v: str) -> str:
+        if v not in load_catalog().instances:
+            raise ValueError(f"allowed: {', '.join(load_catalog().instances)}")
+        return v
+
+    @field_validator("worker_count", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            raise ValueError("allowed: 'auto' or an integer from 1 to 64") from None
+        if not 1 <= n <= 64:
+            raise ValueError("allowed: 'auto' or an integer from 1 to 64")
+        return n
+
+    @field_validator("weights_uri")
+    @classmethod
+    def _weights_uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("s3://"):
+            if not S3_URI_RE.match(v):
+                raise ValueError("allowed: s3://BUCKET/PREFIX/ with a valid bucket name")
+            return v if v.endswith("/") else v + "/"
+        if re.match(r"^(https?://|file:///|/)", v):
+            return v
+        raise ValueError("allowed: s3://BUCKET/PREFIX/, an http(s):// URL or an absolute path (NFS)")
+
+    @field_validator("weights_path")
+    @classmethod
+    def _weights_path(cls, v: str) -> str:
+        if not v.startswith("/") or " " in v:
+            raise ValueError("allowed: an absolute path without spaces")
+        return v.rstrip("/")
+
+    @field_validator("endpoint_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=True)
+            except ValueError:
+                raise ValueError(f"entry {c!r} is not a CIDR; allowed: CIDRs such as 203.0.113.0/24") from None
+        return v
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _vpc(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError:
+            raise ValueError("allowed: an IPv4 CIDR from /16 to /20, such as 10.42.0.0/16") from None
+        if net.version != 4 or not 16 <= net.prefixlen <= 20 or not net.is_private:
+            raise ValueError("allowed: a private IPv4 CIDR from /16 to /20, such as 10.42.0.0/16")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if k.startswith("aws:") or k.startswith("llmfleet:"):
+                raise ValueError(f"tag key {k!r} is reserved; allowed: keys not starting with aws: or llmfleet:")
+        return v
+
+    @field_validator("capacity_reservation_id")
+    @classmethod
+    def _cr(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^cr-[0-9a-f]{8,17}$", v):
+            raise ValueError("allowed: a capacity reservation id such as cr-0123456789abcdef0")
+        return v
+
+    # ---- cross-field rules --------------------------------------------------
+    @model_validator(mode="after")
+    def _cross(self) -> StackConfig:
+        if self.provider == "existing":
+            self._check_hosts()
+        elif self.hosts:
+            raise _Cross("llmfleet:hosts", "[...]", "hosts are only used with llmfleet:provider=existing")
+        if self.endpoint_public and not self.endpoint_allowed_cidrs:
+            raise _Cross("llmfleet:endpointAllowedCidrs", [],
+                         "a public endpoint (llmfleet:endpointPublic=true) needs at least one allowed CIDR")
+        if not self.endpoint_public:
+            for c in self.endpoint_allowed_cidrs:
+                if ipaddress.ip_network(c).prefixlen == 0:
+                    raise _Cross("llmfleet:endpointAllowedCidrs", self.endpoint_allowed_cidrs,
+                                 "an internal endpoint cannot admit 0.0.0.0/0 or ::/0")
+        if self.availability_zone and not self.availability_zone.startswith(self.region):
+            raise _Cross("llmfleet:availabilityZone", self.availability_zone,
+                         f"allowed: a zone of aws:region {self.region} such as {self.region}a")
+        gpu = load_catalog().gpus[self.gpu_model] if self.gpu_model else None
+        if self.quantization == "fp8" and gpu is not None and not gpu.native_fp8:
+            raise _Cross("llmfleet:quantization", "fp8",
+                         f"{self.gpu_model} has no native FP8; allowed here: bf16, int8, int4")
+        cat = load_catalog()
+        if self.provider == "aws" and cat.instances[self.head_instance_type].gpu:
+            raise _Cross("llmfleet:headInstanceType", self.head_instance_type,
+                         "the head advertises 0 GPUs, so a GPU type is wasted; allowed: "
+                         + ", ".join(i.name for i in cat.instances.values() if not i.gpu))
+        if self.max_model_len > cat.models[self.model].max_position_embeddings:
+            raise _Cross("llmfleet:maxModelLen", self.max_model_len,
+                         f"allowed: up to {cat.models[self.model].max_position_embeddings} for {self.model}")
+        return self
+
+    def _check_hosts(self) -> None:
+        key = "llmfleet:hosts"
+        if not self.hosts:
+            raise _Cross(key, [], "provider 'existing' needs a list of hosts, one with role head")
+        heads = [i for i, h in enumerate(self.hosts) if h.role == "head"]
+        if not heads:
+            raise _Cross(key, "[...]", "no entry has role 'head'; allowed: exactly one head")
+        if len(heads) > 1:
+            raise _Cross(f"{key}[{heads[1]}]", self.hosts[heads[1]].address,
+                         f"second head (entry {heads[0]} is the head); allowed: exactly one head")
+        seen: dict[str, int] = {}
+        gpus = load_catalog().gpus
+        for i, h in enumerate(self.hosts):
+            if h.address in seen:
+                raise _Cross(f"{key}[{i}].address", h.address, f"duplicates entry {seen[h.address]}; "
+                             "allowed: one entry per host")
+            seen[h.address] = i
+            if h.role == "worker":
+                if h.gpu_count < 1:
+                    raise _Cross(f"{key}[{i}].gpuCount", h.gpu_count,
+                                 f"worker {h.address} has no GPUs; allowed: an integer >= 1")
+                if h.gpu_model not in gpus:
+                    raise _Cross(f"{key}[{i}].gpuModel", h.gpu_model, f"allowed: {', '.join(gpus)}")
+        workers = self.worker_hosts
+        if not workers:
+            raise _Cross(key, "[...]", "no entry has role 'worker'; allowed: at least one GPU worker")
+        if len({(w.gpu_model, w.gpu_count) for w in workers}) > 1:
+            raise _Cross(key, "[...]", "workers differ in gpuModel/gpuCount; allowed: identical workers "
+                         "(tensor parallel = GPUs per host, pipeline parallel = hosts)")
+        if self.worker_count != "auto" and self.worker_count != len(workers):
+            raise _Cross("llmfleet:workerCount", self.worker_count,
+                         f"allowed: 'auto' or {len(workers)} (the number of worker hosts)")
+        if not self.ssh_private_key:
+            raise _Cross("llmfleet:sshPrivateKey", None,
+                         "provider 'existing' needs an SSH key: pulumi config set --secret sshPrivateKey < key")
+
+    # ---- derived facts ------------------------------------------------------
+    @property
+    def worker_hosts(self) -> list[HostSpec]:
+        return [h for h in self.hosts if h.role == "worker"]
+
+    @property
+    def head_host(self) -> HostSpec | None:
+        return next((h for h in self.hosts if h.role == "head"), None)
+
+    @property
+    def gpu_model(self) -> str:
+        if self.provider == "existing" and self.worker_hosts:
+            return self.worker_hosts[0].gpu_model
+        return load_catalog().instances[self.gpu_instance_type].gpu
+
+    @property
+    def gpus_per_worker(self) -> int:
+        if self.provider == "existing" and self.worker_hosts:
+            return self.worker_hosts[0].gpu_count
+        return load_catalog().instances[self.gpu_instance_type].gpu_count
+
+    @property
+    def effective_quantization(self) -> str:
+        return self.quantization or load_catalog().models[self.model].native_dtype
+
+    @property
+    def model_path(self) -> str:
+        """Where the weights sit on every host (the same path on each)."""
+        return f"{self.weights_path}/{self.model}"
+
+    @property
+    def common_tags(self) -> dict[str, str]:
+        return {**self.tags, "Project": "llmfleet", "llmfleet:stack": self.stack}
+
+    def plan(self):
+        from infra.planner import plan_for_stack
+
+        return plan_for_stack(self)
+
+    def resolved_workers(self) -> int:
+        """The worker count: the configured integer, or the planner's node count for 'auto'."""
+        if self.provider == "existing":
+            return len(self.worker_hosts)
+        if self.worker_count != "auto":
+            return self.worker_count
+        return self.plan().nodes
+
+
+class _Cross(ValueError):
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"{key} = {_fmt(value)}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+STRUCTURED = {"llmfleet:endpointAllowedCidrs", "llmfleet:tags", "llmfleet:hosts"}
+SECRET_KEYS = {"llmfleet:sshPrivateKey"}
+
+
+def declared_keys() -> dict[str, Any]:
+    """Pulumi key -> pydantic field, for every key the model accepts."""
+    return {f.alias: f for f in StackConfig.model_fields.values() if f.alias}
+
+
+def _parse_raw(key: str, value: Any) -> Any:
+    if key in STRUCTURED and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{key} = {value!r}: not valid JSON; allowed: a YAML/JSON "
+                              f"{'mapping' if key == 'llmfleet:tags' else 'list'}") from None
+    return value
+
+
+def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig:
+    """Validate the flat Pulumi config map of one stack. Keys of other namespaces
+    (other than aws:region) are ignored; unknown llmfleet: keys are errors."""
+    known = declared_keys()
+    data: dict[str, Any] = {"stack": stack}
+    for key, value in raw.items():
+        if key == "aws:region" or key.startswith(f"{NS}:"):
+            if key not in known:
+                close = [k for k in known if k.lower() == key.lower()]
+                hint = f"did you mean {close[0]}?" if close else "allowed keys: " + ", ".join(
+                    k for k in known if k.startswith(f"{NS}:"))
+                raise ConfigError(f"{key} = {_fmt(value)}: unknown key; {hint}")
+            data[key] = _parse_raw(key, value)
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, data)) from None
+
+
+def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:
+    err = e.errors(include_url=False)[0]
+    if isinstance(err.get("ctx", {}).get("error"), _Cross):
+        return str(err["ctx"]["error"])
+    loc = err["loc"]
+    key = str(loc[0]) if loc else "config"
+    value: Any = data.get(key, err.get("input"))
+    path = key
+    for part in loc[1:]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    if len(loc) > 1:
+        value = err.get("input")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    elif err["type"] == "literal_error":
+        msg = "allowed: " + msg.removeprefix("Input should be ")
+    elif err["type"] == "missing":
+        msg = "required and missing"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field; allowed: " + ", ".join(
+            f.alias or n for n, f in HostSpec.model_fields.items())
+    else:
+        ctx = err.get("ctx", {})
+        simple = {
+            "greater_than_equal": f"allowed: a number >= {ctx.get('ge')}",
+            "greater_than": f"allowed: a number > {ctx.get('gt')}",
+            "less_than_equal": f"allowed: a number <= {ctx.get('le')}",
+            "less_than": f"allowed: a number < {ctx.get('lt')}",
+            "int_parsing": "allowed: an integer",
+            "int_from_float": "allowed: an integer",
+            "float_parsing": "allowed: a number",
+            "bool_parsing": "allowed: true or false",
+            "string_too_short": "allowed: a non-empty string",
+        }
+        msg = simple.get(err["type"], "allowed: " + msg[0].lower() + msg[1:])
+    if key in SECRET_KEYS:
+        value = SECRET_PLACEHOLDER
+    return f"{path} = {_fmt(value)}: {msg}"
