@@ -1,0 +1,278 @@
+"""`llmfleet up` / `down`: the Pulumi Automation API around the real program, plus a readiness waiter.
+
+Pure parts (tested alone): `build_stack_args` (stack name, work dir, -c overrides, env),
+`readiness_commands` (what runs on the head) and `parse_readiness` (what it printed).
+Side effects: `open_stack`, `stack_up`, `stack_down` (need the pulumi CLI) and
+`wait_ready` (SSM send_command / get_command_invocation against the head).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "llmfleet"
+PULUMI_MISSING = "pulumi CLI not found on PATH: install it (curl -fsSL https://get.pulumi.com | sh) and retry"
+STACK_RE = re.compile(r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
+KEY_RE = re.compile(r"^([A-Za-z0-9_-]+:)?[A-Za-z0-9_.-]+$")
+
+
+class DeployError(Exception):
+    """A problem to report in one line (str)."""
+
+
+class PulumiMissing(DeployError):
+    def __init__(self) -> None:
+        super().__init__(PULUMI_MISSING)
+
+
+def require_pulumi_cli(which: Callable[[str], str | None] = shutil.which) -> str:
+    path = which("pulumi")
+    if not path:
+        raise PulumiMissing()
+    return path
+
+
+# ---------------------------------------------------------------- argument building (pure)
+
+
+@dataclass(frozen=True)
+class StackArgs:
+    stack_name: str
+    work_dir: str
+    config: dict[str, str] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+def parse_overrides(pairs: Sequence[str], project: str = PROJECT) -> dict[str, str]:
+    """`-c KEY=VALUE` as `pulumi up -c` takes it; a bare key gets the project namespace."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not KEY_RE.match(key):
+            raise DeployError(f"-c {pair!r}: not KEY=VALUE; allowed: e.g. -c llmfleet:workerCount=2")
+        out[key if ":" in key else f"{project}:{key}"] = value
+    return out
+
+
+def build_stack_args(
+    stack: str,
+    overrides: Sequence[str] = (),
+    work_dir: Path | str = REPO_ROOT,
+    env: Mapping[str, str] | None = None,
+) -> StackArgs:
+    """Everything `open_stack` needs, validated: one-line DeployError on bad input."""
+    if not stack or not STACK_RE.match(stack):
+        raise DeployError(
+            f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (org/project/ prefix optional)"
+        )
+    wd = Path(work_dir).resolve()
+    if not (wd / "Pulumi.yaml").is_file():
+        raise DeployError(f"work dir {str(wd)!r}: no Pulumi.yaml there; allowed: the llmfleet project root")
+    env_vars = {"PULUMI_SKIP_UPDATE_CHECK": "true"}
+    # Carry only what the program and the pulumi CLI read; the rest of the environment is inherited anyway.
+    for k, v in (env or {}).items():
+        if k.startswith(("PULUMI_", "AWS_")):
+            env_vars[k] = v
+    return StackArgs(stack_name=stack, work_dir=str(wd), config=parse_overrides(overrides), env_vars=env_vars)
+
+
+# ---------------------------------------------------------------- Automation API (needs the CLI)
+
+
+def open_stack(args: StackArgs, create: bool = True) -> Any:
+    from pulumi import automation as auto
+
+    opts = auto.LocalWorkspaceOptions(work_dir=args.work_dir, env_vars=args.env_vars)
+    fn = auto.create_or_select_stack if create else auto.select_stack
+    stack = fn(stack_name=args.stack_name, work_dir=args.work_dir, opts=opts)
+    if args.config:
+        # Same effect as `pulumi up -c`: the values are saved into the stack's config file.
+        stack.set_all_config({k: auto.ConfigValue(value=v) for k, v in args.config.items()})
+    return stack
+
+
+def stack_up(stack: Any, on_output: Callable[[str], None]) -> dict[str, Any]:
+    result = stack.up(on_output=on_output, color="never")
+    return {k: v.value for k, v in result.outputs.items()}
+
+
+def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
+    result = stack.destroy(on_output=on_output, color="never")
+    return result.summary.result
+
+
+# ---------------------------------------------------------------- after up: artifacts
+
+
+def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> list[Path]:
+    """Hook: write cluster.yaml and the Serve config from the real stack outputs.
+
+    The renderers live in ray_cluster.cluster_yaml / ray_cluster.serve_config (another module's
+    work); each is used when it exposes `render_from_outputs(outputs, cfg) -> str`.
+    """
+    import importlib
+
+    written = []
+    for module, filename in (
+        ("ray_cluster.cluster_yaml", "cluster.yaml"),
+        ("ray_cluster.serve_config", "serve.yaml"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        render = getattr(mod, "render_from_outputs", None)
+        if render is None:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / filename
+        path.write_text(render(outputs, cfg))
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------- readiness (SSM on the head)
+
+TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"}
+MARK = "LLMFLEET"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str
+    status: dict[str, Any] | None = None
+    attempts: int = 0
+
+
+def readiness_commands(
+    *,
+    container: str,
+    port: int,
+    model: str,
+    token_parameter: str,
+    region: str,
+) -> list[str]:
+    """Shell lines for AWS-RunShellScript on the head: node status + one real completion.
+
+    The token is read on the head (its role may read the parameter); it never travels in the command.
+    """
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "Reply with OK."}], "max_tokens": 16}
+    )
+    q = shlex.quote
+    return [
+        f"echo {MARK}_STATUS_BEGIN",
+        f"docker exec {q(container)} python -m ray_cluster.node status --json 2>&1 | tail -c 4000",
+        f"echo {MARK}_STATUS_END",
+        f"TOKEN=$(aws ssm get-parameter --region {q(region)} --name {q(token_parameter)} --with-decryption "
+        "--query Parameter.Value --output text)",
+        f"CODE=$(curl -sS -o /tmp/llmfleet-ready.json -w '%{{http_code}}' --max-time 120 "
+        f"-H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d {q(body)} "
+        f"http://127.0.0.1:{int(port)}/v1/chat/completions)",
+        f'echo "{MARK}_COMPLETION_HTTP=$CODE"',
+        f"echo {MARK}_COMPLETION_BEGIN",
+        "head -c 4000 /tmp/llmfleet-ready.json; echo",
+        f"echo {MARK}_COMPLETION_END",
+    ]
+
+
+def _section(text: str, name: str) -> str | None:
+    m = re.search(rf"^{MARK}_{name}_BEGIN\s*$(.*?)^{MARK}_{name}_END\s*$", text, re.S | re.M)
+    return m.group(1).strip() if m else None
+
+
+def parse_readiness(stdout: str) -> Readiness:
+    """Ready only when a real completion came back with tokens; /health alone never counts."""
+    if not stdout.strip():
+        return Readiness(False, "no output from the head yet (SSM agent or container still starting)")
+    status_text = _section(stdout, "STATUS")
+    status = None
+    if status_text:
+        try:
+            status = json.loads(status_text)
+        except ValueError:
+            return Readiness(False, f"ray_cluster.node status: {status_text.splitlines()[-1][:200]}")
+    m = re.search(rf"^{MARK}_COMPLETION_HTTP=(\d*)\s*$", stdout, re.M)
+    code = m.group(1) if m else ""
+    body = _section(stdout, "COMPLETION") or ""
+    if code != "200":
+        return Readiness(False, f"completion: HTTP {code or 'no answer'} {body[:160]}".strip(), status)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return Readiness(False, f"completion: HTTP 200 but not JSON: {body[:160]}", status)
+    choices = answer.get("choices") or []
+    tokens = (answer.get("usage") or {}).get("completion_tokens") or 0
+    if not choices or tokens <= 0:
+        return Readiness(False, "completion: HTTP 200 but no tokens generated", status)
+    return Readiness(True, f"completion returned {tokens} tokens", status)
+
+
+def wait_ready(
+    ssm: Any,
+    instance_id: str,
+    commands: list[str],
+    *,
+    timeout_s: float = 1800.0,
+    poll_s: float = 10.0,
+    on_progress: Callable[[float, float, str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Readiness:
+    """Re-run the readiness script on the head until it reports ready or `timeout_s` passes."""
+    start = clock()
+    deadline = start + timeout_s
+    last = Readiness(False, "not checked yet")
+    attempts = 0
+
+    def progress(reason: str) -> None:
+        if on_progress:
+            on_progress(clock() - start, timeout_s, reason)
+
+    while clock() < deadline:
+        attempts += 1
+        try:
+            cmd = ssm.send_command(
+                InstanceIds=[instance_id],
+                DocumentName="AWS-RunShellScript",
+                Comment="llmfleet readiness",
+                Parameters={"commands": commands, "executionTimeout": ["300"]},
+                TimeoutSeconds=300,
+            )["Command"]
+        except ClientError as e:
+            # InvalidInstanceId: the SSM agent has not registered yet; keep waiting.
+            last = Readiness(False, f"send_command: {e.response['Error'].get('Code')}", attempts=attempts)
+            progress(last.reason)
+            sleep(poll_s)
+            continue
+        while clock() < deadline:
+            try:
+                inv = ssm.get_command_invocation(CommandId=cmd["CommandId"], InstanceId=instance_id)
+            except ClientError as e:
+                if e.response["Error"].get("Code") != "InvocationDoesNotExist":
+                    raise
+                inv = {"Status": "Pending"}  # eventual consistency right after send_command
+            if inv["Status"] in TERMINAL:
+                r = parse_readiness(inv.get("StandardOutputContent", ""))
+                last = Readiness(r.ready, r.reason, r.status, attempts)
+                break
+            progress(f"readiness command {inv['Status']}")
+            sleep(min(poll_s, 2.0))
+        progress(last.reason)
+        if last.ready:
+            return last
+        sleep(poll_s)
+    return Readiness(False, f"not ready after {timeout_s:.0f} s: {last.reason}", last.status, attempts)
