@@ -1,0 +1,325 @@
+"""Arithmetic of each line-item kind, the Infracost JSON shape, diff and the preview-file path."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from infra import cost
+from infra.pricing import OnDemand, PriceBook, PriceError, load_snapshot
+
+ON_DEMAND = {
+    "g6e.48xlarge": OnDemand(Decimal("30.131"), "test catalog"),
+    "m7i.xlarge": OnDemand(Decimal("0.2016"), "test catalog"),
+}
+H = Decimal(730)
+
+
+@pytest.fixture
+def book() -> PriceBook:
+    return PriceBook("us-east-1", ON_DEMAND)
+
+
+def rate(key: str) -> Decimal:
+    return load_snapshot().regions["us-east-1"].rates[key].usd
+
+
+def instance(name, itype, role, *, spot=False, root=None, ebs=None):
+    inputs = {
+        "instanceType": itype,
+        "tags": {"llmfleet:role": role, "llmfleet:stack": "t"},
+        "rootBlockDevice": root
+        if root is not None
+        else {"volumeSize": 100, "volumeType": "gp3", "encrypted": True},
+    }
+    if spot:
+        inputs["instanceMarketOptions"] = {
+            "marketType": "spot",
+            "spotOptions": {"spotInstanceType": "one-time"},
+        }
+    if ebs is not None:
+        inputs["ebsBlockDevices"] = ebs
+    return {
+        "type": "aws:ec2/instance:Instance",
+        "name": name,
+        "parent": "cluster",
+        "urn": "",
+        "inputs": inputs,
+    }
+
+
+def res(rtype, name, **inputs):
+    return {"type": rtype, "name": name, "parent": None, "urn": "", "inputs": inputs}
+
+
+def stack(workers: int = 3, *, spot=False):
+    return [
+        res("llmfleet:cluster:Cluster", "cluster"),
+        res("aws:ec2/vpc:Vpc", "vpc", cidrBlock="10.0.0.0/16"),
+        instance("head", "m7i.xlarge", "head", root={"volumeSize": 50, "volumeType": "gp3"}),
+        *[instance(f"worker-{i}", "g6e.48xlarge", "worker", spot=spot) for i in range(workers)],
+        res(
+            "aws:ec2/vpcEndpoint:VpcEndpoint",
+            "ecr-api",
+            vpcEndpointType="Interface",
+            serviceName="com.amazonaws.us-east-1.ecr.api",
+            subnetIds=["subnet-a", "subnet-b"],
+        ),
+        res(
+            "aws:ec2/vpcEndpoint:VpcEndpoint",
+            "s3",
+            vpcEndpointType="Gateway",
+            serviceName="com.amazonaws.us-east-1.s3",
+        ),
+        res("aws:lb/loadBalancer:LoadBalancer", "nlb", loadBalancerType="network", internal=True),
+        res("aws:lb/targetGroup:TargetGroup", "tg", port=8000),
+        res("aws:s3/bucket:Bucket", "weights"),
+        res("aws:ecr/repository:Repository", "repo"),
+        res("aws:ec2/natGateway:NatGateway", "nat"),
+        res("aws:ec2/eip:Eip", "nat-eip", domain="vpc"),
+        res("aws:sqs/queue:Queue", "mystery"),
+    ]
+
+
+def by_name(est: cost.Estimate) -> dict[str, cost.ResourceCost]:
+    return {r.name: r for r in est.resources}
+
+
+def test_instance_on_demand_and_gp3_root(book):
+    r = cost.price_instance(instance("w", "g6e.48xlarge", "worker"), book)
+    (usage,) = r.components
+    assert usage.price.usd == Decimal("30.131") and usage.unit == "hours"
+    assert usage.monthly_cost == Decimal("30.131") * H
+    root = r.subresources[0]
+    assert root.monthly_cost == 100 * rate("ebs.gp3.storage")
+    assert r.monthly_cost == Decimal("30.131") * H + 100 * rate("ebs.gp3.storage")
+    assert r.metadata["role"] == "worker" and r.metadata["market"] == "on-demand"
+
+
+def test_gp3_iops_and_throughput_above_free_baseline(book):
+    root = {"volumeSize": 900, "volumeType": "gp3", "iops": 16000, "throughput": 1000}
+    r = cost.price_instance(instance("w", "g6e.48xlarge", "worker", root=root), book)
+    comps = {c.unit: c for c in r.subresources[0].components}
+    assert comps["GB"].monthly_cost == 900 * rate("ebs.gp3.storage")
+    assert comps["IOPS"].monthly_quantity == 13000
+    assert comps["IOPS"].monthly_cost == 13000 * rate("ebs.gp3.iops")
+    assert comps["MBps"].monthly_quantity == 875
+    assert comps["MBps"].monthly_cost == 875 * rate("ebs.gp3.throughput")
+
+
+def test_gp3_at_baseline_has_no_extra_components(book):
+    root = {"volumeSize": 10, "volumeType": "gp3", "iops": 3000, "throughput": 125}
+    r = cost.price_instance(instance("w", "m7i.xlarge", "head", root=root), book)
+    assert [c.unit for c in r.subresources[0].components] == ["GB"]
+
+
+def test_data_volumes_and_standalone_volume(book):
+    ebs = [{"deviceName": "/dev/sdf", "volumeSize": 500, "volumeType": "gp2"}]
+    r = cost.price_instance(instance("w", "m7i.xlarge", "head", ebs=ebs), book)
+    assert r.subresources[1].name == "ebs_block_device[/dev/sdf]"
+    assert r.subresources[1].monthly_cost == 500 * rate("ebs.gp2.storage")
+    v = cost.price_volume(res("aws:ebs/volume:Volume", "data", size=200, type="io1", iops=1000), book)
+    assert v.monthly_cost == 200 * rate("ebs.io1.storage") + 1000 * rate("ebs.io1.iops")
+
+
+def test_unset_root_size_is_an_estimate(book):
+    r = cost.price_instance(instance("w", "m7i.xlarge", "head", root={}), book)
+    storage = r.subresources[0].components[0]
+    assert storage.price.estimate
+    assert storage.monthly_quantity == Decimal(load_snapshot().assumptions["default_root_volume_gb"].value)
+
+
+def test_unknown_volume_type_is_a_one_line_error(book):
+    with pytest.raises(PriceError, match=r"volumeType='gp9'.*allowed: .*gp3"):
+        cost.price_instance(
+            instance("w", "m7i.xlarge", "head", root={"volumeSize": 1, "volumeType": "gp9"}), book
+        )
+
+
+def test_spot_read_from_instance_inputs(book):
+    r = cost.price_instance(instance("w", "g6e.48xlarge", "worker", spot=True), book)
+    usage = r.components[0]
+    fraction = Decimal(load_snapshot().assumptions["spot_fraction_of_on_demand"].value)
+    assert usage.price.usd == Decimal("30.131") * fraction
+    assert usage.price.estimate and "spot" in usage.name and r.metadata["market"] == "spot"
+
+
+def test_network_line_items(book):
+    est = cost.price_resources(stack(1), book, weights_gib=642)
+    items = by_name(est)
+    # interface endpoint: per hour per AZ (two subnets), gateway endpoint free
+    assert items["ecr-api"].hourly_cost == 2 * rate("vpce.interface.hour")
+    assert items["ecr-api"].monthly_cost == 2 * rate("vpce.interface.hour") * H
+    assert "s3" not in items
+    assert items["nlb"].monthly_cost == rate("nlb.hour") * H
+    assert items["nat"].monthly_cost == rate("nat.hour") * H
+    assert items["nat-eip"].monthly_cost == rate("ipv4.hour") * H
+    # usage-based components carry a price but add nothing
+    lcu = items["nlb"].components[1]
+    assert lcu.usage_based and lcu.price.usd == rate("nlb.lcu") and lcu.monthly_cost == 0
+
+
+def test_storage_line_items(book):
+    items = by_name(cost.price_resources(stack(1), book, weights_gib=642))
+    assert items["weights"].monthly_cost == 642 * rate("s3.standard.storage")
+    ecr_gb = Decimal(load_snapshot().assumptions["ecr_image_size_gb"].value)
+    assert items["repo"].monthly_cost == ecr_gb * rate("ecr.storage")
+    assert items["repo"].components[0].price.estimate
+
+
+def test_totals_and_summary(book):
+    est = cost.price_resources(stack(3), book, weights_gib=642, project="prod")
+    expected_hourly = (
+        3 * Decimal("30.131")
+        + Decimal("0.2016")
+        + 2 * rate("vpce.interface.hour")
+        + rate("nlb.hour")
+        + rate("nat.hour")
+        + rate("ipv4.hour")
+        + (3 * 100 + 50) * rate("ebs.gp3.storage") / H
+        + 642 * rate("s3.standard.storage") / H
+        + Decimal(load_snapshot().assumptions["ecr_image_size_gb"].value) * rate("ecr.storage") / H
+    )
+    assert abs(est.total_hourly - expected_hourly) < Decimal("1e-20")
+    assert abs(est.total_monthly - 730 * est.total_hourly) < Decimal("1e-15")
+    assert est.detected == 14  # the component is not a cloud resource
+    assert est.unsupported == ("aws:sqs/queue:Queue",)
+    assert any("aws:sqs/queue:Queue" in w for w in est.warnings)
+
+
+def test_estimate_monthly_usd_for_the_policy(book):
+    total = cost.estimate_monthly_usd(stack(2), "us-east-1", book, weights_gib=642)
+    assert total == cost.price_resources(stack(2), book, weights_gib=642).total_monthly
+    assert cost.estimate_monthly_usd(stack(3), "us-east-1", book, weights_gib=642) - total == (
+        Decimal("30.131") * H + 100 * rate("ebs.gp3.storage")
+    )
+
+
+def test_bucket_not_weights_is_usage_based(book):
+    rs = [res("aws:s3/bucket:Bucket", "weights"), res("aws:s3/bucket:Bucket", "logs")]
+    items = by_name(cost.price_resources(rs, book, weights_gib=100))
+    assert items["weights"].monthly_cost == 100 * rate("s3.standard.storage")
+    assert items["logs"].monthly_cost == 0 and items["logs"].components[0].usage_based
+
+
+def test_usd_per_million_tokens():
+    assert cost.usd_per_million_tokens(Decimal("36"), 1000) == Decimal(10)
+    assert cost.usd_per_million_tokens(Decimal("36"), 0) is None
+
+
+def test_decimal_strings():
+    assert cost.dec(Decimal("30.1310000")) == "30.131"
+    assert cost.dec(Decimal("21995.63")) == "21995.63"
+    assert cost.dec(Decimal("1E+2")) == "100"
+    assert cost.dec(Decimal(1) / 3, 4) == "0.3333"
+    assert cost.dec(None) is None
+
+
+def test_infracost_json_shape(book):
+    est = cost.price_resources(stack(3), book, weights_gib=642, project="prod")
+    doc = json.loads(json.dumps(cost.to_infracost_json(est, tokens_per_s=1500.0)))
+    assert doc["version"] == "0.2" and doc["currency"] == "USD"
+    (project,) = doc["projects"]
+    assert project["name"] == "prod"
+    bd = project["breakdown"]
+    assert (
+        bd["totalMonthlyCost"] == doc["totalMonthlyCost"] and bd["totalHourlyCost"] == doc["totalHourlyCost"]
+    )
+    keys = {"name", "unit", "hourlyQuantity", "monthlyQuantity", "price", "hourlyCost", "monthlyCost"}
+    for r in bd["resources"]:
+        assert {"name", "resourceType", "hourlyCost", "monthlyCost", "costComponents"} <= r.keys()
+        for c in r["costComponents"] + [c for s in r.get("subresources", []) for c in s["costComponents"]]:
+            assert keys <= c.keys()
+            assert c["priceSource"] and c["priceDate"]
+            for k in ("price", "hourlyCost", "monthlyCost", "hourlyQuantity", "monthlyQuantity"):
+                assert c[k] is None or isinstance(c[k], str)
+            if not c["usageBased"]:
+                Decimal(c["monthlyCost"])  # a decimal string
+    workers = [r for r in bd["resources"] if r["metadata"].get("role") == "worker"]
+    assert len(workers) == 3
+    assert all(w["costComponents"][0]["price"] == "30.131" for w in workers)
+    total_h, total_m = Decimal(doc["totalHourlyCost"]), Decimal(doc["totalMonthlyCost"])
+    assert abs(730 * total_h - total_m) < Decimal("0.005")
+    per_m = Decimal(doc["usdPerMillionOutputTokens"])
+    assert abs(per_m - total_h / (Decimal(1500) * 3600) * 10**6) < Decimal("0.0001")
+    assert doc["pastTotalMonthlyCost"] is None and project["diff"] is None
+
+
+def test_diff_per_resource_and_total(book):
+    prod = cost.price_resources(stack(3), book, weights_gib=642, project="prod")
+    dev = cost.price_resources(stack(1), book, weights_gib=642, project="dev")
+    rows = {d.name: d for d in cost.diff_resources(prod, dev)}
+    assert rows["worker-2"].diff_monthly == prod.resources[3].monthly_cost  # only in prod
+    assert rows["head"].diff_monthly == 0
+    doc = cost.to_infracost_json(prod, past=dev)
+    changed = {r["name"] for r in doc["projects"][0]["diff"]["resources"]}
+    assert changed == {"worker-1", "worker-2"}
+    assert Decimal(doc["diffTotalMonthlyCost"]) == Decimal(doc["totalMonthlyCost"]) - Decimal(
+        doc["pastTotalMonthlyCost"]
+    )
+    # removed resources show as negative
+    back = {d.name: d for d in cost.diff_resources(dev, prod)}
+    assert back["worker-2"].diff_monthly == -prod.resources[3].monthly_cost
+
+
+PREVIEW = {
+    "config": {"aws:region": "us-east-1"},
+    "steps": [
+        {
+            "op": "same",
+            "urn": "urn:pulumi:prod::llmfleet::pulumi:providers:aws::default_7_51_0",
+            "newState": {
+                "urn": "urn:pulumi:prod::llmfleet::pulumi:providers:aws::default_7_51_0",
+                "custom": True,
+                "type": "pulumi:providers:aws",
+                "inputs": {"region": "us-east-1", "version": "7.51.0"},
+            },
+        },
+        {
+            "op": "create",
+            "urn": "urn:pulumi:prod::llmfleet::llmfleet:cluster:Cluster$aws:ec2/instance:Instance::prod-worker-0",
+            "newState": {
+                "urn": "urn:pulumi:prod::llmfleet::llmfleet:cluster:Cluster$aws:ec2/instance:Instance::prod-worker-0",
+                "custom": True,
+                "type": "aws:ec2/instance:Instance",
+                "parent": "urn:pulumi:prod::llmfleet::llmfleet:cluster:Cluster::cluster",
+                "inputs": {
+                    "instanceType": "g6e.48xlarge",
+                    "subnetId": "04da6b54-80e4-46f7-96ec-b56ff0331ba9",
+                    "rootBlockDevice": {"volumeSize": 200, "volumeType": "gp3", "encrypted": True},
+                    "tags": {"llmfleet:role": "worker"},
+                },
+            },
+        },
+        {
+            "op": "delete",
+            "urn": "urn:pulumi:prod::llmfleet::aws:ec2/natGateway:NatGateway::old-nat",
+            "oldState": {"type": "aws:ec2/natGateway:NatGateway", "inputs": {}},
+        },
+        {
+            "op": "read",
+            "urn": "urn:pulumi:prod::llmfleet::aws:ec2/instance:Instance::looked-up",
+            "newState": {"type": "aws:ec2/instance:Instance", "inputs": {"instanceType": "m7i.xlarge"}},
+        },
+    ],
+    "changeSummary": {"create": 1, "delete": 1, "same": 1},
+}
+
+
+def test_resources_from_preview(book):
+    resources, region = cost.load_preview_file(json.dumps(PREVIEW))
+    assert region == "us-east-1"
+    assert [r["name"] for r in resources] == ["default_7_51_0", "prod-worker-0"]
+    assert resources[1]["parent"] == "cluster"
+    est = cost.price_resources(resources, book)
+    (worker,) = est.resources
+    assert worker.monthly_cost == Decimal("30.131") * H + 200 * rate("ebs.gp3.storage")
+
+
+def test_bad_preview_file():
+    with pytest.raises(PriceError, match="not JSON"):
+        cost.load_preview_file("{nope")
+    with pytest.raises(PriceError, match="steps"):
+        cost.load_preview_file("{}")
