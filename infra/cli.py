@@ -21,6 +21,7 @@ app = typer.Typer(
 COMMANDS = (
     "plan",
     "preview",
+    "cost",
 )
 
 for _name in COMMANDS:

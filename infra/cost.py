@@ -14,7 +14,8 @@ Line items (monthly = 730 hours, as Infracost):
 - aws:lb/loadBalancer:LoadBalancer  per hour; LCUs are usage-based (priced, not in the total);
 - aws:s3/bucket:Bucket / bucketV2  the model checkpoint's size x GB-month for the weights bucket.
   When weights live at a user-given URI the stack creates no bucket and nothing is priced;
-- aws:ecr/repository:Repository  one image of the estimated size x GB-month.
+- aws:ecr/repository:Repository  one image of the estimated size x GB-month;
+- aws:kms/key:Key                1 USD per key-month (requests usage-based).
 Usage-based components (data processed, LCUs) carry a price but no quantity, as in Infracost.
 """
 
@@ -30,7 +31,9 @@ from infra.pricing import Price, PriceBook, PriceError
 
 HOURS_PER_MONTH = Decimal(730)
 INFRACOST_JSON_VERSION = "0.2"
-UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # Pulumi's marker for an unknown (computed) value
+# Unknown (computed) values: Pulumi's preview JSON marker, and the offline engine's placeholder.
+UNKNOWNS = ("04da6b54-80e4-46f7-96ec-b56ff0331ba9", "[unknown]", "[secret]")
+PROVIDER_PACKAGES = {"aws", "random", "docker-build", "docker", "command", "tls", "awsx"}
 
 Resource = Mapping[str, Any]
 
@@ -154,7 +157,7 @@ def usage_based(name: str, unit: str, price: Price) -> CostComponent:
 
 
 def _known(value: Any) -> bool:
-    return value is not None and value != UNKNOWN and value != "[secret]"
+    return value is not None and not (isinstance(value, str) and value in UNKNOWNS)
 
 
 def _num(value: Any, key: str, res_name: str) -> Decimal:
@@ -332,6 +335,14 @@ def price_ecr(res: Resource, book: PriceBook) -> ResourceCost:
     )
 
 
+def price_kms_key(res: Resource, book: PriceBook) -> ResourceCost:
+    comps = (
+        monthly("Customer managed key", "months", 1, book.rate("kms.key")),
+        usage_based("Requests", "10k requests", book.rate("kms.requests")),
+    )
+    return ResourceCost(res["name"], res["type"], comps)
+
+
 def _is_weights_bucket(res: Resource, buckets: Sequence[Resource]) -> bool:
     if len(buckets) == 1:
         return True
@@ -343,9 +354,14 @@ def _is_weights_bucket(res: Resource, buckets: Sequence[Resource]) -> bool:
 
 
 def _is_cloud_resource(res: Resource) -> bool:
-    """Custom resources only: components (type `pkg:module:Name` of our own) and providers are not."""
+    """Custom resources only, not components or providers (by the `custom` flag when the
+    capture or preview carries it, else by the type's package)."""
     rtype = res["type"]
-    return not rtype.startswith("pulumi:") and not rtype.startswith("llmfleet:")
+    if rtype.startswith("pulumi:"):
+        return False
+    if "custom" in res:
+        return bool(res["custom"])
+    return rtype.split(":", 1)[0] in PROVIDER_PACKAGES
 
 
 def price_resources(
@@ -382,6 +398,8 @@ def price_resources(
             item = price_bucket(res, book, wgib if _is_weights_bucket(res, buckets) else None)
         elif rtype == "aws:ecr/repository:Repository":
             item = price_ecr(res, book)
+        elif rtype == "aws:kms/key:Key":
+            item = price_kms_key(res, book)
         elif rtype.startswith(FREE_TYPE_PREFIXES):
             no_price.append(rtype)
             continue
@@ -462,6 +480,7 @@ def resources_from_preview(doc: Mapping[str, Any]) -> tuple[list[dict[str, Any]]
                 "name": _name_of(state.get("urn", step.get("urn", ""))),
                 "parent": _name_of(state["parent"]) if state.get("parent") else None,
                 "urn": state.get("urn", step.get("urn", "")),
+                "custom": bool(state.get("custom", True)),
                 "inputs": inputs,
                 "outputs": state.get("outputs") or {},
             }

@@ -31,7 +31,7 @@ CACHE_TTL_S = 24 * 3600
 PRICING_API_REGION = "us-east-1"  # Price List API is served only from us-east-1, eu-central-1, ap-south-1
 
 
-class PriceError(Exception):
+class PriceError(ValueError):
     """A price that cannot be found; str() is one line for the CLI."""
 
 

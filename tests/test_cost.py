@@ -167,6 +167,10 @@ def test_storage_line_items(book):
     ecr_gb = Decimal(load_snapshot().assumptions["ecr_image_size_gb"].value)
     assert items["repo"].monthly_cost == ecr_gb * rate("ecr.storage")
     assert items["repo"].components[0].price.estimate
+    kms = cost.price_kms_key(res("aws:kms/key:Key", "k"), book)
+    assert kms.monthly_cost == rate("kms.key") and abs(kms.hourly_cost * H - rate("kms.key")) < Decimal(
+        "1e-20"
+    )
 
 
 def test_totals_and_summary(book):
