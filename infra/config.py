@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -66,11 +65,16 @@ class StackConfig(BaseModel):
     provider: Literal["aws", "existing"] = Field(default="aws", alias="llmfleet:provider")
     availability_zone: str | None = Field(default=None, alias="llmfleet:availabilityZone")
     model: str = Field(default="deepseek-r1", alias="llmfleet:model")
-    quantization: Literal["fp8", "bf16", "int8", "int4"] | None = Field(default=None, alias="llmfleet:quantization")
-    max_model_len: Annotated[int, Field(ge=256, le=1_048_576)] = Field(default=8192, alias="llmfleet:maxModelLen")
+    quantization: Literal["fp8", "bf16", "int8", "int4"] | None = Field(
+        default=None, alias="llmfleet:quantization"
+    )
+    max_model_len: Annotated[int, Field(ge=256, le=1_048_576)] = Field(
+        default=8192, alias="llmfleet:maxModelLen"
+    )
     concurrency: Annotated[int, Field(ge=1, le=4096)] = Field(default=64, alias="llmfleet:concurrency")
     gpu_memory_utilization: Annotated[float, Field(ge=0.5, le=0.98)] = Field(
-        default=0.90, alias="llmfleet:gpuMemoryUtilization")
+        default=0.90, alias="llmfleet:gpuMemoryUtilization"
+    )
     gpu_instance_type: str = Field(default="g6e.48xlarge", alias="llmfleet:gpuInstanceType")
     worker_count: int | Literal["auto"] = Field(default="auto", alias="llmfleet:workerCount")
     head_instance_type: str = Field(default="m7i.2xlarge", alias="llmfleet:headInstanceType")
@@ -80,20 +84,47 @@ class StackConfig(BaseModel):
     endpoint_allowed_cidrs: list[str] = Field(default_factory=list, alias="llmfleet:endpointAllowedCidrs")
     endpoint_port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8000, alias="llmfleet:endpointPort")
     spot: bool = Field(default=False, alias="llmfleet:spot")
-    max_monthly_usd: Annotated[float, Field(gt=0)] | None = Field(default=None, alias="llmfleet:maxMonthlyUsd")
+    max_monthly_usd: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, alias="llmfleet:maxMonthlyUsd"
+    )
     tags: dict[str, str] = Field(default_factory=dict, alias="llmfleet:tags")
     vpc_cidr: str = Field(default="10.42.0.0/16", alias="llmfleet:vpcCidr")
     nat_gateway: bool = Field(default=False, alias="llmfleet:natGateway")
     ecr_keep_images: Annotated[int, Field(ge=1, le=1000)] = Field(default=10, alias="llmfleet:ecrKeepImages")
     capacity_reservation_id: str | None = Field(default=None, alias="llmfleet:capacityReservationId")
-    root_volume_gb: Annotated[int, Field(ge=64, le=16384)] | None = Field(default=None, alias="llmfleet:rootVolumeGb")
+    root_volume_gb: Annotated[int, Field(ge=64, le=16384)] | None = Field(
+        default=None, alias="llmfleet:rootVolumeGb"
+    )
     base_image: str = Field(default="vllm/vllm-openai:v0.11.0", alias="llmfleet:baseImage")
     hosts: list[HostSpec] = Field(default_factory=list, alias="llmfleet:hosts")
     ssh_private_key: str | None = Field(default=None, alias="llmfleet:sshPrivateKey")
-    host_hourly_usd: Annotated[float, Field(ge=0)] | None = Field(default=None, alias="llmfleet:hostHourlyUsd")
+    host_hourly_usd: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, alias="llmfleet:hostHourlyUsd"
+    )
     image_registry: str | None = Field(default=None, alias="llmfleet:imageRegistry")
 
     # ---- single-field rules -------------------------------------------------
+    @field_validator(
+        "availability_zone",
+        "quantization",
+        "weights_uri",
+        "capacity_reservation_id",
+        "ssh_private_key",
+        "host_hourly_usd",
+        "image_registry",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        # Pulumi.yaml declares optional keys with default "" (a declared key without a
+        # default would be required), so "" means unset.
+        return None if v == "" else v
+
+    @field_validator("max_monthly_usd", "root_volume_gb", mode="before")
+    @classmethod
+    def _zero_is_unset(cls, v: Any) -> Any:
+        return None if str(v).strip() in ("", "0") else v
+
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
@@ -171,7 +202,9 @@ class StackConfig(BaseModel):
             try:
                 ipaddress.ip_network(c, strict=True)
             except ValueError:
-                raise ValueError(f"entry {c!r} is not a CIDR; allowed: CIDRs such as 203.0.113.0/24") from None
+                raise ValueError(
+                    f"entry {c!r} is not a CIDR; allowed: CIDRs such as 203.0.113.0/24"
+                ) from None
         return v
 
     @field_validator("vpc_cidr")
@@ -190,7 +223,9 @@ class StackConfig(BaseModel):
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
             if k.startswith("aws:") or k.startswith("llmfleet:"):
-                raise ValueError(f"tag key {k!r} is reserved; allowed: keys not starting with aws: or llmfleet:")
+                raise ValueError(
+                    f"tag key {k!r} is reserved; allowed: keys not starting with aws: or llmfleet:"
+                )
         return v
 
     @field_validator("capacity_reservation_id")
@@ -208,28 +243,46 @@ class StackConfig(BaseModel):
         elif self.hosts:
             raise _Cross("llmfleet:hosts", "[...]", "hosts are only used with llmfleet:provider=existing")
         if self.endpoint_public and not self.endpoint_allowed_cidrs:
-            raise _Cross("llmfleet:endpointAllowedCidrs", [],
-                         "a public endpoint (llmfleet:endpointPublic=true) needs at least one allowed CIDR")
+            raise _Cross(
+                "llmfleet:endpointAllowedCidrs",
+                [],
+                "a public endpoint (llmfleet:endpointPublic=true) needs at least one allowed CIDR",
+            )
         if not self.endpoint_public:
             for c in self.endpoint_allowed_cidrs:
                 if ipaddress.ip_network(c).prefixlen == 0:
-                    raise _Cross("llmfleet:endpointAllowedCidrs", self.endpoint_allowed_cidrs,
-                                 "an internal endpoint cannot admit 0.0.0.0/0 or ::/0")
+                    raise _Cross(
+                        "llmfleet:endpointAllowedCidrs",
+                        self.endpoint_allowed_cidrs,
+                        "an internal endpoint cannot admit 0.0.0.0/0 or ::/0",
+                    )
         if self.availability_zone and not self.availability_zone.startswith(self.region):
-            raise _Cross("llmfleet:availabilityZone", self.availability_zone,
-                         f"allowed: a zone of aws:region {self.region} such as {self.region}a")
+            raise _Cross(
+                "llmfleet:availabilityZone",
+                self.availability_zone,
+                f"allowed: a zone of aws:region {self.region} such as {self.region}a",
+            )
         gpu = load_catalog().gpus[self.gpu_model] if self.gpu_model else None
         if self.quantization == "fp8" and gpu is not None and not gpu.native_fp8:
-            raise _Cross("llmfleet:quantization", "fp8",
-                         f"{self.gpu_model} has no native FP8; allowed here: bf16, int8, int4")
+            raise _Cross(
+                "llmfleet:quantization",
+                "fp8",
+                f"{self.gpu_model} has no native FP8; allowed here: bf16, int8, int4",
+            )
         cat = load_catalog()
         if self.provider == "aws" and cat.instances[self.head_instance_type].gpu:
-            raise _Cross("llmfleet:headInstanceType", self.head_instance_type,
-                         "the head advertises 0 GPUs, so a GPU type is wasted; allowed: "
-                         + ", ".join(i.name for i in cat.instances.values() if not i.gpu))
+            raise _Cross(
+                "llmfleet:headInstanceType",
+                self.head_instance_type,
+                "the head advertises 0 GPUs, so a GPU type is wasted; allowed: "
+                + ", ".join(i.name for i in cat.instances.values() if not i.gpu),
+            )
         if self.max_model_len > cat.models[self.model].max_position_embeddings:
-            raise _Cross("llmfleet:maxModelLen", self.max_model_len,
-                         f"allowed: up to {cat.models[self.model].max_position_embeddings} for {self.model}")
+            raise _Cross(
+                "llmfleet:maxModelLen",
+                self.max_model_len,
+                f"allowed: up to {cat.models[self.model].max_position_embeddings} for {self.model}",
+            )
         return self
 
     def _check_hosts(self) -> None:
@@ -240,33 +293,52 @@ class StackConfig(BaseModel):
         if not heads:
             raise _Cross(key, "[...]", "no entry has role 'head'; allowed: exactly one head")
         if len(heads) > 1:
-            raise _Cross(f"{key}[{heads[1]}]", self.hosts[heads[1]].address,
-                         f"second head (entry {heads[0]} is the head); allowed: exactly one head")
+            raise _Cross(
+                f"{key}[{heads[1]}]",
+                self.hosts[heads[1]].address,
+                f"second head (entry {heads[0]} is the head); allowed: exactly one head",
+            )
         seen: dict[str, int] = {}
         gpus = load_catalog().gpus
         for i, h in enumerate(self.hosts):
             if h.address in seen:
-                raise _Cross(f"{key}[{i}].address", h.address, f"duplicates entry {seen[h.address]}; "
-                             "allowed: one entry per host")
+                raise _Cross(
+                    f"{key}[{i}].address",
+                    h.address,
+                    f"duplicates entry {seen[h.address]}; allowed: one entry per host",
+                )
             seen[h.address] = i
             if h.role == "worker":
                 if h.gpu_count < 1:
-                    raise _Cross(f"{key}[{i}].gpuCount", h.gpu_count,
-                                 f"worker {h.address} has no GPUs; allowed: an integer >= 1")
+                    raise _Cross(
+                        f"{key}[{i}].gpuCount",
+                        h.gpu_count,
+                        f"worker {h.address} has no GPUs; allowed: an integer >= 1",
+                    )
                 if h.gpu_model not in gpus:
                     raise _Cross(f"{key}[{i}].gpuModel", h.gpu_model, f"allowed: {', '.join(gpus)}")
         workers = self.worker_hosts
         if not workers:
             raise _Cross(key, "[...]", "no entry has role 'worker'; allowed: at least one GPU worker")
         if len({(w.gpu_model, w.gpu_count) for w in workers}) > 1:
-            raise _Cross(key, "[...]", "workers differ in gpuModel/gpuCount; allowed: identical workers "
-                         "(tensor parallel = GPUs per host, pipeline parallel = hosts)")
+            raise _Cross(
+                key,
+                "[...]",
+                "workers differ in gpuModel/gpuCount; allowed: identical workers "
+                "(tensor parallel = GPUs per host, pipeline parallel = hosts)",
+            )
         if self.worker_count != "auto" and self.worker_count != len(workers):
-            raise _Cross("llmfleet:workerCount", self.worker_count,
-                         f"allowed: 'auto' or {len(workers)} (the number of worker hosts)")
+            raise _Cross(
+                "llmfleet:workerCount",
+                self.worker_count,
+                f"allowed: 'auto' or {len(workers)} (the number of worker hosts)",
+            )
         if not self.ssh_private_key:
-            raise _Cross("llmfleet:sshPrivateKey", None,
-                         "provider 'existing' needs an SSH key: pulumi config set --secret sshPrivateKey < key")
+            raise _Cross(
+                "llmfleet:sshPrivateKey",
+                None,
+                "provider 'existing' needs an SSH key: pulumi config set --secret sshPrivateKey < key",
+            )
 
     # ---- derived facts ------------------------------------------------------
     @property
@@ -336,8 +408,10 @@ def _parse_raw(key: str, value: Any) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError:
-            raise ConfigError(f"{key} = {value!r}: not valid JSON; allowed: a YAML/JSON "
-                              f"{'mapping' if key == 'llmfleet:tags' else 'list'}") from None
+            raise ConfigError(
+                f"{key} = {value!r}: not valid JSON; allowed: a YAML/JSON "
+                f"{'mapping' if key == 'llmfleet:tags' else 'list'}"
+            ) from None
     return value
 
 
@@ -350,8 +424,11 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
         if key == "aws:region" or key.startswith(f"{NS}:"):
             if key not in known:
                 close = [k for k in known if k.lower() == key.lower()]
-                hint = f"did you mean {close[0]}?" if close else "allowed keys: " + ", ".join(
-                    k for k in known if k.startswith(f"{NS}:"))
+                hint = (
+                    f"did you mean {close[0]}?"
+                    if close
+                    else "allowed keys: " + ", ".join(k for k in known if k.startswith(f"{NS}:"))
+                )
                 raise ConfigError(f"{key} = {_fmt(value)}: unknown key; {hint}")
             data[key] = _parse_raw(key, value)
     try:
@@ -374,14 +451,13 @@ def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:
         value = err.get("input")
     msg = err["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     elif err["type"] == "literal_error":
         msg = "allowed: " + msg.removeprefix("Input should be ")
     elif err["type"] == "missing":
         msg = "required and missing"
     elif err["type"] == "extra_forbidden":
-        msg = "unknown field; allowed: " + ", ".join(
-            f.alias or n for n, f in HostSpec.model_fields.items())
+        msg = "unknown field; allowed: " + ", ".join(f.alias or n for n, f in HostSpec.model_fields.items())
     else:
         ctx = err.get("ctx", {})
         simple = {

@@ -218,26 +218,39 @@ class PlanInputError(ValueError):
     """Bad planner input; str() is one line naming the option, the value and what is allowed."""
 
 
-def _check_inputs(model: str, gpu: str, quantization: str | None, gpus_per_node: int, nodes: int | None,
-                  max_model_len: int, concurrency: int, gpu_memory_utilization: float) -> None:
+def _check_inputs(
+    model: str,
+    gpu: str,
+    quantization: str | None,
+    gpus_per_node: int,
+    nodes: int | None,
+    max_model_len: int,
+    concurrency: int,
+    gpu_memory_utilization: float,
+) -> None:
     cat = load_catalog()
     if model not in cat.models:
         raise PlanInputError(f"--model: {model!r} is not a known model; allowed: {', '.join(cat.models)}")
     if gpu not in cat.gpus:
         raise PlanInputError(f"--gpu: {gpu!r} is not a known GPU; allowed: {', '.join(cat.gpus)}")
     if quantization is not None and quantization not in QUANTIZATIONS:
-        raise PlanInputError(f"--quantization: {quantization!r} is not allowed; allowed: {', '.join(QUANTIZATIONS)}")
+        raise PlanInputError(
+            f"--quantization: {quantization!r} is not allowed; allowed: {', '.join(QUANTIZATIONS)}"
+        )
     if gpus_per_node < 1:
         raise PlanInputError(f"--gpus-per-node: {gpus_per_node} is not allowed; allowed: an integer >= 1")
     if nodes is not None and nodes < 1:
-        raise PlanInputError(f"--nodes: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)")
+        raise PlanInputError(
+            f"--nodes: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)"
+        )
     if max_model_len < 16:
         raise PlanInputError(f"--max-model-len: {max_model_len} is not allowed; allowed: an integer >= 16")
     if concurrency < 1:
         raise PlanInputError(f"--concurrency: {concurrency} is not allowed; allowed: an integer >= 1")
     if not 0.1 <= gpu_memory_utilization <= 0.99:
         raise PlanInputError(
-            f"--gpu-memory-utilization: {gpu_memory_utilization} is not allowed; allowed: 0.1 to 0.99")
+            f"--gpu-memory-utilization: {gpu_memory_utilization} is not allowed; allowed: 0.1 to 0.99"
+        )
 
 
 def plan(
@@ -255,11 +268,19 @@ def plan(
 ) -> Plan:
     """Plan `model` on nodes of `gpus_per_node` x `gpu`. With nodes=None, the smallest node
     count that fits (up to MAX_AUTO_NODES)."""
-    _check_inputs(model, gpu, quantization, gpus_per_node, nodes, max_model_len, concurrency,
-                  gpu_memory_utilization)
-    kw = dict(gpus_per_node=gpus_per_node, quantization=quantization, max_model_len=max_model_len,
-              concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization,
-              input_len=input_len, output_len=output_len, efficiency=efficiency)
+    _check_inputs(
+        model, gpu, quantization, gpus_per_node, nodes, max_model_len, concurrency, gpu_memory_utilization
+    )
+    kw = dict(
+        gpus_per_node=gpus_per_node,
+        quantization=quantization,
+        max_model_len=max_model_len,
+        concurrency=concurrency,
+        gpu_memory_utilization=gpu_memory_utilization,
+        input_len=input_len,
+        output_len=output_len,
+        efficiency=efficiency,
+    )
     if nodes is not None:
         return _plan_fixed(model, gpu, nodes=nodes, **kw)
     first = _plan_fixed(model, gpu, nodes=1, **kw)
@@ -278,9 +299,20 @@ def _memory_only(p: Plan) -> bool:
     return all(r.startswith("memory:") for r in p.reasons)
 
 
-def _plan_fixed(model: str, gpu: str, *, nodes: int, gpus_per_node: int, quantization: str | None,
-                max_model_len: int, concurrency: int, gpu_memory_utilization: float,
-                input_len: int, output_len: int, efficiency: float | None) -> Plan:
+def _plan_fixed(
+    model: str,
+    gpu: str,
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    quantization: str | None,
+    max_model_len: int,
+    concurrency: int,
+    gpu_memory_utilization: float,
+    input_len: int,
+    output_len: int,
+    efficiency: float | None,
+) -> Plan:
     cat = load_catalog()
     m, g = cat.models[model], cat.gpus[gpu]
     quant = quantization or m.native_dtype
@@ -290,18 +322,23 @@ def _plan_fixed(model: str, gpu: str, *, nodes: int, gpus_per_node: int, quantiz
 
     if quant == "fp8" and not g.native_fp8:
         reasons.append(
-            f"quantization: fp8 needs native FP8 support and {gpu} has none; allowed on {gpu}: bf16, int8, int4")
+            f"quantization: fp8 needs native FP8 support and {gpu} has none; allowed on {gpu}: bf16, int8, int4"
+        )
     if m.heads % tp:
         reasons.append(
-            f"layout: tensor parallel size {tp} (GPUs per node) must divide {model}'s {m.heads} attention heads")
+            f"layout: tensor parallel size {tp} (GPUs per node) must divide {model}'s {m.heads} attention heads"
+        )
     elif m.attention == "gqa" and m.kv_heads % tp and tp % m.kv_heads:
-        reasons.append(f"layout: tensor parallel size {tp} and {model}'s {m.kv_heads} KV heads must divide one another")
+        reasons.append(
+            f"layout: tensor parallel size {tp} and {model}'s {m.kv_heads} KV heads must divide one another"
+        )
     if pp > m.layers:
         reasons.append(f"layout: {pp} pipeline stages exceed {model}'s {m.layers} layers")
         pp = m.layers
     if max_model_len > m.max_position_embeddings:
         reasons.append(
-            f"max_model_len: {max_model_len} exceeds {model}'s {m.max_position_embeddings} positions")
+            f"max_model_len: {max_model_len} exceeds {model}'s {m.max_position_embeddings} positions"
+        )
 
     qbytes = BYTES_PER_PARAM[quant] + SCALE_BYTES_PER_PARAM[quant]
     sharded_total = sum(lyr.sharded for lyr in arch.layers)
@@ -313,7 +350,8 @@ def _plan_fixed(model: str, gpu: str, *, nodes: int, gpus_per_node: int, quantiz
     st = stages(arch, pp)
     per_stage_weights = [stage_weight_bytes_per_gpu(arch, s, quant, tp) for s in st]
     per_stage_tokens = [
-        max(0.0, usable * GIB - w) / (kv_layer * len(s.layers)) for s, w in zip(st, per_stage_weights, strict=True)
+        max(0.0, usable * GIB - w) / (kv_layer * len(s.layers))
+        for s, w in zip(st, per_stage_weights, strict=True)
     ]
     heaviest = max(range(pp), key=lambda i: per_stage_weights[i])
     binding = min(range(pp), key=lambda i: per_stage_tokens[i])
@@ -330,18 +368,22 @@ def _plan_fixed(model: str, gpu: str, *, nodes: int, gpus_per_node: int, quantiz
             f"memory: weights need {weights_per_gpu:.1f} GiB per GPU ({model} {quant}, {weights_total / GIB:.1f} GiB "
             f"over TP {tp} x PP {pp}) but only {usable:.1f} GiB per {gpu} is usable "
             f"({g.usable_gib:.1f} GiB x {gpu_memory_utilization} - {RUNTIME_OVERHEAD_GIB} GiB runtime); "
-            f"needs at least {math.ceil(min_gpus / tp)} nodes of {tp}")
+            f"needs at least {math.ceil(min_gpus / tp)} nodes of {tp}"
+        )
     elif max_seqs < 1:
         reasons.append(
             f"memory: after {weights_per_gpu:.1f} GiB of weights per GPU, the KV cache holds {kv_tokens} tokens, "
-            f"fewer than one max_model_len {max_model_len} sequence; add nodes or lower max_model_len")
+            f"fewer than one max_model_len {max_model_len} sequence; add nodes or lower max_model_len"
+        )
 
     eff = efficiency if efficiency is not None else calibrated_efficiency()
     seq_len = input_len + output_len
     b_eff = max(1, min(concurrency, kv_tokens // seq_len)) if kv_tokens >= seq_len else 1
     fits = not reasons
     if fits:
-        ceiling, expected = _decode_rates(m, g, arch, st, quant, tp, b_eff, input_len + output_len / 2, kv_layer, eff)
+        ceiling, expected = _decode_rates(
+            m, g, arch, st, quant, tp, b_eff, input_len + output_len / 2, kv_layer, eff
+        )
     else:
         ceiling = expected = 0.0
     return Plan(
@@ -372,8 +414,17 @@ def _plan_fixed(model: str, gpu: str, *, nodes: int, gpus_per_node: int, quantiz
     )
 
 
-def decode_step_seconds(m: Model, g: Gpu, arch: Architecture, stage: Stage, quant: str, tp: int, batch: int,
-                        avg_context: float, kv_layer: float) -> float:
+def decode_step_seconds(
+    m: Model,
+    g: Gpu,
+    arch: Architecture,
+    stage: Stage,
+    quant: str,
+    tp: int,
+    batch: int,
+    avg_context: float,
+    kv_layer: float,
+) -> float:
     """Roofline time of one decode step of `batch` sequences on one GPU of `stage`."""
     qbytes = BYTES_PER_PARAM[quant] + SCALE_BYTES_PER_PARAM[quant]
     k = m.moe.experts_per_token if m.moe else 0
@@ -403,7 +454,9 @@ def allreduce_step_seconds(m: Model, g: Gpu, stage: Stage, tp: int, batch: int) 
 
 def _decode_rates(m, g, arch, st, quant, tp, batch, avg_context, kv_layer, eff) -> tuple[float, float]:
     ceil_steps = [decode_step_seconds(m, g, arch, s, quant, tp, batch, avg_context, kv_layer) for s in st]
-    exp_steps = [c / eff + allreduce_step_seconds(m, g, s, tp, batch) for c, s in zip(ceil_steps, st, strict=True)]
+    exp_steps = [
+        c / eff + allreduce_step_seconds(m, g, s, tp, batch) for c, s in zip(ceil_steps, st, strict=True)
+    ]
     return batch / max(ceil_steps), batch / max(exp_steps)
 
 
@@ -418,8 +471,9 @@ def calibrated_efficiency() -> float:
     (stage,) = stages(arch, cal.nodes)
     kv_layer = kv_bytes_per_token_layer_per_gpu(m, arch, cal.gpus_per_node)
     ctx = cal.input_len + cal.output_len / 2
-    ceil_step = decode_step_seconds(m, g, arch, stage, cal.quantization, cal.gpus_per_node, cal.concurrency, ctx,
-                                    kv_layer)
+    ceil_step = decode_step_seconds(
+        m, g, arch, stage, cal.quantization, cal.gpus_per_node, cal.concurrency, ctx, kv_layer
+    )
     comm = allreduce_step_seconds(m, g, stage, cal.gpus_per_node, cal.concurrency)
     measured_step = cal.concurrency / cal.output_tokens_per_s_per_node
     return ceil_step / (measured_step - comm)

@@ -107,9 +107,17 @@ class Model(_Row):
 
     @model_validator(mode="after")
     def _mla(self) -> Model:
-        mla = (self.q_lora_rank, self.kv_lora_rank, self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim)
+        mla = (
+            self.q_lora_rank,
+            self.kv_lora_rank,
+            self.qk_rope_head_dim,
+            self.qk_nope_head_dim,
+            self.v_head_dim,
+        )
         if self.attention == "mla" and None in mla:
-            raise ValueError("mla models need q_lora_rank, kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim")
+            raise ValueError(
+                "mla models need q_lora_rank, kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim"
+            )
         return self
 
 

@@ -1,0 +1,53 @@
+"""Options and helpers shared by the offline commands (preview, policy, cost, render)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from infra.config import ConfigError
+
+console = Console()
+err_console = Console(stderr=True)
+
+StackOpt = Annotated[str, typer.Option("--stack", "-s", help="Stack name: stacks/Pulumi.<NAME>.yaml.")]
+ConfigOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config", "-c", help="Override a config value, as `pulumi preview -c`: KEY=VALUE (repeatable)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit. Never a traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def capture_or_fail(stack: str, overrides: list[str] | None):
+    """The offline capture of a stack, with every known failure as one line (exit 2)."""
+    from infra.offline import OfflineError, capture
+
+    try:
+        return capture(stack, overrides or [])
+    except (ConfigError, OfflineError) as e:
+        fail(str(e))
+
+
+def config_or_fail(stack: str, overrides: list[str] | None):
+    from infra.offline import OfflineError, load_config
+
+    try:
+        return load_config(stack, overrides or [])
+    except (ConfigError, OfflineError) as e:
+        fail(str(e))
