@@ -22,6 +22,8 @@ COMMANDS = (
     "plan",
     "preview",
     "cost",
+    "preflight",
+    "deploy",
 )
 
 for _name in COMMANDS:
