@@ -21,6 +21,7 @@ app = typer.Typer(
 COMMANDS = (
     "plan",
     "preview",
+    "policy",
     "cost",
     "preflight",
     "deploy",

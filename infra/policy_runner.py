@@ -94,8 +94,8 @@ def stack_policy_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
         "concurrency": cfg.concurrency,
         "gpuMemoryUtilization": cfg.gpu_memory_utilization,
     }
-    if cfg.provider == "existing":
-        gpu_fit.update(gpu=cfg.gpu_model, gpusPerNode=cfg.gpus_per_worker, workers=cfg.resolved_workers())
+    # Used only when the capture holds no GPU worker instances (provider: existing).
+    gpu_fit.update(gpu=cfg.gpu_model, gpusPerNode=cfg.gpus_per_worker, workers=cfg.resolved_workers())
     return {
         "ec2-instance-type-allowed": {"allowedInstanceTypes": sorted(load_catalog().instances)},
         "security-group-ingress": {
@@ -214,7 +214,13 @@ def policy_resources(resources: Sequence[Mapping[str, Any]]) -> list[PolicyResou
 
 def _await(result: Any) -> None:
     if inspect.isawaitable(result):
-        asyncio.run(_as_coroutine(result))
+        # A private loop, as CrossGuard does: asyncio.run() would clear the thread's current loop,
+        # which Pulumi's own synchronous helpers (used by the offline engine) rely on.
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(_as_coroutine(result))
+        finally:
+            loop.close()
 
 
 async def _as_coroutine(awaitable: Any) -> None:

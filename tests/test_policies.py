@@ -55,8 +55,16 @@ TAGGABLE = {
 GOOD_IAM = {
     "Version": "2012-10-17",
     "Statement": [
-        {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken", "ssmmessages:OpenDataChannel"], "Resource": "*"},
-        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": ["arn:aws:s3:::w", "arn:aws:s3:::w/*"]},
+        {
+            "Effect": "Allow",
+            "Action": ["ecr:GetAuthorizationToken", "ssmmessages:OpenDataChannel"],
+            "Resource": "*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:ListBucket"],
+            "Resource": ["arn:aws:s3:::w", "arn:aws:s3:::w/*"],
+        },
     ],
 }
 
@@ -80,40 +88,98 @@ def good_stack() -> list[dict]:
     """A compliant fleet: deepseek-r1 FP8 on 3x g6e.48xlarge, private, one placement group."""
     return [
         res("aws:ec2/vpc:Vpc", "vpc", "vpc-1", cidrBlock="10.42.0.0/16"),
-        res("aws:ec2/subnet:Subnet", "private", "subnet-priv", vpcId="vpc-1", cidrBlock="10.42.1.0/24",
-            availabilityZone="us-east-1a", mapPublicIpOnLaunch=False),
+        res(
+            "aws:ec2/subnet:Subnet",
+            "private",
+            "subnet-priv",
+            vpcId="vpc-1",
+            cidrBlock="10.42.1.0/24",
+            availabilityZone="us-east-1a",
+            mapPublicIpOnLaunch=False,
+        ),
         res("aws:ec2/routeTable:RouteTable", "private-rt", "rtb-priv", vpcId="vpc-1", routes=[]),
-        res("aws:ec2/routeTableAssociation:RouteTableAssociation", "private-rta", subnetId="subnet-priv",
-            routeTableId="rtb-priv"),
-        res("aws:ec2/securityGroup:SecurityGroup", "cluster-sg", "sg-cluster", vpcId="vpc-1",
-            tags={**TAGS, "llmfleet:sg": "cluster"}),
-        res("aws:ec2/securityGroup:SecurityGroup", "endpoint-sg", "sg-endpoint", vpcId="vpc-1",
-            tags={**TAGS, "llmfleet:sg": "endpoint"}),
-        res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "cluster-all", securityGroupId="sg-cluster",
-            referencedSecurityGroupId="sg-cluster", ipProtocol="-1"),
-        res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "endpoint-in", securityGroupId="sg-endpoint",
-            cidrIpv4="10.0.0.0/8", ipProtocol="tcp", fromPort=8000, toPort=8000),
-        res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "head-from-endpoint",
-            securityGroupId="sg-cluster", referencedSecurityGroupId="sg-endpoint", ipProtocol="tcp",
-            fromPort=8000, toPort=8000),
+        res(
+            "aws:ec2/routeTableAssociation:RouteTableAssociation",
+            "private-rta",
+            subnetId="subnet-priv",
+            routeTableId="rtb-priv",
+        ),
+        res(
+            "aws:ec2/securityGroup:SecurityGroup",
+            "cluster-sg",
+            "sg-cluster",
+            vpcId="vpc-1",
+            tags={**TAGS, "llmfleet:sg": "cluster"},
+        ),
+        res(
+            "aws:ec2/securityGroup:SecurityGroup",
+            "endpoint-sg",
+            "sg-endpoint",
+            vpcId="vpc-1",
+            tags={**TAGS, "llmfleet:sg": "endpoint"},
+        ),
+        res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "cluster-all",
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId="sg-cluster",
+            ipProtocol="-1",
+        ),
+        res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "endpoint-in",
+            securityGroupId="sg-endpoint",
+            cidrIpv4="10.0.0.0/8",
+            ipProtocol="tcp",
+            fromPort=8000,
+            toPort=8000,
+        ),
+        res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "head-from-endpoint",
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId="sg-endpoint",
+            ipProtocol="tcp",
+            fromPort=8000,
+            toPort=8000,
+        ),
         res("aws:ec2/placementGroup:PlacementGroup", "cluster", "pg-cluster", strategy="cluster"),
         instance("head", "m7i.2xlarge", "head", placementGroup=None),
         *[instance(f"worker-{i}", "g6e.48xlarge", "worker") for i in range(3)],
         res("aws:ebs/volume:Volume", "scratch", availabilityZone="us-east-1a", size=100, encrypted=True),
-        res("aws:ecr/repository:Repository", "repo", imageScanningConfiguration={"scanOnPush": True},
-            imageTagMutability="IMMUTABLE", encryptionConfigurations=[{"encryptionType": "AES256"}]),
+        res(
+            "aws:ecr/repository:Repository",
+            "repo",
+            imageScanningConfiguration={"scanOnPush": True},
+            imageTagMutability="IMMUTABLE",
+            encryptionConfigurations=[{"encryptionType": "AES256"}],
+        ),
         res("aws:s3/bucketV2:BucketV2", "weights", "weights-bucket-id", bucket="weights-bucket-id"),
-        res("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "weights-pab", bucket="weights-bucket-id",
-            blockPublicAcls=True, blockPublicPolicy=True, ignorePublicAcls=True, restrictPublicBuckets=True),
-        res("aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
-            "weights-sse", bucket="weights-bucket-id",
-            rules=[{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}]),
+        res(
+            "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+            "weights-pab",
+            bucket="weights-bucket-id",
+            blockPublicAcls=True,
+            blockPublicPolicy=True,
+            ignorePublicAcls=True,
+            restrictPublicBuckets=True,
+        ),
+        res(
+            "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
+            "weights-sse",
+            bucket="weights-bucket-id",
+            rules=[{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}],
+        ),
         res("aws:iam/policy:Policy", "node-policy", policy=json.dumps(GOOD_IAM)),
     ]
 
 
 CONFIG = {
-    "security-group-ingress": {"allowedIngressCidrs": ["10.0.0.0/8"], "endpointPublic": False, "endpointPort": 8000},
+    "security-group-ingress": {
+        "allowedIngressCidrs": ["10.0.0.0/8"],
+        "endpointPublic": False,
+        "endpointPort": 8000,
+    },
     "gpu-fit": {"model": "deepseek-r1", "quantization": None, "maxModelLen": 8192},
     "monthly-budget": {"maxMonthlyUsd": 100_000, "region": "us-east-1", "model": "deepseek-r1"},
 }
@@ -144,50 +210,190 @@ def add(resources, *new):
 
 # (policy, how to break the good stack, a word the message must contain)
 BREAKERS = [
-    ("ec2-imdsv2-required", lambda s: set_input(s, "worker-0", metadataOptions={"httpTokens": "optional"}), "httpTokens"),
-    ("ec2-ebs-encrypted", lambda s: set_input(s, "head", rootBlockDevice={"encrypted": False}), "rootBlockDevice"),
-    ("ec2-ebs-encrypted", lambda s: set_input(s, "worker-1", ebsBlockDevices=[{"deviceName": "/dev/sdg"}]), "/dev/sdg"),
-    ("ec2-no-public-ip", lambda s: set_input(s, "head", associatePublicIpAddress=True), "associatePublicIpAddress"),
-    ("ec2-instance-type-allowed", lambda s: set_input(s, "head", instanceType="x2iedn.32xlarge"), "x2iedn.32xlarge"),
+    (
+        "ec2-imdsv2-required",
+        lambda s: set_input(s, "worker-0", metadataOptions={"httpTokens": "optional"}),
+        "httpTokens",
+    ),
+    (
+        "ec2-ebs-encrypted",
+        lambda s: set_input(s, "head", rootBlockDevice={"encrypted": False}),
+        "rootBlockDevice",
+    ),
+    (
+        "ec2-ebs-encrypted",
+        lambda s: set_input(s, "worker-1", ebsBlockDevices=[{"deviceName": "/dev/sdg"}]),
+        "/dev/sdg",
+    ),
+    (
+        "ec2-no-public-ip",
+        lambda s: set_input(s, "head", associatePublicIpAddress=True),
+        "associatePublicIpAddress",
+    ),
+    (
+        "ec2-instance-type-allowed",
+        lambda s: set_input(s, "head", instanceType="x2iedn.32xlarge"),
+        "x2iedn.32xlarge",
+    ),
     ("ebs-volume-encrypted", lambda s: set_input(s, "scratch", encrypted=False), "encrypted"),
-    ("ecr-repository-hardened", lambda s: set_input(s, "repo", imageScanningConfiguration={"scanOnPush": False}), "scanOnPush"),
+    (
+        "ecr-repository-hardened",
+        lambda s: set_input(s, "repo", imageScanningConfiguration={"scanOnPush": False}),
+        "scanOnPush",
+    ),
     ("ecr-repository-hardened", lambda s: set_input(s, "repo", imageTagMutability="MUTABLE"), "IMMUTABLE"),
     ("ecr-repository-hardened", lambda s: set_input(s, "repo", encryptionConfigurations=None), "encryption"),
-    ("iam-least-privilege", lambda s: set_input(s, "node-policy", policy=json.dumps(
-        {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})), "wildcard action *"),
-    ("iam-least-privilege", lambda s: set_input(s, "node-policy", policy=json.dumps(
-        {"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]})), "s3:GetObject"),
-    ("iam-least-privilege", lambda s: add(s, res("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "admin",
-        role="r", policyArn="arn:aws:iam::aws:policy/AdministratorAccess")), "administrator"),
+    (
+        "iam-least-privilege",
+        lambda s: set_input(
+            s,
+            "node-policy",
+            policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+        ),
+        "wildcard action *",
+    ),
+    (
+        "iam-least-privilege",
+        lambda s: set_input(
+            s,
+            "node-policy",
+            policy=json.dumps(
+                {"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}
+            ),
+        ),
+        "s3:GetObject",
+    ),
+    (
+        "iam-least-privilege",
+        lambda s: add(
+            s,
+            res(
+                "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+                "admin",
+                role="r",
+                policyArn="arn:aws:iam::aws:policy/AdministratorAccess",
+            ),
+        ),
+        "administrator",
+    ),
     ("required-tags", lambda s: set_input(s, "scratch", tags={"Project": "llmfleet"}), "llmfleet:stack"),
     ("ec2-private-subnet", lambda s: set_input(s, "private", mapPublicIpOnLaunch=True), "public"),
-    ("ec2-private-subnet", lambda s: add(s,
-        res("aws:ec2/internetGateway:InternetGateway", "igw", "igw-1", vpcId="vpc-1"),
-        res("aws:ec2/route:Route", "default-route", routeTableId="rtb-priv", destinationCidrBlock="0.0.0.0/0",
-            gatewayId="igw-1")), "internet gateway"),
+    (
+        "ec2-private-subnet",
+        lambda s: add(
+            s,
+            res("aws:ec2/internetGateway:InternetGateway", "igw", "igw-1", vpcId="vpc-1"),
+            res(
+                "aws:ec2/route:Route",
+                "default-route",
+                routeTableId="rtb-priv",
+                destinationCidrBlock="0.0.0.0/0",
+                gatewayId="igw-1",
+            ),
+        ),
+        "internet gateway",
+    ),
     ("ec2-private-subnet", lambda s: set_input(s, "worker-2", subnetId=None), "default VPC"),
-    ("security-group-ingress", lambda s: add(s, res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-        "open-ssh", securityGroupId="sg-cluster", cidrIpv4="10.42.0.0/16", ipProtocol="tcp", fromPort=22, toPort=22)), "22 (SSH)"),
-    ("security-group-ingress", lambda s: add(s, res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-        "dash-from-endpoint", securityGroupId="sg-cluster", referencedSecurityGroupId="sg-endpoint", ipProtocol="tcp",
-        fromPort=8265, toPort=8265)), "not the cluster security group"),
-    ("security-group-ingress", lambda s: add(s, res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-        "world-https", securityGroupId="sg-endpoint", cidrIpv6="::/0", ipProtocol="tcp", fromPort=443, toPort=443)), "::/0"),
-    ("security-group-ingress", lambda s: set_input(s, "endpoint-sg", ingress=[
-        {"protocol": "tcp", "fromPort": 15000, "toPort": 15010, "cidrBlocks": ["10.1.0.0/16"]}]), "Ray worker ports"),
-    ("security-group-ingress", lambda s: add(s, res("aws:ec2/securityGroupRule:SecurityGroupRule", "legacy",
-        type="ingress", securityGroupId="sg-endpoint", protocol="tcp", fromPort=8000, toPort=8000,
-        cidrBlocks=["192.0.2.0/24"])), "outside the VPC and the allowed CIDRs"),
+    (
+        "security-group-ingress",
+        lambda s: add(
+            s,
+            res(
+                "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                "open-ssh",
+                securityGroupId="sg-cluster",
+                cidrIpv4="10.42.0.0/16",
+                ipProtocol="tcp",
+                fromPort=22,
+                toPort=22,
+            ),
+        ),
+        "22 (SSH)",
+    ),
+    (
+        "security-group-ingress",
+        lambda s: add(
+            s,
+            res(
+                "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                "dash-from-endpoint",
+                securityGroupId="sg-cluster",
+                referencedSecurityGroupId="sg-endpoint",
+                ipProtocol="tcp",
+                fromPort=8265,
+                toPort=8265,
+            ),
+        ),
+        "not the cluster security group",
+    ),
+    (
+        "security-group-ingress",
+        lambda s: add(
+            s,
+            res(
+                "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                "world-https",
+                securityGroupId="sg-endpoint",
+                cidrIpv6="::/0",
+                ipProtocol="tcp",
+                fromPort=443,
+                toPort=443,
+            ),
+        ),
+        "::/0",
+    ),
+    (
+        "security-group-ingress",
+        lambda s: set_input(
+            s,
+            "endpoint-sg",
+            ingress=[{"protocol": "tcp", "fromPort": 15000, "toPort": 15010, "cidrBlocks": ["10.1.0.0/16"]}],
+        ),
+        "Ray worker ports",
+    ),
+    (
+        "security-group-ingress",
+        lambda s: add(
+            s,
+            res(
+                "aws:ec2/securityGroupRule:SecurityGroupRule",
+                "legacy",
+                type="ingress",
+                securityGroupId="sg-endpoint",
+                protocol="tcp",
+                fromPort=8000,
+                toPort=8000,
+                cidrBlocks=["192.0.2.0/24"],
+            ),
+        ),
+        "outside the VPC and the allowed CIDRs",
+    ),
     ("gpu-fit", lambda s: [r for r in s if r["name"] != "worker-2"], "memory"),
     ("gpu-fit", lambda s: set_input(s, "worker-0", instanceType="g6e.12xlarge"), "one known instance type"),
     ("monthly-budget", lambda s: s, "exceeds maxMonthlyUsd"),  # the config below lowers the limit
     ("worker-placement", lambda s: set_input(s, "worker-1", placementGroup=None), "no placement group"),
-    ("worker-placement", lambda s: add(set_input(s, "worker-1", subnetId="subnet-b"),
-        res("aws:ec2/subnet:Subnet", "private-b", "subnet-b", vpcId="vpc-1", cidrBlock="10.42.2.0/24",
-            availabilityZone="us-east-1b")), "availability zones"),
+    (
+        "worker-placement",
+        lambda s: add(
+            set_input(s, "worker-1", subnetId="subnet-b"),
+            res(
+                "aws:ec2/subnet:Subnet",
+                "private-b",
+                "subnet-b",
+                vpcId="vpc-1",
+                cidrBlock="10.42.2.0/24",
+                availabilityZone="us-east-1b",
+            ),
+        ),
+        "availability zones",
+    ),
     ("worker-placement", lambda s: set_input(s, "cluster", strategy="spread"), "'cluster'"),
     ("s3-bucket-hardened", lambda s: [r for r in s if r["name"] != "weights-pab"], "BucketPublicAccessBlock"),
-    ("s3-bucket-hardened", lambda s: set_input(s, "weights-pab", restrictPublicBuckets=False), "restrictPublicBuckets"),
+    (
+        "s3-bucket-hardened",
+        lambda s: set_input(s, "weights-pab", restrictPublicBuckets=False),
+        "restrictPublicBuckets",
+    ),
     ("s3-bucket-hardened", lambda s: [r for r in s if r["name"] != "weights-sse"], "encryption"),
 ]
 BREAK_CONFIG = {"monthly-budget": {"monthly-budget": {"maxMonthlyUsd": 1000}}}
@@ -203,7 +409,9 @@ def test_every_policy_has_a_violating_case():
     assert {p for p, _, _ in BREAKERS} == {p.name for p in pack.POLICIES}
 
 
-@pytest.mark.parametrize(("policy", "breaker", "word"), BREAKERS, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(BREAKERS)])
+@pytest.mark.parametrize(
+    ("policy", "breaker", "word"), BREAKERS, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(BREAKERS)]
+)
 def test_broken_stack_violates(policy, breaker, word):
     report = run(breaker(good_stack()), policy, BREAK_CONFIG.get(policy))
     assert report.violations, f"{policy} did not fire"
@@ -214,9 +422,18 @@ def test_broken_stack_violates(policy, breaker, word):
 
 
 def test_ray_gcs_from_world_fails_even_on_public_endpoint():
-    stack = add(good_stack(), res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "gcs-world",
-                                  securityGroupId="sg-cluster", cidrIpv4="0.0.0.0/0", ipProtocol="tcp",
-                                  fromPort=6379, toPort=6379))
+    stack = add(
+        good_stack(),
+        res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "gcs-world",
+            securityGroupId="sg-cluster",
+            cidrIpv4="0.0.0.0/0",
+            ipProtocol="tcp",
+            fromPort=6379,
+            toPort=6379,
+        ),
+    )
     cfg = {"security-group-ingress": {"endpointPublic": True, "allowedIngressCidrs": ["0.0.0.0/0"]}}
     report = run(stack, "security-group-ingress", cfg)
     assert [v.resource for v in report.violations] == ["gcs-world"]
@@ -224,9 +441,18 @@ def test_ray_gcs_from_world_fails_even_on_public_endpoint():
 
 
 def test_world_on_endpoint_port_only_when_explicitly_public():
-    stack = add(good_stack(), res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "endpoint-world",
-                                  securityGroupId="sg-endpoint", cidrIpv4="0.0.0.0/0", ipProtocol="tcp",
-                                  fromPort=8000, toPort=8000))
+    stack = add(
+        good_stack(),
+        res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "endpoint-world",
+            securityGroupId="sg-endpoint",
+            cidrIpv4="0.0.0.0/0",
+            ipProtocol="tcp",
+            fromPort=8000,
+            toPort=8000,
+        ),
+    )
     public = {"security-group-ingress": {"endpointPublic": True, "allowedIngressCidrs": ["0.0.0.0/0"]}}
     assert run(stack, "security-group-ingress", public).violations == ()
     private = run(stack, "security-group-ingress")
@@ -235,11 +461,23 @@ def test_world_on_endpoint_port_only_when_explicitly_public():
 
 def test_unknown_references_are_not_violations_but_literal_facts_still_are():
     # During a real preview, ids of resources not yet created are unknown: cannot check, no violation.
-    stack = set_input(good_stack(), "worker-1", subnetId=UNKNOWN_PLACEHOLDER, placementGroup=UNKNOWN_PLACEHOLDER)
+    stack = set_input(
+        good_stack(), "worker-1", subnetId=UNKNOWN_PLACEHOLDER, placementGroup=UNKNOWN_PLACEHOLDER
+    )
     for policy in ("ec2-private-subnet", "worker-placement"):
         assert run(stack, policy).violations == ()
-    stack = add(stack, res("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "r", securityGroupId=UNKNOWN_PLACEHOLDER,
-                           cidrIpv4="0.0.0.0/0", ipProtocol="tcp", fromPort=6379, toPort=6379))
+    stack = add(
+        stack,
+        res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            "r",
+            securityGroupId=UNKNOWN_PLACEHOLDER,
+            cidrIpv4="0.0.0.0/0",
+            ipProtocol="tcp",
+            fromPort=6379,
+            toPort=6379,
+        ),
+    )
     assert run(stack, "security-group-ingress").mandatory == 1
 
 
@@ -255,9 +493,16 @@ def test_iam_document_rules():
     assert iam_document_problems({"Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}) == []
     [p] = iam_document_problems({"Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "arn:x"}]})
     assert "ec2:*" in p
-    [p] = iam_document_problems({"Statement": [{"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:x"}]})
+    [p] = iam_document_problems(
+        {"Statement": [{"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:x"}]}
+    )
     assert "NotAction" in p
-    assert iam_document_problems({"Statement": [{"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}]}) == []
+    assert (
+        iam_document_problems(
+            {"Statement": [{"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}]}
+        )
+        == []
+    )
     assert "not valid JSON" in iam_document_problems("{nope")[0]
 
 
@@ -267,7 +512,12 @@ def test_enforcement_levels_are_respected():
     assert run_policies(stack, {}, policies=policy).mandatory == 1
     advisory = run_policies(stack, {"ec2-no-public-ip": {"enforcementLevel": "advisory"}}, policies=policy)
     assert (advisory.mandatory, advisory.advisory) == (0, 1)
-    assert run_policies(stack, {"ec2-no-public-ip": {"enforcementLevel": "disabled"}}, policies=policy).violations == ()
+    assert (
+        run_policies(
+            stack, {"ec2-no-public-ip": {"enforcementLevel": "disabled"}}, policies=policy
+        ).violations
+        == ()
+    )
 
 
 def test_allowed_instance_types_come_from_config():
@@ -287,8 +537,13 @@ def test_pack_serves_the_policies_over_grpc(tmp_path):
     from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
     env = {**os.environ, "PYTHONPATH": ""}
-    proc = subprocess.Popen([sys.executable, str(REPO / "policy" / "__main__.py")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "policy" / "__main__.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+    )
     try:
         port = int(proc.stdout.readline().decode().strip())
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -298,9 +553,15 @@ def test_pack_serves_the_policies_over_grpc(tmp_path):
             assert {p.name for p in info.policies} == {p.name for p in pack.POLICIES}
             props = struct_pb2.Struct()
             props.update({"instanceType": "g6e.48xlarge", "metadataOptions": {"httpTokens": "optional"}})
-            resp = stub.Analyze(analyzer_pb2.AnalyzeRequest(type="aws:ec2/instance:Instance", properties=props,
-                                                            urn="urn:pulumi:s::p::aws:ec2/instance:Instance::w",
-                                                            name="w"), timeout=30)
+            resp = stub.Analyze(
+                analyzer_pb2.AnalyzeRequest(
+                    type="aws:ec2/instance:Instance",
+                    properties=props,
+                    urn="urn:pulumi:s::p::aws:ec2/instance:Instance::w",
+                    name="w",
+                ),
+                timeout=30,
+            )
             fired = {d.policyName for d in resp.diagnostics}
             assert "ec2-imdsv2-required" in fired and "ec2-ebs-encrypted" in fired
             assert "ec2-no-public-ip" not in fired

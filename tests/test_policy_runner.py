@@ -1,0 +1,155 @@
+"""The offline policy runner and `llmfleet policy`, on hand-built resources and on the shipped stacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValidationPolicy
+from typer.testing import CliRunner
+
+from infra.cli import app
+from infra.offline import available_stacks, capture
+from infra.policy_runner import policy_resources, resource_args, run_policies, stack_policy_config
+
+cli = CliRunner()
+
+
+def rec(rtype, name, parent=None, urn_chain="", **inputs):
+    return {
+        "type": rtype,
+        "name": name,
+        "parent": parent,
+        "id": f"{name}-id",
+        "urn": f"urn:pulumi:s::p::{urn_chain}{rtype}::{name}",
+        "inputs": inputs,
+        "outputs": {**inputs, "id": f"{name}-id"},
+    }
+
+
+def test_args_are_real_crossguard_objects_with_parents_and_unknowns():
+    comp = rec("llmfleet:cluster:Cluster", "cluster")
+    child = rec(
+        "aws:ec2/instance:Instance",
+        "w0",
+        parent="cluster",
+        urn_chain="llmfleet:cluster:Cluster$",
+        subnetId="[unknown]",
+        instanceType="g6e.48xlarge",
+    )
+    [(_, _), (_, kwargs)] = resource_args([comp, child])
+    assert kwargs["opts"].parent == comp["urn"]
+    assert kwargs["props"]["instanceType"] == "g6e.48xlarge"
+    from pulumi_policy.proxy import UnknownValueError
+
+    with pytest.raises(UnknownValueError):
+        kwargs["props"]["subnetId"]
+    stack = policy_resources([comp, child])
+    assert stack[1].parent is stack[0] and stack[1].props["id"] == "w0-id"
+
+
+def test_violations_name_resources_and_honour_not_applicable_async_and_crashes():
+    seen = []
+
+    async def async_check(args, report):
+        seen.append(args.name)
+        report("async says no")
+
+    def crash(args, report):
+        raise RuntimeError("boom")
+
+    def not_applicable(args, report):
+        args.not_applicable("nothing to do")
+
+    policies = [
+        ResourceValidationPolicy(
+            name="async", description="d", validate=async_check, enforcement_level=EnforcementLevel.ADVISORY
+        ),
+        StackValidationPolicy(name="crash", description="d", validate=crash),
+        StackValidationPolicy(
+            name="na", description="d", validate=not_applicable, enforcement_level=EnforcementLevel.MANDATORY
+        ),
+    ]
+    report = run_policies([rec("aws:ec2/vpc:Vpc", "vpc")], {}, policies=policies)
+    assert seen == ["vpc"]
+    got = [(v.policy, v.resource, v.enforcement) for v in report.violations]
+    assert got == [("async", "vpc", "advisory"), ("crash", None, "mandatory")]
+    assert "boom" in report.violations[1].message
+    assert (report.mandatory, report.advisory) == (1, 1)
+
+
+def test_schema_defaults_reach_the_policy():
+    seen = {}
+
+    def check(args, report):
+        seen.update(args.get_config())
+
+    from pulumi_policy import PolicyConfigSchema
+
+    p = StackValidationPolicy(
+        name="p",
+        description="d",
+        validate=check,
+        config_schema=PolicyConfigSchema({"a": {"type": "integer", "default": 3}, "b": {"type": "string"}}),
+    )
+    run_policies([], {"p": {"b": "x", "enforcementLevel": "mandatory"}}, policies=[p])
+    assert seen == {"a": 3, "b": "x"}
+
+
+# --- the shipped stacks --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prod():
+    return capture("prod")
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_shipped_stacks_have_no_mandatory_violation(stack):
+    assert stack in available_stacks()
+    result = cli.invoke(app, ["policy", "--stack", stack, "--json"])
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"violations", "mandatory", "advisory"}
+    assert doc["mandatory"] == 0, doc["violations"]
+    assert result.exit_code == 0
+
+
+def test_prod_with_two_workers_fails_gpu_fit_on_memory():
+    result = cli.invoke(app, ["policy", "--stack", "prod", "-c", "llmfleet:workerCount=2", "--json"])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    fit = [v for v in doc["violations"] if v["policy"] == "gpu-fit"]
+    assert len(fit) == 1 and fit[0]["enforcement"] == "mandatory"
+    assert fit[0]["message"].startswith("memory:") and "\n" not in fit[0]["message"]
+    assert doc["mandatory"] >= 1
+
+
+def test_human_output_and_bad_stack():
+    ok = cli.invoke(app, ["policy", "--stack", "dev"])
+    assert ok.exit_code == 0 and "0 mandatory" in ok.stdout
+    bad = cli.invoke(app, ["policy", "--stack", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_world_open_ray_port_on_captured_prod_fails_ingress(prod):
+    sgs = [
+        r
+        for r in prod.of_type("aws:ec2/securityGroup:SecurityGroup")
+        if (r["inputs"].get("tags") or {}).get("llmfleet:sg") == "cluster"
+    ]
+    assert sgs, "the prod capture has no security group tagged llmfleet:sg=cluster"
+    config = stack_policy_config(prod.config)
+    assert run_policies(prod.resources, config).mandatory == 0
+    rule = rec(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "gcs-from-anywhere",
+        securityGroupId=sgs[0]["id"],
+        cidrIpv4="0.0.0.0/0",
+        ipProtocol="tcp",
+        fromPort=6379,
+        toPort=6379,
+    )
+    report = run_policies([*prod.resources, rule], config)
+    hits = [v for v in report.violations if v.policy == "security-group-ingress"]
+    assert [v.resource for v in hits] == ["gcs-from-anywhere"]
+    assert hits[0].enforcement == "mandatory" and "6379" in hits[0].message
