@@ -36,8 +36,8 @@ class PulumiMissing(DeployError):
         super().__init__(PULUMI_MISSING)
 
 
-def require_pulumi_cli(which: Callable[[str], str | None] = shutil.which) -> str:
-    path = which("pulumi")
+def require_pulumi_cli(which: Callable[[str], str | None] | None = None) -> str:
+    path = (which or shutil.which)("pulumi")
     if not path:
         raise PulumiMissing()
     return path

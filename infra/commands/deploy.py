@@ -1,0 +1,164 @@
+"""`llmfleet up` / `llmfleet down`: the Pulumi Automation API, then a readiness wait on the head."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from infra.commands._common import ConfigOpt, StackOpt, config_or_fail, console, fail
+
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for a real completion after up.")
+]
+
+
+def _cli_or_fail() -> None:
+    from infra.deploy import PulumiMissing, require_pulumi_cli
+
+    try:
+        require_pulumi_cli()
+    except PulumiMissing as e:
+        fail(str(e), 2)
+
+
+def _args_or_fail(stack: str, config: list[str] | None):
+    from infra.deploy import DeployError, build_stack_args
+
+    try:
+        return build_stack_args(stack, config or [], env=os.environ)
+    except DeployError as e:
+        fail(str(e), 2)
+
+
+def _output(outputs: dict, key: str) -> str:
+    if not outputs.get(key):
+        fail(
+            f"stack output {key!r} is missing: the program must export it (have: {', '.join(sorted(outputs))})",
+            1,
+        )
+    return str(outputs[key])
+
+
+def _one_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _wait(cfg, outputs: dict, timeout: float) -> bool:
+    import boto3
+
+    from infra.deploy import readiness_commands, wait_ready
+
+    head = _output(outputs, "head_instance_id")
+    cmds = readiness_commands(
+        container=str(outputs.get("head_container", "llmfleet-head")),
+        port=cfg.endpoint_port,
+        model=str(outputs.get("served_model", cfg.model)),
+        token_parameter=_output(outputs, "token_parameter"),
+        region=cfg.region,
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]readiness"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("waiting for the head", total=timeout)
+
+        def on_progress(elapsed: float, total: float, why: str) -> None:
+            bar.update(task, completed=min(elapsed, total), description=why[:80])
+
+        r = wait_ready(
+            boto3.client("ssm", region_name=cfg.region),
+            head,
+            cmds,
+            timeout_s=timeout,
+            on_progress=on_progress,
+        )
+    if not r.ready:
+        console.print(f"[bold red]not ready:[/] {r.reason}", highlight=False, soft_wrap=True)
+        return False
+    console.print(f"[green]ready:[/] {r.reason}", highlight=False)
+    return True
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("up")
+    def up_cmd(
+        stack: StackOpt,
+        config: ConfigOpt = None,
+        skip_preflight: Annotated[
+            bool, typer.Option("--skip-preflight", help="Do not check the account first.")
+        ] = False,
+        wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for a real completion.")] = True,
+        timeout: TimeoutOpt = 1800.0,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")
+        ] = None,
+    ) -> None:
+        """Preflight, `pulumi up` (Automation API), render cluster.yaml + Serve config, wait until it answers.
+
+        Exit 0 = up and answering, 1 = preflight failed / update failed / not ready in time, 2 = bad input or no pulumi CLI.
+        """
+        _cli_or_fail()
+        args = _args_or_fail(stack, config)
+        cfg = config_or_fail(stack, config)
+        if not skip_preflight:
+            from infra import preflight as pf
+            from infra.commands.preflight import run_for_stack, show
+
+            checks = run_for_stack(cfg)
+            show(checks, f"preflight: stack {stack} in {cfg.region}")
+            if pf.exit_code(checks):
+                fail("preflight failed: fix the lines marked fail above (or --skip-preflight)", 1)
+
+        from infra.deploy import open_stack, render_artifacts, stack_up
+
+        try:
+            outputs = stack_up(
+                open_stack(args), on_output=lambda line: console.print(line, highlight=False, markup=False)
+            )
+        except Exception as e:  # noqa: BLE001 - automation errors carry the CLI's stderr; show its last line
+            fail(f"pulumi up failed: {_one_line(e)}", 1)
+        for path in render_artifacts(outputs, cfg, out or Path(".llmfleet") / stack):
+            console.print(f"wrote {path}")
+        endpoint = outputs.get("endpoint_url")
+        if wait and not _wait(cfg, outputs, timeout):
+            raise typer.Exit(1)
+        if endpoint:
+            console.print(f"endpoint: {endpoint}", highlight=False)
+        if outputs.get("token_parameter"):
+            console.print(
+                f"token:    aws ssm get-parameter --region {cfg.region} --name {outputs['token_parameter']} "
+                "--with-decryption --query Parameter.Value --output text",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    @app.command("down")
+    def down_cmd(
+        stack: StackOpt,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    ) -> None:
+        """Destroy every resource of the stack (`pulumi destroy` through the Automation API)."""
+        _cli_or_fail()
+        args = _args_or_fail(stack, [])
+        if not yes and not typer.confirm(f"Destroy every resource of stack {stack}?"):
+            raise typer.Exit(1)
+        from infra.deploy import open_stack, stack_down
+
+        try:
+            result = stack_down(
+                open_stack(args, create=False),
+                on_output=lambda line: console.print(line, highlight=False, markup=False),
+            )
+        except Exception as e:  # noqa: BLE001
+            fail(f"pulumi destroy failed: {_one_line(e)}", 1)
+        console.print(f"destroy: {result}")

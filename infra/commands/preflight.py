@@ -1,0 +1,50 @@
+"""`llmfleet preflight`: boto3 checks of the AWS account before `up` (quotas, AZ offerings, AMI, weights)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, config_or_fail, console, fail, print_json
+
+STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def run_for_stack(cfg, clients=None):
+    """The checks for one validated StackConfig (clients default to plain boto3 clients in its region)."""
+    from infra import preflight as pf
+
+    if cfg.provider != "aws":
+        fail(f"llmfleet:provider = {cfg.provider!r}: preflight checks an AWS account; allowed: aws")
+    inputs = pf.inputs_for_stack(cfg)
+    return pf.run_checks(inputs, clients or pf.make_clients(cfg.region))
+
+
+def show(checks, title: str) -> None:
+    t = Table(title=title)
+    t.add_column("check", style="bold")
+    t.add_column("status")
+    t.add_column("message", overflow="fold")
+    for c in checks:
+        t.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", c.message)
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("preflight")
+    def preflight_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+        """Check the AWS account can hold the stack before anything is created.
+
+        GPU type offered in the AZ, GPU facts vs the catalog, vCPU quotas, the AMI, the
+        weights upload and an optional capacity reservation. Exit 0 = all pass (warnings
+        never fail), 1 = a check failed, 2 = bad input.
+        """
+        from infra import preflight as pf
+
+        cfg = config_or_fail(stack, config)
+        checks = run_for_stack(cfg)
+        if as_json:
+            print_json(pf.to_json(checks))
+        else:
+            show(checks, f"preflight: stack {stack} in {cfg.region}")
+        raise typer.Exit(pf.exit_code(checks))

@@ -1,0 +1,238 @@
+"""llmfleet up/down: argument building (pure), the SSM readiness waiter against moto, the CLI-missing path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infra import deploy as d
+from tests.moto_fixtures import DUMMY_CREDS, MotoServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def creds(monkeypatch):
+    for k, v in DUMMY_CREDS.items():
+        monkeypatch.setenv(k, v)
+
+
+# ---------------------------------------------------------------- argument building
+
+
+def test_build_stack_args(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text("name: llmfleet\nruntime: python\n")
+    env = {"AWS_PROFILE": "ops", "PULUMI_BACKEND_URL": "s3://state", "HOME": "/root", "SECRET": "x"}
+    a = d.build_stack_args(
+        "prod", ["workerCount=2", "aws:region=us-west-2", "llmfleet:spot=true"], tmp_path, env
+    )
+    assert a.stack_name == "prod"
+    assert a.work_dir == str(tmp_path.resolve())
+    assert a.config == {"llmfleet:workerCount": "2", "aws:region": "us-west-2", "llmfleet:spot": "true"}
+    assert a.env_vars == {
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "AWS_PROFILE": "ops",
+        "PULUMI_BACKEND_URL": "s3://state",
+    }
+
+
+def test_build_stack_args_defaults_to_repo_root():
+    a = d.build_stack_args("org/llmfleet/dev")
+    assert Path(a.work_dir) == ROOT and a.config == {}
+
+
+def test_override_value_may_contain_equals():
+    assert d.parse_overrides(['llmfleet:tags={"a":"b=c"}']) == {"llmfleet:tags": '{"a":"b=c"}'}
+
+
+@pytest.mark.parametrize(
+    "stack,overrides,needle",
+    [
+        ("prod dev", (), "--stack 'prod dev': not a stack name"),
+        ("", (), "--stack '': not a stack name"),
+        ("prod", ("workerCount",), "-c 'workerCount': not KEY=VALUE"),
+        ("prod", ("bad key=1",), "-c 'bad key=1': not KEY=VALUE"),
+    ],
+)
+def test_build_stack_args_errors_are_one_line(stack, overrides, needle):
+    with pytest.raises(d.DeployError) as e:
+        d.build_stack_args(stack, overrides)
+    assert str(e.value).startswith(needle) and "\n" not in str(e.value)
+
+
+def test_build_stack_args_needs_project(tmp_path):
+    with pytest.raises(d.DeployError, match="no Pulumi.yaml there"):
+        d.build_stack_args("prod", (), tmp_path)
+
+
+def test_require_pulumi_cli():
+    with pytest.raises(d.PulumiMissing) as e:
+        d.require_pulumi_cli(lambda name: None)
+    assert str(e.value) == d.PULUMI_MISSING
+    assert d.require_pulumi_cli(lambda name: f"/usr/bin/{name}") == "/usr/bin/pulumi"
+
+
+# ---------------------------------------------------------------- readiness parsing (pure)
+
+
+def head_stdout(status: dict | str, code: str, body: dict | str) -> str:
+    s = status if isinstance(status, str) else json.dumps(status)
+    b = body if isinstance(body, str) else json.dumps(body)
+    return (
+        f"LLMFLEET_STATUS_BEGIN\n{s}\nLLMFLEET_STATUS_END\n"
+        f"LLMFLEET_COMPLETION_HTTP={code}\nLLMFLEET_COMPLETION_BEGIN\n{b}\nLLMFLEET_COMPLETION_END\n"
+    )
+
+
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+}
+STATUS = {"role": "head", "nodes": 3, "gpus": 16}
+
+
+def test_parse_ready():
+    r = d.parse_readiness(head_stdout(STATUS, "200", COMPLETION))
+    assert r.ready and r.status == STATUS and "2 tokens" in r.reason
+
+
+@pytest.mark.parametrize(
+    "stdout,needle",
+    [
+        ("", "no output from the head"),
+        (head_stdout(STATUS, "503", "Service Unavailable"), "completion: HTTP 503 Service Unavailable"),
+        (head_stdout(STATUS, "000", ""), "completion: HTTP 000"),
+        (head_stdout(STATUS, "200", "<html>"), "not JSON"),
+        (
+            head_stdout(STATUS, "200", {**COMPLETION, "usage": {"completion_tokens": 0}}),
+            "no tokens generated",
+        ),
+        (head_stdout("Error: No such container: llmfleet", "200", COMPLETION), "No such container"),
+    ],
+)
+def test_parse_not_ready(stdout, needle):
+    r = d.parse_readiness(stdout)
+    assert not r.ready and needle in r.reason
+
+
+def test_readiness_commands_keep_token_on_the_head():
+    cmds = d.readiness_commands(
+        container="llmfleet-head",
+        port=8000,
+        model="deepseek-r1",
+        token_parameter="/llmfleet/prod/token",
+        region="us-east-1",
+    )
+    script = "\n".join(cmds)
+    assert "docker exec llmfleet-head python -m ray_cluster.node status --json" in script
+    assert "--with-decryption" in script and "http://127.0.0.1:8000/v1/chat/completions" in script
+    assert '"model": "deepseek-r1"' in script
+
+
+# ---------------------------------------------------------------- the waiter against moto's SSM
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def head(moto):
+    moto.reset()
+    ec2 = moto.client("ec2")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    inst = ec2.run_instances(ImageId=image, InstanceType="m7i.2xlarge", MinCount=1, MaxCount=1)["Instances"][
+        0
+    ]
+    return inst["InstanceId"]
+
+
+CMDS = d.readiness_commands(
+    container="llmfleet-head", port=8000, model="deepseek-r1", token_parameter="/t", region="us-east-1"
+)
+
+
+def test_waiter_times_out_on_moto_empty_output(moto, head):
+    """Moto's SSM runs nothing and returns an empty stdout: the waiter must keep trying, then give up in time."""
+    ssm = moto.client("ssm")
+    seen = []
+    r = d.wait_ready(
+        ssm, head, CMDS, timeout_s=1.0, poll_s=0.2, on_progress=lambda e, t, why: seen.append(why)
+    )
+    assert not r.ready and r.reason.startswith("not ready after 1 s: no output from the head")
+    assert r.attempts >= 2 and seen
+    sent = ssm.list_commands(InstanceId=head)["Commands"]
+    assert len(sent) == r.attempts
+    assert sent[0]["DocumentName"] == "AWS-RunShellScript" and sent[0]["InstanceIds"] == [head]
+    assert sent[0]["Parameters"]["commands"] == CMDS
+
+
+def test_waiter_ready_when_head_answers(moto, head):
+    """The real send_command/get_command_invocation round trip; the head's stdout is what moto cannot produce."""
+    ssm = moto.client("ssm")
+    answers = iter([head_stdout(STATUS, "503", "starting"), head_stdout(STATUS, "200", COMPLETION)])
+
+    def agent_output(parsed, **_):
+        parsed["StandardOutputContent"] = next(answers)
+
+    ssm.meta.events.register("after-call.ssm.GetCommandInvocation", agent_output)
+    r = d.wait_ready(ssm, head, CMDS, timeout_s=30, poll_s=0.05)
+    assert r.ready and r.attempts == 2 and r.status == STATUS
+
+
+def test_waiter_unknown_instance_keeps_waiting():
+    calls = []
+
+    class Flaky:
+        """send_command fails like AWS does before the SSM agent registers, then succeeds."""
+
+        def send_command(self, **kw):
+            calls.append(kw)
+            from botocore.exceptions import ClientError
+
+            raise ClientError(
+                {"Error": {"Code": "InvalidInstanceId", "Message": "not registered"}}, "SendCommand"
+            )
+
+    r = d.wait_ready(Flaky(), "i-0123", CMDS, timeout_s=0.3, poll_s=0.1)
+    assert not r.ready and "InvalidInstanceId" in r.reason and len(calls) >= 2
+
+
+# ---------------------------------------------------------------- the Automation API
+
+
+@pytest.mark.skipif(
+    shutil.which("pulumi") is None, reason="pulumi CLI not on PATH: the Automation API needs it"
+)
+def test_open_stack_selects_local_program(tmp_path, monkeypatch):
+    monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{tmp_path}")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
+    args = d.build_stack_args(
+        "citest", (), ROOT, {"PULUMI_BACKEND_URL": f"file://{tmp_path}", "PULUMI_CONFIG_PASSPHRASE": "test"}
+    )
+    stack = d.open_stack(args)
+    try:
+        assert stack.name == "citest"
+    finally:
+        stack.workspace.remove_stack("citest")
+
+
+def test_up_and_down_without_cli_say_so(tmp_path):
+    """The installed `llmfleet` entry point, with a PATH that holds no pulumi."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("llmfleet")
+    env = {**DUMMY_CREDS, "PATH": str(tmp_path), "HOME": str(tmp_path), "COLUMNS": "200"}
+    for cmd in (["up", "--stack", "prod"], ["down", "--stack", "prod", "--yes"]):
+        res = subprocess.run([str(exe), *cmd], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert res.returncode == 2, res.stderr
+        assert res.stdout == ""
+        assert res.stderr.strip().splitlines() == [f"error: {d.PULUMI_MISSING}"]
