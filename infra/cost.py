@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -424,6 +424,19 @@ def price_resources(
         unsupported=tuple(unsupported),
         warnings=tuple(warnings),
     )
+
+
+def with_owned_hosts(est: Estimate, addresses: Sequence[str], usd_per_hour: float, date: str) -> Estimate:
+    """Add user-declared hourly costs of existing (owned) GPU hosts (llmfleet:provider=existing),
+    which no cloud resource represents, so cost per token still means something."""
+    price = Price(Decimal(str(usd_per_hour)), "hours", "llmfleet:hostHourlyUsd (user-declared)", date)
+    hosts = tuple(
+        ResourceCost(
+            a, "llmfleet:existing:Host", (hourly("Owned GPU host", 1, price),), metadata={"role": "worker"}
+        )
+        for a in addresses
+    )
+    return replace(est, resources=est.resources + hosts)
 
 
 def estimate_monthly_usd(

@@ -73,6 +73,10 @@ def price_stack(
         weights_gib=weights_gib,
         default_az=cfg.availability_zone,
     )
+    if cfg.provider == "existing" and cfg.host_hourly_usd is not None:
+        est = cost.with_owned_hosts(
+            est, [h.address for h in cfg.worker_hosts], cfg.host_hourly_usd, f"stack config {stack}"
+        )
     plan = cfg.plan()
     tps = plan.decode_tokens_per_s_expected if plan.fits else None
     return Priced(est, tps, cfg.max_monthly_usd)
