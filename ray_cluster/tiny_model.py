@@ -154,12 +154,17 @@ def build_into(out_dir: Path, seed: int) -> None:
 
 
 def ensure_tiny_model(data_dir: Path | None = None, seed: int = 0) -> Path:
-    """Return the tiny model's directory, creating it once.
+    """Return the tiny model's directory under the data dir, creating it once."""
+    return ensure_tiny_model_at(model_dir_for(Path(data_dir) if data_dir else default_data_dir(), seed), seed)
+
+
+def ensure_tiny_model_at(final: Path, seed: int = 0) -> Path:
+    """Create the tiny model at exactly `final` unless it is there already.
 
     Built in a temp dir beside the target and renamed into place, so a reader never sees a half
     written model and concurrent callers are safe: the first rename wins, the others discard theirs.
     """
-    final = model_dir_for(Path(data_dir) if data_dir else default_data_dir(), seed)
+    final = Path(final)
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
