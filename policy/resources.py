@@ -16,7 +16,7 @@ from pulumi_policy import (
 )
 
 from . import _config
-from ._props import UNKNOWN, as_list, get, is_unknown, plain, tags_of
+from ._props import as_list, get, is_unknown, plain, tags_of
 
 INSTANCE = "aws:ec2/instance:Instance"
 VOLUME = "aws:ebs/volume:Volume"
@@ -27,6 +27,7 @@ IAM_POLICY_TYPES = {
     "aws:iam/userPolicy:UserPolicy",
     "aws:iam/groupPolicy:GroupPolicy",
 }
+ROLE = "aws:iam/role:Role"
 IAM_ATTACHMENT_TYPES = {
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
     "aws:iam/policyAttachment:PolicyAttachment",
@@ -208,14 +209,21 @@ def _iam_least_privilege(args: ResourceValidationArgs, report: ReportViolation) 
         if isinstance(arn, str) and arn.endswith(ADMIN_POLICY_SUFFIXES):
             report(f"policyArn {arn} grants administrator-level access")
         return
-    if args.resource_type not in IAM_POLICY_TYPES:
+    if args.resource_type in IAM_POLICY_TYPES:
+        documents = [("", props.get("policy"))]
+    elif args.resource_type == ROLE:
+        documents = [
+            (f"inlinePolicies[{get(p, 'name', default=i)}]: ", get(p, "policy"))
+            for i, p in enumerate(as_list(props.get("inlinePolicies")))
+        ]
+    else:
         return
-    document = props.get("policy")
-    # A document built from other resources' ARNs is unknown during preview: checked at `up`.
-    if document is None or is_unknown(document) or document is UNKNOWN:
-        return
-    for problem in iam_document_problems(document):
-        report(problem)
+    for where, document in documents:
+        # A document built from other resources' ARNs is unknown during preview: checked at `up`.
+        if document is None or is_unknown(document):
+            continue
+        for problem in iam_document_problems(document):
+            report(where + problem)
 
 
 # --- tags ----------------------------------------------------------------------------------------
@@ -252,7 +260,11 @@ TAGGABLE_TYPES = {
 
 def _required_tags(args: ResourceValidationArgs, report: ReportViolation) -> None:
     props = _props(args)
-    if args.resource_type not in TAGGABLE_TYPES and "tags" not in props:
+    # Outside the AWS types, `tags` may mean something else (docker-build's image tags are a list).
+    aws_tags = args.resource_type.startswith("aws:") and (
+        isinstance(props.get("tags"), Mapping) or is_unknown(props.get("tags"))
+    )
+    if args.resource_type not in TAGGABLE_TYPES and not aws_tags:
         return
     tags = tags_of(props)
     if is_unknown(tags):

@@ -171,6 +171,8 @@ def good_stack() -> list[dict]:
             rules=[{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}],
         ),
         res("aws:iam/policy:Policy", "node-policy", policy=json.dumps(GOOD_IAM)),
+        # not AWS tags: docker-build's `tags` are image references
+        res("docker-build:index:Image", "image", tags=["123.dkr.ecr/llmfleet:abc"], push=True),
     ]
 
 
@@ -276,7 +278,32 @@ BREAKERS = [
         ),
         "administrator",
     ),
+    (
+        "iam-least-privilege",
+        lambda s: add(
+            s,
+            res(
+                "aws:iam/role:Role",
+                "role",
+                assumeRolePolicy="{}",
+                inlinePolicies=[
+                    {
+                        "name": "inline",
+                        "policy": json.dumps(
+                            {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+                        ),
+                    }
+                ],
+            ),
+        ),
+        "inlinePolicies[inline]",
+    ),
     ("required-tags", lambda s: set_input(s, "scratch", tags={"Project": "llmfleet"}), "llmfleet:stack"),
+    (
+        "required-tags",
+        lambda s: add(s, res("aws:lb/loadBalancer:LoadBalancer", "nlb", internal=True)),
+        "Project",
+    ),
     ("ec2-private-subnet", lambda s: set_input(s, "private", mapPublicIpOnLaunch=True), "public"),
     (
         "ec2-private-subnet",
