@@ -295,7 +295,8 @@ def price_vpc_endpoint(res: Resource, book: PriceBook) -> ResourceCost | None:
         return None  # gateway endpoints (S3, DynamoDB) are free
     subnets = inputs.get("subnetIds") or []
     azs = max(len(subnets), 1)  # one ENI per subnet, one subnet per AZ
-    service = str(inputs.get("serviceName", "")).rsplit(".", 1)[-1] or "interface"
+    # com.amazonaws.<region>.ecr.api -> ecr.api
+    service = str(inputs.get("serviceName", "")).split(".", 3)[-1] or "interface"
     comps = (
         hourly(f"Endpoint ({service}) x {azs} AZ", azs, book.rate("vpce.interface.hour"), unit="hours"),
         usage_based("Data processed", "GB", book.rate("vpce.interface.data")),
@@ -626,13 +627,19 @@ class ResourceDiff:
         return self.hourly - self.past_hourly
 
 
+def _match_key(r: ResourceCost, project: str) -> tuple[str, str]:
+    """(type, logical name without a leading "<stack>-"), so prod-worker-0 matches dev-worker-0."""
+    name = r.name.removeprefix(f"{project}-") if project else r.name
+    return r.resource_type, name
+
+
 def diff_resources(est: Estimate, past: Estimate) -> list[ResourceDiff]:
-    """Per-resource difference est - past, matched by (type, logical name); order: est, then removed."""
-    old = {(r.resource_type, r.name): r for r in past.resources}
+    """Per-resource difference est - past, matched by type and logical name; order: est, then removed."""
+    old = {_match_key(r, past.project): r for r in past.resources}
     rows: list[ResourceDiff] = []
     seen = set()
     for r in est.resources:
-        key = (r.resource_type, r.name)
+        key = _match_key(r, est.project)
         seen.add(key)
         o = old.get(key)
         rows.append(
