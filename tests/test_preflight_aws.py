@@ -360,3 +360,57 @@ def test_split_s3_uri():
     assert pf.split_s3_uri("s3://b") == ("b", "")
     with pytest.raises(ValueError, match="not an s3://"):
         pf.split_s3_uri("https://b/x")
+
+
+def test_cli_json_against_moto(account, tmp_path):
+    """`llmfleet preflight --json` end to end: plain boto3 clients reach moto through AWS_ENDPOINT_URL.
+
+    Service Quotas are not emulated, so the quota checks can only warn here; the prod weights
+    expectation is the real 642 GiB model card, so the small seeded upload fails.
+    """
+    import subprocess
+    import sys
+
+    env = {
+        **DUMMY_CREDS,
+        "PATH": str(Path(sys.executable).parent),
+        "HOME": str(tmp_path),
+        "AWS_ENDPOINT_URL": account.url,
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    cmd = [
+        str(Path(sys.executable).with_name("llmfleet")),
+        "preflight",
+        "--stack",
+        "prod",
+        "--json",
+        "-c",
+        f"llmfleet:weightsUri=s3://{BUCKET}/{PREFIX}",
+        "-c",
+        "llmfleet:availabilityZone=us-east-1e",
+    ]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert set(doc) == {"checks"}
+    by = {c["name"]: c for c in doc["checks"]}
+    assert all(set(c) == {"name", "status", "message"} for c in doc["checks"])
+    assert (
+        by["instance-type-offered"]["status"] == "fail"
+        and "us-east-1e" in by["instance-type-offered"]["message"]
+    )
+    assert by["ami"]["status"] == "pass" and by["gpu-facts"]["status"] == "pass"
+    assert (
+        by["weights"]["status"] == "fail"
+        and "expected 642.0 GiB ±5% (model card deepseek-r1)" in by["weights"]["message"]
+    )
+    assert by["gpu-quota"]["status"] == "warn"
+
+
+def test_cli_bad_stack_is_one_line():
+    from typer.testing import CliRunner
+
+    from infra.cli import app
+
+    res = CliRunner().invoke(app, ["preflight", "--stack", "nope"])
+    assert res.exit_code == 2 and "--stack 'nope'" in res.output and "Traceback" not in res.output
