@@ -41,7 +41,13 @@ class ConfigError(ValueError):
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "(unset)"
     return json.dumps(v) if not isinstance(v, str) else repr(v)
+
+
+def _num(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
 class HostSpec(BaseModel):
@@ -461,10 +467,10 @@ def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:
     else:
         ctx = err.get("ctx", {})
         simple = {
-            "greater_than_equal": f"allowed: a number >= {ctx.get('ge')}",
-            "greater_than": f"allowed: a number > {ctx.get('gt')}",
-            "less_than_equal": f"allowed: a number <= {ctx.get('le')}",
-            "less_than": f"allowed: a number < {ctx.get('lt')}",
+            "greater_than_equal": f"allowed: a number >= {_num(ctx.get('ge'))}",
+            "greater_than": f"allowed: a number > {_num(ctx.get('gt'))}",
+            "less_than_equal": f"allowed: a number <= {_num(ctx.get('le'))}",
+            "less_than": f"allowed: a number < {_num(ctx.get('lt'))}",
             "int_parsing": "allowed: an integer",
             "int_from_float": "allowed: an integer",
             "float_parsing": "allowed: a number",

@@ -30,7 +30,7 @@ import pulumi
 import yaml
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import rpc
-from pulumi.runtime.settings import set_root_resource
+from pulumi.runtime.settings import get_root_resource, set_root_resource
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await
 
@@ -307,6 +307,11 @@ class RecordingMonitor(pmocks.MockMonitor):
         self.stack_outputs: dict[str, Any] | None = None
         self.unknown_inputs: list[str] = []
 
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        # As the engine does: children of the root stack carry no "pulumi:pulumi:Stack$" prefix.
+        urn = super().make_urn(parent, type_, name)
+        return urn.replace("::pulumi:pulumi:Stack$", "::", 1)
+
     def RegisterResource(self, request):
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type != "pulumi:pulumi:Stack":
@@ -316,7 +321,7 @@ class RecordingMonitor(pmocks.MockMonitor):
             clean, unknown = _clean(inputs)
             self.unknown_inputs += [f"{request.name}.{p}" for p in unknown]
             parent = None
-            if request.parent and "pulumi:pulumi:Stack" not in request.parent.split("::")[2]:
+            if request.parent and request.parent.split("::")[2].split("$")[-1] != "pulumi:pulumi:Stack":
                 parent = request.parent.split("::")[-1]
             rec = {
                 "type": request.type,
@@ -399,8 +404,14 @@ def capture(
     sys.path.insert(0, str(project_dir))
     old_cwd = os.getcwd()
     os.chdir(project_dir)
+    exported: list[str] = []
+
+    def program() -> None:
+        runpy.run_path(str(main), run_name="__main__")
+        exported.extend(get_root_resource().outputs)
+
     try:
-        _sync_await(run_in_stack(lambda: runpy.run_path(str(main), run_name="__main__")))
+        _sync_await(run_in_stack(program))
     except Exception as e:  # noqa: BLE001 - shown as one line
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise OfflineError(f"program failed for stack {stack}: {type(e).__name__}: {msg}") from e
@@ -415,7 +426,8 @@ def capture(
             "type and parent"
         )
     outputs, unknown = _clean(monitor.stack_outputs or {})
-    missing = _none_paths(outputs, "outputs")
+    # None values never reach the monitor: compare with what the program exported.
+    missing = [f"outputs.{k}" for k in exported if k not in outputs] + _none_paths(outputs, "outputs")
     if unknown or missing:
         first = (unknown or missing)[0]
         raise OfflineError(

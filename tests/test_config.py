@@ -1,0 +1,227 @@
+"""The typed stack config: every bad value gives one line naming the key, the value and what is allowed."""
+
+import json
+
+import pytest
+import yaml
+
+from infra.config import ConfigError, StackConfig, declared_keys, load_stack_config
+from infra.offline import REPO_ROOT, available_stacks, load_config
+
+HOSTS_OK = [
+    {"address": "10.0.0.10", "role": "head", "gpuCount": 0},
+    {"address": "10.0.0.11", "role": "worker"},
+]
+
+
+def hosts(*entries):
+    return {
+        "llmfleet:provider": "existing",
+        "llmfleet:sshPrivateKey": "[secret]",
+        "llmfleet:hosts": json.dumps(list(entries)),
+    }
+
+
+BAD = [
+    (
+        {"llmfleet:workerCount": "abc"},
+        "llmfleet:workerCount = 'abc': allowed: 'auto' or an integer from 1 to 64",
+    ),
+    ({"llmfleet:workerCount": "0"}, "llmfleet:workerCount = '0': allowed: 'auto' or an integer from 1 to 64"),
+    (
+        {"llmfleet:model": "gpt5"},
+        "llmfleet:model = 'gpt5': allowed: deepseek-r1, deepseek-r1-distill-qwen-7b, "
+        "deepseek-r1-distill-qwen-32b, deepseek-r1-distill-llama-70b",
+    ),
+    (
+        {"llmfleet:quantization": "fp4"},
+        "llmfleet:quantization = 'fp4': allowed: 'fp8', 'bf16', 'int8' or 'int4'",
+    ),
+    ({"llmfleet:maxModelLen": "12"}, "llmfleet:maxModelLen = '12': allowed: a number >= 256"),
+    ({"llmfleet:maxModelLen": "xyz"}, "llmfleet:maxModelLen = 'xyz': allowed: an integer"),
+    (
+        {"llmfleet:maxModelLen": "200000"},
+        "llmfleet:maxModelLen = 200000: allowed: up to 163840 for deepseek-r1",
+    ),
+    (
+        {"llmfleet:gpuInstanceType": "m7i.xlarge"},
+        "llmfleet:gpuInstanceType = 'm7i.xlarge': allowed: g6e.xlarge, "
+        "g6e.12xlarge, g6e.48xlarge, g6.xlarge, g5.xlarge, p4d.24xlarge, p5.48xlarge, p5en.48xlarge",
+    ),
+    (
+        {"llmfleet:headInstanceType": "g6e.xlarge"},
+        "llmfleet:headInstanceType = 'g6e.xlarge': the head advertises 0 "
+        "GPUs, so a GPU type is wasted; allowed: m7i.xlarge, m7i.2xlarge, m7i.4xlarge",
+    ),
+    (
+        {"llmfleet:weightsUri": "ftp://x"},
+        "llmfleet:weightsUri = 'ftp://x': allowed: s3://BUCKET/PREFIX/, an "
+        "http(s):// URL or an absolute path (NFS)",
+    ),
+    (
+        {"llmfleet:endpointPublic": "true"},
+        "llmfleet:endpointAllowedCidrs = []: a public endpoint "
+        "(llmfleet:endpointPublic=true) needs at least one allowed CIDR",
+    ),
+    (
+        {"llmfleet:endpointAllowedCidrs": '["0.0.0.0/0"]'},
+        'llmfleet:endpointAllowedCidrs = ["0.0.0.0/0"]: an internal endpoint cannot admit 0.0.0.0/0 or ::/0',
+    ),
+    (
+        {"llmfleet:endpointAllowedCidrs": '["10.0.0.0/33"]'},
+        'llmfleet:endpointAllowedCidrs = ["10.0.0.0/33"]: entry '
+        "'10.0.0.0/33' is not a CIDR; allowed: CIDRs such as 203.0.113.0/24",
+    ),
+    (
+        {"llmfleet:endpointAllowedCidrs": "not json"},
+        "llmfleet:endpointAllowedCidrs = 'not json': not valid JSON; allowed: a YAML/JSON list",
+    ),
+    ({"llmfleet:spot": "maybe"}, "llmfleet:spot = 'maybe': allowed: true or false"),
+    ({"llmfleet:maxMonthlyUsd": "-5"}, "llmfleet:maxMonthlyUsd = '-5': allowed: a number > 0"),
+    (
+        {"llmfleet:tags": '{"aws:x": "y"}'},
+        'llmfleet:tags = {"aws:x": "y"}: tag key \'aws:x\' is reserved; allowed: '
+        "keys not starting with aws: or llmfleet:",
+    ),
+    ({"aws:region": "mars-1"}, "aws:region = 'mars-1': allowed: an AWS region name such as us-east-1"),
+    (
+        {"llmfleet:availabilityZone": "eu-west-1a"},
+        "llmfleet:availabilityZone = 'eu-west-1a': allowed: a zone of "
+        "aws:region us-east-1 such as us-east-1a",
+    ),
+    (
+        {"llmfleet:gpuInstanceType": "p4d.24xlarge", "llmfleet:quantization": "fp8"},
+        "llmfleet:quantization = 'fp8': A100-40GB has no native FP8; allowed here: bf16, int8, int4",
+    ),
+    (
+        {"llmfleet:vpcCidr": "8.8.0.0/16"},
+        "llmfleet:vpcCidr = '8.8.0.0/16': allowed: a private IPv4 CIDR from /16 to /20, such as 10.42.0.0/16",
+    ),
+    (
+        {"llmfleet:gpuMemoryUtilization": "1.5"},
+        "llmfleet:gpuMemoryUtilization = '1.5': allowed: a number <= 0.98",
+    ),
+    (
+        {"llmfleet:capacityReservationId": "res-1"},
+        "llmfleet:capacityReservationId = 'res-1': allowed: a capacity "
+        "reservation id such as cr-0123456789abcdef0",
+    ),
+    (
+        {"llmfleet:hosts": json.dumps(HOSTS_OK)},
+        "llmfleet:hosts = '[...]': hosts are only used with llmfleet:provider=existing",
+    ),
+    (
+        hosts({"address": "a", "role": "worker"}),
+        "llmfleet:hosts = '[...]': no entry has role 'head'; allowed: exactly one head",
+    ),
+    (
+        hosts({"address": "a", "role": "head"}, {"address": "b", "role": "head"}),
+        "llmfleet:hosts[1] = 'b': second head (entry 0 is the head); allowed: exactly one head",
+    ),
+    (
+        hosts({"address": "a", "role": "head"}, {"address": "a", "role": "worker"}),
+        "llmfleet:hosts[1].address = 'a': duplicates entry 0; allowed: one entry per host",
+    ),
+    (
+        hosts({"address": "a", "role": "head"}, {"address": "b", "role": "worker", "gpuCount": 0}),
+        "llmfleet:hosts[1].gpuCount = 0: worker b has no GPUs; allowed: an integer >= 1",
+    ),
+    (
+        hosts({"address": "a", "role": "head"}, {"address": "b", "role": "worker", "gpuModel": "X9"}),
+        "llmfleet:hosts[1].gpuModel = 'X9': allowed: L20, L40S, L4, A10G, H20, A100-40GB, A100-80GB, H100, H200, B200",
+    ),
+    (hosts({"address": "a", "role": "boss"}), "llmfleet:hosts[0].role = 'boss': allowed: 'head' or 'worker'"),
+    (
+        {"llmfleet:provider": "existing", "llmfleet:hosts": json.dumps(HOSTS_OK)},
+        "llmfleet:sshPrivateKey = (unset): "
+        "provider 'existing' needs an SSH key: pulumi config set --secret sshPrivateKey < key",
+    ),
+]
+
+
+@pytest.mark.parametrize("raw,message", BAD, ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_config_is_one_line(raw, message):
+    with pytest.raises(ConfigError) as e:
+        load_stack_config(raw, "t")
+    assert str(e.value) == message
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(
+        ConfigError, match=r"^llmfleet:workercount = '2': unknown key; did you mean llmfleet:workerCount\?$"
+    ):
+        load_stack_config({"llmfleet:workercount": "2"})
+    with pytest.raises(
+        ConfigError, match=r"^llmfleet:nope = 'x': unknown key; allowed keys: llmfleet:provider"
+    ):
+        load_stack_config({"llmfleet:nope": "x"})
+
+
+def test_secret_values_never_appear_in_errors():
+    raw = {
+        "llmfleet:provider": "existing",
+        "llmfleet:hosts": json.dumps(HOSTS_OK),
+        "llmfleet:sshPrivateKey": 5,
+    }
+    try:
+        load_stack_config(raw)
+    except ConfigError as e:
+        assert "5" not in str(e).split("=", 1)[1].split(":")[0]
+
+
+def test_defaults_and_derived_values():
+    cfg = load_stack_config({}, "prod")
+    assert cfg.worker_count == "auto" and cfg.resolved_workers() == 3
+    assert cfg.gpu_model == "L40S" and cfg.gpus_per_worker == 8
+    assert cfg.effective_quantization == "fp8"
+    assert cfg.common_tags == {"Project": "llmfleet", "llmfleet:stack": "prod"}
+    # Pulumi.yaml's "" and 0 defaults mean unset.
+    cfg = load_stack_config(
+        {"llmfleet:availabilityZone": "", "llmfleet:maxMonthlyUsd": "0", "llmfleet:quantization": ""}
+    )
+    assert cfg.availability_zone is None and cfg.max_monthly_usd is None and cfg.quantization is None
+
+
+def test_existing_hosts_mode_uses_declared_gpus():
+    raw = hosts(
+        *HOSTS_OK,
+        {"address": "10.0.0.12", "role": "worker", "gpuModel": "L20", "gpuCount": 8},
+        {"address": "10.0.0.13", "role": "worker"},
+    )
+    cfg = load_stack_config(raw)
+    assert cfg.gpu_model == "L20" and cfg.gpus_per_worker == 8 and cfg.resolved_workers() == 3
+    assert cfg.plan().fits and cfg.plan().pipeline_parallel_size == 3
+
+
+def test_pulumi_yaml_declares_every_key_with_the_model_defaults():
+    proj = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
+    assert proj["name"] == "llmfleet" and proj["stackConfigDir"] == "stacks"
+    declared = proj["config"]
+    fields = {k.split(":", 1)[1]: f for k, f in declared_keys().items() if k.startswith("llmfleet:")}
+    # Pulumi's project schema has no object type: these two are documented in comments instead.
+    assert set(fields) - set(declared) == {"tags", "hosts"}
+    assert set(declared) <= set(fields)
+    for key, decl in declared.items():
+        assert decl["type"] in ("string", "integer", "boolean", "array"), key
+        assert decl.get("description"), key
+        assert "default" in decl, f"{key}: a declared key without a default is required by Pulumi"
+        parsed = load_stack_config(
+            {
+                f"llmfleet:{key}": decl["default"]
+                if not isinstance(decl["default"], list)
+                else json.dumps(decl["default"])
+            }
+        )
+        assert getattr(parsed, _attr(key)) == getattr(StackConfig(), _attr(key)), key
+
+
+def _attr(key):
+    return next(n for n, f in StackConfig.model_fields.items() if f.alias == f"llmfleet:{key}")
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_shipped_stacks_are_valid(stack):
+    assert stack in available_stacks()
+    cfg = load_config(stack)
+    assert cfg.plan().fits, cfg.plan().reason
