@@ -202,7 +202,8 @@ def parse_readiness(stdout: str) -> Readiness:
     status = None
     if status_text:
         try:
-            status = json.loads(status_text)
+            # stderr is merged in: a warning line may precede the JSON document.
+            status = json.loads(status_text[status_text.find("{") :] if "{" in status_text else status_text)
         except ValueError:
             return Readiness(False, f"ray_cluster.node status: {status_text.splitlines()[-1][:200]}")
     m = re.search(rf"^{MARK}_COMPLETION_HTTP=(\d*)\s*$", stdout, re.M)

@@ -101,6 +101,13 @@ def test_parse_ready():
     assert r.ready and r.status == STATUS and "2 tokens" in r.reason
 
 
+def test_parse_status_after_a_warning_line():
+    r = d.parse_readiness(
+        head_stdout("WARNING: ray version\n" + json.dumps(STATUS, indent=2), "200", COMPLETION)
+    )
+    assert r.ready and r.status == STATUS
+
+
 @pytest.mark.parametrize(
     "stdout,needle",
     [
