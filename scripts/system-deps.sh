@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite and the local cluster use, when we can.
+set -euo pipefail
+need=()
+command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v ip >/dev/null || need+=(iproute2)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  echo "warning: missing ${need[*]} (not root or no apt-get); tests that need them will skip" >&2
+fi
