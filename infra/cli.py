@@ -25,6 +25,7 @@ COMMANDS = (
     "cost",
     "preflight",
     "deploy",
+    "render",
 )
 
 for _name in COMMANDS:

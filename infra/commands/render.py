@@ -1,0 +1,124 @@
+"""`llmfleet render cluster-yaml | serve-config`: Ray configs from a stack's outputs.
+
+Outputs come from `--outputs FILE` (the JSON of `pulumi stack output --json`) or, without it,
+from the offline engine. Both documents are validated by Ray's own code before anything is
+written; a rejection is one line on stderr (Ray's message included), exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from infra.commands._common import (
+    ConfigOpt,
+    StackOpt,
+    capture_or_fail,
+    config_or_fail,
+    err_console,
+    fail,
+)
+
+OutputsOpt = Annotated[
+    Path | None,
+    typer.Option("--outputs", help="JSON of `pulumi stack output --json`; default: the offline engine's."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")]
+
+
+def read_outputs_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        fail(f"--outputs {str(path)!r}: {e.strerror}")
+    except json.JSONDecodeError as e:
+        fail(
+            f"--outputs {str(path)!r}: not JSON ({e.msg} at line {e.lineno}); allowed: `pulumi stack output --json`"
+        )
+    if not isinstance(data, dict):
+        fail(f"--outputs {str(path)!r}: a JSON {type(data).__name__}; allowed: an object of stack outputs")
+    return data
+
+
+def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] | None):
+    if outputs is not None:
+        return read_outputs_file(outputs), config_or_fail(stack, overrides)
+    cap = capture_or_fail(stack, overrides)
+    return cap.outputs, cap.config
+
+
+def _emit(doc: dict[str, Any], out: Path | None, what: str) -> None:
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text)
+    except OSError as e:
+        fail(f"--output {str(out)!r}: {e.strerror}")
+    err_console.print(f"wrote {what} to {out}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    render = typer.Typer(
+        name="render",
+        help="Render Ray's cluster.yaml and the Serve config from stack outputs.",
+        no_args_is_help=True,
+    )
+
+    @render.command("cluster-yaml")
+    def cluster_yaml_cmd(
+        stack: StackOpt,
+        outputs: OutputsOpt = None,
+        output: OutOpt = None,
+        config: ConfigOpt = None,
+        ssh_private_key: Annotated[
+            str | None,
+            typer.Option("--ssh-private-key", help="Path of the SSH key for auth.ssh_private_key."),
+        ] = None,
+    ) -> None:
+        """Ray cluster-launcher config (local provider, SSM ssh proxy), validated by Ray."""
+        from ray_cluster.cluster_yaml import RenderError, render_cluster_yaml, validate_with_ray
+
+        outs, _cfg = _outputs_and_config(stack, outputs, config)
+        try:
+            doc = render_cluster_yaml(outs, ssh_private_key=ssh_private_key)
+            validate_with_ray(doc)
+        except RenderError as e:
+            fail(str(e))
+        _emit(doc, output, "cluster.yaml")
+
+    @render.command("serve-config")
+    def serve_config_cmd(
+        stack: StackOpt,
+        outputs: OutputsOpt = None,
+        output: OutOpt = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
+        from infra.planner import PlanInputError
+        from ray_cluster.serve_config import (
+            ServeConfigError,
+            render_serve_config,
+            serve_inputs_from_stack,
+            validate_serve_config,
+        )
+
+        outs, cfg = _outputs_and_config(stack, outputs, config)
+        try:
+            plan = cfg.plan()
+            if not plan.fits:
+                fail(f"the plan for stack {stack} does not fit: {plan.reason}")
+            doc = render_serve_config(serve_inputs_from_stack(outs, cfg, plan))
+            notes = validate_serve_config(doc)
+        except (ServeConfigError, PlanInputError) as e:
+            fail(str(e))
+        for note in notes:
+            err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        _emit(doc, output, "Serve config")
+
+    app.add_typer(render)

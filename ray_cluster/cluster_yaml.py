@@ -1,0 +1,300 @@
+"""Render Ray's cluster-launcher config (cluster.yaml) from stack outputs; Ray validates it.
+
+The cluster already runs (cloud-init starts every node); cluster.yaml only lets
+`ray attach / exec / submit / dashboard / up` reach it. So it uses the `local` provider with
+the stack's head and worker IPs, the same image (by digest), the same container name and the
+same node commands as the hosts' units, and the head starts WITHOUT `--autoscaling-config`:
+no autoscaler on the head tries to SSH into workers, which join on their own.
+
+SSH without an open port: for AWS hosts (instance ids in the outputs) every connection goes
+through `aws ssm start-session --document-name AWS-StartSSHSession`. The local provider has ONE
+auth section for all hosts and ssh only knows the target IP (%h), so the ProxyCommand is a
+small `sh -c` script with the stack's IP -> instance-id table embedded; an unknown IP fails
+with a message instead of connecting anywhere. For `provider: existing` hosts (no instance ids)
+it is plain SSH to the declared addresses.
+
+Inputs are the stack outputs alone (`pulumi stack output --json` or the offline engine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ray_cluster import node
+
+CONTAINER_NAME = "llmfleet-ray"
+# The hosts' env file (written by cloud-init from SSM at boot): holds the endpoint token,
+# which the OpenAI ingress on the head reads by env var name. Never in any rendered file.
+HOST_ENV_FILE = "/etc/llmfleet/llmfleet.env"
+SHM_SIZE = "32g"
+NODE_PYTHON = "python3"  # the image's interpreter (vLLM images have no `python`)
+SSM_DOCUMENT = "AWS-StartSSHSession"
+
+_DIGEST_RE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+_ECR_RE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/")
+_INSTANCE_RE = re.compile(r"^i-[0-9a-f]{8,17}$")
+_IP_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+class RenderError(ValueError):
+    """A one-line reason the outputs cannot become a config (or Ray rejected it)."""
+
+
+class ClusterOutputs(BaseModel):
+    """The stack outputs cluster.yaml needs; other outputs are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    cluster_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    head_private_ip: str
+    worker_private_ips: list[str] = Field(min_length=1)
+    image_ref: str
+    gpus_per_worker: int = Field(ge=1)
+    gpu_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model_path: str = Field(pattern=r"^/\S+$")
+    ssh_user: str = Field(default="ubuntu", min_length=1)
+    region: str | None = None
+    head_instance_id: str | None = None
+    worker_instance_ids: list[str] | None = None
+    # provider: existing may export SSH addresses that differ from the private IPs.
+    head_address: str | None = None
+    worker_addresses: list[str] | None = None
+
+    @field_validator("head_private_ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        if not _IP_RE.match(v):
+            raise ValueError("allowed: an IPv4 address")
+        return v
+
+    @field_validator("worker_private_ips")
+    @classmethod
+    def _ips(cls, v: list[str]) -> list[str]:
+        for ip in v:
+            if not _IP_RE.match(ip):
+                raise ValueError(f"entry {ip!r} is not an IPv4 address")
+        if len(set(v)) != len(v):
+            raise ValueError("allowed: distinct IPs")
+        return v
+
+    @field_validator("image_ref")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        if not _DIGEST_RE.match(v):
+            raise ValueError("allowed: an image pinned by digest, REPO@sha256:<64 hex>")
+        return v
+
+    @model_validator(mode="after")
+    def _ids(self) -> ClusterOutputs:
+        if (self.head_instance_id is None) != (self.worker_instance_ids is None):
+            raise ValueError("head_instance_id and worker_instance_ids come together (AWS) or not at all")
+        if self.worker_instance_ids is not None:
+            ids = [self.head_instance_id, *self.worker_instance_ids]
+            bad = next((i for i in ids if not _INSTANCE_RE.match(str(i))), None)
+            if bad is not None:
+                raise ValueError(f"instance id {bad!r} is not an EC2 instance id (i-...)")
+            if len(self.worker_instance_ids) != len(self.worker_private_ips):
+                raise ValueError(
+                    f"{len(self.worker_instance_ids)} worker_instance_ids for "
+                    f"{len(self.worker_private_ips)} worker_private_ips; allowed: one id per IP"
+                )
+            if not self.region:
+                raise ValueError("region is required with instance ids (the SSM session needs it)")
+        if self.worker_addresses is not None and len(self.worker_addresses) != len(self.worker_private_ips):
+            raise ValueError("worker_addresses: allowed: one address per worker_private_ips entry")
+        return self
+
+    @property
+    def uses_ssm(self) -> bool:
+        return self.head_instance_id is not None
+
+    @property
+    def ssh_head(self) -> str:
+        return self.head_address or self.head_private_ip
+
+    @property
+    def ssh_workers(self) -> list[str]:
+        return list(self.worker_addresses or self.worker_private_ips)
+
+
+def parse_outputs(outputs: Mapping[str, Any]) -> ClusterOutputs:
+    """Validate stack outputs; RenderError names the output key, its value and what is allowed."""
+    try:
+        return ClusterOutputs.model_validate(dict(outputs))
+    except ValidationError as e:
+        raise RenderError(_first_error("stack output", e)) from None
+
+
+def _first_error(what: str, e: ValidationError) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err.get("type") == "missing":
+        return f"{what} {key!r} is missing"
+    if not key:
+        return f"{what}s: {msg}"
+    return f"{what} {key} = {err.get('input')!r}: {msg}"
+
+
+# ---------------------------------------------------------------- pieces (pure)
+
+
+def ssm_proxy_command(ip_to_instance: Mapping[str, str], region: str) -> str:
+    """ssh ProxyCommand that maps the target IP (%h) to its instance id and opens an SSM session.
+
+    ssh runs it with the user's shell after expanding %h/%p; the script itself is POSIX sh.
+    """
+    cases = " ".join(f"{ip}) t={iid} ;;" for ip, iid in ip_to_instance.items())
+    script = (
+        f'case "$1" in {cases} '
+        '*) echo "llmfleet: $1 is not a host of this cluster" >&2; exit 1 ;; esac; '
+        f'exec aws ssm start-session --target "$t" --document-name {SSM_DOCUMENT} '
+        f'--parameters "portNumber=$2" --region {region}'
+    )
+    return f"sh -c {shlex.quote(script)} llmfleet-ssm-proxy %h %p"
+
+
+COMMON_RUN_OPTIONS = [
+    "--ipc=host",
+    f"--shm-size={SHM_SIZE}",
+    "--ulimit memlock=-1",
+    "--ulimit stack=67108864",
+]
+
+
+def role_run_options(role: str, model_path: str) -> list[str]:
+    """The role-specific `docker run` options. The head is a CPU instance: --gpus is for workers."""
+    if role == "head":
+        return [f"--env-file={HOST_ENV_FILE}"]
+    if role == "worker":
+        return ["--gpus all", f"-v {model_path}:{model_path}:ro"]
+    raise RenderError(f"role {role!r}: allowed: head, worker")
+
+
+def docker_run_options(role: str, model_path: str) -> list[str]:
+    """All `docker run` options of a node container (what the hosts' units use too).
+
+    No --network flag: Ray's launcher always adds --net=host itself, and Docker rejects a
+    network given twice; the hosts' units add --network=host.
+    """
+    return [*COMMON_RUN_OPTIONS, *role_run_options(role, model_path)]
+
+
+def head_node_argv(head_ip: str) -> list[str]:
+    """The head's node command: `ray_cluster.node head`, which runs node.head_start_command."""
+    return [NODE_PYTHON, "-m", "ray_cluster.node", "head", f"--ip={head_ip}"]
+
+
+def worker_node_argv(head_ip: str, gpus: int, gpu_model: str) -> list[str]:
+    """A worker's node command; the node module picks its own IP/NIC (towards the head) at run
+    time, so one command serves every worker, and runs node.worker_start_command."""
+    return [
+        NODE_PYTHON,
+        "-m",
+        "ray_cluster.node",
+        "worker",
+        f"--address={head_ip}:{node.GCS_PORT}",
+        f"--num-gpus={gpus}",
+        f"--gpu-model={gpu_model}",
+    ]
+
+
+def ecr_login_command(image_ref: str) -> str | None:
+    """Host-side ECR login before `docker pull` (hosts have an instance profile with pull rights)."""
+    m = _ECR_RE.match(image_ref)
+    if not m:
+        return None
+    registry = image_ref.split("/", 1)[0]
+    return (
+        f"aws ecr get-login-password --region {m.group(2)} | "
+        f"docker login --username AWS --password-stdin {registry}"
+    )
+
+
+# ---------------------------------------------------------------- the document
+
+
+def render_cluster_yaml(outputs: Mapping[str, Any], ssh_private_key: str | None = None) -> dict[str, Any]:
+    """The cluster.yaml document (a dict; dump it with yaml.safe_dump)."""
+    o = parse_outputs(outputs)
+    auth: dict[str, Any] = {"ssh_user": o.ssh_user}
+    if o.uses_ssm:
+        table = {
+            o.head_private_ip: o.head_instance_id,
+            **dict(zip(o.worker_private_ips, o.worker_instance_ids)),
+        }
+        auth["ssh_proxy_command"] = ssm_proxy_command(table, o.region)
+    if ssh_private_key:
+        auth["ssh_private_key"] = ssh_private_key
+    login = ecr_login_command(o.image_ref)
+    return {
+        "cluster_name": o.cluster_name,
+        "max_workers": len(o.worker_private_ips),
+        "provider": {"type": "local", "head_ip": o.ssh_head, "worker_ips": o.ssh_workers},
+        "auth": auth,
+        "docker": {
+            "image": o.image_ref,
+            "container_name": CONTAINER_NAME,
+            "pull_before_run": True,
+            "run_options": list(COMMON_RUN_OPTIONS),
+            "head_run_options": role_run_options("head", o.model_path),
+            "worker_run_options": role_run_options("worker", o.model_path),
+            # Explicit --gpus/--shm-size above; no host-dependent additions by the launcher.
+            "disable_automatic_runtime_detection": True,
+            "disable_shm_size_detection": True,
+        },
+        "initialization_commands": [login] if login else [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        # The launcher runs these inside the container; `ray stop` first, as Ray's defaults do.
+        "head_start_ray_commands": ["ray stop", node.shell_command(head_node_argv(o.head_private_ip))],
+        "worker_start_ray_commands": [
+            "ray stop",
+            node.shell_command(worker_node_argv(o.head_private_ip, o.gpus_per_worker, o.gpu_model)),
+        ],
+        "file_mounts": {},
+    }
+
+
+def _ray_message(e: BaseException) -> str:
+    try:
+        import jsonschema
+
+        if isinstance(e, jsonschema.ValidationError):
+            path = ".".join(str(p) for p in e.absolute_path)
+            return f"{path}: {e.message}" if path else e.message
+    except ImportError:  # pragma: no cover - ray[default] depends on jsonschema
+        pass
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def validate_with_ray(doc: Mapping[str, Any], bootstrap: bool = True) -> dict[str, Any]:
+    """Validate with Ray's own code: validate_config(prepare_config(doc)) and, when bootstrap,
+    the first step of `ray up` (_bootstrap_config, without its on-disk cache).
+
+    Returns the prepared config. Raises RenderError with Ray's message. Ray's CLI logger output
+    is swallowed so a rendered YAML on stdout stays clean.
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            prepared = prepare_config(dict(doc))
+            validate_config(prepared)
+            if bootstrap:
+                from ray.autoscaler._private.commands import _bootstrap_config
+
+                _bootstrap_config(dict(doc), no_config_cache=True)
+    except (Exception, SystemExit) as e:  # click aborts and schema errors alike: one line
+        raise RenderError(f"Ray rejected cluster.yaml: {_ray_message(e)}") from None
+    return prepared

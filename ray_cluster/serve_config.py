@@ -1,0 +1,258 @@
+"""Render the Ray Serve deploy config (what `serve deploy` takes) from stack outputs + the plan.
+
+Production (engine="vllm"): one application, `ray_cluster.serve_app:build_app`, a thin wrapper
+of `ray.serve.llm:build_openai_app` whose args are LLMServingArgs plus `api_token_env` (the
+NAME of the env var holding the bearer token; Ray Serve LLM's OpenAI app has no auth).
+
+- model_loading_config: the served model id, and as source the local NVMe path of the weights
+  (the same path on every host), so nothing is downloaded at deploy time;
+- engine_kwargs from the planner: TP = GPUs per host, PP = hosts, max_model_len,
+  gpu_memory_utilization, chunked prefill, prefix caching, trust_remote_code;
+- placement_group_config: one bundle per GPU, PACK. Each bundle also asks for one unit of the
+  custom resource `gpu_model:<GPU>` that workers advertise (quantity = their GPU count):
+  Ray's accelerator list has no L20, so accelerator_type is never used. Ray Serve LLM adds the
+  replica actor's CPU to bundle 0 itself;
+- runtime_env env vars: cluster-wide ones only. NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME /
+  VLLM_HOST_IP name each node's own NIC and IP, so they cannot live in one runtime_env:
+  ray_cluster.node sets them on each node before `ray start`, and Ray workers inherit them.
+
+Local (engine="cpu"): `ray_cluster.engines.cpu:build_app` with its EngineArgs, same shape.
+Both are validated with ray.serve.schema.ServeDeploySchema; the vLLM one also with
+ray.serve.llm.LLMConfig when that imports (it needs an engine package).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from ray_cluster.node import gpu_model_resource
+
+DEFAULT_TOKEN_ENV = "LLMFLEET_API_TOKEN"
+APP_NAME = "llm"
+VLLM_IMPORT_PATH = "ray_cluster.serve_app:build_app"
+CPU_IMPORT_PATH = "ray_cluster.engines.cpu:build_app"
+ENGINES = ("vllm", "cpu")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Ray's head-node resource: pins the OpenAI ingress to the head, where the env file with the
+# token is mounted and the NLB sends traffic.
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+class ServeConfigError(ValueError):
+    """One line: what is wrong with the inputs, or what Ray's schema rejected."""
+
+
+@dataclass(frozen=True)
+class ServeInputs:
+    model_id: str  # the name clients send as "model"
+    model_source: str  # local path of the weights on every host
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    max_model_len: int
+    gpu_memory_utilization: float = 0.90
+    gpu_model: str | None = None
+    efa: bool = False
+    quantization: str | None = None  # vLLM `quantization` (only when not the checkpoint's own)
+    trust_remote_code: bool = True
+    api_token_env: str = DEFAULT_TOKEN_ENV
+    http_port: int = 8000
+
+    def check(self) -> None:
+        if not _ENV_NAME_RE.match(self.api_token_env):
+            raise ServeConfigError(
+                f"api_token_env = {self.api_token_env!r}: allowed: an environment variable name"
+            )
+        for key in ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len"):
+            if getattr(self, key) < 1:
+                raise ServeConfigError(f"{key} = {getattr(self, key)}: allowed: an integer >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ServeConfigError(
+                f"gpu_memory_utilization = {self.gpu_memory_utilization}: allowed: 0 < x <= 1"
+            )
+        if not self.model_source.startswith("/"):
+            raise ServeConfigError(f"model_source = {self.model_source!r}: allowed: an absolute path")
+
+
+def placement_bundles(tp: int, pp: int, gpu_model: str | None) -> list[dict[str, float]]:
+    """TP x PP one-GPU bundles, each pinned to the GPU model through the custom resource."""
+    bundle: dict[str, float] = {"GPU": 1}
+    if gpu_model:
+        bundle[gpu_model_resource(gpu_model)] = 1
+    return [dict(bundle) for _ in range(tp * pp)]
+
+
+def cluster_env_vars(efa: bool) -> dict[str, str]:
+    """Env vars that are the same on every node (runtime_env values must be strings)."""
+    env = {
+        "NCCL_DEBUG": "WARN",
+        "VLLM_USE_V1": "1",
+        "HF_HUB_OFFLINE": "1",  # weights are local; private subnets have no route to the Hub
+    }
+    if efa:
+        env["FI_PROVIDER"] = "efa"  # NCCL over EFA via the aws-ofi-nccl plugin
+    else:
+        env["NCCL_IB_DISABLE"] = "1"  # no InfiniBand/EFA: sockets on the chosen NIC
+    return env
+
+
+def llm_config(i: ServeInputs) -> dict[str, Any]:
+    """The LLMConfig (as a dict) for ray.serve.llm."""
+    engine_kwargs: dict[str, Any] = {
+        "tensor_parallel_size": i.tensor_parallel_size,
+        "pipeline_parallel_size": i.pipeline_parallel_size,
+        "max_model_len": i.max_model_len,
+        "gpu_memory_utilization": i.gpu_memory_utilization,
+        "enable_chunked_prefill": True,
+        "enable_prefix_caching": True,
+        "trust_remote_code": i.trust_remote_code,
+    }
+    if i.quantization:
+        engine_kwargs["quantization"] = i.quantization
+    return {
+        "model_loading_config": {"model_id": i.model_id, "model_source": i.model_source},
+        "engine_kwargs": engine_kwargs,
+        "placement_group_config": {
+            "bundles": placement_bundles(i.tensor_parallel_size, i.pipeline_parallel_size, i.gpu_model),
+            "strategy": "PACK",
+        },
+        "deployment_config": {"num_replicas": 1},
+        "runtime_env": {"env_vars": cluster_env_vars(i.efa)},
+    }
+
+
+def render_serve_config(i: ServeInputs, engine: str = "vllm") -> dict[str, Any]:
+    """The ServeDeploySchema document for `serve deploy` (a dict; dump with yaml.safe_dump)."""
+    i.check()
+    if engine == "vllm":
+        app = {
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": VLLM_IMPORT_PATH,
+            "args": {
+                "llm_configs": [llm_config(i)],
+                "api_token_env": i.api_token_env,
+                "ingress_deployment_config": {
+                    "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}}
+                },
+            },
+        }
+    elif engine == "cpu":
+        app = {
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": CPU_IMPORT_PATH,
+            "args": {
+                "model_id": i.model_id,
+                "model_source": i.model_source,
+                "max_model_len": i.max_model_len,
+                "api_token_env": i.api_token_env,
+                "tensor_parallel_size": i.tensor_parallel_size,
+                "pipeline_parallel_size": i.pipeline_parallel_size,
+                "gpu_model": i.gpu_model,
+            },
+        }
+    else:
+        raise ServeConfigError(f"engine = {engine!r}: allowed: {', '.join(ENGINES)}")
+    return {
+        # The NLB targets the head; the ingress runs there too.
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "0.0.0.0", "port": i.http_port},
+        "applications": [app],
+    }
+
+
+# ---------------------------------------------------------------- validation (Ray's own)
+
+
+def _pydantic_line(what: str, e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{what}: {loc}: {err.get('msg')}" if loc else f"{what}: {err.get('msg')}"
+
+
+def llm_config_validator():
+    """ray.serve.llm.LLMConfig, or None with the reason when it does not import here."""
+    try:
+        from ray.serve.llm import LLMConfig
+    except ImportError as e:
+        return None, f"ray.serve.llm does not import ({e}); install vLLM to validate LLMConfig"
+    return LLMConfig, ""
+
+
+def validate_serve_config(doc: Mapping[str, Any]) -> list[str]:
+    """Validate with ServeDeploySchema (always) and LLMConfig (when importable).
+
+    Returns notes (e.g. why LLMConfig was skipped); raises ServeConfigError with Ray's message.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(dict(doc))
+    except ValidationError as e:
+        raise ServeConfigError(_pydantic_line("Ray rejected the Serve config", e)) from None
+    notes: list[str] = []
+    for app in doc.get("applications", []):
+        if app.get("import_path") != VLLM_IMPORT_PATH:
+            continue
+        cls, why = llm_config_validator()
+        if cls is None:
+            notes.append(f"LLMConfig not checked: {why}")
+            continue
+        for cfg in app["args"]["llm_configs"]:
+            try:
+                cls.model_validate(cfg)
+            except (ValidationError, ValueError) as e:
+                msg = _pydantic_line("", e)[2:] if isinstance(e, ValidationError) else str(e)
+                raise ServeConfigError(f"Ray Serve LLM rejected the LLMConfig: {msg}") from None
+    return notes
+
+
+# ---------------------------------------------------------------- from the stack
+
+
+def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> ServeInputs:
+    """ServeInputs from the stack outputs (what is deployed) and the plan (engine knobs).
+
+    The outputs' layout must equal the plan's: a config changed since the last `up` would
+    otherwise deploy a layout the hardware does not have.
+    """
+    from infra.catalog import load_catalog
+
+    def need(key: str) -> Any:
+        if outputs.get(key) in (None, ""):
+            raise ServeConfigError(f"stack output {key!r} is missing")
+        return outputs[key]
+
+    tp, pp = int(need("tensor_parallel_size")), int(need("pipeline_parallel_size"))
+    if (tp, pp) != (plan.tensor_parallel_size, plan.pipeline_parallel_size):
+        raise ServeConfigError(
+            f"stack outputs have TP {tp} x PP {pp} but the plan for the current config is "
+            f"TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size}; run `pulumi up` first"
+        )
+    model = str(need("model"))
+    cat = load_catalog()
+    served = cat.models[model].hf_repo if model in cat.models else model
+    native = cat.models[model].native_dtype if model in cat.models else None
+    # Dynamic FP8 is the only non-native scheme vLLM applies at load; int8/int4 need their own
+    # pre-quantized checkpoints, which carry their method in config.json.
+    quant = "fp8" if plan.quantization == "fp8" and native and native != "fp8" else None
+    inst = cat.instances.get(getattr(cfg, "gpu_instance_type", ""), None)
+    efa = bool(inst and inst.efa) and getattr(cfg, "provider", "aws") == "aws"
+    return ServeInputs(
+        model_id=served,
+        model_source=str(need("model_path")),
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        max_model_len=int(outputs.get("max_model_len") or plan.max_model_len),
+        gpu_memory_utilization=float(plan.gpu_memory_utilization),
+        gpu_model=str(need("gpu_model")),
+        efa=efa,
+        quantization=quant,
+        api_token_env=DEFAULT_TOKEN_ENV,
+        http_port=int(getattr(cfg, "endpoint_port", 8000)),
+    )
