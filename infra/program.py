@@ -1,18 +1,27 @@
 """Composition of the stack: typed config -> plan -> components -> stack outputs.
 
 Kept out of __main__.py so tests can import it; __main__.py only exports what this returns.
+`provider: existing` (hosts you own, bootstrapped over SSH) branches off into its own module.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_aws as aws
 
-from infra.config import ConfigError, load_stack_config
+from infra.catalog import load_catalog
+from infra.config import ConfigError, StackConfig, load_stack_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RAY_VERSION = "2.60.0"  # the image's Ray must match the operator's `ray` (client/cluster.yaml)
+DASHBOARD_PORT = 8265
+SSH_USER = "ubuntu"  # Deep Learning Base AMI (Ubuntu 22.04)
 
 
-def read_config() -> Any:
+def read_config() -> StackConfig:
     """The validated StackConfig of the running stack (config comes from Pulumi)."""
     from pulumi.runtime.config import CONFIG, get_config_env
 
@@ -24,13 +33,186 @@ def read_config() -> Any:
         raise pulumi.RunError(str(e)) from None
 
 
-def build() -> dict[str, Any]:
-    cfg = read_config()
+def cluster_name(cfg: StackConfig) -> str:
+    return f"llmfleet-{cfg.stack}"
+
+
+def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
+    """The configured AZ, else the first AZ (by name) that offers the GPU instance type."""
+    if cfg.availability_zone:
+        return pulumi.Output.from_input(cfg.availability_zone)
+    offers = aws.ec2.get_instance_type_offerings_output(
+        location_type="availability-zone",
+        filters=[{"name": "instance-type", "values": [cfg.gpu_instance_type]}],
+    )
+
+    def first(locations: list[str]) -> str:
+        if not locations:
+            raise pulumi.RunError(
+                f"llmfleet:gpuInstanceType = {cfg.gpu_instance_type!r}: no AZ of {cfg.region} offers it; "
+                "allowed: a type offered in the region, or set llmfleet:availabilityZone"
+            )
+        return sorted(locations)[0]
+
+    return offers.locations.apply(first)
+
+
+def dashboard_command(instance_id: str, region: str) -> str:
+    return (
+        f"aws ssm start-session --region {region} --target {instance_id} "
+        "--document-name AWS-StartPortForwardingSession "
+        f'--parameters \'{{"portNumber":["{DASHBOARD_PORT}"],"localPortNumber":["{DASHBOARD_PORT}"]}}\''
+    )
+
+
+def build_aws(cfg: StackConfig) -> dict[str, Any]:
+    from infra.components.cluster import Cluster, ClusterArgs
+    from infra.components.endpoint import Endpoint, EndpointArgs, EndpointToken, EndpointTokenArgs
+    from infra.components.iam import IamArgs, NodeIam
+    from infra.components.image import Image, ImageArgs
+    from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
+    from infra.components.registry import Registry, RegistryArgs
+    from infra.components.weights import Weights, WeightsArgs
+
+    cat = load_catalog()
+    name = cluster_name(cfg)
+    tags = cfg.common_tags
     plan = cfg.plan()
-    outputs: dict[str, Any] = {
+    workers = cfg.resolved_workers()
+    az = worker_availability_zone(cfg)
+
+    network = Network(
+        "net",
+        NetworkArgs(
+            name=name,
+            region=cfg.region,
+            vpc_cidr=cfg.vpc_cidr,
+            availability_zone=az,
+            endpoint_port=cfg.endpoint_port,
+            endpoint_cidrs=endpoint_ingress_cidrs(
+                cfg.endpoint_allowed_cidrs, cfg.endpoint_public, cfg.vpc_cidr
+            ),
+            nat_gateway=cfg.nat_gateway,
+            public_subnet=cfg.endpoint_public,
+            tags=tags,
+        ),
+    )
+    registry = Registry(
+        "registry",
+        RegistryArgs(name=name, keep_images=cfg.ecr_keep_images, force_delete=cfg.stack != "prod", tags=tags),
+    )
+    image = Image(
+        "node",
+        ImageArgs(
+            repository_url=registry.repository.repository_url,
+            registry_id=registry.repository.registry_id,
+            context_dir=REPO_ROOT,
+            base_image=cfg.base_image,
+            ray_version=RAY_VERSION,
+            tags=tags,
+        ),
+    )
+    try:
+        weights = Weights(
+            "weights", WeightsArgs(name=name, model=cfg.model, weights_uri=cfg.weights_uri, tags=tags)
+        )
+    except ValueError as e:
+        raise pulumi.RunError(str(e)) from None
+    token = EndpointToken("token", EndpointTokenArgs(stack=cfg.stack, tags=tags))
+    iam = NodeIam(
+        "iam",
+        IamArgs(
+            name=name,
+            repository_arn=registry.repository.arn,
+            token_parameter_arn=token.parameter.arn,
+            weights_bucket=weights.bucket_name,
+            weights_prefix=weights.prefix,
+            tags=tags,
+        ),
+    )
+    cluster = Cluster(
+        "cluster",
+        ClusterArgs(
+            name=name,
+            region=cfg.region,
+            model=cfg.model,
+            quantization=cfg.effective_quantization,
+            max_model_len=cfg.max_model_len,
+            head_type=cat.instances[cfg.head_instance_type],
+            worker_type=cat.instances[cfg.gpu_instance_type],
+            workers=workers,
+            checkpoint_gib=cat.models[cfg.model].checkpoint_gib,
+            subnet_id=network.private_subnet.id,
+            availability_zone=az,
+            cluster_sg_id=network.cluster_sg.id,
+            instance_profile=iam.profile.name,
+            image_ref=image.ref,
+            weights_s3_uri=weights.s3_uri,
+            weights_path=cfg.weights_path,
+            model_path=cfg.model_path,
+            token_parameter=token.parameter.name,
+            endpoint_port=cfg.endpoint_port,
+            spot=cfg.spot,
+            capacity_reservation_id=cfg.capacity_reservation_id,
+            root_volume_gb=cfg.root_volume_gb,
+            tags=tags,
+        ),
+        opts=pulumi.ResourceOptions(depends_on=[token.parameter, network]),
+    )
+    nlb_subnet = network.public_subnet if cfg.endpoint_public else network.private_subnet
+    endpoint = Endpoint(
+        "endpoint",
+        EndpointArgs(
+            name=name,
+            vpc_id=network.vpc.id,
+            subnet_ids=[nlb_subnet.id],
+            security_group_id=network.endpoint_sg.id,
+            head_instance_id=cluster.head.id,
+            port=cfg.endpoint_port,
+            internal=not cfg.endpoint_public,
+            tags=tags,
+        ),
+    )
+    return {
+        "cluster_name": name,
+        "region": cfg.region,
+        "availability_zone": az,
+        "endpoint_url": endpoint.url,
+        "head_private_ip": cluster.head.private_ip,
+        "head_instance_id": cluster.head.id,
+        "head_container": "llmfleet-head",
+        "worker_private_ips": pulumi.Output.all(*[w.private_ip for w in cluster.workers]),
+        "worker_instance_ids": pulumi.Output.all(*[w.id for w in cluster.workers]),
+        "image_ref": image.ref,
+        "token_parameter": token.parameter.name,
+        "dashboard_port_forward_command": cluster.head.id.apply(lambda i: dashboard_command(i, cfg.region)),
+        "weights_uri": weights.s3_uri,
+        "ssh_user": SSH_USER,
+        **serving_outputs(cfg, plan, workers),
+    }
+
+
+def serving_outputs(cfg: StackConfig, plan: Any, workers: int) -> dict[str, Any]:
+    """What the renderers (cluster.yaml, Serve config) need, the same for every provider."""
+    return {
         "model": cfg.model,
+        "model_path": cfg.model_path,
+        "quantization": cfg.effective_quantization,
+        "max_model_len": cfg.max_model_len,
+        "gpu_model": cfg.gpu_model,
+        "gpus_per_worker": cfg.gpus_per_worker,
+        "workers": workers,
         "tensor_parallel_size": plan.tensor_parallel_size,
         "pipeline_parallel_size": plan.pipeline_parallel_size,
         "plan_fits": plan.fits,
+        "endpoint_port": cfg.endpoint_port,
     }
-    return outputs
+
+
+def build() -> dict[str, Any]:
+    cfg = read_config()
+    if cfg.provider == "existing":
+        from infra.existing import build_existing  # hosts you own, bootstrapped over SSH
+
+        return build_existing(cfg)
+    return build_aws(cfg)

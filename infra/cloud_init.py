@@ -1,0 +1,313 @@
+"""The user data each EC2 host boots with: a pure function from a NodeSpec to a bash script.
+
+Boot order (DESIGN.md, production bootstrap):
+  1. Docker (and, on GPU workers, the NVIDIA runtime and the GPU count) are checked.
+  2. Workers assemble the instance-store NVMe disks (RAID0 when there are several) at the
+     weights path and stage the checkpoint from S3 in parallel, verify it against
+     manifest.json (else against the S3 listing) and touch a ready marker. The head stages
+     only the small files (config, tokenizer) that the OpenAI ingress reads.
+  3. The head reads the endpoint token from SSM at boot into a root-only env file; nothing
+     secret is in the user data itself.
+  4. The node container starts `python -m ray_cluster.node head|worker ... --block`
+     (the image's entrypoint), with host networking so Ray binds the host's private IP.
+
+The script is rendered here and checked with `bash -n` and shellcheck in the tests.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Literal
+
+from ray_cluster.node import GCS_PORT
+
+TOKEN_ENV = "LLMFLEET_API_TOKEN"
+NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
+READY_MARKER = ".llmfleet-ready"
+# One S3 connection tops out near 5 Gbps (FACTS.md), so the copy runs many ranged GETs at
+# once: 64 connections x 64 MiB parts keeps a 100-400 Gbps NIC busy.
+S3_MAX_CONCURRENT_REQUESTS = 64
+S3_MULTIPART_CHUNKSIZE = "64MB"
+# Files the head's OpenAI ingress reads (tokenizer, chat template, config): no weight shards.
+HEAD_INCLUDES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+
+
+class ShellVar(str):
+    """An argv element that is a shell variable, expanded at boot (e.g. the node's own IP)."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    role: Literal["head", "worker"]
+    region: str
+    image_ref: str  # repo@sha256:digest
+    weights_s3_uri: str  # s3://bucket/prefix/ (ends with /)
+    model_path: str  # where the checkpoint lands on every host
+    weights_path: str  # mount point of the NVMe array (model_path lives under it)
+    token_parameter: str = ""  # head only: SSM SecureString name
+    head_ip: str = ""  # worker only
+    gpus: int = 0  # worker only
+    gpu_model: str = ""  # worker only
+    nvme_disks: int = 0
+    efa: bool = False
+    endpoint_port: int = 8000
+    container_name: str = ""
+
+    @property
+    def container(self) -> str:
+        return self.container_name or f"llmfleet-{self.role}"
+
+
+def node_args(spec: NodeSpec) -> list[str]:
+    """Arguments after the image's entrypoint (`python -m ray_cluster.node`)."""
+    ip = ShellVar("NODE_IP")
+    if spec.role == "head":
+        # head advertises 0 GPUs (ray_cluster.node.head_start_command); dashboard stays on
+        # loopback and is reached through an SSM port forward.
+        return ["head", "--ip", ip, "--block"]
+    if not spec.head_ip or spec.gpus < 1:
+        raise ValueError("a worker needs head_ip and gpus >= 1")
+    args = ["worker", "--address", f"{spec.head_ip}:{GCS_PORT}", "--num-gpus", str(spec.gpus)]
+    if spec.gpu_model:
+        args += ["--gpu-model", spec.gpu_model]
+    return args + ["--ip", ip, "--block"]
+
+
+def _sh(argv: list[str]) -> str:
+    return " ".join(f'"${{{a}}}"' if isinstance(a, ShellVar) else shlex.quote(a) for a in argv)
+
+
+def _registry(image_ref: str) -> str:
+    return image_ref.split("/", 1)[0]
+
+
+def docker_run_argv(spec: NodeSpec) -> list[str]:
+    argv = [
+        "docker",
+        "run",
+        "--detach",
+        "--name",
+        spec.container,
+        "--restart",
+        "unless-stopped",
+        "--network",
+        "host",  # Ray and NCCL bind the host's private IP
+        "--ipc",
+        "host",
+        "--shm-size",
+        "16g",
+        "--ulimit",
+        "memlock=-1",
+        "--volume",
+        f"{spec.model_path}:{spec.model_path}:ro",
+        "--env",
+        f"LLMFLEET_MODEL_PATH={spec.model_path}",
+    ]
+    if spec.role == "head":
+        argv += ["--env-file", "/run/llmfleet/node.env"]
+    else:
+        argv += ["--gpus", "all"]
+    return argv
+
+
+def _header(spec: NodeSpec) -> str:
+    return f"""#!/bin/bash
+# llmfleet {spec.role} bootstrap (rendered by infra/cloud_init.py; do not edit on the host).
+set -euo pipefail
+exec > >(tee -a /var/log/llmfleet-boot.log) 2>&1
+export AWS_DEFAULT_REGION={shlex.quote(spec.region)}
+
+log() {{ echo "llmfleet[{spec.role}] $(date -u +%FT%TZ) $*"; }}
+die() {{ log "FAILED: $*"; exit 1; }}
+
+# IMDSv2 only (httpTokens=required): a session token first, then the private IP.
+IMDS_TOKEN=$(curl -sS -X PUT http://169.254.169.254/latest/api/token \\
+  -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
+NODE_IP=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" \\
+  http://169.254.169.254/latest/meta-data/local-ipv4)
+[[ -n "${{NODE_IP}}" ]] || die "no private IP from IMDS"
+log "private IP ${{NODE_IP}}"
+"""
+
+
+def _checks(spec: NodeSpec) -> str:
+    out = """
+# 1. Docker (the Deep Learning Base AMI ships it with the NVIDIA container toolkit)
+systemctl start docker
+docker info >/dev/null 2>&1 || die "docker is not running"
+"""
+    if spec.role == "worker":
+        out += f"""docker info --format '{{{{json .Runtimes}}}}' | grep -q nvidia \\
+  || die "docker has no nvidia runtime (nvidia-container-toolkit missing)"
+GPUS_SEEN=$(nvidia-smi -L | grep -c '^GPU ' || true)
+[[ "${{GPUS_SEEN}}" -ge {spec.gpus} ]] || die "expected {spec.gpus} GPUs, nvidia-smi sees ${{GPUS_SEEN}}"
+log "docker + nvidia runtime ok, ${{GPUS_SEEN}} GPUs"
+"""
+    return out
+
+
+def _nvme(spec: NodeSpec) -> str:
+    wp = shlex.quote(spec.weights_path)
+    if spec.nvme_disks == 0:
+        return f"""
+# 2a. No instance store on this type: the weights go to the (larger) root volume.
+mkdir -p {wp}
+"""
+    return f"""
+# 2a. Instance-store NVMe -> {spec.weights_path} (RAID0 over all of them when more than one).
+WEIGHTS_MNT={wp}
+if ! mountpoint -q "${{WEIGHTS_MNT}}"; then
+  mapfile -t NVME_DEVS < <(lsblk -dpno NAME,MODEL | awk '/{NVME_MODEL}/ {{print $1}}')
+  [[ "${{#NVME_DEVS[@]}}" -ge 1 ]] || die "no instance-store NVMe disks found"
+  if [[ "${{#NVME_DEVS[@]}}" -gt 1 ]]; then
+    DEV=/dev/md/llmfleet
+    if [[ ! -e "${{DEV}}" ]]; then
+      mdadm --create "${{DEV}}" --run --level=0 --raid-devices="${{#NVME_DEVS[@]}}" "${{NVME_DEVS[@]}}"
+    fi
+  else
+    DEV="${{NVME_DEVS[0]}}"
+  fi
+  blkid "${{DEV}}" >/dev/null 2>&1 || mkfs.xfs -f -L llmfleet "${{DEV}}"
+  mkdir -p "${{WEIGHTS_MNT}}"
+  mount -o noatime "${{DEV}}" "${{WEIGHTS_MNT}}"
+  log "mounted ${{DEV}} (${{#NVME_DEVS[@]}} NVMe disks) at ${{WEIGHTS_MNT}}"
+fi
+"""
+
+
+_VERIFY_PY = r"""import json, os, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+root, source = sys.argv[1], sys.argv[2]
+if source.endswith(".json"):
+    doc = json.load(open(source))
+    files = doc.get("files", doc)
+    expect = {f["path"]: (int(f["size"]), f.get("sha256")) for f in files}
+else:  # S3 listing (list-objects-v2 JSON): sizes only
+    prefix = sys.argv[3]
+    expect = {}
+    for page in json.load(open(source)) or []:
+        for o in page if isinstance(page, list) else [page]:
+            if not o["Key"].endswith("/"):
+                expect[o["Key"][len(prefix):]] = (int(o["Size"]), None)
+expect.pop("manifest.json", None)
+bad = []
+def check(item):
+    rel, (size, sha) = item
+    p = os.path.join(root, rel)
+    if not os.path.isfile(p) or os.path.getsize(p) != size:
+        return f"{rel}: size {os.path.getsize(p) if os.path.isfile(p) else 'missing'} != {size}"
+    if sha:
+        got = subprocess.run(["sha256sum", p], capture_output=True, text=True, check=True).stdout.split()[0]
+        if got != sha:
+            return f"{rel}: sha256 mismatch"
+    return None
+with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as ex:
+    bad = [b for b in ex.map(check, expect.items()) if b]
+if not expect or bad:
+    print("verify failed: " + ("; ".join(bad[:5]) if bad else "no files expected"), file=sys.stderr)
+    sys.exit(1)
+print(f"verified {len(expect)} files")
+"""
+
+
+def _stage(spec: NodeSpec) -> str:
+    src = spec.weights_s3_uri
+    bucket, _, prefix = src[len("s3://") :].partition("/")
+    mp = shlex.quote(spec.model_path)
+    marker = shlex.quote(f"{spec.model_path}/{READY_MARKER}")
+    if spec.role == "head":
+        includes = " ".join(f"--include {shlex.quote(p)}" for p in HEAD_INCLUDES)
+        return f"""
+# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress.
+mkdir -p {mp}
+aws s3 cp --recursive --only-show-errors --exclude '*' {includes} {shlex.quote(src)} {mp}/
+log "staged tokenizer/config from {src}"
+"""
+    return f"""
+# 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps).
+aws configure set default.s3.max_concurrent_requests {S3_MAX_CONCURRENT_REQUESTS}
+aws configure set default.s3.multipart_chunksize {S3_MULTIPART_CHUNKSIZE}
+aws configure set default.s3.max_queue_size 10000
+mkdir -p {mp}
+if [[ ! -f {marker} ]]; then
+  START=$(date +%s)
+  aws s3 sync --only-show-errors {shlex.quote(src)} {mp}/
+  log "downloaded $(du -sh {mp} | cut -f1) in $(( $(date +%s) - START )) s"
+
+  # 2c. Verify against manifest.json (sizes, sha256 when listed), else against the S3 listing.
+  VERIFY_PY=$(mktemp)
+  cat > "${{VERIFY_PY}}" <<'PYEOF'
+{_VERIFY_PY}PYEOF
+  if [[ -f {mp}/manifest.json ]]; then
+    python3 "${{VERIFY_PY}}" {mp} {mp}/manifest.json || die "weights do not match manifest.json"
+  else
+    LISTING=$(mktemp)
+    aws s3api list-objects-v2 --bucket {shlex.quote(bucket)} --prefix {shlex.quote(prefix)} \\
+      --query 'Contents[].{{Key: Key, Size: Size}}' --output json > "${{LISTING}}"
+    python3 "${{VERIFY_PY}}" {mp} "${{LISTING}}" {shlex.quote(prefix)} \\
+      || die "weights do not match the S3 listing"
+  fi
+  touch {marker}
+fi
+log "weights ready at {spec.model_path}"
+"""
+
+
+def _token(spec: NodeSpec) -> str:
+    if spec.role != "head":
+        return ""
+    return f"""
+# 3. The endpoint token: read from SSM at boot (role credentials over IMDSv2), root-only file.
+install -d -m 0700 /run/llmfleet
+umask 077
+TOKEN_VALUE=$(aws ssm get-parameter --name {shlex.quote(spec.token_parameter)} --with-decryption \\
+  --query Parameter.Value --output text)
+printf '%s=%s\\n' {TOKEN_ENV} "${{TOKEN_VALUE}}" > /run/llmfleet/node.env
+unset TOKEN_VALUE
+umask 022
+"""
+
+
+def _efa_devices(spec: NodeSpec) -> str:
+    if not spec.efa or spec.role != "worker":
+        return ""
+    return """
+# EFA: hand the verbs devices to the container (NCCL's aws-ofi plugin uses them).
+EFA_ARGS=()
+for dev in /dev/infiniband/uverbs*; do
+  if [[ -e "${dev}" ]]; then EFA_ARGS+=(--device "${dev}"); fi
+done
+"""
+
+
+def _start(spec: NodeSpec) -> str:
+    registry = _registry(spec.image_ref)
+    run = _sh(docker_run_argv(spec))
+    if spec.efa and spec.role == "worker":
+        run += ' "${EFA_ARGS[@]}"'
+    return f"""
+# 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
+aws ecr get-login-password | docker login --username AWS --password-stdin {shlex.quote(registry)}
+docker pull {shlex.quote(spec.image_ref)}
+docker rm -f {shlex.quote(spec.container)} >/dev/null 2>&1 || true
+{_efa_devices(spec).strip()}
+{run} \\
+  {shlex.quote(spec.image_ref)} {_sh(node_args(spec))}
+log "started container {spec.container}"
+"""
+
+
+def render_user_data(spec: NodeSpec) -> str:
+    """The whole boot script for one host."""
+    if spec.role not in ("head", "worker"):
+        raise ValueError(f"role {spec.role!r}: allowed head, worker")
+    if not spec.weights_s3_uri.startswith("s3://") or not spec.weights_s3_uri.endswith("/"):
+        raise ValueError(f"weights_s3_uri {spec.weights_s3_uri!r}: allowed s3://BUCKET/PREFIX/")
+    if spec.role == "head" and not spec.token_parameter:
+        raise ValueError("the head needs token_parameter")
+    parts = [_header(spec), _checks(spec)]
+    if spec.role == "worker":
+        parts.append(_nvme(spec))
+    parts += [_stage(spec), _token(spec), _start(spec)]
+    return "".join(parts).replace("\n\n\n", "\n\n")

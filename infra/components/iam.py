@@ -1,0 +1,109 @@
+"""IAM: the hosts' instance role and profile, least privilege.
+
+SSM core (managed policy: Session Manager + Run Command), ECR pull on this repository only,
+S3 read on the weights prefix only, SSM read on the endpoint token parameter only. The only
+`Resource: "*"` is ecr:GetAuthorizationToken, which has no resource-level permissions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+ECR_PULL_ACTIONS = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+
+
+def assume_role_policy() -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+    )
+
+
+def node_policy_document(
+    repository_arn: str,
+    token_parameter_arn: str,
+    weights_bucket: str | None,
+    weights_prefix: str,
+) -> dict[str, Any]:
+    """The hosts' inline permissions (pure, so tests read the exact statements)."""
+    stmts: list[dict[str, Any]] = [
+        {"Sid": "EcrAuth", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
+        {"Sid": "EcrPullThisRepo", "Effect": "Allow", "Action": ECR_PULL_ACTIONS, "Resource": repository_arn},
+        {
+            "Sid": "ReadEndpointToken",
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter"],
+            "Resource": token_parameter_arn,
+        },
+    ]
+    if weights_bucket:
+        prefix = weights_prefix.lstrip("/")
+        stmts += [
+            {
+                "Sid": "ListWeightsPrefix",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:aws:s3:::{weights_bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
+            },
+            {
+                "Sid": "ReadWeights",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": f"arn:aws:s3:::{weights_bucket}/{prefix}*",
+            },
+        ]
+    return {"Version": "2012-10-17", "Statement": stmts}
+
+
+@dataclass
+class IamArgs:
+    name: str
+    repository_arn: pulumi.Input[str]
+    token_parameter_arn: pulumi.Input[str]
+    weights_bucket: pulumi.Input[str] | None
+    weights_prefix: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class NodeIam(pulumi.ComponentResource):
+    def __init__(self, name: str, args: IamArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llmfleet:components:NodeIam", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=assume_role_policy(),
+            description=f"{args.name} hosts",
+            tags=args.tags,
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-ssm-core", role=self.role.name, policy_arn=SSM_CORE_POLICY, opts=child
+        )
+        document = pulumi.Output.all(
+            args.repository_arn, args.token_parameter_arn, args.weights_bucket
+        ).apply(lambda a: json.dumps(node_policy_document(a[0], a[1], a[2], args.weights_prefix)))
+        self.policy = aws.iam.Policy(
+            f"{name}-node-policy",
+            description=f"{args.name}: ECR pull, weights read, endpoint token read",
+            policy=document,
+            tags=args.tags,
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-node-policy-attach", role=self.role.name, policy_arn=self.policy.arn, opts=child
+        )
+        self.profile = aws.iam.InstanceProfile(
+            f"{name}-profile", role=self.role.name, tags=args.tags, opts=child
+        )
+        self.register_outputs({"role_arn": self.role.arn, "profile_name": self.profile.name})

@@ -1,0 +1,110 @@
+"""Image: build images/Dockerfile (vLLM release + Ray + ray_cluster) and push it to ECR.
+
+The tag is the build context's content hash, so an unchanged tree never pushes a new tag (the
+repository's tags are IMMUTABLE). The registry build cache is keyed by the dependency layers
+(Dockerfile + build args): a changed `ray_cluster` reuses the cached base/Ray layers, and
+re-exporting an existing immutable cache tag is ignored rather than failing the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_docker_build as docker_build
+
+# What the Dockerfile copies; .dockerignore keeps the context to these paths.
+CONTEXT_PATHS = ("images", "ray_cluster")
+SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def _files(root: Path, paths: Iterable[str]) -> list[Path]:
+    out = []
+    for p in paths:
+        base = root / p
+        items = [base] if base.is_file() else sorted(base.rglob("*"))
+        out += [
+            f for f in items if f.is_file() and not SKIP_PARTS.intersection(f.parts) and f.suffix != ".pyc"
+        ]
+    return sorted(out)
+
+
+def context_hash(
+    root: Path, paths: Iterable[str] = CONTEXT_PATHS, extra: dict[str, str] | None = None
+) -> str:
+    """sha256 over the relative paths and bytes of the build context (and build args)."""
+    h = hashlib.sha256()
+    for f in _files(root, paths):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    for k, v in sorted((extra or {}).items()):
+        h.update(f"{k}={v}\0".encode())
+    return h.hexdigest()
+
+
+def image_tag(root: Path, build_args: dict[str, str]) -> str:
+    return "ctx-" + context_hash(root, extra=build_args)[:16]
+
+
+def cache_tag(root: Path, build_args: dict[str, str]) -> str:
+    return "cache-" + context_hash(root, ("images/Dockerfile",), build_args)[:16]
+
+
+@dataclass
+class ImageArgs:
+    repository_url: pulumi.Input[str]
+    registry_id: pulumi.Input[str]
+    context_dir: Path
+    base_image: str
+    ray_version: str
+    platform: str = "linux/amd64"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Image(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ImageArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llmfleet:components:Image", name, None, opts)
+        build_args = {"BASE_IMAGE": args.base_image, "RAY_VERSION": args.ray_version}
+        tag = image_tag(args.context_dir, build_args)
+        cache = cache_tag(args.context_dir, build_args)
+        auth = aws.ecr.get_authorization_token_output(
+            registry_id=args.registry_id, opts=pulumi.InvokeOutputOptions(parent=self)
+        )
+        repo = pulumi.Output.from_input(args.repository_url)
+        self.image = docker_build.Image(
+            f"{name}-image",
+            context={"location": str(args.context_dir)},
+            dockerfile={"location": str(args.context_dir / "images" / "Dockerfile")},
+            build_args=build_args,
+            platforms=[docker_build.Platform(args.platform)],
+            push=True,
+            tags=[repo.apply(lambda r: f"{r}:{tag}")],
+            registries=[
+                {
+                    "address": repo.apply(lambda r: r.split("/", 1)[0]),
+                    "username": auth.user_name,
+                    "password": auth.password,
+                }
+            ],
+            cache_from=[{"registry": {"ref": repo.apply(lambda r: f"{r}:{cache}")}}],
+            cache_to=[
+                {
+                    "registry": {
+                        "ref": repo.apply(lambda r: f"{r}:{cache}"),
+                        "image_manifest": True,  # ECR needs the cache as an image manifest
+                        "oci_media_types": True,
+                        "mode": docker_build.CacheMode.MAX,
+                        "ignore_error": True,  # the cache tag is immutable once written
+                    }
+                }
+            ],
+            labels={"org.opencontainers.image.title": "llmfleet-node", "llmfleet.context": tag},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        # repo@sha256:...: hosts pull the exact bytes that were built.
+        self.ref = self.image.ref
+        self.tag = tag
+        self.register_outputs({"ref": self.ref, "digest": self.image.digest})
