@@ -29,12 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ray_cluster import node
 
-CONTAINER_NAME = "llmfleet-ray"
-# The hosts' env file (written by cloud-init from SSM at boot): holds the endpoint token,
-# which the OpenAI ingress on the head reads by env var name. Never in any rendered file.
-HOST_ENV_FILE = "/etc/llmfleet/llmfleet.env"
-SHM_SIZE = "32g"
-NODE_PYTHON = "python3"  # the image's interpreter (vLLM images have no `python`)
+# The hosts' units (infra/cloud_init.py) name their container llmfleet-<role>; the stack exports
+# the head's as head_container. `ray attach/exec/submit/dashboard` all target the head.
+DEFAULT_HEAD_CONTAINER = "llmfleet-head"
+# The head's env file (cloud-init writes it from SSM at boot): holds the endpoint token, which
+# the OpenAI ingress reads by env var name. Never in any rendered file.
+HOST_ENV_FILE = "/run/llmfleet/node.env"
+SHM_SIZE = "16g"  # as the units; moot under --ipc=host, but stops the launcher sizing it
+# The image's entrypoint, spelled out (vLLM images have python3, no `python`).
+NODE_ENTRYPOINT = ("python3", "-m", "ray_cluster.node")
 SSM_DOCUMENT = "AWS-StartSSHSession"
 
 _DIGEST_RE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
@@ -60,6 +63,7 @@ class ClusterOutputs(BaseModel):
     gpu_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model_path: str = Field(pattern=r"^/\S+$")
     ssh_user: str = Field(default="ubuntu", min_length=1)
+    head_container: str = Field(default=DEFAULT_HEAD_CONTAINER, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     region: str | None = None
     head_instance_id: str | None = None
     worker_instance_ids: list[str] | None = None
@@ -161,16 +165,17 @@ def ssm_proxy_command(ip_to_instance: Mapping[str, str], region: str) -> str:
     return f"sh -c {shlex.quote(script)} llmfleet-ssm-proxy %h %p"
 
 
-COMMON_RUN_OPTIONS = [
-    "--ipc=host",
-    f"--shm-size={SHM_SIZE}",
-    "--ulimit memlock=-1",
-    "--ulimit stack=67108864",
-]
+# --entrypoint= resets the image's entrypoint (python -m ray_cluster.node): the launcher runs
+# `docker run ... IMAGE bash` and then `docker exec`s its start commands in that container.
+COMMON_RUN_OPTIONS = ["--entrypoint=", "--ipc=host", f"--shm-size={SHM_SIZE}", "--ulimit memlock=-1"]
 
 
 def role_run_options(role: str, model_path: str) -> list[str]:
-    """The role-specific `docker run` options. The head is a CPU instance: --gpus is for workers."""
+    """Role-specific `docker run` options (the head is a CPU instance: --gpus is for workers).
+
+    No --network flag: Ray's launcher always adds --net=host itself, and Docker rejects a
+    network given twice.
+    """
     if role == "head":
         return [f"--env-file={HOST_ENV_FILE}"]
     if role == "worker":
@@ -178,32 +183,36 @@ def role_run_options(role: str, model_path: str) -> list[str]:
     raise RenderError(f"role {role!r}: allowed: head, worker")
 
 
-def docker_run_options(role: str, model_path: str) -> list[str]:
-    """All `docker run` options of a node container (what the hosts' units use too).
-
-    No --network flag: Ray's launcher always adds --net=host itself, and Docker rejects a
-    network given twice; the hosts' units add --network=host.
-    """
-    return [*COMMON_RUN_OPTIONS, *role_run_options(role, model_path)]
-
-
 def head_node_argv(head_ip: str) -> list[str]:
-    """The head's node command: `ray_cluster.node head`, which runs node.head_start_command."""
-    return [NODE_PYTHON, "-m", "ray_cluster.node", "head", f"--ip={head_ip}"]
+    """The head unit's command (cloud-init: entrypoint + `head --ip $NODE_IP --block`) for this
+    head's IP, without --block: the launcher runs it with `docker exec` and waits for it."""
+    return [*NODE_ENTRYPOINT, "head", "--ip", head_ip]
 
 
 def worker_node_argv(head_ip: str, gpus: int, gpu_model: str) -> list[str]:
-    """A worker's node command; the node module picks its own IP/NIC (towards the head) at run
-    time, so one command serves every worker, and runs node.worker_start_command."""
+    """The worker unit's command without `--ip` and --block: one list serves every worker, and
+    the node module takes the source IP towards the head (the same private IP the unit passes)."""
     return [
-        NODE_PYTHON,
-        "-m",
-        "ray_cluster.node",
+        *NODE_ENTRYPOINT,
         "worker",
-        f"--address={head_ip}:{node.GCS_PORT}",
-        f"--num-gpus={gpus}",
-        f"--gpu-model={gpu_model}",
+        "--address",
+        f"{head_ip}:{node.GCS_PORT}",
+        "--num-gpus",
+        str(gpus),
+        "--gpu-model",
+        gpu_model,
     ]
+
+
+def head_start_ray_commands(head_ip: str) -> list[str]:
+    """Start the head unless its unit already did.
+
+    No `ray stop` (Ray's default list has one, ours replaces it): the unit's container runs
+    `ray start --block` as its main process with a restart policy, so stopping Ray would kill
+    the container and race its restart. When the GCS answers, `ray up` has nothing to do.
+    """
+    probe = node.shell_command(["ray", "status", f"--address={head_ip}:{node.GCS_PORT}"])
+    return [f"{probe} >/dev/null 2>&1 || {node.shell_command(head_node_argv(head_ip))}"]
 
 
 def ecr_login_command(image_ref: str) -> str | None:
@@ -228,7 +237,7 @@ def render_cluster_yaml(outputs: Mapping[str, Any], ssh_private_key: str | None 
     if o.uses_ssm:
         table = {
             o.head_private_ip: o.head_instance_id,
-            **dict(zip(o.worker_private_ips, o.worker_instance_ids)),
+            **dict(zip(o.worker_private_ips, o.worker_instance_ids, strict=True)),
         }
         auth["ssh_proxy_command"] = ssm_proxy_command(table, o.region)
     if ssh_private_key:
@@ -241,7 +250,7 @@ def render_cluster_yaml(outputs: Mapping[str, Any], ssh_private_key: str | None 
         "auth": auth,
         "docker": {
             "image": o.image_ref,
-            "container_name": CONTAINER_NAME,
+            "container_name": o.head_container,
             "pull_before_run": True,
             "run_options": list(COMMON_RUN_OPTIONS),
             "head_run_options": role_run_options("head", o.model_path),
@@ -254,11 +263,12 @@ def render_cluster_yaml(outputs: Mapping[str, Any], ssh_private_key: str | None 
         "setup_commands": [],
         "head_setup_commands": [],
         "worker_setup_commands": [],
-        # The launcher runs these inside the container; `ray stop` first, as Ray's defaults do.
-        "head_start_ray_commands": ["ray stop", node.shell_command(head_node_argv(o.head_private_ip))],
+        # Run by the launcher inside the container. Without --autoscaling-config on the head, no
+        # autoscaler SSHes into workers: they join on their own (their units), so `ray up`
+        # only ever runs the head's commands.
+        "head_start_ray_commands": head_start_ray_commands(o.head_private_ip),
         "worker_start_ray_commands": [
-            "ray stop",
-            node.shell_command(worker_node_argv(o.head_private_ip, o.gpus_per_worker, o.gpu_model)),
+            node.shell_command(worker_node_argv(o.head_private_ip, o.gpus_per_worker, o.gpu_model))
         ],
         "file_mounts": {},
     }
