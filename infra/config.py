@@ -40,6 +40,17 @@ class ConfigError(ValueError):
     """A bad stack config; str() is one line."""
 
 
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _is_ipv4(v: str) -> bool:
+    try:
+        return ipaddress.ip_address(v).version == 4
+    except ValueError:
+        return False
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "(unset)"
@@ -60,6 +71,34 @@ class HostSpec(BaseModel):
     gpu_model: str | None = Field(default="L20", alias="gpuModel")
     gpu_count: int = Field(default=8, alias="gpuCount", ge=0)
     private_ip: str | None = Field(default=None, alias="privateIp")
+    # The host's SSH public key ("ssh-ed25519 AAAA..."); unset = not verified (pulumi-command).
+    host_key: str | None = Field(default=None, alias="hostKey")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not HOST_RE.match(v):
+            raise ValueError("allowed: an IPv4 address or a DNS name")
+        return v
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not USER_RE.match(v):
+            raise ValueError("allowed: a Unix user name such as ubuntu")
+        return v
+
+    @field_validator("private_ip")
+    @classmethod
+    def _private_ip(cls, v: str | None) -> str | None:
+        if v is not None and not _is_ipv4(v):
+            raise ValueError("allowed: an IPv4 address")
+        return v
+
+    @property
+    def ray_ip(self) -> str | None:
+        """The IP Ray binds on this host: privateIp, else the address when it is an IPv4."""
+        return self.private_ip or (self.address if _is_ipv4(self.address) else None)
 
 
 # Every key: attribute name -> Pulumi key. Structured ones are JSON in the raw map.
@@ -305,6 +344,7 @@ class StackConfig(BaseModel):
                 f"second head (entry {heads[0]} is the head); allowed: exactly one head",
             )
         seen: dict[str, int] = {}
+        seen_ip: dict[str, int] = {}
         gpus = load_catalog().gpus
         for i, h in enumerate(self.hosts):
             if h.address in seen:
@@ -314,15 +354,29 @@ class StackConfig(BaseModel):
                     f"duplicates entry {seen[h.address]}; allowed: one entry per host",
                 )
             seen[h.address] = i
-            if h.role == "worker":
-                if h.gpu_count < 1:
-                    raise _Cross(
-                        f"{key}[{i}].gpuCount",
-                        h.gpu_count,
-                        f"worker {h.address} has no GPUs; allowed: an integer >= 1",
-                    )
-                if h.gpu_model not in gpus:
-                    raise _Cross(f"{key}[{i}].gpuModel", h.gpu_model, f"allowed: {', '.join(gpus)}")
+            if h.role == "worker" and h.gpu_count < 1:
+                raise _Cross(
+                    f"{key}[{i}].gpuCount",
+                    h.gpu_count,
+                    f"worker {h.address} has no GPUs; allowed: an integer >= 1",
+                )
+            # The head's GPUs go unused (it advertises 0) but a declared model must still exist.
+            if h.gpu_count > 0 and h.gpu_model not in gpus:
+                raise _Cross(f"{key}[{i}].gpuModel", h.gpu_model, f"allowed: {', '.join(gpus)}")
+        for i, h in enumerate(self.hosts):
+            if h.ray_ip is None:
+                raise _Cross(
+                    f"{key}[{i}].privateIp",
+                    None,
+                    f"address {h.address} is a name and Ray binds an IP; allowed: the host's IPv4 privateIp",
+                )
+            if h.ray_ip in seen_ip:
+                raise _Cross(
+                    f"{key}[{i}].privateIp",
+                    h.ray_ip,
+                    f"same IP as entry {seen_ip[h.ray_ip]}; allowed: one IP per host",
+                )
+            seen_ip[h.ray_ip] = i
         workers = self.worker_hosts
         if not workers:
             raise _Cross(key, "[...]", "no entry has role 'worker'; allowed: at least one GPU worker")

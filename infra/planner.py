@@ -481,11 +481,15 @@ def calibrated_efficiency() -> float:
 
 def plan_for_stack(cfg: StackConfig) -> Plan:
     """The plan for a stack's model, quantization, max length, worker type and count."""
+    if cfg.provider == "existing":
+        nodes: int | None = len(cfg.worker_hosts)  # the declared workers are the nodes
+    else:
+        nodes = None if cfg.worker_count == "auto" else cfg.worker_count
     return plan(
         model=cfg.model,
         gpu=cfg.gpu_model,
         gpus_per_node=cfg.gpus_per_worker,
-        nodes=None if cfg.worker_count == "auto" else cfg.worker_count,
+        nodes=nodes,
         quantization=cfg.quantization,
         max_model_len=cfg.max_model_len,
         concurrency=cfg.concurrency,

@@ -1,0 +1,343 @@
+"""The bootstrap script for one existing host (llmfleet:provider = existing). Pure renderer.
+
+`render_bootstrap(cfg, host, head_ip, image_ref)` returns a bash script that the program
+runs on the host over SSH (pulumi_command.remote.Command). It:
+1. checks the host: Docker present and running, the NVIDIA runtime, `nvidia-smi -L` count
+   == the declared gpuCount, free disk at weightsPath >= the checkpoint. Each failure is ONE
+   line `llmfleet-bootstrap: <check> failed on <host>: <what was seen>; <fix>`, exit 1;
+2. stages the weights from llmfleet:weightsUri (s3:// via `aws s3 sync`, http(s) via curl
+   with resumable ranges against a SHA256SUMS manifest, an NFS path via rsync), then verifies;
+3. pulls the image, replaces the fixed-name container and starts `python -m ray_cluster.node
+   head|worker` in it, the same node code (and so the same `ray start` argv, built by
+   `ray_cluster.node.head_start_command` / `worker_start_command`) as the AWS hosts.
+
+`--dry-run` (or LLMFLEET_DRY_RUN=1) runs the checks and prints every side effect as
+`dry-run: <argv>` instead of running it. The head reads the endpoint token from stdin (the
+remote Command's secret `stdin`), so the token is never in the script or in a process argv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import shlex
+from typing import TYPE_CHECKING
+
+from infra import cloud_init
+from infra.cloud_init import HEAD_INCLUDES, TOKEN_ENV, NodeSpec, ShellVar
+from ray_cluster import cluster_yaml as cy
+from ray_cluster.node import GCS_PORT, head_start_command, shell_command, worker_start_command
+
+if TYPE_CHECKING:
+    from infra.config import HostSpec, StackConfig
+
+HOST_ENV_FILE = cy.HOST_ENV_FILE  # the head container's --env-file (cloud-init writes the same)
+DRY_RUN_PREFIX = "dry-run:"
+MESSAGE_PREFIX = "llmfleet-bootstrap:"
+ECR_RE = re.compile(r"^(?P<registry>\d{12}\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com)/")
+HEAD_FILES_RE = "[.](" + "|".join(p.removeprefix("*.") for p in HEAD_INCLUDES) + ")$"
+
+
+def host_index(cfg: StackConfig, host: HostSpec) -> int:
+    return next(i for i, h in enumerate(cfg.hosts) if h.address == host.address)
+
+
+def weights_gib(cfg: StackConfig) -> float:
+    """On-disk size the weights need: the catalog's checkpoint when served in its native
+    precision, else the planner's total weight size for the chosen quantization."""
+    from infra.catalog import load_catalog
+
+    model = load_catalog().models[cfg.model]
+    if cfg.effective_quantization == model.native_dtype:
+        return float(model.checkpoint_gib)
+    return float(cfg.plan().weights_gib_total)
+
+
+# ---------------------------------------------------------------- the container (pure argv)
+
+
+def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) -> NodeSpec:
+    """The same NodeSpec the AWS hosts' cloud-init renders from, for this host."""
+    worker = host.role == "worker"
+    return NodeSpec(
+        role=host.role,
+        region=cfg.region,
+        image_ref=image_ref,
+        weights_s3_uri=cfg.weights_uri or "",
+        model_path=cfg.model_path,
+        weights_path=cfg.weights_path,
+        head_ip=head_ip if worker else "",
+        gpus=host.gpu_count if worker else 0,
+        gpu_model=str(host.gpu_model) if worker else "",
+        endpoint_port=cfg.endpoint_port,
+    )
+
+
+def container_argv(spec: NodeSpec) -> list[str]:
+    """`docker run ... IMAGE <node args>` exactly as cloud-init starts the AWS hosts' node
+    container (its name, options and `python -m ray_cluster.node` arguments); the node's IP
+    stays the shell variable NODE_IP, which the script sets from the declared host."""
+    return [*cloud_init.docker_run_argv(spec), spec.image_ref, *cloud_init.node_args(spec)]
+
+
+def expand(argv: list[str], env: dict[str, str]) -> list[str]:
+    """argv with its ShellVar elements replaced by their values (what the shell will run)."""
+    return [env[a] if isinstance(a, ShellVar) else a for a in argv]
+
+
+def ray_argv(host: HostSpec, head_ip: str) -> list[str]:
+    """The `ray start` argv the node module runs in the container (ray_cluster.node's builders)."""
+    if host.role == "head":
+        return head_start_command(head_ip, block=True)
+    return worker_start_command(
+        f"{head_ip}:{GCS_PORT}",
+        str(host.ray_ip),
+        num_gpus=host.gpu_count,
+        gpu_model=host.gpu_model,
+        block=True,
+    )
+
+
+def stop_command(container: str) -> str:
+    """The remote Command's `delete`: stop and remove the node container (idempotent)."""
+    name = shlex.quote(container)
+    return f"docker rm -f {name} >/dev/null 2>&1 || sudo -n docker rm -f {name} >/dev/null 2>&1 || true"
+
+
+# ---------------------------------------------------------------- weights staging (bash)
+
+
+def _staging(uri: str | None, head: bool) -> tuple[str, list[str]]:
+    """(tool the source needs, bash lines of stage_weights) for a weightsUri. The head takes
+    only the config/tokenizer files its OpenAI ingress reads (as cloud-init's head does)."""
+    if uri is None:
+        return "", [
+            '[ -f "$MODEL_PATH/config.json" ] || fail weights "no $MODEL_PATH/config.json and no '
+            'llmfleet:weightsUri" "set llmfleet:weightsUri or copy the checkpoint to $MODEL_PATH"'
+        ]
+    if uri.startswith("s3://"):
+        only = (
+            " ".join(["--exclude '*'", *(f"--include {shlex.quote(p)}" for p in HEAD_INCLUDES)])
+            if head
+            else ""
+        )
+        sync = f'aws s3 sync "$WEIGHTS_URI" "$MODEL_PATH" --only-show-errors {only}'.rstrip()
+        return "aws", [
+            f"run {sync}",
+            'if [ "$DRY_RUN" != 1 ]; then',
+            f"  left=$({sync} --dryrun | wc -l)",
+            '  [ "$left" -eq 0 ] || fail weights "$left objects still differ from $WEIGHTS_URI after sync" '
+            '"check the bucket and re-run"',
+            "fi",
+        ]
+    if uri.startswith(("http://", "https://")):
+        # The URL is a directory holding SHA256SUMS (`sha256sum * > SHA256SUMS`): the manifest
+        # lists the files and verifies them. `-C -` resumes a partial file with a range request.
+        pick = f" | grep -E {shlex.quote(HEAD_FILES_RE)}" if head else ""
+        partial = " --ignore-missing" if head else ""
+        return "curl", [
+            'base="${WEIGHTS_URI%/}"',
+            'run curl -fsSL --retry 5 -o "$MODEL_PATH/SHA256SUMS" "$base/SHA256SUMS"',
+            'if [ "$DRY_RUN" != 1 ]; then',
+            "  # shellcheck disable=SC2016  # $1..$3 belong to the inner sh",
+            f"  awk '{{print $2}}' \"$MODEL_PATH/SHA256SUMS\" | tr -d '*'{pick} | xargs -P 8 -I{{}} sh -c "
+            '\'curl -fsSL --retry 5 -C - --create-dirs -o "$1/$3" "$2/$3" || '
+            'curl -fsSL --retry 5 --create-dirs -o "$1/$3" "$2/$3"\' _ "$MODEL_PATH" "$base" {}',
+            f'  (cd "$MODEL_PATH" && sha256sum --quiet{partial} -c SHA256SUMS) >/dev/null 2>&1 || '
+            'fail weights "sha256sum -c SHA256SUMS reports bad files in $MODEL_PATH" "remove them and re-run"',
+            "fi",
+        ]
+    src = uri.removeprefix("file://").rstrip("/") + "/"
+    only = (
+        " ".join(
+            ["--include='*/'", *(f"--include={shlex.quote(p)}" for p in HEAD_INCLUDES), "--exclude='*'", "-m"]
+        )
+        if head
+        else ""
+    )
+    sync = f'rsync -a --partial {only} "$src" "$MODEL_PATH/"'.replace("  ", " ")
+    return "rsync", [
+        f"src={_sq(src)}",
+        '[ -d "$src" ] || fail weights "$src is not a directory (NFS not mounted?)" '
+        '"mount the share at the same path on every host"',
+        f"run {sync}",
+        'if [ "$DRY_RUN" != 1 ]; then',
+        f"  left=$({sync.replace('rsync -a', 'rsync -a --dry-run --itemize-changes')} | wc -l)",
+        '  [ "$left" -eq 0 ] || fail weights "$left files still differ from $src after rsync" '
+        '"check the share and re-run"',
+        "fi",
+    ]
+
+
+# ---------------------------------------------------------------- the script
+
+
+def _sq(value: str) -> str:
+    """Always single-quoted (shlex.quote leaves safe words bare, which shellcheck flags)."""
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def _array(argv: list[str]) -> str:
+    return " ".join(f'"${{{a}}}"' if isinstance(a, ShellVar) else shlex.quote(a) for a in argv)
+
+
+def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) -> str:
+    """The bash bootstrap script for one host (deterministic: its hash triggers re-runs)."""
+    idx = host_index(cfg, host)
+    is_worker = host.role == "worker"
+    spec = node_spec(cfg, host, head_ip, image_ref)
+    argv = container_argv(spec)
+    tool, stage = _staging(cfg.weights_uri, head=not is_worker)
+    ecr = ECR_RE.match(image_ref)
+    q = shlex.quote
+    v = {"HOST": host.address, "ROLE": host.role, "NODE_IP": str(host.ray_ip)}
+    if is_worker:
+        v.update(ENTRY=f"llmfleet:hosts[{idx}]", GPU_COUNT=str(host.gpu_count))
+        v.update(WEIGHTS_DIR=cfg.weights_path, NEED_GIB=str(math.ceil(weights_gib(cfg))))
+    v["MODEL_PATH"] = cfg.model_path
+    if cfg.weights_uri:
+        v["WEIGHTS_URI"] = cfg.weights_uri
+    v.update(IMAGE=image_ref, CONTAINER=spec.container)
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# llmfleet bootstrap of {host.role} {host.address} (stack {cfg.stack}); rendered by",
+        "# infra/host_bootstrap.py -- edit the stack config, not this script.",
+        f"# The container's node module runs: {shell_command(ray_argv(host, head_ip))}",
+        "set -euo pipefail",
+        "",
+        *(f"{k}={_sq(val)}" for k, val in v.items()),
+        # argv[0] is `docker`; the script runs it as "${DOCKER[@]}" (sudo when needed).
+        f"CONTAINER_ARGS=({_array(argv[1:])})",
+        'DRY_RUN="${LLMFLEET_DRY_RUN:-0}"',
+        'for arg in "$@"; do if [ "$arg" = --dry-run ]; then DRY_RUN=1; fi; done',
+        "",
+        "fail() {  # check, what was seen, fix",
+        f'  echo "{MESSAGE_PREFIX} $1 failed on $HOST: $2; $3" >&2',
+        "  exit 1",
+        "}",
+        "run() {  # a side effect, or its argv under --dry-run",
+        '  if [ "$DRY_RUN" = 1 ]; then',
+        f"    printf '%s' {q(DRY_RUN_PREFIX)}",
+        "    printf ' %q' \"$@\"",
+        "    printf '\\n'",
+        "  else",
+        '    "$@"',
+        "  fi",
+        "}",
+        "first_line() { head -n 1 | cut -c 1-160; }",
+        'SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)',
+        "",
+        "# 1. checks ------------------------------------------------------------------",
+        'command -v docker >/dev/null 2>&1 || fail docker "docker not found in PATH ($PATH)" '
+        '"install Docker Engine: https://docs.docker.com/engine/install/"',
+        "if docker info >/dev/null 2>&1; then",
+        "  DOCKER=(docker)",
+        "elif sudo -n docker info >/dev/null 2>&1; then",
+        "  DOCKER=(sudo -n docker)",
+        "else",
+        '  seen=$(docker info 2>&1 | grep -i -m 1 -E "error|cannot|denied" | cut -c 1-160 || true)',
+        '  fail docker "daemon not reachable: ${seen:-docker info failed}" '
+        '"sudo systemctl enable --now docker, and add $(id -un) to the docker group"',
+        "fi",
+    ]
+    if is_worker:
+        lines += [
+            "runtimes=$(\"${DOCKER[@]}\" info --format '{{json .Runtimes}}' 2>/dev/null || true)",
+            'if [[ "$runtimes" != *nvidia* ]] && ! command -v nvidia-container-cli >/dev/null 2>&1; then',
+            '  fail nvidia-runtime "docker runtimes ${runtimes:-none} lack nvidia and nvidia-container-cli '
+            'is missing" "install nvidia-container-toolkit, then: sudo nvidia-ctk runtime configure '
+            '--runtime=docker && sudo systemctl restart docker"',
+            "fi",
+            'command -v nvidia-smi >/dev/null 2>&1 || fail gpu-count "nvidia-smi not found in PATH" '
+            '"install the NVIDIA driver"',
+            'gpus=$(nvidia-smi -L 2>&1) || fail gpu-count "nvidia-smi -L: $(echo "$gpus" | first_line)" '
+            '"fix the NVIDIA driver (nvidia-smi must list the GPUs)"',
+            'found=$(echo "$gpus" | grep -c "^GPU [0-9]" || true)',
+            '[ "$found" -eq "$GPU_COUNT" ] || fail gpu-count "nvidia-smi -L lists $found GPUs, declared '
+            '$GPU_COUNT" "set $ENTRY.gpuCount to $found, or fix the host"',
+            "# Free space where the weights go (nearest existing directory), plus what is already there.",
+            'probe="$WEIGHTS_DIR"; while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done',
+            "free=$(df -P -B1G \"$probe\" | awk 'NR==2 {print $4}')",
+            'have=0; if [ -d "$MODEL_PATH" ]; then have=$(du -s -B1G "$MODEL_PATH" | cut -f1); fi',
+            '[ $((free + have)) -ge "$NEED_GIB" ] || fail disk "$free GiB free at $probe, the weights '
+            'need $NEED_GIB GiB" "free space, or set llmfleet:weightsPath to a larger volume"',
+        ]
+    if tool:
+        lines.append(
+            f'command -v {tool} >/dev/null 2>&1 || fail weights "{tool} not found in PATH, needed for '
+            f'$WEIGHTS_URI" "install {tool}"'
+        )
+    if ecr:
+        lines.append(
+            'command -v aws >/dev/null 2>&1 || fail image "aws CLI not found, needed to log in to ECR" '
+            '"install awscli v2 and give the host credentials that may pull from the repository"'
+        )
+    if not is_worker:
+        lines += [
+            "# The endpoint token comes on stdin (a Pulumi secret), never in this script or an argv.",
+            "IFS= read -r -t 10 token || true",
+            '[ -n "${token:-}" ] || fail api-token "no token on stdin" '
+            '"run through the Pulumi program (it passes the generated token on stdin)"',
+        ]
+    lines += [
+        "",
+        "# 2. weights ------------------------------------------------------------------",
+        "stage_weights() {",
+        '  if ! run mkdir -p "$MODEL_PATH" 2>/dev/null; then',
+        '    run "${SUDO[@]}" mkdir -p "$MODEL_PATH"',
+        '    run "${SUDO[@]}" chown "$(id -u):$(id -g)" "$MODEL_PATH"',
+        "  fi",
+        *(f"  {line}" for line in stage),
+        "}",
+        "stage_weights",
+    ]
+    if not is_worker:
+        env_dir = HOST_ENV_FILE.rsplit("/", 1)[0]
+        lines += [
+            "# The head container reads the token from a root-only env file (--env-file).",
+            'if [ "$DRY_RUN" = 1 ]; then',
+            f"  echo {q(f'{DRY_RUN_PREFIX} write {TOKEN_ENV}=<token> to {HOST_ENV_FILE} (0600)')}",
+            "else",
+            f'  "${{SUDO[@]}}" install -d -m 0700 {q(env_dir)}',
+            f"  printf '%s=%s\\n' {TOKEN_ENV} \"$token\" | "
+            f'"${{SUDO[@]}}" install -m 0600 /dev/stdin {q(HOST_ENV_FILE)}',
+            "fi",
+            "unset token",
+        ]
+    lines += ["", "# 3. image and container ------------------------------------------------------"]
+    if ecr:
+        registry, region = ecr.group("registry"), ecr.group("region")
+        lines += [
+            'if [ "$DRY_RUN" = 1 ]; then',
+            f"  echo {q(f'{DRY_RUN_PREFIX} aws ecr get-login-password --region {region} | docker login')}",
+            "else",
+            f"  aws ecr get-login-password --region {q(region)} | "
+            f'"${{DOCKER[@]}}" login --username AWS --password-stdin {q(registry)} >/dev/null',
+            "fi",
+        ]
+    lines += [
+        'run "${DOCKER[@]}" pull --quiet "$IMAGE"',
+        'if "${DOCKER[@]}" container inspect "$CONTAINER" >/dev/null 2>&1; then',
+        '  run "${DOCKER[@]}" rm -f "$CONTAINER"',
+        "fi",
+        'run "${DOCKER[@]}" "${CONTAINER_ARGS[@]}"',
+        'if [ "$DRY_RUN" != 1 ]; then',
+        "  sleep 5",
+        '  state=$("${DOCKER[@]}" inspect -f \'{{.State.Status}}\' "$CONTAINER" 2>&1 || true)',
+        '  [ "$state" = running ] || fail container "$CONTAINER is ${state:-missing}: '
+        '$("${DOCKER[@]}" logs --tail 1 "$CONTAINER" 2>&1 | first_line)" "see docker logs $CONTAINER"',
+        "fi",
+        f'echo "{MESSAGE_PREFIX} $ROLE $HOST ready (container $CONTAINER)"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def script_sha256(script: str) -> str:
+    return hashlib.sha256(script.encode()).hexdigest()
+
+
+def remote_create_command(script: str) -> str:
+    """The remote Command's `create`: the script through bash whatever the login shell is."""
+    return f"bash -c {shlex.quote(script)} llmfleet-bootstrap"
