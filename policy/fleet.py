@@ -16,6 +16,7 @@ from pulumi_policy import (
 from . import _config
 from ._props import UNKNOWN, as_list, get, is_unknown, to_int
 from ._stackview import Res, StackView
+from .network import instance_subnets
 
 INSTANCE = "aws:ec2/instance:Instance"
 SUBNET = "aws:ec2/subnet:Subnet"
@@ -162,6 +163,14 @@ def _placement(args: StackValidationArgs, report: ReportViolation) -> None:
     groups: dict[str, list[str]] = {}
     for w in workers:
         pg = view.ref(w, "placementGroup", [PLACEMENT_GROUP])
+        if pg is None:  # `placementGroup` holds the group's name, `placementGroupId` its id
+            named = [
+                g
+                for g in view.of_type(PLACEMENT_GROUP)
+                if isinstance(w.props.get("placementGroup"), str)
+                and g.props.get("name") == w.props.get("placementGroup")
+            ]
+            pg = named[0] if named else view.ref(w, "placementGroupId", [PLACEMENT_GROUP])
         if pg is UNKNOWN:
             continue
         if pg is None:
@@ -186,12 +195,12 @@ def _placement(args: StackValidationArgs, report: ReportViolation) -> None:
         )
     zones: dict[str, list[str]] = {}
     for w in workers:
-        az = w.props.get("availabilityZone")
-        if az is None or is_unknown(az):
-            subnet = view.ref(w, "subnetId", [SUBNET])
-            az = subnet.props.get("availabilityZone") if isinstance(subnet, Res) else None
-        if isinstance(az, str) and not is_unknown(az):
-            zones.setdefault(az, []).append(w.name)
+        azs = {w.props.get("availabilityZone")}
+        if azs == {None} or any(is_unknown(a) for a in azs):
+            azs = {s.props.get("availabilityZone") for s in instance_subnets(view, w) if isinstance(s, Res)}
+        for az in azs:
+            if isinstance(az, str) and not is_unknown(az):
+                zones.setdefault(az, []).append(w.name)
     if len(zones) > 1:
         report(
             "GPU workers are spread over availability zones: "

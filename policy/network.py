@@ -19,6 +19,7 @@ from ._stackview import Res, StackView
 
 INSTANCE = "aws:ec2/instance:Instance"
 SUBNET = "aws:ec2/subnet:Subnet"
+ENI = "aws:ec2/networkInterface:NetworkInterface"
 VPC = "aws:ec2/vpc:Vpc"
 ROUTE_TABLE = "aws:ec2/routeTable:RouteTable"
 ROUTE = "aws:ec2/route:Route"
@@ -76,22 +77,32 @@ def subnet_is_public(view: StackView, subnet: Res) -> bool | Any:
     return UNKNOWN if unknown else False
 
 
+def instance_subnets(view: StackView, inst: Res) -> list[Any]:
+    """The subnets an instance sits in: its subnetId, or those of the ENIs it attaches (EFA hosts)."""
+    if inst.props.get("subnetId") is not None:
+        return [view.ref(inst, "subnetId", [SUBNET])]
+    out = []
+    for nic in as_list(inst.props.get("networkInterfaces")):
+        eni = view.ref(inst, "networkInterfaces", [ENI], value=get(nic, "networkInterfaceId"))
+        out.append(view.ref(eni, "subnetId", [SUBNET]) if isinstance(eni, Res) else eni)
+    return out
+
+
 def _private_subnet(args: StackValidationArgs, report: ReportViolation) -> None:
     view = StackView.of(args.resources)
     for inst in view.of_type(INSTANCE):
-        subnet_id = inst.props.get("subnetId")
-        if subnet_id is None and inst.props.get("networkInterfaces") is None:
+        subnets = instance_subnets(view, inst)
+        if not subnets:
             report(f"{inst.name}: no subnetId, so it lands in the default VPC's public subnet", inst.urn)
             continue
-        subnet = view.ref(inst, "subnetId", [SUBNET])
-        if not isinstance(subnet, Res):
-            continue  # unknown during preview, or a subnet outside this stack: not checkable here
-        public = subnet_is_public(view, subnet)
-        if public is True:
-            report(
-                f"{inst.name}: subnet {subnet.name} is public (public IPs or a default route to an internet gateway)",
-                inst.urn,
-            )
+        for subnet in subnets:
+            if not isinstance(subnet, Res):
+                continue  # unknown during preview, or a subnet outside this stack: not checkable here
+            if subnet_is_public(view, subnet) is True:
+                report(
+                    f"{inst.name}: subnet {subnet.name} is public (public IPs or a default route to an internet gateway)",
+                    inst.urn,
+                )
 
 
 # --- security-group ingress ----------------------------------------------------------------------

@@ -25,7 +25,7 @@ TAGS = {"Project": "llmfleet", "llmfleet:stack": "test"}
 UNKNOWN_PLACEHOLDER = "[unknown]"
 
 
-def res(rtype: str, name: str, rid: str | None = None, **inputs):
+def res(rtype: str, name: str, rid: str | None = None, /, **inputs):
     inputs.setdefault("tags", dict(TAGS)) if rtype in TAGGABLE else None
     rid = rid or f"{name}-id"
     return {
@@ -321,6 +321,21 @@ BREAKERS = [
         "internet gateway",
     ),
     ("ec2-private-subnet", lambda s: set_input(s, "worker-2", subnetId=None), "default VPC"),
+    # EFA hosts attach ENIs instead of a subnetId: the ENI's subnet counts
+    (
+        "ec2-private-subnet",
+        lambda s: add(
+            set_input(
+                s,
+                "worker-2",
+                subnetId=None,
+                networkInterfaces=[{"networkInterfaceId": "eni-0", "deviceIndex": 0}],
+            ),
+            res("aws:ec2/networkInterface:NetworkInterface", "efa-0", "eni-0", subnetId="subnet-pub"),
+            res("aws:ec2/subnet:Subnet", "public", "subnet-pub", vpcId="vpc-1", mapPublicIpOnLaunch=True),
+        ),
+        "subnet public",
+    ),
     (
         "security-group-ingress",
         lambda s: add(
@@ -415,6 +430,23 @@ BREAKERS = [
         "availability zones",
     ),
     ("worker-placement", lambda s: set_input(s, "cluster", strategy="spread"), "'cluster'"),
+    # `placementGroup` names the group (the program passes PlacementGroup.name)
+    (
+        "worker-placement",
+        lambda s: (
+            [set_input(s, w, placementGroup="workers-pg") for w in ("worker-0", "worker-1", "worker-2")][-1]
+            + [
+                res(
+                    "aws:ec2/placementGroup:PlacementGroup",
+                    "pg2",
+                    "pg-2",
+                    name="workers-pg",
+                    strategy="partition",
+                )
+            ]
+        ),
+        "'partition'",
+    ),
     ("s3-bucket-hardened", lambda s: [r for r in s if r["name"] != "weights-pab"], "BucketPublicAccessBlock"),
     (
         "s3-bucket-hardened",
