@@ -141,6 +141,7 @@ ID_PREFIX = {
     "aws:ec2/vpcEndpoint:VpcEndpoint": "vpce-",
     "aws:ec2/placementGroup:PlacementGroup": "pg-",
     "aws:ec2/launchTemplate:LaunchTemplate": "lt-",
+    "aws:ec2/networkInterface:NetworkInterface": "eni-",
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "sgr-",
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "sgr-",
 }

@@ -97,6 +97,7 @@ class Cluster(pulumi.ComponentResource):
         }
         self.placement_group = aws.ec2.PlacementGroup(
             f"{name}-workers-pg",
+            name=f"{args.name}-workers",
             strategy="cluster",  # one rack/spine: lowest latency between pipeline stages
             tags=args.tags,
             opts=child,

@@ -86,7 +86,7 @@ class Image(pulumi.ComponentResource):
                 {
                     "address": repo.apply(lambda r: r.split("/", 1)[0]),
                     "username": auth.user_name,
-                    "password": auth.password,
+                    "password": pulumi.Output.secret(auth.password),
                 }
             ],
             cache_from=[{"registry": {"ref": repo.apply(lambda r: f"{r}:{cache}")}}],

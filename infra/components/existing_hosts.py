@@ -1,0 +1,129 @@
+"""ExistingHosts: bootstrap the Ray cluster onto servers you own, over SSH (provider = existing).
+
+One `pulumi_command.remote.Command` per declared host, all parented here. Each runs the
+script `infra.host_bootstrap.render_bootstrap` renders for that host (checks, weights,
+image, node container); its `triggers` hold the script's sha256, so a change of config,
+image or node code re-runs it, and its `delete` stops the container. Workers wait for the
+head. The endpoint token is a RandomPassword handed to the head on the command's stdin
+(secret), never in the script.
+
+PushedImage: the node image built from images/Dockerfile and pushed to a registry you name
+(llmfleet:imageRegistry), for stacks without ECR; hosts pull it by digest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_docker_build as docker_build
+import pulumi_random as random
+from pulumi_command import remote
+
+from infra.config import HostSpec, StackConfig
+from infra.host_bootstrap import (
+    node_spec,
+    remote_create_command,
+    render_bootstrap,
+    script_sha256,
+    stop_command,
+)
+
+TOKEN_LENGTH = 48
+# Fail a host that does not answer within ~2 minutes instead of pulumi-command's 10 x 15 s
+# default, which is the same order; kept explicit so the wait is a decision, not an accident.
+DIAL_ERROR_LIMIT = 8
+PER_DIAL_TIMEOUT_S = 15
+
+
+def host_slug(host: HostSpec) -> str:
+    """A logical-name-safe form of the host's address (addresses are unique in the config)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", host.address).strip("-").lower()
+
+
+@dataclass
+class ExistingHostsArgs:
+    cfg: StackConfig
+    image_ref: pulumi.Input[str]  # REPO@sha256:... the hosts pull
+    ssh_private_key: pulumi.Input[str]  # a Pulumi secret
+
+
+class ExistingHosts(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ExistingHostsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llmfleet:components:ExistingHosts", name, None, opts)
+        cfg = args.cfg
+        head = cfg.head_host
+        assert head is not None and head.ray_ip  # StackConfig validated both
+        head_ip = head.ray_ip
+        image = pulumi.Output.from_input(args.image_ref)
+
+        self.token = random.RandomPassword(
+            f"{name}-api-token", length=TOKEN_LENGTH, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
+
+        def bootstrap(host: HostSpec, after: list[pulumi.Resource]) -> remote.Command:
+            script = image.apply(lambda ref: render_bootstrap(cfg, host, head_ip, ref))
+            container = node_spec(cfg, host, head_ip, "").container
+            return remote.Command(
+                f"{name}-{host.role}-{host_slug(host)}",
+                connection=remote.ConnectionArgs(
+                    host=host.address,
+                    user=host.ssh_user,
+                    private_key=args.ssh_private_key,
+                    host_key=host.host_key,
+                    dial_error_limit=DIAL_ERROR_LIMIT,
+                    per_dial_timeout=PER_DIAL_TIMEOUT_S,
+                ),
+                create=script.apply(remote_create_command),
+                delete=stop_command(container),
+                triggers=[script.apply(script_sha256)],
+                stdin=self.token.result if host.role == "head" else None,
+                add_previous_output_in_env=False,
+                # One fixed container name per host: the old command's delete (docker rm -f)
+                # must run before the new create, never after it.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=after, delete_before_replace=True),
+            )
+
+        self.head = bootstrap(head, [])
+        self.workers = [bootstrap(w, [self.head]) for w in cfg.worker_hosts]
+        self.register_outputs(
+            {
+                "head": self.head.id,
+                "workers": [w.id for w in self.workers],
+            }
+        )
+
+
+@dataclass
+class PushedImageArgs:
+    repository: str  # registry/path, no tag
+    context_dir: Path
+    base_image: str
+    ray_version: str
+    platform: str = "linux/amd64"
+
+
+class PushedImage(pulumi.ComponentResource):
+    """Build images/Dockerfile and push it to `repository` with the operator's docker login."""
+
+    def __init__(self, name: str, args: PushedImageArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llmfleet:components:PushedImage", name, None, opts)
+        from infra.components.image import image_tag
+
+        build_args = {"BASE_IMAGE": args.base_image, "RAY_VERSION": args.ray_version}
+        tag = image_tag(args.context_dir, build_args)  # content hash: an unchanged tree pushes nothing new
+        self.image = docker_build.Image(
+            f"{name}-image",
+            context={"location": str(args.context_dir)},
+            dockerfile={"location": str(args.context_dir / "images" / "Dockerfile")},
+            build_args=build_args,
+            platforms=[docker_build.Platform(args.platform)],
+            push=True,
+            tags=[f"{args.repository}:{tag}"],
+            labels={"org.opencontainers.image.title": "llmfleet-node", "llmfleet.context": tag},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.ref = self.image.ref  # repo@sha256:...
+        self.register_outputs({"ref": self.ref})

@@ -1,0 +1,49 @@
+"""Instance role: least privilege, checked on the captured policy document."""
+
+import json
+
+from infra.components.iam import SSM_CORE_POLICY, node_policy_document
+from infra.offline import capture
+from policy.resources import iam_document_problems
+
+
+def test_captured_policy_scoped_to_repo_prefix_and_parameter():
+    c = capture("prod")
+    [pol] = c.of_type("aws:iam/policy:Policy")
+    doc = json.loads(pol["inputs"]["policy"])
+    assert iam_document_problems(doc) == []
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    repo = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["arn"]
+    assert by_sid["EcrPullThisRepo"]["Resource"] == repo
+    param = c.of_type("aws:ssm/parameter:Parameter")[0]["outputs"]["arn"]
+    assert by_sid["ReadEndpointToken"] == {
+        "Sid": "ReadEndpointToken",
+        "Effect": "Allow",
+        "Action": ["ssm:GetParameter"],
+        "Resource": param,
+    }
+    bucket = c.of_type("aws:s3/bucket:Bucket")[0]["outputs"]["bucket"]
+    assert by_sid["ReadWeights"]["Resource"] == f"arn:aws:s3:::{bucket}/deepseek-r1/*"
+    assert by_sid["ListWeightsPrefix"]["Condition"]["StringLike"]["s3:prefix"] == [
+        "deepseek-r1/",
+        "deepseek-r1/*",
+    ]
+    stars = [s["Sid"] for s in doc["Statement"] if s["Resource"] == "*"]
+    assert stars == ["EcrAuth"]
+    assert all(a != "*" and not a.endswith(":*") for s in doc["Statement"] for a in s["Action"])
+
+    role = c.of_type("aws:iam/role:Role")[0]
+    assume = json.loads(role["inputs"]["assumeRolePolicy"])
+    assert assume["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    arns = {a["inputs"]["policyArn"] for a in c.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
+    assert arns == {SSM_CORE_POLICY, pol["outputs"]["arn"]}
+    [profile] = c.of_type("aws:iam/instanceProfile:InstanceProfile")
+    assert profile["inputs"]["role"] == role["outputs"]["name"]
+    for inst in c.of_type("aws:ec2/instance:Instance"):
+        assert inst["inputs"]["iamInstanceProfile"] == profile["outputs"]["name"]
+
+
+def test_no_s3_grant_without_bucket():
+    doc = node_policy_document("arn:repo", "arn:param", None, "")
+    assert not [s for s in doc["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
+    assert iam_document_problems(doc) == []

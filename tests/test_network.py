@@ -1,0 +1,104 @@
+"""Network component under the recording mocks (preview=False): real rule/CIDR/port inputs."""
+
+from functools import cache
+
+import pytest
+
+from infra.components.network import INTERFACE_SERVICES, endpoint_ingress_cidrs, subnet_cidrs
+from infra.offline import capture
+from policy.network import sensitive_ports_in
+
+IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EG = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+SG = "aws:ec2/securityGroup:SecurityGroup"
+VPCE = "aws:ec2/vpcEndpoint:VpcEndpoint"
+
+
+@cache
+def cap(*overrides):
+    return capture("prod", overrides)
+
+
+def sg_ids(c):
+    return {r["outputs"]["tags"]["llmfleet:sg"]: r["id"] for r in c.of_type(SG)}
+
+
+def test_subnets_private_in_one_az_and_no_internet_by_default():
+    c = cap()
+    [vpc] = c.of_type("aws:ec2/vpc:Vpc")
+    assert vpc["inputs"]["cidrBlock"] == "10.42.0.0/16"
+    [subnet] = c.of_type("aws:ec2/subnet:Subnet")
+    assert subnet["inputs"]["mapPublicIpOnLaunch"] is False
+    assert subnet["inputs"]["cidrBlock"] == "10.42.0.0/20"
+    assert subnet["inputs"]["availabilityZone"] == "us-east-1a"  # first AZ offering the type
+    for t in ("internetGateway:InternetGateway", "natGateway:NatGateway", "eip:Eip"):
+        assert not c.of_type(f"aws:ec2/{t}")
+
+
+def test_endpoints_s3_gateway_and_interfaces():
+    c = cap()
+    eps = {r["inputs"]["serviceName"].removeprefix("com.amazonaws.us-east-1."): r for r in c.of_type(VPCE)}
+    assert eps["s3"]["inputs"]["vpcEndpointType"] == "Gateway"
+    assert eps["s3"]["inputs"]["routeTableIds"] == [c.named("net-private-rt")["id"]]
+    vpce_sg = sg_ids(c)["vpce"]
+    for svc in INTERFACE_SERVICES:
+        ep = eps[svc]["inputs"]
+        assert ep["vpcEndpointType"] == "Interface" and ep["privateDnsEnabled"] is True
+        assert ep["securityGroupIds"] == [vpce_sg]
+    assert set(eps) == {"s3", *INTERFACE_SERVICES}
+
+
+def test_security_group_rules():
+    c = cap()
+    ids = sg_ids(c)
+    rules = {r["name"]: r["inputs"] for r in c.of_type(IN)}
+    self_rule = rules["net-cluster-from-self"]
+    assert self_rule["securityGroupId"] == self_rule["referencedSecurityGroupId"] == ids["cluster"]
+    assert self_rule["ipProtocol"] == "-1"
+    head = rules["net-cluster-from-endpoint"]
+    assert (head["referencedSecurityGroupId"], head["fromPort"], head["toPort"]) == (
+        ids["endpoint"],
+        8000,
+        8000,
+    )
+    # internal endpoint without CIDRs: the serving port from the VPC only
+    ep = [r for r in rules.values() if r["securityGroupId"] == ids["endpoint"]]
+    assert [(r["cidrIpv4"], r["fromPort"], r["toPort"], r["ipProtocol"]) for r in ep] == [
+        ("10.42.0.0/16", 8000, 8000, "tcp")
+    ]
+    # nothing with a CIDR source opens SSH or a Ray port
+    for r in rules.values():
+        if "cidrIpv4" in r:
+            assert not sensitive_ports_in((r.get("fromPort", 0), r.get("toPort", 65535)))
+    eg = {r["name"]: r["inputs"] for r in c.of_type(EG)}
+    assert eg["net-endpoint-to-cluster"]["referencedSecurityGroupId"] == ids["cluster"]
+
+
+def test_public_endpoint_admits_only_configured_cidrs():
+    c = cap("endpointPublic=true", 'endpointAllowedCidrs=["203.0.113.0/24"]')
+    ids = sg_ids(c)
+    ep = [r["inputs"] for r in c.of_type(IN) if r["inputs"]["securityGroupId"] == ids["endpoint"]]
+    assert [r["cidrIpv4"] for r in ep] == ["203.0.113.0/24"]
+    public = c.named("net-public")["inputs"]
+    assert public["mapPublicIpOnLaunch"] is False
+    assert c.of_type("aws:ec2/internetGateway:InternetGateway")
+    # instances never sit in the public subnet
+    for inst in c.of_type("aws:ec2/instance:Instance"):
+        assert inst["inputs"].get("subnetId") in (None, c.named("net-private")["id"])
+
+
+def test_nat_gateway_only_on_request():
+    c = cap("natGateway=true", "availabilityZone=us-east-1c")
+    [nat] = c.of_type("aws:ec2/natGateway:NatGateway")
+    assert nat["inputs"]["subnetId"] == c.named("net-public")["id"]
+    route = c.named("net-private-default")["inputs"]
+    assert route["destinationCidrBlock"] == "0.0.0.0/0" and route["natGatewayId"] == nat["id"]
+    assert c.named("net-private")["inputs"]["availabilityZone"] == "us-east-1c"
+
+
+def test_pure_helpers():
+    assert subnet_cidrs("10.0.0.0/18") == {"private": "10.0.0.0/22", "public": "10.0.4.0/22"}
+    assert endpoint_ingress_cidrs([], False, "10.1.0.0/16") == ["10.1.0.0/16"]
+    assert endpoint_ingress_cidrs(["192.0.2.0/24"], True, "10.1.0.0/16") == ["192.0.2.0/24"]
+    with pytest.raises(ValueError):
+        endpoint_ingress_cidrs([], True, "10.1.0.0/16")
