@@ -117,28 +117,22 @@ def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
 
 
 def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> list[Path]:
-    """Hook: write cluster.yaml and the Serve config from the real stack outputs.
+    """Write cluster.yaml and the Serve config from the real stack outputs, each validated by
+    Ray's own code first (the same renderers as `llmfleet render`)."""
+    import yaml
 
-    The renderers live in ray_cluster.cluster_yaml / ray_cluster.serve_config (another module's
-    work); each is used when it exposes `render_from_outputs(outputs, cfg) -> str`.
-    """
-    import importlib
+    from ray_cluster.cluster_yaml import render_cluster_yaml, validate_with_ray
+    from ray_cluster.serve_config import render_serve_config, serve_inputs_from_stack, validate_serve_config
 
+    cluster = render_cluster_yaml(outputs)
+    validate_with_ray(cluster)
+    serve = render_serve_config(serve_inputs_from_stack(outputs, cfg, cfg.plan()))
+    validate_serve_config(serve)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for module, filename in (
-        ("ray_cluster.cluster_yaml", "cluster.yaml"),
-        ("ray_cluster.serve_config", "serve.yaml"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        render = getattr(mod, "render_from_outputs", None)
-        if render is None:
-            continue
-        out_dir.mkdir(parents=True, exist_ok=True)
+    for filename, doc in (("cluster.yaml", cluster), ("serve.yaml", serve)):
         path = out_dir / filename
-        path.write_text(render(outputs, cfg))
+        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=100))
         written.append(path)
     return written
 
