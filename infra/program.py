@@ -212,7 +212,7 @@ def serving_outputs(cfg: StackConfig, plan: Any, workers: int) -> dict[str, Any]
 def build() -> dict[str, Any]:
     cfg = read_config()
     if cfg.provider == "existing":
-        from infra.existing import build_existing  # hosts you own, bootstrapped over SSH
+        from infra.program_existing import build_existing  # hosts you own, bootstrapped over SSH
 
         return build_existing(cfg)
     return build_aws(cfg)

@@ -79,7 +79,7 @@ class ExistingHosts(pulumi.ComponentResource):
                 create=script.apply(remote_create_command),
                 delete=stop_command(container),
                 triggers=[script.apply(script_sha256)],
-                stdin=self.token.result if host.role == "head" else None,
+                stdin=pulumi.Output.secret(self.token.result) if host.role == "head" else None,
                 add_previous_output_in_env=False,
                 # One fixed container name per host: the old command's delete (docker rm -f)
                 # must run before the new create, never after it.

@@ -1,0 +1,100 @@
+"""Composition for `llmfleet:provider: existing`: the cluster on servers you own.
+
+No EC2, VPC or load balancer: the declared hosts are bootstrapped over SSH (ExistingHosts),
+and the stack exports the same outputs as the AWS program, so cluster.yaml, the Serve config
+and the cost/policy views render from them unchanged.
+
+The node image comes from, in order:
+- llmfleet:imageRegistry = REPO@sha256:<digest>  a prebuilt image, pulled as is;
+- llmfleet:imageRegistry = REPO                  built here and pushed to REPO (your docker login);
+- unset                                          built here and pushed to an ECR repository this
+                                                 stack creates (needs AWS credentials where
+                                                 `pulumi up` runs and on the hosts, to pull).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from infra.config import StackConfig
+
+
+def node_image(cfg: StackConfig) -> pulumi.Input[str]:
+    """The REPO@sha256:... every host pulls."""
+    from infra.program import RAY_VERSION, REPO_ROOT, cluster_name
+
+    reg = cfg.image_registry
+    if reg and "@sha256:" in reg:
+        return reg
+    if reg:
+        from infra.components.existing_hosts import PushedImage, PushedImageArgs
+
+        return PushedImage(
+            "node",
+            PushedImageArgs(
+                repository=reg, context_dir=REPO_ROOT, base_image=cfg.base_image, ray_version=RAY_VERSION
+            ),
+        ).ref
+    from infra.components.image import Image, ImageArgs
+    from infra.components.registry import Registry, RegistryArgs
+
+    registry = Registry(
+        "registry",
+        RegistryArgs(
+            name=cluster_name(cfg),
+            keep_images=cfg.ecr_keep_images,
+            force_delete=cfg.stack != "prod",
+            tags=cfg.common_tags,
+        ),
+    )
+    return Image(
+        "node",
+        ImageArgs(
+            repository_url=registry.repository.repository_url,
+            registry_id=registry.repository.registry_id,
+            context_dir=REPO_ROOT,
+            base_image=cfg.base_image,
+            ray_version=RAY_VERSION,
+            tags=cfg.common_tags,
+        ),
+    ).ref
+
+
+def build_existing(cfg: StackConfig) -> dict[str, Any]:
+    from infra.components.existing_hosts import ExistingHosts, ExistingHostsArgs
+    from infra.host_bootstrap import node_spec
+    from infra.program import SSH_USER, cluster_name, serving_outputs
+
+    head = cfg.head_host
+    assert head is not None  # StackConfig requires exactly one head for provider=existing
+    workers = cfg.worker_hosts
+    plan = cfg.plan()
+    image_ref = node_image(cfg)
+    # require_secret keeps the key a secret Output all the way into the SSH connection.
+    ssh_key = pulumi.Config("llmfleet").require_secret("sshPrivateKey")
+    hosts = ExistingHosts("hosts", ExistingHostsArgs(cfg=cfg, image_ref=image_ref, ssh_private_key=ssh_key))
+    outputs: dict[str, Any] = {
+        "cluster_name": cluster_name(cfg),
+        "provider": "existing",
+        "endpoint_url": f"http://{head.address}:{cfg.endpoint_port}/v1",
+        "head_private_ip": head.ray_ip,
+        "head_address": head.address,
+        "head_container": node_spec(cfg, head, str(head.ray_ip), "").container,
+        "worker_private_ips": [w.ray_ip for w in workers],
+        "worker_addresses": [w.address for w in workers],
+        "image_ref": image_ref,
+        # No SSM on-prem: the token itself, as a secret (`pulumi stack output api_token --show-secrets`).
+        "api_token": pulumi.Output.secret(hosts.token.result),
+        "ssh_user": head.ssh_user or SSH_USER,
+        **serving_outputs(cfg, plan, len(workers)),
+    }
+    if cfg.weights_uri:
+        outputs["weights_uri"] = cfg.weights_uri
+    if cfg.host_hourly_usd is not None:
+        outputs["host_hourly_usd"] = cfg.host_hourly_usd
+    # The region only means something when AWS serves the image (ECR) or the weights (S3).
+    if not cfg.image_registry or (cfg.weights_uri or "").startswith("s3://"):
+        outputs["region"] = cfg.region
+    return outputs
