@@ -48,6 +48,7 @@ FREE_TYPE_PREFIXES = (
     "aws:ec2/mainRouteTableAssociation:",
     "aws:ec2/internetGateway:",
     "aws:ec2/placementGroup:",
+    "aws:ec2/networkInterface:",  # ENIs (and EFA interfaces) cost nothing by themselves
     "aws:ec2/vpcDhcpOptions",
     "aws:ec2/defaultSecurityGroup:",
     "aws:ec2/defaultNetworkAcl:",

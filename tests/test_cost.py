@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -208,6 +210,14 @@ def test_bucket_not_weights_is_usage_based(book):
     assert items["logs"].monthly_cost == 0 and items["logs"].components[0].usage_based
 
 
+def test_owned_hosts_are_user_declared_line_items(book):
+    est = cost.with_owned_hosts(
+        cost.price_resources([], book), ["10.0.0.5", "10.0.0.6"], 4.5, "stack config x"
+    )
+    assert est.total_hourly == 9 and est.total_monthly == 9 * H
+    assert {r.components[0].price.source for r in est.resources} == {"llmfleet:hostHourlyUsd (user-declared)"}
+
+
 def test_usd_per_million_tokens():
     assert cost.usd_per_million_tokens(Decimal("36"), 1000) == Decimal(10)
     assert cost.usd_per_million_tokens(Decimal("36"), 0) is None
@@ -263,6 +273,11 @@ def test_diff_per_resource_and_total(book):
     assert Decimal(doc["diffTotalMonthlyCost"]) == Decimal(doc["totalMonthlyCost"]) - Decimal(
         doc["pastTotalMonthlyCost"]
     )
+    # logical names prefixed with the stack name still pair up
+    renamed = cost.Estimate(
+        "dev", "us-east-1", "x", tuple(replace(r, name=f"dev-{r.name}") for r in dev.resources), 0, (), ()
+    )
+    assert {d.name for d in cost.diff_resources(prod, renamed) if d.diff_monthly} == {"worker-1", "worker-2"}
     # removed resources show as negative
     back = {d.name: d for d in cost.diff_resources(dev, prod)}
     assert back["worker-2"].diff_monthly == -prod.resources[3].monthly_cost
@@ -327,3 +342,159 @@ def test_bad_preview_file():
         cost.load_preview_file("{nope")
     with pytest.raises(PriceError, match="steps"):
         cost.load_preview_file("{}")
+
+
+# --- `llmfleet cost` end to end on the real stacks (offline engine) ----------------------------
+
+from typer.testing import CliRunner  # noqa: E402
+
+from infra.cli import app  # noqa: E402
+
+RUNNER = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMFLEET_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def run_cost(*args: str):
+    return RUNNER.invoke(app, ["cost", *args])
+
+
+@functools.cache  # each run captures the real program (seconds); results are deterministic
+def _cost_json_text(*args: str) -> str:
+    result = run_cost(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def cost_json(*args: str) -> dict:
+    return json.loads(_cost_json_text(*args))
+
+
+def _uncached_cost_json(*args: str) -> dict:
+    result = run_cost(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def resources_of(doc: dict, key: str = "breakdown") -> list[dict]:
+    return doc["projects"][0][key]["resources"]
+
+
+def test_cli_prod_json():
+    from infra.offline import load_config
+
+    doc = cost_json("--stack", "prod")
+    rs = resources_of(doc)
+    cfg = load_config("prod")
+    plan = cfg.plan()
+    workers = [r for r in rs if r["metadata"].get("role") == "worker"]
+    assert len(workers) == plan.nodes == 3
+    for w in workers:
+        usage = w["costComponents"][0]
+        assert usage["price"] == "30.131" and usage["unit"] == "hours" and usage["hourlyCost"] == "30.131"
+        assert w["subresources"][0]["name"] == "root_block_device"  # its volume, as its own line item
+    (head,) = [r for r in rs if r["metadata"].get("role") == "head"]
+    assert head["metadata"]["instanceType"] == cfg.head_instance_type
+    types = {r["resourceType"] for r in rs}
+    assert "aws:ec2/vpcEndpoint:VpcEndpoint" in types
+    assert "aws:lb/loadBalancer:LoadBalancer" in types
+    total_h, total_m = Decimal(doc["totalHourlyCost"]), Decimal(doc["totalMonthlyCost"])
+    assert abs(730 * total_h - total_m) < Decimal("0.005")
+    assert total_m > 3 * Decimal("30.131") * 730
+    per_m = Decimal(doc["usdPerMillionOutputTokens"])
+    tps = Decimal(str(plan.decode_tokens_per_s_expected))
+    assert abs(per_m - total_h / (tps * 3600) * 10**6) < Decimal("0.0001")
+
+
+def test_cli_table_has_a_total():
+    result = run_cost("--stack", "prod")
+    assert result.exit_code == 0, result.stderr
+    assert "Total" in result.stdout and "30.131" in result.stdout
+
+
+def test_cli_spot_from_stubbed_spot_history(monkeypatch):
+    import boto3
+    from botocore.stub import Stubber
+
+    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    pricing_client = boto3.client(
+        "pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+    )
+    clients = {"ec2": ec2, "pricing": pricing_client}
+    monkeypatch.setattr(boto3, "client", lambda name, **kw: clients[name])
+    history = [
+        {
+            "AvailabilityZone": "us-east-1a",
+            "InstanceType": "g6e.48xlarge",
+            "ProductDescription": "Linux/UNIX",
+            "SpotPrice": "10.250000",
+            "Timestamp": "2026-11-27T10:00:00Z",
+        }
+    ]
+    from tests.test_pricing import price_list_item
+
+    with Stubber(ec2) as es, Stubber(pricing_client) as ps:
+        es.add_response("describe_spot_price_history", {"SpotPriceHistory": history})
+        # the head stays on-demand: one Price List lookup for its type
+        ps.add_response("get_products", {"PriceList": [price_list_item("m7i.2xlarge", "0.4032000000")]})
+        doc = _uncached_cost_json("--stack", "prod", "-c", "llmfleet:spot=true", "--live")
+        es.assert_no_pending_responses()
+    rs = resources_of(doc)
+    workers = [r for r in rs if r["metadata"].get("role") == "worker"]
+    assert workers and all(w["costComponents"][0]["price"] == "10.25" for w in workers)
+    assert all(w["metadata"]["market"] == "spot" for w in workers)
+    (head,) = [r for r in rs if r["metadata"].get("role") == "head"]
+    assert head["metadata"]["market"] == "on-demand" and head["costComponents"][0]["price"] == "0.4032"
+
+
+def test_cli_spot_snapshot_is_a_labelled_estimate():
+    doc = cost_json("--stack", "prod", "-c", "llmfleet:spot=true")
+    workers = [r for r in resources_of(doc) if r["metadata"].get("role") == "worker"]
+    fraction = Decimal(load_snapshot().assumptions["spot_fraction_of_on_demand"].value)
+    for w in workers:
+        usage = w["costComponents"][0]
+        assert Decimal(usage["price"]) == Decimal("30.131") * fraction and usage["estimate"] is True
+
+
+def test_cli_diff_prod_minus_dev():
+    prod, dev = cost_json("--stack", "prod"), cost_json("--stack", "dev")
+    doc = cost_json("--stack", "prod", "--diff", "dev")
+    assert Decimal(doc["diffTotalMonthlyCost"]) == Decimal(prod["totalMonthlyCost"]) - Decimal(
+        dev["totalMonthlyCost"]
+    )
+    assert doc["pastTotalMonthlyCost"] == dev["totalMonthlyCost"]
+    past = {(r["resourceType"], r["name"]): Decimal(r["monthlyCost"]) for r in resources_of(dev)}
+    now = {(r["resourceType"], r["name"]): Decimal(r["monthlyCost"]) for r in resources_of(prod)}
+    for r in doc["projects"][0]["diff"]["resources"]:
+        key = (r["resourceType"], r["name"])
+        assert Decimal(r["monthlyCost"]) == now.get(key, 0) - past.get(key, 0)
+    table = run_cost("--stack", "prod", "--diff", "dev")
+    assert table.exit_code == 0 and "prod minus dev" in table.stdout
+
+
+def test_cli_budget_gate_exits_4():
+    result = run_cost("--stack", "prod", "-c", "llmfleet:maxMonthlyUsd=1000", "--json")
+    assert result.exit_code == 4
+    total = Decimal(json.loads(result.stdout)["totalMonthlyCost"])
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{total:,.2f}" in line and "1,000.00" in line and "llmfleet:maxMonthlyUsd" in line
+
+
+def test_cli_region_outside_snapshot_is_one_line():
+    result = run_cost("--stack", "prod", "-c", "aws:region=eu-west-1")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "eu-west-1" in line and "--live" in line
+
+
+def test_cli_from_preview(tmp_path):
+    path = tmp_path / "preview.json"
+    path.write_text(json.dumps(PREVIEW))
+    doc = cost_json("--stack", "prod", "--from-preview", str(path))
+    (worker,) = resources_of(doc)
+    assert worker["name"] == "prod-worker-0" and worker["costComponents"][0]["price"] == "30.131"
+    bad = run_cost("--stack", "prod", "--from-preview", str(tmp_path / "missing.json"))
+    assert bad.exit_code == 2 and "missing.json" in bad.stderr

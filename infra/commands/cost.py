@@ -89,39 +89,29 @@ def _money(d: Decimal | None, places: int = 2) -> str:
     return "-" if d is None else f"{d:,.{places}f}"
 
 
-def _qty(d: Decimal | None) -> str:
-    return "usage-based" if d is None else f"{d.normalize():,f}"
+def _qty(d: Decimal | None, unit: str) -> str:
+    return "usage-based" if d is None else f"{d.normalize():,f} {unit}"
 
 
 def render_table(p: Priced, console: Console) -> None:
     est = p.estimate
-    t = Table(
-        title=f"llmfleet cost: stack {est.project} ({est.region}, {est.price_source})", show_lines=False
-    )
-    for col, justify in (
-        ("Resource", "left"),
-        ("Component", "left"),
-        ("Monthly qty", "right"),
-        ("Unit", "left"),
-        ("Price", "right"),
-        ("USD/h", "right"),
-        ("USD/month", "right"),
-    ):
-        t.add_column(col, justify=justify)
+    t = Table(title=f"llmfleet cost: stack {est.project} ({est.region}, {est.price_source})")
+    t.add_column("Resource", overflow="fold")
+    t.add_column("Component")
+    t.add_column("Monthly qty", justify="right")
+    t.add_column("Price", justify="right")
+    t.add_column("USD/month", justify="right", no_wrap=True)
     estimates = False
 
     def rows(r: cost.ResourceCost, label: str) -> None:
         nonlocal estimates
         for c in r.components:
-            mark = "*" if c.price.estimate else ""
             estimates |= c.price.estimate
             t.add_row(
                 label,
-                c.name + mark,
-                _qty(c.monthly_quantity),
-                c.unit,
+                c.name + ("*" if c.price.estimate else ""),
+                _qty(c.monthly_quantity, c.unit),
                 f"{c.price.usd.normalize():f}",
-                "-" if c.usage_based else _money(c.hourly_cost, 4),
                 "-" if c.usage_based else _money(c.monthly_cost),
             )
             label = ""
@@ -132,10 +122,11 @@ def render_table(p: Priced, console: Console) -> None:
         for s in r.subresources:
             rows(s, f"  └ {s.name}")
         t.add_section()
-    t.add_row(
-        "[bold]Total[/]", "", "", "", "", _money(est.total_hourly, 4), f"[bold]{_money(est.total_monthly)}[/]"
-    )
+    t.add_row("[bold]Total[/]", "", "", "", f"[bold]{_money(est.total_monthly)}[/]")
     console.print(t)
+    console.print(
+        f"Total: {_money(est.total_hourly, 4)} USD/hour, {_money(est.total_monthly)} USD/month (730 h)"
+    )
     if p.tokens_per_s:
         per_m = cost.usd_per_million_tokens(est.total_hourly, p.tokens_per_s)
         console.print(
@@ -144,6 +135,8 @@ def render_table(p: Priced, console: Console) -> None:
         )
     if estimates:
         console.print("* estimate (see priceSource / note in --json)")
+    skipped = len(est.no_price) + len(est.unsupported)
+    console.print(f"{len(est.resources)} resources priced, {skipped} without a price (free or not estimated)")
 
 
 def render_diff(p: Priced, past: Priced, console: Console) -> None:
