@@ -1,0 +1,43 @@
+#!/bin/bash
+# llmfleet head bootstrap (rendered by infra/cloud_init.py; do not edit on the host).
+set -euo pipefail
+exec > >(tee -a /var/log/llmfleet-boot.log) 2>&1
+export AWS_DEFAULT_REGION=us-east-1
+
+log() { echo "llmfleet[head] $(date -u +%FT%TZ) $*"; }
+die() { log "FAILED: $*"; exit 1; }
+
+# IMDSv2 only (httpTokens=required): a session token first, then the private IP.
+IMDS_TOKEN=$(curl -sS -X PUT http://169.254.169.254/latest/api/token \
+  -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
+NODE_IP=$(curl -sS -H "X-aws-ec2-metadata-token: ${IMDS_TOKEN}" \
+  http://169.254.169.254/latest/meta-data/local-ipv4)
+[[ -n "${NODE_IP}" ]] || die "no private IP from IMDS"
+log "private IP ${NODE_IP}"
+
+# 1. Docker (the Deep Learning Base AMI ships it with the NVIDIA container toolkit)
+systemctl start docker
+docker info >/dev/null 2>&1 || die "docker is not running"
+
+# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress.
+mkdir -p /opt/llmfleet/models/deepseek-r1
+aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
+log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
+
+# 3. The endpoint token: read from SSM at boot (role credentials over IMDSv2), root-only file.
+install -d -m 0700 /run/llmfleet
+umask 077
+TOKEN_VALUE=$(aws ssm get-parameter --name /llmfleet/prod/endpoint-token --with-decryption \
+  --query Parameter.Value --output text)
+printf '%s=%s\n' LLMFLEET_API_TOKEN "${TOKEN_VALUE}" > /run/llmfleet/node.env
+unset TOKEN_VALUE
+umask 022
+
+# 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
+aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
+docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
+docker rm -f llmfleet-head >/dev/null 2>&1 || true
+
+docker run --detach --name llmfleet-head --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env \
+  123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab head --ip "${NODE_IP}" --block
+log "started container llmfleet-head"

@@ -1,0 +1,95 @@
+"""User data: snapshot of head and worker, bash -n, shellcheck, and the contract with ray_cluster.node.
+
+Update the snapshots after an intended change: LLMFLEET_UPDATE_SNAPSHOTS=1 pytest tests/test_cloud_init.py
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.cloud_init import NodeSpec, node_args, render_user_data
+from ray_cluster.node import build_parser, head_start_command, worker_start_command
+
+SNAP = Path(__file__).parent / "snapshots"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:" + "ab" * 32
+COMMON = dict(
+    region="us-east-1",
+    image_ref=IMAGE,
+    weights_s3_uri="s3://llmfleet-prod-weights/deepseek-r1/",
+    model_path="/opt/llmfleet/models/deepseek-r1",
+    weights_path="/opt/llmfleet/models",
+)
+HEAD = NodeSpec(role="head", token_parameter="/llmfleet/prod/endpoint-token", **COMMON)
+WORKER = NodeSpec(
+    role="worker", head_ip="10.42.0.10", gpus=8, gpu_model="L40S", nvme_disks=4, efa=True, **COMMON
+)
+SPECS = {"head": HEAD, "worker": WORKER}
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_snapshot(role):
+    text = render_user_data(SPECS[role])
+    path = SNAP / f"user_data_{role}.sh"
+    if os.environ.get("LLMFLEET_UPDATE_SNAPSHOTS") == "1" or not path.exists():
+        path.write_text(text)
+    assert text == path.read_text(), (
+        f"{path.name} changed; re-run with LLMFLEET_UPDATE_SNAPSHOTS=1 if intended"
+    )
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_bash_syntax_and_shellcheck(role, tmp_path):
+    script = tmp_path / f"{role}.sh"
+    script.write_text(render_user_data(SPECS[role]))
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    sc = shutil.which("shellcheck")
+    assert sc, "shellcheck missing: apt-get install -y shellcheck"
+    proc = subprocess.run([sc, "--shell=bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_container_args_parse_with_the_node_cli():
+    p = build_parser()
+    h = p.parse_args([str(a) for a in node_args(HEAD)])
+    assert h.cmd == "head" and h.block
+    assert "--num-gpus=0" in head_start_command("10.0.0.1", block=h.block)  # the head advertises 0 GPUs
+    w = p.parse_args([str(a) for a in node_args(WORKER)])
+    assert (w.cmd, w.address, w.num_gpus, w.gpu_model, w.block) == (
+        "worker",
+        "10.42.0.10:6379",
+        8,
+        "L40S",
+        True,
+    )
+    assert "--num-gpus=8" in worker_start_command(w.address, "10.42.0.11", w.num_gpus, w.gpu_model)
+
+
+def test_head_reads_token_from_ssm_and_holds_no_secret():
+    ud = render_user_data(HEAD)
+    assert "aws ssm get-parameter --name /llmfleet/prod/endpoint-token --with-decryption" in ud
+    assert "--env-file /run/llmfleet/node.env" in ud
+    assert "mdadm" not in ud and "--gpus" not in ud  # no NVMe array, no GPUs on the head
+    assert "--exclude '*' --include '*.json'" in ud  # only tokenizer/config files
+    assert 'head --ip "${NODE_IP}" --block' in ud
+
+
+def test_worker_staging_variants():
+    ud = render_user_data(WORKER)
+    assert "--level=0" in ud and "Amazon EC2 NVMe Instance Storage" in ud
+    assert "max_concurrent_requests 64" in ud and "manifest.json" in ud
+    assert "aws ssm get-parameter" not in ud  # workers never see the token
+    assert "nvidia runtime" in ud and "EFA_ARGS[@]" in ud
+    single = render_user_data(NodeSpec(**{**WORKER.__dict__, "nvme_disks": 0, "efa": False}))
+    assert "mdadm" not in single and "lsblk" not in single and "EFA_ARGS" not in single
+
+
+def test_rejects_bad_specs():
+    with pytest.raises(ValueError, match="weights_s3_uri"):
+        render_user_data(NodeSpec(**{**WORKER.__dict__, "weights_s3_uri": "https://x/"}))
+    with pytest.raises(ValueError, match="head_ip"):
+        render_user_data(NodeSpec(**{**WORKER.__dict__, "head_ip": ""}))
+    with pytest.raises(ValueError, match="token_parameter"):
+        render_user_data(NodeSpec(**{**HEAD.__dict__, "token_parameter": ""}))

@@ -1,0 +1,103 @@
+"""The composition: stack outputs, resource inventory per stack, the provider=existing branch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra import program
+from infra.offline import REPO_ROOT, capture
+
+OUTPUTS = {
+    "endpoint_url",
+    "head_private_ip",
+    "worker_private_ips",
+    "image_ref",
+    "cluster_name",
+    "token_parameter",
+    "dashboard_port_forward_command",
+    "gpu_model",
+    "gpus_per_worker",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "model",
+    "model_path",
+    "max_model_len",
+    "region",
+    "head_instance_id",
+    "worker_instance_ids",
+    "ssh_user",
+}
+REQUIRED_TYPES = [
+    "aws:ec2/vpc:Vpc",
+    "aws:ec2/subnet:Subnet",
+    "aws:ec2/vpcEndpoint:VpcEndpoint",
+    "aws:ec2/securityGroup:SecurityGroup",
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule",
+    "aws:ec2/placementGroup:PlacementGroup",
+    "aws:ecr/repository:Repository",
+    "aws:ecr/lifecyclePolicy:LifecyclePolicy",
+    "docker-build:index:Image",
+    "aws:iam/role:Role",
+    "aws:iam/instanceProfile:InstanceProfile",
+    "aws:iam/policy:Policy",
+    "aws:ec2/instance:Instance",
+    "aws:lb/loadBalancer:LoadBalancer",
+    "aws:lb/targetGroup:TargetGroup",
+    "aws:lb/listener:Listener",
+    "aws:ssm/parameter:Parameter",
+]
+
+
+def test_preview_json_prod_lists_everything():
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "llmfleet"), "preview", "--stack", "prod", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    types_ = [r["type"] for r in doc["resources"]]
+    for t in REQUIRED_TYPES:
+        assert t in types_, t
+    workers = [
+        r
+        for r in doc["resources"]
+        if r["type"] == "aws:ec2/instance:Instance" and r["inputs"]["tags"]["llmfleet:role"] == "worker"
+    ]
+    assert [w["inputs"]["instanceType"] for w in workers] == ["g6e.48xlarge"] * 3
+    assert OUTPUTS <= set(doc["outputs"])
+
+
+@pytest.mark.parametrize(
+    "stack,itype,n,tp,pp", [("dev", "g6.xlarge", 1, 1, 1), ("staging", "g6e.48xlarge", 1, 8, 1)]
+)
+def test_dev_and_staging_shapes(stack, itype, n, tp, pp):
+    c = capture(stack)
+    workers = [
+        r for r in c.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "worker"
+    ]
+    assert [w["inputs"]["instanceType"] for w in workers] == [itype] * n
+    assert (c.outputs["tensor_parallel_size"], c.outputs["pipeline_parallel_size"]) == (tp, pp)
+    assert c.outputs["cluster_name"] == f"llmfleet-{stack}"
+    assert len(c.outputs["worker_private_ips"]) == n
+    # every resource lives inside one of our components
+    assert all(r["parent"] for r in c.resources if r["custom"])
+
+
+def test_existing_provider_branches_into_its_own_module(monkeypatch):
+    cfg = capture("dev").config.model_copy(update={"provider": "existing"})
+    monkeypatch.setattr(program, "read_config", lambda: cfg)
+
+    def fake(c):
+        return {"branch": "existing", "stack": c.stack}
+
+    import infra.program_existing as existing
+
+    monkeypatch.setattr(existing, "build_existing", fake)
+    assert program.build() == {"branch": "existing", "stack": "dev"}
