@@ -7,9 +7,11 @@
 Two measurements per worker count:
 - `cli_s`: the whole command as a user runs it (a fresh process: imports, offline capture of the
   real program under Pulumi mocks, pricing, JSON). This is what the 3 s budget at 32 workers is for.
+- `cli_cpu_s`: that process's CPU time (user + sys), which other load on the machine does not inflate.
 - `inproc_s`: capture + price in one warm process, so the per-worker growth is not hidden by the
   fixed interpreter/import cost. A least-squares line t = a + b*workers is fitted to it; R^2 near 1
   and small residuals mean linear growth.
+- `price_only_s`: infra.cost alone (pricing + JSON) on the captured resources.
 Each figure is the median of --repeat runs. Exit 1 if the 32-worker CLI run takes 3 s or more.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,17 +32,25 @@ CLI = [str(REPO / ".venv" / "bin" / "llmfleet")]
 BUDGET_S = 3.0
 
 
-def run_cli(workers: int) -> tuple[float, dict]:
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_cli(workers: int) -> tuple[float, float, dict]:
+    """(wall s, CPU s, JSON) of one `llmfleet cost` process. CPU time does not grow when other
+    work loads the machine, so it is reported beside the wall time."""
     cmd = [*CLI, "cost", "--stack", "prod", "--json", "-c", f"llmfleet:workerCount={workers}"]
-    t0 = time.perf_counter()
+    cpu0, t0 = _children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if proc.returncode not in (0, 4):  # 4 = over budget, still a complete estimate
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return elapsed, json.loads(proc.stdout)
+    return elapsed, cpu, json.loads(proc.stdout)
 
 
-def run_inproc(workers: int) -> float:
+def run_inproc(workers: int) -> tuple[float, float]:
+    """(capture + price s, price-only s) in this warm process."""
     from infra import cost
     from infra.catalog import load_catalog
     from infra.offline import capture
@@ -46,13 +58,15 @@ def run_inproc(workers: int) -> float:
 
     t0 = time.perf_counter()
     cap = capture("prod", [f"llmfleet:workerCount={workers}"])
+    t1 = time.perf_counter()
     est = cost.price_resources(
         cap.resources,
         snapshot_book(cap.config.region),
         weights_gib=load_catalog().models[cap.config.model].checkpoint_gib,
     )
     cost.to_infracost_json(est)
-    return time.perf_counter() - t0
+    t2 = time.perf_counter()
+    return t2 - t0, t2 - t1
 
 
 def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
@@ -76,11 +90,13 @@ def main() -> int:
     rows = []
     run_inproc(args.workers[0])  # warm imports and caches once
     for n in args.workers:
-        cli_times, doc = [], {}
+        cli_times, cli_cpu, doc = [], [], {}
         for _ in range(args.repeat):
-            t, doc = run_cli(n)
+            t, c, doc = run_cli(n)
             cli_times.append(t)
-        inproc = [run_inproc(n) for _ in range(args.repeat)]
+            cli_cpu.append(c)
+        runs = [run_inproc(n) for _ in range(args.repeat)]
+        inproc, price_only = [r[0] for r in runs], [r[1] for r in runs]
         resources = doc["projects"][0]["breakdown"]["resources"]
         rows.append(
             {
@@ -88,7 +104,9 @@ def main() -> int:
                 "resources_priced": len(resources),
                 "totalMonthlyCost": doc["totalMonthlyCost"],
                 "cli_s": round(statistics.median(cli_times), 3),
+                "cli_cpu_s": round(statistics.median(cli_cpu), 3),
                 "inproc_s": round(statistics.median(inproc), 4),
+                "price_only_s": round(statistics.median(price_only), 5),
             }
         )
     xs = [float(r["workers"]) for r in rows]
@@ -100,6 +118,7 @@ def main() -> int:
         "inproc_fit": {"intercept_s": round(a, 4), "s_per_worker": round(b, 5), "r2": round(r2, 4)},
         "cli_fit": {"intercept_s": round(ca, 4), "s_per_worker": round(cb, 5), "r2": round(cr2, 4)},
         "budget_s": BUDGET_S,
+        "load_average": os.getloadavg(),
         "within_budget": worst < BUDGET_S,
     }
     if args.json:
@@ -111,11 +130,13 @@ def main() -> int:
         t = Table(title=f"llmfleet cost --stack prod (median of {args.repeat})")
         for col in (
             "workers",
-            "resources priced",
+            "priced",
             "USD/month",
             "CLI s",
+            "CLI CPU s",
             "in-process s",
-            "fit (in-process) s",
+            "fit s",
+            "pricing s",
         ):
             t.add_column(col, justify="right")
         for r in rows:
@@ -124,11 +145,14 @@ def main() -> int:
                 str(r["resources_priced"]),
                 r["totalMonthlyCost"],
                 f"{r['cli_s']:.3f}",
+                f"{r['cli_cpu_s']:.3f}",
                 f"{r['inproc_s']:.4f}",
                 f"{a + b * r['workers']:.4f}",
+                f"{r['price_only_s']:.4f}",
             )
         console = Console()
         console.print(t)
+        console.print(f"load average during the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         console.print(
             f"in-process: {a:.4f} s + {b * 1000:.2f} ms/worker (R^2 {r2:.3f}); "
             f"CLI: {ca:.3f} s + {cb * 1000:.2f} ms/worker (R^2 {cr2:.3f}); "
