@@ -498,3 +498,13 @@ def test_cli_from_preview(tmp_path):
     assert worker["name"] == "prod-worker-0" and worker["costComponents"][0]["price"] == "30.131"
     bad = run_cost("--stack", "prod", "--from-preview", str(tmp_path / "missing.json"))
     assert bad.exit_code == 2 and "missing.json" in bad.stderr
+
+
+def test_cli_existing_hosts_priced_from_host_hourly_usd():
+    from infra.offline import load_config
+
+    cfg = load_config("onprem-l20")
+    doc = cost_json("--stack", "onprem-l20")
+    hosts = [r for r in resources_of(doc) if r["resourceType"] == "llmfleet:existing:Host"]
+    assert sorted(h["name"] for h in hosts) == sorted(h.address for h in cfg.worker_hosts)
+    assert all(Decimal(h["costComponents"][0]["price"]) == Decimal(str(cfg.host_hourly_usd)) for h in hosts)

@@ -188,10 +188,18 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--live", help="EC2 prices from the AWS Price List API / spot history.")
         ] = False,
         diff: Annotated[
-            str | None, typer.Option("--diff", help="Show this stack's cost minus OTHER's, per resource.")
+            str | None,
+            typer.Option(
+                "--diff",
+                metavar="OTHER",
+                help="Show this stack's cost minus stack OTHER's, per resource (-c applies to --stack only).",
+            ),
         ] = None,
         from_preview: Annotated[
-            Path | None, typer.Option("--from-preview", help="Price a `pulumi preview --json` file instead.")
+            Path | None,
+            typer.Option(
+                "--from-preview", metavar="FILE", help="Price a `pulumi preview --json` file instead."
+            ),
         ] = None,
     ) -> None:
         """Price every resource of a stack before it exists; exit 4 over llmfleet:maxMonthlyUsd."""
