@@ -313,6 +313,34 @@ PREVIEW = {
             },
         },
         {
+            "op": "create",
+            "urn": "urn:pulumi:prod::llmfleet::llmfleet:components:Network::net",
+            "newState": {
+                "urn": "urn:pulumi:prod::llmfleet::llmfleet:components:Network::net",
+                "custom": False,
+                "type": "llmfleet:components:Network",
+                "inputs": {},
+            },
+        },
+        {
+            "op": "create",
+            "urn": "urn:pulumi:prod::llmfleet::llmfleet:components:Network$aws:ec2/vpcEndpoint:VpcEndpoint::net-ssm",
+            "newState": {
+                "urn": "urn:pulumi:prod::llmfleet::llmfleet:components:Network$aws:ec2/vpcEndpoint:VpcEndpoint::net-ssm",
+                "custom": True,
+                "type": "aws:ec2/vpcEndpoint:VpcEndpoint",
+                "parent": "urn:pulumi:prod::llmfleet::llmfleet:components:Network::net",
+                "inputs": {
+                    "serviceName": "com.amazonaws.us-east-1.ssm",
+                    "vpcEndpointType": "Interface",
+                    "privateDnsEnabled": True,
+                    # computed ids are unknown at preview time; the list length (AZs) is known
+                    "subnetIds": ["04da6b54-80e4-46f7-96ec-b56ff0331ba9"],
+                    "vpcId": "04da6b54-80e4-46f7-96ec-b56ff0331ba9",
+                },
+            },
+        },
+        {
             "op": "delete",
             "urn": "urn:pulumi:prod::llmfleet::aws:ec2/natGateway:NatGateway::old-nat",
             "oldState": {"type": "aws:ec2/natGateway:NatGateway", "inputs": {}},
@@ -330,11 +358,13 @@ PREVIEW = {
 def test_resources_from_preview(book):
     resources, region = cost.load_preview_file(json.dumps(PREVIEW))
     assert region == "us-east-1"
-    assert [r["name"] for r in resources] == ["default_7_51_0", "prod-worker-0"]
-    assert resources[1]["parent"] == "cluster"
+    assert [r["name"] for r in resources] == ["default_7_51_0", "prod-worker-0", "net", "net-ssm"]
+    assert resources[1]["parent"] == "cluster" and resources[3]["parent"] == "net"
     est = cost.price_resources(resources, book)
-    (worker,) = est.resources
+    worker, ssm = est.resources
     assert worker.monthly_cost == Decimal("30.131") * H + 200 * rate("ebs.gp3.storage")
+    assert ssm.monthly_cost == rate("vpce.interface.hour") * H
+    assert est.detected == 2  # the provider and the component are not cloud resources
 
 
 def test_bad_preview_file():
@@ -494,8 +524,9 @@ def test_cli_from_preview(tmp_path):
     path = tmp_path / "preview.json"
     path.write_text(json.dumps(PREVIEW))
     doc = cost_json("--stack", "prod", "--from-preview", str(path))
-    (worker,) = resources_of(doc)
+    worker, ssm = resources_of(doc)
     assert worker["name"] == "prod-worker-0" and worker["costComponents"][0]["price"] == "30.131"
+    assert ssm["name"] == "net-ssm" and ssm["costComponents"][0]["name"] == "Endpoint (ssm) x 1 AZ"
     bad = run_cost("--stack", "prod", "--from-preview", str(tmp_path / "missing.json"))
     assert bad.exit_code == 2 and "missing.json" in bad.stderr
 
