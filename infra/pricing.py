@@ -226,7 +226,9 @@ class PriceCache:
 
     def get(self, key: str) -> dict[str, Any] | None:
         entry = self._load().get(key)
-        if entry is None or self.clock() - entry["fetched_at"] >= self.ttl:
+        if not isinstance(entry, dict) or not {"usd", "source", "fetched_at"} <= entry.keys():
+            return None
+        if self.clock() - entry["fetched_at"] >= self.ttl:
             return None
         return entry
 
@@ -234,10 +236,13 @@ class PriceCache:
         entry = {**value, "fetched_at": self.clock()}
         data = self._load()
         data[key] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)  # atomic, so a concurrent reader never sees half a file
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)  # atomic, so a concurrent reader never sees half a file
+        except OSError:
+            pass  # an unwritable cache only costs a refetch next time
         return entry
 
 
@@ -367,19 +372,22 @@ class LivePriceBook(PriceBook):
 
     def _live(self, instance_type: str, market: str, az: str | None) -> Price:
         key = f"{market}|{self.region}|{az or '*'}|{instance_type}"
-        try:
-            entry = self.cache.get(key)
-            if entry is None:
-                fetch = self._fetch_spot(instance_type, az) if market == "spot" else None
-                entry = self.cache.put(key, fetch or self._fetch_on_demand(instance_type))
-        except Exception as err:  # any live failure (no credentials, network, throttling, shape) falls back
-            fallback = super().instance_hourly(instance_type, market, az)
-            self.warnings.append(
-                f"live {market} price for {instance_type} in {self.region} failed "
-                f"({type(err).__name__}: {_one_line(err)}); using the snapshot price {fallback.usd}/h "
-                f"(snapshot {self.date}{', estimate' if fallback.estimate else ''})"
-            )
-            return fallback
+        entry = self.cache.get(key)
+        if entry is None:
+            try:
+                if market == "spot":
+                    value = self._fetch_spot(instance_type, az)
+                else:
+                    value = self._fetch_on_demand(instance_type)
+            except Exception as err:  # any live failure (credentials, network, throttling, shape) falls back
+                fallback = super().instance_hourly(instance_type, market, az)
+                self.warnings.append(
+                    f"live {market} price for {instance_type} in {self.region} failed "
+                    f"({type(err).__name__}: {_one_line(err)}); using the snapshot price {fallback.usd}/h "
+                    f"(snapshot {self.date}{', estimate' if fallback.estimate else ''})"
+                )
+                return fallback
+            entry = self.cache.put(key, value)
         fetched = dt.datetime.fromtimestamp(entry["fetched_at"], dt.UTC).date().isoformat()
         return Price(Decimal(entry["usd"]), "hours", entry["source"], fetched, False, f"live {market}")
 

@@ -283,3 +283,17 @@ def test_snapshot_rows_have_sources_and_date():
     assert book.rate("ebs.gp3.storage").date == snap.snapshot_date.isoformat()
     with pytest.raises(PriceError, match="no on-demand price for 'x9.huge'"):
         book.instance_hourly("x9.huge")
+
+
+def test_unwritable_or_corrupt_cache_still_prices(clients, tmp_path):
+    _, ps, _, _ = clients
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cache = PriceCache(blocker / "sub")  # mkdir fails: the fetched price is still used
+    pricing_client, _, ec2, _ = clients
+    expect_products(ps, usd="31.5")
+    book = LivePriceBook("us-east-1", ON_DEMAND, pricing_client=pricing_client, ec2_client=ec2, cache=cache)
+    assert book.instance_hourly("g6e.48xlarge").usd == Decimal("31.5") and book.warnings == []
+    corrupt = PriceCache(tmp_path)
+    corrupt.path.write_text(json.dumps({"on-demand|us-east-1|*|g6e.48xlarge": {"usd": "1"}}))
+    assert corrupt.get("on-demand|us-east-1|*|g6e.48xlarge") is None
