@@ -30,6 +30,7 @@ class _SamplingParams(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = False  # vLLM extension
 
     @field_validator("n")
     @classmethod

@@ -10,6 +10,8 @@ import openai
 import pytest
 
 from ray_cluster.engines.cpu import parse_args, placement_bundles
+from ray_cluster.engines.decoder import BatchedDecoder, GenRequest
+from ray_cluster.engines.scheduler import Scheduler
 from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model
 
 TOKEN_ENV = "LLMFLEET_TEST_CPU_ENGINE_TOKEN"
@@ -70,6 +72,61 @@ def test_bad_args_one_line_error_naming_the_key(args, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> BatchedDecoder:
+    return BatchedDecoder(ensure_tiny_model(tmp_path_factory.mktemp("dec")))
+
+
+def greedy(decoder, prompt: str, n: int) -> GenRequest:
+    return GenRequest(decoder.tokenizer(prompt)["input_ids"], n, temperature=0)
+
+
+def test_late_requests_join_the_running_batch_with_unchanged_output(decoder):
+    early = [greedy(decoder, "A GPU cluster is a group of hosts", 64)]
+    late = [greedy(decoder, "hi", 10), greedy(decoder, "Memory bandwidth sets the speed of decoding", 6)]
+    expected = [decoder.generate(r) for r in early + late]
+
+    async def run():
+        sched = Scheduler(decoder, max_rows=8)
+
+        async def collect(reqs, delay_steps=0):
+            for _ in range(delay_steps):
+                await asyncio.sleep(0.01)
+            texts = [""] * len(reqs)
+            finals = [None] * len(reqs)
+            async for step in sched.stream(reqs):
+                for i, o in enumerate(step):
+                    if o is not None:
+                        texts[i] += o.text
+                        finals[i] = finals[i] or (o.finish_reason and (o.completion_tokens, o.finish_reason))
+            return texts, finals
+
+        a, b = await asyncio.gather(collect(early), collect(late, delay_steps=3))
+        return a, b, sched.stats()
+
+    (ta, fa), (tb, fb), stats = asyncio.run(run())
+    assert ta + tb == [e.text for e in expected]
+    assert fa + fb == [(e.completion_tokens, e.finish_reason) for e in expected]
+    assert stats["group_sizes"] == [1, 2] and stats["max_step_batch"] == 3  # merged, not queued behind
+
+
+def test_model_error_reaches_every_waiting_caller(decoder):
+    class Broken:
+        def start(self, reqs, tags):
+            raise RuntimeError("boom")
+
+    async def run():
+        sched = Scheduler(Broken(), max_rows=4)
+
+        async def one():
+            async for _ in sched.stream([greedy(decoder, "x", 3)]):
+                pass
+
+        return await asyncio.wait_for(asyncio.gather(one(), one(), return_exceptions=True), 10)
+
+    assert [str(e) for e in asyncio.run(run())] == ["boom", "boom"]
+
+
 # ---- the running app ----------------------------------------------------------------------------
 
 
@@ -95,6 +152,7 @@ def served(tmp_path_factory):
     port = free_port()
     try:
         ray.init(
+            address="local",  # a new private cluster, never one already running here
             num_cpus=2,
             num_gpus=2,
             resources={"gpu_model:L20": 2},
@@ -359,12 +417,21 @@ def test_default_max_tokens_fills_the_context(client, tokenizer):
 # ---- concurrency and batching -------------------------------------------------------------------
 
 
-def batch_sizes(served) -> list[int]:
-    return served["engine"].stats.remote().result()["batch_sizes"]
+def engine_stats(served) -> dict:
+    return served["engine"].stats.remote().result()
+
+
+def batching_since(served, before: dict) -> tuple[list[int], dict[int, int]]:
+    """(@serve.batch group sizes, {rows per decode forward: count}) since `before`."""
+    now = engine_stats(served)
+    groups = now["group_sizes"][len(before["group_sizes"]) :]
+    old = {int(k): v for k, v in before["step_batch_sizes"].items()}
+    steps = {int(k): v - old.get(int(k), 0) for k, v in now["step_batch_sizes"].items()}
+    return groups, {k: v for k, v in steps.items() if v > 0}
 
 
 def test_64_concurrent_requests_all_succeed_and_are_batched(served):
-    before = len(batch_sizes(served))
+    before = engine_stats(served)
 
     async def run() -> list[str]:
         async with openai.AsyncOpenAI(
@@ -395,13 +462,16 @@ def test_64_concurrent_requests_all_succeed_and_are_batched(served):
 
     finishes = asyncio.run(asyncio.wait_for(run(), timeout=90))
     assert len(finishes) == 64 and all(f in ("length", "stop") for f in finishes)
-    sizes = batch_sizes(served)[before:]
-    assert sum(sizes) == 64  # every request went through the batcher exactly once
-    assert max(sizes) > 1 and len(sizes) < 64, sizes
+    groups, steps = batching_since(served, before)
+    assert sum(groups) == 64  # every request went through @serve.batch exactly once
+    assert max(groups) > 1 and len(groups) < 64, groups
+    # Decode forwards ran many rows at once, never one request at a time throughout.
+    rows = sum(k * v for k, v in steps.items())
+    assert max(steps) >= 8 and rows / sum(steps.values()) > 4, steps
 
 
 def test_concurrent_streams_share_a_batch(served):
-    before = len(batch_sizes(served))
+    before = engine_stats(served)
 
     def stream_one(i: int) -> str:
         body = {"model": MODEL_ID, "prompt": f"stream {i}", "max_tokens": 32, "stream": True, "seed": i}
@@ -419,5 +489,5 @@ def test_concurrent_streams_share_a_batch(served):
     with ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(stream_one, range(8)))
     assert all(o.rstrip().endswith("data: [DONE]") for o in outs)
-    sizes = batch_sizes(served)[before:]
-    assert sum(sizes) == 8 and max(sizes) > 1, sizes
+    groups, steps = batching_since(served, before)
+    assert sum(groups) == 8 and max(steps) > 1, (groups, steps)

@@ -17,7 +17,6 @@ Concurrent requests, streaming or not, are batched with ``@serve.batch``: each b
 left-padded prefill and one batched forward per decode step (see ``decoder.py``).
 """
 
-import asyncio
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray_cluster import openai_api as oa
 from ray_cluster.auth import bearer_ok, load_token
 from ray_cluster.engines.decoder import BatchedDecoder, GenRequest
+from ray_cluster.engines.scheduler import Scheduler
 from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model, ensure_tiny_model_at, is_tiny_model_id
 
 
@@ -56,6 +56,7 @@ class EngineArgs(BaseModel):
     num_replicas: int = Field(default=1, ge=1, le=64)
     engine_num_cpus: float = Field(default=1.0, ge=0.0)
     torch_threads: int = Field(default=1, ge=1, le=64)
+    stream_interval_ms: float = Field(default=20.0, ge=0.0, le=1000.0)
 
     @model_validator(mode="after")
     def _token_source(self) -> "EngineArgs":
@@ -109,37 +110,55 @@ def resolve_model_dir(a: EngineArgs) -> Path:
     raise ValueError(f"model_source: required for model_id {a.model_id!r} (only {MODEL_ID!r} is generated)")
 
 
+MAX_GROUPS = 32  # @serve.batch batches in flight at once; all of them share one decode loop
+
+
 @serve.deployment(name="CpuEngine")
 class CpuEngine:
-    """Holds the model; batches concurrent requests into step-wise batched decodes."""
+    """Holds the model. `@serve.batch` groups concurrent arrivals; every group joins one shared,
+    step-wise batched decode loop (the Scheduler), streaming and non-streaming alike."""
 
     def __init__(self, args: dict[str, Any]):
         a = parse_args(args)
-        self.decoder = BatchedDecoder(resolve_model_dir(a), a.torch_threads)
-        limit = self.decoder.model.config.max_position_embeddings
+        decoder = BatchedDecoder(resolve_model_dir(a), a.torch_threads)
+        limit = decoder.model.config.max_position_embeddings
         if a.max_model_len > limit:
             raise ValueError(f"max_model_len = {a.max_model_len}: the model allows at most {limit}")
+        self.scheduler = Scheduler(decoder, max_rows=a.max_batch_size)
         self._batch.set_max_batch_size(a.max_batch_size)
         self._batch.set_batch_wait_timeout_s(a.batch_wait_timeout_s)
-        self.batch_sizes: list[int] = []  # requests per batch, for tests and benchmarks
+        self.stream_interval_s = a.stream_interval_ms / 1000
 
     async def generate(self, request: dict[str, Any]):
-        """Stream StepOutput dicts for one request; the last one carries the finish_reason."""
+        """Stream StepOutput dicts for one request; the last one carries the finish_reason.
+
+        Deltas are coalesced to one message per stream_interval_ms (as Ray Serve LLM does), since
+        a Ray streaming message per token per request costs more than the tiny model's step.
+        """
+        text, flushed = "", time.monotonic()
         # Consumed to the end (not left at the finish_reason): the batcher resolves one more future
         # per request, and leaving it unread logs "Future exception was never retrieved".
         async for out in self._batch(GenRequest(**request)):
-            yield asdict(out)
+            text += out.text
+            if out.finish_reason or (text and time.monotonic() - flushed >= self.stream_interval_s):
+                yield {**asdict(out), "text": text}
+                text, flushed = "", time.monotonic()
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to the end, as a single message (non-streaming clients)."""
+        text, last = "", None
+        async for out in self._batch(GenRequest(**request)):
+            text, last = text + out.text, out
+        return {**asdict(last), "text": text}
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_GROUPS)
     async def _batch(self, requests: list[GenRequest]):
-        self.batch_sizes.append(len(requests))
-        steps = self.decoder.run(requests)
-        # Each forward runs in a thread so the replica keeps accepting (and queueing) requests.
-        while (step := await asyncio.to_thread(next, steps, None)) is not None:
+        async for step in self.scheduler.stream(requests):
             yield [StopIteration if o is None else o for o in step]
 
     def stats(self) -> dict[str, Any]:
-        return {"batch_sizes": list(self.batch_sizes)}
+        """group_sizes: requests per @serve.batch batch; step_batch_sizes: rows per decode forward."""
+        return self.scheduler.stats()
 
 
 app = FastAPI(title="llmfleet CPU engine (OpenAI API)")
@@ -207,6 +226,7 @@ class OpenAIIngress:
                 top_p=body.top_p,
                 stop=list(body.stop),
                 seed=body.seed,
+                ignore_eos=body.ignore_eos,
             )
         )
 
@@ -230,15 +250,19 @@ class OpenAIIngress:
         prompt_ids = self.tokenizer(ids, add_special_tokens=False)["input_ids"]
         gen = self._gen_request(body, prompt_ids)
         rid, model = oa.new_id("chatcmpl"), body.model
-        outs = self.engine.options(stream=True).generate.remote(gen)
         if body.stream:
+            outs = self.engine.options(stream=True).generate.remote(gen)
             return StreamingResponse(
                 self._chat_stream(outs, rid, model, len(prompt_ids), body.include_usage),
                 media_type="text/event-stream",
             )
-        text, last = await self._collect(outs)
+        last = await self.engine.complete.remote(gen)
         return oa.chat_completion(
-            rid, model, text, last["finish_reason"], oa.usage(len(prompt_ids), last["completion_tokens"])
+            rid,
+            model,
+            last["text"],
+            last["finish_reason"],
+            oa.usage(len(prompt_ids), last["completion_tokens"]),
         )
 
     @app.post("/v1/completions")
@@ -255,26 +279,20 @@ class OpenAIIngress:
             prompt_ids = list(body.prompt)
         gen = self._gen_request(body, prompt_ids)
         rid, model = oa.new_id("cmpl"), body.model
-        outs = self.engine.options(stream=True).generate.remote(gen)
         if body.stream:
+            outs = self.engine.options(stream=True).generate.remote(gen)
             return StreamingResponse(
                 self._completion_stream(outs, rid, model, len(prompt_ids), body.include_usage),
                 media_type="text/event-stream",
             )
-        text, last = await self._collect(outs)
+        last = await self.engine.complete.remote(gen)
         return oa.completion(
-            rid, model, text, last["finish_reason"], oa.usage(len(prompt_ids), last["completion_tokens"])
+            rid,
+            model,
+            last["text"],
+            last["finish_reason"],
+            oa.usage(len(prompt_ids), last["completion_tokens"]),
         )
-
-    @staticmethod
-    async def _collect(outs) -> tuple[str, dict[str, Any]]:
-        text, last = "", None
-        async for out in outs:
-            text += out["text"]
-            last = out
-        if last is None:
-            raise RuntimeError("engine returned no output")
-        return text, last
 
     async def _chat_stream(self, outs, rid: str, model: str, n_prompt: int, include_usage: bool):
         yield oa.sse(
@@ -316,7 +334,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         ),
         placement_group_strategy="PACK",
         ray_actor_options={"num_cpus": a.engine_num_cpus},
-        max_ongoing_requests=max(64, 4 * a.max_batch_size),
+        max_ongoing_requests=a.max_batch_size * MAX_GROUPS,
     ).bind(a.model_dump())
     # The front is light (tokenize + JSON); 0 CPUs so a small node still fits it.
     return OpenAIIngress.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024).bind(

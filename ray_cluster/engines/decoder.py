@@ -1,9 +1,10 @@
 """Batched, step-wise decoding of a causal LM on CPU (no Ray here).
 
-``BatchedDecoder.run(requests)`` prefills all prompts as one left-padded batch, then runs one
-batched forward per decode step and yields, after every step, one ``StepOutput`` per request (or
-``None`` for a request that already finished). Streaming and non-streaming callers consume the
-same steps; finished rows are dropped from the KV cache so the batch shrinks as requests end.
+``start`` prefills a group of prompts as one left-padded batch; ``step`` runs one batched forward
+for every running row; ``merge`` joins a newly started group into the running batch at a step
+boundary (continuous batching), left-padding the shorter KV cache and mask. Finished rows are
+dropped from the KV cache, so the batch shrinks as requests end. ``run`` is the simple loop over a
+fixed set of requests (in-process use and tests).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -22,6 +24,7 @@ class GenRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: always produce max_tokens (benchmarks)
 
 
 @dataclass
@@ -62,7 +65,7 @@ class _Row:
         cut = min((i for i in (text.find(s) for s in self.req.stop) if i >= 0), default=-1)
         if cut >= 0:
             out = StepOutput(text[self.emitted : cut], n, "stop")
-        elif token == self.eos_id:
+        elif token == self.eos_id and not self.req.ignore_eos:
             out = StepOutput(text[self.emitted :], n, "stop")
         elif n >= self.req.max_tokens:
             out = StepOutput(text[self.emitted :], n, "length")
@@ -71,6 +74,19 @@ class _Row:
             out = StepOutput(text[self.emitted : max(safe, self.emitted)], n)
         self.emitted += len(out.text)
         return out
+
+
+class RunningBatch:
+    """Rows decoded together: per-row state, the caller's tag per row, KV cache, attention mask and
+    the next input token of each row. Invariant between steps: cache length == mask width."""
+
+    def __init__(self, rows: list[_Row], tags: list[Any], cache, mask):
+        self.rows, self.tags, self.cache, self.mask = rows, tags, cache, mask
+        self.next_ids = None
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
 
 
 class BatchedDecoder:
@@ -107,44 +123,98 @@ class BatchedDecoder:
             out.append(int(torch.multinomial(probs, 1, generator=row.gen)))
         return out
 
-    def run(self, requests: list[GenRequest]) -> Iterator[list[StepOutput | None]]:
+    def _forward(self, batch: RunningBatch, ids) -> list[int]:
+        import torch
+
+        # Left padding: positions count real tokens only, so padded rows match unpadded ones.
+        pos = (batch.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=batch.mask,
+                position_ids=pos,
+                cache=batch.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            return self._sample(out.logits[:, -1, :], batch.rows)
+
+    def _advance(self, batch: RunningBatch, tokens: list[int]) -> list[tuple[Any, StepOutput]]:
+        """Feed sampled tokens to the rows, then drop finished rows from the batch (and its cache)."""
+        import torch
+
+        outs = [
+            (tag, row.advance(tok, self.decode))
+            for tag, row, tok in zip(batch.tags, batch.rows, tokens, strict=True)
+        ]
+        keep = [b for b, (_, o) in enumerate(outs) if o.finish_reason is None]
+        if len(keep) < len(outs):
+            idx = torch.tensor(keep, dtype=torch.long)
+            if keep:
+                batch.cache.batch_select_indices(idx)
+            batch.mask = batch.mask[idx]
+            batch.rows = [batch.rows[b] for b in keep]
+            batch.tags = [batch.tags[b] for b in keep]
+            tokens = [tokens[b] for b in keep]
+        batch.next_ids = torch.tensor(tokens, dtype=torch.long).reshape(len(tokens), 1)
+        return outs
+
+    def start(
+        self, requests: list[GenRequest], tags: list[Any]
+    ) -> tuple[RunningBatch, list[tuple[Any, StepOutput]]]:
+        """Prefill the prompts as one left-padded batch and sample each request's first token."""
         import torch
         from transformers import DynamicCache
 
-        rows = [_Row(r, self.eos_id) for r in requests]
-        active = list(range(len(rows)))  # request index of each batch row
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.tensor([[self.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests])
         mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
-        cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
-            while active:
-                # Left padding: positions count real tokens only, so padded rows match unpadded ones.
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-                out = self.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=pos,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                tokens = self._sample(out.logits[:, -1, :], [rows[i] for i in active])
-                step: list[StepOutput | None] = [None] * len(rows)
-                for b, i in enumerate(active):
-                    step[i] = rows[i].advance(tokens[b], self.decode)
-                yield step
-                keep = [b for b, i in enumerate(active) if step[i].finish_reason is None]
-                if len(keep) < len(active):
-                    if not keep:
-                        return
-                    idx = torch.tensor(keep)
-                    cache.batch_select_indices(idx)
-                    mask = mask[idx]
-                    tokens = [tokens[b] for b in keep]
-                    active = [active[b] for b in keep]
-                ids = torch.tensor(tokens).unsqueeze(1)
-                mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
+        rows = [_Row(r, self.eos_id) for r in requests]
+        batch = RunningBatch(rows, list(tags), DynamicCache(config=self.model.config), mask)
+        return batch, self._advance(batch, self._forward(batch, ids))
+
+    def step(self, batch: RunningBatch) -> list[tuple[Any, StepOutput]]:
+        """One batched decode forward for every row still running."""
+        import torch
+
+        batch.mask = torch.cat([batch.mask, torch.ones(batch.size, 1, dtype=batch.mask.dtype)], dim=1)
+        return self._advance(batch, self._forward(batch, batch.next_ids))
+
+    @staticmethod
+    def merge(a: RunningBatch, b: RunningBatch) -> RunningBatch:
+        """Join two running batches (continuous batching): left-pad the shorter to a common length."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(a.mask.shape[1], b.mask.shape[1])
+
+        def pad(x, dim_from_end: int):
+            missing = width - x.shape[-dim_from_end]
+            if not missing:
+                return x
+            spec = [0, 0] * (dim_from_end - 1) + [missing, 0]  # left-pad that dim with zeros
+            return F.pad(x, spec)
+
+        for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
+            la.keys = torch.cat([pad(la.keys, 2), pad(lb.keys, 2)])
+            la.values = torch.cat([pad(la.values, 2), pad(lb.values, 2)])
+        a.mask = torch.cat([pad(a.mask, 1), pad(b.mask, 1)])
+        a.next_ids = torch.cat([a.next_ids, b.next_ids])
+        a.rows += b.rows
+        a.tags += b.tags
+        return a
+
+    def run(self, requests: list[GenRequest]) -> Iterator[list[StepOutput | None]]:
+        """Decode requests together; after each step, one output per request (None once finished)."""
+        batch, outs = self.start(requests, list(range(len(requests))))
+        while True:
+            step: list[StepOutput | None] = [None] * len(requests)
+            for i, o in outs:
+                step[i] = o
+            yield step
+            if not batch.size:
+                return
+            outs = self.step(batch)
 
     def generate(self, request: GenRequest) -> StepOutput:
         """One request, run to completion in-process (benchmarks and tests)."""
