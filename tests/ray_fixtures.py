@@ -1,0 +1,133 @@
+"""A real multi-host Ray cluster for tests: head (0 GPUs) + workers with logical GPUs.
+
+As root the hosts are network namespaces (ray_cluster.hosts); otherwise loopback addresses.
+Import `ray_hosts_cluster` into a test module to get one cluster for that module; its
+finalizer tears everything down even when the tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from ray_cluster import hosts
+
+WORKER_GPUS = 2
+GPU_MODEL = "L20"
+OBJECT_STORE = str(80 * 1024 * 1024)
+
+
+@dataclass
+class TestCluster:
+    hostset: hosts.HostSet
+    head: hosts.Host
+    workers: list[hosts.Host]
+    address: str
+    temp_dir: str
+    env: dict[str, str]
+
+
+def _node(host: hosts.Host, args: list[str], env: dict[str, str], timeout: float) -> None:
+    proc = hosts.run_in_host(
+        host,
+        [sys.executable, "-m", "ray_cluster.node", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"node {' '.join(args[:1])} on {host.name} failed: {out.strip().splitlines()[-3:]}"
+        )
+
+
+def start_cluster(cluster: str, n_workers: int, subnet_index: int, state_dir: str) -> TestCluster:
+    hs = hosts.create(cluster, 1 + n_workers, state_dir=state_dir, subnet_index=subnet_index)
+    head, workers = hs.hosts[0], hs.hosts[1:]
+    # Own temp dir: other Ray users on this machine share /tmp/ray.
+    temp_dir = f"/tmp/llmf-{cluster}"
+    env = {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.getcwd()}
+    common = ["--num-cpus", "1", "--object-store-memory", OBJECT_STORE, "--temp-dir", temp_dir]
+    _node(
+        head,
+        ["head", "--ip", head.ip, "--no-dashboard", *common, *[f"--ray-arg={a}" for a in head.ray_port_args]],
+        env,
+        120,
+    )
+    address = f"{head.ip}:6379"
+    for w in workers:
+        _node(
+            w,
+            [
+                "worker",
+                "--address",
+                address,
+                "--ip",
+                w.ip,
+                "--num-gpus",
+                str(WORKER_GPUS),
+                "--gpu-model",
+                GPU_MODEL,
+                "--wait",
+                "60",
+                *common,
+                *[f"--ray-arg={a}" for a in w.ray_port_args],
+            ],
+            env,
+            180,
+        )
+    return TestCluster(hs, head, workers, address, temp_dir, env)
+
+
+def wait_gpus(address: str, want: float, timeout: float = 60) -> None:
+    import ray
+
+    from ray_cluster.node import connect
+
+    connect(address)
+    try:
+        deadline = time.monotonic() + timeout
+        while ray.cluster_resources().get("GPU", 0) < want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster has {ray.cluster_resources().get('GPU', 0)} of {want} GPUs")
+            time.sleep(0.5)
+    finally:
+        ray.shutdown()
+
+
+def stop_cluster(tc: TestCluster | None, cluster: str, state_dir: str) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    hosts.teardown(hosts.prefix_for(cluster), cluster=cluster, state_dir=state_dir)
+    if tc is not None:
+        subprocess.run(["rm", "-rf", tc.temp_dir], check=False)
+
+
+@pytest.fixture(scope="module")
+def ray_hosts_cluster(request, tmp_path_factory):
+    """Head + 2 workers x 2 logical GPUs (gpu_model:L20), one per test module."""
+    # Short unique name per module: namespaces/links of parallel runs must not clash.
+    cluster = f"t{os.getpid() % 100000}{request.module.__name__[-3:]}".replace("_", "")
+    subnet_index = 100 + (os.getpid() + hash(request.module.__name__)) % 150
+    state_dir = str(tmp_path_factory.mktemp("hosts"))
+    saved = os.environ.get("RAY_AUTH_MODE")
+    tc = None
+    try:
+        tc = start_cluster(cluster, 2, subnet_index, state_dir)
+        wait_gpus(tc.address, 2 * WORKER_GPUS)
+        yield tc
+    finally:
+        stop_cluster(tc, cluster, state_dir)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
