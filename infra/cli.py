@@ -26,6 +26,7 @@ COMMANDS = (
     "preflight",
     "deploy",
     "render",
+    "preflight_cluster",
 )
 
 for _name in COMMANDS:
