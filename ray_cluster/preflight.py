@@ -246,7 +246,6 @@ def run_preflight(
     actors: list = []
     try:
         pg = placement_group(bundle_list, strategy="PACK", name=f"llmfleet-preflight-tp{tp}-pp{pp}")
-        start = time.monotonic()
         ready, _ = ray.wait([pg.ready()], timeout=timeout)
         if not ready:
             raise PreflightError(
@@ -254,7 +253,7 @@ def run_preflight(
                     tp,
                     pp,
                     gpu_model,
-                    round(time.monotonic() - start),
+                    timeout,
                     ray.cluster_resources(),
                     ray.available_resources(),
                 )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from dataclasses import dataclass
 
 import pytest
@@ -48,6 +50,24 @@ def _node(host: hosts.Host, args: list[str], env: dict[str, str], timeout: float
         )
 
 
+def worker_args(w: hosts.Host, address: str, common: list[str]) -> list[str]:
+    return [
+        "worker",
+        "--address",
+        address,
+        "--ip",
+        w.ip,
+        "--num-gpus",
+        str(WORKER_GPUS),
+        "--gpu-model",
+        GPU_MODEL,
+        "--wait",
+        "60",
+        *common,
+        *[f"--ray-arg={a}" for a in w.ray_port_args],
+    ]
+
+
 def start_cluster(cluster: str, n_workers: int, subnet_index: int, state_dir: str) -> TestCluster:
     hs = hosts.create(cluster, 1 + n_workers, state_dir=state_dir, subnet_index=subnet_index)
     head, workers = hs.hosts[0], hs.hosts[1:]
@@ -62,27 +82,22 @@ def start_cluster(cluster: str, n_workers: int, subnet_index: int, state_dir: st
         120,
     )
     address = f"{head.ip}:6379"
-    for w in workers:
-        _node(
-            w,
-            [
-                "worker",
-                "--address",
-                address,
-                "--ip",
-                w.ip,
-                "--num-gpus",
-                str(WORKER_GPUS),
-                "--gpu-model",
-                GPU_MODEL,
-                "--wait",
-                "60",
-                *common,
-                *[f"--ray-arg={a}" for a in w.ray_port_args],
-            ],
-            env,
-            180,
-        )
+    # Workers join in parallel: each `ray start` spends most of its time waiting.
+    errors: list[BaseException] = []
+
+    def join(w: hosts.Host) -> None:
+        try:
+            _node(w, worker_args(w, address, common), env, 180)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=join, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
     return TestCluster(hs, head, workers, address, temp_dir, env)
 
 
@@ -117,7 +132,7 @@ def ray_hosts_cluster(request, tmp_path_factory):
     """Head + 2 workers x 2 logical GPUs (gpu_model:L20), one per test module."""
     # Short unique name per module: namespaces/links of parallel runs must not clash.
     cluster = f"t{os.getpid() % 100000}{request.module.__name__[-3:]}".replace("_", "")
-    subnet_index = 100 + (os.getpid() + hash(request.module.__name__)) % 150
+    subnet_index = 100 + (os.getpid() + zlib.crc32(request.module.__name__.encode())) % 150
     state_dir = str(tmp_path_factory.mktemp("hosts"))
     saved = os.environ.get("RAY_AUTH_MODE")
     tc = None
