@@ -141,8 +141,6 @@ def served(tmp_path_factory):
     """One single-node Ray with 2 logical L20s; the app deployed from the Serve config dict."""
     import ray
     from ray import serve
-    from ray._common.utils import import_attr
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
 
     data_dir = tmp_path_factory.mktemp("llmfleet-data")
@@ -161,9 +159,11 @@ def served(tmp_path_factory):
             log_to_driver=False,
         )
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app_cfg = ServeDeploySchema.model_validate(SERVE_CONFIG).applications[0]
-        app = call_user_app_builder_with_args_if_necessary(import_attr(app_cfg.import_path), app_cfg.args)
-        serve.run(app, name=app_cfg.name, route_prefix=app_cfg.route_prefix)
+        # What `serve deploy` / the dashboard's REST API do: the controller imports import_path
+        # and calls the builder with args on the cluster, not in this process.
+        client = serve.context._get_global_client()
+        client.deploy_apps(ServeDeploySchema.model_validate(SERVE_CONFIG))
+        client._wait_for_application_running(APP, timeout_s=180)
         yield {
             "base": f"http://127.0.0.1:{port}",
             "model_dir": ensure_tiny_model(data_dir),

@@ -13,8 +13,14 @@ Serve config form::
         import_path: ray_cluster.engines.cpu:build_app
         args: {model_id: llmfleet/tiny-deepseek-v3, api_token_env: LLMFLEET_API_TOKEN, ...}
 
-Concurrent requests, streaming or not, are batched with ``@serve.batch``: each batch is one
-left-padded prefill and one batched forward per decode step (see ``decoder.py``).
+Concurrent requests, streaming or not, are batched: ``@serve.batch`` groups arrivals, and every
+group joins one shared step-wise decode loop (``scheduler.py``): one left-padded prefill per group,
+then one batched forward per decode step for all running requests; late groups merge into the
+running batch (continuous batching).
+
+Length limits follow vLLM: a prompt of max_model_len tokens or more, or prompt + max_tokens over
+max_model_len, is a 400 (never silently clamped); without max_tokens a chat request may use the
+rest of the context. /v1/completions defaults to max_tokens=16 as OpenAI does.
 """
 
 import time
