@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 MODEL_ID = "llmfleet/tiny-deepseek-v3"
@@ -62,6 +63,7 @@ second. Batching many requests reads the weights once for all of them and raises
 """
 
 TOKENIZER_VOCAB = 512
+_INIT_LOCK = threading.Lock()
 
 
 def default_data_dir() -> Path:
@@ -142,8 +144,11 @@ def build_into(out_dir: Path, seed: int) -> None:
 
     tokenizer = build_tokenizer()
     config = tiny_config(vocab_size=len(tokenizer))
-    torch.manual_seed(seed)
-    model = DeepseekV3ForCausalLM(config).eval()
+    # Weight init draws from torch's global RNG: hold a lock so threads building at once cannot
+    # interleave their draws, and fork the RNG so the caller's random state is left untouched.
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DeepseekV3ForCausalLM(config).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,

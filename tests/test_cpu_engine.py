@@ -14,6 +14,8 @@ from ray_cluster.engines.decoder import BatchedDecoder, GenRequest
 from ray_cluster.engines.scheduler import Scheduler
 from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model
 
+pytestmark = pytest.mark.ray
+
 TOKEN_ENV = "LLMFLEET_TEST_CPU_ENGINE_TOKEN"
 TOKEN = "test-token-7f3a"
 MAX_LEN = 256
