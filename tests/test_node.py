@@ -1,0 +1,351 @@
+"""ray_cluster.node / ray_cluster.nic: start commands, NIC choice, waits, readiness, and a real cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ray_cluster import hosts, nic, node
+from ray_cluster.nic import Iface, NicError
+from ray_cluster.node import NodeError, NodeState
+from tests.ray_fixtures import ray_hosts_cluster  # noqa: F401  (module-scoped fixture)
+
+# ---------------------------------------------------------------- start commands
+
+
+def test_head_command_advertises_zero_gpus():
+    argv = node.head_start_command(
+        "10.0.1.5", num_cpus=4, object_store_memory=10**9, dashboard=False, block=True
+    )
+    assert argv[:3] == ["ray", "start", "--head"]
+    assert "--num-gpus=0" in argv and "--port=6379" in argv
+    assert "--node-ip-address=10.0.1.5" in argv and "--block" in argv
+    assert "--include-dashboard=false" in argv
+    with_dash = node.head_start_command("10.0.1.5", dashboard_host="10.0.1.5", dashboard_port=9000)
+    assert "--dashboard-host=10.0.1.5" in with_dash and "--dashboard-port=9000" in with_dash
+
+
+def test_worker_command_pins_gpu_model_as_custom_resource():
+    argv = node.worker_start_command("10.0.1.5:6379", "10.0.1.12", num_gpus=8, gpu_model="L20")
+    assert "--address=10.0.1.5:6379" in argv and "--num-gpus=8" in argv
+    res = [a for a in argv if a.startswith("--resources=")]
+    assert len(res) == 1 and json.loads(res[0].split("=", 1)[1]) == {"gpu_model:L20": 8}
+    assert not any("accelerator_type" in a for a in argv)
+    assert not any(a.startswith("--resources") for a in node.worker_start_command("h:6379", "10.0.0.2", 2))
+    with pytest.raises(NodeError, match="num_gpus -1"):
+        node.worker_start_command("h:6379", "10.0.0.2", -1)
+
+
+def test_shell_command_quotes_for_units_and_cluster_yaml():
+    argv = node.worker_start_command("10.0.1.5:6379", "10.0.1.12", num_gpus=2, gpu_model="L20")
+    line = node.shell_command(argv, {"VLLM_HOST_IP": "10.0.1.12", "NCCL_SOCKET_IFNAME": "ens5"})
+    assert line.startswith("NCCL_SOCKET_IFNAME=ens5 VLLM_HOST_IP=10.0.1.12 ray start")
+    assert "'--resources={\"gpu_model:L20\":2}'" in line
+
+
+def test_auth_mode_is_made_explicit():
+    assert node.auth_env({}) == {"RAY_AUTH_MODE": "disabled"}
+    assert node.auth_env({"RAY_AUTH_TOKEN": "x"}) == {"RAY_AUTH_MODE": "token"}
+    assert node.auth_env({"RAY_AUTH_MODE": "token"}) == {"RAY_AUTH_MODE": "token"}
+
+
+def test_split_address():
+    assert node.split_address("10.0.0.1:6380") == ("10.0.0.1", 6380)
+    assert node.split_address("10.0.0.1") == ("10.0.0.1", 6379)
+    with pytest.raises(NodeError, match="'h:x' is not HOST:PORT"):
+        node.split_address("h:x")
+
+
+# ---------------------------------------------------------------- NIC choice (pure)
+
+IFACES = [
+    Iface("lo", "127.0.0.1", 8),
+    Iface("ens5", "10.0.1.12", 24, "veth"),
+    Iface("docker0", "172.17.0.1", 16),
+]
+
+
+def test_nic_choice_by_ip_explicit_and_default():
+    assert nic.choose_nic(IFACES, ip="10.0.1.12") == nic.NicChoice("ens5", "10.0.1.12")
+    assert nic.choose_nic(IFACES, ifname="docker0") == nic.NicChoice("docker0", "172.17.0.1")
+    assert nic.choose_nic(IFACES) == nic.NicChoice("ens5", "10.0.1.12")
+    # Loopback only in the single-machine fallback, when the IP itself is loopback.
+    assert nic.choose_nic(IFACES, ip="127.0.0.1").ifname == "lo"
+    env = nic.node_env(nic.NicChoice("ens5", "10.0.1.12"))
+    assert env == {"NCCL_SOCKET_IFNAME": "ens5", "GLOO_SOCKET_IFNAME": "ens5", "VLLM_HOST_IP": "10.0.1.12"}
+
+
+def test_nic_choice_errors_are_one_line():
+    with pytest.raises(NicError, match="no interface holds IP 10.9.9.9; seen: lo=127.0.0.1, ens5=10.0.1.12"):
+        nic.choose_nic(IFACES, ip="10.9.9.9")
+    with pytest.raises(NicError, match="--ifname 'eth7' has no IPv4"):
+        nic.choose_nic(IFACES, ifname="eth7")
+    with pytest.raises(NicError, match="no non-loopback"):
+        nic.choose_nic([Iface("lo", "127.0.0.1", 8)])
+    # A routable IP that only lo carries (odd, but possible) must not yield lo.
+    with pytest.raises(NicError, match="no interface holds IP 10.1.1.1"):
+        nic.choose_nic([Iface("lo", "10.1.1.1", 32)], ip="10.1.1.1")
+
+
+def test_parse_ip_addr_json_reads_real_iproute2_output():
+    text = subprocess.run(
+        ["ip", "-j", "-d", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    ifaces = nic.parse_ip_addr_json(text)
+    assert any(i.ifname == "lo" and i.ip == "127.0.0.1" for i in ifaces)
+
+
+# ---------------------------------------------------------------- waiting for GPUs (fake cluster state)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def _state(ips_gpus: dict[str, int], model: str = "L20") -> list[NodeState]:
+    head = NodeState("10.0.1.5", True, 0, is_head=True)
+    return [head] + [NodeState(ip, True, g, {model: g}) for ip, g in ips_gpus.items()]
+
+
+def test_wait_for_gpus_names_the_missing_worker():
+    clock = FakeClock()
+    state = _state({"10.0.1.10": 8, "10.0.1.11": 8})
+    with pytest.raises(NodeError) as e:
+        node.wait_for_gpus(
+            lambda: state,
+            24,
+            600,
+            expect_workers=["10.0.1.10", "10.0.1.11", "10.0.1.12"],
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    assert str(e.value) == "cluster has 16 of 24 GPUs after 600 s: workers 10.0.1.12 missing"
+    assert 600 <= clock.now <= 602
+
+
+def test_wait_for_gpus_returns_once_enough_and_checks_gpu_model():
+    clock = FakeClock()
+    seq = iter([_state({"10.0.1.10": 8}), _state({"10.0.1.10": 8, "10.0.1.11": 8})])
+    nodes = node.wait_for_gpus(lambda: next(seq), 16, 60, gpu_model="L20", clock=clock, sleep=clock.sleep)
+    assert len(nodes) == 3 and clock.now == 2.0
+    wrong = _state({"10.0.1.10": 8, "10.0.1.11": 8}, model="L40S")
+    with pytest.raises(NodeError, match=r"cluster has 16 of 16 GPUs \(gpu_model:L20 0 of 16\) after 10 s"):
+        node.wait_for_gpus(lambda: wrong, 16, 10, gpu_model="L20", clock=clock, sleep=clock.sleep)
+
+
+def test_wait_for_tcp_fails_in_bounded_time_with_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: refused
+        with pytest.raises(
+            NodeError, match=rf"head 127.0.0.1:{port} did not answer within 1 s \(last error: "
+        ):
+            node.wait_for_tcp("127.0.0.1", port, 1, interval=0.2)
+
+
+def test_worker_cli_head_never_answers():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "ray_cluster.node", "worker", "--address", f"127.0.0.1:{port}"]
+            + ["--ip", "127.0.0.1", "--num-gpus", "2", "--wait", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: head 127.0.0.1:{port} did not answer within 1 s (last error: Connection refused)"
+    ]
+
+
+# ---------------------------------------------------------------- readiness = a real completion
+
+
+class _Handler(BaseHTTPRequestHandler):
+    mode = "ok"  # "ok" | "empty" | "health-only"
+    seen: list = []
+
+    def log_message(self, *a):  # keep pytest output clean
+        pass
+
+    def _send(self, code: int, doc: dict) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/health":
+            return self._send(200, {"status": "ok"})
+        if self.path == "/v1/models" and self.mode != "health-only":
+            return self._send(200, {"data": [{"id": "tiny-dsv3"}]})
+        self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append((self.path, self.headers.get("Authorization"), body))
+        if self.headers.get("Authorization") != "Bearer s3cret":
+            return self._send(401, {"error": "bad token"})
+        if self.mode == "health-only":
+            return self._send(404, {"error": "not found"})
+        text = "Hi there" if self.mode == "ok" else ""
+        usage = {"completion_tokens": 3 if self.mode == "ok" else 0}
+        self._send(200, {"choices": [{"text": text, "index": 0}], "usage": usage})
+
+
+@pytest.fixture
+def http_server():
+    _Handler.seen = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_ready_only_after_a_completion_returns_tokens(http_server):
+    _, url = http_server
+    _Handler.mode = "ok"
+    assert node.probe_completion(url, "s3cret", None) == "Hi there"
+    path, auth, body = _Handler.seen[-1]
+    assert path == "/v1/completions" and auth == "Bearer s3cret"
+    assert body["model"] == "tiny-dsv3" and body["max_tokens"] <= 8
+    with pytest.raises(NodeError, match="HTTP 401"):
+        node.probe_completion(url, "wrong", "tiny-dsv3")
+
+
+def test_health_alone_or_empty_completion_is_not_ready(http_server):
+    _, url = http_server
+    clock = FakeClock()
+    _Handler.mode = "empty"
+    with pytest.raises(
+        NodeError,
+        match=r"no completion within 10 s; last: POST .*/v1/completions gave HTTP 200 without tokens",
+    ):
+        node.wait_ready(url, "s3cret", "tiny-dsv3", 10, clock=clock, sleep=clock.sleep)
+    _Handler.mode = "health-only"
+    with pytest.raises(NodeError, match=r"/v1/models gave HTTP 404"):
+        node.probe_completion(url, "s3cret", None)
+
+
+def test_completion_tokens_reads_chat_and_completion_shapes():
+    assert node.completion_tokens({"choices": [{"message": {"content": "yo"}}]}) == "yo"
+    assert node.completion_tokens({"choices": [{"text": ""}], "usage": {"completion_tokens": 0}}) is None
+    assert node.completion_tokens("<html>") is None
+
+
+def test_serve_config_validated_by_rays_schema(tmp_path):
+    good = tmp_path / "serve.yaml"
+    good.write_text("applications:\n- name: llm\n  import_path: ray_cluster.app:build\n  route_prefix: /\n")
+    cfg = node.load_serve_config(str(good))
+    assert cfg["applications"][0]["import_path"] == "ray_cluster.app:build"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications:\n- name: llm\n")
+    with pytest.raises(
+        NodeError, match=r"--serve-config .*bad.yaml: applications.0.import_path: Field required"
+    ):
+        node.load_serve_config(str(bad))
+
+
+# ---------------------------------------------------------------- real cluster
+
+
+def _raylet_env(host: hosts.Host) -> dict[str, str]:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"/raylet") and f"{hosts.HOST_ENV}={host.name}".encode() in env:
+            return dict(v.decode().split("=", 1) for v in env if b"=" in v)
+    raise AssertionError(f"no raylet found for {host.name}")
+
+
+@pytest.mark.ray
+def test_nic_choice_inside_a_host_picks_its_veth_and_ray_inherits_it(ray_hosts_cluster):  # noqa: F811
+    w = ray_hosts_cluster.workers[0]
+    code = (
+        "import json; from ray_cluster import nic;"
+        f"c = nic.choose_nic(nic.read_interfaces(), ip={w.ip!r});"
+        "kinds = {i.ifname: i.kind for i in nic.read_interfaces()};"
+        "print(json.dumps([c.ifname, c.ip, kinds[c.ifname]]))"
+    )
+    out = hosts.run_in_host(w, [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True).communicate(
+        timeout=30
+    )[0]
+    ifname, ip, kind = json.loads(out)
+    assert ip == w.ip and ifname != "lo"
+    if ray_hosts_cluster.hostset.mode == "netns":
+        assert (ifname, kind) == ("eth0", "veth")
+    env = _raylet_env(w)
+    assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == w.ifname
+    assert env["VLLM_HOST_IP"] == w.ip
+    assert _raylet_env(ray_hosts_cluster.workers[1])["VLLM_HOST_IP"] == ray_hosts_cluster.workers[1].ip
+
+
+def _node_cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "ray_cluster.node", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.mark.ray
+def test_status_json_lists_nodes_gpus_and_models(ray_hosts_cluster):  # noqa: F811
+    proc = _node_cli(
+        ["status", "--address", ray_hosts_cluster.address, "--json", "--dashboard", "http://127.0.0.1:9"]
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    doc = json.loads(proc.stdout)
+    assert doc["gpus_total"] == 4 and doc["serve"] == {}
+    by_ip = {n["ip"]: n for n in doc["nodes"] if n["alive"]}
+    assert by_ip[ray_hosts_cluster.head.ip]["gpus"] == 0 and by_ip[ray_hosts_cluster.head.ip]["is_head"]
+    for w in ray_hosts_cluster.workers:
+        assert by_ip[w.ip]["gpus"] == 2 and by_ip[w.ip]["gpu_model"] == {"L20": 2}
+
+
+@pytest.mark.ray
+def test_deploy_wait_failure_names_the_missing_worker(ray_hosts_cluster, tmp_path):  # noqa: F811
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("applications:\n- name: llm\n  import_path: ray_cluster.app:build\n  route_prefix: /\n")
+    missing = ray_hosts_cluster.workers[-1].ip.rsplit(".", 1)[0] + ".99"
+    expect = ",".join([w.ip for w in ray_hosts_cluster.workers] + [missing])
+    proc = _node_cli(
+        ["deploy", "--address", ray_hosts_cluster.address, "--serve-config", str(cfg)]
+        + ["--tp", "2", "--pp", "3", "--gpu-model", "L20", "--timeout", "3", "--expect-workers", expect]
+    )
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        f"error: cluster has 4 of 6 GPUs (gpu_model:L20 4 of 6) after 3 s: workers {missing} missing"
+    ]
+    assert "Traceback" not in proc.stderr
