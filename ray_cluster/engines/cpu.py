@@ -250,10 +250,10 @@ class OpenAIIngress:
         self._authorize(request)
         body: oa.ChatCompletionRequest = oa.parse(oa.ChatCompletionRequest, await request.body())
         self._check_model(body.model)
-        ids = self.tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             body.chat_messages(), add_generation_prompt=True, tokenize=False
         )
-        prompt_ids = self.tokenizer(ids, add_special_tokens=False)["input_ids"]
+        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         gen = self._gen_request(body, prompt_ids)
         rid, model = oa.new_id("chatcmpl"), body.model
         if body.stream:
@@ -305,10 +305,16 @@ class OpenAIIngress:
             oa.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None, None, include_usage)
         )
         last = None
-        async for out in outs:
-            last = out
-            if out["text"]:
-                yield oa.sse(oa.chat_chunk(rid, model, {"content": out["text"]}, None, None, include_usage))
+        try:
+            async for out in outs:
+                last = out
+                if out["text"]:
+                    yield oa.sse(
+                        oa.chat_chunk(rid, model, {"content": out["text"]}, None, None, include_usage)
+                    )
+        except Exception as e:  # noqa: BLE001 - the status line is sent; report in-band, as vLLM does
+            yield oa.sse(_stream_error(e))
+            last = None
         if last is not None:
             yield oa.sse(oa.chat_chunk(rid, model, {}, last["finish_reason"], None, include_usage))
             if include_usage:
@@ -318,16 +324,26 @@ class OpenAIIngress:
 
     async def _completion_stream(self, outs, rid: str, model: str, n_prompt: int, include_usage: bool):
         last = None
-        async for out in outs:
-            last = out
-            if out["text"] or out["finish_reason"]:
-                yield oa.sse(
-                    oa.completion_chunk(rid, model, out["text"], out["finish_reason"], None, include_usage)
-                )
+        try:
+            async for out in outs:
+                last = out
+                if out["text"] or out["finish_reason"]:
+                    yield oa.sse(
+                        oa.completion_chunk(
+                            rid, model, out["text"], out["finish_reason"], None, include_usage
+                        )
+                    )
+        except Exception as e:  # noqa: BLE001 - the status line is sent; report in-band, as vLLM does
+            yield oa.sse(_stream_error(e))
+            last = None
         if last is not None and include_usage:
             u = oa.usage(n_prompt, last["completion_tokens"])
             yield oa.sse(oa.completion_chunk(rid, model, None, None, u, True))
         yield oa.sse("[DONE]")
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    return oa.OpenAIError(500, f"generation failed: {type(exc).__name__}", "internal_error").body()
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
