@@ -69,6 +69,8 @@ def choose_nic(ifaces: list[Iface], ip: str | None = None, ifname: str | None = 
         holders = [i for i in ifaces if i.ip == ip]
         if not ipaddress.ip_address(ip).is_loopback:
             holders = [i for i in holders if not i.loopback]
+        if not holders and ipaddress.ip_address(ip).is_loopback:
+            return NicChoice("lo", ip)  # Linux routes all of 127/8 through lo
         if not holders:
             seen = ", ".join(f"{i.ifname}={i.ip}" for i in ifaces) or "none"
             raise NicError(f"no interface holds IP {ip}; seen: {seen}")

@@ -68,8 +68,10 @@ def worker_args(w: hosts.Host, address: str, common: list[str]) -> list[str]:
     ]
 
 
-def start_cluster(cluster: str, n_workers: int, subnet_index: int, state_dir: str) -> TestCluster:
-    hs = hosts.create(cluster, 1 + n_workers, state_dir=state_dir, subnet_index=subnet_index)
+def start_cluster(
+    cluster: str, n_workers: int, subnet_index: int, state_dir: str, mode: str | None = None
+) -> TestCluster:
+    hs = hosts.create(cluster, 1 + n_workers, state_dir=state_dir, subnet_index=subnet_index, mode=mode)
     head, workers = hs.hosts[0], hs.hosts[1:]
     # Own temp dir: other Ray users on this machine share /tmp/ray.
     temp_dir = f"/tmp/llmf-{cluster}"

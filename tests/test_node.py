@@ -79,6 +79,7 @@ def test_nic_choice_by_ip_explicit_and_default():
     assert nic.choose_nic(IFACES) == nic.NicChoice("ens5", "10.0.1.12")
     # Loopback only in the single-machine fallback, when the IP itself is loopback.
     assert nic.choose_nic(IFACES, ip="127.0.0.1").ifname == "lo"
+    assert nic.choose_nic(IFACES, ip="127.0.5.10") == nic.NicChoice("lo", "127.0.5.10")
     env = nic.node_env(nic.NicChoice("ens5", "10.0.1.12"))
     assert env == {"NCCL_SOCKET_IFNAME": "ens5", "GLOO_SOCKET_IFNAME": "ens5", "VLLM_HOST_IP": "10.0.1.12"}
 
