@@ -487,12 +487,16 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     connect(a.address)
     try:
         wait_for_gpus(ray_cluster_state, need, a.timeout, a.gpu_model, expect)
+        # Stage lines on stderr: `llmfleet local up` shows them as progress, logs keep them.
+        print(f"gpus ready: {need} GPUs", file=sys.stderr, flush=True)
         result = preflight.run_preflight(a.address, a.tp, a.pp, gpu_model=a.gpu_model, timeout=a.timeout)
-        print(f"preflight ok: {result.summary()}", file=sys.stderr)
+        print(f"preflight ok: {result.summary()}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
     serve_deploy(a.dashboard, config)
+    print("serve deploy: applied", file=sys.stderr, flush=True)
     wait_serve_running(a.dashboard, a.timeout)
+    print("serve running", file=sys.stderr, flush=True)
     text = wait_ready(a.endpoint, token, a.model, a.timeout)
     print(json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text}))
     return 0
