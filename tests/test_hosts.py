@@ -153,7 +153,10 @@ def test_loopback_hosts_tag_processes_and_teardown_kills_them(tmp_path):
         srv.wait(timeout=10)
         # A detached grandchild (like a Ray daemon after `ray start` returns) is still found by its tag.
         starter = hosts.run_in_host(
-            hs.hosts[0], ["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], stdout=subprocess.PIPE, text=True
+            hs.hosts[0],
+            ["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         orphan = int(starter.communicate(timeout=10)[0])
     finally:
