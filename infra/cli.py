@@ -27,6 +27,7 @@ COMMANDS = (
     "deploy",
     "render",
     "preflight_cluster",
+    "local",
 )
 
 for _name in COMMANDS:

@@ -1,0 +1,195 @@
+"""`llmfleet local up|status|down|chat`: the production cluster shape on this machine (ray_cluster.local)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.commands._common import JsonOpt, console, err_console, fail, print_json
+
+NameOpt = Annotated[
+    str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
+]
+
+UP_HELP = (
+    "Start a local multi-host Ray cluster and serve the tiny DeepSeek-V3 model on it.\n\n"
+    "Layout (the production shape): host 0 is the head (0 GPUs; Serve controller, HTTP proxy, "
+    "OpenAI ingress); hosts 1..N-1 are GPU workers with G logical GPUs each and the custom resource "
+    "gpu_model:L20. The engine uses TP = G (inside a host) x PP = N-1 (across hosts), so it needs "
+    "every worker: --hosts 2 is a head and one worker. Each host's node runs under a supervisor that "
+    "restarts it when it dies (like the production unit's restart policy), so a lost worker rejoins "
+    "and the app serves again.\n\n"
+    "Hosts are network namespaces with their own IPs when run as root, else loopback addresses. The "
+    "deploy is the production flow (ray_cluster.node deploy): wait for GPUs, preflight, serve deploy, "
+    "ready only after a real completion. State: $LLMFLEET_STATE_DIR or ~/.cache/llmfleet/local. "
+    "Running up again on a healthy cluster prints it again."
+)
+
+
+def _progress_stages():
+    """A rich progress display of the `up` stages on stderr; returns (progress, on_stage)."""
+    from ray_cluster.local import STAGES
+
+    labels = dict(STAGES)
+    progress = Progress(
+        SpinnerColumn(finished_text="[green]✓[/]"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+    tasks: dict[str, int] = {}
+    order = [k for k, _ in STAGES]
+
+    def on_stage(stage: str, detail: str) -> None:
+        # A stage starting means every earlier one is done.
+        upto = order.index(stage) if stage in order else len(order)
+        for key in order[:upto]:
+            if key not in tasks:
+                tasks[key] = progress.add_task(labels[key], total=1)
+            progress.update(tasks[key], completed=1)
+        if stage in tasks and detail:
+            progress.update(tasks[stage], description=f"{labels[stage]} [dim]({detail})[/]")
+        elif stage in labels and stage not in tasks:
+            text = labels[stage] + (f" [dim]({detail})[/]" if detail else "")
+            tasks[stage] = progress.add_task(text, total=1)
+
+    return progress, on_stage
+
+
+def _hosts_table(rows: list[dict], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("host", "ip", "role", "GPUs", "status"):
+        t.add_column(col)
+    for h in rows:
+        st = h.get("status")
+        shown = {"alive": "[green]alive[/]", "lost": "[red]lost[/]"}.get(st, "-") if st else "-"
+        if st == "lost" and h.get("reason"):
+            shown += f" [dim]({h['reason']})[/]"
+        t.add_row(h["name"], h["ip"], h["role"], str(h["gpus"]), shown)
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    local = typer.Typer(
+        name="local",
+        help="A multi-host Ray cluster on this machine serving a tiny DeepSeek-V3 model (OpenAI API).",
+        no_args_is_help=True,
+    )
+
+    @local.command("up", help=UP_HELP)
+    def up_cmd(
+        hosts: Annotated[
+            int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 GPU workers (PP = N-1).")
+        ] = 2,
+        gpus_per_host: Annotated[
+            int, typer.Option("--gpus-per-host", min=1, max=8, help="Logical GPUs per worker (TP).")
+        ] = 2,
+        port: Annotated[
+            int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
+        ] = 8000,
+        gpu_model: Annotated[
+            str, typer.Option("--gpu-model", help="GPU model advertised as gpu_model:<X>.")
+        ] = "L20",
+        mode: Annotated[
+            str, typer.Option("--mode", help="auto (netns when root), netns or loopback.")
+        ] = "auto",
+        name: NameOpt = "local",
+        subnet: Annotated[
+            int, typer.Option("--subnet", min=0, max=255, help="Third octet of the hosts' subnet.")
+        ] = 1,
+        timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds per wait.")] = 600.0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        from ray_cluster.hosts import HostsError
+        from ray_cluster.local import LocalError, UpOptions, public_doc, up
+        from ray_cluster.serve_config import ServeConfigError
+
+        opts = UpOptions(hosts, gpus_per_host, port, gpu_model, mode, name, subnet, timeout)
+        progress, on_stage = _progress_stages()
+        try:
+            with progress:
+                st = up(opts, on_stage)
+        except (LocalError, HostsError, ServeConfigError) as e:
+            fail(str(e), code=1)
+        except KeyboardInterrupt:
+            fail("interrupted; everything started was stopped", code=130)
+        doc = public_doc(st)
+        if as_json:
+            print_json(doc)
+            return
+        if st.get("reused"):
+            console.print(f"local cluster {name!r} is already up and serving", highlight=False)
+        console.print(_hosts_table([{**h} for h in st["hosts"]], f"local cluster {name!r} ({st['mode']})"))
+        lay = st["layout"]
+        console.print(
+            f"engine: {st['model']}, TP {lay['tp']} x PP {lay['pp']} on gpu_model:{lay['gpu_model']}",
+            highlight=False,
+        )
+        console.print(f"endpoint: {doc['endpoint']}", highlight=False)
+        console.print(f"token:    {doc['token']}", highlight=False)
+        console.print(
+            "try:      llmfleet local chat 'Hello'   |   llmfleet local down",
+            highlight=False,
+        )
+
+    @local.command("status")
+    def status_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
+        """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion."""
+        from ray_cluster.local import LocalError, status
+
+        try:
+            rep = status(name)
+        except LocalError as e:
+            fail(str(e), code=1)
+        if as_json:
+            print_json(rep)
+            return
+        console.print(_hosts_table(rep["hosts"], f"local cluster {name!r} ({rep['mode']})"))
+        serve = ", ".join(f"{k}={v}" for k, v in rep["serve"].items()) or "no applications / head unreachable"
+        console.print(f"serve: {serve}", highlight=False)
+        ok = "[green]yes[/]" if rep["serving"] else f"[red]no[/] ({rep['serving_detail']})"
+        console.print(f"endpoint {rep['endpoint']} answers a completion: {ok}", highlight=False)
+        if rep["lost"]:
+            console.print(f"[red]lost:[/] {', '.join(rep['lost'])}", highlight=False)
+
+    @local.command("down")
+    def down_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
+        """Stop supervisors and every Ray process of the hosts, delete namespaces, state and token."""
+        from ray_cluster.local import down
+
+        removed = down(name)
+        if as_json:
+            print_json({"name": name, "removed": removed})
+        elif removed:
+            console.print(f"local cluster {name!r} is down; removed {len(removed)} items", highlight=False)
+        else:
+            console.print(f"no local cluster {name!r} running; nothing to do", highlight=False)
+
+    @local.command("chat")
+    def chat_cmd(
+        message: Annotated[str, typer.Argument(help="The user message.")],
+        max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=1000)] = 48,
+        temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=2.0)] = 0.7,
+        name: NameOpt = "local",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Ask the local endpoint one question (openai client) and print the assistant's reply."""
+        from ray_cluster.local import LocalError, chat
+
+        try:
+            r = chat(message, name, max_tokens, temperature)
+        except LocalError as e:
+            fail(str(e), code=1)
+        if as_json:
+            print_json(r)
+            return
+        console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
+        console.print(
+            r["reply"] or f"(empty reply, finish_reason={r['finish_reason']})", highlight=False, markup=False
+        )
+
+    app.add_typer(local, name="local")
