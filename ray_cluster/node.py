@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from ray_cluster import nic
+from ray_cluster.preflight import PreflightError
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -602,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         return a.func(a)
-    except (NodeError, nic.NicError) as e:
+    except (NodeError, nic.NicError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # preflight errors and ray connection errors: still one line

@@ -117,6 +117,30 @@ def test_layout_larger_than_cluster_fails_within_bounded_wait(ray_hosts_cluster)
 
 
 @pytest.mark.ray
+def test_placement_groups_and_gpus_are_released_after_success_and_failure(tp2_pp2, ray_hosts_cluster):  # noqa: F811
+    import ray
+    from ray.util import placement_group_table
+
+    from ray_cluster.node import connect
+
+    with pytest.raises(PreflightError):
+        preflight.run_preflight(ray_hosts_cluster.address, 2, 3, timeout=1)
+    connect(ray_hosts_cluster.address)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            states = {pg["name"]: pg["state"] for pg in placement_group_table().values()}
+            free = ray.available_resources().get("GPU", 0)
+            if all(s == "REMOVED" for s in states.values()) and free == 4:
+                break
+            assert time.monotonic() < deadline, f"left behind: {states}, {free} of 4 GPUs free"
+            time.sleep(0.5)
+        assert "llmfleet-preflight-tp2-pp2" in states and "llmfleet-preflight-tp2-pp3" in states
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
 def test_missing_gpu_model_fails_naming_the_resource(ray_hosts_cluster):  # noqa: F811
     with pytest.raises(PreflightError, match="gpu_model:H100 0 total, 0 available"):
         preflight.run_preflight(ray_hosts_cluster.address, 1, 1, gpu_model="H100", timeout=2)
