@@ -699,18 +699,31 @@ def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True)
     }
 
 
-def _stop_supervisors(st: dict, prefix: str, grace: float = 15.0) -> None:
-    pids = [h.get("supervisor_pid") for h in st.get("hosts", [])]
-    pids = [p for p in pids if _pid_alive(p, prefix)]
-    # Workers first, then the head: nodes leave a live GCS cleanly.
-    for pid in reversed(pids):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_pid_alive(p, prefix) for p in pids):
-        time.sleep(0.2)
+def _kill(find: Callable[[], set[int]], grace: float) -> None:
+    """SIGTERM, then SIGKILL what is left after grace s; wait until all are gone (max 5 s)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        pids = find()
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = find()
+        if not pids:
+            return
+
+
+def _stop_processes(st: dict, prefix: str, grace: float = 2.0) -> None:
+    # Supervisors first, so nothing restarts a node while it is being stopped. Ray's own graceful
+    # stop takes 10-20 s per node here; the cluster is being destroyed, so a short grace will do
+    # (as `ray stop --force`).
+    sups = {h.get("supervisor_pid") for h in st.get("hosts", [])}
+    _kill(lambda: {p for p in sups if _pid_alive(p, prefix)}, grace=0.0)
+    hs = _hostset(st)
+    _kill(lambda: set().union(*(host_pids(h) for h in hs.hosts)), grace=grace)
 
 
 def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:
@@ -726,7 +739,7 @@ def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:
         st = None
     prefix = hosts.prefix_for(name)
     if st is not None:
-        _stop_supervisors(st, prefix)
+        _stop_processes(st, prefix)
         removed.append(f"supervisors of {len(st.get('hosts', []))} hosts")
     removed += hosts.teardown(prefix, cluster=name, state_dir=sd)
     temp_dir = (st or {}).get("temp_dir") or f"/tmp/llmf-{name}"

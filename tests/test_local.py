@@ -1,0 +1,421 @@
+"""`llmfleet local`: plan (pure), CLI errors, supervisor, then one real `local up` cluster driven end
+to end through the CLI: openai round, auth, 64-way load, a killed worker host, and `local down`.
+
+The cluster runs in network namespaces as root, else on loopback addresses. Set
+LLMFLEET_LOCAL_TEST_MODE=loopback to drive the loopback fallback as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from ray_cluster import hosts, local, node
+from ray_cluster.hosts import Host
+from ray_cluster.local import LocalError
+from ray_cluster.tiny_model import MODEL_ID
+
+ROOT = os.geteuid() == 0
+_BIN = Path(sys.executable).parent / "llmfleet"
+LLMFLEET = [str(_BIN)] if _BIN.exists() else [sys.executable, "-c", "from infra.cli import main; main()"]
+
+
+def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LLMFLEET, "local", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------- plan (pure)
+
+
+def test_layout_is_head_plus_workers_tp_inside_pp_across():
+    assert local.plan_layout(2, 2) == local.Layout(2, 2, "L20", tp=2, pp=1)
+    lay = local.plan_layout(4, 3, "L40S")
+    assert (lay.tp, lay.pp, lay.gpus, lay.gpu_model) == (3, 3, 9, "L40S")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [((1, 2), "--hosts 1: allowed 2..8"), ((9, 2), "--hosts 9"), ((2, 0), "--gpus-per-host 0: allowed 1..8")],
+)
+def test_layout_rejects_bad_sizes_in_one_line(args, needle):
+    with pytest.raises(LocalError) as e:
+        local.plan_layout(*args)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ports_netns_defaults_and_loopback_disjoint_from_host_ports():
+    assert local.plan_ports("netns", 5, 8000) == local.Ports(6379, 8265, 8000)
+    a, b = local.plan_ports("loopback", 1, 8000), local.plan_ports("loopback", 2, 8000)
+    assert {a.gcs, a.dashboard}.isdisjoint({b.gcs, b.dashboard})
+    hs = hosts.plan_hosts("x", local.MAX_HOSTS, "loopback", subnet_index=1)
+    used = {int(arg.split("=")[1]) for h in hs.hosts for arg in h.ray_port_args}
+    assert {a.gcs, a.dashboard}.isdisjoint(used)
+    with pytest.raises(LocalError, match="--subnet 60: allowed 0..44"):
+        local.plan_ports("loopback", 60, 8000)
+
+
+def test_mode_resolution():
+    assert local.resolve_mode("auto", root=True) == "netns"
+    assert local.resolve_mode("auto", root=False) == "loopback"
+    with pytest.raises(LocalError, match="--mode netns needs root"):
+        local.resolve_mode("netns", root=False)
+    with pytest.raises(LocalError, match="--mode 'vm': allowed auto, netns, loopback"):
+        local.resolve_mode("vm", root=True)
+
+
+def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
+    lay = local.plan_layout(3, 2)
+    head, w = Host("h0", "10.0.0.10"), Host("h1", "10.0.0.11")
+    ports = local.Ports(6379, 8265, 8000)
+    parser = node.build_parser()
+    h = parser.parse_args(local.node_argv("head", head, head, ports, lay, "/tmp/t")[3:])
+    assert (h.cmd, h.ip, h.port, h.block, h.dashboard_host, h.num_cpus) == (
+        "head",
+        head.ip,
+        6379,
+        True,
+        head.ip,
+        1,
+    )
+    ray_argv = node.head_start_command(h.ip, port=h.port)
+    assert "--num-gpus=0" in ray_argv  # the head never advertises GPUs
+    a = parser.parse_args(local.node_argv("worker", w, head, ports, lay, "/tmp/t")[3:])
+    assert (a.cmd, a.address, a.ip, a.num_gpus, a.gpu_model, a.block) == (
+        "worker",
+        "10.0.0.10:6379",
+        w.ip,
+        2,
+        "L20",
+        True,
+    )
+    d = parser.parse_args(local.deploy_argv(head, [w], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
+    assert (d.tp, d.pp, d.gpu_model, d.expect_workers, d.token_env) == (2, 2, "L20", w.ip, local.TOKEN_ENV)
+    assert d.endpoint == "http://10.0.0.10:8000" and d.dashboard == "http://10.0.0.10:8265"
+
+
+def test_serve_config_is_the_production_shape_with_the_cpu_engine(tmp_path):
+    doc = local.render_local_serve_config(MODEL_ID, str(tmp_path), local.plan_layout(3, 2), "10.0.0.10", 8001)
+    assert doc["proxy_location"] == "HeadOnly"
+    assert doc["http_options"] == {"host": "10.0.0.10", "port": 8001}
+    args = doc["applications"][0]["args"]
+    assert doc["applications"][0]["import_path"] == "ray_cluster.engines.cpu:build_app"
+    assert (args["tensor_parallel_size"], args["pipeline_parallel_size"], args["gpu_model"]) == (2, 2, "L20")
+    assert args["api_token_env"] == local.TOKEN_ENV and "api_token" not in args
+
+
+HOSTS = [
+    {"name": "h0", "ip": "10.0.0.10", "role": "head", "gpus": 0},
+    {"name": "h1", "ip": "10.0.0.11", "role": "worker", "gpus": 2},
+]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "running", "want"),
+    [
+        ([{"ip": "10.0.0.10", "alive": True}, {"ip": "10.0.0.11", "alive": True}], {}, ["alive", "alive"]),
+        # rejoined after a loss: the old node is dead, the new one alive
+        (
+            [
+                {"ip": "10.0.0.10", "alive": True},
+                {"ip": "10.0.0.11", "alive": False},
+                {"ip": "10.0.0.11", "alive": True},
+            ],
+            {},
+            ["alive", "alive"],
+        ),
+        ([{"ip": "10.0.0.10", "alive": True}, {"ip": "10.0.0.11", "alive": False}], {}, ["alive", "lost"]),
+        ([{"ip": "10.0.0.10", "alive": True}], {}, ["alive", "lost"]),
+        # the GCS still believes the node alive, but its raylet is gone
+        (
+            [{"ip": "10.0.0.10", "alive": True}, {"ip": "10.0.0.11", "alive": True}],
+            {"h1": False},
+            ["alive", "lost"],
+        ),
+        (None, {}, ["lost", "lost"]),
+    ],
+)
+def test_classify_hosts(nodes, running, want):
+    rows = local.classify_hosts(HOSTS, nodes, {"h0": True, "h1": True, **running})
+    assert [r.status for r in rows] == want
+    assert all(r.reason for r in rows if r.status == "lost")
+
+
+# ---------------------------------------------------------------- CLI without a cluster
+
+
+def test_cli_bad_input_and_nothing_running(tmp_path):
+    env = {local.STATE_DIR_ENV: str(tmp_path)}
+    r = cli("up", "--hosts", "1", env=env)
+    assert r.returncode == 2 and "--hosts" in r.stderr and "Traceback" not in r.stderr
+    r = cli("down", "--name", "nothing", env=env)
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    for args in (("status", "--name", "nothing"), ("chat", "hi", "--name", "nothing")):
+        r = cli(*args, env=env)
+        assert r.returncode == 1 and "no local cluster 'nothing'" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_supervisor_restarts_its_command_and_stops_on_sigterm(tmp_path):
+    out = tmp_path / "runs"
+    sup = subprocess.Popen(
+        [sys.executable, "-m", "ray_cluster.local", "supervise", "--restart-delay", "0.2", "--"]
+        + ["sh", "-c", f"echo run >> {out}; sleep 0.1"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().split()) < 3):
+            time.sleep(0.1)
+        assert len(out.read_text().split()) >= 3
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=10) is not None
+    finally:
+        sup.kill()
+    n = len(out.read_text().split())
+    time.sleep(0.6)
+    assert len(out.read_text().split()) == n  # nothing restarts after it stopped
+
+
+# ---------------------------------------------------------------- one real cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    mode = os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto")
+    mode = local.resolve_mode(mode, ROOT)
+    name = f"lt{os.getpid() % 100000}"
+    # Subnets 30..89 (netns) stay clear of the other Ray tests' 100..249; loopback allows 0..44.
+    seed = zlib.crc32(f"{name}{time.time()}".encode())
+    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
+    port = free_port()
+    sd = tmp_path_factory.mktemp("local-state")
+    env = {
+        local.STATE_DIR_ENV: str(sd),
+        "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("local-data")),
+    }
+    try:
+        t0 = time.monotonic()
+        r = cli("up", "--name", name, "--subnet", str(subnet), "--port", str(port), "--mode", mode, "--json",
+                env=env, timeout=480)  # fmt: skip
+        assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
+        yield {
+            "name": name,
+            "env": env,
+            "doc": json.loads(r.stdout),
+            "port": port,
+            "mode": mode,
+            "state_dir": sd,
+            "up_seconds": time.monotonic() - t0,
+        }
+    finally:
+        cli("down", "--name", name, env=env, timeout=120)
+        hosts.teardown(hosts.prefix_for(name), cluster=name, state_dir=sd)  # even if down broke
+
+
+def state_of(c) -> dict:
+    return json.loads((Path(c["state_dir"]) / f"{c['name']}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    d = cluster["doc"]
+    return openai.OpenAI(base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=60)
+
+
+@pytest.mark.ray
+def test_up_prints_endpoint_token_model_hosts(cluster):
+    d, st = cluster["doc"], state_of(cluster)
+    assert set(d) == {"endpoint", "token", "model", "hosts"}
+    head_ip = d["hosts"][0]["ip"]
+    assert d["endpoint"] == f"http://{head_ip}:{cluster['port']}/v1" and d["model"] == MODEL_ID
+    assert [h["name"] for h in d["hosts"]] == [f"llmf-{cluster['name']}-h0", f"llmf-{cluster['name']}-h1"]
+    assert len({h["ip"] for h in d["hosts"]}) == 2
+    assert st["ready"] and st["layout"]["tp"] == 2 and st["layout"]["pp"] == 1
+    token_file = Path(st["token_file"])
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and token_file.read_text().strip() == d["token"]
+    serve_yaml = Path(st["serve_config"]).read_text()
+    assert d["token"] not in serve_yaml
+    assert yaml.safe_load(serve_yaml)["applications"][0]["args"]["api_token_env"] == local.TOKEN_ENV
+    if cluster["mode"] == "netns":
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert all(h["name"] in names for h in d["hosts"])
+
+
+@pytest.mark.ray
+def test_up_again_is_idempotent(cluster):
+    t0 = time.monotonic()
+    r = cli("up", "--name", cluster["name"], "--port", str(cluster["port"]), "--mode", cluster["mode"], "--json",
+            env=cluster["env"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == cluster["doc"] and time.monotonic() - t0 < 60
+    r = cli(
+        "up", "--name", cluster["name"], "--hosts", "3", "--port", str(cluster["port"]), env=cluster["env"]
+    )
+    assert r.returncode == 1 and "already runs with --hosts 2" in r.stderr and "local down" in r.stderr
+
+
+@pytest.mark.ray
+def test_openai_chat_stream_completion_through_local_endpoint(client):
+    assert [m.id for m in client.models.list().data] == [MODEL_ID]
+    msgs = [{"role": "user", "content": "What does a Ray head node do?"}]
+    r = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=6, temperature=0)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert 1 <= r.usage.completion_tokens <= 6
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.choices[0].finish_reason == ("length" if r.usage.completion_tokens == 6 else "stop")
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL_ID,
+            messages=msgs,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
+    )
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    c = client.completions.create(model=MODEL_ID, prompt="Pipeline parallelism", max_tokens=5, temperature=0)
+    assert c.object == "text_completion" and 1 <= c.usage.completion_tokens <= 5
+
+
+@pytest.mark.ray
+def test_wrong_or_missing_token_is_401(cluster):
+    d = cluster["doc"]
+    bad = openai.OpenAI(base_url=d["endpoint"], api_key="wrong", max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert e.value.status_code == 401
+    r = httpx.post(d["endpoint"] + "/completions", json={"model": MODEL_ID, "prompt": "x"}, timeout=30)
+    assert r.status_code == 401
+
+
+@pytest.mark.ray
+def test_chat_command_prints_the_assistant_reply(cluster):
+    r = cli("chat", "In one sentence, what does a Ray head node do?", "--name", cluster["name"], "--json",
+            env=cluster["env"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] == MODEL_ID and out["usage"]["completion_tokens"] >= 1 and out["reply"]
+    r = cli("chat", "Hello", "--name", cluster["name"], "--max-tokens", "4", env=cluster["env"])
+    assert r.returncode == 0 and r.stdout.startswith("assistant (llmfleet/tiny-deepseek-v3):")
+    assert r.stdout.split("\n", 1)[1].strip()
+
+
+@pytest.mark.ray
+def test_64_concurrent_requests_all_succeed_in_bounded_time(cluster):
+    d = cluster["doc"]
+
+    async def run():
+        async with openai.AsyncOpenAI(
+            base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120
+        ) as c:
+
+            async def one(i: int):
+                return await c.chat.completions.create(
+                    model=MODEL_ID, messages=[{"role": "user", "content": f"question {i}"}], max_tokens=8
+                )
+
+            return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(64))), 150)
+
+    t0 = time.monotonic()
+    results = asyncio.run(run())
+    assert len(results) == 64 and all(1 <= r.usage.completion_tokens <= 8 for r in results)
+    assert time.monotonic() - t0 < 150
+
+
+@pytest.mark.ray
+def test_status_reports_every_host_alive_and_serving(cluster):
+    r = cli("status", "--name", cluster["name"], "--json", env=cluster["env"])
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert [h["status"] for h in rep["hosts"]] == ["alive", "alive"] and rep["lost"] == []
+    assert rep["serving"] is True and rep["serve"] == {"llm": "RUNNING"}
+
+
+def _completes(d: dict) -> bool:
+    try:
+        node.probe_completion(d["endpoint"][: -len("/v1")], d["token"], MODEL_ID, timeout=10)
+        return True
+    except (node.NodeError, OSError):
+        return False
+
+
+@pytest.mark.ray
+def test_killed_worker_host_is_reported_lost_and_serving_resumes(cluster):
+    d, st = cluster["doc"], state_of(cluster)
+    worker = d["hosts"][1]["name"]
+    pids = local.ray_pids(st, worker)
+    assert "raylet" in {local._comm(p) for p in pids}
+    t0 = time.monotonic()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # `local status` must name the lost host before the supervisor brings it back.
+    r = cli("status", "--name", cluster["name"], "--json", env=cluster["env"])
+    rep = json.loads(r.stdout)
+    lost = [h for h in rep["hosts"] if h["status"] == "lost"]
+    assert [(h["name"], h["ip"]) for h in lost] == [(worker, d["hosts"][1]["ip"])] and rep["lost"] == [worker]
+    while not _completes(d):
+        assert time.monotonic() - t0 < 120, "no completion within 120 s of losing the worker host"
+        time.sleep(2)
+    recovered = time.monotonic() - t0
+    assert local.ray_pids(state_of(cluster), worker)  # the supervisor rejoined the host
+    rep = json.loads(cli("status", "--name", cluster["name"], "--json", env=cluster["env"]).stdout)
+    assert rep["serving"] and worker not in rep["lost"], (recovered, rep)
+
+
+@pytest.mark.ray
+def test_down_leaves_nothing_behind(cluster):
+    name, env, d = cluster["name"], cluster["env"], cluster["doc"]
+    st = state_of(cluster)
+    r = cli("down", "--name", name, env=env)
+    assert r.returncode == 0 and "is down" in r.stdout, r.stderr
+    prefix = hosts.prefix_for(name)
+    assert not hosts._pids_tagged(prefix)  # no process of any host, Ray or supervisor
+    assert not any(local._pid_alive(h["supervisor_pid"], prefix) for h in st["hosts"])
+    if ROOT:
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert prefix not in names
+    head_ip = d["hosts"][0]["ip"]
+    with pytest.raises(OSError):
+        socket.create_connection((head_ip, cluster["port"]), timeout=2).close()
+    with socket.socket() as s:  # the port is free to bind again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1" if cluster["mode"] == "netns" else head_ip, cluster["port"]))
+    assert not Path(st["temp_dir"]).exists()
+    assert sorted(p.name for p in Path(cluster["state_dir"]).rglob("*") if p.is_file()) == []
+    r = cli("down", "--name", name, env=env)
+    assert r.returncode == 0 and "nothing to do" in r.stdout
