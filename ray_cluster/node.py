@@ -17,6 +17,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -404,6 +405,13 @@ def _ray_bin() -> str:
     return cand if os.access(cand, os.X_OK) else "ray"
 
 
+def last_error_line(text: str) -> str:
+    """The most telling line of a failed command's output: the last one naming an error."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or [""])[-1]
+
+
 def _run_ray(argv: list[str], env: dict[str, str], block: bool, retries: int = 1, delay: float = 5.0) -> int:
     env = {**env, **auth_env(os.environ)}
     full_env = {**os.environ, **env}
@@ -412,11 +420,14 @@ def _run_ray(argv: list[str], env: dict[str, str], block: bool, retries: int = 1
         os.execvpe(argv[0], argv, full_env)  # container entrypoint: ray owns the process
     last = ""
     for attempt in range(1, retries + 1):
-        proc = subprocess.run(argv, env=full_env, capture_output=True, text=True)
-        if proc.returncode == 0:
+        # A file, not a pipe: the daemons `ray start` leaves behind may hold a pipe open for long.
+        with tempfile.TemporaryFile("w+") as out:
+            rc = subprocess.run(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT).returncode
+            out.seek(0)
+            text = out.read()
+        if rc == 0:
             return 0
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit {proc.returncode}"
+        last = last_error_line(text) or f"exit {rc}"
         if attempt < retries:
             time.sleep(delay)
     raise NodeError(f"`ray start` failed {retries} time(s): {last}")

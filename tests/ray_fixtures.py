@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -35,15 +36,18 @@ class TestCluster:
 
 
 def _node(host: hosts.Host, args: list[str], env: dict[str, str], timeout: float) -> None:
-    proc = hosts.run_in_host(
-        host,
-        [sys.executable, "-m", "ray_cluster.node", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out, _ = proc.communicate(timeout=timeout)
+    # Output to a file: daemons started by `ray start` may keep a pipe open.
+    with tempfile.TemporaryFile("w+") as f:
+        proc = hosts.run_in_host(
+            host,
+            [sys.executable, "-m", "ray_cluster.node", *args],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+        proc.wait(timeout=timeout)
+        f.seek(0)
+        out = f.read()
     if proc.returncode != 0:
         raise RuntimeError(
             f"node {' '.join(args[:1])} on {host.name} failed: {out.strip().splitlines()[-3:]}"
