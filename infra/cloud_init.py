@@ -10,6 +10,10 @@ Boot order (DESIGN.md, production bootstrap):
      secret is in the user data itself.
   4. The node container starts `python -m ray_cluster.node head|worker ... --block`
      (the image's entrypoint), with host networking so Ray binds the host's private IP.
+  5. The head then bootstraps the inference actors: a transient systemd unit runs
+     `python -m ray_cluster.node deploy` in the head container, which waits until the
+     cluster holds TP x PP GPUs, runs the gang/all-reduce preflight, deploys the Serve
+     config written beside it (no secrets in it) and reports ready after a real completion.
 
 The script is rendered here and checked with `bash -n` and shellcheck in the tests.
 """
@@ -31,6 +35,10 @@ S3_MAX_CONCURRENT_REQUESTS = 64
 S3_MULTIPART_CHUNKSIZE = "64MB"
 # Files the head's OpenAI ingress reads (tokenizer, chat template, config): no weight shards.
 HEAD_INCLUDES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+CONFIG_DIR = "/etc/llmfleet"
+SERVE_CONFIG_PATH = f"{CONFIG_DIR}/serve.yaml"
+# Workers stage hundreds of GiB before they join: the deploy waits up to two hours for them.
+DEPLOY_TIMEOUT_S = 7200
 
 
 class ShellVar(str):
@@ -53,6 +61,11 @@ class NodeSpec:
     efa: bool = False
     endpoint_port: int = 8000
     container_name: str = ""
+    # head only: the Serve deploy config (YAML text) and the layout the deploy waits for
+    serve_config: str = ""
+    tensor_parallel_size: int = 0
+    pipeline_parallel_size: int = 0
+    deploy_gpu_model: str = ""
 
     @property
     def container(self) -> str:
@@ -105,7 +118,7 @@ def docker_run_argv(spec: NodeSpec) -> list[str]:
         f"LLMFLEET_MODEL_PATH={spec.model_path}",
     ]
     if spec.role == "head":
-        argv += ["--env-file", "/run/llmfleet/node.env"]
+        argv += ["--env-file", "/run/llmfleet/node.env", "--volume", f"{CONFIG_DIR}:{CONFIG_DIR}:ro"]
     else:
         argv += ["--gpus", "all"]
     return argv
@@ -298,6 +311,60 @@ log "started container {spec.container}"
 """
 
 
+def deploy_argv(spec: NodeSpec) -> list[str]:
+    """What the head runs inside its container to bootstrap the inference actors."""
+    if spec.role != "head" or spec.tensor_parallel_size < 1 or spec.pipeline_parallel_size < 1:
+        raise ValueError("deploy runs on the head and needs tensor/pipeline parallel sizes >= 1")
+    argv = [
+        "python",
+        "-m",
+        "ray_cluster.node",
+        "deploy",
+        "--serve-config",
+        SERVE_CONFIG_PATH,
+        "--tp",
+        str(spec.tensor_parallel_size),
+        "--pp",
+        str(spec.pipeline_parallel_size),
+        "--timeout",
+        str(DEPLOY_TIMEOUT_S),
+        "--token-env",
+        TOKEN_ENV,
+        "--endpoint",
+        f"http://127.0.0.1:{spec.endpoint_port}",
+    ]
+    if spec.deploy_gpu_model:
+        argv += ["--gpu-model", spec.deploy_gpu_model]
+    return argv
+
+
+def _serve_config_file(spec: NodeSpec) -> str:
+    if spec.role != "head" or not spec.serve_config:
+        return ""
+    if "LLMFLEET_EOF" in spec.serve_config:
+        raise ValueError("serve_config must not contain the heredoc marker LLMFLEET_EOF")
+    return f"""
+# The Serve deploy config (rendered by ray_cluster/serve_config.py; no secrets in it).
+install -d -m 0755 {CONFIG_DIR}
+cat > {SERVE_CONFIG_PATH} <<'LLMFLEET_EOF'
+{spec.serve_config.rstrip()}
+LLMFLEET_EOF
+"""
+
+
+def _deploy(spec: NodeSpec) -> str:
+    if spec.role != "head" or not spec.serve_config:
+        return ""
+    run = _sh(["docker", "exec", spec.container, *deploy_argv(spec)])
+    return f"""
+# 5. Bootstrap the inference actors once the workers have joined (bounded wait, retried by
+#    systemd on failure; a deploy of the same config is idempotent).
+systemd-run --unit=llmfleet-deploy --property=Restart=on-failure --property=RestartSec=30 \
+  {run}
+log "deploy unit started: journalctl -u llmfleet-deploy"
+"""
+
+
 def render_user_data(spec: NodeSpec) -> str:
     """The whole boot script for one host."""
     if spec.role not in ("head", "worker"):
@@ -309,5 +376,5 @@ def render_user_data(spec: NodeSpec) -> str:
     parts = [_header(spec), _checks(spec)]
     if spec.role == "worker":
         parts.append(_nvme(spec))
-    parts += [_stage(spec), _token(spec), _start(spec)]
+    parts += [_stage(spec), _token(spec), _serve_config_file(spec), _start(spec), _deploy(spec)]
     return "".join(parts).replace("\n\n\n", "\n\n")

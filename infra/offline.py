@@ -15,6 +15,7 @@ Traps handled (from Pulumi's issue tracker):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import json
@@ -403,6 +404,10 @@ def capture(
     # Source positions only annotate the engine's diagnostics; collecting them reads the source
     # of every frame for every resource (a quarter of a large capture's time). None reach us.
     presource._get_stack_trace = _no_stack_trace
+    # A loop of our own, closed at the end: a loop left for the garbage collector at
+    # interpreter exit fails noisily once other libraries (ray) have closed its self-pipe.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     set_root_resource(None)
     pmocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     set_root_resource(None)  # set_mocks registered a bare stack; run_in_stack makes the real one
@@ -428,6 +433,8 @@ def capture(
         os.chdir(old_cwd)
         sys.path[:] = old_path
         set_root_resource(None)
+        loop.close()
+        asyncio.set_event_loop(None)
 
     if monitor.duplicates:
         raise OfflineError(

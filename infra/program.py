@@ -65,6 +65,18 @@ def dashboard_command(instance_id: str, region: str) -> str:
     )
 
 
+def serve_config_yaml(cfg: StackConfig, plan: Any) -> str:
+    """The Serve config the head deploys, as YAML (validated by Ray's schema on render)."""
+    import yaml
+
+    from ray_cluster.serve_config import ServeConfigError, render_for_plan
+
+    try:
+        return yaml.safe_dump(render_for_plan(cfg, plan), sort_keys=False, width=100)
+    except ServeConfigError as e:
+        raise pulumi.RunError(str(e)) from None
+
+
 def build_aws(cfg: StackConfig) -> dict[str, Any]:
     from infra.components.cluster import Cluster, ClusterArgs
     from infra.components.endpoint import Endpoint, EndpointArgs, EndpointToken, EndpointTokenArgs
@@ -156,6 +168,9 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             capacity_reservation_id=cfg.capacity_reservation_id,
             root_volume_gb=cfg.root_volume_gb,
             tags=tags,
+            serve_config=serve_config_yaml(cfg, plan),
+            tensor_parallel_size=plan.tensor_parallel_size,
+            pipeline_parallel_size=plan.pipeline_parallel_size,
         ),
         opts=pulumi.ResourceOptions(depends_on=[token.parameter, network]),
     )

@@ -256,3 +256,19 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         api_token_env=DEFAULT_TOKEN_ENV,
         http_port=int(getattr(cfg, "endpoint_port", 8000)),
     )
+
+
+def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
+    """The Serve config a stack will deploy, from its config and plan alone (what the head's
+    boot script writes before any output exists). Same renderer as `llmfleet render`."""
+    outputs = {
+        "tensor_parallel_size": plan.tensor_parallel_size,
+        "pipeline_parallel_size": plan.pipeline_parallel_size,
+        "model": cfg.model,
+        "model_path": cfg.model_path,
+        "max_model_len": cfg.max_model_len,
+        "gpu_model": cfg.gpu_model,
+    }
+    doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
+    validate_serve_config(doc)
+    return doc

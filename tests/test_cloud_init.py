@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.cloud_init import NodeSpec, node_args, render_user_data
+from infra.cloud_init import SERVE_CONFIG_PATH, NodeSpec, deploy_argv, node_args, render_user_data
 from ray_cluster.node import build_parser, head_start_command, worker_start_command
 
 SNAP = Path(__file__).parent / "snapshots"
@@ -22,7 +22,16 @@ COMMON = dict(
     model_path="/opt/llmfleet/models/deepseek-r1",
     weights_path="/opt/llmfleet/models",
 )
-HEAD = NodeSpec(role="head", token_parameter="/llmfleet/prod/endpoint-token", **COMMON)
+SERVE_YAML = "applications:\n- name: llm\n  import_path: ray_cluster.serve_app:build_app\n"
+HEAD = NodeSpec(
+    role="head",
+    token_parameter="/llmfleet/prod/endpoint-token",
+    serve_config=SERVE_YAML,
+    tensor_parallel_size=8,
+    pipeline_parallel_size=3,
+    deploy_gpu_model="L40S",
+    **COMMON,
+)
 WORKER = NodeSpec(
     role="worker", head_ip="10.42.0.10", gpus=8, gpu_model="L40S", nvme_disks=4, efa=True, **COMMON
 )
@@ -93,3 +102,18 @@ def test_rejects_bad_specs():
         render_user_data(NodeSpec(**{**WORKER.__dict__, "head_ip": ""}))
     with pytest.raises(ValueError, match="token_parameter"):
         render_user_data(NodeSpec(**{**HEAD.__dict__, "token_parameter": ""}))
+
+
+def test_head_deploys_the_serve_config_with_the_node_cli():
+    text = render_user_data(HEAD)
+    # The config lands beside the container (mounted read-only) before the deploy unit runs.
+    assert f"cat > {SERVE_CONFIG_PATH} <<'LLMFLEET_EOF'\n{SERVE_YAML}LLMFLEET_EOF" in text
+    assert "--volume /etc/llmfleet:/etc/llmfleet:ro" in text
+    assert text.index("docker run") < text.index("systemd-run --unit=llmfleet-deploy")
+    argv = deploy_argv(HEAD)
+    assert argv[:3] == ["python", "-m", "ray_cluster.node"]
+    d = build_parser().parse_args(argv[3:])
+    assert (d.cmd, d.serve_config, d.tp, d.pp, d.gpu_model) == ("deploy", SERVE_CONFIG_PATH, 8, 3, "L40S")
+    assert d.token_env == "LLMFLEET_API_TOKEN" and d.endpoint == "http://127.0.0.1:8000"
+    # Workers never deploy.
+    assert "llmfleet-deploy" not in render_user_data(WORKER)

@@ -101,3 +101,20 @@ def test_existing_provider_branches_into_its_own_module(monkeypatch):
 
     monkeypatch.setattr(existing, "build_existing", fake)
     assert program.build() == {"branch": "existing", "stack": "dev"}
+
+
+def test_prod_head_boots_into_a_serve_deploy_of_the_planned_layout():
+    import yaml
+
+    from infra.offline import capture
+
+    cap = capture("prod")
+    head = next(
+        r for r in cap.resources if r["name"].endswith("-head") and r["type"] == "aws:ec2/instance:Instance"
+    )
+    ud = head["inputs"]["userData"]
+    serve = yaml.safe_load(ud.split("<<'LLMFLEET_EOF'\n", 1)[1].split("LLMFLEET_EOF", 1)[0])
+    engine = serve["applications"][0]["args"]["llm_configs"][0]["engine_kwargs"]
+    assert (engine["tensor_parallel_size"], engine["pipeline_parallel_size"]) == (8, 3)
+    assert "deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3" in ud
+    assert "LLMFLEET_API_TOKEN=" not in serve.__repr__()  # the token is read from SSM at boot, never here

@@ -79,6 +79,10 @@ class ClusterArgs:
     capacity_reservation_id: str | None = None
     root_volume_gb: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # The head deploys this Serve config (YAML) once TP x PP GPUs have joined.
+    serve_config: str = ""
+    tensor_parallel_size: int = 0
+    pipeline_parallel_size: int = 0
 
 
 class Cluster(pulumi.ComponentResource):
@@ -114,6 +118,10 @@ class Cluster(pulumi.ComponentResource):
                     weights_path=args.weights_path,
                     token_parameter=a[2],
                     endpoint_port=args.endpoint_port,
+                    serve_config=args.serve_config,
+                    tensor_parallel_size=args.tensor_parallel_size,
+                    pipeline_parallel_size=args.pipeline_parallel_size,
+                    deploy_gpu_model=args.worker_type.gpu or "",
                 )
             )
         )

@@ -33,11 +33,24 @@ printf '%s=%s\n' LLMFLEET_API_TOKEN "${TOKEN_VALUE}" > /run/llmfleet/node.env
 unset TOKEN_VALUE
 umask 022
 
+# The Serve deploy config (rendered by ray_cluster/serve_config.py; no secrets in it).
+install -d -m 0755 /etc/llmfleet
+cat > /etc/llmfleet/serve.yaml <<'LLMFLEET_EOF'
+applications:
+- name: llm
+  import_path: ray_cluster.serve_app:build_app
+LLMFLEET_EOF
+
 # 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
 docker rm -f llmfleet-head >/dev/null 2>&1 || true
 
-docker run --detach --name llmfleet-head --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env \
+docker run --detach --name llmfleet-head --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --volume /etc/llmfleet:/etc/llmfleet:ro \
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab head --ip "${NODE_IP}" --block
 log "started container llmfleet-head"
+
+# 5. Bootstrap the inference actors once the workers have joined (bounded wait, retried by
+#    systemd on failure; a deploy of the same config is idempotent).
+systemd-run --unit=llmfleet-deploy --property=Restart=on-failure --property=RestartSec=30   docker exec llmfleet-head python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3 --timeout 7200 --token-env LLMFLEET_API_TOKEN --endpoint http://127.0.0.1:8000 --gpu-model L40S
+log "deploy unit started: journalctl -u llmfleet-deploy"
