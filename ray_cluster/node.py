@@ -163,7 +163,7 @@ def wait_for_tcp(
             with socket.create_connection((host, port), timeout=min(5.0, max(0.5, interval))):
                 return
         except OSError as e:
-            last = e.strerror or type(e).__name__
+            last = e.strerror or str(e) or type(e).__name__
         if clock() >= deadline:
             raise NodeError(f"head {host}:{port} did not answer within {timeout:g} s (last error: {last})")
         sleep(interval)
@@ -534,16 +534,48 @@ def cmd_status(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
-    print(f"{'ip':<16} {'alive':<6} {'head':<5} {'GPUs':>5}  gpu_model")
-    for n in sorted(nodes, key=lambda n: n.ip):
-        models = ",".join(f"{k}:{v:g}" for k, v in n.gpu_model.items()) or "-"
-        print(f"{n.ip:<16} {str(n.alive).lower():<6} {str(n.is_head).lower():<5} {n.gpus:>5g}  {models}")
-    print(f"GPUs: {avail:g} available of {total:g}")
-    print(
-        "serve: "
-        + (", ".join(f"{k}={v}" for k, v in apps.items()) or "no applications / dashboard unreachable")
-    )
+    print_status(doc)
     return 0
+
+
+def print_status(doc: dict) -> None:
+    """A rich table when rich is installed (operator machines), plain columns otherwise (the image)."""
+    rows = [
+        (
+            n["ip"],
+            str(n["alive"]).lower(),
+            str(n["is_head"]).lower(),
+            f"{n['gpus']:g}",
+            ",".join(f"{k}:{v:g}" for k, v in n["gpu_model"].items()) or "-",
+        )
+        for n in sorted(doc["nodes"], key=lambda n: n["ip"])
+    ]
+    header = ("ip", "alive", "head", "GPUs", "gpu_model")
+    footer = [
+        f"GPUs: {doc['gpus_available']:g} available of {doc['gpus_total']:g}",
+        "serve: "
+        + (
+            ", ".join(f"{k}={v}" for k, v in doc["serve"].items())
+            or "no applications / dashboard unreachable"
+        ),
+    ]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        for r in [header, *rows]:
+            print(f"{r[0]:<16} {r[1]:<6} {r[2]:<5} {r[3]:>5}  {r[4]}")
+        print("\n".join(footer))
+        return
+    t = Table(title="Ray cluster")
+    for h in header:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*r)
+    console = Console()
+    console.print(t)
+    for line in footer:
+        console.print(line, highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -350,3 +350,25 @@ def test_deploy_wait_failure_names_the_missing_worker(ray_hosts_cluster, tmp_pat
         f"error: cluster has 4 of 6 GPUs (gpu_model:L20 4 of 6) after 3 s: workers {missing} missing"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_status_output_for_people(capsys):
+    doc = {
+        "nodes": [
+            {"ip": "10.0.1.11", "alive": True, "is_head": False, "gpus": 8.0, "gpu_model": {"L20": 8.0}},
+            {"ip": "10.0.1.5", "alive": True, "is_head": True, "gpus": 0.0, "gpu_model": {}},
+        ],
+        "gpus_total": 8.0,
+        "gpus_available": 2.0,
+        "serve": {"llm": "RUNNING"},
+    }
+    node.print_status(doc)
+    out = capsys.readouterr().out
+    assert "10.0.1.11" in out and "L20:8" in out
+    assert "GPUs: 2 available of 8" in out and "serve: llm=RUNNING" in out
+
+
+def test_last_error_line_prefers_the_error():
+    text = "INFO Local node IP: 10.0.0.2\nRuntimeError: Failed to connect to GCS\nINFO bye\n"
+    assert node.last_error_line(text) == "RuntimeError: Failed to connect to GCS"
+    assert node.last_error_line("a\nb\n") == "b"
