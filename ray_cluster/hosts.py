@@ -134,6 +134,21 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def subnet_in_use(subnet: str) -> str | None:
+    """The device that already routes an overlapping subnet in the root namespace, if any."""
+    net = ipaddress.ip_network(subnet)
+    routes = json.loads(_ip("-j", "route", "show").stdout or "[]")
+    for r in routes:
+        dst = r.get("dst", "")
+        if dst and dst != "default":
+            try:
+                if ipaddress.ip_network(dst, strict=False).overlaps(net):
+                    return r.get("dev", "?")
+            except ValueError:
+                continue
+    return None
+
+
 def state_path(state_dir: str | os.PathLike, cluster: str) -> Path:
     return Path(state_dir) / f"hosts-{cluster}.json"
 
@@ -160,6 +175,11 @@ def create(
     if not is_root():
         raise HostsError("mode 'netns' needs root; use mode 'loopback'")
     teardown(hs.prefix, cluster=cluster, keep_state=True)  # leftovers of an earlier run
+    used = subnet_in_use(hs.subnet)
+    if used:
+        if hs.state_file:
+            Path(hs.state_file).unlink(missing_ok=True)
+        raise HostsError(f"subnet {hs.subnet} is already routed via {used}; pick another subnet index")
     try:
         plen = ipaddress.ip_network(hs.subnet).prefixlen
         _ip("link", "add", hs.bridge, "type", "bridge")

@@ -133,12 +133,22 @@ def stop_cluster(tc: TestCluster | None, cluster: str, state_dir: str) -> None:
         subprocess.run(["rm", "-rf", tc.temp_dir], check=False)
 
 
+def pick_subnet(start: int) -> int:
+    """A free 10.213.<k>.0/24 (others may run clusters on this machine at the same time)."""
+    if not hosts.is_root():
+        return start % 256
+    for k in range(start, start + 100):
+        if not hosts.subnet_in_use(f"{hosts.DEFAULT_SUBNET_BASE}.{k % 256}.0/24"):
+            return k % 256
+    raise RuntimeError("no free 10.213.k.0/24 subnet")
+
+
 @pytest.fixture(scope="module")
 def ray_hosts_cluster(request, tmp_path_factory):
     """Head + 2 workers x 2 logical GPUs (gpu_model:L20), one per test module."""
     # Short unique name per module: namespaces/links of parallel runs must not clash.
     cluster = f"t{os.getpid() % 100000}{request.module.__name__[-3:]}".replace("_", "")
-    subnet_index = 100 + (os.getpid() + zlib.crc32(request.module.__name__.encode())) % 150
+    subnet_index = pick_subnet(100 + (os.getpid() + zlib.crc32(request.module.__name__.encode())) % 150)
     state_dir = str(tmp_path_factory.mktemp("hosts"))
     saved = os.environ.get("RAY_AUTH_MODE")
     tc = None

@@ -13,6 +13,7 @@ import pytest
 
 from ray_cluster import hosts
 from ray_cluster.hosts import HostsError
+from tests.ray_fixtures import pick_subnet
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -23,7 +24,7 @@ def _name(tag: str) -> str:
 
 
 def _subnet(tag: str) -> int:
-    return 100 + zlib.crc32(f"{tag}{os.getpid()}".encode()) % 150
+    return pick_subnet(100 + zlib.crc32(f"{tag}{os.getpid()}".encode()) % 150)
 
 
 def test_plan_netns_names_addresses_and_link_lengths():
@@ -123,6 +124,22 @@ def test_namespaces_reach_each_other_and_root_and_teardown_removes_all(tmp_path)
     assert hs.bridge not in links and not any(h.veth in links for h in hs.hosts)
     assert not (tmp_path / f"hosts-{cluster}.json").exists()
     assert hosts.teardown(hs.prefix, state_dir=tmp_path) == []  # idempotent
+
+
+@needs_root
+def test_create_refuses_a_subnet_already_routed(tmp_path):
+    a, b = _name("sa"), _name("sb")
+    sub = _subnet("s")
+    try:
+        hosts.create(a, 1, state_dir=tmp_path, subnet_index=sub)
+        with pytest.raises(
+            HostsError, match=rf"subnet 10.213.{sub}.0/24 is already routed via {hosts.bridge_name(a)}"
+        ):
+            hosts.create(b, 1, state_dir=tmp_path, subnet_index=sub)
+        assert not (tmp_path / f"hosts-{b}.json").exists()
+    finally:
+        hosts.teardown(hosts.prefix_for(a), state_dir=tmp_path)
+        hosts.teardown(hosts.prefix_for(b), state_dir=tmp_path)
 
 
 @needs_root
