@@ -60,6 +60,19 @@ def weights_gib(cfg: StackConfig) -> float:
 def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) -> NodeSpec:
     """The same NodeSpec the AWS hosts' cloud-init renders from, for this host."""
     worker = host.role == "worker"
+    serve: dict = {}
+    if not worker:
+        import yaml
+
+        from ray_cluster.serve_config import render_for_plan
+
+        plan = cfg.plan()
+        serve = dict(
+            serve_config=yaml.safe_dump(render_for_plan(cfg, plan), sort_keys=False, width=100),
+            tensor_parallel_size=plan.tensor_parallel_size,
+            pipeline_parallel_size=plan.pipeline_parallel_size,
+            deploy_gpu_model=cfg.gpu_model,
+        )
     return NodeSpec(
         role=host.role,
         region=cfg.region,
@@ -71,6 +84,7 @@ def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) ->
         gpus=host.gpu_count if worker else 0,
         gpu_model=str(host.gpu_model) if worker else "",
         endpoint_port=cfg.endpoint_port,
+        **serve,
     )
 
 
@@ -304,6 +318,14 @@ def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: 
             f'"${{SUDO[@]}}" install -m 0600 /dev/stdin {q(HOST_ENV_FILE)}',
             "fi",
             "unset token",
+            "# The Serve deploy config (no secrets), mounted read-only into the head container.",
+            f"SERVE_CONFIG={_sq(spec.serve_config)}",
+            'if [ "$DRY_RUN" = 1 ]; then',
+            f"  echo {q(f'{DRY_RUN_PREFIX} write the Serve config to {cloud_init.SERVE_CONFIG_PATH}')}",
+            "else",
+            f'  printf \'%s\\n\' "$SERVE_CONFIG" | "${{SUDO[@]}}" install -D -m 0644 /dev/stdin '
+            f"{q(cloud_init.SERVE_CONFIG_PATH)}",
+            "fi",
         ]
     lines += ["", "# 3. image and container ------------------------------------------------------"]
     if ecr:
@@ -328,6 +350,17 @@ def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: 
         '  [ "$state" = running ] || fail container "$CONTAINER is ${state:-missing}: '
         '$("${DOCKER[@]}" logs --tail 1 "$CONTAINER" 2>&1 | first_line)" "see docker logs $CONTAINER"',
         "fi",
+    ]
+    if not is_worker:
+        # Same deploy as the AWS head's unit: waits for TP x PP GPUs, preflight, serve deploy,
+        # a real completion. Detached in the container and retried, so this script returns.
+        deploy = shell_command(cloud_init.deploy_argv(spec))
+        lines += [
+            "# 4. bootstrap the inference actors once the workers have joined -------------------",
+            f"DEPLOY={_sq(f'until {deploy}; do sleep 30; done')}",
+            'run "${DOCKER[@]}" exec --detach "$CONTAINER" sh -c "$DEPLOY"',
+        ]
+    lines += [
         f'echo "{MESSAGE_PREFIX} $ROLE $HOST ready (container $CONTAINER)"',
         "",
     ]

@@ -309,6 +309,11 @@ def test_head_takes_the_token_on_stdin_and_never_shows_it(host, tmp_path):
         if ln.startswith(DRY_RUN_PREFIX)
     ]
     expected = expand(container_argv(node_spec(cfg, entry, HOST_IP, IMAGE)), {"NODE_IP": HOST_IP})
-    assert dry[-1] == expected and "--gpus" not in expected
+    assert dry[-2] == expected and "--gpus" not in expected
+    # Then the head bootstraps the inference actors inside its container, retried until ready.
+    assert dry[-1][:5] == ["docker", "exec", "--detach", "llmfleet-head", "sh"]
+    assert dry[-1][-1].startswith(
+        "until python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml"
+    )
     assert ["--env-file", "/run/llmfleet/node.env"] == expected[expected.index("--env-file") :][:2]
     assert not any(c[0] == "nvidia-smi" for c in host.calls())  # a CPU head: no GPU checks
