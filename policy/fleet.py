@@ -130,7 +130,25 @@ def monthly_cost_usd(view: StackView, region: str, model: str | None) -> float:
     models = load_catalog().models
     weights_gib = models[model].checkpoint_gib if model in models else None
     resources = [_as_cost_resource(r) for r in view.resources]
-    return float(estimate_monthly_usd(resources, region, weights_gib=weights_gib))
+    return float(estimate_monthly_usd(resources, region, weights_gib=weights_gib)) + owned_hosts_monthly_usd()
+
+
+def owned_hosts_monthly_usd() -> float:
+    """provider=existing: the declared hourly cost of each owned GPU worker host (no cloud
+    resource represents it), x 730 h, as `llmfleet cost` prices it."""
+    import json
+
+    from infra.cost import HOURS_PER_MONTH
+
+    if _config.stack_config_raw("llmfleet:provider") != "existing":
+        return 0.0
+    rate = _config.stack_config_raw("llmfleet:hostHourlyUsd")
+    try:
+        hosts = json.loads(_config.stack_config_raw("llmfleet:hosts") or "[]")
+        workers = sum(1 for h in hosts if isinstance(h, dict) and h.get("role") == "worker")
+        return float(rate) * workers * float(HOURS_PER_MONTH) if rate not in (None, "") else 0.0
+    except (ValueError, TypeError):
+        return 0.0
 
 
 def _budget(args: StackValidationArgs, report: ReportViolation) -> None:

@@ -104,7 +104,7 @@ def prod():
     return capture("prod")
 
 
-@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "onprem-l20"])
 def test_shipped_stacks_have_no_mandatory_violation(stack):
     assert stack in available_stacks()
     result = cli.invoke(app, ["policy", "--stack", stack, "--json"])
@@ -153,3 +153,14 @@ def test_world_open_ray_port_on_captured_prod_fails_ingress(prod):
     hits = [v for v in report.violations if v.policy == "security-group-ingress"]
     assert [v.resource for v in hits] == ["gcs-from-anywhere"]
     assert hits[0].enforcement == "mandatory" and "6379" in hits[0].message
+
+
+def test_budget_counts_owned_hosts_like_llmfleet_cost():
+    # onprem-l20: 3 owned workers at hostHourlyUsd, no cloud resources priced.
+    over = cli.invoke(app, ["policy", "--stack", "onprem-l20", "-c", "llmfleet:maxMonthlyUsd=5000", "--json"])
+    doc = json.loads(over.stdout)
+    budget = [v for v in doc["violations"] if v["policy"] == "monthly-budget"]
+    cost = json.loads(cli.invoke(app, ["cost", "--stack", "onprem-l20", "--json"]).stdout)
+    total = float(cost["totalMonthlyCost"])
+    assert total > 5000 and over.exit_code == 1
+    assert len(budget) == 1 and f"${total:,.2f}/month" in budget[0]["message"]
