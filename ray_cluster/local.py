@@ -536,6 +536,20 @@ def healthy(st: dict) -> tuple[bool, str]:
     return True, ""
 
 
+def _check_ports_free(ip: str, ports: Ports) -> None:
+    """Loopback hosts share this machine's ports: fail in one line before starting anything."""
+    import socket
+
+    for key, port in (("--port", ports.http), ("gcs port", ports.gcs), ("dashboard port", ports.dashboard)):
+        with socket.socket() as s:
+            try:
+                s.bind((ip, port))
+            except OSError as e:
+                raise LocalError(
+                    f"{key} {port}: cannot bind {ip}:{port} ({e.strerror}); pick another"
+                ) from None
+
+
 def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     """Create the hosts, start the nodes, run the production deploy flow; returns the state."""
     from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model
@@ -568,6 +582,8 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         existing["reused"] = True
         return existing
 
+    if mode == "loopback":
+        _check_ports_free(hosts.plan_hosts(o.name, o.hosts, mode, o.subnet).hosts[0].ip, ports)
     on_stage("model", "")
     from transformers.utils import logging as hf_logging
 

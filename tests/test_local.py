@@ -419,3 +419,16 @@ def test_down_leaves_nothing_behind(cluster):
     assert sorted(p.name for p in Path(cluster["state_dir"]).rglob("*") if p.is_file()) == []
     r = cli("down", "--name", name, env=env)
     assert r.returncode == 0 and "nothing to do" in r.stdout
+
+
+def test_up_with_a_taken_port_fails_in_one_line_before_starting_anything(tmp_path):
+    name, subnet = f"lp{os.getpid() % 100000}", 44
+    head_ip = hosts.plan_hosts(name, 2, "loopback", subnet).hosts[0].ip
+    with socket.socket() as s:
+        s.bind((head_ip, 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("up", "--name", name, "--mode", "loopback", "--subnet", str(subnet), "--port", str(port),
+                env={local.STATE_DIR_ENV: str(tmp_path)})  # fmt: skip
+    assert r.returncode == 1 and f"--port {port}: cannot bind {head_ip}:{port}" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -61,15 +61,18 @@ def _progress_stages():
 
 
 def _hosts_table(rows: list[dict], title: str) -> Table:
+    with_status = any("status" in h for h in rows)
     t = Table(title=title)
-    for col in ("host", "ip", "role", "GPUs", "status"):
+    for col in ("host", "ip", "role", "GPUs") + (("status",) if with_status else ()):
         t.add_column(col)
     for h in rows:
-        st = h.get("status")
-        shown = {"alive": "[green]alive[/]", "lost": "[red]lost[/]"}.get(st, "-") if st else "-"
-        if st == "lost" and h.get("reason"):
-            shown += f" [dim]({h['reason']})[/]"
-        t.add_row(h["name"], h["ip"], h["role"], str(h["gpus"]), shown)
+        cells = [h["name"], h["ip"], h["role"], str(h["gpus"])]
+        if with_status:
+            shown = {"alive": "[green]alive[/]", "lost": "[red]lost[/]"}.get(h.get("status"), "-")
+            if h.get("status") == "lost" and h.get("reason"):
+                shown += f" [dim]({h['reason']})[/]"
+            cells.append(shown)
+        t.add_row(*cells)
     return t
 
 
@@ -179,6 +182,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ask the local endpoint one question (openai client) and print the assistant's reply."""
         from ray_cluster.local import LocalError, chat
+        from ray_cluster.tiny_model import is_tiny_model_id
 
         try:
             r = chat(message, name, max_tokens, temperature)
@@ -191,5 +195,9 @@ def register(app: typer.Typer) -> None:
         console.print(
             r["reply"] or f"(empty reply, finish_reason={r['finish_reason']})", highlight=False, markup=False
         )
+        if is_tiny_model_id(r["model"]):
+            err_console.print(
+                "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]"
+            )
 
     app.add_typer(local, name="local")
