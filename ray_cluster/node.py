@@ -502,6 +502,8 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         # Stage lines on stderr: `llmfleet local up` shows them as progress, logs keep them.
         print(f"gpus ready: {need} GPUs", file=sys.stderr, flush=True)
         result = preflight.run_preflight(a.address, a.tp, a.pp, gpu_model=a.gpu_model, timeout=a.timeout)
+        if not result.ok:
+            raise NodeError(f"preflight failed: {'; '.join(result.problems) or result.summary()}")
         print(f"preflight ok: {result.summary()}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
