@@ -197,7 +197,8 @@ def register(app: typer.Typer) -> None:
         )
         if is_tiny_model_id(r["model"]):
             err_console.print(
-                "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]"
+                "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]",
+                soft_wrap=True,
             )
 
     app.add_typer(local, name="local")
