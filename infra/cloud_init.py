@@ -6,8 +6,9 @@ Boot order (DESIGN.md, production bootstrap):
      weights path and stage the checkpoint from S3 in parallel, verify it against
      manifest.json (else against the S3 listing) and touch a ready marker. The head stages
      only the small files (config, tokenizer) that the OpenAI ingress reads.
-  3. The head reads the endpoint token from SSM at boot into a root-only env file; nothing
-     secret is in the user data itself.
+  3. Every host reads the Ray cluster token (and the head also the endpoint token) from SSM
+     at boot into a root-only env file the container gets with --env-file; nothing secret is
+     in the user data itself, only parameter names.
   4. The node container starts `python -m ray_cluster.node head|worker ... --block`
      (the image's entrypoint), with host networking so Ray binds the host's private IP.
   5. The head then bootstraps the inference actors: a transient systemd unit runs
@@ -24,9 +25,15 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from ray_cluster.cluster_yaml import HOST_ENV_FILE
 from ray_cluster.node import GCS_PORT
 
 TOKEN_ENV = "LLMFLEET_API_TOKEN"
+# Ray 2.60 token auth: every node and driver runs RAY_AUTH_MODE=token with the same token.
+RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
+# Explicit in the env file too: `ray status` / `ray job submit` run with `docker exec` (the
+# launcher's probe, operators) do not go through ray_cluster.node.auth_env.
+RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token"}
 NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
 READY_MARKER = ".llmfleet-ready"
 # One S3 connection tops out near 5 Gbps (FACTS.md), so the copy runs many ranged GETs at
@@ -53,7 +60,8 @@ class NodeSpec:
     weights_s3_uri: str  # s3://bucket/prefix/ (ends with /)
     model_path: str  # where the checkpoint lands on every host
     weights_path: str  # mount point of the NVMe array (model_path lives under it)
-    token_parameter: str = ""  # head only: SSM SecureString name
+    token_parameter: str = ""  # head only: SSM SecureString name of the endpoint token
+    ray_token_parameter: str = ""  # every host: SSM SecureString name of the Ray cluster token
     head_ip: str = ""  # worker only
     gpus: int = 0  # worker only
     gpu_model: str = ""  # worker only
@@ -117,8 +125,10 @@ def docker_run_argv(spec: NodeSpec) -> list[str]:
         "--env",
         f"LLMFLEET_MODEL_PATH={spec.model_path}",
     ]
+    # Every node's secrets (Ray token; on the head also the endpoint token), root-only on the host.
+    argv += ["--env-file", HOST_ENV_FILE]
     if spec.role == "head":
-        argv += ["--env-file", "/run/llmfleet/node.env", "--volume", f"{CONFIG_DIR}:{CONFIG_DIR}:ro"]
+        argv += ["--volume", f"{CONFIG_DIR}:{CONFIG_DIR}:ro"]
     else:
         argv += ["--gpus", "all"]
     return argv
@@ -267,17 +277,44 @@ log "weights ready at {spec.model_path}"
 """
 
 
-def _token(spec: NodeSpec) -> str:
-    if spec.role != "head":
-        return ""
+# Why a Ray token at all: the security group already admits Ray's ports from the cluster's own
+# SG only. The token is defense in depth beside it: anything else that reaches a host inside
+# the VPC (a mis-scoped SG rule, another workload in the subnet) still cannot join the cluster,
+# submit jobs or drive the GCS/dashboard without it. It is one shared secret, so every host
+# reads the same SSM parameter; user data carries only the parameter's name.
+def _secrets(spec: NodeSpec) -> str:
+    env_dir = HOST_ENV_FILE.rsplit("/", 1)[0]
+    reads = [("RAY_TOKEN", spec.ray_token_parameter)]
+    lines = [f"{k}={v}" for k, v in RAY_AUTH_ENV.items()]
+    lines.append(f"{RAY_TOKEN_ENV}=${{RAY_TOKEN}}")
+    if spec.role == "head":
+        reads.append(("API_TOKEN", spec.token_parameter))
+        lines.append(f"{TOKEN_ENV}=${{API_TOKEN}}")
+    fetch = "\n".join(
+        f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter {name}"\n'
+        f'[[ -n "${{{var}}}" ]] || die "SSM parameter {name} is empty"'
+        for var, name in reads
+    )
+    body = "\n".join(f'  printf "%s\\n" "{line}"' for line in lines)
+    names = " ".join(var for var, _ in reads)
     return f"""
-# 3. The endpoint token: read from SSM at boot (role credentials over IMDSv2), root-only file.
-install -d -m 0700 /run/llmfleet
+# 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
+#    container gets with --env-file. The Ray token (the same on every host) is defense in depth
+#    beside the security group; the user data holds only parameter names.
+install -d -m 0700 {shlex.quote(env_dir)}
 umask 077
-TOKEN_VALUE=$(aws ssm get-parameter --name {shlex.quote(spec.token_parameter)} --with-decryption \\
-  --query Parameter.Value --output text)
-printf '%s=%s\\n' {TOKEN_ENV} "${{TOKEN_VALUE}}" > /run/llmfleet/node.env
-unset TOKEN_VALUE
+ssm_secret() {{  # retried: the instance role's new grants take a moment to reach SSM
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    aws ssm get-parameter --name "$1" --with-decryption --query Parameter.Value --output text && return 0
+    sleep 6
+  done
+  return 1
+}}
+{fetch}
+{{
+{body}
+}} > {shlex.quote(HOST_ENV_FILE)}
+unset {names}
 umask 022
 """
 
@@ -373,8 +410,10 @@ def render_user_data(spec: NodeSpec) -> str:
         raise ValueError(f"weights_s3_uri {spec.weights_s3_uri!r}: allowed s3://BUCKET/PREFIX/")
     if spec.role == "head" and not spec.token_parameter:
         raise ValueError("the head needs token_parameter")
+    if not spec.ray_token_parameter:
+        raise ValueError("every host needs ray_token_parameter (the Ray cluster token's SSM name)")
     parts = [_header(spec), _checks(spec)]
     if spec.role == "worker":
         parts.append(_nvme(spec))
-    parts += [_stage(spec), _token(spec), _serve_config_file(spec), _start(spec), _deploy(spec)]
+    parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec), _deploy(spec)]
     return "".join(parts).replace("\n\n\n", "\n\n")

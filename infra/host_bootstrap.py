@@ -12,8 +12,10 @@ runs on the host over SSH (pulumi_command.remote.Command). It:
    `ray_cluster.node.head_start_command` / `worker_start_command`) as the AWS hosts.
 
 `--dry-run` (or LLMFLEET_DRY_RUN=1) runs the checks and prints every side effect as
-`dry-run: <argv>` instead of running it. The head reads the endpoint token from stdin (the
-remote Command's secret `stdin`), so the token is never in the script or in a process argv.
+`dry-run: <argv>` instead of running it. Secrets come on stdin (the remote Command's secret
+`stdin`, one KEY=value a line, see `stdin_secrets`): the Ray cluster token for every host, the
+endpoint token for the head too. The script writes them to the root-only env file the node
+container reads (--env-file), so no token is ever in the script or in a process argv.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ import shlex
 from typing import TYPE_CHECKING
 
 from infra import cloud_init
-from infra.cloud_init import HEAD_INCLUDES, TOKEN_ENV, NodeSpec, ShellVar
+from infra.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
 from ray_cluster import cluster_yaml as cy
 from ray_cluster.node import GCS_PORT, head_start_command, shell_command, worker_start_command
 
 if TYPE_CHECKING:
     from infra.config import HostSpec, StackConfig
 
-HOST_ENV_FILE = cy.HOST_ENV_FILE  # the head container's --env-file (cloud-init writes the same)
+HOST_ENV_FILE = cy.HOST_ENV_FILE  # every node container's --env-file (cloud-init writes the same)
 DRY_RUN_PREFIX = "dry-run:"
 MESSAGE_PREFIX = "llmfleet-bootstrap:"
 ECR_RE = re.compile(r"^(?P<registry>\d{12}\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com)/")
@@ -52,6 +54,15 @@ def weights_gib(cfg: StackConfig) -> float:
     if cfg.effective_quantization == model.native_dtype:
         return float(model.checkpoint_gib)
     return float(cfg.plan().weights_gib_total)
+
+
+def stdin_secrets(role: str, ray_token: str, api_token: str = "") -> str:
+    """What the remote Command sends on stdin: the Ray token to every host, the endpoint token
+    to the head too (one KEY=value a line; the script reads nothing else from stdin)."""
+    lines = [f"{RAY_TOKEN_ENV}={ray_token}"]
+    if role == "head":
+        lines.append(f"{TOKEN_ENV}={api_token}")
+    return "".join(f"{line}\n" for line in lines)
 
 
 # ---------------------------------------------------------------- the container (pure argv)
@@ -287,13 +298,25 @@ def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: 
             'command -v aws >/dev/null 2>&1 || fail image "aws CLI not found, needed to log in to ECR" '
             '"install awscli v2 and give the host credentials that may pull from the repository"'
         )
+    # (env name, shell variable, check name, dry-run text): what this host takes on stdin.
+    secrets = [(RAY_TOKEN_ENV, "ray_token", "ray-token", "<ray token>")]
     if not is_worker:
-        lines += [
-            "# The endpoint token comes on stdin (a Pulumi secret), never in this script or an argv.",
-            "IFS= read -r -t 10 token || true",
-            '[ -n "${token:-}" ] || fail api-token "no token on stdin" '
-            '"run through the Pulumi program (it passes the generated token on stdin)"',
-        ]
+        secrets.append((TOKEN_ENV, "api_token", "api-token", "<token>"))
+    lines += [
+        "# Secrets come on stdin (Pulumi secrets, KEY=value lines), never in this script or an argv.",
+        " ".join(f'{var}="";' for _, var, _, _ in secrets) + ' line=""',
+        'while IFS= read -r -t 10 line || [ -n "$line" ]; do',
+        '  case "${line%%=*}" in',
+        *(f'    {env}) {var}="${{line#*=}}" ;;' for env, var, _, _ in secrets),
+        "  esac",
+        '  line=""',
+        "done",
+        *(
+            f'[ -n "${var}" ] || fail {check} "no {env}=... line on stdin" '
+            '"run through the Pulumi program (it passes the generated tokens on stdin)"'
+            for env, var, check, _ in secrets
+        ),
+    ]
     lines += [
         "",
         "# 2. weights ------------------------------------------------------------------",
@@ -306,18 +329,23 @@ def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: 
         "}",
         "stage_weights",
     ]
+    # The node container reads the secrets from a root-only env file (--env-file); printf is a
+    # shell builtin, so the values reach `install` through a pipe, never through an argv.
+    env_dir = HOST_ENV_FILE.rsplit("/", 1)[0]
+    plain = [f"{k}={val}" for k, val in RAY_AUTH_ENV.items()]
+    shown = " ".join([*plain, *(f"{env}={text}" for env, _, _, text in secrets)])
+    written = " ".join([*map(_sq, plain), *(f'"{env}=${var}"' for env, var, _, _ in secrets)])
+    lines += [
+        'if [ "$DRY_RUN" = 1 ]; then',
+        f"  echo {q(f'{DRY_RUN_PREFIX} write {shown} to {HOST_ENV_FILE} (0600)')}",
+        "else",
+        f'  "${{SUDO[@]}}" install -d -m 0700 {q(env_dir)}',
+        f"  printf '%s\\n' {written} | \"${{SUDO[@]}}\" install -m 0600 /dev/stdin {q(HOST_ENV_FILE)}",
+        "fi",
+        "unset " + " ".join(var for _, var, _, _ in secrets),
+    ]
     if not is_worker:
-        env_dir = HOST_ENV_FILE.rsplit("/", 1)[0]
         lines += [
-            "# The head container reads the token from a root-only env file (--env-file).",
-            'if [ "$DRY_RUN" = 1 ]; then',
-            f"  echo {q(f'{DRY_RUN_PREFIX} write {TOKEN_ENV}=<token> to {HOST_ENV_FILE} (0600)')}",
-            "else",
-            f'  "${{SUDO[@]}}" install -d -m 0700 {q(env_dir)}',
-            f"  printf '%s=%s\\n' {TOKEN_ENV} \"$token\" | "
-            f'"${{SUDO[@]}}" install -m 0600 /dev/stdin {q(HOST_ENV_FILE)}',
-            "fi",
-            "unset token",
             "# The Serve deploy config (no secrets), mounted read-only into the head container.",
             f"SERVE_CONFIG={_sq(spec.serve_config)}",
             'if [ "$DRY_RUN" = 1 ]; then',

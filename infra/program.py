@@ -83,6 +83,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     from infra.components.iam import IamArgs, NodeIam
     from infra.components.image import Image, ImageArgs
     from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
+    from infra.components.ray_token import RayClusterToken, RayClusterTokenArgs
     from infra.components.registry import Registry, RegistryArgs
     from infra.components.weights import Weights, WeightsArgs
 
@@ -131,12 +132,14 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     except ValueError as e:
         raise pulumi.RunError(str(e)) from None
     token = EndpointToken("token", EndpointTokenArgs(stack=cfg.stack, tags=tags))
+    ray_token = RayClusterToken("ray-token", RayClusterTokenArgs(stack=cfg.stack, tags=tags))
     iam = NodeIam(
         "iam",
         IamArgs(
             name=name,
             repository_arn=registry.repository.arn,
             token_parameter_arn=token.parameter.arn,
+            ray_token_parameter_arn=ray_token.parameter.arn,
             weights_bucket=weights.bucket_name,
             weights_prefix=weights.prefix,
             tags=tags,
@@ -163,6 +166,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             weights_path=cfg.weights_path,
             model_path=cfg.model_path,
             token_parameter=token.parameter.name,
+            ray_token_parameter=ray_token.parameter.name,
             endpoint_port=cfg.endpoint_port,
             spot=cfg.spot,
             capacity_reservation_id=cfg.capacity_reservation_id,
@@ -172,7 +176,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             tensor_parallel_size=plan.tensor_parallel_size,
             pipeline_parallel_size=plan.pipeline_parallel_size,
         ),
-        opts=pulumi.ResourceOptions(depends_on=[token.parameter, network]),
+        opts=pulumi.ResourceOptions(depends_on=[token.parameter, ray_token.parameter, network]),
     )
     nlb_subnet = network.public_subnet if cfg.endpoint_public else network.private_subnet
     endpoint = Endpoint(
@@ -200,6 +204,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
         "worker_instance_ids": pulumi.Output.all(*[w.id for w in cluster.workers]),
         "image_ref": image.ref,
         "token_parameter": token.parameter.name,
+        "ray_token_parameter": ray_token.parameter.name,
         "dashboard_port_forward_command": cluster.head.id.apply(lambda i: dashboard_command(i, cfg.region)),
         "weights_uri": weights.s3_uri,
         "ssh_user": SSH_USER,

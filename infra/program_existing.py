@@ -87,6 +87,8 @@ def build_existing(cfg: StackConfig) -> dict[str, Any]:
         "image_ref": image_ref,
         # No SSM on-prem: the token itself, as a secret (`pulumi stack output api_token --show-secrets`).
         "api_token": pulumi.Output.secret(hosts.token.result),
+        # The Ray cluster token (RAY_AUTH_TOKEN), for drivers outside the node containers.
+        "ray_auth_token": pulumi.Output.secret(hosts.ray_token.result),
         "ssh_user": head.ssh_user or SSH_USER,
         **serving_outputs(cfg, plan, len(workers)),
     }

@@ -32,8 +32,10 @@ from ray_cluster import node
 # The hosts' units (infra/cloud_init.py) name their container llmfleet-<role>; the stack exports
 # the head's as head_container. `ray attach/exec/submit/dashboard` all target the head.
 DEFAULT_HEAD_CONTAINER = "llmfleet-head"
-# The head's env file (cloud-init writes it from SSM at boot): holds the endpoint token, which
-# the OpenAI ingress reads by env var name. Never in any rendered file.
+# Every host's env file (cloud-init writes it from SSM at boot, the existing-hosts bootstrap from
+# its stdin): the Ray cluster token (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token) on every node, plus the
+# endpoint token on the head. `ray attach/exec/submit` run in the container and inherit it.
+# Never in any rendered file.
 HOST_ENV_FILE = "/run/llmfleet/node.env"
 SHM_SIZE = "16g"  # as the units; moot under --ipc=host, but stops the launcher sizing it
 # The image's entrypoint, spelled out (vLLM images have python3, no `python`).
@@ -171,7 +173,8 @@ COMMON_RUN_OPTIONS = ["--entrypoint=", "--ipc=host", f"--shm-size={SHM_SIZE}", "
 
 
 def role_run_options(role: str, model_path: str) -> list[str]:
-    """Role-specific `docker run` options (the head is a CPU instance: --gpus is for workers).
+    """Role-specific `docker run` options (the head is a CPU instance: --gpus is for workers);
+    every role gets the hosts' --env-file, as the units do (the Ray token is cluster-wide).
 
     No --network flag: Ray's launcher always adds --net=host itself, and Docker rejects a
     network given twice.
@@ -179,7 +182,7 @@ def role_run_options(role: str, model_path: str) -> list[str]:
     if role == "head":
         return [f"--env-file={HOST_ENV_FILE}"]
     if role == "worker":
-        return ["--gpus all", f"-v {model_path}:{model_path}:ro"]
+        return [f"--env-file={HOST_ENV_FILE}", "--gpus all", f"-v {model_path}:{model_path}:ro"]
     raise RenderError(f"role {role!r}: allowed: head, worker")
 
 

@@ -21,6 +21,7 @@ COMMON = dict(
     weights_s3_uri="s3://llmfleet-prod-weights/deepseek-r1/",
     model_path="/opt/llmfleet/models/deepseek-r1",
     weights_path="/opt/llmfleet/models",
+    ray_token_parameter="/llmfleet/prod/ray-auth-token",
 )
 SERVE_YAML = "applications:\n- name: llm\n  import_path: ray_cluster.serve_app:build_app\n"
 HEAD = NodeSpec(
@@ -78,7 +79,8 @@ def test_container_args_parse_with_the_node_cli():
 
 def test_head_reads_token_from_ssm_and_holds_no_secret():
     ud = render_user_data(HEAD)
-    assert "aws ssm get-parameter --name /llmfleet/prod/endpoint-token --with-decryption" in ud
+    assert 'aws ssm get-parameter --name "$1" --with-decryption' in ud
+    assert "API_TOKEN=$(ssm_secret /llmfleet/prod/endpoint-token)" in ud
     assert "--env-file /run/llmfleet/node.env" in ud
     assert "mdadm" not in ud and "--gpus" not in ud  # no NVMe array, no GPUs on the head
     assert "--exclude '*' --include '*.json'" in ud  # only tokenizer/config files
@@ -89,7 +91,7 @@ def test_worker_staging_variants():
     ud = render_user_data(WORKER)
     assert "--level=0" in ud and "Amazon EC2 NVMe Instance Storage" in ud
     assert "max_concurrent_requests 64" in ud and "manifest.json" in ud
-    assert "aws ssm get-parameter" not in ud  # workers never see the token
+    assert "endpoint-token" not in ud and "LLMFLEET_API_TOKEN" not in ud  # workers never see it
     assert "nvidia runtime" in ud and "EFA_ARGS[@]" in ud
     single = render_user_data(NodeSpec(**{**WORKER.__dict__, "nvme_disks": 0, "efa": False}))
     assert "mdadm" not in single and "lsblk" not in single and "EFA_ARGS" not in single
@@ -102,6 +104,9 @@ def test_rejects_bad_specs():
         render_user_data(NodeSpec(**{**WORKER.__dict__, "head_ip": ""}))
     with pytest.raises(ValueError, match="token_parameter"):
         render_user_data(NodeSpec(**{**HEAD.__dict__, "token_parameter": ""}))
+    for spec in (HEAD, WORKER):
+        with pytest.raises(ValueError, match="ray_token_parameter"):
+            render_user_data(NodeSpec(**{**spec.__dict__, "ray_token_parameter": ""}))
 
 
 def test_head_deploys_the_serve_config_with_the_node_cli():
@@ -117,3 +122,59 @@ def test_head_deploys_the_serve_config_with_the_node_cli():
     assert d.token_env == "LLMFLEET_API_TOKEN" and d.endpoint == "http://127.0.0.1:8000"
     # Workers never deploy.
     assert "llmfleet-deploy" not in render_user_data(WORKER)
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_every_host_reads_the_ray_token_into_the_containers_env_file(role):
+    ud = render_user_data(SPECS[role])
+    assert "ssm_secret /llmfleet/prod/ray-auth-token)" in ud
+    assert "--env-file /run/llmfleet/node.env" in ud
+    # The secrets are in the file before the container that reads it starts.
+    assert ud.index("> /run/llmfleet/node.env") < ud.index("docker run")
+    assert ("ssm_secret /llmfleet/prod/endpoint-token)" in ud) == (role == "head")
+
+
+FAKE_AWS = """#!/bin/bash
+# fake aws CLI: `ssm get-parameter --name N ...` prints the value stored for N
+case "$*" in
+  *"--name /llmfleet/prod/ray-auth-token "*) echo "{ray}" ;;
+  *"--name /llmfleet/prod/endpoint-token "*) echo "{api}" ;;
+  *) echo "unexpected: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a mount namespace"
+)
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_secrets_section_writes_a_root_only_env_file_and_prints_nothing(role, tmp_path):
+    """Runs the rendered secrets step with a fake `aws`, /run bind-mounted to a temp dir."""
+    ud = render_user_data(SPECS[role])
+    start = ud.index("# 3. Secrets")
+    section = ud[start : ud.index("umask 022", start)] + "umask 022\n"
+    ray, api = "r" * 64, "a" * 48
+    (tmp_path / "bin").mkdir()
+    aws = tmp_path / "bin" / "aws"
+    aws.write_text(FAKE_AWS.format(ray=ray, api=api))
+    aws.chmod(0o755)
+    (tmp_path / "run").mkdir()
+    script = tmp_path / "secrets.sh"
+    script.write_text(
+        "set -euo pipefail\ndie() { echo \"FAILED: $*\"; exit 1; }\n" + section
+        + "stat -c '%a' /run/llmfleet /run/llmfleet/node.env\n"
+    )  # fmt: skip
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", 'mount --bind "$1" /run && exec bash "$2"', "_",
+         str(tmp_path / "run"), str(script)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["700", "600"]
+    assert ray not in proc.stdout + proc.stderr and api not in proc.stdout + proc.stderr
+    env = dict(line.split("=", 1) for line in (tmp_path / "run/llmfleet/node.env").read_text().splitlines())
+    want = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray}
+    if role == "head":
+        want["LLMFLEET_API_TOKEN"] = api
+    assert env == want

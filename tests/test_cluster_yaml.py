@@ -203,6 +203,18 @@ def test_start_commands_are_the_units_commands(outputs):
     assert shlex.split(doc["worker_start_ray_commands"][0]) == worker_unit[:-2]
 
 
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_every_role_gets_the_units_env_file(outputs, role):
+    """The hosts' units pass the secrets file (Ray token, endpoint token) with --env-file; the
+    launcher's containers get the same one, so `ray exec/submit` in them carry the Ray token."""
+    from infra.cloud_init import docker_run_argv
+
+    unit = docker_run_argv(_spec(role, outputs))
+    env_file = unit[unit.index("--env-file") + 1]
+    opts = cy.render_cluster_yaml(outputs)["docker"][f"{role}_run_options"]
+    assert [o for o in opts if o.startswith("--env-file")] == [f"--env-file={env_file}"]
+
+
 def test_commands_run_the_node_builders(outputs, monkeypatch):
     """Executed by the node module, the rendered commands run exactly node's `ray start` argv."""
     head_ip, worker_ip = outputs["head_private_ip"], "10.42.1.22"
@@ -213,6 +225,8 @@ def test_commands_run_the_node_builders(outputs, monkeypatch):
         nic, "read_interfaces", lambda: [nic.Iface("ens5", head_ip), nic.Iface("ens5", worker_ip)]
     )
     monkeypatch.setattr(nic, "source_ip_towards", lambda host, port=6379: worker_ip)
+    # In the image `ray` is on PATH; here node would resolve this venv's absolute ray path.
+    monkeypatch.setattr(node, "_ray_bin", lambda: "ray")
     doc = cy.render_cluster_yaml(outputs)
 
     head_cmd = doc["head_start_ray_commands"][0].split("|| ", 1)[1]

@@ -28,11 +28,11 @@ def test_internal_nlb_to_head_and_token_parameter():
     [lst] = c.of_type("aws:lb/listener:Listener")
     assert lst["inputs"]["port"] == 8000 and lst["inputs"]["protocol"] == "TCP"
     assert lst["inputs"]["defaultActions"] == [{"type": "forward", "targetGroupArn": tg["outputs"]["arn"]}]
-    [param] = c.of_type("aws:ssm/parameter:Parameter")
+    param = c.named("token-parameter")
     assert param["inputs"]["type"] == "SecureString"
     assert param["inputs"]["value"] == "[secret]"
     assert param["inputs"]["name"] == c.outputs["token_parameter"] == "/llmfleet/prod/endpoint-token"
-    [pw] = c.of_type("random:index/randomPassword:RandomPassword")
+    pw = c.named("token-value")
     assert pw["inputs"]["length"] >= 32
     assert c.outputs["endpoint_url"] == f"http://{nlb['outputs']['dnsName']}:8000/v1"
     cmd = c.outputs["dashboard_port_forward_command"]

@@ -14,6 +14,7 @@ from infra.host_bootstrap import (
     remote_create_command,
     render_bootstrap,
     script_sha256,
+    stdin_secrets,
 )
 from infra.offline import capture
 from ray_cluster.cluster_yaml import render_cluster_yaml, validate_with_ray
@@ -62,8 +63,8 @@ def test_commands_trigger_on_the_script_hash_stop_the_container_and_keep_secrets
         assert inputs["delete"].startswith(f"docker rm -f llmfleet-{role} ")
         # The connection carries the SSH private key: the whole object is a secret.
         assert inputs["connection"] == "[secret]"
-        # The token goes to the head on stdin, as a secret, never in any script.
-        assert inputs.get("stdin") == ("[secret]" if role == "head" else None)
+        # The tokens go on stdin, as a secret, to every host (the Ray token), never in any script.
+        assert inputs.get("stdin") == "[secret]"
         assert "mock-" not in inputs["create"]
 
 
@@ -79,7 +80,7 @@ def test_outputs_are_the_aws_names_and_the_token_is_secret(cap):
         3,
     )
     assert o["endpoint_url"] == "http://10.20.0.10:8000/v1"
-    assert o["api_token"] == "[secret]" and o["ssh_user"] == "llmfleet"
+    assert o["api_token"] == o["ray_auth_token"] == "[secret]" and o["ssh_user"] == "llmfleet"
     assert o["image_ref"].startswith("registry.lab.example:5000/llmfleet/node@sha256:")
     assert "region" not in o  # neither ECR nor S3 in this stack
 
@@ -184,3 +185,23 @@ def test_script_has_no_secret_and_embeds_the_ray_start_line(cfg):
     assert "--node-ip-address=10.20.0.12" in script
     assert "[secret]" not in script and "PRIVATE KEY" not in script
     assert remote_create_command(script).startswith("bash -c '#!/usr/bin/env bash")
+
+
+def test_one_ray_token_for_the_cluster_and_each_host_gets_what_its_role_needs(cap):
+    pws = {r["name"]: r for r in cap.of_type("random:index/randomPassword:RandomPassword")}
+    assert set(pws) == {"hosts-api-token", "hosts-ray-token"}
+    ray = pws["hosts-ray-token"]["inputs"]
+    assert ray["length"] >= 32 and ray["special"] is False  # env-file safe
+    assert stdin_secrets("worker", "R1") == "RAY_AUTH_TOKEN=R1\n"
+    assert stdin_secrets("head", "R1", "A2") == "RAY_AUTH_TOKEN=R1\nLLMFLEET_API_TOKEN=A2\n"
+
+
+def test_every_container_gets_the_env_file_and_every_script_writes_it(cfg):
+    for host in cfg.hosts:
+        spec = node_spec(cfg, host, "10.20.0.10", PINNED)
+        argv = container_argv(spec)
+        assert argv[argv.index("--env-file") + 1] == "/run/llmfleet/node.env"
+        script = render_bootstrap(cfg, host, "10.20.0.10", PINNED)
+        assert "install -m 0600 /dev/stdin /run/llmfleet/node.env" in script
+        assert '"RAY_AUTH_TOKEN=$ray_token"' in script
+        assert ('"LLMFLEET_API_TOKEN=$api_token"' in script) == (host.role == "head")

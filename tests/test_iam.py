@@ -15,13 +15,23 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter():
     by_sid = {s["Sid"]: s for s in doc["Statement"]}
     repo = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["arn"]
     assert by_sid["EcrPullThisRepo"]["Resource"] == repo
-    param = c.of_type("aws:ssm/parameter:Parameter")[0]["outputs"]["arn"]
+    params = {p["name"]: p["outputs"]["arn"] for p in c.of_type("aws:ssm/parameter:Parameter")}
+    assert set(params) == {"token-parameter", "ray-token-parameter"}
     assert by_sid["ReadEndpointToken"] == {
         "Sid": "ReadEndpointToken",
         "Effect": "Allow",
         "Action": ["ssm:GetParameter"],
-        "Resource": param,
+        "Resource": params["token-parameter"],
     }
+    assert by_sid["ReadRayToken"] == {
+        "Sid": "ReadRayToken",
+        "Effect": "Allow",
+        "Action": ["ssm:GetParameter"],
+        "Resource": params["ray-token-parameter"],
+    }
+    # SSM read on exactly those two parameters, nothing else.
+    ssm = [s for s in doc["Statement"] if any(a.startswith("ssm:") for a in s["Action"])]
+    assert sorted(s["Resource"] for s in ssm) == sorted(params.values())
     bucket = c.of_type("aws:s3/bucket:Bucket")[0]["outputs"]["bucket"]
     assert by_sid["ReadWeights"]["Resource"] == f"arn:aws:s3:::{bucket}/deepseek-r1/*"
     assert by_sid["ListWeightsPrefix"]["Condition"]["StringLike"]["s3:prefix"] == [
@@ -44,6 +54,6 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter():
 
 
 def test_no_s3_grant_without_bucket():
-    doc = node_policy_document("arn:repo", "arn:param", None, "")
+    doc = node_policy_document("arn:repo", "arn:param", "arn:ray-param", None, "")
     assert not [s for s in doc["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
     assert iam_document_problems(doc) == []

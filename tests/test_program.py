@@ -17,6 +17,7 @@ OUTPUTS = {
     "image_ref",
     "cluster_name",
     "token_parameter",
+    "ray_token_parameter",
     "dashboard_port_forward_command",
     "gpu_model",
     "gpus_per_worker",

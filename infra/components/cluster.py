@@ -74,6 +74,7 @@ class ClusterArgs:
     weights_path: str
     model_path: str
     token_parameter: pulumi.Input[str]
+    ray_token_parameter: pulumi.Input[str]  # every host reads it (the Ray cluster token)
     endpoint_port: int = 8000
     spot: bool = False
     capacity_reservation_id: str | None = None
@@ -107,7 +108,9 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
 
-        head_ud = pulumi.Output.all(args.image_ref, args.weights_s3_uri, args.token_parameter).apply(
+        head_ud = pulumi.Output.all(
+            args.image_ref, args.weights_s3_uri, args.token_parameter, args.ray_token_parameter
+        ).apply(
             lambda a: render_user_data(
                 NodeSpec(
                     role="head",
@@ -117,6 +120,7 @@ class Cluster(pulumi.ComponentResource):
                     model_path=args.model_path,
                     weights_path=args.weights_path,
                     token_parameter=a[2],
+                    ray_token_parameter=a[3],
                     endpoint_port=args.endpoint_port,
                     serve_config=args.serve_config,
                     tensor_parallel_size=args.tensor_parallel_size,
@@ -149,7 +153,9 @@ class Cluster(pulumi.ComponentResource):
         self.efa_interfaces: list[aws.ec2.NetworkInterface] = []
         for i in range(args.workers):
             wname = f"{name}-worker-{i}"
-            ud = pulumi.Output.all(self.head.private_ip, args.image_ref, args.weights_s3_uri).apply(
+            ud = pulumi.Output.all(
+                self.head.private_ip, args.image_ref, args.weights_s3_uri, args.ray_token_parameter
+            ).apply(
                 lambda a: render_user_data(
                     NodeSpec(
                         role="worker",
@@ -159,6 +165,7 @@ class Cluster(pulumi.ComponentResource):
                         model_path=args.model_path,
                         weights_path=args.weights_path,
                         head_ip=a[0],
+                        ray_token_parameter=a[3],
                         gpus=args.worker_type.gpu_count,
                         gpu_model=args.worker_type.gpu or "",
                         nvme_disks=args.worker_type.nvme_disks,

@@ -4,8 +4,9 @@ One `pulumi_command.remote.Command` per declared host, all parented here. Each r
 script `infra.host_bootstrap.render_bootstrap` renders for that host (checks, weights,
 image, node container); its `triggers` hold the script's sha256, so a change of config,
 image or node code re-runs it, and its `delete` stops the container. Workers wait for the
-head. The endpoint token is a RandomPassword handed to the head on the command's stdin
-(secret), never in the script.
+head. Two RandomPasswords travel on the commands' stdin (secret), never in the script: the Ray
+cluster token to every host (Ray token auth: defense in depth beside your network's rules for
+Ray's ports) and the endpoint token to the head.
 
 PushedImage: the node image built from images/Dockerfile and pushed to a registry you name
 (llmfleet:imageRegistry), for stacks without ECR; hosts pull it by digest.
@@ -28,10 +29,12 @@ from infra.host_bootstrap import (
     remote_create_command,
     render_bootstrap,
     script_sha256,
+    stdin_secrets,
     stop_command,
 )
 
 TOKEN_LENGTH = 48
+RAY_TOKEN_LENGTH = 64  # as infra/components/ray_token.py (Ray's own generator makes 256 bits)
 # Fail a host that does not answer within ~2 minutes instead of pulumi-command's 10 x 15 s
 # default, which is the same order; kept explicit so the wait is a decision, not an accident.
 DIAL_ERROR_LIMIT = 8
@@ -62,6 +65,13 @@ class ExistingHosts(pulumi.ComponentResource):
         self.token = random.RandomPassword(
             f"{name}-api-token", length=TOKEN_LENGTH, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
+        # Alphanumeric: it lands in a docker --env-file, which takes quotes and `#` literally.
+        self.ray_token = random.RandomPassword(
+            f"{name}-ray-token",
+            length=RAY_TOKEN_LENGTH,
+            special=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
         def bootstrap(host: HostSpec, after: list[pulumi.Resource]) -> remote.Command:
             script = image.apply(lambda ref: render_bootstrap(cfg, host, head_ip, ref))
@@ -79,7 +89,11 @@ class ExistingHosts(pulumi.ComponentResource):
                 create=script.apply(remote_create_command),
                 delete=stop_command(container),
                 triggers=[script.apply(script_sha256)],
-                stdin=pulumi.Output.secret(self.token.result) if host.role == "head" else None,
+                stdin=pulumi.Output.secret(
+                    pulumi.Output.all(self.ray_token.result, self.token.result).apply(
+                        lambda t, role=host.role: stdin_secrets(role, t[0], t[1])
+                    )
+                ),
                 add_previous_output_in_env=False,
                 # One fixed container name per host: the old command's delete (docker rm -f)
                 # must run before the new create, never after it.

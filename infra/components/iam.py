@@ -1,7 +1,8 @@
 """IAM: the hosts' instance role and profile, least privilege.
 
 SSM core (managed policy: Session Manager + Run Command), ECR pull on this repository only,
-S3 read on the weights prefix only, SSM read on the endpoint token parameter only. The only
+S3 read on the weights prefix only, SSM read on exactly two parameters (the endpoint token and
+the Ray cluster token). The only
 `Resource: "*"` is ecr:GetAuthorizationToken, which has no resource-level permissions.
 """
 
@@ -32,6 +33,7 @@ def assume_role_policy() -> str:
 def node_policy_document(
     repository_arn: str,
     token_parameter_arn: str,
+    ray_token_parameter_arn: str,
     weights_bucket: str | None,
     weights_prefix: str,
 ) -> dict[str, Any]:
@@ -44,6 +46,12 @@ def node_policy_document(
             "Effect": "Allow",
             "Action": ["ssm:GetParameter"],
             "Resource": token_parameter_arn,
+        },
+        {
+            "Sid": "ReadRayToken",
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter"],
+            "Resource": ray_token_parameter_arn,
         },
     ]
     if weights_bucket:
@@ -71,6 +79,7 @@ class IamArgs:
     name: str
     repository_arn: pulumi.Input[str]
     token_parameter_arn: pulumi.Input[str]
+    ray_token_parameter_arn: pulumi.Input[str]
     weights_bucket: pulumi.Input[str] | None
     weights_prefix: str
     tags: dict[str, str] = field(default_factory=dict)
@@ -91,11 +100,11 @@ class NodeIam(pulumi.ComponentResource):
             f"{name}-ssm-core", role=self.role.name, policy_arn=SSM_CORE_POLICY, opts=child
         )
         document = pulumi.Output.all(
-            args.repository_arn, args.token_parameter_arn, args.weights_bucket
-        ).apply(lambda a: json.dumps(node_policy_document(a[0], a[1], a[2], args.weights_prefix)))
+            args.repository_arn, args.token_parameter_arn, args.ray_token_parameter_arn, args.weights_bucket
+        ).apply(lambda a: json.dumps(node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix)))
         self.policy = aws.iam.Policy(
             f"{name}-node-policy",
-            description=f"{args.name}: ECR pull, weights read, endpoint token read",
+            description=f"{args.name}: ECR pull, weights read, endpoint token read",  # editing it replaces the policy
             policy=document,
             tags=args.tags,
             opts=child,

@@ -24,13 +24,28 @@ mkdir -p /opt/llmfleet/models/deepseek-r1
 aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
 log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
 
-# 3. The endpoint token: read from SSM at boot (role credentials over IMDSv2), root-only file.
+# 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
+#    container gets with --env-file. The Ray token (the same on every host) is defense in depth
+#    beside the security group; the user data holds only parameter names.
 install -d -m 0700 /run/llmfleet
 umask 077
-TOKEN_VALUE=$(aws ssm get-parameter --name /llmfleet/prod/endpoint-token --with-decryption \
-  --query Parameter.Value --output text)
-printf '%s=%s\n' LLMFLEET_API_TOKEN "${TOKEN_VALUE}" > /run/llmfleet/node.env
-unset TOKEN_VALUE
+ssm_secret() {  # retried: the instance role's new grants take a moment to reach SSM
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    aws ssm get-parameter --name "$1" --with-decryption --query Parameter.Value --output text && return 0
+    sleep 6
+  done
+  return 1
+}
+RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter /llmfleet/prod/ray-auth-token"
+[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/ray-auth-token is empty"
+API_TOKEN=$(ssm_secret /llmfleet/prod/endpoint-token) || die "cannot read SSM parameter /llmfleet/prod/endpoint-token"
+[[ -n "${API_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/endpoint-token is empty"
+{
+  printf "%s\n" "RAY_AUTH_MODE=token"
+  printf "%s\n" "RAY_AUTH_TOKEN=${RAY_TOKEN}"
+  printf "%s\n" "LLMFLEET_API_TOKEN=${API_TOKEN}"
+} > /run/llmfleet/node.env
+unset RAY_TOKEN API_TOKEN
 umask 022
 
 # The Serve deploy config (rendered by ray_cluster/serve_config.py; no secrets in it).

@@ -102,6 +102,27 @@ PYEOF
 fi
 log "weights ready at /opt/llmfleet/models/deepseek-r1"
 
+# 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
+#    container gets with --env-file. The Ray token (the same on every host) is defense in depth
+#    beside the security group; the user data holds only parameter names.
+install -d -m 0700 /run/llmfleet
+umask 077
+ssm_secret() {  # retried: the instance role's new grants take a moment to reach SSM
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    aws ssm get-parameter --name "$1" --with-decryption --query Parameter.Value --output text && return 0
+    sleep 6
+  done
+  return 1
+}
+RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter /llmfleet/prod/ray-auth-token"
+[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/ray-auth-token is empty"
+{
+  printf "%s\n" "RAY_AUTH_MODE=token"
+  printf "%s\n" "RAY_AUTH_TOKEN=${RAY_TOKEN}"
+} > /run/llmfleet/node.env
+unset RAY_TOKEN
+umask 022
+
 # 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
@@ -111,6 +132,6 @@ EFA_ARGS=()
 for dev in /dev/infiniband/uverbs*; do
   if [[ -e "${dev}" ]]; then EFA_ARGS+=(--device "${dev}"); fi
 done
-docker run --detach --name llmfleet-worker --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --gpus all "${EFA_ARGS[@]}" \
+docker run --detach --name llmfleet-worker --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --gpus all "${EFA_ARGS[@]}" \
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab worker --address 10.42.0.10:6379 --num-gpus 8 --gpu-model L40S --ip "${NODE_IP}" --block
 log "started container llmfleet-worker"
