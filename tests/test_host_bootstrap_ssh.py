@@ -5,7 +5,10 @@ IP, host key pinned on the client side); the script goes through `ssh` exactly a
 Command sends it (`bash -c '<script>' llmfleet-bootstrap`). PATH is a directory of symlinks
 to the tools a host has, plus fake `docker` / `nvidia-smi` that answer like the real ones and
 record their argv. Weights go to tmpfs mounts whose size makes `df` report a chosen free space.
-Needs root (netns, mount) and /usr/sbin/sshd.
+Each run gets a mount namespace with a temp dir bind-mounted on /run, so the secrets env file
+(/run/llmfleet/node.env) lands there and never on this machine's /run; a real head run also
+gets a copy of /etc (it writes /etc/llmfleet/serve.yaml).
+Needs root (netns, mount, unshare) and /usr/sbin/sshd.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import pytest
 from infra.config import load_stack_config
 from infra.host_bootstrap import (
     DRY_RUN_PREFIX,
+    HOST_ENV_FILE,
     MESSAGE_PREFIX,
     container_argv,
     expand,
     node_spec,
     remote_create_command,
     render_bootstrap,
+    stdin_secrets,
 )
 
 SSHD = "/usr/sbin/sshd"
@@ -37,9 +42,13 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace and tmpfs mounts"),
     pytest.mark.skipif(
         not (
-            Path(SSHD).exists() and shutil.which("ssh") and shutil.which("ssh-keygen") and shutil.which("ip")
+            Path(SSHD).exists()
+            and shutil.which("ssh")
+            and shutil.which("ssh-keygen")
+            and shutil.which("ip")
+            and shutil.which("unshare")
         ),
-        reason="needs openssh-server, openssh-client and iproute2",
+        reason="needs openssh-server, openssh-client, iproute2 and util-linux (unshare)",
     ),
 ]
 
@@ -50,9 +59,11 @@ SUBNET = f"10.{230 + os.getpid() % 20}.{os.getpid() % 250}"
 ROOT_IP, HOST_IP, HEAD_IP = f"{SUBNET}.1", f"{SUBNET}.2", f"{SUBNET}.9"
 IMAGE = "registry.lab.example:5000/llmfleet/node@sha256:" + "ab" * 32
 TOKEN = "tok-" + "x7" * 20
+RAY_TOKEN = "ray" + "Q9" * 30
 # What a host without Docker/NVIDIA has on PATH.
 HOST_TOOLS = (
-    "bash sh env head cut grep awk tr df du dirname id mkdir sleep printf cat wc sha256sum xargs chown sudo"
+    "bash sh env head cut grep awk tr df du dirname id mkdir sleep printf cat wc sha256sum xargs chown sudo "
+    "install"
 ).split()
 
 DOCKER_SHIM = """#!/bin/bash
@@ -175,13 +186,27 @@ def host(sshd, tmp_path):
     def calls() -> list[list[str]]:
         return [shlex.split(line) for line in log.read_text().splitlines() if line.strip()]
 
-    def run(cfg, entry, *path_dirs: Path, dry_run=True, stdin=None) -> subprocess.CompletedProcess:
+    run_dir = tmp_path / "run"  # seen by the script as /run
+    run_dir.mkdir()
+
+    def run(cfg, entry, *path_dirs: Path, dry_run=True, stdin=None, etc=False) -> subprocess.CompletedProcess:
         script = render_bootstrap(cfg, entry, HEAD_IP if entry.role == "worker" else entry.ray_ip, IMAGE)
         env = [f"PATH={':'.join(str(p) for p in (*path_dirs, bare))}"] + (
             ["LLMFLEET_DRY_RUN=1"] if dry_run else []
         )
-        remote = shlex.join(["env", *env]) + " " + remote_create_command(script)
+        etc_copy = ""
+        if etc:
+            etc_copy = str(tmp_path / "etc")
+            shutil.copytree("/etc", etc_copy, symlinks=True, dirs_exist_ok=True)
+        private = (
+            'mount --bind "$1" /run && { [ -z "$2" ] || mount --bind "$2" /etc; } && shift 2 && exec "$@"'
+        )
+        prefix = ["unshare", "--mount", "sh", "-c", private, "_", str(run_dir), etc_copy, "env", *env]
+        remote = shlex.join(prefix) + " " + remote_create_command(script)
         return subprocess.run([*ssh, remote], input=stdin or "", capture_output=True, text=True, timeout=90)
+
+    def env_file() -> Path:
+        return run_dir / Path(HOST_ENV_FILE).relative_to("/run")
 
     try:
         yield type(
@@ -192,6 +217,7 @@ def host(sshd, tmp_path):
                 "tmpfs": staticmethod(tmpfs),
                 "calls": staticmethod(calls),
                 "run": staticmethod(run),
+                "env_file": staticmethod(env_file),
                 "bare": bare,
             },
         )
@@ -266,8 +292,19 @@ def test_too_little_disk_for_the_weights(host):
 def test_dry_run_prints_the_container_start_command(host):
     weights = host.tmpfs("700g")  # tmpfs reserves nothing: df reports 700 GiB free
     cfg, entry = stack(weights)
-    proc = host.run(cfg, entry, host.shims())
+    # A worker too takes the Ray token on stdin; without it nothing happens.
+    line = one_error_line(host.run(cfg, entry, host.shims()))
+    assert line.startswith(
+        f"{MESSAGE_PREFIX} ray-token failed on {HOST_IP}: no RAY_AUTH_TOKEN=... line on stdin"
+    )
+    proc = host.run(cfg, entry, host.shims(), stdin=stdin_secrets("worker", RAY_TOKEN))
     assert proc.returncode == 0, proc.stderr
+    assert RAY_TOKEN not in proc.stdout + proc.stderr
+    assert (
+        f"{DRY_RUN_PREFIX} write RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<ray token> to {HOST_ENV_FILE} (0600)"
+        in proc.stdout.splitlines()
+    )
+    assert not host.env_file().exists()  # a dry run writes nothing
     dry = [
         shlex.split(ln[len(DRY_RUN_PREFIX) :])
         for ln in proc.stdout.splitlines()
@@ -286,8 +323,13 @@ def test_dry_run_prints_the_container_start_command(host):
 def test_real_run_starts_exactly_that_container(host):
     weights = host.tmpfs("700g")
     cfg, entry = stack(weights)
-    proc = host.run(cfg, entry, host.shims(), dry_run=False)
+    proc = host.run(cfg, entry, host.shims(), dry_run=False, stdin=stdin_secrets("worker", RAY_TOKEN))
     assert proc.returncode == 0, proc.stderr
+    assert RAY_TOKEN not in proc.stdout + proc.stderr + "".join(map(str, host.calls()))
+    # The container's --env-file holds the Ray token, root-only; the worker has no endpoint token.
+    env_file = host.env_file()
+    assert env_file.read_text() == f"RAY_AUTH_MODE=token\nRAY_AUTH_TOKEN={RAY_TOKEN}\n"
+    assert (env_file.stat().st_mode & 0o777, env_file.parent.stat().st_mode & 0o777) == (0o600, 0o700)
     assert proc.stdout.strip().endswith(
         f"{MESSAGE_PREFIX} worker {HOST_IP} ready (container llmfleet-worker)"
     )
@@ -298,11 +340,19 @@ def test_real_run_starts_exactly_that_container(host):
 
 def test_head_takes_the_token_on_stdin_and_never_shows_it(host, tmp_path):
     cfg, entry = stack(tmp_path / "h", role="head")
-    line = one_error_line(host.run(cfg, entry, host.shims(gpus=None)))
-    assert line.startswith(f"{MESSAGE_PREFIX} api-token failed on {HOST_IP}: no token on stdin")
-    proc = host.run(cfg, entry, host.shims(gpus=None), stdin=TOKEN + "\n")
+    line = one_error_line(host.run(cfg, entry, host.shims(gpus=None), stdin=f"RAY_AUTH_TOKEN={RAY_TOKEN}\n"))
+    assert line.startswith(f"{MESSAGE_PREFIX} api-token failed on {HOST_IP}: no LLMFLEET_API_TOKEN=... line")
+    line = one_error_line(host.run(cfg, entry, host.shims(gpus=None), stdin=f"LLMFLEET_API_TOKEN={TOKEN}\n"))
+    assert line.startswith(f"{MESSAGE_PREFIX} ray-token failed on {HOST_IP}: no RAY_AUTH_TOKEN=... line")
+    # The last line without a newline still counts.
+    stdin = stdin_secrets("head", RAY_TOKEN, TOKEN).rstrip("\n")
+    proc = host.run(cfg, entry, host.shims(gpus=None), stdin=stdin)
     assert proc.returncode == 0, proc.stderr
-    assert TOKEN not in proc.stdout + proc.stderr
+    assert TOKEN not in proc.stdout + proc.stderr and RAY_TOKEN not in proc.stdout + proc.stderr
+    assert (
+        f"{DRY_RUN_PREFIX} write RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<ray token> LLMFLEET_API_TOKEN=<token> "
+        f"to {HOST_ENV_FILE} (0600)" in proc.stdout.splitlines()
+    )
     dry = [
         shlex.split(ln[len(DRY_RUN_PREFIX) :])
         for ln in proc.stdout.splitlines()
@@ -317,3 +367,27 @@ def test_head_takes_the_token_on_stdin_and_never_shows_it(host, tmp_path):
     )
     assert ["--env-file", "/run/llmfleet/node.env"] == expected[expected.index("--env-file") :][:2]
     assert not any(c[0] == "nvidia-smi" for c in host.calls())  # a CPU head: no GPU checks
+
+
+def test_head_real_run_writes_both_tokens_to_the_env_file(host, tmp_path):
+    cfg, entry = stack(tmp_path / "h", role="head")
+    proc = host.run(
+        cfg,
+        entry,
+        host.shims(gpus=None),
+        dry_run=False,
+        stdin=stdin_secrets("head", RAY_TOKEN, TOKEN),
+        etc=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = "".join(map(str, host.calls()))
+    assert (
+        TOKEN not in proc.stdout + proc.stderr + calls and RAY_TOKEN not in proc.stdout + proc.stderr + calls
+    )
+    env_file = host.env_file()
+    assert env_file.read_text() == (
+        f"RAY_AUTH_MODE=token\nRAY_AUTH_TOKEN={RAY_TOKEN}\nLLMFLEET_API_TOKEN={TOKEN}\n"
+    )
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    [run] = [c for c in host.calls() if c[:2] == ["docker", "run"]]
+    assert run[run.index("--env-file") + 1] == HOST_ENV_FILE
