@@ -331,6 +331,7 @@ class RecordingMonitor(pmocks.MockMonitor):
                 "name": request.name,
                 "parent": parent,
                 "urn": urn,
+                "dependencies": sorted(request.dependencies),
                 "custom": bool(request.custom),
                 "inputs": clean,
                 "outputs": {},

@@ -176,7 +176,9 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             tensor_parallel_size=plan.tensor_parallel_size,
             pipeline_parallel_size=plan.pipeline_parallel_size,
         ),
-        opts=pulumi.ResourceOptions(depends_on=[token.parameter, ray_token.parameter, network]),
+        # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
+        # (depending on the IAM component waits for all of its children).
+        opts=pulumi.ResourceOptions(depends_on=[token.parameter, ray_token.parameter, network, iam]),
     )
     nlb_subnet = network.public_subnet if cfg.endpoint_public else network.private_subnet
     endpoint = Endpoint(

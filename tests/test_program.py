@@ -119,3 +119,22 @@ def test_prod_head_boots_into_a_serve_deploy_of_the_planned_layout():
     assert (engine["tensor_parallel_size"], engine["pipeline_parallel_size"]) == (8, 3)
     assert "deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3" in ud
     assert "LLMFLEET_API_TOKEN=" not in serve.__repr__()  # the token is read from SSM at boot, never here
+
+
+def test_hosts_boot_after_what_they_read_at_boot():
+    # Children do not inherit a component's depends_on; each host must itself wait for the IAM
+    # grant, both SSM parameters and the VPC endpoints it uses during boot.
+    from infra.offline import capture
+
+    cap = capture("prod")
+    hosts = [r for r in cap.resources if r["type"] == "aws:ec2/instance:Instance"]
+    assert len(hosts) == 4
+    for host in hosts:
+        deps = {d.rsplit("::", 1)[-1] for d in host["dependencies"]}
+        assert {
+            "iam-node-policy-attach",
+            "token-parameter",
+            "ray-token-parameter",
+            "net-ssm",
+            "net-ecr-dkr",
+        } <= deps

@@ -93,6 +93,9 @@ class Cluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llmfleet:components:Cluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # Children do not inherit the component's depends_on: the hosts themselves must wait for
+        # what they read at boot (IAM grants, SSM parameters, VPC endpoints).
+        boot = pulumi.ResourceOptions(parent=self, depends_on=(opts.depends_on if opts else None) or [])
         ami = aws.ec2.get_ami_output(**AMI_LOOKUP, opts=pulumi.InvokeOutputOptions(parent=self))
         serving_tags = {
             **args.tags,
@@ -144,7 +147,7 @@ class Cluster(pulumi.ComponentResource):
             user_data=head_ud,
             user_data_replace_on_change=True,
             tags={**serving_tags, "Name": f"{args.name}-head", "llmfleet:role": "head"},
-            opts=child,
+            opts=boot,
         )
 
         cards = efa_cards(args.worker_type)
@@ -234,7 +237,7 @@ class Cluster(pulumi.ComponentResource):
                     "llmfleet:efa": "true" if cards else "false",
                     **({"llmfleet:spot": "true"} if args.spot else {}),
                 },
-                opts=child,
+                opts=boot,
                 **net,
                 **extra,
             )
