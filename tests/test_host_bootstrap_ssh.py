@@ -7,7 +7,7 @@ to the tools a host has, plus fake `docker` / `nvidia-smi` that answer like the 
 record their argv. Weights go to tmpfs mounts whose size makes `df` report a chosen free space.
 Each run gets a mount namespace with a temp dir bind-mounted on /run, so the secrets env file
 (/run/llmfleet/node.env) lands there and never on this machine's /run; a real head run also
-gets a copy of /etc (it writes /etc/llmfleet/serve.yaml).
+gets an overlay on /etc whose writes (/etc/llmfleet/serve.yaml) land in a temp dir.
 Needs root (netns, mount, unshare) and /usr/sbin/sshd.
 """
 
@@ -194,14 +194,16 @@ def host(sshd, tmp_path):
         env = [f"PATH={':'.join(str(p) for p in (*path_dirs, bare))}"] + (
             ["LLMFLEET_DRY_RUN=1"] if dry_run else []
         )
-        etc_copy = ""
-        if etc:
-            etc_copy = str(tmp_path / "etc")
-            shutil.copytree("/etc", etc_copy, symlinks=True, dirs_exist_ok=True)
+        etc_upper = ""
+        if etc:  # writes to /etc go to an overlay's upper dir, never to this machine's /etc
+            etc_upper = str(tmp_path / "etc-upper")
+            (tmp_path / "etc-upper").mkdir(exist_ok=True)
+            (tmp_path / "etc-work").mkdir(exist_ok=True)
         private = (
-            'mount --bind "$1" /run && { [ -z "$2" ] || mount --bind "$2" /etc; } && shift 2 && exec "$@"'
+            'mount --bind "$1" /run && { [ -z "$2" ] || mount -t overlay overlay '
+            '-o "lowerdir=/etc,upperdir=$2,workdir=$2/../etc-work" /etc; } && shift 2 && exec "$@"'
         )
-        prefix = ["unshare", "--mount", "sh", "-c", private, "_", str(run_dir), etc_copy, "env", *env]
+        prefix = ["unshare", "--mount", "sh", "-c", private, "_", str(run_dir), etc_upper, "env", *env]
         remote = shlex.join(prefix) + " " + remote_create_command(script)
         return subprocess.run([*ssh, remote], input=stdin or "", capture_output=True, text=True, timeout=90)
 
