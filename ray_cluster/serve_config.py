@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -270,5 +271,46 @@ def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
         "gpu_model": cfg.gpu_model,
     }
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
-    validate_serve_config(doc)
+    validate_with_exported_schema(doc)
     return doc
+
+
+# Ray's own ServeDeploySchema, exported as JSON schema for the pinned Ray. Importing ray.serve
+# costs more than a second, so the Pulumi program checks against this file (jsonschema); the
+# full pydantic check runs in `llmfleet render`, after `llmfleet up`, and in the head's
+# `ray_cluster.node deploy` before anything is applied. A test keeps the file equal to Ray's.
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "serve_deploy.schema.json"
+
+
+def export_schema() -> dict[str, Any]:
+    import ray
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_json_schema()
+    schema["$comment"] = (
+        f"ray.serve.schema.ServeDeploySchema.model_json_schema() of ray {ray.__version__}; "
+        "regenerate: python -m ray_cluster.serve_config --export-schema"
+    )
+    return schema
+
+
+def validate_with_exported_schema(doc: Mapping[str, Any]) -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    # The schema itself is checked against its metaschema by the tests, not on every run.
+    e = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if e is not None:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise ServeConfigError(f"Serve config rejected by Ray's ServeDeploySchema at {where}: {e.message}")
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if sys.argv[1:] == ["--export-schema"]:
+        SCHEMA_PATH.write_text(json.dumps(export_schema(), indent=1, sort_keys=True) + "\n")
+        print(f"wrote {SCHEMA_PATH}")

@@ -191,3 +191,44 @@ def test_build_app_when_ray_serve_llm_imports(monkeypatch):
         pytest.skip(f"ray.serve.llm not importable here: {why}")
     monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
     assert serve_app.build_app(_llm_args()) is not None
+
+
+def test_exported_schema_is_rays_own_and_well_formed():
+    import json
+
+    import jsonschema
+
+    from ray_cluster.serve_config import SCHEMA_PATH, export_schema
+
+    on_disk = json.loads(SCHEMA_PATH.read_text())
+    # Regenerate with `python -m ray_cluster.serve_config --export-schema` after a Ray upgrade.
+    assert on_disk == export_schema()
+    jsonschema.Draft202012Validator.check_schema(on_disk)
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "onprem-l20"])
+def test_program_side_check_agrees_with_ray_for_every_stack(stack):
+    from ray.serve.schema import ServeDeploySchema
+
+    from infra.offline import load_config
+    from ray_cluster.serve_config import render_for_plan
+
+    cfg = load_config(stack)
+    doc = render_for_plan(cfg, cfg.plan())  # checked against the exported schema
+    ServeDeploySchema.model_validate(doc)  # and by Ray's pydantic model itself
+
+
+def test_exported_schema_rejects_a_bad_config_in_one_line():
+    from infra.offline import load_config
+    from ray_cluster.serve_config import ServeConfigError, render_for_plan, validate_with_exported_schema
+
+    cfg = load_config("prod")
+    doc = render_for_plan(cfg, cfg.plan())
+    doc["applications"][0]["route_prefix"] = 5
+    with pytest.raises(
+        ServeConfigError,
+        match=r"^Serve config rejected by Ray's ServeDeploySchema at "
+        r"applications/0/route_prefix: ",
+    ) as e:
+        validate_with_exported_schema(doc)
+    assert "\n" not in str(e.value)
