@@ -351,7 +351,9 @@ def check_weights(s3: Any, inp: PreflightInputs) -> Check:
         return Check(
             name,
             "warn",
-            "no llmfleet:weightsUri set: upload the checkpoint and set it, or the hosts have nothing to stage",
+            "no llmfleet:weightsUri: `pulumi up` creates the weights bucket and the workers stage from "
+            "`pulumi stack output weights_uri` at boot; upload the checkpoint there (or set "
+            "llmfleet:weightsUri to an existing upload, which preflight then checks)",
         )
     if not inp.weights_uri.startswith("s3://"):
         return Check(name, "warn", f"{inp.weights_uri} is not on S3, so preflight cannot check it")
