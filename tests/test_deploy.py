@@ -243,3 +243,56 @@ def test_up_and_down_without_cli_say_so(tmp_path):
         assert res.returncode == 2, res.stderr
         assert res.stdout == ""
         assert res.stderr.strip().splitlines() == [f"error: {d.PULUMI_MISSING}"]
+
+
+def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
+    """provider=existing has no SSM: `up` waits for a completion straight from the endpoint,
+    with the stack's api_token; a server that only answers /health never counts."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from infra.commands.deploy import _wait_direct
+
+    seen = []
+
+    def server(ready: bool):
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body):
+                data = _json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                seen.append(("GET", self.path, self.headers.get("Authorization")))
+                if self.path == "/v1/models" and ready:
+                    return self._send(200, {"data": [{"id": "deepseek-ai/DeepSeek-R1"}]})
+                self._send(200 if self.path == "/health" else 404, {})
+
+            def do_POST(self):
+                seen.append(("POST", self.path, self.headers.get("Authorization")))
+                self._send(200, {"choices": [{"text": " hi"}]})
+
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv
+
+    ok = server(ready=True)
+    try:
+        url = f"http://127.0.0.1:{ok.server_address[1]}/v1"
+        assert _wait_direct({"endpoint_url": url, "api_token": "t0k"}, timeout=5)
+        assert ("POST", "/v1/completions", "Bearer t0k") in seen
+    finally:
+        ok.shutdown()
+    health_only = server(ready=False)
+    try:
+        url = f"http://127.0.0.1:{health_only.server_address[1]}/v1"
+        assert not _wait_direct({"endpoint_url": url, "api_token": "t0k"}, timeout=1)
+    finally:
+        health_only.shutdown()

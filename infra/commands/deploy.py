@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from infra.commands._common import ConfigOpt, StackOpt, config_or_fail, console, fail
+from infra.commands._common import ConfigOpt, StackOpt, config_or_fail, console, err_console, fail
 
 TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for a real completion after up.")
@@ -48,7 +48,25 @@ def _one_line(e: Exception) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
+def _wait_direct(outputs: dict, timeout: float) -> bool:
+    """provider=existing: no SSM; the operator's machine reaches the head on the hosts' network,
+    so readiness is the same real completion, sent straight to the endpoint."""
+    from ray_cluster.node import NodeError, wait_ready
+
+    endpoint = str(_output(outputs, "endpoint_url")).rstrip("/").removesuffix("/v1")
+    with console.status(f"readiness: waiting for a real completion from {endpoint}"):
+        try:
+            text = wait_ready(endpoint, outputs.get("api_token"), None, timeout)
+        except NodeError as e:
+            err_console.print(f"[bold red]error:[/] not ready: {e}", highlight=False, soft_wrap=True)
+            return False
+    console.print(f"ready: a completion returned {text!r}", highlight=False)
+    return True
+
+
 def _wait(cfg, outputs: dict, timeout: float) -> bool:
+    if cfg.provider == "existing":
+        return _wait_direct(outputs, timeout)
     import boto3
 
     from infra.deploy import readiness_commands, wait_ready
@@ -127,7 +145,11 @@ def register(app: typer.Typer) -> None:
             )
         except Exception as e:  # noqa: BLE001 - automation errors carry the CLI's stderr; show its last line
             fail(f"pulumi up failed: {_one_line(e)}", 1)
-        for path in render_artifacts(outputs, cfg, out or Path(".llmfleet") / stack):
+        try:
+            written = render_artifacts(outputs, cfg, out or Path(".llmfleet") / stack)
+        except ValueError as e:  # RenderError / ServeConfigError: Ray rejected what the outputs give
+            fail(f"rendering cluster.yaml / serve.yaml from the stack outputs: {e}", 1)
+        for path in written:
             console.print(f"wrote {path}")
         endpoint = outputs.get("endpoint_url")
         if wait and not _wait(cfg, outputs, timeout):
