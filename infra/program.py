@@ -79,12 +79,12 @@ def serve_config_yaml(cfg: StackConfig, plan: Any) -> str:
 
 def build_aws(cfg: StackConfig) -> dict[str, Any]:
     from infra.components.cluster import Cluster, ClusterArgs
-    from infra.components.endpoint import Endpoint, EndpointArgs, EndpointToken, EndpointTokenArgs
+    from infra.components.endpoint import Endpoint, EndpointArgs
     from infra.components.iam import IamArgs, NodeIam
     from infra.components.image import Image, ImageArgs
     from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
-    from infra.components.ray_token import RayClusterToken, RayClusterTokenArgs
     from infra.components.registry import Registry, RegistryArgs
+    from infra.components.secret_token import endpoint_token, ray_cluster_token
     from infra.components.weights import Weights, WeightsArgs
 
     cat = load_catalog()
@@ -131,8 +131,8 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
         )
     except ValueError as e:
         raise pulumi.RunError(str(e)) from None
-    token = EndpointToken("token", EndpointTokenArgs(stack=cfg.stack, tags=tags))
-    ray_token = RayClusterToken("ray-token", RayClusterTokenArgs(stack=cfg.stack, tags=tags))
+    token = endpoint_token(cfg.stack, tags)
+    ray_token = ray_cluster_token(cfg.stack, tags)
     iam = NodeIam(
         "iam",
         IamArgs(

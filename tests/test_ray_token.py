@@ -2,7 +2,7 @@
 
 import pytest
 
-from infra.components.ray_token import RAY_TOKEN_LENGTH, ray_token_parameter_name
+from infra.components.secret_token import RAY_TOKEN_LENGTH, ray_token_parameter_name
 from infra.offline import capture
 
 
@@ -12,7 +12,7 @@ def cap():
 
 
 def test_one_random_token_in_its_own_secure_string(cap):
-    [component] = cap.of_type("llmfleet:components:RayClusterToken")
+    [component] = [c for c in cap.of_type("llmfleet:components:SecretToken") if c["name"] == "ray-token"]
     pw = cap.named("ray-token-value")
     param = cap.named("ray-token-parameter")
     assert pw["parent"] == param["parent"] == component["name"]

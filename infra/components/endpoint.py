@@ -1,7 +1,7 @@
-"""Endpoint: the bearer token in SSM, and the NLB in front of the head's serving port.
+"""Endpoint: the NLB in front of the head's serving port.
 
-Two components because of ordering: the token parameter must exist before the head boots
-(its user data reads it), while the NLB needs the head instance.
+The bearer token it serves with is a SecretToken (infra/components/secret_token.py): it must
+exist before the head boots (its user data reads it), while the NLB needs the head instance.
 """
 
 from __future__ import annotations
@@ -10,34 +10,6 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
-import pulumi_random as random
-
-
-def token_parameter_name(stack: str) -> str:
-    return f"/llmfleet/{stack}/endpoint-token"
-
-
-@dataclass
-class EndpointTokenArgs:
-    stack: str
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-class EndpointToken(pulumi.ComponentResource):
-    def __init__(self, name: str, args: EndpointTokenArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("llmfleet:components:EndpointToken", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        self.token = random.RandomPassword(f"{name}-value", length=48, special=False, opts=child)
-        self.parameter = aws.ssm.Parameter(
-            f"{name}-parameter",
-            name=token_parameter_name(args.stack),
-            type="SecureString",
-            value=self.token.result,
-            description="llmfleet endpoint bearer token (read by the head at boot)",
-            tags=args.tags,
-            opts=child,
-        )
-        self.register_outputs({"name": self.parameter.name, "arn": self.parameter.arn})
 
 
 @dataclass

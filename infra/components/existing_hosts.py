@@ -23,6 +23,7 @@ import pulumi_docker_build as docker_build
 import pulumi_random as random
 from pulumi_command import remote
 
+from infra.components.secret_token import RAY_TOKEN_LENGTH
 from infra.config import HostSpec, StackConfig
 from infra.host_bootstrap import (
     node_spec,
@@ -34,7 +35,6 @@ from infra.host_bootstrap import (
 )
 
 TOKEN_LENGTH = 48
-RAY_TOKEN_LENGTH = 64  # as infra/components/ray_token.py (Ray's own generator makes 256 bits)
 # Fail a host that does not answer within ~2 minutes instead of pulumi-command's 10 x 15 s
 # default, which is the same order; kept explicit so the wait is a decision, not an accident.
 DIAL_ERROR_LIMIT = 8
