@@ -71,7 +71,8 @@ def default_data_dir() -> Path:
 
 
 def model_dir_for(data_dir: Path, seed: int) -> Path:
-    return Path(data_dir) / "models" / f"tiny-deepseek-v3-s{seed}"
+    # v2: the generation config suppresses tokens that are not text on their own (see build_into).
+    return Path(data_dir) / "models" / f"tiny-deepseek-v3-v2-s{seed}"
 
 
 def tiny_config(vocab_size: int):
@@ -137,6 +138,15 @@ def build_tokenizer():
     )
 
 
+def partial_utf8_token_ids(tokenizer) -> list[int]:
+    """Tokens that do not decode to text on their own (a lone byte 0x80-0xFF, or a merge that
+    ends inside a multi-byte character). Random weights pick them as often as any other token,
+    which would print U+FFFD; a trained model only emits them in valid sequences. The model's
+    generation config lists them as `suppress_tokens` (transformers' own field), which the CPU
+    engine honours."""
+    return [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
+
+
 def build_into(out_dir: Path, seed: int) -> None:
     """Write tokenizer + random-weight model to out_dir, deterministically from seed."""
     import torch
@@ -153,6 +163,7 @@ def build_into(out_dir: Path, seed: int) -> None:
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
+        suppress_tokens=partial_utf8_token_ids(tokenizer),
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def test_created_under_data_dir_with_real_files(model_dir):
-    assert model_dir.name == "tiny-deepseek-v3-s0"
+    assert model_dir.name == "tiny-deepseek-v3-v2-s0"
     assert model_dir.parent.name == "models"
     names = {p.name for p in model_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
@@ -33,7 +33,7 @@ def test_created_under_data_dir_with_real_files(model_dir):
 def test_env_var_sets_default_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMFLEET_DATA_DIR", str(tmp_path))
     assert ensure_tiny_model(seed=3) == model_dir_for(tmp_path, 3)
-    assert (tmp_path / "models" / "tiny-deepseek-v3-s3" / "model.safetensors").is_file()
+    assert (tmp_path / "models" / "tiny-deepseek-v3-v2-s3" / "model.safetensors").is_file()
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(model_dir, tmp_path):
@@ -61,7 +61,7 @@ def test_concurrent_creation_is_safe(tmp_path):
         t.join()
     assert not errors
     assert len(set(results)) == 1
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-deepseek-v3-s5"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-deepseek-v3-v2-s5"]
     # The winner is complete and bit-identical to a build made alone.
     assert digests(results[0]) == digests(ensure_tiny_model_at(tmp_path / "alone", seed=5))
 
@@ -135,3 +135,23 @@ def test_sampling_seed_stop_and_holdback(model_dir):
     assert full.text.startswith(cut.text) and cut.text == full.text[: full.text.find(stop)]
     assert held_back("abc<st", ["<stop>"]) == 3 and held_back("abc", ["<stop>"]) == 0
     assert held_back("ab\ufffd", []) == 1
+
+
+def test_tokens_that_are_not_text_alone_are_suppressed(model_dir):
+    # A random-weight model picks lone bytes 0x80-0xFF as often as anything else; its generation
+    # config suppresses them, so replies are text (no U+FFFD), greedy or sampled.
+    from ray_cluster.tiny_model import partial_utf8_token_ids
+
+    dec = BatchedDecoder(model_dir)
+    suppressed = set(dec.suppress.tolist())
+    assert suppressed == set(partial_utf8_token_ids(dec.tokenizer))
+    assert len(suppressed) >= 128  # every lone high byte of the byte-level alphabet
+    assert not any(
+        "\ufffd" in dec.tokenizer.decode([i]) for i in range(len(dec.tokenizer)) if i not in suppressed
+    )
+    prompt = dec.tokenizer("What does a Ray head node do?")["input_ids"]
+    reqs = [
+        GenRequest(prompt, max_tokens=48, temperature=t, seed=s) for t, s in [(0, None), (1.0, 1), (1.5, 2)]
+    ]
+    for out in dec.generate_batch(reqs):
+        assert out.text.strip() and "\ufffd" not in out.text

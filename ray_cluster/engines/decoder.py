@@ -101,6 +101,10 @@ class BatchedDecoder:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # transformers' GenerationConfig.suppress_tokens: never sampled (logits -inf).
+        self.suppress = torch.tensor(
+            getattr(self.model.generation_config, "suppress_tokens", None) or [], dtype=torch.long
+        )
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -108,6 +112,9 @@ class BatchedDecoder:
     def _sample(self, logits, rows: list[_Row]) -> list[int]:
         import torch
 
+        if self.suppress.numel():
+            logits = logits.clone()
+            logits[:, self.suppress] = float("-inf")
         out = []
         for i, row in enumerate(rows):
             t, p = row.req.temperature, row.req.top_p
