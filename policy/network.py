@@ -108,8 +108,8 @@ def _private_subnet(args: StackValidationArgs, report: ReportViolation) -> None:
 # --- security-group ingress ----------------------------------------------------------------------
 
 SSH_PORT = 22
-# Ray has no authentication: GCS, dashboard, client server, metrics export, dashboard agent, and
-# the default worker port range (ray start --min-worker-port/--max-worker-port).
+# Ray's ports (its token auth is defense in depth, not a reason to expose them): GCS, dashboard,
+# client server, metrics export, dashboard agent, and the default worker port range (ray start --min-worker-port/--max-worker-port).
 RAY_PORTS: dict[int, str] = {
     6379: "Ray GCS",
     8265: "Ray dashboard",

@@ -134,7 +134,7 @@ class Network(pulumi.ComponentResource):
         self.cluster_sg = aws.ec2.SecurityGroup(
             f"{name}-cluster-sg",
             vpc_id=self.vpc.id,
-            description="llmfleet hosts: all traffic among themselves only (Ray has no auth)",
+            description="llmfleet hosts: all traffic among themselves only (Ray ports stay inside)",
             tags=t("cluster-sg", **{"llmfleet:sg": "cluster"}),
             opts=child,
         )
