@@ -119,20 +119,16 @@ def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
 def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> list[Path]:
     """Write cluster.yaml and the Serve config from the real stack outputs, each validated by
     Ray's own code first (the same renderers as `llmfleet render`)."""
-    import yaml
+    from ray_cluster.cluster_yaml import render_validated
+    from ray_cluster.serve_config import render_for_outputs, to_yaml
 
-    from ray_cluster.cluster_yaml import render_cluster_yaml, validate_with_ray
-    from ray_cluster.serve_config import render_serve_config, serve_inputs_from_stack, validate_serve_config
-
-    cluster = render_cluster_yaml(outputs)
-    validate_with_ray(cluster)
-    serve = render_serve_config(serve_inputs_from_stack(outputs, cfg, cfg.plan()))
-    validate_serve_config(serve)
+    cluster = render_validated(outputs)
+    serve, _notes = render_for_outputs(outputs, cfg, cfg.plan())
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, doc in (("cluster.yaml", cluster), ("serve.yaml", serve)):
         path = out_dir / filename
-        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=100))
+        path.write_text(to_yaml(doc))
         written.append(path)
     return written
 

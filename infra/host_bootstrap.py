@@ -73,13 +73,11 @@ def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) ->
     worker = host.role == "worker"
     serve: dict = {}
     if not worker:
-        import yaml
-
-        from ray_cluster.serve_config import render_for_plan
+        from infra.program import serve_config_yaml
 
         plan = cfg.plan()
         serve = dict(
-            serve_config=yaml.safe_dump(render_for_plan(cfg, plan), sort_keys=False, width=100),
+            serve_config=serve_config_yaml(cfg, plan),
             tensor_parallel_size=plan.tensor_parallel_size,
             pipeline_parallel_size=plan.pipeline_parallel_size,
             deploy_gpu_model=cfg.gpu_model,

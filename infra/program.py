@@ -67,12 +67,10 @@ def dashboard_command(instance_id: str, region: str) -> str:
 
 def serve_config_yaml(cfg: StackConfig, plan: Any) -> str:
     """The Serve config the head deploys, as YAML (validated by Ray's schema on render)."""
-    import yaml
-
-    from ray_cluster.serve_config import ServeConfigError, render_for_plan
+    from ray_cluster.serve_config import ServeConfigError, render_for_plan, to_yaml
 
     try:
-        return yaml.safe_dump(render_for_plan(cfg, plan), sort_keys=False, width=100)
+        return to_yaml(render_for_plan(cfg, plan))
     except ServeConfigError as e:
         raise pulumi.RunError(str(e)) from None
 

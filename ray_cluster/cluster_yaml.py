@@ -290,6 +290,13 @@ def _ray_message(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def render_validated(outputs: Mapping[str, Any], ssh_private_key: str | None = None) -> dict[str, Any]:
+    """render_cluster_yaml, then Ray's validator and bootstrap (RenderError with Ray's message)."""
+    doc = render_cluster_yaml(outputs, ssh_private_key=ssh_private_key)
+    validate_with_ray(doc)
+    return doc
+
+
 def validate_with_ray(doc: Mapping[str, Any], bootstrap: bool = True) -> dict[str, Any]:
     """Validate with Ray's own code: validate_config(prepare_config(doc)) and, when bootstrap,
     the first step of `ray up` (_bootstrap_config, without its on-disk cache).

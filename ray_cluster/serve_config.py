@@ -259,6 +259,20 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
     )
 
 
+def to_yaml(doc: Mapping[str, Any]) -> str:
+    """The one YAML form of a rendered Serve config (boot scripts, files, stdout)."""
+    import yaml
+
+    return yaml.safe_dump(dict(doc), sort_keys=False, width=100)
+
+
+def render_for_outputs(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> tuple[dict[str, Any], list[str]]:
+    """The Serve config from real stack outputs, validated by Ray's own models: the document
+    and the validation notes (what could not be checked here)."""
+    doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
+    return doc, validate_serve_config(doc)
+
+
 def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     """The Serve config a stack will deploy, from its config and plan alone (what the head's
     boot script writes before any output exists). Same renderer as `llmfleet render`."""

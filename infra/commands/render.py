@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from infra.commands._common import (
     ConfigOpt,
@@ -52,7 +51,9 @@ def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] |
 
 
 def _emit(doc: dict[str, Any], out: Path | None, what: str) -> None:
-    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    from ray_cluster.serve_config import to_yaml
+
+    text = to_yaml(doc)
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -82,12 +83,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Ray cluster-launcher config (local provider, SSM ssh proxy), validated by Ray."""
-        from ray_cluster.cluster_yaml import RenderError, render_cluster_yaml, validate_with_ray
+        from ray_cluster.cluster_yaml import RenderError, render_validated
 
         outs, _cfg = _outputs_and_config(stack, outputs, config)
         try:
-            doc = render_cluster_yaml(outs, ssh_private_key=ssh_private_key)
-            validate_with_ray(doc)
+            doc = render_validated(outs, ssh_private_key=ssh_private_key)
         except RenderError as e:
             fail(str(e))
         _emit(doc, output, "cluster.yaml")
@@ -101,20 +101,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
         from infra.planner import PlanInputError
-        from ray_cluster.serve_config import (
-            ServeConfigError,
-            render_serve_config,
-            serve_inputs_from_stack,
-            validate_serve_config,
-        )
+        from ray_cluster.serve_config import ServeConfigError, render_for_outputs
 
         outs, cfg = _outputs_and_config(stack, outputs, config)
         try:
             plan = cfg.plan()
             if not plan.fits:
                 fail(f"the plan for stack {stack} does not fit: {plan.reason}")
-            doc = render_serve_config(serve_inputs_from_stack(outs, cfg, plan))
-            notes = validate_serve_config(doc)
+            doc, notes = render_for_outputs(outs, cfg, plan)
         except (ServeConfigError, PlanInputError) as e:
             fail(str(e))
         for note in notes:
