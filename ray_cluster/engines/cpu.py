@@ -254,22 +254,7 @@ class OpenAIIngress:
             body.chat_messages(), add_generation_prompt=True, tokenize=False
         )
         prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        gen = self._gen_request(body, prompt_ids)
-        rid, model = oa.new_id("chatcmpl"), body.model
-        if body.stream:
-            outs = self.engine.options(stream=True).generate.remote(gen)
-            return StreamingResponse(
-                self._chat_stream(outs, rid, model, len(prompt_ids), body.include_usage),
-                media_type="text/event-stream",
-            )
-        last = await self.engine.complete.remote(gen)
-        return oa.chat_completion(
-            rid,
-            model,
-            last["text"],
-            last["finish_reason"],
-            oa.usage(len(prompt_ids), last["completion_tokens"]),
-        )
+        return await self._respond(body, prompt_ids, "chatcmpl", self._chat_stream, oa.chat_completion)
 
     @app.post("/v1/completions")
     async def completions(self, request: Request):
@@ -283,22 +268,21 @@ class OpenAIIngress:
             if any(not 0 <= t < vocab for t in body.prompt):
                 raise oa.bad_request(f"prompt token ids must be in [0, {vocab})", "prompt", "invalid_value")
             prompt_ids = list(body.prompt)
+        return await self._respond(body, prompt_ids, "cmpl", self._completion_stream, oa.completion)
+
+    async def _respond(self, body, prompt_ids: list[int], id_prefix: str, stream, build):
+        """Run one request on the engine: an SSE stream of chunks, or one response object."""
         gen = self._gen_request(body, prompt_ids)
-        rid, model = oa.new_id("cmpl"), body.model
+        rid, model = oa.new_id(id_prefix), body.model
         if body.stream:
             outs = self.engine.options(stream=True).generate.remote(gen)
             return StreamingResponse(
-                self._completion_stream(outs, rid, model, len(prompt_ids), body.include_usage),
+                stream(outs, rid, model, len(prompt_ids), body.include_usage),
                 media_type="text/event-stream",
             )
         last = await self.engine.complete.remote(gen)
-        return oa.completion(
-            rid,
-            model,
-            last["text"],
-            last["finish_reason"],
-            oa.usage(len(prompt_ids), last["completion_tokens"]),
-        )
+        usage = oa.usage(len(prompt_ids), last["completion_tokens"])
+        return build(rid, model, last["text"], last["finish_reason"], usage)
 
     async def _chat_stream(self, outs, rid: str, model: str, n_prompt: int, include_usage: bool):
         yield oa.sse(
