@@ -497,6 +497,14 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
         raise ConfigError(_one_line(e, data)) from None
 
 
+def runtime_stack_config(stack: str) -> StackConfig:
+    """The StackConfig of the stack Pulumi is running (program or policy pack): the config the
+    CLI hands over (PULUMI_CONFIG, or set_all_config under mocks)."""
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    return load_stack_config({**get_config_env(), **CONFIG.get()}, stack)
+
+
 def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:
     err = e.errors(include_url=False)[0]
     if isinstance(err.get("ctx", {}).get("error"), _Cross):

@@ -13,7 +13,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.catalog import load_catalog
-from infra.config import ConfigError, StackConfig, load_stack_config
+from infra.config import ConfigError, StackConfig, runtime_stack_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RAY_VERSION = "2.60.0"  # the image's Ray must match the operator's `ray` (client/cluster.yaml)
@@ -23,11 +23,8 @@ SSH_USER = "ubuntu"  # Deep Learning Base AMI (Ubuntu 22.04)
 
 def read_config() -> StackConfig:
     """The validated StackConfig of the running stack (config comes from Pulumi)."""
-    from pulumi.runtime.config import CONFIG, get_config_env
-
-    raw = {**get_config_env(), **CONFIG.get()}
     try:
-        return load_stack_config(raw, pulumi.get_stack())
+        return runtime_stack_config(pulumi.get_stack())
     except ConfigError as e:
         # One line, no traceback: pulumi shows the message as the program's error.
         raise pulumi.RunError(str(e)) from None

@@ -136,19 +136,18 @@ def monthly_cost_usd(view: StackView, region: str, model: str | None) -> float:
 def owned_hosts_monthly_usd() -> float:
     """provider=existing: the declared hourly cost of each owned GPU worker host (no cloud
     resource represents it), x 730 h, as `llmfleet cost` prices it."""
-    import json
+    import pulumi
 
+    from infra.config import ConfigError, runtime_stack_config
     from infra.cost import HOURS_PER_MONTH
 
-    if _config.stack_config_raw("llmfleet:provider") != "existing":
-        return 0.0
-    rate = _config.stack_config_raw("llmfleet:hostHourlyUsd")
     try:
-        hosts = json.loads(_config.stack_config_raw("llmfleet:hosts") or "[]")
-        workers = sum(1 for h in hosts if isinstance(h, dict) and h.get("role") == "worker")
-        return float(rate) * workers * float(HOURS_PER_MONTH) if rate not in (None, "") else 0.0
-    except (ValueError, TypeError):
+        cfg = runtime_stack_config(pulumi.get_stack())
+    except ConfigError:
+        return 0.0  # the program itself stops on a bad config, with the one-line reason
+    if cfg.provider != "existing" or cfg.host_hourly_usd is None:
         return 0.0
+    return cfg.host_hourly_usd * len(cfg.worker_hosts) * float(HOURS_PER_MONTH)
 
 
 def _budget(args: StackValidationArgs, report: ReportViolation) -> None:
