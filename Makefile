@@ -22,7 +22,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 demo: setup system-deps
-	$(BIN)/llmfleet local up --hosts 2 --gpus-per-host 2
+	$(BIN)/llmfleet local up --hosts 2
 	$(BIN)/llmfleet local chat "In one sentence, what does a Ray head node do?"
 
 lint: setup

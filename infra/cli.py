@@ -6,8 +6,14 @@ Each module in COMMANDS exposes `register(app: typer.Typer) -> None`.
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
+
+# vLLM logs to stdout by default, from the moment it is imported (ray.serve.llm imports it to
+# validate an LLMConfig). stdout carries documents (`render serve-config`, --json): logs go to
+# stderr. Set before any command can import vLLM.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 app = typer.Typer(
     name="llmfleet",

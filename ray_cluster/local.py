@@ -3,12 +3,16 @@
 Layout, as in production:
 - host 0 is the head: `ray_cluster.node head` (0 GPUs); it runs the Serve controller, the HTTP
   proxy and the OpenAI ingress;
-- hosts 1..N-1 are GPU workers: `ray_cluster.node worker` with G logical GPUs and the custom
-  resource `gpu_model:<X>`;
-- TP = G (inside a host) and PP = N-1 (across hosts), the rule for GPUs without NVLink, so the
-  engine needs every worker. When a worker host's Ray processes die, its supervisor restarts the
-  node after RESTART_DELAY_S (as the production unit's restart policy does); the node rejoins and
-  Serve places the engine again.
+- hosts 1..N-1 are CPU workers: `ray_cluster.node worker --device cpu`, 0 GPUs, advertising the
+  CPU-worker resource once per engine rank (TP x PP), so engine bundles never land on the head;
+- the app is the production one (`ray_cluster.serve_app:build_app`, Ray Serve LLM) from the same
+  Serve config renderer, with vLLM's CPU build as the engine: one replica per worker host, each
+  replica's TP x PP ranks on its own host (vLLM's Ray executor refuses CPU, so Ray Serve LLM
+  runs vLLM's multiprocessing executor). The preflight still gangs ranks across every worker
+  host and all-reduces over them: that, not the engine, is the local proof of cross-host TP x PP.
+  When a worker host's Ray processes die, its supervisor restarts the node after
+  RESTART_DELAY_S (as the production unit's restart policy does); the node rejoins and Serve
+  places that replica again while the other replicas keep answering.
 
 Each host's node runs under a supervisor (`python -m ray_cluster.local supervise`) inside the
 host (network namespace when root, else a loopback address). The deploy is the production flow,
@@ -36,18 +40,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ray_cluster import hosts
+from ray_cluster import contract, hosts
 from ray_cluster.hosts import Host, HostSet
 
 STATE_DIR_ENV = "LLMFLEET_STATE_DIR"
 DEFAULT_NAME = "local"
-DEFAULT_GPU_MODEL = "L20"
-DEFAULT_PORT = 8000
+DEFAULT_PORT = contract.HTTP_PORT
 DEFAULT_SUBNET = 1
-TOKEN_ENV = "LLMFLEET_API_TOKEN"  # = serve_config.DEFAULT_TOKEN_ENV, as production names it
+TOKEN_ENV = contract.TOKEN_ENV  # as production names it
+ENGINE = "vllm (CPU build) via Ray Serve LLM"
 MAX_HOSTS = 8
-MAX_GPUS_PER_HOST = 8
+MAX_RANKS_PER_HOST = 4  # each vLLM CPU rank is a process with its own model copy and KV cache
 MAX_MODEL_LEN = 1024
+CPU_KVCACHE_GIB = 1  # per rank; the tiny model needs far less, vLLM's unit is GiB
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 RESTART_DELAY_S = 10.0  # like systemd RestartSec: a lost host stays visible for a moment
 MODES = ("auto", "netns", "loopback")
@@ -57,7 +62,7 @@ STAGES = (
     ("model", "tiny DeepSeek-V3 model on disk"),
     ("hosts", "hosts created"),
     ("head", "head node up (GCS + dashboard)"),
-    ("gpus", "workers joined with TP x PP GPUs"),
+    ("gpus", "workers joined with every replica's engine slots"),
     ("preflight", "preflight: gang placement + all-reduce"),
     ("deploy", "serve deploy applied"),
     ("running", "Serve application RUNNING"),
@@ -82,25 +87,38 @@ class LocalError(RuntimeError):
 @dataclass(frozen=True)
 class Layout:
     hosts: int
-    gpus_per_host: int
-    gpu_model: str
     tp: int
     pp: int
 
     @property
-    def gpus(self) -> int:
+    def replicas(self) -> int:
+        return self.hosts - 1  # one replica per worker host
+
+    @property
+    def ranks_per_host(self) -> int:
         return self.tp * self.pp
 
 
-def plan_layout(n_hosts: int, gpus_per_host: int, gpu_model: str = DEFAULT_GPU_MODEL) -> Layout:
-    """Head + (n-1) workers; TP = GPUs per worker, PP = workers (TP inside a host, PP across)."""
+def plan_layout(n_hosts: int, tp: int = 1, pp: int = 1) -> Layout:
+    """Head + (n-1) worker hosts, one replica each; a replica's TP x PP ranks stay on its host."""
     if not 2 <= n_hosts <= MAX_HOSTS:
         raise LocalError(
-            f"--hosts {n_hosts}: allowed 2..{MAX_HOSTS} (host 0 is the head, the rest GPU workers)"
+            f"--hosts {n_hosts}: allowed 2..{MAX_HOSTS} (host 0 is the head, each other host one replica)"
         )
-    if not 1 <= gpus_per_host <= MAX_GPUS_PER_HOST:
-        raise LocalError(f"--gpus-per-host {gpus_per_host}: allowed 1..{MAX_GPUS_PER_HOST}")
-    return Layout(n_hosts, gpus_per_host, gpu_model, tp=gpus_per_host, pp=n_hosts - 1)
+    for key, v in (("--tp", tp), ("--pp", pp)):
+        if v < 1:
+            raise LocalError(f"{key} {v}: allowed an integer >= 1")
+    if tp * pp > MAX_RANKS_PER_HOST:
+        raise LocalError(f"--tp {tp} x --pp {pp} = {tp * pp} ranks per host: allowed at most {MAX_RANKS_PER_HOST}")
+    return Layout(n_hosts, tp, pp)
+
+
+def omp_threads_bind(ranks: int, cpus: int | None = None) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND: one core per rank, round-robin over this machine's cores.
+
+    vLLM's "auto" binds whole NUMA nodes and needs one per rank; this machine class has one."""
+    n = max(1, cpus or os.cpu_count() or 1)
+    return "|".join(str(r % n) for r in range(ranks))
 
 
 @dataclass(frozen=True)
@@ -143,11 +161,13 @@ def node_argv(
     python: str = sys.executable,
 ) -> list[str]:
     """The `ray_cluster.node` command of one host (foreground, so the supervisor owns it)."""
+    # Logical CPUs: the head's one is the ingress's; a worker's are its engine ranks plus the
+    # replica actor, which Ray Serve LLM adds to bundle 0.
     common = [
         "--ip",
         host.ip,
         "--num-cpus",
-        "1",
+        "1" if role == "head" else str(layout.ranks_per_host + 1),
         "--object-store-memory",
         str(OBJECT_STORE_BYTES),
         "--temp-dir",
@@ -179,9 +199,11 @@ def node_argv(
         "--address",
         f"{head.ip}:{ports.gcs}",
         "--num-gpus",
-        str(layout.gpus_per_host),
-        "--gpu-model",
-        layout.gpu_model,
+        "0",
+        "--device",
+        "cpu",
+        "--cpu-slots",
+        str(layout.ranks_per_host),
         "--wait",
         "120",
         *common,
@@ -211,8 +233,10 @@ def deploy_argv(
         str(layout.tp),
         "--pp",
         str(layout.pp),
-        "--gpu-model",
-        layout.gpu_model,
+        "--device",
+        "cpu",
+        "--replicas",
+        str(layout.replicas),
         "--expect-workers",
         ",".join(w.ip for w in workers),
         "--dashboard",
@@ -231,7 +255,7 @@ def deploy_argv(
 def render_local_serve_config(
     model_id: str, model_dir: str, layout: Layout, head_ip: str, http_port: int
 ) -> dict:
-    """The production Serve config shape with the CPU engine (serve_config.render_serve_config)."""
+    """The production Serve config (serve_config.render_serve_config) on the CPU device."""
     from ray_cluster.serve_config import ServeInputs, render_serve_config, validate_serve_config
 
     doc = render_serve_config(
@@ -241,11 +265,13 @@ def render_local_serve_config(
             tensor_parallel_size=layout.tp,
             pipeline_parallel_size=layout.pp,
             max_model_len=MAX_MODEL_LEN,
-            gpu_model=layout.gpu_model,
             api_token_env=TOKEN_ENV,
             http_port=http_port,
-        ),
-        engine="cpu",
+            replicas=layout.replicas,
+            device="cpu",
+            cpu_kvcache_gib=CPU_KVCACHE_GIB,
+            cpu_omp_threads_bind=omp_threads_bind(layout.ranks_per_host),
+        )
     )
     # The proxy binds the head's IP: loopback clusters share one port space.
     doc["http_options"]["host"] = head_ip
@@ -258,7 +284,7 @@ class HostStatus:
     name: str
     ip: str
     role: str
-    gpus: int
+    ranks: int
     status: str  # "alive" | "lost"
     reason: str = ""
 
@@ -274,7 +300,7 @@ def classify_hosts(
     """
     out = []
     for h in hosts_:
-        base = dict(name=h["name"], ip=h["ip"], role=h["role"], gpus=h["gpus"])
+        base = dict(name=h["name"], ip=h["ip"], role=h["role"], ranks=h["ranks"])
         if not raylet_running.get(h["name"], False):
             out.append(HostStatus(**base, status="lost", reason="no raylet process on the host"))
         elif nodes is None:
@@ -415,9 +441,9 @@ def _pid_alive(pid: int | None, prefix: str) -> bool:
 @dataclass
 class UpOptions:
     hosts: int = 2
-    gpus_per_host: int = 2
+    tp: int = 1
+    pp: int = 1
     port: int = DEFAULT_PORT
-    gpu_model: str = DEFAULT_GPU_MODEL
     mode: str = "auto"
     name: str = DEFAULT_NAME
     subnet: int = DEFAULT_SUBNET
@@ -554,7 +580,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     """Create the hosts, start the nodes, run the production deploy flow; returns the state."""
     from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model
 
-    layout = plan_layout(o.hosts, o.gpus_per_host, o.gpu_model)
+    layout = plan_layout(o.hosts, o.tp, o.pp)
     mode = resolve_mode(o.mode, hosts.is_root())
     ports = plan_ports(mode, o.subnet, o.port)
     sd = state_dir()
@@ -563,15 +589,16 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     existing = load_state(o.name, sd)
     if existing is not None:
         have = existing["layout"]
-        if (have["hosts"], have["gpus_per_host"], existing["ports"]["http"], existing["mode"]) != (
+        if (have["hosts"], have["tp"], have["pp"], existing["ports"]["http"], existing["mode"]) != (
             o.hosts,
-            o.gpus_per_host,
+            o.tp,
+            o.pp,
             o.port,
             mode,
         ):
             raise LocalError(
-                f"local cluster {o.name!r} already runs with --hosts {have['hosts']} --gpus-per-host "
-                f"{have['gpus_per_host']} --port {existing['ports']['http']} ({existing['mode']}); "
+                f"local cluster {o.name!r} already runs with --hosts {have['hosts']} --tp {have['tp']} "
+                f"--pp {have['pp']} --port {existing['ports']['http']} ({existing['mode']}); "
                 "run `llmfleet local down` first"
             )
         ok, why = healthy(existing)
@@ -605,7 +632,8 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         "mode": mode,
         "state_dir": str(sd),
         "created": time.time(),
-        "layout": asdict(layout),
+        "layout": {**asdict(layout), "replicas": layout.replicas},
+        "engine": ENGINE,
         "ports": asdict(ports),
         "endpoint": f"http://{head.ip}:{ports.http}/v1",
         "model": MODEL_ID,
@@ -636,7 +664,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
                     "name": h.name,
                     "ip": h.ip,
                     "role": role,
-                    "gpus": 0 if role == "head" else layout.gpus_per_host,
+                    "ranks": 0 if role == "head" else layout.ranks_per_host,
                     "supervisor_pid": pid,
                     "log": str(log),
                 }
@@ -644,7 +672,11 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             _save_state(st, sd)  # pids on disk at once: `down` finds them even if `up` dies here
         on_stage("head", f"{head.name} {head.ip}")
         _wait_head(st, hs, ports, paths["logs"] / f"{head.name}.log", min(o.timeout, 180))
-        on_stage("gpus", f"need {layout.gpus} GPUs (TP {layout.tp} x PP {layout.pp})")
+        on_stage(
+            "gpus",
+            f"{layout.replicas} replica(s) x TP {layout.tp} x PP {layout.pp} = "
+            f"{layout.replicas * layout.ranks_per_host} engine slots",
+        )
         result = _run_deploy(
             deploy_argv(head, workers, ports, layout, str(paths["serve"]), MODEL_ID, o.timeout),
             head,
@@ -680,7 +712,7 @@ def _ray_nodes(st: dict) -> list[dict] | None:
 
 def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True) -> dict:
     """Hosts alive/lost, Serve application state and whether a real completion answers."""
-    from ray_cluster.node import NodeError, probe_completion, serve_status
+    from ray_cluster.node import NodeError, probe_completion, serve_deployments, serve_status
 
     sd = sd or state_dir()
     st = load_state(name, sd)
@@ -691,9 +723,10 @@ def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True)
     nodes = _ray_nodes(st)
     rows = classify_hosts(st["hosts"], nodes, running)
     head_ip = st["hosts"][0]["ip"]
-    apps = (
-        serve_status(f"http://{head_ip}:{st['ports']['dashboard']}", timeout=5) if nodes is not None else {}
-    )
+    dashboard = f"http://{head_ip}:{st['ports']['dashboard']}"
+    apps = serve_status(dashboard, timeout=5) if nodes is not None else {}
+    # Which engine serves is read from Serve itself: the app's deployments and their replicas.
+    deployments = serve_deployments(dashboard, timeout=5) if nodes is not None else {}
     serving, detail = False, "not probed"
     if probe:
         try:
@@ -707,6 +740,8 @@ def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True)
         "endpoint": st["endpoint"],
         "model": st["model"],
         "layout": st["layout"],
+        "engine": st.get("engine", ENGINE),
+        "deployments": deployments,
         "hosts": [asdict(r) for r in rows],
         "lost": [r.name for r in rows if r.status != "alive"],
         "serve": apps,

@@ -24,12 +24,17 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
-from ray_cluster import nic
+from ray_cluster import contract, nic
+from ray_cluster.contract import (
+    CPU_WORKER_RESOURCE,
+    DASHBOARD_PORT,
+    GCS_PORT,
+    GPU_MODEL_PREFIX,
+    gpu_model_resource,
+)
 from ray_cluster.preflight import PreflightError
 
-GCS_PORT = 6379
-DASHBOARD_PORT = 8265
-GPU_MODEL_PREFIX = "gpu_model:"
+__all__ = ["DASHBOARD_PORT", "GCS_PORT", "gpu_model_resource"]
 
 
 class NodeError(RuntimeError):
@@ -37,11 +42,6 @@ class NodeError(RuntimeError):
 
 
 # ---------------------------------------------------------------- start commands (pure)
-
-
-def gpu_model_resource(model: str) -> str:
-    # Ray's accelerator list lacks the L20, so the model is pinned through a custom resource.
-    return f"{GPU_MODEL_PREFIX}{model}"
 
 
 def _common_args(
@@ -102,15 +102,22 @@ def worker_start_command(
     temp_dir: str | None = None,
     extra: list[str] | tuple[str, ...] = (),
     ray_bin: str = "ray",
+    device: str = "gpu",
+    cpu_slots: int = 0,
 ) -> list[str]:
-    """argv of `ray start --address=HEAD:6379` for a GPU worker."""
+    """argv of `ray start --address=HEAD:6379` for a worker.
+
+    GPU: num_gpus GPUs and `gpu_model:<X>` = num_gpus. CPU: 0 GPUs and the CPU-worker resource
+    = cpu_slots (engine ranks this host takes); the contract's bundles ask for exactly these."""
     if num_gpus < 0:
         raise NodeError(f"num_gpus {num_gpus} must be >= 0")
+    if device == "cpu" and (num_gpus or cpu_slots < 1):
+        raise NodeError(f"a cpu worker has 0 GPUs and cpu_slots >= 1 (got {num_gpus}, {cpu_slots})")
+    slots = num_gpus if device == "gpu" else cpu_slots
     argv = [ray_bin, "start", f"--address={head_address}", f"--num-gpus={num_gpus}"]
-    if gpu_model:
-        argv.append(
-            "--resources=" + json.dumps({gpu_model_resource(gpu_model): num_gpus}, separators=(",", ":"))
-        )
+    resources = contract.worker_resources(device, gpu_model, slots)
+    if resources:
+        argv.append("--resources=" + json.dumps(resources, separators=(",", ":")))
     return argv + _common_args(ip, num_cpus, object_store_memory, temp_dir, block, extra)
 
 
@@ -177,6 +184,7 @@ class NodeState:
     gpu_model: dict[str, float] = field(default_factory=dict)  # model -> count
     is_head: bool = False
     node_id: str = ""
+    cpu_slots: float = 0.0
 
 
 def gpu_shortfall(
@@ -184,18 +192,24 @@ def gpu_shortfall(
     need_gpus: int,
     gpu_model: str | None = None,
     expect_workers: list[str] | None = None,
+    device: str = "gpu",
 ) -> tuple[str, str] | None:
-    """None when the cluster holds enough GPUs; else (what is held, which nodes are missing)."""
+    """None when the cluster holds enough engine slots (GPUs, or CPU-worker slots on CPU);
+    else (what is held, which nodes are missing)."""
     alive = [n for n in nodes if n.alive]
-    have = sum(n.gpus for n in alive)
-    have_model = sum(n.gpu_model.get(gpu_model, 0) for n in alive) if gpu_model else have
     alive_ips = {n.ip for n in alive}
     missing = [ip for ip in (expect_workers or []) if ip not in alive_ips]
+    if device == "cpu":
+        have = have_model = sum(n.cpu_slots for n in alive)
+        msg = f"cluster has {have:g} of {need_gpus} CPU engine slots ({CPU_WORKER_RESOURCE})"
+    else:
+        have = sum(n.gpus for n in alive)
+        have_model = sum(n.gpu_model.get(gpu_model, 0) for n in alive) if gpu_model else have
+        msg = f"cluster has {have:g} of {need_gpus} GPUs"
+        if gpu_model:
+            msg += f" ({gpu_model_resource(gpu_model)} {have_model:g} of {need_gpus})"
     if have >= need_gpus and have_model >= need_gpus and not missing:
         return None
-    msg = f"cluster has {have:g} of {need_gpus} GPUs"
-    if gpu_model:
-        msg += f" ({gpu_model_resource(gpu_model)} {have_model:g} of {need_gpus})"
     detail = ""
     if missing:
         detail = f"workers {', '.join(missing)} missing"
@@ -215,11 +229,12 @@ def wait_for_gpus(
     interval: float = 2.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    device: str = "gpu",
 ) -> list[NodeState]:
     start = clock()
     while True:
         nodes = get_state()
-        short = gpu_shortfall(nodes, need_gpus, gpu_model, expect_workers)
+        short = gpu_shortfall(nodes, need_gpus, gpu_model, expect_workers, device)
         if short is None:
             return nodes
         if clock() - start >= timeout:
@@ -243,8 +258,9 @@ def ray_cluster_state() -> list[NodeState]:
                 alive=bool(n.get("Alive")),
                 gpus=float(res.get("GPU", 0)),
                 gpu_model=models,
-                is_head="node:__internal_head__" in res,
+                is_head=contract.HEAD_RESOURCE in res,
                 node_id=n.get("NodeID", ""),
+                cpu_slots=float(res.get(CPU_WORKER_RESOURCE, 0)),
             )
         )
     return out
@@ -374,6 +390,28 @@ def serve_status(dashboard: str, timeout: float = 5.0) -> dict:
     return {name: app.get("status", "") for name, app in (payload.get("applications") or {}).items()}
 
 
+def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
+    """{app: {deployment: {"status", "replicas"}}} from the dashboard; {} when unreachable."""
+    try:
+        status, payload = _http_json(
+            "GET", f"{dashboard.rstrip('/')}/api/serve/applications/", None, None, timeout
+        )
+    except OSError:
+        return {}
+    if status != 200 or not isinstance(payload, dict):
+        return {}
+    out: dict = {}
+    for name, app in (payload.get("applications") or {}).items():
+        out[name] = {
+            d: {
+                "status": dep.get("status", ""),
+                "replicas": sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"),
+            }
+            for d, dep in (app.get("deployments") or {}).items()
+        }
+    return out
+
+
 def wait_serve_running(dashboard: str, timeout: float, interval: float = 5.0) -> None:
     start = time.monotonic()
     while True:
@@ -461,6 +499,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
         num_gpus=a.num_gpus,
         gpu_model=a.gpu_model,
         num_cpus=a.num_cpus,
+        device=a.device,
+        cpu_slots=a.cpu_slots,
         object_store_memory=a.object_store_memory,
         block=a.block,
         temp_dir=a.temp_dir,
@@ -485,6 +525,18 @@ def connect(address: str, wait: float = 10.0) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
 
 
+def preflight_layout(device: str, tp: int, pp: int, replicas: int) -> tuple[int, int]:
+    """(TP, PP) of the gang the preflight reserves before `serve deploy`.
+
+    GPU: one replica's own TP x PP, the placement group vLLM will ask for. CPU: a replica's
+    ranks stay on its host (vLLM's multiprocessing executor), so the cross-host proof is one
+    gang of every replica's ranks: TP = ranks per host, PP = replica hosts, all-reduced across
+    all of them, as production's TP x PP spans its hosts."""
+    if device == "cpu":
+        return tp * pp, replicas
+    return tp, pp
+
+
 def cmd_deploy(a: argparse.Namespace) -> int:
     import ray
 
@@ -494,14 +546,18 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     token = os.environ.get(a.token_env) if a.token_env else None
     if a.token_env and not token:
         raise NodeError(f"--token-env {a.token_env}: variable is not set")
-    need = a.tp * a.pp
+    need = a.tp * a.pp * a.replicas
     expect = [ip for ip in (a.expect_workers or "").split(",") if ip]
+    pre_tp, pre_pp = preflight_layout(a.device, a.tp, a.pp, a.replicas)
     connect(a.address)
     try:
-        wait_for_gpus(ray_cluster_state, need, a.timeout, a.gpu_model, expect)
+        wait_for_gpus(ray_cluster_state, need, a.timeout, a.gpu_model, expect, device=a.device)
         # Stage lines on stderr: `llmfleet local up` shows them as progress, logs keep them.
-        print(f"gpus ready: {need} GPUs", file=sys.stderr, flush=True)
-        result = preflight.run_preflight(a.address, a.tp, a.pp, gpu_model=a.gpu_model, timeout=a.timeout)
+        unit = "GPUs" if a.device == "gpu" else "CPU engine slots"
+        print(f"gpus ready: {need} {unit}", file=sys.stderr, flush=True)
+        result = preflight.run_preflight(
+            a.address, pre_tp, pre_pp, gpu_model=a.gpu_model, timeout=a.timeout, device=a.device
+        )
         if not result.ok:
             raise NodeError(f"preflight failed: {'; '.join(result.problems) or result.summary()}")
         print(f"preflight ok: {result.summary()}", file=sys.stderr, flush=True)
@@ -610,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--address", required=True, help="HEAD_IP:6379")
     w.add_argument("--num-gpus", type=int, required=True)
     w.add_argument("--gpu-model", help="e.g. L20; advertised as custom resource gpu_model:<MODEL>")
+    w.add_argument("--device", choices=contract.DEVICES, default="gpu")
+    w.add_argument("--cpu-slots", type=int, default=0, help=f"cpu device: engine ranks ({CPU_WORKER_RESOURCE})")
     w.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the head to answer")
     w.add_argument("--retries", type=int, default=3)
     w.set_defaults(func=cmd_worker)
@@ -620,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tp", type=int, required=True)
     d.add_argument("--pp", type=int, required=True)
     d.add_argument("--gpu-model")
+    d.add_argument("--device", choices=contract.DEVICES, default="gpu")
+    d.add_argument("--replicas", type=int, default=1)
     d.add_argument("--timeout", type=float, default=600.0)
     d.add_argument("--expect-workers", help="comma-separated worker IPs, to name the missing ones")
     d.add_argument("--dashboard", default=f"http://127.0.0.1:{DASHBOARD_PORT}")
@@ -638,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    for key in ("tp", "pp", "num_gpus"):
+    for key in ("tp", "pp", "num_gpus", "replicas"):
         v = getattr(a, key, None)
         if v is not None and v < (0 if key == "num_gpus" else 1):
             print(

@@ -1,7 +1,8 @@
 """Gang/collective preflight: reserve the engine's TP x PP placement group and all-reduce across it.
 
-It reserves the same placement group vLLM will ask for (TP*PP bundles of one GPU, PACK),
-puts one rank actor on each bundle, checks that every TP group sits on one host, and runs
+It reserves the same bundles vLLM will ask for (ray_cluster.contract: TP*PP one-rank bundles,
+one GPU each on GPU hosts, one CPU plus the CPU-worker resource on CPU hosts), PACK, so the TP
+groups fill a host and the PP stages span hosts; it puts one rank actor on each bundle, checks that every TP group sits on one host, and runs
 an all-reduce over all ranks (NCCL with CUDA, else Gloo) whose sum must be exact.
 Every wait is bounded; the placement group and actors are always released.
 """
@@ -12,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-GPU_MODEL_PREFIX = "gpu_model:"
+from ray_cluster import contract
 
 
 class PreflightError(RuntimeError):
@@ -71,14 +72,12 @@ class PreflightResult:
 # ---------------------------------------------------------------- pure pieces
 
 
-def bundles(tp: int, pp: int, gpu_model: str | None = None) -> list[dict[str, float]]:
-    """The engine's placement group: one {GPU: 1} bundle per rank, rank r = pp_stage * TP + tp_rank."""
-    if tp < 1 or pp < 1:
-        raise PreflightError(f"tp={tp} pp={pp}: both must be >= 1")
-    b: dict[str, float] = {"GPU": 1}
-    if gpu_model:
-        b[f"{GPU_MODEL_PREFIX}{gpu_model}"] = 1
-    return [dict(b) for _ in range(tp * pp)]
+def bundles(tp: int, pp: int, gpu_model: str | None = None, device: str = "gpu") -> list[dict[str, float]]:
+    """The engine's bundles, rank r = pp_stage * TP + tp_rank (the contract's, one home)."""
+    try:
+        return contract.placement_bundles(tp, pp, device, gpu_model)
+    except contract.ContractError as e:
+        raise PreflightError(str(e)) from None
 
 
 def tp_groups(ranks: list[RankInfo], tp: int, pp: int) -> list[TPGroup]:
@@ -111,14 +110,17 @@ def expected_sum(world: int) -> float:
     return float(world * (world + 1) // 2)
 
 
-def no_fit_message(tp: int, pp: int, gpu_model: str | None, waited: float, total: dict, avail: dict) -> str:
+def no_fit_message(
+    tp: int, pp: int, gpu_model: str | None, waited: float, total: dict, avail: dict, device: str = "gpu"
+) -> str:
     need = tp * pp
+    unit = "GPU" if device == "gpu" else "CPU"
     msg = (
-        f"placement group of {need} GPU bundles (TP={tp} x PP={pp}, PACK) not placed after {waited:g} s: "
-        f"cluster has {total.get('GPU', 0):g} GPUs, {avail.get('GPU', 0):g} available"
+        f"placement group of {need} {unit} bundles (TP={tp} x PP={pp}, PACK) not placed after {waited:g} s: "
+        f"cluster has {total.get(unit, 0):g} {unit}s, {avail.get(unit, 0):g} available"
     )
-    if gpu_model:
-        key = f"{GPU_MODEL_PREFIX}{gpu_model}"
+    key = contract.worker_resource(device, gpu_model)
+    if key:
         msg += f"; {key} {total.get(key, 0):g} total, {avail.get(key, 0):g} available"
     return msg
 
@@ -223,6 +225,7 @@ def run_preflight(
     gpu_model: str | None = None,
     timeout: float = 120.0,
     collective_timeout: float = 60.0,
+    device: str = "gpu",
     tensor_bytes: int = 4 * 1024 * 1024,
     iters: int = 5,
 ) -> PreflightResult:
@@ -235,7 +238,7 @@ def run_preflight(
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    bundle_list = bundles(tp, pp, gpu_model)
+    bundle_list = bundles(tp, pp, gpu_model, device)
     world = tp * pp
     owns_connection = not ray.is_initialized()
     if owns_connection:
@@ -256,15 +259,17 @@ def run_preflight(
                     timeout,
                     ray.cluster_resources(),
                     ray.available_resources(),
+                    device,
                 )
             )
         rank_cls = ray.remote(_Rank)
-        extra = {f"{GPU_MODEL_PREFIX}{gpu_model}": 1} if gpu_model else None
-        for i in range(world):
+        # Each rank actor takes its whole bundle, as the engine's rank does.
+        for i, b in enumerate(bundle_list):
+            extra = {k: v for k, v in b.items() if k not in ("CPU", "GPU")} or None
             actors.append(
                 rank_cls.options(
-                    num_cpus=0,
-                    num_gpus=1,
+                    num_cpus=b.get("CPU", 0),
+                    num_gpus=b.get("GPU", 0),
                     resources=extra,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         placement_group=pg, placement_group_bundle_index=i

@@ -1,139 +1,207 @@
 """The production Serve application: Ray Serve LLM's OpenAI app behind a bearer token.
 
-`import_path: ray_cluster.serve_app:build_app`, args = `ray.serve.llm.LLMServingArgs` plus
+`import_path: ray_cluster.serve_app:build_app`; args = `ray.serve.llm.LLMServingArgs` plus
 `api_token_env`, the NAME of the env var that holds the token on the head (the hosts' env file,
 filled from SSM at boot). The token value never appears in a config, in the app graph or in
 Ray's GCS: each ingress replica reads it from its own environment when it starts, and a replica
 without a token fails to start instead of serving unauthenticated.
 
-It builds what `ray.serve.llm:build_openai_app` builds (one LLMServer deployment per model and
-the OpenAiIngress in front), on a FastAPI app made by Ray Serve LLM's own `init()` with one more
-middleware: the bearer check of ray_cluster.auth (constant time). Ray Serve's own
-`/-/healthz` and `/-/routes` are answered by the proxy, so load balancer checks need no token.
+The app is built by Ray Serve LLM's public builder, `ray.serve.llm.build_openai_app`, with its
+public extension point `ingress_cls_config.ingress_cls` set to `BearerOpenAiIngress`, a
+subclass of the public `ray.serve.llm.ingress.OpenAiIngress`. GPU hosts and the local CPU
+cluster deploy exactly this; only the LLMConfig (bundles, accelerator kind, env) differs.
+
+The gate is ASGI middleware around the whole FastAPI app, so every route is covered, including
+ones a later Ray adds (a per-route FastAPI dependency would leave new routes open). Ray 2.60's
+builder makes the FastAPI app itself and has no public middleware hook; the one place where the
+app exists inside the replica is Serve's `_set_asgi_app`, which `BearerOpenAiIngress` wraps. If
+a Ray upgrade stops calling it, `check_health` fails the replica: the gate fails closed.
+Ray Serve's own `/-/healthz` and `/-/routes` are answered by the proxy, so load balancer checks
+need no token.
 
 ray.serve.llm needs an engine package (vLLM) to import, so every ray.serve.llm import is inside
-a function: this module imports anywhere.
+a function or the class factory: this module imports anywhere.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from ray_cluster.auth import bearer_ok, load_token
 
-_OPENAI_401 = {
-    "error": {
-        "message": "Missing or invalid bearer token.",
-        "type": "invalid_request_error",
-        "param": None,
-        "code": "invalid_api_key",
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
+# Ray Serve LLM's switch that makes LLMServer itself the ingress, skipping any ingress class:
+# with it set, no gate could be in front of the engine.
+DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
+
+_OPENAI_401 = json.dumps(
+    {
+        "error": {
+            "message": "Missing or invalid bearer token.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
     }
-}
+).encode()
 
 
-class AppArgs(BaseModel):
-    """Our keys; everything else is LLMServingArgs and is validated by Ray Serve LLM."""
+class AppArgsError(ValueError):
+    """One line naming the build_app key, the bad value and what is allowed."""
 
-    model_config = ConfigDict(extra="allow")
 
-    api_token_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+# ---------------------------------------------------------------- the gate (pure ASGI)
+
+
+class BearerGate:
+    """ASGI middleware: HTTP and WebSocket requests need `Authorization: Bearer <token>`.
+
+    Lifespan events pass through (the app's own startup/shutdown)."""
+
+    def __init__(self, app: Any, token: str):
+        if not token:
+            raise ValueError("BearerGate: empty token")
+        self.app = app
+        self._token = token
+
+    def allows(self, scope: dict) -> bool:
+        for k, v in scope.get("headers") or ():
+            if k.lower() == b"authorization":
+                return bearer_ok(v.decode("latin-1"), self._token)
+        return False
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket") or self.allows(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b"Bearer"),
+                    (b"content-length", str(len(_OPENAI_401)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _OPENAI_401})
+
+
+# ---------------------------------------------------------------- args (pure)
 
 
 def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(token env name, LLMServingArgs dict); one-line ValueError naming the bad key."""
+    """(token env name, LLMServingArgs dict with the gated ingress); one-line AppArgsError.
+
+    `ingress_cls_config.ingress_cls` may name BearerOpenAiIngress or a subclass of it; anything
+    else could not be gated and is refused. `ingress_extra_kwargs` pass through."""
     args = dict(args or {})
     if "api_token" in args:
-        raise ValueError(
+        raise AppArgsError(
             "build_app args: key 'api_token' is not allowed; put the token in an env var and pass api_token_env"
         )
-    try:
-        a = AppArgs.model_validate(args)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ValueError(f"build_app args: key {key!r}: {err['msg']}") from None
-    serving = {k: v for k, v in args.items() if k != "api_token_env"}
-    return a.api_token_env, serving
+    env_name = args.pop("api_token_env", None)
+    if not isinstance(env_name, str) or not ENV_NAME_RE.match(env_name):
+        raise AppArgsError(
+            f"build_app args: api_token_env = {env_name!r}: allowed: an environment variable name"
+        )
+    if os.environ.get(DIRECT_STREAMING_ENV, "0") == "1":
+        raise AppArgsError(
+            f"{DIRECT_STREAMING_ENV}=1 makes the engine the ingress, with no bearer gate; allowed: unset or 0"
+        )
+    icc = args.get("ingress_cls_config") or {}
+    if not isinstance(icc, dict):
+        raise AppArgsError(
+            f"build_app args: ingress_cls_config = {icc!r}: allowed: a mapping with ingress_cls/ingress_extra_kwargs"
+        )
+    unknown = set(icc) - {"ingress_cls", "ingress_extra_kwargs"}
+    if unknown:
+        raise AppArgsError(
+            f"build_app args: ingress_cls_config.{sorted(unknown)[0]}: allowed keys: ingress_cls, ingress_extra_kwargs"
+        )
+    extra = dict(icc.get("ingress_extra_kwargs") or {})
+    if "api_token_env" in extra:
+        raise AppArgsError(
+            "build_app args: ingress_cls_config.ingress_extra_kwargs.api_token_env: not allowed; "
+            "set the top-level api_token_env"
+        )
+    extra["api_token_env"] = env_name
+    args["ingress_cls_config"] = {
+        "ingress_cls": icc.get("ingress_cls") or GATED_INGRESS,
+        "ingress_extra_kwargs": extra,
+    }
+    return env_name, args
 
 
-class TokenGate:
-    """Holds the env var NAME; the value is read in the replica process, once."""
-
-    def __init__(self, env_name: str):
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env_name):
-            raise ValueError(f"api_token_env = {env_name!r}: allowed: an environment variable name")
-        self.env_name = env_name
-        self._token: str | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"env_name": self.env_name, "_token": None}  # never ship a token in a pickle
-
-    def token(self) -> str:
-        if self._token is None:
-            self._token = load_token(self.env_name)  # TokenSourceError when unset: fail closed
-        return self._token
-
-    def allows(self, authorization: str | None) -> bool:
-        return bearer_ok(authorization, self.token())
+def _check_gated(cls: Any) -> None:
+    name = getattr(cls, "__qualname__", repr(cls))
+    if not (isinstance(cls, type) and issubclass(cls, _gated_base())):
+        raise AppArgsError(
+            f"build_app args: ingress_cls_config.ingress_cls = {name}: allowed: {GATED_INGRESS} "
+            "or a subclass of it (the bearer gate must wrap the ingress)"
+        )
 
 
-def add_bearer_auth(app: Any, gate: TokenGate) -> Any:
-    """Add the bearer check as the outermost middleware of a FastAPI/Starlette app."""
-    from starlette.responses import JSONResponse
+# ---------------------------------------------------------------- the ingress class
 
-    @app.middleware("http")
-    async def _bearer(request, call_next):
-        if not gate.allows(request.headers.get("authorization")):
-            return JSONResponse(_OPENAI_401, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
-
-    return app
+_GATED: type | None = None
 
 
-def authed_ingress_class(base: type, gate: TokenGate) -> type:
-    """A subclass of the ingress whose replicas refuse to start without a token."""
+def _gated_base() -> type:
+    """BearerOpenAiIngress, made on first use: its base class needs ray.serve.llm (and vLLM)."""
+    global _GATED
+    if _GATED is not None:
+        return _GATED
+    from ray.serve._private.http_util import ASGIAppReplicaWrapper
+    from ray.serve.llm.ingress import OpenAiIngress
 
-    class AuthedOpenAiIngress(base):
-        def __init__(self, *args: Any, **kwargs: Any):
-            gate.token()
+    if not hasattr(ASGIAppReplicaWrapper, "_set_asgi_app"):
+        # The hook the gate wraps is gone in this Ray: refuse to build an ungated app.
+        raise RuntimeError("this Ray has no ASGIAppReplicaWrapper._set_asgi_app; the bearer gate cannot attach")
+
+    class BearerOpenAiIngress(OpenAiIngress):
+        """Ray Serve LLM's OpenAI ingress with every request behind the bearer token."""
+
+        def __init__(self, *args: Any, api_token_env: str, **kwargs: Any):
+            # Read in the replica process: a replica without a token fails to start.
+            self._bearer_token = load_token(api_token_env)
             super().__init__(*args, **kwargs)
 
-    AuthedOpenAiIngress.__name__ = AuthedOpenAiIngress.__qualname__ = base.__name__
-    return AuthedOpenAiIngress
+        def _set_asgi_app(self, app: Any) -> None:
+            super()._set_asgi_app(BearerGate(app, self._bearer_token))
+
+        async def check_health(self) -> None:
+            if not isinstance(getattr(self, "_asgi_app", None), BearerGate):
+                raise RuntimeError("bearer gate is not in front of the ingress app")
+            await super().check_health()
+
+    # Importable by name (module __getattr__ below), so replicas unpickle it by reference.
+    BearerOpenAiIngress.__module__ = __name__
+    BearerOpenAiIngress.__qualname__ = "BearerOpenAiIngress"
+    _GATED = BearerOpenAiIngress
+    return _GATED
+
+
+def __getattr__(name: str) -> Any:
+    # `ray_cluster.serve_app:BearerOpenAiIngress` resolves lazily (Ray's load_class uses getattr).
+    if name == "BearerOpenAiIngress":
+        return _gated_base()
+    raise AttributeError(name)
 
 
 def build_app(args: dict[str, Any]):
-    """Serve application builder: Ray Serve LLM's OpenAI app with a bearer-token gate."""
-    from ray import serve
-    from ray.llm._internal.common.dict_utils import maybe_apply_llm_deployment_config_defaults
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import init
-    from ray.serve.llm import LLMServingArgs, build_llm_deployment
-    from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+    """Serve application builder: `ray.serve.llm.build_openai_app` with the gated ingress."""
+    from ray.serve.llm import LLMServingArgs, build_openai_app
 
-    env_name, serving = parse_args(args)
+    _, serving = parse_args(args)
     cfg = LLMServingArgs.model_validate(serving)
-    if cfg.ingress_cls_config.ingress_cls is not OpenAiIngress:
-        raise ValueError("build_app args: ingress_cls_config is not supported; the gated ingress is fixed")
-    gate = TokenGate(env_name)
-    llm_configs = cfg.llm_configs
-    deployments = {c.model_id: build_llm_deployment(c) for c in llm_configs}
-    cards = {c.model_id: to_model_metadata(c.model_id, c) for c in llm_configs}
-    lora_paths = {
-        c.model_id: c.lora_config.dynamic_lora_loading_path for c in llm_configs if c.lora_config is not None
-    }
-    options = maybe_apply_llm_deployment_config_defaults(
-        OpenAiIngress.get_deployment_options(llm_configs), cfg.ingress_deployment_config
-    )
-    ingress = make_fastapi_ingress(
-        authed_ingress_class(OpenAiIngress, gate), app=add_bearer_auth(init(), gate)
-    )
-    return serve.deployment(ingress, **options).bind(
-        llm_deployments=deployments,
-        model_cards=cards,
-        lora_paths=lora_paths,
-        **cfg.ingress_cls_config.ingress_extra_kwargs,
-    )
+    _check_gated(cfg.ingress_cls_config.ingress_cls)
+    return build_openai_app(cfg)

@@ -1,29 +1,33 @@
 """Render the Ray Serve deploy config (what `serve deploy` takes) from stack outputs + the plan.
 
-Production (engine="vllm"): one application, `ray_cluster.serve_app:build_app`, a thin wrapper
-of `ray.serve.llm:build_openai_app` whose args are LLMServingArgs plus `api_token_env` (the
-NAME of the env var holding the bearer token; Ray Serve LLM's OpenAI app has no auth).
+One application, `ray_cluster.serve_app:build_app`: Ray Serve LLM's `build_openai_app` with a
+bearer-token gate; its args are LLMServingArgs plus `api_token_env` (the NAME of the env var
+holding the token). GPU hosts and the local CPU cluster get the same document; the device kind
+changes only what must change (ServeInputs.device):
 
-- model_loading_config: the served model id, and as source the local NVMe path of the weights
+- placement_group_config: one bundle per rank from ray_cluster.contract. GPU: {GPU: 1} plus one
+  unit of `gpu_model:<GPU>` that GPU workers advertise (Ray's accelerator list has no L20, so
+  accelerator_type is never used), PACK. CPU: {CPU: 1} plus the CPU-worker resource that only
+  worker hosts advertise, STRICT_PACK (vLLM's Ray executor refuses CPU, so a replica's ranks
+  are children of the replica on its host). Ray Serve LLM adds the replica actor's CPU to
+  bundle 0 itself;
+- accelerator_config kind gpu/cpu; CPU adds VLLM_CPU_KVCACHE_SPACE (without it vLLM reads
+  gpu_memory_utilization as a fraction of RAM) and VLLM_CPU_OMP_THREADS_BIND, and a dtype,
+  since FP8 does not run on the CPU build;
+- model_loading_config: the served model id, and as source the local path of the weights
   (the same path on every host), so nothing is downloaded at deploy time;
 - engine_kwargs from the planner: TP = GPUs per host, PP = hosts, max_model_len,
   gpu_memory_utilization, chunked prefill, prefix caching, trust_remote_code;
-- placement_group_config: one bundle per GPU, PACK. Each bundle also asks for one unit of the
-  custom resource `gpu_model:<GPU>` that workers advertise (quantity = their GPU count):
-  Ray's accelerator list has no L20, so accelerator_type is never used. Ray Serve LLM adds the
-  replica actor's CPU to bundle 0 itself;
+- deployment_config.num_replicas = replicas (`llmfleet:replicas`; locally one per worker host);
 - runtime_env env vars: cluster-wide ones only. NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME /
   VLLM_HOST_IP name each node's own NIC and IP, so they cannot live in one runtime_env:
   ray_cluster.node sets them on each node before `ray start`, and Ray workers inherit them.
 
-Local (engine="cpu"): `ray_cluster.engines.cpu:build_app` with its EngineArgs, same shape.
-Both are validated with ray.serve.schema.ServeDeploySchema; the vLLM one also with
-ray.serve.llm.LLMConfig when that imports (it needs an engine package).
+Validated with ray.serve.schema.ServeDeploySchema and ray.serve.llm.LLMConfig.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +35,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ray_cluster.node import gpu_model_resource
+from ray_cluster import contract
+from ray_cluster.contract import APP_NAME, HEAD_RESOURCE, SERVE_IMPORT_PATH
+from ray_cluster.serve_app import ENV_NAME_RE
 
-DEFAULT_TOKEN_ENV = "LLMFLEET_API_TOKEN"
-APP_NAME = "llm"
-VLLM_IMPORT_PATH = "ray_cluster.serve_app:build_app"
-CPU_IMPORT_PATH = "ray_cluster.engines.cpu:build_app"
-ENGINES = ("vllm", "cpu")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Ray's head-node resource: pins the OpenAI ingress to the head, where the env file with the
-# token is mounted and the NLB sends traffic.
-HEAD_RESOURCE = "node:__internal_head__"
+DEFAULT_TOKEN_ENV = contract.TOKEN_ENV
+VLLM_IMPORT_PATH = SERVE_IMPORT_PATH
+DEVICES = contract.DEVICES
+CPU_DTYPES = ("float32", "bfloat16")
 
 
 class ServeConfigError(ValueError):
@@ -61,14 +62,24 @@ class ServeInputs:
     quantization: str | None = None  # vLLM `quantization` (only when not the checkpoint's own)
     trust_remote_code: bool = True
     api_token_env: str = DEFAULT_TOKEN_ENV
-    http_port: int = 8000
+    http_port: int = contract.HTTP_PORT
+    replicas: int = 1
+    device: str = "gpu"
+    # CPU only: vLLM's CPU KV cache in GiB, the per-rank OpenMP core binding, and the dtype.
+    cpu_kvcache_gib: int = 1
+    cpu_omp_threads_bind: str = "auto"
+    cpu_dtype: str = "float32"
 
     def check(self) -> None:
-        if not _ENV_NAME_RE.match(self.api_token_env):
+        try:
+            contract.check_device(self.device)
+        except contract.ContractError as e:
+            raise ServeConfigError(str(e)) from None
+        if not ENV_NAME_RE.match(self.api_token_env):
             raise ServeConfigError(
                 f"api_token_env = {self.api_token_env!r}: allowed: an environment variable name"
             )
-        for key in ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len"):
+        for key in ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "replicas"):
             if getattr(self, key) < 1:
                 raise ServeConfigError(f"{key} = {getattr(self, key)}: allowed: an integer >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -77,18 +88,24 @@ class ServeInputs:
             )
         if not self.model_source.startswith("/"):
             raise ServeConfigError(f"model_source = {self.model_source!r}: allowed: an absolute path")
+        if self.device == "cpu":
+            if self.cpu_kvcache_gib < 1:
+                raise ServeConfigError(f"cpu_kvcache_gib = {self.cpu_kvcache_gib}: allowed: an integer >= 1")
+            if self.cpu_dtype not in CPU_DTYPES:
+                raise ServeConfigError(f"cpu_dtype = {self.cpu_dtype!r}: allowed: {', '.join(CPU_DTYPES)}")
+            if self.quantization == "fp8":
+                raise ServeConfigError(
+                    "quantization = 'fp8': allowed on device gpu only (vLLM's CPU build has no FP8 here)"
+                )
 
 
-def placement_bundles(tp: int, pp: int, gpu_model: str | None) -> list[dict[str, float]]:
-    """TP x PP one-GPU bundles, each pinned to the GPU model through the custom resource."""
-    bundle: dict[str, float] = {"GPU": 1}
-    if gpu_model:
-        bundle[gpu_model_resource(gpu_model)] = 1
-    return [dict(bundle) for _ in range(tp * pp)]
+def placement_bundles(tp: int, pp: int, gpu_model: str | None, device: str = "gpu") -> list[dict[str, float]]:
+    """TP x PP one-rank bundles (ray_cluster.contract, shared with the preflight)."""
+    return contract.placement_bundles(tp, pp, device, gpu_model)
 
 
 def cluster_env_vars(efa: bool) -> dict[str, str]:
-    """Env vars that are the same on every node (runtime_env values must be strings)."""
+    """Env vars that are the same on every GPU node (runtime_env values must be strings)."""
     env = {
         "NCCL_DEBUG": "WARN",
         "VLLM_USE_V1": "1",
@@ -99,6 +116,14 @@ def cluster_env_vars(efa: bool) -> dict[str, str]:
     else:
         env["NCCL_IB_DISABLE"] = "1"  # no InfiniBand/EFA: sockets on the chosen NIC
     return env
+
+
+def cpu_env_vars(i: ServeInputs) -> dict[str, str]:
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": str(i.cpu_kvcache_gib),
+        "VLLM_CPU_OMP_THREADS_BIND": i.cpu_omp_threads_bind,
+    }
 
 
 def llm_config(i: ServeInputs) -> dict[str, Any]:
@@ -114,53 +139,41 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
     }
     if i.quantization:
         engine_kwargs["quantization"] = i.quantization
+    if i.device == "cpu":
+        engine_kwargs["dtype"] = i.cpu_dtype
+    env = cluster_env_vars(i.efa) if i.device == "gpu" else cpu_env_vars(i)
     return {
         "model_loading_config": {"model_id": i.model_id, "model_source": i.model_source},
+        "accelerator_config": {"kind": i.device},
         "engine_kwargs": engine_kwargs,
         "placement_group_config": {
-            "bundles": placement_bundles(i.tensor_parallel_size, i.pipeline_parallel_size, i.gpu_model),
-            "strategy": "PACK",
+            "bundles": placement_bundles(
+                i.tensor_parallel_size, i.pipeline_parallel_size, i.gpu_model, i.device
+            ),
+            "strategy": contract.placement_strategy(i.device),
         },
-        "deployment_config": {"num_replicas": 1},
-        "runtime_env": {"env_vars": cluster_env_vars(i.efa)},
+        "deployment_config": {"num_replicas": i.replicas},
+        "runtime_env": {"env_vars": env},
     }
 
 
-def render_serve_config(i: ServeInputs, engine: str = "vllm") -> dict[str, Any]:
-    """The ServeDeploySchema document for `serve deploy` (a dict; dump with yaml.safe_dump)."""
+def render_serve_config(i: ServeInputs) -> dict[str, Any]:
+    """The ServeDeploySchema document for `serve deploy` (a dict; dump with to_yaml)."""
     i.check()
-    if engine == "vllm":
-        app = {
-            "name": APP_NAME,
-            "route_prefix": "/",
-            "import_path": VLLM_IMPORT_PATH,
-            "args": {
-                "llm_configs": [llm_config(i)],
-                "api_token_env": i.api_token_env,
-                "ingress_deployment_config": {
-                    "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}}
-                },
+    app = {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": SERVE_IMPORT_PATH,
+        "args": {
+            "llm_configs": [llm_config(i)],
+            "api_token_env": i.api_token_env,
+            "ingress_deployment_config": {
+                "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}}
             },
-        }
-    elif engine == "cpu":
-        app = {
-            "name": APP_NAME,
-            "route_prefix": "/",
-            "import_path": CPU_IMPORT_PATH,
-            "args": {
-                "model_id": i.model_id,
-                "model_source": i.model_source,
-                "max_model_len": i.max_model_len,
-                "api_token_env": i.api_token_env,
-                "tensor_parallel_size": i.tensor_parallel_size,
-                "pipeline_parallel_size": i.pipeline_parallel_size,
-                "gpu_model": i.gpu_model,
-            },
-        }
-    else:
-        raise ServeConfigError(f"engine = {engine!r}: allowed: {', '.join(ENGINES)}")
+        },
+    }
     return {
-        # The NLB targets the head; the ingress runs there too.
+        # The load balancer targets the head; the ingress runs there too.
         "proxy_location": "HeadOnly",
         "http_options": {"host": "0.0.0.0", "port": i.http_port},
         "applications": [app],
@@ -198,7 +211,7 @@ def validate_serve_config(doc: Mapping[str, Any]) -> list[str]:
         raise ServeConfigError(_pydantic_line("Ray rejected the Serve config", e)) from None
     notes: list[str] = []
     for app in doc.get("applications", []):
-        if app.get("import_path") != VLLM_IMPORT_PATH:
+        if app.get("import_path") != SERVE_IMPORT_PATH:
             continue
         cls, why = llm_config_validator()
         if cls is None:

@@ -71,8 +71,8 @@ def default_data_dir() -> Path:
 
 
 def model_dir_for(data_dir: Path, seed: int) -> Path:
-    # v2: the generation config suppresses tokens that are not text on their own (see build_into).
-    return Path(data_dir) / "models" / f"tiny-deepseek-v3-v2-s{seed}"
+    # v3: MLA at R1's kv_lora_rank/rope dims and noaux_tc routing (what vLLM's CPU build serves).
+    return Path(data_dir) / "models" / f"tiny-deepseek-v3-v3-s{seed}"
 
 
 def tiny_config(vocab_size: int):
@@ -92,10 +92,16 @@ def tiny_config(vocab_size: int):
         num_experts_per_tok=2,
         n_group=1,
         topk_group=1,
+        # R1's router: sigmoid scores with a learned bias (e_score_correction_bias); vLLM's
+        # loader expects that tensor for a DeepSeek-V3 checkpoint.
+        topk_method="noaux_tc",
+        scoring_func="sigmoid",
         first_k_dense_replace=1,
         q_lora_rank=32,
-        kv_lora_rank=16,
-        qk_rope_head_dim=8,
+        # vLLM's CPU MLA kernel supports only kv_lora_rank + qk_rope_head_dim = 576, R1's own
+        # 512 + 64; the rest stays toy-sized.
+        kv_lora_rank=512,
+        qk_rope_head_dim=64,
         qk_nope_head_dim=8,
         v_head_dim=16,
         max_position_embeddings=2048,

@@ -17,11 +17,12 @@ NameOpt = Annotated[
 UP_HELP = (
     "Start a local multi-host Ray cluster and serve the tiny DeepSeek-V3 model on it.\n\n"
     "Layout (the production shape): host 0 is the head (0 GPUs; Serve controller, HTTP proxy, "
-    "OpenAI ingress); hosts 1..N-1 are GPU workers with G logical GPUs each and the custom resource "
-    "gpu_model:L20. The engine uses TP = G (inside a host) x PP = N-1 (across hosts), so it needs "
-    "every worker: --hosts 2 is a head and one worker. Each host's node runs under a supervisor that "
-    "restarts it when it dies (like the production unit's restart policy), so a lost worker rejoins "
-    "and the app serves again.\n\n"
+    "OpenAI ingress); hosts 1..N-1 are CPU workers, one replica of the production app each "
+    "(ray_cluster.serve_app:build_app, Ray Serve LLM with vLLM's CPU build). A replica's TP x PP "
+    "ranks stay on its host (vLLM's Ray executor refuses CPU); the preflight gangs ranks across every "
+    "worker host and all-reduces over them. Each host's node runs under a supervisor that restarts it "
+    "when it dies (like the production unit's restart policy), so a lost worker rejoins and its "
+    "replica serves again while the others keep answering.\n\n"
     "Hosts are network namespaces with their own IPs when run as root, else loopback addresses. The "
     "deploy is the production flow (ray_cluster.node deploy): wait for GPUs, preflight, serve deploy, "
     "ready only after a real completion. State: $LLMFLEET_STATE_DIR or ~/.cache/llmfleet/local. "
@@ -63,10 +64,10 @@ def _progress_stages():
 def _hosts_table(rows: list[dict], title: str) -> Table:
     with_status = any("status" in h for h in rows)
     t = Table(title=title)
-    for col in ("host", "ip", "role", "GPUs") + (("status",) if with_status else ()):
+    for col in ("host", "ip", "role", "engine ranks") + (("status",) if with_status else ()):
         t.add_column(col)
     for h in rows:
-        cells = [h["name"], h["ip"], h["role"], str(h["gpus"])]
+        cells = [h["name"], h["ip"], h["role"], str(h["ranks"])]
         if with_status:
             shown = {"alive": "[green]alive[/]", "lost": "[red]lost[/]"}.get(h.get("status"), "-")
             if h.get("status") == "lost" and h.get("reason"):
@@ -86,17 +87,13 @@ def register(app: typer.Typer) -> None:
     @local.command("up", help=UP_HELP)
     def up_cmd(
         hosts: Annotated[
-            int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 GPU workers (PP = N-1).")
+            int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 workers, one replica each.")
         ] = 2,
-        gpus_per_host: Annotated[
-            int, typer.Option("--gpus-per-host", min=1, max=8, help="Logical GPUs per worker (TP).")
-        ] = 2,
+        tp: Annotated[int, typer.Option("--tp", min=1, max=4, help="Tensor parallel ranks per replica.")] = 1,
+        pp: Annotated[int, typer.Option("--pp", min=1, max=4, help="Pipeline stages per replica.")] = 1,
         port: Annotated[
             int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
         ] = 8000,
-        gpu_model: Annotated[
-            str, typer.Option("--gpu-model", help="GPU model advertised as gpu_model:<X>.")
-        ] = "L20",
         mode: Annotated[
             str, typer.Option("--mode", help="auto (netns when root), netns or loopback.")
         ] = "auto",
@@ -111,7 +108,7 @@ def register(app: typer.Typer) -> None:
         from ray_cluster.local import LocalError, UpOptions, public_doc, up
         from ray_cluster.serve_config import ServeConfigError
 
-        opts = UpOptions(hosts, gpus_per_host, port, gpu_model, mode, name, subnet, timeout)
+        opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout)
         progress, on_stage = _progress_stages()
         try:
             with progress:
@@ -129,7 +126,7 @@ def register(app: typer.Typer) -> None:
         console.print(_hosts_table([{**h} for h in st["hosts"]], f"local cluster {name!r} ({st['mode']})"))
         lay = st["layout"]
         console.print(
-            f"engine: {st['model']}, TP {lay['tp']} x PP {lay['pp']} on gpu_model:{lay['gpu_model']}",
+            f"engine: {st['engine']}: {st['model']}, {lay['replicas']} replica(s) x TP {lay['tp']} x PP {lay['pp']}",
             highlight=False,
         )
         console.print(f"endpoint: {doc['endpoint']}", highlight=False)
@@ -154,6 +151,12 @@ def register(app: typer.Typer) -> None:
         console.print(_hosts_table(rep["hosts"], f"local cluster {name!r} ({rep['mode']})"))
         serve = ", ".join(f"{k}={v}" for k, v in rep["serve"].items()) or "no applications / head unreachable"
         console.print(f"serve: {serve}", highlight=False)
+        deps = "; ".join(
+            f"{d} {s['status']} ({s['replicas']} running)"
+            for app in rep["deployments"].values()
+            for d, s in app.items()
+        )
+        console.print(f"engine: {rep['engine']}" + (f": {deps}" if deps else ""), highlight=False)
         ok = "[green]yes[/]" if rep["serving"] else f"[red]no[/] ({rep['serving_detail']})"
         console.print(f"endpoint {rep['endpoint']} answers a completion: {ok}", highlight=False)
         if rep["lost"]:

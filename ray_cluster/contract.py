@@ -1,0 +1,79 @@
+"""The node contract: names and shapes that every side of a cluster must agree on.
+
+The Serve config renderer, the preflight, the node start commands and the local cluster all
+read these, so the placement group the preflight reserves is exactly the one the engine asks
+for, and a worker advertises exactly the resources those bundles name. Stdlib only: this module
+runs in the image and on the operator's machine alike.
+"""
+
+from __future__ import annotations
+
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+HTTP_PORT = 8000
+TOKEN_ENV = "LLMFLEET_API_TOKEN"  # the endpoint token's env var on the head (never the value)
+APP_NAME = "llm"
+SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"
+
+# Device kinds a cluster's workers can be. "gpu": the production hosts. "cpu": vLLM's CPU build
+# (the local cluster); vLLM's Ray executor refuses CPU, so one replica's ranks stay on one host.
+DEVICES = ("gpu", "cpu")
+GPU_MODEL_PREFIX = "gpu_model:"
+# Ray's accelerator list lacks the L20, so the GPU model is pinned through a custom resource
+# that GPU workers advertise (quantity = their GPU count). CPU workers advertise this one
+# instead (quantity = their engine slots); the head has neither, so engine bundles never land
+# on the head, where the ingress must still find a CPU.
+CPU_WORKER_RESOURCE = "llmfleet_cpu_worker"
+# Ray's head-node resource: pins the OpenAI ingress to the head, where the env file with the
+# token is mounted and the load balancer sends traffic.
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+class ContractError(ValueError):
+    """One line: which value breaks the contract and what is allowed."""
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ContractError(f"device = {device!r}: allowed: {', '.join(DEVICES)}")
+    return device
+
+
+def gpu_model_resource(model: str) -> str:
+    return f"{GPU_MODEL_PREFIX}{model}"
+
+
+def worker_resource(device: str, gpu_model: str | None) -> str | None:
+    """The custom resource only worker hosts advertise, one unit per engine rank."""
+    if check_device(device) == "cpu":
+        return CPU_WORKER_RESOURCE
+    return gpu_model_resource(gpu_model) if gpu_model else None
+
+
+def worker_resources(device: str, gpu_model: str | None, slots: int) -> dict[str, float]:
+    """What a worker's `ray start --resources` advertises besides CPU/GPU."""
+    key = worker_resource(device, gpu_model)
+    return {key: slots} if key else {}
+
+
+def rank_bundle(device: str, gpu_model: str | None) -> dict[str, float]:
+    """One engine rank's placement bundle."""
+    b: dict[str, float] = {"GPU": 1} if check_device(device) == "gpu" else {"CPU": 1}
+    key = worker_resource(device, gpu_model)
+    if key:
+        b[key] = 1
+    return b
+
+
+def placement_bundles(tp: int, pp: int, device: str = "gpu", gpu_model: str | None = None) -> list[dict]:
+    """TP x PP one-rank bundles; rank r = pp_stage * TP + tp_rank."""
+    if tp < 1 or pp < 1:
+        raise ContractError(f"tp={tp} pp={pp}: both must be >= 1")
+    return [rank_bundle(device, gpu_model) for _ in range(tp * pp)]
+
+
+def placement_strategy(device: str) -> str:
+    # GPU: PACK fills a host's GPUs first and spills PP stages to the next host. CPU: vLLM's
+    # multiprocessing executor runs every rank as a child of the replica, so all of a replica's
+    # bundles must sit on its host.
+    return "PACK" if check_device(device) == "gpu" else "STRICT_PACK"
