@@ -5,13 +5,20 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# uv installs the locked working set (uv.lock, with the CPU-only overrides in pyproject.toml);
+# it is itself installed from PyPI into a small tools venv, pinned.
+UV_VERSION = 0.13.9
+TOOLS   = .tools
+UV      = $(TOOLS)/bin/uv
 
 .PHONY: setup system-deps demo test lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,4 +45,4 @@ bench: setup
 
 clean:
 	-$(BIN)/llmfleet local down
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -25,10 +25,11 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from ray_cluster import contract
 from ray_cluster.cluster_yaml import HOST_ENV_FILE
-from ray_cluster.node import GCS_PORT
+from ray_cluster.contract import GCS_PORT
 
-TOKEN_ENV = "LLMFLEET_API_TOKEN"
+TOKEN_ENV = contract.TOKEN_ENV
 # Ray 2.60 token auth: every node and driver runs RAY_AUTH_MODE=token with the same token.
 RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
 # Explicit in the env file too: `ray status` / `ray job submit` run with `docker exec` (the
@@ -73,7 +74,9 @@ class NodeSpec:
     serve_config: str = ""
     tensor_parallel_size: int = 0
     pipeline_parallel_size: int = 0
+    replicas: int = 1
     deploy_gpu_model: str = ""
+    served_model: str = ""  # the model id the Serve config serves (what readiness asks for)
 
     @property
     def container(self) -> str:
@@ -352,27 +355,18 @@ def deploy_argv(spec: NodeSpec) -> list[str]:
     """What the head runs inside its container to bootstrap the inference actors."""
     if spec.role != "head" or spec.tensor_parallel_size < 1 or spec.pipeline_parallel_size < 1:
         raise ValueError("deploy runs on the head and needs tensor/pipeline parallel sizes >= 1")
-    argv = [
+    return contract.node_deploy_argv(
         "python",
-        "-m",
-        "ray_cluster.node",
-        "deploy",
-        "--serve-config",
         SERVE_CONFIG_PATH,
-        "--tp",
-        str(spec.tensor_parallel_size),
-        "--pp",
-        str(spec.pipeline_parallel_size),
-        "--timeout",
-        str(DEPLOY_TIMEOUT_S),
-        "--token-env",
-        TOKEN_ENV,
-        "--endpoint",
-        f"http://127.0.0.1:{spec.endpoint_port}",
-    ]
-    if spec.deploy_gpu_model:
-        argv += ["--gpu-model", spec.deploy_gpu_model]
-    return argv
+        spec.tensor_parallel_size,
+        spec.pipeline_parallel_size,
+        replicas=spec.replicas,
+        gpu_model=spec.deploy_gpu_model or None,
+        timeout=DEPLOY_TIMEOUT_S,
+        token_env=TOKEN_ENV,
+        endpoint=f"http://127.0.0.1:{spec.endpoint_port}",
+        model=spec.served_model or None,
+    )
 
 
 def _serve_config_file(spec: NodeSpec) -> str:

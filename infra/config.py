@@ -122,6 +122,8 @@ class StackConfig(BaseModel):
     )
     gpu_instance_type: str = Field(default="g6e.48xlarge", alias="llmfleet:gpuInstanceType")
     worker_count: int | Literal["auto"] = Field(default="auto", alias="llmfleet:workerCount")
+    # Engine replicas; each spans the plan's nodes (PP), so workerCount = replicas x nodes.
+    replicas: Annotated[int, Field(ge=1, le=64)] = Field(default=1, alias="llmfleet:replicas")
     head_instance_type: str = Field(default="m7i.2xlarge", alias="llmfleet:headInstanceType")
     weights_uri: str | None = Field(default=None, alias="llmfleet:weightsUri")
     weights_path: str = Field(default="/opt/llmfleet/models", alias="llmfleet:weightsPath")
@@ -140,7 +142,7 @@ class StackConfig(BaseModel):
     root_volume_gb: Annotated[int, Field(ge=64, le=16384)] | None = Field(
         default=None, alias="llmfleet:rootVolumeGb"
     )
-    base_image: str = Field(default="vllm/vllm-openai:v0.11.0", alias="llmfleet:baseImage")
+    base_image: str = Field(default="vllm/vllm-openai:v0.29.0", alias="llmfleet:baseImage")
     hosts: list[HostSpec] = Field(default_factory=list, alias="llmfleet:hosts")
     ssh_private_key: str | None = Field(default=None, alias="llmfleet:sshPrivateKey")
     host_hourly_usd: Annotated[float, Field(ge=0)] | None = Field(
@@ -322,6 +324,13 @@ class StackConfig(BaseModel):
                 "the head advertises 0 GPUs, so a GPU type is wasted; allowed: "
                 + ", ".join(i.name for i in cat.instances.values() if not i.gpu),
             )
+        if self.provider == "aws" and self.worker_count != "auto" and self.worker_count % self.replicas:
+            raise _Cross(
+                "llmfleet:workerCount",
+                self.worker_count,
+                f"allowed: 'auto' or a multiple of llmfleet:replicas ({self.replicas}); "
+                "every replica takes the same number of hosts",
+            )
         if self.max_model_len > cat.models[self.model].max_position_embeddings:
             raise _Cross(
                 "llmfleet:maxModelLen",
@@ -393,6 +402,12 @@ class StackConfig(BaseModel):
                 self.worker_count,
                 f"allowed: 'auto' or {len(workers)} (the number of worker hosts)",
             )
+        if len(workers) % self.replicas:
+            raise _Cross(
+                "llmfleet:replicas",
+                self.replicas,
+                f"allowed: a divisor of the {len(workers)} worker hosts (each replica takes the same hosts)",
+            )
         if not self.ssh_private_key:
             raise _Cross(
                 "llmfleet:sshPrivateKey",
@@ -439,13 +454,19 @@ class StackConfig(BaseModel):
 
         return plan_for_stack(self)
 
+    def nodes_per_replica(self) -> int | None:
+        """Hosts one engine replica spans (its PP), or None for the planner's choice ('auto')."""
+        if self.provider == "existing":
+            return len(self.worker_hosts) // self.replicas
+        return None if self.worker_count == "auto" else self.worker_count // self.replicas
+
     def resolved_workers(self) -> int:
-        """The worker count: the configured integer, or the planner's node count for 'auto'."""
+        """The worker count: replicas x the configured or the planner's nodes per replica."""
         if self.provider == "existing":
             return len(self.worker_hosts)
         if self.worker_count != "auto":
             return self.worker_count
-        return self.plan().nodes
+        return self.replicas * self.plan().nodes
 
 
 class _Cross(ValueError):

@@ -80,6 +80,7 @@ def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) ->
             serve_config=serve_config_yaml(cfg, plan),
             tensor_parallel_size=plan.tensor_parallel_size,
             pipeline_parallel_size=plan.pipeline_parallel_size,
+            replicas=cfg.replicas,
             deploy_gpu_model=cfg.gpu_model,
         )
     return NodeSpec(

@@ -481,10 +481,8 @@ def calibrated_efficiency() -> float:
 
 def plan_for_stack(cfg: StackConfig) -> Plan:
     """The plan for a stack's model, quantization, max length, worker type and count."""
-    if cfg.provider == "existing":
-        nodes: int | None = len(cfg.worker_hosts)  # the declared workers are the nodes
-    else:
-        nodes = None if cfg.worker_count == "auto" else cfg.worker_count
+    # One replica's layout: the declared (or configured) workers split evenly across replicas.
+    nodes = cfg.nodes_per_replica()
     return plan(
         model=cfg.model,
         gpu=cfg.gpu_model,

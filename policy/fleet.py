@@ -84,6 +84,12 @@ def _gpu_fit(args: StackValidationArgs, report: ReportViolation) -> None:
         if not (gpu and gpus_per_node and nodes):
             args.not_applicable("no GPU workers in the stack and no gpu/gpusPerNode/workers in policy config")
     model = _serving_setting(workers, cfg, "llmfleet:model", "model") or "deepseek-r1"
+    # Each replica spans an equal share of the workers; the fit is per replica.
+    replicas = to_int(_serving_setting(workers, cfg, "llmfleet:replicas", "replicas")) or 1
+    if nodes % replicas:
+        report(f"{nodes} GPU workers do not split into {replicas} equal replicas")
+        return
+    nodes //= replicas
     quant = _serving_setting(workers, cfg, "llmfleet:quantization", "quantization")
     max_len = to_int(_serving_setting(workers, cfg, "llmfleet:maxModelLen", "maxModelLen")) or 8192
     extra = {}
@@ -304,6 +310,7 @@ FLEET_POLICIES: list[StackValidationPolicy] = [
                 },
                 "gpusPerNode": {"type": "integer", "minimum": 1},
                 "workers": {"type": "integer", "minimum": 1},
+                "replicas": {"type": "integer", "minimum": 1},
             }
         ),
         validate=_gpu_fit,

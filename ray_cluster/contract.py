@@ -77,3 +77,39 @@ def placement_strategy(device: str) -> str:
     # multiprocessing executor runs every rank as a child of the replica, so all of a replica's
     # bundles must sit on its host.
     return "PACK" if check_device(device) == "gpu" else "STRICT_PACK"
+
+
+def node_deploy_argv(
+    python: str,
+    serve_config: str,
+    tp: int,
+    pp: int,
+    *,
+    replicas: int = 1,
+    device: str = "gpu",
+    gpu_model: str | None = None,
+    timeout: float,
+    token_env: str = TOKEN_ENV,
+    endpoint: str,
+    address: str | None = None,
+    dashboard: str | None = None,
+    expect_workers: list[str] | None = None,
+    model: str | None = None,
+) -> list[str]:
+    """`python -m ray_cluster.node deploy ...`: wait for every replica's slots -> preflight ->
+    serve deploy -> ready after a real completion. The one builder of this argv (cloud-init on
+    the head, the on-prem bootstrap and the local cluster all call it)."""
+    argv = [python, "-m", "ray_cluster.node", "deploy", "--serve-config", serve_config]
+    argv += ["--tp", str(tp), "--pp", str(pp), "--replicas", str(replicas), "--device", check_device(device)]
+    if gpu_model and device == "gpu":
+        argv += ["--gpu-model", gpu_model]
+    if address:
+        argv += ["--address", address]
+    if expect_workers:
+        argv += ["--expect-workers", ",".join(expect_workers)]
+    if dashboard:
+        argv += ["--dashboard", dashboard]
+    argv += ["--endpoint", endpoint, "--token-env", token_env]
+    if model:
+        argv += ["--model", model]
+    return argv + ["--timeout", f"{timeout:g}"]

@@ -113,12 +113,14 @@ def plan_layout(n_hosts: int, tp: int = 1, pp: int = 1) -> Layout:
     return Layout(n_hosts, tp, pp)
 
 
-def omp_threads_bind(ranks: int, cpus: int | None = None) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND: one core per rank, round-robin over this machine's cores.
+def omp_threads_bind(ranks: int, cpus: int | None = None, worker_index: int = 0) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND of one worker host: one core per rank, round-robin over this
+    machine's cores, each worker host starting where the previous one stopped, so replicas on
+    different hosts do not share a core while there are cores to go round.
 
     vLLM's "auto" binds whole NUMA nodes and needs one per rank; this machine class has one."""
     n = max(1, cpus or os.cpu_count() or 1)
-    return "|".join(str(r % n) for r in range(ranks))
+    return "|".join(str((worker_index * ranks + r) % n) for r in range(ranks))
 
 
 @dataclass(frozen=True)
@@ -220,36 +222,21 @@ def deploy_argv(
     timeout: float,
     python: str = sys.executable,
 ) -> list[str]:
-    return [
+    return contract.node_deploy_argv(
         python,
-        "-m",
-        "ray_cluster.node",
-        "deploy",
-        "--address",
-        f"{head.ip}:{ports.gcs}",
-        "--serve-config",
         serve_config,
-        "--tp",
-        str(layout.tp),
-        "--pp",
-        str(layout.pp),
-        "--device",
-        "cpu",
-        "--replicas",
-        str(layout.replicas),
-        "--expect-workers",
-        ",".join(w.ip for w in workers),
-        "--dashboard",
-        f"http://{head.ip}:{ports.dashboard}",
-        "--endpoint",
-        f"http://{head.ip}:{ports.http}",
-        "--token-env",
-        TOKEN_ENV,
-        "--model",
-        model,
-        "--timeout",
-        f"{timeout:g}",
-    ]
+        layout.tp,
+        layout.pp,
+        replicas=layout.replicas,
+        device="cpu",
+        timeout=timeout,
+        token_env=TOKEN_ENV,
+        endpoint=f"http://{head.ip}:{ports.http}",
+        address=f"{head.ip}:{ports.gcs}",
+        dashboard=f"http://{head.ip}:{ports.dashboard}",
+        expect_workers=[w.ip for w in workers],
+        model=model,
+    )
 
 
 def render_local_serve_config(
@@ -270,7 +257,6 @@ def render_local_serve_config(
             replicas=layout.replicas,
             device="cpu",
             cpu_kvcache_gib=CPU_KVCACHE_GIB,
-            cpu_omp_threads_bind=omp_threads_bind(layout.ranks_per_host),
         )
     )
     # The proxy binds the head's IP: loopback clusters share one port space.
@@ -657,8 +643,12 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             role = "head" if i == 0 else "worker"
             log = paths["logs"] / f"{h.name}.log"
             argv = node_argv(role, h, head, ports, layout, temp_dir)
+            host_env = dict(env)
+            if role == "worker":
+                # Each host's own cores, as each host's own NIC: in the node's env, not the config.
+                host_env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(layout.ranks_per_host, worker_index=i - 1)
             # The head is not restarted: a new GCS would not know the Serve app (no GCS FT here).
-            pid = _start_supervisor(h, argv, env, None if role == "head" else o.restart_delay, log)
+            pid = _start_supervisor(h, argv, host_env, None if role == "head" else o.restart_delay, log)
             st["hosts"].append(
                 {
                     "name": h.name,
@@ -748,6 +738,39 @@ def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True)
         "serving": serving,
         "serving_detail": detail,
     }
+
+
+def metrics_targets(st: dict) -> list[str]:
+    """host:port of every Ray node's metrics agent, from Ray's own Prometheus service-discovery
+    file (Ray writes it in the head's temp dir; a real Prometheus reads the same file)."""
+    path = Path(st["temp_dir"]) / "prom_metrics_service_discovery.json"
+    try:
+        groups = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [t for g in groups for t in g.get("targets", [])]
+
+
+def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
+    """{node IP: finished requests} from vLLM's own counter (`vllm:request_success`, which Ray
+    Serve LLM exports through each node's metrics agent as ray_vllm_request_success_total)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for target in metrics_targets(st):
+        try:
+            with urllib.request.urlopen(f"http://{target}/metrics", timeout=timeout) as r:
+                text = r.read().decode()
+        except OSError:
+            continue  # a node that is gone has no figures
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "ray_vllm_request_success_total":
+                    ip = s.labels.get("NodeAddress", target.split(":")[0])
+                    out[ip] = out.get(ip, 0.0) + s.value
+    return out
 
 
 def _kill(find: Callable[[], set[int]], grace: float) -> None:

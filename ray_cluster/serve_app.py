@@ -190,10 +190,49 @@ def _gated_base() -> type:
     return _GATED
 
 
+STAGED_WEIGHTS_CALLBACK = "ray_cluster.serve_app:StagedWeights"
+_STAGED: type | None = None
+
+
+def weights_are_staged(model_source: Any) -> bool:
+    """True when the engine can load straight from model_source: a local checkpoint directory."""
+    return isinstance(model_source, str) and os.path.isfile(os.path.join(model_source, "config.json"))
+
+
+def _staged_weights() -> type:
+    """StagedWeights: skips Ray Serve LLM's per-node "download model files" tasks when the
+    weights already sit at model_source on the replica's host.
+
+    The hosts stage the checkpoint onto local disk at the same path before they join (the
+    production boot; the local cluster's generated model), so the download tasks would only
+    return that path. Each task is a fresh Ray worker that imports vLLM, ~25-50 s of CPU per
+    replica start on a small host. The switch, `CallbackCtx.run_init_node`, is only reachable
+    through Ray Serve LLM's callback base class, which 2.60 does not export publicly: this is
+    the one `ray.llm._internal` import. A host without the checkpoint keeps Ray's own path."""
+    global _STAGED
+    if _STAGED is not None:
+        return _STAGED
+    from ray.llm._internal.common.callbacks.base import CallbackBase
+
+    class StagedWeights(CallbackBase):
+        async def on_before_node_init(self) -> None:
+            src = self.llm_config.model_loading_config.model_source
+            if weights_are_staged(src):
+                self.ctx.run_init_node = False
+
+    StagedWeights.__module__ = __name__
+    StagedWeights.__qualname__ = "StagedWeights"
+    _STAGED = StagedWeights
+    return _STAGED
+
+
 def __getattr__(name: str) -> Any:
-    # `ray_cluster.serve_app:BearerOpenAiIngress` resolves lazily (Ray's load_class uses getattr).
+    # `ray_cluster.serve_app:BearerOpenAiIngress` / `:StagedWeights` resolve lazily (Ray's
+    # load_class uses getattr), since their base classes need ray.serve.llm (and vLLM).
     if name == "BearerOpenAiIngress":
         return _gated_base()
+    if name == "StagedWeights":
+        return _staged_weights()
     raise AttributeError(name)
 
 

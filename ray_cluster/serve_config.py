@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from ray_cluster import contract
 from ray_cluster.contract import APP_NAME, HEAD_RESOURCE, SERVE_IMPORT_PATH
-from ray_cluster.serve_app import ENV_NAME_RE
+from ray_cluster.serve_app import ENV_NAME_RE, STAGED_WEIGHTS_CALLBACK
 
 DEFAULT_TOKEN_ENV = contract.TOKEN_ENV
 VLLM_IMPORT_PATH = SERVE_IMPORT_PATH
@@ -65,9 +65,11 @@ class ServeInputs:
     http_port: int = contract.HTTP_PORT
     replicas: int = 1
     device: str = "gpu"
-    # CPU only: vLLM's CPU KV cache in GiB, the per-rank OpenMP core binding, and the dtype.
+    # CPU only: vLLM's CPU KV cache in GiB and the dtype. The per-rank core binding
+    # (VLLM_CPU_OMP_THREADS_BIND) names each host's own cores, so like the NIC env it is set on
+    # each node, not here; None leaves it to the node (or vLLM's "auto").
     cpu_kvcache_gib: int = 1
-    cpu_omp_threads_bind: str = "auto"
+    cpu_omp_threads_bind: str | None = None
     cpu_dtype: str = "float32"
 
     def check(self) -> None:
@@ -119,11 +121,10 @@ def cluster_env_vars(efa: bool) -> dict[str, str]:
 
 
 def cpu_env_vars(i: ServeInputs) -> dict[str, str]:
-    return {
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": str(i.cpu_kvcache_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": i.cpu_omp_threads_bind,
-    }
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(i.cpu_kvcache_gib)}
+    if i.cpu_omp_threads_bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = i.cpu_omp_threads_bind
+    return env
 
 
 def llm_config(i: ServeInputs) -> dict[str, Any]:
@@ -141,9 +142,16 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
         engine_kwargs["quantization"] = i.quantization
     if i.device == "cpu":
         engine_kwargs["dtype"] = i.cpu_dtype
+        # torch.compile on a small CPU host costs 20-50 s per replica start (and its AOT cache
+        # does not load back here); eager skips it. Not with PP > 1: vLLM's CPU build only runs
+        # pipeline parallelism compiled.
+        if i.pipeline_parallel_size == 1:
+            engine_kwargs["enforce_eager"] = True
     env = cluster_env_vars(i.efa) if i.device == "gpu" else cpu_env_vars(i)
     return {
         "model_loading_config": {"model_id": i.model_id, "model_source": i.model_source},
+        # Weights are staged on every host before it joins: no per-node download tasks.
+        "callback_config": {"callback_class": STAGED_WEIGHTS_CALLBACK},
         "accelerator_config": {"kind": i.device},
         "engine_kwargs": engine_kwargs,
         "placement_group_config": {
@@ -269,6 +277,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         quantization=quant,
         api_token_env=DEFAULT_TOKEN_ENV,
         http_port=int(getattr(cfg, "endpoint_port", 8000)),
+        replicas=int(outputs.get("replicas") or getattr(cfg, "replicas", 1)),
     )
 
 
@@ -296,6 +305,7 @@ def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
         "model_path": cfg.model_path,
         "max_model_len": cfg.max_model_len,
         "gpu_model": cfg.gpu_model,
+        "replicas": cfg.replicas,
     }
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
     validate_with_exported_schema(doc)

@@ -2,7 +2,7 @@
 
 It has the real architecture (MLA attention, MoE with shared + routed experts, a dense first
 layer) at toy size, random weights from a seed, and a byte-level BPE tokenizer trained here on a
-built-in corpus. It is saved with ``save_pretrained`` so the ordinary transformers loading path
+built-in corpus over printable ASCII only. It is saved with ``save_pretrained`` so the ordinary transformers loading path
 (``AutoModelForCausalLM`` / ``AutoTokenizer``) is exercised exactly as for a real checkpoint.
 """
 
@@ -113,8 +113,17 @@ def tiny_config(vocab_size: int):
     )
 
 
+# ByteLevel's stand-ins for printable ASCII: bytes 0x21-0x7E are themselves, space is U+0120
+# and newline U+010A. The vocabulary holds these and their merges only, so every token decodes
+# to printable text on its own: random weights may pick any token, and a full byte alphabet
+# would make them print lone UTF-8 bytes (U+FFFD) and control characters. Input characters
+# outside it are dropped by the tokenizer, which a model with random weights cannot miss.
+ALPHABET = [chr(b) for b in range(0x21, 0x7F)] + ["\u0120", "\u010a"]
+
+
 def build_tokenizer():
-    """Byte-level BPE trained on CORPUS, wrapped as a PreTrainedTokenizerFast with a chat template."""
+    """Byte-level BPE over printable ASCII trained on CORPUS, as a PreTrainedTokenizerFast with a
+    chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -124,7 +133,8 @@ def build_tokenizer():
     trainer = trainers.BpeTrainer(
         vocab_size=TOKENIZER_VOCAB,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=ALPHABET,
+        limit_alphabet=len(ALPHABET),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS.split("\n\n"), trainer=trainer)
@@ -144,15 +154,6 @@ def build_tokenizer():
     )
 
 
-def partial_utf8_token_ids(tokenizer) -> list[int]:
-    """Tokens that do not decode to text on their own (a lone byte 0x80-0xFF, or a merge that
-    ends inside a multi-byte character). Random weights pick them as often as any other token,
-    which would print U+FFFD; a trained model only emits them in valid sequences. The model's
-    generation config lists them as `suppress_tokens` (transformers' own field), which the CPU
-    engine honours."""
-    return [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
-
-
 def build_into(out_dir: Path, seed: int) -> None:
     """Write tokenizer + random-weight model to out_dir, deterministically from seed."""
     import torch
@@ -169,7 +170,6 @@ def build_into(out_dir: Path, seed: int) -> None:
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
-        suppress_tokens=partial_utf8_token_ids(tokenizer),
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

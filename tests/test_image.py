@@ -1,5 +1,7 @@
 """Node image: docker-build inputs under the mocks, the context hash, hadolint on the Dockerfile."""
 
+import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +19,7 @@ def test_image_pushes_to_ecr_by_context_hash_with_registry_cache():
     i = img["inputs"]
     repo_url = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["repositoryUrl"]
     args = {"BASE_IMAGE": c.config.base_image, "RAY_VERSION": i["buildArgs"]["RAY_VERSION"]}
-    assert i["buildArgs"]["BASE_IMAGE"] == "vllm/vllm-openai:v0.11.0"
+    assert i["buildArgs"]["BASE_IMAGE"] == f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
     assert i["push"] is True
     assert i["tags"] == [f"{repo_url}:{image_tag(REPO_ROOT, args)}"]
     # the ECR password is a secret, so Pulumi marks the whole registries input secret
@@ -46,10 +48,44 @@ def test_context_hash_follows_content(tmp_path):
     )
 
 
+def ray_llm_vllm_pin() -> str:
+    """The vLLM release the installed Ray's `llm` extra requires (its own metadata)."""
+    from packaging.requirements import Requirement
+
+    pins = []
+    for spec in importlib.metadata.requires("ray") or []:
+        r = Requirement(spec)
+        if r.name == "vllm" and r.marker is not None and r.marker.evaluate({"extra": "llm"}):
+            pins += [s.version for s in r.specifier if s.operator == "=="]
+    assert len(pins) == 1, f"ray's llm extra should pin exactly one vllm release, found {pins}"
+    return pins[0]
+
+
+def test_image_versions_follow_rays_own_metadata():
+    """The next Ray bump fails here until the base image, the defaults and RAY_VERSION follow it."""
+    import yaml
+
+    from infra.config import StackConfig
+    from infra.program import RAY_VERSION
+
+    want_base = f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
+    text = (REPO_ROOT / "images" / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M).group(1) == want_base
+    assert RAY_VERSION == importlib.metadata.version("ray")
+    assert re.search(r"^ARG RAY_VERSION=(\S+)$", text, re.M).group(1) == RAY_VERSION
+    assert StackConfig.model_fields["base_image"].default == want_base
+    schema = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
+    assert schema["config"]["baseImage"]["default"] == want_base
+
+
 def test_dockerfile_contract_and_hadolint():
     text = (REPO_ROOT / "images" / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=vllm/vllm-openai:v" in text and "FROM ${BASE_IMAGE}" in text
-    assert "ray[default,serve]==${RAY_VERSION}" in text
+    assert "FROM ${BASE_IMAGE}" in text
+    # ray.serve.llm needs the llm extra's packages (pyarrow, pandas, jsonref, ...), and the build
+    # proves the import; `ip` (iproute2) is what the NIC choice runs.
+    assert '"ray[default,serve,llm]==${RAY_VERSION}"' in text
+    assert 'python3 -c "import ray.serve.llm, vllm"' in text
+    assert "iproute2" in text
     assert 'ENTRYPOINT ["python3", "-m", "ray_cluster.node"]' in text
     assert "USER ${NODE_UID}" in text
     hadolint = str(HADOLINT) if HADOLINT.exists() else shutil.which("hadolint")

@@ -1,5 +1,7 @@
 """`llmfleet local`: plan (pure), CLI errors, supervisor, then one real `local up` cluster driven end
-to end through the CLI: openai round, auth, 64-way load, a killed worker host, and `local down`.
+to end through the CLI: the production app (Ray Serve LLM + vLLM's CPU build) with two replicas
+on two worker hosts, the openai client (chat, completions, streaming, 401, 404), greedy tokens
+equal to transformers', traffic on both replicas, a killed worker host, and `local down`.
 
 The cluster runs in network namespaces as root, else on loopback addresses. Set
 LLMFLEET_LOCAL_TEST_MODE=loopback to drive the loopback fallback as root.
@@ -47,20 +49,33 @@ def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProc
 # ---------------------------------------------------------------- plan (pure)
 
 
-def test_layout_is_head_plus_workers_tp_inside_pp_across():
-    assert local.plan_layout(2, 2) == local.Layout(2, 2, "L20", tp=2, pp=1)
-    lay = local.plan_layout(4, 3, "L40S")
-    assert (lay.tp, lay.pp, lay.gpus, lay.gpu_model) == (3, 3, 9, "L40S")
+def test_layout_is_one_replica_per_worker_host():
+    assert local.plan_layout(2) == local.Layout(2, tp=1, pp=1)
+    lay = local.plan_layout(4, 2, 2)
+    assert (lay.replicas, lay.ranks_per_host) == (3, 4)
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [((1, 2), "--hosts 1: allowed 2..8"), ((9, 2), "--hosts 9"), ((2, 0), "--gpus-per-host 0: allowed 1..8")],
+    [
+        ((1,), "--hosts 1: allowed 2..8"),
+        ((9,), "--hosts 9"),
+        ((2, 0), "--tp 0: allowed an integer >= 1"),
+        ((2, 4, 2), "--tp 4 x --pp 2 = 8 ranks per host: allowed at most 4"),
+    ],
 )
 def test_layout_rejects_bad_sizes_in_one_line(args, needle):
     with pytest.raises(LocalError) as e:
         local.plan_layout(*args)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_omp_binding_gives_each_rank_a_core_and_hosts_different_cores():
+    assert local.omp_threads_bind(1, cpus=2) == "0"
+    assert local.omp_threads_bind(1, cpus=2, worker_index=1) == "1"
+    assert local.omp_threads_bind(2, cpus=2) == "0|1"
+    assert local.omp_threads_bind(4, cpus=2) == "0|1|0|1"
+    assert local.omp_threads_bind(2, cpus=8, worker_index=2) == "4|5"
 
 
 def test_ports_netns_defaults_and_loopback_disjoint_from_host_ports():
@@ -85,7 +100,7 @@ def test_mode_resolution():
 
 def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
     lay = local.plan_layout(3, 2)
-    head, w = Host("h0", "10.0.0.10"), Host("h1", "10.0.0.11")
+    head, w1, w2 = Host("h0", "10.0.0.10"), Host("h1", "10.0.0.11"), Host("h2", "10.0.0.12")
     ports = local.Ports(6379, 8265, 8000)
     parser = node.build_parser()
     h = parser.parse_args(local.node_argv("head", head, head, ports, lay, "/tmp/t")[3:])
@@ -99,33 +114,44 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
     )
     ray_argv = node.head_start_command(h.ip, port=h.port)
     assert "--num-gpus=0" in ray_argv  # the head never advertises GPUs
-    a = parser.parse_args(local.node_argv("worker", w, head, ports, lay, "/tmp/t")[3:])
-    assert (a.cmd, a.address, a.ip, a.num_gpus, a.gpu_model, a.block) == (
+    a = parser.parse_args(local.node_argv("worker", w1, head, ports, lay, "/tmp/t")[3:])
+    assert (a.cmd, a.address, a.ip, a.num_gpus, a.device, a.cpu_slots, a.num_cpus, a.block) == (
         "worker",
         "10.0.0.10:6379",
-        w.ip,
+        w1.ip,
+        0,
+        "cpu",
         2,
-        "L20",
+        3,  # two engine ranks + the replica actor
         True,
     )
-    d = parser.parse_args(local.deploy_argv(head, [w], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
-    assert (d.tp, d.pp, d.gpu_model, d.expect_workers, d.token_env) == (2, 2, "L20", w.ip, local.TOKEN_ENV)
+    ray_argv = node.worker_start_command(a.address, a.ip, a.num_gpus, device=a.device, cpu_slots=a.cpu_slots)
+    assert '--resources={"llmfleet_cpu_worker":2}' in ray_argv and "--num-gpus=0" in ray_argv
+    d = parser.parse_args(local.deploy_argv(head, [w1, w2], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
+    assert (d.tp, d.pp, d.replicas, d.device, d.token_env) == (2, 1, 2, "cpu", local.TOKEN_ENV)
+    assert d.expect_workers == f"{w1.ip},{w2.ip}" and d.model == MODEL_ID
     assert d.endpoint == "http://10.0.0.10:8000" and d.dashboard == "http://10.0.0.10:8265"
+    # the preflight gangs every replica's ranks across the worker hosts
+    assert node.preflight_layout(d.device, d.tp, d.pp, d.replicas) == (2, 2)
 
 
-def test_serve_config_is_the_production_shape_with_the_cpu_engine(tmp_path):
+def test_serve_config_is_the_production_app_on_the_cpu_device(tmp_path):
     doc = local.render_local_serve_config(MODEL_ID, str(tmp_path), local.plan_layout(3, 2), "10.0.0.10", 8001)
     assert doc["proxy_location"] == "HeadOnly"
     assert doc["http_options"] == {"host": "10.0.0.10", "port": 8001}
-    args = doc["applications"][0]["args"]
-    assert doc["applications"][0]["import_path"] == "ray_cluster.engines.cpu:build_app"
-    assert (args["tensor_parallel_size"], args["pipeline_parallel_size"], args["gpu_model"]) == (2, 2, "L20")
+    app_ = doc["applications"][0]
+    assert app_["import_path"] == "ray_cluster.serve_app:build_app"
+    args = app_["args"]
     assert args["api_token_env"] == local.TOKEN_ENV and "api_token" not in args
+    [llm] = args["llm_configs"]
+    assert llm["deployment_config"] == {"num_replicas": 2}
+    assert llm["engine_kwargs"]["tensor_parallel_size"] == 2 and llm["accelerator_config"] == {"kind": "cpu"}
+    assert llm["model_loading_config"] == {"model_id": MODEL_ID, "model_source": str(tmp_path)}
 
 
 HOSTS = [
-    {"name": "h0", "ip": "10.0.0.10", "role": "head", "gpus": 0},
-    {"name": "h1", "ip": "10.0.0.11", "role": "worker", "gpus": 2},
+    {"name": "h0", "ip": "10.0.0.10", "role": "head", "ranks": 0},
+    {"name": "h1", "ip": "10.0.0.11", "role": "worker", "ranks": 2},
 ]
 
 
@@ -221,8 +247,8 @@ def cluster(tmp_path_factory):
     }
     try:
         t0 = time.monotonic()
-        r = cli("up", "--name", name, "--subnet", str(subnet), "--port", str(port), "--mode", mode, "--json",
-                env=env, timeout=480)  # fmt: skip
+        r = cli("up", "--name", name, "--hosts", "3", "--subnet", str(subnet), "--port", str(port),
+                "--mode", mode, "--json", env=env, timeout=900)  # fmt: skip
         assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
         yield {
             "name": name,
@@ -254,9 +280,9 @@ def test_up_prints_endpoint_token_model_hosts(cluster):
     assert set(d) == {"endpoint", "token", "model", "hosts"}
     head_ip = d["hosts"][0]["ip"]
     assert d["endpoint"] == f"http://{head_ip}:{cluster['port']}/v1" and d["model"] == MODEL_ID
-    assert [h["name"] for h in d["hosts"]] == [f"llmf-{cluster['name']}-h0", f"llmf-{cluster['name']}-h1"]
-    assert len({h["ip"] for h in d["hosts"]}) == 2
-    assert st["ready"] and st["layout"]["tp"] == 2 and st["layout"]["pp"] == 1
+    assert [h["name"] for h in d["hosts"]] == [f"llmf-{cluster['name']}-h{i}" for i in range(3)]
+    assert len({h["ip"] for h in d["hosts"]}) == 3
+    assert st["ready"] and (st["layout"]["replicas"], st["layout"]["tp"], st["layout"]["pp"]) == (2, 1, 1)
     token_file = Path(st["token_file"])
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and token_file.read_text().strip() == d["token"]
     serve_yaml = Path(st["serve_config"]).read_text()
@@ -270,14 +296,14 @@ def test_up_prints_endpoint_token_model_hosts(cluster):
 @pytest.mark.ray
 def test_up_again_is_idempotent(cluster):
     t0 = time.monotonic()
-    r = cli("up", "--name", cluster["name"], "--port", str(cluster["port"]), "--mode", cluster["mode"], "--json",
-            env=cluster["env"])  # fmt: skip
+    r = cli("up", "--name", cluster["name"], "--hosts", "3", "--port", str(cluster["port"]),
+            "--mode", cluster["mode"], "--json", env=cluster["env"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == cluster["doc"] and time.monotonic() - t0 < 60
     r = cli(
-        "up", "--name", cluster["name"], "--hosts", "3", "--port", str(cluster["port"]), env=cluster["env"]
+        "up", "--name", cluster["name"], "--hosts", "2", "--port", str(cluster["port"]), env=cluster["env"]
     )
-    assert r.returncode == 1 and "already runs with --hosts 2" in r.stderr and "local down" in r.stderr
+    assert r.returncode == 1 and "already runs with --hosts 3" in r.stderr and "local down" in r.stderr
 
 
 @pytest.mark.ray
@@ -321,6 +347,36 @@ def test_wrong_or_missing_token_is_401(cluster):
 
 
 @pytest.mark.ray
+def test_wrong_model_is_404_naming_the_served_model(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(
+            model="deepseek-r1", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert e.value.status_code == 404
+    assert "deepseek-r1" in str(e.value) and MODEL_ID in str(e.value), str(e.value)
+
+
+@pytest.mark.ray
+def test_greedy_tokens_equal_transformers_on_the_same_checkpoint(cluster, client):
+    """The engine behind the endpoint runs the real model: vLLM's fp32 greedy completion equals
+    transformers' greedy generate on the same weights and prompt, token for token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = state_of(cluster)["model_dir"]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompt = "Tensor parallelism splits every layer"
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    want = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    c = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=12, temperature=0)
+    assert c.usage.prompt_tokens == ids.shape[1]
+    assert c.choices[0].text == want
+
+
+@pytest.mark.ray
 def test_chat_command_prints_the_assistant_reply(cluster):
     r = cli("chat", "In one sentence, what does a Ray head node do?", "--name", cluster["name"], "--json",
             env=cluster["env"])  # fmt: skip
@@ -359,22 +415,58 @@ def test_status_reports_every_host_alive_and_serving(cluster):
     r = cli("status", "--name", cluster["name"], "--json", env=cluster["env"])
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert [h["status"] for h in rep["hosts"]] == ["alive", "alive"] and rep["lost"] == []
+    assert [h["status"] for h in rep["hosts"]] == ["alive"] * 3 and rep["lost"] == []
     assert rep["serving"] is True and rep["serve"] == {"llm": "RUNNING"}
+    # which engine serves, read from Serve itself
+    assert rep["engine"] == local.ENGINE
+    deps = rep["deployments"]["llm"]
+    assert deps[f"LLMServer:{MODEL_ID.replace('/', '--')}"] == {"status": "HEALTHY", "replicas": 2}
+    assert deps["BearerOpenAiIngress"]["replicas"] == 1
+
+
+def _wait_counts(st: dict, ok, timeout: float = 60.0) -> dict[str, float]:
+    """Poll vLLM's request counters per host until ok(counts); Ray's agents export every ~10 s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = local.engine_requests_by_host(st)
+        if ok(counts) or time.monotonic() > deadline:
+            return counts
+        time.sleep(2)
+
+
+@pytest.mark.ray
+def test_serve_routes_across_both_replicas_on_both_worker_hosts(cluster):
+    d, st = cluster["doc"], state_of(cluster)
+    workers = [h["ip"] for h in st["hosts"][1:]]
+    before = _wait_counts(st, lambda c: set(workers) <= set(c))
+    n = 24
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120) as c:
+            return await asyncio.gather(
+                *(c.completions.create(model=MODEL_ID, prompt=f"q {i}", max_tokens=4) for i in range(n))
+            )
+
+    assert len(asyncio.run(run())) == n
+    after = _wait_counts(st, lambda c: sum(c.get(w, 0) - before.get(w, 0) for w in workers) >= n)
+    delta = {w: after.get(w, 0) - before.get(w, 0) for w in workers}
+    assert sum(delta.values()) == n, delta  # every request finished in exactly one engine
+    assert all(v >= 1 for v in delta.values()), f"a replica got no traffic: {delta}"
+    assert not set(after) - set(workers) - {st["hosts"][0]["ip"]}
 
 
 def _completes(d: dict) -> bool:
     try:
-        node.probe_completion(d["endpoint"][: -len("/v1")], d["token"], MODEL_ID, timeout=10)
+        node.probe_completion(d["endpoint"][: -len("/v1")], d["token"], MODEL_ID, timeout=20)
         return True
     except (node.NodeError, OSError):
         return False
 
 
 @pytest.mark.ray
-def test_killed_worker_host_is_reported_lost_and_serving_resumes(cluster):
+def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
     d, st = cluster["doc"], state_of(cluster)
-    worker = d["hosts"][1]["name"]
+    worker, worker_ip = d["hosts"][2]["name"], d["hosts"][2]["ip"]
     pids = local.ray_pids(st, worker)
     assert "raylet" in {local._comm(p) for p in pids}
     t0 = time.monotonic()
@@ -387,14 +479,26 @@ def test_killed_worker_host_is_reported_lost_and_serving_resumes(cluster):
     r = cli("status", "--name", cluster["name"], "--json", env=cluster["env"])
     rep = json.loads(r.stdout)
     lost = [h for h in rep["hosts"] if h["status"] == "lost"]
-    assert [(h["name"], h["ip"]) for h in lost] == [(worker, d["hosts"][1]["ip"])] and rep["lost"] == [worker]
-    while not _completes(d):
-        assert time.monotonic() - t0 < 120, "no completion within 120 s of losing the worker host"
-        time.sleep(2)
-    recovered = time.monotonic() - t0
+    assert [(h["name"], h["ip"]) for h in lost] == [(worker, worker_ip)] and rep["lost"] == [worker]
+    # The other replica answers every request while the lost one is away, and the rejoined host
+    # serves again: its engine's own counter (a new node, so it starts from zero) moves.
+    answered, failed = 0, []
+    while True:
+        elapsed = time.monotonic() - t0
+        assert elapsed < 120, f"the killed host's replica did not serve within 120 s ({answered} answered)"
+        if _completes(d):
+            answered += 1
+        else:
+            failed.append(round(elapsed, 1))
+        if local.engine_requests_by_host(state_of(cluster)).get(worker_ip, 0) >= 1:
+            break
+        time.sleep(1)
+    assert failed == [], f"requests failed during the outage at {failed} s"
+    assert answered >= 5
     assert local.ray_pids(state_of(cluster), worker)  # the supervisor rejoined the host
     rep = json.loads(cli("status", "--name", cluster["name"], "--json", env=cluster["env"]).stdout)
-    assert rep["serving"] and worker not in rep["lost"], (recovered, rep)
+    assert rep["serving"] and worker not in rep["lost"], rep
+    assert rep["deployments"]["llm"][f"LLMServer:{MODEL_ID.replace('/', '--')}"]["replicas"] == 2
 
 
 @pytest.mark.ray

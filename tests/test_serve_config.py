@@ -1,4 +1,4 @@
-"""Serve config from stack outputs + plan (ServeDeploySchema), the CPU variant, the gated app."""
+"""Serve config from stack outputs + plan (ServeDeploySchema + LLMConfig), the CPU device, the gated app."""
 
 from __future__ import annotations
 
@@ -100,50 +100,114 @@ def test_schema_rejection_is_one_line():
 def test_bad_inputs_name_the_key():
     with pytest.raises(sc.ServeConfigError, match="api_token_env = 'not a name'"):
         sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256, api_token_env="not a name"))
-    with pytest.raises(sc.ServeConfigError, match="engine = 'sglang'"):
-        sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256), engine="sglang")
+    with pytest.raises(sc.ServeConfigError, match="device = 'tpu'"):
+        sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256, device="tpu"))
+    with pytest.raises(sc.ServeConfigError, match="quantization = 'fp8': allowed on device gpu only"):
+        sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256, device="cpu", quantization="fp8"))
+    with pytest.raises(sc.ServeConfigError, match="replicas = 0"):
+        sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256, replicas=0))
 
 
-def test_llm_config_validation_when_importable():
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "onprem-l20"])
+def test_every_shipped_stack_passes_ray_serve_llm_llmconfig(stack):
+    """Ray Serve LLM's own LLMConfig (it imports here: vLLM's CPU build is installed)."""
+    from infra.offline import load_config
+
     cls, why = sc.llm_config_validator()
-    if cls is None:
-        pytest.skip(f"LLMConfig not importable here: {why}")
-    cls.model_validate(_llm(sc.render_serve_config(sc.ServeInputs("m", "/m", 8, 3, 8192, gpu_model="L20"))))
+    assert cls is not None, why
+    cfg = load_config(stack)
+    doc = sc.render_for_plan(cfg, cfg.plan())
+    llm = cls.model_validate(_llm(doc))
+    assert llm.model_id == _llm(doc)["model_loading_config"]["model_id"]
+    assert llm.deployment_config["num_replicas"] == cfg.replicas
+    assert sc.validate_serve_config(doc) == []  # nothing left unchecked
 
 
-def test_cpu_variant_matches_the_cpu_engine_contract():
-    from ray_cluster.engines.cpu import parse_args
-    from ray_cluster.tiny_model import MODEL_ID
-
-    doc = sc.render_serve_config(
-        sc.ServeInputs(MODEL_ID, "/tmp/tiny", 2, 2, 512, gpu_model="L20", api_token_env="LLMF_TOKEN"),
-        engine="cpu",
+def test_cpu_device_changes_only_what_must_change():
+    gpu = _llm(sc.render_serve_config(sc.ServeInputs("m", "/m", 2, 2, 512, gpu_model="L20", replicas=2)))
+    cpu_doc = sc.render_serve_config(
+        sc.ServeInputs("m", "/m", 2, 2, 512, gpu_model="L20", replicas=2, device="cpu")
     )
-    sc.validate_serve_config(doc)
-    app_ = doc["applications"][0]
-    assert app_["import_path"] == "ray_cluster.engines.cpu:build_app"
-    a = parse_args(app_["args"])  # the engine's own validator accepts every key
-    assert (a.tensor_parallel_size, a.pipeline_parallel_size, a.gpu_model) == (2, 2, "L20")
-    assert a.api_token_env == "LLMF_TOKEN" and a.model_id == MODEL_ID
+    cpu = _llm(cpu_doc)
+    sc.validate_serve_config(cpu_doc)
+    changed = {k for k in gpu if gpu[k] != cpu[k]}
+    assert changed == {"accelerator_config", "placement_group_config", "runtime_env", "engine_kwargs"}
+    assert cpu["accelerator_config"] == {"kind": "cpu"}
+    assert cpu["placement_group_config"] == {
+        "bundles": [{"CPU": 1, "llmfleet_cpu_worker": 1}] * 4,
+        "strategy": "STRICT_PACK",  # vLLM's mp executor: a replica's ranks on its own host
+    }
+    assert {k for k in gpu["engine_kwargs"] if gpu["engine_kwargs"][k] != cpu["engine_kwargs"].get(k)} == set()
+    assert set(cpu["engine_kwargs"]) - set(gpu["engine_kwargs"]) == {"dtype"}  # PP 2: compiled
+    one_stage = _llm(sc.render_serve_config(sc.ServeInputs("m", "/m", 2, 1, 512, device="cpu")))
+    assert one_stage["engine_kwargs"]["enforce_eager"] is True
+    env = cpu["runtime_env"]["env_vars"]
+    # the core binding names each host's own cores: set on each node, never cluster-wide
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and "VLLM_CPU_OMP_THREADS_BIND" not in env
+    assert cpu["deployment_config"] == gpu["deployment_config"] == {"num_replicas": 2}
+    assert cpu_doc["applications"][0]["import_path"] == "ray_cluster.serve_app:build_app"
 
 
 # ---------------------------------------------------------------- the gated production app
-
-
-def test_app_args_never_take_the_token_itself():
-    with pytest.raises(ValueError, match="'api_token' is not allowed"):
-        serve_app.parse_args({"api_token": "s3cret", "llm_configs": []})
-    with pytest.raises(ValueError, match="'api_token_env'"):
-        serve_app.parse_args({"llm_configs": []})
-    env, rest = serve_app.parse_args(_llm_args())
-    assert env == sc.DEFAULT_TOKEN_ENV and "api_token_env" not in rest and rest["llm_configs"]
 
 
 def _llm_args() -> dict:
     return sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256))["applications"][0]["args"]
 
 
-def _gated_app(gate: serve_app.TokenGate):
+def test_app_args_never_take_the_token_itself():
+    with pytest.raises(ValueError, match="'api_token' is not allowed"):
+        serve_app.parse_args({"api_token": "s3cret", "llm_configs": []})
+    with pytest.raises(ValueError, match="api_token_env = None"):
+        serve_app.parse_args({"llm_configs": []})
+    env, rest = serve_app.parse_args(_llm_args())
+    assert env == sc.DEFAULT_TOKEN_ENV and "api_token_env" not in rest and rest["llm_configs"]
+    # The env NAME reaches the ingress through Ray Serve LLM's own ingress_extra_kwargs.
+    assert rest["ingress_cls_config"] == {
+        "ingress_cls": serve_app.GATED_INGRESS,
+        "ingress_extra_kwargs": {"api_token_env": sc.DEFAULT_TOKEN_ENV},
+    }
+
+
+def test_ingress_configs_the_gate_cannot_honour_fail_in_one_line(monkeypatch):
+    args = _llm_args()
+    monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
+    other = {**args, "ingress_cls_config": {"ingress_cls": "ray.serve.llm.ingress:OpenAiIngress"}}
+    with pytest.raises(serve_app.AppArgsError, match=r"ingress_cls = OpenAiIngress: allowed: ray_cluster") as e:
+        serve_app.build_app(other)
+    assert "\n" not in str(e.value)
+    with pytest.raises(serve_app.AppArgsError, match=r"ingress_cls_config.bogus: allowed keys"):
+        serve_app.parse_args({**args, "ingress_cls_config": {"bogus": 1}})
+    with pytest.raises(serve_app.AppArgsError, match=r"ingress_extra_kwargs.api_token_env: not allowed"):
+        serve_app.parse_args({**args, "ingress_cls_config": {"ingress_extra_kwargs": {"api_token_env": "X"}}})
+    monkeypatch.setenv(serve_app.DIRECT_STREAMING_ENV, "1")
+    with pytest.raises(serve_app.AppArgsError, match="no bearer gate"):
+        serve_app.parse_args(args)
+
+
+def test_a_subclass_of_the_gated_ingress_is_accepted(monkeypatch):
+    monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
+    gated = serve_app.BearerOpenAiIngress
+
+    class Mine(gated):
+        pass
+
+    args = {**_llm_args(), "ingress_cls_config": {"ingress_cls": Mine, "ingress_extra_kwargs": {"x": 1}}}
+    assert serve_app.build_app(args) is not None
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    assert issubclass(gated, OpenAiIngress)  # Ray Serve LLM's public ingress
+
+
+def test_build_app_is_ray_serve_llms_openai_app(monkeypatch):
+    monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
+    application = serve_app.build_app(_llm_args())
+    ingress = application._bound_deployment  # the app's ingress deployment
+    assert ingress.name == "BearerOpenAiIngress"
+    assert issubclass(ingress.func_or_class, serve_app.BearerOpenAiIngress)
+
+
+def _asgi_app():
     from fastapi import FastAPI
 
     api = FastAPI()
@@ -152,45 +216,54 @@ def _gated_app(gate: serve_app.TokenGate):
     async def models():
         return {"data": [{"id": "m"}]}
 
-    return serve_app.add_bearer_auth(api, gate)
+    return api
 
 
-def test_bearer_gate(monkeypatch):
+def test_bearer_gate_covers_every_route_and_fails_closed():
     from fastapi.testclient import TestClient
 
-    monkeypatch.setenv("LLMF_TEST_TOKEN", "tok-123")
-    client = TestClient(_gated_app(serve_app.TokenGate("LLMF_TEST_TOKEN")))
-    assert client.get("/v1/models").status_code == 401
-    bad = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
-    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    client = TestClient(serve_app.BearerGate(_asgi_app(), "tok-123"))
+    for path in ("/v1/models", "/docs", "/openapi.json", "/no/such/route"):
+        r = client.get(path)
+        assert r.status_code == 401, path
+        assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
+    assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
     ok = client.get("/v1/models", headers={"Authorization": "Bearer tok-123"})
     assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "m"
+    with pytest.raises(ValueError):
+        serve_app.BearerGate(_asgi_app(), "")
 
 
-def test_gate_fails_closed_and_never_pickles_the_token(monkeypatch):
+def test_staged_weights_skip_rays_download_tasks_only_when_the_checkpoint_is_there(tmp_path):
+    import asyncio
+
+    from ray.serve.llm import LLMConfig
+
+    llm = _llm(sc.render_serve_config(sc.ServeInputs("m", str(tmp_path), 1, 1, 256, device="cpu")))
+    assert llm["callback_config"] == {"callback_class": "ray_cluster.serve_app:StagedWeights"}
+    cfg = LLMConfig.model_validate(llm)
+    cb = cfg.get_or_create_callback()
+    assert type(cb).__name__ == "StagedWeights"
+    asyncio.run(cb.on_before_node_init())
+    assert cb.ctx.run_init_node is True  # nothing staged yet: Ray's own download path runs
+    (tmp_path / "config.json").write_text("{}")
+    asyncio.run(cb.on_before_node_init())
+    assert cb.ctx.run_init_node is False
+
+
+def test_replica_without_token_does_not_start_and_the_token_never_pickles(monkeypatch):
     from ray_cluster.auth import TokenSourceError
 
-    gate = serve_app.TokenGate("LLMF_TEST_TOKEN")
     monkeypatch.delenv("LLMF_TEST_TOKEN", raising=False)
-
-    class Base:
-        def __init__(self, *a, **kw):
-            self.started = True
-
-    ingress = serve_app.authed_ingress_class(Base, gate)
     with pytest.raises(TokenSourceError):
-        ingress()  # a replica without a token does not start
+        serve_app.BearerOpenAiIngress({}, {}, api_token_env="LLMF_TEST_TOKEN")
     monkeypatch.setenv("LLMF_TEST_TOKEN", "tok-456")
-    assert ingress().started and gate.allows("Bearer tok-456")
-    assert b"tok-456" not in pickle.dumps(gate)
+    ing = serve_app.BearerOpenAiIngress({}, {}, api_token_env="LLMF_TEST_TOKEN")
+    assert b"tok-456" not in pickle.dumps(serve_app.BearerOpenAiIngress)  # by reference, no state
+    import asyncio
 
-
-def test_build_app_when_ray_serve_llm_imports(monkeypatch):
-    cls, why = sc.llm_config_validator()
-    if cls is None:
-        pytest.skip(f"ray.serve.llm not importable here: {why}")
-    monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
-    assert serve_app.build_app(_llm_args()) is not None
+    with pytest.raises(RuntimeError, match="bearer gate is not in front"):
+        asyncio.run(ing.check_health())  # no gated app set: unhealthy, never open
 
 
 def test_exported_schema_is_rays_own_and_well_formed():
@@ -232,3 +305,19 @@ def test_exported_schema_rejects_a_bad_config_in_one_line():
     ) as e:
         validate_with_exported_schema(doc)
     assert "\n" not in str(e.value)
+
+
+def test_render_stdout_is_yaml_even_though_vllm_logs_on_import():
+    """The real command in its own process: vLLM, imported to check the LLMConfig, logs to
+    stdout by default; the CLI sends its logs to stderr so stdout stays a document."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "llmfleet"
+    proc = subprocess.run(
+        [str(exe), "render", "serve-config", "--stack", "prod"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = yaml.safe_load(proc.stdout)
+    assert _llm(doc)["engine_kwargs"]["tensor_parallel_size"] == 8
+    import vllm  # noqa: F401  (the premise: vLLM is installed, so it was imported by the command)

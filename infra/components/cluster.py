@@ -84,6 +84,7 @@ class ClusterArgs:
     serve_config: str = ""
     tensor_parallel_size: int = 0
     pipeline_parallel_size: int = 0
+    replicas: int = 1
 
 
 class Cluster(pulumi.ComponentResource):
@@ -102,6 +103,7 @@ class Cluster(pulumi.ComponentResource):
             "llmfleet:model": args.model,
             "llmfleet:quantization": args.quantization,
             "llmfleet:maxModelLen": str(args.max_model_len),
+            "llmfleet:replicas": str(args.replicas),
         }
         self.placement_group = aws.ec2.PlacementGroup(
             f"{name}-workers-pg",
@@ -128,6 +130,7 @@ class Cluster(pulumi.ComponentResource):
                     serve_config=args.serve_config,
                     tensor_parallel_size=args.tensor_parallel_size,
                     pipeline_parallel_size=args.pipeline_parallel_size,
+                    replicas=args.replicas,
                     deploy_gpu_model=args.worker_type.gpu or "",
                 )
             )
