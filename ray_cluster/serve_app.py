@@ -160,6 +160,7 @@ def _gated_base() -> type:
     global _GATED
     if _GATED is not None:
         return _GATED
+    from fastapi import HTTPException
     from ray.serve._private.http_util import ASGIAppReplicaWrapper
     from ray.serve.llm.ingress import OpenAiIngress
 
@@ -182,6 +183,17 @@ def _gated_base() -> type:
             if not isinstance(getattr(self, "_asgi_app", None), BearerGate):
                 raise RuntimeError("bearer gate is not in front of the ingress app")
             await super().check_health()
+
+        async def _get_model_id(self, model: Any) -> str:
+            # Ray's 404 for an unknown model names only the model asked for; a client needs the
+            # id to send instead. Every OpenAI route resolves its model here.
+            try:
+                return await super()._get_model_id(model)
+            except HTTPException as e:
+                if e.status_code != 404:
+                    raise
+                served = ", ".join(sorted(self._model_cards))
+                raise HTTPException(404, f"{e.detail} Served models: {served}.") from None
 
     # Importable by name (module __getattr__ below), so replicas unpickle it by reference.
     BearerOpenAiIngress.__module__ = __name__

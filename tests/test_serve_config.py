@@ -266,6 +266,20 @@ def test_replica_without_token_does_not_start_and_the_token_never_pickles(monkey
         asyncio.run(ing.check_health())  # no gated app set: unhealthy, never open
 
 
+def test_unknown_model_404_names_the_served_models(monkeypatch):
+    import asyncio
+
+    from fastapi import HTTPException
+
+    monkeypatch.setenv("LLMF_TEST_TOKEN", "t")
+    ing = serve_app.BearerOpenAiIngress({"org/m": None}, {"org/m": None}, api_token_env="LLMF_TEST_TOKEN")
+    assert asyncio.run(ing._get_model_id("org/m")) == "org/m"
+    with pytest.raises(HTTPException) as e:
+        asyncio.run(ing._get_model_id("deepseek-r1"))
+    assert e.value.status_code == 404 and "deepseek-r1" in e.value.detail
+    assert e.value.detail.endswith("Served models: org/m.")
+
+
 def test_exported_schema_is_rays_own_and_well_formed():
     import json
 
