@@ -41,7 +41,6 @@ from functools import cache
 
 from infra.arch import (
     BYTES_PER_PARAM,
-    KV_BYTES,
     SCALE_BYTES_PER_PARAM,
     UNQUANTIZED_BYTES,
     Architecture,
@@ -554,19 +553,3 @@ def speed(lay: Layout, engine: str, batch: int, input_len: int, output_len: int)
         bubble=per_user.bubble(eff.bandwidth, k),
         ttft_s=ttft,
     )
-
-
-__all__ = [
-    "DEFAULT_ENGINE",
-    "KV_BYTES",
-    "Efficiency",
-    "Layout",
-    "Residual",
-    "Speed",
-    "calibrated_fit",
-    "compute_tflops",
-    "decode_roofline_seconds",
-    "efficiency",
-    "leave_one_out",
-    "speed",
-]
