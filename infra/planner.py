@@ -13,164 +13,59 @@ Memory model (per GPU, the worst pipeline stage decides):
   replicated on every TP rank and split by PP; GQA K and V heads are split by TP down
   to one head per rank.
 
-Throughput model:
+Speed model (infra/perf.py has the details and the calibration):
 - ceiling: a roofline per decode step at a batch of B sequences. Every stage must read
   its dense weights, the experts the batch touches (expected distinct experts under
   uniform routing, B tokens x k picks of E) and the batch's KV at the average context,
   at the GPU's peak bandwidth, and do 2 x active-params FLOPs per token at peak
   compute. A stage that batches all B tokens at once is the most efficient any
   schedule can be, so B / (slowest stage's step time) bounds every pipeline schedule.
-- expected: step = ceiling step / EFFICIENCY + tensor-parallel all-reduce time over the
-  GPUs' interconnect. EFFICIENCY is calibrated so the model reproduces the published
-  DeepSeek-R1 / 8x H200 point in catalog/calibration.yaml (see `calibrated_efficiency`).
+- expected: per stage, roofline / bandwidth efficiency + a fixed cost per layer + two
+  tensor-parallel all-reduces per layer at the link's latency; pipeline stages in series
+  with their bubble when the batch is smaller than the stage count; prompts arriving in
+  steady state add their prefill passes. The efficiencies are fitted per engine and
+  quantization on published DeepSeek-R1/V3 measurements (catalog/calibration.yaml).
+  Reported both per user (TPOT, tokens/s of one stream) and for the cluster.
+- TTFT: one prompt of input_len through every stage, compute-bound at long prompts.
+- cold start: boot -> first token on the layout's AWS instance type (infra/coldstart.py).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from typing import TYPE_CHECKING
 
-from infra.catalog import Gpu, Model, load_catalog
+from infra import perf
+from infra.arch import (  # noqa: F401  (re-exported: the planner's public arithmetic)
+    BYTES_PER_PARAM,
+    GIB,
+    QUANTIZATIONS,
+    SCALE_BYTES_PER_PARAM,
+    UNQUANTIZED_BYTES,
+    Architecture,
+    Layer,
+    Stage,
+    architecture,
+    expected_distinct_experts,
+    kv_bytes_per_token_layer_per_gpu,
+    pp_partition,
+    stage_weight_bytes_per_gpu,
+    stages,
+)
+from infra.catalog import load_catalog
+from infra.coldstart import ColdStart, instance_for
+from infra.coldstart import estimate as estimate_cold_start
 
 if TYPE_CHECKING:
     from infra.config import StackConfig
 
-GIB = 1024**3
-QUANTIZATIONS = ("fp8", "bf16", "int8", "int4")
-BYTES_PER_PARAM = {"fp8": 1.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
-# Scale tensors stored beside quantized weights: fp8 128x128 block scales (fp32),
-# int4 group-128 scales (fp16); int8 per-channel scales are negligible.
-SCALE_BYTES_PER_PARAM = {"fp8": 4 / (128 * 128), "bf16": 0.0, "int8": 0.0, "int4": 2 / 128}
-UNQUANTIZED_BYTES = 2.0  # embeddings, LM head, norms, router stay bf16
-KV_BYTES = 2  # bf16 KV cache (vLLM's "auto" for these checkpoints)
 # CUDA context, NCCL buffers, cuda-graph pools and the activation peak of a prefill chunk.
 RUNTIME_OVERHEAD_GIB = 2.0
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
 MAX_AUTO_NODES = 32
-
-
-@dataclass(frozen=True)
-class Layer:
-    sharded: float  # parameters split across TP ranks
-    replicated: float  # parameters every TP rank holds in full
-    experts: int  # routed experts in this layer (0 for dense layers)
-    expert_params: float  # parameters of one routed expert
-    active: float  # parameters one token touches in this layer
-
-
-@dataclass(frozen=True)
-class Architecture:
-    layers: tuple[Layer, ...]
-    embedding: float
-    head: float
-    kv_elems_per_token_layer: int  # elements per token per layer before TP splitting
-
-    @property
-    def total_params(self) -> float:
-        per_layer = sum(lyr.sharded + lyr.replicated for lyr in self.layers)
-        return per_layer + self.embedding + self.head
-
-    @property
-    def active_params(self) -> float:
-        return sum(lyr.active for lyr in self.layers) + self.head
-
-
-@cache
-def architecture(model_id: str) -> Architecture:
-    m = load_catalog().models[model_id]
-    h = m.hidden
-    if m.attention == "mla":
-        q_down = h * m.q_lora_rank
-        kv_down = h * (m.kv_lora_rank + m.qk_rope_head_dim)
-        q_up = m.q_lora_rank * m.heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
-        kv_up = m.kv_lora_rank * m.heads * (m.qk_nope_head_dim + m.v_head_dim)
-        out = m.heads * m.v_head_dim * h
-        attn_sharded = q_up + kv_up + out
-        attn_replicated = q_down + kv_down + m.q_lora_rank + m.kv_lora_rank
-        kv_elems = m.kv_lora_rank + m.qk_rope_head_dim
-    else:
-        attn_sharded = h * m.heads * m.head_dim * 2 + 2 * h * m.kv_heads * m.head_dim
-        attn_replicated = 0
-        kv_elems = 2 * m.kv_heads * m.head_dim
-    norms = 2 * h
-    layers = []
-    for i in range(m.layers):
-        if m.moe and i >= m.moe.first_k_dense:
-            expert = 3 * h * m.moe.expert_intermediate
-            shared = m.moe.shared_experts * expert
-            router = m.moe.routed_experts * h
-            layers.append(
-                Layer(
-                    sharded=attn_sharded + shared + m.moe.routed_experts * expert,
-                    replicated=attn_replicated + router + norms,
-                    experts=m.moe.routed_experts,
-                    expert_params=expert,
-                    active=attn_sharded + attn_replicated + shared + m.moe.experts_per_token * expert,
-                )
-            )
-        else:
-            ffn = 3 * h * m.intermediate
-            layers.append(
-                Layer(
-                    sharded=attn_sharded + ffn,
-                    replicated=attn_replicated + norms,
-                    experts=0,
-                    expert_params=0,
-                    active=attn_sharded + attn_replicated + ffn,
-                )
-            )
-    emb = m.vocab * h
-    return Architecture(tuple(layers), emb, 0 if m.tie_embeddings else emb, kv_elems)
-
-
-def pp_partition(num_layers: int, pp: int) -> list[int]:
-    """Layers per stage, as vLLM's get_pp_indices splits them (extra layers go to the
-    stages before the last, which also holds the LM head)."""
-    parts = [num_layers // pp] * pp
-    for i in range(2, num_layers % pp + 2):
-        parts[-i] += 1
-    return parts
-
-
-def expected_distinct_experts(experts: int, k: int, batch: int) -> float:
-    """Expected distinct experts touched when `batch` tokens each pick k of `experts`
-    uniformly (DeepSeek's auxiliary-loss-free balancing keeps routing near uniform)."""
-    return experts * (1 - (1 - k / experts) ** batch)
-
-
-@dataclass(frozen=True)
-class Stage:
-    layers: tuple[Layer, ...]
-    first: bool
-    last: bool
-
-
-def stages(arch: Architecture, pp: int) -> list[Stage]:
-    out, start = [], 0
-    parts = pp_partition(len(arch.layers), pp)
-    for s, n in enumerate(parts):
-        out.append(Stage(arch.layers[start : start + n], s == 0, s == pp - 1))
-        start += n
-    return out
-
-
-def stage_weight_bytes_per_gpu(arch: Architecture, stage: Stage, quant: str, tp: int) -> float:
-    qbytes = BYTES_PER_PARAM[quant] + SCALE_BYTES_PER_PARAM[quant]
-    sharded = sum(lyr.sharded for lyr in stage.layers) * qbytes
-    replicated = sum(lyr.replicated for lyr in stage.layers) * UNQUANTIZED_BYTES
-    edges = (arch.embedding if stage.first else 0) + (arch.head if stage.last else 0)
-    return (sharded + edges * UNQUANTIZED_BYTES) / tp + replicated
-
-
-def kv_bytes_per_token_layer_per_gpu(model: Model, arch: Architecture, tp: int) -> float:
-    if model.attention == "mla":
-        return arch.kv_elems_per_token_layer * KV_BYTES  # replicated on every TP rank
-    kv_heads_per_rank = max(1, model.kv_heads // tp)
-    return 2 * kv_heads_per_rank * model.head_dim * KV_BYTES
 
 
 @dataclass
@@ -194,10 +89,28 @@ class Plan:
     max_concurrent_sequences: int
     concurrency: int
     effective_concurrency: int
-    decode_tokens_per_s_ceiling: float
-    decode_tokens_per_s_expected: float
+    concurrency_capped: bool  # the KV cache holds fewer than `concurrency` sequences
+    engine: str
+    input_len: int
+    output_len: int
+    decode_tokens_per_s_ceiling: float  # cluster, roofline at peak: no schedule beats it
+    decode_tokens_per_s_expected: float  # cluster, at effective_concurrency, steady state
+    decode_tokens_per_s_per_user: float  # one stream
+    tpot_ms: float  # time per output token of one stream
+    ttft_ms: float  # time to first token for one input_len prompt on an idle cluster
+    fixed_ms_per_token: float  # the part of TPOT that no bandwidth removes
+    pipeline_bubble: float  # fraction of stage time idle (batch smaller than the stages)
     gpu_memory_utilization: float
-    efficiency: float
+    efficiency: float  # fraction of peak bandwidth the engine reaches (fitted)
+    layer_overhead_us: float  # fixed cost per layer per decode step (fitted)
+    prefill_efficiency: float
+    efficiency_note: str
+    instance_type: str | None  # the AWS type with gpus_per_node x gpu, if the catalog has one
+    usd_per_hour: float | None  # GPU workers on demand (instance catalog)
+    usd_per_million_output_tokens: float | None
+    cold_start_s: float | None
+    cold_start_terms: list[dict] = field(default_factory=list)
+    cold_start_usd: float | None = None
     stage_layers: list[int] = field(default_factory=list)
 
     @property
@@ -227,6 +140,9 @@ def _check_inputs(
     max_model_len: int,
     concurrency: int,
     gpu_memory_utilization: float,
+    input_len: int,
+    output_len: int,
+    engine: str,
 ) -> None:
     cat = load_catalog()
     if model not in cat.models:
@@ -251,6 +167,18 @@ def _check_inputs(
         raise PlanInputError(
             f"--gpu-memory-utilization: {gpu_memory_utilization} is not allowed; allowed: 0.1 to 0.99"
         )
+    if input_len < 1:
+        raise PlanInputError(f"--input-len: {input_len} is not allowed; allowed: an integer >= 1")
+    if output_len < 1:
+        raise PlanInputError(f"--output-len: {output_len} is not allowed; allowed: an integer >= 1")
+    engines = known_engines()
+    if engine not in engines:
+        raise PlanInputError(f"--engine: {engine!r} is not a known engine; allowed: {', '.join(engines)}")
+
+
+def known_engines() -> tuple[str, ...]:
+    """The engines the calibration data measured (their efficiencies are fitted)."""
+    return tuple(sorted({c.engine for c in load_catalog().calibrations.values()}))
 
 
 def plan(
@@ -264,12 +192,22 @@ def plan(
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
     input_len: int = DEFAULT_INPUT_LEN,
     output_len: int = DEFAULT_OUTPUT_LEN,
-    efficiency: float | None = None,
+    engine: str = perf.DEFAULT_ENGINE,
 ) -> Plan:
     """Plan `model` on nodes of `gpus_per_node` x `gpu`. With nodes=None, the smallest node
     count that fits (up to MAX_AUTO_NODES)."""
     _check_inputs(
-        model, gpu, quantization, gpus_per_node, nodes, max_model_len, concurrency, gpu_memory_utilization
+        model,
+        gpu,
+        quantization,
+        gpus_per_node,
+        nodes,
+        max_model_len,
+        concurrency,
+        gpu_memory_utilization,
+        input_len,
+        output_len,
+        engine,
     )
     kw = dict(
         gpus_per_node=gpus_per_node,
@@ -279,7 +217,7 @@ def plan(
         gpu_memory_utilization=gpu_memory_utilization,
         input_len=input_len,
         output_len=output_len,
-        efficiency=efficiency,
+        engine=engine,
     )
     if nodes is not None:
         return _plan_fixed(model, gpu, nodes=nodes, **kw)
@@ -311,7 +249,7 @@ def _plan_fixed(
     gpu_memory_utilization: float,
     input_len: int,
     output_len: int,
-    efficiency: float | None,
+    engine: str,
 ) -> Plan:
     cat = load_catalog()
     m, g = cat.models[model], cat.gpus[gpu]
@@ -376,16 +314,28 @@ def _plan_fixed(
             f"fewer than one max_model_len {max_model_len} sequence; add nodes or lower max_model_len"
         )
 
-    eff = efficiency if efficiency is not None else calibrated_efficiency()
     seq_len = input_len + output_len
     b_eff = max(1, min(concurrency, kv_tokens // seq_len)) if kv_tokens >= seq_len else 1
     fits = not reasons
+    eff = perf.efficiency(engine, quant)
+    inst = instance_for(gpu, tp)
+    usd_h = inst.on_demand_usd_per_hour * pp if inst else None
+    sp: perf.Speed | None = None
+    cold: ColdStart | None = None
+    ceiling = 0.0
     if fits:
-        ceiling, expected = _decode_rates(
-            m, g, arch, st, quant, tp, b_eff, input_len + output_len / 2, kv_layer, eff
+        ceiling = b_eff / max(
+            perf.decode_roofline_seconds(
+                m, g, arch, s, quant, tp, b_eff, input_len + output_len / 2, kv_layer
+            )
+            for s in st
         )
-    else:
-        ceiling = expected = 0.0
+        fabric = ("efa" if inst.efa else "ethernet") if inst else "ethernet"
+        lay = perf.Layout(model, gpu, quant, tp, pp, tp, fabric)
+        sp = perf.speed(lay, engine, b_eff, input_len, output_len)
+        if inst:
+            cold = estimate_cold_start(m, inst, pp, sp.ttft_s)
+    cluster = sp.cluster_tokens_per_s if sp else 0.0
     return Plan(
         fits=fits,
         reasons=reasons,
@@ -406,77 +356,32 @@ def _plan_fixed(
         max_concurrent_sequences=max_seqs,
         concurrency=concurrency,
         effective_concurrency=b_eff if fits else 0,
+        concurrency_capped=fits and b_eff < concurrency,
+        engine=engine,
+        input_len=input_len,
+        output_len=output_len,
         decode_tokens_per_s_ceiling=round(ceiling, 1),
-        decode_tokens_per_s_expected=round(expected, 1),
+        decode_tokens_per_s_expected=round(cluster, 1),
+        decode_tokens_per_s_per_user=round(sp.per_user_tokens_per_s, 2) if sp else 0.0,
+        tpot_ms=round(sp.tpot_s * 1000, 2) if sp else 0.0,
+        ttft_ms=round(sp.ttft_s * 1000, 1) if sp else 0.0,
+        fixed_ms_per_token=round(sp.fixed_part_s * 1000, 2) if sp else 0.0,
+        pipeline_bubble=round(sp.bubble, 3) if sp else 0.0,
         gpu_memory_utilization=gpu_memory_utilization,
-        efficiency=round(eff, 4),
+        efficiency=round(eff.bandwidth, 4),
+        layer_overhead_us=round(eff.layer_us, 1),
+        prefill_efficiency=round(eff.prefill, 4),
+        efficiency_note=eff.note,
+        instance_type=inst.name if inst else None,
+        usd_per_hour=round(usd_h, 3) if usd_h is not None else None,
+        usd_per_million_output_tokens=(
+            round(usd_h / (cluster * 3600) * 1e6, 4) if usd_h is not None and cluster > 0 else None
+        ),
+        cold_start_s=round(cold.total_s, 1) if cold else None,
+        cold_start_terms=cold.to_dict()["terms"] if cold else [],
+        cold_start_usd=round(cold.usd(usd_h), 2) if cold and usd_h is not None else None,
         stage_layers=[len(s.layers) for s in st],
     )
-
-
-def decode_step_seconds(
-    m: Model,
-    g: Gpu,
-    arch: Architecture,
-    stage: Stage,
-    quant: str,
-    tp: int,
-    batch: int,
-    avg_context: float,
-    kv_layer: float,
-) -> float:
-    """Roofline time of one decode step of `batch` sequences on one GPU of `stage`."""
-    qbytes = BYTES_PER_PARAM[quant] + SCALE_BYTES_PER_PARAM[quant]
-    k = m.moe.experts_per_token if m.moe else 0
-    read = 0.0
-    flops = 0.0
-    for lyr in stage.layers:
-        dense = lyr.sharded - lyr.experts * lyr.expert_params
-        touched = expected_distinct_experts(lyr.experts, k, batch) if lyr.experts else 0.0
-        read += (dense + touched * lyr.expert_params) * qbytes / tp + lyr.replicated * UNQUANTIZED_BYTES
-        read += batch * avg_context * kv_layer
-        flops += 2 * lyr.active * batch / tp
-    if stage.last:
-        read += arch.head * UNQUANTIZED_BYTES / tp
-        flops += 2 * arch.head * batch / tp
-    tflops = g.fp8_tflops if quant == "fp8" and g.native_fp8 else g.bf16_tflops
-    return max(read / (g.bandwidth_gbs * 1e9), flops / (tflops * 1e12))
-
-
-def allreduce_step_seconds(m: Model, g: Gpu, stage: Stage, tp: int, batch: int) -> float:
-    """Ring all-reduce time of one decode step: two all-reduces of batch x hidden bf16
-    activations per layer (after attention and after the FFN)."""
-    if tp == 1:
-        return 0.0
-    message = batch * m.hidden * 2
-    return len(stage.layers) * 2 * (2 * (tp - 1) / tp) * message / (g.interconnect_gbs * 1e9)
-
-
-def _decode_rates(m, g, arch, st, quant, tp, batch, avg_context, kv_layer, eff) -> tuple[float, float]:
-    ceil_steps = [decode_step_seconds(m, g, arch, s, quant, tp, batch, avg_context, kv_layer) for s in st]
-    exp_steps = [
-        c / eff + allreduce_step_seconds(m, g, s, tp, batch) for c, s in zip(ceil_steps, st, strict=True)
-    ]
-    return batch / max(ceil_steps), batch / max(exp_steps)
-
-
-@cache
-def calibrated_efficiency() -> float:
-    """The factor that makes the expected rate equal the published point in
-    catalog/calibration.yaml (DeepSeek-R1, 8x H200, TP 8, 1k/1k, concurrency 64)."""
-    cat = load_catalog()
-    cal = next(iter(cat.calibrations.values()))
-    m, g = cat.models[cal.model], cat.gpus[cal.gpu]
-    arch = architecture(cal.model)
-    (stage,) = stages(arch, cal.nodes)
-    kv_layer = kv_bytes_per_token_layer_per_gpu(m, arch, cal.gpus_per_node)
-    ctx = cal.input_len + cal.output_len / 2
-    ceil_step = decode_step_seconds(
-        m, g, arch, stage, cal.quantization, cal.gpus_per_node, cal.concurrency, ctx, kv_layer
-    )
-    comm = allreduce_step_seconds(m, g, stage, cal.gpus_per_node, cal.concurrency)
-    measured_step = cal.concurrency / cal.output_tokens_per_s_per_node
-    return ceil_step / (measured_step - comm)
 
 
 def plan_for_stack(cfg: StackConfig) -> Plan:
@@ -493,3 +398,123 @@ def plan_for_stack(cfg: StackConfig) -> Plan:
         concurrency=cfg.concurrency,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
+
+
+# --- hardware comparison ---------------------------------------------------------------------------
+
+
+@dataclass
+class CompareRow:
+    gpu: str
+    fits: bool
+    quantization: str
+    nodes: int
+    gpus_per_node: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    instance_type: str | None
+    usd_per_hour: float | None
+    effective_concurrency: int
+    concurrency_capped: bool
+    decode_tokens_per_s_expected: float
+    decode_tokens_per_s_per_user: float
+    tpot_ms: float
+    ttft_ms: float
+    usd_per_million_output_tokens: float | None
+    note: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _layout_candidates(gpu: str, checkpoint_gib: float) -> tuple[list[int], list[str]]:
+    """(GPUs per node to try for `gpu`, instance types left out): the GPU counts of its AWS
+    instance types whose local disks hold the checkpoint (workers stage the weights onto
+    instance-store NVMe), else 8 GPUs per node as hardware only."""
+    ok, too_small = set(), []
+    for i in load_catalog().instances.values():
+        if i.gpu != gpu:
+            continue
+        if i.nvme_disks == 0 or i.nvme_gb * 1e9 >= checkpoint_gib * GIB:
+            ok.add(i.gpu_count)
+        else:
+            too_small.append(i.name)
+    return sorted(ok) or [8], too_small
+
+
+def compare(
+    model: str,
+    quantization: str | None = None,
+    max_model_len: int = 8192,
+    concurrency: int = 64,
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    input_len: int = DEFAULT_INPUT_LEN,
+    output_len: int = DEFAULT_OUTPUT_LEN,
+    engine: str = perf.DEFAULT_ENGINE,
+) -> list[CompareRow]:
+    """One row per catalog GPU: its smallest fitting layout (fewest GPUs, then the cheaper),
+    what it costs on AWS and how fast it serves `model`, sorted by USD per million output
+    tokens (as SkyPilot's optimizer sorts by cost). GPUs without an AWS instance type come
+    after, with hardware figures only; GPUs that cannot hold the model come last."""
+    cat = load_catalog()
+    if model not in cat.models:
+        raise PlanInputError(f"--model: {model!r} is not a known model; allowed: {', '.join(cat.models)}")
+    rows: list[CompareRow] = []
+    for gpu in cat.gpus:
+        candidates, too_small = _layout_candidates(gpu, cat.models[model].checkpoint_gib)
+        plans = [
+            plan(
+                model,
+                gpu,
+                gpus_per_node=n,
+                quantization=quantization,
+                max_model_len=max_model_len,
+                concurrency=concurrency,
+                gpu_memory_utilization=gpu_memory_utilization,
+                input_len=input_len,
+                output_len=output_len,
+                engine=engine,
+            )
+            for n in candidates
+        ]
+        fitting = [p for p in plans if p.fits]
+        if fitting:
+            best = min(fitting, key=lambda p: (p.total_gpus, p.usd_per_hour or 0.0))
+            note = ""
+            if not best.instance_type:
+                note = f"hardware only: no AWS instance type with {best.gpus_per_node}x {gpu} in the catalog"
+                if too_small:
+                    note += f" ({', '.join(too_small)}: local disk smaller than the checkpoint)"
+        else:
+            best = plans[-1]
+            note = best.reasons[0] if best.reasons else "does not fit"
+        rows.append(
+            CompareRow(
+                gpu=gpu,
+                fits=best.fits,
+                quantization=best.quantization,
+                nodes=best.nodes,
+                gpus_per_node=best.gpus_per_node,
+                tensor_parallel_size=best.tensor_parallel_size,
+                pipeline_parallel_size=best.pipeline_parallel_size,
+                instance_type=best.instance_type,
+                usd_per_hour=best.usd_per_hour if best.fits else None,
+                effective_concurrency=best.effective_concurrency,
+                concurrency_capped=best.concurrency_capped,
+                decode_tokens_per_s_expected=best.decode_tokens_per_s_expected,
+                decode_tokens_per_s_per_user=best.decode_tokens_per_s_per_user,
+                tpot_ms=best.tpot_ms,
+                ttft_ms=best.ttft_ms,
+                usd_per_million_output_tokens=best.usd_per_million_output_tokens if best.fits else None,
+                note=note,
+            )
+        )
+
+    def order(r: CompareRow) -> tuple:
+        if not r.fits:
+            return (2, 0.0, r.gpu)
+        if r.usd_per_million_output_tokens is None:
+            return (1, -r.decode_tokens_per_s_expected, r.gpu)
+        return (0, r.usd_per_million_output_tokens, r.gpu)
+
+    return sorted(rows, key=order)

@@ -1,17 +1,25 @@
 """The planner's arithmetic against hand-computed cases (numbers worked out in comments)."""
 
-import pytest
+import json
+import math
 
+import pytest
+from typer.testing import CliRunner
+
+from infra import perf
 from infra.catalog import load_catalog
+from infra.cli import app
 from infra.planner import (
     GIB,
     PlanInputError,
     architecture,
-    calibrated_efficiency,
+    compare,
     expected_distinct_experts,
     plan,
     pp_partition,
 )
+
+runner = CliRunner()
 
 
 def test_deepseek_parameter_count_matches_model_card():
@@ -148,18 +156,238 @@ def test_roofline_by_hand_single_sequence():
     assert p.decode_tokens_per_s_ceiling == pytest.approx(1 / (read / 300e9), rel=0.002)
 
 
-def test_calibration_reproduces_the_published_point():
-    cal = next(iter(load_catalog().calibrations.values()))
-    p = plan(
-        cal.model, cal.gpu, gpus_per_node=cal.gpus_per_node, nodes=cal.nodes, concurrency=cal.concurrency
-    )
-    assert p.decode_tokens_per_s_expected == pytest.approx(cal.output_tokens_per_s_per_node, rel=0.002)
-    assert 0.2 < calibrated_efficiency() < 1.0
-
-
 @pytest.mark.parametrize("gpu", ["L20", "L40S", "H100", "H200", "B200"])
 @pytest.mark.parametrize("concurrency", [1, 16, 64, 256])
 def test_expected_never_exceeds_ceiling(gpu, concurrency):
     p = plan("deepseek-r1", gpu, concurrency=concurrency)
     assert p.fits
     assert 0 < p.decode_tokens_per_s_expected <= p.decode_tokens_per_s_ceiling
+
+
+# --- memory verdicts the speed model must not move ---------------------------------------------
+
+
+def test_l20_memory_verdicts():
+    assert plan("deepseek-r1", "L20", nodes=3).fits  # 3 x 8 L20
+    two = plan("deepseek-r1", "L20", nodes=2)
+    assert not two.fits and two.reasons[0].startswith("memory:")
+    four_cards = plan("deepseek-r1", "L20", gpus_per_node=4, nodes=1)  # the seed's "4 L20"
+    assert not four_cards.fits and four_cards.reasons[0].startswith("memory:")
+
+
+# --- calibration: leave one out ---------------------------------------------------------------
+
+
+def test_calibration_data_spans_what_the_fit_needs():
+    cals = list(load_catalog().calibrations.values())
+    assert len(cals) >= 5
+    conc = [c.concurrency for c in cals]
+    assert min(conc) == 1 and max(conc) >= 64
+    assert len({c.engine for c in cals}) >= 2
+    assert len({c.quantization for c in cals}) >= 2
+    for c in cals:
+        assert c.engine_version and len(c.source) > 20
+        assert c.tensor_parallel * c.pipeline_parallel == c.nodes * c.gpus_per_node
+
+
+def test_leave_one_out_predicts_every_published_point_within_2x():
+    residuals = perf.leave_one_out()
+    print("\nleave-one-out: measured / predicted decode tok/s")
+    for r in residuals:
+        print(f"  {r.id:45s} {r.measured:9.1f} {r.predicted:9.1f}  x{r.ratio:.2f}")
+    for r in perf.ttft_residuals():
+        print(f"  TTFT {r.id:40s} {r.measured:9.3f} {r.predicted:9.3f}  x{r.ratio:.2f} (full fit)")
+    assert len(residuals) == len(load_catalog().calibrations) >= 5
+    bad = [f"{r.id} x{r.ratio:.2f}" for r in residuals if not 0.5 <= r.ratio <= 2.0]
+    assert not bad, bad
+
+
+def test_a_fit_without_a_group_falls_back_to_the_pool():
+    # Without the SGLang rows the fit has no sglang term: asking for SGLang gives the pooled
+    # value (the base terms without vLLM's own), and efficiency() says when data was missing.
+    pts = perf.calibration_points()
+    f = perf.fit([p for p in pts if p.engine != "sglang"])
+    assert f.engines == ("vllm",)
+    assert f.eta("sglang", "fp8") == pytest.approx(f.eta("vllm", "fp8") / math.exp(f.a["e:vllm"]))
+    e = perf.efficiency("vllm", "int8")
+    assert not e.calibrated and "no calibration point for int8" in e.note
+
+
+# --- step time: what one stream waits for --------------------------------------------------------
+
+
+def test_concurrency_one_is_bounded_by_the_fixed_per_step_cost_not_bandwidth():
+    p = plan("deepseek-r1", "H100", nodes=2, concurrency=1)
+    assert p.fits and p.effective_concurrency == 1
+    # The bandwidth-only roofline says a stream could run at the ceiling...
+    bandwidth_only_tpot_ms = 1000 / p.decode_tokens_per_s_ceiling
+    # ...but layers x (per-layer cost + 2 all-reduce latencies) + the pipeline hop come first:
+    assert p.fixed_ms_per_token > 5 * bandwidth_only_tpot_ms
+    assert p.fixed_ms_per_token > p.tpot_ms / 2
+    assert p.decode_tokens_per_s_per_user <= 1000 / p.fixed_ms_per_token
+    assert p.decode_tokens_per_s_per_user < p.decode_tokens_per_s_ceiling / 10
+    # Published single-stream R1 on 16 H100s runs at 32-43 tok/s (calibration.yaml):
+    assert 20 < p.decode_tokens_per_s_per_user < 100
+
+
+def test_the_fixed_cost_follows_layers_link_and_tp():
+    f = perf.calibrated_fit()
+    k = f.layer_s("vllm", "fp8")
+    # PCIe all-reduces cost more per layer than NVLink ones at the same TP...
+    pcie = perf.decode_shape(perf.Layout("deepseek-r1", "L40S", "fp8", 8, 3, 8, "efa"), 1, 1536)
+    nvl = perf.decode_shape(perf.Layout("deepseek-r1", "H100", "fp8", 8, 3, 8, "efa"), 1, 1536)
+    assert sum(pcie.link_s) > 5 * sum(nvl.link_s)
+    # ...TP 1 pays none...
+    tp1 = perf.decode_shape(perf.Layout("deepseek-r1-distill-qwen-7b", "L4", "bf16", 1, 1, 1, None), 1, 1536)
+    assert tp1.link_s == (0.0,)
+    # ...and the per-layer term scales with the layers a token passes.
+    assert nvl.decode_period(math.inf, k) == pytest.approx(61 * k + sum(nvl.link_s) + nvl.hop_s)
+
+
+def test_pipeline_bubble_below_and_above_the_stage_count():
+    one = plan("deepseek-r1", "L20", nodes=3, concurrency=1)
+    assert one.pipeline_bubble == pytest.approx(2 / 3, abs=0.02)  # two of three stages idle
+    full = plan("deepseek-r1", "L20", nodes=3, concurrency=30)
+    assert full.pipeline_bubble < 0.1
+    # More streams than stages share each stage's fixed cost: the cluster rate grows ~ with them.
+    assert full.decode_tokens_per_s_expected > 5 * one.decode_tokens_per_s_expected
+
+
+def test_per_user_and_cluster_views_agree():
+    p = plan("deepseek-r1", "H200", concurrency=32)
+    assert p.tpot_ms == pytest.approx(1000 / p.decode_tokens_per_s_per_user, rel=0.01)
+    # The cluster rate also pays each stream's own prompt, so it sits a little under B / TPOT.
+    assert 0.8 * 32 * p.decode_tokens_per_s_per_user <= p.decode_tokens_per_s_expected
+    assert p.decode_tokens_per_s_expected <= 32 * p.decode_tokens_per_s_per_user
+
+
+def test_quantization_has_its_own_speed():
+    fp8 = plan("deepseek-r1", "H200", quantization="fp8", concurrency=1)
+    int4 = plan("deepseek-r1", "H200", quantization="int4", concurrency=1)
+    e8, e4 = perf.efficiency("vllm", "fp8"), perf.efficiency("vllm", "int4")
+    assert e8.calibrated and e4.calibrated
+    assert (e8.bandwidth, e8.layer_us) != (e4.bandwidth, e4.layer_us)
+    # Half the bytes does not mean twice the speed: one stream is bound by the fixed cost.
+    assert int4.decode_tokens_per_s_per_user < 1.5 * fp8.decode_tokens_per_s_per_user
+
+
+# --- time to first token ----------------------------------------------------------------------
+
+
+def test_ttft_is_compute_bound_at_long_prompts():
+    cat = load_catalog()
+    g, m = cat.gpus["H200"], cat.models["deepseek-r1"]
+    short = plan("deepseek-r1", "H200", input_len=1024, max_model_len=65536)
+    mid = plan("deepseek-r1", "H200", input_len=8192, max_model_len=65536)
+    long = plan("deepseek-r1", "H200", input_len=32768, max_model_len=65536)
+    # 2 x active params x tokens over 8 GPUs at peak FP8 is a floor under any TTFT...
+    floor_s = 2 * m.params_active_b * 1e9 * 32768 / 8 / (g.fp8_tflops * 1e12)
+    assert long.ttft_ms / 1000 > floor_s
+    # ...at 1k tokens, reading every expert once dominates (8x fewer tokens, not 8x the time);
+    # past that, TTFT grows at least linearly (plus the attention's quadratic term).
+    assert mid.ttft_ms < 8 * short.ttft_ms
+    assert long.ttft_ms >= 4 * mid.ttft_ms
+    assert perf.compute_tflops(g, "fp8") == g.fp8_tflops
+    assert perf.compute_tflops(g, "int4") == g.bf16_tflops  # W4A16 kernels multiply in BF16
+    assert perf.compute_tflops(g, "int8") == g.int8_tops
+
+
+# --- cold start ---------------------------------------------------------------------------------
+
+
+def test_cold_start_terms_add_up_and_carry_sources():
+    p = plan("deepseek-r1", "L40S")  # 3 x g6e.48xlarge
+    assert p.instance_type == "g6e.48xlarge"
+    names = [t["name"] for t in p.cold_start_terms]
+    assert names == [
+        "instance boot",
+        "image pull",
+        "weight staging",
+        "engine load",
+        "compile + CUDA graphs",
+        "first token",
+    ]
+    assert p.cold_start_s == pytest.approx(sum(t["seconds"] for t in p.cold_start_terms), abs=0.5)
+    assert all(len(t["source"]) > 10 for t in p.cold_start_terms)
+    assert p.cold_start_usd == pytest.approx(p.cold_start_s / 3600 * p.usd_per_hour, abs=0.01)
+
+
+def test_weight_staging_is_the_slowest_rate():
+    from infra.coldstart import estimate
+
+    cat = load_catalog()
+    m = cat.models["deepseek-r1"]
+    fig = {k: v.value for k, v in cat.coldstart.items()}
+    g6e = cat.instances["g6e.48xlarge"]
+    staging = next(t for t in estimate(m, g6e, 3, 1.0).terms if t.name == "weight staging")
+    rates_gbps = {
+        "nvme": g6e.nvme_disks * fig["nvme_write_mbps_per_disk"] * 8 / 1000,
+        "client": fig["s3_client_gbps"],
+        "s3": fig["s3_instance_max_gbps"],
+        "nic": g6e.network_gbps,
+    }
+    slowest = min(rates_gbps.values())
+    assert staging.seconds == pytest.approx(m.checkpoint_gib * GIB * 8 / (slowest * 1e9), rel=1e-6)
+    assert "NVMe write" in staging.detail  # 4 disks x 349 MB/s is the tightest on g6e.48xlarge
+
+
+def test_no_aws_instance_no_cold_start():
+    p = plan("deepseek-r1", "L20")
+    assert p.fits and p.instance_type is None
+    assert p.cold_start_s is None and p.cold_start_terms == [] and p.usd_per_hour is None
+
+
+# --- the table and the comparison ----------------------------------------------------------------
+
+
+def test_capped_concurrency_is_said_and_the_speeds_are_for_the_cap():
+    p = plan("deepseek-r1", "H20", concurrency=64)
+    assert p.concurrency_capped and p.effective_concurrency < 64
+    at_cap = plan("deepseek-r1", "H20", concurrency=p.effective_concurrency)
+    assert p.decode_tokens_per_s_expected == at_cap.decode_tokens_per_s_expected
+    res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H20"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "concurrency capped" in res.stdout
+    assert f"the speeds are for {p.effective_concurrency}" in res.stdout
+
+
+def test_plan_json_has_the_speed_and_cold_start_keys():
+    res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--nodes", "2", "--json"])
+    assert res.exit_code == 0
+    d = json.loads(res.stdout)
+    for key in ("decode_tokens_per_s_per_user", "tpot_ms", "ttft_ms", "input_len", "cold_start_s"):
+        assert key in d
+    assert d["input_len"] == 1024 and d["cold_start_terms"]
+    res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--engine", "tgi"])
+    assert res.exit_code == 2 and "--engine: 'tgi' is not a known engine; allowed: sglang, vllm" in res.stderr
+
+
+def test_compare_sorts_by_cost_and_marks_hardware_only_gpus():
+    rows = compare("deepseek-r1")
+    assert [r.gpu for r in rows] and len(rows) == len(load_catalog().gpus)
+    priced = [r for r in rows if r.usd_per_million_output_tokens is not None]
+    assert priced and [r.usd_per_million_output_tokens for r in priced] == sorted(
+        r.usd_per_million_output_tokens for r in priced
+    )
+    assert rows[: len(priced)] == priced  # priced rows first
+    by_gpu = {r.gpu: r for r in rows}
+    for hw in ("L20", "H20"):
+        assert by_gpu[hw].fits and by_gpu[hw].usd_per_hour is None
+        assert by_gpu[hw].note.startswith("hardware only")
+    l20 = by_gpu["L20"]
+    assert (l20.nodes, l20.gpus_per_node) == (3, 8)  # the smallest layout that fits
+    h200 = by_gpu["H200"]
+    assert h200.usd_per_million_output_tokens == pytest.approx(
+        h200.usd_per_hour / (h200.decode_tokens_per_s_expected * 3600) * 1e6, rel=1e-3
+    )
+
+
+def test_compare_cli_json_has_the_same_rows():
+    res = runner.invoke(app, ["plan", "--compare", "--model", "deepseek-r1", "--json"])
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert [r["gpu"] for r in doc["rows"]] == [r.gpu for r in compare("deepseek-r1")]
+    table = runner.invoke(app, ["plan", "--compare", "--model", "deepseek-r1"], env={"COLUMNS": "220"})
+    assert table.exit_code == 0 and "hardware only" in table.stdout
+    both = runner.invoke(app, ["plan", "--compare", "--model", "deepseek-r1", "--gpu", "L20"])
+    assert both.exit_code == 2

@@ -1,4 +1,5 @@
-"""The data catalog: GPUs, AWS instance types, models and calibration points.
+"""The data catalog: GPUs, AWS instance types, models, links, calibration points and
+cold-start figures.
 
 The numbers live in the YAML files beside this module, each row with its source;
 this module only loads and validates them (pydantic), so a bad edit fails on load
@@ -37,6 +38,7 @@ class Gpu(_Row):
     bandwidth_gbs: float = Field(gt=0)
     bf16_tflops: float = Field(gt=0)
     fp8_tflops: float | None = Field(default=None, gt=0)
+    int8_tops: float = Field(gt=0)  # W8A8 int8 tensor-core throughput, dense
     nvlink: bool
     interconnect_gbs: float = Field(gt=0)  # GPU-to-GPU bandwidth inside a host, per direction
     native_fp8: bool
@@ -121,18 +123,61 @@ class Model(_Row):
         return self
 
 
+class Link(_Row):
+    """A GPU-to-GPU link as the step-time model sees it (links.yaml)."""
+
+    id: str
+    allreduce_latency_us: float = Field(gt=0)
+    bandwidth_gbs: float | None = Field(gt=0)  # per GPU per direction; None = the GPU's interconnect
+
+
 class Calibration(_Row):
+    """One published serving measurement (calibration.yaml)."""
+
     id: str
     model: str
+    engine: str = Field(min_length=1)
+    engine_version: str = Field(min_length=1)
     gpu: str
-    quantization: str
-    nodes: int
-    gpus_per_node: int
-    concurrency: int
-    input_len: int
-    output_len: int
-    output_tokens_per_s_per_node: float
-    tpot_ms: float
+    quantization: Literal["fp8", "bf16", "int8", "int4"]
+    nodes: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=1)
+    tensor_parallel: int = Field(ge=1)
+    pipeline_parallel: int = Field(ge=1)
+    fabric: str | None  # the link between nodes, when the layout spans them
+    concurrency: int = Field(ge=1)
+    # continuous: a new request starts as one finishes (prefill passes interleave with decode);
+    # batch: all requests start at once (the decode runs undisturbed)
+    arrivals: Literal["continuous", "batch"]
+    input_len: int = Field(ge=1)
+    output_len: int = Field(ge=1)
+    output_tokens_per_s: float = Field(gt=0)  # the whole deployment
+    tpot_ms: float | None = Field(gt=0)
+    ttft_ms: float | None = Field(gt=0)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """What the step-time model predicts: decode only. A published TPOT excludes the
+        time to first token, so concurrency / TPOT is the purer figure where there is one."""
+        if self.tpot_ms is not None:
+            return self.concurrency * 1000.0 / self.tpot_ms
+        return self.output_tokens_per_s
+
+    @model_validator(mode="after")
+    def _layout(self) -> Calibration:
+        if self.tensor_parallel * self.pipeline_parallel != self.nodes * self.gpus_per_node:
+            raise ValueError("tensor_parallel x pipeline_parallel must equal nodes x gpus_per_node")
+        if self.nodes > 1 and self.fabric is None:
+            raise ValueError("a layout over several nodes needs its fabric")
+        return self
+
+
+class ColdStartFigure(_Row):
+    """One figure of the cold-start estimate (coldstart.yaml)."""
+
+    id: str
+    value: float = Field(gt=0)
+    unit: str = Field(min_length=1)
 
 
 class Catalog(BaseModel):
@@ -141,6 +186,8 @@ class Catalog(BaseModel):
     instances: dict[str, InstanceType]
     models: dict[str, Model]
     calibrations: dict[str, Calibration]
+    links: dict[str, Link]
+    coldstart: dict[str, ColdStartFigure]
 
     def gpu_of(self, instance_type: str) -> Gpu | None:
         inst = self.instances.get(instance_type)
@@ -173,6 +220,11 @@ def load_catalog_from(directory: Path) -> Catalog:
     instances = _load_rows(directory / "instances.yaml", InstanceType, "name")
     models = _load_rows(directory / "models.yaml", Model, "id")
     calibrations = _load_rows(directory / "calibration.yaml", Calibration, "id")
+    links = _load_rows(directory / "links.yaml", Link, "id")
+    coldstart = _load_rows(directory / "coldstart.yaml", ColdStartFigure, "id")
+    for required in ("nvlink", "pcie"):
+        if required not in links:
+            raise CatalogError(f"links.yaml: missing the {required!r} link")
     for inst in instances.values():
         if inst.gpu is not None and inst.gpu not in gpus:
             raise CatalogError(f"instances.yaml ({inst.name}): gpu {inst.gpu!r} is not in gpus.yaml")
@@ -181,7 +233,16 @@ def load_catalog_from(directory: Path) -> Catalog:
     for cal in calibrations.values():
         if cal.model not in models or cal.gpu not in gpus:
             raise CatalogError(f"calibration.yaml ({cal.id}): unknown model or gpu")
-    return Catalog(gpus=gpus, instances=instances, models=models, calibrations=calibrations)
+        if cal.fabric is not None and cal.fabric not in links:
+            raise CatalogError(f"calibration.yaml ({cal.id}): fabric {cal.fabric!r} is not in links.yaml")
+    return Catalog(
+        gpus=gpus,
+        instances=instances,
+        models=models,
+        calibrations=calibrations,
+        links=links,
+        coldstart=coldstart,
+    )
 
 
 @cache

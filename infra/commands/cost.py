@@ -41,6 +41,7 @@ class Priced:
     estimate: cost.Estimate
     tokens_per_s: float | None
     max_monthly_usd: float | None
+    cold_start_s: float | None = None  # boot -> first token (infra/coldstart.py), AWS workers only
 
 
 def _book(region: str, live: bool) -> PriceBook:
@@ -79,7 +80,39 @@ def price_stack(
         )
     plan = cfg.plan()
     tps = plan.decode_tokens_per_s_expected if plan.fits else None
-    return Priced(est, tps, cfg.max_monthly_usd)
+    return Priced(est, tps, cfg.max_monthly_usd, _cold_start_s(cfg, plan))
+
+
+# --- one cold start in dollars (self-contained: the figure, its line, its JSON key) -------------
+
+
+def _cold_start_s(cfg, plan) -> float | None:
+    """Boot -> first token on the stack's own worker type; None for owned hosts or no fit."""
+    from infra.catalog import load_catalog
+    from infra.coldstart import estimate
+
+    if cfg.provider != "aws" or not plan.fits:
+        return None
+    cat = load_catalog()
+    cold = estimate(
+        cat.models[cfg.model],
+        cat.instances[cfg.gpu_instance_type],
+        plan.pipeline_parallel_size,
+        plan.ttft_ms / 1000,
+    )
+    return cold.total_s
+
+
+def cold_start_summary(p: Priced) -> dict | None:
+    """What one cold start costs: the whole stack is billed from boot to the first token."""
+    if p.cold_start_s is None:
+        return None
+    usd = p.estimate.total_hourly * Decimal(str(p.cold_start_s)) / 3600
+    return {
+        "seconds": round(p.cold_start_s, 1),
+        "usd": f"{usd:.2f}",
+        "source": "llmfleet plan (cold_start_terms)",
+    }
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -132,6 +165,11 @@ def render_table(p: Priced, console: Console) -> None:
         console.print(
             f"USD per million output tokens: {_money(per_m, 4)} "
             f"(at the planner's expected {p.tokens_per_s:,.0f} decode tokens/s)"
+        )
+    if cs := cold_start_summary(p):
+        console.print(
+            f"One cold start (boot -> first token, ~{cs['seconds']:,.0f} s): {cs['usd']} USD "
+            "at the total hourly rate (terms: llmfleet plan)"
         )
     if estimates:
         console.print("* estimate (see priceSource / note in --json)")
@@ -215,6 +253,8 @@ def register(app: typer.Typer) -> None:
             doc = cost.to_infracost_json(
                 priced.estimate, tokens_per_s=priced.tokens_per_s, past=past.estimate if past else None
             )
+            if cs := cold_start_summary(priced):
+                doc["coldStart"] = cs
             _common.print_json(doc)
         elif past:
             render_diff(priced, past, _common.console)

@@ -1,22 +1,163 @@
-"""`llmfleet plan`: the capacity planner for a model on a GPU."""
+"""`llmfleet plan`: the capacity planner for a model on a GPU, or across every GPU (--compare)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from infra.commands._common import JsonOpt, console, fail, print_json
 
+if TYPE_CHECKING:
+    from infra.planner import CompareRow, Plan
+
 EXIT_DOES_NOT_FIT = 3
+
+
+def _money(v: float | None, places: int = 2) -> str:
+    return "-" if v is None else f"{v:,.{places}f}"
+
+
+def capped_line(effective: int, requested: int, kv_tokens: int, seq_len: int) -> str:
+    return (
+        f"concurrency capped: the KV cache holds {kv_tokens:,} tokens = {effective} sequences of "
+        f"{seq_len:,} tokens (input + output), fewer than --concurrency {requested}; "
+        f"the speeds are for {effective}"
+    )
+
+
+def render_plan(p: Plan) -> None:
+    t = Table(title=f"{p.model} on {p.gpu} ({p.quantization}, {p.engine})", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    conc = f"{p.effective_concurrency}"
+    if p.concurrency_capped:
+        conc = f"[yellow]{p.effective_concurrency} (capped from {p.concurrency})[/]"
+    rows = [
+        ("fits", "[green]yes[/]" if p.fits else "[red]no[/]"),
+        ("nodes x GPUs per node", f"{p.nodes} x {p.gpus_per_node}"),
+        ("tensor x pipeline parallel", f"{p.tensor_parallel_size} x {p.pipeline_parallel_size}"),
+        ("layers per stage", ", ".join(map(str, p.stage_layers))),
+        ("weights total", f"{p.weights_gib_total:.1f} GiB"),
+        ("weights per GPU", f"{p.weights_gib_per_gpu:.1f} GiB"),
+        ("usable per GPU", f"{p.usable_gib_per_gpu:.1f} GiB"),
+        ("KV cache per GPU", f"{p.kv_cache_gib_per_gpu:.1f} GiB"),
+        ("KV bytes per token per GPU", f"{p.kv_bytes_per_token_per_gpu:,}"),
+        ("max model len", f"{p.max_model_len:,}"),
+        ("full-length sequences in KV", f"{p.max_concurrent_sequences:,}"),
+    ]
+    if p.fits:
+        rows += [
+            ("concurrency (speeds below are for it)", conc),
+            ("per user: decode tok/s (TPOT)", f"{p.decode_tokens_per_s_per_user:,.1f} ({p.tpot_ms:,.1f} ms)"),
+            ("  of TPOT, fixed per-step cost", f"{p.fixed_ms_per_token:,.1f} ms"),
+            ("  pipeline bubble", f"{p.pipeline_bubble:.0%}"),
+            ("cluster: decode tok/s expected", f"{p.decode_tokens_per_s_expected:,.0f}"),
+            ("cluster: decode tok/s ceiling (roofline)", f"{p.decode_tokens_per_s_ceiling:,.0f}"),
+            (f"TTFT ({p.input_len:,}-token prompt, idle)", f"{p.ttft_ms:,.0f} ms"),
+            (
+                "engine efficiency (fitted)",
+                f"{p.efficiency:.0%} of peak bandwidth, {p.layer_overhead_us:,.0f} us per layer",
+            ),
+        ]
+        if p.instance_type:
+            rows += [
+                (f"AWS: {p.nodes} x {p.instance_type}", f"{_money(p.usd_per_hour)} USD/h"),
+                ("USD per 1M output tokens", _money(p.usd_per_million_output_tokens, 3)),
+            ]
+        else:
+            rows.append(("AWS", f"no instance type with {p.gpus_per_node}x {p.gpu} in the catalog"))
+        if p.cold_start_s is not None:
+            rows.append(
+                (
+                    "cold start: boot -> first token",
+                    f"{p.cold_start_s:,.0f} s ({_money(p.cold_start_usd)} USD)",
+                )
+            )
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    if p.concurrency_capped:
+        console.print(
+            "[yellow]"
+            + capped_line(
+                p.effective_concurrency, p.concurrency, p.kv_cache_tokens, p.input_len + p.output_len
+            )
+            + "[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if p.fits and p.cold_start_terms:
+        ct = Table(title=f"cold start on {p.instance_type} (all workers in parallel)")
+        ct.add_column("term")
+        ct.add_column("s", justify="right")
+        ct.add_column("how", overflow="fold")
+        for term in p.cold_start_terms:
+            ct.add_row(term["name"], f"{term['seconds']:,.1f}", term["detail"])
+        console.print(ct)
+        console.print(
+            "Sources: `llmfleet plan --json` (cold_start_terms[].source), infra/catalog/coldstart.yaml"
+        )
+    if p.fits:
+        console.print(f"efficiency: {p.efficiency_note}", highlight=False, soft_wrap=True)
+    for r in p.reasons:
+        console.print(f"[red]does not fit:[/] {r}", highlight=False, soft_wrap=True)
+
+
+def render_compare(rows: list[CompareRow], model: str, concurrency: int) -> None:
+    t = Table(
+        title=f"{model}: every GPU in the catalog at concurrency {concurrency}, cheapest per token first"
+    )
+    for col, just in (
+        ("GPU", "left"),
+        ("layout", "left"),
+        ("AWS instance", "left"),
+        ("USD/h", "right"),
+        ("cluster tok/s", "right"),
+        ("per-user tok/s", "right"),
+        ("USD / 1M out", "right"),
+        ("note", "left"),
+    ):
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        layout = (
+            f"{r.nodes} x {r.gpus_per_node} (TP {r.tensor_parallel_size} x PP {r.pipeline_parallel_size})"
+        )
+        note = r.note
+        if r.fits and r.concurrency_capped:
+            note = f"concurrency capped at {r.effective_concurrency} by the KV cache" + (
+                f"; {note}" if note else ""
+            )
+        t.add_row(
+            r.gpu,
+            layout if r.fits else "-",
+            r.instance_type or "-",
+            _money(r.usd_per_hour),
+            f"{r.decode_tokens_per_s_expected:,.0f}" if r.fits else "-",
+            f"{r.decode_tokens_per_s_per_user:,.1f}" if r.fits else "-",
+            _money(r.usd_per_million_output_tokens, 3),
+            note,
+        )
+    console.print(t)
+    console.print(
+        "USD/h: GPU workers on demand (us-east-1, instance catalog); speeds: infra/perf.py, fitted on "
+        "infra/catalog/calibration.yaml",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
         model: Annotated[str, typer.Option("--model", "-m", help="Catalog model id, e.g. deepseek-r1.")],
-        gpu: Annotated[str, typer.Option("--gpu", "-g", help="GPU id, e.g. L20, L40S, H200.")],
+        gpu: Annotated[
+            str | None, typer.Option("--gpu", "-g", help="GPU id, e.g. L20, L40S, H200 (not with --compare).")
+        ] = None,
+        compare: Annotated[
+            bool, typer.Option("--compare", help="One row per GPU in the catalog, cheapest per token first.")
+        ] = False,
         gpus_per_node: Annotated[
             int, typer.Option("--gpus-per-node", help="GPUs per node = tensor parallel size.")
         ] = 8,
@@ -30,54 +171,54 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--max-model-len", help="Longest sequence in tokens.")
         ] = 8192,
         concurrency: Annotated[int, typer.Option("--concurrency", help="Concurrent sequences.")] = 64,
+        input_len: Annotated[
+            int, typer.Option("--input-len", help="Prompt tokens per request (TTFT, KV, prefill load).")
+        ] = 1024,
+        output_len: Annotated[int, typer.Option("--output-len", help="Output tokens per request.")] = 1024,
+        engine: Annotated[
+            str, typer.Option("--engine", help="Serving engine whose fitted efficiency to use.")
+        ] = "vllm",
         as_json: JsonOpt = False,
     ) -> None:
-        """Fit a model on GPUs: layout, memory per GPU, KV cache, concurrency and decode throughput.
+        """Fit a model on GPUs: layout, memory per GPU, KV cache, per-user and cluster decode speed,
+        time to first token, cold start, and what it costs on AWS.
 
         Exit 0 = fits, 3 = does not fit (the plan is still printed), 2 = bad input.
         """
         from infra.planner import PlanInputError, plan
+        from infra.planner import compare as compare_gpus
 
+        common = dict(
+            quantization=quantization,
+            max_model_len=max_model_len,
+            concurrency=concurrency,
+            input_len=input_len,
+            output_len=output_len,
+            engine=engine,
+        )
+        if compare:
+            if gpu is not None:
+                fail(
+                    f"--gpu: {gpu!r} is not allowed with --compare; allowed: omit --gpu (every GPU is compared)"
+                )
+            try:
+                rows = compare_gpus(model, **common)  # type: ignore[arg-type]
+            except PlanInputError as e:
+                fail(str(e))
+            if as_json:
+                print_json({"model": model, **common, "rows": [r.to_dict() for r in rows]})
+            else:
+                render_compare(rows, model, concurrency)
+            return
+        if gpu is None:
+            fail("--gpu: missing; allowed: a GPU id such as L20, L40S or H200, or --compare for every GPU")
         try:
-            p = plan(
-                model=model,
-                gpu=gpu,
-                gpus_per_node=gpus_per_node,
-                nodes=nodes,
-                quantization=quantization,
-                max_model_len=max_model_len,
-                concurrency=concurrency,
-            )
+            p = plan(model=model, gpu=gpu, gpus_per_node=gpus_per_node, nodes=nodes, **common)  # type: ignore[arg-type]
         except PlanInputError as e:
             fail(str(e))
         if as_json:
             print_json(p.to_dict())
         else:
-            t = Table(title=f"{p.model} on {p.gpu} ({p.quantization})", show_header=False)
-            t.add_column(style="bold")
-            t.add_column(justify="right")
-            rows = [
-                ("fits", "[green]yes[/]" if p.fits else "[red]no[/]"),
-                ("nodes x GPUs per node", f"{p.nodes} x {p.gpus_per_node}"),
-                ("tensor x pipeline parallel", f"{p.tensor_parallel_size} x {p.pipeline_parallel_size}"),
-                ("layers per stage", ", ".join(map(str, p.stage_layers))),
-                ("weights total", f"{p.weights_gib_total:.1f} GiB"),
-                ("weights per GPU", f"{p.weights_gib_per_gpu:.1f} GiB"),
-                ("usable per GPU", f"{p.usable_gib_per_gpu:.1f} GiB"),
-                ("KV cache per GPU", f"{p.kv_cache_gib_per_gpu:.1f} GiB"),
-                ("KV bytes per token per GPU", f"{p.kv_bytes_per_token_per_gpu:,}"),
-                ("max model len", f"{p.max_model_len:,}"),
-                ("full-length sequences in KV", f"{p.max_concurrent_sequences:,}"),
-                ("decode tok/s ceiling (roofline)", f"{p.decode_tokens_per_s_ceiling:,.0f}"),
-                (
-                    f"decode tok/s expected (x{p.efficiency:.2f} + all-reduce)",
-                    f"{p.decode_tokens_per_s_expected:,.0f}",
-                ),
-            ]
-            for k, v in rows:
-                t.add_row(k, v)
-            console.print(t)
-            for r in p.reasons:
-                console.print(f"[red]does not fit:[/] {r}", highlight=False, soft_wrap=True)
+            render_plan(p)
         if not p.fits:
             raise typer.Exit(EXIT_DOES_NOT_FIT)

@@ -1,0 +1,38 @@
+"""`llmfleet cost` prices one cold start: the stack's hourly total over boot -> first token."""
+
+import json
+from decimal import Decimal
+
+import pytest
+from typer.testing import CliRunner
+
+from infra.catalog import load_catalog
+from infra.cli import app
+from infra.coldstart import estimate
+from infra.offline import load_config
+
+
+@pytest.fixture(autouse=True)
+def _no_real_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMFLEET_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_cost_json_and_table_price_one_cold_start():
+    res = CliRunner().invoke(app, ["cost", "--stack", "prod", "--json"])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    cfg = load_config("prod")
+    plan = cfg.plan()
+    cat = load_catalog()
+    # The stack's own worker type (g6e.48xlarge) and the plan's pipeline stages and TTFT:
+    cold = estimate(
+        cat.models[cfg.model], cat.instances[cfg.gpu_instance_type], plan.nodes, plan.ttft_ms / 1000
+    )
+    assert doc["coldStart"]["seconds"] == pytest.approx(cold.total_s, abs=0.1)
+    usd = Decimal(doc["totalHourlyCost"]) * Decimal(str(round(cold.total_s, 1))) / 3600
+    assert abs(Decimal(doc["coldStart"]["usd"]) - usd) < Decimal("0.02")
+    table = CliRunner().invoke(app, ["cost", "--stack", "prod"], env={"COLUMNS": "200"})
+    assert (
+        f"One cold start (boot -> first token, ~{cold.total_s:,.0f} s): {doc['coldStart']['usd']} USD"
+        in table.stdout
+    )
