@@ -2,7 +2,6 @@
 
 import hashlib
 import threading
-import time
 from pathlib import Path
 
 import pytest
