@@ -54,7 +54,7 @@ MAX_RANKS_PER_HOST = 4  # each vLLM CPU rank is a process with its own model cop
 MAX_MODEL_LEN = 1024
 CPU_KVCACHE_GIB = 1  # per rank; the tiny model needs far less, vLLM's unit is GiB
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
-RESTART_DELAY_S = 10.0  # like systemd RestartSec: a lost host stays visible for a moment
+RESTART_DELAY_S = 5.0  # like systemd RestartSec=5: a lost host stays visible for a moment
 MODES = ("auto", "netns", "loopback")
 
 # Stage keys in the order `up` goes through them, with what each waits for.
