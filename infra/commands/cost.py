@@ -474,7 +474,7 @@ def register(app: typer.Typer) -> None:
                 past_bd, from_name = infracost.past_breakdown_from(
                     _read(compare_to, "--compare-to"), stack, str(compare_to)
                 )
-                past_label = f"past = {compare_to} (project {from_name})"
+                past_label = f"past: {compare_to.name} ({from_name})"
             elif priced.past is not None:
                 past_bd = infracost.breakdown(priced.past, priced.tokens_per_s)
                 past_label = priced.note
