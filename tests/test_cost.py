@@ -703,3 +703,41 @@ def test_cli_existing_hosts_priced_from_host_hourly_usd():
     hosts = [r for r in resources_of(doc) if r["resourceType"] == "llmfleet:existing:Host"]
     assert sorted(h["name"] for h in hosts) == sorted(h.address for h in cfg.worker_hosts)
     assert all(Decimal(h["costComponents"][0]["price"]) == Decimal(str(cfg.host_hourly_usd)) for h in hosts)
+
+
+@pytest.mark.parametrize("stack_name", ["prod", "block-h100"])
+def test_table_at_80_columns_keeps_every_resource_name_on_one_line(stack_name, tmp_path):
+    """`COLUMNS=80 llmfleet cost --stack prod`, as a terminal runs it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "COLUMNS": "80",
+        "PYTHONPATH": str(root),
+        "LLMFLEET_CACHE_DIR": str(tmp_path),
+        "TERM": "dumb",
+    }
+    env.pop("LINES", None)
+    cmd = [sys.executable, "-m", "infra.cli", "cost", "--stack", stack_name]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    rs = resources_of(cost_json("--stack", stack_name))
+    labels = [
+        r["name"] + (f" ({r['metadata']['role']})" if r["metadata"].get("role") in ("head", "worker") else "")
+        for r in rs
+    ]
+    assert len(labels) > 10
+    for label in labels:  # the whole label, with its role, at the start of one line
+        assert any(line.strip() == label for line in lines), label
+    subs = {s["name"] for r in rs for s in r["subresources"]}
+    for sub in subs:
+        assert any(line.strip().endswith(f"─ {sub}") for line in lines), sub
+    # money columns are never cut: every priced line ends in a 2-place amount or "-"
+    total = cost_json("--stack", stack_name)["totalMonthlyCost"]
+    assert any(line.strip().endswith(f"{Decimal(total):,.2f}") for line in lines if "Total" in line)
