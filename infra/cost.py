@@ -787,6 +787,7 @@ def states_from_preview(doc: Mapping[str, Any]) -> PreviewStates:
     past: dict[str, dict[str, Any]] = {}
     region: str | None = None
     ops: dict[str, int] = {}
+    sames = 0  # unchanged resources; the root stack's step is always there, --show-sames or not
     for step in doc["steps"]:
         if not isinstance(step, Mapping):
             raise PriceError("preview file: every entry of `steps` must be an object")
@@ -794,6 +795,9 @@ def states_from_preview(doc: Mapping[str, Any]) -> PreviewStates:
         urn = str(step.get("urn", ""))
         ops[op] = ops.get(op, 0) + 1
         after, before = step.get("newState"), step.get("oldState")
+        state_type = (after or before or {}).get("type", "")
+        if op == "same" and state_type != "pulumi:pulumi:Stack":
+            sames += 1
         if after and op not in _NOT_AFTER:
             if after.get("type") == "pulumi:providers:aws" and _known(
                 (after.get("inputs") or {}).get("region")
@@ -802,7 +806,7 @@ def states_from_preview(doc: Mapping[str, Any]) -> PreviewStates:
             new.setdefault(after.get("urn", urn), _resource_of(after, urn))
         if before and op not in _NOT_BEFORE:
             past.setdefault(before.get("urn", urn), _resource_of(before, urn))
-    return PreviewStates(list(new.values()), list(past.values()), region, ops, "same" in ops)
+    return PreviewStates(list(new.values()), list(past.values()), region, ops, sames > 0)
 
 
 def resources_from_preview(doc: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:

@@ -291,7 +291,11 @@ def test_preview_of_an_update_diffs_old_state_to_new_state():
 
 def test_preview_without_sames_keeps_the_diff_and_says_the_totals_are_partial(tmp_path):
     full = json.loads(PREVIEW.read_text())
-    changed = {**full, "steps": [s for s in full["steps"] if s["op"] != "same"]}
+    # what `pulumi preview --json` writes without --show-sames: changed steps and the root stack's
+    stack_type = "pulumi:pulumi:Stack"
+    kept = [s for s in full["steps"] if s["op"] != "same" or s["newState"]["type"] == stack_type]
+    assert kept[0]["op"] == "same" and len(kept) < len(full["steps"])
+    changed = {**full, "steps": kept}
     path = tmp_path / "preview.json"
     path.write_text(json.dumps(changed))
     code, out, err = _run("--stack", "prod", "--from-preview", str(path))
