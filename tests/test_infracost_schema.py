@@ -328,3 +328,20 @@ def test_preview_that_only_creates_has_an_empty_past():
 
     states = cost.states_from_preview(creates)
     assert states.past == [] and len(states.new) > 50
+
+
+def test_preview_applies_the_usage_file_to_both_states(tmp_path):
+    usage = tmp_path / "usage.yml"
+    usage.write_text(
+        "resource_usage:\n  endpoint-nlb: {processed_bytes_gb: 5000}\n  net-nat: {monthly_data_processed_gb: 100}\n"
+    )
+    plain = cost_json("--stack", "prod", "--from-preview", str(PREVIEW))
+    doc = cost_json("--stack", "prod", "--from-preview", str(PREVIEW), "--usage-file", str(usage))
+    assert errors(doc) == []
+    # the NLB is unchanged by the update, so its usage moves both totals and not the diff
+    lcu = Decimal(5000) * rate("nlb.lcu")
+    assert Decimal(doc["totalMonthlyCost"]) - Decimal(plain["totalMonthlyCost"]) == lcu
+    assert "endpoint-nlb" not in diff_rows(doc)
+    # the deleted NAT gateway's data goes away with it
+    nat = diff_rows(doc)["net-nat"]
+    assert Decimal(nat["monthlyCost"]) == -(rate("nat.hour") * H + 100 * rate("nat.data"))

@@ -139,7 +139,8 @@ def price_stack(
     est = cost.price_resources(resources, book, usage=usage, **common)
     past = None
     if states is not None and states.has_past:
-        past = cost.price_resources(states.past, book, usage=usage_mod.Usage(), **common)
+        # the same usage on both sides, as Infracost does: the diff shows what the update changes
+        past = cost.price_resources(states.past, book, usage=usage, **common)
     extra = list(block_warnings)
     if states is not None and states.has_past and not states.has_sames:
         extra.append(
