@@ -51,7 +51,9 @@ def run_cli(workers: int) -> tuple[float, float, dict]:
 
 def run_inproc(workers: int) -> tuple[float, float]:
     """(capture + price s, price-only s) in this warm process."""
-    from infra import cost
+    import datetime as dt
+
+    from infra import cost, infracost
     from infra.catalog import load_catalog
     from infra.offline import capture
     from infra.pricing import snapshot_book
@@ -64,7 +66,9 @@ def run_inproc(workers: int) -> tuple[float, float]:
         snapshot_book(cap.config.region),
         weights_gib=load_catalog().models[cap.config.model].checkpoint_gib,
     )
-    cost.to_infracost_json(est)
+    info = infracost.ProjectInfo("prod", ".", "pulumi_program")
+    proj = infracost.project(info, infracost.breakdown(est), infracost.summary(est))
+    infracost.document([proj], infracost.RunMetadata(), dt.datetime.now(dt.UTC))
     t2 = time.perf_counter()
     return t2 - t0, t2 - t1
 

@@ -42,3 +42,7 @@ for _name in COMMANDS:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # `python -m infra.cli ...` runs this checkout's code
+    main()

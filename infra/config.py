@@ -149,6 +149,12 @@ class StackConfig(BaseModel):
         default=None, alias="llmfleet:hostHourlyUsd"
     )
     image_registry: str | None = Field(default=None, alias="llmfleet:imageRegistry")
+    # Workers launch into this EC2 Capacity Block (its capacity reservation id, cr-...).
+    capacity_block_id: str | None = Field(default=None, alias="llmfleet:capacityBlockId")
+    # How instance-hours are priced; None = spot when llmfleet:spot, else on-demand.
+    pricing_model: Literal["on-demand", "spot", "savings-plan-1y", "savings-plan-3y"] | None = Field(
+        default=None, alias="llmfleet:pricingModel"
+    )
 
     # ---- single-field rules -------------------------------------------------
     @field_validator(
@@ -281,6 +287,76 @@ class StackConfig(BaseModel):
         if v is not None and not re.match(r"^cr-[0-9a-f]{8,17}$", v):
             raise ValueError("allowed: a capacity reservation id such as cr-0123456789abcdef0")
         return v
+
+    @field_validator("capacity_block_id", "pricing_model", mode="before")
+    @classmethod
+    def _commitment_unset(cls, v: Any) -> Any:
+        return None if v == "" else v  # declared with default "" in Pulumi.yaml
+
+    @field_validator("capacity_block_id")
+    @classmethod
+    def _capacity_block(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^cr-[0-9a-f]{8,17}$", v):
+            raise ValueError(
+                "allowed: the Capacity Block's capacity reservation id such as cr-0123456789abcdef0 "
+                "(aws ec2 describe-capacity-reservations --filters Name=reservation-type,Values=capacity-block)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _commitments(self) -> StackConfig:
+        """Capacity Block and pricing-model rules (spot, blocks and Savings Plans exclude each other
+        where AWS does not combine them)."""
+        block, model = self.capacity_block_id, self.pricing_model
+        if block is not None:
+            if self.provider != "aws":
+                raise _Cross(
+                    "llmfleet:capacityBlockId",
+                    block,
+                    "a Capacity Block holds EC2 workers; allowed with provider aws",
+                )
+            if self.spot:
+                raise _Cross(
+                    "llmfleet:capacityBlockId",
+                    block,
+                    "workers in a Capacity Block are not spot; set llmfleet:spot=false",
+                )
+            if self.capacity_reservation_id is not None:
+                raise _Cross(
+                    "llmfleet:capacityBlockId",
+                    block,
+                    "workers target one reservation; allowed: capacityBlockId or capacityReservationId, not both",
+                )
+            if not self.availability_zone:
+                raise _Cross(
+                    "llmfleet:availabilityZone",
+                    None,
+                    "workers must launch in the Capacity Block's AZ; allowed: that AZ "
+                    "(aws ec2 describe-capacity-reservations --capacity-reservation-ids " + block + ")",
+                )
+            if model == "spot":
+                raise _Cross(
+                    "llmfleet:pricingModel",
+                    model,
+                    "workers in a Capacity Block pay its fee; allowed: on-demand, savings-plan-1y, savings-plan-3y (for the head)",
+                )
+        if model == "spot" and not self.spot:
+            raise _Cross(
+                "llmfleet:pricingModel",
+                model,
+                "spot prices spot workers; set llmfleet:spot=true, or allowed: on-demand, savings-plan-1y, savings-plan-3y",
+            )
+        if model in ("savings-plan-1y", "savings-plan-3y", "on-demand") and self.spot:
+            raise _Cross(
+                "llmfleet:pricingModel",
+                model,
+                "llmfleet:spot=true runs the workers on spot; allowed: spot, or set llmfleet:spot=false",
+            )
+        return self
+
+    @property
+    def effective_pricing_model(self) -> str:
+        return self.pricing_model or ("spot" if self.spot else "on-demand")
 
     # ---- cross-field rules --------------------------------------------------
     @model_validator(mode="after")

@@ -1,36 +1,47 @@
 """Price a captured resource set (Infracost-style). Pure functions; no Pulumi import.
 
 Input: the resource list of the offline engine's Capture (dicts with type, name, parent,
-urn, inputs, outputs), or the `steps[].newState` of a `pulumi preview --json` file via
-`resources_from_preview`. Prices come from a `infra.pricing.PriceBook`.
+urn, inputs, outputs), or the states of a `pulumi preview --json` file via
+`states_from_preview` (new from `newState`, past from `oldState`). Prices come from an
+`infra.pricing.PriceBook`, usage from an `infra.usage.Usage` (Infracost's usage file).
 
 Line items (monthly = 730 hours, as Infracost):
-- aws:ec2/instance:Instance   instance hours by type and market (spot when the instance's own
-                               `instanceMarketOptions.marketType` is "spot"), plus its root and
-                               `ebsBlockDevices` volumes as sub-resources;
+- aws:ec2/instance:Instance   instance-hours by type and how they are billed: the instance's own
+                               `instanceMarketOptions.marketType` (spot, capacity-block), else the
+                               stack's pricing model (on-demand, savings-plan-1y/3y); `monthly_hrs`
+                               usage for part-month hosts; root and `ebsBlockDevices` volumes as
+                               sub-resources;
+- Capacity Blocks              one line per block the workers launch into: the upfront fee spread
+                               over the block's hours (its instances then cost nothing more);
 - aws:ebs/volume:Volume        GB-month; gp3 IOPS above 3000 and throughput above 125 MB/s;
-- aws:ec2/natGateway:NatGateway, aws:ec2/eip:Eip (public IPv4)  per hour;
-- aws:ec2/vpcEndpoint:VpcEndpoint (Interface)  per hour per AZ (= per subnet); Gateway ones are free;
-- aws:lb/loadBalancer:LoadBalancer  per hour; LCUs are usage-based (priced, not in the total);
-- aws:s3/bucket:Bucket / bucketV2  the model checkpoint's size x GB-month for the weights bucket.
-  When weights live at a user-given URI the stack creates no bucket and nothing is priced;
-- aws:ecr/repository:Repository  one image of the estimated size x GB-month;
-- aws:kms/key:Key                1 USD per key-month (requests usage-based).
-Usage-based components (data processed, LCUs) carry a price but no quantity, as in Infracost.
+- aws:ec2/natGateway:NatGateway, aws:ec2/eip:Eip (public IPv4)  per hour; NAT data from usage;
+- aws:ec2/vpcEndpoint:VpcEndpoint (Interface)  per hour per AZ (= per subnet), data from usage;
+                               Gateway ones are free;
+- aws:lb/loadBalancer:LoadBalancer  per hour; LCU-hours from usage (the largest LCU dimension);
+- aws:s3/bucket:Bucket / bucketV2  the model checkpoint's size x GB-month for the weights bucket
+                               (usage `standard.storage_gb` overrides), requests from usage. When
+                               weights live at a user-given URI the stack creates no bucket;
+- aws:ecr/repository:Repository  one image of the estimated size x GB-month (usage `storage_gb`);
+- aws:kms/key:Key                1 USD per key-month, requests from usage.
+A usage-based component with no usage carries a price but no quantity and no cost, as in Infracost.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from infra.pricing import Price, PriceBook, PriceError
+from infra import usage as usage_mod
+from infra.pricing import SAVINGS_PLAN_FRACTIONS, Price, PriceBook, PriceError
+from infra.usage import Usage
 
 HOURS_PER_MONTH = Decimal(730)
 INFRACOST_JSON_VERSION = "0.2"
+CAPACITY_BLOCK_TYPE = "llmfleet:aws:CapacityBlock"  # no cloud resource of ours: the block is bought
 # Unknown (computed) values: Pulumi's preview JSON marker, and the offline engine's placeholder.
 UNKNOWNS = ("04da6b54-80e4-46f7-96ec-b56ff0331ba9", "[unknown]", "[secret]")
 PROVIDER_PACKAGES = {"aws", "random", "docker-build", "docker", "command", "tls", "awsx"}
@@ -72,7 +83,7 @@ FREE_TYPE_PREFIXES = (
     "tls:",
     "pulumi:",
 )
-BUCKET_TYPES = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
+BUCKET_TYPES = usage_mod.BUCKETS
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -82,13 +93,15 @@ BUCKET_TYPES = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
 class CostComponent:
     name: str
     unit: str
-    hourly_quantity: Decimal | None  # None = usage-based (no quantity known)
-    monthly_quantity: Decimal | None
+    hourly_quantity: Decimal | None
+    monthly_quantity: Decimal | None  # None = usage-based with no usage given: price, no cost
     price: Price
+    usage_based: bool = False  # the quantity is usage: usage-priced, or set by the usage file
+    usage_key: str = ""  # the usage-file key that sets the quantity ("" = none)
 
     @property
-    def usage_based(self) -> bool:
-        return self.monthly_quantity is None
+    def known(self) -> bool:
+        return self.monthly_quantity is not None
 
     @property
     def hourly_cost(self) -> Decimal:
@@ -106,18 +119,24 @@ class ResourceCost:
     components: tuple[CostComponent, ...]
     subresources: tuple[ResourceCost, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
+    urn: str = ""
+
+    def _all(self) -> Iterable[CostComponent]:
+        yield from self.components
+        for s in self.subresources:
+            yield from s._all()
 
     @property
     def hourly_cost(self) -> Decimal:
-        return sum((c.hourly_cost for c in self.components), Decimal(0)) + sum(
-            (s.hourly_cost for s in self.subresources), Decimal(0)
-        )
+        return sum((c.hourly_cost for c in self._all()), Decimal(0))
 
     @property
     def monthly_cost(self) -> Decimal:
-        return sum((c.monthly_cost for c in self.components), Decimal(0)) + sum(
-            (s.monthly_cost for s in self.subresources), Decimal(0)
-        )
+        return sum((c.monthly_cost for c in self._all()), Decimal(0))
+
+    @property
+    def monthly_usage_cost(self) -> Decimal:
+        return sum((c.monthly_cost for c in self._all() if c.usage_based), Decimal(0))
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,7 @@ class Estimate:
     no_price: tuple[str, ...]  # types known to cost nothing
     unsupported: tuple[str, ...]  # types this estimator does not price
     warnings: tuple[str, ...] = ()
+    pricing_model: str = "on-demand"
 
     @property
     def total_hourly(self) -> Decimal:
@@ -138,6 +158,21 @@ class Estimate:
     @property
     def total_monthly(self) -> Decimal:
         return sum((r.monthly_cost for r in self.resources), Decimal(0))
+
+    @property
+    def total_monthly_usage(self) -> Decimal:
+        return sum((r.monthly_usage_cost for r in self.resources), Decimal(0))
+
+    @property
+    def serving_hours(self) -> Decimal:
+        """Hours a month the whole cluster serves: every GPU worker must be up (the pipeline
+        spans all of them), so the fewest instance-hours of any worker; 730 without workers."""
+        hours = [
+            r.components[0].monthly_quantity
+            for r in self.resources
+            if r.metadata.get("role") == "worker" and r.components and r.components[0].known
+        ]
+        return min(hours) if hours else HOURS_PER_MONTH
 
 
 # --- component builders ------------------------------------------------------------------------
@@ -148,13 +183,18 @@ def hourly(name: str, count: Decimal | int, price: Price, unit: str = "hours") -
     return CostComponent(name, unit, n, n * HOURS_PER_MONTH, price)
 
 
-def monthly(name: str, unit: str, quantity: Decimal | int, price: Price) -> CostComponent:
+def monthly(name: str, unit: str, quantity: Decimal | int, price: Price, **kw: Any) -> CostComponent:
     q = Decimal(quantity)
-    return CostComponent(name, unit, q / HOURS_PER_MONTH, q, price)
+    return CostComponent(name, unit, q / HOURS_PER_MONTH, q, price, **kw)
 
 
-def usage_based(name: str, unit: str, price: Price) -> CostComponent:
-    return CostComponent(name, unit, None, None, price)
+def from_usage(
+    name: str, unit: str, price: Price, key: str, u: Mapping[str, Decimal], scale: Decimal = Decimal(1)
+) -> CostComponent:
+    """A usage-based component: quantity = usage[key] x scale (in the price's unit), or unknown."""
+    if key not in u:
+        return CostComponent(name, unit, None, None, price, usage_based=True, usage_key=key)
+    return monthly(name, unit, u[key] * scale, price, usage_based=True, usage_key=key)
 
 
 def _known(value: Any) -> bool:
@@ -218,17 +258,135 @@ def _tags(res: Resource) -> Mapping[str, str]:
     return tags if isinstance(tags, Mapping) else {}
 
 
-def price_instance(res: Resource, book: PriceBook, default_az: str | None = None) -> ResourceCost:
+# --- Capacity Blocks ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapacityBlock:
+    """What is known about one Capacity Block (from EC2, see infra.capacity_block). Any field may
+    be None offline; the fee then comes from the snapshot's per-instance-hour rate."""
+
+    reservation_id: str
+    instance_type: str | None = None
+    availability_zone: str | None = None
+    instance_count: int | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    upfront_fee: Decimal | None = None
+    fee_source: str = ""
+    fee_date: str = ""
+    fee_estimate: bool = True
+
+    @property
+    def duration_hours(self) -> Decimal | None:
+        if self.start is None or self.end is None:
+            return None
+        return Decimal(str((self.end - self.start).total_seconds())) / 3600
+
+    @property
+    def billed_hours(self) -> Decimal:
+        """Hours of the block within one 730-hour month: all of a short block, 730 of a long one."""
+        d = self.duration_hours
+        return HOURS_PER_MONTH if d is None else min(HOURS_PER_MONTH, d)
+
+
+def capacity_block_target(inputs: Mapping[str, Any]) -> str | None:
+    """The reservation id of an instance that launches into a Capacity Block, else None."""
+    if (inputs.get("instanceMarketOptions") or {}).get("marketType") != "capacity-block":
+        return None
+    spec = inputs.get("capacityReservationSpecification") or {}
+    rid = (spec.get("capacityReservationTarget") or {}).get("capacityReservationId")
+    return rid if _known(rid) else "(unknown block)"
+
+
+def price_capacity_block(
+    block: CapacityBlock, instance_type: str, instances: int, book: PriceBook
+) -> ResourceCost:
+    """The block's upfront fee over its duration: fee / duration per hour of the block, for the
+    block's hours within the month. Without EC2's figures: the snapshot rate per instance-hour."""
+    d = block.duration_hours
+    count = block.instance_count or instances
+    itype = block.instance_type or instance_type
+    if block.upfront_fee is not None and d:
+        note = f"upfront fee {block.upfront_fee} USD for {d.normalize():f} h"
+        if block.start and block.end:
+            note += f" ({block.start:%Y-%m-%d %H:%M} to {block.end:%Y-%m-%d %H:%M} UTC)"
+        price = Price(
+            block.upfront_fee / d, "hours", block.fee_source, block.fee_date, block.fee_estimate, note
+        )
+    else:
+        rate = book.capacity_block_rate(itype)
+        why = "no fee from EC2 (run with --live)" if block.upfront_fee is None else "no block dates"
+        price = Price(
+            rate.usd * count,
+            "hours",
+            rate.source,
+            rate.date,
+            True,
+            f"{count} x {rate.usd}/instance-hour; {why}" + (f"; {rate.note}" if rate.note else ""),
+        )
+    hours = block.billed_hours
+    comp = monthly(f"Upfront fee over the block ({count} x {itype})", "hours", hours, price)
+    meta = {
+        "role": "capacity-block",
+        "instanceType": itype,
+        "instanceCount": str(count),
+        "availabilityZone": block.availability_zone or "",
+        "durationHours": "" if d is None else f"{d.normalize():f}",
+        "start": block.start.isoformat() if block.start else "",
+        "end": block.end.isoformat() if block.end else "",
+    }
+    return ResourceCost(block.reservation_id, CAPACITY_BLOCK_TYPE, (comp,), metadata=meta)
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+
+def instance_market(inputs: Mapping[str, Any], pricing_model: str) -> str:
+    """How an instance's hours are billed: its own market type first (spot or capacity-block
+    instances say so in their inputs), else the stack's pricing model; a spot pricing model does
+    not make an on-demand instance (the head) spot."""
+    mtype = (inputs.get("instanceMarketOptions") or {}).get("marketType")
+    if mtype in ("spot", "capacity-block"):
+        return mtype
+    return pricing_model if pricing_model in SAVINGS_PLAN_FRACTIONS else "on-demand"
+
+
+def price_instance(
+    res: Resource,
+    book: PriceBook,
+    default_az: str | None = None,
+    *,
+    u: Mapping[str, Decimal] | None = None,
+    pricing_model: str = "on-demand",
+    block: CapacityBlock | None = None,
+) -> ResourceCost:
     inputs = res.get("inputs", {})
     name = res["name"]
+    u = u or {}
     itype = inputs.get("instanceType")
     if not _known(itype):
         raise PriceError(f"{name}: instanceType is unknown, cannot price it")
-    market_opts = inputs.get("instanceMarketOptions") or {}
-    market = "spot" if market_opts.get("marketType") == "spot" else "on-demand"
+    market = instance_market(inputs, pricing_model)
     az = inputs.get("availabilityZone") if _known(inputs.get("availabilityZone")) else default_az
-    price = book.instance_hourly(itype, market, az)
-    comps = (hourly(f"Instance usage (Linux/UNIX, {market}, {itype})", 1, price),)
+    label = f"Instance usage (Linux/UNIX, {market}, {itype})"
+    if market == "capacity-block":
+        rid = capacity_block_target(inputs)
+        price = Price(Decimal(0), "hours", f"in the upfront fee of Capacity Block {rid}", book.date)
+        default_hours = (block or CapacityBlock(str(rid))).billed_hours
+    else:
+        price = book.instance_hourly(itype, market, az)
+        default_hours = HOURS_PER_MONTH
+    if "monthly_hrs" in u:
+        hours = u["monthly_hrs"]
+        if hours > HOURS_PER_MONTH:
+            raise usage_mod.UsageError(
+                f"usage file monthly_hrs of {name} = {hours.normalize():f}: allowed: 0 to 730 "
+                "(the hours of a month, as every monthly figure here)"
+            )
+        usage = monthly(label, "hours", hours, price, usage_based=True, usage_key="monthly_hrs")
+    else:
+        usage = monthly(label, "hours", default_hours, price, usage_key="monthly_hrs")
     subs: list[ResourceCost] = []
     root = inputs.get("rootBlockDevice") or {}
     subs.append(
@@ -248,10 +406,10 @@ def price_instance(res: Resource, book: PriceBook, default_az: str | None = None
         )
     )
     for i, dev in enumerate(inputs.get("ebsBlockDevices") or []):
-        label = dev.get("deviceName") or str(i)
+        label_dev = dev.get("deviceName") or str(i)
         subs.append(
             ResourceCost(
-                f"ebs_block_device[{label}]",
+                f"ebs_block_device[{label_dev}]",
                 "aws:ec2/instance:Instance#ebsBlockDevices",
                 tuple(
                     volume_components(
@@ -267,7 +425,7 @@ def price_instance(res: Resource, book: PriceBook, default_az: str | None = None
         )
     role = _tags(res).get("llmfleet:role", "")
     meta = {"role": role, "instanceType": itype, "market": market}
-    return ResourceCost(name, res["type"], comps, tuple(subs), meta)
+    return ResourceCost(name, res["type"], (usage,), tuple(subs), meta, res.get("urn", ""))
 
 
 def price_volume(res: Resource, book: PriceBook) -> ResourceCost:
@@ -275,24 +433,29 @@ def price_volume(res: Resource, book: PriceBook) -> ResourceCost:
     comps = volume_components(
         book, i.get("size"), i.get("type"), i.get("iops"), i.get("throughput"), res["name"]
     )
-    return ResourceCost(res["name"], res["type"], tuple(comps))
+    return ResourceCost(res["name"], res["type"], tuple(comps), urn=res.get("urn", ""))
 
 
-def price_nat(res: Resource, book: PriceBook) -> ResourceCost:
+def price_nat(res: Resource, book: PriceBook, u: Mapping[str, Decimal]) -> ResourceCost:
     comps = (
         hourly("NAT gateway", 1, book.rate("nat.hour")),
-        usage_based("Data processed", "GB", book.rate("nat.data")),
+        from_usage("Data processed", "GB", book.rate("nat.data"), "monthly_data_processed_gb", u),
     )
-    return ResourceCost(res["name"], res["type"], comps)
+    return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))
 
 
 def price_eip(res: Resource, book: PriceBook) -> ResourceCost:
-    return ResourceCost(res["name"], res["type"], (hourly("Public IPv4 address", 1, book.rate("ipv4.hour")),))
+    comps = (hourly("Public IPv4 address", 1, book.rate("ipv4.hour")),)
+    return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))
 
 
-def price_vpc_endpoint(res: Resource, book: PriceBook) -> ResourceCost | None:
+def is_interface_endpoint(res: Resource) -> bool:
+    return (res.get("inputs", {}).get("vpcEndpointType") or "Gateway") == "Interface"
+
+
+def price_vpc_endpoint(res: Resource, book: PriceBook, u: Mapping[str, Decimal]) -> ResourceCost | None:
     inputs = res.get("inputs", {})
-    if (inputs.get("vpcEndpointType") or "Gateway") != "Interface":
+    if not is_interface_endpoint(res):
         return None  # gateway endpoints (S3, DynamoDB) are free
     subnets = inputs.get("subnetIds") or []
     azs = max(len(subnets), 1)  # one ENI per subnet, one subnet per AZ
@@ -300,49 +463,134 @@ def price_vpc_endpoint(res: Resource, book: PriceBook) -> ResourceCost | None:
     service = str(inputs.get("serviceName", "")).split(".", 3)[-1] or "interface"
     comps = (
         hourly(f"Endpoint ({service}) x {azs} AZ", azs, book.rate("vpce.interface.hour"), unit="hours"),
-        usage_based("Data processed", "GB", book.rate("vpce.interface.data")),
+        from_usage("Data processed", "GB", book.rate("vpce.interface.data"), "monthly_data_processed_gb", u),
     )
-    return ResourceCost(res["name"], res["type"], comps, metadata={"azs": str(azs)})
+    return ResourceCost(res["name"], res["type"], comps, metadata={"azs": str(azs)}, urn=res.get("urn", ""))
 
 
-def price_load_balancer(res: Resource, book: PriceBook) -> ResourceCost:
+def lcu_hours(u: Mapping[str, Decimal], book: PriceBook, kind: str) -> Decimal | None:
+    """LCU-hours a month from usage: each hour bills the largest LCU dimension; the usage gives
+    monthly averages, so LCU-hours = 730 x max(per-hour LCUs of each dimension)."""
+    keys = ("new_connections", "active_connections", "processed_bytes_gb", "rule_evaluations")
+    if not any(k in u for k in keys):
+        return None
+    a = book.assumption
+    if kind == "network":
+        per = {
+            "new_connections": a("nlb_lcu_new_flows_per_s")[0],
+            "active_connections": a("nlb_lcu_active_flows_per_min")[0],
+            "processed_bytes_gb": a("nlb_lcu_processed_gb_per_h")[0],
+        }
+    else:
+        per = {
+            "new_connections": a("alb_lcu_new_connections_per_s")[0],
+            "active_connections": a("alb_lcu_active_connections_per_min")[0],
+            "processed_bytes_gb": a("alb_lcu_processed_gb_per_h")[0],
+            "rule_evaluations": a("alb_lcu_rule_evaluations_per_s")[0],
+        }
+    lcus = []
+    for key, cap in per.items():
+        if key in u:
+            value = (
+                u[key] / HOURS_PER_MONTH if key == "processed_bytes_gb" else u[key]
+            )  # GB a month -> per hour
+            lcus.append(value / Decimal(cap))
+    return max(lcus, default=Decimal(0)) * HOURS_PER_MONTH
+
+
+def price_load_balancer(res: Resource, book: PriceBook, u: Mapping[str, Decimal]) -> ResourceCost:
     kind = res.get("inputs", {}).get("loadBalancerType") or "application"
+    if kind == "network" and "rule_evaluations" in u:
+        raise usage_mod.UsageError(
+            f"usage file resource_usage.{res['name']}.rule_evaluations: a network load balancer "
+            "evaluates no rules; allowed: new_connections, active_connections, processed_bytes_gb"
+        )
     prefix = "nlb" if kind == "network" else "alb"
     label = "Network" if kind == "network" else "Application"
-    comps = (
-        hourly(f"{label} load balancer", 1, book.rate(f"{prefix}.hour")),
-        usage_based("Load balancer capacity units", "LCU-hours", book.rate(f"{prefix}.lcu")),
-    )
-    return ResourceCost(res["name"], res["type"], comps)
+    lcu_rate = book.rate(f"{prefix}.lcu")
+    hours = lcu_hours(u, book, kind)
+    name = "Load balancer capacity units"
+    if hours is None:
+        lcu = CostComponent(
+            name, "LCU-hours", None, None, lcu_rate, usage_based=True, usage_key="processed_bytes_gb"
+        )
+    else:
+        lcu = monthly(name, "LCU-hours", hours, lcu_rate, usage_based=True, usage_key="processed_bytes_gb")
+    comps = (hourly(f"{label} load balancer", 1, book.rate(f"{prefix}.hour")), lcu)
+    return ResourceCost(res["name"], res["type"], comps, metadata={"kind": kind}, urn=res.get("urn", ""))
 
 
-def price_bucket(res: Resource, book: PriceBook, weights_gib: Decimal | None) -> ResourceCost:
+def price_bucket(
+    res: Resource, book: PriceBook, weights_gib: Decimal | None, u: Mapping[str, Decimal] | None = None
+) -> ResourceCost:
+    u = u or {}
     rate = book.rate("s3.standard.storage")
-    if weights_gib is None:
-        comp = usage_based("Storage (S3 Standard)", "GB", rate)
+    if "standard.storage_gb" in u:
+        storage = monthly(
+            "Storage (S3 Standard)",
+            "GB",
+            u["standard.storage_gb"],
+            rate,
+            usage_based=True,
+            usage_key="standard.storage_gb",
+        )
+    elif weights_gib is None:
+        storage = CostComponent(
+            "Storage (S3 Standard)", "GB", None, None, rate, usage_based=True, usage_key="standard.storage_gb"
+        )
     else:
         # S3 bills GB-month in binary GB, so the checkpoint's GiB is the billed quantity
-        comp = monthly("Storage (S3 Standard, model checkpoint)", "GB", weights_gib, rate)
-    return ResourceCost(res["name"], res["type"], (comp,))
-
-
-def price_ecr(res: Resource, book: PriceBook) -> ResourceCost:
-    value, source, _ = book.assumption("ecr_image_size_gb")
-    base = book.rate("ecr.storage")
-    price = Price(base.usd, base.unit, base.source, base.date, True, f"size: {source}")
-    return ResourceCost(
-        res["name"],
-        res["type"],
-        (monthly("Storage (one image, estimated size)", "GB", Decimal(value), price),),
+        storage = monthly("Storage (S3 Standard)", "GB", weights_gib, rate, usage_key="standard.storage_gb")
+    thousand = Decimal("0.001")  # request prices are per 1,000
+    comps = (
+        storage,
+        from_usage(
+            "PUT, COPY, POST, LIST requests",
+            "1k requests",
+            book.rate("s3.standard.requests.tier1"),
+            "standard.monthly_tier_1_requests",
+            u,
+            thousand,
+        ),
+        from_usage(
+            "GET, SELECT, and all other requests",
+            "1k requests",
+            book.rate("s3.standard.requests.tier2"),
+            "standard.monthly_tier_2_requests",
+            u,
+            thousand,
+        ),
     )
+    meta = {"contents": "model checkpoint"} if weights_gib is not None else {}
+    return ResourceCost(res["name"], res["type"], comps, metadata=meta, urn=res.get("urn", ""))
 
 
-def price_kms_key(res: Resource, book: PriceBook) -> ResourceCost:
+def price_ecr(res: Resource, book: PriceBook, u: Mapping[str, Decimal] | None = None) -> ResourceCost:
+    u = u or {}
+    base = book.rate("ecr.storage")
+    name = "Storage (one image, estimated size)"
+    if "storage_gb" in u:
+        comp = monthly("Storage", "GB", u["storage_gb"], base, usage_based=True, usage_key="storage_gb")
+    else:
+        value, source, _ = book.assumption("ecr_image_size_gb")
+        price = Price(base.usd, base.unit, base.source, base.date, True, f"size: {source}")
+        comp = monthly(name, "GB", Decimal(value), price, usage_key="storage_gb")
+    return ResourceCost(res["name"], res["type"], (comp,), urn=res.get("urn", ""))
+
+
+def price_kms_key(res: Resource, book: PriceBook, u: Mapping[str, Decimal] | None = None) -> ResourceCost:
     comps = (
         monthly("Customer managed key", "months", 1, book.rate("kms.key")),
-        usage_based("Requests", "10k requests", book.rate("kms.requests")),
+        from_usage(
+            "Requests",
+            "10k requests",
+            book.rate("kms.requests"),
+            "monthly_requests",
+            u or {},
+            Decimal("0.0001"),
+        ),
     )
-    return ResourceCost(res["name"], res["type"], comps)
+    return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))
 
 
 def _is_weights_bucket(res: Resource, buckets: Sequence[Resource]) -> bool:
@@ -373,35 +621,46 @@ def price_resources(
     project: str = "",
     weights_gib: Decimal | float | None = None,
     default_az: str | None = None,
+    usage: Usage | None = None,
+    pricing_model: str = "on-demand",
+    capacity_blocks: Mapping[str, CapacityBlock] | None = None,
 ) -> Estimate:
     """Price every resource; the pure core of `llmfleet cost` and the budget policy."""
+    usage = usage or Usage()
+    blocks_known = dict(capacity_blocks or {})
     res_list = [r for r in resources if _is_cloud_resource(r)]
     buckets = [r for r in res_list if r["type"] in BUCKET_TYPES]
     wgib = None if weights_gib is None else Decimal(str(weights_gib))
     priced: list[ResourceCost] = []
     no_price: list[str] = []
     unsupported: list[str] = []
+    in_blocks: dict[str, list[str]] = {}  # reservation id -> instance types launching into it
     for res in res_list:
         rtype = res["type"]
+        u = usage.for_resource(rtype, res["name"], res.get("urn", "")) if usage_mod.keys_for(rtype) else {}
         item: ResourceCost | None
         if rtype == "aws:ec2/instance:Instance":
-            item = price_instance(res, book, default_az)
+            rid = capacity_block_target(res.get("inputs", {}))
+            if rid is not None:
+                in_blocks.setdefault(rid, []).append(res["inputs"].get("instanceType"))
+            block = blocks_known.get(rid) if rid else None
+            item = price_instance(res, book, default_az, u=u, pricing_model=pricing_model, block=block)
         elif rtype == "aws:ebs/volume:Volume":
             item = price_volume(res, book)
         elif rtype == "aws:ec2/natGateway:NatGateway":
-            item = price_nat(res, book)
+            item = price_nat(res, book, u)
         elif rtype == "aws:ec2/eip:Eip":
             item = price_eip(res, book)
         elif rtype == "aws:ec2/vpcEndpoint:VpcEndpoint":
-            item = price_vpc_endpoint(res, book)
-        elif rtype in ("aws:lb/loadBalancer:LoadBalancer", "aws:alb/loadBalancer:LoadBalancer"):
-            item = price_load_balancer(res, book)
+            item = price_vpc_endpoint(res, book, u)
+        elif rtype in usage_mod.LOAD_BALANCERS:
+            item = price_load_balancer(res, book, u)
         elif rtype in BUCKET_TYPES:
-            item = price_bucket(res, book, wgib if _is_weights_bucket(res, buckets) else None)
+            item = price_bucket(res, book, wgib if _is_weights_bucket(res, buckets) else None, u)
         elif rtype == "aws:ecr/repository:Repository":
-            item = price_ecr(res, book)
+            item = price_ecr(res, book, u)
         elif rtype == "aws:kms/key:Key":
-            item = price_kms_key(res, book)
+            item = price_kms_key(res, book, u)
         elif rtype.startswith(FREE_TYPE_PREFIXES):
             no_price.append(rtype)
             continue
@@ -412,10 +671,15 @@ def price_resources(
             no_price.append(rtype)
         else:
             priced.append(item)
+    for rid, types in in_blocks.items():
+        block = blocks_known.get(rid, CapacityBlock(rid))
+        priced.append(price_capacity_block(block, str(types[0]), len(types), book))
     warnings = list(book.warnings)
     if unsupported:
         kinds = ", ".join(sorted(set(unsupported)))
         warnings.append(f"not priced (no estimator for these types): {kinds}")
+    for key in usage.unmatched():
+        warnings.append(f"usage file resource_usage.{key}: matches no priced resource of this stack")
     return Estimate(
         project=project,
         region=book.region,
@@ -425,6 +689,7 @@ def price_resources(
         no_price=tuple(no_price),
         unsupported=tuple(unsupported),
         warnings=tuple(warnings),
+        pricing_model=pricing_model,
     )
 
 
@@ -447,6 +712,7 @@ def estimate_monthly_usd(
     price_book: PriceBook | None = None,
     *,
     weights_gib: Decimal | float | None = None,
+    pricing_model: str = "on-demand",
 ) -> Decimal:
     """Total monthly USD of a resource set: the number the budget policy compares with
     `llmfleet:maxMonthlyUsd`. Uses the bundled snapshot unless a price book is given."""
@@ -454,14 +720,25 @@ def estimate_monthly_usd(
         from infra.pricing import snapshot_book
 
         price_book = snapshot_book(region)
-    return price_resources(resources, price_book, weights_gib=weights_gib).total_monthly
+    return price_resources(
+        resources, price_book, weights_gib=weights_gib, pricing_model=pricing_model
+    ).total_monthly
 
 
-def usd_per_million_tokens(hourly_usd: Decimal, tokens_per_s: float | None) -> Decimal | None:
-    """Hourly cost / (tokens per second x 3600) x 1e6; None when there is no throughput."""
-    if not tokens_per_s or tokens_per_s <= 0:
+def usd_per_million_tokens(
+    cost_usd: Decimal, tokens_per_s: float | None, hours: Decimal = Decimal(1)
+) -> Decimal | None:
+    """Cost over `hours` of serving / (tokens per second x 3600 x hours) x 1e6; None when there
+    is no throughput. With the hourly cost and hours=1 this is the per-hour figure."""
+    if not tokens_per_s or tokens_per_s <= 0 or hours <= 0:
         return None
-    return hourly_usd / (Decimal(str(tokens_per_s)) * 3600) * Decimal(1_000_000)
+    return cost_usd / (Decimal(str(tokens_per_s)) * 3600 * hours) * Decimal(1_000_000)
+
+
+def monthly_usd_per_million_tokens(est: Estimate, tokens_per_s: float | None) -> Decimal | None:
+    """The stack's USD per million output tokens: a month's cost over the tokens of the hours the
+    cluster serves (all 730 unless workers run part of the month or in a shorter block)."""
+    return usd_per_million_tokens(est.total_monthly, tokens_per_s, est.serving_hours)
 
 
 # --- `pulumi preview --json` -------------------------------------------------------------------
@@ -471,47 +748,87 @@ def _name_of(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
 
 
-def resources_from_preview(doc: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-    """(resources, region or None) from the steps of a `pulumi preview --json` document.
+# Steps whose resource does not exist after the update (newState) or did not before (oldState).
+_NOT_AFTER = ("read", "delete", "delete-replaced", "discard", "discard-replaced", "remove-pending-replace")
+_NOT_BEFORE = ("read", "create", "create-replacement", "import", "import-replacement")
 
-    Resources that will exist after the update: every step with a newState except reads
-    (data sources) and deletes.
-    """
+
+@dataclass(frozen=True)
+class PreviewStates:
+    new: list[dict[str, Any]]
+    past: list[dict[str, Any]]
+    region: str | None
+    ops: Mapping[str, int]
+    has_sames: bool  # `pulumi preview --json --show-sames`: unchanged resources are in the file
+
+    @property
+    def has_past(self) -> bool:
+        return bool(self.past)
+
+
+def _resource_of(state: Mapping[str, Any], urn: str) -> dict[str, Any]:
+    return {
+        "type": state.get("type", ""),
+        "name": _name_of(state.get("urn", urn)),
+        "parent": _name_of(state["parent"]) if state.get("parent") else None,
+        "urn": state.get("urn", urn),
+        "custom": bool(state.get("custom", True)),
+        "inputs": state.get("inputs") or {},
+        "outputs": state.get("outputs") or {},
+    }
+
+
+def states_from_preview(doc: Mapping[str, Any]) -> PreviewStates:
+    """The resources after the update (`newState`) and before it (`oldState`) of a
+    `pulumi preview --json` document, each URN once; reads (data sources) are neither."""
     if not isinstance(doc, Mapping) or not isinstance(doc.get("steps"), list):
         raise PriceError("preview file: expected a `pulumi preview --json` document with a `steps` list")
-    out: list[dict[str, Any]] = []
+    new: dict[str, dict[str, Any]] = {}
+    past: dict[str, dict[str, Any]] = {}
     region: str | None = None
+    ops: dict[str, int] = {}
+    sames = 0  # unchanged resources; the root stack's step is always there, --show-sames or not
     for step in doc["steps"]:
-        state = step.get("newState")
-        if not state or step.get("op") in ("read", "delete", "discard", "remove-pending-replace"):
-            continue
-        rtype = state.get("type", "")
-        inputs = state.get("inputs") or {}
-        if rtype == "pulumi:providers:aws" and _known(inputs.get("region")):
-            region = inputs["region"]
-        out.append(
-            {
-                "type": rtype,
-                "name": _name_of(state.get("urn", step.get("urn", ""))),
-                "parent": _name_of(state["parent"]) if state.get("parent") else None,
-                "urn": state.get("urn", step.get("urn", "")),
-                "custom": bool(state.get("custom", True)),
-                "inputs": inputs,
-                "outputs": state.get("outputs") or {},
-            }
-        )
-    return out, region
+        if not isinstance(step, Mapping):
+            raise PriceError("preview file: every entry of `steps` must be an object")
+        op = str(step.get("op", ""))
+        urn = str(step.get("urn", ""))
+        ops[op] = ops.get(op, 0) + 1
+        after, before = step.get("newState"), step.get("oldState")
+        state_type = (after or before or {}).get("type", "")
+        if op == "same" and state_type != "pulumi:pulumi:Stack":
+            sames += 1
+        if after and op not in _NOT_AFTER:
+            if after.get("type") == "pulumi:providers:aws" and _known(
+                (after.get("inputs") or {}).get("region")
+            ):
+                region = after["inputs"]["region"]
+            new.setdefault(after.get("urn", urn), _resource_of(after, urn))
+        if before and op not in _NOT_BEFORE:
+            past.setdefault(before.get("urn", urn), _resource_of(before, urn))
+    return PreviewStates(list(new.values()), list(past.values()), region, ops, sames > 0)
 
 
-def load_preview_file(text: str) -> tuple[list[dict[str, Any]], str | None]:
+def resources_from_preview(doc: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """(resources after the update, region or None) of a `pulumi preview --json` document."""
+    states = states_from_preview(doc)
+    return states.new, states.region
+
+
+def parse_preview(text: str) -> PreviewStates:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise PriceError(f"preview file: not JSON ({err.msg} at line {err.lineno})") from None
-    return resources_from_preview(doc)
+    return states_from_preview(doc)
 
 
-# --- Infracost-shaped JSON ---------------------------------------------------------------------
+def load_preview_file(text: str) -> tuple[list[dict[str, Any]], str | None]:
+    states = parse_preview(text)
+    return states.new, states.region
+
+
+# --- decimal strings ---------------------------------------------------------------------------
 
 
 def dec(value: Decimal | None, places: int = 10) -> str | None:
@@ -523,160 +840,3 @@ def dec(value: Decimal | None, places: int = 10) -> str | None:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
-
-
-def _component_json(c: CostComponent) -> dict[str, Any]:
-    return {
-        "name": c.name,
-        "unit": c.unit,
-        "hourlyQuantity": dec(c.hourly_quantity),
-        "monthlyQuantity": dec(c.monthly_quantity),
-        "price": dec(c.price.usd),
-        "hourlyCost": None if c.usage_based else dec(c.hourly_cost),
-        "monthlyCost": None if c.usage_based else dec(c.monthly_cost),
-        "usageBased": c.usage_based,
-        "priceSource": c.price.source,
-        "priceDate": c.price.date,
-        "estimate": c.price.estimate,
-        "note": c.price.note,
-    }
-
-
-def _resource_json(r: ResourceCost) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": r.name,
-        "resourceType": r.resource_type,
-        "metadata": dict(r.metadata),
-        "hourlyCost": dec(r.hourly_cost),
-        "monthlyCost": dec(r.monthly_cost),
-        "costComponents": [_component_json(c) for c in r.components],
-    }
-    if r.subresources:
-        out["subresources"] = [_resource_json(s) for s in r.subresources]
-    return out
-
-
-def _breakdown(est: Estimate) -> dict[str, Any]:
-    return {
-        "resources": [_resource_json(r) for r in est.resources],
-        "totalHourlyCost": dec(est.total_hourly),
-        "totalMonthlyCost": dec(est.total_monthly),
-    }
-
-
-def _summary(est: Estimate) -> dict[str, int]:
-    return {
-        "totalDetectedResources": est.detected,
-        "totalSupportedResources": len(est.resources),
-        "totalNoPriceResources": len(est.no_price),
-        "totalUnsupportedResources": len(est.unsupported),
-    }
-
-
-def to_infracost_json(
-    est: Estimate, *, tokens_per_s: float | None = None, past: Estimate | None = None
-) -> dict[str, Any]:
-    """Infracost's JSON shape (version 0.2), plus cost per million output tokens.
-
-    With `past`, the project carries `pastBreakdown` and `diff`, and the top level the
-    past/diff totals, as `infracost diff --format json` does (diff = est - past).
-    """
-    per_m = usd_per_million_tokens(est.total_hourly, tokens_per_s)
-    project: dict[str, Any] = {
-        "name": est.project,
-        "metadata": {"region": est.region, "priceSource": est.price_source},
-        "pastBreakdown": _breakdown(past) if past else None,
-        "breakdown": _breakdown(est),
-        "diff": diff_json(est, past) if past else None,
-        "summary": _summary(est),
-    }
-    return {
-        "version": INFRACOST_JSON_VERSION,
-        "currency": "USD",
-        "metadata": {"hoursPerMonth": int(HOURS_PER_MONTH), "warnings": list(est.warnings)},
-        "projects": [project],
-        "totalHourlyCost": dec(est.total_hourly),
-        "totalMonthlyCost": dec(est.total_monthly),
-        "pastTotalHourlyCost": dec(past.total_hourly) if past else None,
-        "pastTotalMonthlyCost": dec(past.total_monthly) if past else None,
-        "diffTotalHourlyCost": dec(est.total_hourly - past.total_hourly) if past else None,
-        "diffTotalMonthlyCost": dec(est.total_monthly - past.total_monthly) if past else None,
-        "decodeTokensPerSecondExpected": tokens_per_s,
-        "usdPerMillionOutputTokens": dec(per_m, 4),
-        "summary": _summary(est),
-    }
-
-
-# --- diff --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResourceDiff:
-    name: str
-    resource_type: str
-    past_monthly: Decimal
-    monthly: Decimal
-    past_hourly: Decimal
-    hourly: Decimal
-
-    @property
-    def diff_monthly(self) -> Decimal:
-        return self.monthly - self.past_monthly
-
-    @property
-    def diff_hourly(self) -> Decimal:
-        return self.hourly - self.past_hourly
-
-
-def _match_key(r: ResourceCost, project: str) -> tuple[str, str]:
-    """(type, logical name without a leading "<stack>-"), so prod-worker-0 matches dev-worker-0."""
-    name = r.name.removeprefix(f"{project}-") if project else r.name
-    return r.resource_type, name
-
-
-def diff_resources(est: Estimate, past: Estimate) -> list[ResourceDiff]:
-    """Per-resource difference est - past, matched by type and logical name; order: est, then removed."""
-    old = {_match_key(r, past.project): r for r in past.resources}
-    rows: list[ResourceDiff] = []
-    seen = set()
-    for r in est.resources:
-        key = _match_key(r, est.project)
-        seen.add(key)
-        o = old.get(key)
-        rows.append(
-            ResourceDiff(
-                r.name,
-                r.resource_type,
-                o.monthly_cost if o else Decimal(0),
-                r.monthly_cost,
-                o.hourly_cost if o else Decimal(0),
-                r.hourly_cost,
-            )
-        )
-    for key, o in old.items():
-        if key not in seen:
-            rows.append(
-                ResourceDiff(o.name, o.resource_type, o.monthly_cost, Decimal(0), o.hourly_cost, Decimal(0))
-            )
-    return rows
-
-
-def diff_json(est: Estimate, past: Estimate) -> dict[str, Any]:
-    rows = diff_resources(est, past)
-    return {
-        "resources": [
-            {
-                "name": d.name,
-                "resourceType": d.resource_type,
-                # as in `infracost diff`: hourlyCost/monthlyCost are the differences
-                "hourlyCost": dec(d.diff_hourly),
-                "monthlyCost": dec(d.diff_monthly),
-                "pastMonthlyCost": dec(d.past_monthly),
-                "newMonthlyCost": dec(d.monthly),
-            }
-            for d in rows
-            if d.diff_monthly != 0 or d.diff_hourly != 0
-        ],
-        "totalHourlyCost": dec(est.total_hourly - past.total_hourly),
-        "totalMonthlyCost": dec(est.total_monthly - past.total_monthly),
-    }

@@ -8,6 +8,7 @@ AWS-compatible endpoint; tests inject moto-pointed and Stubber-wrapped clients i
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,7 @@ class PreflightInputs:
     expected_weights_bytes: int | None
     model: str = ""
     capacity_reservation_id: str | None = None
+    capacity_block_id: str | None = None
     ami_describe_args: dict[str, Any] = field(default_factory=boto3_describe_images_args)
 
     @property
@@ -120,6 +122,7 @@ def inputs_for_stack(cfg: Any, catalog: Any | None = None) -> PreflightInputs:
         expected_weights_bytes=int(model.checkpoint_gib * GIB),
         model=model.id,
         capacity_reservation_id=cfg.capacity_reservation_id,
+        capacity_block_id=cfg.capacity_block_id,
     )
 
 
@@ -428,7 +431,68 @@ def check_capacity_reservation(ec2: Any, inp: PreflightInputs) -> Check:
     return Check(name, "pass", f"{rid}: {free} x {cr['InstanceType']} free in {cr.get('AvailabilityZone')}")
 
 
-def run_checks(inp: PreflightInputs, clients: Clients) -> list[Check]:
+def _offering_hint(ec2: Any, inp: PreflightInputs, hours: int) -> str:
+    """One offering that would fit the plan, from describe_capacity_block_offerings, or how to look."""
+    look = (
+        f"aws ec2 describe-capacity-block-offerings --instance-type {inp.instance_type} "
+        f"--instance-count {inp.workers} --capacity-duration-hours {hours}"
+    )
+    from infra import capacity_block as cb
+
+    try:
+        found = cb.offerings(ec2, inp.instance_type, inp.workers, hours)
+    except (ClientError, BotoCoreError):
+        return f"find one with `{look}`"
+    if inp.availability_zone:
+        found = [o for o in found if o.get("AvailabilityZone") == inp.availability_zone] or found
+    if not found:
+        return f"EC2 offers none now for {inp.workers} x {inp.instance_type} for {hours} h (`{look}`)"
+    o = min(found, key=lambda o: float(o.get("UpfrontFee") or "inf"))
+    start = o.get("StartDate")
+    when = f" from {start:%Y-%m-%d %H:%M} UTC" if hasattr(start, "strftime") else ""
+    return (
+        f"e.g. offering {o.get('CapacityBlockOfferingId')}: {o.get('InstanceCount')} x {o.get('InstanceType')} "
+        f"in {o.get('AvailabilityZone')}{when} for {o.get('CapacityBlockDurationHours')} h, "
+        f"{o.get('UpfrontFee')} {o.get('CurrencyCode', 'USD')}"
+    )
+
+
+def check_capacity_block(ec2: Any, inp: PreflightInputs, now: dt.datetime | None = None) -> Check:
+    """The Capacity Block against the plan: type, AZ, instance count, and its time window."""
+    from infra import capacity_block as cb
+
+    name = "capacity-block"
+    rid = inp.capacity_block_id
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        facts = cb.describe_block(ec2, rid)
+    except cb.BlockError as e:
+        return Check(name, "fail", f"{e}: fix llmfleet:capacityBlockId or remove it")
+    problems = cb.problems(facts, inp.instance_type, inp.availability_zone, inp.workers)
+    status, when = cb.timing(facts, now)
+    if status == "fail":
+        problems.append(when)
+    b = facts.block
+    if problems:
+        hours = int(b.duration_hours or 24)
+        return Check(
+            name,
+            "fail",
+            f"{rid}: {'; '.join(problems)}: buy a block that matches the plan "
+            f"({inp.workers} x {inp.instance_type} in {inp.availability_zone or b.availability_zone}); "
+            + _offering_hint(ec2, inp, hours),
+        )
+    window = ""
+    if b.start and b.end:
+        window = f", {b.start:%Y-%m-%d %H:%M} to {b.end:%Y-%m-%d %H:%M} UTC"
+    return Check(
+        name,
+        status,
+        f"{rid}: {facts.total} x {b.instance_type} in {b.availability_zone}{window}; {when}",
+    )
+
+
+def run_checks(inp: PreflightInputs, clients: Clients, now: dt.datetime | None = None) -> list[Check]:
     steps: list[Callable[[], Check]] = [
         lambda: check_offered(clients.ec2, inp.instance_type, inp.availability_zone),
         lambda: check_offered(
@@ -458,6 +522,8 @@ def run_checks(inp: PreflightInputs, clients: Clients) -> list[Check]:
     ]
     if inp.capacity_reservation_id:
         steps.append(lambda: check_capacity_reservation(clients.ec2, inp))
+    if inp.capacity_block_id:
+        steps.append(lambda: check_capacity_block(clients.ec2, inp, now))
     return [step() for step in steps]
 
 

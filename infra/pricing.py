@@ -35,6 +35,15 @@ class PriceError(ValueError):
     """A price that cannot be found; str() is one line for the CLI."""
 
 
+# How instance-hours are billed (llmfleet:pricingModel). Savings Plans are a discount on the
+# on-demand rate; the fraction is a snapshot planning figure with its source.
+PRICING_MODELS = ("on-demand", "spot", "savings-plan-1y", "savings-plan-3y")
+SAVINGS_PLAN_FRACTIONS = {
+    "savings-plan-1y": "savings_plan_1y_fraction_of_on_demand",
+    "savings-plan-3y": "savings_plan_3y_fraction_of_on_demand",
+}
+
+
 # --- the snapshot file -------------------------------------------------------------------------
 
 
@@ -190,10 +199,35 @@ class PriceBook:
         note = f"estimate: {fraction} x on-demand {od.usd}/h" + (f"; {od.note}" if od.note else "")
         return Price(od.usd * fraction, "hours", source, self.date, True, note)
 
+    def savings_plan(self, on_demand: Price, market: str) -> Price:
+        """The Savings Plan rate for `market` (savings-plan-1y/3y) from an on-demand price."""
+        value, source, _ = self.assumption(SAVINGS_PLAN_FRACTIONS[market])
+        fraction = Decimal(value)
+        note = f"estimate: {fraction} x on-demand {on_demand.usd}/h" + (
+            f"; {on_demand.note}" if on_demand.note else ""
+        )
+        return Price(on_demand.usd * fraction, "hours", source, on_demand.date, True, note)
+
     def instance_hourly(self, instance_type: str, market: str = "on-demand", az: str | None = None) -> Price:
+        if market in SAVINGS_PLAN_FRACTIONS:
+            return self.savings_plan(self.instance_hourly(instance_type, "on-demand", az), market)
         if market == "spot":
             return self._snapshot_spot(instance_type)
+        if market != "on-demand":
+            raise PriceError(f"market {market!r} has no price; allowed: {', '.join(PRICING_MODELS)}")
         return self._snapshot_on_demand(instance_type)
+
+    def capacity_block_rate(self, instance_type: str) -> Price:
+        """A Capacity Block's reservation fee per instance-hour, from the snapshot (an estimate:
+        the fee is fixed at purchase at the rate then in effect)."""
+        key = f"capacity_block.{instance_type}"
+        if key not in self.rate_keys():
+            have = ", ".join(k.split(".", 1)[1] for k in self.rate_keys() if k.startswith("capacity_block."))
+            raise PriceError(
+                f"instanceType: no Capacity Block rate for {instance_type!r} in the {self._rates_region} "
+                f"snapshot (has: {have or 'none'}); use --live to ask EC2 for the block's quote"
+            )
+        return self.rate(key)
 
 
 def snapshot_book(region: str, on_demand: Mapping[str, OnDemand] | None = None) -> PriceBook:
@@ -365,6 +399,8 @@ class LivePriceBook(PriceBook):
         return {"usd": str(usd), "source": f"EC2 describe_spot_price_history ({zone})"}
 
     def instance_hourly(self, instance_type: str, market: str = "on-demand", az: str | None = None) -> Price:
+        if market in SAVINGS_PLAN_FRACTIONS:  # the live on-demand rate times the snapshot fraction
+            return self.savings_plan(self.instance_hourly(instance_type, "on-demand", az), market)
         memo_key = (instance_type, market, az)
         if memo_key not in self._memo:
             self._memo[memo_key] = self._live(instance_type, market, az)
@@ -403,6 +439,7 @@ def live_book(region: str, on_demand: Mapping[str, OnDemand] | None = None, **kw
 
 __all__ = [
     "OnDemand",
+    "PRICING_MODELS",
     "Price",
     "PriceBook",
     "LivePriceBook",

@@ -166,6 +166,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             endpoint_port=cfg.endpoint_port,
             spot=cfg.spot,
             capacity_reservation_id=cfg.capacity_reservation_id,
+            capacity_block_id=cfg.capacity_block_id,
             root_volume_gb=cfg.root_volume_gb,
             tags=tags,
             serve_config=serve_config_yaml(cfg, plan),

@@ -128,15 +128,32 @@ def _as_cost_resource(r: Res) -> dict[str, Any]:
     }
 
 
-def monthly_cost_usd(view: StackView, region: str, model: str | None) -> float:
-    """The cost issue's estimator (infra.cost) over the stack's resources, snapshot prices."""
+def monthly_cost_usd(
+    view: StackView, region: str, model: str | None, pricing_model: str = "on-demand"
+) -> float:
+    """The cost issue's estimator (infra.cost) over the stack's resources, snapshot prices, with
+    the stack's pricing model, as `llmfleet cost` prices it without a usage file (a Capacity
+    Block's fee then comes from the snapshot rate)."""
     from infra.catalog import load_catalog
     from infra.cost import estimate_monthly_usd
 
     models = load_catalog().models
     weights_gib = models[model].checkpoint_gib if model in models else None
     resources = [_as_cost_resource(r) for r in view.resources]
-    return float(estimate_monthly_usd(resources, region, weights_gib=weights_gib)) + owned_hosts_monthly_usd()
+    total = estimate_monthly_usd(resources, region, weights_gib=weights_gib, pricing_model=pricing_model)
+    return float(total) + owned_hosts_monthly_usd()
+
+
+def stack_pricing_model() -> str:
+    """llmfleet:pricingModel of the running stack (spot when llmfleet:spot), as `llmfleet cost`."""
+    import pulumi
+
+    from infra.config import ConfigError, runtime_stack_config
+
+    try:
+        return runtime_stack_config(pulumi.get_stack()).effective_pricing_model
+    except ConfigError:
+        return "on-demand"  # the program itself stops on a bad config, with the one-line reason
 
 
 def owned_hosts_monthly_usd() -> float:
@@ -164,18 +181,29 @@ def _budget(args: StackValidationArgs, report: ReportViolation) -> None:
     view = StackView.of(args.resources)
     region = cfg.get("region") or _config.stack_config_raw("aws:region") or "us-east-1"
     model = _serving_setting(gpu_workers(view), cfg, "llmfleet:model", "model")
+    pricing = stack_pricing_model()
     try:
-        total = monthly_cost_usd(view, region, model)
+        total = monthly_cost_usd(view, region, model, pricing)
     except ValueError as err:  # PriceError: a resource the estimator cannot price
         report(f"cannot estimate the monthly cost: {err}")
         return
     if total > float(limit):
         report(
-            f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd ${float(limit):,.2f} ({region}, on-demand snapshot prices)"
+            f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd ${float(limit):,.2f} ({region}, {pricing} snapshot prices)"
         )
 
 
 # --- worker placement ----------------------------------------------------------------------------
+
+
+def capacity_block_of(w: Res) -> str | None:
+    """The reservation a worker launches into as a Capacity Block (market type capacity-block)."""
+    if get(w.props, "instanceMarketOptions", "marketType") != "capacity-block":
+        return None
+    rid = get(
+        w.props, "capacityReservationSpecification", "capacityReservationTarget", "capacityReservationId"
+    )
+    return "(unknown)" if rid is None or is_unknown(rid) else str(rid)
 
 
 def _placement(args: StackValidationArgs, report: ReportViolation) -> None:
@@ -184,33 +212,40 @@ def _placement(args: StackValidationArgs, report: ReportViolation) -> None:
     if len(workers) < 2:
         return  # one host has no inter-node traffic to keep close
     groups: dict[str, list[str]] = {}
-    for w in workers:
-        pg = view.ref(w, "placementGroup", [PLACEMENT_GROUP])
-        if pg is None:  # `placementGroup` holds the group's name, `placementGroupId` its id
-            named = [
-                g
-                for g in view.of_type(PLACEMENT_GROUP)
-                if isinstance(w.props.get("placementGroup"), str)
-                and g.props.get("name") == w.props.get("placementGroup")
-            ]
-            pg = named[0] if named else view.ref(w, "placementGroupId", [PLACEMENT_GROUP])
-        if pg is UNKNOWN:
-            continue
-        if pg is None:
-            raw = w.props.get("placementGroup") or w.props.get("placementGroupId")
-            if raw is None:
-                report(f"{w.name}: GPU worker is in no placement group", w.urn)
+    blocks = {w.name: capacity_block_of(w) for w in workers}
+    if all(b is not None for b in blocks.values()):
+        # Workers in Capacity Blocks: AWS places a block's instances together (and they take no
+        # placement group), so one block for all of them keeps them close.
+        for w in workers:
+            groups.setdefault(f"Capacity Block {blocks[w.name]}", []).append(w.name)
+    else:
+        for w in workers:
+            pg = view.ref(w, "placementGroup", [PLACEMENT_GROUP])
+            if pg is None:  # `placementGroup` holds the group's name, `placementGroupId` its id
+                named = [
+                    g
+                    for g in view.of_type(PLACEMENT_GROUP)
+                    if isinstance(w.props.get("placementGroup"), str)
+                    and g.props.get("name") == w.props.get("placementGroup")
+                ]
+                pg = named[0] if named else view.ref(w, "placementGroupId", [PLACEMENT_GROUP])
+            if pg is UNKNOWN:
                 continue
-            key = str(raw)
-        else:
-            key = pg.name
-            strategy = pg.props.get("strategy")
-            if not is_unknown(strategy) and strategy != "cluster":
-                report(
-                    f"{w.name}: placement group {pg.name} has strategy {strategy!r}; GPU workers need 'cluster'",
-                    w.urn,
-                )
-        groups.setdefault(key, []).append(w.name)
+            if pg is None:
+                raw = w.props.get("placementGroup") or w.props.get("placementGroupId")
+                if raw is None:
+                    report(f"{w.name}: GPU worker is in no placement group", w.urn)
+                    continue
+                key = str(raw)
+            else:
+                key = pg.name
+                strategy = pg.props.get("strategy")
+                if not is_unknown(strategy) and strategy != "cluster":
+                    report(
+                        f"{w.name}: placement group {pg.name} has strategy {strategy!r}; GPU workers need 'cluster'",
+                        w.urn,
+                    )
+            groups.setdefault(key, []).append(w.name)
     if len(groups) > 1:
         report(
             "GPU workers are spread over placement groups: "

@@ -78,8 +78,9 @@ def test_prod_head_and_planner_count_of_efa_workers():
 
 def test_dev_spot_workers_without_efa_head_on_demand():
     c = cap("dev")
-    [head], [worker] = split(c)
-    w = worker["inputs"]
+    [head], workers = split(c)
+    assert len(workers) == 2  # two replicas of one host each
+    w = workers[0]["inputs"]
     assert w["instanceType"] == "g6.xlarge"
     assert w["associatePublicIpAddress"] is False and w["vpcSecurityGroupIds"] == [cluster_sg(c)]
     assert "networkInterfaces" not in w

@@ -28,11 +28,10 @@ def test_cost_json_and_table_price_one_cold_start():
     cold = estimate(
         cat.models[cfg.model], cat.instances[cfg.gpu_instance_type], plan.nodes, plan.ttft_ms / 1000
     )
-    assert doc["coldStart"]["seconds"] == pytest.approx(cold.total_s, abs=0.1)
+    # Infracost's JSON has no field for it (its project metadata is closed): the table says it.
     usd = Decimal(doc["totalHourlyCost"]) * Decimal(str(round(cold.total_s, 1))) / 3600
-    assert abs(Decimal(doc["coldStart"]["usd"]) - usd) < Decimal("0.02")
     table = CliRunner().invoke(app, ["cost", "--stack", "prod"], env={"COLUMNS": "200"})
-    assert (
-        f"One cold start (boot -> first token, ~{cold.total_s:,.0f} s): {doc['coldStart']['usd']} USD"
-        in table.stdout
-    )
+    line = next(ln for ln in table.stdout.splitlines() if ln.startswith("One cold start"))
+    assert f"~{cold.total_s:,.0f} s" in line
+    shown = Decimal(line.split("): ")[1].split(" USD")[0].replace(",", ""))
+    assert abs(shown - usd) < Decimal("0.02")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 from dataclasses import replace
@@ -9,7 +10,8 @@ from decimal import Decimal
 
 import pytest
 
-from infra import cost
+from infra import cost, infracost
+from infra import usage as usage_mod
 from infra.pricing import OnDemand, PriceBook, PriceError, load_snapshot
 
 ON_DEMAND = {
@@ -231,45 +233,77 @@ def test_decimal_strings():
     assert cost.dec(None) is None
 
 
+def doc_of(est, tokens_per_s=None, past=None, name_key=None):
+    """The Infracost document `llmfleet cost --json` prints for an estimate (fixed clock)."""
+    info = infracost.ProjectInfo(est.project, ".", "pulumi_program", est.project, est.warnings)
+    proj = infracost.project(
+        info, infracost.breakdown(est, tokens_per_s), infracost.summary(est), past, name_key
+    )
+    return json.loads(json.dumps(infracost.document([proj], infracost.RunMetadata(), NOW)))
+
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+
+
 def test_infracost_json_shape(book):
     est = cost.price_resources(stack(3), book, weights_gib=642, project="prod")
-    doc = json.loads(json.dumps(cost.to_infracost_json(est, tokens_per_s=1500.0)))
+    doc = doc_of(est, tokens_per_s=1500.0)
     assert doc["version"] == "0.2" and doc["currency"] == "USD"
+    assert doc["timeGenerated"] == "2026-11-28T12:00:00Z"
     (project,) = doc["projects"]
-    assert project["name"] == "prod"
+    assert project["name"] == project["displayName"] == "prod"
     bd = project["breakdown"]
     assert (
         bd["totalMonthlyCost"] == doc["totalMonthlyCost"] and bd["totalHourlyCost"] == doc["totalHourlyCost"]
     )
     keys = {"name", "unit", "hourlyQuantity", "monthlyQuantity", "price", "hourlyCost", "monthlyCost"}
     for r in bd["resources"]:
-        assert {"name", "resourceType", "hourlyCost", "monthlyCost", "costComponents"} <= r.keys()
-        for c in r["costComponents"] + [c for s in r.get("subresources", []) for c in s["costComponents"]]:
-            assert keys <= c.keys()
-            assert c["priceSource"] and c["priceDate"]
+        assert {"name", "resourceType", "metadata", "hourlyCost", "monthlyCost", "costComponents"} <= r.keys()
+        subs = r.get("subresources", [])
+        for holder in [r, *subs]:
+            sources = holder["metadata"]["priceSources"]
+            assert [s["component"] for s in sources] == [c["name"] for c in holder["costComponents"]]
+            assert all(s["priceSource"] and s["priceDate"] for s in sources)
+        for c in r["costComponents"] + [c for s in subs for c in s["costComponents"]]:
+            assert keys <= c.keys() and c["priceNotFound"] is False
             for k in ("price", "hourlyCost", "monthlyCost", "hourlyQuantity", "monthlyQuantity"):
                 assert c[k] is None or isinstance(c[k], str)
-            if not c["usageBased"]:
+            if c["monthlyQuantity"] is None:  # usage-based with no usage: a price, no cost
+                assert c["usageBased"] and c["monthlyCost"] is None and c["price"] is not None
+            else:
                 Decimal(c["monthlyCost"])  # a decimal string
     workers = [r for r in bd["resources"] if r["metadata"].get("role") == "worker"]
     assert len(workers) == 3
     assert all(w["costComponents"][0]["price"] == "30.131" for w in workers)
     total_h, total_m = Decimal(doc["totalHourlyCost"]), Decimal(doc["totalMonthlyCost"])
     assert abs(730 * total_h - total_m) < Decimal("0.005")
-    per_m = Decimal(doc["usdPerMillionOutputTokens"])
-    assert abs(per_m - total_h / (Decimal(1500) * 3600) * 10**6) < Decimal("0.0001")
-    assert doc["pastTotalMonthlyCost"] is None and project["diff"] is None
+    # each resource carries its share of USD per million output tokens; the shares add up
+    shares = sum(Decimal(r["metadata"]["usdPerMillionOutputTokens"]) for r in bd["resources"])
+    assert abs(shares - total_h / (Decimal(1500) * 3600) * 10**6) < Decimal("0.0001")
+    # no past: an empty past breakdown, and the diff is the whole breakdown
+    assert project["pastBreakdown"] == {
+        "resources": [],
+        "totalHourlyCost": "0",
+        "totalMonthlyCost": "0",
+        "totalMonthlyUsageCost": "0",
+    }
+    assert doc["pastTotalMonthlyCost"] == "0" and doc["diffTotalMonthlyCost"] == doc["totalMonthlyCost"]
+    assert [r["name"] for r in project["diff"]["resources"]] == [r["name"] for r in bd["resources"]]
 
 
-def test_diff_per_resource_and_total(book):
+def test_diff_per_resource_and_component(book):
     prod = cost.price_resources(stack(3), book, weights_gib=642, project="prod")
     dev = cost.price_resources(stack(1), book, weights_gib=642, project="dev")
-    rows = {d.name: d for d in cost.diff_resources(prod, dev)}
-    assert rows["worker-2"].diff_monthly == prod.resources[3].monthly_cost  # only in prod
-    assert rows["head"].diff_monthly == 0
-    doc = cost.to_infracost_json(prod, past=dev)
-    changed = {r["name"] for r in doc["projects"][0]["diff"]["resources"]}
-    assert changed == {"worker-1", "worker-2"}
+    past = infracost.breakdown(dev)
+    doc = doc_of(prod, past=past, name_key=infracost.other_stack_key("dev", "prod"))
+    rows = {r["name"]: r for r in doc["projects"][0]["diff"]["resources"]}
+    assert set(rows) == {"worker-1", "worker-2"}  # identical resources are not listed
+    w2 = rows["worker-2"]
+    assert Decimal(w2["monthlyCost"]) == by_name(prod)["worker-2"].monthly_cost
+    (usage,) = w2["costComponents"]
+    assert usage["monthlyQuantity"] == "730" and usage["price"] == "30.131"
+    assert w2["subresources"][0]["name"] == "root_block_device"
+    assert w2["metadata"]["pastMonthlyCost"] is None
     assert Decimal(doc["diffTotalMonthlyCost"]) == Decimal(doc["totalMonthlyCost"]) - Decimal(
         doc["pastTotalMonthlyCost"]
     )
@@ -277,10 +311,136 @@ def test_diff_per_resource_and_total(book):
     renamed = cost.Estimate(
         "dev", "us-east-1", "x", tuple(replace(r, name=f"dev-{r.name}") for r in dev.resources), 0, (), ()
     )
-    assert {d.name for d in cost.diff_resources(prod, renamed) if d.diff_monthly} == {"worker-1", "worker-2"}
-    # removed resources show as negative
-    back = {d.name: d for d in cost.diff_resources(dev, prod)}
-    assert back["worker-2"].diff_monthly == -prod.resources[3].monthly_cost
+    again = infracost.diff_breakdown(
+        infracost.breakdown(renamed), infracost.breakdown(prod), infracost.other_stack_key("dev", "prod")
+    )
+    assert {r["name"] for r in again["resources"]} == {"worker-1", "worker-2"}
+    # removed resources show as negative, with their components negated
+    back = infracost.diff_breakdown(infracost.breakdown(prod), infracost.breakdown(dev))
+    gone = {r["name"]: r for r in back["resources"]}["worker-2"]
+    assert Decimal(gone["monthlyCost"]) == -by_name(prod)["worker-2"].monthly_cost
+    assert gone["costComponents"][0]["monthlyQuantity"] == "-730"
+
+
+def test_diff_matches_by_urn_then_name_and_lists_only_changed_components(book):
+    old = [instance("w", "g6e.48xlarge", "worker", spot=True), res("aws:ec2/natGateway:NatGateway", "nat")]
+    old[0]["urn"] = "urn:pulumi:prod::llmfleet::aws:ec2/instance:Instance::w"
+    new = [instance("renamed", "g6e.48xlarge", "worker", root={"volumeSize": 300, "volumeType": "gp3"})]
+    new[0]["urn"] = old[0]["urn"]  # an alias keeps the URN: the same resource under a new name
+    past = cost.price_resources(old, book, project="prod")
+    now = cost.price_resources(new, book, project="prod")
+    d = infracost.diff_breakdown(infracost.breakdown(past), infracost.breakdown(now))
+    rows = {r["name"]: r for r in d["resources"]}
+    assert set(rows) == {"renamed", "nat"}  # paired by URN although the names differ
+    comps = {c["name"]: c for c in rows["renamed"]["costComponents"]}
+    fraction = Decimal(load_snapshot().assumptions["spot_fraction_of_on_demand"].value)
+    assert Decimal(comps["Instance usage (Linux/UNIX, spot, g6e.48xlarge)"]["monthlyCost"]) == -(
+        Decimal("30.131") * fraction * H
+    )
+    assert Decimal(comps["Instance usage (Linux/UNIX, on-demand, g6e.48xlarge)"]["monthlyCost"]) == (
+        Decimal("30.131") * H
+    )
+    (root,) = rows["renamed"]["subresources"]
+    (storage,) = root["costComponents"]
+    assert storage["monthlyQuantity"] == "200" and Decimal(storage["monthlyCost"]) == 200 * rate(
+        "ebs.gp3.storage"
+    )
+    assert Decimal(rows["nat"]["monthlyCost"]) == -rate("nat.hour") * H
+    assert Decimal(d["totalMonthlyCost"]) == now.total_monthly - past.total_monthly
+
+
+def test_pricing_models(book):
+    head = instance("head", "m7i.xlarge", "head")
+    spot_worker = instance("w", "g6e.48xlarge", "worker", spot=True)
+    for model, key in (
+        ("savings-plan-1y", "savings_plan_1y_fraction_of_on_demand"),
+        ("savings-plan-3y", "savings_plan_3y_fraction_of_on_demand"),
+    ):
+        r = cost.price_instance(head, book, pricing_model=model)
+        fraction = Decimal(load_snapshot().assumptions[key].value)
+        usage = r.components[0]
+        assert usage.price.usd == Decimal("0.2016") * fraction and usage.price.estimate
+        assert usage.price.source == load_snapshot().assumptions[key].source
+        assert model in usage.name and r.metadata["market"] == model
+    # the instance's own market wins: spot stays spot, and a spot model leaves the head on-demand
+    assert (
+        cost.price_instance(spot_worker, book, pricing_model="savings-plan-1y").metadata["market"] == "spot"
+    )
+    assert cost.price_instance(head, book, pricing_model="spot").components[0].price.usd == Decimal("0.2016")
+
+
+def block_instance(name, rid="cr-0123456789abcdef0", itype="p5.48xlarge"):
+    r = instance(name, itype, "worker")
+    r["inputs"]["instanceMarketOptions"] = {"marketType": "capacity-block"}
+    r["inputs"]["capacityReservationSpecification"] = {
+        "capacityReservationTarget": {"capacityReservationId": rid}
+    }
+    return r
+
+
+BLOCK_BOOK = {**ON_DEMAND, "p5.48xlarge": OnDemand(Decimal("55.04"), "test catalog")}
+
+
+@pytest.mark.parametrize("days", [14, 182])
+def test_capacity_block_fee_over_its_duration(days):
+    book = PriceBook("us-east-1", BLOCK_BOOK)
+    start = dt.datetime(2026, 12, 1, 11, 30, tzinfo=dt.UTC)
+    fee = Decimal("26431.76")
+    block = cost.CapacityBlock(
+        "cr-0123456789abcdef0",
+        "p5.48xlarge",
+        "us-east-1a",
+        2,
+        start,
+        start + dt.timedelta(days=days),
+        fee,
+        "quote",
+        "2026-11-28",
+        True,
+    )
+    rs = [block_instance("w0"), block_instance("w1")]
+    est = cost.price_resources(rs, book, capacity_blocks={block.reservation_id: block})
+    items = by_name(est)
+    hours = Decimal(days * 24)
+    (fee_line,) = items["cr-0123456789abcdef0"].components
+    assert fee_line.price.usd == fee / hours  # per hour of the block
+    in_month = min(hours, H)
+    assert fee_line.monthly_quantity == in_month
+    tiny = Decimal("1e-20")  # (fee / hours) x 730 and fee x 730 / hours round differently at 28 digits
+    assert abs(items["cr-0123456789abcdef0"].monthly_cost - fee * in_month / hours) < tiny
+    # the instances cost nothing on top of the fee; their volumes still do
+    for w in ("w0", "w1"):
+        usage = items[w].components[0]
+        assert usage.price.usd == 0 and "capacity-block" in usage.name and usage.monthly_quantity == in_month
+    assert abs(est.total_monthly - (fee * in_month / hours + 2 * 100 * rate("ebs.gp3.storage"))) < tiny
+    assert est.serving_hours == in_month
+
+
+def test_capacity_block_without_ec2_uses_the_snapshot_rate():
+    book = PriceBook("us-east-1", BLOCK_BOOK)
+    est = cost.price_resources([block_instance("w0"), block_instance("w1")], book)
+    (line,) = by_name(est)["cr-0123456789abcdef0"].components
+    per_instance_hour = rate("capacity_block.p5.48xlarge")
+    assert line.price.usd == 2 * per_instance_hour and line.price.estimate
+    assert line.monthly_cost == 2 * per_instance_hour * H
+    with pytest.raises(
+        PriceError, match=r"no Capacity Block rate for 'g6e.48xlarge'.*has: p5.48xlarge.*--live"
+    ):
+        cost.price_resources([block_instance("w0", itype="g6e.48xlarge")], book)
+
+
+def test_usd_per_million_tokens_uses_serving_hours(book):
+    est = cost.price_resources(stack(2), book, weights_gib=642)
+    assert cost.monthly_usd_per_million_tokens(est, 1000) == cost.usd_per_million_tokens(
+        est.total_hourly, 1000
+    )
+    part = usage_mod.parse("resource_usage: {worker-0: {monthly_hrs: 365}, worker-1: {monthly_hrs: 400}}")
+    short = cost.price_resources(stack(2), book, weights_gib=642, usage=part)
+    assert short.serving_hours == 365  # the pipeline needs every worker
+    assert (
+        cost.monthly_usd_per_million_tokens(short, 1000)
+        == short.total_monthly / (Decimal(1000) * 3600 * 365) * 10**6
+    )
 
 
 PREVIEW = {
@@ -434,15 +594,18 @@ def test_cli_prod_json():
     total_h, total_m = Decimal(doc["totalHourlyCost"]), Decimal(doc["totalMonthlyCost"])
     assert abs(730 * total_h - total_m) < Decimal("0.005")
     assert total_m > 3 * Decimal("30.131") * 730
-    per_m = Decimal(doc["usdPerMillionOutputTokens"])
+    per_m = sum(Decimal(r["metadata"]["usdPerMillionOutputTokens"]) for r in rs)
     tps = Decimal(str(plan.decode_tokens_per_s_expected))
     assert abs(per_m - total_h / (tps * 3600) * 10**6) < Decimal("0.0001")
+    assert all(
+        r["metadata"]["decodeTokensPerSecondExpected"] == plan.decode_tokens_per_s_expected for r in rs
+    )
 
 
 def test_cli_table_has_a_total():
     result = run_cost("--stack", "prod")
     assert result.exit_code == 0, result.stderr
-    assert "Total" in result.stdout and "30.131" in result.stdout
+    assert "Total" in result.stdout and "30.1310" in result.stdout  # unit prices to 4 places
 
 
 def test_cli_spot_from_stubbed_spot_history(monkeypatch):
@@ -486,7 +649,8 @@ def test_cli_spot_snapshot_is_a_labelled_estimate():
     fraction = Decimal(load_snapshot().assumptions["spot_fraction_of_on_demand"].value)
     for w in workers:
         usage = w["costComponents"][0]
-        assert Decimal(usage["price"]) == Decimal("30.131") * fraction and usage["estimate"] is True
+        assert Decimal(usage["price"]) == Decimal("30.131") * fraction
+        assert w["metadata"]["priceSources"][0]["estimate"] is True
 
 
 def test_cli_diff_prod_minus_dev():
@@ -502,7 +666,7 @@ def test_cli_diff_prod_minus_dev():
         key = (r["resourceType"], r["name"])
         assert Decimal(r["monthlyCost"]) == now.get(key, 0) - past.get(key, 0)
     table = run_cost("--stack", "prod", "--diff", "dev")
-    assert table.exit_code == 0 and "prod minus dev" in table.stdout
+    assert table.exit_code == 0 and "stack prod, minus stack dev" in table.stdout
 
 
 def test_cli_budget_gate_exits_4():
@@ -539,3 +703,41 @@ def test_cli_existing_hosts_priced_from_host_hourly_usd():
     hosts = [r for r in resources_of(doc) if r["resourceType"] == "llmfleet:existing:Host"]
     assert sorted(h["name"] for h in hosts) == sorted(h.address for h in cfg.worker_hosts)
     assert all(Decimal(h["costComponents"][0]["price"]) == Decimal(str(cfg.host_hourly_usd)) for h in hosts)
+
+
+@pytest.mark.parametrize("stack_name", ["prod", "block-h100"])
+def test_table_at_80_columns_keeps_every_resource_name_on_one_line(stack_name, tmp_path):
+    """`COLUMNS=80 llmfleet cost --stack prod`, as a terminal runs it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "COLUMNS": "80",
+        "PYTHONPATH": str(root),
+        "LLMFLEET_CACHE_DIR": str(tmp_path),
+        "TERM": "dumb",
+    }
+    env.pop("LINES", None)
+    cmd = [sys.executable, "-m", "infra.cli", "cost", "--stack", stack_name]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    rs = resources_of(cost_json("--stack", stack_name))
+    labels = [
+        r["name"] + (f" ({r['metadata']['role']})" if r["metadata"].get("role") in ("head", "worker") else "")
+        for r in rs
+    ]
+    assert len(labels) > 10
+    for label in labels:  # the whole label, with its role, at the start of one line
+        assert any(line.strip() == label for line in lines), label
+    subs = {s["name"] for r in rs for s in r["subresources"]}
+    for sub in subs:
+        assert any(line.strip().endswith(f"─ {sub}") for line in lines), sub
+    # money columns are never cut: every priced line ends in a 2-place amount or "-"
+    total = cost_json("--stack", stack_name)["totalMonthlyCost"]
+    assert any(line.strip().endswith(f"{Decimal(total):,.2f}") for line in lines if "Total" in line)

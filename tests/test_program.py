@@ -76,9 +76,10 @@ def test_preview_json_prod_lists_everything():
 
 
 @pytest.mark.parametrize(
-    "stack,itype,n,tp,pp", [("dev", "g6.xlarge", 1, 1, 1), ("staging", "g6e.48xlarge", 1, 8, 1)]
+    "stack,itype,n,tp,pp,replicas",
+    [("dev", "g6.xlarge", 2, 1, 1, 2), ("staging", "g6e.48xlarge", 1, 8, 1, 1)],
 )
-def test_dev_and_staging_shapes(stack, itype, n, tp, pp):
+def test_dev_and_staging_shapes(stack, itype, n, tp, pp, replicas):
     c = capture(stack)
     workers = [
         r for r in c.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "worker"
@@ -87,8 +88,28 @@ def test_dev_and_staging_shapes(stack, itype, n, tp, pp):
     assert (c.outputs["tensor_parallel_size"], c.outputs["pipeline_parallel_size"]) == (tp, pp)
     assert c.outputs["cluster_name"] == f"llmfleet-{stack}"
     assert len(c.outputs["worker_private_ips"]) == n
+    # workerCount = replicas x nodes per replica; each worker says which replica count it serves
+    assert c.outputs["replicas"] == replicas and c.outputs["workers"] == replicas * pp
+    assert {w["inputs"]["tags"]["llmfleet:replicas"] for w in workers} == {str(replicas)}
     # every resource lives inside one of our components
     assert all(r["parent"] for r in c.resources if r["custom"])
+
+
+def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
+    c = capture("prod", ["llmfleet:replicas=2"])
+    workers = [
+        r for r in c.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "worker"
+    ]
+    assert len(workers) == 6 and c.outputs["pipeline_parallel_size"] == 3  # 2 replicas x PP 3
+    from ray_cluster import serve_config as sc
+
+    cfg = c.config
+    doc = sc.render_for_plan(cfg, cfg.plan())
+    assert doc["applications"][0]["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 2
+    from infra.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"llmfleet:workerCount = 3: allowed: 'auto' or a multiple of llmfleet:replicas \(2\)"):
+        capture("prod", ["llmfleet:replicas=2", "llmfleet:workerCount=3"])
 
 
 def test_existing_provider_branches_into_its_own_module(monkeypatch):

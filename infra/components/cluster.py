@@ -78,6 +78,9 @@ class ClusterArgs:
     endpoint_port: int = 8000
     spot: bool = False
     capacity_reservation_id: str | None = None
+    # An EC2 Capacity Block for ML (its reservation id): workers launch into it (market type
+    # capacity-block) and take no placement group, since AWS places a block's instances together.
+    capacity_block_id: str | None = None
     root_volume_gb: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     # The head deploys this Serve config (YAML) once TP x PP GPUs have joined.
@@ -105,12 +108,19 @@ class Cluster(pulumi.ComponentResource):
             "llmfleet:maxModelLen": str(args.max_model_len),
             "llmfleet:replicas": str(args.replicas),
         }
-        self.placement_group = aws.ec2.PlacementGroup(
-            f"{name}-workers-pg",
-            name=f"{args.name}-workers",
-            strategy="cluster",  # one rack/spine: lowest latency between pipeline stages
-            tags=args.tags,
-            opts=child,
+        # A Capacity Block's instances already sit together in an UltraCluster, and EC2 rejects a
+        # placement group for them (AWS ParallelCluster validates the same), so only other
+        # workers get the cluster placement group.
+        self.placement_group = (
+            None
+            if args.capacity_block_id
+            else aws.ec2.PlacementGroup(
+                f"{name}-workers-pg",
+                name=f"{args.name}-workers",
+                strategy="cluster",  # one rack/spine: lowest latency between pipeline stages
+                tags=args.tags,
+                opts=child,
+            )
         )
 
         head_ud = pulumi.Output.all(
@@ -222,12 +232,19 @@ class Cluster(pulumi.ComponentResource):
                 extra["capacity_reservation_specification"] = {
                     "capacity_reservation_target": {"capacity_reservation_id": args.capacity_reservation_id}
                 }
+            if args.capacity_block_id:
+                # Both are needed: the market type says "Capacity Block", the target says which one.
+                extra["instance_market_options"] = {"market_type": "capacity-block"}
+                extra["capacity_reservation_specification"] = {
+                    "capacity_reservation_target": {"capacity_reservation_id": args.capacity_block_id}
+                }
+            else:
+                extra["placement_group"] = self.placement_group.name
             worker = aws.ec2.Instance(
                 wname,
                 ami=ami.id,
                 instance_type=args.worker_type.name,
                 availability_zone=args.availability_zone,
-                placement_group=self.placement_group.name,
                 iam_instance_profile=args.instance_profile,
                 metadata_options=METADATA_OPTIONS,
                 root_block_device=_root_device(worker_root),
@@ -239,6 +256,7 @@ class Cluster(pulumi.ComponentResource):
                     "llmfleet:role": "worker",
                     "llmfleet:efa": "true" if cards else "false",
                     **({"llmfleet:spot": "true"} if args.spot else {}),
+                    **({"llmfleet:capacityBlock": args.capacity_block_id} if args.capacity_block_id else {}),
                 },
                 opts=boot,
                 **net,

@@ -67,5 +67,5 @@ log "started container llmfleet-head"
 
 # 5. Bootstrap the inference actors once the workers have joined (bounded wait, retried by
 #    systemd on failure; a deploy of the same config is idempotent).
-systemd-run --unit=llmfleet-deploy --property=Restart=on-failure --property=RestartSec=30   docker exec llmfleet-head python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3 --timeout 7200 --token-env LLMFLEET_API_TOKEN --endpoint http://127.0.0.1:8000 --gpu-model L40S
+systemd-run --unit=llmfleet-deploy --property=Restart=on-failure --property=RestartSec=30   docker exec llmfleet-head python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3 --replicas 1 --device gpu --gpu-model L40S --endpoint http://127.0.0.1:8000 --token-env LLMFLEET_API_TOKEN --timeout 7200
 log "deploy unit started: journalctl -u llmfleet-deploy"
