@@ -119,8 +119,9 @@ def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
 def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> list[Path]:
     """Write cluster.yaml and the Serve config from the real stack outputs, each validated by
     Ray's own code first (the same renderers as `llmfleet render`)."""
+    from infra.serving import render_for_outputs
     from ray_cluster.cluster_yaml import render_validated
-    from ray_cluster.serve_config import render_for_outputs, to_yaml
+    from ray_cluster.serve_config import to_yaml
 
     cluster = render_validated(outputs)
     serve, _notes = render_for_outputs(outputs, cfg, cfg.plan())

@@ -14,6 +14,7 @@ import pulumi_aws as aws
 
 from infra.catalog import load_catalog
 from infra.config import ConfigError, StackConfig, runtime_stack_config
+from infra.serving import served_model_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RAY_VERSION = "2.60.0"  # the image's Ray must match the operator's `ray` (client/cluster.yaml)
@@ -64,7 +65,8 @@ def dashboard_command(instance_id: str, region: str) -> str:
 
 def serve_config_yaml(cfg: StackConfig, plan: Any) -> str:
     """The Serve config the head deploys, as YAML (validated by Ray's schema on render)."""
-    from ray_cluster.serve_config import ServeConfigError, render_for_plan, to_yaml
+    from infra.serving import render_for_plan
+    from ray_cluster.serve_config import ServeConfigError, to_yaml
 
     try:
         return to_yaml(render_for_plan(cfg, plan))
@@ -215,6 +217,8 @@ def serving_outputs(cfg: StackConfig, plan: Any, workers: int) -> dict[str, Any]
     """What the renderers (cluster.yaml, Serve config) need, the same for every provider."""
     return {
         "model": cfg.model,
+        # the id the Serve app serves, what clients send as "model" and readiness asks for
+        "served_model": served_model_id(cfg.model),
         "model_path": cfg.model_path,
         "quantization": cfg.effective_quantization,
         "max_model_len": cfg.max_model_len,

@@ -234,82 +234,11 @@ def validate_serve_config(doc: Mapping[str, Any]) -> list[str]:
     return notes
 
 
-# ---------------------------------------------------------------- from the stack
-
-
-def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> ServeInputs:
-    """ServeInputs from the stack outputs (what is deployed) and the plan (engine knobs).
-
-    The outputs' layout must equal the plan's: a config changed since the last `up` would
-    otherwise deploy a layout the hardware does not have.
-    """
-    from infra.catalog import load_catalog
-
-    def need(key: str) -> Any:
-        if outputs.get(key) in (None, ""):
-            raise ServeConfigError(f"stack output {key!r} is missing")
-        return outputs[key]
-
-    tp, pp = int(need("tensor_parallel_size")), int(need("pipeline_parallel_size"))
-    if (tp, pp) != (plan.tensor_parallel_size, plan.pipeline_parallel_size):
-        raise ServeConfigError(
-            f"stack outputs have TP {tp} x PP {pp} but the plan for the current config is "
-            f"TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size}; run `pulumi up` first"
-        )
-    model = str(need("model"))
-    cat = load_catalog()
-    served = cat.models[model].hf_repo if model in cat.models else model
-    native = cat.models[model].native_dtype if model in cat.models else None
-    # Dynamic FP8 is the only non-native scheme vLLM applies at load; int8/int4 need their own
-    # pre-quantized checkpoints, which carry their method in config.json.
-    quant = "fp8" if plan.quantization == "fp8" and native and native != "fp8" else None
-    inst = cat.instances.get(getattr(cfg, "gpu_instance_type", ""), None)
-    efa = bool(inst and inst.efa) and getattr(cfg, "provider", "aws") == "aws"
-    return ServeInputs(
-        model_id=served,
-        model_source=str(need("model_path")),
-        tensor_parallel_size=tp,
-        pipeline_parallel_size=pp,
-        max_model_len=int(outputs.get("max_model_len") or plan.max_model_len),
-        gpu_memory_utilization=float(plan.gpu_memory_utilization),
-        gpu_model=str(need("gpu_model")),
-        efa=efa,
-        quantization=quant,
-        api_token_env=DEFAULT_TOKEN_ENV,
-        http_port=int(getattr(cfg, "endpoint_port", 8000)),
-        replicas=int(outputs.get("replicas") or getattr(cfg, "replicas", 1)),
-    )
-
-
 def to_yaml(doc: Mapping[str, Any]) -> str:
     """The one YAML form of a rendered Serve config (boot scripts, files, stdout)."""
     import yaml
 
     return yaml.safe_dump(dict(doc), sort_keys=False, width=100)
-
-
-def render_for_outputs(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> tuple[dict[str, Any], list[str]]:
-    """The Serve config from real stack outputs, validated by Ray's own models: the document
-    and the validation notes (what could not be checked here)."""
-    doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
-    return doc, validate_serve_config(doc)
-
-
-def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
-    """The Serve config a stack will deploy, from its config and plan alone (what the head's
-    boot script writes before any output exists). Same renderer as `llmfleet render`."""
-    outputs = {
-        "tensor_parallel_size": plan.tensor_parallel_size,
-        "pipeline_parallel_size": plan.pipeline_parallel_size,
-        "model": cfg.model,
-        "model_path": cfg.model_path,
-        "max_model_len": cfg.max_model_len,
-        "gpu_model": cfg.gpu_model,
-        "replicas": cfg.replicas,
-    }
-    doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
-    validate_with_exported_schema(doc)
-    return doc
 
 
 # Ray's own ServeDeploySchema, exported as JSON schema for the pinned Ray. Importing ray.serve

@@ -296,3 +296,26 @@ def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
         assert not _wait_direct({"endpoint_url": url, "api_token": "t0k"}, timeout=1)
     finally:
         health_only.shutdown()
+
+
+def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkeypatch):
+    """`up` waits on a completion for outputs['served_model']: the id the Serve app serves, from
+    the same program outputs `up` renders serve.yaml from (not the catalog key 'deepseek-r1')."""
+    from infra.commands import deploy as cmd
+    from infra.offline import capture
+    from infra.serving import render_for_outputs
+
+    c = capture("prod")
+    outputs = dict(c.outputs)
+    seen: dict = {}
+    monkeypatch.setattr(d, "readiness_commands", lambda **kw: seen.update(kw) or ["true"])
+    monkeypatch.setattr(d, "wait_ready", lambda *a, **kw: d.Readiness(True, "ok"))
+    assert cmd._wait(c.config, outputs, timeout=1) is True
+    doc, _ = render_for_outputs(outputs, c.config, c.config.plan())
+    served = doc["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
+    assert seen["model"] == served == "deepseek-ai/DeepSeek-R1" != c.config.model
+    outputs.pop("served_model")
+    import click
+
+    with pytest.raises(click.exceptions.Exit):  # a program that does not export it: one line, exit 1
+        cmd._wait(c.config, outputs, timeout=1)

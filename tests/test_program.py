@@ -101,10 +101,10 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
         r for r in c.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "worker"
     ]
     assert len(workers) == 6 and c.outputs["pipeline_parallel_size"] == 3  # 2 replicas x PP 3
-    from ray_cluster import serve_config as sc
+    from infra import serving
 
     cfg = c.config
-    doc = sc.render_for_plan(cfg, cfg.plan())
+    doc = serving.render_for_plan(cfg, cfg.plan())
     assert doc["applications"][0]["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 2
     from infra.config import ConfigError
 

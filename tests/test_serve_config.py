@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from infra import serving
 from infra.cli import app
 from ray_cluster import serve_app
 from ray_cluster import serve_config as sc
@@ -116,7 +117,7 @@ def test_every_shipped_stack_passes_ray_serve_llm_llmconfig(stack):
     cls, why = sc.llm_config_validator()
     assert cls is not None, why
     cfg = load_config(stack)
-    doc = sc.render_for_plan(cfg, cfg.plan())
+    doc = serving.render_for_plan(cfg, cfg.plan())
     llm = cls.model_validate(_llm(doc))
     assert llm.model_id == _llm(doc)["model_loading_config"]["model_id"]
     assert llm.deployment_config["num_replicas"] == cfg.replicas
@@ -298,7 +299,7 @@ def test_program_side_check_agrees_with_ray_for_every_stack(stack):
     from ray.serve.schema import ServeDeploySchema
 
     from infra.offline import load_config
-    from ray_cluster.serve_config import render_for_plan
+    from infra.serving import render_for_plan
 
     cfg = load_config(stack)
     doc = render_for_plan(cfg, cfg.plan())  # checked against the exported schema
@@ -307,7 +308,8 @@ def test_program_side_check_agrees_with_ray_for_every_stack(stack):
 
 def test_exported_schema_rejects_a_bad_config_in_one_line():
     from infra.offline import load_config
-    from ray_cluster.serve_config import ServeConfigError, render_for_plan, validate_with_exported_schema
+    from infra.serving import render_for_plan
+    from ray_cluster.serve_config import ServeConfigError, validate_with_exported_schema
 
     cfg = load_config("prod")
     doc = render_for_plan(cfg, cfg.plan())

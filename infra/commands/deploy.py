@@ -75,7 +75,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
     cmds = readiness_commands(
         container=str(outputs.get("head_container", "llmfleet-head")),
         port=cfg.endpoint_port,
-        model=str(outputs.get("served_model", cfg.model)),
+        model=_output(outputs, "served_model"),
         token_parameter=_output(outputs, "token_parameter"),
         region=cfg.region,
     )

@@ -101,7 +101,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
         from infra.planner import PlanInputError
-        from ray_cluster.serve_config import ServeConfigError, render_for_outputs
+        from infra.serving import render_for_outputs
+        from ray_cluster.serve_config import ServeConfigError
 
         outs, cfg = _outputs_and_config(stack, outputs, config)
         try:
