@@ -315,7 +315,7 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     served = doc["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
     assert seen["model"] == served == "deepseek-ai/DeepSeek-R1" != c.config.model
     outputs.pop("served_model")
-    import click
+    import typer
 
-    with pytest.raises(click.exceptions.Exit):  # a program that does not export it: one line, exit 1
+    with pytest.raises(typer.Exit):  # a program that does not export it: one line, exit 1
         cmd._wait(c.config, outputs, timeout=1)
