@@ -34,6 +34,7 @@ demo: setup system-deps
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint images/Dockerfile
 
 test: setup system-deps lint

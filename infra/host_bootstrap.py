@@ -73,7 +73,7 @@ def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) ->
     worker = host.role == "worker"
     serve: dict = {}
     if not worker:
-        from infra.program import serve_config_yaml
+        from infra.serving import serve_config_yaml
 
         plan = cfg.plan()
         serve = dict(

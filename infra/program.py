@@ -6,7 +6,6 @@ Kept out of __main__.py so tests can import it; __main__.py only exports what th
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -14,12 +13,11 @@ import pulumi_aws as aws
 
 from infra.catalog import load_catalog
 from infra.config import ConfigError, StackConfig, runtime_stack_config
-from infra.serving import served_model_id
+from infra.constants import DASHBOARD_PORT, RAY_VERSION, REPO_ROOT, SSH_USER, cluster_name
+from infra.serving import serve_config_yaml, serving_outputs
+from ray_cluster.serve_config import ServeConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RAY_VERSION = "2.60.0"  # the image's Ray must match the operator's `ray` (client/cluster.yaml)
-DASHBOARD_PORT = 8265
-SSH_USER = "ubuntu"  # Deep Learning Base AMI (Ubuntu 22.04)
+__all__ = ["RAY_VERSION", "REPO_ROOT", "SSH_USER", "build", "cluster_name", "read_config"]
 
 
 def read_config() -> StackConfig:
@@ -29,10 +27,6 @@ def read_config() -> StackConfig:
     except ConfigError as e:
         # One line, no traceback: pulumi shows the message as the program's error.
         raise pulumi.RunError(str(e)) from None
-
-
-def cluster_name(cfg: StackConfig) -> str:
-    return f"llmfleet-{cfg.stack}"
 
 
 def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
@@ -61,17 +55,6 @@ def dashboard_command(instance_id: str, region: str) -> str:
         "--document-name AWS-StartPortForwardingSession "
         f'--parameters \'{{"portNumber":["{DASHBOARD_PORT}"],"localPortNumber":["{DASHBOARD_PORT}"]}}\''
     )
-
-
-def serve_config_yaml(cfg: StackConfig, plan: Any) -> str:
-    """The Serve config the head deploys, as YAML (validated by Ray's schema on render)."""
-    from infra.serving import render_for_plan
-    from ray_cluster.serve_config import ServeConfigError, to_yaml
-
-    try:
-        return to_yaml(render_for_plan(cfg, plan))
-    except ServeConfigError as e:
-        raise pulumi.RunError(str(e)) from None
 
 
 def build_aws(cfg: StackConfig) -> dict[str, Any]:
@@ -213,30 +196,14 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     }
 
 
-def serving_outputs(cfg: StackConfig, plan: Any, workers: int) -> dict[str, Any]:
-    """What the renderers (cluster.yaml, Serve config) need, the same for every provider."""
-    return {
-        "model": cfg.model,
-        # the id the Serve app serves, what clients send as "model" and readiness asks for
-        "served_model": served_model_id(cfg.model),
-        "model_path": cfg.model_path,
-        "quantization": cfg.effective_quantization,
-        "max_model_len": cfg.max_model_len,
-        "gpu_model": cfg.gpu_model,
-        "gpus_per_worker": cfg.gpus_per_worker,
-        "workers": workers,
-        "replicas": cfg.replicas,
-        "tensor_parallel_size": plan.tensor_parallel_size,
-        "pipeline_parallel_size": plan.pipeline_parallel_size,
-        "plan_fits": plan.fits,
-        "endpoint_port": cfg.endpoint_port,
-    }
-
-
 def build() -> dict[str, Any]:
     cfg = read_config()
-    if cfg.provider == "existing":
-        from infra.program_existing import build_existing  # hosts you own, bootstrapped over SSH
+    try:
+        if cfg.provider == "existing":
+            from infra.program_existing import build_existing  # hosts you own, bootstrapped over SSH
 
-        return build_existing(cfg)
-    return build_aws(cfg)
+            return build_existing(cfg)
+        return build_aws(cfg)
+    except ServeConfigError as e:
+        # One line, no traceback: the Serve config the head would deploy is invalid.
+        raise pulumi.RunError(str(e)) from None

@@ -23,7 +23,7 @@ from infra.config import StackConfig
 
 def node_image(cfg: StackConfig) -> pulumi.Input[str]:
     """The REPO@sha256:... every host pulls."""
-    from infra.program import RAY_VERSION, REPO_ROOT, cluster_name
+    from infra.constants import RAY_VERSION, REPO_ROOT, cluster_name
 
     reg = cfg.image_registry
     if reg and "@sha256:" in reg:
@@ -64,8 +64,9 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
 
 def build_existing(cfg: StackConfig) -> dict[str, Any]:
     from infra.components.existing_hosts import ExistingHosts, ExistingHostsArgs
+    from infra.constants import SSH_USER, cluster_name
     from infra.host_bootstrap import node_spec
-    from infra.program import SSH_USER, cluster_name, serving_outputs
+    from infra.serving import serving_outputs
 
     head = cfg.head_host
     assert head is not None  # StackConfig requires exactly one head for provider=existing

@@ -16,6 +16,7 @@ from ray_cluster.serve_config import (
     ServeConfigError,
     ServeInputs,
     render_serve_config,
+    to_yaml,
     validate_serve_config,
     validate_with_exported_schema,
 )
@@ -91,3 +92,29 @@ def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
     validate_with_exported_schema(doc)
     return doc
+
+
+def serve_config_yaml(cfg: Any, plan: Any) -> str:
+    """The Serve config the head deploys, as YAML (validated by Ray's schema on render).
+    Raises ServeConfigError with one line."""
+    return to_yaml(render_for_plan(cfg, plan))
+
+
+def serving_outputs(cfg: Any, plan: Any, workers: int) -> dict[str, Any]:
+    """What the renderers (cluster.yaml, Serve config) need, the same for every provider."""
+    return {
+        "model": cfg.model,
+        # the id the Serve app serves, what clients send as "model" and readiness asks for
+        "served_model": served_model_id(cfg.model),
+        "model_path": cfg.model_path,
+        "quantization": cfg.effective_quantization,
+        "max_model_len": cfg.max_model_len,
+        "gpu_model": cfg.gpu_model,
+        "gpus_per_worker": cfg.gpus_per_worker,
+        "workers": workers,
+        "replicas": cfg.replicas,
+        "tensor_parallel_size": plan.tensor_parallel_size,
+        "pipeline_parallel_size": plan.pipeline_parallel_size,
+        "plan_fits": plan.fits,
+        "endpoint_port": cfg.endpoint_port,
+    }

@@ -242,7 +242,7 @@ def run_preflight(
     world = tp * pp
     owns_connection = not ray.is_initialized()
     if owns_connection:
-        from ray_cluster.node import connect
+        from ray_cluster.driver import connect
 
         connect(address or "auto")
     pg = None

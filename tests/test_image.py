@@ -94,3 +94,47 @@ def test_dockerfile_contract_and_hadolint():
         [hadolint, str(REPO_ROOT / "images" / "Dockerfile")], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+OPERATOR_MODULES = {"cluster_yaml", "serve_config", "local", "hosts", "tiny_model"}
+
+
+def test_every_ray_cluster_module_is_host_or_operator_and_only_host_ones_ship():
+    from ray_cluster import HOST_MODULES
+
+    modules = {p.stem for p in (REPO_ROOT / "ray_cluster").glob("*.py")}
+    assert set(HOST_MODULES) | OPERATOR_MODULES == modules, "classify the new module in ray_cluster.HOST_MODULES"
+    assert not set(HOST_MODULES) & OPERATOR_MODULES
+    allowed = {
+        ln[1:].strip()
+        for ln in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if ln.startswith("!")
+    }
+    assert allowed == {"images/"} | {f"ray_cluster/{m}.py" for m in HOST_MODULES}
+
+
+def _hosts_view(c) -> dict:
+    """What reaches the hosts: the image reference and every instance's user data."""
+    inst = {r["name"]: r["inputs"].get("userData") for r in c.of_type("aws:ec2/instance:Instance")}
+    [img] = c.of_type("docker-build:index:Image")
+    return {"image_tags": img["inputs"]["tags"], "user_data": inst}
+
+
+def test_operator_edits_leave_the_image_tag_and_user_data_unchanged(tmp_path, monkeypatch):
+    """Edit a copy of the tree: an operator-only module changes nothing the hosts see; a host
+    module changes the image tag (and so the user data that names it)."""
+
+    copy = tmp_path / "tree"
+    shutil.copytree(REPO_ROOT / "images", copy / "images")
+    shutil.copytree(REPO_ROOT / "ray_cluster", copy / "ray_cluster", ignore=shutil.ignore_patterns("__pycache__"))
+    for mod in ("infra.program", "infra.constants"):
+        monkeypatch.setattr(f"{mod}.REPO_ROOT", copy)
+    before = _hosts_view(capture("prod"))
+    for name in sorted(OPERATOR_MODULES):
+        with open(copy / "ray_cluster" / f"{name}.py", "a") as f:
+            f.write("\n# an operator-side edit\n")
+    assert _hosts_view(capture("prod")) == before
+    with open(copy / "ray_cluster" / "node.py", "a") as f:
+        f.write("\n# a host-side edit\n")
+    after = _hosts_view(capture("prod"))
+    assert after["image_tags"] != before["image_tags"]

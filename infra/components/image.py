@@ -17,8 +17,11 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
-# What the Dockerfile copies; .dockerignore keeps the context to these paths.
-CONTEXT_PATHS = ("images", "ray_cluster")
+from ray_cluster import HOST_MODULES
+
+# What the Dockerfile copies: images/ and the host-side ray_cluster modules only, so operator
+# edits (local cluster, renderers) never change the tag. .dockerignore admits the same set.
+CONTEXT_PATHS = ("images", *(f"ray_cluster/{m}.py" for m in HOST_MODULES))
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 
 

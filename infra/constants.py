@@ -1,0 +1,17 @@
+"""Operator-side constants shared by both programs, the renderers and the CLI (one home)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray_cluster.contract import DASHBOARD_PORT
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RAY_VERSION = "2.60.0"  # the image's Ray must match the operator's `ray` (client/cluster.yaml)
+SSH_USER = "ubuntu"  # Deep Learning Base AMI (Ubuntu 22.04)
+
+__all__ = ["DASHBOARD_PORT", "RAY_VERSION", "REPO_ROOT", "SSH_USER", "cluster_name"]
+
+
+def cluster_name(cfg) -> str:
+    return f"llmfleet-{cfg.stack}"
