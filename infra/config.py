@@ -536,13 +536,14 @@ class StackConfig(BaseModel):
             return len(self.worker_hosts) // self.replicas
         return None if self.worker_count == "auto" else self.worker_count // self.replicas
 
-    def resolved_workers(self) -> int:
-        """The worker count: replicas x the configured or the planner's nodes per replica."""
+    def resolved_workers(self, plan: Any = None) -> int:
+        """The worker count: replicas x the configured or the planner's nodes per replica
+        (`plan`: the caller's plan of this stack, so it is not computed twice)."""
         if self.provider == "existing":
             return len(self.worker_hosts)
         if self.worker_count != "auto":
             return self.worker_count
-        return self.replicas * self.plan().nodes
+        return self.replicas * (plan or self.plan()).nodes
 
 
 class _Cross(ValueError):

@@ -24,7 +24,7 @@ import hashlib
 import math
 import re
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from infra import cloud_init
 from infra.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
@@ -45,7 +45,7 @@ def host_index(cfg: StackConfig, host: HostSpec) -> int:
     return next(i for i, h in enumerate(cfg.hosts) if h.address == host.address)
 
 
-def weights_gib(cfg: StackConfig) -> float:
+def weights_gib(cfg: StackConfig, plan: Any = None) -> float:
     """On-disk size the weights need: the catalog's checkpoint when served in its native
     precision, else the planner's total weight size for the chosen quantization."""
     from infra.catalog import load_catalog
@@ -53,7 +53,7 @@ def weights_gib(cfg: StackConfig) -> float:
     model = load_catalog().models[cfg.model]
     if cfg.effective_quantization == model.native_dtype:
         return float(model.checkpoint_gib)
-    return float(cfg.plan().weights_gib_total)
+    return float((plan or cfg.plan()).weights_gib_total)
 
 
 def stdin_secrets(role: str, ray_token: str, api_token: str = "") -> str:
@@ -68,14 +68,15 @@ def stdin_secrets(role: str, ray_token: str, api_token: str = "") -> str:
 # ---------------------------------------------------------------- the container (pure argv)
 
 
-def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) -> NodeSpec:
-    """The same NodeSpec the AWS hosts' cloud-init renders from, for this host."""
+def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str, plan: Any = None) -> NodeSpec:
+    """The same NodeSpec the AWS hosts' cloud-init renders from, for this host. `plan`: the
+    program's one plan of the stack (computed here only when a caller has none)."""
     worker = host.role == "worker"
     serve: dict = {}
     if not worker:
         from infra.serving import serve_config_yaml
 
-        plan = cfg.plan()
+        plan = plan or cfg.plan()
         serve = dict(
             serve_config=serve_config_yaml(cfg, plan),
             tensor_parallel_size=plan.tensor_parallel_size,
@@ -206,11 +207,11 @@ def _array(argv: list[str]) -> str:
     return " ".join(f'"${{{a}}}"' if isinstance(a, ShellVar) else shlex.quote(a) for a in argv)
 
 
-def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str) -> str:
+def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str, plan: Any = None) -> str:
     """The bash bootstrap script for one host (deterministic: its hash triggers re-runs)."""
     idx = host_index(cfg, host)
     is_worker = host.role == "worker"
-    spec = node_spec(cfg, host, head_ip, image_ref)
+    spec = node_spec(cfg, host, head_ip, image_ref, plan)
     argv = container_argv(spec)
     tool, stage = _staging(cfg.weights_uri, head=not is_worker)
     ecr = ECR_RE.match(image_ref)
@@ -218,7 +219,7 @@ def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: 
     v = {"HOST": host.address, "ROLE": host.role, "NODE_IP": str(host.ray_ip)}
     if is_worker:
         v.update(ENTRY=f"llmfleet:hosts[{idx}]", GPU_COUNT=str(host.gpu_count))
-        v.update(WEIGHTS_DIR=cfg.weights_path, NEED_GIB=str(math.ceil(weights_gib(cfg))))
+        v.update(WEIGHTS_DIR=cfg.weights_path, NEED_GIB=str(math.ceil(weights_gib(cfg, plan))))
     v["MODEL_PATH"] = cfg.model_path
     if cfg.weights_uri:
         v["WEIGHTS_URI"] = cfg.weights_uri

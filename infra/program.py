@@ -70,8 +70,8 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     cat = load_catalog()
     name = cluster_name(cfg)
     tags = cfg.common_tags
-    plan = cfg.plan()
-    workers = cfg.resolved_workers()
+    plan = cfg.plan()  # once per program run; everything below gets this one
+    workers = cfg.resolved_workers(plan)
     az = worker_availability_zone(cfg)
 
     network = Network(

@@ -75,14 +75,14 @@ def build_existing(cfg: StackConfig) -> dict[str, Any]:
     image_ref = node_image(cfg)
     # require_secret keeps the key a secret Output all the way into the SSH connection.
     ssh_key = pulumi.Config("llmfleet").require_secret("sshPrivateKey")
-    hosts = ExistingHosts("hosts", ExistingHostsArgs(cfg=cfg, image_ref=image_ref, ssh_private_key=ssh_key))
+    hosts = ExistingHosts("hosts", ExistingHostsArgs(cfg=cfg, image_ref=image_ref, ssh_private_key=ssh_key, plan=plan))
     outputs: dict[str, Any] = {
         "cluster_name": cluster_name(cfg),
         "provider": "existing",
         "endpoint_url": f"http://{head.address}:{cfg.endpoint_port}/v1",
         "head_private_ip": head.ray_ip,
         "head_address": head.address,
-        "head_container": node_spec(cfg, head, str(head.ray_ip), "").container,
+        "head_container": node_spec(cfg, head, str(head.ray_ip), "", plan).container,
         "worker_private_ips": [w.ray_ip for w in workers],
         "worker_addresses": [w.address for w in workers],
         "image_ref": image_ref,

@@ -159,3 +159,21 @@ def test_hosts_boot_after_what_they_read_at_boot():
             "net-ssm",
             "net-ecr-dkr",
         } <= deps
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev", "onprem-l20"])
+def test_the_plan_is_computed_once_per_program_run(stack, monkeypatch):
+    """One plan of the stack, passed down: workers, user data, bootstrap scripts and outputs
+    all read the same one (each planner call is a full memory/throughput model)."""
+    import infra.planner
+
+    real, calls = infra.planner.plan, []
+
+    def counting(*a, **kw):
+        calls.append(kw.get("model"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(infra.planner, "plan", counting)
+    c = capture(stack)
+    assert c.outputs["tensor_parallel_size"] >= 1
+    assert len(calls) == 1, calls

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_docker_build as docker_build
@@ -51,6 +52,7 @@ class ExistingHostsArgs:
     cfg: StackConfig
     image_ref: pulumi.Input[str]  # REPO@sha256:... the hosts pull
     ssh_private_key: pulumi.Input[str]  # a Pulumi secret
+    plan: Any = None  # the program's one plan of the stack
 
 
 class ExistingHosts(pulumi.ComponentResource):
@@ -74,8 +76,8 @@ class ExistingHosts(pulumi.ComponentResource):
         )
 
         def bootstrap(host: HostSpec, after: list[pulumi.Resource]) -> remote.Command:
-            script = image.apply(lambda ref: render_bootstrap(cfg, host, head_ip, ref))
-            container = node_spec(cfg, host, head_ip, "").container
+            script = image.apply(lambda ref: render_bootstrap(cfg, host, head_ip, ref, args.plan))
+            container = node_spec(cfg, host, head_ip, "", args.plan).container
             return remote.Command(
                 f"{name}-{host.role}-{host_slug(host)}",
                 connection=remote.ConnectionArgs(
