@@ -14,6 +14,7 @@ import pulumi_aws as aws
 from infra.catalog import load_catalog
 from infra.config import ConfigError, StackConfig, runtime_stack_config
 from infra.constants import DASHBOARD_PORT, RAY_VERSION, REPO_ROOT, SSH_USER, cluster_name
+from infra.outputs import OutputsError, StackOutputs
 from infra.serving import serve_config_yaml, serving_outputs
 from ray_cluster.serve_config import ServeConfigError
 
@@ -202,8 +203,11 @@ def build() -> dict[str, Any]:
         if cfg.provider == "existing":
             from infra.program_existing import build_existing  # hosts you own, bootstrapped over SSH
 
-            return build_existing(cfg)
-        return build_aws(cfg)
-    except ServeConfigError as e:
+            outputs = build_existing(cfg)
+        else:
+            outputs = build_aws(cfg)
+        StackOutputs.check_keys(outputs)  # the outputs contract every consumer parses
+        return outputs
+    except (ServeConfigError, OutputsError) as e:
         # One line, no traceback: the Serve config the head would deploy is invalid.
         raise pulumi.RunError(str(e)) from None

@@ -113,16 +113,23 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
 
 
 def test_existing_provider_branches_into_its_own_module(monkeypatch):
+    real = capture("onprem-l20").outputs
     cfg = capture("dev").config.model_copy(update={"provider": "existing"})
     monkeypatch.setattr(program, "read_config", lambda: cfg)
+    seen = []
 
     def fake(c):
-        return {"branch": "existing", "stack": c.stack}
+        seen.append(c.stack)
+        return dict(real)
 
     import infra.program_existing as existing
 
     monkeypatch.setattr(existing, "build_existing", fake)
-    assert program.build() == {"branch": "existing", "stack": "dev"}
+    assert program.build() == real and seen == ["dev"]
+    # and what it returns is held to the outputs contract
+    monkeypatch.setattr(existing, "build_existing", lambda c: {**real, "branch": "existing"})
+    with pytest.raises(Exception, match="'branch' is not in StackOutputs"):
+        program.build()
 
 
 def test_prod_head_boots_into_a_serve_deploy_of_the_planned_layout():
@@ -177,3 +184,32 @@ def test_the_plan_is_computed_once_per_program_run(stack, monkeypatch):
     c = capture(stack)
     assert c.outputs["tensor_parallel_size"] >= 1
     assert len(calls) == 1, calls
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "onprem-l20"])
+def test_every_shipped_stack_writes_the_stack_outputs_contract(stack):
+    from infra.outputs import StackOutputs
+
+    c = capture(stack)
+    StackOutputs.check_keys(c.outputs)
+    o = StackOutputs.parse(c.outputs)
+    assert o.workers == o.replicas * o.pipeline_parallel_size
+    assert o.served_model.count("/") == 1  # the Hub id the Serve app serves, not the catalog key
+
+
+def test_a_stale_outputs_file_is_one_line_naming_the_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from infra.cli import app
+    from infra.outputs import OutputsError, StackOutputs
+
+    outs = json.loads((REPO_ROOT / "tests" / "data" / "stack_outputs_prod.json").read_text())
+    outs.pop("served_model")
+    with pytest.raises(OutputsError, match="^stack output 'served_model' is missing"):
+        StackOutputs.parse(outs)
+    with pytest.raises(OutputsError, match="'bogus' is not in StackOutputs"):
+        StackOutputs.check_keys({**outs, "bogus": 1})
+    f = tmp_path / "o.json"
+    f.write_text(json.dumps(outs))
+    res = CliRunner().invoke(app, ["render", "serve-config", "-s", "prod", "--outputs", str(f)])
+    assert res.exit_code == 2 and "served_model" in res.output and "Traceback" not in res.output

@@ -65,6 +65,12 @@ def _wait_direct(outputs: dict, timeout: float) -> bool:
 
 
 def _wait(cfg, outputs: dict, timeout: float) -> bool:
+    from infra.outputs import OutputsError, StackOutputs
+
+    try:
+        StackOutputs.parse(outputs)
+    except OutputsError as e:
+        fail(str(e), 1)
     if cfg.provider == "existing":
         return _wait_direct(outputs, timeout)
     import boto3

@@ -45,7 +45,14 @@ def read_outputs_file(path: Path) -> dict[str, Any]:
 
 def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] | None):
     if outputs is not None:
-        return read_outputs_file(outputs), config_or_fail(stack, overrides)
+        from infra.outputs import OutputsError, StackOutputs
+
+        data = read_outputs_file(outputs)
+        try:
+            StackOutputs.parse(data)  # the one outputs contract: a stale or foreign file fails here
+        except OutputsError as e:
+            fail(f"--outputs {str(outputs)!r}: {e}")
+        return data, config_or_fail(stack, overrides)
     cap = capture_or_fail(stack, overrides)
     return cap.outputs, cap.config
 
