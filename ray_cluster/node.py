@@ -333,8 +333,8 @@ def serve_deploy(dashboard: str, config: dict) -> None:
         ) from None
 
 
-def serve_status(dashboard: str, timeout: float = 5.0) -> dict:
-    """{app: status} from the dashboard, or {} when Serve/the dashboard is not there."""
+def _serve_applications(dashboard: str, timeout: float) -> dict:
+    """The dashboard's Serve applications document; {} when Serve/the dashboard is not there."""
     try:
         status, payload = _http_json(
             "GET", f"{dashboard.rstrip('/')}/api/serve/applications/", None, None, timeout
@@ -343,29 +343,26 @@ def serve_status(dashboard: str, timeout: float = 5.0) -> dict:
         return {}
     if status != 200 or not isinstance(payload, dict):
         return {}
-    return {name: app.get("status", "") for name, app in (payload.get("applications") or {}).items()}
+    return payload.get("applications") or {}
+
+
+def serve_status(dashboard: str, timeout: float = 5.0) -> dict:
+    """{app: status} from the dashboard, or {} when Serve/the dashboard is not there."""
+    return {name: app.get("status", "") for name, app in _serve_applications(dashboard, timeout).items()}
 
 
 def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
-    """{app: {deployment: {"status", "replicas"}}} from the dashboard; {} when unreachable."""
-    try:
-        status, payload = _http_json(
-            "GET", f"{dashboard.rstrip('/')}/api/serve/applications/", None, None, timeout
-        )
-    except OSError:
-        return {}
-    if status != 200 or not isinstance(payload, dict):
-        return {}
-    out: dict = {}
-    for name, app in (payload.get("applications") or {}).items():
-        out[name] = {
+    """{app: {deployment: {"status", "replicas" (RUNNING ones)}}} from the dashboard."""
+    return {
+        name: {
             d: {
                 "status": dep.get("status", ""),
                 "replicas": sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"),
             }
             for d, dep in (app.get("deployments") or {}).items()
         }
-    return out
+        for name, app in _serve_applications(dashboard, timeout).items()
+    }
 
 
 def wait_serve_running(dashboard: str, timeout: float, interval: float = 5.0) -> None:
