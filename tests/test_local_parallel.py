@@ -60,8 +60,6 @@ def test_vllm_runs_the_replica_at_tp2_pp2_on_the_worker_host(cluster):
     text = _engine_logs(st)
     assert "tensor_parallel_size=2, pipeline_parallel_size=2" in text
     assert "MultiprocExecutor" in text and "world_size=4" in text
-    for r in ("TP rank 0", "TP rank 1", "PP rank 0", "PP rank 1"):
-        assert r in text, r
 
 
 def test_greedy_completion_is_transformers_across_the_four_ranks(cluster):
