@@ -76,7 +76,6 @@ class NodeSpec:
     pipeline_parallel_size: int = 0
     replicas: int = 1
     deploy_gpu_model: str = ""
-    served_model: str = ""  # the model id the Serve config serves (what readiness asks for)
 
     @property
     def container(self) -> str:
@@ -365,7 +364,6 @@ def deploy_argv(spec: NodeSpec) -> list[str]:
         timeout=DEPLOY_TIMEOUT_S,
         token_env=TOKEN_ENV,
         endpoint=f"http://127.0.0.1:{spec.endpoint_port}",
-        model=spec.served_model or None,
     )
 
 

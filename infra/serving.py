@@ -80,15 +80,8 @@ def render_for_outputs(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> tuple
 def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     """The Serve config a stack will deploy, from its config and plan alone (what the head's
     boot script writes before any output exists). Same renderer as `llmfleet render`."""
-    outputs = {
-        "tensor_parallel_size": plan.tensor_parallel_size,
-        "pipeline_parallel_size": plan.pipeline_parallel_size,
-        "model": cfg.model,
-        "model_path": cfg.model_path,
-        "max_model_len": cfg.max_model_len,
-        "gpu_model": cfg.gpu_model,
-        "replicas": cfg.replicas,
-    }
+    # The serving outputs the program will export, so both paths render from the same keys.
+    outputs = serving_outputs(cfg, plan, cfg.resolved_workers(plan))
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
     validate_with_exported_schema(doc)
     return doc

@@ -40,8 +40,6 @@ from ray_cluster.contract import APP_NAME, HEAD_RESOURCE, SERVE_IMPORT_PATH
 from ray_cluster.serve_app import ENV_NAME_RE, STAGED_WEIGHTS_CALLBACK
 
 DEFAULT_TOKEN_ENV = contract.TOKEN_ENV
-VLLM_IMPORT_PATH = SERVE_IMPORT_PATH
-DEVICES = contract.DEVICES
 CPU_DTYPES = ("float32", "bfloat16")
 
 
@@ -101,11 +99,6 @@ class ServeInputs:
                 )
 
 
-def placement_bundles(tp: int, pp: int, gpu_model: str | None, device: str = "gpu") -> list[dict[str, float]]:
-    """TP x PP one-rank bundles (ray_cluster.contract, shared with the preflight)."""
-    return contract.placement_bundles(tp, pp, device, gpu_model)
-
-
 def cluster_env_vars(efa: bool) -> dict[str, str]:
     """Env vars that are the same on every GPU node (runtime_env values must be strings)."""
     env = {
@@ -155,8 +148,8 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
         "accelerator_config": {"kind": i.device},
         "engine_kwargs": engine_kwargs,
         "placement_group_config": {
-            "bundles": placement_bundles(
-                i.tensor_parallel_size, i.pipeline_parallel_size, i.gpu_model, i.device
+            "bundles": contract.placement_bundles(
+                i.tensor_parallel_size, i.pipeline_parallel_size, i.device, i.gpu_model
             ),
             "strategy": contract.placement_strategy(i.device),
         },

@@ -56,7 +56,7 @@ def _wait_direct(outputs: dict, timeout: float) -> bool:
     endpoint = str(_output(outputs, "endpoint_url")).rstrip("/").removesuffix("/v1")
     with console.status(f"readiness: waiting for a real completion from {endpoint}"):
         try:
-            text = wait_ready(endpoint, outputs.get("api_token"), None, timeout)
+            text = wait_ready(endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout)
         except NodeError as e:
             err_console.print(f"[bold red]error:[/] not ready: {e}", highlight=False, soft_wrap=True)
             return False
@@ -68,7 +68,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
     from infra.outputs import OutputsError, StackOutputs
 
     try:
-        StackOutputs.parse(outputs)
+        o = StackOutputs.parse(outputs)
     except OutputsError as e:
         fail(str(e), 1)
     if cfg.provider == "existing":
@@ -77,11 +77,11 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
 
     from infra.deploy import readiness_commands, wait_ready
 
-    head = _output(outputs, "head_instance_id")
+    head = _output(outputs, "head_instance_id")  # optional in the contract, required on AWS
     cmds = readiness_commands(
-        container=str(outputs.get("head_container", "llmfleet-head")),
+        container=o.head_container,
         port=cfg.endpoint_port,
-        model=_output(outputs, "served_model"),
+        model=o.served_model,
         token_parameter=_output(outputs, "token_parameter"),
         region=cfg.region,
     )
