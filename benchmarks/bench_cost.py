@@ -11,7 +11,7 @@ Two measurements per worker count:
 - `inproc_s`: capture + price in one warm process, so the per-worker growth is not hidden by the
   fixed interpreter/import cost. A least-squares line t = a + b*workers is fitted to it; R^2 near 1
   and small residuals mean linear growth.
-- `price_only_s`: infra.cost alone (pricing + JSON) on the captured resources.
+- `price_only_s`: infra.cost.estimate alone (pricing + JSON) on the captured resources.
 Each figure is the median of --repeat runs. Exit 1 if the 32-worker CLI run takes 3 s or more.
 """
 
@@ -53,10 +53,11 @@ def run_inproc(workers: int) -> tuple[float, float]:
     """(capture + price s, price-only s) in this warm process."""
     import datetime as dt
 
-    from infra import cost, infracost
     from infra.catalog import load_catalog
-    from infra.offline import capture
-    from infra.pricing import snapshot_book
+    from infra.cost import estimate as cost
+    from infra.cost import infracost
+    from infra.cost.pricing import snapshot_book
+    from infra.program.offline import capture
 
     t0 = time.perf_counter()
     cap = capture("prod", [f"llmfleet:workerCount={workers}"])

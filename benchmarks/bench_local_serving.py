@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # vLLM logs to stdout by default once imported; stdout is this script's report.
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
-from ray_cluster import local  # noqa: E402
-from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model  # noqa: E402
+from infra.local import cluster as local  # noqa: E402
+from infra.local.tiny_model import MODEL_ID, ensure_tiny_model  # noqa: E402
 
 PROMPT = "A GPU cluster is a group of hosts that each carry several graphics processors."
 
@@ -125,7 +125,7 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     cmd += ["--served-model-name", MODEL_ID, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--api-key", token, "--dtype", "float32"]
     cmd += ["--max-model-len", str(local.MAX_MODEL_LEN), "--enable-prefix-caching", "--enable-chunked-prefill"]
-    cmd += ["--enforce-eager"]  # as the CPU Serve config at PP 1 (ray_cluster/serve_config.py)
+    cmd += ["--enforce-eager"]  # as the CPU Serve config at PP 1 (infra/rayconf/serve_config.py)
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": str(local.CPU_KVCACHE_GIB),

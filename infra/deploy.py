@@ -20,7 +20,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from infra.constants import REPO_ROOT
+
 PROJECT = "llmfleet"
 PULUMI_MISSING = "pulumi CLI not found on PATH: install it (curl -fsSL https://get.pulumi.com | sh) and retry"
 STACK_RE = re.compile(r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
@@ -119,9 +120,9 @@ def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
 def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> list[Path]:
     """Write cluster.yaml and the Serve config from the real stack outputs, each validated by
     Ray's own code first (the same renderers as `llmfleet render`)."""
-    from infra.serving import render_for_outputs
-    from ray_cluster.cluster_yaml import render_validated
-    from ray_cluster.serve_config import to_yaml
+    from infra.rayconf.cluster_yaml import render_validated
+    from infra.rayconf.serve_config import to_yaml
+    from infra.stack.serving import render_for_outputs
 
     cluster = render_validated(outputs)
     serve, _notes = render_for_outputs(outputs, cfg, cfg.plan())

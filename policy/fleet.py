@@ -60,7 +60,7 @@ def _serving_setting(workers: list[Res], cfg: Mapping[str, Any], tag: str, key: 
 
 def _gpu_fit(args: StackValidationArgs, report: ReportViolation) -> None:
     from infra.catalog import load_catalog
-    from infra.planner import PlanInputError, plan
+    from infra.stack.planner import PlanInputError, plan
 
     cat = load_catalog()
     view = StackView.of(args.resources)
@@ -131,11 +131,11 @@ def _as_cost_resource(r: Res) -> dict[str, Any]:
 def monthly_cost_usd(
     view: StackView, region: str, model: str | None, pricing_model: str = "on-demand"
 ) -> float:
-    """The cost issue's estimator (infra.cost) over the stack's resources, snapshot prices, with
+    """The cost issue's estimator (infra.cost.estimate) over the stack's resources, snapshot prices, with
     the stack's pricing model, as `llmfleet cost` prices it without a usage file (a Capacity
     Block's fee then comes from the snapshot rate)."""
     from infra.catalog import load_catalog
-    from infra.cost import estimate_monthly_usd
+    from infra.cost.estimate import estimate_monthly_usd
 
     models = load_catalog().models
     weights_gib = models[model].checkpoint_gib if model in models else None
@@ -148,7 +148,8 @@ def stack_pricing_model() -> str:
     """llmfleet:pricingModel of the running stack (spot when llmfleet:spot), as `llmfleet cost`."""
     import pulumi
 
-    from infra.config import ConfigError, runtime_stack_config
+    from infra.program import runtime_stack_config
+    from infra.stack.config import ConfigError
 
     try:
         return runtime_stack_config(pulumi.get_stack()).effective_pricing_model
@@ -161,8 +162,9 @@ def owned_hosts_monthly_usd() -> float:
     resource represents it), x 730 h, as `llmfleet cost` prices it."""
     import pulumi
 
-    from infra.config import ConfigError, runtime_stack_config
-    from infra.cost import HOURS_PER_MONTH
+    from infra.cost.estimate import HOURS_PER_MONTH
+    from infra.program import runtime_stack_config
+    from infra.stack.config import ConfigError
 
     try:
         cfg = runtime_stack_config(pulumi.get_stack())

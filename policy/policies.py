@@ -1,6 +1,6 @@
 """Every policy of the llmfleet pack, importable without starting the gRPC server.
 
-`policy/__main__.py` serves `POLICIES` to the Pulumi CLI; `infra/policy_runner.py` runs the same
+`policy/__main__.py` serves `POLICIES` to the Pulumi CLI; `policy/runner.py` runs the same
 objects offline on the resources the offline engine captures.
 """
 

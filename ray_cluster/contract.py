@@ -14,6 +14,10 @@ HTTP_PORT = 8000
 TOKEN_ENV = "LLMFLEET_API_TOKEN"  # the endpoint token's env var on the head (never the value)
 APP_NAME = "llm"
 SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"
+# Every host's env file (cloud-init writes it from SSM at boot, the existing-hosts bootstrap from
+# its stdin): the Ray cluster token (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token) on every node, plus the
+# endpoint token on the head. Every node container gets it as --env-file; never in a rendered file.
+HOST_ENV_FILE = "/run/llmfleet/node.env"
 
 # Device kinds a cluster's workers can be. "gpu": the production hosts. "cpu": vLLM's CPU build
 # (the local cluster); vLLM's Ray executor refuses CPU, so one replica's ranks stay on one host.

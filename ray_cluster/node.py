@@ -32,7 +32,7 @@ from ray_cluster.contract import (
     gpu_model_resource,
 )
 from ray_cluster.driver import NodeError, auth_env, connect, split_address, wait_for_tcp
-from ray_cluster.preflight import PreflightError
+from ray_cluster.placement import PreflightError
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -478,7 +478,7 @@ def preflight_layout(device: str, tp: int, pp: int, replicas: int) -> tuple[int,
 def cmd_deploy(a: argparse.Namespace) -> int:
     import ray
 
-    from ray_cluster import preflight
+    from ray_cluster import placement as preflight
 
     config = load_serve_config(a.serve_config)
     token = os.environ.get(a.token_env) if a.token_env else None

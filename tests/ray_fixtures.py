@@ -1,6 +1,6 @@
 """A real multi-host Ray cluster for tests: head (0 GPUs) + workers with logical GPUs.
 
-As root the hosts are network namespaces (ray_cluster.hosts); otherwise loopback addresses.
+As root the hosts are network namespaces (infra.local.hosts); otherwise loopback addresses.
 Import `ray_hosts_cluster` into a test module to get one cluster for that module; its
 finalizer tears everything down even when the tests fail.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ray_cluster import hosts
+from infra.local import hosts
 
 WORKER_GPUS = 2
 GPU_MODEL = "L20"

@@ -15,13 +15,14 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from infra import capacity_block as cb
-from infra import preflight as pf
+from infra import account_check as pf
 from infra.cli import app
-from infra.config import ConfigError
-from infra.offline import capture, load_config
-from infra.policy_runner import run_for_stack, run_policies, stack_policy_config
-from infra.pricing import load_snapshot
+from infra.cost import capacity_block as cb
+from infra.cost.pricing import load_snapshot
+from infra.program.offline import capture
+from infra.stack.config import ConfigError
+from infra.stack.files import load_config
+from policy.runner import run_for_stack, run_policies, stack_policy_config
 
 BLOCK = "cr-0a1b2c3d4e5f60718"  # the block-h100 stack's placeholder
 NOW = dt.datetime(2026, 12, 2, 9, 0, tzinfo=dt.UTC)

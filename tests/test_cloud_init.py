@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.cloud_init import SERVE_CONFIG_PATH, NodeSpec, deploy_argv, node_args, render_user_data
+from infra.boot.cloud_init import SERVE_CONFIG_PATH, NodeSpec, deploy_argv, node_args, render_user_data
 from ray_cluster.node import build_parser, head_start_command, worker_start_command
 
 SNAP = Path(__file__).parent / "snapshots"

@@ -2,10 +2,10 @@
 
 from functools import cache
 
-from infra.ami import AMI_OWNERS
+from infra.boot.ami import AMI_OWNERS
 from infra.catalog import load_catalog
 from infra.components.cluster import BASE_ROOT_GB, root_volume_gb
-from infra.offline import capture
+from infra.program.offline import capture
 
 INST = "aws:ec2/instance:Instance"
 ENI = "aws:ec2/networkInterface:NetworkInterface"

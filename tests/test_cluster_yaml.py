@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from infra.cli import app
-from ray_cluster import cluster_yaml as cy
+from infra.rayconf import cluster_yaml as cy
 from ray_cluster import nic, node
 
 DATA = Path(__file__).parent / "data"
@@ -168,13 +168,13 @@ def test_half_of_the_instance_ids_is_an_error(outputs):
 
 def _unit_argv(spec) -> list[str]:
     """What the host's unit runs (cloud-init: entrypoint + node_args), for a known IP."""
-    from infra.cloud_init import ShellVar, node_args
+    from infra.boot.cloud_init import ShellVar, node_args
 
     return [*cy.NODE_ENTRYPOINT, *(a for a in node_args(spec) if not isinstance(a, ShellVar))]
 
 
 def _spec(role: str, outputs: dict):
-    from infra.cloud_init import NodeSpec
+    from infra.boot.cloud_init import NodeSpec
 
     return NodeSpec(
         role=role,
@@ -207,7 +207,7 @@ def test_start_commands_are_the_units_commands(outputs):
 def test_every_role_gets_the_units_env_file(outputs, role):
     """The hosts' units pass the secrets file (Ray token, endpoint token) with --env-file; the
     launcher's containers get the same one, so `ray exec/submit` in them carry the Ray token."""
-    from infra.cloud_init import docker_run_argv
+    from infra.boot.cloud_init import docker_run_argv
 
     unit = docker_run_argv(_spec(role, outputs))
     env_file = unit[unit.index("--env-file") + 1]

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from infra.catalog import load_catalog
 from infra.cli import app
-from infra.coldstart import estimate
-from infra.offline import load_config
+from infra.stack.coldstart import estimate
+from infra.stack.files import load_config
 
 
 @pytest.fixture(autouse=True)

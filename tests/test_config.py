@@ -5,8 +5,9 @@ import json
 import pytest
 import yaml
 
-from infra.config import ConfigError, StackConfig, declared_keys, load_stack_config
-from infra.offline import REPO_ROOT, available_stacks, load_config
+from infra.constants import REPO_ROOT
+from infra.stack.config import ConfigError, StackConfig, declared_keys, load_stack_config
+from infra.stack.files import available_stacks, load_config
 
 HOSTS_OK = [
     {"address": "10.0.0.10", "role": "head", "gpuCount": 0},

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.config import ConfigError, load_stack_config
-from infra.offline import REPO_ROOT, load_config
+from infra.constants import REPO_ROOT
+from infra.stack.config import ConfigError, load_stack_config
+from infra.stack.files import load_config
 
 HEAD = {"address": "10.0.0.10", "role": "head", "gpuCount": 0}
 

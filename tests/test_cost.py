@@ -10,9 +10,10 @@ from decimal import Decimal
 
 import pytest
 
-from infra import cost, infracost
-from infra import usage as usage_mod
-from infra.pricing import OnDemand, PriceBook, PriceError, load_snapshot
+from infra.cost import estimate as cost
+from infra.cost import infracost
+from infra.cost import usage as usage_mod
+from infra.cost.pricing import OnDemand, PriceBook, PriceError, load_snapshot
 
 ON_DEMAND = {
     "g6e.48xlarge": OnDemand(Decimal("30.131"), "test catalog"),
@@ -574,7 +575,7 @@ def resources_of(doc: dict, key: str = "breakdown") -> list[dict]:
 
 
 def test_cli_prod_json():
-    from infra.offline import load_config
+    from infra.stack.files import load_config
 
     doc = cost_json("--stack", "prod")
     rs = resources_of(doc)
@@ -696,7 +697,7 @@ def test_cli_from_preview(tmp_path):
 
 
 def test_cli_existing_hosts_priced_from_host_hourly_usd():
-    from infra.offline import load_config
+    from infra.stack.files import load_config
 
     cfg = load_config("onprem-l20")
     doc = cost_json("--stack", "onprem-l20")

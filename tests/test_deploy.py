@@ -302,8 +302,8 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     """`up` waits on a completion for outputs['served_model']: the id the Serve app serves, from
     the same program outputs `up` renders serve.yaml from (not the catalog key 'deepseek-r1')."""
     from infra.commands import deploy as cmd
-    from infra.offline import capture
-    from infra.serving import render_for_outputs
+    from infra.program.offline import capture
+    from infra.stack.serving import render_for_outputs
 
     c = capture("prod")
     outputs = dict(c.outputs)

@@ -1,6 +1,6 @@
 """Endpoint: NLB -> head:8000, and the token as an SSM SecureString."""
 
-from infra.offline import capture
+from infra.program.offline import capture
 
 
 def test_internal_nlb_to_head_and_token_parameter():

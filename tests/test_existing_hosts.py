@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from infra import cloud_init
-from infra.host_bootstrap import (
+from infra.boot import cloud_init
+from infra.boot.ssh_bootstrap import (
     container_argv,
     expand,
     node_spec,
@@ -16,8 +16,8 @@ from infra.host_bootstrap import (
     script_sha256,
     stdin_secrets,
 )
-from infra.offline import capture
-from ray_cluster.cluster_yaml import render_cluster_yaml, validate_with_ray
+from infra.program.offline import capture
+from infra.rayconf.cluster_yaml import render_cluster_yaml, validate_with_ray
 
 STACK = "onprem-l20"
 PINNED = "registry.lab.example:5000/llmfleet/node@sha256:" + "ab" * 32

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.config import load_stack_config
-from infra.host_bootstrap import (
+from infra.boot.ssh_bootstrap import (
     DRY_RUN_PREFIX,
     HOST_ENV_FILE,
     MESSAGE_PREFIX,
@@ -36,6 +35,7 @@ from infra.host_bootstrap import (
     render_bootstrap,
     stdin_secrets,
 )
+from infra.stack.config import load_stack_config
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = [

@@ -1,4 +1,4 @@
-"""ray_cluster.hosts: planning (pure), and real namespaces/loopback hosts with idempotent teardown."""
+"""infra.local.hosts: planning (pure), and real namespaces/loopback hosts with idempotent teardown."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import zlib
 
 import pytest
 
-from ray_cluster import hosts
-from ray_cluster.hosts import HostsError
+from infra.local import hosts
+from infra.local.hosts import HostsError
 from tests.ray_fixtures import pick_subnet
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -109,7 +109,7 @@ def test_namespaces_reach_each_other_and_root_and_teardown_removes_all(tmp_path)
             [
                 sys.executable,
                 "-c",
-                f"from ray_cluster import hosts; print(hosts.teardown({hs.prefix!r}, state_dir={str(tmp_path)!r}))",
+                f"from infra.local import hosts; print(hosts.teardown({hs.prefix!r}, state_dir={str(tmp_path)!r}))",
             ],
             capture_output=True,
             text=True,

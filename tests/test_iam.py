@@ -3,7 +3,7 @@
 import json
 
 from infra.components.iam import SSM_CORE_POLICY, node_policy_document
-from infra.offline import capture
+from infra.program.offline import capture
 from policy.resources import iam_document_problems
 
 

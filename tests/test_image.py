@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from infra.components.image import cache_tag, context_hash, image_tag
-from infra.offline import REPO_ROOT, capture
+from infra.constants import REPO_ROOT
+from infra.program.offline import capture
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
@@ -65,8 +66,8 @@ def test_image_versions_follow_rays_own_metadata():
     """The next Ray bump fails here until the base image, the defaults and RAY_VERSION follow it."""
     import yaml
 
-    from infra.config import StackConfig
-    from infra.program import RAY_VERSION
+    from infra.program.aws import RAY_VERSION
+    from infra.stack.config import StackConfig
 
     want_base = f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
     text = (REPO_ROOT / "images" / "Dockerfile").read_text()
@@ -96,21 +97,16 @@ def test_dockerfile_contract_and_hadolint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-OPERATOR_MODULES = {"cluster_yaml", "serve_config", "local", "hosts", "tiny_model"}
+def test_the_image_context_is_images_and_ray_cluster_and_dockerignore_agrees():
+    from infra.components.image import CONTEXT_PATHS
 
-
-def test_every_ray_cluster_module_is_host_or_operator_and_only_host_ones_ship():
-    from ray_cluster import HOST_MODULES
-
-    modules = {p.stem for p in (REPO_ROOT / "ray_cluster").glob("*.py")}
-    assert set(HOST_MODULES) | OPERATOR_MODULES == modules, "classify the new module in ray_cluster.HOST_MODULES"
-    assert not set(HOST_MODULES) & OPERATOR_MODULES
+    assert CONTEXT_PATHS == ("images", "ray_cluster")
     allowed = {
         ln[1:].strip()
         for ln in (REPO_ROOT / ".dockerignore").read_text().splitlines()
         if ln.startswith("!")
     }
-    assert allowed == {"images/"} | {f"ray_cluster/{m}.py" for m in HOST_MODULES}
+    assert allowed == {f"{p}/" for p in CONTEXT_PATHS}
 
 
 def _hosts_view(c) -> dict:
@@ -125,13 +121,16 @@ def test_operator_edits_leave_the_image_tag_and_user_data_unchanged(tmp_path, mo
     module changes the image tag (and so the user data that names it)."""
 
     copy = tmp_path / "tree"
-    shutil.copytree(REPO_ROOT / "images", copy / "images")
-    shutil.copytree(REPO_ROOT / "ray_cluster", copy / "ray_cluster", ignore=shutil.ignore_patterns("__pycache__"))
-    for mod in ("infra.program", "infra.constants"):
+    shutil.copytree(
+        REPO_ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".tools", ".git", "__pycache__", "*_cache")
+    )
+    for mod in ("infra.program.aws", "infra.constants"):
         monkeypatch.setattr(f"{mod}.REPO_ROOT", copy)
     before = _hosts_view(capture("prod"))
-    for name in sorted(OPERATOR_MODULES):
-        with open(copy / "ray_cluster" / f"{name}.py", "a") as f:
+    operator = sorted({*(copy / "infra").rglob("*.py"), *(copy / "policy").rglob("*.py")})
+    assert any(p.parent.name == "local" for p in operator) and any(p.parent.name == "rayconf" for p in operator)
+    for path in operator:
+        with open(path, "a") as f:
             f.write("\n# an operator-side edit\n")
     assert _hosts_view(capture("prod")) == before
     with open(copy / "ray_cluster" / "node.py", "a") as f:

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.cli import app
-from infra.pricing import load_snapshot
+from infra.cost.pricing import load_snapshot
 
 HERE = Path(__file__).parent
 SCHEMA = json.loads((HERE / "schemas" / "infracost-0.2.schema.json").read_text())
@@ -324,7 +324,7 @@ def test_preview_that_only_creates_has_an_empty_past():
             if s.get("newState")
         ],
     }
-    from infra import cost
+    from infra.cost import estimate as cost
 
     states = cost.states_from_preview(creates)
     assert states.past == [] and len(states.new) > 50

@@ -26,10 +26,12 @@ import openai
 import pytest
 import yaml
 
-from ray_cluster import hosts, local, node
-from ray_cluster.hosts import Host
-from ray_cluster.local import LocalError
-from ray_cluster.tiny_model import MODEL_ID
+from infra.local import cluster as local
+from infra.local import hosts
+from infra.local.cluster import LocalError
+from infra.local.hosts import Host
+from infra.local.tiny_model import MODEL_ID
+from ray_cluster import node
 
 ROOT = os.geteuid() == 0
 _BIN = Path(sys.executable).parent / "llmfleet"
@@ -204,7 +206,7 @@ def test_cli_bad_input_and_nothing_running(tmp_path):
 def test_supervisor_restarts_its_command_and_stops_on_sigterm(tmp_path):
     out = tmp_path / "runs"
     sup = subprocess.Popen(
-        [sys.executable, "-m", "ray_cluster.local", "supervise", "--restart-delay", "0.2", "--"]
+        [sys.executable, "-m", "infra.local.cluster", "supervise", "--restart-delay", "0.2", "--"]
         + ["sh", "-c", f"echo run >> {out}; sleep 0.1"],
         stdout=subprocess.DEVNULL,
     )

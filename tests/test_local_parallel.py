@@ -19,8 +19,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from ray_cluster import hosts, local
-from ray_cluster.tiny_model import MODEL_ID
+from infra.local import cluster as local
+from infra.local import hosts
+from infra.local.tiny_model import MODEL_ID
 from tests.test_local import ROOT, assert_engine_computes_the_checkpoint, cli, free_port
 
 pytestmark = pytest.mark.ray

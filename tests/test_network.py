@@ -5,7 +5,7 @@ from functools import cache
 import pytest
 
 from infra.components.network import INTERFACE_SERVICES, endpoint_ingress_cidrs, subnet_cidrs
-from infra.offline import capture
+from infra.program.offline import capture
 from policy.network import sensitive_ports_in
 
 IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_cluster import hosts, nic, node
+from infra.local import hosts
+from ray_cluster import nic, node
 from ray_cluster.nic import Iface, NicError
 from ray_cluster.node import NodeError, NodeState
 from tests.ray_fixtures import ray_hosts_cluster  # noqa: F401  (module-scoped fixture)

@@ -5,7 +5,10 @@ import textwrap
 
 import pytest
 
-from infra.offline import REPO_ROOT, OfflineError, capture, parse_override, raw_stack_config
+from infra.constants import REPO_ROOT
+from infra.program.offline import OfflineError, capture
+from infra.stack.config import ConfigError
+from infra.stack.files import parse_override, raw_stack_config
 
 
 @pytest.fixture
@@ -91,9 +94,9 @@ def test_overrides_and_secrets_in_raw_config(project):
     assert raw["llmfleet:maxModelLen"] == "4096"
     assert raw["llmfleet:sshPrivateKey"] == "[secret]" and "llmfleet:sshPrivateKey" in secrets
     assert raw["llmfleet:endpointPort"] == "8000"  # project default from Pulumi.yaml
-    with pytest.raises(OfflineError, match="expected KEY=VALUE"):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("workerCount")
-    with pytest.raises(OfflineError, match=r"--stack 'nope': no file stacks/Pulumi.nope.yaml; allowed: t"):
+    with pytest.raises(ConfigError, match=r"--stack 'nope': no file stacks/Pulumi.nope.yaml; allowed: t"):
         raw_stack_config("nope", project_dir=d)
 
 

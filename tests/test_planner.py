@@ -6,10 +6,10 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from infra import perf
 from infra.catalog import load_catalog
 from infra.cli import app
-from infra.planner import (
+from infra.stack import perf
+from infra.stack.planner import (
     GIB,
     PlanInputError,
     architecture,
@@ -313,7 +313,7 @@ def test_cold_start_terms_add_up_and_carry_sources():
 
 
 def test_weight_staging_is_the_slowest_rate():
-    from infra.coldstart import estimate
+    from infra.stack.coldstart import estimate
 
     cat = load_catalog()
     m = cat.models["deepseek-r1"]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.policy_runner import run_policies
 from policy import policies as pack
 from policy._props import UNKNOWN
 from policy.resources import iam_document_problems
+from policy.runner import run_policies
 
 REPO = Path(__file__).resolve().parent.parent
 TAGS = {"Project": "llmfleet", "llmfleet:stack": "test"}

@@ -9,8 +9,9 @@ from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValid
 from typer.testing import CliRunner
 
 from infra.cli import app
-from infra.offline import available_stacks, capture
-from infra.policy_runner import policy_resources, resource_args, run_policies, stack_policy_config
+from infra.program.offline import capture
+from infra.stack.files import available_stacks
+from policy.runner import policy_resources, resource_args, run_policies, stack_policy_config
 
 cli = CliRunner()
 

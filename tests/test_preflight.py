@@ -1,4 +1,4 @@
-"""ray_cluster.preflight: pure layout/bandwidth logic, then a real 3-host Ray cluster (head + 2 x 2 GPUs)."""
+"""ray_cluster.placement: pure layout/bandwidth logic, then a real 3-host Ray cluster (head + 2 x 2 GPUs)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from ray_cluster import preflight
-from ray_cluster.preflight import PreflightError, RankInfo
+from ray_cluster import placement as preflight
+from ray_cluster.placement import PreflightError, RankInfo
 from tests.ray_fixtures import ray_hosts_cluster  # noqa: F401  (module-scoped fixture)
 
 # ---------------------------------------------------------------- pure

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from botocore.stub import Stubber
 
-from infra import preflight as pf
+from infra import account_check as pf
 from infra.catalog import load_catalog
-from infra.offline import load_config
+from infra.stack.files import load_config
 from tests.moto_fixtures import DUMMY_CREDS, REGION, MotoServer, dlami
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,9 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from infra import cost, pricing
-from infra.pricing import LivePriceBook, OnDemand, PriceBook, PriceCache, PriceError
+from infra.cost import estimate as cost
+from infra.cost import pricing
+from infra.cost.pricing import LivePriceBook, OnDemand, PriceBook, PriceCache, PriceError
 
 ON_DEMAND = {"g6e.48xlarge": OnDemand(Decimal("30.131"), "test catalog")}
 

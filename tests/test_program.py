@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import program
-from infra.offline import REPO_ROOT, capture
+import infra.program as program
+from infra.constants import REPO_ROOT
+from infra.program.offline import capture
 
 OUTPUTS = {
     "endpoint_url",
@@ -101,12 +102,12 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
         r for r in c.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "worker"
     ]
     assert len(workers) == 6 and c.outputs["pipeline_parallel_size"] == 3  # 2 replicas x PP 3
-    from infra import serving
+    from infra.stack import serving
 
     cfg = c.config
     doc = serving.render_for_plan(cfg, cfg.plan())
     assert doc["applications"][0]["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 2
-    from infra.config import ConfigError
+    from infra.stack.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"llmfleet:workerCount = 3: allowed: 'auto' or a multiple of llmfleet:replicas \(2\)"):
         capture("prod", ["llmfleet:replicas=2", "llmfleet:workerCount=3"])
@@ -122,7 +123,7 @@ def test_existing_provider_branches_into_its_own_module(monkeypatch):
         seen.append(c.stack)
         return dict(real)
 
-    import infra.program_existing as existing
+    import infra.program.existing as existing
 
     monkeypatch.setattr(existing, "build_existing", fake)
     assert program.build() == real and seen == ["dev"]
@@ -135,7 +136,7 @@ def test_existing_provider_branches_into_its_own_module(monkeypatch):
 def test_prod_head_boots_into_a_serve_deploy_of_the_planned_layout():
     import yaml
 
-    from infra.offline import capture
+    from infra.program.offline import capture
 
     cap = capture("prod")
     head = next(
@@ -152,7 +153,7 @@ def test_prod_head_boots_into_a_serve_deploy_of_the_planned_layout():
 def test_hosts_boot_after_what_they_read_at_boot():
     # Children do not inherit a component's depends_on; each host must itself wait for the IAM
     # grant, both SSM parameters and the VPC endpoints it uses during boot.
-    from infra.offline import capture
+    from infra.program.offline import capture
 
     cap = capture("prod")
     hosts = [r for r in cap.resources if r["type"] == "aws:ec2/instance:Instance"]
@@ -172,15 +173,15 @@ def test_hosts_boot_after_what_they_read_at_boot():
 def test_the_plan_is_computed_once_per_program_run(stack, monkeypatch):
     """One plan of the stack, passed down: workers, user data, bootstrap scripts and outputs
     all read the same one (each planner call is a full memory/throughput model)."""
-    import infra.planner
+    import infra.stack.planner
 
-    real, calls = infra.planner.plan, []
+    real, calls = infra.stack.planner.plan, []
 
     def counting(*a, **kw):
         calls.append(kw.get("model"))
         return real(*a, **kw)
 
-    monkeypatch.setattr(infra.planner, "plan", counting)
+    monkeypatch.setattr(infra.stack.planner, "plan", counting)
     c = capture(stack)
     assert c.outputs["tensor_parallel_size"] >= 1
     assert len(calls) == 1, calls
@@ -188,7 +189,7 @@ def test_the_plan_is_computed_once_per_program_run(stack, monkeypatch):
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod", "onprem-l20"])
 def test_every_shipped_stack_writes_the_stack_outputs_contract(stack):
-    from infra.outputs import StackOutputs
+    from infra.stack.outputs import StackOutputs
 
     c = capture(stack)
     StackOutputs.check_keys(c.outputs)
@@ -201,7 +202,7 @@ def test_a_stale_outputs_file_is_one_line_naming_the_key(tmp_path):
     from typer.testing import CliRunner
 
     from infra.cli import app
-    from infra.outputs import OutputsError, StackOutputs
+    from infra.stack.outputs import OutputsError, StackOutputs
 
     outs = json.loads((REPO_ROOT / "tests" / "data" / "stack_outputs_prod.json").read_text())
     outs.pop("served_model")

@@ -3,7 +3,7 @@
 import pytest
 
 from infra.components.secret_token import RAY_TOKEN_LENGTH, ray_token_parameter_name
-from infra.offline import capture
+from infra.program.offline import capture
 
 
 @pytest.fixture(scope="module")

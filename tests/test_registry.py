@@ -5,7 +5,7 @@ import json
 import pytest
 
 from infra.components.registry import lifecycle_policy
-from infra.offline import capture
+from infra.program.offline import capture
 
 
 def test_repository_hardened_and_lifecycle_keeps_n():

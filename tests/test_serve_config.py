@@ -10,10 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from infra import serving
 from infra.cli import app
+from infra.rayconf import serve_config as sc
+from infra.stack import serving
 from ray_cluster import serve_app
-from ray_cluster import serve_config as sc
 
 OUTPUTS_FILE = Path(__file__).parent / "data" / "stack_outputs_prod.json"
 runner = CliRunner()
@@ -24,7 +24,7 @@ def _llm(doc: dict) -> dict:
 
 
 def test_prod_offline_tp8_pp_equals_plan_nodes():
-    from infra.offline import load_config
+    from infra.stack.files import load_config
 
     res = runner.invoke(app, ["render", "serve-config", "--stack", "prod"])
     assert res.exit_code == 0, res.output
@@ -112,7 +112,7 @@ def test_bad_inputs_name_the_key():
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod", "onprem-l20"])
 def test_every_shipped_stack_passes_ray_serve_llm_llmconfig(stack):
     """Ray Serve LLM's own LLMConfig (it imports here: vLLM's CPU build is installed)."""
-    from infra.offline import load_config
+    from infra.stack.files import load_config
 
     cls, why = sc.llm_config_validator()
     assert cls is not None, why
@@ -286,10 +286,10 @@ def test_exported_schema_is_rays_own_and_well_formed():
 
     import jsonschema
 
-    from ray_cluster.serve_config import SCHEMA_PATH, export_schema
+    from infra.rayconf.serve_config import SCHEMA_PATH, export_schema
 
     on_disk = json.loads(SCHEMA_PATH.read_text())
-    # Regenerate with `python -m ray_cluster.serve_config --export-schema` after a Ray upgrade.
+    # Regenerate with `python -m infra.rayconf.serve_config --export-schema` after a Ray upgrade.
     assert on_disk == export_schema()
     jsonschema.Draft202012Validator.check_schema(on_disk)
 
@@ -298,8 +298,8 @@ def test_exported_schema_is_rays_own_and_well_formed():
 def test_program_side_check_agrees_with_ray_for_every_stack(stack):
     from ray.serve.schema import ServeDeploySchema
 
-    from infra.offline import load_config
-    from infra.serving import render_for_plan
+    from infra.stack.files import load_config
+    from infra.stack.serving import render_for_plan
 
     cfg = load_config(stack)
     doc = render_for_plan(cfg, cfg.plan())  # checked against the exported schema
@@ -307,9 +307,9 @@ def test_program_side_check_agrees_with_ray_for_every_stack(stack):
 
 
 def test_exported_schema_rejects_a_bad_config_in_one_line():
-    from infra.offline import load_config
-    from infra.serving import render_for_plan
-    from ray_cluster.serve_config import ServeConfigError, validate_with_exported_schema
+    from infra.rayconf.serve_config import ServeConfigError, validate_with_exported_schema
+    from infra.stack.files import load_config
+    from infra.stack.serving import render_for_plan
 
     cfg = load_config("prod")
     doc = render_for_plan(cfg, cfg.plan())

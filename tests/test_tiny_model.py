@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DeepseekV3ForCausalLM
 
-from ray_cluster.tiny_model import ensure_tiny_model, ensure_tiny_model_at, model_dir_for
+from infra.local.tiny_model import ensure_tiny_model, ensure_tiny_model_at, model_dir_for
 
 
 def digests(d: Path) -> dict[str, str]:

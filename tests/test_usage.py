@@ -11,10 +11,11 @@ from decimal import Decimal
 import pytest
 from typer.testing import CliRunner
 
-from infra import cost, infracost, usage
 from infra.cli import app
 from infra.commands.cost import usage_template
-from infra.pricing import OnDemand, PriceBook, load_snapshot
+from infra.cost import estimate as cost
+from infra.cost import infracost, usage
+from infra.cost.pricing import OnDemand, PriceBook, load_snapshot
 from tests.test_cost import H, by_name, rate, stack
 
 ON_DEMAND = {

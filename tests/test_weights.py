@@ -5,7 +5,7 @@ import json
 import pytest
 
 from infra.components.weights import split_s3_uri
-from infra.offline import capture
+from infra.program.offline import capture
 
 
 def test_created_bucket_is_private_encrypted_versioned():

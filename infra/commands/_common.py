@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from infra.config import ConfigError
+from infra.stack.config import ConfigError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,7 +36,7 @@ def print_json(data: Any) -> None:
 
 def capture_or_fail(stack: str, overrides: list[str] | None):
     """The offline capture of a stack, with every known failure as one line (exit 2)."""
-    from infra.offline import OfflineError, capture
+    from infra.program.offline import OfflineError, capture
 
     try:
         return capture(stack, overrides or [])
@@ -45,7 +45,8 @@ def capture_or_fail(stack: str, overrides: list[str] | None):
 
 
 def config_or_fail(stack: str, overrides: list[str] | None):
-    from infra.offline import OfflineError, load_config
+    from infra.program.offline import OfflineError
+    from infra.stack.files import load_config
 
     try:
         return load_config(stack, overrides or [])

@@ -28,19 +28,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from infra import cost, infracost
-from infra import usage as usage_mod
 from infra.commands import _common
-from infra.pricing import PriceBook, PriceError, live_book, snapshot_book
+from infra.constants import REPO_ROOT
+from infra.cost import estimate as cost
+from infra.cost import infracost
+from infra.cost import usage as usage_mod
+from infra.cost.pricing import PriceBook, PriceError, live_book, snapshot_book
 
 EXIT_OVER_BUDGET = 4
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Failures that are the user's input (stack, -c, files, region): one line, exit 2."""
-    from infra.config import ConfigError
-    from infra.offline import OfflineError
+    from infra.program.offline import OfflineError
+    from infra.stack.config import ConfigError
 
     return (ConfigError, OfflineError, PriceError)
 
@@ -54,7 +55,7 @@ class Priced:
     source_type: str = "pulumi_program"
     past: cost.Estimate | None = None  # the preview's oldState, priced the same way
     note: str = ""  # what "past" means, for the table title
-    cold_start_s: float | None = None  # boot -> first token (infra/coldstart.py), AWS workers only
+    cold_start_s: float | None = None  # boot -> first token (infra/stack/coldstart.py), AWS workers only
 
 
 def _book(region: str, live: bool) -> PriceBook:
@@ -73,7 +74,7 @@ def live_blocks(
 ) -> tuple[dict[str, cost.CapacityBlock], list[str]]:
     """Each Capacity Block as EC2 describes it, with a fee quote; a failure is a warning and the
     block is then priced from the snapshot rate."""
-    from infra import capacity_block as cb
+    from infra.cost import capacity_block as cb
 
     out: dict[str, cost.CapacityBlock] = {}
     warnings: list[str] = []
@@ -82,7 +83,7 @@ def live_blocks(
             if ec2 is None:
                 import boto3
 
-                from infra.pricing import _client_config
+                from infra.cost.pricing import _client_config
 
                 ec2 = boto3.client("ec2", region_name=region, config=_client_config())
             block = cb.describe_block(ec2, rid).block
@@ -108,7 +109,8 @@ def price_stack(
 ) -> Priced:
     """Capture (or read a preview file), then price. Raises ConfigError/PriceError/... on bad input."""
     from infra.catalog import load_catalog
-    from infra.offline import capture, load_config
+    from infra.program.offline import capture
+    from infra.stack.files import load_config
 
     usage = usage or usage_mod.Usage()
     states: cost.PreviewStates | None = None
@@ -251,7 +253,7 @@ def build_json(
 def _cold_start_s(cfg, plan) -> float | None:
     """Boot -> first token on the stack's own worker type; None for owned hosts or no fit."""
     from infra.catalog import load_catalog
-    from infra.coldstart import estimate
+    from infra.stack.coldstart import estimate
 
     if cfg.provider != "aws" or not plan.fits:
         return None

@@ -65,7 +65,7 @@ def _wait_direct(outputs: dict, timeout: float) -> bool:
 
 
 def _wait(cfg, outputs: dict, timeout: float) -> bool:
-    from infra.outputs import OutputsError, StackOutputs
+    from infra.stack.outputs import OutputsError, StackOutputs
 
     try:
         o = StackOutputs.parse(outputs)
@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
         args = _args_or_fail(stack, config)
         cfg = config_or_fail(stack, config)
         if not skip_preflight:
-            from infra import preflight as pf
+            from infra import account_check as pf
             from infra.commands.preflight import run_for_stack, show
 
             checks = run_for_stack(cfg)

@@ -1,4 +1,4 @@
-"""`llmfleet local up|status|down|chat`: the production cluster shape on this machine (ray_cluster.local)."""
+"""`llmfleet local up|status|down|chat`: the production cluster shape on this machine (infra.local.cluster)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ UP_HELP = (
 
 def _progress_stages():
     """A rich progress display of the `up` stages on stderr; returns (progress, on_stage)."""
-    from ray_cluster.local import STAGES
+    from infra.local.cluster import STAGES
 
     labels = dict(STAGES)
     progress = Progress(
@@ -104,9 +104,9 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds per wait.")] = 600.0,
         as_json: JsonOpt = False,
     ) -> None:
-        from ray_cluster.hosts import HostsError
-        from ray_cluster.local import LocalError, UpOptions, public_doc, up
-        from ray_cluster.serve_config import ServeConfigError
+        from infra.local.cluster import LocalError, UpOptions, public_doc, up
+        from infra.local.hosts import HostsError
+        from infra.rayconf.serve_config import ServeConfigError
 
         opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout)
         progress, on_stage = _progress_stages()
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
     @local.command("status")
     def status_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
         """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion."""
-        from ray_cluster.local import LocalError, status
+        from infra.local.cluster import LocalError, status
 
         try:
             rep = status(name)
@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
     @local.command("down")
     def down_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
         """Stop supervisors and every Ray process of the hosts, delete namespaces, state and token."""
-        from ray_cluster.local import down
+        from infra.local.cluster import down
 
         removed = down(name)
         if as_json:
@@ -184,8 +184,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Ask the local endpoint one question (openai client) and print the assistant's reply."""
-        from ray_cluster.local import LocalError, chat
-        from ray_cluster.tiny_model import is_tiny_model_id
+        from infra.local.cluster import LocalError, chat
+        from infra.local.tiny_model import is_tiny_model_id
 
         try:
             r = chat(message, name, max_tokens, temperature)

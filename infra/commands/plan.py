@@ -10,7 +10,7 @@ from rich.table import Table
 from infra.commands._common import JsonOpt, console, fail, print_json
 
 if TYPE_CHECKING:
-    from infra.planner import CompareRow, Plan
+    from infra.stack.planner import CompareRow, Plan
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -141,7 +141,7 @@ def render_compare(rows: list[CompareRow], model: str, concurrency: int) -> None
         )
     console.print(t)
     console.print(
-        "USD/h: GPU workers on demand (us-east-1, instance catalog); speeds: infra/perf.py, fitted on "
+        "USD/h: GPU workers on demand (us-east-1, instance catalog); speeds: infra/stack/perf.py, fitted on "
         "infra/catalog/calibration.yaml",
         highlight=False,
         soft_wrap=True,
@@ -185,8 +185,8 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 = fits, 3 = does not fit (the plan is still printed), 2 = bad input.
         """
-        from infra.planner import PlanInputError, plan
-        from infra.planner import compare as compare_gpus
+        from infra.stack.planner import PlanInputError, plan
+        from infra.stack.planner import compare as compare_gpus
 
         common = dict(
             quantization=quantization,

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
 
         Exit 1 when any mandatory policy is violated, 0 otherwise.
         """
-        from infra.policy_runner import run_policies, stack_policy_config
+        from policy.runner import run_policies, stack_policy_config
 
         cap = capture_or_fail(stack, config)
         report = run_policies(cap.resources, stack_policy_config(cap.config))

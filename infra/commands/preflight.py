@@ -12,7 +12,7 @@ STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 def run_for_stack(cfg, clients=None):
     """The checks for one validated StackConfig (clients default to plain boto3 clients in its region)."""
-    from infra import preflight as pf
+    from infra import account_check as pf
 
     if cfg.provider != "aws":
         fail(f"llmfleet:provider = {cfg.provider!r}: preflight checks an AWS account; allowed: aws")
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         weights upload and an optional capacity reservation. Exit 0 = all pass (warnings
         never fail), 1 = a check failed, 2 = bad input.
         """
-        from infra import preflight as pf
+        from infra import account_check as pf
 
         cfg = config_or_fail(stack, config)
         checks = run_for_stack(cfg)

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         """
         from ray_cluster.nic import NicError
         from ray_cluster.node import NodeError
-        from ray_cluster.preflight import PreflightError, run_preflight
+        from ray_cluster.placement import PreflightError, run_preflight
 
         try:
             r = run_preflight(

@@ -45,7 +45,7 @@ def read_outputs_file(path: Path) -> dict[str, Any]:
 
 def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] | None):
     if outputs is not None:
-        from infra.outputs import OutputsError, StackOutputs
+        from infra.stack.outputs import OutputsError, StackOutputs
 
         data = read_outputs_file(outputs)
         try:
@@ -58,7 +58,7 @@ def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] |
 
 
 def _emit(doc: dict[str, Any], out: Path | None, what: str) -> None:
-    from ray_cluster.serve_config import to_yaml
+    from infra.rayconf.serve_config import to_yaml
 
     text = to_yaml(doc)
     if out is None:
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Ray cluster-launcher config (local provider, SSM ssh proxy), validated by Ray."""
-        from ray_cluster.cluster_yaml import RenderError, render_validated
+        from infra.rayconf.cluster_yaml import RenderError, render_validated
 
         outs, _cfg = _outputs_and_config(stack, outputs, config)
         try:
@@ -107,9 +107,9 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
-        from infra.planner import PlanInputError
-        from infra.serving import render_for_outputs
-        from ray_cluster.serve_config import ServeConfigError
+        from infra.rayconf.serve_config import ServeConfigError
+        from infra.stack.planner import PlanInputError
+        from infra.stack.serving import render_for_outputs
 
         outs, cfg = _outputs_and_config(stack, outputs, config)
         try:

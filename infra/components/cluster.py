@@ -3,7 +3,7 @@
 Every host: the Deep Learning Base AMI (NVIDIA driver, Docker, NVIDIA container toolkit),
 IMDSv2 only with hop limit 2 (containers reach IMDS through the docker bridge hop), an
 encrypted gp3 root volume, no public IP, the instance profile, user data from
-infra/cloud_init.py. Workers' user data is built from the head's private IP.
+infra/boot/cloud_init.py. Workers' user data is built from the head's private IP.
 
 EFA: where the catalog marks the type EFA-capable, each worker launches with pre-created
 EFA network interfaces (one per EFA network card, in the private subnet, with the cluster
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from infra.ami import AMI_LOOKUP
+from infra.boot.ami import AMI_LOOKUP
+from infra.boot.cloud_init import NodeSpec, render_user_data
 from infra.catalog import InstanceType
-from infra.cloud_init import NodeSpec, render_user_data
 
 BASE_ROOT_GB = 200  # OS + Docker + the vLLM image (~25 GB) + logs, with room for two image versions
 IMDS_HOP_LIMIT = 2

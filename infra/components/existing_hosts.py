@@ -1,7 +1,7 @@
 """ExistingHosts: bootstrap the Ray cluster onto servers you own, over SSH (provider = existing).
 
 One `pulumi_command.remote.Command` per declared host, all parented here. Each runs the
-script `infra.host_bootstrap.render_bootstrap` renders for that host (checks, weights,
+script `infra.boot.ssh_bootstrap.render_bootstrap` renders for that host (checks, weights,
 image, node container); its `triggers` hold the script's sha256, so a change of config,
 image or node code re-runs it, and its `delete` stops the container. Workers wait for the
 head. Two RandomPasswords travel on the commands' stdin (secret), never in the script: the Ray
@@ -24,9 +24,7 @@ import pulumi_docker_build as docker_build
 import pulumi_random as random
 from pulumi_command import remote
 
-from infra.components.secret_token import RAY_TOKEN_LENGTH
-from infra.config import HostSpec, StackConfig
-from infra.host_bootstrap import (
+from infra.boot.ssh_bootstrap import (
     node_spec,
     remote_create_command,
     render_bootstrap,
@@ -34,6 +32,8 @@ from infra.host_bootstrap import (
     stdin_secrets,
     stop_command,
 )
+from infra.components.secret_token import RAY_TOKEN_LENGTH
+from infra.stack.config import HostSpec, StackConfig
 
 TOKEN_LENGTH = 48
 # Fail a host that does not answer within ~2 minutes instead of pulumi-command's 10 x 15 s

@@ -17,11 +17,9 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
-from ray_cluster import HOST_MODULES
-
-# What the Dockerfile copies: images/ and the host-side ray_cluster modules only, so operator
-# edits (local cluster, renderers) never change the tag. .dockerignore admits the same set.
-CONTEXT_PATHS = ("images", *(f"ray_cluster/{m}.py" for m in HOST_MODULES))
+# What the Dockerfile copies: images/ and ray_cluster/ (the host side) only, so operator edits
+# (infra/: renderers, local cluster, CLI) never change the tag. .dockerignore admits the same set.
+CONTEXT_PATHS = ("images", "ray_cluster")
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 
 

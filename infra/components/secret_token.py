@@ -2,7 +2,7 @@
 
 Two of them per AWS stack: the endpoint's bearer token (the head's OpenAI ingress) and the Ray
 cluster token (every node; Ray's ports are already closed to all but the cluster's security
-group, so it is defense in depth). Both are read at boot (infra/cloud_init.py), never put in
+group, so it is defense in depth). Both are read at boot (infra/boot/cloud_init.py), never put in
 user data, and are alphanumeric: they land in a docker `--env-file`, where quotes or `#`
 would be taken literally.
 """

@@ -3,7 +3,7 @@
 Either the configured s3://BUCKET/PREFIX/ (nothing is created), or a private bucket this
 stack creates (public access block, SSE, versioning) with the model id as prefix; the
 operator uploads the checkpoint there (plus an optional manifest.json of sizes/sha256).
-The host-side staging is rendered into the user data by infra/cloud_init.py.
+The host-side staging is rendered into the user data by infra/boot/cloud_init.py.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from infra.offline import capture, redacted_config  # noqa: E402
+from infra.program.offline import capture, redacted_config  # noqa: E402
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 STACK, PROJECT = "prod", "llmfleet"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# llmfleet head bootstrap (rendered by infra/cloud_init.py; do not edit on the host).
+# llmfleet head bootstrap (rendered by infra/boot/cloud_init.py; do not edit on the host).
 set -euo pipefail
 exec > >(tee -a /var/log/llmfleet-boot.log) 2>&1
 export AWS_DEFAULT_REGION=us-east-1
@@ -48,7 +48,7 @@ API_TOKEN=$(ssm_secret /llmfleet/prod/endpoint-token) || die "cannot read SSM pa
 unset RAY_TOKEN API_TOKEN
 umask 022
 
-# The Serve deploy config (rendered by ray_cluster/serve_config.py; no secrets in it).
+# The Serve deploy config (rendered by infra/rayconf/serve_config.py; no secrets in it).
 install -d -m 0755 /etc/llmfleet
 cat > /etc/llmfleet/serve.yaml <<'LLMFLEET_EOF'
 applications:

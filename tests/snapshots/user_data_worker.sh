@@ -1,5 +1,5 @@
 #!/bin/bash
-# llmfleet worker bootstrap (rendered by infra/cloud_init.py; do not edit on the host).
+# llmfleet worker bootstrap (rendered by infra/boot/cloud_init.py; do not edit on the host).
 set -euo pipefail
 exec > >(tee -a /var/log/llmfleet-boot.log) 2>&1
 export AWS_DEFAULT_REGION=us-east-1

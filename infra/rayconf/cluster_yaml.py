@@ -27,16 +27,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ray_cluster import node
+from ray_cluster import contract, node
 
-# The hosts' units (infra/cloud_init.py) name their container llmfleet-<role>; the stack exports
+# The hosts' units (infra/boot/cloud_init.py) name their container llmfleet-<role>; the stack exports
 # the head's as head_container. `ray attach/exec/submit/dashboard` all target the head.
 DEFAULT_HEAD_CONTAINER = "llmfleet-head"
-# Every host's env file (cloud-init writes it from SSM at boot, the existing-hosts bootstrap from
-# its stdin): the Ray cluster token (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token) on every node, plus the
-# endpoint token on the head. `ray attach/exec/submit` run in the container and inherit it.
-# Never in any rendered file.
-HOST_ENV_FILE = "/run/llmfleet/node.env"
+# `ray attach/exec/submit` run in the container and inherit the hosts' env file (the tokens).
+HOST_ENV_FILE = contract.HOST_ENV_FILE
 SHM_SIZE = "16g"  # as the units; moot under --ipc=host, but stops the launcher sizing it
 # The image's entrypoint, spelled out (vLLM images have python3, no `python`).
 NODE_ENTRYPOINT = ("python3", "-m", "ray_cluster.node")

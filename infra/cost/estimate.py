@@ -3,7 +3,7 @@
 Input: the resource list of the offline engine's Capture (dicts with type, name, parent,
 urn, inputs, outputs), or the states of a `pulumi preview --json` file via
 `states_from_preview` (new from `newState`, past from `oldState`). Prices come from an
-`infra.pricing.PriceBook`, usage from an `infra.usage.Usage` (Infracost's usage file).
+`infra.cost.pricing.PriceBook`, usage from an `infra.cost.usage.Usage` (Infracost's usage file).
 
 Line items (monthly = 730 hours, as Infracost):
 - aws:ec2/instance:Instance   instance-hours by type and how they are billed: the instance's own
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from infra import usage as usage_mod
-from infra.pricing import SAVINGS_PLAN_FRACTIONS, Price, PriceBook, PriceError
-from infra.usage import Usage
+from infra.cost import usage as usage_mod
+from infra.cost.pricing import SAVINGS_PLAN_FRACTIONS, Price, PriceBook, PriceError
+from infra.cost.usage import Usage
 
 HOURS_PER_MONTH = Decimal(730)
 INFRACOST_JSON_VERSION = "0.2"
@@ -263,7 +263,7 @@ def _tags(res: Resource) -> Mapping[str, str]:
 
 @dataclass(frozen=True)
 class CapacityBlock:
-    """What is known about one Capacity Block (from EC2, see infra.capacity_block). Any field may
+    """What is known about one Capacity Block (from EC2, see infra.cost.capacity_block). Any field may
     be None offline; the fee then comes from the snapshot's per-instance-hour rate."""
 
     reservation_id: str
@@ -717,7 +717,7 @@ def estimate_monthly_usd(
     """Total monthly USD of a resource set: the number the budget policy compares with
     `llmfleet:maxMonthlyUsd`. Uses the bundled snapshot unless a price book is given."""
     if price_book is None:
-        from infra.pricing import snapshot_book
+        from infra.cost.pricing import snapshot_book
 
         price_book = snapshot_book(region)
     return price_resources(

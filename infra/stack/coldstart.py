@@ -1,6 +1,6 @@
 """Cold start: how long from `pulumi up` booting a GPU worker to its first token, term by term.
 
-Every worker runs the same sequence (infra/cloud_init.py), all workers in parallel, so the
+Every worker runs the same sequence (infra/boot/cloud_init.py), all workers in parallel, so the
 cluster is ready when one worker is:
 
 1. instance boot: request -> user data running;
@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from infra.catalog import InstanceType, Model, load_catalog
+from infra.constants import S3_MAX_CONCURRENT_REQUESTS
 
 GB = 1e9
 GIB = 1024**3
@@ -71,8 +72,6 @@ def _gbps(bits_per_s: float) -> str:
 
 def estimate(model: Model, instance: InstanceType, pipeline_parallel: int, ttft_s: float) -> ColdStart:
     """Boot -> first token on `instance` for `model` split into `pipeline_parallel` stages."""
-    from infra.cloud_init import S3_MAX_CONCURRENT_REQUESTS
-
     nic = instance.network_gbps * 1e9
     terms: list[Term] = []
 
@@ -145,7 +144,7 @@ def estimate(model: Model, instance: InstanceType, pipeline_parallel: int, ttft_
             "first token",
             ttft_s,
             f"TTFT at the planned input length: {ttft_s:.2f} s",
-            "infra/perf.py prefill model",
+            "infra/stack/perf.py prefill model",
         )
     )
     return ColdStart(instance.name, sum(t.seconds for t in terms), tuple(terms))

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-SNAPSHOT_PATH = Path(__file__).parent / "catalog" / "prices_aws.yaml"
+SNAPSHOT_PATH = Path(__file__).resolve().parent.parent / "catalog" / "prices_aws.yaml"
 SNAPSHOT_REGION = "us-east-1"  # the region the instance catalog's on-demand prices are for
 CACHE_TTL_S = 24 * 3600
 PRICING_API_REGION = "us-east-1"  # Price List API is served only from us-east-1, eu-central-1, ap-south-1

@@ -13,7 +13,7 @@ Memory model (per GPU, the worst pipeline stage decides):
   replicated on every TP rank and split by PP; GQA K and V heads are split by TP down
   to one head per rank.
 
-Speed model (infra/perf.py has the details and the calibration):
+Speed model (infra/stack/perf.py has the details and the calibration):
 - ceiling: a roofline per decode step at a batch of B sequences. Every stage must read
   its dense weights, the experts the batch touches (expected distinct experts under
   uniform routing, B tokens x k picks of E) and the batch's KV at the average context,
@@ -27,7 +27,7 @@ Speed model (infra/perf.py has the details and the calibration):
   quantization on published DeepSeek-R1/V3 measurements (catalog/calibration.yaml).
   Reported both per user (TPOT, tokens/s of one stream) and for the cluster.
 - TTFT: one prompt of input_len through every stage, compute-bound at long prompts.
-- cold start: boot -> first token on the layout's AWS instance type (infra/coldstart.py).
+- cold start: boot -> first token on the layout's AWS instance type (infra/stack/coldstart.py).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from infra import perf
-from infra.arch import (  # noqa: F401  (re-exported: the planner's public arithmetic)
+from infra.catalog import load_catalog
+from infra.stack import perf
+from infra.stack.arch import (  # noqa: F401  (re-exported: the planner's public arithmetic)
     BYTES_PER_PARAM,
     GIB,
     QUANTIZATIONS,
@@ -53,12 +54,11 @@ from infra.arch import (  # noqa: F401  (re-exported: the planner's public arith
     stage_weight_bytes_per_gpu,
     stages,
 )
-from infra.catalog import load_catalog
-from infra.coldstart import ColdStart, instance_for
-from infra.coldstart import estimate as estimate_cold_start
+from infra.stack.coldstart import ColdStart, instance_for
+from infra.stack.coldstart import estimate as estimate_cold_start
 
 if TYPE_CHECKING:
-    from infra.config import StackConfig
+    from infra.stack.config import StackConfig
 
 # CUDA context, NCCL buffers, cuda-graph pools and the activation peak of a prefill chunk.
 RUNTIME_OVERHEAD_GIB = 2.0

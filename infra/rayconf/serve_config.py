@@ -248,7 +248,7 @@ def export_schema() -> dict[str, Any]:
     schema = ServeDeploySchema.model_json_schema()
     schema["$comment"] = (
         f"ray.serve.schema.ServeDeploySchema.model_json_schema() of ray {ray.__version__}; "
-        "regenerate: python -m ray_cluster.serve_config --export-schema"
+        "regenerate: python -m infra.rayconf.serve_config --export-schema"
     )
     return schema
 

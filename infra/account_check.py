@@ -17,7 +17,7 @@ from typing import Any, Literal
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.ami import AMI_NAME, AMI_OWNERS, boto3_describe_images_args
+from infra.boot.ami import AMI_NAME, AMI_OWNERS, boto3_describe_images_args
 
 Status = Literal["pass", "fail", "warn"]
 GIB = 1024**3
@@ -437,7 +437,7 @@ def _offering_hint(ec2: Any, inp: PreflightInputs, hours: int) -> str:
         f"aws ec2 describe-capacity-block-offerings --instance-type {inp.instance_type} "
         f"--instance-count {inp.workers} --capacity-duration-hours {hours}"
     )
-    from infra import capacity_block as cb
+    from infra.cost import capacity_block as cb
 
     try:
         found = cb.offerings(ec2, inp.instance_type, inp.workers, hours)
@@ -459,7 +459,7 @@ def _offering_hint(ec2: Any, inp: PreflightInputs, hours: int) -> str:
 
 def check_capacity_block(ec2: Any, inp: PreflightInputs, now: dt.datetime | None = None) -> Check:
     """The Capacity Block against the plan: type, AZ, instance count, and its time window."""
-    from infra import capacity_block as cb
+    from infra.cost import capacity_block as cb
 
     name = "capacity-block"
     rid = inp.capacity_block_id

@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from infra.arch import (
+from infra.catalog import Calibration, Gpu, Model, load_catalog
+from infra.stack.arch import (
     BYTES_PER_PARAM,
     SCALE_BYTES_PER_PARAM,
     UNQUANTIZED_BYTES,
@@ -50,7 +51,6 @@ from infra.arch import (
     kv_bytes_per_token_layer_per_gpu,
     stages,
 )
-from infra.catalog import Calibration, Gpu, Model, load_catalog
 
 DEFAULT_ENGINE = "vllm"  # what llmfleet deploys (Ray Serve LLM + vLLM)
 RIDGE = 0.1  # penalty on the engine / quantization log-terms (pulls data-poor groups to the pool)

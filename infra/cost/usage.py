@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from infra.pricing import PriceError
+from infra.cost.pricing import PriceError
 
 VERSION = "0.1"
 

@@ -26,15 +26,14 @@ import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from infra import cloud_init
-from infra.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
-from ray_cluster import cluster_yaml as cy
+from infra.boot import cloud_init
+from infra.boot.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
+from ray_cluster.contract import HOST_ENV_FILE  # cloud-init writes the same file
 from ray_cluster.node import GCS_PORT, head_start_command, shell_command, worker_start_command
 
 if TYPE_CHECKING:
-    from infra.config import HostSpec, StackConfig
+    from infra.stack.config import HostSpec, StackConfig
 
-HOST_ENV_FILE = cy.HOST_ENV_FILE  # every node container's --env-file (cloud-init writes the same)
 DRY_RUN_PREFIX = "dry-run:"
 MESSAGE_PREFIX = "llmfleet-bootstrap:"
 ECR_RE = re.compile(r"^(?P<registry>\d{12}\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com)/")
@@ -74,7 +73,7 @@ def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str, pl
     worker = host.role == "worker"
     serve: dict = {}
     if not worker:
-        from infra.serving import serve_config_yaml
+        from infra.stack.serving import serve_config_yaml
 
         plan = plan or cfg.plan()
         serve = dict(
@@ -227,7 +226,7 @@ def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: 
     lines = [
         "#!/usr/bin/env bash",
         f"# llmfleet bootstrap of {host.role} {host.address} (stack {cfg.stack}); rendered by",
-        "# infra/host_bootstrap.py -- edit the stack config, not this script.",
+        "# infra/boot/ssh_bootstrap.py -- edit the stack config, not this script.",
         f"# The container's node module runs: {shell_command(ray_argv(host, head_ip))}",
         "set -euo pipefail",
         "",

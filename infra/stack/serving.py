@@ -1,6 +1,6 @@
 """The Serve config of a stack: ServeInputs from its config, plan and outputs (operator side).
 
-ray_cluster.serve_config renders and validates the document from ServeInputs alone; this module
+infra.rayconf.serve_config renders and validates the document from ServeInputs alone; this module
 is what knows the stack: the catalog (served model id, native dtype, EFA) and the outputs'
 layout. Both programs, `llmfleet render`, `llmfleet up` and the on-prem bootstrap call it.
 """
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from infra.catalog import load_catalog
-from ray_cluster.serve_config import (
+from infra.rayconf.serve_config import (
     DEFAULT_TOKEN_ENV,
     ServeConfigError,
     ServeInputs,

@@ -526,7 +526,7 @@ class StackConfig(BaseModel):
         return {**self.tags, "Project": "llmfleet", "llmfleet:stack": self.stack}
 
     def plan(self):
-        from infra.planner import plan_for_stack
+        from infra.stack.planner import plan_for_stack
 
         return plan_for_stack(self)
 
@@ -593,14 +593,6 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
         return StackConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_one_line(e, data)) from None
-
-
-def runtime_stack_config(stack: str) -> StackConfig:
-    """The StackConfig of the stack Pulumi is running (program or policy pack): the config the
-    CLI hands over (PULUMI_CONFIG, or set_all_config under mocks)."""
-    from pulumi.runtime.config import CONFIG, get_config_env
-
-    return load_stack_config({**get_config_env(), **CONFIG.get()}, stack)
 
 
 def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:

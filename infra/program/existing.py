@@ -18,7 +18,7 @@ from typing import Any
 
 import pulumi
 
-from infra.config import StackConfig
+from infra.stack.config import StackConfig
 
 
 def node_image(cfg: StackConfig) -> pulumi.Input[str]:
@@ -63,10 +63,10 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
 
 
 def build_existing(cfg: StackConfig) -> dict[str, Any]:
+    from infra.boot.ssh_bootstrap import node_spec
     from infra.components.existing_hosts import ExistingHosts, ExistingHostsArgs
     from infra.constants import SSH_USER, cluster_name
-    from infra.host_bootstrap import node_spec
-    from infra.serving import serving_outputs
+    from infra.stack.serving import serving_outputs
 
     head = cfg.head_host
     assert head is not None  # StackConfig requires exactly one head for provider=existing

@@ -4,7 +4,7 @@ Both programs (AWS and existing hosts) write exactly these keys (`check_keys`, r
 export); `llmfleet render`, `llmfleet up` and its readiness wait parse `pulumi stack output
 --json` into this model instead of reading string keys one by one. A key a consumer needs and a
 program forgot is then a one-line error at the program, not a silent default later.
-(ray_cluster.cluster_yaml validates the subset cluster.yaml needs with its own model: that
+(infra.rayconf.cluster_yaml validates the subset cluster.yaml needs with its own model: that
 module runs without infra.)
 """
 
@@ -32,7 +32,7 @@ class StackOutputs(BaseModel):
     worker_private_ips: list[str]
     image_ref: str
     ssh_user: str
-    # serving: what the renderers and readiness need (infra.serving.serving_outputs)
+    # serving: what the renderers and readiness need (infra.stack.serving.serving_outputs)
     model: str
     served_model: str  # the id the Serve app serves; clients and readiness send it as "model"
     model_path: str
@@ -69,7 +69,7 @@ class StackOutputs(BaseModel):
         fields = cls.model_fields
         unknown = sorted(set(outputs) - set(fields))
         if unknown:
-            raise OutputsError(f"stack output {unknown[0]!r} is not in StackOutputs; declare it in infra/outputs.py")
+            raise OutputsError(f"stack output {unknown[0]!r} is not in StackOutputs; declare it in infra/stack/outputs.py")
         missing = sorted(k for k, f in fields.items() if f.is_required() and k not in outputs)
         if missing:
             raise OutputsError(f"stack output {missing[0]!r} is missing: the program must export it")

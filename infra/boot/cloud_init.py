@@ -25,9 +25,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from infra.constants import S3_MAX_CONCURRENT_REQUESTS
 from ray_cluster import contract
-from ray_cluster.cluster_yaml import HOST_ENV_FILE
-from ray_cluster.contract import GCS_PORT
+from ray_cluster.contract import GCS_PORT, HOST_ENV_FILE
 
 TOKEN_ENV = contract.TOKEN_ENV
 # Ray 2.60 token auth: every node and driver runs RAY_AUTH_MODE=token with the same token.
@@ -39,7 +39,6 @@ NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
 READY_MARKER = ".llmfleet-ready"
 # One S3 connection tops out near 5 Gbps (FACTS.md), so the copy runs many ranged GETs at
 # once: 64 connections x 64 MiB parts keeps a 100-400 Gbps NIC busy.
-S3_MAX_CONCURRENT_REQUESTS = 64
 S3_MULTIPART_CHUNKSIZE = "64MB"
 # Files the head's OpenAI ingress reads (tokenizer, chat template, config): no weight shards.
 HEAD_INCLUDES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
@@ -138,7 +137,7 @@ def docker_run_argv(spec: NodeSpec) -> list[str]:
 
 def _header(spec: NodeSpec) -> str:
     return f"""#!/bin/bash
-# llmfleet {spec.role} bootstrap (rendered by infra/cloud_init.py; do not edit on the host).
+# llmfleet {spec.role} bootstrap (rendered by infra/boot/cloud_init.py; do not edit on the host).
 set -euo pipefail
 exec > >(tee -a /var/log/llmfleet-boot.log) 2>&1
 export AWS_DEFAULT_REGION={shlex.quote(spec.region)}
@@ -373,7 +372,7 @@ def _serve_config_file(spec: NodeSpec) -> str:
     if "LLMFLEET_EOF" in spec.serve_config:
         raise ValueError("serve_config must not contain the heredoc marker LLMFLEET_EOF")
     return f"""
-# The Serve deploy config (rendered by ray_cluster/serve_config.py; no secrets in it).
+# The Serve deploy config (rendered by infra/rayconf/serve_config.py; no secrets in it).
 install -d -m 0755 {CONFIG_DIR}
 cat > {SERVE_CONFIG_PATH} <<'LLMFLEET_EOF'
 {spec.serve_config.rstrip()}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from infra.cost import (
+from infra.cost.estimate import (
     INFRACOST_JSON_VERSION,
     CostComponent,
     Estimate,
@@ -30,7 +30,7 @@ from infra.cost import (
     dec,
     usd_per_million_tokens,
 )
-from infra.pricing import PriceError
+from infra.cost.pricing import PriceError
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Infracost writes for an unknown commit time (Go's zero time)
 Json = dict[str, Any]

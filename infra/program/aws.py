@@ -1,8 +1,4 @@
-"""Composition of the stack: typed config -> plan -> components -> stack outputs.
-
-Kept out of __main__.py so tests can import it; __main__.py only exports what this returns.
-`provider: existing` (hosts you own, bootstrapped over SSH) branches off into its own module.
-"""
+"""The AWS program: VPC, registry + image, IAM, weights bucket, GPU instances, NLB -> outputs."""
 
 from __future__ import annotations
 
@@ -12,22 +8,9 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.catalog import load_catalog
-from infra.config import ConfigError, StackConfig, runtime_stack_config
 from infra.constants import DASHBOARD_PORT, RAY_VERSION, REPO_ROOT, SSH_USER, cluster_name
-from infra.outputs import OutputsError, StackOutputs
-from infra.serving import serve_config_yaml, serving_outputs
-from ray_cluster.serve_config import ServeConfigError
-
-__all__ = ["RAY_VERSION", "REPO_ROOT", "SSH_USER", "build", "cluster_name", "read_config"]
-
-
-def read_config() -> StackConfig:
-    """The validated StackConfig of the running stack (config comes from Pulumi)."""
-    try:
-        return runtime_stack_config(pulumi.get_stack())
-    except ConfigError as e:
-        # One line, no traceback: pulumi shows the message as the program's error.
-        raise pulumi.RunError(str(e)) from None
+from infra.stack.config import StackConfig
+from infra.stack.serving import serve_config_yaml, serving_outputs
 
 
 def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
@@ -195,19 +178,3 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
         "ssh_user": SSH_USER,
         **serving_outputs(cfg, plan, workers),
     }
-
-
-def build() -> dict[str, Any]:
-    cfg = read_config()
-    try:
-        if cfg.provider == "existing":
-            from infra.program_existing import build_existing  # hosts you own, bootstrapped over SSH
-
-            outputs = build_existing(cfg)
-        else:
-            outputs = build_aws(cfg)
-        StackOutputs.check_keys(outputs)  # the outputs contract every consumer parses
-        return outputs
-    except (ServeConfigError, OutputsError) as e:
-        # One line, no traceback: the Serve config the head would deploy is invalid.
-        raise pulumi.RunError(str(e)) from None

@@ -33,9 +33,9 @@ from pulumi_policy import (
 from pulumi_policy.policy import _NotApplicableError
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
-from infra.config import StackConfig
+from infra.stack.config import StackConfig
 
-OFFLINE_UNKNOWN = "[unknown]"  # infra.offline's placeholder for a value unknown at registration
+OFFLINE_UNKNOWN = "[unknown]"  # infra.program.offline's placeholder for a value unknown at registration
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,7 @@ def run_for_stack(
     stack: str, overrides: Sequence[str] = (), extra_config: Mapping[str, Mapping[str, Any]] | None = None
 ) -> tuple[Any, Report]:
     """Capture the stack with the offline engine and run the pack on it."""
-    from infra.offline import capture
+    from infra.program.offline import capture
 
     cap = capture(stack, overrides)
     config = merge_config(stack_policy_config(cap.config), extra_config or {})

@@ -14,7 +14,7 @@ Layout, as in production:
   RESTART_DELAY_S (as the production unit's restart policy does); the node rejoins and Serve
   places that replica again while the other replicas keep answering.
 
-Each host's node runs under a supervisor (`python -m ray_cluster.local supervise`) inside the
+Each host's node runs under a supervisor (`python -m infra.local.cluster supervise`) inside the
 host (network namespace when root, else a loopback address). The deploy is the production flow,
 `python -m ray_cluster.node deploy` run in the head host: wait for TP x PP GPUs -> preflight ->
 serve deploy -> ready after a real completion.
@@ -40,8 +40,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ray_cluster import contract, hosts
-from ray_cluster.hosts import Host, HostSet
+from infra.constants import REPO_ROOT
+from infra.local import hosts
+from infra.local.hosts import Host, HostSet
+from ray_cluster import contract
 
 STATE_DIR_ENV = "LLMFLEET_STATE_DIR"
 DEFAULT_NAME = "local"
@@ -243,7 +245,7 @@ def render_local_serve_config(
     model_id: str, model_dir: str, layout: Layout, head_ip: str, http_port: int
 ) -> dict:
     """The production Serve config (serve_config.render_serve_config) on the CPU device."""
-    from ray_cluster.serve_config import ServeInputs, render_serve_config, validate_serve_config
+    from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
 
     doc = render_serve_config(
         ServeInputs(
@@ -441,7 +443,7 @@ Progress = Callable[[str, str], None]  # (stage key, detail)
 
 
 def _node_env(token: str) -> dict[str, str]:
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(REPO_ROOT)
     pp = os.environ.get("PYTHONPATH")
     return {
         TOKEN_ENV: token,  # every node's Ray workers inherit it; the ingress reads it there
@@ -451,7 +453,7 @@ def _node_env(token: str) -> dict[str, str]:
 
 
 def _start_supervisor(host: Host, argv: list[str], env: dict, restart: float | None, log: Path) -> int:
-    cmd = [sys.executable, "-m", "ray_cluster.local", "supervise"]
+    cmd = [sys.executable, "-m", "infra.local.cluster", "supervise"]
     cmd += ["--restart-delay", f"{restart:g}"] if restart is not None else ["--no-restart"]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
@@ -564,7 +566,7 @@ def _check_ports_free(ip: str, ports: Ports) -> None:
 
 def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     """Create the hosts, start the nodes, run the production deploy flow; returns the state."""
-    from ray_cluster.tiny_model import MODEL_ID, ensure_tiny_model
+    from infra.local.tiny_model import MODEL_ID, ensure_tiny_model
 
     layout = plan_layout(o.hosts, o.tp, o.pp)
     mode = resolve_mode(o.mode, hosts.is_root())
@@ -888,7 +890,7 @@ def supervise(argv: list[str], restart_delay: float | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_cluster.local")
+    p = argparse.ArgumentParser(prog="python -m infra.local.cluster")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("supervise", help="run a node command, restarting it when it exits")
     g = s.add_mutually_exclusive_group()

@@ -1,0 +1,1 @@
+"""Cost: price books (snapshot / live Price List API), usage files, Infracost JSON, capacity blocks."""
