@@ -34,7 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # vLLM logs to stdout by default once imported; stdout is this script's report.
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
-from infra.local import cluster as local  # noqa: E402
+from infra.local import (
+    cluster,  # noqa: E402
+    layout,  # noqa: E402
+    state,  # noqa: E402
+)
 from infra.local.tiny_model import MODEL_ID, ensure_tiny_model  # noqa: E402
 
 PROMPT = "A GPU cluster is a group of hosts that each carry several graphics processors."
@@ -124,12 +128,12 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     cmd += ["--served-model-name", MODEL_ID, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--api-key", token, "--dtype", "float32"]
-    cmd += ["--max-model-len", str(local.MAX_MODEL_LEN), "--enable-prefix-caching", "--enable-chunked-prefill"]
+    cmd += ["--max-model-len", str(layout.MAX_MODEL_LEN), "--enable-prefix-caching", "--enable-chunked-prefill"]
     cmd += ["--enforce-eager"]  # as the CPU Serve config at PP 1 (infra/rayconf/serve_config.py)
     env = {
         **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": str(local.CPU_KVCACHE_GIB),
-        "VLLM_CPU_OMP_THREADS_BIND": local.omp_threads_bind(1),
+        "VLLM_CPU_KVCACHE_SPACE": str(layout.CPU_KVCACHE_GIB),
+        "VLLM_CPU_OMP_THREADS_BIND": layout.omp_threads_bind(1),
         "HF_HUB_OFFLINE": "1",
     }
     with tempfile.TemporaryFile() as logf:
@@ -146,14 +150,14 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
 
 
 def bench_ray_serve(args: argparse.Namespace) -> dict:
-    os.environ.setdefault(local.STATE_DIR_ENV, tempfile.mkdtemp(prefix="llmf-bench-"))
+    os.environ.setdefault(state.STATE_DIR_ENV, tempfile.mkdtemp(prefix="llmf-bench-"))
     name = "bench"
-    st = local.up(local.UpOptions(hosts=2, name=name, subnet=7, port=free_port(), timeout=900))
+    st = cluster.up(cluster.UpOptions(hosts=2, name=name, subnet=7, port=free_port(), timeout=900))
     try:
         base = st["endpoint"][: -len("/v1")]
-        return asyncio.run(measure(base, local.read_token(st), args.tokens, args.samples, args.concurrency, args.rounds))
+        return asyncio.run(measure(base, state.read_token(st), args.tokens, args.samples, args.concurrency, args.rounds))
     finally:
-        local.down(name)
+        cluster.down(name)
 
 
 def run(args: argparse.Namespace) -> dict:

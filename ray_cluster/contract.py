@@ -8,6 +8,8 @@ runs in the image and on the operator's machine alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 HTTP_PORT = 8000
@@ -18,6 +20,13 @@ SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"
 # its stdin): the Ray cluster token (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token) on every node, plus the
 # endpoint token on the head. Every node container gets it as --env-file; never in a rendered file.
 HOST_ENV_FILE = "/run/llmfleet/node.env"
+# The head host directory holding the Serve config its deploy unit applies (mounted read-only).
+HOST_CONFIG_DIR = "/etc/llmfleet"
+MODEL_PATH_ENV = "LLMFLEET_MODEL_PATH"  # where the checkpoint sits inside the node container
+NODE_MODULE = "ray_cluster.node"
+# The image's ENTRYPOINT, spelled out (vLLM images have python3, no `python`).
+IMAGE_ENTRYPOINT = ("python3", "-m", NODE_MODULE)
+SHM_SIZE = "16g"  # moot under --ipc=host, but stops launchers sizing it
 
 # Device kinds a cluster's workers can be. "gpu": the production hosts. "cpu": vLLM's CPU build
 # (the local cluster); vLLM's Ray executor refuses CPU, so one replica's ranks stay on one host.
@@ -117,3 +126,81 @@ def node_deploy_argv(
     if model:
         argv += ["--model", model]
     return argv + ["--timeout", f"{timeout:g}"]
+
+
+# ----------------------------------------------------------------------------- node argv
+# The one home of `python -m ray_cluster.node head|worker` arguments: the EC2 units
+# (cloud-init), the SSH bootstrap, cluster.yaml and the local cluster all build them here.
+
+
+def node_command(python: str) -> list[str]:
+    return [python, "-m", NODE_MODULE]
+
+
+def head_args(*, ip: str | None, block: bool = True, options: Sequence[str] = ()) -> list[str]:
+    """Arguments after the node entrypoint for a head. `options`: launcher-specific extras
+    (ports, --num-cpus, ...), which the node CLI validates."""
+    argv = ["head"] + (["--ip", ip] if ip is not None else [])
+    return argv + list(options) + (["--block"] if block else [])
+
+
+def worker_args(
+    *,
+    address: str,
+    gpus: int,
+    gpu_model: str | None = None,
+    device: str = "gpu",
+    cpu_slots: int | None = None,
+    ip: str | None = None,
+    block: bool = True,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """Arguments after the node entrypoint for a worker. ip=None: the node takes its source IP
+    towards the head (one argv serves every worker)."""
+    argv = ["worker", "--address", address, "--num-gpus", str(gpus)]
+    if gpu_model:
+        argv += ["--gpu-model", gpu_model]
+    if check_device(device) == "cpu":
+        if not cpu_slots or cpu_slots < 1:
+            raise ContractError(f"cpu_slots = {cpu_slots!r}: a CPU worker needs cpu_slots >= 1")
+        argv += ["--device", "cpu", "--cpu-slots", str(cpu_slots)]
+    argv += ["--ip", ip] if ip is not None else []
+    return argv + list(options) + (["--block"] if block else [])
+
+
+# ----------------------------------------------------------------------------- docker run
+def docker_run_options(
+    role: str,
+    model_path: str,
+    *,
+    device: str = "gpu",
+    config_dir: str | None = None,
+    env_file: str = HOST_ENV_FILE,
+) -> list[tuple[str, str]]:
+    """The node container's `docker run` options as (flag, value) pairs, after its name and
+    restart policy: the EC2 units and SSH bootstrap render them as argv, cluster.yaml as
+    `--flag=value` run_options, the local cluster's image mode as argv. Host network: Ray and
+    NCCL bind the host's private IP. The checkpoint is mounted read-only; the env file holds
+    the tokens (never in argv)."""
+    opts = [
+        ("--network", "host"),
+        ("--ipc", "host"),
+        ("--shm-size", SHM_SIZE),
+        ("--ulimit", "memlock=-1"),
+        ("--volume", f"{model_path}:{model_path}:ro"),
+        ("--env", f"{MODEL_PATH_ENV}={model_path}"),
+        ("--env-file", env_file),
+    ]
+    if role == "head":
+        if config_dir:  # the Serve config the head's deploy unit reads
+            opts.append(("--volume", f"{config_dir}:{config_dir}:ro"))
+    elif role == "worker":
+        if check_device(device) == "gpu":
+            opts.append(("--gpus", "all"))
+    else:
+        raise ContractError(f"role = {role!r}: allowed: head, worker")
+    return opts
+
+
+def docker_argv(options: list[tuple[str, str]]) -> list[str]:
+    return [x for pair in options for x in pair]

@@ -92,11 +92,17 @@ def test_ray_rejection_carries_rays_message(outputs):
 
 
 def test_docker_section(outputs):
+    from infra.boot.cloud_init import docker_run_argv
+
     d = cy.render_cluster_yaml(outputs)["docker"]
     assert d["container_name"] == "llmfleet-head" and d["pull_before_run"] is True
-    assert "--gpus all" in d["worker_run_options"] and "--gpus all" not in d["head_run_options"]
-    assert {"--ipc=host", "--ulimit memlock=-1"} <= set(d["run_options"])
-    assert any(o.startswith("--shm-size=") for o in d["run_options"])
+    assert "--gpus=all" in d["worker_run_options"] and "--gpus=all" not in d["head_run_options"]
+    for role in ("head", "worker"):
+        # the node contract's options, as the units pass them (minus the network: see below)
+        unit = docker_run_argv(_spec(role, outputs))
+        pairs = list(zip(unit[7::2], unit[8::2], strict=True))  # after docker run --detach --name N --restart P
+        assert d[f"{role}_run_options"] == [f"{k}={v}" for k, v in pairs if k != "--network"]
+        assert {"--ipc=host", "--ulimit=memlock=-1"} <= set(d[f"{role}_run_options"])
     # Ray adds --net=host to `docker run` itself; a second network flag makes Docker fail.
     from ray.autoscaler._private.docker import docker_start_cmds
 

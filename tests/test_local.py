@@ -26,10 +26,9 @@ import openai
 import pytest
 import yaml
 
-from infra.local import cluster as local
-from infra.local import hosts
-from infra.local.cluster import LocalError
+from infra.local import hosts, layout, processes, state, status
 from infra.local.hosts import Host
+from infra.local.layout import LocalError
 from infra.local.tiny_model import MODEL_ID
 from ray_cluster import node
 
@@ -52,8 +51,8 @@ def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProc
 
 
 def test_layout_is_one_replica_per_worker_host():
-    assert local.plan_layout(2) == local.Layout(2, tp=1, pp=1)
-    lay = local.plan_layout(4, 2, 2)
+    assert layout.plan_layout(2) == layout.Layout(2, tp=1, pp=1)
+    lay = layout.plan_layout(4, 2, 2)
     assert (lay.replicas, lay.ranks_per_host) == (3, 4)
 
 
@@ -68,44 +67,44 @@ def test_layout_is_one_replica_per_worker_host():
 )
 def test_layout_rejects_bad_sizes_in_one_line(args, needle):
     with pytest.raises(LocalError) as e:
-        local.plan_layout(*args)
+        layout.plan_layout(*args)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_omp_binding_gives_each_rank_a_core_and_hosts_different_cores():
-    assert local.omp_threads_bind(1, cpus=2) == "0"
-    assert local.omp_threads_bind(1, cpus=2, worker_index=1) == "1"
-    assert local.omp_threads_bind(2, cpus=2) == "0|1"
-    assert local.omp_threads_bind(4, cpus=2) == "0|1|0|1"
-    assert local.omp_threads_bind(2, cpus=8, worker_index=2) == "4|5"
+    assert layout.omp_threads_bind(1, cpus=2) == "0"
+    assert layout.omp_threads_bind(1, cpus=2, worker_index=1) == "1"
+    assert layout.omp_threads_bind(2, cpus=2) == "0|1"
+    assert layout.omp_threads_bind(4, cpus=2) == "0|1|0|1"
+    assert layout.omp_threads_bind(2, cpus=8, worker_index=2) == "4|5"
 
 
 def test_ports_netns_defaults_and_loopback_disjoint_from_host_ports():
-    assert local.plan_ports("netns", 5, 8000) == local.Ports(6379, 8265, 8000)
-    a, b = local.plan_ports("loopback", 1, 8000), local.plan_ports("loopback", 2, 8000)
+    assert layout.plan_ports("netns", 5, 8000) == layout.Ports(6379, 8265, 8000)
+    a, b = layout.plan_ports("loopback", 1, 8000), layout.plan_ports("loopback", 2, 8000)
     assert {a.gcs, a.dashboard}.isdisjoint({b.gcs, b.dashboard})
-    hs = hosts.plan_hosts("x", local.MAX_HOSTS, "loopback", subnet_index=1)
+    hs = hosts.plan_hosts("x", layout.MAX_HOSTS, "loopback", subnet_index=1)
     used = {int(arg.split("=")[1]) for h in hs.hosts for arg in h.ray_port_args}
     assert {a.gcs, a.dashboard}.isdisjoint(used)
     with pytest.raises(LocalError, match="--subnet 60: allowed 0..44"):
-        local.plan_ports("loopback", 60, 8000)
+        layout.plan_ports("loopback", 60, 8000)
 
 
 def test_mode_resolution():
-    assert local.resolve_mode("auto", root=True) == "netns"
-    assert local.resolve_mode("auto", root=False) == "loopback"
+    assert layout.resolve_mode("auto", root=True) == "netns"
+    assert layout.resolve_mode("auto", root=False) == "loopback"
     with pytest.raises(LocalError, match="--mode netns needs root"):
-        local.resolve_mode("netns", root=False)
+        layout.resolve_mode("netns", root=False)
     with pytest.raises(LocalError, match="--mode 'vm': allowed auto, netns, loopback"):
-        local.resolve_mode("vm", root=True)
+        layout.resolve_mode("vm", root=True)
 
 
 def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
-    lay = local.plan_layout(3, 2)
+    lay = layout.plan_layout(3, 2)
     head, w1, w2 = Host("h0", "10.0.0.10"), Host("h1", "10.0.0.11"), Host("h2", "10.0.0.12")
-    ports = local.Ports(6379, 8265, 8000)
+    ports = layout.Ports(6379, 8265, 8000)
     parser = node.build_parser()
-    h = parser.parse_args(local.node_argv("head", head, head, ports, lay, "/tmp/t")[3:])
+    h = parser.parse_args(layout.node_argv("head", head, head, ports, lay, "/tmp/t")[3:])
     assert (h.cmd, h.ip, h.port, h.block, h.dashboard_host, h.num_cpus) == (
         "head",
         head.ip,
@@ -116,7 +115,7 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
     )
     ray_argv = node.head_start_command(h.ip, port=h.port)
     assert "--num-gpus=0" in ray_argv  # the head never advertises GPUs
-    a = parser.parse_args(local.node_argv("worker", w1, head, ports, lay, "/tmp/t")[3:])
+    a = parser.parse_args(layout.node_argv("worker", w1, head, ports, lay, "/tmp/t")[3:])
     assert (a.cmd, a.address, a.ip, a.num_gpus, a.device, a.cpu_slots, a.num_cpus, a.block) == (
         "worker",
         "10.0.0.10:6379",
@@ -129,8 +128,8 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
     )
     ray_argv = node.worker_start_command(a.address, a.ip, a.num_gpus, device=a.device, cpu_slots=a.cpu_slots)
     assert '--resources={"llmfleet_cpu_worker":2}' in ray_argv and "--num-gpus=0" in ray_argv
-    d = parser.parse_args(local.deploy_argv(head, [w1, w2], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
-    assert (d.tp, d.pp, d.replicas, d.device, d.token_env) == (2, 1, 2, "cpu", local.TOKEN_ENV)
+    d = parser.parse_args(layout.deploy_argv(head, [w1, w2], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
+    assert (d.tp, d.pp, d.replicas, d.device, d.token_env) == (2, 1, 2, "cpu", layout.TOKEN_ENV)
     assert d.expect_workers == f"{w1.ip},{w2.ip}" and d.model == MODEL_ID
     assert d.endpoint == "http://10.0.0.10:8000" and d.dashboard == "http://10.0.0.10:8265"
     # the preflight gangs every replica's ranks across the worker hosts
@@ -138,13 +137,13 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
 
 
 def test_serve_config_is_the_production_app_on_the_cpu_device(tmp_path):
-    doc = local.render_local_serve_config(MODEL_ID, str(tmp_path), local.plan_layout(3, 2), "10.0.0.10", 8001)
+    doc = layout.render_local_serve_config(MODEL_ID, str(tmp_path), layout.plan_layout(3, 2), "10.0.0.10", 8001)
     assert doc["proxy_location"] == "HeadOnly"
     assert doc["http_options"] == {"host": "10.0.0.10", "port": 8001}
     app_ = doc["applications"][0]
     assert app_["import_path"] == "ray_cluster.serve_app:build_app"
     args = app_["args"]
-    assert args["api_token_env"] == local.TOKEN_ENV and "api_token" not in args
+    assert args["api_token_env"] == layout.TOKEN_ENV and "api_token" not in args
     [llm] = args["llm_configs"]
     assert llm["deployment_config"] == {"num_replicas": 2}
     assert llm["engine_kwargs"]["tensor_parallel_size"] == 2 and llm["accelerator_config"] == {"kind": "cpu"}
@@ -183,7 +182,7 @@ HOSTS = [
     ],
 )
 def test_classify_hosts(nodes, running, want):
-    rows = local.classify_hosts(HOSTS, nodes, {"h0": True, "h1": True, **running})
+    rows = status.classify_hosts(HOSTS, nodes, {"h0": True, "h1": True, **running})
     assert [r.status for r in rows] == want
     assert all(r.reason for r in rows if r.status == "lost")
 
@@ -192,7 +191,7 @@ def test_classify_hosts(nodes, running, want):
 
 
 def test_cli_bad_input_and_nothing_running(tmp_path):
-    env = {local.STATE_DIR_ENV: str(tmp_path)}
+    env = {state.STATE_DIR_ENV: str(tmp_path)}
     r = cli("up", "--hosts", "1", env=env)
     assert r.returncode == 2 and "--hosts" in r.stderr and "Traceback" not in r.stderr
     r = cli("down", "--name", "nothing", env=env)
@@ -206,7 +205,7 @@ def test_cli_bad_input_and_nothing_running(tmp_path):
 def test_supervisor_restarts_its_command_and_stops_on_sigterm(tmp_path):
     out = tmp_path / "runs"
     sup = subprocess.Popen(
-        [sys.executable, "-m", "infra.local.cluster", "supervise", "--restart-delay", "0.2", "--"]
+        [sys.executable, "-m", "infra.local.processes", "supervise", "--restart-delay", "0.2", "--"]
         + ["sh", "-c", f"echo run >> {out}; sleep 0.1"],
         stdout=subprocess.DEVNULL,
     )
@@ -236,7 +235,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     mode = os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto")
-    mode = local.resolve_mode(mode, ROOT)
+    mode = layout.resolve_mode(mode, ROOT)
     name = f"lt{os.getpid() % 100000}"
     # Subnets 30..89 (netns) stay clear of the other Ray tests' 100..249; loopback allows 0..44.
     seed = zlib.crc32(f"{name}{time.time()}".encode())
@@ -244,7 +243,7 @@ def cluster(tmp_path_factory):
     port = free_port()
     sd = tmp_path_factory.mktemp("local-state")
     env = {
-        local.STATE_DIR_ENV: str(sd),
+        state.STATE_DIR_ENV: str(sd),
         "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("local-data")),
     }
     try:
@@ -289,7 +288,7 @@ def test_up_prints_endpoint_token_model_hosts(cluster):
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and token_file.read_text().strip() == d["token"]
     serve_yaml = Path(st["serve_config"]).read_text()
     assert d["token"] not in serve_yaml
-    assert yaml.safe_load(serve_yaml)["applications"][0]["args"]["api_token_env"] == local.TOKEN_ENV
+    assert yaml.safe_load(serve_yaml)["applications"][0]["args"]["api_token_env"] == layout.TOKEN_ENV
     if cluster["mode"] == "netns":
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert all(h["name"] in names for h in d["hosts"])
@@ -436,7 +435,7 @@ def test_status_reports_every_host_alive_and_serving(cluster):
     assert [h["status"] for h in rep["hosts"]] == ["alive"] * 3 and rep["lost"] == []
     assert rep["serving"] is True and rep["serve"] == {"llm": "RUNNING"}
     # which engine serves, read from Serve itself
-    assert rep["engine"] == local.ENGINE
+    assert rep["engine"] == layout.ENGINE
     deps = rep["deployments"]["llm"]
     assert deps[f"LLMServer:{MODEL_ID.replace('/', '--')}"] == {"status": "HEALTHY", "replicas": 2}
     assert deps["BearerOpenAiIngress"]["replicas"] == 1
@@ -448,7 +447,7 @@ def _settled_counts(st: dict, ok=lambda c: True, quiet: float = 15.0, timeout: f
     deadline = time.monotonic() + timeout
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
-        counts = local.engine_requests_by_host(st)
+        counts = status.engine_requests_by_host(st)
         if counts != last:
             last, since = counts, time.monotonic()
         elif ok(counts) and time.monotonic() - since >= quiet:
@@ -490,8 +489,8 @@ def _completes(d: dict) -> bool:
 def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
     d, st = cluster["doc"], state_of(cluster)
     worker, worker_ip = d["hosts"][2]["name"], d["hosts"][2]["ip"]
-    pids = local.ray_pids(st, worker)
-    assert "raylet" in {local._comm(p) for p in pids}
+    pids = processes.ray_pids(st, worker)
+    assert "raylet" in {processes._comm(p) for p in pids}
     t0 = time.monotonic()
     for pid in pids:
         try:
@@ -513,12 +512,12 @@ def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
             answered += 1
         else:
             failed.append(round(elapsed, 1))
-        if local.engine_requests_by_host(state_of(cluster)).get(worker_ip, 0) >= 1:
+        if status.engine_requests_by_host(state_of(cluster)).get(worker_ip, 0) >= 1:
             break
         time.sleep(2)
     assert failed == [], f"requests failed during the outage at {failed} s"
     assert answered >= 5
-    assert local.ray_pids(state_of(cluster), worker)  # the supervisor rejoined the host
+    assert processes.ray_pids(state_of(cluster), worker)  # the supervisor rejoined the host
     rep = json.loads(cli("status", "--name", cluster["name"], "--json", env=cluster["env"]).stdout)
     assert rep["serving"] and worker not in rep["lost"], rep
     assert rep["deployments"]["llm"][f"LLMServer:{MODEL_ID.replace('/', '--')}"]["replicas"] == 2
@@ -532,7 +531,7 @@ def test_down_leaves_nothing_behind(cluster):
     assert r.returncode == 0 and "is down" in r.stdout, r.stderr
     prefix = hosts.prefix_for(name)
     assert not hosts._pids_tagged(prefix)  # no process of any host, Ray or supervisor
-    assert not any(local._pid_alive(h["supervisor_pid"], prefix) for h in st["hosts"])
+    assert not any(processes.pid_alive(h["supervisor_pid"], prefix) for h in st["hosts"])
     if ROOT:
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert prefix not in names
@@ -556,6 +555,6 @@ def test_up_with_a_taken_port_fails_in_one_line_before_starting_anything(tmp_pat
         s.listen()
         port = s.getsockname()[1]
         r = cli("up", "--name", name, "--mode", "loopback", "--subnet", str(subnet), "--port", str(port),
-                env={local.STATE_DIR_ENV: str(tmp_path)})  # fmt: skip
+                env={state.STATE_DIR_ENV: str(tmp_path)})  # fmt: skip
     assert r.returncode == 1 and f"--port {port}: cannot bind {head_ip}:{port}" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -19,8 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from infra.local import cluster as local
-from infra.local import hosts
+from infra.local import hosts, layout, processes, state
 from infra.local.tiny_model import MODEL_ID
 from tests.test_local import ROOT, assert_engine_computes_the_checkpoint, cli, free_port
 
@@ -29,13 +28,13 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    mode = local.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
+    mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
     name = f"lp{os.getpid() % 100000}"
     seed = zlib.crc32(f"{name}{time.time()}".encode())
     subnet = 90 + seed % 9 if mode == "netns" else 3 + seed % 40
     port = free_port()
     sd = tmp_path_factory.mktemp("par-state")
-    env = {local.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("par-data"))}
+    env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("par-data"))}
     try:
         r = cli("up", "--name", name, "--hosts", "2", "--tp", "2", "--pp", "2", "--subnet", str(subnet),
                 "--port", str(port), "--mode", mode, "--json", env=env, timeout=900)  # fmt: skip
@@ -54,10 +53,10 @@ def _engine_logs(st: dict) -> str:
 
 def test_vllm_runs_the_replica_at_tp2_pp2_on_the_worker_host(cluster):
     st = cluster["state"]
-    worker = local._hostset(st).hosts[1]
+    worker = state.hostset(st).hosts[1]
     # Four rank processes of vLLM's multiprocessing executor, all on the worker host.
-    ranks = [p for p in local.host_pids(worker) if local._comm(p).startswith("VLLM::Worker")]
-    assert len(ranks) == 4, [local._comm(p) for p in local.host_pids(worker)]
+    ranks = [p for p in processes.host_pids(worker) if processes._comm(p).startswith("VLLM::Worker")]
+    assert len(ranks) == 4, [processes._comm(p) for p in processes.host_pids(worker)]
     text = _engine_logs(st)
     assert "tensor_parallel_size=2, pipeline_parallel_size=2" in text
     assert "MultiprocExecutor" in text and "world_size=4" in text

@@ -42,7 +42,7 @@ READY_MARKER = ".llmfleet-ready"
 S3_MULTIPART_CHUNKSIZE = "64MB"
 # Files the head's OpenAI ingress reads (tokenizer, chat template, config): no weight shards.
 HEAD_INCLUDES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
-CONFIG_DIR = "/etc/llmfleet"
+CONFIG_DIR = contract.HOST_CONFIG_DIR
 SERVE_CONFIG_PATH = f"{CONFIG_DIR}/serve.yaml"
 # Workers stage hundreds of GiB before they join: the deploy waits up to two hours for them.
 DEPLOY_TIMEOUT_S = 7200
@@ -87,13 +87,12 @@ def node_args(spec: NodeSpec) -> list[str]:
     if spec.role == "head":
         # head advertises 0 GPUs (ray_cluster.node.head_start_command); dashboard stays on
         # loopback and is reached through an SSM port forward.
-        return ["head", "--ip", ip, "--block"]
+        return contract.head_args(ip=ip)
     if not spec.head_ip or spec.gpus < 1:
         raise ValueError("a worker needs head_ip and gpus >= 1")
-    args = ["worker", "--address", f"{spec.head_ip}:{GCS_PORT}", "--num-gpus", str(spec.gpus)]
-    if spec.gpu_model:
-        args += ["--gpu-model", spec.gpu_model]
-    return args + ["--ip", ip, "--block"]
+    return contract.worker_args(
+        address=f"{spec.head_ip}:{GCS_PORT}", gpus=spec.gpus, gpu_model=spec.gpu_model or None, ip=ip
+    )
 
 
 def _sh(argv: list[str]) -> str:
@@ -105,34 +104,12 @@ def _registry(image_ref: str) -> str:
 
 
 def docker_run_argv(spec: NodeSpec) -> list[str]:
-    argv = [
-        "docker",
-        "run",
-        "--detach",
-        "--name",
-        spec.container,
-        "--restart",
-        "unless-stopped",
-        "--network",
-        "host",  # Ray and NCCL bind the host's private IP
-        "--ipc",
-        "host",
-        "--shm-size",
-        "16g",
-        "--ulimit",
-        "memlock=-1",
-        "--volume",
-        f"{spec.model_path}:{spec.model_path}:ro",
-        "--env",
-        f"LLMFLEET_MODEL_PATH={spec.model_path}",
-    ]
-    # Every node's secrets (Ray token; on the head also the endpoint token), root-only on the host.
-    argv += ["--env-file", HOST_ENV_FILE]
-    if spec.role == "head":
-        argv += ["--volume", f"{CONFIG_DIR}:{CONFIG_DIR}:ro"]
-    else:
-        argv += ["--gpus", "all"]
-    return argv
+    opts = contract.docker_run_options(
+        spec.role, spec.model_path, config_dir=CONFIG_DIR if spec.role == "head" else None
+    )
+    return ["docker", "run", "--detach", "--name", spec.container, "--restart", "unless-stopped"] + (
+        contract.docker_argv(opts)
+    )
 
 
 def _header(spec: NodeSpec) -> str:

@@ -104,8 +104,10 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds per wait.")] = 600.0,
         as_json: JsonOpt = False,
     ) -> None:
-        from infra.local.cluster import LocalError, UpOptions, public_doc, up
+        from infra.local.cluster import UpOptions, up
         from infra.local.hosts import HostsError
+        from infra.local.layout import LocalError
+        from infra.local.state import public_doc
         from infra.rayconf.serve_config import ServeConfigError
 
         opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout)
@@ -139,7 +141,8 @@ def register(app: typer.Typer) -> None:
     @local.command("status")
     def status_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
         """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion."""
-        from infra.local.cluster import LocalError, status
+        from infra.local.layout import LocalError
+        from infra.local.status import status
 
         try:
             rep = status(name)
@@ -184,7 +187,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Ask the local endpoint one question (openai client) and print the assistant's reply."""
-        from infra.local.cluster import LocalError, chat
+        from infra.local.cluster import chat
+        from infra.local.layout import LocalError
         from infra.local.tiny_model import is_tiny_model_id
 
         try:

@@ -34,9 +34,7 @@ from ray_cluster import contract, node
 DEFAULT_HEAD_CONTAINER = "llmfleet-head"
 # `ray attach/exec/submit` run in the container and inherit the hosts' env file (the tokens).
 HOST_ENV_FILE = contract.HOST_ENV_FILE
-SHM_SIZE = "16g"  # as the units; moot under --ipc=host, but stops the launcher sizing it
-# The image's entrypoint, spelled out (vLLM images have python3, no `python`).
-NODE_ENTRYPOINT = ("python3", "-m", "ray_cluster.node")
+NODE_ENTRYPOINT = contract.IMAGE_ENTRYPOINT
 SSM_DOCUMENT = "AWS-StartSSHSession"
 
 _DIGEST_RE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
@@ -166,27 +164,24 @@ def ssm_proxy_command(ip_to_instance: Mapping[str, str], region: str) -> str:
 
 # --entrypoint= resets the image's entrypoint (python -m ray_cluster.node): the launcher runs
 # `docker run ... IMAGE bash` and then `docker exec`s its start commands in that container.
-COMMON_RUN_OPTIONS = ["--entrypoint=", "--ipc=host", f"--shm-size={SHM_SIZE}", "--ulimit memlock=-1"]
+COMMON_RUN_OPTIONS = ["--entrypoint="]
 
 
 def role_run_options(role: str, model_path: str) -> list[str]:
-    """Role-specific `docker run` options (the head is a CPU instance: --gpus is for workers);
-    every role gets the hosts' --env-file, as the units do (the Ray token is cluster-wide).
-
-    No --network flag: Ray's launcher always adds --net=host itself, and Docker rejects a
-    network given twice.
-    """
-    if role == "head":
-        return [f"--env-file={HOST_ENV_FILE}"]
-    if role == "worker":
-        return [f"--env-file={HOST_ENV_FILE}", "--gpus all", f"-v {model_path}:{model_path}:ro"]
-    raise RenderError(f"role {role!r}: allowed: head, worker")
+    """The node contract's `docker run` options for a role (the ones the units use), as
+    `--flag=value`. No --network: Ray's launcher always adds --net=host itself, and Docker
+    rejects a network given twice."""
+    try:
+        opts = contract.docker_run_options(role, model_path, config_dir=contract.HOST_CONFIG_DIR if role == "head" else None)
+    except contract.ContractError as e:
+        raise RenderError(str(e)) from None
+    return [f"{k}={v}" for k, v in opts if k != "--network"]
 
 
 def head_node_argv(head_ip: str) -> list[str]:
     """The head unit's command (cloud-init: entrypoint + `head --ip $NODE_IP --block`) for this
     head's IP, without --block: the launcher runs it with `docker exec` and waits for it."""
-    return [*NODE_ENTRYPOINT, "head", "--ip", head_ip]
+    return [*NODE_ENTRYPOINT, *contract.head_args(ip=head_ip, block=False)]
 
 
 def worker_node_argv(head_ip: str, gpus: int, gpu_model: str) -> list[str]:
@@ -194,13 +189,7 @@ def worker_node_argv(head_ip: str, gpus: int, gpu_model: str) -> list[str]:
     the node module takes the source IP towards the head (the same private IP the unit passes)."""
     return [
         *NODE_ENTRYPOINT,
-        "worker",
-        "--address",
-        f"{head_ip}:{node.GCS_PORT}",
-        "--num-gpus",
-        str(gpus),
-        "--gpu-model",
-        gpu_model,
+        *contract.worker_args(address=f"{head_ip}:{contract.GCS_PORT}", gpus=gpus, gpu_model=gpu_model, block=False),
     ]
 
 

@@ -1,0 +1,212 @@
+"""The plan of a local cluster (pure): layout, ports, mode, and the node/deploy commands and
+Serve config each host runs, built from the node contract and the production renderer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from infra.local.hosts import Host
+from ray_cluster import contract
+
+TOKEN_ENV = contract.TOKEN_ENV  # as production names it
+
+
+DEFAULT_PORT = contract.HTTP_PORT
+
+
+DEFAULT_SUBNET = 1
+
+
+ENGINE = "vllm (CPU build) via Ray Serve LLM"
+
+
+MAX_HOSTS = 8
+
+
+MAX_RANKS_PER_HOST = 4  # each vLLM CPU rank is a process with its own model copy and KV cache
+
+
+MAX_MODEL_LEN = 1024
+
+
+CPU_KVCACHE_GIB = 1  # per rank; the tiny model needs far less, vLLM's unit is GiB
+
+
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+
+MODES = ("auto", "netns", "loopback")
+
+
+class LocalError(RuntimeError):
+    """One line for the user: what failed and what to do."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    hosts: int
+    tp: int
+    pp: int
+
+    @property
+    def replicas(self) -> int:
+        return self.hosts - 1  # one replica per worker host
+
+    @property
+    def ranks_per_host(self) -> int:
+        return self.tp * self.pp
+
+
+def plan_layout(n_hosts: int, tp: int = 1, pp: int = 1) -> Layout:
+    """Head + (n-1) worker hosts, one replica each; a replica's TP x PP ranks stay on its host."""
+    if not 2 <= n_hosts <= MAX_HOSTS:
+        raise LocalError(
+            f"--hosts {n_hosts}: allowed 2..{MAX_HOSTS} (host 0 is the head, each other host one replica)"
+        )
+    for key, v in (("--tp", tp), ("--pp", pp)):
+        if v < 1:
+            raise LocalError(f"{key} {v}: allowed an integer >= 1")
+    if tp * pp > MAX_RANKS_PER_HOST:
+        raise LocalError(
+            f"--tp {tp} x --pp {pp} = {tp * pp} ranks per host: allowed at most {MAX_RANKS_PER_HOST}"
+        )
+    return Layout(n_hosts, tp, pp)
+
+
+def omp_threads_bind(ranks: int, cpus: int | None = None, worker_index: int = 0) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND of one worker host: one core per rank, round-robin over this
+    machine's cores, each worker host starting where the previous one stopped, so replicas on
+    different hosts do not share a core while there are cores to go round.
+
+    vLLM's "auto" binds whole NUMA nodes and needs one per rank; this machine class has one."""
+    n = max(1, cpus or os.cpu_count() or 1)
+    return "|".join(str((worker_index * ranks + r) % n) for r in range(ranks))
+
+
+@dataclass(frozen=True)
+class Ports:
+    gcs: int
+    dashboard: int
+    http: int
+
+
+def plan_ports(mode: str, subnet_index: int, http_port: int) -> Ports:
+    """Namespaces have their own port space; loopback hosts share one, so each cluster gets its own."""
+    if not 1 <= http_port <= 65535:
+        raise LocalError(f"--port {http_port}: allowed 1..65535")
+    if mode == "netns":
+        return Ports(6379, 8265, http_port)
+    # hosts.plan_hosts gives loopback host i the ports base+10i..base+10i+4; 900+ is free.
+    base = 20000 + subnet_index * 1000 + 900
+    if base + 1 > 65535:
+        raise LocalError(f"--subnet {subnet_index}: allowed 0..44 in loopback mode")
+    return Ports(base, base + 1, http_port)
+
+
+def resolve_mode(mode: str, root: bool) -> str:
+    if mode not in MODES:
+        raise LocalError(f"--mode {mode!r}: allowed {', '.join(MODES)}")
+    if mode == "auto":
+        return "netns" if root else "loopback"
+    if mode == "netns" and not root:
+        raise LocalError("--mode netns needs root (network namespaces); use --mode loopback")
+    return mode
+
+
+def node_argv(
+    role: str,
+    host: Host,
+    head: Host,
+    ports: Ports,
+    layout: Layout,
+    temp_dir: str,
+    python: str = sys.executable,
+) -> list[str]:
+    """The `ray_cluster.node` command of one host (foreground, so the supervisor owns it)."""
+    # Logical CPUs: the head's one is the ingress's; a worker's are its engine ranks plus the
+    # replica actor, which Ray Serve LLM adds to bundle 0.
+    common = [
+        "--num-cpus",
+        "1" if role == "head" else str(layout.ranks_per_host + 1),
+        "--object-store-memory",
+        str(OBJECT_STORE_BYTES),
+        "--temp-dir",
+        temp_dir,
+        *[f"--ray-arg={a}" for a in host.ray_port_args],
+    ]
+    if role == "head":
+        # Dashboard on the head's own IP: only the local bridge/loopback reaches it, and
+        # `local status` reads the cluster's nodes from it without joining as a driver.
+        dash = [
+            "--port",
+            str(ports.gcs),
+            "--dashboard-host",
+            head.ip,
+            "--dashboard-port",
+            str(ports.dashboard),
+        ]
+        return [*contract.node_command(python), *contract.head_args(ip=host.ip, options=[*dash, *common])]
+    args = contract.worker_args(
+        address=f"{head.ip}:{ports.gcs}",
+        gpus=0,
+        device="cpu",
+        cpu_slots=layout.ranks_per_host,
+        ip=host.ip,
+        options=["--wait", "120", *common],
+    )
+    return [*contract.node_command(python), *args]
+
+
+def deploy_argv(
+    head: Host,
+    workers: list[Host],
+    ports: Ports,
+    layout: Layout,
+    serve_config: str,
+    model: str,
+    timeout: float,
+    python: str = sys.executable,
+) -> list[str]:
+    return contract.node_deploy_argv(
+        python,
+        serve_config,
+        layout.tp,
+        layout.pp,
+        replicas=layout.replicas,
+        device="cpu",
+        timeout=timeout,
+        token_env=TOKEN_ENV,
+        endpoint=f"http://{head.ip}:{ports.http}",
+        address=f"{head.ip}:{ports.gcs}",
+        dashboard=f"http://{head.ip}:{ports.dashboard}",
+        expect_workers=[w.ip for w in workers],
+        model=model,
+    )
+
+
+def render_local_serve_config(
+    model_id: str, model_dir: str, layout: Layout, head_ip: str, http_port: int
+) -> dict:
+    """The production Serve config (serve_config.render_serve_config) on the CPU device."""
+    from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
+
+    doc = render_serve_config(
+        ServeInputs(
+            model_id=model_id,
+            model_source=model_dir,
+            tensor_parallel_size=layout.tp,
+            pipeline_parallel_size=layout.pp,
+            max_model_len=MAX_MODEL_LEN,
+            api_token_env=TOKEN_ENV,
+            http_port=http_port,
+            replicas=layout.replicas,
+            device="cpu",
+            cpu_kvcache_gib=CPU_KVCACHE_GIB,
+        )
+    )
+    # The proxy binds the head's IP: loopback clusters share one port space.
+    doc["http_options"]["host"] = head_ip
+    validate_serve_config(doc)
+    return doc

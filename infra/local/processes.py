@@ -1,0 +1,170 @@
+"""The processes of a local host: finding them (/proc, namespaces, the host tag), stopping them,
+and the supervisor that restarts a host's node like the production unit's restart policy
+(`python -m infra.local.processes supervise -- <node argv>`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from infra.local import hosts
+from infra.local.hosts import Host
+from infra.local.state import hostset
+
+RESTART_DELAY_S = 5.0  # like systemd RestartSec=5: a lost host stays visible for a moment
+
+
+def _tagged(pid: int, want: bytes) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return want in environ.split(b"\0")
+
+
+def host_pids(host: Host) -> set[int]:
+    """Every process of one host: its namespace's pids, and those tagged LLMF_HOST=<name>."""
+    pids: set[int] = set()
+    if host.netns and hosts.is_root():
+        out = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True).stdout
+        pids.update(int(p) for p in out.split() if p.isdigit())
+    want = f"{hosts.HOST_ENV}={host.name}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _tagged(int(entry.name), want):
+            pids.add(int(entry.name))
+    pids.discard(os.getpid())
+    return pids
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def raylet_running(host: Host) -> bool:
+    return any(_comm(p) == "raylet" for p in host_pids(host))
+
+
+def ray_pids(st: dict, host_name: str) -> set[int]:
+    """The host's Ray processes: everything in it except its supervisor (for fault tests)."""
+    host = next(h for h in hostset(st).hosts if h.name == host_name)
+    sup = {h["supervisor_pid"] for h in st["hosts"] if h["name"] == host_name}
+    return host_pids(host) - sup
+
+
+def pid_alive(pid: int | None, prefix: str) -> bool:
+    """Alive and still ours: it carries our host tag (pids get reused)."""
+    if not pid:
+        return False
+    want = f"{hosts.HOST_ENV}={prefix}-h".encode()
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and any(v.startswith(want) for v in environ.split(b"\0"))
+
+
+def start_supervisor(host: Host, argv: list[str], env: dict, restart: float | None, log: Path) -> int:
+    cmd = [sys.executable, "-m", "infra.local.processes", "supervise"]
+    cmd += ["--restart-delay", f"{restart:g}"] if restart is not None else ["--no-restart"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        proc = hosts.run_in_host(
+            host,
+            [*cmd, "--", *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives `local up`; Ctrl-C in the terminal does not reach it
+        )
+    return proc.pid
+
+
+def last_lines(path: Path, n: int = 3) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def _kill(find: Callable[[], set[int]], grace: float) -> None:
+    """SIGTERM, then SIGKILL what is left after grace s; wait until all are gone (max 5 s)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        pids = find()
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = find()
+        if not pids:
+            return
+
+
+def stop_processes(st: dict, prefix: str, grace: float = 2.0) -> None:
+    # Supervisors first, so nothing restarts a node while it is being stopped. Ray's own graceful
+    # stop takes 10-20 s per node here; the cluster is being destroyed, so a short grace will do
+    # (as `ray stop --force`).
+    sups = {h.get("supervisor_pid") for h in st.get("hosts", [])}
+    _kill(lambda: {p for p in sups if pid_alive(p, prefix)}, grace=0.0)
+    hs = hostset(st)
+    _kill(lambda: set().union(*(host_pids(h) for h in hs.hosts)), grace=grace)
+
+
+def supervise(argv: list[str], restart_delay: float | None) -> int:
+    """Run argv; when it exits, start it again after restart_delay s (None: do not). SIGTERM stops."""
+    child: subprocess.Popen | None = None
+    stopping = False
+
+    def on_term(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    while True:
+        child = subprocess.Popen(argv)
+        rc = child.wait()
+        if stopping or restart_delay is None:
+            return rc
+        print(f"supervisor: node exited with {rc}; restarting in {restart_delay:g} s", flush=True)
+        deadline = time.monotonic() + restart_delay
+        while time.monotonic() < deadline and not stopping:
+            time.sleep(0.2)
+        if stopping:
+            return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infra.local.processes")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("supervise", help="run a node command, restarting it when it exits")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--restart-delay", type=float, default=RESTART_DELAY_S)
+    g.add_argument("--no-restart", action="store_true")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not cmd:
+        p.error("supervise: no command given after --")
+    return supervise(cmd, None if a.no_restart else a.restart_delay)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""What `llmfleet local status` reports: hosts alive/lost (Ray's node table + the hosts' own
+processes), the Serve app and its deployments, a real completion, and the engines' counters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from infra.local.layout import ENGINE, LocalError
+from infra.local.processes import raylet_running
+from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, state_dir
+
+
+@dataclass
+class HostStatus:
+    name: str
+    ip: str
+    role: str
+    ranks: int
+    status: str  # "alive" | "lost"
+    reason: str = ""
+
+
+def classify_hosts(
+    hosts_: list[dict], nodes: list[dict] | None, raylet_running: dict[str, bool]
+) -> list[HostStatus]:
+    """alive/lost per host from Ray's node table and the host's own processes.
+
+    nodes: [{"ip", "alive"}] from the GCS, or None when the head cannot be asked. The GCS notices
+    a killed raylet only after its health checks (tens of seconds), so a host whose raylet
+    process is gone counts as lost at once, as a host-level check would say.
+    """
+    out = []
+    for h in hosts_:
+        base = dict(name=h["name"], ip=h["ip"], role=h["role"], ranks=h["ranks"])
+        if not raylet_running.get(h["name"], False):
+            out.append(HostStatus(**base, status="lost", reason="no raylet process on the host"))
+        elif nodes is None:
+            why = "GCS unreachable" if h["role"] == "head" else "head unreachable, state unknown"
+            out.append(HostStatus(**base, status="lost", reason=why))
+        elif any(n["ip"] == h["ip"] and n["alive"] for n in nodes):
+            out.append(HostStatus(**base, status="alive"))
+        elif any(n["ip"] == h["ip"] for n in nodes):
+            out.append(HostStatus(**base, status="lost", reason="Ray marks its node dead"))
+        else:
+            out.append(HostStatus(**base, status="lost", reason="no Ray node with this IP"))
+    return out
+
+
+def _ray_nodes(st: dict) -> list[dict] | None:
+    from ray.util.state import list_nodes
+
+    head_ip, port = st["hosts"][0]["ip"], st["ports"]["dashboard"]
+    try:
+        nodes = list_nodes(address=f"http://{head_ip}:{port}", timeout=5, raise_on_missing_output=False)
+    except Exception:  # unreachable dashboard/GCS: the caller reports the head as lost
+        return None
+    return [{"ip": n.node_ip, "alive": n.state == "ALIVE", "node_id": n.node_id} for n in nodes]
+
+
+def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True) -> dict:
+    """Hosts alive/lost, Serve application state and whether a real completion answers."""
+    from ray_cluster.node import NodeError, probe_completion, serve_deployments, serve_status
+
+    sd = sd or state_dir()
+    st = load_state(name, sd)
+    if st is None:
+        raise LocalError(f"no local cluster {name!r} in {sd}; start one with `llmfleet local up`")
+    hs = hostset(st)
+    running = {h.name: raylet_running(h) for h in hs.hosts}
+    nodes = _ray_nodes(st)
+    rows = classify_hosts(st["hosts"], nodes, running)
+    head_ip = st["hosts"][0]["ip"]
+    dashboard = f"http://{head_ip}:{st['ports']['dashboard']}"
+    apps = serve_status(dashboard, timeout=5) if nodes is not None else {}
+    # Which engine serves is read from Serve itself: the app's deployments and their replicas.
+    deployments = serve_deployments(dashboard, timeout=5) if nodes is not None else {}
+    serving, detail = False, "not probed"
+    if probe:
+        try:
+            probe_completion(st["endpoint"][: -len("/v1")], read_token(st), st["model"], timeout=10)
+            serving, detail = True, ""
+        except (NodeError, OSError) as e:
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return {
+        "name": st["name"],
+        "mode": st["mode"],
+        "endpoint": st["endpoint"],
+        "model": st["model"],
+        "layout": st["layout"],
+        "engine": st.get("engine", ENGINE),
+        "deployments": deployments,
+        "hosts": [asdict(r) for r in rows],
+        "lost": [r.name for r in rows if r.status != "alive"],
+        "serve": apps,
+        "serving": serving,
+        "serving_detail": detail,
+    }
+
+
+def metrics_targets(st: dict) -> list[str]:
+    """host:port of every Ray node's metrics agent, from Ray's own Prometheus service-discovery
+    file (Ray writes it in the head's temp dir; a real Prometheus reads the same file)."""
+    path = Path(st["temp_dir"]) / "prom_metrics_service_discovery.json"
+    try:
+        groups = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [t for g in groups for t in g.get("targets", [])]
+
+
+def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
+    """{node IP: finished requests} from vLLM's own counter (`vllm:request_success`, which Ray
+    Serve LLM exports through each node's metrics agent as ray_vllm_request_success_total)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for target in metrics_targets(st):
+        try:
+            with urllib.request.urlopen(f"http://{target}/metrics", timeout=timeout) as r:
+                text = r.read().decode()
+        except OSError:
+            continue  # a node that is gone has no figures
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "ray_vllm_request_success_total":
+                    ip = s.labels.get("NodeAddress", target.split(":")[0])
+                    out[ip] = out.get(ip, 0.0) + s.value
+    return out
+
+
+def healthy(st: dict) -> tuple[bool, str]:
+    """(ok, why not): every host alive and a real completion answered."""
+    rep = status(st["name"], Path(st["state_dir"]))
+    lost = [h for h in rep["hosts"] if h["status"] != "alive"]
+    if lost:
+        return False, "host " + ", ".join(f"{h['name']} ({h['ip']}) lost" for h in lost)
+    if not rep["serving"]:
+        return False, f"endpoint not serving: {rep['serving_detail']}"
+    return True, ""
