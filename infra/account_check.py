@@ -18,6 +18,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.boot.ami import AMI_NAME, AMI_OWNERS, boto3_describe_images_args
+from infra.stack.resolve import resolve
 
 Status = Literal["pass", "fail", "warn"]
 GIB = 1024**3
@@ -108,7 +109,7 @@ def inputs_for_stack(cfg: Any, catalog: Any | None = None) -> PreflightInputs:
         region=cfg.region,
         availability_zone=cfg.availability_zone,
         instance_type=inst.name,
-        workers=int(cfg.resolved_workers()),
+        workers=int(resolve(cfg).workers),
         instance_vcpus=inst.vcpus,
         quota_family=inst.quota_family,
         head_instance_type=head.name,

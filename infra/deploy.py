@@ -21,6 +21,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from infra.constants import REPO_ROOT
+from infra.stack.resolve import resolve
 
 PROJECT = "llmfleet"
 PULUMI_MISSING = "pulumi CLI not found on PATH: install it (curl -fsSL https://get.pulumi.com | sh) and retry"
@@ -125,7 +126,7 @@ def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> lis
     from infra.stack.serving import render_for_outputs
 
     cluster = render_validated(outputs)
-    serve, _notes = render_for_outputs(outputs, cfg, cfg.plan())
+    serve, _notes = render_for_outputs(outputs, cfg, resolve(cfg).plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, doc in (("cluster.yaml", cluster), ("serve.yaml", serve)):

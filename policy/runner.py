@@ -34,6 +34,7 @@ from pulumi_policy.policy import _NotApplicableError
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
 from infra.stack.config import StackConfig
+from infra.stack.resolve import resolve
 
 OFFLINE_UNKNOWN = "[unknown]"  # infra.program.offline's placeholder for a value unknown at registration
 
@@ -95,7 +96,7 @@ def stack_policy_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
         "gpuMemoryUtilization": cfg.gpu_memory_utilization,
     }
     # Used only when the capture holds no GPU worker instances (provider: existing).
-    gpu_fit.update(gpu=cfg.gpu_model, gpusPerNode=cfg.gpus_per_worker, workers=cfg.resolved_workers())
+    gpu_fit.update(gpu=cfg.gpu_model, gpusPerNode=cfg.gpus_per_worker, workers=resolve(cfg).workers)
     return {
         "ec2-instance-type-allowed": {"allowedInstanceTypes": sorted(load_catalog().instances)},
         "security-group-ingress": {

@@ -22,6 +22,7 @@ from infra.cost.pricing import load_snapshot
 from infra.program.offline import capture
 from infra.stack.config import ConfigError
 from infra.stack.files import load_config
+from infra.stack.resolve import resolve
 from policy.runner import run_for_stack, run_policies, stack_policy_config
 
 BLOCK = "cr-0a1b2c3d4e5f60718"  # the block-h100 stack's placeholder
@@ -43,7 +44,7 @@ def test_workers_launch_into_the_block():
         for r in cap.of_type("aws:ec2/instance:Instance")
         if r["inputs"]["tags"]["llmfleet:role"] == "worker"
     ]
-    assert len(workers) == cfg.plan().nodes == 2
+    assert len(workers) == resolve(cfg).plan.nodes == 2
     for w in workers:
         i = w["inputs"]
         assert i["instanceMarketOptions"] == {"marketType": "capacity-block"}

@@ -6,6 +6,7 @@ from infra.boot.ami import AMI_OWNERS
 from infra.catalog import load_catalog
 from infra.components.cluster import BASE_ROOT_GB, root_volume_gb
 from infra.program.offline import capture
+from infra.stack.resolve import resolve
 
 INST = "aws:ec2/instance:Instance"
 ENI = "aws:ec2/networkInterface:NetworkInterface"
@@ -34,7 +35,7 @@ def cluster_sg(c):
 def test_prod_head_and_planner_count_of_efa_workers():
     c = cap("prod")
     [head], workers = split(c)
-    assert len(workers) == c.config.plan().nodes == 3
+    assert len(workers) == resolve(c.config).plan.nodes == 3
     assert {w["inputs"]["instanceType"] for w in workers} == {"g6e.48xlarge"}
     assert head["inputs"]["instanceType"] == "m7i.2xlarge"
     sg, subnet = cluster_sg(c), c.named("net-private")["id"]

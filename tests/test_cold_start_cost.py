@@ -10,6 +10,7 @@ from infra.catalog import load_catalog
 from infra.cli import app
 from infra.stack.coldstart import estimate
 from infra.stack.files import load_config
+from infra.stack.resolve import resolve
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def test_cost_json_and_table_price_one_cold_start():
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     cfg = load_config("prod")
-    plan = cfg.plan()
+    plan = resolve(cfg).plan
     cat = load_catalog()
     # The stack's own worker type (g6e.48xlarge) and the plan's pipeline stages and TTFT:
     cold = estimate(

@@ -8,6 +8,7 @@ import yaml
 from infra.constants import REPO_ROOT
 from infra.stack.config import ConfigError, StackConfig, declared_keys, load_stack_config
 from infra.stack.files import available_stacks, load_config
+from infra.stack.resolve import resolve
 
 HOSTS_OK = [
     {"address": "10.0.0.10", "role": "head", "gpuCount": 0},
@@ -173,7 +174,7 @@ def test_secret_values_never_appear_in_errors():
 
 def test_defaults_and_derived_values():
     cfg = load_stack_config({}, "prod")
-    assert cfg.worker_count == "auto" and cfg.resolved_workers() == 3
+    assert cfg.worker_count == "auto" and resolve(cfg).workers == 3
     assert cfg.gpu_model == "L40S" and cfg.gpus_per_worker == 8
     assert cfg.effective_quantization == "fp8"
     assert cfg.common_tags == {"Project": "llmfleet", "llmfleet:stack": "prod"}
@@ -191,8 +192,8 @@ def test_existing_hosts_mode_uses_declared_gpus():
         {"address": "10.0.0.13", "role": "worker"},
     )
     cfg = load_stack_config(raw)
-    assert cfg.gpu_model == "L20" and cfg.gpus_per_worker == 8 and cfg.resolved_workers() == 3
-    assert cfg.plan().fits and cfg.plan().pipeline_parallel_size == 3
+    assert cfg.gpu_model == "L20" and cfg.gpus_per_worker == 8 and resolve(cfg).workers == 3
+    assert resolve(cfg).plan.fits and resolve(cfg).plan.pipeline_parallel_size == 3
 
 
 def test_pulumi_yaml_declares_every_key_with_the_model_defaults():
@@ -225,4 +226,4 @@ def _attr(key):
 def test_shipped_stacks_are_valid(stack):
     assert stack in available_stacks()
     cfg = load_config(stack)
-    assert cfg.plan().fits, cfg.plan().reason
+    assert resolve(cfg).plan.fits, resolve(cfg).plan.reason

@@ -10,6 +10,7 @@ import pytest
 from infra.constants import REPO_ROOT
 from infra.stack.config import ConfigError, load_stack_config
 from infra.stack.files import load_config
+from infra.stack.resolve import resolve
 
 HEAD = {"address": "10.0.0.10", "role": "head", "gpuCount": 0}
 
@@ -118,11 +119,11 @@ def test_no_ssh_key_names_the_secret_key_and_how_to_set_it():
 def test_declared_hosts_drive_the_plan_not_workercount_auto():
     # 4 declared workers: the plan takes 4 nodes (PP 4) although 3 would fit.
     cfg = load_stack_config(existing(HEAD, *(worker(i) for i in range(1, 5))))
-    plan = cfg.plan()
-    assert cfg.worker_count == "auto" and cfg.resolved_workers() == 4
+    plan = resolve(cfg).plan
+    assert cfg.worker_count == "auto" and resolve(cfg).workers == 4
     assert (plan.gpu, plan.gpus_per_node, plan.nodes, plan.pipeline_parallel_size) == ("L20", 8, 4, 4)
     # Two L20 servers cannot hold DeepSeek-R1 FP8: the plan says so (the GPU-fit policy reports it).
-    two = load_stack_config(existing(HEAD, worker(1), worker(2))).plan()
+    two = resolve(load_stack_config(existing(HEAD, worker(1), worker(2)))).plan
     assert not two.fits and "needs at least 3 nodes of 8" in two.reason
 
 
@@ -136,7 +137,7 @@ def test_onprem_stack_file_is_valid_and_its_key_is_secret():
     assert cfg.provider == "existing" and cfg.ssh_private_key == "[secret]"
     assert cfg.head_host.gpu_count == 0 and len(cfg.worker_hosts) == 3
     assert {(w.gpu_model, w.gpu_count) for w in cfg.worker_hosts} == {("L20", 8)}
-    assert cfg.plan().fits and cfg.host_hourly_usd == pytest.approx(3.80)
+    assert resolve(cfg).plan.fits and cfg.host_hourly_usd == pytest.approx(3.80)
 
 
 def test_cli_shows_a_bad_host_as_one_line_without_traceback():

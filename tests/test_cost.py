@@ -14,6 +14,7 @@ from infra.cost import estimate as cost
 from infra.cost import infracost
 from infra.cost import usage as usage_mod
 from infra.cost.pricing import OnDemand, PriceBook, PriceError, load_snapshot
+from infra.stack.resolve import resolve
 
 ON_DEMAND = {
     "g6e.48xlarge": OnDemand(Decimal("30.131"), "test catalog"),
@@ -580,7 +581,7 @@ def test_cli_prod_json():
     doc = cost_json("--stack", "prod")
     rs = resources_of(doc)
     cfg = load_config("prod")
-    plan = cfg.plan()
+    plan = resolve(cfg).plan
     workers = [r for r in rs if r["metadata"].get("role") == "worker"]
     assert len(workers) == plan.nodes == 3
     for w in workers:

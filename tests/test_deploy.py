@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra import deploy as d
+from infra.stack.resolve import resolve
 from tests.moto_fixtures import DUMMY_CREDS, MotoServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +312,7 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     monkeypatch.setattr(d, "readiness_commands", lambda **kw: seen.update(kw) or ["true"])
     monkeypatch.setattr(d, "wait_ready", lambda *a, **kw: d.Readiness(True, "ok"))
     assert cmd._wait(c.config, outputs, timeout=1) is True
-    doc, _ = render_for_outputs(outputs, c.config, c.config.plan())
+    doc, _ = render_for_outputs(outputs, c.config, resolve(c.config).plan)
     served = doc["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
     assert seen["model"] == served == "deepseek-ai/DeepSeek-R1" != c.config.model
     outputs.pop("served_model")

@@ -18,6 +18,7 @@ from infra.boot.ssh_bootstrap import (
 )
 from infra.program.offline import capture
 from infra.rayconf.cluster_yaml import render_cluster_yaml, validate_with_ray
+from infra.stack.resolve import resolve
 
 STACK = "onprem-l20"
 PINNED = "registry.lab.example:5000/llmfleet/node@sha256:" + "ab" * 32
@@ -148,7 +149,7 @@ def test_every_script_is_bash_and_shellcheck_clean(tmp_path, weights):
     for host in cfg.hosts:
         for image in (PINNED, "123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-x@sha256:" + "cd" * 32):
             path = tmp_path / f"{host.role}-{host.ray_ip}.sh"
-            path.write_text(render_bootstrap(cfg, host, "10.20.0.10", image))
+            path.write_text(render_bootstrap(resolve(cfg), host, "10.20.0.10", image))
             subprocess.run(["bash", "-n", str(path)], check=True)
             if shutil.which("shellcheck"):
                 res = subprocess.run(["shellcheck", "-S", "info", str(path)], capture_output=True, text=True)
@@ -157,7 +158,7 @@ def test_every_script_is_bash_and_shellcheck_clean(tmp_path, weights):
 
 def test_container_is_the_one_cloud_init_starts(cfg):
     worker = cfg.worker_hosts[0]
-    spec = node_spec(cfg, worker, "10.20.0.10", PINNED)
+    spec = node_spec(resolve(cfg), worker, "10.20.0.10", PINNED)
     argv = expand(container_argv(spec), {"NODE_IP": worker.ray_ip})
     assert argv[:2] == ["docker", "run"] and "--gpus" in argv and PINNED in argv
     assert argv[argv.index(PINNED) + 1 :] == [
@@ -173,14 +174,14 @@ def test_container_is_the_one_cloud_init_starts(cfg):
         "--block",
     ]
     assert cloud_init.docker_run_argv(spec) == argv[: argv.index(PINNED)]
-    head = node_spec(cfg, cfg.head_host, "10.20.0.10", PINNED)
+    head = node_spec(resolve(cfg), cfg.head_host, "10.20.0.10", PINNED)
     head_argv = expand(container_argv(head), {"NODE_IP": "10.20.0.10"})
     assert "--gpus" not in head_argv and head_argv[-4:] == ["head", "--ip", "10.20.0.10", "--block"]
 
 
 def test_script_has_no_secret_and_embeds_the_ray_start_line(cfg):
     worker = cfg.worker_hosts[1]
-    script = render_bootstrap(cfg, worker, "10.20.0.10", PINNED)
+    script = render_bootstrap(resolve(cfg), worker, "10.20.0.10", PINNED)
     assert "ray start --address=10.20.0.10:6379 --num-gpus=8" in script
     assert "--node-ip-address=10.20.0.12" in script
     assert "[secret]" not in script and "PRIVATE KEY" not in script
@@ -198,10 +199,10 @@ def test_one_ray_token_for_the_cluster_and_each_host_gets_what_its_role_needs(ca
 
 def test_every_container_gets_the_env_file_and_every_script_writes_it(cfg):
     for host in cfg.hosts:
-        spec = node_spec(cfg, host, "10.20.0.10", PINNED)
+        spec = node_spec(resolve(cfg), host, "10.20.0.10", PINNED)
         argv = container_argv(spec)
         assert argv[argv.index("--env-file") + 1] == "/run/llmfleet/node.env"
-        script = render_bootstrap(cfg, host, "10.20.0.10", PINNED)
+        script = render_bootstrap(resolve(cfg), host, "10.20.0.10", PINNED)
         assert "install -m 0600 /dev/stdin /run/llmfleet/node.env" in script
         assert '"RAY_AUTH_TOKEN=$ray_token"' in script
         assert ('"LLMFLEET_API_TOKEN=$api_token"' in script) == (host.role == "head")

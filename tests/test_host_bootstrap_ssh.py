@@ -36,6 +36,7 @@ from infra.boot.ssh_bootstrap import (
     stdin_secrets,
 )
 from infra.stack.config import load_stack_config
+from infra.stack.resolve import resolve
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = [
@@ -190,7 +191,7 @@ def host(sshd, tmp_path):
     run_dir.mkdir()
 
     def run(cfg, entry, *path_dirs: Path, dry_run=True, stdin=None, etc=False) -> subprocess.CompletedProcess:
-        script = render_bootstrap(cfg, entry, HEAD_IP if entry.role == "worker" else entry.ray_ip, IMAGE)
+        script = render_bootstrap(resolve(cfg), entry, HEAD_IP if entry.role == "worker" else entry.ray_ip, IMAGE)
         env = [f"PATH={':'.join(str(p) for p in (*path_dirs, bare))}"] + (
             ["LLMFLEET_DRY_RUN=1"] if dry_run else []
         )
@@ -312,7 +313,7 @@ def test_dry_run_prints_the_container_start_command(host):
         for ln in proc.stdout.splitlines()
         if ln.startswith(DRY_RUN_PREFIX)
     ]
-    expected = expand(container_argv(node_spec(cfg, entry, HEAD_IP, IMAGE)), {"NODE_IP": HOST_IP})
+    expected = expand(container_argv(node_spec(resolve(cfg), entry, HEAD_IP, IMAGE)), {"NODE_IP": HOST_IP})
     assert dry[-1] == expected
     assert ["docker", "pull", "--quiet", IMAGE] in dry
     assert expected[-10:] == [
@@ -336,7 +337,7 @@ def test_real_run_starts_exactly_that_container(host):
         f"{MESSAGE_PREFIX} worker {HOST_IP} ready (container llmfleet-worker)"
     )
     runs = [c for c in host.calls() if c[:2] == ["docker", "run"]]
-    assert runs == [expand(container_argv(node_spec(cfg, entry, HEAD_IP, IMAGE)), {"NODE_IP": HOST_IP})]
+    assert runs == [expand(container_argv(node_spec(resolve(cfg), entry, HEAD_IP, IMAGE)), {"NODE_IP": HOST_IP})]
     assert ["docker", "pull", "--quiet", IMAGE] in host.calls()
 
 
@@ -360,7 +361,7 @@ def test_head_takes_the_token_on_stdin_and_never_shows_it(host, tmp_path):
         for ln in proc.stdout.splitlines()
         if ln.startswith(DRY_RUN_PREFIX)
     ]
-    expected = expand(container_argv(node_spec(cfg, entry, HOST_IP, IMAGE)), {"NODE_IP": HOST_IP})
+    expected = expand(container_argv(node_spec(resolve(cfg), entry, HOST_IP, IMAGE)), {"NODE_IP": HOST_IP})
     assert dry[-2] == expected and "--gpus" not in expected
     # Then the head bootstraps the inference actors inside its container, retried until ready.
     assert dry[-1][:5] == ["docker", "exec", "--detach", "llmfleet-head", "sh"]

@@ -17,6 +17,7 @@ from botocore.stub import Stubber
 from infra import account_check as pf
 from infra.catalog import load_catalog
 from infra.stack.files import load_config
+from infra.stack.resolve import resolve
 from tests.moto_fixtures import DUMMY_CREDS, REGION, MotoServer, dlami
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +177,7 @@ def test_prod_inputs_expect_model_card_size():
     assert inp.expected_weights_bytes == int(model.checkpoint_gib * 1024**3)
     assert cfg.model == "deepseek-r1" and round(inp.expected_weights_bytes / 1024**3) == 642
     inst = load_catalog().instances[cfg.gpu_instance_type]
-    assert inp.vcpus_needed == inst.vcpus * cfg.resolved_workers()
+    assert inp.vcpus_needed == inst.vcpus * resolve(cfg).workers
     assert inp.quota_family == inst.quota_family
 
 

@@ -10,6 +10,7 @@ import pytest
 import infra.program as program
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
+from infra.stack.resolve import resolve
 
 OUTPUTS = {
     "endpoint_url",
@@ -105,7 +106,7 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
     from infra.stack import serving
 
     cfg = c.config
-    doc = serving.render_for_plan(cfg, cfg.plan())
+    doc = serving.render_for_plan(cfg, resolve(cfg).plan)
     assert doc["applications"][0]["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 2
     from infra.stack.config import ConfigError
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from infra.cli import app
 from infra.rayconf import serve_config as sc
 from infra.stack import serving
+from infra.stack.resolve import resolve
 from ray_cluster import serve_app
 
 OUTPUTS_FILE = Path(__file__).parent / "data" / "stack_outputs_prod.json"
@@ -29,7 +30,7 @@ def test_prod_offline_tp8_pp_equals_plan_nodes():
     res = runner.invoke(app, ["render", "serve-config", "--stack", "prod"])
     assert res.exit_code == 0, res.output
     doc = yaml.safe_load(res.stdout)
-    plan = load_config("prod").plan()
+    plan = resolve(load_config("prod")).plan
     kw = _llm(doc)["engine_kwargs"]
     assert kw["tensor_parallel_size"] == 8
     assert kw["pipeline_parallel_size"] == plan.nodes == 3
@@ -117,7 +118,7 @@ def test_every_shipped_stack_passes_ray_serve_llm_llmconfig(stack):
     cls, why = sc.llm_config_validator()
     assert cls is not None, why
     cfg = load_config(stack)
-    doc = serving.render_for_plan(cfg, cfg.plan())
+    doc = serving.render_for_plan(cfg, resolve(cfg).plan)
     llm = cls.model_validate(_llm(doc))
     assert llm.model_id == _llm(doc)["model_loading_config"]["model_id"]
     assert llm.deployment_config["num_replicas"] == cfg.replicas
@@ -302,7 +303,7 @@ def test_program_side_check_agrees_with_ray_for_every_stack(stack):
     from infra.stack.serving import render_for_plan
 
     cfg = load_config(stack)
-    doc = render_for_plan(cfg, cfg.plan())  # checked against the exported schema
+    doc = render_for_plan(cfg, resolve(cfg).plan)  # checked against the exported schema
     ServeDeploySchema.model_validate(doc)  # and by Ray's pydantic model itself
 
 
@@ -312,7 +313,7 @@ def test_exported_schema_rejects_a_bad_config_in_one_line():
     from infra.stack.serving import render_for_plan
 
     cfg = load_config("prod")
-    doc = render_for_plan(cfg, cfg.plan())
+    doc = render_for_plan(cfg, resolve(cfg).plan)
     doc["applications"][0]["route_prefix"] = 5
     with pytest.raises(
         ServeConfigError,

@@ -1,6 +1,6 @@
 """The bootstrap script for one existing host (llmfleet:provider = existing). Pure renderer.
 
-`render_bootstrap(cfg, host, head_ip, image_ref)` returns a bash script that the program
+`render_bootstrap(stack, host, head_ip, image_ref)` returns a bash script that the program
 runs on the host over SSH (pulumi_command.remote.Command). It:
 1. checks the host: Docker present and running, the NVIDIA runtime, `nvidia-smi -L` count
    == the declared gpuCount, free disk at weightsPath >= the checkpoint. Each failure is ONE
@@ -24,10 +24,11 @@ import hashlib
 import math
 import re
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from infra.boot import cloud_init
 from infra.boot.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
+from infra.stack.resolve import Stack
 from ray_cluster.contract import HOST_ENV_FILE  # cloud-init writes the same file
 from ray_cluster.node import GCS_PORT, head_start_command, shell_command, worker_start_command
 
@@ -44,15 +45,16 @@ def host_index(cfg: StackConfig, host: HostSpec) -> int:
     return next(i for i, h in enumerate(cfg.hosts) if h.address == host.address)
 
 
-def weights_gib(cfg: StackConfig, plan: Any = None) -> float:
+def weights_gib(stack: Stack) -> float:
     """On-disk size the weights need: the catalog's checkpoint when served in its native
     precision, else the planner's total weight size for the chosen quantization."""
     from infra.catalog import load_catalog
 
+    cfg = stack.cfg
     model = load_catalog().models[cfg.model]
     if cfg.effective_quantization == model.native_dtype:
         return float(model.checkpoint_gib)
-    return float((plan or cfg.plan()).weights_gib_total)
+    return float(stack.plan.weights_gib_total)
 
 
 def stdin_secrets(role: str, ray_token: str, api_token: str = "") -> str:
@@ -67,15 +69,14 @@ def stdin_secrets(role: str, ray_token: str, api_token: str = "") -> str:
 # ---------------------------------------------------------------- the container (pure argv)
 
 
-def node_spec(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str, plan: Any = None) -> NodeSpec:
-    """The same NodeSpec the AWS hosts' cloud-init renders from, for this host. `plan`: the
-    program's one plan of the stack (computed here only when a caller has none)."""
+def node_spec(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> NodeSpec:
+    """The same NodeSpec the AWS hosts' cloud-init renders from, for this host."""
+    cfg, plan = stack.cfg, stack.plan
     worker = host.role == "worker"
     serve: dict = {}
     if not worker:
         from infra.stack.serving import serve_config_yaml
 
-        plan = plan or cfg.plan()
         serve = dict(
             serve_config=serve_config_yaml(cfg, plan),
             tensor_parallel_size=plan.tensor_parallel_size,
@@ -206,11 +207,12 @@ def _array(argv: list[str]) -> str:
     return " ".join(f'"${{{a}}}"' if isinstance(a, ShellVar) else shlex.quote(a) for a in argv)
 
 
-def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: str, plan: Any = None) -> str:
+def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> str:
     """The bash bootstrap script for one host (deterministic: its hash triggers re-runs)."""
+    cfg = stack.cfg
     idx = host_index(cfg, host)
     is_worker = host.role == "worker"
-    spec = node_spec(cfg, host, head_ip, image_ref, plan)
+    spec = node_spec(stack, host, head_ip, image_ref)
     argv = container_argv(spec)
     tool, stage = _staging(cfg.weights_uri, head=not is_worker)
     ecr = ECR_RE.match(image_ref)
@@ -218,7 +220,7 @@ def render_bootstrap(cfg: StackConfig, host: HostSpec, head_ip: str, image_ref: 
     v = {"HOST": host.address, "ROLE": host.role, "NODE_IP": str(host.ray_ip)}
     if is_worker:
         v.update(ENTRY=f"llmfleet:hosts[{idx}]", GPU_COUNT=str(host.gpu_count))
-        v.update(WEIGHTS_DIR=cfg.weights_path, NEED_GIB=str(math.ceil(weights_gib(cfg, plan))))
+        v.update(WEIGHTS_DIR=cfg.weights_path, NEED_GIB=str(math.ceil(weights_gib(stack))))
     v["MODEL_PATH"] = cfg.model_path
     if cfg.weights_uri:
         v["WEIGHTS_URI"] = cfg.weights_uri

@@ -34,6 +34,7 @@ from infra.cost import estimate as cost
 from infra.cost import infracost
 from infra.cost import usage as usage_mod
 from infra.cost.pricing import PriceBook, PriceError, live_book, snapshot_book
+from infra.stack.resolve import resolve
 
 EXIT_OVER_BUDGET = 4
 
@@ -155,7 +156,7 @@ def price_stack(
             est, [h.address for h in cfg.worker_hosts], cfg.host_hourly_usd, f"stack config {stack}"
         )
     est = replace(est, warnings=tuple(dict.fromkeys(est.warnings + tuple(extra))))
-    plan = cfg.plan()
+    plan = resolve(cfg).plan
     tps = plan.decode_tokens_per_s_expected if plan.fits else None
     if from_preview is not None:
         return Priced(

@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, capture_or_fail, console, print_json
+from infra.stack.resolve import resolve
 
 
 def register(app: typer.Typer) -> None:
@@ -13,7 +14,7 @@ def register(app: typer.Typer) -> None:
     def preview_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         """Run the real Pulumi program offline (mocked cloud) and list what `pulumi up` would create."""
         cap = capture_or_fail(stack, config)
-        plan = cap.config.plan()
+        plan = resolve(cap.config).plan
         if as_json:
             print_json(cap.to_dict())
             return

@@ -21,6 +21,7 @@ from infra.commands._common import (
     err_console,
     fail,
 )
+from infra.stack.resolve import resolve
 
 OutputsOpt = Annotated[
     Path | None,
@@ -113,7 +114,7 @@ def register(app: typer.Typer) -> None:
 
         outs, cfg = _outputs_and_config(stack, outputs, config)
         try:
-            plan = cfg.plan()
+            plan = resolve(cfg).plan
             if not plan.fits:
                 fail(f"the plan for stack {stack} does not fit: {plan.reason}")
             doc, notes = render_for_outputs(outs, cfg, plan)

@@ -15,25 +15,18 @@ PushedImage: the node image built from images/Dockerfile and pushed to a registr
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pulumi
 import pulumi_docker_build as docker_build
 import pulumi_random as random
 from pulumi_command import remote
 
-from infra.boot.ssh_bootstrap import (
-    node_spec,
-    remote_create_command,
-    render_bootstrap,
-    script_sha256,
-    stdin_secrets,
-    stop_command,
-)
+from infra.boot.ssh_bootstrap import remote_create_command, script_sha256, stdin_secrets, stop_command
 from infra.components.secret_token import RAY_TOKEN_LENGTH
-from infra.stack.config import HostSpec, StackConfig
+from infra.stack.config import HostSpec
 
 TOKEN_LENGTH = 48
 # Fail a host that does not answer within ~2 minutes instead of pulumi-command's 10 x 15 s
@@ -47,21 +40,27 @@ def host_slug(host: HostSpec) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", host.address).strip("-").lower()
 
 
+@dataclass(frozen=True)
+class HostBoot:
+    """One host as the component needs it: where to SSH, the node container the delete stops,
+    and its bootstrap script for an image reference (rendered by infra.boot.ssh_bootstrap)."""
+
+    host: HostSpec
+    container: str
+    script: Callable[[str], str]
+
+
 @dataclass
 class ExistingHostsArgs:
-    cfg: StackConfig
+    head: HostBoot
+    workers: list[HostBoot]
     image_ref: pulumi.Input[str]  # REPO@sha256:... the hosts pull
     ssh_private_key: pulumi.Input[str]  # a Pulumi secret
-    plan: Any = None  # the program's one plan of the stack
 
 
 class ExistingHosts(pulumi.ComponentResource):
     def __init__(self, name: str, args: ExistingHostsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llmfleet:components:ExistingHosts", name, None, opts)
-        cfg = args.cfg
-        head = cfg.head_host
-        assert head is not None and head.ray_ip  # StackConfig validated both
-        head_ip = head.ray_ip
         image = pulumi.Output.from_input(args.image_ref)
 
         self.token = random.RandomPassword(
@@ -75,9 +74,9 @@ class ExistingHosts(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-        def bootstrap(host: HostSpec, after: list[pulumi.Resource]) -> remote.Command:
-            script = image.apply(lambda ref: render_bootstrap(cfg, host, head_ip, ref, args.plan))
-            container = node_spec(cfg, host, head_ip, "", args.plan).container
+        def bootstrap(boot: HostBoot, after: list[pulumi.Resource]) -> remote.Command:
+            host = boot.host
+            script = image.apply(boot.script)
             return remote.Command(
                 f"{name}-{host.role}-{host_slug(host)}",
                 connection=remote.ConnectionArgs(
@@ -89,7 +88,7 @@ class ExistingHosts(pulumi.ComponentResource):
                     per_dial_timeout=PER_DIAL_TIMEOUT_S,
                 ),
                 create=script.apply(remote_create_command),
-                delete=stop_command(container),
+                delete=stop_command(boot.container),
                 triggers=[script.apply(script_sha256)],
                 stdin=pulumi.Output.secret(
                     pulumi.Output.all(self.ray_token.result, self.token.result).apply(
@@ -102,8 +101,8 @@ class ExistingHosts(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=after, delete_before_replace=True),
             )
 
-        self.head = bootstrap(head, [])
-        self.workers = [bootstrap(w, [self.head]) for w in cfg.worker_hosts]
+        self.head = bootstrap(args.head, [])
+        self.workers = [bootstrap(w, [self.head]) for w in args.workers]
         self.register_outputs(
             {
                 "head": self.head.id,

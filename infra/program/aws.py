@@ -10,6 +10,7 @@ import pulumi_aws as aws
 from infra.catalog import load_catalog
 from infra.constants import DASHBOARD_PORT, RAY_VERSION, REPO_ROOT, SSH_USER, cluster_name
 from infra.stack.config import StackConfig
+from infra.stack.resolve import resolve
 from infra.stack.serving import serve_config_yaml, serving_outputs
 
 
@@ -54,8 +55,8 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     cat = load_catalog()
     name = cluster_name(cfg)
     tags = cfg.common_tags
-    plan = cfg.plan()  # once per program run; everything below gets this one
-    workers = cfg.resolved_workers(plan)
+    stack = resolve(cfg)  # once per program run; everything below gets this one
+    plan, workers = stack.plan, stack.workers
     az = worker_availability_zone(cfg)
 
     network = Network(

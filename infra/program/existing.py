@@ -19,6 +19,7 @@ from typing import Any
 import pulumi
 
 from infra.stack.config import StackConfig
+from infra.stack.resolve import resolve
 
 
 def node_image(cfg: StackConfig) -> pulumi.Input[str]:
@@ -63,26 +64,41 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
 
 
 def build_existing(cfg: StackConfig) -> dict[str, Any]:
-    from infra.boot.ssh_bootstrap import node_spec
-    from infra.components.existing_hosts import ExistingHosts, ExistingHostsArgs
+    from infra.boot.ssh_bootstrap import node_spec, render_bootstrap
+    from infra.components.existing_hosts import ExistingHosts, ExistingHostsArgs, HostBoot
     from infra.constants import SSH_USER, cluster_name
     from infra.stack.serving import serving_outputs
 
     head = cfg.head_host
     assert head is not None  # StackConfig requires exactly one head for provider=existing
     workers = cfg.worker_hosts
-    plan = cfg.plan()
+    stack = resolve(cfg)  # once per program run; everything below gets this one
+    plan = stack.plan
+    head_ip = str(head.ray_ip)
     image_ref = node_image(cfg)
+
+    def boot(host) -> HostBoot:
+        return HostBoot(
+            host=host,
+            container=node_spec(stack, host, head_ip, "").container,
+            script=lambda ref: render_bootstrap(stack, host, head_ip, ref),
+        )
+
     # require_secret keeps the key a secret Output all the way into the SSH connection.
     ssh_key = pulumi.Config("llmfleet").require_secret("sshPrivateKey")
-    hosts = ExistingHosts("hosts", ExistingHostsArgs(cfg=cfg, image_ref=image_ref, ssh_private_key=ssh_key, plan=plan))
+    hosts = ExistingHosts(
+        "hosts",
+        ExistingHostsArgs(
+            head=boot(head), workers=[boot(w) for w in workers], image_ref=image_ref, ssh_private_key=ssh_key
+        ),
+    )
     outputs: dict[str, Any] = {
         "cluster_name": cluster_name(cfg),
         "provider": "existing",
         "endpoint_url": f"http://{head.address}:{cfg.endpoint_port}/v1",
         "head_private_ip": head.ray_ip,
         "head_address": head.address,
-        "head_container": node_spec(cfg, head, str(head.ray_ip), "", plan).container,
+        "head_container": node_spec(stack, head, head_ip, "").container,
         "worker_private_ips": [w.ray_ip for w in workers],
         "worker_addresses": [w.address for w in workers],
         "image_ref": image_ref,

@@ -525,25 +525,20 @@ class StackConfig(BaseModel):
     def common_tags(self) -> dict[str, str]:
         return {**self.tags, "Project": "llmfleet", "llmfleet:stack": self.stack}
 
-    def plan(self):
-        from infra.stack.planner import plan_for_stack
-
-        return plan_for_stack(self)
-
     def nodes_per_replica(self) -> int | None:
         """Hosts one engine replica spans (its PP), or None for the planner's choice ('auto')."""
         if self.provider == "existing":
             return len(self.worker_hosts) // self.replicas
         return None if self.worker_count == "auto" else self.worker_count // self.replicas
 
-    def resolved_workers(self, plan: Any = None) -> int:
+    def resolved_workers(self, plan: Any) -> int:
         """The worker count: replicas x the configured or the planner's nodes per replica
-        (`plan`: the caller's plan of this stack, so it is not computed twice)."""
+        (`plan`: this stack's plan; `infra.stack.resolve` computes both once)."""
         if self.provider == "existing":
             return len(self.worker_hosts)
         if self.worker_count != "auto":
             return self.worker_count
-        return self.replicas * (plan or self.plan()).nodes
+        return self.replicas * plan.nodes
 
 
 class _Cross(ValueError):

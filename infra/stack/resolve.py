@@ -1,0 +1,33 @@
+"""`resolve(cfg) -> Stack`: a stack's config with everything derived from it, computed once.
+
+The plan (layout, fit, speeds), the worker count and the replicas are derived from the config
+by the planner, which is not free at 32 workers; the program, the renderers, the preflight and
+the policy runner each take this one answer instead of asking the config again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infra.stack.config import StackConfig
+from infra.stack.planner import Plan, plan_for_stack
+
+
+@dataclass(frozen=True)
+class Stack:
+    cfg: StackConfig
+    plan: Plan
+    workers: int  # worker hosts: replicas x nodes per replica (or the declared hosts)
+
+    @property
+    def replicas(self) -> int:
+        return self.cfg.replicas
+
+    @property
+    def nodes_per_replica(self) -> int:
+        return self.workers // self.cfg.replicas
+
+
+def resolve(cfg: StackConfig) -> Stack:
+    plan = plan_for_stack(cfg)
+    return Stack(cfg=cfg, plan=plan, workers=cfg.resolved_workers(plan))
