@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from infra.validation import first_error
+
 HERE = Path(__file__).parent
 
 GPU_IDS = ("L20", "L40S", "L4", "A10G", "H20", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
@@ -205,9 +207,8 @@ def _load_rows(path: Path, row_type: type[_Row], key: str) -> dict:
         try:
             item = row_type.model_validate(row)
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise CatalogError(f"{path.name} row {i} ({row.get(key, '?')}): {loc}: {err['msg']}") from None
+            err = first_error(e)
+            raise CatalogError(f"{path.name} row {i} ({row.get(key, '?')}): {err.path}: {err.msg}") from None
         name = getattr(item, key)
         if name in out:
             raise CatalogError(f"{path.name}: duplicate {key} {name!r}")

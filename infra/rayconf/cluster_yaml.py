@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infra.validation import first_error
 from ray_cluster import contract, node
 
 # The hosts' units (infra/boot/cloud_init.py) name their container llmfleet-<role>; the stack exports
@@ -134,14 +135,12 @@ def parse_outputs(outputs: Mapping[str, Any]) -> ClusterOutputs:
 
 
 def _first_error(what: str, e: ValidationError) -> str:
-    err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err.get("type") == "missing":
-        return f"{what} {key!r} is missing"
-    if not key:
-        return f"{what}s: {msg}"
-    return f"{what} {key} = {err.get('input')!r}: {msg}"
+    err = first_error(e)
+    if err.type == "missing":
+        return f"{what} {err.path!r} is missing"
+    if not err.path:
+        return f"{what}s: {err.msg}"
+    return f"{what} {err.path} = {err.input!r}: {err.msg}"
 
 
 # ---------------------------------------------------------------- pieces (pure)

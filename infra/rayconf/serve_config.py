@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from infra.validation import first_error
 from ray_cluster import contract
 from ray_cluster.contract import APP_NAME, HEAD_RESOURCE, SERVE_IMPORT_PATH
 from ray_cluster.serve_app import ENV_NAME_RE, STAGED_WEIGHTS_CALLBACK
@@ -185,9 +186,8 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
 
 
 def _pydantic_line(what: str, e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()))
-    return f"{what}: {loc}: {err.get('msg')}" if loc else f"{what}: {err.get('msg')}"
+    err = first_error(e)
+    return f"{what}: {err.path}: {err.msg}" if err.path else f"{what}: {err.msg}"
 
 
 def llm_config_validator():

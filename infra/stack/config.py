@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from infra.catalog import load_catalog
+from infra.validation import first_error
 
 NS = "llmfleet"
 SECRET_PLACEHOLDER = "[secret]"
@@ -55,10 +56,6 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "(unset)"
     return json.dumps(v) if not isinstance(v, str) else repr(v)
-
-
-def _num(v: Any) -> str:
-    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
 class HostSpec(BaseModel):
@@ -591,40 +588,16 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
 
 
 def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:
-    err = e.errors(include_url=False)[0]
-    if isinstance(err.get("ctx", {}).get("error"), _Cross):
-        return str(err["ctx"]["error"])
-    loc = err["loc"]
-    key = str(loc[0]) if loc else "config"
-    value: Any = data.get(key, err.get("input"))
-    path = key
-    for part in loc[1:]:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    if len(loc) > 1:
-        value = err.get("input")
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    elif err["type"] == "literal_error":
-        msg = "allowed: " + msg.removeprefix("Input should be ")
-    elif err["type"] == "missing":
-        msg = "required and missing"
-    elif err["type"] == "extra_forbidden":
+    err = first_error(e)
+    if isinstance(err.ctx.get("error"), _Cross):
+        return str(err.ctx["error"])
+    key = str(err.loc[0]) if err.loc else "config"
+    # A nested error (a host's field) shows that field's value, a top-level one the raw value.
+    value: Any = err.input if len(err.loc) > 1 else data.get(key, err.input)
+    if err.type == "extra_forbidden":
         msg = "unknown field; allowed: " + ", ".join(f.alias or n for n, f in HostSpec.model_fields.items())
     else:
-        ctx = err.get("ctx", {})
-        simple = {
-            "greater_than_equal": f"allowed: a number >= {_num(ctx.get('ge'))}",
-            "greater_than": f"allowed: a number > {_num(ctx.get('gt'))}",
-            "less_than_equal": f"allowed: a number <= {_num(ctx.get('le'))}",
-            "less_than": f"allowed: a number < {_num(ctx.get('lt'))}",
-            "int_parsing": "allowed: an integer",
-            "int_from_float": "allowed: an integer",
-            "float_parsing": "allowed: a number",
-            "bool_parsing": "allowed: true or false",
-            "string_too_short": "allowed: a non-empty string",
-        }
-        msg = simple.get(err["type"], "allowed: " + msg[0].lower() + msg[1:])
+        msg = err.allowed()
     if key in SECRET_KEYS:
         value = SECRET_PLACEHOLDER
-    return f"{path} = {_fmt(value)}: {msg}"
+    return f"{err.path or key} = {_fmt(value)}: {msg}"

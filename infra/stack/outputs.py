@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from infra.validation import first_error
+
 
 class OutputsError(ValueError):
     """One line: which output key is missing or wrong, and what is allowed."""
@@ -81,11 +83,11 @@ class StackOutputs(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or "(outputs)"
-            value = raw.get(str(err["loc"][0])) if err["loc"] else None
-            if err["type"] == "missing":
+            err = first_error(e)
+            key = err.path or "(outputs)"
+            value = raw.get(str(err.loc[0])) if err.loc else None
+            if err.type == "missing":
                 raise OutputsError(f"stack output {key!r} is missing: run `pulumi up` with this version") from None
-            if err["type"] == "extra_forbidden":
+            if err.type == "extra_forbidden":
                 raise OutputsError(f"stack output {key!r} is not one llmfleet knows (older or newer program?)") from None
-            raise OutputsError(f"stack output {key} = {value!r}: {err['msg']}") from None
+            raise OutputsError(f"stack output {key} = {value!r}: {err.msg}") from None
