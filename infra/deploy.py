@@ -3,7 +3,7 @@
 Pure parts (tested alone): `build_stack_args` (stack name, work dir, -c overrides, env),
 `readiness_commands` (what runs on the head) and `parse_readiness` (what it printed).
 Side effects: `open_stack`, `stack_up`, `stack_down` (need the pulumi CLI) and
-`wait_ready` (SSM send_command / get_command_invocation against the head).
+`wait_head_ready` (SSM send_command / get_command_invocation against the head).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def parse_readiness(stdout: str) -> Readiness:
     return Readiness(True, f"completion returned {tokens} tokens", status)
 
 
-def wait_ready(
+def wait_head_ready(
     ssm: Any,
     instance_id: str,
     commands: list[str],

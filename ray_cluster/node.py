@@ -279,7 +279,7 @@ def probe_completion(endpoint: str, token: str | None, model: str | None, timeou
     return text
 
 
-def wait_ready(
+def wait_for_completion(
     endpoint: str,
     token: str | None,
     model: str | None,
@@ -505,7 +505,7 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     print("serve deploy: applied", file=sys.stderr, flush=True)
     wait_serve_running(a.dashboard, a.timeout)
     print("serve running", file=sys.stderr, flush=True)
-    text = wait_ready(a.endpoint, token, a.model, a.timeout)
+    text = wait_for_completion(a.endpoint, token, a.model, a.timeout)
     print(json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text}))
     return 0
 

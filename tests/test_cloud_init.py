@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.boot.cloud_init import SERVE_CONFIG_PATH, NodeSpec, deploy_argv, node_args, render_user_data
+from infra.boot.cloud_init import SERVE_CONFIG_PATH, NodeSpec, head_deploy_argv, node_args, render_user_data
 from ray_cluster.node import build_parser, head_start_command, worker_start_command
 
 SNAP = Path(__file__).parent / "snapshots"
@@ -115,7 +115,7 @@ def test_head_deploys_the_serve_config_with_the_node_cli():
     assert f"cat > {SERVE_CONFIG_PATH} <<'LLMFLEET_EOF'\n{SERVE_YAML}LLMFLEET_EOF" in text
     assert "--volume /etc/llmfleet:/etc/llmfleet:ro" in text
     assert text.index("docker run") < text.index("systemd-run --unit=llmfleet-deploy")
-    argv = deploy_argv(HEAD)
+    argv = head_deploy_argv(HEAD)
     assert argv[:3] == ["python", "-m", "ray_cluster.node"]
     d = build_parser().parse_args(argv[3:])
     assert (d.cmd, d.serve_config, d.tp, d.pp, d.gpu_model) == ("deploy", SERVE_CONFIG_PATH, 8, 3, "L40S")

@@ -171,7 +171,7 @@ def test_waiter_times_out_on_moto_empty_output(moto, head):
     """Moto's SSM runs nothing and returns an empty stdout: the waiter must keep trying, then give up in time."""
     ssm = moto.client("ssm")
     seen = []
-    r = d.wait_ready(
+    r = d.wait_head_ready(
         ssm, head, CMDS, timeout_s=1.0, poll_s=0.2, on_progress=lambda e, t, why: seen.append(why)
     )
     assert not r.ready and r.reason.startswith("not ready after 1 s: no output from the head")
@@ -191,7 +191,7 @@ def test_waiter_ready_when_head_answers(moto, head):
         parsed["StandardOutputContent"] = next(answers)
 
     ssm.meta.events.register("after-call.ssm.GetCommandInvocation", agent_output)
-    r = d.wait_ready(ssm, head, CMDS, timeout_s=30, poll_s=0.05)
+    r = d.wait_head_ready(ssm, head, CMDS, timeout_s=30, poll_s=0.05)
     assert r.ready and r.attempts == 2 and r.status == STATUS
 
 
@@ -209,7 +209,7 @@ def test_waiter_unknown_instance_keeps_waiting():
                 {"Error": {"Code": "InvalidInstanceId", "Message": "not registered"}}, "SendCommand"
             )
 
-    r = d.wait_ready(Flaky(), "i-0123", CMDS, timeout_s=0.3, poll_s=0.1)
+    r = d.wait_head_ready(Flaky(), "i-0123", CMDS, timeout_s=0.3, poll_s=0.1)
     assert not r.ready and "InvalidInstanceId" in r.reason and len(calls) >= 2
 
 
@@ -310,7 +310,7 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     outputs = dict(c.outputs)
     seen: dict = {}
     monkeypatch.setattr(d, "readiness_commands", lambda **kw: seen.update(kw) or ["true"])
-    monkeypatch.setattr(d, "wait_ready", lambda *a, **kw: d.Readiness(True, "ok"))
+    monkeypatch.setattr(d, "wait_head_ready", lambda *a, **kw: d.Readiness(True, "ok"))
     assert cmd._wait(c.config, outputs, timeout=1) is True
     doc, _ = render_for_outputs(outputs, c.config, resolve(c.config).plan)
     served = doc["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_id"]

@@ -128,7 +128,7 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
     )
     ray_argv = node.worker_start_command(a.address, a.ip, a.num_gpus, device=a.device, cpu_slots=a.cpu_slots)
     assert '--resources={"llmfleet_cpu_worker":2}' in ray_argv and "--num-gpus=0" in ray_argv
-    d = parser.parse_args(layout.deploy_argv(head, [w1, w2], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
+    d = parser.parse_args(layout.local_deploy_argv(head, [w1, w2], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
     assert (d.tp, d.pp, d.replicas, d.device, d.token_env) == (2, 1, 2, "cpu", layout.TOKEN_ENV)
     assert d.expect_workers == f"{w1.ip},{w2.ip}" and d.model == MODEL_ID
     assert d.endpoint == "http://10.0.0.10:8000" and d.dashboard == "http://10.0.0.10:8265"

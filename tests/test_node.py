@@ -246,7 +246,7 @@ def test_health_alone_or_empty_completion_is_not_ready(http_server):
         NodeError,
         match=r"no completion within 10 s; last: POST .*/v1/completions gave HTTP 200 without tokens",
     ):
-        node.wait_ready(url, "s3cret", "tiny-dsv3", 10, clock=clock, sleep=clock.sleep)
+        node.wait_for_completion(url, "s3cret", "tiny-dsv3", 10, clock=clock, sleep=clock.sleep)
     _Handler.mode = "health-only"
     with pytest.raises(NodeError, match=r"/v1/models gave HTTP 404"):
         node.probe_completion(url, "s3cret", None)

@@ -326,7 +326,7 @@ log "started container {spec.container}"
 """
 
 
-def deploy_argv(spec: NodeSpec) -> list[str]:
+def head_deploy_argv(spec: NodeSpec) -> list[str]:
     """What the head runs inside its container to bootstrap the inference actors."""
     if spec.role != "head" or spec.tensor_parallel_size < 1 or spec.pipeline_parallel_size < 1:
         raise ValueError("deploy runs on the head and needs tensor/pipeline parallel sizes >= 1")
@@ -360,7 +360,7 @@ LLMFLEET_EOF
 def _deploy(spec: NodeSpec) -> str:
     if spec.role != "head" or not spec.serve_config:
         return ""
-    run = _sh(["docker", "exec", spec.container, *deploy_argv(spec)])
+    run = _sh(["docker", "exec", spec.container, *head_deploy_argv(spec)])
     return f"""
 # 5. Bootstrap the inference actors once the workers have joined (bounded wait, retried by
 #    systemd on failure; a deploy of the same config is idempotent).

@@ -383,7 +383,7 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
     if not is_worker:
         # Same deploy as the AWS head's unit: waits for TP x PP GPUs, preflight, serve deploy,
         # a real completion. Detached in the container and retried, so this script returns.
-        deploy = shell_command(cloud_init.deploy_argv(spec))
+        deploy = shell_command(cloud_init.head_deploy_argv(spec))
         lines += [
             "# 4. bootstrap the inference actors once the workers have joined -------------------",
             f"DEPLOY={_sq(f'until {deploy}; do sleep 30; done')}",

@@ -51,12 +51,12 @@ def _one_line(e: Exception) -> str:
 def _wait_direct(outputs: dict, timeout: float) -> bool:
     """provider=existing: no SSM; the operator's machine reaches the head on the hosts' network,
     so readiness is the same real completion, sent straight to the endpoint."""
-    from ray_cluster.node import NodeError, wait_ready
+    from ray_cluster.node import NodeError, wait_for_completion
 
     endpoint = str(_output(outputs, "endpoint_url")).rstrip("/").removesuffix("/v1")
     with console.status(f"readiness: waiting for a real completion from {endpoint}"):
         try:
-            text = wait_ready(endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout)
+            text = wait_for_completion(endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout)
         except NodeError as e:
             err_console.print(f"[bold red]error:[/] not ready: {e}", highlight=False, soft_wrap=True)
             return False
@@ -75,7 +75,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
         return _wait_direct(outputs, timeout)
     import boto3
 
-    from infra.deploy import readiness_commands, wait_ready
+    from infra.deploy import readiness_commands, wait_head_ready
 
     head = _output(outputs, "head_instance_id")  # optional in the contract, required on AWS
     cmds = readiness_commands(
@@ -99,7 +99,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
         def on_progress(elapsed: float, total: float, why: str) -> None:
             bar.update(task, completed=min(elapsed, total), description=why[:80])
 
-        r = wait_ready(
+        r = wait_head_ready(
             boto3.client("ssm", region_name=cfg.region),
             head,
             cmds,

@@ -47,7 +47,7 @@ from infra.local.layout import (
     Layout,
     LocalError,
     Ports,
-    deploy_argv,
+    local_deploy_argv,
     node_argv,
     omp_threads_bind,
     plan_layout,
@@ -322,7 +322,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             f"{layout.replicas * layout.ranks_per_host} engine slots",
         )
         result = _run_deploy(
-            deploy_argv(head, workers, ports, layout, str(paths["serve"]), MODEL_ID, o.timeout),
+            local_deploy_argv(head, workers, ports, layout, str(paths["serve"]), MODEL_ID, o.timeout),
             head,
             env,
             on_stage,

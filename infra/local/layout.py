@@ -159,7 +159,7 @@ def node_argv(
     return [*contract.node_command(python), *args]
 
 
-def deploy_argv(
+def local_deploy_argv(
     head: Host,
     workers: list[Host],
     ports: Ports,
