@@ -66,7 +66,7 @@ def test_image_versions_follow_rays_own_metadata():
     """The next Ray bump fails here until the base image, the defaults and RAY_VERSION follow it."""
     import yaml
 
-    from infra.program.aws import RAY_VERSION
+    from infra.constants import RAY_VERSION
     from infra.stack.config import StackConfig
 
     want_base = f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
@@ -124,7 +124,7 @@ def test_operator_edits_leave_the_image_tag_and_user_data_unchanged(tmp_path, mo
     shutil.copytree(
         REPO_ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".tools", ".git", "__pycache__", "*_cache")
     )
-    for mod in ("infra.program.aws", "infra.constants"):
+    for mod in ("infra.program.shared", "infra.constants"):
         monkeypatch.setattr(f"{mod}.REPO_ROOT", copy)
     before = _hosts_view(capture("prod"))
     operator = sorted({*(copy / "infra").rglob("*.py"), *(copy / "policy").rglob("*.py")})

@@ -8,7 +8,8 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.catalog import load_catalog
-from infra.constants import DASHBOARD_PORT, RAY_VERSION, REPO_ROOT, SSH_USER, cluster_name
+from infra.constants import DASHBOARD_PORT, SSH_USER, cluster_name
+from infra.program.shared import registry_and_image
 from infra.stack.config import StackConfig
 from infra.stack.resolve import resolve
 from infra.stack.serving import serve_config_yaml, serving_outputs
@@ -46,9 +47,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     from infra.components.cluster import Cluster, ClusterArgs
     from infra.components.endpoint import Endpoint, EndpointArgs
     from infra.components.iam import IamArgs, NodeIam
-    from infra.components.image import Image, ImageArgs
     from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
-    from infra.components.registry import Registry, RegistryArgs
     from infra.components.secret_token import endpoint_token, ray_cluster_token
     from infra.components.weights import Weights, WeightsArgs
 
@@ -75,21 +74,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             tags=tags,
         ),
     )
-    registry = Registry(
-        "registry",
-        RegistryArgs(name=name, keep_images=cfg.ecr_keep_images, force_delete=cfg.stack != "prod", tags=tags),
-    )
-    image = Image(
-        "node",
-        ImageArgs(
-            repository_url=registry.repository.repository_url,
-            registry_id=registry.repository.registry_id,
-            context_dir=REPO_ROOT,
-            base_image=cfg.base_image,
-            ray_version=RAY_VERSION,
-            tags=tags,
-        ),
-    )
+    registry, image = registry_and_image(cfg)
     try:
         weights = Weights(
             "weights", WeightsArgs(name=name, model=cfg.model, weights_uri=cfg.weights_uri, tags=tags)

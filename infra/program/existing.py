@@ -24,7 +24,7 @@ from infra.stack.resolve import resolve
 
 def node_image(cfg: StackConfig) -> pulumi.Input[str]:
     """The REPO@sha256:... every host pulls."""
-    from infra.constants import RAY_VERSION, REPO_ROOT, cluster_name
+    from infra.constants import RAY_VERSION, REPO_ROOT
 
     reg = cfg.image_registry
     if reg and "@sha256:" in reg:
@@ -38,29 +38,9 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
                 repository=reg, context_dir=REPO_ROOT, base_image=cfg.base_image, ray_version=RAY_VERSION
             ),
         ).ref
-    from infra.components.image import Image, ImageArgs
-    from infra.components.registry import Registry, RegistryArgs
+    from infra.program.shared import registry_and_image
 
-    registry = Registry(
-        "registry",
-        RegistryArgs(
-            name=cluster_name(cfg),
-            keep_images=cfg.ecr_keep_images,
-            force_delete=cfg.stack != "prod",
-            tags=cfg.common_tags,
-        ),
-    )
-    return Image(
-        "node",
-        ImageArgs(
-            repository_url=registry.repository.repository_url,
-            registry_id=registry.repository.registry_id,
-            context_dir=REPO_ROOT,
-            base_image=cfg.base_image,
-            ray_version=RAY_VERSION,
-            tags=cfg.common_tags,
-        ),
-    ).ref
+    return registry_and_image(cfg)[1].ref
 
 
 def build_existing(cfg: StackConfig) -> dict[str, Any]:
