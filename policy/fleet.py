@@ -162,7 +162,7 @@ def owned_hosts_monthly_usd() -> float:
     resource represents it), x 730 h, as `llmfleet cost` prices it."""
     import pulumi
 
-    from infra.cost.estimate import HOURS_PER_MONTH
+    from infra.cost.model import HOURS_PER_MONTH
     from infra.program import runtime_stack_config
     from infra.stack.config import ConfigError
 

@@ -12,6 +12,9 @@ import pytest
 
 from infra.cost import estimate as cost
 from infra.cost import infracost
+from infra.cost import model as cost_model
+from infra.cost import preview as cost_preview
+from infra.cost import resources as cost_resources
 from infra.cost import usage as usage_mod
 from infra.cost.pricing import OnDemand, PriceBook, PriceError, load_snapshot
 from infra.stack.resolve import resolve
@@ -89,12 +92,12 @@ def stack(workers: int = 3, *, spot=False):
     ]
 
 
-def by_name(est: cost.Estimate) -> dict[str, cost.ResourceCost]:
+def by_name(est: cost_model.Estimate) -> dict[str, cost_model.ResourceCost]:
     return {r.name: r for r in est.resources}
 
 
 def test_instance_on_demand_and_gp3_root(book):
-    r = cost.price_instance(instance("w", "g6e.48xlarge", "worker"), book)
+    r = cost_resources.price_instance(instance("w", "g6e.48xlarge", "worker"), book)
     (usage,) = r.components
     assert usage.price.usd == Decimal("30.131") and usage.unit == "hours"
     assert usage.monthly_cost == Decimal("30.131") * H
@@ -106,7 +109,7 @@ def test_instance_on_demand_and_gp3_root(book):
 
 def test_gp3_iops_and_throughput_above_free_baseline(book):
     root = {"volumeSize": 900, "volumeType": "gp3", "iops": 16000, "throughput": 1000}
-    r = cost.price_instance(instance("w", "g6e.48xlarge", "worker", root=root), book)
+    r = cost_resources.price_instance(instance("w", "g6e.48xlarge", "worker", root=root), book)
     comps = {c.unit: c for c in r.subresources[0].components}
     assert comps["GB"].monthly_cost == 900 * rate("ebs.gp3.storage")
     assert comps["IOPS"].monthly_quantity == 13000
@@ -117,21 +120,21 @@ def test_gp3_iops_and_throughput_above_free_baseline(book):
 
 def test_gp3_at_baseline_has_no_extra_components(book):
     root = {"volumeSize": 10, "volumeType": "gp3", "iops": 3000, "throughput": 125}
-    r = cost.price_instance(instance("w", "m7i.xlarge", "head", root=root), book)
+    r = cost_resources.price_instance(instance("w", "m7i.xlarge", "head", root=root), book)
     assert [c.unit for c in r.subresources[0].components] == ["GB"]
 
 
 def test_data_volumes_and_standalone_volume(book):
     ebs = [{"deviceName": "/dev/sdf", "volumeSize": 500, "volumeType": "gp2"}]
-    r = cost.price_instance(instance("w", "m7i.xlarge", "head", ebs=ebs), book)
+    r = cost_resources.price_instance(instance("w", "m7i.xlarge", "head", ebs=ebs), book)
     assert r.subresources[1].name == "ebs_block_device[/dev/sdf]"
     assert r.subresources[1].monthly_cost == 500 * rate("ebs.gp2.storage")
-    v = cost.price_volume(res("aws:ebs/volume:Volume", "data", size=200, type="io1", iops=1000), book)
+    v = cost_resources.price_volume(res("aws:ebs/volume:Volume", "data", size=200, type="io1", iops=1000), book)
     assert v.monthly_cost == 200 * rate("ebs.io1.storage") + 1000 * rate("ebs.io1.iops")
 
 
 def test_unset_root_size_is_an_estimate(book):
-    r = cost.price_instance(instance("w", "m7i.xlarge", "head", root={}), book)
+    r = cost_resources.price_instance(instance("w", "m7i.xlarge", "head", root={}), book)
     storage = r.subresources[0].components[0]
     assert storage.price.estimate
     assert storage.monthly_quantity == Decimal(load_snapshot().assumptions["default_root_volume_gb"].value)
@@ -139,13 +142,13 @@ def test_unset_root_size_is_an_estimate(book):
 
 def test_unknown_volume_type_is_a_one_line_error(book):
     with pytest.raises(PriceError, match=r"volumeType='gp9'.*allowed: .*gp3"):
-        cost.price_instance(
+        cost_resources.price_instance(
             instance("w", "m7i.xlarge", "head", root={"volumeSize": 1, "volumeType": "gp9"}), book
         )
 
 
 def test_spot_read_from_instance_inputs(book):
-    r = cost.price_instance(instance("w", "g6e.48xlarge", "worker", spot=True), book)
+    r = cost_resources.price_instance(instance("w", "g6e.48xlarge", "worker", spot=True), book)
     usage = r.components[0]
     fraction = Decimal(load_snapshot().assumptions["spot_fraction_of_on_demand"].value)
     assert usage.price.usd == Decimal("30.131") * fraction
@@ -173,7 +176,7 @@ def test_storage_line_items(book):
     ecr_gb = Decimal(load_snapshot().assumptions["ecr_image_size_gb"].value)
     assert items["repo"].monthly_cost == ecr_gb * rate("ecr.storage")
     assert items["repo"].components[0].price.estimate
-    kms = cost.price_kms_key(res("aws:kms/key:Key", "k"), book)
+    kms = cost_resources.price_kms_key(res("aws:kms/key:Key", "k"), book)
     assert kms.monthly_cost == rate("kms.key") and abs(kms.hourly_cost * H - rate("kms.key")) < Decimal(
         "1e-20"
     )
@@ -228,11 +231,11 @@ def test_usd_per_million_tokens():
 
 
 def test_decimal_strings():
-    assert cost.dec(Decimal("30.1310000")) == "30.131"
-    assert cost.dec(Decimal("21995.63")) == "21995.63"
-    assert cost.dec(Decimal("1E+2")) == "100"
-    assert cost.dec(Decimal(1) / 3, 4) == "0.3333"
-    assert cost.dec(None) is None
+    assert cost_model.dec(Decimal("30.1310000")) == "30.131"
+    assert cost_model.dec(Decimal("21995.63")) == "21995.63"
+    assert cost_model.dec(Decimal("1E+2")) == "100"
+    assert cost_model.dec(Decimal(1) / 3, 4) == "0.3333"
+    assert cost_model.dec(None) is None
 
 
 def doc_of(est, tokens_per_s=None, past=None, name_key=None):
@@ -310,7 +313,7 @@ def test_diff_per_resource_and_component(book):
         doc["pastTotalMonthlyCost"]
     )
     # logical names prefixed with the stack name still pair up
-    renamed = cost.Estimate(
+    renamed = cost_model.Estimate(
         "dev", "us-east-1", "x", tuple(replace(r, name=f"dev-{r.name}") for r in dev.resources), 0, (), ()
     )
     again = infracost.diff_breakdown(
@@ -358,7 +361,7 @@ def test_pricing_models(book):
         ("savings-plan-1y", "savings_plan_1y_fraction_of_on_demand"),
         ("savings-plan-3y", "savings_plan_3y_fraction_of_on_demand"),
     ):
-        r = cost.price_instance(head, book, pricing_model=model)
+        r = cost_resources.price_instance(head, book, pricing_model=model)
         fraction = Decimal(load_snapshot().assumptions[key].value)
         usage = r.components[0]
         assert usage.price.usd == Decimal("0.2016") * fraction and usage.price.estimate
@@ -366,9 +369,9 @@ def test_pricing_models(book):
         assert model in usage.name and r.metadata["market"] == model
     # the instance's own market wins: spot stays spot, and a spot model leaves the head on-demand
     assert (
-        cost.price_instance(spot_worker, book, pricing_model="savings-plan-1y").metadata["market"] == "spot"
+        cost_resources.price_instance(spot_worker, book, pricing_model="savings-plan-1y").metadata["market"] == "spot"
     )
-    assert cost.price_instance(head, book, pricing_model="spot").components[0].price.usd == Decimal("0.2016")
+    assert cost_resources.price_instance(head, book, pricing_model="spot").components[0].price.usd == Decimal("0.2016")
 
 
 def block_instance(name, rid="cr-0123456789abcdef0", itype="p5.48xlarge"):
@@ -388,7 +391,7 @@ def test_capacity_block_fee_over_its_duration(days):
     book = PriceBook("us-east-1", BLOCK_BOOK)
     start = dt.datetime(2026, 12, 1, 11, 30, tzinfo=dt.UTC)
     fee = Decimal("26431.76")
-    block = cost.CapacityBlock(
+    block = cost_resources.CapacityBlock(
         "cr-0123456789abcdef0",
         "p5.48xlarge",
         "us-east-1a",
@@ -518,7 +521,7 @@ PREVIEW = {
 
 
 def test_resources_from_preview(book):
-    resources, region = cost.load_preview_file(json.dumps(PREVIEW))
+    resources, region = cost_preview.load_preview_file(json.dumps(PREVIEW))
     assert region == "us-east-1"
     assert [r["name"] for r in resources] == ["default_7_51_0", "prod-worker-0", "net", "net-ssm"]
     assert resources[1]["parent"] == "cluster" and resources[3]["parent"] == "net"
@@ -531,9 +534,9 @@ def test_resources_from_preview(book):
 
 def test_bad_preview_file():
     with pytest.raises(PriceError, match="not JSON"):
-        cost.load_preview_file("{nope")
+        cost_preview.load_preview_file("{nope")
     with pytest.raises(PriceError, match="steps"):
-        cost.load_preview_file("{}")
+        cost_preview.load_preview_file("{}")
 
 
 # --- `llmfleet cost` end to end on the real stacks (offline engine) ----------------------------

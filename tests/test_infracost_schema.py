@@ -324,9 +324,9 @@ def test_preview_that_only_creates_has_an_empty_past():
             if s.get("newState")
         ],
     }
-    from infra.cost import estimate as cost
+    from infra.cost import preview as cost_preview
 
-    states = cost.states_from_preview(creates)
+    states = cost_preview.states_from_preview(creates)
     assert states.past == [] and len(states.new) > 50
 
 

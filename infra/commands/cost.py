@@ -32,6 +32,9 @@ from infra.commands import _common
 from infra.constants import REPO_ROOT
 from infra.cost import estimate as cost
 from infra.cost import infracost
+from infra.cost import model as cost_model
+from infra.cost import preview as cost_preview
+from infra.cost import resources as cost_resources
 from infra.cost import usage as usage_mod
 from infra.cost.pricing import PriceBook, PriceError, live_book, snapshot_book
 from infra.stack.resolve import resolve
@@ -49,12 +52,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 @dataclass(frozen=True)
 class Priced:
-    estimate: cost.Estimate
+    estimate: cost_model.Estimate
     tokens_per_s: float | None
     max_monthly_usd: float | None
     source_path: str = "."  # what the project's metadata.path names
     source_type: str = "pulumi_program"
-    past: cost.Estimate | None = None  # the preview's oldState, priced the same way
+    past: cost_model.Estimate | None = None  # the preview's oldState, priced the same way
     note: str = ""  # what "past" means, for the table title
     cold_start_s: float | None = None  # boot -> first token (infra/stack/coldstart.py), AWS workers only
 
@@ -72,12 +75,12 @@ def _read(path: Path, flag: str) -> str:
 
 def live_blocks(
     ids: set[str], region: str, today: str, ec2: Any = None
-) -> tuple[dict[str, cost.CapacityBlock], list[str]]:
+) -> tuple[dict[str, cost_resources.CapacityBlock], list[str]]:
     """Each Capacity Block as EC2 describes it, with a fee quote; a failure is a warning and the
     block is then priced from the snapshot rate."""
     from infra.cost import capacity_block as cb
 
-    out: dict[str, cost.CapacityBlock] = {}
+    out: dict[str, cost_resources.CapacityBlock] = {}
     warnings: list[str] = []
     for rid in sorted(i for i in ids if i.startswith("cr-")):
         try:
@@ -114,10 +117,10 @@ def price_stack(
     from infra.stack.files import load_config
 
     usage = usage or usage_mod.Usage()
-    states: cost.PreviewStates | None = None
+    states: cost_preview.PreviewStates | None = None
     if from_preview is not None:
         cfg = load_config(stack, overrides)
-        states = cost.parse_preview(_read(from_preview, "--from-preview"))
+        states = cost_preview.parse_preview(_read(from_preview, "--from-preview"))
         resources, region = states.new, states.region or cfg.region
     else:
         cap = capture(stack, overrides)
@@ -128,7 +131,7 @@ def price_stack(
         rid
         for r in resources + (states.past if states else [])
         if r.get("type") == "aws:ec2/instance:Instance"
-        and (rid := cost.capacity_block_target(r.get("inputs") or {}))
+        and (rid := cost_resources.capacity_block_target(r.get("inputs") or {}))
     }
     blocks, block_warnings = (
         live_blocks(block_ids, region, dt.date.today().isoformat()) if live and block_ids else ({}, [])
@@ -178,7 +181,7 @@ def price_stack(
 _QUANTITY_KEYS = {"monthly_hrs", "storage_gb", "standard.storage_gb"}
 
 
-def usage_template(est: cost.Estimate) -> list[usage_mod.TemplateEntry]:
+def usage_template(est: cost_model.Estimate) -> list[usage_mod.TemplateEntry]:
     entries = []
     for r in est.resources:
         keys = usage_mod.keys_for(r.resource_type)
@@ -297,7 +300,7 @@ def _qty(d: Decimal | None) -> str:
     return f"{int(d):,}" if d == d.to_integral_value() else f"{d:,.2f}"
 
 
-def _label(r: cost.ResourceCost) -> str:
+def _label(r: cost_model.ResourceCost) -> str:
     role = r.metadata.get("role")
     return r.name + (f" ({role})" if role in ("head", "worker") else "")
 
@@ -320,12 +323,12 @@ def render_table(p: Priced, console: Console) -> None:
     t.add_column("USD/month", justify="right", no_wrap=True)
     marks = {"estimate": False, "usage": False}
 
-    def components(r: cost.ResourceCost, indent: str) -> None:
+    def components(r: cost_model.ResourceCost, indent: str) -> None:
         items: list[Any] = [*r.components, *r.subresources]
         for i, item in enumerate(items):
             last = i == len(items) - 1
             branch = indent + ("└─ " if last else "├─ ")
-            if isinstance(item, cost.ResourceCost):
+            if isinstance(item, cost_model.ResourceCost):
                 t.add_row(Text(branch + item.name, no_wrap=True))
                 components(item, indent + ("   " if last else "│  "))
                 continue
@@ -352,7 +355,7 @@ def render_table(p: Priced, console: Console) -> None:
     per_m = cost.monthly_usd_per_million_tokens(est, p.tokens_per_s)
     if per_m is not None:
         hours = est.serving_hours
-        served = "" if hours == cost.HOURS_PER_MONTH else f", serving {_qty(hours)} h a month"
+        served = "" if hours == cost_model.HOURS_PER_MONTH else f", serving {_qty(hours)} h a month"
         console.print(
             f"USD per million output tokens: {_money(per_m, 4)} "
             f"(planner's expected {p.tokens_per_s:,.0f} decode tokens/s{served})"

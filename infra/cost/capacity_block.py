@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from infra.cost.estimate import CapacityBlock
+from infra.cost.resources import CapacityBlock
 
 ENDED = {"expired", "cancelled", "failed", "payment-failed", "unavailable"}
 

@@ -22,14 +22,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from infra.cost.estimate import (
-    INFRACOST_JSON_VERSION,
-    CostComponent,
-    Estimate,
-    ResourceCost,
-    dec,
-    usd_per_million_tokens,
-)
+from infra.cost.estimate import usd_per_million_tokens
+from infra.cost.model import INFRACOST_JSON_VERSION, CostComponent, Estimate, ResourceCost, dec
 from infra.cost.pricing import PriceError
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Infracost writes for an unknown commit time (Go's zero time)
