@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from infra.boot.cloud_init import SERVE_CONFIG_PATH, NodeSpec, head_deploy_argv, node_args, render_user_data
-from ray_cluster.node import build_parser, head_start_command, worker_start_command
+from ray_cluster.node import build_parser
+from ray_cluster.ray_start import head_start_command, worker_start_command
 
 SNAP = Path(__file__).parent / "snapshots"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:" + "ab" * 32

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from infra.cli import app
 from infra.rayconf import cluster_yaml as cy
-from ray_cluster import nic, node
+from ray_cluster import nic, node, ray_start
 
 DATA = Path(__file__).parent / "data"
 OUTPUTS_FILE = DATA / "stack_outputs_prod.json"
@@ -203,7 +203,7 @@ def test_start_commands_are_the_units_commands(outputs):
     # The unit passes `--ip $NODE_IP --block`; here the IP is the head's own and the launcher waits.
     assert head_unit[-2:] == ["--ip", "--block"]
     assert cy.head_node_argv(head_ip) == [*head_unit[:-2], "--ip", head_ip]
-    assert doc["head_start_ray_commands"][0].endswith("|| " + node.shell_command(cy.head_node_argv(head_ip)))
+    assert doc["head_start_ray_commands"][0].endswith("|| " + ray_start.shell_command(cy.head_node_argv(head_ip)))
     worker_unit = _unit_argv(_spec("worker", outputs))
     assert worker_unit[-2:] == ["--ip", "--block"]
     assert shlex.split(doc["worker_start_ray_commands"][0]) == worker_unit[:-2]
@@ -237,10 +237,10 @@ def test_commands_run_the_node_builders(outputs, monkeypatch):
 
     head_cmd = doc["head_start_ray_commands"][0].split("|| ", 1)[1]
     assert node.main(shlex.split(head_cmd)[3:]) == 0
-    assert ran[-1][0] == node.head_start_command(head_ip)
+    assert ran[-1][0] == ray_start.head_start_command(head_ip)
     assert node.main(shlex.split(doc["worker_start_ray_commands"][0])[3:]) == 0
     argv, env = ran[-1]
-    assert argv == node.worker_start_command(
+    assert argv == ray_start.worker_start_command(
         f"{head_ip}:6379", worker_ip, num_gpus=outputs["gpus_per_worker"], gpu_model=outputs["gpu_model"]
     )
     assert env["NCCL_SOCKET_IFNAME"] == "ens5" and env["VLLM_HOST_IP"] == worker_ip

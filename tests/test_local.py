@@ -30,7 +30,7 @@ from infra.local import hosts, layout, processes, state, status
 from infra.local.hosts import Host
 from infra.local.layout import LocalError
 from infra.local.tiny_model import MODEL_ID
-from ray_cluster import node
+from ray_cluster import node, ray_start, readiness
 
 ROOT = os.geteuid() == 0
 _BIN = Path(sys.executable).parent / "llmfleet"
@@ -113,7 +113,7 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
         head.ip,
         1,
     )
-    ray_argv = node.head_start_command(h.ip, port=h.port)
+    ray_argv = ray_start.head_start_command(h.ip, port=h.port)
     assert "--num-gpus=0" in ray_argv  # the head never advertises GPUs
     a = parser.parse_args(layout.node_argv("worker", w1, head, ports, lay, "/tmp/t")[3:])
     assert (a.cmd, a.address, a.ip, a.num_gpus, a.device, a.cpu_slots, a.num_cpus, a.block) == (
@@ -126,7 +126,7 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
         3,  # two engine ranks + the replica actor
         True,
     )
-    ray_argv = node.worker_start_command(a.address, a.ip, a.num_gpus, device=a.device, cpu_slots=a.cpu_slots)
+    ray_argv = ray_start.worker_start_command(a.address, a.ip, a.num_gpus, device=a.device, cpu_slots=a.cpu_slots)
     assert '--resources={"llmfleet_cpu_worker":2}' in ray_argv and "--num-gpus=0" in ray_argv
     d = parser.parse_args(layout.local_deploy_argv(head, [w1, w2], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
     assert (d.tp, d.pp, d.replicas, d.device, d.token_env) == (2, 1, 2, "cpu", layout.TOKEN_ENV)
@@ -479,7 +479,7 @@ def test_serve_routes_across_both_replicas_on_both_worker_hosts(cluster):
 
 def _completes(d: dict) -> bool:
     try:
-        node.probe_completion(d["endpoint"][: -len("/v1")], d["token"], MODEL_ID, timeout=20)
+        readiness.probe_completion(d["endpoint"][: -len("/v1")], d["token"], MODEL_ID, timeout=20)
         return True
     except (node.NodeError, OSError):
         return False

@@ -14,40 +14,41 @@ from pathlib import Path
 import pytest
 
 from infra.local import hosts
-from ray_cluster import nic, node
+from ray_cluster import nic, node, ray_start, readiness, serve_rest
 from ray_cluster.nic import Iface, NicError
-from ray_cluster.node import NodeError, NodeState
+from ray_cluster.node import NodeError
+from ray_cluster.readiness import NodeState
 from tests.ray_fixtures import ray_hosts_cluster  # noqa: F401  (module-scoped fixture)
 
 # ---------------------------------------------------------------- start commands
 
 
 def test_head_command_advertises_zero_gpus():
-    argv = node.head_start_command(
+    argv = ray_start.head_start_command(
         "10.0.1.5", num_cpus=4, object_store_memory=10**9, dashboard=False, block=True
     )
     assert argv[:3] == ["ray", "start", "--head"]
     assert "--num-gpus=0" in argv and "--port=6379" in argv
     assert "--node-ip-address=10.0.1.5" in argv and "--block" in argv
     assert "--include-dashboard=false" in argv
-    with_dash = node.head_start_command("10.0.1.5", dashboard_host="10.0.1.5", dashboard_port=9000)
+    with_dash = ray_start.head_start_command("10.0.1.5", dashboard_host="10.0.1.5", dashboard_port=9000)
     assert "--dashboard-host=10.0.1.5" in with_dash and "--dashboard-port=9000" in with_dash
 
 
 def test_worker_command_pins_gpu_model_as_custom_resource():
-    argv = node.worker_start_command("10.0.1.5:6379", "10.0.1.12", num_gpus=8, gpu_model="L20")
+    argv = ray_start.worker_start_command("10.0.1.5:6379", "10.0.1.12", num_gpus=8, gpu_model="L20")
     assert "--address=10.0.1.5:6379" in argv and "--num-gpus=8" in argv
     res = [a for a in argv if a.startswith("--resources=")]
     assert len(res) == 1 and json.loads(res[0].split("=", 1)[1]) == {"gpu_model:L20": 8}
     assert not any("accelerator_type" in a for a in argv)
-    assert not any(a.startswith("--resources") for a in node.worker_start_command("h:6379", "10.0.0.2", 2))
+    assert not any(a.startswith("--resources") for a in ray_start.worker_start_command("h:6379", "10.0.0.2", 2))
     with pytest.raises(NodeError, match="num_gpus -1"):
-        node.worker_start_command("h:6379", "10.0.0.2", -1)
+        ray_start.worker_start_command("h:6379", "10.0.0.2", -1)
 
 
 def test_shell_command_quotes_for_units_and_cluster_yaml():
-    argv = node.worker_start_command("10.0.1.5:6379", "10.0.1.12", num_gpus=2, gpu_model="L20")
-    line = node.shell_command(argv, {"VLLM_HOST_IP": "10.0.1.12", "NCCL_SOCKET_IFNAME": "ens5"})
+    argv = ray_start.worker_start_command("10.0.1.5:6379", "10.0.1.12", num_gpus=2, gpu_model="L20")
+    line = ray_start.shell_command(argv, {"VLLM_HOST_IP": "10.0.1.12", "NCCL_SOCKET_IFNAME": "ens5"})
     assert line.startswith("NCCL_SOCKET_IFNAME=ens5 VLLM_HOST_IP=10.0.1.12 ray start")
     assert "'--resources={\"gpu_model:L20\":2}'" in line
 
@@ -128,7 +129,7 @@ def test_wait_for_gpus_names_the_missing_worker():
     clock = FakeClock()
     state = _state({"10.0.1.10": 8, "10.0.1.11": 8})
     with pytest.raises(NodeError) as e:
-        node.wait_for_gpus(
+        readiness.wait_for_gpus(
             lambda: state,
             24,
             600,
@@ -143,11 +144,11 @@ def test_wait_for_gpus_names_the_missing_worker():
 def test_wait_for_gpus_returns_once_enough_and_checks_gpu_model():
     clock = FakeClock()
     seq = iter([_state({"10.0.1.10": 8}), _state({"10.0.1.10": 8, "10.0.1.11": 8})])
-    nodes = node.wait_for_gpus(lambda: next(seq), 16, 60, gpu_model="L20", clock=clock, sleep=clock.sleep)
+    nodes = readiness.wait_for_gpus(lambda: next(seq), 16, 60, gpu_model="L20", clock=clock, sleep=clock.sleep)
     assert len(nodes) == 3 and clock.now == 2.0
     wrong = _state({"10.0.1.10": 8, "10.0.1.11": 8}, model="L40S")
     with pytest.raises(NodeError, match=r"cluster has 16 of 16 GPUs \(gpu_model:L20 0 of 16\) after 10 s"):
-        node.wait_for_gpus(lambda: wrong, 16, 10, gpu_model="L20", clock=clock, sleep=clock.sleep)
+        readiness.wait_for_gpus(lambda: wrong, 16, 10, gpu_model="L20", clock=clock, sleep=clock.sleep)
 
 
 def test_wait_for_tcp_fails_in_bounded_time_with_one_line():
@@ -230,12 +231,12 @@ def http_server():
 def test_ready_only_after_a_completion_returns_tokens(http_server):
     _, url = http_server
     _Handler.mode = "ok"
-    assert node.probe_completion(url, "s3cret", None) == "Hi there"
+    assert readiness.probe_completion(url, "s3cret", None) == "Hi there"
     path, auth, body = _Handler.seen[-1]
     assert path == "/v1/completions" and auth == "Bearer s3cret"
     assert body["model"] == "tiny-dsv3" and body["max_tokens"] <= 8
     with pytest.raises(NodeError, match="HTTP 401"):
-        node.probe_completion(url, "wrong", "tiny-dsv3")
+        readiness.probe_completion(url, "wrong", "tiny-dsv3")
 
 
 def test_health_alone_or_empty_completion_is_not_ready(http_server):
@@ -246,29 +247,29 @@ def test_health_alone_or_empty_completion_is_not_ready(http_server):
         NodeError,
         match=r"no completion within 10 s; last: POST .*/v1/completions gave HTTP 200 without tokens",
     ):
-        node.wait_for_completion(url, "s3cret", "tiny-dsv3", 10, clock=clock, sleep=clock.sleep)
+        readiness.wait_for_completion(url, "s3cret", "tiny-dsv3", 10, clock=clock, sleep=clock.sleep)
     _Handler.mode = "health-only"
     with pytest.raises(NodeError, match=r"/v1/models gave HTTP 404"):
-        node.probe_completion(url, "s3cret", None)
+        readiness.probe_completion(url, "s3cret", None)
 
 
 def test_completion_tokens_reads_chat_and_completion_shapes():
-    assert node.completion_tokens({"choices": [{"message": {"content": "yo"}}]}) == "yo"
-    assert node.completion_tokens({"choices": [{"text": ""}], "usage": {"completion_tokens": 0}}) is None
-    assert node.completion_tokens("<html>") is None
+    assert readiness.completion_tokens({"choices": [{"message": {"content": "yo"}}]}) == "yo"
+    assert readiness.completion_tokens({"choices": [{"text": ""}], "usage": {"completion_tokens": 0}}) is None
+    assert readiness.completion_tokens("<html>") is None
 
 
 def test_serve_config_validated_by_rays_schema(tmp_path):
     good = tmp_path / "serve.yaml"
     good.write_text("applications:\n- name: llm\n  import_path: ray_cluster.app:build\n  route_prefix: /\n")
-    cfg = node.load_serve_config(str(good))
+    cfg = serve_rest.load_serve_config(str(good))
     assert cfg["applications"][0]["import_path"] == "ray_cluster.app:build"
     bad = tmp_path / "bad.yaml"
     bad.write_text("applications:\n- name: llm\n")
     with pytest.raises(
         NodeError, match=r"--serve-config .*bad.yaml: applications.0.import_path: Field required"
     ):
-        node.load_serve_config(str(bad))
+        serve_rest.load_serve_config(str(bad))
 
 
 # ---------------------------------------------------------------- real cluster

@@ -85,7 +85,7 @@ def node_args(spec: NodeSpec) -> list[str]:
     """Arguments after the image's entrypoint (`python -m ray_cluster.node`)."""
     ip = ShellVar("NODE_IP")
     if spec.role == "head":
-        # head advertises 0 GPUs (ray_cluster.node.head_start_command); dashboard stays on
+        # head advertises 0 GPUs (ray_cluster.ray_start.head_start_command); dashboard stays on
         # loopback and is reached through an SSM port forward.
         return contract.head_args(ip=ip)
     if not spec.head_ip or spec.gpus < 1:

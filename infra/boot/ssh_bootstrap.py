@@ -9,7 +9,7 @@ runs on the host over SSH (pulumi_command.remote.Command). It:
    with resumable ranges against a SHA256SUMS manifest, an NFS path via rsync), then verifies;
 3. pulls the image, replaces the fixed-name container and starts `python -m ray_cluster.node
    head|worker` in it, the same node code (and so the same `ray start` argv, built by
-   `ray_cluster.node.head_start_command` / `worker_start_command`) as the AWS hosts.
+   `ray_cluster.ray_start.head_start_command` / `worker_start_command`) as the AWS hosts.
 
 `--dry-run` (or LLMFLEET_DRY_RUN=1) runs the checks and prints every side effect as
 `dry-run: <argv>` instead of running it. Secrets come on stdin (the remote Command's secret
@@ -30,7 +30,8 @@ from infra.boot import cloud_init
 from infra.boot.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
 from infra.stack.resolve import Stack
 from ray_cluster.contract import HOST_ENV_FILE  # cloud-init writes the same file
-from ray_cluster.node import GCS_PORT, head_start_command, shell_command, worker_start_command
+from ray_cluster.node import GCS_PORT
+from ray_cluster.ray_start import head_start_command, shell_command, worker_start_command
 
 if TYPE_CHECKING:
     from infra.stack.config import HostSpec, StackConfig

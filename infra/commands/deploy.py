@@ -51,7 +51,8 @@ def _one_line(e: Exception) -> str:
 def _wait_direct(outputs: dict, timeout: float) -> bool:
     """provider=existing: no SSM; the operator's machine reaches the head on the hosts' network,
     so readiness is the same real completion, sent straight to the endpoint."""
-    from ray_cluster.node import NodeError, wait_for_completion
+    from ray_cluster.node import NodeError
+    from ray_cluster.readiness import wait_for_completion
 
     endpoint = str(_output(outputs, "endpoint_url")).rstrip("/").removesuffix("/v1")
     with console.status(f"readiness: waiting for a real completion from {endpoint}"):

@@ -61,7 +61,9 @@ def _ray_nodes(st: dict) -> list[dict] | None:
 
 def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True) -> dict:
     """Hosts alive/lost, Serve application state and whether a real completion answers."""
-    from ray_cluster.node import NodeError, probe_completion, serve_deployments, serve_status
+    from ray_cluster.node import NodeError
+    from ray_cluster.readiness import probe_completion
+    from ray_cluster.serve_rest import serve_deployments, serve_status
 
     sd = sd or state_dir()
     st = load_state(name, sd)

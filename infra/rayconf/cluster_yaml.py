@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infra.validation import first_error
-from ray_cluster import contract, node
+from ray_cluster import contract, node, ray_start
 
 # The hosts' units (infra/boot/cloud_init.py) name their container llmfleet-<role>; the stack exports
 # the head's as head_container. `ray attach/exec/submit/dashboard` all target the head.
@@ -199,8 +199,8 @@ def head_start_ray_commands(head_ip: str) -> list[str]:
     `ray start --block` as its main process with a restart policy, so stopping Ray would kill
     the container and race its restart. When the GCS answers, `ray up` has nothing to do.
     """
-    probe = node.shell_command(["ray", "status", f"--address={head_ip}:{node.GCS_PORT}"])
-    return [f"{probe} >/dev/null 2>&1 || {node.shell_command(head_node_argv(head_ip))}"]
+    probe = ray_start.shell_command(["ray", "status", f"--address={head_ip}:{node.GCS_PORT}"])
+    return [f"{probe} >/dev/null 2>&1 || {ray_start.shell_command(head_node_argv(head_ip))}"]
 
 
 def ecr_login_command(image_ref: str) -> str | None:
@@ -256,7 +256,7 @@ def render_cluster_yaml(outputs: Mapping[str, Any], ssh_private_key: str | None 
         # only ever runs the head's commands.
         "head_start_ray_commands": head_start_ray_commands(o.head_private_ip),
         "worker_start_ray_commands": [
-            node.shell_command(worker_node_argv(o.head_private_ip, o.gpus_per_worker, o.gpu_model))
+            ray_start.shell_command(worker_node_argv(o.head_private_ip, o.gpus_per_worker, o.gpu_model))
         ],
         "file_mounts": {},
     }

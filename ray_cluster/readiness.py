@@ -1,0 +1,183 @@
+"""What a deploy waits for: every replica's engine slots in Ray's node table, then a real
+completion from the OpenAI endpoint (stdlib HTTP; one line on failure)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ray_cluster import contract
+from ray_cluster.contract import (
+    CPU_WORKER_RESOURCE,
+    GPU_MODEL_PREFIX,
+    gpu_model_resource,
+)
+from ray_cluster.driver import NodeError
+
+
+@dataclass
+class NodeState:
+    ip: str
+    alive: bool
+    gpus: float
+    gpu_model: dict[str, float] = field(default_factory=dict)  # model -> count
+    is_head: bool = False
+    node_id: str = ""
+    cpu_slots: float = 0.0
+
+
+def gpu_shortfall(
+    nodes: list[NodeState],
+    need_gpus: int,
+    gpu_model: str | None = None,
+    expect_workers: list[str] | None = None,
+    device: str = "gpu",
+) -> tuple[str, str] | None:
+    """None when the cluster holds enough engine slots (GPUs, or CPU-worker slots on CPU);
+    else (what is held, which nodes are missing)."""
+    alive = [n for n in nodes if n.alive]
+    alive_ips = {n.ip for n in alive}
+    missing = [ip for ip in (expect_workers or []) if ip not in alive_ips]
+    if device == "cpu":
+        have = have_model = sum(n.cpu_slots for n in alive)
+        msg = f"cluster has {have:g} of {need_gpus} CPU engine slots ({CPU_WORKER_RESOURCE})"
+    else:
+        have = sum(n.gpus for n in alive)
+        have_model = sum(n.gpu_model.get(gpu_model, 0) for n in alive) if gpu_model else have
+        msg = f"cluster has {have:g} of {need_gpus} GPUs"
+        if gpu_model:
+            msg += f" ({gpu_model_resource(gpu_model)} {have_model:g} of {need_gpus})"
+    if have >= need_gpus and have_model >= need_gpus and not missing:
+        return None
+    detail = ""
+    if missing:
+        detail = f"workers {', '.join(missing)} missing"
+    else:
+        dead = [n.ip for n in nodes if not n.alive]
+        if dead:
+            detail = f"nodes {', '.join(dead)} dead"
+    return msg, detail
+
+
+def wait_for_gpus(
+    get_state: Callable[[], list[NodeState]],
+    need_gpus: int,
+    timeout: float,
+    gpu_model: str | None = None,
+    expect_workers: list[str] | None = None,
+    interval: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    device: str = "gpu",
+) -> list[NodeState]:
+    start = clock()
+    while True:
+        nodes = get_state()
+        short = gpu_shortfall(nodes, need_gpus, gpu_model, expect_workers, device)
+        if short is None:
+            return nodes
+        if clock() - start >= timeout:
+            msg, detail = short
+            line = f"{msg} after {timeout:g} s"
+            raise NodeError(f"{line}: {detail}" if detail else line)
+        sleep(interval)
+
+
+def ray_cluster_state() -> list[NodeState]:
+    """Nodes of the connected cluster (needs ray.init)."""
+    import ray
+
+    out = []
+    for n in ray.nodes():
+        res = n.get("Resources", {})
+        models = {k[len(GPU_MODEL_PREFIX) :]: v for k, v in res.items() if k.startswith(GPU_MODEL_PREFIX)}
+        out.append(
+            NodeState(
+                ip=n.get("NodeManagerAddress", ""),
+                alive=bool(n.get("Alive")),
+                gpus=float(res.get("GPU", 0)),
+                gpu_model=models,
+                is_head=contract.HEAD_RESOURCE in res,
+                node_id=n.get("NodeID", ""),
+                cpu_slots=float(res.get(CPU_WORKER_RESOURCE, 0)),
+            )
+        )
+    return out
+
+
+def _http_json(
+    method: str, url: str, body: dict | None, token: str | None, timeout: float
+) -> tuple[int, dict | str]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read().decode("utf-8", "replace")
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read().decode("utf-8", "replace"), e.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+def completion_tokens(payload: dict | str) -> str | None:
+    """The generated text of an OpenAI completions/chat response, or None when it holds no tokens."""
+    if not isinstance(payload, dict):
+        return None
+    choices = payload.get("choices") or []
+    if not choices:
+        return None
+    c = choices[0]
+    text = c.get("text")
+    if text is None:
+        text = (c.get("message") or {}).get("content") or (c.get("message") or {}).get("reasoning_content")
+    usage = (payload.get("usage") or {}).get("completion_tokens", 0)
+    if text or usage:
+        return text or ""
+    return None
+
+
+def probe_completion(endpoint: str, token: str | None, model: str | None, timeout: float = 60.0) -> str:
+    """POST one tiny completion. Returns the text; raises NodeError with what was seen."""
+    base = endpoint.rstrip("/")
+    if not model:
+        status, models = _http_json("GET", f"{base}/v1/models", None, token, timeout)
+        ids = [m.get("id") for m in models.get("data", [])] if isinstance(models, dict) else []
+        if status != 200 or not ids:
+            raise NodeError(f"GET {base}/v1/models gave HTTP {status} with no model id: {str(models)[:120]}")
+        model = ids[0]
+    body = {"model": model, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    status, payload = _http_json("POST", f"{base}/v1/completions", body, token, timeout)
+    text = completion_tokens(payload) if status == 200 else None
+    if text is None:
+        raise NodeError(f"POST {base}/v1/completions gave HTTP {status} without tokens: {str(payload)[:120]}")
+    return text
+
+
+def wait_for_completion(
+    endpoint: str,
+    token: str | None,
+    model: str | None,
+    timeout: float,
+    interval: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    start = clock()
+    while True:
+        try:
+            return probe_completion(endpoint, token, model, timeout=max(5.0, min(60.0, timeout)))
+        except (NodeError, OSError) as e:
+            last = str(e) if isinstance(e, NodeError) else f"{endpoint}: {e}"
+        if clock() - start >= timeout:
+            raise NodeError(f"no completion within {timeout:g} s; last: {last}")
+        sleep(interval)

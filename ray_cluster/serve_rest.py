@@ -1,0 +1,87 @@
+"""Ray Serve's REST API on the dashboard: apply a deploy config (what `serve deploy` does),
+read the applications and their deployments, wait for RUNNING."""
+
+from __future__ import annotations
+
+import time
+
+from ray_cluster.driver import NodeError
+from ray_cluster.readiness import _http_json
+
+
+def load_serve_config(path: str) -> dict:
+    """Read and validate a Serve config with Ray's own schema (what `serve deploy` sends)."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise NodeError(f"--serve-config {path!r}: {e.strerror}") from None
+    try:
+        schema = ServeDeploySchema.model_validate(raw)
+    except Exception as e:  # pydantic ValidationError: first error only, one line
+        errors = e.errors() if hasattr(e, "errors") else [{"loc": (), "msg": str(e)}]
+        first = errors[0]
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        raise NodeError(f"--serve-config {path}: {loc}: {first.get('msg')}") from None
+    return schema.model_dump(exclude_unset=True)
+
+
+def serve_deploy(dashboard: str, config: dict) -> None:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    try:
+        ServeSubmissionClient(dashboard).deploy_applications(config)
+    except Exception as e:
+        raise NodeError(
+            f"serve deploy to {dashboard} failed: {str(e).splitlines()[0] if str(e) else e!r}"
+        ) from None
+
+
+def _serve_applications(dashboard: str, timeout: float) -> dict:
+    """The dashboard's Serve applications document; {} when Serve/the dashboard is not there."""
+    try:
+        status, payload = _http_json(
+            "GET", f"{dashboard.rstrip('/')}/api/serve/applications/", None, None, timeout
+        )
+    except OSError:
+        return {}
+    if status != 200 or not isinstance(payload, dict):
+        return {}
+    return payload.get("applications") or {}
+
+
+def serve_status(dashboard: str, timeout: float = 5.0) -> dict:
+    """{app: status} from the dashboard, or {} when Serve/the dashboard is not there."""
+    return {name: app.get("status", "") for name, app in _serve_applications(dashboard, timeout).items()}
+
+
+def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
+    """{app: {deployment: {"status", "replicas" (RUNNING ones)}}} from the dashboard."""
+    return {
+        name: {
+            d: {
+                "status": dep.get("status", ""),
+                "replicas": sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"),
+            }
+            for d, dep in (app.get("deployments") or {}).items()
+        }
+        for name, app in _serve_applications(dashboard, timeout).items()
+    }
+
+
+def wait_serve_running(dashboard: str, timeout: float, interval: float = 5.0) -> None:
+    start = time.monotonic()
+    while True:
+        apps = serve_status(dashboard)
+        if apps and all(s == "RUNNING" for s in apps.values()):
+            return
+        if (
+            any(s in ("DEPLOY_FAILED", "UNHEALTHY") for s in apps.values())
+            or time.monotonic() - start >= timeout
+        ):
+            seen = ", ".join(f"{k}={v}" for k, v in apps.items()) or "no applications"
+            raise NodeError(f"serve applications not RUNNING after {time.monotonic() - start:.0f} s: {seen}")
+        time.sleep(interval)
