@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from botocore.stub import Stubber
 
-from infra import account_check as pf
+from infra.account_check import compute as ac_compute
+from infra.account_check import model as ac_model
+from infra.account_check import run as ac_run
 from infra.catalog import load_catalog
 from infra.stack.files import load_config
 from infra.stack.resolve import resolve
@@ -94,7 +96,7 @@ def quota_client(values: dict[str, float]):
                     "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
                     "QuotaArn": f"arn:aws:servicequotas:{REGION}:123456789012:ec2/{code}",
                     "QuotaCode": code,
-                    "QuotaName": dict(pf.QUOTAS.values()).get(code, code),
+                    "QuotaName": dict(ac_model.QUOTAS.values()).get(code, code),
                     "Value": value,
                     "Unit": "None",
                     "Adjustable": True,
@@ -146,16 +148,16 @@ def reservation(rid: str, itype: str = "g6e.48xlarge", az: str = "us-east-1a", f
     }
 
 
-def run(moto, inputs: pf.PreflightInputs, quotas: dict[str, float], reservations=()) -> dict[str, pf.Check]:
+def run(moto, inputs: ac_model.PreflightInputs, quotas: dict[str, float], reservations=()) -> dict[str, ac_model.Check]:
     sq, stub = quota_client(quotas)
     ec2 = moto.client("ec2")
     fake_reservations(ec2, list(reservations))
-    checks = pf.run_checks(inputs, pf.Clients(ec2=ec2, s3=moto.client("s3"), service_quotas=sq))
+    checks = ac_run.run_checks(inputs, ac_model.Clients(ec2=ec2, s3=moto.client("s3"), service_quotas=sq))
     stub.assert_no_pending_responses()
     return {c.name: c for c in checks}
 
 
-def prod_inputs(account, **cfg_overrides: str) -> pf.PreflightInputs:
+def prod_inputs(account, **cfg_overrides: str) -> ac_model.PreflightInputs:
     """The prod stack's inputs, with the weights pointed at the seeded test prefix.
 
     The seeded shards cannot be 642 GiB, so the expected size is the seeded total: the
@@ -163,7 +165,7 @@ def prod_inputs(account, **cfg_overrides: str) -> pf.PreflightInputs:
     """
     cfg = prod_config(**{"llmfleet:weightsUri": f"s3://{BUCKET}/{PREFIX}", **cfg_overrides})
     return dataclasses.replace(
-        pf.inputs_for_stack(cfg), expected_weights_bytes=_weights_total(account.client("s3"))
+        ac_model.inputs_for_stack(cfg), expected_weights_bytes=_weights_total(account.client("s3"))
     )
 
 
@@ -172,7 +174,7 @@ GPU_OK = {"L-DB2E81BA": 2000.0, "L-1216C47A": 64.0}
 
 def test_prod_inputs_expect_model_card_size():
     cfg = prod_config()
-    inp = pf.inputs_for_stack(cfg)
+    inp = ac_model.inputs_for_stack(cfg)
     model = load_catalog().models[cfg.model]
     assert inp.expected_weights_bytes == int(model.checkpoint_gib * 1024**3)
     assert cfg.model == "deepseek-r1" and round(inp.expected_weights_bytes / 1024**3) == 642
@@ -185,7 +187,7 @@ def test_prod_stack_passes_on_seeded_account(account):
     inp = prod_inputs(account, **{"llmfleet:availabilityZone": "us-east-1a"})
     checks = run(account, inp, GPU_OK)
     assert {c.status for c in checks.values()} == {"pass"}, [c for c in checks.values() if c.status != "pass"]
-    assert pf.exit_code(checks.values()) == 0
+    assert ac_run.exit_code(checks.values()) == 0
     assert set(checks) >= {"instance-type-offered", "gpu-facts", "gpu-quota", "ami", "weights"}
     # The newest image matching the shared filter wins over older and unrelated ones.
     assert "ami-00000000000000002" in checks["ami"].message
@@ -198,7 +200,7 @@ def test_type_not_offered_in_az(account):
     c = checks["instance-type-offered"]
     assert c.status == "fail"
     assert "not offered in us-east-1e" in c.message and "us-east-1a" in c.message
-    assert pf.exit_code(checks.values()) == 1
+    assert ac_run.exit_code(checks.values()) == 1
 
 
 def test_no_az_lists_offering_zones(account):
@@ -215,7 +217,7 @@ def test_quota_too_low(account):
     assert c.status == "fail"
     assert "L-DB2E81BA" in c.message and f"needs {inp.vcpus_needed}" in c.message
     assert f"--desired-value {inp.vcpus_needed + 48}" in c.message
-    assert pf.exit_code(checks.values()) == 1
+    assert ac_run.exit_code(checks.values()) == 1
 
 
 def test_spot_uses_spot_quota(account):
@@ -229,7 +231,7 @@ def test_spot_uses_spot_quota(account):
 def test_head_quota_only_warns(account):
     checks = run(account, prod_inputs(account), {"L-DB2E81BA": 2000.0, "L-1216C47A": 4.0})
     assert checks["head-quota"].status == "warn" and "L-1216C47A" in checks["head-quota"].message
-    assert pf.exit_code(checks.values()) == 0
+    assert ac_run.exit_code(checks.values()) == 0
 
 
 def test_missing_weights_prefix(account):
@@ -320,7 +322,7 @@ def test_gpu_facts_differ_warns(account):
     checks = run(account, inp, GPU_OK)
     c = checks["gpu-facts"]
     assert c.status == "warn" and "model L40S vs catalog L20" in c.message and "45776 MiB" in c.message
-    assert pf.exit_code(checks.values()) == 0
+    assert ac_run.exit_code(checks.values()) == 0
 
 
 def test_ami_missing(account):
@@ -333,9 +335,9 @@ def test_ami_missing(account):
 def test_standard_endpoint_env_reaches_moto(account, monkeypatch):
     """make_clients builds plain boto3 clients: AWS_ENDPOINT_URL alone points them at the emulator."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", account.url)
-    clients = pf.make_clients(REGION)
+    clients = ac_model.make_clients(REGION)
     assert clients.ec2.meta.endpoint_url == account.url
-    c = pf.check_offered(clients.ec2, "g6e.48xlarge", "us-east-1e")
+    c = ac_compute.check_offered(clients.ec2, "g6e.48xlarge", "us-east-1e")
     assert c.status == "fail" and "us-east-1a" in c.message
 
 
@@ -353,14 +355,14 @@ def test_standard_endpoint_env_reaches_moto(account, monkeypatch):
     ],
 )
 def test_quota_family_of(itype, family):
-    assert pf.quota_family_of(itype) == family
+    assert ac_model.quota_family_of(itype) == family
 
 
 def test_split_s3_uri():
-    assert pf.split_s3_uri("s3://b/a/b") == ("b", "a/b/")
-    assert pf.split_s3_uri("s3://b") == ("b", "")
+    assert ac_model.split_s3_uri("s3://b/a/b") == ("b", "a/b/")
+    assert ac_model.split_s3_uri("s3://b") == ("b", "")
     with pytest.raises(ValueError, match="not an s3://"):
-        pf.split_s3_uri("https://b/x")
+        ac_model.split_s3_uri("https://b/x")
 
 
 def test_cli_json_against_moto(account, tmp_path):

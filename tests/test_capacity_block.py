@@ -15,7 +15,9 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from infra import account_check as pf
+from infra.account_check import capacity as ac_capacity
+from infra.account_check import model as ac_model
+from infra.account_check import run as ac_run
 from infra.cli import app
 from infra.cost import capacity_block as cb
 from infra.cost.pricing import load_snapshot
@@ -163,9 +165,9 @@ def ec2_client():
     return boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
 
 
-def block_inputs(**cfg_over: str) -> pf.PreflightInputs:
+def block_inputs(**cfg_over: str) -> ac_model.PreflightInputs:
     cfg = load_config("block-h100", [f"{k}={v}" for k, v in cfg_over.items()])
-    return pf.inputs_for_stack(cfg)
+    return ac_model.inputs_for_stack(cfg)
 
 
 def run_check(inp, reservations, offerings=None, now=NOW):
@@ -186,7 +188,7 @@ def run_check(inp, reservations, offerings=None, now=NOW):
                     "CapacityDurationHours": 336,
                 },
             )
-        check = pf.check_capacity_block(ec2, inp, now)
+        check = ac_capacity.check_capacity_block(ec2, inp, now)
         stub.assert_no_pending_responses()
     return check
 
@@ -221,7 +223,7 @@ def test_mismatching_block_fails_in_one_line(over, expected):
         "offering cb-0f1e2d3c4b5a69788: 2 x p5.48xlarge in us-east-1a" in c.message
         and "26431.76 USD" in c.message
     )
-    assert pf.exit_code([c]) == 1
+    assert ac_run.exit_code([c]) == 1
 
 
 def test_block_not_found_or_over_or_not_started():
@@ -233,7 +235,7 @@ def test_block_not_found_or_over_or_not_started():
             "InvalidCapacityReservationId.NotFound",
             f"The capacity reservation ID '{BLOCK}' does not exist",
         )
-        c = pf.check_capacity_block(ec2, inp, NOW)
+        c = ac_capacity.check_capacity_block(ec2, inp, NOW)
     assert c.status == "fail" and c.message.startswith(
         f"{BLOCK} not found (InvalidCapacityReservationId.NotFound"
     )
@@ -246,20 +248,20 @@ def test_block_not_found_or_over_or_not_started():
     assert "EC2 offers none now for 2 x p5.48xlarge for 336 h" in late.message
     early = run_check(inp, [reservation(State="scheduled")], now=START - dt.timedelta(hours=30))
     assert early.status == "warn" and "starts at 2026-12-01 11:30 UTC (in 30 h)" in early.message
-    assert pf.exit_code([early]) == 0
+    assert ac_run.exit_code([early]) == 0
 
 
 def test_run_checks_includes_the_block_only_when_set(monkeypatch):
     seen = []
-    ok = pf.Check("x", "pass", "")
+    ok = ac_model.Check("x", "pass", "")
     for name in ("check_offered", "check_gpu_facts", "check_quota", "check_ami", "check_weights"):
-        monkeypatch.setattr(pf, name, lambda *a, **k: ok)  # the other checks have their own tests
+        monkeypatch.setattr(ac_run, name, lambda *a, **k: ok)  # the other checks have their own tests
     monkeypatch.setattr(
-        pf, "check_capacity_block", lambda ec2, i, now=None: seen.append(i.capacity_block_id) or ok
+        ac_run, "check_capacity_block", lambda ec2, i, now=None: seen.append(i.capacity_block_id) or ok
     )
     inp = block_inputs()
-    pf.run_checks(inp, pf.Clients(None, None, None))
-    pf.run_checks(dataclasses.replace(inp, capacity_block_id=None), pf.Clients(None, None, None))
+    ac_run.run_checks(inp, ac_model.Clients(None, None, None))
+    ac_run.run_checks(dataclasses.replace(inp, capacity_block_id=None), ac_model.Clients(None, None, None))
     assert seen == [BLOCK]
 
 

@@ -136,12 +136,12 @@ def register(app: typer.Typer) -> None:
         args = _args_or_fail(stack, config)
         cfg = config_or_fail(stack, config)
         if not skip_preflight:
-            from infra import account_check as pf
+            from infra.account_check import run as ac_run
             from infra.commands.preflight import run_for_stack, show
 
             checks = run_for_stack(cfg)
             show(checks, f"preflight: stack {stack} in {cfg.region}")
-            if pf.exit_code(checks):
+            if ac_run.exit_code(checks):
                 fail("preflight failed: fix the lines marked fail above (or --skip-preflight)", 1)
 
         from infra.deploy import open_stack, render_artifacts, stack_up

@@ -12,12 +12,13 @@ STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 def run_for_stack(cfg, clients=None):
     """The checks for one validated StackConfig (clients default to plain boto3 clients in its region)."""
-    from infra import account_check as pf
+    from infra.account_check import model as ac_model
+    from infra.account_check import run as ac_run
 
     if cfg.provider != "aws":
         fail(f"llmfleet:provider = {cfg.provider!r}: preflight checks an AWS account; allowed: aws")
-    inputs = pf.inputs_for_stack(cfg)
-    return pf.run_checks(inputs, clients or pf.make_clients(cfg.region))
+    inputs = ac_model.inputs_for_stack(cfg)
+    return ac_run.run_checks(inputs, clients or ac_model.make_clients(cfg.region))
 
 
 def show(checks, title: str) -> None:
@@ -39,12 +40,12 @@ def register(app: typer.Typer) -> None:
         weights upload and an optional capacity reservation. Exit 0 = all pass (warnings
         never fail), 1 = a check failed, 2 = bad input.
         """
-        from infra import account_check as pf
+        from infra.account_check import run as ac_run
 
         cfg = config_or_fail(stack, config)
         checks = run_for_stack(cfg)
         if as_json:
-            print_json(pf.to_json(checks))
+            print_json(ac_run.to_json(checks))
         else:
             show(checks, f"preflight: stack {stack} in {cfg.region}")
-        raise typer.Exit(pf.exit_code(checks))
+        raise typer.Exit(ac_run.exit_code(checks))
