@@ -208,25 +208,10 @@ def _array(argv: list[str]) -> str:
     return " ".join(f'"${{{a}}}"' if isinstance(a, ShellVar) else shlex.quote(a) for a in argv)
 
 
-def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> str:
-    """The bash bootstrap script for one host (deterministic: its hash triggers re-runs)."""
-    cfg = stack.cfg
-    idx = host_index(cfg, host)
-    is_worker = host.role == "worker"
-    spec = node_spec(stack, host, head_ip, image_ref)
-    argv = container_argv(spec)
-    tool, stage = _staging(cfg.weights_uri, head=not is_worker)
-    ecr = ECR_RE.match(image_ref)
-    q = shlex.quote
-    v = {"HOST": host.address, "ROLE": host.role, "NODE_IP": str(host.ray_ip)}
-    if is_worker:
-        v.update(ENTRY=f"llmfleet:hosts[{idx}]", GPU_COUNT=str(host.gpu_count))
-        v.update(WEIGHTS_DIR=cfg.weights_path, NEED_GIB=str(math.ceil(weights_gib(stack))))
-    v["MODEL_PATH"] = cfg.model_path
-    if cfg.weights_uri:
-        v["WEIGHTS_URI"] = cfg.weights_uri
-    v.update(IMAGE=image_ref, CONTAINER=spec.container)
-    lines = [
+def _preamble(host: HostSpec, stack: Stack, head_ip: str, v: dict[str, str], argv: list[str]) -> list[str]:
+    """Header, variables, helpers (fail, run under --dry-run, sudo) and the docker check."""
+    cfg, q = stack.cfg, shlex.quote
+    return [
         "#!/usr/bin/env bash",
         f"# llmfleet bootstrap of {host.role} {host.address} (stack {cfg.stack}); rendered by",
         "# infra/boot/ssh_bootstrap.py -- edit the stack config, not this script.",
@@ -268,28 +253,35 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
         '"sudo systemctl enable --now docker, and add $(id -un) to the docker group"',
         "fi",
     ]
-    if is_worker:
-        lines += [
-            "runtimes=$(\"${DOCKER[@]}\" info --format '{{json .Runtimes}}' 2>/dev/null || true)",
-            'if [[ "$runtimes" != *nvidia* ]] && ! command -v nvidia-container-cli >/dev/null 2>&1; then',
-            '  fail nvidia-runtime "docker runtimes ${runtimes:-none} lack nvidia and nvidia-container-cli '
-            'is missing" "install nvidia-container-toolkit, then: sudo nvidia-ctk runtime configure '
-            '--runtime=docker && sudo systemctl restart docker"',
-            "fi",
-            'command -v nvidia-smi >/dev/null 2>&1 || fail gpu-count "nvidia-smi not found in PATH" '
-            '"install the NVIDIA driver"',
-            'gpus=$(nvidia-smi -L 2>&1) || fail gpu-count "nvidia-smi -L: $(echo "$gpus" | first_line)" '
-            '"fix the NVIDIA driver (nvidia-smi must list the GPUs)"',
-            'found=$(echo "$gpus" | grep -c "^GPU [0-9]" || true)',
-            '[ "$found" -eq "$GPU_COUNT" ] || fail gpu-count "nvidia-smi -L lists $found GPUs, declared '
-            '$GPU_COUNT" "set $ENTRY.gpuCount to $found, or fix the host"',
-            "# Free space where the weights go (nearest existing directory), plus what is already there.",
-            'probe="$WEIGHTS_DIR"; while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done',
-            "free=$(df -P -B1G \"$probe\" | awk 'NR==2 {print $4}')",
-            'have=0; if [ -d "$MODEL_PATH" ]; then have=$(du -s -B1G "$MODEL_PATH" | cut -f1); fi',
-            '[ $((free + have)) -ge "$NEED_GIB" ] || fail disk "$free GiB free at $probe, the weights '
-            'need $NEED_GIB GiB" "free space, or set llmfleet:weightsPath to a larger volume"',
-        ]
+
+
+def _worker_checks() -> list[str]:
+    """GPU hosts: the NVIDIA runtime, the declared GPU count, disk for the weights."""
+    return [
+        "runtimes=$(\"${DOCKER[@]}\" info --format '{{json .Runtimes}}' 2>/dev/null || true)",
+        'if [[ "$runtimes" != *nvidia* ]] && ! command -v nvidia-container-cli >/dev/null 2>&1; then',
+        '  fail nvidia-runtime "docker runtimes ${runtimes:-none} lack nvidia and nvidia-container-cli '
+        'is missing" "install nvidia-container-toolkit, then: sudo nvidia-ctk runtime configure '
+        '--runtime=docker && sudo systemctl restart docker"',
+        "fi",
+        'command -v nvidia-smi >/dev/null 2>&1 || fail gpu-count "nvidia-smi not found in PATH" '
+        '"install the NVIDIA driver"',
+        'gpus=$(nvidia-smi -L 2>&1) || fail gpu-count "nvidia-smi -L: $(echo "$gpus" | first_line)" '
+        '"fix the NVIDIA driver (nvidia-smi must list the GPUs)"',
+        'found=$(echo "$gpus" | grep -c "^GPU [0-9]" || true)',
+        '[ "$found" -eq "$GPU_COUNT" ] || fail gpu-count "nvidia-smi -L lists $found GPUs, declared '
+        '$GPU_COUNT" "set $ENTRY.gpuCount to $found, or fix the host"',
+        "# Free space where the weights go (nearest existing directory), plus what is already there.",
+        'probe="$WEIGHTS_DIR"; while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done',
+        "free=$(df -P -B1G \"$probe\" | awk 'NR==2 {print $4}')",
+        'have=0; if [ -d "$MODEL_PATH" ]; then have=$(du -s -B1G "$MODEL_PATH" | cut -f1); fi',
+        '[ $((free + have)) -ge "$NEED_GIB" ] || fail disk "$free GiB free at $probe, the weights '
+        'need $NEED_GIB GiB" "free space, or set llmfleet:weightsPath to a larger volume"',
+    ]
+
+
+def _tool_checks(tool: str, ecr: re.Match | None) -> list[str]:
+    lines: list[str] = []
     if tool:
         lines.append(
             f'command -v {tool} >/dev/null 2>&1 || fail weights "{tool} not found in PATH, needed for '
@@ -300,11 +292,19 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
             'command -v aws >/dev/null 2>&1 || fail image "aws CLI not found, needed to log in to ECR" '
             '"install awscli v2 and give the host credentials that may pull from the repository"'
         )
+    return lines
+
+
+def _secrets(is_worker: bool) -> list[tuple[str, str, str, str]]:
     # (env name, shell variable, check name, dry-run text): what this host takes on stdin.
     secrets = [(RAY_TOKEN_ENV, "ray_token", "ray-token", "<ray token>")]
     if not is_worker:
         secrets.append((TOKEN_ENV, "api_token", "api-token", "<token>"))
-    lines += [
+    return secrets
+
+
+def _read_secrets(secrets: list[tuple[str, str, str, str]]) -> list[str]:
+    return [
         "# Secrets come on stdin (Pulumi secrets, KEY=value lines), never in this script or an argv.",
         " ".join(f'{var}="";' for _, var, _, _ in secrets) + ' line=""',
         'while IFS= read -r -t 10 line || [ -n "$line" ]; do',
@@ -319,7 +319,10 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
             for env, var, check, _ in secrets
         ),
     ]
-    lines += [
+
+
+def _weights(stage: list[str]) -> list[str]:
+    return [
         "",
         "# 2. weights ------------------------------------------------------------------",
         "stage_weights() {",
@@ -331,13 +334,17 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
         "}",
         "stage_weights",
     ]
+
+
+def _env_file(secrets: list[tuple[str, str, str, str]]) -> list[str]:
+    q = shlex.quote
     # The node container reads the secrets from a root-only env file (--env-file); printf is a
     # shell builtin, so the values reach `install` through a pipe, never through an argv.
     env_dir = HOST_ENV_FILE.rsplit("/", 1)[0]
     plain = [f"{k}={val}" for k, val in RAY_AUTH_ENV.items()]
     shown = " ".join([*plain, *(f"{env}={text}" for env, _, _, text in secrets)])
     written = " ".join([*map(_sq, plain), *(f'"{env}=${var}"' for env, var, _, _ in secrets)])
-    lines += [
+    return [
         'if [ "$DRY_RUN" = 1 ]; then',
         f"  echo {q(f'{DRY_RUN_PREFIX} write {shown} to {HOST_ENV_FILE} (0600)')}",
         "else",
@@ -346,18 +353,25 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
         "fi",
         "unset " + " ".join(var for _, var, _, _ in secrets),
     ]
-    if not is_worker:
-        lines += [
-            "# The Serve deploy config (no secrets), mounted read-only into the head container.",
-            f"SERVE_CONFIG={_sq(spec.serve_config)}",
-            'if [ "$DRY_RUN" = 1 ]; then',
-            f"  echo {q(f'{DRY_RUN_PREFIX} write the Serve config to {cloud_init.SERVE_CONFIG_PATH}')}",
-            "else",
-            f'  printf \'%s\\n\' "$SERVE_CONFIG" | "${{SUDO[@]}}" install -D -m 0644 /dev/stdin '
-            f"{q(cloud_init.SERVE_CONFIG_PATH)}",
-            "fi",
-        ]
-    lines += ["", "# 3. image and container ------------------------------------------------------"]
+
+
+def _serve_config(spec: NodeSpec) -> list[str]:
+    q = shlex.quote
+    return [
+        "# The Serve deploy config (no secrets), mounted read-only into the head container.",
+        f"SERVE_CONFIG={_sq(spec.serve_config)}",
+        'if [ "$DRY_RUN" = 1 ]; then',
+        f"  echo {q(f'{DRY_RUN_PREFIX} write the Serve config to {cloud_init.SERVE_CONFIG_PATH}')}",
+        "else",
+        f'  printf \'%s\\n\' "$SERVE_CONFIG" | "${{SUDO[@]}}" install -D -m 0644 /dev/stdin '
+        f"{q(cloud_init.SERVE_CONFIG_PATH)}",
+        "fi",
+    ]
+
+
+def _image_and_container(ecr: re.Match | None) -> list[str]:
+    q = shlex.quote
+    lines = ["", "# 3. image and container ------------------------------------------------------"]
     if ecr:
         registry, region = ecr.group("registry"), ecr.group("region")
         lines += [
@@ -381,19 +395,44 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
         '$("${DOCKER[@]}" logs --tail 1 "$CONTAINER" 2>&1 | first_line)" "see docker logs $CONTAINER"',
         "fi",
     ]
-    if not is_worker:
-        # Same deploy as the AWS head's unit: waits for TP x PP GPUs, preflight, serve deploy,
-        # a real completion. Detached in the container and retried, so this script returns.
-        deploy = shell_command(cloud_init.head_deploy_argv(spec))
-        lines += [
-            "# 4. bootstrap the inference actors once the workers have joined -------------------",
-            f"DEPLOY={_sq(f'until {deploy}; do sleep 30; done')}",
-            'run "${DOCKER[@]}" exec --detach "$CONTAINER" sh -c "$DEPLOY"',
-        ]
-    lines += [
-        f'echo "{MESSAGE_PREFIX} $ROLE $HOST ready (container $CONTAINER)"',
-        "",
+    return lines
+
+
+def _deploy(spec: NodeSpec) -> list[str]:
+    # Same deploy as the AWS head's unit: waits for TP x PP GPUs, preflight, serve deploy,
+    # a real completion. Detached in the container and retried, so this script returns.
+    deploy = shell_command(cloud_init.head_deploy_argv(spec))
+    return [
+        "# 4. bootstrap the inference actors once the workers have joined -------------------",
+        f"DEPLOY={_sq(f'until {deploy}; do sleep 30; done')}",
+        'run "${DOCKER[@]}" exec --detach "$CONTAINER" sh -c "$DEPLOY"',
     ]
+
+
+def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> str:
+    """The bash bootstrap script for one host (deterministic: its hash triggers re-runs)."""
+    cfg = stack.cfg
+    idx = host_index(cfg, host)
+    is_worker = host.role == "worker"
+    spec = node_spec(stack, host, head_ip, image_ref)
+    tool, stage = _staging(cfg.weights_uri, head=not is_worker)
+    ecr = ECR_RE.match(image_ref)
+    v = {"HOST": host.address, "ROLE": host.role, "NODE_IP": str(host.ray_ip)}
+    if is_worker:
+        v.update(ENTRY=f"llmfleet:hosts[{idx}]", GPU_COUNT=str(host.gpu_count))
+        v.update(WEIGHTS_DIR=cfg.weights_path, NEED_GIB=str(math.ceil(weights_gib(stack))))
+    v["MODEL_PATH"] = cfg.model_path
+    if cfg.weights_uri:
+        v["WEIGHTS_URI"] = cfg.weights_uri
+    v.update(IMAGE=image_ref, CONTAINER=spec.container)
+    secrets = _secrets(is_worker)
+    lines = _preamble(host, stack, head_ip, v, container_argv(spec))
+    lines += _worker_checks() if is_worker else []
+    lines += _tool_checks(tool, ecr) + _read_secrets(secrets) + _weights(stage) + _env_file(secrets)
+    lines += [] if is_worker else _serve_config(spec)
+    lines += _image_and_container(ecr)
+    lines += [] if is_worker else _deploy(spec)
+    lines += [f'echo "{MESSAGE_PREFIX} $ROLE $HOST ready (container $CONTAINER)"', ""]
     return "\n".join(lines)
 
 
