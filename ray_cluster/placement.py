@@ -236,7 +236,6 @@ def run_preflight(
     """
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     bundle_list = bundles(tp, pp, gpu_model, device)
     world = tp * pp
@@ -262,20 +261,7 @@ def run_preflight(
                     device,
                 )
             )
-        rank_cls = ray.remote(_Rank)
-        # Each rank actor takes its whole bundle, as the engine's rank does.
-        for i, b in enumerate(bundle_list):
-            extra = {k: v for k, v in b.items() if k not in ("CPU", "GPU")} or None
-            actors.append(
-                rank_cls.options(
-                    num_cpus=b.get("CPU", 0),
-                    num_gpus=b.get("GPU", 0),
-                    resources=extra,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(
-                        placement_group=pg, placement_group_bundle_index=i
-                    ),
-                ).remote(i)
-            )
+        actors += _place_ranks(ray, pg, bundle_list)
         infos = _get(
             ray,
             [a.info.remote() for a in actors],
@@ -299,30 +285,7 @@ def run_preflight(
                     f"TP group pp{g.pp_stage} (ranks {g.ranks}) spans hosts {sorted(set(g.node_ips))}"
                 )
 
-        master_ip = ranks[0].node_ip
-        port = _get(ray, [actors[0].free_port.remote()], timeout, "rank 0 gave no port", "rank 0 port")[0]
-        numel = max(1, tensor_bytes // 4)
-        ifname = _get(ray, [actors[0].nic.remote()], timeout, "rank 0 gave no NIC", "rank 0 NIC")[0]
-        # Gloo/NCCL timeouts alone can hang past the bound; the outer ray.wait enforces it.
-        refs = [a.allreduce.remote(world, master_ip, port, numel, iters, collective_timeout) for a in actors]
-        outs = _get(
-            ray,
-            refs,
-            collective_timeout + 30,
-            timeout_hint(world, [r.node_ip for r in ranks], collective_timeout + 30, ifname, "all-reduce"),
-            f"all-reduce across {world} ranks failed (NIC {ifname or 'unset'})",
-        )
-        want = expected_sum(world)
-        result.backend = outs[0]["backend"]
-        result.expected_sum = want
-        result.observed_sum = outs[0]["min"]
-        result.allreduce_ok = all(o["min"] == want and o["max"] == want for o in outs)
-        if not result.allreduce_ok:
-            seen = sorted({o["min"] for o in outs} | {o["max"] for o in outs})
-            result.problems.append(f"all-reduce sum wrong: expected {want:g} on every rank, saw {seen}")
-        result.tensor_bytes = numel * 4
-        result.seconds = max(o["seconds"] for o in outs)
-        result.algbw_gbps, result.busbw_gbps = bus_bandwidth(result.tensor_bytes, result.seconds, world)
+        _measure_allreduce(ray, actors, result, tensor_bytes, iters, timeout, collective_timeout)
         result.ok = result.allreduce_ok and result.tp_groups_within_host
         return result
     finally:
@@ -338,6 +301,64 @@ def run_preflight(
                 pass
         if owns_connection:
             ray.shutdown()
+
+
+def _place_ranks(ray, pg, bundle_list: list[dict]) -> list:
+    """One rank actor per bundle; each takes its whole bundle, as the engine's rank does."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    rank_cls = ray.remote(_Rank)
+    actors = []
+    for i, b in enumerate(bundle_list):
+        extra = {k: v for k, v in b.items() if k not in ("CPU", "GPU")} or None
+        actors.append(
+            rank_cls.options(
+                num_cpus=b.get("CPU", 0),
+                num_gpus=b.get("GPU", 0),
+                resources=extra,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i
+                ),
+            ).remote(i)
+        )
+    return actors
+
+
+def _measure_allreduce(
+    ray,
+    actors: list,
+    result: PreflightResult,
+    tensor_bytes: int,
+    iters: int,
+    timeout: float,
+    collective_timeout: float,
+) -> None:
+    """All-reduce across every rank from rank 0's host: correct sum, time, bus bandwidth."""
+    ranks, world = result.ranks, len(actors)
+    master_ip = ranks[0].node_ip
+    port = _get(ray, [actors[0].free_port.remote()], timeout, "rank 0 gave no port", "rank 0 port")[0]
+    numel = max(1, tensor_bytes // 4)
+    ifname = _get(ray, [actors[0].nic.remote()], timeout, "rank 0 gave no NIC", "rank 0 NIC")[0]
+    # Gloo/NCCL timeouts alone can hang past the bound; the outer ray.wait enforces it.
+    refs = [a.allreduce.remote(world, master_ip, port, numel, iters, collective_timeout) for a in actors]
+    outs = _get(
+        ray,
+        refs,
+        collective_timeout + 30,
+        timeout_hint(world, [r.node_ip for r in ranks], collective_timeout + 30, ifname, "all-reduce"),
+        f"all-reduce across {world} ranks failed (NIC {ifname or 'unset'})",
+    )
+    want = expected_sum(world)
+    result.backend = outs[0]["backend"]
+    result.expected_sum = want
+    result.observed_sum = outs[0]["min"]
+    result.allreduce_ok = all(o["min"] == want and o["max"] == want for o in outs)
+    if not result.allreduce_ok:
+        seen = sorted({o["min"] for o in outs} | {o["max"] for o in outs})
+        result.problems.append(f"all-reduce sum wrong: expected {want:g} on every rank, saw {seen}")
+    result.tensor_bytes = numel * 4
+    result.seconds = max(o["seconds"] for o in outs)
+    result.algbw_gbps, result.busbw_gbps = bus_bandwidth(result.tensor_bytes, result.seconds, world)
 
 
 def _get(ray, refs: list, timeout: float, on_timeout: str, on_error: str) -> list:
