@@ -12,8 +12,9 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from infra.cost import estimate as cost
-from infra.cost import pricing
-from infra.cost.pricing import LivePriceBook, OnDemand, PriceBook, PriceCache, PriceError
+from infra.cost import live_prices, pricing
+from infra.cost.live_prices import LivePriceBook, PriceCache
+from infra.cost.pricing import OnDemand, PriceBook, PriceError
 
 ON_DEMAND = {"g6e.48xlarge": OnDemand(Decimal("30.131"), "test catalog")}
 
@@ -133,7 +134,7 @@ def expect_products(
         {"FormatVersion": "aws_v1", "PriceList": [price_list_item(instance_type, usd, location)]},
         {
             "ServiceCode": "AmazonEC2",
-            "Filters": pricing.ec2_price_filters(instance_type, location),
+            "Filters": live_prices.ec2_price_filters(instance_type, location),
             "FormatVersion": "aws_v1",
             "MaxResults": 100,
         },
@@ -142,7 +143,7 @@ def expect_products(
 
 def test_filters_are_the_documented_ones():
     fields = {
-        f["Field"]: f["Value"] for f in pricing.ec2_price_filters("g6e.48xlarge", "US East (N. Virginia)")
+        f["Field"]: f["Value"] for f in live_prices.ec2_price_filters("g6e.48xlarge", "US East (N. Virginia)")
     }
     assert fields == {
         "instanceType": "g6e.48xlarge",

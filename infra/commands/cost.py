@@ -36,7 +36,8 @@ from infra.cost import model as cost_model
 from infra.cost import preview as cost_preview
 from infra.cost import resources as cost_resources
 from infra.cost import usage as usage_mod
-from infra.cost.pricing import PriceBook, PriceError, live_book, snapshot_book
+from infra.cost.live_prices import live_book
+from infra.cost.pricing import PriceBook, PriceError, snapshot_book
 from infra.stack.resolve import resolve
 
 EXIT_OVER_BUDGET = 4
@@ -87,7 +88,7 @@ def live_blocks(
             if ec2 is None:
                 import boto3
 
-                from infra.cost.pricing import _client_config
+                from infra.cost.live_prices import _client_config
 
                 ec2 = boto3.client("ec2", region_name=region, config=_client_config())
             block = cb.describe_block(ec2, rid).block
