@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from infra.cost import estimate as cost
-from infra.cost import infracost
+from infra.cost import infracost, infracost_diff
 from infra.cost import model as cost_model
 from infra.cost import preview as cost_preview
 from infra.cost import resources as cost_resources
@@ -300,7 +300,7 @@ def test_diff_per_resource_and_component(book):
     prod = cost.price_resources(stack(3), book, weights_gib=642, project="prod")
     dev = cost.price_resources(stack(1), book, weights_gib=642, project="dev")
     past = infracost.breakdown(dev)
-    doc = doc_of(prod, past=past, name_key=infracost.other_stack_key("dev", "prod"))
+    doc = doc_of(prod, past=past, name_key=infracost_diff.other_stack_key("dev", "prod"))
     rows = {r["name"]: r for r in doc["projects"][0]["diff"]["resources"]}
     assert set(rows) == {"worker-1", "worker-2"}  # identical resources are not listed
     w2 = rows["worker-2"]
@@ -316,12 +316,12 @@ def test_diff_per_resource_and_component(book):
     renamed = cost_model.Estimate(
         "dev", "us-east-1", "x", tuple(replace(r, name=f"dev-{r.name}") for r in dev.resources), 0, (), ()
     )
-    again = infracost.diff_breakdown(
-        infracost.breakdown(renamed), infracost.breakdown(prod), infracost.other_stack_key("dev", "prod")
+    again = infracost_diff.diff_breakdown(
+        infracost.breakdown(renamed), infracost.breakdown(prod), infracost_diff.other_stack_key("dev", "prod")
     )
     assert {r["name"] for r in again["resources"]} == {"worker-1", "worker-2"}
     # removed resources show as negative, with their components negated
-    back = infracost.diff_breakdown(infracost.breakdown(prod), infracost.breakdown(dev))
+    back = infracost_diff.diff_breakdown(infracost.breakdown(prod), infracost.breakdown(dev))
     gone = {r["name"]: r for r in back["resources"]}["worker-2"]
     assert Decimal(gone["monthlyCost"]) == -by_name(prod)["worker-2"].monthly_cost
     assert gone["costComponents"][0]["monthlyQuantity"] == "-730"
@@ -334,7 +334,7 @@ def test_diff_matches_by_urn_then_name_and_lists_only_changed_components(book):
     new[0]["urn"] = old[0]["urn"]  # an alias keeps the URN: the same resource under a new name
     past = cost.price_resources(old, book, project="prod")
     now = cost.price_resources(new, book, project="prod")
-    d = infracost.diff_breakdown(infracost.breakdown(past), infracost.breakdown(now))
+    d = infracost_diff.diff_breakdown(infracost.breakdown(past), infracost.breakdown(now))
     rows = {r["name"]: r for r in d["resources"]}
     assert set(rows) == {"renamed", "nat"}  # paired by URN although the names differ
     comps = {c["name"]: c for c in rows["renamed"]["costComponents"]}

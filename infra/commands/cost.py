@@ -31,7 +31,7 @@ from rich.text import Text
 from infra.commands import _common
 from infra.constants import REPO_ROOT
 from infra.cost import estimate as cost
-from infra.cost import infracost
+from infra.cost import infracost, infracost_diff
 from infra.cost import model as cost_model
 from infra.cost import preview as cost_preview
 from infra.cost import resources as cost_resources
@@ -509,7 +509,7 @@ def register(app: typer.Typer) -> None:
             if diff:
                 other = price_stack(diff, [], live=live)
                 past_bd = infracost.breakdown(other.estimate, other.tokens_per_s)
-                name_key = infracost.other_stack_key(diff, stack)
+                name_key = infracost_diff.other_stack_key(diff, stack)
                 past_label = f"minus stack {diff}"
                 priced = replace(
                     priced,
