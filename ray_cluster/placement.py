@@ -247,7 +247,10 @@ def run_preflight(
     pg = None
     actors: list = []
     try:
-        pg = placement_group(bundle_list, strategy="PACK", name=f"llmfleet-preflight-tp{tp}-pp{pp}")
+        # The GPU engine's own strategy (PACK). On CPU too: there the gang deliberately spans every
+        # replica host (node.preflight_layout), which STRICT_PACK, the CPU engine's, would refuse.
+        strategy = contract.placement_strategy("gpu")
+        pg = placement_group(bundle_list, strategy=strategy, name=f"llmfleet-preflight-tp{tp}-pp{pp}")
         ready, _ = ray.wait([pg.ready()], timeout=timeout)
         if not ready:
             raise PreflightError(
