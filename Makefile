@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml uv.lock $(UV)
 setup: $(STAMP)
 
 # Debian packages the tests use: shellcheck (user data), iproute2 (network-namespace hosts),
-# openssh-server/client (the existing-hosts bootstrap over real SSH). Installed when root.
+# openssh-server/client (the existing-hosts bootstrap over real SSH), prometheus (the local
+# cluster's metrics). Installed when root.
 system-deps:
 	@bash scripts/system-deps.sh
 

@@ -34,6 +34,7 @@ COMMANDS = (
     "render",
     "preflight_cluster",
     "local",
+    "dashboards",
 )
 
 for _name in COMMANDS:

@@ -6,6 +6,7 @@ command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
+command -v prometheus >/dev/null || need+=(prometheus)  # `llmfleet local up` scrapes the hosts with it
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   echo "installing: ${need[*]}"

@@ -40,6 +40,7 @@ def res(rtype: str, name: str, rid: str | None = None, /, **inputs):
 
 
 TAGGABLE = {
+    "aws:cloudwatch/logGroup:LogGroup",
     "aws:ec2/instance:Instance",
     "aws:ec2/vpc:Vpc",
     "aws:ec2/subnet:Subnet",
@@ -171,6 +172,7 @@ def good_stack() -> list[dict]:
             rules=[{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}],
         ),
         res("aws:iam/policy:Policy", "node-policy", policy=json.dumps(GOOD_IAM)),
+        res("aws:cloudwatch/logGroup:LogGroup", "boot-logs", name="/llmfleet/test/boot", retentionInDays=30),
         # not AWS tags: docker-build's `tags` are image references
         res("docker-build:index:Image", "image", tags=["123.dkr.ecr/llmfleet:abc"], push=True),
     ]
@@ -447,6 +449,9 @@ BREAKERS = [
         ),
         "'partition'",
     ),
+    ("log-group-retention", lambda s: set_input(s, "boot-logs", retentionInDays=None), "keep every event forever"),
+    ("log-group-retention", lambda s: set_input(s, "boot-logs", retentionInDays=0), "retentionInDays is not set"),
+    ("log-group-retention", lambda s: set_input(s, "boot-logs", retentionInDays=10), "not a CloudWatch value"),
     ("s3-bucket-hardened", lambda s: [r for r in s if r["name"] != "weights-pab"], "BucketPublicAccessBlock"),
     (
         "s3-bucket-hardened",

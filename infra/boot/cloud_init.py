@@ -25,6 +25,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from infra.boot import metrics
+from infra.boot.metrics import HostMetrics
 from infra.constants import S3_MAX_CONCURRENT_REQUESTS
 from ray_cluster import contract
 from ray_cluster.contract import GCS_PORT, HOST_ENV_FILE
@@ -75,6 +77,8 @@ class NodeSpec:
     pipeline_parallel_size: int = 0
     replicas: int = 1
     deploy_gpu_model: str = ""
+    # Metrics and logs (infra/boot/metrics.py); None: the host ships none (e.g. older tests)
+    metrics: HostMetrics | None = None
 
     @property
     def container(self) -> str:
@@ -380,8 +384,12 @@ def render_user_data(spec: NodeSpec) -> str:
         raise ValueError("the head needs token_parameter")
     if not spec.ray_token_parameter:
         raise ValueError("every host needs ray_token_parameter (the Ray cluster token's SSM name)")
-    parts = [_header(spec), _checks(spec)]
+    m = spec.metrics
+    parts = [_header(spec), _checks(spec), metrics.docker_logging(m, spec.region, spec.role) if m else ""]
     if spec.role == "worker":
         parts.append(_nvme(spec))
-    parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec), _deploy(spec)]
+    parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec)]
+    if m:  # after the node container: boot log shipper, and DCGM (workers) or Prometheus (head)
+        parts.append(metrics.agents(m, spec.region, spec.role, spec.image_ref, spec.container))
+    parts.append(_deploy(spec))
     return "".join(parts).replace("\n\n\n", "\n\n")

@@ -14,6 +14,14 @@ NameOpt = Annotated[
     str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
 ]
 
+PriceStackOpt = Annotated[
+    str,
+    typer.Option(
+        "--price-stack",
+        help="Stack whose workers price the measured tokens/s (beside its planner estimate).",
+    ),
+]
+
 UP_HELP = (
     "Start a local multi-host Ray cluster and serve the tiny DeepSeek-V3 model on it.\n\n"
     "Layout (the production shape): host 0 is the head (0 GPUs; Serve controller, HTTP proxy, "
@@ -139,14 +147,20 @@ def register(app: typer.Typer) -> None:
         )
 
     @local.command("status")
-    def status_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
-        """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion."""
+    def status_cmd(
+        name: NameOpt = "local",
+        price_stack: PriceStackOpt = "prod",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real
+        completion, and live figures from the cluster's Prometheus."""
         from infra.local.layout import LocalError
         from infra.local.status import status
+        from infra.stack.config import ConfigError
 
         try:
-            rep = status(name)
-        except LocalError as e:
+            rep = status(name, price_stack=price_stack)
+        except (LocalError, ConfigError) as e:
             fail(str(e), code=1)
         if as_json:
             print_json(rep)
@@ -164,6 +178,36 @@ def register(app: typer.Typer) -> None:
         console.print(f"endpoint {rep['endpoint']} answers a completion: {ok}", highlight=False)
         if rep["lost"]:
             console.print(f"[red]lost:[/] {', '.join(rep['lost'])}", highlight=False)
+        from infra.commands._local_live import print_metrics
+
+        print_metrics(rep["metrics"])
+
+    @local.command("top")
+    def top_cmd(
+        name: NameOpt = "local",
+        interval: Annotated[float, typer.Option("--interval", min=0.5, help="Seconds between refreshes.")] = 2.0,
+        iterations: Annotated[
+            int, typer.Option("--iterations", min=0, help="Refreshes before exiting; 0 = until Ctrl-C.")
+        ] = 0,
+    ) -> None:
+        """Live serving figures (Prometheus queries), refreshed in place: requests running and
+        waiting, tokens/s, TTFT and TPOT p50, KV-cache usage, per worker host."""
+        from infra.commands._local_live import top
+        from infra.local.layout import LocalError
+        from infra.local.state import load_state, state_dir
+
+        try:
+            st = load_state(name)
+        except LocalError as e:
+            fail(str(e), code=1)
+        if st is None:
+            fail(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`", code=1)
+        if not st.get("prometheus"):
+            fail(f"local cluster {name!r} runs no Prometheus; run `llmfleet local down` and `up` again", code=1)
+        try:
+            top(st, interval, iterations)
+        except KeyboardInterrupt:
+            pass
 
     @local.command("down")
     def down_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:

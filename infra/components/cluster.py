@@ -23,6 +23,7 @@ import pulumi_aws as aws
 
 from infra.boot.ami import AMI_LOOKUP
 from infra.boot.cloud_init import NodeSpec, render_user_data
+from infra.boot.metrics import HostMetrics
 from infra.catalog import InstanceType
 
 BASE_ROOT_GB = 200  # OS + Docker + the vLLM image (~25 GB) + logs, with room for two image versions
@@ -88,6 +89,8 @@ class ClusterArgs:
     tensor_parallel_size: int = 0
     pipeline_parallel_size: int = 0
     replicas: int = 1
+    # Metrics and logs of every host (infra/components/observability.py); None: none shipped
+    host_metrics: pulumi.Input[HostMetrics] | None = None
 
 
 class Cluster(pulumi.ComponentResource):
@@ -124,7 +127,7 @@ class Cluster(pulumi.ComponentResource):
         )
 
         head_ud = pulumi.Output.all(
-            args.image_ref, args.weights_s3_uri, args.token_parameter, args.ray_token_parameter
+            args.image_ref, args.weights_s3_uri, args.token_parameter, args.ray_token_parameter, args.host_metrics
         ).apply(
             lambda a: render_user_data(
                 NodeSpec(
@@ -142,6 +145,7 @@ class Cluster(pulumi.ComponentResource):
                     pipeline_parallel_size=args.pipeline_parallel_size,
                     replicas=args.replicas,
                     deploy_gpu_model=args.worker_type.gpu or "",
+                    metrics=a[4],
                 )
             )
         )
@@ -170,7 +174,7 @@ class Cluster(pulumi.ComponentResource):
         for i in range(args.workers):
             wname = f"{name}-worker-{i}"
             ud = pulumi.Output.all(
-                self.head.private_ip, args.image_ref, args.weights_s3_uri, args.ray_token_parameter
+                self.head.private_ip, args.image_ref, args.weights_s3_uri, args.ray_token_parameter, args.host_metrics
             ).apply(
                 lambda a: render_user_data(
                     NodeSpec(
@@ -187,6 +191,7 @@ class Cluster(pulumi.ComponentResource):
                         nvme_disks=args.worker_type.nvme_disks,
                         efa=cards > 0,
                         endpoint_port=args.endpoint_port,
+                        metrics=a[4],
                     )
                 )
             )

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra.constants import REPO_ROOT
-from infra.local import hosts
+from infra.local import hosts, prometheus
 from infra.local.hosts import Host, HostSet
 from infra.local.layout import (
     DEFAULT_PORT,
@@ -316,6 +316,9 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         _start_nodes(st, hs, layout, ports, env, o, paths)
         on_stage("head", f"{head.name} {head.ip}")
         _wait_head(st, hs, ports, paths["logs"] / f"{head.name}.log", min(o.timeout, 180))
+        # Metrics: scraping starts before the deploy, so the first requests are counted too.
+        st["prometheus"] = prometheus.start(st, head, ports, sd, paths["logs"] / "prometheus.log")
+        save_state(st, sd)
         on_stage(
             "gpus",
             f"{layout.replicas} replica(s) x TP {layout.tp} x PP {layout.pp} = "
@@ -352,6 +355,7 @@ def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:
     except LocalError:
         st = None
     prefix = hosts.prefix_for(name)
+    removed += prometheus.stop(st, sd, name)
     if st is not None:
         stop_processes(st, prefix)
         removed.append(f"supervisors of {len(st.get('hosts', []))} hosts")

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra.local.layout import ENGINE, LocalError
+from infra.local.live import live_report
 from infra.local.processes import raylet_running
 from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, state_dir
 
@@ -59,7 +60,9 @@ def _ray_nodes(st: dict) -> list[dict] | None:
     return [{"ip": n.node_ip, "alive": n.state == "ALIVE", "node_id": n.node_id} for n in nodes]
 
 
-def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True) -> dict:
+def status(
+    name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True, price_stack: str | None = "prod"
+) -> dict:
     """Hosts alive/lost, Serve application state and whether a real completion answers."""
     from ray_cluster.node import NodeError
     from ray_cluster.readiness import probe_completion
@@ -98,6 +101,8 @@ def status(name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True)
         "serve": apps,
         "serving": serving,
         "serving_detail": detail,
+        # Live figures from the cluster's Prometheus (infra.local.live), not from logs.
+        "metrics": live_report(st, price_stack),
     }
 
 
@@ -136,7 +141,7 @@ def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
 
 def healthy(st: dict) -> tuple[bool, str]:
     """(ok, why not): every host alive and a real completion answered."""
-    rep = status(st["name"], Path(st["state_dir"]))
+    rep = status(st["name"], Path(st["state_dir"]), price_stack=None)
     lost = [h for h in rep["hosts"] if h["status"] != "alive"]
     if lost:
         return False, "host " + ", ".join(f"{h['name']} ({h['ip']}) lost" for h in lost)

@@ -48,6 +48,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     from infra.components.endpoint import Endpoint, EndpointArgs
     from infra.components.iam import IamArgs, NodeIam
     from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
+    from infra.components.observability import Observability, ObservabilityArgs, observability_outputs
     from infra.components.secret_token import endpoint_token, ray_cluster_token
     from infra.components.weights import Weights, WeightsArgs
 
@@ -95,6 +96,21 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             tags=tags,
         ),
     )
+    obs = Observability(
+        "observability",
+        ObservabilityArgs(
+            name=name,
+            region=cfg.region,
+            vpc_id=network.vpc.id,
+            subnet_id=network.private_subnet.id,
+            vpce_sg_id=network.vpce_sg.id,
+            role_name=iam.role.name,
+            repository_url=registry.repository.repository_url,
+            registry_id=registry.repository.registry_id,
+            log_retention_days=cfg.log_retention_days,
+            tags=tags,
+        ),
+    )
     cluster = Cluster(
         "cluster",
         ClusterArgs(
@@ -127,10 +143,11 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             serve_config=serve_config_yaml(cfg, plan),
             tensor_parallel_size=plan.tensor_parallel_size,
             pipeline_parallel_size=plan.pipeline_parallel_size,
+            host_metrics=obs.host_metrics,
         ),
         # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
         # (depending on the IAM component waits for all of its children).
-        opts=pulumi.ResourceOptions(depends_on=[token.parameter, ray_token.parameter, network, iam]),
+        opts=pulumi.ResourceOptions(depends_on=[token.parameter, ray_token.parameter, network, iam, obs]),
     )
     nlb_subnet = network.public_subnet if cfg.endpoint_public else network.private_subnet
     endpoint = Endpoint(
@@ -162,5 +179,6 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
         "dashboard_port_forward_command": cluster.head.id.apply(lambda i: dashboard_command(i, cfg.region)),
         "weights_uri": weights.s3_uri,
         "ssh_user": SSH_USER,
+        **observability_outputs(obs, cfg.region),
         **serving_outputs(cfg, plan, workers),
     }

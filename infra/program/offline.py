@@ -57,6 +57,7 @@ def _h(*parts: Any, n: int = 17) -> str:
 
 ID_PREFIX = {
     "aws:ec2/vpc:Vpc": "vpc-",
+    "aws:amp/workspace:Workspace": "ws-",
     "aws:ec2/subnet:Subnet": "subnet-",
     "aws:ec2/securityGroup:SecurityGroup": "sg-",
     "aws:ec2/instance:Instance": "i-",
@@ -143,6 +144,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif t == "aws:kms/key:Key":
             kid = f"{_h(name, n=8)}-{_h(name, 1, n=4)}-{_h(name, 2, n=4)}-{_h(name, 3, n=4)}-{_h(name, 4, n=12)}"
             out.update(keyId=kid, arn=f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{kid}")
+        elif t == "aws:amp/workspace:Workspace":
+            ws = rid
+            out.update(
+                arn=f"arn:aws:aps:{self.region}:{ACCOUNT}:workspace/{ws}",
+                prometheusEndpoint=f"https://aps-workspaces.{self.region}.amazonaws.com/workspaces/{ws}/",
+            )
+        elif t == "aws:cloudwatch/logGroup:LogGroup":
+            nm = inputs.get("name", name)
+            out.update(name=nm, arn=f"arn:aws:logs:{self.region}:{ACCOUNT}:log-group:{nm}")
         elif t.startswith("random:index/random"):
             out.update(result="mock-" + _h(name, n=32))
         elif t == "command:remote:Command":

@@ -32,6 +32,10 @@ NS = "llmfleet"
 SECRET_PLACEHOLDER = "[secret]"
 PROVIDERS = ("aws", "existing")
 QUANTIZATIONS = ("fp8", "bf16", "int8", "int4")
+# The retentions CloudWatch Logs accepts (PutRetentionPolicy); unset would mean never expire.
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)  # fmt: skip
 AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
@@ -135,6 +139,15 @@ class StackConfig(BaseModel):
     vpc_cidr: str = Field(default="10.42.0.0/16", alias="llmfleet:vpcCidr")
     nat_gateway: bool = Field(default=False, alias="llmfleet:natGateway")
     ecr_keep_images: Annotated[int, Field(ge=1, le=1000)] = Field(default=10, alias="llmfleet:ecrKeepImages")
+    # CloudWatch Logs accepts only these values (policy/logs.py checks the same list).
+    log_retention_days: int = Field(default=30, alias="llmfleet:logRetentionDays")
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if v not in LOG_RETENTION_DAYS:
+            raise ValueError(f"allowed: {', '.join(map(str, LOG_RETENTION_DAYS))} (CloudWatch's values)")
+        return v
     capacity_reservation_id: str | None = Field(default=None, alias="llmfleet:capacityReservationId")
     root_volume_gb: Annotated[int, Field(ge=64, le=16384)] | None = Field(
         default=None, alias="llmfleet:rootVolumeGb"

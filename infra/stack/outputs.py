@@ -56,6 +56,12 @@ class StackOutputs(BaseModel):
     token_parameter: str | None = None
     ray_token_parameter: str | None = None
     dashboard_port_forward_command: str | None = None
+    # metrics and logs (infra/components/observability.py): where they are, how to open them
+    metrics_workspace_id: str | None = None
+    metrics_query_url: str | None = None
+    grafana_command: str | None = None
+    log_groups: list[str] | None = None
+    logs_tail_command: str | None = None
     # ---- existing hosts
     provider: Literal["aws", "existing"] = "aws"
     head_address: str | None = None

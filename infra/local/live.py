@@ -1,0 +1,132 @@
+"""Live serving figures from Prometheus: what `local status` and `local top` show.
+
+The PromQL reads vLLM's own metrics as Ray Serve LLM exports them through every node's metrics
+agent (`vllm:<name>` becomes `ray_vllm_<name>`, with the served model in `model_name`). Every
+figure is a query of the real Prometheus the cluster runs, never a parse of logs.
+
+"Measured tokens/s" is the busiest minute in the window (`MEASURE_WINDOW`): the cluster's output
+rate while it had load, which is what a price per token needs, not the current (maybe idle) rate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+
+from infra.local.prometheus import PromError, query, scalar, targets
+
+PREFIX = "ray_vllm_"
+RATE_WINDOW = "1m"
+MEASURE_WINDOW = "15m"
+SUBQUERY_STEP = "10s"
+
+
+def _sel(model: str) -> str:
+    # PromQL string literals take Go's escapes, which a JSON string literal also is.
+    return "{model_name=" + json.dumps(model) + "}"
+
+
+def queries(model: str) -> dict[str, str]:
+    """Figure -> PromQL for one served model (pure, so tests read the exact queries)."""
+    s = _sel(model)
+    p = PREFIX
+    gen_rate = f"sum(rate({p}generation_tokens_total{s}[{RATE_WINDOW}]))"
+
+    def p50(hist: str) -> str:
+        return f"histogram_quantile(0.5, sum by (le) (rate({p}{hist}_bucket{s}[5m])))"
+
+    return {
+        "requests_running": f"sum({p}num_requests_running{s})",
+        "requests_waiting": f"sum({p}num_requests_waiting{s})",
+        "generation_tokens_per_s": gen_rate,
+        "prompt_tokens_per_s": f"sum(rate({p}prompt_tokens_total{s}[{RATE_WINDOW}]))",
+        "ttft_p50_s": p50("time_to_first_token_seconds"),
+        "tpot_p50_s": p50("request_time_per_output_token_seconds"),
+        "kv_cache_usage": f"avg({p}kv_cache_usage_perc{s})",
+        "requests_finished": f"sum({p}request_success_total{s})",
+        "generation_tokens": f"sum({p}generation_tokens_total{s})",
+        "prompt_tokens": f"sum({p}prompt_tokens_total{s})",
+        "measured_tokens_per_s": f"max_over_time(({gen_rate})[{MEASURE_WINDOW}:{SUBQUERY_STEP}])",
+    }
+
+
+@dataclass
+class Live:
+    source: str
+    url: str
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    generation_tokens_per_s: float | None = None
+    prompt_tokens_per_s: float | None = None
+    ttft_p50_s: float | None = None
+    tpot_p50_s: float | None = None
+    kv_cache_usage: float | None = None
+    requests_finished: float | None = None
+    generation_tokens: float | None = None
+    prompt_tokens: float | None = None
+    measured_tokens_per_s: float | None = None
+    targets_up: int = 0
+    targets_total: int = 0
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_live(url: str, model: str, timeout: float = 5.0) -> Live:
+    """Every figure of `queries(model)` from the Prometheus at url (None: no series yet)."""
+    live = Live(source="prometheus", url=url)
+    try:
+        for key, promql in queries(model).items():
+            setattr(live, key, scalar(url, promql, timeout))
+        ts = [t for t in targets(url, timeout)]
+    except PromError as e:
+        live.error = str(e)
+        return live
+    live.targets_total = len(ts)
+    live.targets_up = sum(1 for t in ts if t["health"] == "up")
+    return live
+
+
+def by_host(url: str, metric: str, model: str, timeout: float = 5.0) -> dict[str, float]:
+    """{node IP: value} of one ray_vllm_ series summed per node (Ray's NodeAddress label)."""
+    rows = query(url, f"sum by (NodeAddress) ({PREFIX}{metric}{_sel(model)})", timeout)
+    return {r["metric"].get("NodeAddress", ""): r["value"] for r in rows}
+
+
+def cost_beside_plan(measured_tps: float | None, stack: str) -> dict:
+    """USD per 1M output tokens of `stack`'s workers at the measured rate, beside the planner's
+    estimate for the same workers: the same price, two throughputs."""
+    from infra.cost.estimate import usd_per_million_tokens
+    from infra.stack.files import load_config
+    from infra.stack.planner import plan_for_stack
+
+    cfg = load_config(stack)
+    plan = plan_for_stack(cfg)
+    hourly = plan.usd_per_hour
+    measured = (
+        usd_per_million_tokens(Decimal(str(hourly)), measured_tps) if hourly is not None else None
+    )
+    return {
+        "stack": stack,
+        "instance_type": plan.instance_type,
+        "usd_per_hour": hourly,
+        "measured_tokens_per_s": measured_tps,
+        "usd_per_million_output_tokens_measured": round(float(measured), 4) if measured is not None else None,
+        "planner_tokens_per_s": plan.decode_tokens_per_s_expected,
+        "usd_per_million_output_tokens_planner": plan.usd_per_million_output_tokens,
+    }
+
+
+def live_report(st: dict, price_stack: str | None = "prod", timeout: float = 5.0) -> dict:
+    """`local status`'s "metrics": the live figures (source "prometheus") and, when the cluster
+    has served, the cost per 1M output tokens at the measured rate beside the planner's."""
+    url = st.get("prometheus", {}).get("url")
+    if not url:
+        return {"source": "none", "error": "this cluster runs no Prometheus (started by an older llmfleet?)"}
+    live = read_live(url, st["model"], timeout)
+    out = live.to_dict()
+    if price_stack and not live.error:
+        out["cost"] = cost_beside_plan(live.measured_tokens_per_s, price_stack)
+    return out
