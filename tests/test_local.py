@@ -26,7 +26,7 @@ import openai
 import pytest
 import yaml
 
-from infra.local import hosts, layout, processes, state, status
+from infra.local import hosts, layout, live, processes, prometheus, state, status
 from infra.local.hosts import Host
 from infra.local.layout import LocalError
 from infra.local.tiny_model import MODEL_ID
@@ -483,6 +483,100 @@ def _completes(d: dict) -> bool:
         return True
     except (node.NodeError, OSError):
         return False
+
+
+# ---------------------------------------------------------------- metrics: the cluster's Prometheus
+# `local up` runs a real Prometheus (Debian's) scraping every host through Ray's own service-
+# discovery file; these read it back through its HTTP API, as `local status` and `local top` do.
+
+
+def _prom_settled(url: str, keys: tuple[str, ...], ok=lambda v: True, quiet: float = 12.0,
+                  timeout: float = 75.0) -> dict[str, float | None]:  # fmt: skip
+    """The figures once ok(values) holds and they stopped moving for `quiet` s (Ray's agents
+    export every ~10 s and Prometheus scrapes every 5 s, so a fresh read lags the requests)."""
+    q = live.queries(MODEL_ID)
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        vals = {k: prometheus.scalar(url, q[k]) for k in keys}
+        if vals != last:
+            last, since = vals, time.monotonic()
+        elif ok(vals) and time.monotonic() - since >= quiet:
+            return vals
+        time.sleep(1)
+    return last or {}
+
+
+@pytest.mark.ray
+def test_prometheus_scrapes_every_host_and_counts_the_requests_vllm_served(cluster):
+    st = state_of(cluster)
+    url = st["prometheus"]["url"]
+    # every target Ray's service-discovery file lists, and so every host, is scraped and up
+    deadline = time.monotonic() + 30
+    while True:
+        targets = prometheus.targets(url)
+        if {t["instance"] for t in targets} == set(status.metrics_targets(st)) and all(
+            t["health"] == "up" for t in targets
+        ):
+            break
+        assert time.monotonic() < deadline, targets
+        time.sleep(1)
+    assert {h["ip"] for h in st["hosts"]} <= {t["instance"].split(":")[0] for t in targets}
+    keys = ("requests_finished", "generation_tokens", "prompt_tokens")
+    before = _prom_settled(url, keys, lambda v: None not in v.values())
+    n = 8
+
+    async def run():
+        d = cluster["doc"]
+        async with openai.AsyncOpenAI(base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120) as c:
+            return await asyncio.gather(
+                *(c.completions.create(model=MODEL_ID, prompt=f"metrics {i}", max_tokens=5) for i in range(n))
+            )
+
+    usage = [r.usage for r in asyncio.run(run())]
+    after = _prom_settled(url, keys, lambda v: (v["requests_finished"] or 0) >= before["requests_finished"] + n)
+    # vLLM's own counters, for the served model, through Ray's agents and the real Prometheus
+    assert after["requests_finished"] - before["requests_finished"] == n, (before, after)
+    assert after["generation_tokens"] - before["generation_tokens"] == sum(u.completion_tokens for u in usage)
+    assert after["prompt_tokens"] - before["prompt_tokens"] == sum(u.prompt_tokens for u in usage)
+    # the same figure as each engine's /metrics endpoint says, read without Prometheus
+    assert sum(status.engine_requests_by_host(st).values()) == after["requests_finished"]
+    series = prometheus.query(url, "ray_vllm_request_success_total")
+    assert series and {s["metric"]["model_name"] for s in series} == {MODEL_ID}
+    assert {s["metric"]["NodeAddress"] for s in series} <= {h["ip"] for h in st["hosts"][1:]}
+
+
+@pytest.mark.ray
+def test_status_json_has_live_figures_from_prometheus_and_the_measured_cost(cluster):
+    from infra.stack.files import load_config
+    from infra.stack.planner import plan_for_stack
+
+    r = cli("status", "--name", cluster["name"], "--json", env=cluster["env"])
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)["metrics"]
+    assert m["source"] == "prometheus" and m["error"] == "" and m["url"] == state_of(cluster)["prometheus"]["url"]
+    assert m["targets_up"] == m["targets_total"] >= 3
+    assert (m["requests_running"], m["requests_waiting"]) == (0, 0)  # idle between tests
+    assert m["requests_finished"] >= 8 and m["generation_tokens"] >= 8
+    assert m["ttft_p50_s"] > 0 and 0 <= m["kv_cache_usage"] <= 1
+    assert m["generation_tokens_per_s"] > 0  # the previous test's load is inside the last minute
+    assert m["measured_tokens_per_s"] >= m["generation_tokens_per_s"]
+    c, plan = m["cost"], plan_for_stack(load_config("prod"))
+    assert c["measured_tokens_per_s"] == m["measured_tokens_per_s"]
+    assert c["usd_per_million_output_tokens_measured"] == pytest.approx(
+        plan.usd_per_hour / (m["measured_tokens_per_s"] * 3600) * 1e6, rel=1e-3
+    )
+    assert c["usd_per_million_output_tokens_planner"] == plan.usd_per_million_output_tokens
+    assert c["planner_tokens_per_s"] == plan.decode_tokens_per_s_expected
+
+
+@pytest.mark.ray
+def test_top_shows_the_figures_and_every_worker_host(cluster):
+    r = cli("top", "--name", cluster["name"], "--iterations", "2", "--interval", "0.5", env=cluster["env"])
+    assert r.returncode == 0, r.stderr
+    assert "requests running" in r.stdout and "KV-cache usage" in r.stdout and "targets up" in r.stdout
+    for h in cluster["doc"]["hosts"][1:]:
+        assert h["ip"] in r.stdout, r.stdout
 
 
 @pytest.mark.ray

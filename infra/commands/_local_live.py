@@ -71,7 +71,6 @@ def top(st: dict, interval: float, iterations: int) -> None:
     from infra.local.prometheus import PromError
 
     url = st["prometheus"]["url"]
-    names = {h["ip"]: h["name"] for h in st["hosts"]}
 
     def frame() -> Group:
         live = read_live(url, st["model"]).to_dict()
@@ -92,9 +91,11 @@ def top(st: dict, interval: float, iterations: int) -> None:
         except PromError as e:
             parts.append(f"[red]{e}[/]")
             return Group(*parts)
-        for ip in sorted(set().union(*cols)):
-            run, wait, kv = (c.get(ip) for c in cols)
-            hosts_t.add_row(names.get(ip, "?"), ip, _fmt(run, "{:.0f}"), _fmt(wait, "{:.0f}"), _fmt(kv, "{:.1%}"))
+        # Every worker host, also an idle one (whose engine gauges Ray stops exporting: 0).
+        served = live["requests_finished"] is not None
+        for h in st["hosts"][1:]:
+            run, wait, kv = (c.get(h["ip"], 0.0 if served else None) for c in cols)
+            hosts_t.add_row(h["name"], h["ip"], _fmt(run, "{:.0f}"), _fmt(wait, "{:.0f}"), _fmt(kv, "{:.1%}"))
         parts.append(hosts_t)
         return Group(*parts)
 

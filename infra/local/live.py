@@ -20,6 +20,7 @@ PREFIX = "ray_vllm_"
 RATE_WINDOW = "1m"
 MEASURE_WINDOW = "15m"
 SUBQUERY_STEP = "10s"
+GAUGE_WINDOW = "30s"
 
 
 def _sel(model: str) -> str:
@@ -36,14 +37,22 @@ def queries(model: str) -> dict[str, str]:
     def p50(hist: str) -> str:
         return f"histogram_quantile(0.5, sum by (le) (rate({p}{hist}_bucket{s}[5m])))"
 
+    served = f"count({p}request_success_total{s})"
+
+    def gauge(name: str, agg: str = "sum") -> str:
+        # vLLM records its gauges on engine steps, and Ray's agent exports only what was
+        # recorded: an idle engine's gauges vanish. So: the last value of the last 30 s, and 0
+        # once the engine has served and then went quiet ("no data" only before any request).
+        return f"{agg}(last_over_time({p}{name}{s}[{GAUGE_WINDOW}])) or on() (0 * {served})"
+
     return {
-        "requests_running": f"sum({p}num_requests_running{s})",
-        "requests_waiting": f"sum({p}num_requests_waiting{s})",
+        "requests_running": gauge("num_requests_running"),
+        "requests_waiting": gauge("num_requests_waiting"),
         "generation_tokens_per_s": gen_rate,
         "prompt_tokens_per_s": f"sum(rate({p}prompt_tokens_total{s}[{RATE_WINDOW}]))",
         "ttft_p50_s": p50("time_to_first_token_seconds"),
         "tpot_p50_s": p50("request_time_per_output_token_seconds"),
-        "kv_cache_usage": f"avg({p}kv_cache_usage_perc{s})",
+        "kv_cache_usage": gauge("kv_cache_usage_perc", "avg"),
         "requests_finished": f"sum({p}request_success_total{s})",
         "generation_tokens": f"sum({p}generation_tokens_total{s})",
         "prompt_tokens": f"sum({p}prompt_tokens_total{s})",
@@ -91,7 +100,7 @@ def read_live(url: str, model: str, timeout: float = 5.0) -> Live:
 
 def by_host(url: str, metric: str, model: str, timeout: float = 5.0) -> dict[str, float]:
     """{node IP: value} of one ray_vllm_ series summed per node (Ray's NodeAddress label)."""
-    rows = query(url, f"sum by (NodeAddress) ({PREFIX}{metric}{_sel(model)})", timeout)
+    rows = query(url, f"sum by (NodeAddress) (last_over_time({PREFIX}{metric}{_sel(model)}[{GAUGE_WINDOW}]))", timeout)
     return {r["metric"].get("NodeAddress", ""): r["value"] for r in rows}
 
 
