@@ -202,8 +202,9 @@ def register(app: typer.Typer) -> None:
             fail(str(e), code=1)
         if st is None:
             fail(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`", code=1)
-        if not st.get("prometheus"):
-            fail(f"local cluster {name!r} runs no Prometheus; run `llmfleet local down` and `up` again", code=1)
+        if not (st.get("prometheus") or {}).get("url"):
+            why = (st.get("prometheus") or {}).get("missing", "run `llmfleet local down` and `up` again")
+            fail(f"local cluster {name!r} runs no Prometheus: {why}", code=1)
         try:
             top(st, interval, iterations)
         except KeyboardInterrupt:

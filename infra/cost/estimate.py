@@ -84,6 +84,7 @@ FREE_TYPE_PREFIXES = (
     "aws:s3/bucketPolicy",
     "aws:s3/bucketLifecycle",
     "aws:cloudwatch/logGroup:",  # usage-based ingestion/storage, not estimated
+    "aws:amp/workspace:",  # usage-based (samples ingested, stored, queried), not estimated
     "random:",
     "docker-build:",
     "command:",

@@ -317,7 +317,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         on_stage("head", f"{head.name} {head.ip}")
         _wait_head(st, hs, ports, paths["logs"] / f"{head.name}.log", min(o.timeout, 180))
         # Metrics: scraping starts before the deploy, so the first requests are counted too.
-        st["prometheus"] = prometheus.start(st, head, ports, sd, paths["logs"] / "prometheus.log")
+        st["prometheus"] = prometheus.start_if_installed(st, head, ports, sd, paths["logs"] / "prometheus.log")
         save_state(st, sd)
         on_stage(
             "gpus",

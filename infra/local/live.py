@@ -131,9 +131,11 @@ def cost_beside_plan(measured_tps: float | None, stack: str) -> dict:
 def live_report(st: dict, price_stack: str | None = "prod", timeout: float = 5.0) -> dict:
     """`local status`'s "metrics": the live figures (source "prometheus") and, when the cluster
     has served, the cost per 1M output tokens at the measured rate beside the planner's."""
-    url = st.get("prometheus", {}).get("url")
+    prom = st.get("prometheus") or {}
+    url = prom.get("url")
     if not url:
-        return {"source": "none", "error": "this cluster runs no Prometheus (started by an older llmfleet?)"}
+        why = prom.get("missing", "started by an older llmfleet; `local down` and `up` again")
+        return {"source": "none", "error": f"this cluster runs no Prometheus: {why}"}
     live = read_live(url, st["model"], timeout)
     out = live.to_dict()
     if price_stack and not live.error:

@@ -77,11 +77,6 @@ def argv(config: Path, data: Path, ip: str, port: int) -> list[str]:
     ]
 
 
-def url_of(st: dict) -> str | None:
-    p = st.get("prometheus")
-    return p["url"] if p else None
-
-
 def _ready(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/-/ready", timeout=timeout) as r:
@@ -122,6 +117,14 @@ def start(st: dict, head: Host, ports: Ports, sd: Path, log: Path, timeout: floa
     return info
 
 
+def start_if_installed(st: dict, head: Host, ports: Ports, sd: Path, log: Path) -> dict:
+    """`start`, or, without the binary (not root, no apt), {"missing": why}: the cluster still
+    serves, and `local status` says why it has no live figures."""
+    if shutil.which(BINARY) is None:
+        return {"missing": f"{BINARY} not found in PATH; {INSTALL_HINT}"}
+    return start(st, head, ports, sd, log)
+
+
 def _tail(log: Path) -> str:
     try:
         lines = log.read_text(errors="replace").strip().splitlines()
@@ -133,8 +136,8 @@ def _tail(log: Path) -> str:
 def stop(st: dict | None, sd: Path, name: str) -> list[str]:
     """SIGTERM (Prometheus flushes its head block), SIGKILL after 10 s; remove the TSDB."""
     removed: list[str] = []
-    info = (st or {}).get("prometheus")
-    if info:
+    info = (st or {}).get("prometheus") or {}
+    if "pid" in info:
         pid = info["pid"]
         if _is_prometheus(pid):
             os.kill(pid, signal.SIGTERM)
