@@ -9,7 +9,9 @@ from policy.resources import iam_document_problems
 
 def test_captured_policy_scoped_to_repo_prefix_and_parameter():
     c = capture("prod")
-    [pol] = c.of_type("aws:iam/policy:Policy")
+    # the node policy, and the metrics/logs one (tests/test_metrics.py): nothing else
+    assert {p["name"] for p in c.of_type("aws:iam/policy:Policy")} == {"iam-node-policy", "observability-policy"}
+    pol = c.named("iam-node-policy")
     doc = json.loads(pol["inputs"]["policy"])
     assert iam_document_problems(doc) == []
     by_sid = {s["Sid"]: s for s in doc["Statement"]}
@@ -46,7 +48,7 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter():
     assume = json.loads(role["inputs"]["assumeRolePolicy"])
     assert assume["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     arns = {a["inputs"]["policyArn"] for a in c.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
-    assert arns == {SSM_CORE_POLICY, pol["outputs"]["arn"]}
+    assert arns == {SSM_CORE_POLICY, pol["outputs"]["arn"], c.named("observability-policy")["outputs"]["arn"]}
     [profile] = c.of_type("aws:iam/instanceProfile:InstanceProfile")
     assert profile["inputs"]["role"] == role["outputs"]["name"]
     for inst in c.of_type("aws:ec2/instance:Instance"):

@@ -16,7 +16,7 @@ HADOLINT = Path(sys.executable).parent / "hadolint"
 
 def test_image_pushes_to_ecr_by_context_hash_with_registry_cache():
     c = capture("prod")
-    [img] = c.of_type("docker-build:index:Image")
+    img = c.named("node-image")  # the others are observability's mirrors (tests/test_metrics.py)
     i = img["inputs"]
     repo_url = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["repositoryUrl"]
     args = {"BASE_IMAGE": c.config.base_image, "RAY_VERSION": i["buildArgs"]["RAY_VERSION"]}
@@ -112,7 +112,7 @@ def test_the_image_context_is_images_and_ray_cluster_and_dockerignore_agrees():
 def _hosts_view(c) -> dict:
     """What reaches the hosts: the image reference and every instance's user data."""
     inst = {r["name"]: r["inputs"].get("userData") for r in c.of_type("aws:ec2/instance:Instance")}
-    [img] = c.of_type("docker-build:index:Image")
+    img = c.named("node-image")
     return {"image_tags": img["inputs"]["tags"], "user_data": inst}
 
 

@@ -45,7 +45,8 @@ def test_endpoints_s3_gateway_and_interfaces():
         ep = eps[svc]["inputs"]
         assert ep["vpcEndpointType"] == "Interface" and ep["privateDnsEnabled"] is True
         assert ep["securityGroupIds"] == [vpce_sg]
-    assert set(eps) == {"s3", *INTERFACE_SERVICES}
+    # + the metrics store's remote-write endpoint, which the Observability component owns
+    assert set(eps) == {"s3", *INTERFACE_SERVICES, "aps-workspaces"}
 
 
 def test_security_group_rules():

@@ -30,7 +30,7 @@ def test_configured_uri_creates_no_bucket_and_scopes_iam():
     c = capture("prod", ["weightsUri=s3://corp-models/ds/r1"])
     assert not c.of_type("aws:s3/bucket:Bucket")
     assert c.outputs["weights_uri"] == "s3://corp-models/ds/r1/"
-    doc = json.loads(c.of_type("aws:iam/policy:Policy")[0]["inputs"]["policy"])
+    doc = json.loads(c.named("iam-node-policy")["inputs"]["policy"])
     read = next(s for s in doc["Statement"] if s["Sid"] == "ReadWeights")
     assert read["Resource"] == "arn:aws:s3:::corp-models/ds/r1/*"
     worker = next(r for r in c.of_type("aws:ec2/instance:Instance") if r["name"].endswith("worker-0"))
