@@ -544,6 +544,10 @@ def test_prometheus_scrapes_every_host_and_counts_the_requests_vllm_served(clust
     series = prometheus.query(url, "ray_vllm_request_success_total")
     assert series and {s["metric"]["model_name"] for s in series} == {MODEL_ID}
     assert {s["metric"]["NodeAddress"] for s in series} <= {h["ip"] for h in st["hosts"][1:]}
+    # and the Ray dashboard's own metrics panels are backed by it
+    dash = f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}/api/prometheus_health"
+    r = httpx.get(dash, timeout=10)
+    assert r.status_code == 200 and r.json()["result"] is True, r.text
 
 
 @pytest.mark.ray

@@ -254,6 +254,8 @@ def _start_nodes(
         log = paths["logs"] / f"{h.name}.log"
         argv = node_argv(role, h, head, ports, layout, st["temp_dir"])
         host_env = dict(env)
+        if role == "head":  # the Ray dashboard's metrics panels query the cluster's Prometheus
+            host_env["RAY_PROMETHEUS_HOST"] = prometheus.url_for(st["mode"], head, ports)
         if role == "worker":
             # Each host's own cores, as each host's own NIC: in the node's env, not the config.
             host_env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(

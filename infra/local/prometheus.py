@@ -44,6 +44,10 @@ def port_for(mode: str, ports: Ports) -> int:
     return NETNS_PORT if mode == "netns" else ports.dashboard + 1
 
 
+def url_for(mode: str, head: Host, ports: Ports) -> str:
+    return f"http://{head.ip}:{port_for(mode, ports)}"
+
+
 def data_dir(sd: Path, name: str) -> Path:
     return sd / "prometheus" / name
 
@@ -95,7 +99,7 @@ def start(st: dict, head: Host, ports: Ports, sd: Path, log: Path, timeout: floa
     config = data / "prometheus.yml"
     config.write_text(yaml.safe_dump(config_doc(st["temp_dir"], st["name"]), sort_keys=False))
     port = port_for(st["mode"], ports)
-    url = f"http://{head.ip}:{port}"
+    url = url_for(st["mode"], head, ports)
     with open(log, "ab") as out:
         proc = hosts.run_in_host(
             head,
