@@ -275,3 +275,51 @@ def test_log_retention_is_a_stack_setting_with_a_one_line_error():
         capture("prod", ["llmfleet:logRetentionDays=10"])
     msg = str(e.value)
     assert "llmfleet:logRetentionDays" in msg and "10" in msg and "allowed: 1, 3, 5" in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------- the local Prometheus, without a cluster
+
+
+def test_prometheus_lifecycle_and_http_api_on_a_real_prometheus(tmp_path):
+    """start -> ready -> queries (and a bad one as one line) -> stop leaves nothing behind."""
+    from infra.local.hosts import Host
+    from infra.local.layout import Ports
+
+    if shutil.which(prometheus.BINARY) is None:
+        pytest.skip("prometheus missing: apt-get install -y prometheus (scripts/system-deps.sh)")
+    ports = Ports(gcs=0, dashboard=_free_port() - 1, http=0)
+    st = {"name": "pt", "mode": "loopback", "temp_dir": str(tmp_path / "ray")}
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / prometheus.SD_FILE).write_text("[]")
+    info = prometheus.start(st, Host("pt-h0", "127.0.0.1"), ports, tmp_path / "sd", tmp_path / "prom.log")
+    try:
+        assert info["url"] == f"http://127.0.0.1:{ports.dashboard + 1}"
+        assert prometheus.scalar(info["url"], "vector(41) + 1") == 42
+        assert prometheus.scalar(info["url"], "ray_vllm_request_success_total") is None  # no series yet
+        assert prometheus.targets(info["url"]) == []
+        with pytest.raises(prometheus.PromError) as e:
+            prometheus.query(info["url"], "sum(")
+        assert "HTTP 400" in str(e.value) and "\n" not in str(e.value)
+        m = live.read_live(info["url"], "m")
+        assert m.source == "prometheus" and m.error == "" and m.requests_finished is None
+    finally:
+        removed = prometheus.stop({**st, "prometheus": info}, tmp_path / "sd", "pt")
+    assert removed[0] == f"prometheus pid {info['pid']}" and not (tmp_path / "sd" / "prometheus").exists()
+    with pytest.raises(prometheus.PromError):
+        prometheus.query(info["url"], "vector(1)", timeout=1)
+    # a stale state file (its pid gone or reused) kills nothing
+    assert prometheus.stop({"prometheus": {"pid": info["pid"]}}, tmp_path / "sd", "pt") == []
+
+
+def test_status_without_prometheus_says_why_in_one_line():
+    rep = live.live_report({"model": "m", "prometheus": {"missing": "prometheus not found in PATH; install"}})
+    assert rep == {"source": "none", "error": "this cluster runs no Prometheus: prometheus not found in PATH; install"}
+    assert live.live_report({"model": "m"})["source"] == "none"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
