@@ -239,7 +239,7 @@ def test_prod_metrics_iam_is_remote_write_on_its_workspace_and_logs_on_its_group
     actions = {a: s["Resource"] for s in doc["Statement"] for a in s["Action"]}
     assert actions["aps:RemoteWrite"] == ws_arn
     assert sorted(actions["logs:DescribeLogStreams"]) == group_arns
-    assert sorted(actions["logs:PutLogEvents"]) == sorted(group_arns + [f"{a}:log-stream:*" for a in group_arns])
+    assert sorted(actions["logs:PutLogEvents"]) == sorted(group_arns + [f"{a}:*" for a in group_arns])
     assert set(actions) == {"aps:RemoteWrite", "logs:DescribeLogStreams", "logs:CreateLogStream", "logs:PutLogEvents"}
     attach = prod.named("observability-policy-attach")["inputs"]
     assert attach["role"] == prod.named("iam-role")["outputs"]["name"] and attach["policyArn"] == pol["outputs"]["arn"]

@@ -44,16 +44,18 @@ class HostMetrics:
 
 def prometheus_config(m: HostMetrics, region: str) -> dict:
     """prometheus.yml of the head's agent. The head's own IP is filled in at boot (placeholder)."""
-    sd = [{"files": [f"{SD_DIR}/ray.json"], "refresh_interval": SCRAPE_INTERVAL}]
+    def sd() -> list[dict]:  # a fresh list per job: no YAML anchors in the rendered file
+        return [{"files": [f"{SD_DIR}/ray.json"], "refresh_interval": SCRAPE_INTERVAL}]
+
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "external_labels": {"llmfleet_cluster": m.cluster}},
         "scrape_configs": [
-            {"job_name": "ray", "file_sd_configs": sd},
+            {"job_name": "ray", "file_sd_configs": sd()},
             {
                 # Ray lists one metrics agent per worker node: the same host's DCGM exporter is
                 # on DCGM_PORT. The head has no GPU and no exporter.
                 "job_name": "dcgm",
-                "file_sd_configs": sd,
+                "file_sd_configs": sd(),
                 "relabel_configs": [
                     {"source_labels": ["__address__"], "regex": f"{HEAD_IP_PLACEHOLDER}:.*", "action": "drop"},
                     {

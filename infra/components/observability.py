@@ -52,7 +52,9 @@ def log_group_names(cluster: str) -> dict[str, str]:
 
 def policy_document(workspace_arn: str, log_group_arns: list[str]) -> dict[str, Any]:
     """The hosts' metrics and logs permissions (pure, so tests read the exact statements)."""
-    streams = [f"{arn}:log-stream:*" for arn in log_group_arns]
+    # A group's `arn` output has no `:*`; IAM matches group-level actions on `group` or
+    # `group:*` and stream-level ones on `group:log-stream:NAME`, which `group:*` also covers.
+    streams = [f"{arn}:*" for arn in log_group_arns]
     return {
         "Version": "2012-10-17",
         "Statement": [
