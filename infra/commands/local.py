@@ -141,6 +141,9 @@ def register(app: typer.Typer) -> None:
         )
         console.print(f"endpoint: {doc['endpoint']}", highlight=False)
         console.print(f"token:    {doc['token']}", highlight=False)
+        prom = st.get("prometheus") or {}
+        metrics = f"{prom['url']} (Prometheus; llmfleet local top)" if prom.get("url") else prom.get("missing", "-")
+        console.print(f"metrics:  {metrics}", highlight=False)
         console.print(
             "try:      llmfleet local chat 'Hello'   |   llmfleet local down",
             highlight=False,
