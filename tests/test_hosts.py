@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -122,8 +124,39 @@ def test_namespaces_reach_each_other_and_root_and_teardown_removes_all(tmp_path)
     assert not any(h.netns in names for h in hs.hosts)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert hs.bridge not in links and not any(h.veth in links for h in hs.hosts)
+    if shutil.which("iptables"):  # the bridge's FORWARD rule (for a Docker-set DROP policy) went too
+        rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        assert hs.bridge not in rules
     assert not (tmp_path / f"hosts-{cluster}.json").exists()
     assert hosts.teardown(hs.prefix, state_dir=tmp_path) == []  # idempotent
+
+
+@needs_root
+def test_hosts_reach_each_other_when_docker_set_forward_to_drop(tmp_path):
+    """br_netfilter + Docker's FORWARD DROP policy would cut bridged host-to-host traffic; the
+    hosts' own bridge rule keeps it open (as Docker leaves it on any machine that ran dockerd)."""
+    if not shutil.which("iptables") or not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
+        pytest.skip("no iptables or br_netfilter here: bridged traffic never meets a FORWARD policy")
+    policy = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout.split("\n")[0]
+    nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    old_nf = nf.read_text().strip()
+    subprocess.run(["iptables", "-w", "-P", "FORWARD", "DROP"], check=True)
+    nf.write_text("1")
+    cluster = _name("d")
+    hs = hosts.create(cluster, 2, state_dir=tmp_path, subnet_index=_subnet("d"))
+    try:
+        h0, h1 = hs.hosts
+        srv = _serve_once(h1, 7003)
+        cli = hosts.run_in_host(
+            h0, [sys.executable, "-c", _client_code(h1.ip, 7003)], stdout=subprocess.PIPE, text=True
+        )
+        assert cli.communicate(timeout=20)[0].strip() == "pong"
+        srv.wait(timeout=10)
+    finally:
+        removed = hosts.teardown(hs.prefix, state_dir=tmp_path)
+        subprocess.run(["iptables", "-w", *policy.split()[:1], "FORWARD", policy.split()[-1]], check=False)
+        nf.write_text(old_nf)
+    assert f"iptables FORWARD rule for {hs.bridge}" in removed
 
 
 @needs_root

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -185,6 +186,7 @@ def create(
         _ip("link", "add", hs.bridge, "type", "bridge")
         _ip("addr", "add", f"{hs.root_ip}/{plen}", "dev", hs.bridge)
         _ip("link", "set", hs.bridge, "up")
+        _allow_forwarding(hs.bridge)
         for h in hs.hosts:
             _ip("netns", "add", h.netns)
             _ip("link", "add", h.veth, "type", "veth", "peer", "name", f"{h.veth}p")
@@ -200,6 +202,36 @@ def create(
         teardown(hs.prefix, cluster=cluster, state_dir=state_dir)
         raise
     return hs
+
+
+def _forward_rule(bridge: str) -> list[str]:
+    return ["FORWARD", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", f"llmfleet {bridge}", "-j", "ACCEPT"]
+
+
+def _bridge_netfilter_on() -> bool:
+    try:
+        return Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip() == "1"
+    except OSError:
+        return False  # br_netfilter not loaded: bridged frames never reach iptables
+
+
+def _allow_forwarding(bridge: str) -> None:
+    """Host-to-host frames on our bridge pass iptables' FORWARD chain when br_netfilter is loaded,
+    and Docker sets that chain's policy to DROP: without this rule the hosts cannot reach each
+    other once a dockerd has run on the machine. Scoped to this bridge; teardown removes it."""
+    iptables = shutil.which("iptables")
+    if iptables and _bridge_netfilter_on():
+        subprocess.run([iptables, "-w", "-I", *_forward_rule(bridge)], check=True, capture_output=True)
+
+
+def _drop_forwarding(bridge: str) -> bool:
+    iptables = shutil.which("iptables")
+    removed = False
+    while iptables and subprocess.run(
+        [iptables, "-w", "-D", *_forward_rule(bridge)], capture_output=True
+    ).returncode == 0:
+        removed = True
+    return removed
 
 
 def load(state_dir: str | os.PathLike, cluster: str) -> HostSet | None:
@@ -301,6 +333,8 @@ def teardown(
         for link in sorted(links):
             if _ip("link", "del", link, check=False).returncode == 0:
                 removed.append(f"link {link}")
+            if link.startswith("lfb") and _drop_forwarding(link):
+                removed.append(f"iptables FORWARD rule for {link}")
     if state_dir is not None and cluster and not keep_state:
         path = state_path(state_dir, cluster)
         if path.exists():
