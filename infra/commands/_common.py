@@ -9,8 +9,6 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from infra.stack.config import ConfigError
-
 console = Console()
 err_console = Console(stderr=True)
 
@@ -37,6 +35,7 @@ def print_json(data: Any) -> None:
 def capture_or_fail(stack: str, overrides: list[str] | None):
     """The offline capture of a stack, with every known failure as one line (exit 2)."""
     from infra.program.offline import OfflineError, capture
+    from infra.stack.config import ConfigError
 
     try:
         return capture(stack, overrides or [])
@@ -45,10 +44,24 @@ def capture_or_fail(stack: str, overrides: list[str] | None):
 
 
 def config_or_fail(stack: str, overrides: list[str] | None):
-    from infra.program.offline import OfflineError
+    """The validated StackConfig alone: no Pulumi (stack files + the config model)."""
+    from infra.stack.config import ConfigError
     from infra.stack.files import load_config
 
     try:
         return load_config(stack, overrides or [])
-    except (ConfigError, OfflineError) as e:
+    except ConfigError as e:
         fail(str(e))
+
+
+def resolve_id(option: str, value: str, allowed, what: str) -> str:
+    """The catalog id `value` names, matched case-insensitively; else fail with a near miss."""
+    from infra.stack import suggest
+
+    hit = suggest.canonical(value, allowed)
+    if hit is None:
+        fail(
+            f"{option}: {value!r} is not a known {what}; {suggest.did_you_mean(value, allowed)}"
+            f"allowed: {', '.join(allowed)}"
+        )
+    return hit

@@ -444,6 +444,23 @@ def budget_message(total_monthly: Decimal, limit: float | None) -> str | None:
 # --- the command -------------------------------------------------------------------------------
 
 
+def _price_other(diff: str, live: bool) -> Priced:
+    """Stack OTHER of --diff; its failures name --diff, not --stack."""
+    from infra.stack import suggest
+    from infra.stack.files import available_stacks
+
+    stacks = available_stacks()
+    if diff not in stacks:
+        _common.fail(
+            f"--diff: {diff!r} is not a stack (no stacks/Pulumi.{diff}.yaml); "
+            f"{suggest.did_you_mean(diff, stacks)}allowed: {', '.join(stacks)}"
+        )
+    try:
+        return price_stack(diff, [], live=live)
+    except _user_errors() as err:
+        _common.fail(f"--diff {diff}: {err}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("cost")
     def cost_cmd(
@@ -507,7 +524,7 @@ def register(app: typer.Typer) -> None:
             priced = price_stack(stack, overrides, live=live, from_preview=from_preview, usage=usage)
             past_bd, name_key, past_label = None, None, ""
             if diff:
-                other = price_stack(diff, [], live=live)
+                other = _price_other(diff, live)
                 past_bd = infracost.breakdown(other.estimate, other.tokens_per_s)
                 name_key = infracost_diff.other_stack_key(diff, stack)
                 past_label = f"minus stack {diff}"

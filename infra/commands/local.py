@@ -69,6 +69,22 @@ def _progress_stages():
     return progress, on_stage
 
 
+def printable(text: str) -> tuple[str, list[str]]:
+    """`text` safe for a terminal: every non-printable character (BEL, NUL, DEL, escape
+    sequences' ESC, ...) shown as its Python escape (\\x07), newlines and tabs kept. Also the
+    escapes, in order of first appearance, so the caller can say which were escaped."""
+    out: list[str] = []
+    seen: dict[str, None] = {}
+    for ch in text:
+        if ch in "\n\t" or ch.isprintable():
+            out.append(ch)
+        else:
+            esc = ascii(ch)[1:-1]  # '\x07', '\x00', '\x7f', '\u200b'
+            seen.setdefault(esc)
+            out.append(esc)
+    return "".join(out), list(seen)
+
+
 def _hosts_table(rows: list[dict], title: str) -> Table:
     with_status = any("status" in h for h in rows)
     t = Table(title=title)
@@ -229,8 +245,13 @@ def register(app: typer.Typer) -> None:
     @local.command("chat")
     def chat_cmd(
         message: Annotated[str, typer.Argument(help="The user message.")],
-        max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=1000)] = 48,
-        temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=2.0)] = 0.7,
+        max_tokens: Annotated[
+            int, typer.Option("--max-tokens", min=1, max=1000, help="Most tokens the reply may have.")
+        ] = 48,
+        temperature: Annotated[
+            float,
+            typer.Option("--temperature", min=0.0, max=2.0, help="Sampling temperature (0 = greedy)."),
+        ] = 0.7,
         name: NameOpt = "local",
         as_json: JsonOpt = False,
     ) -> None:
@@ -247,9 +268,17 @@ def register(app: typer.Typer) -> None:
             print_json(r)
             return
         console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
+        shown, escaped = printable(r["reply"])
         console.print(
-            r["reply"] or f"(empty reply, finish_reason={r['finish_reason']})", highlight=False, markup=False
+            shown or f"(empty reply, finish_reason={r['finish_reason']})", highlight=False, markup=False
         )
+        if escaped:
+            err_console.print(
+                f"note: the reply held non-printable characters, shown escaped: {' '.join(escaped)}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
         if is_tiny_model_id(r["model"]):
             err_console.print(
                 "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, console, fail, print_json
+from infra.commands._common import JsonOpt, console, fail, print_json, resolve_id
 
 if TYPE_CHECKING:
     from infra.stack.planner import CompareRow, Plan
@@ -27,6 +27,14 @@ def capped_line(effective: int, requested: int, kv_tokens: int, seq_len: int) ->
     )
 
 
+def _fits_cell(p: Plan) -> str:
+    if not p.fits:
+        return "[red]no[/]"
+    if p.concurrency_capped:  # it fits, but not at the concurrency asked: say so where it says yes
+        return f"[yellow]yes, at concurrency {p.effective_concurrency} (not {p.concurrency})[/]"
+    return "[green]yes[/]"
+
+
 def render_plan(p: Plan) -> None:
     t = Table(title=f"{p.model} on {p.gpu} ({p.quantization}, {p.engine})", show_header=False)
     t.add_column(style="bold")
@@ -35,7 +43,7 @@ def render_plan(p: Plan) -> None:
     if p.concurrency_capped:
         conc = f"[yellow]{p.effective_concurrency} (capped from {p.concurrency})[/]"
     rows = [
-        ("fits", "[green]yes[/]" if p.fits else "[red]no[/]"),
+        ("fits", _fits_cell(p)),
         ("nodes x GPUs per node", f"{p.nodes} x {p.gpus_per_node}"),
         ("tensor x pipeline parallel", f"{p.tensor_parallel_size} x {p.pipeline_parallel_size}"),
         ("layers per stage", ", ".join(map(str, p.stage_layers))),
@@ -180,13 +188,18 @@ def register(app: typer.Typer) -> None:
         ] = "vllm",
         as_json: JsonOpt = False,
     ) -> None:
-        """Fit a model on GPUs: layout, memory per GPU, KV cache, per-user and cluster decode speed,
-        time to first token, cold start, and what it costs on AWS.
+        """Fit a model on GPUs: layout, memory per GPU, KV cache, per-user and cluster decode speed, time to first token, cold start, and what it costs on AWS.
 
         Exit 0 = fits, 3 = does not fit (the plan is still printed), 2 = bad input.
         """
+        from infra.catalog import load_catalog
         from infra.stack.planner import PlanInputError, plan
         from infra.stack.planner import compare as compare_gpus
+
+        cat = load_catalog()
+        model = resolve_id("--model", model, list(cat.models), "model")
+        if gpu is not None:
+            gpu = resolve_id("--gpu", gpu, list(cat.gpus), "GPU")
 
         common = dict(
             quantization=quantization,

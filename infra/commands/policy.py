@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
 from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, capture_or_fail, console, print_json
+
+if TYPE_CHECKING:
+    from policy.runner import Report
+
+
+def violations_table(stack: str, report: Report) -> Table:
+    """Policy and resource names stay whole (they are what you grep for): one cell holds both,
+    on two lines, so the message keeps the width at 80 columns and folds instead."""
+    t = Table(title=f"llmfleet-{stack}: policy violations")
+    t.add_column("policy / resource", no_wrap=True)
+    t.add_column("enforcement", no_wrap=True)
+    t.add_column("message", overflow="fold", ratio=1)
+    for v in report.violations:
+        style = "red" if v.enforcement == "mandatory" else "yellow"
+        t.add_row(f"{v.policy}\n  {v.resource or '(stack)'}", f"[{style}]{v.enforcement}[/]", v.message)
+    return t
 
 
 def register(app: typer.Typer) -> None:
@@ -23,13 +41,7 @@ def register(app: typer.Typer) -> None:
             print_json(report.to_dict())
         else:
             if report.violations:
-                t = Table(title=f"llmfleet-{stack}: policy violations")
-                for col in ("policy", "resource", "enforcement", "message"):
-                    t.add_column(col, overflow="fold")
-                for v in report.violations:
-                    style = "red" if v.enforcement == "mandatory" else "yellow"
-                    t.add_row(v.policy, v.resource or "(stack)", f"[{style}]{v.enforcement}[/]", v.message)
-                console.print(t)
+                console.print(violations_table(stack, report))
             console.print(
                 f"{len(cap.resources)} resources checked: {report.mandatory} mandatory, {report.advisory} advisory",
                 highlight=False,

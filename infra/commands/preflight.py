@@ -10,6 +10,17 @@ from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, config_or_fail,
 STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 
+def credentials_or_fail() -> None:
+    """Without credentials every check fails with the same botocore error: say it once, with
+    the fix, before any check runs (exit 2: nothing was checked)."""
+    import boto3
+
+    from infra import aws_credentials
+
+    if boto3.session.Session().get_credentials() is None:
+        fail(aws_credentials.MESSAGE)
+
+
 def run_for_stack(cfg, clients=None):
     """The checks for one validated StackConfig (clients default to plain boto3 clients in its region)."""
     from infra.account_check import model as ac_model
@@ -18,7 +29,10 @@ def run_for_stack(cfg, clients=None):
     if cfg.provider != "aws":
         fail(f"llmfleet:provider = {cfg.provider!r}: preflight checks an AWS account; allowed: aws")
     inputs = ac_model.inputs_for_stack(cfg)
-    return ac_run.run_checks(inputs, clients or ac_model.make_clients(cfg.region))
+    if clients is None:
+        credentials_or_fail()
+        clients = ac_model.make_clients(cfg.region)
+    return ac_run.run_checks(inputs, clients)
 
 
 def show(checks, title: str) -> None:
@@ -36,9 +50,7 @@ def register(app: typer.Typer) -> None:
     def preflight_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         """Check the AWS account can hold the stack before anything is created.
 
-        GPU type offered in the AZ, GPU facts vs the catalog, vCPU quotas, the AMI, the
-        weights upload and an optional capacity reservation. Exit 0 = all pass (warnings
-        never fail), 1 = a check failed, 2 = bad input.
+        GPU type offered in the AZ, GPU facts vs the catalog, vCPU quotas, the AMI, the weights upload and an optional capacity reservation. Exit 0 = all pass (warnings never fail), 1 = a check failed, 2 = bad input or no AWS credentials.
         """
         from infra.account_check import run as ac_run
 

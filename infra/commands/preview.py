@@ -2,33 +2,84 @@
 
 from __future__ import annotations
 
+import json
+from typing import Annotated, Any
+
 import typer
 from rich.table import Table
 
-from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, capture_or_fail, console, print_json
+from infra.commands._common import (
+    ConfigOpt,
+    JsonOpt,
+    StackOpt,
+    capture_or_fail,
+    console,
+    fail,
+    print_json,
+)
 from infra.stack.resolve import resolve
+
+
+def output_text(value: Any) -> str:
+    """An output as one copyable string: lists and maps as JSON (what `pulumi stack output
+    --json` prints), scalars as they are."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def resources_table(stack: str, resources: list[dict], wide: bool) -> Table:
+    """Types and names never truncate: they fold when the terminal is narrower than they are.
+    The parent column (wide only) is what pushes the table past 80 columns."""
+    t = Table(title=f"llmfleet-{stack}: {len(resources)} resources")
+    for col in ("type", "name") + (("parent",) if wide else ()):
+        t.add_column(col, overflow="fold")
+    for r in resources:
+        t.add_row(r["type"], r["name"], *((r["parent"] or "",) if wide else ()))
+    return t
+
+
+def outputs_table(outputs: dict[str, Any]) -> Table:
+    o = Table(title="outputs (one in full: --output KEY)", show_header=False)
+    o.add_column(style="bold", no_wrap=True)
+    o.add_column(overflow="fold")
+    for k in sorted(outputs):
+        o.add_row(k, output_text(outputs[k]))
+    return o
 
 
 def register(app: typer.Typer) -> None:
     @app.command("preview")
-    def preview_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    def preview_cmd(
+        stack: StackOpt,
+        config: ConfigOpt = None,
+        as_json: JsonOpt = False,
+        wide: Annotated[bool, typer.Option("--wide", help="Also show each resource's parent.")] = False,
+        output: Annotated[
+            str | None,
+            typer.Option("--output", "-o", metavar="KEY", help="Print only this stack output, in full."),
+        ] = None,
+    ) -> None:
         """Run the real Pulumi program offline (mocked cloud) and list what `pulumi up` would create."""
         cap = capture_or_fail(stack, config)
+        if output is not None:
+            if output not in cap.outputs:
+                from infra.stack import suggest
+
+                keys = sorted(cap.outputs)
+                fail(
+                    f"--output: {output!r} is not an output of stack {stack}; "
+                    f"{suggest.did_you_mean(output, keys)}allowed: {', '.join(keys)}"
+                )
+            typer.echo(output_text(cap.outputs[output]))
+            return
         plan = resolve(cap.config).plan
         if as_json:
             print_json(cap.to_dict())
             return
-        t = Table(title=f"llmfleet-{stack}: {len(cap.resources)} resources")
-        for col in ("type", "name", "parent"):
-            t.add_column(col)
-        for r in cap.resources:
-            t.add_row(r["type"], r["name"], r["parent"] or "")
-        console.print(t)
-        o = Table(title="outputs", show_header=False)
-        o.add_column(style="bold")
-        o.add_column()
-        for k, v in cap.outputs.items():
-            o.add_row(k, str(v))
-        console.print(o)
+        console.print(resources_table(stack, cap.resources, wide))
+        console.print(outputs_table(cap.outputs))
         if not plan.fits:
             console.print(f"[yellow]warning:[/] gpu-fit: {plan.reason}", highlight=False, soft_wrap=True)

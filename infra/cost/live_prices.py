@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from infra import aws_credentials
 from infra.cost.pricing import (
     SAVINGS_PLAN_FRACTIONS,
     OnDemand,
@@ -146,10 +147,19 @@ class LivePriceBook(PriceBook):
         self._ec2 = ec2_client
         self.cache = cache or PriceCache()
         self._memo: dict[tuple[str, str, str | None], Price] = {}
+        self._live_n = 0  # instance prices that did come from AWS (or its day cache)
+        self._fallbacks: list[str] = []  # why the others came from the snapshot
+        self._no_credentials = False
 
     @property
     def label(self) -> str:
-        return f"live (AWS Price List API; other rates from snapshot {self.date})"
+        """Where the numbers came from, as the table title says it: live only if they were."""
+        if not self._fallbacks:
+            return f"live (AWS Price List API; other rates from snapshot {self.date})"
+        why = self._fallbacks[0]
+        if not self._live_n:
+            return f"snapshot {self.date}: live prices unavailable ({why})"
+        return f"live for {self._live_n} instance price(s), snapshot {self.date} for the rest ({why})"
 
     def _pricing_client(self):
         if self._pricing is None:
@@ -201,6 +211,8 @@ class LivePriceBook(PriceBook):
         key = f"{market}|{self.region}|{az or '*'}|{instance_type}"
         entry = self.cache.get(key)
         if entry is None:
+            if self._no_credentials:  # every further call would fail the same way
+                return super().instance_hourly(instance_type, market, az)
             try:
                 if market == "spot":
                     value = self._fetch_spot(instance_type, az)
@@ -208,6 +220,14 @@ class LivePriceBook(PriceBook):
                     value = self._fetch_on_demand(instance_type)
             except Exception as err:  # any live failure (credentials, network, throttling, shape) falls back
                 fallback = super().instance_hourly(instance_type, market, az)
+                if aws_credentials.missing(err):
+                    self._no_credentials = True
+                    self._fallbacks.append("no AWS credentials")
+                    self.warnings.append(
+                        f"{aws_credentials.MESSAGE}; every instance price is from the snapshot {self.date}"
+                    )
+                    return fallback
+                self._fallbacks.append(type(err).__name__)
                 self.warnings.append(
                     f"live {market} price for {instance_type} in {self.region} failed "
                     f"({type(err).__name__}: {_one_line(err)}); using the snapshot price {fallback.usd}/h "
@@ -215,6 +235,7 @@ class LivePriceBook(PriceBook):
                 )
                 return fallback
             entry = self.cache.put(key, value)
+        self._live_n += 1
         fetched = dt.datetime.fromtimestamp(entry["fetched_at"], dt.UTC).date().isoformat()
         return Price(Decimal(entry["usd"]), "hours", entry["source"], fetched, False, f"live {market}")
 

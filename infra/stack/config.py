@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from infra.catalog import load_catalog
+from infra.stack import suggest
 from infra.validation import first_error
 
 NS = "llmfleet"
@@ -206,9 +207,9 @@ class StackConfig(BaseModel):
     @classmethod
     def _model(cls, v: str) -> str:
         models = load_catalog().models
-        if v not in models:
-            raise ValueError(f"allowed: {', '.join(models)}")
-        return v
+        if (known := suggest.canonical(v, models)) is None:
+            raise ValueError(f"{suggest.did_you_mean(v, models)}allowed: {', '.join(models)}")
+        return known
 
     @field_validator("gpu_instance_type")
     @classmethod
@@ -586,12 +587,9 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
     for key, value in raw.items():
         if key == "aws:region" or key.startswith(f"{NS}:"):
             if key not in known:
-                close = [k for k in known if k.lower() == key.lower()]
-                hint = (
-                    f"did you mean {close[0]}?"
-                    if close
-                    else "allowed keys: " + ", ".join(k for k in known if k.startswith(f"{NS}:"))
-                )
+                ours = [k for k in known if k.startswith(f"{NS}:")]
+                close = suggest.closest(key, ours)
+                hint = f"did you mean {close}?" if close else "allowed keys: " + ", ".join(ours)
                 raise ConfigError(f"{key} = {_fmt(value)}: unknown key; {hint}")
             data[key] = _parse_raw(key, value)
     try:

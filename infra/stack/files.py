@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from infra.constants import REPO_ROOT
+from infra.stack import suggest
 from infra.stack.config import (
     NS,
     SECRET_KEYS,
@@ -73,8 +74,11 @@ def raw_stack_config(
     """The flat config map Pulumi would give the program, and its secret keys."""
     path = stack_file(stack, project_dir)
     if not path.exists():
-        have = ", ".join(available_stacks(project_dir)) or "none"
-        raise ConfigError(f"--stack {stack!r}: no file {path.relative_to(project_dir)}; allowed: {have}")
+        stacks = available_stacks(project_dir)
+        hint = suggest.did_you_mean(stack, stacks)
+        raise ConfigError(
+            f"--stack {stack!r}: no file {path.relative_to(project_dir)}; {hint}allowed: {', '.join(stacks) or 'none'}"
+        )
     doc = yaml.safe_load(path.read_text()) or {}
     raw = project_defaults(project_dir)
     secrets: set[str] = set()

@@ -122,9 +122,7 @@ class Plan:
         return self.nodes * self.gpus_per_node
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["reason"] = self.reason
-        return d
+        return asdict(self)  # `reasons` only: `reason` is the same list joined
 
 
 class PlanInputError(ValueError):
