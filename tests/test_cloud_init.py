@@ -6,15 +6,14 @@ Update the snapshots after an intended change: LLMFLEET_UPDATE_SNAPSHOTS=1 pytes
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from infra.boot.cloud_init import SERVE_CONFIG_PATH, NodeSpec, head_deploy_argv, node_args, render_user_data
 from ray_cluster.node import build_parser
 from ray_cluster.ray_start import head_start_command, worker_start_command
+from tests.snapshot import assert_snapshot
 
-SNAP = Path(__file__).parent / "snapshots"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:" + "ab" * 32
 COMMON = dict(
     region="us-east-1",
@@ -42,13 +41,7 @@ SPECS = {"head": HEAD, "worker": WORKER}
 
 @pytest.mark.parametrize("role", ["head", "worker"])
 def test_snapshot(role):
-    text = render_user_data(SPECS[role])
-    path = SNAP / f"user_data_{role}.sh"
-    if os.environ.get("LLMFLEET_UPDATE_SNAPSHOTS") == "1" or not path.exists():
-        path.write_text(text)
-    assert text == path.read_text(), (
-        f"{path.name} changed; re-run with LLMFLEET_UPDATE_SNAPSHOTS=1 if intended"
-    )
+    assert_snapshot(f"user_data_{role}.sh", render_user_data(SPECS[role]))
 
 
 @pytest.mark.parametrize("role", ["head", "worker"])

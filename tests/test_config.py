@@ -164,12 +164,12 @@ def test_secret_values_never_appear_in_errors():
     raw = {
         "llmfleet:provider": "existing",
         "llmfleet:hosts": json.dumps(HOSTS_OK),
-        "llmfleet:sshPrivateKey": 5,
+        "llmfleet:sshPrivateKey": ["-----BEGIN OPENSSH PRIVATE KEY----- s3cr3t"],  # wrong type: rejected
     }
-    try:
+    with pytest.raises(ConfigError) as e:
         load_stack_config(raw)
-    except ConfigError as e:
-        assert "5" not in str(e).split("=", 1)[1].split(":")[0]
+    assert str(e.value) == "llmfleet:sshPrivateKey = '[secret]': allowed: input should be a valid string"
+    assert "s3cr3t" not in str(e.value)
 
 
 def test_defaults_and_derived_values():

@@ -16,7 +16,10 @@ StackOpt = Annotated[str, typer.Option("--stack", "-s", help="Stack name: stacks
 ConfigOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--config", "-c", help="Override a config value, as `pulumi preview -c`: KEY=VALUE (repeatable)."
+        "--config",
+        "-c",
+        metavar="KEY=VALUE",
+        help="Override a config value, as `pulumi preview -c` (repeatable).",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

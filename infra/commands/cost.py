@@ -343,7 +343,8 @@ def render_table(p: Priced, console: Console) -> None:
                 _money(item.monthly_cost) if item.known else "-",
             )
 
-    for r in est.resources:
+    # The capture's order follows Pulumi's concurrent registration and varies run to run.
+    for r in sorted(est.resources, key=lambda r: r.name):
         t.add_row(Text(_label(r), style="bold", no_wrap=True))
         components(r, "")
     t.add_section()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -30,14 +31,22 @@ def output_text(value: Any) -> str:
     return str(value)
 
 
+def short_type(token: str) -> str:
+    """A type token as `pulumi preview` prints it: `aws:s3/bucket:Bucket` -> `aws:s3:Bucket`."""
+    return re.sub(r"^([^:/]+):([^:/]+)/[^:]+:([^:]+)$", r"\1:\2:\3", token)
+
+
 def resources_table(stack: str, resources: list[dict], wide: bool) -> Table:
     """Types and names never truncate: they fold when the terminal is narrower than they are.
-    The parent column (wide only) is what pushes the table past 80 columns."""
+    The default fits 80 columns whole (Pulumi's short type form); --wide adds the full token
+    and each resource's parent."""
     t = Table(title=f"llmfleet-{stack}: {len(resources)} resources")
     for col in ("type", "name") + (("parent",) if wide else ()):
         t.add_column(col, overflow="fold")
-    for r in resources:
-        t.add_row(r["type"], r["name"], *((r["parent"] or "",) if wide else ()))
+    # Pulumi registers resources concurrently, so capture order varies run to run: sort.
+    for r in sorted(resources, key=lambda r: (r["type"], r["name"])):
+        kind = r["type"] if wide else short_type(r["type"])
+        t.add_row(kind, r["name"], *((r["parent"] or "",) if wide else ()))
     return t
 
 
@@ -56,7 +65,7 @@ def register(app: typer.Typer) -> None:
         stack: StackOpt,
         config: ConfigOpt = None,
         as_json: JsonOpt = False,
-        wide: Annotated[bool, typer.Option("--wide", help="Also show each resource's parent.")] = False,
+        wide: Annotated[bool, typer.Option("--wide", help="Full type tokens and each resource's parent (wider than 80 columns).")] = False,
         output: Annotated[
             str | None,
             typer.Option("--output", "-o", metavar="KEY", help="Print only this stack output, in full."),
