@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -30,21 +30,21 @@ from rich.text import Text
 
 from infra.commands import _common
 from infra.constants import REPO_ROOT
-from infra.cost import estimate as cost
-from infra.cost import infracost, infracost_diff
-from infra.cost import model as cost_model
-from infra.cost import preview as cost_preview
-from infra.cost import resources as cost_resources
-from infra.cost import usage as usage_mod
-from infra.cost.live_prices import live_book
-from infra.cost.pricing import PriceBook, PriceError, snapshot_book
-from infra.stack.resolve import resolve
+
+if TYPE_CHECKING:  # imported where used: `llmfleet --help` and `plan` need none of them
+    from infra.cost import infracost
+    from infra.cost import model as cost_model
+    from infra.cost import preview as cost_preview
+    from infra.cost import resources as cost_resources
+    from infra.cost import usage as usage_mod
+    from infra.cost.pricing import PriceBook
 
 EXIT_OVER_BUDGET = 4
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Failures that are the user's input (stack, -c, files, region): one line, exit 2."""
+    from infra.cost.pricing import PriceError
     from infra.program.offline import OfflineError
     from infra.stack.config import ConfigError
 
@@ -64,10 +64,15 @@ class Priced:
 
 
 def _book(region: str, live: bool) -> PriceBook:
+    from infra.cost.live_prices import live_book
+    from infra.cost.pricing import snapshot_book
+
     return live_book(region) if live else snapshot_book(region)
 
 
 def _read(path: Path, flag: str) -> str:
+    from infra.cost.pricing import PriceError
+
     try:
         return path.read_text()
     except OSError as err:
@@ -114,8 +119,13 @@ def price_stack(
 ) -> Priced:
     """Capture (or read a preview file), then price. Raises ConfigError/PriceError/... on bad input."""
     from infra.catalog import load_catalog
+    from infra.cost import estimate as cost
+    from infra.cost import preview as cost_preview
+    from infra.cost import resources as cost_resources
+    from infra.cost import usage as usage_mod
     from infra.program.offline import capture
     from infra.stack.files import load_config
+    from infra.stack.resolve import resolve
 
     usage = usage or usage_mod.Usage()
     states: cost_preview.PreviewStates | None = None
@@ -183,6 +193,8 @@ _QUANTITY_KEYS = {"monthly_hrs", "storage_gb", "standard.storage_gb"}
 
 
 def usage_template(est: cost_model.Estimate) -> list[usage_mod.TemplateEntry]:
+    from infra.cost import usage as usage_mod
+
     entries = []
     for r in est.resources:
         keys = usage_mod.keys_for(r.resource_type)
@@ -199,6 +211,8 @@ def usage_template(est: cost_model.Estimate) -> list[usage_mod.TemplateEntry]:
 
 
 def load_usage(path: Path | None, sync: bool) -> usage_mod.Usage:
+    from infra.cost import usage as usage_mod
+
     if path is None:
         return usage_mod.Usage()
     if sync and not path.exists():
@@ -221,6 +235,8 @@ def _git(*args: str) -> str:
 
 def vcs_metadata(command: str, usage_path: str = "") -> infracost.RunMetadata:
     """The commit the estimate was made on, as Infracost's VCS fields (empty outside git)."""
+    from infra.cost import infracost
+
     fields = _git("log", "-1", "--format=%H%x00%an%x00%ae%x00%cI%x00%s").split("\x00")
     sha, name, email, stamp, subject = (fields + [""] * 5)[:5]
     if stamp:
@@ -244,6 +260,8 @@ def build_json(
     run: infracost.RunMetadata,
     now: dt.datetime,
 ) -> dict[str, Any]:
+    from infra.cost import infracost
+
     est = p.estimate
     info = infracost.ProjectInfo(est.project, p.source_path, p.source_type, est.project, est.warnings)
     proj = infracost.project(
@@ -307,6 +325,9 @@ def _label(r: cost_model.ResourceCost) -> str:
 
 
 def render_table(p: Priced, console: Console) -> None:
+    from infra.cost import estimate as cost
+    from infra.cost import model as cost_model
+
     est = p.estimate
     names = [_label(r) for r in est.resources] + ["Total"]
     t = Table(
@@ -515,6 +536,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Price every resource of a stack before it exists; exit 4 over llmfleet:maxMonthlyUsd."""
+        from infra.cost import infracost, infracost_diff
+        from infra.cost import usage as usage_mod
+
         overrides = list(config or [])
         if sync_usage_file and usage_file is None:
             _common.fail("--sync-usage-file: needs --usage-file FILE (the file to write)", 2)
