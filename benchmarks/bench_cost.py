@@ -35,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_S = 2.0  # cost --stack prod at 32 workers
 START_BUDGET_S = 0.5  # --help, plan
+PYCACHE = ""  # --pycache DIR
 STARTUP = {
     "--help": ["--help"],
     "plan": ["plan", "--model", "deepseek-r1", "--gpu", "L20"],
@@ -51,6 +52,9 @@ def run_llmfleet(repo: Path, args: list[str], ok=(0,)) -> tuple[float, float, st
     not grow when other work loads the machine, so it is reported beside the wall time."""
     cmd = [sys.executable, "-m", "infra.cli", *args]
     env = {**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "80"}
+    if PYCACHE:  # bytecode cached as a default Python does after the first run
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = PYCACHE
     cpu0, t0 = _children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=False)
     elapsed, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
@@ -99,6 +103,20 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     ss_tot = sum((y - my) ** 2 for y in ys)
     ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
     return intercept, slope, 1 - ss_res / ss_tot if ss_tot else 1.0
+
+
+def _bytecode_state() -> str:
+    """Whether the children find pulumi_aws compiled: with neither a __pycache__ in the venv nor
+    leave to write one, each run compiles its 1.3 MB generated modules again."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pulumi_aws")
+    cached = spec is not None and spec.origin and (Path(spec.origin).parent / "ec2" / "__pycache__").is_dir()
+    if cached:
+        return "venv bytecode present"
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return "none (PYTHONDONTWRITEBYTECODE set, venv without __pycache__): every run compiles"
+    return "written by the first run"
 
 
 def _median(xs: list[float], places: int = 3) -> float:
@@ -151,10 +169,23 @@ def main() -> int:
         metavar="DIR",
         help="another checkout to time in the same run (repeatable)",
     )
+    ap.add_argument(
+        "--pycache",
+        metavar="DIR",
+        default="",
+        help="children write and reuse bytecode under DIR (PYTHONPYCACHEPREFIX), after one warm-up run; "
+        "default: the environment as it is (with PYTHONDONTWRITEBYTECODE=1 and a venv installed "
+        "without bytecode, every run compiles pulumi_aws from source)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    global PYCACHE
+    PYCACHE = args.pycache
 
     repos = [REPO, *(b.resolve() for b in args.baseline)]
+    if PYCACHE:
+        for r in repos:  # write the bytecode once, outside the timed runs
+            run_cli(r, args.workers[0])
     load_before = os.getloadavg()
     per_repo = measure(repos, args.workers, args.repeat)
     run_inproc(args.workers[0])  # warm imports and caches once
@@ -175,6 +206,7 @@ def main() -> int:
         "cli_fit": {"intercept_s": round(ca, 4), "s_per_worker": round(cb, 5), "r2": round(cr2, 4)},
         "budget_s": BUDGET_S,
         "start_budget_s": START_BUDGET_S,
+        "bytecode": f"cached under {PYCACHE}" if PYCACHE else _bytecode_state(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "within_budget": worst < BUDGET_S and start_worst < START_BUDGET_S,
@@ -221,7 +253,7 @@ def _print(result: dict, repos: list[Path], args) -> None:
         it.add_row(str(row["workers"]), f"{row['inproc_s']:.4f}", f"{line:.4f}", f"{row['price_only_s']:.4f}")
     console.print(it)
     la, lb = result["load_average_before"], result["load_average_after"]
-    console.print(f"load average before / after: {la[0]:.2f} / {lb[0]:.2f}")
+    console.print(f"load average before / after: {la[0]:.2f} / {lb[0]:.2f}; bytecode: {result['bytecode']}")
     cf = result["cli_fit"]
     console.print(
         f"in-process: {fit['intercept_s']:.4f} s + {fit['s_per_worker'] * 1000:.2f} ms/worker "
