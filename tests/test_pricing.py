@@ -299,3 +299,36 @@ def test_unwritable_or_corrupt_cache_still_prices(clients, tmp_path):
     corrupt = PriceCache(tmp_path)
     corrupt.path.write_text(json.dumps({"on-demand|us-east-1|*|g6e.48xlarge": {"usd": "1"}}))
     assert corrupt.get("on-demand|us-east-1|*|g6e.48xlarge") is None
+
+
+def test_label_says_live_only_for_what_was_live(clients, tmp_path):
+    """The table title reads the book's label: all live, partly live, or snapshot with why."""
+    _, ps, _, es = clients
+    expect_products(ps)
+    book = make_book(clients, tmp_path)
+    book.instance_hourly("g6e.48xlarge")
+    assert book.label.startswith("live (AWS Price List API")
+    es.add_client_error("describe_spot_price_history", "UnauthorizedOperation", "no")
+    book.instance_hourly("g6e.48xlarge", "spot")
+    assert book.label == f"live for 1 instance price(s), snapshot {book.date} for the rest (ClientError)"
+
+
+def test_no_credentials_is_one_warning_and_a_snapshot_label(tmp_path):
+    """botocore's NoCredentialsError (a real client with no credentials anywhere) ends the live
+    attempts: one warning with the fix, and the label says snapshot."""
+    from botocore.config import Config
+    from botocore.session import Session
+
+    session = Session()
+    session.get_credentials = lambda: None  # what an account without any configured credentials gives
+    cfg = Config(retries={"max_attempts": 1})
+    pricing_client = session.create_client("pricing", region_name="us-east-1", config=cfg)
+    ec2 = session.create_client("ec2", region_name="us-east-1", config=cfg)
+    book = LivePriceBook(
+        "us-east-1", ON_DEMAND, pricing_client=pricing_client, ec2_client=ec2, cache=PriceCache(tmp_path)
+    )
+    assert book.instance_hourly("g6e.48xlarge").source == "test catalog"
+    book.instance_hourly("g6e.48xlarge", "spot")
+    (warning,) = book.warnings
+    assert warning.startswith("no AWS credentials found; configure them with `aws configure`")
+    assert book.label == f"snapshot {book.date}: live prices unavailable (no AWS credentials)"
