@@ -40,6 +40,7 @@ NO_AWS = {
     "AWS_CONFIG_FILE": "/nonexistent/aws-config",
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
     "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ENDPOINT_URL": None,
 }
 
 
@@ -182,7 +183,12 @@ def test_plan_says_when_the_speeds_are_for_a_capped_concurrency():
     assert "reasons" in doc and "reason" not in doc
 
 
-def test_cost_live_without_credentials_titles_the_table_snapshot(tmp_path):
+def test_cost_live_without_credentials_titles_the_table_snapshot(tmp_path, monkeypatch):
+    import boto3
+
+    # boto3's default session keeps the credentials it resolved first (an earlier test's moto
+    # keys): start from a fresh one, which resolves them under NO_AWS
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     result = run("cost", "--stack", "dev", "--live", env={**NO_AWS, "LLMFLEET_CACHE_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.stderr
     head = result.stdout.split("Resource / component")[0]
