@@ -27,8 +27,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Write Ray's Serve LLM, Serve, Serve deployment and core dashboards (from the installed
-        Ray's own generator) plus a GPU (DCGM) dashboard, with Grafana provisioning files."""
+        """Write Ray's Serve LLM, Serve, Serve deployment and core dashboards (from the installed Ray's own generator) plus a GPU (DCGM) dashboard, with Grafana provisioning files."""
         from infra.rayconf.dashboards import Datasource, grafana_command, write
 
         written = write(out, Datasource(prometheus_url, sigv4_region))

@@ -171,8 +171,7 @@ def register(app: typer.Typer) -> None:
         price_stack: PriceStackOpt = "prod",
         as_json: JsonOpt = False,
     ) -> None:
-        """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real
-        completion, and live figures from the cluster's Prometheus."""
+        """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion, and live figures from the cluster's Prometheus."""
         from infra.local.layout import LocalError
         from infra.local.status import status
         from infra.stack.config import ConfigError
@@ -209,8 +208,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--iterations", min=0, help="Refreshes before exiting; 0 = until Ctrl-C.")
         ] = 0,
     ) -> None:
-        """Live serving figures (Prometheus queries), refreshed in place: requests running and
-        waiting, tokens/s, TTFT and TPOT p50, KV-cache usage, per worker host."""
+        """Live serving figures (Prometheus queries), refreshed in place: requests running and waiting, tokens/s, TTFT and TPOT p50, KV-cache usage, per worker host."""
         from infra.commands._local_live import top
         from infra.local.layout import LocalError
         from infra.local.state import load_state, state_dir
