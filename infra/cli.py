@@ -35,6 +35,8 @@ COMMANDS = (
     "preflight_cluster",
     "local",
     "dashboards",
+    "bench",
+    "batch",
 )
 
 for _name in COMMANDS:
