@@ -276,3 +276,28 @@ def test_cli_targets_are_one_line_errors(tmp_path):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run_cli("batch", "--input", "x.jsonl", "--output", "o", env=env)
     assert r.returncode == 2 and "target: missing" in r.stderr
+
+
+def test_stack_target_reads_endpoint_from_outputs_and_token_from_ssm(tmp_path, monkeypatch):
+    from infra.bench import targets
+    from tests.moto_fixtures import DUMMY_CREDS, MotoServer
+
+    with MotoServer() as moto:
+        moto.client("ssm").put_parameter(Name="/llmfleet/prod/token", Value="s3cret", Type="SecureString")
+        for k, v in {**DUMMY_CREDS, "AWS_ENDPOINT_URL": moto.url}.items():
+            monkeypatch.setenv(k, v)
+        outputs = tmp_path / "outputs.json"
+        outputs.write_text(json.dumps({"endpoint_url": "http://internal-nlb:8000", "served_model": "deepseek-ai/DeepSeek-R1",
+                                       "token_parameter": "/llmfleet/prod/token", "region": "us-east-1"}))  # fmt: skip
+        r = targets.stack_target("prod", outputs, None, None, "/tok")
+        assert r.target == sweep.Target(
+            "http://internal-nlb:8000/v1", "s3cret", "deepseek-ai/DeepSeek-R1", "stack:prod"
+        )
+        # a tunnel instead of the internal NLB; the token still from SSM
+        r = targets.stack_target("prod", outputs, "http://127.0.0.1:18000/v1", None, "/tok")
+        assert r.target.endpoint == "http://127.0.0.1:18000/v1" and r.target.token == "s3cret"
+        with pytest.raises(BenchError, match="SSM parameter '/nope'"):
+            outputs.write_text(
+                json.dumps({"endpoint_url": "http://x", "served_model": "m", "token_parameter": "/nope"})
+            )
+            targets.stack_target("prod", outputs, None, None, None)

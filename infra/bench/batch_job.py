@@ -106,14 +106,16 @@ def run(
         )
     total = ds.count()
     done = done_ids(output)
-    todo = ds.filter(lambda r: r["id"] not in done) if done else ds
-    processor = build(model_source, engine_kwargs, env, bundles, strategy, batch_size, max_tokens)
-    out = processor(todo).materialize()
-    new_rows = out.count()
-    if new_rows:
-        out.write_parquet(output)
-    failed = out.filter(lambda r: bool(r["error"])).count() if new_rows else 0
-    tokens = int(out.sum("num_generated_tokens") or 0) if new_rows else 0
+    todo = ds.filter(lambda r: r["id"] not in done).materialize() if done else ds
+    new_rows = failed = tokens = 0
+    if not done or todo.count():  # nothing left: no engine to start
+        processor = build(model_source, engine_kwargs, env, bundles, strategy, batch_size, max_tokens)
+        out = processor(todo).materialize()
+        new_rows = out.count()
+        if new_rows:
+            out.write_parquet(output)
+            failed = out.filter(lambda r: bool(r["error"])).count()
+            tokens = int(out.sum("num_generated_tokens") or 0)
     wall = time.monotonic() - t0
     return {
         "input": input_path,
