@@ -160,8 +160,26 @@ def replica_ids(doc: dict, app_name: str, deployment: str) -> set[str]:
     return {r.get("replica_id", "") for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"}
 
 
-def wait_applied(dashboard: str, app_name: str, want: dict[str, dict], timeout: float) -> dict:
-    """Poll until the app is RUNNING, every deployment HEALTHY with the wanted options; the doc."""
+def deployment_options(doc: dict, app_name: str, names: tuple[str, ...]) -> dict[str, dict]:
+    """The in-place options now in force, per deployment (what a restore waits for)."""
+    deps = doc["applications"][app_name].get("deployments") or {}
+    keys = set(LLM_DEPLOYMENT_OPTIONS.values()) | set(INGRESS_OPTIONS.values())
+    return {
+        n: {k: v for k, v in (deps[n].get("deployment_config") or {}).items() if k in keys}
+        for n in names
+        if n in deps
+    }
+
+
+def wait_applied(
+    dashboard: str,
+    app_name: str,
+    want: dict[str, dict],
+    timeout: float,
+    replaced: tuple[str, set] | None = None,
+) -> dict:
+    """Poll until the app is RUNNING, every deployment HEALTHY with the wanted options and, with
+    `replaced` = (deployment, old replica ids), none of those replicas left; the doc."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -172,6 +190,8 @@ def wait_applied(dashboard: str, app_name: str, want: dict[str, dict], timeout: 
         for name, opts in want.items():
             have = (deps.get(name) or {}).get("deployment_config") or {}
             ok = ok and all(have.get(k) == v for k, v in opts.items())
+        if ok and replaced is not None:
+            ok = not replica_ids(doc, app_name, replaced[0]) & replaced[1]
         if ok:
             return doc
         last = f"app {app.get('status')}: " + ", ".join(f"{n}={d.get('status')}" for n, d in deps.items())
@@ -223,56 +243,72 @@ def _param_space(spec: TuneSpec) -> dict:
     return {k: pick(v) for k, v in spec.grid.items()}
 
 
-def run_tune(
-    target: Target,
-    dashboard: str,
-    sweep: SweepSpec,
-    spec: TuneSpec,
-    vocab: list[int],
-    log: Callable[[str], None] = lambda m: None,
-) -> dict:
-    """Run the search; returns {"trials": [...], "best": {...} | None, "restored": bool}."""
-    spec.check()
-    sweep.check()
-    doc = serve_document(dashboard)
-    base = deployed_config(doc)
-    app_name, llm, ingress = deployment_names(doc)
+@dataclass(frozen=True)
+class App:
+    """The Serve app under test: where it is, its deployments and the config it was deployed with."""
 
-    def trainable(params: dict) -> None:
-        from ray import tune
+    dashboard: str
+    name: str
+    llm: str
+    ingress: str
+    base: dict
 
-        cfg = trial_config(base, app_name, llm, ingress, params)
+    def wanted(self, params: dict) -> dict[str, dict]:
+        """{deployment: {option: value}} of a trial's in-place options (what wait_applied checks)."""
         want: dict[str, dict] = {}
         for k, v in params.items():
             if k in LLM_DEPLOYMENT_OPTIONS:
-                want.setdefault(llm, {})[LLM_DEPLOYMENT_OPTIONS[k]] = v
+                want.setdefault(self.llm, {})[LLM_DEPLOYMENT_OPTIONS[k]] = v
             elif k in INGRESS_OPTIONS:
-                want.setdefault(ingress, {})[INGRESS_OPTIONS[k]] = v
-        before = replica_ids(serve_document(dashboard), app_name, llm)
-        t0 = time.monotonic()
-        apply_config(dashboard, cfg)
-        time.sleep(2.0)  # the controller takes the new target before it reports on it
-        after_doc = wait_applied(dashboard, app_name, want, spec.apply_timeout_s)
-        applied_s = time.monotonic() - t0
+                want.setdefault(self.ingress, {})[INGRESS_OPTIONS[k]] = v
+        return want
+
+    def config_for(self, params: dict) -> dict:
+        return trial_config(self.base, self.name, self.llm, self.ingress, params)
+
+
+def apply_trial(app: App, params: dict, timeout: float) -> tuple[float, bool]:
+    """Apply a trial's config and wait until it is in force: (seconds, engines restarted)."""
+    cfg = app.config_for(params)
+    now = serve_document(app.dashboard)
+    before = replica_ids(now, app.name, app.llm)
+    # New engine args (the app's args) replace every LLM replica: wait for new ones.
+    engine_change = any(k in ENGINE_OPTIONS for k in params) and (
+        deployed_config(now)["applications"] != cfg["applications"]
+    )
+    t0 = time.monotonic()
+    apply_config(app.dashboard, cfg)
+    time.sleep(2.0)  # the controller takes the new target before it reports on it
+    doc = wait_applied(
+        app.dashboard, app.name, app.wanted(params), timeout, (app.llm, before) if engine_change else None
+    )
+    return time.monotonic() - t0, replica_ids(doc, app.name, app.llm) != before
+
+
+def make_trainable(app: App, target: Target, sweep: SweepSpec, spec: TuneSpec, vocab: list[int]):
+    def trainable(params: dict) -> None:
+        from ray import tune
+
+        applied_s, restarted = apply_trial(app, params, spec.apply_timeout_s)
         steps = [s.to_dict() for s in run_sweep(target, sweep, vocab)]
         value, at = objective(steps, spec.tpot_budget_ms)
-        tune.report(
-            {
-                "objective": value,
-                "best_concurrency": at,
-                "apply_seconds": round(applied_s, 1),
-                "engines_restarted": replica_ids(after_doc, app_name, llm) != before,
-                "steps": steps,
-            }
-        )
+        tune.report({"objective": value, "best_concurrency": at, "apply_seconds": round(applied_s, 1),
+                     "engines_restarted": restarted, "steps": steps})  # fmt: skip
 
+    return trainable
+
+
+TRIAL_KEYS = ("objective", "best_concurrency", "apply_seconds", "engines_restarted", "steps")
+
+
+def fit(trainable, spec: TuneSpec, log: Callable[[str], None]) -> list[dict]:
+    """Run the trials one at a time in a short-lived Ray; one dict per trial."""
     import ray
     from ray import tune
 
     storage = tempfile.mkdtemp(prefix="llmfleet-tune-")
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
              configure_logging=False, object_store_memory=80 * 1024 * 1024)  # fmt: skip
-    restored = False
     try:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
@@ -285,39 +321,53 @@ def run_tune(
             ),
             run_config=tune.RunConfig(storage_path=storage, name="bench", verbose=0),
         )
-        # Tune's own reporting goes to stderr: stdout carries --json.
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr):  # Tune's own reporting; stdout carries --json
             grid = tuner.fit()
-        trials = []
-        for r in grid:
-            if r.error or not r.metrics:
-                trials.append(
-                    {"config": r.config, "error": str(r.error).splitlines()[0] if r.error else "no result"}
-                )
-                continue
-            m = r.metrics
-            trials.append({"config": r.config, **{k: m[k] for k in ("objective", "best_concurrency",
-                                                                  "apply_seconds", "engines_restarted", "steps")}})  # fmt: skip
-            log(
-                f"trial {r.config}: {m['objective']:.1f} tok/s within budget (applied in {m['apply_seconds']} s)"
-            )
     finally:
         ray.shutdown()
+    trials = []
+    for r in grid:
+        if r.error or not r.metrics:
+            trials.append(
+                {"config": r.config, "error": str(r.error).splitlines()[0] if r.error else "no result"}
+            )
+            continue
+        trials.append({"config": r.config, **{k: r.metrics[k] for k in TRIAL_KEYS}})
+        log(f"trial {r.config}: {r.metrics['objective']:.1f} tok/s within budget "
+            f"(applied in {r.metrics['apply_seconds']} s)")  # fmt: skip
+    return trials
+
+
+def run_tune(
+    target: Target,
+    dashboard: str,
+    sweep: SweepSpec,
+    spec: TuneSpec,
+    vocab: list[int],
+    log: Callable[[str], None] = lambda m: None,
+) -> dict:
+    """Run the search, then restore the original config; {"trials", "best" | None, "restored"}."""
+    spec.check()
+    sweep.check()
+    doc = serve_document(dashboard)
+    app = App(dashboard, *deployment_names(doc), base=deployed_config(doc))
+    original = deployment_options(doc, app.name, (app.llm, app.ingress))
+    restored = False
+    try:
+        trials = fit(make_trainable(app, target, sweep, spec, vocab), spec, log)
+    finally:
         try:
-            apply_config(dashboard, base)
-            wait_applied(dashboard, app_name, {}, spec.apply_timeout_s)
+            apply_config(dashboard, app.base)
+            time.sleep(2.0)
+            wait_applied(dashboard, app.name, original, spec.apply_timeout_s)
             restored = True
         except BenchError as e:
             log(f"could not restore the original Serve config: {e}")
-    scored = [t for t in trials if "objective" in t]
-    best = (
-        max(scored, key=lambda t: t["objective"])
-        if scored and max(t["objective"] for t in scored) > 0
-        else None
-    )
+    scored = [t for t in trials if t.get("objective")]
+    best = max(scored, key=lambda t: t["objective"]) if scored else None
     return {
-        "app": app_name,
-        "deployments": {"llm": llm, "ingress": ingress},
+        "app": app.name,
+        "deployments": {"llm": app.llm, "ingress": app.ingress},
         "tpot_budget_ms": spec.tpot_budget_ms,
         "search": spec.search,
         "grid": spec.grid,
@@ -327,7 +377,7 @@ def run_tune(
             "config": best["config"],
             "objective": best["objective"],
             "best_concurrency": best["best_concurrency"],
-            "serve_config": trial_config(base, app_name, llm, ingress, best["config"]),
+            "serve_config": app.config_for(best["config"]),
         },  # fmt: skip
         "restored": restored,
     }

@@ -163,44 +163,11 @@ def register(app: typer.Typer) -> None:
                     resolved, dashboard, spec, grid, search, samples, tpot_budget_ms, vocab, best_out, as_json
                 )
                 return
-            steps = sweep.run_sweep(
-                resolved.target,
-                spec,
-                vocab,
-                on_step=lambda s: err_console.print(
-                    f"[dim]concurrency {s.concurrency}: {s.succeeded}/{s.requests} ok, "
-                    f"{s.output_tokens_per_s:,.1f} out tok/s[/]",
-                    highlight=False,
-                ),  # fmt: skip
-            )
-            calibration.attach_predictions(steps, lay, input_len, output_len)
-            doc = {
-                "target": {
-                    "source": resolved.target.source,
-                    "endpoint": resolved.target.endpoint,
-                    "model": resolved.target.model,
-                },  # fmt: skip
-                "input_len": input_len,
-                "output_len": output_len,
-                "plan_layout": calibration.layout_dict(lay),
-                "steps": [s.to_dict() for s in steps],
-            }
-            if plot is not None:
-                from infra.bench.plot import write_plot
-
-                doc["plot"] = {
-                    "file": str(plot),
-                    **write_plot(steps, plot, _title(resolved, lay, input_len, output_len)),
-                }
-            if calibrate:
-                if lay is None:
-                    fail(
-                        "--calibrate: no planner layout to calibrate; allowed: with --stack or --plan-stack NAME"
-                    )
-                entry = calibration.entry_from_sweep(
-                    lay, steps, resolved.target.source, input_len, output_len
+            if calibrate and lay is None:
+                fail(
+                    "--calibrate: no planner layout to calibrate; allowed: with --stack or --plan-stack NAME"
                 )
-                doc["calibration"] = {"file": str(calibration.append_entry(entry)), "entry": entry}
+            doc = _sweep(resolved, spec, lay, vocab, plot, calibrate)
         except sweep.BenchError as e:
             fail(str(e), code=1)
         if as_json:
@@ -213,6 +180,47 @@ def register(app: typer.Typer) -> None:
             console.print(f"plot: {plot}", highlight=False)
         if calibrate:
             console.print(f"calibration: appended to {doc['calibration']['file']}", highlight=False)
+
+
+def _sweep(resolved, spec, lay, vocab: list[int], plot: Path | None, calibrate: bool) -> dict:
+    """Run the sweep; the --json document (steps beside the planner, plot data, calibration entry)."""
+    from infra.bench import calibration, sweep
+
+    steps = sweep.run_sweep(
+        resolved.target,
+        spec,
+        vocab,
+        on_step=lambda s: err_console.print(
+            f"[dim]concurrency {s.concurrency}: {s.succeeded}/{s.requests} ok, "
+            f"{s.output_tokens_per_s:,.1f} out tok/s[/]",
+            highlight=False,
+        ),
+    )
+    calibration.attach_predictions(steps, lay, spec.input_len, spec.output_len)
+    doc = {
+        "target": {
+            "source": resolved.target.source,
+            "endpoint": resolved.target.endpoint,
+            "model": resolved.target.model,
+        },
+        "input_len": spec.input_len,
+        "output_len": spec.output_len,
+        "plan_layout": calibration.layout_dict(lay),
+        "steps": [s.to_dict() for s in steps],
+    }
+    if plot is not None:
+        from infra.bench.plot import write_plot
+
+        doc["plot"] = {
+            "file": str(plot),
+            **write_plot(steps, plot, _title(resolved, lay, spec.input_len, spec.output_len)),
+        }
+    if calibrate:
+        entry = calibration.entry_from_sweep(
+            lay, steps, resolved.target.source, spec.input_len, spec.output_len
+        )
+        doc["calibration"] = {"file": str(calibration.append_entry(entry)), "entry": entry}
+    return doc
 
 
 def _title(resolved, lay, input_len: int, output_len: int) -> str:
