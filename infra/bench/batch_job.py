@@ -21,8 +21,6 @@ import os
 import sys
 import time
 
-RESULT_COLUMNS = ("id", "prompt", "generated_text", "num_generated_tokens", "num_input_tokens", "error")
-
 
 def done_ids(output: str) -> set:
     """Ids already written to `output` (a local directory; remote outputs start fresh)."""
@@ -49,6 +47,19 @@ def read_input(path: str):
     raise SystemExit(f"error: --input {path!r}: allowed: a .jsonl, .json or .parquet file")
 
 
+def result_row(row: dict) -> dict:
+    """One output row. ray.data.llm hands failed rows past the postprocess as they are, so this
+    runs again over every row: one schema for the Parquet files."""
+    return {
+        "id": row["id"],
+        "prompt": row.get("prompt") or "",
+        "generated_text": row.get("generated_text") or "",
+        "num_generated_tokens": int(row.get("num_generated_tokens") or 0),
+        "num_input_tokens": int(row.get("num_input_tokens") or 0),
+        "error": str(row.get("__inference_error__") or row.get("error") or ""),
+    }
+
+
 def build(model_source: str, engine_kwargs: dict, env: dict, bundles: list, strategy: str, batch_size: int,
           max_tokens: int):  # fmt: skip
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
@@ -71,18 +82,7 @@ def build(model_source: str, engine_kwargs: dict, env: dict, bundles: list, stra
         n = int(row.get("max_tokens") or max_tokens)
         return {**row, "sampling_params": {"temperature": 0.0, "max_tokens": n}}
 
-    def post(row: dict) -> dict:
-        err = row.get("__inference_error__") or ""
-        return {
-            "id": row["id"],
-            "prompt": row["prompt"],
-            "generated_text": row.get("generated_text") or "",
-            "num_generated_tokens": int(row.get("num_generated_tokens") or 0),
-            "num_input_tokens": int(row.get("num_input_tokens") or 0),
-            "error": str(err),
-        }
-
-    return build_processor(config, preprocess=pre, postprocess=post)
+    return build_processor(config, preprocess=pre, postprocess=result_row)
 
 
 def run(
@@ -110,7 +110,7 @@ def run(
     new_rows = failed = tokens = 0
     if not done or todo.count():  # nothing left: no engine to start
         processor = build(model_source, engine_kwargs, env, bundles, strategy, batch_size, max_tokens)
-        out = processor(todo).materialize()
+        out = processor(todo).map(result_row).materialize()
         new_rows = out.count()
         if new_rows:
             out.write_parquet(output)

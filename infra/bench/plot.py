@@ -3,6 +3,7 @@ measured and the planner's prediction side by side (matplotlib, headless Agg bac
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from infra.bench.sweep import BenchError, StepStats
@@ -57,7 +58,7 @@ def write_plot(steps: list[StepStats], path: Path, title: str) -> dict:
         # Measured and predicted can be orders of magnitude apart (a CPU cluster against a GPU plan).
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
