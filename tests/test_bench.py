@@ -301,3 +301,22 @@ def test_stack_target_reads_endpoint_from_outputs_and_token_from_ssm(tmp_path, m
                 json.dumps({"endpoint_url": "http://x", "served_model": "m", "token_parameter": "/nope"})
             )
             targets.stack_target("prod", outputs, None, None, None)
+
+
+def test_batch_results_have_one_schema_and_resume_skips_done_ids_only(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from infra.bench import batch_job
+
+    ok = batch_job.result_row({"id": 1, "prompt": "p", "generated_text": "t", "num_generated_tokens": 3,
+                               "num_input_tokens": 2, "__inference_error__": "", "extra": 0})  # fmt: skip
+    failed = batch_job.result_row(
+        {"id": 2, "prompt": "p", "__inference_error__": "ValueError: x", "params": ""}
+    )
+    assert ok.keys() == failed.keys() and failed["error"] == "ValueError: x" and not ok["error"]
+    out = tmp_path / "results.parquet"
+    out.mkdir()
+    pq.write_table(pa.Table.from_pylist([ok, failed]), out / "a.parquet")
+    assert batch_job.done_ids(str(out)) == {1}  # the failed row runs again
+    assert batch_job.done_ids(str(tmp_path / "nothing")) == set() == batch_job.done_ids("s3://b/x/")
