@@ -108,7 +108,7 @@ def validated(cfg: dict) -> dict:
     from ray.serve.schema import ServeDeploySchema
 
     try:
-        return ServeDeploySchema.model_validate(cfg).model_dump(exclude_unset=True)
+        return ServeDeploySchema.model_validate(cfg).model_dump(mode="json", exclude_unset=True)
     except Exception as e:  # pydantic ValidationError: the first error, one line
         raise BenchError(f"Serve config: {str(e).splitlines()[0]}") from None
 
