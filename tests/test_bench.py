@@ -309,7 +309,7 @@ def test_batch_results_have_one_schema_and_resume_skips_done_ids_only(tmp_path):
 
     from infra.bench import batch_job
 
-    ok = batch_job.result_row({"id": 1, "prompt": "p", "generated_text": "t", "num_generated_tokens": 3,
+    ok = batch_job.result_row({"id": 1, "prompt": "p", "generated_text": "t", "num_generated_tokens": 3, "generated_tokens": [5, 6, 7],
                                "num_input_tokens": 2, "__inference_error__": "", "extra": 0})  # fmt: skip
     failed = batch_job.result_row(
         {"id": 2, "prompt": "p", "__inference_error__": "ValueError: x", "params": ""}

@@ -4,7 +4,7 @@ only), so `ray job submit --working-dir` can ship this one file to a cluster who
 llmfleet operator code; `llmfleet batch --local` runs the same `run()` in-process.
 
 Input rows: {"id": ..., "prompt": "..."} (an optional "max_tokens" per row). Output: a directory
-of Parquet files (Ray Data's layout) with id, prompt, generated_text, num_generated_tokens,
+of Parquet files (Ray Data's layout) with id, prompt, generated_text, generated_tokens, num_generated_tokens,
 num_input_tokens and error. Resumable: ids already in the output are skipped, and every run
 adds its own files, so an interrupted job continues where it stopped.
 
@@ -54,6 +54,8 @@ def result_row(row: dict) -> dict:
         "id": row["id"],
         "prompt": row.get("prompt") or "",
         "generated_text": row.get("generated_text") or "",
+        # the token ids too: a token may decode to nothing (a special token is skipped in the text)
+        "generated_tokens": [int(t) for t in (row.get("generated_tokens") or [])],
         "num_generated_tokens": int(row.get("num_generated_tokens") or 0),
         "num_input_tokens": int(row.get("num_input_tokens") or 0),
         "error": str(row.get("__inference_error__") or row.get("error") or ""),
