@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,7 @@ def test_batch_job_submit_command_for_a_stack(tmp_path):
         "--",
     ]
     assert sorted(os.listdir(work)) == ["batch_job.py", "prompts.jsonl"]
+    shutil.rmtree(work)
     job = argv[argv.index("--") + 1 :]
     assert job[:2] == ["python", "batch_job.py"]
     args = dict(zip(job[2::2], job[3::2], strict=True))

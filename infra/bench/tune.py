@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -335,6 +336,7 @@ def fit(trainable, spec: TuneSpec, log: Callable[[str], None]) -> list[dict]:
         trials.append({"config": r.config, **{k: r.metrics[k] for k in TRIAL_KEYS}})
         log(f"trial {r.config}: {r.metrics['objective']:.1f} tok/s within budget "
             f"(applied in {r.metrics['apply_seconds']} s)")  # fmt: skip
+    shutil.rmtree(storage, ignore_errors=True)  # Tune's files: every figure is in `trials` now
     return trials
 
 

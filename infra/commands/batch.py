@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from typing import Annotated
 
@@ -67,7 +68,10 @@ def register(app: typer.Typer) -> None:
                     print_json({"command": argv, "working_dir": work}) if as_json else console.print(
                         batch.shell_line(argv), highlight=False, soft_wrap=True)  # fmt: skip
                     return
-                summary = _submit(argv)
+                try:
+                    summary = _submit(argv)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)  # the job has its own copy by now
         except BenchError as e:
             fail(str(e), code=1)
         if as_json:
