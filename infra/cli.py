@@ -75,6 +75,8 @@ COMMANDS = (
     "preflight_cluster",
     "local",
     "dashboards",
+    "bench",
+    "batch",
 )
 
 for _name in COMMANDS:

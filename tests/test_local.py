@@ -583,6 +583,122 @@ def test_top_shows_the_figures_and_every_worker_host(cluster):
         assert h["ip"] in r.stdout, r.stdout
 
 
+# ---------------------------------------------------------------- llmfleet bench / batch (infra.bench)
+
+
+def bench_cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*LLMFLEET, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.ray
+def test_bench_sweep_figures_match_the_engines_counters_and_plot_both_series(cluster, tmp_path):
+    st = state_of(cluster)
+    workers = [h["ip"] for h in st["hosts"][1:]]
+    before = _settled_counts(st, lambda c: set(workers) <= set(c))
+    cal, png = tmp_path / "calibration.json", tmp_path / "sweep.png"
+    env = {**cluster["env"], "LLMFLEET_CALIBRATION_FILE": str(cal)}
+    r = bench_cli("bench", "--local", "--name", cluster["name"], "--concurrency", "1,4,8", "--output-len", "32",
+                  "--input-len", "48", "--requests", "8", "--plan-stack", "onprem-l20", "--plot", str(png),
+                  "--calibrate", "--json", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    steps = doc["steps"]
+    assert [s["concurrency"] for s in steps] == [1, 4, 8]
+    for s in steps:
+        assert (s["requests"], s["succeeded"], s["errors"], s["timed_out"]) == (8, 8, {}, False), s
+        # what the engine saw: exactly the prompt and output lengths asked for
+        assert (s["prompt_tokens_mean"], s["output_tokens_mean"]) == (48, 32)
+        assert s["output_tokens_per_s"] == pytest.approx(s["output_tokens"] / s["duration_s"], rel=0.01)
+        assert s["requests_per_s"] == pytest.approx(8 / s["duration_s"], rel=0.01)
+        assert 0 < s["ttft_ms_p50"] <= s["ttft_ms_p95"] and 0 < s["tpot_ms_p50"] <= s["tpot_ms_p95"]
+        assert s["predicted"]["fits"] and s["predicted"]["output_tokens_per_s"] > 0
+    # Every request the sweep sent finished in exactly one engine: vLLM's own counters agree.
+    sent = sum(s["requests"] for s in steps)
+    after = _settled_counts(st, lambda c: sum(c.get(w, 0) - before.get(w, 0) for w in workers) >= sent)
+    assert sum(after.get(w, 0) - before.get(w, 0) for w in workers) == sent
+    # the plot: a PNG, and the data behind it is the measured steps and the planner's figures
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and doc["plot"]["file"] == str(png)
+    measured, predicted = doc["plot"]["measured"], doc["plot"]["predicted"]
+    assert [(p["concurrency"], p["output_tokens_per_s"]) for p in measured] == [
+        (s["concurrency"], s["output_tokens_per_s"]) for s in steps]  # fmt: skip
+    assert [p["tpot_ms"] for p in predicted] == [s["predicted"]["tpot_ms"] for s in steps]
+    # the calibration file now calibrates `llmfleet plan` for that layout
+    assert len(json.loads(cal.read_text())["entries"][0]["points"]) == 3
+    r = bench_cli("plan", "--model", "deepseek-r1", "--gpu", "L20", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["calibration"]["points"] == 3, r.stderr
+
+
+@pytest.mark.ray
+def test_bench_tune_2x2_grid_in_place_names_the_best_and_restores_the_config(cluster, tmp_path):
+    from infra.bench import tune
+
+    st = state_of(cluster)
+    dashboard = f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+    original = tune.deployed_config(tune.serve_document(dashboard))
+    best_file = tmp_path / "best.yaml"
+    t0 = time.monotonic()
+    r = bench_cli("bench", "--local", "--name", cluster["name"], "--tune", "--grid", "max_ongoing_requests=1,8",
+                  "--grid", "ingress_max_ongoing_requests=2,16", "--concurrency", "8", "--input-len", "32",
+                  "--output-len", "16", "--requests", "16", "--tpot-budget-ms", "5000", "--best-out",
+                  str(best_file), "--json", env=cluster["env"], timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    trials = res["trials"]
+    assert sorted((t["config"]["max_ongoing_requests"], t["config"]["ingress_max_ongoing_requests"]) for t in trials) == [
+        (1, 2), (1, 16), (8, 2), (8, 16)]  # fmt: skip
+    assert all(t["objective"] > 0 and t["engines_restarted"] is False for t in trials), trials
+    best = max(trials, key=lambda t: t["objective"])
+    assert res["best"]["config"] == best["config"] and res["best"]["objective"] == best["objective"]
+    written = yaml.safe_load(best_file.read_text())
+    assert written["best"] == best["config"]
+    overrides = {d["name"]: d for d in written["serve_config"]["applications"][0]["deployments"]}
+    assert overrides[res["deployments"]["llm"]]["max_ongoing_requests"] == best["config"]["max_ongoing_requests"]
+    # the cluster is as it was: the original config in force, the same replicas serving
+    assert res["restored"] is True
+    assert tune.deployed_config(tune.serve_document(dashboard)) == original
+    assert _completes(cluster["doc"])
+    print(f"tune 2x2: {time.monotonic() - t0:.0f} s")
+
+
+@pytest.mark.ray
+def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    src, out = tmp_path / "prompts.jsonl", tmp_path / "results.parquet"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"Question {i}: what is a Ray node?"}) + "\n"
+                           for i in range(50)))  # fmt: skip
+    t0 = time.monotonic()
+    r = bench_cli("batch", "--local", "--name", cluster["name"], "--input", str(src), "--output", str(out),
+                  "--max-tokens", "8", "--json", env=cluster["env"], timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert (summary["rows"], summary["processed"], summary["failed"]) == (50, 50, 0), summary
+    table = pq.read_table(str(out))
+    rows = table.to_pylist()
+    assert sorted(row["id"] for row in rows) == list(range(50))
+    # every row has the engine's own output: 1..8 tokens whose decoding is the text it wrote
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(state_of(cluster)["model_dir"])
+    for row in rows:
+        assert 1 <= row["num_generated_tokens"] == len(row["generated_tokens"]) <= 8 and not row["error"], row
+        assert row["generated_text"] == tok.decode(row["generated_tokens"], skip_special_tokens=True), row
+    assert sum(1 for row in rows if row["generated_text"]) >= 40  # random weights: a few decode to nothing
+    assert summary["output_tokens"] == sum(row["num_generated_tokens"] for row in rows)
+    print(f"batch 50 rows: {time.monotonic() - t0:.0f} s, {summary['output_tokens_per_s']} tok/s")
+    # resumable: a second run finds every id done and starts no engine
+    r = bench_cli("batch", "--local", "--name", cluster["name"], "--input", str(src), "--output", str(out),
+                  "--json", env=cluster["env"], timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(r.stdout)
+    assert (again["skipped_done"], again["processed"]) == (50, 0)
+    assert pq.read_table(str(out)).num_rows == 50
+
+
+# ---------------------------------------------------------------- end of llmfleet bench / batch
+
+
 @pytest.mark.ray
 def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
     d, st = cluster["doc"], state_of(cluster)

@@ -69,6 +69,15 @@ def render_plan(p: Plan) -> None:
                 f"{p.efficiency:.0%} of peak bandwidth, {p.layer_overhead_us:,.0f} us per layer",
             ),
         ]
+        if p.calibration:
+            c = p.calibration
+            rows += [
+                (
+                    f"calibrated: decode tok/s (TPOT), {c['points']} measured points",
+                    f"{c['decode_tokens_per_s_expected']:,.0f} ({c['tpot_ms']:,.1f} ms)",
+                ),
+                ("  measured / predicted tok/s", f"{c['tokens_per_s_ratio']:.2f}x  ({c['source']})"),
+            ]
         if p.instance_type:
             rows += [
                 (f"AWS: {p.nodes} x {p.instance_type}", f"{_money(p.usd_per_hour)} USD/h"),
@@ -156,6 +165,17 @@ def render_compare(rows: list[CompareRow], model: str, concurrency: int) -> None
     )
 
 
+def _calibrated(p: Plan) -> Plan:
+    """The plan with the user's own measurements of its layout (`llmfleet bench --calibrate`)."""
+    from infra.bench.calibration import calibrate_plan
+    from infra.bench.sweep import BenchError
+
+    try:
+        return calibrate_plan(p)
+    except BenchError as e:
+        fail(str(e))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
@@ -229,6 +249,7 @@ def register(app: typer.Typer) -> None:
             p = plan(model=model, gpu=gpu, gpus_per_node=gpus_per_node, nodes=nodes, **common)  # type: ignore[arg-type]
         except PlanInputError as e:
             fail(str(e))
+        p = _calibrated(p)
         if as_json:
             print_json(p.to_dict())
         else:

@@ -33,7 +33,7 @@ Speed model (infra/stack/perf.py has the details and the calibration):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from infra.catalog import load_catalog
@@ -112,6 +112,8 @@ class Plan:
     cold_start_terms: list[dict] = field(default_factory=list)
     cold_start_usd: float | None = None
     stage_layers: list[int] = field(default_factory=list)
+    # The user's own measurements of this layout (`llmfleet bench --calibrate`), when present.
+    calibration: dict | None = None
 
     @property
     def reason(self) -> str:
@@ -379,6 +381,25 @@ def _plan_fixed(
         cold_start_terms=cold.to_dict()["terms"] if cold else [],
         cold_start_usd=round(cold.usd(usd_h), 2) if cold and usd_h is not None else None,
         stage_layers=[len(s.layers) for s in st],
+    )
+
+
+def calibrate(p: Plan, tokens_ratio: float, tpot_ratio: float, points: int, source: str) -> Plan:
+    """The plan with measured figures beside the fitted ones: expected tok/s x measured/predicted
+    and TPOT x measured/predicted (geometric means over `points` of the user's own runs on this
+    layout). The fitted figures stay as they are; `calibration` holds the calibrated ones."""
+    tpot = p.tpot_ms * tpot_ratio
+    return replace(
+        p,
+        calibration={
+            "source": source,
+            "points": points,
+            "tokens_per_s_ratio": round(tokens_ratio, 4),
+            "tpot_ratio": round(tpot_ratio, 4),
+            "decode_tokens_per_s_expected": round(p.decode_tokens_per_s_expected * tokens_ratio, 1),
+            "tpot_ms": round(tpot, 2),
+            "decode_tokens_per_s_per_user": round(1000 / tpot, 2) if tpot > 0 else 0.0,
+        },
     )
 
 

@@ -1,0 +1,148 @@
+"""`llmfleet batch`: offline batch inference with ray.data.llm (build_processor + the vLLM engine
+processor), on the local cluster's model or on a running stack's cluster (`ray job submit`).
+
+Local (`--local`): the local cluster has no free slot for a batch engine: each worker host
+advertises exactly its replica's CPUs (engine ranks + the replica actor) and the head's one CPU
+is the ingress's, so a job submitted there would wait forever. The batch runs instead in a
+short-lived Ray on this machine (BATCH_CPUS logical CPUs: one for the vLLM engine actor, one for
+Ray Data's read / filter / write tasks), with the served model's own directory and the same CPU
+engine settings as the local Serve config (FP32, eager, VLLM_CPU_KVCACHE_SPACE), and stops when
+the job ends. The serving replicas keep running beside it.
+
+Stack (`--stack NAME`): `ray job submit` to the cluster's dashboard (through the SSM port
+forward the stack outputs name), shipping infra/bench/batch_job.py (self-contained) as the
+working dir; the engine layout is the stack's plan (TP x PP bundles pinned to its GPU model).
+The input may be a local file (shipped beside the job) or a URI the cluster reads; the output
+must be a URI or a path on the cluster (s3://bucket/prefix/ on AWS).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+from infra.bench.sweep import BenchError
+
+BATCH_CPUS = 2
+JOB_FILE = Path(__file__).with_name("batch_job.py")
+
+
+def check_paths(input_path: str, output: str) -> None:
+    if not input_path.endswith((".jsonl", ".json", ".parquet")):
+        raise BenchError(f"--input: {input_path!r} is not allowed; allowed: a .jsonl, .json or .parquet file")
+    if "://" not in input_path and not Path(input_path).exists():
+        raise BenchError(f"--input: {input_path!r} does not exist")
+    if not output:
+        raise BenchError("--output: missing; allowed: a directory path or URI for the Parquet results")
+
+
+def local_engine(model_dir: str) -> tuple[dict, dict, list]:
+    """(engine kwargs, engine env, placement bundles) of one CPU engine of the tiny model, as the
+    local Serve config runs it."""
+    from infra.local.layout import CPU_KVCACHE_GIB, MAX_MODEL_LEN
+
+    engine = {
+        "max_model_len": MAX_MODEL_LEN,
+        "dtype": "float32",  # FP8 does not run on vLLM's CPU build
+        "enforce_eager": True,  # torch.compile would add tens of seconds to a short job's start
+        "trust_remote_code": True,
+        "enable_prefix_caching": True,
+    }
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB), "HF_HUB_OFFLINE": "1"}
+    return engine, env, [{"CPU": 1}]
+
+
+def run_local(model_dir: str, input_path: str, output: str, max_tokens: int, batch_size: int) -> dict:
+    import ray
+
+    from infra.bench import batch_job
+
+    check_paths(input_path, output)
+    engine, env, bundles = local_engine(model_dir)
+    ray.init(address="local", num_cpus=BATCH_CPUS, include_dashboard=False,
+             object_store_memory=200 * 1024 * 1024, configure_logging=False)  # fmt: skip
+    try:
+        summary = batch_job.run(str(Path(input_path).resolve()), str(Path(output).resolve()), model_dir, engine,
+                                env, bundles, "STRICT_PACK", batch_size, max_tokens)  # fmt: skip
+    finally:
+        ray.shutdown()
+    return {**summary, "where": f"a short-lived Ray on this machine ({BATCH_CPUS} CPUs)"}
+
+
+def stack_engine(stack: str, overrides: list[str] | None) -> tuple[dict, dict, list, str]:
+    """(engine kwargs, env, bundles, model id) of one engine of the stack's plan."""
+    from infra.program.offline import OfflineError
+    from infra.stack.config import ConfigError
+    from infra.stack.files import load_config
+    from infra.stack.planner import PlanInputError, plan_for_stack
+    from ray_cluster import contract
+
+    try:
+        cfg = load_config(stack, overrides or [])
+        p = plan_for_stack(cfg)
+    except (ConfigError, OfflineError, PlanInputError) as e:
+        raise BenchError(str(e)) from None
+    engine = {
+        "tensor_parallel_size": p.tensor_parallel_size,
+        "pipeline_parallel_size": p.pipeline_parallel_size,
+        "max_model_len": p.max_model_len,
+        "gpu_memory_utilization": p.gpu_memory_utilization,
+        "trust_remote_code": True,
+        "enable_chunked_prefill": True,
+        "enable_prefix_caching": True,
+    }
+    bundles = contract.placement_bundles(
+        p.tensor_parallel_size, p.pipeline_parallel_size, "gpu", cfg.gpu_model
+    )
+    return engine, {"HF_HUB_OFFLINE": "1"}, bundles, cfg.model_path
+
+
+def submit_argv(
+    dashboard: str,
+    work_dir: str,
+    input_arg: str,
+    output: str,
+    model_source: str,
+    engine: dict,
+    env: dict,
+    bundles: list,
+    max_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """The `ray job submit` command of the batch job (it runs on the cluster's head as a driver)."""
+    return [
+        "ray", "job", "submit", "--address", dashboard, "--working-dir", work_dir, "--",
+        "python", JOB_FILE.name,
+        "--input", input_arg, "--output", output, "--model-source", model_source,
+        "--engine-kwargs", json.dumps(engine, sort_keys=True), "--env", json.dumps(env, sort_keys=True),
+        "--bundles", json.dumps(bundles), "--strategy", "PACK", "--max-tokens", str(max_tokens), "--batch-size", str(batch_size),
+    ]  # fmt: skip
+
+
+def prepare_submit(
+    stack: str, overrides: list[str] | None, dashboard: str, input_path: str, output: str, max_tokens: int,
+    batch_size: int,
+) -> tuple[list[str], str]:  # fmt: skip
+    """(argv, working dir): the job file, and the input when it is a local file, in a fresh dir."""
+    if "://" not in output and not output.startswith("/"):
+        raise BenchError(f"--output: {output!r} is not allowed with --stack; allowed: a URI (s3://...) or an "
+                         "absolute path on the cluster's head")  # fmt: skip
+    check_paths(input_path, output)
+    engine, env, bundles, model_source = stack_engine(stack, overrides)
+    work = tempfile.mkdtemp(prefix="llmfleet-batch-")
+    shutil.copy(JOB_FILE, work)
+    input_arg = input_path
+    if "://" not in input_path:
+        shutil.copy(input_path, work)
+        input_arg = Path(input_path).name  # the job runs in its working dir
+    argv = submit_argv(
+        dashboard, work, input_arg, output, model_source, engine, env, bundles, max_tokens, batch_size
+    )
+    return argv, work
+
+
+def shell_line(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
