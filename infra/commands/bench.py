@@ -129,7 +129,8 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--grid",
-                help="KEY=V1,V2 (repeatable): max_ongoing_requests, max_queued_requests, "
+                metavar="KEY=V1,V2",
+                help="Repeatable: max_ongoing_requests, max_queued_requests, "
                 "ingress_max_ongoing_requests (in place), max_num_seqs, max_num_batched_tokens (restart engines).",
             ),
         ] = None,
