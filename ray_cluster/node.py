@@ -145,15 +145,13 @@ def preflight_layout(device: str, tp: int, pp: int, replicas: int) -> tuple[int,
     return tp, pp
 
 
-def cmd_deploy(a: argparse.Namespace) -> int:
+def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -> None:
+    """Wait for every replica's slots -> (preflight) -> serve deploy -> RUNNING -> a real completion."""
     import ray
 
     from ray_cluster import placement as preflight
 
     config = load_serve_config(a.serve_config)
-    token = os.environ.get(a.token_env) if a.token_env else None
-    if a.token_env and not token:
-        raise NodeError(f"--token-env {a.token_env}: variable is not set")
     need = a.tp * a.pp * a.replicas
     expect = [ip for ip in (a.expect_workers or "").split(",") if ip]
     pre_tp, pre_pp = preflight_layout(a.device, a.tp, a.pp, a.replicas)
@@ -163,20 +161,58 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         # Stage lines on stderr: `llmfleet local up` shows them as progress, logs keep them.
         unit = "GPUs" if a.device == "gpu" else "CPU engine slots"
         print(f"gpus ready: {need} {unit}", file=sys.stderr, flush=True)
-        result = preflight.run_preflight(
-            a.address, pre_tp, pre_pp, gpu_model=a.gpu_model, timeout=a.timeout, device=a.device
-        )
-        if not result.ok:
-            raise NodeError(f"preflight failed: {'; '.join(result.problems) or result.summary()}")
-        print(f"preflight ok: {result.summary()}", file=sys.stderr, flush=True)
+        # On a re-apply the engine may hold the GPUs, so the gang cannot be reserved again; the
+        # first deploy proved the fabric.
+        if preflight_first:
+            result = preflight.run_preflight(
+                a.address, pre_tp, pre_pp, gpu_model=a.gpu_model, timeout=a.timeout, device=a.device
+            )
+            if not result.ok:
+                raise NodeError(f"preflight failed: {'; '.join(result.problems) or result.summary()}")
+            print(f"preflight ok: {result.summary()}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
+    if not preflight_first and "DEPLOY_FAILED" in serve_status(a.dashboard).values():
+        # Serve does not retry a failed deploy of an unchanged config: start it afresh.
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        ServeSubmissionClient(a.dashboard).delete_applications()
     serve_deploy(a.dashboard, config)
     print("serve deploy: applied", file=sys.stderr, flush=True)
     wait_serve_running(a.dashboard, a.timeout)
     print("serve running", file=sys.stderr, flush=True)
     text = wait_for_completion(a.endpoint, token, a.model, a.timeout)
-    print(json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text}))
+    print(json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text}), flush=True)
+
+
+def _watch_view(a: argparse.Namespace):
+    import ray
+
+    from ray_cluster.watch import WatchView, file_digest
+
+    digest = file_digest(a.serve_config)
+    connect(a.address)
+    try:
+        workers = {n.ip: n.node_id for n in ray_cluster_state() if n.alive and not n.is_head}
+    finally:
+        ray.shutdown()
+    return WatchView(digest, workers)
+
+
+def cmd_deploy(a: argparse.Namespace) -> int:
+    load_serve_config(a.serve_config)  # a bad file fails before any wait
+    token = os.environ.get(a.token_env) if a.token_env else None
+    if a.token_env and not token:
+        raise NodeError(f"--token-env {a.token_env}: variable is not set")
+    _apply(a, token, preflight_first=True)
+    if a.watch:
+        from ray_cluster.watch import watch
+
+        watch(
+            lambda: _watch_view(a),
+            lambda _reason: _apply(a, token, preflight_first=False),
+            interval=a.watch_interval,
+        )
     return 0
 
 
@@ -294,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--endpoint", default="http://127.0.0.1:8000")
     d.add_argument("--token-env", help="env var holding the endpoint bearer token")
     d.add_argument("--model", help="model id for the probe (default: first of /v1/models)")
+    d.add_argument(
+        "--watch",
+        action="store_true",
+        help="after the deploy, re-apply when the config file changes or a worker comes back",
+    )
+    d.add_argument("--watch-interval", type=float, default=30.0, help="seconds between watch polls")
     d.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("status", help="nodes, GPUs and Serve apps")

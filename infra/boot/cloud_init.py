@@ -21,6 +21,7 @@ The script is rendered here and checked with `bash -n` and shellcheck in the tes
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from dataclasses import dataclass
 from typing import Literal
@@ -318,15 +319,23 @@ def _start(spec: NodeSpec) -> str:
     run = _sh(docker_run_argv(spec))
     if spec.efa and spec.role == "worker":
         run += ' "${EFA_ARGS[@]}"'
+    c, img = shlex.quote(spec.container), shlex.quote(spec.image_ref)
     return f"""
 # 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
+#    A rollout (infra/boot/node_apply.py) leaves a container that already runs this image alone,
+#    so a Serve-config-only update never restarts Ray; a boot always starts it afresh.
+if [[ "${{LLMFLEET_APPLY_MODE:-boot}}" == rollout ]] \\
+    && [[ "$(docker inspect -f '{{{{.Config.Image}}}} {{{{.State.Running}}}}' {c} 2>/dev/null)" == {shlex.quote(spec.image_ref + " true")} ]]; then
+  log "container {spec.container} already runs {spec.image_ref}: left running"
+else
 aws ecr get-login-password | docker login --username AWS --password-stdin {shlex.quote(registry)}
-docker pull {shlex.quote(spec.image_ref)}
-docker rm -f {shlex.quote(spec.container)} >/dev/null 2>&1 || true
+docker pull {img}
+docker rm -f {c} >/dev/null 2>&1 || true
 {_efa_devices(spec).strip()}
 {run} \\
-  {shlex.quote(spec.image_ref)} {_sh(node_args(spec))}
+  {img} {_sh(node_args(spec))}
 log "started container {spec.container}"
+fi
 """
 
 
@@ -364,13 +373,24 @@ LLMFLEET_EOF
 def _deploy(spec: NodeSpec) -> str:
     if spec.role != "head" or not spec.serve_config:
         return ""
-    run = _sh(["docker", "exec", spec.container, *head_deploy_argv(spec)])
+    run = _sh(["docker", "exec", spec.container, *head_deploy_argv(spec), "--watch"])
+    digest = hashlib.sha256(run.encode()).hexdigest()[:16]
     return f"""
-# 5. Bootstrap the inference actors once the workers have joined (bounded wait, retried by
-#    systemd on failure; a deploy of the same config is idempotent).
-systemd-run --unit=llmfleet-deploy --property=Restart=on-failure --property=RestartSec=30 \
-  {run}
-log "deploy unit started: journalctl -u llmfleet-deploy"
+# 5. Bootstrap the inference actors once the workers have joined, then keep watching: the
+#    deploy watcher re-applies the Serve config when {SERVE_CONFIG_PATH} changes (a rollout
+#    rewrites it above) or when a worker comes back. A new deploy command (another layout)
+#    restarts the unit; the same one leaves it running.
+if systemctl is-active --quiet llmfleet-deploy \\
+    && [[ "$(cat {CONFIG_DIR}/deploy.sha 2>/dev/null)" == {digest} ]]; then
+  log "deploy watcher already running: it re-applies the Serve config in place"
+else
+  systemctl stop llmfleet-deploy >/dev/null 2>&1 || true
+  systemctl reset-failed llmfleet-deploy >/dev/null 2>&1 || true
+  echo {digest} > {CONFIG_DIR}/deploy.sha
+  systemd-run --unit=llmfleet-deploy --property=Restart=always --property=RestartSec=30 \\
+    {run}
+  log "deploy unit started: journalctl -u llmfleet-deploy"
+fi
 """
 
 

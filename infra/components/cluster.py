@@ -11,6 +11,12 @@ security group). An EFA can only be attached at launch (or to a stopped instance
 go in the instance's `network_interfaces` at creation; the instance then takes no
 top-level subnet/security groups/public-IP flag (the provider rejects the combination).
 An interface we create never gets a public IP, and the subnet does not map one.
+
+Day 2: an instance's user data is only its boot contract; its node script (image digest,
+weights, Serve config) is an SSM parameter that a rollout association re-applies in place,
+one host at a time (infra/components/node_config.py). Which input replaces a host and which
+updates it is the explicit table in infra/components/host_updates.py (`replace_on_changes`).
+Recovery: infra/components/recovery.py.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ import pulumi_aws as aws
 from infra.boot.ami import AMI_LOOKUP
 from infra.boot.cloud_init import NodeSpec, render_user_data
 from infra.boot.metrics import HostMetrics
+from infra.boot.node_apply import launcher_user_data, node_parameter_name
 from infra.catalog import InstanceType
+from infra.components import recovery
+from infra.components.host_updates import REPLACE_FIELDS
+from infra.components.node_config import node_script_parameter, rollout_association
 
 BASE_ROOT_GB = 200  # OS + Docker + the vLLM image (~25 GB) + logs, with room for two image versions
 IMDS_HOP_LIMIT = 2
@@ -41,6 +51,16 @@ def root_volume_gb(instance: InstanceType, checkpoint_gib: float, role: str, ove
 
 def efa_cards(instance: InstanceType) -> int:
     return instance.efa_max_interfaces if instance.efa else 0
+
+
+def spot_options() -> dict:
+    """A persistent request that stops on interruption: EC2 starts the same instance (same id,
+    IP and root volume) again when capacity returns, and llmfleet-apply.service re-stages the
+    instance-store weights at that boot. RunInstances takes persistent only with stop/hibernate."""
+    return {
+        "market_type": "spot",
+        "spot_options": {"spot_instance_type": "persistent", "instance_interruption_behavior": "stop"},
+    }
 
 
 def _root_device(size: int) -> dict:
@@ -126,7 +146,9 @@ class Cluster(pulumi.ComponentResource):
             )
         )
 
-        head_ud = pulumi.Output.all(
+        stack = pulumi.get_stack()
+        host_opts = pulumi.ResourceOptions.merge(boot, pulumi.ResourceOptions(replace_on_changes=REPLACE_FIELDS))
+        head_script = pulumi.Output.all(
             args.image_ref, args.weights_s3_uri, args.token_parameter, args.ray_token_parameter, args.host_metrics
         ).apply(
             lambda a: render_user_data(
@@ -149,6 +171,10 @@ class Cluster(pulumi.ComponentResource):
                 )
             )
         )
+        head_param_name = node_parameter_name(stack, "head")
+        self.head_script = node_script_parameter(
+            name, parameter_name=head_param_name, role="head", script=head_script, tags=args.tags, parent=self
+        )
         self.head = aws.ec2.Instance(
             f"{name}-head",
             ami=ami.id,
@@ -161,19 +187,18 @@ class Cluster(pulumi.ComponentResource):
             root_block_device=_root_device(
                 root_volume_gb(args.head_type, args.checkpoint_gib, "head", args.root_volume_gb)
             ),
-            user_data=head_ud,
-            user_data_replace_on_change=True,
+            maintenance_options=recovery.maintenance_options(args.head_type),
+            user_data=launcher_user_data("head", args.region, head_param_name),
+            user_data_replace_on_change=True,  # the boot contract; day-2 changes go through SSM
             tags={**serving_tags, "Name": f"{args.name}-head", "llmfleet:role": "head"},
-            opts=boot,
+            opts=pulumi.ResourceOptions.merge(host_opts, pulumi.ResourceOptions(depends_on=[self.head_script])),
         )
 
         cards = efa_cards(args.worker_type)
         worker_root = root_volume_gb(args.worker_type, args.checkpoint_gib, "worker", args.root_volume_gb)
         self.workers = []
         self.efa_interfaces: list[aws.ec2.NetworkInterface] = []
-        for i in range(args.workers):
-            wname = f"{name}-worker-{i}"
-            ud = pulumi.Output.all(
+        worker_script = pulumi.Output.all(
                 self.head.private_ip, args.image_ref, args.weights_s3_uri, args.ray_token_parameter, args.host_metrics
             ).apply(
                 lambda a: render_user_data(
@@ -195,6 +220,13 @@ class Cluster(pulumi.ComponentResource):
                     )
                 )
             )
+        worker_param_name = node_parameter_name(stack, "worker")
+        self.worker_script = node_script_parameter(
+            name, parameter_name=worker_param_name, role="worker", script=worker_script, tags=args.tags, parent=self
+        )
+        worker_opts = pulumi.ResourceOptions.merge(host_opts, pulumi.ResourceOptions(depends_on=[self.worker_script]))
+        for i in range(args.workers):
+            wname = f"{name}-worker-{i}"
             net: dict = {}
             if cards:
                 nics = []
@@ -226,13 +258,9 @@ class Cluster(pulumi.ComponentResource):
                 )
             extra: dict = {}
             if args.spot:
-                extra["instance_market_options"] = {
-                    "market_type": "spot",
-                    "spot_options": {
-                        "spot_instance_type": "one-time",
-                        "instance_interruption_behavior": "terminate",
-                    },
-                }
+                extra["instance_market_options"] = spot_options()
+            if recovery.maintenance_options(args.worker_type):
+                extra["maintenance_options"] = recovery.maintenance_options(args.worker_type)
             if args.capacity_reservation_id:
                 extra["capacity_reservation_specification"] = {
                     "capacity_reservation_target": {"capacity_reservation_id": args.capacity_reservation_id}
@@ -253,7 +281,7 @@ class Cluster(pulumi.ComponentResource):
                 iam_instance_profile=args.instance_profile,
                 metadata_options=METADATA_OPTIONS,
                 root_block_device=_root_device(worker_root),
-                user_data=ud,
+                user_data=launcher_user_data("worker", args.region, worker_param_name),
                 user_data_replace_on_change=True,
                 tags={
                     **serving_tags,
@@ -263,11 +291,42 @@ class Cluster(pulumi.ComponentResource):
                     **({"llmfleet:spot": "true"} if args.spot else {}),
                     **({"llmfleet:capacityBlock": args.capacity_block_id} if args.capacity_block_id else {}),
                 },
-                opts=boot,
+                opts=worker_opts,
                 **net,
                 **extra,
             )
             self.workers.append(worker)
+        self.alarms = [
+            recovery.status_check_alarm(
+                inst_name, instance_id=inst.id, instance=itype, region=args.region, tags=args.tags, parent=self
+            )
+            for inst_name, inst, itype in [
+                (f"{name}-head", self.head, args.head_type),
+                *((f"{name}-worker-{i}", w, args.worker_type) for i, w in enumerate(self.workers)),
+            ]
+        ]
+        self.rollouts = [
+            rollout_association(
+                name,
+                cluster=args.name,
+                role="head",
+                parameter=self.head_script,
+                script=head_script,
+                instance_ids=[self.head.id],
+                tags=args.tags,
+                parent=self,
+            ),
+            rollout_association(
+                name,
+                cluster=args.name,
+                role="worker",
+                parameter=self.worker_script,
+                script=worker_script,
+                instance_ids=[w.id for w in self.workers],
+                tags=args.tags,
+                parent=self,
+            ),
+        ]
         self.register_outputs(
             {
                 "head_private_ip": self.head.private_ip,

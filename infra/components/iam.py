@@ -1,8 +1,8 @@
 """IAM: the hosts' instance role and profile, least privilege.
 
 SSM core (managed policy: Session Manager + Run Command), ECR pull on this repository only,
-S3 read on the weights prefix only, SSM read on exactly two parameters (the endpoint token and
-the Ray cluster token). The only
+S3 read on the weights prefix only, SSM read on the endpoint token, the Ray cluster token and
+this stack's node scripts (/llmfleet/<stack>/node/*). The only
 `Resource: "*"` is ecr:GetAuthorizationToken, which has no resource-level permissions.
 """
 
@@ -14,6 +14,8 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+
+from infra.boot.node_apply import node_parameter_prefix
 
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 ECR_PULL_ACTIONS = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
@@ -28,6 +30,16 @@ def assume_role_policy() -> str:
             ],
         }
     )
+
+
+def node_scripts_arn(token_parameter_arn: str) -> str | None:
+    """arn:...:parameter/llmfleet/<stack>/node/* beside the endpoint token's ARN (same account,
+    region and stack), or None when that ARN is not /llmfleet/<stack>/..."""
+    head, sep, path = token_parameter_arn.partition(":parameter/llmfleet/")
+    stack = path.split("/", 1)[0]
+    if not sep or not stack:
+        return None
+    return f"{head}:parameter{node_parameter_prefix(stack)}*"
 
 
 def node_policy_document(
@@ -54,6 +66,12 @@ def node_policy_document(
             "Resource": ray_token_parameter_arn,
         },
     ]
+    node_scripts = node_scripts_arn(token_parameter_arn)
+    if node_scripts:
+        # The node scripts (infra/boot/node_apply.py): read at boot and on every rollout.
+        stmts.append(
+            {"Sid": "ReadNodeScripts", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": node_scripts}
+        )
     if weights_bucket:
         prefix = weights_prefix.lstrip("/")
         stmts += [

@@ -267,6 +267,8 @@ class RecordingMonitor(pmocks.MockMonitor):
                 "urn": urn,
                 "dependencies": sorted(request.dependencies),
                 "custom": bool(request.custom),
+                # Inputs whose change replaces the resource (the replace_on_changes option).
+                "replace_on_changes": sorted(request.replaceOnChanges),
                 "inputs": clean,
                 "outputs": {},
             }

@@ -1,0 +1,75 @@
+"""Which change to an EC2 host replaces it and which updates it in place: the explicit choice.
+
+Every input of an `aws.ec2.Instance` the program sets is listed here with its effect. The
+Cluster component passes `REPLACE_FIELDS` as the instances' `replace_on_changes`, so the
+choice is stated once, visible in a preview (Pulumi names these fields in the replace diff),
+and `tests/test_day2.py` checks the program against it. The provider already replaces on some
+of these (subnet, AZ, placement, network interfaces, market options); they are listed anyway so
+the table is complete, not left to the provider's defaults.
+
+Rule: a host is replaced only when its hardware or its boot contract changes. Everything a
+day-2 update carries (image digest, model, weights location, maxModelLen, engine options,
+replicas, the Serve config) reaches the host through its node script in SSM (infra/boot/
+node_apply.py) and is applied in place.
+"""
+
+from __future__ import annotations
+
+REPLACE = "replace"
+UPDATE = "update"
+
+# camelCase, as the engine names them in a diff.
+INSTANCE_FIELDS: dict[str, tuple[str, str]] = {
+    "instanceType": (REPLACE, "hardware: GPU count, NVMe layout and EFA cards follow the type"),
+    "ami": (REPLACE, "boot contract: driver, Docker and the NVIDIA toolkit come from the AMI"),
+    "subnetId": (REPLACE, "hardware placement: a host cannot move subnets"),
+    "availabilityZone": (REPLACE, "hardware placement"),
+    "placementGroup": (REPLACE, "hardware placement: one cluster placement group"),
+    "networkInterfaces": (REPLACE, "hardware: EFA interfaces attach only at launch"),
+    "rootBlockDevice": (REPLACE, "volume: type, size and encryption of the root volume"),
+    "userData": (REPLACE, "boot contract: role, region and the node script's parameter name only"),
+    "instanceMarketOptions": (REPLACE, "purchase: spot / capacity block is fixed at launch"),
+    "capacityReservationSpecification": (REPLACE, "purchase: the reservation is fixed at launch"),
+    "vpcSecurityGroupIds": (UPDATE, "security groups change on a running instance"),
+    "iamInstanceProfile": (UPDATE, "the profile is swapped on a running instance"),
+    "metadataOptions": (UPDATE, "IMDS options change on a running instance"),
+    "maintenanceOptions": (UPDATE, "auto-recovery is a running instance's setting"),
+    "tags": (UPDATE, "tags (model, maxModelLen, replicas) change in place"),
+}
+
+REPLACE_FIELDS = sorted(k for k, (effect, _) in INSTANCE_FIELDS.items() if effect == REPLACE)
+
+# Change -> what happens -> downtime. The README's table is this list, and tests/test_day2.py
+# proves each "in place" row against the program (worker replace-triggering inputs unchanged)
+# and each "replaced" row (they change).
+CHANGE_EFFECTS: list[tuple[str, str, str]] = [
+    (
+        "Serve config: `maxModelLen`, engine options, `replicas` (same hosts)",
+        "in place: the head's node script in SSM changes; the rollout association rewrites "
+        "`/etc/llmfleet/serve.yaml` and the head's deploy watcher runs `serve deploy` (Serve updates in place)",
+        "the engine replicas restart with the new arguments (weights load from local NVMe); no host reboots",
+    ),
+    (
+        "`model` / `quantization` (same instance type)",
+        "in place: new node scripts; each worker stages the new weights onto its NVMe, one worker at a time, "
+        "then the head re-deploys",
+        "serving stops while the new weights download and load; no new instances",
+    ),
+    (
+        "node image digest (any change under `ray_cluster/`, `images/`)",
+        "in place: SSM Run Command (the rollout association, one host at a time) restarts the node container "
+        "with the new image; the weights stay on NVMe; the head's deploy watcher re-runs readiness",
+        "a replica is down while one of its hosts restarts (engine reload from NVMe, minutes); a head "
+        "restart restarts the Ray cluster",
+    ),
+    (
+        "`gpuInstanceType`, the AMI, the subnet/AZ, `rootVolumeGb`, spot / capacity settings",
+        "replaced: new instances (the hardware or boot contract changed)",
+        "full: new hosts boot and stage the weights again",
+    ),
+    (
+        "`endpointCertificateArn`, `endpointDnsName`",
+        "in place: the NLB listener / the Route 53 record change",
+        "none for the hosts; clients switch to `https://`",
+    ),
+]
