@@ -7,6 +7,7 @@ from infra.catalog import load_catalog
 from infra.components.cluster import BASE_ROOT_GB, root_volume_gb
 from infra.program.offline import capture
 from infra.stack.resolve import resolve
+from tests.node_scripts import node_script
 
 INST = "aws:ec2/instance:Instance"
 ENI = "aws:ec2/networkInterface:NetworkInterface"
@@ -62,7 +63,7 @@ def test_prod_head_and_planner_count_of_efa_workers():
             eni = enis[n["networkInterfaceId"]]
             assert eni["interfaceType"] == "efa"
             assert eni["securityGroups"] == [sg] and eni["subnetId"] == subnet
-        ud = i["userData"]
+        ud = node_script(c, "worker")
         assert f"--address {c.outputs['head_private_ip']}:6379" in ud
         assert "--num-gpus 8 --gpu-model L40S" in ud and "mdadm --create" in ud
     h = head["inputs"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from infra.components.image import cache_tag, context_hash, image_tag
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
+from tests.node_scripts import node_script
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
@@ -110,15 +111,16 @@ def test_the_image_context_is_images_and_ray_cluster_and_dockerignore_agrees():
 
 
 def _hosts_view(c) -> dict:
-    """What reaches the hosts: the image reference and every instance's user data."""
+    """What reaches the hosts: the image reference, every instance's user data and the node scripts."""
     inst = {r["name"]: r["inputs"].get("userData") for r in c.of_type("aws:ec2/instance:Instance")}
     img = c.named("node-image")
-    return {"image_tags": img["inputs"]["tags"], "user_data": inst}
+    scripts = {role: node_script(c, role) for role in ("head", "worker")}
+    return {"image_tags": img["inputs"]["tags"], "user_data": inst, "node_scripts": scripts}
 
 
 def test_operator_edits_leave_the_image_tag_and_user_data_unchanged(tmp_path, monkeypatch):
     """Edit a copy of the tree: an operator-only module changes nothing the hosts see; a host
-    module changes the image tag (and so the user data that names it)."""
+    module changes the image tag (and so the node scripts that name it)."""
 
     copy = tmp_path / "tree"
     shutil.copytree(
@@ -137,3 +139,6 @@ def test_operator_edits_leave_the_image_tag_and_user_data_unchanged(tmp_path, mo
         f.write("\n# a host-side edit\n")
     after = _hosts_view(capture("prod"))
     assert after["image_tags"] != before["image_tags"]
+    # ... which reaches the hosts through their node scripts, not their user data (no replacement)
+    assert after["node_scripts"] != before["node_scripts"]
+    assert after["user_data"] == before["user_data"]

@@ -138,12 +138,14 @@ def test_prod_head_boots_into_a_serve_deploy_of_the_planned_layout():
     import yaml
 
     from infra.program.offline import capture
+    from tests.node_scripts import node_script
 
     cap = capture("prod")
     head = next(
         r for r in cap.resources if r["name"].endswith("-head") and r["type"] == "aws:ec2/instance:Instance"
     )
-    ud = head["inputs"]["userData"]
+    assert "llmfleet-apply /llmfleet/prod/node/head boot" in head["inputs"]["userData"]
+    ud = node_script(cap, "head")
     serve = yaml.safe_load(ud.split("<<'LLMFLEET_EOF'\n", 1)[1].split("LLMFLEET_EOF", 1)[0])
     engine = serve["applications"][0]["args"]["llm_configs"][0]["engine_kwargs"]
     assert (engine["tensor_parallel_size"], engine["pipeline_parallel_size"]) == (8, 3)

@@ -4,6 +4,7 @@ import pytest
 
 from infra.components.secret_token import RAY_TOKEN_LENGTH, ray_token_parameter_name
 from infra.program.offline import capture
+from tests.node_scripts import node_script
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def test_every_host_reads_it_and_no_token_value_is_in_user_data(cap):
     values = [pw["outputs"]["result"] for pw in cap.of_type("random:index/randomPassword:RandomPassword")]
     assert len(values) == 2 and all(values)
     for inst in instances:
-        ud = inst["inputs"]["userData"]
+        ud = node_script(cap, inst["inputs"]["tags"]["llmfleet:role"])
+        assert not [v for v in values if v in inst["inputs"]["userData"]]
         assert "RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token)" in ud
         assert "--env-file /run/llmfleet/node.env" in ud
         assert not [v for v in values if v in ud]

@@ -6,6 +6,7 @@ import pytest
 
 from infra.components.weights import split_s3_uri
 from infra.program.offline import capture
+from tests.node_scripts import node_script
 
 
 def test_created_bucket_is_private_encrypted_versioned():
@@ -33,10 +34,9 @@ def test_configured_uri_creates_no_bucket_and_scopes_iam():
     doc = json.loads(c.named("iam-node-policy")["inputs"]["policy"])
     read = next(s for s in doc["Statement"] if s["Sid"] == "ReadWeights")
     assert read["Resource"] == "arn:aws:s3:::corp-models/ds/r1/*"
-    worker = next(r for r in c.of_type("aws:ec2/instance:Instance") if r["name"].endswith("worker-0"))
     assert (
         "aws s3 sync --only-show-errors s3://corp-models/ds/r1/ /opt/llmfleet/models/deepseek-r1/"
-        in (worker["inputs"]["userData"])
+        in node_script(c, "worker")
     )
 
 

@@ -35,7 +35,7 @@ def node_script_parameter(
         name=parameter_name,
         type="String",  # no secret in it: the tokens stay in their own SecureStrings
         tier=PARAMETER_TIER,
-        value=script.apply(pack_script),
+        insecure_value=script.apply(pack_script),  # no secret in it: diffs show that it changed
         description=f"llmfleet {role} node script (gzip+base64), applied by llmfleet-apply",
         tags={**tags, "llmfleet:role": role},
         opts=pulumi.ResourceOptions(parent=parent),

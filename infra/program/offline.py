@@ -133,7 +133,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 bucketRegionalDomainName=f"{bucket}.s3.amazonaws.com",
             )
         elif t == "aws:ssm/parameter:Parameter":
-            out.update(name=inputs.get("name", name), version=1)
+            pname = inputs.get("name", name)
+            # As AWS writes it: a path name "/a/b" is "parameter/a/b" in the ARN.
+            path = pname if str(pname).startswith("/") else f"/{pname}"
+            out.update(name=pname, version=1, arn=f"arn:aws:ssm:{self.region}:{ACCOUNT}:parameter{path}")
         elif t in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile", "aws:iam/policy:Policy"):
             kind = t.rsplit(":", 1)[-1]
             kind = {"InstanceProfile": "instance-profile"}.get(kind, kind.lower())

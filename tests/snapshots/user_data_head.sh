@@ -57,6 +57,12 @@ applications:
 LLMFLEET_EOF
 
 # 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
+#    A rollout (infra/boot/node_apply.py) leaves a container that already runs this image alone,
+#    so a Serve-config-only update never restarts Ray; a boot always starts it afresh.
+if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
+    && [[ "$(docker inspect -f '{{.Config.Image}} {{.State.Running}}' llmfleet-head 2>/dev/null)" == '123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab true' ]]; then
+  log "container llmfleet-head already runs 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab: left running"
+else
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
 docker rm -f llmfleet-head >/dev/null 2>&1 || true
@@ -64,8 +70,20 @@ docker rm -f llmfleet-head >/dev/null 2>&1 || true
 docker run --detach --name llmfleet-head --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --volume /etc/llmfleet:/etc/llmfleet:ro \
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab head --ip "${NODE_IP}" --block
 log "started container llmfleet-head"
+fi
 
-# 5. Bootstrap the inference actors once the workers have joined (bounded wait, retried by
-#    systemd on failure; a deploy of the same config is idempotent).
-systemd-run --unit=llmfleet-deploy --property=Restart=on-failure --property=RestartSec=30   docker exec llmfleet-head python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3 --replicas 1 --device gpu --gpu-model L40S --endpoint http://127.0.0.1:8000 --token-env LLMFLEET_API_TOKEN --timeout 7200
-log "deploy unit started: journalctl -u llmfleet-deploy"
+# 5. Bootstrap the inference actors once the workers have joined, then keep watching: the
+#    deploy watcher re-applies the Serve config when /etc/llmfleet/serve.yaml changes (a rollout
+#    rewrites it above) or when a worker comes back. A new deploy command (another layout)
+#    restarts the unit; the same one leaves it running.
+if systemctl is-active --quiet llmfleet-deploy \
+    && [[ "$(cat /etc/llmfleet/deploy.sha 2>/dev/null)" == f62beacc8361d53b ]]; then
+  log "deploy watcher already running: it re-applies the Serve config in place"
+else
+  systemctl stop llmfleet-deploy >/dev/null 2>&1 || true
+  systemctl reset-failed llmfleet-deploy >/dev/null 2>&1 || true
+  echo f62beacc8361d53b > /etc/llmfleet/deploy.sha
+  systemd-run --unit=llmfleet-deploy --property=Restart=always --property=RestartSec=30 \
+    docker exec llmfleet-head python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3 --replicas 1 --device gpu --gpu-model L40S --endpoint http://127.0.0.1:8000 --token-env LLMFLEET_API_TOKEN --timeout 7200 --watch
+  log "deploy unit started: journalctl -u llmfleet-deploy"
+fi

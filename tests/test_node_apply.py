@@ -1,0 +1,64 @@
+"""The boot contract (user data) and llmfleet-apply: shell-checked, stable, and a real round trip
+of the packed node script."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from infra.boot.node_apply import (
+    apply_command,
+    launcher_user_data,
+    node_parameter_name,
+    pack_script,
+    script_digest,
+    unpack_script,
+)
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_launcher_is_valid_bash_and_shellcheck_clean(role, tmp_path):
+    script = tmp_path / f"{role}.sh"
+    script.write_text(launcher_user_data(role, "us-east-1", node_parameter_name("prod", role)))
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    sc = shutil.which("shellcheck")
+    assert sc, "shellcheck missing: apt-get install -y shellcheck"
+    proc = subprocess.run([sc, "--shell=bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_the_embedded_apply_script_unpacks_what_the_program_packs(tmp_path):
+    """Run llmfleet-apply's own fetch/unpack/run lines against a stub `aws` that returns a packed script."""
+    ud = launcher_user_data("worker", "us-east-1", "/llmfleet/prod/node/worker")
+    apply = ud.split("<<'LLMFLEET_APPLY_EOF'\n", 1)[1].split("LLMFLEET_APPLY_EOF", 1)[0]
+    node = "#!/bin/bash\necho \"ran in mode ${LLMFLEET_APPLY_MODE}\" > \"$OUT\"\n"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(f"#!/bin/sh\nprintf '%s' '{pack_script(node)}'\n")
+    (bin_dir / "aws").chmod(0o755)
+    # The real paths (/etc/llmfleet, /run) are redirected into tmp_path for the test.
+    apply = apply.replace("/etc/llmfleet", str(tmp_path / "etc")).replace("/run/", f"{tmp_path}/")
+    (tmp_path / "apply.sh").write_text(apply)
+    out = tmp_path / "out.txt"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(out)}
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "apply.sh"), "/llmfleet/prod/node/worker", "boot"],
+        env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "ran in mode boot\n"
+    assert (tmp_path / "etc" / "node.sh").read_text() == node
+
+
+def test_launcher_names_only_the_boot_contract():
+    ud = launcher_user_data("head", "eu-west-1", "/llmfleet/s/node/head")
+    assert "AWS_DEFAULT_REGION=eu-west-1" in ud and "/llmfleet/s/node/head boot" in ud
+    assert "docker" not in ud.split("LLMFLEET_APPLY_EOF")[0].split("<<")[0]
+    with pytest.raises(ValueError, match="allowed head, worker"):
+        launcher_user_data("gpu", "us-east-1", "/x")
+
+
+def test_pack_is_deterministic_and_the_command_follows_the_script():
+    assert pack_script("a") == pack_script("a") and unpack_script(pack_script("é\n")) == "é\n"
+    one, two = apply_command("/p", script_digest("a")), apply_command("/p", script_digest("b"))
+    assert one != two and one.startswith("/usr/local/sbin/llmfleet-apply /p rollout")
