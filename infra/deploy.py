@@ -1,9 +1,10 @@
 """`llmfleet up` / `down`: the Pulumi Automation API around the real program, plus a readiness waiter.
 
 Pure parts (tested alone): `build_stack_args` (stack name, work dir, -c overrides, env),
-`readiness_commands` (what runs on the head) and `parse_readiness` (what it printed).
-Side effects: `open_stack`, `stack_up`, `stack_down` (need the pulumi CLI) and
-`wait_head_ready` (SSM send_command / get_command_invocation against the head).
+`change_counts` (a preview's summary), `PolicyEvents` (the policy pack's verdicts from the
+engine's events), `readiness_commands` (what runs on the head) and `parse_readiness`.
+Side effects: `open_stack`, `stack_preview`, `stack_up`, `stack_down` (need the pulumi CLI;
+preview and up run with the policy pack, `policy/`) and `wait_head_ready` (SSM on the head).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from infra.constants import REPO_ROOT
 from infra.stack.resolve import resolve
 
 PROJECT = "llmfleet"
+POLICY_PACK_DIR = REPO_ROOT / "policy"
+# What a preview summary shows, in `pulumi up`'s order.
+CHANGE_KINDS = ("create", "update", "replace", "delete")
 PULUMI_MISSING = "pulumi CLI not found on PATH: install it (curl -fsSL https://get.pulumi.com | sh) and retry"
 STACK_RE = re.compile(r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
 KEY_RE = re.compile(r"^([A-Za-z0-9_-]+:)?[A-Za-z0-9_.-]+$")
@@ -105,8 +109,79 @@ def open_stack(args: StackArgs, create: bool = True) -> Any:
     return stack
 
 
-def stack_up(stack: Any, on_output: Callable[[str], None]) -> dict[str, Any]:
-    result = stack.up(on_output=on_output, color="never")
+@dataclass(frozen=True)
+class PolicyPacks:
+    """The Automation API's policy-pack options: the pack directory and its config file."""
+
+    packs: tuple[str, ...]
+    configs: tuple[str, ...]
+
+    def kwargs(self) -> dict[str, list[str]]:
+        return {"policy_packs": list(self.packs), "policy_pack_configs": list(self.configs)}
+
+
+def policy_packs(config: Mapping[str, Any], out_dir: Path, pack_dir: Path = POLICY_PACK_DIR) -> PolicyPacks:
+    """Write the pack's config (policy name -> settings, as `pulumi --policy-pack-config` reads
+    it) and return the options that run `pack_dir` with it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "policy-config.json"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    return PolicyPacks((str(pack_dir),), (str(path),))
+
+
+@dataclass(frozen=True)
+class PolicyViolation:
+    policy: str
+    resource: str | None  # logical name, None for the stack
+    message: str
+    enforcement: str
+
+
+@dataclass
+class PolicyEvents:
+    """An `on_event` callback that keeps the policy pack's verdicts (PolicyEvent) of a run."""
+
+    violations: list[PolicyViolation] = field(default_factory=list)
+
+    def __call__(self, event: Any) -> None:
+        pe = getattr(event, "policy_event", None)
+        if pe is None:
+            return
+        urn = pe.resource_urn or ""
+        v = PolicyViolation(
+            pe.policy_name, urn.rsplit("::", 1)[-1] or None, pe.message.strip(), pe.enforcement_level
+        )
+        if v not in self.violations:  # the engine reports a resource policy per resource once, stack ones once
+            self.violations.append(v)
+
+    @property
+    def mandatory(self) -> list[PolicyViolation]:
+        return [v for v in self.violations if v.enforcement == "mandatory"]
+
+
+def change_counts(change_summary: Mapping[Any, int]) -> dict[str, int]:
+    """create/update/replace/delete counts of a preview (OpType keys or their string values)."""
+    flat = {getattr(k, "value", k): int(n) for k, n in (change_summary or {}).items()}
+    return {kind: flat.get(kind, 0) for kind in CHANGE_KINDS}
+
+
+def stack_preview(
+    stack: Any, on_output: Callable[[str], None], on_event: Callable[[Any], None], packs: PolicyPacks
+) -> dict[str, int]:
+    """`pulumi preview --policy-pack policy/ --policy-pack-config ...`; the change counts."""
+    result = stack.preview(on_output=on_output, on_event=on_event, color="never", diff=False, **packs.kwargs())
+    return change_counts(result.change_summary)
+
+
+def stack_up(
+    stack: Any,
+    on_output: Callable[[str], None],
+    on_event: Callable[[Any], None] | None = None,
+    packs: PolicyPacks | None = None,
+) -> dict[str, Any]:
+    """`pulumi up` with the policy pack: a mandatory violation stops it before any change."""
+    extra = packs.kwargs() if packs else {}
+    result = stack.up(on_output=on_output, on_event=on_event, color="never", **extra)
     return {k: v.value for k, v in result.outputs.items()}
 
 

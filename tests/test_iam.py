@@ -18,7 +18,7 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter():
     repo = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["arn"]
     assert by_sid["EcrPullThisRepo"]["Resource"] == repo
     params = {p["name"]: p["outputs"]["arn"] for p in c.of_type("aws:ssm/parameter:Parameter")}
-    assert set(params) == {"token-parameter", "ray-token-parameter"}
+    assert set(params) == {"token-parameter", "ray-token-parameter", "cluster-node-head", "cluster-node-worker"}
     assert by_sid["ReadEndpointToken"] == {
         "Sid": "ReadEndpointToken",
         "Effect": "Allow",
@@ -31,9 +31,14 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter():
         "Action": ["ssm:GetParameter"],
         "Resource": params["ray-token-parameter"],
     }
-    # SSM read on exactly those two parameters, nothing else.
+    # SSM read on the two tokens and this stack's node scripts, nothing else.
+    assert by_sid["ReadNodeScripts"]["Resource"] == params["token-parameter"].replace(
+        "/llmfleet/prod/endpoint-token", "/llmfleet/prod/node/*"
+    )
+    for node in ("cluster-node-head", "cluster-node-worker"):
+        assert params[node].startswith(by_sid["ReadNodeScripts"]["Resource"].rstrip("*"))
     ssm = [s for s in doc["Statement"] if any(a.startswith("ssm:") for a in s["Action"])]
-    assert sorted(s["Resource"] for s in ssm) == sorted(params.values())
+    assert sorted(s["Sid"] for s in ssm) == ["ReadEndpointToken", "ReadNodeScripts", "ReadRayToken"]
     bucket = c.of_type("aws:s3/bucket:Bucket")[0]["outputs"]["bucket"]
     assert by_sid["ReadWeights"]["Resource"] == f"arn:aws:s3:::{bucket}/deepseek-r1/*"
     assert by_sid["ListWeightsPrefix"]["Condition"]["StringLike"]["s3:prefix"] == [

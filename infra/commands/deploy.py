@@ -114,6 +114,42 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
     return True
 
 
+def _policy_stop(stack: str, violations) -> None:
+    """Print the mandatory violations as `llmfleet policy` does, then exit 1 with the first one's line."""
+    from infra.commands.policy import violations_table
+
+    from types import SimpleNamespace
+
+    console.print(violations_table(stack, SimpleNamespace(violations=violations)))
+    first = violations[0]
+    where = f" ({first.resource})" if first.resource else ""
+    fail(f"policy {first.policy}{where}: {first.message}", 1)
+
+
+def _preview_and_confirm(stack: str, pstack, packs, yes: bool) -> None:
+    """Preview with the policy pack; stop on a mandatory violation; show the counts; ask."""
+    from infra.deploy import PolicyEvents, stack_preview
+
+    events = PolicyEvents()
+    quiet: list[str] = []
+    try:
+        counts = stack_preview(pstack, on_output=quiet.append, on_event=events, packs=packs)
+    except Exception as e:  # noqa: BLE001 - the CLI fails a preview with mandatory violations
+        if events.mandatory:
+            _policy_stop(stack, events.mandatory)
+        fail(f"pulumi preview failed: {_one_line(e)}", 1)
+    if events.mandatory:
+        _policy_stop(stack, events.mandatory)
+    for v in events.violations:
+        err_console.print(f"[yellow]advisory:[/] {v.policy}: {v.message}", highlight=False, soft_wrap=True)
+    console.print(
+        f"preview of stack {stack}: " + ", ".join(f"{n} to {kind}" for kind, n in counts.items()),
+        highlight=False,
+    )
+    if not yes and not typer.confirm(f"Apply these changes to stack {stack}?"):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("up")
     def up_cmd(
@@ -127,10 +163,13 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")
         ] = None,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     ) -> None:
-        """Preflight, `pulumi up` (Automation API), render cluster.yaml + Serve config, wait until it answers.
+        """Preflight, preview + `pulumi up` with the policy pack (Automation API), render cluster.yaml +
+        Serve config, wait until it answers.
 
-        Exit 0 = up and answering, 1 = preflight failed / update failed / not ready in time, 2 = bad input or no pulumi CLI.
+        Exit 0 = up and answering, 1 = preflight failed / a mandatory policy violation / update failed /
+        not confirmed / not ready in time, 2 = bad input or no pulumi CLI.
         """
         _cli_or_fail()
         args = _args_or_fail(stack, config)
@@ -144,16 +183,27 @@ def register(app: typer.Typer) -> None:
             if ac_run.exit_code(checks):
                 fail("preflight failed: fix the lines marked fail above (or --skip-preflight)", 1)
 
-        from infra.deploy import open_stack, render_artifacts, stack_up
+        from infra.deploy import PolicyEvents, open_stack, policy_packs, render_artifacts, stack_up
+        from policy.runner import stack_policy_config
 
+        out_dir = out or Path(".llmfleet") / stack
+        packs = policy_packs(stack_policy_config(cfg), out_dir)
+        pstack = open_stack(args)
+        _preview_and_confirm(stack, pstack, packs, yes)
+        events = PolicyEvents()
         try:
             outputs = stack_up(
-                open_stack(args), on_output=lambda line: console.print(line, highlight=False, markup=False)
+                pstack,
+                on_output=lambda line: console.print(line, highlight=False, markup=False),
+                on_event=events,
+                packs=packs,
             )
         except Exception as e:  # noqa: BLE001 - automation errors carry the CLI's stderr; show its last line
+            if events.mandatory:
+                _policy_stop(stack, events.mandatory)
             fail(f"pulumi up failed: {_one_line(e)}", 1)
         try:
-            written = render_artifacts(outputs, cfg, out or Path(".llmfleet") / stack)
+            written = render_artifacts(outputs, cfg, out_dir)
         except ValueError as e:  # RenderError / ServeConfigError: Ray rejected what the outputs give
             fail(f"rendering cluster.yaml / serve.yaml from the stack outputs: {e}", 1)
         for path in written:
