@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pulumi_policy import EnforcementLevel, Policy
 
+from .endpoint import ENDPOINT_POLICIES
 from .fleet import FLEET_POLICIES
 from .logs import LOG_POLICIES
 from .network import NETWORK_POLICIES
@@ -17,7 +18,7 @@ PACK_NAME = "llmfleet"
 # Each policy sets its own level; this covers any that do not.
 PACK_ENFORCEMENT = EnforcementLevel.ADVISORY
 
-POLICIES: list[Policy] = [*RESOURCE_POLICIES, *NETWORK_POLICIES, *FLEET_POLICIES, *LOG_POLICIES]
+POLICIES: list[Policy] = [*RESOURCE_POLICIES, *NETWORK_POLICIES, *FLEET_POLICIES, *LOG_POLICIES, *ENDPOINT_POLICIES]
 
 
 def by_name() -> dict[str, Policy]:

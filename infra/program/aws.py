@@ -160,6 +160,9 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             head_instance_id=cluster.head.id,
             port=cfg.endpoint_port,
             internal=not cfg.endpoint_public,
+            certificate_arn=cfg.endpoint_certificate_arn,
+            dns_name=cfg.endpoint_dns_name,
+            hosted_zone_id=cfg.endpoint_hosted_zone_id,
             tags=tags,
         ),
     )

@@ -27,6 +27,7 @@ from pydantic import (
 
 from infra.catalog import load_catalog
 from infra.stack import suggest
+from infra.stack.regions import is_known_region
 from infra.validation import first_error
 
 NS = "llmfleet"
@@ -39,6 +40,9 @@ LOG_RETENTION_DAYS = (
 )  # fmt: skip
 AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+ACM_ARN_RE = re.compile(r"^arn:aws[a-z-]*:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$")
+DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+HOSTED_ZONE_RE = re.compile(r"^Z[A-Z0-9]{1,32}$")
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 
 
@@ -162,6 +166,11 @@ class StackConfig(BaseModel):
     image_registry: str | None = Field(default=None, alias="llmfleet:imageRegistry")
     # Workers launch into this EC2 Capacity Block (its capacity reservation id, cr-...).
     capacity_block_id: str | None = Field(default=None, alias="llmfleet:capacityBlockId")
+    # TLS on the NLB listener (an ACM certificate in aws:region); unset = plain TCP.
+    endpoint_certificate_arn: str | None = Field(default=None, alias="llmfleet:endpointCertificateArn")
+    # A Route 53 alias record NAME -> the NLB, in the hosted zone; the endpoint URL then uses NAME.
+    endpoint_dns_name: str | None = Field(default=None, alias="llmfleet:endpointDnsName")
+    endpoint_hosted_zone_id: str | None = Field(default=None, alias="llmfleet:endpointHostedZoneId")
     # How instance-hours are priced; None = spot when llmfleet:spot, else on-demand.
     pricing_model: Literal["on-demand", "spot", "savings-plan-1y", "savings-plan-3y"] | None = Field(
         default=None, alias="llmfleet:pricingModel"
@@ -194,6 +203,11 @@ class StackConfig(BaseModel):
     def _region(cls, v: str) -> str:
         if not REGION_RE.match(v):
             raise ValueError("allowed: an AWS region name such as us-east-1")
+        if not is_known_region(v):
+            raise ValueError(
+                "not a region in botocore's region data; allowed: an AWS region such as us-east-1, "
+                "us-west-2 or eu-west-1 (aws ec2 describe-regions lists your account's)"
+            )
         return v
 
     @field_validator("availability_zone")
@@ -298,6 +312,56 @@ class StackConfig(BaseModel):
         if v is not None and not re.match(r"^cr-[0-9a-f]{8,17}$", v):
             raise ValueError("allowed: a capacity reservation id such as cr-0123456789abcdef0")
         return v
+
+    @field_validator(
+        "endpoint_certificate_arn", "endpoint_dns_name", "endpoint_hosted_zone_id", mode="before"
+    )
+    @classmethod
+    def _endpoint_unset(cls, v: Any) -> Any:
+        return None if v == "" else v  # declared with default "" in Pulumi.yaml
+
+    @field_validator("endpoint_certificate_arn")
+    @classmethod
+    def _cert(cls, v: str | None) -> str | None:
+        if v is not None and not ACM_ARN_RE.match(v):
+            raise ValueError(
+                "allowed: an ACM certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<uuid>"
+            )
+        return v
+
+    @field_validator("endpoint_dns_name")
+    @classmethod
+    def _dns_name(cls, v: str | None) -> str | None:
+        if v is not None and not DNS_NAME_RE.match(v.rstrip(".")):
+            raise ValueError("allowed: a lower-case DNS name such as llm.example.com")
+        return v.rstrip(".") if v else v
+
+    @field_validator("endpoint_hosted_zone_id")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None and not HOSTED_ZONE_RE.match(v):
+            raise ValueError("allowed: a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ")
+        return v
+
+    @model_validator(mode="after")
+    def _endpoint_tls_dns(self) -> StackConfig:
+        arn = self.endpoint_certificate_arn
+        if arn is not None:
+            m = ACM_ARN_RE.match(arn)
+            if m and m.group(1) != self.region:
+                raise _Cross(
+                    "llmfleet:endpointCertificateArn",
+                    arn,
+                    f"the NLB takes a certificate from its own region; allowed: an ACM certificate in {self.region}",
+                )
+        if (self.endpoint_dns_name is None) != (self.endpoint_hosted_zone_id is None):
+            key = "llmfleet:endpointHostedZoneId" if self.endpoint_dns_name else "llmfleet:endpointDnsName"
+            raise _Cross(
+                key,
+                None,
+                "the alias record needs both; allowed: set llmfleet:endpointDnsName and llmfleet:endpointHostedZoneId together",
+            )
+        return self
 
     @field_validator("capacity_block_id", "pricing_model", mode="before")
     @classmethod
