@@ -50,10 +50,19 @@ def test_outputs_file_workers_land_in_worker_ips(tmp_path):
     assert boot["available_node_types"]["local.cluster.node"]["max_workers"] == 3
 
 
-def test_offline_prod_renders_and_validates(tmp_path):
+def test_without_outputs_or_offline_it_refuses_in_one_line(tmp_path):
     out = tmp_path / "cluster.yaml"
     res = runner.invoke(app, ["render", "cluster-yaml", "--stack", "prod", "-o", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert res.stdout == "" and len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("error: --outputs is missing: allowed: --outputs FILE")
+
+
+def test_offline_prod_renders_and_validates(tmp_path):
+    out = tmp_path / "cluster.yaml"
+    res = runner.invoke(app, ["render", "cluster-yaml", "--stack", "prod", "--offline", "-o", str(out)])
     assert res.exit_code == 0, res.output
+    assert "offline placeholders" in res.stderr
     doc = yaml.safe_load(out.read_text())
     cy.validate_with_ray(doc)
     assert len(doc["provider"]["worker_ips"]) == 3  # the planner's node count for prod

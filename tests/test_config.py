@@ -87,6 +87,35 @@ BAD = [
     ),
     ({"aws:region": "mars-1"}, "aws:region = 'mars-1': allowed: an AWS region name such as us-east-1"),
     (
+        {"aws:region": "us-nowhere-9"},
+        "aws:region = 'us-nowhere-9': not a region in botocore's region data; allowed: an AWS region "
+        "such as us-east-1, us-west-2 or eu-west-1 (aws ec2 describe-regions lists your account's)",
+    ),
+    (
+        {"llmfleet:endpointAllowedCidrs": '["10.0.0.0/8", "::/0"]'},
+        'llmfleet:endpointAllowedCidrs = ["10.0.0.0/8", "::/0"]: an internal endpoint cannot admit 0.0.0.0/0 or ::/0',
+    ),
+    (
+        {"llmfleet:endpointCertificateArn": "arn:aws:iam::123456789012:server-certificate/x"},
+        "llmfleet:endpointCertificateArn = 'arn:aws:iam::123456789012:server-certificate/x': allowed: an ACM "
+        "certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<uuid>",
+    ),
+    (
+        {"llmfleet:endpointCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"},
+        "llmfleet:endpointCertificateArn = 'arn:aws:acm:eu-west-1:123456789012:certificate/"
+        "12345678-1234-1234-1234-123456789012': the NLB takes a certificate from its own region; allowed: "
+        "an ACM certificate in us-east-1",
+    ),
+    (
+        {"llmfleet:endpointDnsName": "llm.example.com"},
+        "llmfleet:endpointHostedZoneId = (unset): the alias record needs both; allowed: set "
+        "llmfleet:endpointDnsName and llmfleet:endpointHostedZoneId together",
+    ),
+    (
+        {"llmfleet:endpointDnsName": "LLM_x", "llmfleet:endpointHostedZoneId": "Z123"},
+        "llmfleet:endpointDnsName = 'LLM_x': allowed: a lower-case DNS name such as llm.example.com",
+    ),
+    (
         {"llmfleet:availabilityZone": "eu-west-1a"},
         "llmfleet:availabilityZone = 'eu-west-1a': allowed: a zone of "
         "aws:region us-east-1 such as us-east-1a",

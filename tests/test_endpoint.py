@@ -48,3 +48,60 @@ def test_public_endpoint_is_internet_facing_in_public_subnet():
     assert nlb["inputs"]["internal"] is False
     assert nlb["inputs"]["subnets"] == [c.named("net-public")["id"]]
     assert c.of_type("aws:lb/listener:Listener")[0]["inputs"]["port"] == 8443
+
+
+CERT = "arn:aws:acm:us-east-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+
+
+def test_certificate_makes_a_tls_listener_and_an_https_url():
+    from infra.components.endpoint import TLS_POLICY
+
+    c = capture("prod", [f"llmfleet:endpointCertificateArn={CERT}"])
+    [nlb] = c.of_type("aws:lb/loadBalancer:LoadBalancer")
+    [lst] = c.of_type("aws:lb/listener:Listener")
+    assert (lst["inputs"]["protocol"], lst["inputs"]["certificateArn"]) == ("TLS", CERT)
+    assert lst["inputs"]["sslPolicy"] == TLS_POLICY == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    assert c.outputs["endpoint_url"] == f"https://{nlb['outputs']['dnsName']}:8000/v1"
+    # TLS ends on the NLB; the hop to the head stays TCP inside the VPC
+    assert c.of_type("aws:lb/targetGroup:TargetGroup")[0]["inputs"]["protocol"] == "TCP"
+    assert not c.of_type("aws:route53/record:Record")
+
+
+def test_dns_name_gets_a_route53_alias_and_names_the_url():
+    c = capture(
+        "prod",
+        [
+            f"llmfleet:endpointCertificateArn={CERT}",
+            "llmfleet:endpointDnsName=llm.example.com",
+            "llmfleet:endpointHostedZoneId=Z0123456789ABC",
+        ],
+    )
+    [nlb] = c.of_type("aws:lb/loadBalancer:LoadBalancer")
+    [rec] = c.of_type("aws:route53/record:Record")
+    assert (rec["inputs"]["name"], rec["inputs"]["type"], rec["inputs"]["zoneId"]) == (
+        "llm.example.com",
+        "A",
+        "Z0123456789ABC",
+    )
+    assert rec["inputs"]["aliases"] == [
+        {"name": nlb["outputs"]["dnsName"], "zoneId": nlb["outputs"]["zoneId"], "evaluateTargetHealth": True}
+    ]
+    assert c.outputs["endpoint_url"] == "https://llm.example.com:8000/v1"
+
+
+def test_tls_policy_fails_a_public_endpoint_without_tls_and_advises_an_internal_one():
+    from policy.runner import run_policies, stack_policy_config
+
+    public = ["endpointPublic=true", 'endpointAllowedCidrs=["198.51.100.0/24"]']
+    for overrides, mandatory, advisory in (
+        (public, ["endpoint-tls-public"], []),
+        ([*public, f"llmfleet:endpointCertificateArn={CERT}"], [], []),
+        ([], [], ["endpoint-tls-internal"]),
+        ([f"llmfleet:endpointCertificateArn={CERT}"], [], []),
+    ):
+        c = capture("prod", overrides)
+        report = run_policies(c.resources, stack_policy_config(c.config))
+        assert [v.policy for v in report.violations if v.enforcement == "mandatory"] == mandatory, overrides
+        assert [v.policy for v in report.violations if v.enforcement == "advisory"] == advisory, overrides
+        if mandatory:
+            assert "clear text" in report.violations[0].message

@@ -459,7 +459,113 @@ BREAKERS = [
         "restrictPublicBuckets",
     ),
     ("s3-bucket-hardened", lambda s: [r for r in s if r["name"] != "weights-sse"], "encryption"),
+    # An internal endpoint's port from ::/0: the IPv6 world is the world too.
+    (
+        "security-group-ingress",
+        lambda s: add(
+            s,
+            res(
+                "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                "endpoint-v6-world",
+                securityGroupId="sg-endpoint",
+                cidrIpv6="::/0",
+                ipProtocol="tcp",
+                fromPort=8000,
+                toPort=8000,
+            ),
+        ),
+        "::/0; the internet may reach only the endpoint port of an explicitly public endpoint",
+    ),
+    # A range that only overlaps Ray's worker ports (10002-19999) at one end.
+    (
+        "security-group-ingress",
+        lambda s: add(
+            s,
+            res(
+                "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                "wide-range",
+                securityGroupId="sg-cluster",
+                cidrIpv4="10.1.0.0/16",
+                ipProtocol="tcp",
+                fromPort=12000,
+                toPort=30000,
+            ),
+        ),
+        "12000-19999 (Ray worker ports)",
+    ),
+    # A range around single Ray ports (GCS 6379, object/node manager, dashboard) from another SG.
+    (
+        "security-group-ingress",
+        lambda s: add(
+            s,
+            res(
+                "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                "range-around-gcs",
+                securityGroupId="sg-cluster",
+                referencedSecurityGroupId="sg-endpoint",
+                ipProtocol="tcp",
+                fromPort=6000,
+                toPort=9000,
+            ),
+        ),
+        "6379 (Ray GCS), 8076 (Ray object manager), 8077 (Ray node manager), 8265 (Ray dashboard)",
+    ),
+    # The S3 check on the bucket type the program creates (aws:s3/bucket:Bucket), not only BucketV2.
+    (
+        "s3-bucket-hardened",
+        lambda s: [r for r in as_bucket_v1(s) if r["name"] != "weights-pab"],
+        "weights: no BucketPublicAccessBlock",
+    ),
+    (
+        "s3-bucket-hardened",
+        lambda s: [r for r in as_bucket_v1(s) if r["name"] != "weights-sse"],
+        "weights: no server-side encryption",
+    ),
+    (
+        "s3-bucket-hardened",
+        lambda s: set_input(
+            as_bucket_v1(s), "weights-sse", rules=[{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "none"}}]
+        ),
+        "sseAlgorithm 'none'",
+    ),
+    (
+        "endpoint-tls-public",
+        lambda s: add(s, *nlb(internal=False, protocol="TCP")),
+        "clear text",
+    ),
+    (
+        "endpoint-tls-public",
+        lambda s: add(s, *nlb(internal=False, protocol="TLS", sslPolicy="ELBSecurityPolicy-2016-08")),
+        "ELBSecurityPolicy-2016-08",
+    ),
+    (
+        "endpoint-tls-internal",
+        lambda s: add(s, *nlb(internal=True, protocol="TCP")),
+        "clear text",
+    ),
 ]
+
+
+def as_bucket_v1(stack):
+    """The good stack with the bucket types the program really creates (Bucket + the non-V2 SSE)."""
+    out = []
+    for r in stack:
+        r = copy.deepcopy(r)
+        if r["type"] == "aws:s3/bucketV2:BucketV2":
+            r["type"] = "aws:s3/bucket:Bucket"
+        elif r["type"].endswith("BucketServerSideEncryptionConfigurationV2"):
+            r["type"] = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+        r["urn"] = f"urn:pulumi:test::llmfleet::{r['type']}::{r['name']}"
+        out.append(r)
+    return out
+
+
+def nlb(internal: bool, protocol: str, **listener):
+    arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/nlb/1"
+    return (
+        res("aws:lb/loadBalancer:LoadBalancer", "nlb", internal=internal, loadBalancerType="network", arn=arn),
+        res("aws:lb/listener:Listener", "listener", loadBalancerArn=arn, port=8000, protocol=protocol, **listener),
+    )
 BREAK_CONFIG = {"monthly-budget": {"monthly-budget": {"maxMonthlyUsd": 1000}}}
 
 
@@ -483,6 +589,26 @@ def test_broken_stack_violates(policy, breaker, word):
     assert {v.policy for v in report.violations} == {policy}
     level = pack.by_name()[policy].enforcement_level.value
     assert {v.enforcement for v in report.violations} == {level}
+
+
+def test_bucket_v1_good_stack_passes_and_tls_listeners_pass():
+    assert run(as_bucket_v1(good_stack()), "s3-bucket-hardened").violations == ()
+    tls = add(good_stack(), *nlb(internal=False, protocol="TLS", sslPolicy="ELBSecurityPolicy-TLS13-1-2-2021-06"))
+    for policy in ("endpoint-tls-public", "endpoint-tls-internal"):
+        assert run(tls, policy).violations == ()
+
+
+def test_s3_policy_checks_the_bucket_the_program_creates():
+    """The real prod capture: its bucket is aws:s3/bucket:Bucket; without its public access
+    block the policy must fire."""
+    from infra.program.offline import capture
+
+    c = capture("prod")
+    assert [b["type"] for b in c.resources if b["type"].startswith("aws:s3/bucket")][0] == "aws:s3/bucket:Bucket"
+    assert run(c.resources, "s3-bucket-hardened").violations == ()
+    stripped = [r for r in c.resources if r["type"] != "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"]
+    [v] = run(stripped, "s3-bucket-hardened").violations
+    assert "no BucketPublicAccessBlock" in v.message and v.resource == "weights-bucket"
 
 
 def test_ray_gcs_from_world_fails_even_on_public_endpoint():

@@ -27,7 +27,7 @@ def _llm(doc: dict) -> dict:
 def test_prod_offline_tp8_pp_equals_plan_nodes():
     from infra.stack.files import load_config
 
-    res = runner.invoke(app, ["render", "serve-config", "--stack", "prod"])
+    res = runner.invoke(app, ["render", "serve-config", "--stack", "prod", "--offline"])
     assert res.exit_code == 0, res.output
     doc = yaml.safe_load(res.stdout)
     plan = resolve(load_config("prod")).plan
@@ -332,7 +332,7 @@ def test_render_stdout_is_yaml_even_though_vllm_logs_on_import():
 
     exe = Path(sys.executable).parent / "llmfleet"
     proc = subprocess.run(
-        [str(exe), "render", "serve-config", "--stack", "prod"], capture_output=True, text=True, timeout=300
+        [str(exe), "render", "serve-config", "--stack", "prod", "--offline"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = yaml.safe_load(proc.stdout)

@@ -1,7 +1,9 @@
 """`llmfleet render cluster-yaml | serve-config`: Ray configs from a stack's outputs.
 
-Outputs come from `--outputs FILE` (the JSON of `pulumi stack output --json`) or, without it,
-from the offline engine. Both documents are validated by Ray's own code before anything is
+Outputs come from `--outputs FILE` (the JSON of `pulumi stack output --json`) or, only when
+`--offline` says so, from the offline engine, whose IPs, instance ids, account and image digest
+are placeholders (stderr says so). Without either the command refuses (exit 2): a cluster.yaml
+of fake IPs must never be mistaken for the real one. Both documents are validated by Ray's own code before anything is
 written; a rejection is one line on stderr (Ray's message included), exit 2.
 """
 
@@ -25,8 +27,16 @@ from infra.stack.resolve import resolve
 
 OutputsOpt = Annotated[
     Path | None,
-    typer.Option("--outputs", help="JSON of `pulumi stack output --json`; default: the offline engine's."),
+    typer.Option("--outputs", help="JSON of `pulumi stack output --json` (required unless --offline)."),
 ]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option("--offline", help="Render from the offline engine's placeholder outputs (fake IPs, ids, account)."),
+]
+OFFLINE_NOTE = (
+    "offline placeholders: the IPs, instance ids, account and image digest come from the offline "
+    "engine, not from a deployed stack; use --outputs <(pulumi stack output --json) for the real ones"
+)
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")]
 
 
@@ -44,7 +54,14 @@ def read_outputs_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] | None):
+def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] | None, offline: bool = False):
+    if outputs is not None and offline:
+        fail("--outputs and --offline: choose one; allowed: --outputs FILE (a deployed stack) or --offline")
+    if outputs is None and not offline:
+        fail(
+            "--outputs is missing: allowed: --outputs FILE (`pulumi stack output --json` of a deployed stack), "
+            "or --offline for the offline engine's placeholder values"
+        )
     if outputs is not None:
         from infra.stack.outputs import OutputsError, StackOutputs
 
@@ -55,6 +72,7 @@ def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] |
             fail(f"--outputs {str(outputs)!r}: {e}")
         return data, config_or_fail(stack, overrides)
     cap = capture_or_fail(stack, overrides)
+    err_console.print(f"note: {OFFLINE_NOTE}", highlight=False, soft_wrap=True)
     return cap.outputs, cap.config
 
 
@@ -83,6 +101,7 @@ def register(app: typer.Typer) -> None:
     def cluster_yaml_cmd(
         stack: StackOpt,
         outputs: OutputsOpt = None,
+        offline: OfflineOpt = False,
         output: OutOpt = None,
         config: ConfigOpt = None,
         ssh_private_key: Annotated[
@@ -93,7 +112,7 @@ def register(app: typer.Typer) -> None:
         """Ray cluster-launcher config (local provider, SSM ssh proxy), validated by Ray."""
         from infra.rayconf.cluster_yaml import RenderError, render_validated
 
-        outs, _cfg = _outputs_and_config(stack, outputs, config)
+        outs, _cfg = _outputs_and_config(stack, outputs, config, offline)
         try:
             doc = render_validated(outs, ssh_private_key=ssh_private_key)
         except RenderError as e:
@@ -104,6 +123,7 @@ def register(app: typer.Typer) -> None:
     def serve_config_cmd(
         stack: StackOpt,
         outputs: OutputsOpt = None,
+        offline: OfflineOpt = False,
         output: OutOpt = None,
         config: ConfigOpt = None,
     ) -> None:
@@ -112,7 +132,7 @@ def register(app: typer.Typer) -> None:
         from infra.stack.planner import PlanInputError
         from infra.stack.serving import render_for_outputs
 
-        outs, cfg = _outputs_and_config(stack, outputs, config)
+        outs, cfg = _outputs_and_config(stack, outputs, config, offline)
         try:
             plan = resolve(cfg).plan
             if not plan.fits:
