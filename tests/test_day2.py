@@ -86,6 +86,12 @@ def test_max_model_len_changes_the_serve_config_in_place():
     assert "max_model_len: 4096" in node_script(after, "head")
 
 
+def test_replicas_at_the_same_worker_count_redeploys_in_place():
+    before, after = cap("dev"), cap("dev", "llmfleet:replicas=1")
+    _assert_effect(before, after, _row("Serve config"), script_changes={"head"})
+    assert "--replicas 1" in node_script(after, "head")
+
+
 def test_model_change_restages_in_place():
     pin = "llmfleet:workerCount=3"
     before = cap("prod", pin)

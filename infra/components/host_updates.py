@@ -44,7 +44,7 @@ REPLACE_FIELDS = sorted(k for k, (effect, _) in INSTANCE_FIELDS.items() if effec
 # and each "replaced" row (they change).
 CHANGE_EFFECTS: list[tuple[str, str, str]] = [
     (
-        "Serve config: `maxModelLen`, engine options, `replicas` (same hosts)",
+        "Serve config: `maxModelLen`, engine options, `replicas` at the same `workerCount`",
         "in place: the head's node script in SSM changes; the rollout association rewrites "
         "`/etc/llmfleet/serve.yaml` and the head's deploy watcher runs `serve deploy` (Serve updates in place)",
         "the engine replicas restart with the new arguments (weights load from local NVMe); no host reboots",
