@@ -17,7 +17,11 @@ LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
 LISTENER = "aws:lb/listener:Listener"
 TLS_PROTOCOLS = ("TLS", "HTTPS")
 # ELB policies that allow only TLS 1.2+ (AWS's "TLS13-1-2-*", "TLS-1-2-*" and "FS-1-2-*" families).
-CURRENT_TLS_POLICY_PREFIXES = ("ELBSecurityPolicy-TLS13-1-2-", "ELBSecurityPolicy-TLS-1-2-", "ELBSecurityPolicy-FS-1-2-")
+CURRENT_TLS_POLICY_PREFIXES = (
+    "ELBSecurityPolicy-TLS13-1-2-",
+    "ELBSecurityPolicy-TLS-1-2-",
+    "ELBSecurityPolicy-FS-1-2-",
+)
 
 
 def _listener_lb(view: StackView, listener: Res) -> Res | None:
@@ -54,7 +58,10 @@ def tls_problems(view: StackView, *, public: bool) -> list[tuple[str, str]]:
         policy = listener.props.get("sslPolicy")
         if not is_unknown(policy) and not str(policy or "").startswith(CURRENT_TLS_POLICY_PREFIXES):
             out.append(
-                (listener.urn, f"{where} uses TLS policy {policy!r}; allowed: a TLS 1.2+ policy such as ELBSecurityPolicy-TLS13-1-2-2021-06")
+                (
+                    listener.urn,
+                    f"{where} uses TLS policy {policy!r}; allowed: a TLS 1.2+ policy such as ELBSecurityPolicy-TLS13-1-2-2021-06",
+                )
             )
     return out
 

@@ -47,7 +47,11 @@ def replace_view(inst: dict) -> dict:
 
 
 def rollout_command(c, role: str) -> str:
-    [assoc] = [a for a in c.of_type("aws:ssm/association:Association") if a["inputs"]["tags"]["llmfleet:role"] == role]
+    [assoc] = [
+        a
+        for a in c.of_type("aws:ssm/association:Association")
+        if a["inputs"]["tags"]["llmfleet:role"] == role
+    ]
     return assoc["inputs"]["parameters"]["commands"]
 
 
@@ -142,7 +146,10 @@ def test_user_data_is_only_the_boot_contract():
 
 def test_every_prod_instance_has_a_status_alarm_and_the_head_auto_recovery():
     c = cap("prod")
-    alarms = {a["inputs"]["dimensions"]["InstanceId"]: a["inputs"] for a in c.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
+    alarms = {
+        a["inputs"]["dimensions"]["InstanceId"]: a["inputs"]
+        for a in c.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+    }
     for inst in c.of_type(INST):
         alarm = alarms[inst["id"]]
         role = inst["inputs"]["tags"]["llmfleet:role"]

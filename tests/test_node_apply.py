@@ -31,7 +31,7 @@ def test_the_embedded_apply_script_unpacks_what_the_program_packs(tmp_path):
     """Run llmfleet-apply's own fetch/unpack/run lines against a stub `aws` that returns a packed script."""
     ud = launcher_user_data("worker", "us-east-1", "/llmfleet/prod/node/worker")
     apply = ud.split("<<'LLMFLEET_APPLY_EOF'\n", 1)[1].split("LLMFLEET_APPLY_EOF", 1)[0]
-    node = "#!/bin/bash\necho \"ran in mode ${LLMFLEET_APPLY_MODE}\" > \"$OUT\"\n"
+    node = '#!/bin/bash\necho "ran in mode ${LLMFLEET_APPLY_MODE}" > "$OUT"\n'
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "aws").write_text(f"#!/bin/sh\nprintf '%s' '{pack_script(node)}'\n")
@@ -43,7 +43,9 @@ def test_the_embedded_apply_script_unpacks_what_the_program_packs(tmp_path):
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(out)}
     proc = subprocess.run(
         ["bash", str(tmp_path / "apply.sh"), "/llmfleet/prod/node/worker", "boot"],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "ran in mode boot\n"

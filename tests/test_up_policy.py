@@ -83,7 +83,9 @@ def automation(monkeypatch, tmp_path):
 
 def test_up_stops_on_a_mandatory_violation_before_anything_is_created(automation):
     calls, _ = automation
-    r = RUNNER.invoke(app, ["up", "--stack", "prod", "-c", "llmfleet:workerCount=2", "--skip-preflight", "--yes"])
+    r = RUNNER.invoke(
+        app, ["up", "--stack", "prod", "-c", "llmfleet:workerCount=2", "--skip-preflight", "--yes"]
+    )
     assert r.exit_code == 1, r.output
     # the planner's one-line reason, as `llmfleet policy` shows it
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]

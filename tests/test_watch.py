@@ -19,7 +19,13 @@ def test_reasons():
 def test_loop_applies_once_per_event_and_retries_a_failed_apply(tmp_path):
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("applications: []\n")
-    workers = [dict(A), {"10.0.0.11": "n1"}, {"10.0.0.11": "n1"}, {**A, "10.0.0.12": "n3"}, {**A, "10.0.0.12": "n3"}]
+    workers = [
+        dict(A),
+        {"10.0.0.11": "n1"},
+        {"10.0.0.11": "n1"},
+        {**A, "10.0.0.12": "n3"},
+        {**A, "10.0.0.12": "n3"},
+    ]
     edits = {5: "applications: [x]\n"}  # at the 5th poll, a rollout has rewritten the file
     seen = iter(range(100))
     applied, logs = [], []
