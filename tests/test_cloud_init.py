@@ -172,3 +172,19 @@ def test_secrets_section_writes_a_root_only_env_file_and_prints_nothing(role, tm
     if role == "head":
         want["LLMFLEET_API_TOKEN"] = api
     assert env == want
+
+
+def test_a_rollout_keeps_the_container_only_when_its_run_line_is_unchanged():
+    """Serve-config-only change: the head container (the Ray head) stays; a new model path or
+    image: the container restarts (its mount / image changed)."""
+    import dataclasses
+    import re
+
+    def run_digest(spec):
+        return re.search(r'\.run 2>/dev/null\)" == (\w+) ]]', render_user_data(spec)).group(1)
+
+    assert run_digest(HEAD) == run_digest(dataclasses.replace(HEAD, serve_config=SERVE_YAML + "# v2\n"))
+    other_model = dataclasses.replace(WORKER, model_path="/opt/llmfleet/models/other")
+    assert run_digest(WORKER) != run_digest(other_model)
+    assert run_digest(WORKER) != run_digest(dataclasses.replace(WORKER, image_ref=IMAGE[:-2] + "cd"))
+    assert "LLMFLEET_APPLY_MODE:-boot" in render_user_data(WORKER)  # a boot always restarts it

@@ -320,13 +320,18 @@ def _start(spec: NodeSpec) -> str:
     if spec.efa and spec.role == "worker":
         run += ' "${EFA_ARGS[@]}"'
     c, img = shlex.quote(spec.container), shlex.quote(spec.image_ref)
+    line = f"{run} {img} {_sh(node_args(spec))}"
+    digest = hashlib.sha256(line.encode()).hexdigest()[:16]
+    marker = shlex.quote(f"{CONFIG_DIR}/{spec.container}.run")
     return f"""
 # 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
-#    A rollout (infra/boot/node_apply.py) leaves a container that already runs this image alone,
-#    so a Serve-config-only update never restarts Ray; a boot always starts it afresh.
+#    A rollout (infra/boot/node_apply.py) leaves a running container alone when its whole run
+#    line (image, mounts, args) is unchanged, so a Serve-config-only update never restarts Ray;
+#    a boot always starts it afresh.
 if [[ "${{LLMFLEET_APPLY_MODE:-boot}}" == rollout ]] \\
-    && [[ "$(docker inspect -f '{{{{.Config.Image}}}} {{{{.State.Running}}}}' {c} 2>/dev/null)" == {shlex.quote(spec.image_ref + " true")} ]]; then
-  log "container {spec.container} already runs {spec.image_ref}: left running"
+    && [[ "$(cat {marker} 2>/dev/null)" == {digest} ]] \\
+    && [[ "$(docker inspect -f '{{{{.State.Running}}}}' {c} 2>/dev/null)" == true ]]; then
+  log "container {spec.container} already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin {shlex.quote(registry)}
 docker pull {img}
@@ -334,6 +339,8 @@ docker rm -f {c} >/dev/null 2>&1 || true
 {_efa_devices(spec).strip()}
 {run} \\
   {img} {_sh(node_args(spec))}
+install -d -m 0755 {CONFIG_DIR}
+echo {digest} > {marker}
 log "started container {spec.container}"
 fi
 """

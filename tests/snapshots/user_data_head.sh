@@ -57,11 +57,13 @@ applications:
 LLMFLEET_EOF
 
 # 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
-#    A rollout (infra/boot/node_apply.py) leaves a container that already runs this image alone,
-#    so a Serve-config-only update never restarts Ray; a boot always starts it afresh.
+#    A rollout (infra/boot/node_apply.py) leaves a running container alone when its whole run
+#    line (image, mounts, args) is unchanged, so a Serve-config-only update never restarts Ray;
+#    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
-    && [[ "$(docker inspect -f '{{.Config.Image}} {{.State.Running}}' llmfleet-head 2>/dev/null)" == '123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab true' ]]; then
-  log "container llmfleet-head already runs 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab: left running"
+    && [[ "$(cat /etc/llmfleet/llmfleet-head.run 2>/dev/null)" == 5d1e0159e0f7030e ]] \
+    && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-head 2>/dev/null)" == true ]]; then
+  log "container llmfleet-head already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
@@ -69,6 +71,8 @@ docker rm -f llmfleet-head >/dev/null 2>&1 || true
 
 docker run --detach --name llmfleet-head --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --volume /etc/llmfleet:/etc/llmfleet:ro \
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab head --ip "${NODE_IP}" --block
+install -d -m 0755 /etc/llmfleet
+echo 5d1e0159e0f7030e > /etc/llmfleet/llmfleet-head.run
 log "started container llmfleet-head"
 fi
 

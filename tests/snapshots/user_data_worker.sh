@@ -124,11 +124,13 @@ unset RAY_TOKEN
 umask 022
 
 # 4. Pull the image by digest and start the node (entrypoint: python -m ray_cluster.node).
-#    A rollout (infra/boot/node_apply.py) leaves a container that already runs this image alone,
-#    so a Serve-config-only update never restarts Ray; a boot always starts it afresh.
+#    A rollout (infra/boot/node_apply.py) leaves a running container alone when its whole run
+#    line (image, mounts, args) is unchanged, so a Serve-config-only update never restarts Ray;
+#    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
-    && [[ "$(docker inspect -f '{{.Config.Image}} {{.State.Running}}' llmfleet-worker 2>/dev/null)" == '123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab true' ]]; then
-  log "container llmfleet-worker already runs 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab: left running"
+    && [[ "$(cat /etc/llmfleet/llmfleet-worker.run 2>/dev/null)" == 7a20b068b4aa8f2f ]] \
+    && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-worker 2>/dev/null)" == true ]]; then
+  log "container llmfleet-worker already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
@@ -140,5 +142,7 @@ for dev in /dev/infiniband/uverbs*; do
 done
 docker run --detach --name llmfleet-worker --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --gpus all "${EFA_ARGS[@]}" \
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab worker --address 10.42.0.10:6379 --num-gpus 8 --gpu-model L40S --ip "${NODE_IP}" --block
+install -d -m 0755 /etc/llmfleet
+echo 7a20b068b4aa8f2f > /etc/llmfleet/llmfleet-worker.run
 log "started container llmfleet-worker"
 fi
