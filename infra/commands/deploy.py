@@ -116,9 +116,9 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
 
 def _policy_stop(stack: str, violations) -> None:
     """Print the mandatory violations as `llmfleet policy` does, then exit 1 with the first one's line."""
-    from infra.commands.policy import violations_table
-
     from types import SimpleNamespace
+
+    from infra.commands.policy import violations_table
 
     console.print(violations_table(stack, SimpleNamespace(violations=violations)))
     first = violations[0]
