@@ -29,6 +29,7 @@ from infra.program.offline import OfflineError, capture
 from infra.rayconf import dashboards
 from infra.stack.outputs import StackOutputs
 from policy.resources import iam_document_problems
+from tests.node_scripts import node_script
 
 RAY_CONFIGS = {
     "ray-serve-llm.json": serve_llm_dashboard_config,
@@ -249,10 +250,10 @@ def test_prod_adds_no_ingress_and_its_hosts_boot_with_the_metrics_pieces(prod):
     obs_urn = prod.named("observability")["urn"]
     children = [r for r in prod.resources if r["parent"] == obs_urn]
     assert not [r for r in children if "ingress" in r["type"].lower() or "securityGroup" in r["type"]]
-    head_ud = prod.named("cluster-head")["inputs"]["userData"]
-    worker_ud = prod.named("cluster-worker-0")["inputs"]["userData"]
+    # what each host runs: its node script (the SSM parameter its boot contract applies)
+    head_script, worker_script = node_script(prod, "head"), node_script(prod, "worker")
     rw = prod.of_type("aws:amp/workspace:Workspace")[0]["outputs"]["prometheusEndpoint"] + "api/v1/remote_write"
-    assert rw in head_ud and "llmfleet-prometheus" in head_ud and "llmfleet-dcgm" in worker_ud
+    assert rw in head_script and "llmfleet-prometheus" in head_script and "llmfleet-dcgm" in worker_script
 
 
 def test_prod_outputs_open_the_dashboards_and_logs(prod):

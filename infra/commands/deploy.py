@@ -165,12 +165,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     ) -> None:
-        """Preflight, preview + `pulumi up` with the policy pack (Automation API), render cluster.yaml +
-        Serve config, wait until it answers.
+        """Preflight, preview + `pulumi up` with the policy pack (Automation API), render cluster.yaml + Serve config, wait until it answers.
 
-        Exit 0 = up and answering, 1 = preflight failed / a mandatory policy violation / update failed /
-        not confirmed / not ready in time, 2 = bad input or no pulumi CLI.
-        """
+        Exit 0 = up and answering, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / not ready in time, 2 = bad input or no pulumi CLI.
+        """  # noqa: E501  (one line per paragraph: rich folds help text itself)
         _cli_or_fail()
         args = _args_or_fail(stack, config)
         cfg = config_or_fail(stack, config)

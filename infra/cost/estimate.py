@@ -22,7 +22,9 @@ Line items (monthly = 730 hours, as Infracost):
                                (usage `standard.storage_gb` overrides), requests from usage. When
                                weights live at a user-given URI the stack creates no bucket;
 - aws:ecr/repository:Repository  one image of the estimated size x GB-month (usage `storage_gb`);
-- aws:kms/key:Key                1 USD per key-month, requests from usage.
+- aws:kms/key:Key                1 USD per key-month, requests from usage;
+- aws:cloudwatch/metricAlarm:MetricAlarm  per alarm-month; aws:ssm/parameter:Parameter per
+                               month for Advanced-tier ones (standard ones are free).
 A usage-based component with no usage carries a price but no quantity and no cost, as in Infracost.
 """
 
@@ -46,7 +48,9 @@ from infra.cost.resources import (
     price_instance,
     price_kms_key,
     price_load_balancer,
+    price_metric_alarm,
     price_nat,
+    price_ssm_parameter,
     price_volume,
     price_vpc_endpoint,
 )
@@ -74,7 +78,7 @@ FREE_TYPE_PREFIXES = (
     "aws:iam/",
     "aws:lb/targetGroup",
     "aws:lb/listener",
-    "aws:ssm/parameter:",  # standard-tier SecureString parameters are free
+    "aws:ssm/association:",  # State Manager associations cost nothing by themselves
     "aws:ecr/lifecyclePolicy:",
     "aws:ecr/repositoryPolicy:",
     "aws:s3/bucketPublicAccessBlock",
@@ -158,6 +162,10 @@ def price_resources(
             item = price_ecr(res, book, u)
         elif rtype == "aws:kms/key:Key":
             item = price_kms_key(res, book, u)
+        elif rtype == "aws:cloudwatch/metricAlarm:MetricAlarm":
+            item = price_metric_alarm(res, book)
+        elif rtype == "aws:ssm/parameter:Parameter":
+            item = price_ssm_parameter(res, book)
         elif rtype.startswith(FREE_TYPE_PREFIXES):
             no_price.append(rtype)
             continue

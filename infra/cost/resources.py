@@ -402,3 +402,16 @@ def price_kms_key(res: Resource, book: PriceBook, u: Mapping[str, Decimal] | Non
         ),
     )
     return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))
+
+
+def price_metric_alarm(res: Resource, book: PriceBook) -> ResourceCost:
+    comps = (monthly("Standard-resolution alarm", "alarm-months", 1, book.rate("cloudwatch.alarm.standard")),)
+    return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))
+
+
+def price_ssm_parameter(res: Resource, book: PriceBook) -> ResourceCost | None:
+    """Advanced-tier parameters (the node scripts, over 4 KB) cost storage; standard ones are free."""
+    if (res.get("inputs") or {}).get("tier") != "Advanced":
+        return None
+    comps = (monthly("Advanced parameter storage", "parameter-months", 1, book.rate("ssm.parameter.advanced")),)
+    return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))
