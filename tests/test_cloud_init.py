@@ -12,6 +12,7 @@ import pytest
 from infra.boot.cloud_init import SERVE_CONFIG_PATH, NodeSpec, head_deploy_argv, node_args, render_user_data
 from ray_cluster.node import build_parser
 from ray_cluster.ray_start import head_start_command, worker_start_command
+from tests.shell import assert_bash_and_shellcheck
 from tests.snapshot import assert_snapshot
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:" + "ab" * 32
@@ -48,11 +49,7 @@ def test_snapshot(role):
 def test_bash_syntax_and_shellcheck(role, tmp_path):
     script = tmp_path / f"{role}.sh"
     script.write_text(render_user_data(SPECS[role]))
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    sc = shutil.which("shellcheck")
-    assert sc, "shellcheck missing: apt-get install -y shellcheck"
-    proc = subprocess.run([sc, "--shell=bash", str(script)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+    assert_bash_and_shellcheck(script)
 
 
 def test_container_args_parse_with_the_node_cli():

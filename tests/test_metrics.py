@@ -30,6 +30,7 @@ from infra.rayconf import dashboards
 from infra.stack.outputs import StackOutputs
 from policy.resources import iam_document_problems
 from tests.node_scripts import node_script
+from tests.shell import assert_bash_and_shellcheck
 
 RAY_CONFIGS = {
     "ray-serve-llm.json": serve_llm_dashboard_config,
@@ -182,11 +183,7 @@ SPECS = {
 def test_user_data_with_metrics_passes_bash_and_shellcheck(role, tmp_path):
     script = tmp_path / f"{role}.sh"
     script.write_text(render_user_data(SPECS[role]))
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    sc = shutil.which("shellcheck")
-    assert sc, "shellcheck missing: apt-get install -y shellcheck"
-    proc = subprocess.run([sc, "--shell=bash", str(script)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+    assert_bash_and_shellcheck(script)
 
 
 def test_user_data_ships_logs_everywhere_dcgm_on_workers_and_the_agent_on_the_head():

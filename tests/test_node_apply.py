@@ -1,7 +1,6 @@
 """The boot contract (user data) and llmfleet-apply: shell-checked, stable, and a real round trip
 of the packed node script."""
 
-import shutil
 import subprocess
 
 import pytest
@@ -14,17 +13,14 @@ from infra.boot.node_apply import (
     script_digest,
     unpack_script,
 )
+from tests.shell import assert_bash_and_shellcheck
 
 
 @pytest.mark.parametrize("role", ["head", "worker"])
 def test_launcher_is_valid_bash_and_shellcheck_clean(role, tmp_path):
     script = tmp_path / f"{role}.sh"
     script.write_text(launcher_user_data(role, "us-east-1", node_parameter_name("prod", role)))
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    sc = shutil.which("shellcheck")
-    assert sc, "shellcheck missing: apt-get install -y shellcheck"
-    proc = subprocess.run([sc, "--shell=bash", str(script)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+    assert_bash_and_shellcheck(script)
 
 
 def test_the_embedded_apply_script_unpacks_what_the_program_packs(tmp_path):
