@@ -40,17 +40,24 @@ def serve_deploy(dashboard: str, config: dict) -> None:
         ) from None
 
 
+def serve_document(dashboard: str, timeout: float = 10.0) -> dict:
+    """The dashboard's Serve document (GET /api/serve/applications/); NodeError in one line."""
+    url = f"{dashboard.rstrip('/')}/api/serve/applications/"
+    try:
+        status, payload = _http_json("GET", url, None, None, timeout)
+    except OSError as e:
+        raise NodeError(f"Serve REST API at {dashboard}: {e}") from None
+    if status != 200 or not isinstance(payload, dict):
+        raise NodeError(f"Serve REST API at {dashboard}: HTTP {status}")
+    return payload
+
+
 def _serve_applications(dashboard: str, timeout: float) -> dict:
     """The dashboard's Serve applications document; {} when Serve/the dashboard is not there."""
     try:
-        status, payload = _http_json(
-            "GET", f"{dashboard.rstrip('/')}/api/serve/applications/", None, None, timeout
-        )
-    except OSError:
+        return serve_document(dashboard, timeout).get("applications") or {}
+    except NodeError:
         return {}
-    if status != 200 or not isinstance(payload, dict):
-        return {}
-    return payload.get("applications") or {}
 
 
 def serve_status(dashboard: str, timeout: float = 5.0) -> dict:

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from infra.bench.sweep import BenchError, SweepSpec, Target, run_sweep
+from ray_cluster import serve_rest
+from ray_cluster.driver import NodeError
 
 LLM_DEPLOYMENT_OPTIONS = {
     "max_ongoing_requests": "max_ongoing_requests",
@@ -73,17 +73,12 @@ def parse_grid(items: list[str]) -> dict[str, list[int]]:
 # --- the Serve REST API ---------------------------------------------------------------------------
 
 
-def _get_json(url: str, timeout: float = 10.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read().decode())
-
-
 def serve_document(dashboard: str) -> dict:
-    """The dashboard's Serve document (GET /api/serve/applications/)."""
+    """The dashboard's Serve document (the node's own Serve REST client), as a BenchError."""
     try:
-        return _get_json(f"{dashboard.rstrip('/')}/api/serve/applications/")
-    except (OSError, ValueError) as e:
-        raise BenchError(f"Serve REST API at {dashboard}: {e}; is the dashboard reachable?") from None
+        return serve_rest.serve_document(dashboard)
+    except NodeError as e:
+        raise BenchError(f"{e}; is the dashboard reachable?") from None
 
 
 def deployed_config(doc: dict) -> dict:
@@ -146,14 +141,11 @@ def trial_config(base: dict, app_name: str, llm: str, ingress: str, params: dict
 
 
 def apply_config(dashboard: str, cfg: dict) -> None:
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
+    """`serve deploy` of cfg through the node's own client (ray_cluster.serve_rest)."""
     try:
-        ServeSubmissionClient(dashboard).deploy_applications(cfg)
-    except Exception as e:
-        raise BenchError(
-            f"serve deploy to {dashboard}: {str(e).splitlines()[0] if str(e) else e!r}"
-        ) from None
+        serve_rest.serve_deploy(dashboard, cfg)
+    except NodeError as e:
+        raise BenchError(str(e)) from None
 
 
 def replica_ids(doc: dict, app_name: str, deployment: str) -> set[str]:
