@@ -1,9 +1,13 @@
 """Which change to an EC2 host replaces it and which updates it in place: the explicit choice.
 
-Every input of an `aws.ec2.Instance` the program sets is listed here with its effect. The
-Cluster component passes `REPLACE_FIELDS` as the instances' `replace_on_changes`, so the
-choice is stated once, visible in a preview (Pulumi names these fields in the replace diff),
-and `tests/test_day2.py` checks the program against it. The provider already replaces on some
+The head is an `aws.ec2.Instance`: every input the program sets is listed in INSTANCE_FIELDS
+with its effect, and the Cluster component passes `REPLACE_FIELDS` as its `replace_on_changes`.
+The GPU workers are Auto Scaling groups of one launching from one launch template
+(infra/components/workers.py): every template input replaces the workers (a new template
+version starts each group's instance refresh), so the template holds only hardware and the
+boot contract (LAUNCH_TEMPLATE_FIELDS); the groups' own inputs are GROUP_FIELDS. The choice is
+stated once, visible in a preview (Pulumi names these fields in the replace diff), and
+`tests/test_day2.py` checks the program against it. The provider already replaces on some
 of these (subnet, AZ, placement, network interfaces, market options); they are listed anyway so
 the table is complete, not left to the provider's defaults.
 
@@ -39,6 +43,34 @@ INSTANCE_FIELDS: dict[str, tuple[str, str]] = {
 
 REPLACE_FIELDS = sorted(k for k, (effect, _) in INSTANCE_FIELDS.items() if effect == REPLACE)
 
+# The worker launch template: a change to any of these is a new template version, and each
+# worker's group replaces its instance (instance refresh: terminate, then launch).
+LAUNCH_TEMPLATE_FIELDS: dict[str, str] = {
+    "instanceType": "hardware: GPU count, NVMe layout and EFA cards follow the type",
+    "imageId": "boot contract: driver, Docker and the NVIDIA toolkit come from the AMI",
+    "blockDeviceMappings": "volume: type, size and encryption of the root volume",
+    "networkInterfaces": "hardware: the EFA interfaces and the security group of each",
+    "placement": "hardware placement: one cluster placement group",
+    "userData": "boot contract: role, region and the node script's parameter name only",
+    "instanceMarketOptions": "purchase: spot / capacity block is fixed at launch",
+    "capacityReservationSpecification": "purchase: the reservation is fixed at launch",
+    "iamInstanceProfile": "the profile a new worker launches with",
+    "metadataOptions": "IMDS options a new worker launches with",
+}
+
+# The worker groups' own inputs.
+GROUP_FIELDS: dict[str, tuple[str, str]] = {
+    "vpcZoneIdentifiers": (REPLACE, "hardware placement: the group (and its instance) moves subnets"),
+    "launchTemplate": (REPLACE, "a new template version: instance refresh replaces the instance"),
+    "tags": (UPDATE, "tags (model, maxModelLen, replicas) change on the group in place"),
+    "healthCheckType": (UPDATE, "EC2 health checks: a group setting"),
+    "minSize": (UPDATE, "one instance per slot"),
+}
+
+# What Pulumi itself replaces the group on (a template version is an in-place group update
+# that the group turns into an instance refresh).
+GROUP_REPLACE_FIELDS = ["vpcZoneIdentifiers"]
+
 # Change -> what happens -> downtime. The README's table is this list, and tests/test_day2.py
 # proves each "in place" row against the program (worker replace-triggering inputs unchanged)
 # and each "replaced" row (they change).
@@ -64,7 +96,8 @@ CHANGE_EFFECTS: list[tuple[str, str, str]] = [
     ),
     (
         "`gpuInstanceType`, the AMI, the subnet/AZ, `rootVolumeGb`, spot / capacity settings",
-        "replaced: new instances (the hardware or boot contract changed)",
+        "replaced: a new worker launch template version; each worker's Auto Scaling group replaces its "
+        "instance (instance refresh); a head input of this kind replaces the head instance",
         "full: new hosts boot and stage the weights again",
     ),
     (

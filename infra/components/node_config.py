@@ -2,7 +2,9 @@
 
 One parameter per role holds that role's node script (infra/boot/cloud_init.py), packed
 (infra/boot/node_apply.py). One State Manager association per role runs `llmfleet-apply` on
-the role's instances when the script's digest changes: `max_concurrency` 1 and `max_errors` 0
+the role's instances when the script's digest changes (the head by its instance id; the workers
+by the `aws:autoscaling:groupName` tag EC2 Auto Scaling puts on every instance it launches, so
+the target holds before any worker exists and covers a replacement as soon as it registers): `max_concurrency` 1 and `max_errors` 0
 make it a rolling update that stops at the first failed host (a worker's apply ends only
 when it is back in the Ray cluster). State Manager runs an association when it is created or
 its parameters change, so an unchanged script runs nothing.
@@ -49,7 +51,7 @@ def rollout_association(
     role: str,
     parameter: aws.ssm.Parameter,
     script: pulumi.Output[str],
-    instance_ids: Sequence[pulumi.Input[str]],
+    targets: Sequence[dict],
     tags: dict[str, str],
     parent: pulumi.Resource,
 ) -> aws.ssm.Association:
@@ -60,7 +62,7 @@ def rollout_association(
         f"{name}-rollout-{role}",
         association_name=f"{cluster}-{role}-rollout",
         name="AWS-RunShellScript",
-        targets=[{"key": "InstanceIds", "values": list(instance_ids)}],
+        targets=list(targets),
         parameters={"commands": command, "executionTimeout": str(APPLY_TIMEOUT_S)},
         max_concurrency="1",
         max_errors="0",
@@ -69,3 +71,12 @@ def rollout_association(
         # The parameter must hold the new script before the hosts are told to apply it.
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[parameter]),
     )
+
+
+def instance_targets(instance_ids: Sequence[pulumi.Input[str]]) -> list[dict]:
+    return [{"key": "InstanceIds", "values": list(instance_ids)}]
+
+
+def group_targets(group_names: Sequence[str]) -> list[dict]:
+    """The instances of these Auto Scaling groups, by the tag EC2 Auto Scaling sets on them."""
+    return [{"key": "tag:aws:autoscaling:groupName", "values": list(group_names)}]

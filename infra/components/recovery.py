@@ -1,12 +1,16 @@
-"""Bringing a failed host back: EC2 auto-recovery and a status-check alarm per instance.
+"""Bringing a failed host back.
 
-EC2 recovers an instance (same id, IP and EBS volumes, new hardware) only when it has no
-instance-store volumes: every GPU type in the catalog stages its weights on instance-store
-NVMe, so EC2 rejects the recover action there. Those hosts get the reboot action on the
-instance status check instead (a reboot keeps the NVMe data, and llmfleet-apply.service runs
-the node script again at boot); a failed system check on them needs a stop/start or a new
-instance (README, "Day-2 operations"). EBS-only types (the head) get simplified automatic
-recovery (maintenance_options) and the recover alarm on the system status check.
+The head (an instance): EC2 recovers an instance (same id, IP and EBS volumes, new hardware)
+only when it has no instance-store volumes. An EBS-only head type gets simplified automatic
+recovery (maintenance_options) and the recover alarm on the system status check; a head type
+with instance store would get the reboot action on the instance status check instead (a reboot
+keeps the NVMe data, and llmfleet-apply.service runs the node script again at boot).
+
+The GPU workers (instance-store NVMe, so no EC2 recovery): each is an Auto Scaling group of
+one with EC2 health checks (infra/components/workers.py), which *replaces* a worker whose
+status check fails. `slot_alarm` watches the group: it fires when the slot has had no
+instance in service for 30 minutes (a replacement that cannot get capacity, a spot market
+without capacity), which no automatic action can fix.
 """
 
 from __future__ import annotations
@@ -59,6 +63,31 @@ def status_check_alarm(
         comparison_operator="GreaterThanOrEqualToThreshold",
         threshold=1,
         alarm_actions=[f"arn:aws:automate:{region}:ec2:{action}"],
+        tags=tags,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+SLOT_EMPTY_PERIODS = 6  # x 5 minutes: longer than a replacement takes to reach InService
+
+
+def slot_alarm(
+    name: str, *, group: pulumi.Input[str], tags: dict[str, str], parent: pulumi.Resource
+) -> aws.cloudwatch.MetricAlarm:
+    """ALARM when a worker slot's group has had no instance in service for 30 minutes."""
+    return aws.cloudwatch.MetricAlarm(
+        f"{name}-in-service-alarm",
+        alarm_description="llmfleet: a worker slot has had no instance in service for 30 minutes "
+        "(its Auto Scaling group cannot replace the worker: capacity, spot, or a failing launch)",
+        namespace="AWS/AutoScaling",
+        metric_name="GroupInServiceInstances",
+        dimensions={"AutoScalingGroupName": group},
+        statistic="Minimum",
+        period=300,
+        evaluation_periods=SLOT_EMPTY_PERIODS,
+        comparison_operator="LessThanThreshold",
+        threshold=1,
+        treat_missing_data="breaching",  # no data points: the group reports nothing in service
         tags=tags,
         opts=pulumi.ResourceOptions(parent=parent),
     )

@@ -6,7 +6,9 @@ urn, inputs, outputs), or the states of a `pulumi preview --json` file via
 `infra.cost.pricing.PriceBook`, usage from an `infra.cost.usage.Usage` (Infracost's usage file).
 
 Line items (monthly = 730 hours, as Infracost):
-- aws:ec2/instance:Instance   instance-hours by type and how they are billed: the instance's own
+- aws:ec2/instance:Instance   (and each instance an aws:autoscaling/group:Group keeps running,
+                               read from its launch template: infra/worker_groups.py)
+                               instance-hours by type and how they are billed: the instance's own
                                `instanceMarketOptions.marketType` (spot, capacity-block), else the
                                stack's pricing model (on-demand, savings-plan-1y/3y); `monthly_hrs`
                                usage for part-month hosts; root and `ebsBlockDevices` volumes as
@@ -55,6 +57,7 @@ from infra.cost.resources import (
     price_vpc_endpoint,
 )
 from infra.cost.usage import Usage
+from infra.worker_groups import with_group_instances
 
 PROVIDER_PACKAGES = {"aws", "random", "docker-build", "docker", "command", "tls", "awsx"}
 
@@ -71,6 +74,7 @@ FREE_TYPE_PREFIXES = (
     "aws:ec2/internetGateway:",
     "aws:ec2/placementGroup:",
     "aws:ec2/networkInterface:",  # ENIs (and EFA interfaces) cost nothing by themselves
+    "aws:ec2/launchTemplate:",  # free; the instances a group launches from it are priced
     "aws:ec2/vpcDhcpOptions",
     "aws:ec2/defaultSecurityGroup:",
     "aws:ec2/defaultNetworkAcl:",
@@ -129,7 +133,8 @@ def price_resources(
     """Price every resource; the pure core of `llmfleet cost` and the budget policy."""
     usage = usage or Usage()
     blocks_known = dict(capacity_blocks or {})
-    res_list = [r for r in resources if _is_cloud_resource(r)]
+    # An Auto Scaling group is free; the instances it keeps running are priced as instances.
+    res_list = [r for r in with_group_instances(list(resources)) if _is_cloud_resource(r)]
     buckets = [r for r in res_list if r["type"] in BUCKET_TYPES]
     wgib = None if weights_gib is None else Decimal(str(weights_gib))
     priced: list[ResourceCost] = []

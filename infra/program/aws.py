@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -11,7 +12,7 @@ from infra.catalog import load_catalog
 from infra.constants import DASHBOARD_PORT, SSH_USER, cluster_name
 from infra.program.shared import registry_and_image
 from infra.stack.config import StackConfig
-from infra.stack.resolve import resolve
+from infra.stack.resolve import Stack, resolve
 from infra.stack.serving import serve_config_yaml, serving_outputs
 
 
@@ -43,23 +44,24 @@ def dashboard_command(instance_id: str, region: str) -> str:
     )
 
 
-def build_aws(cfg: StackConfig) -> dict[str, Any]:
-    from infra.components.cluster import Cluster, ClusterArgs
-    from infra.components.endpoint import Endpoint, EndpointArgs
-    from infra.components.iam import IamArgs, NodeIam
+@dataclass
+class _Base:
+    """What the cluster reads: network, registry + image, weights, tokens, IAM, observability."""
+
+    network: Any
+    registry: Any
+    image: Any
+    weights: Any
+    token: Any
+    ray_token: Any
+    iam: Any
+    obs: Any
+
+
+def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]):
     from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
-    from infra.components.observability import Observability, ObservabilityArgs, observability_outputs
-    from infra.components.secret_token import endpoint_token, ray_cluster_token
-    from infra.components.weights import Weights, WeightsArgs
 
-    cat = load_catalog()
-    name = cluster_name(cfg)
-    tags = cfg.common_tags
-    stack = resolve(cfg)  # once per program run; everything below gets this one
-    plan, workers = stack.plan, stack.workers
-    az = worker_availability_zone(cfg)
-
-    network = Network(
+    return Network(
         "net",
         NetworkArgs(
             name=name,
@@ -67,19 +69,25 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             vpc_cidr=cfg.vpc_cidr,
             availability_zone=az,
             endpoint_port=cfg.endpoint_port,
-            endpoint_cidrs=endpoint_ingress_cidrs(
-                cfg.endpoint_allowed_cidrs, cfg.endpoint_public, cfg.vpc_cidr
-            ),
+            endpoint_cidrs=endpoint_ingress_cidrs(cfg.endpoint_allowed_cidrs, cfg.endpoint_public, cfg.vpc_cidr),
             nat_gateway=cfg.nat_gateway,
             public_subnet=cfg.endpoint_public,
-            tags=tags,
+            tags=cfg.common_tags,
         ),
     )
+
+
+def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
+    from infra.components.iam import IamArgs, NodeIam
+    from infra.components.observability import Observability, ObservabilityArgs
+    from infra.components.secret_token import endpoint_token, ray_cluster_token
+    from infra.components.weights import Weights, WeightsArgs
+
+    tags = cfg.common_tags
+    network = _network(cfg, name, az)
     registry, image = registry_and_image(cfg)
     try:
-        weights = Weights(
-            "weights", WeightsArgs(name=name, model=cfg.model, weights_uri=cfg.weights_uri, tags=tags)
-        )
+        weights = Weights("weights", WeightsArgs(name=name, model=cfg.model, weights_uri=cfg.weights_uri, tags=tags))
     except ValueError as e:
         raise pulumi.RunError(str(e)) from None
     token = endpoint_token(cfg.stack, tags)
@@ -111,7 +119,14 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             tags=tags,
         ),
     )
-    cluster = Cluster(
+    return _Base(network, registry, image, weights, token, ray_token, iam, obs)
+
+
+def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
+    from infra.components.cluster import Cluster, ClusterArgs
+
+    cat = load_catalog()
+    return Cluster(
         "cluster",
         ClusterArgs(
             name=name,
@@ -122,50 +137,68 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
             replicas=cfg.replicas,
             head_type=cat.instances[cfg.head_instance_type],
             worker_type=cat.instances[cfg.gpu_instance_type],
-            workers=workers,
+            workers=stack.workers,
             checkpoint_gib=cat.models[cfg.model].checkpoint_gib,
-            subnet_id=network.private_subnet.id,
+            subnet_id=b.network.private_subnet.id,
             availability_zone=az,
-            cluster_sg_id=network.cluster_sg.id,
-            instance_profile=iam.profile.name,
-            image_ref=image.ref,
-            weights_s3_uri=weights.s3_uri,
+            cluster_sg_id=b.network.cluster_sg.id,
+            instance_profile=b.iam.profile.name,
+            image_ref=b.image.ref,
+            weights_s3_uri=b.weights.s3_uri,
             weights_path=cfg.weights_path,
             model_path=cfg.model_path,
-            token_parameter=token.parameter.name,
-            ray_token_parameter=ray_token.parameter.name,
+            token_parameter=b.token.parameter.name,
+            ray_token_parameter=b.ray_token.parameter.name,
             endpoint_port=cfg.endpoint_port,
             spot=cfg.spot,
             capacity_reservation_id=cfg.capacity_reservation_id,
             capacity_block_id=cfg.capacity_block_id,
             root_volume_gb=cfg.root_volume_gb,
-            tags=tags,
-            serve_config=serve_config_yaml(cfg, plan),
-            tensor_parallel_size=plan.tensor_parallel_size,
-            pipeline_parallel_size=plan.pipeline_parallel_size,
-            host_metrics=obs.host_metrics,
+            tags=cfg.common_tags,
+            serve_config=serve_config_yaml(cfg, stack.plan),
+            tensor_parallel_size=stack.plan.tensor_parallel_size,
+            pipeline_parallel_size=stack.plan.pipeline_parallel_size,
+            host_metrics=b.obs.host_metrics,
         ),
         # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
         # (depending on the IAM component waits for all of its children).
-        opts=pulumi.ResourceOptions(depends_on=[token.parameter, ray_token.parameter, network, iam, obs]),
+        opts=pulumi.ResourceOptions(
+            depends_on=[b.token.parameter, b.ray_token.parameter, b.network, b.iam, b.obs]
+        ),
     )
-    nlb_subnet = network.public_subnet if cfg.endpoint_public else network.private_subnet
-    endpoint = Endpoint(
+
+
+def _endpoint(cfg: StackConfig, name: str, b: _Base, head_id: pulumi.Output[str]):
+    from infra.components.endpoint import Endpoint, EndpointArgs
+
+    nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
+    return Endpoint(
         "endpoint",
         EndpointArgs(
             name=name,
-            vpc_id=network.vpc.id,
+            vpc_id=b.network.vpc.id,
             subnet_ids=[nlb_subnet.id],
-            security_group_id=network.endpoint_sg.id,
-            head_instance_id=cluster.head.id,
+            security_group_id=b.network.endpoint_sg.id,
+            head_instance_id=head_id,
             port=cfg.endpoint_port,
             internal=not cfg.endpoint_public,
             certificate_arn=cfg.endpoint_certificate_arn,
             dns_name=cfg.endpoint_dns_name,
             hosted_zone_id=cfg.endpoint_hosted_zone_id,
-            tags=tags,
+            tags=cfg.common_tags,
         ),
     )
+
+
+def build_aws(cfg: StackConfig) -> dict[str, Any]:
+    from infra.components.observability import observability_outputs
+
+    name = cluster_name(cfg)
+    stack = resolve(cfg)  # once per program run; everything below gets this one
+    az = worker_availability_zone(cfg)
+    b = _base(cfg, name, az)
+    cluster = _cluster(cfg, stack, name, az, b)
+    endpoint = _endpoint(cfg, name, b, cluster.head.id)
     return {
         "cluster_name": name,
         "region": cfg.region,
@@ -174,14 +207,17 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
         "head_private_ip": cluster.head.private_ip,
         "head_instance_id": cluster.head.id,
         "head_container": "llmfleet-head",
-        "worker_private_ips": pulumi.Output.all(*[w.private_ip for w in cluster.workers]),
-        "worker_instance_ids": pulumi.Output.all(*[w.id for w in cluster.workers]),
-        "image_ref": image.ref,
-        "token_parameter": token.parameter.name,
-        "ray_token_parameter": ray_token.parameter.name,
+        # Workers are Auto Scaling groups: their instances (ids, IPs) come and go without a
+        # `pulumi up`, so the stack names the groups; `llmfleet render cluster-yaml` looks the
+        # running workers up by the groups' tag.
+        "worker_private_ips": [],
+        "worker_groups": cluster.workers.group_names,
+        "image_ref": b.image.ref,
+        "token_parameter": b.token.parameter.name,
+        "ray_token_parameter": b.ray_token.parameter.name,
         "dashboard_port_forward_command": cluster.head.id.apply(lambda i: dashboard_command(i, cfg.region)),
-        "weights_uri": weights.s3_uri,
+        "weights_uri": b.weights.s3_uri,
         "ssh_user": SSH_USER,
-        **observability_outputs(obs, cfg.region),
-        **serving_outputs(cfg, plan, workers),
+        **observability_outputs(b.obs, cfg.region),
+        **serving_outputs(cfg, stack.plan, stack.workers),
     }

@@ -102,6 +102,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 primaryNetworkInterfaceId="eni-" + _h(name),
                 instanceState="running",
             )
+        elif t == "aws:ec2/launchTemplate:LaunchTemplate":
+            out.update(latestVersion=1, defaultVersion=1, name=inputs.get("name", name))
         elif t == "aws:ecr/repository:Repository":
             repo = inputs.get("name", name)
             out.update(

@@ -53,6 +53,9 @@ class StackOutputs(BaseModel):
     availability_zone: str | None = None
     head_instance_id: str | None = None
     worker_instance_ids: list[str] | None = None
+    # GPU workers are Auto Scaling groups (one per slot): their instances are looked up by the
+    # groups' `aws:autoscaling:groupName` tag when needed; worker_private_ips is then empty.
+    worker_groups: list[str] | None = None
     token_parameter: str | None = None
     ray_token_parameter: str | None = None
     dashboard_port_forward_command: str | None = None
