@@ -14,6 +14,8 @@ from typing import Any
 
 from pulumi_policy import PolicyResource
 
+from infra.worker_groups import GROUP, INSTANCE, LAUNCH_TEMPLATE, find_template, group_size, instance_view
+
 from ._props import UNKNOWN, get, is_unknown, plain, tags_of
 
 
@@ -24,6 +26,8 @@ class Res:
     urn: str
     props: dict[str, Any]
     raw: PolicyResource
+    # An instance an Auto Scaling group keeps running: the group it stands for.
+    group: Res | None = None
 
     @property
     def id(self) -> Any:
@@ -52,6 +56,18 @@ class StackView:
 
     def of_type(self, *types: str) -> list[Res]:
         return [r for r in self.resources if r.type in types]
+
+    def hosts(self) -> list[Res]:
+        """The EC2 instances, and each instance an Auto Scaling group keeps running (its launch
+        template's settings seen as an instance's, infra/worker_groups.py; type Instance)."""
+        templates = [(t.id, t.props) for t in self.of_type(LAUNCH_TEMPLATE)]
+        out = list(self.of_type(INSTANCE))
+        for g in self.of_type(GROUP):
+            props = instance_view(g.props, find_template(g.props, templates))
+            n = group_size(g.props)
+            for k in range(n):
+                out.append(Res(INSTANCE, g.name if n == 1 else f"{g.name}[{k}]", g.urn, props, g.raw, group=g))
+        return out
 
     def by_id(self, value: Any) -> Res | None:
         return self._by_id.get(value) if isinstance(value, str) else None

@@ -33,12 +33,13 @@ SSE_ALGORITHMS = ("AES256", "aws:kms", "aws:kms:dsse")
 
 
 def gpu_workers(view: StackView) -> list[Res]:
-    """Instances tagged llmfleet:role=worker, or, untagged, whose type has GPUs in the catalog."""
+    """Instances (and the instances of Auto Scaling groups) tagged llmfleet:role=worker, or,
+    untagged, whose type has GPUs in the catalog."""
     from infra.catalog import load_catalog
 
     instances = load_catalog().instances
     out = []
-    for inst in view.of_type(INSTANCE):
+    for inst in view.hosts():
         role = inst.tags.get("llmfleet:role")
         itype = inst.props.get("instanceType")
         has_gpu = isinstance(itype, str) and itype in instances and instances[itype].gpu is not None

@@ -78,7 +78,13 @@ def subnet_is_public(view: StackView, subnet: Res) -> bool | Any:
 
 
 def instance_subnets(view: StackView, inst: Res) -> list[Any]:
-    """The subnets an instance sits in: its subnetId, or those of the ENIs it attaches (EFA hosts)."""
+    """The subnets an instance sits in: its subnetId, or those of the ENIs it attaches (EFA hosts),
+    or, for an Auto Scaling group's instance, the group's subnets."""
+    if inst.group is not None:
+        return [
+            view.ref(inst.group, "vpcZoneIdentifiers", [SUBNET], value=s)
+            for s in as_list(inst.group.props.get("vpcZoneIdentifiers"))
+        ]
     if inst.props.get("subnetId") is not None:
         return [view.ref(inst, "subnetId", [SUBNET])]
     out = []
@@ -90,7 +96,7 @@ def instance_subnets(view: StackView, inst: Res) -> list[Any]:
 
 def _private_subnet(args: StackValidationArgs, report: ReportViolation) -> None:
     view = StackView.of(args.resources)
-    for inst in view.of_type(INSTANCE):
+    for inst in view.hosts():
         subnets = instance_subnets(view, inst)
         if not subnets:
             report(f"{inst.name}: no subnetId, so it lands in the default VPC's public subnet", inst.urn)

@@ -19,6 +19,8 @@ from . import _config
 from ._props import as_list, get, is_unknown, plain, tags_of
 
 INSTANCE = "aws:ec2/instance:Instance"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+HOSTS = (INSTANCE, LAUNCH_TEMPLATE)  # a launch template carries what the instances it launches get
 VOLUME = "aws:ebs/volume:Volume"
 ECR_REPO = "aws:ecr/repository:Repository"
 IAM_POLICY_TYPES = {
@@ -44,7 +46,7 @@ def _props(args: ResourceValidationArgs) -> dict[str, Any]:
 
 
 def _imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != INSTANCE:
+    if args.resource_type not in HOSTS:
         return
     tokens = get(_props(args), "metadataOptions", "httpTokens")
     if is_unknown(tokens):
@@ -53,7 +55,25 @@ def _imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
         report(f"metadataOptions.httpTokens is {tokens!r}; IMDSv2 needs 'required'")
 
 
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _template_encrypted(props: Mapping[str, Any], report: ReportViolation) -> None:
+    """A launch template's block devices carry `ebs.encrypted` as a string ("true")."""
+    for i, m in enumerate(as_list(props.get("blockDeviceMappings"))):
+        encrypted = get(m, "ebs", "encrypted")
+        if get(m, "virtualName") or is_unknown(encrypted):
+            continue  # an instance-store mapping has no EBS volume
+        if not _is_true(encrypted):
+            name = get(m, "deviceName", default=f"#{i}")
+            report(f"blockDeviceMappings[{i}] ({name}) ebs.encrypted is {encrypted!r}; every EBS device must be encrypted")
+
+
 def _ec2_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type == LAUNCH_TEMPLATE:
+        _template_encrypted(_props(args), report)
+        return
     if args.resource_type != INSTANCE:
         return
     props = _props(args)
@@ -70,6 +90,11 @@ def _ec2_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> Non
 
 
 def _no_public_ip(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type == LAUNCH_TEMPLATE:
+        for i, nic in enumerate(as_list(_props(args).get("networkInterfaces"))):
+            if _is_true(get(nic, "associatePublicIpAddress")):
+                report(f"networkInterfaces[{i}].associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only")
+        return
     if args.resource_type != INSTANCE:
         return
     public = _props(args).get("associatePublicIpAddress")
@@ -78,7 +103,7 @@ def _no_public_ip(args: ResourceValidationArgs, report: ReportViolation) -> None
 
 
 def _instance_type_allowed(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != INSTANCE:
+    if args.resource_type not in HOSTS:
         return
     itype = _props(args).get("instanceType")
     if itype is None or is_unknown(itype):
@@ -285,13 +310,13 @@ def _required_tags(args: ResourceValidationArgs, report: ReportViolation) -> Non
 RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
     ResourceValidationPolicy(
         name="ec2-imdsv2-required",
-        description="EC2 instances require IMDSv2 (metadataOptions.httpTokens = required).",
+        description="EC2 instances and launch templates require IMDSv2 (metadataOptions.httpTokens = required).",
         enforcement_level=EnforcementLevel.MANDATORY,
         validate=_imdsv2,
     ),
     ResourceValidationPolicy(
         name="ec2-ebs-encrypted",
-        description="EC2 root and EBS block devices are encrypted.",
+        description="EC2 root and EBS block devices (of instances and launch templates) are encrypted.",
         enforcement_level=EnforcementLevel.MANDATORY,
         validate=_ec2_encrypted,
     ),

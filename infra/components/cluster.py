@@ -30,7 +30,12 @@ from infra.boot.node_apply import launcher_user_data, node_parameter_name
 from infra.catalog import InstanceType
 from infra.components import recovery
 from infra.components.host_updates import REPLACE_FIELDS
-from infra.components.node_config import group_targets, instance_targets, node_script_parameter, rollout_association
+from infra.components.node_config import (
+    group_targets,
+    instance_targets,
+    node_script_parameter,
+    rollout_association,
+)
 from infra.components.workers import METADATA_OPTIONS, WorkerPool, WorkerPoolArgs, efa_cards
 
 BASE_ROOT_GB = 200  # OS + Docker + the vLLM image (~25 GB) + logs, with room for two image versions
