@@ -26,6 +26,7 @@ from infra.stack.config import ConfigError
 from infra.stack.files import load_config
 from infra.stack.resolve import resolve
 from policy.runner import run_for_stack, run_policies, stack_policy_config
+from tests.hosts import hosts
 
 BLOCK = "cr-0a1b2c3d4e5f60718"  # the block-h100 stack's placeholder
 NOW = dt.datetime(2026, 12, 2, 9, 0, tzinfo=dt.UTC)
@@ -41,11 +42,7 @@ def block_capture():
 def test_workers_launch_into_the_block():
     cap = block_capture()
     cfg = cap.config
-    workers = [
-        r
-        for r in cap.of_type("aws:ec2/instance:Instance")
-        if r["inputs"]["tags"]["llmfleet:role"] == "worker"
-    ]
+    workers = hosts(cap, "worker")
     assert len(workers) == resolve(cfg).plan.nodes == 2
     for w in workers:
         i = w["inputs"]
@@ -53,7 +50,8 @@ def test_workers_launch_into_the_block():
         assert i["capacityReservationSpecification"] == {
             "capacityReservationTarget": {"capacityReservationId": BLOCK}
         }
-        assert i["instanceType"] == "p5.48xlarge" and i["availabilityZone"] == "us-east-1a"
+        assert i["instanceType"] == "p5.48xlarge" and i["subnetId"] == cap.named("net-private")["id"]
+        assert cap.named("net-private")["inputs"]["availabilityZone"] == "us-east-1a"
         assert "placementGroup" not in i  # EC2 places a block's instances together itself
         assert i["tags"]["llmfleet:capacityBlock"] == BLOCK
     (head,) = [

@@ -1,4 +1,4 @@
-"""Cluster: head + N GPU workers under the recording mocks."""
+"""Cluster: head instance + N GPU worker slots (Auto Scaling groups of one) under the recording mocks."""
 
 from functools import cache
 
@@ -7,6 +7,7 @@ from infra.catalog import load_catalog
 from infra.components.cluster import BASE_ROOT_GB, root_volume_gb
 from infra.program.offline import capture
 from infra.stack.resolve import resolve
+from tests.hosts import groups, hosts, template
 from tests.node_scripts import node_script
 
 INST = "aws:ec2/instance:Instance"
@@ -19,10 +20,7 @@ def cap(stack, *overrides):
 
 
 def split(c):
-    insts = c.of_type(INST)
-    head = [i for i in insts if i["inputs"]["tags"]["llmfleet:role"] == "head"]
-    workers = [i for i in insts if i["inputs"]["tags"]["llmfleet:role"] == "worker"]
-    return head, workers
+    return hosts(c, "head"), hosts(c, "worker")
 
 
 def cluster_sg(c):
@@ -42,7 +40,13 @@ def test_prod_head_and_planner_count_of_efa_workers():
     sg, subnet = cluster_sg(c), c.named("net-private")["id"]
     [pg] = c.of_type("aws:ec2/placementGroup:PlacementGroup")
     assert pg["inputs"]["strategy"] == "cluster"
-    enis = {e["id"]: e["inputs"] for e in c.of_type(ENI)}
+    assert not c.of_type(ENI)  # the template creates the EFA interfaces at each launch
+    assert [h["type"] for h in c.of_type(INST)] == [INST]  # only the head is an instance
+    for g in groups(c):  # one instance per slot, replaced on a failed EC2 status check
+        gi = g["inputs"]
+        assert (gi["minSize"], gi["maxSize"], gi["desiredCapacity"]) == (1, 1, 1)
+        assert gi["healthCheckType"] == "EC2" and gi["vpcZoneIdentifiers"] == [subnet]
+        assert gi["launchTemplate"]["name"] == template(c)["inputs"]["name"]
     for w in workers:
         i = w["inputs"]
         assert i["metadataOptions"]["httpTokens"] == "required"
@@ -50,19 +54,18 @@ def test_prod_head_and_planner_count_of_efa_workers():
         assert i["rootBlockDevice"]["encrypted"] is True and i["rootBlockDevice"]["volumeType"] == "gp3"
         assert i.get("associatePublicIpAddress") is not True
         assert i["placementGroup"] == pg["inputs"]["name"]
-        assert i["availabilityZone"] == c.outputs["availability_zone"]
+        assert i["subnetId"] == subnet  # the private subnet, in the workers' AZ
         assert "instanceMarketOptions" not in i  # prod: on-demand
         tags = i["tags"]
         assert tags["llmfleet:stack"] == "prod" and tags["Project"] == "llmfleet"
         assert tags["llmfleet:model"] == "deepseek-r1" and tags["llmfleet:quantization"] == "fp8"
-        # EFA: one interface per EFA network card, in the private subnet, with the cluster SG
+        # EFA: one interface per EFA network card, with the cluster SG (the group gives the subnet)
         nics = i["networkInterfaces"]
         assert [n["networkCardIndex"] for n in nics] == [0, 1, 2, 3]
         assert [n["deviceIndex"] for n in nics] == [0, 1, 1, 1]
         for n in nics:
-            eni = enis[n["networkInterfaceId"]]
-            assert eni["interfaceType"] == "efa"
-            assert eni["securityGroups"] == [sg] and eni["subnetId"] == subnet
+            assert n["interfaceType"] == "efa" and n["securityGroups"] == [sg] and "subnetId" not in n
+        assert nics[0]["associatePublicIpAddress"] == "false"
         ud = node_script(c, "worker")
         assert f"--address {c.outputs['head_private_ip']}:6379" in ud
         assert "--num-gpus 8 --gpu-model L40S" in ud and "mdadm --create" in ud
@@ -85,8 +88,12 @@ def test_dev_spot_workers_without_efa_head_on_demand():
     w = workers[0]["inputs"]
     assert w["instanceType"] == "g6.xlarge"
     assert w["associatePublicIpAddress"] is False and w["vpcSecurityGroupIds"] == [cluster_sg(c)]
-    assert "networkInterfaces" not in w
-    assert w["instanceMarketOptions"]["marketType"] == "spot"
+    assert [n.get("interfaceType") for n in w["networkInterfaces"]] == [None]  # one plain interface
+    # Under a group, Spot is one-time + terminate: the group requests the replacement.
+    assert w["instanceMarketOptions"] == {
+        "marketType": "spot",
+        "spotOptions": {"spotInstanceType": "one-time", "instanceInterruptionBehavior": "terminate"},
+    }
     assert "instanceMarketOptions" not in head["inputs"]
     assert not c.of_type(ENI)
 

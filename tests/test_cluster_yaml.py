@@ -21,25 +21,69 @@ OUTPUTS_FILE = DATA / "stack_outputs_prod.json"
 runner = CliRunner()
 
 
+WORKERS = [("10.42.0.11", "i-13f2830c39a84541c"), ("10.42.0.12", "i-5d5d3573775d033c9"), ("10.42.0.13", "i-6723b75268abf6c7c")]
+
+
 @pytest.fixture
 def outputs() -> dict:
-    return json.loads(OUTPUTS_FILE.read_text())
+    """The outputs as cluster.yaml sees them once the running workers are known (the AWS
+    program names worker groups; `render` looks their instances up, see the moto test)."""
+    o = json.loads(OUTPUTS_FILE.read_text())
+    del o["worker_groups"]
+    o["worker_private_ips"] = [ip for ip, _ in WORKERS]
+    o["worker_instance_ids"] = [iid for _, iid in WORKERS]
+    return o
 
 
-def test_outputs_file_workers_land_in_worker_ips(tmp_path):
-    out = tmp_path / "cluster.yaml"
-    res = runner.invoke(
-        app, ["render", "cluster-yaml", "--stack", "prod", "--outputs", str(OUTPUTS_FILE), "-o", str(out)]
-    )
+def _moto_worker_groups(moto, groups: list[str]) -> dict[str, str]:
+    """One Auto Scaling group of one per name (as the program makes them), plus another
+    group's instance, which the lookup must skip. -> {ip: instance id}, in group order."""
+    ec2, asg = moto("ec2"), moto("autoscaling")
+    ami = "ami-0123456789abcdef0"  # moto does not validate AMIs (listing its catalog takes seconds)
+    ec2.create_launch_template(LaunchTemplateName="workers", LaunchTemplateData={"ImageId": ami, "InstanceType": "m7i.large"})
+    for g in [*groups, "someone-elses-group"]:
+        asg.create_auto_scaling_group(
+            AutoScalingGroupName=g,
+            LaunchTemplate={"LaunchTemplateName": "workers", "Version": "$Latest"},
+            MinSize=1,
+            MaxSize=1,
+            DesiredCapacity=1,
+            AvailabilityZones=["us-east-1a"],
+        )
+    mine = {}
+    for r in ec2.describe_instances()["Reservations"]:
+        for i in r["Instances"]:
+            tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+            if tags.get("aws:autoscaling:groupName") in groups:
+                mine[tags["aws:autoscaling:groupName"]] = (i["PrivateIpAddress"], i["InstanceId"])
+    assert sorted(mine) == sorted(groups)
+    return dict(mine[g] for g in groups)
+
+
+def test_outputs_file_workers_are_the_groups_running_instances(tmp_path, monkeypatch):
+    """The AWS outputs name the worker groups; render asks EC2 for their running instances by
+    the aws:autoscaling:groupName tag (a replaced worker shows up with its new IP and id)."""
+    import boto3
+    from moto import mock_aws
+
+    from tests.moto_fixtures import DUMMY_CREDS
+
+    want = json.loads(OUTPUTS_FILE.read_text())
+    assert want["worker_private_ips"] == [] and len(want["worker_groups"]) == 3
+    for k, v in DUMMY_CREDS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        workers = _moto_worker_groups(lambda svc: boto3.client(svc, region_name="us-east-1"), want["worker_groups"])
+        out = tmp_path / "cluster.yaml"
+        res = runner.invoke(
+            app, ["render", "cluster-yaml", "--stack", "prod", "--outputs", str(OUTPUTS_FILE), "-o", str(out)]
+        )
     assert res.exit_code == 0, res.output
     doc = yaml.safe_load(out.read_text())
-    want = json.loads(OUTPUTS_FILE.read_text())
-    assert len(want["worker_private_ips"]) == 3
-    assert doc["provider"] == {
-        "type": "local",
-        "head_ip": want["head_private_ip"],
-        "worker_ips": want["worker_private_ips"],
-    }
+    assert doc["provider"] == {"type": "local", "head_ip": want["head_private_ip"], "worker_ips": list(workers)}
+    proxy = doc["auth"]["ssh_proxy_command"]
+    assert all(f"{ip}) t={iid} ;;" in proxy for ip, iid in workers.items())
     assert doc["docker"]["image"] == want["image_ref"]
     # The written file passes Ray's validator and the first step of `ray up`.
     from ray.autoscaler._private.commands import _bootstrap_config
@@ -65,7 +109,8 @@ def test_offline_prod_renders_and_validates(tmp_path):
     assert "offline placeholders" in res.stderr
     doc = yaml.safe_load(out.read_text())
     cy.validate_with_ray(doc)
-    assert len(doc["provider"]["worker_ips"]) == 3  # the planner's node count for prod
+    # Offline there are no worker instances to look up (they are the groups'): the head only.
+    assert doc["provider"]["worker_ips"] == [] and doc["max_workers"] == 0
     assert "ssh_proxy_command" in doc["auth"]
 
 

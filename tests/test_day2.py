@@ -1,9 +1,11 @@
 """Day 2 under the offline engine: which change replaces a host and which updates it in place.
 
-The replace-triggering inputs of an instance are the ones the program names in its
-`replace_on_changes` (infra/components/host_updates.py, recorded by the capture). A change is
-"in place" when those inputs of every worker are the same before and after it; the README's
-change -> effect table is CHANGE_EFFECTS, and each case below checks one of its rows.
+The replace-triggering inputs of the head instance are the ones the program names in its
+`replace_on_changes` (infra/components/host_updates.py, recorded by the capture). A worker is an
+Auto Scaling group of one: its replace-triggering inputs are every input of the launch template
+(a new version starts the group's instance refresh) plus the group's own `replace_on_changes`.
+A change is "in place" when those inputs of every worker are the same before and after it; the
+README's change -> effect table is CHANGE_EFFECTS, and each case below checks one of its rows.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ import pulumi
 import pytest
 
 from infra.boot.node_apply import node_parameter_name
-from infra.components.host_updates import CHANGE_EFFECTS, INSTANCE_FIELDS, REPLACE_FIELDS
+from infra.components.host_updates import (
+    CHANGE_EFFECTS,
+    GROUP_REPLACE_FIELDS,
+    INSTANCE_FIELDS,
+    LAUNCH_TEMPLATE_FIELDS,
+    REPLACE_FIELDS,
+)
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
+from infra.worker_groups import find_template
+from tests.hosts import groups, hosts, template
 from tests.node_scripts import node_script
 
 INST = "aws:ec2/instance:Instance"
+# Launch template inputs that are not launch data (no new version when they change).
+TEMPLATE_METADATA = {"name", "description", "tags", "updateDefaultVersion"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,14 +48,24 @@ def cap(stack: str, *overrides: str):
     return capture(stack, overrides)
 
 
-def hosts(c, role: str) -> list[dict]:
-    return [i for i in c.of_type(INST) if i["inputs"]["tags"]["llmfleet:role"] == role]
-
-
 def replace_view(inst: dict) -> dict:
     """The inputs whose change replaces this instance, as the program declares them."""
     assert inst["replace_on_changes"] == REPLACE_FIELDS, inst["name"]
     return {k: inst["inputs"].get(k) for k in inst["replace_on_changes"]}
+
+
+def worker_replace_view(c, group: dict) -> dict:
+    """The inputs whose change replaces a worker slot's instance: its launch template's (every
+    one is launch data; any change is a new version, which the group rolls out by instance
+    refresh) and the group's own replace_on_changes."""
+    assert group["replace_on_changes"] == GROUP_REPLACE_FIELDS, group["name"]
+    lt = find_template(group["inputs"], [(t["id"], t["inputs"]) for t in c.of_type(template(c)["type"])])
+    assert lt is not None, group["name"]
+    assert set(lt) - TEMPLATE_METADATA <= set(LAUNCH_TEMPLATE_FIELDS), "a template input missing from the table"
+    return {
+        **{f"template.{k}": lt.get(k) for k in LAUNCH_TEMPLATE_FIELDS},
+        **{k: group["inputs"].get(k) for k in group["replace_on_changes"]},
+    }
 
 
 def rollout_command(c, role: str) -> str:
@@ -64,8 +86,11 @@ def _replaced(row) -> bool:
 
 
 def _assert_effect(before, after, row, *, script_changes: set[str]):
-    workers_before, workers_after = hosts(before, "worker"), hosts(after, "worker")
-    same = [replace_view(a) == replace_view(b) for a, b in zip(workers_before, workers_after, strict=False)]
+    workers_before, workers_after = groups(before), groups(after)
+    same = [
+        worker_replace_view(before, b) == worker_replace_view(after, a)
+        for b, a in zip(workers_before, workers_after, strict=False)
+    ]
     if _replaced(row):
         assert not any(same), f"{row[0]}: expected every worker replaced"
         return
@@ -82,6 +107,19 @@ def test_replace_fields_are_the_declared_replace_rows():
     assert set(REPLACE_FIELDS) == {k for k, (e, _) in INSTANCE_FIELDS.items() if e == "replace"}
     assert {"instanceType", "ami", "subnetId", "rootBlockDevice", "userData"} <= set(REPLACE_FIELDS)
     assert "tags" not in REPLACE_FIELDS  # the model / maxModelLen tags update in place
+    assert "tags" not in GROUP_REPLACE_FIELDS and "launchTemplate" not in GROUP_REPLACE_FIELDS
+
+
+def test_a_new_template_version_replaces_the_slot_instance_by_instance_refresh():
+    c = cap("prod")
+    lt = template(c)
+    for g in groups(c):
+        i = g["inputs"]
+        # The group follows the template's latest version: a new version is a group update,
+        # which the provider turns into an instance refresh (terminate, then launch).
+        assert i["launchTemplate"] == {"name": lt["inputs"]["name"], "version": str(lt["outputs"]["latestVersion"])}
+        assert i["instanceRefresh"]["strategy"] == "Rolling"
+        assert i["instanceRefresh"]["preferences"]["minHealthyPercentage"] == 0
 
 
 def test_max_model_len_changes_the_serve_config_in_place():
@@ -127,48 +165,59 @@ def test_gpu_instance_type_replaces_the_workers():
 
 def test_the_rollout_is_rolling_and_stops_on_a_failure():
     c = cap("prod")
-    workers = {w["id"] for w in hosts(c, "worker")}
+    names = sorted(g["inputs"]["name"] for g in groups(c))
+    assert names == sorted(c.outputs["worker_groups"]) and len(names) == 3
     for assoc in c.of_type("aws:ssm/association:Association"):
         i = assoc["inputs"]
         assert (i["maxConcurrency"], i["maxErrors"], i["name"]) == ("1", "0", "AWS-RunShellScript")
         if i["tags"]["llmfleet:role"] == "worker":
-            assert set(i["targets"][0]["values"]) == workers
+            # By the tag EC2 Auto Scaling sets: a replacement worker is a target when it registers.
+            assert i["targets"] == [{"key": "tag:aws:autoscaling:groupName", "values": names}]
+        else:
+            assert i["targets"] == [{"key": "InstanceIds", "values": [hosts(c, "head")[0]["id"]]}]
 
 
 def test_user_data_is_only_the_boot_contract():
     c = cap("prod")
-    for inst in c.of_type(INST):
+    assert len(hosts(c)) == 4
+    for inst in hosts(c):
         ud = inst["inputs"]["userData"]
         assert c.outputs["image_ref"] not in ud and "s3://" not in ud and "serve" not in ud.lower()
         role = inst["inputs"]["tags"]["llmfleet:role"]
         assert f"llmfleet-apply {node_parameter_name('prod', role)} boot" in ud
 
 
-def test_every_prod_instance_has_a_status_alarm_and_the_head_auto_recovery():
+def test_prod_head_recovers_and_every_worker_is_replaced_by_its_group():
+    """#14 "failed hosts come back": the head (EBS only) by EC2 recovery, each GPU worker
+    (instance-store NVMe, which EC2 cannot recover) by its Auto Scaling group's replacement."""
     c = cap("prod")
-    alarms = {
-        a["inputs"]["dimensions"]["InstanceId"]: a["inputs"]
-        for a in c.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
-    }
-    for inst in c.of_type(INST):
-        alarm = alarms[inst["id"]]
-        role = inst["inputs"]["tags"]["llmfleet:role"]
-        if role == "head":  # EBS-only: EC2 recovers it (same id, IP and volumes) on new hardware
-            assert inst["inputs"]["maintenanceOptions"] == {"autoRecovery": "default"}
-            assert alarm["alarmActions"] == ["arn:aws:automate:us-east-1:ec2:recover"]
-            assert alarm["metricName"] == "StatusCheckFailed_System"
-        else:  # instance-store NVMe: EC2 rejects recover; reboot keeps the staged weights
-            assert "maintenanceOptions" not in inst["inputs"]
-            assert alarm["alarmActions"] == ["arn:aws:automate:us-east-1:ec2:reboot"]
-            assert alarm["metricName"] == "StatusCheckFailed_Instance"
+    alarms = [a["inputs"] for a in c.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")]
+    [head] = c.of_type(INST)  # the only instance
+    assert head["inputs"]["tags"]["llmfleet:role"] == "head"
+    assert head["inputs"]["maintenanceOptions"] == {"autoRecovery": "default"}
+    [recover] = [a for a in alarms if a.get("dimensions", {}).get("InstanceId") == head["id"]]
+    assert recover["alarmActions"] == ["arn:aws:automate:us-east-1:ec2:recover"]
+    assert recover["metricName"] == "StatusCheckFailed_System"
+    workers = groups(c)
+    assert len(workers) == len(hosts(c, "worker")) == c.outputs["workers"] == 3
+    for g in workers:
+        i = g["inputs"]
+        # EC2 health checks: a failed status check makes the instance unhealthy; the group
+        # terminates it and launches a new one from the template (boot contract -> weights -> Ray).
+        assert i["healthCheckType"] == "EC2" and i["minSize"] == i["maxSize"] == i["desiredCapacity"] == 1
+        [slot] = [a for a in alarms if a.get("dimensions", {}).get("AutoScalingGroupName") == i["name"]]
+        assert slot["metricName"] == "GroupInServiceInstances" and "GroupInServiceInstances" in i["enabledMetrics"]
+    # Instance-store types: EC2 would reject auto-recovery in the template.
+    assert "maintenanceOptions" not in template(c)["inputs"]
 
 
-def test_spot_workers_persist_and_stop_on_interruption():
+def test_spot_workers_are_one_time_and_the_group_replaces_them():
     c = cap("dev")
+    assert len(groups(c)) == 2
     for w in hosts(c, "worker"):
         assert w["inputs"]["instanceMarketOptions"] == {
             "marketType": "spot",
-            "spotOptions": {"spotInstanceType": "persistent", "instanceInterruptionBehavior": "stop"},
+            "spotOptions": {"spotInstanceType": "one-time", "instanceInterruptionBehavior": "terminate"},
         }
 
 

@@ -11,6 +11,8 @@ import infra.program as program
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
 from infra.stack.resolve import resolve
+from infra.worker_groups import group_instances
+from tests.hosts import hosts
 
 OUTPUTS = {
     "endpoint_url",
@@ -30,7 +32,7 @@ OUTPUTS = {
     "max_model_len",
     "region",
     "head_instance_id",
-    "worker_instance_ids",
+    "worker_groups",
     "ssh_user",
 }
 REQUIRED_TYPES = [
@@ -48,6 +50,8 @@ REQUIRED_TYPES = [
     "aws:iam/instanceProfile:InstanceProfile",
     "aws:iam/policy:Policy",
     "aws:ec2/instance:Instance",
+    "aws:ec2/launchTemplate:LaunchTemplate",
+    "aws:autoscaling/group:Group",
     "aws:lb/loadBalancer:LoadBalancer",
     "aws:lb/targetGroup:TargetGroup",
     "aws:lb/listener:Listener",
@@ -68,11 +72,7 @@ def test_preview_json_prod_lists_everything():
     types_ = [r["type"] for r in doc["resources"]]
     for t in REQUIRED_TYPES:
         assert t in types_, t
-    workers = [
-        r
-        for r in doc["resources"]
-        if r["type"] == "aws:ec2/instance:Instance" and r["inputs"]["tags"]["llmfleet:role"] == "worker"
-    ]
+    workers = [w for w in group_instances(doc["resources"]) if w["inputs"]["tags"]["llmfleet:role"] == "worker"]
     assert [w["inputs"]["instanceType"] for w in workers] == ["g6e.48xlarge"] * 3
     assert OUTPUTS <= set(doc["outputs"])
 
@@ -83,13 +83,12 @@ def test_preview_json_prod_lists_everything():
 )
 def test_dev_and_staging_shapes(stack, itype, n, tp, pp, replicas):
     c = capture(stack)
-    workers = [
-        r for r in c.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "worker"
-    ]
+    workers = hosts(c, "worker")
     assert [w["inputs"]["instanceType"] for w in workers] == [itype] * n
     assert (c.outputs["tensor_parallel_size"], c.outputs["pipeline_parallel_size"]) == (tp, pp)
     assert c.outputs["cluster_name"] == f"llmfleet-{stack}"
-    assert len(c.outputs["worker_private_ips"]) == n
+    # Workers are Auto Scaling groups: the stack names them; their instances are looked up live.
+    assert c.outputs["worker_private_ips"] == [] and len(c.outputs["worker_groups"]) == n
     # workerCount = replicas x nodes per replica; each worker says which replica count it serves
     assert c.outputs["replicas"] == replicas and c.outputs["workers"] == replicas * pp
     assert {w["inputs"]["tags"]["llmfleet:replicas"] for w in workers} == {str(replicas)}
@@ -99,9 +98,7 @@ def test_dev_and_staging_shapes(stack, itype, n, tp, pp, replicas):
 
 def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
     c = capture("prod", ["llmfleet:replicas=2"])
-    workers = [
-        r for r in c.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "worker"
-    ]
+    workers = hosts(c, "worker")
     assert len(workers) == 6 and c.outputs["pipeline_parallel_size"] == 3  # 2 replicas x PP 3
     from infra.stack import serving
 
@@ -159,9 +156,14 @@ def test_hosts_boot_after_what_they_read_at_boot():
     from infra.program.offline import capture
 
     cap = capture("prod")
-    hosts = [r for r in cap.resources if r["type"] == "aws:ec2/instance:Instance"]
-    assert len(hosts) == 4
-    for host in hosts:
+    # The head instance, the worker launch template and each worker group (what launches a worker).
+    boots = [
+        r
+        for r in cap.resources
+        if r["type"] in ("aws:ec2/instance:Instance", "aws:ec2/launchTemplate:LaunchTemplate", "aws:autoscaling/group:Group")
+    ]
+    assert len(boots) == 5
+    for host in boots:
         deps = {d.rsplit("::", 1)[-1] for d in host["dependencies"]}
         assert {
             "iam-node-policy-attach",

@@ -4,6 +4,7 @@ import pytest
 
 from infra.components.secret_token import RAY_TOKEN_LENGTH, ray_token_parameter_name
 from infra.program.offline import capture
+from tests.hosts import hosts
 from tests.node_scripts import node_script
 
 
@@ -27,7 +28,7 @@ def test_one_random_token_in_its_own_secure_string(cap):
 
 
 def test_every_host_reads_it_and_no_token_value_is_in_user_data(cap):
-    instances = cap.of_type("aws:ec2/instance:Instance")
+    instances = hosts(cap)
     roles = sorted(i["inputs"]["tags"]["llmfleet:role"] for i in instances)
     assert roles == ["head", "worker", "worker", "worker"]
     # The offline engine's RandomPassword results (mock-<hash>): none may reach any user data.

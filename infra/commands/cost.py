@@ -126,6 +126,7 @@ def price_stack(
     from infra.program.offline import capture
     from infra.stack.files import load_config
     from infra.stack.resolve import resolve
+    from infra.worker_groups import with_group_instances
 
     usage = usage or usage_mod.Usage()
     states: cost_preview.PreviewStates | None = None
@@ -140,7 +141,8 @@ def price_stack(
     book = _book(region, live)
     block_ids = {
         rid
-        for r in resources + (states.past if states else [])
+        # with_group_instances: a worker group's instances launch into the block, as instances did
+        for r in with_group_instances(resources + (states.past if states else []))
         if r.get("type") == "aws:ec2/instance:Instance"
         and (rid := cost_resources.capacity_block_target(r.get("inputs") or {}))
     }

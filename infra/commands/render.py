@@ -76,6 +76,26 @@ def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] |
     return cap.outputs, cap.config
 
 
+def _running_workers(outs: dict[str, Any]) -> dict[str, Any]:
+    """AWS: the workers are Auto Scaling groups; their running instances come from EC2 now."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from infra.worker_lookup import with_running_workers
+
+    try:
+        filled = with_running_workers(outs, boto3.client("ec2", region_name=outs.get("region")))
+    except (BotoCoreError, ClientError) as e:
+        fail(f"looking up the running workers of {', '.join(outs['worker_groups'])}: {e}")
+    if not filled["worker_private_ips"]:
+        err_console.print(
+            "note: no running worker instances in the worker groups; cluster.yaml lists the head only",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return filled
+
+
 def _emit(doc: dict[str, Any], out: Path | None, what: str) -> None:
     from infra.rayconf.serve_config import to_yaml
 
@@ -113,6 +133,8 @@ def register(app: typer.Typer) -> None:
         from infra.rayconf.cluster_yaml import RenderError, render_validated
 
         outs, _cfg = _outputs_and_config(stack, outputs, config, offline)
+        if outputs is not None and outs.get("worker_groups"):
+            outs = _running_workers(outs)
         try:
             doc = render_validated(outs, ssh_private_key=ssh_private_key)
         except RenderError as e:

@@ -76,7 +76,7 @@ def slot_alarm(
 ) -> aws.cloudwatch.MetricAlarm:
     """ALARM when a worker slot's group has had no instance in service for 30 minutes."""
     return aws.cloudwatch.MetricAlarm(
-        f"{name}-in-service-alarm",
+        f"{name}-status-alarm",
         alarm_description="llmfleet: a worker slot has had no instance in service for 30 minutes "
         "(its Auto Scaling group cannot replace the worker: capacity, spot, or a failing launch)",
         namespace="AWS/AutoScaling",

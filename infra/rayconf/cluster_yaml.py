@@ -13,7 +13,12 @@ small `sh -c` script with the stack's IP -> instance-id table embedded; an unkno
 with a message instead of connecting anywhere. For `provider: existing` hosts (no instance ids)
 it is plain SSH to the declared addresses.
 
-Inputs are the stack outputs alone (`pulumi stack output --json` or the offline engine).
+Inputs are the stack outputs (`pulumi stack output --json` or the offline engine). On AWS the
+GPU workers are Auto Scaling groups whose instances change without a `pulumi up`: the outputs
+name the groups (`worker_groups`) and the caller fills `worker_private_ips` /
+`worker_instance_ids` with the running ones (infra/worker_lookup.py) or leaves them empty (a
+head-only cluster.yaml: `ray attach/exec/submit/dashboard` only reach the head, and workers
+join on their own).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class ClusterOutputs(BaseModel):
 
     cluster_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     head_private_ip: str
-    worker_private_ips: list[str] = Field(min_length=1)
+    worker_private_ips: list[str]
     image_ref: str
     gpus_per_worker: int = Field(ge=1)
     gpu_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -65,6 +70,7 @@ class ClusterOutputs(BaseModel):
     region: str | None = None
     head_instance_id: str | None = None
     worker_instance_ids: list[str] | None = None
+    worker_groups: list[str] | None = None  # AWS: the worker slots' Auto Scaling groups
     # provider: existing may export SSH addresses that differ from the private IPs.
     head_address: str | None = None
     worker_addresses: list[str] | None = None
@@ -95,6 +101,10 @@ class ClusterOutputs(BaseModel):
 
     @model_validator(mode="after")
     def _ids(self) -> ClusterOutputs:
+        if self.worker_groups is None and not self.worker_private_ips:
+            raise ValueError("worker_private_ips: allowed: at least one worker IP (or worker_groups on AWS)")
+        if self.worker_groups is not None and self.worker_instance_ids is None:
+            self.worker_instance_ids = []  # none running, or not looked up
         if (self.head_instance_id is None) != (self.worker_instance_ids is None):
             raise ValueError("head_instance_id and worker_instance_ids come together (AWS) or not at all")
         if self.worker_instance_ids is not None:
