@@ -337,9 +337,9 @@ def test_preview_at_80_columns_keeps_types_and_names_whole(monkeypatch):
 
 def test_preview_output_key_prints_one_value_whole(monkeypatch):
     _masked_digest(monkeypatch)
-    result = run("preview", "--stack", "prod", "--output", "worker_private_ips")
+    result = run("preview", "--stack", "prod", "--output", "worker_groups")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == ["10.42.0.11", "10.42.0.12", "10.42.0.13"]
+    assert json.loads(result.stdout) == [f"llmfleet-prod-worker-{i}" for i in range(3)]
     bad = run("preview", "--stack", "prod", "--output", "endpoint_ur")
     assert bad.exit_code == 2 and "did you mean endpoint_url?" in bad.stderr
 
@@ -365,8 +365,8 @@ def test_plan_at_80_columns():
 
 
 def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
-    """The real pack on prod's real capture with one worker made non-compliant (IMDSv1 and an
-    unencrypted root volume): the pack's two longest-named resource policies fire."""
+    """The real pack on prod's real capture with the workers' launch template made non-compliant
+    (IMDSv1 and an unencrypted root volume): the pack's two longest-named resource policies fire."""
     import copy
 
     from rich.console import Console
@@ -377,20 +377,20 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
 
     cap = capture("prod", [])
     resources = copy.deepcopy(cap.resources)
-    worker = next(r for r in resources if r["name"] == "cluster-worker-0")
-    worker["inputs"]["rootBlockDevice"]["encrypted"] = False
-    worker["inputs"]["metadataOptions"]["httpTokens"] = "optional"
+    template = next(r for r in resources if r["name"] == "cluster-worker")
+    template["inputs"]["blockDeviceMappings"][0]["ebs"]["encrypted"] = "false"
+    template["inputs"]["metadataOptions"]["httpTokens"] = "optional"
     report = run_policies(resources, stack_policy_config(cap.config))
     assert {(v.policy, v.resource) for v in report.violations} == {
-        ("ec2-imdsv2-required", "cluster-worker-0"),
-        ("ec2-ebs-encrypted", "cluster-worker-0"),
+        ("ec2-imdsv2-required", "cluster-worker"),
+        ("ec2-ebs-encrypted", "cluster-worker"),
         ("endpoint-tls-internal", "endpoint-listener"),  # advisory: prod's internal NLB has no TLS
     }
     console = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(violations_table("prod", report))
     text = console.export_text()
     cells = {c.strip() for ln in text.splitlines() for c in ln.split("│")}
-    assert {"ec2-imdsv2-required", "ec2-ebs-encrypted", "cluster-worker-0"} <= cells
+    assert {"ec2-imdsv2-required", "ec2-ebs-encrypted", "cluster-worker"} <= cells
     assert_snapshot("cli_policy_violations_80.txt", text)
     clean = run("policy", "--stack", "prod")
     # prod as shipped: no mandatory violation; the one advisory is its internal endpoint without TLS
