@@ -100,6 +100,8 @@ def tags_of(props: Mapping[str, Any]) -> dict[str, Any] | Any:
     known = False
     for key in ("tagsAll", "tags"):
         value = props.get(key)
+        if isinstance(value, list) and all(isinstance(t, Mapping) and "key" in t for t in value):
+            value = {t["key"]: t.get("value") for t in value}  # an Auto Scaling group's tag list
         if isinstance(value, Mapping):
             merged.update(value)
             known = True

@@ -270,6 +270,7 @@ TAGGABLE_TYPES = {
     "aws:ec2/vpcEndpoint:VpcEndpoint",
     "aws:ec2/placementGroup:PlacementGroup",
     "aws:ec2/launchTemplate:LaunchTemplate",
+    "aws:autoscaling/group:Group",
     "aws:iam/role:Role",
     "aws:iam/policy:Policy",
     "aws:iam/instanceProfile:InstanceProfile",

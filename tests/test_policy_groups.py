@@ -66,6 +66,7 @@ ALL = [
     "gpu-fit",
     "worker-placement",
     "monthly-budget",
+    "required-tags",
 ]
 
 
@@ -133,3 +134,10 @@ def test_placement_and_private_subnet_follow_the_groups():
     s = group_stack()
     set_input(s, "private", mapPublicIpOnLaunch=True)
     assert any("worker-0: subnet private is public" in m for m in _messages(run(s, "ec2-private-subnet")))
+
+
+def test_required_tags_read_the_groups_tag_list():
+    s = group_stack()
+    set_input(s, "worker-1", tags=[{"key": "Project", "value": "llmfleet", "propagateAtLaunch": True}])
+    [v] = run(s, "required-tags").violations
+    assert v.resource == "worker-1" and "llmfleet:stack" in v.message
