@@ -5,6 +5,7 @@ import json
 from infra.components.iam import SSM_CORE_POLICY, node_policy_document
 from infra.program.offline import capture
 from policy.resources import iam_document_problems
+from tests.hosts import hosts
 
 
 def test_captured_policy_scoped_to_repo_prefix_and_parameter():
@@ -56,7 +57,8 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter():
     assert arns == {SSM_CORE_POLICY, pol["outputs"]["arn"], c.named("observability-policy")["outputs"]["arn"]}
     [profile] = c.of_type("aws:iam/instanceProfile:InstanceProfile")
     assert profile["inputs"]["role"] == role["outputs"]["name"]
-    for inst in c.of_type("aws:ec2/instance:Instance"):
+    assert len(hosts(c)) == 4  # the head and each worker group's instance (its launch template)
+    for inst in hosts(c):
         assert inst["inputs"]["iamInstanceProfile"] == profile["outputs"]["name"]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from infra.components.image import cache_tag, context_hash, image_tag
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
+from tests.hosts import hosts
 from tests.node_scripts import node_script
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -112,7 +113,7 @@ def test_the_image_context_is_images_and_ray_cluster_and_dockerignore_agrees():
 
 def _hosts_view(c) -> dict:
     """What reaches the hosts: the image reference, every instance's user data and the node scripts."""
-    inst = {r["name"]: r["inputs"].get("userData") for r in c.of_type("aws:ec2/instance:Instance")}
+    inst = {r["name"]: r["inputs"].get("userData") for r in hosts(c)}
     img = c.named("node-image")
     scripts = {role: node_script(c, role) for role in ("head", "worker")}
     return {"image_tags": img["inputs"]["tags"], "user_data": inst, "node_scripts": scripts}

@@ -7,6 +7,7 @@ import pytest
 from infra.components.network import INTERFACE_SERVICES, endpoint_ingress_cidrs, subnet_cidrs
 from infra.program.offline import capture
 from policy.network import sensitive_ports_in
+from tests.hosts import hosts
 
 IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EG = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
@@ -83,9 +84,10 @@ def test_public_endpoint_admits_only_configured_cidrs():
     public = c.named("net-public")["inputs"]
     assert public["mapPublicIpOnLaunch"] is False
     assert c.of_type("aws:ec2/internetGateway:InternetGateway")
-    # instances never sit in the public subnet
-    for inst in c.of_type("aws:ec2/instance:Instance"):
-        assert inst["inputs"].get("subnetId") in (None, c.named("net-private")["id"])
+    # hosts (the head and the worker groups' instances) never sit in the public subnet
+    assert len(hosts(c)) == 4
+    for inst in hosts(c):
+        assert inst["inputs"].get("subnetId") == c.named("net-private")["id"]
 
 
 def test_nat_gateway_only_on_request():

@@ -8,9 +8,11 @@ apitype.ResourceV3; secrets blinded as "[secret]", computed values of the new st
 unknown sentinel 04da6b54-...).
 
 The update: prod was deployed with spot workers and a NAT gateway; the new config runs the
-workers on-demand with 300 GB roots and drops the NAT. Workers are replaced (the market
-options force it), the head is updated in place (its root volume grows), the NAT gateway,
-its EIP, the internet gateway, public subnet and routes are deleted, the rest is the same.
+workers on-demand with 300 GB roots and drops the NAT. The workers' launch template gets a new
+version (market options and root volume) and each worker group follows it (its instance is then
+replaced by instance refresh, which a preview does not show), the head is updated in place (its
+root volume grows), the NAT gateway, its EIP, the internet gateway, public subnet and routes are
+deleted, the rest is the same.
 
     PYTHONPATH=. python tests/data/make_preview_update.py
 """
@@ -37,7 +39,13 @@ PROVIDERS = {
     "random": ("default_4_18_3", "0c5a2c8e-1c7e-4a52-8d34-2e3f1b6a7d90", "4.18.3"),
     "docker-build": ("default_0_0_12", "9f3e2d1c-5b4a-4c3d-8e2f-1a0b9c8d7e6f", "0.0.12"),
 }
-REPLACE_KEYS = {"instanceMarketOptions", "instanceType", "availabilityZone", "subnetId", "userData"}
+# What the provider replaces a resource on, per type (others: every change is an update). A
+# launch template change is a new version; a worker group is replaced only when it moves subnet.
+REPLACE_KEYS_BY_TYPE = {
+    "aws:ec2/instance:Instance": {"instanceMarketOptions", "instanceType", "availabilityZone", "subnetId", "userData"},
+    "aws:autoscaling/group:Group": {"vpcZoneIdentifiers"},
+}
+TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 
 
 def urn(rest: str) -> str:
@@ -131,6 +139,9 @@ def main() -> None:
         steps.append(
             {"op": "same", "urn": purn, "oldState": pstate, "newState": pstate, "detailedDiff": None}
         )
+    template_changed = any(
+        r["type"] == TEMPLATE and u in old_by and old_by[u]["inputs"] != r["inputs"] for u, r in new_by.items()
+    )
     for u, rec in new_by.items():
         before = old_by.get(u)
         if before is None:
@@ -149,6 +160,11 @@ def main() -> None:
             for k in set(before["inputs"]) | set(rec["inputs"])
             if before["inputs"].get(k) != rec["inputs"].get(k)
         )
+        REPLACE_KEYS = REPLACE_KEYS_BY_TYPE.get(rec["type"], set())
+        if rec["type"] == "aws:autoscaling/group:Group" and template_changed:
+            # the template's new latestVersion is computed: unknown in the preview
+            rec = {**rec, "inputs": {**rec["inputs"], "launchTemplate": {**rec["inputs"]["launchTemplate"], "version": UNKNOWN}}}
+            changed = sorted({*changed, "launchTemplate"})
         step: dict[str, Any] = {"op": "same", "urn": u}
         if rec["custom"]:
             step["provider"] = provider_ref(rec["type"])
