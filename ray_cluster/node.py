@@ -161,9 +161,8 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
         # Stage lines on stderr: `llmfleet local up` shows them as progress, logs keep them.
         unit = "GPUs" if a.device == "gpu" else "CPU engine slots"
         print(f"gpus ready: {need} {unit}", file=sys.stderr, flush=True)
-        # The first deploy and a re-apply after a worker came back (its GPUs freed first, see
-        # _reapply) prove the gang; a re-apply for a new Serve config keeps the engines, which
-        # hold the GPUs, and brings no new host.
+        # On a re-apply the engine may hold the GPUs, so the gang cannot be reserved again; the
+        # first deploy proved the fabric.
         if preflight_first:
             result = preflight.run_preflight(
                 a.address, pre_tp, pre_pp, gpu_model=a.gpu_model, timeout=a.timeout, device=a.device
@@ -175,37 +174,15 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
         ray.shutdown()
     if not preflight_first and "DEPLOY_FAILED" in serve_status(a.dashboard).values():
         # Serve does not retry a failed deploy of an unchanged config: start it afresh.
-        _free_gpus(a.dashboard)
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        ServeSubmissionClient(a.dashboard).delete_applications()
     serve_deploy(a.dashboard, config)
     print("serve deploy: applied", file=sys.stderr, flush=True)
     wait_serve_running(a.dashboard, a.timeout)
     print("serve running", file=sys.stderr, flush=True)
     text = wait_for_completion(a.endpoint, token, a.model, a.timeout)
     print(json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text}), flush=True)
-
-
-def _free_gpus(dashboard: str) -> None:
-    """Delete the Serve applications: the engines release their GPUs and placement groups."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    ServeSubmissionClient(dashboard).delete_applications()
-
-
-def _reapply(a: argparse.Namespace, token: str | None, reason) -> None:
-    """The watcher's re-apply (reason: ray_cluster.watch.Reapply).
-
-    A worker that came back is a host the first deploy's preflight never proved (a replacement
-    instance, new EFA/NIC, new GPUs): it gets the same gang + all-reduce preflight before the
-    deploy. The gang cannot be reserved while engines hold the GPUs (the broken replica's
-    placement group takes the returning host's GPUs as soon as it joins), so the applications
-    are deleted first; serving is down until the deploy is RUNNING again (a replica that spans
-    the lost host was down anyway; with several replicas the healthy ones restart too, from
-    local NVMe). A new Serve config alone brings no new host: `serve deploy` in place."""
-    if reason.joined:
-        _free_gpus(a.dashboard)
-        _apply(a, token, preflight_first=True)
-    else:
-        _apply(a, token, preflight_first=False)
 
 
 def _watch_view(a: argparse.Namespace):
@@ -233,7 +210,7 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
         watch(
             lambda: _watch_view(a),
-            lambda reason: _reapply(a, token, reason),
+            lambda _reason: _apply(a, token, preflight_first=False),
             interval=a.watch_interval,
         )
     return 0

@@ -2,7 +2,7 @@
 its config file changes (a rollout rewrote it) or when a worker comes back (a recovered,
 restarted or replaced host joins with a new Ray node id).
 
-`reapply_reason` is the pure decision (a `Reapply`: why, and which hosts joined); `watch` is the loop, with every effect injected so a
+`reapply_reason` is the pure decision; `watch` is the loop, with every effect injected so a
 unit test drives it without a cluster. `python -m ray_cluster.node deploy --watch` wires it to
 the real cluster (ray_cluster.node).
 """
@@ -27,34 +27,20 @@ def file_digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Reapply:
-    """Why the app must be applied again. `joined`: the workers that came back under a new Ray
-    node id (new hardware or a restarted node), which the caller proves with the same gang
-    preflight as the first deploy before Serve may place an engine on them."""
-
-    why: str
-    joined: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return self.why
-
-
-def reapply_reason(before: WatchView, now: WatchView) -> Reapply | None:
+def reapply_reason(before: WatchView, now: WatchView) -> str | None:
     """Why the app must be applied again, or None. A worker that is gone is not a reason yet
-    (nothing can be placed without it); its return, under a new node id, is. A return wins over
-    a config change seen at the same poll: the re-apply with a preflight also deploys the file."""
-    back = tuple(sorted(ip for ip, node in now.workers.items() if before.workers.get(ip) != node))
-    if back:
-        return Reapply(f"worker {', '.join(back)} came back", back)
+    (nothing can be placed without it); its return, under a new node id, is."""
     if now.config_digest != before.config_digest:
-        return Reapply("the Serve config changed")
+        return "the Serve config changed"
+    back = sorted(ip for ip, node in now.workers.items() if before.workers.get(ip) != node)
+    if back:
+        return f"worker {', '.join(back)} came back"
     return None
 
 
 def watch(
     observe: Callable[[], WatchView],
-    apply: Callable[[Reapply], None],
+    apply: Callable[[str], None],
     *,
     interval: float = 30.0,
     polls: int | None = None,
