@@ -9,11 +9,19 @@ no config file. The offline runner always passes every key explicitly.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi.runtime
+
+if TYPE_CHECKING:
+    from infra.stack.config import StackConfig
+
+# The StackConfig the offline runner checks (run_policies(stack=...)); unset under the Pulumi CLI.
+_RUNNER_STACK: ContextVar[StackConfig | None] = ContextVar("llmfleet_policy_stack", default=None)
 
 
 @cache
@@ -53,4 +61,30 @@ def stack_config_raw(key: str) -> Any:
     try:
         return pulumi.runtime.get_config(key)
     except Exception:  # noqa: BLE001
+        return None
+
+
+@contextmanager
+def runner_stack(cfg: StackConfig | None) -> Iterator[None]:
+    """For one offline run: the policies read this StackConfig instead of Pulumi's runtime config."""
+    token = _RUNNER_STACK.set(cfg)
+    try:
+        yield
+    finally:
+        _RUNNER_STACK.reset(token)
+
+
+def stack_model() -> StackConfig | None:
+    """The StackConfig of the stack under check: the offline runner's, else the one the Pulumi CLI
+    hands to the pack (PULUMI_CONFIG); None when that is not a valid config (the program itself
+    stops on a bad config, with the one-line reason)."""
+    cfg = _RUNNER_STACK.get()
+    if cfg is not None:
+        return cfg
+    from infra.program import runtime_stack_config
+    from infra.stack.config import ConfigError
+
+    try:
+        return runtime_stack_config(pulumi.get_stack())
+    except ConfigError:
         return None

@@ -146,32 +146,18 @@ def monthly_cost_usd(
 
 
 def stack_pricing_model() -> str:
-    """llmfleet:pricingModel of the running stack (spot when llmfleet:spot), as `llmfleet cost`."""
-    import pulumi
-
-    from infra.program import runtime_stack_config
-    from infra.stack.config import ConfigError
-
-    try:
-        return runtime_stack_config(pulumi.get_stack()).effective_pricing_model
-    except ConfigError:
-        return "on-demand"  # the program itself stops on a bad config, with the one-line reason
+    """llmfleet:pricingModel of the stack under check (spot when llmfleet:spot), as `llmfleet cost`."""
+    cfg = _config.stack_model()
+    return cfg.effective_pricing_model if cfg is not None else "on-demand"
 
 
 def owned_hosts_monthly_usd() -> float:
     """provider=existing: the declared hourly cost of each owned GPU worker host (no cloud
     resource represents it), x 730 h, as `llmfleet cost` prices it."""
-    import pulumi
-
     from infra.cost.model import HOURS_PER_MONTH
-    from infra.program import runtime_stack_config
-    from infra.stack.config import ConfigError
 
-    try:
-        cfg = runtime_stack_config(pulumi.get_stack())
-    except ConfigError:
-        return 0.0  # the program itself stops on a bad config, with the one-line reason
-    if cfg.provider != "existing" or cfg.host_hourly_usd is None:
+    cfg = _config.stack_model()
+    if cfg is None or cfg.provider != "existing" or cfg.host_hourly_usd is None:
         return 0.0
     return cfg.host_hourly_usd * len(cfg.worker_hosts) * float(HOURS_PER_MONTH)
 

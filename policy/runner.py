@@ -35,6 +35,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown
 
 from infra.stack.config import StackConfig
 from infra.stack.resolve import resolve
+from policy import _config
 
 OFFLINE_UNKNOWN = "[unknown]"  # infra.program.offline's placeholder for a value unknown at registration
 
@@ -277,8 +278,15 @@ def run_policies(
     config: Mapping[str, Mapping[str, Any]],
     policies: Sequence[Policy] | None = None,
     pack_enforcement: EnforcementLevel | None = None,
+    *,
+    stack: StackConfig | None = None,
 ) -> Report:
-    """Every enabled policy on the resources; config maps policy name -> its config block."""
+    """Every enabled policy on the resources; config maps policy name -> its config block.
+
+    `stack` is the StackConfig the resources come from (a capture's `config`): the policies that
+    price the stack (pricing model, owned hosts) read it where, under the Pulumi CLI, they read
+    the stack config the CLI hands over. Without it they see only that runtime config.
+    """
     from policy.policies import PACK_ENFORCEMENT, POLICIES
 
     policies = list(POLICIES if policies is None else policies)
@@ -288,19 +296,20 @@ def run_policies(
     violations: list[Violation] = []
     res_args = resource_args(resources)
     stack_resources = policy_resources(resources)
-    for policy in policies:
-        level = enforcement_of(policy, config, default)
-        if level == EnforcementLevel.DISABLED:
-            continue
-        if level == EnforcementLevel.REMEDIATE:
-            level = EnforcementLevel.MANDATORY  # as the engine: a violation that survives remediation
-        block = {k: v for k, v in (config.get(policy.name) or {}).items() if k != "enforcementLevel"}
-        if isinstance(policy, ResourceValidationPolicy):
-            for record, kwargs in res_args:
-                args = ResourceValidationArgs(**kwargs, config=dict(block))
-                _invoke(policy, args, level, names, record["urn"], violations)
-        elif isinstance(policy, StackValidationPolicy):
-            _invoke(policy, StackValidationArgs(stack_resources, dict(block)), level, names, None, violations)
+    with _config.runner_stack(stack):
+        for policy in policies:
+            level = enforcement_of(policy, config, default)
+            if level == EnforcementLevel.DISABLED:
+                continue
+            if level == EnforcementLevel.REMEDIATE:
+                level = EnforcementLevel.MANDATORY  # as the engine: a violation that survives remediation
+            block = {k: v for k, v in (config.get(policy.name) or {}).items() if k != "enforcementLevel"}
+            if isinstance(policy, ResourceValidationPolicy):
+                for record, kwargs in res_args:
+                    args = ResourceValidationArgs(**kwargs, config=dict(block))
+                    _invoke(policy, args, level, names, record["urn"], violations)
+            elif isinstance(policy, StackValidationPolicy):
+                _invoke(policy, StackValidationArgs(stack_resources, dict(block)), level, names, None, violations)
     return Report(tuple(violations))
 
 
@@ -312,4 +321,4 @@ def run_for_stack(
 
     cap = capture(stack, overrides)
     config = merge_config(stack_policy_config(cap.config), extra_config or {})
-    return cap, run_policies(cap.resources, config)
+    return cap, run_policies(cap.resources, config, stack=cap.config)

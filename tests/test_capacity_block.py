@@ -68,7 +68,7 @@ def test_workers_launch_into_the_block():
 
 def test_block_stack_passes_the_policy_pack():
     cap = block_capture()
-    report = run_policies(cap.resources, stack_policy_config(cap.config))
+    report = run_policies(cap.resources, stack_policy_config(cap.config), stack=cap.config)
     assert report.mandatory == 0, report.violations
 
 

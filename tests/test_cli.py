@@ -380,7 +380,7 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
     template = next(r for r in resources if r["name"] == "cluster-worker")
     template["inputs"]["blockDeviceMappings"][0]["ebs"]["encrypted"] = "false"
     template["inputs"]["metadataOptions"]["httpTokens"] = "optional"
-    report = run_policies(resources, stack_policy_config(cap.config))
+    report = run_policies(resources, stack_policy_config(cap.config), stack=cap.config)
     assert {(v.policy, v.resource) for v in report.violations} == {
         ("ec2-imdsv2-required", "cluster-worker"),
         ("ec2-ebs-encrypted", "cluster-worker"),

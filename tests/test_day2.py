@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 from functools import cache
 
-import pulumi
 import pytest
 
 from infra.boot.node_apply import node_parameter_name
@@ -33,14 +32,6 @@ from tests.node_scripts import node_script
 INST = "aws:ec2/instance:Instance"
 # Launch template inputs that are not launch data (no new version when they change).
 TEMPLATE_METADATA = {"name", "description", "tags", "updateDefaultVersion"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _reset_pulumi_config():
-    """A capture leaves its stack's config in Pulumi's process-wide runtime config, which the
-    policy pack falls back to; do not leak the last one (dev's replicas) into later modules."""
-    yield
-    pulumi.runtime.set_all_config({}, [])
 
 
 @cache

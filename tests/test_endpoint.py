@@ -100,7 +100,7 @@ def test_tls_policy_fails_a_public_endpoint_without_tls_and_advises_an_internal_
         ([f"llmfleet:endpointCertificateArn={CERT}"], [], []),
     ):
         c = capture("prod", overrides)
-        report = run_policies(c.resources, stack_policy_config(c.config))
+        report = run_policies(c.resources, stack_policy_config(c.config), stack=c.config)
         assert [v.policy for v in report.violations if v.enforcement == "mandatory"] == mandatory, overrides
         assert [v.policy for v in report.violations if v.enforcement == "advisory"] == advisory, overrides
         if mandatory:

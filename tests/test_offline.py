@@ -111,6 +111,22 @@ def test_two_captures_in_one_process_do_not_leak(project):
     assert [r["name"] for r in a.resources] == [r["name"] for r in b.resources] == ["net"]
 
 
+def test_capture_leaves_no_stack_config_in_pulumis_runtime(project):
+    """Pulumi's runtime config is process-wide: after a capture it holds nothing of the stack."""
+    import pulumi.runtime
+    from pulumi.runtime.config import CONFIG
+
+    d = project("""
+        import pulumi
+        pulumi.export("model", pulumi.Config("llmfleet").require("model"))
+    """)
+    cap = capture("t", project_dir=d)
+    assert cap.outputs["model"] == "deepseek-r1-distill-qwen-7b"  # the program did read it
+    assert CONFIG.get() == {}
+    assert pulumi.runtime.get_config("llmfleet:model") is None
+    assert not pulumi.runtime.is_config_secret("llmfleet:sshPrivateKey")
+
+
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
 def test_shipped_stacks_capture_with_known_outputs(stack):
     cap = capture(stack)

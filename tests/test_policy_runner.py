@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from infra.cli import app
 from infra.program.offline import capture
 from infra.stack.files import available_stacks
-from policy.runner import policy_resources, resource_args, run_policies, stack_policy_config
+from policy.runner import merge_config, policy_resources, resource_args, run_policies, stack_policy_config
 
 cli = CliRunner()
 
@@ -165,3 +165,21 @@ def test_budget_counts_owned_hosts_like_llmfleet_cost():
     total = float(cost["totalMonthlyCost"])
     assert total > 5000 and over.exit_code == 1
     assert len(budget) == 1 and f"${total:,.2f}/month" in budget[0]["message"]
+
+
+def test_budget_policy_prices_the_stack_it_is_given_not_the_last_captured():
+    """prod runs on demand, dev on spot: each budget prices the StackConfig the runner is handed,
+    and without one the policy sees no leftover of the last capture in Pulumi's runtime config."""
+    prod = capture("prod")
+    dev = capture("dev")
+    assert (prod.config.effective_pricing_model, dev.config.effective_pricing_model) == ("on-demand", "spot")
+
+    def budget_line(cap, **kw) -> str:
+        config = merge_config(stack_policy_config(cap.config), {"monthly-budget": {"maxMonthlyUsd": 1}})
+        [v] = [v for v in run_policies(cap.resources, config, **kw).violations if v.policy == "monthly-budget"]
+        return v.message
+
+    assert "spot snapshot prices" in budget_line(dev, stack=dev.config)
+    assert "on-demand snapshot prices" in budget_line(prod, stack=prod.config)
+    # No StackConfig: Pulumi's runtime config only, where the capture of dev left nothing (no spot).
+    assert "on-demand snapshot prices" in budget_line(prod)

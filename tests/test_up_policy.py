@@ -44,7 +44,7 @@ class FakeStack:
         [cfg_file] = kw["policy_pack_configs"]
         pack_config = json.loads(Path(cfg_file).read_text())
         cap = capture(self.name, [f"{k}={v}" for k, v in self.config.items()])
-        report = run_policies(cap.resources, pack_config)
+        report = run_policies(cap.resources, pack_config, stack=cap.config)
         for i, v in enumerate(report.violations):
             urn = f"urn:pulumi:{self.name}::llmfleet::x::{v.resource}" if v.resource else None
             pe = ev.PolicyEvent(v.message, "never", v.policy, "llmfleet", "0.0.1", "", v.enforcement, urn)

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         from policy.runner import run_policies, stack_policy_config
 
         cap = capture_or_fail(stack, config)
-        report = run_policies(cap.resources, stack_policy_config(cap.config))
+        report = run_policies(cap.resources, stack_policy_config(cap.config), stack=cap.config)
         if as_json:
             print_json(report.to_dict())
         else:

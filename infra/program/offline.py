@@ -375,6 +375,9 @@ def capture(
         os.chdir(old_cwd)
         sys.path[:] = old_path
         set_root_resource(None)
+        # Pulumi's runtime config is process-wide: the next capture, and the policy runner, must
+        # not see this stack's values (the runner is handed the StackConfig it checks).
+        pulumi.runtime.set_all_config({}, [])
         loop.close()
         asyncio.set_event_loop(None)
 
