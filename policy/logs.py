@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
 
-from infra.stack.config import LOG_RETENTION_DAYS as RETENTION_DAYS
+from infra.stack.config_values import LOG_RETENTION_DAYS as RETENTION_DAYS
 
 from ._props import is_unknown, plain
 

@@ -34,7 +34,8 @@ from ray_cluster.node import GCS_PORT
 from ray_cluster.ray_start import head_start_command, shell_command, worker_start_command
 
 if TYPE_CHECKING:
-    from infra.stack.config import HostSpec, StackConfig
+    from infra.stack.config import StackConfig
+    from infra.stack.host_spec import HostSpec
 
 DRY_RUN_PREFIX = "dry-run:"
 MESSAGE_PREFIX = "llmfleet-bootstrap:"

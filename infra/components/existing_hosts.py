@@ -26,7 +26,7 @@ from pulumi_command import remote
 
 from infra.boot.ssh_bootstrap import remote_create_command, script_sha256, stdin_secrets, stop_command
 from infra.components.secret_token import RAY_TOKEN_LENGTH
-from infra.stack.config import HostSpec
+from infra.stack.host_spec import HostSpec
 
 TOKEN_LENGTH = 48
 # Fail a host that does not answer within ~2 minutes instead of pulumi-command's 10 x 15 s

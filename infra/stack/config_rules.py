@@ -1,0 +1,240 @@
+"""Rules across keys of the stack config: endpoint TLS and DNS, commitments (spot, Capacity
+Blocks, Savings Plans), the layout, and the hosts of provider `existing`.
+
+Each check takes the validated StackConfig and raises `CrossKeyError`, whose message is already
+the one line (the key that must change, its value, what is allowed); `StackConfig` runs them in
+this order after every single key passed (`config_values`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import TYPE_CHECKING, Any
+
+from infra.catalog import load_catalog
+from infra.stack.config_values import ACM_ARN_RE
+
+if TYPE_CHECKING:
+    from infra.stack.config import StackConfig
+
+
+def fmt_value(v: Any) -> str:
+    if v is None:
+        return "(unset)"
+    return json.dumps(v) if not isinstance(v, str) else repr(v)
+
+
+class CrossKeyError(ValueError):
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"{key} = {fmt_value(value)}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def check_all(cfg: StackConfig) -> None:
+    check_endpoint_tls_dns(cfg)
+    check_commitments(cfg)
+    check_layout(cfg)
+
+
+def check_endpoint_tls_dns(cfg: StackConfig) -> None:
+    arn = cfg.endpoint_certificate_arn
+    if arn is not None:
+        m = ACM_ARN_RE.match(arn)
+        if m and m.group(1) != cfg.region:
+            raise CrossKeyError(
+                "llmfleet:endpointCertificateArn",
+                arn,
+                f"the NLB takes a certificate from its own region; allowed: an ACM certificate in {cfg.region}",
+            )
+    if (cfg.endpoint_dns_name is None) != (cfg.endpoint_hosted_zone_id is None):
+        key = "llmfleet:endpointHostedZoneId" if cfg.endpoint_dns_name else "llmfleet:endpointDnsName"
+        raise CrossKeyError(
+            key,
+            None,
+            "the alias record needs both; allowed: set llmfleet:endpointDnsName and llmfleet:endpointHostedZoneId together",
+        )
+
+
+def check_commitments(cfg: StackConfig) -> None:
+    """Capacity Block and pricing-model rules (spot, blocks and Savings Plans exclude each other
+    where AWS does not combine them)."""
+    block, model = cfg.capacity_block_id, cfg.pricing_model
+    if block is not None:
+        if cfg.provider != "aws":
+            raise CrossKeyError(
+                "llmfleet:capacityBlockId",
+                block,
+                "a Capacity Block holds EC2 workers; allowed with provider aws",
+            )
+        if cfg.spot:
+            raise CrossKeyError(
+                "llmfleet:capacityBlockId",
+                block,
+                "workers in a Capacity Block are not spot; set llmfleet:spot=false",
+            )
+        if cfg.capacity_reservation_id is not None:
+            raise CrossKeyError(
+                "llmfleet:capacityBlockId",
+                block,
+                "workers target one reservation; allowed: capacityBlockId or capacityReservationId, not both",
+            )
+        if not cfg.availability_zone:
+            raise CrossKeyError(
+                "llmfleet:availabilityZone",
+                None,
+                "workers must launch in the Capacity Block's AZ; allowed: that AZ "
+                "(aws ec2 describe-capacity-reservations --capacity-reservation-ids " + block + ")",
+            )
+        if model == "spot":
+            raise CrossKeyError(
+                "llmfleet:pricingModel",
+                model,
+                "workers in a Capacity Block pay its fee; allowed: on-demand, savings-plan-1y, savings-plan-3y (for the head)",
+            )
+    if model == "spot" and not cfg.spot:
+        raise CrossKeyError(
+            "llmfleet:pricingModel",
+            model,
+            "spot prices spot workers; set llmfleet:spot=true, or allowed: on-demand, savings-plan-1y, savings-plan-3y",
+        )
+    if model in ("savings-plan-1y", "savings-plan-3y", "on-demand") and cfg.spot:
+        raise CrossKeyError(
+            "llmfleet:pricingModel",
+            model,
+            "llmfleet:spot=true runs the workers on spot; allowed: spot, or set llmfleet:spot=false",
+        )
+
+
+def check_layout(cfg: StackConfig) -> None:
+    """Provider, endpoint exposure, zone, quantization, head type, replicas and context length."""
+    if cfg.provider == "existing":
+        check_hosts(cfg)
+    elif cfg.hosts:
+        raise CrossKeyError("llmfleet:hosts", "[...]", "hosts are only used with llmfleet:provider=existing")
+    if cfg.endpoint_public and not cfg.endpoint_allowed_cidrs:
+        raise CrossKeyError(
+            "llmfleet:endpointAllowedCidrs",
+            [],
+            "a public endpoint (llmfleet:endpointPublic=true) needs at least one allowed CIDR",
+        )
+    if not cfg.endpoint_public:
+        for c in cfg.endpoint_allowed_cidrs:
+            if ipaddress.ip_network(c).prefixlen == 0:
+                raise CrossKeyError(
+                    "llmfleet:endpointAllowedCidrs",
+                    cfg.endpoint_allowed_cidrs,
+                    "an internal endpoint cannot admit 0.0.0.0/0 or ::/0",
+                )
+    if cfg.availability_zone and not cfg.availability_zone.startswith(cfg.region):
+        raise CrossKeyError(
+            "llmfleet:availabilityZone",
+            cfg.availability_zone,
+            f"allowed: a zone of aws:region {cfg.region} such as {cfg.region}a",
+        )
+    gpu = load_catalog().gpus[cfg.gpu_model] if cfg.gpu_model else None
+    if cfg.quantization == "fp8" and gpu is not None and not gpu.native_fp8:
+        raise CrossKeyError(
+            "llmfleet:quantization",
+            "fp8",
+            f"{cfg.gpu_model} has no native FP8; allowed here: bf16, int8, int4",
+        )
+    cat = load_catalog()
+    if cfg.provider == "aws" and cat.instances[cfg.head_instance_type].gpu:
+        raise CrossKeyError(
+            "llmfleet:headInstanceType",
+            cfg.head_instance_type,
+            "the head advertises 0 GPUs, so a GPU type is wasted; allowed: "
+            + ", ".join(i.name for i in cat.instances.values() if not i.gpu),
+        )
+    if cfg.provider == "aws" and cfg.worker_count != "auto" and cfg.worker_count % cfg.replicas:
+        raise CrossKeyError(
+            "llmfleet:workerCount",
+            cfg.worker_count,
+            f"allowed: 'auto' or a multiple of llmfleet:replicas ({cfg.replicas}); "
+            "every replica takes the same number of hosts",
+        )
+    if cfg.max_model_len > cat.models[cfg.model].max_position_embeddings:
+        raise CrossKeyError(
+            "llmfleet:maxModelLen",
+            cfg.max_model_len,
+            f"allowed: up to {cat.models[cfg.model].max_position_embeddings} for {cfg.model}",
+        )
+
+
+def check_hosts(cfg: StackConfig) -> None:
+    """provider=existing: one head, identical GPU workers, one address and one Ray IP per host."""
+    key = "llmfleet:hosts"
+    if not cfg.hosts:
+        raise CrossKeyError(key, [], "provider 'existing' needs a list of hosts, one with role head")
+    heads = [i for i, h in enumerate(cfg.hosts) if h.role == "head"]
+    if not heads:
+        raise CrossKeyError(key, "[...]", "no entry has role 'head'; allowed: exactly one head")
+    if len(heads) > 1:
+        raise CrossKeyError(
+            f"{key}[{heads[1]}]",
+            cfg.hosts[heads[1]].address,
+            f"second head (entry {heads[0]} is the head); allowed: exactly one head",
+        )
+    seen: dict[str, int] = {}
+    seen_ip: dict[str, int] = {}
+    gpus = load_catalog().gpus
+    for i, h in enumerate(cfg.hosts):
+        if h.address in seen:
+            raise CrossKeyError(
+                f"{key}[{i}].address",
+                h.address,
+                f"duplicates entry {seen[h.address]}; allowed: one entry per host",
+            )
+        seen[h.address] = i
+        if h.role == "worker" and h.gpu_count < 1:
+            raise CrossKeyError(
+                f"{key}[{i}].gpuCount",
+                h.gpu_count,
+                f"worker {h.address} has no GPUs; allowed: an integer >= 1",
+            )
+        # The head's GPUs go unused (it advertises 0) but a declared model must still exist.
+        if h.gpu_count > 0 and h.gpu_model not in gpus:
+            raise CrossKeyError(f"{key}[{i}].gpuModel", h.gpu_model, f"allowed: {', '.join(gpus)}")
+    for i, h in enumerate(cfg.hosts):
+        if h.ray_ip is None:
+            raise CrossKeyError(
+                f"{key}[{i}].privateIp",
+                None,
+                f"address {h.address} is a name and Ray binds an IP; allowed: the host's IPv4 privateIp",
+            )
+        if h.ray_ip in seen_ip:
+            raise CrossKeyError(
+                f"{key}[{i}].privateIp",
+                h.ray_ip,
+                f"same IP as entry {seen_ip[h.ray_ip]}; allowed: one IP per host",
+            )
+        seen_ip[h.ray_ip] = i
+    workers = cfg.worker_hosts
+    if not workers:
+        raise CrossKeyError(key, "[...]", "no entry has role 'worker'; allowed: at least one GPU worker")
+    if len({(w.gpu_model, w.gpu_count) for w in workers}) > 1:
+        raise CrossKeyError(
+            key,
+            "[...]",
+            "workers differ in gpuModel/gpuCount; allowed: identical workers "
+            "(tensor parallel = GPUs per host, pipeline parallel = hosts)",
+        )
+    if cfg.worker_count != "auto" and cfg.worker_count != len(workers):
+        raise CrossKeyError(
+            "llmfleet:workerCount",
+            cfg.worker_count,
+            f"allowed: 'auto' or {len(workers)} (the number of worker hosts)",
+        )
+    if len(workers) % cfg.replicas:
+        raise CrossKeyError(
+            "llmfleet:replicas",
+            cfg.replicas,
+            f"allowed: a divisor of the {len(workers)} worker hosts (each replica takes the same hosts)",
+        )
+    if not cfg.ssh_private_key:
+        raise CrossKeyError(
+            "llmfleet:sshPrivateKey",
+            None,
+            "provider 'existing' needs an SSH key: pulumi config set --secret sshPrivateKey < key",
+        )
