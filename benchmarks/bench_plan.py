@@ -7,8 +7,8 @@
 Measurements, each the median of --repeat runs:
 - `cli_s` / `cli_cpu_s`: the whole command as a user runs it, in a fresh process (imports, the
   calibration fit, every GPU's layout search, rendering), wall and CPU time.
-- `inproc_compare_s`: `infra.stack.planner.compare` in a warm process, fit cached: the search alone.
-- `inproc_fit_s`: one calibration fit (infra.stack.perf.fit over catalog/calibration.yaml).
+- `inproc_compare_s`: `infra.stack.compare.compare` in a warm process, fit cached: the search alone.
+- `inproc_fit_s`: one calibration fit (infra.stack.perf_fit.fit over catalog/calibration.yaml).
 Exit 1 if the table command's median wall time is 2 s or more (the issue's budget).
 """
 
@@ -51,15 +51,15 @@ def run_cli(args: list[str]) -> tuple[float, float]:
 
 def run_inproc() -> tuple[float, float]:
     sys.path.insert(0, str(REPO))
-    from infra.stack import perf
-    from infra.stack.planner import compare
+    from infra.stack import perf_fit
+    from infra.stack.compare import compare
 
     compare("deepseek-r1")  # warm: catalog, fit, caches
     t0 = time.perf_counter()
     compare("deepseek-r1")
     search = time.perf_counter() - t0
     t0 = time.perf_counter()
-    perf.fit(perf.calibration_points())
+    perf_fit.fit(perf_fit.calibration_points())
     return search, time.perf_counter() - t0
 
 

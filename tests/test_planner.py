@@ -8,16 +8,10 @@ from typer.testing import CliRunner
 
 from infra.catalog import load_catalog
 from infra.cli import app
-from infra.stack import perf
-from infra.stack.planner import (
-    GIB,
-    PlanInputError,
-    architecture,
-    compare,
-    expected_distinct_experts,
-    plan,
-    pp_partition,
-)
+from infra.stack import perf, perf_fit, perf_roofline
+from infra.stack.arch import GIB, architecture, expected_distinct_experts, pp_partition
+from infra.stack.compare import compare
+from infra.stack.planner import PlanInputError, plan
 
 runner = CliRunner()
 
@@ -191,11 +185,11 @@ def test_calibration_data_spans_what_the_fit_needs():
 
 
 def test_leave_one_out_predicts_every_published_point_within_2x():
-    residuals = perf.leave_one_out()
+    residuals = perf_fit.leave_one_out()
     print("\nleave-one-out: measured / predicted decode tok/s")
     for r in residuals:
         print(f"  {r.id:45s} {r.measured:9.1f} {r.predicted:9.1f}  x{r.ratio:.2f}")
-    for r in perf.ttft_residuals():
+    for r in perf_fit.ttft_residuals():
         print(f"  TTFT {r.id:40s} {r.measured:9.3f} {r.predicted:9.3f}  x{r.ratio:.2f} (full fit)")
     assert len(residuals) == len(load_catalog().calibrations) >= 5
     bad = [f"{r.id} x{r.ratio:.2f}" for r in residuals if not 0.5 <= r.ratio <= 2.0]
@@ -205,8 +199,8 @@ def test_leave_one_out_predicts_every_published_point_within_2x():
 def test_a_fit_without_a_group_falls_back_to_the_pool():
     # Without the SGLang rows the fit has no sglang term: asking for SGLang gives the pooled
     # value (the base terms without vLLM's own), and efficiency() says when data was missing.
-    pts = perf.calibration_points()
-    f = perf.fit([p for p in pts if p.engine != "sglang"])
+    pts = perf_fit.calibration_points()
+    f = perf_fit.fit([p for p in pts if p.engine != "sglang"])
     assert f.engines == ("vllm",)
     assert f.eta("sglang", "fp8") == pytest.approx(f.eta("vllm", "fp8") / math.exp(f.a["e:vllm"]))
     e = perf.efficiency("vllm", "int8")
@@ -231,14 +225,14 @@ def test_concurrency_one_is_bounded_by_the_fixed_per_step_cost_not_bandwidth():
 
 
 def test_the_fixed_cost_follows_layers_link_and_tp():
-    f = perf.calibrated_fit()
+    f = perf_fit.calibrated_fit()
     k = f.layer_s("vllm", "fp8")
     # PCIe all-reduces cost more per layer than NVLink ones at the same TP...
-    pcie = perf.decode_shape(perf.Layout("deepseek-r1", "L40S", "fp8", 8, 3, 8, "efa"), 1, 1536)
-    nvl = perf.decode_shape(perf.Layout("deepseek-r1", "H100", "fp8", 8, 3, 8, "efa"), 1, 1536)
+    pcie = perf_roofline.decode_shape(perf_roofline.Layout("deepseek-r1", "L40S", "fp8", 8, 3, 8, "efa"), 1, 1536)
+    nvl = perf_roofline.decode_shape(perf_roofline.Layout("deepseek-r1", "H100", "fp8", 8, 3, 8, "efa"), 1, 1536)
     assert sum(pcie.link_s) > 5 * sum(nvl.link_s)
     # ...TP 1 pays none...
-    tp1 = perf.decode_shape(perf.Layout("deepseek-r1-distill-qwen-7b", "L4", "bf16", 1, 1, 1, None), 1, 1536)
+    tp1 = perf_roofline.decode_shape(perf_roofline.Layout("deepseek-r1-distill-qwen-7b", "L4", "bf16", 1, 1, 1, None), 1, 1536)
     assert tp1.link_s == (0.0,)
     # ...and the per-layer term scales with the layers a token passes.
     assert nvl.decode_period(math.inf, k) == pytest.approx(61 * k + sum(nvl.link_s) + nvl.hop_s)
@@ -287,9 +281,9 @@ def test_ttft_is_compute_bound_at_long_prompts():
     # past that, TTFT grows at least linearly (plus the attention's quadratic term).
     assert mid.ttft_ms < 8 * short.ttft_ms
     assert long.ttft_ms >= 4 * mid.ttft_ms
-    assert perf.compute_tflops(g, "fp8") == g.fp8_tflops
-    assert perf.compute_tflops(g, "int4") == g.bf16_tflops  # W4A16 kernels multiply in BF16
-    assert perf.compute_tflops(g, "int8") == g.int8_tops
+    assert perf_roofline.compute_tflops(g, "fp8") == g.fp8_tflops
+    assert perf_roofline.compute_tflops(g, "int4") == g.bf16_tflops  # W4A16 kernels multiply in BF16
+    assert perf_roofline.compute_tflops(g, "int8") == g.int8_tops
 
 
 # --- cold start ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from rich.table import Table
 from infra.commands._common import JsonOpt, console, fail, print_json, resolve_id
 
 if TYPE_CHECKING:
-    from infra.stack.planner import CompareRow, Plan
+    from infra.stack.compare import CompareRow
+    from infra.stack.planner import Plan
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -213,8 +214,8 @@ def register(app: typer.Typer) -> None:
         Exit 0 = fits, 3 = does not fit (the plan is still printed), 2 = bad input.
         """
         from infra.catalog import load_catalog
+        from infra.stack.compare import compare as compare_gpus
         from infra.stack.planner import PlanInputError, plan
-        from infra.stack.planner import compare as compare_gpus
 
         cat = load_catalog()
         model = resolve_id("--model", model, list(cat.models), "model")

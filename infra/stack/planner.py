@@ -3,17 +3,9 @@
 Pure functions over the catalog. Both the Pulumi program and the policy pack call
 `plan()`, so its one-line `reason` is what users see when a layout cannot fit.
 
-Memory model (per GPU, the worst pipeline stage decides):
-- weights: each layer's tensor-parallel-sharded parameters / TP, plus the parameters vLLM
-  replicates on every TP rank (MLA's low-rank down-projections, the MoE router, norms);
-  layers are split across PP stages the way vLLM's `get_pp_indices` does it; the
-  embedding sits on the first stage, the LM head on the last.
-- usable: driver-visible memory x gpu_memory_utilization - RUNTIME_OVERHEAD_GIB.
-- KV cache: MLA keeps one latent (kv_lora_rank + qk_rope_head_dim) per token and layer,
-  replicated on every TP rank and split by PP; GQA K and V heads are split by TP down
-  to one head per rank.
+Memory model: infra/stack/memory.py (per GPU, the worst pipeline stage decides).
 
-Speed model (infra/stack/perf.py has the details and the calibration):
+Speed model (infra/stack/perf.py, perf_roofline.py and perf_fit.py have the details and the calibration):
 - ceiling: a roofline per decode step at a batch of B sequences. Every stage must read
   its dense weights, the experts the batch touches (expected distinct experts under
   uniform routing, B tokens x k picks of E) and the batch's KV at the average context,
@@ -32,36 +24,19 @@ Speed model (infra/stack/perf.py has the details and the calibration):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from infra.catalog import load_catalog
-from infra.stack import perf
-from infra.stack.arch import (  # noqa: F401  (re-exported: the planner's public arithmetic)
-    BYTES_PER_PARAM,
-    GIB,
-    QUANTIZATIONS,
-    SCALE_BYTES_PER_PARAM,
-    UNQUANTIZED_BYTES,
-    Architecture,
-    Layer,
-    Stage,
-    architecture,
-    expected_distinct_experts,
-    kv_bytes_per_token_layer_per_gpu,
-    pp_partition,
-    stage_weight_bytes_per_gpu,
-    stages,
-)
+from infra.stack import perf, perf_roofline
+from infra.stack.arch import GIB, QUANTIZATIONS, architecture
 from infra.stack.coldstart import ColdStart, instance_for
 from infra.stack.coldstart import estimate as estimate_cold_start
+from infra.stack.memory import Memory, memory
 
 if TYPE_CHECKING:
     from infra.stack.config import StackConfig
 
-# CUDA context, NCCL buffers, cuda-graph pools and the activation peak of a prefill chunk.
-RUNTIME_OVERHEAD_GIB = 2.0
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
@@ -251,90 +226,21 @@ def _plan_fixed(
     output_len: int,
     engine: str,
 ) -> Plan:
-    cat = load_catalog()
-    m, g = cat.models[model], cat.gpus[gpu]
-    quant = quantization or m.native_dtype
-    arch = architecture(model)
-    tp, pp = gpus_per_node, nodes
-    reasons: list[str] = []
-
-    if quant == "fp8" and not g.native_fp8:
-        reasons.append(
-            f"quantization: fp8 needs native FP8 support and {gpu} has none; allowed on {gpu}: bf16, int8, int4"
-        )
-    if m.heads % tp:
-        reasons.append(
-            f"layout: tensor parallel size {tp} (GPUs per node) must divide {model}'s {m.heads} attention heads"
-        )
-    elif m.attention == "gqa" and m.kv_heads % tp and tp % m.kv_heads:
-        reasons.append(
-            f"layout: tensor parallel size {tp} and {model}'s {m.kv_heads} KV heads must divide one another"
-        )
-    if pp > m.layers:
-        reasons.append(f"layout: {pp} pipeline stages exceed {model}'s {m.layers} layers")
-        pp = m.layers
-    if max_model_len > m.max_position_embeddings:
-        reasons.append(
-            f"max_model_len: {max_model_len} exceeds {model}'s {m.max_position_embeddings} positions"
-        )
-
-    qbytes = BYTES_PER_PARAM[quant] + SCALE_BYTES_PER_PARAM[quant]
-    sharded_total = sum(lyr.sharded for lyr in arch.layers)
-    replicated_total = sum(lyr.replicated for lyr in arch.layers) + arch.embedding + arch.head
-    weights_total = sharded_total * qbytes + replicated_total * UNQUANTIZED_BYTES
-    usable = g.usable_gib * gpu_memory_utilization - RUNTIME_OVERHEAD_GIB
-    kv_layer = kv_bytes_per_token_layer_per_gpu(m, arch, tp)
-
-    st = stages(arch, pp)
-    per_stage_weights = [stage_weight_bytes_per_gpu(arch, s, quant, tp) for s in st]
-    per_stage_tokens = [
-        max(0.0, usable * GIB - w) / (kv_layer * len(s.layers))
-        for s, w in zip(st, per_stage_weights, strict=True)
-    ]
-    heaviest = max(range(pp), key=lambda i: per_stage_weights[i])
-    binding = min(range(pp), key=lambda i: per_stage_tokens[i])
-    weights_per_gpu = per_stage_weights[heaviest] / GIB
-    kv_tokens = int(per_stage_tokens[binding])
-    kv_per_token = int(kv_layer * len(st[binding].layers))
-    kv_gib = max(0.0, usable - per_stage_weights[binding] / GIB)
-    max_seqs = kv_tokens // max_model_len
-
-    if weights_per_gpu > usable:
-        total_need = weights_total / GIB
-        min_gpus = math.ceil(total_need / usable) if usable > 0 else 0
-        reasons.append(
-            f"memory: weights need {weights_per_gpu:.1f} GiB per GPU ({model} {quant}, {weights_total / GIB:.1f} GiB "
-            f"over TP {tp} x PP {pp}) but only {usable:.1f} GiB per {gpu} is usable "
-            f"({g.usable_gib:.1f} GiB x {gpu_memory_utilization} - {RUNTIME_OVERHEAD_GIB} GiB runtime); "
-            f"needs at least {math.ceil(min_gpus / tp)} nodes of {tp}"
-        )
-    elif max_seqs < 1:
-        reasons.append(
-            f"memory: after {weights_per_gpu:.1f} GiB of weights per GPU, the KV cache holds {kv_tokens} tokens, "
-            f"fewer than one max_model_len {max_model_len} sequence; add nodes or lower max_model_len"
-        )
-
+    quant = quantization or load_catalog().models[model].native_dtype
+    tp = gpus_per_node
+    reasons, pp = _layout_reasons(model, gpu, quant, tp, nodes, max_model_len)
+    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, max_model_len)
+    reasons += mem.reasons
     seq_len = input_len + output_len
+    kv_tokens = mem.kv_tokens
     b_eff = max(1, min(concurrency, kv_tokens // seq_len)) if kv_tokens >= seq_len else 1
     fits = not reasons
     eff = perf.efficiency(engine, quant)
     inst = instance_for(gpu, tp)
     usd_h = inst.on_demand_usd_per_hour * pp if inst else None
-    sp: perf.Speed | None = None
-    cold: ColdStart | None = None
-    ceiling = 0.0
+    ceiling, sp, cold = 0.0, None, None
     if fits:
-        ceiling = b_eff / max(
-            perf.decode_roofline_seconds(
-                m, g, arch, s, quant, tp, b_eff, input_len + output_len / 2, kv_layer
-            )
-            for s in st
-        )
-        fabric = ("efa" if inst.efa else "ethernet") if inst else "ethernet"
-        lay = perf.Layout(model, gpu, quant, tp, pp, tp, fabric)
-        sp = perf.speed(lay, engine, b_eff, input_len, output_len)
-        if inst:
-            cold = estimate_cold_start(m, inst, pp, sp.ttft_s)
+        ceiling, sp, cold = _speed(model, gpu, quant, tp, pp, mem, b_eff, input_len, output_len, engine)
     cluster = sp.cluster_tokens_per_s if sp else 0.0
     return Plan(
         fits=fits,
@@ -346,14 +252,14 @@ def _plan_fixed(
         gpus_per_node=tp,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
-        weights_gib_total=round(weights_total / GIB, 2),
-        weights_gib_per_gpu=round(weights_per_gpu, 2),
-        usable_gib_per_gpu=round(usable, 2),
-        kv_cache_gib_per_gpu=round(kv_gib, 2),
-        kv_bytes_per_token_per_gpu=kv_per_token,
+        weights_gib_total=round(mem.weights_total / GIB, 2),
+        weights_gib_per_gpu=round(mem.weights_per_gpu, 2),
+        usable_gib_per_gpu=round(mem.usable, 2),
+        kv_cache_gib_per_gpu=round(mem.kv_gib, 2),
+        kv_bytes_per_token_per_gpu=mem.kv_per_token,
         kv_cache_tokens=kv_tokens,
         max_model_len=max_model_len,
-        max_concurrent_sequences=max_seqs,
+        max_concurrent_sequences=mem.max_seqs,
         concurrency=concurrency,
         effective_concurrency=b_eff if fits else 0,
         concurrency_capped=fits and b_eff < concurrency,
@@ -380,8 +286,68 @@ def _plan_fixed(
         cold_start_s=round(cold.total_s, 1) if cold else None,
         cold_start_terms=cold.to_dict()["terms"] if cold else [],
         cold_start_usd=round(cold.usd(usd_h), 2) if cold and usd_h is not None else None,
-        stage_layers=[len(s.layers) for s in st],
+        stage_layers=[len(s.layers) for s in mem.stages],
     )
+
+
+def _speed(
+    model: str,
+    gpu: str,
+    quant: str,
+    tp: int,
+    pp: int,
+    mem: Memory,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    engine: str,
+) -> tuple[float, perf.Speed, ColdStart | None]:
+    """A fitting layout's roofline ceiling (cluster tok/s), expected speed and cold start."""
+    cat = load_catalog()
+    m, g = cat.models[model], cat.gpus[gpu]
+    arch = architecture(model)
+    ceiling = batch / max(
+        perf_roofline.decode_roofline_seconds(
+            m, g, arch, s, quant, tp, batch, input_len + output_len / 2, mem.kv_layer_bytes
+        )
+        for s in mem.stages
+    )
+    inst = instance_for(gpu, tp)
+    fabric = ("efa" if inst.efa else "ethernet") if inst else "ethernet"
+    lay = perf_roofline.Layout(model, gpu, quant, tp, pp, tp, fabric)
+    sp = perf.speed(lay, engine, batch, input_len, output_len)
+    cold = estimate_cold_start(m, inst, pp, sp.ttft_s) if inst else None
+    return ceiling, sp, cold
+
+
+def _layout_reasons(
+    model: str, gpu: str, quant: str, tp: int, pp: int, max_model_len: int
+) -> tuple[list[str], int]:
+    """Why TP x PP cannot serve `model` on `gpu` at all (quantization, heads, layers, positions),
+    and the pipeline size to go on with (at most one stage per layer)."""
+    cat = load_catalog()
+    m, g = cat.models[model], cat.gpus[gpu]
+    reasons: list[str] = []
+    if quant == "fp8" and not g.native_fp8:
+        reasons.append(
+            f"quantization: fp8 needs native FP8 support and {gpu} has none; allowed on {gpu}: bf16, int8, int4"
+        )
+    if m.heads % tp:
+        reasons.append(
+            f"layout: tensor parallel size {tp} (GPUs per node) must divide {model}'s {m.heads} attention heads"
+        )
+    elif m.attention == "gqa" and m.kv_heads % tp and tp % m.kv_heads:
+        reasons.append(
+            f"layout: tensor parallel size {tp} and {model}'s {m.kv_heads} KV heads must divide one another"
+        )
+    if pp > m.layers:
+        reasons.append(f"layout: {pp} pipeline stages exceed {model}'s {m.layers} layers")
+        pp = m.layers
+    if max_model_len > m.max_position_embeddings:
+        reasons.append(
+            f"max_model_len: {max_model_len} exceeds {model}'s {m.max_position_embeddings} positions"
+        )
+    return reasons, pp
 
 
 def calibrate(p: Plan, tokens_ratio: float, tpot_ratio: float, points: int, source: str) -> Plan:
@@ -417,123 +383,3 @@ def plan_for_stack(cfg: StackConfig) -> Plan:
         concurrency=cfg.concurrency,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
-
-
-# --- hardware comparison ---------------------------------------------------------------------------
-
-
-@dataclass
-class CompareRow:
-    gpu: str
-    fits: bool
-    quantization: str
-    nodes: int
-    gpus_per_node: int
-    tensor_parallel_size: int
-    pipeline_parallel_size: int
-    instance_type: str | None
-    usd_per_hour: float | None
-    effective_concurrency: int
-    concurrency_capped: bool
-    decode_tokens_per_s_expected: float
-    decode_tokens_per_s_per_user: float
-    tpot_ms: float
-    ttft_ms: float
-    usd_per_million_output_tokens: float | None
-    note: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _layout_candidates(gpu: str, checkpoint_gib: float) -> tuple[list[int], list[str]]:
-    """(GPUs per node to try for `gpu`, instance types left out): the GPU counts of its AWS
-    instance types whose local disks hold the checkpoint (workers stage the weights onto
-    instance-store NVMe), else 8 GPUs per node as hardware only."""
-    ok, too_small = set(), []
-    for i in load_catalog().instances.values():
-        if i.gpu != gpu:
-            continue
-        if i.nvme_disks == 0 or i.nvme_gb * 1e9 >= checkpoint_gib * GIB:
-            ok.add(i.gpu_count)
-        else:
-            too_small.append(i.name)
-    return sorted(ok) or [8], too_small
-
-
-def compare(
-    model: str,
-    quantization: str | None = None,
-    max_model_len: int = 8192,
-    concurrency: int = 64,
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
-    input_len: int = DEFAULT_INPUT_LEN,
-    output_len: int = DEFAULT_OUTPUT_LEN,
-    engine: str = perf.DEFAULT_ENGINE,
-) -> list[CompareRow]:
-    """One row per catalog GPU: its smallest fitting layout (fewest GPUs, then the cheaper),
-    what it costs on AWS and how fast it serves `model`, sorted by USD per million output
-    tokens (as SkyPilot's optimizer sorts by cost). GPUs without an AWS instance type come
-    after, with hardware figures only; GPUs that cannot hold the model come last."""
-    cat = load_catalog()
-    if model not in cat.models:
-        raise PlanInputError(f"--model: {model!r} is not a known model; allowed: {', '.join(cat.models)}")
-    rows: list[CompareRow] = []
-    for gpu in cat.gpus:
-        candidates, too_small = _layout_candidates(gpu, cat.models[model].checkpoint_gib)
-        plans = [
-            plan(
-                model,
-                gpu,
-                gpus_per_node=n,
-                quantization=quantization,
-                max_model_len=max_model_len,
-                concurrency=concurrency,
-                gpu_memory_utilization=gpu_memory_utilization,
-                input_len=input_len,
-                output_len=output_len,
-                engine=engine,
-            )
-            for n in candidates
-        ]
-        fitting = [p for p in plans if p.fits]
-        if fitting:
-            best = min(fitting, key=lambda p: (p.total_gpus, p.usd_per_hour or 0.0))
-            note = ""
-            if not best.instance_type:
-                note = f"hardware only: no AWS instance type with {best.gpus_per_node}x {gpu} in the catalog"
-                if too_small:
-                    note += f" ({', '.join(too_small)}: local disk smaller than the checkpoint)"
-        else:
-            best = plans[-1]
-            note = best.reasons[0] if best.reasons else "does not fit"
-        rows.append(
-            CompareRow(
-                gpu=gpu,
-                fits=best.fits,
-                quantization=best.quantization,
-                nodes=best.nodes,
-                gpus_per_node=best.gpus_per_node,
-                tensor_parallel_size=best.tensor_parallel_size,
-                pipeline_parallel_size=best.pipeline_parallel_size,
-                instance_type=best.instance_type,
-                usd_per_hour=best.usd_per_hour if best.fits else None,
-                effective_concurrency=best.effective_concurrency,
-                concurrency_capped=best.concurrency_capped,
-                decode_tokens_per_s_expected=best.decode_tokens_per_s_expected,
-                decode_tokens_per_s_per_user=best.decode_tokens_per_s_per_user,
-                tpot_ms=best.tpot_ms,
-                ttft_ms=best.ttft_ms,
-                usd_per_million_output_tokens=best.usd_per_million_output_tokens if best.fits else None,
-                note=note,
-            )
-        )
-
-    def order(r: CompareRow) -> tuple:
-        if not r.fits:
-            return (2, 0.0, r.gpu)
-        if r.usd_per_million_output_tokens is None:
-            return (1, -r.decode_tokens_per_s_expected, r.gpu)
-        return (0, r.usd_per_million_output_tokens, r.gpu)
-
-    return sorted(rows, key=order)
