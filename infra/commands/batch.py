@@ -22,69 +22,71 @@ HELP = (
 )
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("batch", help=HELP)
-    def batch_cmd(
-        input_path: Annotated[str, typer.Option("--input", help="prompts.jsonl or prompts.parquet.")],
-        output: Annotated[str, typer.Option("--output", help="Results: a Parquet directory (or s3:// URI).")],
-        local: Annotated[bool, typer.Option("--local", help="The local cluster's model.")] = False,
-        name: Annotated[str, typer.Option("--name", help="Local cluster name.")] = "local",
-        stack: Annotated[
-            str | None, typer.Option("--stack", "-s", help="A deployed stack (ray job submit).")
-        ] = None,
-        overrides: ConfigOpt = None,
-        dashboard: Annotated[
-            str,
-            typer.Option(
-                "--dashboard", help="--stack: the Ray dashboard (the SSM port forward's local end)."
-            ),
-        ] = "http://127.0.0.1:8265",
-        max_tokens: Annotated[
-            int, typer.Option("--max-tokens", min=1, help="Output tokens per row (default).")
-        ] = 32,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per engine batch.")] = 16,
-        dry_run: Annotated[
-            bool, typer.Option("--dry-run", help="--stack: print the command, do not run it.")
-        ] = False,
-        as_json: JsonOpt = False,
-    ) -> None:
-        from infra.bench import batch
-        from infra.bench.sweep import BenchError
+def batch_cmd(
+    input_path: Annotated[str, typer.Option("--input", help="prompts.jsonl or prompts.parquet.")],
+    output: Annotated[str, typer.Option("--output", help="Results: a Parquet directory (or s3:// URI).")],
+    local: Annotated[bool, typer.Option("--local", help="The local cluster's model.")] = False,
+    name: Annotated[str, typer.Option("--name", help="Local cluster name.")] = "local",
+    stack: Annotated[
+        str | None, typer.Option("--stack", "-s", help="A deployed stack (ray job submit).")
+    ] = None,
+    overrides: ConfigOpt = None,
+    dashboard: Annotated[
+        str,
+        typer.Option(
+            "--dashboard", help="--stack: the Ray dashboard (the SSM port forward's local end)."
+        ),
+    ] = "http://127.0.0.1:8265",
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, help="Output tokens per row (default).")
+    ] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per engine batch.")] = 16,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="--stack: print the command, do not run it.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    from infra.bench import batch
+    from infra.bench.sweep import BenchError
 
-        if local == bool(stack):
-            fail("target: " + ("--local and --stack together" if local else "missing")
-                 + "; allowed: one of --local, --stack NAME")  # fmt: skip
-        try:
-            if local:
-                from infra.bench.targets import local_target
+    if local == bool(stack):
+        fail("target: " + ("--local and --stack together" if local else "missing")
+             + "; allowed: one of --local, --stack NAME")  # fmt: skip
+    try:
+        if local:
+            from infra.bench.targets import local_target
 
-                model_dir = local_target(name).model_dir
-                summary = batch.run_local(model_dir, input_path, output, max_tokens, batch_size)  # type: ignore[arg-type]
-            else:
-                argv, work = batch.prepare_submit(stack, overrides, dashboard, input_path, output, max_tokens,
-                                                  batch_size)  # type: ignore[arg-type]  # fmt: skip
-                err_console.print(f"running: {batch.shell_line(argv)}", highlight=False, soft_wrap=True)
-                if dry_run:
-                    print_json({"command": argv, "working_dir": work}) if as_json else console.print(
-                        batch.shell_line(argv), highlight=False, soft_wrap=True)  # fmt: skip
-                    return
-                try:
-                    summary = _submit(argv)
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)  # the job has its own copy by now
-        except BenchError as e:
-            fail(str(e), code=1)
-        if as_json:
-            print_json(summary)
+            model_dir = local_target(name).model_dir
+            summary = batch.run_local(model_dir, input_path, output, max_tokens, batch_size)  # type: ignore[arg-type]
         else:
-            console.print(
-                f"{summary['processed']} rows processed ({summary['skipped_done']} already done), "
-                f"{summary['failed']} failed, {summary['output_tokens']} output tokens in {summary['seconds']} s "
-                f"= {summary['output_tokens_per_s']} tok/s -> {summary['output']}",
-                highlight=False,
-            )
-        if summary["failed"]:
-            raise typer.Exit(1)
+            argv, work = batch.prepare_submit(stack, overrides, dashboard, input_path, output, max_tokens,
+                                              batch_size)  # type: ignore[arg-type]  # fmt: skip
+            err_console.print(f"running: {batch.shell_line(argv)}", highlight=False, soft_wrap=True)
+            if dry_run:
+                print_json({"command": argv, "working_dir": work}) if as_json else console.print(
+                    batch.shell_line(argv), highlight=False, soft_wrap=True)  # fmt: skip
+                return
+            try:
+                summary = _submit(argv)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)  # the job has its own copy by now
+    except BenchError as e:
+        fail(str(e), code=1)
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(
+            f"{summary['processed']} rows processed ({summary['skipped_done']} already done), "
+            f"{summary['failed']} failed, {summary['output_tokens']} output tokens in {summary['seconds']} s "
+            f"= {summary['output_tokens_per_s']} tok/s -> {summary['output']}",
+            highlight=False,
+        )
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("batch", help=HELP)(batch_cmd)
 
 
 def _submit(argv: list[str]) -> dict:

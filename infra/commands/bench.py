@@ -72,115 +72,124 @@ def _resolve(local: bool, name: str, stack: str | None, outputs: Path | None, en
     return targets.endpoint_target(endpoint, token_env, model, tokenizer)  # type: ignore[arg-type]
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("bench", help=HELP)
-    def bench_cmd(
-        local: Annotated[
-            bool, typer.Option("--local", help="The local cluster (`llmfleet local up`).")
-        ] = False,
-        name: Annotated[str, typer.Option("--name", help="Local cluster name.")] = "local",
-        stack: Annotated[str | None, typer.Option("--stack", "-s", help="A deployed stack.")] = None,
-        outputs: Annotated[
-            Path | None,
-            typer.Option("--outputs", help="JSON of `pulumi stack output --json` (with --stack)."),
-        ] = None,
-        endpoint: Annotated[str | None, typer.Option("--endpoint", help="OpenAI base URL (…/v1).")] = None,
-        token_env: Annotated[
-            str | None, typer.Option("--token-env", help="Env var holding the endpoint's token.")
-        ] = None,
-        model: Annotated[
-            str | None, typer.Option("--model", help="Served model id (default: /v1/models).")
-        ] = None,
-        tokenizer: Annotated[
-            str | None,
-            typer.Option("--tokenizer", help="Local dir of the served tokenizer (--local: the model dir)."),
-        ] = None,
-        concurrency: Annotated[
-            str, typer.Option("--concurrency", help="Concurrencies, one step each.")
-        ] = "1,4,8",
-        input_len: Annotated[int, typer.Option("--input-len", help="Prompt tokens per request.")] = 128,
-        output_len: Annotated[int, typer.Option("--output-len", help="Output tokens per request.")] = 32,
-        requests: Annotated[
-            int | None, typer.Option("--requests", help="Requests per step (default 4 x concurrency, >= 8).")
-        ] = None,
-        duration: Annotated[
-            float | None,
-            typer.Option("--duration", help="Seconds per step to send requests (instead of a count)."),
-        ] = None,
-        step_timeout: Annotated[
-            float, typer.Option("--step-timeout", help="Time limit of one step, s.")
-        ] = 120.0,
-        plan_stack: Annotated[
-            str | None,
-            typer.Option(
-                "--plan-stack", help="Stack whose plan to compare with (default: --stack; none for --local)."
-            ),
-        ] = None,
-        plot: Annotated[
-            Path | None, typer.Option("--plot", help="Write tok/s vs TPOT, measured and predicted (PNG).")
-        ] = None,
-        calibrate: Annotated[
-            bool, typer.Option("--calibrate", help="Append the result to the calibration file `plan` reads.")
-        ] = False,
-        tune_: Annotated[
-            bool, typer.Option("--tune", help="ray.tune search over Serve / vLLM options.")
-        ] = False,
-        grid: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--grid",
-                metavar="KEY=V1,V2",
-                help="Repeatable: max_ongoing_requests, max_queued_requests, "
-                "ingress_max_ongoing_requests (in place), max_num_seqs, max_num_batched_tokens (restart engines).",
-            ),
-        ] = None,
-        search: Annotated[str, typer.Option("--search", help="grid or random.")] = "grid",
-        samples: Annotated[int, typer.Option("--samples", help="Trials of a random search.")] = 4,
-        tpot_budget_ms: Annotated[
-            float, typer.Option("--tpot-budget-ms", help="TPOT p95 budget of the objective.")
-        ] = 200.0,
-        dashboard: Annotated[
-            str | None,
-            typer.Option("--dashboard", help="Ray dashboard URL for --tune (--local: the head's)."),
-        ] = None,
-        best_out: Annotated[
-            Path, typer.Option("--best-out", help="Where --tune writes the best config.")
-        ] = Path("bench-best.yaml"),
-        as_json: JsonOpt = False,
-    ) -> None:
-        from infra.bench import calibration, sweep
+# The command's options (module level, so its signature stays short).
+LocalOpt = Annotated[bool, typer.Option("--local", help="The local cluster (`llmfleet local up`).")]
+NameOpt = Annotated[str, typer.Option("--name", help="Local cluster name.")]
+TargetStackOpt = Annotated[str | None, typer.Option("--stack", "-s", help="A deployed stack.")]
+OutputsOpt = Annotated[
+    Path | None,
+    typer.Option("--outputs", help="JSON of `pulumi stack output --json` (with --stack)."),
+]
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="OpenAI base URL (…/v1).")]
+TokenEnvOpt = Annotated[str | None, typer.Option("--token-env", help="Env var holding the endpoint's token.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Served model id (default: /v1/models).")]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option("--tokenizer", help="Local dir of the served tokenizer (--local: the model dir)."),
+]
+ConcurrencyOpt = Annotated[str, typer.Option("--concurrency", help="Concurrencies, one step each.")]
+InputLenOpt = Annotated[int, typer.Option("--input-len", help="Prompt tokens per request.")]
+OutputLenOpt = Annotated[int, typer.Option("--output-len", help="Output tokens per request.")]
+RequestsOpt = Annotated[
+    int | None, typer.Option("--requests", help="Requests per step (default 4 x concurrency, >= 8).")
+]
+DurationOpt = Annotated[
+    float | None,
+    typer.Option("--duration", help="Seconds per step to send requests (instead of a count)."),
+]
+StepTimeoutOpt = Annotated[float, typer.Option("--step-timeout", help="Time limit of one step, s.")]
+PlanStackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plan-stack", help="Stack whose plan to compare with (default: --stack; none for --local)."
+    ),
+]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Write tok/s vs TPOT, measured and predicted (PNG).")
+]
+CalibrateOpt = Annotated[
+    bool, typer.Option("--calibrate", help="Append the result to the calibration file `plan` reads.")
+]
+TuneOpt = Annotated[bool, typer.Option("--tune", help="ray.tune search over Serve / vLLM options.")]
+GridOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grid",
+        metavar="KEY=V1,V2",
+        help="Repeatable: max_ongoing_requests, max_queued_requests, "
+        "ingress_max_ongoing_requests (in place), max_num_seqs, max_num_batched_tokens (restart engines).",
+    ),
+]
+SearchOpt = Annotated[str, typer.Option("--search", help="grid or random.")]
+SamplesOpt = Annotated[int, typer.Option("--samples", help="Trials of a random search.")]
+TpotBudgetMsOpt = Annotated[float, typer.Option("--tpot-budget-ms", help="TPOT p95 budget of the objective.")]
+DashboardOpt = Annotated[
+    str | None,
+    typer.Option("--dashboard", help="Ray dashboard URL for --tune (--local: the head's)."),
+]
+BestOutOpt = Annotated[Path, typer.Option("--best-out", help="Where --tune writes the best config.")]
 
-        try:
-            spec = sweep.SweepSpec(sweep.parse_concurrencies(concurrency), input_len, output_len, requests,
-                                   duration, step_timeout)  # fmt: skip
-            spec.check()
-            resolved = _resolve(local, name, stack, outputs, endpoint, token_env, model, tokenizer)
-            if resolved.tokenizer is None:
-                fail("--tokenizer: missing; allowed: a local directory with the served model's tokenizer")
-            lay = calibration.layout_for_stack(plan_stack or stack) if (plan_stack or stack) else None
-            vocab = sweep.prompt_vocabulary(sweep.load_tokenizer(resolved.tokenizer))
-            if tune_:
-                _tune(
-                    resolved, dashboard, spec, grid, search, samples, tpot_budget_ms, vocab, best_out, as_json
-                )
-                return
-            if calibrate and lay is None:
-                fail(
-                    "--calibrate: no planner layout to calibrate; allowed: with --stack or --plan-stack NAME"
-                )
-            doc = _sweep(resolved, spec, lay, vocab, plot, calibrate)
-        except sweep.BenchError as e:
-            fail(str(e), code=1)
-        if as_json:
-            print_json(doc)
+
+def bench_cmd(
+    local: LocalOpt = False,
+    name: NameOpt = "local",
+    stack: TargetStackOpt = None,
+    outputs: OutputsOpt = None,
+    endpoint: EndpointOpt = None,
+    token_env: TokenEnvOpt = None,
+    model: ModelOpt = None,
+    tokenizer: TokenizerOpt = None,
+    concurrency: ConcurrencyOpt = "1,4,8",
+    input_len: InputLenOpt = 128,
+    output_len: OutputLenOpt = 32,
+    requests: RequestsOpt = None,
+    duration: DurationOpt = None,
+    step_timeout: StepTimeoutOpt = 120.0,
+    plan_stack: PlanStackOpt = None,
+    plot: PlotOpt = None,
+    calibrate: CalibrateOpt = False,
+    tune_: TuneOpt = False,
+    grid: GridOpt = None,
+    search: SearchOpt = "grid",
+    samples: SamplesOpt = 4,
+    tpot_budget_ms: TpotBudgetMsOpt = 200.0,
+    dashboard: DashboardOpt = None,
+    best_out: BestOutOpt = Path("bench-best.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    from infra.bench import calibration, sweep
+
+    try:
+        spec = sweep.SweepSpec(sweep.parse_concurrencies(concurrency), input_len, output_len, requests,
+                               duration, step_timeout)  # fmt: skip
+        spec.check()
+        resolved = _resolve(local, name, stack, outputs, endpoint, token_env, model, tokenizer)
+        if resolved.tokenizer is None:
+            fail("--tokenizer: missing; allowed: a local directory with the served model's tokenizer")
+        lay = calibration.layout_for_stack(plan_stack or stack) if (plan_stack or stack) else None
+        vocab = sweep.prompt_vocabulary(sweep.load_tokenizer(resolved.tokenizer))
+        if tune_:
+            _tune(resolved, dashboard, spec, grid, search, samples, tpot_budget_ms, vocab, best_out, as_json)
             return
-        render_steps(doc["steps"], _title(resolved, lay, input_len, output_len))
-        if lay is None:
-            console.print("planner: no layout to compare with (pass --plan-stack NAME)", highlight=False)
-        if plot is not None:
-            console.print(f"plot: {plot}", highlight=False)
-        if calibrate:
-            console.print(f"calibration: appended to {doc['calibration']['file']}", highlight=False)
+        if calibrate and lay is None:
+            fail("--calibrate: no planner layout to calibrate; allowed: with --stack or --plan-stack NAME")
+        doc = _sweep(resolved, spec, lay, vocab, plot, calibrate)
+    except sweep.BenchError as e:
+        fail(str(e), code=1)
+    if as_json:
+        print_json(doc)
+        return
+    render_steps(doc["steps"], _title(resolved, lay, input_len, output_len))
+    if lay is None:
+        console.print("planner: no layout to compare with (pass --plan-stack NAME)", highlight=False)
+    if plot is not None:
+        console.print(f"plot: {plot}", highlight=False)
+    if calibrate:
+        console.print(f"calibration: appended to {doc['calibration']['file']}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench", help=HELP)(bench_cmd)
 
 
 def _sweep(resolved, spec, lay, vocab: list[int], plot: Path | None, calibrate: bool) -> dict:

@@ -150,92 +150,103 @@ def _preview_and_confirm(stack: str, pstack, packs, yes: bool) -> None:
         raise typer.Exit(1)
 
 
+def _preflight_or_fail(stack: str, cfg) -> None:
+    from infra.account_check import run as ac_run
+    from infra.commands.preflight import run_for_stack, show
+
+    checks = run_for_stack(cfg)
+    show(checks, f"preflight: stack {stack} in {cfg.region}")
+    if ac_run.exit_code(checks):
+        fail("preflight failed: fix the lines marked fail above (or --skip-preflight)", 1)
+
+
+def _show_endpoint(cfg, outputs: dict) -> None:
+    """Where to call the cluster, and how to read its token."""
+    endpoint = outputs.get("endpoint_url")
+    if endpoint:
+        console.print(f"endpoint: {endpoint}", highlight=False)
+    if outputs.get("token_parameter"):
+        console.print(
+            f"token:    aws ssm get-parameter --region {cfg.region} --name {outputs['token_parameter']} "
+            "--with-decryption --query Parameter.Value --output text",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def up_cmd(
+    stack: StackOpt,
+    config: ConfigOpt = None,
+    skip_preflight: Annotated[
+        bool, typer.Option("--skip-preflight", help="Do not check the account first.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for a real completion.")] = True,
+    timeout: TimeoutOpt = 1800.0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Preflight, preview + `pulumi up` with the policy pack (Automation API), render cluster.yaml + Serve config, wait until it answers.
+
+    Exit 0 = up and answering, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / not ready in time, 2 = bad input or no pulumi CLI.
+    """  # noqa: E501  (one line per paragraph: rich folds help text itself)
+    _cli_or_fail()
+    args = _args_or_fail(stack, config)
+    cfg = config_or_fail(stack, config)
+    if not skip_preflight:
+        _preflight_or_fail(stack, cfg)
+
+    from infra.deploy import PolicyEvents, open_stack, policy_packs, render_artifacts, stack_up
+    from policy.runner import stack_policy_config
+
+    out_dir = out or Path(".llmfleet") / stack
+    packs = policy_packs(stack_policy_config(cfg), out_dir)
+    pstack = open_stack(args)
+    _preview_and_confirm(stack, pstack, packs, yes)
+    events = PolicyEvents()
+    try:
+        outputs = stack_up(
+            pstack,
+            on_output=lambda line: console.print(line, highlight=False, markup=False),
+            on_event=events,
+            packs=packs,
+        )
+    except Exception as e:  # noqa: BLE001 - automation errors carry the CLI's stderr; show its last line
+        if events.mandatory:
+            _policy_stop(stack, events.mandatory)
+        fail(f"pulumi up failed: {_one_line(e)}", 1)
+    try:
+        written = render_artifacts(outputs, cfg, out_dir)
+    except ValueError as e:  # RenderError / ServeConfigError: Ray rejected what the outputs give
+        fail(f"rendering cluster.yaml / serve.yaml from the stack outputs: {e}", 1)
+    for path in written:
+        console.print(f"wrote {path}")
+    if wait and not _wait(cfg, outputs, timeout):
+        raise typer.Exit(1)
+    _show_endpoint(cfg, outputs)
+
+def down_cmd(
+    stack: StackOpt,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Destroy every resource of the stack (`pulumi destroy` through the Automation API)."""
+    _cli_or_fail()
+    args = _args_or_fail(stack, [])
+    if not yes and not typer.confirm(f"Destroy every resource of stack {stack}?"):
+        raise typer.Exit(1)
+    from infra.deploy import open_stack, stack_down
+
+    try:
+        result = stack_down(
+            open_stack(args, create=False),
+            on_output=lambda line: console.print(line, highlight=False, markup=False),
+        )
+    except Exception as e:  # noqa: BLE001
+        fail(f"pulumi destroy failed: {_one_line(e)}", 1)
+    console.print(f"destroy: {result}")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("up")
-    def up_cmd(
-        stack: StackOpt,
-        config: ConfigOpt = None,
-        skip_preflight: Annotated[
-            bool, typer.Option("--skip-preflight", help="Do not check the account first.")
-        ] = False,
-        wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for a real completion.")] = True,
-        timeout: TimeoutOpt = 1800.0,
-        out: Annotated[
-            Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")
-        ] = None,
-        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    ) -> None:
-        """Preflight, preview + `pulumi up` with the policy pack (Automation API), render cluster.yaml + Serve config, wait until it answers.
-
-        Exit 0 = up and answering, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / not ready in time, 2 = bad input or no pulumi CLI.
-        """  # noqa: E501  (one line per paragraph: rich folds help text itself)
-        _cli_or_fail()
-        args = _args_or_fail(stack, config)
-        cfg = config_or_fail(stack, config)
-        if not skip_preflight:
-            from infra.account_check import run as ac_run
-            from infra.commands.preflight import run_for_stack, show
-
-            checks = run_for_stack(cfg)
-            show(checks, f"preflight: stack {stack} in {cfg.region}")
-            if ac_run.exit_code(checks):
-                fail("preflight failed: fix the lines marked fail above (or --skip-preflight)", 1)
-
-        from infra.deploy import PolicyEvents, open_stack, policy_packs, render_artifacts, stack_up
-        from policy.runner import stack_policy_config
-
-        out_dir = out or Path(".llmfleet") / stack
-        packs = policy_packs(stack_policy_config(cfg), out_dir)
-        pstack = open_stack(args)
-        _preview_and_confirm(stack, pstack, packs, yes)
-        events = PolicyEvents()
-        try:
-            outputs = stack_up(
-                pstack,
-                on_output=lambda line: console.print(line, highlight=False, markup=False),
-                on_event=events,
-                packs=packs,
-            )
-        except Exception as e:  # noqa: BLE001 - automation errors carry the CLI's stderr; show its last line
-            if events.mandatory:
-                _policy_stop(stack, events.mandatory)
-            fail(f"pulumi up failed: {_one_line(e)}", 1)
-        try:
-            written = render_artifacts(outputs, cfg, out_dir)
-        except ValueError as e:  # RenderError / ServeConfigError: Ray rejected what the outputs give
-            fail(f"rendering cluster.yaml / serve.yaml from the stack outputs: {e}", 1)
-        for path in written:
-            console.print(f"wrote {path}")
-        endpoint = outputs.get("endpoint_url")
-        if wait and not _wait(cfg, outputs, timeout):
-            raise typer.Exit(1)
-        if endpoint:
-            console.print(f"endpoint: {endpoint}", highlight=False)
-        if outputs.get("token_parameter"):
-            console.print(
-                f"token:    aws ssm get-parameter --region {cfg.region} --name {outputs['token_parameter']} "
-                "--with-decryption --query Parameter.Value --output text",
-                highlight=False,
-                soft_wrap=True,
-            )
-
-    @app.command("down")
-    def down_cmd(
-        stack: StackOpt,
-        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    ) -> None:
-        """Destroy every resource of the stack (`pulumi destroy` through the Automation API)."""
-        _cli_or_fail()
-        args = _args_or_fail(stack, [])
-        if not yes and not typer.confirm(f"Destroy every resource of stack {stack}?"):
-            raise typer.Exit(1)
-        from infra.deploy import open_stack, stack_down
-
-        try:
-            result = stack_down(
-                open_stack(args, create=False),
-                on_output=lambda line: console.print(line, highlight=False, markup=False),
-            )
-        except Exception as e:  # noqa: BLE001
-            fail(f"pulumi destroy failed: {_one_line(e)}", 1)
-        console.print(f"destroy: {result}")
+    app.command("up")(up_cmd)
+    app.command("down")(down_cmd)

@@ -101,186 +101,190 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
     return t
 
 
+def up_cmd(
+    hosts: Annotated[
+        int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 workers, one replica each.")
+    ] = 2,
+    tp: Annotated[int, typer.Option("--tp", min=1, max=4, help="Tensor parallel ranks per replica.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", min=1, max=4, help="Pipeline stages per replica.")] = 1,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
+    ] = 8000,
+    mode: Annotated[
+        str, typer.Option("--mode", help="auto (netns when root), netns or loopback.")
+    ] = "auto",
+    name: NameOpt = "local",
+    subnet: Annotated[
+        int, typer.Option("--subnet", min=0, max=255, help="Third octet of the hosts' subnet.")
+    ] = 1,
+    timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds per wait.")] = 600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    from infra.local.cluster import UpOptions, up
+    from infra.local.hosts import HostsError
+    from infra.local.layout import LocalError
+    from infra.local.state import public_doc
+    from infra.rayconf.serve_config import ServeConfigError
+
+    opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout)
+    progress, on_stage = _progress_stages()
+    try:
+        with progress:
+            st = up(opts, on_stage)
+    except (LocalError, HostsError, ServeConfigError) as e:
+        fail(str(e), code=1)
+    except KeyboardInterrupt:
+        fail("interrupted; everything started was stopped", code=130)
+    doc = public_doc(st)
+    if as_json:
+        print_json(doc)
+        return
+    if st.get("reused"):
+        console.print(f"local cluster {name!r} is already up and serving", highlight=False)
+    console.print(_hosts_table([{**h} for h in st["hosts"]], f"local cluster {name!r} ({st['mode']})"))
+    lay = st["layout"]
+    console.print(
+        f"engine: {st['engine']}: {st['model']}, {lay['replicas']} replica(s) x TP {lay['tp']} x PP {lay['pp']}",
+        highlight=False,
+    )
+    console.print(f"endpoint: {doc['endpoint']}", highlight=False)
+    console.print(f"token:    {doc['token']}", highlight=False)
+    prom = st.get("prometheus") or {}
+    metrics = f"{prom['url']} (Prometheus; llmfleet local top)" if prom.get("url") else prom.get("missing", "-")
+    console.print(f"metrics:  {metrics}", highlight=False)
+    console.print(
+        "try:      llmfleet local chat 'Hello'   |   llmfleet local down",
+        highlight=False,
+    )
+
+
+def status_cmd(
+    name: NameOpt = "local",
+    price_stack: PriceStackOpt = "prod",
+    as_json: JsonOpt = False,
+) -> None:
+    """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion, and live figures from the cluster's Prometheus."""
+    from infra.local.layout import LocalError
+    from infra.local.status import status
+    from infra.stack.config import ConfigError
+
+    try:
+        rep = status(name, price_stack=price_stack)
+    except (LocalError, ConfigError) as e:
+        fail(str(e), code=1)
+    if as_json:
+        print_json(rep)
+        return
+    console.print(_hosts_table(rep["hosts"], f"local cluster {name!r} ({rep['mode']})"))
+    serve = ", ".join(f"{k}={v}" for k, v in rep["serve"].items()) or "no applications / head unreachable"
+    console.print(f"serve: {serve}", highlight=False)
+    deps = "; ".join(
+        f"{d} {s['status']} ({s['replicas']} running)"
+        for app in rep["deployments"].values()
+        for d, s in app.items()
+    )
+    console.print(f"engine: {rep['engine']}" + (f": {deps}" if deps else ""), highlight=False)
+    ok = "[green]yes[/]" if rep["serving"] else f"[red]no[/] ({rep['serving_detail']})"
+    console.print(f"endpoint {rep['endpoint']} answers a completion: {ok}", highlight=False)
+    if rep["lost"]:
+        console.print(f"[red]lost:[/] {', '.join(rep['lost'])}", highlight=False)
+    from infra.commands._local_live import print_metrics
+
+    print_metrics(rep["metrics"])
+
+
+def top_cmd(
+    name: NameOpt = "local",
+    interval: Annotated[float, typer.Option("--interval", min=0.5, help="Seconds between refreshes.")] = 2.0,
+    iterations: Annotated[
+        int, typer.Option("--iterations", min=0, help="Refreshes before exiting; 0 = until Ctrl-C.")
+    ] = 0,
+) -> None:
+    """Live serving figures (Prometheus queries), refreshed in place: requests running and waiting, tokens/s, TTFT and TPOT p50, KV-cache usage, per worker host."""
+    from infra.commands._local_live import top
+    from infra.local.layout import LocalError
+    from infra.local.state import load_state, state_dir
+
+    try:
+        st = load_state(name)
+    except LocalError as e:
+        fail(str(e), code=1)
+    if st is None:
+        fail(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`", code=1)
+    if not (st.get("prometheus") or {}).get("url"):
+        why = (st.get("prometheus") or {}).get("missing", "run `llmfleet local down` and `up` again")
+        fail(f"local cluster {name!r} runs no Prometheus: {why}", code=1)
+    try:
+        top(st, interval, iterations)
+    except KeyboardInterrupt:
+        pass
+
+
+def down_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
+    """Stop supervisors and every Ray process of the hosts, delete namespaces, state and token."""
+    from infra.local.cluster import down
+
+    removed = down(name)
+    if as_json:
+        print_json({"name": name, "removed": removed})
+    elif removed:
+        console.print(f"local cluster {name!r} is down; removed {len(removed)} items", highlight=False)
+    else:
+        console.print(f"no local cluster {name!r} running; nothing to do", highlight=False)
+
+
+def chat_cmd(
+    message: Annotated[str, typer.Argument(help="The user message.")],
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, max=1000, help="Most tokens the reply may have.")
+    ] = 48,
+    temperature: Annotated[
+        float,
+        typer.Option("--temperature", min=0.0, max=2.0, help="Sampling temperature (0 = greedy)."),
+    ] = 0.7,
+    name: NameOpt = "local",
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the local endpoint one question (openai client) and print the assistant's reply."""
+    from infra.local.cluster import chat
+    from infra.local.layout import LocalError
+    from infra.local.tiny_model import is_tiny_model_id
+
+    try:
+        r = chat(message, name, max_tokens, temperature)
+    except LocalError as e:
+        fail(str(e), code=1)
+    if as_json:
+        print_json(r)
+        return
+    console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
+    shown, escaped = printable(r["reply"])
+    console.print(
+        shown or f"(empty reply, finish_reason={r['finish_reason']})", highlight=False, markup=False
+    )
+    if escaped:
+        err_console.print(
+            f"note: the reply held non-printable characters, shown escaped: {' '.join(escaped)}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if is_tiny_model_id(r["model"]):
+        err_console.print(
+            "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]",
+            soft_wrap=True,
+        )
+
+
 def register(app: typer.Typer) -> None:
     local = typer.Typer(
         name="local",
         help="A multi-host Ray cluster on this machine serving a tiny DeepSeek-V3 model (OpenAI API).",
         no_args_is_help=True,
     )
-
-    @local.command("up", help=UP_HELP)
-    def up_cmd(
-        hosts: Annotated[
-            int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 workers, one replica each.")
-        ] = 2,
-        tp: Annotated[int, typer.Option("--tp", min=1, max=4, help="Tensor parallel ranks per replica.")] = 1,
-        pp: Annotated[int, typer.Option("--pp", min=1, max=4, help="Pipeline stages per replica.")] = 1,
-        port: Annotated[
-            int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
-        ] = 8000,
-        mode: Annotated[
-            str, typer.Option("--mode", help="auto (netns when root), netns or loopback.")
-        ] = "auto",
-        name: NameOpt = "local",
-        subnet: Annotated[
-            int, typer.Option("--subnet", min=0, max=255, help="Third octet of the hosts' subnet.")
-        ] = 1,
-        timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds per wait.")] = 600.0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        from infra.local.cluster import UpOptions, up
-        from infra.local.hosts import HostsError
-        from infra.local.layout import LocalError
-        from infra.local.state import public_doc
-        from infra.rayconf.serve_config import ServeConfigError
-
-        opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout)
-        progress, on_stage = _progress_stages()
-        try:
-            with progress:
-                st = up(opts, on_stage)
-        except (LocalError, HostsError, ServeConfigError) as e:
-            fail(str(e), code=1)
-        except KeyboardInterrupt:
-            fail("interrupted; everything started was stopped", code=130)
-        doc = public_doc(st)
-        if as_json:
-            print_json(doc)
-            return
-        if st.get("reused"):
-            console.print(f"local cluster {name!r} is already up and serving", highlight=False)
-        console.print(_hosts_table([{**h} for h in st["hosts"]], f"local cluster {name!r} ({st['mode']})"))
-        lay = st["layout"]
-        console.print(
-            f"engine: {st['engine']}: {st['model']}, {lay['replicas']} replica(s) x TP {lay['tp']} x PP {lay['pp']}",
-            highlight=False,
-        )
-        console.print(f"endpoint: {doc['endpoint']}", highlight=False)
-        console.print(f"token:    {doc['token']}", highlight=False)
-        prom = st.get("prometheus") or {}
-        metrics = f"{prom['url']} (Prometheus; llmfleet local top)" if prom.get("url") else prom.get("missing", "-")
-        console.print(f"metrics:  {metrics}", highlight=False)
-        console.print(
-            "try:      llmfleet local chat 'Hello'   |   llmfleet local down",
-            highlight=False,
-        )
-
-    @local.command("status")
-    def status_cmd(
-        name: NameOpt = "local",
-        price_stack: PriceStackOpt = "prod",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion, and live figures from the cluster's Prometheus."""
-        from infra.local.layout import LocalError
-        from infra.local.status import status
-        from infra.stack.config import ConfigError
-
-        try:
-            rep = status(name, price_stack=price_stack)
-        except (LocalError, ConfigError) as e:
-            fail(str(e), code=1)
-        if as_json:
-            print_json(rep)
-            return
-        console.print(_hosts_table(rep["hosts"], f"local cluster {name!r} ({rep['mode']})"))
-        serve = ", ".join(f"{k}={v}" for k, v in rep["serve"].items()) or "no applications / head unreachable"
-        console.print(f"serve: {serve}", highlight=False)
-        deps = "; ".join(
-            f"{d} {s['status']} ({s['replicas']} running)"
-            for app in rep["deployments"].values()
-            for d, s in app.items()
-        )
-        console.print(f"engine: {rep['engine']}" + (f": {deps}" if deps else ""), highlight=False)
-        ok = "[green]yes[/]" if rep["serving"] else f"[red]no[/] ({rep['serving_detail']})"
-        console.print(f"endpoint {rep['endpoint']} answers a completion: {ok}", highlight=False)
-        if rep["lost"]:
-            console.print(f"[red]lost:[/] {', '.join(rep['lost'])}", highlight=False)
-        from infra.commands._local_live import print_metrics
-
-        print_metrics(rep["metrics"])
-
-    @local.command("top")
-    def top_cmd(
-        name: NameOpt = "local",
-        interval: Annotated[float, typer.Option("--interval", min=0.5, help="Seconds between refreshes.")] = 2.0,
-        iterations: Annotated[
-            int, typer.Option("--iterations", min=0, help="Refreshes before exiting; 0 = until Ctrl-C.")
-        ] = 0,
-    ) -> None:
-        """Live serving figures (Prometheus queries), refreshed in place: requests running and waiting, tokens/s, TTFT and TPOT p50, KV-cache usage, per worker host."""
-        from infra.commands._local_live import top
-        from infra.local.layout import LocalError
-        from infra.local.state import load_state, state_dir
-
-        try:
-            st = load_state(name)
-        except LocalError as e:
-            fail(str(e), code=1)
-        if st is None:
-            fail(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`", code=1)
-        if not (st.get("prometheus") or {}).get("url"):
-            why = (st.get("prometheus") or {}).get("missing", "run `llmfleet local down` and `up` again")
-            fail(f"local cluster {name!r} runs no Prometheus: {why}", code=1)
-        try:
-            top(st, interval, iterations)
-        except KeyboardInterrupt:
-            pass
-
-    @local.command("down")
-    def down_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
-        """Stop supervisors and every Ray process of the hosts, delete namespaces, state and token."""
-        from infra.local.cluster import down
-
-        removed = down(name)
-        if as_json:
-            print_json({"name": name, "removed": removed})
-        elif removed:
-            console.print(f"local cluster {name!r} is down; removed {len(removed)} items", highlight=False)
-        else:
-            console.print(f"no local cluster {name!r} running; nothing to do", highlight=False)
-
-    @local.command("chat")
-    def chat_cmd(
-        message: Annotated[str, typer.Argument(help="The user message.")],
-        max_tokens: Annotated[
-            int, typer.Option("--max-tokens", min=1, max=1000, help="Most tokens the reply may have.")
-        ] = 48,
-        temperature: Annotated[
-            float,
-            typer.Option("--temperature", min=0.0, max=2.0, help="Sampling temperature (0 = greedy)."),
-        ] = 0.7,
-        name: NameOpt = "local",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Ask the local endpoint one question (openai client) and print the assistant's reply."""
-        from infra.local.cluster import chat
-        from infra.local.layout import LocalError
-        from infra.local.tiny_model import is_tiny_model_id
-
-        try:
-            r = chat(message, name, max_tokens, temperature)
-        except LocalError as e:
-            fail(str(e), code=1)
-        if as_json:
-            print_json(r)
-            return
-        console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
-        shown, escaped = printable(r["reply"])
-        console.print(
-            shown or f"(empty reply, finish_reason={r['finish_reason']})", highlight=False, markup=False
-        )
-        if escaped:
-            err_console.print(
-                f"note: the reply held non-printable characters, shown escaped: {' '.join(escaped)}",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-        if is_tiny_model_id(r["model"]):
-            err_console.print(
-                "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]",
-                soft_wrap=True,
-            )
-
+    local.command("up", help=UP_HELP)(up_cmd)
+    local.command("status")(status_cmd)
+    local.command("top")(top_cmd)
+    local.command("down")(down_cmd)
+    local.command("chat")(chat_cmd)
     app.add_typer(local, name="local")

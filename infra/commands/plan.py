@@ -36,10 +36,8 @@ def _fits_cell(p: Plan) -> str:
     return "[green]yes[/]"
 
 
-def render_plan(p: Plan) -> None:
-    t = Table(title=f"{p.model} on {p.gpu} ({p.quantization}, {p.engine})", show_header=False)
-    t.add_column(style="bold")
-    t.add_column(justify="right")
+def _plan_rows(p: Plan) -> list[tuple[str, str]]:
+    """The plan table's rows: layout and memory, then (when it fits) speed, cost and cold start."""
     conc = f"{p.effective_concurrency}"
     if p.concurrency_capped:
         conc = f"[yellow]{p.effective_concurrency} (capped from {p.concurrency})[/]"
@@ -93,7 +91,14 @@ def render_plan(p: Plan) -> None:
                     f"{p.cold_start_s:,.0f} s ({_money(p.cold_start_usd)} USD)",
                 )
             )
-    for k, v in rows:
+    return rows
+
+
+def render_plan(p: Plan) -> None:
+    t = Table(title=f"{p.model} on {p.gpu} ({p.quantization}, {p.engine})", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for k, v in _plan_rows(p):
         t.add_row(k, v)
     console.print(t)
     if p.concurrency_capped:
@@ -177,83 +182,85 @@ def _calibrated(p: Plan) -> Plan:
         fail(str(e))
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("plan")
-    def plan_cmd(
-        model: Annotated[str, typer.Option("--model", "-m", help="Catalog model id, e.g. deepseek-r1.")],
-        gpu: Annotated[
-            str | None, typer.Option("--gpu", "-g", help="GPU id, e.g. L20, L40S, H200 (not with --compare).")
-        ] = None,
-        compare: Annotated[
-            bool, typer.Option("--compare", help="One row per GPU in the catalog, cheapest per token first.")
-        ] = False,
-        gpus_per_node: Annotated[
-            int, typer.Option("--gpus-per-node", help="GPUs per node = tensor parallel size.")
-        ] = 8,
-        nodes: Annotated[
-            int | None, typer.Option("--nodes", help="Nodes = pipeline parallel size; omit for auto.")
-        ] = None,
-        quantization: Annotated[
-            str | None, typer.Option("--quantization", "-q", help="fp8, bf16, int8 or int4.")
-        ] = None,
-        max_model_len: Annotated[
-            int, typer.Option("--max-model-len", help="Longest sequence in tokens.")
-        ] = 8192,
-        concurrency: Annotated[int, typer.Option("--concurrency", help="Concurrent sequences.")] = 64,
-        input_len: Annotated[
-            int, typer.Option("--input-len", help="Prompt tokens per request (TTFT, KV, prefill load).")
-        ] = 1024,
-        output_len: Annotated[int, typer.Option("--output-len", help="Output tokens per request.")] = 1024,
-        engine: Annotated[
-            str, typer.Option("--engine", help="Serving engine whose fitted efficiency to use.")
-        ] = "vllm",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Fit a model on GPUs: layout, memory per GPU, KV cache, per-user and cluster decode speed, time to first token, cold start, and what it costs on AWS.
+def plan_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Catalog model id, e.g. deepseek-r1.")],
+    gpu: Annotated[
+        str | None, typer.Option("--gpu", "-g", help="GPU id, e.g. L20, L40S, H200 (not with --compare).")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="One row per GPU in the catalog, cheapest per token first.")
+    ] = False,
+    gpus_per_node: Annotated[
+        int, typer.Option("--gpus-per-node", help="GPUs per node = tensor parallel size.")
+    ] = 8,
+    nodes: Annotated[
+        int | None, typer.Option("--nodes", help="Nodes = pipeline parallel size; omit for auto.")
+    ] = None,
+    quantization: Annotated[
+        str | None, typer.Option("--quantization", "-q", help="fp8, bf16, int8 or int4.")
+    ] = None,
+    max_model_len: Annotated[
+        int, typer.Option("--max-model-len", help="Longest sequence in tokens.")
+    ] = 8192,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Concurrent sequences.")] = 64,
+    input_len: Annotated[
+        int, typer.Option("--input-len", help="Prompt tokens per request (TTFT, KV, prefill load).")
+    ] = 1024,
+    output_len: Annotated[int, typer.Option("--output-len", help="Output tokens per request.")] = 1024,
+    engine: Annotated[
+        str, typer.Option("--engine", help="Serving engine whose fitted efficiency to use.")
+    ] = "vllm",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a model on GPUs: layout, memory per GPU, KV cache, per-user and cluster decode speed, time to first token, cold start, and what it costs on AWS.
 
-        Exit 0 = fits, 3 = does not fit (the plan is still printed), 2 = bad input.
-        """
-        from infra.catalog import load_catalog
-        from infra.stack.compare import compare as compare_gpus
-        from infra.stack.planner import PlanInputError, plan
+    Exit 0 = fits, 3 = does not fit (the plan is still printed), 2 = bad input.
+    """
+    from infra.catalog import load_catalog
+    from infra.stack.compare import compare as compare_gpus
+    from infra.stack.planner import PlanInputError, plan
 
-        cat = load_catalog()
-        model = resolve_id("--model", model, list(cat.models), "model")
+    cat = load_catalog()
+    model = resolve_id("--model", model, list(cat.models), "model")
+    if gpu is not None:
+        gpu = resolve_id("--gpu", gpu, list(cat.gpus), "GPU")
+
+    common = dict(
+        quantization=quantization,
+        max_model_len=max_model_len,
+        concurrency=concurrency,
+        input_len=input_len,
+        output_len=output_len,
+        engine=engine,
+    )
+    if compare:
         if gpu is not None:
-            gpu = resolve_id("--gpu", gpu, list(cat.gpus), "GPU")
-
-        common = dict(
-            quantization=quantization,
-            max_model_len=max_model_len,
-            concurrency=concurrency,
-            input_len=input_len,
-            output_len=output_len,
-            engine=engine,
-        )
-        if compare:
-            if gpu is not None:
-                fail(
-                    f"--gpu: {gpu!r} is not allowed with --compare; allowed: omit --gpu (every GPU is compared)"
-                )
-            try:
-                rows = compare_gpus(model, **common)  # type: ignore[arg-type]
-            except PlanInputError as e:
-                fail(str(e))
-            if as_json:
-                print_json({"model": model, **common, "rows": [r.to_dict() for r in rows]})
-            else:
-                render_compare(rows, model, concurrency)
-            return
-        if gpu is None:
-            fail("--gpu: missing; allowed: a GPU id such as L20, L40S or H200, or --compare for every GPU")
+            fail(
+                f"--gpu: {gpu!r} is not allowed with --compare; allowed: omit --gpu (every GPU is compared)"
+            )
         try:
-            p = plan(model=model, gpu=gpu, gpus_per_node=gpus_per_node, nodes=nodes, **common)  # type: ignore[arg-type]
+            rows = compare_gpus(model, **common)  # type: ignore[arg-type]
         except PlanInputError as e:
             fail(str(e))
-        p = _calibrated(p)
         if as_json:
-            print_json(p.to_dict())
+            print_json({"model": model, **common, "rows": [r.to_dict() for r in rows]})
         else:
-            render_plan(p)
-        if not p.fits:
-            raise typer.Exit(EXIT_DOES_NOT_FIT)
+            render_compare(rows, model, concurrency)
+        return
+    if gpu is None:
+        fail("--gpu: missing; allowed: a GPU id such as L20, L40S or H200, or --compare for every GPU")
+    try:
+        p = plan(model=model, gpu=gpu, gpus_per_node=gpus_per_node, nodes=nodes, **common)  # type: ignore[arg-type]
+    except PlanInputError as e:
+        fail(str(e))
+    p = _calibrated(p)
+    if as_json:
+        print_json(p.to_dict())
+    else:
+        render_plan(p)
+    if not p.fits:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_cmd)

@@ -26,25 +26,27 @@ def violations_table(stack: str, report: Report) -> Table:
     return t
 
 
+def policy_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Run the policy pack (policy/) offline, as `pulumi preview --policy-pack policy/` would.
+
+    Exit 1 when any mandatory policy is violated, 0 otherwise.
+    """
+    from policy.runner import run_policies, stack_policy_config
+
+    cap = capture_or_fail(stack, config)
+    report = run_policies(cap.resources, stack_policy_config(cap.config), stack=cap.config)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        if report.violations:
+            console.print(violations_table(stack, report))
+        console.print(
+            f"{len(cap.resources)} resources checked: {report.mandatory} mandatory, {report.advisory} advisory",
+            highlight=False,
+        )
+    if report.mandatory:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("policy")
-    def policy_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-        """Run the policy pack (policy/) offline, as `pulumi preview --policy-pack policy/` would.
-
-        Exit 1 when any mandatory policy is violated, 0 otherwise.
-        """
-        from policy.runner import run_policies, stack_policy_config
-
-        cap = capture_or_fail(stack, config)
-        report = run_policies(cap.resources, stack_policy_config(cap.config), stack=cap.config)
-        if as_json:
-            print_json(report.to_dict())
-        else:
-            if report.violations:
-                console.print(violations_table(stack, report))
-            console.print(
-                f"{len(cap.resources)} resources checked: {report.mandatory} mandatory, {report.advisory} advisory",
-                highlight=False,
-            )
-        if report.mandatory:
-            raise typer.Exit(1)
+    app.command("policy")(policy_cmd)

@@ -45,19 +45,21 @@ def show(checks, title: str) -> None:
     console.print(t)
 
 
+def preflight_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the AWS account can hold the stack before anything is created.
+
+    GPU type offered in the AZ, GPU facts vs the catalog, vCPU quotas, the AMI, the weights upload and an optional capacity reservation. Exit 0 = all pass (warnings never fail), 1 = a check failed, 2 = bad input or no AWS credentials.
+    """
+    from infra.account_check import run as ac_run
+
+    cfg = config_or_fail(stack, config)
+    checks = run_for_stack(cfg)
+    if as_json:
+        print_json(ac_run.to_json(checks))
+    else:
+        show(checks, f"preflight: stack {stack} in {cfg.region}")
+    raise typer.Exit(ac_run.exit_code(checks))
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("preflight")
-    def preflight_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-        """Check the AWS account can hold the stack before anything is created.
-
-        GPU type offered in the AZ, GPU facts vs the catalog, vCPU quotas, the AMI, the weights upload and an optional capacity reservation. Exit 0 = all pass (warnings never fail), 1 = a check failed, 2 = bad input or no AWS credentials.
-        """
-        from infra.account_check import run as ac_run
-
-        cfg = config_or_fail(stack, config)
-        checks = run_for_stack(cfg)
-        if as_json:
-            print_json(ac_run.to_json(checks))
-        else:
-            show(checks, f"preflight: stack {stack} in {cfg.region}")
-        raise typer.Exit(ac_run.exit_code(checks))
+    app.command("preflight")(preflight_cmd)

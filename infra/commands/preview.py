@@ -59,36 +59,38 @@ def outputs_table(outputs: dict[str, Any]) -> Table:
     return o
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("preview")
-    def preview_cmd(
-        stack: StackOpt,
-        config: ConfigOpt = None,
-        as_json: JsonOpt = False,
-        wide: Annotated[bool, typer.Option("--wide", help="Full type tokens and each resource's parent (wider than 80 columns).")] = False,
-        output: Annotated[
-            str | None,
-            typer.Option("--output", "-o", metavar="KEY", help="Print only this stack output, in full."),
-        ] = None,
-    ) -> None:
-        """Run the real Pulumi program offline (mocked cloud) and list what `pulumi up` would create."""
-        cap = capture_or_fail(stack, config)
-        if output is not None:
-            if output not in cap.outputs:
-                from infra.stack import suggest
+def preview_cmd(
+    stack: StackOpt,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Full type tokens and each resource's parent (wider than 80 columns).")] = False,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", metavar="KEY", help="Print only this stack output, in full."),
+    ] = None,
+) -> None:
+    """Run the real Pulumi program offline (mocked cloud) and list what `pulumi up` would create."""
+    cap = capture_or_fail(stack, config)
+    if output is not None:
+        if output not in cap.outputs:
+            from infra.stack import suggest
 
-                keys = sorted(cap.outputs)
-                fail(
-                    f"--output: {output!r} is not an output of stack {stack}; "
-                    f"{suggest.did_you_mean(output, keys)}allowed: {', '.join(keys)}"
-                )
-            typer.echo(output_text(cap.outputs[output]))
-            return
-        plan = resolve(cap.config).plan
-        if as_json:
-            print_json(cap.to_dict())
-            return
-        console.print(resources_table(stack, cap.resources, wide))
-        console.print(outputs_table(cap.outputs))
-        if not plan.fits:
-            console.print(f"[yellow]warning:[/] gpu-fit: {plan.reason}", highlight=False, soft_wrap=True)
+            keys = sorted(cap.outputs)
+            fail(
+                f"--output: {output!r} is not an output of stack {stack}; "
+                f"{suggest.did_you_mean(output, keys)}allowed: {', '.join(keys)}"
+            )
+        typer.echo(output_text(cap.outputs[output]))
+        return
+    plan = resolve(cap.config).plan
+    if as_json:
+        print_json(cap.to_dict())
+        return
+    console.print(resources_table(stack, cap.resources, wide))
+    console.print(outputs_table(cap.outputs))
+    if not plan.fits:
+        console.print(f"[yellow]warning:[/] gpu-fit: {plan.reason}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("preview")(preview_cmd)

@@ -110,60 +110,61 @@ def _emit(doc: dict[str, Any], out: Path | None, what: str) -> None:
     err_console.print(f"wrote {what} to {out}", highlight=False)
 
 
+def cluster_yaml_cmd(
+    stack: StackOpt,
+    outputs: OutputsOpt = None,
+    offline: OfflineOpt = False,
+    output: OutOpt = None,
+    config: ConfigOpt = None,
+    ssh_private_key: Annotated[
+        str | None,
+        typer.Option("--ssh-private-key", help="Path of the SSH key for auth.ssh_private_key."),
+    ] = None,
+) -> None:
+    """Ray cluster-launcher config (local provider, SSM ssh proxy), validated by Ray."""
+    from infra.rayconf.cluster_yaml import RenderError, render_validated
+
+    outs, _cfg = _outputs_and_config(stack, outputs, config, offline)
+    if outputs is not None and outs.get("worker_groups"):
+        outs = _running_workers(outs)
+    try:
+        doc = render_validated(outs, ssh_private_key=ssh_private_key)
+    except RenderError as e:
+        fail(str(e))
+    _emit(doc, output, "cluster.yaml")
+
+
+def serve_config_cmd(
+    stack: StackOpt,
+    outputs: OutputsOpt = None,
+    offline: OfflineOpt = False,
+    output: OutOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
+    from infra.rayconf.serve_config import ServeConfigError
+    from infra.stack.planner import PlanInputError
+    from infra.stack.serving import render_for_outputs
+
+    outs, cfg = _outputs_and_config(stack, outputs, config, offline)
+    try:
+        plan = resolve(cfg).plan
+        if not plan.fits:
+            fail(f"the plan for stack {stack} does not fit: {plan.reason}")
+        doc, notes = render_for_outputs(outs, cfg, plan)
+    except (ServeConfigError, PlanInputError) as e:
+        fail(str(e))
+    for note in notes:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    _emit(doc, output, "Serve config")
+
+
 def register(app: typer.Typer) -> None:
     render = typer.Typer(
         name="render",
         help="Render Ray's cluster.yaml and the Serve config from stack outputs.",
         no_args_is_help=True,
     )
-
-    @render.command("cluster-yaml")
-    def cluster_yaml_cmd(
-        stack: StackOpt,
-        outputs: OutputsOpt = None,
-        offline: OfflineOpt = False,
-        output: OutOpt = None,
-        config: ConfigOpt = None,
-        ssh_private_key: Annotated[
-            str | None,
-            typer.Option("--ssh-private-key", help="Path of the SSH key for auth.ssh_private_key."),
-        ] = None,
-    ) -> None:
-        """Ray cluster-launcher config (local provider, SSM ssh proxy), validated by Ray."""
-        from infra.rayconf.cluster_yaml import RenderError, render_validated
-
-        outs, _cfg = _outputs_and_config(stack, outputs, config, offline)
-        if outputs is not None and outs.get("worker_groups"):
-            outs = _running_workers(outs)
-        try:
-            doc = render_validated(outs, ssh_private_key=ssh_private_key)
-        except RenderError as e:
-            fail(str(e))
-        _emit(doc, output, "cluster.yaml")
-
-    @render.command("serve-config")
-    def serve_config_cmd(
-        stack: StackOpt,
-        outputs: OutputsOpt = None,
-        offline: OfflineOpt = False,
-        output: OutOpt = None,
-        config: ConfigOpt = None,
-    ) -> None:
-        """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
-        from infra.rayconf.serve_config import ServeConfigError
-        from infra.stack.planner import PlanInputError
-        from infra.stack.serving import render_for_outputs
-
-        outs, cfg = _outputs_and_config(stack, outputs, config, offline)
-        try:
-            plan = resolve(cfg).plan
-            if not plan.fits:
-                fail(f"the plan for stack {stack} does not fit: {plan.reason}")
-            doc, notes = render_for_outputs(outs, cfg, plan)
-        except (ServeConfigError, PlanInputError) as e:
-            fail(str(e))
-        for note in notes:
-            err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
-        _emit(doc, output, "Serve config")
-
+    render.command("cluster-yaml")(cluster_yaml_cmd)
+    render.command("serve-config")(serve_config_cmd)
     app.add_typer(render)
