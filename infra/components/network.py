@@ -48,6 +48,10 @@ class NetworkArgs:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def _tag(args: NetworkArgs, name_tag: str, **extra: str) -> dict[str, str]:
+    return {**args.tags, "Name": f"{args.name}-{name_tag}", **extra}
+
+
 class Network(pulumi.ComponentResource):
     vpc: aws.ec2.Vpc
     private_subnet: aws.ec2.Subnet
@@ -58,18 +62,13 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llmfleet:components:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        tags = args.tags
         cidrs = subnet_cidrs(args.vpc_cidr)
-
-        def t(name_tag: str, **extra: str) -> dict[str, str]:
-            return {**tags, "Name": f"{args.name}-{name_tag}", **extra}
-
         self.vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             cidr_block=args.vpc_cidr,
             enable_dns_support=True,
             enable_dns_hostnames=True,  # interface endpoints' private DNS needs both
-            tags=t("vpc"),
+            tags=_tag(args, "vpc"),
             opts=child,
         )
         self.private_subnet = aws.ec2.Subnet(
@@ -78,11 +77,11 @@ class Network(pulumi.ComponentResource):
             cidr_block=cidrs["private"],
             availability_zone=args.availability_zone,
             map_public_ip_on_launch=False,
-            tags=t("private", **{"llmfleet:tier": "private"}),
+            tags=_tag(args, "private", **{"llmfleet:tier": "private"}),
             opts=child,
         )
         self.private_rt = aws.ec2.RouteTable(
-            f"{name}-private-rt", vpc_id=self.vpc.id, tags=t("private-rt"), opts=child
+            f"{name}-private-rt", vpc_id=self.vpc.id, tags=_tag(args, "private-rt"), opts=child
         )
         aws.ec2.RouteTableAssociation(
             f"{name}-private-rta",
@@ -93,65 +92,82 @@ class Network(pulumi.ComponentResource):
 
         self.public_subnet = None
         if args.nat_gateway or args.public_subnet:
-            igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags=t("igw"), opts=child)
-            self.public_subnet = aws.ec2.Subnet(
-                f"{name}-public",
-                vpc_id=self.vpc.id,
-                cidr_block=cidrs["public"],
-                availability_zone=args.availability_zone,
-                map_public_ip_on_launch=False,  # only the NAT gateway / NLB live here
-                tags=t("public", **{"llmfleet:tier": "public"}),
-                opts=child,
-            )
-            public_rt = aws.ec2.RouteTable(
-                f"{name}-public-rt",
-                vpc_id=self.vpc.id,
-                routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": igw.id}],
-                tags=t("public-rt"),
-                opts=child,
-            )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-public-rta", subnet_id=self.public_subnet.id, route_table_id=public_rt.id, opts=child
-            )
-            if args.nat_gateway:
-                eip = aws.ec2.Eip(f"{name}-nat-eip", domain="vpc", tags=t("nat-eip"), opts=child)
-                nat = aws.ec2.NatGateway(
-                    f"{name}-nat",
-                    allocation_id=eip.id,
-                    subnet_id=self.public_subnet.id,
-                    tags=t("nat"),
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
-                )
-                aws.ec2.Route(
-                    f"{name}-private-default",
-                    route_table_id=self.private_rt.id,
-                    destination_cidr_block="0.0.0.0/0",
-                    nat_gateway_id=nat.id,
-                    opts=child,
-                )
+            self.public_subnet = self._public_subnet(name, args, cidrs["public"])
+        self._security_groups(name, args)
+        self._vpc_endpoints(name, args)
+        self.register_outputs(
+            {
+                "vpc_id": self.vpc.id,
+                "private_subnet_id": self.private_subnet.id,
+                "cluster_sg_id": self.cluster_sg.id,
+                "endpoint_sg_id": self.endpoint_sg.id,
+            }
+        )
 
-        # --- security groups: rules as separate resources ---------------------------------
-        self.cluster_sg = aws.ec2.SecurityGroup(
-            f"{name}-cluster-sg",
+    def _public_subnet(self, name: str, args: NetworkArgs, cidr: str) -> aws.ec2.Subnet:
+        """The public subnet behind an internet gateway, and the NAT gateway when asked for."""
+        child = pulumi.ResourceOptions(parent=self)
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags=_tag(args, "igw"), opts=child)
+        public = aws.ec2.Subnet(
+            f"{name}-public",
             vpc_id=self.vpc.id,
-            description="llmfleet hosts: all traffic among themselves only (Ray ports stay inside)",
-            tags=t("cluster-sg", **{"llmfleet:sg": "cluster"}),
+            cidr_block=cidr,
+            availability_zone=args.availability_zone,
+            map_public_ip_on_launch=False,  # only the NAT gateway / NLB live here
+            tags=_tag(args, "public", **{"llmfleet:tier": "public"}),
             opts=child,
         )
-        self.endpoint_sg = aws.ec2.SecurityGroup(
-            f"{name}-endpoint-sg",
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public-rt",
             vpc_id=self.vpc.id,
-            description="llmfleet NLB: the serving port from the allowed CIDRs",
-            tags=t("endpoint-sg", **{"llmfleet:sg": "endpoint"}),
+            routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": igw.id}],
+            tags=_tag(args, "public-rt"),
             opts=child,
         )
-        self.vpce_sg = aws.ec2.SecurityGroup(
-            f"{name}-vpce-sg",
-            vpc_id=self.vpc.id,
-            description="llmfleet VPC interface endpoints: HTTPS from the hosts",
-            tags=t("vpce-sg", **{"llmfleet:sg": "vpce"}),
-            opts=child,
+        aws.ec2.RouteTableAssociation(
+            f"{name}-public-rta", subnet_id=public.id, route_table_id=public_rt.id, opts=child
         )
+        if args.nat_gateway:
+            eip = aws.ec2.Eip(f"{name}-nat-eip", domain="vpc", tags=_tag(args, "nat-eip"), opts=child)
+            nat = aws.ec2.NatGateway(
+                f"{name}-nat",
+                allocation_id=eip.id,
+                subnet_id=public.id,
+                tags=_tag(args, "nat"),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+            )
+            aws.ec2.Route(
+                f"{name}-private-default",
+                route_table_id=self.private_rt.id,
+                destination_cidr_block="0.0.0.0/0",
+                nat_gateway_id=nat.id,
+                opts=child,
+            )
+
+        return public
+
+    def _security_groups(self, name: str, args: NetworkArgs) -> None:
+        """The cluster, endpoint and VPC-endpoint groups; their rules as separate resources."""
+        self.cluster_sg = self._group(
+            name, args, "cluster", "llmfleet hosts: all traffic among themselves only (Ray ports stay inside)"
+        )
+        self.endpoint_sg = self._group(name, args, "endpoint", "llmfleet NLB: the serving port from the allowed CIDRs")
+        self.vpce_sg = self._group(name, args, "vpce", "llmfleet VPC interface endpoints: HTTPS from the hosts")
+        self._rules(name, args)
+
+    def _group(self, name: str, args: NetworkArgs, kind: str, description: str) -> aws.ec2.SecurityGroup:
+        return aws.ec2.SecurityGroup(
+            f"{name}-{kind}-sg",
+            vpc_id=self.vpc.id,
+            description=description,
+            tags=_tag(args, f"{kind}-sg", **{"llmfleet:sg": kind}),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _rules(self, name: str, args: NetworkArgs) -> None:
+        """Who may reach what: cluster among itself, the serving port from the NLB, HTTPS to the APIs."""
+        child = pulumi.ResourceOptions(parent=self)
+        tags = args.tags
         aws.vpc.SecurityGroupIngressRule(
             f"{name}-cluster-from-self",
             security_group_id=self.cluster_sg.id,
@@ -216,14 +232,17 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
 
-        # --- VPC endpoints -------------------------------------------------------------
+
+    def _vpc_endpoints(self, name: str, args: NetworkArgs) -> None:
+        """The S3 gateway endpoint and the interface endpoints the hosts use instead of the internet."""
+        child = pulumi.ResourceOptions(parent=self)
         self.s3_endpoint = aws.ec2.VpcEndpoint(
             f"{name}-s3",
             vpc_id=self.vpc.id,
             service_name=f"com.amazonaws.{args.region}.s3",
             vpc_endpoint_type="Gateway",
             route_table_ids=[self.private_rt.id],
-            tags=t("s3"),
+            tags=_tag(args, "s3"),
             opts=child,
         )
         self.interface_endpoints = {
@@ -235,16 +254,8 @@ class Network(pulumi.ComponentResource):
                 subnet_ids=[self.private_subnet.id],
                 security_group_ids=[self.vpce_sg.id],
                 private_dns_enabled=True,
-                tags=t(svc.replace(".", "-")),
+                tags=_tag(args, svc.replace(".", "-")),
                 opts=child,
             )
             for svc in INTERFACE_SERVICES
         }
-        self.register_outputs(
-            {
-                "vpc_id": self.vpc.id,
-                "private_subnet_id": self.private_subnet.id,
-                "cluster_sg_id": self.cluster_sg.id,
-                "endpoint_sg_id": self.endpoint_sg.id,
-            }
-        )
