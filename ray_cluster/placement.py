@@ -235,7 +235,7 @@ def run_preflight(
     with one line on any bounded wait that runs out; returns the result otherwise.
     """
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.placement_group import placement_group
 
     bundle_list = bundles(tp, pp, gpu_model, device)
     world = tp * pp
@@ -272,38 +272,50 @@ def run_preflight(
             f"{world} rank actors did not start within {timeout:g} s",
             "rank actor failed",
         )
-        ranks = [RankInfo(rank=i, pp_stage=i // tp, tp_rank=i % tp, **info) for i, info in enumerate(infos)]
-        groups = tp_groups(ranks, tp, pp)
-        result = PreflightResult(
-            tp=tp,
-            pp=pp,
-            gpu_model=gpu_model,
-            ranks=ranks,
-            tp_groups=groups,
-            tp_groups_within_host=all(g.one_host for g in groups),
-        )
-        for g in groups:
-            if not g.one_host:
-                result.problems.append(
-                    f"TP group pp{g.pp_stage} (ranks {g.ranks}) spans hosts {sorted(set(g.node_ips))}"
-                )
-
+        result = _placement_result(tp, pp, gpu_model, infos)
         _measure_allreduce(ray, actors, result, tensor_bytes, iters, timeout, collective_timeout)
         result.ok = result.allreduce_ok and result.tp_groups_within_host
         return result
     finally:
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:
-                pass
-        if pg is not None:
-            try:
-                remove_placement_group(pg)
-            except Exception:
-                pass
-        if owns_connection:
-            ray.shutdown()
+        _release(ray, actors, pg, owns_connection)
+
+
+def _placement_result(tp: int, pp: int, gpu_model: str | None, infos: list[dict]) -> PreflightResult:
+    """Where each rank landed; a TP group that spans hosts is a problem (its all-reduce leaves the host)."""
+    ranks = [RankInfo(rank=i, pp_stage=i // tp, tp_rank=i % tp, **info) for i, info in enumerate(infos)]
+    groups = tp_groups(ranks, tp, pp)
+    result = PreflightResult(
+        tp=tp,
+        pp=pp,
+        gpu_model=gpu_model,
+        ranks=ranks,
+        tp_groups=groups,
+        tp_groups_within_host=all(g.one_host for g in groups),
+    )
+    for g in groups:
+        if not g.one_host:
+            result.problems.append(
+                f"TP group pp{g.pp_stage} (ranks {g.ranks}) spans hosts {sorted(set(g.node_ips))}"
+            )
+    return result
+
+
+def _release(ray, actors: list, pg, owns_connection: bool) -> None:
+    """Best effort: kill the rank actors, free the placement group, disconnect if we connected."""
+    from ray.util.placement_group import remove_placement_group
+
+    for a in actors:
+        try:
+            ray.kill(a)
+        except Exception:
+            pass
+    if pg is not None:
+        try:
+            remove_placement_group(pg)
+        except Exception:
+            pass
+    if owns_connection:
+        ray.shutdown()
 
 
 def _place_ranks(ray, pg, bundle_list: list[dict]) -> list:
