@@ -223,3 +223,22 @@ def test_loopback_hosts_tag_processes_and_teardown_kills_them(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"orphan {orphan} survived teardown")
+
+
+def test_terminate_escalates_to_sigkill_for_a_process_that_ignores_sigterm():
+    """The one stop helper (teardown and the local cluster's supervisors both use it)."""
+    polite = subprocess.Popen(["sleep", "30"])
+    stubborn = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"], stdout=subprocess.PIPE, text=True
+    )
+    assert stubborn.stdout.readline() == "ready\n"  # the trap is set before the first signal
+    procs = {p.pid: p for p in (polite, stubborn)}
+
+    def alive() -> set[int]:
+        return {pid for pid, p in procs.items() if p.poll() is None}
+
+    t0 = time.monotonic()
+    hosts.terminate(alive, grace=0.5, kill_wait=5.0)
+    assert alive() == set()
+    assert polite.returncode == -15 and stubborn.returncode == -9
+    assert 0.5 <= time.monotonic() - t0 < 5.0  # the grace was given, and SIGKILL ended the wait

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -281,9 +282,10 @@ def _pids_in_netns(names: list[str]) -> set[int]:
     return pids
 
 
-def _kill_all(find, grace: float = 5.0) -> None:
-    """SIGTERM what `find()` returns, then SIGKILL whatever is left after grace seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
+def terminate(find: Callable[[], set[int]], grace: float = 5.0, kill_wait: float = 3.0) -> None:
+    """SIGTERM what `find()` returns, then SIGKILL whatever is left after `grace` s; each time
+    wait (at most `grace` / `kill_wait` s) until `find()` comes back empty."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
         pids = find()
         if not pids:
             return
@@ -317,7 +319,7 @@ def teardown(
     def find() -> set[int]:
         return (_pids_in_netns(namespaces) | _pids_tagged(prefix)) - {os.getpid()}
 
-    _kill_all(find)
+    terminate(find)
     if root:
         for ns in namespaces:
             if _ip("netns", "del", ns, check=False).returncode == 0:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from infra.local import hosts
@@ -98,31 +97,14 @@ def last_lines(path: Path, n: int = 3) -> str:
     return " | ".join(lines[-n:])
 
 
-def _kill(find: Callable[[], set[int]], grace: float) -> None:
-    """SIGTERM, then SIGKILL what is left after grace s; wait until all are gone (max 5 s)."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        pids = find()
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.1)
-            pids = find()
-        if not pids:
-            return
-
-
 def stop_processes(st: dict, prefix: str, grace: float = 2.0) -> None:
     # Supervisors first, so nothing restarts a node while it is being stopped. Ray's own graceful
     # stop takes 10-20 s per node here; the cluster is being destroyed, so a short grace will do
     # (as `ray stop --force`).
     sups = {h.get("supervisor_pid") for h in st.get("hosts", [])}
-    _kill(lambda: {p for p in sups if pid_alive(p, prefix)}, grace=0.0)
+    hosts.terminate(lambda: {p for p in sups if pid_alive(p, prefix)}, grace=0.0, kill_wait=5.0)
     hs = hostset(st)
-    _kill(lambda: set().union(*(host_pids(h) for h in hs.hosts)), grace=grace)
+    hosts.terminate(lambda: set().union(*(host_pids(h) for h in hs.hosts)), grace=grace, kill_wait=5.0)
 
 
 def supervise(argv: list[str], restart_delay: float | None) -> int:
