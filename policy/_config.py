@@ -31,6 +31,14 @@ def catalog_instance_types() -> tuple[str, ...]:
     return tuple(sorted(load_catalog().instances))
 
 
+def string_list(description: str, default: list[str] | None = None) -> dict[str, Any]:
+    """A config-schema property that holds a list of strings (CIDRs, instance types, tag keys)."""
+    prop: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+    if default is not None:
+        prop["default"] = default
+    return {**prop, "description": description}
+
+
 def stack_config(key: str) -> Any:
     """`llmfleet:<key>` from the stack config the CLI passes to the pack, parsed when JSON."""
     try:

@@ -18,8 +18,6 @@ from ._props import UNKNOWN, as_list, get, is_unknown, to_int
 from ._stackview import Res, StackView
 from .network import instance_subnets
 
-INSTANCE = "aws:ec2/instance:Instance"
-SUBNET = "aws:ec2/subnet:Subnet"
 PLACEMENT_GROUP = "aws:ec2/placementGroup:PlacementGroup"
 BUCKETS = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
 PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"

@@ -17,7 +17,6 @@ from . import _config
 from ._props import UNKNOWN, as_list, get, is_unknown, is_world, to_int, within_any
 from ._stackview import Res, StackView
 
-INSTANCE = "aws:ec2/instance:Instance"
 SUBNET = "aws:ec2/subnet:Subnet"
 ENI = "aws:ec2/networkInterface:NetworkInterface"
 VPC = "aws:ec2/vpc:Vpc"
@@ -280,11 +279,9 @@ NETWORK_POLICIES: list[StackValidationPolicy] = [
         enforcement_level=EnforcementLevel.MANDATORY,
         config_schema=PolicyConfigSchema(
             properties={
-                "allowedIngressCidrs": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "description": "CIDRs allowed to reach the endpoint; default: the stack's llmfleet:endpointAllowedCidrs.",
-                },
+                "allowedIngressCidrs": _config.string_list(
+                    "CIDRs allowed to reach the endpoint; default: the stack's llmfleet:endpointAllowedCidrs."
+                ),
                 "endpointPublic": {
                     "type": "boolean",
                     "description": "The endpoint is explicitly public; default: the stack's llmfleet:endpointPublic, else false.",

@@ -333,11 +333,9 @@ RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
         enforcement_level=EnforcementLevel.MANDATORY,
         config_schema=PolicyConfigSchema(
             properties={
-                "allowedInstanceTypes": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "description": "Instance types a stack may launch; default: every type in infra/catalog.",
-                }
+                "allowedInstanceTypes": _config.string_list(
+                    "Instance types a stack may launch; default: every type in infra/catalog."
+                )
             }
         ),
         validate=_instance_type_allowed,
@@ -366,12 +364,9 @@ RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
         enforcement_level=EnforcementLevel.ADVISORY,
         config_schema=PolicyConfigSchema(
             properties={
-                "requiredTags": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": list(DEFAULT_REQUIRED_TAGS),
-                    "description": "Tag keys every taggable resource must have.",
-                }
+                "requiredTags": _config.string_list(
+                    "Tag keys every taggable resource must have.", default=list(DEFAULT_REQUIRED_TAGS)
+                )
             }
         ),
         validate=_required_tags,
