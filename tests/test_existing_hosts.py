@@ -7,15 +7,8 @@ import subprocess
 import pytest
 
 from infra.boot import cloud_init
-from infra.boot.ssh_bootstrap import (
-    container_argv,
-    expand,
-    node_spec,
-    remote_create_command,
-    render_bootstrap,
-    script_sha256,
-    stdin_secrets,
-)
+from infra.boot.ssh_bootstrap import remote_create_command, render_bootstrap, script_sha256
+from infra.boot.ssh_node import container_argv, expand, node_spec, stdin_secrets
 from infra.program.offline import capture
 from infra.rayconf.cluster_yaml import render_cluster_yaml, validate_with_ray
 from infra.stack.resolve import resolve

@@ -28,13 +28,10 @@ from infra.boot.ssh_bootstrap import (
     DRY_RUN_PREFIX,
     HOST_ENV_FILE,
     MESSAGE_PREFIX,
-    container_argv,
-    expand,
-    node_spec,
     remote_create_command,
     render_bootstrap,
-    stdin_secrets,
 )
+from infra.boot.ssh_node import container_argv, expand, node_spec, stdin_secrets
 from infra.stack.config import load_stack_config
 from infra.stack.resolve import resolve
 

@@ -24,7 +24,8 @@ import pulumi_docker_build as docker_build
 import pulumi_random as random
 from pulumi_command import remote
 
-from infra.boot.ssh_bootstrap import remote_create_command, script_sha256, stdin_secrets, stop_command
+from infra.boot.ssh_bootstrap import remote_create_command, script_sha256
+from infra.boot.ssh_node import stdin_secrets, stop_command
 from infra.components.secret_token import RAY_TOKEN_LENGTH
 from infra.stack.host_spec import HostSpec
 

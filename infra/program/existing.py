@@ -44,7 +44,8 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
 
 
 def build_existing(cfg: StackConfig) -> dict[str, Any]:
-    from infra.boot.ssh_bootstrap import node_spec, render_bootstrap
+    from infra.boot.ssh_bootstrap import render_bootstrap
+    from infra.boot.ssh_node import node_spec
     from infra.components.existing_hosts import ExistingHosts, ExistingHostsArgs, HostBoot
     from infra.constants import SSH_USER, cluster_name
     from infra.stack.serving import serving_outputs
