@@ -13,7 +13,7 @@ UV_VERSION = 0.13.9
 TOOLS   = .tools
 UV      = $(TOOLS)/bin/uv
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test lint bench clean image image-stop
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,13 +27,23 @@ setup: $(STAMP)
 
 # Debian packages the tests use: shellcheck (user data), iproute2 (network-namespace hosts),
 # openssh-server/client (the existing-hosts bootstrap over real SSH), prometheus (the local
-# cluster's metrics). Installed when root.
+# cluster's metrics), docker.io, mmdebstrap, docker-registry and zstd (the CPU node image).
+# Installed when root.
 system-deps:
 	@bash scripts/system-deps.sh
 
 demo: setup system-deps
 	$(BIN)/llmfleet local up --hosts 2
 	$(BIN)/llmfleet local chat "In one sentence, what does a Ray head node do?"
+
+# The CPU variant of the node image (images/Dockerfile FROM images/cpu-base), pushed to a local
+# registry; prints its repo@sha256 reference. Starts dockerd and docker-registry if needed and
+# leaves them running for `llmfleet local up --image REF`; `make image-stop` stops them.
+image: setup system-deps
+	UV=$(abspath $(UV)) $(BIN)/python -m infra.local.image_build
+
+image-stop: setup
+	$(BIN)/python -m infra.local.image_build --stop
 
 lint: setup
 	$(BIN)/ruff check .

@@ -7,6 +7,13 @@ command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v prometheus >/dev/null || need+=(prometheus)  # `llmfleet local up` scrapes the hosts with it
+# The CPU node image (make image, tests/test_image_build.py): Debian's docker client/daemon (it
+# builds with BuildKit), mmdebstrap for the base's root filesystem, the distribution registry,
+# zstd for the base's cache tarball.
+[ -x /usr/bin/docker ] || need+=(docker.io)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v zstd >/dev/null || need+=(zstd)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   echo "installing: ${need[*]}"

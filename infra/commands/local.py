@@ -118,6 +118,14 @@ def up_cmd(
         int, typer.Option("--subnet", min=0, max=255, help="Third octet of the hosts' subnet.")
     ] = 1,
     timeout: Annotated[float, typer.Option("--timeout", min=10, help="Seconds per wait.")] = 600.0,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            help="Run each host's node in this node image (REF from `make image`), with the "
+            "production docker run options and entrypoint; loopback hosts. Default: the venv.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     from infra.local.cluster import UpOptions, up
@@ -126,7 +134,7 @@ def up_cmd(
     from infra.local.state import public_doc
     from infra.rayconf.serve_config import ServeConfigError
 
-    opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout)
+    opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image)
     progress, on_stage = _progress_stages()
     try:
         with progress:

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra.constants import REPO_ROOT
-from infra.local import hosts, prometheus
+from infra.local import containers, hosts, prometheus
 from infra.local.hosts import Host, HostSet
 from infra.local.layout import (
     DEFAULT_PORT,
@@ -100,6 +100,7 @@ class UpOptions:
     subnet: int = DEFAULT_SUBNET
     timeout: float = 600.0
     restart_delay: float = RESTART_DELAY_S
+    image: str | None = None  # run each host's node in this node image (infra.local.containers)
 
 
 Progress = Callable[[str, str], None]  # (stage key, detail)
@@ -236,6 +237,7 @@ def _new_state(
         "token_file": str(paths["token"]),
         "token_env": TOKEN_ENV,
         "serve_config": str(paths["serve"]),
+        "image": o.image,
         "temp_dir": f"/tmp/llmf-{o.name}",
         "restart_delay_s": o.restart_delay,
         "hostset": hs.to_json(),
@@ -248,6 +250,11 @@ def _start_nodes(
     st: dict, hs: HostSet, layout: Layout, ports: Ports, env: dict, o: UpOptions, paths: dict
 ) -> None:
     """One supervised `ray_cluster.node` per host, each inside its host; pids saved as they start."""
+    if o.image:  # the node image instead of the venv: one container per host
+        st["serve_config"] = containers.start_nodes(
+            st, hs, layout, ports, env[TOKEN_ENV], o.image, paths, save_state
+        )
+        return
     head = hs.hosts[0]
     for i, h in enumerate(hs.hosts):
         role = "head" if i == 0 else "worker"
@@ -283,7 +290,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     from infra.local.tiny_model import MODEL_ID, ensure_tiny_model
 
     layout = plan_layout(o.hosts, o.tp, o.pp)
-    mode = resolve_mode(o.mode, hosts.is_root())
+    mode = containers.resolve_mode(o.mode) if o.image else resolve_mode(o.mode, hosts.is_root())
     ports = plan_ports(mode, o.subnet, o.port)
     sd = state_dir()
     paths = state_paths(sd, o.name)
@@ -293,6 +300,8 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
 
     if mode == "loopback":
         _check_ports_free(hosts.plan_hosts(o.name, o.hosts, mode, o.subnet).hosts[0].ip, ports)
+    if o.image:
+        containers.check_image(o.image)
     on_stage("model", "")
     from transformers.utils import logging as hf_logging
 
@@ -326,8 +335,16 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             f"{layout.replicas} replica(s) x TP {layout.tp} x PP {layout.pp} = "
             f"{layout.replicas * layout.ranks_per_host} engine slots",
         )
+        argv = local_deploy_argv(head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout)
+        if o.image:  # the production flow from inside the head container
+            argv = containers.exec_argv(
+                head,
+                local_deploy_argv(
+                    head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout, python="python3"
+                ),
+            )
         result = _run_deploy(
-            local_deploy_argv(head, workers, ports, layout, str(paths["serve"]), MODEL_ID, o.timeout),
+            argv,
             head,
             env,
             on_stage,
@@ -358,6 +375,7 @@ def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:
         st = None
     prefix = hosts.prefix_for(name)
     removed += prometheus.stop(st, sd, name)
+    removed += containers.down(st, name, sd, paths["logs"])  # first: no restart policy revives a node
     if st is not None:
         stop_processes(st, prefix)
         removed.append(f"supervisors of {len(st.get('hosts', []))} hosts")
