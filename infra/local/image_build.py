@@ -153,7 +153,9 @@ def push(local: str, registry: str) -> str:
 def build_and_push(registry: str, log=print) -> Built:
     base = ensure_base(log)
     local = build_node(base, log)
+    t = time.monotonic()
     ref = push(local, registry)
+    log(f"pushed {ref} in {time.monotonic() - t:.0f} s")
     return Built(base=base, local=local, ref=ref, tag=local.split(":", 1)[1])
 
 
