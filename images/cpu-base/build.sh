@@ -15,6 +15,9 @@
 # venv is relocatable and points at /usr/bin/python3.11, the same path on this bookworm host
 # and in the image.
 set -euo pipefail
+# All in one function, called on the last line: bash parses it whole before running it, so an
+# edit to this file during a build cannot change what the build runs.
+main() {
 tag=${1:?usage: build.sh TAG}
 here=$(cd "$(dirname "$0")" && pwd)
 docker=${DOCKER:-/usr/bin/docker}
@@ -33,6 +36,7 @@ root=$work/root
 # python3 for the interpreter; iproute2 for ray_cluster.nic (`ip`); libnuma1 for vLLM's CPU
 # kernels (_C.so links it); passwd for the Dockerfile's useradd; procps for ps. No docs.
 t0=$(date +%s)
+# shellcheck disable=SC2016  # "$1" is the root directory; mmdebstrap's hook expands it
 mmdebstrap --quiet --variant=minbase --mode=root \
   --include=python3.11,iproute2,libnuma1,passwd,procps,ca-certificates \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -54,3 +58,6 @@ tar --numeric-owner -C "$root" -c . | "$docker" import \
   --change 'ENV LANG=C.UTF-8' \
   --message "llmfleet CPU base (images/cpu-base)" - "$tag" >/dev/null
 echo "cpu-base: docker import $(($(date +%s) - t2)) s" >&2
+}
+
+main "$@"
