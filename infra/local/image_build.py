@@ -48,7 +48,7 @@ def base_tag(root: Path = REPO_ROOT) -> str:
 
 
 def ray_version() -> str:
-    from infra.program.aws import RAY_VERSION
+    from infra.constants import RAY_VERSION
 
     return RAY_VERSION
 
