@@ -28,8 +28,9 @@ def test_run_argv_is_the_contracts_options_the_image_and_the_node_args(tmp_path,
         env_file=env_file, config_dir=cfg, extra_env={"X": "1"},
     )  # fmt: skip
     opts = contract.docker_argv(
-        contract.docker_run_options(role, "/m", device="cpu", config_dir=cfg, env_file=str(env_file))
-    )
+        [containers._memlock_here(o) for o in
+         contract.docker_run_options(role, "/m", device="cpu", config_dir=cfg, env_file=str(env_file))]
+    )  # fmt: skip
     i = argv.index("--restart")
     assert argv[i + 2 : i + 2 + len(opts)] == opts  # right after name and restart policy
     assert "--gpus" not in argv  # device=cpu
@@ -53,3 +54,16 @@ def test_image_mode_is_loopback_only():
 def test_node_args_refuses_other_commands():
     with pytest.raises(ValueError):
         containers.node_args(["python3", "-m", "something.else", "head"])
+
+
+def test_memlock_is_the_contracts_unless_this_machine_caps_it():
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    got = containers._memlock_here(("--ulimit", "memlock=-1"))
+    assert got == (
+        ("--ulimit", "memlock=-1")
+        if hard == resource.RLIM_INFINITY
+        else ("--ulimit", f"memlock={hard}:{hard}")
+    )
+    assert containers._memlock_here(("--ipc", "host")) == ("--ipc", "host")

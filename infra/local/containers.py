@@ -73,6 +73,7 @@ def run_argv(
     opts = contract.docker_run_options(
         role, model_dir, device="cpu", config_dir=config_dir, env_file=str(env_file)
     )
+    opts = [_memlock_here(o) for o in opts]
     # Like the production units: the head is not restarted (no GCS fault tolerance), workers are.
     restart = "no" if role == "head" else "unless-stopped"
     env = {HOST_ENV: host.name, **extra_env}
@@ -83,6 +84,18 @@ def run_argv(
         "--label", f"{LABEL}={cluster}",
         image, *node_args,
     ]  # fmt: skip
+
+
+def _memlock_here(opt: tuple[str, str]) -> tuple[str, str]:
+    """memlock=-1 (the contract's, for NCCL's pinned memory) cannot exceed this machine's hard
+    limit when dockerd cannot raise it (runc: "error setting rlimit type 8"); the CPU engine
+    pins nothing, so the local containers get the hard limit instead. Real hosts keep -1."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    if opt == ("--ulimit", "memlock=-1") and hard != resource.RLIM_INFINITY:
+        return ("--ulimit", f"memlock={hard}:{hard}")
+    return opt
 
 
 def node_args(argv: list[str]) -> list[str]:
