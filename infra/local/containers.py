@@ -148,6 +148,7 @@ def start_nodes(st: dict, hs, layout, ports, token: str, image: str, paths: dict
     sd = Path(st["state_dir"])
     config_dir = sd / f"{st['name']}-config"
     config_dir.mkdir(parents=True, exist_ok=True)
+    paths["logs"].mkdir(parents=True, exist_ok=True)  # venv mode's supervisors make it; others log there
     serve = config_dir / "serve.yaml"
     serve.write_text(paths["serve"].read_text())
     # RAY_AUTH_MODE=disabled as in venv mode: Ray's ports stay on this machine's loopback.
