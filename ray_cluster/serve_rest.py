@@ -79,16 +79,42 @@ def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
     }
 
 
+FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
+
+
+def failure_messages(apps: dict) -> str:
+    """Serve's own reason for each failed application (the REST API's `message`), one line each
+    joined: the container or host that ran the deploy may be gone by the time anyone looks."""
+    out = []
+    for name, app in apps.items():
+        if app.get("status") not in FAILED:
+            continue
+        # The app's own message is often only "Failed to update the deployments [...]"; the
+        # reason is in the failed deployment's message.
+        for where, doc in [(name, app), *((f"{name}/{d}", dep) for d, dep in (app.get("deployments") or {}).items())]:
+            if doc.get("message") and (doc is app or doc.get("status") in ("DEPLOY_FAILED", "UNHEALTHY")):
+                out.append(f"{where}: {_last_line(doc['message'])}")
+    return "; ".join(out)
+
+
+def _last_line(message: str) -> str:
+    """The last non-empty line of a traceback is the exception itself."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else ""
+
+
 def wait_serve_running(dashboard: str, timeout: float, interval: float = 5.0) -> None:
     start = time.monotonic()
     while True:
-        apps = serve_status(dashboard)
-        if apps and all(s == "RUNNING" for s in apps.values()):
+        apps = _serve_applications(dashboard, 5.0)
+        status = {name: app.get("status", "") for name, app in apps.items()}
+        if status and all(s == "RUNNING" for s in status.values()):
             return
-        if (
-            any(s in ("DEPLOY_FAILED", "UNHEALTHY") for s in apps.values())
-            or time.monotonic() - start >= timeout
-        ):
-            seen = ", ".join(f"{k}={v}" for k, v in apps.items()) or "no applications"
-            raise NodeError(f"serve applications not RUNNING after {time.monotonic() - start:.0f} s: {seen}")
+        if any(s in FAILED for s in status.values()) or time.monotonic() - start >= timeout:
+            seen = ", ".join(f"{k}={v}" for k, v in status.items()) or "no applications"
+            why = failure_messages(apps)
+            raise NodeError(
+                f"serve applications not RUNNING after {time.monotonic() - start:.0f} s: {seen}"
+                + (f" ({why})" if why else "")
+            )
         time.sleep(interval)

@@ -25,7 +25,7 @@ def test_run_argv_is_the_contracts_options_the_image_and_the_node_args(tmp_path,
     cfg = "/state/c1-config" if role == "head" else None
     argv = containers.run_argv(
         role, host, "reg/llmfleet-node@sha256:ab", args, cluster="c1", model_dir="/m",
-        env_file=env_file, config_dir=cfg, extra_env={"X": "1"},
+        env_file=env_file, config_dir=cfg, extra_env={"X": "1"}, temp_dir="/tmp/llmf-c1",
     )  # fmt: skip
     opts = contract.docker_argv(
         [containers._memlock_here(o) for o in
@@ -35,6 +35,8 @@ def test_run_argv_is_the_contracts_options_the_image_and_the_node_args(tmp_path,
     assert argv[i + 2 : i + 2 + len(opts)] == opts  # right after name and restart policy
     assert "--gpus" not in argv  # device=cpu
     assert ("/state/c1-config:/state/c1-config:ro" in argv) == (role == "head")  # Serve config dir
+    # The one local addition, after the contract's: Ray's temp dir from the host (SD file, logs).
+    assert argv[i + 2 + len(opts) : i + 4 + len(opts)] == ["--volume", "/tmp/llmf-c1:/tmp/llmf-c1"]
     assert argv[-len(args) - 1 :] == ["reg/llmfleet-node@sha256:ab", *args]
     assert f"{hosts.HOST_ENV}={host.name}" in argv  # host_pids/teardown find the container's processes
     assert argv[i + 1] == ("no" if role == "head" else "unless-stopped")

@@ -110,7 +110,10 @@ def cluster(image, tmp_path_factory):
     try:
         r = cli("up", "--image", ref, "--name", name, "--hosts", "2", "--tp", "2", "--pp", "2",
                 "--subnet", str(subnet), "--port", str(port), "--json", env=env, timeout=900)  # fmt: skip
-        assert r.returncode == 0, f"local up --image failed: {r.stderr[-3000:]}"
+        if r.returncode != 0:  # `down` below removes the logs and the containers: keep what they said
+            logs = sorted((sd / "logs" / name).glob("*.log"))
+            tails = "".join(f"\n--- {p.name}\n{p.read_text()[-4000:]}" for p in logs)
+            pytest.fail(f"local up --image failed: {r.stderr[-3000:]}{tails}")
         doc = json.loads(r.stdout)
         st = json.loads((sd / f"{name}.json").read_text())
         yield {"name": name, "env": env, "doc": doc, "state": st, "ref": ref}

@@ -374,3 +374,21 @@ def test_last_error_line_prefers_the_error():
     text = "INFO Local node IP: 10.0.0.2\nRuntimeError: Failed to connect to GCS\nINFO bye\n"
     assert node.last_error_line(text) == "RuntimeError: Failed to connect to GCS"
     assert node.last_error_line("a\nb\n") == "b"
+
+
+def test_a_failed_deploy_says_serves_own_reason():
+    """wait_serve_running's error carries Serve's message (the last line of its traceback): the
+    container that ran the deploy may be gone before anyone reads its logs."""
+    apps = {
+        "llm": {"status": "DEPLOY_FAILED", "message": "Traceback (most recent call last):\n  ...\n"
+                "ValueError: Repo id must be in the form 'repo_name': '/root/m'\n"},
+        "other": {"status": "RUNNING", "message": "fine"},
+        "app2": {"status": "DEPLOY_FAILED", "message": "Failed to update the deployments ['S'].",
+                 "deployments": {"S": {"status": "DEPLOY_FAILED", "message": "x\nOSError: no model"},
+                                 "T": {"status": "HEALTHY", "message": "ok"}}},
+    }  # fmt: skip
+    assert serve_rest.failure_messages(apps) == (
+        "llm: ValueError: Repo id must be in the form 'repo_name': '/root/m'; "
+        "app2: Failed to update the deployments ['S'].; app2/S: OSError: no model"
+    )
+    assert serve_rest.failure_messages({"x": {"status": "RUNNING", "message": "m"}}) == ""

@@ -34,11 +34,13 @@ trap 'rm -rf "$work"' EXIT
 root=$work/root
 
 # python3 for the interpreter; iproute2 for ray_cluster.nic (`ip`); libnuma1 for vLLM's CPU
-# kernels (_C.so links it); passwd for the Dockerfile's useradd; procps for ps. No docs.
+# kernels (_C.so links it); g++ and python3.11-dev for torch.compile's inductor, which vLLM runs
+# at engine start unless enforce_eager (PP 2 on CPU stays compiled); passwd for the Dockerfile's
+# useradd; procps for ps. No docs.
 t0=$(date +%s)
 # shellcheck disable=SC2016  # "$1" is the root directory; mmdebstrap's hook expands it
 mmdebstrap --quiet --variant=minbase --mode=root \
-  --include=python3.11,iproute2,libnuma1,passwd,procps,ca-certificates \
+  --include=python3.11,python3.11-dev,g++,iproute2,libnuma1,passwd,procps,ca-certificates \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \

@@ -321,6 +321,9 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     try:
         import yaml
 
+        if o.image:  # where the image's uid can read it (containers.NODE_ROOT says why)
+            model_dir = containers.stage_model(o.name, model_dir)
+            st["model_dir"] = str(model_dir)
         doc = render_local_serve_config(MODEL_ID, str(model_dir), layout, head.ip, ports.http)
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
         env = _node_env(token)

@@ -24,6 +24,36 @@ from infra.local.layout import LocalError
 from ray_cluster import contract
 
 LABEL = "llmfleet.cluster"
+# What the containers read (the checkpoint, the Serve config) is staged here, not left under the
+# state or data dirs: the node runs as the image's uid 1000, and a mount under /root (the image's
+# /root is 0700) or in a 0700 directory is unreadable to it. vLLM then takes the missing model
+# directory for a Hugging Face repo id and the deploy fails. Production mounts /opt-style paths
+# the same way (same path on the host and in the container, read-only).
+NODE_ROOT = Path("/var/lib/llmfleet/local")
+
+
+def node_dir(cluster: str) -> Path:
+    return NODE_ROOT / cluster
+
+
+def stage_model(cluster: str, model_dir: Path) -> Path:
+    """A world-readable copy of the checkpoint (the tiny model is ~1.5 MB) under node_dir."""
+    import shutil
+
+    dest = node_dir(cluster) / "model"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(model_dir, dest)
+    _world_readable(node_dir(cluster))
+    return dest
+
+
+def _world_readable(root: Path) -> None:
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    for parent in root.parents:  # /var/lib/llmfleet/local, /var/lib/llmfleet: traversable
+        if parent == NODE_ROOT.parent.parent:
+            break
+        parent.chmod(0o755)
 
 
 def resolve_mode(mode: str) -> str:
@@ -68,12 +98,19 @@ def run_argv(
     env_file: Path,
     config_dir: str | None,
     extra_env: dict[str, str],
+    temp_dir: str | None = None,
 ) -> list[str]:
-    """`docker run` of one host's node: the contract's options, the image's entrypoint."""
+    """`docker run` of one host's node: the contract's options, the image's entrypoint.
+
+    One local addition: Ray's temp dir is mounted from the host (same path), so that Prometheus,
+    which runs on the host, reads Ray's service-discovery file there, and Ray's logs outlive the
+    containers (`local down` keeps them with --keep-logs, and a failed `up` keeps them)."""
     opts = contract.docker_run_options(
         role, model_dir, device="cpu", config_dir=config_dir, env_file=str(env_file)
     )
     opts = [_memlock_here(o) for o in opts]
+    if temp_dir:
+        opts.append(("--volume", f"{temp_dir}:{temp_dir}"))
     # Like the production units: the head is not restarted (no GCS fault tolerance), workers are.
     restart = "no" if role == "head" else "unless-stopped"
     env = {HOST_ENV: host.name, **extra_env}
@@ -146,13 +183,17 @@ def start_nodes(st: dict, hs, layout, ports, token: str, image: str, paths: dict
     from infra.local.layout import TOKEN_ENV, node_argv, omp_threads_bind
 
     sd = Path(st["state_dir"])
-    config_dir = sd / f"{st['name']}-config"
+    config_dir = node_dir(st["name"]) / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     paths["logs"].mkdir(parents=True, exist_ok=True)  # venv mode's supervisors make it; others log there
     serve = config_dir / "serve.yaml"
     serve.write_text(paths["serve"].read_text())
+    _world_readable(node_dir(st["name"]))
     # RAY_AUTH_MODE=disabled as in venv mode: Ray's ports stay on this machine's loopback.
     env_file = write_env_file(sd / f"{st['name']}.env", {TOKEN_ENV: token, "RAY_AUTH_MODE": "disabled"})
+    temp = Path(st["temp_dir"])
+    temp.mkdir(parents=True, exist_ok=True)
+    temp.chmod(0o1777)  # like /tmp: the image's uid writes Ray's session dirs into it
     head = hs.hosts[0]
     for i, h in enumerate(hs.hosts):
         role = "head" if i == 0 else "worker"
@@ -163,6 +204,7 @@ def start_nodes(st: dict, hs, layout, ports, token: str, image: str, paths: dict
         argv = run_argv(
             role, h, image, args, cluster=st["name"], model_dir=st["model_dir"], env_file=env_file,
             config_dir=str(config_dir) if role == "head" else None, extra_env=extra,
+            temp_dir=st["temp_dir"],
         )  # fmt: skip
         pid = start(argv)
         st["hosts"].append(
@@ -182,7 +224,7 @@ def down(st: dict | None, name: str, sd: Path, log_dir: Path) -> list[str]:
             if h.get("container"):
                 logs(Host(name=h["name"], ip=h["ip"]), log_dir / f"{h['name']}.log")
     removed = remove(name)
-    for p in (sd / f"{name}-config", sd / f"{name}.env"):
+    for p in (node_dir(name), sd / f"{name}.env"):
         if p.exists():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed.append(str(p))

@@ -23,6 +23,10 @@ from pathlib import Path
 
 DOCKER = os.environ.get("LLMFLEET_DOCKER", "/usr/bin/docker")
 DOCKERD = "/usr/sbin/dockerd"
+# Every container here uses the host network and every build --network none, so dockerd needs no
+# iptables rules: with them it sets the FORWARD policy to DROP (br_netfilter on), which cuts the
+# local cluster's netns hosts off from each other.
+DOCKERD_ARGV = [DOCKERD, "--iptables=false"]
 REGISTRY = "/usr/bin/docker-registry"
 SOCKET = "/var/run/docker.sock"
 
@@ -62,7 +66,7 @@ def daemon(log: Path | None = None, timeout: float = 60.0) -> Iterator[bool]:
     if os.geteuid() != 0 or not os.access(DOCKERD, os.X_OK):
         raise DockerError("no docker daemon and cannot start one (needs root and the docker.io package)")
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([DOCKERD], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(DOCKERD_ARGV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while not daemon_up():
@@ -159,7 +163,7 @@ def ensure_daemon(log=print, timeout: float = 60.0) -> None:
     if os.geteuid() != 0 or not os.access(DOCKERD, os.X_OK):
         raise DockerError("no docker daemon and cannot start one (needs root and the docker.io package)")
     logf = open("/var/log/llmfleet-dockerd.log", "ab")
-    proc = subprocess.Popen([DOCKERD], stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(DOCKERD_ARGV, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     logf.close()
     STARTED_DOCKERD.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
