@@ -85,9 +85,11 @@ def test_dockerfile_contract_and_hadolint():
     text = (REPO_ROOT / "images" / "Dockerfile").read_text()
     assert "FROM ${BASE_IMAGE}" in text
     # The build itself is tests/test_image_build.py; these are the lines it cannot tell apart
-    # from a broken production base (iproute2 is already in the CPU base).
+    # from a broken production base (iproute2, g++ and Python.h are already in the CPU base).
     assert '"ray[default,serve]==${RAY_VERSION}" -r /tmp/serve-llm-requirements.txt' in text
-    assert "apt-get install -y --no-install-recommends iproute2" in text
+    for pkg in ("iproute2", "g++", "python3-dev"):
+        assert f"need+=({pkg})" in text, pkg
+    assert 'apt-get install -y --no-install-recommends "${need[@]}"' in text
     assert 'ENTRYPOINT ["/usr/local/bin/llmfleet-node"]' in text
     assert "USER ${NODE_UID}" in text
     hadolint = str(HADOLINT) if HADOLINT.exists() else shutil.which("hadolint")
