@@ -254,7 +254,7 @@ def chat_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the local endpoint one question (openai client) and print the assistant's reply."""
-    from infra.local.cluster import chat
+    from infra.local.chat import chat
     from infra.local.layout import LocalError
     from infra.local.tiny_model import is_tiny_model_id
 

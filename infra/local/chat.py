@@ -1,0 +1,34 @@
+"""`llmfleet local chat`: one chat completion against the local endpoint."""
+
+from __future__ import annotations
+
+from infra.local.layout import LocalError
+from infra.local.state import DEFAULT_NAME, load_state, read_token, state_dir
+
+
+def chat(message: str, name: str = DEFAULT_NAME, max_tokens: int = 48, temperature: float = 0.7) -> dict:
+    """One chat completion against the local endpoint with the official openai client."""
+    import openai
+
+    st = load_state(name)
+    if st is None:
+        raise LocalError(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`")
+    client = openai.OpenAI(base_url=st["endpoint"], api_key=read_token(st), timeout=120, max_retries=1)
+    try:
+        r = client.chat.completions.create(
+            model=st["model"],
+            messages=[{"role": "user", "content": message}],
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+    except openai.APIConnectionError as e:
+        raise LocalError(f"{st['endpoint']}: {e}; see `llmfleet local status`") from None
+    except openai.APIStatusError as e:
+        raise LocalError(f"{st['endpoint']}: HTTP {e.status_code}: {e.message}") from None
+    c = r.choices[0]
+    return {
+        "model": r.model,
+        "reply": c.message.content or "",
+        "finish_reason": c.finish_reason,
+        "usage": r.usage.model_dump() if r.usage else None,
+    }
