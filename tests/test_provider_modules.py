@@ -11,7 +11,7 @@ from infra.program.provider_modules import module_candidates
 # stack it captures under the light packages, recording every name the program reads from one;
 # then it runs each package's own __init__ and checks the names against the full package.
 PROBE = r"""
-import json, sys, types
+import json, sys
 from infra.program import provider_modules
 from infra.program.offline import capture
 from infra.stack.files import available_stacks
@@ -36,12 +36,18 @@ for stack in available_stacks():
         if name.startswith("pulumi_aws.") and "__path__" in vars(mod) and "_utilities" in vars(mod):
             full_inits.append(name)
 loaded = sorted(m for m in sys.modules if m.startswith("pulumi_aws.") and m.count(".") == 2)
-same = []
+# names of each kind the generator makes, whether or not the program reads them today
+for full_name, name in [("pulumi_aws.ec2", "get_ami"), ("pulumi_aws.ec2", "InstanceArgs"),
+                        ("pulumi_aws.ec2", "InstanceMetadataOptionsArgs"), ("pulumi_aws.iam", "get_policy_document_output")]:
+    getattr(sys.modules[full_name], name)
+    asked.append((full_name, name))  # a name read before is an attribute now: no __getattr__ call
+got = {}  # every answer first, then each package's own __init__ once, into the same module
 for full_name, name in sorted(set(asked)):
     mod = sys.modules[full_name]
-    got = types.ModuleType.__getattribute__(mod, "__dict__").get(name) or sys.modules.get(f"{full_name}.{name}")
-    mod.__spec__.loader.exec_module(mod)  # the package's own __init__, into the same module
-    same.append([full_name, name, got is getattr(mod, name)])
+    got[full_name, name] = vars(mod).get(name) or sys.modules.get(f"{full_name}.{name}")
+for full_name in sorted({p for p, _ in got}):
+    sys.modules[full_name].__spec__.loader.exec_module(sys.modules[full_name])
+same = [[p, n, v is getattr(sys.modules[p], n)] for (p, n), v in sorted(got.items())]
 print(json.dumps({"same": same, "full_inits": sorted(set(full_inits)), "loaded": len(loaded)}))
 """
 
@@ -53,6 +59,7 @@ def test_names_resolve_to_the_full_packages_objects_without_loading_them():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     resources = [(p, n) for p, n, _ in out["same"] if n[0].isupper()]
     assert ("pulumi_aws.ec2", "Instance") in resources  # the probe saw the program's reads
+    assert ["pulumi_aws.ec2", "get_ami", True] in out["same"]  # the function, not its module
     assert all(ok for _, _, ok in out["same"]), [r for r in out["same"] if not r[2]]
     # every read found its module where the generator puts it: no package ran its own __init__
     assert out["full_inits"] == []

@@ -47,15 +47,25 @@ def _light(full_name: str) -> types.ModuleType:
     mod = importlib.util.module_from_spec(spec)  # not executed: no resource module loads yet
     loaded = False
 
+    def import_sub(sub: str) -> types.ModuleType:
+        m = importlib.import_module(f"{full_name}.{sub}")
+        # get_ami.py defines get_ami: the package's star import binds that over the submodule
+        # the import system set as the package's attribute; do the same.
+        own = getattr(m, sub, None)
+        if own is not None and not isinstance(own, types.ModuleType):
+            setattr(mod, sub, own)
+        return m
+
     def __getattr__(name: str) -> Any:
         nonlocal loaded
         if name.startswith("__") or loaded:
             raise AttributeError(f"module {full_name!r} has no attribute {name!r}")
-        if _submodule_exists(mod, name):  # `from . import outputs` inside a resource module
-            return importlib.import_module(f"{full_name}.{name}")
+        if _submodule_exists(mod, name):  # `from . import outputs` in a resource module; get_ami
+            sub = import_sub(name)
+            return types.ModuleType.__getattribute__(mod, name) if name in vars(mod) else sub
         for sub in module_candidates(name):
             if _submodule_exists(mod, sub):
-                value = getattr(importlib.import_module(f"{full_name}.{sub}"), name, None)
+                value = getattr(import_sub(sub), name, None)
                 if value is not None:
                     setattr(mod, name, value)
                     return value
