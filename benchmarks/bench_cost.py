@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The in-process figures import this checkout's code, not whichever checkout the venv's
+# editable install points at (the CLI figures set PYTHONPATH for the same reason).
+sys.path.insert(0, str(REPO))
 BUDGET_S = 2.0  # cost --stack prod at 32 workers
 START_BUDGET_S = 0.5  # --help, plan
 PYCACHE = ""  # --pycache DIR

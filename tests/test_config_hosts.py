@@ -127,6 +127,16 @@ def test_declared_hosts_drive_the_plan_not_workercount_auto():
     assert not two.fits and "needs at least 3 nodes of 8" in two.reason
 
 
+def test_host_gpu_model_matches_ignoring_case_like_the_gpu_option():
+    workers = [worker(1, gpuModel="l20"), worker(2, gpuModel="l20"), worker(3, gpuModel="L20")]
+    cfg = load_stack_config(existing({**HEAD, "gpuCount": 8, "gpuModel": "l40s"}, *workers))
+    # the canonical id everywhere it is used: the plan, and the Ray resource each worker advertises
+    assert [h.gpu_model for h in cfg.hosts] == ["L40S", "L20", "L20", "L20"]
+    assert resolve(cfg).plan.gpu == "L20"
+    with pytest.raises(ConfigError, match=r"llmfleet:hosts\[1\]\.gpuModel = 'l21': allowed: L20"):
+        load_stack_config(existing(HEAD, worker(1, gpuModel="l21")))
+
+
 def test_ray_ip_is_private_ip_else_the_address():
     cfg = load_stack_config(existing(HEAD, {**worker(1), "address": "gpu-01.lab", "privateIp": "10.1.0.5"}))
     assert [h.ray_ip for h in cfg.hosts] == ["10.0.0.10", "10.1.0.5"]

@@ -12,9 +12,9 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from infra import yaml_files
 from infra.validation import first_error
 
 HERE = Path(__file__).parent
@@ -201,7 +201,7 @@ class CatalogError(ValueError):
 
 
 def _load_rows(path: Path, row_type: type[_Row], key: str) -> dict:
-    rows = yaml.safe_load(path.read_text())
+    rows = yaml_files.safe_load(path.read_text())
     out: dict = {}
     for i, row in enumerate(rows or []):
         try:

@@ -18,7 +18,6 @@ from infra.commands._common import (
     fail,
     print_json,
 )
-from infra.stack.resolve import resolve
 
 
 def output_text(value: Any) -> str:
@@ -82,6 +81,8 @@ def preview_cmd(
             )
         typer.echo(output_text(cap.outputs[output]))
         return
+    from infra.stack.resolve import resolve  # not at import: `llmfleet --help` needs no config model
+
     plan = resolve(cap.config).plan
     if as_json:
         print_json(cap.to_dict())

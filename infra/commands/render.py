@@ -23,7 +23,6 @@ from infra.commands._common import (
     err_console,
     fail,
 )
-from infra.stack.resolve import resolve
 
 OutputsOpt = Annotated[
     Path | None,
@@ -144,6 +143,7 @@ def serve_config_cmd(
     """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
     from infra.rayconf.serve_config import ServeConfigError
     from infra.stack.planner import PlanInputError
+    from infra.stack.resolve import resolve
     from infra.stack.serving import render_for_outputs
 
     outs, cfg = _outputs_and_config(stack, outputs, config, offline)

@@ -18,8 +18,9 @@ from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict
+
+from infra import yaml_files
 
 SNAPSHOT_PATH = Path(__file__).resolve().parent.parent / "catalog" / "prices_aws.yaml"
 SNAPSHOT_REGION = "us-east-1"  # the region the instance catalog's on-demand prices are for
@@ -74,7 +75,7 @@ class Snapshot(BaseModel):
 
 @cache
 def load_snapshot(path: Path = SNAPSHOT_PATH) -> Snapshot:
-    return Snapshot.model_validate(yaml.safe_load(path.read_text()))
+    return Snapshot.model_validate(yaml_files.safe_load(path.read_text()))
 
 
 # --- prices ------------------------------------------------------------------------------------

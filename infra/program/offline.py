@@ -16,9 +16,8 @@ Traps handled (from Pulumi's issue tracker):
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
-import json
+import contextlib
+import gc
 import os
 import runpy
 import sys
@@ -31,187 +30,23 @@ import pulumi
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import resource as presource
 from pulumi.runtime import rpc
+from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.settings import get_root_resource, set_root_resource
 from pulumi.runtime.stack import run_in_stack
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from infra.constants import REPO_ROOT
+from infra.program.offline_mocks import RecordingMocks
+from infra.program.provider_modules import light_packages
 from infra.stack.config import SECRET_PLACEHOLDER, StackConfig, load_stack_config
 from infra.stack.files import raw_stack_config
 
 PROJECT = "llmfleet"
-ACCOUNT = "123456789012"
 UNKNOWN_PLACEHOLDER = "[unknown]"
 
 
 class OfflineError(RuntimeError):
     """The program could not be captured; str() is one line."""
-
-
-# ---------------------------------------------------------------------------
-# Mocks: plausible outputs per resource type
-# ---------------------------------------------------------------------------
-def _h(*parts: Any, n: int = 17) -> str:
-    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:n]
-
-
-ID_PREFIX = {
-    "aws:ec2/vpc:Vpc": "vpc-",
-    "aws:amp/workspace:Workspace": "ws-",
-    "aws:ec2/subnet:Subnet": "subnet-",
-    "aws:ec2/securityGroup:SecurityGroup": "sg-",
-    "aws:ec2/instance:Instance": "i-",
-    "aws:ec2/routeTable:RouteTable": "rtb-",
-    "aws:ec2/internetGateway:InternetGateway": "igw-",
-    "aws:ec2/natGateway:NatGateway": "nat-",
-    "aws:ec2/eip:Eip": "eipalloc-",
-    "aws:ec2/vpcEndpoint:VpcEndpoint": "vpce-",
-    "aws:ec2/placementGroup:PlacementGroup": "pg-",
-    "aws:ec2/launchTemplate:LaunchTemplate": "lt-",
-    "aws:ec2/networkInterface:NetworkInterface": "eni-",
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "sgr-",
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "sgr-",
-}
-
-
-class RecordingMocks(pulumi.runtime.Mocks):
-    def __init__(self, region: str, vpc_cidr: str):
-        self.region = region
-        self._ips = ipaddress.ip_network(vpc_cidr).hosts()
-        for _ in range(9):  # skip the addresses AWS reserves at the start of a range
-            next(self._ips)
-        self.calls: list[str] = []
-
-    def _arn(self, service: str, kind: str, name: str) -> str:
-        return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{kind}/{name}"
-
-    def new_resource(self, args: pmocks.MockResourceArgs):
-        t, name, inputs = args.typ, args.name, dict(args.inputs)
-        rid = ID_PREFIX.get(t, f"{name}-") + _h(t, name)
-        service = t.split(":")[1].split("/")[0] if ":" in t else "mock"
-        out: dict[str, Any] = {
-            **inputs,
-            "id": rid,
-            "arn": self._arn(service, t.rsplit(":", 1)[-1].lower(), name),
-        }
-        if t == "aws:ec2/instance:Instance":
-            ip = str(next(self._ips))
-            out.update(
-                privateIp=ip,
-                privateDns=f"ip-{ip.replace('.', '-')}.ec2.internal",
-                primaryNetworkInterfaceId="eni-" + _h(name),
-                instanceState="running",
-            )
-        elif t == "aws:ec2/launchTemplate:LaunchTemplate":
-            out.update(latestVersion=1, defaultVersion=1, name=inputs.get("name", name))
-        elif t == "aws:ecr/repository:Repository":
-            repo = inputs.get("name", name)
-            out.update(
-                repositoryUrl=f"{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com/{repo}",
-                registryId=ACCOUNT,
-                name=repo,
-            )
-        elif t == "docker-build:index:Image":
-            digest = "sha256:" + _h(json.dumps(inputs, sort_keys=True, default=str), n=64)
-            tags = inputs.get("tags") or [f"{name}:latest"]
-            out.update(digest=digest, ref=f"{str(tags[0]).rsplit(':', 1)[0]}@{digest}")
-        elif t == "aws:lb/loadBalancer:LoadBalancer":
-            out.update(
-                dnsName=f"{name}-{_h(name, n=8)}.elb.{self.region}.amazonaws.com",
-                zoneId="Z26RNL4JYFTOTI",
-                arnSuffix=f"net/{name}/{_h(name, n=16)}",
-            )
-        elif t == "aws:lb/targetGroup:TargetGroup":
-            out.update(arnSuffix=f"targetgroup/{name}/{_h(name, n=16)}")
-        elif t == "aws:ec2/vpc:Vpc":
-            out.update(
-                defaultSecurityGroupId="sg-" + _h("default", name), mainRouteTableId="rtb-" + _h("main", name)
-            )
-        elif t in ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"):
-            bucket = inputs.get("bucket") or f"{name}-{_h(name, n=7)}"
-            out.update(
-                bucket=bucket,
-                arn=f"arn:aws:s3:::{bucket}",
-                bucketRegionalDomainName=f"{bucket}.s3.amazonaws.com",
-            )
-        elif t == "aws:ssm/parameter:Parameter":
-            pname = inputs.get("name", name)
-            # As AWS writes it: a path name "/a/b" is "parameter/a/b" in the ARN.
-            path = pname if str(pname).startswith("/") else f"/{pname}"
-            out.update(name=pname, version=1, arn=f"arn:aws:ssm:{self.region}:{ACCOUNT}:parameter{path}")
-        elif t in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile", "aws:iam/policy:Policy"):
-            kind = t.rsplit(":", 1)[-1]
-            kind = {"InstanceProfile": "instance-profile"}.get(kind, kind.lower())
-            nm = inputs.get("name") or f"{name}-{_h(name, n=7)}"
-            out.update(
-                name=nm, arn=f"arn:aws:iam::{ACCOUNT}:{kind}/{nm}", uniqueId="AROA" + _h(name, n=16).upper()
-            )
-        elif t == "aws:kms/key:Key":
-            kid = f"{_h(name, n=8)}-{_h(name, 1, n=4)}-{_h(name, 2, n=4)}-{_h(name, 3, n=4)}-{_h(name, 4, n=12)}"
-            out.update(keyId=kid, arn=f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{kid}")
-        elif t == "aws:amp/workspace:Workspace":
-            ws = rid
-            out.update(
-                arn=f"arn:aws:aps:{self.region}:{ACCOUNT}:workspace/{ws}",
-                prometheusEndpoint=f"https://aps-workspaces.{self.region}.amazonaws.com/workspaces/{ws}/",
-            )
-        elif t == "aws:cloudwatch/logGroup:LogGroup":
-            nm = inputs.get("name", name)
-            out.update(name=nm, arn=f"arn:aws:logs:{self.region}:{ACCOUNT}:log-group:{nm}")
-        elif t.startswith("random:index/random"):
-            out.update(result="mock-" + _h(name, n=32))
-        elif t == "command:remote:Command":
-            out.update(stdout="", stderr="")
-        return rid, out
-
-    def call(self, args: pmocks.MockCallArgs):
-        tok, a = args.token, dict(args.args)
-        self.calls.append(tok)
-        if tok == "aws:ec2/getAmi:getAmi":
-            return {
-                "id": "ami-0123456789abcdef0",
-                "imageId": "ami-0123456789abcdef0",
-                "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20260101",
-                "architecture": "x86_64",
-                "rootDeviceName": "/dev/sda1",
-                "ownerId": "898082745236",
-            }
-        if tok == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
-            return {
-                "userName": "AWS",
-                "password": "mock-ecr-password",
-                "authorizationToken": "QVdTOm1vY2s=",
-                "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com",
-                "id": self.region,
-            }
-        if tok in ("aws:index/getAvailabilityZones:getAvailabilityZones",):
-            names = [f"{self.region}{s}" for s in "abcdef"]
-            return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 7)], "id": self.region}
-        if tok == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {
-                "accountId": ACCOUNT,
-                "arn": f"arn:aws:iam::{ACCOUNT}:user/offline",
-                "userId": "AIDAOFFLINE",
-                "id": ACCOUNT,
-            }
-        if tok == "aws:index/getRegion:getRegion":
-            return {
-                "name": self.region,
-                "region": self.region,
-                "id": self.region,
-                "endpoint": f"ec2.{self.region}.amazonaws.com",
-            }
-        if tok == "aws:index/getPartition:getPartition":
-            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
-        if tok == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
-            locs = [f"{self.region}{s}" for s in "abc"]
-            return {
-                "locations": locs,
-                "instanceTypes": [a.get("filters", [{}])[0].get("values", ["?"])[0]] * len(locs),
-                "locationTypes": ["availability-zone"] * len(locs),
-                "id": self.region,
-            }
-        return {}
 
 
 # ---------------------------------------------------------------------------
@@ -240,6 +75,22 @@ def _clean(value: Any) -> tuple[Any, list[str]]:
     return walk(value, ""), unknown
 
 
+def _serialize_now(state: dict[str, Any]):
+    """`rpc.serialize_properties(state)` without an event loop where nothing needs one.
+
+    The coroutine only suspends to await a future (an Output, a resource reference); a mock's
+    state is plain values, so it runs to the end in one step. MockMonitor instead spins this
+    thread's event loop for every resource (`_sync_await`): a quarter of a large capture's
+    time. Anything that does suspend is run the way MockMonitor runs it."""
+    coro = rpc.serialize_properties(state, {})
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    return _sync_await(rpc.serialize_properties(state, {}))
+
+
 class RecordingMonitor(pmocks.MockMonitor):
     def __init__(self, mocks: RecordingMocks):
         super().__init__(mocks)
@@ -255,37 +106,51 @@ class RecordingMonitor(pmocks.MockMonitor):
         return urn.replace("::pulumi:pulumi:Stack$", "::", 1)
 
     def RegisterResource(self, request):
+        """MockMonitor.RegisterResource (same mock args, state and response), recording each
+        resource and deserializing its inputs once."""
         urn = self.make_urn(request.parent, request.type, request.name)
-        if request.type != "pulumi:pulumi:Stack":
-            if urn in self.by_urn:
-                self.duplicates.append(urn)
-            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
-            clean, unknown = _clean(inputs)
+        if request.type == "pulumi:pulumi:Stack":
+            return resource_pb2.RegisterResourceResponse(urn=urn)
+        _ensure_event_loop()  # resource references deserialize through this thread's loop
+        if urn in self.by_urn:
+            self.duplicates.append(urn)
+        inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+        clean, unknown = _clean(inputs)
+        if unknown:  # the mocks see unknowns as MockMonitor passes them (None), not as markers
             self.unknown_inputs += [f"{request.name}.{p}" for p in unknown]
-            parent = None
-            if request.parent and request.parent.split("::")[2].split("$")[-1] != "pulumi:pulumi:Stack":
-                parent = request.parent.split("::")[-1]
-            rec = {
-                "type": request.type,
-                "name": request.name,
-                "parent": parent,
-                "urn": urn,
-                "dependencies": sorted(request.dependencies),
-                "custom": bool(request.custom),
-                # Inputs whose change replaces the resource (the replace_on_changes option).
-                "replace_on_changes": sorted(request.replaceOnChanges),
-                "inputs": clean,
-                "outputs": {},
-            }
-            self.records.append(rec)
-            self.by_urn[urn] = rec
-        resp = super().RegisterResource(request)
-        if request.type != "pulumi:pulumi:Stack" and urn in self.by_urn:
-            state = self.resources.get(urn)
-            if state is not None:
-                self.by_urn[urn]["outputs"] = _clean(dict(state.state))[0]
-                self.by_urn[urn]["id"] = state.id
-        return resp
+            inputs = rpc.deserialize_properties(request.object)
+        parent = None
+        if request.parent and request.parent.split("::")[2].split("$")[-1] != "pulumi:pulumi:Stack":
+            parent = request.parent.split("::")[-1]
+        rid, state = self.mocks.new_resource(
+            pmocks.MockResourceArgs(
+                typ=request.type,
+                name=request.name,
+                inputs=inputs,
+                provider=request.provider,
+                resource_id=request.importId,
+                custom=request.custom or False,
+                transforms=pmocks._resolve_callbacks(request.transforms),
+            )
+        )
+        obj = _serialize_now(state)
+        self.resources[urn] = pmocks.MockMonitor.ResourceRegistration(urn, rid, state)
+        rec = {
+            "type": request.type,
+            "name": request.name,
+            "parent": parent,
+            "urn": urn,
+            "dependencies": sorted(request.dependencies),
+            "custom": bool(request.custom),
+            # Inputs whose change replaces the resource (the replace_on_changes option).
+            "replace_on_changes": sorted(request.replaceOnChanges),
+            "inputs": clean,
+            "outputs": _clean(dict(state))[0],
+            "id": rid,
+        }
+        self.records.append(rec)
+        self.by_urn[urn] = rec
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=rid, object=obj)
 
     def RegisterResourceOutputs(self, request):
         if "::pulumi:pulumi:Stack::" in request.urn:
@@ -334,15 +199,42 @@ def _no_stack_trace():
     return presource.source_pb2.StackTrace()
 
 
-def capture(
-    stack: str, overrides: Sequence[str] = (), project_dir: Path = REPO_ROOT, program: Path | None = None
-) -> Capture:
-    """Run the real program for `stack` under the recording mocks."""
-    raw, secret_keys = raw_stack_config(stack, overrides, project_dir)
-    cfg = load_stack_config(raw, stack)  # fail fast, before any resource registers
-    mocks = RecordingMocks(cfg.region, cfg.vpc_cidr)
-    monitor = RecordingMonitor(mocks)
+_rare_depth = 0  # collect_rarely() nests: only the outermost one freezes and restores
 
+
+@contextlib.contextmanager
+def collect_rarely():
+    """Freeze the heap and collect less often while the program runs.
+
+    The program allocates ~100k short-lived objects (an Output and four futures per property of
+    every resource) over ~300k long-lived ones (modules, the SDK's generated classes). At the
+    default gen-0 threshold (700) the collector runs hundreds of times, and each run of an older
+    generation rescans that long-lived heap: half of a 32-worker capture's CPU. Frozen objects
+    are skipped; unfreeze() hands them back to the collector afterwards, and its next full run
+    scans them all once (~0.1 s): a command that prices the capture after it (`cost`) holds
+    this around its whole run, so that happens after its output, not in the middle."""
+    global _rare_depth
+    _rare_depth += 1
+    if _rare_depth > 1:
+        try:
+            yield
+        finally:
+            _rare_depth -= 1
+        return
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(old[0], 20_000), *old[1:])
+    try:
+        yield
+    finally:
+        _rare_depth -= 1
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+
+@contextlib.contextmanager
+def _mocked_runtime(stack: str, mocks: RecordingMocks, monitor: RecordingMonitor, raw, secret_keys):
+    """Pulumi's process-wide runtime set for one offline run, and reset after it."""
     # Source positions only annotate the engine's diagnostics; collecting them reads the source
     # of every frame for every resource (a quarter of a large capture's time). None reach us.
     presource._get_stack_trace = _no_stack_trace
@@ -354,26 +246,9 @@ def capture(
     pmocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     set_root_resource(None)  # set_mocks registered a bare stack; run_in_stack makes the real one
     pulumi.runtime.set_all_config(raw, sorted(secret_keys))
-    main = program or project_dir / "__main__.py"
-
-    old_path = list(sys.path)
-    sys.path.insert(0, str(project_dir))
-    old_cwd = os.getcwd()
-    os.chdir(project_dir)
-    exported: list[str] = []
-
-    def program() -> None:
-        runpy.run_path(str(main), run_name="__main__")
-        exported.extend(get_root_resource().outputs)
-
     try:
-        _sync_await(run_in_stack(program))
-    except Exception as e:  # noqa: BLE001 - shown as one line
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise OfflineError(f"program failed for stack {stack}: {type(e).__name__}: {msg}") from e
+        yield
     finally:
-        os.chdir(old_cwd)
-        sys.path[:] = old_path
         set_root_resource(None)
         # Pulumi's runtime config is process-wide: the next capture, and the policy runner, must
         # not see this stack's values (the runner is handed the StackConfig it checks).
@@ -381,6 +256,21 @@ def capture(
         loop.close()
         asyncio.set_event_loop(None)
 
+
+@contextlib.contextmanager
+def _in_project(project_dir: Path):
+    """cwd and sys.path as the language host sets them for __main__.py."""
+    old_path, old_cwd = list(sys.path), os.getcwd()
+    sys.path.insert(0, str(project_dir))
+    os.chdir(project_dir)
+    try:
+        yield
+    finally:
+        os.chdir(old_cwd)
+        sys.path[:] = old_path
+
+
+def _checked_outputs(monitor: RecordingMonitor, exported: list[str]) -> dict[str, Any]:
     if monitor.duplicates:
         raise OfflineError(
             f"duplicate resource URN {monitor.duplicates[0]}: each logical name must be unique per "
@@ -394,12 +284,41 @@ def capture(
         raise OfflineError(
             f"stack output {first} is unknown after the offline run: a mock returns no value for it"
         )
+    return outputs
+
+
+def capture(
+    stack: str, overrides: Sequence[str] = (), project_dir: Path = REPO_ROOT, program: Path | None = None
+) -> Capture:
+    """Run the real program for `stack` under the recording mocks."""
+    raw, secret_keys = raw_stack_config(stack, overrides, project_dir)
+    cfg = load_stack_config(raw, stack)  # fail fast, before any resource registers
+    light_packages()  # only the provider modules the program touches load (provider_modules.py)
+    mocks = RecordingMocks(cfg.region, cfg.vpc_cidr)
+    monitor = RecordingMonitor(mocks)
+    main = program or project_dir / "__main__.py"
+    exported: list[str] = []
+
+    def run_program() -> None:
+        runpy.run_path(str(main), run_name="__main__")
+        exported.extend(get_root_resource().outputs)
+
+    try:
+        with (
+            collect_rarely(),
+            _in_project(project_dir),
+            _mocked_runtime(stack, mocks, monitor, raw, secret_keys),
+        ):
+            _sync_await(run_in_stack(run_program))
+    except Exception as e:  # noqa: BLE001 - shown as one line
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise OfflineError(f"program failed for stack {stack}: {type(e).__name__}: {msg}") from e
     return Capture(
         stack=stack,
         config=cfg,
         raw_config=raw,
         resources=monitor.records,
-        outputs=outputs,
+        outputs=_checked_outputs(monitor, exported),
         invokes=list(mocks.calls),
     )
 

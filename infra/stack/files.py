@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from infra import yaml_files
 from infra.constants import REPO_ROOT
 from infra.stack import suggest
 from infra.stack.config import (
@@ -48,7 +47,7 @@ def available_stacks(project_dir: Path = REPO_ROOT) -> list[str]:
 
 def project_defaults(project_dir: Path = REPO_ROOT) -> dict[str, str]:
     """Defaults declared in Pulumi.yaml's config block (project keys are in our namespace)."""
-    proj = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
+    proj = yaml_files.safe_load((project_dir / "Pulumi.yaml").read_text())
     out = {}
     for key, decl in (proj.get("config") or {}).items():
         full = key if ":" in key else f"{NS}:{key}"
@@ -79,7 +78,7 @@ def raw_stack_config(
         raise ConfigError(
             f"--stack {stack!r}: no file {path.relative_to(project_dir)}; {hint}allowed: {', '.join(stacks) or 'none'}"
         )
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = yaml_files.safe_load(path.read_text()) or {}
     raw = project_defaults(project_dir)
     secrets: set[str] = set()
     for key, value in (doc.get("config") or {}).items():

@@ -8,6 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from infra.catalog import load_catalog
+from infra.stack import suggest
+
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
@@ -45,6 +48,15 @@ class HostSpec(BaseModel):
         if not USER_RE.match(v):
             raise ValueError("allowed: a Unix user name such as ubuntu")
         return v
+
+    @field_validator("gpu_model")
+    @classmethod
+    def _gpu_model(cls, v: str | None) -> str | None:
+        """GPU ids match ignoring case, as --gpu and llmfleet:gpu do ("l20" is L20). An unknown
+        one stays as written: the hosts check names its entry and the allowed ids."""
+        if v is None:
+            return None
+        return suggest.canonical(v, load_catalog().gpus) or v
 
     @field_validator("private_ip")
     @classmethod
