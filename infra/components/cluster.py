@@ -103,28 +103,36 @@ def serving_tags(args: ClusterArgs) -> dict[str, str]:
     }
 
 
+def _spec(args: ClusterArgs, role: str, image_ref: str, weights_s3_uri: str, ray_token: str, metrics, **fields) -> NodeSpec:
+    """What every node's boot contract carries; `fields` are the role's own."""
+    return NodeSpec(
+        role=role,
+        region=args.region,
+        image_ref=image_ref,
+        weights_s3_uri=weights_s3_uri,
+        model_path=args.model_path,
+        weights_path=args.weights_path,
+        ray_token_parameter=ray_token,
+        endpoint_port=args.endpoint_port,
+        metrics=metrics,
+        **fields,
+    )
+
+
 def head_script(args: ClusterArgs) -> pulumi.Output[str]:
     return pulumi.Output.all(
         args.image_ref, args.weights_s3_uri, args.token_parameter, args.ray_token_parameter, args.host_metrics
     ).apply(
         lambda a: render_user_data(
-            NodeSpec(
-                role="head",
-                region=args.region,
-                image_ref=a[0],
-                weights_s3_uri=a[1],
-                model_path=args.model_path,
-                weights_path=args.weights_path,
+            _spec(
+                args, "head", a[0], a[1], a[3], a[4],
                 token_parameter=a[2],
-                ray_token_parameter=a[3],
-                endpoint_port=args.endpoint_port,
                 serve_config=args.serve_config,
                 tensor_parallel_size=args.tensor_parallel_size,
                 pipeline_parallel_size=args.pipeline_parallel_size,
                 replicas=args.replicas,
                 deploy_gpu_model=args.worker_type.gpu or "",
-                metrics=a[4],
-            )
+            )  # fmt: skip
         )
     )
 
@@ -134,22 +142,14 @@ def worker_script(args: ClusterArgs, head_ip: pulumi.Input[str]) -> pulumi.Outpu
         head_ip, args.image_ref, args.weights_s3_uri, args.ray_token_parameter, args.host_metrics
     ).apply(
         lambda a: render_user_data(
-            NodeSpec(
-                role="worker",
-                region=args.region,
-                image_ref=a[1],
-                weights_s3_uri=a[2],
-                model_path=args.model_path,
-                weights_path=args.weights_path,
+            _spec(
+                args, "worker", a[1], a[2], a[3], a[4],
                 head_ip=a[0],
-                ray_token_parameter=a[3],
                 gpus=args.worker_type.gpu_count,
                 gpu_model=args.worker_type.gpu or "",
                 nvme_disks=args.worker_type.nvme_disks,
                 efa=efa_cards(args.worker_type) > 0,
-                endpoint_port=args.endpoint_port,
-                metrics=a[4],
-            )
+            )  # fmt: skip
         )
     )
 
