@@ -126,17 +126,13 @@ class PushedImage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PushedImageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llmfleet:components:PushedImage", name, None, opts)
-        from infra.components.image import image_tag
+        from infra.components.image import node_image_inputs
 
-        build_args = {"BASE_IMAGE": args.base_image, "RAY_VERSION": args.ray_version}
-        tag = image_tag(args.context_dir, build_args)  # content hash: an unchanged tree pushes nothing new
+        # content hash: an unchanged tree pushes nothing new
+        tag, inputs = node_image_inputs(args.context_dir, args.base_image, args.ray_version, args.platform)
         self.image = docker_build.Image(
             f"{name}-image",
-            context={"location": str(args.context_dir)},
-            dockerfile={"location": str(args.context_dir / "images" / "Dockerfile")},
-            build_args=build_args,
-            platforms=[docker_build.Platform(args.platform)],
-            push=True,
+            **inputs,
             tags=[f"{args.repository}:{tag}"],
             labels={"org.opencontainers.image.title": "llmfleet-node", "llmfleet.context": tag},
             opts=pulumi.ResourceOptions(parent=self),

@@ -65,23 +65,31 @@ class ImageArgs:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def node_image_inputs(context_dir: Path, base_image: str, ray_version: str, platform: str) -> tuple[str, dict]:
+    """The context tag and the docker_build.Image arguments every build of the node image shares
+    (ECR here, the owned hosts' registry in existing_hosts): one Dockerfile, one context."""
+    build_args = {"BASE_IMAGE": base_image, "RAY_VERSION": ray_version}
+    return image_tag(context_dir, build_args), {
+        "context": {"location": str(context_dir)},
+        "dockerfile": {"location": str(context_dir / "images" / "Dockerfile")},
+        "build_args": build_args,
+        "platforms": [docker_build.Platform(platform)],
+        "push": True,
+    }
+
+
 class Image(pulumi.ComponentResource):
     def __init__(self, name: str, args: ImageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llmfleet:components:Image", name, None, opts)
-        build_args = {"BASE_IMAGE": args.base_image, "RAY_VERSION": args.ray_version}
-        tag = image_tag(args.context_dir, build_args)
-        cache = cache_tag(args.context_dir, build_args)
+        tag, inputs = node_image_inputs(args.context_dir, args.base_image, args.ray_version, args.platform)
+        cache = cache_tag(args.context_dir, inputs["build_args"])
         auth = aws.ecr.get_authorization_token_output(
             registry_id=args.registry_id, opts=pulumi.InvokeOutputOptions(parent=self)
         )
         repo = pulumi.Output.from_input(args.repository_url)
         self.image = docker_build.Image(
             f"{name}-image",
-            context={"location": str(args.context_dir)},
-            dockerfile={"location": str(args.context_dir / "images" / "Dockerfile")},
-            build_args=build_args,
-            platforms=[docker_build.Platform(args.platform)],
-            push=True,
+            **inputs,
             tags=[repo.apply(lambda r: f"{r}:{tag}")],
             registries=[
                 {
