@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: `llmfleet --help` and `plan` need none of them
     from infra.cost import model as cost_model
     from infra.cost import preview as cost_preview
-    from infra.cost import resources as cost_resources
     from infra.cost import usage as usage_mod
+    from infra.cost.capacity_block import CapacityBlock
     from infra.cost.pricing import PriceBook
 
 
@@ -56,12 +56,12 @@ def read_file(path: Path, flag: str) -> str:
 
 def live_blocks(
     ids: set[str], region: str, today: str, ec2: Any = None
-) -> tuple[dict[str, cost_resources.CapacityBlock], list[str]]:
+) -> tuple[dict[str, CapacityBlock], list[str]]:
     """Each Capacity Block as EC2 describes it, with a fee quote; a failure is a warning and the
     block is then priced from the snapshot rate."""
     from infra.cost import capacity_block as cb
 
-    out: dict[str, cost_resources.CapacityBlock] = {}
+    out: dict[str, CapacityBlock] = {}
     warnings: list[str] = []
     for rid in sorted(i for i in ids if i.startswith("cr-")):
         try:

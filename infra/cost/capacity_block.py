@@ -20,7 +20,37 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from infra.cost.resources import CapacityBlock
+from infra.cost.model import HOURS_PER_MONTH
+
+
+@dataclass(frozen=True)
+class CapacityBlock:
+    """What is known about one Capacity Block (from EC2, see below). Any field may
+    be None offline; the fee then comes from the snapshot's per-instance-hour rate."""
+
+    reservation_id: str
+    instance_type: str | None = None
+    availability_zone: str | None = None
+    instance_count: int | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    upfront_fee: Decimal | None = None
+    fee_source: str = ""
+    fee_date: str = ""
+    fee_estimate: bool = True
+
+    @property
+    def duration_hours(self) -> Decimal | None:
+        if self.start is None or self.end is None:
+            return None
+        return Decimal(str((self.end - self.start).total_seconds())) / 3600
+
+    @property
+    def billed_hours(self) -> Decimal:
+        """Hours of the block within one 730-hour month: all of a short block, 730 of a long one."""
+        d = self.duration_hours
+        return HOURS_PER_MONTH if d is None else min(HOURS_PER_MONTH, d)
+
 
 ENDED = {"expired", "cancelled", "failed", "payment-failed", "unavailable"}
 

@@ -37,11 +37,11 @@ from dataclasses import replace
 from decimal import Decimal
 
 from infra.cost import usage as usage_mod
+from infra.cost.capacity_block import CapacityBlock
 from infra.cost.model import Estimate, Resource, ResourceCost, hourly, tags_of
 from infra.cost.pricing import Price, PriceBook
 from infra.cost.resources import (
     BUCKET_TYPES,
-    CapacityBlock,
     capacity_block_target,
     price_bucket,
     price_capacity_block,

@@ -3,13 +3,12 @@ captured resource (type, name, inputs, outputs), a PriceBook and usage."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from infra.cost import usage as usage_mod
+from infra.cost.capacity_block import CapacityBlock
 from infra.cost.model import (
     HOURS_PER_MONTH,
     CostComponent,
@@ -73,35 +72,6 @@ def volume_components(
             monthly("Provisioned IOPS (io1)", "IOPS", input_decimal(iops, "iops", res_name), book.rate("ebs.io1.iops"))
         )
     return out
-
-
-@dataclass(frozen=True)
-class CapacityBlock:
-    """What is known about one Capacity Block (from EC2, see infra.cost.capacity_block). Any field may
-    be None offline; the fee then comes from the snapshot's per-instance-hour rate."""
-
-    reservation_id: str
-    instance_type: str | None = None
-    availability_zone: str | None = None
-    instance_count: int | None = None
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
-    upfront_fee: Decimal | None = None
-    fee_source: str = ""
-    fee_date: str = ""
-    fee_estimate: bool = True
-
-    @property
-    def duration_hours(self) -> Decimal | None:
-        if self.start is None or self.end is None:
-            return None
-        return Decimal(str((self.end - self.start).total_seconds())) / 3600
-
-    @property
-    def billed_hours(self) -> Decimal:
-        """Hours of the block within one 730-hour month: all of a short block, 730 of a long one."""
-        d = self.duration_hours
-        return HOURS_PER_MONTH if d is None else min(HOURS_PER_MONTH, d)
 
 
 def capacity_block_target(inputs: Mapping[str, Any]) -> str | None:
