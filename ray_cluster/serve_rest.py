@@ -62,7 +62,11 @@ def _serve_applications(dashboard: str, timeout: float) -> dict:
 
 def serve_status(dashboard: str, timeout: float = 5.0) -> dict:
     """{app: status} from the dashboard, or {} when Serve/the dashboard is not there."""
-    return {name: app.get("status", "") for name, app in _serve_applications(dashboard, timeout).items()}
+    return _statuses(_serve_applications(dashboard, timeout))
+
+
+def _statuses(apps: dict) -> dict:
+    return {name: app.get("status", "") for name, app in apps.items()}
 
 
 def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
@@ -89,11 +93,13 @@ def failure_messages(apps: dict) -> str:
     for name, app in apps.items():
         if app.get("status") not in FAILED:
             continue
+        if app.get("message"):
+            out.append(f"{name}: {_last_line(app['message'])}")
         # The app's own message is often only "Failed to update the deployments [...]"; the
         # reason is in the failed deployment's message.
-        for where, doc in [(name, app), *((f"{name}/{d}", dep) for d, dep in (app.get("deployments") or {}).items())]:
-            if doc.get("message") and (doc is app or doc.get("status") in ("DEPLOY_FAILED", "UNHEALTHY")):
-                out.append(f"{where}: {_last_line(doc['message'])}")
+        for d, dep in (app.get("deployments") or {}).items():
+            if dep.get("status") in FAILED and dep.get("message"):
+                out.append(f"{name}/{d}: {_last_line(dep['message'])}")
     return "; ".join(out)
 
 
@@ -107,7 +113,7 @@ def wait_serve_running(dashboard: str, timeout: float, interval: float = 5.0) ->
     start = time.monotonic()
     while True:
         apps = _serve_applications(dashboard, 5.0)
-        status = {name: app.get("status", "") for name, app in apps.items()}
+        status = _statuses(apps)
         if status and all(s == "RUNNING" for s in status.values()):
             return
         if any(s in FAILED for s in status.values()) or time.monotonic() - start >= timeout:

@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -337,14 +338,10 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             f"{layout.replicas} replica(s) x TP {layout.tp} x PP {layout.pp} = "
             f"{layout.replicas * layout.ranks_per_host} engine slots",
         )
-        argv = local_deploy_argv(head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout)
+        python = "python3" if o.image else sys.executable  # the image's interpreter, or the venv's
+        argv = local_deploy_argv(head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout, python)
         if o.image:  # the production flow from inside the head container
-            argv = containers.exec_argv(
-                head,
-                local_deploy_argv(
-                    head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout, python="python3"
-                ),
-            )
+            argv = containers.exec_argv(head, argv)
         result = _run_deploy(
             argv,
             head,

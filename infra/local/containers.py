@@ -37,23 +37,21 @@ def node_dir(cluster: str) -> Path:
 
 
 def stage_model(cluster: str, model_dir: Path) -> Path:
-    """A world-readable copy of the checkpoint (the tiny model is ~1.5 MB) under node_dir."""
+    """A copy of the checkpoint (the tiny model is ~1.5 MB) under node_dir; start_nodes makes
+    the whole node_dir readable to the image's uid."""
     import shutil
 
     dest = node_dir(cluster) / "model"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(model_dir, dest)
-    _world_readable(node_dir(cluster))
     return dest
 
 
 def _world_readable(root: Path) -> None:
-    for p in [root, *root.rglob("*")]:
+    """root and everything below it readable (0755 dirs, 0644 files), and NODE_ROOT's own
+    directories traversable whatever the umask that made them."""
+    for p in [NODE_ROOT.parent, NODE_ROOT, root, *root.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
-    for parent in root.parents:  # /var/lib/llmfleet/local, /var/lib/llmfleet: traversable
-        if parent == NODE_ROOT.parent.parent:
-            break
-        parent.chmod(0o755)
 
 
 def resolve_mode(mode: str) -> str:

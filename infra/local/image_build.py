@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.constants import REPO_ROOT
+from infra.constants import RAY_VERSION, REPO_ROOT
 from infra.local import docker as dk
 
 BASE_DIR = REPO_ROOT / "images" / "cpu-base"
@@ -47,14 +47,8 @@ def base_tag(root: Path = REPO_ROOT) -> str:
     return f"llmfleet-cpu-base:{h.hexdigest()[:16]}"
 
 
-def ray_version() -> str:
-    from infra.constants import RAY_VERSION
-
-    return RAY_VERSION
-
-
 def build_args(base: str) -> dict[str, str]:
-    return {"BASE_IMAGE": base, "RAY_VERSION": ray_version(), "PIP_NO_INDEX": "1"}
+    return {"BASE_IMAGE": base, "RAY_VERSION": RAY_VERSION, "PIP_NO_INDEX": "1"}
 
 
 def node_tag(base: str, root: Path = REPO_ROOT) -> str:
