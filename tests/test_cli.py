@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from infra.catalog import load_catalog
 from infra.cli import app
 from infra.commands.preview import short_type
+from infra.constants import REPO_ROOT
 from infra.stack.config import load_stack_config
 from infra.stack.files import available_stacks
 from tests.snapshot import assert_snapshot
@@ -215,6 +216,17 @@ def test_preflight_without_credentials_is_one_line():
         "AWS_PROFILE, or AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY\n"
     )
 
+
+
+def test_render_of_a_deployed_stack_without_credentials_is_one_line():
+    """The running workers come from EC2 (their groups' tag); no credentials: the one fix."""
+    outputs = str(REPO_ROOT / "tests" / "data" / "stack_outputs_prod.json")
+    result = run("render", "cluster-yaml", "--stack", "prod", "--outputs", outputs, env=NO_AWS)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: looking up the running workers of llmfleet-prod-worker-0")
+    assert result.stderr.endswith("no AWS credentials found; configure them with `aws configure` (or "
+                                  "`aws sso login`), AWS_PROFILE, or AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY\n")
 
 class _Completion(BaseHTTPRequestHandler):
     """An OpenAI chat-completions endpoint that answers every request with REPLY."""

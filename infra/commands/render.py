@@ -80,12 +80,14 @@ def _running_workers(outs: dict[str, Any]) -> dict[str, Any]:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from infra import aws_credentials
     from infra.worker_lookup import with_running_workers
 
     try:
         filled = with_running_workers(outs, boto3.client("ec2", region_name=outs.get("region")))
     except (BotoCoreError, ClientError) as e:
-        fail(f"looking up the running workers of {', '.join(outs['worker_groups'])}: {e}")
+        why = aws_credentials.MESSAGE if aws_credentials.missing(e) else str(e)
+        fail(f"looking up the running workers of {', '.join(outs['worker_groups'])}: {why}")
     if not filled["worker_private_ips"]:
         err_console.print(
             "note: no running worker instances in the worker groups; cluster.yaml lists the head only",
