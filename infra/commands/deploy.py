@@ -101,7 +101,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
             bar.update(task, completed=min(elapsed, total), description=why[:80])
 
         r = wait_head_ready(
-            boto3.client("ssm", region_name=cfg.region),
+            boto3.session.Session().client("ssm", region_name=cfg.region),
             head,
             cmds,
             timeout_s=timeout,
