@@ -55,7 +55,7 @@ lint: setup
 	$(BIN)/hadolint images/Dockerfile
 
 test: setup system-deps lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/bench_cost.py

@@ -31,6 +31,7 @@ from infra.local import image_build as ib
 from infra.local import processes, state
 from infra.local.tiny_model import MODEL_ID
 from ray_cluster import contract
+from tests import image_prebuild
 from tests.test_local import assert_engine_computes_the_checkpoint, cli, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -43,16 +44,13 @@ def locked(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    missing = dk.missing_tools()
-    if missing:
-        pytest.skip(f"missing Debian packages {missing} (scripts/system-deps.sh installs them as root)")
-    if os.geteuid() != 0 and not dk.daemon_up():
-        pytest.skip("no docker daemon, and starting one needs root")
-    tmp = tmp_path_factory.mktemp("image")
+    why = image_prebuild.cannot_build()
+    if why:
+        pytest.skip(why)
     t0 = time.monotonic()
-    with dk.daemon(tmp / "dockerd.log"), dk.registry(tmp / "registry") as registry:
-        built = ib.build_and_push(registry, log=print)
-        print(f"image built and pushed in {time.monotonic() - t0:.0f} s: {built.ref}")
+    # built beside the earlier tests when conftest.py started it, else here and now
+    with image_prebuild.image(tmp_path_factory.mktemp("image")) as (built, registry):
+        print(f"image ready after {time.monotonic() - t0:.0f} s in the fixture: {built.ref}")
         try:
             yield {"built": built, "registry": registry}
         finally:

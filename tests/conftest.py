@@ -1,0 +1,30 @@
+"""Suite-wide hooks: the node image is built beside the light tests."""
+
+from __future__ import annotations
+
+from tests import image_prebuild
+
+IMAGE_MODULE = "tests/test_image_build.py"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # The light modules (no `ray` marker: mocks, moto, renderers; ~3 min, one core) run first,
+    # while the image builds in the background on the other core; then the image's module; then
+    # the modules that start Ray clusters, which want both cores. Stable: each module keeps its
+    # tests' order.
+    def rank(item) -> int:
+        if item.nodeid.startswith(IMAGE_MODULE):
+            return 1
+        return 2 if item.get_closest_marker("ray") else 0
+
+    items.sort(key=rank)
+
+
+def pytest_collection_finish(session):
+    # tests/image_prebuild.py says why a process, and why now
+    if any(item.nodeid.startswith(IMAGE_MODULE) for item in session.items):
+        image_prebuild.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    image_prebuild.finish()  # a no-op unless the module's fixture never ran (-x, -k, a crash)
