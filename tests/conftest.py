@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
+
 from tests import image_prebuild
 
 IMAGE_MODULE = "tests/test_image_build.py"
@@ -18,6 +22,16 @@ def pytest_collection_modifyitems(session, config, items):
         return 2 if item.get_closest_marker("ray") else 0
 
     items.sort(key=rank)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_left_in_this_process():
+    """A module that attaches this process to a Ray instance (Serve LLM's build_openai_app starts
+    a local one) detaches it: the next module's driver would otherwise talk to that instance."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def pytest_collection_finish(session):

@@ -337,6 +337,22 @@ def test_status_json_lists_nodes_gpus_and_models(ray_hosts_cluster):  # noqa: F8
 
 
 @pytest.mark.ray
+def test_connect_leaves_another_cluster_this_process_was_attached_to(ray_hosts_cluster):  # noqa: F811
+    import ray
+
+    from ray_cluster.driver import connect
+
+    # a local instance in this process, as Ray Serve LLM's build_openai_app starts one
+    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    try:
+        connect(ray_hosts_cluster.address)
+        assert ray.get_runtime_context().gcs_address == ray_hosts_cluster.address
+        assert ray.cluster_resources().get("GPU") == 2 * len(ray_hosts_cluster.workers)
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
 def test_deploy_wait_failure_names_the_missing_worker(ray_hosts_cluster, tmp_path):  # noqa: F811
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("applications:\n- name: llm\n  import_path: ray_cluster.app:build\n  route_prefix: /\n")
