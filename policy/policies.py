@@ -18,7 +18,13 @@ PACK_NAME = "llmfleet"
 # Each policy sets its own level; this covers any that do not.
 PACK_ENFORCEMENT = EnforcementLevel.ADVISORY
 
-POLICIES: list[Policy] = [*RESOURCE_POLICIES, *NETWORK_POLICIES, *FLEET_POLICIES, *LOG_POLICIES, *ENDPOINT_POLICIES]
+POLICIES: list[Policy] = [
+    *RESOURCE_POLICIES,
+    *NETWORK_POLICIES,
+    *FLEET_POLICIES,
+    *LOG_POLICIES,
+    *ENDPOINT_POLICIES,
+]
 
 
 def by_name() -> dict[str, Policy]:

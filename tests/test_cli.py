@@ -151,7 +151,9 @@ def test_did_you_mean_stack_name():
 def test_unknown_config_key_through_the_cli_gets_did_you_mean():
     result = run("preflight", "--stack", "prod", "-c", "llmfleet:workrCount=3")
     assert result.exit_code == 2
-    assert result.stderr == "error: llmfleet:workrCount = '3': unknown key; did you mean llmfleet:workerCount?\n"
+    assert (
+        result.stderr == "error: llmfleet:workrCount = '3': unknown key; did you mean llmfleet:workerCount?\n"
+    )
     # nothing close: one line that lists what is allowed
     far = run("preflight", "--stack", "prod", "-c", "llmfleet:zzz=1")
     assert far.exit_code == 2 and len(far.stderr.splitlines()) == 1
@@ -161,7 +163,9 @@ def test_unknown_config_key_through_the_cli_gets_did_you_mean():
 def test_cost_diff_error_names_diff_not_stack():
     result = run("cost", "--stack", "dev", "--diff", "dve")
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: --diff: 'dve' is not a stack (no stacks/Pulumi.dve.yaml); did you mean dev?")
+    assert result.stderr.startswith(
+        "error: --diff: 'dve' is not a stack (no stacks/Pulumi.dve.yaml); did you mean dev?"
+    )
     assert "--stack" not in result.stderr
 
 
@@ -217,7 +221,6 @@ def test_preflight_without_credentials_is_one_line():
     )
 
 
-
 def test_render_of_a_deployed_stack_without_credentials_is_one_line():
     """The running workers come from EC2 (their groups' tag); no credentials: the one fix."""
     outputs = str(REPO_ROOT / "tests" / "data" / "stack_outputs_prod.json")
@@ -225,8 +228,11 @@ def test_render_of_a_deployed_stack_without_credentials_is_one_line():
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: looking up the running workers of llmfleet-prod-worker-0")
-    assert result.stderr.endswith("no AWS credentials found; configure them with `aws configure` (or "
-                                  "`aws sso login`), AWS_PROFILE, or AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY\n")
+    assert result.stderr.endswith(
+        "no AWS credentials found; configure them with `aws configure` (or "
+        "`aws sso login`), AWS_PROFILE, or AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY\n"
+    )
+
 
 class _Completion(BaseHTTPRequestHandler):
     """An OpenAI chat-completions endpoint that answers every request with REPLY."""
@@ -288,9 +294,7 @@ def test_local_chat_escapes_control_characters(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert not {"\x07", "\x00", "\x7f"} & set(result.stdout)
     assert "ok\\x07bell\\x00nul\\x7fdel\nline two" in result.stdout
-    assert (
-        "note: the reply held non-printable characters, shown escaped: \\x07 \\x00 \\x7f" in result.stderr
-    )
+    assert "note: the reply held non-printable characters, shown escaped: \\x07 \\x00 \\x7f" in result.stderr
     as_json = run("local", "chat", "hi", "--name", "t", "--json", env={"LLMFLEET_STATE_DIR": str(tmp_path)})
     assert as_json.exit_code == 1  # the server is gone: one line, no traceback
     assert len(as_json.stderr.splitlines()) == 1
@@ -308,7 +312,9 @@ def _masked_digest(monkeypatch):
 
     def capture(stack, overrides):
         cap = real(stack, overrides)
-        cap.outputs["image_ref"] = re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, cap.outputs["image_ref"])
+        cap.outputs["image_ref"] = re.sub(
+            r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, cap.outputs["image_ref"]
+        )
         return cap
 
     monkeypatch.setattr(offline, "capture", capture)
@@ -339,7 +345,10 @@ def test_preview_at_80_columns_keeps_types_and_names_whole(monkeypatch):
     rows = _rows(result.stdout.split("outputs (one in full")[0])
     for r in cap.resources:
         assert [short_type(r["type"]), r["name"]] in rows, r
-    assert short_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock") == "aws:s3:BucketPublicAccessBlock"
+    assert (
+        short_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+        == "aws:s3:BucketPublicAccessBlock"
+    )
     assert short_type("llmfleet:components:Network") == "llmfleet:components:Network"
     keys = [ln.split("│")[1].strip() for ln in result.stdout.split("outputs")[1].splitlines() if "│" in ln]
     keys = [k for k in keys if k]

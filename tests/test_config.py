@@ -101,7 +101,9 @@ BAD = [
         "certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<uuid>",
     ),
     (
-        {"llmfleet:endpointCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"},
+        {
+            "llmfleet:endpointCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+        },
         "llmfleet:endpointCertificateArn = 'arn:aws:acm:eu-west-1:123456789012:certificate/"
         "12345678-1234-1234-1234-123456789012': the NLB takes a certificate from its own region; allowed: "
         "an ACM certificate in us-east-1",

@@ -52,7 +52,9 @@ def worker_replace_view(c, group: dict) -> dict:
     assert group["replace_on_changes"] == GROUP_REPLACE_FIELDS, group["name"]
     lt = find_template(group["inputs"], [(t["id"], t["inputs"]) for t in c.of_type(template(c)["type"])])
     assert lt is not None, group["name"]
-    assert set(lt) - TEMPLATE_METADATA <= set(LAUNCH_TEMPLATE_FIELDS), "a template input missing from the table"
+    assert set(lt) - TEMPLATE_METADATA <= set(LAUNCH_TEMPLATE_FIELDS), (
+        "a template input missing from the table"
+    )
     return {
         **{f"template.{k}": lt.get(k) for k in LAUNCH_TEMPLATE_FIELDS},
         **{k: group["inputs"].get(k) for k in group["replace_on_changes"]},
@@ -108,7 +110,10 @@ def test_a_new_template_version_replaces_the_slot_instance_by_instance_refresh()
         i = g["inputs"]
         # The group follows the template's latest version: a new version is a group update,
         # which the provider turns into an instance refresh (terminate, then launch).
-        assert i["launchTemplate"] == {"name": lt["inputs"]["name"], "version": str(lt["outputs"]["latestVersion"])}
+        assert i["launchTemplate"] == {
+            "name": lt["inputs"]["name"],
+            "version": str(lt["outputs"]["latestVersion"]),
+        }
         assert i["instanceRefresh"]["strategy"] == "Rolling"
         assert i["instanceRefresh"]["preferences"]["minHealthyPercentage"] == 0
 
@@ -197,7 +202,10 @@ def test_prod_head_recovers_and_every_worker_is_replaced_by_its_group():
         # terminates it and launches a new one from the template (boot contract -> weights -> Ray).
         assert i["healthCheckType"] == "EC2" and i["minSize"] == i["maxSize"] == i["desiredCapacity"] == 1
         [slot] = [a for a in alarms if a.get("dimensions", {}).get("AutoScalingGroupName") == i["name"]]
-        assert slot["metricName"] == "GroupInServiceInstances" and "GroupInServiceInstances" in i["enabledMetrics"]
+        assert (
+            slot["metricName"] == "GroupInServiceInstances"
+            and "GroupInServiceInstances" in i["enabledMetrics"]
+        )
     # Instance-store types: EC2 would reject auto-recovery in the template.
     assert "maintenanceOptions" not in template(c)["inputs"]
 

@@ -449,9 +449,21 @@ BREAKERS = [
         ),
         "'partition'",
     ),
-    ("log-group-retention", lambda s: set_input(s, "boot-logs", retentionInDays=None), "keep every event forever"),
-    ("log-group-retention", lambda s: set_input(s, "boot-logs", retentionInDays=0), "retentionInDays is not set"),
-    ("log-group-retention", lambda s: set_input(s, "boot-logs", retentionInDays=10), "not a CloudWatch value"),
+    (
+        "log-group-retention",
+        lambda s: set_input(s, "boot-logs", retentionInDays=None),
+        "keep every event forever",
+    ),
+    (
+        "log-group-retention",
+        lambda s: set_input(s, "boot-logs", retentionInDays=0),
+        "retentionInDays is not set",
+    ),
+    (
+        "log-group-retention",
+        lambda s: set_input(s, "boot-logs", retentionInDays=10),
+        "not a CloudWatch value",
+    ),
     ("s3-bucket-hardened", lambda s: [r for r in s if r["name"] != "weights-pab"], "BucketPublicAccessBlock"),
     (
         "s3-bucket-hardened",
@@ -524,7 +536,9 @@ BREAKERS = [
     (
         "s3-bucket-hardened",
         lambda s: set_input(
-            as_bucket_v1(s), "weights-sse", rules=[{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "none"}}]
+            as_bucket_v1(s),
+            "weights-sse",
+            rules=[{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "none"}}],
         ),
         "sseAlgorithm 'none'",
     ),
@@ -554,7 +568,9 @@ def as_bucket_v1(stack):
         if r["type"] == "aws:s3/bucketV2:BucketV2":
             r["type"] = "aws:s3/bucket:Bucket"
         elif r["type"].endswith("BucketServerSideEncryptionConfigurationV2"):
-            r["type"] = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+            r["type"] = (
+                "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+            )
         r["urn"] = f"urn:pulumi:test::llmfleet::{r['type']}::{r['name']}"
         out.append(r)
     return out
@@ -563,9 +579,20 @@ def as_bucket_v1(stack):
 def nlb(internal: bool, protocol: str, **listener):
     arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/nlb/1"
     return (
-        res("aws:lb/loadBalancer:LoadBalancer", "nlb", internal=internal, loadBalancerType="network", arn=arn),
-        res("aws:lb/listener:Listener", "listener", loadBalancerArn=arn, port=8000, protocol=protocol, **listener),
+        res(
+            "aws:lb/loadBalancer:LoadBalancer", "nlb", internal=internal, loadBalancerType="network", arn=arn
+        ),
+        res(
+            "aws:lb/listener:Listener",
+            "listener",
+            loadBalancerArn=arn,
+            port=8000,
+            protocol=protocol,
+            **listener,
+        ),
     )
+
+
 BREAK_CONFIG = {"monthly-budget": {"monthly-budget": {"maxMonthlyUsd": 1000}}}
 
 
@@ -593,7 +620,9 @@ def test_broken_stack_violates(policy, breaker, word):
 
 def test_bucket_v1_good_stack_passes_and_tls_listeners_pass():
     assert run(as_bucket_v1(good_stack()), "s3-bucket-hardened").violations == ()
-    tls = add(good_stack(), *nlb(internal=False, protocol="TLS", sslPolicy="ELBSecurityPolicy-TLS13-1-2-2021-06"))
+    tls = add(
+        good_stack(), *nlb(internal=False, protocol="TLS", sslPolicy="ELBSecurityPolicy-TLS13-1-2-2021-06")
+    )
     for policy in ("endpoint-tls-public", "endpoint-tls-internal"):
         assert run(tls, policy).violations == ()
 
@@ -604,9 +633,13 @@ def test_s3_policy_checks_the_bucket_the_program_creates():
     from infra.program.offline import capture
 
     c = capture("prod")
-    assert [b["type"] for b in c.resources if b["type"].startswith("aws:s3/bucket")][0] == "aws:s3/bucket:Bucket"
+    assert [b["type"] for b in c.resources if b["type"].startswith("aws:s3/bucket")][
+        0
+    ] == "aws:s3/bucket:Bucket"
     assert run(c.resources, "s3-bucket-hardened").violations == ()
-    stripped = [r for r in c.resources if r["type"] != "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"]
+    stripped = [
+        r for r in c.resources if r["type"] != "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+    ]
     [v] = run(stripped, "s3-bucket-hardened").violations
     assert "no BucketPublicAccessBlock" in v.message and v.resource == "weights-bucket"
 

@@ -92,7 +92,6 @@ class ClusterArgs:
     host_metrics: pulumi.Input[HostMetrics] | None = None
 
 
-
 def serving_tags(args: ClusterArgs) -> dict[str, str]:
     return {
         **args.tags,
@@ -103,7 +102,9 @@ def serving_tags(args: ClusterArgs) -> dict[str, str]:
     }
 
 
-def _spec(args: ClusterArgs, role: str, image_ref: str, weights_s3_uri: str, ray_token: str, metrics, **fields) -> NodeSpec:
+def _spec(
+    args: ClusterArgs, role: str, image_ref: str, weights_s3_uri: str, ray_token: str, metrics, **fields
+) -> NodeSpec:
     """What every node's boot contract carries; `fields` are the role's own."""
     return NodeSpec(
         role=role,
@@ -125,14 +126,19 @@ def head_script(args: ClusterArgs) -> pulumi.Output[str]:
     ).apply(
         lambda a: render_user_data(
             _spec(
-                args, "head", a[0], a[1], a[3], a[4],
+                args,
+                "head",
+                a[0],
+                a[1],
+                a[3],
+                a[4],
                 token_parameter=a[2],
                 serve_config=args.serve_config,
                 tensor_parallel_size=args.tensor_parallel_size,
                 pipeline_parallel_size=args.pipeline_parallel_size,
                 replicas=args.replicas,
                 deploy_gpu_model=args.worker_type.gpu or "",
-            )  # fmt: skip
+            )
         )
     )
 
@@ -143,13 +149,18 @@ def worker_script(args: ClusterArgs, head_ip: pulumi.Input[str]) -> pulumi.Outpu
     ).apply(
         lambda a: render_user_data(
             _spec(
-                args, "worker", a[1], a[2], a[3], a[4],
+                args,
+                "worker",
+                a[1],
+                a[2],
+                a[3],
+                a[4],
                 head_ip=a[0],
                 gpus=args.worker_type.gpu_count,
                 gpu_model=args.worker_type.gpu or "",
                 nvme_disks=args.worker_type.nvme_disks,
                 efa=efa_cards(args.worker_type) > 0,
-            )  # fmt: skip
+            )
         )
     )
 
@@ -172,8 +183,12 @@ class Cluster(pulumi.ComponentResource):
         self.workers = self._workers(name, args)
         self.alarms = [
             recovery.status_check_alarm(
-                f"{name}-head", instance_id=self.head.id, instance=args.head_type, region=args.region,
-                tags=args.tags, parent=self,
+                f"{name}-head",
+                instance_id=self.head.id,
+                instance=args.head_type,
+                region=args.region,
+                tags=args.tags,
+                parent=self,
             ),
             *self.workers.alarms,
         ]
@@ -199,7 +214,12 @@ class Cluster(pulumi.ComponentResource):
     def _head(self, name: str, args: ClusterArgs) -> aws.ec2.Instance:
         param_name = node_parameter_name(self._stack, "head")
         self.head_script = node_script_parameter(
-            name, parameter_name=param_name, role="head", script=self.head_script_text, tags=args.tags, parent=self
+            name,
+            parameter_name=param_name,
+            role="head",
+            script=self.head_script_text,
+            tags=args.tags,
+            parent=self,
         )
         return aws.ec2.Instance(
             f"{name}-head",
@@ -227,7 +247,11 @@ class Cluster(pulumi.ComponentResource):
     def _workers(self, name: str, args: ClusterArgs) -> WorkerPool:
         param_name = node_parameter_name(self._stack, "worker")
         self.worker_script = node_script_parameter(
-            name, parameter_name=param_name, role="worker", script=self.worker_script_text, tags=args.tags,
+            name,
+            parameter_name=param_name,
+            role="worker",
+            script=self.worker_script_text,
+            tags=args.tags,
             parent=self,
         )
         pool = WorkerPoolArgs(
@@ -237,7 +261,9 @@ class Cluster(pulumi.ComponentResource):
             workers=args.workers,
             ami_id=self._ami.id,
             root_device_name=self._ami.root_device_name,
-            root_volume_gb=root_volume_gb(args.worker_type, args.checkpoint_gib, "worker", args.root_volume_gb),
+            root_volume_gb=root_volume_gb(
+                args.worker_type, args.checkpoint_gib, "worker", args.root_volume_gb
+            ),
             subnet_id=args.subnet_id,
             cluster_sg_id=args.cluster_sg_id,
             instance_profile=args.instance_profile,
@@ -256,11 +282,19 @@ class Cluster(pulumi.ComponentResource):
         common = {"cluster": args.name, "tags": args.tags, "parent": self}
         return [
             rollout_association(
-                name, role="head", parameter=self.head_script, script=self.head_script_text,
-                targets=instance_targets([self.head.id]), **common,
+                name,
+                role="head",
+                parameter=self.head_script,
+                script=self.head_script_text,
+                targets=instance_targets([self.head.id]),
+                **common,
             ),
             rollout_association(
-                name, role="worker", parameter=self.worker_script, script=self.worker_script_text,
-                targets=group_targets(self.workers.group_names), **common,
+                name,
+                role="worker",
+                parameter=self.worker_script,
+                script=self.worker_script_text,
+                targets=group_targets(self.workers.group_names),
+                **common,
             ),
         ]

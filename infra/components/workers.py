@@ -126,7 +126,9 @@ def _market_and_capacity(args: WorkerPoolArgs) -> dict:
     return extra
 
 
-def worker_launch_template(name: str, args: WorkerPoolArgs, parent: pulumi.Resource) -> aws.ec2.LaunchTemplate:
+def worker_launch_template(
+    name: str, args: WorkerPoolArgs, parent: pulumi.Resource
+) -> aws.ec2.LaunchTemplate:
     root = {
         "device_name": args.root_device_name,  # first: the root volume (infra/worker_groups.py)
         "ebs": {
@@ -188,7 +190,11 @@ def worker_group(
         # instance per group: terminate, then launch (no second GPU host at once).
         instance_refresh={
             "strategy": "Rolling",
-            "preferences": {"min_healthy_percentage": 0, "max_healthy_percentage": 100, "skip_matching": True},
+            "preferences": {
+                "min_healthy_percentage": 0,
+                "max_healthy_percentage": 100,
+                "skip_matching": True,
+            },
         },
         enabled_metrics=["GroupInServiceInstances"],  # the slot alarm reads it
         wait_for_capacity_timeout=CAPACITY_TIMEOUT,

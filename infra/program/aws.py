@@ -69,7 +69,9 @@ def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]):
             vpc_cidr=cfg.vpc_cidr,
             availability_zone=az,
             endpoint_port=cfg.endpoint_port,
-            endpoint_cidrs=endpoint_ingress_cidrs(cfg.endpoint_allowed_cidrs, cfg.endpoint_public, cfg.vpc_cidr),
+            endpoint_cidrs=endpoint_ingress_cidrs(
+                cfg.endpoint_allowed_cidrs, cfg.endpoint_public, cfg.vpc_cidr
+            ),
             nat_gateway=cfg.nat_gateway,
             public_subnet=cfg.endpoint_public,
             tags=cfg.common_tags,
@@ -87,7 +89,9 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     network = _network(cfg, name, az)
     registry, image = registry_and_image(cfg)
     try:
-        weights = Weights("weights", WeightsArgs(name=name, model=cfg.model, weights_uri=cfg.weights_uri, tags=tags))
+        weights = Weights(
+            "weights", WeightsArgs(name=name, model=cfg.model, weights_uri=cfg.weights_uri, tags=tags)
+        )
     except ValueError as e:
         raise pulumi.RunError(str(e)) from None
     token = endpoint_token(cfg.stack, tags)
