@@ -108,6 +108,27 @@ BAD = [
         "12345678-1234-1234-1234-123456789012': the NLB takes a certificate from its own region; allowed: "
         "an ACM certificate in us-east-1",
     ),
+    *[
+        (
+            {"llmfleet:alarmTopicArn": arn},
+            f"llmfleet:alarmTopicArn = {arn!r}: allowed: a standard SNS topic ARN such as "
+            "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms",
+        )
+        for arn in (
+            "llmfleet-alarms",  # a topic name, not its ARN
+            "arn:aws:sqs:us-east-1:123456789012:llmfleet-alarms",  # another service
+            "arn:aws:sns:us-east-1:12345:llmfleet-alarms",  # not a 12-digit account
+            "arn:aws:sns:us-east-1:123456789012:",  # no topic name
+            "arn:aws:sns:us-east-1:123456789012:llmfleet alarms",  # a character SNS does not allow
+            "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms.fifo",  # FIFO: SQS subscribers only
+            "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms:0b2c7d1e-sub",  # a subscription
+        )
+    ],
+    (
+        {"llmfleet:alarmTopicArn": "arn:aws:sns:eu-west-1:123456789012:llmfleet-alarms"},
+        "llmfleet:alarmTopicArn = 'arn:aws:sns:eu-west-1:123456789012:llmfleet-alarms': a CloudWatch "
+        "alarm notifies a topic in its own region; allowed: an SNS topic in us-east-1",
+    ),
     (
         {"llmfleet:endpointDnsName": "llm.example.com"},
         "llmfleet:endpointHostedZoneId = (unset): the alias record needs both; allowed: set "
@@ -214,6 +235,18 @@ def test_defaults_and_derived_values():
         {"llmfleet:availabilityZone": "", "llmfleet:maxMonthlyUsd": "0", "llmfleet:quantization": ""}
     )
     assert cfg.availability_zone is None and cfg.max_monthly_usd is None and cfg.quantization is None
+
+
+def test_alarm_topic_in_the_stacks_region_and_partition_is_accepted():
+    assert load_stack_config({}).alarm_topic_arn is None
+    assert load_stack_config({"llmfleet:alarmTopicArn": ""}).alarm_topic_arn is None  # Pulumi.yaml's default
+    for region, arn in (
+        ("us-east-1", "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"),
+        ("eu-west-1", "arn:aws:sns:eu-west-1:123456789012:Pager_Duty-1"),
+        ("cn-north-1", "arn:aws-cn:sns:cn-north-1:123456789012:alarms"),
+    ):
+        cfg = load_stack_config({"aws:region": region, "llmfleet:alarmTopicArn": arn})
+        assert cfg.alarm_topic_arn == arn
 
 
 def test_existing_hosts_mode_uses_declared_gpus():

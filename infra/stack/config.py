@@ -35,6 +35,7 @@ from infra.stack.config_values import (
     Region,
     ReservationId,
     Tags,
+    TopicArn,
     Unset,
     VpcCidr,
     WeightsPath,
@@ -110,6 +111,9 @@ class StackConfig(BaseModel):
     # A Route 53 alias record NAME -> the NLB, in the hosted zone; the endpoint URL then uses NAME.
     endpoint_dns_name: DnsName = Field(default=None, alias="llmfleet:endpointDnsName")
     endpoint_hosted_zone_id: HostedZoneId = Field(default=None, alias="llmfleet:endpointHostedZoneId")
+    # Every CloudWatch alarm of the stack notifies this existing SNS topic (in aws:region) on
+    # ALARM and on OK; users subscribe to the topic themselves. Unset = the alarms notify nobody.
+    alarm_topic_arn: TopicArn = Field(default=None, alias="llmfleet:alarmTopicArn")
     # How instance-hours are priced; None = spot when llmfleet:spot, else on-demand.
     pricing_model: Annotated[
         Literal["on-demand", "spot", "savings-plan-1y", "savings-plan-3y"] | None, Unset

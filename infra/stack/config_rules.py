@@ -1,4 +1,4 @@
-"""Rules across keys of the stack config: endpoint TLS and DNS, commitments (spot, Capacity
+"""Rules across keys of the stack config: endpoint TLS and DNS, the alarm topic's region, commitments (spot, Capacity
 Blocks, Savings Plans), the layout, and the hosts of provider `existing`.
 
 Each check takes the validated StackConfig and raises `CrossKeyError`, whose message is already
@@ -13,7 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from infra.catalog import load_catalog
-from infra.stack.config_values import ACM_ARN_RE
+from infra.stack.config_values import ACM_ARN_RE, SNS_TOPIC_ARN_RE
 
 if TYPE_CHECKING:
     from infra.stack.config import StackConfig
@@ -33,6 +33,7 @@ class CrossKeyError(ValueError):
 
 def check_all(cfg: StackConfig) -> None:
     check_endpoint_tls_dns(cfg)
+    check_alarm_topic(cfg)
     check_commitments(cfg)
     check_layout(cfg)
 
@@ -53,6 +54,17 @@ def check_endpoint_tls_dns(cfg: StackConfig) -> None:
             key,
             None,
             "the alias record needs both; allowed: set llmfleet:endpointDnsName and llmfleet:endpointHostedZoneId together",
+        )
+
+
+def check_alarm_topic(cfg: StackConfig) -> None:
+    arn = cfg.alarm_topic_arn
+    m = SNS_TOPIC_ARN_RE.match(arn) if arn is not None else None
+    if m and m.group(1) != cfg.region:
+        raise CrossKeyError(
+            "llmfleet:alarmTopicArn",
+            arn,
+            f"a CloudWatch alarm notifies a topic in its own region; allowed: an SNS topic in {cfg.region}",
         )
 
 

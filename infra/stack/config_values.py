@@ -24,6 +24,10 @@ LOG_RETENTION_DAYS = (
 AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 ACM_ARN_RE = re.compile(r"^arn:aws[a-z-]*:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$")
+# A standard SNS topic (SNS's name rule: 1-256 letters, digits, hyphens, underscores). A FIFO
+# topic's name ends in ".fifo" and is not accepted: it takes only SQS subscribers (no e-mail,
+# pager or chat), so nobody would be told.
+SNS_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):\d{12}:[A-Za-z0-9_-]{1,256}$")
 DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 HOSTED_ZONE_RE = re.compile(r"^Z[A-Z0-9]{1,32}$")
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
@@ -166,6 +170,14 @@ def _cert(v: str | None) -> str | None:
     return v
 
 
+def _topic(v: str | None) -> str | None:
+    if v is not None and not SNS_TOPIC_ARN_RE.match(v):
+        raise ValueError(
+            "allowed: a standard SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"
+        )
+    return v
+
+
 def _dns_name(v: str | None) -> str | None:
     if v is not None and not DNS_NAME_RE.match(v.rstrip(".")):
         raise ValueError("allowed: a lower-case DNS name such as llm.example.com")
@@ -193,5 +205,6 @@ LogRetentionDays = Annotated[int, AfterValidator(_retention)]
 ReservationId = Annotated[str | None, Unset, AfterValidator(_reservation)]
 CapacityBlockId = Annotated[str | None, Unset, AfterValidator(_capacity_block)]
 CertificateArn = Annotated[str | None, Unset, AfterValidator(_cert)]
+TopicArn = Annotated[str | None, Unset, AfterValidator(_topic)]
 DnsName = Annotated[str | None, Unset, AfterValidator(_dns_name)]
 HostedZoneId = Annotated[str | None, Unset, AfterValidator(_zone)]
