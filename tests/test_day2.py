@@ -210,6 +210,35 @@ def test_prod_head_recovers_and_every_worker_is_replaced_by_its_group():
     assert "maintenanceOptions" not in template(c)["inputs"]
 
 
+def test_every_alarm_notifies_the_alarm_topic_when_one_is_set():
+    """llmfleet:alarmTopicArn: the head's alarm keeps its EC2 action first and adds the topic on
+    ALARM and OK; each worker slot's alarm, which nothing else acts on, notifies on both. Unset:
+    the alarms are what they were (no notification inputs at all)."""
+    topic = "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"
+    for stack in ("prod", "dev"):
+        bare, told = cap(stack), cap(stack, f"llmfleet:alarmTopicArn={topic}")
+        head_id = hosts(told, "head")[0]["id"]
+        alarms = {a["name"]: a["inputs"] for a in told.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
+        assert len(alarms) == 1 + len(groups(told)), stack
+        for name, a in alarms.items():
+            if a["dimensions"].get("InstanceId") == head_id:
+                assert a["alarmActions"] == ["arn:aws:automate:us-east-1:ec2:recover", topic], name
+            else:
+                assert a["dimensions"]["AutoScalingGroupName"] and a["alarmActions"] == [topic], name
+            assert a["okActions"] == [topic] and "insufficientDataActions" not in a, name
+        for a in bare.of_type("aws:cloudwatch/metricAlarm:MetricAlarm"):
+            i = a["inputs"]
+            assert "okActions" not in i, a["name"]
+            assert i.get("alarmActions", []) in ([], ["arn:aws:automate:us-east-1:ec2:recover"]), a["name"]
+        # the hosts are untouched (the README's row) and nothing but the alarms changes
+        _assert_effect(bare, told, _row("`alarmTopicArn`"), script_changes=set())
+        others = [
+            {r["name"]: r["inputs"] for r in c.resources if "metricAlarm" not in r["type"]}
+            for c in (bare, told)
+        ]
+        assert others[0] == others[1], stack
+
+
 def test_spot_workers_are_one_time_and_the_group_replaces_them():
     c = cap("dev")
     assert len(groups(c)) == 2

@@ -90,6 +90,12 @@ class ClusterArgs:
     replicas: int = 1
     # Metrics and logs of every host (infra/components/observability.py); None: none shipped
     host_metrics: pulumi.Input[HostMetrics] | None = None
+    # llmfleet:alarmTopicArn: every alarm of the cluster notifies it; None: the alarms notify nobody
+    alarm_topic_arn: str | None = None
+
+    @property
+    def alarm_topics(self) -> list[str]:
+        return [self.alarm_topic_arn] if self.alarm_topic_arn else []
 
 
 def serving_tags(args: ClusterArgs) -> dict[str, str]:
@@ -189,6 +195,7 @@ class Cluster(pulumi.ComponentResource):
                 region=args.region,
                 tags=args.tags,
                 parent=self,
+                notify=args.alarm_topics,
             ),
             *self.workers.alarms,
         ]
@@ -275,6 +282,7 @@ class Cluster(pulumi.ComponentResource):
             capacity_reservation_id=args.capacity_reservation_id,
             capacity_block_id=args.capacity_block_id,
             depends_on=[*self._boot_deps, self.worker_script],
+            alarm_topics=args.alarm_topics,
         )
         return WorkerPool(name, pool, parent=self)
 

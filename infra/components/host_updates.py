@@ -105,4 +105,9 @@ CHANGE_EFFECTS: list[tuple[str, str, str]] = [
         "in place: the NLB listener / the Route 53 record change",
         "none for the hosts; clients switch to `https://`",
     ),
+    (
+        "`alarmTopicArn`",
+        "in place: the CloudWatch alarms' ALARM and OK actions change",
+        "none",
+    ),
 ]

@@ -11,9 +11,15 @@ one with EC2 health checks (infra/components/workers.py), which *replaces* a wor
 status check fails. `slot_alarm` watches the group: it fires when the slot has had no
 instance in service for 30 minutes (a replacement that cannot get capacity, a spot market
 without capacity), which no automatic action can fix.
+
+Who is told: with llmfleet:alarmTopicArn set, every alarm here also notifies that SNS topic on
+ALARM and on OK (`notify`); the head's EC2 action stays first. Without it the head's alarm only
+acts and the slot alarms only change state in CloudWatch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -49,6 +55,7 @@ def status_check_alarm(
     region: str,
     tags: dict[str, str],
     parent: pulumi.Resource,
+    notify: Sequence[str] = (),
 ) -> aws.cloudwatch.MetricAlarm:
     action = alarm_action(instance)
     return aws.cloudwatch.MetricAlarm(
@@ -62,7 +69,8 @@ def status_check_alarm(
         evaluation_periods=2,
         comparison_operator="GreaterThanOrEqualToThreshold",
         threshold=1,
-        alarm_actions=[f"arn:aws:automate:{region}:ec2:{action}"],
+        alarm_actions=[f"arn:aws:automate:{region}:ec2:{action}", *notify],
+        **({"ok_actions": list(notify)} if notify else {}),
         tags=tags,
         opts=pulumi.ResourceOptions(parent=parent),
     )
@@ -71,8 +79,19 @@ def status_check_alarm(
 SLOT_EMPTY_PERIODS = 6  # x 5 minutes: longer than a replacement takes to reach InService
 
 
+def notifications(notify: Sequence[str]) -> dict[str, list[str]]:
+    """The actions of an alarm whose only job is to tell someone: ALARM and back to OK; nothing
+    without a topic (the inputs stay absent, as before the setting existed)."""
+    return {"alarm_actions": list(notify), "ok_actions": list(notify)} if notify else {}
+
+
 def slot_alarm(
-    name: str, *, group: pulumi.Input[str], tags: dict[str, str], parent: pulumi.Resource
+    name: str,
+    *,
+    group: pulumi.Input[str],
+    tags: dict[str, str],
+    parent: pulumi.Resource,
+    notify: Sequence[str] = (),
 ) -> aws.cloudwatch.MetricAlarm:
     """ALARM when a worker slot's group has had no instance in service for 30 minutes."""
     return aws.cloudwatch.MetricAlarm(
@@ -88,6 +107,7 @@ def slot_alarm(
         comparison_operator="LessThanThreshold",
         threshold=1,
         treat_missing_data="breaching",  # no data points: the group reports nothing in service
+        **notifications(notify),
         tags=tags,
         opts=pulumi.ResourceOptions(parent=parent),
     )

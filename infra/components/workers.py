@@ -107,6 +107,8 @@ class WorkerPoolArgs:
     capacity_reservation_id: str | None = None
     capacity_block_id: str | None = None
     depends_on: list[pulumi.Resource] = field(default_factory=list)
+    # SNS topic ARNs each slot alarm notifies on ALARM and OK (infra/components/recovery.py)
+    alarm_topics: list[str] = field(default_factory=list)
 
 
 def _market_and_capacity(args: WorkerPoolArgs) -> dict:
@@ -219,6 +221,8 @@ class WorkerPool:
         self.groups = [worker_group(name, i, args, self.template, parent) for i in range(args.workers)]
         self.group_names = [group_name(args.name, i) for i in range(args.workers)]
         self.alarms = [
-            slot_alarm(f"{name}-worker-{i}", group=g.name, tags=args.tags, parent=parent)
+            slot_alarm(
+                f"{name}-worker-{i}", group=g.name, tags=args.tags, parent=parent, notify=args.alarm_topics
+            )
             for i, g in enumerate(self.groups)
         ]

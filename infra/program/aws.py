@@ -163,6 +163,7 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
             tensor_parallel_size=stack.plan.tensor_parallel_size,
             pipeline_parallel_size=stack.plan.pipeline_parallel_size,
             host_metrics=b.obs.host_metrics,
+            alarm_topic_arn=cfg.alarm_topic_arn,
         ),
         # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
         # (depending on the IAM component waits for all of its children).
