@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pulumi_policy import EnforcementLevel, Policy
 
+from .alarms import ALARM_POLICIES
 from .endpoint import ENDPOINT_POLICIES
 from .fleet import FLEET_POLICIES
 from .logs import LOG_POLICIES
@@ -24,6 +25,7 @@ POLICIES: list[Policy] = [
     *FLEET_POLICIES,
     *LOG_POLICIES,
     *ENDPOINT_POLICIES,
+    *ALARM_POLICIES,
 ]
 
 

@@ -387,7 +387,9 @@ def test_plan_at_80_columns():
 
 def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
     """The real pack on prod's real capture with the workers' launch template made non-compliant
-    (IMDSv1 and an unencrypted root volume): the pack's two longest-named resource policies fire."""
+    (IMDSv1 and an unencrypted root volume): the pack's two longest-named resource policies fire.
+    The capture has an alarm topic, so the table holds those two and the TLS advisory; prod as
+    shipped (the CLI run at the end) adds the alarms' advisories."""
     import copy
 
     from rich.console import Console
@@ -396,7 +398,7 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
     from infra.program.offline import capture
     from policy.runner import run_policies, stack_policy_config
 
-    cap = capture("prod", [])
+    cap = capture("prod", ["llmfleet:alarmTopicArn=arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"])
     resources = copy.deepcopy(cap.resources)
     template = next(r for r in resources if r["name"] == "cluster-worker")
     template["inputs"]["blockDeviceMappings"][0]["ebs"]["encrypted"] = "false"
@@ -414,6 +416,9 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
     assert {"ec2-imdsv2-required", "ec2-ebs-encrypted", "cluster-worker"} <= cells
     assert_snapshot("cli_policy_violations_80.txt", text)
     clean = run("policy", "--stack", "prod")
-    # prod as shipped: no mandatory violation; the one advisory is its internal endpoint without TLS
-    assert clean.exit_code == 0 and clean.stdout.endswith("0 mandatory, 1 advisory\n")
+    # prod as shipped: no mandatory violation; the advisories are its internal endpoint without
+    # TLS and its four alarms (head, three worker slots) without a topic (no llmfleet:alarmTopicArn)
+    assert clean.exit_code == 0 and clean.stdout.endswith("0 mandatory, 5 advisory\n")
     assert "endpoint-tls-internal" in clean.stdout
+    cells = {c.strip() for ln in clean.stdout.splitlines() for c in ln.split("│")}
+    assert {"alarm-notifies", "cluster-head-status-alarm", "cluster-worker-2-status-alarm"} <= cells

@@ -23,6 +23,8 @@ from policy.runner import run_policies
 REPO = Path(__file__).resolve().parent.parent
 TAGS = {"Project": "llmfleet", "llmfleet:stack": "test"}
 UNKNOWN_PLACEHOLDER = "[unknown]"
+RECOVER = "arn:aws:automate:us-east-1:ec2:recover"
+TOPIC = "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"
 
 
 def res(rtype: str, name: str, rid: str | None = None, /, **inputs):
@@ -51,6 +53,7 @@ TAGGABLE = {
     "aws:iam/policy:Policy",
     "aws:ebs/volume:Volume",
     "aws:ec2/routeTable:RouteTable",
+    "aws:cloudwatch/metricAlarm:MetricAlarm",
 }
 
 GOOD_IAM = {
@@ -173,6 +176,15 @@ def good_stack() -> list[dict]:
         ),
         res("aws:iam/policy:Policy", "node-policy", policy=json.dumps(GOOD_IAM)),
         res("aws:cloudwatch/logGroup:LogGroup", "boot-logs", name="/llmfleet/test/boot", retentionInDays=30),
+        # the head's status-check alarm with llmfleet:alarmTopicArn set: EC2 recovers it, a person hears of it
+        res(
+            "aws:cloudwatch/metricAlarm:MetricAlarm",
+            "head-alarm",
+            metricName="StatusCheckFailed_System",
+            dimensions={"InstanceId": "head-id"},
+            alarmActions=[RECOVER, TOPIC],
+            okActions=[TOPIC],
+        ),
         # not AWS tags: docker-build's `tags` are image references
         res("docker-build:index:Image", "image", tags=["123.dkr.ecr/llmfleet:abc"], push=True),
     ]
@@ -542,6 +554,20 @@ BREAKERS = [
         ),
         "sseAlgorithm 'none'",
     ),
+    ("alarm-notifies", lambda s: set_input(s, "head-alarm", alarmActions=[RECOVER]), "no SNS topic"),
+    (
+        "alarm-notifies",
+        lambda s: add(
+            s,
+            res(
+                "aws:cloudwatch/metricAlarm:MetricAlarm",
+                "slot-alarm",
+                metricName="GroupInServiceInstances",
+                dimensions={"AutoScalingGroupName": "llmfleet-test-worker-0"},
+            ),
+        ),
+        "nobody is notified when this alarm fires (no alarmActions); set llmfleet:alarmTopicArn",
+    ),
     (
         "endpoint-tls-public",
         lambda s: add(s, *nlb(internal=False, protocol="TCP")),
@@ -642,6 +668,40 @@ def test_s3_policy_checks_the_bucket_the_program_creates():
     ]
     [v] = run(stripped, "s3-bucket-hardened").violations
     assert "no BucketPublicAccessBlock" in v.message and v.resource == "weights-bucket"
+
+
+def test_alarm_policy_on_the_prod_capture_fires_without_a_topic_and_is_silent_with_one():
+    """Prod as shipped: its four alarms (the head's recover alarm, three worker slots) notify
+    nobody. With llmfleet:alarmTopicArn each notifies the topic; take the topic off one slot
+    alarm and that alarm alone is reported."""
+    from infra.program.offline import capture
+
+    alarms = {
+        "cluster-head-status-alarm",
+        *(f"cluster-worker-{i}-status-alarm" for i in range(3)),
+    }
+    bare = run(capture("prod").resources, "alarm-notifies")
+    assert {v.resource for v in bare.violations} == alarms and bare.advisory == 4
+    [head] = [v for v in bare.violations if v.resource == "cluster-head-status-alarm"]
+    assert f"alarmActions: {RECOVER}, no SNS topic" in head.message
+    told = capture("prod", [f"llmfleet:alarmTopicArn={TOPIC}"])
+    assert run(told.resources, "alarm-notifies").violations == ()
+    resources = copy.deepcopy(told.resources)
+    set_input(resources, "cluster-worker-1-status-alarm", alarmActions=[])
+    [v] = run(resources, "alarm-notifies").violations
+    assert (v.resource, v.enforcement) == ("cluster-worker-1-status-alarm", "advisory")
+    assert "no alarmActions" in v.message
+
+
+def test_alarm_policy_skips_a_topic_unknown_during_preview():
+    # a topic created in the same stack has no ARN in a preview: checked at `up`, not reported
+    stack = set_input(good_stack(), "head-alarm", alarmActions=[RECOVER, UNKNOWN_PLACEHOLDER])
+    assert run(stack, "alarm-notifies").violations == ()
+    stack = set_input(good_stack(), "head-alarm", alarmActions=UNKNOWN_PLACEHOLDER)
+    assert run(stack, "alarm-notifies").violations == ()
+    # another partition's topic notifies too
+    stack = set_input(good_stack(), "head-alarm", alarmActions=["arn:aws-cn:sns:cn-north-1:123456789012:a"])
+    assert run(stack, "alarm-notifies").violations == ()
 
 
 def test_ray_gcs_from_world_fails_even_on_public_endpoint():
