@@ -109,6 +109,16 @@ def test_bad_host_list_is_one_line_naming_the_entry(hosts, expected):
     assert msg.startswith(expected), msg
 
 
+def test_alarm_topic_is_refused_where_the_stack_creates_no_alarms():
+    arn = "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"
+    with pytest.raises(ConfigError) as err:
+        load_stack_config(existing(HEAD, worker(1), **{"llmfleet:alarmTopicArn": arn}))
+    assert str(err.value) == (
+        f"llmfleet:alarmTopicArn = {arn!r}: the alarms watch the EC2 head and worker groups; "
+        "allowed with provider aws"
+    )
+
+
 def test_no_ssh_key_names_the_secret_key_and_how_to_set_it():
     raw = existing(HEAD, worker(1))
     del raw["llmfleet:sshPrivateKey"]

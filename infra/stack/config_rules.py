@@ -1,5 +1,5 @@
-"""Rules across keys of the stack config: endpoint TLS and DNS, the alarm topic's region, commitments (spot, Capacity
-Blocks, Savings Plans), the layout, and the hosts of provider `existing`.
+"""Rules across keys of the stack config: endpoint TLS and DNS, the alarm topic, commitments
+(spot, Capacity Blocks, Savings Plans), the layout, and the hosts of provider `existing`.
 
 Each check takes the validated StackConfig and raises `CrossKeyError`, whose message is already
 the one line (the key that must change, its value, what is allowed); `StackConfig` runs them in
@@ -60,6 +60,13 @@ def check_endpoint_tls_dns(cfg: StackConfig) -> None:
 def check_alarm_topic(cfg: StackConfig) -> None:
     arn = cfg.alarm_topic_arn
     m = SNS_TOPIC_ARN_RE.match(arn) if arn is not None else None
+    if m and cfg.provider != "aws":
+        # the alarms watch EC2 instances and Auto Scaling groups, which provider existing has not
+        raise CrossKeyError(
+            "llmfleet:alarmTopicArn",
+            arn,
+            "the alarms watch the EC2 head and worker groups; allowed with provider aws",
+        )
     if m and m.group(1) != cfg.region:
         raise CrossKeyError(
             "llmfleet:alarmTopicArn",
