@@ -51,6 +51,7 @@ image-stop: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/hadolint images/Dockerfile
 

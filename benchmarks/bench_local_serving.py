@@ -66,7 +66,9 @@ def body(tokens: int, i: int = 0) -> dict:
     }
 
 
-async def measure(base: str, token: str, tokens: int, samples: int, concurrency: list[int], rounds: int) -> dict:
+async def measure(
+    base: str, token: str, tokens: int, samples: int, concurrency: list[int], rounds: int
+) -> dict:
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -94,7 +96,12 @@ async def measure(base: str, token: str, tokens: int, samples: int, concurrency:
             out = sum(await asyncio.gather(*(client(k) for k in range(conc))))
             dt = time.perf_counter() - t0
             steps.append(
-                {"concurrency": conc, "requests": conc * rounds, "seconds": round(dt, 3), "output_tok_s": round(out / dt, 1)}
+                {
+                    "concurrency": conc,
+                    "requests": conc * rounds,
+                    "seconds": round(dt, 3),
+                    "output_tok_s": round(out / dt, 1),
+                }
             )
     return {
         "latency_ms": {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1), "samples": samples},
@@ -128,7 +135,12 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     cmd += ["--served-model-name", MODEL_ID, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--api-key", token, "--dtype", "float32"]
-    cmd += ["--max-model-len", str(layout.MAX_MODEL_LEN), "--enable-prefix-caching", "--enable-chunked-prefill"]
+    cmd += [
+        "--max-model-len",
+        str(layout.MAX_MODEL_LEN),
+        "--enable-prefix-caching",
+        "--enable-chunked-prefill",
+    ]
     cmd += ["--enforce-eager"]  # as the CPU Serve config at PP 1 (infra/rayconf/serve_config.py)
     env = {
         **os.environ,
@@ -140,7 +152,16 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
         proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_http(f"http://127.0.0.1:{port}/health", 600, proc, logf)
-            return asyncio.run(measure(f"http://127.0.0.1:{port}", token, args.tokens, args.samples, args.concurrency, args.rounds))
+            return asyncio.run(
+                measure(
+                    f"http://127.0.0.1:{port}",
+                    token,
+                    args.tokens,
+                    args.samples,
+                    args.concurrency,
+                    args.rounds,
+                )
+            )
         finally:
             proc.terminate()
             try:
@@ -155,7 +176,9 @@ def bench_ray_serve(args: argparse.Namespace) -> dict:
     st = cluster.up(cluster.UpOptions(hosts=2, name=name, subnet=7, port=free_port(), timeout=900))
     try:
         base = st["endpoint"][: -len("/v1")]
-        return asyncio.run(measure(base, state.read_token(st), args.tokens, args.samples, args.concurrency, args.rounds))
+        return asyncio.run(
+            measure(base, state.read_token(st), args.tokens, args.samples, args.concurrency, args.rounds)
+        )
     finally:
         cluster.down(name)
 
@@ -200,7 +223,12 @@ def render(res: dict) -> None:
     for col in ("concurrency", "vllm serve", "Ray Serve LLM app", "ratio"):
         t.add_column(col, justify="right")
     for a, b in zip(res["vllm_serve"]["throughput"], res["ray_serve_app"]["throughput"], strict=True):
-        t.add_row(str(a["concurrency"]), f"{a['output_tok_s']:,.1f}", f"{b['output_tok_s']:,.1f}", f"{r['throughput'][str(a['concurrency'])]:.2f}x")
+        t.add_row(
+            str(a["concurrency"]),
+            f"{a['output_tok_s']:,.1f}",
+            f"{b['output_tok_s']:,.1f}",
+            f"{r['throughput'][str(a['concurrency'])]:.2f}x",
+        )
     c.print(t)
 
 

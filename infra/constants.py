@@ -12,7 +12,14 @@ SSH_USER = "ubuntu"  # Deep Learning Base AMI (Ubuntu 22.04)
 # Weight staging (aws s3 sync at boot) and the cold-start estimate that prices it read one figure.
 S3_MAX_CONCURRENT_REQUESTS = 64
 
-__all__ = ["DASHBOARD_PORT", "RAY_VERSION", "REPO_ROOT", "S3_MAX_CONCURRENT_REQUESTS", "SSH_USER", "cluster_name"]
+__all__ = [
+    "DASHBOARD_PORT",
+    "RAY_VERSION",
+    "REPO_ROOT",
+    "S3_MAX_CONCURRENT_REQUESTS",
+    "SSH_USER",
+    "cluster_name",
+]
 
 
 def cluster_name(cfg) -> str:

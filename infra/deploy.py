@@ -151,7 +151,9 @@ class PolicyEvents:
         v = PolicyViolation(
             pe.policy_name, urn.rsplit("::", 1)[-1] or None, pe.message.strip(), pe.enforcement_level
         )
-        if v not in self.violations:  # the engine reports a resource policy per resource once, stack ones once
+        if (
+            v not in self.violations
+        ):  # the engine reports a resource policy per resource once, stack ones once
             self.violations.append(v)
 
     @property
@@ -169,7 +171,9 @@ def stack_preview(
     stack: Any, on_output: Callable[[str], None], on_event: Callable[[Any], None], packs: PolicyPacks
 ) -> dict[str, int]:
     """`pulumi preview --policy-pack policy/ --policy-pack-config ...`; the change counts."""
-    result = stack.preview(on_output=on_output, on_event=on_event, color="never", diff=False, **packs.kwargs())
+    result = stack.preview(
+        on_output=on_output, on_event=on_event, color="never", diff=False, **packs.kwargs()
+    )
     return change_counts(result.change_summary)
 
 

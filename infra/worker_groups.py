@@ -71,7 +71,9 @@ def template_ref(group: Mapping[str, Any]) -> Mapping[str, Any]:
     return ref if isinstance(ref, Mapping) else {}
 
 
-def find_template(group: Mapping[str, Any], templates: Iterable[tuple[Any, Mapping[str, Any]]]) -> Mapping[str, Any] | None:
+def find_template(
+    group: Mapping[str, Any], templates: Iterable[tuple[Any, Mapping[str, Any]]]
+) -> Mapping[str, Any] | None:
     """The launch template (props) the group launches from, matched by id or by name.
 
     `templates` are (id, props) pairs. The name is what a preview knows before the template
@@ -94,7 +96,12 @@ def instance_view(group: Mapping[str, Any], template: Mapping[str, Any] | None) 
     """
     lt = template or {}
     out: dict[str, Any] = {}
-    for key in ("instanceType", "instanceMarketOptions", "capacityReservationSpecification", "metadataOptions"):
+    for key in (
+        "instanceType",
+        "instanceMarketOptions",
+        "capacityReservationSpecification",
+        "metadataOptions",
+    ):
         if key in lt:
             out[key] = lt[key]
     if "imageId" in lt:

@@ -66,7 +66,9 @@ class StackView:
             props = instance_view(g.props, find_template(g.props, templates))
             n = group_size(g.props)
             for k in range(n):
-                out.append(Res(INSTANCE, g.name if n == 1 else f"{g.name}[{k}]", g.urn, props, g.raw, group=g))
+                out.append(
+                    Res(INSTANCE, g.name if n == 1 else f"{g.name}[{k}]", g.urn, props, g.raw, group=g)
+                )
         return out
 
     def by_id(self, value: Any) -> Res | None:

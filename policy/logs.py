@@ -13,6 +13,8 @@ from infra.stack.config_values import LOG_RETENTION_DAYS as RETENTION_DAYS
 from ._props import is_unknown, plain
 
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+
+
 def _log_group_retention(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type != LOG_GROUP:
         return
@@ -22,7 +24,9 @@ def _log_group_retention(args: ResourceValidationArgs, report: ReportViolation) 
     if not days:
         report("retentionInDays is not set: the log group would keep every event forever; set it")
     elif days not in RETENTION_DAYS:
-        report(f"retentionInDays {days} is not a CloudWatch value; allowed: {', '.join(map(str, RETENTION_DAYS))}")
+        report(
+            f"retentionInDays {days} is not a CloudWatch value; allowed: {', '.join(map(str, RETENTION_DAYS))}"
+        )
 
 
 LOG_POLICIES: list[ResourceValidationPolicy] = [

@@ -67,7 +67,9 @@ def _template_encrypted(props: Mapping[str, Any], report: ReportViolation) -> No
             continue  # an instance-store mapping has no EBS volume
         if not _is_true(encrypted):
             name = get(m, "deviceName", default=f"#{i}")
-            report(f"blockDeviceMappings[{i}] ({name}) ebs.encrypted is {encrypted!r}; every EBS device must be encrypted")
+            report(
+                f"blockDeviceMappings[{i}] ({name}) ebs.encrypted is {encrypted!r}; every EBS device must be encrypted"
+            )
 
 
 def _ec2_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -93,7 +95,9 @@ def _no_public_ip(args: ResourceValidationArgs, report: ReportViolation) -> None
     if args.resource_type == LAUNCH_TEMPLATE:
         for i, nic in enumerate(as_list(_props(args).get("networkInterfaces"))):
             if _is_true(get(nic, "associatePublicIpAddress")):
-                report(f"networkInterfaces[{i}].associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only")
+                report(
+                    f"networkInterfaces[{i}].associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only"
+                )
         return
     if args.resource_type != INSTANCE:
         return

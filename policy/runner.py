@@ -309,7 +309,9 @@ def run_policies(
                     args = ResourceValidationArgs(**kwargs, config=dict(block))
                     _invoke(policy, args, level, names, record["urn"], violations)
             elif isinstance(policy, StackValidationPolicy):
-                _invoke(policy, StackValidationArgs(stack_resources, dict(block)), level, names, None, violations)
+                _invoke(
+                    policy, StackValidationArgs(stack_resources, dict(block)), level, names, None, violations
+                )
     return Report(tuple(violations))
 
 

@@ -311,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--num-gpus", type=int, required=True)
     w.add_argument("--gpu-model", help="e.g. L20; advertised as custom resource gpu_model:<MODEL>")
     w.add_argument("--device", choices=contract.DEVICES, default="gpu")
-    w.add_argument("--cpu-slots", type=int, default=0, help=f"cpu device: engine ranks ({CPU_WORKER_RESOURCE})")
+    w.add_argument(
+        "--cpu-slots", type=int, default=0, help=f"cpu device: engine ranks ({CPU_WORKER_RESOURCE})"
+    )
     w.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the head to answer")
     w.add_argument("--retries", type=int, default=3)
     w.set_defaults(func=cmd_worker)

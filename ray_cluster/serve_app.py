@@ -166,7 +166,9 @@ def _gated_base() -> type:
 
     if not hasattr(ASGIAppReplicaWrapper, "_set_asgi_app"):
         # The hook the gate wraps is gone in this Ray: refuse to build an ungated app.
-        raise RuntimeError("this Ray has no ASGIAppReplicaWrapper._set_asgi_app; the bearer gate cannot attach")
+        raise RuntimeError(
+            "this Ray has no ASGIAppReplicaWrapper._set_asgi_app; the bearer gate cannot attach"
+        )
 
     class BearerOpenAiIngress(OpenAiIngress):
         """Ray Serve LLM's OpenAI ingress with every request behind the bearer token."""

@@ -148,7 +148,9 @@ def reservation(rid: str, itype: str = "g6e.48xlarge", az: str = "us-east-1a", f
     }
 
 
-def run(moto, inputs: ac_model.PreflightInputs, quotas: dict[str, float], reservations=()) -> dict[str, ac_model.Check]:
+def run(
+    moto, inputs: ac_model.PreflightInputs, quotas: dict[str, float], reservations=()
+) -> dict[str, ac_model.Check]:
     sq, stub = quota_client(quotas)
     ec2 = moto.client("ec2")
     fake_reservations(ec2, list(reservations))

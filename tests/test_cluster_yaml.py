@@ -21,7 +21,11 @@ OUTPUTS_FILE = DATA / "stack_outputs_prod.json"
 runner = CliRunner()
 
 
-WORKERS = [("10.42.0.11", "i-13f2830c39a84541c"), ("10.42.0.12", "i-5d5d3573775d033c9"), ("10.42.0.13", "i-6723b75268abf6c7c")]
+WORKERS = [
+    ("10.42.0.11", "i-13f2830c39a84541c"),
+    ("10.42.0.12", "i-5d5d3573775d033c9"),
+    ("10.42.0.13", "i-6723b75268abf6c7c"),
+]
 
 
 @pytest.fixture
@@ -40,7 +44,9 @@ def _moto_worker_groups(moto, groups: list[str]) -> dict[str, str]:
     group's instance, which the lookup must skip. -> {ip: instance id}, in group order."""
     ec2, asg = moto("ec2"), moto("autoscaling")
     ami = "ami-0123456789abcdef0"  # moto does not validate AMIs (listing its catalog takes seconds)
-    ec2.create_launch_template(LaunchTemplateName="workers", LaunchTemplateData={"ImageId": ami, "InstanceType": "m7i.large"})
+    ec2.create_launch_template(
+        LaunchTemplateName="workers", LaunchTemplateData={"ImageId": ami, "InstanceType": "m7i.large"}
+    )
     for g in [*groups, "someone-elses-group"]:
         asg.create_auto_scaling_group(
             AutoScalingGroupName=g,
@@ -74,14 +80,20 @@ def test_outputs_file_workers_are_the_groups_running_instances(tmp_path, monkeyp
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
-        workers = _moto_worker_groups(lambda svc: boto3.client(svc, region_name="us-east-1"), want["worker_groups"])
+        workers = _moto_worker_groups(
+            lambda svc: boto3.client(svc, region_name="us-east-1"), want["worker_groups"]
+        )
         out = tmp_path / "cluster.yaml"
         res = runner.invoke(
             app, ["render", "cluster-yaml", "--stack", "prod", "--outputs", str(OUTPUTS_FILE), "-o", str(out)]
         )
     assert res.exit_code == 0, res.output
     doc = yaml.safe_load(out.read_text())
-    assert doc["provider"] == {"type": "local", "head_ip": want["head_private_ip"], "worker_ips": list(workers)}
+    assert doc["provider"] == {
+        "type": "local",
+        "head_ip": want["head_private_ip"],
+        "worker_ips": list(workers),
+    }
     proxy = doc["auth"]["ssh_proxy_command"]
     assert all(f"{ip}) t={iid} ;;" in proxy for ip, iid in workers.items())
     assert doc["docker"]["image"] == want["image_ref"]
@@ -154,7 +166,9 @@ def test_docker_section(outputs):
     for role in ("head", "worker"):
         # the node contract's options, as the units pass them (minus the network: see below)
         unit = docker_run_argv(_spec(role, outputs))
-        pairs = list(zip(unit[7::2], unit[8::2], strict=True))  # after docker run --detach --name N --restart P
+        pairs = list(
+            zip(unit[7::2], unit[8::2], strict=True)
+        )  # after docker run --detach --name N --restart P
         assert d[f"{role}_run_options"] == [f"{k}={v}" for k, v in pairs if k != "--network"]
         assert {"--ipc=host", "--ulimit=memlock=-1"} <= set(d[f"{role}_run_options"])
     # Ray adds --net=host to `docker run` itself; a second network flag makes Docker fail.
@@ -257,7 +271,9 @@ def test_start_commands_are_the_units_commands(outputs):
     # The unit passes `--ip $NODE_IP --block`; here the IP is the head's own and the launcher waits.
     assert head_unit[-2:] == ["--ip", "--block"]
     assert cy.head_node_argv(head_ip) == [*head_unit[:-2], "--ip", head_ip]
-    assert doc["head_start_ray_commands"][0].endswith("|| " + ray_start.shell_command(cy.head_node_argv(head_ip)))
+    assert doc["head_start_ray_commands"][0].endswith(
+        "|| " + ray_start.shell_command(cy.head_node_argv(head_ip))
+    )
     worker_unit = _unit_argv(_spec("worker", outputs))
     assert worker_unit[-2:] == ["--ip", "--block"]
     assert shlex.split(doc["worker_start_ray_commands"][0]) == worker_unit[:-2]

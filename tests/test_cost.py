@@ -129,7 +129,9 @@ def test_data_volumes_and_standalone_volume(book):
     r = cost_resources.price_instance(instance("w", "m7i.xlarge", "head", ebs=ebs), book)
     assert r.subresources[1].name == "ebs_block_device[/dev/sdf]"
     assert r.subresources[1].monthly_cost == 500 * rate("ebs.gp2.storage")
-    v = cost_resources.price_volume(res("aws:ebs/volume:Volume", "data", size=200, type="io1", iops=1000), book)
+    v = cost_resources.price_volume(
+        res("aws:ebs/volume:Volume", "data", size=200, type="io1", iops=1000), book
+    )
     assert v.monthly_cost == 200 * rate("ebs.io1.storage") + 1000 * rate("ebs.io1.iops")
 
 
@@ -369,9 +371,12 @@ def test_pricing_models(book):
         assert model in usage.name and r.metadata["market"] == model
     # the instance's own market wins: spot stays spot, and a spot model leaves the head on-demand
     assert (
-        cost_resources.price_instance(spot_worker, book, pricing_model="savings-plan-1y").metadata["market"] == "spot"
+        cost_resources.price_instance(spot_worker, book, pricing_model="savings-plan-1y").metadata["market"]
+        == "spot"
     )
-    assert cost_resources.price_instance(head, book, pricing_model="spot").components[0].price.usd == Decimal("0.2016")
+    assert cost_resources.price_instance(head, book, pricing_model="spot").components[0].price.usd == Decimal(
+        "0.2016"
+    )
 
 
 def block_instance(name, rid="cr-0123456789abcdef0", itype="p5.48xlarge"):

@@ -137,7 +137,9 @@ def test_hosts_reach_each_other_when_docker_set_forward_to_drop(tmp_path):
     hosts' own bridge rule keeps it open (as Docker leaves it on any machine that ran dockerd)."""
     if not shutil.which("iptables") or not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
         pytest.skip("no iptables or br_netfilter here: bridged traffic never meets a FORWARD policy")
-    policy = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout.split("\n")[0]
+    policy = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout.split(
+        "\n"
+    )[0]
     nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
     old_nf = nf.read_text().strip()
     subprocess.run(["iptables", "-w", "-P", "FORWARD", "DROP"], check=True)
@@ -229,7 +231,9 @@ def test_terminate_escalates_to_sigkill_for_a_process_that_ignores_sigterm():
     """The one stop helper (teardown and the local cluster's supervisors both use it)."""
     polite = subprocess.Popen(["sleep", "30"])
     stubborn = subprocess.Popen(
-        ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"], stdout=subprocess.PIPE, text=True
+        ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert stubborn.stdout.readline() == "ready\n"  # the trap is set before the first signal
     procs = {p.pid: p for p in (polite, stubborn)}

@@ -11,7 +11,10 @@ from tests.hosts import hosts
 def test_captured_policy_scoped_to_repo_prefix_and_parameter():
     c = capture("prod")
     # the node policy, and the metrics/logs one (tests/test_metrics.py): nothing else
-    assert {p["name"] for p in c.of_type("aws:iam/policy:Policy")} == {"iam-node-policy", "observability-policy"}
+    assert {p["name"] for p in c.of_type("aws:iam/policy:Policy")} == {
+        "iam-node-policy",
+        "observability-policy",
+    }
     pol = c.named("iam-node-policy")
     doc = json.loads(pol["inputs"]["policy"])
     assert iam_document_problems(doc) == []
@@ -19,7 +22,12 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter():
     repo = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["arn"]
     assert by_sid["EcrPullThisRepo"]["Resource"] == repo
     params = {p["name"]: p["outputs"]["arn"] for p in c.of_type("aws:ssm/parameter:Parameter")}
-    assert set(params) == {"token-parameter", "ray-token-parameter", "cluster-node-head", "cluster-node-worker"}
+    assert set(params) == {
+        "token-parameter",
+        "ray-token-parameter",
+        "cluster-node-head",
+        "cluster-node-worker",
+    }
     assert by_sid["ReadEndpointToken"] == {
         "Sid": "ReadEndpointToken",
         "Effect": "Allow",

@@ -105,9 +105,7 @@ def test_the_image_context_is_images_and_ray_cluster_and_dockerignore_agrees():
 
     assert CONTEXT_PATHS == ("images", "ray_cluster")
     allowed = {
-        ln[1:].strip()
-        for ln in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-        if ln.startswith("!")
+        ln[1:].strip() for ln in (REPO_ROOT / ".dockerignore").read_text().splitlines() if ln.startswith("!")
     }
     assert allowed == {f"{p}/" for p in CONTEXT_PATHS}
 
@@ -132,7 +130,9 @@ def test_operator_edits_leave_the_image_tag_and_user_data_unchanged(tmp_path, mo
         monkeypatch.setattr(f"{mod}.REPO_ROOT", copy)
     before = _hosts_view(capture("prod"))
     operator = sorted({*(copy / "infra").rglob("*.py"), *(copy / "policy").rglob("*.py")})
-    assert any(p.parent.name == "local" for p in operator) and any(p.parent.name == "rayconf" for p in operator)
+    assert any(p.parent.name == "local" for p in operator) and any(
+        p.parent.name == "rayconf" for p in operator
+    )
     for path in operator:
         with open(path, "a") as f:
             f.write("\n# an operator-side edit\n")

@@ -151,7 +151,9 @@ def test_vllm_runs_the_replica_at_tp2_pp2_in_the_worker_container(cluster):
     # Ray's temp dir is mounted from the host (containers.run_argv); vLLM logs to stdout in the
     # image (worker-*.out), its executor to stderr (worker-*.err).
     logs = Path(st["temp_dir"]) / "session_latest" / "logs"
-    text = "\n".join(p.read_text(errors="replace") for p in logs.glob("worker-*.*") if p.suffix in (".out", ".err"))
+    text = "\n".join(
+        p.read_text(errors="replace") for p in logs.glob("worker-*.*") if p.suffix in (".out", ".err")
+    )
     assert "tensor_parallel_size=2, pipeline_parallel_size=2" in text
     assert "MultiprocExecutor" in text and "world_size=4" in text
 

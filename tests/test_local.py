@@ -126,7 +126,9 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
         3,  # two engine ranks + the replica actor
         True,
     )
-    ray_argv = ray_start.worker_start_command(a.address, a.ip, a.num_gpus, device=a.device, cpu_slots=a.cpu_slots)
+    ray_argv = ray_start.worker_start_command(
+        a.address, a.ip, a.num_gpus, device=a.device, cpu_slots=a.cpu_slots
+    )
     assert '--resources={"llmfleet_cpu_worker":2}' in ray_argv and "--num-gpus=0" in ray_argv
     d = parser.parse_args(layout.local_deploy_argv(head, [w1, w2], ports, lay, "/s.yaml", MODEL_ID, 60)[3:])
     assert (d.tp, d.pp, d.replicas, d.device, d.token_env) == (2, 1, 2, "cpu", layout.TOKEN_ENV)
@@ -137,7 +139,9 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
 
 
 def test_serve_config_is_the_production_app_on_the_cpu_device(tmp_path):
-    doc = layout.render_local_serve_config(MODEL_ID, str(tmp_path), layout.plan_layout(3, 2), "10.0.0.10", 8001)
+    doc = layout.render_local_serve_config(
+        MODEL_ID, str(tmp_path), layout.plan_layout(3, 2), "10.0.0.10", 8001
+    )
     assert doc["proxy_location"] == "HeadOnly"
     assert doc["http_options"] == {"host": "10.0.0.10", "port": 8001}
     app_ = doc["applications"][0]
@@ -441,7 +445,9 @@ def test_status_reports_every_host_alive_and_serving(cluster):
     assert deps["BearerOpenAiIngress"]["replicas"] == 1
 
 
-def _settled_counts(st: dict, ok=lambda c: True, quiet: float = 15.0, timeout: float = 90.0) -> dict[str, float]:
+def _settled_counts(
+    st: dict, ok=lambda c: True, quiet: float = 15.0, timeout: float = 90.0
+) -> dict[str, float]:
     """vLLM's request counters per host once ok(counts) holds and they stopped moving for `quiet`
     seconds: Ray's metrics agents export every ~10 s, so a fresh read can lag the requests."""
     deadline = time.monotonic() + timeout
@@ -464,7 +470,9 @@ def test_serve_routes_across_both_replicas_on_both_worker_hosts(cluster):
     n = 24
 
     async def run():
-        async with openai.AsyncOpenAI(base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120) as c:
+        async with openai.AsyncOpenAI(
+            base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120
+        ) as c:
             return await asyncio.gather(
                 *(c.completions.create(model=MODEL_ID, prompt=f"q {i}", max_tokens=4) for i in range(n))
             )
@@ -528,13 +536,17 @@ def test_prometheus_scrapes_every_host_and_counts_the_requests_vllm_served(clust
 
     async def run():
         d = cluster["doc"]
-        async with openai.AsyncOpenAI(base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120) as c:
+        async with openai.AsyncOpenAI(
+            base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120
+        ) as c:
             return await asyncio.gather(
                 *(c.completions.create(model=MODEL_ID, prompt=f"metrics {i}", max_tokens=5) for i in range(n))
             )
 
     usage = [r.usage for r in asyncio.run(run())]
-    after = _prom_settled(url, keys, lambda v: (v["requests_finished"] or 0) >= before["requests_finished"] + n)
+    after = _prom_settled(
+        url, keys, lambda v: (v["requests_finished"] or 0) >= before["requests_finished"] + n
+    )
     # vLLM's own counters, for the served model, through Ray's agents and the real Prometheus
     assert after["requests_finished"] - before["requests_finished"] == n, (before, after)
     assert after["generation_tokens"] - before["generation_tokens"] == sum(u.completion_tokens for u in usage)
@@ -558,7 +570,11 @@ def test_status_json_has_live_figures_from_prometheus_and_the_measured_cost(clus
     r = cli("status", "--name", cluster["name"], "--json", env=cluster["env"])
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)["metrics"]
-    assert m["source"] == "prometheus" and m["error"] == "" and m["url"] == state_of(cluster)["prometheus"]["url"]
+    assert (
+        m["source"] == "prometheus"
+        and m["error"] == ""
+        and m["url"] == state_of(cluster)["prometheus"]["url"]
+    )
     assert m["targets_up"] == m["targets_total"] >= 3
     assert (m["requests_running"], m["requests_waiting"]) == (0, 0)  # idle between tests
     assert m["requests_finished"] >= 8 and m["generation_tokens"] >= 8
@@ -653,7 +669,9 @@ def test_bench_tune_2x2_grid_in_place_names_the_best_and_restores_the_config(clu
     written = yaml.safe_load(best_file.read_text())
     assert written["best"] == best["config"]
     overrides = {d["name"]: d for d in written["serve_config"]["applications"][0]["deployments"]}
-    assert overrides[res["deployments"]["llm"]]["max_ongoing_requests"] == best["config"]["max_ongoing_requests"]
+    assert (
+        overrides[res["deployments"]["llm"]]["max_ongoing_requests"] == best["config"]["max_ongoing_requests"]
+    )
     # the cluster is as it was: the original config in force, the same replicas serving
     assert res["restored"] is True
     assert tune.deployed_config(tune.serve_document(dashboard)) == original

@@ -113,7 +113,9 @@ def test_write_lays_out_a_grafana_provisioning_tree(tmp_path):
     }
     [prov] = yaml.safe_load((tmp_path / "provisioning/dashboards/llmfleet.yaml").read_text())["providers"]
     assert prov["options"]["path"] == "/etc/grafana/llmfleet/dashboards"
-    assert json.loads((tmp_path / "dashboards/ray-serve-llm.json").read_text())["title"] == "Serve LLM Dashboard"
+    assert (
+        json.loads((tmp_path / "dashboards/ray-serve-llm.json").read_text())["title"] == "Serve LLM Dashboard"
+    )
     local = dashboards.datasource_doc(dashboards.Datasource("http://10.0.0.1:9090"))["datasources"][0]
     assert "jsonData" not in local
 
@@ -139,7 +141,9 @@ def test_local_prometheus_config_reads_rays_service_discovery_file(tmp_path):
 
 
 def test_head_agent_config_scrapes_ray_and_dcgm_and_remote_writes_with_sigv4(tmp_path):
-    m = host_metrics.HostMetrics("b", "c", remote_write_url="https://aps/ws-1/api/v1/remote_write", cluster="x")
+    m = host_metrics.HostMetrics(
+        "b", "c", remote_write_url="https://aps/ws-1/api/v1/remote_write", cluster="x"
+    )
     doc = host_metrics.prometheus_config(m, "us-east-1")
     assert doc["remote_write"] == [{"url": m.remote_write_url, "sigv4": {"region": "us-east-1"}}]
     jobs = {j["job_name"]: j for j in doc["scrape_configs"]}
@@ -173,8 +177,15 @@ HM = host_metrics.HostMetrics(
     cluster="x",
 )
 SPECS = {
-    "head": NodeSpec(role="head", token_parameter="/l/tok", serve_config="a: 1\n", tensor_parallel_size=8,
-                     pipeline_parallel_size=1, metrics=HM, **COMMON),  # fmt: skip
+    "head": NodeSpec(
+        role="head",
+        token_parameter="/l/tok",
+        serve_config="a: 1\n",
+        tensor_parallel_size=8,
+        pipeline_parallel_size=1,
+        metrics=HM,
+        **COMMON,
+    ),  # fmt: skip
     "worker": NodeSpec(role="worker", head_ip="10.0.0.1", gpus=8, gpu_model="L40S", metrics=HM, **COMMON),
 }
 
@@ -189,14 +200,18 @@ def test_user_data_with_metrics_passes_bash_and_shellcheck(role, tmp_path):
 def test_user_data_ships_logs_everywhere_dcgm_on_workers_and_the_agent_on_the_head():
     head, worker = (render_user_data(SPECS[r]) for r in ("head", "worker"))
     for text in (head, worker):
-        assert '"awslogs-group\\": \\"/llmfleet/x/containers\\"' in text and "systemctl restart docker" in text
+        assert (
+            '"awslogs-group\\": \\"/llmfleet/x/containers\\"' in text and "systemctl restart docker" in text
+        )
         assert "awslogs-group=/llmfleet/x/boot" in text and "--entrypoint tail" in text
         assert "-n +1 -F /var/log/llmfleet-boot.log" in text
         # logging is set before any container starts; agents after the node container
         assert text.index("log-driver") < text.index("docker run --detach --name llmfleet-")
     assert HM.dcgm_image in worker and HM.prometheus_image not in worker and "-a :9400" in worker
     assert HM.prometheus_image in head and HM.dcgm_image not in head
-    assert f"--web.listen-address={host_metrics.PROMETHEUS_LISTEN}" in head and "--enable-feature=agent" in head
+    assert (
+        f"--web.listen-address={host_metrics.PROMETHEUS_LISTEN}" in head and "--enable-feature=agent" in head
+    )
     assert HM.remote_write_url in head and host_metrics.RAY_SD_FILE in head
     assert "llmfleet-dcgm" not in head and "llmfleet-prometheus" not in worker
     plain = render_user_data(NodeSpec(role="worker", head_ip="10.0.0.1", gpus=8, **COMMON))
@@ -215,17 +230,28 @@ def test_prod_preview_holds_store_endpoint_collector_logs_and_iam(prod):
     [ws] = prod.of_type("aws:amp/workspace:Workspace")
     name = prod.outputs["cluster_name"]
     assert ws["inputs"]["alias"] == name
-    [vpce] = [e for e in prod.of_type("aws:ec2/vpcEndpoint:VpcEndpoint") if e["inputs"]["serviceName"].endswith(".aps-workspaces")]
+    [vpce] = [
+        e
+        for e in prod.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+        if e["inputs"]["serviceName"].endswith(".aps-workspaces")
+    ]
     vpce_sg = prod.named("net-vpce-sg")["outputs"]["id"]
     assert vpce["inputs"]["securityGroupIds"] == [vpce_sg] and vpce["inputs"]["privateDnsEnabled"]
     assert vpce["inputs"]["subnetIds"] == [prod.named("net-private")["outputs"]["id"]]
-    groups = {g["inputs"]["name"]: g["inputs"]["retentionInDays"] for g in prod.of_type("aws:cloudwatch/logGroup:LogGroup")}
+    groups = {
+        g["inputs"]["name"]: g["inputs"]["retentionInDays"]
+        for g in prod.of_type("aws:cloudwatch/logGroup:LogGroup")
+    }
     assert groups == {n: prod.config.log_retention_days for n in log_group_names(name).values()}
     # the hosts pull the mirrored images from the stack's own repository
     repo = prod.named("registry-repo")["outputs"]["repositoryUrl"]
-    mirrors = {i["name"]: i["inputs"] for i in prod.of_type("docker-build:index:Image") if "mirror" in i["name"]}
+    mirrors = {
+        i["name"]: i["inputs"] for i in prod.of_type("docker-build:index:Image") if "mirror" in i["name"]
+    }
     assert {v["tags"][0] for v in mirrors.values()} == {f"{repo}:{mirror_tag(u)}" for u in MIRRORS.values()}
-    assert {v["dockerfile"]["inline"].strip() for v in mirrors.values()} == {f"FROM {u}" for u in MIRRORS.values()}
+    assert {v["dockerfile"]["inline"].strip() for v in mirrors.values()} == {
+        f"FROM {u}" for u in MIRRORS.values()
+    }
 
 
 def test_prod_metrics_iam_is_remote_write_on_its_workspace_and_logs_on_its_groups(prod):
@@ -238,9 +264,17 @@ def test_prod_metrics_iam_is_remote_write_on_its_workspace_and_logs_on_its_group
     assert actions["aps:RemoteWrite"] == ws_arn
     assert sorted(actions["logs:DescribeLogStreams"]) == group_arns
     assert sorted(actions["logs:PutLogEvents"]) == sorted(group_arns + [f"{a}:*" for a in group_arns])
-    assert set(actions) == {"aps:RemoteWrite", "logs:DescribeLogStreams", "logs:CreateLogStream", "logs:PutLogEvents"}
+    assert set(actions) == {
+        "aps:RemoteWrite",
+        "logs:DescribeLogStreams",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+    }
     attach = prod.named("observability-policy-attach")["inputs"]
-    assert attach["role"] == prod.named("iam-role")["outputs"]["name"] and attach["policyArn"] == pol["outputs"]["arn"]
+    assert (
+        attach["role"] == prod.named("iam-role")["outputs"]["name"]
+        and attach["policyArn"] == pol["outputs"]["arn"]
+    )
 
 
 def test_prod_adds_no_ingress_and_its_hosts_boot_with_the_metrics_pieces(prod):
@@ -249,14 +283,19 @@ def test_prod_adds_no_ingress_and_its_hosts_boot_with_the_metrics_pieces(prod):
     assert not [r for r in children if "ingress" in r["type"].lower() or "securityGroup" in r["type"]]
     # what each host runs: its node script (the SSM parameter its boot contract applies)
     head_script, worker_script = node_script(prod, "head"), node_script(prod, "worker")
-    rw = prod.of_type("aws:amp/workspace:Workspace")[0]["outputs"]["prometheusEndpoint"] + "api/v1/remote_write"
+    rw = (
+        prod.of_type("aws:amp/workspace:Workspace")[0]["outputs"]["prometheusEndpoint"]
+        + "api/v1/remote_write"
+    )
     assert rw in head_script and "llmfleet-prometheus" in head_script and "llmfleet-dcgm" in worker_script
 
 
 def test_prod_outputs_open_the_dashboards_and_logs(prod):
     out = StackOutputs.parse(prod.outputs)
     assert out.metrics_query_url and out.metrics_query_url in out.grafana_command
-    assert f"--sigv4-region {out.region}" in out.grafana_command and "llmfleet dashboards" in out.grafana_command
+    assert (
+        f"--sigv4-region {out.region}" in out.grafana_command and "llmfleet dashboards" in out.grafana_command
+    )
     assert out.log_groups == list(log_group_names(out.cluster_name).values())
     assert out.logs_tail_command == f"aws logs tail {out.log_groups[1]} --follow --region {out.region}"
 
@@ -272,7 +311,9 @@ def test_log_retention_is_a_stack_setting_with_a_one_line_error():
     with pytest.raises((OfflineError, ValueError)) as e:
         capture("prod", ["llmfleet:logRetentionDays=10"])
     msg = str(e.value)
-    assert "llmfleet:logRetentionDays" in msg and "10" in msg and "allowed: 1, 3, 5" in msg and "\n" not in msg
+    assert (
+        "llmfleet:logRetentionDays" in msg and "10" in msg and "allowed: 1, 3, 5" in msg and "\n" not in msg
+    )
 
 
 # ---------------------------------------------------------------- the local Prometheus, without a cluster
@@ -311,7 +352,10 @@ def test_prometheus_lifecycle_and_http_api_on_a_real_prometheus(tmp_path):
 
 def test_status_without_prometheus_says_why_in_one_line():
     rep = live.live_report({"model": "m", "prometheus": {"missing": "prometheus not found in PATH; install"}})
-    assert rep == {"source": "none", "error": "this cluster runs no Prometheus: prometheus not found in PATH; install"}
+    assert rep == {
+        "source": "none",
+        "error": "this cluster runs no Prometheus: prometheus not found in PATH; install",
+    }
     assert live.live_report({"model": "m"})["source"] == "none"
 
 

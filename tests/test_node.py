@@ -41,7 +41,9 @@ def test_worker_command_pins_gpu_model_as_custom_resource():
     res = [a for a in argv if a.startswith("--resources=")]
     assert len(res) == 1 and json.loads(res[0].split("=", 1)[1]) == {"gpu_model:L20": 8}
     assert not any("accelerator_type" in a for a in argv)
-    assert not any(a.startswith("--resources") for a in ray_start.worker_start_command("h:6379", "10.0.0.2", 2))
+    assert not any(
+        a.startswith("--resources") for a in ray_start.worker_start_command("h:6379", "10.0.0.2", 2)
+    )
     with pytest.raises(NodeError, match="num_gpus -1"):
         ray_start.worker_start_command("h:6379", "10.0.0.2", -1)
 
@@ -144,7 +146,9 @@ def test_wait_for_gpus_names_the_missing_worker():
 def test_wait_for_gpus_returns_once_enough_and_checks_gpu_model():
     clock = FakeClock()
     seq = iter([_state({"10.0.1.10": 8}), _state({"10.0.1.10": 8, "10.0.1.11": 8})])
-    nodes = readiness.wait_for_gpus(lambda: next(seq), 16, 60, gpu_model="L20", clock=clock, sleep=clock.sleep)
+    nodes = readiness.wait_for_gpus(
+        lambda: next(seq), 16, 60, gpu_model="L20", clock=clock, sleep=clock.sleep
+    )
     assert len(nodes) == 3 and clock.now == 2.0
     wrong = _state({"10.0.1.10": 8, "10.0.1.11": 8}, model="L40S")
     with pytest.raises(NodeError, match=r"cluster has 16 of 16 GPUs \(gpu_model:L20 0 of 16\) after 10 s"):

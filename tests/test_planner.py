@@ -228,11 +228,17 @@ def test_the_fixed_cost_follows_layers_link_and_tp():
     f = perf_fit.calibrated_fit()
     k = f.layer_s("vllm", "fp8")
     # PCIe all-reduces cost more per layer than NVLink ones at the same TP...
-    pcie = perf_roofline.decode_shape(perf_roofline.Layout("deepseek-r1", "L40S", "fp8", 8, 3, 8, "efa"), 1, 1536)
-    nvl = perf_roofline.decode_shape(perf_roofline.Layout("deepseek-r1", "H100", "fp8", 8, 3, 8, "efa"), 1, 1536)
+    pcie = perf_roofline.decode_shape(
+        perf_roofline.Layout("deepseek-r1", "L40S", "fp8", 8, 3, 8, "efa"), 1, 1536
+    )
+    nvl = perf_roofline.decode_shape(
+        perf_roofline.Layout("deepseek-r1", "H100", "fp8", 8, 3, 8, "efa"), 1, 1536
+    )
     assert sum(pcie.link_s) > 5 * sum(nvl.link_s)
     # ...TP 1 pays none...
-    tp1 = perf_roofline.decode_shape(perf_roofline.Layout("deepseek-r1-distill-qwen-7b", "L4", "bf16", 1, 1, 1, None), 1, 1536)
+    tp1 = perf_roofline.decode_shape(
+        perf_roofline.Layout("deepseek-r1-distill-qwen-7b", "L4", "bf16", 1, 1, 1, None), 1, 1536
+    )
     assert tp1.link_s == (0.0,)
     # ...and the per-layer term scales with the layers a token passes.
     assert nvl.decode_period(math.inf, k) == pytest.approx(61 * k + sum(nvl.link_s) + nvl.hop_s)

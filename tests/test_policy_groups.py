@@ -27,7 +27,9 @@ def template(rname: str = "worker-lt", rid: str = "lt-1", **changes) -> dict:
             {"deviceName": "/dev/sda1", "ebs": {"volumeSize": 200, "volumeType": "gp3", "encrypted": "true"}},
             {"deviceName": "/dev/sdf", "ebs": {"volumeSize": 100, "encrypted": "true"}},
         ],
-        networkInterfaces=[{"deviceIndex": 0, "securityGroups": ["sg-cluster"], "associatePublicIpAddress": "false"}],
+        networkInterfaces=[
+            {"deviceIndex": 0, "securityGroups": ["sg-cluster"], "associatePublicIpAddress": "false"}
+        ],
         placement={"groupName": "cluster"},
         tags=dict(TAGS),
     )
@@ -87,7 +89,9 @@ def test_imdsv2_is_checked_on_the_template():
 
 def test_encryption_is_checked_on_the_template():
     s = group_stack()
-    set_input(s, "worker-lt", blockDeviceMappings=[{"deviceName": "/dev/sda1", "ebs": {"encrypted": "false"}}])
+    set_input(
+        s, "worker-lt", blockDeviceMappings=[{"deviceName": "/dev/sda1", "ebs": {"encrypted": "false"}}]
+    )
     [v] = run(s, "ec2-ebs-encrypted").violations
     assert v.resource == "worker-lt" and "ebs.encrypted is 'false'" in v.message
     # an unset flag is unencrypted too (EBS default encryption is an account setting, not ours)

@@ -176,7 +176,9 @@ def test_budget_policy_prices_the_stack_it_is_given_not_the_last_captured():
 
     def budget_line(cap, **kw) -> str:
         config = merge_config(stack_policy_config(cap.config), {"monthly-budget": {"maxMonthlyUsd": 1}})
-        [v] = [v for v in run_policies(cap.resources, config, **kw).violations if v.policy == "monthly-budget"]
+        [v] = [
+            v for v in run_policies(cap.resources, config, **kw).violations if v.policy == "monthly-budget"
+        ]
         return v.message
 
     assert "spot snapshot prices" in budget_line(dev, stack=dev.config)

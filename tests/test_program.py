@@ -72,7 +72,9 @@ def test_preview_json_prod_lists_everything():
     types_ = [r["type"] for r in doc["resources"]]
     for t in REQUIRED_TYPES:
         assert t in types_, t
-    workers = [w for w in group_instances(doc["resources"]) if w["inputs"]["tags"]["llmfleet:role"] == "worker"]
+    workers = [
+        w for w in group_instances(doc["resources"]) if w["inputs"]["tags"]["llmfleet:role"] == "worker"
+    ]
     assert [w["inputs"]["instanceType"] for w in workers] == ["g6e.48xlarge"] * 3
     assert OUTPUTS <= set(doc["outputs"])
 
@@ -107,7 +109,10 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
     assert doc["applications"][0]["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 2
     from infra.stack.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"llmfleet:workerCount = 3: allowed: 'auto' or a multiple of llmfleet:replicas \(2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"llmfleet:workerCount = 3: allowed: 'auto' or a multiple of llmfleet:replicas \(2\)",
+    ):
         capture("prod", ["llmfleet:replicas=2", "llmfleet:workerCount=3"])
 
 
@@ -160,7 +165,12 @@ def test_hosts_boot_after_what_they_read_at_boot():
     boots = [
         r
         for r in cap.resources
-        if r["type"] in ("aws:ec2/instance:Instance", "aws:ec2/launchTemplate:LaunchTemplate", "aws:autoscaling/group:Group")
+        if r["type"]
+        in (
+            "aws:ec2/instance:Instance",
+            "aws:ec2/launchTemplate:LaunchTemplate",
+            "aws:autoscaling/group:Group",
+        )
     ]
     assert len(boots) == 5
     for host in boots:

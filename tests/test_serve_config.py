@@ -139,7 +139,9 @@ def test_cpu_device_changes_only_what_must_change():
         "bundles": [{"CPU": 1, "llmfleet_cpu_worker": 1}] * 4,
         "strategy": "STRICT_PACK",  # vLLM's mp executor: a replica's ranks on its own host
     }
-    assert {k for k in gpu["engine_kwargs"] if gpu["engine_kwargs"][k] != cpu["engine_kwargs"].get(k)} == set()
+    assert {
+        k for k in gpu["engine_kwargs"] if gpu["engine_kwargs"][k] != cpu["engine_kwargs"].get(k)
+    } == set()
     assert set(cpu["engine_kwargs"]) - set(gpu["engine_kwargs"]) == {"dtype"}  # PP 2: compiled
     one_stage = _llm(sc.render_serve_config(sc.ServeInputs("m", "/m", 2, 1, 512, device="cpu")))
     assert one_stage["engine_kwargs"]["enforce_eager"] is True
@@ -175,7 +177,9 @@ def test_ingress_configs_the_gate_cannot_honour_fail_in_one_line(monkeypatch):
     args = _llm_args()
     monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
     other = {**args, "ingress_cls_config": {"ingress_cls": "ray.serve.llm.ingress:OpenAiIngress"}}
-    with pytest.raises(serve_app.AppArgsError, match=r"ingress_cls = OpenAiIngress: allowed: ray_cluster") as e:
+    with pytest.raises(
+        serve_app.AppArgsError, match=r"ingress_cls = OpenAiIngress: allowed: ray_cluster"
+    ) as e:
         serve_app.build_app(other)
     assert "\n" not in str(e.value)
     with pytest.raises(serve_app.AppArgsError, match=r"ingress_cls_config.bogus: allowed keys"):
@@ -332,7 +336,10 @@ def test_render_stdout_is_yaml_even_though_vllm_logs_on_import():
 
     exe = Path(sys.executable).parent / "llmfleet"
     proc = subprocess.run(
-        [str(exe), "render", "serve-config", "--stack", "prod", "--offline"], capture_output=True, text=True, timeout=300
+        [str(exe), "render", "serve-config", "--stack", "prod", "--offline"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = yaml.safe_load(proc.stdout)

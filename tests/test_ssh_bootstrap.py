@@ -188,7 +188,9 @@ def host(sshd, tmp_path):
     run_dir.mkdir()
 
     def run(cfg, entry, *path_dirs: Path, dry_run=True, stdin=None, etc=False) -> subprocess.CompletedProcess:
-        script = render_bootstrap(resolve(cfg), entry, HEAD_IP if entry.role == "worker" else entry.ray_ip, IMAGE)
+        script = render_bootstrap(
+            resolve(cfg), entry, HEAD_IP if entry.role == "worker" else entry.ray_ip, IMAGE
+        )
         env = [f"PATH={':'.join(str(p) for p in (*path_dirs, bare))}"] + (
             ["LLMFLEET_DRY_RUN=1"] if dry_run else []
         )
@@ -334,7 +336,9 @@ def test_real_run_starts_exactly_that_container(host):
         f"{MESSAGE_PREFIX} worker {HOST_IP} ready (container llmfleet-worker)"
     )
     runs = [c for c in host.calls() if c[:2] == ["docker", "run"]]
-    assert runs == [expand(container_argv(node_spec(resolve(cfg), entry, HEAD_IP, IMAGE)), {"NODE_IP": HOST_IP})]
+    assert runs == [
+        expand(container_argv(node_spec(resolve(cfg), entry, HEAD_IP, IMAGE)), {"NODE_IP": HOST_IP})
+    ]
     assert ["docker", "pull", "--quiet", IMAGE] in host.calls()
 
 

@@ -22,7 +22,9 @@ LT = {
         "instanceMarketOptions": {"marketType": "spot"},
         "iamInstanceProfile": {"name": "prof"},
         "placement": {"groupName": "pg"},
-        "networkInterfaces": [{"deviceIndex": 0, "securityGroups": ["sg-1"], "associatePublicIpAddress": "false"}],
+        "networkInterfaces": [
+            {"deviceIndex": 0, "securityGroups": ["sg-1"], "associatePublicIpAddress": "false"}
+        ],
     },
     "outputs": {"id": "lt-123"},
 }

@@ -10,7 +10,11 @@ from infra.constants import REPO_ROOT
 def test_every_project_yaml_file_loads_as_safe_load_does():
     files = [
         p
-        for p in [*REPO_ROOT.glob("infra/**/*.yaml"), *REPO_ROOT.glob("stacks/*.yaml"), REPO_ROOT / "Pulumi.yaml"]
+        for p in [
+            *REPO_ROOT.glob("infra/**/*.yaml"),
+            *REPO_ROOT.glob("stacks/*.yaml"),
+            REPO_ROOT / "Pulumi.yaml",
+        ]
         if ".venv" not in p.parts
     ]
     assert len(files) >= 10

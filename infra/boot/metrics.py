@@ -44,6 +44,7 @@ class HostMetrics:
 
 def prometheus_config(m: HostMetrics, region: str) -> dict:
     """prometheus.yml of the head's agent. The head's own IP is filled in at boot (placeholder)."""
+
     def sd() -> list[dict]:  # a fresh list per job: no YAML anchors in the rendered file
         return [{"files": [f"{SD_DIR}/ray.json"], "refresh_interval": SCRAPE_INTERVAL}]
 
@@ -57,7 +58,11 @@ def prometheus_config(m: HostMetrics, region: str) -> dict:
                 "job_name": "dcgm",
                 "file_sd_configs": sd(),
                 "relabel_configs": [
-                    {"source_labels": ["__address__"], "regex": f"{HEAD_IP_PLACEHOLDER}:.*", "action": "drop"},
+                    {
+                        "source_labels": ["__address__"],
+                        "regex": f"{HEAD_IP_PLACEHOLDER}:.*",
+                        "action": "drop",
+                    },
                     {
                         "source_labels": ["__address__"],
                         "regex": "([^:]+):.*",

@@ -33,9 +33,7 @@ def batch_cmd(
     overrides: ConfigOpt = None,
     dashboard: Annotated[
         str,
-        typer.Option(
-            "--dashboard", help="--stack: the Ray dashboard (the SSM port forward's local end)."
-        ),
+        typer.Option("--dashboard", help="--stack: the Ray dashboard (the SSM port forward's local end)."),
     ] = "http://127.0.0.1:8265",
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", min=1, help="Output tokens per row (default).")

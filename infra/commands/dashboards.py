@@ -21,7 +21,9 @@ def dashboards_cmd(
     ] = "http://localhost:9090",
     sigv4_region: Annotated[
         str | None,
-        typer.Option("--sigv4-region", help="Sign queries with AWS SigV4 in this region (Amazon Managed Prometheus)."),
+        typer.Option(
+            "--sigv4-region", help="Sign queries with AWS SigV4 in this region (Amazon Managed Prometheus)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -57,7 +57,9 @@ def _wait_direct(outputs: dict, timeout: float) -> bool:
     endpoint = str(_output(outputs, "endpoint_url")).rstrip("/").removesuffix("/v1")
     with console.status(f"readiness: waiting for a real completion from {endpoint}"):
         try:
-            text = wait_for_completion(endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout)
+            text = wait_for_completion(
+                endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout
+            )
         except NodeError as e:
             err_console.print(f"[bold red]error:[/] not ready: {e}", highlight=False, soft_wrap=True)
             return False
@@ -182,9 +184,7 @@ def up_cmd(
     ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for a real completion.")] = True,
     timeout: TimeoutOpt = 1800.0,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")
-    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Preflight, preview + `pulumi up` with the policy pack (Automation API), render cluster.yaml + Serve config, wait until it answers.
@@ -225,6 +225,7 @@ def up_cmd(
     if wait and not _wait(cfg, outputs, timeout):
         raise typer.Exit(1)
     _show_endpoint(cfg, outputs)
+
 
 def down_cmd(
     stack: StackOpt,

@@ -110,9 +110,7 @@ def up_cmd(
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
     ] = 8000,
-    mode: Annotated[
-        str, typer.Option("--mode", help="auto (netns when root), netns or loopback.")
-    ] = "auto",
+    mode: Annotated[str, typer.Option("--mode", help="auto (netns when root), netns or loopback.")] = "auto",
     name: NameOpt = "local",
     subnet: Annotated[
         int, typer.Option("--subnet", min=0, max=255, help="Third octet of the hosts' subnet.")
@@ -158,7 +156,9 @@ def up_cmd(
     console.print(f"endpoint: {doc['endpoint']}", highlight=False)
     console.print(f"token:    {doc['token']}", highlight=False)
     prom = st.get("prometheus") or {}
-    metrics = f"{prom['url']} (Prometheus; llmfleet local top)" if prom.get("url") else prom.get("missing", "-")
+    metrics = (
+        f"{prom['url']} (Prometheus; llmfleet local top)" if prom.get("url") else prom.get("missing", "-")
+    )
     console.print(f"metrics:  {metrics}", highlight=False)
     console.print(
         "try:      llmfleet local chat 'Hello'   |   llmfleet local down",

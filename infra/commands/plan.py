@@ -199,9 +199,7 @@ def plan_cmd(
     quantization: Annotated[
         str | None, typer.Option("--quantization", "-q", help="fp8, bf16, int8 or int4.")
     ] = None,
-    max_model_len: Annotated[
-        int, typer.Option("--max-model-len", help="Longest sequence in tokens.")
-    ] = 8192,
+    max_model_len: Annotated[int, typer.Option("--max-model-len", help="Longest sequence in tokens.")] = 8192,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Concurrent sequences.")] = 64,
     input_len: Annotated[
         int, typer.Option("--input-len", help="Prompt tokens per request (TTFT, KV, prefill load).")
@@ -235,9 +233,7 @@ def plan_cmd(
     )
     if compare:
         if gpu is not None:
-            fail(
-                f"--gpu: {gpu!r} is not allowed with --compare; allowed: omit --gpu (every GPU is compared)"
-            )
+            fail(f"--gpu: {gpu!r} is not allowed with --compare; allowed: omit --gpu (every GPU is compared)")
         try:
             rows = compare_gpus(model, **common)  # type: ignore[arg-type]
         except PlanInputError as e:

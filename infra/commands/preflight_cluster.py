@@ -57,8 +57,7 @@ def preflight_cluster_cmd(
         print_json(r.to_json())
     else:
         t = Table(
-            title=f"preflight TP={r.tp} x PP={r.pp}"
-            + (f" gpu_model:{r.gpu_model}" if r.gpu_model else "")
+            title=f"preflight TP={r.tp} x PP={r.pp}" + (f" gpu_model:{r.gpu_model}" if r.gpu_model else "")
         )
         for col in ("rank", "pp stage", "tp rank", "node ip", "GPU"):
             t.add_column(col)

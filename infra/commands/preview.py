@@ -62,7 +62,10 @@ def preview_cmd(
     stack: StackOpt,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
-    wide: Annotated[bool, typer.Option("--wide", help="Full type tokens and each resource's parent (wider than 80 columns).")] = False,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Full type tokens and each resource's parent (wider than 80 columns)."),
+    ] = False,
     output: Annotated[
         str | None,
         typer.Option("--output", "-o", metavar="KEY", help="Print only this stack output, in full."),

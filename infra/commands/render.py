@@ -30,7 +30,9 @@ OutputsOpt = Annotated[
 ]
 OfflineOpt = Annotated[
     bool,
-    typer.Option("--offline", help="Render from the offline engine's placeholder outputs (fake IPs, ids, account)."),
+    typer.Option(
+        "--offline", help="Render from the offline engine's placeholder outputs (fake IPs, ids, account)."
+    ),
 ]
 OFFLINE_NOTE = (
     "offline placeholders: the IPs, instance ids, account and image digest come from the offline "
@@ -86,7 +88,9 @@ def _running_workers(outs: dict[str, Any]) -> dict[str, Any]:
     # a fresh session: credentials are resolved from this process's environment now, not
     # taken from whatever boto3's module-wide default session resolved first
     try:
-        filled = with_running_workers(outs, boto3.session.Session().client("ec2", region_name=outs.get("region")))
+        filled = with_running_workers(
+            outs, boto3.session.Session().client("ec2", region_name=outs.get("region"))
+        )
     except (BotoCoreError, ClientError) as e:
         why = aws_credentials.MESSAGE if aws_credentials.missing(e) else str(e)
         fail(f"looking up the running workers of {', '.join(outs['worker_groups'])}: {why}")

@@ -70,7 +70,12 @@ def node_policy_document(
     if node_scripts:
         # The node scripts (infra/boot/node_apply.py): read at boot and on every rollout.
         stmts.append(
-            {"Sid": "ReadNodeScripts", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": node_scripts}
+            {
+                "Sid": "ReadNodeScripts",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter"],
+                "Resource": node_scripts,
+            }
         )
     if weights_bucket:
         prefix = weights_prefix.lstrip("/")

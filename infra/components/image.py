@@ -65,7 +65,9 @@ class ImageArgs:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def node_image_inputs(context_dir: Path, base_image: str, ray_version: str, platform: str) -> tuple[str, dict]:
+def node_image_inputs(
+    context_dir: Path, base_image: str, ray_version: str, platform: str
+) -> tuple[str, dict]:
     """The context tag and the docker_build.Image arguments every build of the node image shares
     (ECR here, the owned hosts' registry in existing_hosts): one Dockerfile, one context."""
     build_args = {"BASE_IMAGE": base_image, "RAY_VERSION": ray_version}

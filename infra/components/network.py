@@ -151,8 +151,12 @@ class Network(pulumi.ComponentResource):
         self.cluster_sg = self._group(
             name, args, "cluster", "llmfleet hosts: all traffic among themselves only (Ray ports stay inside)"
         )
-        self.endpoint_sg = self._group(name, args, "endpoint", "llmfleet NLB: the serving port from the allowed CIDRs")
-        self.vpce_sg = self._group(name, args, "vpce", "llmfleet VPC interface endpoints: HTTPS from the hosts")
+        self.endpoint_sg = self._group(
+            name, args, "endpoint", "llmfleet NLB: the serving port from the allowed CIDRs"
+        )
+        self.vpce_sg = self._group(
+            name, args, "vpce", "llmfleet VPC interface endpoints: HTTPS from the hosts"
+        )
         self._rules(name, args)
 
     def _group(self, name: str, args: NetworkArgs, kind: str, description: str) -> aws.ec2.SecurityGroup:
@@ -231,7 +235,6 @@ class Network(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-
 
     def _vpc_endpoints(self, name: str, args: NetworkArgs) -> None:
         """The S3 gateway endpoint and the interface endpoints the hosts use instead of the internet."""

@@ -58,12 +58,24 @@ def policy_document(workspace_arn: str, log_group_arns: list[str]) -> dict[str, 
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "RemoteWriteThisWorkspace", "Effect": "Allow", "Action": ["aps:RemoteWrite"],
-             "Resource": workspace_arn},  # fmt: skip
-            {"Sid": "DescribeOwnLogStreams", "Effect": "Allow", "Action": ["logs:DescribeLogStreams"],
-             "Resource": log_group_arns},  # fmt: skip
-            {"Sid": "WriteOwnLogGroups", "Effect": "Allow",
-             "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": log_group_arns + streams},  # fmt: skip
+            {
+                "Sid": "RemoteWriteThisWorkspace",
+                "Effect": "Allow",
+                "Action": ["aps:RemoteWrite"],
+                "Resource": workspace_arn,
+            },  # fmt: skip
+            {
+                "Sid": "DescribeOwnLogStreams",
+                "Effect": "Allow",
+                "Action": ["logs:DescribeLogStreams"],
+                "Resource": log_group_arns,
+            },  # fmt: skip
+            {
+                "Sid": "WriteOwnLogGroups",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": log_group_arns + streams,
+            },  # fmt: skip
         ],
     }
 
@@ -196,7 +208,10 @@ class Observability(pulumi.ComponentResource):
                         "password": pulumi.Output.secret(auth.password),
                     }
                 ],
-                labels={"org.opencontainers.image.title": f"llmfleet-mirror-{key}", "llmfleet.upstream": upstream},
+                labels={
+                    "org.opencontainers.image.title": f"llmfleet-mirror-{key}",
+                    "llmfleet.upstream": upstream,
+                },
                 opts=pulumi.ResourceOptions(parent=self),
             )
             refs[key] = image.ref

@@ -69,7 +69,12 @@ def volume_components(
             )
     elif vtype == "io1" and is_known(iops):
         out.append(
-            monthly("Provisioned IOPS (io1)", "IOPS", input_decimal(iops, "iops", res_name), book.rate("ebs.io1.iops"))
+            monthly(
+                "Provisioned IOPS (io1)",
+                "IOPS",
+                input_decimal(iops, "iops", res_name),
+                book.rate("ebs.io1.iops"),
+            )
         )
     return out
 
@@ -383,5 +388,7 @@ def price_ssm_parameter(res: Resource, book: PriceBook) -> ResourceCost | None:
     """Advanced-tier parameters (the node scripts, over 4 KB) cost storage; standard ones are free."""
     if (res.get("inputs") or {}).get("tier") != "Advanced":
         return None
-    comps = (monthly("Advanced parameter storage", "parameter-months", 1, book.rate("ssm.parameter.advanced")),)
+    comps = (
+        monthly("Advanced parameter storage", "parameter-months", 1, book.rate("ssm.parameter.advanced")),
+    )
     return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))

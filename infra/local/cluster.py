@@ -331,7 +331,9 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         on_stage("head", f"{head.name} {head.ip}")
         _wait_head(st, hs, ports, paths["logs"] / f"{head.name}.log", min(o.timeout, 180))
         # Metrics: scraping starts before the deploy, so the first requests are counted too.
-        st["prometheus"] = prometheus.start_if_installed(st, head, ports, sd, paths["logs"] / "prometheus.log")
+        st["prometheus"] = prometheus.start_if_installed(
+            st, head, ports, sd, paths["logs"] / "prometheus.log"
+        )
         save_state(st, sd)
         on_stage(
             "gpus",
@@ -339,7 +341,9 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             f"{layout.replicas * layout.ranks_per_host} engine slots",
         )
         python = "python3" if o.image else sys.executable  # the image's interpreter, or the venv's
-        argv = local_deploy_argv(head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout, python)
+        argv = local_deploy_argv(
+            head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout, python
+        )
         if o.image:  # the production flow from inside the head container
             argv = containers.exec_argv(head, argv)
         result = _run_deploy(
@@ -391,4 +395,3 @@ def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:
         shutil.rmtree(paths["logs"], ignore_errors=True)
         removed.append(f"logs {paths['logs']}")
     return removed
-

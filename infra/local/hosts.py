@@ -206,7 +206,19 @@ def create(
 
 
 def _forward_rule(bridge: str) -> list[str]:
-    return ["FORWARD", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", f"llmfleet {bridge}", "-j", "ACCEPT"]
+    return [
+        "FORWARD",
+        "-i",
+        bridge,
+        "-o",
+        bridge,
+        "-m",
+        "comment",
+        "--comment",
+        f"llmfleet {bridge}",
+        "-j",
+        "ACCEPT",
+    ]
 
 
 def _bridge_netfilter_on() -> bool:
@@ -228,9 +240,11 @@ def _allow_forwarding(bridge: str) -> None:
 def _drop_forwarding(bridge: str) -> bool:
     iptables = shutil.which("iptables")
     removed = False
-    while iptables and subprocess.run(
-        [iptables, "-w", "-D", *_forward_rule(bridge)], capture_output=True
-    ).returncode == 0:
+    while (
+        iptables
+        and subprocess.run([iptables, "-w", "-D", *_forward_rule(bridge)], capture_output=True).returncode
+        == 0
+    ):
         removed = True
     return removed
 

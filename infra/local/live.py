@@ -100,7 +100,9 @@ def read_live(url: str, model: str, timeout: float = 5.0) -> Live:
 
 def by_host(url: str, metric: str, model: str, timeout: float = 5.0) -> dict[str, float]:
     """{node IP: value} of one ray_vllm_ series summed per node (Ray's NodeAddress label)."""
-    rows = query(url, f"sum by (NodeAddress) (last_over_time({PREFIX}{metric}{_sel(model)}[{GAUGE_WINDOW}]))", timeout)
+    rows = query(
+        url, f"sum by (NodeAddress) (last_over_time({PREFIX}{metric}{_sel(model)}[{GAUGE_WINDOW}]))", timeout
+    )
     return {r["metric"].get("NodeAddress", ""): r["value"] for r in rows}
 
 
@@ -114,9 +116,7 @@ def cost_beside_plan(measured_tps: float | None, stack: str) -> dict:
     cfg = load_config(stack)
     plan = plan_for_stack(cfg)
     hourly = plan.usd_per_hour
-    measured = (
-        usd_per_million_tokens(Decimal(str(hourly)), measured_tps) if hourly is not None else None
-    )
+    measured = usd_per_million_tokens(Decimal(str(hourly)), measured_tps) if hourly is not None else None
     return {
         "stack": stack,
         "instance_type": plan.instance_type,

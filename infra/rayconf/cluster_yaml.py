@@ -181,7 +181,9 @@ def role_run_options(role: str, model_path: str) -> list[str]:
     `--flag=value`. No --network: Ray's launcher always adds --net=host itself, and Docker
     rejects a network given twice."""
     try:
-        opts = contract.docker_run_options(role, model_path, config_dir=contract.HOST_CONFIG_DIR if role == "head" else None)
+        opts = contract.docker_run_options(
+            role, model_path, config_dir=contract.HOST_CONFIG_DIR if role == "head" else None
+        )
     except contract.ContractError as e:
         raise RenderError(str(e)) from None
     return [f"{k}={v}" for k, v in opts if k != "--network"]
@@ -198,7 +200,9 @@ def worker_node_argv(head_ip: str, gpus: int, gpu_model: str) -> list[str]:
     the node module takes the source IP towards the head (the same private IP the unit passes)."""
     return [
         *NODE_ENTRYPOINT,
-        *contract.worker_args(address=f"{head_ip}:{contract.GCS_PORT}", gpus=gpus, gpu_model=gpu_model, block=False),
+        *contract.worker_args(
+            address=f"{head_ip}:{contract.GCS_PORT}", gpus=gpus, gpu_model=gpu_model, block=False
+        ),
     ]
 
 

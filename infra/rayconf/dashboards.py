@@ -69,7 +69,9 @@ def gpu_dashboard() -> dict:
             title=title,
             description=desc,
             unit=unit,
-            targets=[Target(expr=f'{metric}{{{{Hostname=~"$Hostname"}}}}', legend="{{Hostname}} GPU {{gpu}}")],
+            targets=[
+                Target(expr=f'{metric}{{{{Hostname=~"$Hostname"}}}}', legend="{{Hostname}} GPU {{gpu}}")
+            ],
             stack=False,
             fill=0,
         )
@@ -166,7 +168,11 @@ def grafana_command(out_dir: str, aws_region: str | None = None, port: int = 300
     """docker run of Grafana over the provisioning tree (on the operator's machine)."""
     # docker -v wants an absolute host path; "$PWD" keeps the command copy-pasteable
     mount = out_dir if out_dir.startswith("/") else f'"$PWD/{out_dir.removeprefix("./")}"'
-    env = "-e AWS_PROFILE -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_SESSION_TOKEN " if aws_region else ""
+    env = (
+        "-e AWS_PROFILE -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_SESSION_TOKEN "
+        if aws_region
+        else ""
+    )
     if aws_region:
         env += f"-e AWS_REGION={aws_region} -e GF_AUTH_SIGV4_AUTH_ENABLED=true -v ~/.aws:/usr/share/grafana/.aws:ro "
     return (

@@ -92,5 +92,14 @@ def memory(
             f"fewer than one max_model_len {max_model_len} sequence; add nodes or lower max_model_len"
         )
     return Memory(
-        st, weights_total, weights_per_gpu, usable, kv_layer, kv_tokens, kv_per_token, kv_gib, max_seqs, reasons
+        st,
+        weights_total,
+        weights_per_gpu,
+        usable,
+        kv_layer,
+        kv_tokens,
+        kv_per_token,
+        kv_gib,
+        max_seqs,
+        reasons,
     )

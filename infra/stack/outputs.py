@@ -80,7 +80,9 @@ class StackOutputs(BaseModel):
         fields = cls.model_fields
         unknown = sorted(set(outputs) - set(fields))
         if unknown:
-            raise OutputsError(f"stack output {unknown[0]!r} is not in StackOutputs; declare it in infra/stack/outputs.py")
+            raise OutputsError(
+                f"stack output {unknown[0]!r} is not in StackOutputs; declare it in infra/stack/outputs.py"
+            )
         missing = sorted(k for k, f in fields.items() if f.is_required() and k not in outputs)
         if missing:
             raise OutputsError(f"stack output {missing[0]!r} is missing: the program must export it")
@@ -96,7 +98,11 @@ class StackOutputs(BaseModel):
             key = err.path or "(outputs)"
             value = raw.get(str(err.loc[0])) if err.loc else None
             if err.type == "missing":
-                raise OutputsError(f"stack output {key!r} is missing: run `pulumi up` with this version") from None
+                raise OutputsError(
+                    f"stack output {key!r} is missing: run `pulumi up` with this version"
+                ) from None
             if err.type == "extra_forbidden":
-                raise OutputsError(f"stack output {key!r} is not one llmfleet knows (older or newer program?)") from None
+                raise OutputsError(
+                    f"stack output {key!r} is not one llmfleet knows (older or newer program?)"
+                ) from None
             raise OutputsError(f"stack output {key} = {value!r}: {err.msg}") from None

@@ -42,7 +42,13 @@ PROVIDERS = {
 # What the provider replaces a resource on, per type (others: every change is an update). A
 # launch template change is a new version; a worker group is replaced only when it moves subnet.
 REPLACE_KEYS_BY_TYPE = {
-    "aws:ec2/instance:Instance": {"instanceMarketOptions", "instanceType", "availabilityZone", "subnetId", "userData"},
+    "aws:ec2/instance:Instance": {
+        "instanceMarketOptions",
+        "instanceType",
+        "availabilityZone",
+        "subnetId",
+        "userData",
+    },
     "aws:autoscaling/group:Group": {"vpcZoneIdentifiers"},
 }
 TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -140,7 +146,8 @@ def main() -> None:
             {"op": "same", "urn": purn, "oldState": pstate, "newState": pstate, "detailedDiff": None}
         )
     template_changed = any(
-        r["type"] == TEMPLATE and u in old_by and old_by[u]["inputs"] != r["inputs"] for u, r in new_by.items()
+        r["type"] == TEMPLATE and u in old_by and old_by[u]["inputs"] != r["inputs"]
+        for u, r in new_by.items()
     )
     for u, rec in new_by.items():
         before = old_by.get(u)
@@ -163,7 +170,13 @@ def main() -> None:
         REPLACE_KEYS = REPLACE_KEYS_BY_TYPE.get(rec["type"], set())
         if rec["type"] == "aws:autoscaling/group:Group" and template_changed:
             # the template's new latestVersion is computed: unknown in the preview
-            rec = {**rec, "inputs": {**rec["inputs"], "launchTemplate": {**rec["inputs"]["launchTemplate"], "version": UNKNOWN}}}
+            rec = {
+                **rec,
+                "inputs": {
+                    **rec["inputs"],
+                    "launchTemplate": {**rec["inputs"]["launchTemplate"], "version": UNKNOWN},
+                },
+            }
             changed = sorted({*changed, "launchTemplate"})
         step: dict[str, Any] = {"op": "same", "urn": u}
         if rec["custom"]:
