@@ -717,6 +717,9 @@ def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster,
 # ---------------------------------------------------------------- end of llmfleet bench / batch
 
 
+REJOIN_WITHIN_S = 360
+
+
 @pytest.mark.ray
 def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
     d, st = cluster["doc"], state_of(cluster)
@@ -736,10 +739,14 @@ def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
     assert [(h["name"], h["ip"]) for h in lost] == [(worker, worker_ip)] and rep["lost"] == [worker]
     # The other replica answers every request while the lost one is away, and the rejoined host
     # serves again: its engine's own counter (a new node, so it starts from zero) moves.
+    # The wait is for the supervisor's rejoin plus a new engine's load (~60 s here, 122 s seen on a
+    # slower CI machine): the bound catches a host that never comes back, not a slow one.
     answered, failed = 0, []
     while True:
         elapsed = time.monotonic() - t0
-        assert elapsed < 120, f"the killed host's replica did not serve within 120 s ({answered} answered)"
+        assert elapsed < REJOIN_WITHIN_S, (
+            f"the killed host's replica did not serve within {REJOIN_WITHIN_S} s ({answered} answered)"
+        )
         if _completes(d):
             answered += 1
         else:
