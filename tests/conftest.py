@@ -10,17 +10,21 @@ import pytest
 from tests import image_prebuild
 
 IMAGE_MODULE = "tests/test_image_build.py"
+SERVING_MODULE = "tests/test_local.py"
 
 
 def pytest_collection_modifyitems(session, config, items):
-    # The light modules (no `ray` marker: mocks, moto, renderers; ~3 min, one core) run first,
-    # while the image builds in the background on the other core; then the image's module; then
-    # the modules that start Ray clusters, which want both cores. Stable: each module keeps its
-    # tests' order.
+    # While the image builds in the background (~8 min from nothing, mostly one core), the suite
+    # runs what it does not wait for: first the light modules (no `ray` marker: mocks, moto,
+    # renderers; ~3 min, one core), then the small Ray clusters (test_node, test_placement: Ray
+    # and actors, no engine). Then the image's module, and last the 3-host serving cluster, which
+    # wants both cores to itself. Stable: each module keeps its tests' order.
     def rank(item) -> int:
         if item.nodeid.startswith(IMAGE_MODULE):
-            return 1
-        return 2 if item.get_closest_marker("ray") else 0
+            return 2
+        if item.nodeid.startswith(SERVING_MODULE):
+            return 3
+        return 1 if item.get_closest_marker("ray") else 0
 
     items.sort(key=rank)
 
