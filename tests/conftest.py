@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests import image_prebuild
+from tests import image_prebuild, ray_fixtures
 
 IMAGE_MODULE = "tests/test_image_build.py"
 SERVING_MODULE = "tests/test_local.py"
@@ -39,6 +39,18 @@ def _no_ray_left_in_this_process():
         ray.shutdown()
 
 
+SHARED_CLUSTER_FIXTURE = "ray_hosts_cluster"
+
+
+def pytest_runtest_teardown(item, nextitem):
+    # tests/ray_fixtures.py's shared cluster goes as soon as no further test wants it, so the
+    # image's and the serving cluster's modules have the machine to themselves.
+    if SHARED_CLUSTER_FIXTURE in item.fixturenames and (
+        nextitem is None or SHARED_CLUSTER_FIXTURE not in nextitem.fixturenames
+    ):
+        ray_fixtures.close_shared_cluster()
+
+
 def pytest_collection_finish(session):
     # tests/image_prebuild.py says why a process, and why now
     if any(item.nodeid.startswith(IMAGE_MODULE) for item in session.items):
@@ -49,6 +61,7 @@ _exit_status: list[int] = []
 
 
 def pytest_sessionfinish(session, exitstatus):
+    ray_fixtures.close_shared_cluster()  # a no-op unless a run stopped early (-x, a crash)
     image_prebuild.finish()  # a no-op unless the module's fixture never ran (-x, -k, a crash)
     _exit_status.append(int(exitstatus))
 

@@ -1,8 +1,9 @@
 """A real multi-host Ray cluster for tests: head (0 GPUs) + workers with logical GPUs.
 
 As root the hosts are network namespaces (infra.local.hosts); otherwise loopback addresses.
-Import `ray_hosts_cluster` into a test module to get one cluster for that module; its
-finalizer tears everything down even when the tests fail.
+Import `ray_hosts_cluster` into a test module to get the cluster; the modules that import it
+share one, which conftest.py tears down after the last test that uses it (and at the end of the
+session, whatever failed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 
 import pytest
@@ -143,22 +143,54 @@ def pick_subnet(start: int) -> int:
     raise RuntimeError("no free 10.213.k.0/24 subnet")
 
 
+class _Shared:
+    """The one netns cluster test_node and test_placement share (see ray_hosts_cluster)."""
+
+    tc: TestCluster | None = None
+    name = ""
+    state_dir = ""
+    saved_auth_mode: str | None = None
+
+
+_shared = _Shared()
+
+
+def shared_cluster(tmp_path_factory) -> TestCluster:
+    if _shared.tc is None:
+        # Short unique name: namespaces/links of parallel runs must not clash.
+        _shared.name = f"t{os.getpid() % 100000}sh"
+        subnet_index = pick_subnet(100 + os.getpid() % 150)
+        _shared.state_dir = str(tmp_path_factory.mktemp("hosts"))
+        _shared.saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
+        try:
+            _shared.tc = start_cluster(_shared.name, 2, subnet_index, _shared.state_dir)
+            wait_gpus(_shared.tc.address, 2 * WORKER_GPUS)
+        except BaseException:
+            tc, _shared.tc = _shared.tc, None
+            _stop_shared(tc)
+            raise
+    return _shared.tc
+
+
+def close_shared_cluster() -> None:
+    """Stop the shared cluster (conftest.py calls this after the last test that uses it)."""
+    tc, _shared.tc = _shared.tc, None
+    if tc is not None:
+        _stop_shared(tc)
+
+
+def _stop_shared(tc: TestCluster | None) -> None:
+    stop_cluster(tc, _shared.name, _shared.state_dir)
+    if _shared.saved_auth_mode is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = _shared.saved_auth_mode
+
+
 @pytest.fixture(scope="module")
-def ray_hosts_cluster(request, tmp_path_factory):
-    """Head + 2 workers x 2 logical GPUs (gpu_model:L20), one per test module."""
-    # Short unique name per module: namespaces/links of parallel runs must not clash.
-    cluster = f"t{os.getpid() % 100000}{request.module.__name__[-3:]}".replace("_", "")
-    subnet_index = pick_subnet(100 + (os.getpid() + zlib.crc32(request.module.__name__.encode())) % 150)
-    state_dir = str(tmp_path_factory.mktemp("hosts"))
-    saved = os.environ.get("RAY_AUTH_MODE")
-    tc = None
-    try:
-        tc = start_cluster(cluster, 2, subnet_index, state_dir)
-        wait_gpus(tc.address, 2 * WORKER_GPUS)
-        yield tc
-    finally:
-        stop_cluster(tc, cluster, state_dir)
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
+def ray_hosts_cluster(tmp_path_factory):
+    """Head + 2 workers x 2 logical GPUs (gpu_model:L20). One cluster serves every module that
+    asks (test_node, then test_placement: ~40 s of start-up each); none of their tests changes
+    it (test_node's failing deploy stops at the GPU wait, before Serve; the preflight removes its
+    placement group). conftest.py stops it after the last test that uses it."""
+    return shared_cluster(tmp_path_factory)
