@@ -135,6 +135,16 @@ def test_data_volumes_and_standalone_volume(book):
     assert v.monthly_cost == 200 * rate("ebs.io1.storage") + 1000 * rate("ebs.io1.iops")
 
 
+def test_resources_are_listed_by_name_with_numbers_as_numbers(book):
+    # Pulumi registers resources asynchronously, so a capture's order can change between runs;
+    # the estimate's cannot.
+    names = ["worker-10", "head", "worker-2", "worker-1-alarm", "worker-1"]
+    vols = [res("aws:ebs/volume:Volume", n, size=10, type="gp3") for n in names]
+    est = cost.price_resources(vols, book)
+    assert [r.name for r in est.resources] == ["head", "worker-1", "worker-1-alarm", "worker-2", "worker-10"]
+    assert cost.price_resources(vols[::-1], book).resources == est.resources
+
+
 def test_unset_root_size_is_an_estimate(book):
     r = cost_resources.price_instance(instance("w", "m7i.xlarge", "head", root={}), book)
     storage = r.subresources[0].components[0]
@@ -531,7 +541,8 @@ def test_resources_from_preview(book):
     assert [r["name"] for r in resources] == ["default_7_51_0", "prod-worker-0", "net", "net-ssm"]
     assert resources[1]["parent"] == "cluster" and resources[3]["parent"] == "net"
     est = cost.price_resources(resources, book)
-    worker, ssm = est.resources
+    ssm, worker = est.resources  # by name, whatever the preview's order
+    assert cost.price_resources(resources[::-1], book).resources == est.resources
     assert worker.monthly_cost == Decimal("30.131") * H + 200 * rate("ebs.gp3.storage")
     assert ssm.monthly_cost == rate("vpce.interface.hour") * H
     assert est.detected == 2  # the provider and the component are not cloud resources
@@ -698,7 +709,7 @@ def test_cli_from_preview(tmp_path):
     path = tmp_path / "preview.json"
     path.write_text(json.dumps(PREVIEW))
     doc = cost_json("--stack", "prod", "--from-preview", str(path))
-    worker, ssm = resources_of(doc)
+    ssm, worker = resources_of(doc)  # by name, as Infracost lists them
     assert worker["name"] == "prod-worker-0" and worker["costComponents"][0]["price"] == "30.131"
     assert ssm["name"] == "net-ssm" and ssm["costComponents"][0]["name"] == "Endpoint (ssm) x 1 AZ"
     bad = run_cost("--stack", "prod", "--from-preview", str(tmp_path / "missing.json"))

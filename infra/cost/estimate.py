@@ -32,6 +32,7 @@ A usage-based component with no usage carries a price but no quantity and no cos
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
@@ -119,6 +120,11 @@ def _is_cloud_resource(res: Resource) -> bool:
     return rtype.split(":", 1)[0] in PROVIDER_PACKAGES
 
 
+def _listing_order(r: ResourceCost) -> tuple:
+    parts = re.split(r"(\d+)", r.name)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts), r.resource_type, r.urn
+
+
 def price_resources(
     resources: Iterable[Resource],
     book: PriceBook,
@@ -197,7 +203,10 @@ def price_resources(
         project=project,
         region=book.region,
         price_source=book.label,
-        resources=tuple(priced),
+        # By name, as Infracost lists them (numbers as numbers: worker-2 before worker-10): the
+        # capture's order follows Pulumi's registration, which is asynchronous and can differ
+        # between two runs of the same stack.
+        resources=tuple(sorted(priced, key=_listing_order)),
         detected=len(res_list),
         no_price=tuple(no_price),
         unsupported=tuple(unsupported),
