@@ -15,18 +15,15 @@ SERVING_MODULE = "tests/test_local.py"
 
 def pytest_collection_modifyitems(session, config, items):
     # While the image builds in the background (~8 min from nothing, mostly one core), the suite
-    # runs what does not need it: first the light modules (no `ray` marker: mocks, moto,
+    # runs what it does not wait for: first the light modules (no `ray` marker: mocks, moto,
     # renderers; ~3 min, one core), then the small Ray clusters (test_node, test_placement: Ray
-    # and actors, no engine), then the 3-host serving cluster, and last the image's module. The
-    # build's length varies (its `docker import` and push took 87-176 s and 129-287 s here):
-    # when it outlasted the small clusters, the image module waited up to 151 s with one core
-    # idle, where the serving cluster now shares that core instead. Stable: each module keeps
-    # its tests' order.
+    # and actors, no engine). Then the image's module, and last the 3-host serving cluster, which
+    # wants both cores to itself. Stable: each module keeps its tests' order.
     def rank(item) -> int:
         if item.nodeid.startswith(IMAGE_MODULE):
-            return 3
-        if item.nodeid.startswith(SERVING_MODULE):
             return 2
+        if item.nodeid.startswith(SERVING_MODULE):
+            return 3
         return 1 if item.get_closest_marker("ray") else 0
 
     items.sort(key=rank)
