@@ -15,6 +15,8 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
+from infra.catalog.aws_managed import ssm_agent_actions
+
 from . import _config
 from ._props import as_list, get, is_unknown, plain, tags_of
 
@@ -190,6 +192,13 @@ STAR_RESOURCE_ACTIONS = (
     "servicequotas:ListServiceQuotas",
 )
 
+# The SSM agent's own calls (AmazonSSMManagedInstanceCore minus its parameter reads, from the
+# table in infra/catalog/aws_managed_policies.yaml): AWS grants them on "*" in its own policy, and
+# they act on the calling instance, its messages and the documents it runs. Several accept an
+# instance ARN, but a worker's instance id is unknown when the policy is written (an Auto Scaling
+# group launches it), so they stay on "*"; none of them reads a parameter or decrypts.
+SSM_AGENT_ACTIONS = ssm_agent_actions()
+
 ADMIN_POLICY_SUFFIXES = (":policy/AdministratorAccess", ":policy/PowerUserAccess", ":policy/IAMFullAccess")
 
 
@@ -201,7 +210,9 @@ def _statements(document: Any) -> list[Any]:
 
 
 def _needs_star_resource(action: str) -> bool:
-    return any(fnmatch.fnmatchcase(action.lower(), p.lower()) for p in STAR_RESOURCE_ACTIONS)
+    return any(
+        fnmatch.fnmatchcase(action.lower(), p.lower()) for p in (*STAR_RESOURCE_ACTIONS, *SSM_AGENT_ACTIONS)
+    )
 
 
 def iam_document_problems(document: Any) -> list[str]:

@@ -227,6 +227,16 @@ def add(resources, *new):
 # (policy, how to break the good stack, a word the message must contain)
 BREAKERS = [
     (
+        "host-role-secrets-scoped",
+        lambda s: add(s, *host_role("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore")),
+        "ssm:GetParameter, ssm:GetParameters on '*'",
+    ),
+    (
+        "host-role-policies-known",
+        lambda s: add(s, *host_role("arn:aws:iam::aws:policy/AmazonSSMFullAccess")),
+        "AmazonSSMFullAccess",
+    ),
+    (
         "ec2-imdsv2-required",
         lambda s: set_input(s, "worker-0", metadataOptions={"httpTokens": "optional"}),
         "httpTokens",
@@ -615,6 +625,31 @@ def nlb(internal: bool, protocol: str, **listener):
             port=8000,
             protocol=protocol,
             **listener,
+        ),
+    )
+
+
+def host_role(policy_arn: str) -> tuple[dict, dict]:
+    """A role EC2 assumes, with one managed policy attached."""
+    trust = {
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ]
+    }
+    return (
+        res(
+            "aws:iam/role:Role",
+            "nodes",
+            "nodes",
+            name="nodes",
+            assumeRolePolicy=json.dumps(trust),
+            tags=dict(TAGS),
+        ),
+        res(
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+            "nodes-attach",
+            role="nodes",
+            policyArn=policy_arn,
         ),
     )
 

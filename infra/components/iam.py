@@ -1,9 +1,21 @@
 """IAM: the hosts' instance role and profile, least privilege.
 
-SSM core (managed policy: Session Manager + Run Command), ECR pull on this repository only,
-S3 read on the weights prefix only, SSM read on the endpoint token, the Ray cluster token and
-this stack's node scripts (/llmfleet/<stack>/node/*). The only
-`Resource: "*"` is ecr:GetAuthorizationToken, which has no resource-level permissions.
+The role holds three policies, all customer managed and all read by the policy pack:
+- `ssm-agent`: what the SSM agent needs for Run Command (the rollout associations,
+  infra/components/node_config.py, and the readiness check, infra/deploy.py), State Manager and
+  Session Manager (`aws ssm start-session`, the port forwards): AWS's AmazonSSMManagedInstanceCore
+  (its statements in infra/catalog/aws_managed_policies.yaml, with source and version) minus
+  exactly `ssm:GetParameter` and `ssm:GetParameters`, which it grants on "*": attached as is, it let
+  every host read every parameter of the account, a dev spot worker prod's tokens included.
+- `node-policy`: ECR pull on this repository only, S3 read on the weights prefix only, SSM read
+  on the endpoint token, the Ray cluster token and this stack's node scripts
+  (/llmfleet/<stack>/node/*), and kms:Decrypt on the stack's own SecretsKey, only through SSM and
+  only for this stack's parameters (/llmfleet/<stack>/*).
+- the observability policy (infra/components/observability.py): AMP remote write, its log groups.
+
+`Resource: "*"` is left only where AWS's own policy has it for the SSM agent (calls about the
+instance itself, its messages and the documents it runs: no parameter, no secret) and for
+ecr:GetAuthorizationToken, which has no resource-level permissions.
 """
 
 from __future__ import annotations
@@ -16,8 +28,8 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.boot.node_apply import node_parameter_prefix
+from infra.catalog.aws_managed import ssm_agent_statements
 
-SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 ECR_PULL_ACTIONS = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
 
 
@@ -30,6 +42,84 @@ def assume_role_policy() -> str:
             ],
         }
     )
+
+
+# Sids of the SSM-agent statements, by the service of their actions.
+_SSM_AGENT_SIDS = {
+    "ssm": "SsmAgentWithoutParameterReads",
+    "ssmmessages": "SessionManagerChannels",
+    "ec2messages": "RunCommandMessages",
+}
+
+
+def ssm_agent_policy_document() -> dict[str, Any]:
+    """AmazonSSMManagedInstanceCore without ssm:GetParameter/GetParameters (pure).
+
+    What still works: the agent registers the instance (UpdateInstanceInformation), receives and
+    answers Run Command and State Manager work (ec2messages:*, List/DescribeAssociation,
+    GetDocument/DescribeDocument, Update(Instance)AssociationStatus), reports inventory, compliance
+    and patch/package results, and opens Session Manager sessions and port forwards
+    (ssmmessages:*). What was dropped: reading Parameter Store from the instance through this
+    policy; the hosts read their own parameters through the node policy, nothing else. A document
+    that reads a parameter outside /llmfleet/<stack>/ on the instance (e.g. a CloudWatch agent
+    config in Parameter Store) now fails; llmfleet runs none.
+    """
+    statements = []
+    for stmt in ssm_agent_statements():
+        service = stmt["Action"][0].split(":", 1)[0]
+        statements.append({"Sid": _SSM_AGENT_SIDS.get(service, f"SsmAgent{service.title()}"), **stmt})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _arn_parts(arn: str) -> tuple[str, str] | None:
+    """(partition, region) of an ARN, or None when it is not one."""
+    parts = arn.split(":")
+    return (parts[1], parts[3]) if len(parts) > 5 and parts[0] == "arn" else None
+
+
+def ssm_service_principal(parameter_arn: str) -> str | None:
+    """ssm.<region>.amazonaws.com (.com.cn in China): the kms:ViaService of a parameter's decrypt."""
+    parts = _arn_parts(parameter_arn)
+    if parts is None or not parts[1]:
+        return None
+    suffix = "amazonaws.com.cn" if parts[0] == "aws-cn" else "amazonaws.com"
+    return f"ssm.{parts[1]}.{suffix}"
+
+
+def stack_parameters_arn(token_parameter_arn: str) -> str | None:
+    """arn:...:parameter/llmfleet/<stack>/* beside the endpoint token's ARN, or None when that ARN
+    is not /llmfleet/<stack>/..."""
+    head, sep, path = token_parameter_arn.partition(":parameter/llmfleet/")
+    stack = path.split("/", 1)[0]
+    if not sep or not stack:
+        return None
+    return f"{head}:parameter/llmfleet/{stack}/*"
+
+
+def decrypt_statement(
+    secrets_key_arn: str, token_parameter_arn: str, ray_token_parameter_arn: str
+) -> dict[str, Any]:
+    """kms:Decrypt on the stack's key, only as SSM asks for it, only for this stack's parameters.
+
+    SSM decrypts a SecureString with the encryption context {"PARAMETER_ARN": <the parameter's
+    ARN>} and calls KMS on the caller's behalf (kms:ViaService), so the grant cannot be used on
+    the key directly nor for a parameter outside /llmfleet/<stack>/. Source:
+    https://docs.aws.amazon.com/systems-manager/latest/userguide/secure-string-parameter-kms-encryption.html
+    """
+    own = stack_parameters_arn(token_parameter_arn)
+    # An ARN not under /llmfleet/<stack>/ (never from this program): the two tokens, exactly.
+    context: str | list[str] = own or [token_parameter_arn, ray_token_parameter_arn]
+    condition: dict[str, Any] = {"StringLike": {"kms:EncryptionContext:PARAMETER_ARN": context}}
+    via = ssm_service_principal(token_parameter_arn)
+    if via:
+        condition["StringEquals"] = {"kms:ViaService": via}
+    return {
+        "Sid": "DecryptStackSecureStrings",
+        "Effect": "Allow",
+        "Action": ["kms:Decrypt"],
+        "Resource": secrets_key_arn,
+        "Condition": condition,
+    }
 
 
 def node_scripts_arn(token_parameter_arn: str) -> str | None:
@@ -48,6 +138,8 @@ def node_policy_document(
     ray_token_parameter_arn: str,
     weights_bucket: str | None,
     weights_prefix: str,
+    *,
+    secrets_key_arn: str,
 ) -> dict[str, Any]:
     """The hosts' inline permissions (pure, so tests read the exact statements)."""
     stmts: list[dict[str, Any]] = [
@@ -65,6 +157,7 @@ def node_policy_document(
             "Action": ["ssm:GetParameter"],
             "Resource": ray_token_parameter_arn,
         },
+        decrypt_statement(secrets_key_arn, token_parameter_arn, ray_token_parameter_arn),
     ]
     node_scripts = node_scripts_arn(token_parameter_arn)
     if node_scripts:
@@ -103,6 +196,7 @@ class IamArgs:
     repository_arn: pulumi.Input[str]
     token_parameter_arn: pulumi.Input[str]
     ray_token_parameter_arn: pulumi.Input[str]
+    secrets_key_arn: pulumi.Input[str]
     weights_bucket: pulumi.Input[str] | None
     weights_prefix: str
     tags: dict[str, str] = field(default_factory=dict)
@@ -119,12 +213,28 @@ class NodeIam(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
+        # AmazonSSMManagedInstanceCore, scoped: the managed policy reads every parameter of the account.
+        self.ssm_agent_policy = aws.iam.Policy(
+            f"{name}-ssm-agent-policy",
+            description=f"{args.name}: SSM agent (Run Command, State Manager, Session Manager), no parameter reads",
+            policy=json.dumps(ssm_agent_policy_document()),
+            tags=args.tags,
+            opts=child,
+        )
         aws.iam.RolePolicyAttachment(
-            f"{name}-ssm-core", role=self.role.name, policy_arn=SSM_CORE_POLICY, opts=child
+            f"{name}-ssm-agent-attach", role=self.role.name, policy_arn=self.ssm_agent_policy.arn, opts=child
         )
         document = pulumi.Output.all(
-            args.repository_arn, args.token_parameter_arn, args.ray_token_parameter_arn, args.weights_bucket
-        ).apply(lambda a: json.dumps(node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix)))
+            args.repository_arn,
+            args.token_parameter_arn,
+            args.ray_token_parameter_arn,
+            args.weights_bucket,
+            args.secrets_key_arn,
+        ).apply(
+            lambda a: json.dumps(
+                node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix, secrets_key_arn=a[4])
+            )
+        )
         self.policy = aws.iam.Policy(
             f"{name}-node-policy",
             description=f"{args.name}: ECR pull, weights read, endpoint token read",  # editing it replaces the policy

@@ -84,6 +84,7 @@ FREE_TYPE_PREFIXES = (
     "aws:lb/targetGroup",
     "aws:lb/listener",
     "aws:ssm/association:",  # State Manager associations cost nothing by themselves
+    "aws:kms/alias:",  # https://aws.amazon.com/kms/pricing/ bills keys and requests; an alias is neither
     "aws:ecr/lifecyclePolicy:",
     "aws:ecr/repositoryPolicy:",
     "aws:s3/bucketPublicAccessBlock",

@@ -82,7 +82,7 @@ def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]):
 def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     from infra.components.iam import IamArgs, NodeIam
     from infra.components.observability import Observability, ObservabilityArgs
-    from infra.components.secret_token import endpoint_token, ray_cluster_token
+    from infra.components.secret_token import SecretsKey, SecretsKeyArgs, endpoint_token, ray_cluster_token
     from infra.components.weights import Weights, WeightsArgs
 
     tags = cfg.common_tags
@@ -94,8 +94,9 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
         )
     except ValueError as e:
         raise pulumi.RunError(str(e)) from None
-    token = endpoint_token(cfg.stack, tags)
-    ray_token = ray_cluster_token(cfg.stack, tags)
+    secrets_key = SecretsKey("secrets", SecretsKeyArgs(stack=cfg.stack, tags=tags))
+    token = endpoint_token(cfg.stack, tags, secrets_key.key.key_id)
+    ray_token = ray_cluster_token(cfg.stack, tags, secrets_key.key.key_id)
     iam = NodeIam(
         "iam",
         IamArgs(
@@ -103,6 +104,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
             repository_arn=registry.repository.arn,
             token_parameter_arn=token.parameter.arn,
             ray_token_parameter_arn=ray_token.parameter.arn,
+            secrets_key_arn=secrets_key.key.arn,
             weights_bucket=weights.bucket_name,
             weights_prefix=weights.prefix,
             tags=tags,

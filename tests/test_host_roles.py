@@ -1,0 +1,217 @@
+"""The host-role policies on the real prod capture: what a host can read beyond its stack.
+
+The shipped capture passes; each test breaks it the way a review would worry about (an
+AWS-managed attachment, a document on "*", another stack's prefix, another key) and reads the
+violation the pack reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from infra.catalog.aws_managed import ManagedPolicyError, aws_managed_policies, load_from
+from infra.program.offline import capture
+from policy import policies as pack
+from policy.host_roles import HOST_ROLE_POLICIES, own_parameter, secret_read_problems
+from policy.runner import run_policies
+
+SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+KEY = "arn:aws:kms:us-east-1:123456789012:key/own"
+
+
+@pytest.fixture(scope="module")
+def prod():
+    return capture("prod")
+
+
+def check(cap, resources=None):
+    report = run_policies(
+        cap.resources if resources is None else resources, {}, HOST_ROLE_POLICIES, stack=cap.config
+    )
+    return [(v.policy, v.resource, v.enforcement, v.message) for v in report.violations]
+
+
+def _set(resources, name, **props):
+    r = next(r for r in resources if r["name"] == name)
+    for k, v in props.items():
+        r["inputs"][k] = v
+        r["outputs"][k] = v
+
+
+def attach(cap, name, policy_arn):
+    """The capture plus one more RolePolicyAttachment on the node role."""
+    resources = copy.deepcopy(cap.resources)
+    att = copy.deepcopy(next(r for r in resources if r["name"] == "iam-node-policy-attach"))
+    att.update(name=name, urn=att["urn"].replace("iam-node-policy-attach", name), id=name)
+    for k in ("inputs", "outputs"):
+        att[k]["policyArn"] = policy_arn
+    att["outputs"]["id"] = name
+    return resources + [att]
+
+
+def node_policy(cap, *statements):
+    resources = copy.deepcopy(cap.resources)
+    doc = json.loads(next(r for r in resources if r["name"] == "iam-node-policy")["inputs"]["policy"])
+    doc["Statement"] += list(statements)
+    _set(resources, "iam-node-policy", policy=json.dumps(doc))
+    return resources
+
+
+def test_registered_and_mandatory():
+    for p in HOST_ROLE_POLICIES:
+        assert pack.by_name()[p.name] is p and p.enforcement_level.value == "mandatory"
+
+
+def test_shipped_prod_passes(prod):
+    assert check(prod) == []
+
+
+def test_ssm_core_attached_as_is_fails(prod):
+    [(policy, resource, level, message)] = check(prod, attach(prod, "ssm-core", SSM_CORE))
+    assert (policy, resource, level) == ("host-role-secrets-scoped", "ssm-core", "mandatory")
+    assert message == (
+        "host role iam-role: AWS-managed AmazonSSMManagedInstanceCore (v2): Statement[0] grants "
+        "ssm:GetParameter, ssm:GetParameters on '*'; allowed: parameters under /llmfleet/prod/"
+    )
+
+
+def test_everything_policies_read_and_decrypt(prod):
+    found = check(prod, attach(prod, "admin", "arn:aws:iam::aws:policy/AdministratorAccess"))
+    assert [m for *_, m in found] == [
+        "host role iam-role: AWS-managed AdministratorAccess (any): Statement[0] grants ssm:GetParameter, "
+        "ssm:GetParameters, ssm:GetParametersByPath, ssm:GetParameterHistory on '*'; allowed: parameters "
+        "under /llmfleet/prod/",
+        "host role iam-role: AWS-managed AdministratorAccess (any): Statement[0] grants kms:Decrypt on '*'; "
+        "allowed: the stack's own KMS keys",
+    ]
+
+
+def test_tabled_policies_without_secret_reads_pass(prod):
+    for name in (
+        "AmazonEC2ContainerRegistryReadOnly",
+        "AmazonPrometheusRemoteWriteAccess",
+        "AmazonS3ReadOnlyAccess",
+    ):
+        assert check(prod, attach(prod, "extra", f"arn:aws:iam::aws:policy/{name}")) == [], name
+    # the CloudWatch agent's policy reads AmazonCloudWatch-* parameters: outside the prefix
+    [(_, _, _, message)] = check(
+        prod, attach(prod, "cw", "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy")
+    )
+    assert "'arn:aws:ssm:*:*:parameter/AmazonCloudWatch-*'" in message
+
+
+def test_node_document_on_star_or_another_stack_fails(prod):
+    for stmt, word in (
+        ({"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"}, "ssm:GetParameter on '*'"),
+        ({"Effect": "Allow", "Action": "ssm:Get*", "Resource": "*"}, "ssm:GetParametersByPath"),
+        # the issue's case, from the other side: prod's hosts read dev's tokens
+        (
+            {
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameters"],
+                "Resource": "arn:aws:ssm:us-east-1:123456789012:parameter/llmfleet/dev/*",
+            },
+            "parameter/llmfleet/dev/*",
+        ),
+        ({"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}, "kms:Decrypt on '*'"),
+        (
+            {
+                "Effect": "Allow",
+                "Action": "kms:*",
+                "Resource": "arn:aws:kms:us-east-1:123456789012:key/aws-ssm",
+            },
+            "kms:Decrypt on 'arn:aws:kms:us-east-1:123456789012:key/aws-ssm'",
+        ),
+        ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}, "ssm:GetParameter"),
+    ):
+        found = check(prod, node_policy(prod, stmt))
+        assert found, stmt
+        assert {(p, r) for p, r, _, _ in found} == {("host-role-secrets-scoped", "iam-node-policy")}
+        assert any(
+            word in m and "host role iam-role: policy iam-node-policy: Statement[" in m for *_, m in found
+        )
+
+
+def test_unknown_attached_policies_fail_the_known_check(prod):
+    found = check(prod, attach(prod, "full", "arn:aws:iam::aws:policy/AmazonSSMFullAccess"))
+    assert [(p, r, lvl) for p, r, lvl, _ in found] == [("host-role-policies-known", "full", "mandatory")]
+    assert "missing from infra/catalog/aws_managed_policies.yaml" in found[0][3]
+    # a path (service-role/...) is part of an AWS-managed ARN too
+    found = check(prod, attach(prod, "p", "arn:aws:iam::aws:policy/service-role/AmazonEC2RoleforSSM"))
+    assert [r for _, r, _, _ in found] == ["p"]
+    found = check(prod, attach(prod, "other", "arn:aws:iam::123456789012:policy/made-elsewhere"))
+    assert [(p, r) for p, r, _, _ in found] == [("host-role-policies-known", "other")]
+    assert "customer-managed policy from outside this stack" in found[0][3]
+
+
+def test_documents_unknown_during_preview_are_left_for_up(prod):
+    resources = copy.deepcopy(prod.resources)
+    _set(resources, "iam-node-policy", policy="[unknown]")
+    assert check(prod, resources) == []
+
+
+def test_only_host_roles_are_checked(prod):
+    # a role only Lambda assumes is not a host role; give it to an instance profile and it is
+    resources = node_policy(prod, {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"})
+    lam = json.dumps({"Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}}]})
+    _set(resources, "iam-role", assumeRolePolicy=lam)
+    assert [r for _, r, _, _ in check(prod, resources)] == ["iam-node-policy"]  # the profile carries it
+    resources = [r for r in resources if r["type"] != "aws:iam/instanceProfile:InstanceProfile"]
+    assert check(prod, resources) == []
+
+
+def test_parameter_prefix_is_the_stack_and_nothing_more():
+    assert own_parameter("arn:aws:ssm:us-east-1:1:parameter/llmfleet/prod/endpoint-token", "prod")
+    assert own_parameter("arn:aws:ssm:us-east-1:1:parameter/llmfleet/prod/*", "prod")
+    assert not own_parameter("arn:aws:ssm:us-east-1:1:parameter/llmfleet/prod-eu/x", "prod")
+    assert not own_parameter("arn:aws:ssm:us-east-1:1:parameter/llmfleet/prod*", "prod")
+    assert not own_parameter("arn:aws:ssm:us-east-1:1:parameter/llmfleet/*", "prod")
+    assert not own_parameter("*", "prod")
+    good = {
+        "Statement": [
+            {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": KEY},
+            {"Effect": "Deny", "Action": "*", "Resource": "*"},
+            {
+                "Effect": "Allow",
+                "Action": "ssm:GetParameter",
+                "Resource": "arn:aws:ssm:r:1:parameter/llmfleet/prod/a",
+            },
+        ]
+    }
+    assert secret_read_problems(good, "prod", {KEY}) == []
+    assert secret_read_problems(good, "prod", set()) == [
+        f"Statement[0] grants kms:Decrypt on '{KEY}'; allowed: the stack's own KMS keys"
+    ]
+    assert secret_read_problems(
+        {"Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "NotResource": "x"}]}, "prod", set()
+    ) == [
+        "Statement[0] grants ssm:GetParameter on NotResource (every other resource); allowed: parameters under /llmfleet/prod/"
+    ]
+
+
+def test_table_rows_carry_source_and_version(tmp_path: Path):
+    table = aws_managed_policies()
+    for name in (
+        "AmazonSSMManagedInstanceCore",
+        "AmazonEC2ContainerRegistryReadOnly",
+        "CloudWatchAgentServerPolicy",
+        "AmazonPrometheusRemoteWriteAccess",
+        "AmazonS3ReadOnlyAccess",
+        "ReadOnlyAccess",
+        "AdministratorAccess",
+        "PowerUserAccess",
+    ):
+        row = table[name]
+        assert row.source.endswith(f"/{name}.html") and row.version
+    assert all(table[n].everything for n in ("ReadOnlyAccess", "AdministratorAccess", "PowerUserAccess"))
+    bad = tmp_path / "t.yaml"
+    bad.write_text(
+        "- {name: X, source: 'https://docs.aws.amazon.com/x', version: any, verified: false, document: {Statement: [{Effect: Allow, Action: '*', Resource: '*'}]}}\n"
+    )
+    with pytest.raises(ManagedPolicyError) as err:
+        load_from(bad)
+    assert str(err.value) == "t.yaml row 0 (X): version 'any' is allowed only with everything: true"
