@@ -36,8 +36,7 @@ class ManagedPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=r"^[\w+=,.@-]+$")
     source: str = Field(pattern=r"^https://docs\.aws\.amazon\.com/")
-    version: str = Field(pattern=r"^(v[1-9][0-9]*|any)$")
-    verified: bool
+    version: str = Field(pattern=r"^v[1-9][0-9]*$")
     everything: bool = False
     document: dict[str, Any] | None = None
 
@@ -45,8 +44,6 @@ class ManagedPolicy(BaseModel):
     def _one_of(self) -> ManagedPolicy:
         if self.everything == (self.document is not None):
             raise ValueError("set exactly one of everything: true and document")
-        if self.version == "any" and not self.everything:
-            raise ValueError("version 'any' is allowed only with everything: true")
         if self.document is not None:
             stmts = self.document.get("Statement")
             if not isinstance(stmts, list) or not stmts:

@@ -86,14 +86,18 @@ def ssm_service_principal(parameter_arn: str) -> str | None:
     return f"ssm.{parts[1]}.{suffix}"
 
 
+def _stack_of(token_parameter_arn: str) -> tuple[str, str] | None:
+    """(arn:...:ssm:<region>:<account>, <stack>) of a parameter ARN under /llmfleet/<stack>/."""
+    head, sep, path = token_parameter_arn.partition(":parameter/llmfleet/")
+    stack = path.split("/", 1)[0]
+    return (head, stack) if sep and stack else None
+
+
 def stack_parameters_arn(token_parameter_arn: str) -> str | None:
     """arn:...:parameter/llmfleet/<stack>/* beside the endpoint token's ARN, or None when that ARN
     is not /llmfleet/<stack>/..."""
-    head, sep, path = token_parameter_arn.partition(":parameter/llmfleet/")
-    stack = path.split("/", 1)[0]
-    if not sep or not stack:
-        return None
-    return f"{head}:parameter/llmfleet/{stack}/*"
+    found = _stack_of(token_parameter_arn)
+    return f"{found[0]}:parameter/llmfleet/{found[1]}/*" if found else None
 
 
 def decrypt_statement(
@@ -125,11 +129,8 @@ def decrypt_statement(
 def node_scripts_arn(token_parameter_arn: str) -> str | None:
     """arn:...:parameter/llmfleet/<stack>/node/* beside the endpoint token's ARN (same account,
     region and stack), or None when that ARN is not /llmfleet/<stack>/..."""
-    head, sep, path = token_parameter_arn.partition(":parameter/llmfleet/")
-    stack = path.split("/", 1)[0]
-    if not sep or not stack:
-        return None
-    return f"{head}:parameter{node_parameter_prefix(stack)}*"
+    found = _stack_of(token_parameter_arn)
+    return f"{found[0]}:parameter{node_parameter_prefix(found[1])}*" if found else None
 
 
 def node_policy_document(
