@@ -221,6 +221,7 @@ def test_secure_strings_use_the_stack_key(prod):
     [alias] = c.of_type("aws:kms/alias:Alias")
     assert alias["inputs"]["name"] == "alias/llmfleet/prod"
     assert alias["inputs"]["targetKeyId"] == key["outputs"]["keyId"]
+    assert alias["outputs"]["arn"] == "arn:aws:kms:us-east-1:123456789012:alias/llmfleet/prod"
     secure = [p for p in c.of_type("aws:ssm/parameter:Parameter") if p["inputs"]["type"] == "SecureString"]
     assert sorted(p["name"] for p in secure) == ["ray-token-parameter", "token-parameter"]
     for p in secure:

@@ -115,6 +115,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif t == "aws:kms/key:Key":
             kid = f"{_h(name, n=8)}-{_h(name, 1, n=4)}-{_h(name, 2, n=4)}-{_h(name, 3, n=4)}-{_h(name, 4, n=12)}"
             out.update(keyId=kid, arn=f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{kid}")
+        elif t == "aws:kms/alias:Alias":
+            alias = inputs.get("name", f"alias/{name}")  # as AWS writes it: arn:...:alias/<path>
+            out.update(name=alias, arn=f"arn:aws:kms:{self.region}:{ACCOUNT}:{alias}")
         elif t == "aws:amp/workspace:Workspace":
             ws = rid
             out.update(
