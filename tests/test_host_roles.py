@@ -239,3 +239,30 @@ def test_table_is_what_aws_publishes():
             continue
         assert (name, row.version) == (name, theirs["DefaultVersionId"])
         assert row.document == theirs["Document"], name
+
+
+def test_every_way_a_role_holds_a_policy_is_read():
+    """Inline policies, RolePolicy, PolicyAttachment (roles list) and managedPolicyArns: each
+    carries a parameter read on "*" to the role, and each is reported."""
+    from tests.test_policies import host_role, res
+
+    star = json.dumps({"Statement": [{"Effect": "Allow", "Action": "ssm:GetParameters", "Resource": "*"}]})
+    role, _ = host_role(SSM_CORE)
+    role["inputs"]["inlinePolicies"] = role["outputs"]["inlinePolicies"] = [{"name": "inl", "policy": star}]
+    role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = [SSM_CORE]
+    resources = [
+        role,
+        res("aws:iam/rolePolicy:RolePolicy", "rp", role="nodes", policy=star),
+        res("aws:iam/policyAttachment:PolicyAttachment", "pa", roles=["other", "nodes"], policyArn=SSM_CORE),
+        # another role's attachment is not this role's
+        res(
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "not-ours", role="other", policyArn=SSM_CORE
+        ),
+    ]
+    found = run_policies(resources, {}, HOST_ROLE_POLICIES).violations
+    assert sorted((v.resource, v.message.split(": ")[1]) for v in found) == [
+        ("nodes", "AWS-managed AmazonSSMManagedInstanceCore (v2)"),
+        ("nodes", "inline policy inl"),
+        ("pa", "AWS-managed AmazonSSMManagedInstanceCore (v2)"),
+        ("rp", "role policy rp"),
+    ]
