@@ -414,7 +414,7 @@ def render_user_data(spec: NodeSpec) -> str:
     if not spec.ray_token_parameter:
         raise ValueError("every host needs ray_token_parameter (the Ray cluster token's SSM name)")
     m = spec.metrics
-    parts = [_header(spec), _checks(spec), metrics.docker_logging(m, spec.region, spec.role) if m else ""]
+    parts = [_header(spec), _checks(spec), metrics.docker_daemon(m, spec.region, spec.role)]
     if spec.role == "worker":
         parts.append(_nvme(spec))
     parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec)]

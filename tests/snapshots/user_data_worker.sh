@@ -24,6 +24,40 @@ GPUS_SEEN=$(nvidia-smi -L | grep -c '^GPU ' || true)
 [[ "${GPUS_SEEN}" -ge 8 ]] || die "expected 8 GPUs, nvidia-smi sees ${GPUS_SEEN}"
 log "docker + nvidia runtime ok, ${GPUS_SEEN} GPUs"
 
+# Docker: live-restore.
+# dockerd is restarted only when daemon.json changes in a way a reload cannot apply; a rollout
+# that finds it unchanged leaves dockerd alone.
+DOCKER_ACTION=$(python3 -c 'import json, os, sys
+p, want, reloadable = sys.argv[1], json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
+old = json.load(open(p)) if os.path.exists(p) else {}
+new = {**old, **want}
+if new == old:
+    print("unchanged")
+    sys.exit(0)
+changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+with open(p + ".new", "w") as f:
+    json.dump(new, f, indent=2)
+os.replace(p + ".new", p)
+print("reload" if changed <= reloadable else "restart")
+' /etc/docker/daemon.json \
+  '{"live-restore": true}' '["debug", "labels", "live-restore", "max-concurrent-downloads", "max-concurrent-uploads", "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins", "insecure-registries", "registry-mirrors", "shutdown-timeout", "features"]') || die "cannot update /etc/docker/daemon.json"
+case "${DOCKER_ACTION}" in
+  unchanged) log "docker daemon config unchanged: dockerd left running" ;;
+  reload) systemctl reload docker; log "docker daemon config reloaded (live-restore)" ;;
+  restart)
+    # The reload first: live-restore must be on in the running daemon before it stops (a
+    # SIGHUP is applied asynchronously, so wait until the daemon reports it).
+    systemctl reload docker
+    for _ in $(seq 30); do
+      [[ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" == true ]] && break
+      sleep 1
+    done
+    systemctl restart docker
+    log "dockerd restarted (live-restore kept the containers running)" ;;
+  *) die "unexpected docker config action ${DOCKER_ACTION}" ;;
+esac
+docker info >/dev/null 2>&1 || die "docker is not running after its config update"
+
 # 2a. Instance-store NVMe -> /opt/llmfleet/models (RAID0 over all of them when more than one).
 WEIGHTS_MNT=/opt/llmfleet/models
 if ! mountpoint -q "${WEIGHTS_MNT}"; then
