@@ -204,7 +204,9 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     token = os.environ.get(a.token_env) if a.token_env else None
     if a.token_env and not token:
         raise NodeError(f"--token-env {a.token_env}: variable is not set")
-    _apply(a, token, preflight_first=True)
+    from ray_cluster.watch import preflight_needed
+
+    _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard)))
     if a.watch:
         from ray_cluster.watch import watch
 
