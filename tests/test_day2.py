@@ -264,6 +264,7 @@ ROW_CASES = {
     "Serve config": ("prod", (), ("llmfleet:maxModelLen=4096",)),
     "`replicas`": ("dev", (), ("llmfleet:replicas=1",)),
     "`model`": ("prod", ("llmfleet:workerCount=3",), ("llmfleet:model=deepseek-r1-distill-llama-70b",)),
+    "`weightsUri`": ("prod", (), ("llmfleet:weightsUri=s3://corp-models/deepseek-r1-v2/",)),
     # a new build argument is a new image digest, as any edit under ray_cluster/ or images/ is
     # (test_node_code_change_rolls_the_image_in_place makes that edit on a copy of the tree)
     "node image digest": ("prod", (), ("llmfleet:baseImage=vllm/vllm-openai:v0.30.0",)),

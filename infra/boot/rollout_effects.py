@@ -65,4 +65,9 @@ def rollout_touches(before: str, after: str, role: str) -> set[str]:
     if before == after:
         return set()
     a, b = steps(before), steps(after)
-    return {_touch(k, role) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    out = {_touch(k, role) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    if role == "worker" and WEIGHTS in out:
+        # A worker that re-stages restarts its node container (WEIGHTS_RESTAGED in the node
+        # script): Ray reads the weights fingerprint label only at `ray start`.
+        out.add(NODE_CONTAINER)
+    return out

@@ -102,6 +102,17 @@ CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
         "weights download and load; no new instances",
     ),
     (
+        "`weightsUri` (the same model)",
+        "in place: the ready marker holds the checkpoint's URI and manifest hash, so each worker clears its "
+        "model directory, stages the new checkpoint and restarts its node container (to advertise the new "
+        "weights fingerprint), one worker at a time; the head re-stages the tokenizer and refuses to deploy "
+        "while the workers hold different checkpoints",
+        "head: weights; workers: node container, weights",
+        "serving stops from the first worker's restart until every worker holds the new checkpoint and the "
+        "watcher re-deploys (the deploy is gated; Serve's own restart of a lost replica is not); the head "
+        "container and the Ray cluster keep running",
+    ),
+    (
         "node image digest (any change under `ray_cluster/`, `images/`)",
         "in place: the rollout (one host at a time) restarts the node container and the boot log shipper "
         "(it runs the node image) with the new image; the weights stay on NVMe; the head's deploy watcher "

@@ -53,10 +53,29 @@ case "${DOCKER_ACTION}" in
 esac
 docker info >/dev/null 2>&1 || die "docker is not running after its config update"
 
-# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress.
+# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress,
+#    again whenever the checkpoint's identity (URI, manifest) differs from the one staged.
 mkdir -p /opt/llmfleet/models/deepseek-r1
-aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
-log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
+IDENT_DIR=$(mktemp -d)
+if aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" 2>/dev/null; then
+  WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${IDENT_DIR}/manifest.json" | cut -d' ' -f1)"
+else
+  aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
+    --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/listing.json" \
+    || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
+  WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/listing.json" | cut -d' ' -f1)"
+fi
+WEIGHTS_ID=$(printf 'uri=%s\n%s' s3://llmfleet-prod-weights/deepseek-r1/ "${WEIGHTS_SUM}")
+MARKER=/opt/llmfleet/models/deepseek-r1/.llmfleet-ready
+if [[ "$(cat "${MARKER}" 2>/dev/null)" != "${WEIGHTS_ID}" ]]; then
+  MODEL_REAL=$(realpath -m /opt/llmfleet/models/deepseek-r1); WEIGHTS_REAL=$(realpath -m /opt/llmfleet/models)
+  [[ "${MODEL_REAL}" == "${WEIGHTS_REAL}"/?* ]] || die "refusing to clear ${MODEL_REAL}: not under ${WEIGHTS_REAL}"
+  find "${MODEL_REAL}" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
+  log "cleared ${MODEL_REAL} (it held another checkpoint)"
+  aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
+  printf '%s\n' "${WEIGHTS_ID}" > "${MARKER}"
+  log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
+fi
 
 # 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
 #    container gets with --env-file. The Ray token (the same on every host) is defense in depth
@@ -96,6 +115,7 @@ LLMFLEET_EOF
 #    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-head.run 2>/dev/null)" == 5d1e0159e0f7030e ]] \
+    && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-head 2>/dev/null)" == true ]]; then
   log "container llmfleet-head already runs this image and arguments: left running"
 else

@@ -77,14 +77,37 @@ if ! mountpoint -q "${WEIGHTS_MNT}"; then
   log "mounted ${DEV} (${#NVME_DEVS[@]} NVMe disks) at ${WEIGHTS_MNT}"
 fi
 
-# 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps).
+# 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps). The ready
+#     marker holds the checkpoint's identity (URI + manifest/listing hash): the same identity
+#     skips the download; another one (a new weightsUri, a re-uploaded checkpoint) re-stages,
+#     after clearing the directory when it held a known other checkpoint (stale shards of it
+#     would be loaded too). A marker from before identities (empty) syncs in place: only what
+#     differs is downloaded, `--delete` drops what the source no longer has.
 aws configure set default.s3.max_concurrent_requests 64
 aws configure set default.s3.multipart_chunksize 64MB
 aws configure set default.s3.max_queue_size 10000
 mkdir -p /opt/llmfleet/models/deepseek-r1
-if [[ ! -f /opt/llmfleet/models/deepseek-r1/.llmfleet-ready ]]; then
+IDENT_DIR=$(mktemp -d)
+if aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" 2>/dev/null; then
+  WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${IDENT_DIR}/manifest.json" | cut -d' ' -f1)"
+else
+  aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
+    --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/listing.json" \
+    || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
+  WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/listing.json" | cut -d' ' -f1)"
+fi
+WEIGHTS_ID=$(printf 'uri=%s\n%s' s3://llmfleet-prod-weights/deepseek-r1/ "${WEIGHTS_SUM}")
+MARKER=/opt/llmfleet/models/deepseek-r1/.llmfleet-ready
+if [[ "$(cat "${MARKER}" 2>/dev/null)" != "${WEIGHTS_ID}" ]]; then
+  if [[ -s "${MARKER}" ]]; then
+    MODEL_REAL=$(realpath -m /opt/llmfleet/models/deepseek-r1); WEIGHTS_REAL=$(realpath -m /opt/llmfleet/models)
+    [[ "${MODEL_REAL}" == "${WEIGHTS_REAL}"/?* ]] || die "refusing to clear ${MODEL_REAL}: not under ${WEIGHTS_REAL}"
+    find "${MODEL_REAL}" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
+    log "cleared ${MODEL_REAL} (it held another checkpoint)"
+  fi
+  rm -f "${MARKER}"  # interrupted from here on, the next apply stages again
   START=$(date +%s)
-  aws s3 sync --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
+  aws s3 sync --delete --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
   log "downloaded $(du -sh /opt/llmfleet/models/deepseek-r1 | cut -f1) in $(( $(date +%s) - START )) s"
 
   # 2c. Verify against manifest.json (sizes, sha256 when listed), else against the S3 listing.
@@ -126,13 +149,12 @@ PYEOF
   if [[ -f /opt/llmfleet/models/deepseek-r1/manifest.json ]]; then
     python3 "${VERIFY_PY}" /opt/llmfleet/models/deepseek-r1 /opt/llmfleet/models/deepseek-r1/manifest.json || die "weights do not match manifest.json"
   else
-    LISTING=$(mktemp)
-    aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
-      --query 'Contents[].{Key: Key, Size: Size}' --output json > "${LISTING}"
-    python3 "${VERIFY_PY}" /opt/llmfleet/models/deepseek-r1 "${LISTING}" deepseek-r1/ \
+    python3 "${VERIFY_PY}" /opt/llmfleet/models/deepseek-r1 "${IDENT_DIR}/listing.json" deepseek-r1/ \
       || die "weights do not match the S3 listing"
   fi
-  touch /opt/llmfleet/models/deepseek-r1/.llmfleet-ready
+  printf '%s\n' "${WEIGHTS_ID}" > "${MARKER}"
+  # The node container restarts below: Ray reads the new fingerprint only at `ray start`.
+  WEIGHTS_RESTAGED=1
 fi
 log "weights ready at /opt/llmfleet/models/deepseek-r1"
 
@@ -163,6 +185,7 @@ umask 022
 #    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-worker.run 2>/dev/null)" == 7a20b068b4aa8f2f ]] \
+    && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-worker 2>/dev/null)" == true ]]; then
   log "container llmfleet-worker already runs this image and arguments: left running"
 else
