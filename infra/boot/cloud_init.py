@@ -4,8 +4,9 @@ Boot order (DESIGN.md, production bootstrap):
   1. Docker (and, on GPU workers, the NVIDIA runtime and the GPU count) are checked.
   2. Workers assemble the instance-store NVMe disks (RAID0 when there are several) at the
      weights path and stage the checkpoint from S3 in parallel, verify it against
-     manifest.json (else against the S3 listing) and touch a ready marker. The head stages
-     only the small files (config, tokenizer) that the OpenAI ingress reads.
+     manifest.json (else against the S3 listing) and write a ready marker holding the
+     checkpoint's identity (URI + manifest/listing hash): another identity re-stages. The head
+     stages only the small files (config, tokenizer) that the OpenAI ingress reads.
   3. Every host reads the Ray cluster token (and the head also the endpoint token) from SSM
      at boot into a root-only env file the container gets with --env-file; nothing secret is
      in the user data itself, only parameter names.
