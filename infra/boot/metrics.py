@@ -146,15 +146,17 @@ def docker_daemon(m: HostMetrics | None, region: str, role: str) -> str:
 # Docker: live-restore{logs}.
 # dockerd is restarted only when daemon.json changes in a way a reload cannot apply; a rollout
 # that finds it unchanged leaves dockerd alone.
+# SIGHUP through the unit's ExecReload (Docker's own docker.service has one), else directly.
+reload_dockerd() {{ systemctl reload docker 2>/dev/null || kill -s HUP "$(pidof dockerd)"; }}
 DOCKER_ACTION=$(python3 -c {shlex.quote(_DAEMON_MERGE_PY)} {DAEMON_JSON} \\
   {want_arg} {shlex.quote(json.dumps(list(RELOADABLE_DAEMON_KEYS)))}) || die "cannot update {DAEMON_JSON}"
 case "${{DOCKER_ACTION}}" in
   unchanged) log "docker daemon config unchanged: dockerd left running" ;;
-  reload) systemctl reload docker; log "docker daemon config reloaded (live-restore)" ;;
+  reload) reload_dockerd; log "docker daemon config reloaded (live-restore)" ;;
   restart)
     # The reload first: live-restore must be on in the running daemon before it stops (a
     # SIGHUP is applied asynchronously, so wait until the daemon reports it).
-    systemctl reload docker
+    reload_dockerd
     for _ in $(seq 30); do
       [[ "$(docker info --format '{{{{.LiveRestoreEnabled}}}}' 2>/dev/null)" == true ]] && break
       sleep 1

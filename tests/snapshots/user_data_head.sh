@@ -22,6 +22,8 @@ docker info >/dev/null 2>&1 || die "docker is not running"
 # Docker: live-restore.
 # dockerd is restarted only when daemon.json changes in a way a reload cannot apply; a rollout
 # that finds it unchanged leaves dockerd alone.
+# SIGHUP through the unit's ExecReload (Docker's own docker.service has one), else directly.
+reload_dockerd() { systemctl reload docker 2>/dev/null || kill -s HUP "$(pidof dockerd)"; }
 DOCKER_ACTION=$(python3 -c 'import json, os, sys
 p, want, reloadable = sys.argv[1], json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
 old = json.load(open(p)) if os.path.exists(p) else {}
@@ -38,11 +40,11 @@ print("reload" if changed <= reloadable else "restart")
   '{"live-restore": true}' '["debug", "labels", "live-restore", "max-concurrent-downloads", "max-concurrent-uploads", "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins", "insecure-registries", "registry-mirrors", "shutdown-timeout", "features"]') || die "cannot update /etc/docker/daemon.json"
 case "${DOCKER_ACTION}" in
   unchanged) log "docker daemon config unchanged: dockerd left running" ;;
-  reload) systemctl reload docker; log "docker daemon config reloaded (live-restore)" ;;
+  reload) reload_dockerd; log "docker daemon config reloaded (live-restore)" ;;
   restart)
     # The reload first: live-restore must be on in the running daemon before it stops (a
     # SIGHUP is applied asynchronously, so wait until the daemon reports it).
-    systemctl reload docker
+    reload_dockerd
     for _ in $(seq 30); do
       [[ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" == true ]] && break
       sleep 1
