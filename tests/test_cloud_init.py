@@ -195,8 +195,16 @@ case "$1 $2" in
   "configure set") ;;
   "s3 cp")
     if [[ "$*" == *--recursive* ]]; then cp "$FAKE_S3"/*.json "${@: -1}"
-    elif [[ -f "$FAKE_S3/manifest.json" ]]; then cp "$FAKE_S3/manifest.json" "${@: -1}"
-    else exit 1; fi ;;
+    else cp "$FAKE_S3/manifest.json" "${@: -1}"; fi ;;
+  "s3api list-objects-v2")
+    python3 - "$FAKE_S3" "$6" <<'EOF'
+import hashlib, json, os, sys
+root, prefix = sys.argv[1], sys.argv[2]
+print(json.dumps([{"Key": prefix + n, "Size": os.path.getsize(os.path.join(root, n)),
+                   "ETag": hashlib.md5(open(os.path.join(root, n), "rb").read()).hexdigest()}
+                  for n in sorted(os.listdir(root))], indent=4))
+EOF
+    ;;
   "s3 sync") cp -r "$FAKE_S3"/. "${@: -1}" ;;
   *) echo "unexpected: $*" >&2; exit 1 ;;
 esac
@@ -323,3 +331,29 @@ def test_model_path_must_be_under_the_weights_path():
     for bad in ("/opt/llmfleet/models", "/opt/llmfleet/models/../etc", "/etc/deepseek-r1"):
         with pytest.raises(ValueError, match="model_path .*: allowed a normalized path under weights_path"):
             render_user_data(dataclasses.replace(WORKER, model_path=bad))
+
+
+def test_without_a_manifest_the_identity_is_the_listings_and_a_failed_manifest_get_stops(tmp_path):
+    import dataclasses
+
+    from ray_cluster.contract import READY_MARKER
+
+    models, bucket = tmp_path / "models", tmp_path / "s3"
+    _bucket(bucket, b"A" * 64)
+    (bucket / "manifest.json").unlink()
+    spec = dataclasses.replace(
+        WORKER, weights_path=str(models), model_path=str(models / "deepseek-r1"), metrics=None
+    )
+    rc, out, _ = _stage(tmp_path, spec, bucket)
+    assert rc == 0 and "restaged=1" in out, out
+    assert (models / "deepseek-r1" / READY_MARKER).read_text().splitlines()[1].startswith("listing sha256:")
+    # the listing names a manifest the GET cannot read: stop, never fall back to another identity
+    _bucket(bucket, b"A" * 64)
+    (tmp_path / "bin" / "aws").write_text(
+        FAKE_S3_AWS.replace('else cp "$FAKE_S3/manifest.json" "${@: -1}"', "else exit 1")
+    )
+    script = (tmp_path / "stage.sh").read_text()
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+           "FAKE_S3": str(bucket)}  # fmt: skip
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode != 0 and "FAILED: cannot read" in proc.stdout, proc.stdout + proc.stderr

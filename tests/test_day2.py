@@ -350,3 +350,18 @@ def test_the_classifier_sees_every_step_of_the_rendered_scripts():
             "daemon.json"} <= set(worker)  # fmt: skip
     assert all(head.values()) and all(worker.values())
     assert "live-restore" in worker["daemon.json"] and "s3://" in worker["weights"]
+
+
+def test_packed_node_scripts_fit_an_advanced_ssm_parameter():
+    """An Advanced-tier String parameter holds at most 8 KiB: the node scripts grow with every
+    step a rollout can keep or redo, and a script over the limit fails `pulumi up`."""
+    for stack in ("prod", "dev"):
+        c = cap(stack)
+        for role in ("head", "worker"):
+            [param] = [
+                p
+                for p in c.of_type("aws:ssm/parameter:Parameter")
+                if p["inputs"]["name"] == node_parameter_name(stack, role)
+            ]
+            assert param["inputs"]["tier"] == "Advanced"
+            assert len(param["inputs"]["insecureValue"].encode()) <= 8192, (stack, role)

@@ -221,22 +221,32 @@ print(f"verified {len(expect)} files")
 """
 
 
+_HAS_KEY_PY = (
+    "import json, sys; pages = json.load(open(sys.argv[1])) or []; "
+    'sys.exit(0 if any(o["Key"] == sys.argv[2] for p in pages for o in (p if isinstance(p, list) else [p])) else 1)'
+)
+
+
 def _weights_identity(spec: NodeSpec) -> str:
     """Bash that sets WEIGHTS_ID: the checkpoint's URI and the sha256 of its manifest.json, else
     of its S3 listing (keys, sizes, ETags). Head and workers compute the same text, which the
-    ready marker holds and whose fingerprint each worker advertises (ray_cluster.contract)."""
-    src = shlex.quote(spec.weights_s3_uri)
+    ready marker holds and whose fingerprint each worker advertises (ray_cluster.contract).
+    Whether there is a manifest is read from the listing, so a failed GET of it stops the
+    script rather than silently giving this host a listing-based identity the others lack.
+    The listing's file name has no `.json`: the verify step reads a `.json` as a manifest."""
     bucket, _, prefix = spec.weights_s3_uri[len("s3://") :].partition("/")
     return f"""IDENT_DIR=$(mktemp -d)
-if aws s3 cp --only-show-errors {shlex.quote(spec.weights_s3_uri + "manifest.json")} "${{IDENT_DIR}}/manifest.json" 2>/dev/null; then
+aws s3api list-objects-v2 --bucket {shlex.quote(bucket)} --prefix {shlex.quote(prefix)} \\
+  --query 'Contents[].{{Key: Key, Size: Size, ETag: ETag}}' --output json > "${{IDENT_DIR}}/s3-listing" \\
+  || die "cannot list {spec.weights_s3_uri}"
+if python3 -c {shlex.quote(_HAS_KEY_PY)} "${{IDENT_DIR}}/s3-listing" {shlex.quote(prefix + "manifest.json")}; then
+  aws s3 cp --only-show-errors {shlex.quote(spec.weights_s3_uri + "manifest.json")} "${{IDENT_DIR}}/manifest.json" \\
+    || die "cannot read {spec.weights_s3_uri}manifest.json"
   WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${{IDENT_DIR}}/manifest.json" | cut -d' ' -f1)"
 else
-  aws s3api list-objects-v2 --bucket {shlex.quote(bucket)} --prefix {shlex.quote(prefix)} \\
-    --query 'Contents[].{{Key: Key, Size: Size, ETag: ETag}}' --output json > "${{IDENT_DIR}}/listing.json" \\
-    || die "cannot list {spec.weights_s3_uri}"
-  WEIGHTS_SUM="listing sha256:$(sha256sum "${{IDENT_DIR}}/listing.json" | cut -d' ' -f1)"
+  WEIGHTS_SUM="listing sha256:$(sha256sum "${{IDENT_DIR}}/s3-listing" | cut -d' ' -f1)"
 fi
-WEIGHTS_ID=$(printf 'uri=%s\\n%s' {src} "${{WEIGHTS_SUM}}")
+WEIGHTS_ID=$(printf 'uri=%s\\n%s' {shlex.quote(spec.weights_s3_uri)} "${{WEIGHTS_SUM}}")
 MARKER={shlex.quote(f"{spec.model_path}/{READY_MARKER}")}"""
 
 
@@ -299,7 +309,7 @@ if [[ "$(cat "${{MARKER}}" 2>/dev/null)" != "${{WEIGHTS_ID}}" ]]; then
   if [[ -f {mp}/manifest.json ]]; then
     python3 "${{VERIFY_PY}}" {mp} {mp}/manifest.json || die "weights do not match manifest.json"
   else
-    python3 "${{VERIFY_PY}}" {mp} "${{IDENT_DIR}}/listing.json" {shlex.quote(prefix)} \\
+    python3 "${{VERIFY_PY}}" {mp} "${{IDENT_DIR}}/s3-listing" {shlex.quote(prefix)} \\
       || die "weights do not match the S3 listing"
   fi
   printf '%s\\n' "${{WEIGHTS_ID}}" > "${{MARKER}}"

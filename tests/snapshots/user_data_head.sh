@@ -59,13 +59,15 @@ docker info >/dev/null 2>&1 || die "docker is not running after its config updat
 #    again whenever the checkpoint's identity (URI, manifest) differs from the one staged.
 mkdir -p /opt/llmfleet/models/deepseek-r1
 IDENT_DIR=$(mktemp -d)
-if aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" 2>/dev/null; then
+aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
+  --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/s3-listing" \
+  || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
+if python3 -c 'import json, sys; pages = json.load(open(sys.argv[1])) or []; sys.exit(0 if any(o["Key"] == sys.argv[2] for p in pages for o in (p if isinstance(p, list) else [p])) else 1)' "${IDENT_DIR}/s3-listing" deepseek-r1/manifest.json; then
+  aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" \
+    || die "cannot read s3://llmfleet-prod-weights/deepseek-r1/manifest.json"
   WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${IDENT_DIR}/manifest.json" | cut -d' ' -f1)"
 else
-  aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
-    --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/listing.json" \
-    || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
-  WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/listing.json" | cut -d' ' -f1)"
+  WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/s3-listing" | cut -d' ' -f1)"
 fi
 WEIGHTS_ID=$(printf 'uri=%s\n%s' s3://llmfleet-prod-weights/deepseek-r1/ "${WEIGHTS_SUM}")
 MARKER=/opt/llmfleet/models/deepseek-r1/.llmfleet-ready
