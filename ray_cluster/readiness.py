@@ -94,9 +94,12 @@ def mixed_weights(nodes: list[dict], head_weights: str | None) -> str | None:
     the workers' most common one is the reference; with none anywhere (the local cluster, owned
     hosts) there is nothing to compare."""
     workers = sorted(
-        (n.get("NodeManagerAddress", ""), (n.get("Labels") or {}).get(contract.WEIGHTS_LABEL) or None)
-        for n in nodes
-        if n.get("Alive") and contract.HEAD_RESOURCE not in (n.get("Resources") or {})
+        (
+            (n.get("NodeManagerAddress", ""), (n.get("Labels") or {}).get(contract.WEIGHTS_LABEL) or None)
+            for n in nodes
+            if n.get("Alive") and contract.HEAD_RESOURCE not in (n.get("Resources") or {})
+        ),
+        key=lambda w: w[0],
     )
     seen = [w for _, w in workers if w]
     if not head_weights and not seen:
