@@ -8,6 +8,7 @@ runs in the image and on the operator's machine alike.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 GCS_PORT = 6379
@@ -23,6 +24,12 @@ HOST_ENV_FILE = "/run/llmfleet/node.env"
 # The head host directory holding the Serve config its deploy unit applies (mounted read-only).
 HOST_CONFIG_DIR = "/etc/llmfleet"
 MODEL_PATH_ENV = "LLMFLEET_MODEL_PATH"  # where the checkpoint sits inside the node container
+# The ready marker in the model directory: the identity of the checkpoint staged there (its
+# weights URI and the sha256 of its manifest.json, else of its S3 listing), written by the node
+# script once the files are verified. Each worker advertises its fingerprint as a Ray node label;
+# the head's deploy refuses a cluster whose workers hold different checkpoints.
+READY_MARKER = ".llmfleet-ready"
+WEIGHTS_LABEL = "llmfleet-weights"
 NODE_MODULE = "ray_cluster.node"
 # The image's ENTRYPOINT, spelled out (vLLM images have python3, no `python`).
 IMAGE_ENTRYPOINT = ("python3", "-m", NODE_MODULE)
@@ -40,6 +47,25 @@ CPU_WORKER_RESOURCE = "llmfleet_cpu_worker"
 # Ray's head-node resource: pins the OpenAI ingress to the head, where the env file with the
 # token is mounted and the load balancer sends traffic.
 HEAD_RESOURCE = "node:__internal_head__"
+
+
+def weights_fingerprint(marker_text: str) -> str:
+    """A short, label-safe fingerprint of a ready marker's content (Ray label values: <= 63
+    alphanumerics, `-_.` inside)."""
+    return hashlib.sha256(marker_text.encode()).hexdigest()[:16]
+
+
+def read_weights_fingerprint(model_path: str | None) -> str | None:
+    """The fingerprint of the checkpoint staged at `model_path`, or None when no marker is there
+    (the local cluster, owned hosts, a host still staging)."""
+    if not model_path:
+        return None
+    try:
+        with open(f"{model_path}/{READY_MARKER}") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return weights_fingerprint(text) if text.strip() else None
 
 
 class ContractError(ValueError):

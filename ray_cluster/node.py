@@ -30,6 +30,7 @@ from ray_cluster.driver import NodeError, auth_env, connect, split_address, wait
 from ray_cluster.placement import PreflightError
 from ray_cluster.ray_start import head_start_command, shell_command, worker_start_command
 from ray_cluster.readiness import (
+    mixed_weights,
     ray_cluster_state,
     wait_for_completion,
     wait_for_gpus,
@@ -116,6 +117,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
     host, port = split_address(a.address)
     wait_for_tcp(host, port, a.wait)
     choice = _nic_choice(a.ip, a.ifname, towards=host)
+    # The checkpoint this host staged (its ready marker), for the head's deploy to compare.
+    weights = contract.read_weights_fingerprint(os.environ.get(contract.MODEL_PATH_ENV))
     argv = worker_start_command(
         f"{host}:{port}",
         choice.ip,
@@ -129,6 +132,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
         temp_dir=a.temp_dir,
         extra=a.ray_arg,
         ray_bin=_ray_bin(),
+        labels={contract.WEIGHTS_LABEL: weights} if weights else None,
     )
     return _run_ray(argv, nic.node_env(choice), a.block, retries=a.retries)
 
@@ -158,6 +162,13 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
     connect(a.address)
     try:
         wait_for_gpus(ray_cluster_state, need, a.timeout, a.gpu_model, expect, device=a.device)
+        # Every worker must hold the checkpoint the head staged the tokenizer of: a rollout to
+        # a new weightsUri re-stages one worker at a time, and a mixed set would serve garbage.
+        mixed = mixed_weights(
+            ray.nodes(), contract.read_weights_fingerprint(os.environ.get(contract.MODEL_PATH_ENV))
+        )
+        if mixed:
+            raise NodeError(f"refusing to deploy: {mixed}")
         # Stage lines on stderr: `llmfleet local up` shows them as progress, logs keep them.
         unit = "GPUs" if a.device == "gpu" else "CPU engine slots"
         print(f"gpus ready: {need} {unit}", file=sys.stderr, flush=True)
@@ -204,7 +215,9 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     token = os.environ.get(a.token_env) if a.token_env else None
     if a.token_env and not token:
         raise NodeError(f"--token-env {a.token_env}: variable is not set")
-    _apply(a, token, preflight_first=True)
+    from ray_cluster.watch import preflight_needed
+
+    _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard)))
     if a.watch:
         from ray_cluster.watch import watch
 

@@ -77,11 +77,13 @@ def worker_start_command(
     ray_bin: str = "ray",
     device: str = "gpu",
     cpu_slots: int = 0,
+    labels: dict[str, str] | None = None,
 ) -> list[str]:
     """argv of `ray start --address=HEAD:6379` for a worker.
 
     GPU: num_gpus GPUs and `gpu_model:<X>` = num_gpus. CPU: 0 GPUs and the CPU-worker resource
-    = cpu_slots (engine ranks this host takes); the contract's bundles ask for exactly these."""
+    = cpu_slots (engine ranks this host takes); the contract's bundles ask for exactly these.
+    `labels`: Ray node labels (`--labels k=v,...`), e.g. the staged weights' fingerprint."""
     if num_gpus < 0:
         raise NodeError(f"num_gpus {num_gpus} must be >= 0")
     if device == "cpu" and (num_gpus or cpu_slots < 1):
@@ -91,6 +93,8 @@ def worker_start_command(
     resources = contract.worker_resources(device, gpu_model, slots)
     if resources:
         argv.append("--resources=" + json.dumps(resources, separators=(",", ":")))
+    if labels:
+        argv.append("--labels=" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
     return argv + _common_args(ip, num_cpus, object_store_memory, temp_dir, block, extra)
 
 

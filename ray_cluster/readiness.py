@@ -87,6 +87,34 @@ def wait_for_gpus(
         sleep(interval)
 
 
+def mixed_weights(nodes: list[dict], head_weights: str | None) -> str | None:
+    """None when every alive worker in `nodes` (the shape `ray.nodes()` returns) advertises the
+    weights fingerprint the head holds (ray_cluster.contract.WEIGHTS_LABEL); else one line
+    naming the first odd worker by IP and both fingerprints. Without a fingerprint on the head,
+    the workers' most common one is the reference; with none anywhere (the local cluster, owned
+    hosts) there is nothing to compare."""
+    workers = sorted(
+        (
+            (n.get("NodeManagerAddress", ""), (n.get("Labels") or {}).get(contract.WEIGHTS_LABEL) or None)
+            for n in nodes
+            if n.get("Alive") and contract.HEAD_RESOURCE not in (n.get("Resources") or {})
+        ),
+        key=lambda w: w[0],
+    )
+    seen = [w for _, w in workers if w]
+    if not head_weights and not seen:
+        return None
+    want = head_weights or max(sorted(set(seen)), key=seen.count)
+    where = "the head's" if head_weights else "most workers'"
+    for ip, got in workers:
+        if got != want:
+            return (
+                f"worker {ip} holds weights {got or 'none (no ready marker)'}, {where} are {want}: "
+                "a mixed set of checkpoints (a rollout re-stages one worker at a time; the deploy retries)"
+            )
+    return None
+
+
 def ray_cluster_state() -> list[NodeState]:
     """Nodes of the connected cluster (needs ray.init)."""
     import ray

@@ -27,6 +27,14 @@ def file_digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def preflight_needed(apps: dict[str, str]) -> bool:
+    """Whether a starting deploy runs the gang/all-reduce preflight: only when no Serve app is
+    deployed yet. A watcher restarted by a rollout (a new deploy command, e.g. `--replicas`) or
+    by systemd finds the engine holding the GPUs, so the gang could never be reserved again;
+    the first deploy proved the fabric. {} also means the dashboard is not up: preflight."""
+    return not apps
+
+
 def reapply_reason(before: WatchView, now: WatchView) -> str | None:
     """Why the app must be applied again, or None. A worker that is gone is not a reason yet
     (nothing can be placed without it); its return, under a new node id, is."""

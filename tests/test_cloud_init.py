@@ -185,3 +185,175 @@ def test_a_rollout_keeps_the_container_only_when_its_run_line_is_unchanged():
     assert run_digest(WORKER) != run_digest(other_model)
     assert run_digest(WORKER) != run_digest(dataclasses.replace(WORKER, image_ref=IMAGE[:-2] + "cd"))
     assert "LLMFLEET_APPLY_MODE:-boot" in render_user_data(WORKER)  # a boot always restarts it
+
+
+# ------------------------------------------------------------------ the weights marker, run
+FAKE_S3_AWS = """#!/bin/bash
+# fake aws CLI over a directory standing for the bucket prefix ($FAKE_S3); logs every call
+echo "aws $*" >> "$CALLS"
+case "$1 $2" in
+  "configure set") ;;
+  "s3 cp")
+    if [[ "$*" == *--recursive* ]]; then cp "$FAKE_S3"/*.json "${@: -1}"
+    else cp "$FAKE_S3/manifest.json" "${@: -1}"; fi ;;
+  "s3api list-objects-v2")
+    python3 - "$FAKE_S3" "$6" <<'EOF'
+import hashlib, json, os, sys
+root, prefix = sys.argv[1], sys.argv[2]
+print(json.dumps([{"Key": prefix + n, "Size": os.path.getsize(os.path.join(root, n)),
+                   "ETag": hashlib.md5(open(os.path.join(root, n), "rb").read()).hexdigest()}
+                  for n in sorted(os.listdir(root))], indent=4))
+EOF
+    ;;
+  "s3 sync") cp -r "$FAKE_S3"/. "${@: -1}" ;;
+  *) echo "unexpected: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def _bucket(root, shard: bytes):
+    import hashlib
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model-00001.safetensors").write_bytes(shard)
+    (root / "config.json").write_text("{}")
+    files = [
+        {"path": p.name, "size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        for p in sorted(root.iterdir())
+        if p.name != "manifest.json"
+    ]
+    (root / "manifest.json").write_text(json.dumps({"files": files}))
+
+
+def _stage(tmp_path, spec: NodeSpec, bucket) -> tuple[int, str, list[str]]:
+    """Runs the rendered staging step of `spec` with the fake aws; returns (rc, output, aws calls)."""
+    ud = render_user_data(spec)
+    start = ud.index("# 2b. Stage" if spec.role == "worker" else "# 2. The head")
+    end = ud.index("\nfi\n", ud.index("WEIGHTS_ID=", start)) + 4
+    end = ud.index("\n", ud.index('log "weights ready', start)) + 1 if spec.role == "worker" else end
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    aws = tmp_path / "bin" / "aws"
+    aws.write_text(FAKE_S3_AWS)
+    aws.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    script = tmp_path / "stage.sh"
+    script.write_text(
+        'set -euo pipefail\nlog() { echo "$*"; }\ndie() { echo "FAILED: $*"; exit 1; }\n'
+        + ud[start:end]
+        + 'echo "restaged=${WEIGHTS_RESTAGED:-}"\n'
+    )
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "CALLS": str(calls),
+           "FAKE_S3": str(bucket)}  # fmt: skip
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    return proc.returncode, proc.stdout + proc.stderr, calls.read_text().splitlines()
+
+
+def test_the_ready_marker_holds_the_weights_identity_and_a_new_one_restages(tmp_path):
+    import dataclasses
+
+    from ray_cluster.contract import READY_MARKER, read_weights_fingerprint
+
+    models = tmp_path / "models"
+    model = models / "deepseek-r1"
+    spec = dataclasses.replace(WORKER, weights_path=str(models), model_path=str(model), metrics=None)
+    a, b = tmp_path / "s3a", tmp_path / "s3b"
+    _bucket(a, b"A" * 64)
+    _bucket(b, b"B" * 32)
+    # a fresh host stages, verifies and writes URI + manifest hash
+    rc, out, calls = _stage(tmp_path, spec, a)
+    assert rc == 0 and "restaged=1" in out, out
+    marker = (model / READY_MARKER).read_text()
+    assert marker.startswith(f"uri={spec.weights_s3_uri}\nmanifest.json sha256:") and marker.endswith("\n")
+    assert any(c.startswith("aws s3 sync --delete") for c in calls)
+    fingerprint = read_weights_fingerprint(str(model))
+    # the next rollout: the same identity downloads nothing and leaves the container alone
+    rc, out, calls = _stage(tmp_path, spec, a)
+    assert rc == 0 and "restaged=\n" in out and not any("sync" in c for c in calls), out
+    # another weightsUri for the same model: the old shards go, the new checkpoint is staged
+    (model / "stale-00009.safetensors").write_bytes(b"old")
+    moved = dataclasses.replace(spec, weights_s3_uri="s3://other-bucket/deepseek-r1-v2/")
+    rc, out, _ = _stage(tmp_path, moved, b)
+    assert rc == 0 and "restaged=1" in out and "cleared" in out, out
+    assert not (model / "stale-00009.safetensors").exists()
+    assert (model / "model-00001.safetensors").read_bytes() == b"B" * 32
+    assert read_weights_fingerprint(str(model)) not in (None, fingerprint)
+    # the same URI with a re-uploaded checkpoint (another manifest) re-stages too
+    _bucket(b, b"C" * 32)
+    rc, out, _ = _stage(tmp_path, moved, b)
+    assert rc == 0 and "restaged=1" in out and (model / "model-00001.safetensors").read_bytes() == b"C" * 32
+    # the head computes the same identity: its marker, hence its fingerprint, is the workers'
+    head_dir = tmp_path / "head"
+    head = dataclasses.replace(
+        HEAD, weights_path=str(head_dir), model_path=str(head_dir / "deepseek-r1"), metrics=None,
+        weights_s3_uri=moved.weights_s3_uri,
+    )  # fmt: skip
+    rc, out, _ = _stage(tmp_path, head, b)
+    assert rc == 0, out
+    assert read_weights_fingerprint(head.model_path) == read_weights_fingerprint(str(model))
+
+
+def test_a_marker_from_before_identities_syncs_in_place_and_clearing_stays_under_the_weights_path(tmp_path):
+    import dataclasses
+
+    from ray_cluster.contract import READY_MARKER
+
+    models, bucket = tmp_path / "models", tmp_path / "s3"
+    _bucket(bucket, b"A" * 64)
+    model = models / "deepseek-r1"
+    model.mkdir(parents=True)
+    (model / "model-00001.safetensors").write_bytes(b"A" * 64)
+    (model / READY_MARKER).write_text("")  # `touch`ed by the previous node script
+    spec = dataclasses.replace(WORKER, weights_path=str(models), model_path=str(model), metrics=None)
+    rc, out, _ = _stage(tmp_path, spec, bucket)
+    assert rc == 0 and "cleared" not in out and "restaged=1" in out, out
+    assert (model / READY_MARKER).read_text().startswith("uri=")
+    # a model directory that is a symlink out of the weights path is never emptied
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    (model / READY_MARKER).write_text("uri=s3://elsewhere/\nmanifest.json sha256:0\n")
+    link_models = tmp_path / "m2"
+    link_models.mkdir()
+    (link_models / "deepseek-r1").symlink_to(outside)
+    (outside / READY_MARKER).write_text("uri=s3://elsewhere/\nmanifest.json sha256:0\n")
+    linked = dataclasses.replace(
+        spec, weights_path=str(link_models), model_path=str(link_models / "deepseek-r1")
+    )
+    rc, out, _ = _stage(tmp_path, linked, bucket)
+    assert rc != 0 and "refusing to clear" in out and (outside / "keep").exists(), out
+
+
+def test_model_path_must_be_under_the_weights_path():
+    import dataclasses
+
+    for bad in ("/opt/llmfleet/models", "/opt/llmfleet/models/../etc", "/etc/deepseek-r1"):
+        with pytest.raises(ValueError, match="model_path .*: allowed a normalized path under weights_path"):
+            render_user_data(dataclasses.replace(WORKER, model_path=bad))
+
+
+def test_without_a_manifest_the_identity_is_the_listings_and_a_failed_manifest_get_stops(tmp_path):
+    import dataclasses
+
+    from ray_cluster.contract import READY_MARKER
+
+    models, bucket = tmp_path / "models", tmp_path / "s3"
+    _bucket(bucket, b"A" * 64)
+    (bucket / "manifest.json").unlink()
+    spec = dataclasses.replace(
+        WORKER, weights_path=str(models), model_path=str(models / "deepseek-r1"), metrics=None
+    )
+    rc, out, _ = _stage(tmp_path, spec, bucket)
+    assert rc == 0 and "restaged=1" in out, out
+    assert (models / "deepseek-r1" / READY_MARKER).read_text().splitlines()[1].startswith("listing sha256:")
+    # the listing names a manifest the GET cannot read: stop, never fall back to another identity
+    _bucket(bucket, b"A" * 64)
+    (tmp_path / "bin" / "aws").write_text(
+        FAKE_S3_AWS.replace('else cp "$FAKE_S3/manifest.json" "${@: -1}"', "else exit 1")
+    )
+    script = (tmp_path / "stage.sh").read_text()
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+           "FAKE_S3": str(bucket)}  # fmt: skip
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode != 0 and "FAILED: cannot read" in proc.stdout, proc.stdout + proc.stderr

@@ -16,6 +16,7 @@ from functools import cache
 import pytest
 
 from infra.boot.node_apply import node_parameter_name
+from infra.boot.rollout_effects import NODE_CONTAINER, TOUCHES, rollout_touches, steps
 from infra.components.host_updates import (
     CHANGE_EFFECTS,
     GROUP_REPLACE_FIELDS,
@@ -126,7 +127,7 @@ def test_max_model_len_changes_the_serve_config_in_place():
 
 def test_replicas_at_the_same_worker_count_redeploys_in_place():
     before, after = cap("dev"), cap("dev", "llmfleet:replicas=1")
-    _assert_effect(before, after, _row("Serve config"), script_changes={"head"})
+    _assert_effect(before, after, _row("`replicas`"), script_changes={"head"})
     assert "--replicas 1" in node_script(after, "head")
 
 
@@ -252,4 +253,115 @@ def test_spot_workers_are_one_time_and_the_group_replaces_them():
 @pytest.mark.parametrize("row", CHANGE_EFFECTS, ids=[r[0][:30] for r in CHANGE_EFFECTS])
 def test_readme_table_is_change_effects(row):
     readme = (REPO_ROOT / "README.md").read_text()
-    assert f"| {row[0]} | {row[1]} | {row[2]} |" in readme
+    assert "| " + " | ".join(row) + " |" in readme
+
+
+# ------------------------------------------------------------------ the README's table, checked
+README_HEADER = "| change | what happens | a rollout touches | downtime |"
+CERT = "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+# One representative change per README row (by the row's first words): stack, base, change.
+ROW_CASES = {
+    "Serve config": ("prod", (), ("llmfleet:maxModelLen=4096",)),
+    "`replicas`": ("dev", (), ("llmfleet:replicas=1",)),
+    "`model`": ("prod", ("llmfleet:workerCount=3",), ("llmfleet:model=deepseek-r1-distill-llama-70b",)),
+    "`weightsUri`": ("prod", (), ("llmfleet:weightsUri=s3://corp-models/deepseek-r1-v2/",)),
+    # a new build argument is a new image digest, as any edit under ray_cluster/ or images/ is
+    # (test_node_code_change_rolls_the_image_in_place makes that edit on a copy of the tree)
+    "node image digest": ("prod", (), ("llmfleet:baseImage=vllm/vllm-openai:v0.30.0",)),
+    "`gpuInstanceType`": ("prod", ("llmfleet:workerCount=3",), ("llmfleet:gpuInstanceType=p5.48xlarge",)),
+    "`endpointCertificateArn`": ("prod", (), (f"llmfleet:endpointCertificateArn={CERT}",)),
+    "`alarmTopicArn`": (
+        "prod",
+        (),
+        ("llmfleet:alarmTopicArn=arn:aws:sns:us-east-1:123456789012:llmfleet-alarms",),
+    ),
+}
+
+
+def readme_rows() -> list[list[str]]:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index(README_HEADER)
+    lines = text[start:].split("\n\n", 1)[0].splitlines()[2:]  # after the header and |---|
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in lines]
+    assert rows and all(len(r) == 4 for r in rows), lines
+    return rows
+
+
+def parse_touches(cell: str) -> dict[str, str | set[str]]:
+    """'head: serve.yaml, deploy watcher; workers: nothing' -> {'head': {...}, 'worker': set()};
+    'replaced' for a host the change replaces."""
+    out: dict[str, str | set[str]] = {}
+    for part in cell.split("; "):
+        who, _, what = part.partition(": ")
+        role = {"head": "head", "workers": "worker"}[who]
+        if what in ("replaced", "nothing"):
+            out[role] = "replaced" if what == "replaced" else set()
+            continue
+        items = set(what.split(", "))
+        assert items <= set(TOUCHES), f"{cell!r}: allowed {TOUCHES}, nothing, replaced"
+        out[role] = items
+    assert set(out) == {"head", "worker"}, cell
+    return out
+
+
+def observed_touches(before, after) -> dict[str, str | set[str]]:
+    """What the program says happens: a replaced host, else what the rollout of its node
+    script touches (the steps whose identity differs)."""
+    out: dict[str, str | set[str]] = {}
+    views = [worker_replace_view(before, b) != worker_replace_view(after, a)
+             for b, a in zip(groups(before), groups(after), strict=True)]  # fmt: skip
+    assert all(views) or not any(views), "some workers replaced, some not"
+    head_replaced = replace_view(hosts(before, "head")[0]) != replace_view(hosts(after, "head")[0])
+    for role, replaced in (("head", head_replaced), ("worker", all(views))):
+        out[role] = (
+            "replaced"
+            if replaced
+            else rollout_touches(node_script(before, role), node_script(after, role), role)
+        )
+    return out
+
+
+def test_every_readme_row_has_a_case_and_every_case_a_row():
+    rows = [r[0] for r in readme_rows()]
+    assert [next(k for k in ROW_CASES if r.startswith(k)) for r in rows] == list(ROW_CASES)
+
+
+@pytest.mark.parametrize("row", readme_rows(), ids=lambda r: r[0][:30])
+def test_readme_row_states_what_the_rollout_does(row):
+    change, happens, touches, _downtime = row
+    [key] = [k for k in ROW_CASES if change.startswith(k)]
+    stack, base, overrides = ROW_CASES[key]
+    before, after = cap(stack, *base), cap(stack, *base, *overrides)
+    observed = observed_touches(before, after)
+    assert parse_touches(touches) == observed, change
+    assert happens.startswith("replaced") == ("replaced" in observed.values()), change
+    for role, what in observed.items():  # the prose names the node container when it restarts
+        if what != "replaced" and NODE_CONTAINER in what:
+            assert "restarts" in happens and "node container" in happens, (change, role)
+
+
+def test_the_classifier_sees_every_step_of_the_rendered_scripts():
+    """A rendering change must not make the table's check blind: every step it compares is found."""
+    c = cap("prod")
+    head, worker = steps(node_script(c, "head")), steps(node_script(c, "worker"))
+    assert {"container llmfleet-head", "container llmfleet-bootlog", "container llmfleet-prometheus",
+            "unit deploy", "unit metrics-sd", "serve.yaml", "daemon.json"} <= set(head)  # fmt: skip
+    assert {"container llmfleet-worker", "container llmfleet-bootlog", "container llmfleet-dcgm",
+            "daemon.json"} <= set(worker)  # fmt: skip
+    assert all(head.values()) and all(worker.values())
+    assert "live-restore" in worker["daemon.json"] and "s3://" in worker["weights"]
+
+
+def test_packed_node_scripts_fit_an_advanced_ssm_parameter():
+    """An Advanced-tier String parameter holds at most 8 KiB: the node scripts grow with every
+    step a rollout can keep or redo, and a script over the limit fails `pulumi up`."""
+    for stack in ("prod", "dev"):
+        c = cap(stack)
+        for role in ("head", "worker"):
+            [param] = [
+                p
+                for p in c.of_type("aws:ssm/parameter:Parameter")
+                if p["inputs"]["name"] == node_parameter_name(stack, role)
+            ]
+            assert param["inputs"]["tier"] == "Advanced"
+            assert len(param["inputs"]["insecureValue"].encode()) <= 8192, (stack, role)

@@ -200,9 +200,7 @@ def test_user_data_with_metrics_passes_bash_and_shellcheck(role, tmp_path):
 def test_user_data_ships_logs_everywhere_dcgm_on_workers_and_the_agent_on_the_head():
     head, worker = (render_user_data(SPECS[r]) for r in ("head", "worker"))
     for text in (head, worker):
-        assert (
-            '"awslogs-group\\": \\"/llmfleet/x/containers\\"' in text and "systemctl restart docker" in text
-        )
+        assert '"awslogs-group": "/llmfleet/x/containers"' in text and '"live-restore": true' in text
         assert "awslogs-group=/llmfleet/x/boot" in text and "--entrypoint tail" in text
         assert "-n +1 -F /var/log/llmfleet-boot.log" in text
         # logging is set before any container starts; agents after the node container
@@ -365,3 +363,91 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ the docker daemon step, run
+STUBS = {
+    # every call is logged; docker info reports live-restore on once a reload happened
+    "systemctl": '#!/bin/bash\necho "systemctl $*" >> "$CALLS"\n'
+    '[[ "$1" == reload ]] && touch "$STATE/reloaded"\nexit 0\n',
+    "docker": '#!/bin/bash\necho "docker $*" >> "$CALLS"\n'
+    'if [[ "$*" == *LiveRestoreEnabled* ]]; then [[ -f "$STATE/reloaded" ]] && echo true || echo false; fi\n'
+    "exit 0\n",
+}
+
+
+def _docker_step(tmp_path, daemon_json: dict | None) -> tuple[list[str], dict]:
+    """Runs the rendered docker daemon step with stub systemctl/docker and daemon.json in a temp
+    dir; returns the systemctl calls and the file it leaves."""
+    ud = render_user_data(SPECS["worker"])
+    start = ud.index("# Docker: live-restore")
+    section = ud[start : ud.index("\n", ud.index("docker info >/dev/null", start))]
+    conf = tmp_path / "daemon.json"
+    if daemon_json is not None:
+        conf.write_text(json.dumps(daemon_json))
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    for name, body in STUBS.items():
+        (tmp_path / "bin" / name).write_text(body)
+        (tmp_path / "bin" / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    script = tmp_path / "docker.sh"
+    script.write_text(
+        'set -euo pipefail\nlog() { echo "$*"; }\ndie() { echo "FAILED: $*"; exit 1; }\nNODE_IP=10.0.0.7\n'
+        + section.replace(host_metrics.DAEMON_JSON, str(conf))
+        + "\n"
+    )
+    import os
+
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "CALLS": str(calls),
+           "STATE": str(tmp_path)}  # fmt: skip
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    systemctl = [c for c in calls.read_text().splitlines() if c.startswith("systemctl")]
+    return systemctl, json.loads(conf.read_text())
+
+
+def test_dockerd_is_restarted_only_when_its_config_changes_and_live_restore_is_on_first(tmp_path):
+    ami = {"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
+    # the first boot: the AMI's file gains live-restore + awslogs; log-opts need a restart,
+    # after a reload has put live-restore into the running daemon
+    calls, conf = _docker_step(tmp_path, ami)
+    assert calls == ["systemctl reload docker", "systemctl restart docker"]
+    assert conf["runtimes"] == ami["runtimes"] and conf["live-restore"] is True
+    assert conf["log-opts"]["tag"] == "worker-10.0.0.7/{{.Name}}"
+    # every later rollout: the same file, dockerd untouched (and the file not rewritten)
+    before = (tmp_path / "daemon.json").stat().st_mtime_ns
+    calls, again = _docker_step(tmp_path, None)
+    assert calls == [] and again == conf and (tmp_path / "daemon.json").stat().st_mtime_ns == before
+    # a host whose file differs only in a reloadable key (live-restore): a reload, no restart
+    calls, _ = _docker_step(tmp_path, {**conf, "live-restore": False})
+    assert calls == ["systemctl reload docker"]
+
+
+def test_metrics_agents_are_left_running_by_a_rollout_that_does_not_change_them():
+    import dataclasses
+
+    def digests(spec):
+        return dict(
+            re.findall(
+                r'cat /etc/llmfleet/(llmfleet-[a-z]+)\.run 2>/dev/null\)" == (\w+)', render_user_data(spec)
+            )
+        )
+
+    for role in ("head", "worker"):
+        spec = SPECS[role]
+        base = digests(spec)
+        assert {"llmfleet-bootlog"} < set(base)
+        # a Serve config / model change leaves every agent's identity as it was
+        assert {
+            k: v
+            for k, v in digests(dataclasses.replace(spec, serve_config=spec.serve_config + "#2\n")).items()
+            if k != f"llmfleet-{role}"
+        } == {k: v for k, v in base.items() if k != f"llmfleet-{role}"}
+    head = SPECS["head"]
+    moved = dataclasses.replace(
+        head, metrics=dataclasses.replace(HM, remote_write_url="https://other/api/v1/remote_write")
+    )
+    assert digests(moved)["llmfleet-prometheus"] != digests(head)["llmfleet-prometheus"]
+    text = render_user_data(head)
+    assert "systemctl is-active --quiet llmfleet-metrics-sd" in text  # a second systemd-run would fail

@@ -1,6 +1,6 @@
 """The head's deploy watcher: re-apply on a new Serve config or a worker's return, not otherwise."""
 
-from ray_cluster.watch import WatchView, file_digest, reapply_reason, watch
+from ray_cluster.watch import WatchView, file_digest, preflight_needed, reapply_reason, watch
 
 A = {"10.0.0.11": "n1", "10.0.0.12": "n2"}
 
@@ -50,3 +50,9 @@ def test_loop_applies_once_per_event_and_retries_a_failed_apply(tmp_path):
         "the Serve config changed",  # poll 5
     ]
     assert any("retrying" in line for line in logs)
+
+
+def test_a_restarted_deploy_skips_the_preflight_once_an_app_is_deployed():
+    assert preflight_needed({})  # the first deploy (or the dashboard is not up yet)
+    assert not preflight_needed({"llm": "RUNNING"})  # the engine holds the GPUs
+    assert not preflight_needed({"llm": "DEPLOY_FAILED"})  # _apply deletes and re-deploys it

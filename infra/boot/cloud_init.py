@@ -4,8 +4,9 @@ Boot order (DESIGN.md, production bootstrap):
   1. Docker (and, on GPU workers, the NVIDIA runtime and the GPU count) are checked.
   2. Workers assemble the instance-store NVMe disks (RAID0 when there are several) at the
      weights path and stage the checkpoint from S3 in parallel, verify it against
-     manifest.json (else against the S3 listing) and touch a ready marker. The head stages
-     only the small files (config, tokenizer) that the OpenAI ingress reads.
+     manifest.json (else against the S3 listing) and write a ready marker holding the
+     checkpoint's identity (URI + manifest/listing hash): another identity re-stages. The head
+     stages only the small files (config, tokenizer) that the OpenAI ingress reads.
   3. Every host reads the Ray cluster token (and the head also the endpoint token) from SSM
      at boot into a root-only env file the container gets with --env-file; nothing secret is
      in the user data itself, only parameter names.
@@ -24,6 +25,7 @@ section in boot order, and a reader follows the boot by reading it top to bottom
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import shlex
 from dataclasses import dataclass
 from typing import Literal
@@ -41,7 +43,7 @@ RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
 # launcher's probe, operators) do not go through ray_cluster.node.auth_env.
 RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token"}
 NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
-READY_MARKER = ".llmfleet-ready"
+READY_MARKER = contract.READY_MARKER
 # One S3 connection tops out near 5 Gbps (FACTS.md), so the copy runs many ranged GETs at
 # once: 64 connections x 64 MiB parts keeps a 100-400 Gbps NIC busy.
 S3_MULTIPART_CHUNKSIZE = "64MB"
@@ -219,28 +221,85 @@ print(f"verified {len(expect)} files")
 """
 
 
+_HAS_KEY_PY = (
+    "import json, sys; pages = json.load(open(sys.argv[1])) or []; "
+    'sys.exit(0 if any(o["Key"] == sys.argv[2] for p in pages for o in (p if isinstance(p, list) else [p])) else 1)'
+)
+
+
+def _weights_identity(spec: NodeSpec) -> str:
+    """Bash that sets WEIGHTS_ID: the checkpoint's URI and the sha256 of its manifest.json, else
+    of its S3 listing (keys, sizes, ETags). Head and workers compute the same text, which the
+    ready marker holds and whose fingerprint each worker advertises (ray_cluster.contract).
+    Whether there is a manifest is read from the listing, so a failed GET of it stops the
+    script rather than silently giving this host a listing-based identity the others lack.
+    The listing's file name has no `.json`: the verify step reads a `.json` as a manifest."""
+    bucket, _, prefix = spec.weights_s3_uri[len("s3://") :].partition("/")
+    return f"""IDENT_DIR=$(mktemp -d)
+aws s3api list-objects-v2 --bucket {shlex.quote(bucket)} --prefix {shlex.quote(prefix)} \\
+  --query 'Contents[].{{Key: Key, Size: Size, ETag: ETag}}' --output json > "${{IDENT_DIR}}/s3-listing" \\
+  || die "cannot list {spec.weights_s3_uri}"
+if python3 -c {shlex.quote(_HAS_KEY_PY)} "${{IDENT_DIR}}/s3-listing" {shlex.quote(prefix + "manifest.json")}; then
+  aws s3 cp --only-show-errors {shlex.quote(spec.weights_s3_uri + "manifest.json")} "${{IDENT_DIR}}/manifest.json" \\
+    || die "cannot read {spec.weights_s3_uri}manifest.json"
+  WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${{IDENT_DIR}}/manifest.json" | cut -d' ' -f1)"
+else
+  WEIGHTS_SUM="listing sha256:$(sha256sum "${{IDENT_DIR}}/s3-listing" | cut -d' ' -f1)"
+fi
+WEIGHTS_ID=$(printf 'uri=%s\\n%s' {shlex.quote(spec.weights_s3_uri)} "${{WEIGHTS_SUM}}")
+MARKER={shlex.quote(f"{spec.model_path}/{READY_MARKER}")}"""
+
+
+def _clear_model_dir(spec: NodeSpec, indent: str) -> str:
+    """Bash that empties the model directory, only when it resolves under the weights path (a
+    symlink or a bad path never makes it delete anything else)."""
+    mp, wp = shlex.quote(spec.model_path), shlex.quote(spec.weights_path)
+    lines = [
+        f"MODEL_REAL=$(realpath -m {mp}); WEIGHTS_REAL=$(realpath -m {wp})",
+        '[[ "${MODEL_REAL}" == "${WEIGHTS_REAL}"/?* ]] || die "refusing to clear ${MODEL_REAL}: not under ${WEIGHTS_REAL}"',
+        'find "${MODEL_REAL}" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +',
+        'log "cleared ${MODEL_REAL} (it held another checkpoint)"',
+    ]
+    return "\n".join(indent + line for line in lines)
+
+
 def _stage(spec: NodeSpec) -> str:
     src = spec.weights_s3_uri
-    bucket, _, prefix = src[len("s3://") :].partition("/")
+    prefix = src[len("s3://") :].partition("/")[2]
     mp = shlex.quote(spec.model_path)
-    marker = shlex.quote(f"{spec.model_path}/{READY_MARKER}")
     if spec.role == "head":
         includes = " ".join(f"--include {shlex.quote(p)}" for p in HEAD_INCLUDES)
         return f"""
-# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress.
+# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress,
+#    again whenever the checkpoint's identity (URI, manifest) differs from the one staged.
 mkdir -p {mp}
-aws s3 cp --recursive --only-show-errors --exclude '*' {includes} {shlex.quote(src)} {mp}/
-log "staged tokenizer/config from {src}"
+{_weights_identity(spec)}
+if [[ "$(cat "${{MARKER}}" 2>/dev/null)" != "${{WEIGHTS_ID}}" ]]; then
+{_clear_model_dir(spec, "  ")}
+  aws s3 cp --recursive --only-show-errors --exclude '*' {includes} {shlex.quote(src)} {mp}/
+  printf '%s\\n' "${{WEIGHTS_ID}}" > "${{MARKER}}"
+  log "staged tokenizer/config from {src}"
+fi
 """
     return f"""
-# 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps).
+# 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps). The ready
+#     marker holds the checkpoint's identity (URI + manifest/listing hash): the same identity
+#     skips the download; another one (a new weightsUri, a re-uploaded checkpoint) re-stages,
+#     after clearing the directory when it held a known other checkpoint (stale shards of it
+#     would be loaded too). A marker from before identities (empty) syncs in place: only what
+#     differs is downloaded, `--delete` drops what the source no longer has.
 aws configure set default.s3.max_concurrent_requests {S3_MAX_CONCURRENT_REQUESTS}
 aws configure set default.s3.multipart_chunksize {S3_MULTIPART_CHUNKSIZE}
 aws configure set default.s3.max_queue_size 10000
 mkdir -p {mp}
-if [[ ! -f {marker} ]]; then
+{_weights_identity(spec)}
+if [[ "$(cat "${{MARKER}}" 2>/dev/null)" != "${{WEIGHTS_ID}}" ]]; then
+  if [[ -s "${{MARKER}}" ]]; then
+{_clear_model_dir(spec, "    ")}
+  fi
+  rm -f "${{MARKER}}"  # interrupted from here on, the next apply stages again
   START=$(date +%s)
-  aws s3 sync --only-show-errors {shlex.quote(src)} {mp}/
+  aws s3 sync --delete --only-show-errors {shlex.quote(src)} {mp}/
   log "downloaded $(du -sh {mp} | cut -f1) in $(( $(date +%s) - START )) s"
 
   # 2c. Verify against manifest.json (sizes, sha256 when listed), else against the S3 listing.
@@ -250,13 +309,12 @@ if [[ ! -f {marker} ]]; then
   if [[ -f {mp}/manifest.json ]]; then
     python3 "${{VERIFY_PY}}" {mp} {mp}/manifest.json || die "weights do not match manifest.json"
   else
-    LISTING=$(mktemp)
-    aws s3api list-objects-v2 --bucket {shlex.quote(bucket)} --prefix {shlex.quote(prefix)} \\
-      --query 'Contents[].{{Key: Key, Size: Size}}' --output json > "${{LISTING}}"
-    python3 "${{VERIFY_PY}}" {mp} "${{LISTING}}" {shlex.quote(prefix)} \\
+    python3 "${{VERIFY_PY}}" {mp} "${{IDENT_DIR}}/s3-listing" {shlex.quote(prefix)} \\
       || die "weights do not match the S3 listing"
   fi
-  touch {marker}
+  printf '%s\\n' "${{WEIGHTS_ID}}" > "${{MARKER}}"
+  # The node container restarts below: Ray reads the new fingerprint only at `ray start`.
+  WEIGHTS_RESTAGED=1
 fi
 log "weights ready at {spec.model_path}"
 """
@@ -332,6 +390,7 @@ def _start(spec: NodeSpec) -> str:
 #    a boot always starts it afresh.
 if [[ "${{LLMFLEET_APPLY_MODE:-boot}}" == rollout ]] \\
     && [[ "$(cat {marker} 2>/dev/null)" == {digest} ]] \\
+    && [[ -z "${{WEIGHTS_RESTAGED:-}}" ]] \\
     && [[ "$(docker inspect -f '{{{{.State.Running}}}}' {c} 2>/dev/null)" == true ]]; then
   log "container {spec.container} already runs this image and arguments: left running"
 else
@@ -409,12 +468,22 @@ def render_user_data(spec: NodeSpec) -> str:
         raise ValueError(f"role {spec.role!r}: allowed head, worker")
     if not spec.weights_s3_uri.startswith("s3://") or not spec.weights_s3_uri.endswith("/"):
         raise ValueError(f"weights_s3_uri {spec.weights_s3_uri!r}: allowed s3://BUCKET/PREFIX/")
+    wp = spec.weights_path.rstrip("/")
+    if (
+        not wp.startswith("/")
+        or posixpath.normpath(spec.model_path) != spec.model_path
+        or not spec.model_path.startswith(wp + "/")
+    ):
+        # the node script empties the model directory before another checkpoint: never elsewhere
+        raise ValueError(
+            f"model_path {spec.model_path!r}: allowed a normalized path under weights_path {spec.weights_path!r}"
+        )
     if spec.role == "head" and not spec.token_parameter:
         raise ValueError("the head needs token_parameter")
     if not spec.ray_token_parameter:
         raise ValueError("every host needs ray_token_parameter (the Ray cluster token's SSM name)")
     m = spec.metrics
-    parts = [_header(spec), _checks(spec), metrics.docker_logging(m, spec.region, spec.role) if m else ""]
+    parts = [_header(spec), _checks(spec), metrics.docker_daemon(m, spec.region, spec.role)]
     if spec.role == "worker":
         parts.append(_nvme(spec))
     parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec)]

@@ -14,6 +14,7 @@ the AWS side and the why). Pure renderers of bash snippets; cloud_init.py places
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ RAY_SD_FILE = "/tmp/ray/prom_metrics_service_discovery.json"  # inside the head 
 SCRAPE_INTERVAL = "15s"
 HEAD_IP_PLACEHOLDER = "__LLMFLEET_HEAD_IP__"
 BOOT_LOG = "/var/log/llmfleet-boot.log"
+# Where a rollout finds what last started each container (the node script's own directory).
+STATE_DIR = "/etc/llmfleet"
 
 
 @dataclass(frozen=True)
@@ -76,31 +79,118 @@ def prometheus_config(m: HostMetrics, region: str) -> dict:
     }
 
 
-def docker_logging(m: HostMetrics, region: str, role: str) -> str:
-    """Docker's default log driver -> awslogs (merged into the AMI's daemon.json), then restart."""
-    opts = {
-        "awslogs-region": region,
-        "awslogs-group": m.container_log_group,
-        # one stream per host and container: {{.Name}} is Docker's own template
-        "tag": f"{role}-${{NODE_IP}}/{{{{.Name}}}}",
-        "mode": "non-blocking",  # a slow CloudWatch never stalls the engine's stdout
+# What dockerd applies on a reload (SIGHUP, `systemctl reload docker`) without a restart: Docker's
+# "configuration reload behavior" (https://docs.docker.com/reference/cli/dockerd/#configuration-reload-behavior)
+# lists debug, labels, live-restore, max-concurrent-downloads/uploads, max-download-attempts,
+# default-runtime, runtimes, authorization-plugins, insecure-registries, registry-mirrors,
+# shutdown-timeout and features. `log-driver` / `log-opts` are not among them: a change there
+# needs a restart, which live-restore makes harmless to running containers (they keep their old
+# log settings until they are next created).
+RELOADABLE_DAEMON_KEYS = (
+    "debug", "labels", "live-restore", "max-concurrent-downloads", "max-concurrent-uploads",
+    "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins",
+    "insecure-registries", "registry-mirrors", "shutdown-timeout", "features",
+)  # fmt: skip
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+# Prints what dockerd needs: unchanged (the file is not even rewritten), reload or restart.
+_DAEMON_MERGE_PY = """import json, os, sys
+p, want, reloadable = sys.argv[1], json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
+old = json.load(open(p)) if os.path.exists(p) else {}
+new = {**old, **want}
+if new == old:
+    print("unchanged")
+    sys.exit(0)
+changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+with open(p + ".new", "w") as f:
+    json.dump(new, f, indent=2)
+os.replace(p + ".new", p)
+print("reload" if changed <= reloadable else "restart")
+"""
+
+
+def daemon_settings(m: HostMetrics | None, region: str, role: str) -> dict:
+    """The keys llmfleet owns in the AMI's daemon.json (merged over it)."""
+    # Containers keep running while dockerd restarts (an upgrade, a config change): a rollout
+    # that must restart dockerd does not take the Ray head and the engine with it.
+    out: dict = {"live-restore": True}
+    if m is None:
+        return out
+    return {
+        **out,
+        "log-driver": "awslogs",
+        "log-opts": {
+            "awslogs-region": region,
+            "awslogs-group": m.container_log_group,
+            # one stream per host and container: {{.Name}} is Docker's own template
+            "tag": f"{role}-NODEIP/{{{{.Name}}}}",
+            "mode": "non-blocking",  # a slow CloudWatch never stalls the engine's stdout
+        },
     }
-    merge = (
-        "import json,os,sys; p='/etc/docker/daemon.json'; "
-        "d=json.load(open(p)) if os.path.exists(p) else {}; "
-        "d['log-driver']='awslogs'; d['log-opts']=json.loads(sys.argv[1]); "
-        "json.dump(d, open(p,'w'), indent=2)"
+
+
+def docker_daemon(m: HostMetrics | None, region: str, role: str) -> str:
+    """daemon.json: live-restore + every container's logs to CloudWatch. dockerd is left alone
+    when the file already says this (every rollout after the first boot); reloaded when only
+    reloadable keys change; restarted otherwise, after a reload has switched live-restore on so
+    the restart keeps the running containers."""
+    want = json.dumps(daemon_settings(m, region, role), sort_keys=True)
+    logs = (
+        f", and every container's output to CloudWatch ({m.container_log_group}) over the logs endpoint"
+        if m
+        else ""
     )
+    # NODEIP sits in a single-quoted word: it becomes the host's IP (the same on every rollout).
+    want_arg = shlex.quote(want).replace("NODEIP", "'\"${NODE_IP}\"'")
     return f"""
-# Logs: every container's output to CloudWatch ({m.container_log_group}) through the logs VPC endpoint.
-python3 -c {shlex.quote(merge)} "{json.dumps(opts).replace('"', chr(92) + '"')}"
-systemctl restart docker
-log "docker logs -> CloudWatch {m.container_log_group}"
+# Docker: live-restore{logs}.
+# dockerd is restarted only when daemon.json changes in a way a reload cannot apply; a rollout
+# that finds it unchanged leaves dockerd alone.
+# SIGHUP through the unit's ExecReload (Docker's own docker.service has one), else directly.
+reload_dockerd() {{ systemctl reload docker 2>/dev/null || kill -s HUP "$(pidof dockerd)"; }}
+DOCKER_ACTION=$(python3 -c {shlex.quote(_DAEMON_MERGE_PY)} {DAEMON_JSON} \\
+  {want_arg} {shlex.quote(json.dumps(list(RELOADABLE_DAEMON_KEYS)))}) || die "cannot update {DAEMON_JSON}"
+case "${{DOCKER_ACTION}}" in
+  unchanged) log "docker daemon config unchanged: dockerd left running" ;;
+  reload) reload_dockerd; log "docker daemon config reloaded (live-restore)" ;;
+  restart)
+    # The reload first: live-restore must be on in the running daemon before it stops (a
+    # SIGHUP is applied asynchronously, so wait until the daemon reports it).
+    reload_dockerd
+    for _ in $(seq 30); do
+      [[ "$(docker info --format '{{{{.LiveRestoreEnabled}}}}' 2>/dev/null)" == true ]] && break
+      sleep 1
+    done
+    systemctl restart docker
+    log "dockerd restarted (live-restore kept the containers running)" ;;
+  *) die "unexpected docker config action ${{DOCKER_ACTION}}" ;;
+esac
+docker info >/dev/null 2>&1 || die "docker is not running after its config update"
+"""
+
+
+def keep_or_replace(name: str, identity: str, replace: str) -> str:
+    """Run `replace` (pull, remove, run) unless a rollout finds container `name` running with
+    the same identity (its run line, plus any config it reads) that last started it. A boot
+    always replaces it."""
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    marker = f"{STATE_DIR}/{name}.run"
+    return f"""if [[ "${{LLMFLEET_APPLY_MODE:-boot}}" == rollout ]] \\
+    && [[ "$(cat {marker} 2>/dev/null)" == {digest} ]] \\
+    && [[ "$(docker inspect -f '{{{{.State.Running}}}}' {name} 2>/dev/null)" == true ]]; then
+  log "container {name} unchanged: left running"
+else
+{replace.strip()}
+install -d -m 0755 {STATE_DIR}
+echo {digest} > {marker}
+fi
 """
 
 
 def boot_log_shipper(m: HostMetrics, region: str, role: str, image_ref: str) -> str:
-    """A container that follows the boot log into the boot log group (from the node image)."""
+    """A container that follows the boot log into the boot log group (from the node image).
+    Left running by a rollout that does not change it: `tail -F` already follows the lines a
+    rollout appends, and a new one would ship the whole log again from its first line."""
     argv = [
         "docker", "run", "--detach", "--name", "llmfleet-bootlog", "--restart", "unless-stopped",
         "--log-driver", "awslogs", "--log-opt", f"awslogs-region={region}",
@@ -109,23 +199,26 @@ def boot_log_shipper(m: HostMetrics, region: str, role: str, image_ref: str) -> 
     ]  # fmt: skip
     # NODEIP sits in a token shlex leaves unquoted: it becomes the shell's "${NODE_IP}".
     cmd = " ".join(shlex.quote(a) for a in argv).replace("NODEIP", '"${NODE_IP}"')
+    replace = f"docker rm -f llmfleet-bootlog >/dev/null 2>&1 || true\n{cmd}"
     return f"""
 # Boot log -> CloudWatch {m.boot_log_group} (stream {role}-<ip>), from the first line on.
-docker rm -f llmfleet-bootlog >/dev/null 2>&1 || true
-{cmd}
-"""
+{keep_or_replace("llmfleet-bootlog", cmd, replace)}"""
 
 
 def dcgm_exporter(m: HostMetrics) -> str:
     img = shlex.quote(m.dcgm_image)
-    return f"""
-# GPU metrics: NVIDIA DCGM exporter on :{DCGM_PORT} (only the cluster's own SG reaches it).
-docker pull {img}
+    run = (
+        "docker run --detach --name llmfleet-dcgm --restart unless-stopped --gpus all --cap-add SYS_ADMIN "
+        f"--network host {img} -a :{DCGM_PORT}"
+    )
+    replace = f"""docker pull {img}
 docker rm -f llmfleet-dcgm >/dev/null 2>&1 || true
-docker run --detach --name llmfleet-dcgm --restart unless-stopped --gpus all --cap-add SYS_ADMIN \\
-  --network host {img} -a :{DCGM_PORT}
+{run}
 log "dcgm exporter on :{DCGM_PORT}"
 """
+    return f"""
+# GPU metrics: NVIDIA DCGM exporter on :{DCGM_PORT} (only the cluster's own SG reaches it).
+{keep_or_replace("llmfleet-dcgm", run, replace)}"""
 
 
 def head_prometheus(m: HostMetrics, region: str, head_container: str) -> str:
@@ -137,24 +230,41 @@ def head_prometheus(m: HostMetrics, region: str, head_container: str) -> str:
         f"while sleep 15; do docker exec {shlex.quote(head_container)} cat {RAY_SD_FILE} > {SD_DIR}/ray.json.tmp "
         f"2>/dev/null && mv {SD_DIR}/ray.json.tmp {SD_DIR}/ray.json; done"
     )
+    sd_unit = f"systemd-run --unit=llmfleet-metrics-sd --property=Restart=always bash -c {shlex.quote(copy)}"
+    sd_digest = hashlib.sha256(sd_unit.encode()).hexdigest()[:16]
+    run = (
+        "docker run --detach --name llmfleet-prometheus --restart unless-stopped --network host "
+        f"--volume {PROM_DIR}:{PROM_DIR}:ro --volume {SD_DIR}:{SD_DIR}:ro {img} "
+        f"--config.file={PROM_DIR}/prometheus.yml --enable-feature=agent "
+        f"--storage.agent.path=/prometheus --web.listen-address={PROMETHEUS_LISTEN}"
+    )
+    replace = f"""docker pull {img}
+docker rm -f llmfleet-prometheus >/dev/null 2>&1 || true
+{run}
+log "prometheus agent -> {m.remote_write_url}"
+"""
+    # The container's identity includes its config: a new remote-write URL restarts it.
+    identity = run + "\n" + cfg
     return f"""
 # Metrics: Prometheus agent on {PROMETHEUS_LISTEN} -> AMP (SigV4, aps-workspaces VPC endpoint).
-install -d -m 0755 {PROM_DIR} {SD_DIR}
+install -d -m 0755 {PROM_DIR} {SD_DIR} {STATE_DIR}
 cat > {PROM_DIR}/prometheus.yml <<'LLMFLEET_PROM_EOF'
 {cfg.rstrip()}
 LLMFLEET_PROM_EOF
 sed -i "s/{HEAD_IP_PLACEHOLDER}/${{NODE_IP}}/" {PROM_DIR}/prometheus.yml
-echo '[]' > {SD_DIR}/ray.json
-# Ray rewrites its discovery file inside the head container as nodes join and leave.
-systemd-run --unit=llmfleet-metrics-sd --property=Restart=always bash -c {shlex.quote(copy)}
-docker pull {img}
-docker rm -f llmfleet-prometheus >/dev/null 2>&1 || true
-docker run --detach --name llmfleet-prometheus --restart unless-stopped --network host \\
-  --volume {PROM_DIR}:{PROM_DIR}:ro --volume {SD_DIR}:{SD_DIR}:ro {img} \\
-  --config.file={PROM_DIR}/prometheus.yml --enable-feature=agent \\
-  --storage.agent.path=/prometheus --web.listen-address={PROMETHEUS_LISTEN}
-log "prometheus agent -> {m.remote_write_url}"
-"""
+[[ -f {SD_DIR}/ray.json ]] || echo '[]' > {SD_DIR}/ray.json
+# Ray rewrites its discovery file inside the head container as nodes join and leave. A second
+# systemd-run of a unit that exists fails: a rollout leaves the same running copier alone.
+if systemctl is-active --quiet llmfleet-metrics-sd \\
+    && [[ "$(cat {STATE_DIR}/metrics-sd.sha 2>/dev/null)" == {sd_digest} ]]; then
+  log "metrics discovery copier unchanged: left running"
+else
+  systemctl stop llmfleet-metrics-sd >/dev/null 2>&1 || true
+  systemctl reset-failed llmfleet-metrics-sd >/dev/null 2>&1 || true
+  {sd_unit}
+  echo {sd_digest} > {STATE_DIR}/metrics-sd.sha
+fi
+{keep_or_replace("llmfleet-prometheus", identity, replace)}"""
 
 
 def agents(m: HostMetrics, region: str, role: str, image_ref: str, container: str) -> str:

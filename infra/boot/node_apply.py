@@ -10,8 +10,10 @@ a new 640 GiB download). What changes on a day-2 update (the Serve config, maxMo
 model, the image digest) lives in the parameter instead, which updates in place; an SSM State
 Manager association re-runs `llmfleet-apply` on the hosts, one at a time, whenever the
 script's hash changes (infra/components/node_config.py). The node script is idempotent: the
-weights marker skips a download that is already on the NVMe, the container restarts only when
-its image changes, and the head's deploy watcher re-applies a changed Serve config in place.
+weights marker skips a download of the same checkpoint, a container restarts only when its run
+line (image, mounts, arguments) changes, dockerd only when its daemon.json changes, and the
+head's deploy watcher re-applies a changed Serve config in place (infra/boot/rollout_effects.py
+reads what a rollout touches from two renderings of the script).
 
 The parameter holds the script gzip+base64 (an Advanced-tier parameter takes 8 KiB; the head's
 script is ~6 KiB plain, ~3 KiB packed), never a secret: secrets stay in their own SecureStrings.

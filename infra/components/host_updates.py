@@ -71,43 +71,74 @@ GROUP_FIELDS: dict[str, tuple[str, str]] = {
 # that the group turns into an instance refresh).
 GROUP_REPLACE_FIELDS = ["vpcZoneIdentifiers"]
 
-# Change -> what happens -> downtime. The README's table is this list, and tests/test_day2.py
-# proves each "in place" row against the program (worker replace-triggering inputs unchanged)
-# and each "replaced" row (they change).
-CHANGE_EFFECTS: list[tuple[str, str, str]] = [
+# Change -> what happens -> what a rollout touches on the head / the workers -> downtime. The
+# README's table is this list. tests/test_day2.py parses the README's table and checks each row
+# against the program: "replaced" rows (worker / head replace-triggering inputs change) and, for
+# the third column, the steps whose identity differs between the node scripts rendered before and
+# after the change (infra/boot/rollout_effects.py; anything not listed is left running).
+CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
     (
-        "Serve config: `maxModelLen`, engine options, `replicas` at the same `workerCount`",
-        "in place: the head's node script in SSM changes; the rollout association rewrites "
-        "`/etc/llmfleet/serve.yaml` and the head's deploy watcher runs `serve deploy` (Serve updates in place)",
-        "the engine replicas restart with the new arguments (weights load from local NVMe); no host reboots",
+        "Serve config: `maxModelLen`, engine options",
+        "in place: the head's node script in SSM changes; the rollout rewrites `/etc/llmfleet/serve.yaml` "
+        "and the head's deploy watcher runs `serve deploy` (Serve updates the app in place)",
+        "head: serve.yaml; workers: nothing",
+        "the engine replicas restart with the new arguments (weights load from local NVMe); Docker, the "
+        "containers and the Ray cluster keep running",
+    ),
+    (
+        "`replicas` at the same `workerCount`",
+        "in place: the head's deploy command changes (`--replicas`): the rollout rewrites `serve.yaml` and "
+        "restarts the deploy watcher, which skips the preflight (the engine holds the GPUs) and deploys",
+        "head: serve.yaml, deploy watcher; workers: nothing",
+        "the engine replicas are re-placed; Docker, the containers and the Ray cluster keep running",
     ),
     (
         "`model` / `quantization` (same instance type)",
         "in place: new node scripts; each worker stages the new weights onto its NVMe, one worker at a time, "
-        "then the head re-deploys",
-        "serving stops while the new weights download and load; no new instances",
+        "and restarts its node container (the model's mount); the head stages the new tokenizer and restarts "
+        "its node container, then re-deploys",
+        "head: node container, weights, serve.yaml; workers: node container, weights",
+        "full: the head container's restart restarts the Ray cluster (GCS); serving stops while the new "
+        "weights download and load; no new instances",
+    ),
+    (
+        "`weightsUri` (the same model)",
+        "in place: the ready marker holds the checkpoint's URI and manifest hash, so each worker clears its "
+        "model directory, stages the new checkpoint and restarts its node container (to advertise the new "
+        "weights fingerprint), one worker at a time; the head re-stages the tokenizer and refuses to deploy "
+        "while the workers hold different checkpoints",
+        "head: weights; workers: node container, weights",
+        "serving stops from the first worker's restart until every worker holds the new checkpoint and the "
+        "watcher re-deploys (the deploy is gated; Serve's own restart of a lost replica is not); the head "
+        "container and the Ray cluster keep running",
     ),
     (
         "node image digest (any change under `ray_cluster/`, `images/`)",
-        "in place: SSM Run Command (the rollout association, one host at a time) restarts the node container "
-        "with the new image; the weights stay on NVMe; the head's deploy watcher re-runs readiness",
-        "a replica is down while one of its hosts restarts (engine reload from NVMe, minutes); a head "
-        "restart restarts the Ray cluster",
+        "in place: the rollout (one host at a time) restarts the node container and the boot log shipper "
+        "(it runs the node image) with the new image; the weights stay on NVMe; the head's deploy watcher "
+        "re-deploys when the workers come back",
+        "head: node container, metrics agents; workers: node container, metrics agents",
+        "a replica is down while one of its hosts restarts (engine reload from NVMe, minutes); the head "
+        "container's restart restarts the Ray cluster (GCS)",
     ),
     (
         "`gpuInstanceType`, the AMI, the subnet/AZ, `rootVolumeGb`, spot / capacity settings",
         "replaced: a new worker launch template version; each worker's Auto Scaling group replaces its "
-        "instance (instance refresh); a head input of this kind replaces the head instance",
+        "instance (instance refresh); a head input of this kind replaces the head instance; a new GPU "
+        "model also changes the head's Serve config and deploy command",
+        "head: serve.yaml, deploy watcher; workers: replaced",
         "full: new hosts boot and stage the weights again",
     ),
     (
         "`endpointCertificateArn`, `endpointDnsName`",
         "in place: the NLB listener / the Route 53 record change",
+        "head: nothing; workers: nothing",
         "none for the hosts; clients switch to `https://`",
     ),
     (
         "`alarmTopicArn`",
         "in place: the CloudWatch alarms' ALARM and OK actions change",
+        "head: nothing; workers: nothing",
         "none",
     ),
 ]

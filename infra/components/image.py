@@ -21,6 +21,10 @@ import pulumi_docker_build as docker_build
 # (infra/: renderers, local cluster, CLI) never change the tag. .dockerignore admits the same set.
 CONTEXT_PATHS = ("images", "ray_cluster")
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+# Distinct tag prefixes: the registry's lifecycle rules count node images and build caches
+# apart (infra/components/registry.py).
+NODE_TAG_PREFIX = "ctx-"
+CACHE_TAG_PREFIX = "cache-"
 
 
 def _files(root: Path, paths: Iterable[str]) -> list[Path]:
@@ -47,11 +51,11 @@ def context_hash(
 
 
 def image_tag(root: Path, build_args: dict[str, str]) -> str:
-    return "ctx-" + context_hash(root, extra=build_args)[:16]
+    return NODE_TAG_PREFIX + context_hash(root, extra=build_args)[:16]
 
 
 def cache_tag(root: Path, build_args: dict[str, str]) -> str:
-    return "cache-" + context_hash(root, ("images/Dockerfile",), build_args)[:16]
+    return CACHE_TAG_PREFIX + context_hash(root, ("images/Dockerfile",), build_args)[:16]
 
 
 @dataclass

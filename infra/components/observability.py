@@ -38,12 +38,14 @@ from infra.boot.metrics import HostMetrics
 PROMETHEUS_IMAGE = "quay.io/prometheus/prometheus:v2.53.2"  # LTS; agent mode + SigV4 remote write
 DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"
 MIRRORS = {"prometheus": PROMETHEUS_IMAGE, "dcgm-exporter": DCGM_EXPORTER_IMAGE}
+# Pushed once and pulled by every boot: no lifecycle rule selects this prefix (registry.py).
+MIRROR_TAG_PREFIX = "mirror-"
 
 
 def mirror_tag(upstream: str) -> str:
     """ECR tag of a mirrored image: stable per upstream ref (the repository's tags are immutable)."""
     name, _, version = upstream.rpartition("/")[2].partition(":")
-    return f"mirror-{name}-{version}"
+    return f"{MIRROR_TAG_PREFIX}{name}-{version}"
 
 
 def log_group_names(cluster: str) -> dict[str, str]:

@@ -90,7 +90,7 @@ class StackConfig(BaseModel):
     tags: Tags = Field(default_factory=dict, alias="llmfleet:tags")
     vpc_cidr: VpcCidr = Field(default="10.42.0.0/16", alias="llmfleet:vpcCidr")
     nat_gateway: bool = Field(default=False, alias="llmfleet:natGateway")
-    ecr_keep_images: Annotated[int, Field(ge=1, le=1000)] = Field(default=10, alias="llmfleet:ecrKeepImages")
+    ecr_keep_images: Annotated[int, Field(ge=2, le=1000)] = Field(default=10, alias="llmfleet:ecrKeepImages")
     # CloudWatch Logs accepts only these values (policy/logs.py checks the same list).
     log_retention_days: LogRetentionDays = Field(default=30, alias="llmfleet:logRetentionDays")
     capacity_reservation_id: ReservationId = Field(default=None, alias="llmfleet:capacityReservationId")

@@ -19,10 +19,67 @@ log "private IP ${NODE_IP}"
 systemctl start docker
 docker info >/dev/null 2>&1 || die "docker is not running"
 
-# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress.
+# Docker: live-restore.
+# dockerd is restarted only when daemon.json changes in a way a reload cannot apply; a rollout
+# that finds it unchanged leaves dockerd alone.
+# SIGHUP through the unit's ExecReload (Docker's own docker.service has one), else directly.
+reload_dockerd() { systemctl reload docker 2>/dev/null || kill -s HUP "$(pidof dockerd)"; }
+DOCKER_ACTION=$(python3 -c 'import json, os, sys
+p, want, reloadable = sys.argv[1], json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
+old = json.load(open(p)) if os.path.exists(p) else {}
+new = {**old, **want}
+if new == old:
+    print("unchanged")
+    sys.exit(0)
+changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+with open(p + ".new", "w") as f:
+    json.dump(new, f, indent=2)
+os.replace(p + ".new", p)
+print("reload" if changed <= reloadable else "restart")
+' /etc/docker/daemon.json \
+  '{"live-restore": true}' '["debug", "labels", "live-restore", "max-concurrent-downloads", "max-concurrent-uploads", "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins", "insecure-registries", "registry-mirrors", "shutdown-timeout", "features"]') || die "cannot update /etc/docker/daemon.json"
+case "${DOCKER_ACTION}" in
+  unchanged) log "docker daemon config unchanged: dockerd left running" ;;
+  reload) reload_dockerd; log "docker daemon config reloaded (live-restore)" ;;
+  restart)
+    # The reload first: live-restore must be on in the running daemon before it stops (a
+    # SIGHUP is applied asynchronously, so wait until the daemon reports it).
+    reload_dockerd
+    for _ in $(seq 30); do
+      [[ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" == true ]] && break
+      sleep 1
+    done
+    systemctl restart docker
+    log "dockerd restarted (live-restore kept the containers running)" ;;
+  *) die "unexpected docker config action ${DOCKER_ACTION}" ;;
+esac
+docker info >/dev/null 2>&1 || die "docker is not running after its config update"
+
+# 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress,
+#    again whenever the checkpoint's identity (URI, manifest) differs from the one staged.
 mkdir -p /opt/llmfleet/models/deepseek-r1
-aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
-log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
+IDENT_DIR=$(mktemp -d)
+aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
+  --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/s3-listing" \
+  || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
+if python3 -c 'import json, sys; pages = json.load(open(sys.argv[1])) or []; sys.exit(0 if any(o["Key"] == sys.argv[2] for p in pages for o in (p if isinstance(p, list) else [p])) else 1)' "${IDENT_DIR}/s3-listing" deepseek-r1/manifest.json; then
+  aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" \
+    || die "cannot read s3://llmfleet-prod-weights/deepseek-r1/manifest.json"
+  WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${IDENT_DIR}/manifest.json" | cut -d' ' -f1)"
+else
+  WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/s3-listing" | cut -d' ' -f1)"
+fi
+WEIGHTS_ID=$(printf 'uri=%s\n%s' s3://llmfleet-prod-weights/deepseek-r1/ "${WEIGHTS_SUM}")
+MARKER=/opt/llmfleet/models/deepseek-r1/.llmfleet-ready
+if [[ "$(cat "${MARKER}" 2>/dev/null)" != "${WEIGHTS_ID}" ]]; then
+  MODEL_REAL=$(realpath -m /opt/llmfleet/models/deepseek-r1); WEIGHTS_REAL=$(realpath -m /opt/llmfleet/models)
+  [[ "${MODEL_REAL}" == "${WEIGHTS_REAL}"/?* ]] || die "refusing to clear ${MODEL_REAL}: not under ${WEIGHTS_REAL}"
+  find "${MODEL_REAL}" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
+  log "cleared ${MODEL_REAL} (it held another checkpoint)"
+  aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
+  printf '%s\n' "${WEIGHTS_ID}" > "${MARKER}"
+  log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
+fi
 
 # 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
 #    container gets with --env-file. The Ray token (the same on every host) is defense in depth
@@ -62,6 +119,7 @@ LLMFLEET_EOF
 #    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-head.run 2>/dev/null)" == 5d1e0159e0f7030e ]] \
+    && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-head 2>/dev/null)" == true ]]; then
   log "container llmfleet-head already runs this image and arguments: left running"
 else

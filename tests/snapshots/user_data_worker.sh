@@ -24,6 +24,42 @@ GPUS_SEEN=$(nvidia-smi -L | grep -c '^GPU ' || true)
 [[ "${GPUS_SEEN}" -ge 8 ]] || die "expected 8 GPUs, nvidia-smi sees ${GPUS_SEEN}"
 log "docker + nvidia runtime ok, ${GPUS_SEEN} GPUs"
 
+# Docker: live-restore.
+# dockerd is restarted only when daemon.json changes in a way a reload cannot apply; a rollout
+# that finds it unchanged leaves dockerd alone.
+# SIGHUP through the unit's ExecReload (Docker's own docker.service has one), else directly.
+reload_dockerd() { systemctl reload docker 2>/dev/null || kill -s HUP "$(pidof dockerd)"; }
+DOCKER_ACTION=$(python3 -c 'import json, os, sys
+p, want, reloadable = sys.argv[1], json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
+old = json.load(open(p)) if os.path.exists(p) else {}
+new = {**old, **want}
+if new == old:
+    print("unchanged")
+    sys.exit(0)
+changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+with open(p + ".new", "w") as f:
+    json.dump(new, f, indent=2)
+os.replace(p + ".new", p)
+print("reload" if changed <= reloadable else "restart")
+' /etc/docker/daemon.json \
+  '{"live-restore": true}' '["debug", "labels", "live-restore", "max-concurrent-downloads", "max-concurrent-uploads", "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins", "insecure-registries", "registry-mirrors", "shutdown-timeout", "features"]') || die "cannot update /etc/docker/daemon.json"
+case "${DOCKER_ACTION}" in
+  unchanged) log "docker daemon config unchanged: dockerd left running" ;;
+  reload) reload_dockerd; log "docker daemon config reloaded (live-restore)" ;;
+  restart)
+    # The reload first: live-restore must be on in the running daemon before it stops (a
+    # SIGHUP is applied asynchronously, so wait until the daemon reports it).
+    reload_dockerd
+    for _ in $(seq 30); do
+      [[ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" == true ]] && break
+      sleep 1
+    done
+    systemctl restart docker
+    log "dockerd restarted (live-restore kept the containers running)" ;;
+  *) die "unexpected docker config action ${DOCKER_ACTION}" ;;
+esac
+docker info >/dev/null 2>&1 || die "docker is not running after its config update"
+
 # 2a. Instance-store NVMe -> /opt/llmfleet/models (RAID0 over all of them when more than one).
 WEIGHTS_MNT=/opt/llmfleet/models
 if ! mountpoint -q "${WEIGHTS_MNT}"; then
@@ -43,14 +79,39 @@ if ! mountpoint -q "${WEIGHTS_MNT}"; then
   log "mounted ${DEV} (${#NVME_DEVS[@]} NVMe disks) at ${WEIGHTS_MNT}"
 fi
 
-# 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps).
+# 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps). The ready
+#     marker holds the checkpoint's identity (URI + manifest/listing hash): the same identity
+#     skips the download; another one (a new weightsUri, a re-uploaded checkpoint) re-stages,
+#     after clearing the directory when it held a known other checkpoint (stale shards of it
+#     would be loaded too). A marker from before identities (empty) syncs in place: only what
+#     differs is downloaded, `--delete` drops what the source no longer has.
 aws configure set default.s3.max_concurrent_requests 64
 aws configure set default.s3.multipart_chunksize 64MB
 aws configure set default.s3.max_queue_size 10000
 mkdir -p /opt/llmfleet/models/deepseek-r1
-if [[ ! -f /opt/llmfleet/models/deepseek-r1/.llmfleet-ready ]]; then
+IDENT_DIR=$(mktemp -d)
+aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
+  --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/s3-listing" \
+  || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
+if python3 -c 'import json, sys; pages = json.load(open(sys.argv[1])) or []; sys.exit(0 if any(o["Key"] == sys.argv[2] for p in pages for o in (p if isinstance(p, list) else [p])) else 1)' "${IDENT_DIR}/s3-listing" deepseek-r1/manifest.json; then
+  aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" \
+    || die "cannot read s3://llmfleet-prod-weights/deepseek-r1/manifest.json"
+  WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${IDENT_DIR}/manifest.json" | cut -d' ' -f1)"
+else
+  WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/s3-listing" | cut -d' ' -f1)"
+fi
+WEIGHTS_ID=$(printf 'uri=%s\n%s' s3://llmfleet-prod-weights/deepseek-r1/ "${WEIGHTS_SUM}")
+MARKER=/opt/llmfleet/models/deepseek-r1/.llmfleet-ready
+if [[ "$(cat "${MARKER}" 2>/dev/null)" != "${WEIGHTS_ID}" ]]; then
+  if [[ -s "${MARKER}" ]]; then
+    MODEL_REAL=$(realpath -m /opt/llmfleet/models/deepseek-r1); WEIGHTS_REAL=$(realpath -m /opt/llmfleet/models)
+    [[ "${MODEL_REAL}" == "${WEIGHTS_REAL}"/?* ]] || die "refusing to clear ${MODEL_REAL}: not under ${WEIGHTS_REAL}"
+    find "${MODEL_REAL}" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
+    log "cleared ${MODEL_REAL} (it held another checkpoint)"
+  fi
+  rm -f "${MARKER}"  # interrupted from here on, the next apply stages again
   START=$(date +%s)
-  aws s3 sync --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
+  aws s3 sync --delete --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
   log "downloaded $(du -sh /opt/llmfleet/models/deepseek-r1 | cut -f1) in $(( $(date +%s) - START )) s"
 
   # 2c. Verify against manifest.json (sizes, sha256 when listed), else against the S3 listing.
@@ -92,13 +153,12 @@ PYEOF
   if [[ -f /opt/llmfleet/models/deepseek-r1/manifest.json ]]; then
     python3 "${VERIFY_PY}" /opt/llmfleet/models/deepseek-r1 /opt/llmfleet/models/deepseek-r1/manifest.json || die "weights do not match manifest.json"
   else
-    LISTING=$(mktemp)
-    aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
-      --query 'Contents[].{Key: Key, Size: Size}' --output json > "${LISTING}"
-    python3 "${VERIFY_PY}" /opt/llmfleet/models/deepseek-r1 "${LISTING}" deepseek-r1/ \
+    python3 "${VERIFY_PY}" /opt/llmfleet/models/deepseek-r1 "${IDENT_DIR}/s3-listing" deepseek-r1/ \
       || die "weights do not match the S3 listing"
   fi
-  touch /opt/llmfleet/models/deepseek-r1/.llmfleet-ready
+  printf '%s\n' "${WEIGHTS_ID}" > "${MARKER}"
+  # The node container restarts below: Ray reads the new fingerprint only at `ray start`.
+  WEIGHTS_RESTAGED=1
 fi
 log "weights ready at /opt/llmfleet/models/deepseek-r1"
 
@@ -129,6 +189,7 @@ umask 022
 #    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-worker.run 2>/dev/null)" == 7a20b068b4aa8f2f ]] \
+    && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-worker 2>/dev/null)" == true ]]; then
   log "container llmfleet-worker already runs this image and arguments: left running"
 else
