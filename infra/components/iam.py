@@ -16,6 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.boot.node_apply import node_parameter_prefix
+from infra.components.workers import group_prefix
 
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 ECR_PULL_ACTIONS = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
@@ -97,6 +98,21 @@ def node_policy_document(
     return {"Version": "2012-10-17", "Statement": stmts}
 
 
+def worker_health_statement(repository_arn: str, cluster: str, stack: str) -> dict[str, Any]:
+    """The workers' health agent (ray_cluster/node_health.py) marks its own instance Unhealthy:
+    SetInstanceHealth on this cluster's worker groups only (by name in this account and region,
+    and by the stack tag the groups carry). The role is the head's too, which is trusted."""
+    partition, region, account = repository_arn.split(":")[1:2] + repository_arn.split(":")[3:5]
+    groups = f"autoScalingGroup:*:autoScalingGroupName/{group_prefix(cluster)}*"
+    return {
+        "Sid": "MarkOwnWorkersUnhealthy",
+        "Effect": "Allow",
+        "Action": ["autoscaling:SetInstanceHealth"],
+        "Resource": f"arn:{partition}:autoscaling:{region}:{account}:{groups}",
+        "Condition": {"StringEquals": {"aws:ResourceTag/llmfleet:stack": stack}},
+    }
+
+
 @dataclass
 class IamArgs:
     name: str
@@ -106,6 +122,14 @@ class IamArgs:
     weights_bucket: pulumi.Input[str] | None
     weights_prefix: str
     tags: dict[str, str] = field(default_factory=dict)
+    # cluster name and stack: the workers' health agent may mark this cluster's workers Unhealthy
+    worker_health: tuple[str, str] | None = None
+
+
+def _with_health(doc: dict[str, Any], repository_arn: str, args: IamArgs) -> dict[str, Any]:
+    if args.worker_health:
+        doc["Statement"].append(worker_health_statement(repository_arn, *args.worker_health))
+    return doc
 
 
 class NodeIam(pulumi.ComponentResource):
@@ -124,7 +148,11 @@ class NodeIam(pulumi.ComponentResource):
         )
         document = pulumi.Output.all(
             args.repository_arn, args.token_parameter_arn, args.ray_token_parameter_arn, args.weights_bucket
-        ).apply(lambda a: json.dumps(node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix)))
+        ).apply(
+            lambda a: json.dumps(
+                _with_health(node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix), a[0], args)
+            )
+        )
         self.policy = aws.iam.Policy(
             f"{name}-node-policy",
             description=f"{args.name}: ECR pull, weights read, endpoint token read",  # editing it replaces the policy
