@@ -396,9 +396,11 @@ else
   systemctl stop llmfleet-deploy >/dev/null 2>&1 || true
   systemctl reset-failed llmfleet-deploy >/dev/null 2>&1 || true
   echo {digest} > {CONFIG_DIR}/deploy.sha
+  # Its output goes to the boot log (CloudWatch): the app alarm reads the watcher's lines there.
   systemd-run --unit=llmfleet-deploy --property=Restart=always --property=RestartSec=30 \\
+    --property=StandardOutput=append:{metrics.BOOT_LOG} --property=StandardError=append:{metrics.BOOT_LOG} \\
     {run}
-  log "deploy unit started: journalctl -u llmfleet-deploy"
+  log "deploy unit started: its output goes to {metrics.BOOT_LOG}"
 fi
 """
 
