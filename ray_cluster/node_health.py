@@ -54,6 +54,7 @@ APP_XIDS = {
     45: "preemptive cleanup after a previous error",
     94: "contained ECC error (only the faulting application)",
 }
+REMARK_S = 600.0  # marked and still here: mark again (a call inside the group's grace is a no-op)
 GPU_CONFIRM_S = 120.0  # a missing GPU seen this long (one flaky nvidia-smi is not a fault)
 GCS_PORT = 6379
 BOOT_LOG = "/var/log/llmfleet-boot.log"
@@ -243,21 +244,27 @@ class AgentState:
     region: str
     seen: dict[str, float] = field(default_factory=dict)
     last: str = ""
-    marked: bool = False
+    marked_at: float | None = None
+
+    @property
+    def marked(self) -> bool:
+        return self.marked_at is not None
 
 
 def tick(
     obs: Observation, gpus: int, grace_s: float, st: AgentState, run=subprocess.run, log=_log
 ) -> Verdict:
     """Decide on one observation, log it (every verdict to the journal, a changed one to the
-    boot log too), and mark the instance Unhealthy once when the verdict says so."""
+    boot log too), and mark the instance Unhealthy when the verdict says so: once, then again
+    every REMARK_S while the instance is still here (the group may have ignored the call)."""
     verdict, st.seen = decide(obs, gpus, grace_s, st.seen)
     kind = verdict.reason.split(":")[0]
     log(f"{'healthy' if verdict.healthy else 'UNHEALTHY'}: {verdict.reason}", kind != st.last)
     st.last = kind
-    if not verdict.healthy and not st.marked and run is not None:
+    due = st.marked_at is None or obs.now - st.marked_at >= REMARK_S
+    if not verdict.healthy and due and run is not None:
         p = run(set_unhealthy_argv(st.instance_id, st.region), capture_output=True, text=True)
-        st.marked = p.returncode == 0  # else tried again at the next poll
+        st.marked_at = obs.now if p.returncode == 0 else None  # else tried again at the next poll
         why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
         log(f"marked {st.instance_id} Unhealthy: its Auto Scaling group replaces it" if st.marked
             else f"set-instance-health failed: {why}", True)  # fmt: skip

@@ -96,7 +96,7 @@ def test_workers_may_mark_only_their_own_groups_unhealthy():
         tags = {t["key"]: t["value"] for t in g["inputs"]["tags"]}
         assert (
             tags["llmfleet:stack"]
-            == stmt["Condition"]["StringEquals"]["aws:ResourceTag/llmfleet:stack"]
+            == stmt["Condition"]["StringEquals"]["autoscaling:ResourceTag/llmfleet:stack"]
             == "prod"
         )
     other = f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:uuid:autoScalingGroupName/someone-else"

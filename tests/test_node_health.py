@@ -293,3 +293,21 @@ def test_the_worker_script_installs_the_agent_from_the_image():
     a = build_parser().parse_args(argv[2:])
     assert (a.container, a.gpus, a.head, a.region) == ("llmfleet-worker", 8, "10.42.0.10", "us-east-1")
     assert "Restart=always" in script and "systemctl enable llmfleet-health.service" in script
+
+
+def test_a_marked_instance_still_here_is_marked_again_after_a_while():
+    """A call inside the group's health check grace period changes nothing: marked and still
+    running REMARK_S later, the agent asks again; in between it does not."""
+    from ray_cluster.node_health import REMARK_S
+
+    calls = []
+
+    def run(argv, capture_output=True, text=True):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    st = AgentState("i-0abc", "us-east-1")
+    for at in (60, 120, 60 + REMARK_S - 1, 60 + REMARK_S):
+        tick(obs(at, kernel_log=read("kernel-xid79.log")), 8, GRACE, st, run=run, log=lambda s, _b: None)
+    assert len(calls) == 2 and st.marked_at == BOOT + 60 + REMARK_S
+    assert calls[0][:3] == ["aws", "autoscaling", "set-instance-health"]

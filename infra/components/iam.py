@@ -101,7 +101,9 @@ def node_policy_document(
 def worker_health_statement(repository_arn: str, cluster: str, stack: str) -> dict[str, Any]:
     """The workers' health agent (ray_cluster/node_health.py) marks its own instance Unhealthy:
     SetInstanceHealth on this cluster's worker groups only (by name in this account and region,
-    and by the stack tag the groups carry). The role is the head's too, which is trusted."""
+    and by the stack tag the groups carry). The role is the head's too, which is trusted.
+    Auto Scaling's own tag key (autoscaling:ResourceTag/...) is the one its docs give for group
+    actions: https://docs.aws.amazon.com/autoscaling/ec2/userguide/tag-security.html"""
     partition, region, account = repository_arn.split(":")[1:2] + repository_arn.split(":")[3:5]
     groups = f"autoScalingGroup:*:autoScalingGroupName/{group_prefix(cluster)}*"
     return {
@@ -109,7 +111,7 @@ def worker_health_statement(repository_arn: str, cluster: str, stack: str) -> di
         "Effect": "Allow",
         "Action": ["autoscaling:SetInstanceHealth"],
         "Resource": f"arn:{partition}:autoscaling:{region}:{account}:{groups}",
-        "Condition": {"StringEquals": {"aws:ResourceTag/llmfleet:stack": stack}},
+        "Condition": {"StringEquals": {"autoscaling:ResourceTag/llmfleet:stack": stack}},
     }
 
 
