@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,18 @@ def reapply_reason(before: WatchView, now: WatchView) -> str | None:
     return None
 
 
+def _heartbeat(every: float, emit: Callable[[], None]) -> threading.Event:
+    """Call `emit` every `every` s (real time) until the returned event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            emit()
+
+    threading.Thread(target=loop, name="watch-heartbeat", daemon=True).start()
+    return stop
+
+
 def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else repr(e)
 
@@ -137,6 +150,15 @@ def watch(
             before = now
             continue
         log(f"re-apply: {reason}")
+
+        # A re-apply may wait for hours (a replaced worker stages its weights): while an app is
+        # failed the alarm's line keeps coming, or CloudWatch would read the silence as healthy.
+        def beat(apps: dict[str, str] = now.apps) -> None:
+            line = backoff.alarm_line(apps, clock(), False)
+            if line:
+                log(line)
+
+        stop = _heartbeat(interval, beat) if backoff.failing_since is not None and interval > 0 else None
         try:
             if app_reason:
                 backoff.attempted(t)
@@ -144,4 +166,7 @@ def watch(
         except Exception as e:  # noqa: BLE001
             log(f"re-apply failed ({reason}): {_first_line(e)}; retrying")
             continue
+        finally:
+            if stop is not None:
+                stop.set()
         before = now

@@ -129,3 +129,28 @@ def test_the_loop_reapplies_a_failed_app_with_backoff_and_logs_the_alarm_metric(
 
 def test_failed_is_serves_own_list():
     assert FAILED == serve_rest.FAILED == ("DEPLOY_FAILED", "UNHEALTHY")
+
+
+def test_a_long_reapply_keeps_the_alarm_line_coming():
+    """A re-apply that blocks (waiting for a replaced worker) must not read as a healthy app."""
+    import time
+
+    seen = iter(["RUNNING", "UNHEALTHY", "UNHEALTHY"])
+    logs = []
+    watch(
+        lambda: WatchView("d1", dict(A), {"llm": next(seen)}),
+        lambda reason: time.sleep(0.5),
+        interval=0.1,
+        polls=2,
+        sleep=lambda s: None,
+        clock=time.monotonic,
+        backoff=AppBackoff(first=0, cap=0),
+        log=logs.append,
+    )
+    during = [
+        json.loads(line)
+        for line in logs[logs.index(next(x for x in logs if x.startswith("re-apply"))) :]
+        if line.startswith("{")
+    ]
+    assert len(during) >= 3 and all(d["apps"] == {"llm": "UNHEALTHY"} for d in during)
+    assert "" not in logs
