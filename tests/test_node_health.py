@@ -2,6 +2,7 @@
 outputs (tests/data/health), and its SetInstanceHealth call against a moto server."""
 
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -311,3 +312,12 @@ def test_a_marked_instance_still_here_is_marked_again_after_a_while():
         tick(obs(at, kernel_log=read("kernel-xid79.log")), 8, GRACE, st, run=run, log=lambda s, _b: None)
     assert len(calls) == 2 and st.marked_at == BOOT + 60 + REMARK_S
     assert calls[0][:3] == ["aws", "autoscaling", "set-instance-health"]
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_the_agent_unit_passes_systemd_analyze(tmp_path):
+    unit = tmp_path / f"{health_agent.UNIT}.service"
+    unit.write_text(health_agent.unit_text(WORKER))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    # unknown keys and bad values are only warnings: none at all is the bar
+    assert res.returncode == 0 and res.stdout + res.stderr == "", res.stderr
