@@ -14,9 +14,11 @@ tools); `observe` and `mark_unhealthy` are the thin side effects. Unhealthy when
   catalog below; application XIDs such as 13, 31, 43 are the engine's business, not the host's);
 - `nvidia-smi -L` lists fewer GPUs than the type has, for GPU_CONFIRM_S (a GPU fell off);
 - the node container is not running, or its raylet is not alive in the cluster, for longer than
-  the grace period, counted from when the agent first saw it and never before the boot plus
-  the grace. Both are judged only while the head's GCS port answers: a head outage stops every
-  worker's raylet, and replacing every worker would not bring the head back.
+  the grace period, counted from when the agent first saw it so. The agent starts only after a
+  boot's node script has run (its unit is ordered after llmfleet-apply.service), so a boot that
+  is still staging weights is never counted. Both are judged only while the head's GCS port
+  answers: a head outage stops every worker's raylet, and replacing every worker would not
+  bring the head back.
 """
 
 from __future__ import annotations
@@ -83,7 +85,6 @@ def xids(kernel_log: str, dcgm_metrics: str) -> list[tuple[str, int]]:
 @dataclass(frozen=True)
 class Observation:
     now: float
-    boot_time: float
     gpu_listing: str | None  # `nvidia-smi -L`
     kernel_log: str = ""  # this boot's kernel messages
     dcgm_metrics: str = ""  # the DCGM exporter's /metrics text ("" when it does not answer)
@@ -117,9 +118,7 @@ def decide(
             bad["raylet"] = "raylet not alive in the cluster"
     now_seen = {k: seen.get(k, obs.now) for k in bad}
     for key, what in bad.items():
-        wait = GPU_CONFIRM_S if key == "gpus" else grace_s
-        start = now_seen[key] if key == "gpus" else max(now_seen[key], obs.boot_time)
-        if obs.now - start >= wait:
+        if obs.now - now_seen[key] >= (GPU_CONFIRM_S if key == "gpus" else grace_s):
             return Verdict(False, f"{what} for {obs.now - now_seen[key]:.0f} s"), now_seen
     if bad:
         return Verdict(True, "waiting: " + "; ".join(bad.values())), now_seen
@@ -162,11 +161,6 @@ def _imds(path: str) -> str:
     return urllib.request.urlopen(get, timeout=5).read().decode()
 
 
-def _boot_time() -> float:
-    with open("/proc/stat") as f:
-        return float(next(line.split()[1] for line in f if line.startswith("btime ")))
-
-
 def _head_reachable(head: str) -> bool:
     try:
         socket.create_connection((head, GCS_PORT), timeout=5).close()
@@ -195,7 +189,6 @@ def observe(container: str, head: str, ip: str, raylet: str | None) -> Observati
         raylet = raylet_state(out, ip) if rc == 0 else "unknown"
     return Observation(
         now=time.time(),
-        boot_time=_boot_time(),
         gpu_listing=listing,
         kernel_log="\n".join(line for line in klog.splitlines() if "NVRM: Xid" in line),
         dcgm_metrics=dcgm,
