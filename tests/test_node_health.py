@@ -273,7 +273,10 @@ def test_the_worker_script_installs_the_agent_from_the_image():
     script = render_user_data(WORKER)
     assert "llmfleet-health" not in render_user_data(HEAD)
     # copied out of the very image the worker runs, from where the Dockerfile puts ray_cluster/
-    assert f"--entrypoint cat {shlex.quote(WORKER.image_ref)} {health_agent.IMAGE_AGENT_PATH}" in script
+    assert (
+        f"--log-driver none --entrypoint cat {shlex.quote(WORKER.image_ref)} {health_agent.IMAGE_AGENT_PATH} > "
+        in script
+    )
     assert "COPY ray_cluster/ /opt/llmfleet/ray_cluster/" in (ROOT / "images" / "Dockerfile").read_text()
     exec_start = next(line for line in script.splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))

@@ -59,7 +59,8 @@ def install(spec: NodeSpec) -> str:
 # 6. Health agent: marks this instance Unhealthy in its Auto Scaling group (which replaces it)
 #    on a fatal GPU XID, a missing GPU, or a node container / raylet down past {GRACE_S} s.
 install -d -m 0755 {PurePosixPath(AGENT_PATH).parent}
-docker run --rm --entrypoint cat {img} {IMAGE_AGENT_PATH} > {AGENT_PATH}.new
+# (--log-driver none: the file goes to this host, not to the containers' CloudWatch group)
+docker run --rm --log-driver none --entrypoint cat {img} {IMAGE_AGENT_PATH} > {AGENT_PATH}.new
 cat > {UNIT_PATH}.new <<'{_MARK}'
 {unit_text(spec).rstrip()}
 {_MARK}

@@ -150,7 +150,8 @@ fi
 # 6. Health agent: marks this instance Unhealthy in its Auto Scaling group (which replaces it)
 #    on a fatal GPU XID, a missing GPU, or a node container / raylet down past 900 s.
 install -d -m 0755 /usr/local/lib/llmfleet
-docker run --rm --entrypoint cat 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab /opt/llmfleet/ray_cluster/node_health.py > /usr/local/lib/llmfleet/node_health.py.new
+# (--log-driver none: the file goes to this host, not to the containers' CloudWatch group)
+docker run --rm --log-driver none --entrypoint cat 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab /opt/llmfleet/ray_cluster/node_health.py > /usr/local/lib/llmfleet/node_health.py.new
 cat > /etc/systemd/system/llmfleet-health.service.new <<'LLMFLEET_HEALTH_EOF'
 [Unit]
 Description=llmfleet: mark this GPU worker Unhealthy in its Auto Scaling group when it cannot serve
