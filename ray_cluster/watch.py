@@ -4,8 +4,8 @@ restarted or replaced host joins with a new Ray node id), or when the app itself
 DEPLOY_FAILED or UNHEALTHY (Serve's REST status): then with exponential backoff, capped.
 
 While an app is failed the watcher logs one JSON line a poll, `{"llmfleet_watch":
-"app_unhealthy", "seconds": N, ...}` (and `seconds: 0` once it is back): on AWS the head's
-deploy unit appends its output to the boot log, which CloudWatch receives, where a metric
+"app_unhealthy", "seconds": N, ...}` (and `seconds: 0` once it is back): on AWS a follower
+copies the head's deploy unit journal into the boot log, which CloudWatch receives, where a metric
 filter turns the line into a metric and an alarm fires when an app stays failed
 (infra/components/recovery.py: app_alarm).
 

@@ -260,7 +260,7 @@ def test_readme_table_is_change_effects(row):
 
 def test_a_serve_app_that_stays_failed_raises_an_alarm_from_the_watchers_lines():
     """#26: the head's deploy watcher logs a JSON line while an app is DEPLOY_FAILED/UNHEALTHY;
-    the deploy unit appends it to the boot log (CloudWatch); a metric filter on the boot log
+    a follower copies the deploy unit's journal to the boot log (CloudWatch); a metric filter on the boot log
     group turns it into a metric, and the alarm fires when an app stays failed for 30 min."""
     import json
 
@@ -288,6 +288,9 @@ def test_a_serve_app_that_stays_failed_raises_an_alarm_from_the_watchers_lines()
         APP_PATTERN == f'{{ $.llmfleet_watch = "{ALARM_EVENT}" }}' and line["llmfleet_watch"] == ALARM_EVENT
     )
     assert line["seconds"] == 1900 >= APP_ALARM_AFTER_S
-    # and the head's deploy unit writes its output where the boot log shipper reads
+    # and the deploy unit's journal is followed into the boot log, which the shipper reads
     head = node_script(c, "head")
-    assert "--property=StandardOutput=append:/var/log/llmfleet-boot.log" in head
+    assert (
+        "--property=StandardOutput=append:/var/log/llmfleet-boot.log journalctl --unit=llmfleet-deploy "
+        "--follow --lines=0 --output=cat" in head
+    )

@@ -396,11 +396,9 @@ else
   systemctl stop llmfleet-deploy >/dev/null 2>&1 || true
   systemctl reset-failed llmfleet-deploy >/dev/null 2>&1 || true
   echo {digest} > {CONFIG_DIR}/deploy.sha
-  # Its output goes to the boot log (CloudWatch): the app alarm reads the watcher's lines there.
   systemd-run --unit=llmfleet-deploy --property=Restart=always --property=RestartSec=30 \\
-    --property=StandardOutput=append:{metrics.BOOT_LOG} --property=StandardError=append:{metrics.BOOT_LOG} \\
     {run}
-  log "deploy unit started: its output goes to {metrics.BOOT_LOG}"
+  log "deploy unit started: journalctl -u llmfleet-deploy"
 fi
 """
 
@@ -422,6 +420,6 @@ def render_user_data(spec: NodeSpec) -> str:
     parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec)]
     if m:  # after the node container: boot log shipper, and DCGM (workers) or Prometheus (head)
         parts.append(metrics.agents(m, spec.region, spec.role, spec.image_ref, spec.container))
-    parts.append(health_agent.install(spec))  # workers only
+    parts.append(health_agent.install(spec))  # what heals itself: see that module
     parts.append(_deploy(spec))
     return "".join(parts).replace("\n\n\n", "\n\n")

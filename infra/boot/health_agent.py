@@ -1,6 +1,11 @@
-"""Installs the GPU worker's health agent (ray_cluster/node_health.py) from the node script:
-copied out of the node image (the one the host just pulled) onto the host, and a systemd
-service that runs it with the host's python3.
+"""The node script's self-healing section (one hook in cloud_init.render_user_data).
+
+Workers: the health agent (ray_cluster/node_health.py), copied out of the node image (the one
+the host just pulled) onto the host, and a systemd service that runs it with the host's python3.
+Head: a follower that copies the deploy watcher's journal into the boot log, which reaches
+CloudWatch, where the Serve app's alarm reads the watcher's lines (recovery.app_alarm). A
+follower rather than redirecting the deploy unit's output: a running deploy unit is left alone
+by a rollout, so a follower is what reaches heads that already run.
 
 Why a service on the host (not in the node container): it judges the container itself and must
 outlive it, and it calls autoscaling:SetInstanceHealth through the host's AWS CLI. Why copied
@@ -15,6 +20,8 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
+
+from infra.boot.metrics import BOOT_LOG  # shipped to CloudWatch by the boot log container
 
 if TYPE_CHECKING:
     from infra.boot.cloud_init import NodeSpec
@@ -50,8 +57,26 @@ WantedBy=multi-user.target
 """
 
 
+FOLLOWER = "llmfleet-deploy-log"
+
+
+def deploy_log_follower() -> str:
+    """Head: the deploy unit's journal -> the boot log (started once; a rollout leaves it running)."""
+    follow = ["journalctl", "--unit=llmfleet-deploy", "--follow", "--lines=0", "--output=cat"]
+    return f"""
+# The deploy watcher's lines -> {BOOT_LOG} (CloudWatch): the Serve app's alarm reads them there.
+if ! systemctl is-active --quiet {FOLLOWER}; then
+  systemctl reset-failed {FOLLOWER} >/dev/null 2>&1 || true
+  systemd-run --unit={FOLLOWER} --property=Restart=always --property=RestartSec=10 \\
+    --property=StandardOutput=append:{BOOT_LOG} {shlex.join(follow)}
+fi
+"""
+
+
 def install(spec: NodeSpec) -> str:
-    """The node script's section that (re)installs and (re)starts the agent; "" on the head."""
+    """Workers: (re)install and (re)start the health agent. Head: the deploy log follower."""
+    if spec.role == "head":
+        return deploy_log_follower() if spec.metrics is not None else ""
     if spec.role != "worker":
         return ""
     img = shlex.quote(spec.image_ref)

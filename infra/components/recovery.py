@@ -115,7 +115,8 @@ def slot_alarm(
 
 # The head's deploy watcher (ray_cluster/watch.py) logs this JSON line each poll while a Serve
 # app is DEPLOY_FAILED or UNHEALTHY (seconds since first seen so), and seconds 0 once it is
-# back; the deploy unit appends it to the boot log, which reaches CloudWatch.
+# back; a follower on the head copies the deploy unit's journal into the boot log, which reaches
+# CloudWatch (infra/boot/health_agent.py).
 APP_METRIC = "ServeAppUnhealthySeconds"
 APP_PATTERN = '{ $.llmfleet_watch = "app_unhealthy" }'
 APP_ALARM_AFTER_S = 1800  # the watcher re-applies with backoff before anyone is told

@@ -87,9 +87,7 @@ else
   systemctl stop llmfleet-deploy >/dev/null 2>&1 || true
   systemctl reset-failed llmfleet-deploy >/dev/null 2>&1 || true
   echo f62beacc8361d53b > /etc/llmfleet/deploy.sha
-  # Its output goes to the boot log (CloudWatch): the app alarm reads the watcher's lines there.
   systemd-run --unit=llmfleet-deploy --property=Restart=always --property=RestartSec=30 \
-    --property=StandardOutput=append:/var/log/llmfleet-boot.log --property=StandardError=append:/var/log/llmfleet-boot.log \
     docker exec llmfleet-head python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml --tp 8 --pp 3 --replicas 1 --device gpu --gpu-model L40S --endpoint http://127.0.0.1:8000 --token-env LLMFLEET_API_TOKEN --timeout 7200 --watch
-  log "deploy unit started: its output goes to /var/log/llmfleet-boot.log"
+  log "deploy unit started: journalctl -u llmfleet-deploy"
 fi
