@@ -10,6 +10,9 @@ runs on the host over SSH (pulumi_command.remote.Command). It:
 3. pulls the image, replaces the fixed-name container and starts `python -m ray_cluster.node
    head|worker` in it, the same node code (and so the same `ray start` argv, built by
    `ray_cluster.ray_start.head_start_command` / `worker_start_command`) as the AWS hosts.
+4. on the head, installs `llmfleet-deploy.service` (`deploy_unit`): the same `deploy --watch`
+   as the AWS head's, under systemd (Restart=always, enabled), so Serve is deployed again after
+   a head container restart or a reboot, and re-applied when the app stays failed.
 
 `--dry-run` (or LLMFLEET_DRY_RUN=1) runs the checks and prints every side effect as
 `dry-run: <argv>` instead of running it. Secrets come on stdin (the remote Command's secret
