@@ -59,6 +59,7 @@ APP_XIDS = {
 REMARK_S = 600.0  # marked and still here: mark again (a call inside the group's grace is a no-op)
 GPU_CONFIRM_S = 120.0  # a missing GPU seen this long (one flaky nvidia-smi is not a fault)
 GCS_PORT = 6379
+DCGM_URL = "http://127.0.0.1:9400/metrics"  # the DCGM exporter (infra/boot/metrics.py)
 BOOT_LOG = "/var/log/llmfleet-boot.log"
 
 _XID_RE = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f:.]+)\): (\d+)")
@@ -161,21 +162,23 @@ def _imds(path: str) -> str:
     return urllib.request.urlopen(get, timeout=5).read().decode()
 
 
-def _head_reachable(head: str) -> bool:
+def _head_reachable(head: str, port: int) -> bool:
     try:
-        socket.create_connection((head, GCS_PORT), timeout=5).close()
+        socket.create_connection((head, port), timeout=5).close()
         return True
     except OSError:
         return False
 
 
-def observe(container: str, head: str, ip: str, raylet: str | None) -> Observation:
+def observe(
+    container: str, head: str, ip: str, raylet: str | None, gcs_port: int = GCS_PORT, dcgm_url: str = DCGM_URL
+) -> Observation:
     """One look at the host. `raylet`: the last raylet state to keep, or None to ask again
     (a `status` is a Ray driver: asked every few polls, not every one)."""
     _, listing = _run(["nvidia-smi", "-L"])
     _, klog = _run(["journalctl", "-k", "-b", "--no-pager", "-o", "short-iso"])
     try:
-        dcgm = urllib.request.urlopen("http://127.0.0.1:9400/metrics", timeout=5).read().decode()
+        dcgm = urllib.request.urlopen(dcgm_url, timeout=5).read().decode()
     except OSError:
         dcgm = ""
     rc, state = _run(["docker", "inspect", "-f", "{{.State.Status}}", container])
@@ -194,7 +197,7 @@ def observe(container: str, head: str, ip: str, raylet: str | None) -> Observati
         dcgm_metrics=dcgm,
         container=state,
         raylet=raylet,
-        head_reachable=_head_reachable(head),
+        head_reachable=_head_reachable(head, gcs_port),
     )
 
 

@@ -311,3 +311,57 @@ def test_the_agent_unit_passes_systemd_analyze(tmp_path):
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     # unknown keys and bad values are only warnings: none at all is the bar
     assert res.returncode == 0 and res.stdout + res.stderr == "", res.stderr
+
+
+def test_observe_reads_the_tools_it_runs(tmp_path, monkeypatch):
+    """The observation wiring on this machine: a recorded `nvidia-smi -L` on PATH, the real
+    docker and journalctl, a DCGM exporter answering with a recorded page, a head port that
+    listens and then does not."""
+    import http.server
+    import os
+    import socket
+    import threading
+
+    from ray_cluster.node_health import observe
+
+    (tmp_path / "nvidia-smi").write_text(f"#!/bin/sh\ncat {shlex.quote(str(DATA / 'nvidia-smi-L-8.txt'))}\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    page = read("dcgm-xid95.prom").encode()
+
+    class Dcgm(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Dcgm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    head = socket.socket()
+    head.bind(("127.0.0.1", 0))
+    head.listen()
+    port = head.getsockname()[1]
+    try:
+        o = observe(
+            "llmfleet-no-such-container",
+            "127.0.0.1",
+            "127.0.0.1",
+            None,
+            port,
+            f"http://127.0.0.1:{server.server_port}/metrics",
+        )
+    finally:
+        server.shutdown()
+        head.close()
+    assert gpu_count(o.gpu_listing) == 8
+    assert o.container == "missing" and o.raylet == "unknown" and o.head_reachable
+    assert "NVRM" not in o.kernel_log or "Xid" in o.kernel_log  # only Xid lines are kept
+    v, _ = decide(o, 8, GRACE, {})
+    assert not v.healthy and v.reason == "XID 95 (uncontained ECC error) on gpu 3 (DCGM)"
+    o = observe(
+        "llmfleet-no-such-container", "127.0.0.1", "127.0.0.1", "alive", port, "http://127.0.0.1:1/metrics"
+    )
+    assert not o.head_reachable and o.dcgm_metrics == "" and o.raylet == "unknown"  # nothing listens now
