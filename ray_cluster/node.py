@@ -36,6 +36,7 @@ from ray_cluster.readiness import (
     wait_for_gpus,
 )
 from ray_cluster.serve_rest import (
+    FAILED,
     load_serve_config,
     serve_deploy,
     serve_status,
@@ -183,8 +184,10 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
             print(f"preflight ok: {result.summary()}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
-    if not preflight_first and "DEPLOY_FAILED" in serve_status(a.dashboard).values():
-        # Serve does not retry a failed deploy of an unchanged config: start it afresh.
+    if not preflight_first and any(s in FAILED for s in serve_status(a.dashboard).values()):
+        # Serve does not retry a failed deploy of an unchanged config, nor rebuild an app that
+        # stays UNHEALTHY on one (the watcher's backoff gave Serve's own replica restarts time
+        # first): start it afresh.
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
         ServeSubmissionClient(a.dashboard).delete_applications()
@@ -207,7 +210,7 @@ def _watch_view(a: argparse.Namespace):
         workers = {n.ip: n.node_id for n in ray_cluster_state() if n.alive and not n.is_head}
     finally:
         ray.shutdown()
-    return WatchView(digest, workers)
+    return WatchView(digest, workers, serve_status(a.dashboard))
 
 
 def cmd_deploy(a: argparse.Namespace) -> int:
@@ -348,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--watch",
         action="store_true",
-        help="after the deploy, re-apply when the config file changes or a worker comes back",
+        help="after the deploy, re-apply when the config file changes, a worker comes back, or the "
+        "app stays DEPLOY_FAILED/UNHEALTHY (with backoff)",
     )
     d.add_argument("--watch-interval", type=float, default=30.0, help="seconds between watch polls")
     d.set_defaults(func=cmd_deploy)

@@ -1,25 +1,83 @@
 """The head's deploy watcher: after the first deploy, re-apply the Serve app in place when
-its config file changes (a rollout rewrote it) or when a worker comes back (a recovered,
-restarted or replaced host joins with a new Ray node id).
+its config file changes (a rollout rewrote it), when a worker comes back (a recovered,
+restarted or replaced host joins with a new Ray node id), or when the app itself stays
+DEPLOY_FAILED or UNHEALTHY (Serve's REST status): then with exponential backoff, capped.
 
-`reapply_reason` is the pure decision; `watch` is the loop, with every effect injected so a
-unit test drives it without a cluster. `python -m ray_cluster.node deploy --watch` wires it to
-the real cluster (ray_cluster.node).
+While an app is failed the watcher logs one JSON line a poll, `{"llmfleet_watch":
+"app_unhealthy", "seconds": N, ...}` (and `seconds: 0` once it is back): on AWS a follower
+copies the head's deploy unit journal into the boot log, which CloudWatch receives, where a metric
+filter turns the line into a metric and an alarm fires when an app stays failed
+(infra/components/recovery.py: app_alarm).
+
+`reapply_reason` and `AppBackoff` are the pure decisions; `watch` is the loop, with every
+effect (clock and sleeper included) injected so a unit test drives it without a cluster.
+`python -m ray_cluster.node deploy --watch` wires it to the real cluster (ray_cluster.node).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ray_cluster.serve_rest import FAILED
+
+# Serve replaces an unhealthy replica itself first (a 671B engine takes minutes to load): the
+# first re-apply waits this long, then each next one twice as long, up to the cap.
+BACKOFF_FIRST_S = 300.0
+BACKOFF_CAP_S = 3600.0
+ALARM_EVENT = "app_unhealthy"
 
 
 @dataclass(frozen=True)
 class WatchView:
     config_digest: str
     workers: dict[str, str] = field(default_factory=dict)  # alive worker IP -> Ray node id
+    apps: dict[str, str] = field(default_factory=dict)  # Serve app -> status ({}: not known)
+
+
+@dataclass
+class AppBackoff:
+    """When to re-apply an app that stays failed: `first` s after it is first seen failed, then
+    after each attempt twice the previous delay, at most `cap`. All apps healthy again resets it."""
+
+    first: float = BACKOFF_FIRST_S
+    cap: float = BACKOFF_CAP_S
+    failing_since: float | None = None
+    attempts: int = 0
+    due: float = 0.0
+
+    def delay(self, attempts: int) -> float:
+        return min(self.cap, self.first * 2**attempts)
+
+    def step(self, apps: dict[str, str], now: float) -> str | None:
+        """The reason to re-apply now, or None. Call `attempted(now)` after each re-apply."""
+        failed = sorted(f"{name}={status}" for name, status in apps.items() if status in FAILED)
+        if not failed:
+            self.failing_since, self.attempts = None, 0
+            return None
+        if self.failing_since is None:
+            self.failing_since, self.due = now, now + self.delay(0)
+        if now < self.due:
+            return None
+        return f"app {', '.join(failed)} for {now - self.failing_since:.0f} s (re-apply {self.attempts + 1})"
+
+    def attempted(self, now: float) -> None:
+        self.attempts += 1
+        self.due = now + self.delay(self.attempts)
+
+    def alarm_line(self, apps: dict[str, str], now: float, was_failing: bool) -> str | None:
+        """The JSON line the alarm's metric filter reads: while failed, and once when back."""
+        if self.failing_since is None:
+            return json.dumps({"llmfleet_watch": ALARM_EVENT, "seconds": 0}) if was_failing else None
+        failed = {k: v for k, v in sorted(apps.items()) if v in FAILED}
+        return json.dumps(
+            {"llmfleet_watch": ALARM_EVENT, "seconds": round(now - self.failing_since), "apps": failed}
+        )
 
 
 def file_digest(path: str) -> str:
@@ -46,6 +104,22 @@ def reapply_reason(before: WatchView, now: WatchView) -> str | None:
     return None
 
 
+def _heartbeat(every: float, emit: Callable[[], None]) -> threading.Event:
+    """Call `emit` every `every` s (real time) until the returned event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            emit()
+
+    threading.Thread(target=loop, name="watch-heartbeat", daemon=True).start()
+    return stop
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else repr(e)
+
+
 def watch(
     observe: Callable[[], WatchView],
     apply: Callable[[str], None],
@@ -53,12 +127,16 @@ def watch(
     interval: float = 30.0,
     polls: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    backoff: AppBackoff | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> None:
     """Poll every `interval` s (forever, or `polls` times); call `apply(reason)` on each reason.
 
-    A failed apply is logged and retried on the next poll (the view it failed on is not
-    remembered), so one bad moment never stops the watcher."""
+    A failed apply for a new config or a returning worker is logged and retried on the next
+    poll (the view it failed on is not remembered), so one bad moment never stops the watcher;
+    a failed app is re-applied on `backoff`'s schedule, whether the last re-apply raised or not."""
+    backoff = backoff or AppBackoff()
     before = observe()
     n = 0
     while polls is None or n < polls:
@@ -67,16 +145,36 @@ def watch(
         try:
             now = observe()
         except Exception as e:  # noqa: BLE001 - the head is restarting; look again next time
-            log(f"watch: cannot observe the cluster: {str(e).splitlines()[0] if str(e) else e!r}")
+            log(f"watch: cannot observe the cluster: {_first_line(e)}")
             continue
         reason = reapply_reason(before, now)
+        t, was_failing = clock(), backoff.failing_since is not None
+        app_reason = backoff.step(now.apps, t)
+        line = backoff.alarm_line(now.apps, t, was_failing)
+        if line:
+            log(line)
+        reason = reason or app_reason
         if reason is None:
             before = now
             continue
         log(f"re-apply: {reason}")
+
+        # A re-apply may wait for hours (a replaced worker stages its weights): while an app is
+        # failed the alarm's line keeps coming, or CloudWatch would read the silence as healthy.
+        def beat(apps: dict[str, str] = now.apps) -> None:
+            line = backoff.alarm_line(apps, clock(), False)
+            if line:
+                log(line)
+
+        stop = _heartbeat(interval, beat) if backoff.failing_since is not None and interval > 0 else None
         try:
+            if app_reason:
+                backoff.attempted(t)
             apply(reason)
         except Exception as e:  # noqa: BLE001
-            log(f"re-apply failed ({reason}): {str(e).splitlines()[0] if str(e) else e!r}; retrying")
+            log(f"re-apply failed ({reason}): {_first_line(e)}; retrying")
             continue
+        finally:
+            if stop is not None:
+                stop.set()
         before = now

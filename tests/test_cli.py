@@ -417,8 +417,9 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
     assert_snapshot("cli_policy_violations_80.txt", text)
     clean = run("policy", "--stack", "prod")
     # prod as shipped: no mandatory violation; the advisories are its internal endpoint without
-    # TLS and its four alarms (head, three worker slots) without a topic (no llmfleet:alarmTopicArn)
-    assert clean.exit_code == 0 and clean.stdout.endswith("0 mandatory, 5 advisory\n")
+    # TLS and its five alarms (head status, the Serve app, three worker slots) without a topic (no
+    # llmfleet:alarmTopicArn)
+    assert clean.exit_code == 0 and clean.stdout.endswith("0 mandatory, 6 advisory\n")
     assert "endpoint-tls-internal" in clean.stdout
     cells = {c.strip() for ln in clean.stdout.splitlines() for c in ln.split("│")}
     assert {"alarm-notifies", "cluster-head-status-alarm", "cluster-worker-2-status-alarm"} <= cells

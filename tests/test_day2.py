@@ -220,10 +220,13 @@ def test_every_alarm_notifies_the_alarm_topic_when_one_is_set():
         bare, told = cap(stack), cap(stack, f"llmfleet:alarmTopicArn={topic}")
         head_id = hosts(told, "head")[0]["id"]
         alarms = {a["name"]: a["inputs"] for a in told.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
-        assert len(alarms) == 1 + len(groups(told)), stack
+        # the head's, one per worker slot, and the Serve app's (recovery.app_alarm)
+        assert len(alarms) == 2 + len(groups(told)), stack
         for name, a in alarms.items():
-            if a["dimensions"].get("InstanceId") == head_id:
+            if a.get("dimensions", {}).get("InstanceId") == head_id:
                 assert a["alarmActions"] == ["arn:aws:automate:us-east-1:ec2:recover", topic], name
+            elif a["metricName"] == "ServeAppUnhealthySeconds":
+                assert a["alarmActions"] == [topic], name
             else:
                 assert a["dimensions"]["AutoScalingGroupName"] and a["alarmActions"] == [topic], name
             assert a["okActions"] == [topic] and "insufficientDataActions" not in a, name
@@ -365,3 +368,41 @@ def test_packed_node_scripts_fit_an_advanced_ssm_parameter():
             ]
             assert param["inputs"]["tier"] == "Advanced"
             assert len(param["inputs"]["insecureValue"].encode()) <= 8192, (stack, role)
+
+
+def test_a_serve_app_that_stays_failed_raises_an_alarm_from_the_watchers_lines():
+    """#26: the head's deploy watcher logs a JSON line while an app is DEPLOY_FAILED/UNHEALTHY;
+    a follower copies the deploy unit's journal to the boot log (CloudWatch); a metric filter on the boot log
+    group turns it into a metric, and the alarm fires when an app stays failed for 30 min."""
+    import json
+
+    from infra.components.recovery import APP_ALARM_AFTER_S, APP_METRIC, APP_PATTERN
+    from ray_cluster.watch import ALARM_EVENT, AppBackoff
+
+    c = cap("prod")
+    [f] = c.of_type("aws:cloudwatch/logMetricFilter:LogMetricFilter")
+    boot = [g for g in c.of_type("aws:cloudwatch/logGroup:LogGroup") if g["inputs"]["name"].endswith("/boot")]
+    assert f["inputs"]["logGroupName"] == boot[0]["inputs"]["name"]
+    t = f["inputs"]["metricTransformation"]
+    assert (t["name"], t["value"]) == (APP_METRIC, "$.seconds")
+    [alarm] = [
+        a["inputs"]
+        for a in c.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+        if a["inputs"]["metricName"] == APP_METRIC
+    ]
+    assert alarm["namespace"] == t["namespace"] and alarm["threshold"] == APP_ALARM_AFTER_S
+    assert alarm["treatMissingData"] == "notBreaching"
+    # the filter's pattern selects exactly the watcher's lines, and their seconds is a number
+    b = AppBackoff()
+    b.step({"llm": "UNHEALTHY"}, 0.0)
+    line = json.loads(b.alarm_line({"llm": "UNHEALTHY"}, 1900.0, True))
+    assert (
+        APP_PATTERN == f'{{ $.llmfleet_watch = "{ALARM_EVENT}" }}' and line["llmfleet_watch"] == ALARM_EVENT
+    )
+    assert line["seconds"] == 1900 >= APP_ALARM_AFTER_S
+    # and the deploy unit's journal is followed into the boot log, which the shipper reads
+    head = node_script(c, "head")
+    assert (
+        "--property=StandardOutput=append:/var/log/llmfleet-boot.log journalctl --unit=llmfleet-deploy "
+        "--follow --lines=0 --output=cat" in head
+    )

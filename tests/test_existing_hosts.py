@@ -3,6 +3,7 @@
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,17 @@ def test_every_container_gets_the_env_file_and_every_script_writes_it(cfg):
         assert "install -m 0600 /dev/stdin /run/llmfleet/node.env" in script
         assert '"RAY_AUTH_TOKEN=$ray_token"' in script
         assert ('"LLMFLEET_API_TOKEN=$api_token"' in script) == (host.role == "head")
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_the_heads_deploy_unit_passes_systemd_analyze(cfg, tmp_path):
+    """The owned head's deploy watcher unit (Restart=always, enabled): systemd accepts every line."""
+    from infra.boot.ssh_bootstrap import DEPLOY_UNIT_PATH, deploy_unit
+
+    head = next(h for h in cfg.hosts if h.role == "head")
+    unit = tmp_path / Path(DEPLOY_UNIT_PATH).name
+    text = deploy_unit(node_spec(resolve(cfg), head, str(head.ray_ip), PINNED))
+    unit.write_text(text)
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout + res.stderr == "", res.stderr
+    assert "Restart=always" in text and " --watch\n" in text

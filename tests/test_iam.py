@@ -226,3 +226,30 @@ def test_secure_strings_use_the_stack_key(prod):
     assert sorted(p["name"] for p in secure) == ["ray-token-parameter", "token-parameter"]
     for p in secure:
         assert p["inputs"]["keyId"] == key["outputs"]["keyId"]
+
+
+def test_workers_may_mark_only_their_own_groups_unhealthy():
+    """The workers' health agent (ray_cluster/node_health.py) calls SetInstanceHealth: allowed
+    on this cluster's worker groups by name, and only while they carry this stack's tag."""
+    import fnmatch
+
+    c = capture("prod")
+    doc = json.loads(c.named("iam-node-policy")["inputs"]["policy"])
+    assert iam_document_problems(doc) == []
+    (stmt,) = [s for s in doc["Statement"] if "autoscaling:SetInstanceHealth" in s["Action"]]
+    assert stmt["Action"] == ["autoscaling:SetInstanceHealth"]
+    repo = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["arn"]
+    region, account = repo.split(":")[3:5]
+    groups = c.of_type("aws:autoscaling/group:Group")
+    assert groups
+    for g in groups:
+        arn = f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:uuid:autoScalingGroupName/{g['inputs']['name']}"
+        assert fnmatch.fnmatch(arn, stmt["Resource"])
+        tags = {t["key"]: t["value"] for t in g["inputs"]["tags"]}
+        assert (
+            tags["llmfleet:stack"]
+            == stmt["Condition"]["StringEquals"]["autoscaling:ResourceTag/llmfleet:stack"]
+            == "prod"
+        )
+    other = f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:uuid:autoScalingGroupName/someone-else"
+    assert not fnmatch.fnmatch(other, stmt["Resource"])

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.boot.cloud_init import head_deploy_argv
 from infra.boot.ssh_bootstrap import (
+    DEPLOY_UNIT_PATH,
     DRY_RUN_PREFIX,
     HOST_ENV_FILE,
     MESSAGE_PREFIX,
@@ -73,6 +75,9 @@ case "$1 ${{2:-}}" in
   "inspect -f") echo running ;;
 esac
 exit 0
+"""
+SYSTEMCTL_SHIM = """#!/bin/bash
+printf '%q ' systemctl "$@" >> {log}; echo >> {log}
 """
 NVIDIA_SMI_SHIM = """#!/bin/bash
 printf '%q ' nvidia-smi "$@" >> {log}; echo >> {log}
@@ -163,11 +168,13 @@ def host(sshd, tmp_path):
     log.touch()
     mounts: list[Path] = []
 
-    def shims(gpus: int | None = 8, docker: bool = True) -> Path:
-        d = tmp_path / f"shims-{gpus}-{docker}"
+    def shims(gpus: int | None = 8, docker: bool = True, systemd: bool = True) -> Path:
+        d = tmp_path / f"shims-{gpus}-{docker}-{systemd}"
         d.mkdir(exist_ok=True)
         if docker:
             (d / "docker").write_text(DOCKER_SHIM.format(log=shlex.quote(str(log))))
+        if systemd:
+            (d / "systemctl").write_text(SYSTEMCTL_SHIM.format(log=shlex.quote(str(log))))
         if gpus is not None:
             (d / "nvidia-smi").write_text(NVIDIA_SMI_SHIM.format(log=shlex.quote(str(log)), gpus=gpus))
         for f in d.iterdir():
@@ -363,12 +370,15 @@ def test_head_takes_the_token_on_stdin_and_never_shows_it(host, tmp_path):
         if ln.startswith(DRY_RUN_PREFIX)
     ]
     expected = expand(container_argv(node_spec(resolve(cfg), entry, HOST_IP, IMAGE)), {"NODE_IP": HOST_IP})
-    assert dry[-2] == expected and "--gpus" not in expected
-    # Then the head bootstraps the inference actors inside its container, retried until ready.
-    assert dry[-1][:5] == ["docker", "exec", "--detach", "llmfleet-head", "sh"]
-    assert dry[-1][-1].startswith(
-        "until python -m ray_cluster.node deploy --serve-config /etc/llmfleet/serve.yaml"
-    )
+    assert dry[-5] == expected and "--gpus" not in expected
+    # Then the head's deploy watcher goes under systemd (it outlives a container restart and a
+    # reboot): the unit is written, enabled and (re)started against the new container.
+    assert dry[-4:] == [
+        ["write", DEPLOY_UNIT_PATH],
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "llmfleet-deploy.service"],
+        ["systemctl", "restart", "llmfleet-deploy.service"],
+    ]
     assert ["--env-file", "/run/llmfleet/node.env"] == expected[expected.index("--env-file") :][:2]
     assert not any(c[0] == "nvidia-smi" for c in host.calls())  # a CPU head: no GPU checks
 
@@ -395,3 +405,26 @@ def test_head_real_run_writes_both_tokens_to_the_env_file(host, tmp_path):
     assert env_file.stat().st_mode & 0o777 == 0o600
     [run] = [c for c in host.calls() if c[:2] == ["docker", "run"]]
     assert run[run.index("--env-file") + 1] == HOST_ENV_FILE
+    # The deploy watcher's unit, written to /etc (the overlay), enabled and restarted.
+    unit = (tmp_path / "etc-upper" / Path(DEPLOY_UNIT_PATH).relative_to("/etc")).read_text()
+    spec = node_spec(resolve(cfg), entry, HOST_IP, IMAGE)
+    assert (
+        f"ExecStart={shlex.join(['/usr/bin/env', 'docker', 'exec', 'llmfleet-head', *head_deploy_argv(spec), '--watch'])}\n"
+        in unit
+    )
+    assert "Restart=always" in unit and "WantedBy=multi-user.target" in unit
+    assert [c for c in host.calls() if c[0] == "systemctl"] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "llmfleet-deploy.service"],
+        ["systemctl", "restart", "llmfleet-deploy.service"],
+    ]
+    assert not any(c[:2] == ["docker", "exec"] for c in host.calls())  # nothing one-shot any more
+
+
+def test_head_without_systemd_fails_before_any_side_effect(host, tmp_path):
+    cfg, entry = stack(tmp_path / "h", role="head")
+    proc = host.run(
+        cfg, entry, host.shims(gpus=None, systemd=False), stdin=stdin_secrets("head", RAY_TOKEN, TOKEN)
+    )
+    line = one_error_line(proc)
+    assert line.startswith(f"{MESSAGE_PREFIX} systemd failed on {HOST_IP}: systemctl not found in PATH")

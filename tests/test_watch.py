@@ -1,6 +1,18 @@
 """The head's deploy watcher: re-apply on a new Serve config or a worker's return, not otherwise."""
 
-from ray_cluster.watch import WatchView, file_digest, preflight_needed, reapply_reason, watch
+import json
+
+from ray_cluster import serve_rest
+from ray_cluster.watch import (
+    ALARM_EVENT,
+    FAILED,
+    AppBackoff,
+    WatchView,
+    file_digest,
+    preflight_needed,
+    reapply_reason,
+    watch,
+)
 
 A = {"10.0.0.11": "n1", "10.0.0.12": "n2"}
 
@@ -56,3 +68,104 @@ def test_a_restarted_deploy_skips_the_preflight_once_an_app_is_deployed():
     assert preflight_needed({})  # the first deploy (or the dashboard is not up yet)
     assert not preflight_needed({"llm": "RUNNING"})  # the engine holds the GPUs
     assert not preflight_needed({"llm": "DEPLOY_FAILED"})  # _apply deletes and re-deploys it
+
+
+def test_backoff_state_machine():
+    """A failed app: first re-apply after `first` s, then doubling delays up to the cap; a
+    healthy app resets it. Time is given, so the sequence is exact."""
+    b = AppBackoff(first=300, cap=1200)
+    bad, ok = {"llm": "DEPLOY_FAILED"}, {"llm": "RUNNING"}
+    assert b.step(ok, 0) is None and b.failing_since is None
+    assert b.step(bad, 100) is None  # first seen: Serve gets `first` s to heal its replicas
+    assert b.step(bad, 399) is None
+    assert b.step(bad, 400) == "app llm=DEPLOY_FAILED for 300 s (re-apply 1)"
+    b.attempted(400)
+    assert b.step(bad, 999) is None and b.step(bad, 1000) == "app llm=DEPLOY_FAILED for 900 s (re-apply 2)"
+    b.attempted(1000)
+    assert b.step({"llm": "UNHEALTHY"}, 2199) is None
+    assert b.step({"llm": "UNHEALTHY"}, 2200) == "app llm=UNHEALTHY for 2100 s (re-apply 3)"
+    b.attempted(2200)
+    assert b.due == 2200 + 1200  # capped
+    assert [b.delay(n) for n in range(4)] == [300, 600, 1200, 1200]
+    assert b.step(ok, 2300) is None and (b.failing_since, b.attempts) == (None, 0)
+    assert b.step(bad, 5000) is None and b.due == 5300  # a new failure starts over
+    # other statuses (deploying, updating) are not failures
+    assert AppBackoff().step({"llm": "DEPLOYING"}, 0) is None
+
+
+def test_the_loop_reapplies_a_failed_app_with_backoff_and_logs_the_alarm_metric():
+    statuses = [
+        "RUNNING",
+        "UNHEALTHY",
+        "UNHEALTHY",
+        "UNHEALTHY",
+        "UNHEALTHY",
+        "UNHEALTHY",
+        "RUNNING",
+        "RUNNING",
+    ]
+    clock = {"t": 0.0}
+    seen = iter(statuses)
+    applied, logs, slept = [], [], []
+
+    def sleep(s):
+        slept.append(s)
+        clock["t"] += s
+
+    def apply(reason):
+        applied.append((clock["t"], reason))
+        if len(applied) == 1:
+            raise RuntimeError("serve applications not RUNNING after 600 s: llm=UNHEALTHY")
+
+    watch(
+        lambda: WatchView("d1", dict(A), {"llm": next(seen)}),
+        apply,
+        interval=100,
+        polls=len(statuses) - 1,
+        sleep=sleep,
+        clock=lambda: clock["t"],
+        backoff=AppBackoff(first=100, cap=150),
+        log=logs.append,
+    )
+    # unhealthy first seen at t=100: re-applied at 200 (raised: still an attempt), then 150 s later
+    assert applied == [
+        (200, "app llm=UNHEALTHY for 100 s (re-apply 1)"),
+        (400, "app llm=UNHEALTHY for 300 s (re-apply 2)"),
+    ]
+    alarm = [json.loads(line) for line in logs if line.startswith("{")]
+    assert [a["seconds"] for a in alarm] == [0, 100, 200, 300, 400, 0]
+    assert alarm[0] == {"llmfleet_watch": ALARM_EVENT, "seconds": 0, "apps": {"llm": "UNHEALTHY"}}
+    assert alarm[2]["apps"] == {"llm": "UNHEALTHY"} and alarm[-1] == {
+        "llmfleet_watch": ALARM_EVENT,
+        "seconds": 0,
+    }
+    assert slept == [100] * (len(statuses) - 1)
+
+
+def test_failed_is_serves_own_list():
+    assert FAILED == serve_rest.FAILED == ("DEPLOY_FAILED", "UNHEALTHY")
+
+
+def test_a_long_reapply_keeps_the_alarm_line_coming():
+    """A re-apply that blocks (waiting for a replaced worker) must not read as a healthy app."""
+    import time
+
+    seen = iter(["RUNNING", "UNHEALTHY", "UNHEALTHY"])
+    logs = []
+    watch(
+        lambda: WatchView("d1", dict(A), {"llm": next(seen)}),
+        lambda reason: time.sleep(0.5),
+        interval=0.1,
+        polls=2,
+        sleep=lambda s: None,
+        clock=time.monotonic,
+        backoff=AppBackoff(first=0, cap=0),
+        log=logs.append,
+    )
+    during = [
+        json.loads(line)
+        for line in logs[logs.index(next(x for x in logs if x.startswith("re-apply"))) :]
+        if line.startswith("{")
+    ]
+    assert len(during) >= 3 and all(d["apps"] == {"llm": "UNHEALTHY"} for d in during)
+    assert "" not in logs

@@ -30,7 +30,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-from infra.boot import metrics
+from infra.boot import health_agent, metrics
 from infra.boot.metrics import HostMetrics
 from infra.constants import S3_MAX_CONCURRENT_REQUESTS
 from ray_cluster import contract
@@ -489,5 +489,6 @@ def render_user_data(spec: NodeSpec) -> str:
     parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec)]
     if m:  # after the node container: boot log shipper, and DCGM (workers) or Prometheus (head)
         parts.append(metrics.agents(m, spec.region, spec.role, spec.image_ref, spec.container))
+    parts.append(health_agent.install(spec))  # what heals itself: see that module
     parts.append(_deploy(spec))
     return "".join(parts).replace("\n\n\n", "\n\n")

@@ -10,6 +10,9 @@ runs on the host over SSH (pulumi_command.remote.Command). It:
 3. pulls the image, replaces the fixed-name container and starts `python -m ray_cluster.node
    head|worker` in it, the same node code (and so the same `ray start` argv, built by
    `ray_cluster.ray_start.head_start_command` / `worker_start_command`) as the AWS hosts.
+4. on the head, installs `llmfleet-deploy.service` (`deploy_unit`): the same `deploy --watch`
+   as the AWS head's, under systemd (Restart=always, enabled), so Serve is deployed again after
+   a head container restart or a reboot, and re-applied when the app stays failed.
 
 `--dry-run` (or LLMFLEET_DRY_RUN=1) runs the checks and prints every side effect as
 `dry-run: <argv>` instead of running it. Secrets come on stdin (the remote Command's secret
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from infra.boot import cloud_init
 from infra.boot.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
-from infra.boot.ssh_node import container_argv, host_index, node_spec, ray_argv, weights_gib
+from infra.boot.ssh_node import DEPLOY_UNIT, container_argv, host_index, node_spec, ray_argv, weights_gib
 from infra.stack.resolve import Stack
 from ray_cluster.contract import HOST_ENV_FILE  # cloud-init writes the same file
 from ray_cluster.ray_start import shell_command
@@ -193,6 +196,14 @@ def _worker_checks() -> list[str]:
     ]
 
 
+def _head_checks() -> list[str]:
+    """The head keeps its deploy watcher under systemd (step 4)."""
+    return [
+        'command -v systemctl >/dev/null 2>&1 || fail systemd "systemctl not found in PATH" '
+        '"the head runs its deploy watcher as a systemd unit: use a systemd host"',
+    ]
+
+
 def _tool_checks(tool: str, ecr: re.Match | None) -> list[str]:
     lines: list[str] = []
     if tool:
@@ -311,14 +322,48 @@ def _image_and_container(ecr: re.Match | None) -> list[str]:
     return lines
 
 
+DEPLOY_UNIT_PATH = f"/etc/systemd/system/{DEPLOY_UNIT}"
+
+
+def deploy_unit(spec: NodeSpec) -> str:
+    """The owned head's deploy unit: the same `deploy --watch` as the AWS head's, kept running by
+    systemd. Restart=always: a deploy that fails (workers not there yet) is tried again, and
+    when the head container restarts the `docker exec` ends and the next one deploys afresh
+    into the new container; enabled, it starts again after a reboot (the container comes back
+    with Docker's restart policy; until it runs, `docker exec` fails and is retried)."""
+    run = ["/usr/bin/env", "docker", "exec", spec.container, *cloud_init.head_deploy_argv(spec), "--watch"]
+    return f"""[Unit]
+Description=llmfleet: deploy the Serve app in {spec.container} and keep watching it
+Wants=docker.service
+After=docker.service network-online.target
+
+[Service]
+ExecStart={shlex.join(run)}
+Restart=always
+RestartSec=30
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def _deploy(spec: NodeSpec) -> list[str]:
-    # Same deploy as the AWS head's unit: waits for TP x PP GPUs, preflight, serve deploy,
-    # a real completion. Detached in the container and retried, so this script returns.
-    deploy = shell_command(cloud_init.head_deploy_argv(spec))
+    # Same deploy and watcher as the AWS head's unit (cloud_init): waits for TP x PP GPUs,
+    # preflight, serve deploy, a real completion, then re-applies on a new config, a returning
+    # worker or a failed app. Under systemd, so it outlives this script, a container restart
+    # and a reboot. Restarted on every run: this script has just replaced the container.
+    q = shlex.quote
     return [
-        "# 4. bootstrap the inference actors once the workers have joined -------------------",
-        f"DEPLOY={_sq(f'until {deploy}; do sleep 30; done')}",
-        'run "${DOCKER[@]}" exec --detach "$CONTAINER" sh -c "$DEPLOY"',
+        "# 4. deploy and watch the inference actors: a systemd unit on this host -------------",
+        f"DEPLOY_UNIT={_sq(deploy_unit(spec))}",
+        'if [ "$DRY_RUN" = 1 ]; then',
+        f"  echo {q(f'{DRY_RUN_PREFIX} write {DEPLOY_UNIT_PATH}')}",
+        "else",
+        f'  printf \'%s\\n\' "$DEPLOY_UNIT" | "${{SUDO[@]}}" install -D -m 0644 /dev/stdin {q(DEPLOY_UNIT_PATH)}',
+        "fi",
+        'run "${SUDO[@]}" systemctl daemon-reload',
+        f'run "${{SUDO[@]}}" systemctl enable {DEPLOY_UNIT}',
+        f'run "${{SUDO[@]}}" systemctl restart {DEPLOY_UNIT}',
     ]
 
 
@@ -340,7 +385,7 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
     v.update(IMAGE=image_ref, CONTAINER=spec.container)
     secrets = _secrets(is_worker)
     lines = _preamble(host, stack, head_ip, v, container_argv(spec))
-    lines += _worker_checks() if is_worker else []
+    lines += _worker_checks() if is_worker else _head_checks()
     lines += _tool_checks(tool, ecr) + _read_secrets(secrets) + _weights(stage) + _env_file(secrets)
     lines += [] if is_worker else _serve_config(spec)
     lines += _image_and_container(ecr)

@@ -100,7 +100,15 @@ def ray_argv(host: HostSpec, head_ip: str) -> list[str]:
     )
 
 
+DEPLOY_UNIT = "llmfleet-deploy.service"  # the head's deploy watcher (ssh_bootstrap.deploy_unit)
+
+
 def stop_command(container: str) -> str:
-    """The remote Command's `delete`: stop and remove the node container (idempotent)."""
-    name = shlex.quote(container)
-    return f"docker rm -f {name} >/dev/null 2>&1 || sudo -n docker rm -f {name} >/dev/null 2>&1 || true"
+    """The remote Command's `delete`: stop and remove the node container, and stop and disable
+    the head's deploy unit, which would otherwise retry against a container that is gone
+    (idempotent; a worker has no such unit)."""
+    name, unit = shlex.quote(container), f"systemctl disable --now {DEPLOY_UNIT}"
+    return (
+        f"docker rm -f {name} >/dev/null 2>&1 || sudo -n docker rm -f {name} >/dev/null 2>&1 || true; "
+        f"{{ {unit} || sudo -n {unit}; }} >/dev/null 2>&1 || true"
+    )

@@ -198,11 +198,29 @@ class Cluster(pulumi.ComponentResource):
                 notify=args.alarm_topics,
             ),
             *self.workers.alarms,
+            *self._app_alarm(name, args),
         ]
         self.rollouts = self._rollouts(name, args)
         self.register_outputs(
             {"head_private_ip": self.head.private_ip, "worker_groups": self.workers.group_names}
         )
+
+    def _app_alarm(self, name: str, args: ClusterArgs) -> list[aws.cloudwatch.MetricAlarm]:
+        """The Serve app's alarm, read from the boot log group (none without metrics and logs)."""
+        if args.host_metrics is None:
+            return []
+        group = pulumi.Output.from_input(args.host_metrics).apply(lambda m: m.boot_log_group)
+        return [
+            recovery.app_alarm(
+                f"{name}-head",
+                cluster=args.name,
+                boot_log_group=group,
+                tags=args.tags,
+                parent=self,
+                depends_on=self._boot_deps,  # the log group (Observability) exists first
+                notify=args.alarm_topics,
+            )
+        ]
 
     def _placement_group(self, name: str, args: ClusterArgs) -> aws.ec2.PlacementGroup | None:
         # A Capacity Block's instances already sit together in an UltraCluster, and EC2 rejects a

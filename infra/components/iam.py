@@ -29,6 +29,7 @@ import pulumi_aws as aws
 
 from infra.boot.node_apply import node_parameter_prefix
 from infra.catalog.aws_managed import ssm_agent_statements
+from infra.components.workers import group_prefix
 
 ECR_PULL_ACTIONS = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
 
@@ -191,6 +192,23 @@ def node_policy_document(
     return {"Version": "2012-10-17", "Statement": stmts}
 
 
+def worker_health_statement(repository_arn: str, cluster: str, stack: str) -> dict[str, Any]:
+    """The workers' health agent (ray_cluster/node_health.py) marks its own instance Unhealthy:
+    SetInstanceHealth on this cluster's worker groups only (by name in this account and region,
+    and by the stack tag the groups carry). The role is the head's too, which is trusted.
+    Auto Scaling's own tag key (autoscaling:ResourceTag/...) is the one its docs give for group
+    actions: https://docs.aws.amazon.com/autoscaling/ec2/userguide/tag-security.html"""
+    partition, region, account = repository_arn.split(":")[1:2] + repository_arn.split(":")[3:5]
+    groups = f"autoScalingGroup:*:autoScalingGroupName/{group_prefix(cluster)}*"
+    return {
+        "Sid": "MarkOwnWorkersUnhealthy",
+        "Effect": "Allow",
+        "Action": ["autoscaling:SetInstanceHealth"],
+        "Resource": f"arn:{partition}:autoscaling:{region}:{account}:{groups}",
+        "Condition": {"StringEquals": {"autoscaling:ResourceTag/llmfleet:stack": stack}},
+    }
+
+
 @dataclass
 class IamArgs:
     name: str
@@ -201,6 +219,14 @@ class IamArgs:
     weights_bucket: pulumi.Input[str] | None
     weights_prefix: str
     tags: dict[str, str] = field(default_factory=dict)
+    # cluster name and stack: the workers' health agent may mark this cluster's workers Unhealthy
+    worker_health: tuple[str, str] | None = None
+
+
+def _with_health(doc: dict[str, Any], repository_arn: str, args: IamArgs) -> dict[str, Any]:
+    if args.worker_health:
+        doc["Statement"].append(worker_health_statement(repository_arn, *args.worker_health))
+    return doc
 
 
 class NodeIam(pulumi.ComponentResource):
@@ -233,7 +259,11 @@ class NodeIam(pulumi.ComponentResource):
             args.secrets_key_arn,
         ).apply(
             lambda a: json.dumps(
-                node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix, secrets_key_arn=a[4])
+                _with_health(
+                    node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix, secrets_key_arn=a[4]),
+                    a[0],
+                    args,
+                )
             )
         )
         self.policy = aws.iam.Policy(

@@ -111,3 +111,59 @@ def slot_alarm(
         tags=tags,
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+# The head's deploy watcher (ray_cluster/watch.py) logs this JSON line each poll while a Serve
+# app is DEPLOY_FAILED or UNHEALTHY (seconds since first seen so), and seconds 0 once it is
+# back; a follower on the head copies the deploy unit's journal into the boot log, which reaches
+# CloudWatch (infra/boot/health_agent.py).
+APP_METRIC = "ServeAppUnhealthySeconds"
+APP_PATTERN = '{ $.llmfleet_watch = "app_unhealthy" }'
+APP_ALARM_AFTER_S = 1800  # the watcher re-applies with backoff before anyone is told
+
+
+def app_metric_namespace(cluster: str) -> str:
+    return f"llmfleet/{cluster}"
+
+
+def app_alarm(
+    name: str,
+    *,
+    cluster: str,
+    boot_log_group: pulumi.Input[str],
+    tags: dict[str, str],
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
+    notify: Sequence[str] = (),
+) -> aws.cloudwatch.MetricAlarm:
+    """ALARM when a Serve app has stayed failed for 30 minutes in spite of the watcher's
+    re-applies; OK again when the watcher logs it back (or logs nothing: no head, no app, which
+    the head's own alarm covers)."""
+    opts = pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on))
+    aws.cloudwatch.LogMetricFilter(
+        f"{name}-app-unhealthy",
+        log_group_name=boot_log_group,
+        pattern=APP_PATTERN,
+        metric_transformation={
+            "name": APP_METRIC,
+            "namespace": app_metric_namespace(cluster),
+            "value": "$.seconds",
+        },
+        opts=opts,
+    )
+    return aws.cloudwatch.MetricAlarm(
+        f"{name}-app-alarm",
+        alarm_description="llmfleet: a Serve application has stayed DEPLOY_FAILED or UNHEALTHY for 30 minutes "
+        "although the head's deploy watcher re-applied it (journal: the boot log on the head)",
+        namespace=app_metric_namespace(cluster),
+        metric_name=APP_METRIC,
+        statistic="Maximum",
+        period=300,
+        evaluation_periods=1,
+        comparison_operator="GreaterThanOrEqualToThreshold",
+        threshold=APP_ALARM_AFTER_S,
+        treat_missing_data="notBreaching",
+        **notifications(notify),
+        tags=tags,
+        opts=opts,
+    )

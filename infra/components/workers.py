@@ -158,8 +158,12 @@ def worker_launch_template(
     )
 
 
+def group_prefix(cluster: str) -> str:
+    return f"{cluster}-worker-"
+
+
 def group_name(cluster: str, slot: int) -> str:
-    return f"{cluster}-worker-{slot}"
+    return f"{group_prefix(cluster)}{slot}"
 
 
 def slot_tags(args: WorkerPoolArgs, slot: int) -> dict[str, str]:

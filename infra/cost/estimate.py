@@ -94,6 +94,9 @@ FREE_TYPE_PREFIXES = (
     "aws:s3/bucketPolicy",
     "aws:s3/bucketLifecycle",
     "aws:cloudwatch/logGroup:",  # usage-based ingestion/storage, not estimated
+    # its metric is billed as a custom metric only for the hours it gets data (the head's watcher
+    # logs the line only while a Serve app is failed): nothing in a healthy month
+    "aws:cloudwatch/logMetricFilter:",
     "aws:amp/workspace:",  # usage-based (samples ingested, stored, queried), not estimated
     "random:",
     "docker-build:",

@@ -108,6 +108,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
             weights_bucket=weights.bucket_name,
             weights_prefix=weights.prefix,
             tags=tags,
+            worker_health=(name, cfg.stack),
         ),
     )
     obs = Observability(

@@ -207,3 +207,36 @@ install -d -m 0755 /etc/llmfleet
 echo 7a20b068b4aa8f2f > /etc/llmfleet/llmfleet-worker.run
 log "started container llmfleet-worker"
 fi
+
+# 6. Health agent: marks this instance Unhealthy in its Auto Scaling group (which replaces it)
+#    on a fatal GPU XID, a missing GPU, or a node container / raylet down past 900 s.
+install -d -m 0755 /usr/local/lib/llmfleet
+# (--log-driver none: the file goes to this host, not to the containers' CloudWatch group)
+docker run --rm --log-driver none --entrypoint cat 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab /opt/llmfleet/ray_cluster/node_health.py > /usr/local/lib/llmfleet/node_health.py.new
+cat > /etc/systemd/system/llmfleet-health.service.new <<'LLMFLEET_HEALTH_EOF'
+[Unit]
+Description=llmfleet: mark this GPU worker Unhealthy in its Auto Scaling group when it cannot serve
+After=docker.service llmfleet-apply.service
+
+[Service]
+ExecStart=/usr/bin/python3 /usr/local/lib/llmfleet/node_health.py --container llmfleet-worker --gpus 8 --head 10.42.0.10 --region us-east-1 --grace 900
+Restart=always
+RestartSec=30
+
+[Install]
+WantedBy=multi-user.target
+LLMFLEET_HEALTH_EOF
+HEALTH_CHANGED=0
+for f in /usr/local/lib/llmfleet/node_health.py /etc/systemd/system/llmfleet-health.service; do
+  if cmp -s "${f}.new" "${f}"; then rm -f "${f}.new"; else mv "${f}.new" "${f}"; HEALTH_CHANGED=1; fi
+done
+systemctl daemon-reload
+systemctl enable llmfleet-health.service
+# --no-block: at a reboot this script runs inside llmfleet-apply.service, which the agent's
+# unit is ordered after; a blocking start would wait for this very script to end.
+if [[ "${HEALTH_CHANGED}" == 1 ]]; then
+  systemctl --no-block restart llmfleet-health.service
+else
+  systemctl --no-block start llmfleet-health.service
+fi
+log "health agent: journalctl -u llmfleet-health"
