@@ -138,3 +138,23 @@ def test_the_container_runs_as_the_guarded_uid_and_cannot_regain_root():
 def test_a_root_or_malformed_uid_is_refused_in_one_line(uid):
     with pytest.raises(ValueError, match=r"^uid = .*: allowed a non-root uid"):
         imds_guard.rules(uid)
+
+
+def test_the_ssh_bootstraps_lines_install_the_same_rules(metadata_ns):
+    """An owned host: the bootstrap's own lines (root, so SUDO is empty) guard it the same way."""
+    run = _ns(
+        "bash",
+        "-c",
+        "\n".join(["set -euo pipefail", "SUDO=(); DRY_RUN=0; HOST=h", *imds_guard.bootstrap_lines()]),
+    )
+    assert run.stderr == ""
+    assert _fetch("v4", 0) == 0 and _fetch("v4", contract.NODE_UID) == 7
+    assert _fetch("v6", contract.NODE_UID) == 7
+
+
+def test_the_ssh_bootstrap_warns_instead_of_cutting_off_its_own_user(metadata_ns):
+    lines = ["SUDO=(); DRY_RUN=0; HOST=h", *imds_guard.bootstrap_lines()]
+    who = ["setpriv", f"--reuid={contract.NODE_UID}", f"--regid={contract.NODE_UID}", "--clear-groups"]
+    run = _ns(*who, "bash", "-c", "\n".join(lines))
+    assert run.returncode == 0 and "guard is skipped" in run.stderr
+    assert _fetch("v4", contract.NODE_UID) == 0
