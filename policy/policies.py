@@ -10,6 +10,7 @@ from pulumi_policy import EnforcementLevel, Policy
 
 from .alarms import ALARM_POLICIES
 from .endpoint import ENDPOINT_POLICIES
+from .engine import ENGINE_POLICIES
 from .fleet import FLEET_POLICIES
 from .logs import LOG_POLICIES
 from .network import NETWORK_POLICIES
@@ -26,6 +27,7 @@ POLICIES: list[Policy] = [
     *LOG_POLICIES,
     *ENDPOINT_POLICIES,
     *ALARM_POLICIES,
+    *ENGINE_POLICIES,
 ]
 
 
