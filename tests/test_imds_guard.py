@@ -158,3 +158,35 @@ def test_the_ssh_bootstrap_warns_instead_of_cutting_off_its_own_user(metadata_ns
     run = _ns(*who, "bash", "-c", "\n".join(lines))
     assert run.returncode == 0 and "guard is skipped" in run.stderr
     assert _fetch("v4", contract.NODE_UID) == 0
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs util-linux (unshare)")
+def test_the_ssh_bootstrap_leaves_the_unit_for_later_boots_under_systemd(metadata_ns, tmp_path):
+    """Under systemd the owned host also gets the guard script and unit (a reboot drops the
+    rules, and docker brings the container back). A private mount namespace with tmpfs over
+    /run, /usr/local/sbin and /etc/systemd/system keeps this machine's own untouched."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl.log\n')
+    (fake / "systemctl").chmod(0o755)
+    unit = f"/etc/systemd/system/{imds_guard.GUARD_UNIT}"
+    script = "\n".join(
+        [
+            "set -euo pipefail",
+            "for d in /run /usr/local/sbin /etc/systemd/system; do mount -t tmpfs none $d; done",
+            "mkdir -p /run/systemd/system",
+            f"PATH={fake}:$PATH; SUDO=(); DRY_RUN=0; HOST=h",
+            *imds_guard.bootstrap_lines(),
+            f"cp {imds_guard.GUARD_BIN} {unit} {tmp_path}/",
+            f"test -x {imds_guard.GUARD_BIN}",
+        ]
+    )
+    run = _ns("unshare", "--mount", "--propagation", "private", "bash", "-c", script, check=False)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "llmfleet-imds-guard").read_text() == imds_guard.guard_script()
+    assert (tmp_path / imds_guard.GUARD_UNIT).read_text() == imds_guard.guard_unit()
+    assert (tmp_path / "systemctl.log").read_text().splitlines() == [
+        "daemon-reload",
+        f"enable {imds_guard.GUARD_UNIT}",
+    ]
+    assert _fetch("v4", contract.NODE_UID) == 7

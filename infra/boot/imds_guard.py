@@ -55,21 +55,16 @@ def install_lines(uid: int = NODE_UID, prefix: str = "") -> list[str]:
     return out
 
 
-def node_script_section(uid: int = NODE_UID) -> str:
-    """The EC2 node script's step 0: the rules now, and a oneshot unit that docker.service
-    requires and starts after, so on a reboot (which drops every rule) the container that
-    docker's restart policy brings back never runs a moment without them. Fails closed: if the
-    rules cannot be installed, docker does not start."""
-    body = "\n".join(["#!/bin/bash", "set -euo pipefail", *install_lines(uid)])
-    return f"""
-# 0. The node container (uid {uid}, host network) must not reach the metadata service and the
-#    instance role's credentials; root keeps it (infra/boot/imds_guard.py says why this holds).
-cat > {GUARD_BIN} <<'LLMFLEET_GUARD_EOF'
-{body}
-LLMFLEET_GUARD_EOF
-chmod 0755 {GUARD_BIN}
-cat > /etc/systemd/system/{GUARD_UNIT} <<'LLMFLEET_GUARD_EOF'
-[Unit]
+def guard_script(uid: int = NODE_UID) -> str:
+    """GUARD_BIN: the rules as a script of their own, for the unit to run at every boot."""
+    return "\n".join(["#!/bin/bash", "set -euo pipefail", *install_lines(uid)]) + "\n"
+
+
+def guard_unit() -> str:
+    """A oneshot unit that docker.service requires and starts after: on a reboot (which drops
+    every rule) the container that docker's restart policy brings back never runs a moment
+    without the rules. Fails closed: if they cannot be installed, docker does not start."""
+    return f"""[Unit]
 Description=llmfleet: the node container's uid may not reach the instance metadata service
 Before=docker.service
 
@@ -80,6 +75,20 @@ ExecStart={GUARD_BIN}
 
 [Install]
 RequiredBy=docker.service
+"""
+
+
+def node_script_section(uid: int = NODE_UID) -> str:
+    """The EC2 node script's step 0: the unit (for every later boot) and the rules now."""
+    return f"""
+# 0. The node container (uid {uid}, host network) must not reach the metadata service and the
+#    instance role's credentials; root keeps it (infra/boot/imds_guard.py says why this holds).
+cat > {GUARD_BIN} <<'LLMFLEET_GUARD_EOF'
+{guard_script(uid).rstrip()}
+LLMFLEET_GUARD_EOF
+chmod 0755 {GUARD_BIN}
+cat > /etc/systemd/system/{GUARD_UNIT} <<'LLMFLEET_GUARD_EOF'
+{guard_unit().rstrip()}
 LLMFLEET_GUARD_EOF
 systemctl daemon-reload
 systemctl enable {GUARD_UNIT} >/dev/null 2>&1
@@ -89,11 +98,14 @@ systemctl enable {GUARD_UNIT} >/dev/null 2>&1
 
 def bootstrap_lines(uid: int = NODE_UID) -> list[str]:
     """The SSH bootstrap's lines (an owned host, maybe on EC2 or another cloud with the same
-    metadata address). Needs SUDO, DOCKER, DRY_RUN, MESSAGE_PREFIX-style fail/echo from the
-    script. Skipped with a warning when the SSH user is the container's uid itself: the rule
-    would cut the bootstrap's own `aws` calls off the role on the next run."""
+    metadata address): the rules now, and under systemd the same unit as the EC2 hosts for
+    every later boot. Uses the script's SUDO, DRY_RUN and HOST. Skipped with a warning when the
+    SSH user is the container's uid itself: the rule would cut the bootstrap's own `aws` calls
+    off the host's role on the next run."""
+    q = shlex.quote
     tools = [tool for tool, _ in rules(uid)]
     shown = "; ".join(install_lines(uid))
+    sudo = '"${SUDO[@]}"'
     return [
         "",
         "# The node container's uid may not reach a cloud metadata service (169.254.169.254) and",
@@ -101,12 +113,17 @@ def bootstrap_lines(uid: int = NODE_UID) -> list[str]:
         f'if [ "$(id -u)" = {uid} ]; then',
         f"  echo \"llmfleet-bootstrap: warning: $(id -un) is uid {uid}, the node container's: the "
         'metadata-service guard is skipped (it would block this user too); bootstrap as another user" >&2',
-        f'elif ! "${{SUDO[@]}}" {tools[0]} -w -L OUTPUT -n >/dev/null 2>&1; then',
+        f"elif ! {sudo} {tools[0]} -w -L OUTPUT -n >/dev/null 2>&1; then",
         f'  echo "llmfleet-bootstrap: warning: no usable {tools[0]} on $HOST: the node container '
         'can reach a metadata service there; install iptables and re-run" >&2',
         'elif [ "$DRY_RUN" = 1 ]; then',
-        f"  printf 'dry-run: %s\\n' {shlex.quote(shown)}",
+        f"  printf 'dry-run: %s\\n' {q(shown)}",
         "else",
-        *(f"  {line}" for line in install_lines(uid, prefix='"${SUDO[@]}"')),
+        *(f"  {line}" for line in install_lines(uid, prefix=sudo)),
+        "  if [ -d /run/systemd/system ]; then  # systemd runs this host: the unit for later boots",
+        f"    printf '%s' {q(guard_script(uid))} | {sudo} install -D -m 0755 /dev/stdin {GUARD_BIN}",
+        f"    printf '%s' {q(guard_unit())} | {sudo} install -D -m 0644 /dev/stdin /etc/systemd/system/{GUARD_UNIT}",
+        f"    {sudo} systemctl daemon-reload && {sudo} systemctl enable {GUARD_UNIT} >/dev/null 2>&1",
+        "  fi",
         "fi",
     ]
