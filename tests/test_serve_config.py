@@ -383,3 +383,21 @@ def test_a_catalog_model_that_needs_remote_code_gets_it_and_must_say_why(monkeyp
     assert cfg.model == "deepseek-r1" and cfg.trust_remote_code is False
     assert cfg.effective_trust_remote_code is True
     assert _llm(serving.render_for_plan(cfg, resolve(cfg).plan))["engine_kwargs"]["trust_remote_code"] is True
+
+
+def test_the_local_cluster_runs_the_tiny_model_without_remote_code():
+    from infra.local.layout import plan_layout, render_local_serve_config
+    from infra.local.tiny_model import MODEL_ID
+
+    doc = render_local_serve_config(
+        MODEL_ID, "/var/lib/llmfleet/local/m", plan_layout(2), "10.213.1.10", 8000
+    )
+    assert _llm(doc)["engine_kwargs"]["trust_remote_code"] is False
+
+
+def test_batch_engines_follow_the_same_rule():
+    from infra.bench.batch import local_engine, stack_engine
+
+    assert local_engine("/m")[0]["trust_remote_code"] is False
+    assert stack_engine("prod", [])[0]["trust_remote_code"] is False
+    assert stack_engine("prod", ["llmfleet:trustRemoteCode=true"])[0]["trust_remote_code"] is True
