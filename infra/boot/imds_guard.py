@@ -38,8 +38,8 @@ def rules(uid: int = NODE_UID) -> list[tuple[str, list[str]]]:
 
 def install_lines(uid: int = NODE_UID, prefix: str = "") -> list[str]:
     """Shell lines that install the rules once: `-C` first, so a re-run (every boot, every
-    rollout) never stacks a duplicate, and `-I OUTPUT 1`, so an ACCEPT another tool appended
-    earlier cannot pass the packets first. `-w`: dockerd edits the tables at boot too. IPv6 only
+    rollout) never stacks a duplicate, and `-I OUTPUT 1`, so an ACCEPT already in the chain
+    cannot let the packets through first. `-w`: dockerd edits the tables at boot too. IPv6 only
     where the host has an IPv6 stack and a working ip6tables: without the stack the v6 address is
     unreachable anyway, and the v6 endpoint answers only where http_protocol_ipv6 is enabled,
     which the stacks' launch templates leave off. `prefix`: e.g. `"${SUDO[@]}"` when the script is not root."""
