@@ -239,7 +239,11 @@ def readiness_commands(
 ) -> list[str]:
     """Shell lines for AWS-RunShellScript on the head: node status + one real completion.
 
-    The token is read on the head (its role may read the parameter); it never travels in the command.
+    The token is read on the head (its role may read the parameter); it never travels in the
+    command, and on the head it never enters an argv (the process table shows every argv to
+    every local user): `printf` is a bash builtin, and curl reads the header from its stdin
+    (`-H @-`). The reply goes to a fresh mktemp file, not a fixed /tmp name another user could
+    plant a symlink at.
     """
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "Reply with OK."}], "max_tokens": 16}
@@ -251,12 +255,15 @@ def readiness_commands(
         f"echo {MARK}_STATUS_END",
         f"TOKEN=$(aws ssm get-parameter --region {q(region)} --name {q(token_parameter)} --with-decryption "
         "--query Parameter.Value --output text)",
-        f"CODE=$(curl -sS -o /tmp/llmfleet-ready.json -w '%{{http_code}}' --max-time 120 "
-        f"-H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d {q(body)} "
+        "OUT=$(mktemp)",
+        "CODE=$(printf 'Authorization: Bearer %s\\n' \"$TOKEN\" | curl -sS -o \"$OUT\" -w '%{http_code}' "
+        f"--max-time 120 -H @- -H 'Content-Type: application/json' -d {q(body)} "
         f"http://127.0.0.1:{int(port)}/v1/chat/completions)",
+        "unset TOKEN",
         f'echo "{MARK}_COMPLETION_HTTP=$CODE"',
         f"echo {MARK}_COMPLETION_BEGIN",
-        "head -c 4000 /tmp/llmfleet-ready.json; echo",
+        'head -c 4000 "$OUT"; echo',
+        'rm -f "$OUT"',
         f"echo {MARK}_COMPLETION_END",
     ]
 

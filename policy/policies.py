@@ -10,6 +10,7 @@ from pulumi_policy import EnforcementLevel, Policy
 
 from .alarms import ALARM_POLICIES
 from .endpoint import ENDPOINT_POLICIES
+from .engine import ENGINE_POLICIES
 from .fleet import FLEET_POLICIES
 from .host_roles import HOST_ROLE_POLICIES
 from .logs import LOG_POLICIES
@@ -28,6 +29,7 @@ POLICIES: list[Policy] = [
     *ENDPOINT_POLICIES,
     *ALARM_POLICIES,
     *HOST_ROLE_POLICIES,
+    *ENGINE_POLICIES,
 ]
 
 

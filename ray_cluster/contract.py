@@ -34,6 +34,10 @@ NODE_MODULE = "ray_cluster.node"
 # The image's ENTRYPOINT, spelled out (vLLM images have python3, no `python`).
 IMAGE_ENTRYPOINT = ("python3", "-m", NODE_MODULE)
 SHM_SIZE = "16g"  # moot under --ipc=host, but stops launchers sizing it
+# The node container's uid (images/Dockerfile's ARG NODE_UID; a test keeps them equal). Pinned in
+# the run options too, because the hosts' metadata-service guard (infra/boot/imds_guard.py)
+# blocks exactly this uid: the guard holds only while the engine runs as it.
+NODE_UID = 1000
 
 # Device kinds a cluster's workers can be. "gpu": the production hosts. "cpu": vLLM's CPU build
 # (the local cluster); vLLM's Ray executor refuses CPU, so one replica's ranks stay on one host.
@@ -213,6 +217,10 @@ def docker_run_options(
         ("--ipc", "host"),
         ("--shm-size", SHM_SIZE),
         ("--ulimit", "memlock=-1"),
+        ("--user", str(NODE_UID)),  # as the image's USER: its primary group comes from its passwd entry
+        # No setuid way back to root inside the container: root there is root on the host's
+        # network, which the metadata-service guard lets through.
+        ("--security-opt", "no-new-privileges"),
         ("--volume", f"{model_path}:{model_path}:ro"),
         ("--env", f"{MODEL_PATH_ENV}={model_path}"),
         ("--env-file", env_file),

@@ -4,6 +4,7 @@ set -euo pipefail
 need=()
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v ip >/dev/null || need+=(iproute2)
+[ -x /usr/sbin/iptables ] || need+=(iptables)  # the metadata-service guard's test (tests/test_imds_guard.py)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v prometheus >/dev/null || need+=(prometheus)  # `llmfleet local up` scrapes the hosts with it

@@ -142,6 +142,67 @@ def test_readiness_commands_keep_token_on_the_head():
     assert '"model": "deepseek-r1"' in script
 
 
+def test_readiness_sends_the_token_through_curls_stdin_never_an_argv(tmp_path):
+    """The rendered lines run for real in bash: `aws` (a stub) prints the token, the real curl
+    (behind a wrapper that records every argv it is given) posts to a local endpoint. The
+    endpoint gets the bearer header; no argv ever holds the token."""
+    import os
+    import stat
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    real_curl = shutil.which("curl")
+    if real_curl is None:
+        pytest.skip("needs curl")
+    token = "tok-" + "s3cr3t" * 6
+    seen: list[str | None] = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            seen.append(self.headers.get("Authorization"))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = json.dumps(
+                {"choices": [{"message": {"content": "OK"}}], "usage": {"completion_tokens": 2}}
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    bin_dir, argv_log = tmp_path / "bin", tmp_path / "argv.log"
+    bin_dir.mkdir()
+    stubs = {
+        "aws": f"printf '%s\\n' {token}",
+        "docker": "echo '{\"nodes\": []}'",
+        # every argv of every curl call, one per line, then the real curl with the same stdin
+        "curl": f'printf \'%s\\n\' "$0" "$@" >> {argv_log}\nexec {real_curl} "$@"',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    try:
+        cmds = d.readiness_commands(
+            container="llmfleet-head", port=srv.server_address[1], model="m", token_parameter="/t", region="r"
+        )
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NO_PROXY": "*"}
+        run = subprocess.run(
+            ["bash", "-c", "\n".join(cmds)], capture_output=True, text=True, env=env, timeout=60
+        )
+    finally:
+        srv.shutdown()
+    assert seen == [f"Bearer {token}"], run.stderr
+    logged = argv_log.read_text()
+    assert "chat/completions" in logged and token not in logged
+    assert d.parse_readiness(run.stdout).ready, run.stdout + run.stderr
+    assert all(token not in line for line in cmds)  # nor in the command SSM carries
+
+
 # ---------------------------------------------------------------- the waiter against moto's SSM
 
 

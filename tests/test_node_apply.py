@@ -60,3 +60,47 @@ def test_pack_is_deterministic_and_the_command_follows_the_script():
     assert pack_script("a") == pack_script("a") and unpack_script(pack_script("é\n")) == "é\n"
     one, two = apply_command("/p", script_digest("a")), apply_command("/p", script_digest("b"))
     assert one != two and one.startswith("/usr/local/sbin/llmfleet-apply /p rollout")
+
+
+def _bash_view(script: str, tmp_path, name: str) -> str:
+    """The script as bash itself parses it: wrapped in a function, printed by `declare -f`
+    (bash keeps every command and here-document body and drops the comments)."""
+    f = tmp_path / name
+    f.write_text("__node() {\n" + script + "\n}\n")
+    return subprocess.run(
+        ["bash", "-c", 'source "$1" && declare -f __node', "_", str(f)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.parametrize("name", ["user_data_head.sh", "user_data_worker.sh"])
+def test_stripping_comments_changes_no_command(name, tmp_path):
+    """The packed script loses its comment lines only: bash parses both to the same commands."""
+    from infra.boot.node_apply import strip_comments
+    from tests.snapshot import SNAP
+
+    script = (SNAP / name).read_text()
+    stripped = strip_comments(script)
+    assert len(stripped) < 0.9 * len(script)  # the comments are gone...
+    assert stripped.startswith("#!/bin/bash\n")
+    # ... and nothing else: the same commands and here-document bodies
+    assert _bash_view(stripped, tmp_path, "s.sh") == _bash_view(script, tmp_path, "o.sh")
+
+
+def test_stripping_keeps_here_documents_and_drops_only_comment_lines():
+    from infra.boot.node_apply import strip_comments
+
+    script = (
+        "#!/bin/bash\n# a comment\n  # an indented one\necho a # trailing stays\n"
+        "cat > /etc/x.service <<'EOF'\n# data, not a comment\n[Unit]\nEOF\n"
+        'cat <<-"PY"\n#!/usr/bin/env python3\nPY\n'
+        'read -r x <<< "$y"\n# after a here-string\n'
+    )
+    assert strip_comments(script) == (
+        "#!/bin/bash\necho a # trailing stays\n"
+        "cat > /etc/x.service <<'EOF'\n# data, not a comment\n[Unit]\nEOF\n"
+        'cat <<-"PY"\n#!/usr/bin/env python3\nPY\n'
+        'read -r x <<< "$y"\n'
+    )

@@ -278,7 +278,12 @@ def test_the_worker_script_installs_the_agent_from_the_image():
         in script
     )
     assert "COPY ray_cluster/ /opt/llmfleet/ray_cluster/" in (ROOT / "images" / "Dockerfile").read_text()
-    exec_start = next(line for line in script.splitlines() if line.startswith("ExecStart="))
+    # the agent's unit (the IMDS guard's unit has an ExecStart too)
+    exec_start = next(
+        line
+        for line in script.splitlines()
+        if line.startswith("ExecStart=") and health_agent.AGENT_PATH in line
+    )
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
     assert argv[:2] == ["/usr/bin/python3", health_agent.AGENT_PATH]
     a = build_parser().parse_args(argv[2:])

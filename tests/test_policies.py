@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.boot.node_apply import pack_script
 from policy import policies as pack
 from policy._props import UNKNOWN
 from policy.resources import iam_document_problems
@@ -225,6 +226,11 @@ def add(resources, *new):
 
 
 # (policy, how to break the good stack, a word the message must contain)
+# A head node script whose Serve config (infra.rayconf.serve_config.to_yaml) turns it on.
+REMOTE_CODE = (
+    "cat > /etc/llmfleet/serve.yaml <<'E'\n      engine_kwargs:\n        trust_remote_code: true\nE\n"
+)
+
 BREAKERS = [
     (
         "host-role-secrets-scoped",
@@ -592,6 +598,18 @@ BREAKERS = [
         "endpoint-tls-internal",
         lambda s: add(s, *nlb(internal=True, protocol="TCP")),
         "clear text",
+    ),
+    (
+        "trust-remote-code",
+        lambda s: add(
+            s, res("aws:ssm/parameter:Parameter", "node-head", insecureValue=pack_script(REMOTE_CODE))
+        ),
+        "the Serve config sets trust_remote_code",
+    ),
+    (
+        "trust-remote-code",
+        lambda s: add(s, res("command:remote:Command", "hosts-head", create=REMOTE_CODE)),
+        "runs the checkpoint's own Python",
     ),
 ]
 

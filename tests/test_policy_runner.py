@@ -185,3 +185,40 @@ def test_budget_policy_prices_the_stack_it_is_given_not_the_last_captured():
     assert "on-demand snapshot prices" in budget_line(prod, stack=prod.config)
     # No StackConfig: Pulumi's runtime config only, where the capture of dev left nothing (no spot).
     assert "on-demand snapshot prices" in budget_line(prod)
+
+
+# --- trust-remote-code (advisory) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stack", "carrier"),
+    [
+        ("prod", "node-head"),
+        ("onprem-l20", "hosts-head"),
+    ],  # the EC2 head's SSM parameter; an owned head
+)
+def test_trust_remote_code_is_advisory_and_names_the_node_script_that_carries_it(stack, carrier):
+    from policy.runner import run_for_stack
+
+    _, off = run_for_stack(stack)
+    assert not [v for v in off.violations if v.policy == "trust-remote-code"]
+    _, on = run_for_stack(stack, ["llmfleet:trustRemoteCode=true"])
+    found = [v for v in on.violations if v.policy == "trust-remote-code"]
+    assert found and all(v.enforcement == "advisory" for v in found), on.violations
+    assert any(carrier in (v.resource or "") for v in found), found
+    assert all(
+        "the Serve config sets trust_remote_code" in v.message and "\n" not in v.message for v in found
+    )
+    assert on.mandatory == off.mandatory  # advisory only: `up` goes on
+
+
+def test_trust_remote_code_falls_back_to_the_stack_config_when_scripts_are_unknown():
+    """A real preview may not know the node scripts yet: the stack config still speaks."""
+    from infra.stack.files import load_config
+    from policy.runner import run_policies
+
+    on = run_policies([], {}, stack=load_config("dev", ["llmfleet:trustRemoteCode=true"]))
+    [v] = [v for v in on.violations if v.policy == "trust-remote-code"]
+    assert v.resource is None and "llmfleet:trustRemoteCode is true" in v.message
+    off = run_policies([], {}, stack=load_config("dev"))
+    assert not [v for v in off.violations if v.policy == "trust-remote-code"]

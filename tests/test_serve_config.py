@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from infra.cli import app
+from infra.constants import REPO_ROOT
 from infra.rayconf import serve_config as sc
 from infra.stack import serving
 from infra.stack.resolve import resolve
@@ -58,7 +59,8 @@ def test_llm_config_shape():
     assert pg["bundles"] == [{"GPU": 1, "gpu_model:L20": 1}] * 24
     assert "accelerator_type" not in llm  # Ray's list has no L20
     kw = llm["engine_kwargs"]
-    assert kw["enable_chunked_prefill"] and kw["enable_prefix_caching"] and kw["trust_remote_code"]
+    assert kw["enable_chunked_prefill"] and kw["enable_prefix_caching"]
+    assert kw["trust_remote_code"] is False  # vLLM runs no checkpoint code unless asked
     env = llm["runtime_env"]["env_vars"]
     assert env["NCCL_IB_DISABLE"] == "1" and all(isinstance(v, str) for v in env.values())
     # Per-node NIC names are set by ray_cluster.node before `ray start`, never cluster-wide.
@@ -345,3 +347,57 @@ def test_render_stdout_is_yaml_even_though_vllm_logs_on_import():
     doc = yaml.safe_load(proc.stdout)
     assert _llm(doc)["engine_kwargs"]["tensor_parallel_size"] == 8
     import vllm  # noqa: F401  (the premise: vLLM is installed, so it was imported by the command)
+
+
+def _engine_kwargs(stack: str, overrides: list[str]) -> dict:
+    from infra.stack.files import load_config
+
+    cfg = load_config(stack, overrides)
+    return _llm(serving.render_for_plan(cfg, resolve(cfg).plan))["engine_kwargs"]
+
+
+@pytest.mark.parametrize(
+    "stack", sorted(p.name.split(".")[1] for p in (REPO_ROOT / "stacks").glob("Pulumi.*.yaml"))
+)
+def test_no_shipped_stack_lets_vllm_run_checkpoint_code(stack):
+    """Every stacks/Pulumi.*.yaml: the rendered Serve config has trust_remote_code off; the
+    stack key alone turns it on."""
+    assert _engine_kwargs(stack, [])["trust_remote_code"] is False
+    assert _engine_kwargs(stack, ["llmfleet:trustRemoteCode=true"])["trust_remote_code"] is True
+
+
+def test_a_catalog_model_that_needs_remote_code_gets_it_and_must_say_why(monkeypatch):
+    from infra.catalog import Model, load_catalog
+    from infra.stack.files import load_config
+
+    cat = load_catalog()
+    r1 = cat.models["deepseek-r1"]
+    assert not any(m.trust_remote_code for m in cat.models.values())  # the DeepSeek-R1 family is native
+    with pytest.raises(ValueError, match="trust_remote_code: true needs trust_remote_code_reason"):
+        Model.model_validate({**r1.model_dump(), "trust_remote_code": True})
+    custom = Model.model_validate(
+        {**r1.model_dump(), "trust_remote_code": True, "trust_remote_code_reason": "x"}
+    )
+    monkeypatch.setitem(cat.models, "deepseek-r1", custom)
+    cfg = load_config("prod")
+    assert cfg.model == "deepseek-r1" and cfg.trust_remote_code is False
+    assert cfg.effective_trust_remote_code is True
+    assert _llm(serving.render_for_plan(cfg, resolve(cfg).plan))["engine_kwargs"]["trust_remote_code"] is True
+
+
+def test_the_local_cluster_runs_the_tiny_model_without_remote_code():
+    from infra.local.layout import plan_layout, render_local_serve_config
+    from infra.local.tiny_model import MODEL_ID
+
+    doc = render_local_serve_config(
+        MODEL_ID, "/var/lib/llmfleet/local/m", plan_layout(2), "10.213.1.10", 8000
+    )
+    assert _llm(doc)["engine_kwargs"]["trust_remote_code"] is False
+
+
+def test_batch_engines_follow_the_same_rule():
+    from infra.bench.batch import local_engine, stack_engine
+
+    assert local_engine("/m")[0]["trust_remote_code"] is False
+    assert stack_engine("prod", [])[0]["trust_remote_code"] is False
+    assert stack_engine("prod", ["llmfleet:trustRemoteCode=true"])[0]["trust_remote_code"] is True

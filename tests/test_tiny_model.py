@@ -117,3 +117,23 @@ def test_config_is_what_vllms_cpu_build_serves(model_dir):
 
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
         assert "model.layers.1.mlp.gate.e_score_correction_bias" in set(f.keys())
+
+
+def test_loads_without_remote_code_in_vllm_and_transformers(model_dir):
+    """The local cluster's Serve config has trust_remote_code off: the checkpoint must name an
+    architecture vLLM implements itself and ship no code of its own (no auto_map)."""
+    import importlib.util
+    import json
+
+    doc = json.loads((model_dir / "config.json").read_text())
+    assert doc["architectures"] == ["DeepseekV3ForCausalLM"] and doc["model_type"] == "deepseek_v3"
+    assert "auto_map" not in doc and not list(model_dir.glob("*.py"))
+    tok_doc = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert "auto_map" not in tok_doc
+    # vLLM's registry, read as text (importing vllm takes seconds): the architecture is native.
+    spec = importlib.util.find_spec("vllm")
+    assert spec is not None and spec.origin
+    registry = Path(spec.origin).parent / "model_executor" / "models" / "registry.py"
+    assert '"DeepseekV3ForCausalLM": (' in registry.read_text()
+    AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False)
+    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)

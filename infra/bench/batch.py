@@ -48,7 +48,7 @@ def local_engine(model_dir: str) -> tuple[dict, dict, list]:
         "max_model_len": MAX_MODEL_LEN,
         "dtype": "float32",  # FP8 does not run on vLLM's CPU build
         "enforce_eager": True,  # torch.compile would add tens of seconds to a short job's start
-        "trust_remote_code": True,
+        "trust_remote_code": False,  # the tiny model is DeepSeek-V3, native in vLLM
         "enable_prefix_caching": True,
     }
     env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB), "HF_HUB_OFFLINE": "1"}
@@ -90,7 +90,7 @@ def stack_engine(stack: str, overrides: list[str] | None) -> tuple[dict, dict, l
         "pipeline_parallel_size": p.pipeline_parallel_size,
         "max_model_len": p.max_model_len,
         "gpu_memory_utilization": p.gpu_memory_utilization,
-        "trust_remote_code": True,
+        "trust_remote_code": cfg.effective_trust_remote_code,  # as the stack's Serve config
         "enable_chunked_prefill": True,
         "enable_prefix_caching": True,
     }

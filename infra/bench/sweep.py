@@ -103,13 +103,15 @@ def synthetic_prompts(vocab: Sequence[int], n: int, input_len: int, seed: int = 
     return [[rng.choice(vocab) for _ in range(input_len)] for _ in range(n)]
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The served tokenizer. trust_remote_code only as the stack that serves it has it (the
+    DeepSeek-R1 family's tokenizers are native in transformers)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise BenchError(
             f"--tokenizer: {path!r} does not load ({str(e).splitlines()[0]}); "

@@ -30,7 +30,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-from infra.boot import health_agent, metrics
+from infra.boot import health_agent, imds_guard, metrics
 from infra.boot.metrics import HostMetrics
 from infra.constants import S3_MAX_CONCURRENT_REQUESTS
 from ray_cluster import contract
@@ -484,6 +484,7 @@ def render_user_data(spec: NodeSpec) -> str:
         raise ValueError("every host needs ray_token_parameter (the Ray cluster token's SSM name)")
     m = spec.metrics
     parts = [_header(spec), _checks(spec), metrics.docker_daemon(m, spec.region, spec.role)]
+    parts.insert(1, imds_guard.node_script_section())  # step 0: before any container runs
     if spec.role == "worker":
         parts.append(_nvme(spec))
     parts += [_stage(spec), _secrets(spec), _serve_config_file(spec), _start(spec)]

@@ -31,7 +31,7 @@ import re
 import shlex
 from typing import TYPE_CHECKING
 
-from infra.boot import cloud_init
+from infra.boot import cloud_init, imds_guard
 from infra.boot.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
 from infra.boot.ssh_node import DEPLOY_UNIT, container_argv, host_index, node_spec, ray_argv, weights_gib
 from infra.stack.resolve import Stack
@@ -388,7 +388,8 @@ def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str)
     lines += _worker_checks() if is_worker else _head_checks()
     lines += _tool_checks(tool, ecr) + _read_secrets(secrets) + _weights(stage) + _env_file(secrets)
     lines += [] if is_worker else _serve_config(spec)
-    lines += _image_and_container(ecr)
+    # After the bootstrap's own `aws` calls, before the container starts.
+    lines += imds_guard.bootstrap_lines() + _image_and_container(ecr)
     lines += [] if is_worker else _deploy(spec)
     lines += [f'echo "{MESSAGE_PREFIX} $ROLE $HOST ready (container $CONTAINER)"', ""]
     return "\n".join(lines)

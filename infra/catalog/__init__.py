@@ -108,6 +108,18 @@ class Model(_Row):
     params_active_b: float = Field(gt=0)
     checkpoint_gib: float = Field(gt=0)
     checkpoint_shards: int = Field(gt=0)
+    # The checkpoint runs its own Python in vLLM (its config.json's auto_map names modeling code
+    # vLLM has no native implementation of). Needs the reason beside it when true.
+    trust_remote_code: bool = False
+    trust_remote_code_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _remote_code(self) -> Model:
+        if self.trust_remote_code and not self.trust_remote_code_reason:
+            raise ValueError(
+                "trust_remote_code: true needs trust_remote_code_reason (why vLLM cannot load it natively)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mla(self) -> Model:

@@ -51,6 +51,21 @@ def render_steps(steps: list[dict], title: str) -> None:
     console.print(t)
 
 
+def _trust_remote_code(stack: str | None) -> bool:
+    """The tokenizer runs remote code only where the stack's engine does (its config says so);
+    the local cluster's tiny model and a bare endpoint never need it, nor does a stack whose
+    config is not here (the safe side: the tokenizer then fails to load, with the reason)."""
+    if not stack:
+        return False
+    from infra.stack.config import ConfigError
+    from infra.stack.files import load_config
+
+    try:
+        return load_config(stack, []).effective_trust_remote_code
+    except ConfigError:
+        return False
+
+
 def _resolve(local: bool, name: str, stack: str | None, outputs: Path | None, endpoint: str | None,
              token_env: str | None, model: str | None, tokenizer: str | None):  # fmt: skip
     from infra.bench import targets
@@ -167,7 +182,7 @@ def bench_cmd(
         if resolved.tokenizer is None:
             fail("--tokenizer: missing; allowed: a local directory with the served model's tokenizer")
         lay = calibration.layout_for_stack(plan_stack or stack) if (plan_stack or stack) else None
-        vocab = sweep.prompt_vocabulary(sweep.load_tokenizer(resolved.tokenizer))
+        vocab = sweep.prompt_vocabulary(sweep.load_tokenizer(resolved.tokenizer, _trust_remote_code(stack)))
         if tune_:
             _tune(resolved, dashboard, spec, grid, search, samples, tpot_budget_ms, vocab, best_out, as_json)
             return

@@ -17,7 +17,8 @@ changes only what must change (ServeInputs.device):
 - model_loading_config: the served model id, and as source the local path of the weights
   (the same path on every host), so nothing is downloaded at deploy time;
 - engine_kwargs from the planner: TP = GPUs per host, PP = hosts, max_model_len,
-  gpu_memory_utilization, chunked prefill, prefix caching, trust_remote_code;
+  gpu_memory_utilization, chunked prefill, prefix caching, trust_remote_code (off unless the
+  stack turns it on);
 - deployment_config.num_replicas = replicas (`llmfleet:replicas`; locally one per worker host);
 - runtime_env env vars: cluster-wide ones only. NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME /
   VLLM_HOST_IP name each node's own NIC and IP, so they cannot live in one runtime_env:
@@ -59,7 +60,10 @@ class ServeInputs:
     gpu_model: str | None = None
     efa: bool = False
     quantization: str | None = None  # vLLM `quantization` (only when not the checkpoint's own)
-    trust_remote_code: bool = True
+    # Off: vLLM would run the checkpoint's own Python (auto_map) in the engine. The DeepSeek-R1
+    # family is native in vLLM; a stack turns it on only through its catalog entry or
+    # llmfleet:trustRemoteCode (infra.stack.config.StackConfig.effective_trust_remote_code).
+    trust_remote_code: bool = False
     api_token_env: str = DEFAULT_TOKEN_ENV
     http_port: int = contract.HTTP_PORT
     replicas: int = 1

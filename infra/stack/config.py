@@ -115,6 +115,9 @@ class StackConfig(BaseModel):
     # ALARM and on OK; users subscribe to the topic themselves. Unset = the alarms notify nobody.
     alarm_topic_arn: TopicArn = Field(default=None, alias="llmfleet:alarmTopicArn")
     # How instance-hours are priced; None = spot when llmfleet:spot, else on-demand.
+    # vLLM's trust_remote_code: the engine then runs Python from the checkpoint (auto_map), with
+    # the host network and the Ray token in reach. Off unless a model needs it.
+    trust_remote_code: bool = Field(default=False, alias="llmfleet:trustRemoteCode")
     pricing_model: Annotated[
         Literal["on-demand", "spot", "savings-plan-1y", "savings-plan-3y"] | None, Unset
     ] = Field(default=None, alias="llmfleet:pricingModel")
@@ -148,6 +151,13 @@ class StackConfig(BaseModel):
         if self.provider == "existing" and self.worker_hosts:
             return self.worker_hosts[0].gpu_count
         return load_catalog().instances[self.gpu_instance_type].gpu_count
+
+    @property
+    def effective_trust_remote_code(self) -> bool:
+        """Whether vLLM may run the checkpoint's own Python: the stack's key, or a catalog model
+        that cannot load without it (models.yaml says why). The policy pack warns either way."""
+        model = load_catalog().models.get(self.model)
+        return self.trust_remote_code or bool(model and model.trust_remote_code)
 
     @property
     def effective_quantization(self) -> str:

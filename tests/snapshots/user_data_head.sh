@@ -15,6 +15,32 @@ NODE_IP=$(curl -sS -H "X-aws-ec2-metadata-token: ${IMDS_TOKEN}" \
 [[ -n "${NODE_IP}" ]] || die "no private IP from IMDS"
 log "private IP ${NODE_IP}"
 
+# 0. The node container (uid 1000, host network) must not reach the metadata service and the
+#    instance role's credentials; root keeps it (infra/boot/imds_guard.py says why this holds).
+cat > /usr/local/sbin/llmfleet-imds-guard <<'LLMFLEET_GUARD_EOF'
+#!/bin/bash
+set -euo pipefail
+iptables -w -C OUTPUT -d 169.254.169.254/32 -m owner --uid-owner 1000 -j REJECT 2>/dev/null || iptables -w -I OUTPUT 1 -d 169.254.169.254/32 -m owner --uid-owner 1000 -j REJECT
+if [ -e /proc/net/if_inet6 ] && ip6tables -w -L OUTPUT -n >/dev/null 2>&1; then ip6tables -w -C OUTPUT -d fd00:ec2::254/128 -m owner --uid-owner 1000 -j REJECT 2>/dev/null || ip6tables -w -I OUTPUT 1 -d fd00:ec2::254/128 -m owner --uid-owner 1000 -j REJECT; fi
+LLMFLEET_GUARD_EOF
+chmod 0755 /usr/local/sbin/llmfleet-imds-guard
+cat > /etc/systemd/system/llmfleet-imds-guard.service <<'LLMFLEET_GUARD_EOF'
+[Unit]
+Description=llmfleet: the node container's uid may not reach the instance metadata service
+Before=docker.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/llmfleet-imds-guard
+
+[Install]
+RequiredBy=docker.service
+LLMFLEET_GUARD_EOF
+systemctl daemon-reload
+systemctl enable llmfleet-imds-guard.service >/dev/null 2>&1
+/usr/local/sbin/llmfleet-imds-guard || die "cannot install the metadata-service guard (iptables)"
+
 # 1. Docker (the Deep Learning Base AMI ships it with the NVIDIA container toolkit)
 systemctl start docker
 docker info >/dev/null 2>&1 || die "docker is not running"
@@ -118,7 +144,7 @@ LLMFLEET_EOF
 #    line (image, mounts, args) is unchanged, so a Serve-config-only update never restarts Ray;
 #    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
-    && [[ "$(cat /etc/llmfleet/llmfleet-head.run 2>/dev/null)" == 5d1e0159e0f7030e ]] \
+    && [[ "$(cat /etc/llmfleet/llmfleet-head.run 2>/dev/null)" == 4b19d1df322ecb42 ]] \
     && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-head 2>/dev/null)" == true ]]; then
   log "container llmfleet-head already runs this image and arguments: left running"
@@ -127,10 +153,10 @@ aws ecr get-login-password | docker login --username AWS --password-stdin 123456
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
 docker rm -f llmfleet-head >/dev/null 2>&1 || true
 
-docker run --detach --name llmfleet-head --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --volume /etc/llmfleet:/etc/llmfleet:ro \
+docker run --detach --name llmfleet-head --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --user 1000 --security-opt no-new-privileges --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --volume /etc/llmfleet:/etc/llmfleet:ro \
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab head --ip "${NODE_IP}" --block
 install -d -m 0755 /etc/llmfleet
-echo 5d1e0159e0f7030e > /etc/llmfleet/llmfleet-head.run
+echo 4b19d1df322ecb42 > /etc/llmfleet/llmfleet-head.run
 log "started container llmfleet-head"
 fi
 
