@@ -152,3 +152,12 @@ def apply_command(parameter_name: str, digest: str) -> str:
     new association parameter, which makes State Manager run it again (an unchanged script
     runs nothing)."""
     return f"{APPLY_BIN} {shlex.quote(parameter_name)} rollout  # node script {digest}"
+
+
+def rollout_command(parameter_name: str, version: int) -> str:
+    """What the operator-side rollout (infra/rollout/ssm.py) runs on one host: this exact version
+    of the node script (GetParameter's `name:version` selector), so a rollback can name the
+    previous version by number while the parameter's newest version is another."""
+    if int(version) < 1:
+        raise ValueError(f"version {version!r}: allowed a parameter version >= 1")
+    return f"{APPLY_BIN} {shlex.quote(f'{parameter_name}:{int(version)}')} rollout"

@@ -1,0 +1,376 @@
+"""Rollouts that finish or roll back: the pure plan and state machine, then the SSM side against
+moto_server.
+
+moto records `send_command` and answers `get_command_invocation`, but runs nothing on any host
+(every invocation is `Success` with empty output). `FakeFleet` is the host side: a small client
+class wrapped around the real moto SSM client at the boto3 boundary. Every call goes to moto
+(the commands are recorded there, the parameters, versions and labels live there); for each
+command it reads the version the command names from moto, as llmfleet-apply does, and decides
+the invocation's outcome: a host can be made to fail a given script, with a stderr.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from infra.boot.node_apply import APPLY_BIN, rollout_command
+from infra.rollout import plan as p
+from infra.rollout import ssm as rs
+from tests.moto_fixtures import DUMMY_CREDS, MotoServer
+
+HEAD = p.Host("head", "i-0000000000000000h", "head")
+WORKERS = p.workers_by_slot([(i, f"i-000000000000000w{i}") for i in range(4)], hosts_per_replica=2)
+HOSTS = [HEAD, *WORKERS]
+W = {h.name: h for h in WORKERS}
+
+
+# ---------------------------------------------------------------- the plan (pure)
+
+
+def test_workers_by_slot_is_replica_then_stage():
+    assert [(h.name, h.replica, h.stage) for h in WORKERS] == [
+        ("worker-0", 0, 0),
+        ("worker-1", 0, 1),
+        ("worker-2", 1, 0),
+        ("worker-3", 1, 1),
+    ]
+
+
+def test_plan_rolls_one_replica_then_the_next_and_the_head_last():
+    steps = p.plan_rollout(list(reversed(HOSTS)), {"head", "worker"})  # input order does not matter
+    assert [(s.host.name, s.gate) for s in steps] == [
+        ("worker-0", None),
+        ("worker-1", "replica"),
+        ("worker-2", None),
+        ("worker-3", "replica"),
+        ("head", "deployment"),
+    ]
+
+
+def test_plan_of_one_role():
+    assert [(s.host.name, s.gate) for s in p.plan_rollout(HOSTS, {"head"})] == [("head", "deployment")]
+    workers_only = p.plan_rollout(HOSTS, {"worker"})
+    assert [s.gate for s in workers_only] == [None, "replica", None, "deployment"]
+    assert p.plan_rollout(HOSTS, set()) == []
+
+
+@pytest.mark.parametrize(
+    "hosts,changed,needle",
+    [
+        ([HEAD, HEAD], {"head"}, "instance i-0000000000000000h listed twice"),
+        ([HEAD, p.Host("head", "i-2", "head-b")], {"head"}, "2 heads"),
+        (
+            [W["worker-0"], p.Host("worker", "i-9", "worker-9", 0, 0)],
+            {"worker"},
+            "both claim replica 0 stage 0",
+        ),
+        ([p.Host("worker", "i-9", "worker-9")], {"worker"}, "worker-9 i-9: a worker needs its replica index"),
+        (WORKERS, {"head"}, "the head's node script changed but the stack has no head"),
+        (HOSTS, {"gpu"}, "changed role 'gpu'"),
+    ],
+)
+def test_plan_errors_are_one_line(hosts, changed, needle):
+    with pytest.raises(p.PlanError) as e:
+        p.plan_rollout(hosts, changed)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tail_line_keeps_the_last_lines_on_one_line():
+    assert p.tail_line("a\n\nboom: no space left\nexit 1\n") == "a | boom: no space left | exit 1"
+    assert p.tail_line("x" * 50 + "\n" + "y" * 20, limit=30) == "y" * 20
+    assert p.tail_line("") == ""
+
+
+# ---------------------------------------------------------------- the state machine (pure)
+
+
+def drive(steps, outcomes: dict[tuple, bool]):
+    """Run the machine; an action fails when `outcomes` says so. Returns (actions, state)."""
+    st, seen = p.start(steps), []
+    while not isinstance(a := p.next_action(st), p.Finished):
+        seen.append(a)
+        key = (type(a).__name__, getattr(a, "host", None) and a.host.name, getattr(a, "version", None))
+        st = p.advance(st, outcomes.get(key, True), "boom" if not outcomes.get(key, True) else "")
+    return seen, st
+
+
+def names(actions):
+    out = []
+    for a in actions:
+        if isinstance(a, p.Apply):
+            out.append(f"{a.version}:{a.host.name}")
+        elif isinstance(a, p.Check):
+            out.append(f"check-{a.gate}:{a.host.name}")
+        elif isinstance(a, p.Restore):
+            out.append(f"restore:{a.role}")
+        else:
+            out.append(f"promote:{','.join(a.roles)}")
+    return out
+
+
+def test_machine_success_applies_checks_and_promotes():
+    actions, st = drive(p.plan_rollout(HOSTS, {"head", "worker"}), {})
+    assert names(actions) == [
+        "target:worker-0",
+        "target:worker-1",
+        "check-replica:worker-1",
+        "target:worker-2",
+        "target:worker-3",
+        "check-replica:worker-3",
+        "target:head",
+        "check-deployment:head",
+        "promote:head,worker",
+    ]
+    assert st.outcome == "done" and st.failure is None
+
+
+def test_machine_failed_apply_stops_restores_and_undoes_newest_first():
+    actions, st = drive(p.plan_rollout(HOSTS, {"head", "worker"}), {("Apply", "worker-1", "target"): False})
+    assert names(actions) == [
+        "target:worker-0",
+        "target:worker-1",
+        "restore:head",
+        "restore:worker",
+        "previous:worker-1",
+        "previous:worker-0",
+    ]
+    assert st.outcome == "rolled-back"
+    assert st.failure.line() == "worker-1 i-000000000000000w1 replica 0: apply failed: boom"
+
+
+def test_machine_failed_replica_check_rolls_that_replica_back():
+    actions, st = drive(p.plan_rollout(HOSTS, {"worker"}), {("Check", "worker-1", None): False})
+    assert names(actions)[-3:] == ["restore:worker", "previous:worker-1", "previous:worker-0"]
+    assert "worker-2" not in " ".join(names(actions))
+    assert st.failure.step == "replica check"
+
+
+def test_machine_keeps_undoing_after_a_failed_reapply():
+    outcomes = {("Apply", "worker-3", "target"): False, ("Apply", "worker-3", "previous"): False}
+    actions, st = drive(p.plan_rollout(HOSTS, {"worker"}), outcomes)
+    assert names(actions)[-4:] == [
+        "previous:worker-3",
+        "previous:worker-2",
+        "previous:worker-1",
+        "previous:worker-0",
+    ]
+    assert st.outcome == "rollback-incomplete"
+    assert st.rollback_errors == ("re-apply on worker-3 i-000000000000000w3 replica 1: boom",)
+
+
+# ---------------------------------------------------------------- against moto
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in DUMMY_CREDS.items():
+            mp.setenv(k, v)
+        with MotoServer() as server:
+            yield server
+
+
+class FakeFleet:
+    """The host side of Run Command over a real moto SSM client (see the module docstring)."""
+
+    def __init__(self, ssm, fail: dict[str, tuple[str, str]] | None = None):
+        self._ssm = ssm
+        self.fail = fail or {}  # instance id -> (script value it fails on, stderr)
+        self.runs: dict[str, str] = {}  # instance id -> the script it runs now
+        self.sent: list[tuple[str, str]] = []  # (instance id, selector), in order
+        self._result: dict[str, dict] = {}
+        self._polls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        return getattr(self._ssm, name)
+
+    def send_command(self, **kw):
+        out = self._ssm.send_command(**kw)
+        iid = kw["InstanceIds"][0]
+        argv = shlex.split(kw["Parameters"]["commands"][0])
+        assert argv[0] == APPLY_BIN and argv[2] == "rollout"
+        value = self._ssm.get_parameter(Name=argv[1])["Parameter"]["Value"]  # what llmfleet-apply reads
+        self.sent.append((iid, argv[1]))
+        bad, stderr = self.fail.get(iid, (None, ""))
+        if value == bad:
+            inv = {"Status": "Failed", "ResponseCode": 1, "StandardErrorContent": stderr}
+        else:
+            inv = {"Status": "Success", "ResponseCode": 0, "StandardErrorContent": ""}
+        self.runs[iid] = value
+        self._result[out["Command"]["CommandId"]] = inv
+        return out
+
+    def get_command_invocation(self, CommandId, InstanceId):
+        # moto knows the invocation (a real call); the first poll sees it still running.
+        self._ssm.get_command_invocation(CommandId=CommandId, InstanceId=InstanceId)
+        self._polls[CommandId] = self._polls.get(CommandId, 0) + 1
+        if self._polls[CommandId] == 1:
+            return {"Status": "InProgress"}
+        return self._result[CommandId]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.t += s
+
+
+STACK = "t"
+NAMES = {"head": "/llmfleet/t/node/head", "worker": "/llmfleet/t/node/worker"}
+
+
+def seed(ssm, label: bool = True):
+    """v1 (running everywhere, labelled good) and v2 (what `pulumi up` just wrote) per role."""
+    for role, name in NAMES.items():
+        ssm.put_parameter(Name=name, Value=f"{role}-old", Type="String", Tier="Advanced")
+        if label:
+            ssm.label_parameter_version(Name=name, ParameterVersion=1, Labels=[rs.GOOD_LABEL])
+        ssm.put_parameter(Name=name, Value=f"{role}-new", Type="String", Overwrite=True)
+
+
+def run(moto, fleet, checks=None, clock=None):
+    clock = clock or Clock()
+    versions = {r: rs.role_versions(fleet, r, n) for r, n in NAMES.items()}
+    calls = []
+
+    def check(gate, host):
+        calls.append((gate, host.name))
+        return (checks or {}).get((gate, host.name), (True, ""))
+
+    runner = rs.SsmRunner(fleet, poll_s=5, clock=clock, sleep=clock.sleep)
+    return rs.run_rollout(runner, HOSTS, versions, check), calls
+
+
+def current(ssm, name):
+    par = ssm.get_parameter(Name=name)["Parameter"]
+    labels = {h["Version"]: h.get("Labels") or [] for h in ssm.get_parameter_history(Name=name)["Parameters"]}
+    return par["Value"], par["Version"], [v for v, ls in labels.items() if rs.GOOD_LABEL in ls]
+
+
+def test_rollout_in_order_then_promoted(moto):
+    moto.reset()
+    ssm = moto.client("ssm")
+    seed(ssm)
+    fleet = FakeFleet(ssm)
+    clock = Clock()
+    result, checks = run(moto, fleet, clock=clock)
+    assert result.ok, result.line()
+    # The order moto recorded: replica 0's hosts, replica 1's, then the head, each the new version.
+    recorded = [
+        (c["InstanceIds"][0], c["Parameters"]["commands"][0]) for c in ssm.list_commands()["Commands"]
+    ]
+    assert recorded == [
+        (W["worker-0"].instance_id, rollout_command(NAMES["worker"], 2)),
+        (W["worker-1"].instance_id, rollout_command(NAMES["worker"], 2)),
+        (W["worker-2"].instance_id, rollout_command(NAMES["worker"], 2)),
+        (W["worker-3"].instance_id, rollout_command(NAMES["worker"], 2)),
+        (HEAD.instance_id, rollout_command(NAMES["head"], 2)),
+    ]
+    assert checks == [("replica", "worker-1"), ("replica", "worker-3"), ("deployment", "head")]
+    assert set(fleet.runs.values()) == {"worker-new", "head-new"}
+    # The good label moved to what every host now runs; each apply was polled with the clock.
+    assert current(ssm, NAMES["worker"]) == ("worker-new", 2, [2])
+    assert current(ssm, NAMES["head"]) == ("head-new", 2, [2])
+    assert clock.sleeps == [5] * 5
+    # A second run finds nothing to roll.
+    again, _ = run(moto, FakeFleet(ssm))
+    assert again.ok and again.steps == () and again.line() == "rollout: nothing to roll"
+
+
+def test_second_host_fails_stops_restores_and_reapplies(moto):
+    moto.reset()
+    ssm = moto.client("ssm")
+    seed(ssm)
+    w1 = W["worker-1"].instance_id
+    stderr = (
+        "pulling image\nError response from daemon: manifest unknown\nllmfleet-apply: docker pull failed\n"
+    )
+    fleet = FakeFleet(ssm, fail={w1: ("worker-new", stderr)})
+    result, checks = run(moto, fleet)
+    assert result.outcome == "rolled-back"
+    assert result.line() == (
+        "rollout stopped at worker-1 i-000000000000000w1 replica 0: apply failed: Failed (exit 1): "
+        "pulling image | Error response from daemon: manifest unknown | llmfleet-apply: docker pull failed; "
+        "rolled back to the previous node scripts"
+    )
+    assert checks == []  # the failed host's replica never passed its gate
+    w0 = W["worker-0"].instance_id
+    assert fleet.sent == [
+        (w0, f"{NAMES['worker']}:2"),
+        (w1, f"{NAMES['worker']}:2"),
+        (w1, f"{NAMES['worker']}:1"),  # the rollback: the failed host first, then the one before
+        (w0, f"{NAMES['worker']}:1"),
+    ]
+    # The other replica and the head were never touched; the rolled hosts run the old script.
+    assert fleet.runs == {w0: "worker-old", w1: "worker-old"}
+    # Both parameters are back at the previous script as their newest version (what a host
+    # that boots now reads), labelled good; the failed version is kept in the history.
+    assert current(ssm, NAMES["worker"]) == ("worker-old", 3, [3])
+    assert current(ssm, NAMES["head"]) == ("head-old", 3, [3])
+    hist = ssm.get_parameter_history(Name=NAMES["worker"])["Parameters"]
+    assert [h["Value"] for h in hist] == ["worker-old", "worker-new", "worker-old"]
+    assert [h["Tier"] for h in hist] == ["Advanced"] * 3
+    # After the rollback there is nothing to roll until `pulumi up` writes the target again.
+    assert not rs.role_versions(ssm, "worker", NAMES["worker"]).changed
+
+
+def test_failed_replica_gate_rolls_back_and_never_reaches_the_next_replica(moto):
+    moto.reset()
+    ssm = moto.client("ssm")
+    seed(ssm)
+    fleet = FakeFleet(ssm)
+    result, checks = run(moto, fleet, checks={("replica", "worker-1"): (False, "completion: HTTP 503")})
+    assert result.outcome == "rolled-back"
+    assert (
+        result.failure.line()
+        == "worker-1 i-000000000000000w1 replica 0: replica check failed: completion: HTTP 503"
+    )
+    assert checks == [("replica", "worker-1")]
+    touched = {iid for iid, _ in fleet.sent}
+    assert touched == {W["worker-0"].instance_id, W["worker-1"].instance_id}
+    assert current(ssm, NAMES["worker"])[0] == "worker-old"
+
+
+def test_unlabelled_history_takes_the_last_other_script_as_good(moto):
+    moto.reset()
+    ssm = moto.client("ssm")
+    seed(ssm, label=False)
+    v = rs.role_versions(ssm, "worker", NAMES["worker"])
+    assert (v.target, v.good, v.changed, v.tier) == (2, 1, True, "Advanced")
+    ssm.put_parameter(Name="/llmfleet/t/node/fresh", Value="x", Type="String")
+    fresh = rs.role_versions(ssm, "worker", "/llmfleet/t/node/fresh")
+    assert (fresh.target, fresh.good, fresh.changed) == (1, None, False)
+
+
+def test_apply_that_never_ends_times_out_on_the_injected_clock(moto):
+    moto.reset()
+    ssm = moto.client("ssm")
+    seed(ssm)
+
+    class Stuck(FakeFleet):
+        def get_command_invocation(self, CommandId, InstanceId):
+            return {"Status": "InProgress"}
+
+    clock = Clock()
+    runner = rs.SsmRunner(Stuck(ssm), apply_timeout_s=60, poll_s=10, clock=clock, sleep=clock.sleep)
+    ok, detail = runner.apply(W["worker-0"], NAMES["worker"], 2)
+    assert (ok, detail) == (False, "still InProgress after 60 s")
+    assert clock.t == 60
+
+
+def test_rollout_command_names_the_version():
+    assert (
+        rollout_command("/llmfleet/prod/node/worker", 7)
+        == f"{APPLY_BIN} /llmfleet/prod/node/worker:7 rollout"
+    )
+    with pytest.raises(ValueError, match="allowed a parameter version >= 1"):
+        rollout_command("/x", 0)
