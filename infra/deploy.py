@@ -9,6 +9,7 @@ preview and up run with the policy pack, `policy/`) and `wait_head_ready` (SSM o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -21,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.constants import REPO_ROOT
 from infra.stack.resolve import resolve
 
@@ -229,6 +231,13 @@ class Readiness:
     attempts: int = 0
 
 
+def serve_config_fingerprint(serve_yaml: str) -> str:
+    """The fingerprint the head reports for this rendered Serve config once it deployed it and saw
+    it answer: sha256 of the file the head's node script writes (the YAML, trailing whitespace
+    trimmed, one newline: infra/boot/cloud_init.py's heredoc), as ray_cluster.node computes it."""
+    return hashlib.sha256((serve_yaml.rstrip() + "\n").encode()).hexdigest()
+
+
 def readiness_commands(
     *,
     container: str,
@@ -236,10 +245,12 @@ def readiness_commands(
     model: str,
     token_parameter: str,
     region: str,
+    serve_config: str | None = SERVE_CONFIG_PATH,
 ) -> list[str]:
     """Shell lines for AWS-RunShellScript on the head: node status + one real completion.
 
     The token is read on the head (its role may read the parameter); it never travels in the command.
+    With `serve_config`, the status also reports the fingerprint of the config the head deployed.
     """
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "Reply with OK."}], "max_tokens": 16}
@@ -247,7 +258,9 @@ def readiness_commands(
     q = shlex.quote
     return [
         f"echo {MARK}_STATUS_BEGIN",
-        f"docker exec {q(container)} python -m ray_cluster.node status --json 2>&1 | tail -c 4000",
+        f"docker exec {q(container)} python -m ray_cluster.node status --json"
+        + (f" --serve-config {q(serve_config)}" if serve_config else "")
+        + " 2>&1 | tail -c 4000",
         f"echo {MARK}_STATUS_END",
         f"TOKEN=$(aws ssm get-parameter --region {q(region)} --name {q(token_parameter)} --with-decryption "
         "--query Parameter.Value --output text)",
@@ -266,8 +279,11 @@ def _section(text: str, name: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def parse_readiness(stdout: str) -> Readiness:
-    """Ready only when a real completion came back with tokens; /health alone never counts."""
+def parse_readiness(stdout: str, expect_fingerprint: str | None = None) -> Readiness:
+    """Ready only when a real completion came back with tokens; /health alone never counts.
+
+    With `expect_fingerprint`, also only when the head reports that Serve config as the one it
+    deployed and saw answer: an app still answering with the previous config is not ready."""
     if not stdout.strip():
         return Readiness(False, "no output from the head yet (SSM agent or container still starting)")
     status_text = _section(stdout, "STATUS")
@@ -291,6 +307,18 @@ def parse_readiness(stdout: str) -> Readiness:
     tokens = (answer.get("usage") or {}).get("completion_tokens") or 0
     if not choices or tokens <= 0:
         return Readiness(False, "completion: HTTP 200 but no tokens generated", status)
+    if expect_fingerprint:
+        deployed = (status or {}).get("deployed_serve_config")
+        if deployed != expect_fingerprint:
+            return Readiness(
+                False,
+                f"the app answers with Serve config {str(deployed)[:12]}, not {expect_fingerprint[:12]}"
+                " (the head's deploy watcher has not applied the new one yet)",
+                status,
+            )
+        return Readiness(
+            True, f"completion returned {tokens} tokens from Serve config {expect_fingerprint[:12]}", status
+        )
     return Readiness(True, f"completion returned {tokens} tokens", status)
 
 
@@ -304,6 +332,7 @@ def wait_head_ready(
     on_progress: Callable[[float, float, str], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    expect_fingerprint: str | None = None,
 ) -> Readiness:
     """Re-run the readiness script on the head until it reports ready or `timeout_s` passes."""
     start = clock()
@@ -339,7 +368,7 @@ def wait_head_ready(
                     raise
                 inv = {"Status": "Pending"}  # eventual consistency right after send_command
             if inv["Status"] in TERMINAL:
-                r = parse_readiness(inv.get("StandardOutputContent", ""))
+                r = parse_readiness(inv.get("StandardOutputContent", ""), expect_fingerprint)
                 last = Readiness(r.ready, r.reason, r.status, attempts)
                 break
             progress(f"readiness command {inv['Status']}")
