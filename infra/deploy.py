@@ -279,11 +279,16 @@ def _section(text: str, name: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def parse_readiness(stdout: str, expect_fingerprint: str | None = None) -> Readiness:
+def parse_readiness(
+    stdout: str, expect_fingerprint: str | None = None, require_serve_running: bool = False
+) -> Readiness:
     """Ready only when a real completion came back with tokens; /health alone never counts.
 
     With `expect_fingerprint`, also only when the head reports that Serve config as the one it
-    deployed and saw answer: an app still answering with the previous config is not ready."""
+    deployed and saw answer: an app still answering with the previous config is not ready.
+    With `require_serve_running`, also only when every Serve app is RUNNING: Serve says so only
+    when every replica is healthy, so a completion that another replica answered while a rolled
+    one is still down does not pass."""
     if not stdout.strip():
         return Readiness(False, "no output from the head yet (SSM agent or container still starting)")
     status_text = _section(stdout, "STATUS")
@@ -307,6 +312,12 @@ def parse_readiness(stdout: str, expect_fingerprint: str | None = None) -> Readi
     tokens = (answer.get("usage") or {}).get("completion_tokens") or 0
     if not choices or tokens <= 0:
         return Readiness(False, "completion: HTTP 200 but no tokens generated", status)
+    if require_serve_running:
+        apps = (status or {}).get("serve") or {}
+        down = sorted(f"{name} {st}" for name, st in apps.items() if st != "RUNNING")
+        if not apps or down:
+            why = ", ".join(down) if down else "no Serve application"
+            return Readiness(False, f"Serve: {why} (a replica is not back yet)", status)
     if expect_fingerprint:
         deployed = (status or {}).get("deployed_serve_config")
         if deployed != expect_fingerprint:
@@ -333,6 +344,7 @@ def wait_head_ready(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     expect_fingerprint: str | None = None,
+    require_serve_running: bool = False,
 ) -> Readiness:
     """Re-run the readiness script on the head until it reports ready or `timeout_s` passes."""
     start = clock()
@@ -368,7 +380,9 @@ def wait_head_ready(
                     raise
                 inv = {"Status": "Pending"}  # eventual consistency right after send_command
             if inv["Status"] in TERMINAL:
-                r = parse_readiness(inv.get("StandardOutputContent", ""), expect_fingerprint)
+                r = parse_readiness(
+                    inv.get("StandardOutputContent", ""), expect_fingerprint, require_serve_running
+                )
                 last = Readiness(r.ready, r.reason, r.status, attempts)
                 break
             progress(f"readiness command {inv['Status']}")

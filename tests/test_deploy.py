@@ -164,6 +164,20 @@ def test_readiness_asks_for_the_deployment_it_rolled_out():
     assert not failing.ready and "HTTP 503" in failing.reason
 
 
+def test_replica_gate_needs_every_serve_app_running():
+    """A completion that another replica answered while the rolled one is down does not pass."""
+    down = d.parse_readiness(
+        head_stdout({**STATUS, "serve": {"llm": "DEPLOYING"}}, "200", COMPLETION), require_serve_running=True
+    )
+    assert not down.ready and down.reason == "Serve: llm DEPLOYING (a replica is not back yet)"
+    none = d.parse_readiness(head_stdout(STATUS, "200", COMPLETION), require_serve_running=True)
+    assert not none.ready and "no Serve application" in none.reason
+    up = d.parse_readiness(
+        head_stdout({**STATUS, "serve": {"llm": "RUNNING"}}, "200", COMPLETION), require_serve_running=True
+    )
+    assert up.ready
+
+
 def test_the_head_reports_what_the_operator_fingerprints(tmp_path, monkeypatch):
     """ray_cluster.node records the bytes it deployed; the operator fingerprints the YAML it
     rendered; both name the file the head's node script writes (YAML, one trailing newline)."""

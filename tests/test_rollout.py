@@ -15,10 +15,13 @@ import shlex
 
 import pytest
 
+from infra import deploy as d
 from infra.boot.node_apply import APPLY_BIN, rollout_command
 from infra.rollout import plan as p
 from infra.rollout import ssm as rs
+from infra.rollout import stack as rstack
 from tests.moto_fixtures import DUMMY_CREDS, MotoServer
+from tests.test_deploy import COMPLETION, head_stdout
 
 HEAD = p.Host("head", "i-0000000000000000h", "head")
 WORKERS = p.workers_by_slot([(i, f"i-000000000000000w{i}") for i in range(4)], hosts_per_replica=2)
@@ -189,6 +192,9 @@ class FakeFleet:
     def send_command(self, **kw):
         out = self._ssm.send_command(**kw)
         iid = kw["InstanceIds"][0]
+        if kw["Parameters"]["commands"][0] == "echo LLMFLEET_STATUS_BEGIN":  # the readiness script
+            self._result[out["Command"]["CommandId"]] = self.readiness(iid)
+            return out
         argv = shlex.split(kw["Parameters"]["commands"][0])
         assert argv[0] == APPLY_BIN and argv[2] == "rollout"
         value = self._ssm.get_parameter(Name=argv[1])["Parameter"]["Value"]  # what llmfleet-apply reads
@@ -201,6 +207,19 @@ class FakeFleet:
         self.runs[iid] = value
         self._result[out["Command"]["CommandId"]] = inv
         return out
+
+    def readiness(self, iid: str) -> dict:
+        """The head answers a completion; it reports as deployed the Serve config of the node
+        script it runs (its deploy watcher applied it) and every app RUNNING."""
+        status = {
+            "serve": {"llm": "RUNNING"},
+            "deployed_serve_config": d.serve_config_fingerprint(self.runs.get(iid, "head-old")),
+        }
+        return {
+            "Status": "Success",
+            "ResponseCode": 0,
+            "StandardOutputContent": head_stdout(status, "200", COMPLETION),
+        }
 
     def get_command_invocation(self, CommandId, InstanceId):
         # moto knows the invocation (a real call); the first poll sees it still running.
@@ -225,6 +244,7 @@ class Clock:
 
 
 STACK = "t"
+MOTO_AMI = "ami-03cf127a"  # one of moto's built-in images
 NAMES = {"head": "/llmfleet/t/node/head", "worker": "/llmfleet/t/node/worker"}
 
 
@@ -264,17 +284,18 @@ def test_rollout_in_order_then_promoted(moto):
     clock = Clock()
     result, checks = run(moto, fleet, clock=clock)
     assert result.ok, result.line()
-    # The order moto recorded: replica 0's hosts, replica 1's, then the head, each the new version.
-    recorded = [
-        (c["InstanceIds"][0], c["Parameters"]["commands"][0]) for c in ssm.list_commands()["Commands"]
+    # The order sent at the boto3 boundary: replica 0's hosts, replica 1's, then the head, each
+    # told the new version. (moto records the commands, but its ListCommands neither keeps their
+    # order nor, once EC2 instances exist, their instance ids: it lists every instance.)
+    assert fleet.sent == [
+        (W["worker-0"].instance_id, f"{NAMES['worker']}:2"),
+        (W["worker-1"].instance_id, f"{NAMES['worker']}:2"),
+        (W["worker-2"].instance_id, f"{NAMES['worker']}:2"),
+        (W["worker-3"].instance_id, f"{NAMES['worker']}:2"),
+        (HEAD.instance_id, f"{NAMES['head']}:2"),
     ]
-    assert recorded == [
-        (W["worker-0"].instance_id, rollout_command(NAMES["worker"], 2)),
-        (W["worker-1"].instance_id, rollout_command(NAMES["worker"], 2)),
-        (W["worker-2"].instance_id, rollout_command(NAMES["worker"], 2)),
-        (W["worker-3"].instance_id, rollout_command(NAMES["worker"], 2)),
-        (HEAD.instance_id, rollout_command(NAMES["head"], 2)),
-    ]
+    recorded = sorted(c["Parameters"]["commands"][0] for c in ssm.list_commands()["Commands"])
+    assert recorded == sorted([rollout_command(NAMES["worker"], 2)] * 4 + [rollout_command(NAMES["head"], 2)])
     assert checks == [("replica", "worker-1"), ("replica", "worker-3"), ("deployment", "head")]
     assert set(fleet.runs.values()) == {"worker-new", "head-new"}
     # The good label moved to what every host now runs; each apply was polled with the clock.
@@ -374,3 +395,112 @@ def test_rollout_command_names_the_version():
     )
     with pytest.raises(ValueError, match="allowed a parameter version >= 1"):
         rollout_command("/x", 0)
+
+
+def moto_stack(moto, stack: str = "t", slots: int = 4, pp: int = 2) -> dict:
+    """A head instance and one Auto Scaling group of one per worker slot, in moto; the outputs
+    the rollout reads. moto's groups launch their instances and tag them as EC2 Auto Scaling does."""
+    ec2, asg = moto.client("ec2"), moto.client("autoscaling")
+    image = ec2.describe_images(ImageIds=[MOTO_AMI])["Images"][0]["ImageId"]  # not all 1300: 3 s
+    ec2.create_launch_template(
+        LaunchTemplateName=f"{stack}-worker",
+        LaunchTemplateData={"ImageId": image, "InstanceType": "g6e.xlarge"},
+    )
+    groups = [f"llmfleet-{stack}-worker-{i}" for i in range(slots)]
+    for g in groups:
+        asg.create_auto_scaling_group(
+            AutoScalingGroupName=g,
+            LaunchTemplate={"LaunchTemplateName": f"{stack}-worker"},
+            MinSize=1,
+            MaxSize=1,
+            DesiredCapacity=1,
+            AvailabilityZones=["us-east-1a"],
+        )
+    head = ec2.run_instances(ImageId=image, InstanceType="m7i.2xlarge", MinCount=1, MaxCount=1)["Instances"][
+        0
+    ]
+    return {"head_instance_id": head["InstanceId"], "worker_groups": groups, "pipeline_parallel_size": pp}
+
+
+def test_stack_rollout_end_to_end_with_the_readiness_gates(moto):
+    """A 2-replica stack (2 hosts per replica + head) from moto's EC2 and Auto Scaling: the
+    hosts come from the groups' tag, the versions from SSM, the gates are the head's readiness
+    over SSM with the new Serve config's fingerprint; the head reports the old one until it runs
+    the new script."""
+    moto.reset()
+    ssm, ec2 = moto.client("ssm"), moto.client("ec2")
+    outputs = moto_stack(moto)
+    seed(ssm)
+    hosts = rstack.stack_hosts(ec2, outputs)
+    assert [(h.role, h.name, h.replica, h.stage) for h in hosts] == [
+        ("head", "head", None, 0),
+        ("worker", "worker-0", 0, 0),
+        ("worker", "worker-1", 0, 1),
+        ("worker", "worker-2", 1, 0),
+        ("worker", "worker-3", 1, 1),
+    ]
+    fleet = FakeFleet(ssm)
+    clock = Clock()
+    gate = rstack.readiness_gate(
+        fleet,
+        head_instance_id=outputs["head_instance_id"],
+        container="llmfleet-head",
+        port=8000,
+        model="m",
+        token_parameter="/t/token",
+        region="us-east-1",
+        fingerprint=d.serve_config_fingerprint("head-new"),
+        timeout_s=60,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    gates = []
+
+    def check(g, host):
+        gates.append(g)
+        return gate(g, host)
+
+    runner = rs.SsmRunner(fleet, poll_s=5, clock=clock, sleep=clock.sleep)
+    result = rs.run_rollout(runner, hosts, rstack.stack_versions(fleet, "org/llmfleet/t"), check)
+    assert result.ok, result.line()
+    assert gates == ["replica", "replica", "deployment"]
+    assert [iid for iid, _ in fleet.sent] == [h.instance_id for h in hosts[1:]] + [hosts[0].instance_id]
+    assert set(fleet.runs.values()) == {"worker-new", "head-new"}
+
+
+def test_deployment_gate_refuses_the_old_fingerprint(moto):
+    """The head answers completions but still reports the previous Serve config: not ready, and
+    the rollout rolls back with that reason."""
+    moto.reset()
+    ssm, ec2 = moto.client("ssm"), moto.client("ec2")
+    outputs = moto_stack(moto)
+    seed(ssm)
+
+    class StaleHead(FakeFleet):
+        def readiness(self, iid):
+            status = {
+                "serve": {"llm": "RUNNING"},
+                "deployed_serve_config": d.serve_config_fingerprint("head-old"),
+            }
+            return {"Status": "Success", "StandardOutputContent": head_stdout(status, "200", COMPLETION)}
+
+    fleet, clock = StaleHead(ssm), Clock()
+    gate = rstack.readiness_gate(
+        fleet,
+        head_instance_id=outputs["head_instance_id"],
+        container="llmfleet-head",
+        port=8000,
+        model="m",
+        token_parameter="/t/token",
+        region="us-east-1",
+        fingerprint=d.serve_config_fingerprint("head-new"),
+        timeout_s=30,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    runner = rs.SsmRunner(fleet, poll_s=5, clock=clock, sleep=clock.sleep)
+    result = rs.run_rollout(runner, rstack.stack_hosts(ec2, outputs), rstack.stack_versions(fleet, "t"), gate)
+    assert result.outcome == "rolled-back"
+    assert result.failure.step == "deployment check" and result.failure.host.role == "head"
+    assert "the app answers with Serve config" in result.failure.detail
+    assert current(ssm, NAMES["head"])[0] == "head-old"

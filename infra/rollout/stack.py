@@ -1,0 +1,83 @@
+"""A deployed stack's rollout: its hosts (EC2), its node-script versions (SSM), its gates (the
+head's readiness over SSM), wired to infra/rollout/ssm.py's runner. Clients are injected."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from infra.boot.node_apply import node_parameter_name
+from infra.deploy import readiness_commands, wait_head_ready
+from infra.rollout import plan as p
+from infra.rollout.ssm import RoleVersions, role_versions
+from infra.worker_lookup import running_worker_slots
+
+
+def pulumi_stack_name(stack: str) -> str:
+    """`org/project/prod` -> `prod`: the name the program's parameters carry (pulumi.get_stack())."""
+    return stack.rsplit("/", 1)[-1]
+
+
+def stack_hosts(ec2: Any, outputs: Mapping[str, Any]) -> list[p.Host]:
+    """The head (its instance id is an output) and the running worker of each slot (looked up
+    by its Auto Scaling group's tag), each worker with its nominal replica and stage."""
+    hosts: list[p.Host] = []
+    if outputs.get("head_instance_id"):
+        hosts.append(p.Host("head", str(outputs["head_instance_id"]), "head"))
+    pp = int(outputs.get("pipeline_parallel_size") or 1)
+    slots = running_worker_slots(ec2, list(outputs.get("worker_groups") or []))
+    seen: set[int] = set()
+    for slot, _ip, iid in slots:
+        if slot in seen:
+            # A slot mid-replacement runs two instances for a moment: roll only the first; the
+            # new one boots the newest script anyway.
+            continue
+        seen.add(slot)
+        hosts.extend(p.workers_by_slot([(slot, iid)], pp))
+    return hosts
+
+
+def stack_versions(ssm: Any, stack: str) -> dict[str, RoleVersions]:
+    name = pulumi_stack_name(stack)
+    return {role: role_versions(ssm, role, node_parameter_name(name, role)) for role in p.ROLES}
+
+
+def readiness_gate(
+    ssm: Any,
+    *,
+    head_instance_id: str,
+    container: str,
+    port: int,
+    model: str,
+    token_parameter: str,
+    region: str,
+    fingerprint: str,
+    timeout_s: float = 1800.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Callable[[str, p.Host], tuple[bool, str]]:
+    """The rollout's gates, run on the head over SSM (infra/deploy.py's readiness):
+
+    - replica: every Serve app RUNNING (Serve reports that only when every replica of every
+      deployment is healthy, so the rolled replica is back) and a real completion;
+    - deployment: the same, and the head reports the new Serve config's fingerprint as the one
+      it deployed and saw answer."""
+    commands = readiness_commands(
+        container=container, port=port, model=model, token_parameter=token_parameter, region=region
+    )
+
+    def check(gate: str, host: p.Host) -> tuple[bool, str]:
+        r = wait_head_ready(
+            ssm,
+            head_instance_id,
+            commands,
+            timeout_s=timeout_s,
+            clock=clock,
+            sleep=sleep,
+            expect_fingerprint=fingerprint if gate == p.GATE_DEPLOYMENT else None,
+            require_serve_running=True,
+        )
+        return r.ready, r.reason
+
+    return check
