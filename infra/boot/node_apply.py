@@ -7,9 +7,9 @@ host runs `llmfleet-apply`, which reads the parameter and runs the node script i
 
 Why the split: user data is an input that replaces the instance when it changes (a new host,
 a new 640 GiB download). What changes on a day-2 update (the Serve config, maxModelLen, the
-model, the image digest) lives in the parameter instead, which updates in place; an SSM State
-Manager association re-runs `llmfleet-apply` on the hosts, one at a time, whenever the
-script's hash changes (infra/components/node_config.py). The node script is idempotent: the
+model, the image digest) lives in the parameter instead, which updates in place; the
+operator-side rollout (infra/rollout/) re-runs `llmfleet-apply NAME:VERSION rollout` on the
+hosts, one at a time, replica by replica and the head last. The node script is idempotent: the
 weights marker skips a download that is already on the NVMe, the container restarts only when
 its image changes, and the head's deploy watcher re-applies a changed Serve config in place.
 
@@ -67,6 +67,8 @@ sys.exit(0 if any(n.get("ip") == ip and n.get("alive") for n in doc.get("nodes",
 
 
 def _apply_script(role: str, region: str) -> str:
+    # Every byte of this script is in each host's user data: editing even a comment replaces
+    # every host (its words "the association" predate infra/rollout/ and stay for that reason).
     container = f"llmfleet-{role}"
     rejoin = ""
     if role == "worker":
@@ -145,13 +147,6 @@ systemctl daemon-reload
 systemctl enable llmfleet-apply.service
 exec {APPLY_BIN} {shlex.quote(parameter_name)} boot
 """
-
-
-def apply_command(parameter_name: str, digest: str) -> str:
-    """The association's shell line. The digest is part of it so that a new node script is a
-    new association parameter, which makes State Manager run it again (an unchanged script
-    runs nothing)."""
-    return f"{APPLY_BIN} {shlex.quote(parameter_name)} rollout  # node script {digest}"
 
 
 def rollout_command(parameter_name: str, version: int) -> str:
