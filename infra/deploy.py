@@ -172,9 +172,10 @@ def change_counts(change_summary: Mapping[Any, int]) -> dict[str, int]:
 def stack_preview(
     stack: Any, on_output: Callable[[str], None], on_event: Callable[[Any], None], packs: PolicyPacks
 ) -> dict[str, int]:
-    """`pulumi preview --policy-pack policy/ --policy-pack-config ...`; the change counts."""
+    """`pulumi preview --refresh --policy-pack policy/ --policy-pack-config ...`; the change counts
+    (refreshed, as `stack_up` is, so the counts are what up will do)."""
     result = stack.preview(
-        on_output=on_output, on_event=on_event, color="never", diff=False, **packs.kwargs()
+        on_output=on_output, on_event=on_event, color="never", diff=False, refresh=True, **packs.kwargs()
     )
     return change_counts(result.change_summary)
 
@@ -184,10 +185,15 @@ def stack_up(
     on_output: Callable[[str], None],
     on_event: Callable[[Any], None] | None = None,
     packs: PolicyPacks | None = None,
+    refresh: bool = True,
 ) -> dict[str, Any]:
-    """`pulumi up` with the policy pack: a mandatory violation stops it before any change."""
+    """`pulumi up --refresh` with the policy pack: a mandatory violation stops it before any change.
+
+    Refresh: a rollout that rolled back put the previous node script back into its SSM
+    parameter behind Pulumi's back; refreshed, Pulumi sees that and writes the program's
+    script again, so a retry rolls it out again instead of finding nothing changed."""
     extra = packs.kwargs() if packs else {}
-    result = stack.up(on_output=on_output, on_event=on_event, color="never", **extra)
+    result = stack.up(on_output=on_output, on_event=on_event, color="never", refresh=refresh, **extra)
     return {k: v.value for k, v in result.outputs.items()}
 
 
@@ -236,6 +242,13 @@ def serve_config_fingerprint(serve_yaml: str) -> str:
     it answer: sha256 of the file the head's node script writes (the YAML, trailing whitespace
     trimmed, one newline: infra/boot/cloud_init.py's heredoc), as ray_cluster.node computes it."""
     return hashlib.sha256((serve_yaml.rstrip() + "\n").encode()).hexdigest()
+
+
+def expected_fingerprint(cfg: Any) -> str:
+    """The fingerprint of the Serve config this stack's program puts in the head's node script."""
+    from infra.stack.serving import serve_config_yaml
+
+    return serve_config_fingerprint(serve_config_yaml(cfg, resolve(cfg).plan))
 
 
 def readiness_commands(

@@ -439,11 +439,12 @@ def test_stack_rollout_end_to_end_with_the_readiness_gates(moto):
         ("worker", "worker-2", 1, 0),
         ("worker", "worker-3", 1, 1),
     ]
-    fleet = FakeFleet(ssm)
-    clock = Clock()
-    gate = rstack.readiness_gate(
+    fleet, clock, lines = FakeFleet(ssm), Clock(), []
+    result = rstack.rollout_stack(
         fleet,
-        head_instance_id=outputs["head_instance_id"],
+        ec2,
+        "org/llmfleet/t",  # the parameters carry the bare stack name, as pulumi.get_stack() gives it
+        outputs,
         container="llmfleet-head",
         port=8000,
         model="m",
@@ -451,19 +452,17 @@ def test_stack_rollout_end_to_end_with_the_readiness_gates(moto):
         region="us-east-1",
         fingerprint=d.serve_config_fingerprint("head-new"),
         timeout_s=60,
+        log=lines.append,
         clock=clock,
         sleep=clock.sleep,
     )
-    gates = []
-
-    def check(g, host):
-        gates.append(g)
-        return gate(g, host)
-
-    runner = rs.SsmRunner(fleet, poll_s=5, clock=clock, sleep=clock.sleep)
-    result = rs.run_rollout(runner, hosts, rstack.stack_versions(fleet, "org/llmfleet/t"), check)
     assert result.ok, result.line()
-    assert gates == ["replica", "replica", "deployment"]
+    assert [ln for ln in lines if ln.startswith("check")] == [
+        "check replica: after worker-1 " + hosts[2].instance_id + " replica 0",
+        "check replica: after worker-3 " + hosts[4].instance_id + " replica 1",
+        "check deployment: after head " + hosts[0].instance_id,
+    ]
+    assert lines[0] == f"plan: 1. worker-0 {hosts[1].instance_id} replica 0"
     assert [iid for iid, _ in fleet.sent] == [h.instance_id for h in hosts[1:]] + [hosts[0].instance_id]
     assert set(fleet.runs.values()) == {"worker-new", "head-new"}
 
@@ -504,3 +503,28 @@ def test_deployment_gate_refuses_the_old_fingerprint(moto):
     assert result.failure.step == "deployment check" and result.failure.host.role == "head"
     assert "the app answers with Serve config" in result.failure.detail
     assert current(ssm, NAMES["head"])[0] == "head-old"
+
+
+def test_up_prints_the_failing_host_and_exits_1(monkeypatch, capsys):
+    """`llmfleet up`'s rollout step: the expected fingerprint is the stack's rendered Serve
+    config's; a rolled-back rollout prints one error line naming the host, and up stops."""
+    from infra.commands import deploy as cmd
+    from infra.program.offline import capture
+
+    c = capture("dev")
+    seen = {}
+    failure = p.Failure(W["worker-1"], "apply", "Failed (exit 1): docker pull failed")
+
+    def fake(ssm, ec2, stack, outputs, **kw):
+        seen.update(kw, stack=stack)
+        return rs.RolloutResult("rolled-back", (), failure, (), ())
+
+    monkeypatch.setattr(rstack, "rollout_stack", fake)
+    assert cmd._rollout(c.config, "dev", dict(c.outputs), timeout=5) is False
+    assert seen["fingerprint"] == d.expected_fingerprint(c.config) and seen["stack"] == "dev"
+    assert seen["model"] == c.outputs["served_model"] and seen["timeout_s"] == 5
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "error: rollout stopped at worker-1 i-000000000000000w1 replica 0: apply failed: "
+        "Failed (exit 1): docker pull failed; rolled back to the previous node scripts"
+    ]

@@ -10,7 +10,7 @@ from typing import Any
 from infra.boot.node_apply import node_parameter_name
 from infra.deploy import readiness_commands, wait_head_ready
 from infra.rollout import plan as p
-from infra.rollout.ssm import RoleVersions, role_versions
+from infra.rollout.ssm import RoleVersions, RolloutResult, SsmRunner, role_versions, run_rollout
 from infra.worker_lookup import running_worker_slots
 
 
@@ -81,3 +81,43 @@ def readiness_gate(
         return r.ready, r.reason
 
     return check
+
+
+def rollout_stack(
+    ssm: Any,
+    ec2: Any,
+    stack: str,
+    outputs: Mapping[str, Any],
+    *,
+    container: str,
+    port: int,
+    model: str,
+    token_parameter: str,
+    region: str,
+    fingerprint: str,
+    timeout_s: float = 1800.0,
+    log: Callable[[str], None] = lambda line: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    apply_timeout_s: float | None = None,
+) -> RolloutResult:
+    """Roll the stack's changed node scripts out (what `llmfleet up` runs after `pulumi up`)."""
+    head = str(outputs.get("head_instance_id") or "")
+    if not head:
+        raise p.PlanError("stack output 'head_instance_id' is missing: the rollout needs the head")
+    gate = readiness_gate(
+        ssm,
+        head_instance_id=head,
+        container=container,
+        port=port,
+        model=model,
+        token_parameter=token_parameter,
+        region=region,
+        fingerprint=fingerprint,
+        timeout_s=timeout_s,
+        clock=clock,
+        sleep=sleep,
+    )
+    extra = {"apply_timeout_s": apply_timeout_s} if apply_timeout_s else {}
+    runner = SsmRunner(ssm, clock=clock, sleep=sleep, **extra)
+    return run_rollout(runner, stack_hosts(ec2, outputs), stack_versions(ssm, stack), gate, log=log)
