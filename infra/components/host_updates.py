@@ -77,20 +77,22 @@ GROUP_REPLACE_FIELDS = ["vpcZoneIdentifiers"]
 CHANGE_EFFECTS: list[tuple[str, str, str]] = [
     (
         "Serve config: `maxModelLen`, engine options, `replicas` at the same `workerCount`",
-        "in place: the head's node script in SSM changes; the rollout association rewrites "
-        "`/etc/llmfleet/serve.yaml` and the head's deploy watcher runs `serve deploy` (Serve updates in place)",
+        "in place: the head's node script in SSM changes; the rollout (`llmfleet up` / `llmfleet rollout`) "
+        "rewrites `/etc/llmfleet/serve.yaml` on the head, whose deploy watcher runs `serve deploy` (Serve updates "
+        "in place); done when the head reports the new config's fingerprint and a completion passes",
         "the engine replicas restart with the new arguments (weights load from local NVMe); no host reboots",
     ),
     (
         "`model` / `quantization` (same instance type)",
-        "in place: new node scripts; each worker stages the new weights onto its NVMe, one worker at a time, "
-        "then the head re-deploys",
+        "in place: new node scripts; each worker stages the new weights onto its NVMe, one replica's hosts "
+        "after the other, then the head (last) re-deploys",
         "serving stops while the new weights download and load; no new instances",
     ),
     (
         "node image digest (any change under `ray_cluster/`, `images/`)",
-        "in place: SSM Run Command (the rollout association, one host at a time) restarts the node container "
-        "with the new image; the weights stay on NVMe; the head's deploy watcher re-runs readiness",
+        "in place: the rollout (SSM Run Command, one host at a time, replica by replica, the head last) "
+        "restarts each node container with the new image; the weights stay on NVMe; the head's deploy watcher "
+        "re-runs readiness",
         "a replica is down while one of its hosts restarts (engine reload from NVMe, minutes); a head "
         "restart restarts the Ray cluster",
     ),
