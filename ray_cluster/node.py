@@ -31,6 +31,7 @@ from ray_cluster.driver import NodeError, auth_env, connect, split_address, wait
 from ray_cluster.placement import PreflightError
 from ray_cluster.ray_start import head_start_command, shell_command, worker_start_command
 from ray_cluster.readiness import (
+    engine_placements,
     ray_cluster_state,
     wait_for_completion,
     wait_for_gpus,
@@ -263,6 +264,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         nodes = ray_cluster_state()
         total = ray.cluster_resources().get("GPU", 0)
         avail = ray.available_resources().get("GPU", 0)
+        # Which hosts serve which engine replica (a rollout rolls one replica's hosts at a time).
+        placements = engine_placements(ray.util.placement_group_table(), {n.node_id: n.ip for n in nodes})
     finally:
         ray.shutdown()
     apps = serve_status(a.dashboard)
@@ -271,6 +274,7 @@ def cmd_status(a: argparse.Namespace) -> int:
         "gpus_total": total,
         "gpus_available": avail,
         "serve": apps,
+        "placements": placements,
     }
     if a.serve_config:
         # What the head last deployed and saw answer (None: nothing yet) beside what is on disk.

@@ -11,6 +11,7 @@ the invocation's outcome: a host can be made to fail a given script, with a stde
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -184,6 +185,7 @@ class FakeFleet:
         self.runs: dict[str, str] = {}  # instance id -> the script it runs now
         self.sent: list[tuple[str, str]] = []  # (instance id, selector), in order
         self._result: dict[str, dict] = {}
+        self.placements: list[list[str]] = []  # what the head reports (none: nothing deployed)
         self._polls: dict[str, int] = {}
 
     def __getattr__(self, name):
@@ -194,6 +196,10 @@ class FakeFleet:
         iid = kw["InstanceIds"][0]
         if kw["Parameters"]["commands"][0] == "echo LLMFLEET_STATUS_BEGIN":  # the readiness script
             self._result[out["Command"]["CommandId"]] = self.readiness(iid)
+            return out
+        if kw["Parameters"]["commands"][0].startswith("docker exec llmfleet-head"):  # the head's status
+            doc = json.dumps({"nodes": [], "serve": {"llm": "RUNNING"}, "placements": self.placements})
+            self._result[out["Command"]["CommandId"]] = {"Status": "Success", "StandardOutputContent": doc}
             return out
         argv = shlex.split(kw["Parameters"]["commands"][0])
         assert argv[0] == APPLY_BIN and argv[2] == "rollout"
@@ -462,7 +468,10 @@ def test_stack_rollout_end_to_end_with_the_readiness_gates(moto):
         "check replica: after worker-3 " + hosts[4].instance_id + " replica 1",
         "check deployment: after head " + hosts[0].instance_id,
     ]
-    assert lines[0] == f"plan: 1. worker-0 {hosts[1].instance_id} replica 0"
+    assert lines[:2] == [
+        "replicas by slot order (the head reports no engine placement (nothing deployed yet))",
+        f"plan: 1. worker-0 {hosts[1].instance_id} replica 0",
+    ]
     assert [iid for iid, _ in fleet.sent] == [h.instance_id for h in hosts[1:]] + [hosts[0].instance_id]
     assert set(fleet.runs.values()) == {"worker-new", "head-new"}
 
@@ -528,3 +537,49 @@ def test_up_prints_the_failing_host_and_exits_1(monkeypatch, capsys):
         "error: rollout stopped at worker-1 i-000000000000000w1 replica 0: apply failed: "
         "Failed (exit 1): docker pull failed; rolled back to the previous node scripts"
     ]
+
+
+def test_replicas_follow_the_placement_the_head_reports(moto):
+    """Ray chose the hosts of each replica at deploy time (here slots 0+2 and 3+1): the rollout
+    rolls the hosts of one real replica together, in their stage order, not the slot order."""
+    from ray_cluster.readiness import engine_placements
+
+    moto.reset()
+    ssm, ec2 = moto.client("ssm"), moto.client("ec2")
+    outputs = moto_stack(moto)
+    seed(ssm)
+    slots = {slot: (ip, iid) for slot, ip, iid in rstack.running_worker_slots(ec2, outputs["worker_groups"])}
+    node = {f"n{slot}": ip for slot, (ip, _) in slots.items()}
+    gpu = {"GPU": 1.0, "gpu_model:L40S": 1.0}
+    table = {  # Ray's placement_group_table() shape: bundle index -> node id (TP 1 here)
+        "pg-a": {"state": "CREATED", "bundles": {0: gpu, 1: gpu}, "bundles_to_node_id": {0: "n3", 1: "n1"}},
+        "pg-b": {"state": "CREATED", "bundles": {0: gpu, 1: gpu}, "bundles_to_node_id": {0: "n0", 1: "n2"}},
+        "preflight": {"state": "REMOVED", "bundles": {0: gpu}, "bundles_to_node_id": {0: "n1"}},
+        "other": {"state": "CREATED", "bundles": {0: {"CPU": 1.0}}, "bundles_to_node_id": {0: "n0"}},
+    }
+    placements = engine_placements(table, node)
+    assert sorted(placements) == sorted([[slots[3][0], slots[1][0]], [slots[0][0], slots[2][0]]])
+    fleet, clock = FakeFleet(ssm), Clock()
+    fleet.placements = placements
+    result = rstack.rollout_stack(
+        fleet,
+        ec2,
+        "t",
+        outputs,
+        container="llmfleet-head",
+        port=8000,
+        model="m",
+        token_parameter="/t/token",
+        region="us-east-1",
+        fingerprint=d.serve_config_fingerprint("head-new"),
+        timeout_s=60,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert result.ok, result.line()
+    order = [s.host.name for s in result.steps]
+    first, second = ("worker-0", "worker-2"), ("worker-3", "worker-1")
+    if placements[0] != [slots[0][0], slots[2][0]]:
+        first, second = second, first
+    assert order == [*first, *second, "head"]
+    assert [s.gate for s in result.steps] == [None, "replica", None, "replica", "deployment"]

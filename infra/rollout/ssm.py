@@ -121,42 +121,50 @@ class SsmRunner:
         self.clock = clock
         self.sleep = sleep
 
-    def apply(self, host: p.Host, parameter: str, version: int) -> tuple[bool, str]:
-        """Run `llmfleet-apply NAME:VERSION rollout` on one instance; (ok, one-line why not)."""
+    def run(
+        self, instance_id: str, commands: list[str], comment: str, timeout_s: float
+    ) -> tuple[bool, str, str]:
+        """Run shell lines on one instance and wait for the end: (ok, one-line why not, stdout)."""
         try:
             cmd = self.ssm.send_command(
-                InstanceIds=[host.instance_id],
+                InstanceIds=[instance_id],
                 DocumentName="AWS-RunShellScript",
-                Comment=f"llmfleet rollout {parameter}:{version}"[:100],
-                Parameters={
-                    "commands": [rollout_command(parameter, version)],
-                    "executionTimeout": [str(int(self.apply_timeout_s))],
-                },
+                Comment=comment[:100],
+                Parameters={"commands": commands, "executionTimeout": [str(int(timeout_s))]},
                 TimeoutSeconds=600,  # to be delivered; the run itself has executionTimeout
             )["Command"]
         except ClientError as e:
             err = e.response.get("Error", {})
-            return False, f"send_command: {err.get('Code')}: {err.get('Message', '')}".strip()
-        deadline = self.clock() + self.apply_timeout_s
+            return False, f"send_command: {err.get('Code')}: {err.get('Message', '')}".strip(), ""
+        deadline = self.clock() + timeout_s
         while True:
             try:
-                inv = self.ssm.get_command_invocation(CommandId=cmd["CommandId"], InstanceId=host.instance_id)
+                inv = self.ssm.get_command_invocation(CommandId=cmd["CommandId"], InstanceId=instance_id)
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "InvocationDoesNotExist":
                     raise
                 inv = {"Status": "Pending"}  # eventual consistency right after send_command
             status = inv.get("Status", "")
+            stdout = inv.get("StandardOutputContent", "") or ""
             if status == "Success":
-                return True, ""
+                return True, "", stdout
             if status in TERMINAL:
-                tail = p.tail_line(inv.get("StandardErrorContent", "")) or p.tail_line(
-                    inv.get("StandardOutputContent", "")
-                )
+                tail = p.tail_line(inv.get("StandardErrorContent", "")) or p.tail_line(stdout)
                 code = inv.get("ResponseCode")
-                return False, f"{status} (exit {code}): {tail}" if tail else f"{status} (exit {code})"
+                return False, f"{status} (exit {code}): {tail}" if tail else f"{status} (exit {code})", stdout
             if self.clock() >= deadline:
-                return False, f"still {status or 'pending'} after {self.apply_timeout_s:.0f} s"
+                return False, f"still {status or 'pending'} after {timeout_s:.0f} s", stdout
             self.sleep(self.poll_s)
+
+    def apply(self, host: p.Host, parameter: str, version: int) -> tuple[bool, str]:
+        """Run `llmfleet-apply NAME:VERSION rollout` on one instance; (ok, one-line why not)."""
+        ok, detail, _ = self.run(
+            host.instance_id,
+            [rollout_command(parameter, version)],
+            f"llmfleet rollout {parameter}:{version}",
+            self.apply_timeout_s,
+        )
+        return ok, detail
 
     def restore(self, v: RoleVersions) -> int:
         """Put the good version's script back as the newest version, labelled good; its number."""

@@ -3,8 +3,10 @@ head's readiness over SSM), wired to infra/rollout/ssm.py's runner. Clients are 
 
 from __future__ import annotations
 
+import json
+import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from infra.boot.node_apply import node_parameter_name
@@ -19,23 +21,60 @@ def pulumi_stack_name(stack: str) -> str:
     return stack.rsplit("/", 1)[-1]
 
 
-def stack_hosts(ec2: Any, outputs: Mapping[str, Any]) -> list[p.Host]:
+def stack_hosts(
+    ec2: Any, outputs: Mapping[str, Any], placements: Sequence[Sequence[str]] | None = None
+) -> list[p.Host]:
     """The head (its instance id is an output) and the running worker of each slot (looked up
-    by its Auto Scaling group's tag), each worker with its nominal replica and stage."""
+    by its Auto Scaling group's tag).
+
+    Each worker's replica and stage come from `placements` (each engine replica's host IPs in
+    stage order, as the head reports them: Ray chose them at deploy time); without them, or for
+    a worker in no placement (a replacement not placed yet), from the slot order (slot i is
+    stage i % PP of replica i // PP; an unplaced worker is its own replica after the placed ones)."""
     hosts: list[p.Host] = []
     if outputs.get("head_instance_id"):
         hosts.append(p.Host("head", str(outputs["head_instance_id"]), "head"))
     pp = int(outputs.get("pipeline_parallel_size") or 1)
-    slots = running_worker_slots(ec2, list(outputs.get("worker_groups") or []))
+    where = {ip: (r, stage) for r, ips in enumerate(placements or []) for stage, ip in enumerate(ips)}
     seen: set[int] = set()
-    for slot, _ip, iid in slots:
+    extra = len(placements or [])
+    for slot, ip, iid in running_worker_slots(ec2, list(outputs.get("worker_groups") or [])):
         if slot in seen:
             # A slot mid-replacement runs two instances for a moment: roll only the first; the
             # new one boots the newest script anyway.
             continue
         seen.add(slot)
-        hosts.extend(p.workers_by_slot([(slot, iid)], pp))
+        if not placements:
+            hosts.extend(p.workers_by_slot([(slot, iid)], pp))
+        elif ip in where:
+            hosts.append(p.Host("worker", iid, f"worker-{slot}", *where[ip]))
+        else:
+            hosts.append(p.Host("worker", iid, f"worker-{slot}", extra, 0))
+            extra += 1
     return hosts
+
+
+def head_placements(
+    runner: SsmRunner, head_instance_id: str, container: str, timeout_s: float = 300.0
+) -> tuple[list[list[str]] | None, str]:
+    """Each engine replica's host IPs from the head's `ray_cluster.node status --json`, or None
+    with why (the head or its Serve app is down: the rollout then goes by slot order)."""
+    ok, detail, stdout = runner.run(
+        head_instance_id,
+        [f"docker exec {shlex.quote(container)} python -m ray_cluster.node status --json"],
+        "llmfleet rollout: engine placements",
+        timeout_s,
+    )
+    if not ok:
+        return None, f"head status: {detail}"
+    try:
+        doc = json.loads(stdout[stdout.find("{") :])
+    except ValueError:
+        return None, f"head status is not JSON: {p.tail_line(stdout, 120)}"
+    placements = doc.get("placements")
+    if not placements:
+        return None, "the head reports no engine placement (nothing deployed yet)"
+    return [list(ips) for ips in placements], ""
 
 
 def stack_versions(ssm: Any, stack: str) -> dict[str, RoleVersions]:
@@ -120,4 +159,10 @@ def rollout_stack(
     )
     extra = {"apply_timeout_s": apply_timeout_s} if apply_timeout_s else {}
     runner = SsmRunner(ssm, clock=clock, sleep=sleep, **extra)
-    return run_rollout(runner, stack_hosts(ec2, outputs), stack_versions(ssm, stack), gate, log=log)
+    placements, why = head_placements(runner, head, container)
+    if placements is None:
+        log(f"replicas by slot order ({why})")
+    else:
+        log("replicas as placed: " + "; ".join(f"{r}: {', '.join(ips)}" for r, ips in enumerate(placements)))
+    hosts = stack_hosts(ec2, outputs, placements)
+    return run_rollout(runner, hosts, stack_versions(ssm, stack), gate, log=log)
