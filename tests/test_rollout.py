@@ -186,6 +186,7 @@ class FakeFleet:
         self.sent: list[tuple[str, str]] = []  # (instance id, selector), in order
         self._result: dict[str, dict] = {}
         self.placements: list[list[str]] = []  # what the head reports (none: nothing deployed)
+        self.readiness_sent: list[str] = []  # the status line of each readiness script
         self._polls: dict[str, int] = {}
 
     def __getattr__(self, name):
@@ -195,6 +196,7 @@ class FakeFleet:
         out = self._ssm.send_command(**kw)
         iid = kw["InstanceIds"][0]
         if kw["Parameters"]["commands"][0] == "echo LLMFLEET_STATUS_BEGIN":  # the readiness script
+            self.readiness_sent.append(kw["Parameters"]["commands"][1])
             self._result[out["Command"]["CommandId"]] = self.readiness(iid)
             return out
         if kw["Parameters"]["commands"][0].startswith("docker exec llmfleet-head"):  # the head's status
@@ -463,6 +465,9 @@ def test_stack_rollout_end_to_end_with_the_readiness_gates(moto):
         sleep=clock.sleep,
     )
     assert result.ok, result.line()
+    # Only the deployment gate (the head rolled) asks the head for the deployed fingerprint: the
+    # replica gates may meet the head's previous image, whose status may not know the flag.
+    assert ["--serve-config" in line for line in fleet.readiness_sent] == [False, False, True]
     assert [ln for ln in lines if ln.startswith("check")] == [
         "check replica: after worker-1 " + hosts[2].instance_id + " replica 0",
         "check replica: after worker-3 " + hosts[4].instance_id + " replica 1",

@@ -102,15 +102,19 @@ def readiness_gate(
       deployment is healthy, so the rolled replica is back) and a real completion;
     - deployment: the same, and the head reports the new Serve config's fingerprint as the one
       it deployed and saw answer."""
-    commands = readiness_commands(
-        container=container, port=port, model=model, token_parameter=token_parameter, region=region
-    )
+    common = {"container": container, "port": port, "model": model, "token_parameter": token_parameter}
+    # A replica gate runs before the head is rolled, maybe on the head's previous image, whose
+    # `status` may not know --serve-config yet: it asks only what every image answers.
+    commands = {
+        p.GATE_REPLICA: readiness_commands(**common, region=region, serve_config=None),
+        p.GATE_DEPLOYMENT: readiness_commands(**common, region=region),
+    }
 
     def check(gate: str, host: p.Host) -> tuple[bool, str]:
         r = wait_head_ready(
             ssm,
             head_instance_id,
-            commands,
+            commands[gate],
             timeout_s=timeout_s,
             clock=clock,
             sleep=sleep,
