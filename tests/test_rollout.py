@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from functools import cache
 
 import pytest
 
@@ -519,13 +520,20 @@ def test_deployment_gate_refuses_the_old_fingerprint(moto):
     assert current(ssm, NAMES["head"])[0] == "head-old"
 
 
+@cache
+def dev_capture():
+    """The dev stack under the offline engine: a real config and the outputs `up` gets."""
+    from infra.program.offline import capture
+
+    return capture("dev")
+
+
 def test_up_prints_the_failing_host_and_exits_1(monkeypatch, capsys):
     """`llmfleet up`'s rollout step: the expected fingerprint is the stack's rendered Serve
     config's; a rolled-back rollout prints one error line naming the host, and up stops."""
     from infra.commands import deploy as cmd
-    from infra.program.offline import capture
 
-    c = capture("dev")
+    c = dev_capture()
     seen = {}
     failure = p.Failure(W["worker-1"], "apply", "Failed (exit 1): docker pull failed")
 
@@ -588,3 +596,40 @@ def test_replicas_follow_the_placement_the_head_reports(moto):
         first, second = second, first
     assert order == [*first, *second, "head"]
     assert [s.gate for s in result.steps] == [None, "replica", None, "replica", "deployment"]
+
+
+def test_up_rolls_out_after_pulumi_up_and_stops_before_the_wait_when_it_failed(monkeypatch, tmp_path):
+    """`llmfleet up`: pulumi up (refreshed), render, then the rollout; a rolled-back rollout is
+    exit 1 and no readiness wait; a finished one goes on to the wait. The Pulumi CLI is stubbed at
+    the Automation API boundary (it is not installed here)."""
+    from typer.testing import CliRunner
+
+    from infra import deploy as dep
+    from infra.cli import app
+    from infra.commands import deploy as cmd
+
+    c = dev_capture()
+    calls = []
+    monkeypatch.setattr(cmd, "_cli_or_fail", lambda: None)
+    monkeypatch.setattr(cmd, "_preview_and_confirm", lambda *a: calls.append("preview"))
+    monkeypatch.setattr(dep, "open_stack", lambda args, create=True: "stack")
+
+    def up(stack, **kw):
+        calls.append(("up", kw.get("refresh", True)))
+        return dict(c.outputs)
+
+    monkeypatch.setattr(dep, "stack_up", up)
+    monkeypatch.setattr(dep, "render_artifacts", lambda *a: [])
+    rolled = {"ok": False}
+    monkeypatch.setattr(
+        cmd, "_rollout", lambda cfg, stack, outputs, timeout: calls.append("rollout") or rolled["ok"]
+    )
+    monkeypatch.setattr(cmd, "_wait", lambda cfg, outputs, timeout: calls.append("wait") or True)
+    argv = ["up", "--stack", "dev", "--yes", "--skip-preflight", "--out", str(tmp_path)]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 1 and calls == ["preview", ("up", True), "rollout"]
+    calls.clear()
+    rolled["ok"] = True
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    assert calls == ["preview", ("up", True), "rollout", "wait"]
