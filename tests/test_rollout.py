@@ -330,9 +330,11 @@ def test_second_host_fails_stops_restores_and_reapplies(moto):
     assert result.line() == (
         "rollout stopped at worker-1 i-000000000000000w1 replica 0: apply failed: Failed (exit 1): "
         "pulling image | Error response from daemon: manifest unknown | llmfleet-apply: docker pull failed; "
-        "rolled back to the previous node scripts"
+        "rolled back to the previous node scripts (the previous deployment answers again)"
     )
-    assert checks == []  # the failed host's replica never passed its gate
+    # No gate ran during the rollout (the failed host's replica never reached its gate); one ran
+    # after the rollback: does the previous deployment answer again?
+    assert checks == [("replica", "worker-1")]
     w0 = W["worker-0"].instance_id
     assert fleet.sent == [
         (w0, f"{NAMES['worker']}:2"),
@@ -364,7 +366,8 @@ def test_failed_replica_gate_rolls_back_and_never_reaches_the_next_replica(moto)
         result.failure.line()
         == "worker-1 i-000000000000000w1 replica 0: replica check failed: completion: HTTP 503"
     )
-    assert checks == [("replica", "worker-1")]
+    assert checks == [("replica", "worker-1")] * 2  # the gate, then the check after the rollback
+    assert result.after_rollback == "the previous deployment does not answer: completion: HTTP 503"
     touched = {iid for iid, _ in fleet.sent}
     assert touched == {W["worker-0"].instance_id, W["worker-1"].instance_id}
     assert current(ssm, NAMES["worker"])[0] == "worker-old"

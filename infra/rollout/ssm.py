@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -84,6 +84,7 @@ class RolloutResult:
     failure: p.Failure | None
     rollback_errors: tuple[str, ...]
     log: tuple[str, ...]
+    after_rollback: str = ""  # whether the previous deployment answers again
 
     @property
     def ok(self) -> bool:
@@ -97,9 +98,10 @@ class RolloutResult:
                 else "rollout: nothing to roll"
             )
         msg = f"rollout stopped at {self.failure.line()}" if self.failure else "rollout stopped"
+        after = f" ({self.after_rollback})" if self.after_rollback else ""
         if self.outcome == "rolled-back":
-            return f"{msg}; rolled back to the previous node scripts"
-        return f"{msg}; rollback incomplete: {'; '.join(self.rollback_errors)}"
+            return f"{msg}; rolled back to the previous node scripts{after}"
+        return f"{msg}; rollback incomplete: {'; '.join(self.rollback_errors)}{after}"
 
 
 class SsmRunner:
@@ -219,5 +221,20 @@ def run_rollout(
                 ok, detail = True, ""
             except ClientError as e:
                 ok, detail = False, str(e)
+        failed_before = st.failure
         st = p.advance(st, ok, detail)
-    return RolloutResult(st.outcome or "done", st.steps, st.failure, st.rollback_errors, st.log)
+        if st.failure and not failed_before:
+            # Say it now: the rollback that follows may take as long as the rollout did.
+            log(f"stopped: {st.failure.line()}; rolling back")
+    result = RolloutResult(st.outcome or "done", st.steps, st.failure, st.rollback_errors, st.log)
+    if st.failure:
+        # Does the previous deployment answer again? (The same gate, without the new fingerprint.)
+        ok, detail = check(p.GATE_REPLICA, st.failure.host)
+        after = (
+            "the previous deployment answers again"
+            if ok
+            else f"the previous deployment does not answer: {detail}"
+        )
+        log(f"after the rollback: {after}")
+        result = replace(result, after_rollback=after)
+    return result
