@@ -636,3 +636,32 @@ def test_up_rolls_out_after_pulumi_up_and_stops_before_the_wait_when_it_failed(m
     res = CliRunner().invoke(app, argv)
     assert res.exit_code == 0, res.output
     assert calls == ["preview", ("up", True), "rollout", "wait"]
+
+
+def test_an_aws_error_mid_rollout_is_a_failed_step_that_rolls_back(moto):
+    """SSM refusing to report on the second host (here AccessDenied) must not crash the rollout
+    half-applied: that host's step fails and the rollback runs."""
+    from botocore.exceptions import ClientError
+
+    moto.reset()
+    ssm = moto.client("ssm")
+    seed(ssm)
+    w1 = W["worker-1"].instance_id
+
+    class Denied(FakeFleet):
+        def get_command_invocation(self, CommandId, InstanceId):
+            if InstanceId == w1 and self.runs.get(w1) == "worker-new":
+                raise ClientError(
+                    {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}},
+                    "GetCommandInvocation",
+                )
+            return super().get_command_invocation(CommandId, InstanceId)
+
+    fleet = Denied(ssm)
+    result, _ = run(moto, fleet)
+    assert result.outcome == "rolled-back"
+    assert result.failure.line() == (
+        "worker-1 i-000000000000000w1 replica 0: apply failed: "
+        "get_command_invocation: AccessDeniedException: not authorized"
+    )
+    assert fleet.runs == {W["worker-0"].instance_id: "worker-old", w1: "worker-old"}

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.boot.node_apply import APPLY_TIMEOUT_S, rollout_command
 from infra.rollout import plan as p
@@ -104,6 +104,13 @@ class RolloutResult:
         return f"{msg}; rollback incomplete: {'; '.join(self.rollback_errors)}{after}"
 
 
+def _aws_error(e: Exception) -> str:
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        return f"{err.get('Code')}: {err.get('Message', '')}".strip()
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 class SsmRunner:
     """Runs one host's apply (send_command + get_command_invocation polling) and the parameter
     writes of a rollback. Every wait takes the injected clock and sleeper."""
@@ -135,17 +142,19 @@ class SsmRunner:
                 Parameters={"commands": commands, "executionTimeout": [str(int(timeout_s))]},
                 TimeoutSeconds=600,  # to be delivered; the run itself has executionTimeout
             )["Command"]
-        except ClientError as e:
-            err = e.response.get("Error", {})
-            return False, f"send_command: {err.get('Code')}: {err.get('Message', '')}".strip(), ""
+        except (ClientError, BotoCoreError) as e:
+            return False, f"send_command: {_aws_error(e)}", ""
         deadline = self.clock() + timeout_s
         while True:
             try:
                 inv = self.ssm.get_command_invocation(CommandId=cmd["CommandId"], InstanceId=instance_id)
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "InvocationDoesNotExist":
-                    raise
+                    # A failed step, not a crash: the rollout must still roll back.
+                    return False, f"get_command_invocation: {_aws_error(e)}", ""
                 inv = {"Status": "Pending"}  # eventual consistency right after send_command
+            except BotoCoreError as e:
+                return False, f"get_command_invocation: {_aws_error(e)}", ""
             status = inv.get("Status", "")
             stdout = inv.get("StandardOutputContent", "") or ""
             if status == "Success":
@@ -212,15 +221,15 @@ def run_rollout(
                 new = runner.restore(versions[action.role])
                 ok, detail = True, ""
                 log(f"restored {versions[action.role].name} as version {new}")
-            except ClientError as e:
-                ok, detail = False, str(e)
+            except (ClientError, BotoCoreError) as e:
+                ok, detail = False, _aws_error(e)
         else:  # Promote: every changed role moves its good label to the target
             try:
                 for role in action.roles:
                     runner.promote(versions[role])
                 ok, detail = True, ""
-            except ClientError as e:
-                ok, detail = False, str(e)
+            except (ClientError, BotoCoreError) as e:
+                ok, detail = False, _aws_error(e)
         failed_before = st.failure
         st = p.advance(st, ok, detail)
         if st.failure and not failed_before:

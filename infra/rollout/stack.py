@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from infra.boot.node_apply import node_parameter_name
 from infra.deploy import readiness_commands, wait_head_ready
 from infra.rollout import plan as p
@@ -111,6 +113,12 @@ def readiness_gate(
     }
 
     def check(gate: str, host: p.Host) -> tuple[bool, str]:
+        try:
+            return _check(gate)
+        except (ClientError, BotoCoreError) as e:  # a failed gate, not a crash: roll back
+            return False, f"readiness on the head: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+    def _check(gate: str) -> tuple[bool, str]:
         r = wait_head_ready(
             ssm,
             head_instance_id,
