@@ -665,3 +665,23 @@ def test_an_aws_error_mid_rollout_is_a_failed_step_that_rolls_back(moto):
         "get_command_invocation: AccessDeniedException: not authorized"
     )
     assert fleet.runs == {W["worker-0"].instance_id: "worker-old", w1: "worker-old"}
+
+
+def test_one_rollout_per_stack_at_a_time(moto):
+    """A second rollout of the same stack is refused in one line naming the holder; the lock
+    goes away when the first ends, even when it raised."""
+    moto.reset()
+    ssm = moto.client("ssm")
+    with rs.rollout_lock(ssm, "t", "ana@laptop", now=lambda: 0.0):
+        with pytest.raises(rs.RolloutBusy) as e, rs.rollout_lock(ssm, "t", "bo@ci"):
+            pass
+        assert str(e.value) == (
+            "stack t: another rollout holds /llmfleet/t/rollout-lock (ana@laptop since 1970-01-01T00:00:00Z); "
+            "if it died, `aws ssm delete-parameter --name /llmfleet/t/rollout-lock` and retry"
+        )
+        with rs.rollout_lock(ssm, "other", "bo@ci"):  # another stack is not held
+            pass
+    with pytest.raises(RuntimeError), rs.rollout_lock(ssm, "t", "bo@ci"):
+        raise RuntimeError("boom")
+    with rs.rollout_lock(ssm, "t", "cy@ci"):  # released both times
+        pass

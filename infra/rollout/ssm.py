@@ -23,7 +23,8 @@ use, a fake in tests.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +34,39 @@ from infra.boot.node_apply import APPLY_TIMEOUT_S, rollout_command
 from infra.rollout import plan as p
 
 GOOD_LABEL = "llmfleet-good"
+
+
+class RolloutBusy(p.PlanError):
+    """Another rollout of this stack holds the lock."""
+
+
+def lock_name(stack: str) -> str:
+    return f"/llmfleet/{stack}/rollout-lock"
+
+
+@contextmanager
+def rollout_lock(ssm: Any, stack: str, owner: str, now: Callable[[], float] = time.time) -> Iterator[None]:
+    """One rollout per stack at a time (Pulumi's own lock ends with `pulumi up`; two operators'
+    rollouts would interleave hosts): an SSM parameter created only if absent, deleted at the end.
+    A rollout that died leaves it behind; the error says how to clear it."""
+    name = lock_name(stack)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now()))
+    try:
+        ssm.put_parameter(Name=name, Value=f"{owner} since {started}", Type="String", Overwrite=False)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "ParameterAlreadyExists":
+            raise
+        held = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+        raise RolloutBusy(
+            f"stack {stack}: another rollout holds {name} ({held}); if it died, "
+            f"`aws ssm delete-parameter --name {name}` and retry"
+        ) from None
+    try:
+        yield
+    finally:
+        ssm.delete_parameter(Name=name)
+
+
 TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling", "Undeliverable", "Terminated"}
 
 

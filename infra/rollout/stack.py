@@ -3,8 +3,10 @@ head's readiness over SSM), wired to infra/rollout/ssm.py's runner. Clients are 
 
 from __future__ import annotations
 
+import getpass
 import json
 import shlex
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -14,7 +16,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from infra.boot.node_apply import node_parameter_name
 from infra.deploy import readiness_commands, wait_head_ready
 from infra.rollout import plan as p
-from infra.rollout.ssm import RoleVersions, RolloutResult, SsmRunner, role_versions, run_rollout
+from infra.rollout.ssm import (
+    RoleVersions,
+    RolloutResult,
+    SsmRunner,
+    role_versions,
+    rollout_lock,
+    run_rollout,
+)
 from infra.worker_lookup import running_worker_slots
 
 
@@ -151,6 +160,7 @@ def rollout_stack(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     apply_timeout_s: float | None = None,
+    owner: str = "",
 ) -> RolloutResult:
     """Roll the stack's changed node scripts out (what `llmfleet up` runs after `pulumi up`)."""
     head = str(outputs.get("head_instance_id") or "")
@@ -171,10 +181,22 @@ def rollout_stack(
     )
     extra = {"apply_timeout_s": apply_timeout_s} if apply_timeout_s else {}
     runner = SsmRunner(ssm, clock=clock, sleep=sleep, **extra)
-    placements, why = head_placements(runner, head, container)
-    if placements is None:
-        log(f"replicas by slot order ({why})")
-    else:
-        log("replicas as placed: " + "; ".join(f"{r}: {', '.join(ips)}" for r, ips in enumerate(placements)))
-    hosts = stack_hosts(ec2, outputs, placements)
-    return run_rollout(runner, hosts, stack_versions(ssm, stack), gate, log=log)
+    with rollout_lock(ssm, pulumi_stack_name(stack), owner or _whoami()):
+        placements, why = head_placements(runner, head, container)
+        if placements is None:
+            log(f"replicas by slot order ({why})")
+        else:
+            log(
+                "replicas as placed: "
+                + "; ".join(f"{r}: {', '.join(ips)}" for r, ips in enumerate(placements))
+            )
+        hosts = stack_hosts(ec2, outputs, placements)
+        return run_rollout(runner, hosts, stack_versions(ssm, stack), gate, log=log)
+
+
+def _whoami() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
