@@ -13,7 +13,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from infra.commands._common import ConfigOpt, StackOpt, config_or_fail, console, err_console, fail
 
 TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", help="Seconds to wait for a real completion after up.")
+    float,
+    typer.Option(
+        "--timeout", help="Seconds to wait for a real completion: at each rollout gate, and after up."
+    ),
 ]
 
 
