@@ -61,6 +61,17 @@ def test_plan_of_one_role():
     assert p.plan_rollout(HOSTS, set()) == []
 
 
+def test_plan_with_one_host_per_replica_gates_every_host():
+    """dev's layout (PP 1, two replicas): each worker is a whole replica, so each is gated."""
+    workers = p.workers_by_slot([(0, "i-a"), (1, "i-b")], hosts_per_replica=1)
+    steps = p.plan_rollout([HEAD, *workers], {"head", "worker"})
+    assert [(s.host.name, s.host.replica, s.gate) for s in steps] == [
+        ("worker-0", 0, "replica"),
+        ("worker-1", 1, "replica"),
+        ("head", None, "deployment"),
+    ]
+
+
 @pytest.mark.parametrize(
     "hosts,changed,needle",
     [
