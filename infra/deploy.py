@@ -9,6 +9,7 @@ preview and up run with the policy pack, `policy/`) and `wait_head_ready` (SSM o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -21,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.constants import REPO_ROOT
 from infra.stack.resolve import resolve
 
@@ -170,9 +172,10 @@ def change_counts(change_summary: Mapping[Any, int]) -> dict[str, int]:
 def stack_preview(
     stack: Any, on_output: Callable[[str], None], on_event: Callable[[Any], None], packs: PolicyPacks
 ) -> dict[str, int]:
-    """`pulumi preview --policy-pack policy/ --policy-pack-config ...`; the change counts."""
+    """`pulumi preview --refresh --policy-pack policy/ --policy-pack-config ...`; the change counts
+    (refreshed, as `stack_up` is, so the counts are what up will do)."""
     result = stack.preview(
-        on_output=on_output, on_event=on_event, color="never", diff=False, **packs.kwargs()
+        on_output=on_output, on_event=on_event, color="never", diff=False, refresh=True, **packs.kwargs()
     )
     return change_counts(result.change_summary)
 
@@ -182,10 +185,15 @@ def stack_up(
     on_output: Callable[[str], None],
     on_event: Callable[[Any], None] | None = None,
     packs: PolicyPacks | None = None,
+    refresh: bool = True,
 ) -> dict[str, Any]:
-    """`pulumi up` with the policy pack: a mandatory violation stops it before any change."""
+    """`pulumi up --refresh` with the policy pack: a mandatory violation stops it before any change.
+
+    Refresh: a rollout that rolled back put the previous node script back into its SSM
+    parameter behind Pulumi's back; refreshed, Pulumi sees that and writes the program's
+    script again, so a retry rolls it out again instead of finding nothing changed."""
     extra = packs.kwargs() if packs else {}
-    result = stack.up(on_output=on_output, on_event=on_event, color="never", **extra)
+    result = stack.up(on_output=on_output, on_event=on_event, color="never", refresh=refresh, **extra)
     return {k: v.value for k, v in result.outputs.items()}
 
 
@@ -229,6 +237,20 @@ class Readiness:
     attempts: int = 0
 
 
+def serve_config_fingerprint(serve_yaml: str) -> str:
+    """The fingerprint the head reports for this rendered Serve config once it deployed it and saw
+    it answer: sha256 of the file the head's node script writes (the YAML, trailing whitespace
+    trimmed, one newline: infra/boot/cloud_init.py's heredoc), as ray_cluster.node computes it."""
+    return hashlib.sha256((serve_yaml.rstrip() + "\n").encode()).hexdigest()
+
+
+def expected_fingerprint(cfg: Any) -> str:
+    """The fingerprint of the Serve config this stack's program puts in the head's node script."""
+    from infra.stack.serving import serve_config_yaml
+
+    return serve_config_fingerprint(serve_config_yaml(cfg, resolve(cfg).plan))
+
+
 def readiness_commands(
     *,
     container: str,
@@ -236,6 +258,7 @@ def readiness_commands(
     model: str,
     token_parameter: str,
     region: str,
+    serve_config: str | None = SERVE_CONFIG_PATH,
 ) -> list[str]:
     """Shell lines for AWS-RunShellScript on the head: node status + one real completion.
 
@@ -244,6 +267,7 @@ def readiness_commands(
     every local user): `printf` is a bash builtin, and curl reads the header from its stdin
     (`-H @-`). The reply goes to a fresh mktemp file, not a fixed /tmp name another user could
     plant a symlink at.
+    With `serve_config`, the status also reports the fingerprint of the config the head deployed.
     """
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "Reply with OK."}], "max_tokens": 16}
@@ -251,7 +275,9 @@ def readiness_commands(
     q = shlex.quote
     return [
         f"echo {MARK}_STATUS_BEGIN",
-        f"docker exec {q(container)} python -m ray_cluster.node status --json 2>&1 | tail -c 4000",
+        f"docker exec {q(container)} python -m ray_cluster.node status --json"
+        + (f" --serve-config {q(serve_config)}" if serve_config else "")
+        + " 2>&1 | tail -c 4000",
         f"echo {MARK}_STATUS_END",
         f"TOKEN=$(aws ssm get-parameter --region {q(region)} --name {q(token_parameter)} --with-decryption "
         "--query Parameter.Value --output text)",
@@ -273,8 +299,16 @@ def _section(text: str, name: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def parse_readiness(stdout: str) -> Readiness:
-    """Ready only when a real completion came back with tokens; /health alone never counts."""
+def parse_readiness(
+    stdout: str, expect_fingerprint: str | None = None, require_serve_running: bool = False
+) -> Readiness:
+    """Ready only when a real completion came back with tokens; /health alone never counts.
+
+    With `expect_fingerprint`, also only when the head reports that Serve config as the one it
+    deployed and saw answer: an app still answering with the previous config is not ready.
+    With `require_serve_running`, also only when every Serve app is RUNNING: Serve says so only
+    when every replica is healthy, so a completion that another replica answered while a rolled
+    one is still down does not pass."""
     if not stdout.strip():
         return Readiness(False, "no output from the head yet (SSM agent or container still starting)")
     status_text = _section(stdout, "STATUS")
@@ -298,6 +332,24 @@ def parse_readiness(stdout: str) -> Readiness:
     tokens = (answer.get("usage") or {}).get("completion_tokens") or 0
     if not choices or tokens <= 0:
         return Readiness(False, "completion: HTTP 200 but no tokens generated", status)
+    if require_serve_running:
+        apps = (status or {}).get("serve") or {}
+        down = sorted(f"{name} {st}" for name, st in apps.items() if st != "RUNNING")
+        if not apps or down:
+            why = ", ".join(down) if down else "no Serve application"
+            return Readiness(False, f"Serve: {why} (a replica is not back yet)", status)
+    if expect_fingerprint:
+        deployed = (status or {}).get("deployed_serve_config")
+        if deployed != expect_fingerprint:
+            return Readiness(
+                False,
+                f"the app answers with Serve config {str(deployed)[:12]}, not {expect_fingerprint[:12]}"
+                " (the head's deploy watcher has not applied the new one yet)",
+                status,
+            )
+        return Readiness(
+            True, f"completion returned {tokens} tokens from Serve config {expect_fingerprint[:12]}", status
+        )
     return Readiness(True, f"completion returned {tokens} tokens", status)
 
 
@@ -311,6 +363,8 @@ def wait_head_ready(
     on_progress: Callable[[float, float, str], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    expect_fingerprint: str | None = None,
+    require_serve_running: bool = False,
 ) -> Readiness:
     """Re-run the readiness script on the head until it reports ready or `timeout_s` passes."""
     start = clock()
@@ -346,7 +400,9 @@ def wait_head_ready(
                     raise
                 inv = {"Status": "Pending"}  # eventual consistency right after send_command
             if inv["Status"] in TERMINAL:
-                r = parse_readiness(inv.get("StandardOutputContent", ""))
+                r = parse_readiness(
+                    inv.get("StandardOutputContent", ""), expect_fingerprint, require_serve_running
+                )
                 last = Readiness(r.ready, r.reason, r.status, attempts)
                 break
             progress(f"readiness command {inv['Status']}")

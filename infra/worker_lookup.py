@@ -15,12 +15,14 @@ from typing import Any
 GROUP_TAG = "aws:autoscaling:groupName"
 
 
-def running_workers(ec2: Any, group_names: Sequence[str]) -> list[tuple[str, str]]:
-    """(private IP, instance id) of the running instances of these groups, in group order."""
+def running_worker_slots(ec2: Any, group_names: Sequence[str]) -> list[tuple[int, str, str]]:
+    """(slot index, private IP, instance id) of the running instances of these groups, in
+    slot order; the slot is the group's index in `group_names` (a slot without a running
+    instance is missing, not renumbered)."""
     if not group_names:
         return []
     order = {g: i for i, g in enumerate(group_names)}
-    found: list[tuple[int, str, str, str]] = []
+    found: list[tuple[int, str, str]] = []
     pages = ec2.get_paginator("describe_instances").paginate(
         Filters=[
             {"Name": f"tag:{GROUP_TAG}", "Values": list(group_names)},
@@ -33,9 +35,13 @@ def running_workers(ec2: Any, group_names: Sequence[str]) -> list[tuple[str, str
                 tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
                 group = tags.get(GROUP_TAG)
                 if group in order and inst.get("PrivateIpAddress"):
-                    found.append((order[group], inst["InstanceId"], inst["PrivateIpAddress"], group))
-    found.sort()
-    return [(ip, iid) for _, iid, ip, _ in found]
+                    found.append((order[group], inst["PrivateIpAddress"], inst["InstanceId"]))
+    return sorted(found, key=lambda f: (f[0], f[2]))
+
+
+def running_workers(ec2: Any, group_names: Sequence[str]) -> list[tuple[str, str]]:
+    """(private IP, instance id) of the running instances of these groups, in group order."""
+    return [(ip, iid) for _, ip, iid in running_worker_slots(ec2, group_names)]
 
 
 def with_running_workers(outputs: Mapping[str, Any], ec2: Any) -> dict[str, Any]:

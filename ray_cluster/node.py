@@ -11,6 +11,7 @@ command. Failures print ONE line naming what was waited for and what was seen.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from ray_cluster.driver import NodeError, auth_env, connect, split_address, wait
 from ray_cluster.placement import PreflightError
 from ray_cluster.ray_start import head_start_command, shell_command, worker_start_command
 from ray_cluster.readiness import (
+    engine_placements,
     mixed_weights,
     ray_cluster_state,
     wait_for_completion,
@@ -150,12 +152,47 @@ def preflight_layout(device: str, tp: int, pp: int, replicas: int) -> tuple[int,
     return tp, pp
 
 
+def config_fingerprint(data: bytes) -> str:
+    """sha256 of a Serve config file's bytes: the deployment's fingerprint (infra/deploy.py
+    computes the same from the config it rendered, and readiness compares the two)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def deployed_marker(serve_config: str) -> str:
+    """Where the deploy records what it deployed: the container's own temp dir (the config dir
+    is mounted read-only), keyed by the config's path. A restarted container has none, which is
+    right: nothing is deployed until its deploy unit runs again."""
+    key = hashlib.sha256(os.path.abspath(serve_config).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"llmfleet-deployed-{key}")
+
+
+def deployed_fingerprint(serve_config: str) -> str | None:
+    """The fingerprint of the config this head last deployed and saw a real completion from."""
+    try:
+        with open(deployed_marker(serve_config)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _record_deployed(serve_config: str, fingerprint: str) -> None:
+    path = deployed_marker(serve_config)
+    with open(path + ".tmp", "w") as f:
+        f.write(fingerprint + "\n")
+    os.replace(path + ".tmp", path)
+
+
 def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -> None:
-    """Wait for every replica's slots -> (preflight) -> serve deploy -> RUNNING -> a real completion."""
+    """Wait for every replica's slots -> (preflight) -> serve deploy -> RUNNING -> a real completion.
+
+    Then records the fingerprint of the bytes it deployed (read before the deploy: a rollout may
+    rewrite the file meanwhile), so `status --serve-config` reports what answers, not what is on disk."""
     import ray
 
     from ray_cluster import placement as preflight
 
+    with open(a.serve_config, "rb") as f:
+        fingerprint = config_fingerprint(f.read())
     config = load_serve_config(a.serve_config)
     need = a.tp * a.pp * a.replicas
     expect = [ip for ip in (a.expect_workers or "").split(",") if ip]
@@ -196,7 +233,10 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
     wait_serve_running(a.dashboard, a.timeout)
     print("serve running", file=sys.stderr, flush=True)
     text = wait_for_completion(a.endpoint, token, a.model, a.timeout)
-    print(json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text}), flush=True)
+    _record_deployed(a.serve_config, fingerprint)
+    print(
+        json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text, "config": fingerprint}), flush=True
+    )
 
 
 def _watch_view(a: argparse.Namespace):
@@ -240,6 +280,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         nodes = ray_cluster_state()
         total = ray.cluster_resources().get("GPU", 0)
         avail = ray.available_resources().get("GPU", 0)
+        # Which hosts serve which engine replica (a rollout rolls one replica's hosts at a time).
+        placements = engine_placements(ray.util.placement_group_table(), {n.node_id: n.ip for n in nodes})
     finally:
         ray.shutdown()
     apps = serve_status(a.dashboard)
@@ -248,7 +290,16 @@ def cmd_status(a: argparse.Namespace) -> int:
         "gpus_total": total,
         "gpus_available": avail,
         "serve": apps,
+        "placements": placements,
     }
+    if a.serve_config:
+        # What the head last deployed and saw answer (None: nothing yet) beside what is on disk.
+        doc["deployed_serve_config"] = deployed_fingerprint(a.serve_config)
+        try:
+            with open(a.serve_config, "rb") as f:
+                doc["serve_config"] = config_fingerprint(f.read())
+        except OSError:
+            doc["serve_config"] = None
     if a.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
@@ -361,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default="auto")
     s.add_argument("--dashboard", default=f"http://127.0.0.1:{DASHBOARD_PORT}")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--serve-config", help="also report this config's fingerprint and the deployed one")
     s.set_defaults(func=cmd_status)
     return p
 

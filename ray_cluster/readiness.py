@@ -115,6 +115,30 @@ def mixed_weights(nodes: list[dict], head_weights: str | None) -> str | None:
     return None
 
 
+def engine_placements(pg_table: dict, ip_by_node: dict[str, str]) -> list[list[str]]:
+    """The hosts of each engine replica, in pipeline-stage order, from Ray's placement group
+    table: every CREATED group whose bundles hold engine slots (GPU, or the CPU-worker resource),
+    its nodes by their lowest bundle index (rank = stage x TP + tp rank). Which hosts make a
+    replica is Ray's choice at deploy time, so a rollout asks this rather than assume slot order.
+    Sorted by first host, so the numbering is stable while the placement is."""
+    out: list[list[str]] = []
+    for pg in pg_table.values():
+        if pg.get("state") != "CREATED":
+            continue
+        bundles = pg.get("bundles") or {}
+        if not any("GPU" in b or CPU_WORKER_RESOURCE in b for b in bundles.values()):
+            continue
+        placed = pg.get("bundles_to_node_id") or {}
+        ips: list[str] = []
+        for idx in sorted(placed, key=int):
+            ip = ip_by_node.get(placed[idx])
+            if ip and ip not in ips:
+                ips.append(ip)
+        if ips:
+            out.append(ips)
+    return sorted(out)
+
+
 def ray_cluster_state() -> list[NodeState]:
     """Nodes of the connected cluster (needs ray.init)."""
     import ray

@@ -62,15 +62,6 @@ def worker_replace_view(c, group: dict) -> dict:
     }
 
 
-def rollout_command(c, role: str) -> str:
-    [assoc] = [
-        a
-        for a in c.of_type("aws:ssm/association:Association")
-        if a["inputs"]["tags"]["llmfleet:role"] == role
-    ]
-    return assoc["inputs"]["parameters"]["commands"]
-
-
 def _row(prefix: str) -> tuple[str, str, str]:
     return next(r for r in CHANGE_EFFECTS if r[0].startswith(prefix))
 
@@ -90,11 +81,11 @@ def _assert_effect(before, after, row, *, script_changes: set[str]):
         return
     assert len(workers_before) == len(workers_after) and all(same), f"{row[0]}: a worker would be replaced"
     assert replace_view(hosts(before, "head")[0]) == replace_view(hosts(after, "head")[0])
-    # ... and the change reaches the hosts through their node scripts, which the rollout re-applies
+    # ... and the change reaches the hosts through their node scripts (a new parameter version),
+    # which the operator-side rollout (infra/rollout/) applies in order
     for role in ("head", "worker"):
         changed = node_script(before, role) != node_script(after, role)
         assert changed == (role in script_changes), (row[0], role)
-        assert (rollout_command(before, role) != rollout_command(after, role)) == changed
 
 
 def test_replace_fields_are_the_declared_replace_rows():
@@ -160,18 +151,32 @@ def test_gpu_instance_type_replaces_the_workers():
     _assert_effect(before, after, _row("`gpuInstanceType`"), script_changes=set())
 
 
-def test_the_rollout_is_rolling_and_stops_on_a_failure():
+def test_no_state_manager_association_rolls_the_scripts_out():
+    """The rollout is operator-side, ordered and gated (infra/rollout/): an association would run
+    the head's and the workers' scripts at the same time and leave a failure half-applied."""
     c = cap("prod")
+    assert c.of_type("aws:ssm/association:Association") == []
     names = sorted(g["inputs"]["name"] for g in groups(c))
+    # What the rollout reads to find the hosts: the head's id and the worker groups, in slot order.
     assert names == sorted(c.outputs["worker_groups"]) and len(names) == 3
-    for assoc in c.of_type("aws:ssm/association:Association"):
-        i = assoc["inputs"]
-        assert (i["maxConcurrency"], i["maxErrors"], i["name"]) == ("1", "0", "AWS-RunShellScript")
-        if i["tags"]["llmfleet:role"] == "worker":
-            # By the tag EC2 Auto Scaling sets: a replacement worker is a target when it registers.
-            assert i["targets"] == [{"key": "tag:aws:autoscaling:groupName", "values": names}]
-        else:
-            assert i["targets"] == [{"key": "InstanceIds", "values": [hosts(c, "head")[0]["id"]]}]
+    assert c.outputs["head_instance_id"] == hosts(c, "head")[0]["id"]
+
+
+def test_the_head_reports_the_fingerprint_readiness_expects():
+    """The Serve config the head's node script writes is the file whose sha256 the head reports
+    once deployed (ray_cluster.node), and the operator fingerprints the config it renders."""
+    from infra.deploy import serve_config_fingerprint
+    from infra.stack.resolve import resolve
+    from infra.stack.serving import serve_config_yaml
+    from ray_cluster.node import config_fingerprint
+
+    c = cap("prod")
+    script = node_script(c, "head")
+    written = script.split("cat > /etc/llmfleet/serve.yaml <<'LLMFLEET_EOF'\n", 1)[1].split(
+        "\nLLMFLEET_EOF", 1
+    )[0]
+    expected = serve_config_fingerprint(serve_config_yaml(c.config, resolve(c.config).plan))
+    assert config_fingerprint((written + "\n").encode()) == expected
 
 
 def test_user_data_is_only_the_boot_contract():

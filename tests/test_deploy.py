@@ -140,6 +140,62 @@ def test_readiness_commands_keep_token_on_the_head():
     assert "docker exec llmfleet-head python -m ray_cluster.node status --json" in script
     assert "--with-decryption" in script and "http://127.0.0.1:8000/v1/chat/completions" in script
     assert '"model": "deepseek-r1"' in script
+    # the status names the config file, so the head reports the fingerprint it deployed
+    assert "status --json --serve-config /etc/llmfleet/serve.yaml 2>&1" in script
+
+
+def test_readiness_asks_for_the_deployment_it_rolled_out():
+    """An app that answers with the previous Serve config is not ready; the new one is."""
+    new, old = d.serve_config_fingerprint("a: 2\n"), d.serve_config_fingerprint("a: 1\n")
+    answered_old = d.parse_readiness(
+        head_stdout({**STATUS, "deployed_serve_config": old}, "200", COMPLETION), new
+    )
+    assert not answered_old.ready
+    assert answered_old.reason == (
+        f"the app answers with Serve config {old[:12]}, not {new[:12]} "
+        "(the head's deploy watcher has not applied the new one yet)"
+    )
+    nothing_yet = d.parse_readiness(head_stdout(STATUS, "200", COMPLETION), new)
+    assert not nothing_yet.ready and "Serve config None, not" in nothing_yet.reason
+    ready = d.parse_readiness(head_stdout({**STATUS, "deployed_serve_config": new}, "200", COMPLETION), new)
+    assert ready.ready and ready.reason == f"completion returned 2 tokens from Serve config {new[:12]}"
+    # The fingerprint never replaces the completion: the new config without an answer is not ready.
+    failing = d.parse_readiness(head_stdout({**STATUS, "deployed_serve_config": new}, "503", "busy"), new)
+    assert not failing.ready and "HTTP 503" in failing.reason
+
+
+def test_replica_gate_needs_every_serve_app_running():
+    """A completion that another replica answered while the rolled one is down does not pass."""
+    down = d.parse_readiness(
+        head_stdout({**STATUS, "serve": {"llm": "DEPLOYING"}}, "200", COMPLETION), require_serve_running=True
+    )
+    assert not down.ready and down.reason == "Serve: llm DEPLOYING (a replica is not back yet)"
+    none = d.parse_readiness(head_stdout(STATUS, "200", COMPLETION), require_serve_running=True)
+    assert not none.ready and "no Serve application" in none.reason
+    up = d.parse_readiness(
+        head_stdout({**STATUS, "serve": {"llm": "RUNNING"}}, "200", COMPLETION), require_serve_running=True
+    )
+    assert up.ready
+
+
+def test_the_head_reports_what_the_operator_fingerprints(tmp_path, monkeypatch):
+    """ray_cluster.node records the bytes it deployed; the operator fingerprints the YAML it
+    rendered; both name the file the head's node script writes (YAML, one trailing newline)."""
+    from ray_cluster import node
+
+    serve_yaml = "applications:\n- name: llm\n\n\n"
+    path = tmp_path / "serve.yaml"
+    path.write_text(serve_yaml.rstrip() + "\n")  # what cloud_init's heredoc writes
+    assert node.config_fingerprint(path.read_bytes()) == d.serve_config_fingerprint(serve_yaml)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "container-tmp"))
+    (tmp_path / "container-tmp").mkdir()
+    assert node.deployed_fingerprint(str(path)) is None  # a fresh container has deployed nothing
+    node._record_deployed(str(path), "abc")
+    assert node.deployed_fingerprint(str(path)) == "abc"
+    assert node.deployed_marker(str(path)).startswith(str(tmp_path / "container-tmp"))
+    assert node.deployed_fingerprint(str(tmp_path / "other.yaml")) is None
+    args = node.build_parser().parse_args(["status", "--json", "--serve-config", str(path)])
+    assert args.serve_config == str(path)
 
 
 def test_readiness_sends_the_token_through_curls_stdin_never_an_argv(tmp_path):

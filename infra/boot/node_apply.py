@@ -7,9 +7,9 @@ host runs `llmfleet-apply`, which reads the parameter and runs the node script i
 
 Why the split: user data is an input that replaces the instance when it changes (a new host,
 a new 640 GiB download). What changes on a day-2 update (the Serve config, maxModelLen, the
-model, the image digest) lives in the parameter instead, which updates in place; an SSM State
-Manager association re-runs `llmfleet-apply` on the hosts, one at a time, whenever the
-script's hash changes (infra/components/node_config.py). The node script is idempotent: the
+model, the image digest) lives in the parameter instead, which updates in place; the
+operator-side rollout (infra/rollout/) re-runs `llmfleet-apply NAME:VERSION rollout` on the
+hosts, one at a time, replica by replica and the head last. The node script is idempotent: the
 weights marker skips a download of the same checkpoint, a container restarts only when its run
 line (image, mounts, arguments) changes, dockerd only when its daemon.json changes, and the
 head's deploy watcher re-applies a changed Serve config in place (infra/boot/rollout_effects.py
@@ -102,6 +102,8 @@ sys.exit(0 if any(n.get("ip") == ip and n.get("alive") for n in doc.get("nodes",
 
 
 def _apply_script(role: str, region: str) -> str:
+    # Every byte of this script is in each host's user data: editing even a comment replaces
+    # every host (its words "the association" predate infra/rollout/ and stay for that reason).
     container = f"llmfleet-{role}"
     rejoin = ""
     if role == "worker":
@@ -182,8 +184,10 @@ exec {APPLY_BIN} {shlex.quote(parameter_name)} boot
 """
 
 
-def apply_command(parameter_name: str, digest: str) -> str:
-    """The association's shell line. The digest is part of it so that a new node script is a
-    new association parameter, which makes State Manager run it again (an unchanged script
-    runs nothing)."""
-    return f"{APPLY_BIN} {shlex.quote(parameter_name)} rollout  # node script {digest}"
+def rollout_command(parameter_name: str, version: int) -> str:
+    """What the operator-side rollout (infra/rollout/ssm.py) runs on one host: this exact version
+    of the node script (GetParameter's `name:version` selector), so a rollback can name the
+    previous version by number while the parameter's newest version is another."""
+    if int(version) < 1:
+        raise ValueError(f"version {version!r}: allowed a parameter version >= 1")
+    return f"{APPLY_BIN} {shlex.quote(f'{parameter_name}:{int(version)}')} rollout"

@@ -1,4 +1,5 @@
-"""`llmfleet up` / `llmfleet down`: the Pulumi Automation API, then a readiness wait on the head."""
+"""`llmfleet up` / `llmfleet rollout` / `llmfleet down`: the Pulumi Automation API, the ordered
+rollout of the node scripts (infra/rollout/), then a readiness wait on the head."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from infra.commands._common import ConfigOpt, StackOpt, config_or_fail, console, err_console, fail
 
 TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", help="Seconds to wait for a real completion after up.")
+    float,
+    typer.Option(
+        "--timeout", help="Seconds to wait for a real completion: at each rollout gate, and after up."
+    ),
 ]
 
 
@@ -78,7 +82,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
         return _wait_direct(outputs, timeout)
     import boto3
 
-    from infra.deploy import readiness_commands, wait_head_ready
+    from infra.deploy import expected_fingerprint, readiness_commands, wait_head_ready
 
     head = _output(outputs, "head_instance_id")  # optional in the contract, required on AWS
     cmds = readiness_commands(
@@ -108,11 +112,57 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
             cmds,
             timeout_s=timeout,
             on_progress=on_progress,
+            # the deployment just rolled out, not any app that answers
+            expect_fingerprint=expected_fingerprint(cfg),
         )
     if not r.ready:
         console.print(f"[bold red]not ready:[/] {r.reason}", highlight=False, soft_wrap=True)
         return False
     console.print(f"[green]ready:[/] {r.reason}", highlight=False)
+    return True
+
+
+def _rollout(cfg, stack: str, outputs: dict, timeout: float) -> bool:
+    """Apply the node scripts `pulumi up` wrote, host by host (infra/rollout/): print the plan,
+    each step and the result; False (after one error line) when it stopped and rolled back."""
+    if cfg.provider == "existing":
+        return True  # hosts you own are bootstrapped over SSH by the program itself
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from infra.deploy import expected_fingerprint
+    from infra.rollout.plan import PlanError
+    from infra.rollout.stack import rollout_stack
+    from infra.stack.outputs import OutputsError, StackOutputs
+
+    try:
+        o = StackOutputs.parse(outputs)
+    except OutputsError as e:
+        fail(str(e), 1)
+    session = boto3.session.Session()
+    try:
+        result = rollout_stack(
+            session.client("ssm", region_name=cfg.region),
+            session.client("ec2", region_name=cfg.region),
+            stack,
+            outputs,
+            container=o.head_container,
+            port=cfg.endpoint_port,
+            model=o.served_model,
+            token_parameter=_output(outputs, "token_parameter"),
+            region=cfg.region,
+            fingerprint=expected_fingerprint(cfg),
+            timeout_s=timeout,
+            log=lambda line: console.print(f"rollout: {line}", highlight=False, markup=False),
+        )
+    except PlanError as e:
+        fail(f"rollout: {e}", 1)
+    except (BotoCoreError, ClientError) as e:
+        fail(f"rollout: {_one_line(e)}", 1)
+    if not result.ok:
+        err_console.print(f"[bold red]error:[/] {result.line()}", highlight=False, soft_wrap=True)
+        return False
+    console.print(f"[green]{result.line()}[/]", highlight=False)
     return True
 
 
@@ -187,9 +237,9 @@ def up_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Preflight, preview + `pulumi up` with the policy pack (Automation API), render cluster.yaml + Serve config, wait until it answers.
+    """Preflight, preview + `pulumi up --refresh` with the policy pack (Automation API), render cluster.yaml + Serve config, roll the node scripts out in order (rolled back on a failure), wait until the new deployment answers.
 
-    Exit 0 = up and answering, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / not ready in time, 2 = bad input or no pulumi CLI.
+    Exit 0 = up and answering with the new Serve config, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / rollout stopped and rolled back / not ready in time, 2 = bad input or no pulumi CLI.
     """  # noqa: E501  (one line per paragraph: rich folds help text itself)
     _cli_or_fail()
     args = _args_or_fail(stack, config)
@@ -222,9 +272,35 @@ def up_cmd(
         fail(f"rendering cluster.yaml / serve.yaml from the stack outputs: {e}", 1)
     for path in written:
         console.print(f"wrote {path}")
+    if not _rollout(cfg, stack, outputs, timeout):
+        raise typer.Exit(1)
     if wait and not _wait(cfg, outputs, timeout):
         raise typer.Exit(1)
     _show_endpoint(cfg, outputs)
+
+
+def rollout_cmd(
+    stack: StackOpt,
+    config: ConfigOpt = None,
+    timeout: TimeoutOpt = 1800.0,
+) -> None:
+    """Roll out the node scripts the last `pulumi up` wrote: replica by replica, the head last, each host gated on its health; on a failure stop, restore the previous scripts and re-apply them. Run it after a plain `pulumi up --refresh` (llmfleet up runs it itself).
+
+    Exit 0 = every host runs the new scripts and the deployment answers with the new Serve config, 1 = stopped and rolled back (the failing host in one line) / not ready, 2 = bad input or no pulumi CLI.
+    """  # noqa: E501
+    _cli_or_fail()
+    args = _args_or_fail(stack, config)
+    cfg = config_or_fail(stack, config)
+    from infra.deploy import open_stack
+
+    try:
+        outputs = {k: v.value for k, v in open_stack(args, create=False).outputs().items()}
+    except Exception as e:  # noqa: BLE001 - automation errors carry the CLI's stderr; show its last line
+        fail(f"reading the outputs of stack {stack}: {_one_line(e)}", 1)
+    if not _rollout(cfg, stack, outputs, timeout):
+        raise typer.Exit(1)
+    if not _wait(cfg, outputs, timeout):
+        raise typer.Exit(1)
 
 
 def down_cmd(
@@ -250,4 +326,5 @@ def down_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("up")(up_cmd)
+    app.command("rollout")(rollout_cmd)
     app.command("down")(down_cmd)

@@ -9,8 +9,8 @@ Auto Scaling group of one launching from one launch template, so a failed worker
 from the head's private IP.
 
 Day 2: an instance's user data is only its boot contract; its node script (image digest,
-weights, Serve config) is an SSM parameter that a rollout association re-applies in place,
-one host at a time (infra/components/node_config.py). Which input replaces a host and which
+weights, Serve config) is an SSM parameter that the operator-side rollout (infra/rollout/)
+re-applies in place, one host at a time (infra/components/node_config.py). Which input replaces a host and which
 updates it is the explicit table in infra/components/host_updates.py (`replace_on_changes`).
 Recovery: infra/components/recovery.py.
 """
@@ -30,12 +30,7 @@ from infra.boot.node_apply import launcher_user_data, node_parameter_name
 from infra.catalog import InstanceType
 from infra.components import recovery
 from infra.components.host_updates import REPLACE_FIELDS
-from infra.components.node_config import (
-    group_targets,
-    instance_targets,
-    node_script_parameter,
-    rollout_association,
-)
+from infra.components.node_config import node_script_parameter
 from infra.components.workers import METADATA_OPTIONS, WorkerPool, WorkerPoolArgs, efa_cards
 
 BASE_ROOT_GB = 200  # OS + Docker + the vLLM image (~25 GB) + logs, with room for two image versions
@@ -200,7 +195,6 @@ class Cluster(pulumi.ComponentResource):
             *self.workers.alarms,
             *self._app_alarm(name, args),
         ]
-        self.rollouts = self._rollouts(name, args)
         self.register_outputs(
             {"head_private_ip": self.head.private_ip, "worker_groups": self.workers.group_names}
         )
@@ -303,24 +297,3 @@ class Cluster(pulumi.ComponentResource):
             alarm_topics=args.alarm_topics,
         )
         return WorkerPool(name, pool, parent=self)
-
-    def _rollouts(self, name: str, args: ClusterArgs) -> list[aws.ssm.Association]:
-        common = {"cluster": args.name, "tags": args.tags, "parent": self}
-        return [
-            rollout_association(
-                name,
-                role="head",
-                parameter=self.head_script,
-                script=self.head_script_text,
-                targets=instance_targets([self.head.id]),
-                **common,
-            ),
-            rollout_association(
-                name,
-                role="worker",
-                parameter=self.worker_script,
-                script=self.worker_script_text,
-                targets=group_targets(self.workers.group_names),
-                **common,
-            ),
-        ]

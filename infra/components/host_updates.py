@@ -79,8 +79,10 @@ GROUP_REPLACE_FIELDS = ["vpcZoneIdentifiers"]
 CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
     (
         "Serve config: `maxModelLen`, engine options",
-        "in place: the head's node script in SSM changes; the rollout rewrites `/etc/llmfleet/serve.yaml` "
-        "and the head's deploy watcher runs `serve deploy` (Serve updates the app in place)",
+        "in place: the head's node script in SSM changes; the rollout (`llmfleet up` / `llmfleet rollout`) "
+        "rewrites `/etc/llmfleet/serve.yaml` on the head, whose deploy watcher runs `serve deploy` (Serve "
+        "updates the app in place); done when the head reports the new config's fingerprint and a completion "
+        "passes",
         "head: serve.yaml; workers: nothing",
         "the engine replicas restart with the new arguments (weights load from local NVMe); Docker, the "
         "containers and the Ray cluster keep running",
@@ -94,8 +96,8 @@ CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
     ),
     (
         "`model` / `quantization` (same instance type)",
-        "in place: new node scripts; each worker stages the new weights onto its NVMe, one worker at a time, "
-        "and restarts its node container (the model's mount); the head stages the new tokenizer and restarts "
+        "in place: new node scripts; each worker stages the new weights onto its NVMe, one host at a time, "
+        "replica by replica, and restarts its node container (the model's mount); the head stages the new tokenizer and restarts "
         "its node container, then re-deploys",
         "head: node container, weights, serve.yaml; workers: node container, weights",
         "full: the head container's restart restarts the Ray cluster (GCS); serving stops while the new "
@@ -114,7 +116,8 @@ CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
     ),
     (
         "node image digest (any change under `ray_cluster/`, `images/`)",
-        "in place: the rollout (one host at a time) restarts the node container and the boot log shipper "
+        "in place: the rollout (SSM Run Command, one host at a time, replica by replica, the head last) "
+        "restarts the node container and the boot log shipper "
         "(it runs the node image) with the new image; the weights stay on NVMe; the head's deploy watcher "
         "re-deploys when the workers come back",
         "head: node container, metrics agents; workers: node container, metrics agents",
