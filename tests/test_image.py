@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infra.catalog.images import image_ref, load_images
 from infra.components.image import cache_tag, context_hash, image_tag
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
@@ -22,7 +23,7 @@ def test_image_pushes_to_ecr_by_context_hash_with_registry_cache():
     i = img["inputs"]
     repo_url = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["repositoryUrl"]
     args = {"BASE_IMAGE": c.config.base_image, "RAY_VERSION": i["buildArgs"]["RAY_VERSION"]}
-    assert i["buildArgs"]["BASE_IMAGE"] == f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
+    assert i["buildArgs"]["BASE_IMAGE"] == image_ref("vllm-openai")  # by digest (tests/test_image_digests.py)
     assert i["push"] is True
     assert i["tags"] == [f"{repo_url}:{image_tag(REPO_ROOT, args)}"]
     # the ECR password is a secret, so Pulumi marks the whole registries input secret
@@ -71,7 +72,9 @@ def test_image_versions_follow_rays_own_metadata():
     from infra.constants import RAY_VERSION
     from infra.stack.config import StackConfig
 
-    want_base = f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
+    base = load_images()["vllm-openai"]
+    assert (base.repository, base.tag) == ("vllm/vllm-openai", f"v{ray_llm_vllm_pin()}")
+    want_base = base.ref  # repo:tag@sha256:... (tests/test_image_digests.py)
     text = (REPO_ROOT / "images" / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M).group(1) == want_base
     assert RAY_VERSION == importlib.metadata.version("ray")
