@@ -112,6 +112,16 @@ def test_image_declares_the_node_healthcheck(image):
     assert r.returncode == 1 and r.stdout.startswith("unhealthy: no `ray start` process"), r
 
 
+def test_the_digest_refresher_resolves_the_pushed_tag(image):
+    """scripts/refresh_image_digests.py (what pins infra/catalog/images.yaml) against a real
+    registry: the tag resolves to the digest the push reported."""
+    from tests.test_refresh_image_digests import rid
+
+    b, registry = image["built"], image["registry"]
+    with httpx.Client(timeout=30) as client:
+        assert rid.resolve(f"{registry}/{ib.REPOSITORY}", b.tag, client) == b.ref.split("@")[1]
+
+
 @pytest.fixture(scope="module")
 def cluster(image, tmp_path_factory):
     name = f"im{os.getpid() % 100000}"
