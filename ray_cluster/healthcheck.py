@@ -2,8 +2,9 @@
 does the GCS answer? `python3 -m ray_cluster.healthcheck` (also `ray_cluster.node healthcheck`).
 
 Docker runs it every interval inside the node container, so it stays cheap: stdlib only, no
-`import ray` (0.8-1.2 s on this machine class; this module's whole run is ~0.05 s). It asks Ray's
-own answer rather than guessing from processes:
+`import ray` (0.8-1.2 s in the project's venv on this machine class, ~3 s in the CPU image on a
+busy host; this module's whole run is ~0.05 s in the venv, 0.2-0.4 s in the image before its
+bytecode was precompiled). It asks Ray's own answer rather than guessing from processes:
 
 - the `ray start` process of this container (the entrypoint execs into it, so it is PID 1)
   gives the role (`--head`), the node IP, the dashboard agent's port and the head's address;
