@@ -178,9 +178,12 @@ def test_each_node_container_turns_healthy(cluster):
             break
         time.sleep(5)
     assert {r: x["Status"] for r, x in health.items()} == {"head": "healthy", "worker": "healthy"}, health
+    # Any of the kept answers, not the last: Ray's agent gives the GCS 0.1 s, and on this loaded
+    # machine one head probe answered "gcs: RPC error: Deadline Exceeded" while the head stayed
+    # healthy (one failure is not `retries`).
     for h in hosts:
-        out = health[h["role"]]["Log"][-1]["Output"]
-        assert out.startswith(f"healthy: {h['role']} (HTTP 200, raylet: success"), out
+        outs = [e["Output"] for e in health[h["role"]]["Log"]]
+        assert any(o.startswith(f"healthy: {h['role']} (HTTP 200, raylet: success") for o in outs), outs
 
 
 def test_vllm_runs_the_replica_at_tp2_pp2_in_the_worker_container(cluster):
