@@ -13,7 +13,7 @@ UV_VERSION = 0.13.9
 TOOLS   = .tools
 UV      = $(TOOLS)/bin/uv
 
-.PHONY: setup system-deps demo test lint bench clean image image-stop
+.PHONY: setup system-deps demo test lint bench clean image image-stop image-lock
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -45,6 +45,11 @@ demo: setup system-deps
 # leaves them running for `llmfleet local up --image REF`; `make image-stop` stops them.
 image: setup system-deps
 	UV=$(abspath $(UV)) $(BIN)/python -m infra.local.image_build
+
+# The image's hashed Python sets from uv.lock (images/cpu-base/requirements.txt and
+# images/requirements.lock.txt): run after any uv.lock change; tests/test_image_lock.py fails until then.
+image-lock: setup
+	UV=$(abspath $(UV)) $(BIN)/python -m infra.local.image_lock
 
 image-stop: setup
 	$(BIN)/python -m infra.local.image_build --stop

@@ -1,4 +1,4 @@
-"""Ray node bootstrap: `python -m ray_cluster.node head|worker|deploy|status`.
+"""Ray node bootstrap: `python -m ray_cluster.node head|worker|deploy|status|healthcheck`.
 
 Runs inside the production image and on the local "hosts", so imports stay light:
 stdlib + ray + pyyaml (ray is imported lazily by the sub-commands that talk to a cluster).
@@ -307,6 +307,12 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_healthcheck(a: argparse.Namespace) -> int:
+    from ray_cluster import healthcheck
+
+    return healthcheck.main()
+
+
 def print_status(doc: dict) -> None:
     """A rich table when rich is installed (operator machines), plain columns otherwise (the image)."""
     rows = [
@@ -414,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--serve-config", help="also report this config's fingerprint and the deployed one")
     s.set_defaults(func=cmd_status)
+
+    hc = sub.add_parser(
+        "healthcheck", help="exit 0 when this node's raylet is alive in the cluster (the image's HEALTHCHECK)"
+    )
+    hc.set_defaults(func=cmd_healthcheck)
     return p
 
 

@@ -275,7 +275,7 @@ ROW_CASES = {
     "`weightsUri`": ("prod", (), ("llmfleet:weightsUri=s3://corp-models/deepseek-r1-v2/",)),
     # a new build argument is a new image digest, as any edit under ray_cluster/ or images/ is
     # (test_node_code_change_rolls_the_image_in_place makes that edit on a copy of the tree)
-    "node image digest": ("prod", (), ("llmfleet:baseImage=vllm/vllm-openai:v0.30.0",)),
+    "node image digest": ("prod", (), ("llmfleet:baseImage=vllm/vllm-openai:v0.30.0@sha256:" + "1" * 64,)),
     "`gpuInstanceType`": ("prod", ("llmfleet:workerCount=3",), ("llmfleet:gpuInstanceType=p5.48xlarge",)),
     "`endpointCertificateArn`": ("prod", (), (f"llmfleet:endpointCertificateArn={CERT}",)),
     "`alarmTopicArn`": (

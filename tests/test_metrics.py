@@ -202,6 +202,7 @@ def test_user_data_ships_logs_everywhere_dcgm_on_workers_and_the_agent_on_the_he
     for text in (head, worker):
         assert '"awslogs-group": "/llmfleet/x/containers"' in text and '"live-restore": true' in text
         assert "awslogs-group=/llmfleet/x/boot" in text and "--entrypoint tail" in text
+        assert "--no-healthcheck --entrypoint tail" in text  # no Ray node in it to ask
         assert "-n +1 -F /var/log/llmfleet-boot.log" in text
         # logging is set before any container starts; agents after the node container
         assert text.index("log-driver") < text.index("docker run --detach --name llmfleet-")

@@ -49,9 +49,10 @@ t1=$(date +%s)
 echo "cpu-base: debian root $((t1 - t0)) s" >&2
 
 "$uv" venv --quiet --relocatable --seed --python "$python" "$root/opt/venv"
-# --no-deps: requirements.txt is the complete, locked set (compiled against uv.lock).
-"$uv" pip install --quiet --python "$root/opt/venv/bin/python" --no-deps --find-links "$wheels" \
-  --compile-bytecode -r "$here/requirements.txt"
+# --no-deps: requirements.txt is the complete, locked set (uv.lock's closure, `make image-lock`);
+# --require-hashes: every file must match uv.lock's hash, from the cache or downloaded.
+"$uv" pip install --quiet --no-config --python "$root/opt/venv/bin/python" --no-deps --require-hashes \
+  --find-links "$wheels" --compile-bytecode -r "$here/requirements.txt"
 t2=$(date +%s)
 echo "cpu-base: python packages $((t2 - t1)) s" >&2
 

@@ -195,8 +195,10 @@ def boot_log_shipper(m: HostMetrics, region: str, role: str, image_ref: str) -> 
         "docker", "run", "--detach", "--name", "llmfleet-bootlog", "--restart", "unless-stopped",
         "--log-driver", "awslogs", "--log-opt", f"awslogs-region={region}",
         "--log-opt", f"awslogs-group={m.boot_log_group}", "--log-opt", f"awslogs-stream={role}-NODEIP",
-        "--volume", f"{BOOT_LOG}:{BOOT_LOG}:ro", "--entrypoint", "tail", image_ref, "-n", "+1", "-F", BOOT_LOG,
+        "--volume", f"{BOOT_LOG}:{BOOT_LOG}:ro", "--no-healthcheck",
+        "--entrypoint", "tail", image_ref, "-n", "+1", "-F", BOOT_LOG,
     ]  # fmt: skip
+    # --no-healthcheck: the node image's HEALTHCHECK asks for a Ray node this container never runs.
     # NODEIP sits in a token shlex leaves unquoted: it becomes the shell's "${NODE_IP}".
     cmd = " ".join(shlex.quote(a) for a in argv).replace("NODEIP", '"${NODE_IP}"')
     replace = f"docker rm -f llmfleet-bootlog >/dev/null 2>&1 || true\n{cmd}"

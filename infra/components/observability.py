@@ -32,20 +32,25 @@ import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
 from infra.boot.metrics import HostMetrics
+from infra.catalog.images import image_ref
 
 # Upstream images the hosts run, mirrored into the stack's ECR (the hosts have no internet
-# route). Pinned: a bump is a deliberate edit here.
-PROMETHEUS_IMAGE = "quay.io/prometheus/prometheus:v2.53.2"  # LTS; agent mode + SigV4 remote write
-DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"
+# route). Pinned by digest in infra/catalog/images.yaml: a bump is a deliberate edit there.
+PROMETHEUS_IMAGE = image_ref("prometheus")  # LTS; agent mode + SigV4 remote write
+DCGM_EXPORTER_IMAGE = image_ref("dcgm-exporter")
 MIRRORS = {"prometheus": PROMETHEUS_IMAGE, "dcgm-exporter": DCGM_EXPORTER_IMAGE}
 # Pushed once and pulled by every boot: no lifecycle rule selects this prefix (registry.py).
 MIRROR_TAG_PREFIX = "mirror-"
 
 
 def mirror_tag(upstream: str) -> str:
-    """ECR tag of a mirrored image: stable per upstream ref (the repository's tags are immutable)."""
-    name, _, version = upstream.rpartition("/")[2].partition(":")
-    return f"{MIRROR_TAG_PREFIX}{name}-{version}"
+    """ECR tag of a mirrored image: stable per upstream ref (the repository's tags are immutable),
+    so it carries the digest's first 12 hex digits: a new digest for the same tag is a new tag."""
+    ref, _, digest = upstream.partition("@")
+    name, _, version = ref.rpartition("/")[2].partition(":")
+    return f"{MIRROR_TAG_PREFIX}{name}-{version}" + (
+        f"-{digest.removeprefix('sha256:')[:12]}" if digest else ""
+    )
 
 
 def log_group_names(cluster: str) -> dict[str, str]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from infra.catalog.images import image_ref
+
 # file name -> name of the generator in Ray's grafana_dashboard_factory
 RAY_DASHBOARDS = {
     "ray-serve-llm.json": "generate_serve_llm_grafana_dashboard",
@@ -178,5 +180,5 @@ def grafana_command(out_dir: str, aws_region: str | None = None, port: int = 300
     return (
         f"docker run --rm -p 127.0.0.1:{port}:3000 {env}"
         f"-e GF_PATHS_PROVISIONING=/etc/grafana/llmfleet/provisioning "
-        f"-v {mount}:/etc/grafana/llmfleet:ro grafana/grafana"
+        f"-v {mount}:/etc/grafana/llmfleet:ro {image_ref('grafana')}"
     )

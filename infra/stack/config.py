@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.catalog import load_catalog
+from infra.catalog.images import image_ref
 from infra.stack import suggest
 from infra.stack.config_rules import CrossKeyError, check_all, fmt_value
 from infra.stack.config_values import (
@@ -29,6 +30,7 @@ from infra.stack.config_values import (
     DnsName,
     GpuInstanceType,
     HostedZoneId,
+    ImageByDigest,
     InstanceType,
     LogRetentionDays,
     ModelId,
@@ -97,7 +99,7 @@ class StackConfig(BaseModel):
     root_volume_gb: Annotated[Annotated[int, Field(ge=64, le=16384)] | None, ZeroUnset] = Field(
         default=None, alias="llmfleet:rootVolumeGb"
     )
-    base_image: str = Field(default="vllm/vllm-openai:v0.29.0", alias="llmfleet:baseImage")
+    base_image: ImageByDigest = Field(default=image_ref("vllm-openai"), alias="llmfleet:baseImage")
     hosts: list[HostSpec] = Field(default_factory=list, alias="llmfleet:hosts")
     ssh_private_key: Annotated[str | None, Unset] = Field(default=None, alias="llmfleet:sshPrivateKey")
     host_hourly_usd: Annotated[Annotated[float, Field(ge=0)] | None, Unset] = Field(

@@ -208,3 +208,22 @@ CertificateArn = Annotated[str | None, Unset, AfterValidator(_cert)]
 TopicArn = Annotated[str | None, Unset, AfterValidator(_topic)]
 DnsName = Annotated[str | None, Unset, AfterValidator(_dns_name)]
 HostedZoneId = Annotated[str | None, Unset, AfterValidator(_zone)]
+
+
+# An image by digest: REPO:TAG@sha256:<64 hex> (the tag names the release, the digest is what
+# is pulled) or REPO@sha256:<64 hex>. REPO may start with a registry host (and :port).
+IMAGE_BY_DIGEST_RE = re.compile(
+    r"^[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[0-9a-f]{64}$"
+)
+
+
+def _image_by_digest(v: str) -> str:
+    if not IMAGE_BY_DIGEST_RE.match(v):
+        raise ValueError(
+            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>"
+        )
+    return v
+
+
+ImageByDigest = Annotated[str, AfterValidator(_image_by_digest)]
