@@ -200,9 +200,7 @@ def test_user_data_with_metrics_passes_bash_and_shellcheck(role, tmp_path):
 def test_user_data_ships_logs_everywhere_dcgm_on_workers_and_the_agent_on_the_head():
     head, worker = (render_user_data(SPECS[r]) for r in ("head", "worker"))
     for text in (head, worker):
-        assert (
-            '"awslogs-group\\": \\"/llmfleet/x/containers\\"' in text and "systemctl restart docker" in text
-        )
+        assert '"awslogs-group": "/llmfleet/x/containers"' in text and "systemctl restart docker" in text
         assert "awslogs-group=/llmfleet/x/boot" in text and "--entrypoint tail" in text
         assert "-n +1 -F /var/log/llmfleet-boot.log" in text
         # logging is set before any container starts; agents after the node container
@@ -365,3 +363,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_docker_log_options_take_the_hosts_ip_as_data(tmp_path):
+    """The rendered merge line, run with the IP the shell would pass: daemon.json gets the
+    options with this host's stream tag (the options are one single-quoted word, not code)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from infra.boot.metrics import NODE_IP_PLACEHOLDER
+
+    text = render_user_data(SPECS["worker"])
+    [line] = [ln for ln in text.splitlines() if ln.startswith("python3 -c ")]
+    argv = shlex.split(line.replace('"${NODE_IP}"', "10.42.0.7"))
+    assert argv[-1] == NODE_IP_PLACEHOLDER
+    daemon = tmp_path / "daemon.json"
+    daemon.write_text('{"runtimes": {"nvidia": {}}}')
+    code = argv[2].replace("/etc/docker/daemon.json", str(daemon))
+    subprocess.run([sys.executable, "-c", code, *argv[3:]], check=True)
+    doc = json.loads(daemon.read_text())
+    assert doc["runtimes"] == {"nvidia": {}} and doc["log-driver"] == "awslogs"
+    assert doc["log-opts"]["tag"] == "worker-10.42.0.7/{{.Name}}"
+    assert doc["log-opts"]["awslogs-group"] == "/llmfleet/x/containers"

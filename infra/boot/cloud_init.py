@@ -163,7 +163,7 @@ def _nvme(spec: NodeSpec) -> str:
 mkdir -p {wp}
 """
     return f"""
-# 2a. Instance-store NVMe -> {spec.weights_path} (RAID0 over all of them when more than one).
+# 2a. Instance-store NVMe -> the weights path (RAID0 over all of them when more than one).
 WEIGHTS_MNT={wp}
 if ! mountpoint -q "${{WEIGHTS_MNT}}"; then
   mapfile -t NVME_DEVS < <(lsblk -dpno NAME,MODEL | awk '/{NVME_MODEL}/ {{print $1}}')
@@ -230,7 +230,7 @@ def _stage(spec: NodeSpec) -> str:
 # 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress.
 mkdir -p {mp}
 aws s3 cp --recursive --only-show-errors --exclude '*' {includes} {shlex.quote(src)} {mp}/
-log "staged tokenizer/config from {src}"
+log "staged tokenizer/config from" {shlex.quote(src)}
 """
     return f"""
 # 2b. Stage the checkpoint: many ranged GETs in parallel (one S3 connection ~5 Gbps).
@@ -258,7 +258,7 @@ if [[ ! -f {marker} ]]; then
   fi
   touch {marker}
 fi
-log "weights ready at {spec.model_path}"
+log "weights ready at" {mp}
 """
 
 
@@ -276,8 +276,8 @@ def _secrets(spec: NodeSpec) -> str:
         reads.append(("API_TOKEN", spec.token_parameter))
         lines.append(f"{TOKEN_ENV}=${{API_TOKEN}}")
     fetch = "\n".join(
-        f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter {name}"\n'
-        f'[[ -n "${{{var}}}" ]] || die "SSM parameter {name} is empty"'
+        f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter" {shlex.quote(name)}\n'
+        f'[[ -n "${{{var}}}" ]] || die "SSM parameter" {shlex.quote(name)} "is empty"'
         for var, name in reads
     )
     body = "\n".join(f'  printf "%s\\n" "{line}"' for line in lines)
@@ -333,7 +333,7 @@ def _start(spec: NodeSpec) -> str:
 if [[ "${{LLMFLEET_APPLY_MODE:-boot}}" == rollout ]] \\
     && [[ "$(cat {marker} 2>/dev/null)" == {digest} ]] \\
     && [[ "$(docker inspect -f '{{{{.State.Running}}}}' {c} 2>/dev/null)" == true ]]; then
-  log "container {spec.container} already runs this image and arguments: left running"
+  log "container" {c} "already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin {shlex.quote(registry)}
 docker pull {img}
@@ -343,7 +343,7 @@ docker rm -f {c} >/dev/null 2>&1 || true
   {img} {_sh(node_args(spec))}
 install -d -m 0755 {CONFIG_DIR}
 echo {digest} > {marker}
-log "started container {spec.container}"
+log "started container" {c}
 fi
 """
 
@@ -368,8 +368,9 @@ def head_deploy_argv(spec: NodeSpec) -> list[str]:
 def _serve_config_file(spec: NodeSpec) -> str:
     if spec.role != "head" or not spec.serve_config:
         return ""
-    if "LLMFLEET_EOF" in spec.serve_config:
-        raise ValueError("serve_config must not contain the heredoc marker LLMFLEET_EOF")
+    # A quoted heredoc ends only at a line that is exactly its marker: no value expands in it.
+    if "LLMFLEET_EOF" in spec.serve_config.splitlines():
+        raise ValueError("serve_config must not contain a line LLMFLEET_EOF (the heredoc marker)")
     return f"""
 # The Serve deploy config (rendered by infra/rayconf/serve_config.py; no secrets in it).
 install -d -m 0755 {CONFIG_DIR}

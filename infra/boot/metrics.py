@@ -27,6 +27,7 @@ SD_DIR = "/var/lib/llmfleet/prometheus-sd"
 RAY_SD_FILE = "/tmp/ray/prom_metrics_service_discovery.json"  # inside the head container
 SCRAPE_INTERVAL = "15s"
 HEAD_IP_PLACEHOLDER = "__LLMFLEET_HEAD_IP__"
+NODE_IP_PLACEHOLDER = "__LLMFLEET_NODE_IP__"
 BOOT_LOG = "/var/log/llmfleet-boot.log"
 
 
@@ -81,36 +82,39 @@ def docker_logging(m: HostMetrics, region: str, role: str) -> str:
     opts = {
         "awslogs-region": region,
         "awslogs-group": m.container_log_group,
-        # one stream per host and container: {{.Name}} is Docker's own template
-        "tag": f"{role}-${{NODE_IP}}/{{{{.Name}}}}",
+        # one stream per host and container: {{.Name}} is Docker's own template; the host's
+        # IP goes in at boot as data (sys.argv[2]), never through the shell's quoting
+        "tag": f"{role}-{NODE_IP_PLACEHOLDER}/{{{{.Name}}}}",
         "mode": "non-blocking",  # a slow CloudWatch never stalls the engine's stdout
     }
     merge = (
         "import json,os,sys; p='/etc/docker/daemon.json'; "
         "d=json.load(open(p)) if os.path.exists(p) else {}; "
-        "d['log-driver']='awslogs'; d['log-opts']=json.loads(sys.argv[1]); "
+        "d['log-driver']='awslogs'; d['log-opts']=json.loads(sys.argv[1].replace(sys.argv[3], sys.argv[2])); "
         "json.dump(d, open(p,'w'), indent=2)"
     )
     return f"""
-# Logs: every container's output to CloudWatch ({m.container_log_group}) through the logs VPC endpoint.
-python3 -c {shlex.quote(merge)} "{json.dumps(opts).replace('"', chr(92) + '"')}"
+# Logs: every container's output to CloudWatch (the containers log group) through the logs VPC endpoint.
+python3 -c {shlex.quote(merge)} {shlex.quote(json.dumps(opts))} "${{NODE_IP}}" {NODE_IP_PLACEHOLDER}
 systemctl restart docker
-log "docker logs -> CloudWatch {m.container_log_group}"
+log "docker logs -> CloudWatch" {shlex.quote(m.container_log_group)}
 """
 
 
 def boot_log_shipper(m: HostMetrics, region: str, role: str, image_ref: str) -> str:
     """A container that follows the boot log into the boot log group (from the node image)."""
-    argv = [
+    argv: list[str | tuple[str, str]] = [
         "docker", "run", "--detach", "--name", "llmfleet-bootlog", "--restart", "unless-stopped",
         "--log-driver", "awslogs", "--log-opt", f"awslogs-region={region}",
-        "--log-opt", f"awslogs-group={m.boot_log_group}", "--log-opt", f"awslogs-stream={role}-NODEIP",
+        "--log-opt", f"awslogs-group={m.boot_log_group}", "--log-opt", (f"awslogs-stream={role}-", "NODE_IP"),
         "--volume", f"{BOOT_LOG}:{BOOT_LOG}:ro", "--entrypoint", "tail", image_ref, "-n", "+1", "-F", BOOT_LOG,
     ]  # fmt: skip
-    # NODEIP sits in a token shlex leaves unquoted: it becomes the shell's "${NODE_IP}".
-    cmd = " ".join(shlex.quote(a) for a in argv).replace("NODEIP", '"${NODE_IP}"')
+    # (text, VAR): the quoted text followed by the shell's "${VAR}", expanded at boot.
+    cmd = " ".join(
+        shlex.quote(a) if isinstance(a, str) else shlex.quote(a[0]) + f'"${{{a[1]}}}"' for a in argv
+    )
     return f"""
-# Boot log -> CloudWatch {m.boot_log_group} (stream {role}-<ip>), from the first line on.
+# Boot log -> CloudWatch (the boot log group, stream ROLE-<ip>), from the first line on.
 docker rm -f llmfleet-bootlog >/dev/null 2>&1 || true
 {cmd}
 """
@@ -130,8 +134,9 @@ log "dcgm exporter on :{DCGM_PORT}"
 
 def head_prometheus(m: HostMetrics, region: str, head_container: str) -> str:
     cfg = yaml.safe_dump(prometheus_config(m, region), sort_keys=False)
-    if "LLMFLEET_PROM_EOF" in cfg:
-        raise ValueError("prometheus config must not contain the heredoc marker")
+    # A quoted heredoc ends only at a line that is exactly its marker: no value expands in it.
+    if "LLMFLEET_PROM_EOF" in cfg.splitlines():
+        raise ValueError("prometheus config must not contain a line LLMFLEET_PROM_EOF (the heredoc marker)")
     img = shlex.quote(m.prometheus_image)
     copy = (
         f"while sleep 15; do docker exec {shlex.quote(head_container)} cat {RAY_SD_FILE} > {SD_DIR}/ray.json.tmp "
@@ -153,7 +158,7 @@ docker run --detach --name llmfleet-prometheus --restart unless-stopped --networ
   --volume {PROM_DIR}:{PROM_DIR}:ro --volume {SD_DIR}:{SD_DIR}:ro {img} \\
   --config.file={PROM_DIR}/prometheus.yml --enable-feature=agent \\
   --storage.agent.path=/prometheus --web.listen-address={PROMETHEUS_LISTEN}
-log "prometheus agent -> {m.remote_write_url}"
+log "prometheus agent ->" {shlex.quote(m.remote_write_url)}
 """
 
 

@@ -22,7 +22,7 @@ docker info >/dev/null 2>&1 || die "docker is not running"
 # 2. The head runs no engine: it stages only config/tokenizer files for the OpenAI ingress.
 mkdir -p /opt/llmfleet/models/deepseek-r1
 aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
-log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
+log "staged tokenizer/config from" s3://llmfleet-prod-weights/deepseek-r1/
 
 # 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
 #    container gets with --env-file. The Ray token (the same on every host) is defense in depth
@@ -36,10 +36,10 @@ ssm_secret() {  # retried: the instance role's new grants take a moment to reach
   done
   return 1
 }
-RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter /llmfleet/prod/ray-auth-token"
-[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/ray-auth-token is empty"
-API_TOKEN=$(ssm_secret /llmfleet/prod/endpoint-token) || die "cannot read SSM parameter /llmfleet/prod/endpoint-token"
-[[ -n "${API_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/endpoint-token is empty"
+RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter" /llmfleet/prod/ray-auth-token
+[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter" /llmfleet/prod/ray-auth-token "is empty"
+API_TOKEN=$(ssm_secret /llmfleet/prod/endpoint-token) || die "cannot read SSM parameter" /llmfleet/prod/endpoint-token
+[[ -n "${API_TOKEN}" ]] || die "SSM parameter" /llmfleet/prod/endpoint-token "is empty"
 {
   printf "%s\n" "RAY_AUTH_MODE=token"
   printf "%s\n" "RAY_AUTH_TOKEN=${RAY_TOKEN}"
@@ -63,7 +63,7 @@ LLMFLEET_EOF
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-head.run 2>/dev/null)" == 5d1e0159e0f7030e ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-head 2>/dev/null)" == true ]]; then
-  log "container llmfleet-head already runs this image and arguments: left running"
+  log "container" llmfleet-head "already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
@@ -73,7 +73,7 @@ docker run --detach --name llmfleet-head --restart unless-stopped --network host
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab head --ip "${NODE_IP}" --block
 install -d -m 0755 /etc/llmfleet
 echo 5d1e0159e0f7030e > /etc/llmfleet/llmfleet-head.run
-log "started container llmfleet-head"
+log "started container" llmfleet-head
 fi
 
 # 5. Bootstrap the inference actors once the workers have joined, then keep watching: the

@@ -24,7 +24,7 @@ GPUS_SEEN=$(nvidia-smi -L | grep -c '^GPU ' || true)
 [[ "${GPUS_SEEN}" -ge 8 ]] || die "expected 8 GPUs, nvidia-smi sees ${GPUS_SEEN}"
 log "docker + nvidia runtime ok, ${GPUS_SEEN} GPUs"
 
-# 2a. Instance-store NVMe -> /opt/llmfleet/models (RAID0 over all of them when more than one).
+# 2a. Instance-store NVMe -> the weights path (RAID0 over all of them when more than one).
 WEIGHTS_MNT=/opt/llmfleet/models
 if ! mountpoint -q "${WEIGHTS_MNT}"; then
   mapfile -t NVME_DEVS < <(lsblk -dpno NAME,MODEL | awk '/Amazon EC2 NVMe Instance Storage/ {print $1}')
@@ -100,7 +100,7 @@ PYEOF
   fi
   touch /opt/llmfleet/models/deepseek-r1/.llmfleet-ready
 fi
-log "weights ready at /opt/llmfleet/models/deepseek-r1"
+log "weights ready at" /opt/llmfleet/models/deepseek-r1
 
 # 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
 #    container gets with --env-file. The Ray token (the same on every host) is defense in depth
@@ -114,8 +114,8 @@ ssm_secret() {  # retried: the instance role's new grants take a moment to reach
   done
   return 1
 }
-RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter /llmfleet/prod/ray-auth-token"
-[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/ray-auth-token is empty"
+RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter" /llmfleet/prod/ray-auth-token
+[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter" /llmfleet/prod/ray-auth-token "is empty"
 {
   printf "%s\n" "RAY_AUTH_MODE=token"
   printf "%s\n" "RAY_AUTH_TOKEN=${RAY_TOKEN}"
@@ -130,7 +130,7 @@ umask 022
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-worker.run 2>/dev/null)" == 7a20b068b4aa8f2f ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-worker 2>/dev/null)" == true ]]; then
-  log "container llmfleet-worker already runs this image and arguments: left running"
+  log "container" llmfleet-worker "already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
@@ -144,5 +144,5 @@ docker run --detach --name llmfleet-worker --restart unless-stopped --network ho
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab worker --address 10.42.0.10:6379 --num-gpus 8 --gpu-model L40S --ip "${NODE_IP}" --block
 install -d -m 0755 /etc/llmfleet
 echo 7a20b068b4aa8f2f > /etc/llmfleet/llmfleet-worker.run
-log "started container llmfleet-worker"
+log "started container" llmfleet-worker
 fi
