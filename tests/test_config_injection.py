@@ -1,15 +1,34 @@
 """No stack value runs as code, and dangerous values are refused (issue #25).
 
 1. The review's values: `llmfleet preview` (the real typer app, in-process) exits 2 with one
-   line naming the key, for each.
+   line naming the key, for each; ordinary values still load.
+2. Property (hypothesis), per renderer: shell-metacharacter payloads put straight into every
+   string the node scripts, metrics snippets, the EC2 launcher and the SSH bootstrap are
+   rendered from (no config check in between) never run: each script passes `bash -n`, runs to
+   its end in a sandbox (tests/script_sandbox.py) and the payload's sentinel is never created.
+3. Property (hypothesis), per stack key: arbitrary strings (unicode, control characters) and
+   the same payloads, fed to every key the model declares (`declared_keys()`, so a new key is
+   covered) and into the fields of the JSON keys, are either refused with the one-line
+   ConfigError naming the key, or render scripts that pass `bash -n` and, when the value
+   carries a shell metacharacter, run in the sandbox without the payload running.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import tempfile
+from functools import cache
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from infra.cli import app
+from tests import script_sandbox
+from tests.script_sandbox import SENTINEL
 
 RUNNER = CliRunner()
 TOUCH = "/opt/$(touch${IFS}/tmp/x)"
@@ -136,7 +155,6 @@ def test_onprem_without_host_keys_is_refused(tmp_path):
     ],
 )
 def test_a_malformed_host_key_is_refused(key):
-    import json
 
     from infra.stack.config import ConfigError
     from infra.stack.files import load_config
@@ -159,3 +177,247 @@ def test_endpoint_ports_refused_include_the_metrics_agents_ports():
 
     listen_port = int(metrics.PROMETHEUS_LISTEN.rsplit(":", 1)[1])
     assert {metrics.DCGM_PORT, listen_port, GCS_PORT, DASHBOARD_PORT, 22} <= set(RESERVED_PORTS)
+
+
+# ---------------------------------------------------------------- the renderers, payloads straight in
+
+PAYLOADS = [
+    f"$(touch {SENTINEL})",
+    f"`touch {SENTINEL}`",
+    f'";touch {SENTINEL};"',
+    f"';touch {SENTINEL};'",
+    f"\ntouch {SENTINEL}\n",
+    f"\r\ntouch {SENTINEL} #",
+    f"$({{ :>{SENTINEL}; }})",
+    f";: >{SENTINEL}",
+    f'"$(touch {SENTINEL})"',
+    f"'\"$(touch${{IFS}}{SENTINEL})\"'",
+    f"&& touch {SENTINEL} #",
+    f"|touch {SENTINEL}",
+    f'\\"; touch {SENTINEL}; #',
+    f"${{IFS}}$(touch${{IFS}}{SENTINEL})",
+    f"\nLLMFLEET_EOF\ntouch {SENTINEL}\n",
+    f"\nLLMFLEET_PROM_EOF\ntouch {SENTINEL}\n",
+    f"\nPYEOF\ntouch {SENTINEL}\n",
+    f"%s%q$(touch {SENTINEL})",
+]
+# Text around a payload: anything a UTF-8 script can hold (no NUL, no lone surrogate).
+AROUND = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
+PAYLOAD = st.builds(lambda a, p, b: a + p + b, AROUND, st.sampled_from(PAYLOADS), AROUND)
+
+# No shrinking in the sandbox tests: each example is a real run, and a failing one is reported
+# as drawn (its payloads say what ran) instead of after minutes of shrinking.
+SANDBOX = dict(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=[Phase.explicit, Phase.generate]
+)
+needs_sandbox = pytest.mark.skipif(
+    not script_sandbox.available(), reason="needs unshare (root, or user namespaces) and ldd"
+)
+
+
+@cache
+def _template() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="llmfleet-sandbox-"))
+    script_sandbox.make_root(root)
+    return root
+
+
+def sandbox_run(script: str, stdin: str = "", canned: dict | None = None) -> script_sandbox.Run:
+    """A run over a fresh overlay (a payload's file never survives into the next run)."""
+    return script_sandbox.run(_template(), script, stdin=stdin, canned=canned)
+
+
+def _bash_n(script: str) -> None:
+    import subprocess
+
+    proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _spec_fields() -> list[tuple[str, str]]:
+    """(object, field) for every str field of NodeSpec and HostMetrics but the role and the
+    container name (both fixed by the code: llmfleet-head / llmfleet-worker, no stack value)."""
+    from infra.boot.cloud_init import NodeSpec
+    from infra.boot.metrics import HostMetrics
+
+    fixed = ("role", "container_name")
+    spec = [("spec", f.name) for f in dataclasses.fields(NodeSpec) if f.type == "str" and f.name not in fixed]
+    return spec + [("metrics", f.name) for f in dataclasses.fields(HostMetrics) if f.type == "str"]
+
+
+def _specs():
+    from infra.boot.metrics import HostMetrics
+    from tests.test_cloud_init import HEAD, WORKER
+
+    hm = HostMetrics(
+        boot_log_group="/llmfleet/x/boot",
+        container_log_group="/llmfleet/x/containers",
+        remote_write_url="https://aps-workspaces.us-east-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write",
+        prometheus_image="123456789012.dkr.ecr.us-east-1.amazonaws.com/p@sha256:" + "a" * 64,
+        dcgm_image="123456789012.dkr.ecr.us-east-1.amazonaws.com/d@sha256:" + "b" * 64,
+        cluster="llmfleet-x",
+    )
+    return {r: dataclasses.replace(s, metrics=hm) for r, s in (("head", HEAD), ("worker", WORKER))}
+
+
+# The last command of each script (its stdout goes through a `tee` that the sandbox's end may cut).
+LAST_CALL = {"head": "systemd-run --unit=llmfleet-deploy", "worker": " -a :9400 "}
+
+
+def _with(spec, where: tuple[str, str], value: str):
+    obj, field = where
+    if field == "weights_s3_uri":
+        value = f"s3://bucket/{value}/"
+    if obj == "spec":
+        return dataclasses.replace(spec, **{field: value})
+    return dataclasses.replace(spec, metrics=dataclasses.replace(spec.metrics, **{field: value}))
+
+
+@needs_sandbox
+@settings(max_examples=12, **SANDBOX)
+@given(
+    role=st.sampled_from(["head", "worker"]),
+    payloads=st.fixed_dictionaries({w: PAYLOAD for w in _spec_fields()}),
+)
+def test_no_value_in_a_node_script_runs_as_code(role, payloads):
+    """A payload in every string the script is rendered from at once (one sandbox run covers
+    them all); a field whose payload the renderer refuses (a heredoc marker line) keeps its
+    ordinary value."""
+    from infra.boot.cloud_init import render_user_data
+
+    spec = _specs()[role]
+    for where, payload in payloads.items():
+        candidate = _with(spec, where, payload)
+        try:
+            render_user_data(candidate)
+        except ValueError:
+            continue
+        spec = candidate
+    script = render_user_data(spec)
+    _bash_n(script)
+    run = sandbox_run(script)
+    assert not run.injected, (payloads, run.calls)
+    assert run.returncode == 0, (payloads, run.stdout[-500:], run.stderr[-500:])
+    assert any(LAST_CALL[role] in c for c in run.calls), run.calls[-3:]  # it ran to its end
+
+
+@needs_sandbox
+@settings(max_examples=6, **SANDBOX)
+@given(role=st.sampled_from(["head", "worker"]), payload=PAYLOAD)
+def test_no_value_in_the_ec2_launcher_runs_as_code(role, payload):
+    """The user data (boot contract) with payloads in the region and parameter name: the
+    launcher's llmfleet-apply runs too, on a node script the stub SSM hands back."""
+    from infra.boot.node_apply import launcher_user_data
+
+    for region, param in ((payload, f"/llmfleet/x/node/{role}"), ("us-east-1", "/llmfleet/x/" + payload)):
+        try:
+            script = launcher_user_data(role, region, param)
+        except ValueError:
+            continue
+        _bash_n(script)
+        run = sandbox_run(script, canned={"base64": "echo node-script-ran\n"})
+        assert not run.injected, (region, param, run.calls)
+        assert "node-script-ran" in run.stdout, (run.stdout[-300:], run.stderr[-300:])
+
+
+HOST_FIELDS = ("address", "ssh_user", "gpu_model", "private_ip", "host_key")
+
+
+@needs_sandbox
+@settings(max_examples=12, **SANDBOX)
+@given(
+    role=st.sampled_from(["head", "worker"]),
+    source=st.sampled_from(["s3://b/", "https://h.example/"]),
+    payloads=st.fixed_dictionaries(
+        {f: PAYLOAD for f in ("weights_path", "weights_uri", "stack", "image_ref", "head_ip", *HOST_FIELDS)}
+    ),
+)
+def test_no_value_in_the_ssh_bootstrap_runs_as_code(role, source, payloads):
+    """A payload in every string of the stack and the host the bootstrap is rendered from; a
+    payload another layer refuses (the planner's GPU ids, the Serve config's absolute model
+    path) keeps that field's ordinary value."""
+    from infra.boot.ssh_bootstrap import render_bootstrap
+    from infra.boot.ssh_node import stdin_secrets
+    from infra.rayconf.serve_config import ServeConfigError
+    from infra.stack.files import load_config
+    from infra.stack.planner import PlanInputError
+    from infra.stack.resolve import resolve
+
+    base = load_config("onprem-l20", ["llmfleet:weightsUri=s3://llm-weights/deepseek-r1/"])
+    i = next(i for i, h in enumerate(base.hosts) if h.role == role)
+
+    def render(values: dict) -> str:
+        host = base.hosts[i].model_copy(update={f: values[f] for f in HOST_FIELDS if f in values})
+        # model_copy skips validation: the renderer gets each payload as if a check had let it by
+        cfg = base.model_copy(
+            update={
+                **{f: values[f] for f in ("weights_path", "stack") if f in values},
+                **({"weights_uri": source + values["weights_uri"]} if "weights_uri" in values else {}),
+                "hosts": [*base.hosts[:i], host, *base.hosts[i + 1 :]],
+            }
+        )
+        return render_bootstrap(
+            resolve(cfg),
+            host,
+            values.get("head_ip", "10.20.0.10"),
+            values.get("image_ref", "r.example/n@sha256:" + "a" * 64),
+        )
+
+    values: dict = {}
+    for field, payload in payloads.items():
+        try:
+            render({**values, field: payload})
+        except (ValueError, PlanInputError, ServeConfigError):
+            continue
+        values[field] = payload
+    script = render(values)
+    _bash_n(script)
+    canned = {"curl": "0" * 64 + "  config.json\n"}
+    run = sandbox_run(script, stdin=stdin_secrets(role, "r" * 32, "a" * 32), canned=canned)
+    assert not run.injected, (values, run.calls)
+    assert run.returncode == 0 and "ready (container" in run.stdout, (
+        values,
+        run.stdout[-400:],
+        run.stderr[-400:],
+    )
+
+
+@needs_sandbox
+@pytest.mark.parametrize(
+    ("line", "ok"),
+    [
+        ("0" * 64 + "  config.json", True),
+        ("0" * 64 + " *model-00001-of-00163.safetensors", True),
+        ("0" * 64 + "  sub/dir/tokenizer.json", True),
+        ("0" * 64 + "  ../../etc/cron.d/x", False),
+        ("0" * 64 + "  /etc/passwd", False),
+        ("0" * 64 + "  a/../../x", False),
+        ("0" * 64 + "  a b", False),
+        ("0" * 64 + "  -o", False),
+        ("0" * 64 + "  $(touch /llmfleet-sentinel)", False),
+        ("deadbeef  config.json", False),
+    ],
+)
+def test_sha256sums_names_stay_inside_the_model_directory(line, ok):
+    """The host checks every SHA256SUMS line before a name becomes a path; a bad one is a
+    one-line failure before any download."""
+    from infra.boot.ssh_bootstrap import MESSAGE_PREFIX, render_bootstrap
+    from infra.boot.ssh_node import stdin_secrets
+    from infra.stack.files import load_config
+    from infra.stack.resolve import resolve
+
+    cfg = load_config("onprem-l20", ["llmfleet:weightsUri=https://weights.lab.example/deepseek-r1/"])
+    host = cfg.worker_hosts[0]
+    script = render_bootstrap(resolve(cfg), host, "10.20.0.10", "r.example/n@sha256:" + "a" * 64)
+    manifest = "0" * 64 + "  config.json\n" + line + "\n"
+    run = sandbox_run(script, stdin=stdin_secrets("worker", "r" * 32), canned={"curl": manifest})
+    assert not run.injected
+    fetched = [c for c in run.calls if c.startswith("curl ") and "--create-dirs" in c]
+    if ok:
+        assert run.returncode == 0, run.stderr
+        assert len(fetched) == 2  # both names, each into the model directory
+    else:
+        lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+        assert run.returncode == 1 and len(lines) == 1, run.stderr
+        assert lines[0].startswith(f"{MESSAGE_PREFIX} weights failed") and "SHA256SUMS line" in lines[0]
+        assert not fetched
