@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -205,6 +206,16 @@ PAYLOADS = [
 AROUND = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
 PAYLOAD = st.builds(lambda a, p, b: a + p + b, AROUND, st.sampled_from(PAYLOADS), AROUND)
 
+# Fixed examples by default (a red build is the code, not the draw); LLMFLEET_HYPOTHESIS_EXPLORE=1
+# draws new ones each run.
+DERANDOMIZE = os.environ.get("LLMFLEET_HYPOTHESIS_EXPLORE") != "1"
+# Rules across keys that name the key to change rather than the one set (the provider needs
+# hosts, a public endpoint needs CIDRs, a DNS name needs its zone, a Capacity Block its AZ).
+CROSS_KEYS = {
+    "llmfleet:hosts", "llmfleet:endpointAllowedCidrs", "llmfleet:endpointHostedZoneId", "llmfleet:endpointDnsName",
+    "llmfleet:availabilityZone", "llmfleet:sshPrivateKey", "llmfleet:workerCount", "llmfleet:replicas",
+    "llmfleet:pricingModel", "llmfleet:quantization", "llmfleet:alarmTopicArn", "llmfleet:capacityBlockId",
+}  # fmt: skip
 # No shrinking in the sandbox tests: each example is a real run, and a failing one is reported
 # as drawn (its payloads say what ran) instead of after minutes of shrinking.
 SANDBOX = dict(
@@ -421,3 +432,146 @@ def test_sha256sums_names_stay_inside_the_model_directory(line, ok):
         assert run.returncode == 1 and len(lines) == 1, run.stderr
         assert lines[0].startswith(f"{MESSAGE_PREFIX} weights failed") and "SHA256SUMS line" in lines[0]
         assert not fetched
+
+
+# ---------------------------------------------------------------- every stack key, through the config
+
+AWS_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-x@sha256:" + "ab" * 32
+NEAR_VALID = [
+    "/opt/llmfleet/",
+    "s3://bucket/w/",
+    "https://h.example/w/",
+    "10.0.0.1",
+    "us-east-1",
+    "vllm/x:v1",
+    "ssh-ed25519 ",
+]
+ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+VALUE = st.one_of(
+    ANY_TEXT,
+    PAYLOAD,
+    st.builds(lambda v, p: v + p, st.sampled_from(NEAR_VALID), st.one_of(PAYLOAD, ANY_TEXT)),
+)
+SHELL_CHARS = set("$`\"'\\;&|<>(){}*?[]~#!\n\r\t ") | {chr(c) for c in range(32)}
+
+
+def _keys() -> list[str]:
+    from infra.stack.config import declared_keys
+
+    return sorted(declared_keys())  # a key the model gains is fed here too
+
+
+def _host_fields() -> list[str]:
+    from infra.stack.host_spec import HostSpec
+
+    return [f.alias or n for n, f in HostSpec.model_fields.items()]
+
+
+def _aws_scripts(stack) -> list[str]:
+    """What cluster.py renders for the head and a worker (ids from the mocks' shapes) and the
+    launcher user data: the node scripts and the boot contract."""
+    from infra.boot.cloud_init import NodeSpec, render_user_data
+    from infra.boot.metrics import HostMetrics
+    from infra.boot.node_apply import launcher_user_data, node_parameter_name
+    from infra.catalog import load_catalog
+    from infra.constants import cluster_name
+    from infra.stack.serving import serve_config_yaml
+
+    cfg, plan = stack.cfg, stack.plan
+    wt = load_catalog().instances[cfg.gpu_instance_type]
+    name = cluster_name(cfg)
+    common = dict(
+        region=cfg.region,
+        image_ref=AWS_IMAGE,
+        weights_s3_uri=cfg.weights_uri or f"s3://{name}-weights/{cfg.model}/",
+        model_path=cfg.model_path,
+        weights_path=cfg.weights_path,
+        ray_token_parameter=f"/llmfleet/{cfg.stack}/ray-auth-token",
+        endpoint_port=cfg.endpoint_port,
+        metrics=HostMetrics(
+            boot_log_group=f"/llmfleet/{name}/boot",
+            container_log_group=f"/llmfleet/{name}/containers",
+            remote_write_url="https://aps-workspaces.us-east-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write",
+            prometheus_image=AWS_IMAGE,
+            dcgm_image=AWS_IMAGE,
+            cluster=name,
+        ),
+    )
+    head = NodeSpec(
+        role="head",
+        token_parameter=f"/llmfleet/{cfg.stack}/endpoint-token",
+        serve_config=serve_config_yaml(cfg, plan),
+        tensor_parallel_size=plan.tensor_parallel_size,
+        pipeline_parallel_size=plan.pipeline_parallel_size,
+        replicas=cfg.replicas,
+        deploy_gpu_model=wt.gpu or "",
+        **common,
+    )
+    worker = NodeSpec(
+        role="worker", head_ip="10.42.0.10", gpus=wt.gpu_count, gpu_model=wt.gpu or "", nvme_disks=wt.nvme_disks,
+        **common,
+    )  # fmt: skip
+    return [render_user_data(head), render_user_data(worker)] + [
+        launcher_user_data(r, cfg.region, node_parameter_name(cfg.stack, r)) for r in ("head", "worker")
+    ]
+
+
+def _existing_scripts(stack) -> list[str]:
+    from infra.boot.ssh_bootstrap import render_bootstrap
+
+    cfg = stack.cfg
+    image = cfg.image_registry if cfg.image_registry and "@sha256:" in cfg.image_registry else AWS_IMAGE
+    return [render_bootstrap(stack, h, str(cfg.head_host.ray_ip), image) for h in cfg.hosts]
+
+
+def _feed(raw: dict, key: str, value: str, pick) -> dict:
+    """raw with `value` put into `key` (into a field of the JSON keys)."""
+    raw = dict(raw)
+    if key == "llmfleet:tags":
+        raw[key] = json.dumps(pick(st.sampled_from([{"team": value}, {value: "x"}])))
+    elif key == "llmfleet:endpointAllowedCidrs":
+        raw[key] = json.dumps([value])
+    elif key == "llmfleet:hosts":
+        hosts = json.loads(raw.get(key) or "[]") or [{"address": "10.0.0.1", "role": "head"}]
+        i = pick(st.integers(0, len(hosts) - 1))
+        hosts[i] = {**hosts[i], pick(st.sampled_from(_host_fields())): value}
+        raw[key] = json.dumps(hosts)
+    else:
+        raw[key] = value
+    return raw
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=DERANDOMIZE
+)
+@given(
+    stack_name=st.sampled_from(["prod", "onprem-l20"]),
+    key=st.sampled_from(_keys()),
+    value=VALUE,
+    data=st.data(),
+)
+def test_every_stack_key_refuses_in_one_line_or_renders_safe_scripts(stack_name, key, value, data):
+    from infra.rayconf.serve_config import ServeConfigError
+    from infra.stack.config import ConfigError, declared_keys, load_stack_config
+    from infra.stack.files import raw_stack_config
+    from infra.stack.resolve import resolve
+
+    raw, _ = raw_stack_config(stack_name)
+    raw = _feed(raw, key, value, data.draw)
+    try:
+        stack = resolve(load_stack_config(raw, stack_name))
+        scripts = _existing_scripts(stack) if stack.cfg.provider == "existing" else _aws_scripts(stack)
+    except (ConfigError, ServeConfigError) as e:
+        msg = str(e)
+        assert "\n" not in msg and "\r" not in msg, msg
+        named = msg.split(" = ", 1)[0].split("[", 1)[0]
+        assert named in declared_keys(), msg  # it names a key (the one to change)
+        # the key fed, unless a rule across keys names the other one the value needs
+        assert named == key or key in msg or named in CROSS_KEYS, (key, msg)
+        return
+    for script in scripts:
+        _bash_n(script)
+    if SHELL_CHARS & set(value) and script_sandbox.available():
+        for script in scripts[:2]:  # accepted with a shell character: run them (rare, slow)
+            run = sandbox_run(script, stdin="RAY_AUTH_TOKEN=r\nLLMFLEET_API_TOKEN=a\n")
+            assert not run.injected, (key, value, run.calls)

@@ -408,6 +408,11 @@ def render_user_data(spec: NodeSpec) -> str:
     """The whole boot script for one host."""
     if spec.role not in ("head", "worker"):
         raise ValueError(f"role {spec.role!r}: allowed head, worker")
+    # Absolute paths only: a path that starts with '-' would be an option to mkdir or mount.
+    if not spec.model_path.startswith("/") or not spec.weights_path.startswith("/"):
+        raise ValueError(
+            f"model_path {spec.model_path!r}, weights_path {spec.weights_path!r}: allowed absolute paths"
+        )
     if not spec.weights_s3_uri.startswith("s3://") or not spec.weights_s3_uri.endswith("/"):
         raise ValueError(f"weights_s3_uri {spec.weights_s3_uri!r}: allowed s3://BUCKET/PREFIX/")
     if spec.role == "head" and not spec.token_parameter:

@@ -339,6 +339,8 @@ def _deploy(spec: NodeSpec) -> list[str]:
 def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> str:
     """The bash bootstrap script for one host (deterministic: its hash triggers re-runs)."""
     cfg = stack.cfg
+    if not cfg.model_path.startswith("/"):  # else an option to mkdir (config_values checks it too)
+        raise ValueError(f"model_path {cfg.model_path!r}: allowed an absolute path")
     idx = host_index(cfg, host)
     is_worker = host.role == "worker"
     spec = node_spec(stack, host, head_ip, image_ref)
