@@ -16,6 +16,7 @@ afterwards means a value ran as code.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -193,9 +194,18 @@ def run(
     return Run(proc.returncode, proc.stdout, proc.stderr, calls, injected)
 
 
+@functools.cache
 def available() -> bool:
-    """unshare with --root (util-linux), and a user namespace when not root."""
-    if not shutil.which("unshare") or not shutil.which("ldd"):
+    """The whole sandbox works here (unshare with mount and pid namespaces, overlayfs, procfs;
+    a user namespace when not root): one trivial run says so."""
+    if not all(shutil.which(t) for t in ("unshare", "ldd", "mount", "chroot")):
         return False
-    probe = ["unshare", "--mount", "true"] if os.geteuid() == 0 else ["unshare", "-r", "--mount", "true"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
+    root = Path(tempfile.mkdtemp(prefix="llmfleet-probe-"))
+    try:
+        make_root(root)
+        probe = run(root, "echo ok > /dev/stdout\n")
+        return probe.returncode == 0 and probe.stdout.strip() == "ok"
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

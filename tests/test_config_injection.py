@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -229,6 +231,7 @@ needs_sandbox = pytest.mark.skipif(
 @cache
 def _template() -> Path:
     root = Path(tempfile.mkdtemp(prefix="llmfleet-sandbox-"))
+    atexit.register(shutil.rmtree, root, True)
     script_sandbox.make_root(root)
     return root
 
