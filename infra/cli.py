@@ -72,6 +72,7 @@ COMMANDS = (
     "cost",
     "preflight",
     "deploy",
+    "hosts",
     "render",
     "preflight_cluster",
     "local",

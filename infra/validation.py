@@ -20,6 +20,7 @@ _ALLOWED = {
     "int_parsing": lambda c: "allowed: an integer",
     "int_from_float": lambda c: "allowed: an integer",
     "float_parsing": lambda c: "allowed: a number",
+    "finite_number": lambda c: "allowed: a finite number",
     "bool_parsing": lambda c: "allowed: true or false",
     "string_too_short": lambda c: "allowed: a non-empty string",
 }

@@ -9,18 +9,19 @@ from infra.constants import REPO_ROOT
 from infra.stack.config import ConfigError, StackConfig, declared_keys, load_stack_config
 from infra.stack.files import available_stacks, load_config
 from infra.stack.resolve import resolve
+from tests.host_keys import keyed
 
-HOSTS_OK = [
+HOSTS_OK = keyed(
     {"address": "10.0.0.10", "role": "head", "gpuCount": 0},
     {"address": "10.0.0.11", "role": "worker"},
-]
+)
 
 
 def hosts(*entries):
     return {
         "llmfleet:provider": "existing",
         "llmfleet:sshPrivateKey": "[secret]",
-        "llmfleet:hosts": json.dumps(list(entries)),
+        "llmfleet:hosts": json.dumps(keyed(*entries)),
     }
 
 
@@ -57,8 +58,8 @@ BAD = [
     ),
     (
         {"llmfleet:weightsUri": "ftp://x"},
-        "llmfleet:weightsUri = 'ftp://x': allowed: s3://BUCKET/PREFIX/, an "
-        "http(s):// URL or an absolute path (NFS)",
+        "llmfleet:weightsUri = 'ftp://x': allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUMS) "
+        "or an absolute path (NFS)",
     ),
     (
         {"llmfleet:endpointPublic": "true"},
@@ -237,13 +238,12 @@ def test_defaults_and_derived_values():
     assert cfg.availability_zone is None and cfg.max_monthly_usd is None and cfg.quantization is None
 
 
-def test_alarm_topic_in_the_stacks_region_and_partition_is_accepted():
+def test_alarm_topic_in_the_stacks_region_is_accepted():
     assert load_stack_config({}).alarm_topic_arn is None
     assert load_stack_config({"llmfleet:alarmTopicArn": ""}).alarm_topic_arn is None  # Pulumi.yaml's default
     for region, arn in (
         ("us-east-1", "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"),
         ("eu-west-1", "arn:aws:sns:eu-west-1:123456789012:Pager_Duty-1"),
-        ("cn-north-1", "arn:aws-cn:sns:cn-north-1:123456789012:alarms"),
     ):
         cfg = load_stack_config({"aws:region": region, "llmfleet:alarmTopicArn": arn})
         assert cfg.alarm_topic_arn == arn

@@ -11,12 +11,13 @@ from infra.constants import REPO_ROOT
 from infra.stack.config import ConfigError, load_stack_config
 from infra.stack.files import load_config
 from infra.stack.resolve import resolve
+from tests.host_keys import HOST_KEY
 
-HEAD = {"address": "10.0.0.10", "role": "head", "gpuCount": 0}
+HEAD = {"address": "10.0.0.10", "role": "head", "gpuCount": 0, "hostKey": HOST_KEY}
 
 
 def worker(n: int, **kw):
-    return {"address": f"10.0.0.{10 + n}", "role": "worker", **kw}
+    return {"address": f"10.0.0.{10 + n}", "role": "worker", "hostKey": HOST_KEY, **kw}
 
 
 def existing(*entries, **extra):

@@ -44,7 +44,10 @@ def test_one_remote_command_per_host_under_one_component_and_no_ec2(cap):
     assert not [r for r in cap.resources if r["type"].startswith("aws:")]
     for host in cfg.hosts:
         (cmd,) = [
-            c for c in cmds if f"# llmfleet bootstrap of {host.role} {host.address} " in c["inputs"]["create"]
+            c
+            for c in cmds
+            if f"# llmfleet bootstrap of one {host.role} " in (script := script_of(c["inputs"]["create"]))
+            and f"\nHOST='{host.address}'\n" in script
         ]
         assert cmd["name"].startswith(f"hosts-{host.role}-")
 
@@ -54,7 +57,7 @@ def test_commands_trigger_on_the_script_hash_stop_the_container_and_keep_secrets
         inputs = cmd["inputs"]
         script = script_of(inputs["create"])
         assert inputs["triggers"] == [script_sha256(script)]
-        role = "head" if "bootstrap of head" in script else "worker"
+        role = "head" if "bootstrap of one head" in script else "worker"
         assert inputs["delete"].startswith(f"docker rm -f llmfleet-{role} ")
         # The connection carries the SSH private key: the whole object is a secret.
         assert inputs["connection"] == "[secret]"
@@ -122,7 +125,7 @@ def test_image_sources_pinned_pushed_or_ecr():
     ecr = capture(STACK, ["llmfleet:imageRegistry="])
     assert ecr.of_type("aws:ecr/repository:Repository") and not ecr.of_type("aws:ec2/instance:Instance")
     assert ".dkr.ecr." in ecr.outputs["image_ref"] and ecr.outputs["region"] == "us-east-1"
-    head_script = next(c for c in commands(ecr) if "bootstrap of head" in c["inputs"]["create"])
+    head_script = next(c for c in commands(ecr) if "bootstrap of one head" in c["inputs"]["create"])
     assert "aws ecr get-login-password --region us-east-1" in head_script["inputs"]["create"]
 
 

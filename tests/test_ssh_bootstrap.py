@@ -36,6 +36,7 @@ from infra.boot.ssh_bootstrap import (
 from infra.boot.ssh_node import container_argv, expand, node_spec, stdin_secrets
 from infra.stack.config import load_stack_config
 from infra.stack.resolve import resolve
+from tests.host_keys import keyed
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = [
@@ -247,7 +248,7 @@ def stack(weights_path: Path, model="deepseek-r1", role="worker"):
         "llmfleet:sshPrivateKey": "[secret]",
         "llmfleet:model": model,
         "llmfleet:weightsPath": str(weights_path),
-        "llmfleet:hosts": json.dumps([other, me] if role == "worker" else [me, other]),
+        "llmfleet:hosts": json.dumps(keyed(other, me) if role == "worker" else keyed(me, other)),
     }
     cfg = load_stack_config(raw, "sshtest")
     entry = next(h for h in cfg.hosts if h.address == HOST_IP)

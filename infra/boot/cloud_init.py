@@ -165,7 +165,7 @@ def _nvme(spec: NodeSpec) -> str:
 mkdir -p {wp}
 """
     return f"""
-# 2a. Instance-store NVMe -> {spec.weights_path} (RAID0 over all of them when more than one).
+# 2a. Instance-store NVMe -> the weights path (RAID0 over all of them when more than one).
 WEIGHTS_MNT={wp}
 if ! mountpoint -q "${{WEIGHTS_MNT}}"; then
   mapfile -t NVME_DEVS < <(lsblk -dpno NAME,MODEL | awk '/{NVME_MODEL}/ {{print $1}}')
@@ -238,10 +238,10 @@ def _weights_identity(spec: NodeSpec) -> str:
     return f"""IDENT_DIR=$(mktemp -d)
 aws s3api list-objects-v2 --bucket {shlex.quote(bucket)} --prefix {shlex.quote(prefix)} \\
   --query 'Contents[].{{Key: Key, Size: Size, ETag: ETag}}' --output json > "${{IDENT_DIR}}/s3-listing" \\
-  || die "cannot list {spec.weights_s3_uri}"
+  || die "cannot list" {shlex.quote(spec.weights_s3_uri)}
 if python3 -c {shlex.quote(_HAS_KEY_PY)} "${{IDENT_DIR}}/s3-listing" {shlex.quote(prefix + "manifest.json")}; then
   aws s3 cp --only-show-errors {shlex.quote(spec.weights_s3_uri + "manifest.json")} "${{IDENT_DIR}}/manifest.json" \\
-    || die "cannot read {spec.weights_s3_uri}manifest.json"
+    || die "cannot read" {shlex.quote(spec.weights_s3_uri + "manifest.json")}
   WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${{IDENT_DIR}}/manifest.json" | cut -d' ' -f1)"
 else
   WEIGHTS_SUM="listing sha256:$(sha256sum "${{IDENT_DIR}}/s3-listing" | cut -d' ' -f1)"
@@ -278,7 +278,7 @@ if [[ "$(cat "${{MARKER}}" 2>/dev/null)" != "${{WEIGHTS_ID}}" ]]; then
 {_clear_model_dir(spec, "  ")}
   aws s3 cp --recursive --only-show-errors --exclude '*' {includes} {shlex.quote(src)} {mp}/
   printf '%s\\n' "${{WEIGHTS_ID}}" > "${{MARKER}}"
-  log "staged tokenizer/config from {src}"
+  log "staged tokenizer/config from" {shlex.quote(src)}
 fi
 """
     return f"""
@@ -316,7 +316,7 @@ if [[ "$(cat "${{MARKER}}" 2>/dev/null)" != "${{WEIGHTS_ID}}" ]]; then
   # The node container restarts below: Ray reads the new fingerprint only at `ray start`.
   WEIGHTS_RESTAGED=1
 fi
-log "weights ready at {spec.model_path}"
+log "weights ready at" {mp}
 """
 
 
@@ -334,8 +334,8 @@ def _secrets(spec: NodeSpec) -> str:
         reads.append(("API_TOKEN", spec.token_parameter))
         lines.append(f"{TOKEN_ENV}=${{API_TOKEN}}")
     fetch = "\n".join(
-        f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter {name}"\n'
-        f'[[ -n "${{{var}}}" ]] || die "SSM parameter {name} is empty"'
+        f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter" {shlex.quote(name)}\n'
+        f'[[ -n "${{{var}}}" ]] || die "SSM parameter" {shlex.quote(name)} "is empty"'
         for var, name in reads
     )
     body = "\n".join(f'  printf "%s\\n" "{line}"' for line in lines)
@@ -392,7 +392,7 @@ if [[ "${{LLMFLEET_APPLY_MODE:-boot}}" == rollout ]] \\
     && [[ "$(cat {marker} 2>/dev/null)" == {digest} ]] \\
     && [[ -z "${{WEIGHTS_RESTAGED:-}}" ]] \\
     && [[ "$(docker inspect -f '{{{{.State.Running}}}}' {c} 2>/dev/null)" == true ]]; then
-  log "container {spec.container} already runs this image and arguments: left running"
+  log "container" {c} "already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin {shlex.quote(registry)}
 docker pull {img}
@@ -402,7 +402,7 @@ docker rm -f {c} >/dev/null 2>&1 || true
   {img} {_sh(node_args(spec))}
 install -d -m 0755 {CONFIG_DIR}
 echo {digest} > {marker}
-log "started container {spec.container}"
+log "started container" {c}
 fi
 """
 
@@ -427,8 +427,9 @@ def head_deploy_argv(spec: NodeSpec) -> list[str]:
 def _serve_config_file(spec: NodeSpec) -> str:
     if spec.role != "head" or not spec.serve_config:
         return ""
-    if "LLMFLEET_EOF" in spec.serve_config:
-        raise ValueError("serve_config must not contain the heredoc marker LLMFLEET_EOF")
+    # A quoted heredoc ends only at a line that is exactly its marker: no value expands in it.
+    if "LLMFLEET_EOF" in spec.serve_config.splitlines():
+        raise ValueError("serve_config must not contain a line LLMFLEET_EOF (the heredoc marker)")
     return f"""
 # The Serve deploy config (rendered by infra/rayconf/serve_config.py; no secrets in it).
 install -d -m 0755 {CONFIG_DIR}
@@ -466,6 +467,11 @@ def render_user_data(spec: NodeSpec) -> str:
     """The whole boot script for one host."""
     if spec.role not in ("head", "worker"):
         raise ValueError(f"role {spec.role!r}: allowed head, worker")
+    # Absolute paths only: a path that starts with '-' would be an option to mkdir or mount.
+    if not spec.model_path.startswith("/") or not spec.weights_path.startswith("/"):
+        raise ValueError(
+            f"model_path {spec.model_path!r}, weights_path {spec.weights_path!r}: allowed absolute paths"
+        )
     if not spec.weights_s3_uri.startswith("s3://") or not spec.weights_s3_uri.endswith("/"):
         raise ValueError(f"weights_s3_uri {spec.weights_s3_uri!r}: allowed s3://BUCKET/PREFIX/")
     wp = spec.weights_path.rstrip("/")

@@ -136,11 +136,12 @@ def docker_daemon(m: HostMetrics | None, region: str, role: str) -> str:
     the restart keeps the running containers."""
     want = json.dumps(daemon_settings(m, region, role), sort_keys=True)
     logs = (
-        f", and every container's output to CloudWatch ({m.container_log_group}) over the logs endpoint"
+        ", and every container's output to CloudWatch (the containers log group) over the logs endpoint"
         if m
         else ""
     )
     # NODEIP sits in a single-quoted word: it becomes the host's IP (the same on every rollout).
+    # Comments and log lines name no stack value: a newline in one would end the comment.
     want_arg = shlex.quote(want).replace("NODEIP", "'\"${NODE_IP}\"'")
     return f"""
 # Docker: live-restore{logs}.
@@ -203,7 +204,7 @@ def boot_log_shipper(m: HostMetrics, region: str, role: str, image_ref: str) -> 
     cmd = " ".join(shlex.quote(a) for a in argv).replace("NODEIP", '"${NODE_IP}"')
     replace = f"docker rm -f llmfleet-bootlog >/dev/null 2>&1 || true\n{cmd}"
     return f"""
-# Boot log -> CloudWatch {m.boot_log_group} (stream {role}-<ip>), from the first line on.
+# Boot log -> CloudWatch (the boot log group, stream ROLE-<ip>), from the first line on.
 {keep_or_replace("llmfleet-bootlog", cmd, replace)}"""
 
 
@@ -243,7 +244,7 @@ def head_prometheus(m: HostMetrics, region: str, head_container: str) -> str:
     replace = f"""docker pull {img}
 docker rm -f llmfleet-prometheus >/dev/null 2>&1 || true
 {run}
-log "prometheus agent -> {m.remote_write_url}"
+log "prometheus agent ->" {shlex.quote(m.remote_write_url)}
 """
     # The container's identity includes its config: a new remote-write URL restarts it.
     identity = run + "\n" + cfg

@@ -38,6 +38,8 @@ APPLY_TIMEOUT_S = 172800  # AWS-RunShellScript's maximum executionTimeout
 # After a worker's container restarts, the next worker waits until this one is back in the
 # cluster (rolling, one host at a time).
 REJOIN_TIMEOUT_S = 1800
+PARAMETER_NAME_RE = re.compile(r"^/[A-Za-z0-9_.\-/]{1,1010}$")  # SSM's name characters, as a path
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 
 
 def node_parameter_name(stack: str, role: str) -> str:
@@ -152,8 +154,15 @@ def launcher_user_data(role: str, region: str, parameter_name: str) -> str:
     every day-2 change that the parameter carries."""
     if role not in ("head", "worker"):
         raise ValueError(f"role {role!r}: allowed head, worker")
-    if not parameter_name.startswith("/"):
-        raise ValueError(f"parameter_name {parameter_name!r}: allowed an SSM parameter path /...")
+    # Checked here, not quoted, so that the user data of every valid stack stays byte for byte
+    # what it was (a new user data replaces the instance): the name sits in a comment and a
+    # unit file, the region in the apply script, and neither may carry anything but these.
+    if not PARAMETER_NAME_RE.match(parameter_name):
+        raise ValueError(
+            f"parameter_name {parameter_name!r}: allowed an SSM parameter path /... of [A-Za-z0-9_.-/]"
+        )
+    if not REGION_RE.match(region):
+        raise ValueError(f"region {region!r}: allowed an AWS region name such as us-east-1")
     return f"""#!/bin/bash
 # llmfleet {role} boot contract v{BOOT_CONTRACT_VERSION} (rendered by infra/boot/node_apply.py).
 # The node script itself is in SSM ({parameter_name}); rollouts re-run {APPLY_BIN}.

@@ -5,7 +5,7 @@ runs on the host over SSH (pulumi_command.remote.Command). It:
 1. checks the host: Docker present and running, the NVIDIA runtime, `nvidia-smi -L` count
    == the declared gpuCount, free disk at weightsPath >= the checkpoint. Each failure is ONE
    line `llmfleet-bootstrap: <check> failed on <host>: <what was seen>; <fix>`, exit 1;
-2. stages the weights from llmfleet:weightsUri (s3:// via `aws s3 sync`, http(s) via curl
+2. stages the weights from llmfleet:weightsUri (s3:// via `aws s3 sync`, https via curl
    with resumable ranges against a SHA256SUMS manifest, an NFS path via rsync), then verifies;
 3. pulls the image, replaces the fixed-name container and starts `python -m ray_cluster.node
    head|worker` in it, the same node code (and so the same `ray start` argv, built by
@@ -36,7 +36,6 @@ from infra.boot.cloud_init import HEAD_INCLUDES, RAY_AUTH_ENV, RAY_TOKEN_ENV, TO
 from infra.boot.ssh_node import DEPLOY_UNIT, container_argv, host_index, node_spec, ray_argv, weights_gib
 from infra.stack.resolve import Stack
 from ray_cluster.contract import HOST_ENV_FILE  # cloud-init writes the same file
-from ray_cluster.ray_start import shell_command
 
 if TYPE_CHECKING:
     from infra.stack.host_spec import HostSpec
@@ -45,6 +44,11 @@ DRY_RUN_PREFIX = "dry-run:"
 MESSAGE_PREFIX = "llmfleet-bootstrap:"
 ECR_RE = re.compile(r"^(?P<registry>\d{12}\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com)/")
 HEAD_FILES_RE = "[.](" + "|".join(p.removeprefix("*.") for p in HEAD_INCLUDES) + ")$"
+# One SHA256SUMS line (`sha256sum` text or binary mode): 64 hex digits, a space, ' ' or '*',
+# then a relative name whose every component starts with a letter, digit or '_' (so no '.',
+# '..', leading '/' or '-') and holds only letters, digits, '.', '_', '-'.
+_NAME_PART = "[A-Za-z0-9_][A-Za-z0-9._-]*"
+SHA256SUMS_LINE_RE = f"[0-9a-f]{{64}} [ *]{_NAME_PART}(/{_NAME_PART})*"
 
 
 # ---------------------------------------------------------------- weights staging (bash)
@@ -73,19 +77,25 @@ def _staging(uri: str | None, head: bool) -> tuple[str, list[str]]:
             '"check the bucket and re-run"',
             "fi",
         ]
-    if uri.startswith(("http://", "https://")):
+    if uri.startswith("https://"):  # plain http is refused by the config (config_values)
         # The URL is a directory holding SHA256SUMS (`sha256sum * > SHA256SUMS`): the manifest
         # lists the files and verifies them. `-C -` resumes a partial file with a range request.
+        # Every line of the manifest must be `<sha256>  <name>` with a relative name of safe
+        # components: a name from the server becomes a path here, so an absolute one or a '..'
+        # (or a character a shell or xargs reads) would write outside the model directory.
         pick = f" | grep -E {shlex.quote(HEAD_FILES_RE)}" if head else ""
         partial = " --ignore-missing" if head else ""
         return "curl", [
             'base="${WEIGHTS_URI%/}"',
-            'run curl -fsSL --retry 5 -o "$MODEL_PATH/SHA256SUMS" "$base/SHA256SUMS"',
+            'run curl -fsSL --proto =https --retry 5 -o "$MODEL_PATH/SHA256SUMS" "$base/SHA256SUMS"',
             'if [ "$DRY_RUN" != 1 ]; then',
+            f'  bad=$(grep -Evx {shlex.quote(SHA256SUMS_LINE_RE)} "$MODEL_PATH/SHA256SUMS" | first_line || true)',
+            '  [ -z "$bad" ] || fail weights "SHA256SUMS line $(printf %q "$bad") is not <sha256> <relative name>" '
+            '"names must be relative paths of letters, digits, ., _, - (no /, .. or spaces at the start)"',
             "  # shellcheck disable=SC2016  # $1..$3 belong to the inner sh",
-            f"  awk '{{print $2}}' \"$MODEL_PATH/SHA256SUMS\" | tr -d '*'{pick} | xargs -P 8 -I{{}} sh -c "
-            '\'curl -fsSL --retry 5 -C - --create-dirs -o "$1/$3" "$2/$3" || '
-            'curl -fsSL --retry 5 --create-dirs -o "$1/$3" "$2/$3"\' _ "$MODEL_PATH" "$base" {}',
+            f'  cut -c 67- "$MODEL_PATH/SHA256SUMS"{pick} | xargs -P 8 -I{{}} sh -c '
+            '\'curl -fsSL --proto =https --retry 5 -C - --create-dirs -o "$1/$3" "$2/$3" || '
+            'curl -fsSL --proto =https --retry 5 --create-dirs -o "$1/$3" "$2/$3"\' _ "$MODEL_PATH" "$base" {}',
             f'  (cd "$MODEL_PATH" && sha256sum --quiet{partial} -c SHA256SUMS) >/dev/null 2>&1 || '
             'fail weights "sha256sum -c SHA256SUMS reports bad files in $MODEL_PATH" "remove them and re-run"',
             "fi",
@@ -126,15 +136,18 @@ def _array(argv: list[str]) -> str:
 
 def _preamble(host: HostSpec, stack: Stack, head_ip: str, v: dict[str, str], argv: list[str]) -> list[str]:
     """Header, variables, helpers (fail, run under --dry-run, sudo) and the docker check."""
-    cfg, q = stack.cfg, shlex.quote
+    q = shlex.quote
     return [
         "#!/usr/bin/env bash",
-        f"# llmfleet bootstrap of {host.role} {host.address} (stack {cfg.stack}); rendered by",
+        # No value in a comment: a newline in one would end the comment (values are data below).
+        f"# llmfleet bootstrap of one {host.role} (HOST below); rendered by",
         "# infra/boot/ssh_bootstrap.py -- edit the stack config, not this script.",
-        f"# The container's node module runs: {shell_command(ray_argv(host, head_ip))}",
         "set -euo pipefail",
         "",
         *(f"{k}={_sq(val)}" for k, val in v.items()),
+        "# What the container's node module runs (for a reader: the node module builds it).",
+        "# shellcheck disable=SC2034",
+        f"RAY_START=({_array(ray_argv(host, head_ip))})",
         # argv[0] is `docker`; the script runs it as "${DOCKER[@]}" (sudo when needed).
         f"CONTAINER_ARGS=({_array(argv[1:])})",
         'DRY_RUN="${LLMFLEET_DRY_RUN:-0}"',
@@ -370,6 +383,8 @@ def _deploy(spec: NodeSpec) -> list[str]:
 def render_bootstrap(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> str:
     """The bash bootstrap script for one host (deterministic: its hash triggers re-runs)."""
     cfg = stack.cfg
+    if not cfg.model_path.startswith("/"):  # else an option to mkdir (config_values checks it too)
+        raise ValueError(f"model_path {cfg.model_path!r}: allowed an absolute path")
     idx = host_index(cfg, host)
     is_worker = host.role == "worker"
     spec = node_spec(stack, host, head_ip, image_ref)

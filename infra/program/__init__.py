@@ -45,6 +45,7 @@ def build() -> dict[str, Any]:
             outputs = build_aws(cfg)
         StackOutputs.check_keys(outputs)  # the outputs contract every consumer parses
         return outputs
-    except (ServeConfigError, OutputsError) as e:
-        # One line, no traceback: the Serve config the head would deploy is invalid.
+    except (ServeConfigError, OutputsError, ConfigError) as e:
+        # One line, no traceback: the Serve config the head would deploy is invalid, or a rule
+        # only the plan decides (infra.stack.resolve: the workers 'auto' makes) is broken.
         raise pulumi.RunError(str(e)) from None

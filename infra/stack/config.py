@@ -13,6 +13,7 @@ Pulumi.yaml's `config:` block declares the same keys (a test keeps them in step)
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -28,17 +29,21 @@ from infra.stack.config_values import (
     CertificateArn,
     Cidrs,
     DnsName,
+    EndpointPort,
     GpuInstanceType,
     HostedZoneId,
+    HourlyUsd,
     ImageByDigest,
     InstanceType,
     LogRetentionDays,
     ModelId,
     Region,
+    Repository,
     ReservationId,
     Tags,
     TopicArn,
     Unset,
+    Usd,
     VpcCidr,
     WeightsPath,
     WeightsUri,
@@ -49,6 +54,7 @@ from infra.stack.host_spec import HostSpec
 from infra.validation import first_error
 
 NS = "llmfleet"
+STACK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 SECRET_PLACEHOLDER = "[secret]"
 
 
@@ -84,11 +90,11 @@ class StackConfig(BaseModel):
     weights_path: WeightsPath = Field(default="/opt/llmfleet/models", alias="llmfleet:weightsPath")
     endpoint_public: bool = Field(default=False, alias="llmfleet:endpointPublic")
     endpoint_allowed_cidrs: Cidrs = Field(default_factory=list, alias="llmfleet:endpointAllowedCidrs")
-    endpoint_port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8000, alias="llmfleet:endpointPort")
+    # An internal endpoint admits private CIDRs only (RFC 1918, CGNAT, the VPC) unless this is true.
+    endpoint_allow_public_cidrs: bool = Field(default=False, alias="llmfleet:endpointAllowPublicCidrs")
+    endpoint_port: EndpointPort = Field(default=8000, alias="llmfleet:endpointPort")
     spot: bool = Field(default=False, alias="llmfleet:spot")
-    max_monthly_usd: Annotated[Annotated[float, Field(gt=0)] | None, ZeroUnset] = Field(
-        default=None, alias="llmfleet:maxMonthlyUsd"
-    )
+    max_monthly_usd: Annotated[Usd | None, ZeroUnset] = Field(default=None, alias="llmfleet:maxMonthlyUsd")
     tags: Tags = Field(default_factory=dict, alias="llmfleet:tags")
     vpc_cidr: VpcCidr = Field(default="10.42.0.0/16", alias="llmfleet:vpcCidr")
     nat_gateway: bool = Field(default=False, alias="llmfleet:natGateway")
@@ -102,10 +108,8 @@ class StackConfig(BaseModel):
     base_image: ImageByDigest = Field(default=image_ref("vllm-openai"), alias="llmfleet:baseImage")
     hosts: list[HostSpec] = Field(default_factory=list, alias="llmfleet:hosts")
     ssh_private_key: Annotated[str | None, Unset] = Field(default=None, alias="llmfleet:sshPrivateKey")
-    host_hourly_usd: Annotated[Annotated[float, Field(ge=0)] | None, Unset] = Field(
-        default=None, alias="llmfleet:hostHourlyUsd"
-    )
-    image_registry: Annotated[str | None, Unset] = Field(default=None, alias="llmfleet:imageRegistry")
+    host_hourly_usd: Annotated[HourlyUsd | None, Unset] = Field(default=None, alias="llmfleet:hostHourlyUsd")
+    image_registry: Repository = Field(default=None, alias="llmfleet:imageRegistry")
     # Workers launch into this EC2 Capacity Block (its capacity reservation id, cr-...).
     capacity_block_id: CapacityBlockId = Field(default=None, alias="llmfleet:capacityBlockId")
     # TLS on the NLB listener (an ACM certificate in aws:region); unset = plain TCP.
@@ -214,6 +218,11 @@ def _parse_raw(key: str, value: Any) -> Any:
 def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig:
     """Validate the flat Pulumi config map of one stack. Keys of other namespaces
     (other than aws:region) are ignored; unknown llmfleet: keys are errors."""
+    if not STACK_NAME_RE.match(stack):
+        # The name lands in resource names, SSM paths and the hosts' scripts.
+        raise ConfigError(
+            f"--stack {stack!r}: allowed: 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
+        )
     known = declared_keys()
     data: dict[str, Any] = {"stack": stack}
     for key, value in raw.items():

@@ -14,6 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from infra.catalog import load_catalog
 from infra.stack.config_values import ACM_ARN_RE, SNS_TOPIC_ARN_RE
+from infra.stack.host_spec import HOST_KEY_ALLOWED
+
+# What an internal endpoint may admit without llmfleet:endpointAllowPublicCidrs (and the VPC).
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 
 if TYPE_CHECKING:
     from infra.stack.config import StackConfig
@@ -138,13 +145,7 @@ def check_layout(cfg: StackConfig) -> None:
             "a public endpoint (llmfleet:endpointPublic=true) needs at least one allowed CIDR",
         )
     if not cfg.endpoint_public:
-        for c in cfg.endpoint_allowed_cidrs:
-            if ipaddress.ip_network(c).prefixlen == 0:
-                raise CrossKeyError(
-                    "llmfleet:endpointAllowedCidrs",
-                    cfg.endpoint_allowed_cidrs,
-                    "an internal endpoint cannot admit 0.0.0.0/0 or ::/0",
-                )
+        check_internal_cidrs(cfg)
     if cfg.availability_zone and not cfg.availability_zone.startswith(cfg.region):
         raise CrossKeyError(
             "llmfleet:availabilityZone",
@@ -181,6 +182,29 @@ def check_layout(cfg: StackConfig) -> None:
         )
 
 
+def check_internal_cidrs(cfg: StackConfig) -> None:
+    """An internal endpoint admits private networks only: 0.0.0.0/1 + 128.0.0.0/1 is /0 too,
+    so every CIDR must sit inside a private range (or the VPC), not merely be narrower than /0."""
+    vpc = ipaddress.ip_network(cfg.vpc_cidr)
+    for c in cfg.endpoint_allowed_cidrs:
+        net = ipaddress.ip_network(c)
+        if net.prefixlen == 0:
+            raise CrossKeyError(
+                "llmfleet:endpointAllowedCidrs",
+                cfg.endpoint_allowed_cidrs,
+                "an internal endpoint cannot admit 0.0.0.0/0 or ::/0",
+            )
+        private = any(net.version == p.version and net.subnet_of(p) for p in (*PRIVATE_NETWORKS, vpc))
+        if not private and not cfg.endpoint_allow_public_cidrs:
+            raise CrossKeyError(
+                "llmfleet:endpointAllowedCidrs",
+                cfg.endpoint_allowed_cidrs,
+                f"entry {c!r} is not private; allowed for an internal endpoint: CIDRs inside 10.0.0.0/8, "
+                f"172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7 or the VPC {cfg.vpc_cidr} "
+                "(or set llmfleet:endpointAllowPublicCidrs=true)",
+            )
+
+
 def check_hosts(cfg: StackConfig) -> None:
     """provider=existing: one head, identical GPU workers, one address and one Ray IP per host."""
     key = "llmfleet:hosts"
@@ -206,6 +230,12 @@ def check_hosts(cfg: StackConfig) -> None:
                 f"duplicates entry {seen[h.address]}; allowed: one entry per host",
             )
         seen[h.address] = i
+        if h.host_key is None:
+            raise CrossKeyError(
+                f"{key}[{i}].hostKey",
+                None,
+                f"an unverified {h.address} would get the Ray and endpoint tokens; {HOST_KEY_ALLOWED}",
+            )
         if h.role == "worker" and h.gpu_count < 1:
             raise CrossKeyError(
                 f"{key}[{i}].gpuCount",

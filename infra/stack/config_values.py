@@ -11,11 +11,12 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from infra.catalog import load_catalog
 from infra.stack import suggest
-from infra.stack.regions import is_known_region
+from infra.stack.regions import SUPPORTED_PARTITION, is_known_region, partition_of
+from ray_cluster.contract import DASHBOARD_PORT, GCS_PORT
 
 # The retentions CloudWatch Logs accepts (PutRetentionPolicy); unset would mean never expire.
 LOG_RETENTION_DAYS = (
@@ -23,14 +24,78 @@ LOG_RETENTION_DAYS = (
 )  # fmt: skip
 AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
-ACM_ARN_RE = re.compile(r"^arn:aws[a-z-]*:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$")
+ACM_ARN_RE = re.compile(r"^arn:aws:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$")
 # A standard SNS topic (SNS's name rule: 1-256 letters, digits, hyphens, underscores). A FIFO
 # topic's name ends in ".fifo" and is not accepted: it takes only SQS subscribers (no e-mail,
 # pager or chat), so nobody would be told.
-SNS_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):\d{12}:[A-Za-z0-9_-]{1,256}$")
+SNS_TOPIC_ARN_RE = re.compile(r"^arn:aws:sns:([a-z0-9-]+):\d{12}:[A-Za-z0-9_-]{1,256}$")
 DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 HOSTED_ZONE_RE = re.compile(r"^Z[A-Z0-9]{1,32}$")
-S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+# Every value below may reach a root shell on the hosts (node scripts, the SSH bootstrap), a
+# docker argv or a mount point, so each is a strict character set first; the scripts quote
+# them too (defense in depth), and never put one in a comment or an unquoted word.
+# One path component: what a directory name of a checkpoint, bucket prefix or mount needs.
+PATH_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+PATH_ALLOWED = (
+    "an absolute path of components made of letters, digits, '.', '_' and '-' "
+    "(no '..', '.', '//' or spaces), not / nor a system directory (/etc, /usr, /boot, /var/lib/docker, ...)"
+)
+# Formatting the NVMe and mounting it over one of these (or anything under them) destroys or
+# hides what the host boots and runs from; copying weights into them overwrites it.
+SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run",
+    "/sbin", "/snap", "/sys", "/usr", "/var/lib/docker", "/var/lib/containerd", "/var/lib/nvidia",
+    "/var/log", "/var/run", "/var/spool", "/var/cache", "/var/lib/apt", "/var/lib/dpkg",
+    "/opt/aws", "/opt/amazon", "/opt/nvidia", "/lost+found",
+)  # fmt: skip
+# Directories that hold other things: a mount over the directory itself hides all of them
+# (a user's home with its ~/.ssh, the AMI's /opt), a subdirectory of them is fine.
+SYSTEM_DIRS = ("/", "/home", "/opt", "/var", "/var/lib", "/srv", "/mnt", "/media", "/tmp", "/data")
+# AWS's bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html):
+# 3-63 characters, lower-case letters, digits, '.' and '-', a letter or digit at each end, no
+# '..', not an IP address, none of the reserved prefixes and suffixes.
+S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+S3_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+S3_ALLOWED = (
+    "s3://BUCKET/PREFIX/ where BUCKET follows AWS's naming rules (3-63 lower-case letters, digits, "
+    "'.', '-'; no '..', not an IP, no xn-- prefix or -s3alias suffix) and PREFIX is components of "
+    "letters, digits, '.', '_', '-'"
+)
+HTTPS_URL_RE = re.compile(
+    r"^https://(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:(?P<port>[0-9]{1,5}))?(?P<path>/.*)?$"
+)
+WEIGHTS_URI_ALLOWED = (
+    "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUMS) or an absolute path (NFS)"
+)
+# Docker's reference grammar (github.com/distribution/reference, regexp.go): [domain/]path[:tag][@digest].
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?)"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"sha256:[0-9a-f]{64}"
+IMAGE_REF_RE = re.compile(rf"^{_NAME}(?::{_TAG})?(?:@{_DIGEST})?$")
+REPOSITORY_RE = re.compile(rf"^{_NAME}(?:@{_DIGEST})?$")
+# AWS's tag rules: keys 1-128, values 0-256 characters of letters, digits, spaces and _ . : / = + - @
+TAG_CHARS_RE = re.compile(r"^(?:[^\W]|[ .:/=+\-@])*$")
+# Ports the endpoint must not take on the head (and so on the NLB): SSH, Ray's fixed ports and
+# the metrics agents (infra/boot/metrics.py; tests/test_config_injection.py keeps them in step).
+SSH_PORT = 22
+RAY_CLIENT_PORT = 10001
+RAY_DASHBOARD_AGENT_PORT = 52365
+RAY_FIXED_PORTS = (8076, 8077)  # object manager, node manager (DESIGN.md's Ray ports)
+RAY_WORKER_PORTS = range(10002, 20000)  # ray start's default --min/max-worker-port
+METRICS_PORTS = {9090: "Prometheus", 9100: "node exporter", 9400: "DCGM exporter"}
+RESERVED_PORTS: dict[int, str] = {
+    SSH_PORT: "SSH",
+    GCS_PORT: "the Ray GCS",
+    DASHBOARD_PORT: "the Ray dashboard",
+    RAY_CLIENT_PORT: "the Ray client server",
+    RAY_DASHBOARD_AGENT_PORT: "the Ray dashboard agent",
+    **{p: "a Ray node port" for p in RAY_FIXED_PORTS},
+    **METRICS_PORTS,
+}
 RESERVATION_RE = re.compile(r"^cr-[0-9a-f]{8,17}$")
 
 
@@ -55,6 +120,12 @@ def _region(v: str) -> str:
         raise ValueError(
             "not a region in botocore's region data; allowed: an AWS region such as us-east-1, "
             "us-west-2 or eu-west-1 (aws ec2 describe-regions lists your account's)"
+        )
+    if (partition := partition_of(v)) != SUPPORTED_PARTITION:
+        raise ValueError(
+            f"a region of partition {partition}, whose ARNs the stack does not build (it builds "
+            f"arn:{SUPPORTED_PARTITION}:...); allowed: a region of the {SUPPORTED_PARTITION} "
+            "partition such as us-east-1, us-west-2 or eu-west-1"
         )
     return v
 
@@ -85,34 +156,114 @@ def _head_type(v: str) -> str:
     return v
 
 
+MAX_WORKERS = 64
+
+
 def _workers(v: Any) -> Any:
     if isinstance(v, str) and v.strip().lower() == "auto":
         return "auto"
     try:
         n = int(str(v).strip())
     except ValueError:
-        raise ValueError("allowed: 'auto' or an integer from 1 to 64") from None
-    if not 1 <= n <= 64:
-        raise ValueError("allowed: 'auto' or an integer from 1 to 64")
+        raise ValueError(f"allowed: 'auto' or an integer from 1 to {MAX_WORKERS}") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise ValueError(f"allowed: 'auto' or an integer from 1 to {MAX_WORKERS}")
     return n
+
+
+def _safe_parts(parts: list[str]) -> bool:
+    return all(PATH_PART_RE.match(p) and p not in (".", "..") for p in parts)
+
+
+def safe_path(v: str) -> str:
+    """An absolute, normalised path of safe components, not / nor in or over a system
+    directory; one trailing '/' is dropped. Raises ValueError saying what is allowed."""
+    body = v[:-1] if v.endswith("/") and len(v) > 1 else v
+    if not body.startswith("/") or not _safe_parts(body[1:].split("/")) or body == "/":
+        raise ValueError(f"allowed: {PATH_ALLOWED}")
+    if body in SYSTEM_DIRS or any(body == t or body.startswith(t + "/") for t in SYSTEM_TREES):
+        raise ValueError(f"{body} is or is inside a system directory; allowed: {PATH_ALLOWED}")
+    return body
+
+
+def _is_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return False
+
+
+def s3_uri(v: str) -> str:
+    """s3://BUCKET/PREFIX/ (the trailing '/' added), bucket and key checked; ValueError if not."""
+    bucket, _, prefix = v.removeprefix("s3://").partition("/")
+    ok = (
+        v.startswith("s3://")
+        and S3_BUCKET_RE.match(bucket)
+        and ".." not in bucket
+        and not _is_ip(bucket)
+        and not bucket.startswith(S3_BUCKET_RESERVED_PREFIXES)
+        and not bucket.endswith(S3_BUCKET_RESERVED_SUFFIXES)
+        and (not prefix or _safe_parts(prefix.removesuffix("/").split("/")))
+    )
+    if not ok:
+        raise ValueError(f"allowed: {S3_ALLOWED}")
+    return v if v.endswith("/") else v + "/"
 
 
 def _weights_uri(v: str | None) -> str | None:
     if v is None:
         return v
     if v.startswith("s3://"):
-        if not S3_URI_RE.match(v):
-            raise ValueError("allowed: s3://BUCKET/PREFIX/ with a valid bucket name")
-        return v if v.endswith("/") else v + "/"
-    if re.match(r"^(https?://|file:///|/)", v):
+        return s3_uri(v)
+    if v.startswith("http://"):
+        raise ValueError(
+            "plain http lets anyone on the path swap the weights and their SHA256SUMS; " + WEIGHTS_URI_ALLOWED
+        )
+    if v.startswith("https://"):
+        m = HTTPS_URL_RE.match(v)
+        path = (m.group("path") or "/") if m else ""
+        if not m or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
+            raise ValueError("allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query)")
         return v
-    raise ValueError("allowed: s3://BUCKET/PREFIX/, an http(s):// URL or an absolute path (NFS)")
+    if v.startswith(("file:///", "/")):
+        try:
+            path = safe_path(v.removeprefix("file://"))
+        except ValueError as e:
+            raise ValueError(f"an NFS path: {e}") from None
+        return "file://" + path if v.startswith("file://") else path
+    raise ValueError(WEIGHTS_URI_ALLOWED)
 
 
 def _weights_path(v: str) -> str:
-    if not v.startswith("/") or " " in v:
-        raise ValueError("allowed: an absolute path without spaces")
-    return v.rstrip("/")
+    return safe_path(v)
+
+
+def _endpoint_port(v: int) -> int:
+    taken = RESERVED_PORTS.get(v) or ("a Ray worker port" if v in RAY_WORKER_PORTS else None)
+    if taken:
+        ranges = f"{RAY_WORKER_PORTS.start}-{RAY_WORKER_PORTS.stop - 1}"
+        raise ValueError(
+            f"port {v} is {taken}'s on the head; allowed: a port from 1 to 65535 other than "
+            f"{', '.join(map(str, sorted(RESERVED_PORTS)))} and {ranges} (Ray's worker ports), e.g. 8000"
+        )
+    return v
+
+
+def _image(v: str) -> str:
+    if not IMAGE_REF_RE.match(v) or len(v) > 255:
+        raise ValueError(
+            "allowed: a Docker image reference such as vllm/vllm-openai:v0.29.0 (REPO[:TAG][@sha256:...])"
+        )
+    return v
+
+
+def _repository(v: str | None) -> str | None:
+    if v is not None and (not REPOSITORY_RE.match(v) or len(v) > 255):
+        raise ValueError(
+            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>"
+        )
+    return v
 
 
 def _cidrs(v: list[str]) -> list[str]:
@@ -135,9 +286,14 @@ def _vpc(v: str) -> str:
 
 
 def _tags(v: dict[str, str]) -> dict[str, str]:
-    for k in v:
+    for k, val in v.items():
         if k.startswith("aws:") or k.startswith("llmfleet:"):
             raise ValueError(f"tag key {k!r} is reserved; allowed: keys not starting with aws: or llmfleet:")
+        if not (1 <= len(k) <= 128 and len(val) <= 256 and TAG_CHARS_RE.match(k) and TAG_CHARS_RE.match(val)):
+            raise ValueError(
+                f"tag {k!r}: {val!r} breaks AWS's tag rules; allowed: keys of 1-128 and values of 0-256 "
+                "letters, digits, spaces and _ . : / = + - @"
+            )
     return v
 
 
@@ -196,6 +352,12 @@ ModelId = Annotated[str, AfterValidator(_model)]
 GpuInstanceType = Annotated[str, AfterValidator(_gpu_type)]
 InstanceType = Annotated[str, AfterValidator(_head_type)]
 WorkerCount = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+EndpointPort = Annotated[int, Field(ge=1, le=65535), AfterValidator(_endpoint_port)]
+ImageRef = Annotated[str, AfterValidator(_image)]
+Repository = Annotated[str | None, Unset, AfterValidator(_repository)]
+# A budget or an hourly price: finite (inf or nan would switch the budget gate off).
+Usd = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+HourlyUsd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 WeightsUri = Annotated[str | None, Unset, AfterValidator(_weights_uri)]
 WeightsPath = Annotated[str, AfterValidator(_weights_path)]
 Cidrs = Annotated[list[str], AfterValidator(_cidrs)]

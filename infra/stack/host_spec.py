@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
+import struct
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -13,6 +16,31 @@ from infra.stack import suggest
 
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+GPU_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The key types OpenSSH's ssh-keyscan reports (`ssh -Q key`, minus certificates).
+HOST_KEY_TYPES = (
+    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)  # fmt: skip
+HOST_KEY_ALLOWED = (
+    "allowed: the host's SSH public key as `TYPE BASE64` (TYPE one of " + ", ".join(HOST_KEY_TYPES) + "): "
+    "ssh-keyscan -t ed25519 ADDRESS, or record every host's with llmfleet hosts trust --stack STACK"
+)
+
+
+def parse_host_key(v: str) -> str:
+    """`TYPE BASE64` whose base64 blob is an SSH key of that TYPE (the wire format starts with
+    the type's name); ValueError saying what is allowed otherwise."""
+    kind, _, blob = v.strip().partition(" ")
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        (n,) = struct.unpack(">I", raw[:4])
+        ok = kind in HOST_KEY_TYPES and raw[4 : 4 + n] == kind.encode() and len(raw) > 4 + n
+    except (binascii.Error, struct.error, ValueError):
+        ok = False
+    if not ok or " " in blob:
+        raise ValueError(HOST_KEY_ALLOWED)
+    return f"{kind} {blob}"
 
 
 def _is_ipv4(v: str) -> bool:
@@ -32,7 +60,9 @@ class HostSpec(BaseModel):
     gpu_model: str | None = Field(default="L20", alias="gpuModel")
     gpu_count: int = Field(default=8, alias="gpuCount", ge=0)
     private_ip: str | None = Field(default=None, alias="privateIp")
-    # The host's SSH public key ("ssh-ed25519 AAAA..."); unset = not verified (pulumi-command).
+    # The host's SSH public key ("ssh-ed25519 AAAA..."). Required (config_rules.check_hosts):
+    # without it pulumi-command would accept any key, and a man in the middle gets the tokens
+    # the bootstrap sends on stdin.
     host_key: str | None = Field(default=None, alias="hostKey")
 
     @field_validator("address")
@@ -56,7 +86,14 @@ class HostSpec(BaseModel):
         one stays as written: the hosts check names its entry and the allowed ids."""
         if v is None:
             return None
+        if not GPU_MODEL_RE.match(v):
+            raise ValueError(f"allowed: {', '.join(load_catalog().gpus)}")
         return suggest.canonical(v, load_catalog().gpus) or v
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        return None if v is None or v == "" else parse_host_key(v)
 
     @field_validator("private_ip")
     @classmethod

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infra.stack.config import StackConfig
+from infra.stack.config import ConfigError, StackConfig
+from infra.stack.config_values import MAX_WORKERS
 from infra.stack.planner import Plan, plan_for_stack
 
 
@@ -30,4 +31,11 @@ class Stack:
 
 def resolve(cfg: StackConfig) -> Stack:
     plan = plan_for_stack(cfg)
-    return Stack(cfg=cfg, plan=plan, workers=cfg.resolved_workers(plan))
+    workers = cfg.resolved_workers(plan)
+    if workers > MAX_WORKERS:
+        # workerCount 'auto' = replicas x the planner's nodes: only known once the plan is.
+        raise ConfigError(
+            f"llmfleet:replicas = {cfg.replicas}: workerCount 'auto' makes {cfg.replicas} x {plan.nodes} = "
+            f"{workers} workers; allowed: replicas x nodes per replica ({plan.nodes}) <= {MAX_WORKERS}"
+        )
+    return Stack(cfg=cfg, plan=plan, workers=workers)

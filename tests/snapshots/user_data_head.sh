@@ -87,10 +87,10 @@ mkdir -p /opt/llmfleet/models/deepseek-r1
 IDENT_DIR=$(mktemp -d)
 aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
   --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/s3-listing" \
-  || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
+  || die "cannot list" s3://llmfleet-prod-weights/deepseek-r1/
 if python3 -c 'import json, sys; pages = json.load(open(sys.argv[1])) or []; sys.exit(0 if any(o["Key"] == sys.argv[2] for p in pages for o in (p if isinstance(p, list) else [p])) else 1)' "${IDENT_DIR}/s3-listing" deepseek-r1/manifest.json; then
   aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" \
-    || die "cannot read s3://llmfleet-prod-weights/deepseek-r1/manifest.json"
+    || die "cannot read" s3://llmfleet-prod-weights/deepseek-r1/manifest.json
   WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${IDENT_DIR}/manifest.json" | cut -d' ' -f1)"
 else
   WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/s3-listing" | cut -d' ' -f1)"
@@ -104,7 +104,7 @@ if [[ "$(cat "${MARKER}" 2>/dev/null)" != "${WEIGHTS_ID}" ]]; then
   log "cleared ${MODEL_REAL} (it held another checkpoint)"
   aws s3 cp --recursive --only-show-errors --exclude '*' --include '*.json' --include '*.txt' --include '*.model' --include '*.tiktoken' --include '*.jinja' s3://llmfleet-prod-weights/deepseek-r1/ /opt/llmfleet/models/deepseek-r1/
   printf '%s\n' "${WEIGHTS_ID}" > "${MARKER}"
-  log "staged tokenizer/config from s3://llmfleet-prod-weights/deepseek-r1/"
+  log "staged tokenizer/config from" s3://llmfleet-prod-weights/deepseek-r1/
 fi
 
 # 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
@@ -119,10 +119,10 @@ ssm_secret() {  # retried: the instance role's new grants take a moment to reach
   done
   return 1
 }
-RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter /llmfleet/prod/ray-auth-token"
-[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/ray-auth-token is empty"
-API_TOKEN=$(ssm_secret /llmfleet/prod/endpoint-token) || die "cannot read SSM parameter /llmfleet/prod/endpoint-token"
-[[ -n "${API_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/endpoint-token is empty"
+RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter" /llmfleet/prod/ray-auth-token
+[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter" /llmfleet/prod/ray-auth-token "is empty"
+API_TOKEN=$(ssm_secret /llmfleet/prod/endpoint-token) || die "cannot read SSM parameter" /llmfleet/prod/endpoint-token
+[[ -n "${API_TOKEN}" ]] || die "SSM parameter" /llmfleet/prod/endpoint-token "is empty"
 {
   printf "%s\n" "RAY_AUTH_MODE=token"
   printf "%s\n" "RAY_AUTH_TOKEN=${RAY_TOKEN}"
@@ -147,7 +147,7 @@ if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-head.run 2>/dev/null)" == 4b19d1df322ecb42 ]] \
     && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-head 2>/dev/null)" == true ]]; then
-  log "container llmfleet-head already runs this image and arguments: left running"
+  log "container" llmfleet-head "already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
@@ -157,7 +157,7 @@ docker run --detach --name llmfleet-head --restart unless-stopped --network host
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab head --ip "${NODE_IP}" --block
 install -d -m 0755 /etc/llmfleet
 echo 4b19d1df322ecb42 > /etc/llmfleet/llmfleet-head.run
-log "started container llmfleet-head"
+log "started container" llmfleet-head
 fi
 
 # 5. Bootstrap the inference actors once the workers have joined, then keep watching: the

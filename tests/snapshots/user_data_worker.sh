@@ -86,7 +86,7 @@ case "${DOCKER_ACTION}" in
 esac
 docker info >/dev/null 2>&1 || die "docker is not running after its config update"
 
-# 2a. Instance-store NVMe -> /opt/llmfleet/models (RAID0 over all of them when more than one).
+# 2a. Instance-store NVMe -> the weights path (RAID0 over all of them when more than one).
 WEIGHTS_MNT=/opt/llmfleet/models
 if ! mountpoint -q "${WEIGHTS_MNT}"; then
   mapfile -t NVME_DEVS < <(lsblk -dpno NAME,MODEL | awk '/Amazon EC2 NVMe Instance Storage/ {print $1}')
@@ -118,10 +118,10 @@ mkdir -p /opt/llmfleet/models/deepseek-r1
 IDENT_DIR=$(mktemp -d)
 aws s3api list-objects-v2 --bucket llmfleet-prod-weights --prefix deepseek-r1/ \
   --query 'Contents[].{Key: Key, Size: Size, ETag: ETag}' --output json > "${IDENT_DIR}/s3-listing" \
-  || die "cannot list s3://llmfleet-prod-weights/deepseek-r1/"
+  || die "cannot list" s3://llmfleet-prod-weights/deepseek-r1/
 if python3 -c 'import json, sys; pages = json.load(open(sys.argv[1])) or []; sys.exit(0 if any(o["Key"] == sys.argv[2] for p in pages for o in (p if isinstance(p, list) else [p])) else 1)' "${IDENT_DIR}/s3-listing" deepseek-r1/manifest.json; then
   aws s3 cp --only-show-errors s3://llmfleet-prod-weights/deepseek-r1/manifest.json "${IDENT_DIR}/manifest.json" \
-    || die "cannot read s3://llmfleet-prod-weights/deepseek-r1/manifest.json"
+    || die "cannot read" s3://llmfleet-prod-weights/deepseek-r1/manifest.json
   WEIGHTS_SUM="manifest.json sha256:$(sha256sum "${IDENT_DIR}/manifest.json" | cut -d' ' -f1)"
 else
   WEIGHTS_SUM="listing sha256:$(sha256sum "${IDENT_DIR}/s3-listing" | cut -d' ' -f1)"
@@ -186,7 +186,7 @@ PYEOF
   # The node container restarts below: Ray reads the new fingerprint only at `ray start`.
   WEIGHTS_RESTAGED=1
 fi
-log "weights ready at /opt/llmfleet/models/deepseek-r1"
+log "weights ready at" /opt/llmfleet/models/deepseek-r1
 
 # 3. Secrets from SSM at boot (role credentials over IMDSv2) into a root-only env file that the
 #    container gets with --env-file. The Ray token (the same on every host) is defense in depth
@@ -200,8 +200,8 @@ ssm_secret() {  # retried: the instance role's new grants take a moment to reach
   done
   return 1
 }
-RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter /llmfleet/prod/ray-auth-token"
-[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter /llmfleet/prod/ray-auth-token is empty"
+RAY_TOKEN=$(ssm_secret /llmfleet/prod/ray-auth-token) || die "cannot read SSM parameter" /llmfleet/prod/ray-auth-token
+[[ -n "${RAY_TOKEN}" ]] || die "SSM parameter" /llmfleet/prod/ray-auth-token "is empty"
 {
   printf "%s\n" "RAY_AUTH_MODE=token"
   printf "%s\n" "RAY_AUTH_TOKEN=${RAY_TOKEN}"
@@ -217,7 +217,7 @@ if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
     && [[ "$(cat /etc/llmfleet/llmfleet-worker.run 2>/dev/null)" == 8e9ebd91a8611a81 ]] \
     && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-worker 2>/dev/null)" == true ]]; then
-  log "container llmfleet-worker already runs this image and arguments: left running"
+  log "container" llmfleet-worker "already runs this image and arguments: left running"
 else
 aws ecr get-login-password | docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com
 docker pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab
@@ -231,7 +231,7 @@ docker run --detach --name llmfleet-worker --restart unless-stopped --network ho
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab worker --address 10.42.0.10:6379 --num-gpus 8 --gpu-model L40S --ip "${NODE_IP}" --block
 install -d -m 0755 /etc/llmfleet
 echo 8e9ebd91a8611a81 > /etc/llmfleet/llmfleet-worker.run
-log "started container llmfleet-worker"
+log "started container" llmfleet-worker
 fi
 
 # 6. Health agent: marks this instance Unhealthy in its Auto Scaling group (which replaces it)
