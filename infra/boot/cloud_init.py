@@ -69,7 +69,8 @@ class NodeSpec:
     weights_path: str  # mount point of the NVMe array (model_path lives under it)
     token_parameter: str = ""  # head only: SSM SecureString name of the endpoint token
     ray_token_parameter: str = ""  # every host: SSM SecureString name of the Ray cluster token
-    head_ip: str = ""  # worker only
+    head_ip: str = ""  # a worker: the head to join; the head (with head_eni_id): its fixed address
+    head_eni_id: str = ""  # head only: the interface holding the fixed address (infra/components/head.py)
     gpus: int = 0  # worker only
     gpu_model: str = ""  # worker only
     nvme_disks: int = 0
@@ -138,6 +139,59 @@ NODE_IP=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" \\
   http://169.254.169.254/latest/meta-data/local-ipv4)
 [[ -n "${{NODE_IP}}" ]] || die "no private IP from IMDS"
 log "private IP ${{NODE_IP}}"
+""" + (_head_interface(spec) if spec.role == "head" and spec.head_eni_id else "")
+
+
+# The source-based routing table of the head's fixed interface.
+HEAD_ENI_TABLE = 1001
+HEAD_ENI_ATTACH_TRIES = 60  # x 10 s: a replaced head's interface detaches as the old one terminates
+
+
+def _head_interface(spec: NodeSpec) -> str:
+    """The head's fixed address (infra/components/head.py): attach its interface as device 1
+    (waiting while a terminating predecessor still holds it), give the interface its address
+    with a source-based route, and use it as the node's IP. Idempotent: every boot and rollout
+    runs it; an interface already attached here is only configured again."""
+    if not spec.head_ip:
+        raise ValueError("a head with head_eni_id needs head_ip (the interface's fixed address)")
+    eni, ip, table = shlex.quote(spec.head_eni_id), shlex.quote(spec.head_ip), HEAD_ENI_TABLE
+    return f"""
+# 0. The head's fixed address {spec.head_ip}: its own interface, attached at every boot.
+IMDS="http://169.254.169.254/latest/meta-data"
+INSTANCE_ID=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" "${{IMDS}}/instance-id")
+HEAD_ENI={eni}
+ATTACHED=""
+for _ in $(seq {HEAD_ENI_ATTACH_TRIES}); do
+  ATTACHED=$(aws ec2 describe-network-interfaces --network-interface-ids "${{HEAD_ENI}}" \
+    --query 'NetworkInterfaces[0].Attachment.InstanceId' --output text || true)
+  [[ "${{ATTACHED}}" == "${{INSTANCE_ID}}" ]] && break
+  if [[ "${{ATTACHED}}" == None ]]; then
+    aws ec2 attach-network-interface --network-interface-id "${{HEAD_ENI}}" \
+      --instance-id "${{INSTANCE_ID}}" --device-index 1 >/dev/null || true
+  fi
+  sleep 10
+done
+[[ "${{ATTACHED}}" == "${{INSTANCE_ID}}" ]] || die "interface ${{HEAD_ENI}} not attached (held by ${{ATTACHED}})"
+MAC=$(aws ec2 describe-network-interfaces --network-interface-ids "${{HEAD_ENI}}" \
+  --query 'NetworkInterfaces[0].MacAddress' --output text)
+DEV=""
+for _ in $(seq 30); do
+  for d in /sys/class/net/*; do [[ "$(cat "${{d}}/address")" == "${{MAC}}" ]] && DEV=$(basename "${{d}}"); done
+  [[ -n "${{DEV}}" ]] && break
+  sleep 2
+done
+[[ -n "${{DEV}}" ]] || die "no device with the interface's MAC ${{MAC}}"
+CIDR=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" "${{IMDS}}/network/interfaces/macs/${{MAC}}/subnet-ipv4-cidr-block")
+GW=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_network(sys.argv[1])[1])' "${{CIDR}}")
+ip link set dev "${{DEV}}" up
+ip addr replace {ip}/"${{CIDR#*/}}" dev "${{DEV}}"
+# Replies from the fixed address leave by its own interface (EC2 drops a packet whose source
+# address is not the sending interface's).
+ip route replace "${{CIDR}}" dev "${{DEV}}" src {ip} table {table}
+ip route replace default via "${{GW}}" dev "${{DEV}}" table {table}
+ip rule show | grep -q "from {spec.head_ip} lookup {table}" || ip rule add from {ip} table {table} priority {table}
+NODE_IP={ip}
+log "fixed address ${{NODE_IP}} on ${{DEV}}"
 """
 
 

@@ -36,9 +36,18 @@ def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
     return offers.locations.apply(first)
 
 
-def dashboard_command(instance_id: str, region: str) -> str:
+def head_instance_lookup(group: str, region: str) -> str:
+    """A shell expression for the head's running instance id (the head's group replaces it)."""
     return (
-        f"aws ssm start-session --region {region} --target {instance_id} "
+        f"$(aws ec2 describe-instances --region {region} "
+        f"--filters Name=tag:aws:autoscaling:groupName,Values={group} Name=instance-state-name,Values=running "
+        "--query 'Reservations[0].Instances[0].InstanceId' --output text)"
+    )
+
+
+def dashboard_command(group: str, region: str) -> str:
+    return (
+        f"aws ssm start-session --region {region} --target {head_instance_lookup(group, region)} "
         "--document-name AWS-StartPortForwardingSession "
         f'--parameters \'{{"portNumber":["{DASHBOARD_PORT}"],"localPortNumber":["{DASHBOARD_PORT}"]}}\''
     )
@@ -131,6 +140,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
 
 def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
     from infra.components.cluster import Cluster, ClusterArgs
+    from infra.components.network import head_ip
 
     cat = load_catalog()
     return Cluster(
@@ -147,6 +157,7 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
             workers=stack.workers,
             checkpoint_gib=cat.models[cfg.model].checkpoint_gib,
             subnet_id=b.network.private_subnet.id,
+            head_ip=head_ip(cfg.vpc_cidr),
             availability_zone=az,
             cluster_sg_id=b.network.cluster_sg.id,
             instance_profile=b.iam.profile.name,
@@ -176,7 +187,7 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
     )
 
 
-def _endpoint(cfg: StackConfig, name: str, b: _Base, head_id: pulumi.Output[str]):
+def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str]):
     from infra.components.endpoint import Endpoint, EndpointArgs
 
     nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
@@ -187,7 +198,7 @@ def _endpoint(cfg: StackConfig, name: str, b: _Base, head_id: pulumi.Output[str]
             vpc_id=b.network.vpc.id,
             subnet_ids=[nlb_subnet.id],
             security_group_id=b.network.endpoint_sg.id,
-            head_instance_id=head_id,
+            head_ip=head_ip,
             port=cfg.endpoint_port,
             internal=not cfg.endpoint_public,
             certificate_arn=cfg.endpoint_certificate_arn,
@@ -206,14 +217,16 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     az = worker_availability_zone(cfg)
     b = _base(cfg, name, az)
     cluster = _cluster(cfg, stack, name, az, b)
-    endpoint = _endpoint(cfg, name, b, cluster.head.id)
+    endpoint = _endpoint(cfg, name, b, cluster.head.private_ip)
     return {
         "cluster_name": name,
         "region": cfg.region,
         "availability_zone": az,
         "endpoint_url": endpoint.url,
+        # The head's fixed address; its instance (an Auto Scaling group of one) is looked up by
+        # the group's tag when needed (infra/worker_lookup.py), like the workers'.
         "head_private_ip": cluster.head.private_ip,
-        "head_instance_id": cluster.head.id,
+        "head_group": cluster.head.group_name,
         "head_container": "llmfleet-head",
         # Workers are Auto Scaling groups: their instances (ids, IPs) come and go without a
         # `pulumi up`, so the stack names the groups; `llmfleet render cluster-yaml` looks the
@@ -223,7 +236,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
         "image_ref": b.image.ref,
         "token_parameter": b.token.parameter.name,
         "ray_token_parameter": b.ray_token.parameter.name,
-        "dashboard_port_forward_command": cluster.head.id.apply(lambda i: dashboard_command(i, cfg.region)),
+        "dashboard_port_forward_command": dashboard_command(cluster.head.group_name, cfg.region),
         "weights_uri": b.weights.s3_uri,
         "ssh_user": SSH_USER,
         **observability_outputs(b.obs, cfg.region),
