@@ -42,6 +42,10 @@ RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
 # Explicit in the env file too: `ray status` / `ray job submit` run with `docker exec` (the
 # launcher's probe, operators) do not go through ray_cluster.node.auth_env.
 RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token"}
+# With llmfleet:gcsRedis: how long a raylet waits for the GCS (a head replacement: boot, attach,
+# pull, start) before it exits. Ray reads RAY_<config name> for its system config.
+GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+GCS_RECONNECT_TIMEOUT_S = 900
 NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
 READY_MARKER = contract.READY_MARKER
 # One S3 connection tops out near 5 Gbps (FACTS.md), so the copy runs many ranged GETs at
@@ -71,6 +75,11 @@ class NodeSpec:
     ray_token_parameter: str = ""  # every host: SSM SecureString name of the Ray cluster token
     head_ip: str = ""  # a worker: the head to join; the head (with head_eni_id): its fixed address
     head_eni_id: str = ""  # head only: the interface holding the fixed address (infra/components/head.py)
+    # llmfleet:gcsRedis (infra/components/gcs_redis.py): the head's rediss:// address and the
+    # auth token's SSM name; every host then waits longer for a GCS that comes back
+    gcs_redis_address: str = ""
+    gcs_redis_token_parameter: str = ""
+    gcs_fault_tolerant: bool = False
     gpus: int = 0  # worker only
     gpu_model: str = ""  # worker only
     nvme_disks: int = 0
@@ -387,6 +396,18 @@ def _secrets(spec: NodeSpec) -> str:
     if spec.role == "head":
         reads.append(("API_TOKEN", spec.token_parameter))
         lines.append(f"{TOKEN_ENV}=${{API_TOKEN}}")
+    if spec.gcs_fault_tolerant:
+        # Ray's GCS fault tolerance: a raylet waits this long for its GCS to come back at the
+        # same address (Ray's default 60 s would make it exit before a replaced head is up).
+        lines.append(f"{GCS_RECONNECT_ENV}={GCS_RECONNECT_TIMEOUT_S}")
+    if spec.role == "head" and spec.gcs_redis_address:
+        if not spec.gcs_redis_token_parameter:
+            raise ValueError("gcs_redis_address needs gcs_redis_token_parameter (the auth token's SSM name)")
+        # RAY_REDIS_ADDRESS: read by Ray 2.60 at `ray start --head` (ray/_private/node.py); the
+        # token reaches `ray start` from this env file (ray_cluster/node.py), never a run line.
+        reads.append(("GCS_REDIS_TOKEN", spec.gcs_redis_token_parameter))
+        lines.append(f"RAY_REDIS_ADDRESS={spec.gcs_redis_address}")
+        lines.append(f"{contract.GCS_REDIS_PASSWORD_ENV}=${{GCS_REDIS_TOKEN}}")
     fetch = "\n".join(
         f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter {name}"\n'
         f'[[ -n "${{{var}}}" ]] || die "SSM parameter {name} is empty"'

@@ -84,6 +84,10 @@ class ClusterArgs:
     host_metrics: pulumi.Input[HostMetrics] | None = None
     # llmfleet:alarmTopicArn: every alarm of the cluster notifies it; None: the alarms notify nobody
     alarm_topic_arn: str | None = None
+    # llmfleet:gcsRedis (infra/components/gcs_redis.py): the store's rediss:// address and its
+    # auth token's SSM name; None: the GCS keeps its state in the head's memory
+    gcs_redis_address: pulumi.Input[str] | None = None
+    gcs_redis_token_parameter: pulumi.Input[str] | None = None
 
     @property
     def alarm_topics(self) -> list[str]:
@@ -126,6 +130,8 @@ def head_script(args: ClusterArgs, head_eni_id: pulumi.Input[str]) -> pulumi.Out
         args.ray_token_parameter,
         args.host_metrics,
         head_eni_id,
+        args.gcs_redis_address or "",
+        args.gcs_redis_token_parameter or "",
     ).apply(
         lambda a: render_user_data(
             _spec(
@@ -138,6 +144,9 @@ def head_script(args: ClusterArgs, head_eni_id: pulumi.Input[str]) -> pulumi.Out
                 token_parameter=a[2],
                 head_ip=args.head_ip,
                 head_eni_id=a[5],
+                gcs_redis_address=a[6],
+                gcs_redis_token_parameter=a[7],
+                gcs_fault_tolerant=args.gcs_redis_address is not None,
                 serve_config=args.serve_config,
                 tensor_parallel_size=args.tensor_parallel_size,
                 pipeline_parallel_size=args.pipeline_parallel_size,
@@ -165,6 +174,7 @@ def worker_script(args: ClusterArgs, head_ip: pulumi.Input[str]) -> pulumi.Outpu
                 gpu_model=args.worker_type.gpu or "",
                 nvme_disks=args.worker_type.nvme_disks,
                 efa=efa_cards(args.worker_type) > 0,
+                gcs_fault_tolerant=args.gcs_redis_address is not None,
             )
         )
     )

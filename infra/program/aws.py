@@ -65,6 +65,7 @@ class _Base:
     ray_token: Any
     iam: Any
     obs: Any
+    gcs: Any = None  # GcsRedis with llmfleet:gcsRedis, else None
 
 
 def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]):
@@ -106,6 +107,22 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     secrets_key = SecretsKey("secrets", SecretsKeyArgs(stack=cfg.stack, tags=tags))
     token = endpoint_token(cfg.stack, tags, secrets_key.key.key_id)
     ray_token = ray_cluster_token(cfg.stack, tags, secrets_key.key.key_id)
+    gcs = None
+    if cfg.gcs_redis:
+        from infra.components.gcs_redis import GcsRedis, GcsRedisArgs
+
+        gcs = GcsRedis(
+            "gcs",
+            GcsRedisArgs(
+                name=name,
+                stack=cfg.stack,
+                vpc_id=network.vpc.id,
+                subnet_id=network.private_subnet.id,
+                cluster_sg_id=network.cluster_sg.id,
+                kms_key_id=secrets_key.key.key_id,
+                tags=tags,
+            ),
+        )
     iam = NodeIam(
         "iam",
         IamArgs(
@@ -118,6 +135,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
             weights_prefix=weights.prefix,
             tags=tags,
             worker_health=(name, cfg.stack),
+            gcs_redis_token_parameter_arn=gcs.token.parameter.arn if gcs else None,
         ),
     )
     obs = Observability(
@@ -135,7 +153,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
             tags=tags,
         ),
     )
-    return _Base(network, registry, image, weights, token, ray_token, iam, obs)
+    return _Base(network, registry, image, weights, token, ray_token, iam, obs, gcs)
 
 
 def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
@@ -178,11 +196,20 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
             pipeline_parallel_size=stack.plan.pipeline_parallel_size,
             host_metrics=b.obs.host_metrics,
             alarm_topic_arn=cfg.alarm_topic_arn,
+            gcs_redis_address=b.gcs.address if b.gcs else None,
+            gcs_redis_token_parameter=b.gcs.token.parameter.name if b.gcs else None,
         ),
         # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
         # (depending on the IAM component waits for all of its children).
         opts=pulumi.ResourceOptions(
-            depends_on=[b.token.parameter, b.ray_token.parameter, b.network, b.iam, b.obs]
+            depends_on=[
+                b.token.parameter,
+                b.ray_token.parameter,
+                b.network,
+                b.iam,
+                b.obs,
+                *([b.gcs] if b.gcs else []),
+            ]
         ),
     )
 
