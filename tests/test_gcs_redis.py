@@ -104,3 +104,37 @@ def test_cost_prices_the_cache_node():
     a = estimate_monthly_usd(bare.resources, "us-east-1")
     b = estimate_monthly_usd(redis.resources, "us-east-1")
     assert b - a == node.monthly_cost
+
+
+# ---------------------------------------------------------------- `llmfleet local up --gcs-redis`
+# Only what it renders is tested here; the local cluster with --gcs-redis has never been run.
+
+
+def test_local_redis_gets_its_own_port_and_its_password_only_from_a_file():
+    from infra.local import prometheus
+    from infra.local.layout import gcs_redis_env, plan_ports, redis_conf, redis_server_argv
+
+    for mode in ("netns", "loopback"):
+        ports = plan_ports(mode, 1, 8000)
+        taken = {ports.gcs, ports.dashboard, ports.http, prometheus.port_for(mode, ports)}
+        assert ports.redis not in taken, mode
+    conf = redis_conf("10.77.1.2", 6380, "/var/lib/x", "pw-123")
+    lines = conf.splitlines()
+    assert "bind 10.77.1.2" in lines and "port 6380" in lines and "requirepass pw-123" in lines
+    assert "appendonly yes" in lines and "protected-mode yes" in lines
+    argv = redis_server_argv("/state/gcs-redis/redis.conf", "/usr/bin/redis-server")
+    assert argv == ["/usr/bin/redis-server", "/state/gcs-redis/redis.conf"]
+    head = gcs_redis_env("head", "10.77.1.2", 6380, "pw-123")
+    assert head["RAY_REDIS_ADDRESS"] == "10.77.1.2:6380" and head[contract.GCS_REDIS_PASSWORD_ENV] == "pw-123"
+    assert gcs_redis_args(head) == ["--redis-password=pw-123"]  # what the head's node adds
+    worker = gcs_redis_env("worker", "10.77.1.2", 6380, "pw-123")
+    assert worker == {GCS_RECONNECT_ENV: "120"}
+
+
+def test_local_gcs_redis_is_refused_with_an_image():
+    from typer.testing import CliRunner
+
+    from infra.cli import app
+
+    res = CliRunner().invoke(app, ["local", "up", "--gcs-redis", "--image", "x@sha256:" + "0" * 64])
+    assert res.exit_code != 0 and "--gcs-redis: allowed only without --image" in res.output
