@@ -275,6 +275,7 @@ ROW_CASES = {
     "node image digest": ("prod", (), ("llmfleet:baseImage=vllm/vllm-openai:v0.30.0",)),
     "`gpuInstanceType`": ("prod", ("llmfleet:workerCount=3",), ("llmfleet:gpuInstanceType=p5.48xlarge",)),
     "`endpointCertificateArn`": ("prod", (), (f"llmfleet:endpointCertificateArn={CERT}",)),
+    "`gcsRedis`": ("prod", (), ("llmfleet:gcsRedis=true",)),
     "`alarmTopicArn`": (
         "prod",
         (),

@@ -73,13 +73,15 @@ def test_the_head_starts_ray_on_the_store_and_the_workers_wait_for_it():
     [rg] = c.of_type(RG)
     host = rg["outputs"]["primaryEndpointAddress"]
     head, worker = node_script(c, "head"), node_script(c, "worker")
-    assert f'"RAY_REDIS_ADDRESS=rediss://{host}:{REDIS_PORT}"' in head  # TLS (Ray: rediss://)
+    # on the run line (not secret): turning the option on changes it, so the rollout restarts
+    # the containers (test_day2's row); TLS (Ray: rediss://)
+    assert f"--env RAY_REDIS_ADDRESS=rediss://{host}:{REDIS_PORT}" in head
     # the token: read from SSM at boot into the root-only env file, by name, never the value
     assert "ssm_secret /llmfleet/prod/gcs-redis-token" in head
     assert f'"{contract.GCS_REDIS_PASSWORD_ENV}=${{GCS_REDIS_TOKEN}}"' in head
     assert "--redis-password" not in head
     for s in (head, worker):
-        assert f'"{GCS_RECONNECT_ENV}=900"' in s
+        assert f"--env {GCS_RECONNECT_ENV}=900" in s
     assert "RAY_REDIS_ADDRESS" not in worker and "gcs-redis-token" not in worker
     doc = json.loads(c.named("iam-node-policy")["inputs"]["policy"])
     [read] = [s for s in doc["Statement"] if s.get("Sid") == "ReadGcsRedisToken"]

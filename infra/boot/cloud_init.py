@@ -126,9 +126,27 @@ def docker_run_argv(spec: NodeSpec) -> list[str]:
     opts = contract.docker_run_options(
         spec.role, spec.model_path, config_dir=CONFIG_DIR if spec.role == "head" else None
     )
-    return ["docker", "run", "--detach", "--name", spec.container, "--restart", "unless-stopped"] + (
-        contract.docker_argv(opts)
+    return (
+        ["docker", "run", "--detach", "--name", spec.container, "--restart", "unless-stopped"]
+        + contract.docker_argv(opts)
+        + gcs_env_args(spec)
     )
+
+
+def gcs_env_args(spec: NodeSpec) -> list[str]:
+    """llmfleet:gcsRedis's settings that are not secret, on the run line rather than in the env
+    file: turning the option on or off then changes the run line, so a rollout restarts the
+    containers that must pick it up (the env file alone would leave them running as they were).
+    The store's password stays in the env file (_secrets)."""
+    out: list[str] = []
+    if spec.gcs_fault_tolerant:
+        # a raylet waits this long for its GCS to come back at the same address (Ray's default
+        # 60 s would make it exit before a replaced head is up)
+        out += ["--env", f"{GCS_RECONNECT_ENV}={GCS_RECONNECT_TIMEOUT_S}"]
+    if spec.role == "head" and spec.gcs_redis_address:
+        # read by Ray 2.60 at `ray start --head` (ray/_private/node.py); rediss:// is TLS
+        out += ["--env", f"RAY_REDIS_ADDRESS={spec.gcs_redis_address}"]
+    return out
 
 
 def _header(spec: NodeSpec) -> str:
@@ -396,17 +414,12 @@ def _secrets(spec: NodeSpec) -> str:
     if spec.role == "head":
         reads.append(("API_TOKEN", spec.token_parameter))
         lines.append(f"{TOKEN_ENV}=${{API_TOKEN}}")
-    if spec.gcs_fault_tolerant:
-        # Ray's GCS fault tolerance: a raylet waits this long for its GCS to come back at the
-        # same address (Ray's default 60 s would make it exit before a replaced head is up).
-        lines.append(f"{GCS_RECONNECT_ENV}={GCS_RECONNECT_TIMEOUT_S}")
     if spec.role == "head" and spec.gcs_redis_address:
         if not spec.gcs_redis_token_parameter:
             raise ValueError("gcs_redis_address needs gcs_redis_token_parameter (the auth token's SSM name)")
-        # RAY_REDIS_ADDRESS: read by Ray 2.60 at `ray start --head` (ray/_private/node.py); the
-        # token reaches `ray start` from this env file (ray_cluster/node.py), never a run line.
+        # The GCS store's token reaches `ray start` from this env file (ray_cluster/node.py),
+        # never a run line; its address is on the run line (gcs_env_args).
         reads.append(("GCS_REDIS_TOKEN", spec.gcs_redis_token_parameter))
-        lines.append(f"RAY_REDIS_ADDRESS={spec.gcs_redis_address}")
         lines.append(f"{contract.GCS_REDIS_PASSWORD_ENV}=${{GCS_REDIS_TOKEN}}")
     fetch = "\n".join(
         f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter {name}"\n'

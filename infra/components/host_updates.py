@@ -124,6 +124,15 @@ CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
         "none for the hosts; clients switch to `https://`",
     ),
     (
+        "`gcsRedis`",
+        "in place: the ElastiCache Redis, its auth token and security group are created (or deleted); "
+        "new node scripts put the store's address (head) and the longer GCS reconnect timeout (every host) "
+        "on the node containers' run lines, so the rollout restarts each node container, the head last",
+        "head: node container; workers: node container",
+        "full, once: the head container's restart starts a new Ray cluster (GCS), now on the store; the "
+        "workers rejoin and the watcher re-deploys (weights from NVMe); no new instances",
+    ),
+    (
         "`alarmTopicArn`",
         "in place: the CloudWatch alarms' ALARM and OK actions change; the groups' launch and terminate "
         "events (each host replacement) go to the topic",
