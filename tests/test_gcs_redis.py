@@ -140,3 +140,18 @@ def test_local_gcs_redis_is_refused_with_an_image():
 
     res = CliRunner().invoke(app, ["local", "up", "--gcs-redis", "--image", "x@sha256:" + "0" * 64])
     assert res.exit_code != 0 and "--gcs-redis: allowed only without --image" in res.output
+
+
+def test_the_logged_ray_start_masks_the_password(monkeypatch, capsys):
+    import pytest
+
+    import ray_cluster.node as node
+
+    def no_exec(*_a):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(node.os, "execvpe", no_exec)
+    with pytest.raises(SystemExit):
+        node._run_ray(["ray", "start", "--head", "--redis-password=s3cret"], {}, block=True)
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and REDACTED_REDIS in err
