@@ -1,4 +1,5 @@
-"""A worker slot (an Auto Scaling group + its launch template) seen as the instances it runs.
+"""A host's Auto Scaling group + its launch template (each worker slot's, and the head's since
+the head became a group of one: infra/components/head.py) seen as the instances it runs.
 
 GPU workers are not `aws:ec2/instance:Instance` resources: each worker slot is an Auto Scaling
 group (min = max = desired = 1, EC2 health checks) launching from one launch template

@@ -21,6 +21,9 @@ SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"
 # its stdin): the Ray cluster token (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token) on every node, plus the
 # endpoint token on the head. Every node container gets it as --env-file; never in a rendered file.
 HOST_ENV_FILE = "/run/llmfleet/node.env"
+# llmfleet:gcsRedis: the external GCS store's auth token, in the env file only (the head's node
+# passes it to `ray start --redis-password`: Ray 2.60's CLI reads it from no env var).
+GCS_REDIS_PASSWORD_ENV = "LLMFLEET_GCS_REDIS_PASSWORD"
 # The head host directory holding the Serve config its deploy unit applies (mounted read-only).
 HOST_CONFIG_DIR = "/etc/llmfleet"
 MODEL_PATH_ENV = "LLMFLEET_MODEL_PATH"  # where the checkpoint sits inside the node container

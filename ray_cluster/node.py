@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 
 from ray_cluster import contract, nic
@@ -77,10 +78,15 @@ def last_error_line(text: str) -> str:
     return (errors or lines or [""])[-1]
 
 
+REDACTED_REDIS = "--redis-password=***"
+
+
 def _run_ray(argv: list[str], env: dict[str, str], block: bool, retries: int = 1, delay: float = 5.0) -> int:
     env = {**env, **auth_env(os.environ)}
     full_env = {**os.environ, **env}
-    print(shell_command(argv, env), file=sys.stderr, flush=True)
+    # the logged command never shows the GCS store's password (gcs_redis_args)
+    shown = [REDACTED_REDIS if x.startswith("--redis-password=") else x for x in argv]
+    print(shell_command(shown, env), file=sys.stderr, flush=True)
     if block:
         os.execvpe(argv[0], argv, full_env)  # container entrypoint: ray owns the process
     last = ""
@@ -110,10 +116,21 @@ def cmd_head(a: argparse.Namespace) -> int:
         dashboard_port=a.dashboard_port,
         block=a.block,
         temp_dir=a.temp_dir,
-        extra=a.ray_arg,
+        extra=[*(a.ray_arg or []), *gcs_redis_args(os.environ)],
         ray_bin=_ray_bin(),
     )
     return _run_ray(argv, nic.node_env(choice), a.block)
+
+
+def gcs_redis_args(env: Mapping[str, str]) -> list[str]:
+    """With an external GCS store (RAY_REDIS_ADDRESS, which Ray reads itself), its password from
+    the env file: Ray 2.60's `ray start` takes it only as --redis-password. It is then in this
+    container's process table (as in the GCS server's own argv, which Ray builds), never in the
+    host's `docker run` line, the node script or user data."""
+    pw = env.get(contract.GCS_REDIS_PASSWORD_ENV, "")
+    if not pw or not env.get("RAY_REDIS_ADDRESS"):
+        return []
+    return [f"--redis-password={pw}"]
 
 
 def cmd_worker(a: argparse.Namespace) -> int:

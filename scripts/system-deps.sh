@@ -8,6 +8,7 @@ command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v prometheus >/dev/null || need+=(prometheus)  # `llmfleet local up` scrapes the hosts with it
+command -v redis-server >/dev/null || need+=(redis-server)  # `llmfleet local up --gcs-redis` (GCS FT)
 # The CPU node image (make image, tests/test_image_build.py): Debian's docker client/daemon (it
 # builds with BuildKit), mmdebstrap for the base's root filesystem, the distribution registry,
 # zstd for the base's cache tarball.

@@ -121,9 +121,10 @@ def test_offline_prod_renders_and_validates(tmp_path):
     assert "offline placeholders" in res.stderr
     doc = yaml.safe_load(out.read_text())
     cy.validate_with_ray(doc)
-    # Offline there are no worker instances to look up (they are the groups'): the head only.
+    # Offline there are no instances to look up (every host is a group's): the head's fixed
+    # address only, and no SSM proxy (it would need the head's instance id).
     assert doc["provider"]["worker_ips"] == [] and doc["max_workers"] == 0
-    assert "ssh_proxy_command" in doc["auth"]
+    assert "ssh_proxy_command" not in doc["auth"]
 
 
 def test_stdout_is_pure_yaml(outputs, tmp_path):

@@ -19,18 +19,16 @@ from infra.boot.node_apply import node_parameter_name
 from infra.boot.rollout_effects import NODE_CONTAINER, TOUCHES, rollout_touches, steps
 from infra.components.host_updates import (
     CHANGE_EFFECTS,
+    GROUP_FIELDS,
     GROUP_REPLACE_FIELDS,
-    INSTANCE_FIELDS,
     LAUNCH_TEMPLATE_FIELDS,
-    REPLACE_FIELDS,
 )
 from infra.constants import REPO_ROOT
 from infra.program.offline import capture
 from infra.worker_groups import find_template
-from tests.hosts import groups, hosts, template
+from tests.hosts import groups, head_group, hosts, template
 from tests.node_scripts import node_script
 
-INST = "aws:ec2/instance:Instance"
 # Launch template inputs that are not launch data (no new version when they change).
 TEMPLATE_METADATA = {"name", "description", "tags", "updateDefaultVersion"}
 
@@ -40,16 +38,10 @@ def cap(stack: str, *overrides: str):
     return capture(stack, overrides)
 
 
-def replace_view(inst: dict) -> dict:
-    """The inputs whose change replaces this instance, as the program declares them."""
-    assert inst["replace_on_changes"] == REPLACE_FIELDS, inst["name"]
-    return {k: inst["inputs"].get(k) for k in inst["replace_on_changes"]}
-
-
 def worker_replace_view(c, group: dict) -> dict:
-    """The inputs whose change replaces a worker slot's instance: its launch template's (every
-    one is launch data; any change is a new version, which the group rolls out by instance
-    refresh) and the group's own replace_on_changes."""
+    """The inputs whose change replaces a group's instance (a worker slot's, the head's): its
+    launch template's (every one is launch data; any change is a new version, which the group
+    rolls out by instance refresh) and the group's own replace_on_changes."""
     assert group["replace_on_changes"] == GROUP_REPLACE_FIELDS, group["name"]
     lt = find_template(group["inputs"], [(t["id"], t["inputs"]) for t in c.of_type(template(c)["type"])])
     assert lt is not None, group["name"]
@@ -80,7 +72,7 @@ def _assert_effect(before, after, row, *, script_changes: set[str]):
         assert not any(same), f"{row[0]}: expected every worker replaced"
         return
     assert len(workers_before) == len(workers_after) and all(same), f"{row[0]}: a worker would be replaced"
-    assert replace_view(hosts(before, "head")[0]) == replace_view(hosts(after, "head")[0])
+    assert worker_replace_view(before, head_group(before)) == worker_replace_view(after, head_group(after))
     # ... and the change reaches the hosts through their node scripts (a new parameter version),
     # which the operator-side rollout (infra/rollout/) applies in order
     for role in ("head", "worker"):
@@ -89,9 +81,8 @@ def _assert_effect(before, after, row, *, script_changes: set[str]):
 
 
 def test_replace_fields_are_the_declared_replace_rows():
-    assert set(REPLACE_FIELDS) == {k for k, (e, _) in INSTANCE_FIELDS.items() if e == "replace"}
-    assert {"instanceType", "ami", "subnetId", "rootBlockDevice", "userData"} <= set(REPLACE_FIELDS)
-    assert "tags" not in REPLACE_FIELDS  # the model / maxModelLen tags update in place
+    assert set(GROUP_REPLACE_FIELDS) <= {k for k, (e, _) in GROUP_FIELDS.items() if e == "replace"}
+    assert {"instanceType", "imageId", "blockDeviceMappings", "userData"} <= set(LAUNCH_TEMPLATE_FIELDS)
     assert "tags" not in GROUP_REPLACE_FIELDS and "launchTemplate" not in GROUP_REPLACE_FIELDS
 
 
@@ -157,9 +148,11 @@ def test_no_state_manager_association_rolls_the_scripts_out():
     c = cap("prod")
     assert c.of_type("aws:ssm/association:Association") == []
     names = sorted(g["inputs"]["name"] for g in groups(c))
-    # What the rollout reads to find the hosts: the head's id and the worker groups, in slot order.
+    # What the rollout reads to find the hosts: the head's group and the worker groups, in slot
+    # order (the instances are looked up by the groups' tag: infra/worker_lookup.py).
     assert names == sorted(c.outputs["worker_groups"]) and len(names) == 3
-    assert c.outputs["head_instance_id"] == hosts(c, "head")[0]["id"]
+    assert c.outputs["head_group"] == head_group(c)["inputs"]["name"]
+    assert "head_instance_id" not in c.outputs  # the group replaces it: no id to export
 
 
 def test_the_head_reports_the_fingerprint_readiness_expects():
@@ -189,23 +182,22 @@ def test_user_data_is_only_the_boot_contract():
         assert f"llmfleet-apply {node_parameter_name('prod', role)} boot" in ud
 
 
-def test_prod_head_recovers_and_every_worker_is_replaced_by_its_group():
-    """#14 "failed hosts come back": the head (EBS only) by EC2 recovery, each GPU worker
-    (instance-store NVMe, which EC2 cannot recover) by its Auto Scaling group's replacement."""
+def test_prod_head_and_every_worker_are_replaced_by_their_groups():
+    """#14 "failed hosts come back" and #26.5 "a head that comes back": the head and each GPU
+    worker are Auto Scaling groups of one with EC2 health checks, which replace a host that fails
+    a status check (system or instance) or is terminated, with no `pulumi up`."""
     c = cap("prod")
     alarms = [a["inputs"] for a in c.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")]
-    [head] = c.of_type(INST)  # the only instance
-    assert head["inputs"]["tags"]["llmfleet:role"] == "head"
-    assert head["inputs"]["maintenanceOptions"] == {"autoRecovery": "default"}
-    [recover] = [a for a in alarms if a.get("dimensions", {}).get("InstanceId") == head["id"]]
-    assert recover["alarmActions"] == ["arn:aws:automate:us-east-1:ec2:recover"]
-    assert recover["metricName"] == "StatusCheckFailed_System"
+    assert c.of_type("aws:ec2/instance:Instance") == []  # no host is a bare instance any more
+    assert not [a for a in alarms if "InstanceId" in a.get("dimensions", {})]  # no recover alarm
+    head = head_group(c)
     workers = groups(c)
     assert len(workers) == len(hosts(c, "worker")) == c.outputs["workers"] == 3
-    for g in workers:
+    assert len(hosts(c, "head")) == 1
+    for g in [head, *workers]:
         i = g["inputs"]
         # EC2 health checks: a failed status check makes the instance unhealthy; the group
-        # terminates it and launches a new one from the template (boot contract -> weights -> Ray).
+        # terminates it and launches a new one from the template (boot contract -> node script).
         assert i["healthCheckType"] == "EC2" and i["minSize"] == i["maxSize"] == i["desiredCapacity"] == 1
         [slot] = [a for a in alarms if a.get("dimensions", {}).get("AutoScalingGroupName") == i["name"]]
         assert (
@@ -217,32 +209,37 @@ def test_prod_head_recovers_and_every_worker_is_replaced_by_its_group():
 
 
 def test_every_alarm_notifies_the_alarm_topic_when_one_is_set():
-    """llmfleet:alarmTopicArn: the head's alarm keeps its EC2 action first and adds the topic on
-    ALARM and OK; each worker slot's alarm, which nothing else acts on, notifies on both. Unset:
-    the alarms are what they were (no notification inputs at all)."""
+    """llmfleet:alarmTopicArn: every alarm (the head group's, each worker slot's, the Serve
+    app's) notifies it on ALARM and OK, and the groups' launch/terminate events go to it. Unset:
+    the alarms are what they were (no notification inputs at all) and no group notification."""
     topic = "arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"
+    notification = "aws:autoscaling/notification:Notification"
     for stack in ("prod", "dev"):
         bare, told = cap(stack), cap(stack, f"llmfleet:alarmTopicArn={topic}")
-        head_id = hosts(told, "head")[0]["id"]
         alarms = {a["name"]: a["inputs"] for a in told.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
-        # the head's, one per worker slot, and the Serve app's (recovery.app_alarm)
+        # the head group's, one per worker slot, and the Serve app's (recovery.app_alarm)
         assert len(alarms) == 2 + len(groups(told)), stack
         for name, a in alarms.items():
-            if a.get("dimensions", {}).get("InstanceId") == head_id:
-                assert a["alarmActions"] == ["arn:aws:automate:us-east-1:ec2:recover", topic], name
-            elif a["metricName"] == "ServeAppUnhealthySeconds":
+            if a["metricName"] == "ServeAppUnhealthySeconds":
                 assert a["alarmActions"] == [topic], name
             else:
                 assert a["dimensions"]["AutoScalingGroupName"] and a["alarmActions"] == [topic], name
             assert a["okActions"] == [topic] and "insufficientDataActions" not in a, name
         for a in bare.of_type("aws:cloudwatch/metricAlarm:MetricAlarm"):
-            i = a["inputs"]
-            assert "okActions" not in i, a["name"]
-            assert i.get("alarmActions", []) in ([], ["arn:aws:automate:us-east-1:ec2:recover"]), a["name"]
+            assert "okActions" not in a["inputs"] and "alarmActions" not in a["inputs"], a["name"]
+        [events] = told.of_type(notification)
+        every_group = {head_group(told)["inputs"]["name"], *(g["inputs"]["name"] for g in groups(told))}
+        assert set(events["inputs"]["groupNames"]) == every_group and events["inputs"]["topicArn"] == topic
+        assert "autoscaling:EC2_INSTANCE_LAUNCH" in events["inputs"]["notifications"]
+        assert bare.of_type(notification) == []
         # the hosts are untouched (the README's row) and nothing but the alarms changes
         _assert_effect(bare, told, _row("`alarmTopicArn`"), script_changes=set())
         others = [
-            {r["name"]: r["inputs"] for r in c.resources if "metricAlarm" not in r["type"]}
+            {
+                r["name"]: r["inputs"]
+                for r in c.resources
+                if "metricAlarm" not in r["type"] and r["type"] != notification
+            }
             for c in (bare, told)
         ]
         assert others[0] == others[1], stack
@@ -278,6 +275,7 @@ ROW_CASES = {
     "node image digest": ("prod", (), ("llmfleet:baseImage=vllm/vllm-openai:v0.30.0@sha256:" + "1" * 64,)),
     "`gpuInstanceType`": ("prod", ("llmfleet:workerCount=3",), ("llmfleet:gpuInstanceType=p5.48xlarge",)),
     "`endpointCertificateArn`": ("prod", (), (f"llmfleet:endpointCertificateArn={CERT}",)),
+    "`gcsRedis`": ("prod", (), ("llmfleet:gcsRedis=true",)),
     "`alarmTopicArn`": (
         "prod",
         (),
@@ -319,7 +317,9 @@ def observed_touches(before, after) -> dict[str, str | set[str]]:
     views = [worker_replace_view(before, b) != worker_replace_view(after, a)
              for b, a in zip(groups(before), groups(after), strict=True)]  # fmt: skip
     assert all(views) or not any(views), "some workers replaced, some not"
-    head_replaced = replace_view(hosts(before, "head")[0]) != replace_view(hosts(after, "head")[0])
+    head_replaced = worker_replace_view(before, head_group(before)) != worker_replace_view(
+        after, head_group(after)
+    )
     for role, replaced in (("head", head_replaced), ("worker", all(views))):
         out[role] = (
             "replaced"

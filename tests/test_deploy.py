@@ -427,8 +427,15 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     outputs = dict(c.outputs)
     seen: dict = {}
     monkeypatch.setattr(d, "readiness_commands", lambda **kw: seen.update(kw) or ["true"])
-    monkeypatch.setattr(d, "wait_head_ready", lambda *a, **kw: d.Readiness(True, "ok"))
+    waited: list = []
+    monkeypatch.setattr(d, "wait_head_ready", lambda *a, **kw: waited.append(a) or d.Readiness(True, "ok"))
+    # the head's instance comes from its group (infra/worker_lookup.py; against moto in test_rollout)
+    import infra.worker_lookup as lookup
+
+    asked: list = []
+    monkeypatch.setattr(lookup, "head_instance_id", lambda o, ec2: asked.append(o["head_group"]) or "i-0head")
     assert cmd._wait(c.config, outputs, timeout=1) is True
+    assert asked == ["llmfleet-prod-head"] and "i-0head" in waited[0]
     doc, _ = render_for_outputs(outputs, c.config, resolve(c.config).plan)
     served = doc["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
     assert seen["model"] == served == "deepseek-ai/DeepSeek-R1" != c.config.model

@@ -19,12 +19,13 @@ def test_internal_nlb_to_head_and_token_parameter():
     assert (tg["inputs"]["port"], tg["inputs"]["protocol"], tg["inputs"]["targetType"]) == (
         8000,
         "TCP",
-        "instance",
+        "ip",  # the head's fixed address: a replaced head is the same target
     )
     assert tg["inputs"]["healthCheck"]["protocol"] == "TCP"
     [att] = c.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment")
-    head = c.named("cluster-head")
-    assert att["inputs"]["targetId"] == head["id"] and att["inputs"]["port"] == 8000
+    eni = c.named("cluster-head-eni")
+    assert att["inputs"]["targetId"] == eni["outputs"]["privateIp"] == c.outputs["head_private_ip"]
+    assert att["inputs"]["port"] == 8000
     [lst] = c.of_type("aws:lb/listener:Listener")
     assert lst["inputs"]["port"] == 8000 and lst["inputs"]["protocol"] == "TCP"
     assert lst["inputs"]["defaultActions"] == [{"type": "forward", "targetGroupArn": tg["outputs"]["arn"]}]
@@ -36,7 +37,9 @@ def test_internal_nlb_to_head_and_token_parameter():
     assert pw["inputs"]["length"] >= 32
     assert c.outputs["endpoint_url"] == f"http://{nlb['outputs']['dnsName']}:8000/v1"
     cmd = c.outputs["dashboard_port_forward_command"]
-    assert cmd.startswith(f"aws ssm start-session --region us-east-1 --target {head['id']} ")
+    # the head's instance changes with each replacement: the command looks it up by its group
+    assert cmd.startswith("aws ssm start-session --region us-east-1 --target $(aws ec2 describe-instances ")
+    assert f"Values={c.outputs['head_group']} " in cmd
     assert '"portNumber":["8265"]' in cmd
 
 

@@ -81,7 +81,7 @@ def test_captured_policy_scoped_to_repo_prefix_and_parameter(prod):
         "deepseek-r1/*",
     ]
     stars = [s["Sid"] for s in doc["Statement"] if s["Resource"] == "*"]
-    assert stars == ["EcrAuth"]
+    assert stars == ["EcrAuth", "DescribeHeadInterface"]  # neither action takes a resource scope
     assert all(a != "*" and not a.endswith(":*") for s in doc["Statement"] for a in s["Action"])
 
     role = c.of_type("aws:iam/role:Role")[0]
@@ -241,6 +241,12 @@ def test_workers_may_mark_only_their_own_groups_unhealthy():
     repo = c.of_type("aws:ecr/repository:Repository")[0]["outputs"]["arn"]
     region, account = repo.split(":")[3:5]
     groups = c.of_type("aws:autoscaling/group:Group")
+    head = [g for g in groups if g["inputs"]["name"] == c.outputs["head_group"]]
+    assert head and not fnmatch.fnmatch(
+        f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:uuid:autoScalingGroupName/{head[0]['inputs']['name']}",
+        stmt["Resource"],
+    )  # the workers' agent cannot mark the head Unhealthy
+    groups = [g for g in groups if g not in head]
     assert groups
     for g in groups:
         arn = f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:uuid:autoScalingGroupName/{g['inputs']['name']}"
@@ -253,3 +259,26 @@ def test_workers_may_mark_only_their_own_groups_unhealthy():
         )
     other = f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:uuid:autoScalingGroupName/someone-else"
     assert not fnmatch.fnmatch(other, stmt["Resource"])
+
+
+def test_only_this_stacks_head_may_attach_the_head_interface():
+    """A new head attaches the fixed interface to itself (infra/components/head.py): allowed only
+    where the interface and the instance both carry this stack's tag and the head role, which the
+    interface and the head group's instances carry and a worker's instance does not."""
+    c = capture("prod")
+    doc = json.loads(c.named("iam-node-policy")["inputs"]["policy"])
+    (stmt,) = [s for s in doc["Statement"] if "ec2:AttachNetworkInterface" in s["Action"]]
+    assert stmt["Action"] == ["ec2:AttachNetworkInterface"]
+    assert stmt["Resource"] == [
+        "arn:aws:ec2:us-east-1:123456789012:network-interface/*",
+        "arn:aws:ec2:us-east-1:123456789012:instance/*",
+    ]
+    cond = stmt["Condition"]["StringEquals"]
+    assert cond == {"aws:ResourceTag/llmfleet:stack": "prod", "aws:ResourceTag/llmfleet:role": "head"}
+    eni = c.named("cluster-head-eni")["inputs"]["tags"]
+    assert (eni["llmfleet:stack"], eni["llmfleet:role"]) == ("prod", "head")
+    for g in c.of_type("aws:autoscaling/group:Group"):
+        tags = {t["key"]: (t["value"], t["propagateAtLaunch"]) for t in g["inputs"]["tags"]}
+        is_head = g["inputs"]["name"] == c.outputs["head_group"]
+        assert tags["llmfleet:stack"] == ("prod", True)
+        assert (tags["llmfleet:role"] == ("head", True)) == is_head, g["name"]

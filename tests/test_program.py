@@ -31,7 +31,7 @@ OUTPUTS = {
     "model_path",
     "max_model_len",
     "region",
-    "head_instance_id",
+    "head_group",
     "worker_groups",
     "ssh_user",
 }
@@ -49,7 +49,7 @@ REQUIRED_TYPES = [
     "aws:iam/role:Role",
     "aws:iam/instanceProfile:InstanceProfile",
     "aws:iam/policy:Policy",
-    "aws:ec2/instance:Instance",
+    "aws:ec2/networkInterface:NetworkInterface",
     "aws:ec2/launchTemplate:LaunchTemplate",
     "aws:autoscaling/group:Group",
     "aws:lb/loadBalancer:LoadBalancer",
@@ -140,12 +140,11 @@ def test_prod_head_boots_into_a_serve_deploy_of_the_planned_layout():
     import yaml
 
     from infra.program.offline import capture
+    from tests.hosts import hosts
     from tests.node_scripts import node_script
 
     cap = capture("prod")
-    head = next(
-        r for r in cap.resources if r["name"].endswith("-head") and r["type"] == "aws:ec2/instance:Instance"
-    )
+    [head] = hosts(cap, "head")  # the instance the head's group runs, from its launch template
     assert "llmfleet-apply /llmfleet/prod/node/head boot" in head["inputs"]["userData"]
     ud = node_script(cap, "head")
     serve = yaml.safe_load(ud.split("<<'LLMFLEET_EOF'\n", 1)[1].split("LLMFLEET_EOF", 1)[0])
@@ -161,18 +160,17 @@ def test_hosts_boot_after_what_they_read_at_boot():
     from infra.program.offline import capture
 
     cap = capture("prod")
-    # The head instance, the worker launch template and each worker group (what launches a worker).
+    # The head's and the workers' launch templates and groups (what launches a host).
     boots = [
         r
         for r in cap.resources
         if r["type"]
         in (
-            "aws:ec2/instance:Instance",
             "aws:ec2/launchTemplate:LaunchTemplate",
             "aws:autoscaling/group:Group",
         )
     ]
-    assert len(boots) == 5
+    assert len(boots) == 6
     for host in boots:
         deps = {d.rsplit("::", 1)[-1] for d in host["dependencies"]}
         assert {

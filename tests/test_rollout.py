@@ -22,6 +22,7 @@ from infra.boot.node_apply import APPLY_BIN, rollout_command
 from infra.rollout import plan as p
 from infra.rollout import ssm as rs
 from infra.rollout import stack as rstack
+from infra.worker_lookup import HeadLookupError, head_instance_id
 from tests.moto_fixtures import DUMMY_CREDS, MotoServer
 from tests.test_deploy import COMPLETION, head_stdout
 
@@ -421,7 +422,7 @@ def test_rollout_command_names_the_version():
 
 
 def moto_stack(moto, stack: str = "t", slots: int = 4, pp: int = 2) -> dict:
-    """A head instance and one Auto Scaling group of one per worker slot, in moto; the outputs
+    """A head group of one and one Auto Scaling group of one per worker slot, in moto; the outputs
     the rollout reads. moto's groups launch their instances and tag them as EC2 Auto Scaling does."""
     ec2, asg = moto.client("ec2"), moto.client("autoscaling")
     image = ec2.describe_images(ImageIds=[MOTO_AMI])["Images"][0]["ImageId"]  # not all 1300: 3 s
@@ -439,10 +440,21 @@ def moto_stack(moto, stack: str = "t", slots: int = 4, pp: int = 2) -> dict:
             DesiredCapacity=1,
             AvailabilityZones=["us-east-1a"],
         )
-    head = ec2.run_instances(ImageId=image, InstanceType="m7i.2xlarge", MinCount=1, MaxCount=1)["Instances"][
-        0
-    ]
-    return {"head_instance_id": head["InstanceId"], "worker_groups": groups, "pipeline_parallel_size": pp}
+    # The head is a group of one too (infra/components/head.py): the stack names the group and
+    # the rollout finds its running instance by the group's tag.
+    ec2.create_launch_template(
+        LaunchTemplateName=f"{stack}-head",
+        LaunchTemplateData={"ImageId": image, "InstanceType": "m7i.2xlarge"},
+    )
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=f"llmfleet-{stack}-head",
+        LaunchTemplate={"LaunchTemplateName": f"{stack}-head"},
+        MinSize=1,
+        MaxSize=1,
+        DesiredCapacity=1,
+        AvailabilityZones=["us-east-1a"],
+    )
+    return {"head_group": f"llmfleet-{stack}-head", "worker_groups": groups, "pipeline_parallel_size": pp}
 
 
 def test_stack_rollout_end_to_end_with_the_readiness_gates(moto):
@@ -515,7 +527,7 @@ def test_deployment_gate_refuses_the_old_fingerprint(moto):
     fleet, clock = StaleHead(ssm), Clock()
     gate = rstack.readiness_gate(
         fleet,
-        head_instance_id=outputs["head_instance_id"],
+        head_instance_id=head_instance_id(outputs, ec2),
         container="llmfleet-head",
         port=8000,
         model="m",
@@ -696,3 +708,27 @@ def test_one_rollout_per_stack_at_a_time(moto):
         raise RuntimeError("boom")
     with rs.rollout_lock(ssm, "t", "cy@ci"):  # released both times
         pass
+
+
+def test_the_head_is_found_by_its_group_and_a_missing_one_is_one_line(moto):
+    """The head's instance id is not an output (its group replaces it): the rollout and the
+    readiness wait look it up by the group's tag; a group with no running instance (the head
+    being replaced) is a one-line error naming the group, and a stack from before the head group
+    still names its instance."""
+    moto.reset()
+    ec2, asg = moto.client("ec2"), moto.client("autoscaling")
+    outputs = moto_stack(moto, slots=1, pp=1)
+    [inst] = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[outputs["head_group"]])[
+        "AutoScalingGroups"
+    ][0]["Instances"]
+    assert head_instance_id(outputs, ec2) == inst["InstanceId"]
+    assert rstack.stack_hosts(ec2, outputs)[0] == p.Host("head", inst["InstanceId"], "head")
+    assert head_instance_id({"head_instance_id": "i-0123456789abcdef0"}, ec2) == "i-0123456789abcdef0"
+    asg.update_auto_scaling_group(AutoScalingGroupName=outputs["head_group"], MinSize=0, DesiredCapacity=0)
+    ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    with pytest.raises(HeadLookupError, match="head group 'llmfleet-t-head' has no running instance"):
+        head_instance_id(outputs, ec2)
+    with pytest.raises(p.PlanError, match="no running instance"):
+        rstack.stack_hosts(ec2, outputs)
+    with pytest.raises(HeadLookupError, match="'head_group' and 'head_instance_id' are missing"):
+        head_instance_id({"worker_groups": []}, ec2)

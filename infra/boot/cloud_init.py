@@ -42,6 +42,10 @@ RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
 # Explicit in the env file too: `ray status` / `ray job submit` run with `docker exec` (the
 # launcher's probe, operators) do not go through ray_cluster.node.auth_env.
 RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token"}
+# With llmfleet:gcsRedis: how long a raylet waits for the GCS (a head replacement: boot, attach,
+# pull, start) before it exits. Ray reads RAY_<config name> for its system config.
+GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+GCS_RECONNECT_TIMEOUT_S = 900
 NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
 READY_MARKER = contract.READY_MARKER
 # One S3 connection tops out near 5 Gbps (FACTS.md), so the copy runs many ranged GETs at
@@ -69,7 +73,13 @@ class NodeSpec:
     weights_path: str  # mount point of the NVMe array (model_path lives under it)
     token_parameter: str = ""  # head only: SSM SecureString name of the endpoint token
     ray_token_parameter: str = ""  # every host: SSM SecureString name of the Ray cluster token
-    head_ip: str = ""  # worker only
+    head_ip: str = ""  # a worker: the head to join; the head (with head_eni_id): its fixed address
+    head_eni_id: str = ""  # head only: the interface holding the fixed address (infra/components/head.py)
+    # llmfleet:gcsRedis (infra/components/gcs_redis.py): the head's rediss:// address and the
+    # auth token's SSM name; every host then waits longer for a GCS that comes back
+    gcs_redis_address: str = ""
+    gcs_redis_token_parameter: str = ""
+    gcs_fault_tolerant: bool = False
     gpus: int = 0  # worker only
     gpu_model: str = ""  # worker only
     nvme_disks: int = 0
@@ -116,9 +126,27 @@ def docker_run_argv(spec: NodeSpec) -> list[str]:
     opts = contract.docker_run_options(
         spec.role, spec.model_path, config_dir=CONFIG_DIR if spec.role == "head" else None
     )
-    return ["docker", "run", "--detach", "--name", spec.container, "--restart", "unless-stopped"] + (
-        contract.docker_argv(opts)
+    return (
+        ["docker", "run", "--detach", "--name", spec.container, "--restart", "unless-stopped"]
+        + contract.docker_argv(opts)
+        + gcs_env_args(spec)
     )
+
+
+def gcs_env_args(spec: NodeSpec) -> list[str]:
+    """llmfleet:gcsRedis's settings that are not secret, on the run line rather than in the env
+    file: turning the option on or off then changes the run line, so a rollout restarts the
+    containers that must pick it up (the env file alone would leave them running as they were).
+    The store's password stays in the env file (_secrets)."""
+    out: list[str] = []
+    if spec.gcs_fault_tolerant:
+        # a raylet waits this long for its GCS to come back at the same address (Ray's default
+        # 60 s would make it exit before a replaced head is up)
+        out += ["--env", f"{GCS_RECONNECT_ENV}={GCS_RECONNECT_TIMEOUT_S}"]
+    if spec.role == "head" and spec.gcs_redis_address:
+        # read by Ray 2.60 at `ray start --head` (ray/_private/node.py); rediss:// is TLS
+        out += ["--env", f"RAY_REDIS_ADDRESS={spec.gcs_redis_address}"]
+    return out
 
 
 def _header(spec: NodeSpec) -> str:
@@ -138,6 +166,59 @@ NODE_IP=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" \\
   http://169.254.169.254/latest/meta-data/local-ipv4)
 [[ -n "${{NODE_IP}}" ]] || die "no private IP from IMDS"
 log "private IP ${{NODE_IP}}"
+""" + (_head_interface(spec) if spec.role == "head" and spec.head_eni_id else "")
+
+
+# The source-based routing table of the head's fixed interface.
+HEAD_ENI_TABLE = 1001
+HEAD_ENI_ATTACH_TRIES = 60  # x 10 s: a replaced head's interface detaches as the old one terminates
+
+
+def _head_interface(spec: NodeSpec) -> str:
+    """The head's fixed address (infra/components/head.py): attach its interface as device 1
+    (waiting while a terminating predecessor still holds it), give the interface its address
+    with a source-based route, and use it as the node's IP. Idempotent: every boot and rollout
+    runs it; an interface already attached here is only configured again."""
+    if not spec.head_ip:
+        raise ValueError("a head with head_eni_id needs head_ip (the interface's fixed address)")
+    eni, ip, table = shlex.quote(spec.head_eni_id), shlex.quote(spec.head_ip), HEAD_ENI_TABLE
+    return f"""
+# 0. The head's fixed address {spec.head_ip}: its own interface, attached at every boot.
+IMDS="http://169.254.169.254/latest/meta-data"
+INSTANCE_ID=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" "${{IMDS}}/instance-id")
+HEAD_ENI={eni}
+ATTACHED=""
+for _ in $(seq {HEAD_ENI_ATTACH_TRIES}); do
+  ATTACHED=$(aws ec2 describe-network-interfaces --network-interface-ids "${{HEAD_ENI}}" \
+    --query 'NetworkInterfaces[0].Attachment.InstanceId' --output text || true)
+  [[ "${{ATTACHED}}" == "${{INSTANCE_ID}}" ]] && break
+  if [[ "${{ATTACHED}}" == None ]]; then
+    aws ec2 attach-network-interface --network-interface-id "${{HEAD_ENI}}" \
+      --instance-id "${{INSTANCE_ID}}" --device-index 1 >/dev/null || true
+  fi
+  sleep 10
+done
+[[ "${{ATTACHED}}" == "${{INSTANCE_ID}}" ]] || die "interface ${{HEAD_ENI}} not attached (held by ${{ATTACHED}})"
+MAC=$(aws ec2 describe-network-interfaces --network-interface-ids "${{HEAD_ENI}}" \
+  --query 'NetworkInterfaces[0].MacAddress' --output text)
+DEV=""
+for _ in $(seq 30); do
+  for d in /sys/class/net/*; do [[ "$(cat "${{d}}/address")" == "${{MAC}}" ]] && DEV=$(basename "${{d}}"); done
+  [[ -n "${{DEV}}" ]] && break
+  sleep 2
+done
+[[ -n "${{DEV}}" ]] || die "no device with the interface's MAC ${{MAC}}"
+CIDR=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" "${{IMDS}}/network/interfaces/macs/${{MAC}}/subnet-ipv4-cidr-block")
+GW=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_network(sys.argv[1])[1])' "${{CIDR}}")
+ip link set dev "${{DEV}}" up
+ip addr replace {ip}/"${{CIDR#*/}}" dev "${{DEV}}"
+# Replies from the fixed address leave by its own interface (EC2 drops a packet whose source
+# address is not the sending interface's).
+ip route replace "${{CIDR}}" dev "${{DEV}}" src {ip} table {table}
+ip route replace default via "${{GW}}" dev "${{DEV}}" table {table}
+ip rule show | grep -q "from {spec.head_ip} lookup {table}" || ip rule add from {ip} table {table} priority {table}
+NODE_IP={ip}
+log "fixed address ${{NODE_IP}} on ${{DEV}}"
 """
 
 
@@ -333,6 +414,13 @@ def _secrets(spec: NodeSpec) -> str:
     if spec.role == "head":
         reads.append(("API_TOKEN", spec.token_parameter))
         lines.append(f"{TOKEN_ENV}=${{API_TOKEN}}")
+    if spec.role == "head" and spec.gcs_redis_address:
+        if not spec.gcs_redis_token_parameter:
+            raise ValueError("gcs_redis_address needs gcs_redis_token_parameter (the auth token's SSM name)")
+        # The GCS store's token reaches `ray start` from this env file (ray_cluster/node.py),
+        # never a run line; its address is on the run line (gcs_env_args).
+        reads.append(("GCS_REDIS_TOKEN", spec.gcs_redis_token_parameter))
+        lines.append(f"{contract.GCS_REDIS_PASSWORD_ENV}=${{GCS_REDIS_TOKEN}}")
     fetch = "\n".join(
         f'{var}=$(ssm_secret {shlex.quote(name)}) || die "cannot read SSM parameter" {shlex.quote(name)}\n'
         f'[[ -n "${{{var}}}" ]] || die "SSM parameter" {shlex.quote(name)} "is empty"'

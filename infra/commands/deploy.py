@@ -83,8 +83,12 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
     import boto3
 
     from infra.deploy import expected_fingerprint, readiness_commands, wait_head_ready
+    from infra.worker_lookup import HeadLookupError, head_instance_id
 
-    head = _output(outputs, "head_instance_id")  # optional in the contract, required on AWS
+    try:  # the head group's running instance (the group replaces it; the stack names the group)
+        head = head_instance_id(outputs, boto3.session.Session().client("ec2", region_name=cfg.region))
+    except HeadLookupError as e:
+        fail(f"readiness: {e}", 1)
     cmds = readiness_commands(
         container=o.head_container,
         port=cfg.endpoint_port,

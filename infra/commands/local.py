@@ -124,6 +124,14 @@ def up_cmd(
             "production docker run options and entrypoint; loopback hosts. Default: the venv.",
         ),
     ] = None,
+    gcs_redis: Annotated[
+        bool,
+        typer.Option(
+            "--gcs-redis",
+            help="Ray GCS fault tolerance on a local redis-server (Debian's): the head restarts "
+            "into the same cluster state. Not with --image.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     from infra.local.cluster import UpOptions, up
@@ -132,7 +140,9 @@ def up_cmd(
     from infra.local.state import public_doc
     from infra.rayconf.serve_config import ServeConfigError
 
-    opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image)
+    if gcs_redis and image:
+        fail("--gcs-redis: allowed only without --image (the image mode has no redis-server)")
+    opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis)
     progress, on_stage = _progress_stages()
     try:
         with progress:

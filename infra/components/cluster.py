@@ -3,10 +3,10 @@
 Every host: the Deep Learning Base AMI (NVIDIA driver, Docker, NVIDIA container toolkit),
 IMDSv2 only with hop limit 2 (containers reach IMDS through the docker bridge hop), an
 encrypted gp3 root volume, no public IP, the instance profile, user data from
-infra/boot/node_apply.py (the boot contract). The head is an instance; each GPU worker is an
-Auto Scaling group of one launching from one launch template, so a failed worker is replaced
-(infra/components/workers.py: why, EFA interfaces, spot). The workers' node script is built
-from the head's private IP.
+infra/boot/node_apply.py (the boot contract). The head and each GPU worker are Auto Scaling
+groups of one launching from a launch template, so a failed host is replaced without an
+operator (infra/components/head.py: the head's fixed address; infra/components/workers.py:
+EFA interfaces, spot). The workers' node script is built from the head's fixed private IP.
 
 Day 2: an instance's user data is only its boot contract; its node script (image digest,
 weights, Serve config) is an SSM parameter that the operator-side rollout (infra/rollout/)
@@ -29,9 +29,9 @@ from infra.boot.metrics import HostMetrics
 from infra.boot.node_apply import launcher_user_data, node_parameter_name
 from infra.catalog import InstanceType
 from infra.components import recovery
-from infra.components.host_updates import REPLACE_FIELDS
+from infra.components.head import Head, HeadArgs
 from infra.components.node_config import node_script_parameter
-from infra.components.workers import METADATA_OPTIONS, WorkerPool, WorkerPoolArgs, efa_cards
+from infra.components.workers import WorkerPool, WorkerPoolArgs, efa_cards
 
 BASE_ROOT_GB = 200  # OS + Docker + the vLLM image (~25 GB) + logs, with room for two image versions
 
@@ -43,10 +43,6 @@ def root_volume_gb(instance: InstanceType, checkpoint_gib: float, role: str, ove
     if role == "worker" and instance.nvme_disks == 0:
         return BASE_ROOT_GB + int(math.ceil(checkpoint_gib * 1.1 / 50.0) * 50)
     return BASE_ROOT_GB
-
-
-def _root_device(size: int) -> dict:
-    return {"volume_type": "gp3", "volume_size": size, "encrypted": True, "delete_on_termination": True}
 
 
 @dataclass
@@ -61,6 +57,7 @@ class ClusterArgs:
     workers: int
     checkpoint_gib: float
     subnet_id: pulumi.Input[str]
+    head_ip: str  # the head's fixed private IP in subnet_id (infra/components/network.py head_ip)
     availability_zone: pulumi.Input[str]
     cluster_sg_id: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
@@ -87,6 +84,10 @@ class ClusterArgs:
     host_metrics: pulumi.Input[HostMetrics] | None = None
     # llmfleet:alarmTopicArn: every alarm of the cluster notifies it; None: the alarms notify nobody
     alarm_topic_arn: str | None = None
+    # llmfleet:gcsRedis (infra/components/gcs_redis.py): the store's rediss:// address and its
+    # auth token's SSM name; None: the GCS keeps its state in the head's memory
+    gcs_redis_address: pulumi.Input[str] | None = None
+    gcs_redis_token_parameter: pulumi.Input[str] | None = None
 
     @property
     def alarm_topics(self) -> list[str]:
@@ -121,9 +122,16 @@ def _spec(
     )
 
 
-def head_script(args: ClusterArgs) -> pulumi.Output[str]:
+def head_script(args: ClusterArgs, head_eni_id: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.all(
-        args.image_ref, args.weights_s3_uri, args.token_parameter, args.ray_token_parameter, args.host_metrics
+        args.image_ref,
+        args.weights_s3_uri,
+        args.token_parameter,
+        args.ray_token_parameter,
+        args.host_metrics,
+        head_eni_id,
+        args.gcs_redis_address or "",
+        args.gcs_redis_token_parameter or "",
     ).apply(
         lambda a: render_user_data(
             _spec(
@@ -134,6 +142,11 @@ def head_script(args: ClusterArgs) -> pulumi.Output[str]:
                 a[3],
                 a[4],
                 token_parameter=a[2],
+                head_ip=args.head_ip,
+                head_eni_id=a[5],
+                gcs_redis_address=a[6],
+                gcs_redis_token_parameter=a[7],
+                gcs_fault_tolerant=args.gcs_redis_address is not None,
                 serve_config=args.serve_config,
                 tensor_parallel_size=args.tensor_parallel_size,
                 pipeline_parallel_size=args.pipeline_parallel_size,
@@ -161,13 +174,14 @@ def worker_script(args: ClusterArgs, head_ip: pulumi.Input[str]) -> pulumi.Outpu
                 gpu_model=args.worker_type.gpu or "",
                 nvme_disks=args.worker_type.nvme_disks,
                 efa=efa_cards(args.worker_type) > 0,
+                gcs_fault_tolerant=args.gcs_redis_address is not None,
             )
         )
     )
 
 
 class Cluster(pulumi.ComponentResource):
-    head: aws.ec2.Instance
+    head: Head
     workers: WorkerPool
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
@@ -178,25 +192,35 @@ class Cluster(pulumi.ComponentResource):
         self._ami = aws.ec2.get_ami_output(**AMI_LOOKUP, opts=pulumi.InvokeOutputOptions(parent=self))
         self._stack = pulumi.get_stack()
         self.placement_group = self._placement_group(name, args)
-        self.head_script_text = head_script(args)
         self.head = self._head(name, args)
         self.worker_script_text = worker_script(args, self.head.private_ip)
         self.workers = self._workers(name, args)
         self.alarms = [
-            recovery.status_check_alarm(
+            # The head's group replaces a failed or terminated head itself; this tells someone
+            # when it cannot (no instance in service for 30 minutes), as for a worker slot.
+            recovery.slot_alarm(
                 f"{name}-head",
-                instance_id=self.head.id,
-                instance=args.head_type,
-                region=args.region,
+                group=self.head.group.name,
                 tags=args.tags,
                 parent=self,
                 notify=args.alarm_topics,
+                what="the head",
             ),
             *self.workers.alarms,
             *self._app_alarm(name, args),
         ]
+        self.notifications = recovery.group_notifications(
+            name,
+            groups=[self.head.group.name, *(g.name for g in self.workers.groups)],
+            topic=args.alarm_topic_arn,
+            parent=self,
+        )
         self.register_outputs(
-            {"head_private_ip": self.head.private_ip, "worker_groups": self.workers.group_names}
+            {
+                "head_private_ip": self.head.private_ip,
+                "head_group": self.head.group_name,
+                "worker_groups": self.workers.group_names,
+            }
         )
 
     def _app_alarm(self, name: str, args: ClusterArgs) -> list[aws.cloudwatch.MetricAlarm]:
@@ -230,8 +254,25 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _head(self, name: str, args: ClusterArgs) -> aws.ec2.Instance:
+    def _head(self, name: str, args: ClusterArgs) -> Head:
         param_name = node_parameter_name(self._stack, "head")
+        head_args = HeadArgs(
+            name=args.name,
+            head_type=args.head_type,
+            ami_id=self._ami.id,
+            root_device_name=self._ami.root_device_name,
+            root_volume_gb=root_volume_gb(args.head_type, args.checkpoint_gib, "head", args.root_volume_gb),
+            subnet_id=args.subnet_id,
+            cluster_sg_id=args.cluster_sg_id,
+            instance_profile=args.instance_profile,
+            private_ip=args.head_ip,
+            user_data=launcher_user_data("head", args.region, param_name),
+            tags=args.tags,
+            serving_tags=serving_tags(args),
+        )
+        # The interface first: the head's node script names it (and attaches it at boot).
+        head = Head(name, head_args, parent=self, interface_only=True)
+        self.head_script_text = head_script(args, head.interface.id)
         self.head_script = node_script_parameter(
             name,
             parameter_name=param_name,
@@ -240,28 +281,9 @@ class Cluster(pulumi.ComponentResource):
             tags=args.tags,
             parent=self,
         )
-        return aws.ec2.Instance(
-            f"{name}-head",
-            ami=self._ami.id,
-            instance_type=args.head_type.name,
-            subnet_id=args.subnet_id,
-            vpc_security_group_ids=[args.cluster_sg_id],
-            associate_public_ip_address=False,
-            iam_instance_profile=args.instance_profile,
-            metadata_options=METADATA_OPTIONS,
-            root_block_device=_root_device(
-                root_volume_gb(args.head_type, args.checkpoint_gib, "head", args.root_volume_gb)
-            ),
-            maintenance_options=recovery.maintenance_options(args.head_type),
-            user_data=launcher_user_data("head", args.region, param_name),
-            user_data_replace_on_change=True,  # the boot contract; day-2 changes go through SSM
-            tags={**serving_tags(args), "Name": f"{args.name}-head", "llmfleet:role": "head"},
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[*self._boot_deps, self.head_script],
-                replace_on_changes=REPLACE_FIELDS,
-            ),
-        )
+        head_args.depends_on = [*self._boot_deps, self.head_script, head.interface]
+        head.launch(name, head_args, parent=self)
+        return head
 
     def _workers(self, name: str, args: ClusterArgs) -> WorkerPool:
         param_name = node_parameter_name(self._stack, "worker")

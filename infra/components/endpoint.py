@@ -1,7 +1,9 @@
 """Endpoint: the NLB in front of the head's serving port.
 
 The bearer token it serves with is a SecretToken (infra/components/secret_token.py): it must
-exist before the head boots (its user data reads it), while the NLB needs the head instance.
+exist before the head boots (its user data reads it). The target is the head's fixed private IP
+(target type ip, infra/components/head.py): a replaced head is the same target, so the NLB
+never changes when the head's group replaces its instance.
 
 TLS: with a certificate (ACM, llmfleet:endpointCertificateArn) the listener is TLS with a
 current TLS 1.2/1.3 policy and terminates on the NLB; the NLB -> head hop stays TCP inside the
@@ -25,7 +27,7 @@ class EndpointArgs:
     vpc_id: pulumi.Input[str]
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
-    head_instance_id: pulumi.Input[str]
+    head_ip: pulumi.Input[str]  # the head's fixed address (its interface's)
     port: int = 8000
     internal: bool = True
     certificate_arn: str | None = None
@@ -60,7 +62,7 @@ class Endpoint(pulumi.ComponentResource):
             f"{name}-tg",
             port=args.port,
             protocol="TCP",
-            target_type="instance",
+            target_type="ip",  # the fixed address, not an instance id that changes on replacement
             vpc_id=args.vpc_id,
             health_check={
                 "protocol": "TCP",
@@ -75,7 +77,7 @@ class Endpoint(pulumi.ComponentResource):
         aws.lb.TargetGroupAttachment(
             f"{name}-head",
             target_group_arn=self.target_group.arn,
-            target_id=args.head_instance_id,
+            target_id=args.head_ip,
             port=args.port,
             opts=child,
         )

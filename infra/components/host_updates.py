@@ -1,20 +1,24 @@
 """Which change to an EC2 host replaces it and which updates it in place: the explicit choice.
 
-The head is an `aws.ec2.Instance`: every input the program sets is listed in INSTANCE_FIELDS
-with its effect, and the Cluster component passes `REPLACE_FIELDS` as its `replace_on_changes`.
-The GPU workers are Auto Scaling groups of one launching from one launch template
-(infra/components/workers.py): every template input replaces the workers (a new template
-version starts each group's instance refresh), so the template holds only hardware and the
-boot contract (LAUNCH_TEMPLATE_FIELDS); the groups' own inputs are GROUP_FIELDS. The choice is
-stated once, visible in a preview (Pulumi names these fields in the replace diff), and
-`tests/test_day2.py` checks the program against it. The provider already replaces on some
-of these (subnet, AZ, placement, network interfaces, market options); they are listed anyway so
-the table is complete, not left to the provider's defaults.
+Every host is an Auto Scaling group of one launching from a launch template: the head
+(infra/components/head.py) and each GPU worker slot (infra/components/workers.py). Every
+template input replaces the group's instance (a new template version starts the group's
+instance refresh), so a template holds only hardware and the boot contract
+(LAUNCH_TEMPLATE_FIELDS); the groups' own inputs are GROUP_FIELDS. The choice is stated once,
+visible in a preview (Pulumi names these fields in the replace diff), and `tests/test_day2.py`
+checks the program against it. The provider already replaces on some of these (subnet,
+network interfaces, market options); they are listed anyway so the table is complete, not left
+to the provider's defaults.
 
 Rule: a host is replaced only when its hardware or its boot contract changes. Everything a
 day-2 update carries (image digest, model, weights location, maxModelLen, engine options,
 replicas, the Serve config) reaches the host through its node script in SSM (infra/boot/
 node_apply.py) and is applied in place.
+
+One-time migration: a stack from before the head group had the head as an `aws.ec2.Instance`;
+its next `pulumi up` replaces that instance with the head group's (and the NLB's target group,
+now by IP). The head's address becomes the fixed one, so the workers' node script changes too
+and the rollout restarts their node containers on the new address (the README's notes).
 """
 
 from __future__ import annotations
@@ -22,29 +26,9 @@ from __future__ import annotations
 REPLACE = "replace"
 UPDATE = "update"
 
-# camelCase, as the engine names them in a diff.
-INSTANCE_FIELDS: dict[str, tuple[str, str]] = {
-    "instanceType": (REPLACE, "hardware: GPU count, NVMe layout and EFA cards follow the type"),
-    "ami": (REPLACE, "boot contract: driver, Docker and the NVIDIA toolkit come from the AMI"),
-    "subnetId": (REPLACE, "hardware placement: a host cannot move subnets"),
-    "availabilityZone": (REPLACE, "hardware placement"),
-    "placementGroup": (REPLACE, "hardware placement: one cluster placement group"),
-    "networkInterfaces": (REPLACE, "hardware: EFA interfaces attach only at launch"),
-    "rootBlockDevice": (REPLACE, "volume: type, size and encryption of the root volume"),
-    "userData": (REPLACE, "boot contract: role, region and the node script's parameter name only"),
-    "instanceMarketOptions": (REPLACE, "purchase: spot / capacity block is fixed at launch"),
-    "capacityReservationSpecification": (REPLACE, "purchase: the reservation is fixed at launch"),
-    "vpcSecurityGroupIds": (UPDATE, "security groups change on a running instance"),
-    "iamInstanceProfile": (UPDATE, "the profile is swapped on a running instance"),
-    "metadataOptions": (UPDATE, "IMDS options change on a running instance"),
-    "maintenanceOptions": (UPDATE, "auto-recovery is a running instance's setting"),
-    "tags": (UPDATE, "tags (model, maxModelLen, replicas) change in place"),
-}
-
-REPLACE_FIELDS = sorted(k for k, (effect, _) in INSTANCE_FIELDS.items() if effect == REPLACE)
-
-# The worker launch template: a change to any of these is a new template version, and each
-# worker's group replaces its instance (instance refresh: terminate, then launch).
+# The launch templates (the workers' and the head's; camelCase, as the engine names them in a
+# diff): a change to any of these is a new template version, and each group launching from it
+# replaces its instance (instance refresh: terminate, then launch).
 LAUNCH_TEMPLATE_FIELDS: dict[str, str] = {
     "instanceType": "hardware: GPU count, NVMe layout and EFA cards follow the type",
     "imageId": "boot contract: driver, Docker and the NVIDIA toolkit come from the AMI",
@@ -54,11 +38,11 @@ LAUNCH_TEMPLATE_FIELDS: dict[str, str] = {
     "userData": "boot contract: role, region and the node script's parameter name only",
     "instanceMarketOptions": "purchase: spot / capacity block is fixed at launch",
     "capacityReservationSpecification": "purchase: the reservation is fixed at launch",
-    "iamInstanceProfile": "the profile a new worker launches with",
-    "metadataOptions": "IMDS options a new worker launches with",
+    "iamInstanceProfile": "the profile a new host launches with",
+    "metadataOptions": "IMDS options a new host launches with",
 }
 
-# The worker groups' own inputs.
+# The groups' own inputs (the head's and each worker slot's).
 GROUP_FIELDS: dict[str, tuple[str, str]] = {
     "vpcZoneIdentifiers": (REPLACE, "hardware placement: the group (and its instance) moves subnets"),
     "launchTemplate": (REPLACE, "a new template version: instance refresh replaces the instance"),
@@ -127,7 +111,8 @@ CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
     (
         "`gpuInstanceType`, the AMI, the subnet/AZ, `rootVolumeGb`, spot / capacity settings",
         "replaced: a new worker launch template version; each worker's Auto Scaling group replaces its "
-        "instance (instance refresh); a head input of this kind replaces the head instance; a new GPU "
+        "instance (instance refresh); a head input of this kind (the AMI, the subnet, `rootVolumeGb`) is a "
+        "new head template version, and the head's group replaces the head the same way; a new GPU "
         "model also changes the head's Serve config and deploy command",
         "head: serve.yaml, deploy watcher; workers: replaced",
         "full: new hosts boot and stage the weights again",
@@ -139,8 +124,18 @@ CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
         "none for the hosts; clients switch to `https://`",
     ),
     (
+        "`gcsRedis`",
+        "in place: the ElastiCache Redis, its auth token and security group are created (or deleted); "
+        "new node scripts put the store's address (head) and the longer GCS reconnect timeout (every host) "
+        "on the node containers' run lines, so the rollout restarts each node container, the head last",
+        "head: node container; workers: node container",
+        "full, once: the head container's restart starts a new Ray cluster (GCS), now on the store; the "
+        "workers rejoin and the watcher re-deploys (weights from NVMe); no new instances",
+    ),
+    (
         "`alarmTopicArn`",
-        "in place: the CloudWatch alarms' ALARM and OK actions change",
+        "in place: the CloudWatch alarms' ALARM and OK actions change; the groups' launch and terminate "
+        "events (each host replacement) go to the topic",
         "head: nothing; workers: nothing",
         "none",
     ),

@@ -209,6 +209,37 @@ def worker_health_statement(repository_arn: str, cluster: str, stack: str) -> di
     }
 
 
+def head_interface_statements(repository_arn: str, stack: str) -> list[dict[str, Any]]:
+    """A new head attaches the head's fixed interface to itself at boot (infra/components/head.py):
+    AttachNetworkInterface only where *both* resources it names, the interface and the instance,
+    carry this stack's tag and the head role (EC2 checks a resource-tag condition against each
+    resource of the request: the fixed interface and the head group's instances are tagged so;
+    a worker's instance is not, so a worker cannot take the address). Describe calls take no
+    resource scope in EC2 (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html)."""
+    partition, region, account = repository_arn.split(":")[1:2] + repository_arn.split(":")[3:5]
+    arn = f"arn:{partition}:ec2:{region}:{account}"
+    return [
+        {
+            "Sid": "AttachHeadInterface",
+            "Effect": "Allow",
+            "Action": ["ec2:AttachNetworkInterface"],
+            "Resource": [f"{arn}:network-interface/*", f"{arn}:instance/*"],
+            "Condition": {
+                "StringEquals": {
+                    "aws:ResourceTag/llmfleet:stack": stack,
+                    "aws:ResourceTag/llmfleet:role": "head",
+                }
+            },
+        },
+        {
+            "Sid": "DescribeHeadInterface",
+            "Effect": "Allow",
+            "Action": ["ec2:DescribeNetworkInterfaces"],
+            "Resource": "*",
+        },
+    ]
+
+
 @dataclass
 class IamArgs:
     name: str
@@ -221,11 +252,29 @@ class IamArgs:
     tags: dict[str, str] = field(default_factory=dict)
     # cluster name and stack: the workers' health agent may mark this cluster's workers Unhealthy
     worker_health: tuple[str, str] | None = None
+    # llmfleet:gcsRedis: the head reads the GCS store's auth token at boot
+    gcs_redis_token_parameter_arn: pulumi.Input[str] | None = None
 
 
 def _with_health(doc: dict[str, Any], repository_arn: str, args: IamArgs) -> dict[str, Any]:
     if args.worker_health:
         doc["Statement"].append(worker_health_statement(repository_arn, *args.worker_health))
+        doc["Statement"].extend(head_interface_statements(repository_arn, args.worker_health[1]))
+    return doc
+
+
+def _with_gcs_redis(doc: dict[str, Any], token_parameter_arn: str | None) -> dict[str, Any]:
+    """The GCS store's auth token (infra/components/gcs_redis.py): one parameter, decrypted with
+    the stack's key, which DecryptStackSecureStrings already scopes to /llmfleet/<stack>/*."""
+    if token_parameter_arn:
+        doc["Statement"].append(
+            {
+                "Sid": "ReadGcsRedisToken",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter"],
+                "Resource": token_parameter_arn,
+            }
+        )
     return doc
 
 
@@ -257,12 +306,18 @@ class NodeIam(pulumi.ComponentResource):
             args.ray_token_parameter_arn,
             args.weights_bucket,
             args.secrets_key_arn,
+            args.gcs_redis_token_parameter_arn,
         ).apply(
             lambda a: json.dumps(
-                _with_health(
-                    node_policy_document(a[0], a[1], a[2], a[3], args.weights_prefix, secrets_key_arn=a[4]),
-                    a[0],
-                    args,
+                _with_gcs_redis(
+                    _with_health(
+                        node_policy_document(
+                            a[0], a[1], a[2], a[3], args.weights_prefix, secrets_key_arn=a[4]
+                        ),
+                        a[0],
+                        args,
+                    ),
+                    a[5],
                 )
             )
         )

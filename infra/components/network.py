@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-# Interface endpoints the hosts need without internet: image pulls, SSM sessions, logs.
-INTERFACE_SERVICES = ("ecr.api", "ecr.dkr", "ssm", "ssmmessages", "ec2messages", "logs")
+# Interface endpoints the hosts need without internet: image pulls, SSM sessions, logs, and the
+# EC2 API (a new head attaches the head's fixed interface at boot: infra/components/head.py).
+INTERFACE_SERVICES = ("ecr.api", "ecr.dkr", "ssm", "ssmmessages", "ec2messages", "logs", "ec2")
+# The head's fixed address: this offset into the private subnet (AWS reserves the first four
+# addresses of a subnet). The head's interface takes it before any worker launches (the
+# workers' node script is rendered from it), so no instance holds it first.
+HEAD_IP_OFFSET = 10
 HTTPS = 443
 
 
@@ -24,6 +29,12 @@ def subnet_cidrs(vpc_cidr: str) -> dict[str, str]:
     net = ipaddress.ip_network(vpc_cidr)
     blocks = list(net.subnets(prefixlen_diff=4))
     return {"private": str(blocks[0]), "public": str(blocks[1])}
+
+
+def head_ip(vpc_cidr: str) -> str:
+    """The head's fixed private IP: a pinned address of the private subnet, so workers and the
+    NLB keep pointing at it when the head is replaced (infra/components/head.py)."""
+    return str(ipaddress.ip_network(subnet_cidrs(vpc_cidr)["private"])[HEAD_IP_OFFSET])
 
 
 def endpoint_ingress_cidrs(allowed: list[str], public: bool, vpc_cidr: str) -> list[str]:

@@ -1,20 +1,20 @@
-"""Bringing a failed host back.
+"""Bringing a failed host back, and telling someone when it cannot come back by itself.
 
-The head (an instance): EC2 recovers an instance (same id, IP and EBS volumes, new hardware)
-only when it has no instance-store volumes. An EBS-only head type gets simplified automatic
-recovery (maintenance_options) and the recover alarm on the system status check; a head type
-with instance store would get the reboot action on the instance status check instead (a reboot
-keeps the NVMe data, and llmfleet-apply.service runs the node script again at boot).
+Every host is an Auto Scaling group of one with EC2 health checks: the head
+(infra/components/head.py, behind its fixed address) and each GPU worker
+(infra/components/workers.py). A group *replaces* an instance whose status check (system or
+instance) fails or that is terminated (a spot interruption, a retirement, a person), with no
+`pulumi up`. (The head was an instance with EC2 auto-recovery before: recovery answers only a
+failed *system* check, and nothing brought back a terminated head.)
 
-The GPU workers (instance-store NVMe, so no EC2 recovery): each is an Auto Scaling group of
-one with EC2 health checks (infra/components/workers.py), which *replaces* a worker whose
-status check fails. `slot_alarm` watches the group: it fires when the slot has had no
-instance in service for 30 minutes (a replacement that cannot get capacity, a spot market
-without capacity), which no automatic action can fix.
+`slot_alarm` watches a group: it fires when the group has had no instance in service for 30
+minutes (a replacement that cannot get capacity, a spot market without capacity, a launch that
+keeps failing), which no automatic action can fix. `group_notifications` sends the groups'
+launch and terminate events (each replacement, as it happens) to the same topic.
 
-Who is told: with llmfleet:alarmTopicArn set, every alarm here also notifies that SNS topic on
-ALARM and on OK (`notify`); the head's EC2 action stays first. Without it the head's alarm only
-acts and the slot alarms only change state in CloudWatch.
+Who is told: with llmfleet:alarmTopicArn set, every alarm here notifies that SNS topic on ALARM
+and on OK (`notify`), and the groups' launches and terminations go to it; without it the alarms
+only change state in CloudWatch.
 """
 
 from __future__ import annotations
@@ -24,54 +24,26 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_aws as aws
 
-from infra.catalog import InstanceType
-
-RECOVER = "recover"
-REBOOT = "reboot"
-
-
-def supports_recovery(instance: InstanceType) -> bool:
-    return instance.nvme_disks == 0
-
-
-def alarm_action(instance: InstanceType) -> str:
-    return RECOVER if supports_recovery(instance) else REBOOT
+# What a group tells the topic: each launch and termination, and each that failed.
+GROUP_EVENTS = [
+    "autoscaling:EC2_INSTANCE_LAUNCH",
+    "autoscaling:EC2_INSTANCE_LAUNCH_ERROR",
+    "autoscaling:EC2_INSTANCE_TERMINATE",
+    "autoscaling:EC2_INSTANCE_TERMINATE_ERROR",
+]
 
 
-def status_metric(instance: InstanceType) -> str:
-    # recover answers a failed *system* check (the host); reboot answers a failed *instance* check.
-    return "StatusCheckFailed_System" if supports_recovery(instance) else "StatusCheckFailed_Instance"
-
-
-def maintenance_options(instance: InstanceType) -> dict | None:
-    return {"auto_recovery": "default"} if supports_recovery(instance) else None
-
-
-def status_check_alarm(
-    name: str,
-    *,
-    instance_id: pulumi.Input[str],
-    instance: InstanceType,
-    region: str,
-    tags: dict[str, str],
-    parent: pulumi.Resource,
-    notify: Sequence[str] = (),
-) -> aws.cloudwatch.MetricAlarm:
-    action = alarm_action(instance)
-    return aws.cloudwatch.MetricAlarm(
-        f"{name}-status-alarm",
-        alarm_description=f"llmfleet: {action} the instance when {status_metric(instance)} fails for 2 minutes",
-        namespace="AWS/EC2",
-        metric_name=status_metric(instance),
-        dimensions={"InstanceId": instance_id},
-        statistic="Maximum",
-        period=60,
-        evaluation_periods=2,
-        comparison_operator="GreaterThanOrEqualToThreshold",
-        threshold=1,
-        alarm_actions=[f"arn:aws:automate:{region}:ec2:{action}", *notify],
-        **({"ok_actions": list(notify)} if notify else {}),
-        tags=tags,
+def group_notifications(
+    name: str, *, groups: Sequence[pulumi.Input[str]], topic: str | None, parent: pulumi.Resource
+) -> aws.autoscaling.Notification | None:
+    """The groups' launch/terminate events to the alarm topic (none without a topic)."""
+    if not topic:
+        return None
+    return aws.autoscaling.Notification(
+        f"{name}-group-events",
+        group_names=list(groups),
+        notifications=GROUP_EVENTS,
+        topic_arn=topic,
         opts=pulumi.ResourceOptions(parent=parent),
     )
 
@@ -92,12 +64,14 @@ def slot_alarm(
     tags: dict[str, str],
     parent: pulumi.Resource,
     notify: Sequence[str] = (),
+    what: str = "a worker slot",
 ) -> aws.cloudwatch.MetricAlarm:
-    """ALARM when a worker slot's group has had no instance in service for 30 minutes."""
+    """ALARM when a host's group (a worker slot's, the head's) has had no instance in service
+    for 30 minutes."""
     return aws.cloudwatch.MetricAlarm(
         f"{name}-status-alarm",
-        alarm_description="llmfleet: a worker slot has had no instance in service for 30 minutes "
-        "(its Auto Scaling group cannot replace the worker: capacity, spot, or a failing launch)",
+        alarm_description=f"llmfleet: {what} has had no instance in service for 30 minutes "
+        "(its Auto Scaling group cannot replace the host: capacity, spot, or a failing launch)",
         namespace="AWS/AutoScaling",
         metric_name="GroupInServiceInstances",
         dimensions={"AutoScalingGroupName": group},
@@ -138,7 +112,7 @@ def app_alarm(
 ) -> aws.cloudwatch.MetricAlarm:
     """ALARM when a Serve app has stayed failed for 30 minutes in spite of the watcher's
     re-applies; OK again when the watcher logs it back (or logs nothing: no head, no app, which
-    the head's own alarm covers)."""
+    the head group's alarm covers)."""
     opts = pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on))
     aws.cloudwatch.LogMetricFilter(
         f"{name}-app-unhealthy",

@@ -158,6 +158,15 @@ def worker_launch_template(
     )
 
 
+def instance_refresh() -> dict:
+    """A new template version replaces a group's one instance: terminate, then launch (never a
+    second host at once, which a GPU slot could not get and the head's interface could not join)."""
+    return {
+        "strategy": "Rolling",
+        "preferences": {"min_healthy_percentage": 0, "max_healthy_percentage": 100, "skip_matching": True},
+    }
+
+
 def group_prefix(cluster: str) -> str:
     return f"{cluster}-worker-"
 
@@ -192,16 +201,8 @@ def worker_group(
         launch_template={"name": template.name, "version": template.latest_version.apply(str)},
         health_check_type="EC2",
         health_check_grace_period=HEALTH_CHECK_GRACE_S,
-        # A new template version (type, AMI, volume, ...) replaces the slot's instance. One
-        # instance per group: terminate, then launch (no second GPU host at once).
-        instance_refresh={
-            "strategy": "Rolling",
-            "preferences": {
-                "min_healthy_percentage": 0,
-                "max_healthy_percentage": 100,
-                "skip_matching": True,
-            },
-        },
+        # A new template version (type, AMI, volume, ...) replaces the slot's instance.
+        instance_refresh=instance_refresh(),
         enabled_metrics=["GroupInServiceInstances"],  # the slot alarm reads it
         wait_for_capacity_timeout=CAPACITY_TIMEOUT,
         # Tags reach the instance at launch (the role, Name and serving tags the policy pack and

@@ -25,6 +25,7 @@ Line items (monthly = 730 hours, as Infracost):
                                weights live at a user-given URI the stack creates no bucket;
 - aws:ecr/repository:Repository  one image of the estimated size x GB-month (usage `storage_gb`);
 - aws:kms/key:Key                1 USD per key-month, requests from usage;
+- aws:elasticache/replicationGroup:ReplicationGroup  per node-hour of its node type (gcsRedis);
 - aws:cloudwatch/metricAlarm:MetricAlarm  per alarm-month; aws:ssm/parameter:Parameter per
                                month for Advanced-tier ones (standard ones are free).
 A usage-based component with no usage carries a price but no quantity and no cost, as in Infracost.
@@ -48,6 +49,7 @@ from infra.cost.resources import (
     price_capacity_block,
     price_ecr,
     price_eip,
+    price_elasticache,
     price_instance,
     price_kms_key,
     price_load_balancer,
@@ -84,6 +86,8 @@ FREE_TYPE_PREFIXES = (
     "aws:lb/targetGroup",
     "aws:lb/listener",
     "aws:ssm/association:",  # State Manager associations cost nothing by themselves
+    "aws:autoscaling/notification:",  # the groups' SNS notifications (the topic bills its own)
+    "aws:elasticache/subnetGroup:",  # the nodes are priced, the subnet group is free
     "aws:kms/alias:",  # https://aws.amazon.com/kms/pricing/ bills keys and requests; an alias is neither
     "aws:ecr/lifecyclePolicy:",
     "aws:ecr/repositoryPolicy:",
@@ -184,6 +188,8 @@ def price_resources(
             item = price_metric_alarm(res, book)
         elif rtype == "aws:ssm/parameter:Parameter":
             item = price_ssm_parameter(res, book)
+        elif rtype == "aws:elasticache/replicationGroup:ReplicationGroup":
+            item = price_elasticache(res, book)
         elif rtype.startswith(FREE_TYPE_PREFIXES):
             no_price.append(rtype)
             continue

@@ -392,3 +392,16 @@ def price_ssm_parameter(res: Resource, book: PriceBook) -> ResourceCost | None:
         monthly("Advanced parameter storage", "parameter-months", 1, book.rate("ssm.parameter.advanced")),
     )
     return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))
+
+
+def price_elasticache(res: Resource, book: PriceBook) -> ResourceCost | None:
+    """An ElastiCache replication group (the GCS store, llmfleet:gcsRedis): its node type per
+    node-hour times the nodes it keeps (numCacheClusters); None for a type the book lacks."""
+    i = res.get("inputs") or {}
+    node_type = i.get("nodeType")
+    key = f"elasticache.{node_type}"
+    if not isinstance(node_type, str) or key not in book.rate_keys():
+        return None
+    nodes = int(i.get("numCacheClusters") or 1)
+    comps = (hourly(f"Cache node ({node_type})", nodes, book.rate(key)),)
+    return ResourceCost(res["name"], res["type"], comps, urn=res.get("urn", ""))

@@ -48,11 +48,14 @@ from infra.local.layout import (
     Layout,
     LocalError,
     Ports,
+    gcs_redis_env,
     local_deploy_argv,
     node_argv,
     omp_threads_bind,
     plan_layout,
     plan_ports,
+    redis_conf,
+    redis_server_argv,
     render_local_serve_config,
     resolve_mode,
 )
@@ -101,6 +104,8 @@ class UpOptions:
     timeout: float = 600.0
     restart_delay: float = RESTART_DELAY_S
     image: str | None = None  # run each host's node in this node image (infra.local.containers)
+    # Ray's GCS fault tolerance on a local redis-server (unproven: never run by its author)
+    gcs_redis: bool = False
 
 
 Progress = Callable[[str, str], None]  # (stage key, detail)
@@ -256,11 +261,14 @@ def _start_nodes(
         )
         return
     head = hs.hosts[0]
+    redis_password = _start_gcs_redis(st, head, ports, paths) if o.gcs_redis else None
     for i, h in enumerate(hs.hosts):
         role = "head" if i == 0 else "worker"
         log = paths["logs"] / f"{h.name}.log"
         argv = node_argv(role, h, head, ports, layout, st["temp_dir"])
         host_env = dict(env)
+        if redis_password is not None:
+            host_env |= gcs_redis_env(role, head.ip, ports.redis, redis_password)
         if role == "head":  # the Ray dashboard's metrics panels query the cluster's Prometheus
             host_env["RAY_PROMETHEUS_HOST"] = prometheus.url_for(st["mode"], head, ports)
         if role == "worker":
@@ -268,8 +276,9 @@ def _start_nodes(
             host_env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(
                 layout.ranks_per_host, worker_index=i - 1
             )
-        # The head is not restarted: a new GCS would not know the Serve app (no GCS FT here).
-        pid = start_supervisor(h, argv, host_env, None if role == "head" else o.restart_delay, log)
+        # The head is not restarted without --gcs-redis: a new GCS would not know the Serve app.
+        restart = o.restart_delay if role == "worker" or redis_password is not None else None
+        pid = start_supervisor(h, argv, host_env, restart, log)
         st["hosts"].append(
             {
                 "name": h.name,
@@ -283,6 +292,23 @@ def _start_nodes(
         save_state(
             st, Path(st["state_dir"])
         )  # pids on disk at once: `down` finds them even if `up` dies here
+
+
+def _start_gcs_redis(st: dict, head: Host, ports: Ports, paths: dict) -> str:
+    """redis-server on the head host, supervised; its config (with the password) in a 0600 file."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise LocalError("--gcs-redis: redis-server not found; install it (scripts/system-deps.sh)")
+    password = secrets.token_urlsafe(32)
+    data = Path(st["state_dir"]) / "gcs-redis"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "redis.conf"
+    write_secret(conf, redis_conf(head.ip, ports.redis, str(data), password))
+    log = paths["logs"] / "gcs-redis.log"
+    pid = start_supervisor(head, redis_server_argv(str(conf), binary), {}, RESTART_DELAY_S, log)
+    st["gcs_redis"] = {"supervisor_pid": pid, "port": ports.redis, "log": str(log)}
+    save_state(st, Path(st["state_dir"]))
+    return password
 
 
 def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:

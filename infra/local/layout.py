@@ -90,6 +90,44 @@ class Ports:
     gcs: int
     dashboard: int
     http: int
+    redis: int = 6380  # `local up --gcs-redis`: the GCS store on the head host
+
+
+# `local up --gcs-redis`: Ray's GCS fault tolerance on a local redis-server (Debian's, from
+# scripts/system-deps.sh). The head's node restarts (its supervisor) into the same GCS state.
+GCS_RECONNECT_TIMEOUT_S = 120
+
+
+def redis_conf(ip: str, port: int, data_dir: str, password: str) -> str:
+    """redis-server's config (a 0600 file, so the password is in no process's argv): the head's
+    address only, append-only persistence (a restarted redis-server keeps the GCS tables)."""
+    return "\n".join(
+        [
+            f"bind {ip}",
+            f"port {port}",
+            "protected-mode yes",
+            f"requirepass {password}",
+            f"dir {data_dir}",
+            "appendonly yes",
+            'save ""',
+            "daemonize no",
+            "",
+        ]
+    )
+
+
+def redis_server_argv(conf_path: str, binary: str = "redis-server") -> list[str]:
+    return [binary, conf_path]
+
+
+def gcs_redis_env(role: str, ip: str, port: int, password: str) -> dict[str, str]:
+    """The node env of a host with the GCS on redis: the head's store address and password (the
+    node passes it to `ray start`, ray_cluster/node.py gcs_redis_args), every host's longer wait
+    for a GCS that comes back (Ray reads RAY_<config> for its system config)."""
+    env = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(GCS_RECONNECT_TIMEOUT_S)}
+    if role == "head":
+        env |= {"RAY_REDIS_ADDRESS": f"{ip}:{port}", contract.GCS_REDIS_PASSWORD_ENV: password}
+    return env
 
 
 def plan_ports(mode: str, subnet_index: int, http_port: int) -> Ports:
@@ -97,12 +135,12 @@ def plan_ports(mode: str, subnet_index: int, http_port: int) -> Ports:
     if not 1 <= http_port <= 65535:
         raise LocalError(f"--port {http_port}: allowed 1..65535")
     if mode == "netns":
-        return Ports(6379, 8265, http_port)
+        return Ports(6379, 8265, http_port, 6380)
     # hosts.plan_hosts gives loopback host i the ports base+10i..base+10i+4; 900+ is free.
     base = 20000 + subnet_index * 1000 + 900
     if base + 1 > 65535:
         raise LocalError(f"--subnet {subnet_index}: allowed 0..44 in loopback mode")
-    return Ports(base, base + 1, http_port)
+    return Ports(base, base + 1, http_port, base + 3)  # base + 2: the Prometheus (prometheus.py)
 
 
 def resolve_mode(mode: str, root: bool) -> str:

@@ -102,6 +102,8 @@ def stop_processes(st: dict, prefix: str, grace: float = 2.0) -> None:
     # stop takes 10-20 s per node here; the cluster is being destroyed, so a short grace will do
     # (as `ray stop --force`).
     sups = {h.get("supervisor_pid") for h in st.get("hosts", [])}
+    sups.add((st.get("gcs_redis") or {}).get("supervisor_pid"))  # `up --gcs-redis`
+    sups.discard(None)
     hosts.terminate(lambda: {p for p in sups if pid_alive(p, prefix)}, grace=0.0, kill_wait=5.0)
     hs = hostset(st)
     hosts.terminate(lambda: set().union(*(host_pids(h) for h in hs.hosts)), grace=grace, kill_wait=5.0)

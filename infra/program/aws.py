@@ -36,9 +36,18 @@ def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
     return offers.locations.apply(first)
 
 
-def dashboard_command(instance_id: str, region: str) -> str:
+def head_instance_lookup(group: str, region: str) -> str:
+    """A shell expression for the head's running instance id (the head's group replaces it)."""
     return (
-        f"aws ssm start-session --region {region} --target {instance_id} "
+        f"$(aws ec2 describe-instances --region {region} "
+        f"--filters Name=tag:aws:autoscaling:groupName,Values={group} Name=instance-state-name,Values=running "
+        "--query 'Reservations[0].Instances[0].InstanceId' --output text)"
+    )
+
+
+def dashboard_command(group: str, region: str) -> str:
+    return (
+        f"aws ssm start-session --region {region} --target {head_instance_lookup(group, region)} "
         "--document-name AWS-StartPortForwardingSession "
         f'--parameters \'{{"portNumber":["{DASHBOARD_PORT}"],"localPortNumber":["{DASHBOARD_PORT}"]}}\''
     )
@@ -56,6 +65,7 @@ class _Base:
     ray_token: Any
     iam: Any
     obs: Any
+    gcs: Any = None  # GcsRedis with llmfleet:gcsRedis, else None
 
 
 def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]):
@@ -97,6 +107,22 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     secrets_key = SecretsKey("secrets", SecretsKeyArgs(stack=cfg.stack, tags=tags))
     token = endpoint_token(cfg.stack, tags, secrets_key.key.key_id)
     ray_token = ray_cluster_token(cfg.stack, tags, secrets_key.key.key_id)
+    gcs = None
+    if cfg.gcs_redis:
+        from infra.components.gcs_redis import GcsRedis, GcsRedisArgs
+
+        gcs = GcsRedis(
+            "gcs",
+            GcsRedisArgs(
+                name=name,
+                stack=cfg.stack,
+                vpc_id=network.vpc.id,
+                subnet_id=network.private_subnet.id,
+                cluster_sg_id=network.cluster_sg.id,
+                kms_key_id=secrets_key.key.key_id,
+                tags=tags,
+            ),
+        )
     iam = NodeIam(
         "iam",
         IamArgs(
@@ -109,6 +135,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
             weights_prefix=weights.prefix,
             tags=tags,
             worker_health=(name, cfg.stack),
+            gcs_redis_token_parameter_arn=gcs.token.parameter.arn if gcs else None,
         ),
     )
     obs = Observability(
@@ -126,11 +153,12 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
             tags=tags,
         ),
     )
-    return _Base(network, registry, image, weights, token, ray_token, iam, obs)
+    return _Base(network, registry, image, weights, token, ray_token, iam, obs, gcs)
 
 
 def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
     from infra.components.cluster import Cluster, ClusterArgs
+    from infra.components.network import head_ip
 
     cat = load_catalog()
     return Cluster(
@@ -147,6 +175,7 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
             workers=stack.workers,
             checkpoint_gib=cat.models[cfg.model].checkpoint_gib,
             subnet_id=b.network.private_subnet.id,
+            head_ip=head_ip(cfg.vpc_cidr),
             availability_zone=az,
             cluster_sg_id=b.network.cluster_sg.id,
             instance_profile=b.iam.profile.name,
@@ -167,16 +196,25 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
             pipeline_parallel_size=stack.plan.pipeline_parallel_size,
             host_metrics=b.obs.host_metrics,
             alarm_topic_arn=cfg.alarm_topic_arn,
+            gcs_redis_address=b.gcs.address if b.gcs else None,
+            gcs_redis_token_parameter=b.gcs.token.parameter.name if b.gcs else None,
         ),
         # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
         # (depending on the IAM component waits for all of its children).
         opts=pulumi.ResourceOptions(
-            depends_on=[b.token.parameter, b.ray_token.parameter, b.network, b.iam, b.obs]
+            depends_on=[
+                b.token.parameter,
+                b.ray_token.parameter,
+                b.network,
+                b.iam,
+                b.obs,
+                *([b.gcs] if b.gcs else []),
+            ]
         ),
     )
 
 
-def _endpoint(cfg: StackConfig, name: str, b: _Base, head_id: pulumi.Output[str]):
+def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str]):
     from infra.components.endpoint import Endpoint, EndpointArgs
 
     nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
@@ -187,7 +225,7 @@ def _endpoint(cfg: StackConfig, name: str, b: _Base, head_id: pulumi.Output[str]
             vpc_id=b.network.vpc.id,
             subnet_ids=[nlb_subnet.id],
             security_group_id=b.network.endpoint_sg.id,
-            head_instance_id=head_id,
+            head_ip=head_ip,
             port=cfg.endpoint_port,
             internal=not cfg.endpoint_public,
             certificate_arn=cfg.endpoint_certificate_arn,
@@ -206,14 +244,16 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
     az = worker_availability_zone(cfg)
     b = _base(cfg, name, az)
     cluster = _cluster(cfg, stack, name, az, b)
-    endpoint = _endpoint(cfg, name, b, cluster.head.id)
+    endpoint = _endpoint(cfg, name, b, cluster.head.private_ip)
     return {
         "cluster_name": name,
         "region": cfg.region,
         "availability_zone": az,
         "endpoint_url": endpoint.url,
+        # The head's fixed address; its instance (an Auto Scaling group of one) is looked up by
+        # the group's tag when needed (infra/worker_lookup.py), like the workers'.
         "head_private_ip": cluster.head.private_ip,
-        "head_instance_id": cluster.head.id,
+        "head_group": cluster.head.group_name,
         "head_container": "llmfleet-head",
         # Workers are Auto Scaling groups: their instances (ids, IPs) come and go without a
         # `pulumi up`, so the stack names the groups; `llmfleet render cluster-yaml` looks the
@@ -223,7 +263,7 @@ def build_aws(cfg: StackConfig) -> dict[str, Any]:
         "image_ref": b.image.ref,
         "token_parameter": b.token.parameter.name,
         "ray_token_parameter": b.ray_token.parameter.name,
-        "dashboard_port_forward_command": cluster.head.id.apply(lambda i: dashboard_command(i, cfg.region)),
+        "dashboard_port_forward_command": dashboard_command(cluster.head.group_name, cfg.region),
         "weights_uri": b.weights.s3_uri,
         "ssh_user": SSH_USER,
         **observability_outputs(b.obs, cfg.region),

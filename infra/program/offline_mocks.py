@@ -68,6 +68,20 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 primaryNetworkInterfaceId="eni-" + _h(name),
                 instanceState="running",
             )
+        elif t == "aws:ec2/networkInterface:NetworkInterface":
+            # A fixed address (the head's) is the one asked for; else the next free one.
+            ips = inputs.get("privateIps") or [str(next(self._ips))]
+            out.update(
+                privateIp=ips[0],
+                privateIps=list(ips),
+                macAddress="0a:" + ":".join(_h(name, n=10)[i : i + 2] for i in range(0, 10, 2)),
+            )
+        elif t == "aws:elasticache/replicationGroup:ReplicationGroup":
+            rg = inputs.get("replicationGroupId", name)
+            out.update(
+                primaryEndpointAddress=f"master.{rg}.{_h(name, n=6)}.use1.cache.amazonaws.com",
+                memberClusters=[f"{rg}-001"],
+            )
         elif t == "aws:ec2/launchTemplate:LaunchTemplate":
             out.update(latestVersion=1, defaultVersion=1, name=inputs.get("name", name))
         elif t == "aws:ecr/repository:Repository":

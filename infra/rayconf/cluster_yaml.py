@@ -71,6 +71,7 @@ class ClusterOutputs(BaseModel):
     head_instance_id: str | None = None
     worker_instance_ids: list[str] | None = None
     worker_groups: list[str] | None = None  # AWS: the worker slots' Auto Scaling groups
+    head_group: str | None = None  # AWS: the head's Auto Scaling group (its instance is looked up)
     # provider: existing may export SSH addresses that differ from the private IPs.
     head_address: str | None = None
     worker_addresses: list[str] | None = None
@@ -105,6 +106,13 @@ class ClusterOutputs(BaseModel):
             raise ValueError("worker_private_ips: allowed: at least one worker IP (or worker_groups on AWS)")
         if self.worker_groups is not None and self.worker_instance_ids is None:
             self.worker_instance_ids = []  # none running, or not looked up
+        if self.head_group is not None and self.head_instance_id is None:
+            if self.worker_instance_ids:
+                raise ValueError(
+                    f"head_instance_id: no running instance in head group {self.head_group!r} "
+                    "(the group is replacing the head); allowed: retry once it is back"
+                )
+            self.worker_instance_ids = None  # nothing looked up (an offline render): no SSM proxy
         if (self.head_instance_id is None) != (self.worker_instance_ids is None):
             raise ValueError("head_instance_id and worker_instance_ids come together (AWS) or not at all")
         if self.worker_instance_ids is not None:

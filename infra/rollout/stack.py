@@ -24,7 +24,7 @@ from infra.rollout.ssm import (
     rollout_lock,
     run_rollout,
 )
-from infra.worker_lookup import running_worker_slots
+from infra.worker_lookup import HeadLookupError, head_instance_id, running_worker_slots
 
 
 def pulumi_stack_name(stack: str) -> str:
@@ -35,7 +35,8 @@ def pulumi_stack_name(stack: str) -> str:
 def stack_hosts(
     ec2: Any, outputs: Mapping[str, Any], placements: Sequence[Sequence[str]] | None = None
 ) -> list[p.Host]:
-    """The head (its instance id is an output) and the running worker of each slot (looked up
+    """The head (the running instance of its group; an older stack's head_instance_id output)
+    and the running worker of each slot (looked up
     by its Auto Scaling group's tag).
 
     Each worker's replica and stage come from `placements` (each engine replica's host IPs in
@@ -43,8 +44,11 @@ def stack_hosts(
     a worker in no placement (a replacement not placed yet), from the slot order (slot i is
     stage i % PP of replica i // PP; an unplaced worker is its own replica after the placed ones)."""
     hosts: list[p.Host] = []
-    if outputs.get("head_instance_id"):
-        hosts.append(p.Host("head", str(outputs["head_instance_id"]), "head"))
+    if outputs.get("head_instance_id") or outputs.get("head_group"):
+        try:
+            hosts.append(p.Host("head", head_instance_id(outputs, ec2), "head"))
+        except HeadLookupError as e:
+            raise p.PlanError(str(e)) from None
     pp = int(outputs.get("pipeline_parallel_size") or 1)
     where = {ip: (r, stage) for r, ips in enumerate(placements or []) for stage, ip in enumerate(ips)}
     seen: set[int] = set()
@@ -163,9 +167,11 @@ def rollout_stack(
     owner: str = "",
 ) -> RolloutResult:
     """Roll the stack's changed node scripts out (what `llmfleet up` runs after `pulumi up`)."""
-    head = str(outputs.get("head_instance_id") or "")
-    if not head:
-        raise p.PlanError("stack output 'head_instance_id' is missing: the rollout needs the head")
+    try:
+        head = head_instance_id(outputs, ec2)  # the head group's running instance
+    except HeadLookupError as e:
+        raise p.PlanError(f"the rollout needs the head: {e}") from None
+    outputs = {**outputs, "head_instance_id": head}  # one lookup: the hosts below use the same
     gate = readiness_gate(
         ssm,
         head_instance_id=head,

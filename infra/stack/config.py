@@ -98,6 +98,8 @@ class StackConfig(BaseModel):
     tags: Tags = Field(default_factory=dict, alias="llmfleet:tags")
     vpc_cidr: VpcCidr = Field(default="10.42.0.0/16", alias="llmfleet:vpcCidr")
     nat_gateway: bool = Field(default=False, alias="llmfleet:natGateway")
+    # Ray GCS fault tolerance with an external Redis (infra/components/gcs_redis.py)
+    gcs_redis: bool = Field(default=False, alias="llmfleet:gcsRedis")
     ecr_keep_images: Annotated[int, Field(ge=2, le=1000)] = Field(default=10, alias="llmfleet:ecrKeepImages")
     # CloudWatch Logs accepts only these values (policy/logs.py checks the same list).
     log_retention_days: LogRetentionDays = Field(default=30, alias="llmfleet:logRetentionDays")

@@ -51,6 +51,10 @@ class StackOutputs(BaseModel):
     # ---- AWS
     region: str | None = None
     availability_zone: str | None = None
+    # The head is an Auto Scaling group of one (infra/components/head.py): the stack names the
+    # group; its instance id is looked up by the group's tag (infra/worker_lookup.py) and filled
+    # into head_instance_id by the consumers that need it.
+    head_group: str | None = None
     head_instance_id: str | None = None
     worker_instance_ids: list[str] | None = None
     # GPU workers are Auto Scaling groups (one per slot): their instances are looked up by the
