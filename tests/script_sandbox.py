@@ -42,6 +42,8 @@ TEXT_TOOLS = (
     "mv",
     "dirname",
     "mkdir",
+    "seq",
+    "basename",
 )
 # Probed with `command -v` by the SSH bootstrap: they must exist as files.
 PROBED = (
@@ -58,7 +60,7 @@ PROBED = (
 # Directories a healthy host has (the scripts write files into them with shell redirects).
 HOST_DIRS = (
     "tmp", "dev", "run/llmfleet", "etc/llmfleet/prometheus", "etc/docker", "etc/systemd/system",
-    "var/log", "var/lib/llmfleet/prometheus-sd", "usr/local/sbin",
+    "var/log", "var/lib/llmfleet/prometheus-sd", "usr/local/sbin", "sys/class/net/eth1",
 )  # fmt: skip
 
 # Bash imports this function into every bash it starts (the script, `bash -c`, llmfleet-apply).
@@ -101,7 +103,10 @@ HANDLER = r"""() {
         "inspect -f") echo running ;;
         "container inspect") return 1 ;;
       esac ;;
-    aws) if [ -f /canned/aws ] && [[ " $* " == *" get-parameter "* ]] && [[ " $* " != *" --with-decryption "* ]]; then
+    aws) if [[ " $* " == *" describe-network-interfaces "* ]]; then  # the head's fixed interface
+           if [[ "$*" == *InstanceId* ]]; then echo 10.0.0.5; else echo 02:00:00:00:00:01; fi; return 0
+         fi
+         if [ -f /canned/aws ] && [[ " $* " == *" get-parameter "* ]] && [[ " $* " != *" --with-decryption "* ]]; then
            cat /canned/aws
          elif [[ " $* " == *" get-parameter "* ]]; then echo "tok3n"; fi ;;
     base64) if [ -f /canned/base64 ]; then cat /canned/base64; fi ;;
@@ -144,6 +149,8 @@ def make_root(root: Path) -> None:
     (root / "bin" / "sh").symlink_to("bash")  # `xargs sh -c` in the SSH bootstrap
     for d in HOST_DIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
+    # the head's fixed interface as the kernel lists it (the stub aws gives the same MAC)
+    (root / "sys/class/net/eth1/address").write_text("02:00:00:00:00:01\n")
     (root / "dev" / "null").write_text("")  # a plain file: writes vanish in the temp dir
     (root / "proc").mkdir(exist_ok=True)  # a fresh procfs of the run's own pid namespace
     (root / "dev" / "fd").symlink_to("/proc/self/fd")  # bash's process substitution

@@ -25,6 +25,7 @@ section in boot order, and a reader follows the boot by reading it top to bottom
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ def _head_interface(spec: NodeSpec) -> str:
         raise ValueError("a head with head_eni_id needs head_ip (the interface's fixed address)")
     eni, ip, table = shlex.quote(spec.head_eni_id), shlex.quote(spec.head_ip), HEAD_ENI_TABLE
     return f"""
-# 0. The head's fixed address {spec.head_ip}: its own interface, attached at every boot.
+# 0. The head's fixed address: its own interface, attached at every boot.
 IMDS="http://169.254.169.254/latest/meta-data"
 INSTANCE_ID=$(curl -sS -H "X-aws-ec2-metadata-token: ${{IMDS_TOKEN}}" "${{IMDS}}/instance-id")
 HEAD_ENI={eni}
@@ -216,7 +217,7 @@ ip addr replace {ip}/"${{CIDR#*/}}" dev "${{DEV}}"
 # address is not the sending interface's).
 ip route replace "${{CIDR}}" dev "${{DEV}}" src {ip} table {table}
 ip route replace default via "${{GW}}" dev "${{DEV}}" table {table}
-ip rule show | grep -q "from {spec.head_ip} lookup {table}" || ip rule add from {ip} table {table} priority {table}
+ip rule show | grep -qF -- "from "{ip}" lookup {table}" || ip rule add from {ip} table {table} priority {table}
 NODE_IP={ip}
 log "fixed address ${{NODE_IP}} on ${{DEV}}"
 """
@@ -551,6 +552,13 @@ fi
 """
 
 
+def _is_ipv4(v: str) -> bool:
+    try:
+        return ipaddress.ip_address(v).version == 4
+    except ValueError:
+        return False
+
+
 def render_user_data(spec: NodeSpec) -> str:
     """The whole boot script for one host."""
     if spec.role not in ("head", "worker"):
@@ -562,6 +570,10 @@ def render_user_data(spec: NodeSpec) -> str:
         )
     if not spec.weights_s3_uri.startswith("s3://") or not spec.weights_s3_uri.endswith("/"):
         raise ValueError(f"weights_s3_uri {spec.weights_s3_uri!r}: allowed s3://BUCKET/PREFIX/")
+    # The head's address becomes NODE_IP, which later lines hand to `ip` and to sed's s///
+    # (the Prometheus config): an IPv4 address and nothing else.
+    if spec.head_ip and not _is_ipv4(spec.head_ip):
+        raise ValueError(f"head_ip {spec.head_ip!r}: allowed an IPv4 address")
     wp = spec.weights_path.rstrip("/")
     if (
         not wp.startswith("/")
