@@ -742,6 +742,23 @@ def test_world_on_endpoint_port_only_when_explicitly_public():
     assert [v.resource for v in private.violations] == ["endpoint-world"]
 
 
+@pytest.mark.parametrize("ports", [(8001, 8001), (443, 443), (8000, 8001), (7999, 8000), (0, 65535)])
+def test_world_on_any_other_port_fails_even_on_a_public_endpoint(ports):
+    rule = res(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "world",
+        securityGroupId="sg-endpoint",
+        cidrIpv4="0.0.0.0/0",
+        ipProtocol="tcp",
+        fromPort=ports[0],
+        toPort=ports[1],
+    )
+    public = {"security-group-ingress": {"endpointPublic": True, "allowedIngressCidrs": ["0.0.0.0/0"]}}
+    report = run(add(good_stack(), rule), "security-group-ingress", public)
+    assert [v.resource for v in report.violations] == ["world"]
+    assert "0.0.0.0/0" in report.violations[0].message
+
+
 def test_unknown_references_are_not_violations_but_literal_facts_still_are():
     # During a real preview, ids of resources not yet created are unknown: cannot check, no violation.
     stack = set_input(
