@@ -23,7 +23,16 @@ MUTANTS = Path("mutants")
 # Names are mutmut's (module.function__mutmut_N): a change to the function renumbers its mutants,
 # so a re-run after an edit checks this list again (a listed name that survives no more, or that
 # no longer exists, is reported).
-EQUIVALENT: dict[str, str] = {}
+_DEFAULT_ONLY = "the default of an unset env var only has to differ from '1'"
+_CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
+EQUIVALENT: dict[str, str] = {
+    "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
+    "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_40": _CASE + ": CONTENT-TYPE",
+    "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_44": _CASE + ": WWW-AUTHENTICATE",
+    "ray_cluster.serve_app.x_parse_args__mutmut_22": _DEFAULT_ONLY + ": None",
+    "ray_cluster.serve_app.x_parse_args__mutmut_24": _DEFAULT_ONLY + ": no default",
+    "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
+}
 
 KILLED = {1, 3, 36, -24, 24, 152, 255}  # mutmut's exit codes for killed and timeout
 
@@ -70,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         total.update(c)
         rows.append((module, c))
     rows.append(("total", total))
-    stale = sorted(n for n in EQUIVALENT if not any(n in codes for codes in found.values()))
+    stale = sorted(
+        n
+        for n in EQUIVALENT
+        if any(fnmatch.fnmatch(n, p) for p in args.patterns) and not any(n in c for c in found.values())
+    )
     failed = bool(total["not checked"]) or bool(stale)
     print("| module | mutants | killed | equivalent | survived | score |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -305,7 +305,7 @@ def test_bearer_gate_covers_every_route_and_fails_closed():
     assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
     ok = client.get("/v1/models", headers={"Authorization": "Bearer tok-123"})
     assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "m"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^BearerGate: empty token$"):  # the replica's log says why
         serve_app.BearerGate(_asgi_app(), "")
 
 
@@ -318,9 +318,10 @@ def _through_gate(scope_type: str, headers: list[tuple[bytes, bytes]]) -> tuple[
 
     async def app(scope, receive, send):
         seen.append(scope["type"])
+        assert await receive() == {"type": "the client's"}  # the app reads the client's messages
 
     async def receive():
-        return {}
+        return {"type": "the client's"}
 
     async def send(message):
         sent.append(message)
@@ -347,7 +348,12 @@ def test_bearer_gate_covers_websockets_as_well_as_http(scope_type):
             assert (
                 sent[0]["status"] == 401 and json.loads(sent[1]["body"])["error"]["code"] == "invalid_api_key"
             )
-            assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
+            headers = {k.lower(): v for k, v in sent[0]["headers"]}  # names are case-insensitive
+            assert headers == {
+                b"content-type": b"application/json",
+                b"www-authenticate": b"Bearer",
+                b"content-length": str(len(sent[1]["body"])).encode(),
+            }
     for name in (b"authorization", b"Authorization"):  # header names are case-insensitive
         seen, sent = _through_gate(scope_type, [(b"x-other", b"1"), (name, b"Bearer tok-123")])
         assert seen == [scope_type] and sent == []
