@@ -291,3 +291,40 @@ def test_shipped_stacks_are_valid(stack):
     assert stack in available_stacks()
     cfg = load_config(stack)
     assert resolve(cfg).plan.fits, resolve(cfg).plan.reason
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        # host bits set: parsed strictly, never widened to the network silently
+        (
+            "llmfleet:endpointAllowedCidrs",
+            '["10.0.0.1/8"]',
+            "entry '10.0.0.1/8' is not a CIDR; allowed: CIDRs",
+        ),
+        ("llmfleet:vpcCidr", "10.42.0.1/16", "allowed: an IPv4 CIDR from /16 to /20"),
+        ("llmfleet:vpcCidr", "10.0.0.0/15", "allowed: a private IPv4 CIDR from /16 to /20"),
+        ("llmfleet:vpcCidr", "10.42.0.0/21", "allowed: a private IPv4 CIDR from /16 to /20"),
+        ("llmfleet:vpcCidr", "fd00::/16", "allowed: a private IPv4 CIDR from /16 to /20"),
+        # the same path on every host, whatever a host's working directory
+        ("llmfleet:weightsPath", "opt/models", "allowed: an absolute path without spaces"),
+        ("llmfleet:weightsPath", "/opt/my models", "allowed: an absolute path without spaces"),
+    ],
+)
+def test_cidrs_are_strict_and_the_weights_path_absolute(key, value, allowed):
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({key: value}, "t")
+    assert str(e.value).startswith(f"{key} = ") and value in str(e.value) and allowed in str(e.value)
+
+
+def test_weights_path_and_cidrs_that_are_allowed():
+    cfg = load_stack_config(
+        {
+            "llmfleet:weightsPath": "/opt/m/",
+            "llmfleet:vpcCidr": "172.16.0.0/20",
+            "llmfleet:endpointAllowedCidrs": '["10.1.0.0/16", "2001:db8::/32"]',
+        },
+        "t",
+    )
+    assert cfg.weights_path == "/opt/m" and cfg.vpc_cidr == "172.16.0.0/20"
+    assert cfg.endpoint_allowed_cidrs == ["10.1.0.0/16", "2001:db8::/32"]

@@ -111,3 +111,53 @@ def test_tls_policy_fails_a_public_endpoint_without_tls_and_advises_an_internal_
         assert advised == advisory, overrides
         if mandatory:
             assert "clear text" in report.violations[0].message
+
+
+def _tls_problems(*resources, public=True):
+    from policy._stackview import StackView
+    from policy.endpoint import tls_problems
+    from policy.runner import policy_resources
+
+    rs = [
+        {
+            "type": t,
+            "name": name,
+            "urn": f"urn:pulumi:t::llmfleet::{t}::{name}",
+            "inputs": props,
+            "outputs": props,
+            "id": rid,
+        }
+        for t, name, rid, props in resources
+    ]
+    return [
+        (urn.rsplit("::", 1)[1], msg)
+        for urn, msg in tls_problems(StackView.of(policy_resources(rs)), public=public)
+    ]
+
+
+LB_ARN = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/llm/0123"
+LB = ("aws:lb/loadBalancer:LoadBalancer", "nlb", LB_ARN, {"internal": False})
+LB_T = "aws:lb/listener:Listener"
+
+
+def test_a_listener_finds_its_load_balancer_by_id_or_by_arn():
+    # after `up` a load balancer's id is its ARN; under the mocks its arn is an output of its own
+    for lb in (LB, (*LB[:2], "lb-id", {"internal": False, "arn": LB_ARN})):
+        problems = _tls_problems(
+            lb, (LB_T, "l", "l-id", {"loadBalancerArn": LB_ARN, "protocol": "TCP", "port": 8000})
+        )
+        assert [name for name, _ in problems] == ["l"], lb
+        assert problems[0][1].startswith("nlb (internet-facing): listener l speaks TCP on port 8000")
+        assert (
+            _tls_problems(
+                lb, (LB_T, "l", "l-id", {"loadBalancerArn": LB_ARN, "protocol": "TCP"}), public=False
+            )
+            == []
+        )
+
+
+def test_a_listener_of_a_load_balancer_outside_the_stack_is_not_this_stacks():
+    other = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/other/9"
+    listener = (LB_T, "l", "l-id", {"loadBalancerArn": other, "protocol": "TCP", "port": 80})
+    assert _tls_problems(LB, listener) == []
+    assert _tls_problems(listener) == []

@@ -759,6 +759,47 @@ def test_world_on_any_other_port_fails_even_on_a_public_endpoint(ports):
     assert "0.0.0.0/0" in report.violations[0].message
 
 
+def _default_route(how: str, gateway: str, cidr: str = "0.0.0.0/0"):
+    """The good stack with a route from its private subnet's route table to `gateway`: inline in
+    the table's routes, or as an aws:ec2/route:Route (IPv4 or IPv6 destination)."""
+    gateways = [
+        res("aws:ec2/internetGateway:InternetGateway", "igw", "gw-in-stack", vpcId="vpc-1"),
+        res("aws:ec2/natGateway:NatGateway", "nat", "nat-in-stack", subnetId="subnet-priv"),
+    ]
+    stack = add(good_stack(), *gateways)
+    v6 = ":" in cidr
+    if how == "inline":
+        route = {"ipv6CidrBlock" if v6 else "cidrBlock": cidr, "gatewayId": gateway}
+        return set_input(stack, "private-rt", routes=[route])
+    dest = "destinationIpv6CidrBlock" if v6 else "destinationCidrBlock"
+    return add(
+        stack, res("aws:ec2/route:Route", "r", routeTableId="rtb-priv", gatewayId=gateway, **{dest: cidr})
+    )
+
+
+@pytest.mark.parametrize("how", ["inline", "route"])
+@pytest.mark.parametrize("gateway", ["igw-0123", "gw-in-stack"])  # outside the stack, or its own IGW
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0"])
+def test_a_default_route_to_an_internet_gateway_makes_the_subnet_public(how, gateway, cidr):
+    report = run(_default_route(how, gateway, cidr), "ec2-private-subnet")
+    assert sorted(v.resource for v in report.violations) == ["head", "worker-0", "worker-1", "worker-2"]
+    assert "subnet private is public" in report.violations[0].message
+
+
+@pytest.mark.parametrize("how", ["inline", "route"])
+@pytest.mark.parametrize(
+    "gateway, cidr",
+    [
+        ("nat-in-stack", "0.0.0.0/0"),  # a NAT gateway: private
+        ("vgw-0123", "0.0.0.0/0"),  # a VPN gateway outside the stack
+        ("igw-0123", "192.0.2.0/24"),  # not a default route
+        ("gw-in-stack", "10.0.0.0/8"),
+    ],
+)
+def test_other_routes_keep_the_subnet_private(how, gateway, cidr):
+    assert run(_default_route(how, gateway, cidr), "ec2-private-subnet").violations == ()
+
+
 def test_unknown_references_are_not_violations_but_literal_facts_still_are():
     # During a real preview, ids of resources not yet created are unknown: cannot check, no violation.
     stack = set_input(
