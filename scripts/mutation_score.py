@@ -32,6 +32,9 @@ EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.x_parse_args__mutmut_22": _DEFAULT_ONLY + ": None",
     "ray_cluster.serve_app.x_parse_args__mutmut_24": _DEFAULT_ONLY + ": no default",
     "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
+    "policy.endpoint.x__listener_lb__mutmut_7": (
+        "no type filter on loadBalancerArn's dependencies: a listener's ARN depends on its load balancer only"
+    ),
 }
 
 KILLED = {1, 3, 36, -24, 24, 152, 255}  # mutmut's exit codes for killed and timeout

@@ -161,3 +161,17 @@ def test_a_listener_of_a_load_balancer_outside_the_stack_is_not_this_stacks():
     listener = (LB_T, "l", "l-id", {"loadBalancerArn": other, "protocol": "TCP", "port": 80})
     assert _tls_problems(LB, listener) == []
     assert _tls_problems(listener) == []
+
+
+def test_a_tls_violation_names_the_listener():
+    from policy import policies as pack
+    from policy.runner import run_policies
+
+    for internal, policy in ((False, "endpoint-tls-public"), (True, "endpoint-tls-internal")):
+        lb = {"type": LB[0], "name": "nlb", "urn": "urn:pulumi:t::llmfleet::lb::nlb", "id": LB_ARN}
+        lb["inputs"] = lb["outputs"] = {"internal": internal}
+        props = {"loadBalancerArn": LB_ARN, "protocol": "TCP", "port": 8000}
+        listener = {"type": LB_T, "name": "l", "urn": "urn:pulumi:t::llmfleet::listener::l", "id": "l-id"}
+        listener["inputs"] = listener["outputs"] = props
+        report = run_policies([lb, listener], {}, policies=[pack.by_name()[policy]])
+        assert [(v.policy, v.resource) for v in report.violations] == [(policy, "l")]

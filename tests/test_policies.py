@@ -829,6 +829,26 @@ def test_unknown_iam_document_is_skipped_and_unknown_httptokens_too():
     assert run(stack, "ec2-imdsv2-required").violations == ()
 
 
+def test_a_log_groups_retention_computed_at_up_is_not_a_violation():
+    stack = set_input(good_stack(), "boot-logs", retentionInDays=UNKNOWN_PLACEHOLDER)
+    assert run(stack, "log-group-retention").violations == ()
+
+
+def test_a_bad_retention_says_what_to_set():
+    from infra.stack.config_values import LOG_RETENTION_DAYS
+
+    unset = run(set_input(good_stack(), "boot-logs", retentionInDays=None), "log-group-retention")
+    assert [v.message for v in unset.violations] == [
+        "retentionInDays is not set: the log group would keep every event forever; set it"
+    ]
+    odd = run(set_input(good_stack(), "boot-logs", retentionInDays=10), "log-group-retention")
+    allowed = ", ".join(str(d) for d in LOG_RETENTION_DAYS)
+    assert allowed.startswith("1, 3, 5, 7, 14, 30, ") and allowed.endswith(", 3653")
+    assert [v.message for v in odd.violations] == [
+        f"retentionInDays 10 is not a CloudWatch value; allowed: {allowed}"
+    ]
+
+
 def test_iam_document_rules():
     assert iam_document_problems(GOOD_IAM) == []
     assert iam_document_problems({"Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}) == []
