@@ -33,6 +33,11 @@ EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.x_parse_args__mutmut_24": _DEFAULT_ONLY + ": no default",
     "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
     "infra.stack.config_values.x__cidrs__mutmut_4": "ip_network(c) without strict=: strict defaults to True",
+    "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
+    "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
+    "policy.network.x__is_igw__mutmut_13": (
+        "no type filter on a route's gateway dependencies: a gatewayId depends on its gateway only"
+    ),
     "policy.endpoint.x_tls_problems__mutmut_54": (
         "str(policy or 'XXXX'): with no sslPolicy neither '' nor 'XXXX' starts with a TLS 1.2+ prefix"
     ),

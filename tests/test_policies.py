@@ -800,6 +800,52 @@ def test_other_routes_keep_the_subnet_private(how, gateway, cidr):
     assert run(_default_route(how, gateway, cidr), "ec2-private-subnet").violations == ()
 
 
+def test_ingress_falls_back_to_the_stack_config_the_pulumi_cli_hands_over():
+    # `pulumi preview --policy-pack policy/` with no policy config: the stack's own llmfleet:* keys
+    import pulumi.runtime
+
+    rule = res(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "endpoint-world",
+        securityGroupId="sg-endpoint",
+        cidrIpv4="0.0.0.0/0",
+        ipProtocol="tcp",
+        fromPort=8443,
+        toPort=8443,
+    )
+    stack = add(good_stack(), rule)
+    policy = [pack.by_name()["security-group-ingress"]]
+    alone = run_policies(stack, {}, policies=policy)  # no allowed CIDRs, not public
+    assert sorted(v.resource for v in alone.violations) == ["endpoint-in", "endpoint-world"]
+    pulumi.runtime.set_all_config(
+        {
+            "llmfleet:endpointPublic": "true",
+            "llmfleet:endpointAllowedCidrs": '["0.0.0.0/0"]',
+            "llmfleet:endpointPort": "8443",
+        },
+        [],
+    )
+    try:
+        assert run_policies(stack, {}, policies=policy).violations == ()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+
+
+def test_in_a_preview_a_new_internet_gateway_is_known_by_the_routes_dependency():
+    # before `up` the new gateway's id is unknown; CrossGuard names the resource it comes from
+    from policy._stackview import StackView
+    from policy.network import subnet_is_public
+    from policy.runner import policy_resources
+
+    stack = _default_route("route", UNKNOWN_PLACEHOLDER)
+    built = {r.name: r for r in policy_resources(stack)}
+    built["r"].property_dependencies = {"gatewayId": [built["igw"]]}
+    view = StackView.of(list(built.values()))
+    assert subnet_is_public(view, view.by_id("subnet-priv")) is True
+    built["r"].property_dependencies = {"gatewayId": [built["nat"]]}
+    assert subnet_is_public(StackView.of(list(built.values())), view.by_id("subnet-priv")) is False
+
+
 def test_unknown_references_are_not_violations_but_literal_facts_still_are():
     # During a real preview, ids of resources not yet created are unknown: cannot check, no violation.
     stack = set_input(
