@@ -35,6 +35,8 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_values.x__cidrs__mutmut_4": "ip_network(c) without strict=: strict defaults to True",
     "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
     "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
+    "policy.network.x__ingress__mutmut_25": "endpointPublic's default None instead of False: bool() follows",
+    "policy.network.x__ingress__mutmut_29": "endpointPublic's default left out (None): bool() follows",
     "policy.network.x__is_igw__mutmut_13": (
         "no type filter on a route's gateway dependencies: a gatewayId depends on its gateway only"
     ),

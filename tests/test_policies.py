@@ -800,6 +800,67 @@ def test_other_routes_keep_the_subnet_private(how, gateway, cidr):
     assert run(_default_route(how, gateway, cidr), "ec2-private-subnet").violations == ()
 
 
+def _rule(name, cidr, lo, hi, sg="sg-endpoint"):
+    return res(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        name,
+        securityGroupId=sg,
+        cidrIpv4=cidr,
+        ipProtocol="tcp",
+        fromPort=lo,
+        toPort=hi,
+    )
+
+
+def test_ingress_messages_name_the_rule_its_group_the_ports_and_the_source():
+    stack = add(
+        good_stack(),
+        _rule("unknown-ports", "0.0.0.0/0", UNKNOWN_PLACEHOLDER, UNKNOWN_PLACEHOLDER),  # skipped, not the end
+        _rule("ssh", "10.42.0.0/16", 22, 22, sg="sg-cluster"),
+        _rule("gcs-unknown-cidr", UNKNOWN_PLACEHOLDER, 6379, 6379, sg="sg-cluster"),
+        _rule("world-one", "0.0.0.0/0", 443, 443),
+        _rule("world-range", "0.0.0.0/0", 8000, 8001),
+        _rule("outside", "192.0.2.0/24", 8000, 8000),
+    )
+    stack = set_input(
+        stack,
+        "endpoint-sg",
+        ingress=[{"protocol": "tcp", "fromPort": 15000, "toPort": 15010, "cidrBlocks": ["10.42.0.0/16"]}],
+    )
+    world = "the internet may reach only the endpoint port of an explicitly public endpoint (endpointPublic, endpointAllowedCidrs)"
+    ray = "SSH and Ray ports are reachable only from the cluster security group"
+    got = sorted((v.resource, v.message) for v in run(stack, "security-group-ingress").violations)
+    assert got == [
+        ("endpoint-sg", f"endpoint-sg: 15000-15010 (Ray worker ports) open to 10.42.0.0/16; {ray}"),
+        (
+            "outside",
+            "outside (on endpoint-sg): port 8000 open to 192.0.2.0/24, outside the VPC and the allowed CIDRs (10.0.0.0/8)",
+        ),
+        ("ssh", f"ssh (on cluster-sg): 22 (SSH) open to 10.42.0.0/16; {ray}"),
+        ("world-one", f"world-one (on endpoint-sg): port 443 open to 0.0.0.0/0; {world}"),
+        ("world-range", f"world-range (on endpoint-sg): port 8000-8001 open to 0.0.0.0/0; {world}"),
+    ]
+    two = add(good_stack(), _rule("two", "10.42.0.0/16", 22, 6379, sg="sg-cluster"))
+    [v] = run(two, "security-group-ingress").violations
+    assert v.message.startswith("two (on cluster-sg): 22 (SSH), 6379 (Ray GCS) open to 10.42.0.0/16;")
+
+
+def test_ingress_config_keys_and_their_defaults():
+    stack = add(
+        good_stack(), _rule("world", "0.0.0.0/0", 8443, 8443), _rule("w8000", "0.0.0.0/0", 8000, 8000)
+    )
+    policy = [pack.by_name()["security-group-ingress"]]
+
+    def flagged(block):
+        report = run_policies(stack, {"security-group-ingress": block}, policies=policy)
+        return sorted(v.resource for v in report.violations)
+
+    anywhere = {"allowedIngressCidrs": ["0.0.0.0/0"]}
+    assert flagged(anywhere) == ["w8000", "world"]  # endpointPublic defaults to false
+    assert flagged({**anywhere, "endpointPublic": True}) == ["world"]  # endpointPort defaults to 8000
+    assert flagged({**anywhere, "endpointPublic": True, "endpointPort": 8443}) == ["w8000"]
+
+
 def test_ingress_falls_back_to_the_stack_config_the_pulumi_cli_hands_over():
     # `pulumi preview --policy-pack policy/` with no policy config: the stack's own llmfleet:* keys
     import pulumi.runtime
