@@ -840,6 +840,17 @@ def test_ingress_messages_name_the_rule_its_group_the_ports_and_the_source():
         ("world-one", f"world-one (on endpoint-sg): port 443 open to 0.0.0.0/0; {world}"),
         ("world-range", f"world-range (on endpoint-sg): port 8000-8001 open to 0.0.0.0/0; {world}"),
     ]
+    outside = add(good_stack(), _rule("outside", "192.0.2.0/24", 8000, 8000))
+    for allowed, shown in (([], "none"), (["10.0.0.0/8", "198.51.100.0/24"], "10.0.0.0/8, 198.51.100.0/24")):
+        cfg = {"security-group-ingress": {"allowedIngressCidrs": allowed}}
+        msgs = [
+            v.message
+            for v in run(outside, "security-group-ingress", cfg).violations
+            if v.resource == "outside"
+        ]
+        assert msgs == [
+            f"outside (on endpoint-sg): port 8000 open to 192.0.2.0/24, outside the VPC and the allowed CIDRs ({shown})"
+        ]
     two = add(good_stack(), _rule("two", "10.42.0.0/16", 22, 6379, sg="sg-cluster"))
     [v] = run(two, "security-group-ingress").violations
     assert v.message.startswith("two (on cluster-sg): 22 (SSH), 6379 (Ray GCS) open to 10.42.0.0/16;")
