@@ -37,6 +37,8 @@ EQUIVALENT: dict[str, str] = {
     "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
     "policy.network.x__ingress__mutmut_25": "endpointPublic's default None instead of False: bool() follows",
     "policy.network.x__ingress__mutmut_29": "endpointPublic's default left out (None): bool() follows",
+    "policy.network.x__ingress__mutmut_83": "str(ports[1]) where ports[0] == ports[1]",
+    "policy.network.x__ingress__mutmut_121": "_is_cluster_sg(src, None): it never reads its rule argument",
     "policy.network.x__is_igw__mutmut_13": (
         "no type filter on a route's gateway dependencies: a gatewayId depends on its gateway only"
     ),

@@ -856,6 +856,49 @@ def test_ingress_messages_name_the_rule_its_group_the_ports_and_the_source():
     assert v.message.startswith("two (on cluster-sg): 22 (SSH), 6379 (Ray GCS) open to 10.42.0.0/16;")
 
 
+def test_ray_ports_from_a_group_that_is_not_the_clusters_name_it():
+    def from_group(name, ref):
+        r = res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            name,
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId=ref,
+            ipProtocol="tcp",
+            fromPort=6379,
+            toPort=6379,
+        )
+        return r
+
+    stack = add(
+        good_stack(), from_group("from-endpoint", "sg-endpoint"), from_group("from-elsewhere", "sg-0ther")
+    )
+    stack = set_input(
+        stack,
+        "endpoint-sg",  # an unknown CIDR is skipped, the next one of the same rule is still checked
+        ingress=[
+            {
+                "protocol": "tcp",
+                "fromPort": 22,
+                "toPort": 22,
+                "cidrBlocks": [UNKNOWN_PLACEHOLDER, "10.42.0.0/16"],
+            }
+        ],
+    )
+    tail = "which is not the cluster security group (tag llmfleet:sg=cluster)"
+    got = sorted((v.resource, v.message) for v in run(stack, "security-group-ingress").violations)
+    assert got == [
+        (
+            "endpoint-sg",
+            "endpoint-sg: 22 (SSH) open to 10.42.0.0/16; SSH and Ray ports are reachable only from the cluster security group",
+        ),
+        (
+            "from-elsewhere",
+            f"from-elsewhere (on cluster-sg): 6379 (Ray GCS) open to a security group outside this stack, {tail}",
+        ),
+        ("from-endpoint", f"from-endpoint (on cluster-sg): 6379 (Ray GCS) open to endpoint-sg, {tail}"),
+    ]
+
+
 def test_ingress_config_keys_and_their_defaults():
     stack = add(
         good_stack(), _rule("world", "0.0.0.0/0", 8443, 8443), _rule("w8000", "0.0.0.0/0", 8000, 8000)
