@@ -291,3 +291,53 @@ def test_shipped_stacks_are_valid(stack):
     assert stack in available_stacks()
     cfg = load_config(stack)
     assert resolve(cfg).plan.fits, resolve(cfg).plan.reason
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        # host bits set: parsed strictly, never widened to the network silently
+        (
+            "llmfleet:endpointAllowedCidrs",
+            '["10.0.0.1/8"]',
+            "entry '10.0.0.1/8' is not a CIDR; allowed: CIDRs such as 203.0.113.0/24",
+        ),
+        ("llmfleet:vpcCidr", "10.42.0.1/16", "allowed: an IPv4 CIDR from /16 to /20, such as 10.42.0.0/16"),
+        (
+            "llmfleet:vpcCidr",
+            "10.0.0.0/15",
+            "allowed: a private IPv4 CIDR from /16 to /20, such as 10.42.0.0/16",
+        ),
+        (
+            "llmfleet:vpcCidr",
+            "10.42.0.0/21",
+            "allowed: a private IPv4 CIDR from /16 to /20, such as 10.42.0.0/16",
+        ),
+        (
+            "llmfleet:vpcCidr",
+            "fd00::/16",
+            "allowed: a private IPv4 CIDR from /16 to /20, such as 10.42.0.0/16",
+        ),
+        # the same path on every host, whatever a host's working directory
+        ("llmfleet:weightsPath", "opt/models", "allowed: an absolute path without spaces"),
+        ("llmfleet:weightsPath", "/opt/my models", "allowed: an absolute path without spaces"),
+    ],
+)
+def test_cidrs_are_strict_and_the_weights_path_absolute(key, value, allowed):
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({key: value}, "t")
+    msg = str(e.value)
+    assert msg.startswith(f"{key} = ") and value in msg and msg.endswith(f": {allowed}")
+
+
+def test_weights_path_and_cidrs_that_are_allowed():
+    cfg = load_stack_config(
+        {
+            "llmfleet:weightsPath": "/data/BOX/",  # only the trailing slash goes
+            "llmfleet:vpcCidr": "172.16.0.0/20",
+            "llmfleet:endpointAllowedCidrs": '["10.1.0.0/16", "2001:db8::/32"]',
+        },
+        "t",
+    )
+    assert cfg.weights_path == "/data/BOX" and cfg.vpc_cidr == "172.16.0.0/20"
+    assert cfg.endpoint_allowed_cidrs == ["10.1.0.0/16", "2001:db8::/32"]

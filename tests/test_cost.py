@@ -698,6 +698,21 @@ def test_cli_budget_gate_exits_4():
     assert f"{total:,.2f}" in line and "1,000.00" in line and "llmfleet:maxMonthlyUsd" in line
 
 
+def test_cli_budget_gate_is_exact_at_the_limit():
+    """Over llmfleet:maxMonthlyUsd by one cent exits 4; exactly at it, or with no limit, passes."""
+    total = Decimal(json.loads(_cost_json_text("--stack", "prod"))["totalMonthlyCost"])
+    over = run_cost("--stack", "prod", "-c", f"llmfleet:maxMonthlyUsd={total - Decimal('0.01')}", "--json")
+    assert over.exit_code == 4
+    (line,) = over.stderr.strip().splitlines()
+    assert line.endswith(
+        f"total monthly cost {total:,.2f} USD exceeds llmfleet:maxMonthlyUsd {total - Decimal('0.01'):,.2f} USD"
+    )
+    at = run_cost("--stack", "prod", "-c", f"llmfleet:maxMonthlyUsd={total}", "--json")
+    assert at.exit_code == 0 and "exceeds" not in at.stderr
+    unset = run_cost("--stack", "prod", "-c", "llmfleet:maxMonthlyUsd=0", "--json")  # 0 unsets the limit
+    assert unset.exit_code == 0 and "exceeds" not in unset.stderr
+
+
 def test_cli_region_outside_snapshot_is_one_line():
     result = run_cost("--stack", "prod", "-c", "aws:region=eu-west-1")
     assert result.exit_code == 2

@@ -114,3 +114,119 @@ def test_tls_policy_fails_a_public_endpoint_without_tls_and_advises_an_internal_
         assert advised == advisory, overrides
         if mandatory:
             assert "clear text" in report.violations[0].message
+
+
+def _tls_problems(*resources, public=True):
+    from policy._stackview import StackView
+    from policy.endpoint import tls_problems
+    from policy.runner import policy_resources
+
+    rs = [
+        {
+            "type": t,
+            "name": name,
+            "urn": f"urn:pulumi:t::llmfleet::{t}::{name}",
+            "inputs": props,
+            "outputs": props,
+            "id": rid,
+        }
+        for t, name, rid, props in resources
+    ]
+    return [
+        (urn.rsplit("::", 1)[1], msg)
+        for urn, msg in tls_problems(StackView.of(policy_resources(rs)), public=public)
+    ]
+
+
+LB_ARN = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/llm/0123"
+LB = ("aws:lb/loadBalancer:LoadBalancer", "nlb", LB_ARN, {"internal": False})
+LB_T = "aws:lb/listener:Listener"
+
+
+def test_a_listener_finds_its_load_balancer_by_id_or_by_arn():
+    # after `up` a load balancer's id is its ARN; under the mocks its arn is an output of its own
+    for lb in (LB, (*LB[:2], "lb-id", {"internal": False, "arn": LB_ARN})):
+        problems = _tls_problems(
+            lb, (LB_T, "l", "l-id", {"loadBalancerArn": LB_ARN, "protocol": "TCP", "port": 8000})
+        )
+        assert [name for name, _ in problems] == ["l"], lb
+        assert problems[0][1].startswith("nlb (internet-facing): listener l speaks TCP on port 8000")
+        assert (
+            _tls_problems(
+                lb, (LB_T, "l", "l-id", {"loadBalancerArn": LB_ARN, "protocol": "TCP"}), public=False
+            )
+            == []
+        )
+
+
+def test_a_listener_of_a_load_balancer_outside_the_stack_is_not_this_stacks():
+    other = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/other/9"
+    listener = (LB_T, "l", "l-id", {"loadBalancerArn": other, "protocol": "TCP", "port": 80})
+    assert _tls_problems(LB, listener) == []
+    assert _tls_problems(listener) == []
+
+
+def test_a_tls_violation_names_the_listener():
+    from policy import policies as pack
+    from policy.runner import run_policies
+
+    for internal, policy in ((False, "endpoint-tls-public"), (True, "endpoint-tls-internal")):
+        lb = {"type": LB[0], "name": "nlb", "urn": "urn:pulumi:t::llmfleet::lb::nlb", "id": LB_ARN}
+        lb["inputs"] = lb["outputs"] = {"internal": internal}
+        props = {"loadBalancerArn": LB_ARN, "protocol": "TCP", "port": 8000}
+        listener = {"type": LB_T, "name": "l", "urn": "urn:pulumi:t::llmfleet::listener::l", "id": "l-id"}
+        listener["inputs"] = listener["outputs"] = props
+        report = run_policies([lb, listener], {}, policies=[pack.by_name()[policy]])
+        assert [(v.policy, v.resource) for v in report.violations] == [(policy, "l")]
+
+
+def test_listeners_of_other_or_unknown_load_balancers_are_skipped_not_the_rest():
+    external = (LB_T, "a-external", "a-id", {"loadBalancerArn": "arn:aws:elb:other", "protocol": "TCP"})
+    ours = (LB_T, "b-ours", "b-id", {"loadBalancerArn": LB_ARN, "protocol": "TCP", "port": 8000})
+    assert [name for name, _ in _tls_problems(LB, external, ours)] == ["b-ours"]
+    # internal or not is known only at `up`: neither policy can tell yet
+    unknown = (*LB[:3], {"internal": "[unknown]"})
+    for public in (True, False):
+        assert _tls_problems(unknown, ours, public=public) == []
+
+
+def test_every_listener_is_checked_and_each_message_says_what_to_do():
+    internal_arn = LB_ARN.replace("/llm/", "/inner/")
+    inner = ("aws:lb/loadBalancer:LoadBalancer", "inner", internal_arn, {"internal": True})
+    unk = "[unknown]"
+    listeners = [  # in this order: a skipped or a failing listener never ends the scan
+        (LB_T, "l1-inner", "l1", {"loadBalancerArn": internal_arn, "protocol": "TCP", "port": 80}),
+        (LB_T, "l2-unknown", "l2", {"loadBalancerArn": LB_ARN, "protocol": unk, "port": 81}),
+        (LB_T, "l3-tcp", "l3", {"loadBalancerArn": LB_ARN, "protocol": "TCP", "port": 8000}),
+        (LB_T, "l4-policy-unknown", "l4", {"loadBalancerArn": LB_ARN, "protocol": "TLS", "sslPolicy": unk}),
+        (
+            LB_T,
+            "l5-old",
+            "l5",
+            {"loadBalancerArn": LB_ARN, "protocol": "TLS", "sslPolicy": "ELBSecurityPolicy-2016-08"},
+        ),
+        (
+            LB_T,
+            "l6-ok",
+            "l6",
+            {
+                "loadBalancerArn": LB_ARN,
+                "protocol": "HTTPS",
+                "sslPolicy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+            },
+        ),
+        (LB_T, "l7-none", "l7", {"loadBalancerArn": LB_ARN, "protocol": "TLS"}),
+    ]
+    clear = "the bearer token crosses the network in clear text; set llmfleet:endpointCertificateArn (ACM) for TLS"
+    tls = "allowed: a TLS 1.2+ policy such as ELBSecurityPolicy-TLS13-1-2-2021-06"
+    assert _tls_problems(LB, inner, *listeners) == [
+        ("l3-tcp", f"nlb (internet-facing): listener l3-tcp speaks TCP on port 8000: {clear}"),
+        (
+            "l5-old",
+            f"nlb (internet-facing): listener l5-old uses TLS policy 'ELBSecurityPolicy-2016-08'; {tls}",
+        ),
+        ("l7-none", f"nlb (internet-facing): listener l7-none uses TLS policy None; {tls}"),
+    ]
+    assert _tls_problems(LB, inner, *listeners, public=False) == [
+        ("l1-inner", f"inner (internal): listener l1-inner speaks TCP on port 80: {clear}")
+    ]

@@ -105,3 +105,30 @@ def test_pure_helpers():
     assert endpoint_ingress_cidrs(["192.0.2.0/24"], True, "10.1.0.0/16") == ["192.0.2.0/24"]
     with pytest.raises(ValueError):
         endpoint_ingress_cidrs([], True, "10.1.0.0/16")
+
+
+@pytest.mark.parametrize(
+    "port, what",
+    [
+        (22, "SSH"),
+        (6379, "Ray GCS"),
+        (8265, "Ray dashboard"),
+        (10001, "Ray client"),
+        (8076, "Ray object manager"),
+        (8077, "Ray node manager"),
+        (52365, "Ray dashboard agent"),
+    ],
+)
+def test_ssh_and_every_ray_port_is_sensitive(port, what):
+    assert sensitive_ports_in((port, port)) == [f"{port} ({what})"]
+    assert f"{port} ({what})" in sensitive_ports_in((0, 65535))
+
+
+def test_ray_worker_port_range_is_sensitive_where_a_rule_overlaps_it():
+    worker = "(Ray worker ports)"
+    assert sensitive_ports_in((10002, 10002)) == [f"10002-10002 {worker}"]
+    assert sensitive_ports_in((19999, 20100)) == [f"19999-19999 {worker}"]
+    assert sensitive_ports_in((15000, 15010)) == [f"15000-15010 {worker}"]
+    assert sensitive_ports_in((10001, 10002)) == ["10001 (Ray client)", f"10002-10002 {worker}"]
+    for harmless in ((8000, 8000), (443, 443), (20000, 52364), (52366, 65535), (23, 6378)):
+        assert sensitive_ports_in(harmless) == [], harmless

@@ -796,6 +796,225 @@ def test_world_on_endpoint_port_only_when_explicitly_public():
     assert [v.resource for v in private.violations] == ["endpoint-world"]
 
 
+@pytest.mark.parametrize("ports", [(8001, 8001), (443, 443), (8000, 8001), (7999, 8000), (0, 65535)])
+def test_world_on_any_other_port_fails_even_on_a_public_endpoint(ports):
+    rule = res(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "world",
+        securityGroupId="sg-endpoint",
+        cidrIpv4="0.0.0.0/0",
+        ipProtocol="tcp",
+        fromPort=ports[0],
+        toPort=ports[1],
+    )
+    public = {"security-group-ingress": {"endpointPublic": True, "allowedIngressCidrs": ["0.0.0.0/0"]}}
+    report = run(add(good_stack(), rule), "security-group-ingress", public)
+    assert [v.resource for v in report.violations] == ["world"]
+    assert "0.0.0.0/0" in report.violations[0].message
+
+
+def _default_route(how: str, gateway: str, cidr: str = "0.0.0.0/0"):
+    """The good stack with a route from its private subnet's route table to `gateway`: inline in
+    the table's routes, or as an aws:ec2/route:Route (IPv4 or IPv6 destination)."""
+    gateways = [
+        res("aws:ec2/internetGateway:InternetGateway", "igw", "gw-in-stack", vpcId="vpc-1"),
+        res("aws:ec2/natGateway:NatGateway", "nat", "nat-in-stack", subnetId="subnet-priv"),
+    ]
+    stack = add(good_stack(), *gateways)
+    v6 = ":" in cidr
+    if how == "inline":
+        route = {"ipv6CidrBlock" if v6 else "cidrBlock": cidr, "gatewayId": gateway}
+        return set_input(stack, "private-rt", routes=[route])
+    dest = "destinationIpv6CidrBlock" if v6 else "destinationCidrBlock"
+    return add(
+        stack, res("aws:ec2/route:Route", "r", routeTableId="rtb-priv", gatewayId=gateway, **{dest: cidr})
+    )
+
+
+@pytest.mark.parametrize("how", ["inline", "route"])
+@pytest.mark.parametrize("gateway", ["igw-0123", "gw-in-stack"])  # outside the stack, or its own IGW
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0"])
+def test_a_default_route_to_an_internet_gateway_makes_the_subnet_public(how, gateway, cidr):
+    report = run(_default_route(how, gateway, cidr), "ec2-private-subnet")
+    assert sorted(v.resource for v in report.violations) == ["head", "worker-0", "worker-1", "worker-2"]
+    assert "subnet private is public" in report.violations[0].message
+
+
+@pytest.mark.parametrize("how", ["inline", "route"])
+@pytest.mark.parametrize(
+    "gateway, cidr",
+    [
+        ("nat-in-stack", "0.0.0.0/0"),  # a NAT gateway: private
+        ("vgw-0123", "0.0.0.0/0"),  # a VPN gateway outside the stack
+        ("igw-0123", "192.0.2.0/24"),  # not a default route
+        ("gw-in-stack", "10.0.0.0/8"),
+    ],
+)
+def test_other_routes_keep_the_subnet_private(how, gateway, cidr):
+    assert run(_default_route(how, gateway, cidr), "ec2-private-subnet").violations == ()
+
+
+def _rule(name, cidr, lo, hi, sg="sg-endpoint"):
+    return res(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        name,
+        securityGroupId=sg,
+        cidrIpv4=cidr,
+        ipProtocol="tcp",
+        fromPort=lo,
+        toPort=hi,
+    )
+
+
+def test_ingress_messages_name_the_rule_its_group_the_ports_and_the_source():
+    stack = add(
+        good_stack(),
+        _rule("unknown-ports", "0.0.0.0/0", UNKNOWN_PLACEHOLDER, UNKNOWN_PLACEHOLDER),  # skipped, not the end
+        _rule("ssh", "10.42.0.0/16", 22, 22, sg="sg-cluster"),
+        _rule("gcs-unknown-cidr", UNKNOWN_PLACEHOLDER, 6379, 6379, sg="sg-cluster"),
+        _rule("world-one", "0.0.0.0/0", 443, 443),
+        _rule("world-range", "0.0.0.0/0", 8000, 8001),
+        _rule("outside", "192.0.2.0/24", 8000, 8000),
+    )
+    stack = set_input(
+        stack,
+        "endpoint-sg",
+        ingress=[{"protocol": "tcp", "fromPort": 15000, "toPort": 15010, "cidrBlocks": ["10.42.0.0/16"]}],
+    )
+    world = "the internet may reach only the endpoint port of an explicitly public endpoint (endpointPublic, endpointAllowedCidrs)"
+    ray = "SSH and Ray ports are reachable only from the cluster security group"
+    got = sorted((v.resource, v.message) for v in run(stack, "security-group-ingress").violations)
+    assert got == [
+        ("endpoint-sg", f"endpoint-sg: 15000-15010 (Ray worker ports) open to 10.42.0.0/16; {ray}"),
+        (
+            "outside",
+            "outside (on endpoint-sg): port 8000 open to 192.0.2.0/24, outside the VPC and the allowed CIDRs (10.0.0.0/8)",
+        ),
+        ("ssh", f"ssh (on cluster-sg): 22 (SSH) open to 10.42.0.0/16; {ray}"),
+        ("world-one", f"world-one (on endpoint-sg): port 443 open to 0.0.0.0/0; {world}"),
+        ("world-range", f"world-range (on endpoint-sg): port 8000-8001 open to 0.0.0.0/0; {world}"),
+    ]
+    outside = add(good_stack(), _rule("outside", "192.0.2.0/24", 8000, 8000))
+    for allowed, shown in (([], "none"), (["10.0.0.0/8", "198.51.100.0/24"], "10.0.0.0/8, 198.51.100.0/24")):
+        cfg = {"security-group-ingress": {"allowedIngressCidrs": allowed}}
+        msgs = [
+            v.message
+            for v in run(outside, "security-group-ingress", cfg).violations
+            if v.resource == "outside"
+        ]
+        assert msgs == [
+            f"outside (on endpoint-sg): port 8000 open to 192.0.2.0/24, outside the VPC and the allowed CIDRs ({shown})"
+        ]
+    two = add(good_stack(), _rule("two", "10.42.0.0/16", 22, 6379, sg="sg-cluster"))
+    [v] = run(two, "security-group-ingress").violations
+    assert v.message.startswith("two (on cluster-sg): 22 (SSH), 6379 (Ray GCS) open to 10.42.0.0/16;")
+
+
+def test_ray_ports_from_a_group_that_is_not_the_clusters_name_it():
+    def from_group(name, ref):
+        r = res(
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            name,
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId=ref,
+            ipProtocol="tcp",
+            fromPort=6379,
+            toPort=6379,
+        )
+        return r
+
+    stack = add(
+        good_stack(), from_group("from-endpoint", "sg-endpoint"), from_group("from-elsewhere", "sg-0ther")
+    )
+    stack = set_input(
+        stack,
+        "endpoint-sg",  # an unknown CIDR is skipped, the next one of the same rule is still checked
+        ingress=[
+            {
+                "protocol": "tcp",
+                "fromPort": 22,
+                "toPort": 22,
+                "cidrBlocks": [UNKNOWN_PLACEHOLDER, "10.42.0.0/16"],
+            }
+        ],
+    )
+    tail = "which is not the cluster security group (tag llmfleet:sg=cluster)"
+    got = sorted((v.resource, v.message) for v in run(stack, "security-group-ingress").violations)
+    assert got == [
+        (
+            "endpoint-sg",
+            "endpoint-sg: 22 (SSH) open to 10.42.0.0/16; SSH and Ray ports are reachable only from the cluster security group",
+        ),
+        (
+            "from-elsewhere",
+            f"from-elsewhere (on cluster-sg): 6379 (Ray GCS) open to a security group outside this stack, {tail}",
+        ),
+        ("from-endpoint", f"from-endpoint (on cluster-sg): 6379 (Ray GCS) open to endpoint-sg, {tail}"),
+    ]
+
+
+def test_ingress_config_keys_and_their_defaults():
+    stack = add(
+        good_stack(), _rule("world", "0.0.0.0/0", 8443, 8443), _rule("w8000", "0.0.0.0/0", 8000, 8000)
+    )
+    policy = [pack.by_name()["security-group-ingress"]]
+
+    def flagged(block):
+        report = run_policies(stack, {"security-group-ingress": block}, policies=policy)
+        return sorted(v.resource for v in report.violations)
+
+    anywhere = {"allowedIngressCidrs": ["0.0.0.0/0"]}
+    assert flagged(anywhere) == ["w8000", "world"]  # endpointPublic defaults to false
+    assert flagged({**anywhere, "endpointPublic": True}) == ["world"]  # endpointPort defaults to 8000
+    assert flagged({**anywhere, "endpointPublic": True, "endpointPort": 8443}) == ["w8000"]
+
+
+def test_ingress_falls_back_to_the_stack_config_the_pulumi_cli_hands_over():
+    # `pulumi preview --policy-pack policy/` with no policy config: the stack's own llmfleet:* keys
+    import pulumi.runtime
+
+    rule = res(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "endpoint-world",
+        securityGroupId="sg-endpoint",
+        cidrIpv4="0.0.0.0/0",
+        ipProtocol="tcp",
+        fromPort=8443,
+        toPort=8443,
+    )
+    stack = add(good_stack(), rule)
+    policy = [pack.by_name()["security-group-ingress"]]
+    alone = run_policies(stack, {}, policies=policy)  # no allowed CIDRs, not public
+    assert sorted(v.resource for v in alone.violations) == ["endpoint-in", "endpoint-world"]
+    pulumi.runtime.set_all_config(
+        {
+            "llmfleet:endpointPublic": "true",
+            "llmfleet:endpointAllowedCidrs": '["0.0.0.0/0"]',
+            "llmfleet:endpointPort": "8443",
+        },
+        [],
+    )
+    try:
+        assert run_policies(stack, {}, policies=policy).violations == ()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+
+
+def test_in_a_preview_a_new_internet_gateway_is_known_by_the_routes_dependency():
+    # before `up` the new gateway's id is unknown; CrossGuard names the resource it comes from
+    from policy._stackview import StackView
+    from policy.network import subnet_is_public
+    from policy.runner import policy_resources
+
+    stack = _default_route("route", UNKNOWN_PLACEHOLDER)
+    built = {r.name: r for r in policy_resources(stack)}
+    built["r"].property_dependencies = {"gatewayId": [built["igw"]]}
+    view = StackView.of(list(built.values()))
+    assert subnet_is_public(view, view.by_id("subnet-priv")) is True
+    built["r"].property_dependencies = {"gatewayId": [built["nat"]]}
+    assert subnet_is_public(StackView.of(list(built.values())), view.by_id("subnet-priv")) is False
+
+
 def test_unknown_references_are_not_violations_but_literal_facts_still_are():
     # During a real preview, ids of resources not yet created are unknown: cannot check, no violation.
     stack = set_input(
@@ -823,6 +1042,26 @@ def test_unknown_iam_document_is_skipped_and_unknown_httptokens_too():
     stack = set_input(stack, "worker-0", metadataOptions={"httpTokens": UNKNOWN_PLACEHOLDER})
     assert run(stack, "iam-least-privilege").violations == ()
     assert run(stack, "ec2-imdsv2-required").violations == ()
+
+
+def test_a_log_groups_retention_computed_at_up_is_not_a_violation():
+    stack = set_input(good_stack(), "boot-logs", retentionInDays=UNKNOWN_PLACEHOLDER)
+    assert run(stack, "log-group-retention").violations == ()
+
+
+def test_a_bad_retention_says_what_to_set():
+    from infra.stack.config_values import LOG_RETENTION_DAYS
+
+    unset = run(set_input(good_stack(), "boot-logs", retentionInDays=None), "log-group-retention")
+    assert [v.message for v in unset.violations] == [
+        "retentionInDays is not set: the log group would keep every event forever; set it"
+    ]
+    odd = run(set_input(good_stack(), "boot-logs", retentionInDays=10), "log-group-retention")
+    allowed = ", ".join(str(d) for d in LOG_RETENTION_DAYS)
+    assert allowed.startswith("1, 3, 5, 7, 14, 30, ") and allowed.endswith(", 3653")
+    assert [v.message for v in odd.violations] == [
+        f"retentionInDays 10 is not a CloudWatch value; allowed: {allowed}"
+    ]
 
 
 def test_iam_document_rules():

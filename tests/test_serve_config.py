@@ -193,6 +193,75 @@ def test_ingress_configs_the_gate_cannot_honour_fail_in_one_line(monkeypatch):
         serve_app.parse_args(args)
 
 
+@pytest.mark.parametrize("bad", [None, "", "1TOKEN", "MY-TOKEN", "MY TOKEN", "$TOKEN", 7])
+def test_api_token_env_must_be_an_environment_variable_name(bad):
+    with pytest.raises(serve_app.AppArgsError) as e:
+        serve_app.parse_args({"api_token_env": bad, "llm_configs": []})
+    assert str(e.value) == f"build_app args: api_token_env = {bad!r}: allowed: an environment variable name"
+
+
+def test_parse_args_keeps_the_callers_args_and_passes_extra_kwargs_through(monkeypatch):
+    monkeypatch.delenv(serve_app.DIRECT_STREAMING_ENV, raising=False)
+    icc = {"ingress_cls": "my.mod:MyGated", "ingress_extra_kwargs": {"x": 1}}
+    args = {"api_token_env": "_Tok_1", "llm_configs": [], "ingress_cls_config": icc}
+    env, rest = serve_app.parse_args(args)
+    assert env == "_Tok_1" and set(rest) == {"llm_configs", "ingress_cls_config"}
+    assert rest["ingress_cls_config"] == {
+        "ingress_cls": "my.mod:MyGated",  # checked by build_app once Ray has resolved it
+        "ingress_extra_kwargs": {"x": 1, "api_token_env": "_Tok_1"},
+    }
+    assert args["api_token_env"] == "_Tok_1" and icc["ingress_extra_kwargs"] == {"x": 1}  # not mutated
+    monkeypatch.setenv(serve_app.DIRECT_STREAMING_ENV, "0")
+    assert serve_app.parse_args(args)[0] == "_Tok_1"
+
+
+def test_ingress_cls_config_must_be_a_mapping_of_the_two_keys():
+    base = {"api_token_env": "T", "llm_configs": []}
+    with pytest.raises(serve_app.AppArgsError) as e:
+        serve_app.parse_args({**base, "ingress_cls_config": ["ingress_cls"]})
+    assert str(e.value) == (
+        "build_app args: ingress_cls_config = ['ingress_cls']: "
+        "allowed: a mapping with ingress_cls/ingress_extra_kwargs"
+    )
+    with pytest.raises(serve_app.AppArgsError) as e:
+        serve_app.parse_args({**base, "ingress_cls_config": {"zz": 1, "ingress_cls": "a:B", "aa": 2}})
+    assert (
+        str(e.value)
+        == "build_app args: ingress_cls_config.aa: allowed keys: ingress_cls, ingress_extra_kwargs"
+    )
+    with pytest.raises(serve_app.AppArgsError) as e:
+        serve_app.parse_args({**base, "api_token": "s3cret"})
+    assert str(e.value) == (
+        "build_app args: key 'api_token' is not allowed; put the token in an env var and pass api_token_env"
+    )
+    with pytest.raises(serve_app.AppArgsError) as e:
+        serve_app.parse_args({**base, "ingress_cls_config": {"ingress_extra_kwargs": {"api_token_env": "X"}}})
+    assert str(e.value) == (
+        "build_app args: ingress_cls_config.ingress_extra_kwargs.api_token_env: not allowed; "
+        "set the top-level api_token_env"
+    )
+
+
+def test_only_the_gated_ingress_or_a_subclass_passes_the_check():
+    gated = serve_app.BearerOpenAiIngress
+
+    class Mine(gated):
+        pass
+
+    serve_app._check_gated(gated)
+    serve_app._check_gated(Mine)
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    # Ray Serve LLM's own ingress, an unrelated class, an import path string (not a class)
+    for other, name in ((OpenAiIngress, "OpenAiIngress"), (dict, "dict"), ("a:Mine", "'a:Mine'")):
+        with pytest.raises(serve_app.AppArgsError) as e:
+            serve_app._check_gated(other)
+        assert str(e.value) == (
+            f"build_app args: ingress_cls_config.ingress_cls = {name}: allowed: {serve_app.GATED_INGRESS} "
+            "or a subclass of it (the bearer gate must wrap the ingress)"
+        )
+
+
 def test_a_subclass_of_the_gated_ingress_is_accepted(monkeypatch):
     monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
     gated = serve_app.BearerOpenAiIngress
@@ -238,8 +307,63 @@ def test_bearer_gate_covers_every_route_and_fails_closed():
     assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
     ok = client.get("/v1/models", headers={"Authorization": "Bearer tok-123"})
     assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "m"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^BearerGate: empty token$"):  # the replica's log says why
         serve_app.BearerGate(_asgi_app(), "")
+
+
+def _through_gate(scope_type: str, headers: list[tuple[bytes, bytes]]) -> tuple[list[str], list[dict]]:
+    """One ASGI call through BearerGate: (the scope types the app saw, what was sent back)."""
+    import asyncio
+
+    seen: list[str] = []
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+        assert await receive() == {"type": "the client's"}  # the app reads the client's messages
+
+    async def receive():
+        return {"type": "the client's"}
+
+    async def send(message):
+        sent.append(message)
+
+    gate = serve_app.BearerGate(app, "tok-123")
+    asyncio.run(gate({"type": scope_type, "headers": headers}, receive, send))
+    return seen, sent
+
+
+@pytest.mark.parametrize("scope_type", ["http", "websocket"])
+def test_bearer_gate_covers_websockets_as_well_as_http(scope_type):
+    for headers in (
+        [],
+        [(b"authorization", b"")],
+        [(b"authorization", b"Bearer ")],
+        [(b"authorization", b"Basic tok-123")],
+        [(b"x-other", b"Bearer tok-123")],
+    ):
+        seen, sent = _through_gate(scope_type, headers)
+        assert seen == [], (scope_type, headers)  # the app never sees an unauthenticated request
+        if scope_type == "websocket":
+            assert sent == [{"type": "websocket.close", "code": 1008}]
+        else:
+            assert (
+                sent[0]["status"] == 401 and json.loads(sent[1]["body"])["error"]["code"] == "invalid_api_key"
+            )
+            headers = {k.lower(): v for k, v in sent[0]["headers"]}  # names are case-insensitive
+            assert headers == {
+                b"content-type": b"application/json",
+                b"www-authenticate": b"Bearer",
+                b"content-length": str(len(sent[1]["body"])).encode(),
+            }
+    for name in (b"authorization", b"Authorization"):  # header names are case-insensitive
+        seen, sent = _through_gate(scope_type, [(b"x-other", b"1"), (name, b"Bearer tok-123")])
+        assert seen == [scope_type] and sent == []
+
+
+def test_bearer_gate_passes_lifespan_events_to_the_app():
+    seen, sent = _through_gate("lifespan", [])
+    assert seen == ["lifespan"] and sent == []
 
 
 def test_staged_weights_skip_rays_download_tasks_only_when_the_checkpoint_is_there(tmp_path):

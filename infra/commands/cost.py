@@ -211,6 +211,11 @@ def _report(priced: Priced, past: _Past, as_json: bool, usage_file: Path | None)
         render_diff(priced, doc, past.label, _common.console)
     else:
         render_table(priced, _common.console)
+    _gate_on_budget(priced)
+
+
+def _gate_on_budget(priced: Priced) -> None:
+    """Exit 4 with the one-line message when the estimate is over llmfleet:maxMonthlyUsd."""
     over = budget_message(priced.estimate.total_monthly, priced.max_monthly_usd)
     if over:
         _common.fail(over, EXIT_OVER_BUDGET)

@@ -1,0 +1,125 @@
+"""The mutation score of `make mutation`, per module, from mutmut's results in mutants/.
+
+    python scripts/mutation_score.py [--check PERCENT] PATTERN...
+
+PATTERN: the mutant-name globs the run was given (the Makefile's MUTATE). Killed and timed-out
+mutants count as killed; the mutants listed in EQUIVALENT below (each with the reason no test can
+tell it from the original) leave the denominator. Exits 1 when --check is given and a module or
+the total scores below it, or when a mutant was never checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+MUTANTS = Path("mutants")
+
+# mutant name -> why no test can tell it from the original (benchmarks/RESULTS.md lists them too).
+# Names are mutmut's (module.function__mutmut_N): a change to the function renumbers its mutants,
+# so a re-run after an edit checks this list again (a listed name that survives no more, or that
+# no longer exists, is reported).
+_DEFAULT_ONLY = "the default of an unset env var only has to differ from '1'"
+_CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
+EQUIVALENT: dict[str, str] = {
+    "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
+    "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_40": _CASE + ": CONTENT-TYPE",
+    "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_44": _CASE + ": WWW-AUTHENTICATE",
+    "ray_cluster.serve_app.x_parse_args__mutmut_22": _DEFAULT_ONLY + ": None",
+    "ray_cluster.serve_app.x_parse_args__mutmut_24": _DEFAULT_ONLY + ": no default",
+    "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
+    "infra.stack.config_values.x__cidrs__mutmut_4": "ip_network(c) without strict=: strict defaults to True",
+    "infra.stack.config_values.x__vpc__mutmut_5": "ip_network(v) without strict=: strict defaults to True",
+    "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
+    "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
+    "policy.network.x__ingress__mutmut_25": "endpointPublic's default None instead of False: bool() follows",
+    "policy.network.x__ingress__mutmut_29": "endpointPublic's default left out (None): bool() follows",
+    "policy.network.x__ingress__mutmut_83": "str(ports[1]) where ports[0] == ports[1]",
+    "policy.network.x__ingress__mutmut_121": "_is_cluster_sg(src, None): it never reads its rule argument",
+    "policy.network.x__is_igw__mutmut_13": (
+        "no type filter on a route's gateway dependencies: a gatewayId depends on its gateway only"
+    ),
+    "policy.endpoint.x_tls_problems__mutmut_54": (
+        "str(policy or 'XXXX'): with no sslPolicy neither '' nor 'XXXX' starts with a TLS 1.2+ prefix"
+    ),
+    "policy.endpoint.x__listener_lb__mutmut_7": (
+        "no type filter on loadBalancerArn's dependencies: a listener's ARN depends on its load balancer only"
+    ),
+}
+
+KILLED = {1, 3, 36, -24, 24, 152, 255}  # mutmut's exit codes for killed and timeout
+
+
+def _module(path: Path) -> str:
+    return str(path.relative_to(MUTANTS).with_suffix("").with_suffix("")).replace("/", ".")
+
+
+def collect(patterns: list[str]) -> dict[str, dict[str, int | None]]:
+    """module -> {mutant name: exit code} for the mutants the patterns select."""
+    found: dict[str, dict[str, int | None]] = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        chosen = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+        if chosen:
+            found[_module(meta)] = chosen
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", type=float, default=None, help="fail below this score (percent)")
+    ap.add_argument("patterns", nargs="+")
+    args = ap.parse_args(argv)
+    found = collect(args.patterns)
+    if not found:
+        print("no mutmut results in mutants/ for these patterns: run `make mutation` first", file=sys.stderr)
+        return 1
+    rows, total = [], Counter()
+    survivors: list[str] = []
+    for module, codes in found.items():
+        c = Counter()
+        for name, code in codes.items():
+            if name in EQUIVALENT:
+                c["equivalent"] += 1
+            elif code in KILLED:
+                c["killed"] += 1
+            elif code is None:
+                c["not checked"] += 1
+            else:
+                c["survived" if code == 0 else "other"] += 1
+                survivors.append(f"{name} (exit {code})")
+        c["mutants"] = len(codes)
+        total.update(c)
+        rows.append((module, c))
+    rows.append(("total", total))
+    stale = sorted(
+        n
+        for n in EQUIVALENT
+        if any(fnmatch.fnmatch(n, p) for p in args.patterns) and not any(n in c for c in found.values())
+    )
+    failed = bool(total["not checked"]) or bool(stale)
+    print("| module | mutants | killed | equivalent | survived | score |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for module, c in rows:
+        scored = c["mutants"] - c["equivalent"]
+        score = 100.0 * c["killed"] / scored if scored else 100.0
+        if args.check is not None and score < args.check:
+            failed = True
+        name = f"**{module}**" if module == "total" else f"`{module}`"
+        left = c["survived"] + c["other"] + c["not checked"]
+        print(f"| {name} | {c['mutants']} | {c['killed']} | {c['equivalent']} | {left} | {score:.1f}% |")
+    for s in survivors:
+        print(f"survived: {s}")
+    for n in stale:
+        print(f"listed as equivalent but not in this run: {n}")
+    if total["not checked"]:
+        print(f"not checked: {total['not checked']} (an interrupted run?)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
