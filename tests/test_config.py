@@ -293,6 +293,12 @@ def test_shipped_stacks_are_valid(stack):
     assert resolve(cfg).plan.fits, resolve(cfg).plan.reason
 
 
+WEIGHTS_PATH_ALLOWED = (
+    "allowed: an absolute path of components made of letters, digits, '.', '_' and '-' (no '..', '.', "
+    "'//' or spaces), not / nor a system directory (/etc, /usr, /boot, /var/lib/docker, ...)"
+)
+
+
 @pytest.mark.parametrize(
     "key, value, allowed",
     [
@@ -319,8 +325,8 @@ def test_shipped_stacks_are_valid(stack):
             "allowed: a private IPv4 CIDR from /16 to /20, such as 10.42.0.0/16",
         ),
         # the same path on every host, whatever a host's working directory
-        ("llmfleet:weightsPath", "opt/models", "allowed: an absolute path without spaces"),
-        ("llmfleet:weightsPath", "/opt/my models", "allowed: an absolute path without spaces"),
+        ("llmfleet:weightsPath", "opt/models", WEIGHTS_PATH_ALLOWED),
+        ("llmfleet:weightsPath", "/opt/my models", WEIGHTS_PATH_ALLOWED),
     ],
 )
 def test_cidrs_are_strict_and_the_weights_path_absolute(key, value, allowed):
@@ -335,9 +341,10 @@ def test_weights_path_and_cidrs_that_are_allowed():
         {
             "llmfleet:weightsPath": "/data/BOX/",  # only the trailing slash goes
             "llmfleet:vpcCidr": "172.16.0.0/20",
-            "llmfleet:endpointAllowedCidrs": '["10.1.0.0/16", "2001:db8::/32"]',
+            # private IPv4 and IPv6 (ULA) ranges: an internal endpoint admits only private sources
+            "llmfleet:endpointAllowedCidrs": '["10.1.0.0/16", "fd12:3456::/32"]',
         },
         "t",
     )
     assert cfg.weights_path == "/data/BOX" and cfg.vpc_cidr == "172.16.0.0/20"
-    assert cfg.endpoint_allowed_cidrs == ["10.1.0.0/16", "2001:db8::/32"]
+    assert cfg.endpoint_allowed_cidrs == ["10.1.0.0/16", "fd12:3456::/32"]

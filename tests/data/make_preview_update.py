@@ -10,8 +10,8 @@ unknown sentinel 04da6b54-...).
 The update: prod was deployed with spot workers and a NAT gateway; the new config runs the
 workers on-demand with 300 GB roots and drops the NAT. The workers' launch template gets a new
 version (market options and root volume) and each worker group follows it (its instance is then
-replaced by instance refresh, which a preview does not show), the head is updated in place (its
-root volume grows), the NAT gateway, its EIP, the internet gateway, public subnet and routes are
+replaced by instance refresh, which a preview does not show), so does the head's (its root
+volume grows), the NAT gateway, its EIP, the internet gateway, public subnet and routes are
 deleted, the rest is the same.
 
     PYTHONPATH=. python tests/data/make_preview_update.py
