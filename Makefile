@@ -30,7 +30,7 @@ setup: $(STAMP)
 	@$(BIN)/python -m compileall -q infra policy ray_cluster >/dev/null
 
 # Debian packages the tests use: shellcheck (user data), iproute2 (network-namespace hosts),
-# openssh-server/client (the existing-hosts bootstrap over real SSH), prometheus (the local
+# iptables (the metadata-service guard), redis-server (`local up --gcs-redis`), openssh-server/client (the existing-hosts bootstrap over real SSH), prometheus (the local
 # cluster's metrics), docker.io, mmdebstrap, docker-registry and zstd (the CPU node image).
 # Installed when root.
 system-deps:
