@@ -54,9 +54,7 @@ def test_workers_launch_into_the_block():
         assert cap.named("net-private")["inputs"]["availabilityZone"] == "us-east-1a"
         assert "placementGroup" not in i  # EC2 places a block's instances together itself
         assert i["tags"]["llmfleet:capacityBlock"] == BLOCK
-    (head,) = [
-        r for r in cap.of_type("aws:ec2/instance:Instance") if r["inputs"]["tags"]["llmfleet:role"] == "head"
-    ]
+    (head,) = hosts(cap, "head")  # the head group's instance, as its launch template makes it
     assert (
         "instanceMarketOptions" not in head["inputs"]
         and "capacityReservationSpecification" not in head["inputs"]

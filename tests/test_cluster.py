@@ -40,8 +40,10 @@ def test_prod_head_and_planner_count_of_efa_workers():
     sg, subnet = cluster_sg(c), c.named("net-private")["id"]
     [pg] = c.of_type("aws:ec2/placementGroup:PlacementGroup")
     assert pg["inputs"]["strategy"] == "cluster"
-    assert not c.of_type(ENI)  # the template creates the EFA interfaces at each launch
-    assert [h["type"] for h in c.of_type(INST)] == [INST]  # only the head is an instance
+    # the one interface is the head's fixed address; the workers' template creates the EFA
+    # interfaces at each launch
+    assert [e["name"] for e in c.of_type(ENI)] == ["cluster-head-eni"]
+    assert c.of_type(INST) == []  # the head and every worker slot are groups of one
     for g in groups(c):  # one instance per slot, replaced on a failed EC2 status check
         gi = g["inputs"]
         assert (gi["minSize"], gi["maxSize"], gi["desiredCapacity"]) == (1, 1, 1)
@@ -95,7 +97,7 @@ def test_dev_spot_workers_without_efa_head_on_demand():
         "spotOptions": {"spotInstanceType": "one-time", "instanceInterruptionBehavior": "terminate"},
     }
     assert "instanceMarketOptions" not in head["inputs"]
-    assert not c.of_type(ENI)
+    assert [e["name"] for e in c.of_type(ENI)] == ["cluster-head-eni"]
 
 
 def test_explicit_worker_count_and_capacity_reservation():

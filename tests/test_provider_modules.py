@@ -58,7 +58,7 @@ def test_names_resolve_to_the_full_packages_objects_without_loading_them():
     )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     resources = [(p, n) for p, n, _ in out["same"] if n[0].isupper()]
-    assert ("pulumi_aws.ec2", "Instance") in resources  # the probe saw the program's reads
+    assert ("pulumi_aws.ec2", "LaunchTemplate") in resources  # the probe saw the program's reads
     assert ["pulumi_aws.ec2", "get_ami", True] in out["same"]  # the function, not its module
     assert all(ok for _, _, ok in out["same"]), [r for r in out["same"] if not r[2]]
     # every read found its module where the generator puts it: no package ran its own __init__
