@@ -65,7 +65,8 @@ HOST_DIRS = (
 
 # Bash imports this function into every bash it starts (the script, `bash -c`, llmfleet-apply).
 HANDLER = r"""() {
-  { printf '%q ' "$@"; printf '\n'; } >> /calls.log
+  # one write per call (O_APPEND): stubs that run side by side (xargs -P) never interleave a line
+  local line; line=$(printf '%q ' "$@"); printf '%s\n' "$line" >> /calls.log
   local name="$1"; shift
   case "$name" in tee|gunzip) cat; return 0 ;; esac  # filters: stdin through
   # a stub reads its stdin where the real command would (no SIGPIPE for the writer)
