@@ -109,7 +109,8 @@ def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             "build_app args: key 'api_token' is not allowed; put the token in an env var and pass api_token_env"
         )
     env_name = args.pop("api_token_env", None)
-    if not isinstance(env_name, str) or not ENV_NAME_RE.match(env_name):
+    # fullmatch: `$` alone would also match before a trailing newline ("TOKEN\n")
+    if not isinstance(env_name, str) or not ENV_NAME_RE.fullmatch(env_name):
         raise AppArgsError(
             f"build_app args: api_token_env = {env_name!r}: allowed: an environment variable name"
         )

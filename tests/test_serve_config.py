@@ -193,7 +193,7 @@ def test_ingress_configs_the_gate_cannot_honour_fail_in_one_line(monkeypatch):
         serve_app.parse_args(args)
 
 
-@pytest.mark.parametrize("bad", [None, "", "1TOKEN", "MY-TOKEN", "MY TOKEN", "$TOKEN", 7])
+@pytest.mark.parametrize("bad", [None, "", "1TOKEN", "MY-TOKEN", "MY TOKEN", "$TOKEN", 7, "TOKEN\n"])
 def test_api_token_env_must_be_an_environment_variable_name(bad):
     with pytest.raises(serve_app.AppArgsError) as e:
         serve_app.parse_args({"api_token_env": bad, "llm_configs": []})
