@@ -348,3 +348,19 @@ def test_weights_path_and_cidrs_that_are_allowed():
     )
     assert cfg.weights_path == "/data/BOX" and cfg.vpc_cidr == "172.16.0.0/20"
     assert cfg.endpoint_allowed_cidrs == ["10.1.0.0/16", "fd12:3456::/32"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("llmfleet:baseImage", "vllm/vllm-openai:v0.29.0@sha256:" + "a" * 64),
+        ("llmfleet:availabilityZone", "us-east-1a"),
+        ("llmfleet:capacityReservationId", "cr-0123456789abcdef0"),
+        ("llmfleet:endpointHostedZoneId", "Z0123456789ABCDEFGHIJ"),
+    ],
+)
+def test_a_trailing_newline_is_not_part_of_a_valid_value(key, value):
+    """The rules match whole values: a pattern's `$` alone also matches before a final newline."""
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({key: value + "\n"}, "t")
+    assert str(e.value).startswith(f"{key} = ") and "\n" not in str(e.value)

@@ -25,7 +25,6 @@ section in boot order, and a reader follows the boot by reading it top to bottom
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Literal
 from infra.boot import health_agent, imds_guard, metrics
 from infra.boot.metrics import HostMetrics
 from infra.constants import S3_MAX_CONCURRENT_REQUESTS
+from infra.stack.host_spec import is_ipv4
 from ray_cluster import contract
 from ray_cluster.contract import GCS_PORT, HOST_ENV_FILE
 
@@ -552,13 +552,6 @@ fi
 """
 
 
-def _is_ipv4(v: str) -> bool:
-    try:
-        return ipaddress.ip_address(v).version == 4
-    except ValueError:
-        return False
-
-
 def render_user_data(spec: NodeSpec) -> str:
     """The whole boot script for one host."""
     if spec.role not in ("head", "worker"):
@@ -572,7 +565,7 @@ def render_user_data(spec: NodeSpec) -> str:
         raise ValueError(f"weights_s3_uri {spec.weights_s3_uri!r}: allowed s3://BUCKET/PREFIX/")
     # The head's address becomes NODE_IP, which later lines hand to `ip` and to sed's s///
     # (the Prometheus config): an IPv4 address and nothing else.
-    if spec.head_ip and not _is_ipv4(spec.head_ip):
+    if spec.head_ip and not is_ipv4(spec.head_ip):
         raise ValueError(f"head_ip {spec.head_ip!r}: allowed an IPv4 address")
     wp = spec.weights_path.rstrip("/")
     if (

@@ -51,6 +51,7 @@ from infra.components.workers import (
     CAPACITY_TIMEOUT,
     HEALTH_CHECK_GRACE_S,
     METADATA_OPTIONS,
+    encrypted_root,
     instance_refresh,
     network_interfaces,
 )
@@ -95,15 +96,6 @@ def head_interface(name: str, args: HeadArgs, parent: pulumi.Resource) -> aws.ec
 
 
 def head_launch_template(name: str, args: HeadArgs, parent: pulumi.Resource) -> aws.ec2.LaunchTemplate:
-    root = {
-        "device_name": args.root_device_name,  # first: the root volume (infra/worker_groups.py)
-        "ebs": {
-            "volume_type": "gp3",
-            "volume_size": args.root_volume_gb,
-            "encrypted": "true",
-            "delete_on_termination": "true",
-        },
-    }
     return aws.ec2.LaunchTemplate(
         f"{name}-head",
         name=f"{args.name}-head",
@@ -112,7 +104,7 @@ def head_launch_template(name: str, args: HeadArgs, parent: pulumi.Resource) -> 
         instance_type=args.head_type.name,
         iam_instance_profile={"name": args.instance_profile},
         metadata_options=METADATA_OPTIONS,
-        block_device_mappings=[root],
+        block_device_mappings=[encrypted_root(args.root_device_name, args.root_volume_gb)],
         network_interfaces=network_interfaces(0, args.cluster_sg_id),
         user_data=base64.b64encode(args.user_data.encode()).decode(),
         update_default_version=True,

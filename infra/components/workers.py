@@ -128,18 +128,22 @@ def _market_and_capacity(args: WorkerPoolArgs) -> dict:
     return extra
 
 
-def worker_launch_template(
-    name: str, args: WorkerPoolArgs, parent: pulumi.Resource
-) -> aws.ec2.LaunchTemplate:
-    root = {
-        "device_name": args.root_device_name,  # first: the root volume (infra/worker_groups.py)
+def encrypted_root(device_name: pulumi.Input[str], size_gb: int) -> dict:
+    """The launch templates' one block device: the encrypted gp3 root (head and workers)."""
+    return {
+        "device_name": device_name,  # first: the root volume (infra/worker_groups.py)
         "ebs": {
             "volume_type": "gp3",
-            "volume_size": args.root_volume_gb,
+            "volume_size": size_gb,
             "encrypted": "true",
             "delete_on_termination": "true",
         },
     }
+
+
+def worker_launch_template(
+    name: str, args: WorkerPoolArgs, parent: pulumi.Resource
+) -> aws.ec2.LaunchTemplate:
     return aws.ec2.LaunchTemplate(
         f"{name}-worker",
         name=f"{args.name}-worker",
@@ -148,7 +152,7 @@ def worker_launch_template(
         instance_type=args.worker_type.name,
         iam_instance_profile={"name": args.instance_profile},
         metadata_options=METADATA_OPTIONS,
-        block_device_mappings=[root],
+        block_device_mappings=[encrypted_root(args.root_device_name, args.root_volume_gb)],
         network_interfaces=network_interfaces(efa_cards(args.worker_type), args.cluster_sg_id),
         user_data=base64.b64encode(args.user_data.encode()).decode(),
         update_default_version=True,

@@ -220,7 +220,7 @@ def _parse_raw(key: str, value: Any) -> Any:
 def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig:
     """Validate the flat Pulumi config map of one stack. Keys of other namespaces
     (other than aws:region) are ignored; unknown llmfleet: keys are errors."""
-    if not STACK_NAME_RE.match(stack):
+    if not STACK_NAME_RE.fullmatch(stack):
         # The name lands in resource names, SSM paths and the hosts' scripts.
         raise ConfigError(
             f"--stack {stack!r}: allowed: 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"

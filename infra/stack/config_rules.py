@@ -48,7 +48,7 @@ def check_all(cfg: StackConfig) -> None:
 def check_endpoint_tls_dns(cfg: StackConfig) -> None:
     arn = cfg.endpoint_certificate_arn
     if arn is not None:
-        m = ACM_ARN_RE.match(arn)
+        m = ACM_ARN_RE.fullmatch(arn)
         if m and m.group(1) != cfg.region:
             raise CrossKeyError(
                 "llmfleet:endpointCertificateArn",
@@ -66,7 +66,7 @@ def check_endpoint_tls_dns(cfg: StackConfig) -> None:
 
 def check_alarm_topic(cfg: StackConfig) -> None:
     arn = cfg.alarm_topic_arn
-    m = SNS_TOPIC_ARN_RE.match(arn) if arn is not None else None
+    m = SNS_TOPIC_ARN_RE.fullmatch(arn) if arn is not None else None
     if m and cfg.provider != "aws":
         # the alarms watch EC2 instances and Auto Scaling groups, which provider existing has not
         raise CrossKeyError(

@@ -75,7 +75,6 @@ _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"sha256:[0-9a-f]{64}"
-IMAGE_REF_RE = re.compile(rf"^{_NAME}(?::{_TAG})?(?:@{_DIGEST})?$")
 REPOSITORY_RE = re.compile(rf"^{_NAME}(?:@{_DIGEST})?$")
 # AWS's tag rules: keys 1-128, values 0-256 characters of letters, digits, spaces and _ . : / = + - @
 TAG_CHARS_RE = re.compile(r"^(?:[^\W]|[ .:/=+\-@])*$")
@@ -114,7 +113,7 @@ ZeroUnset = BeforeValidator(_zero_is_unset)
 
 
 def _region(v: str) -> str:
-    if not REGION_RE.match(v):
+    if not REGION_RE.fullmatch(v):
         raise ValueError("allowed: an AWS region name such as us-east-1")
     if not is_known_region(v):
         raise ValueError(
@@ -131,7 +130,7 @@ def _region(v: str) -> str:
 
 
 def _az(v: str | None) -> str | None:
-    if v is not None and not AZ_RE.match(v):
+    if v is not None and not AZ_RE.fullmatch(v):
         raise ValueError("allowed: an availability zone name such as us-east-1a, or unset for auto")
     return v
 
@@ -172,7 +171,7 @@ def _workers(v: Any) -> Any:
 
 
 def _safe_parts(parts: list[str]) -> bool:
-    return all(PATH_PART_RE.match(p) and p not in (".", "..") for p in parts)
+    return all(PATH_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts)
 
 
 def safe_path(v: str) -> str:
@@ -199,7 +198,7 @@ def s3_uri(v: str) -> str:
     bucket, _, prefix = v.removeprefix("s3://").partition("/")
     ok = (
         v.startswith("s3://")
-        and S3_BUCKET_RE.match(bucket)
+        and S3_BUCKET_RE.fullmatch(bucket)
         and ".." not in bucket
         and not _is_ip(bucket)
         and not bucket.startswith(S3_BUCKET_RESERVED_PREFIXES)
@@ -221,7 +220,7 @@ def _weights_uri(v: str | None) -> str | None:
             "plain http lets anyone on the path swap the weights and their SHA256SUMS; " + WEIGHTS_URI_ALLOWED
         )
     if v.startswith("https://"):
-        m = HTTPS_URL_RE.match(v)
+        m = HTTPS_URL_RE.fullmatch(v)
         path = (m.group("path") or "/") if m else ""
         if not m or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
             raise ValueError("allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query)")
@@ -250,16 +249,8 @@ def _endpoint_port(v: int) -> int:
     return v
 
 
-def _image(v: str) -> str:
-    if not IMAGE_REF_RE.match(v) or len(v) > 255:
-        raise ValueError(
-            "allowed: a Docker image reference such as vllm/vllm-openai:v0.29.0 (REPO[:TAG][@sha256:...])"
-        )
-    return v
-
-
 def _repository(v: str | None) -> str | None:
-    if v is not None and (not REPOSITORY_RE.match(v) or len(v) > 255):
+    if v is not None and (not REPOSITORY_RE.fullmatch(v) or len(v) > 255):
         raise ValueError(
             "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>"
         )
@@ -289,7 +280,12 @@ def _tags(v: dict[str, str]) -> dict[str, str]:
     for k, val in v.items():
         if k.startswith("aws:") or k.startswith("llmfleet:"):
             raise ValueError(f"tag key {k!r} is reserved; allowed: keys not starting with aws: or llmfleet:")
-        if not (1 <= len(k) <= 128 and len(val) <= 256 and TAG_CHARS_RE.match(k) and TAG_CHARS_RE.match(val)):
+        if not (
+            1 <= len(k) <= 128
+            and len(val) <= 256
+            and TAG_CHARS_RE.fullmatch(k)
+            and TAG_CHARS_RE.fullmatch(val)
+        ):
             raise ValueError(
                 f"tag {k!r}: {val!r} breaks AWS's tag rules; allowed: keys of 1-128 and values of 0-256 "
                 "letters, digits, spaces and _ . : / = + - @"
@@ -304,13 +300,13 @@ def _retention(v: int) -> int:
 
 
 def _reservation(v: str | None) -> str | None:
-    if v is not None and not RESERVATION_RE.match(v):
+    if v is not None and not RESERVATION_RE.fullmatch(v):
         raise ValueError("allowed: a capacity reservation id such as cr-0123456789abcdef0")
     return v
 
 
 def _capacity_block(v: str | None) -> str | None:
-    if v is not None and not RESERVATION_RE.match(v):
+    if v is not None and not RESERVATION_RE.fullmatch(v):
         raise ValueError(
             "allowed: the Capacity Block's capacity reservation id such as cr-0123456789abcdef0 "
             "(aws ec2 describe-capacity-reservations --filters Name=reservation-type,Values=capacity-block)"
@@ -319,7 +315,7 @@ def _capacity_block(v: str | None) -> str | None:
 
 
 def _cert(v: str | None) -> str | None:
-    if v is not None and not ACM_ARN_RE.match(v):
+    if v is not None and not ACM_ARN_RE.fullmatch(v):
         raise ValueError(
             "allowed: an ACM certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<uuid>"
         )
@@ -327,7 +323,7 @@ def _cert(v: str | None) -> str | None:
 
 
 def _topic(v: str | None) -> str | None:
-    if v is not None and not SNS_TOPIC_ARN_RE.match(v):
+    if v is not None and not SNS_TOPIC_ARN_RE.fullmatch(v):
         raise ValueError(
             "allowed: a standard SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:llmfleet-alarms"
         )
@@ -335,13 +331,13 @@ def _topic(v: str | None) -> str | None:
 
 
 def _dns_name(v: str | None) -> str | None:
-    if v is not None and not DNS_NAME_RE.match(v.rstrip(".")):
+    if v is not None and not DNS_NAME_RE.fullmatch(v.rstrip(".")):
         raise ValueError("allowed: a lower-case DNS name such as llm.example.com")
     return v.rstrip(".") if v else v
 
 
 def _zone(v: str | None) -> str | None:
-    if v is not None and not HOSTED_ZONE_RE.match(v):
+    if v is not None and not HOSTED_ZONE_RE.fullmatch(v):
         raise ValueError("allowed: a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ")
     return v
 
@@ -353,7 +349,6 @@ GpuInstanceType = Annotated[str, AfterValidator(_gpu_type)]
 InstanceType = Annotated[str, AfterValidator(_head_type)]
 WorkerCount = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
 EndpointPort = Annotated[int, Field(ge=1, le=65535), AfterValidator(_endpoint_port)]
-ImageRef = Annotated[str, AfterValidator(_image)]
 Repository = Annotated[str | None, Unset, AfterValidator(_repository)]
 # A budget or an hourly price: finite (inf or nan would switch the budget gate off).
 Usd = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -374,14 +369,11 @@ HostedZoneId = Annotated[str | None, Unset, AfterValidator(_zone)]
 
 # An image by digest: REPO:TAG@sha256:<64 hex> (the tag names the release, the digest is what
 # is pulled) or REPO@sha256:<64 hex>. REPO may start with a registry host (and :port).
-IMAGE_BY_DIGEST_RE = re.compile(
-    r"^[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[0-9a-f]{64}$"
-)
+IMAGE_BY_DIGEST_RE = re.compile(rf"^{_NAME}(?::{_TAG})?@{_DIGEST}$")
 
 
 def _image_by_digest(v: str) -> str:
-    if not IMAGE_BY_DIGEST_RE.match(v):
+    if not IMAGE_BY_DIGEST_RE.fullmatch(v):
         raise ValueError(
             "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>"
         )

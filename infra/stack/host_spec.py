@@ -43,7 +43,7 @@ def parse_host_key(v: str) -> str:
     return f"{kind} {blob}"
 
 
-def _is_ipv4(v: str) -> bool:
+def is_ipv4(v: str) -> bool:
     try:
         return ipaddress.ip_address(v).version == 4
     except ValueError:
@@ -68,14 +68,14 @@ class HostSpec(BaseModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        if not HOST_RE.match(v):
+        if not HOST_RE.fullmatch(v):
             raise ValueError("allowed: an IPv4 address or a DNS name")
         return v
 
     @field_validator("ssh_user")
     @classmethod
     def _user(cls, v: str) -> str:
-        if not USER_RE.match(v):
+        if not USER_RE.fullmatch(v):
             raise ValueError("allowed: a Unix user name such as ubuntu")
         return v
 
@@ -86,7 +86,7 @@ class HostSpec(BaseModel):
         one stays as written: the hosts check names its entry and the allowed ids."""
         if v is None:
             return None
-        if not GPU_MODEL_RE.match(v):
+        if not GPU_MODEL_RE.fullmatch(v):
             raise ValueError(f"allowed: {', '.join(load_catalog().gpus)}")
         return suggest.canonical(v, load_catalog().gpus) or v
 
@@ -98,11 +98,11 @@ class HostSpec(BaseModel):
     @field_validator("private_ip")
     @classmethod
     def _private_ip(cls, v: str | None) -> str | None:
-        if v is not None and not _is_ipv4(v):
+        if v is not None and not is_ipv4(v):
             raise ValueError("allowed: an IPv4 address")
         return v
 
     @property
     def ray_ip(self) -> str | None:
         """The IP Ray binds on this host: privateIp, else the address when it is an IPv4."""
-        return self.private_ip or (self.address if _is_ipv4(self.address) else None)
+        return self.private_ip or (self.address if is_ipv4(self.address) else None)
