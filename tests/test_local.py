@@ -111,7 +111,7 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
         6379,
         True,
         head.ip,
-        1,
+        2,  # the ingress's CPU and one free for the prefix router's tree actor
     )
     ray_argv = ray_start.head_start_command(h.ip, port=h.port)
     assert "--num-gpus=0" in ray_argv  # the head never advertises GPUs
@@ -252,8 +252,10 @@ def cluster(tmp_path_factory):
     }
     try:
         t0 = time.monotonic()
+        # --routing prefix: the existing tests hold with Ray Serve LLM's prefix-cache-affinity
+        # router too (distinct prompts still spread), and the routing test needs it.
         r = cli("up", "--name", name, "--hosts", "3", "--subnet", str(subnet), "--port", str(port),
-                "--mode", mode, "--json", env=env, timeout=900)  # fmt: skip
+                "--mode", mode, "--routing", "prefix", "--json", env=env, timeout=900)  # fmt: skip
         assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
         yield {
             "name": name,
@@ -302,7 +304,7 @@ def test_up_prints_endpoint_token_model_hosts(cluster):
 def test_up_again_is_idempotent(cluster):
     t0 = time.monotonic()
     r = cli("up", "--name", cluster["name"], "--hosts", "3", "--port", str(cluster["port"]),
-            "--mode", cluster["mode"], "--json", env=cluster["env"])  # fmt: skip
+            "--mode", cluster["mode"], "--routing", "prefix", "--json", env=cluster["env"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == cluster["doc"] and time.monotonic() - t0 < 60
     r = cli(
@@ -330,12 +332,57 @@ def test_openai_chat_stream_completion_through_local_endpoint(client):
             stream_options={"include_usage": True},
         )
     )
-    assert (
-        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
+    # R1's reasoning parser is on (the catalog's serving defaults): the stream carries the same
+    # thought and answer as the whole response
+    m = r.choices[0].message
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (m.content or "")
+    assert "".join(getattr(c.choices[0].delta, "reasoning", None) or "" for c in chunks if c.choices) == (
+        m.reasoning or ""
     )
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
     c = client.completions.create(model=MODEL_ID, prompt="Pipeline parallelism", max_tokens=5, temperature=0)
     assert c.object == "text_completion" and 1 <= c.usage.completion_tokens <= 5
+
+
+def _split(chunks: list) -> tuple[str, str]:
+    """(reasoning, content) of a chat stream, each delta's parts joined."""
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    return (
+        "".join(getattr(d, "reasoning", None) or "" for d in deltas),
+        "".join(d.content or "" for d in deltas),
+    )
+
+
+@pytest.mark.ray
+def test_r1_reasoning_is_split_from_the_answer_streaming_and_not(client):
+    """The production app serves the tiny model with R1's chat template and R1's reasoning parser
+    (catalog serving defaults). The template opens the thought (`<think>` and a newline), so what the model
+    writes is `reasoning` until `</think>`. A random model never writes `</think>` itself: vLLM's
+    own per-request thinking_token_budget makes the engine close the thought after N tokens, and
+    the model's following tokens are the answer, in `content`. vLLM 0.29 names the field
+    `reasoning` (`reasoning_content` is gone from its responses)."""
+    msgs = [{"role": "user", "content": "What does a Ray head node do?"}]
+    whole = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=10, temperature=0)
+    m = whole.choices[0].message
+    assert m.reasoning and m.content is None  # never closed: all of it is the thought
+    ask = dict(
+        model=MODEL_ID, messages=msgs, max_tokens=10, temperature=0, extra_body={"thinking_token_budget": 4}
+    )
+    r = client.chat.completions.create(**ask)
+    split = r.choices[0].message
+    assert split.reasoning and split.content, split
+    # the thought is the model's own first tokens (greedy: the start of the unbudgeted one) ...
+    assert m.reasoning.startswith(split.reasoning) and len(split.reasoning) < len(m.reasoning)
+    # ... and the markers are the parser's, in neither part
+    assert all(t not in split.reasoning + split.content for t in ("<think>", "</think>"))
+    assert _split(list(client.chat.completions.create(**ask, stream=True))) == (
+        split.reasoning,
+        split.content,
+    )
+    assert _split(list(client.chat.completions.create(**{**ask, "extra_body": {}}, stream=True))) == (
+        m.reasoning,
+        "",
+    )
 
 
 @pytest.mark.ray
@@ -403,7 +450,8 @@ def test_chat_command_prints_the_assistant_reply(cluster):
             env=cluster["env"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["model"] == MODEL_ID and out["usage"]["completion_tokens"] >= 1 and out["reply"]
+    # the tiny model never closes its thought by itself: the reply is the reasoning
+    assert out["model"] == MODEL_ID and out["usage"]["completion_tokens"] >= 1 and out["reasoning"]
     r = cli("chat", "Hello", "--name", cluster["name"], "--max-tokens", "4", env=cluster["env"])
     assert r.returncode == 0 and r.stdout.startswith("assistant (llmfleet/tiny-deepseek-v3):")
     assert r.stdout.split("\n", 1)[1].strip()
@@ -473,8 +521,12 @@ def test_serve_routes_across_both_replicas_on_both_worker_hosts(cluster):
         async with openai.AsyncOpenAI(
             base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120
         ) as c:
+            # prompts that share no prefix (the cluster routes by prefix): the router spreads them
             return await asyncio.gather(
-                *(c.completions.create(model=MODEL_ID, prompt=f"q {i}", max_tokens=4) for i in range(n))
+                *(
+                    c.completions.create(model=MODEL_ID, prompt=_fresh_prompt(), max_tokens=4)
+                    for _ in range(n)
+                )
             )
 
     assert len(asyncio.run(run())) == n
@@ -483,6 +535,72 @@ def test_serve_routes_across_both_replicas_on_both_worker_hosts(cluster):
     assert sum(delta.values()) == n, delta  # every request finished in exactly one engine
     assert all(v >= 1 for v in delta.values()), f"a replica got no traffic: {delta}"
     assert not set(after) - set(workers) - {st["hosts"][0]["ip"]}
+
+
+def _fresh_prompt() -> str:
+    """A prompt sharing no prefix with any other: the prefix router places it by load alone."""
+    import uuid
+
+    return f"{uuid.uuid4().hex} what is a head node?"
+
+
+def _completes_fresh(client: openai.OpenAI) -> bool:
+    try:
+        return (
+            client.completions.create(
+                model=MODEL_ID, prompt=_fresh_prompt(), max_tokens=2
+            ).usage.completion_tokens
+            >= 1
+        )
+    except openai.OpenAIError:
+        return False
+
+
+# a long text every request of the routing test starts with (~900 characters, ~200 tokens)
+SHARED_PREFIX = " ".join(
+    ["You are the operations assistant of a GPU cluster that serves a large language model."]
+    + [f"Rule {i}: tensor parallelism stays inside a host, pipeline stages cross hosts, and the "
+       "head node runs the Serve controller and the OpenAI ingress." for i in range(6)]
+)  # fmt: skip
+
+
+@pytest.mark.ray
+def test_prefix_routing_sends_a_shared_prefix_to_one_replica(cluster, client):
+    """llmfleet:routing prefix (`local up --routing prefix`): Ray Serve LLM's PrefixCacheAffinityRouter
+    sends requests sharing a long prefix to the replica that served it, counted by each engine's
+    own request counter (vLLM's, per worker host). vLLM's prefix-cache counters say what the
+    engine did with it: vLLM's CPU build turns prefix caching off for MLA models on CPUs without
+    AMX (the tiny model is MLA), and then it reports no queries and no hits; with caching on, the
+    chosen replica reports the hits."""
+    from infra.rayconf.serve_config import PREFIX_ROUTER
+
+    st = state_of(cluster)
+    workers = [h["ip"] for h in st["hosts"][1:]]
+    deployed = yaml.safe_load(Path(st["serve_config"]).read_text())["applications"][0]["args"]["llm_configs"][
+        0
+    ]
+    assert deployed["deployment_config"]["request_router_config"]["request_router_class"] == PREFIX_ROUTER
+    hits_name, queries_name = "ray_vllm_prefix_cache_hits_total", "ray_vllm_prefix_cache_queries_total"
+    before = _settled_counts(st, lambda c: set(workers) <= set(c))
+    hits0, queries0 = (status.engine_counter_by_host(st, k) for k in (hits_name, queries_name))
+    n = 8
+    for i in range(n):  # one at a time: the load stays balanced, so the router goes by prefix
+        c = client.completions.create(
+            model=MODEL_ID, prompt=f"{SHARED_PREFIX} Question {i}?", max_tokens=2, temperature=0
+        )
+        assert c.usage.prompt_tokens > 150
+    after = _settled_counts(st, lambda c: sum(c.get(w, 0) - before.get(w, 0) for w in workers) >= n)
+    delta = {w: after.get(w, 0) - before.get(w, 0) for w in workers}
+    assert sorted(delta.values()) == [0, n], f"the shared prefix went to both replicas: {delta}"
+    chosen = max(delta, key=delta.get)
+    hits, queries = (
+        {w: status.engine_counter_by_host(st, k).get(w, 0) - base.get(w, 0) for w in workers}
+        for k, base in ((hits_name, hits0), (queries_name, queries0))
+    )
+    if sum(queries.values()) == 0:  # the engine runs without prefix caching here (see above)
+        assert sum(hits.values()) == 0, hits
+    else:
+        assert hits[chosen] > 0 and all(hits[w] == 0 for w in workers if w != chosen), hits
 
 
 def _completes(d: dict) -> bool:
@@ -721,7 +839,7 @@ REJOIN_WITHIN_S = 360
 
 
 @pytest.mark.ray
-def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
+def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster, client):
     d, st = cluster["doc"], state_of(cluster)
     worker, worker_ip = d["hosts"][2]["name"], d["hosts"][2]["ip"]
     pids = processes.ray_pids(st, worker)
@@ -747,7 +865,9 @@ def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster):
         assert elapsed < REJOIN_WITHIN_S, (
             f"the killed host's replica did not serve within {REJOIN_WITHIN_S} s ({answered} answered)"
         )
-        if _completes(d):
+        # a fresh prompt each time: with prefix routing a repeated one would stay on the replica
+        # that served it, and the rejoined replica (the least loaded) gets a new one
+        if _completes_fresh(client):
             answered += 1
         else:
             failed.append(round(elapsed, 1))

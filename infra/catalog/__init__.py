@@ -84,6 +84,43 @@ class Moe(BaseModel):
     first_k_dense: int = Field(ge=0)
 
 
+class Sampling(BaseModel):
+    """A model card's recommended sampling, served as vLLM's default generation settings
+    (override_generation_config): a request that sets a value still wins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+
+    def as_generation_config(self) -> dict[str, float | int]:
+        return self.model_dump(exclude_none=True)
+
+
+class ServingDefaults(_Row):
+    """How vLLM should serve a model, from its model card and vLLM's recipe: applied to every
+    stack of the model unless the stack overrides them. Parser names are vLLM's registered ones
+    (a test checks them against the installed vLLM)."""
+
+    # vLLM's --reasoning-parser: splits the model's thinking into the response's `reasoning`
+    reasoning_parser: str | None = None
+    # vLLM's --tool-call-parser (with --enable-auto-tool-choice); only where the model card says
+    # the checkpoint calls tools, and its reason beside it
+    tool_call_parser: str | None = None
+    tool_call_parser_reason: str | None = None
+    sampling: Sampling = Sampling()
+
+    @model_validator(mode="after")
+    def _tool_reason(self) -> ServingDefaults:
+        if self.tool_call_parser and not self.tool_call_parser_reason:
+            raise ValueError(
+                "tool_call_parser needs tool_call_parser_reason (where the card says it calls tools)"
+            )
+        return self
+
+
 class Model(_Row):
     id: str
     hf_repo: str
@@ -112,6 +149,7 @@ class Model(_Row):
     # vLLM has no native implementation of). Needs the reason beside it when true.
     trust_remote_code: bool = False
     trust_remote_code_reason: str | None = None
+    serving_defaults: ServingDefaults | None = None
 
     @model_validator(mode="after")
     def _remote_code(self) -> Model:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -132,6 +133,14 @@ def up_cmd(
             "into the same cluster state. Not with --image.",
         ),
     ] = False,
+    routing: Annotated[
+        str,
+        typer.Option(
+            "--routing",
+            help="How Serve picks a replica: pow2, or prefix (Ray Serve LLM's prefix-cache "
+            "affinity, as llmfleet:routing; needs --hosts 3 or more).",
+        ),
+    ] = "pow2",
     as_json: JsonOpt = False,
 ) -> None:
     from infra.local.cluster import UpOptions, up
@@ -142,7 +151,9 @@ def up_cmd(
 
     if gcs_redis and image:
         fail("--gcs-redis: allowed only without --image (the image mode has no redis-server)")
-    opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis)
+    opts = UpOptions(
+        hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis, routing=routing
+    )
     progress, on_stage = _progress_stages()
     try:
         with progress:
@@ -276,9 +287,16 @@ def chat_cmd(
         print_json(r)
         return
     console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
+    if r["reasoning"]:
+        thought, _ = printable(r["reasoning"])
+        console.print(f"[dim]<think>{escape(thought)}</think>[/]", highlight=False)
     shown, escaped = printable(r["reply"])
     console.print(
-        shown or f"(empty reply, finish_reason={r['finish_reason']})", highlight=False, markup=False
+        shown or f"(no answer after the reasoning, finish_reason={r['finish_reason']})"
+        if r["reasoning"]
+        else shown or f"(empty reply, finish_reason={r['finish_reason']})",
+        highlight=False,
+        markup=False,
     )
     if escaped:
         err_console.print(

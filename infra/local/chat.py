@@ -28,6 +28,11 @@ def chat(message: str, name: str = DEFAULT_NAME, max_tokens: int = 48, temperatu
     c = r.choices[0]
     return {
         "model": r.model,
+        # vLLM's reasoning parser puts the <think> part here (vLLM 0.29 names it `reasoning`;
+        # older servers `reasoning_content`), the answer in content
+        "reasoning": getattr(c.message, "reasoning", None)
+        or getattr(c.message, "reasoning_content", None)
+        or "",
         "reply": c.message.content or "",
         "finish_reason": c.finish_reason,
         "usage": r.usage.model_dump() if r.usage else None,

@@ -48,6 +48,7 @@ from infra.local.layout import (
     Layout,
     LocalError,
     Ports,
+    check_routing,
     gcs_redis_env,
     local_deploy_argv,
     node_argv,
@@ -106,6 +107,7 @@ class UpOptions:
     image: str | None = None  # run each host's node in this node image (infra.local.containers)
     # Ray's GCS fault tolerance on a local redis-server (unproven: never run by its author)
     gcs_redis: bool = False
+    routing: str = "pow2"  # the Serve request router: pow2, or prefix (llmfleet:routing)
 
 
 Progress = Callable[[str, str], None]  # (stage key, detail)
@@ -200,11 +202,12 @@ def _check_ports_free(ip: str, ports: Ports) -> None:
 def _reuse(existing: dict, o: UpOptions, mode: str) -> dict:
     """`up` on a running cluster: the same shape and healthy -> it, else one line saying why not."""
     have = existing["layout"]
-    want = (o.hosts, o.tp, o.pp, o.port, mode)
-    if (have["hosts"], have["tp"], have["pp"], existing["ports"]["http"], existing["mode"]) != want:
+    routing = existing.get("routing", "pow2")
+    want = (o.hosts, o.tp, o.pp, o.port, mode, o.routing)
+    if (have["hosts"], have["tp"], have["pp"], existing["ports"]["http"], existing["mode"], routing) != want:
         raise LocalError(
             f"local cluster {o.name!r} already runs with --hosts {have['hosts']} --tp {have['tp']} "
-            f"--pp {have['pp']} --port {existing['ports']['http']} ({existing['mode']}); "
+            f"--pp {have['pp']} --port {existing['ports']['http']} --routing {routing} ({existing['mode']}); "
             "run `llmfleet local down` first"
         )
     ok, why = healthy(existing)
@@ -234,6 +237,7 @@ def _new_state(
         "state_dir": str(sd),
         "created": time.time(),
         "layout": {**asdict(layout), "replicas": layout.replicas},
+        "routing": o.routing,
         "engine": ENGINE,
         "ports": asdict(ports),
         "endpoint": f"http://{head.ip}:{ports.http}/v1",
@@ -316,6 +320,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     from infra.local.tiny_model import MODEL_ID, ensure_tiny_model
 
     layout = plan_layout(o.hosts, o.tp, o.pp)
+    check_routing(o.routing, layout)  # before any host exists
     mode = containers.resolve_mode(o.mode) if o.image else resolve_mode(o.mode, hosts.is_root())
     ports = plan_ports(mode, o.subnet, o.port)
     sd = state_dir()
@@ -350,7 +355,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         if o.image:  # where the image's uid can read it (containers.NODE_ROOT says why)
             model_dir = containers.stage_model(o.name, model_dir)
             st["model_dir"] = str(model_dir)
-        doc = render_local_serve_config(MODEL_ID, str(model_dir), layout, head.ip, ports.http)
+        doc = render_local_serve_config(MODEL_ID, str(model_dir), layout, head.ip, ports.http, o.routing)
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
         env = _node_env(token)
         _start_nodes(st, hs, layout, ports, env, o, paths)

@@ -37,6 +37,9 @@ CPU_KVCACHE_GIB = 1  # per rank; the tiny model needs far less, vLLM's unit is G
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 
+HEAD_CPUS = 2  # the ingress's, and the prefix router's tree actor's (node_argv says why)
+
+
 MODES = ("auto", "netns", "loopback")
 
 
@@ -163,11 +166,13 @@ def node_argv(
     python: str = sys.executable,
 ) -> list[str]:
     """The `ray_cluster.node` command of one host (foreground, so the supervisor owns it)."""
-    # Logical CPUs: the head's one is the ingress's; a worker's are its engine ranks plus the
-    # replica actor, which Ray Serve LLM adds to bundle 0.
+    # Logical CPUs: the head's are the ingress's and one free for the prefix router's tree actor
+    # (--routing prefix: Ray places an actor only where one CPU is free, though it holds none
+    # once running; the production head advertises all its vCPUs); a worker's are its engine
+    # ranks plus the replica actor, which Ray Serve LLM adds to bundle 0.
     common = [
         "--num-cpus",
-        "1" if role == "head" else str(layout.ranks_per_host + 1),
+        str(HEAD_CPUS) if role == "head" else str(layout.ranks_per_host + 1),
         "--object-store-memory",
         str(OBJECT_STORE_BYTES),
         "--temp-dir",
@@ -224,11 +229,30 @@ def local_deploy_argv(
     )
 
 
+# The tiny model stands in for DeepSeek-R1 (its architecture, chat template and <think> tokens),
+# so it is served with R1's catalog serving defaults: the reasoning parser and sampling.
+STAND_IN_FOR = "deepseek-r1"
+ROUTINGS = ("pow2", "prefix")
+
+
+def check_routing(routing: str, layout: Layout) -> None:
+    if routing not in ROUTINGS:
+        raise LocalError(f"--routing {routing!r}: allowed {', '.join(ROUTINGS)}")
+    if routing == "prefix" and layout.replicas < 2:
+        raise LocalError(
+            f"--routing prefix: needs 2 or more replicas (--hosts 3 or more; it is {layout.hosts})"
+        )
+
+
 def render_local_serve_config(
-    model_id: str, model_dir: str, layout: Layout, head_ip: str, http_port: int
+    model_id: str, model_dir: str, layout: Layout, head_ip: str, http_port: int, routing: str = "pow2"
 ) -> dict:
     """The production Serve config (serve_config.render_serve_config) on the CPU device."""
+    from infra.catalog import load_catalog
     from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
+    from infra.stack.serving import serving_default_inputs
+
+    check_routing(routing, layout)
 
     doc = render_serve_config(
         ServeInputs(
@@ -242,6 +266,8 @@ def render_local_serve_config(
             replicas=layout.replicas,
             device="cpu",
             cpu_kvcache_gib=CPU_KVCACHE_GIB,
+            **serving_default_inputs(load_catalog().models[STAND_IN_FOR].serving_defaults),
+            routing=routing,
         )
     )
     # The proxy binds the head's IP: loopback clusters share one port space.

@@ -24,16 +24,67 @@ USER = "<｜User｜>"
 ASSISTANT = "<｜Assistant｜>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]  # ids 0..4, in this order
 
-# DeepSeek-R1's template, reduced to system / user / assistant turns.
+# R1's reasoning markers and tool-call markers: added tokens of its tokenizer, not special ones,
+# so they stay in the decoded text, where vLLM's deepseek_r1 reasoning parser and deepseek_v3
+# tool parser look for them (special tokens are skipped when decoding).
+THINK = "<think>"
+END_THINK = "</think>"
+TOOL_TOKENS = [
+    "<｜tool▁calls▁begin｜>",
+    "<｜tool▁calls▁end｜>",
+    "<｜tool▁call▁begin｜>",
+    "<｜tool▁call▁end｜>",
+    "<｜tool▁outputs▁begin｜>",
+    "<｜tool▁outputs▁end｜>",
+    "<｜tool▁output▁begin｜>",
+    "<｜tool▁output▁end｜>",
+    "<｜tool▁sep｜>",
+]
+ADDED_TOKENS = [THINK, END_THINK, *TOOL_TOKENS]  # ids 512.., after the trained vocabulary
+
+# DeepSeek-R1's own chat template, verbatim: the chat_template of deepseek-ai/DeepSeek-R1's
+# tokenizer_config.json (the revision whose generation prompt opens the reasoning, Feb 2025).
+# The generation prompt ends in "<｜Assistant｜><think>\n", so the model starts inside its
+# reasoning and vLLM's deepseek_r1 parser takes everything up to "</think>" as reasoning;
+# earlier assistant turns are sent without their reasoning (the split('</think>') below).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ m['content'] }}"
-    "{% elif m['role'] == 'user' %}" + USER + "{{ m['content'] }}"
-    "{% elif m['role'] == 'assistant' %}" + ASSISTANT + "{{ m['content'] }}{{ eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', "
+    "is_first_sp=true) %}"
+    "{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}"
+    "{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}"
+    "{%- else %}{% set ns.system_prompt = ns.system_prompt + '\\n\\n' + message['content'] %}"
+    "{%- endif %}{%- endif %}{%- endfor %}"
+    "{{ bos_token }}{{ ns.system_prompt }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}"
+    "{%- endif %}"
+    "{%- if message['role'] == 'assistant' and 'tool_calls' in message %}{%- set ns.is_tool = false -%}"
+    "{%- for tool in message['tool_calls'] %}{%- if not ns.is_first %}{%- if message['content'] is none %}"
+    "{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' "
+    "+ tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' "
+    "+ '```' + '<｜tool▁call▁end｜>'}}"
+    "{%- else %}"
+    "{{'<｜Assistant｜>' + message['content'] + '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] "
+    "+ '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' "
+    "+ tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}"
+    "{%- endif %}{%- set ns.is_first = true -%}"
+    "{%- else %}"
+    "{{'\\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] "
+    "+ '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}"
+    "{%- endif %}{%- endfor %}{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}{%- endif %}"
+    "{%- if message['role'] == 'assistant' and 'tool_calls' not in message %}{%- if ns.is_tool %}"
+    "{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- set ns.is_tool = false -%}"
+    "{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}"
+    "{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}"
+    "{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}"
+    "{%- set ns.is_output_first = false %}"
+    "{%- else %}{{'<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- endif %}"
+    "{%- endif %}{%- endfor -%}"
+    "{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}"
+    "{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\\n'}}{% endif %}"
 )
 
 CORPUS = """\
@@ -71,8 +122,9 @@ def default_data_dir() -> Path:
 
 
 def model_dir_for(data_dir: Path, seed: int) -> Path:
-    # v3: MLA at R1's kv_lora_rank/rope dims and noaux_tc routing (what vLLM's CPU build serves).
-    return Path(data_dir) / "models" / f"tiny-deepseek-v3-v3-s{seed}"
+    # v3: MLA at R1's kv_lora_rank/rope dims and noaux_tc routing (what vLLM's CPU build serves);
+    # v4: R1's chat template and its <think>/tool tokens in the tokenizer.
+    return Path(data_dir) / "models" / f"tiny-deepseek-v3-v4-s{seed}"
 
 
 def tiny_config(vocab_size: int):
@@ -124,7 +176,7 @@ ALPHABET = [chr(b) for b in range(0x21, 0x7F)] + ["\u0120", "\u010a"]
 def build_tokenizer():
     """Byte-level BPE over printable ASCII trained on CORPUS, as a PreTrainedTokenizerFast with a
     chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -142,6 +194,8 @@ def build_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
     )
+    # After training, so the BPE vocabulary is what it was; normalized=False keeps them whole.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,

@@ -19,7 +19,11 @@ changes only what must change (ServeInputs.device):
 - engine_kwargs from the planner: TP = GPUs per host, PP = hosts, max_model_len,
   gpu_memory_utilization, chunked prefill, prefix caching, trust_remote_code (off unless the
   stack turns it on);
-- deployment_config.num_replicas = replicas (`llmfleet:replicas`; locally one per worker host);
+- the model's serving defaults (catalog models.yaml `serving_defaults`): vLLM's reasoning parser,
+  a tool-call parser where the model calls tools, and the card's sampling as vLLM's default
+  generation settings (`override_generation_config`: a request's own values still win);
+- deployment_config.num_replicas = replicas (`llmfleet:replicas`; locally one per worker host),
+  and with routing "prefix" Ray Serve LLM's PrefixCacheAffinityRouter as the request router;
 - runtime_env env vars: cluster-wide ones only. NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME /
   VLLM_HOST_IP name each node's own NIC and IP, so they cannot live in one runtime_env:
   ray_cluster.node sets them on each node before `ray start`, and Ray workers inherit them.
@@ -29,8 +33,9 @@ Validated with ray.serve.schema.ServeDeploySchema and ray.serve.llm.LLMConfig.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,19 @@ from ray_cluster.serve_app import ENV_NAME_RE, STAGED_WEIGHTS_CALLBACK
 
 DEFAULT_TOKEN_ENV = contract.TOKEN_ENV
 CPU_DTYPES = ("float32", "bfloat16")
+# vLLM's parser names are registry keys (e.g. deepseek_r1, deepseek_v3): a name, never a path.
+PARSER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+# vLLM reads these keys of a generation config as sampling defaults (ModelConfig.get_diff_sampling_param).
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+ROUTINGS = ("pow2", "prefix")
+# Ray Serve LLM's prefix-cache-aware router (public: ray.serve.llm.request_router).
+PREFIX_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+# imbalanced_threshold: Ray's guide documents 10 (queue-length gap above which it falls back to
+# power-of-two), but 2.60's initialize_state defaults to inf, which would pin every request that
+# shares a hot prefix (a common system prompt) to one replica however long its queue. do_eviction:
+# off by default, and then the router's prefix tree grows for the cluster's whole life; on, it is
+# trimmed to Ray's default 360k characters once past 400k (docs.ray.io serve/llm prefix-aware-routing).
+PREFIX_ROUTER_KWARGS: dict[str, Any] = {"imbalanced_threshold": 10, "do_eviction": True}
 
 
 class ServeConfigError(ValueError):
@@ -74,6 +92,13 @@ class ServeInputs:
     cpu_kvcache_gib: int = 1
     cpu_omp_threads_bind: str | None = None
     cpu_dtype: str = "float32"
+    # The model's serving defaults (infra.catalog ServingDefaults): vLLM parser names and the
+    # card's sampling. None / empty = vLLM's own behaviour.
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    default_sampling: Mapping[str, float] = field(default_factory=dict)
+    # Replica choice: "pow2" (Serve's power of two choices) or "prefix" (prefix-cache affinity).
+    routing: str = "pow2"
 
     def check(self) -> None:
         try:
@@ -90,6 +115,24 @@ class ServeInputs:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ServeConfigError(
                 f"gpu_memory_utilization = {self.gpu_memory_utilization}: allowed: 0 < x <= 1"
+            )
+        for key in ("reasoning_parser", "tool_call_parser"):
+            name = getattr(self, key)
+            if name is not None and not PARSER_NAME_RE.fullmatch(name):
+                raise ServeConfigError(
+                    f"{key} = {name!r}: allowed: a vLLM parser name (lower-case letters, digits, '_')"
+                )
+        for key, value in self.default_sampling.items():
+            if key not in SAMPLING_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
+                raise ServeConfigError(
+                    f"default_sampling.{key} = {value!r}: allowed: a number for one of {', '.join(SAMPLING_KEYS)}"
+                )
+        if self.routing not in ROUTINGS:
+            raise ServeConfigError(f"routing = {self.routing!r}: allowed: {', '.join(ROUTINGS)}")
+        if self.routing == "prefix" and self.replicas < 2:
+            raise ServeConfigError(
+                f"routing = 'prefix' with replicas = {self.replicas}: allowed with 2 or more replicas "
+                "(one replica gets every request); use pow2"
             )
         if not self.model_source.startswith("/"):
             raise ServeConfigError(f"model_source = {self.model_source!r}: allowed: an absolute path")
@@ -125,6 +168,32 @@ def cpu_env_vars(i: ServeInputs) -> dict[str, str]:
     return env
 
 
+def model_default_kwargs(i: ServeInputs) -> dict[str, Any]:
+    """The model's serving defaults as vLLM engine/frontend kwargs (Ray Serve LLM sorts them into
+    vLLM's AsyncEngineArgs and FrontendArgs by name)."""
+    kw: dict[str, Any] = {}
+    if i.reasoning_parser:
+        # the chat route splits <think>...</think> into the message's `reasoning` (streaming too)
+        kw["reasoning_parser"] = i.reasoning_parser
+    if i.tool_call_parser:
+        kw["enable_auto_tool_choice"] = True
+        kw["tool_call_parser"] = i.tool_call_parser
+    if i.default_sampling:
+        # merged over the checkpoint's generation_config.json; a request's own value wins
+        kw["override_generation_config"] = dict(i.default_sampling)
+    return kw
+
+
+def deployment_config(i: ServeInputs) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"num_replicas": i.replicas}
+    if i.routing == "prefix":
+        cfg["request_router_config"] = {
+            "request_router_class": PREFIX_ROUTER,
+            "request_router_kwargs": dict(PREFIX_ROUTER_KWARGS),
+        }
+    return cfg
+
+
 def llm_config(i: ServeInputs) -> dict[str, Any]:
     """The LLMConfig (as a dict) for ray.serve.llm."""
     engine_kwargs: dict[str, Any] = {
@@ -145,6 +214,9 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
         # pipeline parallelism compiled.
         if i.pipeline_parallel_size == 1:
             engine_kwargs["enforce_eager"] = True
+    # The merge point, in order: the planner's and the device's kwargs above, then the model's
+    # serving defaults from the catalog; a stack's own engine arguments go last, so they win.
+    engine_kwargs.update(model_default_kwargs(i))
     env = cluster_env_vars(i.efa) if i.device == "gpu" else cpu_env_vars(i)
     return {
         "model_loading_config": {"model_id": i.model_id, "model_source": i.model_source},
@@ -158,7 +230,7 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
             ),
             "strategy": contract.placement_strategy(i.device),
         },
-        "deployment_config": {"num_replicas": i.replicas},
+        "deployment_config": deployment_config(i),
         "runtime_env": {"env_vars": env},
     }
 

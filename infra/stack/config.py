@@ -85,6 +85,9 @@ class StackConfig(BaseModel):
     worker_count: WorkerCount = Field(default="auto", alias="llmfleet:workerCount")
     # Engine replicas; each spans the plan's nodes (PP), so workerCount = replicas x nodes.
     replicas: Annotated[int, Field(ge=1, le=64)] = Field(default=1, alias="llmfleet:replicas")
+    # How the Serve router picks a replica: pow2 (Serve's power of two choices) or prefix (Ray
+    # Serve LLM's prefix-cache affinity: requests sharing a prefix go where its KV cache is).
+    routing: Literal["pow2", "prefix"] = Field(default="pow2", alias="llmfleet:routing")
     head_instance_type: InstanceType = Field(default="m7i.2xlarge", alias="llmfleet:headInstanceType")
     weights_uri: WeightsUri = Field(default=None, alias="llmfleet:weightsUri")
     weights_path: WeightsPath = Field(default="/opt/llmfleet/models", alias="llmfleet:weightsPath")

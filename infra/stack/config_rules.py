@@ -43,6 +43,18 @@ def check_all(cfg: StackConfig) -> None:
     check_alarm_topic(cfg)
     check_commitments(cfg)
     check_layout(cfg)
+    check_routing(cfg)
+
+
+def check_routing(cfg: StackConfig) -> None:
+    # Ray would accept it, but with one replica every request goes to it anyway: the router and
+    # its prefix-tree actor would only cost memory, and the key would say more than it does.
+    if cfg.routing == "prefix" and cfg.replicas < 2:
+        raise CrossKeyError(
+            "llmfleet:routing",
+            "prefix",
+            f"needs llmfleet:replicas >= 2 (it is {cfg.replicas}: one replica gets every request); allowed here: pow2",
+        )
 
 
 def check_endpoint_tls_dns(cfg: StackConfig) -> None:

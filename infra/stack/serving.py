@@ -52,6 +52,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
     # Dynamic FP8 is the only non-native scheme vLLM applies at load; int8/int4 need their own
     # pre-quantized checkpoints, which carry their method in config.json.
     quant = "fp8" if plan.quantization == "fp8" and native and native != "fp8" else None
+    defaults = cat.models[model].serving_defaults if model in cat.models else None
     inst = cat.instances.get(getattr(cfg, "gpu_instance_type", ""), None)
     efa = bool(inst and inst.efa) and getattr(cfg, "provider", "aws") == "aws"
     return ServeInputs(
@@ -68,7 +69,20 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         http_port=int(getattr(cfg, "endpoint_port", 8000)),
         replicas=int(outputs.get("replicas") or getattr(cfg, "replicas", 1)),
         trust_remote_code=bool(getattr(cfg, "effective_trust_remote_code", False)),
+        **serving_default_inputs(defaults),
+        routing=str(getattr(cfg, "routing", "pow2")),
     )
+
+
+def serving_default_inputs(defaults: Any) -> dict[str, Any]:
+    """ServeInputs fields from a catalog model's serving_defaults (None: vLLM's own behaviour)."""
+    if defaults is None:
+        return {}
+    return {
+        "reasoning_parser": defaults.reasoning_parser,
+        "tool_call_parser": defaults.tool_call_parser,
+        "default_sampling": defaults.sampling.as_generation_config(),
+    }
 
 
 def render_for_outputs(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> tuple[dict[str, Any], list[str]]:
