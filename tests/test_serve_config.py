@@ -525,3 +525,150 @@ def test_batch_engines_follow_the_same_rule():
     assert local_engine("/m")[0]["trust_remote_code"] is False
     assert stack_engine("prod", [])[0]["trust_remote_code"] is False
     assert stack_engine("prod", ["llmfleet:trustRemoteCode=true"])[0]["trust_remote_code"] is True
+
+
+# ---------------------------------------------------------------- model serving defaults, routing
+
+
+def test_prod_serves_r1_with_its_reasoning_parser_and_the_cards_sampling():
+    """The prod Serve config carries R1's catalog serving defaults, and Ray Serve LLM hands them to
+    vLLM's engine args (the reasoning parser, the default generation settings)."""
+    from ray.serve.llm import LLMConfig
+
+    res = runner.invoke(app, ["render", "serve-config", "--stack", "prod", "--offline"])
+    assert res.exit_code == 0, res.output
+    llm = _llm(yaml.safe_load(res.stdout))
+    kw = llm["engine_kwargs"]
+    assert kw["reasoning_parser"] == "deepseek_r1"
+    assert kw["override_generation_config"] == {"temperature": 0.6, "top_p": 0.95}
+    assert "tool_call_parser" not in kw and "enable_auto_tool_choice" not in kw  # R1 publishes no tool format
+    engine = LLMConfig.model_validate(llm).get_engine_config()
+    assert engine.engine_kwargs["reasoning_parser"] == "deepseek_r1"
+    assert engine.engine_kwargs["override_generation_config"] == {"temperature": 0.6, "top_p": 0.95}
+
+
+def test_every_catalog_parser_is_registered_in_the_installed_vllm():
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    from infra.catalog import load_catalog
+
+    models = load_catalog().models.values()
+    assert all(m.serving_defaults and m.serving_defaults.reasoning_parser == "deepseek_r1" for m in models)
+    for m in models:
+        d = m.serving_defaults
+        ReasoningParserManager.get_reasoning_parser(d.reasoning_parser)  # raises on an unknown name
+        if d.tool_call_parser:
+            ToolParserManager.get_tool_parser(d.tool_call_parser)
+        assert set(d.sampling.as_generation_config()) <= set(sc.SAMPLING_KEYS)
+
+
+def test_a_tool_parser_goes_to_vllms_frontend_with_auto_tool_choice():
+    """Where a model has a tool-call parser, Ray Serve LLM passes it (and auto tool choice) to
+    vLLM's FrontendArgs, the reasoning parser to its engine args."""
+    from ray.serve.llm import LLMConfig
+
+    i = sc.ServeInputs(
+        "m",
+        "/opt/m",
+        1,
+        1,
+        4096,
+        gpu_model="L40S",
+        reasoning_parser="deepseek_r1",
+        tool_call_parser="deepseek_v3",
+    )
+    engine = LLMConfig.model_validate(_llm(sc.render_serve_config(i))).get_engine_config()
+    assert engine.frontend_kwargs == {"enable_auto_tool_choice": True, "tool_call_parser": "deepseek_v3"}
+    assert engine.engine_kwargs["reasoning_parser"] == "deepseek_r1"
+
+
+def test_a_model_without_serving_defaults_gets_vllms_own_behaviour():
+    kw = _llm(sc.render_serve_config(sc.ServeInputs("m", "/opt/m", 1, 1, 4096, gpu_model="L40S")))[
+        "engine_kwargs"
+    ]
+    assert not {
+        "reasoning_parser",
+        "tool_call_parser",
+        "enable_auto_tool_choice",
+        "override_generation_config",
+    } & set(kw)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("reasoning_parser", "../x", "reasoning_parser = '../x': allowed: a vLLM parser name"),
+        ("tool_call_parser", "Deep Seek", "tool_call_parser = 'Deep Seek': allowed: a vLLM parser name"),
+        (
+            "default_sampling",
+            {"max_tokens": 5},
+            "default_sampling.max_tokens = 5: allowed: a number for one of",
+        ),
+        ("default_sampling", {"temperature": "hot"}, "default_sampling.temperature = 'hot'"),
+        ("routing", "round-robin", "routing = 'round-robin': allowed: pow2, prefix"),
+        ("routing", "prefix", "routing = 'prefix' with replicas = 1: allowed with 2 or more replicas"),
+    ],
+)
+def test_bad_serving_defaults_and_routing_are_one_line(field, value, needle):
+    with pytest.raises(sc.ServeConfigError) as e:
+        sc.render_serve_config(sc.ServeInputs("m", "/opt/m", 1, 1, 4096, gpu_model="L40S", **{field: value}))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_prefix_routing_is_ray_serve_llms_router_validated_by_ray():
+    """routing prefix: the deployment's request router is Ray Serve LLM's public
+    PrefixCacheAffinityRouter, its kwargs are ones its initialize_state takes, and Ray's schema and
+    LLMConfig (its DeploymentConfig) accept the document; pow2 leaves Serve's default router."""
+    import inspect
+
+    from ray._common.utils import import_attr
+    from ray.serve.llm.request_router import PrefixCacheAffinityRouter
+
+    doc = sc.render_serve_config(
+        sc.ServeInputs("m", "/opt/m", 8, 1, 4096, gpu_model="L40S", replicas=2, routing="prefix")
+    )
+    rr = _llm(doc)["deployment_config"]["request_router_config"]
+    assert import_attr(rr["request_router_class"]) is PrefixCacheAffinityRouter
+    assert set(rr["request_router_kwargs"]) <= set(
+        inspect.signature(PrefixCacheAffinityRouter.initialize_state).parameters
+    )
+    assert (
+        rr["request_router_kwargs"]["do_eviction"] is True
+    )  # a months-long cluster's prefix tree stays bounded
+    sc.validate_serve_config(doc)
+    sc.validate_with_exported_schema(doc)
+    pow2 = sc.render_serve_config(sc.ServeInputs("m", "/opt/m", 8, 1, 4096, gpu_model="L40S", replicas=2))
+    assert _llm(pow2)["deployment_config"] == {"num_replicas": 2}
+
+
+def test_routing_key_reaches_the_rendered_config_and_refuses_one_replica():
+    from infra.stack.config import ConfigError
+    from infra.stack.files import load_config
+
+    cfg = load_config("prod", ["llmfleet:routing=prefix", "llmfleet:replicas=2"])
+    doc = serving.render_for_plan(cfg, resolve(cfg).plan)
+    assert _llm(doc)["deployment_config"]["request_router_config"]["request_router_class"] == sc.PREFIX_ROUTER
+    assert _llm(doc)["deployment_config"]["num_replicas"] == 2
+    with pytest.raises(ConfigError) as e:
+        load_config("prod", ["llmfleet:routing=prefix"])
+    assert str(e.value) == (
+        "llmfleet:routing = 'prefix': needs llmfleet:replicas >= 2 (it is 1: one replica gets every request); "
+        "allowed here: pow2"
+    )
+    with pytest.raises(ConfigError, match="llmfleet:routing = 'rr': allowed: 'pow2' or 'prefix'"):
+        load_config("prod", ["llmfleet:routing=rr"])
+
+
+def test_the_local_cluster_serves_the_tiny_model_as_r1_and_routes_as_asked():
+    from infra.local.layout import LocalError, plan_layout, render_local_serve_config
+    from infra.local.tiny_model import MODEL_ID
+
+    doc = render_local_serve_config(MODEL_ID, "/m", plan_layout(3), "10.213.1.10", 8000, routing="prefix")
+    llm = _llm(doc)
+    assert llm["engine_kwargs"]["reasoning_parser"] == "deepseek_r1"
+    assert llm["deployment_config"]["request_router_config"]["request_router_class"] == sc.PREFIX_ROUTER
+    with pytest.raises(
+        LocalError, match=r"--routing prefix: needs 2 or more replicas \(--hosts 3 or more; it is 2\)"
+    ):
+        render_local_serve_config(MODEL_ID, "/m", plan_layout(2), "10.213.1.10", 8000, routing="prefix")

@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def test_created_under_data_dir_with_real_files(model_dir):
-    assert model_dir.name == "tiny-deepseek-v3-v3-s0"
+    assert model_dir.name == "tiny-deepseek-v3-v4-s0"
     assert model_dir.parent.name == "models"
     names = {p.name for p in model_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
@@ -31,7 +31,7 @@ def test_created_under_data_dir_with_real_files(model_dir):
 def test_env_var_sets_default_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMFLEET_DATA_DIR", str(tmp_path))
     assert ensure_tiny_model(seed=3) == model_dir_for(tmp_path, 3)
-    assert (tmp_path / "models" / "tiny-deepseek-v3-v3-s3" / "model.safetensors").is_file()
+    assert (tmp_path / "models" / "tiny-deepseek-v3-v4-s3" / "model.safetensors").is_file()
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(model_dir, tmp_path):
@@ -59,7 +59,7 @@ def test_concurrent_creation_is_safe(tmp_path):
         t.join()
     assert not errors
     assert len(set(results)) == 1
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-deepseek-v3-v3-s5"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-deepseek-v3-v4-s5"]
     # The winner is complete and bit-identical to a build made alone.
     assert digests(results[0]) == digests(ensure_tiny_model_at(tmp_path / "alone", seed=5))
 
@@ -95,7 +95,54 @@ def test_tokenizer_round_trip_and_chat_template(model_dir):
         add_generation_prompt=True,
         tokenize=False,
     )
-    assert chat == f"{tok.bos_token}S<｜User｜>U<｜Assistant｜>"
+    assert chat == f"{tok.bos_token}S<｜User｜>U<｜Assistant｜><think>\n"
+
+
+def test_chat_template_is_r1s_own(model_dir):
+    """DeepSeek-R1's template: system prompts joined first, an earlier answer sent without its
+    thought, the generation prompt opening a new one; tool calls and outputs in R1's markers."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    msgs = [
+        {"role": "system", "content": "S1"},
+        {"role": "system", "content": "S2"},
+        {"role": "user", "content": "U1"},
+        {"role": "assistant", "content": "thought</think>A1"},
+        {"role": "user", "content": "U2"},
+    ]
+    assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == (
+        "<｜begin▁of▁sentence｜>S1\n\nS2<｜User｜>U1<｜Assistant｜>A1<｜end▁of▁sentence｜>"
+        "<｜User｜>U2<｜Assistant｜><think>\n"
+    )
+    call = {"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    tools = [
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "R"},
+    ]
+    assert tok.apply_chat_template(tools, add_generation_prompt=True, tokenize=False) == (
+        "<｜begin▁of▁sentence｜><｜User｜>U<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
+        '<｜tool▁sep｜>f\n```json\n{"x": 1}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>'
+        "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>R<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"
+    )
+
+
+def test_think_tokens_are_whole_added_tokens_that_stay_in_the_text(model_dir):
+    """As in R1's tokenizer: <think> and </think> are single added tokens but not special ones, so
+    decoding keeps them and vLLM's deepseek_r1 reasoning parser finds them (it refuses a
+    tokenizer without them)."""
+    from vllm.reasoning import ReasoningParserManager
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok("a<think>b</think>c", add_special_tokens=False)["input_ids"]
+    think, end = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    assert think in ids and end in ids and tok.decode(ids, skip_special_tokens=True) == "a<think>b</think>c"
+    parser = ReasoningParserManager.get_reasoning_parser("deepseek_r1")(tok)
+    assert (parser.start_token_id, parser.end_token_id) == (think, end)
+    # R1's template opens the thought in the prompt: the output up to </think> is the reasoning
+    assert parser.extract_reasoning("part of it\n</think>\n\nthe answer", request=None) == (
+        "part of it\n",
+        "\n\nthe answer",
+    )
 
 
 def test_every_token_is_printable_text_alone(model_dir):
@@ -104,7 +151,7 @@ def test_every_token_is_printable_text_alone(model_dir):
     tok = AutoTokenizer.from_pretrained(model_dir)
     bad = [i for i in range(len(tok)) if not (tok.decode([i]).isprintable() or tok.decode([i]) == "\n")]
     assert bad == []
-    assert len(tok) == 512
+    assert len(tok) == 512 + 11  # the trained vocabulary, then R1's <think> and tool tokens
 
 
 def test_config_is_what_vllms_cpu_build_serves(model_dir):
