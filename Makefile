@@ -38,7 +38,7 @@ system-deps:
 
 demo: setup system-deps
 	$(BIN)/llmfleet local up --hosts 2
-	$(BIN)/llmfleet local chat "In one sentence, what does a Ray head node do?"
+	$(BIN)/llmfleet local chat "In one sentence, what does a Ray head node do?" --thinking-budget 16
 
 # The CPU variant of the node image (images/Dockerfile FROM images/cpu-base), pushed to a local
 # registry; prints its repo@sha256 reference. Starts dockerd and docker-registry if needed and

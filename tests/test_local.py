@@ -450,11 +450,18 @@ def test_chat_command_prints_the_assistant_reply(cluster):
             env=cluster["env"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    # the tiny model never closes its thought by itself: the reply is the reasoning
-    assert out["model"] == MODEL_ID and out["usage"]["completion_tokens"] >= 1 and out["reasoning"]
+    # the tiny model never closes its thought by itself: all of it is the reasoning
+    assert out["model"] == MODEL_ID and out["usage"]["completion_tokens"] >= 1
+    assert out["reasoning"] and out["reply"] == ""
+    r = cli("chat", "Hello", "--name", cluster["name"], "--thinking-budget", "4", "--temperature", "0", "--json",
+            env=cluster["env"])  # fmt: skip
+    out = json.loads(r.stdout)
+    assert out["reasoning"] and out["reply"], out  # vLLM closed the thought after 4 tokens
     r = cli("chat", "Hello", "--name", cluster["name"], "--max-tokens", "4", env=cluster["env"])
     assert r.returncode == 0 and r.stdout.startswith("assistant (llmfleet/tiny-deepseek-v3):")
-    assert r.stdout.split("\n", 1)[1].strip()
+    shown = r.stdout.split("\n", 1)[1]  # the thought (dim), then what came after it
+    assert shown.startswith("<think>")
+    assert shown.endswith("</think>\n(no answer after the reasoning, finish_reason=length)\n"), shown
 
 
 @pytest.mark.ray

@@ -271,6 +271,15 @@ def chat_cmd(
         float,
         typer.Option("--temperature", min=0.0, max=2.0, help="Sampling temperature (0 = greedy)."),
     ] = 0.7,
+    thinking_budget: Annotated[
+        int | None,
+        typer.Option(
+            "--thinking-budget",
+            min=0,
+            help="Most tokens the model may think before vLLM closes the thought (</think>); "
+            "the rest of the reply is the answer. Default: no limit.",
+        ),
+    ] = None,
     name: NameOpt = "local",
     as_json: JsonOpt = False,
 ) -> None:
@@ -280,7 +289,7 @@ def chat_cmd(
     from infra.local.tiny_model import is_tiny_model_id
 
     try:
-        r = chat(message, name, max_tokens, temperature)
+        r = chat(message, name, max_tokens, temperature, thinking_budget)
     except LocalError as e:
         fail(str(e), code=1)
     if as_json:
@@ -289,7 +298,7 @@ def chat_cmd(
     console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
     if r["reasoning"]:
         thought, _ = printable(r["reasoning"])
-        console.print(f"[dim]<think>{escape(thought)}</think>[/]", highlight=False)
+        console.print(f"[dim]<think>{escape(thought)}</think>[/]", highlight=False, soft_wrap=True)
     shown, escaped = printable(r["reply"])
     console.print(
         shown or f"(no answer after the reasoning, finish_reason={r['finish_reason']})"

@@ -6,8 +6,17 @@ from infra.local.layout import LocalError
 from infra.local.state import DEFAULT_NAME, load_state, read_token, state_dir
 
 
-def chat(message: str, name: str = DEFAULT_NAME, max_tokens: int = 48, temperature: float = 0.7) -> dict:
-    """One chat completion against the local endpoint with the official openai client."""
+def chat(
+    message: str,
+    name: str = DEFAULT_NAME,
+    max_tokens: int = 48,
+    temperature: float = 0.7,
+    thinking_budget: int | None = None,
+) -> dict:
+    """One chat completion against the local endpoint with the official openai client.
+
+    thinking_budget: vLLM's thinking_token_budget, the most tokens the model may think before the
+    engine closes the thought (`</think>`) and the rest of the reply is the answer."""
     import openai
 
     st = load_state(name)
@@ -20,6 +29,7 @@ def chat(message: str, name: str = DEFAULT_NAME, max_tokens: int = 48, temperatu
             messages=[{"role": "user", "content": message}],
             max_tokens=max_tokens,
             temperature=temperature,
+            extra_body={} if thinking_budget is None else {"thinking_token_budget": thinking_budget},
         )
     except openai.APIConnectionError as e:
         raise LocalError(f"{st['endpoint']}: {e}; see `llmfleet local status`") from None
