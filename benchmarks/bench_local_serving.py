@@ -142,6 +142,12 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
         "--enable-chunked-prefill",
     ]
     cmd += ["--enforce-eager"]  # as the CPU Serve config at PP 1 (infra/rayconf/serve_config.py)
+    # the model's serving defaults the Serve config carries (R1's, which the tiny model stands in for)
+    from infra.catalog import load_catalog
+
+    d = load_catalog().models[layout.STAND_IN_FOR].serving_defaults
+    cmd += ["--reasoning-parser", d.reasoning_parser]
+    cmd += ["--override-generation-config", json.dumps(d.sampling.as_generation_config())]
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": str(layout.CPU_KVCACHE_GIB),
