@@ -423,12 +423,14 @@ class UpPreview:
         }
 
 
-def build(stack: str, events: PreviewEvents) -> UpPreview:
+def build(stack: str, events: PreviewEvents, summary: Mapping[str, int] | None = None) -> UpPreview:
+    """The report; the counts are the engine's own summary of the preview when it gave one
+    (`summary`: the preview result's change summary), else counted from the steps."""
     found = changes(events.steps)
     return UpPreview(
         stack=stack,
         changes=found,
         callouts=host_callouts(found, events.steps) + serving_callouts(events.steps),
         verdict=Verdict(tuple(events.policy.violations)),
-        counts=counts(found),
+        counts={k: int(summary.get(k, 0)) for k in CHANGE_KINDS} if summary else counts(found),
     )
