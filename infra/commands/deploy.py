@@ -270,7 +270,7 @@ def up_cmd(
         ),
     ] = False,
 ) -> None:
-    """Preflight, preview + `pulumi up --refresh` with the policy pack (Automation API), render cluster.yaml + Serve config, roll the node scripts out in order (rolled back on a failure), wait until the new deployment answers.
+    """Preflight, preview with the policy pack (Automation API) shown before asking (the changes as a tree, the hosts replaced and the changes that restart serving, the pack's verdict, the cost before -> after), `pulumi up --refresh` with the pack, render cluster.yaml + Serve config, roll the node scripts out in order (rolled back on a failure), wait until the new deployment answers.
 
     Exit 0 = up and answering with the new Serve config, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / rollout stopped and rolled back / not ready in time, 2 = bad input or no pulumi CLI.
     """  # noqa: E501  (one line per paragraph: rich folds help text itself)
