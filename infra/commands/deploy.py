@@ -209,7 +209,7 @@ def _preview_and_confirm(stack: str, overrides: list[str], pstack, packs, yes: b
         summary = stack_preview(pstack, on_output=quiet.append, on_event=events, packs=packs)
     except Exception as e:  # noqa: BLE001 - the CLI fails a preview with mandatory violations
         failed = _one_line(e)
-    report = build(stack, events, summary)
+    report = build(stack, events, summary or events.summary)
     if failed and not report.verdict.mandatory:
         fail(f"pulumi preview failed: {events.errors[-1] if events.errors else failed}", 1)
     cost, cost_error = None, None
