@@ -213,3 +213,22 @@ def test_a_replacement_is_one_change_with_the_keys_that_force_it():
         "replaces GPU host cluster-worker-0 (llmfleet-prod-worker-0): the group is replaced on"
     )
     assert "vpcZoneIdentifiers (hardware placement" in line
+
+
+def test_a_node_script_known_only_during_up_may_restart_serving():
+    """In a real preview the new script can hold computed values (a new image digest): its text is
+    unknown, so the line says it may restart serving instead of guessing either way."""
+    from infra.up_preview import PreviewEvents, build
+
+    step = next(
+        e
+        for e in recorded()
+        if e.get("resourcePreEvent", {}).get("metadata", {}).get("urn", "").endswith("::cluster-node-head")
+    )
+    meta = step["resourcePreEvent"]["metadata"]
+    meta["new"]["inputs"]["insecureValue"] = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # Pulumi's unknown
+    events = PreviewEvents()
+    events(ev.EngineEvent.from_json(step))
+    [c] = build("prod", events).callouts
+    assert c.kind == "restarts-serving" and c.resource == "cluster-node-head"
+    assert c.line.startswith("may restart serving: the head node script (cluster-node-head) changes")
