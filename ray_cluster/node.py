@@ -301,6 +301,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         placements = engine_placements(ray.util.placement_group_table(), {n.node_id: n.ip for n in nodes})
     finally:
         ray.shutdown()
+    from ray_cluster.cluster_status import gather
+
     apps = serve_status(a.dashboard)
     doc = {
         "nodes": [asdict(n) for n in nodes],
@@ -308,6 +310,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         "gpus_available": avail,
         "serve": apps,
         "placements": placements,
+        # What `llmfleet status` renders: the same gatherer `llmfleet local status` runs.
+        "cluster": gather(a.dashboard),
     }
     if a.serve_config:
         # What the head last deployed and saw answer (None: nothing yet) beside what is on disk.
@@ -318,7 +322,12 @@ def cmd_status(a: argparse.Namespace) -> int:
         except OSError:
             doc["serve_config"] = None
     if a.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        # --compact: one line, for SSM Run Command, whose output is capped (24,000 characters).
+        print(
+            json.dumps(doc, sort_keys=True, separators=(",", ":"))
+            if a.compact
+            else json.dumps(doc, indent=2, sort_keys=True)
+        )
         return 0
     print_status(doc)
     return 0
@@ -435,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default="auto")
     s.add_argument("--dashboard", default=f"http://127.0.0.1:{DASHBOARD_PORT}")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--compact", action="store_true", help="with --json: one line, no indentation")
     s.add_argument("--serve-config", help="also report this config's fingerprint and the deployed one")
     s.set_defaults(func=cmd_status)
 
