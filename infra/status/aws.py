@@ -201,8 +201,11 @@ def role_rollout(role: str, name: str, hist: list[dict]) -> tuple[RoleRollout, s
                 f"{good['Version']}: run `llmfleet rollout`"
             ),
         )
-    if (newest.get("Description") or "").startswith(ROLLBACK_MARK):
-        return rr, "rolled-back", f"{role}: {newest['Description'].removeprefix(ROLLBACK_MARK).strip()}"
+    desc = newest.get("Description") or ""
+    # A rollback writes the good script back as the version right after the failed target; a
+    # later put that does not pass a description keeps this one, and is not a rollback.
+    if desc.startswith(ROLLBACK_MARK) and f"version {newest['Version'] - 1} failed" in desc:
+        return rr, "rolled-back", f"{role}: {desc.removeprefix(ROLLBACK_MARK).strip()}"
     return rr, "done", f"{role}: version {newest['Version']} rolled out"
 
 
