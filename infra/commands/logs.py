@@ -26,7 +26,7 @@ def logs_cmd(
     ] = "all",
     outputs: OutputsFileOpt = None,
 ) -> None:
-    """Print the stack's logs from CloudWatch Logs, oldest first, each line with its stream (`<role>-<ip>[/<container>]`)."""
+    """Print the stack's logs from CloudWatch Logs, oldest first, each line with its stream (`<role>-<ip>`, or `<role>-<ip>/<container>` for a container's output)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from infra import aws_credentials
