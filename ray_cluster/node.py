@@ -292,6 +292,8 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     import ray
 
+    from ray_cluster.cluster_status import gather
+
     connect(a.address)
     try:
         nodes = ray_cluster_state()
@@ -301,8 +303,6 @@ def cmd_status(a: argparse.Namespace) -> int:
         placements = engine_placements(ray.util.placement_group_table(), {n.node_id: n.ip for n in nodes})
     finally:
         ray.shutdown()
-    from ray_cluster.cluster_status import gather
-
     apps = serve_status(a.dashboard)
     doc = {
         "nodes": [asdict(n) for n in nodes],
@@ -310,9 +310,11 @@ def cmd_status(a: argparse.Namespace) -> int:
         "gpus_available": avail,
         "serve": apps,
         "placements": placements,
-        # What `llmfleet status` renders: the same gatherer `llmfleet local status` runs.
-        "cluster": gather(a.dashboard),
     }
+    if a.cluster:
+        # What `llmfleet status` renders: the same gatherer `llmfleet local status` runs. Only on
+        # request: the readiness gates keep the last 4,000 characters of this document.
+        doc["cluster"] = gather(a.dashboard)
     if a.serve_config:
         # What the head last deployed and saw answer (None: nothing yet) beside what is on disk.
         doc["deployed_serve_config"] = deployed_fingerprint(a.serve_config)
@@ -445,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dashboard", default=f"http://127.0.0.1:{DASHBOARD_PORT}")
     s.add_argument("--json", action="store_true")
     s.add_argument("--compact", action="store_true", help="with --json: one line, no indentation")
+    s.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also every node and Serve replica (what `llmfleet status` shows)",
+    )
     s.add_argument("--serve-config", help="also report this config's fingerprint and the deployed one")
     s.set_defaults(func=cmd_status)
 

@@ -156,7 +156,7 @@ def test_the_head_command_is_one_the_node_cli_parses():
     argv = line.split()
     assert argv[:4] == ["docker", "exec", "llmfleet-head", "python"]
     a = node.build_parser().parse_args(argv[6:])
-    assert a.cmd == "status" and a.json and a.compact and a.serve_config.endswith("serve.yaml")
+    assert a.cmd == "status" and a.json and a.compact and a.cluster and a.serve_config.endswith("serve.yaml")
 
 
 def test_parse_head_report_errors_are_one_line():
@@ -603,3 +603,13 @@ def test_day2_commands_without_pulumi_or_with_a_bad_outputs_file_fail_in_one_lin
     bad.write_text(json.dumps({"endpoint_url": "x"}))
     r = RUNNER.invoke(app, ["endpoint", "--stack", "prod", "--outputs", str(bad)])
     assert r.exit_code == 2 and "is missing" in r.output and "Traceback" not in r.output
+
+
+def test_a_head_image_without_the_cluster_report_says_roll_it_out():
+    class OldHead:
+        def run(self, instance_id, commands, comment, timeout_s):
+            return False, "Failed (exit 2): error: unrecognized arguments: --compact --cluster", ""
+
+    with pytest.raises(StatusError) as e:
+        st_aws.head_report(OldHead(), "i-0abc", "llmfleet-head", 60)
+    assert "predates the cluster report" in str(e.value) and "llmfleet up" in str(e.value)

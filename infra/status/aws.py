@@ -133,7 +133,8 @@ def head_status_command(container: str, serve_config: str = SERVE_CONFIG_PATH) -
     JSON line; Ray's own log lines go to stderr, which SSM keeps apart."""
     q = shlex.quote
     return [
-        f"docker exec {q(container)} python -m ray_cluster.node status --json --compact --serve-config {q(serve_config)}"
+        f"docker exec {q(container)} python -m ray_cluster.node status --json --compact --cluster "
+        f"--serve-config {q(serve_config)}"
     ]
 
 
@@ -163,6 +164,10 @@ def head_report(runner: SsmRunner, head_instance: str, container: str, timeout_s
         head_instance, head_status_command(container), "llmfleet status: cluster report", timeout_s
     )
     if not ok:
+        if "unrecognized arguments" in detail:
+            raise StatusError(
+                f"the head's image predates the cluster report ({detail}): roll the new image out (`llmfleet up`)"
+            )
         raise StatusError(f"status on the head {head_instance}: {detail}")
     return parse_head_report(stdout)
 
