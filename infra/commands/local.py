@@ -181,34 +181,22 @@ def status_cmd(
     price_stack: PriceStackOpt = "prod",
     as_json: JsonOpt = False,
 ) -> None:
-    """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion, and live figures from the cluster's Prometheus."""
+    """Each host alive/lost (its raylet and Ray's node table), Ray's nodes, the Serve app's replicas and their nodes, a real completion, and live figures from the cluster's Prometheus: the model and tables `llmfleet status` shows for a deployed stack."""  # noqa: E501
     from infra.local.layout import LocalError
-    from infra.local.status import status
     from infra.stack.config import ConfigError
+    from infra.status.local import local_status
+    from infra.status.model import StatusError
 
     try:
-        rep = status(name, price_stack=price_stack)
-    except (LocalError, ConfigError) as e:
+        rep = local_status(name, price_stack=price_stack)
+    except (LocalError, ConfigError, StatusError) as e:
         fail(str(e), code=1)
     if as_json:
-        print_json(rep)
+        print_json(rep.to_json())
         return
-    console.print(_hosts_table(rep["hosts"], f"local cluster {name!r} ({rep['mode']})"))
-    serve = ", ".join(f"{k}={v}" for k, v in rep["serve"].items()) or "no applications / head unreachable"
-    console.print(f"serve: {serve}", highlight=False)
-    deps = "; ".join(
-        f"{d} {s['status']} ({s['replicas']} running)"
-        for app in rep["deployments"].values()
-        for d, s in app.items()
-    )
-    console.print(f"engine: {rep['engine']}" + (f": {deps}" if deps else ""), highlight=False)
-    ok = "[green]yes[/]" if rep["serving"] else f"[red]no[/] ({rep['serving_detail']})"
-    console.print(f"endpoint {rep['endpoint']} answers a completion: {ok}", highlight=False)
-    if rep["lost"]:
-        console.print(f"[red]lost:[/] {', '.join(rep['lost'])}", highlight=False)
-    from infra.commands._local_live import print_metrics
+    from infra.commands._status_view import render
 
-    print_metrics(rep["metrics"])
+    render(rep, console)
 
 
 def top_cmd(
