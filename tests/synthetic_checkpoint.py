@@ -59,8 +59,13 @@ def r1_tensors(layers: int = 61, mtp: int = 1, weight_dtype: str = "F8_E4M3") ->
     ]
     for i in range(layers + mtp):
         p = f"model.layers.{i}"
-        out += [(f"{p}.input_layernorm.weight", "BF16", (h,)), (f"{p}.post_attention_layernorm.weight", "BF16", (h,))]
-        out += _fp8(f"{p}.self_attn.q_a_proj", 1536, h) + [(f"{p}.self_attn.q_a_layernorm.weight", "BF16", (1536,))]
+        out += [
+            (f"{p}.input_layernorm.weight", "BF16", (h,)),
+            (f"{p}.post_attention_layernorm.weight", "BF16", (h,)),
+        ]
+        out += _fp8(f"{p}.self_attn.q_a_proj", 1536, h) + [
+            (f"{p}.self_attn.q_a_layernorm.weight", "BF16", (1536,))
+        ]
         out += _fp8(f"{p}.self_attn.q_b_proj", heads * (128 + 64), 1536)
         out += _fp8(f"{p}.self_attn.kv_a_proj_with_mqa", 512 + 64, h)
         out += [(f"{p}.self_attn.kv_a_layernorm.weight", "BF16", (512,))]
@@ -70,7 +75,10 @@ def r1_tensors(layers: int = 61, mtp: int = 1, weight_dtype: str = "F8_E4M3") ->
             out += _fp8(f"{p}.mlp.gate_proj", 18432, h) + _fp8(f"{p}.mlp.up_proj", 18432, h)
             out += _fp8(f"{p}.mlp.down_proj", h, 18432)
         else:
-            out += [(f"{p}.mlp.gate.weight", "BF16", (256, h)), (f"{p}.mlp.gate.e_score_correction_bias", "F32", (256,))]
+            out += [
+                (f"{p}.mlp.gate.weight", "BF16", (256, h)),
+                (f"{p}.mlp.gate.e_score_correction_bias", "F32", (256,)),
+            ]
             for e in [*(f"experts.{j}" for j in range(256)), "shared_experts"]:
                 out += _fp8(f"{p}.mlp.{e}.gate_proj", 2048, h) + _fp8(f"{p}.mlp.{e}.up_proj", 2048, h)
                 out += _fp8(f"{p}.mlp.{e}.down_proj", h, 2048)
@@ -84,7 +92,9 @@ def r1_tensors(layers: int = 61, mtp: int = 1, weight_dtype: str = "F8_E4M3") ->
                 (f"{p}.shared_head.head.weight", "BF16", (vocab, h)),
             ]
     if weight_dtype != "F8_E4M3":  # the same model stored in another precision, without scales
-        out = [(n, weight_dtype if d == "F8_E4M3" else d, s) for n, d, s in out if not n.endswith("_scale_inv")]
+        out = [
+            (n, weight_dtype if d == "F8_E4M3" else d, s) for n, d, s in out if not n.endswith("_scale_inv")
+        ]
     return out
 
 

@@ -105,6 +105,8 @@ def _progress():
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=err_console,
+        # Bars are for a person at a terminal; a log or a pipe gets the one-line result only.
+        disable=not err_console.is_terminal,
     )
 
 

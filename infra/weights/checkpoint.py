@@ -261,7 +261,7 @@ def mismatches(facts: CheckpointFacts, model: Any) -> list[str]:
     expected = model.checkpoint_gib * GIB
     if abs(facts.weights_bytes - expected) > WEIGHTS_TOLERANCE * expected:
         out.append(
-            f"{facts.weights_bytes / GIB:.1f} GiB of safetensors "
+            f"{facts.weights_bytes / GIB:.4g} GiB of safetensors "
             f"(expected {model.checkpoint_gib:g} GiB ±{WEIGHTS_TOLERANCE:.0%})"
         )
     return out

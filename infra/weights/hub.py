@@ -84,10 +84,19 @@ def _hub_errors() -> tuple[type[Exception], ...]:
     return (HfHubHTTPError, LocalEntryNotFoundError, httpx.HTTPError, OSError, ValueError)
 
 
+def _quiet() -> None:
+    # huggingface_hub logs each retry of an unreachable hub as a warning ("Retrying in 8s"); the
+    # command's answer is the one line below, after its retries.
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
 def fetch_config(src: HubSource) -> dict[str, Any]:
     """config.json alone (a few KiB), for the check before the download."""
     from huggingface_hub import hf_hub_download
 
+    _quiet()
     try:
         path = hf_hub_download(src.repo_id, "config.json", revision=src.revision)
         doc = json.loads(Path(path).read_bytes())
@@ -102,6 +111,7 @@ def fetch_snapshot(src: HubSource) -> Path:
     """The whole repository in huggingface_hub's cache (resumed by it if interrupted)."""
     from huggingface_hub import snapshot_download
 
+    _quiet()
     try:
         return Path(snapshot_download(src.repo_id, revision=src.revision))
     except _hub_errors() as e:
