@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -295,6 +297,40 @@ def test_killed_halfway_and_run_again_it_uploads_only_what_is_missing(s3, moto, 
     assert keys(s3) == dict.fromkeys(everything | {"tiny/manifest.json"}, 1)  # nothing written twice
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     assert verify("--download").exit_code == 0
+
+
+def test_sigkilled_mid_upload_the_rerun_sends_only_the_rest(s3, moto, tiny, tmp_path, monkeypatch):
+    """The real thing: the CLI in its own process, SIGKILLed once a few objects are in."""
+    import infra.commands.weights as cmd
+
+    d = tmp_path / "ck"
+    shutil.copytree(tiny, d)
+    for i in range(40):
+        (d / f"part-{i:02d}.bin").write_bytes(os.urandom(256 * 1024))
+    env = {**os.environ, **DUMMY_CREDS, "AWS_ENDPOINT_URL": moto.url, "COLUMNS": "200"}
+    argv = [sys.executable, "-m", "infra.cli", "weights", "upload", "--stack", "prod", "--from", str(d)]
+    argv += ["-c", f"llmfleet:weightsUri=s3://{BUCKET}/k/", "--skip-model-check", "--concurrency", "1"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(keys(s3, "k/")) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    before = keys(s3, "k/")
+    assert 3 <= len(before) < 46 and "k/manifest.json" not in before
+
+    sent: list[str] = []
+    counting = moto.client("s3")
+    _count_puts(counting, sent)
+    monkeypatch.setattr(cmd, "_s3_client", lambda cfg, n: counting)
+    result = upload("--from", str(d), "--skip-model-check", prefix="k/")
+    assert result.exit_code == 0, result.stderr
+    everything = {f"k/{p.name}" for p in d.iterdir()}
+    assert sorted(sent) == sorted(everything - set(before) | {"k/manifest.json"})
+    assert keys(s3, "k/") == dict.fromkeys(everything | {"k/manifest.json"}, 1)
 
 
 def test_multipart_objects_carry_the_files_sha256(s3, tmp_path):
