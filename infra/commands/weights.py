@@ -4,6 +4,7 @@ against the stack's model before any byte moves, with the manifest.json the host
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,7 +160,7 @@ def upload_cmd(
         bool,
         typer.Option(
             "--skip-model-check",
-            help="Upload a checkpoint that differs from the stack's model (the manifest is still written).",
+            help="Upload a checkpoint that differs from the stack's model (its files and headers are still checked).",
         ),
     ] = False,
     dry_run: Annotated[
@@ -211,7 +212,9 @@ def upload_cmd(
     start = time.monotonic()
     with _progress() as bar:
         task = bar.add_task("sha256", total=facts.total_bytes)
-        sums = mf.hash_files(facts.files, workers=4, on_bytes=lambda n: bar.advance(task, n))
+        sums = mf.hash_files(
+            facts.files, workers=min(8, os.cpu_count() or 4), on_bytes=lambda n: bar.advance(task, n)
+        )
         try:
             plan = ws3.plan_upload(s3, loc, facts.files, sums, held)
             ws3.abort_stale_multipart(s3, loc, {f.rel for f in plan.send})
