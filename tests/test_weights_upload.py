@@ -454,6 +454,42 @@ def test_hub_source_fails_in_one_line_when_the_hub_is_unreachable(tmp_path):
     )
 
 
+def _hf_cache(home: Path, repo: str, files: Path) -> None:
+    """huggingface_hub's cache layout (blobs, a snapshot of symlinks to them, refs/main), as a
+    download leaves it: offline, the library serves the repo from here."""
+    base = home / "hub" / ("models--" + repo.replace("/", "--"))
+    commit = "0" * 39 + "1"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (base / "blobs").mkdir()
+    for f in files.iterdir():
+        blob = base / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copy(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+
+
+def test_hub_source_checks_config_json_first_then_uploads_the_snapshot(s3, moto, tiny, tmp_path):
+    _hf_cache(tmp_path / "hf", "llmfleet/tiny-deepseek-v3", tiny)
+    env = {**os.environ, **DUMMY_CREDS, "AWS_ENDPOINT_URL": moto.url, "COLUMNS": "200"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    cmd = [sys.executable, "-m", "infra.cli", "weights", "upload", "--stack", "prod", "--json"]
+    cmd += ["-c", f"llmfleet:weightsUri=s3://{BUCKET}/hf/", "--from", "hf:llmfleet/tiny-deepseek-v3"]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        "error: hf:llmfleet/tiny-deepseek-v3 is not deepseek-r1's checkpoint: num_hidden_layers 2 (expected 61)"
+    )
+    done = subprocess.run([*cmd, "--skip-model-check"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "/snapshots/" in json.loads(done.stdout)["source"]
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="hf/manifest.json")["Body"].read())
+    assert {e["path"]: e["sha256"] for e in manifest["files"]} == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny.iterdir()
+    }
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [
