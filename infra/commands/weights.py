@@ -197,7 +197,8 @@ def upload_cmd(
         "files": len(facts.files),
         "bytes": facts.total_bytes,
         "model_checked": not skip_model_check,
-        "extra_deleted": extra,
+        "extra_objects": extra,  # not in the checkpoint: refused, or deleted with --delete
+        "deleted": bool(extra) and not dry_run,
     }
     if dry_run:
         summary.update(
@@ -211,17 +212,17 @@ def upload_cmd(
         return
     start = time.monotonic()
     with _progress() as bar:
-        task = bar.add_task("sha256", total=facts.total_bytes)
+        hashing = bar.add_task("sha256", total=facts.total_bytes)
         sums = mf.hash_files(
-            facts.files, workers=min(8, os.cpu_count() or 4), on_bytes=lambda n: bar.advance(task, n)
+            facts.files, workers=min(8, os.cpu_count() or 4), on_bytes=lambda n: bar.advance(hashing, n)
         )
         try:
             plan = ws3.plan_upload(s3, loc, facts.files, sums, held)
             ws3.abort_stale_multipart(s3, loc, {f.rel for f in plan.send})
         except ws3.WeightsUploadError as e:
             fail(str(e))
-        task = bar.add_task("upload", total=plan.send_bytes)
-        result = ws3.send(s3, loc, plan.send, sums, concurrency, on_bytes=lambda n: bar.advance(task, n))
+        sending = bar.add_task("upload", total=plan.send_bytes)
+        result = ws3.send(s3, loc, plan.send, sums, concurrency, on_bytes=lambda n: bar.advance(sending, n))
     if result.failed:
         rel, why = result.failed[0]
         more = f" (+{len(result.failed) - 1} more)" if len(result.failed) > 1 else ""
