@@ -71,6 +71,7 @@ COMMANDS = (
     "policy",
     "cost",
     "preflight",
+    "weights",
     "deploy",
     "status",
     "logs",

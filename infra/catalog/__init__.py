@@ -87,6 +87,8 @@ class Moe(BaseModel):
 class Model(_Row):
     id: str
     hf_repo: str
+    # config.json's architectures[0]: what `weights upload` checks a checkpoint against
+    architecture: str = Field(pattern=r"^[A-Za-z0-9]+ForCausalLM$")
     attention: Literal["mla", "gqa"]
     layers: int = Field(gt=0)
     hidden: int = Field(gt=0)
