@@ -112,6 +112,9 @@ class Model(_Row):
     # vLLM has no native implementation of). Needs the reason beside it when true.
     trust_remote_code: bool = False
     trust_remote_code_reason: str | None = None
+    # A reasoning model thinks before it answers (R1 and its distills): `maxModelLen: auto`
+    # prefers >= 32k for it and the policy pack flags < 16k (infra/stack/context.py).
+    reasoning: bool = False
 
     @model_validator(mode="after")
     def _remote_code(self) -> Model:
