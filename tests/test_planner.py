@@ -484,3 +484,75 @@ def test_plan_prints_the_context_it_picked_and_why():
     assert "context: max_model_len 24,576 (auto): 16 sequences x 24k fit in 9.5 GiB of KV cache" in text
     bad = CliRunner().invoke(app, ["plan", "-m", "deepseek-r1", "-g", "L40S", "--max-model-len", "long"])
     assert bad.exit_code == 2 and "--max-model-len: 'long' is not allowed; allowed: 'auto'" in bad.output
+
+
+# --- workload shapes: chunked prefill, crossing hosts (issue #28 point 6) ------------------------
+
+
+def test_chunked_prefill_charges_a_prompts_flops_not_a_separate_pass():
+    """550 in / 150 out at 32 streams: under chunked prefill the other streams' prompts add only
+    their FLOPs (at the prefill efficiency) to the decode steps that carry them."""
+    lay = perf_roofline.Layout("deepseek-r1", "H200", "fp8", 8, 1, 8, None)
+    pps = perf_fit.prompts_per_step(32, 150, own=False)
+    ctx = 550 + 150 / 2
+    alone = perf_roofline.decode_shape(lay, 32, ctx)
+    separate = perf_roofline.decode_shape(lay, 32, ctx, pps, 550, chunked=False)
+    chunked = perf_roofline.decode_shape(lay, 32, ctx, pps, 550, chunked=True)
+    eta, k, eta_pre = 0.5, 150e-6, 0.3
+    base = alone.period(eta, k, eta_pre)
+    # One stage: the chunked step is the decode step plus the prompts' compute, exactly.
+    assert chunked.period(eta, k, eta_pre) == pytest.approx(
+        base + pps * chunked.prefill.compute_s[0] / eta_pre
+    )
+    # A separate pass re-reads the weights and pays every layer's fixed cost again.
+    assert base < chunked.period(eta, k, eta_pre) < separate.period(eta, k, eta_pre)
+    assert separate.period(eta, k, eta_pre) - base > 3 * (chunked.period(eta, k, eta_pre) - base)
+
+
+def test_the_deployed_engine_chunks_and_sglang_does_not():
+    # The same layout and load: vLLM (chunked) is charged less for arriving prompts than SGLang.
+    lay = perf_roofline.Layout("deepseek-r1", "H200", "fp8", 8, 1, 8, None)
+    assert "vllm" in perf.CHUNKED_PREFILL_ENGINES and "sglang" not in perf.CHUNKED_PREFILL_ENGINES
+    v = perf.speed(lay, "vllm", 32, 550, 150)
+    eff = perf.efficiency("vllm", "fp8")
+    sep = perf_roofline.decode_shape(lay, 32, 550 + 75, perf_fit.prompts_per_step(32, 150, own=False), 550)
+    assert v.tpot_s < sep.period(eff.bandwidth, eff.layer_us * 1e-6, eff.prefill)
+
+
+@pytest.mark.parametrize(("fabric", "hop_us"), [("infiniband", 19.9), ("efa", 29.9), ("ethernet", 47.6)])
+def test_a_pipeline_hop_pays_the_fabrics_send_receive_and_tp_across_hosts_its_all_reduce(fabric, hop_us):
+    links = load_catalog().links
+    assert (links[fabric].hop_latency_us or links[fabric].allreduce_latency_us) == hop_us
+    pp = perf_roofline.Layout("deepseek-r1", "H100", "fp8", 8, 2, 8, fabric)
+    shape = perf_roofline.decode_shape(pp, 1, 1024)
+    bytes_per_hop = 1 * 7168 * 2
+    bw = min(links[fabric].bandwidth_gbs, load_catalog().gpus["H100"].interconnect_gbs) * 1e9
+    assert shape.hop_s == pytest.approx(hop_us * 1e-6 + bytes_per_hop / bw)
+    # TP 16 over two hosts reduces over the fabric twice per layer, at its all-reduce latency.
+    tp = perf_roofline.Layout("deepseek-r1", "H100", "fp8", 16, 1, 8, fabric)
+    tp_shape = perf_roofline.decode_shape(tp, 1, 1024)
+    assert tp_shape.link_s[0] > 2 * 61 * links[fabric].allreduce_latency_us * 1e-6
+    one_host = perf_roofline.decode_shape(
+        perf_roofline.Layout("deepseek-r1", "H100", "fp8", 8, 1, 8, None), 1, 1024
+    )
+    assert tp_shape.link_s[0] > one_host.link_s[0]
+
+
+def test_calibration_has_both_new_shapes_each_with_its_figure_in_the_source():
+    cals = load_catalog().calibrations
+    cross = cals["tenstorrent-2x8h100-sglang-fp8-c1-8k-in"]
+    assert cross.nodes >= 2 and cross.concurrency == 1 and cross.fabric == "infiniband"
+    assert "TPOT 24.0 ms" in cross.source and cross.tpot_ms == 24.0
+    short = cals["issue507-8xh200nvl-vllm-fp8-c32-550in-150out"]
+    assert (short.input_len, short.output_len, short.concurrency) == (550, 150, 32)
+    assert short.chunked_prefill and "1000 tokens/s" in short.source and "issue #507" in short.source
+
+
+def test_the_leave_one_out_table_in_results_md_is_the_one_the_code_computes():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration_table.py"
+    r = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

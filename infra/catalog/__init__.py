@@ -145,6 +145,9 @@ class Link(_Row):
 
     id: str
     allreduce_latency_us: float = Field(gt=0)
+    # One small send/receive between two GPUs over the link (a pipeline hop); None = the
+    # all-reduce latency (inside a host, where no hop of llmfleet's layouts goes).
+    hop_latency_us: float | None = Field(default=None, gt=0)
     bandwidth_gbs: float | None = Field(gt=0)  # per GPU per direction; None = the GPU's interconnect
 
 
@@ -169,6 +172,9 @@ class Calibration(_Row):
     input_len: int = Field(ge=1)
     output_len: int = Field(ge=1)
     output_tokens_per_s: float = Field(gt=0)  # the whole deployment
+    # The engine ran prompts inside the decode steps (chunked prefill: vLLM V1 always, V0 above
+    # a 32k max_model_len) rather than as prefill passes of their own; the source says why.
+    chunked_prefill: bool = False
     tpot_ms: float | None = Field(gt=0)
     ttft_ms: float | None = Field(gt=0)
 
