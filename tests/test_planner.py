@@ -452,7 +452,7 @@ def test_an_explicit_length_is_honoured_and_one_the_cache_cannot_hold_is_refused
 
     pinned = plan("deepseek-r1", "L40S", max_model_len=8192)
     assert pinned.max_model_len == 8192 and not pinned.max_model_len_auto
-    assert pinned.context_note.startswith("max_model_len 8,192 (set in the stack)")
+    assert pinned.context_note.startswith("max_model_len 8,192 (as set): 9.5 GiB of KV cache per GPU")
     # dev: two L4 hosts, one replica each; 131,072 tokens do not fit one L4's ~74k-token cache.
     with pytest.raises(ConfigError) as e:
         resolve(load_config("dev", ["llmfleet:maxModelLen=131072"]))
@@ -556,3 +556,12 @@ def test_the_leave_one_out_table_in_results_md_is_the_one_the_code_computes():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration_table.py"
     r = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_auto_context_says_when_the_planned_request_exceeds_the_models_positions():
+    p = plan("deepseek-r1-distill-qwen-7b", "L4", gpus_per_node=1, input_len=200_000)
+    assert not p.fits and p.nodes == 1  # a layout reason: no node count would help
+    assert p.reasons == [
+        "max_model_len: the planned request of 201024 tokens (input + output) exceeds "
+        "deepseek-r1-distill-qwen-7b's 131072 positions"
+    ]

@@ -99,10 +99,11 @@ def choose(model: Model, kv_tokens: int, kv_gib: float, target: int, min_len: in
 
 
 def explicit(model: Model, length: int, kv_tokens: int, kv_gib: float) -> ContextChoice:
-    """An explicit llmfleet:maxModelLen: honoured as set; the note says what it holds."""
+    """An explicit length (llmfleet:maxModelLen, --max-model-len): honoured as set; the note says
+    how many sequences of it the cache holds."""
     seqs = kv_tokens // length
     note = (
-        f"max_model_len {length:,} (set in the stack): {kv_gib:.1f} GiB of KV cache per GPU "
+        f"max_model_len {length:,} (as set): {kv_gib:.1f} GiB of KV cache per GPU "
         f"({kv_tokens:,} tokens) hold {seqs} sequences of it"
     )
     return ContextChoice(length, seqs, note, _reasoning_warning(model, length))

@@ -187,7 +187,8 @@ def plan(
     """Plan `model` on nodes of `gpus_per_node` x `gpu`. With nodes=None, the smallest node
     count that fits (up to MAX_AUTO_NODES). max_model_len 'auto': the longest clean context at
     which `target_concurrency` full-length sequences fit (infra/stack/context.py); the node count
-    is still the smallest whose weights fit, so auto never buys hosts for context."""
+    is still the smallest whose weights and one planned request fit: auto never adds hosts for
+    a longer context."""
     _check_inputs(
         model,
         gpu,
@@ -255,7 +256,12 @@ def _plan_fixed(
     reasons, pp = _layout_reasons(model, gpu, quant, tp, nodes, length)
     mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, length)
     choice: context.ContextChoice | None = None
-    if auto and not mem.reasons:
+    if auto and input_len + output_len > m.max_position_embeddings:
+        reasons.append(
+            f"max_model_len: the planned request of {input_len + output_len} tokens (input + output) "
+            f"exceeds {model}'s {m.max_position_embeddings} positions"
+        )
+    elif auto and not mem.reasons:
         choice = context.choose(m, mem.kv_tokens, mem.kv_gib, target_concurrency, input_len + output_len)
         if choice is None:
             mem = replace(
