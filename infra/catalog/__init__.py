@@ -114,6 +114,9 @@ class Model(_Row):
     # vLLM has no native implementation of). Needs the reason beside it when true.
     trust_remote_code: bool = False
     trust_remote_code_reason: str | None = None
+    # A reasoning model thinks before it answers (R1 and its distills): `maxModelLen: auto`
+    # prefers >= 32k for it and the policy pack flags < 16k (infra/stack/context.py).
+    reasoning: bool = False
 
     @model_validator(mode="after")
     def _remote_code(self) -> Model:
@@ -144,6 +147,9 @@ class Link(_Row):
 
     id: str
     allreduce_latency_us: float = Field(gt=0)
+    # One small send/receive between two GPUs over the link (a pipeline hop); None = the
+    # all-reduce latency (inside a host, where no hop of llmfleet's layouts goes).
+    hop_latency_us: float | None = Field(default=None, gt=0)
     bandwidth_gbs: float | None = Field(gt=0)  # per GPU per direction; None = the GPU's interconnect
 
 
@@ -168,6 +174,9 @@ class Calibration(_Row):
     input_len: int = Field(ge=1)
     output_len: int = Field(ge=1)
     output_tokens_per_s: float = Field(gt=0)  # the whole deployment
+    # The engine ran prompts inside the decode steps (chunked prefill: vLLM V1 always, V0 above
+    # a 32k max_model_len) rather than as prefill passes of their own; the source says why.
+    chunked_prefill: bool = False
     tpot_ms: float | None = Field(gt=0)
     ttft_ms: float | None = Field(gt=0)
 
