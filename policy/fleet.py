@@ -90,8 +90,14 @@ def _gpu_fit(args: StackValidationArgs, report: ReportViolation) -> None:
         return
     nodes //= replicas
     quant = _serving_setting(workers, cfg, "llmfleet:quantization", "quantization")
-    max_len = to_int(_serving_setting(workers, cfg, "llmfleet:maxModelLen", "maxModelLen")) or 8192
-    extra = {}
+    # The workers' tag carries the resolved length; stack config may still say 'auto' (the default).
+    raw_len = _serving_setting(workers, cfg, "llmfleet:maxModelLen", "maxModelLen")
+    max_len = to_int(raw_len) or "auto"
+    extra: dict[str, Any] = {}
+    if (
+        t := to_int(_config.value(cfg, "targetConcurrency", None, stack_key="targetConcurrency"))
+    ) is not None:
+        extra["target_concurrency"] = t
     if (c := to_int(_config.value(cfg, "concurrency", None, stack_key="concurrency"))) is not None:
         extra["concurrency"] = c
     if (u := _config.value(cfg, "gpuMemoryUtilization", None, stack_key="gpuMemoryUtilization")) is not None:
@@ -323,8 +329,11 @@ FLEET_POLICIES: list[StackValidationPolicy] = [
                     "description": "Fallback when workers carry no llmfleet:model tag.",
                 },
                 "quantization": {"type": "string", "enum": ["fp8", "bf16", "int8", "int4"]},
-                "maxModelLen": {"type": "integer", "minimum": 256},
+                "maxModelLen": {
+                    "oneOf": [{"type": "integer", "minimum": 256}, {"type": "string", "enum": ["auto"]}]
+                },
                 "concurrency": {"type": "integer", "minimum": 1},
+                "targetConcurrency": {"type": "integer", "minimum": 1},
                 "gpuMemoryUtilization": {"type": "number", "minimum": 0.5, "maximum": 0.98},
                 "gpu": {
                     "type": "string",

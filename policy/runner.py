@@ -92,8 +92,10 @@ def stack_policy_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
     gpu_fit: dict[str, Any] = {
         "model": cfg.model,
         "quantization": cfg.quantization,
-        "maxModelLen": cfg.max_model_len,
+        # the context the hosts get: maxModelLen as set, or what 'auto' picked
+        "maxModelLen": resolve(cfg).plan.max_model_len,
         "concurrency": cfg.concurrency,
+        "targetConcurrency": cfg.target_concurrency,
         "gpuMemoryUtilization": cfg.gpu_memory_utilization,
     }
     # Used only when the capture holds no GPU worker instances (provider: existing).

@@ -292,6 +292,8 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     import ray
 
+    from ray_cluster.cluster_status import gather
+
     connect(a.address)
     try:
         nodes = ray_cluster_state()
@@ -309,6 +311,10 @@ def cmd_status(a: argparse.Namespace) -> int:
         "serve": apps,
         "placements": placements,
     }
+    if a.cluster:
+        # What `llmfleet status` renders: the same gatherer `llmfleet local status` runs. Only on
+        # request: the readiness gates keep the last 4,000 characters of this document.
+        doc["cluster"] = gather(a.dashboard)
     if a.serve_config:
         # What the head last deployed and saw answer (None: nothing yet) beside what is on disk.
         doc["deployed_serve_config"] = deployed_fingerprint(a.serve_config)
@@ -318,7 +324,12 @@ def cmd_status(a: argparse.Namespace) -> int:
         except OSError:
             doc["serve_config"] = None
     if a.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        # --compact: one line, for SSM Run Command, whose output is capped (24,000 characters).
+        print(
+            json.dumps(doc, sort_keys=True, separators=(",", ":"))
+            if a.compact
+            else json.dumps(doc, indent=2, sort_keys=True)
+        )
         return 0
     print_status(doc)
     return 0
@@ -435,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default="auto")
     s.add_argument("--dashboard", default=f"http://127.0.0.1:{DASHBOARD_PORT}")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--compact", action="store_true", help="with --json: one line, no indentation")
+    s.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also every node and Serve replica (what `llmfleet status` shows)",
+    )
     s.add_argument("--serve-config", help="also report this config's fingerprint and the deployed one")
     s.set_defaults(func=cmd_status)
 

@@ -235,13 +235,16 @@ def test_render_of_a_deployed_stack_without_credentials_is_one_line():
 
 
 class _Completion(BaseHTTPRequestHandler):
-    """An OpenAI chat-completions endpoint that answers every request with REPLY."""
+    """An OpenAI chat-completions endpoint that answers every request with REPLY (and REASONING,
+    vLLM's field for a reasoning model's thought, when set); the last request body is kept."""
 
     REPLY = "ok\x07bell\x00nul\x7fdel\nline two"
+    REASONING: str | None = None
     TOKEN = "t0ken"
+    last_body: dict = {}
 
     def do_POST(self):  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).last_body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.headers.get("Authorization") != f"Bearer {self.TOKEN}":
             self.send_response(401)
             self.end_headers()
@@ -256,7 +259,8 @@ class _Completion(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "finish_reason": "length",
-                        "message": {"role": "assistant", "content": self.REPLY},
+                        "message": {"role": "assistant", "content": self.REPLY}
+                        | ({"reasoning": self.REASONING} if self.REASONING is not None else {}),
                     }
                 ],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11},
@@ -298,6 +302,38 @@ def test_local_chat_escapes_control_characters(tmp_path):
     as_json = run("local", "chat", "hi", "--name", "t", "--json", env={"LLMFLEET_STATE_DIR": str(tmp_path)})
     assert as_json.exit_code == 1  # the server is gone: one line, no traceback
     assert len(as_json.stderr.splitlines()) == 1
+
+
+def test_local_chat_prints_the_thought_before_the_answer_and_sends_the_budget(tmp_path, monkeypatch):
+    """A reasoning model's reply (vLLM's `reasoning` beside `content`): the thought first, dim,
+    then the answer; --thinking-budget reaches the request as vLLM's thinking_token_budget. The
+    server stands in for the cluster in this printing test, as above."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Completion)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(_Completion, "REASONING", "weigh [b]it[/b]")
+    monkeypatch.setattr(_Completion, "REPLY", "the answer")
+    try:
+        (tmp_path / "t.token").write_text(_Completion.TOKEN)
+        state = {
+            "endpoint": f"http://127.0.0.1:{server.server_address[1]}/v1",
+            "token_file": str(tmp_path / "t.token"),
+            "model": "tiny-deepseek-v3",
+        }
+        (tmp_path / "t.json").write_text(json.dumps(state))
+        env = {"LLMFLEET_STATE_DIR": str(tmp_path)}
+        result = run("local", "chat", "hi", "--name", "t", "--thinking-budget", "8", env=env)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout == "assistant (tiny-deepseek-v3):\n<think>weigh [b]it[/b]</think>\nthe answer\n"
+        assert _Completion.last_body["thinking_token_budget"] == 8
+        as_json = json.loads(run("local", "chat", "hi", "--name", "t", "--json", env=env).stdout)
+        assert (as_json["reasoning"], as_json["reply"]) == ("weigh [b]it[/b]", "the answer")
+        assert "thinking_token_budget" not in _Completion.last_body
+        monkeypatch.setattr(_Completion, "REPLY", "")
+        result = run("local", "chat", "hi", "--name", "t", env=env)
+        assert result.stdout.endswith("</think>\n(no answer after the reasoning, finish_reason=length)\n")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- 80 columns ----------------------------------------------------------------------------------

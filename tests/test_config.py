@@ -40,8 +40,22 @@ BAD = [
         {"llmfleet:quantization": "fp4"},
         "llmfleet:quantization = 'fp4': allowed: 'fp8', 'bf16', 'int8' or 'int4'",
     ),
-    ({"llmfleet:maxModelLen": "12"}, "llmfleet:maxModelLen = '12': allowed: a number >= 256"),
-    ({"llmfleet:maxModelLen": "xyz"}, "llmfleet:maxModelLen = 'xyz': allowed: an integer"),
+    (
+        {"llmfleet:maxModelLen": "12"},
+        "llmfleet:maxModelLen = '12': allowed: 'auto' or an integer from 256 to 1,048,576",
+    ),
+    (
+        {"llmfleet:maxModelLen": "xyz"},
+        "llmfleet:maxModelLen = 'xyz': allowed: 'auto' or an integer from 256 to 1,048,576",
+    ),
+    (
+        {"llmfleet:maxModelLen": True},
+        "llmfleet:maxModelLen = true: allowed: 'auto' or an integer from 256 to 1,048,576",
+    ),
+    (
+        {"llmfleet:targetConcurrency": "0"},
+        "llmfleet:targetConcurrency = '0': allowed: a number >= 1",
+    ),
     (
         {"llmfleet:maxModelLen": "200000"},
         "llmfleet:maxModelLen = 200000: allowed: up to 163840 for deepseek-r1",

@@ -493,11 +493,16 @@ def test_status_reports_every_host_alive_and_serving(cluster):
     rep = json.loads(r.stdout)
     assert [h["status"] for h in rep["hosts"]] == ["alive"] * 3 and rep["lost"] == []
     assert rep["serving"] is True and rep["serve"] == {"llm": "RUNNING"}
-    # which engine serves, read from Serve itself
-    assert rep["engine"] == layout.ENGINE
-    deps = rep["deployments"]["llm"]
-    assert deps[f"LLMServer:{MODEL_ID.replace('/', '--')}"] == {"status": "HEALTHY", "replicas": 2}
-    assert deps["BearerOpenAiIngress"]["replicas"] == 1
+    assert rep["target"] == "local" and rep["details"]["engine"] == layout.ENGINE
+    # which engine serves, read from Serve itself (the cluster report the deployed head gives too)
+    deps = {d["name"]: d for d in rep["applications"][0]["deployments"]}
+    llm = deps[f"LLMServer:{MODEL_ID.replace('/', '--')}"]
+    assert llm["status"] == "HEALTHY" and [r["state"] for r in llm["replicas"]] == ["RUNNING"] * 2
+    assert [r["state"] for r in deps["BearerOpenAiIngress"]["replicas"]] == ["RUNNING"]
+    # Ray's nodes from the state API: the head and both workers alive, each worker's engine slots
+    worker_ips = sorted(h["ip"] for h in rep["hosts"][1:])
+    assert sorted(n["ip"] for n in rep["nodes"] if n["alive"] and not n["is_head"]) == worker_ips
+    assert [n["ip"] for n in rep["nodes"] if n["is_head"]] == [rep["hosts"][0]["ip"]]
 
 
 def _settled_counts(
@@ -716,6 +721,70 @@ def test_status_json_has_live_figures_from_prometheus_and_the_measured_cost(clus
 
 
 @pytest.mark.ray
+def test_status_shows_both_replicas_their_nodes_and_the_live_token_rate(cluster, client):
+    """issue #27 point 3: `local status` renders the ClusterStatus the deployed `status` renders:
+    both replicas, the node each runs on, and the live token rate from Prometheus."""
+    for i in range(6):
+        client.completions.create(model=MODEL_ID, prompt=f"rate {i}", max_tokens=8)
+    workers = sorted(h["ip"] for h in cluster["doc"]["hosts"][1:])
+    deadline = time.monotonic() + 60  # Ray's agents export every ~10 s, Prometheus scrapes every 5 s
+    while True:
+        rep = json.loads(cli("status", "--name", cluster["name"], "--json", env=cluster["env"]).stdout)
+        rate = rep["metrics"]["generation_tokens_per_s"]
+        if rate:
+            break
+        assert time.monotonic() < deadline, rep["metrics"]
+        time.sleep(3)
+    llm = next(d for d in rep["applications"][0]["deployments"] if d["name"].startswith("LLMServer:"))
+    running = [r for r in llm["replicas"] if r["state"] == "RUNNING"]
+    assert len(running) == 2 and sorted(r["node_ip"] for r in running) == workers
+    nodes = {n["node_id"]: n["ip"] for n in rep["nodes"]}
+    assert all(nodes[r["node_id"]] == r["node_ip"] for r in running)  # Serve's and Ray's ids agree
+    r = cli("status", "--name", cluster["name"], env={**cluster["env"], "COLUMNS": "220"})
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    assert "Ray nodes" in text and "Serve" in text and "2/2 running" in text
+    assert "generation tokens/s (last minute)" in text
+    for ip in workers:  # each worker host's row in the nodes table names the replica on it
+        row = next(line for line in text.splitlines() if ip in line and "llm/LLMServer" in line)
+        assert row
+
+
+@pytest.mark.ray
+def test_chat_and_endpoint_of_a_stack_from_its_outputs_file(cluster, tmp_path):
+    """`llmfleet chat --stack` and `endpoint` read the stack's outputs (here: an owned-hosts stack
+    whose endpoint is the local cluster's) and go through the real Serve app."""
+    d = cluster["doc"]
+    outputs = json.loads((Path(__file__).parent / "data" / "stack_outputs_prod.json").read_text())
+    outputs.update(
+        provider="existing", endpoint_url=d["endpoint"], served_model=d["model"], api_token=d["token"],
+        token_parameter=None, region=None,
+    )  # fmt: skip
+    f = tmp_path / "outputs.json"
+    f.write_text(json.dumps({k: v for k, v in outputs.items() if v is not None}))
+    run = [
+        *LLMFLEET,
+        "chat",
+        "Hello",
+        "--stack",
+        "onprem",
+        "--outputs",
+        str(f),
+        "--max-tokens",
+        "6",
+        "--json",
+    ]
+    r = subprocess.run(run, env={**os.environ, **cluster["env"]}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["model"] == MODEL_ID and 1 <= reply["usage"]["completion_tokens"] <= 6
+    assert d["token"] not in r.stdout + r.stderr
+    run = [*LLMFLEET, "endpoint", "--stack", "onprem", "--outputs", str(f)]
+    r = subprocess.run(run, env={**os.environ, **cluster["env"]}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and d["endpoint"] in r.stdout and d["token"] not in r.stdout
+
+
+@pytest.mark.ray
 def test_top_shows_the_figures_and_every_worker_host(cluster):
     r = cli("top", "--name", cluster["name"], "--iterations", "2", "--interval", "0.5", env=cluster["env"])
     assert r.returncode == 0, r.stderr
@@ -886,7 +955,10 @@ def test_killed_worker_host_other_replica_answers_and_it_serves_again(cluster, c
     assert processes.ray_pids(state_of(cluster), worker)  # the supervisor rejoined the host
     rep = json.loads(cli("status", "--name", cluster["name"], "--json", env=cluster["env"]).stdout)
     assert rep["serving"] and worker not in rep["lost"], rep
-    assert rep["deployments"]["llm"][f"LLMServer:{MODEL_ID.replace('/', '--')}"]["replicas"] == 2
+    llm = next(d for d in rep["applications"][0]["deployments"] if d["name"].startswith("LLMServer:"))
+    assert sorted(r["node_ip"] for r in llm["replicas"] if r["state"] == "RUNNING") == sorted(
+        h["ip"] for h in d["hosts"][1:]
+    )
 
 
 @pytest.mark.ray

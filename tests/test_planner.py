@@ -68,7 +68,7 @@ def test_gqa_kv_is_split_by_tp_down_to_one_head():
 
 def test_weights_and_usable_memory_by_hand():
     # Qwen-7B BF16 on one L4: every parameter at 2 bytes.
-    p = plan("deepseek-r1-distill-qwen-7b", "L4", gpus_per_node=1, nodes=1)
+    p = plan("deepseek-r1-distill-qwen-7b", "L4", gpus_per_node=1, nodes=1, max_model_len=8192)
     params = 28 * (3584 * 3584 * 2 + 2 * 3584 * 512 + 3 * 3584 * 18944 + 2 * 3584) + 2 * 152064 * 3584
     assert p.weights_gib_total == pytest.approx(params * 2 / GIB, abs=0.01)
     assert p.weights_gib_per_gpu == pytest.approx(params * 2 / GIB, abs=0.01)
@@ -391,3 +391,177 @@ def test_compare_cli_json_has_the_same_rows():
     assert table.exit_code == 0 and "hardware only" in table.stdout
     both = runner.invoke(app, ["plan", "--compare", "--model", "deepseek-r1", "--gpu", "L20"])
     assert both.exit_code == 2
+
+
+# --- maxModelLen: auto (infra/stack/context.py) ---------------------------------------------------
+
+
+def test_auto_context_is_the_longest_clean_length_that_holds_the_target():
+    from infra.stack.context import ladder
+
+    p = plan("deepseek-r1", "L40S")  # prod's layout: 3 x 8 L40S, FP8
+    assert p.max_model_len_auto and p.target_concurrency == 16
+    steps = ladder(163_840)
+    assert p.max_model_len in steps and p.max_model_len % 1024 == 0
+    # 16 sequences of it fit in the binding stage's cache; 16 of the next clean length do not.
+    assert 16 * p.max_model_len <= p.kv_cache_tokens
+    assert 16 * steps[steps.index(p.max_model_len) + 1] > p.kv_cache_tokens
+    assert p.max_concurrent_sequences == p.kv_cache_tokens // p.max_model_len >= 16
+    assert p.max_model_len >= 16_384 and p.context_warning is None
+    assert (
+        f"16 sequences x {p.max_model_len // 1024}k fit in {p.kv_cache_gib_per_gpu:.1f} GiB" in p.context_note
+    )
+
+
+def test_a_lower_target_buys_a_longer_context_and_the_note_says_how_for_a_reasoning_model():
+    p16 = plan("deepseek-r1", "L40S")
+    assert p16.max_model_len < 32_768
+    reach = p16.kv_cache_tokens // 32_768
+    assert f"a reasoning model wants 32k: target concurrency {reach} gets it" in p16.context_note
+    p = plan("deepseek-r1", "L40S", target_concurrency=reach)
+    assert p.max_model_len >= 32_768 and "at least the 32k a reasoning model wants" in p.context_note
+    assert plan("deepseek-r1", "L40S", target_concurrency=1).max_model_len > p.max_model_len
+
+
+def test_auto_stops_at_the_models_positions():
+    p = plan("deepseek-r1-distill-qwen-7b", "H200", gpus_per_node=1, nodes=1, target_concurrency=1)
+    assert p.max_model_len == 131_072 and "limit is 131,072 positions" in p.context_note
+
+
+def test_a_reasoning_model_below_16k_is_warned_and_the_target_is_what_moves_it():
+    # Qwen-7B on one L4 keeps ~74k tokens of KV cache: 16 sequences only fit at 4k.
+    short = plan("deepseek-r1-distill-qwen-7b", "L4", gpus_per_node=1, nodes=1)
+    assert short.fits and short.max_model_len == 4096
+    assert "below 16,384 for the reasoning model deepseek-r1-distill-qwen-7b" in short.context_warning
+    ok = plan("deepseek-r1-distill-qwen-7b", "L4", gpus_per_node=1, nodes=1, target_concurrency=4)
+    assert ok.max_model_len == 16_384 and ok.context_warning is None
+
+
+def test_auto_never_goes_below_the_planned_request_and_says_when_the_target_does_not_fit():
+    p = plan(
+        "deepseek-r1-distill-qwen-7b", "L4", gpus_per_node=1, nodes=1, input_len=30_000, output_len=2_000
+    )
+    assert p.max_model_len == 32_768 and p.max_concurrent_sequences == 2
+    assert "hold 2 of it, fewer than target concurrency 16" in p.context_note
+
+
+def test_an_explicit_length_is_honoured_and_one_the_cache_cannot_hold_is_refused_in_one_line():
+    from infra.stack.config import ConfigError
+    from infra.stack.files import load_config
+    from infra.stack.resolve import resolve
+
+    pinned = plan("deepseek-r1", "L40S", max_model_len=8192)
+    assert pinned.max_model_len == 8192 and not pinned.max_model_len_auto
+    assert pinned.context_note.startswith("max_model_len 8,192 (as set): 9.5 GiB of KV cache per GPU")
+    # dev: two L4 hosts, one replica each; 131,072 tokens do not fit one L4's ~74k-token cache.
+    with pytest.raises(ConfigError) as e:
+        resolve(load_config("dev", ["llmfleet:maxModelLen=131072"]))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("llmfleet:maxModelLen = 131072: the KV cache of 1 x 1 L4 holds")
+    assert msg.endswith("allowed: 'auto' or up to 73,614")
+
+
+def test_prod_serves_the_planners_context_of_at_least_16k():
+    """Done-when of issue #28 point 3: prod leaves maxModelLen to the planner, and the Serve config
+    the head deploys carries the planner's pick."""
+    from infra.stack.files import load_config
+    from infra.stack.resolve import resolve
+    from infra.stack.serving import render_for_plan
+
+    cfg = load_config("prod")
+    assert cfg.max_model_len == "auto"
+    p = resolve(cfg).plan
+    (app,) = render_for_plan(cfg, p)["applications"]
+    kw = app["args"]["llm_configs"][0]["engine_kwargs"]
+    assert kw["max_model_len"] == p.max_model_len >= 16_384
+
+
+def test_plan_prints_the_context_it_picked_and_why():
+    r = CliRunner().invoke(app, ["plan", "-m", "deepseek-r1", "-g", "L40S"])
+    assert r.exit_code == 0, r.output
+    assert "(auto)" in r.output and "(target 16)" in r.output
+    text = " ".join(r.output.split())  # the note wraps at the terminal's width
+    assert "context: max_model_len 24,576 (auto): 16 sequences x 24k fit in 9.5 GiB of KV cache" in text
+    bad = CliRunner().invoke(app, ["plan", "-m", "deepseek-r1", "-g", "L40S", "--max-model-len", "long"])
+    assert bad.exit_code == 2 and "--max-model-len: 'long' is not allowed; allowed: 'auto'" in bad.output
+
+
+# --- workload shapes: chunked prefill, crossing hosts (issue #28 point 6) ------------------------
+
+
+def test_chunked_prefill_charges_a_prompts_flops_not_a_separate_pass():
+    """550 in / 150 out at 32 streams: under chunked prefill the other streams' prompts add only
+    their FLOPs (at the prefill efficiency) to the decode steps that carry them."""
+    lay = perf_roofline.Layout("deepseek-r1", "H200", "fp8", 8, 1, 8, None)
+    pps = perf_fit.prompts_per_step(32, 150, own=False)
+    ctx = 550 + 150 / 2
+    alone = perf_roofline.decode_shape(lay, 32, ctx)
+    separate = perf_roofline.decode_shape(lay, 32, ctx, pps, 550, chunked=False)
+    chunked = perf_roofline.decode_shape(lay, 32, ctx, pps, 550, chunked=True)
+    eta, k, eta_pre = 0.5, 150e-6, 0.3
+    base = alone.period(eta, k, eta_pre)
+    # One stage: the chunked step is the decode step plus the prompts' compute, exactly.
+    assert chunked.period(eta, k, eta_pre) == pytest.approx(
+        base + pps * chunked.prefill.compute_s[0] / eta_pre
+    )
+    # A separate pass re-reads the weights and pays every layer's fixed cost again.
+    assert base < chunked.period(eta, k, eta_pre) < separate.period(eta, k, eta_pre)
+    assert separate.period(eta, k, eta_pre) - base > 3 * (chunked.period(eta, k, eta_pre) - base)
+
+
+def test_the_deployed_engine_chunks_and_sglang_does_not():
+    # The same layout and load: vLLM (chunked) is charged less for arriving prompts than SGLang.
+    lay = perf_roofline.Layout("deepseek-r1", "H200", "fp8", 8, 1, 8, None)
+    assert "vllm" in perf.CHUNKED_PREFILL_ENGINES and "sglang" not in perf.CHUNKED_PREFILL_ENGINES
+    v = perf.speed(lay, "vllm", 32, 550, 150)
+    eff = perf.efficiency("vllm", "fp8")
+    sep = perf_roofline.decode_shape(lay, 32, 550 + 75, perf_fit.prompts_per_step(32, 150, own=False), 550)
+    assert v.tpot_s < sep.period(eff.bandwidth, eff.layer_us * 1e-6, eff.prefill)
+
+
+@pytest.mark.parametrize(("fabric", "hop_us"), [("infiniband", 19.9), ("efa", 29.9), ("ethernet", 47.6)])
+def test_a_pipeline_hop_pays_the_fabrics_send_receive_and_tp_across_hosts_its_all_reduce(fabric, hop_us):
+    links = load_catalog().links
+    assert (links[fabric].hop_latency_us or links[fabric].allreduce_latency_us) == hop_us
+    pp = perf_roofline.Layout("deepseek-r1", "H100", "fp8", 8, 2, 8, fabric)
+    shape = perf_roofline.decode_shape(pp, 1, 1024)
+    bytes_per_hop = 1 * 7168 * 2
+    bw = min(links[fabric].bandwidth_gbs, load_catalog().gpus["H100"].interconnect_gbs) * 1e9
+    assert shape.hop_s == pytest.approx(hop_us * 1e-6 + bytes_per_hop / bw)
+    # TP 16 over two hosts reduces over the fabric twice per layer, at its all-reduce latency.
+    tp = perf_roofline.Layout("deepseek-r1", "H100", "fp8", 16, 1, 8, fabric)
+    tp_shape = perf_roofline.decode_shape(tp, 1, 1024)
+    assert tp_shape.link_s[0] > 2 * 61 * links[fabric].allreduce_latency_us * 1e-6
+    one_host = perf_roofline.decode_shape(
+        perf_roofline.Layout("deepseek-r1", "H100", "fp8", 8, 1, 8, None), 1, 1024
+    )
+    assert tp_shape.link_s[0] > one_host.link_s[0]
+
+
+def test_calibration_has_both_new_shapes_each_with_its_figure_in_the_source():
+    cals = load_catalog().calibrations
+    cross = cals["tenstorrent-2x8h100-sglang-fp8-c1-8k-in"]
+    assert cross.nodes >= 2 and cross.concurrency == 1 and cross.fabric == "infiniband"
+    assert "TPOT 24.0 ms" in cross.source and cross.tpot_ms == 24.0
+    short = cals["issue507-8xh200nvl-vllm-fp8-c32-550in-150out"]
+    assert (short.input_len, short.output_len, short.concurrency) == (550, 150, 32)
+    assert short.chunked_prefill and "1000 tokens/s" in short.source and "issue #507" in short.source
+
+
+def test_the_leave_one_out_table_in_results_md_is_the_one_the_code_computes():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration_table.py"
+    r = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_auto_context_says_when_the_planned_request_exceeds_the_models_positions():
+    p = plan("deepseek-r1-distill-qwen-7b", "L4", gpus_per_node=1, input_len=200_000)
+    assert not p.fits and p.nodes == 1  # a layout reason: no node count would help
+    assert p.reasons == [
+        "max_model_len: the planned request of 201024 tokens (input + output) exceeds "
+        "deepseek-r1-distill-qwen-7b's 131072 positions"
+    ]

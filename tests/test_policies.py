@@ -231,6 +231,12 @@ REMOTE_CODE = (
     "cat > /etc/llmfleet/serve.yaml <<'E'\n      engine_kwargs:\n        trust_remote_code: true\nE\n"
 )
 
+# A head node script whose Serve config serves R1 with an 8k context (below the 16k floor).
+SHORT_CONTEXT = (
+    "cat > /etc/llmfleet/serve.yaml <<'E'\n    model_loading_config:\n      model_id: deepseek-ai/DeepSeek-R1\n"
+    "      model_source: /opt/llmfleet/models/deepseek-r1\n    engine_kwargs:\n      max_model_len: 8192\nE\n"
+)
+
 BREAKERS = [
     (
         "host-role-secrets-scoped",
@@ -610,6 +616,18 @@ BREAKERS = [
         "trust-remote-code",
         lambda s: add(s, res("command:remote:Command", "hosts-head", create=REMOTE_CODE)),
         "runs the checkpoint's own Python",
+    ),
+    (
+        "reasoning-model-context",
+        lambda s: add(
+            s, res("aws:ssm/parameter:Parameter", "node-head", insecureValue=pack_script(SHORT_CONTEXT))
+        ),
+        "max_model_len 8,192 is below 16,384 for the reasoning model deepseek-r1",
+    ),
+    (
+        "reasoning-model-context",
+        lambda s: add(s, res("command:remote:Command", "hosts-head", create=SHORT_CONTEXT)),
+        "get cut off",
     ),
 ]
 
@@ -1146,3 +1164,25 @@ def test_pack_serves_the_policies_over_grpc(tmp_path):
         proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_reasoning_context_is_silent_at_16k_and_for_a_model_that_does_not_reason():
+    """The floor is 16,384 itself, and only catalog models marked reasoning are held to it."""
+    at_floor = SHORT_CONTEXT.replace("max_model_len: 8192", "max_model_len: 16384")
+    other = SHORT_CONTEXT.replace("deepseek-ai/DeepSeek-R1", "meta-llama/Llama-3.1-8B")
+    for script in (at_floor, other):
+        stack = add(good_stack(), res("command:remote:Command", "hosts-head", create=script))
+        assert run(stack, "reasoning-model-context").violations == ()
+
+
+def test_reasoning_context_on_the_prod_capture_auto_passes_and_8k_fires():
+    """Through the runner on the real program's capture: prod's planner-chosen context passes;
+    -c maxModelLen=8192 puts 8k in the head's node script, and the policy names it."""
+    from policy.runner import run_for_stack
+
+    _, auto = run_for_stack("prod")
+    assert [v for v in auto.violations if v.policy == "reasoning-model-context"] == []
+    _, pinned = run_for_stack("prod", ["llmfleet:maxModelLen=8192"])
+    found = [v for v in pinned.violations if v.policy == "reasoning-model-context"]
+    assert found and all(v.enforcement == "advisory" for v in found), pinned.violations
+    assert "max_model_len 8,192 is below 16,384 for the reasoning model deepseek-r1" in found[0].message

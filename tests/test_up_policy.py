@@ -91,7 +91,8 @@ def test_up_stops_on_a_mandatory_violation_before_anything_is_created(automation
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith("error: policy gpu-fit: ")
     assert "memory" in lines[0]
-    assert "policy violations" in r.output  # the table `llmfleet policy` prints
+    assert "policy pack: 1 mandatory" in r.output  # the verdict, each violation on its own line
+    assert "mandatory gpu-fit: " in r.output
     assert [k for k, _ in calls] == ["preview"]  # never `up`
     kw = calls[0][1]
     cfg = json.loads(Path(kw["policy_pack_configs"][0]).read_text())

@@ -10,15 +10,10 @@ import boto3
 from botocore.exceptions import ClientError
 
 from infra.boot.ami import boto3_describe_images_args
+from infra.constants import GIB, WEIGHTS_TOLERANCE  # noqa: F401 - the checks import them from here
 from infra.stack.resolve import resolve
 
 Status = Literal["pass", "fail", "warn"]
-
-
-GIB = 1024**3
-
-
-WEIGHTS_TOLERANCE = 0.05
 
 
 # EC2 vCPU quotas in Service Quotas (service code "ec2"). Codes as listed by

@@ -124,6 +124,8 @@ class ServingDefaults(_Row):
 class Model(_Row):
     id: str
     hf_repo: str
+    # config.json's architectures[0]: what `weights upload` checks a checkpoint against
+    architecture: str = Field(pattern=r"^[A-Za-z0-9]+ForCausalLM$")
     attention: Literal["mla", "gqa"]
     layers: int = Field(gt=0)
     hidden: int = Field(gt=0)
@@ -149,6 +151,9 @@ class Model(_Row):
     # vLLM has no native implementation of). Needs the reason beside it when true.
     trust_remote_code: bool = False
     trust_remote_code_reason: str | None = None
+    # A reasoning model thinks before it answers (R1 and its distills): `maxModelLen: auto`
+    # prefers >= 32k for it and the policy pack flags < 16k (infra/stack/context.py).
+    reasoning: bool = False
     serving_defaults: ServingDefaults | None = None
 
     @model_validator(mode="after")
@@ -180,6 +185,9 @@ class Link(_Row):
 
     id: str
     allreduce_latency_us: float = Field(gt=0)
+    # One small send/receive between two GPUs over the link (a pipeline hop); None = the
+    # all-reduce latency (inside a host, where no hop of llmfleet's layouts goes).
+    hop_latency_us: float | None = Field(default=None, gt=0)
     bandwidth_gbs: float | None = Field(gt=0)  # per GPU per direction; None = the GPU's interconnect
 
 
@@ -204,6 +212,9 @@ class Calibration(_Row):
     input_len: int = Field(ge=1)
     output_len: int = Field(ge=1)
     output_tokens_per_s: float = Field(gt=0)  # the whole deployment
+    # The engine ran prompts inside the decode steps (chunked prefill: vLLM V1 always, V0 above
+    # a 32k max_model_len) rather than as prefill passes of their own; the source says why.
+    chunked_prefill: bool = False
     tpot_ms: float | None = Field(gt=0)
     ttft_ms: float | None = Field(gt=0)
 

@@ -91,8 +91,10 @@ def price_stack(
     live: bool = False,
     from_preview: Path | None = None,
     usage: usage_mod.Usage | None = None,
+    preview: tuple[cost_preview.PreviewStates, str] | None = None,
 ) -> Priced:
-    """Capture (or read a preview file), then price. Raises ConfigError/PriceError/... on bad input."""
+    """Capture (or read a preview file, or take a preview's states and what they came from),
+    then price. Raises ConfigError/PriceError/... on bad input."""
     from infra.catalog import load_catalog
     from infra.cost import estimate as cost
     from infra.cost import preview as cost_preview
@@ -105,7 +107,11 @@ def price_stack(
 
     usage = usage or usage_mod.Usage()
     states: cost_preview.PreviewStates | None = None
-    if from_preview is not None:
+    if preview is not None:  # `llmfleet up`: the states of the preview it just ran
+        cfg = load_config(stack, overrides)
+        states = preview[0]
+        resources, region = states.new, states.region or cfg.region
+    elif from_preview is not None:
         cfg = load_config(stack, overrides)
         states = cost_preview.parse_preview(read_file(from_preview, "--from-preview"))
         resources, region = states.new, states.region or cfg.region
@@ -149,12 +155,12 @@ def price_stack(
     est = replace(est, warnings=tuple(dict.fromkeys(est.warnings + tuple(extra))))
     plan = resolve(cfg).plan
     tps = plan.decode_tokens_per_s_expected if plan.fits else None
-    if from_preview is not None:
+    if from_preview is not None or preview is not None:
         return Priced(
             est,
             tps,
             cfg.max_monthly_usd,
-            str(from_preview),
+            preview[1] if preview is not None else str(from_preview),
             "pulumi_preview_json",
             past,
             "preview: before -> after the update",

@@ -8,9 +8,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from infra.commands._common import ConfigOpt, StackOpt, config_or_fail, console, err_console, fail
+from infra.commands._common import (
+    ConfigOpt,
+    StackOpt,
+    config_or_fail,
+    console,
+    err_console,
+    fail,
+    print_json,
+)
 
 TimeoutOpt = Annotated[
     float,
@@ -52,14 +61,14 @@ def _one_line(e: Exception) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def _wait_direct(outputs: dict, timeout: float) -> bool:
+def _wait_direct(outputs: dict, timeout: float, out: Console = console) -> bool:
     """provider=existing: no SSM; the operator's machine reaches the head on the hosts' network,
     so readiness is the same real completion, sent straight to the endpoint."""
     from ray_cluster.node import NodeError
     from ray_cluster.readiness import wait_for_completion
 
     endpoint = str(_output(outputs, "endpoint_url")).rstrip("/").removesuffix("/v1")
-    with console.status(f"readiness: waiting for a real completion from {endpoint}"):
+    with out.status(f"readiness: waiting for a real completion from {endpoint}"):
         try:
             text = wait_for_completion(
                 endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout
@@ -67,11 +76,11 @@ def _wait_direct(outputs: dict, timeout: float) -> bool:
         except NodeError as e:
             err_console.print(f"[bold red]error:[/] not ready: {e}", highlight=False, soft_wrap=True)
             return False
-    console.print(f"ready: a completion returned {text!r}", highlight=False)
+    out.print(f"ready: a completion returned {text!r}", highlight=False)
     return True
 
 
-def _wait(cfg, outputs: dict, timeout: float) -> bool:
+def _wait(cfg, outputs: dict, timeout: float, out: Console = console) -> bool:
     from infra.stack.outputs import OutputsError, StackOutputs
 
     try:
@@ -79,7 +88,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
     except OutputsError as e:
         fail(str(e), 1)
     if cfg.provider == "existing":
-        return _wait_direct(outputs, timeout)
+        return _wait_direct(outputs, timeout, out)
     import boto3
 
     from infra.deploy import expected_fingerprint, readiness_commands, wait_head_ready
@@ -102,7 +111,7 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
         BarColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
-        console=console,
+        console=out,
         transient=False,
     ) as bar:
         task = bar.add_task("waiting for the head", total=timeout)
@@ -120,13 +129,13 @@ def _wait(cfg, outputs: dict, timeout: float) -> bool:
             expect_fingerprint=expected_fingerprint(cfg),
         )
     if not r.ready:
-        console.print(f"[bold red]not ready:[/] {r.reason}", highlight=False, soft_wrap=True)
+        out.print(f"[bold red]not ready:[/] {r.reason}", highlight=False, soft_wrap=True)
         return False
-    console.print(f"[green]ready:[/] {r.reason}", highlight=False)
+    out.print(f"[green]ready:[/] {r.reason}", highlight=False)
     return True
 
 
-def _rollout(cfg, stack: str, outputs: dict, timeout: float) -> bool:
+def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = console) -> bool:
     """Apply the node scripts `pulumi up` wrote, host by host (infra/rollout/): print the plan,
     each step and the result; False (after one error line) when it stopped and rolled back."""
     if cfg.provider == "existing":
@@ -157,7 +166,7 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float) -> bool:
             region=cfg.region,
             fingerprint=expected_fingerprint(cfg),
             timeout_s=timeout,
-            log=lambda line: console.print(f"rollout: {line}", highlight=False, markup=False),
+            log=lambda line: out.print(f"rollout: {line}", highlight=False, markup=False),
         )
     except PlanError as e:
         fail(f"rollout: {e}", 1)
@@ -166,7 +175,7 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float) -> bool:
     if not result.ok:
         err_console.print(f"[bold red]error:[/] {result.line()}", highlight=False, soft_wrap=True)
         return False
-    console.print(f"[green]{result.line()}[/]", highlight=False)
+    out.print(f"[green]{result.line()}[/]", highlight=False)
     return True
 
 
@@ -176,53 +185,67 @@ def _policy_stop(stack: str, violations) -> None:
 
     from infra.commands.policy import violations_table
 
-    console.print(violations_table(stack, SimpleNamespace(violations=violations)))
+    err_console.print(violations_table(stack, SimpleNamespace(violations=violations)))
     first = violations[0]
     where = f" ({first.resource})" if first.resource else ""
     fail(f"policy {first.policy}{where}: {first.message}", 1)
 
 
-def _preview_and_confirm(stack: str, pstack, packs, yes: bool) -> None:
-    """Preview with the policy pack; stop on a mandatory violation; show the counts; ask."""
-    from infra.deploy import PolicyEvents, stack_preview
+def _preview_and_confirm(stack: str, overrides: list[str], pstack, packs, yes: bool, as_json: bool) -> None:
+    """Preview with the policy pack, then show what it will do before asking: each resource's
+    change as a tree, the hosts it replaces and the changes that restart serving, the pack's
+    verdict, the cost before and after (from the same preview). A mandatory violation stops
+    here (exit 1); `--json` prints it all as one document on stdout and asks on stderr."""
+    from infra.commands import _up_preview as view
+    from infra.commands._cost_stack import user_errors
+    from infra.deploy import stack_preview
+    from infra.up_preview import PreviewEvents, build
 
-    events = PolicyEvents()
+    events = PreviewEvents()
     quiet: list[str] = []
+    failed: str | None = None
+    summary: dict[str, int] | None = None
     try:
-        counts = stack_preview(pstack, on_output=quiet.append, on_event=events, packs=packs)
+        summary = stack_preview(pstack, on_output=quiet.append, on_event=events, packs=packs)
     except Exception as e:  # noqa: BLE001 - the CLI fails a preview with mandatory violations
-        if events.mandatory:
-            _policy_stop(stack, events.mandatory)
-        fail(f"pulumi preview failed: {_one_line(e)}", 1)
-    if events.mandatory:
-        _policy_stop(stack, events.mandatory)
-    for v in events.violations:
-        err_console.print(f"[yellow]advisory:[/] {v.policy}: {v.message}", highlight=False, soft_wrap=True)
-    console.print(
-        f"preview of stack {stack}: " + ", ".join(f"{n} to {kind}" for kind, n in counts.items()),
-        highlight=False,
-    )
-    if not yes and not typer.confirm(f"Apply these changes to stack {stack}?"):
+        failed = _one_line(e)
+    report = build(stack, events, summary or events.summary)
+    if failed and not report.verdict.mandatory:
+        fail(f"pulumi preview failed: {events.errors[-1] if events.errors else failed}", 1)
+    cost, cost_error = None, None
+    try:
+        cost = view.price(stack, overrides, events)
+    except user_errors() as e:  # a price the preview cannot give is shown, not a reason to stop
+        cost_error = str(e)
+    if as_json:
+        print_json(view.document(report, cost, cost_error))
+    else:
+        view.render(report, events.steps, cost, cost_error, console)
+    if report.verdict.mandatory:
+        first = report.verdict.mandatory[0]
+        where = f" ({first.resource})" if first.resource else ""
+        fail(f"policy {first.policy}{where}: {first.message}", 1)
+    if not yes and not typer.confirm(f"Apply these changes to stack {stack}?", err=as_json):
         raise typer.Exit(1)
 
 
-def _preflight_or_fail(stack: str, cfg) -> None:
+def _preflight_or_fail(stack: str, cfg, out: Console = console) -> None:
     from infra.account_check import run as ac_run
     from infra.commands.preflight import run_for_stack, show
 
     checks = run_for_stack(cfg)
-    show(checks, f"preflight: stack {stack} in {cfg.region}")
+    show(checks, f"preflight: stack {stack} in {cfg.region}", out)
     if ac_run.exit_code(checks):
         fail("preflight failed: fix the lines marked fail above (or --skip-preflight)", 1)
 
 
-def _show_endpoint(cfg, outputs: dict) -> None:
+def _show_endpoint(cfg, outputs: dict, out: Console = console) -> None:
     """Where to call the cluster, and how to read its token."""
     endpoint = outputs.get("endpoint_url")
     if endpoint:
-        console.print(f"endpoint: {endpoint}", highlight=False)
+        out.print(f"endpoint: {endpoint}", highlight=False)
     if outputs.get("token_parameter"):
-        console.print(
+        out.print(
             f"token:    aws ssm get-parameter --region {cfg.region} --name {outputs['token_parameter']} "
             "--with-decryption --query Parameter.Value --output text",
             highlight=False,
@@ -240,16 +263,24 @@ def up_cmd(
     timeout: TimeoutOpt = 1800.0,
     out: Annotated[Path | None, typer.Option("--out", help="Where cluster.yaml and serve.yaml go.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="The preview (changes, call-outs, policy, cost) as one JSON document on stdout."
+        ),
+    ] = False,
 ) -> None:
-    """Preflight, preview + `pulumi up --refresh` with the policy pack (Automation API), render cluster.yaml + Serve config, roll the node scripts out in order (rolled back on a failure), wait until the new deployment answers.
+    """Preflight, preview with the policy pack (Automation API) shown before asking (the changes as a tree, the hosts replaced and the changes that restart serving, the pack's verdict, the cost before -> after), `pulumi up --refresh` with the pack, render cluster.yaml + Serve config, roll the node scripts out in order (rolled back on a failure), wait until the new deployment answers.
 
     Exit 0 = up and answering with the new Serve config, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / rollout stopped and rolled back / not ready in time, 2 = bad input or no pulumi CLI.
     """  # noqa: E501  (one line per paragraph: rich folds help text itself)
     _cli_or_fail()
     args = _args_or_fail(stack, config)
     cfg = config_or_fail(stack, config)
+    # --json: stdout holds the one document; everything else (and the question) goes to stderr
+    say = err_console if as_json else console
     if not skip_preflight:
-        _preflight_or_fail(stack, cfg)
+        _preflight_or_fail(stack, cfg, say)
 
     from infra.deploy import PolicyEvents, open_stack, policy_packs, render_artifacts, stack_up
     from policy.runner import stack_policy_config
@@ -257,12 +288,12 @@ def up_cmd(
     out_dir = out or Path(".llmfleet") / stack
     packs = policy_packs(stack_policy_config(cfg), out_dir)
     pstack = open_stack(args)
-    _preview_and_confirm(stack, pstack, packs, yes)
+    _preview_and_confirm(stack, list(config or []), pstack, packs, yes, as_json)
     events = PolicyEvents()
     try:
         outputs = stack_up(
             pstack,
-            on_output=lambda line: console.print(line, highlight=False, markup=False),
+            on_output=lambda line: say.print(line, highlight=False, markup=False),
             on_event=events,
             packs=packs,
         )
@@ -275,12 +306,12 @@ def up_cmd(
     except ValueError as e:  # RenderError / ServeConfigError: Ray rejected what the outputs give
         fail(f"rendering cluster.yaml / serve.yaml from the stack outputs: {e}", 1)
     for path in written:
-        console.print(f"wrote {path}")
-    if not _rollout(cfg, stack, outputs, timeout):
+        say.print(f"wrote {path}")
+    if not _rollout(cfg, stack, outputs, timeout, say):
         raise typer.Exit(1)
-    if wait and not _wait(cfg, outputs, timeout):
+    if wait and not _wait(cfg, outputs, timeout, say):
         raise typer.Exit(1)
-    _show_endpoint(cfg, outputs)
+    _show_endpoint(cfg, outputs, say)
 
 
 def rollout_cmd(

@@ -192,34 +192,22 @@ def status_cmd(
     price_stack: PriceStackOpt = "prod",
     as_json: JsonOpt = False,
 ) -> None:
-    """Each host alive/lost (Ray's node table and the host's own raylet), Serve state, a real completion, and live figures from the cluster's Prometheus."""
+    """Each host alive/lost (its raylet and Ray's node table), Ray's nodes, the Serve app's replicas and their nodes, a real completion, and live figures from the cluster's Prometheus: the model and tables `llmfleet status` shows for a deployed stack."""  # noqa: E501
     from infra.local.layout import LocalError
-    from infra.local.status import status
     from infra.stack.config import ConfigError
+    from infra.status.local import local_status
+    from infra.status.model import StatusError
 
     try:
-        rep = status(name, price_stack=price_stack)
-    except (LocalError, ConfigError) as e:
+        rep = local_status(name, price_stack=price_stack)
+    except (LocalError, ConfigError, StatusError) as e:
         fail(str(e), code=1)
     if as_json:
-        print_json(rep)
+        print_json(rep.to_json())
         return
-    console.print(_hosts_table(rep["hosts"], f"local cluster {name!r} ({rep['mode']})"))
-    serve = ", ".join(f"{k}={v}" for k, v in rep["serve"].items()) or "no applications / head unreachable"
-    console.print(f"serve: {serve}", highlight=False)
-    deps = "; ".join(
-        f"{d} {s['status']} ({s['replicas']} running)"
-        for app in rep["deployments"].values()
-        for d, s in app.items()
-    )
-    console.print(f"engine: {rep['engine']}" + (f": {deps}" if deps else ""), highlight=False)
-    ok = "[green]yes[/]" if rep["serving"] else f"[red]no[/] ({rep['serving_detail']})"
-    console.print(f"endpoint {rep['endpoint']} answers a completion: {ok}", highlight=False)
-    if rep["lost"]:
-        console.print(f"[red]lost:[/] {', '.join(rep['lost'])}", highlight=False)
-    from infra.commands._local_live import print_metrics
+    from infra.commands._status_view import render
 
-    print_metrics(rep["metrics"])
+    render(rep, console)
 
 
 def top_cmd(
@@ -262,6 +250,39 @@ def down_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
         console.print(f"no local cluster {name!r} running; nothing to do", highlight=False)
 
 
+def print_reply(r: dict) -> None:
+    """A chat reply for people: the thought (dim, when the model has a reasoning parser), then the
+    answer; non-printable characters escaped and named."""
+    console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
+    reasoning = r.get("reasoning") or ""
+    if reasoning:
+        thought, _ = printable(reasoning)
+        console.print(f"[dim]<think>{escape(thought)}</think>[/]", highlight=False, soft_wrap=True)
+    shown, escaped = printable(r["reply"])
+    if not shown:
+        what = "no answer after the reasoning" if reasoning else "empty reply"
+        shown = f"({what}, finish_reason={r['finish_reason']})"
+    console.print(shown, highlight=False, markup=False)
+    if escaped:
+        err_console.print(
+            f"note: the reply held non-printable characters, shown escaped: {' '.join(escaped)}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+ThinkingBudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--thinking-budget",
+        min=0,
+        help="Most tokens the model may think before vLLM closes the thought (</think>); "
+        "the rest of the reply is the answer. Default: no limit.",
+    ),
+]
+
+
 def chat_cmd(
     message: Annotated[str, typer.Argument(help="The user message.")],
     max_tokens: Annotated[
@@ -271,15 +292,7 @@ def chat_cmd(
         float,
         typer.Option("--temperature", min=0.0, max=2.0, help="Sampling temperature (0 = greedy)."),
     ] = 0.7,
-    thinking_budget: Annotated[
-        int | None,
-        typer.Option(
-            "--thinking-budget",
-            min=0,
-            help="Most tokens the model may think before vLLM closes the thought (</think>); "
-            "the rest of the reply is the answer. Default: no limit.",
-        ),
-    ] = None,
+    thinking_budget: ThinkingBudgetOpt = None,
     name: NameOpt = "local",
     as_json: JsonOpt = False,
 ) -> None:
@@ -295,25 +308,7 @@ def chat_cmd(
     if as_json:
         print_json(r)
         return
-    console.print(f"[bold]assistant[/] ({r['model']}):", highlight=False)
-    if r["reasoning"]:
-        thought, _ = printable(r["reasoning"])
-        console.print(f"[dim]<think>{escape(thought)}</think>[/]", highlight=False, soft_wrap=True)
-    shown, escaped = printable(r["reply"])
-    console.print(
-        shown or f"(no answer after the reasoning, finish_reason={r['finish_reason']})"
-        if r["reasoning"]
-        else shown or f"(empty reply, finish_reason={r['finish_reason']})",
-        highlight=False,
-        markup=False,
-    )
-    if escaped:
-        err_console.print(
-            f"note: the reply held non-printable characters, shown escaped: {' '.join(escaped)}",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+    print_reply(r)
     if is_tiny_model_id(r["model"]):
         err_console.print(
             "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]",

@@ -51,8 +51,12 @@ def _plan_rows(p: Plan) -> list[tuple[str, str]]:
         ("usable per GPU", f"{p.usable_gib_per_gpu:.1f} GiB"),
         ("KV cache per GPU", f"{p.kv_cache_gib_per_gpu:.1f} GiB"),
         ("KV bytes per token per GPU", f"{p.kv_bytes_per_token_per_gpu:,}"),
-        ("max model len", f"{p.max_model_len:,}"),
-        ("full-length sequences in KV", f"{p.max_concurrent_sequences:,}"),
+        ("max model len", f"{p.max_model_len:,}" + (" (auto)" if p.max_model_len_auto else "")),
+        (
+            "full-length sequences in KV",
+            f"{p.max_concurrent_sequences:,}"
+            + (f" (target {p.target_concurrency})" if p.max_model_len_auto else ""),
+        ),
     ]
     if p.fits:
         rows += [
@@ -122,6 +126,10 @@ def render_plan(p: Plan) -> None:
         console.print(
             "Sources: `llmfleet plan --json` (cold_start_terms[].source), infra/catalog/coldstart.yaml"
         )
+    if p.context_note:
+        console.print(f"context: {p.context_note}", highlight=False)
+    if p.context_warning:
+        console.print(f"[yellow]warning:[/] {p.context_warning}", highlight=False)
     if p.fits:
         console.print(f"efficiency: {p.efficiency_note}", highlight=False, soft_wrap=True)
     for r in p.reasons:
@@ -182,6 +190,16 @@ def _calibrated(p: Plan) -> Plan:
         fail(str(e))
 
 
+def _context_len(value: str) -> int | str:
+    """--max-model-len: 'auto' or an integer (the planner checks its range)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        fail(f"--max-model-len: {value!r} is not allowed; allowed: 'auto' or an integer >= 16")
+
+
 def plan_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Catalog model id, e.g. deepseek-r1.")],
     gpu: Annotated[
@@ -199,8 +217,20 @@ def plan_cmd(
     quantization: Annotated[
         str | None, typer.Option("--quantization", "-q", help="fp8, bf16, int8 or int4.")
     ] = None,
-    max_model_len: Annotated[int, typer.Option("--max-model-len", help="Longest sequence in tokens.")] = 8192,
+    max_model_len: Annotated[
+        str,
+        typer.Option(
+            "--max-model-len",
+            help="Longest sequence in tokens, or auto: the longest clean context that holds --target-concurrency.",
+        ),
+    ] = "auto",
     concurrency: Annotated[int, typer.Option("--concurrency", help="Concurrent sequences.")] = 64,
+    target_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--target-concurrency", help="Full-length sequences the KV cache holds (max-model-len auto)."
+        ),
+    ] = 16,
     input_len: Annotated[
         int, typer.Option("--input-len", help="Prompt tokens per request (TTFT, KV, prefill load).")
     ] = 1024,
@@ -225,8 +255,9 @@ def plan_cmd(
 
     common = dict(
         quantization=quantization,
-        max_model_len=max_model_len,
+        max_model_len=_context_len(max_model_len),
         concurrency=concurrency,
+        target_concurrency=target_concurrency,
         input_len=input_len,
         output_len=output_len,
         engine=engine,

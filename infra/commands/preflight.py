@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, config_or_fail, console, fail, print_json
@@ -35,14 +36,14 @@ def run_for_stack(cfg, clients=None):
     return ac_run.run_checks(inputs, clients)
 
 
-def show(checks, title: str) -> None:
+def show(checks, title: str, out: Console | None = None) -> None:
     t = Table(title=title)
     t.add_column("check", style="bold")
     t.add_column("status")
     t.add_column("message", overflow="fold")
     for c in checks:
         t.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", c.message)
-    console.print(t)
+    (out or console).print(t)
 
 
 def preflight_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:

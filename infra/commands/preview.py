@@ -92,6 +92,10 @@ def preview_cmd(
         return
     console.print(resources_table(stack, cap.resources, wide))
     console.print(outputs_table(cap.outputs))
+    if plan.context_note:
+        console.print(f"context: {plan.context_note}", highlight=False)
+    if plan.context_warning:
+        console.print(f"[yellow]warning:[/] {plan.context_warning}", highlight=False)
     if not plan.fits:
         console.print(f"[yellow]warning:[/] gpu-fit: {plan.reason}", highlight=False, soft_wrap=True)
 

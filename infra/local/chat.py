@@ -1,4 +1,5 @@
-"""`llmfleet local chat`: one chat completion against the local endpoint."""
+"""`llmfleet local chat` (and `llmfleet chat` for a deployed stack): one chat completion with
+the official openai client."""
 
 from __future__ import annotations
 
@@ -6,35 +7,38 @@ from infra.local.layout import LocalError
 from infra.local.state import DEFAULT_NAME, load_state, read_token, state_dir
 
 
-def chat(
+class ChatError(RuntimeError):
+    """One line: the endpoint and what it answered."""
+
+
+def chat_once(
+    base_url: str,
+    api_key: str,
+    model: str,
     message: str,
-    name: str = DEFAULT_NAME,
     max_tokens: int = 48,
     temperature: float = 0.7,
     thinking_budget: int | None = None,
 ) -> dict:
-    """One chat completion against the local endpoint with the official openai client.
+    """One chat completion at an OpenAI-compatible base URL (ending in /v1).
 
     thinking_budget: vLLM's thinking_token_budget, the most tokens the model may think before the
     engine closes the thought (`</think>`) and the rest of the reply is the answer."""
     import openai
 
-    st = load_state(name)
-    if st is None:
-        raise LocalError(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`")
-    client = openai.OpenAI(base_url=st["endpoint"], api_key=read_token(st), timeout=120, max_retries=1)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=120, max_retries=1)
     try:
         r = client.chat.completions.create(
-            model=st["model"],
+            model=model,
             messages=[{"role": "user", "content": message}],
             max_tokens=max_tokens,
             temperature=temperature,
             extra_body={} if thinking_budget is None else {"thinking_token_budget": thinking_budget},
         )
     except openai.APIConnectionError as e:
-        raise LocalError(f"{st['endpoint']}: {e}; see `llmfleet local status`") from None
+        raise ChatError(f"{base_url}: {e}") from None
     except openai.APIStatusError as e:
-        raise LocalError(f"{st['endpoint']}: HTTP {e.status_code}: {e.message}") from None
+        raise ChatError(f"{base_url}: HTTP {e.status_code}: {e.message}") from None
     c = r.choices[0]
     return {
         "model": r.model,
@@ -47,3 +51,22 @@ def chat(
         "finish_reason": c.finish_reason,
         "usage": r.usage.model_dump() if r.usage else None,
     }
+
+
+def chat(
+    message: str,
+    name: str = DEFAULT_NAME,
+    max_tokens: int = 48,
+    temperature: float = 0.7,
+    thinking_budget: int | None = None,
+) -> dict:
+    """One chat completion against the local endpoint."""
+    st = load_state(name)
+    if st is None:
+        raise LocalError(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`")
+    try:
+        return chat_once(
+            st["endpoint"], read_token(st), st["model"], message, max_tokens, temperature, thinking_budget
+        )
+    except ChatError as e:
+        raise LocalError(f"{e}; see `llmfleet local status`") from None

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 
-from infra.local.prometheus import PromError, query, scalar, targets
+from infra.local.prometheus import Fetch, PromError, query, scalar, targets
 
 PREFIX = "ray_vllm_"
 RATE_WINDOW = "1m"
@@ -83,13 +83,22 @@ class Live:
         return asdict(self)
 
 
-def read_live(url: str, model: str, timeout: float = 5.0) -> Live:
-    """Every figure of `queries(model)` from the Prometheus at url (None: no series yet)."""
-    live = Live(source="prometheus", url=url)
+def read_live(
+    url: str,
+    model: str,
+    timeout: float = 5.0,
+    fetch: Fetch | None = None,
+    with_targets: bool = True,
+    source: str = "prometheus",
+) -> Live:
+    """Every figure of `queries(model)` from the Prometheus query API at url (None: no series
+    yet). `fetch` signs the requests for a managed store; without a targets API (AMP),
+    `with_targets=False`."""
+    live = Live(source=source, url=url)
     try:
         for key, promql in queries(model).items():
-            setattr(live, key, scalar(url, promql, timeout))
-        ts = [t for t in targets(url, timeout)]
+            setattr(live, key, scalar(url, promql, timeout, fetch))
+        ts = [t for t in targets(url, timeout, fetch)] if with_targets else []
     except PromError as e:
         live.error = str(e)
         return live

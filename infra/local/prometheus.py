@@ -19,7 +19,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -175,21 +177,33 @@ class PromError(RuntimeError):
     """A Prometheus HTTP API call failed: one line."""
 
 
-def query(url: str, promql: str, timeout: float = 5.0) -> list[dict]:
-    """Instant query through Prometheus' HTTP API: [{"metric": {labels}, "value": float}]."""
-    q = urllib.parse.urlencode({"query": promql})
+Fetch = Callable[[str, float], Any]
+
+
+def fetch_json(url: str, timeout: float) -> Any:
+    """GET url -> its JSON document (plain HTTP: the local Prometheus). Another `Fetch` (the
+    stack's AMP workspace, SigV4-signed: infra/status/amp.py) goes through the same queries."""
     try:
-        with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=timeout) as r:
-            doc = json.load(r)
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.load(r)
     except urllib.error.HTTPError as e:
         body = e.read().decode(errors="replace")
         try:
             body = json.loads(body).get("error", body)
         except ValueError:
             pass
-        raise PromError(f"{promql}: HTTP {e.code}: {body}") from None
+        raise PromError(f"HTTP {e.code}: {body}") from None
     except OSError as e:
-        raise PromError(f"{url}: {e}") from None
+        raise PromError(f"{url.split('?', 1)[0]}: {e}") from None
+
+
+def query(url: str, promql: str, timeout: float = 5.0, fetch: Fetch | None = None) -> list[dict]:
+    """Instant query through Prometheus' HTTP API: [{"metric": {labels}, "value": float}]."""
+    q = urllib.parse.urlencode({"query": promql})
+    try:
+        doc = (fetch or fetch_json)(f"{url}/api/v1/query?{q}", timeout)
+    except PromError as e:
+        raise PromError(f"{promql}: {e}" if str(e).startswith("HTTP") else str(e)) from None
     if doc.get("status") != "success":
         raise PromError(f"{promql}: {doc.get('error', doc)}")
     data = doc["data"]
@@ -198,22 +212,18 @@ def query(url: str, promql: str, timeout: float = 5.0) -> list[dict]:
     return [{"metric": s["metric"], "value": float(s["value"][1])} for s in data["result"]]
 
 
-def scalar(url: str, promql: str, timeout: float = 5.0) -> float | None:
+def scalar(url: str, promql: str, timeout: float = 5.0, fetch: Fetch | None = None) -> float | None:
     """One number, or None when the query has no series (nothing exported yet)."""
-    rows = query(url, promql, timeout)
+    rows = query(url, promql, timeout, fetch)
     if not rows:
         return None
     v = rows[0]["value"]
     return None if v != v else v  # NaN: e.g. a quantile of no observations
 
 
-def targets(url: str, timeout: float = 5.0) -> list[dict]:
+def targets(url: str, timeout: float = 5.0, fetch: Fetch | None = None) -> list[dict]:
     """The active scrape targets: [{"instance", "health", "last_error"}]."""
-    try:
-        with urllib.request.urlopen(f"{url}/api/v1/targets?state=active", timeout=timeout) as r:
-            doc = json.load(r)
-    except OSError as e:
-        raise PromError(f"{url}: {e}") from None
+    doc = (fetch or fetch_json)(f"{url}/api/v1/targets?state=active", timeout)
     return [
         {
             "instance": t["labels"].get("instance", ""),

@@ -1,16 +1,16 @@
-"""What `llmfleet local status` reports: hosts alive/lost (Ray's node table + the hosts' own
-processes), the Serve app and its deployments, a real completion, and the engines' counters."""
+"""The local hosts alive/lost (Ray's node table + the hosts' own processes), whether the cluster
+is healthy (what `local up` waits for) and the engines' counters read from each node's metrics
+agent. `llmfleet local status` itself is infra/status/local.py (the model the deployed status
+shares)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from infra.local.layout import ENGINE, LocalError
-from infra.local.live import live_report
 from infra.local.processes import raylet_running
-from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, state_dir
+from infra.local.state import hostset, read_token
 
 
 @dataclass
@@ -60,52 +60,6 @@ def _ray_nodes(st: dict) -> list[dict] | None:
     return [{"ip": n.node_ip, "alive": n.state == "ALIVE", "node_id": n.node_id} for n in nodes]
 
 
-def status(
-    name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True, price_stack: str | None = "prod"
-) -> dict:
-    """Hosts alive/lost, Serve application state and whether a real completion answers."""
-    from ray_cluster.node import NodeError
-    from ray_cluster.readiness import probe_completion
-    from ray_cluster.serve_rest import serve_deployments, serve_status
-
-    sd = sd or state_dir()
-    st = load_state(name, sd)
-    if st is None:
-        raise LocalError(f"no local cluster {name!r} in {sd}; start one with `llmfleet local up`")
-    hs = hostset(st)
-    running = {h.name: raylet_running(h) for h in hs.hosts}
-    nodes = _ray_nodes(st)
-    rows = classify_hosts(st["hosts"], nodes, running)
-    head_ip = st["hosts"][0]["ip"]
-    dashboard = f"http://{head_ip}:{st['ports']['dashboard']}"
-    apps = serve_status(dashboard, timeout=5) if nodes is not None else {}
-    # Which engine serves is read from Serve itself: the app's deployments and their replicas.
-    deployments = serve_deployments(dashboard, timeout=5) if nodes is not None else {}
-    serving, detail = False, "not probed"
-    if probe:
-        try:
-            probe_completion(st["endpoint"][: -len("/v1")], read_token(st), st["model"], timeout=10)
-            serving, detail = True, ""
-        except (NodeError, OSError) as e:
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return {
-        "name": st["name"],
-        "mode": st["mode"],
-        "endpoint": st["endpoint"],
-        "model": st["model"],
-        "layout": st["layout"],
-        "engine": st.get("engine", ENGINE),
-        "deployments": deployments,
-        "hosts": [asdict(r) for r in rows],
-        "lost": [r.name for r in rows if r.status != "alive"],
-        "serve": apps,
-        "serving": serving,
-        "serving_detail": detail,
-        # Live figures from the cluster's Prometheus (infra.local.live), not from logs.
-        "metrics": live_report(st, price_stack),
-    }
-
-
 def metrics_targets(st: dict) -> list[str]:
     """host:port of every Ray node's metrics agent, from Ray's own Prometheus service-discovery
     file (Ray writes it in the head's temp dir; a real Prometheus reads the same file)."""
@@ -140,11 +94,18 @@ def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
 
 
 def healthy(st: dict) -> tuple[bool, str]:
-    """(ok, why not): every host alive and a real completion answered."""
-    rep = status(st["name"], Path(st["state_dir"]), price_stack=None)
-    lost = [h for h in rep["hosts"] if h["status"] != "alive"]
+    """(ok, why not): every host alive and a real completion answered (what `local up` waits
+    for; `llmfleet local status` reports the whole picture through infra/status/)."""
+    from ray_cluster.node import NodeError
+    from ray_cluster.readiness import probe_completion
+
+    running = {h.name: raylet_running(h) for h in hostset(st).hosts}
+    lost = [r for r in classify_hosts(st["hosts"], _ray_nodes(st), running) if r.status != "alive"]
     if lost:
-        return False, "host " + ", ".join(f"{h['name']} ({h['ip']}) lost" for h in lost)
-    if not rep["serving"]:
-        return False, f"endpoint not serving: {rep['serving_detail']}"
+        return False, "host " + ", ".join(f"{h.name} ({h.ip}) lost" for h in lost)
+    try:
+        probe_completion(st["endpoint"][: -len("/v1")], read_token(st), st["model"], timeout=10)
+    except (NodeError, OSError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return False, f"endpoint not serving: {detail}"
     return True, ""

@@ -40,6 +40,13 @@ class RolloutBusy(p.PlanError):
     """Another rollout of this stack holds the lock."""
 
 
+ROLLBACK_MARK = "llmfleet rollback:"
+
+
+def rollback_description(v: RoleVersions) -> str:
+    return f"{ROLLBACK_MARK} version {v.target} failed its rollout; this restores version {v.good}"
+
+
 def lock_name(stack: str) -> str:
     return f"/llmfleet/{stack}/rollout-lock"
 
@@ -214,7 +221,11 @@ class SsmRunner:
     def restore(self, v: RoleVersions) -> int:
         """Put the good version's script back as the newest version, labelled good; its number."""
         value = self.ssm.get_parameter(Name=f"{v.name}:{v.good}")["Parameter"]["Value"]
-        new = self.ssm.put_parameter(Name=v.name, Value=value, Overwrite=True, Tier=v.tier)["Version"]
+        # The description records the rollback in the parameter's history: `llmfleet status`
+        # reads the last rollout's result from it (a promoted target looks the same otherwise).
+        new = self.ssm.put_parameter(
+            Name=v.name, Value=value, Overwrite=True, Tier=v.tier, Description=rollback_description(v)
+        )["Version"]
         self.ssm.label_parameter_version(Name=v.name, ParameterVersion=new, Labels=[GOOD_LABEL])
         return new
 

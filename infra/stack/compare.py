@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from infra.catalog import load_catalog
 from infra.stack import perf
@@ -14,6 +15,7 @@ from infra.stack.planner import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEFAULT_INPUT_LEN,
     DEFAULT_OUTPUT_LEN,
+    DEFAULT_TARGET_CONCURRENCY,
     PlanInputError,
     plan,
 )
@@ -61,12 +63,13 @@ def _layout_candidates(gpu: str, checkpoint_gib: float) -> tuple[list[int], list
 def compare(
     model: str,
     quantization: str | None = None,
-    max_model_len: int = 8192,
+    max_model_len: int | Literal["auto"] = "auto",
     concurrency: int = 64,
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
     input_len: int = DEFAULT_INPUT_LEN,
     output_len: int = DEFAULT_OUTPUT_LEN,
     engine: str = perf.DEFAULT_ENGINE,
+    target_concurrency: int = DEFAULT_TARGET_CONCURRENCY,
 ) -> list[CompareRow]:
     """One row per catalog GPU: its smallest fitting layout (fewest GPUs, then the cheaper),
     what it costs on AWS and how fast it serves `model`, sorted by USD per million output
@@ -90,6 +93,7 @@ def compare(
                 input_len=input_len,
                 output_len=output_len,
                 engine=engine,
+                target_concurrency=target_concurrency,
             )
             for n in candidates
         ]

@@ -28,6 +28,7 @@ from infra.stack.config_values import (
     CapacityBlockId,
     CertificateArn,
     Cidrs,
+    ContextLen,
     DnsName,
     EndpointPort,
     GpuInstanceType,
@@ -50,6 +51,7 @@ from infra.stack.config_values import (
     WorkerCount,
     ZeroUnset,
 )
+from infra.stack.context import DEFAULT_TARGET_CONCURRENCY
 from infra.stack.host_spec import HostSpec
 from infra.validation import first_error
 
@@ -74,10 +76,13 @@ class StackConfig(BaseModel):
     quantization: Annotated[Literal["fp8", "bf16", "int8", "int4"] | None, Unset] = Field(
         default=None, alias="llmfleet:quantization"
     )
-    max_model_len: Annotated[int, Field(ge=256, le=1_048_576)] = Field(
-        default=8192, alias="llmfleet:maxModelLen"
-    )
+    # 'auto' = the planner's longest clean context at which targetConcurrency full-length
+    # sequences fit in the KV cache (infra/stack/context.py); an integer is honoured as set.
+    max_model_len: ContextLen = Field(default="auto", alias="llmfleet:maxModelLen")
     concurrency: Annotated[int, Field(ge=1, le=4096)] = Field(default=64, alias="llmfleet:concurrency")
+    target_concurrency: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=DEFAULT_TARGET_CONCURRENCY, alias="llmfleet:targetConcurrency"
+    )
     gpu_memory_utilization: Annotated[float, Field(ge=0.5, le=0.98)] = Field(
         default=0.90, alias="llmfleet:gpuMemoryUtilization"
     )

@@ -186,7 +186,7 @@ def check_layout(cfg: StackConfig) -> None:
             f"allowed: 'auto' or a multiple of llmfleet:replicas ({cfg.replicas}); "
             "every replica takes the same number of hosts",
         )
-    if cfg.max_model_len > cat.models[cfg.model].max_position_embeddings:
+    if cfg.max_model_len != "auto" and cfg.max_model_len > cat.models[cfg.model].max_position_embeddings:
         raise CrossKeyError(
             "llmfleet:maxModelLen",
             cfg.max_model_len,

@@ -170,6 +170,25 @@ def _workers(v: Any) -> Any:
     return n
 
 
+MIN_CONTEXT, MAX_CONTEXT = 256, 1_048_576
+
+
+def _context(v: Any) -> Any:
+    """llmfleet:maxModelLen: 'auto' (the planner sizes it from the KV cache) or a token count."""
+    allowed = f"allowed: 'auto' or an integer from {MIN_CONTEXT} to {MAX_CONTEXT:,}"
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    if isinstance(v, bool) or isinstance(v, float):
+        raise ValueError(allowed)
+    try:
+        n = int(str(v).strip())
+    except ValueError:
+        raise ValueError(allowed) from None
+    if not MIN_CONTEXT <= n <= MAX_CONTEXT:
+        raise ValueError(allowed)
+    return n
+
+
 def _safe_parts(parts: list[str]) -> bool:
     return all(PATH_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts)
 
@@ -348,6 +367,7 @@ ModelId = Annotated[str, AfterValidator(_model)]
 GpuInstanceType = Annotated[str, AfterValidator(_gpu_type)]
 InstanceType = Annotated[str, AfterValidator(_head_type)]
 WorkerCount = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+ContextLen = Annotated[int | Literal["auto"], BeforeValidator(_context)]
 EndpointPort = Annotated[int, Field(ge=1, le=65535), AfterValidator(_endpoint_port)]
 Repository = Annotated[str | None, Unset, AfterValidator(_repository)]
 # A budget or an hourly price: finite (inf or nan would switch the budget gate off).

@@ -15,6 +15,11 @@ from infra.stack.perf_fit import calibrated_fit, prompts_per_step
 from infra.stack.perf_roofline import Layout, decode_shape, prefill_shape
 
 DEFAULT_ENGINE = "vllm"  # what llmfleet deploys (Ray Serve LLM + vLLM)
+# Engines whose scheduler puts prompts into the decode steps (chunked prefill). vLLM V1 always
+# does (its docs: "In vLLM V1, chunked prefill is always enabled by default"; the Serve config
+# llmfleet renders also sets enable_chunked_prefill). SGLang runs prefill batches on their own
+# unless --enable-mixed-chunk is set, which is off by default.
+CHUNKED_PREFILL_ENGINES = frozenset({"vllm"})
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,11 @@ def speed(lay: Layout, engine: str, batch: int, input_len: int, output_len: int)
     ctx = input_len + output_len / 2
     # Steady state: a stream's TPOT carries the other streams' prompts; the cluster's output
     # rate carries all of them.
-    per_user = decode_shape(lay, batch, ctx, prompts_per_step(batch, output_len, own=False), input_len)
-    cluster = decode_shape(lay, batch, ctx, prompts_per_step(batch, output_len, own=True), input_len)
+    chunked = engine in CHUNKED_PREFILL_ENGINES
+    per_user = decode_shape(
+        lay, batch, ctx, prompts_per_step(batch, output_len, own=False), input_len, chunked
+    )
+    cluster = decode_shape(lay, batch, ctx, prompts_per_step(batch, output_len, own=True), input_len, chunked)
     period = per_user.period(eff.bandwidth, k, eff.prefill)
     fixed = per_user.period(math.inf, k, math.inf)  # infinitely fast memory and compute
     ttft = prefill_shape(lay, input_len).period(eff.prefill, k)

@@ -63,7 +63,15 @@ def calibration_point(cal: Calibration) -> Point:
     pre = 0.0
     if cal.arrivals == "continuous":
         pre = prompts_per_step(cal.concurrency, cal.output_len, own=cal.tpot_ms is None)
-    shape = decode_shape(lay, cal.concurrency, cal.input_len + cal.output_len / 2, pre, cal.input_len)
+    elif cal.tpot_ms is not None:
+        # All started at once: the engine admits their prompts one after another, so a stream's
+        # TPOT window (after its own first token) holds the prefills of the streams admitted
+        # after it, (B - 1) / 2 of them on average. An output rate of a batch run is left as
+        # published (the sources do not say whether it counts the prompts' time).
+        pre = (cal.concurrency - 1) / 2 / cal.output_len
+    shape = decode_shape(
+        lay, cal.concurrency, cal.input_len + cal.output_len / 2, pre, cal.input_len, cal.chunked_prefill
+    )
     one_stream_ttft = cal.ttft_ms is not None and cal.concurrency == 1
     return Point(
         cal.id,

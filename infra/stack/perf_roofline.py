@@ -25,6 +25,18 @@ tokens/s = 1 / period; cluster: B / period.
 Prefill (TTFT): one prompt passes every stage; all experts are touched, so at 1k tokens and
 more it is compute-bound at the GPU's FLOPS for the quantization (fp8: FP8; int8: INT8;
 bf16 and int4 (W4A16 kernels): BF16), plus the attention's quadratic FLOPs.
+
+Prompts arriving while others decode (steady state): an engine that runs prefill as its own
+forward pass (SGLang's default; vLLM V0 without chunked prefill) stops decoding for a whole
+prefill pass per prompt, weights read again and every layer's fixed cost paid again. With
+chunked prefill (vLLM V1 always; V0 above a 32k max_model_len) the prompt's tokens ride in
+the decode steps' token budget: the weights are read once per step for both, so a prompt
+adds only its FLOPs (at the prefill efficiency) to the steps that carry it. That is what
+keeps short outputs after long prompts from being charged as separate compute-bound steps.
+
+Crossing hosts: tensor parallelism over the node fabric pays the fabric's all-reduce latency
+twice per layer; a pipeline hop pays one send/receive (links.yaml `hop_latency_us`) plus the
+activations over the link's bandwidth, once per stage boundary per step.
 """
 
 from __future__ import annotations
@@ -126,6 +138,14 @@ def prefill_roofline_seconds(
     m: Model, g: Gpu, arch: Architecture, stage: Stage, quant: str, tp: int, tokens: int, kv_layer: float
 ) -> float:
     """Roofline time of prefilling one prompt of `tokens` on one GPU of `stage`."""
+    read_s, flops_s = _prefill_parts(m, g, arch, stage, quant, tp, tokens, kv_layer)
+    return max(read_s, flops_s)
+
+
+def _prefill_parts(
+    m: Model, g: Gpu, arch: Architecture, stage: Stage, quant: str, tp: int, tokens: int, kv_layer: float
+) -> tuple[float, float]:
+    """(seconds reading, seconds computing) at peak for one prompt of `tokens` on one GPU of `stage`."""
     qbytes = BYTES_PER_PARAM[quant] + SCALE_BYTES_PER_PARAM[quant]
     k = m.moe.experts_per_token if m.moe else 0
     read = flops = 0.0
@@ -139,7 +159,7 @@ def prefill_roofline_seconds(
     if stage.last:
         read += arch.head * UNQUANTIZED_BYTES / tp
         flops += 2 * arch.head / tp  # only the last position's logits
-    return max(read / (g.bandwidth_gbs * 1e9), flops / (compute_tflops(g, quant) * 1e12))
+    return read / (g.bandwidth_gbs * 1e9), flops / (compute_tflops(g, quant) * 1e12)
 
 
 # --- the deployment's per-step pieces, independent of the fitted efficiencies -----------------------
@@ -159,24 +179,32 @@ class StepShape:
     hop_s: float  # all pipeline hops of one pass
     prompts_per_step: float = 0.0  # prefill passes per decode step (other streams' prompts)
     prefill: StepShape | None = None  # one prompt's prefill pass
+    # Per stage, the seconds of this pass's FLOPs alone at peak compute (what a prompt adds to
+    # the decode steps that carry it under chunked prefill).
+    compute_s: tuple[float, ...] = ()
+    chunked: bool = False  # prompts ride in the decode steps (chunked prefill)
 
-    def stage_seconds(self, eta: float, layer_s: float) -> list[float]:
+    def stage_seconds(self, eta: float, layer_s: float, extra: tuple[float, ...] = ()) -> list[float]:
+        extra = extra or (0.0,) * len(self.layers)
         return [
-            r / eta + n * layer_s + c
-            for r, n, c in zip(self.roofline_s, self.layers, self.link_s, strict=True)
+            r / eta + n * layer_s + c + x
+            for r, n, c, x in zip(self.roofline_s, self.layers, self.link_s, extra, strict=True)
         ]
 
-    def decode_period(self, eta: float, layer_s: float) -> float:
-        t = self.stage_seconds(eta, layer_s)
+    def decode_period(self, eta: float, layer_s: float, extra: tuple[float, ...] = ()) -> float:
+        t = self.stage_seconds(eta, layer_s, extra)
         return max(sum(t) + self.hop_s, self.microbatches * max(t))
 
     def period(self, eta: float, layer_s: float, eta_prefill: float = 1.0) -> float:
-        """Seconds between two tokens of one stream: the decode pass, plus the prefill passes
-        of prompts that arrive meanwhile (the engine stops decoding, or shares the step,
-        while they run)."""
-        own = self.decode_period(eta, layer_s)
+        """Seconds between two tokens of one stream: the decode pass, plus what the prompts
+        that arrive meanwhile cost it: a whole prefill pass each (the engine stops decoding),
+        or, chunked, their FLOPs inside the decode steps."""
         if self.prefill is None or self.prompts_per_step == 0:
-            return own
+            return self.decode_period(eta, layer_s)
+        if self.chunked:
+            share = tuple(self.prompts_per_step * c / eta_prefill for c in self.prefill.compute_s)
+            return self.decode_period(eta, layer_s, share)
+        own = self.decode_period(eta, layer_s)
         return own + self.prompts_per_step * self.prefill.decode_period(eta_prefill, layer_s)
 
     def bubble(self, eta: float, layer_s: float) -> float:
@@ -206,17 +234,28 @@ def _allreduce_seconds(m: Model, g: Gpu, link: str | None, layers: int, tp: int,
 
 
 def _hop_seconds(m: Model, g: Gpu, fabric: str | None, pp: int, tokens: int) -> float:
+    """A pass's pipeline hops: one send/receive of the activations per stage boundary, at the
+    link's point-to-point latency (not its all-reduce's) and bandwidth."""
     if pp == 1:
         return 0.0
-    latency, bw = _link_figures(g, fabric or intra_node_link(g))
+    link = fabric or intra_node_link(g)
+    _, bw = _link_figures(g, link)
+    row = load_catalog().links[link]
+    latency = (row.hop_latency_us if row.hop_latency_us is not None else row.allreduce_latency_us) * 1e-6
     return (pp - 1) * (latency + tokens * m.hidden * 2 / bw)
 
 
 def decode_shape(
-    lay: Layout, batch: int, avg_context: float, prompts_per_step: float = 0.0, prompt_len: int = 0
+    lay: Layout,
+    batch: int,
+    avg_context: float,
+    prompts_per_step: float = 0.0,
+    prompt_len: int = 0,
+    chunked: bool = False,
 ) -> StepShape:
-    """One decode step of `batch` sequences, carrying `prompts_per_step` prefill passes of
-    `prompt_len` tokens (steady-state arrivals)."""
+    """One decode step of `batch` sequences, carrying `prompts_per_step` prompts of
+    `prompt_len` tokens (steady-state arrivals): as prefill passes of their own, or, `chunked`,
+    inside the decode steps."""
     cat = load_catalog()
     m, g = cat.models[lay.model], cat.gpus[lay.gpu]
     arch = architecture(lay.model)
@@ -237,6 +276,7 @@ def decode_shape(
         hop_s=_hop_seconds(m, g, lay.fabric, pp, b),
         prompts_per_step=prompts_per_step,
         prefill=prefill_shape(lay, prompt_len) if prompts_per_step and prompt_len else None,
+        chunked=chunked,
     )
 
 
@@ -248,12 +288,12 @@ def prefill_shape(lay: Layout, tokens: int) -> StepShape:
     kv_layer = kv_bytes_per_token_layer_per_gpu(m, arch, tp)
     link = tp_link(g, tp, lay.gpus_per_node, lay.fabric)
     st = stages(arch, pp)
+    parts = [_prefill_parts(m, g, arch, s, lay.quantization, tp, tokens, kv_layer) for s in st]
     return StepShape(
         batch=1,
         microbatches=1,
-        roofline_s=tuple(
-            prefill_roofline_seconds(m, g, arch, s, lay.quantization, tp, tokens, kv_layer) for s in st
-        ),
+        roofline_s=tuple(max(p) for p in parts),
+        compute_s=tuple(p[1] for p in parts),
         layers=tuple(len(s.layers) for s in st),
         link_s=tuple(_allreduce_seconds(m, g, link, len(s.layers), tp, tokens) for s in st),
         hop_s=_hop_seconds(m, g, lay.fabric, pp, tokens),

@@ -25,10 +25,10 @@ Speed model (infra/stack/perf.py, perf_roofline.py and perf_fit.py have the deta
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from infra.catalog import load_catalog
-from infra.stack import perf, perf_roofline
+from infra.stack import context, perf, perf_roofline
 from infra.stack.arch import GIB, QUANTIZATIONS, architecture
 from infra.stack.coldstart import ColdStart, instance_for
 from infra.stack.coldstart import estimate as estimate_cold_start
@@ -41,6 +41,7 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
 MAX_AUTO_NODES = 32
+DEFAULT_TARGET_CONCURRENCY = context.DEFAULT_TARGET_CONCURRENCY
 
 
 @dataclass
@@ -89,6 +90,12 @@ class Plan:
     stage_layers: list[int] = field(default_factory=list)
     # The user's own measurements of this layout (`llmfleet bench --calibrate`), when present.
     calibration: dict | None = None
+    # How max_model_len was decided (infra/stack/context.py): auto or set, for how many
+    # full-length sequences, and why in one line; a warning for a reasoning model below 16k.
+    max_model_len_auto: bool = False
+    target_concurrency: int = DEFAULT_TARGET_CONCURRENCY
+    context_note: str = ""
+    context_warning: str | None = None
 
     @property
     def reason(self) -> str:
@@ -112,12 +119,13 @@ def _check_inputs(
     quantization: str | None,
     gpus_per_node: int,
     nodes: int | None,
-    max_model_len: int,
+    max_model_len: int | Literal["auto"],
     concurrency: int,
     gpu_memory_utilization: float,
     input_len: int,
     output_len: int,
     engine: str,
+    target_concurrency: int,
 ) -> None:
     cat = load_catalog()
     if model not in cat.models:
@@ -134,8 +142,14 @@ def _check_inputs(
         raise PlanInputError(
             f"--nodes: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)"
         )
-    if max_model_len < 16:
-        raise PlanInputError(f"--max-model-len: {max_model_len} is not allowed; allowed: an integer >= 16")
+    if max_model_len != "auto" and (not isinstance(max_model_len, int) or max_model_len < 16):
+        raise PlanInputError(
+            f"--max-model-len: {max_model_len!r} is not allowed; allowed: 'auto' or an integer >= 16"
+        )
+    if target_concurrency < 1:
+        raise PlanInputError(
+            f"--target-concurrency: {target_concurrency} is not allowed; allowed: an integer >= 1"
+        )
     if concurrency < 1:
         raise PlanInputError(f"--concurrency: {concurrency} is not allowed; allowed: an integer >= 1")
     if not 0.1 <= gpu_memory_utilization <= 0.99:
@@ -162,15 +176,19 @@ def plan(
     gpus_per_node: int = 8,
     nodes: int | None = None,
     quantization: str | None = None,
-    max_model_len: int = 8192,
+    max_model_len: int | Literal["auto"] = "auto",
     concurrency: int = 64,
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
     input_len: int = DEFAULT_INPUT_LEN,
     output_len: int = DEFAULT_OUTPUT_LEN,
     engine: str = perf.DEFAULT_ENGINE,
+    target_concurrency: int = DEFAULT_TARGET_CONCURRENCY,
 ) -> Plan:
     """Plan `model` on nodes of `gpus_per_node` x `gpu`. With nodes=None, the smallest node
-    count that fits (up to MAX_AUTO_NODES)."""
+    count that fits (up to MAX_AUTO_NODES). max_model_len 'auto': the longest clean context at
+    which `target_concurrency` full-length sequences fit (infra/stack/context.py); the node count
+    is still the smallest whose weights and one planned request fit: auto never adds hosts for
+    a longer context."""
     _check_inputs(
         model,
         gpu,
@@ -183,6 +201,7 @@ def plan(
         input_len,
         output_len,
         engine,
+        target_concurrency,
     )
     kw = dict(
         gpus_per_node=gpus_per_node,
@@ -193,6 +212,7 @@ def plan(
         input_len=input_len,
         output_len=output_len,
         engine=engine,
+        target_concurrency=target_concurrency,
     )
     if nodes is not None:
         return _plan_fixed(model, gpu, nodes=nodes, **kw)
@@ -219,17 +239,44 @@ def _plan_fixed(
     nodes: int,
     gpus_per_node: int,
     quantization: str | None,
-    max_model_len: int,
+    max_model_len: int | Literal["auto"],
     concurrency: int,
     gpu_memory_utilization: float,
     input_len: int,
     output_len: int,
     engine: str,
+    target_concurrency: int,
 ) -> Plan:
-    quant = quantization or load_catalog().models[model].native_dtype
+    m = load_catalog().models[model]
+    quant = quantization or m.native_dtype
     tp = gpus_per_node
-    reasons, pp = _layout_reasons(model, gpu, quant, tp, nodes, max_model_len)
-    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, max_model_len)
+    auto = max_model_len == "auto"
+    # Auto first sizes the cache at the shortest length it would pick, then picks from it.
+    length = context.MIN_AUTO if auto else int(max_model_len)
+    reasons, pp = _layout_reasons(model, gpu, quant, tp, nodes, length)
+    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, length)
+    choice: context.ContextChoice | None = None
+    if auto and input_len + output_len > m.max_position_embeddings:
+        reasons.append(
+            f"max_model_len: the planned request of {input_len + output_len} tokens (input + output) "
+            f"exceeds {model}'s {m.max_position_embeddings} positions"
+        )
+    elif auto and not mem.reasons:
+        choice = context.choose(m, mem.kv_tokens, mem.kv_gib, target_concurrency, input_len + output_len)
+        if choice is None:
+            mem = replace(
+                mem,
+                reasons=[
+                    f"memory: after {mem.weights_per_gpu:.1f} GiB of weights per GPU, the KV cache holds "
+                    f"{mem.kv_tokens} tokens, fewer than one {input_len + output_len}-token request "
+                    "(maxModelLen auto); add nodes"
+                ],
+            )
+        else:
+            length = choice.max_model_len
+            mem = replace(mem, max_seqs=choice.sequences)
+    elif not auto and not mem.reasons:
+        choice = context.explicit(m, length, mem.kv_tokens, mem.kv_gib)
     reasons += mem.reasons
     seq_len = input_len + output_len
     kv_tokens = mem.kv_tokens
@@ -258,7 +305,7 @@ def _plan_fixed(
         kv_cache_gib_per_gpu=round(mem.kv_gib, 2),
         kv_bytes_per_token_per_gpu=mem.kv_per_token,
         kv_cache_tokens=kv_tokens,
-        max_model_len=max_model_len,
+        max_model_len=length,
         max_concurrent_sequences=mem.max_seqs,
         concurrency=concurrency,
         effective_concurrency=b_eff if fits else 0,
@@ -287,6 +334,10 @@ def _plan_fixed(
         cold_start_terms=cold.to_dict()["terms"] if cold else [],
         cold_start_usd=round(cold.usd(usd_h), 2) if cold and usd_h is not None else None,
         stage_layers=[len(s.layers) for s in mem.stages],
+        max_model_len_auto=auto,
+        target_concurrency=target_concurrency,
+        context_note=choice.note if choice else "",
+        context_warning=choice.warning if choice else None,
     )
 
 
@@ -382,4 +433,5 @@ def plan_for_stack(cfg: StackConfig) -> Plan:
         max_model_len=cfg.max_model_len,
         concurrency=cfg.concurrency,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
+        target_concurrency=cfg.target_concurrency,
     )

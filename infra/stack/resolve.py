@@ -31,6 +31,15 @@ class Stack:
 
 def resolve(cfg: StackConfig) -> Stack:
     plan = plan_for_stack(cfg)
+    if cfg.max_model_len != "auto" and plan.weights_gib_per_gpu <= plan.usable_gib_per_gpu:
+        if plan.kv_cache_tokens < cfg.max_model_len:
+            # The weights fit but not one sequence of the set length: the engine would refuse to
+            # start on every host, so stop here rather than after the hosts are paid for.
+            raise ConfigError(
+                f"llmfleet:maxModelLen = {cfg.max_model_len}: the KV cache of {plan.nodes} x "
+                f"{plan.gpus_per_node} {plan.gpu} holds {plan.kv_cache_tokens:,} tokens, fewer than one "
+                f"sequence of it; allowed: 'auto' or up to {plan.kv_cache_tokens:,}"
+            )
     workers = cfg.resolved_workers(plan)
     if workers > MAX_WORKERS:
         # workerCount 'auto' = replicas x the planner's nodes: only known once the plan is.

@@ -116,7 +116,8 @@ def serving_outputs(cfg: Any, plan: Any, workers: int) -> dict[str, Any]:
         "served_model": served_model_id(cfg.model),
         "model_path": cfg.model_path,
         "quantization": cfg.effective_quantization,
-        "max_model_len": cfg.max_model_len,
+        # the planner's context: maxModelLen as set, or what auto picked from the KV cache
+        "max_model_len": plan.max_model_len,
         "gpu_model": cfg.gpu_model,
         "gpus_per_worker": cfg.gpus_per_worker,
         "workers": workers,

@@ -1,0 +1,63 @@
+"""`llmfleet local status`: the local cluster as a ClusterStatus. The hosts' side from their own
+processes (a raylet per host), the cluster side from ray_cluster.cluster_status.gather against
+the local head's dashboard (the code the deployed head runs), a real completion, and the live
+figures from the cluster's Prometheus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infra.local.layout import ENGINE, LocalError
+from infra.local.processes import raylet_running
+from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, state_dir
+from infra.status.metrics import no_metrics, read_metrics
+from infra.status.model import ClusterStatus, HostSlot, classify, cluster_side
+
+
+def local_status(
+    name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True, price_stack: str | None = "prod"
+) -> ClusterStatus:
+    from ray_cluster.cluster_status import gather
+    from ray_cluster.node import NodeError
+    from ray_cluster.readiness import probe_completion
+
+    sd = sd or state_dir()
+    st = load_state(name, sd)
+    if st is None:
+        raise LocalError(f"no local cluster {name!r} in {sd}; start one with `llmfleet local up`")
+    running = {h.name: raylet_running(h) for h in hostset(st).hosts}
+    head_ip = st["hosts"][0]["ip"]
+    side = cluster_side(gather(f"http://{head_ip}:{st['ports']['dashboard']}", timeout=5), "local head")
+    hosts = []
+    for h in st["hosts"]:
+        slot = HostSlot(name=h["name"], role=h["role"], ip=h["ip"], ranks=h["ranks"], status="alive")
+        if not running.get(h["name"], False):
+            # The GCS notices a killed raylet only after its health checks (tens of seconds):
+            # a host whose raylet process is gone is lost at once, as a host-level check says.
+            slot = slot.model_copy(update={"status": "lost", "reason": "no raylet process on the host"})
+        hosts.append(classify(slot, side.nodes, side.nodes_error))
+    serving, detail = None, "not probed"
+    if probe:
+        try:
+            probe_completion(st["endpoint"][: -len("/v1")], read_token(st), st["model"], timeout=10)
+            serving, detail = True, ""
+        except (NodeError, OSError) as e:
+            serving, detail = False, (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    prom = st.get("prometheus") or {}
+    if prom.get("url"):
+        metrics = read_metrics(prom["url"], st["model"], price_stack=price_stack)
+    else:
+        why = prom.get("missing", "started by an older llmfleet; `local down` and `up` again")
+        metrics = no_metrics(f"this cluster runs no Prometheus: {why}")
+    return ClusterStatus(
+        target="local",
+        name=st["name"],
+        endpoint=st["endpoint"],
+        model=st["model"],
+        hosts=hosts,
+        **side.model_dump(),
+        serving=serving,
+        serving_detail=detail,
+        metrics=metrics,
+        details={"mode": st["mode"], "layout": st["layout"], "engine": st.get("engine", ENGINE)},
+    )
