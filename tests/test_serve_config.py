@@ -563,6 +563,22 @@ def test_every_catalog_parser_is_registered_in_the_installed_vllm():
         assert set(d.sampling.as_generation_config()) <= set(sc.SAMPLING_KEYS)
 
 
+def test_catalog_serving_defaults_refuse_what_vllm_would_not_run(monkeypatch):
+    from infra.catalog import Model, load_catalog
+
+    r1 = load_catalog().models["deepseek-r1"].model_dump()
+    with pytest.raises(ValueError, match="reasoning_parser is for a reasoning model: set reasoning: true"):
+        Model.model_validate({**r1, "reasoning": False})
+    with pytest.raises(ValueError, match="tool_call_parser needs tool_call_parser_reason"):
+        Model.model_validate(
+            {**r1, "serving_defaults": {**r1["serving_defaults"], "tool_call_parser": "deepseek_v3"}}
+        )
+    with pytest.raises(ValueError, match="top_p"):
+        Model.model_validate(
+            {**r1, "serving_defaults": {**r1["serving_defaults"], "sampling": {"top_p": 1.5}}}
+        )
+
+
 def test_a_tool_parser_goes_to_vllms_frontend_with_auto_tool_choice():
     """Where a model has a tool-call parser, Ray Serve LLM passes it (and auto tool choice) to
     vLLM's FrontendArgs, the reasoning parser to its engine args."""

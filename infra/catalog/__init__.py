@@ -157,6 +157,15 @@ class Model(_Row):
     serving_defaults: ServingDefaults | None = None
 
     @model_validator(mode="after")
+    def _reasoning_parser(self) -> Model:
+        # a reasoning parser splits a thought the model writes: only a reasoning model has one
+        if self.serving_defaults and self.serving_defaults.reasoning_parser and not self.reasoning:
+            raise ValueError(
+                "serving_defaults.reasoning_parser is for a reasoning model: set reasoning: true"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _remote_code(self) -> Model:
         if self.trust_remote_code and not self.trust_remote_code_reason:
             raise ValueError(
