@@ -40,6 +40,7 @@ from infra.program.offline_mocks import RecordingMocks
 from infra.program.provider_modules import light_packages
 from infra.stack.config import SECRET_PLACEHOLDER, StackConfig, load_stack_config
 from infra.stack.files import raw_stack_config
+from infra.stack.resolve import resolve
 
 PROJECT = "llmfleet"
 UNKNOWN_PLACEHOLDER = "[unknown]"
@@ -293,6 +294,7 @@ def capture(
     """Run the real program for `stack` under the recording mocks."""
     raw, secret_keys = raw_stack_config(stack, overrides, project_dir)
     cfg = load_stack_config(raw, stack)  # fail fast, before any resource registers
+    resolve(cfg)  # and the rules that need the plan (replicas x nodes, engineArgs vs the layout)
     light_packages()  # only the provider modules the program touches load (provider_modules.py)
     mocks = RecordingMocks(cfg.region, cfg.vpc_cidr)
     monitor = RecordingMonitor(mocks)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from infra.catalog import load_catalog
+from infra.stack.engine_options import ingress_options, llm_options
 from infra.rayconf.serve_config import (
     DEFAULT_TOKEN_ENV,
     ServeConfigError,
@@ -68,6 +69,10 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         http_port=int(getattr(cfg, "endpoint_port", 8000)),
         replicas=int(outputs.get("replicas") or getattr(cfg, "replicas", 1)),
         trust_remote_code=bool(getattr(cfg, "effective_trust_remote_code", False)),
+        # llmfleet:engineArgs / serveOptions: checked against vLLM's and Ray's schemas and the plan
+        engine_args=dict(getattr(cfg, "engine_args", {})),
+        deployment_options=llm_options(getattr(cfg, "serve_options", {})),
+        ingress_options=ingress_options(getattr(cfg, "serve_options", {})),
     )
 
 
