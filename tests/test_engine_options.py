@@ -124,10 +124,16 @@ def test_a_tensor_parallel_size_against_the_plan_names_the_plans():
         ),
         (
             'llmfleet:engineArgs={"pipeline_parallel_size": 2}',
-            "llmfleet:engineArgs.pipeline_parallel_size = 2: the plan's pipeline stages is 3",
+            "llmfleet:engineArgs.pipeline_parallel_size = 2: the plan's pipeline parallel size is 3 (8x L40S per host, 3 hosts per replica)",
         ),
-        ("llmfleet:engineArgs=[48]", "llmfleet:engineArgs = [48]: allowed: input should be a valid dictionary"),
-        ("llmfleet:engineArgs={max_num_seqs: 48", "llmfleet:engineArgs = '{max_num_seqs: 48': not valid JSON; allowed: a YAML/JSON mapping"),
+        (
+            "llmfleet:engineArgs=[48]",
+            "llmfleet:engineArgs = [48]: allowed: input should be a valid dictionary",
+        ),
+        (
+            "llmfleet:engineArgs={max_num_seqs: 48",
+            "llmfleet:engineArgs = '{max_num_seqs: 48': not valid JSON; allowed: a YAML/JSON mapping",
+        ),
         (
             'llmfleet:serveOptions={"max_ongoing_request": 8}',
             "llmfleet:serveOptions.max_ongoing_request = 8: not an option of Ray Serve's DeploymentSchema; "
@@ -161,7 +167,7 @@ def test_a_tensor_parallel_size_against_the_plan_names_the_plans():
         ),
         (
             'llmfleet:serveOptions={"ingress": {"ray_actor_options": {"num_cpus": 4}}}',
-            "llmfleet:serveOptions.ingress.ray_actor_options = {\"num_cpus\": 4}: not allowed here: the ingress is pinned",
+            'llmfleet:serveOptions.ingress.ray_actor_options = {"num_cpus": 4}: not allowed here: the ingress is pinned',
         ),
     ],
 )
@@ -202,7 +208,9 @@ def test_vllms_own_config_classes_are_checked_by_vllm_at_the_final_render():
     # stack loads and vLLM's EngineArgs refuses it when the Serve config is rendered.
     stack = _resolved('llmfleet:engineArgs={"compilation_config": {"mode": 9}}')
     outs = json.loads(OUTPUTS_FILE.read_text())
-    with pytest.raises(sc.ServeConfigError, match=r"^vLLM rejected the engine_kwargs: mode: Input should be 0, 1, 2 or 3"):
+    with pytest.raises(
+        sc.ServeConfigError, match=r"^vLLM rejected the engine_kwargs: mode: Input should be 0, 1, 2 or 3"
+    ):
         serving.render_for_outputs(outs, stack.cfg, stack.plan)
     res = _render('llmfleet:engineArgs={"compilation_config": {"mode": 1}}')
     assert res.exit_code == 0, res.output
@@ -211,7 +219,9 @@ def test_vllms_own_config_classes_are_checked_by_vllm_at_the_final_render():
 
 def test_the_node_script_carries_the_engine_args(tmp_path):
     # The head's node script (SSM on EC2, the SSH bootstrap on owned hosts) takes serve_config_yaml.
-    stack = _resolved('llmfleet:engineArgs={"max_num_seqs": 48}', 'llmfleet:serveOptions={"max_ongoing_requests": 24}')
+    stack = _resolved(
+        'llmfleet:engineArgs={"max_num_seqs": 48}', 'llmfleet:serveOptions={"max_ongoing_requests": 24}'
+    )
     doc = yaml.safe_load(serving.serve_config_yaml(stack.cfg, stack.plan))
     assert _llm(doc)["engine_kwargs"]["max_num_seqs"] == 48
     assert _llm(doc)["deployment_config"] == {"num_replicas": 1, "max_ongoing_requests": 24}

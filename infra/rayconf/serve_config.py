@@ -244,7 +244,9 @@ def validate_serve_config(doc: Mapping[str, Any]) -> list[str]:
                 raise ServeConfigError(f"Ray Serve LLM rejected the LLMConfig: {msg}") from None
             # LLMConfig keeps both as opaque dicts: Serve and vLLM read them only at deploy.
             validate_deployment_options(cfg.get("deployment_config") or {}, "deployment_config")
-            validate_engine_kwargs(cfg.get("engine_kwargs") or {}, cfg["model_loading_config"]["model_source"])
+            validate_engine_kwargs(
+                cfg.get("engine_kwargs") or {}, cfg["model_loading_config"]["model_source"]
+            )
         ingress = app["args"].get("ingress_deployment_config") or {}
         validate_deployment_options(ingress, "ingress_deployment_config")
     return notes

@@ -137,7 +137,9 @@ def _check_deployment(options: Mapping[str, Any], prefix: str, refused: Mapping[
             hint = suggest.did_you_mean(key, fields).strip()
             allowed = ", ".join(f for f in fields if f not in refused)
             raise OptionError(
-                where, value, f"not an option of Ray Serve's DeploymentSchema; {hint or 'allowed: ' + allowed}"
+                where,
+                value,
+                f"not an option of Ray Serve's DeploymentSchema; {hint or 'allowed: ' + allowed}",
             )
         if key in refused:
             raise OptionError(where, value, f"not allowed here: {refused[key]}")
@@ -148,7 +150,9 @@ def _check_deployment(options: Mapping[str, Any], prefix: str, refused: Mapping[
         err = jsonschema.exceptions.best_match(_validator(one).iter_errors(value))
         if err is not None:
             inner = "".join(f".{p}" for p in err.absolute_path)
-            raise OptionError(f"{where}{inner}", err.instance, f"{_allowed(err)} (Ray Serve's DeploymentSchema)")
+            raise OptionError(
+                f"{where}{inner}", err.instance, f"{_allowed(err)} (Ray Serve's DeploymentSchema)"
+            )
     whole = {"$defs": schema["$defs"], "$ref": "#/$defs/DeploymentSchema"}
     # Rules across options (e.g. num_replicas with autoscaling_config) are Ray's model validators:
     # the final render runs them (infra.rayconf.serve_config.validate_serve_config).
@@ -157,7 +161,9 @@ def _check_deployment(options: Mapping[str, Any], prefix: str, refused: Mapping[
         raise OptionError(prefix, dict(options), f"{_allowed(err)} (Ray Serve's DeploymentSchema)")
 
 
-def _check_nested(where: str, value: Mapping[str, Any], prop: Mapping[str, Any], defs: Mapping[str, Any]) -> None:
+def _check_nested(
+    where: str, value: Mapping[str, Any], prop: Mapping[str, Any], defs: Mapping[str, Any]
+) -> None:
     """A map option's keys against its model's fields (autoscaling_config, ...): Ray's models
     ignore an unknown key, so a typo there would silently leave Ray's default in force."""
     refs = [o["$ref"] for o in [prop, *prop.get("anyOf", [])] if "$ref" in o]
@@ -175,7 +181,9 @@ def _check_nested(where: str, value: Mapping[str, Any], prop: Mapping[str, Any],
         err = _first(_validator({"$defs": dict(defs), "$ref": refs[0]}), value)
         if err is not None:
             inner = "".join(f".{p}" for p in err.absolute_path)
-            raise OptionError(f"{where}{inner}", err.instance, f"{_allowed(err)} (Ray Serve's {model.get('title')})")
+            raise OptionError(
+                f"{where}{inner}", err.instance, f"{_allowed(err)} (Ray Serve's {model.get('title')})"
+            )
 
 
 def _first(validator: Any, value: Any) -> Any:
@@ -206,7 +214,9 @@ def check_serve_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if INGRESS in options:
         ingress = options[INGRESS]
         if not isinstance(ingress, Mapping):
-            raise OptionError(f"{SERVE_KEY}.{INGRESS}", ingress, "allowed: a map of the ingress deployment's options")
+            raise OptionError(
+                f"{SERVE_KEY}.{INGRESS}", ingress, "allowed: a map of the ingress deployment's options"
+            )
         _check_deployment(ingress, f"{SERVE_KEY}.{INGRESS}", REFUSED_INGRESS)
     return dict(options)
 
@@ -238,33 +248,57 @@ def check_config(cfg: Any) -> None:
         # not turn vLLM's checkpoint code on behind them (nor off for a model that needs it).
         _same(f"{ENGINE_KEY}.trust_remote_code", eng["trust_remote_code"],
               cfg.effective_trust_remote_code, OWNED["trust_remote_code"])  # fmt: skip
+    _check_replicas(serve, cfg.replicas, "llmfleet:replicas")
+
+
+def _check_replicas(serve: Mapping[str, Any], replicas: int, owner: str) -> None:
     if "num_replicas" in serve:
-        _same(f"{SERVE_KEY}.num_replicas", serve["num_replicas"], cfg.replicas, OWNED["num_replicas"])
+        _same(f"{SERVE_KEY}.num_replicas", serve["num_replicas"], replicas, owner)
     auto = serve.get("autoscaling_config")
     if isinstance(auto, Mapping):
-        # Every replica needs its own worker hosts, and the stack creates llmfleet:replicas' worth.
+        # Every replica needs its own worker hosts, and the stack has `replicas`' worth.
         for key in ("max_replicas", "initial_replicas", "min_replicas"):
             n = auto.get(key)
-            if isinstance(n, int) and n > cfg.replicas:
+            if isinstance(n, int) and n > replicas:
                 raise OptionError(
                     f"{SERVE_KEY}.autoscaling_config.{key}", n,
-                    f"allowed: <= llmfleet:replicas = {cfg.replicas} (the stack has worker hosts for "
-                    f"{cfg.replicas} replica{'s' if cfg.replicas != 1 else ''}; raise llmfleet:replicas)",
+                    f"allowed: <= {owner} = {replicas} (there are worker hosts for {replicas} "
+                    f"replica{'s' if replicas != 1 else ''}; raise {owner})",
                 )  # fmt: skip
+
+
+def _check_layout(eng: Mapping[str, Any], tp: int, pp: int, label: str, detail: str, owner: str) -> None:
+    for key, want in (("tensor_parallel_size", tp), ("pipeline_parallel_size", pp)):
+        if key in eng and eng[key] != want:
+            what = key.replace("_", " ").removesuffix(" size") + " size"
+            raise OptionError(
+                f"{ENGINE_KEY}.{key}", eng[key],
+                f"{label} {what} is {want} ({detail}); allowed: {want} or unset ({owner})",
+            )  # fmt: skip
+
+
+def check_local(engine: Mapping[str, Any], serve: Mapping[str, Any], tp: int, pp: int, replicas: int) -> None:
+    """`llmfleet local up -c`: the same keys and types, held to the local layout (--tp, --pp,
+    one replica per worker host); the tiny model runs no checkpoint code."""
+    check_engine_args(engine)
+    check_serve_options(serve)
+    _check_layout(engine, tp, pp, "the local layout's", f"--tp {tp} --pp {pp}", "--tp and --pp decide it")
+    if "trust_remote_code" in engine:
+        _same(
+            f"{ENGINE_KEY}.trust_remote_code", engine["trust_remote_code"], False, "the tiny model is native"
+        )
+    _check_replicas(llm_options(serve), replicas, "--hosts - 1")
 
 
 def check_plan(cfg: Any, plan: Any) -> None:
     """What the plan decides: the layout and the sequence length the KV cache is sized for."""
     eng = cfg.engine_args
-    for key, what in (("tensor_parallel_size", "tensor parallel size"), ("pipeline_parallel_size", "pipeline stages")):
-        if key in eng and eng[key] != getattr(plan, key):
-            want = getattr(plan, key)
-            raise OptionError(
-                f"{ENGINE_KEY}.{key}", eng[key],
-                f"the plan's {what} is {want} ({plan.gpus_per_node}x {plan.gpu} per host, {plan.nodes} "
-                f"host{'s' if plan.nodes != 1 else ''} per replica); allowed: {want} or unset "
-                "(llmfleet:gpuInstanceType and llmfleet:workerCount decide the layout)",
-            )  # fmt: skip
+    hosts = f"host{'s' if plan.nodes != 1 else ''}"
+    _check_layout(
+        eng, plan.tensor_parallel_size, plan.pipeline_parallel_size, "the plan's",
+        f"{plan.gpus_per_node}x {plan.gpu} per host, {plan.nodes} {hosts} per replica",
+        "llmfleet:gpuInstanceType and llmfleet:workerCount decide the layout",
+    )  # fmt: skip
     if "max_model_len" in eng and eng["max_model_len"] != plan.max_model_len:
         n = eng["max_model_len"]
         why = (

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from infra.catalog import load_catalog
-from infra.stack.engine_options import ingress_options, llm_options
 from infra.rayconf.serve_config import (
     DEFAULT_TOKEN_ENV,
     ServeConfigError,
@@ -21,6 +20,7 @@ from infra.rayconf.serve_config import (
     validate_serve_config,
     validate_with_exported_schema,
 )
+from infra.stack.engine_options import ingress_options, llm_options
 
 
 def served_model_id(model: str) -> str:
