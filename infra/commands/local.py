@@ -163,6 +163,7 @@ def up_cmd(
         typer.Option(
             "--config",
             "-c",
+            metavar="KEY=JSON",
             help="llmfleet:engineArgs=JSON or llmfleet:serveOptions=JSON, as on a stack (repeatable).",
         ),
     ] = None,
