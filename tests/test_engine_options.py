@@ -111,6 +111,23 @@ def test_a_tensor_parallel_size_against_the_plan_names_the_plans():
             "llmfleet:engineArgs.trust_remote_code = true: allowed: false or unset (llmfleet:trustRemoteCode decides it)",
         ),
         (
+            'llmfleet:engineArgs={"hf_token": "hf_abc"}',
+            "llmfleet:engineArgs.hf_token = 'hf_abc': not allowed here: the Serve config holds no secrets",
+        ),
+        (
+            'llmfleet:engineArgs={"allowed_local_media_path": "/"}',
+            "llmfleet:engineArgs.allowed_local_media_path = '/': not allowed here: a path on the hosts",
+        ),
+        (
+            'llmfleet:engineArgs={"reasoning_parser_plugin": "/opt/llmfleet/models/deepseek-r1/p.py"}',
+            "llmfleet:engineArgs.reasoning_parser_plugin = '/opt/llmfleet/models/deepseek-r1/p.py': not allowed "
+            "here: vLLM would import a Python file",
+        ),
+        (
+            'llmfleet:serveOptions={"ray_actor_options": {"runtime_env": {"pip": ["x"]}}}',
+            "llmfleet:serveOptions.ray_actor_options = ",
+        ),
+        (
             'llmfleet:engineArgs={"gpu_memory_utilization": 0.95}',
             "llmfleet:engineArgs.gpu_memory_utilization = 0.95: allowed: 0.9 or unset (llmfleet:gpuMemoryUtilization",
         ),

@@ -42,6 +42,22 @@ REFUSED_ENGINE = {
     "quantization": "set llmfleet:quantization (the planner and the cost read it)",
     "distributed_executor_backend": "Ray Serve LLM runs the engine on Ray",
     "data_parallel_size": "engine replicas are llmfleet:replicas (each gets its own hosts)",
+    # The Serve config sits in the hosts' node scripts as plain text, and nothing comes from the Hub.
+    "hf_token": "the Serve config holds no secrets, and the weights are staged, not downloaded",
+    # A Python file vLLM imports into every engine process: the trust-remote-code rule's concern.
+    "reasoning_parser_plugin": "vLLM would import a Python file from the hosts (llmfleet stages none)",
+    # Paths on the hosts that llmfleet neither creates nor checks; the media one lets a request
+    # read the hosts' files.
+    **dict.fromkeys(
+        (
+            "download_dir",
+            "hf_config_path",
+            "allowed_local_media_path",
+            "mm_encoder_fp8_scale_path",
+            "mm_encoder_fp8_scale_save_path",
+        ),
+        "a path on the hosts that llmfleet neither stages nor checks",
+    ),  # fmt: skip
 }
 # Engine arguments a typed key or the plan decides: allowed when they equal it.
 OWNED_ENGINE = (
@@ -57,6 +73,8 @@ REFUSED_SERVE = {
     "placement_group_bundles": "the engine's bundles come from the plan (TP x PP per replica)",
     "placement_group_strategy": "the engine's bundles come from the plan (TP x PP per replica)",
     "placement_group_bundle_label_selector": "the engine's bundles come from the plan",
+    "ray_actor_options": "a replica's resources are its placement bundles, its env the Serve config's",
+    "deployment_actors": "actors beside the replicas would need resources the plan does not provision",
 }
 REFUSED_INGRESS = {
     **REFUSED_SERVE,
