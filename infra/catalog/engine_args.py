@@ -25,13 +25,17 @@ PATH = Path(__file__).parent / "vllm_engine_args.json"
 
 
 @cache
+def _catalog() -> dict[str, Any]:
+    return json.loads(PATH.read_text())
+
+
 def engine_args() -> dict[str, dict[str, Any]]:
     """name -> {"type": the annotation as vLLM writes it, "schema": JSON schema or None}."""
-    return json.loads(PATH.read_text())["fields"]
+    return _catalog()["fields"]
 
 
 def vllm_version() -> str:
-    return json.loads(PATH.read_text())["vllm"]
+    return _catalog()["vllm"]
 
 
 def _plain(schema: dict[str, Any]) -> bool:

@@ -59,14 +59,6 @@ REFUSED_ENGINE = {
         "a path on the hosts that llmfleet neither stages nor checks",
     ),  # fmt: skip
 }
-# Engine arguments a typed key or the plan decides: allowed when they equal it.
-OWNED_ENGINE = (
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-    "max_model_len",
-    "gpu_memory_utilization",
-    "trust_remote_code",
-)
 # Deployment options Ray Serve LLM or the plan sets.
 REFUSED_SERVE = {
     "name": "Ray Serve LLM names its deployments",
@@ -82,7 +74,7 @@ REFUSED_INGRESS = {
     "num_replicas": "the ingress runs once, on the head",
     "autoscaling_config": "the ingress runs once, on the head",
 }
-# Typed keys whose meaning these maps must not change (OWNED in the README's words).
+# Keys these maps may repeat but never contradict: who decides them (the README lists them).
 OWNED = {
     "tensor_parallel_size": "the plan (llmfleet:gpuInstanceType, llmfleet:workerCount)",
     "pipeline_parallel_size": "the plan (llmfleet:gpuInstanceType, llmfleet:workerCount)",
@@ -144,16 +136,17 @@ def deployment_fields() -> list[str]:
     return list(_serve_schema()["$defs"]["DeploymentSchema"]["properties"])
 
 
-def _check_deployment(options: Mapping[str, Any], prefix: str, refused: Mapping[str, str]) -> None:
-    import jsonschema
-
+def _check_deployment(
+    options: Mapping[str, Any], prefix: str, refused: Mapping[str, str], extra: tuple[str, ...] = ()
+) -> None:
     schema = _serve_schema()
     fields = deployment_fields()
     for key, value in options.items():
         where = f"{prefix}.{key}"
         if key not in fields:
-            hint = suggest.did_you_mean(key, fields).strip()
-            allowed = ", ".join(f for f in fields if f not in refused)
+            names = [f for f in fields if f not in refused] + list(extra)
+            hint = suggest.did_you_mean(key, names).strip()
+            allowed = ", ".join(names)
             raise OptionError(
                 where,
                 value,
@@ -164,8 +157,7 @@ def _check_deployment(options: Mapping[str, Any], prefix: str, refused: Mapping[
         prop = schema["$defs"]["DeploymentSchema"]["properties"][key]
         if isinstance(value, Mapping):
             _check_nested(where, value, prop, schema["$defs"])
-        one = {"$defs": schema["$defs"], **prop}
-        err = jsonschema.exceptions.best_match(_validator(one).iter_errors(value))
+        err = _first(_validator({"$defs": schema["$defs"], **prop}), value)
         if err is not None:
             inner = "".join(f".{p}" for p in err.absolute_path)
             raise OptionError(
@@ -174,7 +166,7 @@ def _check_deployment(options: Mapping[str, Any], prefix: str, refused: Mapping[
     whole = {"$defs": schema["$defs"], "$ref": "#/$defs/DeploymentSchema"}
     # Rules across options (e.g. num_replicas with autoscaling_config) are Ray's model validators:
     # the final render runs them (infra.rayconf.serve_config.validate_serve_config).
-    err = jsonschema.exceptions.best_match(_validator(whole).iter_errors({**options, "name": "x"}))
+    err = _first(_validator(whole), {**options, "name": "x"})
     if err is not None:
         raise OptionError(prefix, dict(options), f"{_allowed(err)} (Ray Serve's DeploymentSchema)")
 
@@ -227,8 +219,7 @@ def _allowed(err: Any) -> str:
 
 def check_serve_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The LLM server deployment's options, and under `ingress` the OpenAI ingress's."""
-    llm = {k: v for k, v in options.items() if k != INGRESS}
-    _check_deployment(llm, SERVE_KEY, REFUSED_SERVE)
+    _check_deployment(llm_options(options), SERVE_KEY, REFUSED_SERVE, extra=(INGRESS,))
     if INGRESS in options:
         ingress = options[INGRESS]
         if not isinstance(ingress, Mapping):
