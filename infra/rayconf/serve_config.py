@@ -18,13 +18,17 @@ changes only what must change (ServeInputs.device):
   (the same path on every host), so nothing is downloaded at deploy time;
 - engine_kwargs from the planner: TP = GPUs per host, PP = hosts, max_model_len,
   gpu_memory_utilization, chunked prefill, prefix caching, trust_remote_code (off unless the
-  stack turns it on);
-- deployment_config.num_replicas = replicas (`llmfleet:replicas`; locally one per worker host);
+  stack turns it on), then the stack's `llmfleet:engineArgs` over them;
+- deployment_config.num_replicas = replicas (`llmfleet:replicas`; locally one per worker host),
+  then `llmfleet:serveOptions` (autoscaling_config replaces the fixed count); its `ingress` map
+  goes to the ingress deployment;
 - runtime_env env vars: cluster-wide ones only. NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME /
   VLLM_HOST_IP name each node's own NIC and IP, so they cannot live in one runtime_env:
   ray_cluster.node sets them on each node before `ray start`, and Ray workers inherit them.
 
-Validated with ray.serve.schema.ServeDeploySchema and ray.serve.llm.LLMConfig.
+Validated with ray.serve.schema.ServeDeploySchema and ray.serve.llm.LLMConfig, and (LLMConfig
+keeps them as opaque dicts) each deployment's options with Ray's DeploymentSchema and the engine
+kwargs with vLLM's own EngineArgs.
 """
 
 from __future__ import annotations
