@@ -229,6 +229,9 @@ def test_vllms_own_config_classes_are_checked_by_vllm_at_the_final_render():
         sc.ServeConfigError, match=r"^vLLM rejected the engine_kwargs: mode: Input should be 0, 1, 2 or 3"
     ):
         serving.render_for_outputs(outs, stack.cfg, stack.plan)
+    # the node scripts' render (the Pulumi program's) checks it too: only such a stack imports vLLM
+    with pytest.raises(sc.ServeConfigError, match="^vLLM rejected the engine_kwargs: mode"):
+        serving.serve_config_yaml(stack.cfg, stack.plan)
     res = _render('llmfleet:engineArgs={"compilation_config": {"mode": 1}}')
     assert res.exit_code == 0, res.output
     assert _llm(yaml.safe_load(res.stdout))["engine_kwargs"]["compilation_config"] == {"mode": 1}

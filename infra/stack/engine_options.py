@@ -125,6 +125,12 @@ def check_engine_args(args: Mapping[str, Any]) -> dict[str, Any]:
     return dict(args)
 
 
+def unchecked(args: Mapping[str, Any]) -> list[str]:
+    """The keys whose values only vLLM can check (its own config classes: no schema here)."""
+    fields = engine_args()
+    return [k for k in args if k in fields and fields[k]["schema"] is None]
+
+
 @cache
 def _serve_schema() -> dict[str, Any]:
     # Ray's ServeDeploySchema as JSON schema, kept equal to the pinned Ray's by a test.

@@ -17,10 +17,11 @@ from infra.rayconf.serve_config import (
     ServeInputs,
     render_serve_config,
     to_yaml,
+    validate_engine_kwargs,
     validate_serve_config,
     validate_with_exported_schema,
 )
-from infra.stack.engine_options import ingress_options, llm_options
+from infra.stack.engine_options import ingress_options, llm_options, unchecked
 
 
 def served_model_id(model: str) -> str:
@@ -90,6 +91,11 @@ def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     outputs = serving_outputs(cfg, plan, cfg.resolved_workers(plan))
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
     validate_with_exported_schema(doc)
+    if unchecked(getattr(cfg, "engine_args", {})):
+        # A value of one of vLLM's own config classes (compilation_config, ...): only vLLM can
+        # check it, and importing it costs seconds, so only a stack that sets one pays for it.
+        llm = doc["applications"][0]["args"]["llm_configs"][0]
+        validate_engine_kwargs(llm["engine_kwargs"], llm["model_loading_config"]["model_source"])
     return doc
 
 
