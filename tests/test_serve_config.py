@@ -525,3 +525,62 @@ def test_batch_engines_follow_the_same_rule():
     assert local_engine("/m")[0]["trust_remote_code"] is False
     assert stack_engine("prod", [])[0]["trust_remote_code"] is False
     assert stack_engine("prod", ["llmfleet:trustRemoteCode=true"])[0]["trust_remote_code"] is True
+
+
+def test_the_local_cluster_takes_the_same_engine_args_and_serve_options():
+    from infra.local.layout import LocalError, check_options, plan_layout, render_local_serve_config
+    from infra.local.tiny_model import MODEL_ID
+
+    lay = plan_layout(3)  # two worker hosts: two replicas
+    eng, serve = (
+        {"max_num_seqs": 4, "enforce_eager": False},
+        {"max_ongoing_requests": 2, "ingress": {"max_ongoing_requests": 8}},
+    )
+    check_options(eng, serve, lay)
+    doc = render_local_serve_config(
+        MODEL_ID, "/var/lib/llmfleet/local/m", lay, "10.213.1.10", 8000, eng, serve
+    )
+    kw = _llm(doc)["engine_kwargs"]
+    assert kw["max_num_seqs"] == 4 and kw["enforce_eager"] is False and kw["dtype"] == "float32"
+    assert _llm(doc)["deployment_config"] == {"num_replicas": 2, "max_ongoing_requests": 2}
+    assert doc["applications"][0]["args"]["ingress_deployment_config"]["max_ongoing_requests"] == 8
+    for bad, msg in [
+        (
+            {"tensor_parallel_size": 2},
+            "llmfleet:engineArgs.tensor_parallel_size = 2: the local layout's tensor parallel size is 1 (--tp 1 --pp 1)",
+        ),
+        ({"max_num_seq": 4}, "llmfleet:engineArgs.max_num_seq = 4: not an argument of vLLM"),
+        (
+            {"trust_remote_code": True},
+            "llmfleet:engineArgs.trust_remote_code = true: allowed: false or unset",
+        ),
+    ]:
+        with pytest.raises(LocalError) as e:
+            check_options(bad, {}, lay)
+        assert str(e.value).startswith(msg), str(e.value)
+    with pytest.raises(LocalError, match=r"autoscaling_config.max_replicas = 3: allowed: <= --hosts - 1 = 2"):
+        check_options({}, {"autoscaling_config": {"max_replicas": 3}}, lay)
+
+
+def test_local_up_refuses_bad_options_before_it_starts_anything(tmp_path):
+    from infra.local.state import STATE_DIR_ENV
+
+    env = {STATE_DIR_ENV: str(tmp_path)}
+    res = runner.invoke(
+        app, ["local", "up", "--name", "opts", "-c", 'llmfleet:engineArgs={"max_num_seq": 4}'], env=env
+    )
+    assert res.exit_code == 1 and "llmfleet:engineArgs.max_num_seq = 4: " in res.output, res.output
+    assert "did you mean max_num_seqs?" in res.output
+    res = runner.invoke(app, ["local", "up", "--name", "opts", "-c", "llmfleet:tags={}"], env=env)
+    assert (
+        res.exit_code == 2
+        and "allowed with local up: llmfleet:engineArgs, llmfleet:serveOptions" in res.output
+    )
+    assert not list(tmp_path.iterdir())  # no state, no hosts
+
+
+def test_batch_engine_takes_the_stacks_engine_args():
+    from infra.bench.batch import stack_engine
+
+    engine = stack_engine("prod", ['llmfleet:engineArgs={"max_num_seqs": 48}'])[0]
+    assert engine["max_num_seqs"] == 48 and engine["tensor_parallel_size"] == 8
