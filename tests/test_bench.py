@@ -322,3 +322,69 @@ def test_batch_results_have_one_schema_and_resume_skips_done_ids_only(tmp_path):
     pq.write_table(pa.Table.from_pylist([ok, failed]), out / "a.parquet")
     assert batch_job.done_ids(str(out)) == {1}  # the failed row runs again
     assert batch_job.done_ids(str(tmp_path / "nothing")) == set() == batch_job.done_ids("s3://b/x/")
+
+
+def test_tune_best_out_is_a_stack_config_fragment_that_c_and_a_stack_file_take(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    import yaml
+
+    from infra.commands import bench as bench_cmd
+    from infra.constants import REPO_ROOT
+    from infra.stack.files import load_config
+    from infra.stack.resolve import resolve
+    from infra.stack.serving import serve_config_yaml
+
+    best_cfg = {"max_ongoing_requests": 16, "ingress_max_ongoing_requests": 64, "max_num_seqs": 32,
+                "max_num_batched_tokens": 4096}  # fmt: skip
+    result = {"app": "llm", "deployments": {"llm": "LLMServer:m", "ingress": "BearerOpenAiIngress"},
+              "tpot_budget_ms": 200.0, "search": "grid", "grid": {k: [v] for k, v in best_cfg.items()},
+              "trials": [{"config": best_cfg, "objective": 812.5, "best_concurrency": 16, "apply_seconds": 3.0,
+                          "engines_restarted": True, "steps": []}],
+              "best": {"config": best_cfg, "objective": 812.5, "best_concurrency": 16, "serve_config": {}},
+              "restored": True}  # fmt: skip
+    monkeypatch.setattr(tune, "run_tune", lambda *a, **k: result)
+    out = tmp_path / "best.yaml"
+    resolved = SimpleNamespace(target=None, dashboard="http://127.0.0.1:8265")
+    bench_cmd._tune(resolved, None, None, [], "grid", 4, 200.0, [], out, as_json=True)
+
+    text = out.read_text()
+    frag = yaml.safe_load(text)
+    assert frag == {"config": {
+        "llmfleet:serveOptions": {"max_ongoing_requests": 16, "ingress": {"max_ongoing_requests": 64}},
+        "llmfleet:engineArgs": {"max_num_seqs": 32, "max_num_batched_tokens": 4096}}}  # fmt: skip
+    assert text.startswith(
+        "# llmfleet bench --tune: 812.5 output tok/s at TPOT p95 <= 200 ms (concurrency 16)"
+    )
+
+    # -c takes each key as the comment shows it ...
+    cs = [line.split("-c '", 1)[1].rstrip("'") for line in text.splitlines() if "-c '" in line]
+    assert [c.split("=", 1)[0] for c in cs] == ["llmfleet:serveOptions", "llmfleet:engineArgs"]
+    stack = resolve(load_config("prod", cs))
+    doc = yaml.safe_load(serve_config_yaml(stack.cfg, stack.plan))
+    a = doc["applications"][0]["args"]
+    assert a["llm_configs"][0]["engine_kwargs"]["max_num_seqs"] == 32
+    assert a["llm_configs"][0]["engine_kwargs"]["max_num_batched_tokens"] == 4096
+    assert a["llm_configs"][0]["deployment_config"]["max_ongoing_requests"] == 16
+    assert a["ingress_deployment_config"]["max_ongoing_requests"] == 64
+
+    # ... and a stack file takes its `config:` entries as they are
+    (tmp_path / "p" / "stacks").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "Pulumi.yaml", tmp_path / "p" / "Pulumi.yaml")
+    prod = yaml.safe_load((REPO_ROOT / "stacks" / "Pulumi.prod.yaml").read_text())
+    prod["config"].update(frag["config"])
+    (tmp_path / "p" / "stacks" / "Pulumi.prod.yaml").write_text(yaml.safe_dump(prod))
+    merged = load_config("prod", project_dir=tmp_path / "p")
+    assert (merged.engine_args, merged.serve_options) == (stack.cfg.engine_args, stack.cfg.serve_options)
+
+
+def test_stack_fragment_maps_each_tuned_option_to_its_key():
+    assert tune.stack_fragment({"max_queued_requests": -1}) == {
+        "config": {"llmfleet:serveOptions": {"max_queued_requests": -1}}
+    }
+    assert tune.stack_fragment({"max_num_seqs": 8}) == {
+        "config": {"llmfleet:engineArgs": {"max_num_seqs": 8}}
+    }
+    with pytest.raises(BenchError, match="gpu: not a tuned option"):
+        tune.stack_fragment({"gpu": 1})

@@ -70,9 +70,9 @@ REFUSED = [
     ("prod", ["llmfleet:workerCount=2", "llmfleet:replicas=3"], "llmfleet:workerCount"),
     ("onprem-l20", ["llmfleet:workerCount=2"], "llmfleet:workerCount"),
     ("onprem-l20", ["llmfleet:replicas=2"], "llmfleet:replicas"),
-    # 'auto' = replicas x the planner's 3 nodes = 90 workers: only the plan knows, so the
-    # program refuses it (one line through the offline engine's RunError).
-    ("prod", ["llmfleet:replicas=30"], "program failed for stack prod: RunError: llmfleet:replicas"),
+    # 'auto' = replicas x the planner's 3 nodes = 90 workers: only the plan knows, so resolve()
+    # refuses it, before the offline engine runs the program.
+    ("prod", ["llmfleet:replicas=30"], "llmfleet:replicas = 30: workerCount 'auto' makes 30 x 3 = 90"),
     ("prod", ["llmfleet:baseImage=vllm/vllm-openai:v1;id"], "llmfleet:baseImage"),
     ("onprem-l20", ["llmfleet:imageRegistry=registry.lab.example:5000/x y"], "llmfleet:imageRegistry"),
     ("prod", ['llmfleet:tags={"team": "a\\nb"}'], "llmfleet:tags"),

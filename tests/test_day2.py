@@ -107,6 +107,17 @@ def test_max_model_len_changes_the_serve_config_in_place():
     assert "max_model_len: 4096" in node_script(after, "head")
 
 
+def test_engine_args_and_serve_options_change_the_serve_config_in_place():
+    engine, serve = (
+        'llmfleet:engineArgs={"max_num_seqs": 48}',
+        'llmfleet:serveOptions={"max_ongoing_requests": 24}',
+    )
+    before, after = cap("prod"), cap("prod", engine, serve)
+    _assert_effect(before, after, _row("Serve config"), script_changes={"head"})
+    script = node_script(after, "head")  # the head's node script in SSM carries the Serve config
+    assert "max_num_seqs: 48" in script and "max_ongoing_requests: 24" in script
+
+
 def test_replicas_at_the_same_worker_count_redeploys_in_place():
     before, after = cap("dev"), cap("dev", "llmfleet:replicas=1")
     _assert_effect(before, after, _row("`replicas`"), script_changes={"head"})

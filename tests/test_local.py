@@ -860,9 +860,12 @@ def test_bench_tune_2x2_grid_in_place_names_the_best_and_restores_the_config(clu
     assert all(t["objective"] > 0 and t["engines_restarted"] is False for t in trials), trials
     best = max(trials, key=lambda t: t["objective"])
     assert res["best"]["config"] == best["config"] and res["best"]["objective"] == best["objective"]
+    # --best-out: the best options as stack config (what a stack file or -c takes)
     written = yaml.safe_load(best_file.read_text())
-    assert written["best"] == best["config"]
-    overrides = {d["name"]: d for d in written["serve_config"]["applications"][0]["deployments"]}
+    assert written == {"config": {"llmfleet:serveOptions": {
+        "max_ongoing_requests": best["config"]["max_ongoing_requests"],
+        "ingress": {"max_ongoing_requests": best["config"]["ingress_max_ongoing_requests"]}}}}  # fmt: skip
+    overrides = {d["name"]: d for d in res["best"]["serve_config"]["applications"][0]["deployments"]}
     assert (
         overrides[res["deployments"]["llm"]]["max_ongoing_requests"] == best["config"]["max_ongoing_requests"]
     )

@@ -527,6 +527,65 @@ def test_batch_engines_follow_the_same_rule():
     assert stack_engine("prod", ["llmfleet:trustRemoteCode=true"])[0]["trust_remote_code"] is True
 
 
+def test_the_local_cluster_takes_the_same_engine_args_and_serve_options():
+    from infra.local.layout import LocalError, check_options, plan_layout, render_local_serve_config
+    from infra.local.tiny_model import MODEL_ID
+
+    lay = plan_layout(3)  # two worker hosts: two replicas
+    eng, serve = (
+        {"max_num_seqs": 4, "enforce_eager": False},
+        {"max_ongoing_requests": 2, "ingress": {"max_ongoing_requests": 8}},
+    )
+    check_options(eng, serve, lay)
+    doc = render_local_serve_config(
+        MODEL_ID, "/var/lib/llmfleet/local/m", lay, "10.213.1.10", 8000, eng, serve
+    )
+    kw = _llm(doc)["engine_kwargs"]
+    assert kw["max_num_seqs"] == 4 and kw["enforce_eager"] is False and kw["dtype"] == "float32"
+    assert _llm(doc)["deployment_config"] == {"num_replicas": 2, "max_ongoing_requests": 2}
+    assert doc["applications"][0]["args"]["ingress_deployment_config"]["max_ongoing_requests"] == 8
+    for bad, msg in [
+        (
+            {"tensor_parallel_size": 2},
+            "llmfleet:engineArgs.tensor_parallel_size = 2: the local layout's tensor parallel size is 1 (--tp 1 --pp 1)",
+        ),
+        ({"max_num_seq": 4}, "llmfleet:engineArgs.max_num_seq = 4: not an argument of vLLM"),
+        (
+            {"trust_remote_code": True},
+            "llmfleet:engineArgs.trust_remote_code = true: allowed: false or unset",
+        ),
+    ]:
+        with pytest.raises(LocalError) as e:
+            check_options(bad, {}, lay)
+        assert str(e.value).startswith(msg), str(e.value)
+    with pytest.raises(LocalError, match=r"autoscaling_config.max_replicas = 3: allowed: <= --hosts - 1 = 2"):
+        check_options({}, {"autoscaling_config": {"max_replicas": 3}}, lay)
+
+
+def test_local_up_refuses_bad_options_before_it_starts_anything(tmp_path):
+    from infra.local.state import STATE_DIR_ENV
+
+    env = {STATE_DIR_ENV: str(tmp_path)}
+    res = runner.invoke(
+        app, ["local", "up", "--name", "opts", "-c", 'llmfleet:engineArgs={"max_num_seq": 4}'], env=env
+    )
+    assert res.exit_code == 1 and "llmfleet:engineArgs.max_num_seq = 4: " in res.output, res.output
+    assert "did you mean max_num_seqs?" in res.output
+    res = runner.invoke(app, ["local", "up", "--name", "opts", "-c", "llmfleet:tags={}"], env=env)
+    assert (
+        res.exit_code == 2
+        and "allowed with local up: llmfleet:engineArgs, llmfleet:serveOptions" in res.output
+    )
+    assert not list(tmp_path.iterdir())  # no state, no hosts
+
+
+def test_batch_engine_takes_the_stacks_engine_args():
+    from infra.bench.batch import stack_engine
+
+    engine = stack_engine("prod", ['llmfleet:engineArgs={"max_num_seqs": 48}'])[0]
+    assert engine["max_num_seqs"] == 48 and engine["tensor_parallel_size"] == 8
+
+
 # ---------------------------------------------------------------- model serving defaults, routing
 
 
@@ -688,3 +747,15 @@ def test_the_local_cluster_serves_the_tiny_model_as_r1_and_routes_as_asked():
         LocalError, match=r"--routing prefix: needs 2 or more replicas \(--hosts 3 or more; it is 2\)"
     ):
         render_local_serve_config(MODEL_ID, "/m", plan_layout(2), "10.213.1.10", 8000, routing="prefix")
+
+
+def test_a_stack_overrides_the_models_serving_defaults_through_engine_args():
+    """The catalog's serving defaults are engine kwargs merged before llmfleet:engineArgs: a
+    stack's own value wins, and an empty reasoning parser turns the split off."""
+    from infra.stack.files import load_config
+
+    ours = '{"override_generation_config": {"temperature": 0.3}, "reasoning_parser": ""}'
+    kw = _engine_kwargs("prod", [f"llmfleet:engineArgs={ours}"])
+    assert kw["override_generation_config"] == {"temperature": 0.3} and kw["reasoning_parser"] == ""
+    assert _engine_kwargs("prod", [])["reasoning_parser"] == "deepseek_r1"
+    assert load_config("prod").engine_args == {}

@@ -77,12 +77,13 @@ def stack_engine(stack: str, overrides: list[str] | None) -> tuple[dict, dict, l
     from infra.program.offline import OfflineError
     from infra.stack.config import ConfigError
     from infra.stack.files import load_config
-    from infra.stack.planner import PlanInputError, plan_for_stack
+    from infra.stack.planner import PlanInputError
+    from infra.stack.resolve import resolve
     from ray_cluster import contract
 
     try:
         cfg = load_config(stack, overrides or [])
-        p = plan_for_stack(cfg)
+        p = resolve(cfg).plan  # with llmfleet:engineArgs held to the plan
     except (ConfigError, OfflineError, PlanInputError) as e:
         raise BenchError(str(e)) from None
     engine = {
@@ -93,6 +94,7 @@ def stack_engine(stack: str, overrides: list[str] | None) -> tuple[dict, dict, l
         "trust_remote_code": cfg.effective_trust_remote_code,  # as the stack's Serve config
         "enable_chunked_prefill": True,
         "enable_prefix_caching": True,
+        **cfg.engine_args,  # the stack's llmfleet:engineArgs, as in its Serve config
     }
     bundles = contract.placement_bundles(
         p.tensor_parallel_size, p.pipeline_parallel_size, "gpu", cfg.gpu_model

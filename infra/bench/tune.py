@@ -14,6 +14,9 @@ Where an option goes, and what it costs (Ray Serve's own update types):
 - max_num_seqs, max_num_batched_tokens: vLLM engine args in the LLM config (the app's args), so
   every replica's engine restarts (a minute or more each on a CPU host; minutes on GPUs).
 
+The best trial's options are written as stack config (`stack_fragment`: llmfleet:serveOptions
+and llmfleet:engineArgs), so a stack deploys them from then on.
+
 ray.tune runs in a short-lived Ray on this machine (1 CPU): the trials only send HTTP, and the
 cluster under test keeps all its resources.
 """
@@ -375,3 +378,48 @@ def run_tune(
         },  # fmt: skip
         "restored": restored,
     }
+
+
+# --- the best trial as stack config ----------------------------------------------------------------
+
+ENGINE_ARGS_KEY = "llmfleet:engineArgs"
+SERVE_OPTIONS_KEY = "llmfleet:serveOptions"
+
+
+def stack_fragment(params: dict) -> dict:
+    """A trial's options as the stack keys that carry them (infra.stack.engine_options):
+    {"config": {"llmfleet:serveOptions": {...}, "llmfleet:engineArgs": {...}}}, the shape of a
+    stack file, so its `config:` entries merge into stacks/Pulumi.<stack>.yaml as they are."""
+    serve: dict = {}
+    engine: dict = {}
+    for key, value in params.items():
+        if key in LLM_DEPLOYMENT_OPTIONS:
+            serve[LLM_DEPLOYMENT_OPTIONS[key]] = value
+        elif key in INGRESS_OPTIONS:
+            serve.setdefault("ingress", {})[INGRESS_OPTIONS[key]] = value
+        elif key in ENGINE_OPTIONS:
+            engine[key] = value
+        else:
+            raise BenchError(f"{key}: not a tuned option; allowed: {', '.join(KNOWN)}")
+    config = {}
+    if serve:
+        config[SERVE_OPTIONS_KEY] = serve
+    if engine:
+        config[ENGINE_ARGS_KEY] = engine
+    return {"config": config}
+
+
+def fragment_text(best: dict, tpot_budget_ms: float) -> str:
+    """The --best-out file: the fragment, with what it scored and the `-c` form of each key."""
+    import json
+
+    import yaml
+
+    frag = stack_fragment(best["config"])
+    head = [
+        f"# llmfleet bench --tune: {best['objective']:.1f} output tok/s at TPOT p95 <= {tpot_budget_ms:g} ms"
+        + (f" (concurrency {best['best_concurrency']})" if best.get("best_concurrency") else ""),
+        "# Merge `config:` into stacks/Pulumi.<stack>.yaml, or pass it with -c:",
+        *[f"#   -c '{k}={json.dumps(v)}'" for k, v in frag["config"].items()],
+    ]
+    return "\n".join(head) + "\n" + yaml.safe_dump(frag, sort_keys=False)

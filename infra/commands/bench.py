@@ -21,7 +21,8 @@ HELP = (
     "token from SSM; --endpoint may name a tunnel), or --endpoint URL --token-env VAR.\n\n"
     "--calibrate appends the result to the calibration file that `llmfleet plan` reads "
     "($LLMFLEET_CALIBRATION_FILE, default ~/.config/llmfleet/calibration.json). --tune runs a ray.tune "
-    "search (--grid KEY=V1,V2 ...) and writes the best Serve config (--best-out)."
+    "search (--grid KEY=V1,V2 ...) and writes the best options as stack config (--best-out: "
+    "llmfleet:serveOptions / llmfleet:engineArgs, for a stack file or -c)."
 )
 
 
@@ -142,7 +143,13 @@ DashboardOpt = Annotated[
     str | None,
     typer.Option("--dashboard", help="Ray dashboard URL for --tune (--local: the head's)."),
 ]
-BestOutOpt = Annotated[Path, typer.Option("--best-out", help="Where --tune writes the best config.")]
+BestOutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--best-out",
+        help="Where --tune writes the best options as stack config (llmfleet:serveOptions / engineArgs).",
+    ),
+]
 
 
 def bench_cmd(
@@ -258,8 +265,6 @@ def _title(resolved, lay, input_len: int, output_len: int) -> str:
 def _tune(
     resolved, dashboard, spec, grid, search, samples, budget, vocab, best_out: Path, as_json: bool
 ) -> None:
-    import yaml
-
     from infra.bench import tune
 
     url = dashboard or resolved.dashboard
@@ -275,10 +280,13 @@ def _tune(
         resolved.target, url, spec, tspec, vocab, log=lambda m: err_console.print(m, highlight=False)
     )
     if result["best"]:
-        best_out.write_text(yaml.safe_dump({"best": result["best"]["config"], "objective_tokens_per_s":
-                                            result["best"]["objective"], "serve_config": result["best"]["serve_config"]},
-                                           sort_keys=False))  # fmt: skip
+        # A stack-config fragment (llmfleet:serveOptions / engineArgs): what a stack file or -c takes.
+        try:
+            best_out.write_text(tune.fragment_text(result["best"], budget))
+        except OSError as e:
+            fail(f"--best-out {str(best_out)!r}: {e.strerror}")
         result["best_file"] = str(best_out)
+        result["best"]["stack_config"] = tune.stack_fragment(result["best"]["config"])["config"]
     if as_json:
         print_json(result)
     else:

@@ -102,6 +102,32 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
     return t
 
 
+def _serving_options(items: list[str]) -> dict[str, dict]:
+    """`-c KEY=JSON` of local up: only the two serving maps (the rest of a stack has no local meaning)."""
+    import json
+
+    from infra.stack.config import ConfigError
+    from infra.stack.engine_options import ENGINE_KEY, SERVE_KEY
+    from infra.stack.files import parse_override
+
+    out: dict[str, dict] = {}
+    for item in items:
+        try:
+            key, value = parse_override(item)
+        except ConfigError as e:
+            fail(str(e))
+        if key not in (ENGINE_KEY, SERVE_KEY):
+            fail(f"-c {key}: allowed with local up: {ENGINE_KEY}, {SERVE_KEY}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            fail(f"{key} = {value!r}: not valid JSON; allowed: a JSON mapping")
+        if not isinstance(parsed, dict):
+            fail(f"{key} = {value}: allowed: a JSON mapping")
+        out[key] = parsed
+    return out
+
+
 def up_cmd(
     hosts: Annotated[
         int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 workers, one replica each.")
@@ -133,6 +159,15 @@ def up_cmd(
             "into the same cluster state. Not with --image.",
         ),
     ] = False,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="KEY=JSON",
+            help="llmfleet:engineArgs=JSON or llmfleet:serveOptions=JSON, as on a stack (repeatable).",
+        ),
+    ] = None,
     routing: Annotated[
         str,
         typer.Option(
@@ -151,9 +186,10 @@ def up_cmd(
 
     if gcs_redis and image:
         fail("--gcs-redis: allowed only without --image (the image mode has no redis-server)")
-    opts = UpOptions(
-        hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis, routing=routing
-    )
+    options = _serving_options(config or [])
+    opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis,
+                     engine_args=options.get("llmfleet:engineArgs", {}),
+                     serve_options=options.get("llmfleet:serveOptions", {}), routing=routing)  # fmt: skip
     progress, on_stage = _progress_stages()
     try:
         with progress:

@@ -150,6 +150,7 @@ def serve_config_cmd(
 ) -> None:
     """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
     from infra.rayconf.serve_config import ServeConfigError
+    from infra.stack.config import ConfigError
     from infra.stack.planner import PlanInputError
     from infra.stack.resolve import resolve
     from infra.stack.serving import render_for_outputs
@@ -160,7 +161,7 @@ def serve_config_cmd(
         if not plan.fits:
             fail(f"the plan for stack {stack} does not fit: {plan.reason}")
         doc, notes = render_for_outputs(outs, cfg, plan)
-    except (ServeConfigError, PlanInputError) as e:
+    except (ServeConfigError, PlanInputError, ConfigError) as e:  # ConfigError: the plan's rules
         fail(str(e))
     for note in notes:
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -62,7 +62,7 @@ GROUP_REPLACE_FIELDS = ["vpcZoneIdentifiers"]
 # after the change (infra/boot/rollout_effects.py; anything not listed is left running).
 CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
     (
-        "Serve config: `maxModelLen`, `routing`, engine options",
+        "Serve config: `maxModelLen`, `engineArgs`, `serveOptions`, `routing`",
         "in place: the head's node script in SSM changes; the rollout (`llmfleet up` / `llmfleet rollout`) "
         "rewrites `/etc/llmfleet/serve.yaml` on the head, whose deploy watcher runs `serve deploy` (Serve "
         "updates the app in place); done when the head reports the new config's fingerprint and a completion "

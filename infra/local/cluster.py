@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infra.constants import REPO_ROOT
@@ -48,6 +48,7 @@ from infra.local.layout import (
     Layout,
     LocalError,
     Ports,
+    check_options,
     check_routing,
     gcs_redis_env,
     local_deploy_argv,
@@ -107,6 +108,10 @@ class UpOptions:
     image: str | None = None  # run each host's node in this node image (infra.local.containers)
     # Ray's GCS fault tolerance on a local redis-server (unproven: never run by its author)
     gcs_redis: bool = False
+    # `-c llmfleet:engineArgs=...` / `llmfleet:serveOptions=...`: as on a stack, over the
+    # local defaults (infra.stack.engine_options.check_local holds them to the local layout)
+    engine_args: dict = field(default_factory=dict)
+    serve_options: dict = field(default_factory=dict)
     routing: str = "pow2"  # the Serve request router: pow2, or prefix (llmfleet:routing)
 
 
@@ -215,6 +220,12 @@ def _reuse(existing: dict, o: UpOptions, mode: str) -> dict:
         raise LocalError(
             f"local cluster {o.name!r} exists but is not healthy ({why}); run `llmfleet local down` first"
         )
+    options = {"engine_args": o.engine_args, "serve_options": o.serve_options}
+    if (existing.get("options") or {"engine_args": {}, "serve_options": {}}) != options:
+        raise LocalError(
+            f"local cluster {o.name!r} already runs with other engine/Serve options "
+            f"({json.dumps(existing.get('options') or {})}); run `llmfleet local down` first"
+        )
     existing["reused"] = True
     return existing
 
@@ -247,6 +258,7 @@ def _new_state(
         "token_env": TOKEN_ENV,
         "serve_config": str(paths["serve"]),
         "image": o.image,
+        "options": {"engine_args": o.engine_args, "serve_options": o.serve_options},
         "temp_dir": f"/tmp/llmf-{o.name}",
         "restart_delay_s": o.restart_delay,
         "hostset": hs.to_json(),
@@ -320,6 +332,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     from infra.local.tiny_model import MODEL_ID, ensure_tiny_model
 
     layout = plan_layout(o.hosts, o.tp, o.pp)
+    check_options(o.engine_args, o.serve_options, layout)
     check_routing(o.routing, layout)  # before any host exists
     mode = containers.resolve_mode(o.mode) if o.image else resolve_mode(o.mode, hosts.is_root())
     ports = plan_ports(mode, o.subnet, o.port)
@@ -355,7 +368,16 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         if o.image:  # where the image's uid can read it (containers.NODE_ROOT says why)
             model_dir = containers.stage_model(o.name, model_dir)
             st["model_dir"] = str(model_dir)
-        doc = render_local_serve_config(MODEL_ID, str(model_dir), layout, head.ip, ports.http, o.routing)
+        doc = render_local_serve_config(
+            MODEL_ID,
+            str(model_dir),
+            layout,
+            head.ip,
+            ports.http,
+            o.engine_args,
+            o.serve_options,
+            routing=o.routing,
+        )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
         env = _node_env(token)
         _start_nodes(st, hs, layout, ports, env, o, paths)

@@ -244,12 +244,33 @@ def check_routing(routing: str, layout: Layout) -> None:
         )
 
 
+def check_options(engine_args: dict, serve_options: dict, layout: Layout) -> None:
+    """`local up -c llmfleet:engineArgs=... / serveOptions=...`: vLLM's and Ray's schemas, the
+    local layout (--tp, --pp, one replica per worker host); LocalError with the one line."""
+    from infra.stack.engine_options import OptionError, check_local
+
+    try:
+        check_local(engine_args, serve_options, layout.tp, layout.pp, layout.replicas)
+    except OptionError as e:
+        raise LocalError(str(e)) from None
+
+
 def render_local_serve_config(
-    model_id: str, model_dir: str, layout: Layout, head_ip: str, http_port: int, routing: str = "pow2"
+    model_id: str,
+    model_dir: str,
+    layout: Layout,
+    head_ip: str,
+    http_port: int,
+    engine_args: dict | None = None,
+    serve_options: dict | None = None,
+    routing: str = "pow2",
 ) -> dict:
-    """The production Serve config (serve_config.render_serve_config) on the CPU device."""
+    """The production Serve config (serve_config.render_serve_config) on the CPU device, with the
+    same llmfleet:engineArgs / serveOptions a stack takes (checked by `check_options`) and the
+    same llmfleet:routing (`--routing`)."""
     from infra.catalog import load_catalog
     from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
+    from infra.stack.engine_options import ingress_options, llm_options
     from infra.stack.serving import serving_default_inputs
 
     check_routing(routing, layout)
@@ -268,6 +289,9 @@ def render_local_serve_config(
             cpu_kvcache_gib=CPU_KVCACHE_GIB,
             **serving_default_inputs(load_catalog().models[STAND_IN_FOR].serving_defaults),
             routing=routing,
+            engine_args=dict(engine_args or {}),
+            deployment_options=llm_options(serve_options or {}),
+            ingress_options=ingress_options(serve_options or {}),
         )
     )
     # The proxy binds the head's IP: loopback clusters share one port space.

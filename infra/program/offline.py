@@ -38,7 +38,7 @@ from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 from infra.constants import REPO_ROOT
 from infra.program.offline_mocks import RecordingMocks
 from infra.program.provider_modules import light_packages
-from infra.stack.config import SECRET_PLACEHOLDER, StackConfig, load_stack_config
+from infra.stack.config import SECRET_PLACEHOLDER, ConfigError, StackConfig, load_stack_config
 from infra.stack.files import raw_stack_config
 
 PROJECT = "llmfleet"
@@ -287,6 +287,16 @@ def _checked_outputs(monitor: RecordingMonitor, exported: list[str]) -> dict[str
     return outputs
 
 
+def _config_error_in(e: BaseException) -> ConfigError | None:
+    """The ConfigError a program failure was caused by (Pulumi wraps it in a RunError), if any."""
+    seen: BaseException | None = e
+    for _ in range(10):  # a bounded walk: exception chains can be cyclic
+        if seen is None or isinstance(seen, ConfigError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def capture(
     stack: str, overrides: Sequence[str] = (), project_dir: Path = REPO_ROOT, program: Path | None = None
 ) -> Capture:
@@ -311,6 +321,11 @@ def capture(
         ):
             _sync_await(run_in_stack(run_program))
     except Exception as e:  # noqa: BLE001 - shown as one line
+        config_error = _config_error_in(e)
+        if config_error is not None:
+            # A rule that needs the plan (resolve(): replicas x nodes, engineArgs against the
+            # layout) fails inside the program: it is still the config's one line.
+            raise ConfigError(str(config_error)) from None
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise OfflineError(f"program failed for stack {stack}: {type(e).__name__}: {msg}") from e
     return Capture(

@@ -18,17 +18,21 @@ changes only what must change (ServeInputs.device):
   (the same path on every host), so nothing is downloaded at deploy time;
 - engine_kwargs from the planner: TP = GPUs per host, PP = hosts, max_model_len,
   gpu_memory_utilization, chunked prefill, prefix caching, trust_remote_code (off unless the
-  stack turns it on);
-- the model's serving defaults (catalog models.yaml `serving_defaults`): vLLM's reasoning parser,
-  a tool-call parser where the model calls tools, and the card's sampling as vLLM's default
-  generation settings (`override_generation_config`: a request's own values still win);
+  stack turns it on), then the model's serving defaults (catalog models.yaml `serving_defaults`):
+  vLLM's reasoning parser, a tool-call parser where the model calls tools, and the card's sampling
+  as vLLM's default generation settings (`override_generation_config`: a request's own values
+  still win), then the stack's `llmfleet:engineArgs` over them;
 - deployment_config.num_replicas = replicas (`llmfleet:replicas`; locally one per worker host),
-  and with routing "prefix" Ray Serve LLM's PrefixCacheAffinityRouter as the request router;
+  with routing "prefix" Ray Serve LLM's PrefixCacheAffinityRouter as the request router, then
+  `llmfleet:serveOptions` (autoscaling_config replaces the fixed count); its `ingress` map
+  goes to the ingress deployment;
 - runtime_env env vars: cluster-wide ones only. NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME /
   VLLM_HOST_IP name each node's own NIC and IP, so they cannot live in one runtime_env:
   ray_cluster.node sets them on each node before `ray start`, and Ray workers inherit them.
 
-Validated with ray.serve.schema.ServeDeploySchema and ray.serve.llm.LLMConfig.
+Validated with ray.serve.schema.ServeDeploySchema and ray.serve.llm.LLMConfig, and (LLMConfig
+keeps them as opaque dicts) each deployment's options with Ray's DeploymentSchema and the engine
+kwargs with vLLM's own EngineArgs.
 """
 
 from __future__ import annotations
@@ -92,6 +96,12 @@ class ServeInputs:
     cpu_kvcache_gib: int = 1
     cpu_omp_threads_bind: str | None = None
     cpu_dtype: str = "float32"
+    # llmfleet:engineArgs / llmfleet:serveOptions (infra.stack.engine_options checked their keys
+    # against vLLM's and Ray's schemas): over the planner's engine kwargs, the LLM server
+    # deployment's options, the OpenAI ingress deployment's options.
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
+    deployment_options: Mapping[str, Any] = field(default_factory=dict)
+    ingress_options: Mapping[str, Any] = field(default_factory=dict)
     # The model's serving defaults (infra.catalog ServingDefaults): vLLM parser names and the
     # card's sampling. None / empty = vLLM's own behaviour.
     reasoning_parser: str | None = None
@@ -215,8 +225,14 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
         if i.pipeline_parallel_size == 1:
             engine_kwargs["enforce_eager"] = True
     # The merge point, in order: the planner's and the device's kwargs above, then the model's
-    # serving defaults from the catalog; a stack's own engine arguments go last, so they win.
+    # serving defaults from the catalog, then the stack's engine arguments, which win over both
+    # (the plan-owned ones were checked to agree with the plan when the stack resolved).
     engine_kwargs.update(model_default_kwargs(i))
+    engine_kwargs.update(i.engine_args)
+    deployment: dict[str, Any] = {**deployment_config(i), **i.deployment_options}
+    if "autoscaling_config" in i.deployment_options:
+        # Serve refuses a fixed count beside autoscaling; the bounds are the autoscaler's.
+        deployment.pop("num_replicas")
     env = cluster_env_vars(i.efa) if i.device == "gpu" else cpu_env_vars(i)
     return {
         "model_loading_config": {"model_id": i.model_id, "model_source": i.model_source},
@@ -230,7 +246,7 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
             ),
             "strategy": contract.placement_strategy(i.device),
         },
-        "deployment_config": deployment_config(i),
+        "deployment_config": deployment,
         "runtime_env": {"env_vars": env},
     }
 
@@ -246,7 +262,8 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
             "llm_configs": [llm_config(i)],
             "api_token_env": i.api_token_env,
             "ingress_deployment_config": {
-                "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}}
+                **i.ingress_options,
+                "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}},
             },
         },
     }
@@ -300,7 +317,38 @@ def validate_serve_config(doc: Mapping[str, Any]) -> list[str]:
             except (ValidationError, ValueError) as e:
                 msg = _pydantic_line("", e)[2:] if isinstance(e, ValidationError) else str(e)
                 raise ServeConfigError(f"Ray Serve LLM rejected the LLMConfig: {msg}") from None
+            # LLMConfig keeps both as opaque dicts: Serve and vLLM read them only at deploy.
+            validate_deployment_options(cfg.get("deployment_config") or {}, "deployment_config")
+            validate_engine_kwargs(
+                cfg.get("engine_kwargs") or {}, cfg["model_loading_config"]["model_source"]
+            )
+        ingress = app["args"].get("ingress_deployment_config") or {}
+        validate_deployment_options(ingress, "ingress_deployment_config")
     return notes
+
+
+def validate_deployment_options(options: Mapping[str, Any], what: str) -> None:
+    """Ray Serve's own DeploymentSchema over one deployment's options (its cross-option rules
+    included, e.g. num_replicas beside autoscaling_config)."""
+    from ray.serve.schema import DeploymentSchema
+
+    try:
+        DeploymentSchema.model_validate({"name": "llmfleet", **options})
+    except ValidationError as e:
+        raise ServeConfigError(_pydantic_line(f"Ray Serve rejected the {what}", e)) from None
+
+
+def validate_engine_kwargs(kwargs: Mapping[str, Any], model_source: str) -> None:
+    """vLLM's own EngineArgs over the engine kwargs: the fields whose types are vLLM's config
+    classes (compilation_config, ...) are checked here, the rest already when the stack loaded."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    try:
+        EngineArgs(model=model_source, **kwargs)
+    except TypeError as e:  # an argument EngineArgs does not have
+        raise ServeConfigError(f"vLLM rejected the engine_kwargs: {e}") from None
+    except ValidationError as e:
+        raise ServeConfigError(_pydantic_line("vLLM rejected the engine_kwargs", e)) from None
 
 
 def to_yaml(doc: Mapping[str, Any]) -> str:

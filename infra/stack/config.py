@@ -17,11 +17,11 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.catalog import load_catalog
 from infra.catalog.images import image_ref
-from infra.stack import suggest
+from infra.stack import engine_options, suggest
 from infra.stack.config_rules import CrossKeyError, check_all, fmt_value
 from infra.stack.config_values import (
     AvailabilityZone,
@@ -56,6 +56,9 @@ from infra.stack.host_spec import HostSpec
 from infra.validation import first_error
 
 NS = "llmfleet"
+# vLLM engine arguments and Serve deployment options: keys and plain-typed values checked here.
+EngineArgs = Annotated[dict[str, Any], AfterValidator(engine_options.check_engine_args)]
+ServeOptions = Annotated[dict[str, Any], AfterValidator(engine_options.check_serve_options)]
 STACK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 SECRET_PLACEHOLDER = "[secret]"
 
@@ -137,10 +140,15 @@ class StackConfig(BaseModel):
     pricing_model: Annotated[
         Literal["on-demand", "spot", "savings-plan-1y", "savings-plan-3y"] | None, Unset
     ] = Field(default=None, alias="llmfleet:pricingModel")
+    # Any other vLLM engine argument / Ray Serve deployment option, over the planner's values
+    # (infra/stack/engine_options.py checks them against vLLM's and Ray's own schemas).
+    engine_args: EngineArgs = Field(default_factory=dict, alias="llmfleet:engineArgs")
+    serve_options: ServeOptions = Field(default_factory=dict, alias="llmfleet:serveOptions")
 
     @model_validator(mode="after")
     def _cross_key_rules(self) -> StackConfig:
         check_all(self)
+        engine_options.check_config(self)
         return self
 
     # ---- derived facts ------------------------------------------------------
@@ -204,7 +212,14 @@ class StackConfig(BaseModel):
         return self.replicas * plan.nodes
 
 
-STRUCTURED = {"llmfleet:endpointAllowedCidrs", "llmfleet:tags", "llmfleet:hosts"}
+STRUCTURED = {
+    "llmfleet:endpointAllowedCidrs",
+    "llmfleet:tags",
+    "llmfleet:hosts",
+    engine_options.ENGINE_KEY,
+    engine_options.SERVE_KEY,
+}
+MAPPINGS = {"llmfleet:tags", engine_options.ENGINE_KEY, engine_options.SERVE_KEY}
 SECRET_KEYS = {"llmfleet:sshPrivateKey"}
 
 
@@ -220,7 +235,7 @@ def _parse_raw(key: str, value: Any) -> Any:
         except json.JSONDecodeError:
             raise ConfigError(
                 f"{key} = {value!r}: not valid JSON; allowed: a YAML/JSON "
-                f"{'mapping' if key == 'llmfleet:tags' else 'list'}"
+                f"{'mapping' if key in MAPPINGS else 'list'}"
             ) from None
     return value
 
@@ -251,7 +266,7 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
 
 def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:
     err = first_error(e)
-    if isinstance(err.ctx.get("error"), CrossKeyError):
+    if isinstance(err.ctx.get("error"), (CrossKeyError, engine_options.OptionError)):
         return str(err.ctx["error"])
     key = str(err.loc[0]) if err.loc else "config"
     # A nested error (a host's field) shows that field's value, a top-level one the raw value.

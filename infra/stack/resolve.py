@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infra.stack import engine_options
 from infra.stack.config import ConfigError, StackConfig
 from infra.stack.config_values import MAX_WORKERS
 from infra.stack.planner import Plan, plan_for_stack
@@ -47,4 +48,9 @@ def resolve(cfg: StackConfig) -> Stack:
             f"llmfleet:replicas = {cfg.replicas}: workerCount 'auto' makes {cfg.replicas} x {plan.nodes} = "
             f"{workers} workers; allowed: replicas x nodes per replica ({plan.nodes}) <= {MAX_WORKERS}"
         )
+    try:
+        # llmfleet:engineArgs may repeat the plan's layout and length, never contradict them.
+        engine_options.check_plan(cfg, plan)
+    except engine_options.OptionError as e:
+        raise ConfigError(str(e)) from None
     return Stack(cfg=cfg, plan=plan, workers=workers)

@@ -17,9 +17,11 @@ from infra.rayconf.serve_config import (
     ServeInputs,
     render_serve_config,
     to_yaml,
+    validate_engine_kwargs,
     validate_serve_config,
     validate_with_exported_schema,
 )
+from infra.stack.engine_options import ingress_options, llm_options, unchecked
 
 
 def served_model_id(model: str) -> str:
@@ -71,6 +73,10 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         trust_remote_code=bool(getattr(cfg, "effective_trust_remote_code", False)),
         **serving_default_inputs(defaults),
         routing=str(getattr(cfg, "routing", "pow2")),
+        # llmfleet:engineArgs / serveOptions: checked against vLLM's and Ray's schemas and the plan
+        engine_args=dict(getattr(cfg, "engine_args", {})),
+        deployment_options=llm_options(getattr(cfg, "serve_options", {})),
+        ingress_options=ingress_options(getattr(cfg, "serve_options", {})),
     )
 
 
@@ -99,6 +105,11 @@ def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     outputs = serving_outputs(cfg, plan, cfg.resolved_workers(plan))
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
     validate_with_exported_schema(doc)
+    if unchecked(getattr(cfg, "engine_args", {})):
+        # A value of one of vLLM's own config classes (compilation_config, ...): only vLLM can
+        # check it, and importing it costs seconds, so only a stack that sets one pays for it.
+        llm = doc["applications"][0]["args"]["llm_configs"][0]
+        validate_engine_kwargs(llm["engine_kwargs"], llm["model_loading_config"]["model_source"])
     return doc
 
 
