@@ -129,45 +129,57 @@ def render_plan(p: Plan) -> None:
 
 
 def render_compare(rows: list[CompareRow], model: str, concurrency: int) -> None:
-    t = Table(
-        title=f"{model}: every GPU in the catalog at concurrency {concurrency}, cheapest per token first"
-    )
-    for col, just in (
-        ("GPU", "left"),
-        ("layout", "left"),
-        ("AWS instance", "left"),
-        ("USD/h", "right"),
-        ("cluster tok/s", "right"),
-        ("per-user tok/s", "right"),
-        ("USD / 1M out", "right"),
-        ("note", "left"),
-    ):
-        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    """One row per GPU. GPU ids and instance types are what a reader copies: whole, always; the
+    note wraps between words; at 80 columns user tok/s, then USD/h, make room (--json has them)."""
+    from infra.commands._fit import Col, dropped, fitted_table
+
+    cols = [
+        Col("GPU", whole=True),
+        Col("TP x PP", whole=True),
+        Col("AWS instance", whole=True),
+        Col("USD/h", justify="right", whole=True, drop=1),
+        Col("tok/s", justify="right", whole=True),
+        Col("user tok/s", justify="right", whole=True, drop=2),
+        Col("USD/1M", justify="right", whole=True),
+        Col("note"),
+    ]
+    cells = []
     for r in rows:
-        layout = (
-            f"{r.nodes} x {r.gpus_per_node} (TP {r.tensor_parallel_size} x PP {r.pipeline_parallel_size})"
-        )
         note = r.note
         if r.fits and r.concurrency_capped:
             note = f"concurrency capped at {r.effective_concurrency} by the KV cache" + (
                 f"; {note}" if note else ""
             )
-        t.add_row(
-            r.gpu,
-            layout if r.fits else "-",
-            r.instance_type or "-",
-            _money(r.usd_per_hour),
-            f"{r.decode_tokens_per_s_expected:,.0f}" if r.fits else "-",
-            f"{r.decode_tokens_per_s_per_user:,.1f}" if r.fits else "-",
-            _money(r.usd_per_million_output_tokens, 3),
-            note,
+        cells.append(
+            [
+                r.gpu,
+                f"{r.tensor_parallel_size} x {r.pipeline_parallel_size}" if r.fits else "-",
+                r.instance_type or "-",
+                _money(r.usd_per_hour),
+                f"{r.decode_tokens_per_s_expected:,.0f}" if r.fits else "-",
+                f"{r.decode_tokens_per_s_per_user:,.1f}" if r.fits else "-",
+                _money(r.usd_per_million_output_tokens, 3),
+                note,
+            ]
         )
+    t = fitted_table(
+        console,
+        cols,
+        cells,
+        title=f"{model}: every GPU in the catalog at concurrency {concurrency}, cheapest per token first",
+    )
     console.print(t)
     console.print(
-        "USD/h: GPU workers on demand (us-east-1, instance catalog); speeds: infra/stack/perf.py, fitted on "
-        "infra/catalog/calibration.yaml",
+        "TP x PP: GPUs per node x nodes; tok/s: cluster decode; USD/1M: per 1M output tokens; "
+        "USD/h: GPU workers on demand "
+        "(us-east-1, instance catalog); speeds: infra/stack/perf.py, fitted on "
+        "infra/catalog/calibration.yaml"
+        + (
+            f"; not shown at this width: {', '.join(dropped(t, cols))} (--json has every field)"
+            if dropped(t, cols)
+            else ""
+        ),
         highlight=False,
-        soft_wrap=True,
     )
 
 
