@@ -69,6 +69,14 @@ def widths(mins: list[int], maxs: list[int], room: int) -> list[int]:
     return w
 
 
+def min_width(
+    console: Console, cols: Sequence[Col], rows: Sequence[Sequence[RenderableType]], **table_kwargs: Any
+) -> int:
+    """The narrowest the table can be with every column shown and nothing split."""
+    spans = [_span(console, c, [r[i] for r in rows]) for i, c in enumerate(cols)]
+    return sum(lo for lo, _ in spans) + _overhead(len(cols), table_kwargs)
+
+
 def fitted_table(
     console: Console,
     cols: Sequence[Col],
@@ -90,7 +98,16 @@ def fitted_table(
             break
         keep.remove(max(optional, key=lambda i: (cols[i].drop, i)))
     room = width - _overhead(len(keep), table_kwargs)
-    ws = widths([spans[i][0] for i in keep], [spans[i][1] for i in keep], room)
+    mins = [spans[i][0] for i in keep]
+    # A word longer than what is left beside the identifiers (a URL, an image digest) cannot be
+    # whole: its text column gives way, widest first, and that word folds. Identifiers never do.
+    text = [k for k, i in enumerate(keep) if not cols[i].whole]
+    while sum(mins) > room and text:
+        k = max(text, key=lambda j: mins[j])
+        if mins[k] <= 8:
+            break
+        mins[k] -= 1
+    ws = widths(mins, [spans[i][1] for i in keep], room)
     t = Table(**table_kwargs)
     for i, w in zip(keep, ws, strict=True):
         c = cols[i]

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, console, err_console, fail, print_json
+from infra.commands._common import JsonOpt, complete_stack, console, err_console, fail, print_json
 
 HELP = (
     "Measure a running endpoint: a load sweep through the OpenAI API (streaming completions, prompts "
@@ -90,7 +90,9 @@ def _resolve(local: bool, name: str, stack: str | None, outputs: Path | None, en
 # The command's options (module level, so its signature stays short).
 LocalOpt = Annotated[bool, typer.Option("--local", help="The local cluster (`llmfleet local up`).")]
 NameOpt = Annotated[str, typer.Option("--name", help="Local cluster name.")]
-TargetStackOpt = Annotated[str | None, typer.Option("--stack", "-s", help="A deployed stack.")]
+TargetStackOpt = Annotated[
+    str | None, typer.Option("--stack", "-s", autocompletion=complete_stack, help="A deployed stack.")
+]
 OutputsOpt = Annotated[
     Path | None,
     typer.Option("--outputs", help="JSON of `pulumi stack output --json` (with --stack)."),

@@ -69,6 +69,7 @@ DiffOpt = Annotated[
     typer.Option(
         "--diff",
         metavar="OTHER",
+        autocompletion=_common.complete_stack,
         help="This stack's cost minus stack OTHER's (two stacks, not two states; -c applies to --stack only).",
     ),
 ]

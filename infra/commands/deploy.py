@@ -186,7 +186,7 @@ def _policy_stop(stack: str, violations) -> None:
 
     from infra.commands.policy import violations_table
 
-    err_console.print(violations_table(stack, SimpleNamespace(violations=violations)))
+    err_console.print(violations_table(stack, SimpleNamespace(violations=violations), err_console))
     first = violations[0]
     where = f" ({first.resource})" if first.resource else ""
     fail(f"policy {first.policy}{where}: {first.message}", 1)
