@@ -17,13 +17,13 @@ from typing import Any, Literal
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 
 @dataclass(frozen=True)
 class Col:
     header: str
-    whole: bool = False  # identifiers (type, name, GPU id, instance type): one line, never wrapped;
-    # its header is on one line too, so keep it short
+    whole: bool = False  # identifiers (type, name, GPU id, instance type): one line, never wrapped
     justify: Literal["left", "right", "center"] = "left"
     drop: int = 0  # 0: always shown; otherwise dropped when narrow, the highest first
     style: str | None = None
@@ -36,12 +36,16 @@ def _measure(console: Console, cell: RenderableType) -> Measurement:
 
 def _span(console: Console, col: Col, cells: Sequence[RenderableType]) -> tuple[int, int]:
     """(min, max) content width: min = the longest cell for `whole`, else the longest word."""
-    ms = [_measure(console, c) for c in [col.header, *cells] if c is not None]
+    ms = [_measure(console, "" if c is None else c) for c in [col.header, *cells]]
     hi = max((m.maximum for m in ms), default=1)
     if col.whole:
-        lo = max(m.maximum for m in ms)  # the header too: a no-wrap header would be cropped
-    else:
-        lo = max((m.minimum for m in ms), default=1)
+        # the header wraps between its words (it is a Text with no_wrap=False, below); cells never
+        lo = max([ms[0].minimum] + [m.maximum for m in ms[1:]])
+    else:  # a cell that is a Text with no_wrap (a resource name in a tree of components) is whole
+        lo = max(
+            [m.minimum for m in ms]
+            + [m.maximum for c, m in zip(cells, ms[1:], strict=False) if isinstance(c, Text) and c.no_wrap]
+        )
     return max(lo, 1), max(hi, lo, 1)
 
 
@@ -112,7 +116,7 @@ def fitted_table(
     for i, w in zip(keep, ws, strict=True):
         c = cols[i]
         t.add_column(
-            c.header,
+            Text(c.header, no_wrap=False) if c.whole else c.header,
             width=w,
             no_wrap=c.whole,
             overflow="fold",  # only a word longer than the terminal itself ever folds
