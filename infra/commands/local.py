@@ -86,10 +86,13 @@ def printable(text: str) -> tuple[str, list[str]]:
 
 
 def _hosts_table(rows: list[dict], title: str) -> Table:
+    from infra.commands._fit import Col, fitted_table
+
     with_status = any("status" in h for h in rows)
-    t = Table(title=title)
-    for col in ("host", "ip", "role", "engine ranks") + (("status",) if with_status else ()):
-        t.add_column(col)
+    cols = [Col(c, whole=True) for c in ("host", "ip", "role", "engine ranks")] + (
+        [Col("status")] if with_status else []
+    )
+    table = []
     for h in rows:
         cells = [h["name"], h["ip"], h["role"], str(h["ranks"])]
         if with_status:
@@ -97,8 +100,8 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
             if h.get("status") == "lost" and h.get("reason"):
                 shown += f" [dim]({h['reason']})[/]"
             cells.append(shown)
-        t.add_row(*cells)
-    return t
+        table.append(cells)
+    return fitted_table(console, cols, table, title=title)
 
 
 def up_cmd(
