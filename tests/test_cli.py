@@ -73,8 +73,8 @@ def test_help_shows_no_placeholder_on_flags_and_one_on_values(path, cmd):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     for p in cmd.params:
-        if not getattr(p, "opts", None) or p.param_type_name != "option":
-            continue
+        if not getattr(p, "opts", None) or p.param_type_name != "option" or p.hidden:
+            continue  # a hidden option is a deprecated alias: not in --help by design
         long = next(o for o in p.opts if o.startswith("--"))
         # the option's own row in a panel (it starts the row, after the border), not the
         # description above the panels that mentions it
@@ -175,7 +175,7 @@ def test_cost_diff_error_names_diff_not_stack():
 def test_plan_exit_codes_fits_does_not_fit_bad_input():
     fits = run("plan", "--model", "deepseek-r1", "--gpu", "H200")
     assert fits.exit_code == 0 and "yes" in fits.stdout
-    no = run("plan", "--model", "deepseek-r1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "1")
+    no = run("plan", "--model", "deepseek-r1", "--gpu", "L4", "--tp", "1", "--pp", "1")
     assert no.exit_code == 3
     assert "does not fit:" in no.stdout and "no" in no.stdout
     bad = run("plan", "--model", "deepseek-r1", "--gpu", "L20", "--quantization", "fp7")

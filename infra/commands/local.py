@@ -108,8 +108,16 @@ def up_cmd(
     hosts: Annotated[
         int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 workers, one replica each.")
     ] = 2,
-    tp: Annotated[int, typer.Option("--tp", min=1, max=4, help="Tensor parallel ranks per replica.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", min=1, max=4, help="Pipeline stages per replica.")] = 1,
+    tp: Annotated[
+        int,
+        typer.Option(
+            "--tp", "--tensor-parallel-size", min=1, max=4, help="Tensor parallel ranks per replica."
+        ),
+    ] = 1,
+    pp: Annotated[
+        int,
+        typer.Option("--pp", "--pipeline-parallel-size", min=1, max=4, help="Pipeline stages per replica."),
+    ] = 1,
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
     ] = 8000,

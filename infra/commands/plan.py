@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, console, fail, print_json, resolve_id
+from infra.commands._common import (
+    JsonOpt,
+    complete_gpu,
+    complete_model,
+    console,
+    err_console,
+    fail,
+    print_json,
+    resolve_id,
+)
 
 if TYPE_CHECKING:
     from infra.stack.compare import CompareRow
@@ -194,20 +203,55 @@ def _calibrated(p: Plan) -> Plan:
         fail(str(e))
 
 
+def _renamed(old: str, old_value: int | None, new: str, value: int | None) -> int | None:
+    """A deprecated option's value, with a note; both given and different is bad input."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        fail(f"{old}: {old_value} and {new} {value} disagree; allowed: {new} alone ({old} is its old name)")
+    err_console.print(f"[yellow]deprecated:[/] {old} is now {new}", highlight=False)
+    return old_value
+
+
 def plan_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Catalog model id, e.g. deepseek-r1.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", autocompletion=complete_model, help="Catalog model id, e.g. deepseek-r1."
+        ),
+    ],
     gpu: Annotated[
-        str | None, typer.Option("--gpu", "-g", help="GPU id, e.g. L20, L40S, H200 (not with --compare).")
+        str | None,
+        typer.Option(
+            "--gpu",
+            "-g",
+            autocompletion=complete_gpu,
+            help="GPU id, e.g. L20, L40S, H200 (not with --compare).",
+        ),
     ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="One row per GPU in the catalog, cheapest per token first.")
     ] = False,
-    gpus_per_node: Annotated[
-        int, typer.Option("--gpus-per-node", help="GPUs per node = tensor parallel size.")
-    ] = 8,
-    nodes: Annotated[
-        int | None, typer.Option("--nodes", help="Nodes = pipeline parallel size; omit for auto.")
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            "--tp", "--tensor-parallel-size", help="Tensor parallel size = GPUs per node [default: 8]."
+        ),
     ] = None,
+    pp: Annotated[
+        int | None,
+        typer.Option(
+            "--pp",
+            "--pipeline-parallel-size",
+            help="Pipeline parallel size = nodes; omit for the fewest that fit.",
+        ),
+    ] = None,
+    # The names before one vocabulary (local up, preflight-cluster and vLLM say TP/PP): scripts
+    # may still pass them, so they still work, hidden, with a note on stderr.
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus-per-node", hidden=True, help="Deprecated: --tp.")
+    ] = None,
+    nodes: Annotated[int | None, typer.Option("--nodes", hidden=True, help="Deprecated: --pp.")] = None,
     quantization: Annotated[
         str | None, typer.Option("--quantization", "-q", help="fp8, bf16, int8 or int4.")
     ] = None,
@@ -230,6 +274,8 @@ def plan_cmd(
     from infra.stack.compare import compare as compare_gpus
     from infra.stack.planner import PlanInputError, plan
 
+    tp = _renamed("--gpus-per-node", gpus_per_node, "--tp", tp)
+    pp = _renamed("--nodes", nodes, "--pp", pp)
     cat = load_catalog()
     model = resolve_id("--model", model, list(cat.models), "model")
     if gpu is not None:
@@ -258,7 +304,7 @@ def plan_cmd(
     if gpu is None:
         fail("--gpu: missing; allowed: a GPU id such as L20, L40S or H200, or --compare for every GPU")
     try:
-        p = plan(model=model, gpu=gpu, gpus_per_node=gpus_per_node, nodes=nodes, **common)  # type: ignore[arg-type]
+        p = plan(model=model, gpu=gpu, gpus_per_node=8 if tp is None else tp, nodes=pp, **common)  # type: ignore[arg-type]
     except PlanInputError as e:
         fail(str(e))
     p = _calibrated(p)

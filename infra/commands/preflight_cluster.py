@@ -13,8 +13,13 @@ EXIT_PREFLIGHT_FAILED = 1
 
 def preflight_cluster_cmd(
     address: Annotated[str, typer.Option("--address", help="Ray GCS address HOST:6379 (or auto).")],
-    tp: Annotated[int, typer.Option("--tp", min=1, help="Tensor parallel size (GPUs per host).")],
-    pp: Annotated[int, typer.Option("--pp", min=1, help="Pipeline parallel size (hosts).")],
+    tp: Annotated[
+        int,
+        typer.Option("--tp", "--tensor-parallel-size", min=1, help="Tensor parallel size (GPUs per host)."),
+    ],
+    pp: Annotated[
+        int, typer.Option("--pp", "--pipeline-parallel-size", min=1, help="Pipeline parallel size (hosts).")
+    ],
     gpu_model: Annotated[
         str | None, typer.Option("--gpu-model", help="Require custom resource gpu_model:<X> per bundle.")
     ] = None,

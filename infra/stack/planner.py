@@ -129,10 +129,10 @@ def _check_inputs(
             f"--quantization: {quantization!r} is not allowed; allowed: {', '.join(QUANTIZATIONS)}"
         )
     if gpus_per_node < 1:
-        raise PlanInputError(f"--gpus-per-node: {gpus_per_node} is not allowed; allowed: an integer >= 1")
+        raise PlanInputError(f"--tp: {gpus_per_node} is not allowed; allowed: an integer >= 1")
     if nodes is not None and nodes < 1:
         raise PlanInputError(
-            f"--nodes: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)"
+            f"--pp: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)"
         )
     if max_model_len < 16:
         raise PlanInputError(f"--max-model-len: {max_model_len} is not allowed; allowed: an integer >= 16")
