@@ -124,7 +124,12 @@ def trust_cmd(
 
     if key_type not in KEY_TYPES:
         fail(f"--type {key_type!r}: allowed: {', '.join(KEY_TYPES)}")
-    path = stack_file(stack)
+    from infra.stack.config import ConfigError
+
+    try:
+        path = stack_file(stack)
+    except ConfigError as e:
+        fail(str(e))
     if not path.exists():
         fail(f"--stack {stack!r}: no file {path.name}; allowed: {', '.join(available_stacks())}")
     trust(path, yes, key_type, timeout)

@@ -53,7 +53,7 @@ def policy_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = Fal
         print_json(report.to_dict())
     else:
         if report.violations:
-            console.print(violations_table(stack, report))
+            console.print(violations_table(cap.config.stack, report))
         console.print(
             f"{len(cap.resources)} resources checked: {report.mandatory} mandatory, {report.advisory} advisory",
             highlight=False,

@@ -113,7 +113,7 @@ def preview_cmd(
     if as_json:
         print_json(cap.to_dict())
         return
-    console.print(resources_table(stack, cap.resources, wide))
+    console.print(resources_table(cap.config.stack, cap.resources, wide))
     console.print(outputs_table(cap.outputs))
     if not plan.fits:
         console.print(f"[yellow]warning:[/] gpu-fit: {plan.reason}", highlight=False, soft_wrap=True)

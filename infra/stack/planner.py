@@ -131,9 +131,7 @@ def _check_inputs(
     if gpus_per_node < 1:
         raise PlanInputError(f"--tp: {gpus_per_node} is not allowed; allowed: an integer >= 1")
     if nodes is not None and nodes < 1:
-        raise PlanInputError(
-            f"--pp: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)"
-        )
+        raise PlanInputError(f"--pp: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)")
     if max_model_len < 16:
         raise PlanInputError(f"--max-model-len: {max_model_len} is not allowed; allowed: an integer >= 16")
     if concurrency < 1:
