@@ -25,21 +25,27 @@ def _state(text: str) -> str:
 
 
 def hosts_table(s: ClusterStatus, console: Console | None = None) -> Table:
-    """Host names, IPs, groups and instance ids whole; at 80 columns health, then lifecycle, go."""
+    """Groups, instance ids, IPs and host names whole, and the status always; where they do not
+    all fit, health, lifecycle, role, the IP and the host's name (its group says it) make room, in
+    that order (--json has them)."""
     from infra.commands._fit import Col, fitted_table
 
     aws = s.target == "aws"
-    cols = [Col("host", whole=True), Col("ip", whole=True), Col("role", whole=True)] + (
+    cols = [
+        Col("host", whole=True, drop=1 if aws else 0),  # the group names the host too
+        Col("ip", whole=True, drop=2 if aws else 0),
+        Col("role", whole=True, drop=3 if aws else 0),
+    ] + (
         [
             Col("group", whole=True),
             Col("instance", whole=True),
-            Col("lifecycle", whole=True, drop=2),
-            Col("health", whole=True, drop=3),
+            Col("lifecycle", whole=True, drop=4),
+            Col("health", whole=True, drop=5),
         ]
         if aws
         else [Col("engine ranks", whole=True)]
     )
-    cols.append(Col("status", drop=1 if aws else 0))
+    cols.append(Col("status"))
     rows = []
     for h in s.hosts:
         shown = _STATE[h.status] + (f" [dim]({escape(h.reason)})[/]" if h.reason else "")
@@ -61,12 +67,12 @@ def nodes_table(s: ClusterStatus, console: Console | None = None) -> Table:
     on = replicas_by_node(s.applications)
     cols = [
         Col("ip", whole=True),
-        Col("node", whole=True, drop=2),
+        Col("node", whole=True, drop=3),
         Col("alive"),
-        Col("head", whole=True),
+        Col("head", whole=True, drop=2),
         Col("GPUs", whole=True),
-        Col("engine slots", whole=True),
-        Col("weights", whole=True, drop=1),
+        Col("engine slots", whole=True, drop=1),
+        Col("weights", whole=True, drop=4),
         Col("replicas"),
     ]
     rows = [
@@ -95,9 +101,10 @@ def nodes_table(s: ClusterStatus, console: Console | None = None) -> Table:
 def serve_table(s: ClusterStatus, console: Console | None = None) -> Table:
     from infra.commands._fit import Col, fitted_table
 
+    # one column for both, a deployment indented under its application: side by side, an app
+    # and a deployment name (`LLMServer:deepseek-ai--DeepSeek-R1`) leave no room at 80 columns
     cols = [
-        Col("application", whole=True),
-        Col("deployment", whole=True),
+        Col("application / deployment", whole=True),
         Col("status", whole=True),
         Col("replicas"),
         Col("where"),
@@ -105,14 +112,21 @@ def serve_table(s: ClusterStatus, console: Console | None = None) -> Table:
     rows: list[list[str]] = []
     for a in s.applications:
         rows.append(
-            [a.name, "", _state(a.status), "", escape(a.message.splitlines()[-1][:100]) if a.message else ""]
+            [
+                escape(a.name),
+                _state(a.status),
+                "",
+                escape(a.message.splitlines()[-1][:100]) if a.message else "",
+            ]
         )
         for d in a.deployments:
             target = f"/{d.target_replicas}" if d.target_replicas is not None else ""
             where = ", ".join(
                 f"{r.node_ip or '?'} {'' if r.state == 'RUNNING' else r.state}".strip() for r in d.replicas
             )
-            rows.append(["", d.name, _state(d.status), f"{d.running}{target} running", where or "-"])
+            rows.append(
+                ["  " + escape(d.name), _state(d.status), f"{d.running}{target} running", where or "-"]
+            )
     return fitted_table(console or _default_console(), cols, rows, title="Serve", title_justify="left")
 
 

@@ -41,8 +41,8 @@ def render_steps(steps: list[dict], title: str) -> None:
         Col("errors", justify="right"),
         Col("req/s", whole=True, justify="right"),
         Col("out tok/s", whole=True, justify="right"),
-        Col("TTFT ms p50 / p95", whole=True, justify="right"),
-        Col("TPOT ms p50 / p95", whole=True, justify="right"),
+        Col("TTFT ms p50/p95", whole=True, justify="right"),
+        Col("TPOT ms p50/p95", whole=True, justify="right"),
         Col("planner tok/s", whole=True, justify="right", drop=1),
         Col("planner TPOT ms", whole=True, justify="right", drop=2),
     ]
@@ -57,8 +57,8 @@ def render_steps(steps: list[dict], title: str) -> None:
                 Text(errs, style="red" if s["errors"] else ""),
                 _fmt(s["requests_per_s"], 2),
                 _fmt(s["output_tokens_per_s"]),
-                f"{_fmt(s['ttft_ms_p50'])} / {_fmt(s['ttft_ms_p95'])}",
-                f"{_fmt(s['tpot_ms_p50'])} / {_fmt(s['tpot_ms_p95'])}",
+                f"{_fmt(s['ttft_ms_p50'])}/{_fmt(s['ttft_ms_p95'])}",
+                f"{_fmt(s['tpot_ms_p50'])}/{_fmt(s['tpot_ms_p95'])}",
                 _fmt(p.get("output_tokens_per_s")) if p.get("fits") else "-",
                 _fmt(p.get("tpot_ms")) if p.get("fits") else "-",
             ]
