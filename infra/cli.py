@@ -49,10 +49,23 @@ def usage_error_parts(e: click.ClickException, argv: list[str]) -> dict[str, obj
     allowed: str | None = None
     if isinstance(e, click.NoSuchOption):
         key = value = e.option_name
+        opts: list[str] = []
         if ctx is not None:  # every visible option of the command, not only click's near misses
             opts = [p.opts[0] for p in ctx.command.params if p.opts and not getattr(p, "hidden", False)]
-            allowed = ", ".join(o for o in opts if o.startswith("-")) or None
-        why = "no such option" + (f"; did you mean {e.possibilities[0]}?" if e.possibilities else "")
+            opts = [o for o in opts if o.startswith("-")]
+            allowed = ", ".join(opts) or None
+        from infra.stack.suggest import closest  # a hidden (deprecated) name is never suggested
+
+        names = {
+            o.lstrip("-"): o
+            for p in (ctx.command.params if ctx is not None else [])
+            if not getattr(p, "hidden", False)
+            for o in p.opts
+            if o.startswith("--")
+        }  # long names, vLLM's aliases included, compared without their dashes
+        hit = closest(e.option_name.lstrip("-"), list(names)) if names else None
+        near = names[hit] if hit else None
+        why = "no such option" + (f"; did you mean {near}?" if near else "")
     elif isinstance(e, click.BadParameter):  # MissingParameter included
         param = e.param
         key = (param.opts[0] if param.opts else param.human_readable_name) if param else e.param_hint

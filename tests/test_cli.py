@@ -552,3 +552,133 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
     assert "endpoint-tls-internal" in clean.stdout
     cells = {c.strip() for ln in clean.stdout.splitlines() for c in ln.split("│")}
     assert {"alarm-notifies", "cluster-head-status-alarm", "cluster-worker-2-status-alarm"} <= cells
+
+
+# --- conventions: the stack, one error style, --json errors, completion, one TP/PP vocabulary --
+
+
+def test_json_errors_are_one_object_on_stdout_with_the_same_exit_code():
+    as_json = run("cost", "--stack", "nope", "--json")
+    assert as_json.exit_code == 2 and as_json.stderr == ""
+    (line,) = as_json.stdout.splitlines()
+    err = json.loads(line)["error"]
+    stacks = ", ".join(available_stacks())
+    assert err == {
+        "key": "--stack",
+        "value": "nope",
+        "allowed": stacks,
+        "message": f"--stack 'nope': no file stacks/Pulumi.nope.yaml; allowed: {stacks}",
+    }
+    text = run("cost", "--stack", "nope")
+    assert text.exit_code == 2 and text.stdout == ""
+    assert text.stderr == f"error: {err['message']}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "value", "start"),
+    [
+        (
+            ["plan", "--gpus"],
+            "--gpus",
+            "--gpus",
+            "error: --gpus: no such option; did you mean --gpu?; allowed: --model,",
+        ),
+        (["plan"], "--model", None, "error: --model: missing (see `llmfleet plan --help`)"),
+        (["local", "up", "--tp", "9"], "--tp", "9", "error: --tp: '9' is not allowed; allowed: less than or"),
+        (["cost", "-s", "prod", "--diff"], "--diff", None, "error: --diff: requires an argument"),
+    ],
+)
+def test_usage_errors_are_one_line_and_json_with_json(args, key, value, start):
+    """click's usage errors: the project's one line (exit 2, click's code), not typer's box;
+    with --json one JSON object on stdout. Nothing runs: parsing fails first."""
+    text = run(*args)
+    assert text.exit_code == 2 and text.stdout == ""
+    assert text.stderr.startswith(start) and len(text.stderr.splitlines()) == 1, text.stderr
+    assert "╭" not in text.stderr and "Usage:" not in text.stderr
+    as_json = run(*args, "--json") if args[-1] != "--diff" else run(*args[:-1], "--json", "--diff")
+    assert as_json.exit_code == 2 and as_json.stderr == ""
+    err = json.loads(as_json.stdout)["error"]
+    assert (err["key"], err["value"]) == (key, value) and err["message"] == text.stderr[
+        len("error: ") :
+    ].strip()
+
+
+def test_error_parts_read_the_projects_three_message_forms():
+    from infra.commands._common import error_parts
+
+    assert error_parts("llmfleet:workerCount = '0': allowed: a number >= 1") == {
+        "key": "llmfleet:workerCount",
+        "value": "0",
+        "allowed": "a number >= 1",
+        "message": "llmfleet:workerCount = '0': allowed: a number >= 1",
+    }
+    assert error_parts("--gpu: 'A1' is not a known GPU; allowed: L20, L40S")["value"] == "A1"
+    assert error_parts("--stack 'x': no file stacks/Pulumi.x.yaml; allowed: dev")["key"] == "--stack"
+    assert error_parts("readiness: the head did not answer") == {
+        "key": "readiness",
+        "value": None,
+        "allowed": None,
+        "message": "readiness: the head did not answer",
+    }
+
+
+def test_stack_from_pulumi_stack_and_fully_qualified_names():
+    key = ("preview", "--output-key", "cluster_name")
+    assert run(*key, env={"PULUMI_STACK": "dev"}).stdout == "llmfleet-dev\n"
+    assert run(*key, "-s", "myorg/llmfleet/dev").stdout == "llmfleet-dev\n"
+    assert run(*key, "-s", "myorg/dev", env={"PULUMI_STACK": "prod"}).stdout == "llmfleet-dev\n"  # -s wins
+    other = run(*key, "-s", "myorg/other/dev")
+    assert other.exit_code == 2 and other.stderr == (
+        "error: --stack 'myorg/other/dev': project 'other' is not this project; "
+        "allowed: myorg/llmfleet/dev (Pulumi.yaml's name)\n"
+    )
+    for bad in ("../../etc/passwd", "a/b/c/d", "dev/"):
+        r = run(*key, "-s", bad)
+        assert r.exit_code == 2 and r.stderr.startswith(f"error: --stack {bad!r}: not a stack name; allowed:")
+    missing = run(*key, env={"PULUMI_STACK": None})
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: --stack: missing")
+
+
+def test_completion_of_stacks_gpus_and_models():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra.commands._common import complete_gpu, complete_model, complete_stack
+
+    assert complete_stack("") == available_stacks() and complete_stack("pr") == ["prod"]
+    assert complete_gpu("a1") == ["A10G", "A100-40GB", "A100-80GB"] and complete_gpu("H2") == ["H20", "H200"]
+    assert complete_model("deepseek-r1-d") == [
+        m for m in load_catalog().models if m.startswith("deepseek-r1-d")
+    ]
+    assert "--install-completion" in run("--help").stdout
+    # a real <TAB> through click's bash protocol, as the installed script sends it
+    exe = Path(sys.executable).parent / "llmfleet"
+    out = subprocess.run(
+        [str(exe)],
+        env={
+            **os.environ,
+            "_LLMFLEET_COMPLETE": "complete_bash",
+            "COMP_WORDS": "llmfleet plan --gpu A100",
+            "COMP_CWORD": "3",
+        },  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["A100-40GB", "A100-80GB"]
+
+
+def test_plan_tp_pp_with_vllms_long_names_and_the_old_names_deprecated():
+    base = ("plan", "--model", "deepseek-r1", "--gpu", "H100", "--json")
+    short = run(*base, "--tp", "8", "--pp", "2")
+    long = run(*base, "--tensor-parallel-size", "8", "--pipeline-parallel-size", "2")
+    old = run(*base, "--gpus-per-node", "8", "--nodes", "2")
+    assert short.exit_code == 0 and json.loads(short.stdout)["pipeline_parallel_size"] == 2
+    assert short.stdout == long.stdout == old.stdout
+    assert old.stderr == "deprecated: --gpus-per-node is now --tp\ndeprecated: --nodes is now --pp\n"
+    clash = run(*base, "--tp", "4", "--gpus-per-node", "8")
+    assert clash.exit_code == 2 and json.loads(clash.stdout)["error"]["key"] == "--gpus-per-node"
+    help_text = run("plan", "--help").stdout
+    assert "--tensor-parallel-size" in help_text and "--gpus-per-node" not in help_text
