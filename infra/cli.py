@@ -108,6 +108,7 @@ class RootGroup(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         argv = list(sys.argv[1:] if args is None else args)
         token = _common.JSON_ERRORS.set(_common.wants_json(argv))
+        doc_token = _common.DOCUMENT_OUT.set(False)
         try:
             if not standalone_mode:
                 return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
@@ -129,6 +130,7 @@ class RootGroup(TyperGroup):
             sys.exit(rv if isinstance(rv, int) else 0)
         finally:
             _common.JSON_ERRORS.reset(token)
+            _common.DOCUMENT_OUT.reset(doc_token)
 
 
 def _version(value: bool) -> None:

@@ -17,6 +17,9 @@ err_console = Console(stderr=True)
 # Set by the root command (infra.cli) from the raw arguments: `--json` was asked for, so every
 # error - the project's one-line ones and click's usage errors alike - is one JSON object on stdout.
 JSON_ERRORS: contextvars.ContextVar[bool] = contextvars.ContextVar("llmfleet_json_errors", default=False)
+# stdout already carries the command's document (`up --json` prints its preview, then applies):
+# a later error goes to stderr, still one JSON object, so stdout stays one document.
+DOCUMENT_OUT: contextvars.ContextVar[bool] = contextvars.ContextVar("llmfleet_document_out", default=False)
 
 
 def wants_json(args: list[str]) -> bool:
@@ -129,8 +132,9 @@ def emit_error(message: str, parts: dict[str, Any] | None = None) -> None:
     rich markup."""
     if JSON_ERRORS.get():
         doc = {**error_parts(message), **(parts or {})}
-        sys.stdout.write(json.dumps({"error": doc}) + "\n")
-        sys.stdout.flush()
+        out = sys.stderr if DOCUMENT_OUT.get() else sys.stdout
+        out.write(json.dumps({"error": doc}) + "\n")
+        out.flush()
         return
     from rich.markup import escape
 
@@ -145,6 +149,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    DOCUMENT_OUT.set(True)
 
 
 def capture_or_fail(stack: str, overrides: list[str] | None):
