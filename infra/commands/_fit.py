@@ -108,7 +108,7 @@ def fitted_table(
     text = [k for k, i in enumerate(keep) if not cols[i].whole]
     while sum(mins) > room and text:
         k = max(text, key=lambda j: mins[j])
-        if mins[k] <= 8:
+        if mins[k] <= 1:  # below that, nothing helps: the identifiers alone are too wide
             break
         mins[k] -= 1
     ws = widths(mins, [spans[i][1] for i in keep], room)
