@@ -133,7 +133,9 @@ StepTimeoutOpt = Annotated[float, typer.Option("--step-timeout", help="Time limi
 PlanStackOpt = Annotated[
     str | None,
     typer.Option(
-        "--plan-stack", help="Stack whose plan to compare with (default: --stack; none for --local)."
+        "--plan-stack",
+        autocompletion=complete_stack,
+        help="Stack whose plan to compare with (default: --stack; none for --local).",
     ),
 ]
 PlotOpt = Annotated[

@@ -8,7 +8,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, console, err_console, fail, print_json
+from infra.commands._common import JsonOpt, complete_stack, console, err_console, fail, print_json
 
 NameOpt = Annotated[
     str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
@@ -18,6 +18,7 @@ PriceStackOpt = Annotated[
     str,
     typer.Option(
         "--price-stack",
+        autocompletion=complete_stack,
         help="Stack whose workers price the measured tokens/s (beside its planner estimate).",
     ),
 ]
