@@ -130,7 +130,7 @@ def test_bad_inputs_name_the_option():
         plan("deepseek-r1", "Z9")
     with pytest.raises(PlanInputError, match=r"^--quantization: 'fp4'"):
         plan("deepseek-r1", "L20", quantization="fp4")
-    with pytest.raises(PlanInputError, match=r"^--nodes: 0"):
+    with pytest.raises(PlanInputError, match=r"^--pp: 0"):
         plan("deepseek-r1", "L20", nodes=0)
 
 
@@ -352,7 +352,7 @@ def test_capped_concurrency_is_said_and_the_speeds_are_for_the_cap():
 
 
 def test_plan_json_has_the_speed_and_cold_start_keys():
-    res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--nodes", "2", "--json"])
+    res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--pp", "2", "--json"])
     assert res.exit_code == 0
     d = json.loads(res.stdout)
     for key in ("decode_tokens_per_s_per_user", "tpot_ms", "ttft_ms", "input_len", "cold_start_s"):

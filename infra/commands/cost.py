@@ -69,6 +69,7 @@ DiffOpt = Annotated[
     typer.Option(
         "--diff",
         metavar="OTHER",
+        autocompletion=_common.complete_stack,
         help="This stack's cost minus stack OTHER's (two stacks, not two states; -c applies to --stack only).",
     ),
 ]
@@ -138,10 +139,15 @@ def build_json(
 def _price_other(diff: str, live: bool) -> Priced:
     """Stack OTHER of --diff; its failures name --diff, not --stack."""
     from infra.stack import suggest
-    from infra.stack.files import available_stacks
+    from infra.stack.config import ConfigError
+    from infra.stack.files import available_stacks, stack_name
 
     stacks = available_stacks()
-    if diff not in stacks:
+    try:
+        short = stack_name(diff)
+    except ConfigError as e:
+        _common.fail(str(e).replace("--stack", "--diff", 1))
+    if short not in stacks:
         _common.fail(
             f"--diff: {diff!r} is not a stack (no stacks/Pulumi.{diff}.yaml); "
             f"{suggest.did_you_mean(diff, stacks)}allowed: {', '.join(stacks)}"

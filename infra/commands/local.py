@@ -8,7 +8,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, console, err_console, fail, print_json
+from infra.commands._common import JsonOpt, complete_stack, console, err_console, fail, print_json
 
 NameOpt = Annotated[
     str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
@@ -18,6 +18,7 @@ PriceStackOpt = Annotated[
     str,
     typer.Option(
         "--price-stack",
+        autocompletion=complete_stack,
         help="Stack whose workers price the measured tokens/s (beside its planner estimate).",
     ),
 ]
@@ -86,10 +87,13 @@ def printable(text: str) -> tuple[str, list[str]]:
 
 
 def _hosts_table(rows: list[dict], title: str) -> Table:
+    from infra.commands._fit import Col, fitted_table
+
     with_status = any("status" in h for h in rows)
-    t = Table(title=title)
-    for col in ("host", "ip", "role", "engine ranks") + (("status",) if with_status else ()):
-        t.add_column(col)
+    cols = [Col(c, whole=True) for c in ("host", "ip", "role", "engine ranks")] + (
+        [Col("status")] if with_status else []
+    )
+    table = []
     for h in rows:
         cells = [h["name"], h["ip"], h["role"], str(h["ranks"])]
         if with_status:
@@ -97,8 +101,8 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
             if h.get("status") == "lost" and h.get("reason"):
                 shown += f" [dim]({h['reason']})[/]"
             cells.append(shown)
-        t.add_row(*cells)
-    return t
+        table.append(cells)
+    return fitted_table(console, cols, table, title=title)
 
 
 def _serving_options(items: list[str]) -> dict[str, dict]:
@@ -131,8 +135,16 @@ def up_cmd(
     hosts: Annotated[
         int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 workers, one replica each.")
     ] = 2,
-    tp: Annotated[int, typer.Option("--tp", min=1, max=4, help="Tensor parallel ranks per replica.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", min=1, max=4, help="Pipeline stages per replica.")] = 1,
+    tp: Annotated[
+        int,
+        typer.Option(
+            "--tp", "--tensor-parallel-size", min=1, max=4, help="Tensor parallel ranks per replica."
+        ),
+    ] = 1,
+    pp: Annotated[
+        int,
+        typer.Option("--pp", "--pipeline-parallel-size", min=1, max=4, help="Pipeline stages per replica."),
+    ] = 1,
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
     ] = 8000,

@@ -39,7 +39,7 @@ from infra.constants import REPO_ROOT
 from infra.program.offline_mocks import RecordingMocks
 from infra.program.provider_modules import light_packages
 from infra.stack.config import SECRET_PLACEHOLDER, ConfigError, StackConfig, load_stack_config
-from infra.stack.files import raw_stack_config
+from infra.stack.files import raw_stack_config, stack_name
 
 PROJECT = "llmfleet"
 UNKNOWN_PLACEHOLDER = "[unknown]"
@@ -302,6 +302,7 @@ def capture(
 ) -> Capture:
     """Run the real program for `stack` under the recording mocks."""
     raw, secret_keys = raw_stack_config(stack, overrides, project_dir)
+    stack = stack_name(stack, project_dir)  # org/project/prod -> prod, as Pulumi's get_stack()
     cfg = load_stack_config(raw, stack)  # fail fast, before any resource registers
     light_packages()  # only the provider modules the program touches load (provider_modules.py)
     mocks = RecordingMocks(cfg.region, cfg.vpc_cidr)

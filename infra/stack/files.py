@@ -19,6 +19,7 @@ from infra.stack.config import (
     NS,
     SECRET_KEYS,
     SECRET_PLACEHOLDER,
+    STACK_NAME_RE,
     ConfigError,
     StackConfig,
     load_stack_config,
@@ -35,8 +36,31 @@ def _to_pulumi_value(value: Any) -> str:
     return str(value)
 
 
+def project_name(project_dir: Path = REPO_ROOT) -> str:
+    """Pulumi.yaml's `name`: the PROJECT of a fully qualified stack name."""
+    return str((yaml_files.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}).get("name", ""))
+
+
+def stack_name(stack: str, project_dir: Path = REPO_ROOT) -> str:
+    """The short name of a stack as Pulumi takes it: NAME, ORG/NAME or ORG/PROJECT/NAME (PROJECT
+    being this project). The stack file is named after the short name, as Pulumi names it; the
+    name is checked before it becomes part of a path."""
+    parts = stack.split("/")
+    if len(parts) > 3 or not all(STACK_NAME_RE.fullmatch(p) for p in parts):
+        raise ConfigError(
+            f"--stack {stack!r}: not a stack name; allowed: NAME, ORG/NAME or ORG/PROJECT/NAME, "
+            "each 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
+        )
+    if len(parts) == 3 and parts[1] != (project := project_name(project_dir)):
+        raise ConfigError(
+            f"--stack {stack!r}: project {parts[1]!r} is not this project; "
+            f"allowed: {parts[0]}/{project}/{parts[2]} (Pulumi.yaml's name)"
+        )
+    return parts[-1]
+
+
 def stack_file(stack: str, project_dir: Path = REPO_ROOT) -> Path:
-    return project_dir / "stacks" / f"Pulumi.{stack}.yaml"
+    return project_dir / "stacks" / f"Pulumi.{stack_name(stack, project_dir)}.yaml"
 
 
 def available_stacks(project_dir: Path = REPO_ROOT) -> list[str]:
@@ -74,7 +98,7 @@ def raw_stack_config(
     path = stack_file(stack, project_dir)
     if not path.exists():
         stacks = available_stacks(project_dir)
-        hint = suggest.did_you_mean(stack, stacks)
+        hint = suggest.did_you_mean(stack_name(stack, project_dir), stacks)
         raise ConfigError(
             f"--stack {stack!r}: no file {path.relative_to(project_dir)}; {hint}allowed: {', '.join(stacks) or 'none'}"
         )
@@ -98,4 +122,4 @@ def raw_stack_config(
 
 def load_config(stack: str, overrides: Sequence[str] = (), project_dir: Path = REPO_ROOT) -> StackConfig:
     raw, _ = raw_stack_config(stack, overrides, project_dir)
-    return load_stack_config(raw, stack)
+    return load_stack_config(raw, stack_name(stack, project_dir))

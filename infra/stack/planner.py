@@ -137,11 +137,9 @@ def _check_inputs(
             f"--quantization: {quantization!r} is not allowed; allowed: {', '.join(QUANTIZATIONS)}"
         )
     if gpus_per_node < 1:
-        raise PlanInputError(f"--gpus-per-node: {gpus_per_node} is not allowed; allowed: an integer >= 1")
+        raise PlanInputError(f"--tp: {gpus_per_node} is not allowed; allowed: an integer >= 1")
     if nodes is not None and nodes < 1:
-        raise PlanInputError(
-            f"--nodes: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)"
-        )
+        raise PlanInputError(f"--pp: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)")
     if max_model_len != "auto" and (not isinstance(max_model_len, int) or max_model_len < 16):
         raise PlanInputError(
             f"--max-model-len: {max_model_len!r} is not allowed; allowed: 'auto' or an integer >= 16"
