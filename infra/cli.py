@@ -38,7 +38,7 @@ def _version(value: bool) -> None:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            v = version("llmfleet")
+            v = version("llmfleet-iac")
         except PackageNotFoundError:  # a checkout run without installing it
             v = "unknown (not installed)"
         typer.echo(f"llmfleet {v}")
@@ -66,6 +66,7 @@ def _root(
 
 # One line per command module; keep the order the README documents them in.
 COMMANDS = (
+    "init",
     "plan",
     "preview",
     "policy",

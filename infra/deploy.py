@@ -77,14 +77,23 @@ def parse_overrides(pairs: Sequence[str], project: str = PROJECT) -> dict[str, s
 def build_stack_args(
     stack: str,
     overrides: Sequence[str] = (),
-    work_dir: Path | str = REPO_ROOT,
+    work_dir: Path | str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> StackArgs:
-    """Everything `open_stack` needs, validated: one-line DeployError on bad input."""
+    """Everything `open_stack` needs, validated: one-line DeployError on bad input. The work
+    dir defaults to the project the working directory is in (where Pulumi.yaml is)."""
     if not stack or not STACK_RE.match(stack):
         raise DeployError(
             f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (org/project/ prefix optional)"
         )
+    if work_dir is None:
+        from infra.stack.config import ConfigError
+        from infra.stack.files import project_root
+
+        try:
+            work_dir = project_root()
+        except ConfigError as e:
+            raise DeployError(str(e)) from None
     wd = Path(work_dir).resolve()
     if not (wd / "Pulumi.yaml").is_file():
         raise DeployError(f"work dir {str(wd)!r}: no Pulumi.yaml there; allowed: the llmfleet project root")
