@@ -9,10 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
-from infra.commands._common import console, fail, resolve_id
+from infra.commands._common import console, err_console, fail, resolve_id
 
 DEFAULT_STACK = "dev"
 DEFAULT_REGION = "us-east-1"
@@ -35,13 +34,23 @@ def aws_gpu_types() -> dict[str, tuple[str, int]]:
     return out
 
 
+def interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _ask_or_fail(option: str, allowed: list[str], default: str) -> str:
-    """A value the user did not give: a prompt on a terminal, else a one-line error."""
-    if not sys.stdin.isatty():
+    """A value the user did not give: a prompt on a terminal (again until it is one of
+    `allowed`, matched case-insensitively), else a one-line error."""
+    from infra.stack import suggest
+
+    if not interactive():
         fail(f"{option}: required when stdin is not a terminal; allowed: {', '.join(allowed)}")
-    return typer.prompt(
-        option.removeprefix("--"), default=default, type=click.Choice(allowed, case_sensitive=False)
-    )
+    while True:
+        value = typer.prompt(f"{option.removeprefix('--')} ({', '.join(allowed)})", default=default)
+        hit = suggest.canonical(value.strip(), allowed)
+        if hit:
+            return hit
+        err_console.print(f"{value!r}: {suggest.did_you_mean(value, allowed)}allowed: {', '.join(allowed)}")
 
 
 def _virtualenv() -> str | None:
@@ -109,6 +118,11 @@ def init_cmd(
             st = resolve(load_config(stack, project_dir=Path(tmp)))
         except ConfigError as e:
             fail(str(e).replace(tmp, str(target)))
+    if not st.plan.fits:
+        fail(
+            f"--gpu {gpu!r}: {model} does not fit on {instance_type} workers ({st.plan.reason}); "
+            f"allowed: a GPU it fits on (`llmfleet plan --compare --model {model}` ranks them)"
+        )
     for rel, text in files.items():
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         (target / rel).write_text(text)
