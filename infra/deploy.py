@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,10 +132,28 @@ class PolicyPacks:
         return {"policy_packs": list(self.packs), "policy_pack_configs": list(self.configs)}
 
 
-def policy_packs(config: Mapping[str, Any], out_dir: Path, pack_dir: Path = POLICY_PACK_DIR) -> PolicyPacks:
+def policy_pack_dir(out_dir: Path, packaged: Path = POLICY_PACK_DIR, prefix: str = sys.prefix) -> Path:
+    """The pack directory the Pulumi CLI runs. A checkout's policy/ names its virtualenv as
+    ../.venv (PulumiPolicy.yaml); installed, policy/ sits in site-packages, where ../.venv is
+    nothing: then a copy of PulumiPolicy.yaml naming the virtualenv llmfleet runs in, and a
+    __main__.py that runs the installed pack, are written to out_dir/policy-pack."""
+    if (packaged.parent / ".venv").is_dir():
+        return packaged
+    d = out_dir / "policy-pack"
+    d.mkdir(parents=True, exist_ok=True)
+    text = (packaged / "PulumiPolicy.yaml").read_text()
+    # JSON's double-quoted string is a YAML scalar too: any path stays one value.
+    text = re.sub(r"^(\s*virtualenv:).*$", lambda m: f"{m.group(1)} {json.dumps(prefix)}", text, flags=re.M)
+    (d / "PulumiPolicy.yaml").write_text(text)
+    (d / "__main__.py").write_text('import runpy\n\nrunpy.run_module("policy", run_name="__main__")\n')
+    return d
+
+
+def policy_packs(config: Mapping[str, Any], out_dir: Path, pack_dir: Path | None = None) -> PolicyPacks:
     """Write the pack's config (policy name -> settings, as `pulumi --policy-pack-config` reads
-    it) and return the options that run `pack_dir` with it."""
+    it) and return the options that run `pack_dir` (default: policy_pack_dir) with it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    pack_dir = pack_dir or policy_pack_dir(out_dir)
     path = out_dir / "policy-config.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     return PolicyPacks((str(pack_dir),), (str(path),))

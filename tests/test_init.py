@@ -193,3 +193,27 @@ def test_node_image_context_is_the_packaged_copy_when_installed(tmp_path, monkey
     assert image_tag(ctx, args) == image_tag(REPO_ROOT, args)
     (ctx / "ray_cluster" / "node.py").write_text("# edited\n")
     assert image_tag(ctx, args) != image_tag(REPO_ROOT, args)
+
+
+# --- the extras: one line when a command needs what a plain install leaves out --------------------
+
+
+@pytest.mark.parametrize(
+    ("missing", "argv", "needle"),
+    [
+        (
+            "pulumi_policy",
+            ["policy", "--stack", "prod"],
+            "policy pack: pulumi-policy is not installed; allowed: the policy extra",
+        ),
+        ("vllm", ["local", "up", "--hosts", "2"], "local cluster: no vLLM in this environment (Python 3."),
+    ],
+)
+def test_a_command_needing_an_extra_says_which_in_one_line(monkeypatch, missing, argv, needle):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a)
+    )
+    one_line_error(run(*argv), needle)

@@ -44,6 +44,17 @@ def require_local_engine() -> None:
         )
 
 
+def require_policy_sdk() -> None:
+    """The policy pack runs on pulumi-policy, the `policy` extra (it pins protobuf 5.29)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pulumi_policy") is None:
+        fail(
+            "policy pack: pulumi-policy is not installed; allowed: the policy extra: "
+            "pip install 'llmfleet-iac[policy]' (uv tool install 'llmfleet-iac[policy]')"
+        )
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
