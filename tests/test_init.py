@@ -204,9 +204,9 @@ def test_node_image_context_is_the_packaged_copy_when_installed(tmp_path, monkey
         (
             "pulumi_policy",
             ["policy", "--stack", "prod"],
-            "policy pack: pulumi-policy is not installed; allowed: the policy extra",
+            "policy pack: pulumi-policy is not installed; allowed: the policy extra: pip install 'llmfleet-iac[policy]'",
         ),
-        ("vllm", ["local", "up", "--hosts", "2"], "local cluster: no vLLM in this environment (Python 3."),
+        ("vllm", ["local", "up", "--hosts", "2"], "on Python 3.11: pip install 'llmfleet-iac[local]'"),
     ],
 )
 def test_a_command_needing_an_extra_says_which_in_one_line(monkeypatch, missing, argv, needle):

@@ -40,7 +40,7 @@ def require_local_engine() -> None:
         py = f"{sys.version_info.major}.{sys.version_info.minor}"
         fail(
             f"local cluster: no vLLM in this environment (Python {py}); allowed: the local extra "
-            "on Python 3.11: pip install 'llmfleet-iac[local]'"
+            "on Python 3.11: pip install 'llmfleet-iac\\[local]'"  # \\[: not rich markup
         )
 
 
@@ -51,7 +51,7 @@ def require_policy_sdk() -> None:
     if importlib.util.find_spec("pulumi_policy") is None:
         fail(
             "policy pack: pulumi-policy is not installed; allowed: the policy extra: "
-            "pip install 'llmfleet-iac[policy]' (uv tool install 'llmfleet-iac[policy]')"
+            "pip install 'llmfleet-iac\\[policy]' (uv tool install 'llmfleet-iac\\[policy]')"
         )
 
 

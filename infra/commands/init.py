@@ -50,7 +50,9 @@ def _ask_or_fail(option: str, allowed: list[str], default: str) -> str:
         hit = suggest.canonical(value.strip(), allowed)
         if hit:
             return hit
-        err_console.print(f"{value!r}: {suggest.did_you_mean(value, allowed)}allowed: {', '.join(allowed)}")
+        err_console.print(
+            f"{value!r}: {suggest.did_you_mean(value, allowed)}allowed: {', '.join(allowed)}", markup=False
+        )
 
 
 def _virtualenv() -> str | None:
@@ -135,6 +137,7 @@ def init_cmd(
         f"next: cd {target} && llmfleet preview --stack {stack} && llmfleet cost --stack {stack}",
         highlight=False,
         soft_wrap=True,
+        markup=False,  # a path is text, not rich markup
     )
 
 
