@@ -3,7 +3,7 @@
 
 It builds the sdist and the wheel from it with uv, installs the wheel with its dependencies
 (uv's cache, else PyPI: an install resolves afresh, not from uv.lock) and runs the installed
-`llmfleet`: ~20 s with a warm cache (measured on the 2-core machine). `make wheel-test` runs it
+`llmfleet`: 20-41 s with a warm cache (three runs on the shared 2-core machine). `make wheel-test` runs it
 alone; LLMFLEET_WHEEL_PYTHON (make's WHEEL_PYTHON) picks the fresh venv's interpreter, e.g. 3.13
 (default: this one's version).
 """
