@@ -138,7 +138,7 @@ def _version(value: bool) -> None:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            v = version("llmfleet")
+            v = version("llmfleet-iac")
         except PackageNotFoundError:  # a checkout run without installing it
             v = "unknown (not installed)"
         typer.echo(f"llmfleet {v}")
@@ -169,6 +169,7 @@ def _root(
 
 # One line per command module; keep the order the README documents them in.
 COMMANDS = (
+    "init",
     "plan",
     "preview",
     "policy",

@@ -111,7 +111,7 @@ def test_every_option_has_help_and_no_hard_line_breaks(path, cmd):
 def test_version():
     result = run("--version")
     assert result.exit_code == 0
-    assert result.stdout == f"llmfleet {version('llmfleet')}\n"
+    assert result.stdout == f"llmfleet {version('llmfleet-iac')}\n"
 
 
 # --- ids: case-insensitive, did you mean ---------------------------------------------------------

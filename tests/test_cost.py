@@ -761,7 +761,7 @@ def test_table_at_80_columns_keeps_every_resource_name_on_one_line(stack_name, t
     }
     env.pop("LINES", None)
     cmd = [sys.executable, "-m", "infra.cli", "cost", "--stack", stack_name]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert max(map(len, lines)) <= 80

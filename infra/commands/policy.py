@@ -9,7 +9,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, capture_or_fail, console, print_json
+from infra.commands._common import (
+    ConfigOpt,
+    JsonOpt,
+    StackOpt,
+    capture_or_fail,
+    console,
+    print_json,
+    require_policy_sdk,
+)
 
 if TYPE_CHECKING:
     from policy.runner import Report
@@ -45,6 +53,7 @@ def policy_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = Fal
 
     Exit 1 when any mandatory policy is violated, 0 otherwise.
     """
+    require_policy_sdk()
     from policy.runner import run_policies, stack_policy_config
 
     cap = capture_or_fail(stack, config)
