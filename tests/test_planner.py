@@ -125,6 +125,19 @@ def test_tp_must_divide_heads():
     assert not p.fits and "must divide" in p.reason
 
 
+def test_no_node_count_advice_where_no_count_can_work():
+    # TP 3 divides none of 128 heads: "at least N nodes of 3" would send the user on a goose chase
+    p = plan("deepseek-r1", "L40S", gpus_per_node=3)
+    assert not p.fits and "must divide deepseek-r1's 128 attention heads" in p.reason
+    assert "nodes of 3" not in p.reason
+    # a valid TP keeps the advice, and the advice is a count that fits
+    two = plan("deepseek-r1", "L40S", gpus_per_node=8, nodes=2)
+    assert "needs at least 3 nodes of 8" in two.reason and plan("deepseek-r1", "L40S", nodes=3).fits
+    # a count beyond the model's layers is no advice either (61 stages is vLLM's limit)
+    one = plan("deepseek-r1", "L4", gpus_per_node=1, nodes=1, quantization="bf16")
+    assert "no node count of 1 can hold it (deepseek-r1 has 61 layers to split)" in one.reason
+
+
 def test_bad_inputs_name_the_option():
     with pytest.raises(PlanInputError, match=r"^--gpu: 'Z9' is not a known GPU; allowed: L20"):
         plan("deepseek-r1", "Z9")

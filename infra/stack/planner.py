@@ -229,7 +229,8 @@ def _plan_fixed(
     quant = quantization or load_catalog().models[model].native_dtype
     tp = gpus_per_node
     reasons, pp = _layout_reasons(model, gpu, quant, tp, nodes, max_model_len)
-    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, max_model_len)
+    layout_ok = not any(r.startswith(("layout: tensor", "quantization:")) for r in reasons)
+    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, max_model_len, layout_ok)
     reasons += mem.reasons
     seq_len = input_len + output_len
     kv_tokens = mem.kv_tokens
