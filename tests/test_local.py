@@ -750,17 +750,34 @@ def test_bench_tune_2x2_grid_in_place_names_the_best_and_restores_the_config(clu
 
 @pytest.mark.ray
 def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster, tmp_path):
+    import psutil
     import pyarrow.parquet as pq
 
+    def engine_pids() -> set[int]:
+        # the cluster's own replicas run vLLM too: compare against what was there before
+        return {p.pid for p in psutil.process_iter(["cmdline"])
+                if " ".join(p.info["cmdline"] or []).startswith(("VLLM::", "ray::MapWorker"))}  # fmt: skip
+
     src, out = tmp_path / "prompts.jsonl", tmp_path / "results.parquet"
-    src.write_text("".join(json.dumps({"id": i, "prompt": f"Question {i}: what is a Ray node?"}) + "\n"
+    # every third row sets its own max_tokens: the others came back as NaN and crashed the job
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"Question {i}: what is a Ray node?",
+                                       **({"max_tokens": 4} if i % 3 == 0 else {})}) + "\n"
                            for i in range(50)))  # fmt: skip
+    before = engine_pids()
     t0 = time.monotonic()
     r = bench_cli("batch", "--local", "--name", cluster["name"], "--input", str(src), "--output", str(out),
                   "--max-tokens", "8", "--json", env=cluster["env"], timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     assert (summary["rows"], summary["processed"], summary["failed"]) == (50, 50, 0), summary
+    # a clean shutdown: no engine traceback, and no batch engine process outlives the command
+    assert "Traceback" not in r.stderr and "EngineDeadError" not in r.stderr, r.stderr[-3000:]
+    assert engine_pids() <= before
+    # the rate is over the generation window, not the job's wall time with the engine's start-up
+    assert 0 < summary["generation_seconds"] < summary["seconds"]
+    assert summary["output_tokens_per_s"] == round(
+        summary["output_tokens"] / summary["generation_seconds"], 2
+    )
     table = pq.read_table(str(out))
     rows = table.to_pylist()
     assert sorted(row["id"] for row in rows) == list(range(50))
@@ -769,7 +786,10 @@ def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster,
 
     tok = AutoTokenizer.from_pretrained(state_of(cluster)["model_dir"])
     for row in rows:
-        assert 1 <= row["num_generated_tokens"] == len(row["generated_tokens"]) <= 8 and not row["error"], row
+        cap = 4 if row["id"] % 3 == 0 else 8  # the row's own max_tokens, else the job's
+        assert 1 <= row["num_generated_tokens"] == len(row["generated_tokens"]) <= cap and not row["error"], (
+            row
+        )
         assert row["generated_text"] == tok.decode(row["generated_tokens"], skip_special_tokens=True), row
     assert sum(1 for row in rows if row["generated_text"]) >= 40  # random weights: a few decode to nothing
     assert summary["output_tokens"] == sum(row["num_generated_tokens"] for row in rows)

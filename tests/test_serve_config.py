@@ -525,3 +525,76 @@ def test_batch_engines_follow_the_same_rule():
     assert local_engine("/m")[0]["trust_remote_code"] is False
     assert stack_engine("prod", [])[0]["trust_remote_code"] is False
     assert stack_engine("prod", ["llmfleet:trustRemoteCode=true"])[0]["trust_remote_code"] is True
+
+
+def _ingress_app(served: list[str]):
+    """Ray Serve LLM's own ingress FastAPI app (its middleware and handlers), a chat route that
+    resolves the model through BearerOpenAiIngress._get_model_id (Ray's check + ours), wired the
+    way the replica's _set_asgi_app wires it: OpenAI errors installed, the gate in front."""
+    from ray.llm._internal.serve.core.ingress.ingress import init
+
+    ingress = object.__new__(serve_app.BearerOpenAiIngress)
+    ingress._model_cards = dict.fromkeys(served)
+    api = init()
+
+    @api.post("/v1/chat/completions")
+    async def chat(body: dict):
+        return {"model": await ingress._get_model_id(body.get("model"))}
+
+    return serve_app.BearerGate(serve_app.install_openai_errors(api), "tok-123")
+
+
+def _openai_client(asgi):
+    import httpx
+    import openai
+
+    transport = httpx.ASGITransport(app=asgi)
+    return openai.AsyncOpenAI(
+        api_key="tok-123",
+        base_url="http://ingress/v1",
+        http_client=httpx.AsyncClient(transport=transport),
+        max_retries=0,
+    )
+
+
+def test_an_unknown_model_is_openais_404_naming_the_served_models():
+    # FastAPI's {"detail": ...} left the official client with "Error code: 404" only (issue #30)
+    import asyncio
+
+    import openai
+
+    client = _openai_client(_ingress_app(["tiny-deepseek", "other"]))
+    msgs = [{"role": "user", "content": "hi"}]
+
+    async def go():
+        with pytest.raises(openai.NotFoundError) as e:
+            await client.chat.completions.create(model="gpt-4", messages=msgs)
+        ok = await client.chat.completions.with_raw_response.create(model="other", messages=msgs)
+        return e.value, ok.http_response.json()
+
+    err, ok = asyncio.run(go())
+    assert err.code == "model_not_found" and err.param == "model" and err.type == "invalid_request_error"
+    assert (
+        err.body["message"] == "The model 'gpt-4' does not exist here; served models: other, tiny-deepseek."
+    )
+    assert str(err).endswith("served models: other, tiny-deepseek.")
+    assert set(err.body) == {"message", "type", "param", "code"}
+    assert ok == {"model": "other"}
+
+
+def test_every_error_of_the_ingress_is_openai_shaped():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_ingress_app(["m"]))
+    auth = {"Authorization": "Bearer tok-123"}
+    cases = [
+        client.get("/v1/no/such/route", headers=auth),  # Starlette's 404
+        client.get("/v1/chat/completions", headers=auth),  # 405
+        client.post("/v1/chat/completions", headers=auth, content=b"{"),  # validation (Ray's handler)
+        client.post("/v1/chat/completions", json={"model": "x"}),  # the gate's 401
+    ]
+    for r in cases:
+        assert r.status_code >= 400 and set(r.json()) == {"error"}, (r.status_code, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    assert cases[0].json()["error"]["message"] == "Not Found: GET /v1/no/such/route"
+    assert [r.status_code for r in cases] == [404, 405, 400, 401]
