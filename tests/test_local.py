@@ -71,6 +71,97 @@ def test_layout_rejects_bad_sizes_in_one_line(args, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        # vLLM refused these only inside the replica, minutes into a deploy (issue #30)
+        (
+            (2, 3),
+            f"--tp 3: {MODEL_ID} has 4 attention heads, which tensor parallelism splits evenly; allowed: 1, 2, 4",
+        ),
+        ((2, 1, 3), f"--pp 3: {MODEL_ID} has 2 layers, at least one per pipeline stage; allowed: 1..2"),
+    ],
+)
+def test_layout_is_checked_against_the_tiny_model(args, needle):
+    with pytest.raises(LocalError) as e:
+        layout.plan_layout(*args)
+    assert str(e.value) == needle
+    from infra.local.tiny_model import tiny_config
+
+    cfg = tiny_config(512)  # the checked numbers are the generated model's own
+    assert (cfg.num_attention_heads, cfg.num_hidden_layers) == (layout.TINY_HEADS, layout.TINY_LAYERS)
+
+
+def test_up_refuses_a_bad_layout_before_starting_anything(monkeypatch, tmp_path):
+    from infra.local import cluster, tiny_model
+
+    def started(*a, **k):
+        raise AssertionError("up() started something before checking the layout")
+
+    monkeypatch.setenv("LLMFLEET_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiny_model, "ensure_tiny_model", started)
+    monkeypatch.setattr(cluster.hosts, "create", started)
+    stages: list[str] = []
+    for tp, pp in ((3, 1), (1, 3)):
+        with pytest.raises(LocalError, match=rf"^--{'tp' if tp == 3 else 'pp'} 3: "):
+            cluster.up(
+                cluster.UpOptions(hosts=2, tp=tp, pp=pp, mode="loopback"), lambda s, d: stages.append(s)
+            )
+    assert stages == []
+
+
+def test_a_failed_deploy_keeps_rays_logs_and_names_the_engines_error(tmp_path):
+    from infra.local import cluster
+
+    logs = tmp_path / "llmf-x" / "session_2026-12-06_10-00-00_1_1" / "logs"
+    (logs / "serve").mkdir(parents=True)
+    # what a replica's worker and Serve log when vLLM's engine core dies at start-up
+    (logs / "worker-ab12-01000000-777.err").write_text(
+        "Traceback (most recent call last):\n"
+        '  File "vllm/v1/engine/core.py", line 700, in run_engine_core\n'
+        "ValueError: Total number of attention heads (4) must be divisible by tensor parallel size (3).\n"
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n"
+    )
+    (logs / "serve" / "replica_default_LLMServer_x.log").write_text(
+        "ray.exceptions.RayTaskError(RuntimeError): ray::ServeReplica:default:LLMServer.initialize_and_get_metadata()\n"
+    )
+    (logs / "sockets").mkdir()
+    kept = cluster.keep_ray_logs(str(tmp_path / "llmf-x"), tmp_path / "kept")
+    assert kept == tmp_path / "kept" and (kept / logs.parent.name / "worker-ab12-01000000-777.err").is_file()
+    assert not (kept / logs.parent.name / "sockets").exists()
+    assert cluster.engine_error(kept) == (
+        "ValueError: Total number of attention heads (4) must be divisible by tensor parallel size (3). "
+        "(worker-ab12-01000000-777.err)"
+    )
+    assert cluster.keep_ray_logs(str(tmp_path / "none"), tmp_path / "k2") is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cluster.engine_error(empty) is None
+
+
+def test_up_progress_marks_the_failed_stage_and_names_goals_not_states():
+    from infra.commands.local import _progress_stages
+    from infra.local import cluster
+
+    labels = dict(cluster.STAGES)
+    assert labels["running"] != "Serve application RUNNING" and "until RUNNING" in labels["running"]
+    progress, on_stage = _progress_stages()
+    on_stage("deploy", "")
+    on_stage("running", "")
+    on_stage(cluster.FAILED_STAGE, "LocalError")
+    tasks = {t.description.split(" [")[0]: t for t in progress.tasks}
+    assert tasks[labels["deploy"]].finished
+    assert tasks[labels["running"]].description.endswith("[red]✗ failed[/]")
+
+
+def test_preflight_line_says_the_layout_asked_for():
+    # `--pp 3` on CPU: 3 ranks on one host; the line said "TP=3 PP=1" (issue #30)
+    assert (
+        node.preflight_dims("cpu", 1, 3, 1) == "TP=1 PP=3 per replica; gang of 3 rank(s) per host x 1 host(s)"
+    )
+    assert node.preflight_dims("gpu", 8, 3, 1) == "TP=8 PP=3"
+
+
 def test_omp_binding_gives_each_rank_a_core_and_hosts_different_cores():
     assert layout.omp_threads_bind(1, cpus=2) == "0"
     assert layout.omp_threads_bind(1, cpus=2, worker_index=1) == "1"
