@@ -424,7 +424,13 @@ def keep_ray_logs(temp_dir: str, dest: Path) -> Path | None:
 # "ValueError: ...", "vllm.x.EngineError: ...": an exception line of a Python traceback
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (.+)$")
 # Wrappers that carry no cause of their own: the replica/actor died, the engine failed to start
-_WRAPPERS = ("RayTaskError", "RayActorError", "ActorDiedError", "ActorUnavailableError", "DeploymentUnavailable")
+_WRAPPERS = (
+    "RayTaskError",
+    "RayActorError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "DeploymentUnavailable",
+)
 
 
 def engine_error(logs: Path) -> str | None:
