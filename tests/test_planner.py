@@ -10,6 +10,7 @@ from infra.catalog import load_catalog
 from infra.cli import app
 from infra.stack import perf, perf_fit, perf_roofline
 from infra.stack.arch import GIB, architecture, expected_distinct_experts, pp_partition
+from infra.stack.coldstart import instance_for
 from infra.stack.compare import compare
 from infra.stack.planner import PlanInputError, plan
 
@@ -373,6 +374,23 @@ def test_plan_json_has_the_speed_and_cold_start_keys():
     assert d["input_len"] == 1024 and d["cold_start_terms"]
     res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--engine", "tgi"])
     assert res.exit_code == 2 and "--engine: 'tgi' is not a known engine; allowed: sglang, vllm" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("gpu", "instance", "usd"),
+    [
+        ("A100-80GB", "p4de.24xlarge", 27.44705),
+        ("L4", "g6.48xlarge", 13.3504),
+        ("B200", "p6-b200.48xlarge", 113.9328),
+    ],
+)
+def test_aws_eight_gpu_instances_are_in_the_catalog(gpu, instance, usd):
+    # the catalog said AWS had no 8x A100-80GB, L4 or B200 instance, so plan priced none (issue #30)
+    inst = instance_for(gpu, 8)
+    assert inst is not None and inst.name == instance and inst.on_demand_usd_per_hour == usd
+    assert inst.source.startswith("price: ") and "us-east-1" in inst.source
+    row = {r.gpu: r for r in compare("deepseek-r1")}[gpu]
+    assert row.instance_type == instance and not row.note.startswith("hardware only")
 
 
 def test_compare_sorts_by_cost_and_marks_hardware_only_gpus():
