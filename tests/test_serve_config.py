@@ -590,7 +590,7 @@ def test_every_error_of_the_ingress_is_openai_shaped():
     cases = [
         client.get("/v1/no/such/route", headers=auth),  # Starlette's 404
         client.get("/v1/chat/completions", headers=auth),  # 405
-XX
+        client.post("/v1/chat/completions", headers=auth, json=[1]),  # validation (Ray's own handler)
         client.post("/v1/chat/completions", json={"model": "x"}),  # the gate's 401
     ]
     for r in cases:
