@@ -390,3 +390,12 @@ def test_batch_waits_for_the_engine_processes_before_ray_shutdown():
     assert batch.engine_processes() == []
     polls = iter([2, 1, 0])
     assert batch.wait_actors_gone(lambda: next(polls), 60, time.monotonic, lambda s: None) is True
+
+
+def test_batch_quiets_vllms_info_lines_unless_asked():
+    env: dict = {}
+    batch.quiet_vllm(env)
+    assert env == {"VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {"VLLM_LOGGING_LEVEL": "DEBUG"}
+    batch.quiet_vllm(env)
+    assert env == {"VLLM_LOGGING_LEVEL": "DEBUG"}

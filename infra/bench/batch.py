@@ -102,7 +102,18 @@ def engine_processes(root: object | None = None) -> list[str]:
     return out
 
 
+def quiet_vllm(env: dict) -> None:
+    """vLLM logs at INFO from its import on ("Triton not installed ..." first), in this driver
+    and in every Ray worker of the short-lived Ray, whose output Ray forwards to the terminal.
+    WARNING keeps errors and warnings; an explicit VLLM_LOGGING_LEVEL wins. Set before
+    ray.init(): the raylet, and so every worker, inherits this process's environment."""
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
 def run_local(model_dir: str, input_path: str, output: str, max_tokens: int, batch_size: int) -> dict:
+    import os
+
+    quiet_vllm(os.environ)  # type: ignore[arg-type]
     import ray
 
     from infra.bench import batch_job

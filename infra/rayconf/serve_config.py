@@ -195,11 +195,16 @@ def _pydantic_line(what: str, e: ValidationError) -> str:
 
 
 def llm_config_validator():
-    """ray.serve.llm.LLMConfig, or None with the reason when it does not import here."""
+    """The class behind ray.serve.llm.LLMConfig, or None with the reason when it does not import.
+
+    Ray 2.60's public `ray.serve.llm.LLMConfig` is `class LLMConfig(_LLMConfig): pass` over this
+    class (same fields, same validators; tests/test_serve_config.py checks it), but importing
+    `ray.serve.llm` imports vLLM: ~10 s of CPU and vLLM's "Triton not installed" line on every
+    `render serve-config`. Validating with the class itself needs neither."""
     try:
-        from ray.serve.llm import LLMConfig
+        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
     except ImportError as e:
-        return None, f"ray.serve.llm does not import ({e}); install vLLM to validate LLMConfig"
+        return None, f"Ray Serve LLM's LLMConfig does not import ({e}); install ray[serve,llm] to validate it"
     return LLMConfig, ""
 
 
