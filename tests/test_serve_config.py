@@ -528,14 +528,17 @@ def test_batch_engines_follow_the_same_rule():
 
 
 def _ingress_app(served: list[str]):
-    """Ray Serve LLM's own ingress FastAPI app (its middleware and handlers), a chat route that
-    resolves the model through BearerOpenAiIngress._get_model_id (Ray's check + ours), wired the
-    way the replica's _set_asgi_app wires it: OpenAI errors installed, the gate in front."""
-    from ray.llm._internal.serve.core.ingress.ingress import init
+    """A FastAPI app with Ray Serve LLM's own exception handling (the handlers and middleware its
+    ingress app gets; not its metrics middleware, whose Ray counters would start a Ray), a chat
+    route that resolves the model through BearerOpenAiIngress._get_model_id (Ray's check +
+    ours), wired the way the replica's _set_asgi_app wires it: OpenAI errors, the gate in front."""
+    from fastapi import FastAPI
+    from ray.llm._internal.serve.core.ingress.middleware import add_exception_handling_middleware
 
     ingress = object.__new__(serve_app.BearerOpenAiIngress)
     ingress._model_cards = dict.fromkeys(served)
-    api = init()
+    api = FastAPI()
+    add_exception_handling_middleware(api)
 
     @api.post("/v1/chat/completions")
     async def chat(body: dict):
