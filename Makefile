@@ -61,7 +61,7 @@ lint: setup
 	$(BIN)/hadolint images/Dockerfile
 
 test: setup system-deps lint
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -rs --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/bench_cost.py

@@ -52,8 +52,10 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def pytest_collection_finish(session):
-    # tests/image_prebuild.py says why a process, and why now
-    if any(item.nodeid.startswith(IMAGE_MODULE) for item in session.items):
+    # tests/image_prebuild.py says why a process, and why now (and never for --collect-only)
+    if image_prebuild.wanted(
+        session.config.option.collectonly, [item.nodeid for item in session.items], IMAGE_MODULE
+    ):
         image_prebuild.start()
 
 
