@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 from tests import image_prebuild, ray_fixtures
+
+# The suite never writes the user's ~/.cache/llmfleet (live prices, the accepted-Serve-config
+# markers of infra/rayconf/serve_config.py): one throwaway cache for the session, unless set.
+os.environ.setdefault("LLMFLEET_CACHE_DIR", tempfile.mkdtemp(prefix="llmfleet-test-cache-"))
 
 IMAGE_MODULE = "tests/test_image_build.py"
 SERVING_MODULE = "tests/test_local.py"
