@@ -66,6 +66,7 @@ test: setup system-deps lint
 bench: setup
 	$(BIN)/python benchmarks/bench_cost.py
 	$(BIN)/python benchmarks/bench_local_serving.py
+	$(BIN)/python benchmarks/bench_render.py
 
 # Mutation testing of the security-relevant checks (issue #25; not in CI: ~3,450 mutants, hours on
 # one core: 5-20 a minute were measured on the shared 2-core machine):

@@ -669,7 +669,9 @@ def test_the_llmconfig_validated_is_ray_serve_llms_own():
 
     assert LLMConfig.__mro__[1] is Inner and sc.llm_config_validator()[0] is Inner
     assert LLMConfig.model_fields.keys() == Inner.model_fields.keys()
-    assert {k for k, v in vars(LLMConfig).items() if callable(v) and not k.startswith("_")} == set()
+    # no method of its own (pydantic sets model_post_init on each subclass with private attributes)
+    own = {k for k, v in vars(LLMConfig).items() if callable(v) and not k.startswith("_")}
+    assert own <= {"model_post_init"}
     mine, theirs = LLMConfig.__pydantic_decorators__, Inner.__pydantic_decorators__
     assert mine.field_validators.keys() == theirs.field_validators.keys()
     assert mine.model_validators.keys() == theirs.model_validators.keys()
