@@ -448,9 +448,12 @@ def test_wrong_model_is_404_naming_the_served_model(client):
         client.chat.completions.create(
             model="deepseek-r1", messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
-    assert e.value.status_code == 404
-    body = e.value.response.text
-    assert "deepseek-r1" in body and f"Served models: {MODEL_ID}" in body, body
+    # OpenAI's error object, so the client's exception carries the message and code
+    assert e.value.status_code == 404 and e.value.code == "model_not_found", e.value.response.text
+    assert (
+        "'deepseek-r1'" in e.value.body["message"]
+        and f"served models: {MODEL_ID}." in e.value.body["message"]
+    )
 
 
 def assert_engine_computes_the_checkpoint(client: openai.OpenAI, model_dir: str, prompt: str) -> None:

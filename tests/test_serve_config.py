@@ -409,7 +409,7 @@ def test_unknown_model_404_names_the_served_models(monkeypatch):
     with pytest.raises(HTTPException) as e:
         asyncio.run(ing._get_model_id("deepseek-r1"))
     assert e.value.status_code == 404 and "deepseek-r1" in e.value.detail
-    assert e.value.detail.endswith("Served models: org/m.")
+    assert e.value.detail.endswith("served models: org/m.") and e.value.openai_code == "model_not_found"
 
 
 def test_exported_schema_is_rays_own_and_well_formed():
