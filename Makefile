@@ -61,7 +61,7 @@ lint: setup
 	$(BIN)/hadolint images/Dockerfile
 
 test: setup system-deps lint
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -rs --durations=15
 
 # The package as a user installs it (issue #30): build the sdist and the wheel from it, install the
 # wheel into a fresh venv outside the checkout, and run `llmfleet init`, `plan`, `preview` and
@@ -74,6 +74,7 @@ wheel-test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_cost.py
 	$(BIN)/python benchmarks/bench_local_serving.py
+	$(BIN)/python benchmarks/bench_render.py
 
 # Mutation testing of the security-relevant checks (issue #25; not in CI: ~3,450 mutants, hours on
 # one core: 5-20 a minute were measured on the shared 2-core machine):

@@ -25,6 +25,8 @@ from botocore.exceptions import ClientError
 
 from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.constants import REPO_ROOT
+from infra.stack.config import ConfigError
+from infra.stack.files import check_namespace
 from infra.stack.resolve import resolve
 
 PROJECT = "llmfleet"
@@ -71,7 +73,12 @@ def parse_overrides(pairs: Sequence[str], project: str = PROJECT) -> dict[str, s
         key = key.strip()
         if not sep or not KEY_RE.match(key):
             raise DeployError(f"-c {pair!r}: not KEY=VALUE; allowed: e.g. -c llmfleet:workerCount=2")
-        out[key if ":" in key else f"{project}:{key}"] = value
+        full = key if ":" in key else f"{project}:{key}"
+        try:
+            check_namespace(full, pair)
+        except ConfigError as e:
+            raise DeployError(str(e)) from None
+        out[full] = value
     return out
 
 

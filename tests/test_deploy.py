@@ -59,6 +59,8 @@ def test_override_value_may_contain_equals():
         ("", (), "--stack '': not a stack name"),
         ("prod", ("workerCount",), "-c 'workerCount': not KEY=VALUE"),
         ("prod", ("bad key=1",), "-c 'bad key=1': not KEY=VALUE"),
+        # a namespace nothing reads is a typo, not a setting (issue #30)
+        ("prod", ("foo:bar=1",), "-c 'foo:bar=1': unknown config namespace 'foo'; allowed: llmfleet:, aws:"),
     ],
 )
 def test_build_stack_args_errors_are_one_line(stack, overrides, needle):

@@ -49,7 +49,7 @@ UP_HELP = (
 
 def _progress_stages():
     """A rich progress display of the `up` stages on stderr; returns (progress, on_stage)."""
-    from infra.local.cluster import STAGES
+    from infra.local.cluster import FAILED_STAGE, STAGES
 
     labels = dict(STAGES)
     progress = Progress(
@@ -63,6 +63,14 @@ def _progress_stages():
     order = [k for k, _ in STAGES]
 
     def on_stage(stage: str, detail: str) -> None:
+        if stage == FAILED_STAGE:
+            # the stage in flight stops with a red mark, not a spinner frozen beside its goal
+            by_id = {t.id: t for t in progress.tasks}
+            for key, task in tasks.items():
+                if not by_id[task].finished:
+                    progress.update(task, description=f"{labels[key]} [red]✗ failed[/]")
+                    progress.stop_task(task)
+            return
         # A stage starting means every earlier one is done.
         upto = order.index(stage) if stage in order else len(order)
         for key in order[:upto]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from infra.catalog import load_catalog
 from infra.commands._common import (
     JsonOpt,
     complete_gpu,
@@ -17,6 +18,7 @@ from infra.commands._common import (
     print_json,
     resolve_id,
 )
+from infra.stack.units import fmt_gib
 
 if TYPE_CHECKING:
     from infra.stack.compare import CompareRow
@@ -55,8 +57,10 @@ def _plan_rows(p: Plan) -> list[tuple[str, str]]:
         ("nodes x GPUs per node", f"{p.nodes} x {p.gpus_per_node}"),
         ("tensor x pipeline parallel", f"{p.tensor_parallel_size} x {p.pipeline_parallel_size}"),
         ("layers per stage", ", ".join(map(str, p.stage_layers))),
-        ("weights total", f"{p.weights_gib_total:.1f} GiB"),
-        ("weights per GPU", f"{p.weights_gib_per_gpu:.1f} GiB"),
+        # the checkpoint on disk (with DeepSeek's MTP layer) beside what the engine loads of it
+        ("checkpoint on disk", fmt_gib(load_catalog().models[p.model].checkpoint_gib)),
+        ("weights loaded", fmt_gib(p.weights_gib_total)),
+        ("weights per GPU", fmt_gib(p.weights_gib_per_gpu)),
         ("usable per GPU", f"{p.usable_gib_per_gpu:.1f} GiB"),
         ("KV cache per GPU", f"{p.kv_cache_gib_per_gpu:.1f} GiB"),
         ("KV bytes per token per GPU", f"{p.kv_bytes_per_token_per_gpu:,}"),

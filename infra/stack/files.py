@@ -106,12 +106,30 @@ def project_defaults(project_dir: Path | None = None) -> dict[str, str]:
     return out
 
 
+# The config namespaces a `-c` override may set: the project's own and those of the providers
+# the program builds with (Pulumi hands provider config such as aws:profile to the provider).
+# Anything else is read by nobody, so a typo there ("lmfleet:", "foo:") would pass silently.
+NAMESPACES = (NS, "aws", "pulumi", "random", "command", "docker-build", "tls")
+
+
+def check_namespace(key: str, given: str | None = None) -> None:
+    """Refuse a `-c` key whose namespace nothing in the project reads (one line)."""
+    ns = key.partition(":")[0]
+    if ns not in NAMESPACES:
+        hint = suggest.did_you_mean(ns, NAMESPACES)
+        raise ConfigError(
+            f"-c {given or key!r}: unknown config namespace {ns!r}; {hint}allowed: "
+            + ", ".join(f"{n}:" for n in NAMESPACES)
+        )
+
+
 def parse_override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"-c {item!r}: expected KEY=VALUE, e.g. -c llmfleet:workerCount=2")
     if ":" not in key:
         key = f"{NS}:{key}"
+    check_namespace(key, item)
     return key, value
 
 

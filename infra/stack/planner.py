@@ -252,7 +252,8 @@ def _plan_fixed(
     # Auto first sizes the cache at the shortest length it would pick, then picks from it.
     length = context.MIN_AUTO if auto else int(max_model_len)
     reasons, pp = _layout_reasons(model, gpu, quant, tp, nodes, length)
-    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, length)
+    layout_ok = not any(r.startswith(("layout: tensor", "quantization:")) for r in reasons)
+    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, length, layout_ok)
     choice: context.ContextChoice | None = None
     if auto and input_len + output_len > m.max_position_embeddings:
         reasons.append(
