@@ -13,7 +13,7 @@ UV_VERSION = 0.13.9
 TOOLS   = .tools
 UV      = $(TOOLS)/bin/uv
 
-.PHONY: setup system-deps demo test lint bench mutation clean image image-stop image-lock
+.PHONY: setup system-deps demo test lint bench mutation clean image image-stop image-lock wheel-test
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -61,11 +61,20 @@ lint: setup
 	$(BIN)/hadolint images/Dockerfile
 
 test: setup system-deps lint
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -rs --durations=15
+
+# The package as a user installs it (issue #30): build the sdist and the wheel from it, install the
+# wheel into a fresh venv outside the checkout, and run `llmfleet init`, `plan`, `preview` and
+# `cost` in a new project directory (tests/test_wheel.py, also part of `make test`).
+# WHEEL_PYTHON=3.13 installs it on another interpreter (uv finds or downloads it).
+WHEEL_PYTHON ?=
+wheel-test: setup
+	UV=$(abspath $(UV)) $(if $(WHEEL_PYTHON),LLMFLEET_WHEEL_PYTHON=$(WHEEL_PYTHON)) $(BIN)/pytest -q -rs tests/test_wheel.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_cost.py
 	$(BIN)/python benchmarks/bench_local_serving.py
+	$(BIN)/python benchmarks/bench_render.py
 
 # Mutation testing of the security-relevant checks (issue #25; not in CI: ~3,450 mutants, hours on
 # one core: 5-20 a minute were measured on the shared 2-core machine):

@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from botocore.exceptions import ClientError
 
 from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.constants import REPO_ROOT
+from infra.stack.config import ConfigError
+from infra.stack.files import check_namespace
 from infra.stack.resolve import resolve
 
 PROJECT = "llmfleet"
@@ -70,21 +73,35 @@ def parse_overrides(pairs: Sequence[str], project: str = PROJECT) -> dict[str, s
         key = key.strip()
         if not sep or not KEY_RE.match(key):
             raise DeployError(f"-c {pair!r}: not KEY=VALUE; allowed: e.g. -c llmfleet:workerCount=2")
-        out[key if ":" in key else f"{project}:{key}"] = value
+        full = key if ":" in key else f"{project}:{key}"
+        try:
+            check_namespace(full, pair)
+        except ConfigError as e:
+            raise DeployError(str(e)) from None
+        out[full] = value
     return out
 
 
 def build_stack_args(
     stack: str,
     overrides: Sequence[str] = (),
-    work_dir: Path | str = REPO_ROOT,
+    work_dir: Path | str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> StackArgs:
-    """Everything `open_stack` needs, validated: one-line DeployError on bad input."""
+    """Everything `open_stack` needs, validated: one-line DeployError on bad input. The work
+    dir defaults to the project the working directory is in (where Pulumi.yaml is)."""
     if not stack or not STACK_RE.match(stack):
         raise DeployError(
             f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (org/project/ prefix optional)"
         )
+    if work_dir is None:
+        from infra.stack.config import ConfigError
+        from infra.stack.files import project_root
+
+        try:
+            work_dir = project_root()
+        except ConfigError as e:
+            raise DeployError(str(e)) from None
     wd = Path(work_dir).resolve()
     if not (wd / "Pulumi.yaml").is_file():
         raise DeployError(f"work dir {str(wd)!r}: no Pulumi.yaml there; allowed: the llmfleet project root")
@@ -122,10 +139,28 @@ class PolicyPacks:
         return {"policy_packs": list(self.packs), "policy_pack_configs": list(self.configs)}
 
 
-def policy_packs(config: Mapping[str, Any], out_dir: Path, pack_dir: Path = POLICY_PACK_DIR) -> PolicyPacks:
+def policy_pack_dir(out_dir: Path, packaged: Path = POLICY_PACK_DIR, prefix: str = sys.prefix) -> Path:
+    """The pack directory the Pulumi CLI runs. A checkout's policy/ names its virtualenv as
+    ../.venv (PulumiPolicy.yaml); installed, policy/ sits in site-packages, where ../.venv is
+    nothing: then a copy of PulumiPolicy.yaml naming the virtualenv llmfleet runs in, and a
+    __main__.py that runs the installed pack, are written to out_dir/policy-pack."""
+    if (packaged.parent / ".venv").is_dir():
+        return packaged
+    d = out_dir / "policy-pack"
+    d.mkdir(parents=True, exist_ok=True)
+    text = (packaged / "PulumiPolicy.yaml").read_text()
+    # JSON's double-quoted string is a YAML scalar too: any path stays one value.
+    text = re.sub(r"^(\s*virtualenv:).*$", lambda m: f"{m.group(1)} {json.dumps(prefix)}", text, flags=re.M)
+    (d / "PulumiPolicy.yaml").write_text(text)
+    (d / "__main__.py").write_text('import runpy\n\nrunpy.run_module("policy", run_name="__main__")\n')
+    return d
+
+
+def policy_packs(config: Mapping[str, Any], out_dir: Path, pack_dir: Path | None = None) -> PolicyPacks:
     """Write the pack's config (policy name -> settings, as `pulumi --policy-pack-config` reads
-    it) and return the options that run `pack_dir` with it."""
+    it) and return the options that run `pack_dir` (default: policy_pack_dir) with it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    pack_dir = pack_dir or policy_pack_dir(out_dir)
     path = out_dir / "policy-config.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     return PolicyPacks((str(pack_dir),), (str(path),))

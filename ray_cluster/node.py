@@ -169,6 +169,16 @@ def preflight_layout(device: str, tp: int, pp: int, replicas: int) -> tuple[int,
     return tp, pp
 
 
+def preflight_dims(device: str, tp: int, pp: int, replicas: int) -> str:
+    """The preflight line's shape: the replica's TP x PP as asked, and on CPU the gang it checked
+    (ranks per host x hosts), which is not a TP x PP: "TP=3 PP=1" read as a wrong layout for
+    `--pp 3` (3 ranks on one host)."""
+    if device != "cpu":
+        return f"TP={tp} PP={pp}"
+    ranks, hosts = preflight_layout(device, tp, pp, replicas)
+    return f"TP={tp} PP={pp} per replica; gang of {ranks} rank(s) per host x {hosts} host(s)"
+
+
 def config_fingerprint(data: bytes) -> str:
     """sha256 of a Serve config file's bytes: the deployment's fingerprint (infra/deploy.py
     computes the same from the config it rendered, and readiness compares the two)."""
@@ -233,9 +243,10 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
             result = preflight.run_preflight(
                 a.address, pre_tp, pre_pp, gpu_model=a.gpu_model, timeout=a.timeout, device=a.device
             )
+            dims = preflight_dims(a.device, a.tp, a.pp, a.replicas)
             if not result.ok:
-                raise NodeError(f"preflight failed: {'; '.join(result.problems) or result.summary()}")
-            print(f"preflight ok: {result.summary()}", file=sys.stderr, flush=True)
+                raise NodeError(f"preflight failed: {'; '.join(result.problems) or result.summary(dims)}")
+            print(f"preflight ok: {result.summary(dims)}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
     if not preflight_first and any(s in FAILED for s in serve_status(a.dashboard).values()):

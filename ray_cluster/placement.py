@@ -61,10 +61,11 @@ class PreflightResult:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def summary(self) -> str:
+    def summary(self, dims: str | None = None) -> str:
+        """One line; `dims` names the gang's shape when it is not a replica's TP x PP (CPU)."""
         hosts = " | ".join(f"pp{g.pp_stage}:{','.join(sorted(set(g.node_ips)))}" for g in self.tp_groups)
         return (
-            f"TP={self.tp} PP={self.pp} [{hosts}] all-reduce {self.backend} "
+            f"{dims or f'TP={self.tp} PP={self.pp}'} [{hosts}] all-reduce {self.backend} "
             f"sum {self.observed_sum:g}/{self.expected_sum:g} busbw {self.busbw_gbps:.3f} GB/s"
         )
 

@@ -38,15 +38,16 @@ GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
 # with it set, no gate could be in front of the engine.
 DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
 
+
+def openai_error(message: str, status: int, code: str | None = None, param: str | None = None) -> dict:
+    """OpenAI's error body: the shape the `openai` client parses into `e.message`/`e.code`
+    (anything else, e.g. FastAPI's {"detail": ...}, shows only "Error code: 404")."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 _OPENAI_401 = json.dumps(
-    {
-        "error": {
-            "message": "Missing or invalid bearer token.",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "invalid_api_key",
-        }
-    }
+    openai_error("Missing or invalid bearer token.", 401, code="invalid_api_key")
 ).encode()
 
 
@@ -93,6 +94,48 @@ class BearerGate:
             }
         )
         await send({"type": "http.response.body", "body": _OPENAI_401})
+
+
+# ---------------------------------------------------------------- errors in OpenAI's shape
+
+
+def model_not_found(asked: str, served: list[str]) -> Any:
+    """The 404 for a model this app does not serve, naming the ones it does (OpenAI's code)."""
+    from fastapi import HTTPException
+
+    e = HTTPException(
+        404,
+        f"The model {asked!r} does not exist here; served models: {', '.join(sorted(served)) or 'none'}.",
+    )
+    e.openai_code = "model_not_found"  # type: ignore[attr-defined]
+    e.openai_param = "model"  # type: ignore[attr-defined]
+    return e
+
+
+async def openai_http_error(request: Any, exc: Any) -> Any:
+    """Every HTTPException (Ray's ingress raises them for a missing or unknown model, Starlette
+    for an unknown route or method) as OpenAI's error object instead of FastAPI's {"detail"}."""
+    from fastapi.responses import JSONResponse
+
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    if exc.status_code == 404 and not hasattr(exc, "openai_code"):
+        detail = f"{detail}: {request.method} {request.url.path}"
+    body = openai_error(
+        detail, exc.status_code, getattr(exc, "openai_code", None), getattr(exc, "openai_param", None)
+    )
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def install_openai_errors(app: Any) -> Any:
+    """Register the OpenAI-shaped HTTPException handler on the ingress's FastAPI app. Ray's own
+    middleware already answers validation errors and uncaught exceptions as {"error": ...};
+    HTTPException alone reached FastAPI's default handler. Must run before the first request
+    (Starlette builds its middleware stack, with the handlers, on the first call)."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    if hasattr(app, "add_exception_handler"):
+        app.add_exception_handler(StarletteHTTPException, openai_http_error)
+    return app
 
 
 # ---------------------------------------------------------------- args (pure)
@@ -180,7 +223,7 @@ def _gated_base() -> type:
             super().__init__(*args, **kwargs)
 
         def _set_asgi_app(self, app: Any) -> None:
-            super()._set_asgi_app(BearerGate(app, self._bearer_token))
+            super()._set_asgi_app(BearerGate(install_openai_errors(app), self._bearer_token))
 
         async def check_health(self) -> None:
             if not isinstance(getattr(self, "_asgi_app", None), BearerGate):
@@ -195,8 +238,7 @@ def _gated_base() -> type:
             except HTTPException as e:
                 if e.status_code != 404:
                     raise
-                served = ", ".join(sorted(self._model_cards))
-                raise HTTPException(404, f"{e.detail} Served models: {served}.") from None
+                raise model_not_found(str(model), list(self._model_cards)) from None
 
     # Importable by name (module __getattr__ below), so replicas unpickle it by reference.
     BearerOpenAiIngress.__module__ = __name__

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 from tests import image_prebuild, ray_fixtures
+
+# The suite never writes the user's ~/.cache/llmfleet (live prices, the accepted-Serve-config
+# markers of infra/rayconf/serve_config.py): one throwaway cache for the session, unless set.
+os.environ.setdefault("LLMFLEET_CACHE_DIR", tempfile.mkdtemp(prefix="llmfleet-test-cache-"))
 
 IMAGE_MODULE = "tests/test_image_build.py"
 SERVING_MODULE = "tests/test_local.py"
@@ -52,8 +57,10 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def pytest_collection_finish(session):
-    # tests/image_prebuild.py says why a process, and why now
-    if any(item.nodeid.startswith(IMAGE_MODULE) for item in session.items):
+    # tests/image_prebuild.py says why a process, and why now (and never for --collect-only)
+    if image_prebuild.wanted(
+        session.config.option.collectonly, [item.nodeid for item in session.items], IMAGE_MODULE
+    ):
         image_prebuild.start()
 
 

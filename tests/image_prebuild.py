@@ -62,6 +62,13 @@ class _Background:
 _bg = _Background()
 
 
+def wanted(collect_only: bool, nodeids: list[str], module: str) -> bool:
+    """Whether this session runs tests of the image's module: only then is the build started.
+    `--collect-only` runs nothing, and a build started there outlived the session: its stdin
+    closed mid-build, it was killed after 120 s, and the registry it had started stayed up."""
+    return not collect_only and any(n.startswith(module) for n in nodeids)
+
+
 def start() -> None:
     """Start the build in the background (once), unless disabled or it could not run here."""
     if _bg.proc is not None or os.environ.get(ENV, "1") != "1" or cannot_build():

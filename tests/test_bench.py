@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,79 @@ def test_stack_fragment_maps_each_tuned_option_to_its_key():
     }
     with pytest.raises(BenchError, match="gpu: not a tuned option"):
         tune.stack_fragment({"gpu": 1})
+
+
+def test_batch_rows_with_and_without_max_tokens(tmp_path):
+    # Ray Data hands a row that lacks a column other rows have as NaN (pandas) or None (arrow):
+    # int(NaN) crashed the whole job with "cannot convert float NaN to integer" (issue #30)
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from infra.bench import batch_job
+
+    records = [{"id": 1, "prompt": "a", "max_tokens": 5}, {"id": 2, "prompt": "b"}]
+    pandas_rows = pd.DataFrame.from_records(records).to_dict("records")
+    arrow_rows = pa.Table.from_pylist(records).to_pylist()
+    assert isinstance(pandas_rows[1]["max_tokens"], float) and arrow_rows[1]["max_tokens"] is None
+    pre = batch_job.preprocess(32)
+    for rows in (pandas_rows, arrow_rows):
+        assert [pre(r)["sampling_params"]["max_tokens"] for r in rows] == [5, 32]
+    assert pre({"id": 3, "prompt": "c", "max_tokens": np.int64(7)})["sampling_params"]["max_tokens"] == 7
+    for bad in (0, 2.5, "ten", True):
+        with pytest.raises(
+            ValueError, match=rf"^row id=4: max_tokens = {bad!r}: allowed: a whole number >= 1"
+        ):
+            batch_job.row_max_tokens({"id": 4, "max_tokens": bad}, 32)
+    with pytest.raises(SystemExit, match=r"^error: --input: row id=9: max_tokens = -1: allowed"):
+        batch_job.check_max_tokens([*pandas_rows, {"id": 9, "max_tokens": -1}], 32)
+
+
+def test_batch_rate_counts_from_the_first_request_not_the_engine_start():
+    from infra.bench import batch_job
+
+    # rows out at t=100..104 s (epoch), each 2 s in the engine; the job started at t=40 (model load)
+    rows = [
+        batch_job.result_row({"id": i, "finished_at": 100.0 + i, "time_taken_llm": 2.0}) for i in range(5)
+    ]
+    again = [batch_job.result_row(r) for r in rows]  # the second pass keeps the first's stamps
+    assert [r["finished_at"] for r in again] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    assert (
+        batch_job.generation_seconds([r["finished_at"] for r in again], [r["engine_seconds"] for r in again])
+        == 6.0
+    )
+    failed = batch_job.result_row({"id": 9, "__inference_error__": "x", "time_taken_llm": -1})
+    assert failed["engine_seconds"] == 0.0
+    assert batch_job.generation_seconds([], []) == 0.0
+
+
+def test_batch_waits_for_the_engine_processes_before_ray_shutdown():
+
+    # a process titled as vLLM titles its workers, under this process as the local Ray's are
+    proc = subprocess.Popen(["bash", "-c", 'exec -a "VLLM::Worker" sleep 30'])
+    try:
+        deadline = time.monotonic() + 10
+        while not batch.engine_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert batch.engine_processes() == ["VLLM::Worker 30"]
+        # still there at the timeout: False (the caller shuts Ray down anyway)
+        t = iter(range(100))
+        assert (
+            batch.wait_actors_gone(lambda: len(batch.engine_processes()), 3, lambda: next(t), lambda s: None)
+            is False
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+    assert batch.engine_processes() == []
+    polls = iter([2, 1, 0])
+    assert batch.wait_actors_gone(lambda: next(polls), 60, time.monotonic, lambda s: None) is True
+
+
+def test_batch_quiets_vllms_info_lines_unless_asked():
+    env: dict = {}
+    batch.quiet_vllm(env)
+    assert env == {"VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {"VLLM_LOGGING_LEVEL": "DEBUG"}
+    batch.quiet_vllm(env)
+    assert env == {"VLLM_LOGGING_LEVEL": "DEBUG"}

@@ -73,8 +73,8 @@ def test_help_shows_no_placeholder_on_flags_and_one_on_values(path, cmd):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     for p in cmd.params:
-        if not getattr(p, "opts", None) or p.param_type_name != "option":
-            continue
+        if not getattr(p, "opts", None) or p.param_type_name != "option" or p.hidden:
+            continue  # a hidden option is a deprecated alias: not in --help by design
         long = next(o for o in p.opts if o.startswith("--"))
         # the option's own row in a panel (it starts the row, after the border), not the
         # description above the panels that mentions it
@@ -111,7 +111,7 @@ def test_every_option_has_help_and_no_hard_line_breaks(path, cmd):
 def test_version():
     result = run("--version")
     assert result.exit_code == 0
-    assert result.stdout == f"llmfleet {version('llmfleet')}\n"
+    assert result.stdout == f"llmfleet {version('llmfleet-iac')}\n"
 
 
 # --- ids: case-insensitive, did you mean ---------------------------------------------------------
@@ -175,7 +175,7 @@ def test_cost_diff_error_names_diff_not_stack():
 def test_plan_exit_codes_fits_does_not_fit_bad_input():
     fits = run("plan", "--model", "deepseek-r1", "--gpu", "H200")
     assert fits.exit_code == 0 and "yes" in fits.stdout
-    no = run("plan", "--model", "deepseek-r1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "1")
+    no = run("plan", "--model", "deepseek-r1", "--gpu", "L4", "--tp", "1", "--pp", "1")
     assert no.exit_code == 3
     assert "does not fit:" in no.stdout and "no" in no.stdout
     bad = run("plan", "--model", "deepseek-r1", "--gpu", "L20", "--quantization", "fp7")
@@ -300,8 +300,9 @@ def test_local_chat_escapes_control_characters(tmp_path):
     assert "ok\\x07bell\\x00nul\\x7fdel\nline two" in result.stdout
     assert "note: the reply held non-printable characters, shown escaped: \\x07 \\x00 \\x7f" in result.stderr
     as_json = run("local", "chat", "hi", "--name", "t", "--json", env={"LLMFLEET_STATE_DIR": str(tmp_path)})
-    assert as_json.exit_code == 1  # the server is gone: one line, no traceback
-    assert len(as_json.stderr.splitlines()) == 1
+    assert as_json.exit_code == 1  # the server is gone: one JSON error, no traceback
+    assert as_json.stderr == "" and len(as_json.stdout.splitlines()) == 1
+    assert json.loads(as_json.stdout)["error"]["message"]
 
 
 def test_local_chat_prints_the_thought_before_the_answer_and_sends_the_budget(tmp_path, monkeypatch):
@@ -357,60 +358,192 @@ def _masked_digest(monkeypatch):
     return real
 
 
-def _rows(table: str) -> list[list[str]]:
-    """A rich table's rows with every cell whole again: a type longer than its column folds onto
-    the next lines, whose other cells are then empty."""
-    rows: list[list[str]] = []
-    for ln in table.splitlines():
-        if not ln.startswith("│"):
-            continue
-        cells = [c.strip() for c in ln.strip("│").split("│")]
-        if rows and not all(cells[1:]):
-            rows[-1] = [a + b for a, b in zip(rows[-1], cells, strict=True)]
-        else:
-            rows.append(cells)
-    return rows
+# An identifier is whole when it appears on one raw line as a token: no word character, '.' or
+# '-' right before or after it. Folded cells (`p5en.48│xlarge`) are never re-joined.
+def split_ids(text: str, ids) -> list[str]:
+    """The ids that appear whole on no raw line of `text`."""
+    lines = text.splitlines()
+    return sorted(
+        {i for i in ids if not any(re.search(rf"(?<![\w.-]){re.escape(i)}(?![\w.-])", ln) for ln in lines)}
+    )
 
 
-def test_preview_at_80_columns_keeps_types_and_names_whole(monkeypatch):
-    real = _masked_digest(monkeypatch)
-    result = run("preview", "--stack", "prod")
+def test_split_ids_sees_a_folded_cell():
+    """The check itself: rich's own layout folds an instance type at 80 columns (as `plan
+    --compare` did), and split_ids reports it; the fitted table keeps it whole."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from infra.commands._fit import Col, fitted_table
+
+    row = ["A100-40GB", "p5en.48xlarge", "some words " * 12]
+    console = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+    t = Table()
+    for h in ("GPU", "instance", "note"):
+        t.add_column(h, overflow="fold")
+    t.add_row(*row)
+    for _ in range(6):
+        t.add_column("x" * 9, overflow="fold")
+    console.print(t)
+    assert split_ids(console.export_text(), row[:2])
+    console.print(
+        fitted_table(console, [Col("GPU", whole=True), Col("instance", whole=True), Col("note")], [row])
+    )
+    assert split_ids(console.export_text(), row[:2]) == []
+
+
+def _width_run(width: int, *args: str):
+    result = RUNNER.invoke(app, list(args), env={"COLUMNS": str(width)})
+    assert max(map(len, result.stdout.splitlines())) <= width
+    return result
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_plan_compare_keeps_gpu_ids_and_instance_types_whole(width):
+    doc = json.loads(run("plan", "--compare", "--model", "deepseek-r1", "--json").stdout)
+    ids = [r["gpu"] for r in doc["rows"]] + [r["instance_type"] for r in doc["rows"] if r["instance_type"]]
+    result = _width_run(width, "plan", "--compare", "--model", "deepseek-r1")
     assert result.exit_code == 0, result.stderr
-    assert max(map(len, result.stdout.splitlines())) <= 80
+    assert len(ids) > 10 and split_ids(result.stdout, ids) == []
+    for header in ("GPU", "TP x PP", "AWS instance", "tok/s", "USD/1M", "note"):
+        assert header in result.stdout  # headers whole too
+    # 80 columns make room by dropping the optional columns, and say so
+    # (which ones depends on the longest instance type: p6-b200.48xlarge also costs USD/h)
+    flat = " ".join(result.stdout.split())
+    dropped = flat.split("not shown at this width: ")[1].split(" (--json")[0] if width == 80 else ""
+    assert ("user tok/s" in dropped.split(", ")) == (width == 80)
+    assert ("not shown at this width" in flat) == (width == 80)
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_preview_keeps_types_names_and_output_keys_whole(monkeypatch, width):
+    real = _masked_digest(monkeypatch)
+    result = _width_run(width, "preview", "--stack", "prod")
+    assert result.exit_code == 0, result.stderr
     cap = real("prod", [])
-    rows = _rows(result.stdout.split("outputs (one in full")[0])
-    for r in cap.resources:
-        assert [short_type(r["type"]), r["name"]] in rows, r
+    ids = (
+        [short_type(r["type"]) for r in cap.resources]
+        + [r["name"] for r in cap.resources]
+        + list(cap.outputs)
+    )
+    assert split_ids(result.stdout, ids) == []
+    assert "aws:s3:BucketServerSideEncryptionConfiguration" in ids
     assert (
         short_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
         == "aws:s3:BucketPublicAccessBlock"
     )
     assert short_type("llmfleet:components:Network") == "llmfleet:components:Network"
-    keys = [ln.split("│")[1].strip() for ln in result.stdout.split("outputs")[1].splitlines() if "│" in ln]
-    keys = [k for k in keys if k]
-    assert keys == sorted(cap.outputs)
-    assert_snapshot("cli_preview_prod_80.txt", result.stdout)
+    if width == 80:
+        assert_snapshot("cli_preview_prod_80.txt", result.stdout)
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_cost_keeps_resource_names_and_instance_types_whole(width):
+    doc = json.loads(run("cost", "--stack", "prod", "--json").stdout)
+    resources = doc["projects"][0]["breakdown"]["resources"]
+    ids = [r["name"] for r in resources] + ["g6e.48xlarge", "m7i.2xlarge"]
+    result = _width_run(width, "cost", "--stack", "prod")
+    assert result.exit_code == 0, result.stderr
+    assert split_ids(result.stdout, ids) == []
+    if width == 80:
+        assert_snapshot("cli_cost_prod_80.txt", result.stdout)
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_policy_keeps_policies_resources_and_config_keys_whole(width):
+    doc = json.loads(run("policy", "--stack", "prod", "--json").stdout)
+    ids = {v["policy"] for v in doc["violations"]} | {
+        v["resource"] for v in doc["violations"] if v["resource"]
+    }
+    ids |= {"llmfleet:endpointCertificateArn", "llmfleet:alarmTopicArn"}
+    result = _width_run(width, "policy", "--stack", "prod")
+    assert result.exit_code == 0, result.stderr
+    assert len(ids) > 5 and split_ids(result.stdout, ids) == []
+    # 80 columns: the enforcement moves under the resource; 100: its own column
+    assert ("┃ enforcement ┃" in result.stdout) == (width == 100)
+
+
+def _steps() -> list[dict]:
+    """Two sweep steps as the sweep records them (sweep.summarize over request results), beside
+    the planner's prediction for prod's layout."""
+    from infra.bench import calibration, sweep
+    from infra.bench.sweep import RequestResult
+
+    ok = [RequestResult(True, ttft_s=0.1 * i, latency_s=0.1 * i + 0.9, output_tokens=10, prompt_tokens=64)
+          for i in range(1, 5)]  # fmt: skip
+    bad = [RequestResult(False, "http_503"), RequestResult(False, "step_timeout")]
+    steps = [sweep.summarize(4, ok, wall_s=2.0, timed_out=False), sweep.summarize(128, ok + bad, 2.5, True)]
+    calibration.attach_predictions(steps, calibration.layout_for_stack("prod"), 128, 32)
+    return [s.to_dict() for s in steps]
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_bench_table_keeps_figures_and_headers_whole(width):
+    from rich.console import Console
+
+    from infra.commands import bench
+
+    steps = _steps()
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+    real = bench.console
+    bench.console = console
+    try:
+        bench.render_steps(steps, "tiny at http://127.0.0.1:8000/v1 (128 in / 32 out tokens)")
+    finally:
+        bench.console = real
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= width
+    figures = [f"{s['succeeded']}/{s['requests']}" for s in steps]
+    figures += [f"{s['ttft_ms_p50']:,.1f}/{s['ttft_ms_p95']:,.1f}" for s in steps]
+    figures += [f"{s['output_tokens_per_s']:,.1f}" for s in steps] + ["http_503", "step_timeout"]
+    words = "conc. req ok/sent errors req/s out tok/s TTFT TPOT ms p50/p95".split()
+    assert split_ids(text, figures + words) == []
+    assert ("planner" in text) == (width == 100)  # the planner's columns go first at 80
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_status_tables_keep_hosts_groups_and_instance_ids_whole(width):
+    from rich.console import Console
+
+    from infra.commands._status_view import render
+    from infra.status.model import ClusterStatus, Deployment, HostSlot, Metrics, RayNode, Replica, ServeApp
+
+    hosts = [HostSlot(name="head", role="head", ip="10.42.0.10", status="alive", group="llmfleet-prod-head",
+                      instance_id="i-0123456789abcdef0", lifecycle_state="InService", health="Healthy")] + [
+        HostSlot(name=f"worker-{i}", role="worker", ip=f"10.42.0.{20 + i}", status="lost" if i == 2 else "alive",
+                 reason="instance i-0fedcba9876543210 Terminating" if i == 2 else "",
+                 group=f"llmfleet-prod-worker-{i}", instance_id=f"i-0123456789abcdef{i + 1}",
+                 lifecycle_state="Terminating" if i == 2 else "InService", health="Healthy")
+        for i in range(3)
+    ]  # fmt: skip
+    nodes = [RayNode(node_id=f"{i:02d}" + "ab" * 27, ip=f"10.42.0.{20 + i}", alive=True, is_head=False, gpus=8,
+                     gpu_model={"L40S": 8}, weights="sha256:0123456789abcdef") for i in range(2)]  # fmt: skip
+    apps = [ServeApp(name="llm", status="RUNNING", deployments=[Deployment(
+        name="LLMServer:deepseek-ai--DeepSeek-R1", status="HEALTHY", target_replicas=1,
+        replicas=[Replica(replica_id="r1", state="RUNNING", node_ip="10.42.0.20")])])]  # fmt: skip
+    s = ClusterStatus(target="aws", name="prod", endpoint="http://nlb:8000/v1", model="deepseek-r1", hosts=hosts,
+                      nodes=nodes, applications=apps, metrics=Metrics(source="none", error="no workspace"))  # fmt: skip
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+    render(s, console)
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= width
+    ids = [h.group for h in hosts] + [h.instance_id for h in hosts] + [n.ip for n in nodes]
+    ids += ["LLMServer:deepseek-ai--DeepSeek-R1", "i-0fedcba9876543210"]
+    if width == 100:  # at 80 the IP and host columns give way (the group names the host)
+        ids += [h.ip for h in hosts] + [h.name for h in hosts]
+    assert split_ids(text, ids) == []
+    assert "lost" in text and ("10.42.0.10" in text) == (width == 100)
 
 
 def test_preview_output_key_prints_one_value_whole(monkeypatch):
     _masked_digest(monkeypatch)
-    result = run("preview", "--stack", "prod", "--output", "worker_groups")
+    result = run("preview", "--stack", "prod", "--output-key", "worker_groups")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == [f"llmfleet-prod-worker-{i}" for i in range(3)]
-    bad = run("preview", "--stack", "prod", "--output", "endpoint_ur")
+    old = run("preview", "--stack", "prod", "--output", "worker_groups")  # the old name, deprecated
+    assert old.stdout == result.stdout and "--output KEY is now --output-key KEY" in old.stderr
+    bad = run("preview", "--stack", "prod", "--output-key", "endpoint_ur")
     assert bad.exit_code == 2 and "did you mean endpoint_url?" in bad.stderr
-
-
-def test_cost_at_80_columns_keeps_resource_names_whole():
-    result = run("cost", "--stack", "prod", "--json")
-    names = [r["name"] for r in json.loads(result.stdout)["projects"][0]["breakdown"]["resources"]]
-    result = run("cost", "--stack", "prod")
-    assert result.exit_code == 0, result.stderr
-    assert max(map(len, result.stdout.splitlines())) <= 80
-    rows = [ln.strip() for ln in result.stdout.splitlines()]
-    for name in names:
-        assert any(row.startswith(name) for row in rows), name
-    assert_snapshot("cli_cost_prod_80.txt", result.stdout)
 
 
 def test_plan_at_80_columns():
@@ -446,7 +579,7 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
         ("endpoint-tls-internal", "endpoint-listener"),  # advisory: prod's internal NLB has no TLS
     }
     console = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(violations_table("prod", report))
+    console.print(violations_table("prod", report, console))
     text = console.export_text()
     cells = {c.strip() for ln in text.splitlines() for c in ln.split("│")}
     assert {"ec2-imdsv2-required", "ec2-ebs-encrypted", "cluster-worker"} <= cells
@@ -459,3 +592,133 @@ def test_policy_violations_at_80_columns_keep_policy_and_resource_whole():
     assert "endpoint-tls-internal" in clean.stdout
     cells = {c.strip() for ln in clean.stdout.splitlines() for c in ln.split("│")}
     assert {"alarm-notifies", "cluster-head-status-alarm", "cluster-worker-2-status-alarm"} <= cells
+
+
+# --- conventions: the stack, one error style, --json errors, completion, one TP/PP vocabulary --
+
+
+def test_json_errors_are_one_object_on_stdout_with_the_same_exit_code():
+    as_json = run("cost", "--stack", "nope", "--json")
+    assert as_json.exit_code == 2 and as_json.stderr == ""
+    (line,) = as_json.stdout.splitlines()
+    err = json.loads(line)["error"]
+    stacks = ", ".join(available_stacks())
+    assert err == {
+        "key": "--stack",
+        "value": "nope",
+        "allowed": stacks,
+        "message": f"--stack 'nope': no file stacks/Pulumi.nope.yaml; allowed: {stacks}",
+    }
+    text = run("cost", "--stack", "nope")
+    assert text.exit_code == 2 and text.stdout == ""
+    assert text.stderr == f"error: {err['message']}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "value", "start"),
+    [
+        (
+            ["plan", "--gpus"],
+            "--gpus",
+            "--gpus",
+            "error: --gpus: no such option; did you mean --gpu?; allowed: --model,",
+        ),
+        (["plan"], "--model", None, "error: --model: missing (see `llmfleet plan --help`)"),
+        (["local", "up", "--tp", "9"], "--tp", "9", "error: --tp: '9' is not allowed; allowed: less than or"),
+        (["cost", "-s", "prod", "--diff"], "--diff", None, "error: --diff: requires an argument"),
+    ],
+)
+def test_usage_errors_are_one_line_and_json_with_json(args, key, value, start):
+    """click's usage errors: the project's one line (exit 2, click's code), not typer's box;
+    with --json one JSON object on stdout. Nothing runs: parsing fails first."""
+    text = run(*args)
+    assert text.exit_code == 2 and text.stdout == ""
+    assert text.stderr.startswith(start) and len(text.stderr.splitlines()) == 1, text.stderr
+    assert "╭" not in text.stderr and "Usage:" not in text.stderr
+    as_json = run(*args, "--json") if args[-1] != "--diff" else run(*args[:-1], "--json", "--diff")
+    assert as_json.exit_code == 2 and as_json.stderr == ""
+    err = json.loads(as_json.stdout)["error"]
+    assert (err["key"], err["value"]) == (key, value) and err["message"] == text.stderr[
+        len("error: ") :
+    ].strip()
+
+
+def test_error_parts_read_the_projects_three_message_forms():
+    from infra.commands._common import error_parts
+
+    assert error_parts("llmfleet:workerCount = '0': allowed: a number >= 1") == {
+        "key": "llmfleet:workerCount",
+        "value": "0",
+        "allowed": "a number >= 1",
+        "message": "llmfleet:workerCount = '0': allowed: a number >= 1",
+    }
+    assert error_parts("--gpu: 'A1' is not a known GPU; allowed: L20, L40S")["value"] == "A1"
+    assert error_parts("--stack 'x': no file stacks/Pulumi.x.yaml; allowed: dev")["key"] == "--stack"
+    assert error_parts("readiness: the head did not answer") == {
+        "key": "readiness",
+        "value": None,
+        "allowed": None,
+        "message": "readiness: the head did not answer",
+    }
+
+
+def test_stack_from_pulumi_stack_and_fully_qualified_names():
+    key = ("preview", "--output-key", "cluster_name")
+    assert run(*key, env={"PULUMI_STACK": "dev"}).stdout == "llmfleet-dev\n"
+    assert run(*key, "-s", "myorg/llmfleet/dev").stdout == "llmfleet-dev\n"
+    assert run(*key, "-s", "myorg/dev", env={"PULUMI_STACK": "prod"}).stdout == "llmfleet-dev\n"  # -s wins
+    other = run(*key, "-s", "myorg/other/dev")
+    assert other.exit_code == 2 and other.stderr == (
+        "error: --stack 'myorg/other/dev': project 'other' is not this project; "
+        "allowed: myorg/llmfleet/dev (Pulumi.yaml's name)\n"
+    )
+    for bad in ("../../etc/passwd", "a/b/c/d", "dev/"):
+        r = run(*key, "-s", bad)
+        assert r.exit_code == 2 and r.stderr.startswith(f"error: --stack {bad!r}: not a stack name; allowed:")
+    missing = run(*key, env={"PULUMI_STACK": None})
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: --stack: missing")
+
+
+def test_completion_of_stacks_gpus_and_models():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra.commands._common import complete_gpu, complete_model, complete_stack
+
+    assert complete_stack("") == available_stacks() and complete_stack("pr") == ["prod"]
+    assert complete_gpu("a1") == ["A10G", "A100-40GB", "A100-80GB"] and complete_gpu("H2") == ["H20", "H200"]
+    assert complete_model("deepseek-r1-d") == [
+        m for m in load_catalog().models if m.startswith("deepseek-r1-d")
+    ]
+    assert "--install-completion" in run("--help").stdout
+    # a real <TAB> through click's bash protocol, as the installed script sends it
+    exe = Path(sys.executable).parent / "llmfleet"
+    out = subprocess.run(
+        [str(exe)],
+        env={
+            **os.environ,
+            "_LLMFLEET_COMPLETE": "complete_bash",
+            "COMP_WORDS": "llmfleet plan --gpu A100",
+            "COMP_CWORD": "3",
+        },  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["A100-40GB", "A100-80GB"]
+
+
+def test_plan_tp_pp_with_vllms_long_names_and_the_old_names_deprecated():
+    base = ("plan", "--model", "deepseek-r1", "--gpu", "H100", "--json")
+    short = run(*base, "--tp", "8", "--pp", "2")
+    long = run(*base, "--tensor-parallel-size", "8", "--pipeline-parallel-size", "2")
+    old = run(*base, "--gpus-per-node", "8", "--nodes", "2")
+    assert short.exit_code == 0 and json.loads(short.stdout)["pipeline_parallel_size"] == 2
+    assert short.stdout == long.stdout == old.stdout
+    assert old.stderr == "deprecated: --gpus-per-node is now --tp\ndeprecated: --nodes is now --pp\n"
+    clash = run(*base, "--tp", "4", "--gpus-per-node", "8")
+    assert clash.exit_code == 2 and json.loads(clash.stdout)["error"]["key"] == "--gpus-per-node"
+    help_text = run("plan", "--help").stdout
+    assert "--tensor-parallel-size" in help_text and "--gpus-per-node" not in help_text

@@ -36,3 +36,26 @@ def test_cost_json_and_table_price_one_cold_start():
     assert f"~{cold.total_s:,.0f} s" in line
     shown = Decimal(line.split("): ")[1].split(" USD")[0].replace(",", ""))
     assert abs(shown - usd) < Decimal("0.02")
+
+
+def test_the_checkpoint_is_one_size_with_one_unit_in_plan_cost_and_cold_start():
+    # it read "642 GiB" (cold start), "642 GB" (cost) and "627.8 GiB" (plan) (issue #30)
+    from infra.stack.units import fmt_gib
+
+    ckpt = fmt_gib(load_catalog().models["deepseek-r1"].checkpoint_gib)
+    assert ckpt == "642.0 GiB"
+    env = {"COLUMNS": "200"}
+    plan = CliRunner().invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "L40S"], env=env)
+    cost = CliRunner().invoke(app, ["cost", "--stack", "prod"], env=env)
+    assert plan.exit_code == 0 and cost.exit_code == 0, plan.output + cost.output
+    rows = {
+        ln.split("│")[1].strip(): ln.split("│")[2].strip()
+        for ln in plan.stdout.splitlines()
+        if ln.count("│") >= 3
+    }
+    assert rows["checkpoint on disk"] == ckpt and rows["weights loaded"].endswith(" GiB")
+    staging = next(ln for ln in plan.stdout.splitlines() if "weight staging" in ln)
+    assert f"{ckpt} / " in staging
+    s3 = next(ln for ln in cost.stdout.splitlines() if "Storage (S3 Standard)" in ln)
+    assert s3.split()[-4:-2] == ["642", "GiB"], s3
+    assert " GB " not in s3

@@ -63,7 +63,8 @@ BAD = [
     (
         {"llmfleet:gpuInstanceType": "m7i.xlarge"},
         "llmfleet:gpuInstanceType = 'm7i.xlarge': allowed: g6e.xlarge, "
-        "g6e.12xlarge, g6e.48xlarge, g6.xlarge, g5.xlarge, p4d.24xlarge, p5.48xlarge, p5en.48xlarge",
+        "g6e.12xlarge, g6e.48xlarge, g6.xlarge, g5.xlarge, p4d.24xlarge, p5.48xlarge, p5en.48xlarge, "
+        "p4de.24xlarge, g6.48xlarge, p6-b200.48xlarge",
     ),
     (
         {"llmfleet:headInstanceType": "g6e.xlarge"},

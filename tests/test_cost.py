@@ -703,8 +703,10 @@ def test_cli_budget_gate_is_exact_at_the_limit():
     total = Decimal(json.loads(_cost_json_text("--stack", "prod"))["totalMonthlyCost"])
     over = run_cost("--stack", "prod", "-c", f"llmfleet:maxMonthlyUsd={total - Decimal('0.01')}", "--json")
     assert over.exit_code == 4
+    # with --json the cost document is stdout's one document; the gate's error is one JSON object on stderr
     (line,) = over.stderr.strip().splitlines()
-    assert line.endswith(
+    json.loads(over.stdout)
+    assert json.loads(line)["error"]["message"].endswith(
         f"total monthly cost {total:,.2f} USD exceeds llmfleet:maxMonthlyUsd {total - Decimal('0.01'):,.2f} USD"
     )
     at = run_cost("--stack", "prod", "-c", f"llmfleet:maxMonthlyUsd={total}", "--json")
@@ -759,7 +761,7 @@ def test_table_at_80_columns_keeps_every_resource_name_on_one_line(stack_name, t
     }
     env.pop("LINES", None)
     cmd = [sys.executable, "-m", "infra.cli", "cost", "--stack", stack_name]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert max(map(len, lines)) <= 80

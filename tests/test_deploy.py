@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from infra import deploy as d
 from infra.stack.resolve import resolve
@@ -56,6 +59,8 @@ def test_override_value_may_contain_equals():
         ("", (), "--stack '': not a stack name"),
         ("prod", ("workerCount",), "-c 'workerCount': not KEY=VALUE"),
         ("prod", ("bad key=1",), "-c 'bad key=1': not KEY=VALUE"),
+        # a namespace nothing reads is a typo, not a setting (issue #30)
+        ("prod", ("foo:bar=1",), "-c 'foo:bar=1': unknown config namespace 'foo'; allowed: llmfleet:, aws:"),
     ],
 )
 def test_build_stack_args_errors_are_one_line(stack, overrides, needle):
@@ -444,3 +449,27 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
 
     with pytest.raises(typer.Exit):  # a program that does not export it: one line, exit 1
         cmd._wait(c.config, outputs, timeout=1)
+
+
+def test_policy_pack_dir_is_policy_in_a_checkout_and_a_generated_pack_when_installed(tmp_path):
+    # the checkout: policy/ itself (its PulumiPolicy.yaml names ../.venv, which exists)
+    assert d.policy_pack_dir(tmp_path / "out") == d.POLICY_PACK_DIR
+    # installed: policy/ in site-packages, no ../.venv beside it
+    site = tmp_path / "site-packages"
+    shutil.copytree(d.POLICY_PACK_DIR, site / "policy")
+    pack = d.policy_pack_dir(tmp_path / "out", site / "policy", prefix="/opt/tool venv")
+    assert pack == tmp_path / "out" / "policy-pack"
+    doc = yaml.safe_load((pack / "PulumiPolicy.yaml").read_text())
+    want = yaml.safe_load((d.POLICY_PACK_DIR / "PulumiPolicy.yaml").read_text())
+    want["runtime"]["options"]["virtualenv"] = "/opt/tool venv"
+    assert doc == want
+    # its entry runs the installed pack's __main__ (here: the copy's, which fails on purpose)
+    (site / "policy" / "__main__.py").write_text("raise SystemExit('ran ' + __name__)\n")
+    out = subprocess.run(
+        [sys.executable, str(pack / "__main__.py")],
+        env={"PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.stderr.strip() == "ran __main__"
+    assert d.policy_packs({}, tmp_path / "o2", site / "policy").packs == (str(site / "policy"),)

@@ -60,8 +60,10 @@ def test_an_engine_arg_from_c_reaches_the_rendered_engine_kwargs():
     assert res.exit_code == 0, res.output
     kw = _llm(yaml.safe_load(res.stdout))["engine_kwargs"]
     assert kw["max_num_seqs"] == 48
-    # the planner's values stay the defaults around it
-    assert (kw["tensor_parallel_size"], kw["pipeline_parallel_size"], kw["max_model_len"]) == (8, 3, 8192)
+    # the planner's values (as the deployed stack's outputs carry them) stay the defaults around it
+    deployed = json.loads(OUTPUTS_FILE.read_text())
+    assert (kw["tensor_parallel_size"], kw["pipeline_parallel_size"]) == (8, 3)
+    assert kw["max_model_len"] == int(deployed["max_model_len"])
 
 
 def test_a_misspelt_engine_arg_is_one_line_with_did_you_mean():
@@ -133,11 +135,11 @@ def test_a_tensor_parallel_size_against_the_plan_names_the_plans():
         ),
         (
             'llmfleet:engineArgs={"max_model_len": 500000}',
-            "llmfleet:engineArgs.max_model_len = 500000: the plan's KV cache holds 420353 tokens; allowed: 8192 or unset",
+            "llmfleet:engineArgs.max_model_len = 500000: the plan's KV cache holds 420353 tokens; allowed: 24576 or unset",
         ),
         (
             'llmfleet:engineArgs={"max_model_len": 4096}',
-            "llmfleet:engineArgs.max_model_len = 4096: the plan sizes the KV cache for 8192; allowed: 8192 or unset",
+            "llmfleet:engineArgs.max_model_len = 4096: the plan sizes the KV cache for 24576; allowed: 24576 or unset",
         ),
         (
             'llmfleet:engineArgs={"pipeline_parallel_size": 2}',

@@ -71,6 +71,97 @@ def test_layout_rejects_bad_sizes_in_one_line(args, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        # vLLM refused these only inside the replica, minutes into a deploy (issue #30)
+        (
+            (2, 3),
+            f"--tp 3: {MODEL_ID} has 4 attention heads, which tensor parallelism splits evenly; allowed: 1, 2, 4",
+        ),
+        ((2, 1, 3), f"--pp 3: {MODEL_ID} has 2 layers, at least one per pipeline stage; allowed: 1..2"),
+    ],
+)
+def test_layout_is_checked_against_the_tiny_model(args, needle):
+    with pytest.raises(LocalError) as e:
+        layout.plan_layout(*args)
+    assert str(e.value) == needle
+    from infra.local.tiny_model import tiny_config
+
+    cfg = tiny_config(512)  # the checked numbers are the generated model's own
+    assert (cfg.num_attention_heads, cfg.num_hidden_layers) == (layout.TINY_HEADS, layout.TINY_LAYERS)
+
+
+def test_up_refuses_a_bad_layout_before_starting_anything(monkeypatch, tmp_path):
+    from infra.local import cluster, tiny_model
+
+    def started(*a, **k):
+        raise AssertionError("up() started something before checking the layout")
+
+    monkeypatch.setenv("LLMFLEET_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiny_model, "ensure_tiny_model", started)
+    monkeypatch.setattr(cluster.hosts, "create", started)
+    stages: list[str] = []
+    for tp, pp in ((3, 1), (1, 3)):
+        with pytest.raises(LocalError, match=rf"^--{'tp' if tp == 3 else 'pp'} 3: "):
+            cluster.up(
+                cluster.UpOptions(hosts=2, tp=tp, pp=pp, mode="loopback"), lambda s, d: stages.append(s)
+            )
+    assert stages == []
+
+
+def test_a_failed_deploy_keeps_rays_logs_and_names_the_engines_error(tmp_path):
+    from infra.local import cluster
+
+    logs = tmp_path / "llmf-x" / "session_2026-12-06_10-00-00_1_1" / "logs"
+    (logs / "serve").mkdir(parents=True)
+    # what a replica's worker and Serve log when vLLM's engine core dies at start-up
+    (logs / "worker-ab12-01000000-777.err").write_text(
+        "Traceback (most recent call last):\n"
+        '  File "vllm/v1/engine/core.py", line 700, in run_engine_core\n'
+        "ValueError: Total number of attention heads (4) must be divisible by tensor parallel size (3).\n"
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n"
+    )
+    (logs / "serve" / "replica_default_LLMServer_x.log").write_text(
+        "ray.exceptions.RayTaskError(RuntimeError): ray::ServeReplica:default:LLMServer.initialize_and_get_metadata()\n"
+    )
+    (logs / "sockets").mkdir()
+    kept = cluster.keep_ray_logs(str(tmp_path / "llmf-x"), tmp_path / "kept")
+    assert kept == tmp_path / "kept" and (kept / logs.parent.name / "worker-ab12-01000000-777.err").is_file()
+    assert not (kept / logs.parent.name / "sockets").exists()
+    assert cluster.engine_error(kept) == (
+        "ValueError: Total number of attention heads (4) must be divisible by tensor parallel size (3). "
+        "(worker-ab12-01000000-777.err)"
+    )
+    assert cluster.keep_ray_logs(str(tmp_path / "none"), tmp_path / "k2") is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cluster.engine_error(empty) is None
+
+
+def test_up_progress_marks_the_failed_stage_and_names_goals_not_states():
+    from infra.commands.local import _progress_stages
+    from infra.local import cluster
+
+    labels = dict(cluster.STAGES)
+    assert labels["running"] != "Serve application RUNNING" and "until RUNNING" in labels["running"]
+    progress, on_stage = _progress_stages()
+    on_stage("deploy", "")
+    on_stage("running", "")
+    on_stage(cluster.FAILED_STAGE, "LocalError")
+    tasks = {t.description.split(" [")[0]: t for t in progress.tasks}
+    assert tasks[labels["deploy"]].finished
+    assert tasks[labels["running"]].description.endswith("[red]✗ failed[/]")
+
+
+def test_preflight_line_says_the_layout_asked_for():
+    # `--pp 3` on CPU: 3 ranks on one host; the line said "TP=3 PP=1" (issue #30)
+    assert (
+        node.preflight_dims("cpu", 1, 3, 1) == "TP=1 PP=3 per replica; gang of 3 rank(s) per host x 1 host(s)"
+    )
+    assert node.preflight_dims("gpu", 8, 3, 1) == "TP=8 PP=3"
+
+
 def test_omp_binding_gives_each_rank_a_core_and_hosts_different_cores():
     assert layout.omp_threads_bind(1, cpus=2) == "0"
     assert layout.omp_threads_bind(1, cpus=2, worker_index=1) == "1"
@@ -404,9 +495,12 @@ def test_wrong_model_is_404_naming_the_served_model(client):
         client.chat.completions.create(
             model="deepseek-r1", messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
-    assert e.value.status_code == 404
-    body = e.value.response.text
-    assert "deepseek-r1" in body and f"Served models: {MODEL_ID}" in body, body
+    # OpenAI's error object, so the client's exception carries the message and code
+    assert e.value.status_code == 404 and e.value.code == "model_not_found", e.value.response.text
+    assert (
+        "'deepseek-r1'" in e.value.body["message"]
+        and f"served models: {MODEL_ID}." in e.value.body["message"]
+    )
 
 
 def assert_engine_computes_the_checkpoint(client: openai.OpenAI, model_dir: str, prompt: str) -> None:
@@ -878,17 +972,35 @@ def test_bench_tune_2x2_grid_in_place_names_the_best_and_restores_the_config(clu
 
 @pytest.mark.ray
 def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster, tmp_path):
+    import psutil
     import pyarrow.parquet as pq
 
+    def engine_pids() -> set[int]:
+        # the cluster's own replicas run vLLM too: compare against what was there before
+        return {p.pid for p in psutil.process_iter(["cmdline"])
+                if " ".join(p.info["cmdline"] or []).startswith(("VLLM::", "ray::MapWorker"))}  # fmt: skip
+
     src, out = tmp_path / "prompts.jsonl", tmp_path / "results.parquet"
-    src.write_text("".join(json.dumps({"id": i, "prompt": f"Question {i}: what is a Ray node?"}) + "\n"
+    # every third row sets its own max_tokens: the others came back as NaN and crashed the job
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"Question {i}: what is a Ray node?",
+                                       **({"max_tokens": 4} if i % 3 == 0 else {})}) + "\n"
                            for i in range(50)))  # fmt: skip
+    before = engine_pids()
     t0 = time.monotonic()
     r = bench_cli("batch", "--local", "--name", cluster["name"], "--input", str(src), "--output", str(out),
                   "--max-tokens", "8", "--json", env=cluster["env"], timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     assert (summary["rows"], summary["processed"], summary["failed"]) == (50, 50, 0), summary
+    # a clean shutdown: no engine traceback, and no batch engine process outlives the command
+    assert "Traceback" not in r.stderr and "EngineDeadError" not in r.stderr, r.stderr[-3000:]
+    assert "Triton not installed" not in r.stdout + r.stderr
+    assert engine_pids() <= before
+    # the rate is over the generation window, not the job's wall time with the engine's start-up
+    assert 0 < summary["generation_seconds"] < summary["seconds"]
+    assert summary["output_tokens_per_s"] == round(
+        summary["output_tokens"] / summary["generation_seconds"], 2
+    )
     table = pq.read_table(str(out))
     rows = table.to_pylist()
     assert sorted(row["id"] for row in rows) == list(range(50))
@@ -897,7 +1009,10 @@ def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster,
 
     tok = AutoTokenizer.from_pretrained(state_of(cluster)["model_dir"])
     for row in rows:
-        assert 1 <= row["num_generated_tokens"] == len(row["generated_tokens"]) <= 8 and not row["error"], row
+        cap = 4 if row["id"] % 3 == 0 else 8  # the row's own max_tokens, else the job's
+        assert 1 <= row["num_generated_tokens"] == len(row["generated_tokens"]) <= cap and not row["error"], (
+            row
+        )
         assert row["generated_text"] == tok.decode(row["generated_tokens"], skip_special_tokens=True), row
     assert sum(1 for row in rows if row["generated_text"]) >= 40  # random weights: a few decode to nothing
     assert summary["output_tokens"] == sum(row["num_generated_tokens"] for row in rows)

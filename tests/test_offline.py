@@ -96,6 +96,14 @@ def test_overrides_and_secrets_in_raw_config(project):
     assert raw["llmfleet:endpointPort"] == "8000"  # project default from Pulumi.yaml
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("workerCount")
+    # an unknown namespace is refused in one line naming the ones the project reads (issue #30)
+    with pytest.raises(
+        ConfigError, match=r"^-c 'foo:bar=1': unknown config namespace 'foo'; allowed: llmfleet:, aws:"
+    ):
+        raw_stack_config("t", ["foo:bar=1"], project_dir=d)
+    with pytest.raises(ConfigError, match=r"did you mean llmfleet\?"):
+        parse_override("lmfleet:workerCount=2")
+    assert parse_override("aws:profile=ops") == ("aws:profile", "ops")
     with pytest.raises(ConfigError, match=r"--stack 'nope': no file stacks/Pulumi.nope.yaml; allowed: t"):
         raw_stack_config("nope", project_dir=d)
 

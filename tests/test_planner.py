@@ -10,6 +10,7 @@ from infra.catalog import load_catalog
 from infra.cli import app
 from infra.stack import perf, perf_fit, perf_roofline
 from infra.stack.arch import GIB, architecture, expected_distinct_experts, pp_partition
+from infra.stack.coldstart import instance_for
 from infra.stack.compare import compare
 from infra.stack.planner import PlanInputError, plan
 
@@ -125,12 +126,25 @@ def test_tp_must_divide_heads():
     assert not p.fits and "must divide" in p.reason
 
 
+def test_no_node_count_advice_where_no_count_can_work():
+    # TP 3 divides none of 128 heads: "at least N nodes of 3" would send the user on a goose chase
+    p = plan("deepseek-r1", "L40S", gpus_per_node=3)
+    assert not p.fits and "must divide deepseek-r1's 128 attention heads" in p.reason
+    assert "nodes of 3" not in p.reason
+    # a valid TP keeps the advice, and the advice is a count that fits
+    two = plan("deepseek-r1", "L40S", gpus_per_node=8, nodes=2)
+    assert "needs at least 3 nodes of 8" in two.reason and plan("deepseek-r1", "L40S", nodes=3).fits
+    # a count beyond the model's layers is no advice either (61 stages is vLLM's limit)
+    one = plan("deepseek-r1", "L4", gpus_per_node=1, nodes=1, quantization="bf16")
+    assert "no node count of 1 can hold it (deepseek-r1 has 61 layers to split)" in one.reason
+
+
 def test_bad_inputs_name_the_option():
     with pytest.raises(PlanInputError, match=r"^--gpu: 'Z9' is not a known GPU; allowed: L20"):
         plan("deepseek-r1", "Z9")
     with pytest.raises(PlanInputError, match=r"^--quantization: 'fp4'"):
         plan("deepseek-r1", "L20", quantization="fp4")
-    with pytest.raises(PlanInputError, match=r"^--nodes: 0"):
+    with pytest.raises(PlanInputError, match=r"^--pp: 0"):
         plan("deepseek-r1", "L20", nodes=0)
 
 
@@ -352,7 +366,7 @@ def test_capped_concurrency_is_said_and_the_speeds_are_for_the_cap():
 
 
 def test_plan_json_has_the_speed_and_cold_start_keys():
-    res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--nodes", "2", "--json"])
+    res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--pp", "2", "--json"])
     assert res.exit_code == 0
     d = json.loads(res.stdout)
     for key in ("decode_tokens_per_s_per_user", "tpot_ms", "ttft_ms", "input_len", "cold_start_s"):
@@ -360,6 +374,23 @@ def test_plan_json_has_the_speed_and_cold_start_keys():
     assert d["input_len"] == 1024 and d["cold_start_terms"]
     res = runner.invoke(app, ["plan", "--model", "deepseek-r1", "--gpu", "H100", "--engine", "tgi"])
     assert res.exit_code == 2 and "--engine: 'tgi' is not a known engine; allowed: sglang, vllm" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("gpu", "instance", "usd"),
+    [
+        ("A100-80GB", "p4de.24xlarge", 27.44705),
+        ("L4", "g6.48xlarge", 13.3504),
+        ("B200", "p6-b200.48xlarge", 113.9328),
+    ],
+)
+def test_aws_eight_gpu_instances_are_in_the_catalog(gpu, instance, usd):
+    # the catalog said AWS had no 8x A100-80GB, L4 or B200 instance, so plan priced none (issue #30)
+    inst = instance_for(gpu, 8)
+    assert inst is not None and inst.name == instance and inst.on_demand_usd_per_hour == usd
+    assert inst.source.startswith("price: ") and "us-east-1" in inst.source
+    row = {r.gpu: r for r in compare("deepseek-r1")}[gpu]
+    assert row.instance_type == instance and not row.note.startswith("hardware only")
 
 
 def test_compare_sorts_by_cost_and_marks_hardware_only_gpus():

@@ -409,7 +409,7 @@ def test_unknown_model_404_names_the_served_models(monkeypatch):
     with pytest.raises(HTTPException) as e:
         asyncio.run(ing._get_model_id("deepseek-r1"))
     assert e.value.status_code == 404 and "deepseek-r1" in e.value.detail
-    assert e.value.detail.endswith("Served models: org/m.")
+    assert e.value.detail.endswith("served models: org/m.") and e.value.openai_code == "model_not_found"
 
 
 def test_exported_schema_is_rays_own_and_well_formed():
@@ -584,6 +584,156 @@ def test_batch_engine_takes_the_stacks_engine_args():
 
     engine = stack_engine("prod", ['llmfleet:engineArgs={"max_num_seqs": 48}'])[0]
     assert engine["max_num_seqs"] == 48 and engine["tensor_parallel_size"] == 8
+
+
+def _ingress_app(served: list[str]):
+    """A FastAPI app with Ray Serve LLM's own exception handling (the handlers and middleware its
+    ingress app gets; not its metrics middleware, whose Ray counters would start a Ray), a chat
+    route that resolves the model through BearerOpenAiIngress._get_model_id (Ray's check +
+    ours), wired the way the replica's _set_asgi_app wires it: OpenAI errors, the gate in front."""
+    from fastapi import FastAPI
+    from ray.llm._internal.serve.core.ingress.middleware import add_exception_handling_middleware
+
+    ingress = object.__new__(serve_app.BearerOpenAiIngress)
+    ingress._model_cards = dict.fromkeys(served)
+    api = FastAPI()
+    add_exception_handling_middleware(api)
+
+    @api.post("/v1/chat/completions")
+    async def chat(body: dict):
+        return {"model": await ingress._get_model_id(body.get("model"))}
+
+    return serve_app.BearerGate(serve_app.install_openai_errors(api), "tok-123")
+
+
+def _openai_client(asgi):
+    import httpx
+    import openai
+
+    transport = httpx.ASGITransport(app=asgi)
+    return openai.AsyncOpenAI(
+        api_key="tok-123",
+        base_url="http://ingress/v1",
+        http_client=httpx.AsyncClient(transport=transport),
+        max_retries=0,
+    )
+
+
+def test_an_unknown_model_is_openais_404_naming_the_served_models():
+    # FastAPI's {"detail": ...} left the official client with "Error code: 404" only (issue #30)
+    import asyncio
+
+    import openai
+
+    client = _openai_client(_ingress_app(["tiny-deepseek", "other"]))
+    msgs = [{"role": "user", "content": "hi"}]
+
+    async def go():
+        with pytest.raises(openai.NotFoundError) as e:
+            await client.chat.completions.create(model="gpt-4", messages=msgs)
+        ok = await client.chat.completions.with_raw_response.create(model="other", messages=msgs)
+        return e.value, ok.http_response.json()
+
+    err, ok = asyncio.run(go())
+    assert err.code == "model_not_found" and err.param == "model" and err.type == "invalid_request_error"
+    assert (
+        err.body["message"] == "The model 'gpt-4' does not exist here; served models: other, tiny-deepseek."
+    )
+    assert str(err).endswith("served models: other, tiny-deepseek.")
+    assert set(err.body) == {"message", "type", "param", "code"}
+    assert ok == {"model": "other"}
+
+
+def test_every_error_of_the_ingress_is_openai_shaped():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(_ingress_app(["m"]))
+    auth = {"Authorization": "Bearer tok-123"}
+    cases = [
+        client.get("/v1/no/such/route", headers=auth),  # Starlette's 404
+        client.get("/v1/chat/completions", headers=auth),  # 405
+        client.post("/v1/chat/completions", headers=auth, json=[1]),  # validation (Ray's own handler)
+        client.post("/v1/chat/completions", json={"model": "x"}),  # the gate's 401
+    ]
+    for r in cases:
+        assert r.status_code >= 400 and set(r.json()) == {"error"}, (r.status_code, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    assert cases[0].json()["error"]["message"] == "Not Found: GET /v1/no/such/route"
+    assert [r.status_code for r in cases] == [404, 405, 400, 401]
+
+
+def test_rendering_serve_configs_imports_no_vllm_and_prints_no_triton_line(tmp_path):
+    # `render serve-config` and `local up` validated through ray.serve.llm, which imports vLLM:
+    # ~10 s of CPU and vLLM's "Triton not installed" INFO line on the terminal (issue #30). The
+    # same LLMConfig validators run without it (test below), and a document Ray accepted is not
+    # validated again under the same Ray; the times are in benchmarks/RESULTS.md.
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from typer.testing import CliRunner
+from infra.cli import app
+from infra.local.layout import plan_layout, render_local_serve_config
+r = CliRunner().invoke(app, ["render", "serve-config", "--stack", "prod", "--offline"])
+assert r.exit_code == 0, r.output
+render_local_serve_config("llmfleet/tiny-deepseek-v3", sys.argv[1], plan_layout(2), "10.0.0.10", 8000)
+print(sorted({m.split(".")[0] + "." + m.split(".")[1] if m.startswith("ray.") and "." in m else m.split(".")[0]
+              for m in sys.modules if m.split(".")[0] in ("vllm", "torch") or m.startswith(("ray.serve", "ray.llm"))}))
+"""
+    env = {**os.environ, "LLMFLEET_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=600, env=env
+        )
+        for _ in range(2)
+    ]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "Triton" not in r.stdout + r.stderr
+    # first run: Ray's validators (ServeDeploySchema, LLMConfig's own class), never vLLM
+    assert runs[0].stdout.strip().splitlines()[-1] == "['ray.llm', 'ray.serve', 'torch']"
+    # same documents, same Ray: nothing of Ray Serve is imported at all
+    assert runs[1].stdout.strip().splitlines()[-1] == "[]"
+    assert len(list((tmp_path / "cache" / "serve-config-valid").iterdir())) == 2
+
+
+def test_an_accepted_serve_config_is_remembered_a_rejected_one_never(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMFLEET_CACHE_DIR", str(tmp_path))
+    calls: list[dict] = []
+
+    def ray_says(doc):
+        calls.append(doc)
+        if doc.get("bad"):
+            raise sc.ServeConfigError("Ray rejected the Serve config: bad")
+        return ["LLMConfig not checked: x"] if doc.get("partial") else []
+
+    monkeypatch.setattr(sc, "_validate_with_ray", ray_says)
+    ok, bad, partial = {"applications": []}, {"bad": 1}, {"partial": 1}
+    assert sc.validate_serve_config(ok) == [] and sc.validate_serve_config(ok) == []
+    for _ in range(2):
+        with pytest.raises(sc.ServeConfigError):
+            sc.validate_serve_config(bad)
+        assert sc.validate_serve_config(partial) == ["LLMConfig not checked: x"]
+    assert calls == [ok, bad, partial, bad, partial]  # the accepted one was validated once
+    assert sc._validated_marker(ok) != sc._validated_marker({"applications": [1]})
+
+
+def test_the_llmconfig_validated_is_ray_serve_llms_own():
+    # ray.serve.llm.LLMConfig adds nothing to the class render validates with: same fields,
+    # same validators; a Ray that changes that fails here, not in production
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig as Inner
+    from ray.serve.llm import LLMConfig
+
+    assert LLMConfig.__mro__[1] is Inner and sc.llm_config_validator()[0] is Inner
+    assert LLMConfig.model_fields.keys() == Inner.model_fields.keys()
+    # no method of its own (pydantic sets model_post_init on each subclass with private attributes)
+    own = {k for k, v in vars(LLMConfig).items() if callable(v) and not k.startswith("_")}
+    assert own <= {"model_post_init"}
+    mine, theirs = LLMConfig.__pydantic_decorators__, Inner.__pydantic_decorators__
+    assert mine.field_validators.keys() == theirs.field_validators.keys()
+    assert mine.model_validators.keys() == theirs.model_validators.keys()
 
 
 # ---------------------------------------------------------------- model serving defaults, routing

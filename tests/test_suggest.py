@@ -41,3 +41,25 @@ def test_canonical_ignores_case_only():
     assert canonical("l40s", GPUS) == "L40S"
     assert canonical("DeepSeek-R1", MODELS) == "deepseek-r1"
     assert canonical("L40", GPUS) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed", "want"),
+    [
+        # difflib alone picks H100 (one letter away) over the family the user named (issue #30)
+        ("A100", GPUS, "did you mean A100-40GB or A100-80GB? "),
+        ("a100", GPUS, "did you mean A100-40GB or A100-80GB? "),
+        ("deepseek-r1-distill", MODELS, "did you mean "),
+    ],
+)
+def test_a_family_prefix_suggests_every_member(value, allowed, want):
+    assert did_you_mean(value, allowed).startswith(want)
+    members = [a for a in allowed if a.lower().startswith(value.lower() + "-")]
+    assert len(members) >= 2 and all(m in did_you_mean(value, allowed) for m in members)
+    assert closest(value, allowed) is None  # no single best guess among equals
+
+
+def test_a_prefix_must_end_at_a_separator():
+    # "L4" is an id of its own; "L40" is not the family of L40S
+    assert closest("L40", GPUS) != "L4"
+    assert "L4," not in did_you_mean("L40", GPUS)

@@ -23,6 +23,7 @@ from infra.cli import app
 from infra.deploy import POLICY_PACK_DIR, change_counts
 from infra.program.offline import capture
 from policy.runner import run_policies
+from tests.project import copy_project
 
 RUNNER = CliRunner()
 
@@ -77,7 +78,7 @@ def automation(monkeypatch, tmp_path):
     monkeypatch.setattr(auto, "create_or_select_stack", fake)
     monkeypatch.setattr(auto, "select_stack", fake)
     monkeypatch.setattr("infra.deploy.require_pulumi_cli", lambda which=None: "/usr/bin/pulumi")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(copy_project(tmp_path))  # the project; .llmfleet/ is written here
     return calls, state
 
 

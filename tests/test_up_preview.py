@@ -21,6 +21,7 @@ from pulumi.automation._cmd import CommandResult
 from typer.testing import CliRunner
 
 from infra.cli import app
+from tests.project import copy_project
 
 RUNNER = CliRunner()
 DATA = Path(__file__).resolve().parent / "data"
@@ -67,7 +68,7 @@ def automation(monkeypatch, tmp_path):
     monkeypatch.setattr(auto, "create_or_select_stack", fake)
     monkeypatch.setattr(auto, "select_stack", fake)
     monkeypatch.setattr("infra.deploy.require_pulumi_cli", lambda which=None: "/usr/bin/pulumi")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(copy_project(tmp_path))  # the project; .llmfleet/ is written here
     return calls, state
 
 

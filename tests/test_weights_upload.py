@@ -478,8 +478,9 @@ def test_hub_source_checks_config_json_first_then_uploads_the_snapshot(s3, moto,
     cmd += ["-c", f"llmfleet:weightsUri=s3://{BUCKET}/hf/", "--from", "hf:llmfleet/tiny-deepseek-v3"]
     refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
-    assert refused.stderr.startswith(
-        "error: hf:llmfleet/tiny-deepseek-v3 is not deepseek-r1's checkpoint: num_hidden_layers 2 (expected 61)"
+    # with --json the one error is one JSON object on stdout (the CLI's error shape)
+    assert json.loads(refused.stdout)["error"]["message"].startswith(
+        "hf:llmfleet/tiny-deepseek-v3 is not deepseek-r1's checkpoint: num_hidden_layers 2 (expected 61)"
     )
     done = subprocess.run([*cmd, "--skip-model-check"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

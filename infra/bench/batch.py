@@ -22,11 +22,16 @@ import json
 import shlex
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from infra.bench.sweep import BenchError
 
 BATCH_CPUS = 2
+# How long the driver waits for the engine's actor to end on its own before ray.shutdown():
+# vLLM's shutdown (engine core + worker processes) takes a few seconds on a CPU host.
+ACTOR_EXIT_TIMEOUT_S = 60.0
 JOB_FILE = Path(__file__).with_name("batch_job.py")
 
 
@@ -55,7 +60,60 @@ def local_engine(model_dir: str) -> tuple[dict, dict, list]:
     return engine, env, [{"CPU": 1}]
 
 
+def wait_actors_gone(
+    alive: Callable[[], int | bool],
+    timeout_s: float = ACTOR_EXIT_TIMEOUT_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Poll until no actor is alive (True) or the timeout passes (False). ray.shutdown() with the
+    engine's MapWorker still alive kills it mid-engine: vLLM prints a traceback and its worker
+    processes outlive the job for a minute."""
+    end = clock() + timeout_s
+    while alive():
+        if clock() >= end:
+            return False
+        sleep(0.5)
+    return True
+
+
+# Process titles of the batch's engine: Ray Data's actor (ray::MapWorker(...)) and vLLM's
+# engine core and workers (VLLM::EngineCore, VLLM::Worker...), the ones the issue saw linger.
+ENGINE_TITLES = ("ray::MapWorker", "VLLM::")
+
+
+def engine_processes(root: object | None = None) -> list[str]:
+    """Titles of the engine's processes still under this driver (its local Ray's raylet and
+    workers are this process's descendants)."""
+    import gc
+
+    import psutil
+
+    gc.collect()  # the last handles on the actor pool may sit in a reference cycle
+    out = []
+    for proc in (root or psutil.Process()).children(recursive=True):
+        try:
+            argv = proc.cmdline()
+            title = " ".join(argv) if argv else proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if title.startswith(ENGINE_TITLES):
+            out.append(title)
+    return out
+
+
+def quiet_vllm(env: dict) -> None:
+    """vLLM logs at INFO from its import on ("Triton not installed ..." first), in this driver
+    and in every Ray worker of the short-lived Ray, whose output Ray forwards to the terminal.
+    WARNING keeps errors and warnings; an explicit VLLM_LOGGING_LEVEL wins. Set before
+    ray.init(): the raylet, and so every worker, inherits this process's environment."""
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
 def run_local(model_dir: str, input_path: str, output: str, max_tokens: int, batch_size: int) -> dict:
+    import os
+
+    quiet_vllm(os.environ)  # type: ignore[arg-type]
     import ray
 
     from infra.bench import batch_job
@@ -67,6 +125,7 @@ def run_local(model_dir: str, input_path: str, output: str, max_tokens: int, bat
     try:
         summary = batch_job.run(str(Path(input_path).resolve()), str(Path(output).resolve()), model_dir, engine,
                                 env, bundles, "STRICT_PACK", batch_size, max_tokens)  # fmt: skip
+        wait_actors_gone(lambda: len(engine_processes()))
     finally:
         ray.shutdown()
     return {**summary, "where": f"a short-lived Ray on this machine ({BATCH_CPUS} CPUs)"}

@@ -5,7 +5,7 @@ llmfleet operator code; `llmfleet batch --local` runs the same `run()` in-proces
 
 Input rows: {"id": ..., "prompt": "..."} (an optional "max_tokens" per row). Output: a directory
 of Parquet files (Ray Data's layout) with id, prompt, generated_text, generated_tokens, num_generated_tokens,
-num_input_tokens and error. Resumable: ids already in the output are skipped, and every run
+num_input_tokens, error, finished_at (epoch s) and engine_seconds (the request's time in the engine). Resumable: ids already in the output are skipped, and every run
 adds its own files, so an interrupted job continues where it stopped.
 
 Run: python batch_job.py --input IN --output OUT --model-source DIR --engine-kwargs JSON ...
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
+import numbers
 import os
 import sys
 import time
@@ -47,9 +49,53 @@ def read_input(path: str):
     raise SystemExit(f"error: --input {path!r}: allowed: a .jsonl, .json or .parquet file")
 
 
+def row_max_tokens(row: dict, default: int) -> int:
+    """A row's own max_tokens, else the job's. A row without the key arrives as None or NaN:
+    Ray Data fills a column that only some rows have (pandas/arrow), and int(NaN) raised
+    "cannot convert float NaN to integer" for the whole job."""
+    v = row.get("max_tokens")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return default
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 1 or not float(v).is_integer():
+        raise ValueError(
+            f"row id={row.get('id')!r}: max_tokens = {v!r}: allowed: a whole number >= 1, or no key"
+        )
+    return int(v)
+
+
+def check_max_tokens(rows, default: int) -> None:
+    """Every row's max_tokens before an engine starts: one line naming the first bad row."""
+    for row in rows:
+        try:
+            row_max_tokens(row, default)
+        except ValueError as e:
+            raise SystemExit(f"error: --input: {e}") from None
+
+
+def preprocess(max_tokens: int):
+    """The engine request of one row: greedy, the row's max_tokens or the job's."""
+
+    def pre(row: dict) -> dict:
+        return {**row, "sampling_params": {"temperature": 0.0, "max_tokens": row_max_tokens(row, max_tokens)}}
+
+    return pre
+
+
+def generation_seconds(finished_at: list[float], engine_seconds: list[float]) -> float:
+    """From the first request entering the engine to the last output: the window the output
+    tokens were made in. The job's wall time also holds the engine's start-up (tens of seconds
+    of model load before the first token), which is not a rate of the engine."""
+    starts = [f - e for f, e in zip(finished_at, engine_seconds, strict=True) if f > 0 and e > 0]
+    ends = [f for f in finished_at if f > 0]
+    if not starts or not ends:
+        return 0.0
+    return max(0.0, max(ends) - min(starts))
+
+
 def result_row(row: dict) -> dict:
     """One output row. ray.data.llm hands failed rows past the postprocess as they are, so this
-    runs again over every row: one schema for the Parquet files."""
+    runs again over every row: one schema for the Parquet files (and the first pass's
+    finished_at stays: it is when the engine's output reached the postprocess)."""
     return {
         "id": row["id"],
         "prompt": row.get("prompt") or "",
@@ -59,6 +105,9 @@ def result_row(row: dict) -> dict:
         "num_generated_tokens": int(row.get("num_generated_tokens") or 0),
         "num_input_tokens": int(row.get("num_input_tokens") or 0),
         "error": str(row.get("__inference_error__") or row.get("error") or ""),
+        "finished_at": float(row.get("finished_at") or time.time()),
+        # ray.data.llm's per-request engine time; -1 on a failed row
+        "engine_seconds": max(0.0, float(row.get("engine_seconds") or row.get("time_taken_llm") or 0.0)),
     }
 
 
@@ -80,11 +129,7 @@ def build(model_source: str, engine_kwargs: dict, env: dict, bundles: list, stra
         detokenize_stage={"enabled": False},
     )
 
-    def pre(row: dict) -> dict:
-        n = int(row.get("max_tokens") or max_tokens)
-        return {**row, "sampling_params": {"temperature": 0.0, "max_tokens": n}}
-
-    return build_processor(config, preprocess=pre, postprocess=result_row)
+    return build_processor(config, preprocess=preprocess(max_tokens), postprocess=result_row)
 
 
 def run(
@@ -107,22 +152,32 @@ def run(
             f"error: --input {input_path!r}: rows lack {sorted(missing)}; allowed: rows with id and prompt"
         )
     total = ds.count()
+    if "max_tokens" in names:  # a bad value fails here in one line, not inside the engine's actor
+        check_max_tokens(ds.select_columns(["id", "max_tokens"]).iter_rows(), max_tokens)
     done = done_ids(output)
     todo = ds.filter(lambda r: r["id"] not in done).materialize() if done else ds
     new_rows = failed = tokens = 0
+    finished: list[float] = []
+    engine_s: list[float] = []
     if not done or todo.count():  # nothing left: no engine to start
         processor = build(model_source, engine_kwargs, env, bundles, strategy, batch_size, max_tokens)
         out = processor(todo).map(result_row).materialize()
         new_rows = out.count()
         if new_rows:
             out.write_parquet(output)
-            # Streamed from the materialized blocks: no shuffle for two sums.
-            for b in out.select_columns(["num_generated_tokens", "error"]).iter_batches(
-                batch_format="pyarrow"
-            ):
+            # Streamed from the materialized blocks: no shuffle for these sums.
+            cols = ["num_generated_tokens", "error", "finished_at", "engine_seconds"]
+            for b in out.select_columns(cols).iter_batches(batch_format="pyarrow"):
                 tokens += sum(b.column("num_generated_tokens").to_pylist())
                 failed += sum(1 for e in b.column("error").to_pylist() if e)
+                finished += b.column("finished_at").to_pylist()
+                engine_s += b.column("engine_seconds").to_pylist()
+        # Drop every handle on the engine's actor pool: Ray then ends the MapWorker gracefully
+        # (its __ray_shutdown__ shuts vLLM down, with its worker processes) instead of the
+        # driver's ray.shutdown() killing it mid-engine (a traceback, orphaned VLLM::Worker).
+        del processor, out
     wall = time.monotonic() - t0
+    gen = generation_seconds(finished, engine_s)
     return {
         "input": input_path,
         "output": output,
@@ -132,7 +187,9 @@ def run(
         "failed": failed,
         "output_tokens": tokens,
         "seconds": round(wall, 1),
-        "output_tokens_per_s": round(tokens / wall, 2) if wall else 0.0,
+        "generation_seconds": round(gen, 1),
+        # the engine's rate: tokens over the generation window, not over start-up + generation
+        "output_tokens_per_s": round(tokens / gen, 2) if gen else 0.0,
     }
 
 

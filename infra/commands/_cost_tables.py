@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from infra.commands._cost_stack import Priced, cold_start_summary
+from infra.commands._fit import Col, fitted_table
 
 if TYPE_CHECKING:
     from infra.cost import model as cost_model
@@ -40,20 +40,14 @@ def render_table(p: Priced, console: Console) -> None:
     from infra.cost import model as cost_model
 
     est = p.estimate
-    names = [_label(r) for r in est.resources] + ["Total"]
-    t = Table(
-        title=f"llmfleet cost: stack {est.project} ({est.region}, {est.price_source})",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        title_justify="left",
-    )
-    # The first column is at least as wide as the longest resource name, so no name is ever
-    # split; component names wrap inside it instead.
-    t.add_column("Resource / component", min_width=max(map(len, names)), overflow="fold")
-    t.add_column("Qty", justify="right", no_wrap=True)
-    t.add_column("Unit", no_wrap=True)
-    t.add_column("Price", justify="right", no_wrap=True)
-    t.add_column("USD/month", justify="right", no_wrap=True)
+    cols = [
+        Col("Resource / component"),
+        Col("Qty", whole=True, justify="right"),
+        Col("Unit", whole=True),
+        Col("Price", whole=True, justify="right"),
+        Col("USD/month", whole=True, justify="right"),
+    ]
+    rows: list[list[Any]] = []
     marks = {"estimate": False, "usage": False}
 
     def components(r: cost_model.ResourceCost, indent: str) -> None:
@@ -62,25 +56,37 @@ def render_table(p: Priced, console: Console) -> None:
             last = i == len(items) - 1
             branch = indent + ("└─ " if last else "├─ ")
             if isinstance(item, cost_model.ResourceCost):
-                t.add_row(Text(branch + item.name, no_wrap=True))
+                rows.append([Text(branch + item.name, no_wrap=True)])
                 components(item, indent + ("   " if last else "│  "))
                 continue
             marks["estimate"] |= item.price.estimate
             marks["usage"] |= not item.known
-            t.add_row(
-                branch + item.name + ("*" if item.price.estimate else ""),
-                _qty(item.monthly_quantity),
-                item.unit,
-                _price(item.price.usd),
-                _money(item.monthly_cost) if item.known else "-",
+            rows.append(
+                [
+                    branch + item.name + ("*" if item.price.estimate else ""),
+                    _qty(item.monthly_quantity),
+                    item.unit,
+                    _price(item.price.usd),
+                    _money(item.monthly_cost) if item.known else "-",
+                ]
             )
 
     # The capture's order follows Pulumi's concurrent registration and varies run to run.
     for r in sorted(est.resources, key=lambda r: r.name):
-        t.add_row(Text(_label(r), style="bold", no_wrap=True))
+        # resource names never wrap (no_wrap Text): the first column is at least the longest one
+        rows.append([Text(_label(r), style="bold", no_wrap=True)])
         components(r, "")
-    t.add_section()
-    t.add_row(Text("Total", style="bold"), "", "", "", Text(_money(est.total_monthly), style="bold"))
+    rows.append([Text("Total", style="bold"), "", "", "", Text(_money(est.total_monthly), style="bold")])
+    t = fitted_table(
+        console,
+        cols,
+        rows,
+        end_sections={len(rows) - 2},
+        title=f"llmfleet cost: stack {est.project} ({est.region}, {est.price_source})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title_justify="left",
+    )
     console.print(t)
     usage_part = f", {_money(est.total_monthly_usage)} of it usage-based" if est.total_monthly_usage else ""
     console.print(
@@ -116,17 +122,13 @@ def render_diff(p: Priced, doc: dict[str, Any], past_label: str, console: Consol
     resource and one per changed cost component."""
     proj = doc["projects"][0]
     rows = proj["diff"]["resources"]
-    labels = [r["name"] for r in rows] + ["Total"]
-    t = Table(
-        title=f"llmfleet cost: stack {p.estimate.project}, {past_label}, USD/month",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        title_justify="left",
-    )
-    t.add_column("Resource / component", min_width=max(map(len, labels)), overflow="fold")
-    t.add_column("Past", justify="right", no_wrap=True)
-    t.add_column("New", justify="right", no_wrap=True)
-    t.add_column("Diff", justify="right", no_wrap=True)
+    cols = [
+        Col("Resource / component"),
+        Col("Past", whole=True, justify="right"),
+        Col("New", whole=True, justify="right"),
+        Col("Diff", whole=True, justify="right"),
+    ]
+    cells: list[list[Any]] = []
 
     def colour(d: Decimal) -> Text:
         return Text(_signed(d), style="red" if d > 0 else "green" if d < 0 else "")
@@ -137,30 +139,43 @@ def render_diff(p: Priced, doc: dict[str, Any], past_label: str, console: Consol
             last = i == len(items) - 1
             branch = indent + ("└─ " if last else "├─ ")
             if "costComponents" in item:
-                t.add_row(
-                    Text(branch + item["name"], no_wrap=True), "", "", colour(Decimal(item["monthlyCost"]))
+                cells.append(
+                    [Text(branch + item["name"], no_wrap=True), "", "", colour(Decimal(item["monthlyCost"]))]
                 )
                 components(item, indent + ("   " if last else "│  "))
             else:
-                t.add_row(branch + item["name"], "", "", colour(Decimal(item["monthlyCost"])))
+                cells.append([branch + item["name"], "", "", colour(Decimal(item["monthlyCost"]))])
 
     for r in rows:
         meta = r["metadata"]
         past = Decimal(meta["pastMonthlyCost"]) if meta.get("pastMonthlyCost") is not None else None
         new = Decimal(meta["newMonthlyCost"]) if meta.get("newMonthlyCost") is not None else None
-        t.add_row(
-            Text(r["name"], style="bold", no_wrap=True),
-            _money(past),
-            _money(new),
-            colour(Decimal(r["monthlyCost"])),
+        cells.append(
+            [
+                Text(r["name"], style="bold", no_wrap=True),
+                _money(past),
+                _money(new),
+                colour(Decimal(r["monthlyCost"])),
+            ]
         )
         components(r, "")
-    t.add_section()
-    t.add_row(
-        Text("Total", style="bold"),
-        _money(Decimal(doc["pastTotalMonthlyCost"])),
-        _money(Decimal(doc["totalMonthlyCost"])),
-        colour(Decimal(doc["diffTotalMonthlyCost"])),
+    cells.append(
+        [
+            Text("Total", style="bold"),
+            _money(Decimal(doc["pastTotalMonthlyCost"])),
+            _money(Decimal(doc["totalMonthlyCost"])),
+            colour(Decimal(doc["diffTotalMonthlyCost"])),
+        ]
+    )
+    t = fitted_table(
+        console,
+        cols,
+        cells,
+        end_sections={len(cells) - 2},
+        title=f"llmfleet cost: stack {p.estimate.project}, {past_label}, USD/month",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title_justify="left",
     )
     console.print(t)
     if not rows:

@@ -24,15 +24,29 @@ def _state(text: str) -> str:
     )
 
 
-def hosts_table(s: ClusterStatus) -> Table:
+def hosts_table(s: ClusterStatus, console: Console | None = None) -> Table:
+    """Groups, instance ids, IPs and host names whole, and the status always; where they do not
+    all fit, health, lifecycle, role, the IP and the host's name (its group says it) make room, in
+    that order (--json has them)."""
+    from infra.commands._fit import Col, fitted_table
+
     aws = s.target == "aws"
-    t = Table(title=f"{'stack' if aws else 'local cluster'} {s.name!r}" + (f" ({s.details['mode']})" if "mode" in s.details else ""),
-              title_justify="left")  # fmt: skip
-    cols = ["host", "ip", "role"] + (
-        ["group", "instance", "lifecycle", "health"] if aws else ["engine ranks"]
+    cols = [
+        Col("host", whole=True, drop=1 if aws else 0),  # the group names the host too
+        Col("ip", whole=True, drop=2 if aws else 0),
+        Col("role", whole=True, drop=3 if aws else 0),
+    ] + (
+        [
+            Col("group", whole=True),
+            Col("instance", whole=True),
+            Col("lifecycle", whole=True, drop=4),
+            Col("health", whole=True, drop=5),
+        ]
+        if aws
+        else [Col("engine ranks", whole=True)]
     )
-    for c in [*cols, "status"]:
-        t.add_column(c)
+    cols.append(Col("status"))
+    rows = []
     for h in s.hosts:
         shown = _STATE[h.status] + (f" [dim]({escape(h.reason)})[/]" if h.reason else "")
         extra = (
@@ -40,17 +54,29 @@ def hosts_table(s: ClusterStatus) -> Table:
             if aws
             else [str(h.ranks if h.ranks is not None else "-")]
         )
-        t.add_row(h.name, h.ip or "-", h.role, *extra, shown)
-    return t
+        rows.append([h.name, h.ip or "-", h.role, *extra, shown])
+    title = f"{'stack' if aws else 'local cluster'} {s.name!r}" + (
+        f" ({s.details['mode']})" if "mode" in s.details else ""
+    )
+    return fitted_table(console or _default_console(), cols, rows, title=title, title_justify="left")
 
 
-def nodes_table(s: ClusterStatus) -> Table:
+def nodes_table(s: ClusterStatus, console: Console | None = None) -> Table:
+    from infra.commands._fit import Col, fitted_table
+
     on = replicas_by_node(s.applications)
-    t = Table(title=f"Ray nodes ({s.gpus_total:g} GPUs alive)", title_justify="left")
-    for c in ("ip", "node", "alive", "head", "GPUs", "engine slots", "weights", "replicas"):
-        t.add_column(c)
-    for n in s.nodes:
-        t.add_row(
+    cols = [
+        Col("ip", whole=True),
+        Col("node", whole=True, drop=3),
+        Col("alive"),
+        Col("head", whole=True, drop=2),
+        Col("GPUs", whole=True),
+        Col("engine slots", whole=True, drop=1),
+        Col("weights", whole=True, drop=4),
+        Col("replicas"),
+    ]
+    rows = [
+        [
             n.ip,
             n.node_id[:12],
             "[green]yes[/]" if n.alive else f"[red]no[/] [dim]{escape(n.state_message)}[/]",
@@ -60,37 +86,66 @@ def nodes_table(s: ClusterStatus) -> Table:
             f"{n.cpu_slots:g}" if n.cpu_slots else "-",
             (n.weights or "-")[:16],
             ", ".join(on.get(n.ip, [])) or "-",
-        )
-    return t
+        ]
+        for n in s.nodes
+    ]
+    return fitted_table(
+        console or _default_console(),
+        cols,
+        rows,
+        title=f"Ray nodes ({s.gpus_total:g} GPUs alive)",
+        title_justify="left",
+    )
 
 
-def serve_table(s: ClusterStatus) -> Table:
-    t = Table(title="Serve", title_justify="left")
-    for c in ("application", "deployment", "status", "replicas", "where"):
-        t.add_column(c)
+def serve_table(s: ClusterStatus, console: Console | None = None) -> Table:
+    from infra.commands._fit import Col, fitted_table
+
+    # one column for both, a deployment indented under its application: side by side, an app
+    # and a deployment name (`LLMServer:deepseek-ai--DeepSeek-R1`) leave no room at 80 columns
+    cols = [
+        Col("application / deployment", whole=True),
+        Col("status", whole=True),
+        Col("replicas"),
+        Col("where"),
+    ]
+    rows: list[list[str]] = []
     for a in s.applications:
-        t.add_row(
-            a.name, "", _state(a.status), "", escape(a.message.splitlines()[-1][:100]) if a.message else ""
+        rows.append(
+            [
+                escape(a.name),
+                _state(a.status),
+                "",
+                escape(a.message.splitlines()[-1][:100]) if a.message else "",
+            ]
         )
         for d in a.deployments:
             target = f"/{d.target_replicas}" if d.target_replicas is not None else ""
             where = ", ".join(
                 f"{r.node_ip or '?'} {'' if r.state == 'RUNNING' else r.state}".strip() for r in d.replicas
             )
-            t.add_row("", d.name, _state(d.status), f"{d.running}{target} running", where or "-")
-    return t
+            rows.append(
+                ["  " + escape(d.name), _state(d.status), f"{d.running}{target} running", where or "-"]
+            )
+    return fitted_table(console or _default_console(), cols, rows, title="Serve", title_justify="left")
+
+
+def _default_console() -> Console:
+    from infra.commands._common import console
+
+    return console
 
 
 def render(s: ClusterStatus, console: Console) -> None:
-    console.print(hosts_table(s))
+    console.print(hosts_table(s, console))
     if s.nodes_error:
         console.print(f"ray: [red]{escape(s.nodes_error)}[/]", highlight=False)
     if s.nodes:
-        console.print(nodes_table(s))
+        console.print(nodes_table(s, console))
     if s.serve_error and s.serve_error != s.nodes_error:
         console.print(f"serve: [red]{escape(s.serve_error)}[/]", highlight=False)
     if s.applications:
-        console.print(serve_table(s))
+        console.print(serve_table(s, console))
     elif not s.serve_error:
         console.print("serve: no applications", highlight=False)
     if s.deployed_serve_config or s.serve_config:

@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from infra.commands._common import ConfigOpt, JsonOpt, console, err_console, fail, print_json
+from infra.commands._common import (
+    ConfigOpt,
+    JsonOpt,
+    complete_stack,
+    console,
+    err_console,
+    fail,
+    print_json,
+    require_local_engine,
+)
 
 HELP = (
     "Offline batch inference: rows {id, prompt[, max_tokens]} from --input (JSONL or Parquet) through "
@@ -24,11 +33,16 @@ HELP = (
 
 def batch_cmd(
     input_path: Annotated[str, typer.Option("--input", help="prompts.jsonl or prompts.parquet.")],
-    output: Annotated[str, typer.Option("--output", help="Results: a Parquet directory (or s3:// URI).")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Results: a Parquet directory (or s3:// URI).")
+    ],
     local: Annotated[bool, typer.Option("--local", help="The local cluster's model.")] = False,
     name: Annotated[str, typer.Option("--name", help="Local cluster name.")] = "local",
     stack: Annotated[
-        str | None, typer.Option("--stack", "-s", help="A deployed stack (ray job submit).")
+        str | None,
+        typer.Option(
+            "--stack", "-s", autocompletion=complete_stack, help="A deployed stack (ray job submit)."
+        ),
     ] = None,
     overrides: ConfigOpt = None,
     dashboard: Annotated[
@@ -52,6 +66,7 @@ def batch_cmd(
              + "; allowed: one of --local, --stack NAME")  # fmt: skip
     try:
         if local:
+            require_local_engine()
             from infra.bench.targets import local_target
 
             model_dir = local_target(name).model_dir

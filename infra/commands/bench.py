@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from infra.commands._common import JsonOpt, console, err_console, fail, print_json
+from infra.commands._common import JsonOpt, complete_stack, console, err_console, fail, print_json
 
 HELP = (
     "Measure a running endpoint: a load sweep through the OpenAI API (streaming completions, prompts "
@@ -31,25 +32,39 @@ def _fmt(v, places: int = 1) -> str:
 
 
 def render_steps(steps: list[dict], title: str) -> None:
-    t = Table(title=title)
-    for col in ("conc.", "req", "errors", "req/s", "out tok/s", "TTFT p50/p95 ms", "TPOT p50/p95 ms",
-                "planner tok/s", "planner TPOT ms"):  # fmt: skip
-        t.add_column(col, justify="right")
+    """One row per concurrency step. Figures never split; the errors (kinds and counts) wrap
+    between words; at 80 columns the planner's TPOT, then its tok/s, make room (--json has them)."""
+    from infra.commands._fit import Col, fitted_table
+
+    cols = [
+        Col("conc.", whole=True, justify="right"),
+        Col("req ok/sent", whole=True, justify="right"),
+        Col("errors", justify="right"),
+        Col("req/s", whole=True, justify="right"),
+        Col("out tok/s", whole=True, justify="right"),
+        Col("TTFT ms p50/p95", whole=True, justify="right"),
+        Col("TPOT ms p50/p95", whole=True, justify="right"),
+        Col("planner tok/s", whole=True, justify="right", drop=1),
+        Col("planner TPOT ms", whole=True, justify="right", drop=2),
+    ]
+    rows = []
     for s in steps:
         errs = ", ".join(f"{k} {v}" for k, v in s["errors"].items()) or "0"
         p = s.get("predicted") or {}
-        t.add_row(
-            str(s["concurrency"]),
-            f"{s['succeeded']}/{s['requests']}",
-            errs if not s["errors"] else f"[red]{errs}[/]",
-            _fmt(s["requests_per_s"], 2),
-            _fmt(s["output_tokens_per_s"]),
-            f"{_fmt(s['ttft_ms_p50'])} / {_fmt(s['ttft_ms_p95'])}",
-            f"{_fmt(s['tpot_ms_p50'])} / {_fmt(s['tpot_ms_p95'])}",
-            _fmt(p.get("output_tokens_per_s")) if p.get("fits") else "-",
-            _fmt(p.get("tpot_ms")) if p.get("fits") else "-",
+        rows.append(
+            [
+                str(s["concurrency"]),
+                f"{s['succeeded']}/{s['requests']}",
+                Text(errs, style="red" if s["errors"] else ""),
+                _fmt(s["requests_per_s"], 2),
+                _fmt(s["output_tokens_per_s"]),
+                f"{_fmt(s['ttft_ms_p50'])}/{_fmt(s['ttft_ms_p95'])}",
+                f"{_fmt(s['tpot_ms_p50'])}/{_fmt(s['tpot_ms_p95'])}",
+                _fmt(p.get("output_tokens_per_s")) if p.get("fits") else "-",
+                _fmt(p.get("tpot_ms")) if p.get("fits") else "-",
+            ]
         )
-    console.print(t)
+    console.print(fitted_table(console, cols, rows, title=title))
 
 
 def _trust_remote_code(stack: str | None) -> bool:
@@ -91,7 +106,9 @@ def _resolve(local: bool, name: str, stack: str | None, outputs: Path | None, en
 # The command's options (module level, so its signature stays short).
 LocalOpt = Annotated[bool, typer.Option("--local", help="The local cluster (`llmfleet local up`).")]
 NameOpt = Annotated[str, typer.Option("--name", help="Local cluster name.")]
-TargetStackOpt = Annotated[str | None, typer.Option("--stack", "-s", help="A deployed stack.")]
+TargetStackOpt = Annotated[
+    str | None, typer.Option("--stack", "-s", autocompletion=complete_stack, help="A deployed stack.")
+]
 OutputsOpt = Annotated[
     Path | None,
     typer.Option("--outputs", help="JSON of `pulumi stack output --json` (with --stack)."),
@@ -117,7 +134,9 @@ StepTimeoutOpt = Annotated[float, typer.Option("--step-timeout", help="Time limi
 PlanStackOpt = Annotated[
     str | None,
     typer.Option(
-        "--plan-stack", help="Stack whose plan to compare with (default: --stack; none for --local)."
+        "--plan-stack",
+        autocompletion=complete_stack,
+        help="Stack whose plan to compare with (default: --stack; none for --local).",
     ),
 ]
 PlotOpt = Annotated[

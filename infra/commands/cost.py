@@ -34,7 +34,6 @@ from infra.commands._cost_stack import (  # noqa: F401 - live_blocks, usage_temp
     user_errors,
 )
 from infra.commands._cost_tables import budget_message, render_diff, render_table
-from infra.constants import REPO_ROOT
 
 if TYPE_CHECKING:  # imported where used: `llmfleet --help` and `plan` need none of them
     from infra.cost import infracost
@@ -69,6 +68,7 @@ DiffOpt = Annotated[
     typer.Option(
         "--diff",
         metavar="OTHER",
+        autocompletion=_common.complete_stack,
         help="This stack's cost minus stack OTHER's (two stacks, not two states; -c applies to --stack only).",
     ),
 ]
@@ -86,9 +86,17 @@ FromPreviewOpt = Annotated[
 
 
 def _git(*args: str) -> str:
+    """git in the project's repository (the project holds the stacks being priced)."""
+    from infra.stack.config import ConfigError
+    from infra.stack.files import project_root
+
+    try:
+        where = project_root()
+    except ConfigError:
+        return ""
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=5, check=True
+            ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=5, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -138,10 +146,15 @@ def build_json(
 def _price_other(diff: str, live: bool) -> Priced:
     """Stack OTHER of --diff; its failures name --diff, not --stack."""
     from infra.stack import suggest
-    from infra.stack.files import available_stacks
+    from infra.stack.config import ConfigError
+    from infra.stack.files import available_stacks, stack_name
 
     stacks = available_stacks()
-    if diff not in stacks:
+    try:
+        short = stack_name(diff)
+    except ConfigError as e:
+        _common.fail(str(e).replace("--stack", "--diff", 1))
+    if short not in stacks:
         _common.fail(
             f"--diff: {diff!r} is not a stack (no stacks/Pulumi.{diff}.yaml); "
             f"{suggest.did_you_mean(diff, stacks)}allowed: {', '.join(stacks)}"

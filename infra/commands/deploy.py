@@ -16,9 +16,11 @@ from infra.commands._common import (
     StackOpt,
     config_or_fail,
     console,
+    emit_error,
     err_console,
     fail,
     print_json,
+    require_policy_sdk,
 )
 
 TimeoutOpt = Annotated[
@@ -74,7 +76,7 @@ def _wait_direct(outputs: dict, timeout: float, out: Console = console) -> bool:
                 endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout
             )
         except NodeError as e:
-            err_console.print(f"[bold red]error:[/] not ready: {e}", highlight=False, soft_wrap=True)
+            emit_error(f"not ready: {e}")
             return False
     out.print(f"ready: a completion returned {text!r}", highlight=False)
     return True
@@ -173,7 +175,7 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
     except (BotoCoreError, ClientError) as e:
         fail(f"rollout: {_one_line(e)}", 1)
     if not result.ok:
-        err_console.print(f"[bold red]error:[/] {result.line()}", highlight=False, soft_wrap=True)
+        emit_error(result.line())
         return False
     out.print(f"[green]{result.line()}[/]", highlight=False)
     return True
@@ -185,7 +187,7 @@ def _policy_stop(stack: str, violations) -> None:
 
     from infra.commands.policy import violations_table
 
-    err_console.print(violations_table(stack, SimpleNamespace(violations=violations)))
+    err_console.print(violations_table(stack, SimpleNamespace(violations=violations), err_console))
     first = violations[0]
     where = f" ({first.resource})" if first.resource else ""
     fail(f"policy {first.policy}{where}: {first.message}", 1)
@@ -275,6 +277,7 @@ def up_cmd(
     Exit 0 = up and answering with the new Serve config, 1 = preflight failed / a mandatory policy violation / update failed / not confirmed / rollout stopped and rolled back / not ready in time, 2 = bad input or no pulumi CLI.
     """  # noqa: E501  (one line per paragraph: rich folds help text itself)
     _cli_or_fail()
+    require_policy_sdk()
     args = _args_or_fail(stack, config)
     cfg = config_or_fail(stack, config)
     # --json: stdout holds the one document; everything else (and the question) goes to stderr

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from infra.commands._common import StackOpt, console, fail
 
@@ -71,9 +70,9 @@ def trust(path: Path, yes: bool, key_type: str = "ed25519", timeout_s: int = 5) 
         fail(f"{path.name}: {e}; allowed: a stack with llmfleet:provider existing and its hosts")
     hosts = yaml_files.safe_load(text)["config"][hosts_key]
     found: dict[int, str] = {}
-    table = Table(title=f"{path.name}: SSH host keys ({key_type})")
-    for col in ("entry", "address", "role", "fingerprint", "hostKey"):
-        table.add_column(col, overflow="fold")
+    # the fingerprint is what the operator compares, character by character: whole, under its
+    # address (side by side they do not fit 80 columns)
+    rows: list[list[str]] = []
     for i, h in enumerate(hosts):
         address = str(h.get("address", ""))
         try:
@@ -82,8 +81,16 @@ def trust(path: Path, yes: bool, key_type: str = "ed25519", timeout_s: int = 5) 
             fail(f"llmfleet:hosts[{i}].address = {address!r}: {e}")
         old = h.get("hostKey")
         state = "new" if not old else ("same" if str(old).split()[:2] == found[i].split() else "CHANGED")
-        table.add_row(str(i), address, str(h.get("role", "")), fingerprint(found[i]), state)
-    console.print(table)
+        rows.append([str(i), f"{address}\n{fingerprint(found[i])}", str(h.get("role", "")), state])
+    from infra.commands._fit import Col, fitted_table
+
+    cols = [
+        Col("entry", whole=True, drop=1),
+        Col("address / fingerprint", whole=True),
+        Col("role", whole=True),
+        Col("hostKey", whole=True),
+    ]
+    console.print(fitted_table(console, cols, rows, title=f"{path.name}: SSH host keys ({key_type})"))
     changes = {i: k for i, k in found.items() if str(hosts[i].get("hostKey") or "").split()[:2] != k.split()}
     if not changes:
         console.print("every hostKey already matches: nothing to write")
@@ -113,11 +120,15 @@ def trust_cmd(
     timeout: Annotated[int, typer.Option("--timeout", min=1, max=120, help="Seconds per host.")] = 5,
 ) -> None:
     """Pin each owned host's SSH key: ssh-keyscan, show fingerprints, confirm, write hostKey."""
+    from infra.stack.config import ConfigError
     from infra.stack.files import available_stacks, stack_file
 
     if key_type not in KEY_TYPES:
         fail(f"--type {key_type!r}: allowed: {', '.join(KEY_TYPES)}")
-    path = stack_file(stack)
+    try:
+        path = stack_file(stack)
+    except ConfigError as e:  # not inside a project
+        fail(str(e))
     if not path.exists():
         fail(f"--stack {stack!r}: no file {path.name}; allowed: {', '.join(available_stacks())}")
     trust(path, yes, key_type, timeout)

@@ -9,7 +9,15 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, console, err_console, fail, print_json
+from infra.commands._common import (
+    JsonOpt,
+    complete_stack,
+    console,
+    err_console,
+    fail,
+    print_json,
+    require_local_engine,
+)
 
 NameOpt = Annotated[
     str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
@@ -19,6 +27,7 @@ PriceStackOpt = Annotated[
     str,
     typer.Option(
         "--price-stack",
+        autocompletion=complete_stack,
         help="Stack whose workers price the measured tokens/s (beside its planner estimate).",
     ),
 ]
@@ -41,7 +50,7 @@ UP_HELP = (
 
 def _progress_stages():
     """A rich progress display of the `up` stages on stderr; returns (progress, on_stage)."""
-    from infra.local.cluster import STAGES
+    from infra.local.cluster import FAILED_STAGE, STAGES
 
     labels = dict(STAGES)
     progress = Progress(
@@ -55,6 +64,14 @@ def _progress_stages():
     order = [k for k, _ in STAGES]
 
     def on_stage(stage: str, detail: str) -> None:
+        if stage == FAILED_STAGE:
+            # the stage in flight stops with a red mark, not a spinner frozen beside its goal
+            by_id = {t.id: t for t in progress.tasks}
+            for key, task in tasks.items():
+                if not by_id[task].finished:
+                    progress.update(task, description=f"{labels[key]} [red]✗ failed[/]")
+                    progress.stop_task(task)
+            return
         # A stage starting means every earlier one is done.
         upto = order.index(stage) if stage in order else len(order)
         for key in order[:upto]:
@@ -87,10 +104,13 @@ def printable(text: str) -> tuple[str, list[str]]:
 
 
 def _hosts_table(rows: list[dict], title: str) -> Table:
+    from infra.commands._fit import Col, fitted_table
+
     with_status = any("status" in h for h in rows)
-    t = Table(title=title)
-    for col in ("host", "ip", "role", "engine ranks") + (("status",) if with_status else ()):
-        t.add_column(col)
+    cols = [Col(c, whole=True) for c in ("host", "ip", "role", "engine ranks")] + (
+        [Col("status")] if with_status else []
+    )
+    table = []
     for h in rows:
         cells = [h["name"], h["ip"], h["role"], str(h["ranks"])]
         if with_status:
@@ -98,8 +118,8 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
             if h.get("status") == "lost" and h.get("reason"):
                 shown += f" [dim]({h['reason']})[/]"
             cells.append(shown)
-        t.add_row(*cells)
-    return t
+        table.append(cells)
+    return fitted_table(console, cols, table, title=title)
 
 
 def _serving_options(items: list[str]) -> dict[str, dict]:
@@ -132,8 +152,16 @@ def up_cmd(
     hosts: Annotated[
         int, typer.Option("--hosts", min=2, max=8, help="Hosts: 1 head + N-1 workers, one replica each.")
     ] = 2,
-    tp: Annotated[int, typer.Option("--tp", min=1, max=4, help="Tensor parallel ranks per replica.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", min=1, max=4, help="Pipeline stages per replica.")] = 1,
+    tp: Annotated[
+        int,
+        typer.Option(
+            "--tp", "--tensor-parallel-size", min=1, max=4, help="Tensor parallel ranks per replica."
+        ),
+    ] = 1,
+    pp: Annotated[
+        int,
+        typer.Option("--pp", "--pipeline-parallel-size", min=1, max=4, help="Pipeline stages per replica."),
+    ] = 1,
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="Endpoint port on the head's IP.")
     ] = 8000,
@@ -178,6 +206,7 @@ def up_cmd(
     ] = "pow2",
     as_json: JsonOpt = False,
 ) -> None:
+    require_local_engine()
     from infra.local.cluster import UpOptions, up
     from infra.local.hosts import HostsError
     from infra.local.layout import LocalError

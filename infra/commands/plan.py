@@ -7,7 +7,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from infra.commands._common import JsonOpt, console, fail, print_json, resolve_id
+from infra.catalog import load_catalog
+from infra.commands._common import (
+    JsonOpt,
+    complete_gpu,
+    complete_model,
+    console,
+    err_console,
+    fail,
+    print_json,
+    resolve_id,
+)
+from infra.stack.units import fmt_gib
 
 if TYPE_CHECKING:
     from infra.stack.compare import CompareRow
@@ -46,8 +57,10 @@ def _plan_rows(p: Plan) -> list[tuple[str, str]]:
         ("nodes x GPUs per node", f"{p.nodes} x {p.gpus_per_node}"),
         ("tensor x pipeline parallel", f"{p.tensor_parallel_size} x {p.pipeline_parallel_size}"),
         ("layers per stage", ", ".join(map(str, p.stage_layers))),
-        ("weights total", f"{p.weights_gib_total:.1f} GiB"),
-        ("weights per GPU", f"{p.weights_gib_per_gpu:.1f} GiB"),
+        # the checkpoint on disk (with DeepSeek's MTP layer) beside what the engine loads of it
+        ("checkpoint on disk", fmt_gib(load_catalog().models[p.model].checkpoint_gib)),
+        ("weights loaded", fmt_gib(p.weights_gib_total)),
+        ("weights per GPU", fmt_gib(p.weights_gib_per_gpu)),
         ("usable per GPU", f"{p.usable_gib_per_gpu:.1f} GiB"),
         ("KV cache per GPU", f"{p.kv_cache_gib_per_gpu:.1f} GiB"),
         ("KV bytes per token per GPU", f"{p.kv_bytes_per_token_per_gpu:,}"),
@@ -137,45 +150,57 @@ def render_plan(p: Plan) -> None:
 
 
 def render_compare(rows: list[CompareRow], model: str, concurrency: int) -> None:
-    t = Table(
-        title=f"{model}: every GPU in the catalog at concurrency {concurrency}, cheapest per token first"
-    )
-    for col, just in (
-        ("GPU", "left"),
-        ("layout", "left"),
-        ("AWS instance", "left"),
-        ("USD/h", "right"),
-        ("cluster tok/s", "right"),
-        ("per-user tok/s", "right"),
-        ("USD / 1M out", "right"),
-        ("note", "left"),
-    ):
-        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    """One row per GPU. GPU ids and instance types are what a reader copies: whole, always; the
+    note wraps between words; at 80 columns user tok/s, then USD/h, make room (--json has them)."""
+    from infra.commands._fit import Col, dropped, fitted_table
+
+    cols = [
+        Col("GPU", whole=True),
+        Col("TP x PP", whole=True),
+        Col("AWS instance", whole=True),
+        Col("USD/h", justify="right", whole=True, drop=1),
+        Col("tok/s", justify="right", whole=True),
+        Col("user tok/s", justify="right", whole=True, drop=2),
+        Col("USD/1M", justify="right", whole=True),
+        Col("note"),
+    ]
+    cells = []
     for r in rows:
-        layout = (
-            f"{r.nodes} x {r.gpus_per_node} (TP {r.tensor_parallel_size} x PP {r.pipeline_parallel_size})"
-        )
         note = r.note
         if r.fits and r.concurrency_capped:
             note = f"concurrency capped at {r.effective_concurrency} by the KV cache" + (
                 f"; {note}" if note else ""
             )
-        t.add_row(
-            r.gpu,
-            layout if r.fits else "-",
-            r.instance_type or "-",
-            _money(r.usd_per_hour),
-            f"{r.decode_tokens_per_s_expected:,.0f}" if r.fits else "-",
-            f"{r.decode_tokens_per_s_per_user:,.1f}" if r.fits else "-",
-            _money(r.usd_per_million_output_tokens, 3),
-            note,
+        cells.append(
+            [
+                r.gpu,
+                f"{r.tensor_parallel_size} x {r.pipeline_parallel_size}" if r.fits else "-",
+                r.instance_type or "-",
+                _money(r.usd_per_hour),
+                f"{r.decode_tokens_per_s_expected:,.0f}" if r.fits else "-",
+                f"{r.decode_tokens_per_s_per_user:,.1f}" if r.fits else "-",
+                _money(r.usd_per_million_output_tokens, 3),
+                note,
+            ]
         )
+    t = fitted_table(
+        console,
+        cols,
+        cells,
+        title=f"{model}: every GPU in the catalog at concurrency {concurrency}, cheapest per token first",
+    )
     console.print(t)
     console.print(
-        "USD/h: GPU workers on demand (us-east-1, instance catalog); speeds: infra/stack/perf.py, fitted on "
-        "infra/catalog/calibration.yaml",
+        "TP x PP: GPUs per node x nodes; tok/s: cluster decode; USD/1M: per 1M output tokens; "
+        "USD/h: GPU workers on demand "
+        "(us-east-1, instance catalog); speeds: infra/stack/perf.py, fitted on "
+        "infra/catalog/calibration.yaml"
+        + (
+            f"; not shown at this width: {', '.join(dropped(t, cols))} (--json has every field)"
+            if dropped(t, cols)
+            else ""
+        ),
         highlight=False,
-        soft_wrap=True,
     )
 
 
@@ -200,20 +225,55 @@ def _context_len(value: str) -> int | str:
         fail(f"--max-model-len: {value!r} is not allowed; allowed: 'auto' or an integer >= 16")
 
 
+def _renamed(old: str, old_value: int | None, new: str, value: int | None) -> int | None:
+    """A deprecated option's value, with a note; both given and different is bad input."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        fail(f"{old}: {old_value} and {new} {value} disagree; allowed: {new} alone ({old} is its old name)")
+    err_console.print(f"[yellow]deprecated:[/] {old} is now {new}", highlight=False)
+    return old_value
+
+
 def plan_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Catalog model id, e.g. deepseek-r1.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", autocompletion=complete_model, help="Catalog model id, e.g. deepseek-r1."
+        ),
+    ],
     gpu: Annotated[
-        str | None, typer.Option("--gpu", "-g", help="GPU id, e.g. L20, L40S, H200 (not with --compare).")
+        str | None,
+        typer.Option(
+            "--gpu",
+            "-g",
+            autocompletion=complete_gpu,
+            help="GPU id, e.g. L20, L40S, H200 (not with --compare).",
+        ),
     ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="One row per GPU in the catalog, cheapest per token first.")
     ] = False,
-    gpus_per_node: Annotated[
-        int, typer.Option("--gpus-per-node", help="GPUs per node = tensor parallel size.")
-    ] = 8,
-    nodes: Annotated[
-        int | None, typer.Option("--nodes", help="Nodes = pipeline parallel size; omit for auto.")
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            "--tp", "--tensor-parallel-size", help="Tensor parallel size = GPUs per node [default: 8]."
+        ),
     ] = None,
+    pp: Annotated[
+        int | None,
+        typer.Option(
+            "--pp",
+            "--pipeline-parallel-size",
+            help="Pipeline parallel size = nodes; omit for the fewest that fit.",
+        ),
+    ] = None,
+    # The names before one vocabulary (local up, preflight-cluster and vLLM say TP/PP): scripts
+    # may still pass them, so they still work, hidden, with a note on stderr.
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus-per-node", hidden=True, help="Deprecated: --tp.")
+    ] = None,
+    nodes: Annotated[int | None, typer.Option("--nodes", hidden=True, help="Deprecated: --pp.")] = None,
     quantization: Annotated[
         str | None, typer.Option("--quantization", "-q", help="fp8, bf16, int8 or int4.")
     ] = None,
@@ -248,6 +308,8 @@ def plan_cmd(
     from infra.stack.compare import compare as compare_gpus
     from infra.stack.planner import PlanInputError, plan
 
+    tp = _renamed("--gpus-per-node", gpus_per_node, "--tp", tp)
+    pp = _renamed("--nodes", nodes, "--pp", pp)
     cat = load_catalog()
     model = resolve_id("--model", model, list(cat.models), "model")
     if gpu is not None:
@@ -277,7 +339,7 @@ def plan_cmd(
     if gpu is None:
         fail("--gpu: missing; allowed: a GPU id such as L20, L40S or H200, or --compare for every GPU")
     try:
-        p = plan(model=model, gpu=gpu, gpus_per_node=gpus_per_node, nodes=nodes, **common)  # type: ignore[arg-type]
+        p = plan(model=model, gpu=gpu, gpus_per_node=8 if tp is None else tp, nodes=pp, **common)  # type: ignore[arg-type]
     except PlanInputError as e:
         fail(str(e))
     p = _calibrated(p)

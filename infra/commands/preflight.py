@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, config_or_fail, console, fail, print_json
 
@@ -37,13 +37,18 @@ def run_for_stack(cfg, clients=None):
 
 
 def show(checks, title: str, out: Console | None = None) -> None:
-    t = Table(title=title)
-    t.add_column("check", style="bold")
-    t.add_column("status")
-    t.add_column("message", overflow="fold")
-    for c in checks:
-        t.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", c.message)
-    (out or console).print(t)
+    """Check names whole; the message wraps between words (the ids it names stay whole)."""
+    from infra.commands._fit import Col, fitted_table
+
+    out = out or console
+    rows = [
+        [Text(c.name, style="bold"), f"[{STYLE[c.status]}]{c.status}[/]", Text(c.message)] for c in checks
+    ]
+    out.print(
+        fitted_table(
+            out, [Col("check", whole=True), Col("status", whole=True), Col("message")], rows, title=title
+        )
+    )
 
 
 def preflight_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:

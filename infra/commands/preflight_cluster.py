@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from infra.commands._common import JsonOpt, console, fail, print_json
 
@@ -14,8 +13,13 @@ EXIT_PREFLIGHT_FAILED = 1
 
 def preflight_cluster_cmd(
     address: Annotated[str, typer.Option("--address", help="Ray GCS address HOST:6379 (or auto).")],
-    tp: Annotated[int, typer.Option("--tp", min=1, help="Tensor parallel size (GPUs per host).")],
-    pp: Annotated[int, typer.Option("--pp", min=1, help="Pipeline parallel size (hosts).")],
+    tp: Annotated[
+        int,
+        typer.Option("--tp", "--tensor-parallel-size", min=1, help="Tensor parallel size (GPUs per host)."),
+    ],
+    pp: Annotated[
+        int, typer.Option("--pp", "--pipeline-parallel-size", min=1, help="Pipeline parallel size (hosts).")
+    ],
     gpu_model: Annotated[
         str | None, typer.Option("--gpu-model", help="Require custom resource gpu_model:<X> per bundle.")
     ] = None,
@@ -56,14 +60,14 @@ def preflight_cluster_cmd(
     if as_json:
         print_json(r.to_json())
     else:
-        t = Table(
-            title=f"preflight TP={r.tp} x PP={r.pp}" + (f" gpu_model:{r.gpu_model}" if r.gpu_model else "")
-        )
-        for col in ("rank", "pp stage", "tp rank", "node ip", "GPU"):
-            t.add_column(col)
-        for k in r.ranks:
-            t.add_row(str(k.rank), str(k.pp_stage), str(k.tp_rank), k.node_ip, ",".join(k.gpu_ids))
-        console.print(t)
+        from infra.commands._fit import Col, fitted_table
+
+        cols = [Col(h, whole=True) for h in ("rank", "pp stage", "tp rank", "node ip")] + [Col("GPU")]
+        rows = [
+            [str(k.rank), str(k.pp_stage), str(k.tp_rank), k.node_ip, ", ".join(k.gpu_ids)] for k in r.ranks
+        ]
+        title = f"preflight TP={r.tp} x PP={r.pp}" + (f" gpu_model:{r.gpu_model}" if r.gpu_model else "")
+        console.print(fitted_table(console, cols, rows, title=title))
         console.print(
             f"TP groups within one host: {'[green]yes[/]' if r.tp_groups_within_host else '[red]no[/]'}; "
             f"all-reduce ({r.backend}): sum {r.observed_sum:g} of {r.expected_sum:g} "

@@ -7,7 +7,9 @@ import re
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from infra.commands._common import (
     ConfigOpt,
@@ -15,6 +17,7 @@ from infra.commands._common import (
     StackOpt,
     capture_or_fail,
     console,
+    err_console,
     fail,
     print_json,
 )
@@ -35,27 +38,39 @@ def short_type(token: str) -> str:
     return re.sub(r"^([^:/]+):([^:/]+)/[^:]+:([^:]+)$", r"\1:\2:\3", token)
 
 
-def resources_table(stack: str, resources: list[dict], wide: bool) -> Table:
-    """Types and names never truncate: they fold when the terminal is narrower than they are.
-    The default fits 80 columns whole (Pulumi's short type form); --wide adds the full token
-    and each resource's parent."""
-    t = Table(title=f"llmfleet-{stack}: {len(resources)} resources")
-    for col in ("type", "name") + (("parent",) if wide else ()):
-        t.add_column(col, overflow="fold")
+def resources_table(stack: str, resources: list[dict], wide: bool, console: Console = console) -> Table:
+    """Types and names never split: side by side when the terminal holds both whole (Pulumi's
+    short type form; 100 columns do), else one cell per resource, the name indented under its
+    type. --wide adds the full token and each resource's parent (wider than 80 columns)."""
+    from infra.commands._fit import Col, fitted_table, min_width
+
+    title = f"llmfleet-{stack}: {len(resources)} resources"
     # Pulumi registers resources concurrently, so capture order varies run to run: sort.
-    for r in sorted(resources, key=lambda r: (r["type"], r["name"])):
-        kind = r["type"] if wide else short_type(r["type"])
-        t.add_row(kind, r["name"], *((r["parent"] or "",) if wide else ()))
-    return t
+    ordered = sorted(resources, key=lambda r: (r["type"], r["name"]))
+    cols = [Col("type", whole=True), Col("name", whole=True)] + ([Col("parent", whole=True)] if wide else [])
+    rows = [
+        [r["type"] if wide else short_type(r["type"]), r["name"], *((r["parent"] or "",) if wide else ())]
+        for r in ordered
+    ]
+    if wide or min_width(console, cols, rows) <= console.width:
+        return fitted_table(console, cols, rows, title=title)
+    stacked = [[Text(f"{t}\n  {n}")] for t, n in rows]
+    return fitted_table(console, [Col("type / name", whole=True)], stacked, title=title)
 
 
-def outputs_table(outputs: dict[str, Any]) -> Table:
-    o = Table(title="outputs (one in full: --output KEY)", show_header=False)
-    o.add_column(style="bold", no_wrap=True)
-    o.add_column(overflow="fold")
-    for k in sorted(outputs):
-        o.add_row(k, output_text(outputs[k]))
-    return o
+def outputs_table(outputs: dict[str, Any], console: Console = console) -> Table:
+    """Keys whole; a value wraps between words and folds only where one word is longer than
+    the line (an image reference, an ARN): `--output-key KEY` prints it whole."""
+    from infra.commands._fit import Col, fitted_table
+
+    rows = [[Text(k, style="bold"), Text(output_text(outputs[k]))] for k in sorted(outputs)]
+    return fitted_table(
+        console,
+        [Col("key", whole=True), Col("value")],
+        rows,
+        title="outputs (one in full: --output-key KEY)",
+        show_header=False,
+    )
 
 
 def preview_cmd(
@@ -68,10 +83,18 @@ def preview_cmd(
     ] = False,
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", metavar="KEY", help="Print only this stack output, in full."),
+        typer.Option("--output-key", metavar="KEY", help="Print only this stack output, in full."),
+    ] = None,
+    old_output: Annotated[
+        str | None,
+        # before -o meant an output path everywhere: scripts may still say --output KEY
+        typer.Option("--output", hidden=True, help="Deprecated: --output-key."),
     ] = None,
 ) -> None:
     """Run the real Pulumi program offline (mocked cloud) and list what `pulumi up` would create."""
+    if old_output is not None:
+        err_console.print("[yellow]deprecated:[/] --output KEY is now --output-key KEY", highlight=False)
+        output = output or old_output
     cap = capture_or_fail(stack, config)
     if output is not None:
         if output not in cap.outputs:
@@ -79,7 +102,7 @@ def preview_cmd(
 
             keys = sorted(cap.outputs)
             fail(
-                f"--output: {output!r} is not an output of stack {stack}; "
+                f"--output-key: {output!r} is not an output of stack {stack}; "
                 f"{suggest.did_you_mean(output, keys)}allowed: {', '.join(keys)}"
             )
         typer.echo(output_text(cap.outputs[output]))
@@ -90,7 +113,7 @@ def preview_cmd(
     if as_json:
         print_json(cap.to_dict())
         return
-    console.print(resources_table(stack, cap.resources, wide))
+    console.print(resources_table(cap.config.stack, cap.resources, wide))
     console.print(outputs_table(cap.outputs))
     if plan.context_note:
         console.print(f"context: {plan.context_note}", highlight=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from infra.commands._common import JsonOpt, StackOpt, console, fail, print_json
+from infra.commands._common import JsonOpt, StackOpt, complete_stack, console, fail, print_json
 from infra.commands._stack_outputs import OutputsFileOpt, aws_clients_or_fail, stack_outputs_or_fail
 
 
@@ -17,7 +17,9 @@ def status_cmd(
     price_stack: Annotated[
         str | None,
         typer.Option(
-            "--price-stack", help="Stack file that prices the measured tokens/s (default: --stack)."
+            "--price-stack",
+            autocompletion=complete_stack,
+            help="Stack file that prices the measured tokens/s (default: --stack).",
         ),
     ] = None,
     timeout: Annotated[

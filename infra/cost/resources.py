@@ -325,8 +325,9 @@ def price_bucket(
             "Storage (S3 Standard)", "GB", None, None, rate, usage_based=True, usage_key="standard.storage_gb"
         )
     else:
-        # S3 bills GB-month in binary GB, so the checkpoint's GiB is the billed quantity
-        storage = monthly("Storage (S3 Standard)", "GB", weights_gib, rate, usage_key="standard.storage_gb")
+        # S3 bills GB-month in binary GB, so the checkpoint's GiB is the billed quantity, and the
+        # line says GiB as `plan` and the cold-start table do (the same 642 GiB everywhere)
+        storage = monthly("Storage (S3 Standard)", "GiB", weights_gib, rate, usage_key="standard.storage_gb")
     thousand = Decimal("0.001")  # request prices are per 1,000
     comps = (
         storage,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -72,7 +73,9 @@ from infra.local.state import (
 )
 from infra.local.status import healthy
 
-# Stage keys in the order `up` goes through them, with what each waits for.
+# Stage keys in the order `up` goes through them, with what each waits for. A label is shown
+# from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
+# it has not reached: "Serve application RUNNING" sat above the error of an app that never ran.
 STAGES = (
     ("model", "tiny DeepSeek-V3 model on disk"),
     ("hosts", "hosts created"),
@@ -80,9 +83,10 @@ STAGES = (
     ("gpus", "workers joined with every replica's engine slots"),
     ("preflight", "preflight: gang placement + all-reduce"),
     ("deploy", "serve deploy applied"),
-    ("running", "Serve application RUNNING"),
+    ("running", "Serve application starting (engine load, until RUNNING)"),
     ("ready", "first real completion"),
 )
+FAILED_STAGE = "failed"  # on_stage(FAILED_STAGE, why): the stage in flight did not finish
 
 
 # Lines `ray_cluster.node deploy` prints on stderr when a stage is done -> the stage that follows.
@@ -412,10 +416,67 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         save_state(st, sd)
         on_stage("done", "")
         return st
-    except BaseException:
-        # Nothing half-started stays behind; the logs stay for the error message.
+    except BaseException as e:
+        on_stage(FAILED_STAGE, type(e).__name__)
+        # Ray's own logs live in its temp dir, which `down` removes: keep them beside ours,
+        # and say what the engine itself reported (Serve's message often ends in "See root
+        # cause above" with the root cause only in a worker's log).
+        kept = keep_ray_logs(st["temp_dir"], paths["logs"] / "ray")
         down(o.name, keep_logs=True)
+        if isinstance(e, LocalError) and kept is not None:
+            cause = engine_error(kept)
+            raise LocalError(
+                f"{e}" + (f"; engine: {cause}" if cause else "") + f"; Ray's logs kept in {kept}"
+            ) from None
         raise
+
+
+def keep_ray_logs(temp_dir: str, dest: Path) -> Path | None:
+    """Copy every Ray session's logs/ under `temp_dir` to `dest` (None when there are none)."""
+    sessions = sorted(p for p in Path(temp_dir).glob("session_2*") if (p / "logs").is_dir())
+    if not sessions:
+        return None
+    for session in sessions:
+        # sockets and dangling links are not logs; the copy must not fail the error path
+        shutil.copytree(
+            session / "logs",
+            dest / session.name,
+            ignore=shutil.ignore_patterns("*.sock", "sockets"),
+            ignore_dangling_symlinks=True,
+            dirs_exist_ok=True,
+        )
+    return dest
+
+
+# "ValueError: ...", "vllm.x.EngineError: ...": an exception line of a Python traceback
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (.+)$")
+# Wrappers that carry no cause of their own: the replica/actor died, the engine failed to start
+_WRAPPERS = (
+    "RayTaskError",
+    "RayActorError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "DeploymentUnavailable",
+)
+
+
+def engine_error(logs: Path) -> str | None:
+    """The first exception a Ray worker logged that is not a wrapper of another one: the
+    engine's own error (vLLM's ValueError, a CUDA/OMP error, ...), in one line. Worker stderr
+    (worker-*.err, where vLLM's engine core prints) first, then Serve's replica logs."""
+    files = sorted(logs.rglob("worker-*.err"), key=lambda f: f.stat().st_mtime)
+    files += sorted((f for f in logs.rglob("*.log") if "replica" in f.name), key=lambda f: f.stat().st_mtime)
+    for f in files:
+        try:
+            lines = f.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            m = _EXC_LINE.match(line.strip())
+            if not m or m.group(1).startswith(_WRAPPERS) or "See root cause above" in m.group(2):
+                continue
+            return f"{m.group(1)}: {m.group(2).strip()[:500]} ({f.name})"
+    return None
 
 
 def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from infra.constants import REPO_ROOT
 from infra.local.image_build import uv_binary
@@ -115,9 +116,29 @@ def closure(lock: dict[str, dict], start: list[tuple[str, tuple[str, ...]]]) -> 
     return {n: lock[n]["version"] for n in sorted(extras_seen)}
 
 
+def _for_lock_python(wheel: dict) -> bool:
+    """The wheels uv.lock listed when it was for Python 3.11 only: the image's Python (LOCK_ENV).
+    The lock now also holds the 3.12/3.13 wheels of the operator side (requires-python
+    >=3.11,<3.14); a wheel for one other interpreter version is left out, so the image's
+    hashed sets (and its content tag) do not change with them. abi3 wheels stay, as before."""
+    name = (wheel.get("url") or wheel.get("path") or "").rsplit("/", 1)[-1]
+    if not name.endswith(".whl"):
+        return True
+    _, _, _, tags = parse_wheel_filename(name)
+    want = LOCK_ENV["python_version"].replace(".", "")
+    for tag in tags:
+        m = re.fullmatch(r"(?:cp|pp|graalpy)(\d+)t?", tag.interpreter)
+        if not m or m.group(1) == want or tag.abi == "abi3":
+            return True
+    return False
+
+
 def lock_hashes(pkg: dict, root: Path = REPO_ROOT) -> list[str]:
     """uv.lock's hashes of a package's files; a wheel named by path (torch's) is hashed here."""
-    files = [*pkg.get("wheels", []), *([pkg["sdist"]] if "sdist" in pkg else [])]
+    files = [
+        *(w for w in pkg.get("wheels", []) if _for_lock_python(w)),
+        *([pkg["sdist"]] if "sdist" in pkg else []),
+    ]
     out = []
     for f in files:
         if "hash" in f:

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from infra.local.hosts import Host
+from infra.local.tiny_model import MODEL_ID, TINY_HEADS, TINY_LAYERS
 from ray_cluster import contract
 
 TOKEN_ENV = contract.TOKEN_ENV  # as production names it
@@ -62,8 +63,14 @@ class Layout:
         return self.tp * self.pp
 
 
-def plan_layout(n_hosts: int, tp: int = 1, pp: int = 1) -> Layout:
-    """Head + (n-1) worker hosts, one replica each; a replica's TP x PP ranks stay on its host."""
+def plan_layout(
+    n_hosts: int, tp: int = 1, pp: int = 1, heads: int = TINY_HEADS, layers: int = TINY_LAYERS
+) -> Layout:
+    """Head + (n-1) worker hosts, one replica each; a replica's TP x PP ranks stay on its host.
+
+    Checked against the model before anything starts: vLLM refuses a TP that does not divide
+    the attention heads and a PP with more stages than layers, but only inside the replica,
+    after hosts, nodes, the preflight and a deploy (minutes), with the cause in Ray's logs."""
     if not 2 <= n_hosts <= MAX_HOSTS:
         raise LocalError(
             f"--hosts {n_hosts}: allowed 2..{MAX_HOSTS} (host 0 is the head, each other host one replica)"
@@ -71,6 +78,16 @@ def plan_layout(n_hosts: int, tp: int = 1, pp: int = 1) -> Layout:
     for key, v in (("--tp", tp), ("--pp", pp)):
         if v < 1:
             raise LocalError(f"{key} {v}: allowed an integer >= 1")
+    if heads % tp:
+        allowed = ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0)
+        raise LocalError(
+            f"--tp {tp}: {MODEL_ID} has {heads} attention heads, which tensor parallelism splits evenly; "
+            f"allowed: {allowed}"
+        )
+    if pp > layers:
+        raise LocalError(
+            f"--pp {pp}: {MODEL_ID} has {layers} layers, at least one per pipeline stage; allowed: 1..{layers}"
+        )
     if tp * pp > MAX_RANKS_PER_HOST:
         raise LocalError(
             f"--tp {tp} x --pp {pp} = {tp * pp} ranks per host: allowed at most {MAX_RANKS_PER_HOST}"

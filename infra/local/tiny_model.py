@@ -127,6 +127,12 @@ def model_dir_for(data_dir: Path, seed: int) -> Path:
     return Path(data_dir) / "models" / f"tiny-deepseek-v3-v4-s{seed}"
 
 
+# The shape the local cluster's layout is checked against before anything starts
+# (infra/local/layout.py): TP must divide the heads, PP may not exceed the layers.
+TINY_HEADS = 4
+TINY_LAYERS = 2
+
+
 def tiny_config(vocab_size: int):
     """Every DeepSeek-V3 feature at toy size: MLA, 8 routed + 1 shared expert, 1 dense layer."""
     from transformers import DeepseekV3Config
@@ -136,9 +142,9 @@ def tiny_config(vocab_size: int):
         hidden_size=64,
         intermediate_size=128,
         moe_intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=TINY_HEADS,
+        num_key_value_heads=TINY_HEADS,
         n_shared_experts=1,
         n_routed_experts=8,
         num_experts_per_tok=2,

@@ -24,7 +24,7 @@ from infra.stack.resolve import resolve
 
 def node_image(cfg: StackConfig) -> pulumi.Input[str]:
     """The REPO@sha256:... every host pulls."""
-    from infra.constants import RAY_VERSION, REPO_ROOT
+    from infra.constants import RAY_VERSION, node_image_context
 
     reg = cfg.image_registry
     if reg and "@sha256:" in reg:
@@ -35,7 +35,10 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
         return PushedImage(
             "node",
             PushedImageArgs(
-                repository=reg, context_dir=REPO_ROOT, base_image=cfg.base_image, ray_version=RAY_VERSION
+                repository=reg,
+                context_dir=node_image_context(),
+                base_image=cfg.base_image,
+                ray_version=RAY_VERSION,
             ),
         ).ref
     from infra.program.shared import registry_and_image

@@ -35,11 +35,10 @@ from pulumi.runtime.settings import get_root_resource, set_root_resource
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
-from infra.constants import REPO_ROOT
 from infra.program.offline_mocks import RecordingMocks
 from infra.program.provider_modules import light_packages
 from infra.stack.config import SECRET_PLACEHOLDER, ConfigError, StackConfig, load_stack_config
-from infra.stack.files import raw_stack_config
+from infra.stack.files import project_root, raw_stack_config, stack_name
 
 PROJECT = "llmfleet"
 UNKNOWN_PLACEHOLDER = "[unknown]"
@@ -298,10 +297,13 @@ def _config_error_in(e: BaseException) -> ConfigError | None:
 
 
 def capture(
-    stack: str, overrides: Sequence[str] = (), project_dir: Path = REPO_ROOT, program: Path | None = None
+    stack: str, overrides: Sequence[str] = (), project_dir: Path | None = None, program: Path | None = None
 ) -> Capture:
-    """Run the real program for `stack` under the recording mocks."""
+    """Run the real program for `stack` under the recording mocks (the project: `project_dir`,
+    else the one the working directory is in)."""
+    project_dir = project_dir or project_root()
     raw, secret_keys = raw_stack_config(stack, overrides, project_dir)
+    stack = stack_name(stack, project_dir)  # org/project/prod -> prod, as Pulumi's get_stack()
     cfg = load_stack_config(raw, stack)  # fail fast, before any resource registers
     light_packages()  # only the provider modules the program touches load (provider_modules.py)
     mocks = RecordingMocks(cfg.region, cfg.vpc_cidr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from infra.components.image import Image, ImageArgs
 from infra.components.registry import Registry, RegistryArgs
-from infra.constants import RAY_VERSION, REPO_ROOT, cluster_name
+from infra.constants import RAY_VERSION, cluster_name, node_image_context
 from infra.stack.config import StackConfig
 
 
@@ -25,7 +25,7 @@ def registry_and_image(cfg: StackConfig) -> tuple[Registry, Image]:
         ImageArgs(
             repository_url=registry.repository.repository_url,
             registry_id=registry.repository.registry_id,
-            context_dir=REPO_ROOT,
+            context_dir=node_image_context(),
             base_image=cfg.base_image,
             ray_version=RAY_VERSION,
             tags=cfg.common_tags,

@@ -284,19 +284,59 @@ def _pydantic_line(what: str, e: ValidationError) -> str:
 
 
 def llm_config_validator():
-    """ray.serve.llm.LLMConfig, or None with the reason when it does not import here."""
+    """The class behind ray.serve.llm.LLMConfig, or None with the reason when it does not import.
+
+    Ray 2.60's public `ray.serve.llm.LLMConfig` is `class LLMConfig(_LLMConfig): pass` over this
+    class (same fields, same validators; tests/test_serve_config.py checks it), but importing
+    `ray.serve.llm` imports vLLM: ~10 s of CPU and vLLM's "Triton not installed" line on every
+    `render serve-config`. Validating with the class itself needs neither."""
     try:
-        from ray.serve.llm import LLMConfig
+        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
     except ImportError as e:
-        return None, f"ray.serve.llm does not import ({e}); install vLLM to validate LLMConfig"
+        return None, f"Ray Serve LLM's LLMConfig does not import ({e}); install ray[serve,llm] to validate it"
     return LLMConfig, ""
 
 
+def _validated_marker(doc: Mapping[str, Any]) -> Path | None:
+    """Where a document Ray's classes accepted is remembered: keyed by its canonical JSON and the
+    installed Ray's version, so the same bytes under the same Ray are not validated again.
+    Importing Ray's validators (ray.serve's schema; LLMConfig, whose module imports torch) is
+    most of `render serve-config`'s time, and a stack's config changes far less often than it
+    is rendered. Only accepted documents are remembered; anything else is validated every time."""
+    import hashlib
+    import json
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ray_version = version("ray")
+    except PackageNotFoundError:
+        return None
+    key = hashlib.sha256(json.dumps([ray_version, doc], sort_keys=True, default=str).encode()).hexdigest()
+    base = Path(os.environ.get("LLMFLEET_CACHE_DIR") or "~/.cache/llmfleet").expanduser()
+    return base / "serve-config-valid" / key
+
+
 def validate_serve_config(doc: Mapping[str, Any]) -> list[str]:
-    """Validate with ServeDeploySchema (always) and LLMConfig (when importable).
+    """Validate with ServeDeploySchema (always) and LLMConfig (when importable); a document
+    accepted before under the same Ray is not validated again (_validated_marker says why).
 
     Returns notes (e.g. why LLMConfig was skipped); raises ServeConfigError with Ray's message.
     """
+    marker = _validated_marker(doc)
+    if marker is not None and marker.is_file():
+        return []
+    notes = _validate_with_ray(doc)
+    if marker is not None and not notes:  # a partial check (LLMConfig skipped) is not remembered
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("")
+        except OSError:
+            pass  # a read-only cache only costs the next run the validation
+    return notes
+
+
+def _validate_with_ray(doc: Mapping[str, Any]) -> list[str]:
     from ray.serve.schema import ServeDeploySchema
 
     try:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 from infra.catalog import InstanceType, Model, load_catalog
 from infra.constants import S3_MAX_CONCURRENT_REQUESTS
+from infra.stack.units import fmt_gib
 
 GB = 1e9
 GIB = 1024**3
@@ -113,7 +114,7 @@ def estimate(model: Model, instance: InstanceType, pipeline_parallel: int, ttft_
         Term(
             "weight staging",
             ckpt * 8 / rate,
-            f"{model.checkpoint_gib:.0f} GiB / {_gbps(rate)} ({name})",
+            f"{fmt_gib(model.checkpoint_gib)} / {_gbps(rate)} ({name})",
             f"{conn_src}; {s3_max_src}; {client_src}; {disk_src}",
         )
     )
@@ -124,7 +125,7 @@ def estimate(model: Model, instance: InstanceType, pipeline_parallel: int, ttft_
         Term(
             "engine load",
             share / load_rate,
-            f"{share:.0f} GiB (1/{pipeline_parallel} of the checkpoint) / {load_rate} GiB/s",
+            f"{fmt_gib(share)} (1/{pipeline_parallel} of the checkpoint) / {load_rate} GiB/s",
             load_src,
         )
     )

@@ -3,6 +3,9 @@
 Pure (PyYAML + the config model): the CLI's offline commands, the policy pack and the program's
 offline capture all read stacks/Pulumi.<stack>.yaml (plus Pulumi.yaml's declared defaults and
 `-c KEY=VALUE` overrides) through here.
+
+The project is found as the Pulumi CLI finds it: the nearest directory at or above the working
+directory that holds Pulumi.yaml (the checkout is one; `llmfleet init DIR` writes another).
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from infra import yaml_files
-from infra.constants import REPO_ROOT
 from infra.stack import suggest
 from infra.stack.config import (
     NS,
     SECRET_KEYS,
     SECRET_PLACEHOLDER,
+    STACK_NAME_RE,
     ConfigError,
     StackConfig,
     load_stack_config,
@@ -35,19 +38,64 @@ def _to_pulumi_value(value: Any) -> str:
     return str(value)
 
 
-def stack_file(stack: str, project_dir: Path = REPO_ROOT) -> Path:
-    return project_dir / "stacks" / f"Pulumi.{stack}.yaml"
+PROJECT_FILE = "Pulumi.yaml"
 
 
-def available_stacks(project_dir: Path = REPO_ROOT) -> list[str]:
-    return sorted(
-        p.name[len("Pulumi.") : -len(".yaml")] for p in (project_dir / "stacks").glob("Pulumi.*.yaml")
+def project_name(project_dir: Path | None = None) -> str:
+    """Pulumi.yaml's `name`: the PROJECT of a fully qualified stack name."""
+    path = (project_dir or project_root()) / PROJECT_FILE
+    return str((yaml_files.safe_load(path.read_text()) or {}).get("name", ""))
+
+
+def stack_name(stack: str, project_dir: Path | None = None) -> str:
+    """The short name of a stack as Pulumi takes it: NAME, ORG/NAME or ORG/PROJECT/NAME (PROJECT
+    being this project). The stack file is named after the short name, as Pulumi names it; the
+    name is checked before it becomes part of a path."""
+    parts = stack.split("/")
+    if len(parts) > 3 or not all(STACK_NAME_RE.fullmatch(p) for p in parts):
+        raise ConfigError(
+            f"--stack {stack!r}: not a stack name; allowed: NAME, ORG/NAME or ORG/PROJECT/NAME, "
+            "each 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
+        )
+    if len(parts) == 3 and parts[1] != (project := project_name(project_dir)):
+        raise ConfigError(
+            f"--stack {stack!r}: project {parts[1]!r} is not this project; "
+            f"allowed: {parts[0]}/{project}/{parts[2]} (Pulumi.yaml's name)"
+        )
+    return parts[-1]
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above `start` (default: the working directory) holding
+    Pulumi.yaml, as `pulumi` looks for its project; one-line ConfigError when there is none."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / PROJECT_FILE).is_file():
+            return d
+    raise ConfigError(
+        f"project: no {PROJECT_FILE} in {here} or any directory above it; allowed: run llmfleet "
+        "inside an llmfleet project (`llmfleet init DIR` creates one)"
     )
 
 
-def project_defaults(project_dir: Path = REPO_ROOT) -> dict[str, str]:
+def stack_file(stack: str, project_dir: Path | None = None) -> Path:
+    return (project_dir or project_root()) / "stacks" / f"Pulumi.{stack_name(stack, project_dir)}.yaml"
+
+
+def available_stacks(project_dir: Path | None = None) -> list[str]:
+    stacks_dir = (project_dir or project_root()) / "stacks"
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
+
+
+def project_defaults(project_dir: Path | None = None) -> dict[str, str]:
     """Defaults declared in Pulumi.yaml's config block (project keys are in our namespace)."""
-    proj = yaml_files.safe_load((project_dir / "Pulumi.yaml").read_text())
+    path = (project_dir or project_root()) / PROJECT_FILE
+    proj = yaml_files.safe_load(path.read_text()) or {}
+    # Pulumi namespaces a project's own keys by the project's name: the program reads llmfleet:*.
+    if proj.get("name") != NS:
+        raise ConfigError(
+            f"{path}: name {proj.get('name')!r}: the program reads the {NS}: config namespace; allowed: {NS}"
+        )
     out = {}
     for key, decl in (proj.get("config") or {}).items():
         full = key if ":" in key else f"{NS}:{key}"
@@ -58,23 +106,42 @@ def project_defaults(project_dir: Path = REPO_ROOT) -> dict[str, str]:
     return out
 
 
+# The config namespaces a `-c` override may set: the project's own and those of the providers
+# the program builds with (Pulumi hands provider config such as aws:profile to the provider).
+# Anything else is read by nobody, so a typo there ("lmfleet:", "foo:") would pass silently.
+NAMESPACES = (NS, "aws", "pulumi", "random", "command", "docker-build", "tls")
+
+
+def check_namespace(key: str, given: str | None = None) -> None:
+    """Refuse a `-c` key whose namespace nothing in the project reads (one line)."""
+    ns = key.partition(":")[0]
+    if ns not in NAMESPACES:
+        hint = suggest.did_you_mean(ns, NAMESPACES)
+        raise ConfigError(
+            f"-c {given or key!r}: unknown config namespace {ns!r}; {hint}allowed: "
+            + ", ".join(f"{n}:" for n in NAMESPACES)
+        )
+
+
 def parse_override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"-c {item!r}: expected KEY=VALUE, e.g. -c llmfleet:workerCount=2")
     if ":" not in key:
         key = f"{NS}:{key}"
+    check_namespace(key, item)
     return key, value
 
 
 def raw_stack_config(
-    stack: str, overrides: Sequence[str] = (), project_dir: Path = REPO_ROOT
+    stack: str, overrides: Sequence[str] = (), project_dir: Path | None = None
 ) -> tuple[dict[str, str], set[str]]:
     """The flat config map Pulumi would give the program, and its secret keys."""
+    project_dir = project_dir or project_root()
     path = stack_file(stack, project_dir)
     if not path.exists():
         stacks = available_stacks(project_dir)
-        hint = suggest.did_you_mean(stack, stacks)
+        hint = suggest.did_you_mean(stack_name(stack, project_dir), stacks)
         raise ConfigError(
             f"--stack {stack!r}: no file {path.relative_to(project_dir)}; {hint}allowed: {', '.join(stacks) or 'none'}"
         )
@@ -96,6 +163,6 @@ def raw_stack_config(
     return raw, secrets
 
 
-def load_config(stack: str, overrides: Sequence[str] = (), project_dir: Path = REPO_ROOT) -> StackConfig:
+def load_config(stack: str, overrides: Sequence[str] = (), project_dir: Path | None = None) -> StackConfig:
     raw, _ = raw_stack_config(stack, overrides, project_dir)
-    return load_stack_config(raw, stack)
+    return load_stack_config(raw, stack_name(stack, project_dir))

@@ -50,8 +50,17 @@ class Memory:
 
 
 def memory(
-    model: str, gpu: str, quant: str, tp: int, pp: int, gpu_memory_utilization: float, max_model_len: int
+    model: str,
+    gpu: str,
+    quant: str,
+    tp: int,
+    pp: int,
+    gpu_memory_utilization: float,
+    max_model_len: int,
+    layout_ok: bool = True,
 ) -> Memory:
+    """`layout_ok`: TP and the quantization can serve the model at all; only then does a
+    "needs at least N nodes" advice mean anything (with TP 3 no node count divides 128 heads)."""
     cat = load_catalog()
     m, g = cat.models[model], cat.gpus[gpu]
     arch = architecture(model)
@@ -80,11 +89,18 @@ def memory(
     if weights_per_gpu > usable:
         total_need = weights_total / GIB
         min_gpus = math.ceil(total_need / usable) if usable > 0 else 0
+        min_nodes = math.ceil(min_gpus / tp)
+        if not layout_ok:
+            advice = ""  # the layout reason says why no count works; advising one would mislead
+        elif usable <= 0 or min_nodes > m.layers:
+            advice = f"; no node count of {tp} can hold it ({model} has {m.layers} layers to split)"
+        else:
+            advice = f"; needs at least {min_nodes} nodes of {tp}"
         reasons.append(
             f"memory: weights need {weights_per_gpu:.1f} GiB per GPU ({model} {quant}, {weights_total / GIB:.1f} GiB "
             f"over TP {tp} x PP {pp}) but only {usable:.1f} GiB per {gpu} is usable "
-            f"({g.usable_gib:.1f} GiB x {gpu_memory_utilization} - {RUNTIME_OVERHEAD_GIB} GiB runtime); "
-            f"needs at least {math.ceil(min_gpus / tp)} nodes of {tp}"
+            f"({g.usable_gib:.1f} GiB x {gpu_memory_utilization} - {RUNTIME_OVERHEAD_GIB} GiB runtime)"
+            + advice
         )
     elif max_seqs < 1:
         reasons.append(

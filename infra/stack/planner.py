@@ -137,11 +137,9 @@ def _check_inputs(
             f"--quantization: {quantization!r} is not allowed; allowed: {', '.join(QUANTIZATIONS)}"
         )
     if gpus_per_node < 1:
-        raise PlanInputError(f"--gpus-per-node: {gpus_per_node} is not allowed; allowed: an integer >= 1")
+        raise PlanInputError(f"--tp: {gpus_per_node} is not allowed; allowed: an integer >= 1")
     if nodes is not None and nodes < 1:
-        raise PlanInputError(
-            f"--nodes: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)"
-        )
+        raise PlanInputError(f"--pp: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)")
     if max_model_len != "auto" and (not isinstance(max_model_len, int) or max_model_len < 16):
         raise PlanInputError(
             f"--max-model-len: {max_model_len!r} is not allowed; allowed: 'auto' or an integer >= 16"
@@ -254,7 +252,8 @@ def _plan_fixed(
     # Auto first sizes the cache at the shortest length it would pick, then picks from it.
     length = context.MIN_AUTO if auto else int(max_model_len)
     reasons, pp = _layout_reasons(model, gpu, quant, tp, nodes, length)
-    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, length)
+    layout_ok = not any(r.startswith(("layout: tensor", "quantization:")) for r in reasons)
+    mem = memory(model, gpu, quant, tp, pp, gpu_memory_utilization, length, layout_ok)
     choice: context.ContextChoice | None = None
     if auto and input_len + output_len > m.max_position_embeddings:
         reasons.append(
