@@ -309,7 +309,14 @@ def validate_deployment_options(options: Mapping[str, Any], what: str) -> None:
 
 def validate_engine_kwargs(kwargs: Mapping[str, Any], model_source: str) -> None:
     """vLLM's own EngineArgs over the engine kwargs: the fields whose types are vLLM's config
-    classes (compilation_config, ...) are checked here, the rest already when the stack loaded."""
+    classes (compilation_config, ...) are checked here, the rest already when the stack loaded
+    (infra/catalog/vllm_engine_args.json). Importing vLLM costs ~10 s of CPU and prints its
+    Triton line, so it is imported only when such a field (or a key the catalog lacks) is set."""
+    from infra.catalog.engine_args import engine_args
+
+    fields = engine_args()
+    if all(k in fields and fields[k]["schema"] is not None for k in kwargs):
+        return
     from vllm.engine.arg_utils import EngineArgs
 
     try:
