@@ -74,6 +74,8 @@ class ServeInputs:
     cpu_kvcache_gib: int = 1
     cpu_omp_threads_bind: str | None = None
     cpu_dtype: str = "float32"
+    # llmfleet:schedule (canonical text): the gate's 503 while asleep says when it serves again
+    schedule: str | None = None
 
     def check(self) -> None:
         try:
@@ -173,6 +175,7 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
         "args": {
             "llm_configs": [llm_config(i)],
             "api_token_env": i.api_token_env,
+            **({"schedule": i.schedule} if i.schedule else {}),
             "ingress_deployment_config": {
                 "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}}
             },

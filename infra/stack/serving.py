@@ -68,6 +68,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         http_port=int(getattr(cfg, "endpoint_port", 8000)),
         replicas=int(outputs.get("replicas") or getattr(cfg, "replicas", 1)),
         trust_remote_code=bool(getattr(cfg, "effective_trust_remote_code", False)),
+        schedule=getattr(cfg, "schedule", None),
     )
 
 
