@@ -74,6 +74,7 @@ COMMANDS = (
     "weights",
     "deploy",
     "status",
+    "wake",
     "logs",
     "endpoint",
     "hosts",

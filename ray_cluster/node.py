@@ -279,12 +279,28 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
     _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard)))
     if a.watch:
-        from ray_cluster.watch import watch
+        import time
+
+        import yaml
+
+        from ray_cluster.watch import activity_file_of, idle_line, watch
+
+        started = time.time()
+
+        def idle() -> str | None:
+            # Read each poll: a rollout may turn idle stop on or off in the Serve config.
+            try:
+                with open(a.serve_config) as f:
+                    path = activity_file_of(yaml.safe_load(f) or {})
+            except (OSError, yaml.YAMLError):
+                return None
+            return idle_line(path, time.time(), started) if path else None
 
         watch(
             lambda: _watch_view(a),
             lambda _reason: _apply(a, token, preflight_first=False),
             interval=a.watch_interval,
+            idle=idle,
         )
     return 0
 

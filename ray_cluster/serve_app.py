@@ -39,6 +39,7 @@ from ray_cluster.contract import CPU_WORKER_RESOURCE, GPU_MODEL_PREFIX
 from ray_cluster.schedule import Schedule, ScheduleError, parse_schedule, retry_after_s
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACTIVITY_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
 # Ray Serve LLM's switch that makes LLMServer itself the ingress, skipping any ingress class:
 # with it set, no gate could be in front of the engine.
@@ -161,11 +162,12 @@ class ServingGate:
         ttl: float = STATE_TTL_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        on_request: Callable[[], None] = lambda: None,
     ):
         self.app, self._state, self.schedule = app, state, schedule
         self._ttl, self._clock, self._mono = ttl, clock, monotonic
         self._cached: tuple[float, str] | None = None
-        self.last_request: float = time.time()  # what the watcher's idle line reads (activity_file)
+        self._on_request = on_request
 
     async def state(self) -> str:
         t = self._mono()
@@ -180,7 +182,7 @@ class ServingGate:
         if not _gated_path(scope):
             await self.app(scope, receive, send)
             return
-        self.last_request = time.time()
+        self._on_request()  # a request while asleep counts too: someone wants the endpoint
         shut = unavailable_body(await self.state(), self.schedule, self._clock())
         if shut is None:
             await self.app(scope, receive, send)
@@ -198,6 +200,29 @@ class ServingGate:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+ACTIVITY_TOUCH_S = 10.0  # the idle alarm counts minutes: one file write per 10 s is plenty
+
+
+def activity_toucher(path: str | None, monotonic: Callable[[], float] = time.monotonic) -> Callable[[], None]:
+    """A callback that sets `path`'s mtime to now, at most once per ACTIVITY_TOUCH_S (no-op without a path)."""
+    if not path:
+        return lambda: None
+    last = [-ACTIVITY_TOUCH_S]
+
+    def touch() -> None:
+        t = monotonic()
+        if t - last[0] < ACTIVITY_TOUCH_S:
+            return
+        last[0] = t
+        try:
+            with open(path, "a"):
+                os.utime(path)
+        except OSError:
+            pass  # a full or read-only /tmp must not fail a request; the watcher then sees it idle
+
+    return touch
 
 
 def is_worker_node(node: dict) -> bool:
@@ -283,6 +308,14 @@ def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             raise AppArgsError(f"build_app args: schedule = {schedule!r}: {e}") from None
     if "schedule" in extra and not isinstance(extra["schedule"], str):
         raise AppArgsError("build_app args: ingress_extra_kwargs.schedule: set the top-level schedule")
+    activity = args.pop("activity_file", None)
+    if activity is not None:
+        if not isinstance(activity, str) or not ACTIVITY_PATH_RE.fullmatch(activity) or ".." in activity:
+            raise AppArgsError(
+                f"build_app args: activity_file = {activity!r}: allowed: an absolute path of letters, "
+                "digits, '.', '_', '-' and '/'"
+            )
+        extra["activity_file"] = activity
     args["ingress_cls_config"] = {
         "ingress_cls": icc.get("ingress_cls") or GATED_INGRESS,
         "ingress_extra_kwargs": extra,
@@ -322,10 +355,18 @@ def _gated_base() -> type:
     class BearerOpenAiIngress(OpenAiIngress):
         """Ray Serve LLM's OpenAI ingress with every request behind the bearer token."""
 
-        def __init__(self, *args: Any, api_token_env: str, schedule: str | None = None, **kwargs: Any):
+        def __init__(
+            self,
+            *args: Any,
+            api_token_env: str,
+            schedule: str | None = None,
+            activity_file: str | None = None,
+            **kwargs: Any,
+        ):
             # Read in the replica process: a replica without a token fails to start.
             self._bearer_token = load_token(api_token_env)
             self._schedule = parse_schedule(schedule) if schedule else None
+            self._touch = activity_toucher(activity_file)
             super().__init__(*args, **kwargs)
 
         def _set_asgi_app(self, app: Any) -> None:
@@ -340,7 +381,11 @@ def _gated_base() -> type:
                 return await asyncio.to_thread(_ray_state, own)
 
             # The token first: who may not call learns nothing, not even that it sleeps.
-            super()._set_asgi_app(BearerGate(ServingGate(app, state, self._schedule), self._bearer_token))
+            super()._set_asgi_app(
+                BearerGate(
+                    ServingGate(app, state, self._schedule, on_request=self._touch), self._bearer_token
+                )
+            )
 
         async def check_health(self) -> None:
             if not isinstance(getattr(self, "_asgi_app", None), BearerGate):

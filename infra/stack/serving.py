@@ -20,6 +20,7 @@ from infra.rayconf.serve_config import (
     validate_serve_config,
     validate_with_exported_schema,
 )
+from ray_cluster import contract
 
 
 def served_model_id(model: str) -> str:
@@ -69,6 +70,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         replicas=int(outputs.get("replicas") or getattr(cfg, "replicas", 1)),
         trust_remote_code=bool(getattr(cfg, "effective_trust_remote_code", False)),
         schedule=getattr(cfg, "schedule", None),
+        activity_file=contract.ACTIVITY_FILE if getattr(cfg, "idle_stop_minutes", None) else None,
     )
 
 
