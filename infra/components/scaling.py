@@ -63,6 +63,7 @@ def idle_stop(
     namespace: str,
     tags: dict[str, str],
     parent: pulumi.Resource,
+    notify: Sequence[str] = (),
 ) -> tuple[aws.autoscaling.Policy, aws.cloudwatch.MetricAlarm]:
     """A policy that sets the group to zero and the alarm that runs it after `minutes` idle."""
     policy = aws.autoscaling.Policy(
@@ -87,7 +88,8 @@ def idle_stop(
         threshold=minutes * 60,
         # No line: no head or no watcher; nothing is known to be idle, so nothing is stopped.
         treat_missing_data="notBreaching",
-        alarm_actions=[policy.arn],
+        # The policy, and the alarm topic (llmfleet:alarmTopicArn): someone learns the workers slept.
+        alarm_actions=[policy.arn, *notify],
         tags=tags,
         opts=pulumi.ResourceOptions(parent=parent),
     )

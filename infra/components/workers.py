@@ -263,6 +263,7 @@ class WorkerPool:
                     namespace=args.idle_metric_namespace,
                     tags=args.tags,
                     parent=parent,
+                    notify=args.alarm_topics,
                 )
                 for i, g in enumerate(self.groups)
             ]
