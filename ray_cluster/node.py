@@ -285,7 +285,16 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
         from ray_cluster.watch import activity_file_of, idle_line, watch
 
-        started = time.time()
+        # When the workers were last seen joining (None: none alive): idle counts from there.
+        awake: dict[str, float | None] = {"since": time.time()}
+
+        def observe():
+            view = _watch_view(a)
+            if not view.workers:
+                awake["since"] = None
+            elif awake["since"] is None:
+                awake["since"] = time.time()
+            return view
 
         def idle() -> str | None:
             # Read each poll: a rollout may turn idle stop on or off in the Serve config.
@@ -294,10 +303,10 @@ def cmd_deploy(a: argparse.Namespace) -> int:
                     path = activity_file_of(yaml.safe_load(f) or {})
             except (OSError, yaml.YAMLError):
                 return None
-            return idle_line(path, time.time(), started) if path else None
+            return idle_line(path, time.time(), awake["since"]) if path else None
 
         watch(
-            lambda: _watch_view(a),
+            observe,
             lambda _reason: _apply(a, token, preflight_first=False),
             interval=a.watch_interval,
             idle=idle,

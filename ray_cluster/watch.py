@@ -82,14 +82,18 @@ class AppBackoff:
         )
 
 
-def idle_line(activity_file: str, now: float, started: float) -> str:
+def idle_line(activity_file: str, now: float, awake_since: float | None) -> str:
     """The JSON line the idle-stop alarm's metric filter reads (llmfleet:idleStopMinutes): seconds
-    since the gate's last request (the file's mtime), or since the watcher started when no
-    request has come yet (a fresh deploy is not idle for ever already)."""
+    since the gate's last request (the file's mtime) or since the workers joined, whichever is
+    later; 0 while no worker is alive (`awake_since` None). Idle counts only hours the workers
+    are up and unused, so a `wake` or a schedule's scale-up is not stopped again by the idle
+    seconds of the night before (an alarm in ALARM re-runs its scaling action every period)."""
+    if awake_since is None:
+        return json.dumps({"llmfleet_watch": IDLE_EVENT, "seconds": 0})
     try:
-        last = max(os.stat(activity_file).st_mtime, started)
+        last = max(os.stat(activity_file).st_mtime, awake_since)
     except OSError:
-        last = started
+        last = awake_since
     return json.dumps({"llmfleet_watch": IDLE_EVENT, "seconds": max(0, round(now - last))})
 
 

@@ -193,6 +193,10 @@ def test_the_watcher_logs_seconds_since_the_gates_last_request(tmp_path):
     f.touch()
     os.utime(f, (900.0, 900.0))
     assert json.loads(idle_line(str(f), 1000.0, 400.0))["seconds"] == 100
+    # the workers joined after the last request (a wake, a scheduled scale-up): idle counts from then
+    assert json.loads(idle_line(str(f), 1000.0, 950.0))["seconds"] == 50
+    # no worker alive: nothing is idle, so the alarm cannot stop a wake that is still booting
+    assert json.loads(idle_line(str(f), 1000.0, None))["seconds"] == 0
     assert activity_file_of({"applications": [{"args": {"activity_file": str(f)}}]}) == str(f)
     assert activity_file_of({"applications": [{"args": {}}]}) is None
     lines: list[str] = []

@@ -9,8 +9,10 @@ bucket are not touched; the head's watcher redeploys Serve when the workers are 
 (ray_cluster/serve_app.py).
 
 Idle stop (`llmfleet:idleStopMinutes`): the head's watcher logs one JSON line a poll,
-`{"llmfleet_watch": "idle", "seconds": N}` (seconds since the gate last saw a request), which the
-head's boot log already carries to CloudWatch; a metric filter makes it a metric, and one alarm
+`{"llmfleet_watch": "idle", "seconds": N}` (seconds since the gate last saw a request or the
+workers joined, whichever is later; 0 while no worker is alive, so a wake or a scheduled
+scale-up that is still booting is never stopped again), which the head's boot log already
+carries to CloudWatch; a metric filter makes it a metric, and one alarm
 per worker group runs a simple scaling policy of that group (ExactCapacity 0) when the idle
 seconds reach the setting. Least privilege: the alarm invokes the policy as CloudWatch itself,
 so no host, role or function gets autoscaling:SetDesiredCapacity; the head cannot scale anything.
