@@ -84,6 +84,10 @@ class ServeInputs:
     engine_args: Mapping[str, Any] = field(default_factory=dict)
     deployment_options: Mapping[str, Any] = field(default_factory=dict)
     ingress_options: Mapping[str, Any] = field(default_factory=dict)
+    # llmfleet:schedule (canonical text): the gate's 503 while asleep says when it serves again
+    schedule: str | None = None
+    # llmfleet:idleStopMinutes: where the gate records the last request (ray_cluster.contract)
+    activity_file: str | None = None
 
     def check(self) -> None:
         try:
@@ -190,6 +194,8 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
         "args": {
             "llm_configs": [llm_config(i)],
             "api_token_env": i.api_token_env,
+            **({"schedule": i.schedule} if i.schedule else {}),
+            **({"activity_file": i.activity_file} if i.activity_file else {}),
             "ingress_deployment_config": {
                 **i.ingress_options,
                 "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}},
