@@ -178,6 +178,7 @@ COMMANDS = (
     "weights",
     "deploy",
     "status",
+    "wake",
     "logs",
     "endpoint",
     "hosts",

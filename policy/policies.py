@@ -16,6 +16,7 @@ from .host_roles import HOST_ROLE_POLICIES
 from .logs import LOG_POLICIES
 from .network import NETWORK_POLICIES
 from .resources import RESOURCE_POLICIES
+from .schedule import SCHEDULE_POLICIES
 
 PACK_NAME = "llmfleet"
 # Each policy sets its own level; this covers any that do not.
@@ -30,6 +31,7 @@ POLICIES: list[Policy] = [
     *ALARM_POLICIES,
     *HOST_ROLE_POLICIES,
     *ENGINE_POLICIES,
+    *SCHEDULE_POLICIES,
 ]
 
 

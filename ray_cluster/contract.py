@@ -14,6 +14,10 @@ from collections.abc import Sequence
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 HTTP_PORT = 8000
+# llmfleet:idleStopMinutes: the gate touches this file (inside the head's container) on each
+# OpenAI API request; the head's deploy watcher logs the seconds since its mtime (the idle line
+# the idle-stop alarm reads, infra/components/scaling.py). Both read its path from the Serve config.
+ACTIVITY_FILE = "/tmp/ray/llmfleet-last-request"
 TOKEN_ENV = "LLMFLEET_API_TOKEN"  # the endpoint token's env var on the head (never the value)
 APP_NAME = "llm"
 SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"

@@ -290,12 +290,37 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
     _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard)))
     if a.watch:
-        from ray_cluster.watch import watch
+        import time
+
+        import yaml
+
+        from ray_cluster.watch import activity_file_of, idle_line, watch
+
+        # When the workers were last seen joining (None: none alive): idle counts from there.
+        awake: dict[str, float | None] = {"since": time.time()}
+
+        def observe():
+            view = _watch_view(a)
+            if not view.workers:
+                awake["since"] = None
+            elif awake["since"] is None:
+                awake["since"] = time.time()
+            return view
+
+        def idle() -> str | None:
+            # Read each poll: a rollout may turn idle stop on or off in the Serve config.
+            try:
+                with open(a.serve_config) as f:
+                    path = activity_file_of(yaml.safe_load(f) or {})
+            except (OSError, yaml.YAMLError):
+                return None
+            return idle_line(path, time.time(), awake["since"]) if path else None
 
         watch(
-            lambda: _watch_view(a),
+            observe,
             lambda _reason: _apply(a, token, preflight_first=False),
             interval=a.watch_interval,
+            idle=idle,
         )
     return 0
 

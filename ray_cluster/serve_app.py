@@ -25,14 +25,21 @@ a function or the class factory: this module imports anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ray_cluster.auth import bearer_ok, load_token
+from ray_cluster.contract import CPU_WORKER_RESOURCE, GPU_MODEL_PREFIX
+from ray_cluster.schedule import Schedule, ScheduleError, parse_schedule, retry_after_s
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACTIVITY_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
 # Ray Serve LLM's switch that makes LLMServer itself the ingress, skipping any ingress class:
 # with it set, no gate could be in front of the engine.
@@ -138,6 +145,164 @@ def install_openai_errors(app: Any) -> Any:
     return app
 
 
+# ---------------------------------------------------------------- asleep / waking (pure ASGI)
+
+SERVING, ASLEEP, WAKING = "serving", "asleep", "waking"
+# Retry-After when no schedule says when: asleep = someone runs `llmfleet wake` (or the next
+# window comes), which takes a cold start; waking = the engine is loading on hosts that are up.
+RETRY_ASLEEP_S = 600
+RETRY_WAKING_S = 60
+# How long one look at the cluster holds: a request never waits for Ray's state API more than
+# once per this many seconds (the look runs in a thread, off the event loop).
+STATE_TTL_S = 3.0
+
+
+def unavailable_body(state: str, schedule: Schedule | None, now: datetime) -> tuple[int, bytes] | None:
+    """(Retry-After seconds, the OpenAI-shaped error body) for a request while the endpoint
+    cannot serve, or None while it serves."""
+    if state == SERVING:
+        return None
+    if state == WAKING:
+        retry, code = RETRY_WAKING_S, "endpoint_waking"
+        msg = f"The endpoint is waking up: its workers are loading the model. Retry in {retry} s."
+    else:
+        retry, nxt = retry_after_s(schedule, now, RETRY_ASLEEP_S)
+        code = "endpoint_asleep"
+        if nxt is not None:
+            msg = (
+                f"The endpoint is asleep outside its serving schedule ({schedule.text}); "
+                f"it serves again at {nxt.strftime('%Y-%m-%dT%H:%M:%SZ')} (in {retry} s)."
+            )
+        else:
+            msg = (
+                "The endpoint is asleep: its workers are stopped (idle stop or `llmfleet local sleep`); "
+                f"`llmfleet wake --stack STACK` starts them. Retry in {retry} s."
+            )
+    body = {"error": {"message": msg, "type": "service_unavailable", "param": None, "code": code}}
+    return retry, json.dumps(body).encode()
+
+
+def _gated_path(scope: dict) -> bool:
+    """Requests that need an engine replica: the OpenAI API's POSTs (completions, chat,
+    embeddings, ...). GET /v1/models answers from the ingress itself, asleep or not."""
+    return (
+        scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path", "").startswith("/v1/")
+    )
+
+
+class ServingGate:
+    """ASGI middleware: while the workers are asleep or waking, answer the OpenAI API's requests
+    with 503, Retry-After and an OpenAI error body that says when it serves again, instead of a
+    request that hangs until a replica exists. `state` is an async look at the cluster (cached
+    `ttl` s); `clock` gives now (UTC)."""
+
+    def __init__(
+        self,
+        app: Any,
+        state: Callable[[], Awaitable[str]],
+        schedule: Schedule | None = None,
+        *,
+        ttl: float = STATE_TTL_S,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+        on_request: Callable[[], None] = lambda: None,
+    ):
+        self.app, self._state, self.schedule = app, state, schedule
+        self._ttl, self._clock, self._mono = ttl, clock, monotonic
+        self._cached: tuple[float, str] | None = None
+        self._on_request = on_request
+
+    async def state(self) -> str:
+        t = self._mono()
+        if self._cached is None or t - self._cached[0] >= self._ttl:
+            try:
+                self._cached = (t, await self._state())
+            except Exception:  # noqa: BLE001 - not knowing is not a reason to refuse: let it through
+                self._cached = (t, SERVING)
+        return self._cached[1]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if not _gated_path(scope):
+            await self.app(scope, receive, send)
+            return
+        self._on_request()  # a request while asleep counts too: someone wants the endpoint
+        shut = unavailable_body(await self.state(), self.schedule, self._clock())
+        if shut is None:
+            await self.app(scope, receive, send)
+            return
+        retry, body = shut
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", str(retry).encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+ACTIVITY_TOUCH_S = 10.0  # the idle alarm counts minutes: one file write per 10 s is plenty
+
+
+def activity_toucher(path: str | None, monotonic: Callable[[], float] = time.monotonic) -> Callable[[], None]:
+    """A callback that sets `path`'s mtime to now, at most once per ACTIVITY_TOUCH_S (no-op without a path)."""
+    if not path:
+        return lambda: None
+    last = [-ACTIVITY_TOUCH_S]
+
+    def touch() -> None:
+        t = monotonic()
+        if t - last[0] < ACTIVITY_TOUCH_S:
+            return
+        last[0] = t
+        try:
+            with open(path, "a"):
+                os.utime(path)
+        except OSError:
+            pass  # a full or read-only /tmp must not fail a request; the watcher then sees it idle
+
+    return touch
+
+
+def is_worker_node(node: dict) -> bool:
+    """A Ray node (ray.nodes() entry) that hosts engine ranks: it advertises a worker resource."""
+    res = node.get("Resources") or {}
+    return bool(node.get("Alive")) and (
+        CPU_WORKER_RESOURCE in res
+        or res.get("GPU", 0) > 0
+        or any(k.startswith(GPU_MODEL_PREFIX) for k in res)
+    )
+
+
+def cluster_state(nodes: list[dict], engine_replicas_running: int | None) -> str:
+    """asleep: no worker host is alive; waking: hosts are up but no engine replica runs yet."""
+    if not any(is_worker_node(n) for n in nodes):
+        return ASLEEP
+    if engine_replicas_running == 0:
+        return WAKING
+    return SERVING
+
+
+def _ray_state(own_deployment: str | None) -> str:
+    """The live cluster's state, from Ray's node table and Serve's status (run in a thread)."""
+    import ray
+    from ray import serve
+
+    running = None
+    try:
+        for app in serve.status().applications.values():
+            engines = [d for name, d in app.deployments.items() if name != own_deployment]
+            if own_deployment and own_deployment in app.deployments:
+                running = sum(int(d.replica_states.get("RUNNING", 0)) for d in engines)
+    except Exception:  # noqa: BLE001 - the controller is busy: judge by the hosts alone
+        running = None
+    return cluster_state(ray.nodes(), running)
+
+
 # ---------------------------------------------------------------- args (pure)
 
 
@@ -178,6 +343,22 @@ def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             "set the top-level api_token_env"
         )
     extra["api_token_env"] = env_name
+    schedule = args.pop("schedule", None)
+    if schedule is not None:
+        try:
+            extra["schedule"] = parse_schedule(schedule).text
+        except ScheduleError as e:
+            raise AppArgsError(f"build_app args: schedule = {schedule!r}: {e}") from None
+    if "schedule" in extra and not isinstance(extra["schedule"], str):
+        raise AppArgsError("build_app args: ingress_extra_kwargs.schedule: set the top-level schedule")
+    activity = args.pop("activity_file", None)
+    if activity is not None:
+        if not isinstance(activity, str) or not ACTIVITY_PATH_RE.fullmatch(activity) or ".." in activity:
+            raise AppArgsError(
+                f"build_app args: activity_file = {activity!r}: allowed: an absolute path of letters, "
+                "digits, '.', '_', '-' and '/'"
+            )
+        extra["activity_file"] = activity
     args["ingress_cls_config"] = {
         "ingress_cls": icc.get("ingress_cls") or GATED_INGRESS,
         "ingress_extra_kwargs": extra,
@@ -217,13 +398,38 @@ def _gated_base() -> type:
     class BearerOpenAiIngress(OpenAiIngress):
         """Ray Serve LLM's OpenAI ingress with every request behind the bearer token."""
 
-        def __init__(self, *args: Any, api_token_env: str, **kwargs: Any):
+        def __init__(
+            self,
+            *args: Any,
+            api_token_env: str,
+            schedule: str | None = None,
+            activity_file: str | None = None,
+            **kwargs: Any,
+        ):
             # Read in the replica process: a replica without a token fails to start.
             self._bearer_token = load_token(api_token_env)
+            self._schedule = parse_schedule(schedule) if schedule else None
+            self._touch = activity_toucher(activity_file)
             super().__init__(*args, **kwargs)
 
         def _set_asgi_app(self, app: Any) -> None:
-            super()._set_asgi_app(BearerGate(install_openai_errors(app), self._bearer_token))
+            from ray import serve
+
+            try:
+                own = serve.get_replica_context().deployment
+            except Exception:  # noqa: BLE001 - outside a replica (a unit test): no own deployment
+                own = None
+
+            async def state() -> str:
+                return await asyncio.to_thread(_ray_state, own)
+
+            # The token first: who may not call learns nothing, not even that it sleeps.
+            super()._set_asgi_app(
+                BearerGate(
+                    ServingGate(install_openai_errors(app), state, self._schedule, on_request=self._touch),
+                    self._bearer_token,
+                )
+            )
 
         async def check_health(self) -> None:
             if not isinstance(getattr(self, "_asgi_app", None), BearerGate):

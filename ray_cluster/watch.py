@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ from ray_cluster.serve_rest import FAILED
 BACKOFF_FIRST_S = 300.0
 BACKOFF_CAP_S = 3600.0
 ALARM_EVENT = "app_unhealthy"
+IDLE_EVENT = "idle"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,30 @@ class AppBackoff:
         return json.dumps(
             {"llmfleet_watch": ALARM_EVENT, "seconds": round(now - self.failing_since), "apps": failed}
         )
+
+
+def idle_line(activity_file: str, now: float, awake_since: float | None) -> str:
+    """The JSON line the idle-stop alarm's metric filter reads (llmfleet:idleStopMinutes): seconds
+    since the gate's last request (the file's mtime) or since the workers joined, whichever is
+    later; 0 while no worker is alive (`awake_since` None). Idle counts only hours the workers
+    are up and unused, so a `wake` or a schedule's scale-up is not stopped again by the idle
+    seconds of the night before (an alarm in ALARM re-runs its scaling action every period)."""
+    if awake_since is None:
+        return json.dumps({"llmfleet_watch": IDLE_EVENT, "seconds": 0})
+    try:
+        last = max(os.stat(activity_file).st_mtime, awake_since)
+    except OSError:
+        last = awake_since
+    return json.dumps({"llmfleet_watch": IDLE_EVENT, "seconds": max(0, round(now - last))})
+
+
+def activity_file_of(serve_config: dict) -> str | None:
+    """The gate's activity file named in a Serve config's app args (idle stop on), or None."""
+    for app in serve_config.get("applications") or []:
+        path = (app.get("args") or {}).get("activity_file")
+        if isinstance(path, str) and path:
+            return path
+    return None
 
 
 def file_digest(path: str) -> str:
@@ -130,6 +156,7 @@ def watch(
     clock: Callable[[], float] = time.monotonic,
     backoff: AppBackoff | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    idle: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Poll every `interval` s (forever, or `polls` times); call `apply(reason)` on each reason.
 
@@ -142,6 +169,8 @@ def watch(
     while polls is None or n < polls:
         n += 1
         sleep(interval)
+        if line := idle():  # every poll, whatever else happens: the idle alarm reads the silence too
+            log(line)
         try:
             now = observe()
         except Exception as e:  # noqa: BLE001 - the head is restarting; look again next time

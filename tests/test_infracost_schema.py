@@ -97,6 +97,7 @@ def test_schema_is_strict_where_infracost_is():
         ("--stack", "prod"),
         ("--stack", "prod", "-c", "llmfleet:spot=true"),
         ("--stack", "prod", "-c", "llmfleet:pricingModel=savings-plan-3y"),
+        ("--stack", "prod", "-c", "llmfleet:schedule=mon-fri 08:00-20:00 Europe/Berlin"),
         ("--stack", "dev"),
         ("--stack", "onprem-l20"),
         ("--stack", "block-h100"),

@@ -131,6 +131,7 @@ def price_stack(
         live_blocks(block_ids, region, dt.date.today().isoformat()) if live and block_ids else ({}, [])
     )
     common = {
+        "worker_schedule": cost.worker_schedule(cfg, resolve(cfg).plan),
         "project": stack,
         "weights_gib": weights_gib,
         "default_az": cfg.availability_zone,
@@ -227,7 +228,7 @@ def cold_start_summary(p: Priced) -> dict | None:
     """What one cold start costs: the whole stack is billed from boot to the first token."""
     if p.cold_start_s is None:
         return None
-    usd = p.estimate.total_hourly * Decimal(str(p.cold_start_s)) / 3600
+    usd = p.estimate.running_hourly * Decimal(str(p.cold_start_s)) / 3600
     return {
         "seconds": round(p.cold_start_s, 1),
         "usd": f"{usd:.2f}",

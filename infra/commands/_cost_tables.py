@@ -92,10 +92,13 @@ def render_table(p: Priced, console: Console) -> None:
     console.print(
         f"Total: {_money(est.total_hourly, 4)} USD/hour, {_money(est.total_monthly)} USD/month (730 h){usage_part}"
     )
+    if est.schedule_note:
+        console.print(f"Workers (scheduled): {est.schedule_note}", highlight=False)
     per_m = cost.monthly_usd_per_million_tokens(est, p.tokens_per_s)
     if per_m is not None:
         hours = est.serving_hours
         served = "" if hours == cost_model.HOURS_PER_MONTH else f", serving {_qty(hours)} h a month"
+        served += " in the schedule's windows" if est.schedule_note else ""
         console.print(
             f"USD per million output tokens: {_money(per_m, 4)} "
             f"(planner's expected {p.tokens_per_s:,.0f} decode tokens/s{served})"

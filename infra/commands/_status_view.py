@@ -10,7 +10,8 @@ from rich.table import Table
 from infra.commands._local_live import cost_table, figures_table
 from infra.status.model import ClusterStatus, replicas_by_node
 
-_STATE = {"alive": "[green]alive[/]", "lost": "[red]lost[/]"}
+_STATE = {"alive": "[green]alive[/]", "lost": "[red]lost[/]", "asleep": "[blue]asleep[/]"}
+_POWER = {"serving": "[green]serving[/]", "waking": "[yellow]waking[/]", "asleep": "[blue]asleep[/]"}
 _GOOD = {"RUNNING", "HEALTHY"}
 
 
@@ -167,6 +168,8 @@ def render(s: ClusterStatus, console: Console) -> None:
     else:
         ok = "[green]yes[/]" if s.serving else f"[red]no[/] ({escape(s.serving_detail)})"
         console.print(f"endpoint {s.endpoint} answers a completion: {ok}", highlight=False)
+    if s.power is not None:
+        console.print(f"workers: {_POWER[s.power]}", highlight=False)
     if s.lost:
         console.print(f"[red]lost:[/] {', '.join(s.lost)}", highlight=False)
     m = s.metrics

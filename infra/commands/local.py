@@ -1,4 +1,4 @@
-"""`llmfleet local up|status|down|chat`: the production cluster shape on this machine (infra.local.cluster)."""
+"""`llmfleet local up|status|down|chat|sleep|wake`: the production cluster shape on this machine (infra.local.cluster)."""
 
 from __future__ import annotations
 
@@ -348,6 +348,46 @@ ThinkingBudgetOpt = Annotated[
 ]
 
 
+def sleep_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
+    """Stop the worker hosts (the head, the endpoint and its gate stay): requests get 503 + Retry-After."""
+    from infra.local.layout import LocalError
+    from infra.local.sleep import sleep
+
+    try:
+        r = sleep(name)
+    except LocalError as e:
+        fail(str(e), code=1)
+    if as_json:
+        print_json(r)
+        return
+    console.print(
+        f"local cluster {name!r} is asleep: stopped {', '.join(r['stopped']) or 'no worker host'}; "
+        "the head answers 503 until `llmfleet local wake`",
+        highlight=False,
+    )
+
+
+def wake_cmd(
+    name: NameOpt = "local",
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=10, help="Seconds to wait for a real completion.")
+    ] = 600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the worker hosts again and wait until a real completion answers (Serve re-places the replicas)."""
+    from infra.local.layout import LocalError
+    from infra.local.sleep import wake
+
+    try:
+        r = wake(name, timeout, on_stage=lambda s: err_console.print(s, highlight=False))
+    except LocalError as e:
+        fail(str(e), code=1)
+    if as_json:
+        print_json(r)
+        return
+    console.print(f"local cluster {name!r} is serving again after {r['seconds']:g} s", highlight=False)
+
+
 def chat_cmd(
     message: Annotated[str, typer.Argument(help="The user message.")],
     max_tokens: Annotated[
@@ -392,4 +432,6 @@ def register(app: typer.Typer) -> None:
     local.command("top")(top_cmd)
     local.command("down")(down_cmd)
     local.command("chat")(chat_cmd)
+    local.command("sleep")(sleep_cmd)
+    local.command("wake")(wake_cmd)
     app.add_typer(local, name="local")

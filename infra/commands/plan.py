@@ -235,6 +235,28 @@ def _renamed(old: str, old_value: int | None, new: str, value: int | None) -> in
     return old_value
 
 
+def _scheduled(p: Plan, text: str) -> dict | None:
+    """The plan's cost per token when the workers run only in `text`'s windows: billed for the
+    windows plus one cold start per opening, tokens only in the windows."""
+    from infra.stack.serving_hours import worker_hours
+    from ray_cluster.schedule import ScheduleError, parse_schedule
+
+    try:
+        wh = worker_hours(parse_schedule(text), p)
+    except ScheduleError as e:
+        fail(f"--schedule = {text!r}: {e}")
+    if wh is None or p.usd_per_million_output_tokens is None:
+        return None
+    per_m = p.usd_per_million_output_tokens * wh.hours_per_week / wh.window_hours_per_week
+    return {
+        "schedule": wh.schedule,
+        "billed": wh.describe(),
+        "billed_hours_per_week": round(wh.hours_per_week, 3),
+        "serving_hours_per_week": wh.window_hours_per_week,
+        "usd_per_million_output_tokens": round(per_m, 4),
+    }
+
+
 def plan_cmd(
     model: Annotated[
         str,
@@ -298,6 +320,14 @@ def plan_cmd(
     engine: Annotated[
         str, typer.Option("--engine", help="Serving engine whose fitted efficiency to use.")
     ] = "vllm",
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule",
+            help="Serving windows as llmfleet:schedule takes them, e.g. 'mon-fri 08:00-20:00 Europe/Berlin': "
+            "adds USD per 1M output tokens at the schedule's hours (one cold start per opening).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit a model on GPUs: layout, memory per GPU, KV cache, per-user and cluster decode speed, time to first token, cold start, and what it costs on AWS.
@@ -343,10 +373,17 @@ def plan_cmd(
     except PlanInputError as e:
         fail(str(e))
     p = _calibrated(p)
+    scheduled = _scheduled(p, schedule) if schedule is not None else None
     if as_json:
-        print_json(p.to_dict())
+        print_json({**p.to_dict(), **({"schedule": scheduled} if scheduled else {})})
     else:
         render_plan(p)
+        if scheduled:
+            console.print(
+                f"scheduled: {scheduled['billed']}; USD per 1M output tokens at the schedule's hours: "
+                f"{_money(scheduled['usd_per_million_output_tokens'], 3)}",
+                highlight=False,
+            )
     if not p.fits:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 

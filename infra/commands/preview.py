@@ -73,6 +73,43 @@ def outputs_table(outputs: dict[str, Any], console: Console = console) -> Table:
     )
 
 
+SCHEDULE_TYPE = "aws:autoscaling/schedule:Schedule"
+
+
+def up_lead_minutes(action_name: str, recurrence: str, schedule: Any) -> int | None:
+    """How many minutes a captured scale-up (`llmfleet-up-I`) starts before window I opens,
+    read back from its cron (minute hour); None for a scale-down or an unknown window."""
+    m = re.fullmatch(r"llmfleet-up-(\d+)", action_name)
+    parts = recurrence.split()
+    if not m or schedule is None or int(m.group(1)) >= len(schedule.windows) or len(parts) != 5:
+        return None
+    at = int(parts[1]) * 60 + int(parts[0])
+    return (schedule.windows[int(m.group(1))].open_min - at) % (24 * 60)
+
+
+def scheduled_actions_table(resources: list[dict], schedule: Any, cold_start_s: float) -> Table | None:
+    """The captured scheduled actions, and for each scale-up how far it leads its window's
+    opening (read back from the captured cron against llmfleet:schedule), beside the cold start."""
+    rows = sorted((r for r in resources if r["type"] == SCHEDULE_TYPE), key=lambda r: r["name"])
+    if not rows:
+        return None
+    t = Table(title=f"scheduled actions (modeled cold start {cold_start_s / 60:.1f} min)")
+    for col in ("group", "action", "cron", "time zone", "desired", "lead (before opening)"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        i = r["inputs"]
+        lead = up_lead_minutes(str(i.get("scheduledActionName", "")), str(i.get("recurrence", "")), schedule)
+        t.add_row(
+            str(i.get("autoscalingGroupName", "")),
+            str(i.get("scheduledActionName", "")),
+            str(i.get("recurrence", "")),
+            str(i.get("timeZone", "")),
+            str(i.get("desiredCapacity", "")),
+            "" if lead is None else f"{lead} min",
+        )
+    return t
+
+
 def preview_cmd(
     stack: StackOpt,
     config: ConfigOpt = None,
@@ -115,6 +152,9 @@ def preview_cmd(
         return
     console.print(resources_table(cap.config.stack, cap.resources, wide))
     console.print(outputs_table(cap.outputs))
+    actions = scheduled_actions_table(cap.resources, cap.config.serving_schedule, plan.cold_start_s or 0.0)
+    if actions is not None:
+        console.print(actions)
     if plan.context_note:
         console.print(f"context: {plan.context_note}", highlight=False)
     if plan.context_warning:

@@ -28,10 +28,11 @@ from infra.boot.cloud_init import NodeSpec, render_user_data
 from infra.boot.metrics import HostMetrics
 from infra.boot.node_apply import launcher_user_data, node_parameter_name
 from infra.catalog import InstanceType
-from infra.components import recovery
+from infra.components import recovery, scaling
 from infra.components.head import Head, HeadArgs
 from infra.components.node_config import node_script_parameter
 from infra.components.workers import WorkerPool, WorkerPoolArgs, efa_cards
+from ray_cluster.schedule import CronAction
 
 BASE_ROOT_GB = 200  # OS + Docker + the vLLM image (~25 GB) + logs, with room for two image versions
 
@@ -88,6 +89,9 @@ class ClusterArgs:
     # auth token's SSM name; None: the GCS keeps its state in the head's memory
     gcs_redis_address: pulumi.Input[str] | None = None
     gcs_redis_token_parameter: pulumi.Input[str] | None = None
+    # llmfleet:schedule's actions and llmfleet:idleStopMinutes (infra/components/scaling.py)
+    schedule_actions: list[CronAction] = field(default_factory=list)
+    idle_stop_minutes: int | None = None
 
     @property
     def alarm_topics(self) -> list[str]:
@@ -317,5 +321,19 @@ class Cluster(pulumi.ComponentResource):
             capacity_block_id=args.capacity_block_id,
             depends_on=[*self._boot_deps, self.worker_script],
             alarm_topics=args.alarm_topics,
+            schedule_actions=args.schedule_actions,
+            # Idle stop reads the watcher's line from the head's boot log: none without logs.
+            idle_stop_minutes=args.idle_stop_minutes if args.host_metrics is not None else None,
+            idle_metric_namespace=recovery.app_metric_namespace(args.name),
+            scales_to_zero=bool(args.schedule_actions or args.idle_stop_minutes),
         )
+        if pool.idle_stop_minutes and args.host_metrics is not None:
+            log_group = pulumi.Output.from_input(args.host_metrics).apply(lambda m: m.boot_log_group)
+            self.idle_filter = scaling.idle_metric_filter(
+                f"{name}-head",
+                boot_log_group=log_group,
+                namespace=pool.idle_metric_namespace,
+                parent=self,
+                depends_on=self._boot_deps,
+            )
         return WorkerPool(name, pool, parent=self)

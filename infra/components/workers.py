@@ -30,8 +30,10 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.catalog import InstanceType
+from infra.components import scaling
 from infra.components.host_updates import GROUP_REPLACE_FIELDS
 from infra.components.recovery import slot_alarm
+from ray_cluster.schedule import CronAction
 
 HEALTH_CHECK_GRACE_S = 300  # EC2 status checks: the instance, not the engine (that is readiness)
 # `pulumi up` waits this long for a slot's instance to be InService (a GPU type may need minutes).
@@ -109,6 +111,14 @@ class WorkerPoolArgs:
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     # SNS topic ARNs each slot alarm notifies on ALARM and OK (infra/components/recovery.py)
     alarm_topics: list[str] = field(default_factory=list)
+    # llmfleet:schedule's scale-up/down actions (infra/components/scaling.py); [] = always on
+    schedule_actions: list[CronAction] = field(default_factory=list)
+    # llmfleet:idleStopMinutes and where the watcher's idle metric is; None = never idle-stopped
+    idle_stop_minutes: int | None = None
+    idle_metric_namespace: str = ""
+    # Whether anything scales the slots to zero (a schedule, idle stop): min size 0 and desired
+    # left to the actions after creation
+    scales_to_zero: bool = False
 
 
 def _market_and_capacity(args: WorkerPoolArgs) -> dict:
@@ -197,7 +207,7 @@ def worker_group(
     return aws.autoscaling.Group(
         f"{name}-worker-{slot}",
         name=group_name(args.name, slot),
-        min_size=1,
+        min_size=0 if args.scales_to_zero else 1,
         max_size=1,
         desired_capacity=1,
         vpc_zone_identifiers=[args.subnet_id],
@@ -217,6 +227,8 @@ def worker_group(
             depends_on=args.depends_on,
             replace_on_changes=GROUP_REPLACE_FIELDS,
             delete_before_replace=True,  # the group's name is fixed (the SSM targets use it)
+            # Scheduled actions, idle stop and `llmfleet wake` own the desired capacity.
+            ignore_changes=["desired_capacity"] if args.scales_to_zero else None,
         ),
     )
 
@@ -235,3 +247,26 @@ class WorkerPool:
             )
             for i, g in enumerate(self.groups)
         ]
+        self.schedules = [
+            s
+            for i, g in enumerate(self.groups)
+            for s in scaling.scheduled_actions(
+                f"{name}-worker-{i}", group=g.name, actions=args.schedule_actions, parent=parent
+            )
+        ]
+        self.idle_stops = (
+            [
+                scaling.idle_stop(
+                    f"{name}-worker-{i}",
+                    group=g.name,
+                    minutes=args.idle_stop_minutes,
+                    namespace=args.idle_metric_namespace,
+                    tags=args.tags,
+                    parent=parent,
+                    notify=args.alarm_topics,
+                )
+                for i, g in enumerate(self.groups)
+            ]
+            if args.idle_stop_minutes
+            else []
+        )

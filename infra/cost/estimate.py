@@ -37,10 +37,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from infra.cost import usage as usage_mod
 from infra.cost.capacity_block import CapacityBlock
-from infra.cost.model import Estimate, Resource, ResourceCost, hourly, tags_of
+from infra.cost.model import Estimate, Resource, ResourceCost, WorkerSchedule, hourly, tags_of
 from infra.cost.pricing import Price, PriceBook
 from infra.cost.resources import (
     BUCKET_TYPES,
@@ -86,7 +87,11 @@ FREE_TYPE_PREFIXES = (
     "aws:lb/targetGroup",
     "aws:lb/listener",
     "aws:ssm/association:",  # State Manager associations cost nothing by themselves
-    "aws:autoscaling/notification:",  # the groups' SNS notifications (the topic bills its own)
+    "aws:autoscaling/notification:",
+    # llmfleet:schedule's actions and idle stop's policies: free; what they save is in the
+    # workers' instance-hours (worker_schedule)
+    "aws:autoscaling/schedule:",
+    "aws:autoscaling/policy:",  # the groups' SNS notifications (the topic bills its own)
     "aws:elasticache/subnetGroup:",  # the nodes are priced, the subnet group is free
     "aws:kms/alias:",  # https://aws.amazon.com/kms/pricing/ bills keys and requests; an alias is neither
     "aws:ecr/lifecyclePolicy:",
@@ -143,8 +148,12 @@ def price_resources(
     usage: Usage | None = None,
     pricing_model: str = "on-demand",
     capacity_blocks: Mapping[str, CapacityBlock] | None = None,
+    worker_schedule: WorkerSchedule | None = None,
 ) -> Estimate:
     """Price every resource; the pure core of `llmfleet cost` and the budget policy.
+
+    `worker_schedule`: (hours a month, why) each GPU worker runs under llmfleet:schedule (the
+    windows plus one cold start per opening); None = around the clock.
 
     One dispatch over resource types, kept in one function (a little over 80 lines) so that
     each type's pricing rule sits beside the others."""
@@ -167,7 +176,18 @@ def price_resources(
             if rid is not None:
                 in_blocks.setdefault(rid, []).append(res["inputs"].get("instanceType"))
             block = blocks_known.get(rid) if rid else None
-            item = price_instance(res, book, default_az, u=u, pricing_model=pricing_model, block=block)
+            worker = tags_of(res).get("llmfleet:role") == "worker"
+            item = price_instance(
+                res,
+                book,
+                default_az,
+                u=u,
+                pricing_model=pricing_model,
+                block=block,
+                scheduled=(worker_schedule.hours_per_month, worker_schedule.note)
+                if worker and worker_schedule
+                else None,
+            )
         elif rtype == "aws:ebs/volume:Volume":
             item = price_volume(res, book)
         elif rtype == "aws:ec2/natGateway:NatGateway":
@@ -222,6 +242,8 @@ def price_resources(
         unsupported=tuple(unsupported),
         warnings=tuple(warnings),
         pricing_model=pricing_model,
+        scheduled_serving_hours=worker_schedule.serving_hours_per_month if worker_schedule else None,
+        schedule_note=worker_schedule.note if worker_schedule else "",
     )
 
 
@@ -245,6 +267,7 @@ def estimate_monthly_usd(
     *,
     weights_gib: Decimal | float | None = None,
     pricing_model: str = "on-demand",
+    worker_schedule: WorkerSchedule | None = None,
 ) -> Decimal:
     """Total monthly USD of a resource set: the number the budget policy compares with
     `llmfleet:maxMonthlyUsd`. Uses the bundled snapshot unless a price book is given."""
@@ -253,7 +276,11 @@ def estimate_monthly_usd(
 
         price_book = snapshot_book(region)
     return price_resources(
-        resources, price_book, weights_gib=weights_gib, pricing_model=pricing_model
+        resources,
+        price_book,
+        weights_gib=weights_gib,
+        pricing_model=pricing_model,
+        worker_schedule=worker_schedule,
     ).total_monthly
 
 
@@ -271,3 +298,17 @@ def monthly_usd_per_million_tokens(est: Estimate, tokens_per_s: float | None) ->
     """The stack's USD per million output tokens: a month's cost over the tokens of the hours the
     cluster serves (all 730 unless workers run part of the month or in a shorter block)."""
     return usd_per_million_tokens(est.total_monthly, tokens_per_s, est.serving_hours)
+
+
+def worker_schedule(cfg: Any, plan: Any) -> WorkerSchedule | None:
+    """How llmfleet:schedule bills the stack's GPU workers (the windows plus one cold start per
+    opening, infra/stack/serving_hours.py), or None around the clock / for hosts you own."""
+    from infra.stack.serving_hours import HOURS_PER_MONTH, HOURS_PER_WEEK, worker_hours
+
+    wh = worker_hours(cfg.serving_schedule, plan) if cfg.provider == "aws" else None
+    if wh is None:
+        return None
+    serving = wh.window_hours_per_week * HOURS_PER_MONTH / HOURS_PER_WEEK
+    return WorkerSchedule(
+        Decimal(str(round(wh.hours_per_month, 4))), Decimal(str(round(serving, 4))), wh.describe()
+    )

@@ -74,6 +74,15 @@ class ResourceCost:
 
 
 @dataclass(frozen=True)
+class WorkerSchedule:
+    """How a serving schedule bills each GPU worker (infra/stack/serving_hours.py computes it)."""
+
+    hours_per_month: Decimal  # the windows plus one cold start per opening
+    serving_hours_per_month: Decimal  # the windows alone: the hours that produce tokens
+    note: str
+
+
+@dataclass(frozen=True)
 class Estimate:
     project: str
     region: str
@@ -84,6 +93,10 @@ class Estimate:
     unsupported: tuple[str, ...]  # types this estimator does not price
     warnings: tuple[str, ...] = ()
     pricing_model: str = "on-demand"
+    # llmfleet:schedule: the hours a month the workers serve (their windows, no warm-up) and
+    # how their instance-hours were counted; None/"" = around the clock
+    scheduled_serving_hours: Decimal | None = None
+    schedule_note: str = ""
 
     @property
     def total_hourly(self) -> Decimal:
@@ -94,13 +107,32 @@ class Estimate:
         return sum((r.monthly_cost for r in self.resources), Decimal(0))
 
     @property
+    def running_hourly(self) -> Decimal:
+        """USD an hour while every host runs: the hourly total with scheduled workers at their
+        full rate (total_hourly spreads their part-time hours over the month)."""
+        if self.scheduled_serving_hours is None:
+            return self.total_hourly
+        extra = sum(
+            (
+                r.components[0].price.usd - r.components[0].hourly_cost
+                for r in self.resources
+                if r.metadata.get("role") == "worker" and r.components and r.components[0].known
+            ),
+            Decimal(0),
+        )
+        return self.total_hourly + extra
+
+    @property
     def total_monthly_usage(self) -> Decimal:
         return sum((r.monthly_usage_cost for r in self.resources), Decimal(0))
 
     @property
     def serving_hours(self) -> Decimal:
         """Hours a month the whole cluster serves: every GPU worker must be up (the pipeline
-        spans all of them), so the fewest instance-hours of any worker; 730 without workers."""
+        spans all of them), so the fewest instance-hours of any worker; 730 without workers.
+        Under a schedule: the windows' hours (a cold start bills but serves nothing)."""
+        if self.scheduled_serving_hours is not None:
+            return self.scheduled_serving_hours
         hours = [
             r.components[0].monthly_quantity
             for r in self.resources

@@ -146,7 +146,10 @@ def price_instance(
     u: Mapping[str, Decimal] | None = None,
     pricing_model: str = "on-demand",
     block: CapacityBlock | None = None,
+    scheduled: tuple[Decimal, str] | None = None,
 ) -> ResourceCost:
+    """`scheduled`: (hours a month, why) for a worker that a serving schedule runs part-time
+    (infra/stack/serving_hours.py); the usage file's monthly_hrs still wins (idle stop's busy hours)."""
     inputs = res.get("inputs", {})
     name = res["name"]
     u = u or {}
@@ -163,6 +166,9 @@ def price_instance(
     else:
         price = book.instance_hourly(itype, market, az)
         default_hours = HOURS_PER_MONTH
+        if scheduled is not None:
+            default_hours = scheduled[0]
+            label = f"{label[:-1]}, scheduled)"
     if "monthly_hrs" in u:
         hours = u["monthly_hrs"]
         if hours > HOURS_PER_MONTH:

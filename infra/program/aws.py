@@ -14,6 +14,7 @@ from infra.program.shared import registry_and_image
 from infra.stack.config import StackConfig
 from infra.stack.resolve import Stack, resolve
 from infra.stack.serving import serve_config_yaml, serving_outputs
+from infra.stack.serving_hours import schedule_actions
 
 
 def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
@@ -198,6 +199,8 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
             alarm_topic_arn=cfg.alarm_topic_arn,
             gcs_redis_address=b.gcs.address if b.gcs else None,
             gcs_redis_token_parameter=b.gcs.token.parameter.name if b.gcs else None,
+            schedule_actions=schedule_actions(cfg, stack.plan),
+            idle_stop_minutes=cfg.idle_stop_minutes,
         ),
         # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
         # (depending on the IAM component waits for all of its children).

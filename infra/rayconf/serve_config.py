@@ -109,6 +109,10 @@ class ServeInputs:
     default_sampling: Mapping[str, float] = field(default_factory=dict)
     # Replica choice: "pow2" (Serve's power of two choices) or "prefix" (prefix-cache affinity).
     routing: str = "pow2"
+    # llmfleet:schedule (canonical text): the gate's 503 while asleep says when it serves again
+    schedule: str | None = None
+    # llmfleet:idleStopMinutes: where the gate records the last request (ray_cluster.contract)
+    activity_file: str | None = None
 
     def check(self) -> None:
         try:
@@ -261,6 +265,8 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
         "args": {
             "llm_configs": [llm_config(i)],
             "api_token_env": i.api_token_env,
+            **({"schedule": i.schedule} if i.schedule else {}),
+            **({"activity_file": i.activity_file} if i.activity_file else {}),
             "ingress_deployment_config": {
                 **i.ingress_options,
                 "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}},
@@ -380,7 +386,14 @@ def validate_deployment_options(options: Mapping[str, Any], what: str) -> None:
 
 def validate_engine_kwargs(kwargs: Mapping[str, Any], model_source: str) -> None:
     """vLLM's own EngineArgs over the engine kwargs: the fields whose types are vLLM's config
-    classes (compilation_config, ...) are checked here, the rest already when the stack loaded."""
+    classes (compilation_config, ...) are checked here, the rest already when the stack loaded
+    (infra/catalog/vllm_engine_args.json). Importing vLLM costs ~10 s of CPU and prints its
+    Triton line, so it is imported only when such a field (or a key the catalog lacks) is set."""
+    from infra.catalog.engine_args import engine_args
+
+    fields = engine_args()
+    if all(k in fields and fields[k]["schema"] is not None for k in kwargs):
+        return
     from vllm.engine.arg_utils import EngineArgs
 
     try:

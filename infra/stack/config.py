@@ -34,6 +34,7 @@ from infra.stack.config_values import (
     GpuInstanceType,
     HostedZoneId,
     HourlyUsd,
+    IdleStopMinutes,
     ImageByDigest,
     InstanceType,
     LogRetentionDays,
@@ -41,6 +42,7 @@ from infra.stack.config_values import (
     Region,
     Repository,
     ReservationId,
+    ScheduleText,
     Tags,
     TopicArn,
     Unset,
@@ -54,6 +56,7 @@ from infra.stack.config_values import (
 from infra.stack.context import DEFAULT_TARGET_CONCURRENCY
 from infra.stack.host_spec import HostSpec
 from infra.validation import first_error
+from ray_cluster.schedule import Schedule, parse_schedule
 
 NS = "llmfleet"
 # vLLM engine arguments and Serve deployment options: keys and plain-typed values checked here.
@@ -145,6 +148,13 @@ class StackConfig(BaseModel):
     engine_args: EngineArgs = Field(default_factory=dict, alias="llmfleet:engineArgs")
     serve_options: ServeOptions = Field(default_factory=dict, alias="llmfleet:serveOptions")
 
+    # The weekly windows the stack serves in (ray_cluster/schedule.py's syntax); outside them the
+    # worker slots scale to zero, the head, endpoint and bucket stay. Unset: around the clock.
+    schedule: ScheduleText = Field(default=None, alias="llmfleet:schedule")
+    # No request for this many minutes scales the worker slots to zero (`llmfleet wake` or the
+    # next window brings them back). Unset or 0: never.
+    idle_stop_minutes: IdleStopMinutes = Field(default=None, alias="llmfleet:idleStopMinutes")
+
     @model_validator(mode="after")
     def _cross_key_rules(self) -> StackConfig:
         check_all(self)
@@ -155,6 +165,15 @@ class StackConfig(BaseModel):
     @property
     def effective_pricing_model(self) -> str:
         return self.pricing_model or ("spot" if self.spot else "on-demand")
+
+    @property
+    def serving_schedule(self) -> Schedule | None:
+        return parse_schedule(self.schedule) if self.schedule else None
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether something other than a person may take the workers to zero (min size 0)."""
+        return bool(self.schedule or self.idle_stop_minutes)
 
     @property
     def worker_hosts(self) -> list[HostSpec]:

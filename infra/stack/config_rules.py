@@ -44,6 +44,7 @@ def check_all(cfg: StackConfig) -> None:
     check_commitments(cfg)
     check_layout(cfg)
     check_routing(cfg)
+    check_scale_to_zero(cfg)
 
 
 def check_routing(cfg: StackConfig) -> None:
@@ -55,6 +56,21 @@ def check_routing(cfg: StackConfig) -> None:
             "prefix",
             f"needs llmfleet:replicas >= 2 (it is {cfg.replicas}: one replica gets every request); allowed here: pow2",
         )
+
+
+def check_scale_to_zero(cfg: StackConfig) -> None:
+    """Schedules and idle stop scale the workers' Auto Scaling groups: hosts you own have none
+    (stop and start them yourself; the local cluster has `llmfleet local sleep|wake`)."""
+    if cfg.provider == "aws":
+        return
+    for key, value in (
+        ("llmfleet:schedule", cfg.schedule),
+        ("llmfleet:idleStopMinutes", cfg.idle_stop_minutes),
+    ):
+        if value:
+            raise CrossKeyError(
+                key, value, "it scales the workers' Auto Scaling groups; allowed with provider aws"
+            )
 
 
 def check_endpoint_tls_dns(cfg: StackConfig) -> None:

@@ -17,6 +17,7 @@ from infra.catalog import load_catalog
 from infra.stack import suggest
 from infra.stack.regions import SUPPORTED_PARTITION, is_known_region, partition_of
 from ray_cluster.contract import DASHBOARD_PORT, GCS_PORT
+from ray_cluster.schedule import ScheduleError, parse_schedule
 
 # The retentions CloudWatch Logs accepts (PutRetentionPolicy); unset would mean never expire.
 LOG_RETENTION_DAYS = (
@@ -361,7 +362,50 @@ def _zone(v: str | None) -> str | None:
     return v
 
 
+def _schedule(v: Any) -> str | None:
+    """llmfleet:schedule: windows as text ('; ' between) or a YAML list -> the canonical text."""
+    if v is None or v == "" or v == []:
+        return None
+    if isinstance(v, str) and v.lstrip().startswith("["):
+        import json
+
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            raise ValueError("not a valid list; allowed: a YAML list of windows or text with ';'") from None
+    if not isinstance(v, str | list):
+        raise ValueError(
+            "allowed: text such as 'mon-fri 08:00-20:00 Europe/Berlin' or a list of such windows"
+        )
+    try:
+        return parse_schedule(v).text
+    except ScheduleError as e:
+        raise ValueError(str(e)) from None
+
+
+# CloudWatch evaluates the idle alarm on 5-minute periods; a day is the longest idle span the
+# watcher's metric is kept meaningful for (its line reports seconds since the last request).
+IDLE_STOP_MIN, IDLE_STOP_MAX = 10, 1440
+
+
+def _idle_stop(v: Any) -> int | None:
+    allowed = f"allowed: 0 or unset (never), or minutes from {IDLE_STOP_MIN} to {IDLE_STOP_MAX}"
+    if v is None or str(v).strip() in ("", "0"):
+        return None
+    if isinstance(v, bool | float):
+        raise ValueError(allowed)
+    try:
+        n = int(str(v).strip())
+    except ValueError:
+        raise ValueError(allowed) from None
+    if not IDLE_STOP_MIN <= n <= IDLE_STOP_MAX:
+        raise ValueError(allowed)
+    return n
+
+
 Region = Annotated[str, AfterValidator(_region)]
+ScheduleText = Annotated[str | None, BeforeValidator(_schedule)]
+IdleStopMinutes = Annotated[int | None, BeforeValidator(_idle_stop)]
 AvailabilityZone = Annotated[str | None, Unset, AfterValidator(_az)]
 ModelId = Annotated[str, AfterValidator(_model)]
 GpuInstanceType = Annotated[str, AfterValidator(_gpu_type)]

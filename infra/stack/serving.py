@@ -22,6 +22,7 @@ from infra.rayconf.serve_config import (
     validate_with_exported_schema,
 )
 from infra.stack.engine_options import ingress_options, llm_options, unchecked
+from ray_cluster import contract
 
 
 def served_model_id(model: str) -> str:
@@ -77,6 +78,8 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         engine_args=dict(getattr(cfg, "engine_args", {})),
         deployment_options=llm_options(getattr(cfg, "serve_options", {})),
         ingress_options=ingress_options(getattr(cfg, "serve_options", {})),
+        schedule=getattr(cfg, "schedule", None),
+        activity_file=contract.ACTIVITY_FILE if getattr(cfg, "idle_stop_minutes", None) else None,
     )
 
 

@@ -37,6 +37,7 @@ from infra.status.model import (
     StatusError,
     classify,
     cluster_side,
+    power_state,
 )
 from infra.worker_lookup import running_head
 
@@ -99,6 +100,10 @@ def group_slots(asg: Any, ec2: Any, outputs: StackOutputs) -> list[HostSlot]:
             slots.append(
                 HostSlot(**base, status="lost", reason="no such Auto Scaling group (has `pulumi up` run?)")
             )
+            continue
+        if inst is None and groups[group].get("DesiredCapacity", 1) == 0 and role == "worker":
+            why = "scaled to zero (llmfleet:schedule, idle stop); `llmfleet wake --stack STACK` starts it"
+            slots.append(HostSlot(**base, status="asleep", reason=why))
             continue
         if inst is None:
             why = "no instance: the group is replacing it or cannot launch one (see its activity history)"
@@ -289,7 +294,7 @@ def deployed_status(
             side = cluster_side(report["cluster"], f"head {head}")
         except StatusError as e:
             side = ClusterSide(nodes_error=str(e), serve_error=str(e))
-    hosts = [classify(s, side.nodes, side.nodes_error) for s in slots]
+    hosts = [s if s.status == "asleep" else classify(s, side.nodes, side.nodes_error) for s in slots]
     if outputs.metrics_query_url and metrics_fetch is not None:
         metrics = read_metrics(
             outputs.metrics_query_url,
@@ -313,4 +318,7 @@ def deployed_status(
         rollout=last_rollout(clients.ssm, stack),
         metrics=metrics,
         details={"region": outputs.region, "head_instance_id": head},
+        power=power_state(
+            [h for h in hosts if h.role == "worker"], None, {a.name: a.status for a in side.applications}
+        ),
     )

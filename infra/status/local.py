@@ -11,7 +11,7 @@ from infra.local.layout import ENGINE, LocalError
 from infra.local.processes import raylet_running
 from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, state_dir
 from infra.status.metrics import no_metrics, read_metrics
-from infra.status.model import ClusterStatus, HostSlot, classify, cluster_side
+from infra.status.model import ClusterStatus, HostSlot, classify, cluster_side, power_state
 
 
 def local_status(
@@ -31,11 +31,15 @@ def local_status(
     hosts = []
     for h in st["hosts"]:
         slot = HostSlot(name=h["name"], role=h["role"], ip=h["ip"], ranks=h["ranks"], status="alive")
-        if not running.get(h["name"], False):
+        if h["role"] == "worker" and st.get("asleep") and not running.get(h["name"], False):
+            slot = slot.model_copy(
+                update={"status": "asleep", "reason": "`llmfleet local sleep`; `local wake` starts it"}
+            )
+        elif not running.get(h["name"], False):
             # The GCS notices a killed raylet only after its health checks (tens of seconds):
             # a host whose raylet process is gone is lost at once, as a host-level check says.
             slot = slot.model_copy(update={"status": "lost", "reason": "no raylet process on the host"})
-        hosts.append(classify(slot, side.nodes, side.nodes_error))
+        hosts.append(slot if slot.status == "asleep" else classify(slot, side.nodes, side.nodes_error))
     serving, detail = None, "not probed"
     if probe:
         try:
@@ -60,4 +64,7 @@ def local_status(
         serving_detail=detail,
         metrics=metrics,
         details={"mode": st["mode"], "layout": st["layout"], "engine": st.get("engine", ENGINE)},
+        power=power_state(
+            [h for h in hosts if h.role == "worker"], serving, {a.name: a.status for a in side.applications}
+        ),
     )

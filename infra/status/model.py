@@ -30,7 +30,7 @@ class HostSlot(_Model):
     name: str  # local: the host's name; AWS: "head" or "worker-<slot>"
     role: Literal["head", "worker"]
     ip: str | None = None
-    status: Literal["alive", "lost"]
+    status: Literal["alive", "lost", "asleep"]  # asleep: scaled to zero on purpose (schedule, idle, sleep)
     reason: str = ""
     # AWS: the slot's group and its instance as EC2 Auto Scaling sees it
     group: str | None = None
@@ -154,11 +154,13 @@ class ClusterStatus(_Model):
     rollout: Rollout | None = None
     metrics: Metrics
     details: dict[str, Any] = Field(default_factory=dict)  # target-specific: mode, layout, region
+    # serving / waking / asleep: the workers' power state (power_state); None = not known
+    power: Literal["serving", "waking", "asleep"] | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def lost(self) -> list[str]:
-        return [h.name for h in self.hosts if h.status != "alive"]
+        return [h.name for h in self.hosts if h.status == "lost"]
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -207,3 +209,13 @@ def replicas_by_node(apps: list[ServeApp]) -> dict[str, list[str]]:
                 if r.state == "RUNNING" and r.node_ip:
                     out.setdefault(r.node_ip, []).append(f"{a.name}/{d.name}")
     return out
+
+
+def power_state(workers: list[HostSlot], serving: bool | None, apps: dict[str, str]) -> str:
+    """asleep: every worker slot is scaled to zero on purpose; serving: every worker is alive and
+    a completion answered (or, unprobed, every Serve app is RUNNING); waking: anything between."""
+    if workers and all(w.status == "asleep" for w in workers):
+        return "asleep"
+    alive = all(w.status == "alive" for w in workers)
+    answered = serving if serving is not None else bool(apps) and all(v == "RUNNING" for v in apps.values())
+    return "serving" if alive and answered else "waking"
