@@ -803,9 +803,17 @@ def test_a_tool_parser_goes_to_vllms_frontend_with_auto_tool_choice():
         reasoning_parser="deepseek_r1",
         tool_call_parser="deepseek_v3",
     )
-    engine = LLMConfig.model_validate(_llm(sc.render_serve_config(i))).get_engine_config()
+    doc = sc.render_serve_config(i)
+    engine = LLMConfig.model_validate(_llm(doc)).get_engine_config()
     assert engine.frontend_kwargs == {"enable_auto_tool_choice": True, "tool_call_parser": "deepseek_v3"}
     assert engine.engine_kwargs["reasoning_parser"] == "deepseek_r1"
+    # llmfleet's own check (vLLM's EngineArgs) leaves the frontend's two to the frontend
+    import dataclasses
+
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
+
+    assert set(sc.FRONTEND_KWARGS) <= {f.name for f in dataclasses.fields(FrontendArgs)}
+    sc.validate_engine_kwargs(_llm(doc)["engine_kwargs"], "/opt/m")
 
 
 def test_a_model_without_serving_defaults_gets_vllms_own_behaviour():

@@ -57,6 +57,8 @@ PARSER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 # vLLM reads these keys of a generation config as sampling defaults (ModelConfig.get_diff_sampling_param).
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 ROUTINGS = ("pow2", "prefix")
+# The engine kwargs llmfleet renders that are vLLM FrontendArgs fields, not EngineArgs ones.
+FRONTEND_KWARGS = ("enable_auto_tool_choice", "tool_call_parser")
 # Ray Serve LLM's prefix-cache-aware router (public: ray.serve.llm.request_router).
 PREFIX_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
 # imbalanced_threshold: Ray's guide documents 10 (queue-length gap above which it falls back to
@@ -391,6 +393,9 @@ def validate_engine_kwargs(kwargs: Mapping[str, Any], model_source: str) -> None
     Triton line, so it is imported only when such a field (or a key the catalog lacks) is set."""
     from infra.catalog.engine_args import engine_args
 
+    # vLLM's FrontendArgs (the OpenAI server's), which Ray Serve LLM takes from the same map and
+    # hands to the server, not to EngineArgs (model_default_kwargs renders them)
+    kwargs = {k: v for k, v in kwargs.items() if k not in FRONTEND_KWARGS}
     fields = engine_args()
     if all(k in fields and fields[k]["schema"] is not None for k in kwargs):
         return
