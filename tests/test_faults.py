@@ -325,7 +325,7 @@ class TestFaults:
                 broken = {"ray_args": ["--object-store-memory=1000"]}
                 ssm.put_parameter(Name=name, Value=json.dumps(broken), Type="String", Overwrite=True)
                 versions = {"worker": rs.role_versions(ssm, "worker", name)}
-                runner = lr.LocalRunner(ssm, fc["name"], Path(fc["state_dir"]), alive_timeout_s=60)
+                runner = lr.LocalRunner(ssm, fc["name"], Path(fc["state_dir"]))
                 lines: list[str] = []
                 with load_for(fc) as load:
                     time.sleep(5)

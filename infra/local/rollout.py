@@ -37,7 +37,12 @@ from infra.validation import first_error
 # start, which is what a rollout must catch.
 RayArg = Annotated[str, StringConstraints(pattern=r"--[a-z][a-z0-9-]*(=\S*)?")]
 
-NODE_ALIVE_TIMEOUT_S = 120.0
+NODE_ALIVE_TIMEOUT_S = 300.0
+# Like systemd's StartLimitBurst: a node that failed to start this many times in a row since the
+# apply fails the apply at once (a bad config fails the same way each time; a slow start, on a
+# loaded machine, fails `ray start`'s 30 s registration wait now and then and succeeds later).
+START_FAILURES = 3
+EXITED = "supervisor: node exited"
 
 
 class LocalNodeConfig(BaseModel):
@@ -104,12 +109,12 @@ class LocalRunner(SsmRunner):
         try:
             value = self.ssm.get_parameter(Name=f"{parameter}:{version}")["Parameter"]["Value"]
             cfg = parse_node_config(value, f"{parameter}:{version}")
-            log = self.restart_node(host.instance_id, cfg)
+            log, offset = self.restart_node(host.instance_id, cfg)
         except LocalError as e:
             return False, str(e)
-        return self._wait_alive(host.instance_id, log)
+        return self._wait_alive(host.instance_id, log, offset)
 
-    def restart_node(self, host_name: str, cfg: LocalNodeConfig) -> Path:
+    def restart_node(self, host_name: str, cfg: LocalNodeConfig) -> tuple[Path, int]:
         """Stop the host's supervised node (gracefully: the supervisor stops `ray start --block`)
         and start it again with the config's extra `ray start` arguments, in the same environment."""
         st = self._state()
@@ -137,12 +142,14 @@ class LocalRunner(SsmRunner):
         )
         argv += [f"--ray-arg={a}" for a in cfg.ray_args]
         log = Path(entry["log"])
+        offset = log.stat().st_size if log.exists() else 0
         entry["supervisor_pid"] = start_supervisor(host, argv, env, st["restart_delay_s"], log)
         save_state(st, self.state_dir)
-        return log
+        return log, offset
 
-    def _wait_alive(self, host_name: str, log: Path) -> tuple[bool, str]:
+    def _wait_alive(self, host_name: str, log: Path, offset: int) -> tuple[bool, str]:
         from infra.local.status import status
+        from ray_cluster.node import last_error_line
 
         deadline = self.clock() + self.alive_timeout_s
         while True:
@@ -150,6 +157,13 @@ class LocalRunner(SsmRunner):
             rep = status(self.name, self.state_dir, probe=False, price_stack=None)
             if any(h["name"] == host_name and h["status"] == "alive" for h in rep["hosts"]):
                 return True, ""
+            with open(log, errors="replace") as f:
+                f.seek(offset)
+                text = f.read()
+            runs = text.split(EXITED)
+            if len(runs) > START_FAILURES:
+                why = last_error_line(runs[-2]) or "no output"
+                return False, f"node failed to start {len(runs) - 1} times: {why}"
             if self.clock() >= deadline:
                 why = last_lines(log, 2) or "no output"
                 return False, f"node not alive in the Ray cluster after {self.alive_timeout_s:.0f} s: {why}"
