@@ -41,7 +41,7 @@ LLMFLEET = [str(_BIN)] if _BIN.exists() else [sys.executable, "-c", "from infra.
 
 HEAD_BACK_WITHIN_S = 180  # the issue's bound: serving resumes after a head kill without any command
 FULL_STRENGTH_WITHIN_S = 420  # a new engine loads in ~60 s here; 2x that for a busy machine, and more
-NOTICE_WITHIN_S = 120  # SIGSTOP: Serve's health check (period 10 s, timeout 30 s) must see it by then
+NOTICE_WITHIN_S = 90  # SIGSTOP: Serve's health check (period 10 s, timeout 30 s) would see a hung check by then
 
 ROWS: list[dict] = []
 
@@ -386,7 +386,12 @@ class TestFaults:
         record("weights URI change (model_source -> a new copy)", t - t0,
                "config written -> both replicas' new engines RUNNING", w)  # fmt: skip
 
-    def test_frozen_engine_core(self, fc):
+    @pytest.mark.xfail(
+        strict=True,
+        reason="Ray Serve LLM's health check is vLLM's check_health, which reports an engine core that "
+        "died, not one that hangs: a stopped core passes it (the fault table has the measurement)",
+    )
+    def test_frozen_engine_core_is_noticed_by_the_health_checks(self, fc):
         worker = host_name(fc, 1)
         [core] = engine_pids(fc)[worker]
         noticed = None
