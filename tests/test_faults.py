@@ -40,8 +40,10 @@ _BIN = Path(sys.executable).parent / "llmfleet"
 LLMFLEET = [str(_BIN)] if _BIN.exists() else [sys.executable, "-c", "from infra.cli import main; main()"]
 
 HEAD_BACK_WITHIN_S = 180  # the bound: serving resumes after a head kill without any command
-FULL_STRENGTH_WITHIN_S = 420  # a new engine loads in ~60 s here; 2x that for a busy machine, and more
-NOTICE_WITHIN_S = 90  # SIGSTOP: Serve's health check (period 10 s, timeout 30 s) would see a hung check by then
+FULL_STRENGTH_WITHIN_S = 600  # engines load in ~60 s on an idle machine; minutes when the 2 cores are shared
+NOTICE_WITHIN_S = (
+    90  # SIGSTOP: Serve's health check (period 10 s, timeout 30 s) would see a hung check by then
+)
 
 ROWS: list[dict] = []
 
@@ -203,6 +205,7 @@ def record(case: str, recovery: float | None, what: str, w: Window, note: str = 
     }
     ROWS.append(row)
     print(json.dumps(row))
+    write_table()  # after every case: a run cut short still leaves its rows
 
 
 def table(rows: list[dict]) -> str:
@@ -220,14 +223,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_table() -> None:
+    out = os.environ.get("LLMFLEET_FAULTS_TABLE")
+    if out and ROWS:
+        Path(out).write_text(table(ROWS))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fault_table():
     yield
-    out = os.environ.get("LLMFLEET_FAULTS_TABLE")
-    text = table(ROWS)
-    print("\n" + text)
-    if out and ROWS:
-        Path(out).write_text(text)
+    print("\n" + table(ROWS))
+    write_table()
 
 
 # ---------------------------------------------------------------- one cluster, the cases in order
@@ -355,6 +361,47 @@ class TestFaults:
         assert not any(second in ln for ln in lines if ln.startswith("apply"))
         assert w.failed == [], w.errors()
 
+    def _head_fault(self, c, case: str, inject) -> tuple[Window, float | None]:
+        with load_for(c) as load:
+            time.sleep(5)
+            t0 = time.monotonic()
+            inject()
+            recovered = back_to_full_strength(c, load, t0)
+            w = load.window(t0, lead=1)
+        record(case, recovered, "fault -> both replicas RUNNING", w)
+        return w, w.serving_gap()
+
+    def test_killed_head_serves_again_within_180_s_without_any_command(self, fc):
+        head = state_of(fc)["hosts"][0]
+        pids = descendants(head["supervisor_pid"])
+        w, gap = self._head_fault(fc, "kill the head (SIGKILL its Ray processes)", lambda: kill(pids))
+        assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
+
+    def test_restarted_ray_on_the_head_serves_again_without_any_command(self, fc):
+        head = state_of(fc)["hosts"][0]
+        [ray_start] = [
+            p for p in descendants(head["supervisor_pid"]) if _proc_table()[p][0] == head["supervisor_pid"]
+        ]
+        w, gap = self._head_fault(
+            fc,
+            "restart the Ray processes on the head (SIGTERM `ray start --block`)",
+            lambda: kill([ray_start], signal.SIGTERM),
+        )
+        assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
+
+    def test_killed_worker_host_comes_back_other_replica_answers(self, fc):
+        worker = host_name(fc, 2)
+        pids = processes.ray_pids(state_of(fc), worker)
+        with load_for(fc) as load:
+            time.sleep(5)
+            t0 = time.monotonic()
+            kill(pids)
+            recovered = back_to_full_strength(fc, load, t0)
+            w = load.window(t0, lead=1)
+        record("kill a worker host (SIGKILL its Ray processes)", recovered,
+               "kill -> its replica RUNNING again", w)  # fmt: skip
+        assert w.failed == [], w.errors()
+
     def test_weights_uri_change_restarts_the_engines_on_the_new_weights(self, fc):
         st = state_of(fc)
         cfg_path = Path(st["serve_config"])
@@ -417,47 +464,6 @@ class TestFaults:
         assert noticed is not None, (
             f"Serve's health check did not notice a frozen engine core in {NOTICE_WITHIN_S} s"
         )
-
-    def test_killed_worker_host_comes_back_other_replica_answers(self, fc):
-        worker = host_name(fc, 2)
-        pids = processes.ray_pids(state_of(fc), worker)
-        with load_for(fc) as load:
-            time.sleep(5)
-            t0 = time.monotonic()
-            kill(pids)
-            recovered = back_to_full_strength(fc, load, t0)
-            w = load.window(t0, lead=1)
-        record("kill a worker host (SIGKILL its Ray processes)", recovered,
-               "kill -> its replica RUNNING again", w)  # fmt: skip
-        assert w.failed == [], w.errors()
-
-    def _head_fault(self, c, case: str, inject) -> tuple[Window, float | None]:
-        with load_for(c) as load:
-            time.sleep(5)
-            t0 = time.monotonic()
-            inject()
-            recovered = back_to_full_strength(c, load, t0)
-            w = load.window(t0, lead=1)
-        record(case, recovered, "fault -> both replicas RUNNING", w)
-        return w, w.serving_gap()
-
-    def test_restarted_ray_on_the_head_serves_again_without_any_command(self, fc):
-        head = state_of(fc)["hosts"][0]
-        [ray_start] = [
-            p for p in descendants(head["supervisor_pid"]) if _proc_table()[p][0] == head["supervisor_pid"]
-        ]
-        w, gap = self._head_fault(
-            fc,
-            "restart the Ray processes on the head (SIGTERM `ray start --block`)",
-            lambda: kill([ray_start], signal.SIGTERM),
-        )
-        assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
-
-    def test_killed_head_serves_again_within_180_s_without_any_command(self, fc):
-        head = state_of(fc)["hosts"][0]
-        pids = descendants(head["supervisor_pid"])
-        w, gap = self._head_fault(fc, "kill the head (SIGKILL its Ray processes)", lambda: kill(pids))
-        assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
 
 
 # ---------------------------------------------------------------- the head with its GCS on redis
