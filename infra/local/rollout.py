@@ -35,7 +35,7 @@ from infra.validation import first_error
 # One `ray start` option: `--name` or `--name=value`, no whitespace. The value goes to `ray start`
 # as one argv element (never a shell), and Ray validates it: a bad one is a node that fails to
 # start, which is what a rollout must catch.
-RayArg = Annotated[str, StringConstraints(pattern=r"--[a-z][a-z0-9-]*(=\S*)?")]
+RayArg = Annotated[str, StringConstraints(pattern=r"^--[a-z][a-z0-9-]*(=\S*)?$")]
 
 NODE_ALIVE_TIMEOUT_S = 300.0
 # Like systemd's StartLimitBurst: a node that failed to start this many times in a row since the
