@@ -13,7 +13,7 @@ UV_VERSION = 0.13.9
 TOOLS   = .tools
 UV      = $(TOOLS)/bin/uv
 
-.PHONY: setup system-deps demo test lint bench mutation clean image image-stop image-lock wheel-test
+.PHONY: setup system-deps demo test lint bench faults mutation clean image image-stop image-lock wheel-test
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -75,6 +75,12 @@ bench: setup
 	$(BIN)/python benchmarks/bench_cost.py
 	$(BIN)/python benchmarks/bench_local_serving.py
 	$(BIN)/python benchmarks/bench_render.py
+
+# The fault-injection suite (issue #26 point 8; not in CI: ~30 min, two 3-host local clusters, root
+# for the network namespaces): each fault under a steady openai-client load, then the fault table
+# (case, recovery time, failed/total requests) in benchmarks/faults-table.md, for benchmarks/RESULTS.md.
+faults: setup system-deps
+	LLMFLEET_FAULTS_TABLE=benchmarks/faults-table.md $(BIN)/pytest -m faults -s -q tests/test_faults.py
 
 # Mutation testing of the security-relevant checks (issue #25; not in CI: ~3,450 mutants, hours on
 # one core: 5-20 a minute were measured on the shared 2-core machine):

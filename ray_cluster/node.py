@@ -39,9 +39,10 @@ from ray_cluster.readiness import (
     wait_for_gpus,
 )
 from ray_cluster.serve_rest import (
-    FAILED,
+    app_needs_restart,
     load_serve_config,
     serve_deploy,
+    serve_deployments,
     serve_status,
     wait_serve_running,
 )
@@ -249,10 +250,10 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
             print(f"preflight ok: {result.summary(dims)}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
-    if not preflight_first and any(s in FAILED for s in serve_status(a.dashboard).values()):
+    if not preflight_first and app_needs_restart(serve_status(a.dashboard), serve_deployments(a.dashboard)):
         # Serve does not retry a failed deploy of an unchanged config, nor rebuild an app that
         # stays UNHEALTHY on one (the watcher's backoff gave Serve's own replica restarts time
-        # first): start it afresh.
+        # first): start it afresh, unless its failed deployments still have RUNNING replicas.
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
         ServeSubmissionClient(a.dashboard).delete_applications()

@@ -86,6 +86,22 @@ def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
 FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
 
 
+def app_needs_restart(apps: dict, deployments: dict) -> bool:
+    """Whether a re-apply must delete the apps before deploying: a failed app (serve_status) with
+    no deployments (its build failed), or with a failed deployment that has no RUNNING replica
+    left. A deployment that is UNHEALTHY because one replica was lost (its worker restarted)
+    still serves from the others; deleting the app would stop those too, and Serve places the
+    lost replica again by itself once the worker is back (tests/test_faults.py saw a rollout's
+    rollback take both replicas down this way)."""
+    for name, status in apps.items():
+        if status not in FAILED:
+            continue
+        deps = deployments.get(name) or {}
+        if not deps or any(d.get("status") in FAILED and not d.get("replicas") for d in deps.values()):
+            return True
+    return False
+
+
 def failure_messages(apps: dict) -> str:
     """Serve's own reason for each failed application (the REST API's `message`), one line each
     joined: the container or host that ran the deploy may be gone by the time anyone looks."""

@@ -19,6 +19,13 @@ SERVING_MODULE = "tests/test_local.py"
 
 
 def pytest_collection_modifyitems(session, config, items):
+    # The fault suite (tests/test_faults.py, ~30 min) runs only when asked by marker (`make faults`).
+    if "faults" not in (config.option.markexpr or ""):
+        skipped = [i for i in items if i.get_closest_marker("faults")]
+        if skipped:
+            config.hook.pytest_deselected(items=skipped)
+            items[:] = [i for i in items if not i.get_closest_marker("faults")]
+
     # While the image builds in the background (~8 min from nothing, mostly one core), the suite
     # runs what it does not wait for: first the light modules (no `ray` marker: mocks, moto,
     # renderers; ~3 min, one core), then the small Ray clusters (test_node, test_placement: Ray

@@ -169,3 +169,20 @@ def test_a_long_reapply_keeps_the_alarm_line_coming():
     ]
     assert len(during) >= 3 and all(d["apps"] == {"llm": "UNHEALTHY"} for d in during)
     assert "" not in logs
+
+
+def test_a_reapply_deletes_the_app_only_when_a_failed_deployment_serves_nothing():
+    from ray_cluster.serve_rest import app_needs_restart
+
+    ingress = {"BearerOpenAiIngress": {"status": "HEALTHY", "replicas": 1}}
+
+    def llm(status: str, running: int) -> dict:
+        return {"llm": {**ingress, "LLMServer:m": {"status": status, "replicas": running}}}
+
+    # one replica lost with its worker: UNHEALTHY, but the other replica still answers
+    assert not app_needs_restart({"llm": "UNHEALTHY"}, llm("UNHEALTHY", 1))
+    assert app_needs_restart({"llm": "UNHEALTHY"}, llm("UNHEALTHY", 0))
+    assert app_needs_restart({"llm": "DEPLOY_FAILED"}, llm("DEPLOY_FAILED", 0))
+    assert app_needs_restart({"llm": "DEPLOY_FAILED"}, {})  # the build failed: no deployments
+    assert not app_needs_restart({"llm": "RUNNING"}, llm("HEALTHY", 2))
+    assert not app_needs_restart({}, {})

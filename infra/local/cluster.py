@@ -13,6 +13,12 @@ Layout, as in production:
   When a worker host's Ray processes die, its supervisor restarts the node after
   RESTART_DELAY_S (as the production unit's restart policy does); the node rejoins and Serve
   places that replica again while the other replicas keep answering.
+- The head is supervised too, and after the first deploy the head runs the deploy watcher
+  (`ray_cluster.node deploy --watch`, supervised) as production's deploy unit does: a head whose
+  Ray processes die comes back with a new, empty GCS (or, with --gcs-redis, the same GCS state
+  from redis); the workers' raylets lose their GCS, exit, and their supervisors rejoin them to
+  the new head; the watcher sees the workers come back and deploys the Serve app again. That is
+  production's replaced head (an Auto Scaling group of one) on this machine.
 
 Each host's node runs under a supervisor (`python -m infra.local.processes supervise`) inside the
 host (network namespace when root, else a loopback address). The deploy is the production flow,
@@ -53,6 +59,7 @@ from infra.local.layout import (
     check_routing,
     gcs_redis_env,
     local_deploy_argv,
+    local_watch_argv,
     node_argv,
     omp_threads_bind,
     plan_layout,
@@ -296,9 +303,9 @@ def _start_nodes(
             host_env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(
                 layout.ranks_per_host, worker_index=i - 1
             )
-        # The head is not restarted without --gcs-redis: a new GCS would not know the Serve app.
-        restart = o.restart_delay if role == "worker" or redis_password is not None else None
-        pid = start_supervisor(h, argv, host_env, restart, log)
+        # The head restarts too: with an empty GCS the deploy watcher (_start_watcher) deploys
+        # the Serve app again once the workers rejoin; with --gcs-redis the GCS keeps it.
+        pid = start_supervisor(h, argv, host_env, o.restart_delay, log)
         st["hosts"].append(
             {
                 "name": h.name,
@@ -312,6 +319,17 @@ def _start_nodes(
         save_state(
             st, Path(st["state_dir"])
         )  # pids on disk at once: `down` finds them even if `up` dies here
+
+
+def _start_watcher(
+    st: dict, head: Host, deploy_argv: list[str], env: dict, paths: dict, restart: float
+) -> None:
+    """The head's deploy watcher, supervised (production: the deploy unit, Restart=always). Its
+    first pass re-applies the config just deployed, which Serve treats as no change."""
+    log = paths["logs"] / "watch.log"
+    pid = start_supervisor(head, local_watch_argv(deploy_argv), env, restart, log)
+    st["watcher"] = {"supervisor_pid": pid, "log": str(log)}
+    save_state(st, Path(st["state_dir"]))
 
 
 def _start_gcs_redis(st: dict, head: Host, ports: Ports, paths: dict) -> str:
@@ -413,6 +431,8 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         )
         st["ready"] = True
         st["sample"] = result.get("sample", "")
+        if not o.image:  # the image mode's head container has no watcher here (yet)
+            _start_watcher(st, head, argv, env, paths, o.restart_delay)
         save_state(st, sd)
         on_stage("done", "")
         return st

@@ -272,6 +272,19 @@ def check_options(engine_args: dict, serve_options: dict, layout: Layout) -> Non
         raise LocalError(str(e)) from None
 
 
+# The local head's deploy watcher polls faster than production's 30 s: the fault suite measures
+# recovery in seconds, and a poll is one small Ray driver connection on an idle head.
+WATCH_INTERVAL_S = 5.0
+
+
+def local_watch_argv(deploy_argv: list[str], interval: float = WATCH_INTERVAL_S) -> list[str]:
+    """The head's deploy watcher (production's deploy unit runs the same `deploy --watch`): after
+    the deploy, re-apply when the Serve config file changes, a worker (re)joins, or the app stays
+    failed. A restarted head comes up with an empty GCS and its workers rejoin it, so this is what
+    redeploys Serve there, as on a replaced production head."""
+    return [*deploy_argv, "--watch", "--watch-interval", f"{interval:g}"]
+
+
 def render_local_serve_config(
     model_id: str,
     model_dir: str,
