@@ -614,6 +614,7 @@ SAME = object()
         ("llmfleet:endpointPort", "20000", "endpoint_port", 20000),
         ("llmfleet:endpointPort", "10000", "endpoint_port", 10000),
         ("llmfleet:imageRegistry", "registry.example:5000/llmfleet/node", "image_registry", SAME),
+        ("llmfleet:imageRegistry", "r.example/" + "a" * 245, "image_registry", SAME),  # 255: the longest
         ("llmfleet:vpcCidr", "10.42.0.0/16", "vpc_cidr", "10.42.0.0/16"),
         ("llmfleet:tags", json.dumps({"k" * 128: "v" * 256}), "tags", {"k" * 128: "v" * 256}),
         ("llmfleet:tags", '{"Team": ""}', "tags", {"Team": ""}),
@@ -662,3 +663,140 @@ def test_capacity_block_and_dns_values_that_are_allowed():
     )
     assert cfg.endpoint_dns_name == "llm.example.com"  # the root's '.' goes
     assert cfg.endpoint_hosted_zone_id == "Z0123456789ABCDEFGHIJ"
+
+
+# --- rules across keys (config_rules.py), each refusal in full and the case next to it that passes ---
+
+BLOCK = {
+    "llmfleet:capacityBlockId": "cr-0123456789abcdef0",
+    "llmfleet:availabilityZone": "us-east-1a",
+    "llmfleet:spot": "false",
+}
+NOT_PRIVATE = (
+    "is not private; allowed for an internal endpoint: CIDRs inside 10.0.0.0/8, 172.16.0.0/12, "
+    "192.168.0.0/16, 100.64.0.0/10, fc00::/7 or the VPC 10.42.0.0/16 (or set llmfleet:endpointAllowPublicCidrs=true)"
+)
+HEAD = {"address": "10.0.0.10", "role": "head", "gpuCount": 0}
+
+
+def _worker(i, **fields):
+    return {"address": f"10.0.0.{10 + i}", "role": "worker", **fields}
+
+
+CROSS_KEY_REFUSED = [
+    (
+        {**hosts(HEAD, _worker(1)), "llmfleet:capacityBlockId": "cr-0123456789abcdef0"},
+        "llmfleet:capacityBlockId = 'cr-0123456789abcdef0': a Capacity Block holds EC2 workers; "
+        "allowed with provider aws",
+    ),
+    (
+        {**BLOCK, "llmfleet:spot": "true"},
+        "llmfleet:capacityBlockId = 'cr-0123456789abcdef0': workers in a Capacity Block are not spot; "
+        "set llmfleet:spot=false",
+    ),
+    (
+        {**BLOCK, "llmfleet:capacityReservationId": "cr-0123456789abcdef1"},
+        "llmfleet:capacityBlockId = 'cr-0123456789abcdef0': workers target one reservation; allowed: "
+        "capacityBlockId or capacityReservationId, not both",
+    ),
+    (
+        {**BLOCK, "llmfleet:availabilityZone": ""},
+        "llmfleet:availabilityZone = (unset): workers must launch in the Capacity Block's AZ; allowed: that AZ "
+        "(aws ec2 describe-capacity-reservations --capacity-reservation-ids cr-0123456789abcdef0)",
+    ),
+    (
+        {**BLOCK, "llmfleet:pricingModel": "spot"},
+        "llmfleet:pricingModel = 'spot': workers in a Capacity Block pay its fee; allowed: on-demand, "
+        "savings-plan-1y, savings-plan-3y (for the head)",
+    ),
+    (
+        {"llmfleet:pricingModel": "spot"},
+        "llmfleet:pricingModel = 'spot': spot prices spot workers; set llmfleet:spot=true, or allowed: "
+        "on-demand, savings-plan-1y, savings-plan-3y",
+    ),
+    *(
+        (
+            {"llmfleet:pricingModel": m, "llmfleet:spot": "true"},
+            f"llmfleet:pricingModel = {m!r}: llmfleet:spot=true runs the workers on spot; allowed: spot, "
+            "or set llmfleet:spot=false",
+        )
+        for m in ("on-demand", "savings-plan-1y", "savings-plan-3y")
+    ),
+    *(
+        (
+            {"llmfleet:endpointAllowedCidrs": json.dumps([c])},
+            f"llmfleet:endpointAllowedCidrs = {json.dumps([c])}: entry {c!r} {NOT_PRIVATE}",
+        )
+        # narrower than /0 is not enough: half the internet, a public IPv6 range, a TEST-NET
+        for c in ("203.0.113.0/24", "0.0.0.0/1", "2001:db8::/32", "198.18.5.0/24")
+    ),
+    (
+        {"llmfleet:workerCount": "3", "llmfleet:replicas": "2"},
+        "llmfleet:workerCount = 3: allowed: 'auto' or a multiple of llmfleet:replicas (2); every replica "
+        "takes the same number of hosts",
+    ),
+    (
+        {"llmfleet:endpointHostedZoneId": "Z0123456789ABCDEFGHIJ"},
+        "llmfleet:endpointDnsName = (unset): the alias record needs both; allowed: set llmfleet:endpointDnsName "
+        "and llmfleet:endpointHostedZoneId together",
+    ),
+    (
+        {"llmfleet:provider": "existing", "llmfleet:sshPrivateKey": "[secret]"},
+        "llmfleet:hosts = []: provider 'existing' needs a list of hosts, one with role head",
+    ),
+    (
+        hosts(HEAD),
+        "llmfleet:hosts = '[...]': no entry has role 'worker'; allowed: at least one GPU worker",
+    ),
+    (
+        {**hosts(HEAD, _worker(1)), "llmfleet:workerCount": "2"},
+        "llmfleet:workerCount = 2: allowed: 'auto' or 1 (the number of worker hosts)",
+    ),
+    (
+        {**hosts(HEAD, _worker(1), _worker(2), _worker(3)), "llmfleet:replicas": "2"},
+        "llmfleet:replicas = 2: allowed: a divisor of the 3 worker hosts (each replica takes the same hosts)",
+    ),
+    (
+        hosts({**HEAD, "gpuCount": 2, "gpuModel": "X9"}, _worker(1)),
+        "llmfleet:hosts[0].gpuModel = 'X9': allowed: L20, L40S, L4, A10G, H20, A100-40GB, A100-80GB, H100, "
+        "H200, B200",
+    ),
+    (
+        hosts(HEAD, _worker(1), {**_worker(2), "role": "head"}),
+        "llmfleet:hosts[2] = '10.0.0.12': second head (entry 0 is the head); allowed: exactly one head",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"), CROSS_KEY_REFUSED, ids=[m.split(":")[1] for _, m in CROSS_KEY_REFUSED]
+)
+def test_cross_key_rules_refuse_in_one_line(raw, message):
+    with pytest.raises(ConfigError) as e:
+        load_stack_config(raw, "t")
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {**BLOCK, "llmfleet:pricingModel": "savings-plan-1y"},  # the head's commitment
+        {"llmfleet:pricingModel": "spot", "llmfleet:spot": "true"},
+        {"llmfleet:endpointAllowedCidrs": '["203.0.113.0/24"]', "llmfleet:endpointAllowPublicCidrs": "true"},
+        {"llmfleet:endpointPublic": "true", "llmfleet:endpointAllowedCidrs": '["203.0.113.0/24"]'},
+        # inside the stack's own VPC, which Python counts private (198.18.0.0/15, RFC 2544)
+        {"llmfleet:vpcCidr": "198.18.0.0/16", "llmfleet:endpointAllowedCidrs": '["198.18.5.0/24"]'},
+        {"llmfleet:workerCount": "4", "llmfleet:replicas": "2"},
+        {
+            "llmfleet:endpointCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/"
+            "12345678-1234-1234-1234-123456789012"
+        },
+        {**hosts(HEAD, _worker(1), _worker(2)), "llmfleet:workerCount": "2", "llmfleet:replicas": "2"},
+        hosts({**HEAD, "gpuCount": 2, "gpuModel": "L20"}, _worker(1)),  # the head's GPUs go unused
+    ],
+)
+def test_cross_key_rules_pass_their_neighbours(raw):
+    cfg = load_stack_config(raw, "t")
+    for key, value in raw.items():
+        if key in ("llmfleet:workerCount", "llmfleet:replicas"):
+            assert str(getattr(cfg, _attr(key.split(":")[1]))) == value

@@ -266,3 +266,71 @@ def test_every_way_a_role_holds_a_policy_is_read():
         ("pa", "AWS-managed AmazonSSMManagedInstanceCore (v2)"),
         ("rp", "role policy rp"),
     ]
+
+
+def test_one_documents_grants_read_case_insensitively_and_name_the_statement():
+    """IAM matches actions case-insensitively; a statement's Sid names it in the message; an
+    unknown Resource (a preview) is left for `up`, a statement that is not an object is skipped."""
+    from policy._props import UNKNOWN
+
+    dev = "arn:aws:ssm:r:1:parameter/llmfleet/dev/a"
+    doc = {
+        "Statement": [
+            "not a statement",
+            {
+                "Sid": "Reads",
+                "Effect": "Allow",
+                "Action": "SSM:getparameter",
+                "Resource": ["arn:aws:ssm:r:1:parameter/llmfleet/prod/a", UNKNOWN, dev],
+            },
+            {"Effect": "Allow", "Action": ["KMS:DECRYPT"], "Resource": "*"},
+        ]
+    }
+    assert secret_read_problems(json.dumps({"Statement": doc["Statement"][:1]}), "prod", set()) == []
+    assert secret_read_problems(doc, "prod", set()) == [
+        f"Statement[1] (Reads) grants ssm:GetParameter on {dev!r}; allowed: parameters under /llmfleet/prod/",
+        "Statement[2] grants kms:Decrypt on '*'; allowed: the stack's own KMS keys",
+    ]
+    unknown_only = {"Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": UNKNOWN}]}
+    assert secret_read_problems(unknown_only, "prod", set()) == []
+    assert secret_read_problems("{not json", "prod", set()) == [
+        "policy is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1)): its grants cannot be checked"
+    ]
+
+
+def test_what_a_statement_grants():
+    from policy.host_roles import DECRYPT, PARAMETER_READS, granted, statements
+
+    reads = PARAMETER_READS + DECRYPT
+    assert granted({"Effect": "Deny", "Action": "*"}, reads) == []
+    assert granted({"Action": "*"}, reads) == []  # no Effect: not an Allow
+    assert granted({"Effect": "Allow", "Action": ["ssm:GetParameter", 7]}, reads) == ["ssm:GetParameter"]
+    assert granted({"Effect": "Allow", "Action": "ssm:GetParameters*"}, reads) == [
+        "ssm:GetParameters",
+        "ssm:GetParametersByPath",
+    ]
+    # NotAction grants what it leaves out, matched case-insensitively too
+    assert granted({"Effect": "Allow", "NotAction": ["SSM:GetParameter*"]}, reads) == ["kms:Decrypt"]
+    assert granted({"Effect": "Allow", "NotAction": "kms:*", "Action": "kms:Decrypt"}, reads) == list(
+        PARAMETER_READS
+    )
+    assert statements({"Statement": {"Effect": "Allow"}}) == [{"Effect": "Allow"}]  # one, not a list
+    assert statements(json.dumps({"Statement": [1, 2]})) == [1, 2]
+    assert statements(["Statement"]) == [] and statements(None) == []
+
+
+def test_which_trust_policies_make_a_host_role():
+    from policy._props import UNKNOWN
+    from policy.host_roles import is_host_trust
+
+    def trust(*services, effect="Allow"):
+        return {"Statement": [{"Effect": effect, "Principal": {"Service": list(services)}}]}
+
+    assert is_host_trust(UNKNOWN) is None
+    assert is_host_trust("{not json") is None
+    assert is_host_trust(trust("lambda.amazonaws.com", "ec2.amazonaws.com.cn")) is True
+    assert is_host_trust(json.dumps(trust("ec2.amazonaws.com"))) is True
+    assert is_host_trust(trust("ec2.amazonaws.com", effect="Deny")) is False
+    assert is_host_trust(trust("ec2.amazonaws.com.evil.example", "xec2.amazonaws.com")) is False
+    assert is_host_trust({"Statement": ["x", {"Effect": "Allow", "Principal": "*"}]}) is False

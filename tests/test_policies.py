@@ -1146,3 +1146,69 @@ def test_pack_serves_the_policies_over_grpc(tmp_path):
         proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_trust_remote_code_reads_every_carrier_of_the_serve_config(monkeypatch):
+    """The node script in an SSM parameter (packed, in `value` or `insecureValue`, or plain) or a
+    remote command's `create`; unknown values during a preview are left alone; the config's
+    fallback names why it is on, the stack key or the catalog's model."""
+    from infra.catalog import load_catalog
+    from infra.stack.config import load_stack_config
+    from policy._stackview import StackView
+    from policy.engine import ENGINE_POLICIES, rendered_problems
+    from policy.runner import policy_resources
+
+    off = REMOTE_CODE.replace("true", "false")
+    param = "aws:ssm/parameter:Parameter"
+    found = rendered_problems(
+        StackView.of(
+            policy_resources(
+                [
+                    res(param, "packed-value", value=pack_script(REMOTE_CODE)),
+                    res(param, "plain", insecureValue=REMOTE_CODE),  # not gzip+base64: read as it is
+                    res(param, "off", insecureValue=pack_script(off)),
+                    res(param, "unknown", insecureValue=UNKNOWN),
+                    res("command:remote:Command", "cmd-unknown", create=UNKNOWN),
+                    res("command:remote:Command", "cmd-off", create=off),
+                    res("aws:s3/bucketObjectv2:BucketObjectv2", "elsewhere", content=REMOTE_CODE),
+                ]
+            )
+        )
+    )
+    assert found == [
+        (
+            f"urn:pulumi:test::llmfleet::{param}::{name}",
+            f"{name}: the Serve config sets trust_remote_code: vLLM runs the checkpoint's own Python in every "
+            "engine process; unset llmfleet:trustRemoteCode unless the model needs it",
+        )
+        for name in ("packed-value", "plain")
+    ]
+
+    def fallback(raw):
+        report = run_policies([], {}, ENGINE_POLICIES, stack=load_stack_config(raw, "t"))
+        return [(v.resource, v.enforcement, v.message) for v in report.violations]
+
+    assert fallback({}) == []
+    tail = (
+        "vLLM runs the checkpoint's own Python in every engine process; leave it off unless the model has no "
+        "native vLLM implementation"
+    )
+    assert fallback({"llmfleet:trustRemoteCode": "true"}) == [
+        (None, "advisory", f"trust_remote_code is on (llmfleet:trustRemoteCode is true): {tail}")
+    ]
+    # a rendered script that carries it is the finding; the config is not reported twice
+    report = run_policies(
+        [res(param, "node-head", insecureValue=pack_script(REMOTE_CODE))],
+        {},
+        ENGINE_POLICIES,
+        stack=load_stack_config({"llmfleet:trustRemoteCode": "true"}, "t"),
+    )
+    assert [v.resource for v in report.violations] == ["node-head"]
+    models = load_catalog().models
+    needs = models["deepseek-r1"].model_copy(
+        update={"trust_remote_code": True, "trust_remote_code_reason": "x"}
+    )
+    monkeypatch.setitem(models, "deepseek-r1", needs)
+    assert fallback({}) == [
+        (None, "advisory", f"trust_remote_code is on (the catalog's deepseek-r1 needs it): {tail}")
+    ]
