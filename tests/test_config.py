@@ -8,6 +8,7 @@ import yaml
 from infra.constants import REPO_ROOT
 from infra.stack.config import ConfigError, StackConfig, declared_keys, load_stack_config
 from infra.stack.files import available_stacks, load_config
+from infra.stack.host_spec import HOST_KEY_ALLOWED
 from infra.stack.resolve import resolve
 from tests.host_keys import keyed
 
@@ -432,6 +433,7 @@ def test_s3_uri_needs_its_scheme():
         ("https://models.example.com:8443/a/b_c/", "https://models.example.com:8443/a/b_c/"),
         ("https://models.example.com", "https://models.example.com"),
         ("https://models.example.com/", "https://models.example.com/"),
+        ("https://models.example.com/X/", "https://models.example.com/X/"),
         ("file:///mnt/nfs/r1/", "file:///mnt/nfs/r1"),  # the NFS mount, one trailing '/' dropped
         ("/mnt/nfs/r1", "/mnt/nfs/r1"),
         ("", None),  # Pulumi.yaml's default: unset
@@ -611,6 +613,12 @@ SAME = object()
         ("llmfleet:workerCount", " 3 ", "worker_count", 3),
         ("llmfleet:workerCount", "1", "worker_count", 1),
         ("llmfleet:workerCount", "64", "worker_count", 64),
+        ("llmfleet:workerCount", 2, "worker_count", 2),  # a YAML integer, not text
+        ("llmfleet:maxMonthlyUsd", " 0 ", "max_monthly_usd", None),  # 0 means no budget
+        ("llmfleet:maxMonthlyUsd", "", "max_monthly_usd", None),
+        ("llmfleet:maxMonthlyUsd", "0.5", "max_monthly_usd", 0.5),
+        ("llmfleet:imageRegistry", "", "image_registry", None),
+        ("llmfleet:capacityReservationId", "", "capacity_reservation_id", None),
         ("llmfleet:endpointPort", "20000", "endpoint_port", 20000),
         ("llmfleet:endpointPort", "10000", "endpoint_port", 10000),
         ("llmfleet:imageRegistry", "registry.example:5000/llmfleet/node", "image_registry", SAME),
@@ -762,6 +770,15 @@ CROSS_KEY_REFUSED = [
         "H200, B200",
     ),
     (
+        {
+            "llmfleet:provider": "existing",
+            "llmfleet:sshPrivateKey": "[secret]",
+            "llmfleet:hosts": json.dumps([HEAD, _worker(1)]),  # no hostKey
+        },
+        "llmfleet:hosts[0].hostKey = (unset): an unverified 10.0.0.10 would get the Ray and endpoint tokens; "
+        + HOST_KEY_ALLOWED,
+    ),
+    (
         hosts(HEAD, _worker(1), {**_worker(2), "role": "head"}),
         "llmfleet:hosts[2] = '10.0.0.12': second head (entry 0 is the head); allowed: exactly one head",
     ),
@@ -793,6 +810,8 @@ def test_cross_key_rules_refuse_in_one_line(raw, message):
         },
         {**hosts(HEAD, _worker(1), _worker(2)), "llmfleet:workerCount": "2", "llmfleet:replicas": "2"},
         hosts({**HEAD, "gpuCount": 2, "gpuModel": "L20"}, _worker(1)),  # the head's GPUs go unused
+        # a head's declared model is checked only when it declares GPUs; a worker needs one GPU
+        hosts({**HEAD, "gpuModel": "X9"}, _worker(1, gpuCount=1), _worker(2, gpuCount=1)),
     ],
 )
 def test_cross_key_rules_pass_their_neighbours(raw):
@@ -800,3 +819,15 @@ def test_cross_key_rules_pass_their_neighbours(raw):
     for key, value in raw.items():
         if key in ("llmfleet:workerCount", "llmfleet:replicas"):
             assert str(getattr(cfg, _attr(key.split(":")[1]))) == value
+
+
+def test_a_cross_key_check_raises_the_key_value_and_what_is_allowed():
+    """Each check takes a validated StackConfig; its error carries the parts of the line too."""
+    from infra.stack.config_rules import CrossKeyError, check_commitments
+
+    cfg = load_stack_config({}, "t").model_copy(update={"pricing_model": "spot"})
+    with pytest.raises(CrossKeyError) as e:
+        check_commitments(cfg)
+    allowed = "spot prices spot workers; set llmfleet:spot=true, or allowed: on-demand, savings-plan-1y, savings-plan-3y"
+    assert (e.value.key, e.value.value, e.value.allowed) == ("llmfleet:pricingModel", "spot", allowed)
+    assert str(e.value) == f"llmfleet:pricingModel = 'spot': {allowed}"
