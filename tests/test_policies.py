@@ -1212,3 +1212,72 @@ def test_trust_remote_code_reads_every_carrier_of_the_serve_config(monkeypatch):
     assert fallback({}) == [
         (None, "advisory", f"trust_remote_code is on (the catalog's deepseek-r1 needs it): {tail}")
     ]
+
+
+def test_alarm_policy_names_the_actions_it_found_and_checks_metric_alarms_only():
+    stack = set_input(good_stack(), "head-alarm", alarmActions=[RECOVER, "arn:aws:sqs:us-east-1:1:q"])
+    [v] = run(stack, "alarm-notifies").violations
+    assert v.message == (
+        f"nobody is notified when this alarm fires (alarmActions: {RECOVER}, arn:aws:sqs:us-east-1:1:q, no SNS "
+        "topic); set llmfleet:alarmTopicArn (an SNS topic you subscribe to)"
+    )
+    other = add(
+        good_stack(), res("aws:cloudwatch/compositeAlarm:CompositeAlarm", "composite", alarmActions=[])
+    )
+    assert run(other, "alarm-notifies").violations == ()
+
+
+def test_policy_config_falls_back_to_the_stack_config_then_the_default():
+    """What a policy reads for a key: its own config block (None included, the runner's 'off'),
+    else the stack's llmfleet:* key the Pulumi CLI hands over (JSON parsed), else the default."""
+    import pulumi
+    import pulumi.runtime
+
+    from infra.catalog import load_catalog
+    from infra.stack.config import load_stack_config
+    from policy import _config
+
+    assert _config.string_list("CIDRs") == {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "CIDRs",
+    }
+    assert _config.string_list("tags", default=[]) == {
+        "type": "array",
+        "items": {"type": "string"},
+        "default": [],
+        "description": "tags",
+    }
+    assert _config.catalog_instance_types() == tuple(sorted(load_catalog().instances))
+    assert _config.stack_config("endpointPort") is None and _config.stack_config_raw("aws:region") is None
+    assert _config.value({}, "port", 8000, stack_key="endpointPort") == 8000
+    pulumi.runtime.set_all_config(
+        {
+            "llmfleet:endpointPort": "8443",
+            "llmfleet:endpointAllowedCidrs": '["10.0.0.0/8"]',
+            "llmfleet:weightsPath": "/srv/m",  # not JSON: the text itself
+            "aws:region": "eu-west-1",
+        },
+        [],
+    )
+    try:
+        assert _config.stack_config("endpointPort") == 8443
+        assert _config.stack_config("endpointAllowedCidrs") == ["10.0.0.0/8"]
+        assert _config.stack_config("weightsPath") == "/srv/m"
+        assert _config.stack_config("model") is None
+        assert _config.stack_config_raw("aws:region") == "eu-west-1"
+        assert _config.value({"port": None}, "port", 8000, stack_key="endpointPort") is None
+        assert _config.value({"port": 80}, "port", 8000, stack_key="endpointPort") == 80
+        assert _config.value({}, "port", 8000, stack_key="endpointPort") == 8443
+        assert _config.value({}, "port", 8000) == 8000  # no stack key: the default
+        assert _config.value({}, "model", "r1", stack_key="model") == "r1"
+        # under the CLI the stack's config is the runtime's; the runner's StackConfig goes first
+        assert _config.stack_model().endpoint_port == 8443
+        mine = load_stack_config({}, pulumi.get_stack())
+        with _config.runner_stack(mine):
+            assert _config.stack_model() is mine
+        assert _config.stack_model() is not mine
+        pulumi.runtime.set_all_config({"llmfleet:endpointPort": "22"}, [])  # a bad config: no model
+        assert _config.stack_model() is None
+    finally:
+        pulumi.runtime.set_all_config({}, [])
