@@ -16,6 +16,7 @@ import pytest
 
 from infra.catalog.aws_managed import ManagedPolicyError, aws_managed_policies, load_from
 from infra.program.offline import capture
+from infra.stack.config import load_stack_config
 from policy import policies as pack
 from policy.host_roles import HOST_ROLE_POLICIES, own_parameter, secret_read_problems
 from policy.runner import run_policies
@@ -334,3 +335,120 @@ def test_which_trust_policies_make_a_host_role():
     assert is_host_trust(trust("ec2.amazonaws.com", effect="Deny")) is False
     assert is_host_trust(trust("ec2.amazonaws.com.evil.example", "xec2.amazonaws.com")) is False
     assert is_host_trust({"Statement": ["x", {"Effect": "Allow", "Principal": "*"}]}) is False
+
+
+def _doc(*stmts):
+    return json.dumps({"Statement": list(stmts)})
+
+
+def test_a_roles_grants_are_read_from_each_holder_and_reported_where_they_are():
+    """A role named by ARN in an attachment, an inline policy without a name, the stack's own
+    KMS key (decrypt allowed), a RolePolicy without a document, a policy from outside the stack;
+    a role only Lambda assumes is not a host role."""
+    from policy._props import UNKNOWN
+    from tests.test_policies import res
+
+    trust = _doc(
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    )
+    star = _doc({"Effect": "Allow", "Action": "ssm:GetParameters", "Resource": "*"})
+    dev = "arn:aws:ssm:us-east-1:123456789012:parameter/llmfleet/dev/t"
+    elsewhere = "arn:aws:iam::123456789012:policy/elsewhere"
+    own = "arn:aws:iam::123456789012:policy/own"
+    resources = [
+        res(
+            "aws:iam/role:Role",
+            "nodes",
+            "nodes",
+            name="nodes",
+            arn="arn:aws:iam::123456789012:role/nodes",
+            assumeRolePolicy=trust,
+            inlinePolicies=[{"policy": star}, UNKNOWN],
+        ),
+        res(
+            "aws:iam/role:Role",
+            "fn",
+            "fn",
+            name="fn",
+            assumeRolePolicy=_doc({"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}}),
+            inlinePolicies=[{"name": "x", "policy": star}],
+        ),
+        res("aws:kms/key:Key", "key", arn=KEY),
+        res(
+            "aws:iam/policy:Policy",
+            "own",
+            arn=own,
+            policy=_doc(
+                {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": KEY},
+                {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": dev},
+            ),
+        ),
+        res(
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+            "by-arn",
+            role="arn:aws:iam::123456789012:role/nodes",
+            policyArn=own,
+        ),
+        res("aws:iam/rolePolicy:RolePolicy", "rp-none", role="nodes", policy=None),
+        res(
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "outside", role="nodes", policyArn=elsewhere
+        ),
+        res(
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "fn-outside", role="fn", policyArn=elsewhere
+        ),
+    ]
+    report = run_policies(resources, {}, HOST_ROLE_POLICIES, stack=load_stack_config({}, "prod"))
+    assert [(v.policy, v.resource, v.message) for v in report.violations] == [
+        (
+            "host-role-secrets-scoped",
+            "nodes",
+            "host role nodes: inline policy 0: Statement[0] grants ssm:GetParameters on '*'; allowed: "
+            "parameters under /llmfleet/prod/",
+        ),
+        (
+            "host-role-secrets-scoped",
+            "own",
+            f"host role nodes: policy own: Statement[1] grants ssm:GetParameter on {dev!r}; allowed: "
+            "parameters under /llmfleet/prod/",
+        ),
+        (
+            "host-role-policies-known",
+            "outside",
+            f"host role nodes attaches {elsewhere}, a customer-managed policy from outside this stack: its grants "
+            "cannot be checked; allowed: a policy of this stack, or an AWS-managed policy listed in the table "
+            "(with its source)",
+        ),
+    ]
+
+
+def test_the_stack_name_comes_from_the_runner_then_pulumi(monkeypatch):
+    import pulumi
+    import pulumi.runtime
+
+    from policy import host_roles
+
+    with host_roles._config.runner_stack(load_stack_config({}, "prod")):
+        assert host_roles.current_stack() == "prod"
+    pulumi.runtime.set_all_config({"llmfleet:endpointPort": "22"}, [])  # no valid StackConfig
+    try:
+        assert host_roles.current_stack() == pulumi.get_stack()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    monkeypatch.setattr(host_roles._config, "stack_model", lambda: None)
+
+    def no_runtime():
+        raise RuntimeError("no Pulumi runtime")
+
+    monkeypatch.setattr(pulumi, "get_stack", no_runtime)
+    assert host_roles.current_stack() is None
+    star = _doc({"Effect": "Allow", "Action": "ssm:GetParameters", "Resource": "*"})
+    from tests.test_policies import host_role
+
+    role, _ = host_role(SSM_CORE)
+    role["inputs"]["inlinePolicies"] = role["outputs"]["inlinePolicies"] = [{"name": "inl", "policy": star}]
+    [v] = run_policies([role], {}, HOST_ROLE_POLICIES).violations
+    assert (v.policy, v.resource, v.message) == (
+        "host-role-secrets-scoped",
+        None,
+        "the stack name is unknown, so the host roles' parameter scope cannot be checked",
+    )
