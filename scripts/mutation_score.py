@@ -34,6 +34,9 @@ EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
     "infra.stack.config_values.x__cidrs__mutmut_4": "ip_network(c) without strict=: strict defaults to True",
     "infra.stack.config_values.x__vpc__mutmut_5": "ip_network(v) without strict=: strict defaults to True",
+    "infra.stack.config_values.x__dns_name__mutmut_16": (
+        "rstrip('XX.XX') on a name that passed the check: it ends in a lower-case letter or '.', no 'X'"
+    ),
     "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
     "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
     "policy.network.x__ingress__mutmut_25": "endpointPublic's default None instead of False: bool() follows",

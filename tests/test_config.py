@@ -568,6 +568,11 @@ PARTITION = (
             "allowed: a lower-case DNS name such as llm.example.com",
         ),
         (
+            "llmfleet:endpointDnsName",
+            "llm.example.comX.",  # only the root's '.' is dropped before the check
+            "allowed: a lower-case DNS name such as llm.example.com",
+        ),
+        (
             "llmfleet:endpointHostedZoneId",
             "z1",
             "allowed: a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ",
@@ -810,6 +815,8 @@ def test_cross_key_rules_refuse_in_one_line(raw, message):
         },
         {**hosts(HEAD, _worker(1), _worker(2)), "llmfleet:workerCount": "2", "llmfleet:replicas": "2"},
         hosts({**HEAD, "gpuCount": 2, "gpuModel": "L20"}, _worker(1)),  # the head's GPUs go unused
+        # an owned head's type is not an instance type the stack launches
+        {**hosts(HEAD, _worker(1)), "llmfleet:headInstanceType": "g6e.xlarge"},
         # a head's declared model is checked only when it declares GPUs; a worker needs one GPU
         hosts({**HEAD, "gpuModel": "X9"}, _worker(1, gpuCount=1), _worker(2, gpuCount=1)),
     ],
