@@ -34,6 +34,15 @@ EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
     "infra.stack.config_values.x__cidrs__mutmut_4": "ip_network(c) without strict=: strict defaults to True",
     "infra.stack.config_values.x__vpc__mutmut_5": "ip_network(v) without strict=: strict defaults to True",
+    "infra.stack.config_values.x__weights_uri__mutmut_26": (
+        "an https URL without a path gets 'XX/XX' for '/': two safe components, accepted as '/' is"
+    ),
+    "infra.stack.config_values.x__weights_uri__mutmut_27": (
+        "the path of a URL that does not match is never read: `not m` decides first"
+    ),
+    "infra.stack.config_values.x_safe_path__mutmut_9": (
+        "len(v) >= 1 differs only for '/': body '' is refused as not absolute, the same message as '/'"
+    ),
     "infra.stack.config_values.x__dns_name__mutmut_16": (
         "rstrip('XX.XX') on a name that passed the check: it ends in a lower-case letter or '.', no 'X'"
     ),
