@@ -24,6 +24,7 @@ MUTANTS = Path("mutants")
 # so a re-run after an edit checks this list again (a listed name that survives no more, or that
 # no longer exists, is reported).
 _DEFAULT_ONLY = "the default of an unset env var only has to differ from '1'"
+_DOT_PARTS = "p not in ('.', '..') is a second guard: PATH_PART_RE's first character is never '.'"
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -43,6 +44,14 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_values.x_safe_path__mutmut_9": (
         "len(v) >= 1 differs only for '/': body '' is refused as not absolute, the same message as '/'"
     ),
+    "infra.stack.config_values.x_safe_path__mutmut_10": (
+        "len(v) > 2 differs only for 'a/' and '//': refused either way, with the same message"
+    ),
+    "infra.stack.config_values.x_safe_path__mutmut_22": (
+        "body == '/' is a second guard: '/' already fails the component check (one empty component)"
+    ),
+    "infra.stack.config_values.x__safe_parts__mutmut_5": _DOT_PARTS,
+    "infra.stack.config_values.x__safe_parts__mutmut_6": _DOT_PARTS,
     "infra.stack.config_values.x__dns_name__mutmut_16": (
         "rstrip('XX.XX') on a name that passed the check: it ends in a lower-case letter or '.', no 'X'"
     ),

@@ -631,6 +631,7 @@ SAME = object()
         ("llmfleet:vpcCidr", "10.42.0.0/16", "vpc_cidr", "10.42.0.0/16"),
         ("llmfleet:tags", json.dumps({"k" * 128: "v" * 256}), "tags", {"k" * 128: "v" * 256}),
         ("llmfleet:tags", '{"Team": ""}', "tags", {"Team": ""}),
+        ("llmfleet:tags", '{"k": "v"}', "tags", {"k": "v"}),  # a one-character key
         (
             "llmfleet:tags",
             '{"cost-center": "a b_c.d:e/f=g+h-i@j"}',
