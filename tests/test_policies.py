@@ -1170,6 +1170,9 @@ def test_trust_remote_code_reads_every_carrier_of_the_serve_config(monkeypatch):
                     res(param, "unknown", insecureValue=UNKNOWN),
                     res("command:remote:Command", "cmd-unknown", create=UNKNOWN),
                     res("command:remote:Command", "cmd-off", create=off),
+                    # props are untyped: a value that is not text is no script, not a crash
+                    res("command:remote:Command", "cmd-list", create=["trust_remote_code: true"]),
+                    res(param, "param-list", insecureValue=["trust_remote_code: true"]),
                     res("aws:s3/bucketObjectv2:BucketObjectv2", "elsewhere", content=REMOTE_CODE),
                 ]
             )
