@@ -452,3 +452,30 @@ def test_the_stack_name_comes_from_the_runner_then_pulumi(monkeypatch):
         None,
         "the stack name is unknown, so the host roles' parameter scope cannot be checked",
     )
+
+
+def test_an_attached_policy_is_found_by_its_id_or_in_a_preview_by_the_dependency():
+    """The stack's own policy when the attachment names it by id, or, before `up` (its ARN
+    unknown), by the resource the attachment's policyArn depends on; with neither it is left
+    for `up`, not called a policy from outside the stack."""
+    from policy._stackview import StackView
+    from policy.host_roles import role_grants
+    from policy.runner import policy_resources
+    from tests.test_policies import UNKNOWN_PLACEHOLDER, host_role, res
+
+    star = _doc({"Effect": "Allow", "Action": "ssm:GetParameters", "Resource": "*"})
+    role, att = host_role(UNKNOWN_PLACEHOLDER)
+    own = res("aws:iam/policy:Policy", "own", "own-id", arn=UNKNOWN_PLACEHOLDER, policy=star)
+
+    def grants(resources, deps=False):
+        built = {r.name: r for r in policy_resources(resources)}
+        if deps:
+            built["nodes-attach"].property_dependencies = {"policyArn": [built["own"]]}
+        view = StackView.of(list(built.values()))
+        found, unreadable = role_grants(view, view.by_id("nodes"))
+        return [(g.where, g.urn) for g in found], unreadable
+
+    assert grants([role, att, own], deps=True) == ([("policy own", own["urn"])], [])
+    assert grants([role, att, own]) == ([], [])  # unknown, nothing to follow: checked at `up`
+    role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = ["own-id"]
+    assert grants([role, own]) == ([("policy own", own["urn"])], [])
