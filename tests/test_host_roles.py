@@ -479,3 +479,48 @@ def test_an_attached_policy_is_found_by_its_id_or_in_a_preview_by_the_dependency
     assert grants([role, att, own]) == ([], [])  # unknown, nothing to follow: checked at `up`
     role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = ["own-id"]
     assert grants([role, own]) == ([("policy own", own["urn"])], [])
+
+
+def test_whether_a_resource_refers_to_a_role():
+    """By the role's name, id or ARN; not when the value names another role of the stack or
+    nothing in it; during a preview (the value unknown) by the dependency, else unknown (None)."""
+    from policy._stackview import StackView
+    from policy.host_roles import _refers
+    from policy.runner import policy_resources
+    from tests.test_policies import UNKNOWN_PLACEHOLDER, res
+
+    roles = [
+        res("aws:iam/role:Role", "nodes", "nodes-id", name="nodes", arn="arn:aws:iam::1:role/nodes"),
+        res("aws:iam/role:Role", "other", "other-id", name="other", arn="arn:aws:iam::1:role/other"),
+    ]
+    values = [
+        "nodes",
+        "nodes-id",
+        "arn:aws:iam::1:role/nodes",
+        "other",
+        "arn:aws:iam::1:role/other",
+        "elsewhere",
+    ]
+    atts = [
+        res("aws:iam/rolePolicyAttachment:RolePolicyAttachment", f"a{i}", role=v)
+        for i, v in enumerate(values)
+    ]
+    unknown = res("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "u", role=UNKNOWN_PLACEHOLDER)
+    built = {r.name: r for r in policy_resources([*roles, *atts, unknown])}
+    view = StackView.of(list(built.values()))
+    nodes, other = view.by_id("nodes-id"), view.by_id("other-id")
+    att = {r.name: r for r in view.resources}
+    assert [_refers(view, att[f"a{i}"], "role", nodes) for i in range(len(values))] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert _refers(view, att["u"], "role", nodes) is None
+    for dep, expected in ((nodes, True), (other, False)):
+        built["u"].property_dependencies = {"role": [dep.raw]}
+        view = StackView.of(list(built.values()))
+        u = next(r for r in view.resources if r.name == "u")
+        assert _refers(view, u, "role", next(r for r in view.resources if r.name == "nodes")) is expected
