@@ -26,6 +26,10 @@ MUTANTS = Path("mutants")
 _DEFAULT_ONLY = "the default of an unset env var only has to differ from '1'"
 _DOT_PARTS = "p not in ('.', '..') is a second guard: PATH_PART_RE's first character is never '.'"
 _SENTINEL = "an unknown value passed on as its sentinel string (a UUID) holds no Serve config: the search finds nothing"
+_REF_NONE = (
+    "_policy_of's last line runs only when view.ref returned None, which it does only for a known ARN "
+    "(an unknown one gives UNKNOWN): it returns None whatever the mutant does with is_unknown(arn)"
+)
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -67,6 +71,12 @@ EQUIVALENT: dict[str, str] = {
     ),
     "policy.engine.x__script__mutmut_10": _SENTINEL,
     "policy.engine.x__script__mutmut_24": _SENTINEL,
+    "policy.host_roles.x__refers__mutmut_17": (
+        "the only text is_unknown() accepts is the sentinel (a UUID), which names no role: the any() is false anyway"
+    ),
+    "policy.host_roles.x__policy_of__mutmut_22": _REF_NONE,
+    "policy.host_roles.x__policy_of__mutmut_23": _REF_NONE,
+    "policy.host_roles.x__policy_of__mutmut_25": _REF_NONE,
     "policy.endpoint.x_tls_problems__mutmut_54": (
         "str(policy or 'XXXX'): with no sslPolicy neither '' nor 'XXXX' starts with a TLS 1.2+ prefix"
     ),

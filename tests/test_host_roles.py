@@ -519,8 +519,15 @@ def test_whether_a_resource_refers_to_a_role():
         False,
     ]
     assert _refers(view, att["u"], "role", nodes) is None
-    for dep, expected in ((nodes, True), (other, False)):
-        built["u"].property_dependencies = {"role": [dep.raw]}
+
+    def by_dependency(name, dep):
+        built[name].property_dependencies = {"role": [dep.raw]}
         view = StackView.of(list(built.values()))
-        u = next(r for r in view.resources if r.name == "u")
-        assert _refers(view, u, "role", next(r for r in view.resources if r.name == "nodes")) is expected
+        r = next(r for r in view.resources if r.name == name)
+        return _refers(view, r, "role", next(r for r in view.resources if r.name == "nodes"))
+
+    assert by_dependency("u", nodes) is True and by_dependency("u", other) is False
+    # a known value the stack's roles do not name (a computed name): the dependency says whose it is
+    assert by_dependency("a5", nodes) is True
+    # a known value naming another role of the stack is that role's, whatever else it depends on
+    assert by_dependency("a3", nodes) is False
