@@ -335,6 +335,9 @@ def test_which_trust_policies_make_a_host_role():
     assert is_host_trust(trust("ec2.amazonaws.com", effect="Deny")) is False
     assert is_host_trust(trust("ec2.amazonaws.com.evil.example", "xec2.amazonaws.com")) is False
     assert is_host_trust({"Statement": ["x", {"Effect": "Allow", "Principal": "*"}]}) is False
+    # a statement that is not an Allow is skipped, not the end of the document
+    ec2 = {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}}
+    assert is_host_trust({"Statement": ["x", {"Effect": "Deny"}, ec2]}) is True
 
 
 def _doc(*stmts):
@@ -479,6 +482,19 @@ def test_an_attached_policy_is_found_by_its_id_or_in_a_preview_by_the_dependency
     assert grants([role, att, own]) == ([], [])  # unknown, nothing to follow: checked at `up`
     role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = ["own-id"]
     assert grants([role, own]) == ([("policy own", own["urn"])], [])
+    # a PolicyAttachment in a preview: its roles and its policyArn both known by their dependencies
+    del role["inputs"]["managedPolicyArns"], role["outputs"]["managedPolicyArns"]
+    pa = res(
+        "aws:iam/policyAttachment:PolicyAttachment",
+        "pa",
+        roles=[UNKNOWN_PLACEHOLDER],
+        policyArn=UNKNOWN_PLACEHOLDER,
+    )
+    built = {r.name: r for r in policy_resources([role, own, pa])}
+    built["pa"].property_dependencies = {"roles": [built["nodes"]], "policyArn": [built["own"]]}
+    view = StackView.of(list(built.values()))
+    found, unreadable = role_grants(view, view.by_id("nodes"))
+    assert ([(g.where, g.urn) for g in found], unreadable) == ([("policy own", own["urn"])], [])
 
 
 def test_whether_a_resource_refers_to_a_role():
