@@ -785,6 +785,11 @@ CROSS_KEY_REFUSED = [
         + HOST_KEY_ALLOWED,
     ),
     (
+        hosts(HEAD, _worker(1, gpuCount=1, gpuModel="X9")),  # one GPU is a declared GPU too
+        "llmfleet:hosts[1].gpuModel = 'X9': allowed: L20, L40S, L4, A10G, H20, A100-40GB, A100-80GB, H100, "
+        "H200, B200",
+    ),
+    (
         hosts(HEAD, _worker(1), {**_worker(2), "role": "head"}),
         "llmfleet:hosts[2] = '10.0.0.12': second head (entry 0 is the head); allowed: exactly one head",
     ),
