@@ -790,6 +790,11 @@ CROSS_KEY_REFUSED = [
         "H200, B200",
     ),
     (
+        hosts(HEAD, _worker(1), _worker(2, gpuCount=4)),
+        "llmfleet:hosts = '[...]': workers differ in gpuModel/gpuCount; allowed: identical workers "
+        "(tensor parallel = GPUs per host, pipeline parallel = hosts)",
+    ),
+    (
         hosts(HEAD, _worker(1), {**_worker(2), "role": "head"}),
         "llmfleet:hosts[2] = '10.0.0.12': second head (entry 0 is the head); allowed: exactly one head",
     ),

@@ -495,6 +495,15 @@ def test_an_attached_policy_is_found_by_its_id_or_in_a_preview_by_the_dependency
     view = StackView.of(list(built.values()))
     found, unreadable = role_grants(view, view.by_id("nodes"))
     assert ([(g.where, g.urn) for g in found], unreadable) == ([("policy own", own["urn"])], [])
+    # managedPolicyArns in a preview, an unknown inline policy (left for `up`), another role's RolePolicy
+    role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = [UNKNOWN_PLACEHOLDER]
+    role["inputs"]["inlinePolicies"] = role["outputs"]["inlinePolicies"] = [UNKNOWN_PLACEHOLDER]
+    theirs = res("aws:iam/rolePolicy:RolePolicy", "theirs", role="other", policy=star)
+    built = {r.name: r for r in policy_resources([role, own, theirs])}
+    built["nodes"].property_dependencies = {"managedPolicyArns": [built["own"]]}
+    view = StackView.of(list(built.values()))
+    found, unreadable = role_grants(view, view.by_id("nodes"))
+    assert ([(g.where, g.urn) for g in found], unreadable) == ([("policy own", own["urn"])], [])
 
 
 def test_whether_a_resource_refers_to_a_role():
