@@ -74,6 +74,9 @@ EQUIVALENT: dict[str, str] = {
     "policy.host_roles.x__refers__mutmut_17": (
         "the only text is_unknown() accepts is the sentinel (a UUID), which names no role: the any() is false anyway"
     ),
+    "policy.host_roles.x__refers__mutmut_38": (
+        "view.ref returns UNKNOWN (or a Res, returned before) for every unknown value: `ref is UNKNOWN` decides alone"
+    ),
     "policy.host_roles.x__policy_of__mutmut_22": _REF_NONE,
     "policy.host_roles.x__policy_of__mutmut_23": _REF_NONE,
     "policy.host_roles.x__policy_of__mutmut_25": _REF_NONE,

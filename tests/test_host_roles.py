@@ -292,6 +292,12 @@ def test_one_documents_grants_read_case_insensitively_and_name_the_statement():
         f"Statement[1] (Reads) grants ssm:GetParameter on {dev!r}; allowed: parameters under /llmfleet/prod/",
         "Statement[2] grants kms:Decrypt on '*'; allowed: the stack's own KMS keys",
     ]
+    everything_else = {"Statement": [{"Effect": "Allow", "Action": "*", "NotResource": "x"}]}
+    assert secret_read_problems(everything_else, "prod", set()) == [
+        "Statement[0] grants ssm:GetParameter, ssm:GetParameters, ssm:GetParametersByPath, "
+        "ssm:GetParameterHistory on NotResource (every other resource); allowed: parameters under /llmfleet/prod/",
+        "Statement[0] grants kms:Decrypt on NotResource (every other resource); allowed: the stack's own KMS keys",
+    ]
     unknown_only = {"Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": UNKNOWN}]}
     assert secret_read_problems(unknown_only, "prod", set()) == []
     assert secret_read_problems("{not json", "prod", set()) == [
@@ -495,6 +501,21 @@ def test_an_attached_policy_is_found_by_its_id_or_in_a_preview_by_the_dependency
     view = StackView.of(list(built.values()))
     found, unreadable = role_grants(view, view.by_id("nodes"))
     assert ([(g.where, g.urn) for g in found], unreadable) == ([("policy own", own["urn"])], [])
+    # an attachment without a policyArn holds nothing; one from outside the stack cannot be read
+    from policy.host_roles import Unreadable
+
+    bare = res("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "bare", role="nodes")
+    out = res(
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+        "out",
+        role="nodes",
+        policyArn="arn:aws:iam::1:policy/x",
+    )
+    view = StackView.of(policy_resources([role, bare, out]))
+    assert role_grants(view, view.by_id("nodes")) == (
+        [],
+        [Unreadable("arn:aws:iam::1:policy/x", out["urn"], False)],
+    )
     # managedPolicyArns in a preview, an unknown inline policy (left for `up`), another role's RolePolicy
     role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = [UNKNOWN_PLACEHOLDER]
     role["inputs"]["inlinePolicies"] = role["outputs"]["inlinePolicies"] = [UNKNOWN_PLACEHOLDER]
@@ -556,3 +577,17 @@ def test_whether_a_resource_refers_to_a_role():
     assert by_dependency("a5", nodes) is True
     # a known value naming another role of the stack is that role's, whatever else it depends on
     assert by_dependency("a3", nodes) is False
+    # so is a known value that is the id of a resource of another type (a PolicyAttachment's item)
+    key = res("aws:kms/key:Key", "key", "key-id")
+    pa = res("aws:iam/policyAttachment:PolicyAttachment", "pa", roles=["key-id"])
+    built = {r.name: r for r in policy_resources([*roles, key, pa])}
+    built["pa"].property_dependencies = {"roles": [built["nodes"]]}
+    view = StackView.of(list(built.values()))
+    on = {r.name: r for r in view.resources}
+    assert _refers(view, on["pa"], "roles", on["nodes"], value="key-id") is False
+    # a known value the roles do not name, depending on two of them: which one is unknown
+    built = {r.name: r for r in policy_resources([*roles, *atts])}
+    built["a5"].property_dependencies = {"role": [built["nodes"], built["other"]]}
+    view = StackView.of(list(built.values()))
+    on = {r.name: r for r in view.resources}
+    assert _refers(view, on["a5"], "role", on["nodes"]) is None
