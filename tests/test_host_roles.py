@@ -292,6 +292,10 @@ def test_one_documents_grants_read_case_insensitively_and_name_the_statement():
         f"Statement[1] (Reads) grants ssm:GetParameter on {dev!r}; allowed: parameters under /llmfleet/prod/",
         "Statement[2] grants kms:Decrypt on '*'; allowed: the stack's own KMS keys",
     ]
+    two = {"Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": ["*", dev]}]}
+    assert secret_read_problems(two, "prod", set()) == [
+        f"Statement[0] grants ssm:GetParameter on '*', {dev!r}; allowed: parameters under /llmfleet/prod/"
+    ]
     everything_else = {"Statement": [{"Effect": "Allow", "Action": "*", "NotResource": "x"}]}
     assert secret_read_problems(everything_else, "prod", set()) == [
         "Statement[0] grants ssm:GetParameter, ssm:GetParameters, ssm:GetParametersByPath, "
