@@ -141,6 +141,11 @@ def test_node_document_on_star_or_another_stack_fails(prod):
 def test_unknown_attached_policies_fail_the_known_check(prod):
     found = check(prod, attach(prod, "full", "arn:aws:iam::aws:policy/AmazonSSMFullAccess"))
     assert [(p, r, lvl) for p, r, lvl, _ in found] == [("host-role-policies-known", "full", "mandatory")]
+    assert found[0][3] == (
+        "host role iam-role attaches arn:aws:iam::aws:policy/AmazonSSMFullAccess, an AWS-managed policy missing "
+        "from infra/catalog/aws_managed_policies.yaml: its grants cannot be checked; allowed: a policy of this "
+        "stack, or an AWS-managed policy listed in the table (with its source)"
+    )
     assert "missing from infra/catalog/aws_managed_policies.yaml" in found[0][3]
     # a path (service-role/...) is part of an AWS-managed ARN too
     found = check(prod, attach(prod, "p", "arn:aws:iam::aws:policy/service-role/AmazonEC2RoleforSSM"))
@@ -387,6 +392,8 @@ def test_a_roles_grants_are_read_from_each_holder_and_reported_where_they_are():
             inlinePolicies=[{"name": "x", "policy": star}],
         ),
         res("aws:kms/key:Key", "key", arn=KEY),
+        # the nodes' instance profile: it makes no host role of fn
+        res("aws:iam/instanceProfile:InstanceProfile", "profile", role="nodes"),
         res(
             "aws:iam/policy:Policy",
             "own",
@@ -440,8 +447,9 @@ def test_the_stack_name_comes_from_the_runner_then_pulumi(monkeypatch):
 
     from policy import host_roles
 
-    with host_roles._config.runner_stack(load_stack_config({}, "prod")):
-        assert host_roles.current_stack() == "prod"
+    # a name no capture leaves behind in Pulumi's settings (a capture of prod sets the runtime's stack)
+    with host_roles._config.runner_stack(load_stack_config({}, "runner-only")):
+        assert host_roles.current_stack() == "runner-only" != pulumi.get_stack()
     pulumi.runtime.set_all_config({"llmfleet:endpointPort": "22"}, [])  # no valid StackConfig
     try:
         assert host_roles.current_stack() == pulumi.get_stack()
