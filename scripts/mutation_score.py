@@ -61,6 +61,10 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_values.x__dns_name__mutmut_16": (
         "rstrip('XX.XX') on a name that passed the check: it ends in a lower-case letter or '.', no 'X'"
     ),
+    "infra.stack.config_rules.x_check_layout__mutmut_46": (
+        "cfg.gpu_model is never empty there: gpuInstanceType is validated as a GPU type, and check_hosts "
+        "(run first) refuses a worker whose model the catalog lacks"
+    ),
     "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
     "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
     "policy.network.x__ingress__mutmut_25": "endpointPublic's default None instead of False: bool() follows",

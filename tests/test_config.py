@@ -820,6 +820,7 @@ def test_cross_key_rules_refuse_in_one_line(raw, message):
         # inside the stack's own VPC, which Python counts private (198.18.0.0/15, RFC 2544)
         {"llmfleet:vpcCidr": "198.18.0.0/16", "llmfleet:endpointAllowedCidrs": '["198.18.5.0/24"]'},
         {"llmfleet:workerCount": "4", "llmfleet:replicas": "2"},
+        {"llmfleet:maxModelLen": "163840"},  # deepseek-r1's whole context, the limit itself
         {
             "llmfleet:endpointCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/"
             "12345678-1234-1234-1234-123456789012"
