@@ -5,9 +5,11 @@ import json
 import pytest
 import yaml
 
+from infra.catalog import load_catalog
 from infra.constants import REPO_ROOT
 from infra.stack.config import ConfigError, StackConfig, declared_keys, load_stack_config
 from infra.stack.files import available_stacks, load_config
+from infra.stack.host_spec import HOST_KEY_ALLOWED
 from infra.stack.resolve import resolve
 from tests.host_keys import keyed
 
@@ -379,3 +381,488 @@ def test_a_trailing_newline_is_not_part_of_a_valid_value(key, value):
     with pytest.raises(ConfigError) as e:
         load_stack_config({key: value + "\n"}, "t")
     assert str(e.value).startswith(f"{key} = ") and "\n" not in str(e.value)
+
+
+# --- single-key rules, value by value (the mutation run of config_values.py found these unasserted) ---
+
+
+def _refusal(key, value):
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({key: value}, "t")
+    return str(e.value)
+
+
+S3_ALLOWED = (
+    "allowed: s3://BUCKET/PREFIX/ where BUCKET follows AWS's naming rules (3-63 lower-case letters, digits, "
+    "'.', '-'; no '..', not an IP, no xn-- prefix or -s3alias suffix) and PREFIX is components of "
+    "letters, digits, '.', '_', '-'"
+)
+
+
+@pytest.mark.parametrize(
+    ("uri", "normalised"),
+    [
+        ("s3://my-bucket.v2/models/deepseek-r1", "s3://my-bucket.v2/models/deepseek-r1/"),
+        ("s3://abc/r1/", "s3://abc/r1/"),
+        ("s3://abc", "s3://abc/"),  # the whole bucket
+        ("s3://" + "a" * 63 + "/m_1/", "s3://" + "a" * 63 + "/m_1/"),
+    ],
+)
+def test_s3_weights_uris_that_are_allowed(uri, normalised):
+    assert load_stack_config({"llmfleet:weightsUri": uri}, "t").weights_uri == normalised
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://ab/r1/",  # 2 characters
+        "s3://" + "a" * 64 + "/r1/",  # 64 characters
+        "s3://My-Bucket/r1/",  # upper case
+        "s3://-abc/r1/",  # not a letter or digit at an end
+        "s3://a..b/r1/",
+        "s3://192.168.1.10/r1/",  # an IP address
+        *(f"s3://{p}bucket/r1/" for p in ("xn--", "sthree-", "amzn-s3-demo-")),
+        *(f"s3://bucket{s}/r1/" for s in ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")),
+        "s3://bucket/a/../b/",
+        "s3://bucket/a//b/",
+        "s3://bucket/a b/",
+        "s3://bucket/r1/;id/",
+    ],
+)
+def test_s3_weights_uris_that_are_refused(uri):
+    assert _refusal("llmfleet:weightsUri", uri) == f"llmfleet:weightsUri = {uri!r}: {S3_ALLOWED}"
+
+
+def test_s3_uri_needs_its_scheme():
+    from infra.stack.config_values import s3_uri
+
+    assert s3_uri("s3://bucket/r1") == "s3://bucket/r1/"
+    for v in ("bucket/r1/", "S3://bucket/r1/", "xs3://bucket/r1/"):
+        with pytest.raises(ValueError, match=r"^allowed: s3://BUCKET/PREFIX/"):
+            s3_uri(v)
+
+
+@pytest.mark.parametrize(
+    ("uri", "kept"),
+    [
+        ("https://models.example.com/r1/", "https://models.example.com/r1/"),
+        ("https://models.example.com:8443/a/b_c/", "https://models.example.com:8443/a/b_c/"),
+        ("https://models.example.com", "https://models.example.com"),
+        ("https://models.example.com/", "https://models.example.com/"),
+        ("https://models.example.com/X/", "https://models.example.com/X/"),
+        ("file:///mnt/nfs/r1/", "file:///mnt/nfs/r1"),  # the NFS mount, one trailing '/' dropped
+        ("/mnt/nfs/r1", "/mnt/nfs/r1"),
+        ("", None),  # Pulumi.yaml's default: unset
+    ],
+)
+def test_other_weights_uris_that_are_allowed(uri, kept):
+    assert load_stack_config({"llmfleet:weightsUri": uri}, "t").weights_uri == kept
+
+
+HTTPS_ALLOWED = "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query)"
+URI_ALLOWED = "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUMS) or an absolute path (NFS)"
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed"),
+    [
+        (
+            "http://models.example.com/r1/",
+            "plain http lets anyone on the path swap the weights and their SHA256SUMS; " + URI_ALLOWED,
+        ),
+        ("https://models.example.com/r1/?x=1", HTTPS_ALLOWED),
+        ("https://models.example.com/a/../b/", HTTPS_ALLOWED),
+        ("https://models.example.com/a b/", HTTPS_ALLOWED),
+        ("https://-models.example.com/r1/", HTTPS_ALLOWED),
+        ("https://models.example.com:843100/r1/", HTTPS_ALLOWED),
+        (
+            "file:///etc/r1",
+            "an NFS path: /etc/r1 is or is inside a system directory; " + WEIGHTS_PATH_ALLOWED,
+        ),
+        ("file:///mnt/../etc", "an NFS path: " + WEIGHTS_PATH_ALLOWED),
+        ("/home", "an NFS path: /home is or is inside a system directory; " + WEIGHTS_PATH_ALLOWED),
+        ("file://server/r1", URI_ALLOWED),  # a host in a file URI: not a local mount
+        ("models/r1", URI_ALLOWED),
+    ],
+)
+def test_other_weights_uris_that_are_refused(uri, allowed):
+    assert _refusal("llmfleet:weightsUri", uri) == f"llmfleet:weightsUri = {uri!r}: {allowed}"
+
+
+PORTS_ALLOWED = (
+    "allowed: a port from 1 to 65535 other than 22, 6379, 8076, 8077, 8265, 9090, 9100, 9400, 10001, 52365 "
+    "and 10002-19999 (Ray's worker ports), e.g. 8000"
+)
+TAG_RULES = "breaks AWS's tag rules; allowed: keys of 1-128 and values of 0-256 letters, digits, spaces and _ . : / = + - @"
+WORKERS_ALLOWED = "allowed: 'auto' or an integer from 1 to 64"
+PARTITION = (
+    "whose ARNs the stack does not build (it builds arn:aws:...); allowed: a region of the aws partition "
+    "such as us-east-1, us-west-2 or eu-west-1"
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("aws:region", "cn-north-1", f"a region of partition aws-cn, {PARTITION}"),
+        ("aws:region", "us-gov-west-1", f"a region of partition aws-us-gov, {PARTITION}"),
+        ("aws:region", "US-EAST-1", "allowed: an AWS region name such as us-east-1"),
+        (
+            "llmfleet:availabilityZone",
+            "us-east-1",
+            "allowed: an availability zone name such as us-east-1a, or unset for auto",
+        ),
+        (
+            "llmfleet:model",
+            "deepseek-r2",
+            "did you mean deepseek-r1? allowed: deepseek-r1, deepseek-r1-distill-qwen-7b, "
+            "deepseek-r1-distill-qwen-32b, deepseek-r1-distill-llama-70b",
+        ),
+        (
+            "llmfleet:headInstanceType",
+            "t9.nano",
+            # every catalog instance type, in the catalog's order
+            "allowed: " + ", ".join(load_catalog().instances),
+        ),
+        ("llmfleet:workerCount", "65", WORKERS_ALLOWED),
+        ("llmfleet:workerCount", "-1", WORKERS_ALLOWED),
+        ("llmfleet:workerCount", "1.5", WORKERS_ALLOWED),
+        ("llmfleet:workerCount", "autos", WORKERS_ALLOWED),
+        ("llmfleet:endpointPort", "22", f"port 22 is SSH's on the head; {PORTS_ALLOWED}"),
+        ("llmfleet:endpointPort", "6379", f"port 6379 is the Ray GCS's on the head; {PORTS_ALLOWED}"),
+        ("llmfleet:endpointPort", "8265", f"port 8265 is the Ray dashboard's on the head; {PORTS_ALLOWED}"),
+        ("llmfleet:endpointPort", "8077", f"port 8077 is a Ray node port's on the head; {PORTS_ALLOWED}"),
+        ("llmfleet:endpointPort", "9100", f"port 9100 is node exporter's on the head; {PORTS_ALLOWED}"),
+        ("llmfleet:endpointPort", "10002", f"port 10002 is a Ray worker port's on the head; {PORTS_ALLOWED}"),
+        ("llmfleet:endpointPort", "19999", f"port 19999 is a Ray worker port's on the head; {PORTS_ALLOWED}"),
+        (
+            "llmfleet:imageRegistry",
+            "Registry/Repo",
+            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>",
+        ),
+        (
+            "llmfleet:imageRegistry",
+            "r.example/" + "a" * 246,  # 256 characters
+            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>",
+        ),
+        ("llmfleet:vpcCidr", "nope", "allowed: an IPv4 CIDR from /16 to /20, such as 10.42.0.0/16"),
+        (
+            "llmfleet:vpcCidr",
+            "100.64.0.0/16",
+            "allowed: a private IPv4 CIDR from /16 to /20, such as 10.42.0.0/16",
+        ),
+        (
+            "llmfleet:tags",
+            '{"llmfleet:stack": "x"}',
+            "tag key 'llmfleet:stack' is reserved; allowed: keys not starting with aws: or llmfleet:",
+        ),
+        ("llmfleet:tags", '{"Team": "a;b"}', f"tag 'Team': 'a;b' {TAG_RULES}"),
+        ("llmfleet:tags", '{"k;": "v"}', f"tag 'k;': 'v' {TAG_RULES}"),
+        ("llmfleet:tags", '{"": "v"}', f"tag '': 'v' {TAG_RULES}"),
+        ("llmfleet:tags", json.dumps({"k" * 129: "v"}), f"tag {'k' * 129!r}: 'v' {TAG_RULES}"),
+        ("llmfleet:tags", json.dumps({"k": "v" * 257}), f"tag 'k': {'v' * 257!r} {TAG_RULES}"),
+        (
+            "llmfleet:logRetentionDays",
+            "2",
+            "allowed: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, "
+            "2557, 2922, 3288, 3653 (CloudWatch's values)",
+        ),
+        (
+            "llmfleet:capacityBlockId",
+            "cr-x",
+            "allowed: the Capacity Block's capacity reservation id such as cr-0123456789abcdef0 "
+            "(aws ec2 describe-capacity-reservations --filters Name=reservation-type,Values=capacity-block)",
+        ),
+        (
+            "llmfleet:capacityReservationId",
+            "cr-0123456789abcdef0a",  # 18 hex digits
+            "allowed: a capacity reservation id such as cr-0123456789abcdef0",
+        ),
+        (
+            "llmfleet:endpointDnsName",
+            "LLM.example.com",
+            "allowed: a lower-case DNS name such as llm.example.com",
+        ),
+        (
+            "llmfleet:endpointDnsName",
+            "llm.example.comX.",  # only the root's '.' is dropped before the check
+            "allowed: a lower-case DNS name such as llm.example.com",
+        ),
+        (
+            "llmfleet:endpointHostedZoneId",
+            "z1",
+            "allowed: a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ",
+        ),
+        (
+            "llmfleet:baseImage",
+            "vllm/vllm-openai:v0.29.0",  # a tag alone moves
+            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>",
+        ),
+        ("llmfleet:weightsPath", "/", WEIGHTS_PATH_ALLOWED),
+        ("llmfleet:weightsPath", "//m", WEIGHTS_PATH_ALLOWED),
+        ("llmfleet:weightsPath", "/a/./b", WEIGHTS_PATH_ALLOWED),
+        ("llmfleet:weightsPath", "/a/../b", WEIGHTS_PATH_ALLOWED),
+        ("llmfleet:weightsPath", "/.m", WEIGHTS_PATH_ALLOWED),
+        ("llmfleet:weightsPath", "/m;id", WEIGHTS_PATH_ALLOWED),
+        *(
+            (
+                "llmfleet:weightsPath",
+                p,
+                f"{p.rstrip('/')} is or is inside a system directory; {WEIGHTS_PATH_ALLOWED}",
+            )
+            for p in ("/data/", "/home", "/etc", "/etc/m", "/var/lib/docker/m", "/usr/share/m")
+        ),
+    ],
+)
+def test_each_single_key_rule_refuses_with_what_is_allowed(key, value, message):
+    shown = value if key == "llmfleet:tags" else repr(value)  # a mapping is shown as its JSON
+    assert _refusal(key, value) == f"{key} = {shown}: {message}"
+
+
+SAME = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "attr", "parsed"),
+    [
+        ("aws:region", "eu-west-1", "region", "eu-west-1"),
+        ("llmfleet:availabilityZone", "us-east-1a", "availability_zone", "us-east-1a"),
+        ("llmfleet:model", "DeepSeek-R1", "model", "deepseek-r1"),  # the catalog's spelling
+        ("llmfleet:gpuInstanceType", "g6e.xlarge", "gpu_instance_type", "g6e.xlarge"),
+        ("llmfleet:headInstanceType", "m7i.xlarge", "head_instance_type", "m7i.xlarge"),
+        ("llmfleet:workerCount", " AUTO ", "worker_count", "auto"),
+        ("llmfleet:workerCount", " 3 ", "worker_count", 3),
+        ("llmfleet:workerCount", "1", "worker_count", 1),
+        ("llmfleet:workerCount", "64", "worker_count", 64),
+        ("llmfleet:workerCount", 2, "worker_count", 2),  # a YAML integer, not text
+        ("llmfleet:maxMonthlyUsd", " 0 ", "max_monthly_usd", None),  # 0 means no budget
+        ("llmfleet:maxMonthlyUsd", "", "max_monthly_usd", None),
+        ("llmfleet:maxMonthlyUsd", "0.5", "max_monthly_usd", 0.5),
+        ("llmfleet:imageRegistry", "", "image_registry", None),
+        ("llmfleet:capacityReservationId", "", "capacity_reservation_id", None),
+        ("llmfleet:endpointPort", "20000", "endpoint_port", 20000),
+        ("llmfleet:endpointPort", "10000", "endpoint_port", 10000),
+        ("llmfleet:imageRegistry", "registry.example:5000/llmfleet/node", "image_registry", SAME),
+        ("llmfleet:imageRegistry", "r.example/" + "a" * 245, "image_registry", SAME),  # 255: the longest
+        ("llmfleet:vpcCidr", "10.42.0.0/16", "vpc_cidr", "10.42.0.0/16"),
+        ("llmfleet:tags", json.dumps({"k" * 128: "v" * 256}), "tags", {"k" * 128: "v" * 256}),
+        ("llmfleet:tags", '{"Team": ""}', "tags", {"Team": ""}),
+        ("llmfleet:tags", '{"k": "v"}', "tags", {"k": "v"}),  # a one-character key
+        (
+            "llmfleet:tags",
+            '{"cost-center": "a b_c.d:e/f=g+h-i@j"}',
+            "tags",
+            {"cost-center": "a b_c.d:e/f=g+h-i@j"},
+        ),
+        ("llmfleet:logRetentionDays", "3653", "log_retention_days", 3653),
+        ("llmfleet:capacityBlockId", "", "capacity_block_id", None),
+        (
+            "llmfleet:capacityReservationId",
+            "cr-0123456789abcdef0",
+            "capacity_reservation_id",
+            "cr-0123456789abcdef0",
+        ),
+        ("llmfleet:endpointHostedZoneId", "", "endpoint_hosted_zone_id", None),
+        ("llmfleet:weightsPath", "/etcetera/m", "weights_path", "/etcetera/m"),  # not under /etc
+        ("llmfleet:weightsPath", "/var/lib/m", "weights_path", "/var/lib/m"),
+        ("llmfleet:weightsPath", "/opt/m/", "weights_path", "/opt/m"),
+    ],
+)
+def test_each_single_key_rule_keeps_what_is_allowed(key, value, attr, parsed):
+    cfg = load_stack_config({key: value}, "t")
+    assert getattr(cfg, attr) == (value if parsed is SAME else parsed)
+
+
+def test_capacity_block_and_dns_values_that_are_allowed():
+    block = "cr-0123456789abcdef0"
+    cfg = load_stack_config(
+        {
+            "llmfleet:capacityBlockId": block,
+            "llmfleet:availabilityZone": "us-east-1a",
+            "llmfleet:spot": "false",
+        },
+        "t",
+    )
+    assert cfg.capacity_block_id == block
+    cfg = load_stack_config(
+        {
+            "llmfleet:endpointDnsName": "llm.example.com.",
+            "llmfleet:endpointHostedZoneId": "Z0123456789ABCDEFGHIJ",
+        },
+        "t",
+    )
+    assert cfg.endpoint_dns_name == "llm.example.com"  # the root's '.' goes
+    assert cfg.endpoint_hosted_zone_id == "Z0123456789ABCDEFGHIJ"
+
+
+# --- rules across keys (config_rules.py), each refusal in full and the case next to it that passes ---
+
+BLOCK = {
+    "llmfleet:capacityBlockId": "cr-0123456789abcdef0",
+    "llmfleet:availabilityZone": "us-east-1a",
+    "llmfleet:spot": "false",
+}
+NOT_PRIVATE = (
+    "is not private; allowed for an internal endpoint: CIDRs inside 10.0.0.0/8, 172.16.0.0/12, "
+    "192.168.0.0/16, 100.64.0.0/10, fc00::/7 or the VPC 10.42.0.0/16 (or set llmfleet:endpointAllowPublicCidrs=true)"
+)
+HEAD = {"address": "10.0.0.10", "role": "head", "gpuCount": 0}
+
+
+def _worker(i, **fields):
+    return {"address": f"10.0.0.{10 + i}", "role": "worker", **fields}
+
+
+CROSS_KEY_REFUSED = [
+    (
+        {**hosts(HEAD, _worker(1)), "llmfleet:capacityBlockId": "cr-0123456789abcdef0"},
+        "llmfleet:capacityBlockId = 'cr-0123456789abcdef0': a Capacity Block holds EC2 workers; "
+        "allowed with provider aws",
+    ),
+    (
+        {**BLOCK, "llmfleet:spot": "true"},
+        "llmfleet:capacityBlockId = 'cr-0123456789abcdef0': workers in a Capacity Block are not spot; "
+        "set llmfleet:spot=false",
+    ),
+    (
+        {**BLOCK, "llmfleet:capacityReservationId": "cr-0123456789abcdef1"},
+        "llmfleet:capacityBlockId = 'cr-0123456789abcdef0': workers target one reservation; allowed: "
+        "capacityBlockId or capacityReservationId, not both",
+    ),
+    (
+        {**BLOCK, "llmfleet:availabilityZone": ""},
+        "llmfleet:availabilityZone = (unset): workers must launch in the Capacity Block's AZ; allowed: that AZ "
+        "(aws ec2 describe-capacity-reservations --capacity-reservation-ids cr-0123456789abcdef0)",
+    ),
+    (
+        {**BLOCK, "llmfleet:pricingModel": "spot"},
+        "llmfleet:pricingModel = 'spot': workers in a Capacity Block pay its fee; allowed: on-demand, "
+        "savings-plan-1y, savings-plan-3y (for the head)",
+    ),
+    (
+        {"llmfleet:pricingModel": "spot"},
+        "llmfleet:pricingModel = 'spot': spot prices spot workers; set llmfleet:spot=true, or allowed: "
+        "on-demand, savings-plan-1y, savings-plan-3y",
+    ),
+    *(
+        (
+            {"llmfleet:pricingModel": m, "llmfleet:spot": "true"},
+            f"llmfleet:pricingModel = {m!r}: llmfleet:spot=true runs the workers on spot; allowed: spot, "
+            "or set llmfleet:spot=false",
+        )
+        for m in ("on-demand", "savings-plan-1y", "savings-plan-3y")
+    ),
+    *(
+        (
+            {"llmfleet:endpointAllowedCidrs": json.dumps([c])},
+            f"llmfleet:endpointAllowedCidrs = {json.dumps([c])}: entry {c!r} {NOT_PRIVATE}",
+        )
+        # narrower than /0 is not enough: half the internet, a public IPv6 range, a TEST-NET
+        for c in ("203.0.113.0/24", "0.0.0.0/1", "2001:db8::/32", "198.18.5.0/24")
+    ),
+    (
+        {"llmfleet:workerCount": "3", "llmfleet:replicas": "2"},
+        "llmfleet:workerCount = 3: allowed: 'auto' or a multiple of llmfleet:replicas (2); every replica "
+        "takes the same number of hosts",
+    ),
+    (
+        {"llmfleet:endpointHostedZoneId": "Z0123456789ABCDEFGHIJ"},
+        "llmfleet:endpointDnsName = (unset): the alias record needs both; allowed: set llmfleet:endpointDnsName "
+        "and llmfleet:endpointHostedZoneId together",
+    ),
+    (
+        {"llmfleet:provider": "existing", "llmfleet:sshPrivateKey": "[secret]"},
+        "llmfleet:hosts = []: provider 'existing' needs a list of hosts, one with role head",
+    ),
+    (
+        hosts(HEAD),
+        "llmfleet:hosts = '[...]': no entry has role 'worker'; allowed: at least one GPU worker",
+    ),
+    (
+        {**hosts(HEAD, _worker(1)), "llmfleet:workerCount": "2"},
+        "llmfleet:workerCount = 2: allowed: 'auto' or 1 (the number of worker hosts)",
+    ),
+    (
+        {**hosts(HEAD, _worker(1), _worker(2), _worker(3)), "llmfleet:replicas": "2"},
+        "llmfleet:replicas = 2: allowed: a divisor of the 3 worker hosts (each replica takes the same hosts)",
+    ),
+    (
+        hosts({**HEAD, "gpuCount": 2, "gpuModel": "X9"}, _worker(1)),
+        "llmfleet:hosts[0].gpuModel = 'X9': allowed: L20, L40S, L4, A10G, H20, A100-40GB, A100-80GB, H100, "
+        "H200, B200",
+    ),
+    (
+        {
+            "llmfleet:provider": "existing",
+            "llmfleet:sshPrivateKey": "[secret]",
+            "llmfleet:hosts": json.dumps([HEAD, _worker(1)]),  # no hostKey
+        },
+        "llmfleet:hosts[0].hostKey = (unset): an unverified 10.0.0.10 would get the Ray and endpoint tokens; "
+        + HOST_KEY_ALLOWED,
+    ),
+    (
+        hosts(HEAD, _worker(1, gpuCount=1, gpuModel="X9")),  # one GPU is a declared GPU too
+        "llmfleet:hosts[1].gpuModel = 'X9': allowed: L20, L40S, L4, A10G, H20, A100-40GB, A100-80GB, H100, "
+        "H200, B200",
+    ),
+    (
+        hosts(HEAD, _worker(1), _worker(2, gpuCount=4)),
+        "llmfleet:hosts = '[...]': workers differ in gpuModel/gpuCount; allowed: identical workers "
+        "(tensor parallel = GPUs per host, pipeline parallel = hosts)",
+    ),
+    (
+        hosts(HEAD, _worker(1), {**_worker(2), "role": "head"}),
+        "llmfleet:hosts[2] = '10.0.0.12': second head (entry 0 is the head); allowed: exactly one head",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"), CROSS_KEY_REFUSED, ids=[m.split(":")[1] for _, m in CROSS_KEY_REFUSED]
+)
+def test_cross_key_rules_refuse_in_one_line(raw, message):
+    with pytest.raises(ConfigError) as e:
+        load_stack_config(raw, "t")
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {**BLOCK, "llmfleet:pricingModel": "savings-plan-1y"},  # the head's commitment
+        {"llmfleet:pricingModel": "spot", "llmfleet:spot": "true"},
+        {"llmfleet:endpointAllowedCidrs": '["203.0.113.0/24"]', "llmfleet:endpointAllowPublicCidrs": "true"},
+        {"llmfleet:endpointPublic": "true", "llmfleet:endpointAllowedCidrs": '["203.0.113.0/24"]'},
+        # inside the stack's own VPC, which Python counts private (198.18.0.0/15, RFC 2544)
+        {"llmfleet:vpcCidr": "198.18.0.0/16", "llmfleet:endpointAllowedCidrs": '["198.18.5.0/24"]'},
+        {"llmfleet:workerCount": "4", "llmfleet:replicas": "2"},
+        {"llmfleet:maxModelLen": "163840"},  # deepseek-r1's whole context, the limit itself
+        {
+            "llmfleet:endpointCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/"
+            "12345678-1234-1234-1234-123456789012"
+        },
+        {**hosts(HEAD, _worker(1), _worker(2)), "llmfleet:workerCount": "2", "llmfleet:replicas": "2"},
+        hosts({**HEAD, "gpuCount": 2, "gpuModel": "L20"}, _worker(1)),  # the head's GPUs go unused
+        # an owned head's type is not an instance type the stack launches
+        {**hosts(HEAD, _worker(1)), "llmfleet:headInstanceType": "g6e.xlarge"},
+        # a head's declared model is checked only when it declares GPUs; a worker needs one GPU
+        hosts({**HEAD, "gpuModel": "X9"}, _worker(1, gpuCount=1), _worker(2, gpuCount=1)),
+    ],
+)
+def test_cross_key_rules_pass_their_neighbours(raw):
+    cfg = load_stack_config(raw, "t")
+    for key, value in raw.items():
+        if key in ("llmfleet:workerCount", "llmfleet:replicas"):
+            assert str(getattr(cfg, _attr(key.split(":")[1]))) == value
+
+
+def test_a_cross_key_check_raises_the_key_value_and_what_is_allowed():
+    """Each check takes a validated StackConfig; its error carries the parts of the line too."""
+    from infra.stack.config_rules import CrossKeyError, check_commitments
+
+    cfg = load_stack_config({}, "t").model_copy(update={"pricing_model": "spot"})
+    with pytest.raises(CrossKeyError) as e:
+        check_commitments(cfg)
+    allowed = "spot prices spot workers; set llmfleet:spot=true, or allowed: on-demand, savings-plan-1y, savings-plan-3y"
+    assert (e.value.key, e.value.value, e.value.allowed) == ("llmfleet:pricingModel", "spot", allowed)
+    assert str(e.value) == f"llmfleet:pricingModel = 'spot': {allowed}"

@@ -1209,3 +1209,141 @@ def test_reasoning_context_on_the_prod_capture_auto_passes_and_8k_fires():
     found = [v for v in pinned.violations if v.policy == "reasoning-model-context"]
     assert found and all(v.enforcement == "advisory" for v in found), pinned.violations
     assert "max_model_len 8,192 is below 16,384 for the reasoning model deepseek-r1" in found[0].message
+
+
+def test_trust_remote_code_reads_every_carrier_of_the_serve_config(monkeypatch):
+    """The node script in an SSM parameter (packed, in `value` or `insecureValue`, or plain) or a
+    remote command's `create`; unknown values during a preview are left alone; the config's
+    fallback names why it is on, the stack key or the catalog's model."""
+    from infra.catalog import load_catalog
+    from infra.stack.config import load_stack_config
+    from policy._stackview import StackView
+    from policy.engine import ENGINE_POLICIES, rendered_problems
+    from policy.runner import policy_resources
+
+    off = REMOTE_CODE.replace("true", "false")
+    param = "aws:ssm/parameter:Parameter"
+    found = rendered_problems(
+        StackView.of(
+            policy_resources(
+                [
+                    res(param, "packed-value", value=pack_script(REMOTE_CODE)),
+                    res(param, "plain", insecureValue=REMOTE_CODE),  # not gzip+base64: read as it is
+                    res(param, "off", insecureValue=pack_script(off)),
+                    res(param, "unknown", insecureValue=UNKNOWN),
+                    res("command:remote:Command", "cmd-unknown", create=UNKNOWN),
+                    res("command:remote:Command", "cmd-off", create=off),
+                    # props are untyped: a value that is not text is no script, not a crash
+                    res("command:remote:Command", "cmd-list", create=["trust_remote_code: true"]),
+                    res(param, "param-list", insecureValue=["trust_remote_code: true"]),
+                    res("aws:s3/bucketObjectv2:BucketObjectv2", "elsewhere", content=REMOTE_CODE),
+                ]
+            )
+        )
+    )
+    assert found == [
+        (
+            f"urn:pulumi:test::llmfleet::{param}::{name}",
+            f"{name}: the Serve config sets trust_remote_code: vLLM runs the checkpoint's own Python in every "
+            "engine process; unset llmfleet:trustRemoteCode unless the model needs it",
+        )
+        for name in ("packed-value", "plain")
+    ]
+
+    def fallback(raw):
+        report = run_policies([], {}, ENGINE_POLICIES, stack=load_stack_config(raw, "t"))
+        return [(v.resource, v.enforcement, v.message) for v in report.violations]
+
+    assert fallback({}) == []
+    tail = (
+        "vLLM runs the checkpoint's own Python in every engine process; leave it off unless the model has no "
+        "native vLLM implementation"
+    )
+    assert fallback({"llmfleet:trustRemoteCode": "true"}) == [
+        (None, "advisory", f"trust_remote_code is on (llmfleet:trustRemoteCode is true): {tail}")
+    ]
+    # a rendered script that carries it is the finding; the config is not reported twice
+    report = run_policies(
+        [res(param, "node-head", insecureValue=pack_script(REMOTE_CODE))],
+        {},
+        ENGINE_POLICIES,
+        stack=load_stack_config({"llmfleet:trustRemoteCode": "true"}, "t"),
+    )
+    assert [v.resource for v in report.violations] == ["node-head"]
+    models = load_catalog().models
+    needs = models["deepseek-r1"].model_copy(
+        update={"trust_remote_code": True, "trust_remote_code_reason": "x"}
+    )
+    monkeypatch.setitem(models, "deepseek-r1", needs)
+    assert fallback({}) == [
+        (None, "advisory", f"trust_remote_code is on (the catalog's deepseek-r1 needs it): {tail}")
+    ]
+
+
+def test_alarm_policy_names_the_actions_it_found_and_checks_metric_alarms_only():
+    stack = set_input(good_stack(), "head-alarm", alarmActions=[RECOVER, "arn:aws:sqs:us-east-1:1:q"])
+    [v] = run(stack, "alarm-notifies").violations
+    assert v.message == (
+        f"nobody is notified when this alarm fires (alarmActions: {RECOVER}, arn:aws:sqs:us-east-1:1:q, no SNS "
+        "topic); set llmfleet:alarmTopicArn (an SNS topic you subscribe to)"
+    )
+    other = add(
+        good_stack(), res("aws:cloudwatch/compositeAlarm:CompositeAlarm", "composite", alarmActions=[])
+    )
+    assert run(other, "alarm-notifies").violations == ()
+
+
+def test_policy_config_falls_back_to_the_stack_config_then_the_default():
+    """What a policy reads for a key: its own config block (None included, the runner's 'off'),
+    else the stack's llmfleet:* key the Pulumi CLI hands over (JSON parsed), else the default."""
+    import pulumi
+    import pulumi.runtime
+
+    from infra.catalog import load_catalog
+    from infra.stack.config import load_stack_config
+    from policy import _config
+
+    assert _config.string_list("CIDRs") == {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "CIDRs",
+    }
+    assert _config.string_list("tags", default=[]) == {
+        "type": "array",
+        "items": {"type": "string"},
+        "default": [],
+        "description": "tags",
+    }
+    assert _config.catalog_instance_types() == tuple(sorted(load_catalog().instances))
+    assert _config.stack_config("endpointPort") is None and _config.stack_config_raw("aws:region") is None
+    assert _config.value({}, "port", 8000, stack_key="endpointPort") == 8000
+    pulumi.runtime.set_all_config(
+        {
+            "llmfleet:endpointPort": "8443",
+            "llmfleet:endpointAllowedCidrs": '["10.0.0.0/8"]',
+            "llmfleet:weightsPath": "/srv/m",  # not JSON: the text itself
+            "aws:region": "eu-west-1",
+        },
+        [],
+    )
+    try:
+        assert _config.stack_config("endpointPort") == 8443
+        assert _config.stack_config("endpointAllowedCidrs") == ["10.0.0.0/8"]
+        assert _config.stack_config("weightsPath") == "/srv/m"
+        assert _config.stack_config("model") is None
+        assert _config.stack_config_raw("aws:region") == "eu-west-1"
+        assert _config.value({"port": None}, "port", 8000, stack_key="endpointPort") is None
+        assert _config.value({"port": 80}, "port", 8000, stack_key="endpointPort") == 80
+        assert _config.value({}, "port", 8000, stack_key="endpointPort") == 8443
+        assert _config.value({}, "port", 8000) == 8000  # no stack key: the default
+        assert _config.value({}, "model", "r1", stack_key="model") == "r1"
+        # under the CLI the stack's config is the runtime's; the runner's StackConfig goes first
+        assert _config.stack_model().endpoint_port == 8443
+        mine = load_stack_config({}, pulumi.get_stack())
+        with _config.runner_stack(mine):
+            assert _config.stack_model() is mine
+        assert _config.stack_model() is not mine
+        pulumi.runtime.set_all_config({"llmfleet:endpointPort": "22"}, [])  # a bad config: no model
+        assert _config.stack_model() is None
+    finally:
+        pulumi.runtime.set_all_config({}, [])
