@@ -13,7 +13,7 @@ UV_VERSION = 0.13.9
 TOOLS   = .tools
 UV      = $(TOOLS)/bin/uv
 
-.PHONY: setup system-deps demo test lint bench faults mutation clean image image-stop image-lock wheel-test
+.PHONY: setup system-deps system-deps-demo demo test lint bench faults mutation clean image image-stop image-lock wheel-test
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -29,14 +29,19 @@ $(STAMP): pyproject.toml uv.lock $(UV)
 setup: $(STAMP)
 	@$(BIN)/python -m compileall -q infra policy ray_cluster >/dev/null
 
-# Debian packages the tests use: shellcheck (user data), iproute2 (network-namespace hosts),
-# iptables (the metadata-service guard), redis-server (`local up --gcs-redis`), openssh-server/client (the existing-hosts bootstrap over real SSH), prometheus (the local
-# cluster's metrics), docker.io, mmdebstrap, docker-registry and zstd (the CPU node image).
-# Installed when root.
+# The Debian packages each set of commands uses (scripts/system-deps.sh lists them with what uses
+# each: `bash scripts/system-deps.sh --list demo`), installed with apt-get when root; the script says
+# which it installs, as root, before it does, and without root prints what is missing and the
+# apt-get command. The demo's: iproute2 (the hosts' namespaces, each node's NIC) and prometheus (the
+# local cluster's metrics). The tests' add shellcheck, iptables, redis-server, openssh-server/client,
+# and docker.io, mmdebstrap, docker-registry and zstd (the CPU node image).
 system-deps:
-	@bash scripts/system-deps.sh
+	@bash scripts/system-deps.sh test
 
-demo: setup system-deps
+system-deps-demo:
+	@bash scripts/system-deps.sh demo
+
+demo: system-deps-demo setup
 	$(BIN)/llmfleet local up --hosts 2
 	$(BIN)/llmfleet local chat "In one sentence, what does a Ray head node do?" --thinking-budget 16
 
