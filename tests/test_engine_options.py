@@ -210,12 +210,16 @@ def test_serve_options_reach_the_llm_server_and_the_ingress_and_ray_accepts_them
     assert res.exit_code == 0, res.output  # validated by Ray's DeploymentSchema and vLLM's EngineArgs
     doc = yaml.safe_load(res.stdout)
     dep = _llm(doc)["deployment_config"]
-    # autoscaling replaces the fixed count (Serve refuses both)
+    # autoscaling replaces the fixed count (Serve refuses both); the map's fields go over the
+    # plan's defaults (tests/test_serve_autoscaling.py)
     assert dep == {
         "max_ongoing_requests": 32,
         "max_queued_requests": 64,
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 16},
-    }
+        "autoscaling_config": {
+            "min_replicas": 1, "max_replicas": 1, "initial_replicas": 1, "target_ongoing_requests": 16,
+            "upscale_delay_s": 15.0, "downscale_delay_s": 1800,
+        },
+    }  # fmt: skip
     ingress = doc["applications"][0]["args"]["ingress_deployment_config"]
     assert ingress["max_ongoing_requests"] == 256 and ingress["ray_actor_options"]["num_cpus"] == 1
     kw = _llm(doc)["engine_kwargs"]

@@ -36,6 +36,7 @@ class Priced:
     past: cost_model.Estimate | None = None  # the preview's oldState, priced the same way
     note: str = ""  # what "past" means, for the table title
     cold_start_s: float | None = None  # boot -> first token (infra/stack/coldstart.py), AWS workers only
+    autoscaling_note: str = ""  # serveOptions.autoscaling_config: its bounds, and that the bill stays
 
 
 def _book(region: str, live: bool) -> PriceBook:
@@ -166,8 +167,22 @@ def price_stack(
             past,
             "preview: before -> after the update",
             _cold_start_s(cfg, plan),
+            _autoscaling_note(cfg, plan),
         )
-    return Priced(est, tps, cfg.max_monthly_usd, ".", "pulumi_program", cold_start_s=_cold_start_s(cfg, plan))
+    return Priced(
+        est, tps, cfg.max_monthly_usd, ".", "pulumi_program",
+        cold_start_s=_cold_start_s(cfg, plan), autoscaling_note=_autoscaling_note(cfg, plan),
+    )  # fmt: skip
+
+
+def _autoscaling_note(cfg, plan) -> str:
+    """Serve's autoscaling releases a replica's GPUs, not its hosts: the priced hours stay."""
+    from infra.stack.serve_autoscaling import KEY, describe
+    from infra.stack.serving import deployment_options
+
+    if not plan.fits:
+        return ""
+    return describe(deployment_options(cfg, plan, cfg.replicas).get(KEY))
 
 
 # --- usage-file template -----------------------------------------------------------------------

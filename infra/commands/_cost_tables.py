@@ -94,6 +94,8 @@ def render_table(p: Priced, console: Console) -> None:
     )
     if est.schedule_note:
         console.print(f"Workers (scheduled): {est.schedule_note}", highlight=False)
+    if p.autoscaling_note:
+        console.print(p.autoscaling_note, highlight=False)
     per_m = cost.monthly_usd_per_million_tokens(est, p.tokens_per_s)
     if per_m is not None:
         hours = est.serving_hours

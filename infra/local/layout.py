@@ -32,6 +32,9 @@ MAX_RANKS_PER_HOST = 4  # each vLLM CPU rank is a process with its own model cop
 MAX_MODEL_LEN = 1024
 
 
+# What one CPU replica of the tiny model serves at once before another replica helps (Serve
+# autoscaling's target; a stack's comes from its plan).
+LOCAL_CONCURRENCY = 4
 CPU_KVCACHE_GIB = 1  # per rank; the tiny model needs far less, vLLM's unit is GiB
 
 
@@ -300,6 +303,7 @@ def render_local_serve_config(
     same llmfleet:routing (`--routing`)."""
     from infra.catalog import load_catalog
     from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
+    from infra.stack import serve_autoscaling
     from infra.stack.engine_options import ingress_options, llm_options
     from infra.stack.serving import serving_default_inputs
 
@@ -320,7 +324,14 @@ def render_local_serve_config(
             **serving_default_inputs(load_catalog().models[STAND_IN_FOR].serving_defaults),
             routing=routing,
             engine_args=dict(engine_args or {}),
-            deployment_options=llm_options(serve_options or {}),
+            # autoscaling_config (auto or a map) over the same defaults as a stack's, with the
+            # local engine's concurrency and no modeled reload (the floor delay)
+            deployment_options=serve_autoscaling.resolve(
+                llm_options(serve_options or {}),
+                layout.replicas,
+                serve_autoscaling.per_replica_concurrency(engine_args or {}, LOCAL_CONCURRENCY),
+                None,
+            ),
             ingress_options=ingress_options(serve_options or {}),
         )
     )

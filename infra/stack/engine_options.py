@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from infra.catalog.engine_args import engine_args, vllm_version
-from infra.stack import suggest
+from infra.stack import serve_autoscaling, suggest
 
 ENGINE_KEY = "llmfleet:engineArgs"
 SERVE_KEY = "llmfleet:serveOptions"
 # serveOptions.ingress: the OpenAI ingress deployment's options (the rest: the LLM server's).
 INGRESS = "ingress"
+AUTOSCALING = serve_autoscaling.KEY
 
 # Engine arguments that only a typed key sets: the value comes from elsewhere in the render.
 REFUSED_ENGINE = {
@@ -224,8 +225,19 @@ def _allowed(err: Any) -> str:
 
 
 def check_serve_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The LLM server deployment's options, and under `ingress` the OpenAI ingress's."""
-    _check_deployment(llm_options(options), SERVE_KEY, REFUSED_SERVE, extra=(INGRESS,))
+    """The LLM server deployment's options, and under `ingress` the OpenAI ingress's.
+    `autoscaling_config: auto` is llmfleet's: the plan's defaults (infra.stack.serve_autoscaling)."""
+    llm = llm_options(options)
+    auto = llm.get(AUTOSCALING)
+    if isinstance(auto, str):
+        if auto != serve_autoscaling.AUTO:
+            raise OptionError(
+                f"{SERVE_KEY}.{AUTOSCALING}", auto,
+                f"allowed: '{serve_autoscaling.AUTO}' (llmfleet's defaults from the plan) or a map of "
+                "Ray Serve's AutoscalingConfig fields (over those defaults)",
+            )  # fmt: skip
+        llm[AUTOSCALING] = {}  # Ray's schema sees a map; the defaults are filled in at render
+    _check_deployment(llm, SERVE_KEY, REFUSED_SERVE, extra=(INGRESS,))
     if INGRESS in options:
         ingress = options[INGRESS]
         if not isinstance(ingress, Mapping):
@@ -269,8 +281,23 @@ def check_config(cfg: Any) -> None:
 def _check_replicas(serve: Mapping[str, Any], replicas: int, owner: str) -> None:
     if "num_replicas" in serve:
         _same(f"{SERVE_KEY}.num_replicas", serve["num_replicas"], replicas, owner)
-    auto = serve.get("autoscaling_config")
+    auto = serve.get(AUTOSCALING)
+    if auto == serve_autoscaling.AUTO and replicas < 2:
+        # min 1 and max <= replicas: nothing to scale. Said here, not left to look on.
+        raise OptionError(
+            f"{SERVE_KEY}.{AUTOSCALING}", auto,
+            f"allowed with {owner} >= 2 (it is {replicas}: Serve autoscales between 1 and "
+            f"{owner} replicas); unset it or raise {owner}",
+        )  # fmt: skip
     if isinstance(auto, Mapping):
+        n = auto.get("min_replicas")
+        if isinstance(n, int) and n < serve_autoscaling.MIN_REPLICAS:
+            raise OptionError(
+                f"{SERVE_KEY}.{AUTOSCALING}.min_replicas", n,
+                f"allowed: >= {serve_autoscaling.MIN_REPLICAS} (at zero replicas the endpoint answers "
+                "503 'waking' and no request reaches Serve to scale one up; to stop the hosts use "
+                "llmfleet:idleStopMinutes or llmfleet:schedule)",
+            )  # fmt: skip
         # Every replica needs its own worker hosts, and the stack has `replicas`' worth.
         for key in ("max_replicas", "initial_replicas", "min_replicas"):
             n = auto.get(key)

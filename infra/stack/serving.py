@@ -21,6 +21,7 @@ from infra.rayconf.serve_config import (
     validate_serve_config,
     validate_with_exported_schema,
 )
+from infra.stack import serve_autoscaling
 from infra.stack.engine_options import ingress_options, llm_options, unchecked
 from ray_cluster import contract
 
@@ -44,6 +45,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         return outputs[key]
 
     tp, pp = int(need("tensor_parallel_size")), int(need("pipeline_parallel_size"))
+    replicas = int(outputs.get("replicas") or getattr(cfg, "replicas", 1))
     if (tp, pp) != (plan.tensor_parallel_size, plan.pipeline_parallel_size):
         raise ServeConfigError(
             f"stack outputs have TP {tp} x PP {pp} but the plan for the current config is "
@@ -70,17 +72,31 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         quantization=quant,
         api_token_env=DEFAULT_TOKEN_ENV,
         http_port=int(getattr(cfg, "endpoint_port", 8000)),
-        replicas=int(outputs.get("replicas") or getattr(cfg, "replicas", 1)),
+        replicas=replicas,
         trust_remote_code=bool(getattr(cfg, "effective_trust_remote_code", False)),
         **serving_default_inputs(defaults),
         routing=str(getattr(cfg, "routing", "pow2")),
         # llmfleet:engineArgs / serveOptions: checked against vLLM's and Ray's schemas and the plan
         engine_args=dict(getattr(cfg, "engine_args", {})),
-        deployment_options=llm_options(getattr(cfg, "serve_options", {})),
+        deployment_options=deployment_options(cfg, plan, replicas),
         ingress_options=ingress_options(getattr(cfg, "serve_options", {})),
         schedule=getattr(cfg, "schedule", None),
         activity_file=contract.ACTIVITY_FILE if getattr(cfg, "idle_stop_minutes", None) else None,
     )
+
+
+def deployment_options(cfg: Any, plan: Any, replicas: int) -> dict[str, Any]:
+    """The LLM server's deployment options: llmfleet:serveOptions with autoscaling_config (when
+    set) filled in from the plan: target = a replica's planned concurrency, the downscale delay
+    from its modeled engine reload (infra.stack.serve_autoscaling)."""
+    options = llm_options(getattr(cfg, "serve_options", {}))
+    if options.get(serve_autoscaling.KEY) is None:
+        return options
+    concurrency = serve_autoscaling.per_replica_concurrency(
+        getattr(cfg, "engine_args", {}), int(plan.effective_concurrency or plan.concurrency)
+    )
+    reload = serve_autoscaling.reload_s(getattr(plan, "cold_start_terms", None))
+    return serve_autoscaling.resolve(options, replicas, concurrency, reload)
 
 
 def serving_default_inputs(defaults: Any) -> dict[str, Any]:
