@@ -86,10 +86,11 @@ def test_the_reviews_values_are_refused_with_one_line_naming_the_key(stack, over
         args += ["-c", o]
     result = RUNNER.invoke(app, args, env={"COLUMNS": "400"})
     assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: {key}"), lines[0]
-    assert result.stdout == ""
+    # with --json the one error is one JSON object on stdout (the CLI's error shape), nothing on stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stdout
+    assert json.loads(lines[0])["error"]["message"].startswith(key), lines[0]
+    assert result.stderr == ""
 
 
 ACCEPTED = [

@@ -110,14 +110,14 @@ def test_init_writes_a_project_that_preview_and_cost_run_in(tmp_path, monkeypatc
 def test_init_asks_for_model_and_gpu_on_a_terminal(tmp_path, monkeypatch):
     monkeypatch.setattr(init_cmd, "interactive", lambda: True)
     result = run(
-        "init", str(tmp_path / "p"), "--stack", "small", input="qwen-7b\ndeepseek-r1-distill-qwen-7b\nl4\n"
+        "init", str(tmp_path / "p"), "--stack", "small", input="qwen-7b\ndeepseek-r1-distill-qwen-7b\na10g\n"
     )
     assert result.exit_code == 0, result.output
     # a value that is not an id is asked again, with the near miss
     assert "'qwen-7b': did you mean deepseek-r1-distill-qwen-7b? allowed:" in result.stderr
     cfg = load_config("small", project_dir=tmp_path / "p")
-    # the catalog's EC2 type with the most L4s
-    most = max((i for i in load_catalog().instances.values() if i.gpu == "L4"), key=lambda i: i.gpu_count)
+    # the catalog's EC2 type with the most A10Gs (8x L4 on g6.48xlarge would be TP 8, which 28 heads refuse)
+    most = max((i for i in load_catalog().instances.values() if i.gpu == "A10G"), key=lambda i: i.gpu_count)
     assert (cfg.model, cfg.gpu_instance_type) == ("deepseek-r1-distill-qwen-7b", most.name)
     assert resolve(cfg).workers >= 1
 
