@@ -1006,8 +1006,12 @@ def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster,
     assert engine_pids() <= before
     # the rate is over the generation window, not the job's wall time with the engine's start-up
     assert 0 < summary["generation_seconds"] < summary["seconds"]
-    assert summary["output_tokens_per_s"] == round(
-        summary["output_tokens"] / summary["generation_seconds"], 2
+    # (the summary rounds generation_seconds to 1 ms: the rate is within that rounding)
+    gen, rate = summary["generation_seconds"], summary["output_tokens_per_s"]
+    assert (
+        summary["output_tokens"] / (gen + 0.0005) - 0.01
+        <= rate
+        <= summary["output_tokens"] / max(gen - 0.0005, 1e-9) + 0.01
     )
     table = pq.read_table(str(out))
     rows = table.to_pylist()

@@ -187,7 +187,7 @@ def run(
         "failed": failed,
         "output_tokens": tokens,
         "seconds": round(wall, 1),
-        "generation_seconds": round(gen, 1),
+        "generation_seconds": round(gen, 3),
         # the engine's rate: tokens over the generation window, not over start-up + generation
         "output_tokens_per_s": round(tokens / gen, 2) if gen else 0.0,
     }
