@@ -145,6 +145,65 @@ def install_openai_errors(app: Any) -> Any:
     return app
 
 
+# ---------------------------------------------------------------- reasoning_content (pure)
+# vLLM 0.29 returns R1's thought as `reasoning` only (its ChatMessage/DeltaMessage have no
+# `reasoning_content` and no switch for it; the request side still accepts the old name). The
+# clients R1 users run read `reasoning_content` (DeepSeek's own API, Open WebUI, LibreChat, many
+# SDK wrappers); newer ones read `reasoning`. The ingress sends both, the same value.
+REASONING_CONTENT = "reasoning_content"
+# A stream chunk is vLLM's own pydantic JSON (model_dump_json: no spaces). In JSON a quote inside
+# a string value is always escaped, so `"reasoning":` (an unescaped quote after `g`, then `:`)
+# can only be the key of the delta's field; its value is a JSON string or null, copied verbatim
+# (the unrolled-loop form of a JSON string: no backtracking per character). Nothing is parsed or
+# re-serialized: a chunk without the key costs one substring test.
+_REASONING_KEY = '"reasoning":'
+_REASONING_RE = re.compile(r'"reasoning":("[^"\\]*(?:\\.[^"\\]*)*"|null)')
+_REASONING_SUB = r'\g<0>,"reasoning_content":\1'
+_REASONING_KEY_B = _REASONING_KEY.encode()
+_REASONING_RE_B = re.compile(_REASONING_RE.pattern.encode())
+_REASONING_SUB_B = _REASONING_SUB.encode()
+
+
+def mirror_reasoning_sse(packet: str | bytes) -> str | bytes:
+    """One SSE packet of a chat stream (one or more `data: {chunk}` events), each delta's
+    `reasoning` followed by the same `reasoning_content`."""
+    if isinstance(packet, str):
+        return _REASONING_RE.sub(_REASONING_SUB, packet) if _REASONING_KEY in packet else packet
+    if isinstance(packet, bytes):
+        return _REASONING_RE_B.sub(_REASONING_SUB_B, packet) if _REASONING_KEY_B in packet else packet
+    return packet
+
+
+def mirror_reasoning_message(doc: Any) -> Any:
+    """A whole chat.completion (parsed JSON): each choice's message gets `reasoning_content`
+    beside `reasoning` (once per response, so parsed: keys are matched where they are, not as text)."""
+    for choice in (doc.get("choices") or []) if isinstance(doc, dict) else []:
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(msg, dict) and "reasoning" in msg:
+            msg[REASONING_CONTENT] = msg["reasoning"]
+    return doc
+
+
+async def _mirrored(chunks: Any) -> Any:
+    async for packet in chunks:
+        yield mirror_reasoning_sse(packet)
+
+
+def with_reasoning_content(response: Any) -> Any:
+    """The ingress's chat response with `reasoning_content` beside `reasoning`: a stream is
+    rewritten chunk by chunk as it flows (no buffering: the first token leaves as soon as it
+    comes), a whole response once. Anything else (an error) passes through."""
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _mirrored(response.body_iterator)
+        return response
+    if isinstance(response, JSONResponse) and response.status_code == 200:
+        doc = mirror_reasoning_message(json.loads(response.body))
+        return JSONResponse(doc, status_code=response.status_code, background=response.background)
+    return response
+
+
 # ---------------------------------------------------------------- asleep / waking (pure ASGI)
 
 SERVING, ASLEEP, WAKING = "serving", "asleep", "waking"
@@ -436,6 +495,9 @@ def _gated_base() -> type:
                 raise RuntimeError("bearer gate is not in front of the ingress app")
             await super().check_health()
 
+        async def chat(self, body: Any, request: Any) -> Any:
+            return with_reasoning_content(await super().chat(body, request))
+
         async def _get_model_id(self, model: Any) -> str:
             # Ray's 404 for an unknown model names only the model asked for; a client needs the
             # id to send instead. Every OpenAI route resolves its model here.
@@ -446,6 +508,9 @@ def _gated_base() -> type:
                     raise
                 raise model_not_found(str(model), list(self._model_cards)) from None
 
+    # FastAPI reads the route's body model from the method's annotations: the base's own
+    # (this module's are strings under `from __future__ import annotations`).
+    BearerOpenAiIngress.chat.__annotations__ = dict(OpenAiIngress.chat.__annotations__)
     # Importable by name (module __getattr__ below), so replicas unpickle it by reference.
     BearerOpenAiIngress.__module__ = __name__
     BearerOpenAiIngress.__qualname__ = "BearerOpenAiIngress"

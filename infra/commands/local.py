@@ -18,6 +18,7 @@ from infra.commands._common import (
     print_json,
     require_local_engine,
 )
+from infra.local.tiny_model import MODEL_ID as TINY_MODEL_ID
 
 NameOpt = Annotated[
     str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
@@ -204,6 +205,14 @@ def up_cmd(
             "affinity, as llmfleet:routing; needs --hosts 3 or more).",
         ),
     ] = "pow2",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="The tiny model the replicas serve: llmfleet/tiny-deepseek-v3 (R1's architecture, "
+            "MLA) or llmfleet/tiny-llama (no MLA: vLLM's CPU build caches prefixes for it).",
+        ),
+    ] = TINY_MODEL_ID,
     as_json: JsonOpt = False,
 ) -> None:
     require_local_engine()
@@ -218,7 +227,8 @@ def up_cmd(
     options = _serving_options(config or [])
     opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis,
                      engine_args=options.get("llmfleet:engineArgs", {}),
-                     serve_options=options.get("llmfleet:serveOptions", {}), routing=routing)  # fmt: skip
+                     serve_options=options.get("llmfleet:serveOptions", {}), routing=routing,
+                     model=model)  # fmt: skip
     progress, on_stage = _progress_stages()
     try:
         with progress:

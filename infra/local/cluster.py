@@ -79,12 +79,13 @@ from infra.local.state import (
     write_secret,
 )
 from infra.local.status import healthy
+from infra.local.tiny_model import MODEL_ID
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
 # it has not reached: "Serve application RUNNING" sat above the error of an app that never ran.
 STAGES = (
-    ("model", "tiny DeepSeek-V3 model on disk"),
+    ("model", "tiny model on disk"),
     ("hosts", "hosts created"),
     ("head", "head node up (GCS + dashboard)"),
     ("gpus", "workers joined with every replica's engine slots"),
@@ -124,6 +125,9 @@ class UpOptions:
     engine_args: dict = field(default_factory=dict)
     serve_options: dict = field(default_factory=dict)
     routing: str = "pow2"  # the Serve request router: pow2, or prefix (llmfleet:routing)
+    # which tiny model the replicas serve (infra.local.tiny_model.TINY_MODEL_IDS); the default
+    # is R1's stand-in, the Llama one has no MLA (prefix caching works on vLLM's CPU build)
+    model: str = MODEL_ID
 
 
 Progress = Callable[[str, str], None]  # (stage key, detail)
@@ -219,12 +223,13 @@ def _reuse(existing: dict, o: UpOptions, mode: str) -> dict:
     """`up` on a running cluster: the same shape and healthy -> it, else one line saying why not."""
     have = existing["layout"]
     routing = existing.get("routing", "pow2")
-    want = (o.hosts, o.tp, o.pp, o.port, mode, o.routing)
-    if (have["hosts"], have["tp"], have["pp"], existing["ports"]["http"], existing["mode"], routing) != want:
+    want = (o.hosts, o.tp, o.pp, o.port, mode, o.routing, o.model)
+    have_t = (have["hosts"], have["tp"], have["pp"], existing["ports"]["http"], existing["mode"], routing)
+    if (*have_t, existing["model"]) != want:
         raise LocalError(
             f"local cluster {o.name!r} already runs with --hosts {have['hosts']} --tp {have['tp']} "
-            f"--pp {have['pp']} --port {existing['ports']['http']} --routing {routing} ({existing['mode']}); "
-            "run `llmfleet local down` first"
+            f"--pp {have['pp']} --port {existing['ports']['http']} --routing {routing} "
+            f"--model {existing['model']} ({existing['mode']}); run `llmfleet local down` first"
         )
     ok, why = healthy(existing)
     if not ok:
@@ -351,9 +356,13 @@ def _start_gcs_redis(st: dict, head: Host, ports: Ports, paths: dict) -> str:
 
 def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     """Create the hosts, start the nodes, run the production deploy flow; returns the state."""
-    from infra.local.tiny_model import MODEL_ID, ensure_tiny_model
+    from infra.local.tiny_model import check_model_id, ensure_tiny_model
 
-    layout = plan_layout(o.hosts, o.tp, o.pp)
+    try:
+        model_id = check_model_id(o.model)
+    except ValueError as e:
+        raise LocalError(f"--{e}") from None
+    layout = plan_layout(o.hosts, o.tp, o.pp, model_id=model_id)
     check_options(o.engine_args, o.serve_options, layout)
     check_routing(o.routing, layout)  # before any host exists
     mode = containers.resolve_mode(o.mode) if o.image else resolve_mode(o.mode, hosts.is_root())
@@ -372,7 +381,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the rich display is the progress; no tqdm bar through it
-    model_dir = ensure_tiny_model()
+    model_dir = ensure_tiny_model(model_id=model_id)
     on_stage("hosts", f"{o.hosts} hosts ({mode})")
     sd.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(paths["logs"], ignore_errors=True)
@@ -383,7 +392,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     head, workers = hs.hosts[0], hs.hosts[1:]
     token = secrets.token_urlsafe(32)
     write_secret(paths["token"], token)
-    st = _new_state(o, mode, sd, paths, layout, ports, hs, MODEL_ID, model_dir)
+    st = _new_state(o, mode, sd, paths, layout, ports, hs, model_id, model_dir)
     try:
         import yaml
 
@@ -391,7 +400,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             model_dir = containers.stage_model(o.name, model_dir)
             st["model_dir"] = str(model_dir)
         doc = render_local_serve_config(
-            MODEL_ID,
+            model_id,
             str(model_dir),
             layout,
             head.ip,
@@ -417,7 +426,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         )
         python = "python3" if o.image else sys.executable  # the image's interpreter, or the venv's
         argv = local_deploy_argv(
-            head, workers, ports, layout, st["serve_config"], MODEL_ID, o.timeout, python
+            head, workers, ports, layout, st["serve_config"], model_id, o.timeout, python
         )
         if o.image:  # the production flow from inside the head container
             argv = containers.exec_argv(head, argv)

@@ -67,7 +67,12 @@ class Layout:
 
 
 def plan_layout(
-    n_hosts: int, tp: int = 1, pp: int = 1, heads: int = TINY_HEADS, layers: int = TINY_LAYERS
+    n_hosts: int,
+    tp: int = 1,
+    pp: int = 1,
+    heads: int = TINY_HEADS,
+    layers: int = TINY_LAYERS,
+    model_id: str = MODEL_ID,
 ) -> Layout:
     """Head + (n-1) worker hosts, one replica each; a replica's TP x PP ranks stay on its host.
 
@@ -84,12 +89,12 @@ def plan_layout(
     if heads % tp:
         allowed = ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0)
         raise LocalError(
-            f"--tp {tp}: {MODEL_ID} has {heads} attention heads, which tensor parallelism splits evenly; "
+            f"--tp {tp}: {model_id} has {heads} attention heads, which tensor parallelism splits evenly; "
             f"allowed: {allowed}"
         )
     if pp > layers:
         raise LocalError(
-            f"--pp {pp}: {MODEL_ID} has {layers} layers, at least one per pipeline stage; allowed: 1..{layers}"
+            f"--pp {pp}: {model_id} has {layers} layers, at least one per pipeline stage; allowed: 1..{layers}"
         )
     if tp * pp > MAX_RANKS_PER_HOST:
         raise LocalError(

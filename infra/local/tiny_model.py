@@ -1,4 +1,6 @@
-"""A tiny DeepSeek-V3-architecture model, generated on this machine, never downloaded.
+"""Tiny models generated on this machine, never downloaded: a DeepSeek-V3-architecture one (the
+local cluster's default, R1's stand-in) and a Llama-architecture one (`local up --model
+llmfleet/tiny-llama`) for what vLLM's CPU build does not do with MLA: prefix caching.
 
 It has the real architecture (MLA attention, MoE with shared + routed experts, a dense first
 layer) at toy size, random weights from a seed, and a byte-level BPE tokenizer trained here on a
@@ -15,6 +17,11 @@ import threading
 from pathlib import Path
 
 MODEL_ID = "llmfleet/tiny-deepseek-v3"
+# A non-MLA twin: plain grouped-query attention (Llama). vLLM's CPU build turns prefix caching
+# (and chunked prefill) off for MLA models on CPUs without AMX, so the prefix-routing proof
+# (tests/test_local_prefix.py) serves this one and reads vLLM's own prefix-cache counters.
+LLAMA_MODEL_ID = "llmfleet/tiny-llama"
+TINY_MODEL_IDS = (MODEL_ID, LLAMA_MODEL_ID)
 DATA_DIR_ENV = "LLMFLEET_DATA_DIR"
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -121,14 +128,24 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "llmfleet")
 
 
-def model_dir_for(data_dir: Path, seed: int) -> Path:
+def model_dir_for(data_dir: Path, seed: int, model_id: str = MODEL_ID) -> Path:
     # v3: MLA at R1's kv_lora_rank/rope dims and noaux_tc routing (what vLLM's CPU build serves);
     # v4: R1's chat template and its <think>/tool tokens in the tokenizer.
-    return Path(data_dir) / "models" / f"tiny-deepseek-v3-v4-s{seed}"
+    # tiny-llama v1: the same tokenizer (R1's template and markers) on a Llama body.
+    name = "tiny-llama-v1" if check_model_id(model_id) == LLAMA_MODEL_ID else "tiny-deepseek-v3-v4"
+    return Path(data_dir) / "models" / f"{name}-s{seed}"
+
+
+def check_model_id(model_id: str) -> str:
+    """The id if it names a tiny model; ValueError with the one line otherwise."""
+    if model_id not in TINY_MODEL_IDS:
+        raise ValueError(f"model {model_id!r}: allowed: {', '.join(TINY_MODEL_IDS)}")
+    return model_id
 
 
 # The shape the local cluster's layout is checked against before anything starts
-# (infra/local/layout.py): TP must divide the heads, PP may not exceed the layers.
+# (infra/local/layout.py): TP must divide the heads, PP may not exceed the layers. Both tiny
+# models have it.
 TINY_HEADS = 4
 TINY_LAYERS = 2
 
@@ -164,6 +181,27 @@ def tiny_config(vocab_size: int):
         v_head_dim=16,
         max_position_embeddings=2048,
         num_mtp_layers=0,  # serving never loads the MTP module
+        bos_token_id=SPECIAL_TOKENS.index(BOS),
+        eos_token_id=SPECIAL_TOKENS.index(EOS),
+        pad_token_id=SPECIAL_TOKENS.index(PAD),
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_llama_config(vocab_size: int):
+    """A Llama body at toy size with the same heads and layers as the DeepSeek one: grouped-query
+    attention (2 KV heads for 4 query heads), head_dim 32 (a size vLLM's CPU attention supports)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=TINY_HEADS,
+        num_key_value_heads=TINY_HEADS // 2,
+        head_dim=32,
+        max_position_embeddings=2048,
         bos_token_id=SPECIAL_TOKENS.index(BOS),
         eos_token_id=SPECIAL_TOKENS.index(EOS),
         pad_token_id=SPECIAL_TOKENS.index(PAD),
@@ -214,18 +252,21 @@ def build_tokenizer():
     )
 
 
-def build_into(out_dir: Path, seed: int) -> None:
+def build_into(out_dir: Path, seed: int, model_id: str = MODEL_ID) -> None:
     """Write tokenizer + random-weight model to out_dir, deterministically from seed."""
     import torch
-    from transformers import DeepseekV3ForCausalLM, GenerationConfig
+    from transformers import DeepseekV3ForCausalLM, GenerationConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
-    config = tiny_config(vocab_size=len(tokenizer))
+    if check_model_id(model_id) == LLAMA_MODEL_ID:
+        config, cls = tiny_llama_config(vocab_size=len(tokenizer)), LlamaForCausalLM
+    else:
+        config, cls = tiny_config(vocab_size=len(tokenizer)), DeepseekV3ForCausalLM
     # Weight init draws from torch's global RNG: hold a lock so threads building at once cannot
     # interleave their draws, and fork the RNG so the caller's random state is left untouched.
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DeepseekV3ForCausalLM(config).eval()
+        model = cls(config).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
@@ -235,12 +276,13 @@ def build_into(out_dir: Path, seed: int) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def ensure_tiny_model(data_dir: Path | None = None, seed: int = 0) -> Path:
+def ensure_tiny_model(data_dir: Path | None = None, seed: int = 0, model_id: str = MODEL_ID) -> Path:
     """Return the tiny model's directory under the data dir, creating it once."""
-    return ensure_tiny_model_at(model_dir_for(Path(data_dir) if data_dir else default_data_dir(), seed), seed)
+    data = Path(data_dir) if data_dir else default_data_dir()
+    return ensure_tiny_model_at(model_dir_for(data, seed, model_id), seed, model_id)
 
 
-def ensure_tiny_model_at(final: Path, seed: int = 0) -> Path:
+def ensure_tiny_model_at(final: Path, seed: int = 0, model_id: str = MODEL_ID) -> Path:
     """Create the tiny model at exactly `final` unless it is there already.
 
     Built in a temp dir beside the target and renamed into place, so a reader never sees a half
@@ -252,7 +294,7 @@ def ensure_tiny_model_at(final: Path, seed: int = 0) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        build_into(tmp, seed)
+        build_into(tmp, seed, model_id)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -264,4 +306,4 @@ def ensure_tiny_model_at(final: Path, seed: int = 0) -> Path:
 
 
 def is_tiny_model_id(model_id: str) -> bool:
-    return model_id == MODEL_ID
+    return model_id in TINY_MODEL_IDS
