@@ -23,6 +23,7 @@ _ALLOWED = {
     "finite_number": lambda c: "allowed: a finite number",
     "bool_parsing": lambda c: "allowed: true or false",
     "string_too_short": lambda c: "allowed: a non-empty string",
+    "enum": lambda c: f"allowed: {c.get('expected')}",
 }
 
 

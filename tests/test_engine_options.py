@@ -232,15 +232,57 @@ def test_vllms_own_config_classes_are_checked_by_vllm_at_the_final_render():
     stack = _resolved('llmfleet:engineArgs={"compilation_config": {"mode": 9}}')
     outs = json.loads(OUTPUTS_FILE.read_text())
     with pytest.raises(
-        sc.ServeConfigError, match=r"^vLLM rejected the engine_kwargs: mode: Input should be 0, 1, 2 or 3"
+        sc.ServeConfigError,
+        match=r"^vLLM rejected the engine_kwargs: compilation_config.mode = 9: allowed: 0, 1, 2 or 3$",
     ):
         serving.render_for_outputs(outs, stack.cfg, stack.plan)
     # the node scripts' render (the Pulumi program's) checks it too: only such a stack imports vLLM
-    with pytest.raises(sc.ServeConfigError, match="^vLLM rejected the engine_kwargs: mode"):
+    with pytest.raises(
+        sc.ServeConfigError, match="^vLLM rejected the engine_kwargs: compilation_config.mode"
+    ):
         serving.serve_config_yaml(stack.cfg, stack.plan)
     res = _render('llmfleet:engineArgs={"compilation_config": {"mode": 1}}')
     assert res.exit_code == 0, res.output
     assert _llm(yaml.safe_load(res.stdout))["engine_kwargs"]["compilation_config"] == {"mode": 1}
+
+
+@pytest.mark.parametrize(
+    "value, line",
+    [
+        ({"mode": 9}, "compilation_config.mode = 9: allowed: 0, 1, 2 or 3"),
+        # vLLM's own validator's words
+        (
+            {"mode": "fast"},
+            "compilation_config.mode = 'fast': Invalid compilation mode: fast. Valid modes are: ",
+        ),
+        (
+            {"no_such_field": 1},
+            "compilation_config.no_such_field = 1: not a field of vLLM's CompilationConfig",
+        ),
+        ("-O3", "compilation_config = '-O3': allowed: a mapping of vLLM's CompilationConfig fields"),
+    ],
+)
+def test_a_config_class_engine_arg_reaches_vllms_own_validation_at_render(value, line):
+    """compilation_config has no JSON schema in the catalog (its type is vLLM's CompilationConfig):
+    the Serve config render hands it to vLLM's EngineArgs, whose own class refuses a bad value;
+    the line names the engine argument and its field, the value and what vLLM allows."""
+    kwargs = {"tensor_parallel_size": 1, "max_model_len": 4096, "compilation_config": value}
+    with pytest.raises(sc.ServeConfigError) as e:
+        sc.validate_engine_kwargs(kwargs, "/opt/m")
+    msg = str(e.value)
+    assert msg.startswith(f"vLLM rejected the engine_kwargs: {line}") and "\n" not in msg, msg
+    # the same value from a stack's llmfleet:engineArgs is refused by `llmfleet render` in that line
+    res = _render(f"llmfleet:engineArgs={json.dumps({'compilation_config': value})}")
+    assert res.exit_code != 0 and line in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_a_good_config_class_engine_arg_reaches_the_rendered_engine_kwargs():
+    good = {"mode": 3, "cudagraph_capture_sizes": [1, 2, 4]}
+    sc.validate_engine_kwargs({"compilation_config": good, "kernel_config": {}}, "/opt/m")
+    res = _render(f"llmfleet:engineArgs={json.dumps({'compilation_config': good})}")
+    assert res.exit_code == 0, res.output
+    assert _llm(yaml.safe_load(res.stdout))["engine_kwargs"]["compilation_config"] == good
 
 
 def test_the_node_script_carries_the_engine_args(tmp_path):

@@ -434,32 +434,43 @@ def test_openai_chat_stream_completion_through_local_endpoint(client):
 
 
 def _split(chunks: list) -> tuple[str, str]:
-    """(reasoning, content) of a chat stream, each delta's parts joined."""
+    """(reasoning, content) of a chat stream, each delta's parts joined; every delta carries its
+    thought under both names, `reasoning` (vLLM's) and `reasoning_content` (DeepSeek's API's)."""
     deltas = [c.choices[0].delta for c in chunks if c.choices]
+    for d in deltas:
+        assert getattr(d, "reasoning_content", None) == getattr(d, "reasoning", None), d
+    assert any(getattr(d, "reasoning_content", None) for d in deltas), deltas
     return (
         "".join(getattr(d, "reasoning", None) or "" for d in deltas),
         "".join(d.content or "" for d in deltas),
     )
 
 
+def _thought(m) -> str | None:
+    """A whole response's thought, which the ingress sends under both names."""
+    assert m.reasoning_content == m.reasoning, m
+    return m.reasoning
+
+
 @pytest.mark.ray
 def test_r1_reasoning_is_split_from_the_answer_streaming_and_not(client):
     """The production app serves the tiny model with R1's chat template and R1's reasoning parser
     (catalog serving defaults). The template opens the thought (`<think>` and a newline), so what the model
-    writes is `reasoning` until `</think>`. A random model never writes `</think>` itself: vLLM's
+    writes is reasoning until `</think>`. A random model never writes `</think>` itself: vLLM's
     own per-request thinking_token_budget makes the engine close the thought after N tokens, and
     the model's following tokens are the answer, in `content`. vLLM 0.29 names the field
-    `reasoning` (`reasoning_content` is gone from its responses)."""
+    `reasoning`; the gated ingress adds `reasoning_content` (what DeepSeek's API and the clients
+    R1 users run read) with the same value, streaming and not."""
     msgs = [{"role": "user", "content": "What does a Ray head node do?"}]
     whole = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=10, temperature=0)
     m = whole.choices[0].message
-    assert m.reasoning and m.content is None  # never closed: all of it is the thought
+    assert _thought(m) and m.content is None  # never closed: all of it is the thought
     ask = dict(
         model=MODEL_ID, messages=msgs, max_tokens=10, temperature=0, extra_body={"thinking_token_budget": 4}
     )
     r = client.chat.completions.create(**ask)
     split = r.choices[0].message
-    assert split.reasoning and split.content, split
+    assert _thought(split) and split.content, split
     # the thought is the model's own first tokens (greedy: the start of the unbudgeted one) ...
     assert m.reasoning.startswith(split.reasoning) and len(split.reasoning) < len(m.reasoning)
     # ... and the markers are the parser's, in neither part

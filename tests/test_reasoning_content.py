@@ -40,7 +40,23 @@ def events(packet: str) -> list[dict]:
 
 # Text a model may write, including what looks like the key itself, quotes, backslashes,
 # escapes and characters JSON escapes or passes raw.
-_PIECES = ['"', "\\", ":", ",", "{", "}", "reasoning", '"reasoning":', "null", "\n", "\t", "é", "思", "\u2028", "a"]
+_PIECES = [
+    '"',
+    "\\",
+    ":",
+    ",",
+    "{",
+    "}",
+    "reasoning",
+    '"reasoning":',
+    "null",
+    "\n",
+    "\t",
+    "é",
+    "思",
+    "\u2028",
+    "a",
+]
 texts = st.lists(st.sampled_from(_PIECES), max_size=12).map("".join) | st.text(max_size=20)
 
 
@@ -76,7 +92,8 @@ def test_a_whole_response_gets_reasoning_content_per_choice_null_when_there_is_n
         model="org/m",
         choices=[
             vllm_protocol.ChatCompletionResponseChoice(
-                index=0, message=vllm_protocol.ChatMessage(role="assistant", content="4", reasoning='2+2 "is" 4')
+                index=0,
+                message=vllm_protocol.ChatMessage(role="assistant", content="4", reasoning='2+2 "is" 4'),
             ),
             vllm_protocol.ChatCompletionResponseChoice(
                 index=1, message=vllm_protocol.ChatMessage(role="assistant", content="4")
@@ -146,7 +163,11 @@ def test_the_gated_ingress_answers_a_whole_chat_with_both_fields(monkeypatch):
     )
     resp = asyncio.run(_ingress(monkeypatch, [whole]).chat(_request(stream=False), None))
     msg = json.loads(resp.body)["choices"][0]["message"]
-    assert (msg["reasoning"], msg["reasoning_content"], msg["content"]) == ("Two plus two", "Two plus two", "4")
+    assert (msg["reasoning"], msg["reasoning_content"], msg["content"]) == (
+        "Two plus two",
+        "Two plus two",
+        "4",
+    )
 
 
 def test_the_chat_route_keeps_rays_request_model():

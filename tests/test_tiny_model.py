@@ -184,3 +184,29 @@ def test_loads_without_remote_code_in_vllm_and_transformers(model_dir):
     assert '"DeepseekV3ForCausalLM": (' in registry.read_text()
     AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False)
     AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+
+
+def test_the_llama_twin_has_no_mla_and_the_same_tokenizer(model_dir, tmp_path):
+    """`local up --model llmfleet/tiny-llama`: plain grouped-query attention (vLLM's CPU build
+    caches prefixes for it, not for MLA), the same heads and layers as the layout checks assume,
+    and the DeepSeek model's tokenizer with R1's chat template."""
+    from transformers import LlamaForCausalLM
+
+    from infra.local import tiny_model
+
+    d = ensure_tiny_model(tmp_path, seed=0, model_id=tiny_model.LLAMA_MODEL_ID)
+    assert d == model_dir_for(tmp_path, 0, tiny_model.LLAMA_MODEL_ID) and d.name == "tiny-llama-v1-s0"
+    model = AutoModelForCausalLM.from_pretrained(d)
+    cfg = model.config
+    assert isinstance(model, LlamaForCausalLM) and cfg.model_type == "llama"
+    assert not hasattr(cfg, "kv_lora_rank")  # no latent attention
+    assert (cfg.num_attention_heads, cfg.num_hidden_layers) == (tiny_model.TINY_HEADS, tiny_model.TINY_LAYERS)
+    assert cfg.num_key_value_heads < cfg.num_attention_heads  # grouped-query attention
+    assert digests(d)["tokenizer.json"] == digests(model_dir)["tokenizer.json"]
+    msgs = [{"role": "user", "content": "hi"}]
+    tok = AutoTokenizer.from_pretrained(d)
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True).endswith(
+        "<｜Assistant｜><think>\n"
+    )
+    with pytest.raises(ValueError, match=r"^model 'llmfleet/nope': allowed: llmfleet/tiny-deepseek-v3, "):
+        ensure_tiny_model(tmp_path, model_id="llmfleet/nope")

@@ -71,9 +71,16 @@ def metrics_targets(st: dict) -> list[str]:
     return [t for g in groups for t in g.get("targets", [])]
 
 
-def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
-    """{node IP: finished requests} from vLLM's own counter (`vllm:request_success`, which Ray
-    Serve LLM exports through each node's metrics agent as ray_vllm_request_success_total)."""
+# vLLM's counters as Ray Serve LLM exports them through each node's metrics agent: vLLM's name
+# with ':' made '_', Ray's `ray_` prefix, Prometheus' `_total` for a counter.
+REQUESTS_FINISHED = "ray_vllm_request_success_total"  # vllm:request_success
+PREFIX_CACHE_HITS = "ray_vllm_prefix_cache_hits_total"  # vllm:prefix_cache_hits (tokens)
+PREFIX_CACHE_QUERIES = "ray_vllm_prefix_cache_queries_total"  # vllm:prefix_cache_queries (tokens)
+
+
+def engine_counter_by_host(st: dict, name: str, timeout: float = 5.0) -> dict[str, float]:
+    """{node IP: value} of one of vLLM's counters (`name` as exported, e.g. PREFIX_CACHE_HITS),
+    read from every host's own metrics endpoint and summed over its label sets."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -87,10 +94,15 @@ def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
             continue  # a node that is gone has no figures
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
-                if s.name == "ray_vllm_request_success_total":
+                if s.name == name:
                     ip = s.labels.get("NodeAddress", target.split(":")[0])
                     out[ip] = out.get(ip, 0.0) + s.value
     return out
+
+
+def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
+    """{node IP: finished requests} from vLLM's own counter (`vllm:request_success`)."""
+    return engine_counter_by_host(st, REQUESTS_FINISHED, timeout)
 
 
 def healthy(st: dict) -> tuple[bool, str]:

@@ -397,16 +397,47 @@ def validate_engine_kwargs(kwargs: Mapping[str, Any], model_source: str) -> None
     # hands to the server, not to EngineArgs (model_default_kwargs renders them)
     kwargs = {k: v for k, v in kwargs.items() if k not in FRONTEND_KWARGS}
     fields = engine_args()
-    if all(k in fields and fields[k]["schema"] is not None for k in kwargs):
+    unchecked = [k for k in kwargs if k not in fields or fields[k]["schema"] is None]
+    if not unchecked:
         return
+    for k in unchecked:
+        # EngineArgs turns a mapping into the config class and keeps anything else as it is
+        # (a string would fail only when the engine starts, on the hosts)
+        kind = fields.get(k, {}).get("type", "")
+        if CONFIG_CLASS_RE.fullmatch(kind) and not isinstance(kwargs[k], Mapping):
+            raise ServeConfigError(
+                f"vLLM rejected the engine_kwargs: {k} = {kwargs[k]!r}: allowed: a mapping of vLLM's {kind} fields"
+            )
     from vllm.engine.arg_utils import EngineArgs
 
+    # One key at a time first: vLLM's config class reports its own field (`mode`), not the
+    # engine argument it sits in; then all together for EngineArgs' rules across keys.
+    for k in unchecked:
+        _vllm_engine_args(EngineArgs, model_source, {k: kwargs[k]}, k, fields.get(k, {}).get("type", ""))
+    _vllm_engine_args(EngineArgs, model_source, kwargs, "", "")
+
+
+# A vLLM config class as the catalog names a field's type (CompilationConfig, KernelConfig, ...)
+CONFIG_CLASS_RE = re.compile(r"[A-Z][A-Za-z]*Config")
+
+
+def _vllm_engine_args(cls: Any, model_source: str, kwargs: dict[str, Any], key: str, kind: str) -> None:
     try:
-        EngineArgs(model=model_source, **kwargs)
+        cls(model=model_source, **kwargs)
     except TypeError as e:  # an argument EngineArgs does not have
         raise ServeConfigError(f"vLLM rejected the engine_kwargs: {e}") from None
     except ValidationError as e:
-        raise ServeConfigError(_pydantic_line("vLLM rejected the engine_kwargs", e)) from None
+        err = first_error(e)
+        path = ".".join(p for p in (key, err.path) if p)
+        if not path:
+            raise ServeConfigError(f"vLLM rejected the engine_kwargs: {err.msg}") from None
+        if err.type in ("unexpected_keyword_argument", "extra_forbidden"):
+            allowed = f"not a field of vLLM's {kind}" if kind else "not a field vLLM knows"
+        else:
+            allowed = err.allowed()
+        raise ServeConfigError(
+            f"vLLM rejected the engine_kwargs: {path} = {err.input!r}: {allowed}"
+        ) from None
 
 
 def to_yaml(doc: Mapping[str, Any]) -> str:
