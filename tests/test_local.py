@@ -671,55 +671,8 @@ def _completes_fresh(client: openai.OpenAI) -> bool:
         return False
 
 
-# a long text every request of the routing test starts with (~900 characters, ~200 tokens)
-SHARED_PREFIX = " ".join(
-    ["You are the operations assistant of a GPU cluster that serves a large language model."]
-    + [f"Rule {i}: tensor parallelism stays inside a host, pipeline stages cross hosts, and the "
-       "head node runs the Serve controller and the OpenAI ingress." for i in range(6)]
-)  # fmt: skip
-
-
-@pytest.mark.ray
-@pytest.mark.skip(
-    reason="needs a cluster up with --routing prefix: with it as this module's router, the bench, tune "
-    "and spread tests failed in CI (issue #28 point 4 not proven yet; its own cluster costs CI minutes)"
-)
-def test_prefix_routing_sends_a_shared_prefix_to_one_replica(cluster, client):
-    """llmfleet:routing prefix (`local up --routing prefix`): Ray Serve LLM's PrefixCacheAffinityRouter
-    sends requests sharing a long prefix to the replica that served it, counted by each engine's
-    own request counter (vLLM's, per worker host). vLLM's prefix-cache counters say what the
-    engine did with it: vLLM's CPU build turns prefix caching off for MLA models on CPUs without
-    AMX (the tiny model is MLA), and then it reports no queries and no hits; with caching on, the
-    chosen replica reports the hits."""
-    from infra.rayconf.serve_config import PREFIX_ROUTER
-
-    st = state_of(cluster)
-    workers = [h["ip"] for h in st["hosts"][1:]]
-    deployed = yaml.safe_load(Path(st["serve_config"]).read_text())["applications"][0]["args"]["llm_configs"][
-        0
-    ]
-    assert deployed["deployment_config"]["request_router_config"]["request_router_class"] == PREFIX_ROUTER
-    hits_name, queries_name = "ray_vllm_prefix_cache_hits_total", "ray_vllm_prefix_cache_queries_total"
-    before = _settled_counts(st, lambda c: set(workers) <= set(c))
-    hits0, queries0 = (status.engine_counter_by_host(st, k) for k in (hits_name, queries_name))
-    n = 8
-    for i in range(n):  # one at a time: the load stays balanced, so the router goes by prefix
-        c = client.completions.create(
-            model=MODEL_ID, prompt=f"{SHARED_PREFIX} Question {i}?", max_tokens=2, temperature=0
-        )
-        assert c.usage.prompt_tokens > 150
-    after = _settled_counts(st, lambda c: sum(c.get(w, 0) - before.get(w, 0) for w in workers) >= n)
-    delta = {w: after.get(w, 0) - before.get(w, 0) for w in workers}
-    assert sorted(delta.values()) == [0, n], f"the shared prefix went to both replicas: {delta}"
-    chosen = max(delta, key=delta.get)
-    hits, queries = (
-        {w: status.engine_counter_by_host(st, k).get(w, 0) - base.get(w, 0) for w in workers}
-        for k, base in ((hits_name, hits0), (queries_name, queries0))
-    )
-    if sum(queries.values()) == 0:  # the engine runs without prefix caching here (see above)
-        assert sum(hits.values()) == 0, hits
-    else:
-        assert hits[chosen] > 0 and all(hits[w] == 0 for w in workers if w != chosen), hits
+# llmfleet:routing prefix (a shared prefix on one replica, by vLLM's prefix-cache hits) runs on a
+# cluster of its own: tests/test_local_prefix.py (this module's runs the default router).
 
 
 def _completes(d: dict) -> bool:
