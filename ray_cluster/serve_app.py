@@ -514,6 +514,12 @@ def _gated_base() -> type:
     # Importable by name (module __getattr__ below), so replicas unpickle it by reference.
     BearerOpenAiIngress.__module__ = __name__
     BearerOpenAiIngress.__qualname__ = "BearerOpenAiIngress"
+    # Serve's class-based view finds a class's routes by the endpoint's __qualname__ (it must
+    # start with "BearerOpenAiIngress."): with the factory's "_gated_base.<locals>." prefix,
+    # `self` of the chat route would be a query parameter every request lacks (a 400).
+    for fn in vars(BearerOpenAiIngress).values():
+        if callable(fn) and hasattr(fn, "__qualname__"):
+            fn.__qualname__ = f"BearerOpenAiIngress.{fn.__name__}"
     _GATED = BearerOpenAiIngress
     return _GATED
 

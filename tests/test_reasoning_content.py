@@ -170,10 +170,28 @@ def test_the_gated_ingress_answers_a_whole_chat_with_both_fields(monkeypatch):
     )
 
 
-def test_the_chat_route_keeps_rays_request_model():
-    """FastAPI builds the route's body from the method's annotations: the override keeps the
-    base's ChatCompletionRequest (a string annotation would make FastAPI fail to resolve it)."""
+def test_the_chat_route_is_the_overrides_with_rays_request_model_and_no_self_parameter():
+    """Ray Serve LLM's builder turns the ingress's methods into FastAPI routes and Serve's
+    class-based view injects `self` into the routes it recognises as the class's (by __qualname__).
+    Unrecognised, `self` became a required query parameter: every chat request was a 400."""
+    from fastapi import FastAPI
+    from fastapi.routing import APIRoute
+    from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
     from ray.serve.llm.ingress import OpenAiIngress
 
-    assert serve_app.BearerOpenAiIngress.chat.__annotations__ == OpenAiIngress.chat.__annotations__
-    assert serve_app.BearerOpenAiIngress.chat is not OpenAiIngress.chat
+    app = FastAPI()
+    make_fastapi_ingress(serve_app.BearerOpenAiIngress, app=app)
+
+    def routes(r):
+        for x in r.routes:
+            if isinstance(x, APIRoute):
+                yield x
+            elif hasattr(x, "routes"):
+                yield from routes(x)
+
+    (chat,) = [r for r in routes(app) if r.path == "/v1/chat/completions"]
+    assert chat.endpoint.__qualname__ == "BearerOpenAiIngress.chat"
+    assert [p.name for p in chat.dependant.query_params] == []
+    assert [(p.name, p.field_info.annotation) for p in chat.dependant.body_params] == [
+        ("body", OpenAiIngress.chat.__annotations__["body"])
+    ]
