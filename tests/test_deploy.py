@@ -375,7 +375,13 @@ def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from infra.commands.deploy import _wait_direct
+    from infra.program.offline import capture
+
+    c = capture("onprem-l20")
+    assert c.config.provider == "existing"
+
+    def wait(url: str, timeout: float) -> d.Readiness:
+        return d.wait_stack_ready(c.config, {**c.outputs, "endpoint_url": url, "api_token": "t0k"}, timeout)
 
     seen = []
 
@@ -400,6 +406,8 @@ def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
 
             def do_POST(self):
                 seen.append(("POST", self.path, self.headers.get("Authorization")))
+                if not ready:  # the app is not up: only /health answers
+                    return self._send(404, {})
                 self._send(200, {"choices": [{"text": " hi"}]})
 
         srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
@@ -409,14 +417,16 @@ def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
     ok = server(ready=True)
     try:
         url = f"http://127.0.0.1:{ok.server_address[1]}/v1"
-        assert _wait_direct({"endpoint_url": url, "api_token": "t0k"}, timeout=5)
+        r = wait(url, timeout=5)
+        assert r.ready and r.reason == "a completion returned ' hi'"
         assert ("POST", "/v1/completions", "Bearer t0k") in seen
     finally:
         ok.shutdown()
     health_only = server(ready=False)
     try:
         url = f"http://127.0.0.1:{health_only.server_address[1]}/v1"
-        assert not _wait_direct({"endpoint_url": url, "api_token": "t0k"}, timeout=1)
+        r = wait(url, timeout=1)
+        assert not r.ready and r.reason.startswith("no completion within 1 s")
     finally:
         health_only.shutdown()
 
@@ -424,7 +434,7 @@ def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
 def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkeypatch):
     """`up` waits on a completion for outputs['served_model']: the id the Serve app serves, from
     the same program outputs `up` renders serve.yaml from (not the catalog key 'deepseek-r1')."""
-    from infra.commands import deploy as cmd
+    from infra.commands._readiness import wait_ready
     from infra.program.offline import capture
     from infra.stack.serving import render_for_outputs
 
@@ -439,7 +449,7 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
 
     asked: list = []
     monkeypatch.setattr(lookup, "head_instance_id", lambda o, ec2: asked.append(o["head_group"]) or "i-0head")
-    assert cmd._wait(c.config, outputs, timeout=1) is True
+    assert wait_ready(c.config, outputs, timeout=1) is True
     assert asked == ["llmfleet-prod-head"] and "i-0head" in waited[0]
     doc, _ = render_for_outputs(outputs, c.config, resolve(c.config).plan)
     served = doc["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
@@ -448,7 +458,9 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     import typer
 
     with pytest.raises(typer.Exit):  # a program that does not export it: one line, exit 1
-        cmd._wait(c.config, outputs, timeout=1)
+        wait_ready(c.config, outputs, timeout=1)
+    with pytest.raises(d.DeployError, match="served_model"):
+        d.wait_stack_ready(c.config, outputs, 1)
 
 
 def test_policy_pack_dir_is_policy_in_a_checkout_and_a_generated_pack_when_installed(tmp_path):

@@ -613,3 +613,28 @@ def test_a_head_image_without_the_cluster_report_says_roll_it_out():
     with pytest.raises(StatusError) as e:
         st_aws.head_report(OldHead(), "i-0abc", "llmfleet-head", 60)
     assert "predates the cluster report" in str(e.value) and "llmfleet up" in str(e.value)
+
+
+def test_wake_ends_on_ups_readiness_wait_and_not_ready_is_one_error_line(moto, outputs_file, monkeypatch):
+    """`wake` waits as `up` does (infra.deploy.wait_stack_ready): on the head group's running
+    instance, for the Serve config this stack renders; not ready is one error line on stderr,
+    exit 1."""
+    from infra import deploy as d
+    from infra.stack.files import load_config
+
+    seen = []
+
+    def ready(ssm, head, cmds, **kw):
+        seen.append((head, kw["expect_fingerprint"]))
+        return d.Readiness(False, "not ready after 60 s: completion: HTTP 503")
+
+    monkeypatch.setattr(d, "wait_head_ready", ready)
+    args = ("wake", "--stack", "prod", "--outputs", str(outputs_file), "--timeout", "60")
+    r = cli(moto, *args, monkeypatch=monkeypatch)
+    assert r.exit_code == 1 and "woke 0 of 2 worker slots (all were up)" in r.stdout
+    assert r.stderr.strip() == "error: not ready: not ready after 60 s: completion: HTTP 503"
+    groups = moto.client("autoscaling").describe_auto_scaling_groups(
+        AutoScalingGroupNames=["llmfleet-t-head"]
+    )
+    head = groups["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+    assert seen == [(head, d.expected_fingerprint(load_config("prod")))]
