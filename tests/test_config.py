@@ -447,6 +447,8 @@ def test_s3_uri_needs_its_scheme():
     [
         ("https://models.example.com/r1/", "https://models.example.com/r1/"),
         ("https://models.example.com:8443/a/b_c/", "https://models.example.com:8443/a/b_c/"),
+        ("https://models.example.com:65535/r1/", "https://models.example.com:65535/r1/"),
+        ("https://models.example.com:1/r1/", "https://models.example.com:1/r1/"),
         ("https://models.example.com", "https://models.example.com"),
         ("https://models.example.com/", "https://models.example.com/"),
         ("https://models.example.com/X/", "https://models.example.com/X/"),
@@ -459,7 +461,7 @@ def test_other_weights_uris_that_are_allowed(uri, kept):
     assert load_stack_config({"llmfleet:weightsUri": uri}, "t").weights_uri == kept
 
 
-HTTPS_ALLOWED = "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query)"
+HTTPS_ALLOWED = "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query), PORT 1-65535"
 URI_ALLOWED = "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUMS) or an absolute path (NFS)"
 
 
@@ -475,6 +477,8 @@ URI_ALLOWED = "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUM
         ("https://models.example.com/a b/", HTTPS_ALLOWED),
         ("https://-models.example.com/r1/", HTTPS_ALLOWED),
         ("https://models.example.com:843100/r1/", HTTPS_ALLOWED),
+        ("https://models.example.com:65536/r1/", HTTPS_ALLOWED),  # 5 digits, past the last port
+        ("https://models.example.com:0/r1/", HTTPS_ALLOWED),
         (
             "file:///etc/r1",
             "an NFS path: /etc/r1 is or is inside a system directory; " + WEIGHTS_PATH_ALLOWED,
