@@ -371,64 +371,37 @@ def test_up_and_down_without_cli_say_so(tmp_path):
 def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
     """provider=existing has no SSM: `up` waits for a completion straight from the endpoint,
     with the stack's api_token; a server that only answers /health never counts."""
-    import json as _json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from infra.program.offline import capture
+    from tests.json_http import JsonServer
 
     c = capture("onprem-l20")
     assert c.config.provider == "existing"
 
-    def wait(url: str, timeout: float) -> d.Readiness:
-        return d.wait_stack_ready(c.config, {**c.outputs, "endpoint_url": url, "api_token": "t0k"}, timeout)
+    def wait(srv: JsonServer, timeout: float) -> d.Readiness:
+        outputs = {**c.outputs, "endpoint_url": f"{srv.base}/v1", "api_token": "t0k"}
+        return d.wait_stack_ready(c.config, outputs, timeout)
 
-    seen = []
+    def endpoint(ready: bool):
+        def answer(req):
+            if req.method == "GET" and req.path == "/health":
+                return 200, {}
+            if not ready:  # the app is not up: only /health answers
+                return 404, {}
+            if req.path == "/v1/models":
+                return 200, {"data": [{"id": "deepseek-ai/DeepSeek-R1"}]}
+            return (200, {"choices": [{"text": " hi"}]}) if req.method == "POST" else (404, {})
 
-    def server(ready: bool):
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+        return JsonServer(answer)
 
-            def _send(self, code, body):
-                data = _json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                seen.append(("GET", self.path, self.headers.get("Authorization")))
-                if self.path == "/v1/models" and ready:
-                    return self._send(200, {"data": [{"id": "deepseek-ai/DeepSeek-R1"}]})
-                self._send(200 if self.path == "/health" else 404, {})
-
-            def do_POST(self):
-                seen.append(("POST", self.path, self.headers.get("Authorization")))
-                if not ready:  # the app is not up: only /health answers
-                    return self._send(404, {})
-                self._send(200, {"choices": [{"text": " hi"}]})
-
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        return srv
-
-    ok = server(ready=True)
-    try:
-        url = f"http://127.0.0.1:{ok.server_address[1]}/v1"
-        r = wait(url, timeout=5)
-        assert r.ready and r.reason == "a completion returned ' hi'"
-        assert ("POST", "/v1/completions", "Bearer t0k") in seen
-    finally:
-        ok.shutdown()
-    health_only = server(ready=False)
-    try:
-        url = f"http://127.0.0.1:{health_only.server_address[1]}/v1"
-        r = wait(url, timeout=1)
-        assert not r.ready and r.reason.startswith("no completion within 1 s")
-    finally:
-        health_only.shutdown()
+    with endpoint(ready=True) as ok:
+        r = wait(ok, timeout=5)
+    assert r.ready and r.reason == "a completion returned ' hi'"
+    assert ("POST", "/v1/completions", "Bearer t0k") in [
+        (q.method, q.path, q.headers.get("Authorization")) for q in ok.requests
+    ]
+    with endpoint(ready=False) as health_only:
+        r = wait(health_only, timeout=1)
+    assert not r.ready and r.reason.startswith("no completion within 1 s")
 
 
 def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkeypatch):
