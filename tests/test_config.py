@@ -1,6 +1,7 @@
 """The typed stack config: every bad value gives one line naming the key, the value and what is allowed."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -217,6 +218,24 @@ def test_bad_config_is_one_line(raw, message):
         load_stack_config(raw, "t")
     assert str(e.value) == message
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "bad", ["prod dev", "x$(id)", "a\nb", "..\\x", "../../etc/passwd", "dev/", "", "a" * 101]
+)
+def test_a_stack_name_is_checked_before_it_becomes_a_path(bad):
+    """The name lands in stacks/Pulumi.<name>.yaml, resource names and SSM paths: both the stack
+    file lookup and the config model refuse anything but Pulumi's stack-name characters."""
+    from infra.stack.files import stack_name
+
+    with pytest.raises(ConfigError, match=rf"^--stack {re.escape(repr(bad))}: not a stack name; allowed: "):
+        stack_name(bad)
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({}, bad)
+    assert (
+        str(e.value)
+        == f"--stack {bad!r}: allowed: 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
+    )
 
 
 def test_unknown_key_suggests_the_right_one():
