@@ -15,7 +15,12 @@ from typing import Annotated
 
 import typer
 
-# typer 0.29 carries its own click (typer._click); its exceptions are the ones raised here
+# Since 0.26 typer vendors click (typer/_click) and no longer depends on it: the usage errors
+# its parser raises are typer._click's classes, not the `click` package's (which Ray and others
+# still install: catching those would catch nothing, and each usage error would end in a
+# traceback). typer exports only TyperException and BadParameter of them, not NoSuchOption,
+# MissingParameter or NoArgsIsHelpError, so the module is imported by its private name and the
+# floor is pinned (pyproject: typer>=0.26); tests/test_cli.py fails if the classes move.
 from typer._click import exceptions as click
 from typer.core import TyperGroup, TyperOption
 

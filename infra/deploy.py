@@ -447,3 +447,62 @@ def wait_head_ready(
             return last
         sleep(poll_s)
     return Readiness(False, f"not ready after {timeout_s:.0f} s: {last.reason}", last.status, attempts)
+
+
+def wait_stack_ready(
+    cfg: Any,
+    outputs: Mapping[str, Any],
+    timeout_s: float,
+    *,
+    session: Any | None = None,
+    on_progress: Callable[[float, float, str], None] | None = None,
+) -> Readiness:
+    """Wait until the stack's deployment answers a real completion: what `up`, `rollout` and
+    `wake` end on. provider existing has no SSM, but the operator's machine reaches the head on
+    the hosts' network, so the completion goes straight to the endpoint. aws: the readiness script
+    on the head group's running instance over SSM (`session`: a boto3 Session, the default one
+    when None), ready only once the head reports the Serve config this stack's program renders
+    (an app still answering with the previous one is not). DeployError (one line) when the
+    outputs cannot say where to ask."""
+    from infra.stack.outputs import OutputsError, StackOutputs
+
+    try:
+        o = StackOutputs.parse(outputs)
+    except OutputsError as e:
+        raise DeployError(str(e)) from None
+    if cfg.provider == "existing":
+        from ray_cluster.node import NodeError
+        from ray_cluster.readiness import wait_for_completion
+
+        endpoint = o.endpoint_url.rstrip("/").removesuffix("/v1")
+        try:
+            text = wait_for_completion(endpoint, o.api_token, o.served_model, timeout_s)
+        except NodeError as e:
+            return Readiness(False, str(e))
+        return Readiness(True, f"a completion returned {text!r}")
+    import boto3
+
+    from infra.worker_lookup import HeadLookupError, head_instance_id
+
+    session = session or boto3.session.Session()
+    try:  # the head group's running instance (the group replaces it; the stack names the group)
+        head = head_instance_id(outputs, session.client("ec2", region_name=cfg.region))
+    except HeadLookupError as e:
+        raise DeployError(f"readiness: {e}") from None
+    if not o.token_parameter:
+        raise DeployError("stack output 'token_parameter' is missing: the program must export it")
+    cmds = readiness_commands(
+        container=o.head_container,
+        port=cfg.endpoint_port,
+        model=o.served_model,
+        token_parameter=o.token_parameter,
+        region=cfg.region,
+    )
+    return wait_head_ready(
+        session.client("ssm", region_name=cfg.region),
+        head,
+        cmds,
+        timeout_s=timeout_s,
+        on_progress=on_progress,
+        expect_fingerprint=expected_fingerprint(cfg),
+    )

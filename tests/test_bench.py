@@ -458,6 +458,67 @@ def test_batch_waits_for_the_engine_processes_before_ray_shutdown():
     assert batch.wait_actors_gone(lambda: next(polls), 60, time.monotonic, lambda s: None) is True
 
 
+def _tracker_keyerror() -> list[str]:
+    """The traceback CPython's resource tracker itself prints when asked to unregister a
+    shared-memory name it does not hold (what the batch's engine processes trigger on exit)."""
+    code = (
+        "from multiprocessing import resource_tracker as rt\n"
+        "rt.unregister('/psm_10b3d52e', 'shared_memory')\n"
+        "rt._resource_tracker._stop()\n"  # wait for the tracker, so its output is complete
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = r.stderr.splitlines(keepends=True)
+    assert lines and lines[0].startswith("Traceback") and lines[-1] == "KeyError: '/psm_10b3d52e'\n", r.stderr
+    return lines
+
+
+def test_batch_drops_only_the_resource_trackers_keyerror_from_its_stderr():
+    import io
+
+    # as Ray's driver prints a worker's forwarded lines: coloured prefix, then the text, then "\n"
+    prefix = "\x1b[36m(MapWorker(MapBatches(vLLMEngineStageUDF)) pid=4242)\x1b[0m "
+    other = [
+        "Traceback (most recent call last):\n",
+        '  File "x.py", line 1, in <module>\n',
+        "EngineDeadError: boom\n",
+    ]
+    out = io.StringIO()
+    f = batch.TrackerNoiseFilter(out)
+    f.write("Running 3/50\r")  # a progress redraw shows at once
+    assert out.getvalue() == "Running 3/50\r"
+    for line in _tracker_keyerror():
+        f.write(prefix + line.rstrip("\n"))
+        f.write("\n")
+    f.write("rows: 50\n")
+    for line in _tracker_keyerror()[:2] + other:  # a traceback that only starts alike passes whole
+        f.write(line)
+    f.close_out()
+    assert out.getvalue() == "Running 3/50\rrows: 50\n" + "".join(_tracker_keyerror()[:2] + other)
+
+
+def test_batch_local_runs_with_its_stderr_behind_the_filter(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from infra.bench import batch_job
+
+    noise = _tracker_keyerror()
+
+    def job(*a, **k):
+        print("".join(noise) + "(MapWorker pid=1) done", file=sys.stderr)  # what Ray forwards
+        return {"rows": 1}
+
+    monkeypatch.setattr(ray, "init", lambda **k: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(batch_job, "run", job)
+    monkeypatch.setattr(batch, "engine_processes", lambda root=None: [])
+    (tmp_path / "in.jsonl").write_text("")
+    assert (
+        batch.run_local(str(tmp_path), str(tmp_path / "in.jsonl"), str(tmp_path / "out"), 8, 4)["rows"] == 1
+    )
+    err = capsys.readouterr().err
+    assert err == "(MapWorker pid=1) done\n" and not isinstance(sys.stderr, batch.TrackerNoiseFilter)
+
+
 def test_batch_quiets_vllms_info_lines_unless_asked():
     env: dict = {}
     batch.quiet_vllm(env)

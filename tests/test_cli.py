@@ -643,6 +643,22 @@ def test_usage_errors_are_one_line_and_json_with_json(args, key, value, start):
     ].strip()
 
 
+def test_the_usage_errors_caught_are_the_ones_typer_raises():
+    """typer vendors click from 0.26 (typer._click): RootGroup must catch those classes, and the
+    project must not install a typer whose parser raises the `click` package's instead."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from infra import cli
+
+    assert issubclass(cli.click.ClickException, typer.TyperException)  # typer's public base
+    assert cli.click.BadParameter is typer.BadParameter
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    [req] = [Requirement(d) for d in deps if Requirement(d).name == "typer"]
+    assert not req.specifier.contains("0.25.1") and req.specifier.contains("0.26.0"), req
+
+
 def test_error_parts_read_the_projects_three_message_forms():
     from infra.commands._common import error_parts
 

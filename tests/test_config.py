@@ -1,6 +1,7 @@
 """The typed stack config: every bad value gives one line naming the key, the value and what is allowed."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -217,6 +218,24 @@ def test_bad_config_is_one_line(raw, message):
         load_stack_config(raw, "t")
     assert str(e.value) == message
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "bad", ["prod dev", "x$(id)", "a\nb", "..\\x", "../../etc/passwd", "dev/", "", "a" * 101]
+)
+def test_a_stack_name_is_checked_before_it_becomes_a_path(bad):
+    """The name lands in stacks/Pulumi.<name>.yaml, resource names and SSM paths: both the stack
+    file lookup and the config model refuse anything but Pulumi's stack-name characters."""
+    from infra.stack.files import stack_name
+
+    with pytest.raises(ConfigError, match=rf"^--stack {re.escape(repr(bad))}: not a stack name; allowed: "):
+        stack_name(bad)
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({}, bad)
+    assert (
+        str(e.value)
+        == f"--stack {bad!r}: allowed: 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
+    )
 
 
 def test_unknown_key_suggests_the_right_one():
@@ -447,6 +466,8 @@ def test_s3_uri_needs_its_scheme():
     [
         ("https://models.example.com/r1/", "https://models.example.com/r1/"),
         ("https://models.example.com:8443/a/b_c/", "https://models.example.com:8443/a/b_c/"),
+        ("https://models.example.com:65535/r1/", "https://models.example.com:65535/r1/"),
+        ("https://models.example.com:1/r1/", "https://models.example.com:1/r1/"),
         ("https://models.example.com", "https://models.example.com"),
         ("https://models.example.com/", "https://models.example.com/"),
         ("https://models.example.com/X/", "https://models.example.com/X/"),
@@ -459,7 +480,7 @@ def test_other_weights_uris_that_are_allowed(uri, kept):
     assert load_stack_config({"llmfleet:weightsUri": uri}, "t").weights_uri == kept
 
 
-HTTPS_ALLOWED = "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query)"
+HTTPS_ALLOWED = "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query), PORT 1-65535"
 URI_ALLOWED = "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUMS) or an absolute path (NFS)"
 
 
@@ -475,6 +496,8 @@ URI_ALLOWED = "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUM
         ("https://models.example.com/a b/", HTTPS_ALLOWED),
         ("https://-models.example.com/r1/", HTTPS_ALLOWED),
         ("https://models.example.com:843100/r1/", HTTPS_ALLOWED),
+        ("https://models.example.com:65536/r1/", HTTPS_ALLOWED),  # 5 digits, past the last port
+        ("https://models.example.com:0/r1/", HTTPS_ALLOWED),
         (
             "file:///etc/r1",
             "an NFS path: /etc/r1 is or is inside a system directory; " + WEIGHTS_PATH_ALLOWED,

@@ -107,6 +107,20 @@ def test_max_model_len_changes_the_serve_config_in_place():
     assert "max_model_len: 4096" in node_script(after, "head")
 
 
+def test_a_new_auto_context_is_a_serve_config_change_that_restarts_serving():
+    """README (maxModelLen): `auto` picking another context changes the rendered Serve config, so
+    the next `up` restarts serving, and its preview says so (up_preview.serving_callouts)."""
+    from infra import up_preview
+    from infra.boot.rollout_effects import SERVE_YAML, rollout_touches
+
+    before, after = cap("prod"), cap("prod", "llmfleet:targetConcurrency=32")
+    _assert_effect(before, after, _row("Serve config"), script_changes={"head"})
+    assert "max_model_len: 24576" in node_script(before, "head")
+    assert "max_model_len: 12288" in node_script(after, "head")
+    touched = rollout_touches(node_script(before, "head"), node_script(after, "head"), "head")
+    assert touched == {SERVE_YAML} and touched - up_preview._KEEPS_SERVING  # "restarts serving: ..."
+
+
 def test_engine_args_and_serve_options_change_the_serve_config_in_place():
     engine, serve = (
         'llmfleet:engineArgs={"max_num_seqs": 48}',

@@ -371,60 +371,43 @@ def test_up_and_down_without_cli_say_so(tmp_path):
 def test_existing_hosts_readiness_is_a_real_completion_sent_to_the_endpoint():
     """provider=existing has no SSM: `up` waits for a completion straight from the endpoint,
     with the stack's api_token; a server that only answers /health never counts."""
-    import json as _json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from infra.program.offline import capture
+    from tests.json_http import JsonServer
 
-    from infra.commands.deploy import _wait_direct
+    c = capture("onprem-l20")
+    assert c.config.provider == "existing"
 
-    seen = []
+    def wait(srv: JsonServer, timeout: float) -> d.Readiness:
+        outputs = {**c.outputs, "endpoint_url": f"{srv.base}/v1", "api_token": "t0k"}
+        return d.wait_stack_ready(c.config, outputs, timeout)
 
-    def server(ready: bool):
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+    def endpoint(ready: bool):
+        def answer(req):
+            if req.method == "GET" and req.path == "/health":
+                return 200, {}
+            if not ready:  # the app is not up: only /health answers
+                return 404, {}
+            if req.path == "/v1/models":
+                return 200, {"data": [{"id": "deepseek-ai/DeepSeek-R1"}]}
+            return (200, {"choices": [{"text": " hi"}]}) if req.method == "POST" else (404, {})
 
-            def _send(self, code, body):
-                data = _json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        return JsonServer(answer)
 
-            def do_GET(self):
-                seen.append(("GET", self.path, self.headers.get("Authorization")))
-                if self.path == "/v1/models" and ready:
-                    return self._send(200, {"data": [{"id": "deepseek-ai/DeepSeek-R1"}]})
-                self._send(200 if self.path == "/health" else 404, {})
-
-            def do_POST(self):
-                seen.append(("POST", self.path, self.headers.get("Authorization")))
-                self._send(200, {"choices": [{"text": " hi"}]})
-
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        return srv
-
-    ok = server(ready=True)
-    try:
-        url = f"http://127.0.0.1:{ok.server_address[1]}/v1"
-        assert _wait_direct({"endpoint_url": url, "api_token": "t0k"}, timeout=5)
-        assert ("POST", "/v1/completions", "Bearer t0k") in seen
-    finally:
-        ok.shutdown()
-    health_only = server(ready=False)
-    try:
-        url = f"http://127.0.0.1:{health_only.server_address[1]}/v1"
-        assert not _wait_direct({"endpoint_url": url, "api_token": "t0k"}, timeout=1)
-    finally:
-        health_only.shutdown()
+    with endpoint(ready=True) as ok:
+        r = wait(ok, timeout=5)
+    assert r.ready and r.reason == "a completion returned ' hi'"
+    assert ("POST", "/v1/completions", "Bearer t0k") in [
+        (q.method, q.path, q.headers.get("Authorization")) for q in ok.requests
+    ]
+    with endpoint(ready=False) as health_only:
+        r = wait(health_only, timeout=1)
+    assert not r.ready and r.reason.startswith("no completion within 1 s")
 
 
 def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkeypatch):
     """`up` waits on a completion for outputs['served_model']: the id the Serve app serves, from
     the same program outputs `up` renders serve.yaml from (not the catalog key 'deepseek-r1')."""
-    from infra.commands import deploy as cmd
+    from infra.commands._readiness import wait_ready
     from infra.program.offline import capture
     from infra.stack.serving import render_for_outputs
 
@@ -439,7 +422,7 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
 
     asked: list = []
     monkeypatch.setattr(lookup, "head_instance_id", lambda o, ec2: asked.append(o["head_group"]) or "i-0head")
-    assert cmd._wait(c.config, outputs, timeout=1) is True
+    assert wait_ready(c.config, outputs, timeout=1) is True
     assert asked == ["llmfleet-prod-head"] and "i-0head" in waited[0]
     doc, _ = render_for_outputs(outputs, c.config, resolve(c.config).plan)
     served = doc["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
@@ -448,7 +431,9 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     import typer
 
     with pytest.raises(typer.Exit):  # a program that does not export it: one line, exit 1
-        cmd._wait(c.config, outputs, timeout=1)
+        wait_ready(c.config, outputs, timeout=1)
+    with pytest.raises(d.DeployError, match="served_model"):
+        d.wait_stack_ready(c.config, outputs, 1)
 
 
 def test_policy_pack_dir_is_policy_in_a_checkout_and_a_generated_pack_when_installed(tmp_path):

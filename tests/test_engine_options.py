@@ -197,6 +197,51 @@ def test_bad_options_are_one_line_naming_the_key_the_value_and_what_is_allowed(o
     assert "\n" not in str(e.value)
 
 
+# Every key llmfleet refuses, written out: a key dropped from engine_options' maps fails here.
+REFUSED_ENGINE_KEYS = [
+    "model", "served_model_name", "tokenizer", "quantization", "distributed_executor_backend",
+    "data_parallel_size", "hf_token", "reasoning_parser_plugin", "download_dir", "hf_config_path",
+    "allowed_local_media_path", "mm_encoder_fp8_scale_path", "mm_encoder_fp8_scale_save_path",
+]  # fmt: skip
+REFUSED_SERVE_KEYS = [
+    "name", "placement_group_bundles", "placement_group_strategy", "placement_group_bundle_label_selector",
+    "ray_actor_options", "deployment_actors",
+]  # fmt: skip
+REFUSED_INGRESS_KEYS = [*REFUSED_SERVE_KEYS, "num_replicas", "autoscaling_config"]
+
+
+@pytest.mark.parametrize("key", REFUSED_ENGINE_KEYS)
+def test_each_refused_engine_arg_is_refused_and_is_one_of_vllms(key):
+    # a vLLM field (a refusal of a name vLLM does not have would guard nothing)
+    assert key in catalog.engine_args()
+    with pytest.raises(engine_options.OptionError) as e:
+        engine_options.check_engine_args({key: "x"})
+    assert (
+        str(e.value)
+        == f"llmfleet:engineArgs.{key} = 'x': not allowed here: {engine_options.REFUSED_ENGINE[key]}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [("llm", k) for k in REFUSED_SERVE_KEYS] + [("ingress", k) for k in REFUSED_INGRESS_KEYS],
+)
+def test_each_refused_serve_option_is_refused_and_is_one_of_rays(where, key):
+    assert key in engine_options.deployment_fields()
+    options, prefix, refused = {key: "x"}, "llmfleet:serveOptions", engine_options.REFUSED_SERVE
+    if where == "ingress":
+        options, prefix, refused = {"ingress": options}, f"{prefix}.ingress", engine_options.REFUSED_INGRESS
+    with pytest.raises(engine_options.OptionError) as e:
+        engine_options.check_serve_options(options)
+    assert str(e.value) == f"{prefix}.{key} = 'x': not allowed here: {refused[key]}"
+
+
+def test_no_key_is_refused_that_the_lists_above_leave_out():
+    assert sorted(engine_options.REFUSED_ENGINE) == sorted(REFUSED_ENGINE_KEYS)
+    assert sorted(engine_options.REFUSED_SERVE) == sorted(REFUSED_SERVE_KEYS)
+    assert sorted(engine_options.REFUSED_INGRESS) == sorted(REFUSED_INGRESS_KEYS)
+
+
 # ---------------------------------------------------------------- rendering
 
 

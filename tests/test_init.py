@@ -153,6 +153,17 @@ def test_init_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     assert not (tmp_path / "p" / "Pulumi.yaml").exists()
 
 
+def test_init_refuses_a_stack_name_that_would_write_outside_the_project(tmp_path):
+    """The stack name becomes stacks/Pulumi.<name>.yaml, written (to a scratch copy first) before
+    the config model sees it: init's own check must refuse a name that climbs out."""
+    stack = "/".join([".."] * 16) + str(tmp_path / "escaped")
+    one_line_error(run("init", str(tmp_path / "p"), "-m", "deepseek-r1", "-g", "L40S", "--stack", stack),
+                   f"--stack {stack!r}: not a stack name")  # fmt: skip
+    assert not (tmp_path / "escaped.yaml").exists() and not (tmp_path / "p").exists()
+    one_line_error(run("init", str(tmp_path / "p"), "-m", "deepseek-r1", "-g", "L40S", "--stack", "dev\n"),
+                   "--stack 'dev\\n': not a stack name; allowed: letters")  # fmt: skip
+
+
 def test_init_never_overwrites_without_force(tmp_path):
     proj = tmp_path / "p"
     assert run("init", str(proj), "-m", "deepseek-r1", "-g", "L40S").exit_code == 0

@@ -960,12 +960,10 @@ def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster,
     assert (summary["rows"], summary["processed"], summary["failed"]) == (50, 50, 0), summary
     # a clean shutdown: no engine traceback, and no batch engine process outlives the command
     assert "EngineDeadError" not in r.stderr, r.stderr[-3000:]
-    # No engine traceback. Python's multiprocessing resource tracker may still print its own
-    # (KeyError on a shared-memory name vLLM's workers already unlinked) as the engine's
-    # processes exit: CPython's noise, not the engine's; every other traceback fails.
-    lines = r.stderr.splitlines()
-    tracebacks = [i for i, ln in enumerate(lines) if "Traceback (most recent call last)" in ln]
-    assert all("resource_tracker.py" in " ".join(lines[i + 1 : i + 3]) for i in tracebacks), r.stderr[-3000:]
+    # No traceback at all: the resource tracker's KeyError as the engine's processes exit
+    # (upstream, vllm-project/vllm#5468) is dropped by the command itself
+    # (infra.bench.batch.TrackerNoiseFilter); any traceback printed here fails.
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "Triton not installed" not in r.stdout + r.stderr
     assert engine_pids() <= before
     # the rate is over the generation window, not the job's wall time with the engine's start-up

@@ -350,12 +350,16 @@ def test_prometheus_lifecycle_and_http_api_on_a_real_prometheus(tmp_path):
 
 
 def test_status_without_prometheus_says_why_in_one_line():
-    rep = live.live_report({"model": "m", "prometheus": {"missing": "prometheus not found in PATH; install"}})
-    assert rep == {
-        "source": "none",
-        "error": "this cluster runs no Prometheus: prometheus not found in PATH; install",
-    }
-    assert live.live_report({"model": "m"})["source"] == "none"
+    from infra.status.local import local_metrics
+
+    m = local_metrics({"model": "m", "prometheus": {"missing": "prometheus not found in PATH; install"}})
+    assert (m.source, m.error) == (
+        "none",
+        "this cluster runs no Prometheus: prometheus not found in PATH; install",
+    )
+    assert m.targets_total is None and m.cost is None
+    m = local_metrics({"model": "m"})
+    assert m.source == "none" and "started by an older llmfleet" in m.error
 
 
 def _free_port() -> int:

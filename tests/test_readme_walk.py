@@ -17,9 +17,7 @@ import json
 import re
 import shlex
 import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from infra.account_check import model as ac_model
 from infra.cli import app
 from infra.constants import REPO_ROOT
 from infra.local.tiny_model import ensure_tiny_model
+from tests.json_http import JsonServer, chat_completion
 from tests.moto_fixtures import DUMMY_CREDS, MotoServer, dlami
 from tests.project import copy_project
 from tests.synthetic_checkpoint import R1_CONFIG, r1_tensors, write_header_only
@@ -75,35 +74,16 @@ def moto():
             yield s
 
 
-class Chat:
+class Chat(JsonServer):
     """The endpoint behind the NLB: an OpenAI-shaped answer to a bearer-token request."""
 
     def __init__(self):
-        self.seen: list[tuple[str, str | None]] = []
-        outer = self
+        super().__init__(lambda req: (200, chat_completion(MODEL, "Layers split across hosts.")))
+        self.url = f"{self.base}/v1"
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                outer.seen.append((self.path, self.headers.get("Authorization")))
-                body = json.dumps({
-                    "id": "c1", "object": "chat.completion", "created": 1, "model": MODEL,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "Layers split across hosts."}}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
-                }).encode()  # fmt: skip
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def seen(self) -> list[tuple[str, str | None]]:
+        return [(r.path, r.headers.get("Authorization")) for r in self.requests]
 
 
 def test_every_line_of_the_walk_runs_as_written(moto, tmp_path, monkeypatch):
@@ -153,8 +133,7 @@ def test_every_line_of_the_walk_runs_as_written(moto, tmp_path, monkeypatch):
             run_line(line, moto, project, tiny, r1, chat, calls)
             ran.append(line)
     finally:
-        chat.server.shutdown()
-        chat.server.server_close()
+        chat.close()
     assert ran == walk_lines()
     assert chat.seen == [("/v1/chat/completions", "Bearer tok-walk")]
     assert [k for k, _ in calls] == ["preview", "destroy"]  # asked, answered n: nothing applied

@@ -650,7 +650,7 @@ def test_up_rolls_out_after_pulumi_up_and_stops_before_the_wait_when_it_failed(m
     monkeypatch.setattr(
         cmd, "_rollout", lambda cfg, stack, outputs, timeout, *out: calls.append("rollout") or rolled["ok"]
     )
-    monkeypatch.setattr(cmd, "_wait", lambda cfg, outputs, timeout, *out: calls.append("wait") or True)
+    monkeypatch.setattr(cmd, "wait_ready", lambda cfg, outputs, timeout, *out: calls.append("wait") or True)
     argv = ["up", "--stack", "dev", "--yes", "--skip-preflight", "--out", str(tmp_path)]
     res = CliRunner().invoke(app, argv)
     assert res.exit_code == 1 and calls == ["preview", ("up", True), "rollout"]

@@ -57,10 +57,15 @@ def test_around_the_clock_needs_no_actions():
         ("mon 8-20 UTC", "window 'mon 8-20 UTC'"),
         ("mon 25:00-26:00 UTC", "time '25:00': allowed: HH:MM from 00:00 to 23:59"),
         ("mon 08:60-09:00 UTC", "time '08:60'"),
+        ("mon 08:00-24:30 UTC", "time '24:30'"),  # past midnight: write 00:30 (the next day)
+        ("mon 24:00-06:00 UTC", "time '24:00': allowed: HH:MM from 00:00 to 23:59 (24:00 as a closing)"),
         ("mon 08:00-08:00 UTC", "opens and closes at 08:00"),
         ("mon 08:00-20:00 Mars/Olympus", "time zone 'Mars/Olympus': allowed: an IANA time zone"),
         ("mon 08:00-20:00 europe/berlin", "did you mean Europe/Berlin?"),
         ("mon 08:00-20:00 ../../etc/passwd", "time zone '../../etc/passwd'"),
+        # the machine's own zone (zoneinfo may find a 'localtime' file): each host would differ
+        ("mon 08:00-20:00 localtime", "time zone 'localtime': allowed: an IANA time zone"),
+        ('["mon 08:00-20:00 UTC", 5]', "allowed: windows"),  # a YAML list of text only
         ("mon,mon 08:00-09:00 UTC", "mon twice"),
         (" ; ", "no window"),
         ("mon 08:00-20:00 UTC; mon 10:00-11:00 UTC", "overlap"),
@@ -73,6 +78,15 @@ def test_bad_schedules_are_one_line_naming_the_key_and_value(text, says):
         load_stack_config({"llmfleet:schedule": text})
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"llmfleet:schedule = {text!r}: ") and says in msg
+
+
+def test_a_map_is_not_a_schedule():
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({"llmfleet:schedule": {"mon": "08:00-20:00"}})
+    assert str(e.value) == (
+        'llmfleet:schedule = {"mon": "08:00-20:00"}: allowed: text such as \'mon-fri 08:00-20:00 '
+        "Europe/Berlin' or a list of such windows"
+    )
 
 
 def test_the_key_takes_text_or_a_yaml_list_and_idle_stop_is_bounded():

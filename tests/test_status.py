@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -36,6 +34,7 @@ from infra.status import logs as st_logs
 from infra.status.amp import sigv4_fetch
 from infra.status.model import StatusError
 from ray_cluster import cluster_status, node
+from tests.json_http import JsonServer, chat_completion
 from tests.moto_fixtures import DUMMY_CREDS, REGION, MotoServer
 
 DATA = Path(__file__).parent / "data"
@@ -233,48 +232,31 @@ class HeadSsm:
         return {"Status": "Success", "ResponseCode": 0, "StandardOutputContent": self.stdout}
 
 
-class Amp:
+class Amp(JsonServer):
     """An AMP-like query API on 127.0.0.1: answers only SigV4-signed `aps` requests (403 else),
     with recorded Prometheus answers for the figures the status asks for."""
 
     def __init__(self, answers: dict[str, float]):
-        self.answers, self.auth = answers, []
-        outer = self
+        self.answers = answers
+        super().__init__(self._answer)
+        self.url = f"{self.base}/workspaces/ws-test"
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+    @property
+    def auth(self) -> list[str]:
+        return [r.headers.get("Authorization", "") for r in self.requests]
 
-            def do_GET(self):
-                auth = self.headers.get("Authorization", "")
-                outer.auth.append(auth)
-                url = urllib.parse.urlparse(self.path)
-                scope = f"/{REGION}/aps/aws4_request"
-                if not (auth.startswith("AWS4-HMAC-SHA256 Credential=testing/") and scope in auth
-                        and self.headers.get("X-Amz-Date")):  # fmt: skip
-                    return self._send(403, {"message": "Missing Authentication Token"})
-                if not url.path.endswith("/api/v1/query"):
-                    return self._send(404, {"message": "not found"})
-                q = urllib.parse.parse_qs(url.query)["query"][0]
-                v = outer.answers.get(q)
-                result = [] if v is None else [{"metric": {}, "value": [time.time(), str(v)]}]
-                self._send(200, {"status": "success", "data": {"resultType": "vector", "result": result}})
-
-            def _send(self, code, doc):
-                body = json.dumps(doc).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/workspaces/ws-test"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, req) -> tuple[int, dict]:
+        auth = req.headers.get("Authorization", "")
+        url = urllib.parse.urlparse(req.path)
+        scope = f"/{REGION}/aps/aws4_request"
+        if not (auth.startswith("AWS4-HMAC-SHA256 Credential=testing/") and scope in auth
+                and req.headers.get("X-Amz-Date")):  # fmt: skip
+            return 403, {"message": "Missing Authentication Token"}
+        if not url.path.endswith("/api/v1/query"):
+            return 404, {"message": "not found"}
+        v = self.answers.get(urllib.parse.parse_qs(url.query)["query"][0])
+        result = [] if v is None else [{"metric": {}, "value": [time.time(), str(v)]}]
+        return 200, {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
 @pytest.fixture
@@ -535,43 +517,14 @@ def test_endpoint_prints_the_token_only_with_show_token(moto, outputs_file, monk
 
 
 def test_chat_sends_the_ssm_token_as_bearer_and_never_prints_it(moto, outputs_file, monkeypatch):
-    seen = []
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            seen.append(
-                (
-                    self.path,
-                    self.headers.get("Authorization"),
-                    json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
-                )
-            )
-            body = json.dumps({
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL,
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi\x07"}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-            }).encode()  # fmt: skip
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with JsonServer(lambda req: (200, chat_completion(MODEL, "Hi\x07", 3, 2))) as srv:
         raw = json.loads(outputs_file.read_text())
-        raw["endpoint_url"] = f"http://127.0.0.1:{srv.server_port}/v1"
+        raw["endpoint_url"] = f"{srv.base}/v1"
         outputs_file.write_text(json.dumps(raw))
         r = cli(
             moto, "chat", "Hello", "--stack", "t", "--outputs", str(outputs_file), monkeypatch=monkeypatch
         )
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    seen = [(q.path, q.headers.get("Authorization"), q.json()) for q in srv.requests]
     assert r.exit_code == 0, r.output
     [(path, auth, body)] = seen
     assert path == "/v1/chat/completions" and auth == "Bearer tok-s3cr3t" and body["model"] == MODEL
@@ -613,3 +566,28 @@ def test_a_head_image_without_the_cluster_report_says_roll_it_out():
     with pytest.raises(StatusError) as e:
         st_aws.head_report(OldHead(), "i-0abc", "llmfleet-head", 60)
     assert "predates the cluster report" in str(e.value) and "llmfleet up" in str(e.value)
+
+
+def test_wake_ends_on_ups_readiness_wait_and_not_ready_is_one_error_line(moto, outputs_file, monkeypatch):
+    """`wake` waits as `up` does (infra.deploy.wait_stack_ready): on the head group's running
+    instance, for the Serve config this stack renders; not ready is one error line on stderr,
+    exit 1."""
+    from infra import deploy as d
+    from infra.stack.files import load_config
+
+    seen = []
+
+    def ready(ssm, head, cmds, **kw):
+        seen.append((head, kw["expect_fingerprint"]))
+        return d.Readiness(False, "not ready after 60 s: completion: HTTP 503")
+
+    monkeypatch.setattr(d, "wait_head_ready", ready)
+    args = ("wake", "--stack", "prod", "--outputs", str(outputs_file), "--timeout", "60")
+    r = cli(moto, *args, monkeypatch=monkeypatch)
+    assert r.exit_code == 1 and "woke 0 of 2 worker slots (all were up)" in r.stdout
+    assert r.stderr.strip() == "error: not ready: not ready after 60 s: completion: HTTP 503"
+    groups = moto.client("autoscaling").describe_auto_scaling_groups(
+        AutoScalingGroupNames=["llmfleet-t-head"]
+    )
+    head = groups["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+    assert seen == [(head, d.expected_fingerprint(load_config("prod")))]

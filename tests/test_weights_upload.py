@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -197,6 +198,99 @@ def test_a_file_name_that_would_reach_a_key_and_a_host_path_is_refused(tmp_path,
     (d / name).write_text("x")
     with pytest.raises(ck.CheckpointError, match=r"allowed: letters, digits, '\.', '_', '-'"):
         ck.scan(d)
+
+
+def _shard(path: Path, header: dict, data_bytes: int, header_len: int | None = None) -> ck.LocalFile:
+    raw = json.dumps(header).encode()
+    path.write_bytes(
+        struct.pack("<Q", len(raw) if header_len is None else header_len) + raw + b"\0" * data_bytes
+    )
+    return ck.LocalFile(rel=path.name, path=path, size=path.stat().st_size)
+
+
+def test_a_shard_whose_header_does_not_describe_its_bytes_is_named(tmp_path):
+    t = {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}
+    assert ck.read_header(_shard(tmp_path / "ok.safetensors", {"w": t}, 8)).data_bytes == 8
+    # a tensor whose extent is not its dtype x shape
+    bad = _shard(tmp_path / "span.safetensors", {"w": {**t, "data_offsets": [0, 6]}}, 6)
+    with pytest.raises(
+        ck.CheckpointError, match=r"^span.safetensors: tensor 'w' is BF16 \[2, 2\] but spans 6 bytes$"
+    ):
+        ck.read_header(bad)
+    # bytes after the last tensor: not the checkpoint the header describes (no "truncated")
+    extra = _shard(tmp_path / "extra.safetensors", {"w": t}, 9)
+    with pytest.raises(
+        ck.CheckpointError,
+        match=r"^extra.safetensors: the header describes 8 bytes of tensors, the file holds 9$",
+    ):
+        ck.read_header(extra)
+    # a header length past the end of the file
+    cut = _shard(tmp_path / "cut.safetensors", {"w": t}, 0, header_len=4096)
+    with pytest.raises(
+        ck.CheckpointError, match=r"^cut.safetensors: header length 4096 does not fit the file \(\d+ bytes\)$"
+    ):
+        ck.read_header(cut)
+
+
+def test_a_checkpoint_without_its_config_shards_or_an_indexed_tensor_is_refused(tmp_path):
+    d = write_header_only(tmp_path / "ck", r1_tensors(layers=1, mtp=0), 1, R1_CONFIG)
+    index = json.loads((d / ck.INDEX_NAME).read_text())
+    index["weight_map"]["model.layers.0.not_there.weight"] = "model-00001-of-00001.safetensors"
+    (d / ck.INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(
+        ck.CheckpointError,
+        match=r"^model.safetensors.index.json: tensor 'model.layers.0.not_there.weight' is not in "
+        r"model-00001-of-00001.safetensors's header$",
+    ):
+        ck.read_checkpoint(d)
+    (d / "config.json").unlink()
+    with pytest.raises(
+        ck.CheckpointError, match="^config.json is missing: a Hugging Face checkpoint carries one"
+    ):
+        ck.read_checkpoint(d)
+    (d / "config.json").write_text(json.dumps(R1_CONFIG))
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ck.CheckpointError, match=r"no .safetensors files \(vLLM loads safetensors\)$"):
+        ck.read_checkpoint(d)
+    (d / "dangling.json").symlink_to(tmp_path / "gone")
+    with pytest.raises(
+        ck.CheckpointError, match=r"dangling.json': not a regular file \(a broken symlink\?\)$"
+    ):
+        ck.scan(d)
+
+
+def test_config_json_of_another_width_or_expert_count_is_not_r1():
+    assert ck.config_mismatches(R1_CONFIG, R1) == []
+    assert ck.config_mismatches({**R1_CONFIG, "hidden_size": 4096}, R1) == [
+        "hidden_size 4096 (expected 7168)"
+    ]
+    assert ck.config_mismatches({**R1_CONFIG, "n_routed_experts": 64}, R1) == [
+        "n_routed_experts 64 (expected 256)"
+    ]
+
+
+def test_a_bucket_manifest_with_a_path_or_digest_the_hosts_could_not_use_is_refused():
+    from infra.weights import manifest as mf
+
+    good = {"path": "model-00001-of-00001.safetensors", "size": 1, "sha256": "a" * 64}
+    assert mf.parse(json.dumps({"files": [good]}).encode(), "m").files[0].path == good["path"]
+    bad = [("path", "/etc/passwd"), ("path", "../x"), ("path", "a/../../etc/passwd"), ("path", "a//b"),
+           ("sha256", "A" * 64), ("sha256", "ab")]  # fmt: skip
+    for field, value in bad:
+        with pytest.raises(
+            mf.ManifestError, match=rf"^s3://b/manifest.json: files\[0\].{field} = {value!r}: allowed: "
+        ):
+            mf.parse(json.dumps({"files": [{**good, field: value}]}).encode(), "s3://b/manifest.json")
+
+
+def test_only_the_unfinished_uploads_of_the_keys_about_to_be_sent_are_aborted(s3):
+    for key in ("tiny/model.safetensors", "tiny/other.safetensors", "elsewhere/model.safetensors"):
+        s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+    loc = ws3.Location.from_uri(f"s3://{BUCKET}/tiny/")
+    assert ws3.abort_stale_multipart(s3, loc, {"model.safetensors"}) == 1
+    left = sorted(u["Key"] for u in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
+    assert left == ["elsewhere/model.safetensors", "tiny/other.safetensors"]
 
 
 def test_dry_run_of_the_r1_shaped_checkpoint_passes_the_check_and_sends_nothing(s3, r1_dir):
@@ -497,6 +591,7 @@ def test_hub_source_checks_config_json_first_then_uploads_the_snapshot(s3, moto,
         ("hf:DeepSeek-R1", "no organisation"),
         ("hf:org/na..me", "Cannot have -- or .."),
         ("hf:org/m@x;rm", "revision 'x;rm'"),
+        ("hf:org/m@v1/../../main", "revision 'v1/../../main'"),  # the pattern's '.' and '/' allow it
     ],
 )
 def test_hub_source_is_checked_before_the_hub_is_asked(value, why):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.text import Text
 
 from infra.commands._cost_stack import Priced, cold_start_summary
@@ -14,6 +15,24 @@ from infra.commands._fit import Col, fitted_table
 
 if TYPE_CHECKING:
     from infra.cost import model as cost_model
+
+
+def _print_priced_table(
+    console: Console, cols: Sequence[Col], rows: Sequence[Sequence[RenderableType]], title: str
+) -> None:
+    """Both cost tables (the estimate, the diff): the same frame, and a rule above the Total row
+    (their last row)."""
+    t = fitted_table(
+        console,
+        cols,
+        rows,
+        end_sections={len(rows) - 2},
+        title=title,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title_justify="left",
+    )
+    console.print(t)
 
 
 def _money(d: Decimal | None, places: int = 2) -> str:
@@ -77,17 +96,9 @@ def render_table(p: Priced, console: Console) -> None:
         rows.append([Text(_label(r), style="bold", no_wrap=True)])
         components(r, "")
     rows.append([Text("Total", style="bold"), "", "", "", Text(_money(est.total_monthly), style="bold")])
-    t = fitted_table(
-        console,
-        cols,
-        rows,
-        end_sections={len(rows) - 2},
-        title=f"llmfleet cost: stack {est.project} ({est.region}, {est.price_source})",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        title_justify="left",
+    _print_priced_table(
+        console, cols, rows, f"llmfleet cost: stack {est.project} ({est.region}, {est.price_source})"
     )
-    console.print(t)
     usage_part = f", {_money(est.total_monthly_usage)} of it usage-based" if est.total_monthly_usage else ""
     console.print(
         f"Total: {_money(est.total_hourly, 4)} USD/hour, {_money(est.total_monthly)} USD/month (730 h){usage_part}"
@@ -172,17 +183,9 @@ def render_diff(p: Priced, doc: dict[str, Any], past_label: str, console: Consol
             colour(Decimal(doc["diffTotalMonthlyCost"])),
         ]
     )
-    t = fitted_table(
-        console,
-        cols,
-        cells,
-        end_sections={len(cells) - 2},
-        title=f"llmfleet cost: stack {p.estimate.project}, {past_label}, USD/month",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        title_justify="left",
+    _print_priced_table(
+        console, cols, cells, f"llmfleet cost: stack {p.estimate.project}, {past_label}, USD/month"
     )
-    console.print(t)
     if not rows:
         console.print("No cost change.")
 

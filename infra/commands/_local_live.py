@@ -1,4 +1,5 @@
-"""Rendering of the live figures (infra.local.live) for `local status` and `local top`."""
+"""Rendering of the live figures (infra.local.live) for `local top`, and its tables for the
+status view (infra/commands/_status_view.py)."""
 
 from __future__ import annotations
 
@@ -49,20 +50,6 @@ def cost_table(c: dict) -> Table:
     ):
         t.add_row(label, _fmt(tps, "{:.1f}"), _fmt(usd, "{:,.2f}"))
     return t
-
-
-def print_metrics(m: dict) -> None:
-    """The "metrics" block of `local status`."""
-    if m.get("source") != "prometheus":
-        console.print(f"metrics: [red]unavailable[/] ({m.get('error', '')})", highlight=False)
-        return
-    if m.get("error"):
-        console.print(f"metrics: [red]{m['url']}[/]: {m['error']}", highlight=False, markup=False)
-        return
-    title = f"live (Prometheus {m['url']}, {m['targets_up']}/{m['targets_total']} targets up)"
-    console.print(figures_table(m, title))
-    if m.get("cost"):
-        console.print(cost_table(m["cost"]))
 
 
 def top(st: dict, interval: float, iterations: int) -> None:

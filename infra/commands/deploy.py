@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from infra.commands._common import (
     ConfigOpt,
@@ -22,6 +21,7 @@ from infra.commands._common import (
     print_json,
     require_policy_sdk,
 )
+from infra.commands._readiness import wait_ready
 
 TimeoutOpt = Annotated[
     float,
@@ -61,80 +61,6 @@ def _output(outputs: dict, key: str) -> str:
 def _one_line(e: Exception) -> str:
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__
-
-
-def _wait_direct(outputs: dict, timeout: float, out: Console = console) -> bool:
-    """provider=existing: no SSM; the operator's machine reaches the head on the hosts' network,
-    so readiness is the same real completion, sent straight to the endpoint."""
-    from ray_cluster.node import NodeError
-    from ray_cluster.readiness import wait_for_completion
-
-    endpoint = str(_output(outputs, "endpoint_url")).rstrip("/").removesuffix("/v1")
-    with out.status(f"readiness: waiting for a real completion from {endpoint}"):
-        try:
-            text = wait_for_completion(
-                endpoint, outputs.get("api_token"), outputs.get("served_model"), timeout
-            )
-        except NodeError as e:
-            emit_error(f"not ready: {e}")
-            return False
-    out.print(f"ready: a completion returned {text!r}", highlight=False)
-    return True
-
-
-def _wait(cfg, outputs: dict, timeout: float, out: Console = console) -> bool:
-    from infra.stack.outputs import OutputsError, StackOutputs
-
-    try:
-        o = StackOutputs.parse(outputs)
-    except OutputsError as e:
-        fail(str(e), 1)
-    if cfg.provider == "existing":
-        return _wait_direct(outputs, timeout, out)
-    import boto3
-
-    from infra.deploy import expected_fingerprint, readiness_commands, wait_head_ready
-    from infra.worker_lookup import HeadLookupError, head_instance_id
-
-    try:  # the head group's running instance (the group replaces it; the stack names the group)
-        head = head_instance_id(outputs, boto3.session.Session().client("ec2", region_name=cfg.region))
-    except HeadLookupError as e:
-        fail(f"readiness: {e}", 1)
-    cmds = readiness_commands(
-        container=o.head_container,
-        port=cfg.endpoint_port,
-        model=o.served_model,
-        token_parameter=_output(outputs, "token_parameter"),
-        region=cfg.region,
-    )
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]readiness"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=out,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("waiting for the head", total=timeout)
-
-        def on_progress(elapsed: float, total: float, why: str) -> None:
-            bar.update(task, completed=min(elapsed, total), description=why[:80])
-
-        r = wait_head_ready(
-            boto3.session.Session().client("ssm", region_name=cfg.region),
-            head,
-            cmds,
-            timeout_s=timeout,
-            on_progress=on_progress,
-            # the deployment just rolled out, not any app that answers
-            expect_fingerprint=expected_fingerprint(cfg),
-        )
-    if not r.ready:
-        out.print(f"[bold red]not ready:[/] {r.reason}", highlight=False, soft_wrap=True)
-        return False
-    out.print(f"[green]ready:[/] {r.reason}", highlight=False)
-    return True
 
 
 def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = console) -> bool:
@@ -312,7 +238,7 @@ def up_cmd(
         say.print(f"wrote {path}")
     if not _rollout(cfg, stack, outputs, timeout, say):
         raise typer.Exit(1)
-    if wait and not _wait(cfg, outputs, timeout, say):
+    if wait and not wait_ready(cfg, outputs, timeout, say):
         raise typer.Exit(1)
     _show_endpoint(cfg, outputs, say)
 
@@ -337,7 +263,7 @@ def rollout_cmd(
         fail(f"reading the outputs of stack {stack}: {_one_line(e)}", 1)
     if not _rollout(cfg, stack, outputs, timeout):
         raise typer.Exit(1)
-    if not _wait(cfg, outputs, timeout):
+    if not wait_ready(cfg, outputs, timeout):
         raise typer.Exit(1)
 
 

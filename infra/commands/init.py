@@ -85,7 +85,7 @@ def init_cmd(
     from infra.stack.files import load_config
     from infra.stack.resolve import resolve
 
-    if not templates.STACK_NAME_RE.match(stack):
+    if not templates.STACK_NAME_RE.fullmatch(stack):  # `$` alone would let "dev\n" through
         fail(f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (at most 100)")
     gpus = aws_gpu_types()
     model = resolve_id("--model", model, MODEL_IDS, "model") if model else None

@@ -22,7 +22,7 @@ def wake_cmd(
     from botocore.exceptions import BotoCoreError, ClientError
 
     from infra import aws_credentials
-    from infra.commands.deploy import _wait
+    from infra.commands._readiness import wait_ready
     from infra.stack.files import load_config
     from infra.status.aws import aws_error
     from infra.wake import WakeError, wake_groups
@@ -44,7 +44,7 @@ def wake_cmd(
     )
     if no_wait:
         return
-    if not _wait(load_config(stack, []), o.model_dump(), timeout):
+    if not wait_ready(load_config(stack, []), o.model_dump(), timeout):
         raise typer.Exit(1)
 
 

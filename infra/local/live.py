@@ -11,8 +11,10 @@ rate while it had load, which is what a price per token needs, not the current (
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from infra.local.prometheus import Fetch, PromError, query, scalar, targets
 
@@ -60,10 +62,15 @@ def queries(model: str) -> dict[str, str]:
     }
 
 
-@dataclass
-class Live:
-    source: str
-    url: str
+class Live(BaseModel):
+    """The live figures of one served model: one field per key of `queries()`, None while the
+    store has no series. infra.status.model.Metrics (what `status` and `local status` report)
+    is this model plus the price per token, so the two never drift apart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["prometheus", "amp", "none"]
+    url: str = ""
     requests_running: float | None = None
     requests_waiting: float | None = None
     generation_tokens_per_s: float | None = None
@@ -75,12 +82,12 @@ class Live:
     generation_tokens: float | None = None
     prompt_tokens: float | None = None
     measured_tokens_per_s: float | None = None
-    targets_up: int = 0
-    targets_total: int = 0
+    targets_up: int | None = None  # None: the store has no targets API (AMP)
+    targets_total: int | None = None
     error: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 def read_live(
@@ -89,21 +96,23 @@ def read_live(
     timeout: float = 5.0,
     fetch: Fetch | None = None,
     with_targets: bool = True,
-    source: str = "prometheus",
+    source: Literal["prometheus", "amp"] = "prometheus",
 ) -> Live:
     """Every figure of `queries(model)` from the Prometheus query API at url (None: no series
     yet). `fetch` signs the requests for a managed store; without a targets API (AMP),
     `with_targets=False`."""
     live = Live(source=source, url=url)
+    if with_targets:  # else None: the store has no targets API; 0/0 until this one answers
+        live.targets_up = live.targets_total = 0
     try:
         for key, promql in queries(model).items():
             setattr(live, key, scalar(url, promql, timeout, fetch))
-        ts = [t for t in targets(url, timeout, fetch)] if with_targets else []
+        if with_targets:
+            ts = targets(url, timeout, fetch)
+            live.targets_total = len(ts)
+            live.targets_up = sum(1 for t in ts if t["health"] == "up")
     except PromError as e:
         live.error = str(e)
-        return live
-    live.targets_total = len(ts)
-    live.targets_up = sum(1 for t in ts if t["health"] == "up")
     return live
 
 
@@ -135,18 +144,3 @@ def cost_beside_plan(measured_tps: float | None, stack: str) -> dict:
         "planner_tokens_per_s": plan.decode_tokens_per_s_expected,
         "usd_per_million_output_tokens_planner": plan.usd_per_million_output_tokens,
     }
-
-
-def live_report(st: dict, price_stack: str | None = "prod", timeout: float = 5.0) -> dict:
-    """`local status`'s "metrics": the live figures (source "prometheus") and, when the cluster
-    has served, the cost per 1M output tokens at the measured rate beside the planner's."""
-    prom = st.get("prometheus") or {}
-    url = prom.get("url")
-    if not url:
-        why = prom.get("missing", "started by an older llmfleet; `local down` and `up` again")
-        return {"source": "none", "error": f"this cluster runs no Prometheus: {why}"}
-    live = read_live(url, st["model"], timeout)
-    out = live.to_dict()
-    if price_stack and not live.error:
-        out["cost"] = cost_beside_plan(live.measured_tokens_per_s, price_stack)
-    return out

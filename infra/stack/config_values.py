@@ -242,8 +242,12 @@ def _weights_uri(v: str | None) -> str | None:
     if v.startswith("https://"):
         m = HTTPS_URL_RE.fullmatch(v)
         path = (m.group("path") or "/") if m else ""
-        if not m or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
-            raise ValueError("allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query)")
+        # The pattern takes up to 5 digits; the hosts' curl would refuse 0 or 65536+ only at boot.
+        port_ok = m is not None and (m.group("port") is None or 1 <= int(m.group("port")) <= 65535)
+        if not m or not port_ok or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
+            raise ValueError(
+                "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query), PORT 1-65535"
+            )
         return v
     if v.startswith(("file:///", "/")):
         try:

@@ -11,7 +11,16 @@ from infra.local.layout import ENGINE, LocalError
 from infra.local.processes import raylet_running
 from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, state_dir
 from infra.status.metrics import no_metrics, read_metrics
-from infra.status.model import ClusterStatus, HostSlot, classify, cluster_side, power_state
+from infra.status.model import ClusterStatus, HostSlot, Metrics, classify, cluster_side, power_state
+
+
+def local_metrics(st: dict, price_stack: str | None = "prod") -> Metrics:
+    """The live figures from the cluster's own Prometheus, or why there are none (one line)."""
+    prom = st.get("prometheus") or {}
+    if not prom.get("url"):
+        why = prom.get("missing", "started by an older llmfleet; `local down` and `up` again")
+        return no_metrics(f"this cluster runs no Prometheus: {why}")
+    return read_metrics(prom["url"], st["model"], price_stack=price_stack)
 
 
 def local_status(
@@ -47,12 +56,7 @@ def local_status(
             serving, detail = True, ""
         except (NodeError, OSError) as e:
             serving, detail = False, (str(e).splitlines()[0] if str(e) else type(e).__name__)
-    prom = st.get("prometheus") or {}
-    if prom.get("url"):
-        metrics = read_metrics(prom["url"], st["model"], price_stack=price_stack)
-    else:
-        why = prom.get("missing", "started by an older llmfleet; `local down` and `up` again")
-        metrics = no_metrics(f"this cluster runs no Prometheus: {why}")
+    metrics = local_metrics(st, price_stack)
     return ClusterStatus(
         target="local",
         name=st["name"],

@@ -4,6 +4,8 @@ output tokens at the measured rate, priced as a stack's workers (beside its plan
 
 from __future__ import annotations
 
+from typing import Literal
+
 from infra.local.live import cost_beside_plan, read_live
 from infra.local.prometheus import Fetch
 from infra.status.model import Cost, Metrics
@@ -18,17 +20,14 @@ def read_metrics(
     url: str,
     model: str,
     *,
-    source: str = "prometheus",
+    source: Literal["prometheus", "amp"] = "prometheus",
     fetch: Fetch | None = None,
     with_targets: bool = True,
     price_stack: str | None = None,
     timeout: float = 5.0,
 ) -> Metrics:
     live = read_live(url, model, timeout, fetch=fetch, with_targets=with_targets, source=source)
-    doc = live.to_dict()
-    if not with_targets:
-        doc["targets_up"] = doc["targets_total"] = None
-    m = Metrics.model_validate(doc)
+    m = Metrics(**dict(live))
     if price_stack and not live.error:
         try:
             m.cost = Cost.model_validate(cost_beside_plan(live.measured_tokens_per_s, price_stack))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
 
+from infra.local.live import Live
 from infra.validation import first_error
 
 
@@ -113,25 +114,9 @@ class Cost(_Model):
     usd_per_million_output_tokens_planner: float | None
 
 
-class Metrics(_Model):
-    """Live figures from Prometheus' query API (infra.local.live's PromQL)."""
+class Metrics(Live):
+    """Live figures from Prometheus' query API (infra.local.live's PromQL and its model), priced."""
 
-    source: Literal["prometheus", "amp", "none"]
-    url: str = ""
-    requests_running: float | None = None
-    requests_waiting: float | None = None
-    generation_tokens_per_s: float | None = None
-    prompt_tokens_per_s: float | None = None
-    ttft_p50_s: float | None = None
-    tpot_p50_s: float | None = None
-    kv_cache_usage: float | None = None
-    requests_finished: float | None = None
-    generation_tokens: float | None = None
-    prompt_tokens: float | None = None
-    measured_tokens_per_s: float | None = None
-    targets_up: int | None = None  # None: the store has no targets API (AMP)
-    targets_total: int | None = None
-    error: str = ""
     cost: Cost | None = None
     cost_error: str = ""
 

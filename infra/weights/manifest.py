@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from infra.validation import first_error
 from infra.weights.checkpoint import LocalFile
@@ -27,6 +27,15 @@ class ManifestEntry(BaseModel):
     path: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_model_directory(cls, v: str) -> str:
+        # The hosts' verify joins it under the model directory (boot/cloud_init.py's _VERIFY_PY):
+        # a '..' part would point it at a file outside, which the pattern alone lets through.
+        if any(part in ("", ".", "..") for part in v.split("/")):
+            raise ValueError("allowed: a relative path of names (no empty, '.' or '..' part)")
+        return v
 
 
 class Manifest(BaseModel):
