@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.constants import REPO_ROOT
-from infra.stack.config import ConfigError
+from infra.stack.config import ConfigError, StackConfig
 from infra.stack.files import check_namespace
 from infra.stack.resolve import resolve
 
@@ -240,7 +240,7 @@ def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
 # ---------------------------------------------------------------- after up: artifacts
 
 
-def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> list[Path]:
+def render_artifacts(outputs: Mapping[str, Any], cfg: StackConfig, out_dir: Path) -> list[Path]:
     """Write cluster.yaml and the Serve config from the real stack outputs, each validated by
     Ray's own code first (the same renderers as `llmfleet render`)."""
     from infra.rayconf.cluster_yaml import render_validated
@@ -279,7 +279,7 @@ def serve_config_fingerprint(serve_yaml: str) -> str:
     return hashlib.sha256((serve_yaml.rstrip() + "\n").encode()).hexdigest()
 
 
-def expected_fingerprint(cfg: Any) -> str:
+def expected_fingerprint(cfg: StackConfig) -> str:
     """The fingerprint of the Serve config this stack's program puts in the head's node script."""
     from infra.stack.serving import serve_config_yaml
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -23,6 +23,9 @@ from infra.catalog import load_catalog
 from infra.catalog.images import image_ref
 from infra.stack import engine_options, suggest
 from infra.stack.config_rules import CrossKeyError, check_all, fmt_value
+
+if TYPE_CHECKING:
+    from infra.stack.planner import Plan
 from infra.stack.config_values import (
     AvailabilityZone,
     CapacityBlockId,
@@ -221,7 +224,7 @@ class StackConfig(BaseModel):
             return len(self.worker_hosts) // self.replicas
         return None if self.worker_count == "auto" else self.worker_count // self.replicas
 
-    def resolved_workers(self, plan: Any) -> int:
+    def resolved_workers(self, plan: Plan) -> int:
         """The worker count: replicas x the configured or the planner's nodes per replica
         (`plan`: this stack's plan; `infra.stack.resolve` computes both once)."""
         if self.provider == "existing":

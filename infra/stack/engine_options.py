@@ -24,10 +24,14 @@ import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.catalog.engine_args import engine_args, vllm_version
 from infra.stack import serve_autoscaling, suggest
+
+if TYPE_CHECKING:
+    from infra.stack.config import StackConfig
+    from infra.stack.planner import Plan
 
 ENGINE_KEY = "llmfleet:engineArgs"
 SERVE_KEY = "llmfleet:serveOptions"
@@ -264,7 +268,7 @@ def _same(where: str, value: Any, want: Any, owner: str) -> None:
         raise OptionError(where, value, _typed(want, owner))
 
 
-def check_config(cfg: Any) -> None:
+def check_config(cfg: StackConfig) -> None:
     """What the config alone decides: the typed keys' values, the replicas the stack has hosts for."""
     eng, serve = cfg.engine_args, llm_options(cfg.serve_options)
     if "gpu_memory_utilization" in eng:
@@ -332,7 +336,7 @@ def check_local(engine: Mapping[str, Any], serve: Mapping[str, Any], tp: int, pp
     _check_replicas(llm_options(serve), replicas, "--hosts - 1")
 
 
-def check_plan(cfg: Any, plan: Any) -> None:
+def check_plan(cfg: StackConfig, plan: Plan) -> None:
     """What the plan decides: the layout and the sequence length the KV cache is sized for."""
     eng = cfg.engine_args
     hosts = f"host{'s' if plan.nodes != 1 else ''}"
