@@ -222,7 +222,7 @@ def _log(line: str, boot_log: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmfleet-health", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="llmfleet-health", description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--container", required=True)
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--head", required=True, help="the head's private IP")

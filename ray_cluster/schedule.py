@@ -87,16 +87,16 @@ class Schedule:
         spans = sorted(
             (a.astimezone(UTC), b.astimezone(UTC)) for w in self.windows for a, b in w.intervals(ref)
         )
-        total, cur_a, cur_b = 0.0, None, None
-        for a, b in spans:
-            if cur_b is None or a > cur_b:
-                if cur_b is not None:
-                    total += (cur_b - cur_a).total_seconds()
+        if not spans:
+            return 0
+        total, (cur_a, cur_b) = 0.0, spans[0]
+        for a, b in spans[1:]:
+            if a > cur_b:
+                total += (cur_b - cur_a).total_seconds()
                 cur_a, cur_b = a, b
             else:
                 cur_b = max(cur_b, b)
-        if cur_b is not None:
-            total += (cur_b - cur_a).total_seconds()
+        total += (cur_b - cur_a).total_seconds()
         return min(WEEK_MIN, round(total / 60))
 
     @property

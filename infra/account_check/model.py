@@ -82,8 +82,8 @@ class Clients:
     service_quotas: Any
 
 
-def make_clients(region: str, session: boto3.session.Session | None = None) -> Clients:
-    s = session or boto3.session.Session()
+def make_clients(region: str, session: boto3.Session | None = None) -> Clients:
+    s = session or boto3.Session()
     return Clients(
         ec2=s.client("ec2", region_name=region),
         s3=s.client("s3", region_name=region),

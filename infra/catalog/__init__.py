@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -121,6 +121,16 @@ class ServingDefaults(_Row):
         return self
 
 
+class MlaDims(NamedTuple):
+    """A multi-head latent attention model's dimensions (config.json's names)."""
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+
+
 class Model(_Row):
     id: str
     hf_repo: str
@@ -175,18 +185,25 @@ class Model(_Row):
 
     @model_validator(mode="after")
     def _mla(self) -> Model:
-        mla = (
+        if self.attention == "mla":
+            self.mla  # noqa: B018 - raises when one of the dimensions is missing
+        return self
+
+    @property
+    def mla(self) -> MlaDims:
+        """The MLA dimensions, all set (what the arithmetic of an `mla` model reads)."""
+        q, kv, rope, nope, v = (
             self.q_lora_rank,
             self.kv_lora_rank,
             self.qk_rope_head_dim,
             self.qk_nope_head_dim,
             self.v_head_dim,
         )
-        if self.attention == "mla" and None in mla:
+        if q is None or kv is None or rope is None or nope is None or v is None:
             raise ValueError(
                 "mla models need q_lora_rank, kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim"
             )
-        return self
+        return MlaDims(q, kv, rope, nope, v)
 
 
 class Link(_Row):

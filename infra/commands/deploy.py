@@ -97,7 +97,7 @@ def _wait(cfg, outputs: dict, timeout: float, out: Console = console) -> bool:
     from infra.worker_lookup import HeadLookupError, head_instance_id
 
     try:  # the head group's running instance (the group replaces it; the stack names the group)
-        head = head_instance_id(outputs, boto3.session.Session().client("ec2", region_name=cfg.region))
+        head = head_instance_id(outputs, boto3.Session().client("ec2", region_name=cfg.region))
     except HeadLookupError as e:
         fail(f"readiness: {e}", 1)
     cmds = readiness_commands(
@@ -122,7 +122,7 @@ def _wait(cfg, outputs: dict, timeout: float, out: Console = console) -> bool:
             bar.update(task, completed=min(elapsed, total), description=why[:80])
 
         r = wait_head_ready(
-            boto3.session.Session().client("ssm", region_name=cfg.region),
+            boto3.Session().client("ssm", region_name=cfg.region),
             head,
             cmds,
             timeout_s=timeout,
@@ -154,7 +154,7 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
         o = StackOutputs.parse(outputs)
     except OutputsError as e:
         fail(str(e), 1)
-    session = boto3.session.Session()
+    session = boto3.Session()
     try:
         result = rollout_stack(
             session.client("ssm", region_name=cfg.region),
@@ -183,11 +183,10 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
 
 def _policy_stop(stack: str, violations) -> None:
     """Print the mandatory violations as `llmfleet policy` does, then exit 1 with the first one's line."""
-    from types import SimpleNamespace
-
     from infra.commands.policy import violations_table
+    from policy.runner import Report
 
-    err_console.print(violations_table(stack, SimpleNamespace(violations=violations), err_console))
+    err_console.print(violations_table(stack, Report(violations=tuple(violations)), err_console))
     first = violations[0]
     where = f" ({first.resource})" if first.resource else ""
     fail(f"policy {first.policy}{where}: {first.message}", 1)

@@ -90,7 +90,7 @@ def _s3_client(cfg: StackConfig, concurrency: int) -> BaseClient:
 
     credentials_or_fail()
     # One pooled connection per part in flight, plus the listing's and the HEADs' own.
-    return boto3.session.Session().client(
+    return boto3.Session().client(
         "s3", region_name=cfg.region, config=Config(max_pool_connections=concurrency + 16)
     )
 

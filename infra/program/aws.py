@@ -233,6 +233,8 @@ def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str])
     from infra.components.endpoint import Endpoint, EndpointArgs
 
     nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
+    if nlb_subnet is None:  # Network makes the public subnet whenever the endpoint is public
+        raise pulumi.RunError("llmfleet:endpointPublic = true: the network has no public subnet")
     return Endpoint(
         "endpoint",
         EndpointArgs(

@@ -50,14 +50,15 @@ def architecture(model_id: str) -> Architecture:
     m = load_catalog().models[model_id]
     h = m.hidden
     if m.attention == "mla":
-        q_down = h * m.q_lora_rank
-        kv_down = h * (m.kv_lora_rank + m.qk_rope_head_dim)
-        q_up = m.q_lora_rank * m.heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
-        kv_up = m.kv_lora_rank * m.heads * (m.qk_nope_head_dim + m.v_head_dim)
-        out = m.heads * m.v_head_dim * h
+        a = m.mla
+        q_down = h * a.q_lora_rank
+        kv_down = h * (a.kv_lora_rank + a.qk_rope_head_dim)
+        q_up = a.q_lora_rank * m.heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
+        kv_up = a.kv_lora_rank * m.heads * (a.qk_nope_head_dim + a.v_head_dim)
+        out = m.heads * a.v_head_dim * h
         attn_sharded = q_up + kv_up + out
-        attn_replicated = q_down + kv_down + m.q_lora_rank + m.kv_lora_rank
-        kv_elems = m.kv_lora_rank + m.qk_rope_head_dim
+        attn_replicated = q_down + kv_down + a.q_lora_rank + a.kv_lora_rank
+        kv_elems = a.kv_lora_rank + a.qk_rope_head_dim
     else:
         attn_sharded = h * m.heads * m.head_dim * 2 + 2 * h * m.kv_heads * m.head_dim
         attn_replicated = 0

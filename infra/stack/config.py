@@ -189,8 +189,14 @@ class StackConfig(BaseModel):
     @property
     def gpu_model(self) -> str:
         if self.provider == "existing" and self.worker_hosts:
-            return self.worker_hosts[0].gpu_model
-        return load_catalog().instances[self.gpu_instance_type].gpu
+            gpu, where = self.worker_hosts[0].gpu_model, "llmfleet:hosts[worker].gpuModel"
+        else:
+            gpu, where = load_catalog().instances[self.gpu_instance_type].gpu, "llmfleet:gpuInstanceType"
+        if gpu is None:  # the key validators admit GPU hosts only; said in one line if one slips by
+            raise ConfigError(
+                f"{where}: no GPU model; allowed: a GPU host (catalog/instances.yaml, gpus.yaml)"
+            )
+        return gpu
 
     @property
     def gpus_per_worker(self) -> int:

@@ -106,7 +106,7 @@ def _typed(value: Any, owner: str) -> str:
 
 
 def _validator(schema: Mapping[str, Any]):
-    import jsonschema
+    import jsonschema.exceptions
 
     return jsonschema.Draft202012Validator(dict(schema))
 
@@ -208,7 +208,7 @@ def _check_nested(
 
 
 def _first(validator: Any, value: Any) -> Any:
-    import jsonschema
+    import jsonschema.exceptions
 
     return jsonschema.exceptions.best_match(validator.iter_errors(value))
 

@@ -25,6 +25,7 @@ Speed model (infra/stack/perf.py, perf_roofline.py and perf_fit.py have the deta
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from infra.catalog import load_catalog
@@ -201,7 +202,10 @@ def plan(
         engine,
         target_concurrency,
     )
-    kw = dict(
+    fixed = partial(
+        _plan_fixed,
+        model,
+        gpu,
         gpus_per_node=gpus_per_node,
         quantization=quantization,
         max_model_len=max_model_len,
@@ -213,13 +217,13 @@ def plan(
         target_concurrency=target_concurrency,
     )
     if nodes is not None:
-        return _plan_fixed(model, gpu, nodes=nodes, **kw)
-    first = _plan_fixed(model, gpu, nodes=1, **kw)
+        return fixed(nodes=nodes)
+    first = fixed(nodes=1)
     if first.fits or not _memory_only(first):
         return first
     limit = min(MAX_AUTO_NODES, load_catalog().models[model].layers)
     for n in range(2, limit + 1):
-        p = _plan_fixed(model, gpu, nodes=n, **kw)
+        p = fixed(nodes=n)
         if p.fits or not _memory_only(p):
             return p
     p.reasons.append(f"memory: does not fit on up to {limit} nodes of {gpus_per_node}x {gpu}")
