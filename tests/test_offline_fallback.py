@@ -75,7 +75,9 @@ def test_a_missing_private_hook_falls_back_to_the_public_mocks(monkeypatch):
     want = capture("dev")
     # An SDK whose private names moved: the hooks the fast path looks for include one it lacks.
     # (Deleting a real one would break the SDK itself, which calls them.)
-    monkeypatch.setattr(offline, "_FAST_HOOKS", (*offline._FAST_HOOKS, (presource, "_renamed_in_a_later_sdk")))
+    monkeypatch.setattr(
+        offline, "_FAST_HOOKS", (*offline._FAST_HOOKS, (presource, "_renamed_in_a_later_sdk"))
+    )
     assert fast_path_missing() == ["pulumi.runtime.resource._renamed_in_a_later_sdk"]
     assert not fast_path_enabled()
     registered: list[str] = []
@@ -89,7 +91,9 @@ def test_a_missing_private_hook_falls_back_to_the_public_mocks(monkeypatch):
     monkeypatch.setattr(offline.pmocks.MockMonitor, "RegisterResource", spy)
     got = capture("dev")
     assert len(registered) == len(got.resources)
-    assert _keyed(got.resources, got.outputs, got.invokes) == _keyed(want.resources, want.outputs, want.invokes)
+    assert _keyed(got.resources, got.outputs, got.invokes) == _keyed(
+        want.resources, want.outputs, want.invokes
+    )
 
 
 def test_the_env_switch_turns_the_fast_path_off(monkeypatch):

@@ -112,15 +112,12 @@ def serving_tags(args: ClusterArgs) -> dict[str, str]:
 
 def _dependency_list(
     deps: pulumi.Input[Sequence[pulumi.Input[pulumi.Resource]] | pulumi.Resource] | None,
-) -> list[pulumi.Input[pulumi.Resource]]:
-    """ResourceOptions.depends_on as a list (the program passes a list or one resource)."""
-    if deps is None:
-        return []
-    if isinstance(deps, pulumi.Resource):
-        return [deps]
-    if isinstance(deps, Sequence):
-        return list(deps)
-    raise TypeError("Cluster: depends_on must be a resource or a list of them, not an Output")
+) -> list[pulumi.Resource]:
+    """ResourceOptions.depends_on as a list of resources (the program passes a list or one)."""
+    items = [] if deps is None else [deps] if isinstance(deps, pulumi.Resource) else deps
+    if not isinstance(items, Sequence) or not all(isinstance(d, pulumi.Resource) for d in items):
+        raise TypeError("Cluster: depends_on must be resources, not Outputs")
+    return [d for d in items if isinstance(d, pulumi.Resource)]
 
 
 def _spec(

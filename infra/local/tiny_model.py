@@ -152,8 +152,8 @@ def tiny_config(vocab_size: int):
         topk_group=1,
         # R1's router: sigmoid scores with a learned bias (e_score_correction_bias); vLLM's
         # loader expects that tensor for a DeepSeek-V3 checkpoint.
-        # (keys of DeepSeek's config.json the config class keeps without declaring them)
-        **{"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
+        topk_method="noaux_tc",  # pyright: ignore[reportCallIssue] - kept, not declared by the class
+        scoring_func="sigmoid",  # pyright: ignore[reportCallIssue]
         first_k_dense_replace=1,
         q_lora_rank=32,
         # vLLM's CPU MLA kernel supports only kv_lora_rank + qk_rope_head_dim = 576, R1's own
