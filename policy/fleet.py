@@ -13,6 +13,9 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from infra.catalog import QUANTIZATIONS
+from infra.stack.config_values import GPU_MEMORY_UTILIZATION_RANGE
+
 from . import _config
 from ._props import UNKNOWN, as_list, get, is_unknown, to_int
 from ._stackview import Res, StackView
@@ -335,13 +338,17 @@ FLEET_POLICIES: list[StackValidationPolicy] = [
                     "type": "string",
                     "description": "Fallback when workers carry no llmfleet:model tag.",
                 },
-                "quantization": {"type": "string", "enum": ["fp8", "bf16", "int8", "int4"]},
+                "quantization": {"type": "string", "enum": list(QUANTIZATIONS)},
                 "maxModelLen": {
                     "oneOf": [{"type": "integer", "minimum": 256}, {"type": "string", "enum": ["auto"]}]
                 },
                 "concurrency": {"type": "integer", "minimum": 1},
                 "targetConcurrency": {"type": "integer", "minimum": 1},
-                "gpuMemoryUtilization": {"type": "number", "minimum": 0.5, "maximum": 0.98},
+                "gpuMemoryUtilization": {
+                    "type": "number",
+                    "minimum": GPU_MEMORY_UTILIZATION_RANGE[0],
+                    "maximum": GPU_MEMORY_UTILIZATION_RANGE[1],
+                },
                 "gpu": {
                     "type": "string",
                     "description": "GPU id when the stack has no EC2 workers (provider: existing).",

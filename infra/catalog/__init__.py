@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,15 +18,6 @@ from infra import yaml_files
 from infra.validation import first_error
 
 HERE = Path(__file__).parent
-
-GPU_IDS = ("L20", "L40S", "L4", "A10G", "H20", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
-MODEL_IDS = (
-    "deepseek-r1",
-    "deepseek-r1-distill-qwen-7b",
-    "deepseek-r1-distill-qwen-32b",
-    "deepseek-r1-distill-llama-70b",
-)
-
 
 class _Row(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -217,6 +208,12 @@ class Link(_Row):
     bandwidth_gbs: float | None = Field(gt=0)  # per GPU per direction; None = the GPU's interconnect
 
 
+# The weight precisions the project models (bytes per parameter: infra/stack/arch.py): the one
+# list the stack key, the planner, the calibration rows and the policy pack's schema use.
+Quantization = Literal["fp8", "bf16", "int8", "int4"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+
+
 class Calibration(_Row):
     """One published serving measurement (calibration.yaml)."""
 
@@ -225,7 +222,7 @@ class Calibration(_Row):
     engine: str = Field(min_length=1)
     engine_version: str = Field(min_length=1)
     gpu: str
-    quantization: Literal["fp8", "bf16", "int8", "int4"]
+    quantization: Quantization
     nodes: int = Field(ge=1)
     gpus_per_node: int = Field(ge=1)
     tensor_parallel: int = Field(ge=1)
@@ -277,10 +274,6 @@ class Catalog(BaseModel):
     calibrations: dict[str, Calibration]
     links: dict[str, Link]
     coldstart: dict[str, ColdStartFigure]
-
-    def gpu_of(self, instance_type: str) -> Gpu | None:
-        inst = self.instances.get(instance_type)
-        return self.gpus[inst.gpu] if inst and inst.gpu else None
 
 
 class CatalogError(ValueError):

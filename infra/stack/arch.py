@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from infra.catalog import Model, load_catalog
+from infra.catalog import QUANTIZATIONS, Model, load_catalog
 
 GIB = 1024**3
-QUANTIZATIONS = ("fp8", "bf16", "int8", "int4")
+__all__ = ["QUANTIZATIONS"]  # defined with the catalog; the planner reads it from here too
 BYTES_PER_PARAM = {"fp8": 1.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 # Scale tensors stored beside quantized weights: fp8 128x128 block scales (fp32),
 # int4 group-128 scales (fp16); int8 per-channel scales are negligible.

@@ -33,12 +33,12 @@ from infra.stack import context, perf, perf_roofline
 from infra.stack.arch import GIB, QUANTIZATIONS, architecture
 from infra.stack.coldstart import ColdStart, instance_for
 from infra.stack.coldstart import estimate as estimate_cold_start
+from infra.stack.config_values import DEFAULT_GPU_MEMORY_UTILIZATION, GPU_MEMORY_UTILIZATION_RANGE
 from infra.stack.memory import Memory, memory
 
 if TYPE_CHECKING:
     from infra.stack.config import StackConfig
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
 MAX_AUTO_NODES = 32
@@ -151,9 +151,10 @@ def _check_inputs(
         )
     if concurrency < 1:
         raise PlanInputError(f"--concurrency: {concurrency} is not allowed; allowed: an integer >= 1")
-    if not 0.1 <= gpu_memory_utilization <= 0.99:
+    lo, hi = GPU_MEMORY_UTILIZATION_RANGE
+    if not lo <= gpu_memory_utilization <= hi:
         raise PlanInputError(
-            f"--gpu-memory-utilization: {gpu_memory_utilization} is not allowed; allowed: 0.1 to 0.99"
+            f"--gpu-memory-utilization: {gpu_memory_utilization} is not allowed; allowed: {lo} to {hi}"
         )
     if input_len < 1:
         raise PlanInputError(f"--input-len: {input_len} is not allowed; allowed: an integer >= 1")

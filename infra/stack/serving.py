@@ -160,6 +160,5 @@ def serving_outputs(cfg: StackConfig, plan: Plan, workers: int) -> dict[str, Any
         "replicas": cfg.replicas,
         "tensor_parallel_size": plan.tensor_parallel_size,
         "pipeline_parallel_size": plan.pipeline_parallel_size,
-        "plan_fits": plan.fits,
         "endpoint_port": cfg.endpoint_port,
     }
