@@ -19,6 +19,7 @@ from infra.validation import first_error
 
 HERE = Path(__file__).parent
 
+
 class _Row(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     source: str = Field(min_length=3)
