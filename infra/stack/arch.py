@@ -64,7 +64,7 @@ def architecture(model_id: str) -> Architecture:
         attn_replicated = 0
         kv_elems = 2 * m.kv_heads * m.head_dim
     norms = 2 * h
-    layers = []
+    layers: list[Layer] = []
     for i in range(m.layers):
         if m.moe and i >= m.moe.first_k_dense:
             expert = 3 * h * m.moe.expert_intermediate
@@ -117,7 +117,8 @@ class Stage:
 
 
 def stages(arch: Architecture, pp: int) -> list[Stage]:
-    out, start = [], 0
+    out: list[Stage] = []
+    start = 0
     parts = pp_partition(len(arch.layers), pp)
     for s, n in enumerate(parts):
         out.append(Stage(arch.layers[start : start + n], s == 0, s == pp - 1))

@@ -59,7 +59,8 @@ def _layout_candidates(gpu: str, checkpoint_gib: float) -> tuple[list[int], list
     """(GPUs per node to try for `gpu`, instance types left out): the GPU counts of its AWS
     instance types whose local disks hold the checkpoint (workers stage the weights onto
     instance-store NVMe), else 8 GPUs per node as hardware only."""
-    ok, too_small = set(), []
+    ok: set[int] = set()
+    too_small: list[str] = []
     for i in load_catalog().instances.values():
         if i.gpu != gpu:
             continue
@@ -120,7 +121,7 @@ def compare(
             note = best.reasons[0] if best.reasons else "does not fit"
         rows.append(CompareRow.of(best, note))
 
-    def order(r: CompareRow) -> tuple:
+    def order(r: CompareRow) -> tuple[int, float, str]:
         if not r.fits:
             return (2, 0.0, r.gpu)
         if r.usd_per_million_output_tokens is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -386,7 +386,7 @@ def _schedule(v: Any) -> str | None:
             "allowed: text such as 'mon-fri 08:00-20:00 Europe/Berlin' or a list of such windows"
         )
     try:
-        return parse_schedule(v).text
+        return parse_schedule(cast("str | list[str]", v)).text  # list items: parse_schedule checks them
     except ScheduleError as e:
         raise ValueError(str(e)) from None
 

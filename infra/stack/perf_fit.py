@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from infra.catalog import HERE as CATALOG_DIR
 from infra.catalog import Calibration, load_catalog
@@ -185,7 +185,7 @@ def fit(points: Sequence[Point]) -> Fit:
     cost = sum(t * t for t in r)
     n = len(x)
     for _ in range(200):
-        jac = []  # d r / d x, by forward differences
+        jac: list[list[float]] = []  # d r / d x, by forward differences
         for j in range(n):
             xs = x[:]
             xs[j] += 1e-6
@@ -238,11 +238,12 @@ def stored_fit(path: Path | None = None) -> Fit | None:
         doc = json.loads((path or FIT_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(doc, dict) or doc.get("key") != fit_key():
+    if not isinstance(doc, dict) or cast(dict[str, Any], doc).get("key") != fit_key():
         return None
-    v = doc["fit"]
+    v = cast(dict[str, Any], doc["fit"])
     # JSON keeps a float's repr, so the stored numbers are the fitted ones, bit for bit.
-    return Fit(**{**v, "engines": tuple(v["engines"]), "quantizations": tuple(v["quantizations"])})
+    fields: dict[str, Any] = {**v, "engines": tuple(v["engines"]), "quantizations": tuple(v["quantizations"])}
+    return Fit(**fields)
 
 
 @cache
@@ -271,7 +272,7 @@ class Residual:
 def leave_one_out() -> list[Residual]:
     """Each calibration row's decode rate predicted by a fit on all the other rows."""
     pts = calibration_points()
-    out = []
+    out: list[Residual] = []
     for i, p in enumerate(pts):
         f = fit(pts[:i] + pts[i + 1 :])
         out.append(Residual(p.id, p.measured_tokens_per_s, f.predict(p)))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from infra.catalog import load_catalog
 from infra.stack import context, perf, perf_roofline
@@ -86,11 +86,11 @@ class Plan:
     usd_per_hour: float | None  # GPU workers on demand (instance catalog)
     usd_per_million_output_tokens: float | None
     cold_start_s: float | None
-    cold_start_terms: list[dict] = field(default_factory=list)
+    cold_start_terms: list[dict[str, Any]] = field(default_factory=list)
     cold_start_usd: float | None = None
     stage_layers: list[int] = field(default_factory=list)
     # The user's own measurements of this layout (`llmfleet bench --calibrate`), when present.
-    calibration: dict | None = None
+    calibration: dict[str, Any] | None = None
     # How max_model_len was decided (infra/stack/context.py): auto or set, for how many
     # full-length sequences, and why in one line; a warning for a reasoning model below 16k.
     max_model_len_auto: bool = False
@@ -106,7 +106,7 @@ class Plan:
     def total_gpus(self) -> int:
         return self.nodes * self.gpus_per_node
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # `reasons` only: `reason` is the same list joined
 
 
@@ -141,7 +141,8 @@ def _check_inputs(
         raise PlanInputError(f"--tp: {gpus_per_node} is not allowed; allowed: an integer >= 1")
     if nodes is not None and nodes < 1:
         raise PlanInputError(f"--pp: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)")
-    if max_model_len != "auto" and (not isinstance(max_model_len, int) or max_model_len < 16):
+    # isinstance: callers outside the types (the policy pack's config) reach here too
+    if max_model_len != "auto" and (not isinstance(max_model_len, int) or max_model_len < 16):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise PlanInputError(
             f"--max-model-len: {max_model_len!r} is not allowed; allowed: 'auto' or an integer >= 16"
         )
@@ -219,7 +220,7 @@ def plan(
     )
     if nodes is not None:
         return fixed(nodes=nodes)
-    first = fixed(nodes=1)
+    p = first = fixed(nodes=1)
     if first.fits or not _memory_only(first):
         return first
     limit = min(MAX_AUTO_NODES, load_catalog().models[model].layers)
