@@ -886,3 +886,18 @@ def test_a_stack_file_that_is_not_a_mapping_is_one_line(tmp_path, body, message)
     with pytest.raises(ConfigError, match=message) as e:
         raw_stack_config("t", project_dir=tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_subnet_of_holds_across_address_families():
+    # ipaddress raises comparing an IPv4 with an IPv6 network; the rules and the policy pack's
+    # CIDR checks ask across families (a private list holds both) and need a plain False.
+    from ipaddress import ip_network as net
+
+    from infra.stack.config_rules import subnet_of
+
+    assert subnet_of(net("10.1.0.0/16"), net("10.0.0.0/8"))
+    assert not subnet_of(net("11.0.0.0/16"), net("10.0.0.0/8"))
+    assert subnet_of(net("fd00::/16"), net("fc00::/7"))
+    assert not subnet_of(net("2001:db8::/32"), net("fc00::/7"))
+    assert not subnet_of(net("2001:db8::/32"), net("10.0.0.0/8"))
+    assert not subnet_of(net("10.1.0.0/16"), net("::/0"))
