@@ -59,11 +59,13 @@ image-lock: setup
 image-stop: setup
 	$(BIN)/python -m infra.local.image_build --stop
 
+# basedpyright: the type checker ([tool.basedpyright] in pyproject.toml; ~45 s of one core here).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/hadolint images/Dockerfile
+	$(BIN)/basedpyright
 
 test: setup system-deps lint
 	$(BIN)/pytest -q -rs --durations=15

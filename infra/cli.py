@@ -73,7 +73,16 @@ def usage_error_parts(e: click.ClickException, argv: list[str]) -> dict[str, obj
         why = "no such option" + (f"; did you mean {near}?" if near else "")
     elif isinstance(e, click.BadParameter):  # MissingParameter included
         param = e.param
-        key = (param.opts[0] if param.opts else param.human_readable_name) if param else e.param_hint
+        hint = (
+            e.param_hint
+            if e.param_hint is None or isinstance(e.param_hint, str)
+            else " / ".join(e.param_hint)
+        )
+        key = (
+            (param.opts[0] if param.opts else str(getattr(param, "human_readable_name", param.name)))
+            if param
+            else hint
+        )
         choices = getattr(getattr(param, "type", None), "choices", None)
         allowed = ", ".join(map(str, choices)) if choices else None
         why = "missing" if isinstance(e, click.MissingParameter) else e.message

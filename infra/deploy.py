@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.constants import REPO_ROOT
-from infra.stack.config import ConfigError
+from infra.stack.config import ConfigError, StackConfig
 from infra.stack.files import check_namespace
 from infra.stack.resolve import resolve
 
@@ -240,7 +240,7 @@ def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
 # ---------------------------------------------------------------- after up: artifacts
 
 
-def render_artifacts(outputs: Mapping[str, Any], cfg: Any, out_dir: Path) -> list[Path]:
+def render_artifacts(outputs: Mapping[str, Any], cfg: StackConfig, out_dir: Path) -> list[Path]:
     """Write cluster.yaml and the Serve config from the real stack outputs, each validated by
     Ray's own code first (the same renderers as `llmfleet render`)."""
     from infra.rayconf.cluster_yaml import render_validated
@@ -279,7 +279,7 @@ def serve_config_fingerprint(serve_yaml: str) -> str:
     return hashlib.sha256((serve_yaml.rstrip() + "\n").encode()).hexdigest()
 
 
-def expected_fingerprint(cfg: Any) -> str:
+def expected_fingerprint(cfg: StackConfig) -> str:
     """The fingerprint of the Serve config this stack's program puts in the head's node script."""
     from infra.stack.serving import serve_config_yaml
 
@@ -480,13 +480,13 @@ def wait_stack_ready(
         except NodeError as e:
             return Readiness(False, str(e))
         return Readiness(True, f"a completion returned {text!r}")
-    import boto3
+    from boto3.session import Session
 
     from infra.worker_lookup import HeadLookupError, head_instance_id
 
-    session = session or boto3.session.Session()
+    sess = session if session is not None else Session()
     try:  # the head group's running instance (the group replaces it; the stack names the group)
-        head = head_instance_id(outputs, session.client("ec2", region_name=cfg.region))
+        head = head_instance_id(outputs, sess.client("ec2", region_name=cfg.region))
     except HeadLookupError as e:
         raise DeployError(f"readiness: {e}") from None
     if not o.token_parameter:
@@ -499,7 +499,7 @@ def wait_stack_ready(
         region=cfg.region,
     )
     return wait_head_ready(
-        session.client("ssm", region_name=cfg.region),
+        sess.client("ssm", region_name=cfg.region),
         head,
         cmds,
         timeout_s=timeout_s,

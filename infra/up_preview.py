@@ -170,7 +170,7 @@ def changes(steps: Iterable[Any]) -> list[Change]:
 
 def counts(found: Iterable[Change]) -> dict[str, int]:
     """create / update / replace / delete counts, in `pulumi up`'s order."""
-    out = dict.fromkeys(CHANGE_KINDS, 0)
+    out: dict[str, int] = dict.fromkeys(CHANGE_KINDS, 0)
     for c in found:
         if c.op in out:
             out[c.op] += 1

@@ -33,12 +33,12 @@ def _num(v: Any) -> str:
 
 @dataclass(frozen=True)
 class FirstError:
-    loc: tuple
+    loc: tuple[str | int, ...]
     path: str  # key[0].sub form ("" when the error is about the whole object)
     type: str
     msg: str  # pydantic's message, "Value error, " stripped
     input: Any
-    ctx: dict
+    ctx: dict[str, Any]
 
     def allowed(self) -> str:
         """The message as "allowed: ..." wherever pydantic's type says what would be."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from pulumi_policy import proxy as _proxy
 
+from infra.stack.config_rules import subnet_of
+
 _SENTINELS = frozenset(
     {
         _proxy.UNKNOWN_BOOLEAN_VALUE,
@@ -135,6 +137,6 @@ def within_any(cidr: Any, allowed: Iterable[Any]) -> bool:
         return False
     for candidate in allowed:
         other = network(candidate)
-        if other is not None and other.version == net.version and net.subnet_of(other):
+        if other is not None and subnet_of(net, other):
             return True
     return False

@@ -38,7 +38,8 @@ def _alarm_notifies(args: ResourceValidationArgs, report: ReportViolation) -> No
     acts = f"alarmActions: {', '.join(map(str, actions))}, no SNS topic" if actions else "no alarmActions"
     report(
         f"nobody is notified when this alarm fires ({acts}); set llmfleet:alarmTopicArn "
-        "(an SNS topic you subscribe to)"
+        "(an SNS topic you subscribe to)",
+        None,
     )
 
 

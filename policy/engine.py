@@ -81,7 +81,8 @@ def _trust_remote_code(args: StackValidationArgs, report: ReportViolation) -> No
         )
         report(
             f"trust_remote_code is on ({why}): vLLM runs the checkpoint's own Python in every engine process; "
-            "leave it off unless the model has no native vLLM implementation"
+            "leave it off unless the model has no native vLLM implementation",
+            None,
         )
 
 
@@ -129,7 +130,7 @@ def _reasoning_context(args: StackValidationArgs, report: ReportViolation) -> No
         except ConfigError:
             return  # the program itself stops on it, with the one-line reason
         if why := _short_context(cfg.model, length):
-            report(why)
+            report(why, None)
 
 
 ENGINE_POLICIES: list[StackValidationPolicy] = [

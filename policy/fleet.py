@@ -13,6 +13,9 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from infra.catalog import QUANTIZATIONS
+from infra.stack.config_values import GPU_MEMORY_UTILIZATION_RANGE
+
 from . import _config
 from ._props import UNKNOWN, as_list, get, is_unknown, to_int
 from ._stackview import Res, StackView
@@ -69,24 +72,27 @@ def _gpu_fit(args: StackValidationArgs, report: ReportViolation) -> None:
         types = {w.props.get("instanceType") for w in workers}
         if len(types) != 1 or any(not isinstance(t, str) for t in types):
             report(
-                f"GPU workers must share one known instance type; found: {', '.join(sorted(map(str, types)))}"
+                f"GPU workers must share one known instance type; found: {', '.join(sorted(map(str, types)))}",
+                None,
             )
             return
         itype = types.pop()
-        if itype not in cat.instances or cat.instances[itype].gpu is None:
-            report(f"worker instanceType {itype!r} has no GPU in the catalog")
+        inst = cat.instances.get(str(itype))
+        if inst is None or inst.gpu is None:
+            report(f"worker instanceType {itype!r} has no GPU in the catalog", None)
             return
-        gpu, gpus_per_node, nodes = cat.instances[itype].gpu, cat.instances[itype].gpu_count, len(workers)
+        gpu, gpus_per_node, nodes = inst.gpu, inst.gpu_count, len(workers)
     else:
         # No EC2 workers (provider: existing): the layout comes from config.
         gpu, gpus_per_node, nodes = cfg.get("gpu"), to_int(cfg.get("gpusPerNode")), to_int(cfg.get("workers"))
         if not (gpu and gpus_per_node and nodes):
             args.not_applicable("no GPU workers in the stack and no gpu/gpusPerNode/workers in policy config")
+            return  # not reached: not_applicable raises (pulumi_policy types it as returning None)
     model = _serving_setting(workers, cfg, "llmfleet:model", "model") or "deepseek-r1"
     # Each replica spans an equal share of the workers; the fit is per replica.
     replicas = to_int(_serving_setting(workers, cfg, "llmfleet:replicas", "replicas")) or 1
     if nodes % replicas:
-        report(f"{nodes} GPU workers do not split into {replicas} equal replicas")
+        report(f"{nodes} GPU workers do not split into {replicas} equal replicas", None)
         return
     nodes //= replicas
     quant = _serving_setting(workers, cfg, "llmfleet:quantization", "quantization")
@@ -113,10 +119,10 @@ def _gpu_fit(args: StackValidationArgs, report: ReportViolation) -> None:
             **extra,
         )
     except (PlanInputError, KeyError) as err:
-        report(f"cannot plan {model} on {nodes}x {gpus_per_node}x {gpu}: {err}")
+        report(f"cannot plan {model} on {nodes}x {gpus_per_node}x {gpu}: {err}", None)
         return
     if not result.fits:
-        report(result.reason or "; ".join(result.reasons))
+        report(result.reason or "; ".join(result.reasons), None)
 
 
 # --- budget --------------------------------------------------------------------------------------
@@ -171,6 +177,7 @@ def _budget(args: StackValidationArgs, report: ReportViolation) -> None:
     limit = _config.value(cfg, "maxMonthlyUsd", None, stack_key="maxMonthlyUsd")
     if limit is None:
         args.not_applicable("no maxMonthlyUsd set")
+        return  # not reached: not_applicable raises
     view = StackView.of(args.resources)
     region = cfg.get("region") or _config.stack_config_raw("aws:region") or "us-east-1"
     model = _serving_setting(gpu_workers(view), cfg, "llmfleet:model", "model")
@@ -178,11 +185,12 @@ def _budget(args: StackValidationArgs, report: ReportViolation) -> None:
     try:
         total = monthly_cost_usd(view, region, model, pricing)
     except ValueError as err:  # PriceError: a resource the estimator cannot price
-        report(f"cannot estimate the monthly cost: {err}")
+        report(f"cannot estimate the monthly cost: {err}", None)
         return
     if total > float(limit):
         report(
-            f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd ${float(limit):,.2f} ({region}, {pricing} snapshot prices)"
+            f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd ${float(limit):,.2f} ({region}, {pricing} snapshot prices)",
+            None,
         )
 
 
@@ -242,7 +250,8 @@ def _placement(args: StackValidationArgs, report: ReportViolation) -> None:
     if len(groups) > 1:
         report(
             "GPU workers are spread over placement groups: "
-            + "; ".join(f"{g}: {', '.join(n)}" for g, n in sorted(groups.items()))
+            + "; ".join(f"{g}: {', '.join(n)}" for g, n in sorted(groups.items())),
+            None,
         )
     zones: dict[str, list[str]] = {}
     for w in workers:
@@ -255,7 +264,8 @@ def _placement(args: StackValidationArgs, report: ReportViolation) -> None:
     if len(zones) > 1:
         report(
             "GPU workers are spread over availability zones: "
-            + "; ".join(f"{z}: {', '.join(n)}" for z, n in sorted(zones.items()))
+            + "; ".join(f"{z}: {', '.join(n)}" for z, n in sorted(zones.items())),
+            None,
         )
 
 
@@ -328,13 +338,17 @@ FLEET_POLICIES: list[StackValidationPolicy] = [
                     "type": "string",
                     "description": "Fallback when workers carry no llmfleet:model tag.",
                 },
-                "quantization": {"type": "string", "enum": ["fp8", "bf16", "int8", "int4"]},
+                "quantization": {"type": "string", "enum": list(QUANTIZATIONS)},
                 "maxModelLen": {
                     "oneOf": [{"type": "integer", "minimum": 256}, {"type": "string", "enum": ["auto"]}]
                 },
                 "concurrency": {"type": "integer", "minimum": 1},
                 "targetConcurrency": {"type": "integer", "minimum": 1},
-                "gpuMemoryUtilization": {"type": "number", "minimum": 0.5, "maximum": 0.98},
+                "gpuMemoryUtilization": {
+                    "type": "number",
+                    "minimum": GPU_MEMORY_UTILIZATION_RANGE[0],
+                    "maximum": GPU_MEMORY_UTILIZATION_RANGE[1],
+                },
                 "gpu": {
                     "type": "string",
                     "description": "GPU id when the stack has no EC2 workers (provider: existing).",

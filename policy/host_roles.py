@@ -306,7 +306,7 @@ def unreadable_problems(view: StackView) -> list[tuple[str, str]]:
 def _secrets_scoped(args: StackValidationArgs, report: ReportViolation) -> None:
     stack = current_stack()
     if stack is None:
-        report("the stack name is unknown, so the host roles' parameter scope cannot be checked")
+        report("the stack name is unknown, so the host roles' parameter scope cannot be checked", None)
         return
     for urn, message in secrets_problems(StackView.of(args.resources), stack):
         report(message, urn)

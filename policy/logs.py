@@ -22,10 +22,11 @@ def _log_group_retention(args: ResourceValidationArgs, report: ReportViolation) 
     if is_unknown(days):
         return  # computed from another resource: checked at `up`
     if not days:
-        report("retentionInDays is not set: the log group would keep every event forever; set it")
+        report("retentionInDays is not set: the log group would keep every event forever; set it", None)
     elif days not in RETENTION_DAYS:
         report(
-            f"retentionInDays {days} is not a CloudWatch value; allowed: {', '.join(map(str, RETENTION_DAYS))}"
+            f"retentionInDays {days} is not a CloudWatch value; allowed: {', '.join(map(str, RETENTION_DAYS))}",
+            None,
         )
 
 

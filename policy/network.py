@@ -167,7 +167,7 @@ def ingress_rules(view: StackView) -> list[IngressRule]:
         p = r.props
         if p.get("type") != "ingress":
             continue
-        src = ["self"] if p.get("self") is True else []
+        src: list[Any] = ["self"] if p.get("self") is True else []
         if p.get("sourceSecurityGroupId") is not None:
             src.append(view.ref(r, "sourceSecurityGroupId", [SG]))
         rules.append(

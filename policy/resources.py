@@ -54,7 +54,7 @@ def _imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if is_unknown(tokens):
         return
     if tokens != "required":
-        report(f"metadataOptions.httpTokens is {tokens!r}; IMDSv2 needs 'required'")
+        report(f"metadataOptions.httpTokens is {tokens!r}; IMDSv2 needs 'required'", None)
 
 
 def _is_true(value: Any) -> bool:
@@ -70,7 +70,8 @@ def _template_encrypted(props: Mapping[str, Any], report: ReportViolation) -> No
         if not _is_true(encrypted):
             name = get(m, "deviceName", default=f"#{i}")
             report(
-                f"blockDeviceMappings[{i}] ({name}) ebs.encrypted is {encrypted!r}; every EBS device must be encrypted"
+                f"blockDeviceMappings[{i}] ({name}) ebs.encrypted is {encrypted!r}; every EBS device must be encrypted",
+                None,
             )
 
 
@@ -83,13 +84,14 @@ def _ec2_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> Non
     props = _props(args)
     root = get(props, "rootBlockDevice", "encrypted")
     if not is_unknown(root) and root is not True:
-        report(f"rootBlockDevice.encrypted is {root!r}; the root volume must be encrypted")
+        report(f"rootBlockDevice.encrypted is {root!r}; the root volume must be encrypted", None)
     for i, device in enumerate(as_list(props.get("ebsBlockDevices"))):
         encrypted = get(device, "encrypted")
         if not is_unknown(encrypted) and encrypted is not True:
             name = get(device, "deviceName", default=f"#{i}")
             report(
-                f"ebsBlockDevices[{i}] ({name}) encrypted is {encrypted!r}; every EBS device must be encrypted"
+                f"ebsBlockDevices[{i}] ({name}) encrypted is {encrypted!r}; every EBS device must be encrypted",
+                None,
             )
 
 
@@ -98,14 +100,17 @@ def _no_public_ip(args: ResourceValidationArgs, report: ReportViolation) -> None
         for i, nic in enumerate(as_list(_props(args).get("networkInterfaces"))):
             if _is_true(get(nic, "associatePublicIpAddress")):
                 report(
-                    f"networkInterfaces[{i}].associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only"
+                    f"networkInterfaces[{i}].associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only",
+                    None,
                 )
         return
     if args.resource_type != INSTANCE:
         return
     public = _props(args).get("associatePublicIpAddress")
     if public is True:
-        report("associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only")
+        report(
+            "associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only", None
+        )
 
 
 def _instance_type_allowed(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -118,7 +123,7 @@ def _instance_type_allowed(args: ResourceValidationArgs, report: ReportViolation
         _config.catalog_instance_types()
     )
     if itype not in allowed:
-        report(f"instanceType {itype!r} is not allowed; allowed: {', '.join(sorted(allowed))}")
+        report(f"instanceType {itype!r} is not allowed; allowed: {', '.join(sorted(allowed))}", None)
 
 
 # --- EBS / ECR -----------------------------------------------------------------------------------
@@ -129,7 +134,7 @@ def _volume_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> 
         return
     encrypted = _props(args).get("encrypted")
     if not is_unknown(encrypted) and encrypted is not True:
-        report(f"encrypted is {encrypted!r}; EBS volumes must be encrypted")
+        report(f"encrypted is {encrypted!r}; EBS volumes must be encrypted", None)
 
 
 ECR_ENCRYPTION_TYPES = ("AES256", "KMS", "KMS_DSSE")
@@ -141,22 +146,24 @@ def _ecr_hardened(args: ResourceValidationArgs, report: ReportViolation) -> None
     props = _props(args)
     scan = get(props, "imageScanningConfiguration", "scanOnPush")
     if not is_unknown(scan) and scan is not True:
-        report(f"imageScanningConfiguration.scanOnPush is {scan!r}; images must be scanned on push")
+        report(f"imageScanningConfiguration.scanOnPush is {scan!r}; images must be scanned on push", None)
     mutability = props.get("imageTagMutability")
     if not is_unknown(mutability) and mutability != "IMMUTABLE":
         report(
-            f"imageTagMutability is {mutability!r}; tags must be 'IMMUTABLE' so a digest cannot change under a tag"
+            f"imageTagMutability is {mutability!r}; tags must be 'IMMUTABLE' so a digest cannot change under a tag",
+            None,
         )
     # AWS encrypts ECR with AES256 when the block is absent; we still ask for it explicitly so the
     # program states its intent and a review sees it.
     configs = as_list(props.get("encryptionConfigurations"))
     if not configs:
-        report("encryptionConfigurations is not set; declare encryptionType AES256 or KMS")
+        report("encryptionConfigurations is not set; declare encryptionType AES256 or KMS", None)
     for i, cfg in enumerate(configs):
         etype = get(cfg, "encryptionType")
         if not is_unknown(etype) and etype not in ECR_ENCRYPTION_TYPES:
             report(
-                f"encryptionConfigurations[{i}].encryptionType is {etype!r}; allowed: {', '.join(ECR_ENCRYPTION_TYPES)}"
+                f"encryptionConfigurations[{i}].encryptionType is {etype!r}; allowed: {', '.join(ECR_ENCRYPTION_TYPES)}",
+                None,
             )
 
 
@@ -247,7 +254,7 @@ def _iam_least_privilege(args: ResourceValidationArgs, report: ReportViolation) 
     if args.resource_type in IAM_ATTACHMENT_TYPES:
         arn = props.get("policyArn")
         if isinstance(arn, str) and arn.endswith(ADMIN_POLICY_SUFFIXES):
-            report(f"policyArn {arn} grants administrator-level access")
+            report(f"policyArn {arn} grants administrator-level access", None)
         return
     if args.resource_type in IAM_POLICY_TYPES:
         documents = [("", props.get("policy"))]
@@ -263,7 +270,7 @@ def _iam_least_privilege(args: ResourceValidationArgs, report: ReportViolation) 
         if document is None or is_unknown(document):
             continue
         for problem in iam_document_problems(document):
-            report(where + problem)
+            report(where + problem, None)
 
 
 # --- tags ----------------------------------------------------------------------------------------
@@ -318,7 +325,7 @@ def _required_tags(args: ResourceValidationArgs, report: ReportViolation) -> Non
     required = _config.value(args.get_config(), "requiredTags", list(DEFAULT_REQUIRED_TAGS))
     missing = [t for t in required if not tags.get(t)]
     if missing:
-        report(f"missing required tags: {', '.join(missing)}")
+        report(f"missing required tags: {', '.join(missing)}", None)
 
 
 # --- the policy objects --------------------------------------------------------------------------

@@ -232,7 +232,7 @@ async def _as_coroutine(awaitable: Any) -> None:
 
 
 def _invoke(
-    policy: Policy,
+    policy: ResourceValidationPolicy | StackValidationPolicy,
     args: Any,
     level: EnforcementLevel,
     names: Mapping[str, str],

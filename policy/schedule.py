@@ -59,7 +59,8 @@ def _serves(args: StackValidationArgs, report: ReportViolation) -> None:
         report(
             f"llmfleet:schedule: {opening!r} opens {minutes} min after {closing!r} closes, less than the "
             f"modeled cold start ({lead / 60:.1f} min): that closing's scale-down stops the workers warming "
-            "for it and it never serves; merge the two windows or leave a longer gap"
+            "for it and it never serves; merge the two windows or leave a longer gap",
+            None,
         )
 
 
@@ -75,7 +76,8 @@ def _window_vs_cold_start(args: StackValidationArgs, report: ReportViolation) ->
         if w.minutes * 60 < lead:
             report(
                 f"llmfleet:schedule: window {w.text!r} serves {w.minutes} min, less than the modeled cold start "
-                f"({lead / 60:.1f} min, llmfleet plan): each opening bills more warm-up than serving"
+                f"({lead / 60:.1f} min, llmfleet plan): each opening bills more warm-up than serving",
+                None,
             )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from ray_cluster import contract
 from ray_cluster.driver import NodeError
@@ -93,7 +93,8 @@ def _list_nodes(dashboard: str, timeout: float) -> list[dict[str, Any]]:
 
     # The state API client adds the cluster's auth token itself when token auth is on.
     found = list_nodes(address=dashboard, timeout=int(max(1, timeout)), raise_on_missing_output=False)
-    return [dataclasses.asdict(n) if dataclasses.is_dataclass(n) else dict(n) for n in found]
+    # Ray's NodeState records (typed as a bare pydantic dataclass), or plain dicts
+    return [dict(n) if isinstance(n, Mapping) else dataclasses.asdict(cast(Any, n)) for n in found]
 
 
 def gather(dashboard: str, timeout: float = 10.0) -> dict[str, Any]:

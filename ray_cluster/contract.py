@@ -115,7 +115,9 @@ def rank_bundle(device: str, gpu_model: str | None) -> dict[str, float]:
     return b
 
 
-def placement_bundles(tp: int, pp: int, device: str = "gpu", gpu_model: str | None = None) -> list[dict]:
+def placement_bundles(
+    tp: int, pp: int, device: str = "gpu", gpu_model: str | None = None
+) -> list[dict[str, float]]:
     """TP x PP one-rank bundles; rank r = pp_stage * TP + tp_rank."""
     if tp < 1 or pp < 1:
         raise ContractError(f"tp={tp} pp={pp}: both must be >= 1")

@@ -79,10 +79,10 @@ def connect(address: str, wait: float = 10.0) -> None:
     # The driver must agree with the nodes on auth; ray.init reads it from os.environ.
     os.environ.update(auth_env(os.environ))
     if ray.is_initialized():
-        current = ray.get_runtime_context().gcs_address
+        current = str(ray.get_runtime_context().gcs_address)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType] - untyped in Ray
         if address in ("auto", "") or current == address:
             return
         # This process is attached to another cluster (an earlier caller's): answering from
         # that one would report its nodes and GPUs as this address's.
-        ray.shutdown()
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        ray.shutdown()  # pyright: ignore[reportUnknownMemberType] - Ray's own annotations are partial
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)  # pyright: ignore[reportUnknownMemberType]

@@ -82,7 +82,7 @@ def target(argv: list[str]) -> Target:
 
 def verdict(head: bool, status: int, body: str) -> str:
     """The agent's /api/healthz answer -> a one-line summary, or Unhealthy (pure)."""
-    checks = {}
+    checks: dict[str, str] = {}
     for line in body.splitlines():
         name, sep, result = line.partition(":")
         if sep:

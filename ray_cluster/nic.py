@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 
 class NicError(ValueError):
@@ -38,8 +39,10 @@ class NicChoice:
 def parse_ip_addr_json(text: str) -> list[Iface]:
     """Parse `ip -j -d addr show` output into IPv4 interfaces (one row per address)."""
     out: list[Iface] = []
-    for link in json.loads(text or "[]"):
-        kind = (link.get("linkinfo") or {}).get("info_kind", "")
+    links: list[dict[str, Any]] = json.loads(text or "[]")
+    for link in links:
+        info: dict[str, Any] = link.get("linkinfo") or {}
+        kind = str(info.get("info_kind", ""))
         for addr in link.get("addr_info", []):
             if addr.get("family") == "inet":
                 out.append(Iface(link["ifname"], addr["local"], int(addr.get("prefixlen", 32)), kind))

@@ -419,7 +419,9 @@ def print_status(doc: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ray_cluster.node", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m ray_cluster.node", description=(__doc__ or "").partition("\n")[0]
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def node_opts(sp: argparse.ArgumentParser) -> None:

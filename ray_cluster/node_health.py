@@ -31,7 +31,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # NVIDIA's Xid catalog, "Resolution Bucket (Immediate Action)":
 # https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html (and, for 48/63/64,
@@ -222,7 +224,7 @@ def _log(line: str, boot_log: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmfleet-health", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="llmfleet-health", description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--container", required=True)
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--head", required=True, help="the head's private IP")
@@ -248,7 +250,12 @@ class AgentState:
 
 
 def tick(
-    obs: Observation, gpus: int, grace_s: float, st: AgentState, run=subprocess.run, log=_log
+    obs: Observation,
+    gpus: int,
+    grace_s: float,
+    st: AgentState,
+    run: Callable[..., Any] | None = subprocess.run,  # None: --dry-run (subprocess.run has no narrower type)
+    log: Callable[[str, bool], None] = _log,
 ) -> Verdict:
     """Decide on one observation, log it (every verdict to the journal, a changed one to the
     boot log too), and mark the instance Unhealthy when the verdict says so: once, then again

@@ -19,6 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -60,7 +61,7 @@ class Window:
         tz = ZoneInfo(self.zone)
         local = week_start.astimezone(tz)
         monday = (local - timedelta(days=local.weekday())).date()
-        out = []
+        out: list[tuple[datetime, datetime]] = []
         for d in self.days:
             day = monday + timedelta(days=d)
             base = datetime(day.year, day.month, day.day, tzinfo=tz)
@@ -87,16 +88,16 @@ class Schedule:
         spans = sorted(
             (a.astimezone(UTC), b.astimezone(UTC)) for w in self.windows for a, b in w.intervals(ref)
         )
-        total, cur_a, cur_b = 0.0, None, None
-        for a, b in spans:
-            if cur_b is None or a > cur_b:
-                if cur_b is not None:
-                    total += (cur_b - cur_a).total_seconds()
+        if not spans:
+            return 0
+        total, (cur_a, cur_b) = 0.0, spans[0]
+        for a, b in spans[1:]:
+            if a > cur_b:
+                total += (cur_b - cur_a).total_seconds()
                 cur_a, cur_b = a, b
             else:
                 cur_b = max(cur_b, b)
-        if cur_b is not None:
-            total += (cur_b - cur_a).total_seconds()
+        total += (cur_b - cur_a).total_seconds()
         return min(WEEK_MIN, round(total / 60))
 
     @property
@@ -123,7 +124,7 @@ class Schedule:
         if self.always:
             return None
         ref = datetime(2024, 1, 8, 12, tzinfo=UTC)
-        spans = []
+        spans: list[tuple[datetime, datetime, str]] = []
         for delta in (0, 7):
             for w in self.windows:
                 spans.extend((a, b, w.text) for a, b in w.intervals(ref + timedelta(days=delta)))
@@ -135,7 +136,7 @@ class Schedule:
         return None
 
     def _spans_around(self, now: datetime) -> list[tuple[datetime, datetime]]:
-        spans = []
+        spans: list[tuple[datetime, datetime]] = []
         for delta in (-7, 0, 7):
             ref = now + timedelta(days=delta)
             for w in self.windows:
@@ -213,7 +214,7 @@ def parse_window(text: str) -> Window:
     return Window(days, open_min, close_min, check_zone(m.group("zone")), " ".join(text.split()))
 
 
-def parse_schedule(value: str | list[str] | tuple[str, ...]) -> Schedule:
+def parse_schedule(value: str | list[Any] | tuple[Any, ...]) -> Schedule:
     """`llmfleet:schedule`'s value (text with ';' between windows, or a list) -> Schedule."""
     parts = list(value) if isinstance(value, list | tuple) else str(value).split(";")
     if not all(isinstance(p, str) for p in parts):
@@ -230,7 +231,7 @@ def parse_schedule(value: str | list[str] | tuple[str, ...]) -> Schedule:
 def _check_disjoint(sched: Schedule) -> None:
     """Overlapping windows would give one window's scale-down inside another's serving hours."""
     ref = datetime(2024, 1, 8, 12, tzinfo=UTC)
-    spans = []
+    spans: list[tuple[datetime, datetime, str]] = []
     for delta in (-7, 0, 7):
         for w in sched.windows:
             spans.extend(

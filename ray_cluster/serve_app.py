@@ -30,9 +30,9 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from ray_cluster.auth import bearer_ok, load_token
 from ray_cluster.contract import CPU_WORKER_RESOURCE, GPU_MODEL_PREFIX
@@ -184,7 +184,7 @@ def mirror_reasoning_message(doc: Any) -> Any:
     return doc
 
 
-async def _mirrored(chunks: Any) -> Any:
+async def _mirrored(chunks: AsyncIterable[Any]) -> AsyncIterator[Any]:
     async for packet in chunks:
         yield mirror_reasoning_sse(packet)
 
@@ -199,7 +199,7 @@ def with_reasoning_content(response: Any) -> Any:
         response.body_iterator = _mirrored(response.body_iterator)
         return response
     if isinstance(response, JSONResponse) and response.status_code == 200:
-        doc = mirror_reasoning_message(json.loads(response.body))
+        doc = mirror_reasoning_message(json.loads(bytes(response.body)))
         return JSONResponse(doc, status_code=response.status_code, background=response.background)
     return response
 
@@ -227,7 +227,7 @@ def unavailable_body(state: str, schedule: Schedule | None, now: datetime) -> tu
     else:
         retry, nxt = retry_after_s(schedule, now, RETRY_ASLEEP_S)
         code = "endpoint_asleep"
-        if nxt is not None:
+        if nxt is not None and schedule is not None:  # a next opening comes only from a schedule
             msg = (
                 f"The endpoint is asleep outside its serving schedule ({schedule.text}); "
                 f"it serves again at {nxt.strftime('%Y-%m-%dT%H:%M:%SZ')} (in {retry} s)."
@@ -356,7 +356,10 @@ def _ray_state(own_deployment: str | None) -> str:
         for app in serve.status().applications.values():
             engines = [d for name, d in app.deployments.items() if name != own_deployment]
             if own_deployment and own_deployment in app.deployments:
-                running = sum(int(d.replica_states.get("RUNNING", 0)) for d in engines)
+                # keyed by ReplicaState, a str enum: "RUNNING" finds it (typed as the enum)
+                running = sum(
+                    int(cast("dict[str, int]", d.replica_states).get("RUNNING", 0)) for d in engines
+                )
     except Exception:  # noqa: BLE001 - the controller is busy: judge by the hosts alone
         running = None
     return cluster_state(ray.nodes(), running)
@@ -483,7 +486,7 @@ def _gated_base() -> type:
                 return await asyncio.to_thread(_ray_state, own)
 
             # The token first: who may not call learns nothing, not even that it sleeps.
-            super()._set_asgi_app(
+            super()._set_asgi_app(  # pyright: ignore[reportAttributeAccessIssue] - Ray's ingress base, bound at run time
                 BearerGate(
                     ServingGate(install_openai_errors(app), state, self._schedule, on_request=self._touch),
                     self._bearer_token,
@@ -550,7 +553,7 @@ def _staged_weights() -> type:
 
     class StagedWeights(CallbackBase):
         async def on_before_node_init(self) -> None:
-            src = self.llm_config.model_loading_config.model_source
+            src = self.llm_config.model_loading_config.model_source  # pyright: ignore[reportAttributeAccessIssue] - Ray types it as a dict; it is a model
             if weights_are_staged(src):
                 self.ctx.run_init_node = False
 
@@ -576,5 +579,5 @@ def build_app(args: dict[str, Any]):
 
     _, serving = parse_args(args)
     cfg = LLMServingArgs.model_validate(serving)
-    _check_gated(cfg.ingress_cls_config.ingress_cls)
-    return build_openai_app(cfg)
+    _check_gated(cfg.ingress_cls_config.ingress_cls)  # pyright: ignore[reportAttributeAccessIssue] - Ray's annotation says dict; validated into a model
+    return build_openai_app(cfg)  # pyright: ignore[reportArgumentType] - accepts LLMServingArgs (Ray's annotation says dict)

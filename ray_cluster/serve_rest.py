@@ -12,6 +12,7 @@ from ray_cluster.readiness import _http_json
 def load_serve_config(path: str) -> dict:
     """Read and validate a Serve config with Ray's own schema (what `serve deploy` sends)."""
     import yaml
+    from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
     try:
@@ -22,7 +23,7 @@ def load_serve_config(path: str) -> dict:
     try:
         schema = ServeDeploySchema.model_validate(raw)
     except Exception as e:  # pydantic ValidationError: first error only, one line
-        errors = e.errors() if hasattr(e, "errors") else [{"loc": (), "msg": str(e)}]
+        errors = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
         first = errors[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))
         raise NodeError(f"--serve-config {path}: {loc}: {first.get('msg')}") from None

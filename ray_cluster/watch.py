@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ray_cluster.serve_rest import FAILED
 
@@ -97,10 +98,12 @@ def idle_line(activity_file: str, now: float, awake_since: float | None) -> str:
     return json.dumps({"llmfleet_watch": IDLE_EVENT, "seconds": max(0, round(now - last))})
 
 
-def activity_file_of(serve_config: dict) -> str | None:
+def activity_file_of(serve_config: dict[str, Any]) -> str | None:
     """The gate's activity file named in a Serve config's app args (idle stop on), or None."""
-    for app in serve_config.get("applications") or []:
-        path = (app.get("args") or {}).get("activity_file")
+    apps: list[dict[str, Any]] = serve_config.get("applications") or []
+    for app in apps:
+        args: dict[str, Any] = app.get("args") or {}
+        path = args.get("activity_file")
         if isinstance(path, str) and path:
             return path
     return None

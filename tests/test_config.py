@@ -889,3 +889,38 @@ def test_a_cross_key_check_raises_the_key_value_and_what_is_allowed():
     allowed = "spot prices spot workers; set llmfleet:spot=true, or allowed: on-demand, savings-plan-1y, savings-plan-3y"
     assert (e.value.key, e.value.value, e.value.allowed) == ("llmfleet:pricingModel", "spot", allowed)
     assert str(e.value) == f"llmfleet:pricingModel = 'spot': {allowed}"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("- a\n- b\n", "the top level is a list; allowed: a YAML mapping"),
+        ("config: [1, 2]\n", "config is a list; allowed: a mapping of keys to values"),
+    ],
+)
+def test_a_stack_file_that_is_not_a_mapping_is_one_line(tmp_path, body, message):
+    import shutil
+
+    from infra.stack.files import raw_stack_config
+
+    shutil.copy(REPO_ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / "Pulumi.t.yaml").write_text(body)
+    with pytest.raises(ConfigError, match=message) as e:
+        raw_stack_config("t", project_dir=tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_subnet_of_holds_across_address_families():
+    # ipaddress raises comparing an IPv4 with an IPv6 network; the rules and the policy pack's
+    # CIDR checks ask across families (a private list holds both) and need a plain False.
+    from ipaddress import ip_network as net
+
+    from infra.stack.config_rules import subnet_of
+
+    assert subnet_of(net("10.1.0.0/16"), net("10.0.0.0/8"))
+    assert not subnet_of(net("11.0.0.0/16"), net("10.0.0.0/8"))
+    assert subnet_of(net("fd00::/16"), net("fc00::/7"))
+    assert not subnet_of(net("2001:db8::/32"), net("fc00::/7"))
+    assert not subnet_of(net("2001:db8::/32"), net("10.0.0.0/8"))
+    assert not subnet_of(net("10.1.0.0/16"), net("::/0"))

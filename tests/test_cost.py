@@ -535,7 +535,7 @@ PREVIEW = {
 }
 
 
-def test_resources_from_preview(book):
+def test_load_preview_file(book):
     resources, region = cost_preview.load_preview_file(json.dumps(PREVIEW))
     assert region == "us-east-1"
     assert [r["name"] for r in resources] == ["default_7_51_0", "prod-worker-0", "net", "net-ssm"]

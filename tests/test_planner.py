@@ -596,3 +596,43 @@ def test_auto_context_says_when_the_planned_request_exceeds_the_models_positions
         "max_model_len: the planned request of 201024 tokens (input + output) exceeds "
         "deepseek-r1-distill-qwen-7b's 131072 positions"
     ]
+
+
+def test_the_committed_calibration_fit_is_the_fit_of_the_current_catalog():
+    # `plan` and `pulumi up` read catalog/calibration_fit.json instead of refitting; it must be
+    # what the fit gives today (after a catalog or speed-model change:
+    # `python -m infra.stack.perf_fit --export`).
+    stored = perf_fit.stored_fit()
+    assert stored is not None, "calibration_fit.json is stale: python -m infra.stack.perf_fit --export"
+    assert stored == perf_fit.fit(perf_fit.calibration_points())
+
+
+def test_an_edited_calibration_refits_instead_of_reading_the_stale_file(tmp_path, monkeypatch):
+    import json
+
+    doc = json.loads(perf_fit.FIT_FILE.read_text())
+    doc["fit"]["a0"] = 123.0  # a fit of other rows...
+    stale = tmp_path / "calibration_fit.json"
+    stale.write_text(json.dumps(doc))
+    assert perf_fit.stored_fit(stale).a0 == 123.0  # ...read while its key matches
+    doc["key"] = "0" * 64  # ...and ignored once the inputs hash differently
+    stale.write_text(json.dumps(doc))
+    assert perf_fit.stored_fit(stale) is None
+    monkeypatch.setattr(perf_fit, "FIT_FILE", stale)
+    perf_fit.calibrated_fit.cache_clear()
+    try:
+        assert perf_fit.calibrated_fit() == perf_fit.fit(perf_fit.calibration_points())
+    finally:
+        perf_fit.calibrated_fit.cache_clear()
+
+
+def test_the_fit_key_changes_with_a_calibration_row(tmp_path, monkeypatch):
+    key = perf_fit.fit_key()
+    edited = tmp_path / "calibration.yaml"
+    edited.write_bytes((perf_fit.CATALOG_DIR / "calibration.yaml").read_bytes() + b"\n# one more row\n")
+    monkeypatch.setattr(
+        perf_fit,
+        "_FIT_INPUTS",
+        tuple(edited if p.name == "calibration.yaml" else p for p in perf_fit._FIT_INPUTS),
+    )
+    assert perf_fit.fit_key() != key

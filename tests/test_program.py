@@ -227,3 +227,13 @@ def test_a_stale_outputs_file_is_one_line_naming_the_key(tmp_path):
     f.write_text(json.dumps(outs))
     res = CliRunner().invoke(app, ["render", "serve-config", "-s", "prod", "--outputs", str(f)])
     assert res.exit_code == 2 and "served_model" in res.output and "Traceback" not in res.output
+
+
+def test_a_stack_deployed_before_plan_fits_was_dropped_still_parses():
+    from infra.stack.outputs import OutputsError, StackOutputs
+
+    outs = json.loads((REPO_ROOT / "tests" / "data" / "stack_outputs_prod.json").read_text())
+    assert outs["plan_fits"] is True  # what programs before this one exported (read by nothing)
+    assert StackOutputs.parse(outs) == StackOutputs.parse({k: v for k, v in outs.items() if k != "plan_fits"})
+    with pytest.raises(OutputsError, match="'plan_fits' is not in StackOutputs"):
+        StackOutputs.check_keys(outs)  # and no program exports it any more

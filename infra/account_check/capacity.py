@@ -70,6 +70,8 @@ def check_capacity_block(ec2: Any, inp: PreflightInputs, now: dt.datetime | None
 
     name = "capacity-block"
     rid = inp.capacity_block_id
+    if rid is None:  # run.py asks only when llmfleet:capacityBlockId is set
+        return Check(name, "pass", "no llmfleet:capacityBlockId")
     now = now or dt.datetime.now(dt.UTC)
     try:
         facts = cb.describe_block(ec2, rid)

@@ -4,7 +4,7 @@ clients (ordinary ones: AWS_ENDPOINT_URL* points them anywhere), and one Check p
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.exceptions import ClientError
@@ -12,6 +12,10 @@ from botocore.exceptions import ClientError
 from infra.boot.ami import boto3_describe_images_args
 from infra.constants import GIB, WEIGHTS_TOLERANCE  # noqa: F401 - the checks import them from here
 from infra.stack.resolve import resolve
+
+if TYPE_CHECKING:
+    from infra.catalog import Catalog
+    from infra.stack.config import StackConfig
 
 Status = Literal["pass", "fail", "warn"]
 
@@ -78,8 +82,8 @@ class Clients:
     service_quotas: Any
 
 
-def make_clients(region: str, session: boto3.session.Session | None = None) -> Clients:
-    s = session or boto3.session.Session()
+def make_clients(region: str, session: boto3.Session | None = None) -> Clients:
+    s = session or boto3.Session()
     return Clients(
         ec2=s.client("ec2", region_name=region),
         s3=s.client("s3", region_name=region),
@@ -87,7 +91,7 @@ def make_clients(region: str, session: boto3.session.Session | None = None) -> C
     )
 
 
-def inputs_for_stack(cfg: Any, catalog: Any | None = None) -> PreflightInputs:
+def inputs_for_stack(cfg: StackConfig, catalog: Catalog | None = None) -> PreflightInputs:
     """PreflightInputs from a StackConfig and the catalog (expected sizes come from the model card)."""
     if catalog is None:
         from infra.catalog import load_catalog

@@ -28,9 +28,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from infra.bench.sweep import BenchError
+
+if TYPE_CHECKING:
+    import psutil
 
 BATCH_CPUS = 2
 # How long the driver waits for the engine's actor to end on its own before ray.shutdown():
@@ -86,7 +89,7 @@ def wait_actors_gone(
 ENGINE_TITLES = ("ray::MapWorker", "VLLM::")
 
 
-def engine_processes(root: object | None = None) -> list[str]:
+def engine_processes(root: psutil.Process | None = None) -> list[str]:
     """Titles of the engine's processes still under this driver (its local Ray's raylet and
     workers are this process's descendants)."""
     import gc

@@ -22,6 +22,10 @@ import numbers
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def done_ids(output: str) -> set:
@@ -60,7 +64,7 @@ def row_max_tokens(row: dict, default: int) -> int:
         raise ValueError(
             f"row id={row.get('id')!r}: max_tokens = {v!r}: allowed: a whole number >= 1, or no key"
         )
-    return int(v)
+    return int(float(v))  # a whole number >= 1 (checked above)
 
 
 def check_max_tokens(rows, default: int) -> None:
@@ -145,7 +149,8 @@ def run(
 ) -> dict:
     t0 = time.monotonic()
     ds = read_input(input_path).materialize()  # read once: schema, count and the job share it
-    names = set(ds.schema().names)
+    schema = ds.schema()
+    names = set(schema.names) if schema is not None else set()
     missing = {"id", "prompt"} - names
     if missing:
         raise SystemExit(
@@ -167,7 +172,8 @@ def run(
             out.write_parquet(output)
             # Streamed from the materialized blocks: no shuffle for these sums.
             cols = ["num_generated_tokens", "error", "finished_at", "engine_seconds"]
-            for b in out.select_columns(cols).iter_batches(batch_format="pyarrow"):
+            for batch in out.select_columns(cols).iter_batches(batch_format="pyarrow"):
+                b = cast("pa.Table", batch)  # Ray types every batch format as a dict of arrays
                 tokens += sum(b.column("num_generated_tokens").to_pylist())
                 failed += sum(1 for e in b.column("error").to_pylist() if e)
                 finished += b.column("finished_at").to_pylist()
@@ -194,7 +200,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--input", required=True)
     ap.add_argument("--output", required=True)
     ap.add_argument("--model-source", required=True)

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,12 @@ class PlanLayout:
     def key(self) -> dict:
         return {k: getattr(self, k) for k in LAYOUT_KEYS}
 
+    @classmethod
+    def of(cls, p: Plan, replicas: int, stack: str) -> PlanLayout:
+        """A stack's layout: the plan's own fields, plus what the plan does not hold."""
+        own = {"replicas": replicas, "stack": stack}
+        return cls(**{f.name: own[f.name] if f.name in own else getattr(p, f.name) for f in fields(cls)})
+
 
 def layout_for_stack(stack: str, overrides: list[str] | None = None) -> PlanLayout:
     from infra.program.offline import OfflineError
@@ -68,18 +74,7 @@ def layout_for_stack(stack: str, overrides: list[str] | None = None) -> PlanLayo
         p = plan_for_stack(cfg)
     except (ConfigError, OfflineError, PlanInputError) as e:
         raise BenchError(str(e)) from None
-    return PlanLayout(
-        model=p.model,
-        gpu=p.gpu,
-        quantization=p.quantization,
-        tensor_parallel_size=p.tensor_parallel_size,
-        pipeline_parallel_size=p.pipeline_parallel_size,
-        replicas=cfg.replicas,
-        max_model_len=p.max_model_len,
-        gpu_memory_utilization=p.gpu_memory_utilization,
-        engine=p.engine,
-        stack=stack,
-    )
+    return PlanLayout.of(p, cfg.replicas, stack)
 
 
 def predict(lay: PlanLayout, concurrency: int, input_len: int, output_len: int) -> dict:

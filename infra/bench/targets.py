@@ -77,7 +77,7 @@ def _ssm_token(outputs: dict) -> str:
             "stack output 'token_parameter' is missing; pass --endpoint URL --token-env VAR instead"
         )
     try:
-        ssm = boto3.session.Session().client("ssm", region_name=outputs.get("region"))
+        ssm = boto3.Session().client("ssm", region_name=outputs.get("region"))
         return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     except (BotoCoreError, ClientError) as e:
         raise BenchError(f"SSM parameter {name!r}: {str(e).splitlines()[0]}") from None
@@ -128,5 +128,5 @@ def endpoint_target(url: str, token_env: str | None, model: str | None, tokenize
             ids = []
         if not ids:
             raise BenchError(f"--endpoint: {base}/models named no model; pass --model")
-        model = ids[0]
+        model = str(ids[0])
     return Resolved(Target(base, token, model, "endpoint"), tokenizer, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,14 +18,6 @@ from infra import yaml_files
 from infra.validation import first_error
 
 HERE = Path(__file__).parent
-
-GPU_IDS = ("L20", "L40S", "L4", "A10G", "H20", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
-MODEL_IDS = (
-    "deepseek-r1",
-    "deepseek-r1-distill-qwen-7b",
-    "deepseek-r1-distill-qwen-32b",
-    "deepseek-r1-distill-llama-70b",
-)
 
 
 class _Row(BaseModel):
@@ -121,6 +113,16 @@ class ServingDefaults(_Row):
         return self
 
 
+class MlaDims(NamedTuple):
+    """A multi-head latent attention model's dimensions (config.json's names)."""
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+
+
 class Model(_Row):
     id: str
     hf_repo: str
@@ -175,18 +177,25 @@ class Model(_Row):
 
     @model_validator(mode="after")
     def _mla(self) -> Model:
-        mla = (
+        if self.attention == "mla":
+            self.mla  # noqa: B018 - raises when one of the dimensions is missing
+        return self
+
+    @property
+    def mla(self) -> MlaDims:
+        """The MLA dimensions, all set (what the arithmetic of an `mla` model reads)."""
+        q, kv, rope, nope, v = (
             self.q_lora_rank,
             self.kv_lora_rank,
             self.qk_rope_head_dim,
             self.qk_nope_head_dim,
             self.v_head_dim,
         )
-        if self.attention == "mla" and None in mla:
+        if q is None or kv is None or rope is None or nope is None or v is None:
             raise ValueError(
                 "mla models need q_lora_rank, kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim"
             )
-        return self
+        return MlaDims(q, kv, rope, nope, v)
 
 
 class Link(_Row):
@@ -200,6 +209,12 @@ class Link(_Row):
     bandwidth_gbs: float | None = Field(gt=0)  # per GPU per direction; None = the GPU's interconnect
 
 
+# The weight precisions the project models (bytes per parameter: infra/stack/arch.py): the one
+# list the stack key, the planner, the calibration rows and the policy pack's schema use.
+Quantization = Literal["fp8", "bf16", "int8", "int4"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+
+
 class Calibration(_Row):
     """One published serving measurement (calibration.yaml)."""
 
@@ -208,7 +223,7 @@ class Calibration(_Row):
     engine: str = Field(min_length=1)
     engine_version: str = Field(min_length=1)
     gpu: str
-    quantization: Literal["fp8", "bf16", "int8", "int4"]
+    quantization: Quantization
     nodes: int = Field(ge=1)
     gpus_per_node: int = Field(ge=1)
     tensor_parallel: int = Field(ge=1)
@@ -260,10 +275,6 @@ class Catalog(BaseModel):
     calibrations: dict[str, Calibration]
     links: dict[str, Link]
     coldstart: dict[str, ColdStartFigure]
-
-    def gpu_of(self, instance_type: str) -> Gpu | None:
-        inst = self.instances.get(instance_type)
-        return self.gpus[inst.gpu] if inst and inst.gpu else None
 
 
 class CatalogError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.live import Live as RichLive
 from rich.table import Table
 
@@ -65,7 +65,7 @@ def top(st: dict, interval: float, iterations: int) -> None:
             f"llmfleet local top: {st['name']} ({st['model']}) - Prometheus {url}, "
             f"{live['targets_up']}/{live['targets_total']} targets up, {time.strftime('%H:%M:%S')}"
         )
-        parts = [figures_table(live, title)]
+        parts: list[RenderableType] = [figures_table(live, title)]
         if live["error"]:
             parts.append(f"[red]{live['error']}[/]")
             return Group(*parts)

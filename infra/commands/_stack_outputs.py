@@ -53,5 +53,5 @@ def aws_clients_or_fail(outputs, *services: str) -> dict[str, Any]:
 
     if not outputs.region:
         fail("stack output 'region' is missing: the day-2 commands read AWS stacks (provider aws)", 2)
-    session = boto3.session.Session(region_name=outputs.region)
+    session = boto3.Session(region_name=outputs.region)
     return {s: session.client(s) for s in services} | {"session": session}

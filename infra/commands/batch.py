@@ -72,8 +72,8 @@ def batch_cmd(
             model_dir = local_target(name).model_dir
             summary = batch.run_local(model_dir, input_path, output, max_tokens, batch_size)  # type: ignore[arg-type]
         else:
-            argv, work = batch.prepare_submit(stack, overrides, dashboard, input_path, output, max_tokens,
-                                              batch_size)  # type: ignore[arg-type]  # fmt: skip
+            argv, work = batch.prepare_submit(stack, overrides, dashboard, input_path, output, max_tokens,  # type: ignore[arg-type]  # --stack is set here (checked above)
+                                              batch_size)  # fmt: skip
             err_console.print(f"running: {batch.shell_line(argv)}", highlight=False, soft_wrap=True)
             if dry_run:
                 print_json({"command": argv, "working_dir": work}) if as_json else console.print(

@@ -207,7 +207,7 @@ def bench_cmd(
         resolved = _resolve(local, name, stack, outputs, endpoint, token_env, model, tokenizer)
         if resolved.tokenizer is None:
             fail("--tokenizer: missing; allowed: a local directory with the served model's tokenizer")
-        lay = calibration.layout_for_stack(plan_stack or stack) if (plan_stack or stack) else None
+        lay = calibration.layout_for_stack(s) if (s := plan_stack or stack) else None
         vocab = sweep.prompt_vocabulary(sweep.load_tokenizer(resolved.tokenizer, _trust_remote_code(stack)))
         if tune_:
             _tune(resolved, dashboard, spec, grid, search, samples, tpot_budget_ms, vocab, best_out, as_json)

@@ -234,38 +234,38 @@ def _gate_on_budget(priced: Priced) -> None:
         _common.fail(over, EXIT_OVER_BUDGET)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("cost")
-    def cost_cmd(
-        stack: _common.StackOpt,
-        config: _common.ConfigOpt = None,
-        as_json: JsonOpt = False,
-        live: LiveOpt = False,
-        usage_file: UsageFileOpt = None,
-        sync_usage_file: SyncUsageOpt = False,
-        compare_to: CompareToOpt = None,
-        diff: DiffOpt = None,
-        from_preview: FromPreviewOpt = None,
-    ) -> None:
-        """Price every resource of a stack before it exists; exit 4 over llmfleet:maxMonthlyUsd."""
-        from infra.program.offline import collect_rarely
+def cost_cmd(
+    stack: _common.StackOpt,
+    config: _common.ConfigOpt = None,
+    as_json: JsonOpt = False,
+    live: LiveOpt = False,
+    usage_file: UsageFileOpt = None,
+    sync_usage_file: SyncUsageOpt = False,
+    compare_to: CompareToOpt = None,
+    diff: DiffOpt = None,
+    from_preview: FromPreviewOpt = None,
+) -> None:
+    """Price every resource of a stack before it exists; exit 4 over llmfleet:maxMonthlyUsd."""
+    from infra.program.offline import collect_rarely
 
-        if sync_usage_file and usage_file is None:
-            _common.fail("--sync-usage-file: needs --usage-file FILE (the file to write)", 2)
-        if compare_to is not None and diff is not None:
-            _common.fail("--compare-to and --diff: allowed: one of them (a past state, or another stack)", 2)
-        # the whole command, not only the capture: the collector's one pass over the capture's
-        # heap then comes after the output instead of in the middle of pricing (offline.py)
-        with collect_rarely():
-            try:
-                usage = load_usage(usage_file, sync_usage_file)
-                priced = price_stack(
-                    stack, list(config or []), live=live, from_preview=from_preview, usage=usage
-                )
-                priced, past = _with_past(priced, stack, diff, compare_to, live)
-            except user_errors() as err:
-                _common.fail(str(err), 2)
-            if sync_usage_file:
-                assert usage_file is not None
-                _sync_usage(priced, usage, usage_file)
-            _report(priced, past, as_json, usage_file)
+    if sync_usage_file and usage_file is None:
+        _common.fail("--sync-usage-file: needs --usage-file FILE (the file to write)", 2)
+    if compare_to is not None and diff is not None:
+        _common.fail("--compare-to and --diff: allowed: one of them (a past state, or another stack)", 2)
+    # the whole command, not only the capture: the collector's one pass over the capture's
+    # heap then comes after the output instead of in the middle of pricing (offline.py)
+    with collect_rarely():
+        try:
+            usage = load_usage(usage_file, sync_usage_file)
+            priced = price_stack(stack, list(config or []), live=live, from_preview=from_preview, usage=usage)
+            priced, past = _with_past(priced, stack, diff, compare_to, live)
+        except user_errors() as err:
+            _common.fail(str(err), 2)
+        if sync_usage_file:
+            assert usage_file is not None
+            _sync_usage(priced, usage, usage_file)
+        _report(priced, past, as_json, usage_file)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cost")(cost_cmd)

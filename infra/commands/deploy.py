@@ -80,7 +80,7 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
         o = StackOutputs.parse(outputs)
     except OutputsError as e:
         fail(str(e), 1)
-    session = boto3.session.Session()
+    session = boto3.Session()
     try:
         result = rollout_stack(
             session.client("ssm", region_name=cfg.region),
@@ -109,11 +109,10 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
 
 def _policy_stop(stack: str, violations) -> None:
     """Print the mandatory violations as `llmfleet policy` does, then exit 1 with the first one's line."""
-    from types import SimpleNamespace
-
     from infra.commands.policy import violations_table
+    from policy.runner import Report
 
-    err_console.print(violations_table(stack, SimpleNamespace(violations=violations), err_console))
+    err_console.print(violations_table(stack, Report(violations=tuple(violations)), err_console))
     first = violations[0]
     where = f" ({first.resource})" if first.resource else ""
     fail(f"policy {first.policy}{where}: {first.message}", 1)

@@ -80,7 +80,7 @@ def init_cmd(
 ) -> None:
     """Write a new llmfleet project: Pulumi.yaml, __main__.py and stacks/Pulumi.<stack>.yaml."""
     from infra import templates
-    from infra.catalog import GPU_IDS, MODEL_IDS
+    from infra.catalog import load_catalog
     from infra.stack.config import ConfigError
     from infra.stack.files import load_config
     from infra.stack.resolve import resolve
@@ -88,10 +88,12 @@ def init_cmd(
     if not templates.STACK_NAME_RE.fullmatch(stack):  # `$` alone would let "dev\n" through
         fail(f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (at most 100)")
     gpus = aws_gpu_types()
-    model = resolve_id("--model", model, MODEL_IDS, "model") if model else None
-    model = model or _ask_or_fail("--model", list(MODEL_IDS), MODEL_IDS[0])
+    cat = load_catalog()  # ids in the files' order: the first model is the default
+    gpu_ids, model_ids = tuple(cat.gpus), tuple(cat.models)
+    model = resolve_id("--model", model, model_ids, "model") if model else None
+    model = model or _ask_or_fail("--model", list(model_ids), model_ids[0])
     if gpu:
-        gpu = resolve_id("--gpu", gpu, GPU_IDS, "GPU")
+        gpu = resolve_id("--gpu", gpu, gpu_ids, "GPU")
         if gpu not in gpus:
             fail(
                 f"--gpu {gpu!r}: no AWS instance type in the catalog has it; allowed: {', '.join(gpus)} "

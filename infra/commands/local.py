@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from infra.commands._common import (
@@ -61,7 +61,7 @@ def _progress_stages():
         console=err_console,
         transient=False,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     order = [k for k, _ in STAGES]
 
     def on_stage(stage: str, detail: str) -> None:
@@ -115,7 +115,7 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
     for h in rows:
         cells = [h["name"], h["ip"], h["role"], str(h["ranks"])]
         if with_status:
-            shown = {"alive": "[green]alive[/]", "lost": "[red]lost[/]"}.get(h.get("status"), "-")
+            shown = {"alive": "[green]alive[/]", "lost": "[red]lost[/]"}.get(str(h.get("status")), "-")
             if h.get("status") == "lost" and h.get("reason"):
                 shown += f" [dim]({h['reason']})[/]"
             cells.append(shown)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from infra.catalog import load_catalog
+from infra.catalog import QUANTIZATIONS, load_catalog
 from infra.commands._common import (
     JsonOpt,
     complete_gpu,
@@ -297,7 +297,8 @@ def plan_cmd(
     ] = None,
     nodes: Annotated[int | None, typer.Option("--nodes", hidden=True, help="Deprecated: --pp.")] = None,
     quantization: Annotated[
-        str | None, typer.Option("--quantization", "-q", help="fp8, bf16, int8 or int4.")
+        str | None,
+        typer.Option("--quantization", "-q", help=f"{', '.join(QUANTIZATIONS[:-1])} or {QUANTIZATIONS[-1]}."),
     ] = None,
     max_model_len: Annotated[
         str,

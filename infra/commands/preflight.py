@@ -18,7 +18,7 @@ def credentials_or_fail() -> None:
 
     from infra import aws_credentials
 
-    if boto3.session.Session().get_credentials() is None:
+    if boto3.Session().get_credentials() is None:
         fail(aws_credentials.MESSAGE)
 
 

@@ -88,9 +88,7 @@ def _running_workers(outs: dict[str, Any]) -> dict[str, Any]:
     # a fresh session: credentials are resolved from this process's environment now, not
     # taken from whatever boto3's module-wide default session resolved first
     try:
-        filled = with_running_workers(
-            outs, boto3.session.Session().client("ec2", region_name=outs.get("region"))
-        )
+        filled = with_running_workers(outs, boto3.Session().client("ec2", region_name=outs.get("region")))
     except (BotoCoreError, ClientError) as e:
         why = aws_credentials.MESSAGE if aws_credentials.missing(e) else str(e)
         fail(f"looking up the running workers of {', '.join(outs['worker_groups'])}: {why}")

@@ -7,7 +7,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +21,12 @@ from infra.commands._common import (
     fail,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+    from infra.stack.config import StackConfig
+    from infra.weights.s3 import Location
 
 FromOpt = Annotated[
     str,
@@ -48,7 +54,7 @@ ConcurrencyOpt = Annotated[
 ]
 
 
-def _location(cfg: Any, outputs: Path | None):
+def _location(cfg: StackConfig, outputs: Path | None) -> Location:
     """Where the stack's hosts stage from: `--outputs`' weights_uri when given (the deployed
     truth, also for the bucket `pulumi up` created), else llmfleet:weightsUri."""
     from infra.commands.render import read_outputs_file
@@ -76,7 +82,7 @@ def _location(cfg: Any, outputs: Path | None):
         fail(f"{where} = {uri!r}: {e}")
 
 
-def _s3_client(cfg: Any, concurrency: int):
+def _s3_client(cfg: StackConfig, concurrency: int) -> BaseClient:
     import boto3
     from botocore.config import Config
 
@@ -84,7 +90,7 @@ def _s3_client(cfg: Any, concurrency: int):
 
     credentials_or_fail()
     # One pooled connection per part in flight, plus the listing's and the HEADs' own.
-    return boto3.session.Session().client(
+    return boto3.Session().client(
         "s3", region_name=cfg.region, config=Config(max_pool_connections=concurrency + 16)
     )
 

@@ -18,7 +18,9 @@ Recovery: infra/components/recovery.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pulumi
 import pulumi_aws as aws
@@ -108,8 +110,24 @@ def serving_tags(args: ClusterArgs) -> dict[str, str]:
     }
 
 
+def _dependency_list(
+    deps: pulumi.Input[Sequence[pulumi.Input[pulumi.Resource]] | pulumi.Resource] | None,
+) -> list[pulumi.Resource]:
+    """ResourceOptions.depends_on as a list of resources (the program passes a list or one)."""
+    items = [] if deps is None else [deps] if isinstance(deps, pulumi.Resource) else deps
+    if not isinstance(items, Sequence) or not all(isinstance(d, pulumi.Resource) for d in items):
+        raise TypeError("Cluster: depends_on must be resources, not Outputs")
+    return [d for d in items if isinstance(d, pulumi.Resource)]
+
+
 def _spec(
-    args: ClusterArgs, role: str, image_ref: str, weights_s3_uri: str, ray_token: str, metrics, **fields
+    args: ClusterArgs,
+    role: Literal["head", "worker"],
+    image_ref: str,
+    weights_s3_uri: str,
+    ray_token: str,
+    metrics,
+    **fields,
 ) -> NodeSpec:
     """What every node's boot contract carries; `fields` are the role's own."""
     return NodeSpec(
@@ -192,7 +210,7 @@ class Cluster(pulumi.ComponentResource):
         super().__init__("llmfleet:components:Cluster", name, None, opts)
         # Children do not inherit the component's depends_on: the hosts themselves must wait for
         # what they read at boot (IAM grants, SSM parameters, VPC endpoints).
-        self._boot_deps = list((opts.depends_on if opts else None) or [])
+        self._boot_deps = _dependency_list(opts.depends_on if opts else None)
         self._ami = aws.ec2.get_ami_output(**AMI_LOOKUP, opts=pulumi.InvokeOutputOptions(parent=self))
         self._stack = pulumi.get_stack()
         self.placement_group = self._placement_group(name, args)

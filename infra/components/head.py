@@ -134,7 +134,7 @@ def head_group(
         health_check_type="EC2",
         health_check_grace_period=HEALTH_CHECK_GRACE_S,
         instance_refresh=instance_refresh(),
-        enabled_metrics=["GroupInServiceInstances"],  # the head's slot alarm reads it
+        enabled_metrics=[aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES],  # the head's slot alarm reads it
         wait_for_capacity_timeout=CAPACITY_TIMEOUT,
         tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in head_tags(args).items()],
         opts=pulumi.ResourceOptions(

@@ -20,6 +20,7 @@ only change state in CloudWatch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -42,7 +43,8 @@ def group_notifications(
     return aws.autoscaling.Notification(
         f"{name}-group-events",
         group_names=list(groups),
-        notifications=GROUP_EVENTS,
+        # the SDK's enum (a str) by value: named at run time, not at import (provider_modules.py)
+        notifications=[aws.autoscaling.NotificationType(e) for e in GROUP_EVENTS],
         topic_arn=topic,
         opts=pulumi.ResourceOptions(parent=parent),
     )
@@ -51,7 +53,12 @@ def group_notifications(
 SLOT_EMPTY_PERIODS = 6  # x 5 minutes: longer than a replacement takes to reach InService
 
 
-def notifications(notify: Sequence[str]) -> dict[str, list[str]]:
+class AlarmActions(TypedDict, total=False):
+    alarm_actions: list[str]
+    ok_actions: list[str]
+
+
+def notifications(notify: Sequence[str]) -> AlarmActions:
     """The actions of an alarm whose only job is to tell someone: ALARM and back to OK; nothing
     without a topic (the inputs stay absent, as before the setting existed)."""
     return {"alarm_actions": list(notify), "ok_actions": list(notify)} if notify else {}

@@ -40,7 +40,7 @@ HEALTH_CHECK_GRACE_S = 300  # EC2 status checks: the instance, not the engine (t
 CAPACITY_TIMEOUT = "20m"
 IMDS_HOP_LIMIT = 2
 
-METADATA_OPTIONS = {
+METADATA_OPTIONS: aws.ec2.LaunchTemplateMetadataOptionsArgsDict = {
     "http_endpoint": "enabled",
     "http_tokens": "required",  # IMDSv2 only
     "http_put_response_hop_limit": IMDS_HOP_LIMIT,  # containers reach IMDS through the docker bridge hop
@@ -63,7 +63,9 @@ def spot_options() -> dict:
     }
 
 
-def network_interfaces(cards: int, sg_id: pulumi.Input[str]) -> list[dict]:
+def network_interfaces(
+    cards: int, sg_id: pulumi.Input[str]
+) -> list[aws.ec2.LaunchTemplateNetworkInterfaceArgsDict]:
     """The template's interfaces: one EFA per network card (card 0 carries the primary,
     device index 0; the others device index 1), or one plain primary interface. No public IP;
     the subnet comes from the group (AWS ignores an interface subnet under a group)."""
@@ -76,17 +78,19 @@ def network_interfaces(cards: int, sg_id: pulumi.Input[str]) -> list[dict]:
                 "delete_on_termination": "true",
             }
         ]
-    return [
-        {
+    out: list[aws.ec2.LaunchTemplateNetworkInterfaceArgsDict] = []
+    for card in range(cards):
+        nic: aws.ec2.LaunchTemplateNetworkInterfaceArgsDict = {
             "device_index": 0 if card == 0 else 1,
             "network_card_index": card,
             "interface_type": "efa",
             "security_groups": [sg_id],
             "delete_on_termination": "true",
-            **({"associate_public_ip_address": "false"} if card == 0 else {}),
         }
-        for card in range(cards)
-    ]
+        if card == 0:
+            nic["associate_public_ip_address"] = "false"
+        out.append(nic)
+    return out
 
 
 @dataclass
@@ -138,7 +142,9 @@ def _market_and_capacity(args: WorkerPoolArgs) -> dict:
     return extra
 
 
-def encrypted_root(device_name: pulumi.Input[str], size_gb: int) -> dict:
+def encrypted_root(
+    device_name: pulumi.Input[str], size_gb: int
+) -> aws.ec2.LaunchTemplateBlockDeviceMappingArgsDict:
     """The launch templates' one block device: the encrypted gp3 root (head and workers)."""
     return {
         "device_name": device_name,  # first: the root volume (infra/worker_groups.py)
@@ -172,7 +178,7 @@ def worker_launch_template(
     )
 
 
-def instance_refresh() -> dict:
+def instance_refresh() -> aws.autoscaling.GroupInstanceRefreshArgsDict:
     """A new template version replaces a group's one instance: terminate, then launch (never a
     second host at once, which a GPU slot could not get and the head's interface could not join)."""
     return {
@@ -217,7 +223,7 @@ def worker_group(
         health_check_grace_period=HEALTH_CHECK_GRACE_S,
         # A new template version (type, AMI, volume, ...) replaces the slot's instance.
         instance_refresh=instance_refresh(),
-        enabled_metrics=["GroupInServiceInstances"],  # the slot alarm reads it
+        enabled_metrics=[aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES],  # the slot alarm reads it
         wait_for_capacity_timeout=CAPACITY_TIMEOUT,
         # Tags reach the instance at launch (the role, Name and serving tags the policy pack and
         # the SSM targets read); changing one updates the group in place.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from infra.cost.model import HOURS_PER_MONTH
 
@@ -184,7 +184,7 @@ def problems(facts: BlockFacts, instance_type: str, availability_zone: str | Non
     return out
 
 
-def timing(facts: BlockFacts, now: dt.datetime) -> tuple[str, str]:
+def timing(facts: BlockFacts, now: dt.datetime) -> tuple[Literal["fail", "warn", "pass"], str]:
     """("fail" | "warn" | "pass", why) for the block's window seen from `now`."""
     b = facts.block
     if b.end is not None and b.end <= now:

@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from infra.cost import usage as usage_mod
 from infra.cost.capacity_block import CapacityBlock
@@ -62,6 +62,10 @@ from infra.cost.resources import (
 )
 from infra.cost.usage import Usage
 from infra.worker_groups import with_group_instances
+
+if TYPE_CHECKING:
+    from infra.stack.config import StackConfig
+    from infra.stack.planner import Plan
 
 PROVIDER_PACKAGES = {"aws", "random", "docker-build", "docker", "command", "tls", "awsx"}
 
@@ -300,7 +304,7 @@ def monthly_usd_per_million_tokens(est: Estimate, tokens_per_s: float | None) ->
     return usd_per_million_tokens(est.total_monthly, tokens_per_s, est.serving_hours)
 
 
-def worker_schedule(cfg: Any, plan: Any) -> WorkerSchedule | None:
+def worker_schedule(cfg: StackConfig, plan: Plan) -> WorkerSchedule | None:
     """How llmfleet:schedule bills the stack's GPU workers (the windows plus one cold start per
     opening, infra/stack/serving_hours.py), or None around the clock / for hosts you own."""
     from infra.stack.serving_hours import HOURS_PER_MONTH, HOURS_PER_WEEK, worker_hours

@@ -134,9 +134,10 @@ class Estimate:
         if self.scheduled_serving_hours is not None:
             return self.scheduled_serving_hours
         hours = [
-            r.components[0].monthly_quantity
+            q
             for r in self.resources
-            if r.metadata.get("role") == "worker" and r.components and r.components[0].known
+            if r.metadata.get("role") == "worker" and r.components
+            if (q := r.components[0].monthly_quantity) is not None  # known
         ]
         return min(hours) if hours else HOURS_PER_MONTH
 

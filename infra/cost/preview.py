@@ -79,12 +79,6 @@ def states_from_preview(doc: Mapping[str, Any]) -> PreviewStates:
     return PreviewStates(list(new.values()), list(past.values()), region, ops, sames > 0)
 
 
-def resources_from_preview(doc: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-    """(resources after the update, region or None) of a `pulumi preview --json` document."""
-    states = states_from_preview(doc)
-    return states.new, states.region
-
-
 def parse_preview(text: str) -> PreviewStates:
     try:
         doc = json.loads(text)

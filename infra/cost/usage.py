@@ -160,9 +160,6 @@ class Usage:
         return [k for k in self.resources if k not in self.matched]
 
 
-EMPTY = Usage()
-
-
 def parse(text: str, path: str = "") -> Usage:
     """Parse and shape-check a usage file (values are checked per type when applied)."""
     try:

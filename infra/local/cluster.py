@@ -174,9 +174,12 @@ def _run_deploy(
     )
     errors: list[str] = []
 
+    assert proc.stdout is not None and proc.stderr is not None  # both PIPE above
+    stdout, stderr = proc.stdout, proc.stderr
+
     def read_stderr() -> None:
         with open(log, "a") as f:
-            for line in proc.stderr:
+            for line in stderr:
                 f.write(line)
                 f.flush()
                 for mark, nxt in _DEPLOY_MARKS:
@@ -188,7 +191,7 @@ def _run_deploy(
     out: list[str] = []
     readers = [
         threading.Thread(target=read_stderr, daemon=True),
-        threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True),
+        threading.Thread(target=lambda: out.extend(stdout), daemon=True),
     ]
     for t in readers:
         t.start()

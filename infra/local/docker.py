@@ -81,7 +81,7 @@ def daemon(log: Path | None = None, timeout: float = 60.0) -> Iterator[bool]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        if out is not subprocess.DEVNULL:
+        if not isinstance(out, int):  # subprocess.DEVNULL is an int
             out.close()
 
 
@@ -131,7 +131,7 @@ def stop(proc: subprocess.Popen) -> None:
 def registry(storage: Path | None = None) -> Iterator[str]:
     """A registry for the block; yields its address (127.0.0.1:PORT)."""
     tmp = None if storage else tempfile.mkdtemp(prefix="llmfleet-registry-")
-    root = storage or Path(tmp)
+    root = storage or Path(tmp or ".")  # tmp is set when storage is not
     port = free_port()
     proc = start_registry(root, port, root / "registry.log")
     try:

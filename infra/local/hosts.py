@@ -129,7 +129,11 @@ def plan_hosts(
     raise HostsError(f"mode {mode!r} is not one of: netns, loopback")
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _ip(*parts: str | None, check: bool = True) -> subprocess.CompletedProcess:
+    # A netns host's names (netns, veth, bridge) are None in loopback mode: never an argument.
+    args = [p for p in parts if p is not None]
+    if len(args) != len(parts):
+        raise HostsError(f"`ip {' '.join(map(str, parts))}`: a name of a netns host is missing")
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
     if check and proc.returncode != 0:
         raise HostsError(f"`ip {' '.join(args)}` failed: {proc.stderr.strip()}")
@@ -187,7 +191,7 @@ def create(
         _ip("link", "add", hs.bridge, "type", "bridge")
         _ip("addr", "add", f"{hs.root_ip}/{plen}", "dev", hs.bridge)
         _ip("link", "set", hs.bridge, "up")
-        _allow_forwarding(hs.bridge)
+        _allow_forwarding(hs.bridge or "")
         for h in hs.hosts:
             _ip("netns", "add", h.netns)
             _ip("link", "add", h.veth, "type", "veth", "peer", "name", f"{h.veth}p")

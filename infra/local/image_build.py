@@ -154,7 +154,9 @@ def build_and_push(registry: str, log=print) -> Built:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m infra.local.image_build", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m infra.local.image_build", description=(__doc__ or "").partition("\n")[0]
+    )
     p.add_argument("--registry", help="push here (HOST:PORT); default: start docker-registry on 127.0.0.1")
     p.add_argument("--stop", action="store_true", help="stop the dockerd and registry this started")
     a = p.parse_args(argv)

@@ -210,7 +210,9 @@ def node_lock_text(root: Path = REPO_ROOT) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m infra.local.image_lock", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m infra.local.image_lock", description=(__doc__ or "").partition("\n")[0]
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if a file is not what uv.lock gives")
     a = p.parse_args(argv)
     try:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from infra.local import hosts
 from infra.local.layout import Layout, LocalError, Ports, node_argv
-from infra.local.processes import last_lines, pid_alive, start_supervisor
+from infra.local.processes import last_lines, pid_alive, raylet_running, start_supervisor
 from infra.local.state import hostset, load_state, save_state
 from infra.rollout import plan as p
 from infra.rollout.ssm import SsmRunner
@@ -148,14 +148,20 @@ class LocalRunner(SsmRunner):
         return log, offset
 
     def _wait_alive(self, host_name: str, log: Path, offset: int) -> tuple[bool, str]:
-        from infra.local.status import status
+        # (infra.local.status lost its `status` in the move to infra/status/local.py, which sits
+        # above infra.local: the host's liveness from the same pieces local_status uses)
+        from infra.local.status import _ray_nodes, classify_hosts
         from ray_cluster.node import last_error_line
 
         deadline = self.clock() + self.alive_timeout_s
         while True:
             self.sleep(2.0)
-            rep = status(self.name, self.state_dir, probe=False, price_stack=None)
-            if any(h["name"] == host_name and h["status"] == "alive" for h in rep["hosts"]):
+            st = load_state(self.name, self.state_dir)
+            if st is None:
+                return False, f"local cluster {self.name!r} is gone from {self.state_dir}"
+            running = {h.name: raylet_running(h) for h in hostset(st).hosts}
+            alive = classify_hosts(st["hosts"], _ray_nodes(st), running)
+            if any(h.name == host_name and h.status == "alive" for h in alive):
                 return True, ""
             with open(log, errors="replace") as f:
                 f.seek(offset)

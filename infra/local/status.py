@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from infra.local.processes import raylet_running
 from infra.local.state import hostset, read_token
@@ -57,7 +58,8 @@ def _ray_nodes(st: dict) -> list[dict] | None:
         nodes = list_nodes(address=f"http://{head_ip}:{port}", timeout=5, raise_on_missing_output=False)
     except Exception:  # unreachable dashboard/GCS: the caller reports the head as lost
         return None
-    return [{"ip": n.node_ip, "alive": n.state == "ALIVE", "node_id": n.node_id} for n in nodes]
+    rows = [cast("Any", n) for n in nodes]  # Ray's NodeState: its stub types it as a bare dataclass
+    return [{"ip": n.node_ip, "alive": n.state == "ALIVE", "node_id": n.node_id} for n in rows]
 
 
 def metrics_targets(st: dict) -> list[str]:

@@ -169,8 +169,8 @@ def tiny_config(vocab_size: int):
         topk_group=1,
         # R1's router: sigmoid scores with a learned bias (e_score_correction_bias); vLLM's
         # loader expects that tensor for a DeepSeek-V3 checkpoint.
-        topk_method="noaux_tc",
-        scoring_func="sigmoid",
+        topk_method="noaux_tc",  # pyright: ignore[reportCallIssue] - kept, not declared by the class
+        scoring_func="sigmoid",  # pyright: ignore[reportCallIssue]
         first_k_dense_replace=1,
         q_lora_rank=32,
         # vLLM's CPU MLA kernel supports only kv_lora_rank + qk_rope_head_dim = 576, R1's own
@@ -255,18 +255,18 @@ def build_tokenizer():
 def build_into(out_dir: Path, seed: int, model_id: str = MODEL_ID) -> None:
     """Write tokenizer + random-weight model to out_dir, deterministically from seed."""
     import torch
-    from transformers import DeepseekV3ForCausalLM, GenerationConfig, LlamaForCausalLM
+    from transformers import DeepseekV3ForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
-    if check_model_id(model_id) == LLAMA_MODEL_ID:
-        config, cls = tiny_llama_config(vocab_size=len(tokenizer)), LlamaForCausalLM
-    else:
-        config, cls = tiny_config(vocab_size=len(tokenizer)), DeepseekV3ForCausalLM
+    llama = check_model_id(model_id) == LLAMA_MODEL_ID
+    config = (tiny_llama_config if llama else tiny_config)(vocab_size=len(tokenizer))
     # Weight init draws from torch's global RNG: hold a lock so threads building at once cannot
     # interleave their draws, and fork the RNG so the caller's random state is left untouched.
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(config).eval()
+        model = (
+            LlamaForCausalLM(config) if isinstance(config, LlamaConfig) else DeepseekV3ForCausalLM(config)
+        ).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,

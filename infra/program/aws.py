@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 import pulumi_aws as aws
@@ -15,6 +15,18 @@ from infra.stack.config import StackConfig
 from infra.stack.resolve import Stack, resolve
 from infra.stack.serving import serve_config_yaml, serving_outputs
 from infra.stack.serving_hours import schedule_actions
+
+if TYPE_CHECKING:
+    # Imported where used (each component module pulls in pulumi_aws modules the offline
+    # engine loads lazily: infra/program/provider_modules.py); here only for the types.
+    from infra.components.gcs_redis import GcsRedis
+    from infra.components.iam import NodeIam
+    from infra.components.image import Image
+    from infra.components.network import Network
+    from infra.components.observability import Observability
+    from infra.components.registry import Registry
+    from infra.components.secret_token import SecretToken
+    from infra.components.weights import Weights
 
 
 def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
@@ -58,18 +70,18 @@ def dashboard_command(group: str, region: str) -> str:
 class _Base:
     """What the cluster reads: network, registry + image, weights, tokens, IAM, observability."""
 
-    network: Any
-    registry: Any
-    image: Any
-    weights: Any
-    token: Any
-    ray_token: Any
-    iam: Any
-    obs: Any
-    gcs: Any = None  # GcsRedis with llmfleet:gcsRedis, else None
+    network: Network
+    registry: Registry
+    image: Image
+    weights: Weights
+    token: SecretToken
+    ray_token: SecretToken
+    iam: NodeIam
+    obs: Observability
+    gcs: GcsRedis | None = None  # with llmfleet:gcsRedis
 
 
-def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]):
+def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> Network:
     from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
 
     return Network(
@@ -221,6 +233,8 @@ def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str])
     from infra.components.endpoint import Endpoint, EndpointArgs
 
     nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
+    if nlb_subnet is None:  # Network makes the public subnet whenever the endpoint is public
+        raise pulumi.RunError("llmfleet:endpointPublic = true: the network has no public subnet")
     return Endpoint(
         "endpoint",
         EndpointArgs(

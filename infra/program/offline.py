@@ -11,6 +11,15 @@ Traps handled (from Pulumi's issue tracker):
   output that still resolves to None or unknown is an error, never a silent skip.
 - duplicate URNs (same type + logical name + parent chain) are an error; the mock
   monitor would otherwise accept them.
+
+The fast path: a large capture spends most of its time in Pulumi's mock machinery, so this
+engine reaches into the SDK's private hooks (no source positions per resource, the mocks' state
+serialized without spinning the event loop, `RegisterResource` answered here) and loads only the
+pulumi_aws modules the program touches (provider_modules.py). Those hooks are not API: an SDK
+without one of them (`fast_path_missing()`), or LLMFLEET_OFFLINE_FAST=0, runs the same program on
+Pulumi's public MockMonitor instead, which records the same resources, only slower
+(tests/test_offline_fallback.py compares the two). The SDK range in pyproject.toml is the one the
+fast path was tested with.
 """
 
 from __future__ import annotations
@@ -30,10 +39,10 @@ import pulumi
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import resource as presource
 from pulumi.runtime import rpc
+from pulumi.runtime import sync_await as psync
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.settings import get_root_resource, set_root_resource
 from pulumi.runtime.stack import run_in_stack
-from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from infra.program.offline_mocks import RecordingMocks
 from infra.program.provider_modules import light_packages
@@ -42,6 +51,25 @@ from infra.stack.files import project_root, raw_stack_config, stack_name
 
 PROJECT = "llmfleet"
 UNKNOWN_PLACEHOLDER = "[unknown]"
+FAST_ENV = "LLMFLEET_OFFLINE_FAST"
+# The SDK's private names the fast path uses (module or class, attribute).
+_FAST_HOOKS: tuple[tuple[Any, str], ...] = (
+    (presource, "_get_stack_trace"),
+    (presource, "source_pb2"),
+    (pmocks, "_resolve_callbacks"),
+    (pmocks.MockMonitor, "ResourceRegistration"),
+    (psync, "_sync_await"),
+    (psync, "_ensure_event_loop"),
+)
+
+
+def fast_path_missing() -> list[str]:
+    """The private hooks of the fast path this Pulumi SDK lacks (empty: the fast path runs)."""
+    return [f"{getattr(o, '__name__', o)}.{attr}" for o, attr in _FAST_HOOKS if not hasattr(o, attr)]
+
+
+def fast_path_enabled() -> bool:
+    return os.environ.get(FAST_ENV, "1") != "0" and not fast_path_missing()
 
 
 class OfflineError(RuntimeError):
@@ -87,12 +115,17 @@ def _serialize_now(state: dict[str, Any]):
     except StopIteration as done:
         return done.value
     coro.close()
-    return _sync_await(rpc.serialize_properties(state, {}))
+    return psync._sync_await(rpc.serialize_properties(state, {}))
 
 
 class RecordingMonitor(pmocks.MockMonitor):
-    def __init__(self, mocks: RecordingMocks):
+    """MockMonitor that records each resource; `fast`: answers RegisterResource itself (the fast
+    path), else lets MockMonitor answer and records what it stored."""
+
+    def __init__(self, mocks: RecordingMocks, fast: bool = True):
         super().__init__(mocks)
+        self.recording_mocks = mocks  # typed: its new_resource always answers an id
+        self.fast = fast
         self.records: list[dict[str, Any]] = []
         self.by_urn: dict[str, dict[str, Any]] = {}
         self.duplicates: list[str] = []
@@ -106,34 +139,29 @@ class RecordingMonitor(pmocks.MockMonitor):
 
     def RegisterResource(self, request):
         """MockMonitor.RegisterResource (same mock args, state and response), recording each
-        resource and deserializing its inputs once."""
+        resource; the fast path deserializes its inputs once."""
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
             return resource_pb2.RegisterResourceResponse(urn=urn)
-        _ensure_event_loop()  # resource references deserialize through this thread's loop
         if urn in self.by_urn:
             self.duplicates.append(urn)
-        inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
-        clean, unknown = _clean(inputs)
-        if unknown:  # the mocks see unknowns as MockMonitor passes them (None), not as markers
+        if self.fast:
+            psync._ensure_event_loop()  # resource references deserialize through this thread's loop
+            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            clean, unknown = _clean(inputs)
+            if unknown:  # the mocks see unknowns as MockMonitor passes them (None), not as markers
+                inputs = rpc.deserialize_properties(request.object)
+            rid, state, response = self._register_fast(request, urn, inputs)
+        else:
+            response = super().RegisterResource(request)  # deserialize, mocks, serialize, store
+            reg = self.resources[urn]
+            rid, state = reg.id, reg.state
+            clean, unknown = _clean(rpc.deserialize_properties(request.object, keep_unknowns=True))
+        if unknown:
             self.unknown_inputs += [f"{request.name}.{p}" for p in unknown]
-            inputs = rpc.deserialize_properties(request.object)
         parent = None
         if request.parent and request.parent.split("::")[2].split("$")[-1] != "pulumi:pulumi:Stack":
             parent = request.parent.split("::")[-1]
-        rid, state = self.mocks.new_resource(
-            pmocks.MockResourceArgs(
-                typ=request.type,
-                name=request.name,
-                inputs=inputs,
-                provider=request.provider,
-                resource_id=request.importId,
-                custom=request.custom or False,
-                transforms=pmocks._resolve_callbacks(request.transforms),
-            )
-        )
-        obj = _serialize_now(state)
-        self.resources[urn] = pmocks.MockMonitor.ResourceRegistration(urn, rid, state)
         rec = {
             "type": request.type,
             "name": request.name,
@@ -149,7 +177,24 @@ class RecordingMonitor(pmocks.MockMonitor):
         }
         self.records.append(rec)
         self.by_urn[urn] = rec
-        return resource_pb2.RegisterResourceResponse(urn=urn, id=rid, object=obj)
+        return response
+
+    def _register_fast(self, request: Any, urn: str, inputs: dict[str, Any]) -> tuple[str, dict, Any]:
+        """What MockMonitor.RegisterResource does, without its event-loop round trip."""
+        rid, state = self.recording_mocks.new_resource(
+            pmocks.MockResourceArgs(
+                typ=request.type,
+                name=request.name,
+                inputs=inputs,
+                provider=request.provider,
+                resource_id=request.importId,
+                custom=request.custom or False,
+                transforms=pmocks._resolve_callbacks(request.transforms),
+            )
+        )
+        obj = _serialize_now(state)
+        self.resources[urn] = pmocks.MockMonitor.ResourceRegistration(urn, rid, state)
+        return rid, state, resource_pb2.RegisterResourceResponse(urn=urn, id=rid, object=obj)
 
     def RegisterResourceOutputs(self, request):
         if "::pulumi:pulumi:Stack::" in request.urn:
@@ -194,8 +239,8 @@ def _none_paths(v: Any, path: str) -> list[str]:
     return []
 
 
-def _no_stack_trace():
-    return presource.source_pb2.StackTrace()
+def _no_stack_trace() -> Any:
+    return presource.source_pb2.StackTrace()  # pyright: ignore[reportPrivateImportUsage] - the fast path's hook
 
 
 _rare_depth = 0  # collect_rarely() nests: only the outermost one freezes and restores
@@ -231,24 +276,32 @@ def collect_rarely():
         gc.unfreeze()
 
 
+def _clear_root() -> None:
+    set_root_resource(None)  # pyright: ignore[reportArgumentType] - None clears it (typed Resource)
+
+
 @contextlib.contextmanager
 def _mocked_runtime(stack: str, mocks: RecordingMocks, monitor: RecordingMonitor, raw, secret_keys):
     """Pulumi's process-wide runtime set for one offline run, and reset after it."""
-    # Source positions only annotate the engine's diagnostics; collecting them reads the source
-    # of every frame for every resource (a quarter of a large capture's time). None reach us.
-    presource._get_stack_trace = _no_stack_trace
+    stack_trace = getattr(presource, "_get_stack_trace", None)
+    if monitor.fast:
+        # Source positions only annotate the engine's diagnostics; collecting them reads the source
+        # of every frame for every resource (a quarter of a large capture's time). None reach us.
+        presource._get_stack_trace = _no_stack_trace
     # A loop of our own, closed at the end: a loop left for the garbage collector at
     # interpreter exit fails noisily once other libraries (ray) have closed its self-pipe.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    set_root_resource(None)
+    _clear_root()
     pmocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    set_root_resource(None)  # set_mocks registered a bare stack; run_in_stack makes the real one
+    _clear_root()  # set_mocks registered a bare stack; run_in_stack makes the real one
     pulumi.runtime.set_all_config(raw, sorted(secret_keys))
     try:
         yield
     finally:
-        set_root_resource(None)
+        if monitor.fast:
+            presource._get_stack_trace = stack_trace
+        _clear_root()
         # Pulumi's runtime config is process-wide: the next capture, and the policy runner, must
         # not see this stack's values (the runner is handed the StackConfig it checks).
         pulumi.runtime.set_all_config({}, [])
@@ -305,15 +358,18 @@ def capture(
     raw, secret_keys = raw_stack_config(stack, overrides, project_dir)
     stack = stack_name(stack, project_dir)  # org/project/prod -> prod, as Pulumi's get_stack()
     cfg = load_stack_config(raw, stack)  # fail fast, before any resource registers
-    light_packages()  # only the provider modules the program touches load (provider_modules.py)
+    fast = fast_path_enabled()
+    if fast:
+        light_packages()  # only the provider modules the program touches load (provider_modules.py)
     mocks = RecordingMocks(cfg.region, cfg.vpc_cidr)
-    monitor = RecordingMonitor(mocks)
+    monitor = RecordingMonitor(mocks, fast=fast)
     main = program or project_dir / "__main__.py"
     exported: list[str] = []
 
     def run_program() -> None:
         runpy.run_path(str(main), run_name="__main__")
-        exported.extend(get_root_resource().outputs)
+        root = get_root_resource()
+        exported.extend(getattr(root, "outputs", None) or {})  # the stack resource's exports
 
     try:
         with (
@@ -321,7 +377,10 @@ def capture(
             _in_project(project_dir),
             _mocked_runtime(stack, mocks, monitor, raw, secret_keys),
         ):
-            _sync_await(run_in_stack(run_program))
+            if fast:
+                psync._sync_await(run_in_stack(run_program))
+            else:  # _mocked_runtime set this thread's loop, not running: what _sync_await does then
+                asyncio.get_event_loop().run_until_complete(run_in_stack(run_program))
     except Exception as e:  # noqa: BLE001 - shown as one line
         config_error = _config_error_in(e)
         if config_error is not None:

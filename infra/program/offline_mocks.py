@@ -51,7 +51,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def _arn(self, service: str, kind: str, name: str) -> str:
         return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{kind}/{name}"
 
-    def new_resource(self, args: pmocks.MockResourceArgs):
+    def new_resource(self, args: pmocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         t, name, inputs = args.typ, args.name, dict(args.inputs)
         rid = ID_PREFIX.get(t, f"{name}-") + _h(t, name)
         service = t.split(":")[1].split("/")[0] if ":" in t else "mock"

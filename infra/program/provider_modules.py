@@ -44,6 +44,7 @@ def _submodule_exists(package: types.ModuleType, sub: str) -> bool:
 def _light(full_name: str) -> types.ModuleType:
     spec = importlib.util.find_spec(full_name)
     assert spec is not None and spec.loader is not None, full_name
+    loader = spec.loader
     mod = importlib.util.module_from_spec(spec)  # not executed: no resource module loads yet
     loaded = False
 
@@ -72,7 +73,7 @@ def _light(full_name: str) -> types.ModuleType:
         # Not where the generator puts it: run the package's own __init__ (it reuses the
         # modules already loaded, so classes stay identical) and answer from that.
         loaded = True
-        spec.loader.exec_module(mod)
+        loader.exec_module(mod)
         return types.ModuleType.__getattribute__(mod, name)
 
     mod.__getattr__ = __getattr__  # type: ignore[method-assign]  # PEP 562: module __getattr__

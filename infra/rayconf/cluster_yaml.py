@@ -132,10 +132,6 @@ class ClusterOutputs(BaseModel):
         return self
 
     @property
-    def uses_ssm(self) -> bool:
-        return self.head_instance_id is not None
-
-    @property
     def ssh_head(self) -> str:
         return self.head_address or self.head_private_ip
 
@@ -244,7 +240,8 @@ def render_cluster_yaml(outputs: Mapping[str, Any], ssh_private_key: str | None 
     """The cluster.yaml document (a dict; dump it with yaml.safe_dump)."""
     o = parse_outputs(outputs)
     auth: dict[str, Any] = {"ssh_user": o.ssh_user}
-    if o.uses_ssm:
+    # SSM (AWS): the validator holds the instance ids and the region together
+    if o.head_instance_id is not None and o.worker_instance_ids is not None and o.region:
         table = {
             o.head_private_ip: o.head_instance_id,
             **dict(zip(o.worker_private_ips, o.worker_instance_ids, strict=True)),

@@ -469,7 +469,7 @@ def export_schema() -> dict[str, Any]:
 def validate_with_exported_schema(doc: Mapping[str, Any]) -> None:
     import json
 
-    import jsonschema
+    import jsonschema.exceptions
 
     schema = json.loads(SCHEMA_PATH.read_text())
     # The schema itself is checked against its metaschema by the tests, not on every run.

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from infra.catalog import Model, load_catalog
+from infra.catalog import QUANTIZATIONS, Model, load_catalog
 
 GIB = 1024**3
-QUANTIZATIONS = ("fp8", "bf16", "int8", "int4")
+__all__ = ["QUANTIZATIONS"]  # defined with the catalog; the planner reads it from here too
 BYTES_PER_PARAM = {"fp8": 1.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 # Scale tensors stored beside quantized weights: fp8 128x128 block scales (fp32),
 # int4 group-128 scales (fp16); int8 per-channel scales are negligible.
@@ -50,20 +50,21 @@ def architecture(model_id: str) -> Architecture:
     m = load_catalog().models[model_id]
     h = m.hidden
     if m.attention == "mla":
-        q_down = h * m.q_lora_rank
-        kv_down = h * (m.kv_lora_rank + m.qk_rope_head_dim)
-        q_up = m.q_lora_rank * m.heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
-        kv_up = m.kv_lora_rank * m.heads * (m.qk_nope_head_dim + m.v_head_dim)
-        out = m.heads * m.v_head_dim * h
+        a = m.mla
+        q_down = h * a.q_lora_rank
+        kv_down = h * (a.kv_lora_rank + a.qk_rope_head_dim)
+        q_up = a.q_lora_rank * m.heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
+        kv_up = a.kv_lora_rank * m.heads * (a.qk_nope_head_dim + a.v_head_dim)
+        out = m.heads * a.v_head_dim * h
         attn_sharded = q_up + kv_up + out
-        attn_replicated = q_down + kv_down + m.q_lora_rank + m.kv_lora_rank
-        kv_elems = m.kv_lora_rank + m.qk_rope_head_dim
+        attn_replicated = q_down + kv_down + a.q_lora_rank + a.kv_lora_rank
+        kv_elems = a.kv_lora_rank + a.qk_rope_head_dim
     else:
         attn_sharded = h * m.heads * m.head_dim * 2 + 2 * h * m.kv_heads * m.head_dim
         attn_replicated = 0
         kv_elems = 2 * m.kv_heads * m.head_dim
     norms = 2 * h
-    layers = []
+    layers: list[Layer] = []
     for i in range(m.layers):
         if m.moe and i >= m.moe.first_k_dense:
             expert = 3 * h * m.moe.expert_intermediate
@@ -116,7 +117,8 @@ class Stage:
 
 
 def stages(arch: Architecture, pp: int) -> list[Stage]:
-    out, start = [], 0
+    out: list[Stage] = []
+    start = 0
     parts = pp_partition(len(arch.layers), pp)
     for s, n in enumerate(parts):
         out.append(Stage(arch.layers[start : start + n], s == 0, s == pp - 1))

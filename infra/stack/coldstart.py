@@ -21,6 +21,7 @@ arithmetic and names the term that limits each rate.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from infra.catalog import InstanceType, Model, load_catalog
 from infra.constants import S3_MAX_CONCURRENT_REQUESTS
@@ -44,7 +45,7 @@ class ColdStart:
     total_s: float
     terms: tuple[Term, ...]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "instance_type": self.instance_type,
             "total_s": round(self.total_s, 1),

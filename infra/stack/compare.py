@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
 
 from infra.catalog import load_catalog
 from infra.stack import perf
@@ -16,6 +16,7 @@ from infra.stack.planner import (
     DEFAULT_INPUT_LEN,
     DEFAULT_OUTPUT_LEN,
     DEFAULT_TARGET_CONCURRENCY,
+    Plan,
     PlanInputError,
     plan,
 )
@@ -41,7 +42,16 @@ class CompareRow:
     usd_per_million_output_tokens: float | None
     note: str
 
-    def to_dict(self) -> dict:
+    @classmethod
+    def of(cls, p: Plan, note: str) -> CompareRow:
+        """The row of one plan: every field but `note` is the plan's own (the prices only when
+        it fits: a layout that does not fit has no price to compare)."""
+        row: dict[str, Any] = {f.name: getattr(p, f.name) for f in fields(cls) if f.name != "note"}
+        if not p.fits:
+            row.update(usd_per_hour=None, usd_per_million_output_tokens=None)
+        return cls(**row, note=note)
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -49,7 +59,8 @@ def _layout_candidates(gpu: str, checkpoint_gib: float) -> tuple[list[int], list
     """(GPUs per node to try for `gpu`, instance types left out): the GPU counts of its AWS
     instance types whose local disks hold the checkpoint (workers stage the weights onto
     instance-store NVMe), else 8 GPUs per node as hardware only."""
-    ok, too_small = set(), []
+    ok: set[int] = set()
+    too_small: list[str] = []
     for i in load_catalog().instances.values():
         if i.gpu != gpu:
             continue
@@ -108,29 +119,9 @@ def compare(
         else:
             best = plans[-1]
             note = best.reasons[0] if best.reasons else "does not fit"
-        rows.append(
-            CompareRow(
-                gpu=gpu,
-                fits=best.fits,
-                quantization=best.quantization,
-                nodes=best.nodes,
-                gpus_per_node=best.gpus_per_node,
-                tensor_parallel_size=best.tensor_parallel_size,
-                pipeline_parallel_size=best.pipeline_parallel_size,
-                instance_type=best.instance_type,
-                usd_per_hour=best.usd_per_hour if best.fits else None,
-                effective_concurrency=best.effective_concurrency,
-                concurrency_capped=best.concurrency_capped,
-                decode_tokens_per_s_expected=best.decode_tokens_per_s_expected,
-                decode_tokens_per_s_per_user=best.decode_tokens_per_s_per_user,
-                tpot_ms=best.tpot_ms,
-                ttft_ms=best.ttft_ms,
-                usd_per_million_output_tokens=best.usd_per_million_output_tokens if best.fits else None,
-                note=note,
-            )
-        )
+        rows.append(CompareRow.of(best, note))
 
-    def order(r: CompareRow) -> tuple:
+    def order(r: CompareRow) -> tuple[int, float, str]:
         if not r.fits:
             return (2, 0.0, r.gpu)
         if r.usd_per_million_output_tokens is None:

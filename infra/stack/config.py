@@ -15,15 +15,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from infra.catalog import load_catalog
+from infra.catalog import Quantization, load_catalog
 from infra.catalog.images import image_ref
 from infra.stack import engine_options, suggest
 from infra.stack.config_rules import CrossKeyError, check_all, fmt_value
+
+if TYPE_CHECKING:
+    from infra.stack.planner import Plan
 from infra.stack.config_values import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
     AvailabilityZone,
     CapacityBlockId,
     CertificateArn,
@@ -32,6 +36,7 @@ from infra.stack.config_values import (
     DnsName,
     EndpointPort,
     GpuInstanceType,
+    GpuMemoryUtilization,
     HostedZoneId,
     HourlyUsd,
     IdleStopMinutes,
@@ -79,9 +84,7 @@ class StackConfig(BaseModel):
     provider: Literal["aws", "existing"] = Field(default="aws", alias="llmfleet:provider")
     availability_zone: AvailabilityZone = Field(default=None, alias="llmfleet:availabilityZone")
     model: ModelId = Field(default="deepseek-r1", alias="llmfleet:model")
-    quantization: Annotated[Literal["fp8", "bf16", "int8", "int4"] | None, Unset] = Field(
-        default=None, alias="llmfleet:quantization"
-    )
+    quantization: Annotated[Quantization | None, Unset] = Field(default=None, alias="llmfleet:quantization")
     # 'auto' = the planner's longest clean context at which targetConcurrency full-length
     # sequences fit in the KV cache (infra/stack/context.py); an integer is honoured as set.
     max_model_len: ContextLen = Field(default="auto", alias="llmfleet:maxModelLen")
@@ -89,8 +92,8 @@ class StackConfig(BaseModel):
     target_concurrency: Annotated[int, Field(ge=1, le=4096)] = Field(
         default=DEFAULT_TARGET_CONCURRENCY, alias="llmfleet:targetConcurrency"
     )
-    gpu_memory_utilization: Annotated[float, Field(ge=0.5, le=0.98)] = Field(
-        default=0.90, alias="llmfleet:gpuMemoryUtilization"
+    gpu_memory_utilization: GpuMemoryUtilization = Field(
+        default=DEFAULT_GPU_MEMORY_UTILIZATION, alias="llmfleet:gpuMemoryUtilization"
     )
     gpu_instance_type: GpuInstanceType = Field(default="g6e.48xlarge", alias="llmfleet:gpuInstanceType")
     worker_count: WorkerCount = Field(default="auto", alias="llmfleet:workerCount")
@@ -186,8 +189,14 @@ class StackConfig(BaseModel):
     @property
     def gpu_model(self) -> str:
         if self.provider == "existing" and self.worker_hosts:
-            return self.worker_hosts[0].gpu_model
-        return load_catalog().instances[self.gpu_instance_type].gpu
+            gpu, where = self.worker_hosts[0].gpu_model, "llmfleet:hosts[worker].gpuModel"
+        else:
+            gpu, where = load_catalog().instances[self.gpu_instance_type].gpu, "llmfleet:gpuInstanceType"
+        if gpu is None:  # the key validators admit GPU hosts only; said in one line if one slips by
+            raise ConfigError(
+                f"{where}: no GPU model; allowed: a GPU host (catalog/instances.yaml, gpus.yaml)"
+            )
+        return gpu
 
     @property
     def gpus_per_worker(self) -> int:
@@ -221,7 +230,7 @@ class StackConfig(BaseModel):
             return len(self.worker_hosts) // self.replicas
         return None if self.worker_count == "auto" else self.worker_count // self.replicas
 
-    def resolved_workers(self, plan: Any) -> int:
+    def resolved_workers(self, plan: Plan) -> int:
         """The worker count: replicas x the configured or the planner's nodes per replica
         (`plan`: this stack's plan; `infra.stack.resolve` computes both once)."""
         if self.provider == "existing":

@@ -22,6 +22,19 @@ PRIVATE_NETWORKS = tuple(
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
 
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def subnet_of(net: IpNetwork, other: IpNetwork) -> bool:
+    """`net` lies inside `other`; False across address families (ipaddress raises there)."""
+    if isinstance(net, ipaddress.IPv4Network) and isinstance(other, ipaddress.IPv4Network):
+        return net.subnet_of(other)
+    if isinstance(net, ipaddress.IPv6Network) and isinstance(other, ipaddress.IPv6Network):
+        return net.subnet_of(other)
+    return False
+
+
 if TYPE_CHECKING:
     from infra.stack.config import StackConfig
 
@@ -222,7 +235,7 @@ def check_internal_cidrs(cfg: StackConfig) -> None:
                 cfg.endpoint_allowed_cidrs,
                 "an internal endpoint cannot admit 0.0.0.0/0 or ::/0",
             )
-        private = any(net.version == p.version and net.subnet_of(p) for p in (*PRIVATE_NETWORKS, vpc))
+        private = any(subnet_of(net, p) for p in (*PRIVATE_NETWORKS, vpc))
         if not private and not cfg.endpoint_allow_public_cidrs:
             raise CrossKeyError(
                 "llmfleet:endpointAllowedCidrs",

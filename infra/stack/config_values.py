@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -23,6 +23,14 @@ from ray_cluster.schedule import ScheduleError, parse_schedule
 LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
 )  # fmt: skip
+# llmfleet:gpuMemoryUtilization, `plan --gpu-memory-utilization` and the policy pack's config
+# schema: one range. Below 0.5 a 48 GB GPU keeps under 24 GB for weights and KV cache; above
+# 0.98 vLLM's own activations and CUDA graphs have no room left.
+GPU_MEMORY_UTILIZATION_RANGE = (0.5, 0.98)
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+GpuMemoryUtilization = Annotated[
+    float, Field(ge=GPU_MEMORY_UTILIZATION_RANGE[0], le=GPU_MEMORY_UTILIZATION_RANGE[1])
+]
 AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 ACM_ARN_RE = re.compile(r"^arn:aws:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$")
@@ -382,7 +390,7 @@ def _schedule(v: Any) -> str | None:
             "allowed: text such as 'mon-fri 08:00-20:00 Europe/Berlin' or a list of such windows"
         )
     try:
-        return parse_schedule(v).text
+        return parse_schedule(cast("str | list[str]", v)).text  # list items: parse_schedule checks them
     except ScheduleError as e:
         raise ValueError(str(e)) from None
 

@@ -24,10 +24,16 @@ import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from infra.catalog.engine_args import engine_args, vllm_version
 from infra.stack import serve_autoscaling, suggest
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError as SchemaError
+
+    from infra.stack.config import StackConfig
+    from infra.stack.planner import Plan
 
 ENGINE_KEY = "llmfleet:engineArgs"
 SERVE_KEY = "llmfleet:serveOptions"
@@ -101,7 +107,8 @@ def _typed(value: Any, owner: str) -> str:
 # ---------------------------------------------------------------- keys and types (config load)
 
 
-def _validator(schema: Mapping[str, Any]):
+def _validator(schema: Mapping[str, Any]) -> Any:
+    """jsonschema's Draft 2020-12 validator (typed Any: its stub's methods are partly untyped)."""
     import jsonschema
 
     return jsonschema.Draft202012Validator(dict(schema))
@@ -163,7 +170,7 @@ def _check_deployment(
             raise OptionError(where, value, f"not allowed here: {refused[key]}")
         prop = schema["$defs"]["DeploymentSchema"]["properties"][key]
         if isinstance(value, Mapping):
-            _check_nested(where, value, prop, schema["$defs"])
+            _check_nested(where, cast(Mapping[str, Any], value), prop, schema["$defs"])
         err = _first(_validator({"$defs": schema["$defs"], **prop}), value)
         if err is not None:
             inner = "".join(f".{p}" for p in err.absolute_path)
@@ -184,8 +191,8 @@ def _check_nested(
     """A map option's keys against its model's fields (autoscaling_config, ...): Ray's models
     ignore an unknown key, so a typo there would silently leave Ray's default in force."""
     refs = [o["$ref"] for o in [prop, *prop.get("anyOf", [])] if "$ref" in o]
-    model = defs.get(refs[0].rsplit("/", 1)[-1], {}) if refs else {}
-    fields = list(model.get("properties") or {})
+    model: Mapping[str, Any] = defs.get(refs[0].rsplit("/", 1)[-1], {}) if refs else {}
+    fields: list[str] = list(model.get("properties") or {})
     for key, v in value.items():
         if fields and key not in fields:
             hint = suggest.did_you_mean(key, fields).strip()
@@ -203,23 +210,24 @@ def _check_nested(
             )
 
 
-def _first(validator: Any, value: Any) -> Any:
-    import jsonschema
+def _first(validator: Any, value: Any) -> SchemaError | None:
+    from jsonschema.exceptions import best_match  # pyright: ignore[reportUnknownVariableType] - its key= is untyped
 
-    return jsonschema.exceptions.best_match(validator.iter_errors(value))
+    return cast("SchemaError | None", best_match(validator.iter_errors(value)))
 
 
 _BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
 
 
-def _allowed(err: Any) -> str:
+def _allowed(err: SchemaError) -> str:
     """A jsonschema error as "allowed: ..." where its keyword says what would be."""
-    if err.validator in _BOUNDS:
-        return f"allowed: a number {_BOUNDS[err.validator]} {err.validator_value}"
-    if err.validator == "enum":
-        return "allowed: " + ", ".join(json.dumps(v) for v in err.validator_value)
-    if err.validator == "type":
-        kinds = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+    keyword, want = str(err.validator), cast(Any, err.validator_value)
+    if keyword in _BOUNDS:
+        return f"allowed: a number {_BOUNDS[keyword]} {want}"
+    if keyword == "enum":
+        return "allowed: " + ", ".join(json.dumps(v) for v in want)
+    if keyword == "type":
+        kinds = cast(list[Any], want) if isinstance(want, list) else [want]
         return "allowed: " + " or ".join(f"a JSON {k}" for k in kinds)
     return f"not allowed: {err.message}"
 
@@ -244,7 +252,7 @@ def check_serve_options(options: Mapping[str, Any]) -> dict[str, Any]:
             raise OptionError(
                 f"{SERVE_KEY}.{INGRESS}", ingress, "allowed: a map of the ingress deployment's options"
             )
-        _check_deployment(ingress, f"{SERVE_KEY}.{INGRESS}", REFUSED_INGRESS)
+        _check_deployment(cast(Mapping[str, Any], ingress), f"{SERVE_KEY}.{INGRESS}", REFUSED_INGRESS)
     return dict(options)
 
 
@@ -264,7 +272,7 @@ def _same(where: str, value: Any, want: Any, owner: str) -> None:
         raise OptionError(where, value, _typed(want, owner))
 
 
-def check_config(cfg: Any) -> None:
+def check_config(cfg: StackConfig) -> None:
     """What the config alone decides: the typed keys' values, the replicas the stack has hosts for."""
     eng, serve = cfg.engine_args, llm_options(cfg.serve_options)
     if "gpu_memory_utilization" in eng:
@@ -290,6 +298,7 @@ def _check_replicas(serve: Mapping[str, Any], replicas: int, owner: str) -> None
             f"{owner} replicas); unset it or raise {owner}",
         )  # fmt: skip
     if isinstance(auto, Mapping):
+        auto = cast(Mapping[str, Any], auto)
         n = auto.get("min_replicas")
         if isinstance(n, int) and n < serve_autoscaling.MIN_REPLICAS:
             raise OptionError(
@@ -332,7 +341,7 @@ def check_local(engine: Mapping[str, Any], serve: Mapping[str, Any], tp: int, pp
     _check_replicas(llm_options(serve), replicas, "--hosts - 1")
 
 
-def check_plan(cfg: Any, plan: Any) -> None:
+def check_plan(cfg: StackConfig, plan: Plan) -> None:
     """What the plan decides: the layout and the sequence length the KV cache is sized for."""
     eng = cfg.engine_args
     hosts = f"host{'s' if plan.nodes != 1 else ''}"

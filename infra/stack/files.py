@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from infra import yaml_files
 from infra.stack import suggest
@@ -41,10 +41,27 @@ def _to_pulumi_value(value: Any) -> str:
 PROJECT_FILE = "Pulumi.yaml"
 
 
+def _yaml_mapping(path: Path) -> dict[str, Any]:
+    """A project or stack file's top level: a mapping (empty file: {}), else one line."""
+    doc = yaml_files.safe_load(path.read_text())
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level is a {type(doc).__name__}; allowed: a YAML mapping")
+    return {str(k): v for k, v in cast(dict[Any, Any], doc).items()}
+
+
+def _block(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    block: Any = doc.get(key) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: {key} is a {type(block).__name__}; allowed: a mapping of keys to values")
+    return {str(k): v for k, v in cast(dict[Any, Any], block).items()}
+
+
 def project_name(project_dir: Path | None = None) -> str:
     """Pulumi.yaml's `name`: the PROJECT of a fully qualified stack name."""
     path = (project_dir or project_root()) / PROJECT_FILE
-    return str((yaml_files.safe_load(path.read_text()) or {}).get("name", ""))
+    return str(_yaml_mapping(path).get("name", ""))
 
 
 def stack_name(stack: str, project_dir: Path | None = None) -> str:
@@ -90,14 +107,14 @@ def available_stacks(project_dir: Path | None = None) -> list[str]:
 def project_defaults(project_dir: Path | None = None) -> dict[str, str]:
     """Defaults declared in Pulumi.yaml's config block (project keys are in our namespace)."""
     path = (project_dir or project_root()) / PROJECT_FILE
-    proj = yaml_files.safe_load(path.read_text()) or {}
+    proj = _yaml_mapping(path)
     # Pulumi namespaces a project's own keys by the project's name: the program reads llmfleet:*.
     if proj.get("name") != NS:
         raise ConfigError(
             f"{path}: name {proj.get('name')!r}: the program reads the {NS}: config namespace; allowed: {NS}"
         )
-    out = {}
-    for key, decl in (proj.get("config") or {}).items():
+    out: dict[str, str] = {}
+    for key, decl in _block(proj, "config", path).items():
         full = key if ":" in key else f"{NS}:{key}"
         if isinstance(decl, dict) and "default" in decl:
             out[full] = _to_pulumi_value(decl["default"])
@@ -145,12 +162,12 @@ def raw_stack_config(
         raise ConfigError(
             f"--stack {stack!r}: no file {path.relative_to(project_dir)}; {hint}allowed: {', '.join(stacks) or 'none'}"
         )
-    doc = yaml_files.safe_load(path.read_text()) or {}
+    doc = _yaml_mapping(path)
     raw = project_defaults(project_dir)
     secrets: set[str] = set()
-    for key, value in (doc.get("config") or {}).items():
+    for key, value in _block(doc, "config", path).items():
         full = key if ":" in key else f"{NS}:{key}"
-        if isinstance(value, dict) and set(value) == {"secure"}:
+        if isinstance(value, dict) and set(cast(dict[str, Any], value)) == {"secure"}:
             # Encrypted by the stack's secrets provider; offline we only know it is set.
             raw[full] = SECRET_PLACEHOLDER
             secrets.add(full)

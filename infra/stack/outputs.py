@@ -22,6 +22,9 @@ class OutputsError(ValueError):
     """One line: which output key is missing or wrong, and what is allowed."""
 
 
+RETIRED = frozenset({"plan_fits"})  # outputs older programs exported, read by nothing now
+
+
 class StackOutputs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,7 +49,6 @@ class StackOutputs(BaseModel):
     replicas: int = Field(ge=1)
     tensor_parallel_size: int = Field(ge=1)
     pipeline_parallel_size: int = Field(ge=1)
-    plan_fits: bool
     weights_uri: str | None = None
     # ---- AWS
     region: str | None = None
@@ -94,7 +96,9 @@ class StackOutputs(BaseModel):
     @classmethod
     def parse(cls, outputs: Mapping[str, Any]) -> StackOutputs:
         """`pulumi stack output --json` (or the offline capture) -> StackOutputs; one-line error."""
-        raw = {k: v for k, v in outputs.items() if v is not None}
+        # plan_fits: exported by stacks deployed before it was dropped (nothing read it); such a
+        # stack's outputs still parse until its next `pulumi up`.
+        raw = {k: v for k, v in outputs.items() if v is not None and k not in RETIRED}
         try:
             return cls.model_validate(raw)
         except ValidationError as e:

@@ -5,15 +5,27 @@ Calibration: eta = exp(a0 + a_engine + a_quant) (at most 1), k = exp(b0 + b_engi
 fitted in log space by Levenberg-Marquardt (pure Python) on catalog/calibration.yaml, with a
 small ridge penalty on the engine and quantization terms: an engine or quantization without
 data gets the pooled value, and the plan says so.
+
+The fit is computed once per content of its inputs, not on every `plan` or `pulumi up`:
+catalog/calibration_fit.json holds it with the sha256 of what it was fitted from (the catalog
+files it reads and this code: `fit_key()`). A checkout whose key differs (an edited
+calibration.yaml) fits in-process; `python -m infra.stack.perf_fit --export` rewrites the file
+and tests/test_planner.py fails until the committed one matches.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
+from pathlib import Path
+from typing import Any, cast
 
+from infra.catalog import HERE as CATALOG_DIR
 from infra.catalog import Calibration, load_catalog
 from infra.stack.perf_roofline import Layout, StepShape, decode_shape, prefill_shape
 
@@ -173,7 +185,7 @@ def fit(points: Sequence[Point]) -> Fit:
     cost = sum(t * t for t in r)
     n = len(x)
     for _ in range(200):
-        jac = []  # d r / d x, by forward differences
+        jac: list[list[float]] = []  # d r / d x, by forward differences
         for j in range(n):
             xs = x[:]
             xs[j] += 1e-6
@@ -199,9 +211,49 @@ def fit(points: Sequence[Point]) -> Fit:
     return unpack(x)
 
 
+FIT_FILE = CATALOG_DIR / "calibration_fit.json"
+# What the fit is a function of: the catalog rows calibration_point() reads, and the code that
+# turns them into step shapes and fits them.
+_FIT_INPUTS = (
+    *(CATALOG_DIR / f for f in ("calibration.yaml", "gpus.yaml", "links.yaml", "models.yaml")),
+    *(Path(__file__).with_name(f) for f in ("perf_fit.py", "perf_roofline.py", "arch.py")),
+)
+
+
+def fit_key() -> str:
+    """sha256 over the fit's inputs (file name and bytes, in a fixed order)."""
+    h = hashlib.sha256()
+    for path in _FIT_INPUTS:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _fit_document(f: Fit) -> dict[str, Any]:
+    return {"key": fit_key(), "fit": asdict(f)}
+
+
+def stored_fit(path: Path | None = None) -> Fit | None:
+    """The committed fit (FIT_FILE) when its key is the current inputs' (else None: refit)."""
+    try:
+        doc = json.loads((path or FIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or cast(dict[str, Any], doc).get("key") != fit_key():
+        return None
+    v = cast(dict[str, Any], doc["fit"])
+    # JSON keeps a float's repr, so the stored numbers are the fitted ones, bit for bit.
+    fields: dict[str, Any] = {**v, "engines": tuple(v["engines"]), "quantizations": tuple(v["quantizations"])}
+    return Fit(**fields)
+
+
 @cache
 def calibrated_fit() -> Fit:
-    return fit(calibration_points())
+    return stored_fit() or fit(calibration_points())
+
+
+def export_fit(path: Path = FIT_FILE) -> Path:
+    path.write_text(json.dumps(_fit_document(fit(calibration_points())), indent=2, sort_keys=True) + "\n")
+    return path
 
 
 @dataclass(frozen=True)
@@ -220,7 +272,7 @@ class Residual:
 def leave_one_out() -> list[Residual]:
     """Each calibration row's decode rate predicted by a fit on all the other rows."""
     pts = calibration_points()
-    out = []
+    out: list[Residual] = []
     for i, p in enumerate(pts):
         f = fit(pts[:i] + pts[i + 1 :])
         out.append(Residual(p.id, p.measured_tokens_per_s, f.predict(p)))
@@ -235,3 +287,17 @@ def ttft_residuals() -> list[Residual]:
         for p in calibration_points()
         if p.ttft_shape is not None
     ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m infra.stack.perf_fit", description="The calibration fit.")
+    ap.add_argument("--export", action="store_true", help=f"write {FIT_FILE.name} (the fit and its key)")
+    args = ap.parse_args(argv)
+    if args.export:
+        print(f"wrote {export_fit()}")
+    else:
+        print(json.dumps(_fit_document(calibrated_fit()), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -128,7 +128,7 @@ def _attention_flops_per_token_layer(m: Model, context: float) -> float:
     """Prefill attention FLOPs of one token against `context` earlier tokens, one layer, all
     heads (MLA prefill runs as multi-head attention over the up-projected K and V)."""
     if m.attention == "mla":
-        qk, v = m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim
+        qk, v = m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim, m.mla.v_head_dim
     else:
         qk = v = m.head_dim
     return 2 * m.heads * (qk + v) * context

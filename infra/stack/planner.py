@@ -25,19 +25,20 @@ Speed model (infra/stack/perf.py, perf_roofline.py and perf_fit.py have the deta
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
 
 from infra.catalog import load_catalog
 from infra.stack import context, perf, perf_roofline
 from infra.stack.arch import GIB, QUANTIZATIONS, architecture
 from infra.stack.coldstart import ColdStart, instance_for
 from infra.stack.coldstart import estimate as estimate_cold_start
+from infra.stack.config_values import DEFAULT_GPU_MEMORY_UTILIZATION, GPU_MEMORY_UTILIZATION_RANGE
 from infra.stack.memory import Memory, memory
 
 if TYPE_CHECKING:
     from infra.stack.config import StackConfig
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
 MAX_AUTO_NODES = 32
@@ -85,11 +86,11 @@ class Plan:
     usd_per_hour: float | None  # GPU workers on demand (instance catalog)
     usd_per_million_output_tokens: float | None
     cold_start_s: float | None
-    cold_start_terms: list[dict] = field(default_factory=list)
+    cold_start_terms: list[dict[str, Any]] = field(default_factory=list)
     cold_start_usd: float | None = None
     stage_layers: list[int] = field(default_factory=list)
     # The user's own measurements of this layout (`llmfleet bench --calibrate`), when present.
-    calibration: dict | None = None
+    calibration: dict[str, Any] | None = None
     # How max_model_len was decided (infra/stack/context.py): auto or set, for how many
     # full-length sequences, and why in one line; a warning for a reasoning model below 16k.
     max_model_len_auto: bool = False
@@ -105,7 +106,7 @@ class Plan:
     def total_gpus(self) -> int:
         return self.nodes * self.gpus_per_node
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # `reasons` only: `reason` is the same list joined
 
 
@@ -140,7 +141,8 @@ def _check_inputs(
         raise PlanInputError(f"--tp: {gpus_per_node} is not allowed; allowed: an integer >= 1")
     if nodes is not None and nodes < 1:
         raise PlanInputError(f"--pp: {nodes} is not allowed; allowed: an integer >= 1 (or omit it for auto)")
-    if max_model_len != "auto" and (not isinstance(max_model_len, int) or max_model_len < 16):
+    # isinstance: callers outside the types (the policy pack's config) reach here too
+    if max_model_len != "auto" and (not isinstance(max_model_len, int) or max_model_len < 16):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise PlanInputError(
             f"--max-model-len: {max_model_len!r} is not allowed; allowed: 'auto' or an integer >= 16"
         )
@@ -150,9 +152,10 @@ def _check_inputs(
         )
     if concurrency < 1:
         raise PlanInputError(f"--concurrency: {concurrency} is not allowed; allowed: an integer >= 1")
-    if not 0.1 <= gpu_memory_utilization <= 0.99:
+    lo, hi = GPU_MEMORY_UTILIZATION_RANGE
+    if not lo <= gpu_memory_utilization <= hi:
         raise PlanInputError(
-            f"--gpu-memory-utilization: {gpu_memory_utilization} is not allowed; allowed: 0.1 to 0.99"
+            f"--gpu-memory-utilization: {gpu_memory_utilization} is not allowed; allowed: {lo} to {hi}"
         )
     if input_len < 1:
         raise PlanInputError(f"--input-len: {input_len} is not allowed; allowed: an integer >= 1")
@@ -201,7 +204,10 @@ def plan(
         engine,
         target_concurrency,
     )
-    kw = dict(
+    fixed = partial(
+        _plan_fixed,
+        model,
+        gpu,
         gpus_per_node=gpus_per_node,
         quantization=quantization,
         max_model_len=max_model_len,
@@ -213,13 +219,13 @@ def plan(
         target_concurrency=target_concurrency,
     )
     if nodes is not None:
-        return _plan_fixed(model, gpu, nodes=nodes, **kw)
-    first = _plan_fixed(model, gpu, nodes=1, **kw)
+        return fixed(nodes=nodes)
+    p = first = fixed(nodes=1)
     if first.fits or not _memory_only(first):
         return first
     limit = min(MAX_AUTO_NODES, load_catalog().models[model].layers)
     for n in range(2, limit + 1):
-        p = _plan_fixed(model, gpu, nodes=n, **kw)
+        p = fixed(nodes=n)
         if p.fits or not _memory_only(p):
             return p
     p.reasons.append(f"memory: does not fit on up to {limit} nodes of {gpus_per_node}x {gpu}")

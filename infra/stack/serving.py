@@ -8,9 +8,9 @@ layout. Both programs, `llmfleet render`, `llmfleet up` and the on-prem bootstra
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from infra.catalog import load_catalog
+from infra.catalog import ServingDefaults, load_catalog
 from infra.rayconf.serve_config import (
     DEFAULT_TOKEN_ENV,
     ServeConfigError,
@@ -25,6 +25,10 @@ from infra.stack import serve_autoscaling
 from infra.stack.engine_options import ingress_options, llm_options, unchecked
 from ray_cluster import contract
 
+if TYPE_CHECKING:
+    from infra.stack.config import StackConfig
+    from infra.stack.planner import Plan
+
 
 def served_model_id(model: str) -> str:
     """The id clients send as "model" (and readiness asks for): the checkpoint's Hub name."""
@@ -32,7 +36,7 @@ def served_model_id(model: str) -> str:
     return cat.models[model].hf_repo if model in cat.models else model
 
 
-def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> ServeInputs:
+def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: StackConfig, plan: Plan) -> ServeInputs:
     """ServeInputs from the stack outputs (what is deployed) and the plan (engine knobs).
 
     The outputs' layout must equal the plan's: a config changed since the last `up` would
@@ -45,7 +49,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         return outputs[key]
 
     tp, pp = int(need("tensor_parallel_size")), int(need("pipeline_parallel_size"))
-    replicas = int(outputs.get("replicas") or getattr(cfg, "replicas", 1))
+    replicas = int(outputs.get("replicas") or cfg.replicas)
     if (tp, pp) != (plan.tensor_parallel_size, plan.pipeline_parallel_size):
         raise ServeConfigError(
             f"stack outputs have TP {tp} x PP {pp} but the plan for the current config is "
@@ -58,8 +62,8 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
     # pre-quantized checkpoints, which carry their method in config.json.
     quant = "fp8" if plan.quantization == "fp8" and native and native != "fp8" else None
     defaults = cat.models[model].serving_defaults if model in cat.models else None
-    inst = cat.instances.get(getattr(cfg, "gpu_instance_type", ""), None)
-    efa = bool(inst and inst.efa) and getattr(cfg, "provider", "aws") == "aws"
+    inst = cat.instances.get(cfg.gpu_instance_type)
+    efa = bool(inst and inst.efa) and cfg.provider == "aws"
     return ServeInputs(
         model_id=served_model_id(model),
         model_source=str(need("model_path")),
@@ -71,35 +75,35 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         efa=efa,
         quantization=quant,
         api_token_env=DEFAULT_TOKEN_ENV,
-        http_port=int(getattr(cfg, "endpoint_port", 8000)),
+        http_port=cfg.endpoint_port,
         replicas=replicas,
-        trust_remote_code=bool(getattr(cfg, "effective_trust_remote_code", False)),
+        trust_remote_code=cfg.effective_trust_remote_code,
         **serving_default_inputs(defaults),
-        routing=str(getattr(cfg, "routing", "pow2")),
+        routing=cfg.routing,
         # llmfleet:engineArgs / serveOptions: checked against vLLM's and Ray's schemas and the plan
-        engine_args=dict(getattr(cfg, "engine_args", {})),
+        engine_args=dict(cfg.engine_args),
         deployment_options=deployment_options(cfg, plan, replicas),
-        ingress_options=ingress_options(getattr(cfg, "serve_options", {})),
-        schedule=getattr(cfg, "schedule", None),
-        activity_file=contract.ACTIVITY_FILE if getattr(cfg, "idle_stop_minutes", None) else None,
+        ingress_options=ingress_options(cfg.serve_options),
+        schedule=cfg.schedule,
+        activity_file=contract.ACTIVITY_FILE if cfg.idle_stop_minutes else None,
     )
 
 
-def deployment_options(cfg: Any, plan: Any, replicas: int) -> dict[str, Any]:
+def deployment_options(cfg: StackConfig, plan: Plan, replicas: int) -> dict[str, Any]:
     """The LLM server's deployment options: llmfleet:serveOptions with autoscaling_config (when
     set) filled in from the plan: target = a replica's planned concurrency, the downscale delay
     from its modeled engine reload (infra.stack.serve_autoscaling)."""
-    options = llm_options(getattr(cfg, "serve_options", {}))
+    options = llm_options(cfg.serve_options)
     if options.get(serve_autoscaling.KEY) is None:
         return options
     concurrency = serve_autoscaling.per_replica_concurrency(
-        getattr(cfg, "engine_args", {}), int(plan.effective_concurrency or plan.concurrency)
+        cfg.engine_args, plan.effective_concurrency or plan.concurrency
     )
-    reload = serve_autoscaling.reload_s(getattr(plan, "cold_start_terms", None))
+    reload = serve_autoscaling.reload_s(plan.cold_start_terms)
     return serve_autoscaling.resolve(options, replicas, concurrency, reload)
 
 
-def serving_default_inputs(defaults: Any) -> dict[str, Any]:
+def serving_default_inputs(defaults: ServingDefaults | None) -> dict[str, Any]:
     """ServeInputs fields from a catalog model's serving_defaults (None: vLLM's own behaviour)."""
     if defaults is None:
         return {}
@@ -110,21 +114,23 @@ def serving_default_inputs(defaults: Any) -> dict[str, Any]:
     }
 
 
-def render_for_outputs(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> tuple[dict[str, Any], list[str]]:
+def render_for_outputs(
+    outputs: Mapping[str, Any], cfg: StackConfig, plan: Plan
+) -> tuple[dict[str, Any], list[str]]:
     """The Serve config from real stack outputs, validated by Ray's own models: the document
     and the validation notes (what could not be checked here)."""
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
     return doc, validate_serve_config(doc)
 
 
-def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
+def render_for_plan(cfg: StackConfig, plan: Plan) -> dict[str, Any]:
     """The Serve config a stack will deploy, from its config and plan alone (what the head's
     boot script writes before any output exists). Same renderer as `llmfleet render`."""
     # The serving outputs the program will export, so both paths render from the same keys.
     outputs = serving_outputs(cfg, plan, cfg.resolved_workers(plan))
     doc = render_serve_config(serve_inputs_from_stack(outputs, cfg, plan))
     validate_with_exported_schema(doc)
-    if unchecked(getattr(cfg, "engine_args", {})):
+    if unchecked(cfg.engine_args):
         # A value of one of vLLM's own config classes (compilation_config, ...): only vLLM can
         # check it, and importing it costs seconds, so only a stack that sets one pays for it.
         llm = doc["applications"][0]["args"]["llm_configs"][0]
@@ -132,13 +138,13 @@ def render_for_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     return doc
 
 
-def serve_config_yaml(cfg: Any, plan: Any) -> str:
+def serve_config_yaml(cfg: StackConfig, plan: Plan) -> str:
     """The Serve config the head deploys, as YAML (validated by Ray's schema on render).
     Raises ServeConfigError with one line."""
     return to_yaml(render_for_plan(cfg, plan))
 
 
-def serving_outputs(cfg: Any, plan: Any, workers: int) -> dict[str, Any]:
+def serving_outputs(cfg: StackConfig, plan: Plan, workers: int) -> dict[str, Any]:
     """What the renderers (cluster.yaml, Serve config) need, the same for every provider."""
     return {
         "model": cfg.model,
@@ -154,6 +160,5 @@ def serving_outputs(cfg: Any, plan: Any, workers: int) -> dict[str, Any]:
         "replicas": cfg.replicas,
         "tensor_parallel_size": plan.tensor_parallel_size,
         "pipeline_parallel_size": plan.pipeline_parallel_size,
-        "plan_fits": plan.fits,
         "endpoint_port": cfg.endpoint_port,
     }

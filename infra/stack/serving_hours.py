@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ray_cluster.schedule import CronAction, Schedule, cron_actions
+
+if TYPE_CHECKING:
+    from infra.stack.config import StackConfig
+    from infra.stack.planner import Plan
 
 HOURS_PER_MONTH = 730  # Infracost's month
 HOURS_PER_WEEK = 168
 
 
-def cold_start_lead_s(plan: Any) -> float:
+def cold_start_lead_s(plan: Plan) -> float:
     """The modeled cold start (boot -> first token), 0 when the plan has none."""
-    return float(getattr(plan, "cold_start_s", None) or 0.0)
+    return plan.cold_start_s or 0.0
 
 
-def schedule_actions(cfg: Any, plan: Any) -> list[CronAction]:
+def schedule_actions(cfg: StackConfig, plan: Plan) -> list[CronAction]:
     sched = cfg.serving_schedule
     return cron_actions(sched, cold_start_lead_s(plan)) if sched else []
 
@@ -63,7 +67,7 @@ class WorkerHours:
         )
 
 
-def worker_hours(schedule: Schedule | None, plan: Any) -> WorkerHours | None:
+def worker_hours(schedule: Schedule | None, plan: Plan) -> WorkerHours | None:
     if schedule is None or schedule.always:
         return None
     return WorkerHours(

@@ -95,7 +95,7 @@ def group_slots(asg: Any, ec2: Any, outputs: StackOutputs) -> list[HostSlot]:
     slots = []
     for name, role, group in named:
         inst = picked[group]
-        base = {"name": name, "role": role, "group": group}
+        base: dict[str, Any] = {"name": name, "role": role, "group": group}
         if group not in groups:
             slots.append(
                 HostSlot(**base, status="lost", reason="no such Auto Scaling group (has `pulumi up` run?)")

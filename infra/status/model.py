@@ -196,7 +196,9 @@ def replicas_by_node(apps: list[ServeApp]) -> dict[str, list[str]]:
     return out
 
 
-def power_state(workers: list[HostSlot], serving: bool | None, apps: dict[str, str]) -> str:
+def power_state(
+    workers: list[HostSlot], serving: bool | None, apps: dict[str, str]
+) -> Literal["serving", "waking", "asleep"]:
     """asleep: every worker slot is scaled to zero on purpose; serving: every worker is alive and
     a completion answered (or, unprobed, every Serve app is RUNNING); waking: anything between."""
     if workers and all(w.status == "asleep" for w in workers):

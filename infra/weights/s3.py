@@ -302,12 +302,11 @@ def verify(
         got = _heads(s3, loc, there)
         what = "its sha256 metadata says"
     for rel in there:
-        if got[rel] is None:
+        sha = got[rel]
+        if sha is None:
             continue  # uploaded by another tool: size checked; --download checks its bytes
-        if got[rel] != entries[rel].sha256:
-            res.problems.append(
-                f"{rel}: {what} {got[rel][:12]}..., the manifest {entries[rel].sha256[:12]}..."
-            )
+        if sha != entries[rel].sha256:
+            res.problems.append(f"{rel}: {what} {sha[:12]}..., the manifest {entries[rel].sha256[:12]}...")
         else:
             res.by_content += 1
     return res
