@@ -293,9 +293,15 @@ def test_waiter_times_out_on_moto_empty_output(moto, head):
     """Moto's SSM runs nothing and returns an empty stdout: the waiter must keep trying, then give up in time."""
     ssm = moto.client("ssm")
     seen = []
+    now = [0.0]  # a clock that moves only by the waiter's sleeps: a loaded machine cannot starve it
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
     r = d.wait_head_ready(
-        ssm, head, CMDS, timeout_s=1.0, poll_s=0.2, on_progress=lambda e, t, why: seen.append(why)
-    )
+        ssm, head, CMDS, timeout_s=1.0, poll_s=0.2, on_progress=lambda e, t, why: seen.append(why),
+        clock=lambda: now[0], sleep=sleep,
+    )  # fmt: skip
     assert not r.ready and r.reason.startswith("not ready after 1 s: no output from the head")
     assert r.attempts >= 2 and seen
     sent = ssm.list_commands(InstanceId=head)["Commands"]
