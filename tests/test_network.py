@@ -5,8 +5,8 @@ from functools import cache
 import pytest
 
 from infra.components.network import INTERFACE_SERVICES, endpoint_ingress_cidrs, subnet_cidrs
-from infra.program.offline import capture
 from policy.network import sensitive_ports_in
+from tests.captures import capture
 from tests.hosts import hosts
 
 IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"

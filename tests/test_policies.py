@@ -20,6 +20,7 @@ from policy import policies as pack
 from policy._props import UNKNOWN
 from policy.resources import iam_document_problems
 from policy.runner import run_policies
+from tests.captures import shared_captures  # noqa: F401 - the fixture, by name
 
 REPO = Path(__file__).resolve().parent.parent
 TAGS = {"Project": "llmfleet", "llmfleet:stack": "test"}
@@ -750,7 +751,7 @@ def test_bucket_v1_good_stack_passes_and_tls_listeners_pass():
 def test_s3_policy_checks_the_bucket_the_program_creates():
     """The real prod capture: its bucket is aws:s3/bucket:Bucket; without its public access
     block the policy must fire."""
-    from infra.program.offline import capture
+    from tests.captures import capture
 
     c = capture("prod")
     assert [b["type"] for b in c.resources if b["type"].startswith("aws:s3/bucket")][
@@ -768,7 +769,7 @@ def test_alarm_policy_on_the_prod_capture_fires_without_a_topic_and_is_silent_wi
     """Prod as shipped: its five alarms (the head group's, three worker slots, the Serve app's)
     notify nobody. With llmfleet:alarmTopicArn each notifies the topic; take the topic off one slot
     alarm and that alarm alone is reported."""
-    from infra.program.offline import capture
+    from tests.captures import capture
 
     alarms = {
         "cluster-head-status-alarm",
@@ -1198,6 +1199,7 @@ def test_reasoning_context_is_silent_at_16k_and_for_a_model_that_does_not_reason
         assert run(stack, "reasoning-model-context").violations == ()
 
 
+@pytest.mark.usefixtures("shared_captures")
 def test_reasoning_context_on_the_prod_capture_auto_passes_and_8k_fires():
     """Through the runner on the real program's capture: prod's planner-chosen context passes;
     -c maxModelLen=8192 puts 8k in the head's node script, and the policy names it."""

@@ -9,11 +9,13 @@ from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValid
 from typer.testing import CliRunner
 
 from infra.cli import app
-from infra.program.offline import capture
 from infra.stack.files import available_stacks
 from policy.runner import merge_config, policy_resources, resource_args, run_policies, stack_policy_config
+from tests.captures import capture, shared_captures  # noqa: F401 - the fixture, by name
 
 cli = CliRunner()
+# `llmfleet policy` and run_for_stack capture through tests/captures.py: one capture per stack
+pytestmark = pytest.mark.usefixtures("shared_captures")
 
 
 def rec(rtype, name, parent=None, urn_chain="", **inputs):
@@ -140,7 +142,9 @@ def test_world_open_ray_port_on_captured_prod_fails_ingress(prod):
     ]
     assert sgs, "the prod capture has no security group tagged llmfleet:sg=cluster"
     config = stack_policy_config(prod.config)
-    assert run_policies(prod.resources, config).mandatory == 0
+    # the StackConfig handed over, as `llmfleet policy` does: without it the host-role policies
+    # read the stack name Pulumi's settings hold, which is whichever stack was captured last
+    assert run_policies(prod.resources, config, stack=prod.config).mandatory == 0
     rule = rec(
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
         "gcs-from-anywhere",
@@ -150,7 +154,7 @@ def test_world_open_ray_port_on_captured_prod_fails_ingress(prod):
         fromPort=6379,
         toPort=6379,
     )
-    report = run_policies([*prod.resources, rule], config)
+    report = run_policies([*prod.resources, rule], config, stack=prod.config)
     hits = [v for v in report.violations if v.policy == "security-group-ingress"]
     assert [v.resource for v in hits] == ["gcs-from-anywhere"]
     assert hits[0].enforcement == "mandatory" and "6379" in hits[0].message

@@ -11,13 +11,13 @@ from decimal import Decimal
 import pytest
 
 from infra.commands.preview import up_lead_minutes
-from infra.program.offline import capture
 from infra.stack.resolve import resolve
 from infra.status.model import HostSlot, power_state
 from infra.wake import WakeError, wake_groups
 from policy.runner import run_policies
 from ray_cluster.schedule import parse_schedule
 from ray_cluster.watch import activity_file_of, idle_line, watch
+from tests.captures import capture
 from tests.moto_fixtures import MotoServer
 
 BERLIN = "llmfleet:schedule=mon-fri 08:00-20:00 Europe/Berlin"
