@@ -65,6 +65,10 @@ EQUIVALENT: dict[str, str] = {
         "cfg.gpu_model is never empty there: gpuInstanceType is validated as a GPU type, and check_hosts "
         "(run first) refuses a worker whose model the catalog lacks"
     ),
+    "policy._props.x_tags_of__mutmut_2": "known = None instead of False: it is only read as `not known`",
+    "policy._props.x_network__mutmut_2": (
+        "ip_network(strict=None): ipaddress reads strict as `if strict:`, so None is False"
+    ),
     "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
     "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
     "policy.network.x__ingress__mutmut_25": "endpointPublic's default None instead of False: bool() follows",

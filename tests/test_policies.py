@@ -1144,8 +1144,69 @@ def test_allowed_instance_types_come_from_config():
     assert [v.resource for v in report.violations] == ["head"]
 
 
-def test_unknown_marker_is_falsy():
+def test_unknown_marker_is_falsy_and_says_what_it_is():
     assert not UNKNOWN
+    assert repr(UNKNOWN) == "UNKNOWN" and f"{[UNKNOWN]}" == "[UNKNOWN]"  # in a message or a failed assert
+
+
+# --- policy/_props.py: how every policy reads props ----------------------------------------------
+
+
+def test_get_walks_mappings_and_lists_and_stops_at_an_unknown():
+    from policy._props import get
+
+    doc = {"a": {"b": [10, 20, {"c": "x"}]}, "u": UNKNOWN, "s": "text"}
+    assert get(doc, "a", "b", 0) == 10 and get(doc, "a", "b", 2, "c") == "x"
+    assert get(doc, "a", "b", -1, "c") == "x" and get(doc, "a", "b", -3) == 10  # the first, from the end
+    # one past either end, a list read with a text key, a text read as a list: the default
+    assert get(doc, "a", "b", 3, default="d") == "d" and get(doc, "a", "b", -4, default="d") == "d"
+    assert get(doc, "a", "b", "0", default="d") == "d" and get(doc, "s", 0, default="d") == "d"
+    assert get(doc, "a", "missing", default="d") == "d"
+    # an unknown anywhere on the way (or at the end) is UNKNOWN, never the default
+    assert get(doc, "u", "deeper", default="d") is UNKNOWN and get(doc, "u", default="d") is UNKNOWN
+    # CrossGuard's own sentinel for an unknown string, in props not yet made plain: UNKNOWN too
+    from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
+
+    assert get({"id": UNKNOWN_STRING_VALUE}, "id") is UNKNOWN
+
+
+def test_crossguards_unknown_sentinels_become_the_unknown_marker():
+    from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_STRING_VALUE
+
+    from policy._props import as_list, plain
+
+    assert plain({"a": UNKNOWN_STRING_VALUE, "b": ["x", UNKNOWN_STRING_VALUE]}) == {
+        "a": UNKNOWN,
+        "b": ["x", UNKNOWN],
+    }
+    assert as_list(UNKNOWN_ARRAY_VALUE) == [UNKNOWN] and as_list(UNKNOWN) == [UNKNOWN]
+    assert as_list(None) == [] and as_list("one") == ["one"] and as_list(["a", "b"]) == ["a", "b"]
+
+
+def test_tags_are_tags_all_under_tags_and_a_groups_tag_list_counts():
+    from policy._props import tags_of
+
+    assert tags_of({"tagsAll": {"a": "1", "b": "1"}, "tags": {"b": "2"}}) == {"a": "1", "b": "2"}
+    assert tags_of({"tagsAll": {"a": "1"}}) == {"a": "1"}
+    assert tags_of({"tags": [{"key": "a", "value": "1", "propagateAtLaunch": True}]}) == {"a": "1"}
+    # a list that is not an Auto Scaling group's (an item without "key") is no tags
+    assert tags_of({"tags": [{"key": "a", "value": "1"}, {"value": "2"}]}) == {}
+    assert tags_of({}) == {} and tags_of({"tags": None}) == {}
+    # unknown only when neither is known: a known tagsAll is read even when tags is unknown
+    assert tags_of({"tags": UNKNOWN}) is UNKNOWN and tags_of({"tagsAll": UNKNOWN}) is UNKNOWN
+    assert tags_of({"tags": UNKNOWN, "tagsAll": {"a": "1"}}) == {"a": "1"}
+
+
+def test_cidrs_are_read_with_their_host_bits_and_compared_per_ip_version():
+    from policy._props import is_world, network, within_any
+
+    assert str(network("10.0.0.5/24")) == "10.0.0.0/24" and network("nope") is None
+    # a world-open rule written with host bits is still world-open
+    assert is_world("0.0.0.0/0") and is_world("::/0") and is_world("1.2.3.4/0")
+    assert not is_world("10.0.0.0/8") and not is_world("nope") and not is_world(None)
+    assert within_any("10.0.0.5/24", ["10.0.0.0/16"]) and within_any("10.1.0.0/16", ["nope", "10.0.0.0/8"])
+    assert not within_any("nope", ["0.0.0.0/0"]) and not within_any("10.0.0.0/8", ["10.0.0.0/16"])
+    assert not within_any("::/0", ["0.0.0.0/0"])
 
 
 def test_pack_serves_the_policies_over_grpc(tmp_path):
