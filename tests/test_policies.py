@@ -1410,3 +1410,136 @@ def test_policy_config_falls_back_to_the_stack_config_then_the_default():
         assert _config.stack_model() is None
     finally:
         pulumi.runtime.set_all_config({}, [])
+
+
+# --- policy/resources.py: each resource policy's message in full, and what it leaves alone -------
+
+
+def _found(stack, policy, config=None) -> list[tuple[str, str]]:
+    return [(v.resource, v.message) for v in run(stack, policy, config).violations]
+
+
+def _template(**changes):
+    from tests.test_policy_groups import template
+
+    return template(**changes)
+
+
+SPOT = "aws:ec2/spotInstanceRequest:SpotInstanceRequest"  # not a host type these policies read
+
+
+def test_imdsv2_message_for_instances_and_templates():
+    s = set_input(good_stack(), "worker-0", metadataOptions={"httpTokens": "optional"})
+    set_input(s, "worker-1", metadataOptions=None)
+    s = add(
+        s,
+        _template(metadataOptions={"httpTokens": "optional"}),
+        res(SPOT, "spot", metadataOptions={"httpTokens": "optional"}),
+    )
+    need = "; IMDSv2 needs 'required'"
+    assert _found(s, "ec2-imdsv2-required") == [
+        ("worker-0", "metadataOptions.httpTokens is 'optional'" + need),
+        ("worker-1", "metadataOptions.httpTokens is None" + need),
+        ("worker-lt", "metadataOptions.httpTokens is 'optional'" + need),
+    ]
+
+
+def test_ebs_encryption_messages_for_instances_and_templates():
+    s = set_input(good_stack(), "head", rootBlockDevice={"encrypted": False})
+    set_input(
+        s, "worker-1", ebsBlockDevices=[{"deviceName": "/dev/sdg", "encrypted": True}, {"encrypted": "true"}]
+    )
+    mappings = [
+        {"deviceName": "/dev/sda1", "ebs": {"encrypted": "false"}},
+        {"virtualName": "ephemeral0", "deviceName": "/dev/sdb"},  # instance store: no EBS volume
+        {"ebs": {"encrypted": "TRUE"}},
+        {"ebs": {}},
+    ]
+    s = add(
+        s, _template(blockDeviceMappings=mappings), res(SPOT, "spot", rootBlockDevice={"encrypted": False})
+    )
+    every = "; every EBS device must be encrypted"
+    assert _found(s, "ec2-ebs-encrypted") == [
+        ("head", "rootBlockDevice.encrypted is False; the root volume must be encrypted"),
+        # an instance's flag is a boolean: the text "true" is not True
+        ("worker-1", "ebsBlockDevices[1] (#1) encrypted is 'true'" + every),
+        ("worker-lt", "blockDeviceMappings[0] (/dev/sda1) ebs.encrypted is 'false'" + every),
+        ("worker-lt", "blockDeviceMappings[3] (#3) ebs.encrypted is None" + every),
+    ]
+    # a flag computed at up (unknown during a preview) is not a violation
+    s = set_input(good_stack(), "head", rootBlockDevice={"encrypted": UNKNOWN_PLACEHOLDER})
+    s = add(
+        s,
+        _template(
+            blockDeviceMappings=[{"deviceName": "/dev/sda1", "ebs": {"encrypted": UNKNOWN_PLACEHOLDER}}]
+        ),
+    )
+    set_input(s, "worker-0", ebsBlockDevices=[{"deviceName": "/dev/sdf", "encrypted": UNKNOWN_PLACEHOLDER}])
+    assert _found(s, "ec2-ebs-encrypted") == []
+
+
+def test_public_ip_messages_for_instances_and_templates():
+    s = set_input(good_stack(), "head", associatePublicIpAddress=True)
+    nics = [
+        {"deviceIndex": 0, "associatePublicIpAddress": "false"},
+        {"deviceIndex": 1, "associatePublicIpAddress": "True"},
+    ]
+    s = add(s, _template(networkInterfaces=nics), res(SPOT, "spot", associatePublicIpAddress=True))
+    only = "; hosts are reached through SSM and the load balancer only"
+    assert _found(s, "ec2-no-public-ip") == [
+        ("head", "associatePublicIpAddress is true" + only),
+        ("worker-lt", "networkInterfaces[1].associatePublicIpAddress is true" + only),
+    ]
+
+
+def test_instance_type_messages_name_the_allowed_types():
+    from policy._config import catalog_instance_types
+
+    s = set_input(good_stack(), "head", instanceType="x2iedn.32xlarge")
+    set_input(s, "worker-0", instanceType=None)  # unset: nothing to check
+    s = add(s, _template(instanceType="p5.48xlarge"), res(SPOT, "spot", instanceType="x1.32xlarge"))
+    cfg = {"ec2-instance-type-allowed": {"allowedInstanceTypes": ["m7i.2xlarge", "g6e.48xlarge"]}}
+    assert _found(s, "ec2-instance-type-allowed", cfg) == [
+        ("head", "instanceType 'x2iedn.32xlarge' is not allowed; allowed: g6e.48xlarge, m7i.2xlarge"),
+        ("worker-lt", "instanceType 'p5.48xlarge' is not allowed; allowed: g6e.48xlarge, m7i.2xlarge"),
+    ]
+    # without the key: every type of the catalog, p5.48xlarge among them
+    catalog = ", ".join(sorted(catalog_instance_types()))
+    assert _found(s, "ec2-instance-type-allowed") == [
+        ("head", f"instanceType 'x2iedn.32xlarge' is not allowed; allowed: {catalog}")
+    ]
+    s = set_input(good_stack(), "head", instanceType=UNKNOWN_PLACEHOLDER)
+    assert _found(s, "ec2-instance-type-allowed", cfg) == []
+
+
+def test_volume_and_ecr_messages():
+    s = set_input(good_stack(), "scratch", encrypted=None)
+    s = add(s, res("aws:ebs/snapshotCopy:SnapshotCopy", "snap", encrypted=False))
+    assert _found(s, "ebs-volume-encrypted") == [
+        ("scratch", "encrypted is None; EBS volumes must be encrypted")
+    ]
+    s = set_input(
+        good_stack(),
+        "repo",
+        imageScanningConfiguration=None,
+        imageTagMutability="MUTABLE",
+        encryptionConfigurations=[{"encryptionType": "KMS"}, {"encryptionType": "DES"}],
+    )
+    s = add(
+        s, res("aws:ecr/pullThroughCacheRule:PullThroughCacheRule", "cache", imageTagMutability="MUTABLE")
+    )
+    assert _found(s, "ecr-repository-hardened") == [
+        ("repo", "imageScanningConfiguration.scanOnPush is None; images must be scanned on push"),
+        (
+            "repo",
+            "imageTagMutability is 'MUTABLE'; tags must be 'IMMUTABLE' so a digest cannot change under a tag",
+        ),
+        ("repo", "encryptionConfigurations[1].encryptionType is 'DES'; allowed: AES256, KMS, KMS_DSSE"),
+    ]
+    s = set_input(good_stack(), "repo", encryptionConfigurations=[])
+    assert _found(s, "ecr-repository-hardened") == [
+        ("repo", "encryptionConfigurations is not set; declare encryptionType AES256 or KMS")
+    ]
+    for etype in ("AES256", "KMS", "KMS_DSSE", UNKNOWN_PLACEHOLDER):
+        s = set_input(good_stack(), "repo", encryptionConfigurations=[{"encryptionType": etype}])
+        assert _found(s, "ecr-repository-hardened") == [], etype

@@ -145,3 +145,28 @@ def test_required_tags_read_the_groups_tag_list():
     set_input(s, "worker-1", tags=[{"key": "Project", "value": "llmfleet", "propagateAtLaunch": True}])
     [v] = run(s, "required-tags").violations
     assert v.resource == "worker-1" and "llmfleet:stack" in v.message
+
+
+def test_a_groups_instances_are_hosts_named_after_it_and_reported_on_it():
+    from policy._stackview import StackView
+    from policy.runner import policy_resources
+
+    s = group_stack(workers=2)
+    set_input(s, "worker-1", desiredCapacity=2, minSize=2, maxSize=2)
+    hosts = StackView.of(policy_resources(s)).hosts()
+    workers = [h for h in hosts if h.group is not None]
+    assert [(h.name, h.type) for h in workers] == [
+        ("worker-0", "aws:ec2/instance:Instance"),
+        ("worker-1[0]", "aws:ec2/instance:Instance"),
+        ("worker-1[1]", "aws:ec2/instance:Instance"),
+    ]
+    assert workers[0].props["instanceType"] == "g6e.48xlarge"  # the template's, seen as the instance's
+    set_input(s, "private", mapPublicIpOnLaunch=True)
+    found = [(v.resource, v.message.split(":")[0]) for v in run(s, "ec2-private-subnet").violations]
+    # each instance a group keeps running is reported on the group (its URN), under its own name
+    assert found == [
+        ("head", "head"),
+        ("worker-0", "worker-0"),
+        ("worker-1", "worker-1[0]"),
+        ("worker-1", "worker-1[1]"),
+    ]
