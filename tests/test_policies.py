@@ -1057,6 +1057,43 @@ def test_in_a_preview_a_new_internet_gateway_is_known_by_the_routes_dependency()
     assert subnet_is_public(StackView.of(list(built.values())), view.by_id("subnet-priv")) is False
 
 
+def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
+    from policy._stackview import StackView
+    from policy.runner import policy_resources
+
+    subnet = "aws:ec2/subnet:Subnet"
+    stack = [
+        res("aws:ec2/vpc:Vpc", "vpc", "vpc-1"),
+        res(subnet, "a", "subnet-a", vpcId="vpc-1"),
+        res(subnet, "b", "subnet-b", vpcId="vpc-1"),
+        res("aws:ec2/instance:Instance", "new", subnetId=UNKNOWN_PLACEHOLDER),
+        res("aws:ec2/instance:Instance", "known", subnetId="subnet-a"),
+        res("aws:ec2/instance:Instance", "outside", subnetId="subnet-elsewhere"),
+    ]
+    built = {r.name: r for r in policy_resources(stack)}
+
+    def ref(name: str, *deps, value=None):
+        built[name].property_dependencies = {"subnetId": list(deps)}
+        view = StackView.of(list(built.values()))
+        found = view.ref(next(r for r in view.resources if r.name == name), "subnetId", [subnet], value=value)
+        return found.name if found is not None and found is not UNKNOWN else found
+
+    # in a preview: the one dependency of the wanted type (the VPC it also depends on is not one)
+    assert ref("new", built["vpc"], built["a"]) == "a"
+    assert ref("new", None, built["a"]) == "a"  # an empty entry is skipped
+    assert ref("new", built["a"], built["b"]) is UNKNOWN and ref("new") is UNKNOWN
+    assert ref("new", built["vpc"]) is UNKNOWN
+    # a known id decides first; one outside the stack, with nothing depended on, is None
+    assert ref("known", built["b"]) == "a" and ref("outside") is None
+    assert ref("outside", value="subnet-b") == "b"  # one item of the prop, handed over
+    view = StackView.of(list(built.values()))
+    assert (
+        view.by_id(["subnet-a"]) is None
+        and view.by_id({"id": "subnet-a"}) is None
+        and view.by_id(None) is None
+    )
+
+
 def test_unknown_references_are_not_violations_but_literal_facts_still_are():
     # During a real preview, ids of resources not yet created are unknown: cannot check, no violation.
     stack = set_input(
