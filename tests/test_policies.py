@@ -1069,6 +1069,8 @@ def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
         res("aws:ec2/instance:Instance", "new", subnetId=UNKNOWN_PLACEHOLDER),
         res("aws:ec2/instance:Instance", "known", subnetId="subnet-a"),
         res("aws:ec2/instance:Instance", "outside", subnetId="subnet-elsewhere"),
+        # an id that is empty (not yet assigned) names nothing: not even a prop that is empty too
+        {**res(subnet, "pending", vpcId="vpc-1"), "id": "", "outputs": {"vpcId": "vpc-1", "id": ""}},
     ]
     built = {r.name: r for r in policy_resources(stack)}
 
@@ -1087,6 +1089,7 @@ def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
     assert ref("known", built["b"]) == "a" and ref("outside") is None
     assert ref("outside", value="subnet-b") == "b"  # one item of the prop, handed over
     view = StackView.of(list(built.values()))
+    assert view.by_id("") is None and view.by_id("subnet-b").name == "b"
     assert (
         view.by_id(["subnet-a"]) is None
         and view.by_id({"id": "subnet-a"}) is None
