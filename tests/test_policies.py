@@ -1055,6 +1055,12 @@ def test_in_a_preview_a_new_internet_gateway_is_known_by_the_routes_dependency()
     assert subnet_is_public(view, view.by_id("subnet-priv")) is True
     built["r"].property_dependencies = {"gatewayId": [built["nat"]]}
     assert subnet_is_public(StackView.of(list(built.values())), view.by_id("subnet-priv")) is False
+    # a route inline in the table: the table's `routes` depends on the gateway
+    built = {r.name: r for r in policy_resources(_default_route("inline", UNKNOWN_PLACEHOLDER))}
+    for gateway, public in (("igw", True), ("nat", False)):
+        built["private-rt"].property_dependencies = {"routes": [built[gateway]]}
+        view = StackView.of(list(built.values()))
+        assert subnet_is_public(view, view.by_id("subnet-priv")) is public, gateway
 
 
 def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
@@ -1583,3 +1589,67 @@ def test_volume_and_ecr_messages():
     for etype in ("AES256", "KMS", "KMS_DSSE", UNKNOWN_PLACEHOLDER):
         s = set_input(good_stack(), "repo", encryptionConfigurations=[{"encryptionType": etype}])
         assert _found(s, "ecr-repository-hardened") == [], etype
+
+
+# --- policy/fleet.py: worker placement and S3, each message in full ------------------------------
+
+PG = "aws:ec2/placementGroup:PlacementGroup"
+
+
+def _capacity_block(rid):
+    return dict(
+        instanceMarketOptions={"marketType": "capacity-block"},
+        capacityReservationSpecification={"capacityReservationTarget": {"capacityReservationId": rid}},
+        placementGroup=None,
+    )
+
+
+def test_placement_messages_name_each_worker_group_and_zone():
+    s = set_input(good_stack(), "worker-1", placementGroup=None)
+    assert _found(s, "worker-placement") == [("worker-1", "worker-1: GPU worker is in no placement group")]
+    s = set_input(good_stack(), "cluster", strategy="spread")
+    assert _found(s, "worker-placement") == [
+        (w, f"{w}: placement group cluster has strategy 'spread'; GPU workers need 'cluster'")
+        for w in ("worker-0", "worker-1", "worker-2")
+    ]
+    spread = "GPU workers are spread over placement groups: "
+    # a group by name (in the stack, or not), by id (in the stack, or not)
+    s = add(good_stack(), res(PG, "pg2", "pg-2", name="other-pg", strategy="cluster"))
+    set_input(s, "worker-1", placementGroup="other-pg")
+    set_input(s, "worker-2", placementGroup="outside-pg")
+    assert _found(s, "worker-placement") == [
+        (None, spread + "cluster: worker-0; outside-pg: worker-2; pg2: worker-1")
+    ]
+    s = add(good_stack(), res(PG, "pg2", "pg-2", name="other-pg", strategy="cluster"))
+    set_input(s, "worker-1", placementGroup=None, placementGroupId="pg-2")
+    assert _found(s, "worker-placement") == [(None, spread + "cluster: worker-0, worker-2; pg2: worker-1")]
+    s = set_input(good_stack(), "worker-1", placementGroup=None, placementGroupId="pg-outside")
+    assert _found(s, "worker-placement") == [
+        (None, spread + "cluster: worker-0, worker-2; pg-outside: worker-1")
+    ]
+    # Capacity Blocks stand for placement groups; a reservation id unknown at preview is "(unknown)"
+    s = good_stack()
+    for w, rid in (("worker-0", "cr-1"), ("worker-1", "cr-1"), ("worker-2", None)):
+        set_input(s, w, **_capacity_block(rid))
+    assert _found(s, "worker-placement") == [
+        (None, spread + "Capacity Block (unknown): worker-2; Capacity Block cr-1: worker-0, worker-1")
+    ]
+    s = good_stack()
+    for w in ("worker-0", "worker-1", "worker-2"):
+        set_input(s, w, **_capacity_block("cr-1"))
+    assert _found(s, "worker-placement") == []
+    s = set_input(good_stack(), "worker-1", availabilityZone="us-east-1b")
+    assert _found(s, "worker-placement") == [
+        (
+            None,
+            "GPU workers are spread over availability zones: us-east-1a: worker-0, worker-2; us-east-1b: worker-1",
+        )
+    ]
+    # unknown at preview: neither a group nor a zone to compare
+    s = set_input(
+        good_stack(), "worker-1", placementGroup=UNKNOWN_PLACEHOLDER, availabilityZone=UNKNOWN_PLACEHOLDER
+    )
+    assert _found(s, "worker-placement") == []
+    # one worker has no inter-node traffic to keep close
+    one = [r for r in good_stack() if r["name"] not in ("worker-1", "worker-2")]
+    assert _found(set_input(one, "worker-0", placementGroup=None), "worker-placement") == []
