@@ -69,6 +69,9 @@ EQUIVALENT: dict[str, str] = {
     "policy._props.x_network__mutmut_2": (
         "ip_network(strict=None): ipaddress reads strict as `if strict:`, so None is False"
     ),
+    "policy.network.x_subnet_is_public__mutmut_8": (
+        "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
+    ),
     "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
     "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",
     "policy.network.x__ingress__mutmut_25": "endpointPublic's default None instead of False: bool() follows",

@@ -1063,6 +1063,39 @@ def test_in_a_preview_a_new_internet_gateway_is_known_by_the_routes_dependency()
         assert subnet_is_public(view, view.by_id("subnet-priv")) is public, gateway
 
 
+def test_routes_of_other_tables_are_passed_over_and_only_a_table_or_subnet_dependency_counts():
+    from policy._stackview import StackView
+    from policy.network import subnet_is_public
+    from policy.runner import policy_resources
+
+    # a route of another table listed first: the private table's own default route still counts
+    stack = _default_route("route", "gw-in-stack")
+    stack.insert(
+        len(stack) - 1,
+        res("aws:ec2/route:Route", "elsewhere", routeTableId="rtb-other", destinationCidrBlock="0.0.0.0/0"),
+    )
+    assert {v.resource for v in run(stack, "ec2-private-subnet").violations} == {
+        "head",
+        "worker-0",
+        "worker-1",
+        "worker-2",
+    }
+
+    def public(stack, name, prop, *deps):
+        built = {r.name: r for r in policy_resources(stack)}
+        built[name].property_dependencies = {prop: [built[d] for d in deps]}
+        view = StackView.of(list(built.values()))
+        return subnet_is_public(view, view.by_id("subnet-priv"))
+
+    # in a preview, a value built from the table (or subnet) and the VPC depends on both: the
+    # dependency of the wanted type is the one meant
+    route = set_input(_default_route("route", "gw-in-stack"), "r", routeTableId=UNKNOWN_PLACEHOLDER)
+    assert public(route, "r", "routeTableId", "private-rt", "vpc") is True
+    assoc = set_input(_default_route("inline", "igw-0123"), "private-rta", subnetId=UNKNOWN_PLACEHOLDER)
+    assert public(assoc, "private-rta", "subnetId", "private", "vpc") is True
+    assert public(assoc, "private-rta", "subnetId", "vpc") is UNKNOWN
+
+
 def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
     from policy._stackview import StackView
     from policy.runner import policy_resources
