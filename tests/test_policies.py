@@ -1094,6 +1094,14 @@ def test_routes_of_other_tables_are_passed_over_and_only_a_table_or_subnet_depen
     assoc = set_input(_default_route("inline", "igw-0123"), "private-rta", subnetId=UNKNOWN_PLACEHOLDER)
     assert public(assoc, "private-rta", "subnetId", "private", "vpc") is True
     assert public(assoc, "private-rta", "subnetId", "vpc") is UNKNOWN
+    table = set_input(_default_route("inline", "igw-0123"), "private-rta", routeTableId=UNKNOWN_PLACEHOLDER)
+    assert public(table, "private-rta", "routeTableId", "private-rt", "vpc") is True
+    assert public(table, "private-rta", "routeTableId") is UNKNOWN
+    # an association of another subnet listed first is passed over too
+    stack = _default_route("inline", "igw-0123")
+    rta = "aws:ec2/routeTableAssociation:RouteTableAssociation"
+    stack.insert(0, res(rta, "other-rta", subnetId="subnet-other", routeTableId="rtb-priv"))
+    assert len(run(stack, "ec2-private-subnet").violations) == 4
 
 
 def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
