@@ -1694,3 +1694,48 @@ def test_placement_messages_name_each_worker_group_and_zone():
     # one worker has no inter-node traffic to keep close
     one = [r for r in good_stack() if r["name"] not in ("worker-1", "worker-2")]
     assert _found(set_input(one, "worker-0", placementGroup=None), "worker-placement") == []
+
+
+def test_s3_messages_and_what_stands_for_a_buckets_own_settings():
+    pab, sse = "weights-pab", "weights-sse"
+    bare = [r for r in good_stack() if r["name"] not in (pab, sse)]
+    none = "weights: no BucketPublicAccessBlock; block all public access"
+    plain = "weights: no server-side encryption configuration; set AES256 or aws:kms"
+    assert _found(bare, "s3-bucket-hardened") == [("weights", none), ("weights", plain)]
+    s = set_input(
+        good_stack(),
+        pab,
+        blockPublicAcls=False,
+        ignorePublicAcls=None,
+        restrictPublicBuckets=UNKNOWN_PLACEHOLDER,
+    )
+    assert _found(s, "s3-bucket-hardened") == [
+        (pab, "weights: public access block weights-pab leaves blockPublicAcls, ignorePublicAcls off")
+    ]
+    rules = [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": a}} for a in ("DES", "aws:kms:dsse")]
+    assert _found(set_input(good_stack(), sse, rules=rules), "s3-bucket-hardened") == [
+        ("weights", "weights: sseAlgorithm 'DES' is not one of AES256, aws:kms, aws:kms:dsse")
+    ]
+    # the account's public access block, all four flags on, stands for each bucket's
+    flags = dict(
+        blockPublicAcls=True, blockPublicPolicy=True, ignorePublicAcls=True, restrictPublicBuckets=True
+    )
+    account = "aws:s3/accountPublicAccessBlock:AccountPublicAccessBlock"
+    assert _found(add(bare, res(account, "acct", **flags)), "s3-bucket-hardened") == [("weights", plain)]
+    half = res(account, "acct", **{**flags, "restrictPublicBuckets": False})
+    assert _found(add(bare, half), "s3-bucket-hardened") == [("weights", none), ("weights", plain)]
+    # the bucket's own inline encryption counts, and so does its SSE config found by name
+    inline = {"rule": {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}}
+    s = set_input(
+        [r for r in good_stack() if r["name"] != sse], "weights", serverSideEncryptionConfiguration=inline
+    )
+    assert _found(s, "s3-bucket-hardened") == []
+    s = [r for r in good_stack() if r["name"] != "weights"]
+    s.append(res("aws:s3/bucketV2:BucketV2", "weights", "b-123", bucket="weights-bucket-id"))
+    assert _found(s, "s3-bucket-hardened") == []  # its id differs from its name: matched by name
+    assert _found(set_input(good_stack(), pab, bucket="other-bucket"), "s3-bucket-hardened") == [
+        ("weights", none)
+    ]
+    # unknown at preview (which bucket a block or an SSE config is for): not a violation
+    s = set_input(good_stack(), pab, bucket=UNKNOWN_PLACEHOLDER)
+    assert _found(set_input(s, sse, bucket=UNKNOWN_PLACEHOLDER), "s3-bucket-hardened") == []
