@@ -107,6 +107,17 @@ def test_pure_helpers():
         endpoint_ingress_cidrs([], True, "10.1.0.0/16")
 
 
+def test_a_rules_port_range():
+    from policy.network import _port_range
+
+    # every protocol ("-1" or "all", any case) is every port, whatever the ports say
+    for proto in ("-1", "all", "ALL", -1):
+        assert _port_range(proto, 0, 0) == (0, 65535), proto
+    assert _port_range("tcp", "22", 22) == (22, 22) and _port_range("tcp", -1, -1) == (0, 65535)
+    assert _port_range("udp", 10000, 20000) == (10000, 20000)
+    assert _port_range("tcp", None, 22) is None and _port_range("tcp", 22, "x") is None  # unknown
+
+
 @pytest.mark.parametrize(
     "port, what",
     [

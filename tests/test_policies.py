@@ -1054,7 +1054,8 @@ def test_in_a_preview_a_new_internet_gateway_is_known_by_the_routes_dependency()
     view = StackView.of(list(built.values()))
     assert subnet_is_public(view, view.by_id("subnet-priv")) is True
     built["r"].property_dependencies = {"gatewayId": [built["nat"]]}
-    assert subnet_is_public(StackView.of(list(built.values())), view.by_id("subnet-priv")) is False
+    view = StackView.of(list(built.values()))  # the subnet of the view it is looked at in
+    assert subnet_is_public(view, view.by_id("subnet-priv")) is False
     # a route inline in the table: the table's `routes` depends on the gateway
     built = {r.name: r for r in policy_resources(_default_route("inline", UNKNOWN_PLACEHOLDER))}
     for gateway, public in (("igw", True), ("nat", False)):
