@@ -143,3 +143,104 @@ def test_ray_worker_port_range_is_sensitive_where_a_rule_overlaps_it():
     assert sensitive_ports_in((10001, 10002)) == ["10001 (Ray client)", f"10002-10002 {worker}"]
     for harmless in ((8000, 8000), (443, 443), (20000, 52364), (52366, 65535), (23, 6378)):
         assert sensitive_ports_in(harmless) == [], harmless
+
+
+def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
+    from policy._props import UNKNOWN
+    from policy._stackview import Res, StackView
+    from policy.network import ingress_rules
+    from policy.runner import policy_resources
+    from tests.test_policies import UNKNOWN_PLACEHOLDER, res
+
+    sgi = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+    sgr = "aws:ec2/securityGroupRule:SecurityGroupRule"
+    sg = "aws:ec2/securityGroup:SecurityGroup"
+    inline = {
+        "protocol": "tcp",
+        "fromPort": 22,
+        "toPort": 22,
+        "self": True,
+        "cidrBlocks": ["10.0.0.0/8"],
+        "ipv6CidrBlocks": ["fd00::/8"],
+        "securityGroups": ["sg-endpoint", "sg-outside"],
+    }
+    stack = [
+        res(
+            sg, "cluster-sg", "sg-cluster", ingress=[inline, UNKNOWN_PLACEHOLDER]
+        ),  # an unknown block: skipped
+        res(sg, "endpoint-sg", "sg-endpoint"),
+        res(
+            sgi,
+            "self-rule",
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId="sg-cluster",
+            ipProtocol="-1",
+        ),
+        res(
+            sgi,
+            "from-endpoint",
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId="sg-endpoint",
+            ipProtocol="tcp",
+            fromPort=8000,
+            toPort=8000,
+        ),
+        res(
+            sgi,
+            "v4v6",
+            securityGroupId="sg-endpoint",
+            cidrIpv4="10.0.0.0/8",
+            cidrIpv6="::/0",
+            ipProtocol="tcp",
+            fromPort=443,
+            toPort=443,
+        ),
+        # both ids unknown at preview: equal sentinels do not make the rule self-referencing
+        res(
+            sgi,
+            "unknown-self",
+            securityGroupId=UNKNOWN_PLACEHOLDER,
+            referencedSecurityGroupId=UNKNOWN_PLACEHOLDER,
+            ipProtocol="tcp",
+            fromPort=1,
+            toPort=2,
+        ),
+        res(
+            sgr,
+            "legacy",
+            type="ingress",
+            securityGroupId="sg-endpoint",
+            protocol="udp",
+            fromPort=53,
+            toPort=53,
+            cidrBlocks=["10.1.0.0/16"],
+            ipv6CidrBlocks=["fd01::/16"],
+            self=True,
+            sourceSecurityGroupId="sg-cluster",
+        ),
+        res(
+            sgr,
+            "egress",
+            type="egress",
+            securityGroupId="sg-endpoint",
+            protocol="-1",
+            cidrBlocks=["0.0.0.0/0"],
+        ),
+    ]
+
+    def name(x):
+        return x.name if isinstance(x, Res) else x
+
+    rules = [
+        (r.owner.name, name(r.sg), r.ports, r.cidrs, [name(s) for s in r.sources])
+        for r in ingress_rules(StackView.of(policy_resources(stack)))
+    ]
+    assert rules == [
+        ("self-rule", "cluster-sg", (0, 65535), [], ["self"]),
+        ("from-endpoint", "cluster-sg", (8000, 8000), [], ["endpoint-sg"]),
+        ("v4v6", "endpoint-sg", (443, 443), ["10.0.0.0/8", "::/0"], []),
+        ("unknown-self", UNKNOWN, (1, 2), [], [UNKNOWN]),
+        ("legacy", "endpoint-sg", (53, 53), ["10.1.0.0/16", "fd01::/16"], ["self", "cluster-sg"]),
+        # a group outside the stack is None (not the cluster's)
+        ("cluster-sg", "cluster-sg", (22, 22), ["10.0.0.0/8", "fd00::/8"], ["self", "endpoint-sg", None]),
+    ]
