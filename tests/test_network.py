@@ -114,7 +114,7 @@ def test_a_rules_port_range():
     for proto in ("-1", "all", "ALL", -1):
         assert _port_range(proto, 0, 0) == (0, 65535), proto
     assert _port_range("tcp", "22", 22) == (22, 22) and _port_range("tcp", -1, -1) == (0, 65535)
-    assert _port_range("udp", 10000, 20000) == (10000, 20000)
+    assert _port_range("udp", 10000, 20000) == (10000, 20000) and _port_range("tcp", 0, 0) == (0, 0)
     assert _port_range("tcp", None, 22) is None and _port_range("tcp", 22, "x") is None  # unknown
 
 
