@@ -965,6 +965,12 @@ def test_ray_ports_from_a_group_that_is_not_the_clusters_name_it():
         )
         return r
 
+    # from the cluster's group (referenced, not "self"), or from one unknown at preview: no violation
+    ok = add(
+        good_stack(), from_group("from-cluster", "sg-cluster"), from_group("from-new", UNKNOWN_PLACEHOLDER)
+    )
+    set_input(ok, "from-cluster", securityGroupId="sg-endpoint")
+    assert run(ok, "security-group-ingress").violations == ()
     stack = add(
         good_stack(), from_group("from-endpoint", "sg-endpoint"), from_group("from-elsewhere", "sg-0ther")
     )

@@ -170,3 +170,26 @@ def test_a_groups_instances_are_hosts_named_after_it_and_reported_on_it():
         ("worker-1", "worker-1[0]"),
         ("worker-1", "worker-1[1]"),
     ]
+
+
+def test_a_groups_subnets_by_id_outside_the_stack_or_in_a_preview_by_dependency():
+    from policy._props import UNKNOWN
+    from policy._stackview import StackView
+    from policy.network import instance_subnets
+    from policy.runner import policy_resources
+    from tests.test_policies import UNKNOWN_PLACEHOLDER
+
+    def subnets(stack, *deps):
+        built = {r.name: r for r in policy_resources(stack)}
+        built["worker-0"].property_dependencies = {"vpcZoneIdentifiers": [built[d] for d in deps]}
+        view = StackView.of(list(built.values()))
+        [host] = [h for h in view.hosts() if h.name == "worker-0"]
+        return [s.name if s not in (None, UNKNOWN) else s for s in instance_subnets(view, host)]
+
+    public = res("aws:ec2/subnet:Subnet", "public", "subnet-pub", vpcId="vpc-1", mapPublicIpOnLaunch=True)
+    s = [*group_stack(), public]
+    assert subnets(s) == ["private"]
+    set_input(s, "worker-0", vpcZoneIdentifiers=["subnet-outside", "subnet-pub"])
+    assert subnets(s) == [None, "public"]  # outside the stack: not checkable here
+    set_input(s, "worker-0", vpcZoneIdentifiers=[UNKNOWN_PLACEHOLDER])
+    assert subnets(s) == [UNKNOWN] and subnets(s, "public", "vpc") == ["public"]
