@@ -1111,6 +1111,36 @@ def test_routes_of_other_tables_are_passed_over_and_only_a_table_or_subnet_depen
     assert len(run(stack, "ec2-private-subnet").violations) == 4
 
 
+def test_an_instances_subnets_by_its_subnet_or_its_network_interfaces():
+    from policy._stackview import StackView
+    from policy.network import instance_subnets
+    from policy.runner import policy_resources
+
+    eni = "aws:ec2/networkInterface:NetworkInterface"
+    stack = add(
+        good_stack(),
+        res("aws:ec2/subnet:Subnet", "public", "subnet-pub", vpcId="vpc-1", mapPublicIpOnLaunch=True),
+        res(eni, "efa-0", "eni-0", subnetId="subnet-pub"),
+    )
+
+    def subnets(worker, deps=None, **props):
+        built = {r.name: r for r in policy_resources(set_input(copy.deepcopy(stack), worker, **props))}
+        built[worker].property_dependencies = {k: [built[d] for d in v] for k, v in (deps or {}).items()}
+        view = StackView.of(list(built.values()))
+        [host] = [h for h in view.hosts() if h.name == worker]
+        return [s.name if s not in (None, UNKNOWN) else s for s in instance_subnets(view, host)]
+
+    assert subnets("worker-0") == ["private"]
+    unknown = {"subnetId": UNKNOWN_PLACEHOLDER}
+    assert subnets("worker-0", {"subnetId": ["public", "vpc"]}, **unknown) == ["public"]
+    nics = [{"networkInterfaceId": "eni-0"}, {"networkInterfaceId": "eni-outside"}]
+    assert subnets("worker-0", subnetId=None, networkInterfaces=nics) == ["public", None]
+    new = [{"networkInterfaceId": UNKNOWN_PLACEHOLDER}]
+    assert subnets("worker-0", subnetId=None, networkInterfaces=new) == [UNKNOWN]
+    deps = {"networkInterfaces": ["efa-0", "vpc"]}
+    assert subnets("worker-0", deps, subnetId=None, networkInterfaces=new) == ["public"]
+
+
 def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
     from policy._stackview import StackView
     from policy.runner import policy_resources
