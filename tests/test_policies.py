@@ -1776,3 +1776,98 @@ def test_s3_messages_and_what_stands_for_a_buckets_own_settings():
     # unknown at preview (which bucket a block or an SSE config is for): not a violation
     s = set_input(good_stack(), pab, bucket=UNKNOWN_PLACEHOLDER)
     assert _found(set_input(s, sse, bucket=UNKNOWN_PLACEHOLDER), "s3-bucket-hardened") == []
+
+
+def test_iam_document_problems_in_full():
+    statement = {"Sid": "All", "Effect": "Allow", "Action": ["*", "s3:*", "s3:GetObject", 5], "Resource": "*"}
+    assert iam_document_problems({"Statement": [statement]}) == [
+        "Statement[0] (All) allows wildcard action *, s3:*; list the actions it needs",
+        "Statement[0] (All) grants s3:GetObject on Resource '*'; these actions support resource ARNs",
+    ]
+    # one statement, not in a list
+    one = {"Statement": {"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:x"}}
+    assert iam_document_problems(one) == ["Statement[0] allows NotAction, which grants every other action"]
+    # JSON text; an empty Sid is no Sid; NotResource is as broad as "*"; a non-statement and a Deny skipped
+    doc = {
+        "Statement": [
+            "junk",
+            {"Effect": "Deny", "Action": "*", "Resource": "*"},
+            {"Sid": "", "Effect": "Allow", "Action": "s3:GetObject", "NotResource": "arn:x"},
+        ]
+    }
+    assert iam_document_problems(json.dumps(doc)) == [
+        "Statement[2] grants s3:GetObject on Resource '*'; these actions support resource ARNs"
+    ]
+    # actions without resource-level permissions (any case), the SSM agent's own: '*' is right for them
+    star = [
+        "EC2:describeInstances",
+        "ssm:UpdateInstanceInformation",
+        "ssmmessages:OpenDataChannel",
+        "s3:listallmybuckets",
+    ]
+    assert (
+        iam_document_problems({"Statement": [{"Effect": "Allow", "Action": star, "Resource": ["*"]}]}) == []
+    )
+    assert iam_document_problems("{nope") == [
+        "policy is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    ]
+    assert (
+        iam_document_problems([{"Effect": "Allow", "Action": "*"}]) == [] and iam_document_problems({}) == []
+    )
+
+
+def test_iam_least_privilege_reads_every_policy_holder_and_attachment():
+    doc = json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "arn:x"}]})
+    wild = "Statement[0] allows wildcard action s3:*; list the actions it needs"
+    iam = "aws:iam/"
+    s = add(
+        good_stack(),
+        res(
+            iam + "rolePolicyAttachment:RolePolicyAttachment",
+            "a1",
+            role="r",
+            policyArn="arn:aws:iam::aws:policy/PowerUserAccess",
+        ),
+        res(
+            iam + "policyAttachment:PolicyAttachment",
+            "a2",
+            roles=["r"],
+            policyArn="arn:aws:iam::aws:policy/IAMFullAccess",
+        ),
+        res(
+            iam + "userPolicyAttachment:UserPolicyAttachment",
+            "a3",
+            user="u",
+            policyArn="arn:aws:iam::aws:policy/ReadOnlyAccess",
+        ),
+        res(
+            iam + "groupPolicyAttachment:GroupPolicyAttachment",
+            "a4",
+            group="g",
+            policyArn="arn:aws:iam::aws:policy/AdministratorAccess",
+        ),
+        res(iam + "rolePolicy:RolePolicy", "rp", role="r", policy=doc),
+        res(iam + "userPolicy:UserPolicy", "up", user="u", policy=doc),
+        res(iam + "groupPolicy:GroupPolicy", "gp", group="g", policy=doc),
+        res(
+            iam + "role:Role",
+            "role",
+            assumeRolePolicy="{}",
+            inlinePolicies=[
+                {"policy": doc},
+                {"name": "n", "policy": None},
+                {"name": "u", "policy": UNKNOWN_PLACEHOLDER},
+            ],
+        ),
+        res(iam + "serviceLinkedRole:ServiceLinkedRole", "slr", policy=doc),  # not a policy holder
+    )
+    admin = "grants administrator-level access"
+    assert _found(s, "iam-least-privilege") == [
+        ("a1", f"policyArn arn:aws:iam::aws:policy/PowerUserAccess {admin}"),
+        ("a2", f"policyArn arn:aws:iam::aws:policy/IAMFullAccess {admin}"),
+        ("a4", f"policyArn arn:aws:iam::aws:policy/AdministratorAccess {admin}"),
+        ("rp", wild),
+        ("up", wild),
+        ("gp", wild),
+        ("role", f"inlinePolicies[0]: {wild}"),  # no name: its index
+    ]
