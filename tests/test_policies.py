@@ -1871,3 +1871,40 @@ def test_iam_least_privilege_reads_every_policy_holder_and_attachment():
         ("gp", wild),
         ("role", f"inlinePolicies[0]: {wild}"),  # no name: its index
     ]
+
+
+def test_required_tags_messages_which_resources_and_the_providers_default_tags():
+    topic = "aws:sns/topic:Topic"  # an AWS type outside TAGGABLE_TYPES: checked when its tags are a map
+    s = add(
+        good_stack(),
+        res(topic, "topic", tags={"Project": ""}),  # an empty value is missing
+        res(topic, "listed", tags=["a"]),
+        res(topic, "untagged"),
+        res(topic, "unknown", tags=UNKNOWN_PLACEHOLDER),
+        res("random:index:Thing", "thing", tags={}),  # not AWS: its tags may be anything
+        res("aws:lb/loadBalancer:LoadBalancer", "nlb", tags=UNKNOWN_PLACEHOLDER),
+    )
+    assert _found(s, "required-tags") == [("topic", "missing required tags: Project, llmfleet:stack")]
+    only = {"required-tags": {"requiredTags": ["Project"]}}
+    assert _found(s, "required-tags", only) == [("topic", "missing required tags: Project")]
+
+    # the provider's defaultTags apply under the resource's own tags (CrossGuard hands the provider)
+    from pulumi_policy import PolicyProviderResource, ResourceValidationArgs
+
+    from policy.runner import resource_args
+
+    def found(tags, default_tags):
+        [(_, kw)] = resource_args([res(topic, "t", tags=tags)])
+        props = {"defaultTags": {"tags": default_tags}}
+        provider = PolicyProviderResource("pulumi:providers:aws", props, "urn:provider", "aws")
+        out: list[str] = []
+        pack.by_name()["required-tags"].validate(
+            ResourceValidationArgs(**{**kw, "provider": provider}, config={}), out.append
+        )
+        return out
+
+    missing = "missing required tags: "
+    assert found({"Project": "llmfleet"}, {"llmfleet:stack": "s"}) == []
+    assert found({}, {"llmfleet:stack": "s", "Project": ""}) == [missing + "Project"]
+    assert found({"Project": ""}, {"Project": "x", "llmfleet:stack": "s"}) == [missing + "Project"]
+    assert found({"Project": "llmfleet"}, ["not", "a", "map"]) == [missing + "llmfleet:stack"]
