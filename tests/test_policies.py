@@ -1123,9 +1123,10 @@ def test_an_instances_subnets_by_its_subnet_or_its_network_interfaces():
         res(eni, "efa-0", "eni-0", subnetId="subnet-pub"),
     )
 
-    def subnets(worker, deps=None, **props):
+    def subnets(worker, deps=None, eni_deps=None, **props):
         built = {r.name: r for r in policy_resources(set_input(copy.deepcopy(stack), worker, **props))}
         built[worker].property_dependencies = {k: [built[d] for d in v] for k, v in (deps or {}).items()}
+        built["efa-0"].property_dependencies = {k: [built[d] for d in v] for k, v in (eni_deps or {}).items()}
         view = StackView.of(list(built.values()))
         [host] = [h for h in view.hosts() if h.name == worker]
         return [s.name if s not in (None, UNKNOWN) else s for s in instance_subnets(view, host)]
@@ -1139,6 +1140,10 @@ def test_an_instances_subnets_by_its_subnet_or_its_network_interfaces():
     assert subnets("worker-0", subnetId=None, networkInterfaces=new) == [UNKNOWN]
     deps = {"networkInterfaces": ["efa-0", "vpc"]}
     assert subnets("worker-0", deps, subnetId=None, networkInterfaces=new) == ["public"]
+    # the ENI's own subnet, in a preview: its dependency of the subnet type
+    set_input(stack, "efa-0", subnetId=UNKNOWN_PLACEHOLDER)
+    on_eni = {"subnetId": ["public", "vpc"]}
+    assert subnets("worker-0", None, on_eni, subnetId=None, networkInterfaces=nics[:1]) == ["public"]
 
 
 def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
@@ -1908,3 +1913,15 @@ def test_required_tags_messages_which_resources_and_the_providers_default_tags()
     assert found({}, {"llmfleet:stack": "s", "Project": ""}) == [missing + "Project"]
     assert found({"Project": ""}, {"Project": "x", "llmfleet:stack": "s"}) == [missing + "Project"]
     assert found({"Project": "llmfleet"}, ["not", "a", "map"]) == [missing + "llmfleet:stack"]
+
+
+def test_private_subnet_messages_name_the_instance():
+    s = set_input(good_stack(), "worker-2", subnetId=None)
+    assert _found(s, "ec2-private-subnet") == [
+        ("worker-2", "worker-2: no subnetId, so it lands in the default VPC's public subnet")
+    ]
+    s = set_input(good_stack(), "private", mapPublicIpOnLaunch=True)
+    tail = "subnet private is public (public IPs or a default route to an internet gateway)"
+    assert _found(s, "ec2-private-subnet") == [
+        (h, f"{h}: {tail}") for h in ("head", "worker-0", "worker-1", "worker-2")
+    ]
