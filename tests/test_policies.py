@@ -1925,3 +1925,19 @@ def test_private_subnet_messages_name_the_instance():
     assert _found(s, "ec2-private-subnet") == [
         (h, f"{h}: {tail}") for h in ("head", "worker-0", "worker-1", "worker-2")
     ]
+    # the first host without a subnet does not end the check of the others
+    set_input(s, "head", subnetId=None)
+    assert _found(s, "ec2-private-subnet") == [
+        ("head", "head: no subnetId, so it lands in the default VPC's public subnet"),
+        *[(h, f"{h}: {tail}") for h in ("worker-0", "worker-1", "worker-2")],
+    ]
+    # nor does a subnet outside the stack end the check of the host's next one
+    nics = [{"networkInterfaceId": "eni-x"}, {"networkInterfaceId": "eni-0"}]
+    s = add(
+        set_input(good_stack(), "worker-0", subnetId=None, networkInterfaces=nics),
+        res("aws:ec2/networkInterface:NetworkInterface", "efa-0", "eni-0", subnetId="subnet-pub"),
+        res("aws:ec2/subnet:Subnet", "public", "subnet-pub", vpcId="vpc-1", mapPublicIpOnLaunch=True),
+    )
+    assert _found(s, "ec2-private-subnet") == [
+        ("worker-0", f"worker-0: {tail.replace('private', 'public', 1)}")
+    ]
