@@ -242,3 +242,68 @@ def test_the_gate_touches_the_activity_file_at_most_every_ten_seconds(tmp_path):
 
 def test_schedule_text_round_trips_through_the_capture(scheduled):
     assert parse_schedule(scheduled.config.schedule).weekly_hours == 60
+
+
+def test_schedule_policies_messages_in_full_and_how_actions_are_grouped():
+    import copy
+
+    from infra.stack.serving_hours import cold_start_lead_s
+
+    short = capture("prod", ["llmfleet:schedule=mon-fri 08:00-08:05 UTC"])
+    lead = f"{cold_start_lead_s(resolve(short.config).plan) / 60:.1f} min"
+
+    def found(resources, stack=None):
+        rep = run_policies(resources, {}, stack=stack)
+        return [(v.policy, v.resource, v.message) for v in rep.violations if v.policy.startswith("schedule")]
+
+    advice = (
+        "schedule-window-cold-start",
+        None,
+        f"llmfleet:schedule: window 'mon-fri 08:00-08:05 UTC' serves 5 min, less than the modeled cold start "
+        f"({lead}, llmfleet plan): each opening bills more warm-up than serving",
+    )
+    assert found(short.resources, short.config) == [advice]
+    tight = capture("prod", ["llmfleet:schedule=mon-fri 08:00-12:00 UTC; mon-fri 12:05-20:00 UTC"])
+    assert found(tight.resources, tight.config) == [
+        (
+            "schedule-serves",
+            None,
+            f"llmfleet:schedule: 'mon-fri 12:05-20:00 UTC' opens 5 min after 'mon-fri 08:00-12:00 UTC' closes, less "
+            f"than the modeled cold start ({lead}): that closing's scale-down stops the workers warming for it and "
+            "it never serves; merge the two windows or leave a longer gap",
+        )
+    ]
+
+    def never(group, action, n=1):
+        return (
+            "schedule-serves",
+            action,
+            f"{group}: its scheduled actions only scale it to zero ({n} actions, none with desired capacity >= 1); "
+            "the workers would never serve",
+        )
+
+    actions = [r for r in short.resources if r["type"] == SCHEDULE]
+    down_only = [r for r in short.resources if r not in actions or "up" not in r["name"]]
+    assert found(down_only) == [
+        never(f"llmfleet-prod-worker-{i}", f"cluster-worker-{i}-down-0") for i in range(3)
+    ]
+    # per group: worker-0 keeps its scale-up; worker-1 gets one more action whose capacity is unknown
+    # at preview; worker-2 a second scale-down; and an action for a group unknown at preview
+    # stands for a group of its own, named after it
+    up0 = next(r for r in actions if r["name"] == "cluster-worker-0-up-0")
+    extra = copy.deepcopy(up0)
+    extra.update(name="w1-later", urn=up0["urn"].replace("cluster-worker-0-up-0", "w1-later"))
+    for props in (extra["inputs"], extra["outputs"]):
+        props.update(autoscalingGroupName="llmfleet-prod-worker-1", desiredCapacity="[unknown]")
+    second = copy.deepcopy(extra)
+    second.update(name="w2-again", urn=up0["urn"].replace("cluster-worker-0-up-0", "w2-again"))
+    for props in (second["inputs"], second["outputs"]):
+        props.update(autoscalingGroupName="llmfleet-prod-worker-2", desiredCapacity=0)
+    lost = copy.deepcopy(second)
+    lost.update(name="lost", urn=up0["urn"].replace("cluster-worker-0-up-0", "lost"))
+    for props in (lost["inputs"], lost["outputs"]):
+        props.update(autoscalingGroupName="[unknown]")
+    assert found([*down_only, up0, extra, second, lost]) == [
+        never("llmfleet-prod-worker-2", "cluster-worker-2-down-0", 2),
+        never("lost", "lost"),
+    ]
