@@ -205,6 +205,15 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
             fromPort=1,
             toPort=2,
         ),
+        # an egress rule listed before the ingress ones is passed over, not the end of them
+        res(
+            sgr,
+            "egress",
+            type="egress",
+            securityGroupId="sg-endpoint",
+            protocol="-1",
+            cidrBlocks=["0.0.0.0/0"],
+        ),
         res(
             sgr,
             "legacy",
@@ -220,27 +229,46 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
         ),
         res(
             sgr,
-            "egress",
-            type="egress",
+            "legacy-cidr",
+            type="ingress",
             securityGroupId="sg-endpoint",
-            protocol="-1",
-            cidrBlocks=["0.0.0.0/0"],
+            protocol="tcp",
+            fromPort=80,
+            toPort=80,
         ),
+        # in a preview: both groups by the dependency of the group type (each also depends on the VPC)
+        res(
+            sgi,
+            "preview",
+            securityGroupId=UNKNOWN_PLACEHOLDER,
+            referencedSecurityGroupId=UNKNOWN_PLACEHOLDER,
+            ipProtocol="tcp",
+            fromPort=3,
+            toPort=3,
+        ),
+        res("aws:ec2/vpc:Vpc", "vpc", "vpc-1"),
     ]
+    built = {r.name: r for r in policy_resources(stack)}
+    built["preview"].property_dependencies = {
+        "securityGroupId": [built["cluster-sg"], built["vpc"]],
+        "referencedSecurityGroupId": [built["endpoint-sg"], built["vpc"]],
+    }
 
     def name(x):
         return x.name if isinstance(x, Res) else x
 
     rules = [
         (r.owner.name, name(r.sg), r.ports, r.cidrs, [name(s) for s in r.sources])
-        for r in ingress_rules(StackView.of(policy_resources(stack)))
+        for r in ingress_rules(StackView.of(list(built.values())))
     ]
     assert rules == [
         ("self-rule", "cluster-sg", (0, 65535), [], ["self"]),
         ("from-endpoint", "cluster-sg", (8000, 8000), [], ["endpoint-sg"]),
         ("v4v6", "endpoint-sg", (443, 443), ["10.0.0.0/8", "::/0"], []),
         ("unknown-self", UNKNOWN, (1, 2), [], [UNKNOWN]),
+        ("preview", "cluster-sg", (3, 3), [], ["endpoint-sg"]),
         ("legacy", "endpoint-sg", (53, 53), ["10.1.0.0/16", "fd01::/16"], ["self", "cluster-sg"]),
+        ("legacy-cidr", "endpoint-sg", (80, 80), [], []),
         # a group outside the stack is None (not the cluster's)
         ("cluster-sg", "cluster-sg", (22, 22), ["10.0.0.0/8", "fd00::/8"], ["self", "endpoint-sg", None]),
     ]
