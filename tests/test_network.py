@@ -246,13 +246,36 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
             fromPort=3,
             toPort=3,
         ),
+        res(
+            sgr,
+            "legacy-preview",
+            type="ingress",
+            securityGroupId=UNKNOWN_PLACEHOLDER,
+            sourceSecurityGroupId=UNKNOWN_PLACEHOLDER,
+            protocol="tcp",
+            fromPort=4,
+            toPort=4,
+        ),
+        res(
+            sg,
+            "preview-sg",
+            "sg-preview",
+            ingress=[
+                {"protocol": "tcp", "fromPort": 5, "toPort": 5, "securityGroups": [UNKNOWN_PLACEHOLDER]}
+            ],
+        ),
         res("aws:ec2/vpc:Vpc", "vpc", "vpc-1"),
     ]
     built = {r.name: r for r in policy_resources(stack)}
-    built["preview"].property_dependencies = {
-        "securityGroupId": [built["cluster-sg"], built["vpc"]],
-        "referencedSecurityGroupId": [built["endpoint-sg"], built["vpc"]],
-    }
+    for name, props in (
+        ("preview", ("securityGroupId", "referencedSecurityGroupId")),
+        ("legacy-preview", ("securityGroupId", "sourceSecurityGroupId")),
+    ):
+        built[name].property_dependencies = {
+            props[0]: [built["cluster-sg"], built["vpc"]],
+            props[1]: [built["endpoint-sg"], built["vpc"]],
+        }
+    built["preview-sg"].property_dependencies = {"ingress": [built["endpoint-sg"], built["vpc"]]}
 
     def name(x):
         return x.name if isinstance(x, Res) else x
@@ -269,6 +292,8 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
         ("preview", "cluster-sg", (3, 3), [], ["endpoint-sg"]),
         ("legacy", "endpoint-sg", (53, 53), ["10.1.0.0/16", "fd01::/16"], ["self", "cluster-sg"]),
         ("legacy-cidr", "endpoint-sg", (80, 80), [], []),
+        ("legacy-preview", "cluster-sg", (4, 4), [], ["endpoint-sg"]),
         # a group outside the stack is None (not the cluster's)
         ("cluster-sg", "cluster-sg", (22, 22), ["10.0.0.0/8", "fd00::/8"], ["self", "endpoint-sg", None]),
+        ("preview-sg", "preview-sg", (5, 5), [], ["endpoint-sg"]),
     ]
