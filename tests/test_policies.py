@@ -1941,3 +1941,66 @@ def test_private_subnet_messages_name_the_instance():
     assert _found(s, "ec2-private-subnet") == [
         ("worker-0", f"worker-0: {tail.replace('private', 'public', 1)}")
     ]
+
+
+# --- policy/fleet.py: gpu-fit ---------------------------------------------------------------------
+
+WORKERS = ("worker-0", "worker-1", "worker-2")
+
+
+def _tag_workers(stack, **tags):
+    for w in WORKERS:
+        set_input(stack, w, tags={**TAGS, **tags})
+    return stack
+
+
+def test_gpu_fit_messages_and_where_each_setting_comes_from():
+    fit = "gpu-fit"
+    s = set_input(good_stack(), "worker-0", instanceType="g6e.12xlarge")
+    assert _found(s, fit) == [
+        (None, "GPU workers must share one known instance type; found: g6e.12xlarge, g6e.48xlarge")
+    ]
+    s = set_input(good_stack(), "worker-0", instanceType=UNKNOWN_PLACEHOLDER)
+    assert _found(s, fit) == [
+        (None, "GPU workers must share one known instance type; found: UNKNOWN, g6e.48xlarge")
+    ]
+    s = good_stack()
+    for w in WORKERS:
+        set_input(s, w, instanceType="m7i.2xlarge")
+    assert _found(s, fit) == [(None, "worker instanceType 'm7i.2xlarge' has no GPU in the catalog")]
+    # replicas from the workers' tag, else the policy config
+    split = [(None, "3 GPU workers do not split into 2 equal replicas")]
+    assert _found(good_stack(), fit, {fit: {"replicas": 2}}) == split
+    tagged = _tag_workers(good_stack(), **{"llmfleet:role": "worker", "llmfleet:replicas": "2"})
+    assert _found(tagged, fit) == split
+    # the model: the workers' one tag wins over the config; untagged GPU instances are workers too
+    long = [(None, "max_model_len: 200000 exceeds deepseek-r1's 163840 positions")]
+    assert _found(good_stack(), fit, {fit: {"model": "nope-model", "maxModelLen": 200000}}) == long
+    untagged = _tag_workers(good_stack())
+    [(_, msg)] = _found(untagged, fit, {fit: {"model": "nope-model"}})
+    assert msg.startswith("cannot plan nope-model on 3x 8x L40S: --model: 'nope-model' is not a known model")
+    # two models among the workers' tags: the config's decides
+    s = set_input(
+        good_stack(), "worker-0", tags={**TAGS, "llmfleet:role": "worker", "llmfleet:model": "other"}
+    )
+    assert _found(s, fit, {fit: {"model": "deepseek-r1", "maxModelLen": 200000}}) == long
+    tagged = _tag_workers(good_stack(), **{"llmfleet:role": "worker", "llmfleet:maxModelLen": "200000"})
+    assert _found(tagged, fit) == long
+    # a GPU host that is not a worker (the head) is not counted
+    assert _found(set_input(good_stack(), "head", instanceType="g6e.48xlarge"), fit) == []
+    # the engine's settings reach the planner: half the memory does not fit on 3 nodes
+    [(_, msg)] = _found(good_stack(), fit, {fit: {"gpuMemoryUtilization": 0.5}})
+    assert msg.startswith("memory: ") and "(44.7 GiB x 0.5 - 2.0 GiB runtime)" in msg
+
+
+def test_gpu_fit_without_ec2_workers_reads_the_layout_from_config():
+    fit = "gpu-fit"
+    owned = [r for r in good_stack() if r["name"] not in WORKERS]
+    assert _found(owned, fit) == []  # nothing to check: not applicable
+    assert _found(owned, fit, {fit: {"gpu": "L40S", "gpusPerNode": 8, "workers": 3}}) == []
+    [(_, msg)] = _found(owned, fit, {fit: {"gpu": "L40S", "gpusPerNode": 8, "workers": 2}})
+    assert msg.startswith("memory: ") and msg.endswith("needs at least 3 nodes of 8")
+    [(_, msg)] = _found(owned, fit, {fit: {"gpu": "NOPE", "gpusPerNode": 8, "workers": 2}})
+    assert msg.startswith(
+        "cannot plan deepseek-r1 on 2x 8x NOPE: --gpu: 'NOPE' is not a known GPU; allowed: "
+    )
