@@ -232,9 +232,9 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
             "legacy-cidr",
             type="ingress",
             securityGroupId="sg-endpoint",
-            protocol="tcp",
-            fromPort=80,
-            toPort=80,
+            protocol="-1",  # every protocol: every port, whatever the ports say
+            fromPort=0,
+            toPort=0,
         ),
         # in a preview: both groups by the dependency of the group type (each also depends on the VPC)
         res(
@@ -261,7 +261,8 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
             "preview-sg",
             "sg-preview",
             ingress=[
-                {"protocol": "tcp", "fromPort": 5, "toPort": 5, "securityGroups": [UNKNOWN_PLACEHOLDER]}
+                {"protocol": "tcp", "fromPort": 5, "toPort": 5, "securityGroups": [UNKNOWN_PLACEHOLDER]},
+                {"protocol": "all", "fromPort": 0, "toPort": 0},
             ],
         ),
         res("aws:ec2/vpc:Vpc", "vpc", "vpc-1"),
@@ -291,9 +292,10 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
         ("unknown-self", UNKNOWN, (1, 2), [], [UNKNOWN]),
         ("preview", "cluster-sg", (3, 3), [], ["endpoint-sg"]),
         ("legacy", "endpoint-sg", (53, 53), ["10.1.0.0/16", "fd01::/16"], ["self", "cluster-sg"]),
-        ("legacy-cidr", "endpoint-sg", (80, 80), [], []),
+        ("legacy-cidr", "endpoint-sg", (0, 65535), [], []),
         ("legacy-preview", "cluster-sg", (4, 4), [], ["endpoint-sg"]),
         # a group outside the stack is None (not the cluster's)
         ("cluster-sg", "cluster-sg", (22, 22), ["10.0.0.0/8", "fd00::/8"], ["self", "endpoint-sg", None]),
         ("preview-sg", "preview-sg", (5, 5), [], ["endpoint-sg"]),
+        ("preview-sg", "preview-sg", (0, 65535), [], []),
     ]
