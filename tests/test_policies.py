@@ -2004,3 +2004,30 @@ def test_gpu_fit_without_ec2_workers_reads_the_layout_from_config():
     assert msg.startswith(
         "cannot plan deepseek-r1 on 2x 8x NOPE: --gpu: 'NOPE' is not a known GPU; allowed: "
     )
+
+
+def test_budget_message_prices_the_stack_with_the_workers_model_and_the_region():
+    from infra.catalog import load_catalog
+    from infra.cost.estimate import estimate_monthly_usd
+
+    budget = "monthly-budget"
+    weights = load_catalog().models["deepseek-r1"].checkpoint_gib  # the workers' llmfleet:model
+    total = float(
+        estimate_monthly_usd(good_stack(), "us-east-1", weights_gib=weights, pricing_model="on-demand")
+    )
+    assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": 1000}}) == [
+        (
+            None,
+            f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd $1,000.00 (us-east-1, on-demand snapshot prices)",
+        )
+    ]
+    assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": total}}) == []  # at the limit is within it
+    assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": None}}) == []  # no limit: not applicable
+    [(_, msg)] = _found(good_stack(), budget, {budget: {"maxMonthlyUsd": 1000, "region": "eu-west-1"}})
+    assert msg.startswith(
+        "cannot estimate the monthly cost: aws:region: 'eu-west-1' is not in the price snapshot"
+    )
+    [(_, msg)] = _found(
+        set_input(good_stack(), "worker-0", instanceType="x9.huge"), budget, {budget: {"maxMonthlyUsd": 1000}}
+    )
+    assert msg.startswith("cannot estimate the monthly cost: instanceType: no on-demand price for 'x9.huge'")
