@@ -166,8 +166,8 @@ def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
     }
     stack = [
         res(
-            sg, "cluster-sg", "sg-cluster", ingress=[inline, UNKNOWN_PLACEHOLDER]
-        ),  # an unknown block: skipped
+            sg, "cluster-sg", "sg-cluster", ingress=[UNKNOWN_PLACEHOLDER, inline]
+        ),  # an unknown block (first): skipped, the next still read
         res(sg, "endpoint-sg", "sg-endpoint"),
         res(
             sgi,
