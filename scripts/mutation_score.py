@@ -69,6 +69,13 @@ EQUIVALENT: dict[str, str] = {
     "policy._props.x_network__mutmut_2": (
         "ip_network(strict=None): ipaddress reads strict as `if strict:`, so None is False"
     ),
+    "policy._stackview.xǁStackViewǁof__mutmut_18": (
+        "is_unknown(None) for the id: plain() has made every sentinel UNKNOWN, not a str, so the "
+        "isinstance test already leaves unknown ids out"
+    ),
+    "policy.resources.x__statements__mutmut_7": (
+        "get('Statement', None) instead of []: as_list(None) is [] as as_list([]) is"
+    ),
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),
