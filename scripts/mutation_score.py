@@ -31,6 +31,7 @@ _REF_NONE = (
     "(an unknown one gives UNKNOWN): it returns None whatever the mutant does with is_unknown(arn)"
 )
 _NO_DOC = "skipping a None or UNKNOWN document is a shortcut: statements() of either is [], so no problem either way"
+_NO_STATEMENT = "a document without Statement: as_list() of the default gives [] for [] and for None alike"
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -73,9 +74,8 @@ EQUIVALENT: dict[str, str] = {
         "is_unknown(None) for the id: plain() has made every sentinel UNKNOWN, not a str, so the "
         "isinstance test already leaves unknown ids out"
     ),
-    "policy.resources.x__statements__mutmut_7": (
-        "get('Statement', None) instead of []: as_list(None) is [] as as_list([]) is"
-    ),
+    "policy.resources.x__statements__mutmut_7": _NO_STATEMENT + ": None",
+    "policy.resources.x__statements__mutmut_9": _NO_STATEMENT + ": no default (None)",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),
