@@ -343,3 +343,38 @@ def test_trust_remote_code_falls_back_to_the_stack_config_when_scripts_are_unkno
     assert v.resource is None and "llmfleet:trustRemoteCode is true" in v.message
     off = run_policies([], {}, stack=load_config("dev"))
     assert not [v for v in off.violations if v.policy == "trust-remote-code"]
+
+
+def test_the_policy_config_a_stack_implies():
+    from infra.catalog import load_catalog
+    from infra.stack.files import load_config
+    from infra.stack.resolve import resolve
+
+    overrides = [
+        "llmfleet:endpointPublic=true",
+        'llmfleet:endpointAllowedCidrs=["198.51.100.0/24"]',
+        "llmfleet:maxMonthlyUsd=90000",
+    ]
+    cfg = load_config("prod", overrides)
+    resolved = resolve(cfg)
+    assert stack_policy_config(cfg) == {
+        "ec2-instance-type-allowed": {"allowedInstanceTypes": sorted(load_catalog().instances)},
+        "security-group-ingress": {
+            "allowedIngressCidrs": ["198.51.100.0/24"],
+            "endpointPublic": True,
+            "endpointPort": cfg.endpoint_port,
+        },
+        "gpu-fit": {
+            "model": "deepseek-r1",
+            "quantization": cfg.quantization,
+            "maxModelLen": resolved.plan.max_model_len,  # what 'auto' picked
+            "concurrency": cfg.concurrency,
+            "targetConcurrency": cfg.target_concurrency,
+            "gpuMemoryUtilization": cfg.gpu_memory_utilization,
+            "gpu": cfg.gpu_model,
+            "gpusPerNode": cfg.gpus_per_worker,
+            "workers": resolved.workers,
+        },
+        "monthly-budget": {"maxMonthlyUsd": 90000.0, "region": "us-east-1", "model": "deepseek-r1"},
+    }
+    assert isinstance(resolved.plan.max_model_len, int) and cfg.gpu_model == "L40S" and resolved.workers == 3
