@@ -1797,11 +1797,16 @@ def test_iam_document_problems_in_full():
         "Statement": [
             "junk",
             {"Effect": "Deny", "Action": "*", "Resource": "*"},
-            {"Sid": "", "Effect": "Allow", "Action": "s3:GetObject", "NotResource": "arn:x"},
+            {
+                "Sid": "",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "NotResource": "arn:x",
+            },
         ]
     }
     assert iam_document_problems(json.dumps(doc)) == [
-        "Statement[2] grants s3:GetObject on Resource '*'; these actions support resource ARNs"
+        "Statement[2] grants s3:GetObject, s3:PutObject on Resource '*'; these actions support resource ARNs"
     ]
     # actions without resource-level permissions (any case), the SSM agent's own: '*' is right for them
     star = [
