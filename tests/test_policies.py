@@ -1669,6 +1669,18 @@ def test_volume_and_ecr_messages():
     assert _found(s, "ecr-repository-hardened") == [
         ("repo", "encryptionConfigurations is not set; declare encryptionType AES256 or KMS")
     ]
+    # values computed at up (unknown during a preview) are not violations
+    s = set_input(
+        good_stack(),
+        "repo",
+        imageScanningConfiguration={"scanOnPush": UNKNOWN_PLACEHOLDER},
+        imageTagMutability=UNKNOWN_PLACEHOLDER,
+    )
+    assert _found(s, "ecr-repository-hardened") == []
+    assert (
+        _found(set_input(good_stack(), "scratch", encrypted=UNKNOWN_PLACEHOLDER), "ebs-volume-encrypted")
+        == []
+    )
     for etype in ("AES256", "KMS", "KMS_DSSE", UNKNOWN_PLACEHOLDER):
         s = set_input(good_stack(), "repo", encryptionConfigurations=[{"encryptionType": etype}])
         assert _found(s, "ecr-repository-hardened") == [], etype
