@@ -32,6 +32,10 @@ _REF_NONE = (
 )
 _NO_DOC = "skipping a None or UNKNOWN document is a shortcut: statements() of either is [], so no problem either way"
 _NO_STATEMENT = "a document without Statement: as_list() of the default gives [] for [] and for None alike"
+_NO_DOCUMENT = (
+    "skipping a None or UNKNOWN policy document is a shortcut: iam_document_problems() of either is [] "
+    "(neither is JSON text nor a map)"
+)
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -76,6 +80,8 @@ EQUIVALENT: dict[str, str] = {
     ),
     "policy.resources.x__statements__mutmut_7": _NO_STATEMENT + ": None",
     "policy.resources.x__statements__mutmut_9": _NO_STATEMENT + ": no default (None)",
+    "policy.resources.x__iam_least_privilege__mutmut_40": _NO_DOCUMENT + ": `None and unknown`",
+    "policy.resources.x__iam_least_privilege__mutmut_42": _NO_DOCUMENT + ": is_unknown(None)",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),

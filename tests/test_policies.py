@@ -1583,6 +1583,8 @@ def test_ebs_encryption_messages_for_instances_and_templates():
         {"virtualName": "ephemeral0", "deviceName": "/dev/sdb"},  # instance store: no EBS volume
         {"ebs": {"encrypted": "TRUE"}},
         {"ebs": {}},
+        {"deviceName": "/dev/sdc", "ebs": {"encrypted": True}},  # a boolean counts as it is
+        {"deviceName": "/dev/sdd", "ebs": {"encrypted": False}},
     ]
     s = add(
         s, _template(blockDeviceMappings=mappings), res(SPOT, "spot", rootBlockDevice={"encrypted": False})
@@ -1594,6 +1596,7 @@ def test_ebs_encryption_messages_for_instances_and_templates():
         ("worker-1", "ebsBlockDevices[1] (#1) encrypted is 'true'" + every),
         ("worker-lt", "blockDeviceMappings[0] (/dev/sda1) ebs.encrypted is 'false'" + every),
         ("worker-lt", "blockDeviceMappings[3] (#3) ebs.encrypted is None" + every),
+        ("worker-lt", "blockDeviceMappings[5] (/dev/sdd) ebs.encrypted is False" + every),
     ]
     # a flag computed at up (unknown during a preview) is not a violation
     s = set_input(good_stack(), "head", rootBlockDevice={"encrypted": UNKNOWN_PLACEHOLDER})
@@ -1875,10 +1878,10 @@ def test_iam_least_privilege_reads_every_policy_holder_and_attachment():
             iam + "role:Role",
             "role",
             assumeRolePolicy="{}",
-            inlinePolicies=[
-                {"policy": doc},
+            inlinePolicies=[  # one without a document and one unknown first: the next is still read
                 {"name": "n", "policy": None},
                 {"name": "u", "policy": UNKNOWN_PLACEHOLDER},
+                {"policy": doc},
             ],
         ),
         res(iam + "serviceLinkedRole:ServiceLinkedRole", "slr", policy=doc),  # not a policy holder
@@ -1891,7 +1894,7 @@ def test_iam_least_privilege_reads_every_policy_holder_and_attachment():
         ("rp", wild),
         ("up", wild),
         ("gp", wild),
-        ("role", f"inlinePolicies[0]: {wild}"),  # no name: its index
+        ("role", f"inlinePolicies[2]: {wild}"),  # no name: its index
     ]
 
 
@@ -1903,10 +1906,15 @@ def test_required_tags_messages_which_resources_and_the_providers_default_tags()
         res(topic, "listed", tags=["a"]),
         res(topic, "untagged"),
         res(topic, "unknown", tags=UNKNOWN_PLACEHOLDER),
+        # tags unknown at preview, tagsAll known: tagsAll is read
+        res(topic, "half", tags=UNKNOWN_PLACEHOLDER, tagsAll={"Project": "llmfleet"}),
         res("random:index:Thing", "thing", tags={}),  # not AWS: its tags may be anything
         res("aws:lb/loadBalancer:LoadBalancer", "nlb", tags=UNKNOWN_PLACEHOLDER),
     )
-    assert _found(s, "required-tags") == [("topic", "missing required tags: Project, llmfleet:stack")]
+    assert _found(s, "required-tags") == [
+        ("topic", "missing required tags: Project, llmfleet:stack"),
+        ("half", "missing required tags: llmfleet:stack"),
+    ]
     only = {"required-tags": {"requiredTags": ["Project"]}}
     assert _found(s, "required-tags", only) == [("topic", "missing required tags: Project")]
 
