@@ -307,3 +307,33 @@ def test_schedule_policies_messages_in_full_and_how_actions_are_grouped():
         never("llmfleet-prod-worker-2", "cluster-worker-2-down-0", 2),
         never("lost", "lost"),
     ]
+
+
+def test_a_window_is_advised_on_only_when_shorter_than_the_cold_start(monkeypatch):
+    import policy.schedule
+
+    ten = capture("prod", ["llmfleet:schedule=mon-fri 08:00-08:10 UTC"])
+
+    def advised(lead_s: float) -> list[str]:
+        monkeypatch.setattr(policy.schedule, "_plan_cold_start_s", lambda cfg: lead_s)
+        rep = run_policies(ten.resources, {}, stack=ten.config)
+        return [v.message for v in rep.violations if v.policy == "schedule-window-cold-start"]
+
+    assert advised(600.0) == []  # a 10-min window against exactly 10 min of cold start
+    assert advised(605.0) == [
+        "llmfleet:schedule: window 'mon-fri 08:00-08:10 UTC' serves 10 min, less than the modeled cold "
+        "start (10.1 min, llmfleet plan): each opening bills more warm-up than serving"
+    ]
+
+
+def test_schedule_policies_pass_over_a_stack_config_that_does_not_load():
+    import pulumi
+
+    # no StackConfig handed over, and the one the Pulumi CLI would hand is not valid: the program
+    # itself stops on it, with the one-line reason
+    pulumi.runtime.set_all_config({"llmfleet:workerCount": "many"}, [])
+    try:
+        rep = run_policies([], {})
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    assert [v for v in rep.violations if v.policy.startswith("schedule")] == []
