@@ -82,6 +82,10 @@ EQUIVALENT: dict[str, str] = {
     "policy.resources.x__statements__mutmut_9": _NO_STATEMENT + ": no default (None)",
     "policy.resources.x__iam_least_privilege__mutmut_40": _NO_DOCUMENT + ": `None and unknown`",
     "policy.resources.x__iam_least_privilege__mutmut_42": _NO_DOCUMENT + ": is_unknown(None)",
+    "policy.schedule.x__serves__mutmut_16": (
+        "is_unknown(None) for the group: read through plain(), an unknown group is the UNKNOWN marker, "
+        "which is falsy, so `group and` already leaves it out"
+    ),
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),

@@ -303,9 +303,14 @@ def test_schedule_policies_messages_in_full_and_how_actions_are_grouped():
     lost.update(name="lost", urn=up0["urn"].replace("cluster-worker-0-up-0", "lost"))
     for props in (lost["inputs"], lost["outputs"]):
         props.update(autoscalingGroupName="[unknown]")
-    assert found([*down_only, up0, extra, second, lost]) == [
+    nameless = copy.deepcopy(lost)  # no group at all: a group of its own too, not one named "None"
+    nameless.update(name="nameless", urn=up0["urn"].replace("cluster-worker-0-up-0", "nameless"))
+    for props in (nameless["inputs"], nameless["outputs"]):
+        del props["autoscalingGroupName"]
+    assert found([*down_only, up0, extra, second, lost, nameless]) == [
         never("llmfleet-prod-worker-2", "cluster-worker-2-down-0", 2),
         never("lost", "lost"),
+        never("nameless", "nameless"),
     ]
 
 
