@@ -2056,3 +2056,15 @@ def test_budget_message_prices_the_stack_with_the_workers_model_and_the_region()
         set_input(good_stack(), "worker-0", instanceType="x9.huge"), budget, {budget: {"maxMonthlyUsd": 1000}}
     )
     assert msg.startswith("cannot estimate the monthly cost: instanceType: no on-demand price for 'x9.huge'")
+
+
+def test_a_short_context_is_known_by_the_models_catalog_id_or_its_hub_name():
+    from policy.engine import _short_context
+
+    tail = "its thoughts run to thousands of tokens and get cut off; set llmfleet:maxModelLen to auto or >= 16384"
+    for name in ("deepseek-r1", "deepseek-ai/DeepSeek-R1"):
+        assert _short_context(name, 8192) == (
+            f"max_model_len 8,192 is below 16,384 for the reasoning model deepseek-r1: {tail}"
+        ), name
+        assert _short_context(name, 16384) is None
+    assert _short_context("not-in-the-catalog", 1024) is None
