@@ -2068,3 +2068,21 @@ def test_a_short_context_is_known_by_the_models_catalog_id_or_its_hub_name():
         ), name
         assert _short_context(name, 16384) is None
     assert _short_context("not-in-the-catalog", 1024) is None
+
+
+def test_only_node_scripts_that_name_a_model_and_a_length_are_read_for_the_context():
+    from policy._stackview import StackView
+    from policy.engine import rendered_contexts
+    from policy.runner import policy_resources
+
+    param = "aws:ssm/parameter:Parameter"
+    no_length = (
+        "cat > /etc/llmfleet/serve.yaml <<'E'\n    model_loading_config:\n      model_id: deepseek-r1\nE\n"
+    )
+    stack = [
+        res(param, "empty", insecureValue=""),  # first: no script, the next ones are still read
+        res(param, "no-length", insecureValue=pack_script(no_length)),
+        res(param, "node-head", insecureValue=pack_script(SHORT_CONTEXT)),
+    ]
+    view = StackView.of(policy_resources(stack))
+    assert rendered_contexts(view) == [(stack[2]["urn"], "deepseek-ai/DeepSeek-R1", 8192)]
