@@ -2083,6 +2083,17 @@ def test_only_node_scripts_that_name_a_model_and_a_length_are_read_for_the_conte
         res(param, "empty", insecureValue=""),  # first: no script, the next ones are still read
         res(param, "no-length", insecureValue=pack_script(no_length)),
         res(param, "node-head", insecureValue=pack_script(SHORT_CONTEXT)),
+        # a quoted id is read without its quotes (and an id may well start with an X)
+        res(
+            param,
+            "quoted",
+            insecureValue=pack_script(
+                SHORT_CONTEXT.replace("deepseek-ai/DeepSeek-R1", "'Xwin-LM/Xwin-LM-70B'")
+            ),
+        ),
     ]
     view = StackView.of(policy_resources(stack))
-    assert rendered_contexts(view) == [(stack[2]["urn"], "deepseek-ai/DeepSeek-R1", 8192)]
+    assert rendered_contexts(view) == [
+        (stack[2]["urn"], "deepseek-ai/DeepSeek-R1", 8192),
+        (stack[3]["urn"], "Xwin-LM/Xwin-LM-70B", 8192),
+    ]
