@@ -2097,3 +2097,5 @@ def test_only_node_scripts_that_name_a_model_and_a_length_are_read_for_the_conte
         (stack[2]["urn"], "deepseek-ai/DeepSeek-R1", 8192),
         (stack[3]["urn"], "Xwin-LM/Xwin-LM-70B", 8192),
     ]
+    # the advice names the node script that carries the short context (Xwin is no catalog model)
+    assert [v.resource for v in run(stack, "reasoning-model-context").violations] == ["node-head"]
