@@ -2099,3 +2099,19 @@ def test_only_node_scripts_that_name_a_model_and_a_length_are_read_for_the_conte
     ]
     # the advice names the node script that carries the short context (Xwin is no catalog model)
     assert [v.resource for v in run(stack, "reasoning-model-context").violations] == ["node-head"]
+
+
+def test_the_reasoning_context_falls_back_to_the_plan_only_without_node_scripts():
+    from infra.stack.config import load_stack_config
+    from policy.engine import ENGINE_POLICIES
+
+    pinned = load_stack_config({"llmfleet:maxModelLen": "8192"}, "t")
+    reasoning = [p for p in ENGINE_POLICIES if p.name == "reasoning-model-context"]
+    # a preview before the node scripts are known: the plan's context for the stack config
+    [v] = run_policies([], {}, reasoning, stack=pinned).violations
+    assert v.resource is None and v.message.startswith(
+        "max_model_len 8,192 is below 16,384 for the reasoning model"
+    )
+    # with the scripts known, they speak, once
+    head = res("aws:ssm/parameter:Parameter", "node-head", insecureValue=pack_script(SHORT_CONTEXT))
+    assert [v.resource for v in run_policies([head], {}, reasoning, stack=pinned).violations] == ["node-head"]
