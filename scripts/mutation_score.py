@@ -36,6 +36,10 @@ _NO_DOCUMENT = (
     "skipping a None or UNKNOWN policy document is a shortcut: iam_document_problems() of either is [] "
     "(neither is JSON text nor a map)"
 )
+_UNREAD = (
+    "the budget prices without a usage file: nothing on the way reads a resource's urn or parent "
+    "(an empty Usage matches no key), so renaming either key changes no total"
+)
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -86,6 +90,10 @@ EQUIVALENT: dict[str, str] = {
         "is_unknown(None) for the group: read through plain(), an unknown group is the UNKNOWN marker, "
         "which is falsy, so `group and` already leaves it out"
     ),
+    "policy.fleet.x__as_cost_resource__mutmut_5": _UNREAD + ": 'XXurnXX'",
+    "policy.fleet.x__as_cost_resource__mutmut_6": _UNREAD + ": 'URN'",
+    "policy.fleet.x__as_cost_resource__mutmut_7": _UNREAD + ": 'XXparentXX'",
+    "policy.fleet.x__as_cost_resource__mutmut_8": _UNREAD + ": 'PARENT'",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),
