@@ -193,3 +193,14 @@ def test_a_groups_subnets_by_id_outside_the_stack_or_in_a_preview_by_dependency(
     assert subnets(s) == [None, "public"]  # outside the stack: not checkable here
     set_input(s, "worker-0", vpcZoneIdentifiers=[UNKNOWN_PLACEHOLDER])
     assert subnets(s) == [UNKNOWN] and subnets(s, "public", "vpc") == ["public"]
+
+
+def test_budget_finds_a_groups_template_by_its_id_too():
+    # a deployed stack's group names its launch template by id (the template's output)
+    by_name = run(group_stack(), "monthly-budget", {"monthly-budget": {"maxMonthlyUsd": 1000}})
+    s = group_stack()
+    for i in range(3):
+        set_input(s, f"worker-{i}", launchTemplate={"id": "lt-1", "version": "1"})
+    by_id = run(s, "monthly-budget", {"monthly-budget": {"maxMonthlyUsd": 1000}})
+    [a], [b] = by_name.violations, by_id.violations
+    assert a.message == b.message and "exceeds maxMonthlyUsd $1,000.00" in b.message
