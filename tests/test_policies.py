@@ -2047,6 +2047,12 @@ def test_budget_message_prices_the_stack_with_the_workers_model_and_the_region()
         )
     ]
     assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": total}}) == []  # at the limit is within it
+    # the estimator's own default: on-demand
+    from policy._stackview import StackView
+    from policy.fleet import monthly_cost_usd
+    from policy.runner import policy_resources
+
+    assert monthly_cost_usd(StackView.of(policy_resources(good_stack())), "us-east-1", "deepseek-r1") == total
     assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": None}}) == []  # no limit: not applicable
     [(_, msg)] = _found(good_stack(), budget, {budget: {"maxMonthlyUsd": 1000, "region": "eu-west-1"}})
     assert msg.startswith(
