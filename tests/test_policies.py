@@ -2052,7 +2052,16 @@ def test_budget_message_prices_the_stack_with_the_workers_model_and_the_region()
     from policy.fleet import monthly_cost_usd
     from policy.runner import policy_resources
 
-    assert monthly_cost_usd(StackView.of(policy_resources(good_stack())), "us-east-1", "deepseek-r1") == total
+    view = StackView.of(policy_resources(good_stack()))
+    assert monthly_cost_usd(view, "us-east-1", "deepseek-r1") == total
+    # no model, or one the catalog lacks: no weights priced
+    bare = float(estimate_monthly_usd(good_stack(), "us-east-1", pricing_model="on-demand"))
+    assert (
+        monthly_cost_usd(view, "us-east-1", None)
+        == monthly_cost_usd(view, "us-east-1", "nope")
+        == bare
+        < total
+    )
     assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": None}}) == []  # no limit: not applicable
     [(_, msg)] = _found(good_stack(), budget, {budget: {"maxMonthlyUsd": 1000, "region": "eu-west-1"}})
     assert msg.startswith(
