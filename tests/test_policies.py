@@ -2130,3 +2130,15 @@ def test_the_reasoning_context_falls_back_to_the_plan_only_without_node_scripts(
     # with the scripts known, they speak, once
     head = res("aws:ssm/parameter:Parameter", "node-head", insecureValue=pack_script(SHORT_CONTEXT))
     assert [v.resource for v in run_policies([head], {}, reasoning, stack=pinned).violations] == ["node-head"]
+
+
+def test_the_budget_prices_on_demand_when_the_stack_config_does_not_load():
+    import pulumi
+
+    from policy.fleet import owned_hosts_monthly_usd, stack_pricing_model
+
+    pulumi.runtime.set_all_config({"llmfleet:workerCount": "many"}, [])  # what the CLI would hand over
+    try:
+        assert (stack_pricing_model(), owned_hosts_monthly_usd()) == ("on-demand", 0.0)
+    finally:
+        pulumi.runtime.set_all_config({}, [])
