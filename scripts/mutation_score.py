@@ -40,6 +40,10 @@ _UNREAD = (
     "the budget prices without a usage file: nothing on the way reads a resource's urn or parent "
     "(an empty Usage matches no key), so renaming either key changes no total"
 )
+_ON_DEMAND = (
+    "the default pricing model's text (no caller leaves it out): the estimator bills any model that "
+    "is not a savings plan as on-demand (infra/cost/resources.py instance_market)"
+)
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -94,6 +98,8 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__as_cost_resource__mutmut_6": _UNREAD + ": 'URN'",
     "policy.fleet.x__as_cost_resource__mutmut_7": _UNREAD + ": 'XXparentXX'",
     "policy.fleet.x__as_cost_resource__mutmut_8": _UNREAD + ": 'PARENT'",
+    "policy.fleet.x_monthly_cost_usd__mutmut_1": _ON_DEMAND + ": 'XXon-demandXX'",
+    "policy.fleet.x_monthly_cost_usd__mutmut_2": _ON_DEMAND + ": 'ON-DEMAND'",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),

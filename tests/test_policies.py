@@ -2142,3 +2142,18 @@ def test_the_budget_prices_on_demand_when_the_stack_config_does_not_load():
         assert (stack_pricing_model(), owned_hosts_monthly_usd()) == ("on-demand", 0.0)
     finally:
         pulumi.runtime.set_all_config({}, [])
+
+
+def test_owned_hosts_are_priced_only_with_their_declared_hourly_cost():
+    from infra.stack.files import load_config
+    from policy import _config
+    from policy.fleet import owned_hosts_monthly_usd
+
+    owned = load_config("onprem-l20")
+    assert owned.provider == "existing" and owned.host_hourly_usd is not None
+    with _config.runner_stack(owned):
+        assert owned_hosts_monthly_usd() == pytest.approx(
+            owned.host_hourly_usd * len(owned.worker_hosts) * 730
+        )
+    with _config.runner_stack(owned.model_copy(update={"host_hourly_usd": None})):
+        assert owned_hosts_monthly_usd() == 0.0  # undeclared: `llmfleet cost` prices none either
