@@ -2157,3 +2157,18 @@ def test_owned_hosts_are_priced_only_with_their_declared_hourly_cost():
         )
     with _config.runner_stack(owned.model_copy(update={"host_hourly_usd": None})):
         assert owned_hosts_monthly_usd() == 0.0  # undeclared: `llmfleet cost` prices none either
+
+
+def test_in_a_preview_a_public_access_block_finds_its_bucket_by_the_dependency_of_the_bucket_type():
+    from pulumi_policy import StackValidationArgs
+
+    from policy.runner import policy_resources
+
+    s = set_input(good_stack(), "weights-pab", bucket=UNKNOWN_PLACEHOLDER, restrictPublicBuckets=False)
+    built = {r.name: r for r in policy_resources(s)}
+    # the bucket's name is built from the bucket and the VPC (say): depends on both
+    built["weights-pab"].property_dependencies = {"bucket": [built["weights"], built["vpc"]]}
+    said: list[str] = []
+    args = StackValidationArgs(list(built.values()), {})
+    pack.by_name()["s3-bucket-hardened"].validate(args, lambda message, urn=None: said.append(message))
+    assert said == ["weights: public access block weights-pab leaves restrictPublicBuckets off"]
