@@ -100,6 +100,7 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__as_cost_resource__mutmut_8": _UNREAD + ": 'PARENT'",
     "policy.fleet.x_monthly_cost_usd__mutmut_1": _ON_DEMAND + ": 'XXon-demandXX'",
     "policy.fleet.x_monthly_cost_usd__mutmut_2": _ON_DEMAND + ": 'ON-DEMAND'",
+    "policy.fleet.x__s3__mutmut_69": "unknown = None instead of False: read only as `unknown or ...` and `not unknown`",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),

@@ -2172,3 +2172,8 @@ def test_in_a_preview_a_public_access_block_finds_its_bucket_by_the_dependency_o
     args = StackValidationArgs(list(built.values()), {})
     pack.by_name()["s3-bucket-hardened"].validate(args, lambda message, urn=None: said.append(message))
     assert said == ["weights: public access block weights-pab leaves restrictPublicBuckets off"]
+
+
+def test_an_sse_algorithm_unknown_at_preview_is_not_a_violation():
+    rules = [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": UNKNOWN_PLACEHOLDER}}]
+    assert _found(set_input(good_stack(), "weights-sse", rules=rules), "s3-bucket-hardened") == []
