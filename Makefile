@@ -89,8 +89,9 @@ bench: setup
 faults: setup system-deps
 	LLMFLEET_FAULTS_TABLE=benchmarks/faults-table.md $(BIN)/pytest -m faults -s -q tests/test_faults.py
 
-# Mutation testing of the security-relevant checks (issue #25; not in CI: ~3,450 mutants, hours on
-# one core: 5-20 a minute were measured on the shared 2-core machine):
+# Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,480 mutants, hours on
+# one core: 10-90 a minute were measured on the shared 2-core machine, a policy mutant reusing the
+# offline captures its clean run made, tests/captures.py):
 # mutmut 3 ([tool.mutmut] in pyproject.toml) breaks one condition at a time in the policy pack,
 # the stack's key values and rules, the bearer token check and gate, and the budget gate, and
 # runs the light tests that cover it; a surviving mutant is a check no test defends. Results in

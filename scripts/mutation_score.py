@@ -31,6 +31,19 @@ _REF_NONE = (
     "(an unknown one gives UNKNOWN): it returns None whatever the mutant does with is_unknown(arn)"
 )
 _NO_DOC = "skipping a None or UNKNOWN document is a shortcut: statements() of either is [], so no problem either way"
+_NO_STATEMENT = "a document without Statement: as_list() of the default gives [] for [] and for None alike"
+_NO_DOCUMENT = (
+    "skipping a None or UNKNOWN policy document is a shortcut: iam_document_problems() of either is [] "
+    "(neither is JSON text nor a map)"
+)
+_UNREAD = (
+    "the budget prices without a usage file: nothing on the way reads a resource's urn or parent "
+    "(an empty Usage matches no key), so renaming either key changes no total"
+)
+_ON_DEMAND = (
+    "the default pricing model's text (no caller leaves it out): the estimator bills any model that "
+    "is not a savings plan as on-demand (infra/cost/resources.py instance_market)"
+)
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -64,6 +77,32 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_rules.x_check_layout__mutmut_46": (
         "cfg.gpu_model is never empty there: gpuInstanceType is validated as a GPU type, and check_hosts "
         "(run first) refuses a worker whose model the catalog lacks"
+    ),
+    "policy._props.x_tags_of__mutmut_2": "known = None instead of False: it is only read as `not known`",
+    "policy._props.x_network__mutmut_2": (
+        "ip_network(strict=None): ipaddress reads strict as `if strict:`, so None is False"
+    ),
+    "policy._stackview.xǁStackViewǁof__mutmut_18": (
+        "is_unknown(None) for the id: plain() has made every sentinel UNKNOWN, not a str, so the "
+        "isinstance test already leaves unknown ids out"
+    ),
+    "policy.resources.x__statements__mutmut_7": _NO_STATEMENT + ": None",
+    "policy.resources.x__statements__mutmut_9": _NO_STATEMENT + ": no default (None)",
+    "policy.resources.x__iam_least_privilege__mutmut_40": _NO_DOCUMENT + ": `None and unknown`",
+    "policy.resources.x__iam_least_privilege__mutmut_42": _NO_DOCUMENT + ": is_unknown(None)",
+    "policy.schedule.x__serves__mutmut_16": (
+        "is_unknown(None) for the group: read through plain(), an unknown group is the UNKNOWN marker, "
+        "which is falsy, so `group and` already leaves it out"
+    ),
+    "policy.fleet.x__as_cost_resource__mutmut_5": _UNREAD + ": 'XXurnXX'",
+    "policy.fleet.x__as_cost_resource__mutmut_6": _UNREAD + ": 'URN'",
+    "policy.fleet.x__as_cost_resource__mutmut_7": _UNREAD + ": 'XXparentXX'",
+    "policy.fleet.x__as_cost_resource__mutmut_8": _UNREAD + ": 'PARENT'",
+    "policy.fleet.x_monthly_cost_usd__mutmut_1": _ON_DEMAND + ": 'XXon-demandXX'",
+    "policy.fleet.x_monthly_cost_usd__mutmut_2": _ON_DEMAND + ": 'ON-DEMAND'",
+    "policy.fleet.x__s3__mutmut_69": "unknown = None instead of False: read only as `unknown or ...` and `not unknown`",
+    "policy.network.x_subnet_is_public__mutmut_8": (
+        "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),
     "policy.network.x__ingress__mutmut_9": "allowedIngressCidrs' default None instead of []: `or []` follows",
     "policy.network.x__ingress__mutmut_13": "allowedIngressCidrs' default left out (None): `or []` follows",

@@ -21,11 +21,11 @@ from infra.account_check import run as ac_run
 from infra.cli import app
 from infra.cost import capacity_block as cb
 from infra.cost.pricing import load_snapshot
-from infra.program.offline import capture
 from infra.stack.config import ConfigError
 from infra.stack.files import load_config
 from infra.stack.resolve import resolve
 from policy.runner import run_for_stack, run_policies, stack_policy_config
+from tests.captures import capture
 from tests.hosts import hosts
 
 BLOCK = "cr-0a1b2c3d4e5f60718"  # the block-h100 stack's placeholder

@@ -1,6 +1,6 @@
 """Endpoint: NLB -> head:8000, and the token as an SSM SecureString."""
 
-from infra.program.offline import capture
+from tests.captures import capture
 
 
 def test_internal_nlb_to_head_and_token_parameter():

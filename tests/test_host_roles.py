@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from infra.catalog.aws_managed import ManagedPolicyError, aws_managed_policies, load_from
-from infra.program.offline import capture
 from infra.stack.config import load_stack_config
 from policy import policies as pack
 from policy.host_roles import HOST_ROLE_POLICIES, own_parameter, secret_read_problems
 from policy.runner import run_policies
+from tests.captures import capture
 
 SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/own"

@@ -6,8 +6,8 @@ import pytest
 
 from infra.catalog.aws_managed import SSM_CORE, SSM_PARAMETER_READS, aws_managed_policies
 from infra.components.iam import decrypt_statement, node_policy_document, ssm_agent_policy_document
-from infra.program.offline import capture
 from policy.resources import iam_document_problems
+from tests.captures import capture
 from tests.hosts import hosts
 
 KEY = "arn:aws:kms:us-east-1:123456789012:key/k"

@@ -25,10 +25,11 @@ from infra.boot import metrics as host_metrics
 from infra.boot.cloud_init import NodeSpec, render_user_data
 from infra.components.observability import MIRRORS, log_group_names, mirror_tag
 from infra.local import live, prometheus
-from infra.program.offline import OfflineError, capture
+from infra.program.offline import OfflineError
 from infra.rayconf import dashboards
 from infra.stack.outputs import StackOutputs
 from policy.resources import iam_document_problems
+from tests.captures import capture
 from tests.node_scripts import node_script
 from tests.shell import assert_bash_and_shellcheck
 

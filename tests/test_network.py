@@ -5,8 +5,8 @@ from functools import cache
 import pytest
 
 from infra.components.network import INTERFACE_SERVICES, endpoint_ingress_cidrs, subnet_cidrs
-from infra.program.offline import capture
 from policy.network import sensitive_ports_in
+from tests.captures import capture
 from tests.hosts import hosts
 
 IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -107,6 +107,17 @@ def test_pure_helpers():
         endpoint_ingress_cidrs([], True, "10.1.0.0/16")
 
 
+def test_a_rules_port_range():
+    from policy.network import _port_range
+
+    # every protocol ("-1" or "all", any case) is every port, whatever the ports say
+    for proto in ("-1", "all", "ALL", -1):
+        assert _port_range(proto, 0, 0) == (0, 65535), proto
+    assert _port_range("tcp", "22", 22) == (22, 22) and _port_range("tcp", -1, -1) == (0, 65535)
+    assert _port_range("udp", 10000, 20000) == (10000, 20000) and _port_range("tcp", 0, 0) == (0, 0)
+    assert _port_range("tcp", None, 22) is None and _port_range("tcp", 22, "x") is None  # unknown
+
+
 @pytest.mark.parametrize(
     "port, what",
     [
@@ -132,3 +143,159 @@ def test_ray_worker_port_range_is_sensitive_where_a_rule_overlaps_it():
     assert sensitive_ports_in((10001, 10002)) == ["10001 (Ray client)", f"10002-10002 {worker}"]
     for harmless in ((8000, 8000), (443, 443), (20000, 52364), (52366, 65535), (23, 6378)):
         assert sensitive_ports_in(harmless) == [], harmless
+
+
+def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():
+    from policy._props import UNKNOWN
+    from policy._stackview import Res, StackView
+    from policy.network import ingress_rules
+    from policy.runner import policy_resources
+    from tests.test_policies import UNKNOWN_PLACEHOLDER, res
+
+    sgi = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+    sgr = "aws:ec2/securityGroupRule:SecurityGroupRule"
+    sg = "aws:ec2/securityGroup:SecurityGroup"
+    inline = {
+        "protocol": "tcp",
+        "fromPort": 22,
+        "toPort": 22,
+        "self": True,
+        "cidrBlocks": ["10.0.0.0/8"],
+        "ipv6CidrBlocks": ["fd00::/8"],
+        "securityGroups": ["sg-endpoint", "sg-outside"],
+    }
+    stack = [
+        res(
+            sg, "cluster-sg", "sg-cluster", ingress=[UNKNOWN_PLACEHOLDER, inline]
+        ),  # an unknown block (first): skipped, the next still read
+        res(sg, "endpoint-sg", "sg-endpoint"),
+        res(
+            sgi,
+            "self-rule",
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId="sg-cluster",
+            ipProtocol="-1",
+        ),
+        res(
+            sgi,
+            "from-endpoint",
+            securityGroupId="sg-cluster",
+            referencedSecurityGroupId="sg-endpoint",
+            ipProtocol="tcp",
+            fromPort=8000,
+            toPort=8000,
+        ),
+        res(
+            sgi,
+            "v4v6",
+            securityGroupId="sg-endpoint",
+            cidrIpv4="10.0.0.0/8",
+            cidrIpv6="::/0",
+            ipProtocol="tcp",
+            fromPort=443,
+            toPort=443,
+        ),
+        # both ids unknown at preview: equal sentinels do not make the rule self-referencing
+        res(
+            sgi,
+            "unknown-self",
+            securityGroupId=UNKNOWN_PLACEHOLDER,
+            referencedSecurityGroupId=UNKNOWN_PLACEHOLDER,
+            ipProtocol="tcp",
+            fromPort=1,
+            toPort=2,
+        ),
+        # an egress rule listed before the ingress ones is passed over, not the end of them
+        res(
+            sgr,
+            "egress",
+            type="egress",
+            securityGroupId="sg-endpoint",
+            protocol="-1",
+            cidrBlocks=["0.0.0.0/0"],
+        ),
+        res(
+            sgr,
+            "legacy",
+            type="ingress",
+            securityGroupId="sg-endpoint",
+            protocol="udp",
+            fromPort=53,
+            toPort=53,
+            cidrBlocks=["10.1.0.0/16"],
+            ipv6CidrBlocks=["fd01::/16"],
+            self=True,
+            sourceSecurityGroupId="sg-cluster",
+        ),
+        res(
+            sgr,
+            "legacy-cidr",
+            type="ingress",
+            securityGroupId="sg-endpoint",
+            protocol="-1",  # every protocol: every port, whatever the ports say
+            fromPort=0,
+            toPort=0,
+        ),
+        # in a preview: both groups by the dependency of the group type (each also depends on the VPC)
+        res(
+            sgi,
+            "preview",
+            securityGroupId=UNKNOWN_PLACEHOLDER,
+            referencedSecurityGroupId=UNKNOWN_PLACEHOLDER,
+            ipProtocol="tcp",
+            fromPort=3,
+            toPort=3,
+        ),
+        res(
+            sgr,
+            "legacy-preview",
+            type="ingress",
+            securityGroupId=UNKNOWN_PLACEHOLDER,
+            sourceSecurityGroupId=UNKNOWN_PLACEHOLDER,
+            protocol="tcp",
+            fromPort=4,
+            toPort=4,
+        ),
+        res(
+            sg,
+            "preview-sg",
+            "sg-preview",
+            ingress=[
+                {"protocol": "tcp", "fromPort": 5, "toPort": 5, "securityGroups": [UNKNOWN_PLACEHOLDER]},
+                {"protocol": "all", "fromPort": 0, "toPort": 0},
+            ],
+        ),
+        res("aws:ec2/vpc:Vpc", "vpc", "vpc-1"),
+    ]
+    built = {r.name: r for r in policy_resources(stack)}
+    for name, props in (
+        ("preview", ("securityGroupId", "referencedSecurityGroupId")),
+        ("legacy-preview", ("securityGroupId", "sourceSecurityGroupId")),
+    ):
+        built[name].property_dependencies = {
+            props[0]: [built["cluster-sg"], built["vpc"]],
+            props[1]: [built["endpoint-sg"], built["vpc"]],
+        }
+    built["preview-sg"].property_dependencies = {"ingress": [built["endpoint-sg"], built["vpc"]]}
+
+    def name(x):
+        return x.name if isinstance(x, Res) else x
+
+    rules = [
+        (r.owner.name, name(r.sg), r.ports, r.cidrs, [name(s) for s in r.sources])
+        for r in ingress_rules(StackView.of(list(built.values())))
+    ]
+    assert rules == [
+        ("self-rule", "cluster-sg", (0, 65535), [], ["self"]),
+        ("from-endpoint", "cluster-sg", (8000, 8000), [], ["endpoint-sg"]),
+        ("v4v6", "endpoint-sg", (443, 443), ["10.0.0.0/8", "::/0"], []),
+        ("unknown-self", UNKNOWN, (1, 2), [], [UNKNOWN]),
+        ("preview", "cluster-sg", (3, 3), [], ["endpoint-sg"]),
+        ("legacy", "endpoint-sg", (53, 53), ["10.1.0.0/16", "fd01::/16"], ["self", "cluster-sg"]),
+        ("legacy-cidr", "endpoint-sg", (0, 65535), [], []),
+        ("legacy-preview", "cluster-sg", (4, 4), [], ["endpoint-sg"]),
+        # a group outside the stack is None (not the cluster's)
+        ("cluster-sg", "cluster-sg", (22, 22), ["10.0.0.0/8", "fd00::/8"], ["self", "endpoint-sg", None]),
+        ("preview-sg", "preview-sg", (5, 5), [], ["endpoint-sg"]),
+        ("preview-sg", "preview-sg", (0, 65535), [], []),
+    ]

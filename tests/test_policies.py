@@ -20,6 +20,7 @@ from policy import policies as pack
 from policy._props import UNKNOWN
 from policy.resources import iam_document_problems
 from policy.runner import run_policies
+from tests.captures import shared_captures  # noqa: F401 - the fixture, by name
 
 REPO = Path(__file__).resolve().parent.parent
 TAGS = {"Project": "llmfleet", "llmfleet:stack": "test"}
@@ -750,7 +751,7 @@ def test_bucket_v1_good_stack_passes_and_tls_listeners_pass():
 def test_s3_policy_checks_the_bucket_the_program_creates():
     """The real prod capture: its bucket is aws:s3/bucket:Bucket; without its public access
     block the policy must fire."""
-    from infra.program.offline import capture
+    from tests.captures import capture
 
     c = capture("prod")
     assert [b["type"] for b in c.resources if b["type"].startswith("aws:s3/bucket")][
@@ -768,7 +769,7 @@ def test_alarm_policy_on_the_prod_capture_fires_without_a_topic_and_is_silent_wi
     """Prod as shipped: its five alarms (the head group's, three worker slots, the Serve app's)
     notify nobody. With llmfleet:alarmTopicArn each notifies the topic; take the topic off one slot
     alarm and that alarm alone is reported."""
-    from infra.program.offline import capture
+    from tests.captures import capture
 
     alarms = {
         "cluster-head-status-alarm",
@@ -964,6 +965,12 @@ def test_ray_ports_from_a_group_that_is_not_the_clusters_name_it():
         )
         return r
 
+    # from the cluster's group (referenced, not "self"), or from one unknown at preview: no violation
+    ok = add(
+        good_stack(), from_group("from-cluster", "sg-cluster"), from_group("from-new", UNKNOWN_PLACEHOLDER)
+    )
+    set_input(ok, "from-cluster", securityGroupId="sg-endpoint")
+    assert run(ok, "security-group-ingress").violations == ()
     stack = add(
         good_stack(), from_group("from-endpoint", "sg-endpoint"), from_group("from-elsewhere", "sg-0ther")
     )
@@ -1053,7 +1060,130 @@ def test_in_a_preview_a_new_internet_gateway_is_known_by_the_routes_dependency()
     view = StackView.of(list(built.values()))
     assert subnet_is_public(view, view.by_id("subnet-priv")) is True
     built["r"].property_dependencies = {"gatewayId": [built["nat"]]}
-    assert subnet_is_public(StackView.of(list(built.values())), view.by_id("subnet-priv")) is False
+    view = StackView.of(list(built.values()))  # the subnet of the view it is looked at in
+    assert subnet_is_public(view, view.by_id("subnet-priv")) is False
+    # a route inline in the table: the table's `routes` depends on the gateway
+    built = {r.name: r for r in policy_resources(_default_route("inline", UNKNOWN_PLACEHOLDER))}
+    for gateway, public in (("igw", True), ("nat", False)):
+        built["private-rt"].property_dependencies = {"routes": [built[gateway]]}
+        view = StackView.of(list(built.values()))
+        assert subnet_is_public(view, view.by_id("subnet-priv")) is public, gateway
+
+
+def test_routes_of_other_tables_are_passed_over_and_only_a_table_or_subnet_dependency_counts():
+    from policy._stackview import StackView
+    from policy.network import subnet_is_public
+    from policy.runner import policy_resources
+
+    # a route of another table listed first: the private table's own default route still counts
+    stack = _default_route("route", "gw-in-stack")
+    stack.insert(
+        len(stack) - 1,
+        res("aws:ec2/route:Route", "elsewhere", routeTableId="rtb-other", destinationCidrBlock="0.0.0.0/0"),
+    )
+    assert {v.resource for v in run(stack, "ec2-private-subnet").violations} == {
+        "head",
+        "worker-0",
+        "worker-1",
+        "worker-2",
+    }
+
+    def public(stack, name, prop, *deps):
+        built = {r.name: r for r in policy_resources(stack)}
+        built[name].property_dependencies = {prop: [built[d] for d in deps]}
+        view = StackView.of(list(built.values()))
+        return subnet_is_public(view, view.by_id("subnet-priv"))
+
+    # in a preview, a value built from the table (or subnet) and the VPC depends on both: the
+    # dependency of the wanted type is the one meant
+    route = set_input(_default_route("route", "gw-in-stack"), "r", routeTableId=UNKNOWN_PLACEHOLDER)
+    assert public(route, "r", "routeTableId", "private-rt", "vpc") is True
+    assoc = set_input(_default_route("inline", "igw-0123"), "private-rta", subnetId=UNKNOWN_PLACEHOLDER)
+    assert public(assoc, "private-rta", "subnetId", "private", "vpc") is True
+    assert public(assoc, "private-rta", "subnetId", "vpc") is UNKNOWN
+    table = set_input(_default_route("inline", "igw-0123"), "private-rta", routeTableId=UNKNOWN_PLACEHOLDER)
+    assert public(table, "private-rta", "routeTableId", "private-rt", "vpc") is True
+    assert public(table, "private-rta", "routeTableId") is UNKNOWN
+    # an association of another subnet listed first is passed over too
+    stack = _default_route("inline", "igw-0123")
+    rta = "aws:ec2/routeTableAssociation:RouteTableAssociation"
+    stack.insert(0, res(rta, "other-rta", subnetId="subnet-other", routeTableId="rtb-priv"))
+    assert len(run(stack, "ec2-private-subnet").violations) == 4
+
+
+def test_an_instances_subnets_by_its_subnet_or_its_network_interfaces():
+    from policy._stackview import StackView
+    from policy.network import instance_subnets
+    from policy.runner import policy_resources
+
+    eni = "aws:ec2/networkInterface:NetworkInterface"
+    stack = add(
+        good_stack(),
+        res("aws:ec2/subnet:Subnet", "public", "subnet-pub", vpcId="vpc-1", mapPublicIpOnLaunch=True),
+        res(eni, "efa-0", "eni-0", subnetId="subnet-pub"),
+    )
+
+    def subnets(worker, deps=None, eni_deps=None, **props):
+        built = {r.name: r for r in policy_resources(set_input(copy.deepcopy(stack), worker, **props))}
+        built[worker].property_dependencies = {k: [built[d] for d in v] for k, v in (deps or {}).items()}
+        built["efa-0"].property_dependencies = {k: [built[d] for d in v] for k, v in (eni_deps or {}).items()}
+        view = StackView.of(list(built.values()))
+        [host] = [h for h in view.hosts() if h.name == worker]
+        return [s.name if s not in (None, UNKNOWN) else s for s in instance_subnets(view, host)]
+
+    assert subnets("worker-0") == ["private"]
+    unknown = {"subnetId": UNKNOWN_PLACEHOLDER}
+    assert subnets("worker-0", {"subnetId": ["public", "vpc"]}, **unknown) == ["public"]
+    nics = [{"networkInterfaceId": "eni-0"}, {"networkInterfaceId": "eni-outside"}]
+    assert subnets("worker-0", subnetId=None, networkInterfaces=nics) == ["public", None]
+    new = [{"networkInterfaceId": UNKNOWN_PLACEHOLDER}]
+    assert subnets("worker-0", subnetId=None, networkInterfaces=new) == [UNKNOWN]
+    deps = {"networkInterfaces": ["efa-0", "vpc"]}
+    assert subnets("worker-0", deps, subnetId=None, networkInterfaces=new) == ["public"]
+    # the ENI's own subnet, in a preview: its dependency of the subnet type
+    set_input(stack, "efa-0", subnetId=UNKNOWN_PLACEHOLDER)
+    on_eni = {"subnetId": ["public", "vpc"]}
+    assert subnets("worker-0", None, on_eni, subnetId=None, networkInterfaces=nics[:1]) == ["public"]
+
+
+def test_a_reference_is_the_id_else_the_one_dependency_of_the_wanted_type():
+    from policy._stackview import StackView
+    from policy.runner import policy_resources
+
+    subnet = "aws:ec2/subnet:Subnet"
+    stack = [
+        res("aws:ec2/vpc:Vpc", "vpc", "vpc-1"),
+        res(subnet, "a", "subnet-a", vpcId="vpc-1"),
+        res(subnet, "b", "subnet-b", vpcId="vpc-1"),
+        res("aws:ec2/instance:Instance", "new", subnetId=UNKNOWN_PLACEHOLDER),
+        res("aws:ec2/instance:Instance", "known", subnetId="subnet-a"),
+        res("aws:ec2/instance:Instance", "outside", subnetId="subnet-elsewhere"),
+        # an id that is empty (not yet assigned) names nothing: not even a prop that is empty too
+        {**res(subnet, "pending", vpcId="vpc-1"), "id": "", "outputs": {"vpcId": "vpc-1", "id": ""}},
+    ]
+    built = {r.name: r for r in policy_resources(stack)}
+
+    def ref(name: str, *deps, value=None):
+        built[name].property_dependencies = {"subnetId": list(deps)}
+        view = StackView.of(list(built.values()))
+        found = view.ref(next(r for r in view.resources if r.name == name), "subnetId", [subnet], value=value)
+        return found.name if found is not None and found is not UNKNOWN else found
+
+    # in a preview: the one dependency of the wanted type (the VPC it also depends on is not one)
+    assert ref("new", built["vpc"], built["a"]) == "a"
+    assert ref("new", None, built["a"]) == "a"  # an empty entry is skipped
+    assert ref("new", built["a"], built["b"]) is UNKNOWN and ref("new") is UNKNOWN
+    assert ref("new", built["vpc"]) is UNKNOWN
+    # a known id decides first; one outside the stack, with nothing depended on, is None
+    assert ref("known", built["b"]) == "a" and ref("outside") is None
+    assert ref("outside", value="subnet-b") == "b"  # one item of the prop, handed over
+    view = StackView.of(list(built.values()))
+    assert view.by_id("") is None and view.by_id("subnet-b").name == "b"
+    assert (
+        view.by_id(["subnet-a"]) is None
+        and view.by_id({"id": "subnet-a"}) is None
+        and view.by_id(None) is None
+    )
 
 
 def test_unknown_references_are_not_violations_but_literal_facts_still_are():
@@ -1143,8 +1273,69 @@ def test_allowed_instance_types_come_from_config():
     assert [v.resource for v in report.violations] == ["head"]
 
 
-def test_unknown_marker_is_falsy():
+def test_unknown_marker_is_falsy_and_says_what_it_is():
     assert not UNKNOWN
+    assert repr(UNKNOWN) == "UNKNOWN" and f"{[UNKNOWN]}" == "[UNKNOWN]"  # in a message or a failed assert
+
+
+# --- policy/_props.py: how every policy reads props ----------------------------------------------
+
+
+def test_get_walks_mappings_and_lists_and_stops_at_an_unknown():
+    from policy._props import get
+
+    doc = {"a": {"b": [10, 20, {"c": "x"}]}, "u": UNKNOWN, "s": "text"}
+    assert get(doc, "a", "b", 0) == 10 and get(doc, "a", "b", 2, "c") == "x"
+    assert get(doc, "a", "b", -1, "c") == "x" and get(doc, "a", "b", -3) == 10  # the first, from the end
+    # one past either end, a list read with a text key, a text read as a list: the default
+    assert get(doc, "a", "b", 3, default="d") == "d" and get(doc, "a", "b", -4, default="d") == "d"
+    assert get(doc, "a", "b", "0", default="d") == "d" and get(doc, "s", 0, default="d") == "d"
+    assert get(doc, "a", "missing", default="d") == "d"
+    # an unknown anywhere on the way (or at the end) is UNKNOWN, never the default
+    assert get(doc, "u", "deeper", default="d") is UNKNOWN and get(doc, "u", default="d") is UNKNOWN
+    # CrossGuard's own sentinel for an unknown string, in props not yet made plain: UNKNOWN too
+    from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
+
+    assert get({"id": UNKNOWN_STRING_VALUE}, "id") is UNKNOWN
+
+
+def test_crossguards_unknown_sentinels_become_the_unknown_marker():
+    from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_STRING_VALUE
+
+    from policy._props import as_list, plain
+
+    assert plain({"a": UNKNOWN_STRING_VALUE, "b": ["x", UNKNOWN_STRING_VALUE]}) == {
+        "a": UNKNOWN,
+        "b": ["x", UNKNOWN],
+    }
+    assert as_list(UNKNOWN_ARRAY_VALUE) == [UNKNOWN] and as_list(UNKNOWN) == [UNKNOWN]
+    assert as_list(None) == [] and as_list("one") == ["one"] and as_list(["a", "b"]) == ["a", "b"]
+
+
+def test_tags_are_tags_all_under_tags_and_a_groups_tag_list_counts():
+    from policy._props import tags_of
+
+    assert tags_of({"tagsAll": {"a": "1", "b": "1"}, "tags": {"b": "2"}}) == {"a": "1", "b": "2"}
+    assert tags_of({"tagsAll": {"a": "1"}}) == {"a": "1"}
+    assert tags_of({"tags": [{"key": "a", "value": "1", "propagateAtLaunch": True}]}) == {"a": "1"}
+    # a list that is not an Auto Scaling group's (an item without "key") is no tags
+    assert tags_of({"tags": [{"key": "a", "value": "1"}, {"value": "2"}]}) == {}
+    assert tags_of({}) == {} and tags_of({"tags": None}) == {}
+    # unknown only when neither is known: a known tagsAll is read even when tags is unknown
+    assert tags_of({"tags": UNKNOWN}) is UNKNOWN and tags_of({"tagsAll": UNKNOWN}) is UNKNOWN
+    assert tags_of({"tags": UNKNOWN, "tagsAll": {"a": "1"}}) == {"a": "1"}
+
+
+def test_cidrs_are_read_with_their_host_bits_and_compared_per_ip_version():
+    from policy._props import is_world, network, within_any
+
+    assert str(network("10.0.0.5/24")) == "10.0.0.0/24" and network("nope") is None
+    # a world-open rule written with host bits is still world-open
+    assert is_world("0.0.0.0/0") and is_world("::/0") and is_world("1.2.3.4/0")
+    assert not is_world("10.0.0.0/8") and not is_world("nope") and not is_world(None)
+    assert within_any("10.0.0.5/24", ["10.0.0.0/16"]) and within_any("10.1.0.0/16", ["nope", "10.0.0.0/8"])
+    assert not within_any("nope", ["0.0.0.0/0"]) and not within_any("10.0.0.0/8", ["10.0.0.0/16"])
+    assert not within_any("::/0", ["0.0.0.0/0"])
 
 
 def test_pack_serves_the_policies_over_grpc(tmp_path):
@@ -1198,6 +1389,7 @@ def test_reasoning_context_is_silent_at_16k_and_for_a_model_that_does_not_reason
         assert run(stack, "reasoning-model-context").violations == ()
 
 
+@pytest.mark.usefixtures("shared_captures")
 def test_reasoning_context_on_the_prod_capture_auto_passes_and_8k_fires():
     """Through the runner on the real program's capture: prod's planner-chosen context passes;
     -c maxModelLen=8192 puts 8k in the head's node script, and the policy names it."""
@@ -1347,3 +1539,641 @@ def test_policy_config_falls_back_to_the_stack_config_then_the_default():
         assert _config.stack_model() is None
     finally:
         pulumi.runtime.set_all_config({}, [])
+
+
+# --- policy/resources.py: each resource policy's message in full, and what it leaves alone -------
+
+
+def _found(stack, policy, config=None) -> list[tuple[str, str]]:
+    return [(v.resource, v.message) for v in run(stack, policy, config).violations]
+
+
+def _template(**changes):
+    from tests.test_policy_groups import template
+
+    return template(**changes)
+
+
+SPOT = "aws:ec2/spotInstanceRequest:SpotInstanceRequest"  # not a host type these policies read
+
+
+def test_imdsv2_message_for_instances_and_templates():
+    s = set_input(good_stack(), "worker-0", metadataOptions={"httpTokens": "optional"})
+    set_input(s, "worker-1", metadataOptions=None)
+    s = add(
+        s,
+        _template(metadataOptions={"httpTokens": "optional"}),
+        res(SPOT, "spot", metadataOptions={"httpTokens": "optional"}),
+    )
+    need = "; IMDSv2 needs 'required'"
+    assert _found(s, "ec2-imdsv2-required") == [
+        ("worker-0", "metadataOptions.httpTokens is 'optional'" + need),
+        ("worker-1", "metadataOptions.httpTokens is None" + need),
+        ("worker-lt", "metadataOptions.httpTokens is 'optional'" + need),
+    ]
+
+
+def test_ebs_encryption_messages_for_instances_and_templates():
+    s = set_input(good_stack(), "head", rootBlockDevice={"encrypted": False})
+    set_input(
+        s, "worker-1", ebsBlockDevices=[{"deviceName": "/dev/sdg", "encrypted": True}, {"encrypted": "true"}]
+    )
+    mappings = [
+        {"deviceName": "/dev/sda1", "ebs": {"encrypted": "false"}},
+        {"virtualName": "ephemeral0", "deviceName": "/dev/sdb"},  # instance store: no EBS volume
+        {"ebs": {"encrypted": "TRUE"}},
+        {"ebs": {}},
+        {"deviceName": "/dev/sdc", "ebs": {"encrypted": True}},  # a boolean counts as it is
+        {"deviceName": "/dev/sdd", "ebs": {"encrypted": False}},
+    ]
+    s = add(
+        s, _template(blockDeviceMappings=mappings), res(SPOT, "spot", rootBlockDevice={"encrypted": False})
+    )
+    every = "; every EBS device must be encrypted"
+    assert _found(s, "ec2-ebs-encrypted") == [
+        ("head", "rootBlockDevice.encrypted is False; the root volume must be encrypted"),
+        # an instance's flag is a boolean: the text "true" is not True
+        ("worker-1", "ebsBlockDevices[1] (#1) encrypted is 'true'" + every),
+        ("worker-lt", "blockDeviceMappings[0] (/dev/sda1) ebs.encrypted is 'false'" + every),
+        ("worker-lt", "blockDeviceMappings[3] (#3) ebs.encrypted is None" + every),
+        ("worker-lt", "blockDeviceMappings[5] (/dev/sdd) ebs.encrypted is False" + every),
+    ]
+    # a flag computed at up (unknown during a preview) is not a violation
+    s = set_input(good_stack(), "head", rootBlockDevice={"encrypted": UNKNOWN_PLACEHOLDER})
+    s = add(
+        s,
+        _template(
+            blockDeviceMappings=[{"deviceName": "/dev/sda1", "ebs": {"encrypted": UNKNOWN_PLACEHOLDER}}]
+        ),
+    )
+    set_input(s, "worker-0", ebsBlockDevices=[{"deviceName": "/dev/sdf", "encrypted": UNKNOWN_PLACEHOLDER}])
+    assert _found(s, "ec2-ebs-encrypted") == []
+
+
+def test_public_ip_messages_for_instances_and_templates():
+    s = set_input(good_stack(), "head", associatePublicIpAddress=True)
+    nics = [
+        {"deviceIndex": 0, "associatePublicIpAddress": "false"},
+        {"deviceIndex": 1, "associatePublicIpAddress": "True"},
+    ]
+    s = add(s, _template(networkInterfaces=nics), res(SPOT, "spot", associatePublicIpAddress=True))
+    only = "; hosts are reached through SSM and the load balancer only"
+    assert _found(s, "ec2-no-public-ip") == [
+        ("head", "associatePublicIpAddress is true" + only),
+        ("worker-lt", "networkInterfaces[1].associatePublicIpAddress is true" + only),
+    ]
+
+
+def test_instance_type_messages_name_the_allowed_types():
+    from policy._config import catalog_instance_types
+
+    s = set_input(good_stack(), "head", instanceType="x2iedn.32xlarge")
+    set_input(s, "worker-0", instanceType=None)  # unset: nothing to check
+    s = add(s, _template(instanceType="p5.48xlarge"), res(SPOT, "spot", instanceType="x1.32xlarge"))
+    cfg = {"ec2-instance-type-allowed": {"allowedInstanceTypes": ["m7i.2xlarge", "g6e.48xlarge"]}}
+    assert _found(s, "ec2-instance-type-allowed", cfg) == [
+        ("head", "instanceType 'x2iedn.32xlarge' is not allowed; allowed: g6e.48xlarge, m7i.2xlarge"),
+        ("worker-lt", "instanceType 'p5.48xlarge' is not allowed; allowed: g6e.48xlarge, m7i.2xlarge"),
+    ]
+    # without the key: every type of the catalog, p5.48xlarge among them
+    catalog = ", ".join(sorted(catalog_instance_types()))
+    assert _found(s, "ec2-instance-type-allowed") == [
+        ("head", f"instanceType 'x2iedn.32xlarge' is not allowed; allowed: {catalog}")
+    ]
+    s = set_input(good_stack(), "head", instanceType=UNKNOWN_PLACEHOLDER)
+    assert _found(s, "ec2-instance-type-allowed", cfg) == []
+
+
+def test_volume_and_ecr_messages():
+    s = set_input(good_stack(), "scratch", encrypted=None)
+    s = add(s, res("aws:ebs/snapshotCopy:SnapshotCopy", "snap", encrypted=False))
+    assert _found(s, "ebs-volume-encrypted") == [
+        ("scratch", "encrypted is None; EBS volumes must be encrypted")
+    ]
+    s = set_input(
+        good_stack(),
+        "repo",
+        imageScanningConfiguration=None,
+        imageTagMutability="MUTABLE",
+        encryptionConfigurations=[{"encryptionType": "KMS"}, {"encryptionType": "DES"}],
+    )
+    s = add(
+        s, res("aws:ecr/pullThroughCacheRule:PullThroughCacheRule", "cache", imageTagMutability="MUTABLE")
+    )
+    assert _found(s, "ecr-repository-hardened") == [
+        ("repo", "imageScanningConfiguration.scanOnPush is None; images must be scanned on push"),
+        (
+            "repo",
+            "imageTagMutability is 'MUTABLE'; tags must be 'IMMUTABLE' so a digest cannot change under a tag",
+        ),
+        ("repo", "encryptionConfigurations[1].encryptionType is 'DES'; allowed: AES256, KMS, KMS_DSSE"),
+    ]
+    s = set_input(good_stack(), "repo", encryptionConfigurations=[])
+    assert _found(s, "ecr-repository-hardened") == [
+        ("repo", "encryptionConfigurations is not set; declare encryptionType AES256 or KMS")
+    ]
+    # values computed at up (unknown during a preview) are not violations
+    s = set_input(
+        good_stack(),
+        "repo",
+        imageScanningConfiguration={"scanOnPush": UNKNOWN_PLACEHOLDER},
+        imageTagMutability=UNKNOWN_PLACEHOLDER,
+    )
+    assert _found(s, "ecr-repository-hardened") == []
+    assert (
+        _found(set_input(good_stack(), "scratch", encrypted=UNKNOWN_PLACEHOLDER), "ebs-volume-encrypted")
+        == []
+    )
+    for etype in ("AES256", "KMS", "KMS_DSSE", UNKNOWN_PLACEHOLDER):
+        s = set_input(good_stack(), "repo", encryptionConfigurations=[{"encryptionType": etype}])
+        assert _found(s, "ecr-repository-hardened") == [], etype
+
+
+# --- policy/fleet.py: worker placement and S3, each message in full ------------------------------
+
+PG = "aws:ec2/placementGroup:PlacementGroup"
+
+
+def _capacity_block(rid):
+    return dict(
+        instanceMarketOptions={"marketType": "capacity-block"},
+        capacityReservationSpecification={"capacityReservationTarget": {"capacityReservationId": rid}},
+        placementGroup=None,
+    )
+
+
+def test_placement_messages_name_each_worker_group_and_zone():
+    s = set_input(good_stack(), "worker-1", placementGroup=None)
+    assert _found(s, "worker-placement") == [("worker-1", "worker-1: GPU worker is in no placement group")]
+    s = set_input(good_stack(), "cluster", strategy="spread")
+    assert _found(s, "worker-placement") == [
+        (w, f"{w}: placement group cluster has strategy 'spread'; GPU workers need 'cluster'")
+        for w in ("worker-0", "worker-1", "worker-2")
+    ]
+    spread = "GPU workers are spread over placement groups: "
+    # a group by name (in the stack, or not), by id (in the stack, or not)
+    s = add(good_stack(), res(PG, "pg2", "pg-2", name="other-pg", strategy="cluster"))
+    set_input(s, "worker-1", placementGroup="other-pg")
+    set_input(s, "worker-2", placementGroup="outside-pg")
+    assert _found(s, "worker-placement") == [
+        (None, spread + "cluster: worker-0; outside-pg: worker-2; pg2: worker-1")
+    ]
+    s = add(good_stack(), res(PG, "pg2", "pg-2", name="other-pg", strategy="cluster"))
+    set_input(s, "worker-1", placementGroup=None, placementGroupId="pg-2")
+    assert _found(s, "worker-placement") == [(None, spread + "cluster: worker-0, worker-2; pg2: worker-1")]
+    s = set_input(good_stack(), "worker-1", placementGroup=None, placementGroupId="pg-outside")
+    assert _found(s, "worker-placement") == [
+        (None, spread + "cluster: worker-0, worker-2; pg-outside: worker-1")
+    ]
+    # Capacity Blocks stand for placement groups; a reservation id unknown at preview is "(unknown)"
+    s = good_stack()
+    for w, rid in (("worker-0", "cr-1"), ("worker-1", "cr-1"), ("worker-2", None)):
+        set_input(s, w, **_capacity_block(rid))
+    assert _found(s, "worker-placement") == [
+        (None, spread + "Capacity Block (unknown): worker-2; Capacity Block cr-1: worker-0, worker-1")
+    ]
+    s = good_stack()
+    for w in ("worker-0", "worker-1", "worker-2"):
+        set_input(s, w, **_capacity_block("cr-1"))
+    assert _found(s, "worker-placement") == []
+    s = set_input(good_stack(), "worker-1", availabilityZone="us-east-1b")
+    assert _found(s, "worker-placement") == [
+        (
+            None,
+            "GPU workers are spread over availability zones: us-east-1a: worker-0, worker-2; us-east-1b: worker-1",
+        )
+    ]
+    # unknown at preview: neither a group nor a zone to compare
+    s = set_input(
+        good_stack(), "worker-1", placementGroup=UNKNOWN_PLACEHOLDER, availabilityZone=UNKNOWN_PLACEHOLDER
+    )
+    assert _found(s, "worker-placement") == []
+    # one worker has no inter-node traffic to keep close
+    one = [r for r in good_stack() if r["name"] not in ("worker-1", "worker-2")]
+    assert _found(set_input(one, "worker-0", placementGroup=None), "worker-placement") == []
+
+
+def test_s3_messages_and_what_stands_for_a_buckets_own_settings():
+    pab, sse = "weights-pab", "weights-sse"
+    bare = [r for r in good_stack() if r["name"] not in (pab, sse)]
+    none = "weights: no BucketPublicAccessBlock; block all public access"
+    plain = "weights: no server-side encryption configuration; set AES256 or aws:kms"
+    assert _found(bare, "s3-bucket-hardened") == [("weights", none), ("weights", plain)]
+    s = set_input(
+        good_stack(),
+        pab,
+        blockPublicAcls=False,
+        ignorePublicAcls=None,
+        restrictPublicBuckets=UNKNOWN_PLACEHOLDER,
+    )
+    assert _found(s, "s3-bucket-hardened") == [
+        (pab, "weights: public access block weights-pab leaves blockPublicAcls, ignorePublicAcls off")
+    ]
+    rules = [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": a}} for a in ("DES", "aws:kms:dsse")]
+    assert _found(set_input(good_stack(), sse, rules=rules), "s3-bucket-hardened") == [
+        ("weights", "weights: sseAlgorithm 'DES' is not one of AES256, aws:kms, aws:kms:dsse")
+    ]
+    # the account's public access block, all four flags on, stands for each bucket's
+    flags = dict(
+        blockPublicAcls=True, blockPublicPolicy=True, ignorePublicAcls=True, restrictPublicBuckets=True
+    )
+    account = "aws:s3/accountPublicAccessBlock:AccountPublicAccessBlock"
+    assert _found(add(bare, res(account, "acct", **flags)), "s3-bucket-hardened") == [("weights", plain)]
+    half = res(account, "acct", **{**flags, "restrictPublicBuckets": False})
+    assert _found(add(bare, half), "s3-bucket-hardened") == [("weights", none), ("weights", plain)]
+    # the bucket's own inline encryption counts, and so does its SSE config found by name
+    inline = {"rule": {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}}
+    s = set_input(
+        [r for r in good_stack() if r["name"] != sse], "weights", serverSideEncryptionConfiguration=inline
+    )
+    assert _found(s, "s3-bucket-hardened") == []
+    s = [r for r in good_stack() if r["name"] != "weights"]
+    s.append(res("aws:s3/bucketV2:BucketV2", "weights", "b-123", bucket="weights-bucket-id"))
+    assert _found(s, "s3-bucket-hardened") == []  # its id differs from its name: matched by name
+    assert _found(set_input(good_stack(), pab, bucket="other-bucket"), "s3-bucket-hardened") == [
+        ("weights", none)
+    ]
+    # unknown at preview (which bucket a block or an SSE config is for): not a violation
+    s = set_input(good_stack(), pab, bucket=UNKNOWN_PLACEHOLDER)
+    assert _found(set_input(s, sse, bucket=UNKNOWN_PLACEHOLDER), "s3-bucket-hardened") == []
+
+
+def test_iam_document_problems_in_full():
+    statement = {"Sid": "All", "Effect": "Allow", "Action": ["*", "s3:*", "s3:GetObject", 5], "Resource": "*"}
+    assert iam_document_problems({"Statement": [statement]}) == [
+        "Statement[0] (All) allows wildcard action *, s3:*; list the actions it needs",
+        "Statement[0] (All) grants s3:GetObject on Resource '*'; these actions support resource ARNs",
+    ]
+    # one statement, not in a list
+    one = {"Statement": {"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:x"}}
+    assert iam_document_problems(one) == ["Statement[0] allows NotAction, which grants every other action"]
+    # JSON text; an empty Sid is no Sid; NotResource is as broad as "*"; a non-statement and a Deny skipped
+    doc = {
+        "Statement": [
+            "junk",
+            {"Effect": "Deny", "Action": "*", "Resource": "*"},
+            {
+                "Sid": "",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "NotResource": "arn:x",
+            },
+        ]
+    }
+    assert iam_document_problems(json.dumps(doc)) == [
+        "Statement[2] grants s3:GetObject, s3:PutObject on Resource '*'; these actions support resource ARNs"
+    ]
+    # actions without resource-level permissions (any case), the SSM agent's own: '*' is right for them
+    star = [
+        "EC2:describeInstances",
+        "ssm:UpdateInstanceInformation",
+        "ssmmessages:OpenDataChannel",
+        "s3:listallmybuckets",
+    ]
+    assert (
+        iam_document_problems({"Statement": [{"Effect": "Allow", "Action": star, "Resource": ["*"]}]}) == []
+    )
+    assert iam_document_problems("{nope") == [
+        "policy is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    ]
+    assert (
+        iam_document_problems([{"Effect": "Allow", "Action": "*"}]) == [] and iam_document_problems({}) == []
+    )
+
+
+def test_iam_least_privilege_reads_every_policy_holder_and_attachment():
+    doc = json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "arn:x"}]})
+    wild = "Statement[0] allows wildcard action s3:*; list the actions it needs"
+    iam = "aws:iam/"
+    s = add(
+        good_stack(),
+        res(
+            iam + "rolePolicyAttachment:RolePolicyAttachment",
+            "a1",
+            role="r",
+            policyArn="arn:aws:iam::aws:policy/PowerUserAccess",
+        ),
+        res(
+            iam + "policyAttachment:PolicyAttachment",
+            "a2",
+            roles=["r"],
+            policyArn="arn:aws:iam::aws:policy/IAMFullAccess",
+        ),
+        res(
+            iam + "userPolicyAttachment:UserPolicyAttachment",
+            "a3",
+            user="u",
+            policyArn="arn:aws:iam::aws:policy/ReadOnlyAccess",
+        ),
+        res(
+            iam + "groupPolicyAttachment:GroupPolicyAttachment",
+            "a4",
+            group="g",
+            policyArn="arn:aws:iam::aws:policy/AdministratorAccess",
+        ),
+        res(iam + "rolePolicy:RolePolicy", "rp", role="r", policy=doc),
+        res(iam + "userPolicy:UserPolicy", "up", user="u", policy=doc),
+        res(iam + "groupPolicy:GroupPolicy", "gp", group="g", policy=doc),
+        res(
+            iam + "role:Role",
+            "role",
+            assumeRolePolicy="{}",
+            inlinePolicies=[  # one without a document and one unknown first: the next is still read
+                {"name": "n", "policy": None},
+                {"name": "u", "policy": UNKNOWN_PLACEHOLDER},
+                {"policy": doc},
+            ],
+        ),
+        res(iam + "serviceLinkedRole:ServiceLinkedRole", "slr", policy=doc),  # not a policy holder
+    )
+    admin = "grants administrator-level access"
+    assert _found(s, "iam-least-privilege") == [
+        ("a1", f"policyArn arn:aws:iam::aws:policy/PowerUserAccess {admin}"),
+        ("a2", f"policyArn arn:aws:iam::aws:policy/IAMFullAccess {admin}"),
+        ("a4", f"policyArn arn:aws:iam::aws:policy/AdministratorAccess {admin}"),
+        ("rp", wild),
+        ("up", wild),
+        ("gp", wild),
+        ("role", f"inlinePolicies[2]: {wild}"),  # no name: its index
+    ]
+
+
+def test_required_tags_messages_which_resources_and_the_providers_default_tags():
+    topic = "aws:sns/topic:Topic"  # an AWS type outside TAGGABLE_TYPES: checked when its tags are a map
+    s = add(
+        good_stack(),
+        res(topic, "topic", tags={"Project": ""}),  # an empty value is missing
+        res(topic, "listed", tags=["a"]),
+        res(topic, "untagged"),
+        res(topic, "unknown", tags=UNKNOWN_PLACEHOLDER),
+        # tags unknown at preview, tagsAll known: tagsAll is read
+        res(topic, "half", tags=UNKNOWN_PLACEHOLDER, tagsAll={"Project": "llmfleet"}),
+        res("random:index:Thing", "thing", tags={}),  # not AWS: its tags may be anything
+        res("aws:lb/loadBalancer:LoadBalancer", "nlb", tags=UNKNOWN_PLACEHOLDER),
+    )
+    assert _found(s, "required-tags") == [
+        ("topic", "missing required tags: Project, llmfleet:stack"),
+        ("half", "missing required tags: llmfleet:stack"),
+    ]
+    only = {"required-tags": {"requiredTags": ["Project"]}}
+    assert _found(s, "required-tags", only) == [("topic", "missing required tags: Project")]
+
+    # the provider's defaultTags apply under the resource's own tags (CrossGuard hands the provider)
+    from pulumi_policy import PolicyProviderResource, ResourceValidationArgs
+
+    from policy.runner import resource_args
+
+    def found(tags, default_tags):
+        [(_, kw)] = resource_args([res(topic, "t", tags=tags)])
+        props = {"defaultTags": {"tags": default_tags}}
+        provider = PolicyProviderResource("pulumi:providers:aws", props, "urn:provider", "aws")
+        out: list[str] = []
+        pack.by_name()["required-tags"].validate(
+            ResourceValidationArgs(**{**kw, "provider": provider}, config={}), out.append
+        )
+        return out
+
+    missing = "missing required tags: "
+    assert found({"Project": "llmfleet"}, {"llmfleet:stack": "s"}) == []
+    assert found({}, {"llmfleet:stack": "s", "Project": ""}) == [missing + "Project"]
+    assert found({"Project": ""}, {"Project": "x", "llmfleet:stack": "s"}) == [missing + "Project"]
+    assert found({"Project": "llmfleet"}, ["not", "a", "map"]) == [missing + "llmfleet:stack"]
+
+
+def test_private_subnet_messages_name_the_instance():
+    s = set_input(good_stack(), "worker-2", subnetId=None)
+    assert _found(s, "ec2-private-subnet") == [
+        ("worker-2", "worker-2: no subnetId, so it lands in the default VPC's public subnet")
+    ]
+    s = set_input(good_stack(), "private", mapPublicIpOnLaunch=True)
+    tail = "subnet private is public (public IPs or a default route to an internet gateway)"
+    assert _found(s, "ec2-private-subnet") == [
+        (h, f"{h}: {tail}") for h in ("head", "worker-0", "worker-1", "worker-2")
+    ]
+    # the first host without a subnet does not end the check of the others
+    set_input(s, "head", subnetId=None)
+    assert _found(s, "ec2-private-subnet") == [
+        ("head", "head: no subnetId, so it lands in the default VPC's public subnet"),
+        *[(h, f"{h}: {tail}") for h in ("worker-0", "worker-1", "worker-2")],
+    ]
+    # nor does a subnet outside the stack end the check of the host's next one
+    nics = [{"networkInterfaceId": "eni-x"}, {"networkInterfaceId": "eni-0"}]
+    s = add(
+        set_input(good_stack(), "worker-0", subnetId=None, networkInterfaces=nics),
+        res("aws:ec2/networkInterface:NetworkInterface", "efa-0", "eni-0", subnetId="subnet-pub"),
+        res("aws:ec2/subnet:Subnet", "public", "subnet-pub", vpcId="vpc-1", mapPublicIpOnLaunch=True),
+    )
+    assert _found(s, "ec2-private-subnet") == [
+        ("worker-0", f"worker-0: {tail.replace('private', 'public', 1)}")
+    ]
+
+
+# --- policy/fleet.py: gpu-fit ---------------------------------------------------------------------
+
+WORKERS = ("worker-0", "worker-1", "worker-2")
+
+
+def _tag_workers(stack, **tags):
+    for w in WORKERS:
+        set_input(stack, w, tags={**TAGS, **tags})
+    return stack
+
+
+def test_gpu_fit_messages_and_where_each_setting_comes_from():
+    fit = "gpu-fit"
+    s = set_input(good_stack(), "worker-0", instanceType="g6e.12xlarge")
+    assert _found(s, fit) == [
+        (None, "GPU workers must share one known instance type; found: g6e.12xlarge, g6e.48xlarge")
+    ]
+    s = set_input(good_stack(), "worker-0", instanceType=UNKNOWN_PLACEHOLDER)
+    assert _found(s, fit) == [
+        (None, "GPU workers must share one known instance type; found: UNKNOWN, g6e.48xlarge")
+    ]
+    s = good_stack()
+    for w in WORKERS:
+        set_input(s, w, instanceType="m7i.2xlarge")
+    assert _found(s, fit) == [(None, "worker instanceType 'm7i.2xlarge' has no GPU in the catalog")]
+    # replicas from the workers' tag, else the policy config
+    split = [(None, "3 GPU workers do not split into 2 equal replicas")]
+    assert _found(good_stack(), fit, {fit: {"replicas": 2}}) == split
+    tagged = _tag_workers(good_stack(), **{"llmfleet:role": "worker", "llmfleet:replicas": "2"})
+    assert _found(tagged, fit) == split
+    # the model: the workers' one tag wins over the config; untagged GPU instances are workers too
+    long = [(None, "max_model_len: 200000 exceeds deepseek-r1's 163840 positions")]
+    assert _found(good_stack(), fit, {fit: {"model": "nope-model", "maxModelLen": 200000}}) == long
+    untagged = _tag_workers(good_stack())
+    [(_, msg)] = _found(untagged, fit, {fit: {"model": "nope-model"}})
+    assert msg.startswith("cannot plan nope-model on 3x 8x L40S: --model: 'nope-model' is not a known model")
+    # two models among the workers' tags: the config's decides
+    s = set_input(
+        good_stack(), "worker-0", tags={**TAGS, "llmfleet:role": "worker", "llmfleet:model": "other"}
+    )
+    assert _found(s, fit, {fit: {"model": "deepseek-r1", "maxModelLen": 200000}}) == long
+    tagged = _tag_workers(good_stack(), **{"llmfleet:role": "worker", "llmfleet:maxModelLen": "200000"})
+    assert _found(tagged, fit) == long
+    # a GPU host that is not a worker (the head) is not counted
+    assert _found(set_input(good_stack(), "head", instanceType="g6e.48xlarge"), fit) == []
+    # the engine's settings reach the planner: half the memory does not fit on 3 nodes
+    [(_, msg)] = _found(good_stack(), fit, {fit: {"gpuMemoryUtilization": 0.5}})
+    assert msg.startswith("memory: ") and "(44.7 GiB x 0.5 - 2.0 GiB runtime)" in msg
+
+
+def test_gpu_fit_without_ec2_workers_reads_the_layout_from_config():
+    fit = "gpu-fit"
+    owned = [r for r in good_stack() if r["name"] not in WORKERS]
+    assert _found(owned, fit) == []  # nothing to check: not applicable
+    assert _found(owned, fit, {fit: {"gpu": "L40S", "gpusPerNode": 8, "workers": 3}}) == []
+    [(_, msg)] = _found(owned, fit, {fit: {"gpu": "L40S", "gpusPerNode": 8, "workers": 2}})
+    assert msg.startswith("memory: ") and msg.endswith("needs at least 3 nodes of 8")
+    [(_, msg)] = _found(owned, fit, {fit: {"gpu": "NOPE", "gpusPerNode": 8, "workers": 2}})
+    assert msg.startswith(
+        "cannot plan deepseek-r1 on 2x 8x NOPE: --gpu: 'NOPE' is not a known GPU; allowed: "
+    )
+
+
+def test_budget_message_prices_the_stack_with_the_workers_model_and_the_region():
+    from infra.catalog import load_catalog
+    from infra.cost.estimate import estimate_monthly_usd
+
+    budget = "monthly-budget"
+    weights = load_catalog().models["deepseek-r1"].checkpoint_gib  # the workers' llmfleet:model
+    total = float(
+        estimate_monthly_usd(good_stack(), "us-east-1", weights_gib=weights, pricing_model="on-demand")
+    )
+    assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": 1000}}) == [
+        (
+            None,
+            f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd $1,000.00 (us-east-1, on-demand snapshot prices)",
+        )
+    ]
+    assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": total}}) == []  # at the limit is within it
+    # the estimator's own default: on-demand
+    from policy._stackview import StackView
+    from policy.fleet import monthly_cost_usd
+    from policy.runner import policy_resources
+
+    view = StackView.of(policy_resources(good_stack()))
+    assert monthly_cost_usd(view, "us-east-1", "deepseek-r1") == total
+    # no model, or one the catalog lacks: no weights priced
+    bare = float(estimate_monthly_usd(good_stack(), "us-east-1", pricing_model="on-demand"))
+    assert (
+        monthly_cost_usd(view, "us-east-1", None)
+        == monthly_cost_usd(view, "us-east-1", "nope")
+        == bare
+        < total
+    )
+    assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": None}}) == []  # no limit: not applicable
+    [(_, msg)] = _found(good_stack(), budget, {budget: {"maxMonthlyUsd": 1000, "region": "eu-west-1"}})
+    assert msg.startswith(
+        "cannot estimate the monthly cost: aws:region: 'eu-west-1' is not in the price snapshot"
+    )
+    [(_, msg)] = _found(
+        set_input(good_stack(), "worker-0", instanceType="x9.huge"), budget, {budget: {"maxMonthlyUsd": 1000}}
+    )
+    assert msg.startswith("cannot estimate the monthly cost: instanceType: no on-demand price for 'x9.huge'")
+
+
+def test_a_short_context_is_known_by_the_models_catalog_id_or_its_hub_name():
+    from policy.engine import _short_context
+
+    tail = "its thoughts run to thousands of tokens and get cut off; set llmfleet:maxModelLen to auto or >= 16384"
+    for name in ("deepseek-r1", "deepseek-ai/DeepSeek-R1"):
+        assert _short_context(name, 8192) == (
+            f"max_model_len 8,192 is below 16,384 for the reasoning model deepseek-r1: {tail}"
+        ), name
+        assert _short_context(name, 16384) is None
+    assert _short_context("not-in-the-catalog", 1024) is None
+
+
+def test_only_node_scripts_that_name_a_model_and_a_length_are_read_for_the_context():
+    from policy._stackview import StackView
+    from policy.engine import rendered_contexts
+    from policy.runner import policy_resources
+
+    param = "aws:ssm/parameter:Parameter"
+    no_length = (
+        "cat > /etc/llmfleet/serve.yaml <<'E'\n    model_loading_config:\n      model_id: deepseek-r1\nE\n"
+    )
+    stack = [
+        res(param, "empty", insecureValue=""),  # first: no script, the next ones are still read
+        res(param, "no-length", insecureValue=pack_script(no_length)),
+        res(param, "node-head", insecureValue=pack_script(SHORT_CONTEXT)),
+        # a quoted id is read without its quotes (and an id may well start with an X)
+        res(
+            param,
+            "quoted",
+            insecureValue=pack_script(
+                SHORT_CONTEXT.replace("deepseek-ai/DeepSeek-R1", "'Xwin-LM/Xwin-LM-70B'")
+            ),
+        ),
+    ]
+    view = StackView.of(policy_resources(stack))
+    assert rendered_contexts(view) == [
+        (stack[2]["urn"], "deepseek-ai/DeepSeek-R1", 8192),
+        (stack[3]["urn"], "Xwin-LM/Xwin-LM-70B", 8192),
+    ]
+    # the advice names the node script that carries the short context (Xwin is no catalog model)
+    assert [v.resource for v in run(stack, "reasoning-model-context").violations] == ["node-head"]
+
+
+def test_the_reasoning_context_falls_back_to_the_plan_only_without_node_scripts():
+    from infra.stack.config import load_stack_config
+    from policy.engine import ENGINE_POLICIES
+
+    pinned = load_stack_config({"llmfleet:maxModelLen": "8192"}, "t")
+    reasoning = [p for p in ENGINE_POLICIES if p.name == "reasoning-model-context"]
+    # a preview before the node scripts are known: the plan's context for the stack config
+    [v] = run_policies([], {}, reasoning, stack=pinned).violations
+    assert v.resource is None and v.message.startswith(
+        "max_model_len 8,192 is below 16,384 for the reasoning model"
+    )
+    # with the scripts known, they speak, once
+    head = res("aws:ssm/parameter:Parameter", "node-head", insecureValue=pack_script(SHORT_CONTEXT))
+    assert [v.resource for v in run_policies([head], {}, reasoning, stack=pinned).violations] == ["node-head"]
+
+
+def test_the_budget_prices_on_demand_when_the_stack_config_does_not_load():
+    import pulumi
+
+    from policy.fleet import owned_hosts_monthly_usd, stack_pricing_model
+
+    pulumi.runtime.set_all_config({"llmfleet:workerCount": "many"}, [])  # what the CLI would hand over
+    try:
+        assert (stack_pricing_model(), owned_hosts_monthly_usd()) == ("on-demand", 0.0)
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+
+
+def test_owned_hosts_are_priced_only_with_their_declared_hourly_cost():
+    from infra.stack.files import load_config
+    from policy import _config
+    from policy.fleet import owned_hosts_monthly_usd
+
+    owned = load_config("onprem-l20")
+    assert owned.provider == "existing" and owned.host_hourly_usd is not None
+    with _config.runner_stack(owned):
+        assert owned_hosts_monthly_usd() == pytest.approx(
+            owned.host_hourly_usd * len(owned.worker_hosts) * 730
+        )
+    with _config.runner_stack(owned.model_copy(update={"host_hourly_usd": None})):
+        assert owned_hosts_monthly_usd() == 0.0  # undeclared: `llmfleet cost` prices none either
+
+
+def test_in_a_preview_a_public_access_block_finds_its_bucket_by_the_dependency_of_the_bucket_type():
+    from pulumi_policy import StackValidationArgs
+
+    from policy.runner import policy_resources
+
+    s = set_input(good_stack(), "weights-pab", bucket=UNKNOWN_PLACEHOLDER, restrictPublicBuckets=False)
+    built = {r.name: r for r in policy_resources(s)}
+    # the bucket's name is built from the bucket and the VPC (say): depends on both
+    built["weights-pab"].property_dependencies = {"bucket": [built["weights"], built["vpc"]]}
+    said: list[str] = []
+    args = StackValidationArgs(list(built.values()), {})
+    pack.by_name()["s3-bucket-hardened"].validate(args, lambda message, urn=None: said.append(message))
+    assert said == ["weights: public access block weights-pab leaves restrictPublicBuckets off"]
+
+
+def test_an_sse_algorithm_unknown_at_preview_is_not_a_violation():
+    rules = [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": UNKNOWN_PLACEHOLDER}}]
+    assert _found(set_input(good_stack(), "weights-sse", rules=rules), "s3-bucket-hardened") == []

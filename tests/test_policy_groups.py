@@ -145,3 +145,62 @@ def test_required_tags_read_the_groups_tag_list():
     set_input(s, "worker-1", tags=[{"key": "Project", "value": "llmfleet", "propagateAtLaunch": True}])
     [v] = run(s, "required-tags").violations
     assert v.resource == "worker-1" and "llmfleet:stack" in v.message
+
+
+def test_a_groups_instances_are_hosts_named_after_it_and_reported_on_it():
+    from policy._stackview import StackView
+    from policy.runner import policy_resources
+
+    s = group_stack(workers=2)
+    set_input(s, "worker-1", desiredCapacity=2, minSize=2, maxSize=2)
+    hosts = StackView.of(policy_resources(s)).hosts()
+    workers = [h for h in hosts if h.group is not None]
+    assert [(h.name, h.type) for h in workers] == [
+        ("worker-0", "aws:ec2/instance:Instance"),
+        ("worker-1[0]", "aws:ec2/instance:Instance"),
+        ("worker-1[1]", "aws:ec2/instance:Instance"),
+    ]
+    assert workers[0].props["instanceType"] == "g6e.48xlarge"  # the template's, seen as the instance's
+    set_input(s, "private", mapPublicIpOnLaunch=True)
+    found = [(v.resource, v.message.split(":")[0]) for v in run(s, "ec2-private-subnet").violations]
+    # each instance a group keeps running is reported on the group (its URN), under its own name
+    assert found == [
+        ("head", "head"),
+        ("worker-0", "worker-0"),
+        ("worker-1", "worker-1[0]"),
+        ("worker-1", "worker-1[1]"),
+    ]
+
+
+def test_a_groups_subnets_by_id_outside_the_stack_or_in_a_preview_by_dependency():
+    from policy._props import UNKNOWN
+    from policy._stackview import StackView
+    from policy.network import instance_subnets
+    from policy.runner import policy_resources
+    from tests.test_policies import UNKNOWN_PLACEHOLDER
+
+    def subnets(stack, *deps):
+        built = {r.name: r for r in policy_resources(stack)}
+        built["worker-0"].property_dependencies = {"vpcZoneIdentifiers": [built[d] for d in deps]}
+        view = StackView.of(list(built.values()))
+        [host] = [h for h in view.hosts() if h.name == "worker-0"]
+        return [s.name if s not in (None, UNKNOWN) else s for s in instance_subnets(view, host)]
+
+    public = res("aws:ec2/subnet:Subnet", "public", "subnet-pub", vpcId="vpc-1", mapPublicIpOnLaunch=True)
+    s = [*group_stack(), public]
+    assert subnets(s) == ["private"]
+    set_input(s, "worker-0", vpcZoneIdentifiers=["subnet-outside", "subnet-pub"])
+    assert subnets(s) == [None, "public"]  # outside the stack: not checkable here
+    set_input(s, "worker-0", vpcZoneIdentifiers=[UNKNOWN_PLACEHOLDER])
+    assert subnets(s) == [UNKNOWN] and subnets(s, "public", "vpc") == ["public"]
+
+
+def test_budget_finds_a_groups_template_by_its_id_too():
+    # a deployed stack's group names its launch template by id (the template's output)
+    by_name = run(group_stack(), "monthly-budget", {"monthly-budget": {"maxMonthlyUsd": 1000}})
+    s = group_stack()
+    for i in range(3):
+        set_input(s, f"worker-{i}", launchTemplate={"id": "lt-1", "version": "1"})
+    by_id = run(s, "monthly-budget", {"monthly-budget": {"maxMonthlyUsd": 1000}})
+    [a], [b] = by_name.violations, by_id.violations
+    assert a.message == b.message and "exceeds maxMonthlyUsd $1,000.00" in b.message

@@ -9,11 +9,13 @@ from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValid
 from typer.testing import CliRunner
 
 from infra.cli import app
-from infra.program.offline import capture
 from infra.stack.files import available_stacks
 from policy.runner import merge_config, policy_resources, resource_args, run_policies, stack_policy_config
+from tests.captures import capture, shared_captures  # noqa: F401 - the fixture, by name
 
 cli = CliRunner()
+# `llmfleet policy` and run_for_stack capture through tests/captures.py: one capture per stack
+pytestmark = pytest.mark.usefixtures("shared_captures")
 
 
 def rec(rtype, name, parent=None, urn_chain="", **inputs):
@@ -97,6 +99,123 @@ def test_schema_defaults_reach_the_policy():
     assert seen == {"a": 3, "b": "x"}
 
 
+def test_enforcement_levels_config_and_messages_as_the_engine_reports_them():
+    from policy.runner import Report, Violation, enforcement_of
+
+    seen: list[dict] = []
+
+    def says(message):
+        def check(args, report):
+            seen.append(dict(args.get_config()))
+            report(message, "urn:pulumi:s::p::aws:ec2/vpc:Vpc::vpc")
+
+        return check
+
+    def unknown(args, report):
+        report(args.props["subnetId"])  # unknown during a preview: CrossGuard's proxy raises
+
+    quiet = StackValidationPolicy(name="quiet", description="the description stands in", validate=says(""))
+    loud = StackValidationPolicy(
+        name="loud", description="d", validate=says("said"), enforcement_level=EnforcementLevel.ADVISORY
+    )
+    preview = ResourceValidationPolicy(name="preview", description="d", validate=unknown)
+    config = {
+        "quiet": {"enforcementLevel": "remediate", "k": 1},
+        "preview": {"enforcementLevel": EnforcementLevel.ADVISORY},
+    }
+    report = run_policies(
+        [rec("aws:ec2/vpc:Vpc", "vpc", subnetId="[unknown]")],
+        config,
+        [quiet, loud, preview],
+        EnforcementLevel.MANDATORY,
+    )
+    assert report.violations == (
+        Violation("quiet", "vpc", "the description stands in", "mandatory"),  # remediate: as mandatory
+        Violation("loud", "vpc", "said", "advisory"),  # the policy's own level over the pack's
+        Violation(
+            "preview",
+            "vpc",
+            "can't run policy during preview: string value at .subnetId can't be known during preview",
+            "advisory",
+        ),
+    )
+    assert seen[0] == {"k": 1}  # a policy's config block, without enforcementLevel
+    assert report.to_dict() == {
+        "violations": [
+            {
+                "policy": "quiet",
+                "resource": "vpc",
+                "message": "the description stands in",
+                "enforcement": "mandatory",
+            },
+            {"policy": "loud", "resource": "vpc", "message": "said", "enforcement": "advisory"},
+            {
+                "policy": "preview",
+                "resource": "vpc",
+                "message": "can't run policy during preview: string value at .subnetId can't be known during preview",
+                "enforcement": "advisory",
+            },
+        ],
+        "mandatory": 1,
+        "advisory": 2,
+    }
+    # the pack's level when neither the config nor the policy sets one
+    bare = StackValidationPolicy(name="bare", description="d", validate=says("x"))
+    bare.enforcement_level = None
+    assert enforcement_of(bare, {}, EnforcementLevel.ADVISORY) == EnforcementLevel.ADVISORY
+    assert [v.enforcement for v in run_policies([], {}, [bare], EnforcementLevel.ADVISORY).violations] == [
+        "advisory"
+    ]
+    assert Report(()).to_dict() == {"violations": [], "mandatory": 0, "advisory": 0}
+
+
+def test_a_stack_violation_names_the_resource_of_the_urn_it_gives_or_none():
+    from policy.runner import Violation
+
+    def check(args, report):
+        report("on the vpc", "urn:pulumi:s::p::aws:ec2/vpc:Vpc::vpc")
+        report("on something else", "urn:pulumi:s::p::aws:ec2/vpc:Vpc::gone")
+        report("on the stack")
+
+    p = StackValidationPolicy(
+        name="p", description="d", validate=check, enforcement_level=EnforcementLevel.MANDATORY
+    )
+    assert run_policies([rec("aws:ec2/vpc:Vpc", "vpc")], {}, [p]).violations == (
+        Violation("p", "vpc", "on the vpc", "mandatory"),
+        Violation("p", None, "on something else", "mandatory"),
+        Violation("p", None, "on the stack", "mandatory"),
+    )
+
+
+def test_parents_are_found_by_name_and_the_type_chain_of_the_childs_urn():
+    from policy.runner import policy_resources
+
+    # two resources named "cluster": the child's URN says which type its parent is
+    a = rec("llmfleet:cluster:Cluster", "cluster")
+    b = rec("llmfleet:other:Other", "cluster")
+    child = rec("aws:ec2/instance:Instance", "w0", parent="cluster", urn_chain="llmfleet:cluster:Cluster$")
+    orphan = rec("aws:ec2/instance:Instance", "w1", parent="nowhere", urn_chain="x:y:Z$")
+    built = {r.name + r.resource_type: r for r in policy_resources([a, child, b, orphan])}
+    assert built["w0aws:ec2/instance:Instance"].parent is built["clusterllmfleet:cluster:Cluster"]
+    assert built["w1aws:ec2/instance:Instance"].parent is None
+    # a parent named but not in the chain: the last of that name
+    other = rec("aws:ec2/instance:Instance", "w2", parent="cluster", urn_chain="x:y:Z$")
+    built = {r.name + r.resource_type: r for r in policy_resources([a, b, other])}
+    assert built["w2aws:ec2/instance:Instance"].parent is built["clusterllmfleet:other:Other"]
+    # the state is inputs, then outputs, then the id when the outputs have none
+    r = rec("aws:ec2/vpc:Vpc", "vpc", cidrBlock="10.0.0.0/16", tags={"a": ["[unknown]", {"b": "[unknown]"}]})
+    r["outputs"] = {"cidrBlock": "10.1.0.0/16"}
+    [vpc] = policy_resources([r])
+    assert vpc.props["cidrBlock"] == "10.1.0.0/16" and vpc.props["id"] == "vpc-id"
+    from pulumi_policy.proxy import UnknownValueError
+
+    with pytest.raises(UnknownValueError):
+        vpc.props["tags"]["a"][0]
+    with pytest.raises(UnknownValueError):
+        vpc.props["tags"]["a"][1]["b"]
+    assert vpc.opts.parent is None and vpc.opts.protect is False and vpc.opts.ignore_changes == []
+
+
 # --- the shipped stacks --------------------------------------------------------------------------
 
 
@@ -140,7 +259,9 @@ def test_world_open_ray_port_on_captured_prod_fails_ingress(prod):
     ]
     assert sgs, "the prod capture has no security group tagged llmfleet:sg=cluster"
     config = stack_policy_config(prod.config)
-    assert run_policies(prod.resources, config).mandatory == 0
+    # the StackConfig handed over, as `llmfleet policy` does: without it the host-role policies
+    # read the stack name Pulumi's settings hold, which is whichever stack was captured last
+    assert run_policies(prod.resources, config, stack=prod.config).mandatory == 0
     rule = rec(
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
         "gcs-from-anywhere",
@@ -150,7 +271,7 @@ def test_world_open_ray_port_on_captured_prod_fails_ingress(prod):
         fromPort=6379,
         toPort=6379,
     )
-    report = run_policies([*prod.resources, rule], config)
+    report = run_policies([*prod.resources, rule], config, stack=prod.config)
     hits = [v for v in report.violations if v.policy == "security-group-ingress"]
     assert [v.resource for v in hits] == ["gcs-from-anywhere"]
     assert hits[0].enforcement == "mandatory" and "6379" in hits[0].message
@@ -222,3 +343,38 @@ def test_trust_remote_code_falls_back_to_the_stack_config_when_scripts_are_unkno
     assert v.resource is None and "llmfleet:trustRemoteCode is true" in v.message
     off = run_policies([], {}, stack=load_config("dev"))
     assert not [v for v in off.violations if v.policy == "trust-remote-code"]
+
+
+def test_the_policy_config_a_stack_implies():
+    from infra.catalog import load_catalog
+    from infra.stack.files import load_config
+    from infra.stack.resolve import resolve
+
+    overrides = [
+        "llmfleet:endpointPublic=true",
+        'llmfleet:endpointAllowedCidrs=["198.51.100.0/24"]',
+        "llmfleet:maxMonthlyUsd=90000",
+    ]
+    cfg = load_config("prod", overrides)
+    resolved = resolve(cfg)
+    assert stack_policy_config(cfg) == {
+        "ec2-instance-type-allowed": {"allowedInstanceTypes": sorted(load_catalog().instances)},
+        "security-group-ingress": {
+            "allowedIngressCidrs": ["198.51.100.0/24"],
+            "endpointPublic": True,
+            "endpointPort": cfg.endpoint_port,
+        },
+        "gpu-fit": {
+            "model": "deepseek-r1",
+            "quantization": cfg.quantization,
+            "maxModelLen": resolved.plan.max_model_len,  # what 'auto' picked
+            "concurrency": cfg.concurrency,
+            "targetConcurrency": cfg.target_concurrency,
+            "gpuMemoryUtilization": cfg.gpu_memory_utilization,
+            "gpu": cfg.gpu_model,
+            "gpusPerNode": cfg.gpus_per_worker,
+            "workers": resolved.workers,
+        },
+        "monthly-budget": {"maxMonthlyUsd": 90000.0, "region": "us-east-1", "model": "deepseek-r1"},
+    }
+    assert isinstance(resolved.plan.max_model_len, int) and cfg.gpu_model == "L40S" and resolved.workers == 3

@@ -11,13 +11,13 @@ from decimal import Decimal
 import pytest
 
 from infra.commands.preview import up_lead_minutes
-from infra.program.offline import capture
 from infra.stack.resolve import resolve
 from infra.status.model import HostSlot, power_state
 from infra.wake import WakeError, wake_groups
 from policy.runner import run_policies
 from ray_cluster.schedule import parse_schedule
 from ray_cluster.watch import activity_file_of, idle_line, watch
+from tests.captures import capture
 from tests.moto_fixtures import MotoServer
 
 BERLIN = "llmfleet:schedule=mon-fri 08:00-20:00 Europe/Berlin"
@@ -242,3 +242,103 @@ def test_the_gate_touches_the_activity_file_at_most_every_ten_seconds(tmp_path):
 
 def test_schedule_text_round_trips_through_the_capture(scheduled):
     assert parse_schedule(scheduled.config.schedule).weekly_hours == 60
+
+
+def test_schedule_policies_messages_in_full_and_how_actions_are_grouped():
+    import copy
+
+    from infra.stack.serving_hours import cold_start_lead_s
+
+    short = capture("prod", ["llmfleet:schedule=mon-fri 08:00-08:05 UTC"])
+    lead = f"{cold_start_lead_s(resolve(short.config).plan) / 60:.1f} min"
+
+    def found(resources, stack=None):
+        rep = run_policies(resources, {}, stack=stack)
+        return [(v.policy, v.resource, v.message) for v in rep.violations if v.policy.startswith("schedule")]
+
+    advice = (
+        "schedule-window-cold-start",
+        None,
+        f"llmfleet:schedule: window 'mon-fri 08:00-08:05 UTC' serves 5 min, less than the modeled cold start "
+        f"({lead}, llmfleet plan): each opening bills more warm-up than serving",
+    )
+    assert found(short.resources, short.config) == [advice]
+    tight = capture("prod", ["llmfleet:schedule=mon-fri 08:00-12:00 UTC; mon-fri 12:05-20:00 UTC"])
+    assert found(tight.resources, tight.config) == [
+        (
+            "schedule-serves",
+            None,
+            f"llmfleet:schedule: 'mon-fri 12:05-20:00 UTC' opens 5 min after 'mon-fri 08:00-12:00 UTC' closes, less "
+            f"than the modeled cold start ({lead}): that closing's scale-down stops the workers warming for it and "
+            "it never serves; merge the two windows or leave a longer gap",
+        )
+    ]
+
+    def never(group, action, n=1):
+        return (
+            "schedule-serves",
+            action,
+            f"{group}: its scheduled actions only scale it to zero ({n} actions, none with desired capacity >= 1); "
+            "the workers would never serve",
+        )
+
+    actions = [r for r in short.resources if r["type"] == SCHEDULE]
+    down_only = [r for r in short.resources if r not in actions or "up" not in r["name"]]
+    assert found(down_only) == [
+        never(f"llmfleet-prod-worker-{i}", f"cluster-worker-{i}-down-0") for i in range(3)
+    ]
+    # per group: worker-0 keeps its scale-up; worker-1 gets one more action whose capacity is unknown
+    # at preview; worker-2 a second scale-down; and an action for a group unknown at preview
+    # stands for a group of its own, named after it
+    up0 = next(r for r in actions if r["name"] == "cluster-worker-0-up-0")
+    extra = copy.deepcopy(up0)
+    extra.update(name="w1-later", urn=up0["urn"].replace("cluster-worker-0-up-0", "w1-later"))
+    for props in (extra["inputs"], extra["outputs"]):
+        props.update(autoscalingGroupName="llmfleet-prod-worker-1", desiredCapacity="[unknown]")
+    second = copy.deepcopy(extra)
+    second.update(name="w2-again", urn=up0["urn"].replace("cluster-worker-0-up-0", "w2-again"))
+    for props in (second["inputs"], second["outputs"]):
+        props.update(autoscalingGroupName="llmfleet-prod-worker-2", desiredCapacity=0)
+    lost = copy.deepcopy(second)
+    lost.update(name="lost", urn=up0["urn"].replace("cluster-worker-0-up-0", "lost"))
+    for props in (lost["inputs"], lost["outputs"]):
+        props.update(autoscalingGroupName="[unknown]")
+    nameless = copy.deepcopy(lost)  # no group at all: a group of its own too, not one named "None"
+    nameless.update(name="nameless", urn=up0["urn"].replace("cluster-worker-0-up-0", "nameless"))
+    for props in (nameless["inputs"], nameless["outputs"]):
+        del props["autoscalingGroupName"]
+    assert found([*down_only, up0, extra, second, lost, nameless]) == [
+        never("llmfleet-prod-worker-2", "cluster-worker-2-down-0", 2),
+        never("lost", "lost"),
+        never("nameless", "nameless"),
+    ]
+
+
+def test_a_window_is_advised_on_only_when_shorter_than_the_cold_start(monkeypatch):
+    import policy.schedule
+
+    ten = capture("prod", ["llmfleet:schedule=mon-fri 08:00-08:10 UTC"])
+
+    def advised(lead_s: float) -> list[str]:
+        monkeypatch.setattr(policy.schedule, "_plan_cold_start_s", lambda cfg: lead_s)
+        rep = run_policies(ten.resources, {}, stack=ten.config)
+        return [v.message for v in rep.violations if v.policy == "schedule-window-cold-start"]
+
+    assert advised(600.0) == []  # a 10-min window against exactly 10 min of cold start
+    assert advised(605.0) == [
+        "llmfleet:schedule: window 'mon-fri 08:00-08:10 UTC' serves 10 min, less than the modeled cold "
+        "start (10.1 min, llmfleet plan): each opening bills more warm-up than serving"
+    ]
+
+
+def test_schedule_policies_pass_over_a_stack_config_that_does_not_load():
+    import pulumi
+
+    # no StackConfig handed over, and the one the Pulumi CLI would hand is not valid: the program
+    # itself stops on it, with the one-line reason
+    pulumi.runtime.set_all_config({"llmfleet:workerCount": "many"}, [])
+    try:
+        rep = run_policies([], {})
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    assert [v for v in rep.violations if v.policy.startswith("schedule")] == []
