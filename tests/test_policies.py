@@ -1929,7 +1929,8 @@ def test_required_tags_messages_which_resources_and_the_providers_default_tags()
         provider = PolicyProviderResource("pulumi:providers:aws", props, "urn:provider", "aws")
         out: list[str] = []
         pack.by_name()["required-tags"].validate(
-            ResourceValidationArgs(**{**kw, "provider": provider}, config={}), out.append
+            ResourceValidationArgs(**{**kw, "provider": provider}, config={}),
+            lambda msg, urn=None: out.append(msg),  # pulumi_policy's ReportViolation(message, urn)
         )
         return out
 
