@@ -193,6 +193,7 @@ COMMANDS = (
     "dashboards",
     "bench",
     "batch",
+    "finetune",
 )
 
 for _name in COMMANDS:

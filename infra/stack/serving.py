@@ -78,6 +78,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: Any, plan: Any) -> 
         routing=str(getattr(cfg, "routing", "pow2")),
         # llmfleet:engineArgs / serveOptions: checked against vLLM's and Ray's schemas and the plan
         engine_args=dict(getattr(cfg, "engine_args", {})),
+        **lora_inputs(getattr(cfg, "lora", None)),
         deployment_options=deployment_options(cfg, plan, replicas),
         ingress_options=ingress_options(getattr(cfg, "serve_options", {})),
         schedule=getattr(cfg, "schedule", None),
@@ -97,6 +98,13 @@ def deployment_options(cfg: Any, plan: Any, replicas: int) -> dict[str, Any]:
     )
     reload = serve_autoscaling.reload_s(getattr(plan, "cold_start_terms", None))
     return serve_autoscaling.resolve(options, replicas, concurrency, reload)
+
+
+def lora_inputs(settings: Any) -> dict[str, Any]:
+    """ServeInputs fields from llmfleet:lora (None: no adapters)."""
+    if settings is None:
+        return {}
+    return {"lora_config": settings.lora_config(), "lora_engine_kwargs": settings.engine_kwargs()}
 
 
 def serving_default_inputs(defaults: Any) -> dict[str, Any]:
