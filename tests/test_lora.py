@@ -1,0 +1,216 @@
+"""LoRA adapters: the catalog's word on which models take them, llmfleet:lora in the Serve
+config (validated by Ray's LLMConfig and vLLM's EngineArgs), and `llmfleet finetune`'s checks."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from infra.catalog import load_catalog
+from infra.cli import app
+from infra.commands.finetune import NOT_BUILT
+from infra.stack import lora
+from infra.stack.config import ConfigError, load_stack_config
+
+runner = CliRunner()
+DEV = {"llmfleet:model": "deepseek-r1-distill-qwen-7b", "llmfleet:gpuInstanceType": "g6.xlarge"}
+ADAPTERS = "s3://llmfleet-adapters-test/dev/"
+
+
+def _vllm_class(architecture: str):
+    from vllm.model_executor.models.registry import _VLLM_MODELS
+
+    module, cls = _VLLM_MODELS[architecture]
+    return getattr(importlib.import_module(f"vllm.model_executor.models.{module}"), cls)
+
+
+def test_catalog_lora_agrees_with_the_installed_vllm():
+    """A model the catalog lets take adapters has a vLLM class that implements SupportsLoRA.
+    R1's class declares it too: the catalog refuses R1 for what is unproven (its FP8 MoE
+    kernel path), and says so in its reason and source."""
+    from vllm.model_executor.models.interfaces import supports_lora
+
+    models = load_catalog().models
+    assert [m for m in models.values() if m.lora.serving] == [m for m in models.values() if m.moe is None]
+    for m in models.values():
+        assert supports_lora(_vllm_class(m.architecture)), m.id
+    r1 = models["deepseek-r1"].lora
+    assert not r1.serving and "MoE" in r1.reason and "SupportsLoRA" in r1.source
+
+
+def test_lora_serving_false_needs_a_reason(tmp_path: Path):
+    from infra.catalog import LoraSupport
+
+    with pytest.raises(ValueError, match="needs lora.reason"):
+        LoraSupport(serving=False, source="a source")
+
+
+def test_prod_r1_with_lora_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({"llmfleet:model": "deepseek-r1", "llmfleet:lora": {"adapters": ADAPTERS}}, "prod")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("llmfleet:model = 'deepseek-r1': its FP8 routed experts take LoRA only through")
+    assert msg.endswith("(asked by llmfleet:lora)")
+    assert (
+        "allowed: deepseek-r1-distill-qwen-7b, deepseek-r1-distill-qwen-32b, deepseek-r1-distill-llama-70b"
+        in msg
+    )
+
+
+@pytest.mark.parametrize(
+    ("lora_value", "expected"),
+    [
+        ({"adapters": "/opt/adapters"}, "llmfleet:lora.adapters = '/opt/adapters': allowed: an s3://"),
+        ({"adapters": "s3://llmfleet-adapters-test/a/../b"}, "llmfleet:lora.adapters = "),
+        ({"adapters": ADAPTERS, "maxRank": 12}, "llmfleet:lora.maxRank = 12: allowed: one of 1, 8, 16"),
+        ({"adapters": ADAPTERS, "maxAdapters": 0}, "llmfleet:lora.maxAdapters = 0"),
+        (
+            {"adapters": ADAPTERS, "rank": 8},
+            "llmfleet:lora.rank = 8: unknown field; allowed: adapters, maxAdapters",
+        ),
+        ({"maxRank": 8}, "llmfleet:lora.adapters"),
+    ],
+)
+def test_bad_lora_settings_are_one_line(lora_value, expected):
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({**DEV, "llmfleet:lora": lora_value}, "dev")
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value)
+
+
+def test_adapters_inside_the_weights_prefix_are_refused():
+    raw = {
+        **DEV,
+        "llmfleet:weightsUri": "s3://llmfleet-weights-test/qwen/",
+        "llmfleet:lora": {"adapters": "s3://llmfleet-weights-test/qwen/adapters"},
+    }
+    with pytest.raises(ConfigError, match=r"^llmfleet:lora.adapters = .*inside llmfleet:weightsUri"):
+        load_stack_config(raw, "dev")
+    raw["llmfleet:lora"] = {"adapters": "s3://llmfleet-weights-test/adapters/"}  # beside it: fine
+    assert load_stack_config(raw, "dev").lora is not None
+
+
+@pytest.mark.parametrize("key", ["enable_lora", "max_loras", "max_lora_rank"])
+def test_lora_engine_args_only_through_the_lora_key(key):
+    with pytest.raises(ConfigError, match=rf"^llmfleet:engineArgs.{key} = .*set llmfleet:lora"):
+        load_stack_config({**DEV, "llmfleet:engineArgs": {key: 1}}, "dev")
+
+
+def test_dev_serve_config_with_lora_is_accepted_by_ray_and_vllm():
+    from ray.serve.llm import LLMConfig
+
+    from infra.rayconf import serve_config as sc
+
+    setting = json.dumps({"adapters": ADAPTERS, "maxAdapters": 3, "maxRank": 32})
+    res = runner.invoke(
+        app, ["render", "serve-config", "--stack", "dev", "--offline", "-c", f"llmfleet:lora={setting}"]
+    )
+    assert res.exit_code == 0, res.output
+    llm = yaml.safe_load(res.stdout)["applications"][0]["args"]["llm_configs"][0]
+    assert llm["lora_config"] == {
+        "dynamic_lora_loading_path": ADAPTERS.rstrip("/"),
+        "max_num_adapters_per_replica": 3,
+        "download_timeout_s": 30.0,
+        "max_download_tries": 3,
+    }
+    kw = llm["engine_kwargs"]
+    assert (kw["enable_lora"], kw["max_loras"], kw["max_lora_rank"]) == (True, 3, 32)
+    config = LLMConfig.model_validate(llm)
+    assert config.lora_config.max_num_adapters_per_replica == 3
+    assert config.get_engine_config().engine_kwargs["max_lora_rank"] == 32
+    sc.validate_engine_kwargs(kw, llm["model_loading_config"]["model_source"])  # vLLM's EngineArgs
+
+
+def test_serve_config_without_lora_has_none():
+    res = runner.invoke(app, ["render", "serve-config", "--stack", "dev", "--offline"])
+    assert res.exit_code == 0, res.output
+    llm = yaml.safe_load(res.stdout)["applications"][0]["args"]["llm_configs"][0]
+    assert "lora_config" not in llm and "enable_lora" not in llm["engine_kwargs"]
+
+
+def test_refusal_helper():
+    assert lora.refusal("deepseek-r1-distill-llama-70b") is None
+    assert lora.refusal("deepseek-r1", "--model").startswith(
+        "--model = 'deepseek-r1' cannot take LoRA adapters: "
+    )
+    assert "not in the catalog" in lora.refusal("gpt-2")
+
+
+# ---------------------------------------------------------------- llmfleet finetune
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    p = tmp_path / "train.jsonl"
+    rows = [
+        {"prompt": "2+2?", "completion": "4"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    ]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    return p
+
+
+def _err(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0].removeprefix("error: ")
+
+
+def test_finetune_prod_r1_is_refused_with_one_line(data: Path):
+    res = runner.invoke(app, ["finetune", "--stack", "prod", "--data", str(data), "--name", "support-v1"])
+    assert res.exit_code == 2
+    assert _err(res).startswith(
+        "llmfleet:model = 'deepseek-r1' cannot take LoRA adapters: its FP8 routed experts"
+    )
+
+
+def test_finetune_dev_says_submission_is_not_built(data: Path):
+    res = runner.invoke(app, ["finetune", "--stack", "dev", "--data", str(data), "--name", "support-v1"])
+    assert res.exit_code == 1
+    assert _err(res) == NOT_BUILT
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "m:1", "", "x" * 65])
+def test_finetune_name_must_be_one_safe_component(data: Path, name: str):
+    res = runner.invoke(app, ["finetune", "--stack", "dev", "--data", str(data), "--name", name])
+    assert res.exit_code == 2
+    assert _err(res).startswith(f"--name {name!r}: allowed: 1-64 letters")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("not json", "line 2: not JSON"),
+        ('{"prompt": "q"}', "line 2: completion: Field required"),
+        ('{"messages": [{"role": "user", "content": "q"}]}', "line 2: no assistant turn"),
+        ('{"messages": [{"role": "tool", "content": "q"}]}', "line 2: messages.0.role"),
+        ('["prompt", "completion"]', "line 2: "),
+    ],
+)
+def test_finetune_refuses_a_bad_line(tmp_path: Path, line: str, expected: str):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "a", "completion": "b"}\n' + line + "\n")
+    res = runner.invoke(app, ["finetune", "--stack", "dev", "--data", str(p), "--name", "a"])
+    assert res.exit_code == 2
+    msg = _err(res)
+    assert msg.startswith(f"--data {str(p)!r} {expected}") and "allowed: one JSON object per line" in msg
+
+
+def test_finetune_refuses_empty_or_missing_data(tmp_path: Path):
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    for p, why in ((empty, "no examples"), (tmp_path / "missing.jsonl", "not a file")):
+        res = runner.invoke(app, ["finetune", "--stack", "dev", "--data", str(p), "--name", "a"])
+        assert res.exit_code == 2 and why in _err(res)
+
+
+def test_finetune_needs_exactly_one_target(data: Path):
+    res = runner.invoke(app, ["finetune", "--data", str(data), "--name", "a"], env={"PULUMI_STACK": ""})
+    assert res.exit_code == 2 and _err(res).startswith("target: missing")
+    res = runner.invoke(app, ["finetune", "--local", "--stack", "dev", "--data", str(data), "--name", "a"])
+    assert res.exit_code == 2 and _err(res).startswith("target: --local and --stack together")
