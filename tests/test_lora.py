@@ -56,8 +56,9 @@ def test_prod_r1_with_lora_is_refused_in_one_line():
         load_stack_config({"llmfleet:model": "deepseek-r1", "llmfleet:lora": {"adapters": ADAPTERS}}, "prod")
     msg = str(e.value)
     assert "\n" not in msg
-    assert msg.startswith("llmfleet:model = 'deepseek-r1': its FP8 routed experts take LoRA only through")
-    assert msg.endswith("(asked by llmfleet:lora)")
+    assert msg.startswith(
+        "llmfleet:model = 'deepseek-r1': cannot take LoRA adapters (llmfleet:lora is set): vLLM 0.29 picks the kernel of its FP8 routed experts"
+    )
     assert (
         "allowed: deepseek-r1-distill-qwen-7b, deepseek-r1-distill-qwen-32b, deepseek-r1-distill-llama-70b"
         in msg
@@ -134,10 +135,23 @@ def test_serve_config_without_lora_has_none():
     assert "lora_config" not in llm and "enable_lora" not in llm["engine_kwargs"]
 
 
+def test_plan_lora_refuses_r1_and_plans_a_distill():
+    res = runner.invoke(app, ["plan", "-m", "deepseek-r1", "-g", "L40S", "--lora", "--json"])
+    assert res.exit_code == 2
+    err = json.loads(res.stdout)["error"]
+    assert (err["key"], err["value"]) == ("--model", "deepseek-r1")
+    assert err["allowed"] == "deepseek-r1-distill-qwen-7b, deepseek-r1-distill-qwen-32b, deepseek-r1-distill-llama-70b"
+    assert "cannot take LoRA adapters (--lora)" in err["message"]
+    res = runner.invoke(app, ["plan", "-m", "deepseek-r1", "-g", "L40S", "--json"])
+    assert res.exit_code == 0, res.output  # without --lora R1 plans as before
+    res = runner.invoke(app, ["plan", "-m", "deepseek-r1-distill-qwen-7b", "-g", "L4", "--tp", "1", "--lora", "--json"])
+    assert res.exit_code in (0, 3) and json.loads(res.stdout)["model"] == "deepseek-r1-distill-qwen-7b"
+
+
 def test_refusal_helper():
     assert lora.refusal("deepseek-r1-distill-llama-70b") is None
     assert lora.refusal("deepseek-r1", "--model").startswith(
-        "--model = 'deepseek-r1' cannot take LoRA adapters: "
+        "--model = 'deepseek-r1': cannot take LoRA adapters: "
     )
     assert "not in the catalog" in lora.refusal("gpt-2")
 
@@ -166,7 +180,7 @@ def test_finetune_prod_r1_is_refused_with_one_line(data: Path):
     res = runner.invoke(app, ["finetune", "--stack", "prod", "--data", str(data), "--name", "support-v1"])
     assert res.exit_code == 2
     assert _err(res).startswith(
-        "llmfleet:model = 'deepseek-r1' cannot take LoRA adapters: its FP8 routed experts"
+        "llmfleet:model = 'deepseek-r1': cannot take LoRA adapters: vLLM 0.29 picks the kernel of its FP8 routed experts"
     )
 
 

@@ -52,10 +52,10 @@ def check_all(cfg: StackConfig) -> None:
 def check_lora(cfg: StackConfig) -> None:
     if cfg.lora is None:
         return
-    why = lora.refusal(cfg.model)
+    why = lora.refusal(cfg.model, asked_by="llmfleet:lora is set")
     if why:
         # the one line names the model (what the adapters cannot go on) and the catalog's reason
-        raise CrossKeyError("llmfleet:model", cfg.model, why.split(": ", 1)[1] + " (asked by llmfleet:lora)")
+        raise CrossKeyError("llmfleet:model", cfg.model, why.split(": ", 1)[1])
     if lora.inside_weights(cfg.lora.adapters, cfg.weights_uri):
         raise CrossKeyError(
             "llmfleet:lora.adapters",

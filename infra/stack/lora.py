@@ -37,8 +37,9 @@ def supported_models() -> list[str]:
     return [m.id for m in load_catalog().models.values() if m.lora.serving]
 
 
-def refusal(model: str, key: str = "llmfleet:model") -> str | None:
-    """Why `model` cannot take LoRA adapters (one line naming `key`), or None when it can."""
+def refusal(model: str, key: str = "llmfleet:model", asked_by: str = "") -> str | None:
+    """Why `model` cannot take LoRA adapters (one line naming `key`, and `asked_by`: the option
+    or key that wants them), or None when it can."""
     cat = load_catalog()
     allowed = ", ".join(supported_models())
     if model not in cat.models:
@@ -46,11 +47,12 @@ def refusal(model: str, key: str = "llmfleet:model") -> str | None:
     lora = cat.models[model].lora
     if lora.serving:
         return None
-    return f"{key} = {model!r} cannot take LoRA adapters: {lora.reason}; allowed: {allowed}"
+    by = f" ({asked_by})" if asked_by else ""
+    return f"{key} = {model!r}: cannot take LoRA adapters{by}: {lora.reason}; allowed: {allowed}"
 
 
-def require_lora(model: str, key: str = "llmfleet:model") -> None:
-    why = refusal(model, key)
+def require_lora(model: str, key: str = "llmfleet:model", asked_by: str = "") -> None:
+    why = refusal(model, key, asked_by)
     if why:
         raise LoraRefused(why)
 
