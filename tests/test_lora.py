@@ -140,11 +140,16 @@ def test_plan_lora_refuses_r1_and_plans_a_distill():
     assert res.exit_code == 2
     err = json.loads(res.stdout)["error"]
     assert (err["key"], err["value"]) == ("--model", "deepseek-r1")
-    assert err["allowed"] == "deepseek-r1-distill-qwen-7b, deepseek-r1-distill-qwen-32b, deepseek-r1-distill-llama-70b"
+    assert (
+        err["allowed"]
+        == "deepseek-r1-distill-qwen-7b, deepseek-r1-distill-qwen-32b, deepseek-r1-distill-llama-70b"
+    )
     assert "cannot take LoRA adapters (--lora)" in err["message"]
     res = runner.invoke(app, ["plan", "-m", "deepseek-r1", "-g", "L40S", "--json"])
     assert res.exit_code == 0, res.output  # without --lora R1 plans as before
-    res = runner.invoke(app, ["plan", "-m", "deepseek-r1-distill-qwen-7b", "-g", "L4", "--tp", "1", "--lora", "--json"])
+    res = runner.invoke(
+        app, ["plan", "-m", "deepseek-r1-distill-qwen-7b", "-g", "L4", "--tp", "1", "--lora", "--json"]
+    )
     assert res.exit_code in (0, 3) and json.loads(res.stdout)["model"] == "deepseek-r1-distill-qwen-7b"
 
 
