@@ -41,7 +41,7 @@ def test_catalog_lora_agrees_with_the_installed_vllm():
     for m in models.values():
         assert supports_lora(_vllm_class(m.architecture)), m.id
     r1 = models["deepseek-r1"].lora
-    assert not r1.serving and "MoE" in r1.reason and "SupportsLoRA" in r1.source
+    assert not r1.serving and "routed experts" in r1.reason and "SupportsLoRA" in r1.source
 
 
 def test_lora_serving_false_needs_a_reason(tmp_path: Path):

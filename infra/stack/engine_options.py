@@ -49,7 +49,7 @@ REFUSED_ENGINE = {
     # LoRA goes through one key, so a model the catalog refuses cannot get it, and Ray's adapter
     # slots (lora_config) and vLLM's stay the same number.
     **dict.fromkeys(
-        ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_modules"),
+        ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras"),
         "set llmfleet:lora (adapters, maxAdapters, maxRank)",
     ),  # fmt: skip
     "reasoning_parser_plugin": "vLLM would import a Python file from the hosts (llmfleet stages none)",
