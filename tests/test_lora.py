@@ -234,3 +234,47 @@ def test_finetune_needs_exactly_one_target(data: Path):
     assert res.exit_code == 2 and _err(res).startswith("target: missing")
     res = runner.invoke(app, ["finetune", "--local", "--stack", "dev", "--data", str(data), "--name", "a"])
     assert res.exit_code == 2 and _err(res).startswith("target: --local and --stack together")
+
+
+def _declares_supports_lora(architecture: str) -> bool:
+    """Whether the installed vLLM's class for `architecture` has SupportsLoRA among its bases,
+    read from vLLM's source (registry.py's entry, then the class and its bases in that module),
+    without importing vLLM (seconds of torch): the default run's check; the slow test above
+    imports the classes and asks vLLM's own supports_lora()."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    assert spec and spec.submodule_search_locations
+    models_dir = Path(next(iter(spec.submodule_search_locations))) / "model_executor" / "models"
+    registry = ast.parse((models_dir / "registry.py").read_text())
+    entry = next(
+        node.values[i]
+        for node in ast.walk(registry)
+        if isinstance(node, ast.Dict)
+        for i, k in enumerate(node.keys)
+        if isinstance(k, ast.Constant) and k.value == architecture
+    )
+    module, cls = (e.value for e in entry.elts)  # type: ignore[attr-defined]
+    classes = {
+        n.name: [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in n.bases]
+        for n in ast.parse((models_dir / f"{module}.py").read_text()).body
+        if isinstance(n, ast.ClassDef)
+    }
+    todo, seen = [cls], set()
+    while todo:
+        name = todo.pop()
+        if name == "SupportsLoRA":
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo.extend(classes.get(name, []))
+    return False
+
+
+def test_catalog_lora_models_declare_supports_lora_in_vllms_source():
+    models = load_catalog().models
+    for m in models.values():
+        assert _declares_supports_lora(m.architecture), m.id
+    # what the check would see fail: a class without it (vLLM's embedding-only BERT)
+    assert not _declares_supports_lora("BertModel")
