@@ -75,7 +75,7 @@ def _rank(v: int) -> int:
 class LoraSettings(BaseModel):
     """llmfleet:lora: serve LoRA adapters from `adapters` beside the stack's model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     adapters: Annotated[str, AfterValidator(_adapters_uri)]
     # Adapters resident on a replica at once: Ray's LRU of downloaded adapters and vLLM's GPU
     # slots are the same number, so a request never waits for a slot Ray thinks is free.
