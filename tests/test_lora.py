@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,31 @@ def test_dev_serve_config_with_lora_is_accepted_by_ray_and_vllm():
     assert config.lora_config.max_num_adapters_per_replica == 3
     assert config.get_engine_config().engine_kwargs["max_lora_rank"] == 32
     sc.validate_engine_kwargs(kw, llm["model_loading_config"]["model_source"])  # vLLM's EngineArgs
+
+
+def test_ray_validates_the_rendered_lora_config():
+    """The rendered lora_config goes through Ray's LoraConfig: a path Ray cannot load adapters
+    from (a host path) is refused at render, in one line."""
+    from infra.rayconf import serve_config as sc
+
+    base = sc.ServeInputs(
+        model_id="m",
+        model_source="/opt/llmfleet/models/m",
+        tensor_parallel_size=1,
+        pipeline_parallel_size=1,
+        max_model_len=4096,
+        gpu_model="L4",
+    )
+    good = {"dynamic_lora_loading_path": "s3://llmfleet-adapters-test/a", "max_num_adapters_per_replica": 2}
+    doc = sc.render_serve_config(replace(base, lora_config=good, lora_engine_kwargs={"enable_lora": True}))
+    assert sc._validate_with_ray(doc) == []
+    bad = sc.render_serve_config(
+        replace(base, lora_config={**good, "dynamic_lora_loading_path": "/opt/adapters"})
+    )
+    with pytest.raises(sc.ServeConfigError) as e:
+        sc._validate_with_ray(bad)
+    assert str(e.value).startswith("Ray Serve LLM rejected the LLMConfig: ") and "\n" not in str(e.value)
+    assert "lora_config: Invalid lora_config" in str(e.value) and "/opt/adapters" in str(e.value)
 
 
 def test_serve_config_without_lora_has_none():
