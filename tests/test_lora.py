@@ -304,3 +304,12 @@ def test_catalog_lora_models_declare_supports_lora_in_vllms_source():
         assert _declares_supports_lora(m.architecture), m.id
     # what the check would see fail: a class without it (vLLM's embedding-only BERT)
     assert not _declares_supports_lora("BertModel")
+
+
+def test_finetune_local_takes_no_stack_override(data: Path):
+    res = runner.invoke(
+        app, ["finetune", "--local", "-c", "llmfleet:replicas=2", "--data", str(data), "--name", "a"]
+    )
+    assert res.exit_code == 2 and _err(res).startswith("--config 'llmfleet:replicas=2': a stack override")
+    res = runner.invoke(app, ["finetune", "--local", "--data", str(data), "--name", "a"])
+    assert res.exit_code == 1 and _err(res) == NOT_BUILT

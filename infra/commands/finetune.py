@@ -111,6 +111,8 @@ def finetune_cmd(
     if local == bool(stack):
         fail("target: " + ("--local and --stack together" if local else "missing")
              + "; allowed: one of --local, --stack NAME")  # fmt: skip
+    if local and config:
+        fail(f"--config {config[0]!r}: a stack override; allowed: with --stack, not --local")
     if not lora.ADAPTER_NAME_RE.fullmatch(name):
         fail(f"--name {name!r}: allowed: {lora.ADAPTER_NAME_ALLOWED}")
     if stack:
