@@ -3,7 +3,6 @@ config (validated by Ray's LLMConfig and vLLM's EngineArgs), and `llmfleet finet
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -21,28 +20,6 @@ from infra.stack.config import ConfigError, load_stack_config
 runner = CliRunner()
 DEV = {"llmfleet:model": "deepseek-r1-distill-qwen-7b", "llmfleet:gpuInstanceType": "g6.xlarge"}
 ADAPTERS = "s3://llmfleet-adapters-test/dev/"
-
-
-def _vllm_class(architecture: str):
-    from vllm.model_executor.models.registry import _VLLM_MODELS
-
-    module, cls = _VLLM_MODELS[architecture]
-    return getattr(importlib.import_module(f"vllm.model_executor.models.{module}"), cls)
-
-
-@pytest.mark.slow
-def test_catalog_lora_agrees_with_the_installed_vllm():
-    """A model the catalog lets take adapters has a vLLM class that implements SupportsLoRA.
-    R1's class declares it too: the catalog refuses R1 for what is unproven (its FP8 MoE
-    kernel path), and says so in its reason and source."""
-    from vllm.model_executor.models.interfaces import supports_lora
-
-    models = load_catalog().models
-    assert [m for m in models.values() if m.lora.serving] == [m for m in models.values() if m.moe is None]
-    for m in models.values():
-        assert supports_lora(_vllm_class(m.architecture)), m.id
-    r1 = models["deepseek-r1"].lora
-    assert not r1.serving and "routed experts" in r1.reason and "SupportsLoRA" in r1.source
 
 
 def test_lora_serving_false_needs_a_reason(tmp_path: Path):
@@ -265,8 +242,8 @@ def test_finetune_needs_exactly_one_target(data: Path):
 def _declares_supports_lora(architecture: str) -> bool:
     """Whether the installed vLLM's class for `architecture` has SupportsLoRA among its bases,
     read from vLLM's source (registry.py's entry, then the class and its bases in that module),
-    without importing vLLM (seconds of torch): the default run's check; the slow test above
-    imports the classes and asks vLLM's own supports_lora()."""
+    without importing vLLM (seconds of torch). tests/test_lora_engine.py asks vLLM's own
+    supports_lora() of the class it loads."""
     import ast
     import importlib.util
 
@@ -299,9 +276,15 @@ def _declares_supports_lora(architecture: str) -> bool:
 
 
 def test_catalog_lora_models_declare_supports_lora_in_vllms_source():
+    """Every catalog model's vLLM class declares SupportsLoRA, R1's too: the catalog allows the
+    dense ones (tests/test_lora_engine.py serves an adapter on the Llama class) and refuses R1
+    for what is unproven (its FP8 MoE kernel path), and says so in its reason and source."""
     models = load_catalog().models
+    assert [m for m in models.values() if m.lora.serving] == [m for m in models.values() if m.moe is None]
     for m in models.values():
         assert _declares_supports_lora(m.architecture), m.id
+    r1 = models["deepseek-r1"].lora
+    assert not r1.serving and "routed experts" in r1.reason and "SupportsLoRA" in r1.source
     # what the check would see fail: a class without it (vLLM's embedding-only BERT)
     assert not _declares_supports_lora("BertModel")
 
