@@ -123,7 +123,7 @@ def test_vllm_serves_the_adapter_with_llmfleets_engine_args(tmp_path: Path):
     base_ref = _transformers_logprobs(base, ids, None)
     merged_ref = _transformers_logprobs(base, ids, tensors)
     assert len(got["adapter"]) == len(merged_ref) == len(ids) - 1
-    assert max(abs(x - y) for x, y in zip(got["base"], base_ref)) < 1e-4
-    assert max(abs(x - y) for x, y in zip(got["adapter"], merged_ref)) < 1e-4
+    assert max(abs(x - y) for x, y in zip(got["base"], base_ref, strict=True)) < 1e-4
+    assert max(abs(x - y) for x, y in zip(got["adapter"], merged_ref, strict=True)) < 1e-4
     # the adapter changes the model: far beyond the tolerance above
-    assert max(abs(x - y) for x, y in zip(got["adapter"], base_ref)) > 0.05
+    assert max(abs(x - y) for x, y in zip(got["adapter"], base_ref, strict=True)) > 0.05
