@@ -29,10 +29,6 @@ ADAPTER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 ADAPTER_NAME_ALLOWED = "1-64 letters, digits, '_' or '-', starting with a letter or digit"
 
 
-class LoraRefused(ValueError):
-    """One line: the key, the value and what is allowed."""
-
-
 def supported_models() -> list[str]:
     return [m.id for m in load_catalog().models.values() if m.lora.serving]
 
@@ -43,18 +39,12 @@ def refusal(model: str, key: str = "llmfleet:model", asked_by: str = "") -> str 
     cat = load_catalog()
     allowed = ", ".join(supported_models())
     if model not in cat.models:
-        return f"{key} = {model!r}: not in the catalog; LoRA adapters are allowed on: {allowed}"
+        return f"{key} = {model!r}: not in the catalog; allowed (models that take LoRA adapters): {allowed}"
     lora = cat.models[model].lora
     if lora.serving:
         return None
     by = f" ({asked_by})" if asked_by else ""
     return f"{key} = {model!r}: cannot take LoRA adapters{by}: {lora.reason}; allowed: {allowed}"
-
-
-def require_lora(model: str, key: str = "llmfleet:model", asked_by: str = "") -> None:
-    why = refusal(model, key, asked_by)
-    if why:
-        raise LoraRefused(why)
 
 
 def _adapters_uri(v: str) -> str:
