@@ -161,7 +161,9 @@ def test_refusal_helper():
     assert lora.refusal("deepseek-r1", "--model").startswith(
         "--model = 'deepseek-r1': cannot take LoRA adapters: "
     )
-    assert "not in the catalog" in lora.refusal("gpt-2")
+    assert lora.refusal("gpt-2").startswith(
+        "llmfleet:model = 'gpt-2': not a catalog model that takes LoRA adapters; allowed: deepseek-r1-distill-qwen-7b"
+    )
 
 
 # ---------------------------------------------------------------- llmfleet finetune

@@ -39,7 +39,7 @@ def refusal(model: str, key: str = "llmfleet:model", asked_by: str = "") -> str 
     cat = load_catalog()
     allowed = ", ".join(supported_models())
     if model not in cat.models:
-        return f"{key} = {model!r}: not in the catalog; allowed (models that take LoRA adapters): {allowed}"
+        return f"{key} = {model!r}: not a catalog model that takes LoRA adapters; allowed: {allowed}"
     lora = cat.models[model].lora
     if lora.serving:
         return None
