@@ -202,6 +202,7 @@ COMMANDS = (
     "dashboards",
     "bench",
     "batch",
+    "finetune",
 )
 
 for _name in COMMANDS:

@@ -302,7 +302,7 @@ def test_pulumi_yaml_declares_every_key_with_the_model_defaults():
     declared = proj["config"]
     fields = {k.split(":", 1)[1]: f for k, f in declared_keys().items() if k.startswith("llmfleet:")}
     # Pulumi's project schema has no object type: these are documented in comments instead.
-    assert set(fields) - set(declared) == {"tags", "hosts", "engineArgs", "serveOptions"}
+    assert set(fields) - set(declared) == {"tags", "hosts", "engineArgs", "serveOptions", "lora"}
     assert set(declared) <= set(fields)
     for key, decl in declared.items():
         assert decl["type"] in ("string", "integer", "boolean", "array"), key

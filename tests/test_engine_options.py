@@ -202,6 +202,7 @@ REFUSED_ENGINE_KEYS = [
     "model", "served_model_name", "tokenizer", "quantization", "distributed_executor_backend",
     "data_parallel_size", "hf_token", "reasoning_parser_plugin", "download_dir", "hf_config_path",
     "allowed_local_media_path", "mm_encoder_fp8_scale_path", "mm_encoder_fp8_scale_save_path",
+    "enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras",
 ]  # fmt: skip
 REFUSED_SERVE_KEYS = [
     "name", "placement_group_bundles", "placement_group_strategy", "placement_group_bundle_label_selector",

@@ -123,6 +123,23 @@ class MlaDims(NamedTuple):
     v_head_dim: int
 
 
+class LoraSupport(_Row):
+    """Whether llmfleet lets vLLM serve LoRA adapters on a model (`llmfleet:lora`, `finetune`).
+
+    `serving: true` only where the installed vLLM's model class implements SupportsLoRA (a test
+    checks it against vLLM's registry) and nothing about the model leaves it unproven; false needs
+    `reason`, the one clause the refusal prints."""
+
+    serving: bool
+    reason: str | None = Field(default=None, min_length=3)
+
+    @model_validator(mode="after")
+    def _reason(self) -> LoraSupport:
+        if not self.serving and not self.reason:
+            raise ValueError("lora.serving: false needs lora.reason (the clause the refusal prints)")
+        return self
+
+
 class Model(_Row):
     id: str
     hf_repo: str
@@ -157,6 +174,8 @@ class Model(_Row):
     # prefers >= 32k for it and the policy pack flags < 16k (infra/stack/context.py).
     reasoning: bool = False
     serving_defaults: ServingDefaults | None = None
+    # Every model says whether it takes LoRA adapters (no default: a new row must decide).
+    lora: LoraSupport
 
     @model_validator(mode="after")
     def _reasoning_parser(self) -> Model:

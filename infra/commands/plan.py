@@ -329,6 +329,14 @@ def plan_cmd(
             "adds USD per 1M output tokens at the schedule's hours (one cold start per opening).",
         ),
     ] = None,
+    lora: Annotated[
+        bool,
+        typer.Option(
+            "--lora",
+            help="The model will serve LoRA adapters (llmfleet:lora): refuse a model the catalog says cannot "
+            "take them. The memory estimate does not count adapter slots yet.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit a model on GPUs: layout, memory per GPU, KV cache, per-user and cluster decode speed, time to first token, cold start, and what it costs on AWS.
@@ -343,6 +351,12 @@ def plan_cmd(
     pp = _renamed("--nodes", nodes, "--pp", pp)
     cat = load_catalog()
     model = resolve_id("--model", model, list(cat.models), "model")
+    if lora:
+        from infra.stack.lora import refusal
+
+        why = refusal(model, "--model", asked_by="--lora")
+        if why:
+            fail(why)
     if gpu is not None:
         gpu = resolve_id("--gpu", gpu, list(cat.gpus), "GPU")
 

@@ -111,6 +111,10 @@ class ServeInputs:
     default_sampling: Mapping[str, float] = field(default_factory=dict)
     # Replica choice: "pow2" (Serve's power of two choices) or "prefix" (prefix-cache affinity).
     routing: str = "pow2"
+    # llmfleet:lora (infra.stack.lora.LoraSettings): Ray Serve LLM's lora_config and vLLM's
+    # LoRA engine kwargs; None = no adapters. The stack refused a model that cannot take them.
+    lora_config: Mapping[str, Any] | None = None
+    lora_engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     # llmfleet:schedule (canonical text): the gate's 503 while asleep says when it serves again
     schedule: str | None = None
     # llmfleet:idleStopMinutes: where the gate records the last request (ray_cluster.contract)
@@ -234,6 +238,7 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
     # serving defaults from the catalog, then the stack's engine arguments, which win over both
     # (the plan-owned ones were checked to agree with the plan when the stack resolved).
     engine_kwargs.update(model_default_kwargs(i))
+    engine_kwargs.update(i.lora_engine_kwargs)
     engine_kwargs.update(i.engine_args)
     deployment: dict[str, Any] = {**deployment_config(i), **i.deployment_options}
     if "autoscaling_config" in i.deployment_options:
@@ -242,6 +247,9 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
     env = cluster_env_vars(i.efa) if i.device == "gpu" else cpu_env_vars(i)
     return {
         "model_loading_config": {"model_id": i.model_id, "model_source": i.model_source},
+        # Adapters are not staged: Ray Serve LLM downloads `<path>/<NAME>` on a request for
+        # "<model_id>:<NAME>" and keeps the last max_num_adapters_per_replica per replica.
+        **({"lora_config": dict(i.lora_config)} if i.lora_config else {}),
         # Weights are staged on every host before it joins: no per-node download tasks.
         "callback_config": {"callback_class": STAGED_WEIGHTS_CALLBACK},
         "accelerator_config": {"kind": i.device},

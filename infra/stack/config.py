@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from infra.catalog import Quantization, load_catalog
 from infra.catalog.images import image_ref
 from infra.stack import engine_options, suggest
+from infra.stack import lora as lora_key
 from infra.stack.config_rules import CrossKeyError, check_all, fmt_value
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ from infra.stack.config_values import (
 )
 from infra.stack.context import DEFAULT_TARGET_CONCURRENCY
 from infra.stack.host_spec import HostSpec
+from infra.stack.lora import LoraSettings
 from infra.validation import first_error
 from ray_cluster.schedule import Schedule, parse_schedule
 
@@ -150,6 +152,9 @@ class StackConfig(BaseModel):
     # (infra/stack/engine_options.py checks them against vLLM's and Ray's own schemas).
     engine_args: EngineArgs = Field(default_factory=dict, alias="llmfleet:engineArgs")
     serve_options: ServeOptions = Field(default_factory=dict, alias="llmfleet:serveOptions")
+    # LoRA adapters served beside the model (Ray Serve LLM multi-LoRA; infra/stack/lora.py),
+    # only on a model whose catalog entry says it takes them. Unset: no adapters.
+    lora: LoraSettings | None = Field(default=None, alias=lora_key.KEY)
 
     # The weekly windows the stack serves in (ray_cluster/schedule.py's syntax); outside them the
     # worker slots scale to zero, the head, endpoint and bucket stay. Unset: around the clock.
@@ -246,8 +251,9 @@ STRUCTURED = {
     "llmfleet:hosts",
     engine_options.ENGINE_KEY,
     engine_options.SERVE_KEY,
+    lora_key.KEY,
 }
-MAPPINGS = {"llmfleet:tags", engine_options.ENGINE_KEY, engine_options.SERVE_KEY}
+MAPPINGS = {"llmfleet:tags", engine_options.ENGINE_KEY, engine_options.SERVE_KEY, lora_key.KEY}
 SECRET_KEYS = {"llmfleet:sshPrivateKey"}
 
 
@@ -299,7 +305,11 @@ def _one_line(e: ValidationError, data: Mapping[str, Any]) -> str:
     key = str(err.loc[0]) if err.loc else "config"
     # A nested error (a host's field) shows that field's value, a top-level one the raw value.
     value: Any = err.input if len(err.loc) > 1 else data.get(key, err.input)
-    if err.type == "extra_forbidden":
+    if err.type == "extra_forbidden" and key == lora_key.KEY:
+        msg = "unknown field; allowed: " + ", ".join(
+            f.alias or n for n, f in LoraSettings.model_fields.items()
+        )
+    elif err.type == "extra_forbidden":
         msg = "unknown field; allowed: " + ", ".join(f.alias or n for n, f in HostSpec.model_fields.items())
     else:
         msg = err.allowed()

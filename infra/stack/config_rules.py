@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from infra.catalog import load_catalog
+from infra.stack import lora
 from infra.stack.config_values import ACM_ARN_RE, SNS_TOPIC_ARN_RE
 from infra.stack.host_spec import HOST_KEY_ALLOWED
 
@@ -58,6 +59,23 @@ def check_all(cfg: StackConfig) -> None:
     check_layout(cfg)
     check_routing(cfg)
     check_scale_to_zero(cfg)
+    check_lora(cfg)
+
+
+def check_lora(cfg: StackConfig) -> None:
+    if cfg.lora is None:
+        return
+    why = lora.refusal(cfg.model, asked_by="llmfleet:lora is set")
+    if why:
+        # the one line names the model (what the adapters cannot go on) and the catalog's reason
+        raise CrossKeyError("llmfleet:model", cfg.model, why.split(": ", 1)[1])
+    if lora.inside_weights(cfg.lora.adapters, cfg.weights_uri):
+        raise CrossKeyError(
+            "llmfleet:lora.adapters",
+            cfg.lora.adapters,
+            f"is inside llmfleet:weightsUri {cfg.weights_uri!r}, which the hosts stage and verify as one "
+            "checkpoint; allowed: an s3:// prefix outside it",
+        )
 
 
 def check_routing(cfg: StackConfig) -> None:

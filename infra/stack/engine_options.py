@@ -52,6 +52,12 @@ REFUSED_ENGINE = {
     # The Serve config sits in the hosts' node scripts as plain text, and nothing comes from the Hub.
     "hf_token": "the Serve config holds no secrets, and the weights are staged, not downloaded",
     # A Python file vLLM imports into every engine process: the trust-remote-code rule's concern.
+    # LoRA goes through one key, so a model the catalog refuses cannot get it, and Ray's adapter
+    # slots (lora_config) and vLLM's stay the same number.
+    **dict.fromkeys(
+        ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras"),
+        "set llmfleet:lora (adapters, maxAdapters, maxRank)",
+    ),  # fmt: skip
     "reasoning_parser_plugin": "vLLM would import a Python file from the hosts (llmfleet stages none)",
     # Paths on the hosts that llmfleet neither creates nor checks; the media one lets a request
     # read the hosts' files.

@@ -23,6 +23,7 @@ from infra.rayconf.serve_config import (
 )
 from infra.stack import serve_autoscaling
 from infra.stack.engine_options import ingress_options, llm_options, unchecked
+from infra.stack.lora import LoraSettings
 from ray_cluster import contract
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: StackConfig, plan: 
         routing=cfg.routing,
         # llmfleet:engineArgs / serveOptions: checked against vLLM's and Ray's schemas and the plan
         engine_args=dict(cfg.engine_args),
+        **lora_inputs(cfg.lora),
         deployment_options=deployment_options(cfg, plan, replicas),
         ingress_options=ingress_options(cfg.serve_options),
         schedule=cfg.schedule,
@@ -101,6 +103,13 @@ def deployment_options(cfg: StackConfig, plan: Plan, replicas: int) -> dict[str,
     )
     reload = serve_autoscaling.reload_s(plan.cold_start_terms)
     return serve_autoscaling.resolve(options, replicas, concurrency, reload)
+
+
+def lora_inputs(settings: LoraSettings | None) -> dict[str, Any]:
+    """ServeInputs fields from llmfleet:lora (None: no adapters)."""
+    if settings is None:
+        return {}
+    return {"lora_config": settings.lora_config(), "lora_engine_kwargs": settings.engine_kwargs()}
 
 
 def serving_default_inputs(defaults: ServingDefaults | None) -> dict[str, Any]:
