@@ -386,9 +386,17 @@ class TestFaults:
 
     def test_restarted_ray_on_the_head_serves_again_without_any_command(self, fc):
         head = state_of(fc)["hosts"][0]
-        [ray_start] = [
+        [child] = [
             p for p in descendants(head["supervisor_pid"]) if _proc_table()[p][0] == head["supervisor_pid"]
         ]
+        # The supervisor's child is `unshare`, which blocks SIGTERM; `ray start --block` is the
+        # init of the node's PID namespace (processes.PID_NAMESPACE), as in a container.
+        ray_start = (
+            processes.namespace_init(child)
+            if processes.own_pid_namespace(hostset(state_of(fc)).hosts[0])
+            else child
+        )
+        assert ray_start is not None
         w, gap = self._head_fault(
             fc,
             "restart the Ray processes on the head (SIGTERM `ray start --block`)",
@@ -443,8 +451,10 @@ class TestFaults:
 
     @pytest.mark.xfail(
         strict=True,
-        reason="Ray Serve LLM's health check is vLLM's check_health, which reports an engine core that "
-        "died, not one that hangs: a stopped core passes it (the fault table has the measurement)",
+        reason="Ray Serve LLM's replica health check (LLMServer.check_health) awaits vLLM 0.29's "
+        "AsyncLLM.check_health, which only raises when the engine core died (its `errored` flag, set "
+        "by the process monitor): it never talks to the core, so a stopped core passes it at once "
+        "and Serve's health_check_timeout_s never fires; vLLM 0.29's V1 core has no heartbeat",
     )
     def test_frozen_engine_core_is_noticed_by_the_health_checks(self, fc):
         worker = host_name(fc, 1)

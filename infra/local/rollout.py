@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from infra.local import hosts
 from infra.local.layout import Layout, LocalError, Ports, node_argv
-from infra.local.processes import last_lines, pid_alive, start_supervisor
+from infra.local.processes import last_lines, pid_alive, start_node
 from infra.local.state import hostset, load_state, save_state
 from infra.rollout import plan as p
 from infra.rollout.ssm import SsmRunner
@@ -143,7 +143,7 @@ class LocalRunner(SsmRunner):
         argv += [f"--ray-arg={a}" for a in cfg.ray_args]
         log = Path(entry["log"])
         offset = log.stat().st_size if log.exists() else 0
-        entry["supervisor_pid"] = start_supervisor(host, argv, env, st["restart_delay_s"], log)
+        entry["supervisor_pid"] = start_node(host, argv, env, st["restart_delay_s"], log)
         save_state(st, self.state_dir)
         return log, offset
 
