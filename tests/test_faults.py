@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -84,6 +85,10 @@ def start(tmp_path_factory, tag: str, *extra: str) -> dict:
 
 
 def stop(c: dict) -> None:
+    keep = os.environ.get("LLMFLEET_FAULTS_LOGS")  # where to copy the hosts' logs (down removes them)
+    logs = Path(c["state_dir"]) / "logs" / c["name"]
+    if keep and logs.is_dir():
+        shutil.copytree(logs, Path(keep) / c["name"], dirs_exist_ok=True)
     cli("down", "--name", c["name"], env=c["env"], timeout=180)
     hosts.teardown(hosts.prefix_for(c["name"]), cluster=c["name"], state_dir=c["state_dir"])
 
@@ -368,13 +373,40 @@ class TestFaults:
         assert w.failed == [], w.errors()
 
     def _head_fault(self, c, case: str, inject) -> tuple[Window, float | None]:
+        head, workers = host_name(c, 0), [host_name(c, i) for i in (1, 2)]
+        gcs_before = set(host_procs(c, head, "gcs_server"))
+        raylets_before = {h: set(host_procs(c, h, "raylet")) for h in workers}
+        seen: dict[str, float] = {}  # what came back when: the timeline behind the recovery time
+        done = threading.Event()
         with load_for(c) as load:
             time.sleep(5)
             t0 = time.monotonic()
+
+            def timeline() -> None:
+                while not done.wait(1.0):
+                    now = time.monotonic() - t0
+                    if not set(host_procs(c, head, "gcs_server")) & gcs_before:
+                        seen.setdefault("old GCS gone", now)
+                        if host_procs(c, head, "gcs_server"):
+                            seen.setdefault("new GCS", now)
+                    for h in workers:
+                        if set(host_procs(c, h, "raylet")).isdisjoint(raylets_before[h]):
+                            seen.setdefault(f"{h[-2:]} raylet gone", now)
+                            if host_procs(c, h, "raylet"):
+                                seen.setdefault(f"{h[-2:]} new raylet", now)
+
+            watcher = threading.Thread(target=timeline, daemon=True)
+            watcher.start()
             inject()
+            # The fault must have taken effect before "back" means anything: a SIGTERMed
+            # `ray start` drains first, and the old head answers meanwhile.
+            wait_until(lambda: "old GCS gone" in seen, 120, "the head's GCS stopped")
             recovered = back_to_full_strength(c, load, t0)
+            done.set()
+            watcher.join(5)
             w = load.window(t0, lead=1)
-        record(case, recovered, "fault -> both replicas RUNNING", w)
+        note = "; ".join(f"{k} at {v:.0f} s" for k, v in sorted(seen.items(), key=lambda kv: kv[1]))
+        record(case, recovered, "fault -> both replicas RUNNING", w, note)
         assert recovered is not None, f"not back to full strength within {FULL_STRENGTH_WITHIN_S} s"
         return w, w.serving_gap()
 
@@ -511,7 +543,7 @@ class TestGcsRedis:
         # What GCS fault tolerance gives here: the workers' raylets and engines live through the
         # head's restart (same PIDs: no engine reload), and serving resumes when the head's
         # proxy and ingress are back.
-        ROWS[-1]["note"] = (
+        kept = (
             "workers' raylets and engine cores: same PIDs"
             if (
                 {h: host_procs(rc, h, "raylet") for h in workers_before} == workers_before
@@ -519,6 +551,8 @@ class TestGcsRedis:
             )
             else "workers restarted (raylet or engine PIDs changed)"
         )
+        ROWS[-1]["note"] = f"{kept}; {ROWS[-1]['note']}"
+        write_table()
         assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
         assert {h: host_procs(rc, h, "raylet") for h in workers_before} == workers_before
         assert engine_pids(rc) == engines_before
