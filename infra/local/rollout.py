@@ -148,14 +148,13 @@ class LocalRunner(SsmRunner):
         return log, offset
 
     def _wait_alive(self, host_name: str, log: Path, offset: int) -> tuple[bool, str]:
-        from infra.local.status import status
+        from infra.local.status import host_alive
         from ray_cluster.node import last_error_line
 
         deadline = self.clock() + self.alive_timeout_s
         while True:
             self.sleep(2.0)
-            rep = status(self.name, self.state_dir, probe=False, price_stack=None)
-            if any(h["name"] == host_name and h["status"] == "alive" for h in rep["hosts"]):
+            if host_alive(self._state(), host_name):
                 return True, ""
             with open(log, errors="replace") as f:
                 f.seek(offset)
