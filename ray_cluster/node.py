@@ -80,11 +80,21 @@ def last_error_line(text: str) -> str:
 
 
 REDACTED_REDIS = "--redis-password=***"
+# How long the raylet waits for its dashboard agent to start and write its port files before it
+# exits ("Timed out waiting for file .../metrics_agent_port_<node id>",
+# NodeManager::WaitForDashboardAgentPorts). Ray's default failed every restart of a worker node
+# on the shared 2-core machine at load 10-26 (the agent spends 20-30 s importing its modules):
+# the node crash-looped and a rolled-back host never came back (benchmarks/RESULTS.md, faults).
+# A GPU host staging weights or a cold page cache makes the same agent as slow. The cost of a
+# larger value is only a slower failure when the agent is really broken. Ray reads RAY_<config>
+# from the environment; an operator's own value wins. Not raised by any env: `ray start`'s own
+# 30 s wait for the node to register in the GCS (a literal in ray/_private/node.py).
+RAY_START_ENV = {"RAY_agent_register_timeout_ms": "120000"}
 
 
 def _run_ray(argv: list[str], env: dict[str, str], block: bool, retries: int = 1, delay: float = 5.0) -> int:
     env = {**env, **auth_env(os.environ)}
-    full_env = {**os.environ, **env}
+    full_env = {**RAY_START_ENV, **os.environ, **env}
     # the logged command never shows the GCS store's password (gcs_redis_args)
     shown = [REDACTED_REDIS if x.startswith("--redis-password=") else x for x in argv]
     print(shell_command(shown, env), file=sys.stderr, flush=True)

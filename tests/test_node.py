@@ -412,3 +412,16 @@ def test_a_failed_deploy_says_serves_own_reason():
         "app2: Failed to update the deployments ['S'].; app2/S: OSError: no model"
     )
     assert serve_rest.failure_messages({"x": {"status": "RUNNING", "message": "m"}}) == ""
+
+
+def test_ray_start_gets_a_longer_agent_wait_and_the_operators_own_value_wins(monkeypatch):
+    """RAY_START_ENV reaches the `ray start` process (a real child), under the operator's env."""
+    want = (
+        "import os, sys; sys.exit(0 if os.environ.get('RAY_agent_register_timeout_ms') == sys.argv[1] else 3)"
+    )
+    monkeypatch.delenv("RAY_agent_register_timeout_ms", raising=False)
+    assert node._run_ray([sys.executable, "-c", want, "120000"], {}, block=False) == 0
+    monkeypatch.setenv("RAY_agent_register_timeout_ms", "5000")
+    assert node._run_ray([sys.executable, "-c", want, "5000"], {}, block=False) == 0
+    with pytest.raises(node.NodeError):
+        node._run_ray([sys.executable, "-c", want, "120000"], {}, block=False)
