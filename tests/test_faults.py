@@ -443,6 +443,9 @@ class TestFaults:
             time.sleep(5)
             t0 = time.monotonic()
             kill(pids)
+            # Serve still counts the replica RUNNING for a moment: "back" means something only
+            # after it noticed (the 2026-12-07 run measured 0.1 s without this wait)
+            wait_until(lambda: not full_strength(fc), 120, "Serve notices the lost replica")
             recovered = back_to_full_strength(fc, load, t0)
             w = load.window(t0, lead=1)
         record("kill a worker host (SIGKILL its Ray processes)", recovered,
