@@ -478,11 +478,17 @@ class TestFaults:
                     and all(now[h] and set(now[h]).isdisjoint(before[h]) for h in now)
                 )
 
-            t = wait_until(on_new_weights, FULL_STRENGTH_WITHIN_S, "both replicas on the new weights", 2.0)
-            assert load.wait_successes(4, t, 120)
+            try:  # a timeout still records its row (the 2026-12-07 run lost it)
+                t = wait_until(
+                    on_new_weights, FULL_STRENGTH_WITHIN_S, "both replicas on the new weights", 2.0
+                )
+            except AssertionError:
+                t = None
+            ok = t is not None and load.wait_successes(4, t, 120)
             w = load.window(t0, lead=1)
-        record("weights URI change (model_source -> a new copy)", t - t0,
+        record("weights URI change (model_source -> a new copy)", None if t is None else t - t0,
                "config written -> both replicas' new engines RUNNING", w)  # fmt: skip
+        assert ok, f"not on the new weights at full strength within {FULL_STRENGTH_WITHIN_S} s"
 
     @pytest.mark.xfail(
         strict=True,
