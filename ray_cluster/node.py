@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 from ray_cluster import contract, nic
@@ -80,6 +80,29 @@ def last_error_line(text: str) -> str:
 
 
 REDACTED_REDIS = "--redis-password=***"
+# The node agents' ports, fixed. With Ray's default (0: the agent picks one and writes it to a
+# port file) the raylet's constructor waits for those files, 15 s each, fixed in Ray 2.60
+# (NodeManager::WaitForDashboardAgentPorts; RAY_agent_register_timeout_ms does not govern it),
+# and aborts ("Timed out waiting for file .../metrics_agent_port_<node id>"); `ray start` then
+# fails its own 30 s wait for the node to register (a literal in ray/_private/node.py). On the
+# shared 2-core machine at load 10-26 the dashboard agent spends 20-30 s importing its modules,
+# so a restarted worker crash-looped (benchmarks/RESULTS.md, faults); a GPU host staging weights
+# or with a cold page cache is as slow. Given ports, the raylet waits for no file and registers
+# while the agent is still starting. Every host is a machine of its own (or a network namespace
+# locally), so the same ports serve every node; the cluster's security group is open within
+# itself. 52365 is Ray's own default for the listen port (ray_cluster/healthcheck.py reads it).
+AGENT_PORTS = (
+    ("--dashboard-agent-listen-port", 52365),
+    ("--dashboard-agent-grpc-port", 52366),
+    ("--runtime-env-agent-port", 52367),
+    ("--metrics-export-port", 52368),
+)
+
+
+def agent_port_args(extra: Sequence[str]) -> list[str]:
+    """extra plus each agent port it does not set already (a loopback host sets its own)."""
+    given = {x.split("=", 1)[0] for x in extra}
+    return [*extra, *(f"{flag}={port}" for flag, port in AGENT_PORTS if flag not in given)]
 
 
 def _run_ray(argv: list[str], env: dict[str, str], block: bool, retries: int = 1, delay: float = 5.0) -> int:
@@ -117,7 +140,7 @@ def cmd_head(a: argparse.Namespace) -> int:
         dashboard_port=a.dashboard_port,
         block=a.block,
         temp_dir=a.temp_dir,
-        extra=[*(a.ray_arg or []), *gcs_redis_args(os.environ)],
+        extra=agent_port_args([*(a.ray_arg or []), *gcs_redis_args(os.environ)]),
         ray_bin=_ray_bin(),
     )
     return _run_ray(argv, nic.node_env(choice), a.block)
@@ -151,7 +174,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
         object_store_memory=a.object_store_memory,
         block=a.block,
         temp_dir=a.temp_dir,
-        extra=a.ray_arg,
+        extra=agent_port_args(a.ray_arg or []),
         ray_bin=_ray_bin(),
         labels={contract.WEIGHTS_LABEL: weights} if weights else None,
     )

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -84,6 +85,10 @@ def start(tmp_path_factory, tag: str, *extra: str) -> dict:
 
 
 def stop(c: dict) -> None:
+    keep = os.environ.get("LLMFLEET_FAULTS_LOGS")  # where to copy the hosts' logs (down removes them)
+    logs = Path(c["state_dir"]) / "logs" / c["name"]
+    if keep and logs.is_dir():
+        shutil.copytree(logs, Path(keep) / c["name"], dirs_exist_ok=True)
     cli("down", "--name", c["name"], env=c["env"], timeout=180)
     hosts.teardown(hosts.prefix_for(c["name"]), cluster=c["name"], state_dir=c["state_dir"])
 
@@ -368,13 +373,40 @@ class TestFaults:
         assert w.failed == [], w.errors()
 
     def _head_fault(self, c, case: str, inject) -> tuple[Window, float | None]:
+        head, workers = host_name(c, 0), [host_name(c, i) for i in (1, 2)]
+        gcs_before = set(host_procs(c, head, "gcs_server"))
+        raylets_before = {h: set(host_procs(c, h, "raylet")) for h in workers}
+        seen: dict[str, float] = {}  # what came back when: the timeline behind the recovery time
+        done = threading.Event()
         with load_for(c) as load:
             time.sleep(5)
             t0 = time.monotonic()
+
+            def timeline() -> None:
+                while not done.wait(1.0):
+                    now = time.monotonic() - t0
+                    if not set(host_procs(c, head, "gcs_server")) & gcs_before:
+                        seen.setdefault("old GCS gone", now)
+                        if host_procs(c, head, "gcs_server"):
+                            seen.setdefault("new GCS", now)
+                    for h in workers:
+                        if set(host_procs(c, h, "raylet")).isdisjoint(raylets_before[h]):
+                            seen.setdefault(f"{h[-2:]} raylet gone", now)
+                            if host_procs(c, h, "raylet"):
+                                seen.setdefault(f"{h[-2:]} new raylet", now)
+
+            watcher = threading.Thread(target=timeline, daemon=True)
+            watcher.start()
             inject()
+            # The fault must have taken effect before "back" means anything: a SIGTERMed
+            # `ray start` drains first, and the old head answers meanwhile.
+            wait_until(lambda: "old GCS gone" in seen, 120, "the head's GCS stopped")
             recovered = back_to_full_strength(c, load, t0)
+            done.set()
+            watcher.join(5)
             w = load.window(t0, lead=1)
-        record(case, recovered, "fault -> both replicas RUNNING", w)
+        note = "; ".join(f"{k} at {v:.0f} s" for k, v in sorted(seen.items(), key=lambda kv: kv[1]))
+        record(case, recovered, "fault -> both replicas RUNNING", w, note)
         assert recovered is not None, f"not back to full strength within {FULL_STRENGTH_WITHIN_S} s"
         return w, w.serving_gap()
 
@@ -386,9 +418,17 @@ class TestFaults:
 
     def test_restarted_ray_on_the_head_serves_again_without_any_command(self, fc):
         head = state_of(fc)["hosts"][0]
-        [ray_start] = [
+        [child] = [
             p for p in descendants(head["supervisor_pid"]) if _proc_table()[p][0] == head["supervisor_pid"]
         ]
+        # The supervisor's child is `unshare`, which blocks SIGTERM; `ray start --block` is the
+        # init of the node's PID namespace (processes.PID_NAMESPACE), as in a container.
+        ray_start = (
+            processes.namespace_init(child)
+            if processes.own_pid_namespace(hostset(state_of(fc)).hosts[0])
+            else child
+        )
+        assert ray_start is not None
         w, gap = self._head_fault(
             fc,
             "restart the Ray processes on the head (SIGTERM `ray start --block`)",
@@ -403,6 +443,9 @@ class TestFaults:
             time.sleep(5)
             t0 = time.monotonic()
             kill(pids)
+            # Serve still counts the replica RUNNING for a moment: "back" means something only
+            # after it noticed (the 2026-12-07 run measured 0.1 s without this wait)
+            wait_until(lambda: not full_strength(fc), 120, "Serve notices the lost replica")
             recovered = back_to_full_strength(fc, load, t0)
             w = load.window(t0, lead=1)
         record("kill a worker host (SIGKILL its Ray processes)", recovered,
@@ -435,16 +478,24 @@ class TestFaults:
                     and all(now[h] and set(now[h]).isdisjoint(before[h]) for h in now)
                 )
 
-            t = wait_until(on_new_weights, FULL_STRENGTH_WITHIN_S, "both replicas on the new weights", 2.0)
-            assert load.wait_successes(4, t, 120)
+            try:  # a timeout still records its row (the 2026-12-07 run lost it)
+                t = wait_until(
+                    on_new_weights, FULL_STRENGTH_WITHIN_S, "both replicas on the new weights", 2.0
+                )
+            except AssertionError:
+                t = None
+            ok = t is not None and load.wait_successes(4, t, 120)
             w = load.window(t0, lead=1)
-        record("weights URI change (model_source -> a new copy)", t - t0,
+        record("weights URI change (model_source -> a new copy)", None if t is None else t - t0,
                "config written -> both replicas' new engines RUNNING", w)  # fmt: skip
+        assert ok, f"not on the new weights at full strength within {FULL_STRENGTH_WITHIN_S} s"
 
     @pytest.mark.xfail(
         strict=True,
-        reason="Ray Serve LLM's health check is vLLM's check_health, which reports an engine core that "
-        "died, not one that hangs: a stopped core passes it (the fault table has the measurement)",
+        reason="Ray Serve LLM's replica health check (LLMServer.check_health) awaits vLLM 0.29's "
+        "AsyncLLM.check_health, which only raises when the engine core died (its `errored` flag, set "
+        "by the process monitor): it never talks to the core, so a stopped core passes it at once "
+        "and Serve's health_check_timeout_s never fires; vLLM 0.29's V1 core has no heartbeat",
     )
     def test_frozen_engine_core_is_noticed_by_the_health_checks(self, fc):
         worker = host_name(fc, 1)
@@ -501,7 +552,7 @@ class TestGcsRedis:
         # What GCS fault tolerance gives here: the workers' raylets and engines live through the
         # head's restart (same PIDs: no engine reload), and serving resumes when the head's
         # proxy and ingress are back.
-        ROWS[-1]["note"] = (
+        kept = (
             "workers' raylets and engine cores: same PIDs"
             if (
                 {h: host_procs(rc, h, "raylet") for h in workers_before} == workers_before
@@ -509,6 +560,8 @@ class TestGcsRedis:
             )
             else "workers restarted (raylet or engine PIDs changed)"
         )
+        ROWS[-1]["note"] = f"{kept}; {ROWS[-1]['note']}"
+        write_table()
         assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
         assert {h: host_procs(rc, h, "raylet") for h in workers_before} == workers_before
         assert engine_pids(rc) == engines_before

@@ -318,6 +318,39 @@ def test_supervisor_restarts_its_command_and_stops_on_sigterm(tmp_path):
     assert len(out.read_text().split()) == n  # nothing restarts after it stopped
 
 
+@pytest.mark.skipif(not ROOT, reason="a PID namespace needs root (the local cluster's netns mode)")
+def test_supervised_node_runs_as_pid_1_of_its_own_namespace_and_gets_the_sigterm(tmp_path):
+    """Why a restarted head can start while the workers run (processes.PID_NAMESPACE): the node
+    sees only its own processes, as in its production container, and a stop reaches it."""
+    out = tmp_path / "seen"
+    child = (
+        "import os, signal, sys, time\n"
+        "own = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+        f"open({str(out)!r}, 'w').write(f'{{os.getpid()}} {{own}}\\n')\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (open({str(out)!r}, 'a').write('TERM\\n'), sys.exit(0)))\n"
+        "time.sleep(60)\n"
+    )
+    sup = subprocess.Popen(
+        [sys.executable, "-m", "infra.local.processes", "supervise", "--pid-namespace", "--no-restart", "--"]
+        + [sys.executable, "-c", child],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not out.exists():
+            time.sleep(0.1)
+        pid, own = out.read_text().split(" ", 1)
+        # PID 1, and it sees itself alone: not this test, not the supervisor, not the machine
+        assert (pid, own.strip()) == ("1", "[1]")
+        [unshare] = [int(p) for p in Path(f"/proc/{sup.pid}/task/{sup.pid}/children").read_text().split()]
+        assert processes.namespace_init(unshare) is not None
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=10) == 0
+        assert out.read_text().splitlines()[-1] == "TERM"  # unshare blocks it; the init got it
+    finally:
+        sup.kill()
+
+
 # ---------------------------------------------------------------- one real cluster
 
 

@@ -412,3 +412,30 @@ def test_a_failed_deploy_says_serves_own_reason():
         "app2: Failed to update the deployments ['S'].; app2/S: OSError: no model"
     )
     assert serve_rest.failure_messages({"x": {"status": "RUNNING", "message": "m"}}) == ""
+
+
+def test_every_ray_start_fixes_the_agent_ports_unless_the_host_sets_its_own():
+    """node.AGENT_PORTS: with ports given, the raylet waits for no port file (15 s, fixed in Ray)."""
+    got = node.agent_port_args(["--object-store-memory=104857600"])
+    assert got == [
+        "--object-store-memory=104857600",
+        "--dashboard-agent-listen-port=52365",
+        "--dashboard-agent-grpc-port=52366",
+        "--runtime-env-agent-port=52367",
+        "--metrics-export-port=52368",
+    ]
+    # a loopback host's own ports (infra.local.hosts) win, the rest are still fixed
+    own = node.agent_port_args(["--dashboard-agent-listen-port=20000", "--metrics-export-port=20003"])
+    assert own == [
+        "--dashboard-agent-listen-port=20000",
+        "--metrics-export-port=20003",
+        "--dashboard-agent-grpc-port=52366",
+        "--runtime-env-agent-port=52367",
+    ]
+    # and Ray's own parser takes them (a typo in a flag would fail `ray start`)
+    from click.testing import CliRunner
+    from ray.scripts.scripts import start
+
+    r = CliRunner().invoke(start, ["--help"])
+    for flag, _ in node.AGENT_PORTS:
+        assert flag in r.output

@@ -69,7 +69,14 @@ from infra.local.layout import (
     render_local_serve_config,
     resolve_mode,
 )
-from infra.local.processes import RESTART_DELAY_S, last_lines, pid_alive, start_supervisor, stop_processes
+from infra.local.processes import (
+    RESTART_DELAY_S,
+    last_lines,
+    pid_alive,
+    start_node,
+    start_supervisor,
+    stop_processes,
+)
 from infra.local.state import (
     DEFAULT_NAME,
     load_state,
@@ -313,7 +320,7 @@ def _start_nodes(
             )
         # The head restarts too: with an empty GCS the deploy watcher (_start_watcher) deploys
         # the Serve app again once the workers rejoin; with --gcs-redis the GCS keeps it.
-        pid = start_supervisor(h, argv, host_env, o.restart_delay, log)
+        pid = start_node(h, argv, host_env, o.restart_delay, log)
         st["hosts"].append(
             {
                 "name": h.name,

@@ -17,6 +17,19 @@ from infra.local.hosts import Host
 from infra.local.state import hostset
 
 RESTART_DELAY_S = 5.0  # like systemd RestartSec=5: a lost host stays visible for a moment
+# A node in a PID namespace of its own, as the production node container is (Docker gives each
+# container one; `ray start --block` is its PID 1). Without it the hosts share this machine's
+# PID namespace, and a restarted head refused to start: `ray start --head` reads the temp dir's
+# `ray_current_cluster` (HEAD:6379) and refuses when any raylet on "this machine" carries
+# `--gcs-address=HEAD:6379` (ray._private.services.find_gcs_addresses scans every process's
+# command line), which the worker hosts' raylets do until they give up on the old GCS (60 s;
+# 120 s with --gcs-redis, and then the workers restart too). Each node gets its own namespace,
+# not the whole host: the check reads raylets only, and the head's other supervised processes
+# (deploy watcher, redis, Prometheus) are separate containers/units in production too.
+# --mount-proc: psutil reads /proc, which must be the namespace's; --kill-child: when `unshare`
+# dies (SIGKILL by `down`), the kernel takes the namespace's init and with it every process of
+# the node, as when a container's PID 1 exits.
+PID_NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--")
 
 
 def _tagged(pid: int, want: bytes) -> bool:
@@ -72,9 +85,20 @@ def pid_alive(pid: int | None, prefix: str) -> bool:
     return state != "Z" and any(v.startswith(want) for v in environ.split(b"\0"))
 
 
-def start_supervisor(host: Host, argv: list[str], env: dict, restart: float | None, log: Path) -> int:
+def own_pid_namespace(host: Host) -> bool:
+    """A node gets a PID namespace of its own when its host is a network namespace (root): a
+    loopback host runs as this user, who cannot create one."""
+    return bool(host.netns) and hosts.is_root()
+
+
+def start_supervisor(
+    host: Host, argv: list[str], env: dict, restart: float | None, log: Path, pid_namespace: bool = False
+) -> int:
+    """Start argv under a supervisor inside the host; returns the supervisor's pid.
+    pid_namespace: each run of argv in a PID namespace of its own (a node: PID_NAMESPACE)."""
     cmd = [sys.executable, "-m", "infra.local.processes", "supervise"]
     cmd += ["--restart-delay", f"{restart:g}"] if restart is not None else ["--no-restart"]
+    cmd += ["--pid-namespace"] if pid_namespace else []
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
         proc = hosts.run_in_host(
@@ -87,6 +111,11 @@ def start_supervisor(host: Host, argv: list[str], env: dict, restart: float | No
             start_new_session=True,  # outlives `local up`; Ctrl-C in the terminal does not reach it
         )
     return proc.pid
+
+
+def start_node(host: Host, argv: list[str], env: dict, restart: float | None, log: Path) -> int:
+    """A host's Ray node under its supervisor, in a PID namespace of its own when it can be."""
+    return start_supervisor(host, argv, env, restart, log, pid_namespace=own_pid_namespace(host))
 
 
 def last_lines(path: Path, n: int = 3) -> str:
@@ -110,21 +139,38 @@ def stop_processes(st: dict, prefix: str, grace: float = 2.0) -> None:
     hosts.terminate(lambda: set().union(*(host_pids(h) for h in hs.hosts)), grace=grace, kill_wait=5.0)
 
 
-def supervise(argv: list[str], restart_delay: float | None) -> int:
-    """Run argv; when it exits, start it again after restart_delay s (None: do not). SIGTERM stops."""
+def namespace_init(unshare_pid: int) -> int | None:
+    """The PID (as this namespace sees it) of the process `unshare --fork` started: its only child."""
+    try:
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def supervise(argv: list[str], restart_delay: float | None, pid_namespace: bool = False) -> int:
+    """Run argv; when it exits, start it again after restart_delay s (None: do not). SIGTERM stops.
+    pid_namespace: each run in a new PID namespace (PID_NAMESPACE says why)."""
     child: subprocess.Popen | None = None
     stopping = False
+    cmd = [*PID_NAMESPACE, *argv] if pid_namespace else argv
 
     def on_term(signum, _frame) -> None:
         nonlocal stopping
         stopping = True
         if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+            # `unshare` blocks SIGTERM while it waits: the namespace's init, `ray start --block`,
+            # gets it (as `docker stop` sends it to a container's PID 1) and stops its processes.
+            target = namespace_init(child.pid) if pid_namespace else child.pid
+            try:
+                os.kill(target or child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     while True:
-        child = subprocess.Popen(argv)
+        child = subprocess.Popen(cmd)
         rc = child.wait()
         if stopping or restart_delay is None:
             return rc
@@ -143,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--restart-delay", type=float, default=RESTART_DELAY_S)
     g.add_argument("--no-restart", action="store_true")
+    s.add_argument("--pid-namespace", action="store_true", help="each run in a PID namespace of its own")
     s.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not cmd:
         p.error("supervise: no command given after --")
-    return supervise(cmd, None if a.no_restart else a.restart_delay)
+    return supervise(cmd, None if a.no_restart else a.restart_delay, a.pid_namespace)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from infra.local import hosts
 from infra.local.layout import Layout, LocalError, Ports, node_argv
-from infra.local.processes import last_lines, pid_alive, raylet_running, start_supervisor
+from infra.local.processes import last_lines, pid_alive, start_node
 from infra.local.state import hostset, load_state, save_state
 from infra.rollout import plan as p
 from infra.rollout.ssm import SsmRunner
@@ -143,25 +143,18 @@ class LocalRunner(SsmRunner):
         argv += [f"--ray-arg={a}" for a in cfg.ray_args]
         log = Path(entry["log"])
         offset = log.stat().st_size if log.exists() else 0
-        entry["supervisor_pid"] = start_supervisor(host, argv, env, st["restart_delay_s"], log)
+        entry["supervisor_pid"] = start_node(host, argv, env, st["restart_delay_s"], log)
         save_state(st, self.state_dir)
         return log, offset
 
     def _wait_alive(self, host_name: str, log: Path, offset: int) -> tuple[bool, str]:
-        # (infra.local.status lost its `status` in the move to infra/status/local.py, which sits
-        # above infra.local: the host's liveness from the same pieces local_status uses)
-        from infra.local.status import _ray_nodes, classify_hosts
+        from infra.local.status import host_alive
         from ray_cluster.node import last_error_line
 
         deadline = self.clock() + self.alive_timeout_s
         while True:
             self.sleep(2.0)
-            st = load_state(self.name, self.state_dir)
-            if st is None:
-                return False, f"local cluster {self.name!r} is gone from {self.state_dir}"
-            running = {h.name: raylet_running(h) for h in hostset(st).hosts}
-            alive = classify_hosts(st["hosts"], _ray_nodes(st), running)
-            if any(h.name == host_name and h.status == "alive" for h in alive):
+            if host_alive(self._state(), host_name):
                 return True, ""
             with open(log, errors="replace") as f:
                 f.seek(offset)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from infra.local import hosts
 from infra.local.layout import Layout, LocalError, Ports, node_argv, omp_threads_bind
-from infra.local.processes import host_pids, pid_alive, raylet_running, start_supervisor
+from infra.local.processes import host_pids, pid_alive, raylet_running, start_node
 from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, save_state, state_dir
 
 WAKE_TIMEOUT_S = 600.0
@@ -90,7 +90,7 @@ def wake(
         argv = node_argv("worker", host, head, ports, layout, st["temp_dir"])
         host_env = dict(env)
         host_env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(layout.ranks_per_host, worker_index=i - 1)
-        entry["supervisor_pid"] = start_supervisor(
+        entry["supervisor_pid"] = start_node(
             host, argv, host_env, st.get("restart_delay_s", 5.0), Path(entry["log"])
         )
         started.append(entry["name"])

@@ -62,6 +62,16 @@ def _ray_nodes(st: dict) -> list[dict] | None:
     return [{"ip": n.node_ip, "alive": n.state == "ALIVE", "node_id": n.node_id} for n in rows]
 
 
+def host_alive(st: dict, host_name: str) -> bool:
+    """The host's raylet runs and Ray's node table has it ALIVE (the rollout's wait)."""
+    entries = [h for h in st["hosts"] if h["name"] == host_name]
+    host = next((h for h in hostset(st).hosts if h.name == host_name), None)
+    if not entries or host is None:
+        return False
+    [hs] = classify_hosts(entries, _ray_nodes(st), {host_name: raylet_running(host)})
+    return hs.status == "alive"
+
+
 def metrics_targets(st: dict) -> list[str]:
     """host:port of every Ray node's metrics agent, from Ray's own Prometheus service-discovery
     file (Ray writes it in the head's temp dir; a real Prometheus reads the same file)."""
