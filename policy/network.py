@@ -122,6 +122,10 @@ RAY_PORTS: dict[int, str] = {
     8076: "Ray object manager",
     8077: "Ray node manager",
     52365: "Ray dashboard agent",
+    # the node agents' other fixed ports (ray_cluster.contract.AGENT_PORTS, kept in step by a test)
+    52366: "Ray dashboard agent gRPC",
+    52367: "Ray runtime-env agent",
+    52368: "Ray metrics export",
 }
 RAY_WORKER_PORTS = (10002, 19999)
 

@@ -247,3 +247,22 @@ def docker_run_options(
 
 def docker_argv(options: list[tuple[str, str]]) -> list[str]:
     return [x for pair in options for x in pair]
+
+
+# The node agents' ports, fixed. With Ray's default (0: the agent picks one and writes it to a
+# port file) the raylet's constructor waits for those files, 15 s each, fixed in Ray 2.60
+# (NodeManager::WaitForDashboardAgentPorts; RAY_agent_register_timeout_ms does not govern it),
+# and aborts ("Timed out waiting for file .../metrics_agent_port_<node id>"); `ray start` then
+# fails its own 30 s wait for the node to register (a literal in ray/_private/node.py). On the
+# shared 2-core machine at load 10-26 the dashboard agent spends 20-30 s importing its modules,
+# so a restarted worker crash-looped (benchmarks/RESULTS.md, faults); a GPU host staging weights
+# or with a cold page cache is as slow. Given ports, the raylet waits for no file and registers
+# while the agent is still starting. Every host is a machine of its own (or a network namespace
+# locally), so the same ports serve every node; the cluster's security group is open within
+# itself. 52365 is Ray's own default for the listen port (ray_cluster/healthcheck.py reads it).
+AGENT_PORTS = (
+    ("--dashboard-agent-listen-port", 52365),
+    ("--dashboard-agent-grpc-port", 52366),
+    ("--runtime-env-agent-port", 52367),
+    ("--metrics-export-port", 52368),
+)

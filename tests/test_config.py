@@ -513,8 +513,8 @@ def test_other_weights_uris_that_are_refused(uri, allowed):
 
 
 PORTS_ALLOWED = (
-    "allowed: a port from 1 to 65535 other than 22, 6379, 8076, 8077, 8265, 9090, 9100, 9400, 10001, 52365 "
-    "and 10002-19999 (Ray's worker ports), e.g. 8000"
+    "allowed: a port from 1 to 65535 other than 22, 6379, 8076, 8077, 8265, 9090, 9100, 9400, 10001, 52365, 52366, "
+    "52367, 52368 and 10002-19999 (Ray's worker ports), e.g. 8000"
 )
 TAG_RULES = "breaks AWS's tag rules; allowed: keys of 1-128 and values of 0-256 letters, digits, spaces and _ . : / = + - @"
 WORKERS_ALLOWED = "allowed: 'auto' or an integer from 1 to 64"

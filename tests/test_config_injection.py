@@ -183,6 +183,23 @@ def test_endpoint_ports_refused_include_the_metrics_agents_ports():
     assert {metrics.DCGM_PORT, listen_port, GCS_PORT, DASHBOARD_PORT, 22} <= set(RESERVED_PORTS)
 
 
+def test_the_node_agents_fixed_ports_are_refused_and_guarded_by_the_pack():
+    """Every node passes its agents fixed ports (ray_cluster.contract.AGENT_PORTS): the endpoint
+    may not take one, and the pack treats each as a Ray port (only from the cluster SG)."""
+    from infra.stack.config import ConfigError
+    from infra.stack.config_values import RESERVED_PORTS
+    from infra.stack.files import load_config
+    from policy.network import RAY_PORTS
+    from ray_cluster.contract import AGENT_PORTS
+
+    ports = {port for _, port in AGENT_PORTS}
+    assert ports <= set(RESERVED_PORTS) and ports <= set(RAY_PORTS)
+    for port in sorted(ports):
+        with pytest.raises(ConfigError) as err:
+            load_config("prod", [f"llmfleet:endpointPort={port}"])
+        assert str(err.value).startswith(f"llmfleet:endpointPort = '{port}': port {port} is"), str(err.value)
+
+
 # ---------------------------------------------------------------- the renderers, payloads straight in
 
 PAYLOADS = [

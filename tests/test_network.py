@@ -141,8 +141,13 @@ def test_ray_worker_port_range_is_sensitive_where_a_rule_overlaps_it():
     assert sensitive_ports_in((19999, 20100)) == [f"19999-19999 {worker}"]
     assert sensitive_ports_in((15000, 15010)) == [f"15000-15010 {worker}"]
     assert sensitive_ports_in((10001, 10002)) == ["10001 (Ray client)", f"10002-10002 {worker}"]
-    for harmless in ((8000, 8000), (443, 443), (20000, 52364), (52366, 65535), (23, 6378)):
+    for harmless in ((8000, 8000), (443, 443), (20000, 52364), (52369, 65535), (23, 6378)):
         assert sensitive_ports_in(harmless) == [], harmless
+    assert sensitive_ports_in((52366, 52368)) == [
+        "52366 (Ray dashboard agent gRPC)",
+        "52367 (Ray runtime-env agent)",
+        "52368 (Ray metrics export)",
+    ]
 
 
 def test_ingress_rules_are_read_from_each_way_a_stack_can_declare_them():

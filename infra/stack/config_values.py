@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from infra.catalog import load_catalog
 from infra.stack import suggest
 from infra.stack.regions import SUPPORTED_PARTITION, is_known_region, partition_of
-from ray_cluster.contract import DASHBOARD_PORT, GCS_PORT
+from ray_cluster.contract import AGENT_PORTS, DASHBOARD_PORT, GCS_PORT
 from ray_cluster.schedule import ScheduleError, parse_schedule
 
 # The retentions CloudWatch Logs accepts (PutRetentionPolicy); unset would mean never expire.
@@ -96,6 +96,8 @@ RAY_FIXED_PORTS = (8076, 8077)  # object manager, node manager (DESIGN.md's Ray 
 RAY_WORKER_PORTS = range(10002, 20000)  # ray start's default --min/max-worker-port
 METRICS_PORTS = {9090: "Prometheus", 9100: "node exporter", 9400: "DCGM exporter"}
 RESERVED_PORTS: dict[int, str] = {
+    # the node agents' fixed ports (ray_cluster.contract.AGENT_PORTS: every node passes them)
+    **{port: f"the Ray node's {flag.removeprefix('--')}" for flag, port in AGENT_PORTS},
     SSH_PORT: "SSH",
     GCS_PORT: "the Ray GCS",
     DASHBOARD_PORT: "the Ray dashboard",
