@@ -458,21 +458,23 @@ def test_batch_waits_for_the_engine_processes_before_ray_shutdown():
     assert batch.wait_actors_gone(lambda: next(polls), 60, time.monotonic, lambda s: None) is True
 
 
-def _tracker_keyerror() -> list[str]:
+def _tracker_keyerror(name: str = "/psm_10b3d52e", rtype: str = "shared_memory") -> list[str]:
     """The traceback CPython's resource tracker itself prints when asked to unregister a
-    shared-memory name it does not hold (what the batch's engine processes trigger on exit)."""
+    shared-memory segment or a semaphore it does not hold (what the batch's engine processes
+    trigger on exit: both kinds were seen on the local cluster)."""
     code = (
         "from multiprocessing import resource_tracker as rt\n"
-        "rt.unregister('/psm_10b3d52e', 'shared_memory')\n"
+        f"rt.unregister({name!r}, {rtype!r})\n"
         "rt._resource_tracker._stop()\n"  # wait for the tracker, so its output is complete
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     lines = r.stderr.splitlines(keepends=True)
-    assert lines and lines[0].startswith("Traceback") and lines[-1] == "KeyError: '/psm_10b3d52e'\n", r.stderr
+    assert lines and lines[0].startswith("Traceback") and lines[-1] == f"KeyError: {name!r}\n", r.stderr
     return lines
 
 
-def test_batch_drops_only_the_resource_trackers_keyerror_from_its_stderr():
+@pytest.mark.parametrize("name, rtype", [("/psm_10b3d52e", "shared_memory"), ("/mp-fjsm7p41", "semaphore")])
+def test_batch_drops_only_the_resource_trackers_keyerror_from_its_stderr(name, rtype):
     import io
 
     # as Ray's driver prints a worker's forwarded lines: coloured prefix, then the text, then "\n"
@@ -486,14 +488,15 @@ def test_batch_drops_only_the_resource_trackers_keyerror_from_its_stderr():
     f = batch.TrackerNoiseFilter(out)
     f.write("Running 3/50\r")  # a progress redraw shows at once
     assert out.getvalue() == "Running 3/50\r"
-    for line in _tracker_keyerror():
+    noise = _tracker_keyerror(name, rtype)
+    for line in noise:
         f.write(prefix + line.rstrip("\n"))
         f.write("\n")
     f.write("rows: 50\n")
-    for line in _tracker_keyerror()[:2] + other:  # a traceback that only starts alike passes whole
+    for line in noise[:2] + other:  # a traceback that only starts alike passes whole
         f.write(line)
     f.close_out()
-    assert out.getvalue() == "Running 3/50\rrows: 50\n" + "".join(_tracker_keyerror()[:2] + other)
+    assert out.getvalue() == "Running 3/50\rrows: 50\n" + "".join(noise[:2] + other)
 
 
 def test_batch_local_runs_with_its_stderr_behind_the_filter(tmp_path, monkeypatch, capsys):

@@ -118,7 +118,7 @@ def quiet_vllm(env: dict) -> None:
 
 
 # One known upstream message, and only it: as the engine's processes exit, CPython's
-# multiprocessing resource tracker prints `KeyError: '/psm_...'` with its traceback when it is
+# multiprocessing resource tracker prints `KeyError: '/psm_...'` (or `'/mp-...'`) with its traceback when it is
 # asked to unregister a shared-memory segment it does not hold (vLLM's shared-memory message
 # queues between its engine processes, on CPython < 3.13 whose SharedMemory has no track=False;
 # reported benign upstream: vllm-project/vllm#5468, #5439). Ray forwards the engine actor's
@@ -130,7 +130,8 @@ _TRACKER_KEYERROR = (
     re.compile(r"Traceback \(most recent call last\):" + _REPEATED + r"$"),
     re.compile(r'File "[^"]*/multiprocessing/resource_tracker\.py", line \d+, in main' + _REPEATED + r"$"),
     re.compile(r"cache\[rtype\]\.remove\(name\)" + _REPEATED + r"$"),
-    re.compile(r"KeyError: '/?psm_[0-9A-Za-z_]+'" + _REPEATED + r"$"),
+    # a shared-memory segment (/psm_...) or a semaphore (/mp-...: SemLock's names), both seen here
+    re.compile(r"KeyError: '/?(?:psm_|mp-)[0-9A-Za-z_]+'" + _REPEATED + r"$"),
 )
 
 
