@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -346,12 +347,12 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
             seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
             ttft = [r["first"] - r["sent"] for r in seq]
             return {"steps": steps, "sequential_ttft_ms": round(statistics.median(ttft) * 1000, 1)}
-        finally:
-            proc.terminate()
+        finally:  # the server's session: its engine core process goes with it
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def bench_ray_serve(model_dir: Path, args: argparse.Namespace) -> dict:
