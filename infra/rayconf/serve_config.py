@@ -57,6 +57,13 @@ PARSER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 # vLLM reads these keys of a generation config as sampling defaults (ModelConfig.get_diff_sampling_param).
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 ROUTINGS = ("pow2", "prefix")
+# Ray Serve LLM's LLMServer batches a streaming response's chunks (ray.llm's Batcher): it waits a
+# whole interval (RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS, 50 ms) before it yields the first batch,
+# so every streamed request's first token waited ~50 ms in the replica after the engine made it
+# (issue #29: TTFT 69.5 ms through the app vs 11.1 ms through vLLM's own server). At 0 the server
+# yields each chunk as the engine makes it; benchmarks/RESULTS.md has the measured effect on TTFT
+# and on tokens/s (more, smaller stream items through the ingress and the proxy).
+STREAM_BATCHING_MS = 0
 # The engine kwargs llmfleet renders that are vLLM FrontendArgs fields, not EngineArgs ones.
 FRONTEND_KWARGS = ("enable_auto_tool_choice", "tool_call_parser")
 # Ray Serve LLM's prefix-cache-aware router (public: ray.serve.llm.request_router).
@@ -254,6 +261,7 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
         },
         "deployment_config": deployment,
         "runtime_env": {"env_vars": env},
+        "experimental_configs": {"stream_batching_interval_ms": STREAM_BATCHING_MS},
     }
 
 
