@@ -372,9 +372,74 @@ def bench_ray_serve(model_dir: Path, args: argparse.Namespace) -> dict:
             hops = breakdown(seq, access_entries(Path(st["temp_dir"])))
         except (OSError, ValueError) as e:  # the table above stands without it
             hops = {"matched": 0, "requests": len(seq), "median_ms": {}, "error": str(e)}
-        return {"steps": steps, "breakdown": hops}
+        res = {"steps": steps, "breakdown": hops}
+        if args.before_interval_ms is not None:
+            try:
+                res["before"] = rerun_with_interval(st, base, token, str(model_dir), args)
+            except (OSError, RuntimeError, ValueError, KeyError) as e:  # the rest stands without it
+                res["before"] = {"error": f"{type(e).__name__}: {e}"}
+        return res
     finally:
         cluster.down(name)
+
+
+def set_interval(doc: dict, ms: float) -> dict:
+    """The Serve config with every LLMConfig's stream_batching_interval_ms set to `ms`."""
+    for app in doc["applications"]:
+        for c in app["args"]["llm_configs"]:
+            c.setdefault("experimental_configs", {})["stream_batching_interval_ms"] = ms
+    return doc
+
+
+def rerun_with_interval(st: dict, base: str, token: str, tokenizer: str, args: argparse.Namespace) -> dict:
+    """The same cluster with Ray Serve LLM's stream batching as it was before issue #29
+    (`--before-interval-ms`, Ray's default 50): the deploy watcher re-applies the rewritten
+    config file (the LLMServer replica restarts), then the short shape at the lowest two
+    concurrencies and the breakdown again."""
+    import yaml
+
+    from ray_cluster import serve_rest
+
+    ms = args.before_interval_ms
+    path = Path(st["serve_config"])
+    path.write_text(yaml.safe_dump(set_interval(yaml.safe_load(path.read_text()), ms), sort_keys=False))
+    dash = f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+    t0 = time.monotonic()
+    while True:
+        try:
+            apps = serve_rest.serve_document(dash).get("applications") or {}
+        except serve_rest.NodeError:  # the dashboard may be busy while Serve redeploys
+            apps = {}
+        done = bool(apps) and all(
+            a.get("status") == "RUNNING"
+            and [
+                (c.get("experimental_configs") or {}).get("stream_batching_interval_ms")
+                for c in ((a.get("deployed_app_config") or {}).get("args") or {}).get("llm_configs") or []
+            ]
+            == [ms]
+            and all(d.get("status") == "HEALTHY" for d in (a.get("deployments") or {}).values())
+            for a in apps.values()
+        )
+        if done:
+            break
+        if time.monotonic() - t0 > 600:
+            raise RuntimeError(f"the app did not run with stream_batching_interval_ms {ms} within 600 s")
+        time.sleep(3)
+    redeploy_s = round(time.monotonic() - t0)
+    shape = SHAPES["short"]
+    steps = []
+    for conc in sorted(args.concurrency)[:2]:
+        argv = client_argv(base, tokenizer, shape, conc, args.prompts, seed=5000 + conc)
+        steps.append({"shape": "short", "concurrency": conc, **summarize(run_client(argv, token))})
+    seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
+    time.sleep(2)
+    entries = access_entries(Path(st["temp_dir"]))
+    return {
+        "stream_batching_interval_ms": ms,
+        "redeploy_s": redeploy_s,
+        "steps": steps,
+        "breakdown": breakdown(seq, entries),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -414,7 +479,7 @@ def render(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = Console(width=max(Console().width, 120))  # the tables, unwrapped in a log too
     shapes = ", ".join(
         f"{k} {v['input_tokens']} in / {v['output_tokens']} out" for k, v in res["shapes"].items()
     )
@@ -439,6 +504,41 @@ def render(res: dict) -> None:
         t.add_row(k, "-" if v is None else f"{v:.1f}")
     t.add_row("vLLM's own server: TTFT, same client", f"{res['vllm_serve']['sequential_ttft_ms']:.1f}")
     c.print(t)
+    before = res["ray_serve_app"].get("before")
+    if before and "error" in before:
+        c.print(f"[yellow]the run with the batching interval as before was not measured: {before['error']}")
+    elif before:
+        vl = {(st["shape"], st["concurrency"]): st for st in res["vllm_serve"]["steps"]}
+        now = {(st["shape"], st["concurrency"]): st for st in res["ray_serve_app"]["steps"]}
+        t = Table(
+            title=f"same cluster, stream_batching_interval_ms {before['stream_batching_interval_ms']:g} "
+            f"(Ray's default, before issue #29; redeployed in {before['redeploy_s']} s)"
+        )
+        for col in (
+            "shape",
+            "conc.",
+            "metric",
+            "vLLM's server",
+            "app, interval 0",
+            "app, as before",
+            "before / vLLM",
+        ):
+            t.add_column(col, justify="left" if col in ("shape", "metric") else "right")
+        for st in before["steps"]:
+            k = (st["shape"], st["concurrency"])
+            for m in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "output_tok_s"):
+                t.add_row(
+                    k[0], str(k[1]), LABELS[m], f"{vl[k][m]:,.2f}", f"{now[k][m]:,.2f}", f"{st[m]:,.2f}",
+                    f"{st[m] / vl[k][m]:.2f}x" if vl[k][m] else "-",
+                )  # fmt: skip
+        c.print(t)
+        bb = before["breakdown"]
+        t = Table(title=f"per hop as before, median of {bb['matched']}/{bb['requests']} sequential requests")
+        t.add_column("hop")
+        t.add_column("ms", justify="right")
+        for k, v in bb["median_ms"].items():
+            t.add_row(k, "-" if v is None else f"{v:.1f}")
+        c.print(t)
     c.print(f"load average (1 min) before, between, after: {res['load_average_1m']}; {res['seconds']} s")
 
 
@@ -453,9 +553,18 @@ def main() -> None:
         default={},
         help="llmfleet:serveOptions for the Ray side, as JSON (checked as `local up -c` does)",
     )
+    p.add_argument(
+        "--before-interval-ms",
+        type=float,
+        default=50.0,
+        help="then redeploy with Ray Serve LLM's stream batching interval at this value (Ray's default "
+        "50, as before issue #29) and measure again; -1 skips it",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--json-out", type=Path, help="also write the machine-readable result here")
     a = p.parse_args()
+    if a.before_interval_ms is not None and a.before_interval_ms < 0:
+        a.before_interval_ms = None
     res = run(a)
     if a.json_out:
         a.json_out.write_text(json.dumps(res, indent=2))

@@ -99,3 +99,19 @@ def test_compare_gives_app_over_vllm_per_metric_and_refuses_mismatched_steps():
     assert rows["p99_itl_ms"]["ratio"] == 1.0
     with pytest.raises(ValueError, match="steps differ"):
         b.compare([a], [{**c, "concurrency": 4}])
+
+
+def test_set_interval_rewrites_every_llm_config_of_the_serve_config():
+    doc = {
+        "applications": [
+            {
+                "args": {
+                    "llm_configs": [{"experimental_configs": {"stream_batching_interval_ms": 0, "k": 1}}, {}]
+                }
+            }
+        ]
+    }
+    out = b.set_interval(doc, 50)
+    cfgs = out["applications"][0]["args"]["llm_configs"]
+    assert [c["experimental_configs"]["stream_batching_interval_ms"] for c in cfgs] == [50, 50]
+    assert cfgs[0]["experimental_configs"]["k"] == 1  # other experimental keys kept
