@@ -373,6 +373,7 @@ def bench_ray_serve(model_dir: Path, args: argparse.Namespace) -> dict:
         except (OSError, ValueError) as e:  # the table above stands without it
             hops = {"matched": 0, "requests": len(seq), "median_ms": {}, "error": str(e)}
         res = {"steps": steps, "breakdown": hops}
+        save_partial(args, "ray_serve_app", res)
         if args.before_interval_ms is not None:
             try:
                 res["before"] = rerun_with_interval(st, base, token, str(model_dir), args)
@@ -442,11 +443,20 @@ def rerun_with_interval(st: dict, base: str, token: str, tokenizer: str, args: a
     }
 
 
+def save_partial(args: argparse.Namespace, key: str, value: dict) -> None:
+    """Each side's figures into --json-out as soon as they exist: a run stopped later keeps them."""
+    if getattr(args, "json_out", None) is None:
+        return
+    done = json.loads(args.json_out.read_text()) if args.json_out.exists() else {}
+    args.json_out.write_text(json.dumps({**done, key: value}, indent=2))
+
+
 def run(args: argparse.Namespace) -> dict:
     model_dir = ensure_tiny_model()
     started = time.time()
     load = [os.getloadavg()[0]]
     vllm = bench_vllm_serve(model_dir, args)
+    save_partial(args, "vllm_serve", vllm)
     load.append(os.getloadavg()[0])
     app = bench_ray_serve(model_dir, args)
     load.append(os.getloadavg()[0])
