@@ -162,7 +162,7 @@ def compare(vllm: list[dict], app: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- the per-hop breakdown
 
 # A Serve access-log line (ray.serve's ServeFormatter, TEXT encoding), e.g.
-#   INFO 2026-12-07 01:20:00,123 proxy 10.0.0.1 <request id> -- POST /v1/completions 200 69.5ms
+#   INFO 2026-12-07 01:20:00,123 proxy 10.0.0.1 <request id> -- POST / 200 69.5ms
 #   INFO 2026-12-07 01:20:00,120 llm LLMServer:x <request id> -- CALL completions OK 60.1ms
 ACCESS_RE = re.compile(
     r"^\w+ (?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<component>\S+) (?P<cid>\S+) "
@@ -201,9 +201,10 @@ def access_entries(log_dir: Path) -> list[dict]:
 
 
 def hop_of(e: dict) -> str | None:
-    if e["file"].startswith("proxy_") and e["route"].endswith("/completions"):
+    # the proxy and the ingress log the app's route prefix ("/"), not the path
+    if e["file"].startswith("proxy_") and e["method"] == "POST":
         return "proxy"
-    if e["file"].startswith("replica_") and e["method"] == "POST" and e["route"].endswith("/completions"):
+    if e["file"].startswith("replica_") and e["method"] == "POST":
         return "ingress"
     if e["file"].startswith("replica_") and e["method"] == "CALL" and e["route"] == "completions":
         return "llm"

@@ -58,12 +58,12 @@ PARSER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 ROUTINGS = ("pow2", "prefix")
 # Ray Serve LLM's LLMServer batches a streaming response's chunks (ray.llm's Batcher): it waits a
-# whole interval (RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS, 50 ms) before it yields the first batch,
-# so every streamed request's first token waited ~50 ms in the replica after the engine made it
-# (issue #29: TTFT 69.5 ms through the app vs 11.1 ms through vLLM's own server). At 0 the server
-# yields each chunk as the engine makes it; benchmarks/RESULTS.md has the measured effect on TTFT
-# and on tokens/s (more, smaller stream items through the ingress and the proxy).
-STREAM_BATCHING_MS = 0
+# whole interval before it yields the first batch, so a streamed request's first token waits up
+# to this long in the replica (issue #29). Rendered explicitly at Ray's default (50 ms): 0 (each
+# chunk as the engine makes it) was measured worse here in one run, in TTFT and tokens/s alike
+# (more, smaller stream items through the ingress and the proxy on 2 shared cores), see
+# benchmarks/RESULTS.md; `bench_local_serving.py --before-interval-ms` compares values.
+STREAM_BATCHING_MS = 50
 # The engine kwargs llmfleet renders that are vLLM FrontendArgs fields, not EngineArgs ones.
 FRONTEND_KWARGS = ("enable_auto_tool_choice", "tool_call_parser")
 # Ray Serve LLM's prefix-cache-aware router (public: ray.serve.llm.request_router).
