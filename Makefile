@@ -78,6 +78,8 @@ WHEEL_PYTHON ?=
 wheel-test: setup
 	UV=$(abspath $(UV)) $(if $(WHEEL_PYTHON),LLMFLEET_WHEEL_PYTHON=$(WHEEL_PYTHON)) $(BIN)/pytest -q -rs tests/test_wheel.py
 
+# bench_local_serving.py starts vLLM's own server, then a 2-host local cluster (network namespaces
+# as root), and drives both with vLLM's own benchmark client, one after the other.
 bench: setup
 	$(BIN)/python benchmarks/bench_cost.py
 	$(BIN)/python benchmarks/bench_local_serving.py

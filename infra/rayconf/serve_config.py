@@ -57,6 +57,13 @@ PARSER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 # vLLM reads these keys of a generation config as sampling defaults (ModelConfig.get_diff_sampling_param).
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 ROUTINGS = ("pow2", "prefix")
+# Ray Serve LLM's LLMServer batches a streaming response's chunks (ray.llm's Batcher): it waits a
+# whole interval before it yields the first batch, so a streamed request's first token waits up
+# to this long in the replica (issue #29). Rendered explicitly at Ray's default (50 ms): 0 (each
+# chunk as the engine makes it) was measured worse here in one run, in TTFT and tokens/s alike
+# (more, smaller stream items through the ingress and the proxy on 2 shared cores), see
+# benchmarks/RESULTS.md; `bench_local_serving.py --before-interval-ms` compares values.
+STREAM_BATCHING_MS = 50
 # The engine kwargs llmfleet renders that are vLLM FrontendArgs fields, not EngineArgs ones.
 FRONTEND_KWARGS = ("enable_auto_tool_choice", "tool_call_parser")
 # Ray Serve LLM's prefix-cache-aware router (public: ray.serve.llm.request_router).
@@ -262,6 +269,7 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
         },
         "deployment_config": deployment,
         "runtime_env": {"env_vars": env},
+        "experimental_configs": {"stream_batching_interval_ms": STREAM_BATCHING_MS},
     }
 
 
