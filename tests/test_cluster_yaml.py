@@ -308,10 +308,15 @@ def test_commands_run_the_node_builders(outputs, monkeypatch):
 
     head_cmd = doc["head_start_ray_commands"][0].split("|| ", 1)[1]
     assert node.main(shlex.split(head_cmd)[3:]) == 0
-    assert ran[-1][0] == ray_start.head_start_command(head_ip)
+    # every node passes the agents' fixed ports (ray_cluster.contract.AGENT_PORTS)
+    assert ran[-1][0] == ray_start.head_start_command(head_ip, extra=node.agent_port_args([]))
     assert node.main(shlex.split(doc["worker_start_ray_commands"][0])[3:]) == 0
     argv, env = ran[-1]
     assert argv == ray_start.worker_start_command(
-        f"{head_ip}:6379", worker_ip, num_gpus=outputs["gpus_per_worker"], gpu_model=outputs["gpu_model"]
+        f"{head_ip}:6379",
+        worker_ip,
+        num_gpus=outputs["gpus_per_worker"],
+        gpu_model=outputs["gpu_model"],
+        extra=node.agent_port_args([]),
     )
     assert env["NCCL_SOCKET_IFNAME"] == "ens5" and env["VLLM_HOST_IP"] == worker_ip

@@ -30,6 +30,7 @@ import gc
 import os
 import runpy
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,8 @@ class RecordingMonitor(pmocks.MockMonitor):
         self.records: list[dict[str, Any]] = []
         self.by_urn: dict[str, dict[str, Any]] = {}
         self.duplicates: list[str] = []
+        self._claim = threading.Lock()
+        self._claimed: set[str] = set()
         self.stack_outputs: dict[str, Any] | None = None
         self.unknown_inputs: list[str] = []
 
@@ -143,8 +146,12 @@ class RecordingMonitor(pmocks.MockMonitor):
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
             return resource_pb2.RegisterResourceResponse(urn=urn)
-        if urn in self.by_urn:
-            self.duplicates.append(urn)
+        # Registrations may run on several threads at once: the URN is claimed before any work,
+        # under a lock, so two registrations of one URN are seen even when they overlap.
+        with self._claim:
+            if urn in self._claimed:
+                self.duplicates.append(urn)
+            self._claimed.add(urn)
         if self.fast:
             psync._ensure_event_loop()  # resource references deserialize through this thread's loop
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)

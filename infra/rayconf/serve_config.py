@@ -438,6 +438,13 @@ CONFIG_CLASS_RE = re.compile(r"[A-Z][A-Za-z]*Config")
 
 
 def _vllm_engine_args(cls: Any, model_source: str, kwargs: dict[str, Any], key: str, kind: str) -> None:
+    import huggingface_hub.constants as hf
+
+    # With HF_HUB_OFFLINE set (CI, air-gapped operators), EngineArgs.__post_init__ resolves
+    # `model` as a Hub repo id, and a host path that exists only on the GPU hosts is refused
+    # before any engine argument is looked at. Only the arguments are checked here: the resolve
+    # is skipped for the check, and nothing is fetched either way (no engine, no config read).
+    offline, hf.HF_HUB_OFFLINE = hf.HF_HUB_OFFLINE, False
     try:
         cls(model=model_source, **kwargs)
     except TypeError as e:  # an argument EngineArgs does not have
@@ -454,6 +461,8 @@ def _vllm_engine_args(cls: Any, model_source: str, kwargs: dict[str, Any], key: 
         raise ServeConfigError(
             f"vLLM rejected the engine_kwargs: {path} = {err.input!r}: {allowed}"
         ) from None
+    finally:
+        hf.HF_HUB_OFFLINE = offline
 
 
 def to_yaml(doc: Mapping[str, Any]) -> str:
