@@ -1,6 +1,6 @@
 """A JSON HTTP server on 127.0.0.1 for tests that stand in for an endpoint the CLI calls (the
 stack's OpenAI endpoint behind the NLB, AMP's query API): every request recorded, each answered
-by the test's function. The server, its thread and its socket end with `close()` (or `with`)."""
+by the test's function (a JSON document, or bytes sent as they are). The server, its thread and its socket end with `close()` (or `with`)."""
 
 from __future__ import annotations
 
@@ -38,9 +38,11 @@ class JsonServer:
                 req = Request(self.command, self.path, self.headers, self.rfile.read(n) if n else b"")
                 outer.requests.append(req)
                 code, doc = answer(req)
-                body = json.dumps(doc).encode()
+                # bytes go out as they are: a text endpoint (Ray's /api/healthz) answers plain text
+                raw = isinstance(doc, bytes)
+                body = doc if raw else json.dumps(doc).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if raw else "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
 
 import pytest
@@ -23,6 +21,7 @@ from infra.commands.preview import short_type
 from infra.constants import REPO_ROOT
 from infra.stack.config import load_stack_config
 from infra.stack.files import available_stacks
+from tests.json_http import JsonServer, Request, chat_completion
 from tests.snapshot import assert_snapshot
 
 RUNNER = CliRunner()
@@ -234,46 +233,40 @@ def test_render_of_a_deployed_stack_without_credentials_is_one_line():
     )
 
 
-class _Completion(BaseHTTPRequestHandler):
-    """An OpenAI chat-completions endpoint that answers every request with REPLY (and REASONING,
-    vLLM's field for a reasoning model's thought, when set); the last request body is kept."""
+class _Completion:
+    """An OpenAI chat-completions endpoint (tests/json_http.py's server) that answers every
+    request with `reply` (and `reasoning`, vLLM's field for a reasoning model's thought, when set);
+    a request without the bearer token gets 401."""
 
-    REPLY = "ok\x07bell\x00nul\x7fdel\nline two"
-    REASONING: str | None = None
     TOKEN = "t0ken"
-    last_body: dict = {}
 
-    def do_POST(self):  # noqa: N802 - http.server's name
-        type(self).last_body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.headers.get("Authorization") != f"Bearer {self.TOKEN}":
-            self.send_response(401)
-            self.end_headers()
-            return
-        body = json.dumps(
-            {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "tiny-deepseek-v3",
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "length",
-                        "message": {"role": "assistant", "content": self.REPLY}
-                        | ({"reasoning": self.REASONING} if self.REASONING is not None else {}),
-                    }
-                ],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def __init__(self, reply: str = "ok\x07bell\x00nul\x7fdel\nline two", reasoning: str | None = None):
+        self.reply, self.reasoning = reply, reasoning
+        self.server = JsonServer(self._answer)
 
-    def log_message(self, *args):
-        pass
+    def _answer(self, req: Request) -> tuple[int, dict]:
+        if req.headers.get("Authorization") != f"Bearer {self.TOKEN}":
+            return 401, {"error": {"message": "unauthorized"}}
+        doc = chat_completion("tiny-deepseek-v3", self.reply, prompt_tokens=3, completion_tokens=8)
+        doc["choices"][0]["finish_reason"] = "length"
+        if self.reasoning is not None:
+            doc["choices"][0]["message"]["reasoning"] = self.reasoning
+        return 200, doc
+
+    @property
+    def last_body(self) -> dict:
+        return self.server.requests[-1].json()
+
+    def state_dir(self, tmp_path) -> dict[str, str]:
+        """A local cluster's state file named `t` that points `local chat` at this server."""
+        (tmp_path / "t.token").write_text(self.TOKEN)
+        state = {
+            "endpoint": f"{self.server.base}/v1",
+            "token_file": str(tmp_path / "t.token"),
+            "model": "tiny-deepseek-v3",
+        }
+        (tmp_path / "t.json").write_text(json.dumps(state))
+        return {"LLMFLEET_STATE_DIR": str(tmp_path)}
 
 
 def test_local_chat_escapes_control_characters(tmp_path):
@@ -281,60 +274,37 @@ def test_local_chat_escapes_control_characters(tmp_path):
     HTTP server returning one chat completion whose text holds BEL, NUL and DEL (what the
     random-weight model can emit). The server stands in for the cluster only in this printing
     test, so no Ray cluster is started; the real serving path is tests/test_local.py's."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Completion)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        (tmp_path / "t.token").write_text(_Completion.TOKEN)
-        state = {
-            "endpoint": f"http://127.0.0.1:{server.server_address[1]}/v1",
-            "token_file": str(tmp_path / "t.token"),
-            "model": "tiny-deepseek-v3",
-        }
-        (tmp_path / "t.json").write_text(json.dumps(state))
-        result = run("local", "chat", "hi", "--name", "t", env={"LLMFLEET_STATE_DIR": str(tmp_path)})
-    finally:
-        server.shutdown()
-        server.server_close()
+    endpoint = _Completion()
+    with endpoint.server:
+        env = endpoint.state_dir(tmp_path)
+        result = run("local", "chat", "hi", "--name", "t", env=env)
     assert result.exit_code == 0, result.stderr
     assert not {"\x07", "\x00", "\x7f"} & set(result.stdout)
     assert "ok\\x07bell\\x00nul\\x7fdel\nline two" in result.stdout
     assert "note: the reply held non-printable characters, shown escaped: \\x07 \\x00 \\x7f" in result.stderr
-    as_json = run("local", "chat", "hi", "--name", "t", "--json", env={"LLMFLEET_STATE_DIR": str(tmp_path)})
+    as_json = run("local", "chat", "hi", "--name", "t", "--json", env=env)
     assert as_json.exit_code == 1  # the server is gone: one JSON error, no traceback
     assert as_json.stderr == "" and len(as_json.stdout.splitlines()) == 1
     assert json.loads(as_json.stdout)["error"]["message"]
 
 
-def test_local_chat_prints_the_thought_before_the_answer_and_sends_the_budget(tmp_path, monkeypatch):
+def test_local_chat_prints_the_thought_before_the_answer_and_sends_the_budget(tmp_path):
     """A reasoning model's reply (vLLM's `reasoning` beside `content`): the thought first, dim,
     then the answer; --thinking-budget reaches the request as vLLM's thinking_token_budget. The
     server stands in for the cluster in this printing test, as above."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Completion)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(_Completion, "REASONING", "weigh [b]it[/b]")
-    monkeypatch.setattr(_Completion, "REPLY", "the answer")
-    try:
-        (tmp_path / "t.token").write_text(_Completion.TOKEN)
-        state = {
-            "endpoint": f"http://127.0.0.1:{server.server_address[1]}/v1",
-            "token_file": str(tmp_path / "t.token"),
-            "model": "tiny-deepseek-v3",
-        }
-        (tmp_path / "t.json").write_text(json.dumps(state))
-        env = {"LLMFLEET_STATE_DIR": str(tmp_path)}
+    endpoint = _Completion(reply="the answer", reasoning="weigh [b]it[/b]")
+    with endpoint.server:
+        env = endpoint.state_dir(tmp_path)
         result = run("local", "chat", "hi", "--name", "t", "--thinking-budget", "8", env=env)
         assert result.exit_code == 0, result.stderr
         assert result.stdout == "assistant (tiny-deepseek-v3):\n<think>weigh [b]it[/b]</think>\nthe answer\n"
-        assert _Completion.last_body["thinking_token_budget"] == 8
+        assert endpoint.last_body["thinking_token_budget"] == 8
         as_json = json.loads(run("local", "chat", "hi", "--name", "t", "--json", env=env).stdout)
         assert (as_json["reasoning"], as_json["reply"]) == ("weigh [b]it[/b]", "the answer")
-        assert "thinking_token_budget" not in _Completion.last_body
-        monkeypatch.setattr(_Completion, "REPLY", "")
+        assert "thinking_token_budget" not in endpoint.last_body
+        endpoint.reply = ""
         result = run("local", "chat", "hi", "--name", "t", env=env)
         assert result.stdout.endswith("</think>\n(no answer after the reasoning, finish_reason=length)\n")
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # --- 80 columns ----------------------------------------------------------------------------------

@@ -210,32 +210,16 @@ def test_readiness_sends_the_token_through_curls_stdin_never_an_argv(tmp_path):
     import os
     import stat
     import subprocess
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.json_http import JsonServer
 
     real_curl = shutil.which("curl")
     if real_curl is None:
         pytest.skip("needs curl")
     token = "tok-" + "s3cr3t" * 6
-    seen: list[str | None] = []
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            seen.append(self.headers.get("Authorization"))
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            data = json.dumps(
-                {"choices": [{"message": {"content": "OK"}}], "usage": {"completion_tokens": 2}}
-            )
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data.encode())
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = JsonServer(
+        lambda req: (200, {"choices": [{"message": {"content": "OK"}}], "usage": {"completion_tokens": 2}})
+    )
     bin_dir, argv_log = tmp_path / "bin", tmp_path / "argv.log"
     bin_dir.mkdir()
     stubs = {
@@ -249,15 +233,19 @@ def test_readiness_sends_the_token_through_curls_stdin_never_an_argv(tmp_path):
         (bin_dir / name).chmod(stat.S_IRWXU)
     try:
         cmds = d.readiness_commands(
-            container="llmfleet-head", port=srv.server_address[1], model="m", token_parameter="/t", region="r"
+            container="llmfleet-head",
+            port=srv.server.server_port,
+            model="m",
+            token_parameter="/t",
+            region="r",
         )
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NO_PROXY": "*"}
         run = subprocess.run(
             ["bash", "-c", "\n".join(cmds)], capture_output=True, text=True, env=env, timeout=60
         )
     finally:
-        srv.shutdown()
-    assert seen == [f"Bearer {token}"], run.stderr
+        srv.close()
+    assert [r.headers.get("Authorization") for r in srv.requests] == [f"Bearer {token}"], run.stderr
     logged = argv_log.read_text()
     assert "chat/completions" in logged and token not in logged
     assert d.parse_readiness(run.stdout).ready, run.stdout + run.stderr

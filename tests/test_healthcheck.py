@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from infra.local import hosts
 from ray_cluster import healthcheck as hc
 from ray_cluster import node, ray_start
 from ray_cluster.healthcheck import Unhealthy
+from tests.json_http import JsonServer
 
 HEAD_OK = "raylet: success\ngcs: success"
 WORKER_OK = "raylet: success\ngcs: success (no local gcs)"
@@ -120,31 +119,20 @@ def test_the_answer_format_is_the_installed_rays():
 
 
 class Agent:
-    """A stand-in dashboard agent on 127.0.0.1 answering /api/healthz with a given body."""
+    """A stand-in dashboard agent on 127.0.0.1 (tests/json_http.py's server) answering
+    /api/healthz with a given status and text body."""
 
     def __init__(self, status: int, body: str):
-        outer = self
-        self.status, self.body, self.paths = status, body, []
+        self.status, self.body = status, body
+        self.server = JsonServer(lambda req: (self.status, self.body.encode()))
+        self.port = self.server.server.server_port
 
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.paths.append(self.path)
-                data = outer.body.encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.server.requests]
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def free_port() -> int:

@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from ray_cluster import nic, node, ray_start, readiness, serve_rest
 from ray_cluster.nic import Iface, NicError
 from ray_cluster.node import NodeError
 from ray_cluster.readiness import NodeState
+from tests.json_http import JsonServer, Request
 from tests.ray_fixtures import ray_hosts_cluster  # noqa: F401  (module-scoped fixture)
 
 # ---------------------------------------------------------------- start commands
@@ -185,58 +184,51 @@ def test_worker_cli_head_never_answers():
 # ---------------------------------------------------------------- readiness = a real completion
 
 
-class _Handler(BaseHTTPRequestHandler):
-    mode = "ok"  # "ok" | "empty" | "health-only"
-    seen: list = []
+class _Endpoint:
+    """An OpenAI endpoint (tests/json_http.py's server) in one of three modes: "ok" answers a
+    completion with tokens, "empty" with none, "health-only" answers /health but 404 elsewhere."""
 
-    def log_message(self, *a):  # keep pytest output clean
-        pass
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.server = JsonServer(self._answer)
 
-    def _send(self, code: int, doc: dict) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/health":
-            return self._send(200, {"status": "ok"})
-        if self.path == "/v1/models" and self.mode != "health-only":
-            return self._send(200, {"data": [{"id": "tiny-dsv3"}]})
-        self._send(404, {"error": "not found"})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append((self.path, self.headers.get("Authorization"), body))
-        if self.headers.get("Authorization") != "Bearer s3cret":
-            return self._send(401, {"error": "bad token"})
+    def _answer(self, req: Request) -> tuple[int, dict]:
+        if req.method == "GET":
+            if req.path == "/health":
+                return 200, {"status": "ok"}
+            if req.path == "/v1/models" and self.mode != "health-only":
+                return 200, {"data": [{"id": "tiny-dsv3"}]}
+            return 404, {"error": "not found"}
+        if req.headers.get("Authorization") != "Bearer s3cret":
+            return 401, {"error": "bad token"}
         if self.mode == "health-only":
-            return self._send(404, {"error": "not found"})
-        text = "Hi there" if self.mode == "ok" else ""
-        usage = {"completion_tokens": 3 if self.mode == "ok" else 0}
-        self._send(200, {"choices": [{"text": text, "index": 0}], "usage": usage})
+            return 404, {"error": "not found"}
+        ok = self.mode == "ok"
+        return 200, {
+            "choices": [{"text": "Hi there" if ok else "", "index": 0}],
+            "usage": {"completion_tokens": 3 if ok else 0},
+        }
+
+    @property
+    def seen(self) -> list[tuple[str, str | None, dict]]:
+        return [
+            (r.path, r.headers.get("Authorization"), r.json())
+            for r in self.server.requests
+            if r.method == "POST"
+        ]
 
 
 @pytest.fixture
 def http_server():
-    _Handler.seen = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    endpoint = _Endpoint()
+    with endpoint.server:
+        yield endpoint, endpoint.server.base
 
 
 def test_ready_only_after_a_completion_returns_tokens(http_server):
-    _, url = http_server
-    _Handler.mode = "ok"
+    endpoint, url = http_server
     assert readiness.probe_completion(url, "s3cret", None) == "Hi there"
-    path, auth, body = _Handler.seen[-1]
+    path, auth, body = endpoint.seen[-1]
     assert path == "/v1/completions" and auth == "Bearer s3cret"
     assert body["model"] == "tiny-dsv3" and body["max_tokens"] <= 8
     with pytest.raises(NodeError, match="HTTP 401"):
@@ -244,15 +236,15 @@ def test_ready_only_after_a_completion_returns_tokens(http_server):
 
 
 def test_health_alone_or_empty_completion_is_not_ready(http_server):
-    _, url = http_server
+    endpoint, url = http_server
     clock = FakeClock()
-    _Handler.mode = "empty"
+    endpoint.mode = "empty"
     with pytest.raises(
         NodeError,
         match=r"no completion within 10 s; last: POST .*/v1/completions gave HTTP 200 without tokens",
     ):
         readiness.wait_for_completion(url, "s3cret", "tiny-dsv3", 10, clock=clock, sleep=clock.sleep)
-    _Handler.mode = "health-only"
+    endpoint.mode = "health-only"
     with pytest.raises(NodeError, match=r"/v1/models gave HTTP 404"):
         readiness.probe_completion(url, "s3cret", None)
 

@@ -322,29 +322,18 @@ def test_observe_reads_the_tools_it_runs(tmp_path, monkeypatch):
     """The observation wiring on this machine: a recorded `nvidia-smi -L` on PATH, the real
     docker and journalctl, a DCGM exporter answering with a recorded page, a head port that
     listens and then does not."""
-    import http.server
     import os
     import socket
-    import threading
 
     from ray_cluster.node_health import observe
+    from tests.json_http import JsonServer
 
     (tmp_path / "nvidia-smi").write_text(f"#!/bin/sh\ncat {shlex.quote(str(DATA / 'nvidia-smi-L-8.txt'))}\n")
     (tmp_path / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     page = read("dcgm-xid95.prom").encode()
 
-    class Dcgm(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Dcgm)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = JsonServer(lambda req: (200, page))  # DCGM's exporter: Prometheus text
     head = socket.socket()
     head.bind(("127.0.0.1", 0))
     head.listen()
@@ -356,10 +345,10 @@ def test_observe_reads_the_tools_it_runs(tmp_path, monkeypatch):
             "127.0.0.1",
             None,
             port,
-            f"http://127.0.0.1:{server.server_port}/metrics",
+            f"{server.base}/metrics",
         )
     finally:
-        server.shutdown()
+        server.close()
         head.close()
     assert gpu_count(o.gpu_listing) == 8
     assert o.container == "missing" and o.raylet == "unknown" and o.head_reachable
