@@ -596,6 +596,19 @@ def test_json_errors_are_one_object_on_stdout_with_the_same_exit_code():
         (["plan"], "--model", None, "error: --model: missing (see `llmfleet plan --help`)"),
         (["local", "up", "--tp", "9"], "--tp", "9", "error: --tp: '9' is not allowed; allowed: less than or"),
         (["cost", "-s", "prod", "--diff"], "--diff", None, "error: --diff: requires an argument"),
+        # checked by the command, before the engine or any host: the same exit code and shape
+        (
+            ["local", "up", "--routing", "rr"],
+            "--routing",
+            "rr",
+            "error: --routing 'rr': allowed pow2, prefix",
+        ),
+        (
+            ["local", "up", "--model", "x/y"],
+            "--model",
+            "x/y",
+            "error: --model 'x/y': allowed llmfleet/tiny-deep",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_and_json_with_json(args, key, value, start):

@@ -215,6 +215,14 @@ def up_cmd(
     ] = TINY_MODEL_ID,
     as_json: JsonOpt = False,
 ) -> None:
+    from infra.local.layout import ROUTINGS
+    from infra.local.tiny_model import TINY_MODEL_IDS
+
+    # a value outside the choices is a usage error (exit 2, as click's), before any engine check
+    if routing not in ROUTINGS:
+        fail(f"--routing {routing!r}: allowed {', '.join(ROUTINGS)}")
+    if model not in TINY_MODEL_IDS:
+        fail(f"--model {model!r}: allowed {', '.join(TINY_MODEL_IDS)}")
     require_local_engine()
     from infra.local.cluster import UpOptions, up
     from infra.local.hosts import HostsError
