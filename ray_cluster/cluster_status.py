@@ -14,11 +14,72 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from ray_cluster import contract
 from ray_cluster.driver import NodeError
 from ray_cluster.serve_rest import serve_document
+
+# A JSON object from Ray (its state API's records, Serve's REST document): values untyped until
+# read through the accessors below, which turn a missing or mistyped value into the default.
+Json = Mapping[str, object]
+
+
+def _obj(v: object) -> Json:
+    return cast(Json, v) if isinstance(v, Mapping) else {}
+
+
+def _items(v: object) -> list[tuple[str, Json]]:
+    return sorted((str(k), _obj(x)) for k, x in _obj(v).items())
+
+
+def _text(v: object) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def _num(v: object) -> float:
+    return float(v) if isinstance(v, int | float) else 0.0
+
+
+class NodeRow(TypedDict):
+    node_id: str
+    ip: str
+    alive: bool
+    is_head: bool
+    state_message: str
+    gpus: float
+    gpu_model: dict[str, float]
+    cpu_slots: float
+    weights: str | None
+
+
+class ReplicaRow(TypedDict):
+    replica_id: str
+    state: str
+    node_id: str
+    node_ip: str
+
+
+class DeploymentRow(TypedDict):
+    name: str
+    status: str
+    message: str
+    target_replicas: int | None
+    replicas: list[ReplicaRow]
+
+
+class AppRow(TypedDict):
+    name: str
+    status: str
+    message: str
+    deployments: list[DeploymentRow]
+
+
+class ClusterStatus(TypedDict):
+    nodes: list[NodeRow]
+    nodes_error: str
+    applications: list[AppRow]
+    serve_error: str
 
 
 def _one_line(e: BaseException) -> str:
@@ -26,69 +87,74 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def node_rows(nodes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def node_rows(nodes: Iterable[Json]) -> list[NodeRow]:
     """Ray's state API node records (ray.util.state.common.NodeState fields) -> the rows the
     status shows: identity, liveness, engine resources and the weights fingerprint label."""
-    rows = []
+    rows: list[NodeRow] = []
     for n in nodes:
-        res = n.get("resources_total") or {}
-        labels = n.get("labels") or {}
+        res, labels = _obj(n.get("resources_total")), _obj(n.get("labels"))
         rows.append(
             {
-                "node_id": n.get("node_id", ""),
-                "ip": n.get("node_ip", ""),
+                "node_id": _text(n.get("node_id")),
+                "ip": _text(n.get("node_ip")),
                 "alive": n.get("state") == "ALIVE",
                 "is_head": bool(n.get("is_head_node")) or contract.HEAD_RESOURCE in res,
-                "state_message": n.get("state_message") or "",
-                "gpus": float(res.get("GPU", 0)),
+                "state_message": _text(n.get("state_message")),
+                "gpus": _num(res.get("GPU")),
                 "gpu_model": {
-                    k[len(contract.GPU_MODEL_PREFIX) :]: float(v)
+                    k[len(contract.GPU_MODEL_PREFIX) :]: _num(v)
                     for k, v in res.items()
                     if k.startswith(contract.GPU_MODEL_PREFIX)
                 },
-                "cpu_slots": float(res.get(contract.CPU_WORKER_RESOURCE, 0)),
-                "weights": labels.get(contract.WEIGHTS_LABEL) or None,
+                "cpu_slots": _num(res.get(contract.CPU_WORKER_RESOURCE)),
+                "weights": _text(labels.get(contract.WEIGHTS_LABEL)) or None,
             }
         )
     return sorted(rows, key=lambda r: (not r["is_head"], r["ip"], r["node_id"]))
 
 
-def serve_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _replicas(dep: Json) -> list[ReplicaRow]:
+    found = dep.get("replicas")
+    return [
+        {
+            "replica_id": _text(r.get("replica_id")),
+            "state": _text(r.get("state")),
+            "node_id": _text(r.get("node_id")),
+            "node_ip": _text(r.get("node_ip")),
+        }
+        for r in map(_obj, cast(list[object], found) if isinstance(found, list) else [])
+    ]
+
+
+def serve_rows(doc: Json) -> list[AppRow]:
     """Serve's `GET /api/serve/applications/` (ray.serve.schema.ServeInstanceDetails) -> each
     application, its deployments and every replica with the node it runs on."""
-    apps = []
-    for name, app in sorted((doc.get("applications") or {}).items()):
-        deps = []
-        for dname, dep in sorted((app.get("deployments") or {}).items()):
+    apps: list[AppRow] = []
+    for name, app in _items(doc.get("applications")):
+        deps: list[DeploymentRow] = []
+        for dname, dep in _items(app.get("deployments")):
+            target = dep.get("target_num_replicas")
             deps.append(
                 {
                     "name": dname,
-                    "status": dep.get("status", ""),
-                    "message": dep.get("message") or "",
-                    "target_replicas": dep.get("target_num_replicas"),
-                    "replicas": [
-                        {
-                            "replica_id": r.get("replica_id", ""),
-                            "state": r.get("state", ""),
-                            "node_id": r.get("node_id") or "",
-                            "node_ip": r.get("node_ip") or "",
-                        }
-                        for r in dep.get("replicas") or []
-                    ],
+                    "status": _text(dep.get("status")),
+                    "message": _text(dep.get("message")),
+                    "target_replicas": target if isinstance(target, int) else None,
+                    "replicas": _replicas(dep),
                 }
             )
         apps.append(
             {
                 "name": name,
-                "status": app.get("status", ""),
-                "message": app.get("message") or "",
+                "status": _text(app.get("status")),
+                "message": _text(app.get("message")),
                 "deployments": deps,
             }
         )
     return apps
 
 
-def _list_nodes(dashboard: str, timeout: float) -> list[dict[str, Any]]:
+def _list_nodes(dashboard: str, timeout: float) -> list[Json]:
     from ray.util.state import list_nodes
 
     # The state API client adds the cluster's auth token itself when token auth is on.
@@ -97,9 +163,9 @@ def _list_nodes(dashboard: str, timeout: float) -> list[dict[str, Any]]:
     return [dict(n) if isinstance(n, Mapping) else dataclasses.asdict(cast(Any, n)) for n in found]
 
 
-def gather(dashboard: str, timeout: float = 10.0) -> dict[str, Any]:
+def gather(dashboard: str, timeout: float = 10.0) -> ClusterStatus:
     """{"nodes", "nodes_error", "applications", "serve_error"} from the dashboard at `dashboard`."""
-    out: dict[str, Any] = {"nodes": [], "nodes_error": "", "applications": [], "serve_error": ""}
+    out: ClusterStatus = {"nodes": [], "nodes_error": "", "applications": [], "serve_error": ""}
     try:
         out["nodes"] = node_rows(_list_nodes(dashboard, timeout))
     except Exception as e:  # an unreachable dashboard/GCS: say so, keep what else answers

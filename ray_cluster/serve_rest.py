@@ -4,6 +4,7 @@ read the applications and their deployments, wait for RUNNING."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ray_cluster.driver import NodeError
 from ray_cluster.readiness import _http_json
@@ -41,7 +42,7 @@ def serve_deploy(dashboard: str, config: dict) -> None:
         ) from None
 
 
-def serve_document(dashboard: str, timeout: float = 10.0) -> dict:
+def serve_document(dashboard: str, timeout: float = 10.0) -> dict[str, Any]:
     """The dashboard's Serve document (GET /api/serve/applications/); NodeError in one line."""
     url = f"{dashboard.rstrip('/')}/api/serve/applications/"
     try:
