@@ -32,6 +32,7 @@ from typer._click.shell_completion import CompletionItem
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from infra.commands import _common
+from infra.stack.suggest import closest
 
 # vLLM logs to stdout by default, from the moment it is imported (ray.serve.llm imports it to
 # validate an LLMConfig). stdout carries documents (`render serve-config`, --json): logs go to
@@ -66,7 +67,6 @@ def usage_error_parts(e: click.ClickException, argv: list[str]) -> dict[str, obj
             opts = [p.opts[0] for p in ctx.command.params if p.opts and not getattr(p, "hidden", False)]
             opts = [o for o in opts if o.startswith("-")]
             allowed = ", ".join(opts) or None
-        from infra.stack.suggest import closest  # a hidden (deprecated) name is never suggested
 
         names = {
             o.lstrip("-"): o

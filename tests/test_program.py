@@ -102,7 +102,7 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
     c = capture("prod", ["llmfleet:replicas=2"])
     workers = hosts(c, "worker")
     assert len(workers) == 6 and c.outputs["pipeline_parallel_size"] == 3  # 2 replicas x PP 3
-    from infra.stack import serving
+    from infra.rayconf import serving
 
     cfg = c.config
     doc = serving.render_for_plan(cfg, resolve(cfg).plan)

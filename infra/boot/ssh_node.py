@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from infra.boot import cloud_init
 from infra.boot.cloud_init import RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
+from infra.catalog import load_catalog
+from infra.rayconf.serving import serve_config_yaml
 from infra.stack.resolve import Stack
 from ray_cluster.node import GCS_PORT
 from ray_cluster.ray_start import head_start_command, worker_start_command
@@ -27,7 +29,6 @@ def host_index(cfg: StackConfig, host: HostSpec) -> int:
 def weights_gib(stack: Stack) -> float:
     """On-disk size the weights need: the catalog's checkpoint when served in its native
     precision, else the planner's total weight size for the chosen quantization."""
-    from infra.catalog import load_catalog
 
     cfg = stack.cfg
     model = load_catalog().models[cfg.model]
@@ -51,8 +52,6 @@ def node_spec(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> Nod
     worker = host.role == "worker"
     serve: dict = {}
     if not worker:
-        from infra.stack.serving import serve_config_yaml
-
         serve = dict(
             serve_config=serve_config_yaml(cfg, plan),
             tensor_parallel_size=plan.tensor_parallel_size,

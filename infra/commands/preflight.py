@@ -6,7 +6,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from infra import aws_credentials
+from infra.account_check import model as ac_model
 from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, config_or_fail, console, fail, print_json
+from infra.commands._fit import Col, fitted_table
 
 STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -16,15 +19,14 @@ def credentials_or_fail() -> None:
     the fix, before any check runs (exit 2: nothing was checked)."""
     import boto3
 
-    from infra import aws_credentials
-
     if boto3.Session().get_credentials() is None:
         fail(aws_credentials.MESSAGE)
 
 
 def run_for_stack(cfg, clients=None):
     """The checks for one validated StackConfig (clients default to plain boto3 clients in its region)."""
-    from infra.account_check import model as ac_model
+
+    # start-up: the account checks load boto3 (~0.7 s); `preflight --help` needs none of it
     from infra.account_check import run as ac_run
 
     if cfg.provider != "aws":
@@ -38,7 +40,6 @@ def run_for_stack(cfg, clients=None):
 
 def show(checks, title: str, out: Console | None = None) -> None:
     """Check names whole; the message wraps between words (the ids it names stay whole)."""
-    from infra.commands._fit import Col, fitted_table
 
     out = out or console
     rows = [
@@ -56,6 +57,8 @@ def preflight_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = 
 
     GPU type offered in the AZ, GPU facts vs the catalog, vCPU quotas, the AMI, the weights upload and an optional capacity reservation. Exit 0 = all pass (warnings never fail), 1 = a check failed, 2 = bad input or no AWS credentials.
     """
+
+    # start-up: the account checks load boto3 (~0.7 s); `preflight --help` needs none of it
     from infra.account_check import run as ac_run
 
     cfg = config_or_fail(stack, config)

@@ -10,17 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
-from pulumi.runtime.config import CONFIG, get_config_env
 
 from infra.rayconf.serve_config import ServeConfigError
-from infra.stack.config import ConfigError, StackConfig, load_stack_config
+from infra.runtime_config import runtime_stack_config
+from infra.stack.config import ConfigError, StackConfig
 from infra.stack.outputs import OutputsError, StackOutputs
-
-
-def runtime_stack_config(stack: str) -> StackConfig:
-    """The StackConfig of the stack Pulumi is running (program or policy pack): the config the
-    CLI hands over (PULUMI_CONFIG, or set_all_config under mocks)."""
-    return load_stack_config({**get_config_env(), **CONFIG.get()}, stack)
 
 
 def read_config() -> StackConfig:
@@ -36,11 +30,13 @@ def build() -> dict[str, Any]:
     cfg = read_config()
     try:
         if cfg.provider == "existing":
+            # start-up: a provider's program and its components load only the pulumi_aws modules
+            # it reads (the offline engine loads them lazily: provider_modules.py), not the other's
             from infra.program.existing import build_existing
 
             outputs = build_existing(cfg)
         else:
-            from infra.program.aws import build_aws
+            from infra.program.aws import build_aws  # start-up: as above
 
             outputs = build_aws(cfg)
         StackOutputs.check_keys(outputs)  # the outputs contract every consumer parses

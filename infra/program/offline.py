@@ -45,6 +45,7 @@ from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.settings import get_root_resource, set_root_resource
 from pulumi.runtime.stack import run_in_stack
 
+from infra.errors import OfflineError
 from infra.program.offline_mocks import RecordingMocks
 from infra.program.provider_modules import light_packages
 from infra.stack.config import SECRET_PLACEHOLDER, ConfigError, StackConfig, load_stack_config
@@ -71,10 +72,6 @@ def fast_path_missing() -> list[str]:
 
 def fast_path_enabled() -> bool:
     return os.environ.get(FAST_ENV, "1") != "0" and not fast_path_missing()
-
-
-class OfflineError(RuntimeError):
-    """The program could not be captured; str() is one line."""
 
 
 # ---------------------------------------------------------------------------
