@@ -16,6 +16,7 @@ from pulumi_policy import (
 from infra.catalog import QUANTIZATIONS, load_catalog
 from infra.cost.estimate import estimate_monthly_usd
 from infra.cost.model import HOURS_PER_MONTH
+from infra.stack.config import OwnedStackConfig
 from infra.stack.config_values import GPU_MEMORY_UTILIZATION_RANGE
 from infra.stack.planner import PlanInputError, plan
 
@@ -164,7 +165,7 @@ def owned_hosts_monthly_usd() -> float:
     resource represents it), x 730 h, as `llmfleet cost` prices it."""
 
     cfg = _config.stack_model()
-    if cfg is None or cfg.provider != "existing" or cfg.host_hourly_usd is None:
+    if not isinstance(cfg, OwnedStackConfig) or cfg.host_hourly_usd is None:
         return 0.0
     return cfg.host_hourly_usd * len(cfg.worker_hosts) * float(HOURS_PER_MONTH)
 

@@ -34,7 +34,7 @@ from pulumi_policy.policy import _NotApplicableError
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
 from infra.catalog import load_catalog
-from infra.stack.config import StackConfig
+from infra.stack.config import AwsStackConfig, StackConfig
 from infra.stack.resolve import resolve
 from policy import _config
 from policy.policies import PACK_ENFORCEMENT, POLICIES
@@ -104,8 +104,11 @@ def stack_policy_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
     return {
         "ec2-instance-type-allowed": {"allowedInstanceTypes": sorted(load_catalog().instances)},
         "security-group-ingress": {
-            "allowedIngressCidrs": list(cfg.endpoint_allowed_cidrs),
-            "endpointPublic": cfg.endpoint_public,
+            # hosts you own have no security group: the keys' defaults (no CIDR, internal)
+            "allowedIngressCidrs": list(cfg.endpoint_allowed_cidrs)
+            if isinstance(cfg, AwsStackConfig)
+            else [],
+            "endpointPublic": cfg.endpoint_public if isinstance(cfg, AwsStackConfig) else False,
             "endpointPort": cfg.endpoint_port,
         },
         "gpu-fit": gpu_fit,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import boto3
 
     from infra.catalog import Catalog
-    from infra.stack.config import StackConfig
+    from infra.stack.config import AwsStackConfig
 
 Status = Literal["pass", "fail", "warn"]
 
@@ -95,7 +95,7 @@ def make_clients(region: str, session: boto3.Session | None = None) -> Clients:
     )
 
 
-def inputs_for_stack(cfg: StackConfig, catalog: Catalog | None = None) -> PreflightInputs:
+def inputs_for_stack(cfg: AwsStackConfig, catalog: Catalog | None = None) -> PreflightInputs:
     """PreflightInputs from a StackConfig and the catalog (expected sizes come from the model card)."""
     if catalog is None:
         catalog = load_catalog()

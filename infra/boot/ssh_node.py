@@ -18,11 +18,11 @@ from ray_cluster.node import GCS_PORT
 from ray_cluster.ray_start import head_start_command, worker_start_command
 
 if TYPE_CHECKING:
-    from infra.stack.config import StackConfig
+    from infra.stack.config import OwnedStackConfig
     from infra.stack.host_spec import HostSpec
 
 
-def host_index(cfg: StackConfig, host: HostSpec) -> int:
+def host_index(cfg: OwnedStackConfig, host: HostSpec) -> int:
     return next(i for i, h in enumerate(cfg.hosts) if h.address == host.address)
 
 

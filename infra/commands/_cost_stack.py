@@ -20,7 +20,7 @@ from infra.cost.pricing import PriceError, snapshot_book
 from infra.errors import OfflineError
 from infra.rayconf.serving import deployment_options
 from infra.stack import coldstart
-from infra.stack.config import ConfigError
+from infra.stack.config import AwsStackConfig, ConfigError, OwnedStackConfig
 from infra.stack.files import load_config
 from infra.stack.resolve import resolve
 from infra.stack.serve_autoscaling import KEY, describe
@@ -137,7 +137,7 @@ def price_stack(
         "worker_schedule": cost.worker_schedule(cfg, resolve(cfg).plan),
         "project": stack,
         "weights_gib": weights_gib,
-        "default_az": cfg.availability_zone,
+        "default_az": cfg.availability_zone if isinstance(cfg, AwsStackConfig) else None,
         "pricing_model": cfg.effective_pricing_model,
         "capacity_blocks": blocks,
     }
@@ -152,7 +152,7 @@ def price_stack(
             "the preview lists only changed resources, so the breakdowns cover only those (the diff "
             "is complete); run `pulumi preview --json --show-sames` for the stack's totals"
         )
-    if cfg.provider == "existing" and cfg.host_hourly_usd is not None:
+    if isinstance(cfg, OwnedStackConfig) and cfg.host_hourly_usd is not None:
         est = cost.with_owned_hosts(
             est, [h.address for h in cfg.worker_hosts], cfg.host_hourly_usd, f"stack config {stack}"
         )

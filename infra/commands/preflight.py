@@ -7,7 +7,6 @@ from rich.console import Console
 from rich.text import Text
 
 from infra import aws_credentials
-from infra.account_check import model as ac_model
 from infra.commands._common import ConfigOpt, JsonOpt, StackOpt, config_or_fail, console, fail, print_json
 from infra.commands._fit import Col, fitted_table
 
@@ -29,13 +28,13 @@ def run_for_stack(cfg, clients=None):
     # start-up: the account checks load boto3 (~0.7 s); `preflight --help` needs none of it
     from infra.account_check import run as ac_run
 
-    if cfg.provider != "aws":
-        fail(f"llmfleet:provider = {cfg.provider!r}: preflight checks an AWS account; allowed: aws")
-    inputs = ac_model.inputs_for_stack(cfg)
+    checks = ac_run.CHECKS[cfg.provider]
+    if checks is None:
+        having = ", ".join(p for p, c in ac_run.CHECKS.items() if c is not None)
+        fail(f"llmfleet:provider = {cfg.provider!r}: preflight checks a cloud account; allowed: {having}")
     if clients is None:
         credentials_or_fail()
-        clients = ac_model.make_clients(cfg.region)
-    return ac_run.run_checks(inputs, clients)
+    return checks(cfg, clients)
 
 
 def show(checks, title: str, out: Console | None = None) -> None:

@@ -19,7 +19,7 @@ from infra.components.weights import Weights, WeightsArgs
 from infra.constants import DASHBOARD_PORT, SSH_USER, cluster_name
 from infra.program.shared import registry_and_image
 from infra.rayconf.serving import serve_config_yaml, serving_outputs
-from infra.stack.config import StackConfig
+from infra.stack.config import AwsStackConfig
 from infra.stack.resolve import Stack, resolve
 from infra.stack.serving_hours import schedule_actions
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from infra.components.secret_token import SecretToken
 
 
-def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
+def worker_availability_zone(cfg: AwsStackConfig) -> pulumi.Output[str]:
     """The configured AZ, else the first AZ (by name) that offers the GPU instance type."""
     if cfg.availability_zone:
         return pulumi.Output.from_input(cfg.availability_zone)
@@ -85,7 +85,7 @@ class _Base:
     gcs: GcsRedis | None = None  # with llmfleet:gcsRedis
 
 
-def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> Network:
+def _network(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> Network:
 
     return Network(
         "net",
@@ -105,7 +105,7 @@ def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> Network:
     )
 
 
-def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
+def _base(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> _Base:
 
     tags = cfg.common_tags
     network = _network(cfg, name, az)
@@ -169,7 +169,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     return _Base(network, registry, image, weights, token, ray_token, iam, obs, gcs)
 
 
-def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
+def _cluster(cfg: AwsStackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
 
     cat = load_catalog()
     return Cluster(
@@ -227,7 +227,7 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
     )
 
 
-def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str]):
+def _endpoint(cfg: AwsStackConfig, name: str, b: _Base, head_ip: pulumi.Input[str]):
 
     nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
     if nlb_subnet is None:  # Network makes the public subnet whenever the endpoint is public
@@ -250,7 +250,7 @@ def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str])
     )
 
 
-def build_aws(cfg: StackConfig) -> dict[str, Any]:
+def build_aws(cfg: AwsStackConfig) -> dict[str, Any]:
 
     name = cluster_name(cfg)
     stack = resolve(cfg)  # once per program run; everything below gets this one

@@ -29,11 +29,11 @@ from infra.components.existing_hosts import (
 )
 from infra.constants import RAY_VERSION, SSH_USER, cluster_name, node_image_context
 from infra.rayconf.serving import serving_outputs
-from infra.stack.config import StackConfig
+from infra.stack.config import OwnedStackConfig
 from infra.stack.resolve import resolve
 
 
-def node_image(cfg: StackConfig) -> pulumi.Input[str]:
+def node_image(cfg: OwnedStackConfig) -> pulumi.Input[str]:
     """The REPO@sha256:... every host pulls."""
 
     reg = cfg.image_registry
@@ -55,9 +55,9 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
     return registry_and_image(cfg)[1].ref
 
 
-def build_existing(cfg: StackConfig) -> dict[str, Any]:
+def build_existing(cfg: OwnedStackConfig) -> dict[str, Any]:
     head = cfg.head_host
-    assert head is not None  # StackConfig requires exactly one head for provider=existing
+    assert head is not None  # check_hosts requires exactly one head
     workers = cfg.worker_hosts
     stack = resolve(cfg)  # once per program run; everything below gets this one
     plan = stack.plan
