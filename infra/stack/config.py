@@ -101,6 +101,8 @@ class StackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
     provider: ProviderName = Field(default="aws", alias="llmfleet:provider")
+    # Where the hosts pull the node image from instead of the stack's ECR repository.
+    image_registry: Repository = Field(default=None, alias="llmfleet:imageRegistry")
     stack: str = "dev"
     region: Region = Field(default="us-east-1", alias="aws:region")
     model: ModelId = Field(default="deepseek-r1", alias="llmfleet:model")
@@ -155,9 +157,13 @@ class StackConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_key_rules(self) -> Self:
+        self._provider_rules()
         check_all(self)
         engine_options.check_config(self)
         return self
+
+    def _provider_rules(self) -> None:
+        """The rules over a provider's own keys (its model overrides this), before the shared ones."""
 
     # ---- derived facts ------------------------------------------------------
     @property
@@ -248,10 +254,8 @@ class AwsStackConfig(StackConfig):
     # ALARM and on OK; users subscribe to the topic themselves. Unset = the alarms notify nobody.
     alarm_topic_arn: TopicArn = Field(default=None, alias="llmfleet:alarmTopicArn")
 
-    @model_validator(mode="after")
-    def _aws_rules(self) -> Self:
+    def _provider_rules(self) -> None:
         check_aws(self)
-        return self
 
 
 class OwnedStackConfig(StackConfig):
@@ -262,12 +266,9 @@ class OwnedStackConfig(StackConfig):
     hosts: list[HostSpec] = Field(default_factory=list, alias="llmfleet:hosts")
     ssh_private_key: Annotated[str | None, Unset] = Field(default=None, alias="llmfleet:sshPrivateKey")
     host_hourly_usd: Annotated[HourlyUsd | None, Unset] = Field(default=None, alias="llmfleet:hostHourlyUsd")
-    image_registry: Repository = Field(default=None, alias="llmfleet:imageRegistry")
 
-    @model_validator(mode="after")
-    def _owned_rules(self) -> Self:
+    def _provider_rules(self) -> None:
         check_owned(self)
-        return self
 
     @property
     def worker_hosts(self) -> list[HostSpec]:
@@ -303,9 +304,10 @@ class OwnedStackConfig(StackConfig):
 # also has a program function (infra.program.PROGRAMS) and its account checks
 # (infra.account_check.CHECKS); tests/test_providers.py keeps the three tables on one set.
 PROVIDERS: dict[str, type[StackConfig]] = {"aws": AwsStackConfig, "existing": OwnedStackConfig}
-# The same table as pydantic's tagged union: the provider's value picks the model to validate.
+# The same table as pydantic's tagged union, for a model that holds a stack's config (a field
+# typed AnyStackConfig validates into the provider's model). load_stack_config picks from
+# PROVIDERS itself: its errors then name the key alone, not the union's tag before it.
 AnyStackConfig = Annotated[AwsStackConfig | OwnedStackConfig, Field(discriminator="provider")]
-_ANY_STACK_CONFIG: TypeAdapter[AwsStackConfig | OwnedStackConfig] = TypeAdapter(AnyStackConfig)
 
 
 STRUCTURED = {
@@ -323,7 +325,12 @@ SECRET_KEYS = {"llmfleet:sshPrivateKey"}
 def declared_keys(provider: str | None = None) -> dict[str, FieldInfo]:
     """Pulumi key -> pydantic field, for every key one provider's model accepts (None: any)."""
     models = [PROVIDERS[provider]] if provider else list(PROVIDERS.values())
-    return {f.alias: f for m in models for f in m.model_fields.values() if f.alias}
+    out: dict[str, FieldInfo] = {}
+    for m in models:  # a shared key once, as the first provider (aws, the default) declares it
+        for f in m.model_fields.values():
+            if f.alias:
+                out.setdefault(f.alias, f)
+    return out
 
 
 # Why a key of one provider means nothing to the other (the rest: "a key of provider X").
@@ -361,8 +368,8 @@ def _other_providers_key(key: str, value: Any, provider: str) -> ConfigError:
     shown = SECRET_PLACEHOLDER if key in SECRET_KEYS else fmt_value(value)
     why = OTHER_PROVIDER_WHY.get(key, f"a key of llmfleet:provider {owner}")
     if key == "llmfleet:hosts":
-        return ConfigError(f'{key} = "[...]": {why}')
-    return ConfigError(f"{key} = {shown}: {why}; allowed with provider {owner}, not {provider} (unset it)")
+        return ConfigError(f"{key} = '[...]': {why}")
+    return ConfigError(f"{key} = {shown}: {why}; allowed with provider {owner}")
 
 
 def _parse_raw(key: str, value: Any) -> Any:
@@ -406,7 +413,7 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
             raise _other_providers_key(key, data[key], provider)
         del data[key]
     try:
-        return _ANY_STACK_CONFIG.validate_python(data)
+        return PROVIDERS[provider].model_validate(data)
     except ValidationError as e:
         raise ConfigError(_one_line(e, data)) from None
 

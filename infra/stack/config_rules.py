@@ -54,7 +54,7 @@ class CrossKeyError(ValueError):
 
 
 def check_all(cfg: StackConfig) -> None:
-    """The rules of every provider's stack (StackConfig's validator runs them first)."""
+    """The rules of every provider's stack (StackConfig's validator, after the provider's own)."""
     check_commitments(cfg)
     check_layout(cfg)
     check_routing(cfg)
@@ -62,7 +62,7 @@ def check_all(cfg: StackConfig) -> None:
 
 
 def check_aws(cfg: AwsStackConfig) -> None:
-    """The rules over provider aws's own keys (AwsStackConfig's validator, after check_all)."""
+    """The rules over provider aws's own keys (AwsStackConfig's, before check_all)."""
     check_endpoint_tls_dns(cfg)
     check_alarm_topic(cfg)
     check_capacity_block(cfg)
@@ -70,7 +70,7 @@ def check_aws(cfg: AwsStackConfig) -> None:
 
 
 def check_owned(cfg: OwnedStackConfig) -> None:
-    """The rules over provider existing's own keys (OwnedStackConfig's validator)."""
+    """The rules over provider existing's own keys (OwnedStackConfig's, before check_all)."""
     check_hosts(cfg)
     check_scale_to_zero(cfg)
 
