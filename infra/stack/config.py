@@ -333,6 +333,9 @@ def declared_keys(provider: str | None = None) -> dict[str, FieldInfo]:
     return out
 
 
+# Keys of another provider a stack may hold unused, as before the split: an aws stack's file may
+# keep the owned hosts' SSH key (a secret) and their price while it moves between providers.
+UNUSED_ELSEWHERE = {"aws": ("llmfleet:sshPrivateKey", "llmfleet:hostHourlyUsd")}
 # Why a key of one provider means nothing to the other (the rest: "a key of provider X").
 OTHER_PROVIDER_WHY = {
     "llmfleet:alarmTopicArn": "the alarms watch the EC2 head and worker groups",
@@ -409,7 +412,7 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
         raise ConfigError(f"llmfleet:provider = {fmt_value(provider)}: allowed: {', '.join(PROVIDERS)}")
     own = declared_keys(provider)
     for key in [k for k in data if k != "stack" and k not in own]:
-        if not _is_default(key, data[key]):
+        if not _is_default(key, data[key]) and key not in UNUSED_ELSEWHERE.get(provider, ()):
             raise _other_providers_key(key, data[key], provider)
         del data[key]
     try:
