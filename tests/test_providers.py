@@ -5,11 +5,13 @@ AWS network, ACM, Route 53 or SNS key, and such a key set on it is refused in on
 from __future__ import annotations
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from infra.account_check.run import CHECKS
 from infra.program import PROGRAMS
 from infra.stack.config import (
     PROVIDERS,
+    AnyStackConfig,
     AwsStackConfig,
     ConfigError,
     OwnedStackConfig,
@@ -38,6 +40,11 @@ AWS_ONLY = {
 def test_the_three_tables_name_the_same_providers():
     assert set(PROVIDERS) == set(PROGRAMS) == set(CHECKS) == {"aws", "existing"}
     assert PROVIDERS["aws"] is AwsStackConfig and PROVIDERS["existing"] is OwnedStackConfig
+    # the same table as a tagged union: the provider's value picks the model
+    union = TypeAdapter(AnyStackConfig)
+    assert type(union.validate_python({"llmfleet:provider": "aws"})) is AwsStackConfig
+    with pytest.raises(ValidationError, match="does not match any of the expected tags: 'aws', 'existing'"):
+        union.validate_python({"llmfleet:provider": "gcp"})
 
 
 def test_an_owned_stacks_model_has_no_aws_network_acm_route53_or_sns_key():

@@ -1,12 +1,13 @@
-"""The typed stack config: one pydantic model over the flat Pulumi config map.
+"""The typed stack config: a pydantic model per provider over the flat Pulumi config map.
 
 `load_stack_config(raw, stack)` takes what Pulumi holds ("aws:region" -> "us-east-1",
 "llmfleet:workerCount" -> "auto", structured values as JSON text) and returns a
 validated `StackConfig`, or raises `ConfigError` whose message is one line that names
 the key, the bad value and what is allowed.
 
-The model declares the keys; each key's allowed values are in `config_values`, the rules
-across keys in `config_rules`, an owned host's entry in `host_spec`.
+StackConfig declares the keys every provider has, AwsStackConfig and OwnedStackConfig their own
+(PROVIDERS, picked by llmfleet:provider); each key's allowed values are in `config_values`, the
+rules across keys in `config_rules`, an owned host's entry in `host_spec`.
 Pulumi.yaml's `config:` block declares the same keys (a test keeps them in step).
 """
 
@@ -302,7 +303,7 @@ class OwnedStackConfig(StackConfig):
 
 # The providers: llmfleet:provider -> its config model (its own keys over StackConfig's). Each
 # also has a program function (infra.program.PROGRAMS) and its account checks
-# (infra.account_check.CHECKS); tests/test_providers.py keeps the three tables on one set.
+# (infra.account_check.run.CHECKS); tests/test_providers.py keeps the three tables on one set.
 PROVIDERS: dict[str, type[StackConfig]] = {"aws": AwsStackConfig, "existing": OwnedStackConfig}
 # The same table as pydantic's tagged union, for a model that holds a stack's config (a field
 # typed AnyStackConfig validates into the provider's model). load_stack_config picks from
