@@ -13,16 +13,19 @@ from infra.boot import cloud_init
 from infra.boot.cloud_init import RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
 from infra.catalog import load_catalog
 from infra.rayconf.serving import serve_config_yaml
+from infra.stack.config import OwnedStackConfig, StackConfig
 from infra.stack.resolve import Stack
 from ray_cluster.node import GCS_PORT
 from ray_cluster.ray_start import head_start_command, worker_start_command
 
 if TYPE_CHECKING:
-    from infra.stack.config import OwnedStackConfig
     from infra.stack.host_spec import HostSpec
 
 
-def host_index(cfg: OwnedStackConfig, host: HostSpec) -> int:
+def host_index(cfg: StackConfig, host: HostSpec) -> int:
+    """The host's entry in llmfleet:hosts (only an owned-hosts stack has them)."""
+    if not isinstance(cfg, OwnedStackConfig):
+        raise ValueError(f"llmfleet:provider = {cfg.provider!r}: no llmfleet:hosts; allowed: existing")
     return next(i for i, h in enumerate(cfg.hosts) if h.address == host.address)
 
 

@@ -353,8 +353,9 @@ OTHER_PROVIDER_WHY = {
 @cache
 def _field_adapter(key: str) -> TypeAdapter[Any]:
     field = declared_keys()[key]
-    kind: Any = field.annotation
-    return TypeAdapter(Annotated[kind, *field.metadata] if field.metadata else kind)
+    annotated: Any = Annotated  # subscripted with the field's own metadata (its validators)
+    kind: Any = annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return TypeAdapter[Any](kind)
 
 
 def _is_default(key: str, value: Any) -> bool:
