@@ -23,11 +23,19 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from infra import worker_lookup
 from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.constants import REPO_ROOT
+from infra.rayconf.cluster_yaml import render_validated
+from infra.rayconf.serve_config import to_yaml
+from infra.rayconf.serving import render_for_outputs, serve_config_yaml
 from infra.stack.config import ConfigError, StackConfig
-from infra.stack.files import check_namespace
+from infra.stack.files import check_namespace, project_root
+from infra.stack.outputs import OutputsError, StackOutputs
 from infra.stack.resolve import resolve
+from infra.worker_lookup import HeadLookupError
+from ray_cluster.node import NodeError
+from ray_cluster.readiness import wait_for_completion
 
 PROJECT = "llmfleet"
 POLICY_PACK_DIR = REPO_ROOT / "policy"
@@ -95,9 +103,6 @@ def build_stack_args(
             f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (org/project/ prefix optional)"
         )
     if work_dir is None:
-        from infra.stack.config import ConfigError
-        from infra.stack.files import project_root
-
         try:
             work_dir = project_root()
         except ConfigError as e:
@@ -243,9 +248,6 @@ def stack_down(stack: Any, on_output: Callable[[str], None]) -> str:
 def render_artifacts(outputs: Mapping[str, Any], cfg: StackConfig, out_dir: Path) -> list[Path]:
     """Write cluster.yaml and the Serve config from the real stack outputs, each validated by
     Ray's own code first (the same renderers as `llmfleet render`)."""
-    from infra.rayconf.cluster_yaml import render_validated
-    from infra.rayconf.serve_config import to_yaml
-    from infra.stack.serving import render_for_outputs
 
     cluster = render_validated(outputs)
     serve, _notes = render_for_outputs(outputs, cfg, resolve(cfg).plan)
@@ -281,7 +283,6 @@ def serve_config_fingerprint(serve_yaml: str) -> str:
 
 def expected_fingerprint(cfg: StackConfig) -> str:
     """The fingerprint of the Serve config this stack's program puts in the head's node script."""
-    from infra.stack.serving import serve_config_yaml
 
     return serve_config_fingerprint(serve_config_yaml(cfg, resolve(cfg).plan))
 
@@ -464,16 +465,12 @@ def wait_stack_ready(
     when None), ready only once the head reports the Serve config this stack's program renders
     (an app still answering with the previous one is not). DeployError (one line) when the
     outputs cannot say where to ask."""
-    from infra.stack.outputs import OutputsError, StackOutputs
 
     try:
         o = StackOutputs.parse(outputs)
     except OutputsError as e:
         raise DeployError(str(e)) from None
     if cfg.provider == "existing":
-        from ray_cluster.node import NodeError
-        from ray_cluster.readiness import wait_for_completion
-
         endpoint = o.endpoint_url.rstrip("/").removesuffix("/v1")
         try:
             text = wait_for_completion(endpoint, o.api_token, o.served_model, timeout_s)
@@ -482,11 +479,9 @@ def wait_stack_ready(
         return Readiness(True, f"a completion returned {text!r}")
     from boto3.session import Session
 
-    from infra.worker_lookup import HeadLookupError, head_instance_id
-
     sess = session if session is not None else Session()
     try:  # the head group's running instance (the group replaces it; the stack names the group)
-        head = head_instance_id(outputs, sess.client("ec2", region_name=cfg.region))
+        head = worker_lookup.head_instance_id(outputs, sess.client("ec2", region_name=cfg.region))
     except HeadLookupError as e:
         raise DeployError(f"readiness: {e}") from None
     if not o.token_parameter:

@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import pulumi.runtime
 
+from infra.catalog import load_catalog
+from infra.runtime_config import runtime_stack_config
+from infra.stack.config import ConfigError
+
 if TYPE_CHECKING:
     from infra.stack.config import StackConfig
 
@@ -26,7 +30,6 @@ _RUNNER_STACK: ContextVar[StackConfig | None] = ContextVar("llmfleet_policy_stac
 
 @cache
 def catalog_instance_types() -> tuple[str, ...]:
-    from infra.catalog import load_catalog
 
     return tuple(sorted(load_catalog().instances))
 
@@ -89,9 +92,6 @@ def stack_model() -> StackConfig | None:
     cfg = _RUNNER_STACK.get()
     if cfg is not None:
         return cfg
-    from infra.program import runtime_stack_config
-    from infra.stack.config import ConfigError
-
     try:
         return runtime_stack_config(pulumi.get_stack())
     except ConfigError:

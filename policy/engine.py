@@ -24,6 +24,12 @@ import zlib
 
 from pulumi_policy import EnforcementLevel, ReportViolation, StackValidationArgs, StackValidationPolicy
 
+from infra.boot.node_apply import unpack_script
+from infra.catalog import load_catalog
+from infra.stack.config import ConfigError
+from infra.stack.context import REASONING_FLOOR
+from infra.stack.resolve import resolve
+
 from . import _config
 from ._props import is_unknown
 from ._stackview import Res, StackView
@@ -44,7 +50,6 @@ def _script(res: Res) -> str | None:
     value = res.props.get("insecureValue", res.props.get("value"))
     if not isinstance(value, str) or is_unknown(value):
         return None
-    from infra.boot.node_apply import unpack_script
 
     try:
         return unpack_script(value)
@@ -88,8 +93,6 @@ def _trust_remote_code(args: StackValidationArgs, report: ReportViolation) -> No
 
 def _short_context(model_id: str, length: int) -> str | None:
     """Why `length` is too short for `model_id` (a catalog id or its Hub name), or None."""
-    from infra.catalog import load_catalog
-    from infra.stack.context import REASONING_FLOOR
 
     models = load_catalog().models
     model = models.get(model_id) or next((m for m in models.values() if m.hf_repo == model_id), None)
@@ -122,8 +125,6 @@ def _reasoning_context(args: StackValidationArgs, report: ReportViolation) -> No
     cfg = _config.stack_model()
     if not found and cfg is not None:
         # A preview before the node scripts are known: the plan's context for the stack config.
-        from infra.stack.config import ConfigError
-        from infra.stack.resolve import resolve
 
         try:
             length = resolve(cfg).plan.max_model_len

@@ -13,8 +13,12 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from infra.catalog import QUANTIZATIONS
+from infra.catalog import QUANTIZATIONS, load_catalog
+from infra.cost.estimate import estimate_monthly_usd
+from infra.cost.model import HOURS_PER_MONTH
+from infra.stack.config import OwnedStackConfig
 from infra.stack.config_values import GPU_MEMORY_UTILIZATION_RANGE
+from infra.stack.planner import PlanInputError, plan
 
 from . import _config
 from ._props import UNKNOWN, as_list, get, is_unknown, to_int
@@ -36,7 +40,6 @@ SSE_ALGORITHMS = ("AES256", "aws:kms", "aws:kms:dsse")
 def gpu_workers(view: StackView) -> list[Res]:
     """Instances (and the instances of Auto Scaling groups) tagged llmfleet:role=worker, or,
     untagged, whose type has GPUs in the catalog."""
-    from infra.catalog import load_catalog
 
     instances = load_catalog().instances
     out = []
@@ -61,8 +64,6 @@ def _serving_setting(workers: list[Res], cfg: Mapping[str, Any], tag: str, key: 
 
 
 def _gpu_fit(args: StackValidationArgs, report: ReportViolation) -> None:
-    from infra.catalog import load_catalog
-    from infra.stack.planner import PlanInputError, plan
 
     cat = load_catalog()
     view = StackView.of(args.resources)
@@ -145,8 +146,6 @@ def monthly_cost_usd(
     """The cost issue's estimator (infra.cost.estimate) over the stack's resources, snapshot prices, with
     the stack's pricing model, as `llmfleet cost` prices it without a usage file (a Capacity
     Block's fee then comes from the snapshot rate)."""
-    from infra.catalog import load_catalog
-    from infra.cost.estimate import estimate_monthly_usd
 
     models = load_catalog().models
     weights_gib = models[model].checkpoint_gib if model in models else None
@@ -164,10 +163,9 @@ def stack_pricing_model() -> str:
 def owned_hosts_monthly_usd() -> float:
     """provider=existing: the declared hourly cost of each owned GPU worker host (no cloud
     resource represents it), x 730 h, as `llmfleet cost` prices it."""
-    from infra.cost.model import HOURS_PER_MONTH
 
     cfg = _config.stack_model()
-    if cfg is None or cfg.provider != "existing" or cfg.host_hourly_usd is None:
+    if not isinstance(cfg, OwnedStackConfig) or cfg.host_hourly_usd is None:
         return 0.0
     return cfg.host_hourly_usd * len(cfg.worker_hosts) * float(HOURS_PER_MONTH)
 

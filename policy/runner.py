@@ -33,9 +33,11 @@ from pulumi_policy import (
 from pulumi_policy.policy import _NotApplicableError
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
-from infra.stack.config import StackConfig
+from infra.catalog import load_catalog
+from infra.stack.config import AwsStackConfig, StackConfig
 from infra.stack.resolve import resolve
 from policy import _config
+from policy.policies import PACK_ENFORCEMENT, POLICIES
 
 OFFLINE_UNKNOWN = "[unknown]"  # infra.program.offline's placeholder for a value unknown at registration
 
@@ -87,7 +89,6 @@ def schema_defaults(policies: Iterable[Policy]) -> dict[str, dict[str, Any]]:
 
 def stack_policy_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
     """The policy config a stack implies: what a user would put in --policy-pack-config."""
-    from infra.catalog import load_catalog
 
     gpu_fit: dict[str, Any] = {
         "model": cfg.model,
@@ -103,8 +104,11 @@ def stack_policy_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
     return {
         "ec2-instance-type-allowed": {"allowedInstanceTypes": sorted(load_catalog().instances)},
         "security-group-ingress": {
-            "allowedIngressCidrs": list(cfg.endpoint_allowed_cidrs),
-            "endpointPublic": cfg.endpoint_public,
+            # hosts you own have no security group: the keys' defaults (no CIDR, internal)
+            "allowedIngressCidrs": list(cfg.endpoint_allowed_cidrs)
+            if isinstance(cfg, AwsStackConfig)
+            else [],
+            "endpointPublic": cfg.endpoint_public if isinstance(cfg, AwsStackConfig) else False,
             "endpointPort": cfg.endpoint_port,
         },
         "gpu-fit": gpu_fit,
@@ -289,8 +293,6 @@ def run_policies(
     price the stack (pricing model, owned hosts) read it where, under the Pulumi CLI, they read
     the stack config the CLI hands over. Without it they see only that runtime config.
     """
-    from policy.policies import PACK_ENFORCEMENT, POLICIES
-
     policies = list(POLICIES if policies is None else policies)
     default = pack_enforcement or PACK_ENFORCEMENT
     config = merge_config(schema_defaults(policies), config)
@@ -321,6 +323,8 @@ def run_for_stack(
     stack: str, overrides: Sequence[str] = (), extra_config: Mapping[str, Mapping[str, Any]] | None = None
 ) -> tuple[Any, Report]:
     """Capture the stack with the offline engine and run the pack on it."""
+    # start-up: the offline engine (Pulumi's mocks, the program) is only for this; `llmfleet up`
+    # reads the pack's schema (stack_policy_config) without it
     from infra.program.offline import capture
 
     cap = capture(stack, overrides)

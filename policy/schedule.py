@@ -16,6 +16,10 @@ from collections import defaultdict
 
 from pulumi_policy import EnforcementLevel, ReportViolation, StackValidationArgs, StackValidationPolicy
 
+from infra.stack.config import ConfigError
+from infra.stack.resolve import resolve
+from infra.stack.serving_hours import cold_start_lead_s
+
 from . import _config
 from ._props import is_unknown
 from ._stackview import StackView
@@ -24,9 +28,6 @@ SCHEDULE = "aws:autoscaling/schedule:Schedule"
 
 
 def _plan_cold_start_s(cfg) -> float | None:
-    from infra.stack.config import ConfigError
-    from infra.stack.resolve import resolve
-    from infra.stack.serving_hours import cold_start_lead_s
 
     try:
         return cold_start_lead_s(resolve(cfg).plan)

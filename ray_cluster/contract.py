@@ -9,6 +9,7 @@ runs in the image and on the operator's machine alike.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 GCS_PORT = 6379
@@ -21,6 +22,10 @@ ACTIVITY_FILE = "/tmp/ray/llmfleet-last-request"
 TOKEN_ENV = "LLMFLEET_API_TOKEN"  # the endpoint token's env var on the head (never the value)
 APP_NAME = "llm"
 SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"
+# The engine callback the Serve config names (serve_app.StagedWeights: the staged weights
+# checked before vLLM loads them), and the form of an env var name the config may name.
+STAGED_WEIGHTS_CALLBACK = "ray_cluster.serve_app:StagedWeights"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Every host's env file (cloud-init writes it from SSM at boot, the existing-hosts bootstrap from
 # its stdin): the Ray cluster token (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token) on every node, plus the
 # endpoint token on the head. Every node container gets it as --env-file; never in a rendered file.

@@ -21,7 +21,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
-from ray_cluster import contract, nic
+from ray_cluster import contract, healthcheck, nic
+from ray_cluster import placement as preflight
+from ray_cluster.cluster_status import gather
 from ray_cluster.contract import (
     AGENT_PORTS,
     CPU_WORKER_RESOURCE,
@@ -47,6 +49,7 @@ from ray_cluster.serve_rest import (
     serve_status,
     wait_serve_running,
 )
+from ray_cluster.watch import WatchView, activity_file_of, file_digest, idle_line, preflight_needed, watch
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -224,8 +227,6 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
     rewrite the file meanwhile), so `status --serve-config` reports what answers, not what is on disk."""
     import ray
 
-    from ray_cluster import placement as preflight
-
     with open(a.serve_config, "rb") as f:
         fingerprint = config_fingerprint(f.read())
     config = load_serve_config(a.serve_config)
@@ -278,8 +279,6 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
 def _watch_view(a: argparse.Namespace):
     import ray
 
-    from ray_cluster.watch import WatchView, file_digest
-
     digest = file_digest(a.serve_config)
     connect(a.address)
     try:
@@ -294,15 +293,12 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     token = os.environ.get(a.token_env) if a.token_env else None
     if a.token_env and not token:
         raise NodeError(f"--token-env {a.token_env}: variable is not set")
-    from ray_cluster.watch import preflight_needed
 
     _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard)))
     if a.watch:
         import time
 
         import yaml
-
-        from ray_cluster.watch import activity_file_of, idle_line, watch
 
         # When the workers were last seen joining (None: none alive): idle counts from there.
         awake: dict[str, float | None] = {"since": time.time()}
@@ -335,8 +331,6 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
 def cmd_status(a: argparse.Namespace) -> int:
     import ray
-
-    from ray_cluster.cluster_status import gather
 
     connect(a.address)
     try:
@@ -380,7 +374,6 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(a: argparse.Namespace) -> int:
-    from ray_cluster import healthcheck
 
     return healthcheck.main()
 

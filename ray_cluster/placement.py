@@ -13,7 +13,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from ray_cluster import contract
+from ray_cluster import contract, nic
+from ray_cluster.driver import connect
 
 
 class PreflightError(RuntimeError):
@@ -160,8 +161,6 @@ class _Rank:
             return name
         import ray
 
-        from ray_cluster import nic
-
         try:
             return nic.choose_nic(nic.read_interfaces(), ip=ray.util.get_node_ip_address()).ifname
         except nic.NicError:
@@ -242,8 +241,6 @@ def run_preflight(
     world = tp * pp
     owns_connection = not ray.is_initialized()
     if owns_connection:
-        from ray_cluster.driver import connect
-
         connect(address or "auto")
     pg = None
     actors: list = []

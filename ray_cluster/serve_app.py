@@ -35,10 +35,9 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from ray_cluster.auth import bearer_ok, load_token
-from ray_cluster.contract import CPU_WORKER_RESOURCE, GPU_MODEL_PREFIX
+from ray_cluster.contract import CPU_WORKER_RESOURCE, ENV_NAME_RE, GPU_MODEL_PREFIX
 from ray_cluster.schedule import Schedule, ScheduleError, parse_schedule, retry_after_s
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ACTIVITY_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
 # Ray Serve LLM's switch that makes LLMServer itself the ingress, skipping any ingress class:
@@ -527,7 +526,6 @@ def _gated_base() -> type:
     return _GATED
 
 
-STAGED_WEIGHTS_CALLBACK = "ray_cluster.serve_app:StagedWeights"
 _STAGED: type | None = None
 
 

@@ -333,9 +333,9 @@ def test_tune_best_out_is_a_stack_config_fragment_that_c_and_a_stack_file_take(t
 
     from infra.commands import bench as bench_cmd
     from infra.constants import REPO_ROOT
+    from infra.rayconf.serving import serve_config_yaml
     from infra.stack.files import load_config
     from infra.stack.resolve import resolve
-    from infra.stack.serving import serve_config_yaml
 
     best_cfg = {"max_ongoing_requests": 16, "ingress_max_ongoing_requests": 64, "max_num_seqs": 32,
                 "max_num_batched_tokens": 4096}  # fmt: skip

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
+import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -16,7 +19,8 @@ import typer.main
 from typer.testing import CliRunner
 
 from infra.catalog import load_catalog
-from infra.cli import app
+from infra.cli import COMMANDS as ROOT_TABLE
+from infra.cli import app, full_group
 from infra.commands.preview import short_type
 from infra.constants import REPO_ROOT
 from infra.stack.config import load_stack_config
@@ -56,7 +60,7 @@ def _commands():
         for name, sub in getattr(cmd, "commands", {}).items():
             yield from walk(sub, [*path, name])
 
-    return list(walk(typer.main.get_command(app), []))
+    return list(walk(full_group(), []))
 
 
 COMMANDS = _commands()
@@ -105,6 +109,40 @@ def test_every_option_has_help_and_no_hard_line_breaks(path, cmd):
     # ragged at any width but the one it was wrapped for.
     for para in inspect.cleandoc(cmd.help or "").split("\n\n"):
         assert "\n" not in para, f"{' '.join(path)}: hard line break in {para[:60]!r}"
+
+
+def test_the_root_table_is_what_the_modules_register():
+    """`llmfleet --help` lists the commands from infra.cli.COMMANDS without importing them: each
+    entry names the module that registers the command and its help's first paragraph."""
+    registered = {name: cmd for name, cmd in full_group().commands.items()}
+    assert list(registered) == list(ROOT_TABLE)
+    for name, (module, first) in ROOT_TABLE.items():
+        cmd = registered[name]
+        assert cmd.callback is None or cmd.callback.__module__ == f"infra.commands.{module}", name
+        assert inspect.cleandoc(cmd.help or "").split("\n\n")[0] == first, name
+
+
+def test_root_help_imports_no_command_module():
+    code = (
+        "import sys\nfrom infra.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('infra.commands.') and m != 'infra.commands._common'"
+        " or m.split('.')[0] in ('pulumi', 'boto3', 'ray', 'vllm')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **COLS80},
+    ).stdout
+    assert "Usage: " in out and "preflight-cluster" in out
+    assert out.splitlines()[-1] == "[]"
+
+
+def test_a_mistyped_command_is_suggested_from_every_command():
+    result = run("rollot")
+    assert result.exit_code == 2
+    assert "no such command 'rollot'. Did you mean 'rollout'?" in result.stderr
 
 
 def test_version():

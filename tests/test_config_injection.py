@@ -496,7 +496,7 @@ def _aws_scripts(stack) -> list[str]:
     from infra.boot.node_apply import launcher_user_data, node_parameter_name
     from infra.catalog import load_catalog
     from infra.constants import cluster_name
-    from infra.stack.serving import serve_config_yaml
+    from infra.rayconf.serving import serve_config_yaml
 
     cfg, plan = stack.cfg, stack.plan
     wt = load_catalog().instances[cfg.gpu_instance_type]

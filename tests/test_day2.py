@@ -183,8 +183,8 @@ def test_the_head_reports_the_fingerprint_readiness_expects():
     """The Serve config the head's node script writes is the file whose sha256 the head reports
     once deployed (ray_cluster.node), and the operator fingerprints the config it renders."""
     from infra.deploy import serve_config_fingerprint
+    from infra.rayconf.serving import serve_config_yaml
     from infra.stack.resolve import resolve
-    from infra.stack.serving import serve_config_yaml
     from ray_cluster.node import config_fingerprint
 
     c = cap("prod")

@@ -403,7 +403,7 @@ def test_up_readiness_asks_for_the_model_the_rendered_serve_config_serves(monkey
     the same program outputs `up` renders serve.yaml from (not the catalog key 'deepseek-r1')."""
     from infra.commands._readiness import wait_ready
     from infra.program.offline import capture
-    from infra.stack.serving import render_for_outputs
+    from infra.rayconf.serving import render_for_outputs
 
     c = capture("prod")
     outputs = dict(c.outputs)

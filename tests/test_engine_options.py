@@ -15,7 +15,8 @@ from infra.catalog import engine_args as catalog
 from infra.cli import app
 from infra.constants import REPO_ROOT
 from infra.rayconf import serve_config as sc
-from infra.stack import engine_options, serving
+from infra.rayconf import serving
+from infra.stack import engine_options
 from infra.stack.config import ConfigError
 from infra.stack.files import load_config
 from infra.stack.resolve import resolve

@@ -495,9 +495,9 @@ def test_an_explicit_length_is_honoured_and_one_the_cache_cannot_hold_is_refused
 def test_prod_serves_the_planners_context_of_at_least_16k():
     """Done-when of issue #28 point 3: prod leaves maxModelLen to the planner, and the Serve config
     the head deploys carries the planner's pick."""
+    from infra.rayconf.serving import render_for_plan
     from infra.stack.files import load_config
     from infra.stack.resolve import resolve
-    from infra.stack.serving import render_for_plan
 
     cfg = load_config("prod")
     assert cfg.max_model_len == "auto"

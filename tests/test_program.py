@@ -102,7 +102,7 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
     c = capture("prod", ["llmfleet:replicas=2"])
     workers = hosts(c, "worker")
     assert len(workers) == 6 and c.outputs["pipeline_parallel_size"] == 3  # 2 replicas x PP 3
-    from infra.stack import serving
+    from infra.rayconf import serving
 
     cfg = c.config
     doc = serving.render_for_plan(cfg, resolve(cfg).plan)
@@ -117,8 +117,8 @@ def test_replicas_multiply_the_plans_nodes_and_a_bad_split_is_one_line():
 
 
 def test_existing_provider_branches_into_its_own_module(monkeypatch):
-    real = capture("onprem-l20").outputs
-    cfg = capture("dev").config.model_copy(update={"provider": "existing"})
+    owned = capture("onprem-l20")
+    real, cfg = owned.outputs, owned.config
     monkeypatch.setattr(program, "read_config", lambda: cfg)
     seen = []
 
@@ -129,7 +129,7 @@ def test_existing_provider_branches_into_its_own_module(monkeypatch):
     import infra.program.existing as existing
 
     monkeypatch.setattr(existing, "build_existing", fake)
-    assert program.build() == real and seen == ["dev"]
+    assert program.build() == real and seen == ["onprem-l20"]
     # and what it returns is held to the outputs contract
     monkeypatch.setattr(existing, "build_existing", lambda c: {**real, "branch": "existing"})
     with pytest.raises(Exception, match="'branch' is not in StackOutputs"):

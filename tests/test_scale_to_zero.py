@@ -208,8 +208,8 @@ def test_the_watcher_logs_seconds_since_the_gates_last_request(tmp_path):
 
 
 def test_the_serve_config_names_the_activity_file_only_with_idle_stop():
+    from infra.rayconf.serving import render_for_plan
     from infra.stack.config import load_stack_config
-    from infra.stack.serving import render_for_plan
     from ray_cluster import contract, serve_app
 
     on = load_stack_config({"llmfleet:idleStopMinutes": "30"}, "prod")

@@ -11,8 +11,8 @@ from ray.serve.config import AutoscalingConfig
 
 from infra.local import layout as local_layout
 from infra.rayconf import serve_config as sc
+from infra.rayconf import serving
 from infra.stack import serve_autoscaling as sa
-from infra.stack import serving
 from infra.stack.config import ConfigError
 from infra.stack.files import load_config
 from infra.stack.resolve import resolve

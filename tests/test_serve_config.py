@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from infra.cli import app
 from infra.constants import REPO_ROOT
 from infra.rayconf import serve_config as sc
-from infra.stack import serving
+from infra.rayconf import serving
 from infra.stack.resolve import resolve
 from ray_cluster import serve_app
 
@@ -429,8 +429,8 @@ def test_exported_schema_is_rays_own_and_well_formed():
 def test_program_side_check_agrees_with_ray_for_every_stack(stack):
     from ray.serve.schema import ServeDeploySchema
 
+    from infra.rayconf.serving import render_for_plan
     from infra.stack.files import load_config
-    from infra.stack.serving import render_for_plan
 
     cfg = load_config(stack)
     doc = render_for_plan(cfg, resolve(cfg).plan)  # checked against the exported schema
@@ -439,8 +439,8 @@ def test_program_side_check_agrees_with_ray_for_every_stack(stack):
 
 def test_exported_schema_rejects_a_bad_config_in_one_line():
     from infra.rayconf.serve_config import ServeConfigError, validate_with_exported_schema
+    from infra.rayconf.serving import render_for_plan
     from infra.stack.files import load_config
-    from infra.stack.serving import render_for_plan
 
     cfg = load_config("prod")
     doc = render_for_plan(cfg, resolve(cfg).plan)

@@ -171,9 +171,9 @@ def test_build_app_args_carry_a_checked_schedule():
 
 
 def test_the_rendered_serve_config_hands_the_schedule_to_the_gate():
+    from infra.rayconf.serving import render_for_plan
     from infra.stack.config import load_stack_config
     from infra.stack.resolve import resolve
-    from infra.stack.serving import render_for_plan
 
     cfg = load_stack_config({"llmfleet:schedule": "mon-fri 08:00-20:00 Europe/Berlin"}, "prod")
     app = render_for_plan(cfg, resolve(cfg).plan)["applications"][0]

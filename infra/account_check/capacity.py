@@ -9,6 +9,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.account_check.model import Check, PreflightInputs, _err
+from infra.cost import capacity_block as cb
 
 
 def check_capacity_reservation(ec2: Any, inp: PreflightInputs) -> Check:
@@ -44,7 +45,6 @@ def _offering_hint(ec2: Any, inp: PreflightInputs, hours: int) -> str:
         f"aws ec2 describe-capacity-block-offerings --instance-type {inp.instance_type} "
         f"--instance-count {inp.workers} --capacity-duration-hours {hours}"
     )
-    from infra.cost import capacity_block as cb
 
     try:
         found = cb.offerings(ec2, inp.instance_type, inp.workers, hours)
@@ -66,7 +66,6 @@ def _offering_hint(ec2: Any, inp: PreflightInputs, hours: int) -> str:
 
 def check_capacity_block(ec2: Any, inp: PreflightInputs, now: dt.datetime | None = None) -> Check:
     """The Capacity Block against the plan: type, AZ, instance count, and its time window."""
-    from infra.cost import capacity_block as cb
 
     name = "capacity-block"
     rid = inp.capacity_block_id

@@ -6,16 +6,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import boto3
 from botocore.exceptions import ClientError
 
 from infra.boot.ami import boto3_describe_images_args
+from infra.catalog import load_catalog
 from infra.constants import GIB, WEIGHTS_TOLERANCE  # noqa: F401 - the checks import them from here
 from infra.stack.resolve import resolve
 
 if TYPE_CHECKING:
+    import boto3
+
     from infra.catalog import Catalog
-    from infra.stack.config import StackConfig
+    from infra.stack.config import AwsStackConfig
 
 Status = Literal["pass", "fail", "warn"]
 
@@ -83,6 +85,8 @@ class Clients:
 
 
 def make_clients(region: str, session: boto3.Session | None = None) -> Clients:
+    import boto3  # start-up: ~0.7 s; the commands that import this model build clients only when run
+
     s = session or boto3.Session()
     return Clients(
         ec2=s.client("ec2", region_name=region),
@@ -91,11 +95,9 @@ def make_clients(region: str, session: boto3.Session | None = None) -> Clients:
     )
 
 
-def inputs_for_stack(cfg: StackConfig, catalog: Catalog | None = None) -> PreflightInputs:
+def inputs_for_stack(cfg: AwsStackConfig, catalog: Catalog | None = None) -> PreflightInputs:
     """PreflightInputs from a StackConfig and the catalog (expected sizes come from the model card)."""
     if catalog is None:
-        from infra.catalog import load_catalog
-
         catalog = load_catalog()
     inst = catalog.instances[cfg.gpu_instance_type]
     head = catalog.instances[cfg.head_instance_type]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 
+from infra.account_check import model
 from infra.account_check.capacity import check_capacity_block, check_capacity_reservation
 from infra.account_check.compute import check_ami, check_gpu_facts, check_offered, check_quota
 from infra.account_check.model import Check, Clients, PreflightInputs
 from infra.account_check.weights import check_weights
+from infra.stack.config import AwsStackConfig, StackConfig
 
 
 def run_checks(inp: PreflightInputs, clients: Clients, now: dt.datetime | None = None) -> list[Check]:
@@ -54,3 +56,20 @@ def exit_code(checks: Iterable[Check]) -> int:
 
 def to_json(checks: Iterable[Check]) -> dict[str, list[dict[str, str]]]:
     return {"checks": [c.to_dict() for c in checks]}
+
+
+def aws_account_checks(cfg: StackConfig, clients: Clients | None = None) -> list[Check]:
+    """provider aws: is the GPU type offered, the quota there, the AMI, the weights, the capacity
+    (clients default to plain boto3 clients in the stack's region)."""
+    if not isinstance(cfg, AwsStackConfig):  # PROVIDERS picked the model by llmfleet:provider
+        raise TypeError(f"provider {cfg.provider!r}: not an AwsStackConfig")
+    # by module: tests put moto's clients and a sized upload behind these two
+    return run_checks(model.inputs_for_stack(cfg), clients or model.make_clients(cfg.region))
+
+
+# llmfleet:provider -> what `llmfleet preflight` checks in its account before anything is
+# created; None: nothing to ask an account (hosts you own are reached over SSH by the program).
+CHECKS: dict[str, Callable[[StackConfig, Clients | None], list[Check]] | None] = {
+    "aws": aws_account_checks,
+    "existing": None,
+}

@@ -30,7 +30,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from infra.bench import batch_job
 from infra.bench.sweep import BenchError
+from infra.errors import OfflineError
+from infra.local.layout import CPU_KVCACHE_GIB, MAX_MODEL_LEN
+from infra.stack.config import ConfigError
+from infra.stack.files import load_config
+from infra.stack.planner import PlanInputError
+from infra.stack.resolve import resolve
+from ray_cluster import contract
 
 if TYPE_CHECKING:
     import psutil
@@ -54,7 +62,6 @@ def check_paths(input_path: str, output: str) -> None:
 def local_engine(model_dir: str) -> tuple[dict, dict, list]:
     """(engine kwargs, engine env, placement bundles) of one CPU engine of the tiny model, as the
     local Serve config runs it."""
-    from infra.local.layout import CPU_KVCACHE_GIB, MAX_MODEL_LEN
 
     engine = {
         "max_model_len": MAX_MODEL_LEN,
@@ -206,8 +213,6 @@ def run_local(model_dir: str, input_path: str, output: str, max_tokens: int, bat
     quiet_vllm(os.environ)  # type: ignore[arg-type]
     import ray
 
-    from infra.bench import batch_job
-
     check_paths(input_path, output)
     engine, env, bundles = local_engine(model_dir)
     with tracker_noise_filtered():
@@ -224,12 +229,6 @@ def run_local(model_dir: str, input_path: str, output: str, max_tokens: int, bat
 
 def stack_engine(stack: str, overrides: list[str] | None) -> tuple[dict, dict, list, str]:
     """(engine kwargs, env, bundles, model id) of one engine of the stack's plan."""
-    from infra.program.offline import OfflineError
-    from infra.stack.config import ConfigError
-    from infra.stack.files import load_config
-    from infra.stack.planner import PlanInputError
-    from infra.stack.resolve import resolve
-    from ray_cluster import contract
 
     try:
         cfg = load_config(stack, overrides or [])

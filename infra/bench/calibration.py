@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.bench.sweep import BenchError, StepStats
+from infra.errors import OfflineError
+from infra.stack.config import ConfigError
+from infra.stack.files import load_config
+from infra.stack.planner import PlanInputError, calibrate, plan, plan_for_stack
 
 if TYPE_CHECKING:
     from infra.stack.planner import Plan
@@ -64,10 +68,6 @@ class PlanLayout:
 
 
 def layout_for_stack(stack: str, overrides: list[str] | None = None) -> PlanLayout:
-    from infra.program.offline import OfflineError
-    from infra.stack.config import ConfigError
-    from infra.stack.files import load_config
-    from infra.stack.planner import PlanInputError, plan_for_stack
 
     try:
         cfg = load_config(stack, overrides or [])
@@ -79,7 +79,6 @@ def layout_for_stack(stack: str, overrides: list[str] | None = None) -> PlanLayo
 
 def predict(lay: PlanLayout, concurrency: int, input_len: int, output_len: int) -> dict:
     """The planner's cluster figures at one sweep step."""
-    from infra.stack.planner import plan
 
     per_replica = max(1, math.ceil(concurrency / lay.replicas))
     p = plan(
@@ -189,7 +188,6 @@ def ratios_for(doc: dict, key: dict) -> tuple[float, float, int] | None:
 
 def calibrate_plan(p: Plan, path: Path | None = None) -> Plan:
     """The plan with the user's calibration applied when the file has its layout, else as is."""
-    from infra.stack.planner import calibrate
 
     path = path or calibration_path()
     if not p.fits or not path.exists():

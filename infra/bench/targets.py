@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.bench.sweep import BenchError, Target
+from infra.local.layout import LocalError
+from infra.local.state import load_state, read_token, state_dir
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,6 @@ class Resolved:
 
 
 def local_target(name: str) -> Resolved:
-    from infra.local.layout import LocalError
-    from infra.local.state import load_state, read_token, state_dir
 
     try:
         st = load_state(name)
@@ -57,6 +57,7 @@ def _stack_outputs(stack: str, outputs_file: Path | None) -> dict:
             raise BenchError(
                 f"--outputs {str(outputs_file)!r}: {e}; allowed: `pulumi stack output --json`"
             ) from None
+    # start-up: the Automation API and botocore, only for a stack target (not local or a URL)
     from infra.deploy import DeployError, build_stack_args, open_stack, require_pulumi_cli
 
     try:

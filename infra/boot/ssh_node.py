@@ -11,23 +11,27 @@ from typing import TYPE_CHECKING
 
 from infra.boot import cloud_init
 from infra.boot.cloud_init import RAY_TOKEN_ENV, TOKEN_ENV, NodeSpec, ShellVar
+from infra.catalog import load_catalog
+from infra.rayconf.serving import serve_config_yaml
+from infra.stack.config import OwnedStackConfig, StackConfig
 from infra.stack.resolve import Stack
 from ray_cluster.node import GCS_PORT
 from ray_cluster.ray_start import head_start_command, worker_start_command
 
 if TYPE_CHECKING:
-    from infra.stack.config import StackConfig
     from infra.stack.host_spec import HostSpec
 
 
 def host_index(cfg: StackConfig, host: HostSpec) -> int:
+    """The host's entry in llmfleet:hosts (only an owned-hosts stack has them)."""
+    if not isinstance(cfg, OwnedStackConfig):
+        raise ValueError(f"llmfleet:provider = {cfg.provider!r}: no llmfleet:hosts; allowed: existing")
     return next(i for i, h in enumerate(cfg.hosts) if h.address == host.address)
 
 
 def weights_gib(stack: Stack) -> float:
     """On-disk size the weights need: the catalog's checkpoint when served in its native
     precision, else the planner's total weight size for the chosen quantization."""
-    from infra.catalog import load_catalog
 
     cfg = stack.cfg
     model = load_catalog().models[cfg.model]
@@ -51,8 +55,6 @@ def node_spec(stack: Stack, host: HostSpec, head_ip: str, image_ref: str) -> Nod
     worker = host.role == "worker"
     serve: dict = {}
     if not worker:
-        from infra.stack.serving import serve_config_yaml
-
         serve = dict(
             serve_config=serve_config_yaml(cfg, plan),
             tensor_parallel_size=plan.tensor_parallel_size,

@@ -11,6 +11,12 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from infra.catalog import load_catalog
+from infra.errors import OfflineError
+from infra.stack import suggest
+from infra.stack.config import ConfigError
+from infra.stack.files import available_stacks, load_config
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -33,8 +39,6 @@ def wants_json(args: list[str]) -> bool:
 def complete_stack(incomplete: str) -> list[str]:
     """Stacks of the project (stacks/Pulumi.<NAME>.yaml)."""
     try:
-        from infra.stack.files import available_stacks
-
         return [s for s in available_stacks() if s.startswith(incomplete)]
     except Exception:  # completion runs on every <TAB>: a broken project completes nothing
         return []
@@ -43,8 +47,6 @@ def complete_stack(incomplete: str) -> list[str]:
 def complete_gpu(incomplete: str) -> list[str]:
     """GPU ids of the catalog (case-insensitive prefix, as the ids are matched)."""
     try:
-        from infra.catalog import load_catalog
-
         return [g for g in load_catalog().gpus if g.lower().startswith(incomplete.lower())]
     except Exception:
         return []
@@ -53,8 +55,6 @@ def complete_gpu(incomplete: str) -> list[str]:
 def complete_model(incomplete: str) -> list[str]:
     """Model ids of the catalog."""
     try:
-        from infra.catalog import load_catalog
-
         return [m for m in load_catalog().models if m.lower().startswith(incomplete.lower())]
     except Exception:
         return []
@@ -178,8 +178,8 @@ def print_json(data: Any) -> None:
 
 def capture_or_fail(stack: str, overrides: list[str] | None):
     """The offline capture of a stack, with every known failure as one line (exit 2)."""
-    from infra.program.offline import OfflineError, capture
-    from infra.stack.config import ConfigError
+    # start-up: the offline engine loads Pulumi (~0.5 s); every command imports this module
+    from infra.program.offline import capture
 
     try:
         return capture(stack, overrides or [])
@@ -189,8 +189,6 @@ def capture_or_fail(stack: str, overrides: list[str] | None):
 
 def config_or_fail(stack: str, overrides: list[str] | None):
     """The validated StackConfig alone: no Pulumi (stack files + the config model)."""
-    from infra.stack.config import ConfigError
-    from infra.stack.files import load_config
 
     try:
         return load_config(stack, overrides or [])
@@ -200,7 +198,6 @@ def config_or_fail(stack: str, overrides: list[str] | None):
 
 def resolve_id(option: str, value: str, allowed, what: str) -> str:
     """The catalog id `value` names, matched case-insensitively; else fail with a near miss."""
-    from infra.stack import suggest
 
     hit = suggest.canonical(value, allowed)
     if hit is None:

@@ -9,6 +9,23 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infra.catalog import load_catalog
+from infra.cost import capacity_block as cb
+from infra.cost import estimate as cost
+from infra.cost import preview as cost_preview
+from infra.cost import resources as cost_resources
+from infra.cost import usage as usage_mod
+from infra.cost.live_prices import _client_config, live_book
+from infra.cost.pricing import PriceError, snapshot_book
+from infra.errors import OfflineError
+from infra.rayconf.serving import deployment_options
+from infra.stack import coldstart
+from infra.stack.config import AwsStackConfig, ConfigError, OwnedStackConfig
+from infra.stack.files import load_config
+from infra.stack.resolve import resolve
+from infra.stack.serve_autoscaling import KEY, describe
+from infra.worker_groups import with_group_instances
+
 if TYPE_CHECKING:  # imported where used: `llmfleet --help` and `plan` need none of them
     from infra.cost import model as cost_model
     from infra.cost import preview as cost_preview
@@ -19,9 +36,6 @@ if TYPE_CHECKING:  # imported where used: `llmfleet --help` and `plan` need none
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Failures that are the user's input (stack, -c, files, region): one line, exit 2."""
-    from infra.cost.pricing import PriceError
-    from infra.program.offline import OfflineError
-    from infra.stack.config import ConfigError
 
     return (ConfigError, OfflineError, PriceError)
 
@@ -40,14 +54,11 @@ class Priced:
 
 
 def _book(region: str, live: bool) -> PriceBook:
-    from infra.cost.live_prices import live_book
-    from infra.cost.pricing import snapshot_book
 
     return live_book(region) if live else snapshot_book(region)
 
 
 def read_file(path: Path, flag: str) -> str:
-    from infra.cost.pricing import PriceError
 
     try:
         return path.read_text()
@@ -60,7 +71,6 @@ def live_blocks(
 ) -> tuple[dict[str, CapacityBlock], list[str]]:
     """Each Capacity Block as EC2 describes it, with a fee quote; a failure is a warning and the
     block is then priced from the snapshot rate."""
-    from infra.cost import capacity_block as cb
 
     out: dict[str, CapacityBlock] = {}
     warnings: list[str] = []
@@ -68,8 +78,6 @@ def live_blocks(
         try:
             if ec2 is None:
                 import boto3
-
-                from infra.cost.live_prices import _client_config
 
                 ec2 = boto3.client("ec2", region_name=region, config=_client_config())
             block = cb.describe_block(ec2, rid).block
@@ -96,15 +104,9 @@ def price_stack(
 ) -> Priced:
     """Capture (or read a preview file, or take a preview's states and what they came from),
     then price. Raises ConfigError/PriceError/... on bad input."""
-    from infra.catalog import load_catalog
-    from infra.cost import estimate as cost
-    from infra.cost import preview as cost_preview
-    from infra.cost import resources as cost_resources
-    from infra.cost import usage as usage_mod
+    # start-up: the offline engine loads Pulumi and the program (~0.5 s); every command that
+    # prices (cost, up, plan's cost line) imports this module, not all of them capture
     from infra.program.offline import capture
-    from infra.stack.files import load_config
-    from infra.stack.resolve import resolve
-    from infra.worker_groups import with_group_instances
 
     usage = usage or usage_mod.Usage()
     states: cost_preview.PreviewStates | None = None
@@ -135,7 +137,7 @@ def price_stack(
         "worker_schedule": cost.worker_schedule(cfg, resolve(cfg).plan),
         "project": stack,
         "weights_gib": weights_gib,
-        "default_az": cfg.availability_zone,
+        "default_az": cfg.availability_zone if isinstance(cfg, AwsStackConfig) else None,
         "pricing_model": cfg.effective_pricing_model,
         "capacity_blocks": blocks,
     }
@@ -150,7 +152,7 @@ def price_stack(
             "the preview lists only changed resources, so the breakdowns cover only those (the diff "
             "is complete); run `pulumi preview --json --show-sames` for the stack's totals"
         )
-    if cfg.provider == "existing" and cfg.host_hourly_usd is not None:
+    if isinstance(cfg, OwnedStackConfig) and cfg.host_hourly_usd is not None:
         est = cost.with_owned_hosts(
             est, [h.address for h in cfg.worker_hosts], cfg.host_hourly_usd, f"stack config {stack}"
         )
@@ -177,8 +179,6 @@ def price_stack(
 
 def _autoscaling_note(cfg, plan) -> str:
     """Serve's autoscaling releases a replica's GPUs, not its hosts: the priced hours stay."""
-    from infra.stack.serve_autoscaling import KEY, describe
-    from infra.stack.serving import deployment_options
 
     if not plan.fits:
         return ""
@@ -192,7 +192,6 @@ _QUANTITY_KEYS = {"monthly_hrs", "storage_gb", "standard.storage_gb"}
 
 
 def usage_template(est: cost_model.Estimate) -> list[usage_mod.TemplateEntry]:
-    from infra.cost import usage as usage_mod
 
     entries = []
     for r in est.resources:
@@ -210,7 +209,6 @@ def usage_template(est: cost_model.Estimate) -> list[usage_mod.TemplateEntry]:
 
 
 def load_usage(path: Path | None, sync: bool) -> usage_mod.Usage:
-    from infra.cost import usage as usage_mod
 
     if path is None:
         return usage_mod.Usage()
@@ -224,13 +222,10 @@ def load_usage(path: Path | None, sync: bool) -> usage_mod.Usage:
 
 def _cold_start_s(cfg, plan) -> float | None:
     """Boot -> first token on the stack's own worker type; None for owned hosts or no fit."""
-    from infra.catalog import load_catalog
-    from infra.stack.coldstart import estimate
-
     if cfg.provider != "aws" or not plan.fits:
         return None
     cat = load_catalog()
-    cold = estimate(
+    cold = coldstart.estimate(
         cat.models[cfg.model],
         cat.instances[cfg.gpu_instance_type],
         plan.pipeline_parallel_size,

@@ -12,6 +12,8 @@ from rich.text import Text
 
 from infra.commands._cost_stack import Priced, cold_start_summary
 from infra.commands._fit import Col, fitted_table
+from infra.cost import estimate as cost
+from infra.cost import model as cost_model
 
 if TYPE_CHECKING:
     from infra.cost import model as cost_model
@@ -55,8 +57,6 @@ def _label(r: cost_model.ResourceCost) -> str:
 
 
 def render_table(p: Priced, console: Console) -> None:
-    from infra.cost import estimate as cost
-    from infra.cost import model as cost_model
 
     est = p.estimate
     cols = [

@@ -10,6 +10,8 @@ from rich.live import Live as RichLive
 from rich.table import Table
 
 from infra.commands._common import console
+from infra.local.live import by_host, read_live
+from infra.local.prometheus import PromError
 
 # (key in the live figures, label, format)
 FIGURES = (
@@ -54,8 +56,6 @@ def cost_table(c: dict) -> Table:
 
 def top(st: dict, interval: float, iterations: int) -> None:
     """Refresh the figures in place every `interval` s; iterations 0 runs until Ctrl-C."""
-    from infra.local.live import by_host, read_live
-    from infra.local.prometheus import PromError
 
     url = st["prometheus"]["url"]
 

@@ -12,6 +12,7 @@ from infra.commands._common import console, emit_error, fail
 def wait_ready(cfg, outputs: dict, timeout: float, out: Console = console) -> bool:
     """True once the deployment answers a real completion; False (after one error line) when it
     did not within `timeout`; exit 1 when the outputs cannot say where to ask."""
+    # start-up: botocore and the Automation API; up, rollout and wake import this module at the top
     from infra.deploy import DeployError, wait_stack_ready
 
     with Progress(

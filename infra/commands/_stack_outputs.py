@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from infra.commands._common import fail
+from infra.commands.render import read_outputs_file
+from infra.stack.outputs import OutputsError, StackOutputs
 
 OutputsFileOpt = Annotated[
     Path | None,
@@ -22,12 +24,10 @@ OutputsFileOpt = Annotated[
 
 
 def stack_outputs_or_fail(stack: str, outputs_file: Path | None):
+    # start-up: botocore and the Automation API, not needed with --outputs FILE
     from infra.deploy import DeployError, PulumiMissing, build_stack_args, open_stack, require_pulumi_cli
-    from infra.stack.outputs import OutputsError, StackOutputs
 
     if outputs_file is not None:
-        from infra.commands.render import read_outputs_file
-
         raw, where = read_outputs_file(outputs_file), f"--outputs {str(outputs_file)!r}"
     else:
         try:

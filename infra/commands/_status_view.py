@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from infra.commands import _common
+from infra.commands._fit import Col, fitted_table
 from infra.commands._local_live import cost_table, figures_table
 from infra.status.model import ClusterStatus, replicas_by_node
 
@@ -29,7 +31,6 @@ def hosts_table(s: ClusterStatus, console: Console | None = None) -> Table:
     """Groups, instance ids, IPs and host names whole, and the status always; where they do not
     all fit, health, lifecycle, role, the IP and the host's name (its group says it) make room, in
     that order (--json has them)."""
-    from infra.commands._fit import Col, fitted_table
 
     aws = s.target == "aws"
     cols = [
@@ -63,7 +64,6 @@ def hosts_table(s: ClusterStatus, console: Console | None = None) -> Table:
 
 
 def nodes_table(s: ClusterStatus, console: Console | None = None) -> Table:
-    from infra.commands._fit import Col, fitted_table
 
     on = replicas_by_node(s.applications)
     cols = [
@@ -100,7 +100,6 @@ def nodes_table(s: ClusterStatus, console: Console | None = None) -> Table:
 
 
 def serve_table(s: ClusterStatus, console: Console | None = None) -> Table:
-    from infra.commands._fit import Col, fitted_table
 
     # one column for both, a deployment indented under its application: side by side, an app
     # and a deployment name (`LLMServer:deepseek-ai--DeepSeek-R1`) leave no room at 80 columns
@@ -132,9 +131,7 @@ def serve_table(s: ClusterStatus, console: Console | None = None) -> Table:
 
 
 def _default_console() -> Console:
-    from infra.commands._common import console
-
-    return console
+    return _common.console
 
 
 def render(s: ClusterStatus, console: Console) -> None:

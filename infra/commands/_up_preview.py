@@ -14,7 +14,21 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from infra.up_preview import Change, PreviewEvents, UpPreview
+from infra.commands._cost_stack import price_stack
+from infra.cost import estimate as cost_estimate
+from infra.cost.preview import states_from_preview
+from infra.stack.config import ConfigError
+from infra.stack.files import load_config
+from infra.stack.resolve import resolve
+from infra.up_preview import (
+    STACK_TYPE,
+    Change,
+    PreviewEvents,
+    UpPreview,
+    preview_document,
+    stack_outputs_before,
+    worker_type_before,
+)
 
 WIDTH = 80
 # Pulumi's own marks for each kind of step.
@@ -59,11 +73,6 @@ def _tokens_before(stack: str, overrides: list[str], events: PreviewEvents) -> f
     """The planner's decode rate for the layout as deployed: model, quantization, context and
     worker count from the stack's outputs, the worker type from the workers' template, each
     checked by the config model like any -c value."""
-    from infra.stack.config import ConfigError
-    from infra.stack.files import load_config
-    from infra.stack.resolve import resolve
-    from infra.up_preview import stack_outputs_before, worker_type_before
-
     outs = stack_outputs_before(events.steps)
     wtype = worker_type_before(events.steps)
     keys = {"model": "model", "quantization": "quantization", "maxModelLen": "max_model_len",
@@ -81,10 +90,6 @@ def _tokens_before(stack: str, overrides: list[str], events: PreviewEvents) -> f
 def price(stack: str, overrides: list[str], events: PreviewEvents) -> CostChange:
     """Both sides of the preview, priced by `cost --from-preview`'s code on the engine's states.
     Raises the cost command's user errors (PriceError, ConfigError) on what it cannot price."""
-    from infra.commands._cost_stack import price_stack
-    from infra.cost import estimate as cost
-    from infra.cost.preview import states_from_preview
-    from infra.up_preview import preview_document
 
     states = states_from_preview(preview_document(events.steps))
     priced = price_stack(stack, overrides, preview=(states, "pulumi preview (engine events)"))
@@ -92,7 +97,7 @@ def price(stack: str, overrides: list[str], events: PreviewEvents) -> CostChange
     after = Side(
         est.total_hourly,
         est.total_monthly,
-        cost.monthly_usd_per_million_tokens(est, priced.tokens_per_s),
+        cost_estimate.monthly_usd_per_million_tokens(est, priced.tokens_per_s),
         priced.tokens_per_s,
     )
     notes = list(est.warnings)
@@ -106,7 +111,7 @@ def price(stack: str, overrides: list[str], events: PreviewEvents) -> CostChange
         before = Side(
             priced.past.total_hourly,
             priced.past.total_monthly,
-            cost.monthly_usd_per_million_tokens(priced.past, tps),
+            cost_estimate.monthly_usd_per_million_tokens(priced.past, tps),
             tps,
         )
     return CostChange(before, after, tuple(notes))
@@ -129,8 +134,6 @@ def _label(c: Change) -> Text:
 def change_tree(report: UpPreview, steps: list[Any]) -> Tree:
     """The changed resources under their parents (components), as Pulumi's preview nests them;
     each changed property under its resource, the ones that force a replacement marked."""
-    from infra.up_preview import STACK_TYPE
-
     types = {}
     parents = {}
     for m in steps:

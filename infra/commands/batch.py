@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from infra.bench import batch
+from infra.bench.sweep import BenchError
+from infra.bench.targets import local_target
 from infra.commands._common import (
     ConfigOpt,
     JsonOpt,
@@ -58,8 +61,6 @@ def batch_cmd(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from infra.bench import batch
-    from infra.bench.sweep import BenchError
 
     if local == bool(stack):
         fail("target: " + ("--local and --stack together" if local else "missing")
@@ -67,7 +68,6 @@ def batch_cmd(
     try:
         if local:
             require_local_engine()
-            from infra.bench.targets import local_target
 
             model_dir = local_target(name).model_dir
             summary = batch.run_local(model_dir, input_path, output, max_tokens, batch_size)  # type: ignore[arg-type]
@@ -105,8 +105,6 @@ def register(app: typer.Typer) -> None:
 def _submit(argv: list[str]) -> dict:
     """Run `ray job submit` (it waits for the job and streams its logs); the job's summary line."""
     import sys
-
-    from infra.bench.sweep import BenchError
 
     lines: list[str] = []
     try:

@@ -10,7 +10,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from infra.bench import calibration, sweep, targets, tune
+from infra.bench.plot import write_plot
 from infra.commands._common import JsonOpt, complete_stack, console, err_console, fail, print_json
+from infra.commands._fit import Col, fitted_table
+from infra.stack.config import ConfigError
+from infra.stack.files import load_config
 
 HELP = (
     "Measure a running endpoint: a load sweep through the OpenAI API (streaming completions, prompts "
@@ -34,7 +39,6 @@ def _fmt(v, places: int = 1) -> str:
 def render_steps(steps: list[dict], title: str) -> None:
     """One row per concurrency step. Figures never split; the errors (kinds and counts) wrap
     between words; at 80 columns the planner's TPOT, then its tok/s, make room (--json has them)."""
-    from infra.commands._fit import Col, fitted_table
 
     cols = [
         Col("conc.", whole=True, justify="right"),
@@ -73,8 +77,6 @@ def _trust_remote_code(stack: str | None) -> bool:
     config is not here (the safe side: the tokenizer then fails to load, with the reason)."""
     if not stack:
         return False
-    from infra.stack.config import ConfigError
-    from infra.stack.files import load_config
 
     try:
         return load_config(stack, []).effective_trust_remote_code
@@ -84,7 +86,6 @@ def _trust_remote_code(stack: str | None) -> bool:
 
 def _resolve(local: bool, name: str, stack: str | None, outputs: Path | None, endpoint: str | None,
              token_env: str | None, model: str | None, tokenizer: str | None):  # fmt: skip
-    from infra.bench import targets
 
     chosen = [
         w for w, on in (("--local", local), ("--stack", stack), ("--endpoint", endpoint and not stack)) if on
@@ -198,7 +199,6 @@ def bench_cmd(
     best_out: BestOutOpt = Path("bench-best.yaml"),
     as_json: JsonOpt = False,
 ) -> None:
-    from infra.bench import calibration, sweep
 
     try:
         spec = sweep.SweepSpec(sweep.parse_concurrencies(concurrency), input_len, output_len, requests,
@@ -235,7 +235,6 @@ def register(app: typer.Typer) -> None:
 
 def _sweep(resolved, spec, lay, vocab: list[int], plot: Path | None, calibrate: bool) -> dict:
     """Run the sweep; the --json document (steps beside the planner, plot data, calibration entry)."""
-    from infra.bench import calibration, sweep
 
     steps = sweep.run_sweep(
         resolved.target,
@@ -260,8 +259,6 @@ def _sweep(resolved, spec, lay, vocab: list[int], plot: Path | None, calibrate: 
         "steps": [s.to_dict() for s in steps],
     }
     if plot is not None:
-        from infra.bench.plot import write_plot
-
         doc["plot"] = {
             "file": str(plot),
             **write_plot(steps, plot, _title(resolved, lay, spec.input_len, spec.output_len)),
@@ -284,7 +281,6 @@ def _title(resolved, lay, input_len: int, output_len: int) -> str:
 def _tune(
     resolved, dashboard, spec, grid, search, samples, budget, vocab, best_out: Path, as_json: bool
 ) -> None:
-    from infra.bench import tune
 
     url = dashboard or resolved.dashboard
     if not url:

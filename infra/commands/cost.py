@@ -34,6 +34,11 @@ from infra.commands._cost_stack import (  # noqa: F401 - live_blocks, usage_temp
     user_errors,
 )
 from infra.commands._cost_tables import budget_message, render_diff, render_table
+from infra.cost import infracost, infracost_diff
+from infra.cost import usage as usage_mod
+from infra.stack import suggest
+from infra.stack.config import ConfigError
+from infra.stack.files import available_stacks, project_root, stack_name
 
 if TYPE_CHECKING:  # imported where used: `llmfleet --help` and `plan` need none of them
     from infra.cost import infracost
@@ -87,8 +92,6 @@ FromPreviewOpt = Annotated[
 
 def _git(*args: str) -> str:
     """git in the project's repository (the project holds the stacks being priced)."""
-    from infra.stack.config import ConfigError
-    from infra.stack.files import project_root
 
     try:
         where = project_root()
@@ -105,7 +108,6 @@ def _git(*args: str) -> str:
 
 def vcs_metadata(command: str, usage_path: str = "") -> infracost.RunMetadata:
     """The commit the estimate was made on, as Infracost's VCS fields (empty outside git)."""
-    from infra.cost import infracost
 
     fields = _git("log", "-1", "--format=%H%x00%an%x00%ae%x00%cI%x00%s").split("\x00")
     sha, name, email, stamp, subject = (fields + [""] * 5)[:5]
@@ -130,7 +132,6 @@ def build_json(
     run: infracost.RunMetadata,
     now: dt.datetime,
 ) -> dict[str, Any]:
-    from infra.cost import infracost
 
     est = p.estimate
     info = infracost.ProjectInfo(est.project, p.source_path, p.source_type, est.project, est.warnings)
@@ -145,9 +146,6 @@ def build_json(
 
 def _price_other(diff: str, live: bool) -> Priced:
     """Stack OTHER of --diff; its failures name --diff, not --stack."""
-    from infra.stack import suggest
-    from infra.stack.config import ConfigError
-    from infra.stack.files import available_stacks, stack_name
 
     stacks = available_stacks()
     try:
@@ -178,7 +176,6 @@ def _with_past(
     priced: Priced, stack: str, diff: str | None, compare_to: Path | None, live: bool
 ) -> tuple[Priced, _Past]:
     """--diff (another stack), --compare-to (an earlier JSON), or the preview file's old state."""
-    from infra.cost import infracost, infracost_diff
 
     if diff:
         other = _price_other(diff, live)
@@ -199,7 +196,6 @@ def _with_past(
 
 
 def _sync_usage(priced: Priced, usage: usage_mod.Usage, usage_file: Path) -> None:
-    from infra.cost import usage as usage_mod
 
     entries = usage_template(priced.estimate)
     try:
@@ -246,6 +242,7 @@ def cost_cmd(
     from_preview: FromPreviewOpt = None,
 ) -> None:
     """Price every resource of a stack before it exists; exit 4 over llmfleet:maxMonthlyUsd."""
+    # start-up: the offline engine loads Pulumi (~0.5 s); `cost --help` and completion need none of it
     from infra.program.offline import collect_rarely
 
     if sync_usage_file and usage_file is None:

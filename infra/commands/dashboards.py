@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from infra.commands._common import JsonOpt, console, print_json
+from infra.rayconf.dashboards import Datasource, grafana_command, write
 
 
 def dashboards_cmd(
@@ -28,7 +29,6 @@ def dashboards_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Write Ray's Serve LLM, Serve, Serve deployment and core dashboards (from the installed Ray's own generator) plus a GPU (DCGM) dashboard, with Grafana provisioning files."""
-    from infra.rayconf.dashboards import Datasource, grafana_command, write
 
     written = write(out, Datasource(prometheus_url, sigv4_region))
     if as_json:

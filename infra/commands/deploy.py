@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from infra import deploy
+from infra.commands import _up_preview as view
 from infra.commands._common import (
     ConfigOpt,
     StackOpt,
@@ -21,7 +23,14 @@ from infra.commands._common import (
     print_json,
     require_policy_sdk,
 )
+from infra.commands._cost_stack import user_errors
 from infra.commands._readiness import wait_ready
+from infra.commands.policy import violations_table
+from infra.commands.preflight import run_for_stack, show
+from infra.rollout import stack as rollout
+from infra.rollout.plan import PlanError
+from infra.stack.outputs import OutputsError, StackOutputs
+from infra.up_preview import PreviewEvents, build
 
 TimeoutOpt = Annotated[
     float,
@@ -32,20 +41,16 @@ TimeoutOpt = Annotated[
 
 
 def _cli_or_fail() -> None:
-    from infra.deploy import PulumiMissing, require_pulumi_cli
-
     try:
-        require_pulumi_cli()
-    except PulumiMissing as e:
+        deploy.require_pulumi_cli()
+    except deploy.PulumiMissing as e:
         fail(str(e), 2)
 
 
 def _args_or_fail(stack: str, config: list[str] | None):
-    from infra.deploy import DeployError, build_stack_args
-
     try:
-        return build_stack_args(stack, config or [], env=os.environ)
-    except DeployError as e:
+        return deploy.build_stack_args(stack, config or [], env=os.environ)
+    except deploy.DeployError as e:
         fail(str(e), 2)
 
 
@@ -71,18 +76,13 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from infra.deploy import expected_fingerprint
-    from infra.rollout.plan import PlanError
-    from infra.rollout.stack import rollout_stack
-    from infra.stack.outputs import OutputsError, StackOutputs
-
     try:
         o = StackOutputs.parse(outputs)
     except OutputsError as e:
         fail(str(e), 1)
     session = boto3.Session()
     try:
-        result = rollout_stack(
+        result = rollout.rollout_stack(
             session.client("ssm", region_name=cfg.region),
             session.client("ec2", region_name=cfg.region),
             stack,
@@ -92,7 +92,7 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
             model=o.served_model,
             token_parameter=_output(outputs, "token_parameter"),
             region=cfg.region,
-            fingerprint=expected_fingerprint(cfg),
+            fingerprint=deploy.expected_fingerprint(cfg),
             timeout_s=timeout,
             log=lambda line: out.print(f"rollout: {line}", highlight=False, markup=False),
         )
@@ -109,7 +109,7 @@ def _rollout(cfg, stack: str, outputs: dict, timeout: float, out: Console = cons
 
 def _policy_stop(stack: str, violations) -> None:
     """Print the mandatory violations as `llmfleet policy` does, then exit 1 with the first one's line."""
-    from infra.commands.policy import violations_table
+    # optional dependency: the `policy` extra (pulumi-policy); require_policy_sdk() checked it
     from policy.runner import Report
 
     err_console.print(violations_table(stack, Report(violations=tuple(violations)), err_console))
@@ -123,17 +123,12 @@ def _preview_and_confirm(stack: str, overrides: list[str], pstack, packs, yes: b
     change as a tree, the hosts it replaces and the changes that restart serving, the pack's
     verdict, the cost before and after (from the same preview). A mandatory violation stops
     here (exit 1); `--json` prints it all as one document on stdout and asks on stderr."""
-    from infra.commands import _up_preview as view
-    from infra.commands._cost_stack import user_errors
-    from infra.deploy import stack_preview
-    from infra.up_preview import PreviewEvents, build
-
     events = PreviewEvents()
     quiet: list[str] = []
     failed: str | None = None
     summary: dict[str, int] | None = None
     try:
-        summary = stack_preview(pstack, on_output=quiet.append, on_event=events, packs=packs)
+        summary = deploy.stack_preview(pstack, on_output=quiet.append, on_event=events, packs=packs)
     except Exception as e:  # noqa: BLE001 - the CLI fails a preview with mandatory violations
         failed = _one_line(e)
     report = build(stack, events, summary or events.summary)
@@ -157,8 +152,8 @@ def _preview_and_confirm(stack: str, overrides: list[str], pstack, packs, yes: b
 
 
 def _preflight_or_fail(stack: str, cfg, out: Console = console) -> None:
+    # start-up: the account checks load boto3 (~0.7 s), skipped with --skip-preflight
     from infra.account_check import run as ac_run
-    from infra.commands.preflight import run_for_stack, show
 
     checks = run_for_stack(cfg)
     show(checks, f"preflight: stack {stack} in {cfg.region}", out)
@@ -210,16 +205,16 @@ def up_cmd(
     if not skip_preflight:
         _preflight_or_fail(stack, cfg, say)
 
-    from infra.deploy import PolicyEvents, open_stack, policy_packs, render_artifacts, stack_up
+    # optional dependency: the `policy` extra (pulumi-policy), checked by require_policy_sdk() above
     from policy.runner import stack_policy_config
 
     out_dir = out or Path(".llmfleet") / stack
-    packs = policy_packs(stack_policy_config(cfg), out_dir)
-    pstack = open_stack(args)
+    packs = deploy.policy_packs(stack_policy_config(cfg), out_dir)
+    pstack = deploy.open_stack(args)
     _preview_and_confirm(stack, list(config or []), pstack, packs, yes, as_json)
-    events = PolicyEvents()
+    events = deploy.PolicyEvents()
     try:
-        outputs = stack_up(
+        outputs = deploy.stack_up(
             pstack,
             on_output=lambda line: say.print(line, highlight=False, markup=False),
             on_event=events,
@@ -230,7 +225,7 @@ def up_cmd(
             _policy_stop(stack, events.mandatory)
         fail(f"pulumi up failed: {_one_line(e)}", 1)
     try:
-        written = render_artifacts(outputs, cfg, out_dir)
+        written = deploy.render_artifacts(outputs, cfg, out_dir)
     except ValueError as e:  # RenderError / ServeConfigError: Ray rejected what the outputs give
         fail(f"rendering cluster.yaml / serve.yaml from the stack outputs: {e}", 1)
     for path in written:
@@ -254,10 +249,8 @@ def rollout_cmd(
     _cli_or_fail()
     args = _args_or_fail(stack, config)
     cfg = config_or_fail(stack, config)
-    from infra.deploy import open_stack
-
     try:
-        outputs = {k: v.value for k, v in open_stack(args, create=False).outputs().items()}
+        outputs = {k: v.value for k, v in deploy.open_stack(args, create=False).outputs().items()}
     except Exception as e:  # noqa: BLE001 - automation errors carry the CLI's stderr; show its last line
         fail(f"reading the outputs of stack {stack}: {_one_line(e)}", 1)
     if not _rollout(cfg, stack, outputs, timeout):
@@ -275,11 +268,9 @@ def down_cmd(
     args = _args_or_fail(stack, [])
     if not yes and not typer.confirm(f"Destroy every resource of stack {stack}?"):
         raise typer.Exit(1)
-    from infra.deploy import open_stack, stack_down
-
     try:
-        result = stack_down(
-            open_stack(args, create=False),
+        result = deploy.stack_down(
+            deploy.open_stack(args, create=False),
             on_output=lambda line: console.print(line, highlight=False, markup=False),
         )
     except Exception as e:  # noqa: BLE001

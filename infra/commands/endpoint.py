@@ -9,10 +9,11 @@ import typer
 
 from infra.commands._common import JsonOpt, StackOpt, console, fail, print_json
 from infra.commands._stack_outputs import OutputsFileOpt, aws_clients_or_fail, stack_outputs_or_fail
-from infra.commands.local import ThinkingBudgetOpt
+from infra.commands.local import ThinkingBudgetOpt, print_reply
 
 
 def _token_or_fail(o) -> str:
+    # start-up: botocore (SSM); `endpoint --help` and completion need none of it
     from infra.status.endpoint import EndpointError, api_token
 
     ssm = aws_clients_or_fail(o, "ssm")["ssm"] if o.provider == "aws" else None
@@ -61,7 +62,7 @@ def chat_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the stack's endpoint one question (openai client, the token from SSM, never printed)."""
-    from infra.commands.local import print_reply
+    # start-up: botocore (SSM) and the openai client; `chat --help` needs none of it
     from infra.status.endpoint import EndpointError, chat
 
     o = stack_outputs_or_fail(stack, outputs)

@@ -18,6 +18,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.commands._common import ConfigOpt, complete_stack, config_or_fail, fail
+from infra.stack import lora
 from infra.validation import first_error
 
 # A JSONL larger than this is not a LoRA data set this command should read into memory to check.
@@ -106,7 +107,6 @@ def finetune_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune a LoRA adapter for the stack's model (inputs checked; job submission not built yet)."""
-    from infra.stack import lora
 
     if local == bool(stack):
         fail("target: " + ("--local and --stack together" if local else "missing")

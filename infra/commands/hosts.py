@@ -18,14 +18,19 @@ from typing import Annotated
 
 import typer
 
+from infra import yaml_files
 from infra.commands._common import StackOpt, console, fail
+from infra.commands._fit import Col, fitted_table
+from infra.stack.config import ConfigError
+from infra.stack.files import available_stacks, stack_file
+from infra.stack.host_keys import HostKeysEditError, hosts_node, set_host_keys
+from infra.stack.host_spec import HOST_RE, parse_host_key
 
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
 
 def scan(address: str, key_type: str, timeout_s: int) -> str:
     """The host's `TYPE BASE64` key of `key_type`, from ssh-keyscan (an argv, no shell)."""
-    from infra.stack.host_spec import HOST_RE, parse_host_key
 
     if not HOST_RE.match(address):  # never an option to ssh-keyscan, never a shell word
         raise ValueError(f"address {address!r}: allowed an IPv4 address or a DNS name")
@@ -60,8 +65,6 @@ def write_atomically(path: Path, text: str) -> None:
 
 def trust(path: Path, yes: bool, key_type: str = "ed25519", timeout_s: int = 5) -> int:
     """Scan, show, confirm and write; returns how many keys were written."""
-    from infra import yaml_files
-    from infra.stack.host_keys import HostKeysEditError, hosts_node, set_host_keys
 
     text = path.read_text()
     try:
@@ -82,7 +85,6 @@ def trust(path: Path, yes: bool, key_type: str = "ed25519", timeout_s: int = 5) 
         old = h.get("hostKey")
         state = "new" if not old else ("same" if str(old).split()[:2] == found[i].split() else "CHANGED")
         rows.append([str(i), f"{address}\n{fingerprint(found[i])}", str(h.get("role", "")), state])
-    from infra.commands._fit import Col, fitted_table
 
     cols = [
         Col("entry", whole=True, drop=1),
@@ -120,8 +122,6 @@ def trust_cmd(
     timeout: Annotated[int, typer.Option("--timeout", min=1, max=120, help="Seconds per host.")] = 5,
 ) -> None:
     """Pin each owned host's SSH key: ssh-keyscan, show fingerprints, confirm, write hostKey."""
-    from infra.stack.config import ConfigError
-    from infra.stack.files import available_stacks, stack_file
 
     if key_type not in KEY_TYPES:
         fail(f"--type {key_type!r}: allowed: {', '.join(KEY_TYPES)}")

@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 
+from infra import templates
+from infra.catalog import load_catalog
 from infra.commands._common import console, err_console, fail, resolve_id
+from infra.stack import suggest
+from infra.stack.config import ConfigError
+from infra.stack.files import load_config
+from infra.stack.resolve import resolve
 
 DEFAULT_STACK = "dev"
 DEFAULT_REGION = "us-east-1"
@@ -20,7 +26,6 @@ DEFAULT_REGION = "us-east-1"
 def aws_gpu_types() -> dict[str, tuple[str, int]]:
     """GPU id -> (the catalog's EC2 type with the most of them, that count), for every GPU an
     AWS type in the catalog carries; several types with as many: the cheapest per hour."""
-    from infra.catalog import load_catalog
 
     out: dict[str, tuple[str, int]] = {}
     best: dict[str, tuple[int, float]] = {}
@@ -41,7 +46,6 @@ def interactive() -> bool:
 def _ask_or_fail(option: str, allowed: list[str], default: str) -> str:
     """A value the user did not give: a prompt on a terminal (again until it is one of
     `allowed`, matched case-insensitively), else a one-line error."""
-    from infra.stack import suggest
 
     if not interactive():
         fail(f"{option}: required when stdin is not a terminal; allowed: {', '.join(allowed)}")
@@ -79,11 +83,6 @@ def init_cmd(
     ] = False,
 ) -> None:
     """Write a new llmfleet project: Pulumi.yaml, __main__.py and stacks/Pulumi.<stack>.yaml."""
-    from infra import templates
-    from infra.catalog import load_catalog
-    from infra.stack.config import ConfigError
-    from infra.stack.files import load_config
-    from infra.stack.resolve import resolve
 
     if not templates.STACK_NAME_RE.fullmatch(stack):  # `$` alone would let "dev\n" through
         fail(f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (at most 100)")

@@ -18,7 +18,23 @@ from infra.commands._common import (
     print_json,
     require_local_engine,
 )
+from infra.commands._fit import Col, fitted_table
+from infra.commands._local_live import top
+from infra.commands._status_view import render
+from infra.local.chat import chat
+from infra.local.cluster import FAILED_STAGE, STAGES, UpOptions, down, up
+from infra.local.hosts import HostsError
+from infra.local.layout import LocalError
+from infra.local.sleep import sleep, wake
+from infra.local.state import load_state, public_doc, state_dir
 from infra.local.tiny_model import MODEL_ID as TINY_MODEL_ID
+from infra.local.tiny_model import is_tiny_model_id
+from infra.rayconf.serve_config import ServeConfigError
+from infra.stack.config import ConfigError
+from infra.stack.engine_options import ENGINE_KEY, SERVE_KEY
+from infra.stack.files import parse_override
+from infra.status.local import local_status
+from infra.status.model import StatusError
 
 NameOpt = Annotated[
     str, typer.Option("--name", help="Cluster name (namespaces llmf-<NAME>-h<i>, state <NAME>.json).")
@@ -51,7 +67,6 @@ UP_HELP = (
 
 def _progress_stages():
     """A rich progress display of the `up` stages on stderr; returns (progress, on_stage)."""
-    from infra.local.cluster import FAILED_STAGE, STAGES
 
     labels = dict(STAGES)
     progress = Progress(
@@ -105,7 +120,6 @@ def printable(text: str) -> tuple[str, list[str]]:
 
 
 def _hosts_table(rows: list[dict], title: str) -> Table:
-    from infra.commands._fit import Col, fitted_table
 
     with_status = any("status" in h for h in rows)
     cols = [Col(c, whole=True) for c in ("host", "ip", "role", "engine ranks")] + (
@@ -126,10 +140,6 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
 def _serving_options(items: list[str]) -> dict[str, dict]:
     """`-c KEY=JSON` of local up: only the two serving maps (the rest of a stack has no local meaning)."""
     import json
-
-    from infra.stack.config import ConfigError
-    from infra.stack.engine_options import ENGINE_KEY, SERVE_KEY
-    from infra.stack.files import parse_override
 
     out: dict[str, dict] = {}
     for item in items:
@@ -224,11 +234,6 @@ def up_cmd(
     if model not in TINY_MODEL_IDS:
         fail(f"--model {model!r}: allowed {', '.join(TINY_MODEL_IDS)}")
     require_local_engine()
-    from infra.local.cluster import UpOptions, up
-    from infra.local.hosts import HostsError
-    from infra.local.layout import LocalError
-    from infra.local.state import public_doc
-    from infra.rayconf.serve_config import ServeConfigError
 
     if gcs_redis and image:
         fail("--gcs-redis: allowed only without --image (the image mode has no redis-server)")
@@ -276,10 +281,6 @@ def status_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Each host alive/lost (its raylet and Ray's node table), Ray's nodes, the Serve app's replicas and their nodes, a real completion, and live figures from the cluster's Prometheus: the model and tables `llmfleet status` shows for a deployed stack."""  # noqa: E501
-    from infra.local.layout import LocalError
-    from infra.stack.config import ConfigError
-    from infra.status.local import local_status
-    from infra.status.model import StatusError
 
     try:
         rep = local_status(name, price_stack=price_stack)
@@ -288,7 +289,6 @@ def status_cmd(
     if as_json:
         print_json(rep.to_json())
         return
-    from infra.commands._status_view import render
 
     render(rep, console)
 
@@ -301,9 +301,6 @@ def top_cmd(
     ] = 0,
 ) -> None:
     """Live serving figures (Prometheus queries), refreshed in place: requests running and waiting, tokens/s, TTFT and TPOT p50, KV-cache usage, per worker host."""
-    from infra.commands._local_live import top
-    from infra.local.layout import LocalError
-    from infra.local.state import load_state, state_dir
 
     try:
         st = load_state(name)
@@ -322,7 +319,6 @@ def top_cmd(
 
 def down_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
     """Stop supervisors and every Ray process of the hosts, delete namespaces, state and token."""
-    from infra.local.cluster import down
 
     removed = down(name)
     if as_json:
@@ -368,8 +364,6 @@ ThinkingBudgetOpt = Annotated[
 
 def sleep_cmd(name: NameOpt = "local", as_json: JsonOpt = False) -> None:
     """Stop the worker hosts (the head, the endpoint and its gate stay): requests get 503 + Retry-After."""
-    from infra.local.layout import LocalError
-    from infra.local.sleep import sleep
 
     try:
         r = sleep(name)
@@ -393,8 +387,6 @@ def wake_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the worker hosts again and wait until a real completion answers (Serve re-places the replicas)."""
-    from infra.local.layout import LocalError
-    from infra.local.sleep import wake
 
     try:
         r = wake(name, timeout, on_stage=lambda s: err_console.print(s, highlight=False))
@@ -420,9 +412,6 @@ def chat_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the local endpoint one question (openai client) and print the assistant's reply."""
-    from infra.local.chat import chat
-    from infra.local.layout import LocalError
-    from infra.local.tiny_model import is_tiny_model_id
 
     try:
         r = chat(message, name, max_tokens, temperature, thinking_budget)

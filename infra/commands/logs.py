@@ -7,8 +7,19 @@ from typing import Annotated
 
 import typer
 
+from infra import aws_credentials
 from infra.commands._common import StackOpt, console, fail
 from infra.commands._stack_outputs import OutputsFileOpt, aws_clients_or_fail, stack_outputs_or_fail
+from infra.status.logs import (
+    LogsError,
+    log_groups,
+    node_stream_name,
+    parse_since,
+    read_events,
+)
+from infra.status.logs import (
+    follow as follow_events,
+)
 
 
 def logs_cmd(
@@ -29,18 +40,8 @@ def logs_cmd(
     """Print the stack's logs from CloudWatch Logs, oldest first, each line with its stream (`<role>-<ip>`, or `<role>-<ip>/<container>` for a container's output)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from infra import aws_credentials
+    # start-up: botocore, imported where the command runs (as botocore's own errors above)
     from infra.status.aws import aws_error
-    from infra.status.logs import (
-        LogsError,
-        log_groups,
-        node_stream_name,
-        parse_since,
-        read_events,
-    )
-    from infra.status.logs import (
-        follow as follow_events,
-    )
 
     try:
         seconds = parse_since(since)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from infra.bench.calibration import calibrate_plan
+from infra.bench.sweep import BenchError
 from infra.catalog import QUANTIZATIONS, load_catalog
 from infra.commands._common import (
     JsonOpt,
@@ -18,7 +20,13 @@ from infra.commands._common import (
     print_json,
     resolve_id,
 )
+from infra.commands._fit import Col, dropped, fitted_table
+from infra.stack.compare import compare as compare_gpus
+from infra.stack.lora import refusal
+from infra.stack.planner import PlanInputError, plan
+from infra.stack.serving_hours import worker_hours
 from infra.stack.units import fmt_gib
+from ray_cluster.schedule import ScheduleError, parse_schedule
 
 if TYPE_CHECKING:
     from infra.stack.compare import CompareRow
@@ -152,7 +160,6 @@ def render_plan(p: Plan) -> None:
 def render_compare(rows: list[CompareRow], model: str, concurrency: int) -> None:
     """One row per GPU. GPU ids and instance types are what a reader copies: whole, always; the
     note wraps between words; at 80 columns user tok/s, then USD/h, make room (--json has them)."""
-    from infra.commands._fit import Col, dropped, fitted_table
 
     cols = [
         Col("GPU", whole=True),
@@ -206,8 +213,6 @@ def render_compare(rows: list[CompareRow], model: str, concurrency: int) -> None
 
 def _calibrated(p: Plan) -> Plan:
     """The plan with the user's own measurements of its layout (`llmfleet bench --calibrate`)."""
-    from infra.bench.calibration import calibrate_plan
-    from infra.bench.sweep import BenchError
 
     try:
         return calibrate_plan(p)
@@ -238,8 +243,6 @@ def _renamed(old: str, old_value: int | None, new: str, value: int | None) -> in
 def _scheduled(p: Plan, text: str) -> dict | None:
     """The plan's cost per token when the workers run only in `text`'s windows: billed for the
     windows plus one cold start per opening, tokens only in the windows."""
-    from infra.stack.serving_hours import worker_hours
-    from ray_cluster.schedule import ScheduleError, parse_schedule
 
     try:
         wh = worker_hours(parse_schedule(text), p)
@@ -343,17 +346,12 @@ def plan_cmd(
 
     Exit 0 = fits, 3 = does not fit (the plan is still printed), 2 = bad input.
     """
-    from infra.catalog import load_catalog
-    from infra.stack.compare import compare as compare_gpus
-    from infra.stack.planner import PlanInputError, plan
 
     tp = _renamed("--gpus-per-node", gpus_per_node, "--tp", tp)
     pp = _renamed("--nodes", nodes, "--pp", pp)
     cat = load_catalog()
     model = resolve_id("--model", model, list(cat.models), "model")
     if lora:
-        from infra.stack.lora import refusal
-
         why = refusal(model, "--model", asked_by="--lora")
         if why:
             fail(why)

@@ -18,6 +18,7 @@ from infra.commands._common import (
     print_json,
     require_policy_sdk,
 )
+from infra.commands._fit import Col, fitted_table, min_width
 
 if TYPE_CHECKING:
     from policy.runner import Report
@@ -28,7 +29,6 @@ def violations_table(stack: str, report: Report, console: Console = console) -> 
     on two lines; the message wraps between words, so the config keys it names stay whole too.
     Where the enforcement column would squeeze the message below its longest word (80 columns),
     the enforcement moves into the first cell, as a third line."""
-    from infra.commands._fit import Col, fitted_table, min_width
 
     cols = [Col("policy / resource", whole=True), Col("enforcement", whole=True), Col("message")]
 
@@ -54,6 +54,7 @@ def policy_cmd(stack: StackOpt, config: ConfigOpt = None, as_json: JsonOpt = Fal
     Exit 1 when any mandatory policy is violated, 0 otherwise.
     """
     require_policy_sdk()
+    # optional dependency: the `policy` extra (pulumi-policy), checked by require_policy_sdk() above
     from policy.runner import run_policies, stack_policy_config
 
     cap = capture_or_fail(stack, config)

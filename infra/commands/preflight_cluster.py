@@ -7,6 +7,10 @@ from typing import Annotated
 import typer
 
 from infra.commands._common import JsonOpt, console, fail, print_json
+from infra.commands._fit import Col, fitted_table
+from ray_cluster.nic import NicError
+from ray_cluster.node import NodeError
+from ray_cluster.placement import PreflightError, run_preflight
 
 EXIT_PREFLIGHT_FAILED = 1
 
@@ -39,9 +43,6 @@ def preflight_cluster_cmd(
 
     Exit 0 = ok, 1 = the cluster failed the check, 2 = bad input or unreachable cluster.
     """
-    from ray_cluster.nic import NicError
-    from ray_cluster.node import NodeError
-    from ray_cluster.placement import PreflightError, run_preflight
 
     try:
         r = run_preflight(
@@ -60,8 +61,6 @@ def preflight_cluster_cmd(
     if as_json:
         print_json(r.to_json())
     else:
-        from infra.commands._fit import Col, fitted_table
-
         cols = [Col(h, whole=True) for h in ("rank", "pp stage", "tp rank", "node ip")] + [Col("GPU")]
         rows = [
             [str(k.rank), str(k.pp_stage), str(k.tp_rank), k.node_ip, ", ".join(k.gpu_ids)] for k in r.ranks

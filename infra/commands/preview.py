@@ -21,6 +21,9 @@ from infra.commands._common import (
     fail,
     print_json,
 )
+from infra.commands._fit import Col, fitted_table, min_width
+from infra.stack import suggest
+from infra.stack.resolve import resolve
 
 
 def output_text(value: Any) -> str:
@@ -42,7 +45,6 @@ def resources_table(stack: str, resources: list[dict], wide: bool, console: Cons
     """Types and names never split: side by side when the terminal holds both whole (Pulumi's
     short type form; 100 columns do), else one cell per resource, the name indented under its
     type. --wide adds the full token and each resource's parent (wider than 80 columns)."""
-    from infra.commands._fit import Col, fitted_table, min_width
 
     title = f"llmfleet-{stack}: {len(resources)} resources"
     # Pulumi registers resources concurrently, so capture order varies run to run: sort.
@@ -61,7 +63,6 @@ def resources_table(stack: str, resources: list[dict], wide: bool, console: Cons
 def outputs_table(outputs: dict[str, Any], console: Console = console) -> Table:
     """Keys whole; a value wraps between words and folds only where one word is longer than
     the line (an image reference, an ARN): `--output-key KEY` prints it whole."""
-    from infra.commands._fit import Col, fitted_table
 
     rows = [[Text(k, style="bold"), Text(output_text(outputs[k]))] for k in sorted(outputs)]
     return fitted_table(
@@ -135,8 +136,6 @@ def preview_cmd(
     cap = capture_or_fail(stack, config)
     if output is not None:
         if output not in cap.outputs:
-            from infra.stack import suggest
-
             keys = sorted(cap.outputs)
             fail(
                 f"--output-key: {output!r} is not an output of stack {stack}; "
@@ -144,7 +143,6 @@ def preview_cmd(
             )
         typer.echo(output_text(cap.outputs[output]))
         return
-    from infra.stack.resolve import resolve  # not at import: `llmfleet --help` needs no config model
 
     plan = resolve(cap.config).plan
     if as_json:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from infra import aws_credentials
 from infra.commands._common import (
     ConfigOpt,
     StackOpt,
@@ -23,6 +24,14 @@ from infra.commands._common import (
     err_console,
     fail,
 )
+from infra.rayconf.cluster_yaml import RenderError, render_validated
+from infra.rayconf.serve_config import ServeConfigError, to_yaml
+from infra.rayconf.serving import render_for_outputs
+from infra.stack.config import ConfigError
+from infra.stack.outputs import OutputsError, StackOutputs
+from infra.stack.planner import PlanInputError
+from infra.stack.resolve import resolve
+from infra.worker_lookup import with_running_workers
 
 OutputsOpt = Annotated[
     Path | None,
@@ -64,8 +73,6 @@ def _outputs_and_config(stack: str, outputs: Path | None, overrides: list[str] |
             "or --offline for the offline engine's placeholder values"
         )
     if outputs is not None:
-        from infra.stack.outputs import OutputsError, StackOutputs
-
         data = read_outputs_file(outputs)
         try:
             StackOutputs.parse(data)  # the one outputs contract: a stale or foreign file fails here
@@ -81,9 +88,6 @@ def _running_workers(outs: dict[str, Any]) -> dict[str, Any]:
     """AWS: the workers are Auto Scaling groups; their running instances come from EC2 now."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
-
-    from infra import aws_credentials
-    from infra.worker_lookup import with_running_workers
 
     # a fresh session: credentials are resolved from this process's environment now, not
     # taken from whatever boto3's module-wide default session resolved first
@@ -102,7 +106,6 @@ def _running_workers(outs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _emit(doc: dict[str, Any], out: Path | None, what: str) -> None:
-    from infra.rayconf.serve_config import to_yaml
 
     text = to_yaml(doc)
     if out is None:
@@ -127,7 +130,6 @@ def cluster_yaml_cmd(
     ] = None,
 ) -> None:
     """Ray cluster-launcher config (local provider, SSM ssh proxy), validated by Ray."""
-    from infra.rayconf.cluster_yaml import RenderError, render_validated
 
     outs, _cfg = _outputs_and_config(stack, outputs, config, offline)
     if outputs is not None and outs.get("worker_groups"):
@@ -147,11 +149,6 @@ def serve_config_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Ray Serve deploy config (Ray Serve LLM + vLLM, bearer token), validated by Ray's schema."""
-    from infra.rayconf.serve_config import ServeConfigError
-    from infra.stack.config import ConfigError
-    from infra.stack.planner import PlanInputError
-    from infra.stack.resolve import resolve
-    from infra.stack.serving import render_for_outputs
 
     outs, cfg = _outputs_and_config(stack, outputs, config, offline)
     try:

@@ -7,8 +7,12 @@ from typing import Annotated
 
 import typer
 
+from infra import aws_credentials
 from infra.commands._common import JsonOpt, StackOpt, complete_stack, console, fail, print_json
 from infra.commands._stack_outputs import OutputsFileOpt, aws_clients_or_fail, stack_outputs_or_fail
+from infra.commands._status_view import render
+from infra.status.amp import sigv4_fetch
+from infra.status.model import StatusError
 
 
 def status_cmd(
@@ -30,10 +34,8 @@ def status_cmd(
     """Hosts (Auto Scaling: instance, lifecycle, health), Ray nodes and GPUs, Serve replicas and their nodes, weights fingerprints, the last rollout, the endpoint, and live tokens/s and USD per 1M tokens from the metrics workspace. Everything through AWS APIs and SSM: no open port."""  # noqa: E501
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from infra import aws_credentials
-    from infra.status.amp import sigv4_fetch
+    # start-up: botocore, imported where the command runs (as botocore's own errors above)
     from infra.status.aws import AwsClients, aws_error, deployed_status
-    from infra.status.model import StatusError
 
     o = stack_outputs_or_fail(stack, outputs)
     c = aws_clients_or_fail(o, "ec2", "autoscaling", "ssm")
@@ -53,7 +55,6 @@ def status_cmd(
     if as_json:
         print_json(rep.to_json())
         return
-    from infra.commands._status_view import render
 
     render(rep, console)
 

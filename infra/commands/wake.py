@@ -6,8 +6,12 @@ from typing import Annotated
 
 import typer
 
+from infra import aws_credentials
 from infra.commands._common import StackOpt, console, fail
+from infra.commands._readiness import wait_ready
 from infra.commands._stack_outputs import OutputsFileOpt, aws_clients_or_fail, stack_outputs_or_fail
+from infra.stack.files import load_config
+from infra.wake import WakeError, wake_groups
 
 
 def wake_cmd(
@@ -21,11 +25,8 @@ def wake_cmd(
     """Start the worker slots a schedule or idle stop scaled to zero and wait until a real completion answers."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from infra import aws_credentials
-    from infra.commands._readiness import wait_ready
-    from infra.stack.files import load_config
+    # start-up: botocore, imported where the command runs (as botocore's own errors above)
     from infra.status.aws import aws_error
-    from infra.wake import WakeError, wake_groups
 
     o = stack_outputs_or_fail(stack, outputs)
     if o.provider != "aws":

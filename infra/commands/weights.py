@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from infra.catalog import load_catalog
 from infra.commands._common import (
     ConfigOpt,
     JsonOpt,
@@ -21,6 +22,12 @@ from infra.commands._common import (
     fail,
     print_json,
 )
+from infra.commands.preflight import credentials_or_fail
+from infra.commands.render import read_outputs_file
+from infra.stack.config_values import s3_uri
+from infra.weights import checkpoint as ck
+from infra.weights import hub
+from infra.weights import manifest as mf
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -57,8 +64,7 @@ ConcurrencyOpt = Annotated[
 def _location(cfg: StackConfig, outputs: Path | None) -> Location:
     """Where the stack's hosts stage from: `--outputs`' weights_uri when given (the deployed
     truth, also for the bucket `pulumi up` created), else llmfleet:weightsUri."""
-    from infra.commands.render import read_outputs_file
-    from infra.stack.config_values import s3_uri
+    # start-up: boto3 and its transfer manager (~1 s here), only where the S3 location is read
     from infra.weights.s3 import Location
 
     if outputs is not None:
@@ -85,8 +91,6 @@ def _location(cfg: StackConfig, outputs: Path | None) -> Location:
 def _s3_client(cfg: StackConfig, concurrency: int) -> BaseClient:
     import boto3
     from botocore.config import Config
-
-    from infra.commands.preflight import credentials_or_fail
 
     credentials_or_fail()
     # One pooled connection per part in flight, plus the listing's and the HEADs' own.
@@ -124,9 +128,6 @@ def _gib(n: int) -> str:
 def _checked(source: str, model_id: str, skip_check: bool):
     """The local checkpoint directory and its facts; refused here, before any byte moves, when it
     is not the stack's model."""
-    from infra.catalog import load_catalog
-    from infra.weights import checkpoint as ck
-    from infra.weights import hub
 
     model = load_catalog().models[model_id]
     refuse = (
@@ -178,8 +179,8 @@ def upload_cmd(
 
     First, from config.json and the safetensors headers only (no tensor data), the checkpoint must be the stack's model: architecture, layers, hidden size, experts, precision and total size within 5% of the catalog's. Then every file is hashed and uploaded with boto3's transfer manager (multipart, parallel), each object carrying its sha256; a file already in the bucket with the same size and sha256 is skipped, so running the same command again after an interruption uploads only what is missing. manifest.json is written last. Exit 0 = uploaded, 1 = an upload failed (run again), 2 = bad input or the checkpoint does not fit the stack.
     """
-    from infra.weights import checkpoint as ck
-    from infra.weights import manifest as mf
+
+    # start-up: boto3's transfer manager (~0.7 s); `weights --help` needs none of it
     from infra.weights import s3 as ws3
 
     cfg = config_or_fail(stack, config)
@@ -282,6 +283,8 @@ def verify_cmd(
 
     Every file listed must be there with its size and sha256 (the object's sha256 metadata, or its bytes with --download), and nothing else may sit under the location (the hosts stage all of it). Exit 0 = it matches, 1 = a problem, 2 = bad input.
     """
+
+    # start-up: boto3's transfer manager (~0.7 s); `weights --help` needs none of it
     from infra.weights import s3 as ws3
 
     cfg = config_or_fail(stack, config)

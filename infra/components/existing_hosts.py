@@ -26,6 +26,7 @@ from pulumi_command import remote
 
 from infra.boot.ssh_bootstrap import remote_create_command, script_sha256
 from infra.boot.ssh_node import stdin_secrets, stop_command
+from infra.components.image import node_image_inputs
 from infra.components.secret_token import RAY_TOKEN_LENGTH
 from infra.stack.host_spec import HostSpec
 
@@ -126,8 +127,6 @@ class PushedImage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PushedImageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llmfleet:components:PushedImage", name, None, opts)
-        from infra.components.image import node_image_inputs
-
         # content hash: an unchanged tree pushes nothing new
         tag, inputs = node_image_inputs(args.context_dir, args.base_image, args.ray_version, args.platform)
         self.image = docker_build.Image(

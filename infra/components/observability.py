@@ -33,6 +33,7 @@ import pulumi_docker_build as docker_build
 
 from infra.boot.metrics import HostMetrics
 from infra.catalog.images import image_ref
+from infra.rayconf.dashboards import grafana_command as docker_cmd
 
 # Upstream images the hosts run, mirrored into the stack's ECR (the hosts have no internet
 # route). Pinned by digest in infra/catalog/images.yaml: a bump is a deliberate edit there.
@@ -89,7 +90,6 @@ def policy_document(workspace_arn: str, log_group_arns: list[str]) -> dict[str, 
 
 def grafana_command(query_url: str, region: str, out_dir: str = "./grafana") -> str:
     """What the operator runs to open the dashboards (Grafana on their machine, AMP over SigV4)."""
-    from infra.rayconf.dashboards import grafana_command as docker_cmd
 
     return (
         f"llmfleet dashboards --out {out_dir} --prometheus-url {query_url} --sigv4-region {region} && "

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from infra.cost import usage as usage_mod
 from infra.cost.capacity_block import CapacityBlock
 from infra.cost.model import Estimate, Resource, ResourceCost, WorkerSchedule, hourly, tags_of
-from infra.cost.pricing import Price, PriceBook
+from infra.cost.pricing import Price, PriceBook, snapshot_book
 from infra.cost.resources import (
     BUCKET_TYPES,
     capacity_block_target,
@@ -61,6 +61,7 @@ from infra.cost.resources import (
     price_vpc_endpoint,
 )
 from infra.cost.usage import Usage
+from infra.stack.serving_hours import HOURS_PER_MONTH, HOURS_PER_WEEK, worker_hours
 from infra.worker_groups import with_group_instances
 
 if TYPE_CHECKING:
@@ -276,8 +277,6 @@ def estimate_monthly_usd(
     """Total monthly USD of a resource set: the number the budget policy compares with
     `llmfleet:maxMonthlyUsd`. Uses the bundled snapshot unless a price book is given."""
     if price_book is None:
-        from infra.cost.pricing import snapshot_book
-
         price_book = snapshot_book(region)
     return price_resources(
         resources,
@@ -307,7 +306,6 @@ def monthly_usd_per_million_tokens(est: Estimate, tokens_per_s: float | None) ->
 def worker_schedule(cfg: StackConfig, plan: Plan) -> WorkerSchedule | None:
     """How llmfleet:schedule bills the stack's GPU workers (the windows plus one cold start per
     opening, infra/stack/serving_hours.py), or None around the clock / for hosts you own."""
-    from infra.stack.serving_hours import HOURS_PER_MONTH, HOURS_PER_WEEK, worker_hours
 
     wh = worker_hours(cfg.serving_schedule, plan) if cfg.provider == "aws" else None
     if wh is None:

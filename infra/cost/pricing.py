@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from infra import yaml_files
+from infra.catalog import load_catalog
 
 SNAPSHOT_PATH = Path(__file__).resolve().parent.parent / "catalog" / "prices_aws.yaml"
 SNAPSHOT_REGION = "us-east-1"  # the region the instance catalog's on-demand prices are for
@@ -103,7 +104,6 @@ class OnDemand:
 
 def catalog_on_demand() -> dict[str, OnDemand]:
     """On-demand prices from the lead's instance catalog (the one place they live)."""
-    from infra.catalog import load_catalog
 
     return {
         name: OnDemand(Decimal(str(it.on_demand_usd_per_hour)), it.source)

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infra.constants import REPO_ROOT
-from infra.local import containers, hosts, prometheus
+from infra.local import containers, hosts, prometheus, tiny_model
 from infra.local.hosts import Host, HostSet
 from infra.local.layout import (
     DEFAULT_PORT,
@@ -86,7 +86,8 @@ from infra.local.state import (
     write_secret,
 )
 from infra.local.status import healthy
-from infra.local.tiny_model import MODEL_ID
+from infra.local.tiny_model import MODEL_ID, check_model_id
+from ray_cluster.node import NodeError, wait_for_tcp
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
@@ -151,7 +152,6 @@ def _node_env(token: str) -> dict[str, str]:
 
 
 def _wait_head(st: dict, hs: HostSet, ports: Ports, log: Path, timeout: float) -> None:
-    from ray_cluster.node import NodeError, wait_for_tcp
 
     head = hs.hosts[0]
     deadline = time.monotonic() + timeout
@@ -366,7 +366,6 @@ def _start_gcs_redis(st: dict, head: Host, ports: Ports, paths: dict) -> str:
 
 def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     """Create the hosts, start the nodes, run the production deploy flow; returns the state."""
-    from infra.local.tiny_model import check_model_id, ensure_tiny_model
 
     try:
         model_id = check_model_id(o.model)
@@ -391,7 +390,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the rich display is the progress; no tqdm bar through it
-    model_dir = ensure_tiny_model(model_id=model_id)
+    model_dir = tiny_model.ensure_tiny_model(model_id=model_id)  # by module: tests replace it
     on_stage("hosts", f"{o.hosts} hosts ({mode})")
     sd.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(paths["logs"], ignore_errors=True)

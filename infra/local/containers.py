@@ -20,7 +20,7 @@ from pathlib import Path
 
 from infra.local.docker import DOCKER, DockerError, docker
 from infra.local.hosts import HOST_ENV, Host
-from infra.local.layout import LocalError
+from infra.local.layout import TOKEN_ENV, LocalError, node_argv, omp_threads_bind
 from ray_cluster import contract
 
 LABEL = "llmfleet.cluster"
@@ -178,7 +178,6 @@ def remove(cluster: str) -> list[str]:
 def start_nodes(st: dict, hs, layout, ports, token: str, image: str, paths: dict, save) -> str:
     """One node container per host, pids saved as they start; returns the Serve config path the
     head container deploys (in the config directory the contract mounts on the head)."""
-    from infra.local.layout import TOKEN_ENV, node_argv, omp_threads_bind
 
     sd = Path(st["state_dir"])
     config_dir = node_dir(st["name"]) / "config"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.constants import RAY_VERSION, REPO_ROOT
+from infra.image_context import image_tag
 from infra.local import docker as dk
 
 BASE_DIR = REPO_ROOT / "images" / "cpu-base"
@@ -52,8 +53,6 @@ def build_args(base: str) -> dict[str, str]:
 
 
 def node_tag(base: str, root: Path = REPO_ROOT) -> str:
-    from infra.components.image import image_tag
-
     return image_tag(root, build_args(base))
 
 

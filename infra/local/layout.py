@@ -7,8 +7,13 @@ import os
 import sys
 from dataclasses import dataclass
 
+from infra.catalog import load_catalog
 from infra.local.hosts import Host
 from infra.local.tiny_model import MODEL_ID, TINY_HEADS, TINY_LAYERS
+from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
+from infra.rayconf.serving import serving_default_inputs
+from infra.stack import serve_autoscaling
+from infra.stack.engine_options import OptionError, check_local, ingress_options, llm_options
 from ray_cluster import contract
 
 TOKEN_ENV = contract.TOKEN_ENV  # as production names it
@@ -272,7 +277,6 @@ def check_routing(routing: str, layout: Layout) -> None:
 def check_options(engine_args: dict, serve_options: dict, layout: Layout) -> None:
     """`local up -c llmfleet:engineArgs=... / serveOptions=...`: vLLM's and Ray's schemas, the
     local layout (--tp, --pp, one replica per worker host); LocalError with the one line."""
-    from infra.stack.engine_options import OptionError, check_local
 
     try:
         check_local(engine_args, serve_options, layout.tp, layout.pp, layout.replicas)
@@ -306,11 +310,6 @@ def render_local_serve_config(
     """The production Serve config (serve_config.render_serve_config) on the CPU device, with the
     same llmfleet:engineArgs / serveOptions a stack takes (checked by `check_options`) and the
     same llmfleet:routing (`--routing`)."""
-    from infra.catalog import load_catalog
-    from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
-    from infra.stack import serve_autoscaling
-    from infra.stack.engine_options import ingress_options, llm_options
-    from infra.stack.serving import serving_default_inputs
 
     check_routing(routing, layout)
 

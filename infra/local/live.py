@@ -16,7 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from infra.cost.estimate import usd_per_million_tokens
 from infra.local.prometheus import Fetch, PromError, query, scalar, targets
+from infra.stack.files import load_config
+from infra.stack.planner import plan_for_stack
 
 PREFIX = "ray_vllm_"
 RATE_WINDOW = "1m"
@@ -127,9 +130,6 @@ def by_host(url: str, metric: str, model: str, timeout: float = 5.0) -> dict[str
 def cost_beside_plan(measured_tps: float | None, stack: str) -> dict:
     """USD per 1M output tokens of `stack`'s workers at the measured rate, beside the planner's
     estimate for the same workers: the same price, two throughputs."""
-    from infra.cost.estimate import usd_per_million_tokens
-    from infra.stack.files import load_config
-    from infra.stack.planner import plan_for_stack
 
     cfg = load_config(stack)
     plan = plan_for_stack(cfg)

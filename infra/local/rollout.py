@@ -26,11 +26,13 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from infra.local import hosts
 from infra.local.layout import Layout, LocalError, Ports, node_argv
-from infra.local.processes import last_lines, pid_alive, start_node
+from infra.local.processes import host_pids, last_lines, pid_alive, start_node
 from infra.local.state import hostset, load_state, save_state
+from infra.local.status import host_alive
 from infra.rollout import plan as p
 from infra.rollout.ssm import SsmRunner
 from infra.validation import first_error
+from ray_cluster.node import last_error_line
 
 # One `ray start` option: `--name` or `--name=value`, no whitespace. The value goes to `ray start`
 # as one argv element (never a shell), and Ray validates it: a bad one is a node that fails to
@@ -126,7 +128,6 @@ class LocalRunner(SsmRunner):
         prefix = hosts.prefix_for(self.name)
         old = entry["supervisor_pid"]
         env = _environ(old) if pid_alive(old, prefix) else {}
-        from infra.local.processes import host_pids
 
         if pid_alive(old, prefix):
             os.kill(old, signal.SIGTERM)
@@ -148,8 +149,6 @@ class LocalRunner(SsmRunner):
         return log, offset
 
     def _wait_alive(self, host_name: str, log: Path, offset: int) -> tuple[bool, str]:
-        from infra.local.status import host_alive
-        from ray_cluster.node import last_error_line
 
         deadline = self.clock() + self.alive_timeout_s
         while True:

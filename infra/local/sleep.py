@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from infra.local import hosts
+from infra.local import cluster, hosts
 from infra.local.layout import Layout, LocalError, Ports, node_argv, omp_threads_bind
 from infra.local.processes import host_pids, pid_alive, raylet_running, start_node
 from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, save_state, state_dir
+from ray_cluster.node import NodeError
+from ray_cluster.readiness import probe_completion
 
 WAKE_TIMEOUT_S = 600.0
 
@@ -58,9 +60,7 @@ def sleep(name: str = DEFAULT_NAME) -> dict:
 
 
 def _node_env(st: dict) -> dict[str, str]:
-    from infra.local.cluster import _node_env
-
-    return _node_env(read_token(st))
+    return cluster._node_env(read_token(st))
 
 
 def wake(
@@ -69,8 +69,6 @@ def wake(
     on_stage: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Start the worker hosts again and wait for a real completion (no deploy of its own)."""
-    from ray_cluster.node import NodeError
-    from ray_cluster.readiness import probe_completion
 
     st = _state(name)
     hs = hostset(st)

@@ -12,6 +12,8 @@ from typing import Any, cast
 
 from infra.local.processes import raylet_running
 from infra.local.state import hostset, read_token
+from ray_cluster.node import NodeError
+from ray_cluster.readiness import probe_completion
 
 
 @dataclass
@@ -120,8 +122,6 @@ def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
 def healthy(st: dict) -> tuple[bool, str]:
     """(ok, why not): every host alive and a real completion answered (what `local up` waits
     for; `llmfleet local status` reports the whole picture through infra/status/)."""
-    from ray_cluster.node import NodeError
-    from ray_cluster.readiness import probe_completion
 
     running = {h.name: raylet_running(h) for h in hostset(st).hosts}
     lost = [r for r in classify_hosts(st["hosts"], _ray_nodes(st), running) if r.status != "alive"]

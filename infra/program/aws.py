@@ -9,27 +9,31 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.catalog import load_catalog
+from infra.components.cluster import Cluster, ClusterArgs
+from infra.components.endpoint import Endpoint, EndpointArgs
+from infra.components.iam import IamArgs, NodeIam
+from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs, head_ip
+from infra.components.observability import Observability, ObservabilityArgs, observability_outputs
+from infra.components.secret_token import SecretsKey, SecretsKeyArgs, endpoint_token, ray_cluster_token
+from infra.components.weights import Weights, WeightsArgs
 from infra.constants import DASHBOARD_PORT, SSH_USER, cluster_name
 from infra.program.shared import registry_and_image
-from infra.stack.config import StackConfig
+from infra.rayconf.serving import serve_config_yaml, serving_outputs
+from infra.stack.config import AwsStackConfig
 from infra.stack.resolve import Stack, resolve
-from infra.stack.serving import serve_config_yaml, serving_outputs
 from infra.stack.serving_hours import schedule_actions
 
 if TYPE_CHECKING:
-    # Imported where used (each component module pulls in pulumi_aws modules the offline
-    # engine loads lazily: infra/program/provider_modules.py); here only for the types.
+    # Imported where used: the component's module pulls in pulumi_aws.elasticache, which the
+    # offline engine loads only when it is read (infra/program/provider_modules.py), and only a
+    # stack with llmfleet:gcsRedis reads it. Here only for the type.
     from infra.components.gcs_redis import GcsRedis
-    from infra.components.iam import NodeIam
     from infra.components.image import Image
-    from infra.components.network import Network
-    from infra.components.observability import Observability
     from infra.components.registry import Registry
     from infra.components.secret_token import SecretToken
-    from infra.components.weights import Weights
 
 
-def worker_availability_zone(cfg: StackConfig) -> pulumi.Output[str]:
+def worker_availability_zone(cfg: AwsStackConfig) -> pulumi.Output[str]:
     """The configured AZ, else the first AZ (by name) that offers the GPU instance type."""
     if cfg.availability_zone:
         return pulumi.Output.from_input(cfg.availability_zone)
@@ -81,8 +85,7 @@ class _Base:
     gcs: GcsRedis | None = None  # with llmfleet:gcsRedis
 
 
-def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> Network:
-    from infra.components.network import Network, NetworkArgs, endpoint_ingress_cidrs
+def _network(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> Network:
 
     return Network(
         "net",
@@ -102,11 +105,7 @@ def _network(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> Network:
     )
 
 
-def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
-    from infra.components.iam import IamArgs, NodeIam
-    from infra.components.observability import Observability, ObservabilityArgs
-    from infra.components.secret_token import SecretsKey, SecretsKeyArgs, endpoint_token, ray_cluster_token
-    from infra.components.weights import Weights, WeightsArgs
+def _base(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> _Base:
 
     tags = cfg.common_tags
     network = _network(cfg, name, az)
@@ -122,6 +121,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     ray_token = ray_cluster_token(cfg.stack, tags, secrets_key.key.key_id)
     gcs = None
     if cfg.gcs_redis:
+        # start-up: pulumi_aws.elasticache, loaded by the offline engine only when read (see above)
         from infra.components.gcs_redis import GcsRedis, GcsRedisArgs
 
         gcs = GcsRedis(
@@ -169,9 +169,7 @@ def _base(cfg: StackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     return _Base(network, registry, image, weights, token, ray_token, iam, obs, gcs)
 
 
-def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
-    from infra.components.cluster import Cluster, ClusterArgs
-    from infra.components.network import head_ip
+def _cluster(cfg: AwsStackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
 
     cat = load_catalog()
     return Cluster(
@@ -229,8 +227,7 @@ def _cluster(cfg: StackConfig, stack: Stack, name: str, az: pulumi.Output[str], 
     )
 
 
-def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str]):
-    from infra.components.endpoint import Endpoint, EndpointArgs
+def _endpoint(cfg: AwsStackConfig, name: str, b: _Base, head_ip: pulumi.Input[str]):
 
     nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
     if nlb_subnet is None:  # Network makes the public subnet whenever the endpoint is public
@@ -253,8 +250,7 @@ def _endpoint(cfg: StackConfig, name: str, b: _Base, head_ip: pulumi.Input[str])
     )
 
 
-def build_aws(cfg: StackConfig) -> dict[str, Any]:
-    from infra.components.observability import observability_outputs
+def build_aws(cfg: AwsStackConfig) -> dict[str, Any]:
 
     name = cluster_name(cfg)
     stack = resolve(cfg)  # once per program run; everything below gets this one

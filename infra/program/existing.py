@@ -18,20 +18,28 @@ from typing import Any
 
 import pulumi
 
-from infra.stack.config import StackConfig
+from infra.boot.ssh_bootstrap import render_bootstrap
+from infra.boot.ssh_node import node_spec
+from infra.components.existing_hosts import (
+    ExistingHosts,
+    ExistingHostsArgs,
+    HostBoot,
+    PushedImage,
+    PushedImageArgs,
+)
+from infra.constants import RAY_VERSION, SSH_USER, cluster_name, node_image_context
+from infra.rayconf.serving import serving_outputs
+from infra.stack.config import OwnedStackConfig
 from infra.stack.resolve import resolve
 
 
-def node_image(cfg: StackConfig) -> pulumi.Input[str]:
+def node_image(cfg: OwnedStackConfig) -> pulumi.Input[str]:
     """The REPO@sha256:... every host pulls."""
-    from infra.constants import RAY_VERSION, node_image_context
 
     reg = cfg.image_registry
     if reg and "@sha256:" in reg:
         return reg
     if reg:
-        from infra.components.existing_hosts import PushedImage, PushedImageArgs
-
         return PushedImage(
             "node",
             PushedImageArgs(
@@ -41,20 +49,15 @@ def node_image(cfg: StackConfig) -> pulumi.Input[str]:
                 ray_version=RAY_VERSION,
             ),
         ).ref
+    # start-up: the ECR registry's module loads pulumi_aws; only a stack without its own registry needs it
     from infra.program.shared import registry_and_image
 
     return registry_and_image(cfg)[1].ref
 
 
-def build_existing(cfg: StackConfig) -> dict[str, Any]:
-    from infra.boot.ssh_bootstrap import render_bootstrap
-    from infra.boot.ssh_node import node_spec
-    from infra.components.existing_hosts import ExistingHosts, ExistingHostsArgs, HostBoot
-    from infra.constants import SSH_USER, cluster_name
-    from infra.stack.serving import serving_outputs
-
+def build_existing(cfg: OwnedStackConfig) -> dict[str, Any]:
     head = cfg.head_host
-    assert head is not None  # StackConfig requires exactly one head for provider=existing
+    assert head is not None  # check_hosts requires exactly one head
     workers = cfg.worker_hosts
     stack = resolve(cfg)  # once per program run; everything below gets this one
     plan = stack.plan

@@ -45,14 +45,17 @@ from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.settings import get_root_resource, set_root_resource
 from pulumi.runtime.stack import run_in_stack
 
+from infra.errors import OfflineError
 from infra.program.offline_mocks import RecordingMocks
 from infra.program.provider_modules import light_packages
-from infra.stack.config import SECRET_PLACEHOLDER, ConfigError, StackConfig, load_stack_config
+from infra.stack.config import SECRET_PLACEHOLDER, AwsStackConfig, ConfigError, StackConfig, load_stack_config
 from infra.stack.files import project_root, raw_stack_config, stack_name
 
 PROJECT = "llmfleet"
 UNKNOWN_PLACEHOLDER = "[unknown]"
 FAST_ENV = "LLMFLEET_OFFLINE_FAST"
+# The mocks' private addresses for hosts with no VPC (owned hosts): the AWS default vpcCidr.
+MOCK_VPC_CIDR = "10.42.0.0/16"
 # The SDK's private names the fast path uses (module or class, attribute).
 _FAST_HOOKS: tuple[tuple[Any, str], ...] = (
     (presource, "_get_stack_trace"),
@@ -71,10 +74,6 @@ def fast_path_missing() -> list[str]:
 
 def fast_path_enabled() -> bool:
     return os.environ.get(FAST_ENV, "1") != "0" and not fast_path_missing()
-
-
-class OfflineError(RuntimeError):
-    """The program could not be captured; str() is one line."""
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +367,9 @@ def capture(
     fast = fast_path_enabled()
     if fast:
         light_packages()  # only the provider modules the program touches load (provider_modules.py)
-    mocks = RecordingMocks(cfg.region, cfg.vpc_cidr)
+    # hosts you own have no VPC: the mocks number their addresses in the AWS default's range
+    vpc = cfg.vpc_cidr if isinstance(cfg, AwsStackConfig) else MOCK_VPC_CIDR
+    mocks = RecordingMocks(cfg.region, vpc)
     monitor = RecordingMonitor(mocks, fast=fast)
     main = program or project_dir / "__main__.py"
     exported: list[str] = []

@@ -45,10 +45,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from infra.catalog.engine_args import engine_args as vllm_engine_fields
 from infra.validation import first_error
 from ray_cluster import contract
-from ray_cluster.contract import APP_NAME, HEAD_RESOURCE, SERVE_IMPORT_PATH
-from ray_cluster.serve_app import ENV_NAME_RE, STAGED_WEIGHTS_CALLBACK
+from ray_cluster.contract import (
+    APP_NAME,
+    ENV_NAME_RE,
+    HEAD_RESOURCE,
+    SERVE_IMPORT_PATH,
+    STAGED_WEIGHTS_CALLBACK,
+)
 
 DEFAULT_TOKEN_ENV = contract.TOKEN_ENV
 CPU_DTYPES = ("float32", "bfloat16")
@@ -407,12 +413,10 @@ def validate_engine_kwargs(kwargs: Mapping[str, Any], model_source: str) -> None
     classes (compilation_config, ...) are checked here, the rest already when the stack loaded
     (infra/catalog/vllm_engine_args.json). Importing vLLM costs ~10 s of CPU and prints its
     Triton line, so it is imported only when such a field (or a key the catalog lacks) is set."""
-    from infra.catalog.engine_args import engine_args
-
     # vLLM's FrontendArgs (the OpenAI server's), which Ray Serve LLM takes from the same map and
     # hands to the server, not to EngineArgs (model_default_kwargs renders them)
     kwargs = {k: v for k, v in kwargs.items() if k not in FRONTEND_KWARGS}
-    fields = engine_args()
+    fields = vllm_engine_fields()
     unchecked = [k for k in kwargs if k not in fields or fields[k]["schema"] is None]
     if not unchecked:
         return

@@ -1,5 +1,6 @@
-"""Rules across keys of the stack config: endpoint TLS and DNS, the alarm topic, commitments
-(spot, Capacity Blocks, Savings Plans), the layout, and the hosts of provider `existing`.
+"""Rules across keys of the stack config: commitments, the layout, routing and LoRA for every
+provider (check_all); endpoint TLS and DNS, the alarm topic, Capacity Blocks and the network of
+provider aws (check_aws); the hosts of provider existing (check_owned).
 
 Each check takes the validated StackConfig and raises `CrossKeyError`, whose message is already
 the one line (the key that must change, its value, what is allowed); `StackConfig` runs them in
@@ -37,7 +38,7 @@ def subnet_of(net: IpNetwork, other: IpNetwork) -> bool:
 
 
 if TYPE_CHECKING:
-    from infra.stack.config import StackConfig
+    from infra.stack.config import AwsStackConfig, OwnedStackConfig, StackConfig
 
 
 def fmt_value(v: Any) -> str:
@@ -53,13 +54,25 @@ class CrossKeyError(ValueError):
 
 
 def check_all(cfg: StackConfig) -> None:
-    check_endpoint_tls_dns(cfg)
-    check_alarm_topic(cfg)
+    """The rules of every provider's stack (StackConfig's validator, after the provider's own)."""
     check_commitments(cfg)
     check_layout(cfg)
     check_routing(cfg)
-    check_scale_to_zero(cfg)
     check_lora(cfg)
+
+
+def check_aws(cfg: AwsStackConfig) -> None:
+    """The rules over provider aws's own keys (AwsStackConfig's, before check_all)."""
+    check_endpoint_tls_dns(cfg)
+    check_alarm_topic(cfg)
+    check_capacity_block(cfg)
+    check_aws_layout(cfg)
+
+
+def check_owned(cfg: OwnedStackConfig) -> None:
+    """The rules over provider existing's own keys (OwnedStackConfig's, before check_all)."""
+    check_hosts(cfg)
+    check_scale_to_zero(cfg)
 
 
 def check_lora(cfg: StackConfig) -> None:
@@ -89,11 +102,9 @@ def check_routing(cfg: StackConfig) -> None:
         )
 
 
-def check_scale_to_zero(cfg: StackConfig) -> None:
+def check_scale_to_zero(cfg: OwnedStackConfig) -> None:
     """Schedules and idle stop scale the workers' Auto Scaling groups: hosts you own have none
     (stop and start them yourself; the local cluster has `llmfleet local sleep|wake`)."""
-    if cfg.provider == "aws":
-        return
     for key, value in (
         ("llmfleet:schedule", cfg.schedule),
         ("llmfleet:idleStopMinutes", cfg.idle_stop_minutes),
@@ -104,7 +115,7 @@ def check_scale_to_zero(cfg: StackConfig) -> None:
             )
 
 
-def check_endpoint_tls_dns(cfg: StackConfig) -> None:
+def check_endpoint_tls_dns(cfg: AwsStackConfig) -> None:
     arn = cfg.endpoint_certificate_arn
     if arn is not None:
         m = ACM_ARN_RE.fullmatch(arn)
@@ -123,16 +134,9 @@ def check_endpoint_tls_dns(cfg: StackConfig) -> None:
         )
 
 
-def check_alarm_topic(cfg: StackConfig) -> None:
+def check_alarm_topic(cfg: AwsStackConfig) -> None:
     arn = cfg.alarm_topic_arn
     m = SNS_TOPIC_ARN_RE.fullmatch(arn) if arn is not None else None
-    if m and cfg.provider != "aws":
-        # the alarms watch EC2 instances and Auto Scaling groups, which provider existing has not
-        raise CrossKeyError(
-            "llmfleet:alarmTopicArn",
-            arn,
-            "the alarms watch the EC2 head and worker groups; allowed with provider aws",
-        )
     if m and m.group(1) != cfg.region:
         raise CrossKeyError(
             "llmfleet:alarmTopicArn",
@@ -141,17 +145,10 @@ def check_alarm_topic(cfg: StackConfig) -> None:
         )
 
 
-def check_commitments(cfg: StackConfig) -> None:
-    """Capacity Block and pricing-model rules (spot, blocks and Savings Plans exclude each other
-    where AWS does not combine them)."""
+def check_capacity_block(cfg: AwsStackConfig) -> None:
+    """A Capacity Block excludes spot, another reservation and spot pricing, and needs its AZ."""
     block, model = cfg.capacity_block_id, cfg.pricing_model
     if block is not None:
-        if cfg.provider != "aws":
-            raise CrossKeyError(
-                "llmfleet:capacityBlockId",
-                block,
-                "a Capacity Block holds EC2 workers; allowed with provider aws",
-            )
         if cfg.spot:
             raise CrossKeyError(
                 "llmfleet:capacityBlockId",
@@ -177,6 +174,12 @@ def check_commitments(cfg: StackConfig) -> None:
                 model,
                 "workers in a Capacity Block pay its fee; allowed: on-demand, savings-plan-1y, savings-plan-3y (for the head)",
             )
+
+
+def check_commitments(cfg: StackConfig) -> None:
+    """Pricing-model rules (spot and Savings Plans exclude each other where AWS does not combine
+    them); a Capacity Block's are check_capacity_block's."""
+    model = cfg.pricing_model
     if model == "spot" and not cfg.spot:
         raise CrossKeyError(
             "llmfleet:pricingModel",
@@ -191,12 +194,8 @@ def check_commitments(cfg: StackConfig) -> None:
         )
 
 
-def check_layout(cfg: StackConfig) -> None:
-    """Provider, endpoint exposure, zone, quantization, head type, replicas and context length."""
-    if cfg.provider == "existing":
-        check_hosts(cfg)
-    elif cfg.hosts:
-        raise CrossKeyError("llmfleet:hosts", "[...]", "hosts are only used with llmfleet:provider=existing")
+def check_aws_layout(cfg: AwsStackConfig) -> None:
+    """Endpoint exposure, zone, head type and the worker count of provider aws."""
     if cfg.endpoint_public and not cfg.endpoint_allowed_cidrs:
         raise CrossKeyError(
             "llmfleet:endpointAllowedCidrs",
@@ -211,6 +210,25 @@ def check_layout(cfg: StackConfig) -> None:
             cfg.availability_zone,
             f"allowed: a zone of aws:region {cfg.region} such as {cfg.region}a",
         )
+    cat = load_catalog()
+    if cat.instances[cfg.head_instance_type].gpu:
+        raise CrossKeyError(
+            "llmfleet:headInstanceType",
+            cfg.head_instance_type,
+            "the head advertises 0 GPUs, so a GPU type is wasted; allowed: "
+            + ", ".join(i.name for i in cat.instances.values() if not i.gpu),
+        )
+    if cfg.worker_count != "auto" and cfg.worker_count % cfg.replicas:
+        raise CrossKeyError(
+            "llmfleet:workerCount",
+            cfg.worker_count,
+            f"allowed: 'auto' or a multiple of llmfleet:replicas ({cfg.replicas}); "
+            "every replica takes the same number of hosts",
+        )
+
+
+def check_layout(cfg: StackConfig) -> None:
+    """Quantization and context length, whatever the provider."""
     gpu = load_catalog().gpus[cfg.gpu_model] if cfg.gpu_model else None
     if cfg.quantization == "fp8" and gpu is not None and not gpu.native_fp8:
         raise CrossKeyError(
@@ -219,20 +237,6 @@ def check_layout(cfg: StackConfig) -> None:
             f"{cfg.gpu_model} has no native FP8; allowed here: bf16, int8, int4",
         )
     cat = load_catalog()
-    if cfg.provider == "aws" and cat.instances[cfg.head_instance_type].gpu:
-        raise CrossKeyError(
-            "llmfleet:headInstanceType",
-            cfg.head_instance_type,
-            "the head advertises 0 GPUs, so a GPU type is wasted; allowed: "
-            + ", ".join(i.name for i in cat.instances.values() if not i.gpu),
-        )
-    if cfg.provider == "aws" and cfg.worker_count != "auto" and cfg.worker_count % cfg.replicas:
-        raise CrossKeyError(
-            "llmfleet:workerCount",
-            cfg.worker_count,
-            f"allowed: 'auto' or a multiple of llmfleet:replicas ({cfg.replicas}); "
-            "every replica takes the same number of hosts",
-        )
     if cfg.max_model_len != "auto" and cfg.max_model_len > cat.models[cfg.model].max_position_embeddings:
         raise CrossKeyError(
             "llmfleet:maxModelLen",
@@ -241,7 +245,7 @@ def check_layout(cfg: StackConfig) -> None:
         )
 
 
-def check_internal_cidrs(cfg: StackConfig) -> None:
+def check_internal_cidrs(cfg: AwsStackConfig) -> None:
     """An internal endpoint admits private networks only: 0.0.0.0/1 + 128.0.0.0/1 is /0 too,
     so every CIDR must sit inside a private range (or the VPC), not merely be narrower than /0."""
     vpc = ipaddress.ip_network(cfg.vpc_cidr)
@@ -264,7 +268,7 @@ def check_internal_cidrs(cfg: StackConfig) -> None:
             )
 
 
-def check_hosts(cfg: StackConfig) -> None:
+def check_hosts(cfg: OwnedStackConfig) -> None:
     """provider=existing: one head, identical GPU workers, one address and one Ray IP per host."""
     key = "llmfleet:hosts"
     if not cfg.hosts:

@@ -37,7 +37,7 @@ class StackOutputs(BaseModel):
     worker_private_ips: list[str]
     image_ref: str
     ssh_user: str
-    # serving: what the renderers and readiness need (infra.stack.serving.serving_outputs)
+    # serving: what the renderers and readiness need (infra.rayconf.serving.serving_outputs)
     model: str
     served_model: str  # the id the Serve app serves; clients and readiness send it as "model"
     model_path: str

@@ -12,6 +12,9 @@ from infra.local.processes import raylet_running
 from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, state_dir
 from infra.status.metrics import no_metrics, read_metrics
 from infra.status.model import ClusterStatus, HostSlot, Metrics, classify, cluster_side, power_state
+from ray_cluster.cluster_status import gather
+from ray_cluster.node import NodeError
+from ray_cluster.readiness import probe_completion
 
 
 def local_metrics(st: dict, price_stack: str | None = "prod") -> Metrics:
@@ -26,9 +29,6 @@ def local_metrics(st: dict, price_stack: str | None = "prod") -> Metrics:
 def local_status(
     name: str = DEFAULT_NAME, sd: Path | None = None, probe: bool = True, price_stack: str | None = "prod"
 ) -> ClusterStatus:
-    from ray_cluster.cluster_status import gather
-    from ray_cluster.node import NodeError
-    from ray_cluster.readiness import probe_completion
 
     sd = sd or state_dir()
     st = load_state(name, sd)
