@@ -24,11 +24,11 @@ from infra.commands._status_view import render
 from infra.local.chat import chat
 from infra.local.cluster import FAILED_STAGE, STAGES, UpOptions, down, up
 from infra.local.hosts import HostsError
-from infra.local.layout import LocalError
+from infra.local.layout import ROUTINGS, LocalError
 from infra.local.sleep import sleep, wake
 from infra.local.state import load_state, public_doc, state_dir
 from infra.local.tiny_model import MODEL_ID as TINY_MODEL_ID
-from infra.local.tiny_model import is_tiny_model_id
+from infra.local.tiny_model import TINY_MODEL_IDS, is_tiny_model_id
 from infra.rayconf.serve_config import ServeConfigError
 from infra.stack.config import ConfigError
 from infra.stack.engine_options import ENGINE_KEY, SERVE_KEY
@@ -225,9 +225,6 @@ def up_cmd(
     ] = TINY_MODEL_ID,
     as_json: JsonOpt = False,
 ) -> None:
-    from infra.local.layout import ROUTINGS
-    from infra.local.tiny_model import TINY_MODEL_IDS
-
     # a value outside the choices is a usage error (exit 2, as click's), before any engine check
     if routing not in ROUTINGS:
         fail(f"--routing {routing!r}: allowed {', '.join(ROUTINGS)}")
