@@ -296,7 +296,8 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         raise NodeError(f"--token-env {a.token_env}: variable is not set")
     from ray_cluster.watch import preflight_needed
 
-    _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard)))
+    deployed_before = deployed_fingerprint(a.serve_config) is not None
+    _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard), deployed_before))
     if a.watch:
         import time
 

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from infra.local import hosts, processes
+from infra.local.cluster import keep_ray_logs
 from infra.local.state import hostset
 from ray_cluster import serve_rest
 from tests.fault_load import Load, Window
@@ -90,6 +91,8 @@ def stop(c: dict) -> None:
     logs = Path(c["state_dir"]) / "logs" / c["name"]
     if keep and logs.is_dir():
         shutil.copytree(logs, Path(keep) / c["name"], dirs_exist_ok=True)
+    if keep:  # and Ray's own (raylets, GCS, Serve's controller, proxy, replicas): `down` removes them
+        keep_ray_logs(state_of(c)["temp_dir"], Path(keep) / c["name"] / "ray")
     cli("down", "--name", c["name"], env=c["env"], timeout=180)
     hosts.teardown(hosts.prefix_for(c["name"]), cluster=c["name"], state_dir=c["state_dir"])
 

@@ -87,6 +87,8 @@ from infra.local.state import (
 )
 from infra.local.status import healthy
 from infra.local.tiny_model import MODEL_ID
+from ray_cluster import contract
+from ray_cluster.node import deployed_marker
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
@@ -311,6 +313,8 @@ def _start_nodes(
         host_env = dict(env)
         if redis_password is not None:
             host_env |= gcs_redis_env(role, head.ip, ports.redis, redis_password)
+        # the production node's wait for a GCS that restarted empty (ray_cluster.contract)
+        host_env |= contract.worker_gcs_reconnect_env(role, redis_password is not None)
         if role == "head":  # the Ray dashboard's metrics panels query the cluster's Prometheus
             host_env["RAY_PROMETHEUS_HOST"] = prometheus.url_for(st["mode"], head, ports)
         if role == "worker":
@@ -420,6 +424,10 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             routing=o.routing,
         )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
+        # A marker an earlier cluster of this name left in this machine's temp dir would make
+        # the deploy skip its preflight (ray_cluster.watch.preflight_needed): a new cluster has
+        # deployed nothing. (Image mode keeps it in the head container's own temp dir.)
+        Path(deployed_marker(str(paths["serve"]))).unlink(missing_ok=True)
         env = _node_env(token)
         _start_nodes(st, hs, layout, ports, env, o, paths)
         on_stage("head", f"{head.name} {head.ip}")
