@@ -28,27 +28,6 @@ HOST_ENV_FILE = "/run/llmfleet/node.env"
 # llmfleet:gcsRedis: the external GCS store's auth token, in the env file only (the head's node
 # passes it to `ray start --redis-password`: Ray 2.60's CLI reads it from no env var).
 GCS_REDIS_PASSWORD_ENV = "LLMFLEET_GCS_REDIS_PASSWORD"
-# How long a raylet waits for its GCS before it exits (Ray reads RAY_<config name> for its system
-# config; Ray's default 60 s). With the GCS on redis (llmfleet:gcsRedis / `local up --gcs-redis`)
-# the hosts raise it, so a worker outlives a head restart (infra/boot/cloud_init.py,
-# infra/local/layout.py). Without it, a restarted GCS is a new, empty cluster (a new cluster id)
-# that an old raylet can never rejoin: its node must restart into the new cluster anyway, and
-# waiting Ray's 60 s only delays that, and with it the re-deploy (issue #26: serving after a head
-# kill). So a worker gives up after GCS_RECONNECT_NO_FT_S. The price: a GCS that is unreachable
-# for longer than that and then answers again (an overloaded head, a network blip) now restarts
-# every worker, and its engine reloads (minutes for a 671B checkpoint), where 60 s rode it out.
-GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
-GCS_RECONNECT_NO_FT_S = 20
-
-
-def worker_gcs_reconnect_env(role: str, gcs_fault_tolerant: bool) -> dict[str, str]:
-    """The node env that shortens a worker's wait for a GCS that cannot come back (above); {}
-    for the head, and with GCS fault tolerance (each side sets its longer wait itself)."""
-    if role != "worker" or gcs_fault_tolerant:
-        return {}
-    return {GCS_RECONNECT_ENV: str(GCS_RECONNECT_NO_FT_S)}
-
-
 # The head host directory holding the Serve config its deploy unit applies (mounted read-only).
 HOST_CONFIG_DIR = "/etc/llmfleet"
 MODEL_PATH_ENV = "LLMFLEET_MODEL_PATH"  # where the checkpoint sits inside the node container

@@ -45,7 +45,7 @@ RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
 RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token"}
 # With llmfleet:gcsRedis: how long a raylet waits for the GCS (a head replacement: boot, attach,
 # pull, start) before it exits. Ray reads RAY_<config name> for its system config.
-GCS_RECONNECT_ENV = contract.GCS_RECONNECT_ENV
+GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 GCS_RECONNECT_TIMEOUT_S = 900
 NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
 READY_MARKER = contract.READY_MARKER
@@ -144,9 +144,6 @@ def gcs_env_args(spec: NodeSpec) -> list[str]:
         # a raylet waits this long for its GCS to come back at the same address (Ray's default
         # 60 s would make it exit before a replaced head is up)
         out += ["--env", f"{GCS_RECONNECT_ENV}={GCS_RECONNECT_TIMEOUT_S}"]
-    # without it, a worker stops waiting for a GCS that restarted empty sooner (the contract says why)
-    for k, v in contract.worker_gcs_reconnect_env(spec.role, spec.gcs_fault_tolerant).items():
-        out += ["--env", f"{k}={v}"]
     if spec.role == "head" and spec.gcs_redis_address:
         # read by Ray 2.60 at `ray start --head` (ray/_private/node.py); rediss:// is TLS
         out += ["--env", f"RAY_REDIS_ADDRESS={spec.gcs_redis_address}"]

@@ -87,7 +87,6 @@ from infra.local.state import (
 )
 from infra.local.status import healthy
 from infra.local.tiny_model import MODEL_ID
-from ray_cluster import contract
 from ray_cluster.node import deployed_marker
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
@@ -313,8 +312,6 @@ def _start_nodes(
         host_env = dict(env)
         if redis_password is not None:
             host_env |= gcs_redis_env(role, head.ip, ports.redis, redis_password)
-        # the production node's wait for a GCS that restarted empty (ray_cluster.contract)
-        host_env |= contract.worker_gcs_reconnect_env(role, redis_password is not None)
         if role == "head":  # the Ray dashboard's metrics panels query the cluster's Prometheus
             host_env["RAY_PROMETHEUS_HOST"] = prometheus.url_for(st["mode"], head, ports)
         if role == "worker":

@@ -196,7 +196,7 @@ def start_nodes(st: dict, hs, layout, ports, token: str, image: str, paths: dict
     for i, h in enumerate(hs.hosts):
         role = "head" if i == 0 else "worker"
         args = node_args(node_argv(role, h, head, ports, layout, st["temp_dir"], python="python3"))
-        extra = contract.worker_gcs_reconnect_env(role, False)  # image mode has no --gcs-redis
+        extra = {}
         if role == "worker":
             extra["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(layout.ranks_per_host, worker_index=i - 1)
         argv = run_argv(

@@ -214,7 +214,7 @@ umask 022
 #    line (image, mounts, args) is unchanged, so a Serve-config-only update never restarts Ray;
 #    a boot always starts it afresh.
 if [[ "${LLMFLEET_APPLY_MODE:-boot}" == rollout ]] \
-    && [[ "$(cat /etc/llmfleet/llmfleet-worker.run 2>/dev/null)" == 8eb68d3d2c3ec3b6 ]] \
+    && [[ "$(cat /etc/llmfleet/llmfleet-worker.run 2>/dev/null)" == 8e9ebd91a8611a81 ]] \
     && [[ -z "${WEIGHTS_RESTAGED:-}" ]] \
     && [[ "$(docker inspect -f '{{.State.Running}}' llmfleet-worker 2>/dev/null)" == true ]]; then
   log "container" llmfleet-worker "already runs this image and arguments: left running"
@@ -227,10 +227,10 @@ EFA_ARGS=()
 for dev in /dev/infiniband/uverbs*; do
   if [[ -e "${dev}" ]]; then EFA_ARGS+=(--device "${dev}"); fi
 done
-docker run --detach --name llmfleet-worker --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --user 1000 --security-opt no-new-privileges --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --gpus all --env RAY_gcs_rpc_server_reconnect_timeout_s=20 "${EFA_ARGS[@]}" \
+docker run --detach --name llmfleet-worker --restart unless-stopped --network host --ipc host --shm-size 16g --ulimit memlock=-1 --user 1000 --security-opt no-new-privileges --volume /opt/llmfleet/models/deepseek-r1:/opt/llmfleet/models/deepseek-r1:ro --env LLMFLEET_MODEL_PATH=/opt/llmfleet/models/deepseek-r1 --env-file /run/llmfleet/node.env --gpus all "${EFA_ARGS[@]}" \
   123456789012.dkr.ecr.us-east-1.amazonaws.com/llmfleet-prod@sha256:abababababababababababababababababababababababababababababababab worker --address 10.42.0.10:6379 --num-gpus 8 --gpu-model L40S --ip "${NODE_IP}" --block
 install -d -m 0755 /etc/llmfleet
-echo 8eb68d3d2c3ec3b6 > /etc/llmfleet/llmfleet-worker.run
+echo 8e9ebd91a8611a81 > /etc/llmfleet/llmfleet-worker.run
 log "started container" llmfleet-worker
 fi
 
