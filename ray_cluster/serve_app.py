@@ -531,12 +531,15 @@ def _gated_base() -> type:
 
 LIVE_SERVER_CLS = "ray_cluster.serve_app:LLMServer"
 # How long the replica's health check waits for the engine core to answer one utility call.
-# Below Serve's health_check_timeout_s (30 s, Serve's default: the rendered deployment sets no
-# other, and infra.rayconf.serve_config refuses a serveOptions timeout at or under this one), so a
-# hung core fails the check with a message naming the engine instead of Serve's bare timeout.
-# Well above one engine step: the core answers a utility call between steps, and a chunked
-# prefill step of DeepSeek-R1 on 8 GPUs takes well under a second (a few on a loaded CPU host).
-ENGINE_LIVENESS_TIMEOUT_S = 10.0
+# Below the LLM deployment's health_check_timeout_s: Ray Serve LLM's default is 10 s (its
+# RAY_SERVE_LLM_DEFAULT_HEALTH_CHECK_TIMEOUT_S; the rendered deployment sets no other, and
+# infra.rayconf.serve_config refuses a serveOptions timeout at or under this one), so a hung core
+# fails the check with a message naming the engine instead of Serve's bare timeout. At 10 s the
+# two raced in the 2026-12-07 fault run (two failures ours, the third Serve's timeout). Well
+# above one engine step: the core answers a utility call between steps, and a chunked-prefill
+# step takes well under a second on GPUs (a few on a loaded CPU host); Serve acts only after
+# 3 failures in a row, so one slow step does not replace a replica.
+ENGINE_LIVENESS_TIMEOUT_S = 5.0
 
 
 class EngineNotAnswering(RuntimeError):

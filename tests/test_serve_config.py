@@ -112,13 +112,13 @@ def test_bad_inputs_name_the_key():
         sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256, replicas=0))
     # Serve's own health-check timeout must leave the replica's engine liveness call room to fail
     with pytest.raises(
-        sc.ServeConfigError, match=r"serveOptions health_check_timeout_s = 10: allowed: more than 10 "
+        sc.ServeConfigError, match=r"serveOptions health_check_timeout_s = 5: allowed: more than 5 "
     ):
         sc.render_serve_config(
-            sc.ServeInputs("m", "/m", 1, 1, 256, deployment_options={"health_check_timeout_s": 10})
+            sc.ServeInputs("m", "/m", 1, 1, 256, deployment_options={"health_check_timeout_s": 5})
         )
-    ok = sc.ServeInputs("m", "/m", 1, 1, 256, deployment_options={"health_check_timeout_s": 11})
-    assert _llm(sc.render_serve_config(ok))["deployment_config"]["health_check_timeout_s"] == 11
+    ok = sc.ServeInputs("m", "/m", 1, 1, 256, deployment_options={"health_check_timeout_s": 6})
+    assert _llm(sc.render_serve_config(ok))["deployment_config"]["health_check_timeout_s"] == 6
 
 
 def test_llm_server_is_ours_its_name_rays_and_the_validator_refuses_another(tmp_path):
