@@ -89,7 +89,7 @@ bench: setup
 # for the network namespaces): each fault under a steady openai-client load, then the fault table
 # (case, recovery time, failed/total requests) in benchmarks/faults-table.md, for benchmarks/RESULTS.md.
 faults: setup system-deps
-	LLMFLEET_FAULTS_TABLE=benchmarks/faults-table.md LLMFLEET_FAULTS_LOGS=$${LLMFLEET_FAULTS_LOGS:-/tmp/llmfleet-faults-logs} $(BIN)/pytest -m faults -s -q tests/test_faults.py
+	LLMFLEET_FAULTS_TABLE=benchmarks/faults-table.md LLMFLEET_FAULTS_LOGS=$${LLMFLEET_FAULTS_LOGS:-/tmp/llmfleet-faults-logs} $(BIN)/pytest -m faults -s -q tests/test_engine_liveness.py tests/test_faults.py
 
 # Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,480 mutants, hours on
 # one core: 10-90 a minute were measured on the shared 2-core machine, a policy mutant reusing the

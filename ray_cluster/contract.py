@@ -26,6 +26,20 @@ SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"
 # checked before vLLM loads them), and the form of an env var name the config may name.
 STAGED_WEIGHTS_CALLBACK = "ray_cluster.serve_app:StagedWeights"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# The LLM deployment's server class (ray_cluster.serve_app: Ray Serve LLM's LLMServer plus an
+# engine-core liveness round trip), rendered as server_cls.
+LIVE_SERVER_CLS = "ray_cluster.serve_app:LLMServer"
+# How long the replica's health check waits for the engine core to answer one utility call.
+# Below the LLM deployment's health_check_timeout_s: Ray Serve LLM's default is 10 s (its
+# RAY_SERVE_LLM_DEFAULT_HEALTH_CHECK_TIMEOUT_S; the rendered deployment sets no other, and
+# infra.rayconf.serve_config refuses a serveOptions timeout at or under this one), so a hung core
+# fails the check with a message naming the engine instead of Serve's bare timeout. At 10 s the
+# two raced in the 2026-12-07 fault run (two failures ours, the third Serve's timeout). Well
+# above one engine step: the core answers a utility call between steps, and a chunked-prefill
+# step takes well under a second on GPUs (a few on a loaded CPU host); Serve acts only after
+# 3 failures in a row, so one slow step does not replace a replica.
+ENGINE_LIVENESS_TIMEOUT_S = 5.0
 # Every host's env file (cloud-init writes it from SSM at boot, the existing-hosts bootstrap from
 # its stdin): the Ray cluster token (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token) on every node, plus the
 # endpoint token on the head. Every node container gets it as --env-file; never in a rendered file.

@@ -294,7 +294,8 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     if a.token_env and not token:
         raise NodeError(f"--token-env {a.token_env}: variable is not set")
 
-    _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard)))
+    deployed_before = deployed_fingerprint(a.serve_config) is not None
+    _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard), deployed_before))
     if a.watch:
         import time
 

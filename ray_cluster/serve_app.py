@@ -35,7 +35,12 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from ray_cluster.auth import bearer_ok, load_token
-from ray_cluster.contract import CPU_WORKER_RESOURCE, ENV_NAME_RE, GPU_MODEL_PREFIX
+from ray_cluster.contract import (
+    CPU_WORKER_RESOURCE,
+    ENGINE_LIVENESS_TIMEOUT_S,
+    ENV_NAME_RE,
+    GPU_MODEL_PREFIX,
+)
 from ray_cluster.schedule import Schedule, ScheduleError, parse_schedule, retry_after_s
 
 ACTIVITY_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
@@ -526,6 +531,58 @@ def _gated_base() -> type:
     return _GATED
 
 
+# ---------------------------------------------------------------- the LLM server class
+
+
+class EngineNotAnswering(RuntimeError):
+    """The replica's engine core did not answer a round trip within the liveness timeout."""
+
+
+async def engine_liveness(engine: Any, timeout_s: float = ENGINE_LIVENESS_TIMEOUT_S) -> None:
+    """Raise unless the engine core answers a utility call (`is_sleeping`) within timeout_s.
+
+    vLLM 0.29's `AsyncLLM.check_health` only reads the `errored` flag its process monitor sets
+    when the core DIES: a core that hangs (a stuck kernel, a deadlock, SIGSTOP) passes it forever
+    and the replica keeps taking requests that never finish. `is_sleeping` is a utility call
+    over the core's ZMQ socket: it comes back only if the core's busy loop turns, and it is
+    answered asleep too (the scale-to-zero sleep), unlike a generate request. A timed-out call
+    is cancelled; vLLM drops the late answer (core_client._process_utility_output)."""
+    try:
+        await asyncio.wait_for(engine.is_sleeping(), timeout_s)
+    except TimeoutError:
+        raise EngineNotAnswering(
+            f"the engine core did not answer a utility call (is_sleeping) within {timeout_s:g} s: "
+            "hung or stopped; failing the health check so Serve replaces the replica"
+        ) from None
+
+
+_LIVE: type | None = None
+
+
+def _live_server() -> type:
+    """LLMServer: Ray Serve LLM's LLMServer whose health check also round-trips to the engine
+    core (engine_liveness). Named LLMServer, like its base, because Ray Serve LLM names the
+    deployment after the class (`LLMServer:<model>`): dashboards, `serveOptions` and the tools
+    that find the deployment by that prefix keep working."""
+    global _LIVE
+    if _LIVE is not None:
+        return _LIVE
+    from ray.serve.llm.deployment import LLMServer as RayLLMServer
+
+    class LLMServer(RayLLMServer):
+        async def check_health(self) -> None:
+            await super().check_health()  # the engine died: vLLM's own flag, Ray's message
+            if getattr(self, "engine", None) is not None:  # None until the engine started
+                await engine_liveness(self.engine)
+
+    # Importable by name (module __getattr__ below), so replicas unpickle it by reference.
+    LLMServer.__module__ = __name__
+    LLMServer.__qualname__ = "LLMServer"
+    LLMServer.check_health.__qualname__ = "LLMServer.check_health"
+    _LIVE = LLMServer
+    return _LIVE
+
+
 _STAGED: type | None = None
 
 
@@ -562,12 +619,14 @@ def _staged_weights() -> type:
 
 
 def __getattr__(name: str) -> Any:
-    # `ray_cluster.serve_app:BearerOpenAiIngress` / `:StagedWeights` resolve lazily (Ray's
+    # `ray_cluster.serve_app:BearerOpenAiIngress` / `:StagedWeights` / `:LLMServer` resolve lazily (Ray's
     # load_class uses getattr), since their base classes need ray.serve.llm (and vLLM).
     if name == "BearerOpenAiIngress":
         return _gated_base()
     if name == "StagedWeights":
         return _staged_weights()
+    if name == "LLMServer":
+        return _live_server()
     raise AttributeError(name)
 
 

@@ -114,12 +114,16 @@ def file_digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def preflight_needed(apps: dict[str, str]) -> bool:
+def preflight_needed(apps: dict[str, str], deployed_before: bool = False) -> bool:
     """Whether a starting deploy runs the gang/all-reduce preflight: only when no Serve app is
-    deployed yet. A watcher restarted by a rollout (a new deploy command, e.g. `--replicas`) or
-    by systemd finds the engine holding the GPUs, so the gang could never be reserved again;
-    the first deploy proved the fabric. {} also means the dashboard is not up: preflight."""
-    return not apps
+    deployed yet and this head never deployed one. A watcher restarted by a rollout (a new deploy
+    command, e.g. `--replicas`) or by systemd finds the engine holding the GPUs, so the gang could
+    never be reserved again; the first deploy proved the fabric. {} also means the dashboard is not
+    up: preflight, unless this head deployed before (`deployed_before`, the deploy's marker in
+    the head's own temp dir): then the head's Ray restarted empty (no GCS fault tolerance) and
+    the workers are the ones the preflight proved; running it again only delays serving (issue
+    #26: serving after a head kill). A replaced head has no marker and runs it."""
+    return not apps and not deployed_before
 
 
 def reapply_reason(before: WatchView, now: WatchView) -> str | None:

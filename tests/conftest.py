@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -49,6 +50,22 @@ def _no_ray_left_in_this_process():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _root_logger_as_found():
+    """Ray's logging setup (Serve LLM's app build, ray.init) adds handlers to the root logger,
+    bound to the stderr of that moment, which pytest closes after the test; a later module's
+    library log line (the openai client's retry) then prints '--- Logging error ---' into a
+    CLI's captured stderr. Each module leaves the root logger with the handlers it found
+    (pytest's own capture handlers come and go per test and are left to pytest)."""
+    root = logging.getLogger()
+    found, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in found and not type(h).__module__.startswith("_pytest"):
+            root.removeHandler(h)
+    root.setLevel(level)
 
 
 SHARED_CLUSTER_FIXTURE = "ray_hosts_cluster"

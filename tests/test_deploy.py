@@ -452,3 +452,23 @@ def test_policy_pack_dir_is_policy_in_a_checkout_and_a_generated_pack_when_insta
     )
     assert out.stderr.strip() == "ran __main__"
     assert d.policy_packs({}, tmp_path / "o2", site / "policy").packs == (str(site / "policy"),)
+
+
+def test_a_restarted_deploy_on_a_head_that_deployed_before_skips_the_preflight(tmp_path, monkeypatch):
+    """The head's Ray restarted without GCS fault tolerance: no Serve app, but this head's deploy
+    marker (its container's temp dir) is there, so the deploy does not run the gang preflight
+    again (issue #26: serving after a head kill); a fresh head (no marker) does."""
+    from ray_cluster import node
+
+    path = tmp_path / "serve.yaml"
+    path.write_text("applications: []\n")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "container-tmp"))
+    (tmp_path / "container-tmp").mkdir()
+    calls: list[bool] = []
+    monkeypatch.setattr(node, "load_serve_config", lambda p: {})
+    monkeypatch.setattr(node, "serve_status", lambda dashboard: {})  # the app died with the GCS
+    monkeypatch.setattr(node, "_apply", lambda a, token, *, preflight_first: calls.append(preflight_first))
+    args = node.build_parser().parse_args(["deploy", "--serve-config", str(path), "--tp", "1", "--pp", "1"])
+    assert node.cmd_deploy(args) == 0 and calls == [True]  # a new head: the preflight runs
+    node._record_deployed(str(path), "abc")
+    assert node.cmd_deploy(args) == 0 and calls == [True, False]

@@ -110,6 +110,33 @@ def test_bad_inputs_name_the_key():
         sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256, device="cpu", quantization="fp8"))
     with pytest.raises(sc.ServeConfigError, match="replicas = 0"):
         sc.render_serve_config(sc.ServeInputs("m", "/m", 1, 1, 256, replicas=0))
+    # Serve's own health-check timeout must leave the replica's engine liveness call room to fail
+    with pytest.raises(
+        sc.ServeConfigError, match=r"serveOptions health_check_timeout_s = 5: allowed: more than 5 "
+    ):
+        sc.render_serve_config(
+            sc.ServeInputs("m", "/m", 1, 1, 256, deployment_options={"health_check_timeout_s": 5})
+        )
+    ok = sc.ServeInputs("m", "/m", 1, 1, 256, deployment_options={"health_check_timeout_s": 6})
+    assert _llm(sc.render_serve_config(ok))["deployment_config"]["health_check_timeout_s"] == 6
+
+
+def test_llm_server_is_ours_its_name_rays_and_the_validator_refuses_another(tmp_path):
+    from ray.serve.llm import LLMConfig
+    from ray.serve.llm.deployment import LLMServer as RayLLMServer
+
+    doc = sc.render_serve_config(sc.ServeInputs("m", str(tmp_path), 1, 1, 256, device="cpu"))
+    llm = _llm(doc)
+    assert llm["server_cls"] == "ray_cluster.serve_app:LLMServer"
+    cls = LLMConfig.model_validate(llm).server_cls
+    # Ray names the deployment after the class: `LLMServer:<model>` stays what tools look for
+    assert issubclass(cls, RayLLMServer) and cls is not RayLLMServer and cls.__name__ == "LLMServer"
+    assert pickle.loads(pickle.dumps(cls)) is cls  # replicas load it by reference
+    llm["server_cls"] = "os:system"
+    with pytest.raises(
+        sc.ServeConfigError, match="server_cls = 'os:system': allowed: 'ray_cluster.serve_app:LLMServer'"
+    ):
+        sc._validate_with_ray(doc)
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod", "onprem-l20"])

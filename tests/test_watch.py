@@ -68,6 +68,9 @@ def test_a_restarted_deploy_skips_the_preflight_once_an_app_is_deployed():
     assert preflight_needed({})  # the first deploy (or the dashboard is not up yet)
     assert not preflight_needed({"llm": "RUNNING"})  # the engine holds the GPUs
     assert not preflight_needed({"llm": "DEPLOY_FAILED"})  # _apply deletes and re-deploys it
+    # the head's Ray restarted empty (no app) after this head deployed: the workers were proven
+    assert not preflight_needed({}, deployed_before=True)
+    assert not preflight_needed({"llm": "RUNNING"}, deployed_before=True)
 
 
 def test_backoff_state_machine():

@@ -87,7 +87,7 @@ from infra.local.state import (
 )
 from infra.local.status import healthy
 from infra.local.tiny_model import MODEL_ID, check_model_id
-from ray_cluster.node import NodeError, wait_for_tcp
+from ray_cluster.node import NodeError, deployed_marker, wait_for_tcp
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
@@ -419,6 +419,10 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             routing=o.routing,
         )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
+        # A marker an earlier cluster of this name left in this machine's temp dir would make
+        # the deploy skip its preflight (ray_cluster.watch.preflight_needed): a new cluster has
+        # deployed nothing. (Image mode keeps it in the head container's own temp dir.)
+        Path(deployed_marker(str(paths["serve"]))).unlink(missing_ok=True)
         env = _node_env(token)
         _start_nodes(st, hs, layout, ports, env, o, paths)
         on_stage("head", f"{head.name} {head.ip}")

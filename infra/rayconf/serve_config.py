@@ -26,6 +26,8 @@ changes only what must change (ServeInputs.device):
   with routing "prefix" Ray Serve LLM's PrefixCacheAffinityRouter as the request router, then
   `llmfleet:serveOptions` (autoscaling_config replaces the fixed count); its `ingress` map
   goes to the ingress deployment;
+- server_cls: ray_cluster.serve_app's LLMServer, Ray Serve LLM's with a health check that
+  round-trips to the engine core (a hung core fails it; vLLM's own check sees only a dead one);
 - runtime_env env vars: cluster-wide ones only. NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME /
   VLLM_HOST_IP name each node's own NIC and IP, so they cannot live in one runtime_env:
   ray_cluster.node sets them on each node before `ray start`, and Ray workers inherit them.
@@ -50,8 +52,10 @@ from infra.validation import first_error
 from ray_cluster import contract
 from ray_cluster.contract import (
     APP_NAME,
+    ENGINE_LIVENESS_TIMEOUT_S,
     ENV_NAME_RE,
     HEAD_RESOURCE,
+    LIVE_SERVER_CLS,
     SERVE_IMPORT_PATH,
     STAGED_WEIGHTS_CALLBACK,
 )
@@ -160,6 +164,14 @@ class ServeInputs:
                 raise ServeConfigError(
                     f"default_sampling.{key} = {value!r}: allowed: a number for one of {', '.join(SAMPLING_KEYS)}"
                 )
+        # The replica's engine liveness call must time out first, or Serve's own timeout
+        # (with no word of the engine) would always win it.
+        timeout = self.deployment_options.get("health_check_timeout_s")
+        if timeout is not None and timeout <= ENGINE_LIVENESS_TIMEOUT_S:
+            raise ServeConfigError(
+                f"serveOptions health_check_timeout_s = {timeout!r}: allowed: more than "
+                f"{ENGINE_LIVENESS_TIMEOUT_S:g} (the replica's engine liveness timeout)"
+            )
         if self.routing not in ROUTINGS:
             raise ServeConfigError(f"routing = {self.routing!r}: allowed: {', '.join(ROUTINGS)}")
         if self.routing == "prefix" and self.replicas < 2:
@@ -263,6 +275,9 @@ def llm_config(i: ServeInputs) -> dict[str, Any]:
         # Adapters are not staged: Ray Serve LLM downloads `<path>/<NAME>` on a request for
         # "<model_id>:<NAME>" and keeps the last max_num_adapters_per_replica per replica.
         **({"lora_config": dict(i.lora_config)} if i.lora_config else {}),
+        # Ray Serve LLM's LLMServer plus a round trip to the engine core in its health check:
+        # vLLM's own check misses a hung core (ray_cluster.serve_app.engine_liveness).
+        "server_cls": LIVE_SERVER_CLS,
         # Weights are staged on every host before it joins: no per-node download tasks.
         "callback_config": {"callback_class": STAGED_WEIGHTS_CALLBACK},
         "accelerator_config": {"kind": i.device},
@@ -382,6 +397,14 @@ def _validate_with_ray(doc: Mapping[str, Any]) -> list[str]:
             notes.append(f"LLMConfig not checked: {why}")
             continue
         for cfg in app["args"]["llm_configs"]:
+            # LLMConfig's validator imports server_cls, and the server class's base imports
+            # vLLM (~10 s, the Triton line): the renderer's own name is checked as a string.
+            cfg = dict(cfg)
+            server_cls = cfg.pop("server_cls", None)
+            if server_cls not in (None, LIVE_SERVER_CLS):
+                raise ServeConfigError(
+                    f"llm_configs server_cls = {server_cls!r}: allowed: {LIVE_SERVER_CLS!r}"
+                )
             try:
                 cls.model_validate(cfg)
             except (ValidationError, ValueError) as e:
