@@ -220,22 +220,68 @@ def test_bad_config_is_one_line(raw, message):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize(
-    "bad", ["prod dev", "x$(id)", "a\nb", "..\\x", "../../etc/passwd", "dev/", "", "a" * 101]
-)
-def test_a_stack_name_is_checked_before_it_becomes_a_path(bad):
-    """The name lands in stacks/Pulumi.<name>.yaml, resource names and SSM paths: both the stack
-    file lookup and the config model refuse anything but Pulumi's stack-name characters."""
-    from infra.stack.files import stack_name
+# One set for every entry point that takes a --stack (infra/stack/names.py is the one definition).
+STACK_NAMES_OK = ["dev", "prod", "a", "prod-eu.2", "_x", "-x", "a" * 100]
+STACK_REFS_OK = ["myorg/dev", "my-org/llmfleet/prod.eu", "o_1/llmfleet/" + "a" * 100]
+STACK_NAMES_BAD = [
+    "",
+    ".",
+    "..",
+    ".hidden",
+    "dev\n",
+    "prod dev",
+    "x$(id)",
+    "a\nb",
+    "..\\x",
+    "a" * 101,
+    "dév",
+    "a:b",
+    "a\\b",
+]
+STACK_REFS_BAD = ["../../etc/passwd", "dev/", "/dev", "org//dev", "a/b/c/d", "org/../dev", "org/" + "a" * 101]
 
-    with pytest.raises(ConfigError, match=rf"^--stack {re.escape(repr(bad))}: not a stack name; allowed: "):
-        stack_name(bad)
-    with pytest.raises(ConfigError) as e:
-        load_stack_config({}, bad)
-    assert (
-        str(e.value)
-        == f"--stack {bad!r}: allowed: 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
-    )
+
+def test_a_stack_name_is_checked_the_same_way_everywhere_before_it_becomes_a_path():
+    """The name lands in stacks/Pulumi.<name>.yaml, resource names, SSM paths and the hosts'
+    scripts: the stack file lookup, the config model, `llmfleet init` and the Automation API's
+    arguments accept and refuse the same names (ORG/NAME and ORG/PROJECT/NAME where a CLI takes them)."""
+    from infra import deploy
+    from infra.stack.files import stack_name
+    from infra.stack.names import STACK_NAME_ALLOWED, STACK_NAME_RE, STACK_REF_RE
+
+    def cfg_refuses(name: str) -> bool:
+        try:
+            load_stack_config({}, name)
+        except ConfigError as e:
+            if str(e).startswith("--stack"):
+                assert str(e) == f"--stack {name!r}: allowed: {STACK_NAME_ALLOWED}"
+                return True
+        return False
+
+    def deploy_refuses(name: str) -> bool:
+        try:
+            deploy.build_stack_args(name)
+        except deploy.DeployError as e:
+            assert str(e).startswith(
+                f"--stack {name!r}: not a stack name; allowed: NAME, ORG/NAME"
+            ) and "\n" not in str(e)
+            return True
+        return False
+
+    for name in STACK_NAMES_OK + STACK_REFS_OK:
+        assert stack_name(name) == name.rsplit("/", 1)[-1], name
+        assert not deploy_refuses(name), name
+    for name in STACK_NAMES_OK:
+        assert STACK_NAME_RE.fullmatch(name) and not cfg_refuses(name), name
+    for name in STACK_REFS_OK:  # a qualified name is a CLI form; the model takes the short name
+        assert not STACK_NAME_RE.fullmatch(name) and cfg_refuses(name), name
+    for name in STACK_NAMES_BAD + STACK_REFS_BAD:
+        assert not STACK_NAME_RE.fullmatch(name) and not STACK_REF_RE.fullmatch(name), name
+        with pytest.raises(
+            ConfigError, match=rf"^--stack {re.escape(repr(name))}: not a stack name; allowed: "
+        ):
+            stack_name(name)
+        assert cfg_refuses(name) and deploy_refuses(name), name
 
 
 def test_unknown_key_suggests_the_right_one():

@@ -83,10 +83,11 @@ def init_cmd(
     from infra.catalog import load_catalog
     from infra.stack.config import ConfigError
     from infra.stack.files import load_config
+    from infra.stack.names import STACK_NAME_ALLOWED, STACK_NAME_RE
     from infra.stack.resolve import resolve
 
-    if not templates.STACK_NAME_RE.fullmatch(stack):  # `$` alone would let "dev\n" through
-        fail(f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (at most 100)")
+    if not STACK_NAME_RE.fullmatch(stack):  # before the name becomes stacks/Pulumi.<name>.yaml
+        fail(f"--stack {stack!r}: not a stack name; allowed: {STACK_NAME_ALLOWED}")
     gpus = aws_gpu_types()
     cat = load_catalog()  # ids in the files' order: the first model is the default
     gpu_ids, model_ids = tuple(cat.gpus), tuple(cat.models)
