@@ -558,6 +558,11 @@ def test_other_weights_uris_that_are_refused(uri, allowed):
     assert _refusal("llmfleet:weightsUri", uri) == f"llmfleet:weightsUri = {uri!r}: {allowed}"
 
 
+REPOSITORY_ALLOWED = (
+    "allowed: a Docker repository such as registry.example:5000/llmfleet/node (PORT 1-65535), "
+    "or REPO@sha256:<64 hex>"
+)
+IMAGE_ALLOWED = "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex> (a registry PORT 1-65535)"
 PORTS_ALLOWED = (
     "allowed: a port from 1 to 65535 other than 22, 6379, 8076, 8077, 8265, 9090, 9100, 9400, 10001, 52365, 52366, "
     "52367, 52368 and 10002-19999 (Ray's worker ports), e.g. 8000"
@@ -607,13 +612,19 @@ PARTITION = (
         (
             "llmfleet:imageRegistry",
             "Registry/Repo",
-            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>",
+            REPOSITORY_ALLOWED,
         ),
         (
             "llmfleet:imageRegistry",
             "r.example/" + "a" * 246,  # 256 characters
-            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>",
+            REPOSITORY_ALLOWED,
         ),
+        # a registry port is 1-65535, as the https weights URL's (docker would refuse it only at boot)
+        ("llmfleet:imageRegistry", "registry.example:0/llmfleet/node", REPOSITORY_ALLOWED),
+        ("llmfleet:imageRegistry", "registry.example:65536/llmfleet/node", REPOSITORY_ALLOWED),
+        ("llmfleet:imageRegistry", "registry.example:123456/llmfleet/node", REPOSITORY_ALLOWED),
+        ("llmfleet:baseImage", f"registry.example:65536/vllm@sha256:{'a' * 64}", IMAGE_ALLOWED),
+        ("llmfleet:baseImage", f"registry.example:0/vllm:v1@sha256:{'a' * 64}", IMAGE_ALLOWED),
         ("llmfleet:vpcCidr", "nope", "allowed: an IPv4 CIDR from /16 to /20, such as 10.42.0.0/16"),
         (
             "llmfleet:vpcCidr",
@@ -665,7 +676,7 @@ PARTITION = (
         (
             "llmfleet:baseImage",
             "vllm/vllm-openai:v0.29.0",  # a tag alone moves
-            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>",
+            IMAGE_ALLOWED,
         ),
         ("llmfleet:weightsPath", "/", WEIGHTS_PATH_ALLOWED),
         ("llmfleet:weightsPath", "//m", WEIGHTS_PATH_ALLOWED),
@@ -713,6 +724,9 @@ SAME = object()
         ("llmfleet:endpointPort", "10000", "endpoint_port", 10000),
         ("llmfleet:imageRegistry", "registry.example:5000/llmfleet/node", "image_registry", SAME),
         ("llmfleet:imageRegistry", "r.example/" + "a" * 245, "image_registry", SAME),  # 255: the longest
+        ("llmfleet:imageRegistry", "registry.example:65535/llmfleet/node", "image_registry", SAME),
+        ("llmfleet:imageRegistry", "registry.example:1/llmfleet/node", "image_registry", SAME),
+        ("llmfleet:baseImage", f"registry.example:65535/vllm@sha256:{'a' * 64}", "base_image", SAME),
         ("llmfleet:vpcCidr", "10.42.0.0/16", "vpc_cidr", "10.42.0.0/16"),
         ("llmfleet:tags", json.dumps({"k" * 128: "v" * 256}), "tags", {"k" * 128: "v" * 256}),
         ("llmfleet:tags", '{"Team": ""}', "tags", {"Team": ""}),

@@ -71,15 +71,18 @@ S3_ALLOWED = (
     "'.', '-'; no '..', not an IP, no xn-- prefix or -s3alias suffix) and PREFIX is components of "
     "letters, digits, '.', '_', '-'"
 )
+# A TCP port in a URL or a registry host: the pattern takes up to 5 digits, port_in_range() the
+# rest (0 and 65536-99999 would be refused only by the hosts' curl or docker, at boot).
+_PORT = r"(?P<port>[0-9]{1,5})"
 HTTPS_URL_RE = re.compile(
-    r"^https://(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:(?P<port>[0-9]{1,5}))?(?P<path>/.*)?$"
+    rf"^https://(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]{{0,251}}[A-Za-z0-9])?)(:{_PORT})?(?P<path>/.*)?$"
 )
 WEIGHTS_URI_ALLOWED = (
     "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUMS) or an absolute path (NFS)"
 )
 # Docker's reference grammar (github.com/distribution/reference, regexp.go): [domain/]path[:tag][@digest].
 _DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?)"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::{_PORT})?)"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
@@ -240,6 +243,11 @@ def s3_uri(v: str) -> str:
     return v if v.endswith("/") else v + "/"
 
 
+def port_in_range(m: re.Match[str] | None) -> bool:
+    """A match of a pattern with the _PORT group: matched, and its port (if any) 1-65535."""
+    return m is not None and (m.group("port") is None or 1 <= int(m.group("port")) <= 65535)
+
+
 def _weights_uri(v: str | None) -> str | None:
     if v is None:
         return v
@@ -252,9 +260,7 @@ def _weights_uri(v: str | None) -> str | None:
     if v.startswith("https://"):
         m = HTTPS_URL_RE.fullmatch(v)
         path = (m.group("path") or "/") if m else ""
-        # The pattern takes up to 5 digits; the hosts' curl would refuse 0 or 65536+ only at boot.
-        port_ok = m is not None and (m.group("port") is None or 1 <= int(m.group("port")) <= 65535)
-        if not m or not port_ok or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
+        if not port_in_range(m) or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
             raise ValueError(
                 "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query), PORT 1-65535"
             )
@@ -284,9 +290,10 @@ def _endpoint_port(v: int) -> int:
 
 
 def _repository(v: str | None) -> str | None:
-    if v is not None and (not REPOSITORY_RE.fullmatch(v) or len(v) > 255):
+    if v is not None and (not port_in_range(REPOSITORY_RE.fullmatch(v)) or len(v) > 255):
         raise ValueError(
-            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>"
+            "allowed: a Docker repository such as registry.example:5000/llmfleet/node (PORT 1-65535), "
+            "or REPO@sha256:<64 hex>"
         )
     return v
 
@@ -451,9 +458,10 @@ IMAGE_BY_DIGEST_RE = re.compile(rf"^{_NAME}(?::{_TAG})?@{_DIGEST}$")
 
 
 def _image_by_digest(v: str) -> str:
-    if not IMAGE_BY_DIGEST_RE.fullmatch(v):
+    if not port_in_range(IMAGE_BY_DIGEST_RE.fullmatch(v)):
         raise ValueError(
-            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>"
+            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex> "
+            "(a registry PORT 1-65535)"
         )
     return v
 
