@@ -460,7 +460,7 @@ def _refusal(key, value):
 S3_ALLOWED = (
     "allowed: s3://BUCKET/PREFIX/ where BUCKET follows AWS's naming rules (3-63 lower-case letters, digits, "
     "'.', '-'; no '..', not an IP, no xn-- prefix or -s3alias suffix) and PREFIX is components of "
-    "letters, digits, '.', '_', '-'"
+    "letters, digits, '.', '_', '-' (PREFIX/ at most 1024 bytes, AWS's key limit)"
 )
 
 
@@ -471,6 +471,8 @@ S3_ALLOWED = (
         ("s3://abc/r1/", "s3://abc/r1/"),
         ("s3://abc", "s3://abc/"),  # the whole bucket
         ("s3://" + "a" * 63 + "/m_1/", "s3://" + "a" * 63 + "/m_1/"),
+        ("s3://abc/" + "a/" * 511 + "b", "s3://abc/" + "a/" * 511 + "b/"),  # PREFIX/ of 1024 bytes
+        ("s3://abc/" + "a" * 1023 + "/", "s3://abc/" + "a" * 1023 + "/"),
     ],
 )
 def test_s3_weights_uris_that_are_allowed(uri, normalised):
@@ -492,10 +494,18 @@ def test_s3_weights_uris_that_are_allowed(uri, normalised):
         "s3://bucket/a//b/",
         "s3://bucket/a b/",
         "s3://bucket/r1/;id/",
+        "s3://abc/" + "a" * 1024 + "/",  # PREFIX/ of 1025 bytes: past AWS's key limit
+        "s3://abc/" + "a/" * 512 + "b",
     ],
 )
-def test_s3_weights_uris_that_are_refused(uri):
+def test_s3_uris_that_are_refused_for_weights_and_for_lora_adapters(uri):
+    """llmfleet:weightsUri and llmfleet:lora.adapters are one S3 check (config_values.s3_uri)."""
     assert _refusal("llmfleet:weightsUri", uri) == f"llmfleet:weightsUri = {uri!r}: {S3_ALLOWED}"
+    # a model the catalog lets take adapters
+    lora = {"llmfleet:model": "deepseek-r1-distill-qwen-7b", "llmfleet:lora": {"adapters": uri}}
+    with pytest.raises(ConfigError) as e:
+        load_stack_config(lora, "t")
+    assert str(e.value) == f"llmfleet:lora.adapters = {uri!r}: {S3_ALLOWED}"
 
 
 def test_s3_uri_needs_its_scheme():

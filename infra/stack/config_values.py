@@ -66,10 +66,13 @@ SYSTEM_DIRS = ("/", "/home", "/opt", "/var", "/var/lib", "/srv", "/mnt", "/media
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 S3_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 S3_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# AWS's key rules (docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html): a key is at
+# most 1,024 bytes of UTF-8; PREFIX is the safe characters only (ASCII), so its length in bytes.
+S3_KEY_MAX_BYTES = 1024
 S3_ALLOWED = (
     "s3://BUCKET/PREFIX/ where BUCKET follows AWS's naming rules (3-63 lower-case letters, digits, "
     "'.', '-'; no '..', not an IP, no xn-- prefix or -s3alias suffix) and PREFIX is components of "
-    "letters, digits, '.', '_', '-'"
+    f"letters, digits, '.', '_', '-' (PREFIX/ at most {S3_KEY_MAX_BYTES} bytes, AWS's key limit)"
 )
 # A TCP port in a URL or a registry host: the pattern takes up to 5 digits, port_in_range() the
 # rest (0 and 65536-99999 would be refused only by the hosts' curl or docker, at boot).
@@ -227,7 +230,8 @@ def _is_ip(v: str) -> bool:
 
 
 def s3_uri(v: str) -> str:
-    """s3://BUCKET/PREFIX/ (the trailing '/' added), bucket and key checked; ValueError if not."""
+    """s3://BUCKET/PREFIX/ (the trailing '/' added), bucket and key checked; ValueError if not.
+    The one S3 check: llmfleet:weightsUri and llmfleet:lora.adapters both go through it."""
     bucket, _, prefix = v.removeprefix("s3://").partition("/")
     ok = (
         v.startswith("s3://")
@@ -237,6 +241,8 @@ def s3_uri(v: str) -> str:
         and not bucket.startswith(S3_BUCKET_RESERVED_PREFIXES)
         and not bucket.endswith(S3_BUCKET_RESERVED_SUFFIXES)
         and (not prefix or _safe_parts(prefix.removesuffix("/").split("/")))
+        # the prefix and its '/' must fit in one key, before any object's name is added
+        and len(prefix.removesuffix("/")) < S3_KEY_MAX_BYTES
     )
     if not ok:
         raise ValueError(f"allowed: {S3_ALLOWED}")
