@@ -49,6 +49,7 @@ EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
     "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_40": _CASE + ": CONTENT-TYPE",
     "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_44": _CASE + ": WWW-AUTHENTICATE",
+    "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_49": _CASE + ": CONTENT-LENGTH",
     "ray_cluster.serve_app.x_parse_args__mutmut_22": _DEFAULT_ONLY + ": None",
     "ray_cluster.serve_app.x_parse_args__mutmut_24": _DEFAULT_ONLY + ": no default",
     "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
