@@ -702,6 +702,11 @@ PARTITION = (
             )
             for p in ("/data/", "/home", "/etc", "/etc/m", "/var/lib/docker/m", "/usr/share/m")
         ),
+        (
+            "llmfleet:schedule",
+            ' ["mon-fri 08:00-12:00 UTC"',
+            "not a valid list; allowed: a YAML list of windows or text with ';'",
+        ),
     ],
 )
 def test_each_single_key_rule_refuses_with_what_is_allowed(key, value, message):
@@ -759,6 +764,13 @@ SAME = object()
         ("llmfleet:weightsPath", "/etcetera/m", "weights_path", "/etcetera/m"),  # not under /etc
         ("llmfleet:weightsPath", "/var/lib/m", "weights_path", "/var/lib/m"),
         ("llmfleet:weightsPath", "/opt/m/", "weights_path", "/opt/m"),
+        # a list as JSON text (how `pulumi config set` stores one), leading blanks and all
+        (
+            "llmfleet:schedule",
+            ' ["mon-fri 08:00-12:00 UTC", "mon-fri 13:00-17:00 UTC"]',
+            "schedule",
+            "mon-fri 08:00-12:00 UTC; mon-fri 13:00-17:00 UTC",
+        ),
     ],
 )
 def test_each_single_key_rule_keeps_what_is_allowed(key, value, attr, parsed):
