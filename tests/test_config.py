@@ -284,6 +284,41 @@ def test_a_stack_name_is_checked_the_same_way_everywhere_before_it_becomes_a_pat
         assert cfg_refuses(name) and deploy_refuses(name), name
 
 
+def test_cross_key_rules_for_lora_adapters_in_full():
+    """config_rules.check_lora: the model must take adapters (the catalog's reason in the line),
+    and the adapters may not sit inside the weights prefix the hosts stage and verify."""
+    from infra.stack import lora
+
+    r1 = {"llmfleet:model": "deepseek-r1", "llmfleet:lora": {"adapters": "s3://llmfleet-adapters-test/dev/"}}
+    with pytest.raises(ConfigError) as e:
+        load_stack_config(r1, "t")
+    assert str(e.value) == (
+        "llmfleet:model = 'deepseek-r1': cannot take LoRA adapters (llmfleet:lora is set): "
+        f"{load_catalog().models['deepseek-r1'].lora.reason}; allowed: {', '.join(lora.supported_models())}"
+    )
+    qwen = {
+        "llmfleet:model": "deepseek-r1-distill-qwen-7b",
+        "llmfleet:weightsUri": "s3://llmfleet-weights-test/qwen",
+    }
+    inside = "which the hosts stage and verify as one checkpoint; allowed: an s3:// prefix outside it"
+    for adapters in ("s3://llmfleet-weights-test/qwen/adapters", "s3://llmfleet-weights-test/qwen/"):
+        with pytest.raises(ConfigError) as e:
+            load_stack_config({**qwen, "llmfleet:lora": {"adapters": adapters}}, "t")
+        assert str(e.value) == (
+            f"llmfleet:lora.adapters = {adapters.rstrip('/') + '/'!r}: is inside llmfleet:weightsUri "
+            f"'s3://llmfleet-weights-test/qwen/', {inside}"
+        )
+    beside = {**qwen, "llmfleet:lora": {"adapters": "s3://llmfleet-weights-test/qwen2/"}}
+    assert load_stack_config(beside, "t").lora.adapters == "s3://llmfleet-weights-test/qwen2/"
+    nfs = {
+        **beside,
+        "llmfleet:weightsUri": "/opt/qwen",
+        "llmfleet:lora": {"adapters": "s3://llmfleet-weights-test/"},
+    }
+    assert load_stack_config(nfs, "t").lora.adapters == "s3://llmfleet-weights-test/"
+    assert load_stack_config({"llmfleet:model": "deepseek-r1"}, "t").lora is None  # unset: no refusal
+
+
 def test_unknown_key_suggests_the_right_one():
     with pytest.raises(
         ConfigError, match=r"^llmfleet:workercount = '2': unknown key; did you mean llmfleet:workerCount\?$"
