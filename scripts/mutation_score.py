@@ -59,7 +59,7 @@ EQUIVALENT: dict[str, str] = {
         "an https URL without a path gets 'XX/XX' for '/': two safe components, accepted as '/' is"
     ),
     "infra.stack.config_values.x__weights_uri__mutmut_27": (
-        "the path of a URL that does not match is never read: `not m` decides first"
+        "the path of a URL that does not match is never read: `not port_in_range(m)` (true for no match) decides first"
     ),
     "infra.stack.config_values.x_safe_path__mutmut_9": (
         "len(v) >= 1 differs only for '/': body '' is refused as not absolute, the same message as '/'"
