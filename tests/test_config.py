@@ -742,6 +742,11 @@ PARTITION = (
             ' ["mon-fri 08:00-12:00 UTC"',
             "not a valid list; allowed: a YAML list of windows or text with ';'",
         ),
+        (
+            "llmfleet:schedule",
+            5,  # a YAML number: neither text nor a list
+            "allowed: text such as 'mon-fri 08:00-20:00 Europe/Berlin' or a list of such windows",
+        ),
     ],
 )
 def test_each_single_key_rule_refuses_with_what_is_allowed(key, value, message):
