@@ -45,6 +45,7 @@ _ON_DEMAND = (
     "is not a savings plan as on-demand (infra/cost/resources.py instance_market)"
 )
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
+_CAST = "typing.cast returns its value unchanged at run time; its type argument is never read"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
     "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_40": _CASE + ": CONTENT-TYPE",
@@ -75,6 +76,9 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_values.x__dns_name__mutmut_16": (
         "rstrip('XX.XX') on a name that passed the check: it ends in a lower-case letter or '.', no 'X'"
     ),
+    "infra.stack.config_values.x__schedule__mutmut_23": _CAST + ": None",
+    "infra.stack.config_values.x__schedule__mutmut_27": _CAST + ": 'XXstr | list[str]XX'",
+    "infra.stack.config_values.x__schedule__mutmut_28": _CAST + ": 'STR | LIST[STR]'",
     "infra.stack.config_rules.x_check_layout__mutmut_46": (
         "cfg.gpu_model is never empty there: gpuInstanceType is validated as a GPU type, and check_hosts "
         "(run first) refuses a worker whose model the catalog lacks"
