@@ -747,6 +747,12 @@ PARTITION = (
             5,  # a YAML number: neither text nor a list
             "allowed: text such as 'mon-fri 08:00-20:00 Europe/Berlin' or a list of such windows",
         ),
+        # ray_cluster.schedule's own line, passed on as it is
+        (
+            "llmfleet:schedule",
+            "mon 25:00-26:00 UTC",
+            "time '25:00': allowed: HH:MM from 00:00 to 23:59 (24:00 as a closing)",
+        ),
     ],
 )
 def test_each_single_key_rule_refuses_with_what_is_allowed(key, value, message):
