@@ -747,6 +747,10 @@ PARTITION = (
             5,  # a YAML number: neither text nor a list
             "allowed: text such as 'mon-fri 08:00-20:00 Europe/Berlin' or a list of such windows",
         ),
+        *(
+            ("llmfleet:idleStopMinutes", v, "allowed: 0 or unset (never), or minutes from 10 to 1440")
+            for v in (2.5, "abc", "9", "1441")
+        ),
         # ray_cluster.schedule's own line, passed on as it is
         (
             "llmfleet:schedule",
@@ -810,6 +814,10 @@ SAME = object()
         ("llmfleet:weightsPath", "/etcetera/m", "weights_path", "/etcetera/m"),  # not under /etc
         ("llmfleet:weightsPath", "/var/lib/m", "weights_path", "/var/lib/m"),
         ("llmfleet:weightsPath", "/opt/m/", "weights_path", "/opt/m"),
+        ("llmfleet:idleStopMinutes", "  ", "idle_stop_minutes", None),  # blank: never
+        ("llmfleet:idleStopMinutes", " 0 ", "idle_stop_minutes", None),
+        ("llmfleet:idleStopMinutes", "10", "idle_stop_minutes", 10),
+        ("llmfleet:idleStopMinutes", " 1440 ", "idle_stop_minutes", 1440),
         # a list as JSON text (how `pulumi config set` stores one), leading blanks and all
         (
             "llmfleet:schedule",
