@@ -76,6 +76,10 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_values.x__dns_name__mutmut_16": (
         "rstrip('XX.XX') on a name that passed the check: it ends in a lower-case letter or '.', no 'X'"
     ),
+    "infra.stack.config_values.x__context__mutmut_9": (
+        "the bool/float test is a second guard: int(str(v)) refuses 'True', 'False' and every float's text "
+        "('2.5', '4096.0', 'inf') with the same message"
+    ),
     "infra.stack.config_values.x__schedule__mutmut_23": _CAST + ": None",
     "infra.stack.config_values.x__schedule__mutmut_27": _CAST + ": 'XXstr | list[str]XX'",
     "infra.stack.config_values.x__schedule__mutmut_28": _CAST + ": 'STR | LIST[STR]'",
