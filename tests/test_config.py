@@ -63,6 +63,19 @@ BAD = [
         {"llmfleet:maxModelLen": "200000"},
         "llmfleet:maxModelLen = 200000: allowed: up to 163840 for deepseek-r1",
     ),
+    # the key's range ends (256, 1,048,576) pass the key's own check; the model's limit decides next
+    (
+        {"llmfleet:maxModelLen": "1048576"},
+        "llmfleet:maxModelLen = 1048576: allowed: up to 163840 for deepseek-r1",
+    ),
+    (
+        {"llmfleet:maxModelLen": "255"},
+        "llmfleet:maxModelLen = '255': allowed: 'auto' or an integer from 256 to 1,048,576",
+    ),
+    (
+        {"llmfleet:maxModelLen": "1048577"},
+        "llmfleet:maxModelLen = '1048577': allowed: 'auto' or an integer from 256 to 1,048,576",
+    ),
     (
         {"llmfleet:gpuInstanceType": "m7i.xlarge"},
         "llmfleet:gpuInstanceType = 'm7i.xlarge': allowed: g6e.xlarge, "
@@ -814,6 +827,7 @@ SAME = object()
         ("llmfleet:weightsPath", "/etcetera/m", "weights_path", "/etcetera/m"),  # not under /etc
         ("llmfleet:weightsPath", "/var/lib/m", "weights_path", "/var/lib/m"),
         ("llmfleet:weightsPath", "/opt/m/", "weights_path", "/opt/m"),
+        ("llmfleet:maxModelLen", "256", "max_model_len", 256),  # the key's lowest
         ("llmfleet:idleStopMinutes", "  ", "idle_stop_minutes", None),  # blank: never
         ("llmfleet:idleStopMinutes", " 0 ", "idle_stop_minutes", None),
         ("llmfleet:idleStopMinutes", "10", "idle_stop_minutes", 10),
