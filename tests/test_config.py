@@ -332,6 +332,28 @@ def test_cross_key_rules_for_lora_adapters_in_full():
     assert load_stack_config({"llmfleet:model": "deepseek-r1"}, "t").lora is None  # unset: no refusal
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "llmfleet:schedule=mon-fri 08:00-20:00 Europe/Berlin",
+            "llmfleet:schedule = 'mon-fri 08:00-20:00 Europe/Berlin': it scales the workers' Auto Scaling "
+            "groups; allowed with provider aws",
+        ),
+        (
+            "llmfleet:idleStopMinutes=30",
+            "llmfleet:idleStopMinutes = 30: it scales the workers' Auto Scaling groups; allowed with provider aws",
+        ),
+    ],
+)
+def test_scale_to_zero_keys_on_owned_hosts_are_refused_in_full(override, message):
+    """config_rules.check_scale_to_zero: hosts you own have no Auto Scaling group to scale."""
+    with pytest.raises(ConfigError) as e:
+        load_config("onprem-l20", [override])
+    assert str(e.value) == message
+    load_config("prod", [override])  # the same key on AWS: fine
+
+
 def test_unknown_key_suggests_the_right_one():
     with pytest.raises(
         ConfigError, match=r"^llmfleet:workercount = '2': unknown key; did you mean llmfleet:workerCount\?$"
