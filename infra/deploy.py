@@ -31,6 +31,7 @@ from infra.rayconf.serve_config import to_yaml
 from infra.rayconf.serving import render_for_outputs, serve_config_yaml
 from infra.stack.config import ConfigError, StackConfig
 from infra.stack.files import check_namespace, project_root
+from infra.stack.names import STACK_NAME_ALLOWED, STACK_REF_RE
 from infra.stack.outputs import OutputsError, StackOutputs
 from infra.stack.resolve import resolve
 from infra.worker_lookup import HeadLookupError
@@ -42,7 +43,6 @@ POLICY_PACK_DIR = REPO_ROOT / "policy"
 # What a preview summary shows, in `pulumi up`'s order.
 CHANGE_KINDS = ("create", "update", "replace", "delete")
 PULUMI_MISSING = "pulumi CLI not found on PATH: install it (curl -fsSL https://get.pulumi.com | sh) and retry"
-STACK_RE = re.compile(r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
 KEY_RE = re.compile(r"^([A-Za-z0-9_-]+:)?[A-Za-z0-9_.-]+$")
 
 
@@ -98,9 +98,9 @@ def build_stack_args(
 ) -> StackArgs:
     """Everything `open_stack` needs, validated: one-line DeployError on bad input. The work
     dir defaults to the project the working directory is in (where Pulumi.yaml is)."""
-    if not stack or not STACK_RE.match(stack):
+    if not STACK_REF_RE.fullmatch(stack):
         raise DeployError(
-            f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (org/project/ prefix optional)"
+            f"--stack {stack!r}: not a stack name; allowed: NAME, ORG/NAME or ORG/PROJECT/NAME, each {STACK_NAME_ALLOWED}"
         )
     if work_dir is None:
         try:

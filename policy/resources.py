@@ -57,8 +57,14 @@ def _imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
         report(f"metadataOptions.httpTokens is {tokens!r}; IMDSv2 needs 'required'", None)
 
 
+# A boolean input given as text is read by the provider with Go's strconv.ParseBool
+# (terraform-plugin-sdk's field reader): "1", "t" and "true" (as T, TRUE, True) are true. Any
+# casing counts here: a policy errs toward flagging.
+_TRUE_TEXT = ("1", "t", "true")
+
+
 def _is_true(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.lower() == "true")
+    return value is True or (isinstance(value, str) and value.lower() in _TRUE_TEXT)
 
 
 def _template_encrypted(props: Mapping[str, Any], report: ReportViolation) -> None:
@@ -106,8 +112,8 @@ def _no_public_ip(args: ResourceValidationArgs, report: ReportViolation) -> None
         return
     if args.resource_type != INSTANCE:
         return
-    public = _props(args).get("associatePublicIpAddress")
-    if public is True:
+    # an instance's is a boolean, but text reaches the provider too (`"true"` in a stack's YAML)
+    if _is_true(_props(args).get("associatePublicIpAddress")):
         report(
             "associatePublicIpAddress is true; hosts are reached through SSM and the load balancer only", None
         )

@@ -45,10 +45,12 @@ _ON_DEMAND = (
     "is not a savings plan as on-demand (infra/cost/resources.py instance_market)"
 )
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
+_CAST = "typing.cast returns its value unchanged at run time; its type argument is never read"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
     "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_40": _CASE + ": CONTENT-TYPE",
     "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_44": _CASE + ": WWW-AUTHENTICATE",
+    "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_49": _CASE + ": CONTENT-LENGTH",
     "ray_cluster.serve_app.x_parse_args__mutmut_22": _DEFAULT_ONLY + ": None",
     "ray_cluster.serve_app.x_parse_args__mutmut_24": _DEFAULT_ONLY + ": no default",
     "ray_cluster.serve_app.x_parse_args__mutmut_25": _DEFAULT_ONLY + ": 'XX0XX'",
@@ -58,7 +60,7 @@ EQUIVALENT: dict[str, str] = {
         "an https URL without a path gets 'XX/XX' for '/': two safe components, accepted as '/' is"
     ),
     "infra.stack.config_values.x__weights_uri__mutmut_27": (
-        "the path of a URL that does not match is never read: `not m` decides first"
+        "the path of a URL that does not match is never read: `not port_in_range(m)` (true for no match) decides first"
     ),
     "infra.stack.config_values.x_safe_path__mutmut_9": (
         "len(v) >= 1 differs only for '/': body '' is refused as not absolute, the same message as '/'"
@@ -74,6 +76,13 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_values.x__dns_name__mutmut_16": (
         "rstrip('XX.XX') on a name that passed the check: it ends in a lower-case letter or '.', no 'X'"
     ),
+    "infra.stack.config_values.x__context__mutmut_9": (
+        "the bool/float test is a second guard: int(str(v)) refuses 'True', 'False' and every float's text "
+        "('2.5', '4096.0', 'inf') with the same message"
+    ),
+    "infra.stack.config_values.x__schedule__mutmut_23": _CAST + ": None",
+    "infra.stack.config_values.x__schedule__mutmut_27": _CAST + ": 'XXstr | list[str]XX'",
+    "infra.stack.config_values.x__schedule__mutmut_28": _CAST + ": 'STR | LIST[STR]'",
     "infra.stack.config_rules.x_check_layout__mutmut_46": (
         "cfg.gpu_model is never empty there: gpuInstanceType is validated as a GPU type, and check_hosts "
         "(run first) refuses a worker whose model the catalog lacks"

@@ -69,6 +69,19 @@ BAD = [
         {"llmfleet:maxModelLen": "200000"},
         "llmfleet:maxModelLen = 200000: allowed: up to 163840 for deepseek-r1",
     ),
+    # the key's range ends (256, 1,048,576) pass the key's own check; the model's limit decides next
+    (
+        {"llmfleet:maxModelLen": "1048576"},
+        "llmfleet:maxModelLen = 1048576: allowed: up to 163840 for deepseek-r1",
+    ),
+    (
+        {"llmfleet:maxModelLen": "255"},
+        "llmfleet:maxModelLen = '255': allowed: 'auto' or an integer from 256 to 1,048,576",
+    ),
+    (
+        {"llmfleet:maxModelLen": "1048577"},
+        "llmfleet:maxModelLen = '1048577': allowed: 'auto' or an integer from 256 to 1,048,576",
+    ),
     (
         {"llmfleet:gpuInstanceType": "m7i.xlarge"},
         "llmfleet:gpuInstanceType = 'm7i.xlarge': allowed: g6e.xlarge, "
@@ -226,22 +239,125 @@ def test_bad_config_is_one_line(raw, message):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize(
-    "bad", ["prod dev", "x$(id)", "a\nb", "..\\x", "../../etc/passwd", "dev/", "", "a" * 101]
-)
-def test_a_stack_name_is_checked_before_it_becomes_a_path(bad):
-    """The name lands in stacks/Pulumi.<name>.yaml, resource names and SSM paths: both the stack
-    file lookup and the config model refuse anything but Pulumi's stack-name characters."""
-    from infra.stack.files import stack_name
+# One set for every entry point that takes a --stack (infra/stack/names.py is the one definition).
+STACK_NAMES_OK = ["dev", "prod", "a", "prod-eu.2", "_x", "-x", "a" * 100]
+STACK_REFS_OK = ["myorg/dev", "my-org/llmfleet/prod.eu", "o_1/llmfleet/" + "a" * 100]
+STACK_NAMES_BAD = [
+    "",
+    ".",
+    "..",
+    ".hidden",
+    "dev\n",
+    "prod dev",
+    "x$(id)",
+    "a\nb",
+    "..\\x",
+    "a" * 101,
+    "dév",
+    "a:b",
+    "a\\b",
+]
+STACK_REFS_BAD = ["../../etc/passwd", "dev/", "/dev", "org//dev", "a/b/c/d", "org/../dev", "org/" + "a" * 101]
 
-    with pytest.raises(ConfigError, match=rf"^--stack {re.escape(repr(bad))}: not a stack name; allowed: "):
-        stack_name(bad)
+
+def test_a_stack_name_is_checked_the_same_way_everywhere_before_it_becomes_a_path():
+    """The name lands in stacks/Pulumi.<name>.yaml, resource names, SSM paths and the hosts'
+    scripts: the stack file lookup, the config model, `llmfleet init` and the Automation API's
+    arguments accept and refuse the same names (ORG/NAME and ORG/PROJECT/NAME where a CLI takes them)."""
+    from infra import deploy
+    from infra.stack.files import stack_name
+    from infra.stack.names import STACK_NAME_ALLOWED, STACK_NAME_RE, STACK_REF_RE
+
+    def cfg_refuses(name: str) -> bool:
+        try:
+            load_stack_config({}, name)
+        except ConfigError as e:
+            if str(e).startswith("--stack"):
+                assert str(e) == f"--stack {name!r}: allowed: {STACK_NAME_ALLOWED}"
+                return True
+        return False
+
+    def deploy_refuses(name: str) -> bool:
+        try:
+            deploy.build_stack_args(name)
+        except deploy.DeployError as e:
+            assert str(e).startswith(
+                f"--stack {name!r}: not a stack name; allowed: NAME, ORG/NAME"
+            ) and "\n" not in str(e)
+            return True
+        return False
+
+    for name in STACK_NAMES_OK + STACK_REFS_OK:
+        assert stack_name(name) == name.rsplit("/", 1)[-1], name
+        assert not deploy_refuses(name), name
+    for name in STACK_NAMES_OK:
+        assert STACK_NAME_RE.fullmatch(name) and not cfg_refuses(name), name
+    for name in STACK_REFS_OK:  # a qualified name is a CLI form; the model takes the short name
+        assert not STACK_NAME_RE.fullmatch(name) and cfg_refuses(name), name
+    for name in STACK_NAMES_BAD + STACK_REFS_BAD:
+        assert not STACK_NAME_RE.fullmatch(name) and not STACK_REF_RE.fullmatch(name), name
+        with pytest.raises(
+            ConfigError, match=rf"^--stack {re.escape(repr(name))}: not a stack name; allowed: "
+        ):
+            stack_name(name)
+        assert cfg_refuses(name) and deploy_refuses(name), name
+
+
+def test_cross_key_rules_for_lora_adapters_in_full():
+    """config_rules.check_lora: the model must take adapters (the catalog's reason in the line),
+    and the adapters may not sit inside the weights prefix the hosts stage and verify."""
+    from infra.stack import lora
+
+    r1 = {"llmfleet:model": "deepseek-r1", "llmfleet:lora": {"adapters": "s3://llmfleet-adapters-test/dev/"}}
     with pytest.raises(ConfigError) as e:
-        load_stack_config({}, bad)
-    assert (
-        str(e.value)
-        == f"--stack {bad!r}: allowed: 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
+        load_stack_config(r1, "t")
+    assert str(e.value) == (
+        "llmfleet:model = 'deepseek-r1': cannot take LoRA adapters (llmfleet:lora is set): "
+        f"{load_catalog().models['deepseek-r1'].lora.reason}; allowed: {', '.join(lora.supported_models())}"
     )
+    qwen = {
+        "llmfleet:model": "deepseek-r1-distill-qwen-7b",
+        "llmfleet:weightsUri": "s3://llmfleet-weights-test/qwen",
+    }
+    inside = "which the hosts stage and verify as one checkpoint; allowed: an s3:// prefix outside it"
+    for adapters in ("s3://llmfleet-weights-test/qwen/adapters", "s3://llmfleet-weights-test/qwen/"):
+        with pytest.raises(ConfigError) as e:
+            load_stack_config({**qwen, "llmfleet:lora": {"adapters": adapters}}, "t")
+        assert str(e.value) == (
+            f"llmfleet:lora.adapters = {adapters.rstrip('/') + '/'!r}: is inside llmfleet:weightsUri "
+            f"'s3://llmfleet-weights-test/qwen/', {inside}"
+        )
+    beside = {**qwen, "llmfleet:lora": {"adapters": "s3://llmfleet-weights-test/qwen2/"}}
+    assert load_stack_config(beside, "t").lora.adapters == "s3://llmfleet-weights-test/qwen2/"
+    nfs = {
+        **beside,
+        "llmfleet:weightsUri": "/opt/qwen",
+        "llmfleet:lora": {"adapters": "s3://llmfleet-weights-test/"},
+    }
+    assert load_stack_config(nfs, "t").lora.adapters == "s3://llmfleet-weights-test/"
+    assert load_stack_config({"llmfleet:model": "deepseek-r1"}, "t").lora is None  # unset: no refusal
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "llmfleet:schedule=mon-fri 08:00-20:00 Europe/Berlin",
+            "llmfleet:schedule = 'mon-fri 08:00-20:00 Europe/Berlin': it scales the workers' Auto Scaling "
+            "groups; allowed with provider aws",
+        ),
+        (
+            "llmfleet:idleStopMinutes=30",
+            "llmfleet:idleStopMinutes = 30: it scales the workers' Auto Scaling groups; allowed with provider aws",
+        ),
+    ],
+)
+def test_scale_to_zero_keys_on_owned_hosts_are_refused_in_full(override, message):
+    """config_rules.check_scale_to_zero: hosts you own have no Auto Scaling group to scale."""
+    with pytest.raises(ConfigError) as e:
+        load_config("onprem-l20", [override])
+    assert str(e.value) == message
+    load_config("prod", [override])  # the same key on AWS: fine
 
 
 def test_unknown_key_suggests_the_right_one():
@@ -422,7 +538,7 @@ def _refusal(key, value):
 S3_ALLOWED = (
     "allowed: s3://BUCKET/PREFIX/ where BUCKET follows AWS's naming rules (3-63 lower-case letters, digits, "
     "'.', '-'; no '..', not an IP, no xn-- prefix or -s3alias suffix) and PREFIX is components of "
-    "letters, digits, '.', '_', '-'"
+    "letters, digits, '.', '_', '-' (PREFIX/ at most 1024 bytes, AWS's key limit)"
 )
 
 
@@ -433,6 +549,8 @@ S3_ALLOWED = (
         ("s3://abc/r1/", "s3://abc/r1/"),
         ("s3://abc", "s3://abc/"),  # the whole bucket
         ("s3://" + "a" * 63 + "/m_1/", "s3://" + "a" * 63 + "/m_1/"),
+        ("s3://abc/" + "a/" * 511 + "b", "s3://abc/" + "a/" * 511 + "b/"),  # PREFIX/ of 1024 bytes
+        ("s3://abc/" + "a" * 1023 + "/", "s3://abc/" + "a" * 1023 + "/"),
     ],
 )
 def test_s3_weights_uris_that_are_allowed(uri, normalised):
@@ -454,10 +572,18 @@ def test_s3_weights_uris_that_are_allowed(uri, normalised):
         "s3://bucket/a//b/",
         "s3://bucket/a b/",
         "s3://bucket/r1/;id/",
+        "s3://abc/" + "a" * 1024 + "/",  # PREFIX/ of 1025 bytes: past AWS's key limit
+        "s3://abc/" + "a/" * 512 + "b",
     ],
 )
-def test_s3_weights_uris_that_are_refused(uri):
+def test_s3_uris_that_are_refused_for_weights_and_for_lora_adapters(uri):
+    """llmfleet:weightsUri and llmfleet:lora.adapters are one S3 check (config_values.s3_uri)."""
     assert _refusal("llmfleet:weightsUri", uri) == f"llmfleet:weightsUri = {uri!r}: {S3_ALLOWED}"
+    # a model the catalog lets take adapters
+    lora = {"llmfleet:model": "deepseek-r1-distill-qwen-7b", "llmfleet:lora": {"adapters": uri}}
+    with pytest.raises(ConfigError) as e:
+        load_stack_config(lora, "t")
+    assert str(e.value) == f"llmfleet:lora.adapters = {uri!r}: {S3_ALLOWED}"
 
 
 def test_s3_uri_needs_its_scheme():
@@ -520,6 +646,11 @@ def test_other_weights_uris_that_are_refused(uri, allowed):
     assert _refusal("llmfleet:weightsUri", uri) == f"llmfleet:weightsUri = {uri!r}: {allowed}"
 
 
+REPOSITORY_ALLOWED = (
+    "allowed: a Docker repository such as registry.example:5000/llmfleet/node (PORT 1-65535), "
+    "or REPO@sha256:<64 hex>"
+)
+IMAGE_ALLOWED = "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex> (a registry PORT 1-65535)"
 PORTS_ALLOWED = (
     "allowed: a port from 1 to 65535 other than 22, 6379, 8076, 8077, 8265, 9090, 9100, 9400, 10001, 52365, 52366, "
     "52367, 52368 and 10002-19999 (Ray's worker ports), e.g. 8000"
@@ -569,13 +700,19 @@ PARTITION = (
         (
             "llmfleet:imageRegistry",
             "Registry/Repo",
-            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>",
+            REPOSITORY_ALLOWED,
         ),
         (
             "llmfleet:imageRegistry",
             "r.example/" + "a" * 246,  # 256 characters
-            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>",
+            REPOSITORY_ALLOWED,
         ),
+        # a registry port is 1-65535, as the https weights URL's (docker would refuse it only at boot)
+        ("llmfleet:imageRegistry", "registry.example:0/llmfleet/node", REPOSITORY_ALLOWED),
+        ("llmfleet:imageRegistry", "registry.example:65536/llmfleet/node", REPOSITORY_ALLOWED),
+        ("llmfleet:imageRegistry", "registry.example:123456/llmfleet/node", REPOSITORY_ALLOWED),
+        ("llmfleet:baseImage", f"registry.example:65536/vllm@sha256:{'a' * 64}", IMAGE_ALLOWED),
+        ("llmfleet:baseImage", f"registry.example:0/vllm:v1@sha256:{'a' * 64}", IMAGE_ALLOWED),
         ("llmfleet:vpcCidr", "nope", "allowed: an IPv4 CIDR from /16 to /20, such as 10.42.0.0/16"),
         (
             "llmfleet:vpcCidr",
@@ -627,7 +764,7 @@ PARTITION = (
         (
             "llmfleet:baseImage",
             "vllm/vllm-openai:v0.29.0",  # a tag alone moves
-            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>",
+            IMAGE_ALLOWED,
         ),
         ("llmfleet:weightsPath", "/", WEIGHTS_PATH_ALLOWED),
         ("llmfleet:weightsPath", "//m", WEIGHTS_PATH_ALLOWED),
@@ -642,6 +779,26 @@ PARTITION = (
                 f"{p.rstrip('/')} is or is inside a system directory; {WEIGHTS_PATH_ALLOWED}",
             )
             for p in ("/data/", "/home", "/etc", "/etc/m", "/var/lib/docker/m", "/usr/share/m")
+        ),
+        (
+            "llmfleet:schedule",
+            ' ["mon-fri 08:00-12:00 UTC"',
+            "not a valid list; allowed: a YAML list of windows or text with ';'",
+        ),
+        (
+            "llmfleet:schedule",
+            5,  # a YAML number: neither text nor a list
+            "allowed: text such as 'mon-fri 08:00-20:00 Europe/Berlin' or a list of such windows",
+        ),
+        *(
+            ("llmfleet:idleStopMinutes", v, "allowed: 0 or unset (never), or minutes from 10 to 1440")
+            for v in (2.5, "abc", "9", "1441")
+        ),
+        # ray_cluster.schedule's own line, passed on as it is
+        (
+            "llmfleet:schedule",
+            "mon 25:00-26:00 UTC",
+            "time '25:00': allowed: HH:MM from 00:00 to 23:59 (24:00 as a closing)",
         ),
     ],
 )
@@ -675,6 +832,9 @@ SAME = object()
         ("llmfleet:endpointPort", "10000", "endpoint_port", 10000),
         ("llmfleet:imageRegistry", "registry.example:5000/llmfleet/node", "image_registry", SAME),
         ("llmfleet:imageRegistry", "r.example/" + "a" * 245, "image_registry", SAME),  # 255: the longest
+        ("llmfleet:imageRegistry", "registry.example:65535/llmfleet/node", "image_registry", SAME),
+        ("llmfleet:imageRegistry", "registry.example:1/llmfleet/node", "image_registry", SAME),
+        ("llmfleet:baseImage", f"registry.example:65535/vllm@sha256:{'a' * 64}", "base_image", SAME),
         ("llmfleet:vpcCidr", "10.42.0.0/16", "vpc_cidr", "10.42.0.0/16"),
         ("llmfleet:tags", json.dumps({"k" * 128: "v" * 256}), "tags", {"k" * 128: "v" * 256}),
         ("llmfleet:tags", '{"Team": ""}', "tags", {"Team": ""}),
@@ -697,6 +857,18 @@ SAME = object()
         ("llmfleet:weightsPath", "/etcetera/m", "weights_path", "/etcetera/m"),  # not under /etc
         ("llmfleet:weightsPath", "/var/lib/m", "weights_path", "/var/lib/m"),
         ("llmfleet:weightsPath", "/opt/m/", "weights_path", "/opt/m"),
+        ("llmfleet:maxModelLen", "256", "max_model_len", 256),  # the key's lowest
+        ("llmfleet:idleStopMinutes", "  ", "idle_stop_minutes", None),  # blank: never
+        ("llmfleet:idleStopMinutes", " 0 ", "idle_stop_minutes", None),
+        ("llmfleet:idleStopMinutes", "10", "idle_stop_minutes", 10),
+        ("llmfleet:idleStopMinutes", " 1440 ", "idle_stop_minutes", 1440),
+        # a list as JSON text (how `pulumi config set` stores one), leading blanks and all
+        (
+            "llmfleet:schedule",
+            ' ["mon-fri 08:00-12:00 UTC", "mon-fri 13:00-17:00 UTC"]',
+            "schedule",
+            "mon-fri 08:00-12:00 UTC; mon-fri 13:00-17:00 UTC",
+        ),
     ],
 )
 def test_each_single_key_rule_keeps_what_is_allowed(key, value, attr, parsed):

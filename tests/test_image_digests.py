@@ -67,7 +67,7 @@ def test_base_image_must_be_pinned_by_digest(value):
         load_stack_config({"aws:region": "us-east-1", "llmfleet:baseImage": value}, "dev")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("llmfleet:baseImage = ")
-    assert "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>" in msg
+    assert "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex> (" in msg
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,7 @@ def test_init_refuses_a_stack_name_that_would_write_outside_the_project(tmp_path
                    f"--stack {stack!r}: not a stack name")  # fmt: skip
     assert not (tmp_path / "escaped.yaml").exists() and not (tmp_path / "p").exists()
     one_line_error(run("init", str(tmp_path / "p"), "-m", "deepseek-r1", "-g", "L40S", "--stack", "dev\n"),
-                   "--stack 'dev\\n': not a stack name; allowed: letters")  # fmt: skip
+                   "--stack 'dev\\n': not a stack name; allowed: 1-100 letters")  # fmt: skip
 
 
 def test_init_never_overwrites_without_force(tmp_path):

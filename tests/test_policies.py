@@ -1624,6 +1624,26 @@ def test_public_ip_messages_for_instances_and_templates():
     ]
 
 
+@pytest.mark.parametrize("text", ["true", "True", "TRUE", "1", "t", "T"])
+def test_a_public_ip_given_as_text_is_flagged_on_instances_and_templates(text):
+    """The provider reads a boolean given as text with Go's strconv.ParseBool: each of these is true."""
+    s = set_input(good_stack(), "head", associatePublicIpAddress=text)
+    nics = [{"deviceIndex": 0, "associatePublicIpAddress": text}]
+    s = add(s, _template(networkInterfaces=nics))
+    only = "; hosts are reached through SSM and the load balancer only"
+    assert _found(s, "ec2-no-public-ip") == [
+        ("head", "associatePublicIpAddress is true" + only),
+        ("worker-lt", "networkInterfaces[0].associatePublicIpAddress is true" + only),
+    ]
+
+
+@pytest.mark.parametrize("text", ["false", "False", "0", "f", "", "yes"])
+def test_a_private_ip_given_as_text_passes(text):
+    s = set_input(good_stack(), "head", associatePublicIpAddress=text)
+    s = add(s, _template(networkInterfaces=[{"deviceIndex": 0, "associatePublicIpAddress": text}]))
+    assert _found(s, "ec2-no-public-ip") == []
+
+
 def test_instance_type_messages_name_the_allowed_types():
     from policy._config import catalog_instance_types
 

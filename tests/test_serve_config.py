@@ -242,6 +242,43 @@ def test_parse_args_keeps_the_callers_args_and_passes_extra_kwargs_through(monke
     assert serve_app.parse_args(args)[0] == "_Tok_1"
 
 
+def test_parse_args_hands_the_schedule_and_activity_file_to_the_gate_checked(monkeypatch):
+    """The app args' schedule and activity_file reach the gated ingress only through parse_args:
+    the schedule normalised by ray_cluster.schedule, the file an absolute path without '..'."""
+    from ray_cluster.schedule import ScheduleError, parse_schedule
+
+    monkeypatch.delenv(serve_app.DIRECT_STREAMING_ENV, raising=False)
+    base = {"api_token_env": "T", "llm_configs": []}
+    text = "mon-fri   08:00-18:00 Europe/Berlin"
+    _, rest = serve_app.parse_args({**base, "schedule": text, "activity_file": "/var/run/llmf/act.1"})
+    assert set(rest) == {"llm_configs", "ingress_cls_config"}  # both popped: not LLMServingArgs keys
+    assert rest["ingress_cls_config"]["ingress_extra_kwargs"] == {
+        "api_token_env": "T",
+        "schedule": parse_schedule(text).text,
+        "activity_file": "/var/run/llmf/act.1",
+    }
+    assert parse_schedule(text).text != text  # the normalised text, not the caller's
+    with pytest.raises(ScheduleError) as want:
+        parse_schedule("mon 25:00-26:00 UTC")
+    with pytest.raises(serve_app.AppArgsError) as e:
+        serve_app.parse_args({**base, "schedule": "mon 25:00-26:00 UTC"})
+    assert str(e.value) == f"build_app args: schedule = 'mon 25:00-26:00 UTC': {want.value}"
+    # a schedule in the ingress kwargs is the caller's text passed on; only a non-text one is refused
+    icc = {"ingress_extra_kwargs": {"schedule": "daily 00:00-24:00 UTC"}}
+    _, rest = serve_app.parse_args({**base, "ingress_cls_config": icc})
+    assert rest["ingress_cls_config"]["ingress_extra_kwargs"]["schedule"] == "daily 00:00-24:00 UTC"
+    with pytest.raises(serve_app.AppArgsError) as e:
+        serve_app.parse_args({**base, "ingress_cls_config": {"ingress_extra_kwargs": {"schedule": ["x"]}}})
+    assert str(e.value) == "build_app args: ingress_extra_kwargs.schedule: set the top-level schedule"
+    for bad in ("/a/../b", "relative/act", "/a b", 7, "/" + "a" * 256):
+        with pytest.raises(serve_app.AppArgsError) as e:
+            serve_app.parse_args({**base, "activity_file": bad})
+        assert str(e.value) == (
+            f"build_app args: activity_file = {bad!r}: allowed: an absolute path of letters, "
+            "digits, '.', '_', '-' and '/'"
+        )
+
+
 def test_ingress_cls_config_must_be_a_mapping_of_the_two_keys():
     base = {"api_token_env": "T", "llm_configs": []}
     with pytest.raises(serve_app.AppArgsError) as e:

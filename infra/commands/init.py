@@ -17,6 +17,7 @@ from infra.commands._common import console, err_console, fail, resolve_id
 from infra.stack import suggest
 from infra.stack.config import ConfigError
 from infra.stack.files import load_config
+from infra.stack.names import STACK_NAME_ALLOWED, STACK_NAME_RE
 from infra.stack.resolve import resolve
 
 DEFAULT_STACK = "dev"
@@ -84,8 +85,8 @@ def init_cmd(
 ) -> None:
     """Write a new llmfleet project: Pulumi.yaml, __main__.py and stacks/Pulumi.<stack>.yaml."""
 
-    if not templates.STACK_NAME_RE.fullmatch(stack):  # `$` alone would let "dev\n" through
-        fail(f"--stack {stack!r}: not a stack name; allowed: letters, digits, '-', '_', '.' (at most 100)")
+    if not STACK_NAME_RE.fullmatch(stack):  # before the name becomes stacks/Pulumi.<name>.yaml
+        fail(f"--stack {stack!r}: not a stack name; allowed: {STACK_NAME_ALLOWED}")
     gpus = aws_gpu_types()
     cat = load_catalog()  # ids in the files' order: the first model is the default
     gpu_ids, model_ids = tuple(cat.gpus), tuple(cat.models)

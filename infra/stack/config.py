@@ -14,7 +14,6 @@ Pulumi.yaml's `config:` block declares the same keys (a test keeps them in step)
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
@@ -73,6 +72,7 @@ from infra.stack.config_values import (
 from infra.stack.context import DEFAULT_TARGET_CONCURRENCY
 from infra.stack.host_spec import HostSpec
 from infra.stack.lora import LoraSettings
+from infra.stack.names import STACK_NAME_ALLOWED, STACK_NAME_RE
 from infra.validation import first_error
 from ray_cluster.schedule import Schedule, parse_schedule
 
@@ -80,7 +80,6 @@ NS = "llmfleet"
 # vLLM engine arguments and Serve deployment options: keys and plain-typed values checked here.
 EngineArgs = Annotated[dict[str, Any], AfterValidator(engine_options.check_engine_args)]
 ServeOptions = Annotated[dict[str, Any], AfterValidator(engine_options.check_serve_options)]
-STACK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 SECRET_PLACEHOLDER = "[secret]"
 ProviderName = Literal["aws", "existing"]
 
@@ -394,9 +393,7 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
     (other than aws:region) are ignored; unknown llmfleet: keys are errors."""
     if not STACK_NAME_RE.fullmatch(stack):
         # The name lands in resource names, SSM paths and the hosts' scripts.
-        raise ConfigError(
-            f"--stack {stack!r}: allowed: 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
-        )
+        raise ConfigError(f"--stack {stack!r}: allowed: {STACK_NAME_ALLOWED}")
     known = declared_keys()
     data: dict[str, Any] = {"stack": stack}
     for key, value in raw.items():

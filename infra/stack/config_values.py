@@ -66,20 +66,26 @@ SYSTEM_DIRS = ("/", "/home", "/opt", "/var", "/var/lib", "/srv", "/mnt", "/media
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 S3_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 S3_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# AWS's key rules (docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html): a key is at
+# most 1,024 bytes of UTF-8; PREFIX is the safe characters only (ASCII), so its length in bytes.
+S3_KEY_MAX_BYTES = 1024
 S3_ALLOWED = (
     "s3://BUCKET/PREFIX/ where BUCKET follows AWS's naming rules (3-63 lower-case letters, digits, "
     "'.', '-'; no '..', not an IP, no xn-- prefix or -s3alias suffix) and PREFIX is components of "
-    "letters, digits, '.', '_', '-'"
+    f"letters, digits, '.', '_', '-' (PREFIX/ at most {S3_KEY_MAX_BYTES} bytes, AWS's key limit)"
 )
+# A TCP port in a URL or a registry host: the pattern takes up to 5 digits, port_in_range() the
+# rest (0 and 65536-99999 would be refused only by the hosts' curl or docker, at boot).
+_PORT = r"(?P<port>[0-9]{1,5})"
 HTTPS_URL_RE = re.compile(
-    r"^https://(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:(?P<port>[0-9]{1,5}))?(?P<path>/.*)?$"
+    rf"^https://(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]{{0,251}}[A-Za-z0-9])?)(:{_PORT})?(?P<path>/.*)?$"
 )
 WEIGHTS_URI_ALLOWED = (
     "allowed: s3://BUCKET/PREFIX/, https://HOST/DIR/ (with a SHA256SUMS) or an absolute path (NFS)"
 )
 # Docker's reference grammar (github.com/distribution/reference, regexp.go): [domain/]path[:tag][@digest].
 _DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?)"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::{_PORT})?)"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
@@ -224,7 +230,8 @@ def _is_ip(v: str) -> bool:
 
 
 def s3_uri(v: str) -> str:
-    """s3://BUCKET/PREFIX/ (the trailing '/' added), bucket and key checked; ValueError if not."""
+    """s3://BUCKET/PREFIX/ (the trailing '/' added), bucket and key checked; ValueError if not.
+    The one S3 check: llmfleet:weightsUri and llmfleet:lora.adapters both go through it."""
     bucket, _, prefix = v.removeprefix("s3://").partition("/")
     ok = (
         v.startswith("s3://")
@@ -234,10 +241,17 @@ def s3_uri(v: str) -> str:
         and not bucket.startswith(S3_BUCKET_RESERVED_PREFIXES)
         and not bucket.endswith(S3_BUCKET_RESERVED_SUFFIXES)
         and (not prefix or _safe_parts(prefix.removesuffix("/").split("/")))
+        # the prefix and its '/' must fit in one key, before any object's name is added
+        and len(prefix.removesuffix("/")) < S3_KEY_MAX_BYTES
     )
     if not ok:
         raise ValueError(f"allowed: {S3_ALLOWED}")
     return v if v.endswith("/") else v + "/"
+
+
+def port_in_range(m: re.Match[str] | None) -> bool:
+    """A match of a pattern with the _PORT group: matched, and its port (if any) 1-65535."""
+    return m is not None and (m.group("port") is None or 1 <= int(m.group("port")) <= 65535)
 
 
 def _weights_uri(v: str | None) -> str | None:
@@ -252,9 +266,7 @@ def _weights_uri(v: str | None) -> str | None:
     if v.startswith("https://"):
         m = HTTPS_URL_RE.fullmatch(v)
         path = (m.group("path") or "/") if m else ""
-        # The pattern takes up to 5 digits; the hosts' curl would refuse 0 or 65536+ only at boot.
-        port_ok = m is not None and (m.group("port") is None or 1 <= int(m.group("port")) <= 65535)
-        if not m or not port_ok or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
+        if not port_in_range(m) or not (path == "/" or _safe_parts(path.strip("/").split("/"))):
             raise ValueError(
                 "allowed: https://HOST[:PORT]/DIR/ of letters, digits, '.', '_', '-' (no query), PORT 1-65535"
             )
@@ -284,9 +296,10 @@ def _endpoint_port(v: int) -> int:
 
 
 def _repository(v: str | None) -> str | None:
-    if v is not None and (not REPOSITORY_RE.fullmatch(v) or len(v) > 255):
+    if v is not None and (not port_in_range(REPOSITORY_RE.fullmatch(v)) or len(v) > 255):
         raise ValueError(
-            "allowed: a Docker repository such as registry.example:5000/llmfleet/node, or REPO@sha256:<64 hex>"
+            "allowed: a Docker repository such as registry.example:5000/llmfleet/node (PORT 1-65535), "
+            "or REPO@sha256:<64 hex>"
         )
     return v
 
@@ -451,9 +464,10 @@ IMAGE_BY_DIGEST_RE = re.compile(rf"^{_NAME}(?::{_TAG})?@{_DIGEST}$")
 
 
 def _image_by_digest(v: str) -> str:
-    if not IMAGE_BY_DIGEST_RE.fullmatch(v):
+    if not port_in_range(IMAGE_BY_DIGEST_RE.fullmatch(v)):
         raise ValueError(
-            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex>"
+            "allowed: an image pinned by digest, REPO:TAG@sha256:<64 hex> or REPO@sha256:<64 hex> "
+            "(a registry PORT 1-65535)"
         )
     return v
 

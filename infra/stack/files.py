@@ -21,11 +21,11 @@ from infra.stack.config import (
     NS,
     SECRET_KEYS,
     SECRET_PLACEHOLDER,
-    STACK_NAME_RE,
     ConfigError,
     StackConfig,
     load_stack_config,
 )
+from infra.stack.names import STACK_NAME_ALLOWED, STACK_REF_RE
 
 
 def _to_pulumi_value(value: Any) -> str:
@@ -68,12 +68,12 @@ def stack_name(stack: str, project_dir: Path | None = None) -> str:
     """The short name of a stack as Pulumi takes it: NAME, ORG/NAME or ORG/PROJECT/NAME (PROJECT
     being this project). The stack file is named after the short name, as Pulumi names it; the
     name is checked before it becomes part of a path."""
-    parts = stack.split("/")
-    if len(parts) > 3 or not all(STACK_NAME_RE.fullmatch(p) for p in parts):
+    if not STACK_REF_RE.fullmatch(stack):
         raise ConfigError(
             f"--stack {stack!r}: not a stack name; allowed: NAME, ORG/NAME or ORG/PROJECT/NAME, "
-            "each 1-100 letters, digits, '_', '.' and '-' (Pulumi's stack names)"
+            f"each {STACK_NAME_ALLOWED}"
         )
+    parts = stack.split("/")
     if len(parts) == 3 and parts[1] != (project := project_name(project_dir)):
         raise ConfigError(
             f"--stack {stack!r}: project {parts[1]!r} is not this project; "

@@ -19,8 +19,6 @@ from infra.constants import REPO_ROOT
 HERE = Path(__file__).resolve().parent / "project"
 STACK_TEMPLATE = HERE / "Pulumi.stack.yaml"
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py")
-# A stack name that is also a safe file name: Pulumi's characters, no path separator.
-STACK_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
 # `template:` is what `pulumi new` reads from the checkout's Pulumi.yaml; a project has no use for it.
 _TEMPLATE_BLOCK = re.compile(r"^template:\n(?: .*\n)*", re.MULTILINE)
 _VIRTUALENV = re.compile(r"^    virtualenv: .*\n", re.MULTILINE)
