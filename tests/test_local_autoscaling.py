@@ -1,0 +1,202 @@
+"""Serve autoscaling over the replicas a cluster has, live (issue #32 point 3), and idle stop's
+record of completions served (point 2) on the same cluster: Ray + vLLM's CPU build + the
+production app, `llmfleet local up --hosts 3` (2 engine replicas) with
+`serveOptions.autoscaling_config` on short delays.
+
+Idle: Serve releases one replica (its placement group is removed, Ray's state API), its host
+stays alive in Ray, the app stays RUNNING and the head's watcher neither re-applies nor counts
+the 401s, the unknown model's 404s or `GET /v1/models` as use (its idle seconds keep growing).
+A burst: Serve starts the replica again on the same host, every request succeeds, the new
+replica serves, and the watcher's idle seconds drop (the gate recorded completions served).
+Cluster time: the up (~60-90 s here) plus one engine reload (~20-40 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import openai
+import pytest
+
+from infra.local import hosts, layout, state, status
+from tests.test_local import ROOT, cli, free_port
+
+pytestmark = pytest.mark.ray
+
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "initial_replicas": 2,
+    "target_ongoing_requests": 1,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 5,
+    "look_back_period_s": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
+    name = f"la{os.getpid() % 100000}"
+    seed = zlib.crc32(f"{name}{time.time()}".encode())
+    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
+    sd = tmp_path_factory.mktemp("autoscale-state")
+    env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("autoscale-data"))}
+    opts = json.dumps({"autoscaling_config": AUTOSCALING})
+    try:
+        r = cli("up", "--name", name, "--hosts", "3", "--subnet", str(subnet), "--port", str(free_port()),
+                "--mode", mode, "-c", f"llmfleet:serveOptions={opts}", "--json",
+                env=env, timeout=900)  # fmt: skip
+        assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
+        yield {
+            "name": name,
+            "env": env,
+            "doc": json.loads(r.stdout),
+            "st": json.loads((sd / f"{name}.json").read_text()),
+            "up_at": time.monotonic(),
+        }
+    finally:
+        cli("down", "--name", name, env=env, timeout=120)
+        hosts.teardown(hosts.prefix_for(name), cluster=name, state_dir=sd)
+
+
+def _dashboard(st: dict) -> str:
+    return f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+
+
+def _replica_groups(st: dict) -> list[dict]:
+    """Serve's engine replicas' placement groups that Ray holds (state CREATED)."""
+    from ray.util.state import list_placement_groups
+
+    pgs = list_placement_groups(address=_dashboard(st), timeout=10, raise_on_missing_output=False)
+    return [
+        {"id": p.placement_group_id, "name": p.name, "state": p.state}
+        for p in pgs
+        if p.state == "CREATED" and p.name.startswith("SERVE_REPLICA::")
+    ]
+
+
+def _status(c: dict) -> dict:
+    r = cli("status", "--name", c["name"], "--json", env=c["env"], timeout=120)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+def _watch_lines(st: dict) -> list[str]:
+    return Path(st["watcher"]["log"]).read_text().splitlines()
+
+
+def _idle_after(st: dict, since_line: int, timeout: float = 30.0) -> tuple[int, int]:
+    """(idle seconds, line count) from the first idle line the watcher logs after line `since_line`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = _watch_lines(st)
+        for ln in lines[since_line:]:
+            if ln.startswith("{") and json.loads(ln).get("llmfleet_watch") == "idle":
+                return int(json.loads(ln)["seconds"]), len(lines)
+        time.sleep(1)
+    raise AssertionError(f"no idle line from the watcher within {timeout:g} s: {_watch_lines(st)[-5:]}")
+
+
+def _wait(what: str, cond, timeout: float, every: float = 2.0, during=lambda: None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        during()
+        if got := cond():
+            return got
+        time.sleep(every)
+    raise AssertionError(f"{what} not seen within {timeout:g} s")
+
+
+def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redeploy(cluster):
+    doc, st = cluster["doc"], cluster["st"]
+    client = openai.OpenAI(base_url=doc["endpoint"], api_key=doc["token"], max_retries=0, timeout=120)
+    stranger = openai.OpenAI(base_url=doc["endpoint"], api_key="not-the-token", max_retries=0, timeout=30)
+    workers = [h["ip"] for h in st["hosts"][1:]]
+    assert len(_replica_groups(st)) == 2  # initial_replicas: both replicas placed at the deploy
+
+    def noise() -> None:
+        """What must not keep the workers awake: a 401 flood, an unknown model, the model list."""
+        for _ in range(3):
+            with pytest.raises(openai.AuthenticationError):
+                stranger.completions.create(model=doc["model"], prompt="hi", max_tokens=2)
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="no-such-model", prompt="hi", max_tokens=2)
+        assert [m.id for m in client.models.list().data] == [doc["model"]]
+
+    # 1. idle (noise only): Serve releases one replica; its placement group goes, its host stays
+    _wait("one replica released", lambda: len(_replica_groups(st)) == 1, 120, during=noise)
+    nodes = status._ray_nodes(st)
+    assert nodes is not None and sorted(n["ip"] for n in nodes if n["alive"]) == sorted(
+        h["ip"] for h in st["hosts"]
+    ), nodes
+    s = _status(cluster)
+    assert [a["status"] for a in s["applications"]] == ["RUNNING"], s["applications"]
+    assert s["power"] == "serving"
+    # the watcher saw only noise since the deploy's own readiness completion: idle keeps growing
+    while time.monotonic() - cluster["up_at"] < 20:
+        noise()
+        time.sleep(1)
+    idle, _ = _idle_after(st, len(_watch_lines(st)))
+    assert idle >= 15, f"idle {idle} s after 20 s of 401s, 404s and GET /v1/models"
+
+    # 2. a burst: more requests in flight than one replica's target brings the second back
+    before = status.engine_requests_by_host(st)
+    errors: list[BaseException] = []
+    served = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                stream = client.completions.create(
+                    model=doc["model"], prompt="Tell me about Ray.", max_tokens=64, stream=True
+                )
+                assert any(ch.choices and ch.choices[0].text for ch in stream)
+                served[0] += 1
+            except BaseException as e:  # noqa: BLE001 - every failure is reported below
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        _wait("two replicas running", lambda: len(_replica_groups(st)) == 2 and _running(cluster) == 2, 180)
+        # the released replica's host serves again: vLLM's own finished-request counter moves there
+        _wait(
+            "both workers serving",
+            lambda: all(status.engine_requests_by_host(st).get(w, 0.0) > before.get(w, 0.0) for w in workers),
+            60,
+        )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors, errors[:3]
+    assert served[0] > 0
+
+    # 3. the watcher redeployed nothing, the app stayed up, and it counted the completions
+    idle, _ = _idle_after(st, len(_watch_lines(st)))  # the first line after the burst
+    assert idle < 15, f"idle {idle} s right after a burst of completions"
+    assert not [ln for ln in _watch_lines(st) if "re-apply" in ln], _watch_lines(st)[-10:]
+    s = _status(cluster)
+    assert [a["status"] for a in s["applications"]] == ["RUNNING"]
+
+
+def _running(c: dict) -> int:
+    """Engine replicas RUNNING (the deployment that is not the ingress), per `local status`."""
+    apps = _status(c)["applications"]
+    return sum(
+        1
+        for a in apps
+        for d in a["deployments"]
+        if "Ingress" not in d["name"]
+        for r in d["replicas"]
+        if r["state"] == "RUNNING"
+    )
