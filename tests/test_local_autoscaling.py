@@ -8,7 +8,8 @@ stays alive in Ray, the app stays RUNNING and the head's watcher neither re-appl
 the 401s, the unknown model's 404s or `GET /v1/models` as use (its idle seconds keep growing).
 A burst: Serve starts the replica again on the same host, every request succeeds, the new
 replica serves, and the watcher's idle seconds drop (the gate recorded completions served).
-Cluster time: the up (~60-90 s here) plus one engine reload (~20-40 s).
+Cluster time: the up plus one engine reload; on an idle machine ~2 minutes, much longer when
+the 2 shared cores are loaded (about 8 minutes for the up alone at load average 12-15).
 """
 
 from __future__ import annotations
@@ -69,15 +70,16 @@ def _dashboard(st: dict) -> str:
     return f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
 
 
-def _replica_groups(st: dict) -> list[dict]:
-    """Serve's engine replicas' placement groups that Ray holds (state CREATED)."""
+def _replica_groups(st: dict, state: str = "CREATED") -> list[dict]:
+    """Serve's engine replicas' placement groups in Ray's table: held (CREATED) or released
+    (REMOVED: Ray's state API keeps a removed group's row)."""
     from ray.util.state import list_placement_groups
 
     pgs = list_placement_groups(address=_dashboard(st), timeout=10, raise_on_missing_output=False)
     return [
         {"id": p.placement_group_id, "name": p.name, "state": p.state}
         for p in pgs
-        if p.state == "CREATED" and p.name.startswith("SERVE_REPLICA::")
+        if p.state == state and p.name.startswith("SERVE_REPLICA::")
     ]
 
 
@@ -97,8 +99,12 @@ def _idle_after(st: dict, since_line: int, timeout: float = 30.0) -> tuple[int, 
     while time.monotonic() < deadline:
         lines = _watch_lines(st)
         for ln in lines[since_line:]:
-            if ln.startswith("{") and json.loads(ln).get("llmfleet_watch") == "idle":
-                return int(json.loads(ln)["seconds"]), len(lines)
+            try:
+                doc = json.loads(ln)
+            except ValueError:
+                continue  # the watcher's other lines (re-apply, Ray's own logging)
+            if isinstance(doc, dict) and doc.get("llmfleet_watch") == "idle":
+                return int(doc["seconds"]), len(lines)
         time.sleep(1)
     raise AssertionError(f"no idle line from the watcher within {timeout:g} s: {_watch_lines(st)[-5:]}")
 
@@ -118,7 +124,9 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
     client = openai.OpenAI(base_url=doc["endpoint"], api_key=doc["token"], max_retries=0, timeout=120)
     stranger = openai.OpenAI(base_url=doc["endpoint"], api_key="not-the-token", max_retries=0, timeout=30)
     workers = [h["ip"] for h in st["hosts"][1:]]
-    assert len(_replica_groups(st)) == 2  # initial_replicas: both replicas placed at the deploy
+    # initial_replicas 2: the deploy placed both (its readiness waits for every replica's slots);
+    # with a 5 s downscale delay one may be released before this first look
+    assert 1 <= len(_replica_groups(st)) <= 2
 
     def noise() -> None:
         """What must not keep the workers awake: a 401 flood, an unknown model, the model list."""
@@ -130,7 +138,12 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
         assert [m.id for m in client.models.list().data] == [doc["model"]]
 
     # 1. idle (noise only): Serve releases one replica; its placement group goes, its host stays
-    _wait("one replica released", lambda: len(_replica_groups(st)) == 1, 120, during=noise)
+    _wait(
+        "one replica released",
+        lambda: len(_replica_groups(st)) == 1 and len(_replica_groups(st, "REMOVED")) == 1,
+        180,
+        during=noise,
+    )
     nodes = status._ray_nodes(st)
     assert nodes is not None and sorted(n["ip"] for n in nodes if n["alive"]) == sorted(
         h["ip"] for h in st["hosts"]
@@ -157,7 +170,7 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
                 stream = client.completions.create(
                     model=doc["model"], prompt="Tell me about Ray.", max_tokens=64, stream=True
                 )
-                assert any(ch.choices and ch.choices[0].text for ch in stream)
+                assert "".join(ch.choices[0].text for ch in stream if ch.choices)  # read to the end
                 served[0] += 1
             except BaseException as e:  # noqa: BLE001 - every failure is reported below
                 errors.append(e)
@@ -167,7 +180,7 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
     for t in threads:
         t.start()
     try:
-        _wait("two replicas running", lambda: len(_replica_groups(st)) == 2 and _running(cluster) == 2, 180)
+        _wait("two replicas running", lambda: len(_replica_groups(st)) == 2 and _running(cluster) == 2, 400)
         # the released replica's host serves again: vLLM's own finished-request counter moves there
         _wait(
             "both workers serving",
