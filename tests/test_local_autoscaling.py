@@ -126,7 +126,8 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
     workers = [h["ip"] for h in st["hosts"][1:]]
     # initial_replicas 2: the deploy placed both (its readiness waits for every replica's slots);
     # with a 5 s downscale delay one may be released before this first look
-    assert 1 <= len(_replica_groups(st)) <= 2
+    seen = {len(_replica_groups(st))}
+    assert seen <= {1, 2}, seen
 
     def noise() -> None:
         """What must not keep the workers awake: a 401 flood, an unknown model, the model list."""
@@ -137,29 +138,31 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
             client.completions.create(model="no-such-model", prompt="hi", max_tokens=2)
         assert [m.id for m in client.models.list().data] == [doc["model"]]
 
+    def released() -> bool:
+        held = len(_replica_groups(st))
+        seen.add(held)
+        # one group held, and the other seen held before or in Ray's table as REMOVED
+        return held == 1 and (2 in seen or len(_replica_groups(st, "REMOVED")) >= 1)
+
     # 1. idle (noise only): Serve releases one replica; its placement group goes, its host stays
-    _wait(
-        "one replica released",
-        lambda: len(_replica_groups(st)) == 1 and len(_replica_groups(st, "REMOVED")) == 1,
-        180,
-        during=noise,
-    )
+    _wait("one replica released", released, 180, during=noise)
     nodes = status._ray_nodes(st)
     assert nodes is not None and sorted(n["ip"] for n in nodes if n["alive"]) == sorted(
         h["ip"] for h in st["hosts"]
     ), nodes
-    s = _status(cluster)
-    assert [a["status"] for a in s["applications"]] == ["RUNNING"], s["applications"]
-    assert s["power"] == "serving"
     # the watcher saw only noise since the deploy's own readiness completion: idle keeps growing
     while time.monotonic() - cluster["up_at"] < 20:
         noise()
         time.sleep(1)
     idle, _ = _idle_after(st, len(_watch_lines(st)))
     assert idle >= 15, f"idle {idle} s after 20 s of 401s, 404s and GET /v1/models"
+    # (after the idle check: `local status` sends a real completion of its own)
+    s = _status(cluster)
+    assert [a["status"] for a in s["applications"]] == ["RUNNING"], s["applications"]
+    assert s["power"] == "serving"
 
     # 2. a burst: more requests in flight than one replica's target brings the second back
-    before = status.engine_requests_by_host(st)
+    before = _finished_series(st)
     errors: list[BaseException] = []
     served = [0]
     stop = threading.Event()
@@ -181,12 +184,14 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
         t.start()
     try:
         _wait("two replicas running", lambda: len(_replica_groups(st)) == 2 and _running(cluster) == 2, 400)
-        # the released replica's host serves again: vLLM's own finished-request counter moves there
-        _wait(
-            "both workers serving",
-            lambda: all(status.engine_requests_by_host(st).get(w, 0.0) > before.get(w, 0.0) for w in workers),
-            60,
-        )
+
+        # the released replica's host serves again: a series of vLLM's own finished-request
+        # counter grows there (per label set: the new engine's series starts at 0 beside the old one's)
+        def grew() -> set[str]:
+            now = _finished_series(st)
+            return {ip for (ip, labels), v in now.items() if v > before.get((ip, labels), 0.0)}
+
+        _wait("both workers serving", lambda: set(workers) <= grew(), 90)
     finally:
         stop.set()
         for t in threads:
@@ -203,13 +208,35 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
 
 
 def _running(c: dict) -> int:
-    """Engine replicas RUNNING (the deployment that is not the ingress), per `local status`."""
+    """Engine replicas RUNNING (the LLM server's deployment), per `local status`."""
     apps = _status(c)["applications"]
     return sum(
         1
         for a in apps
         for d in a["deployments"]
-        if "Ingress" not in d["name"]
+        if d["name"].startswith("LLMServer:")
         for r in d["replicas"]
         if r["state"] == "RUNNING"
     )
+
+
+def _finished_series(st: dict) -> dict[tuple[str, frozenset], float]:
+    """{(node IP, label set): value} of vLLM's finished-request counter, read from every host's
+    metrics agent (as infra.local.status does, without summing the label sets)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, frozenset], float] = {}
+    for target in status.metrics_targets(st):
+        try:
+            with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name == status.REQUESTS_FINISHED:
+                    ip = smp.labels.get("NodeAddress", target.split(":")[0])
+                    out[(ip, frozenset(smp.labels.items()))] = smp.value
+    return out
