@@ -8,6 +8,11 @@ stays alive in Ray, the app stays RUNNING and the head's watcher neither re-appl
 the 401s, the unknown model's 404s or `GET /v1/models` as use (its idle seconds keep growing).
 A burst: Serve starts the replica again on the same host, every request succeeds, the new
 replica serves, and the watcher's idle seconds drop (the gate recorded completions served).
+Status (2026-12-07): the idle half passed live (release seen, hosts alive, idle 5 -> 21 s under
+noise); the burst half has not passed yet: at load average ~6 Serve upscaled 1 -> 2, then
+downscaled before the new engine started (measured 0.52 ongoing requests a replica against a
+target of 1 and the 5 s downscale delay) and upscaled again. To do: a heavier burst (more
+threads, longer outputs) or a longer downscale delay once the release is seen.
 Cluster time: the up plus one engine reload; on an idle machine ~2 minutes, much longer when
 the 2 shared cores are loaded (about 8 minutes for the up alone at load average 12-15).
 """
