@@ -257,7 +257,19 @@ class ServingGate:
     """ASGI middleware: while the workers are asleep or waking, answer the OpenAI API's requests
     with 503, Retry-After and an OpenAI error body that says when it serves again, instead of a
     request that hangs until a replica exists. `state` is an async look at the cluster (cached
-    `ttl` s); `clock` gives now (UTC)."""
+    `ttl` s); `clock` gives now (UTC).
+
+    `on_served` marks the endpoint busy for idle stop (llmfleet:idleStopMinutes): it is called
+    when an engine route answers 2xx, and again on every chunk of that answer's body, so a
+    stream that runs for minutes keeps the workers awake for as long as it runs. Only answers
+    count, not requests: a 401 flood never gets here (the bearer gate is outside), and an
+    unknown model's 404, a bad request's 400, a 503 while asleep or `GET /v1/models` (answered
+    by the ingress alone) are no completion served. Why here and not vLLM's own counter
+    (`vllm:request_success`) through the stack's Prometheus: the counter moves only when a
+    request finishes (a long reasoning stream reads as idle until its end), it resets when an
+    engine restarts, and on AWS the hosts' Prometheus agent only writes to AMP (the head would
+    need a query permission and a remote query to learn what the gate sees at once); the gate
+    is the one place every answer passes, with its final status."""
 
     def __init__(
         self,
@@ -268,12 +280,12 @@ class ServingGate:
         ttl: float = STATE_TTL_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
-        on_request: Callable[[], None] = lambda: None,
+        on_served: Callable[[], None] = lambda: None,
     ):
         self.app, self._state, self.schedule = app, state, schedule
         self._ttl, self._clock, self._mono = ttl, clock, monotonic
         self._cached: tuple[float, str] | None = None
-        self._on_request = on_request
+        self._on_served = on_served
 
     async def state(self) -> str:
         t = self._mono()
@@ -288,10 +300,9 @@ class ServingGate:
         if not _gated_path(scope):
             await self.app(scope, receive, send)
             return
-        self._on_request()  # a request while asleep counts too: someone wants the endpoint
         shut = unavailable_body(await self.state(), self.schedule, self._clock())
         if shut is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._counting(send))
             return
         retry, body = shut
         await send(
@@ -306,6 +317,20 @@ class ServingGate:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    def _counting(self, send: Any) -> Callable[[dict], Awaitable[None]]:
+        """`send`, calling on_served for a 2xx answer's start and each of its body chunks."""
+        answered = False
+
+        async def counted(message: dict) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = 200 <= int(message["status"]) < 300
+            if answered:
+                self._on_served()
+            await send(message)
+
+        return counted
 
 
 ACTIVITY_TOUCH_S = 10.0  # the idle alarm counts minutes: one file write per 10 s is plenty
@@ -492,7 +517,7 @@ def _gated_base() -> type:
             # The token first: who may not call learns nothing, not even that it sleeps.
             super()._set_asgi_app(  # pyright: ignore[reportAttributeAccessIssue] - Ray's ingress base, bound at run time
                 BearerGate(
-                    ServingGate(install_openai_errors(app), state, self._schedule, on_request=self._touch),
+                    ServingGate(install_openai_errors(app), state, self._schedule, on_served=self._touch),
                     self._bearer_token,
                 )
             )

@@ -95,6 +95,8 @@ def test_prediction_is_the_planners_at_the_steps_concurrency_split_over_replicas
     one = calibration.predict(_layout(), 4, 128, 32)
     assert one["output_tokens_per_s"] == pytest.approx(p.decode_tokens_per_s_expected)
     assert one["tpot_ms"] == p.tpot_ms and one["fits"]
+    # `plan` and `bench --plan-stack` agree on TTFT, the serving path's measured cost included
+    assert one["ttft_ms"] == p.ttft_ms and p.ttft_serving_path_ms > 0
     p2 = plan("deepseek-r1", "L20", gpus_per_node=8, nodes=3, concurrency=2, input_len=128, output_len=32)
     two = calibration.predict(_layout(replicas=2), 4, 128, 32)
     assert two["output_tokens_per_s"] == pytest.approx(2 * p2.decode_tokens_per_s_expected)

@@ -180,3 +180,79 @@ def test_the_rendered_serve_config_hands_the_schedule_to_the_gate():
     assert app["args"]["schedule"] == "mon-fri 08:00-20:00 Europe/Berlin"
     _, args = serve_app.parse_args(json.loads(json.dumps(app["args"])))
     assert args["ingress_cls_config"]["ingress_extra_kwargs"]["schedule"] == cfg.schedule
+
+
+def test_idle_stop_counts_completions_served_not_requests():
+    """llmfleet:idleStopMinutes means no completion served: the gate marks activity on an engine
+    route's 2xx answer and on every chunk of it (a long stream keeps the workers awake while it
+    runs), never on a 401 flood, an unknown model's 404, a 503 while asleep or the model list."""
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import StreamingResponse
+
+    served: list[int] = []
+    seen_mid_stream: list[int] = []
+    api = FastAPI()
+
+    @api.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}
+
+    @api.post("/v1/completions")
+    async def completions(body: dict):
+        if body["model"] != "m":
+            raise HTTPException(404, "model not found")
+        if not body.get("stream"):
+            return {"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "text": "hi", "finish_reason": "stop", "logprobs": None}]}  # fmt: skip
+
+        async def chunks():
+            for i in range(5):
+                seen_mid_stream.append(len(served))  # what the gate had marked before this chunk
+                doc = {"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "text": f"t{i}", "finish_reason": None, "logprobs": None}]}  # fmt: skip
+                yield f"data: {json.dumps(doc)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    states = [serve_app.SERVING]
+    gate = serve_app.ServingGate(api, _states(states), ttl=0.0, on_served=lambda: served.append(1))
+    http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=serve_app.BearerGate(gate, TOKEN)), base_url="http://head"
+    )
+    client = openai.AsyncOpenAI(base_url="http://head/v1", api_key=TOKEN, http_client=http, max_retries=0)
+    stranger = openai.AsyncOpenAI(base_url="http://head/v1", api_key="wrong", http_client=http, max_retries=0)
+
+    async def run():
+        for _ in range(20):
+            with pytest.raises(openai.AuthenticationError):
+                await stranger.completions.create(model="m", prompt="x", max_tokens=1)
+        with pytest.raises(openai.NotFoundError):
+            await client.completions.create(model="nope", prompt="x", max_tokens=1)
+        assert [m.id for m in (await client.models.list()).data] == ["m"]
+        assert served == []  # none of that is a completion served
+        states[0] = serve_app.ASLEEP
+        with pytest.raises(openai.InternalServerError):
+            await client.completions.create(model="m", prompt="x", max_tokens=1)
+        assert served == []
+        states[0] = serve_app.SERVING
+        assert (await client.completions.create(model="m", prompt="x", max_tokens=1)).choices[0].text == "hi"
+        assert served  # the answer counted
+        n = len(served)
+        text = [
+            c.choices[0].text
+            async for c in await client.completions.create(model="m", prompt="x", stream=True)
+        ]
+        assert text == [f"t{i}" for i in range(5)]
+        # marked when the answer started and again with every chunk while the stream ran
+        assert seen_mid_stream == sorted(set(seen_mid_stream)) and seen_mid_stream[0] > n
+        assert len(served) >= n + 1 + 5
+
+    asyncio.run(run())
+
+
+def _states(states: list[str]):
+    async def look() -> str:
+        return states[0]
+
+    return look

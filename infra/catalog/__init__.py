@@ -286,6 +286,10 @@ class ColdStartFigure(_Row):
     unit: str = Field(min_length=1)
 
 
+class ServingPathFigure(ColdStartFigure):
+    """One figure of what the serving path adds to a request (serving_path.yaml)."""
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(frozen=True)
     gpus: dict[str, Gpu]
@@ -294,6 +298,7 @@ class Catalog(BaseModel):
     calibrations: dict[str, Calibration]
     links: dict[str, Link]
     coldstart: dict[str, ColdStartFigure]
+    serving_path: dict[str, ServingPathFigure]
 
 
 class CatalogError(ValueError):
@@ -323,6 +328,7 @@ def load_catalog_from(directory: Path) -> Catalog:
     calibrations = _load_rows(directory / "calibration.yaml", Calibration, "id")
     links = _load_rows(directory / "links.yaml", Link, "id")
     coldstart = _load_rows(directory / "coldstart.yaml", ColdStartFigure, "id")
+    serving_path = _load_rows(directory / "serving_path.yaml", ServingPathFigure, "id")
     for required in ("nvlink", "pcie"):
         if required not in links:
             raise CatalogError(f"links.yaml: missing the {required!r} link")
@@ -343,6 +349,7 @@ def load_catalog_from(directory: Path) -> Catalog:
         calibrations=calibrations,
         links=links,
         coldstart=coldstart,
+        serving_path=serving_path,
     )
 
 

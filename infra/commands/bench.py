@@ -38,7 +38,8 @@ def _fmt(v, places: int = 1) -> str:
 
 def render_steps(steps: list[dict], title: str) -> None:
     """One row per concurrency step. Figures never split; the errors (kinds and counts) wrap
-    between words; at 80 columns the planner's TPOT, then its tok/s, make room (--json has them)."""
+    between words; at 80 columns the planner's TTFT, then its TPOT, then its tok/s make room
+    (--json has them)."""
 
     cols = [
         Col("conc.", whole=True, justify="right"),
@@ -50,6 +51,7 @@ def render_steps(steps: list[dict], title: str) -> None:
         Col("TPOT ms p50/p95", whole=True, justify="right"),
         Col("planner tok/s", whole=True, justify="right", drop=1),
         Col("planner TPOT ms", whole=True, justify="right", drop=2),
+        Col("planner TTFT ms", whole=True, justify="right", drop=3),
     ]
     rows = []
     for s in steps:
@@ -66,6 +68,7 @@ def render_steps(steps: list[dict], title: str) -> None:
                 f"{_fmt(s['tpot_ms_p50'])}/{_fmt(s['tpot_ms_p95'])}",
                 _fmt(p.get("output_tokens_per_s")) if p.get("fits") else "-",
                 _fmt(p.get("tpot_ms")) if p.get("fits") else "-",
+                _fmt(p.get("ttft_ms"), 0) if p.get("fits") else "-",
             ]
         )
     console.print(fitted_table(console, cols, rows, title=title))

@@ -88,6 +88,7 @@ def _plan_rows(p: Plan) -> list[tuple[str, str]]:
             ("cluster: decode tok/s expected", f"{p.decode_tokens_per_s_expected:,.0f}"),
             ("cluster: decode tok/s ceiling (roofline)", f"{p.decode_tokens_per_s_ceiling:,.0f}"),
             (f"TTFT ({p.input_len:,}-token prompt, idle)", f"{p.ttft_ms:,.0f} ms"),
+            ("  of TTFT, serving path (measured)", f"{p.ttft_serving_path_ms:,.0f} ms"),
             (
                 "engine efficiency (fitted)",
                 f"{p.efficiency:.0%} of peak bandwidth, {p.layer_overhead_us:,.0f} us per layer",

@@ -88,6 +88,7 @@ from infra.local.state import (
 from infra.local.status import healthy
 from infra.local.tiny_model import MODEL_ID, check_model_id
 from ray_cluster.node import NodeError, deployed_marker, wait_for_tcp
+from ray_cluster.serve_app import ACTIVITY_PATH_RE
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
@@ -417,6 +418,10 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             o.engine_args,
             o.serve_options,
             routing=o.routing,
+            # not in image mode (the container sees no state dir), nor a path the gate would refuse
+            activity_file=None
+            if o.image or not ACTIVITY_PATH_RE.fullmatch(str(paths["activity"]))
+            else str(paths["activity"]),
         )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
         # A marker an earlier cluster of this name left in this machine's temp dir would make
@@ -543,7 +548,7 @@ def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:
     if os.path.isdir(temp_dir):
         shutil.rmtree(temp_dir, ignore_errors=True)
         removed.append(f"ray temp dir {temp_dir}")
-    for key in ("state", "token", "serve"):
+    for key in ("state", "token", "serve", "activity"):
         if paths[key].exists():
             paths[key].unlink()
             removed.append(f"{key} {paths[key]}")

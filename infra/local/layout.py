@@ -306,6 +306,7 @@ def render_local_serve_config(
     engine_args: dict | None = None,
     serve_options: dict | None = None,
     routing: str = "pow2",
+    activity_file: str | None = None,
 ) -> dict:
     """The production Serve config (serve_config.render_serve_config) on the CPU device, with the
     same llmfleet:engineArgs / serveOptions a stack takes (checked by `check_options`) and the
@@ -337,6 +338,9 @@ def render_local_serve_config(
                 None,
             ),
             ingress_options=ingress_options(serve_options or {}),
+            # where the gate marks each completion served; the head's watcher logs the idle
+            # seconds from it (`watch.log`), as production's idle stop reads them
+            activity_file=activity_file,
         )
     )
     # The proxy binds the head's IP: loopback clusters share one port space.

@@ -27,6 +27,7 @@ def state_paths(sd: Path, name: str) -> dict[str, Path]:
         "token": sd / f"{name}.token",
         "serve": sd / f"{name}-serve.yaml",
         "logs": sd / "logs" / name,
+        "activity": sd / f"{name}-last-served",
     }
 
 

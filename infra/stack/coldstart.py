@@ -146,7 +146,7 @@ def estimate(model: Model, instance: InstanceType, pipeline_parallel: int, ttft_
             "first token",
             ttft_s,
             f"TTFT at the planned input length: {ttft_s:.2f} s",
-            "infra/stack/perf.py prefill model",
+            "infra/stack/perf.py prefill model + the serving path's first-token cost (catalog/serving_path.yaml)",
         )
     )
     return ColdStart(instance.name, sum(t.seconds for t in terms), tuple(terms))

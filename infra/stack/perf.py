@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from infra.catalog import load_catalog
 from infra.stack.perf_fit import calibrated_fit, prompts_per_step
 from infra.stack.perf_roofline import Layout, decode_shape, prefill_shape
 
@@ -65,7 +66,17 @@ class Speed:
     roofline_part_s: float  # what bandwidth / compute (at the fitted efficiency) takes of the period
     fixed_part_s: float  # per-layer cost, all-reduce latency, hops: what no bandwidth removes
     bubble: float
-    ttft_s: float
+    ttft_s: float  # what a client sees: the engine's prefill plus the serving path
+    ttft_engine_s: float  # the prompt's pass through every stage (the fitted prefill)
+    ttft_serving_path_s: float  # the production app's fixed cost on a first token (measured)
+
+
+def serving_path_ttft_s() -> float:
+    """What the production app's path (proxy, gated ingress, LLMServer, Ray Serve LLM's stream
+    batching) adds to a first token over the engine's own server, measured
+    (catalog/serving_path.yaml). The fit cannot learn it: every calibration row's TTFT was
+    measured on an engine's own server, so the planner adds it after the fit."""
+    return load_catalog().serving_path["first_token_ms"].value / 1000
 
 
 def speed(lay: Layout, engine: str, batch: int, input_len: int, output_len: int) -> Speed:
@@ -82,6 +93,7 @@ def speed(lay: Layout, engine: str, batch: int, input_len: int, output_len: int)
     period = per_user.period(eff.bandwidth, k, eff.prefill)
     fixed = per_user.period(math.inf, k, math.inf)  # infinitely fast memory and compute
     ttft = prefill_shape(lay, input_len).period(eff.prefill, k)
+    path = serving_path_ttft_s()
     return Speed(
         batch=batch,
         tpot_s=period,
@@ -90,5 +102,7 @@ def speed(lay: Layout, engine: str, batch: int, input_len: int, output_len: int)
         roofline_part_s=period - fixed,
         fixed_part_s=fixed,
         bubble=per_user.bubble(eff.bandwidth, k),
-        ttft_s=ttft,
+        ttft_s=ttft + path,
+        ttft_engine_s=ttft,
+        ttft_serving_path_s=path,
     )

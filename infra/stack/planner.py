@@ -18,7 +18,9 @@ Speed model (infra/stack/perf.py, perf_roofline.py and perf_fit.py have the deta
   steady state add their prefill passes. The efficiencies are fitted per engine and
   quantization on published DeepSeek-R1/V3 measurements (catalog/calibration.yaml).
   Reported both per user (TPOT, tokens/s of one stream) and for the cluster.
-- TTFT: one prompt of input_len through every stage, compute-bound at long prompts.
+- TTFT: one prompt of input_len through every stage, compute-bound at long prompts, plus the
+  serving path's fixed cost (Serve's proxy, the gated ingress, Ray Serve LLM's stream batching),
+  measured against vLLM's own server (catalog/serving_path.yaml).
 - cold start: boot -> first token on the layout's AWS instance type (infra/stack/coldstart.py).
 """
 
@@ -75,6 +77,7 @@ class Plan:
     decode_tokens_per_s_per_user: float  # one stream
     tpot_ms: float  # time per output token of one stream
     ttft_ms: float  # time to first token for one input_len prompt on an idle cluster
+    ttft_serving_path_ms: float  # of ttft_ms, the serving path's measured fixed cost
     fixed_ms_per_token: float  # the part of TPOT that no bandwidth removes
     pipeline_bubble: float  # fraction of stage time idle (batch smaller than the stages)
     gpu_memory_utilization: float
@@ -323,6 +326,7 @@ def _plan_fixed(
         decode_tokens_per_s_per_user=round(sp.per_user_tokens_per_s, 2) if sp else 0.0,
         tpot_ms=round(sp.tpot_s * 1000, 2) if sp else 0.0,
         ttft_ms=round(sp.ttft_s * 1000, 1) if sp else 0.0,
+        ttft_serving_path_ms=round(sp.ttft_serving_path_s * 1000, 1) if sp else 0.0,
         fixed_ms_per_token=round(sp.fixed_part_s * 1000, 2) if sp else 0.0,
         pipeline_bubble=round(sp.bubble, 3) if sp else 0.0,
         gpu_memory_utilization=gpu_memory_utilization,
