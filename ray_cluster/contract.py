@@ -55,6 +55,10 @@ GPU_MODEL_PREFIX = "gpu_model:"
 # instead (quantity = their engine slots); the head has neither, so engine bundles never land
 # on the head, where the ingress must still find a CPU.
 CPU_WORKER_RESOURCE = "llmfleet_cpu_worker"
+# What a trainer host advertises (quantity = the fine-tune workers it takes) and each Ray Train
+# worker of `llmfleet finetune` asks for (ray_cluster/finetune.py): engine bundles never name it
+# and a trainer host advertises no engine resource, so training and serving never share a slot.
+TRAIN_RESOURCE = "llmfleet_train"
 # Ray's head-node resource: pins the OpenAI ingress to the head, where the env file with the
 # token is mounted and the load balancer sends traffic.
 HEAD_RESOURCE = "node:__internal_head__"
