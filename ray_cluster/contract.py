@@ -196,6 +196,7 @@ def worker_args(
     cpu_slots: int | None = None,
     ip: str | None = None,
     block: bool = True,
+    train_slots: int = 0,
     options: Sequence[str] = (),
 ) -> list[str]:
     """Arguments after the node entrypoint for a worker. ip=None: the node takes its source IP
@@ -203,10 +204,15 @@ def worker_args(
     argv = ["worker", "--address", address, "--num-gpus", str(gpus)]
     if gpu_model:
         argv += ["--gpu-model", gpu_model]
+    if train_slots < 0:
+        raise ContractError(f"train_slots = {train_slots!r}: allowed >= 0")
     if check_device(device) == "cpu":
-        if not cpu_slots or cpu_slots < 1:
+        # a trainer host (train_slots) takes no engine rank: no engine resource at all
+        if (not cpu_slots or cpu_slots < 1) and not train_slots:
             raise ContractError(f"cpu_slots = {cpu_slots!r}: a CPU worker needs cpu_slots >= 1")
-        argv += ["--device", "cpu", "--cpu-slots", str(cpu_slots)]
+        argv += ["--device", "cpu", "--cpu-slots", str(cpu_slots or 0)]
+    if train_slots:
+        argv += ["--train-slots", str(train_slots)]
     argv += ["--ip", ip] if ip is not None else []
     return argv + list(options) + (["--block"] if block else [])
 

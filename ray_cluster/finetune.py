@@ -390,7 +390,9 @@ def parse(argv: Sequence[str]) -> TrainSpec:
     return TrainSpec(
         base=a.base,
         base_model_id=a.base_model_id,
-        data=os.path.abspath(a.data),
+        # relative stays relative: Ray starts the driver and every Train worker in the job's
+        # working_dir on its own node, and the unpacked path differs per node
+        data=a.data,
         name=a.name,
         out=a.out,
         rank=a.rank,

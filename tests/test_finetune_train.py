@@ -111,3 +111,33 @@ def test_an_existing_adapter_is_not_overwritten(tmp_path: Path):
     assert finetune.exists(finetune.destination(str(tmp_path / "a") + "/", "blue"))
     with pytest.raises(FileExistsError):
         finetune.publish(str(tmp_path), str(tmp_path / "a" / "blue"))
+
+
+def test_the_adapter_lands_in_s3_where_ray_serve_llm_lists_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """publish() through pyarrow's S3 (AWS_ENDPOINT_URL_S3, as Ray Serve LLM reads it) against a
+    real moto server; Ray Serve LLM's own lister then names the adapter `<model>:NAME`."""
+    from ray.llm._internal.common.utils.lora_utils import get_lora_model_ids
+
+    from infra.local import adapters
+    from tests.moto_fixtures import MotoServer
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for f in (finetune.ADAPTER_WEIGHTS, finetune.MANIFEST, finetune.ADAPTER_CONFIG):
+        (work / f).write_text(f"{f} bytes")
+    with MotoServer() as moto:
+        for k, v in adapters.env(moto.url).items():
+            monkeypatch.setenv(k, v)
+        adapters.wait_and_create_bucket(moto.url, tmp_path / "log")
+        dest = finetune.destination(adapters.adapters_uri(), "blue")
+        assert dest == "s3://llmfleet-local/adapters/blue" and not finetune.exists(dest)
+        finetune.publish(str(work), dest)
+        assert finetune.exists(dest)
+        assert adapters.list_adapters(moto.url) == ["blue"]
+        assert get_lora_model_ids(adapters.adapters_uri().rstrip("/"), "llmfleet/tiny-llama") == [
+            "llmfleet/tiny-llama:blue"
+        ]
+        body = adapters.client(moto.url).get_object(Bucket=adapters.BUCKET, Key="adapters/blue/manifest.json")
+        assert body["Body"].read() == b"manifest.json bytes"

@@ -213,6 +213,19 @@ def up_cmd(
             "MLA) or llmfleet/tiny-llama (no MLA: vLLM's CPU build caches prefixes for it).",
         ),
     ] = TINY_MODEL_ID,
+    train_hosts: Annotated[
+        int,
+        typer.Option(
+            "--train-hosts",
+            min=0,
+            max=6,
+            help="The last N worker hosts train (`llmfleet finetune --local`) instead of serving.",
+        ),
+    ] = 0,
+    lora: Annotated[
+        bool,
+        typer.Option("--lora", help="Serve LoRA adapters (<model>:NAME) from the cluster's adapters store."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     require_local_engine()
@@ -228,7 +241,7 @@ def up_cmd(
     opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis,
                      engine_args=options.get("llmfleet:engineArgs", {}),
                      serve_options=options.get("llmfleet:serveOptions", {}), routing=routing,
-                     model=model)  # fmt: skip
+                     model=model, train_hosts=train_hosts, lora=lora)  # fmt: skip
     progress, on_stage = _progress_stages()
     try:
         with progress:
