@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,6 @@ class TrainSpec:
     llmfleet_version: str = "unknown"
     num_workers: int = 1
     use_gpu: bool = False
-    extra: dict[str, Any] = field(default_factory=dict[str, Any])
 
     def check(self) -> TrainSpec:
         if not NAME_RE.fullmatch(self.name):
