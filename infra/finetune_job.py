@@ -146,11 +146,11 @@ def submit(target: Target, spec: TrainSpec, data: Path, jobs: Any | None = None)
             f"{target.where}: {slots:g} live trainer slot(s) ({contract.TRAIN_RESOURCE}) for "
             f"{spec.num_workers} worker(s); allowed: a cluster with trainer hosts"
         )
-    jobs = jobs or client(target.dashboard)
+    api = jobs if jobs is not None else client(target.dashboard)
     work = Path(tempfile.mkdtemp(prefix="llmfleet-finetune-"))
     try:
         shutil.copyfile(data, work / DATA_FILE)
-        return jobs.submit_job(
+        return api.submit_job(
             entrypoint=entrypoint(target, spec),
             submission_id=f"{JOB_ID_PREFIX}{spec.name}-{secrets.token_hex(3)}",
             runtime_env={"working_dir": str(work)},
