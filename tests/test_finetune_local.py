@@ -175,3 +175,17 @@ def test_finetune_beside_serving_then_the_adapter_is_served(cluster, tmp_path: P
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["status"] == "SUCCEEDED" and doc["adapter"] == ADAPTER and doc["progress"]["step"] == STEPS
+    r = cli(
+        "chat",
+        "--name",
+        cluster["name"],
+        "--adapter",
+        ADAPTER,
+        "--max-tokens",
+        "4",
+        "--json",
+        "hello",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == f"{LLAMA_MODEL_ID}:{ADAPTER}"

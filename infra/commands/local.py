@@ -422,22 +422,29 @@ def chat_cmd(
     ] = 0.7,
     thinking_budget: ThinkingBudgetOpt = None,
     name: NameOpt = "local",
+    adapter: Annotated[
+        str | None,
+        typer.Option("--adapter", help="A LoRA adapter (llmfleet finetune --name): asks <model>:NAME."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the local endpoint one question (openai client) and print the assistant's reply."""
     from infra.local.chat import chat
     from infra.local.layout import LocalError
     from infra.local.tiny_model import is_tiny_model_id
+    from infra.stack.lora import ADAPTER_NAME_ALLOWED, ADAPTER_NAME_RE
 
+    if adapter is not None and not ADAPTER_NAME_RE.fullmatch(adapter):
+        fail(f"--adapter {adapter!r}: allowed: {ADAPTER_NAME_ALLOWED}")
     try:
-        r = chat(message, name, max_tokens, temperature, thinking_budget)
+        r = chat(message, name, max_tokens, temperature, thinking_budget, adapter)
     except LocalError as e:
         fail(str(e), code=1)
     if as_json:
         print_json(r)
         return
     print_reply(r)
-    if is_tiny_model_id(r["model"]):
+    if is_tiny_model_id(r["model"].split(":")[0]):
         err_console.print(
             "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]",
             soft_wrap=True,
