@@ -23,6 +23,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ DATA_FILE = "data.jsonl"
 # larger data set belongs on the hosts or in the bucket, which this command does not take yet.
 MAX_UPLOAD_BYTES = 256 << 20
 JOB_ID_PREFIX = "llmfleet-lora-"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray's JobStatus values a job ends in
 JOB_ID_ALLOWED = f"a job id this command printed ({JOB_ID_PREFIX}NAME-XXXXXX)"
 
 
@@ -206,7 +208,11 @@ def follow(jobs: Any, job_id: str, on_line: Callable[[str], None]) -> str:
             on_line(buf)
 
     asyncio.run(tail())
-    return str(jobs.get_job_status(job_id))
+    # the log stream closes as the job ends; its status may lag by a poll of the job manager
+    deadline = time.monotonic() + 30
+    while (st := str(jobs.get_job_status(job_id))) not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return st
 
 
 def status(jobs: Any, job_id: str) -> dict[str, Any]:
