@@ -130,7 +130,11 @@ def trainer_slots(dashboard: str) -> float:
     """`llmfleet_train` units the cluster's live nodes advertise (Ray's state API)."""
     from ray.util.state import list_nodes
 
-    nodes: list[Any] = list_nodes(address=dashboard, timeout=10, raise_on_missing_output=False)
+    try:
+        nodes: list[Any] = list_nodes(address=dashboard, timeout=10, raise_on_missing_output=False)
+    except Exception as e:  # noqa: BLE001 - Ray's state API raises its own and requests' errors alike
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise FinetuneJobError(f"Ray's dashboard at {dashboard}: not reachable ({first[:200]})") from None
     return sum(
         float((n.resources_total or {}).get(contract.TRAIN_RESOURCE, 0)) for n in nodes if n.state == "ALIVE"
     )

@@ -218,6 +218,26 @@ def test_finetune_stack_needs_the_dashboards_port_forward(data: Path):
     )
 
 
+def test_finetune_stack_says_when_the_dashboard_does_not_answer(data: Path, tmp_path: Path):
+    import socket
+
+    raw = json.loads(Path("tests/data/stack_outputs_prod.json").read_text())
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(
+        json.dumps({**raw, "model": DEV["llmfleet:model"], "served_model": DEV["llmfleet:model"]})
+    )
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = runner.invoke(
+        app,
+        ["finetune", "--stack", "dev", "--data", str(data), "--name", "a", "--outputs", str(outputs),
+         "-c", f'llmfleet:lora={{"adapters": "{ADAPTERS}"}}', "--dashboard", f"http://127.0.0.1:{port}"],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert _err(res).startswith(f"Ray's dashboard at http://127.0.0.1:{port}: not reachable (")
+
+
 def test_finetune_local_needs_a_running_cluster(data: Path, tmp_path: Path):
     env = {"LLMFLEET_STATE_DIR": str(tmp_path / "none")}
     res = runner.invoke(

@@ -168,6 +168,11 @@ def _stack_target(stack: str, cfg, dashboard: str | None, outputs_file: Path | N
         )
     url = _dashboard_or_fail(stack, dashboard)
     out = stack_outputs_or_fail(stack, outputs_file)
+    if out.model != cfg.model:
+        fail(
+            f"stack {stack}: deployed with {out.model!r}, configured for {cfg.model!r}; allowed: `llmfleet up` first",
+            1,
+        )
     return Target(
         where=f"stack {stack}",
         dashboard=url,
