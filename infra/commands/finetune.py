@@ -246,6 +246,7 @@ def finetune_cmd(
         base=target.base_path, data=finetune_job.DATA_FILE, name=name, out=target.adapters,
         base_model_id=target.served_model, rank=rank, alpha=2 * rank, steps=steps, batch_size=batch_size,
         learning_rate=learning_rate, llmfleet_version=finetune_job.llmfleet_version(),
+        use_gpu=not local,  # a stack's hosts are GPU hosts (NCCL); the local cluster's are CPU (gloo)
     )  # fmt: skip
     try:
         spec.check()
