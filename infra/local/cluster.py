@@ -144,13 +144,16 @@ class UpOptions:
 Progress = Callable[[str, str], None]  # (stage key, detail)
 
 
-def _node_env(token: str) -> dict[str, str]:
+def _node_env(token: str, st: dict | None = None) -> dict[str, str]:
     root = str(REPO_ROOT)
     pp = os.environ.get("PYTHONPATH")
+    # `up --lora`: every node reaches the adapters store (a woken or restarted node too)
+    store = (st or {}).get("lora") or {}
     return {
         TOKEN_ENV: token,  # every node's Ray workers inherit it; the ingress reads it there
         "RAY_AUTH_MODE": "disabled",  # Ray's ports stay on the local bridge/loopback
         "PYTHONPATH": f"{root}{os.pathsep}{pp}" if pp else root,
+        **(adapters.env(store["endpoint"]) if store.get("endpoint") else {}),
     }
 
 
@@ -370,9 +373,9 @@ def _start_gcs_redis(st: dict, head: Host, ports: Ports, paths: dict) -> str:
     return password
 
 
-def _start_adapters_store(st: dict, head: Host, ports: Ports, paths: dict) -> dict[str, str]:
-    """`up --lora`: the adapters store on the head host, supervised, its bucket created; the node
-    env that reaches it."""
+def _start_adapters_store(st: dict, head: Host, ports: Ports, paths: dict) -> None:
+    """`up --lora`: the adapters store on the head host, supervised, its bucket created (its
+    endpoint in the state: _node_env gives every node the env that reaches it)."""
     log = paths["logs"] / "adapters-store.log"
     url = adapters.endpoint(head, ports)
     pid = start_supervisor(head, adapters.server_argv(head, ports), {}, RESTART_DELAY_S, log)
@@ -384,7 +387,6 @@ def _start_adapters_store(st: dict, head: Host, ports: Ports, paths: dict) -> di
     }
     save_state(st, Path(st["state_dir"]))
     adapters.wait_and_create_bucket(url, log)
-    return adapters.env(url)
 
 
 def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
@@ -448,9 +450,9 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             lora=adapters.settings() if o.lora else None,
         )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
-        env = _node_env(token)
         if o.lora:  # before the nodes: their env points S3 at it
-            env |= _start_adapters_store(st, head, ports, paths)
+            _start_adapters_store(st, head, ports, paths)
+        env = _node_env(token, st)
         _start_nodes(st, hs, layout, ports, env, o, paths)
         on_stage("head", f"{head.name} {head.ip}")
         _wait_head(st, hs, ports, paths["logs"] / f"{head.name}.log", min(o.timeout, 180))
