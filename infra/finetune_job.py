@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import shlex
 import shutil
@@ -183,6 +184,20 @@ def progress(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+# An exception line of a traceback; Ray's wrappers name no cause of their own.
+_EXC = re.compile(r"(?:^|\s)((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (.+)$")
+_WRAPPERS = ("WorkerGroupError", "RayTaskError", "RayActorError", "ActorDiedError", "TrainingFailedError")
+
+
+def cause(lines: list[str]) -> str:
+    """The last exception line in a job's log that is not one of Ray's wrappers ('' if none)."""
+    for ln in reversed(lines):
+        m = _EXC.search(ln.strip())
+        if m and not m.group(1).rsplit(".", 1)[-1].startswith(_WRAPPERS):
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()[:300]}"
+    return ""
 
 
 def fmt_progress(p: dict[str, Any]) -> str:

@@ -322,7 +322,13 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:  # pragma: no cover 
     import ray.train
     import ray.train.torch
 
-    spec = TrainSpec(**{**config, "target_modules": tuple(config["target_modules"])})
+    # The data travels in the config (the driver read it): a Train worker's working directory
+    # is Ray Train's to choose, and the job's working_dir is unpacked per node.
+    data = tempfile.NamedTemporaryFile(prefix="llmfleet-data-", suffix=".jsonl", delete=False)  # noqa: SIM115
+    with data:
+        data.write(config["data_bytes"])
+    fields = {k: v for k, v in config.items() if k != "data_bytes"}
+    spec = TrainSpec(**{**fields, "data": data.name, "target_modules": tuple(config["target_modules"])})
     ctx = ray.train.get_context()
 
     def report(p: Progress) -> None:
@@ -356,7 +362,11 @@ def run(spec: TrainSpec, storage: str) -> None:  # pragma: no cover - the job's 
         per_worker["GPU"] = 1
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={**asdict(spec), "target_modules": list(spec.target_modules)},
+        train_loop_config={
+            **asdict(spec),
+            "target_modules": list(spec.target_modules),
+            "data_bytes": Path(spec.data).read_bytes(),
+        },
         scaling_config=ScalingConfig(
             num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=per_worker
         ),

@@ -121,7 +121,13 @@ def test_finetune_beside_serving_then_the_adapter_is_served(cluster, tmp_path: P
              "--name", ADAPTER, "--steps", str(STEPS), "--learning-rate", "0.01"],
             env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        if run.returncode != 0:  # the job's own log, before the cluster goes
+            from ray.job_submission import JobSubmissionClient
+
+            job = next(ln.split()[1] for ln in run.stderr.splitlines() if ln.startswith("submitted "))
+            head = st["hosts"][0]["ip"]
+            log = JobSubmissionClient(f"http://{head}:{st['ports']['dashboard']}").get_job_logs(job)
+            pytest.fail(run.stderr[-2000:] + "\n--- job log ---\n" + log[-8000:])
     # zero failed requests while the job ran, and the load really ran through it
     assert load.failed == [] and load.ok >= 10, (load.ok, load.failed[:3])
 
