@@ -106,7 +106,7 @@ def _reference(base: str, adapter_dir: Path | None, prompt_ids: list[int], gen: 
 
 
 @pytest.mark.ray
-@pytest.mark.slow
+@pytest.mark.finetune
 def test_finetune_beside_serving_then_the_adapter_is_served(cluster, tmp_path: Path):
     from transformers import AutoTokenizer
 
