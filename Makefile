@@ -13,7 +13,7 @@ UV_VERSION = 0.13.9
 TOOLS   = .tools
 UV      = $(TOOLS)/bin/uv
 
-.PHONY: setup system-deps system-deps-demo demo test lint bench faults mutation clean image image-stop image-lock wheel-test
+.PHONY: setup system-deps system-deps-demo demo test lint bench faults finetune-local mutation clean image image-stop image-lock wheel-test
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -90,6 +90,12 @@ bench: setup
 # (case, recovery time, failed/total requests) in benchmarks/faults-table.md, for benchmarks/RESULTS.md.
 faults: setup system-deps
 	LLMFLEET_FAULTS_TABLE=benchmarks/faults-table.md LLMFLEET_FAULTS_LOGS=$${LLMFLEET_FAULTS_LOGS:-/tmp/llmfleet-faults-logs} $(BIN)/pytest -m faults -s -q tests/test_engine_liveness.py tests/test_faults.py
+
+# Issue #33's proof (not in CI: its own 3-host local cluster, minutes on the shared 2-core machine;
+# root for the network namespaces): a LoRA fine-tune on the trainer host while a steady client load
+# hits the serving replica, then the adapter served (tests/test_finetune_local.py).
+finetune-local: setup system-deps
+	$(BIN)/pytest -m finetune -q tests/test_finetune_local.py
 
 # Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,480 mutants, hours on
 # one core: 10-90 a minute were measured on the shared 2-core machine, a policy mutant reusing the

@@ -74,6 +74,10 @@ GPU_MODEL_PREFIX = "gpu_model:"
 # instead (quantity = their engine slots); the head has neither, so engine bundles never land
 # on the head, where the ingress must still find a CPU.
 CPU_WORKER_RESOURCE = "llmfleet_cpu_worker"
+# What a trainer host advertises (quantity = the fine-tune workers it takes) and each Ray Train
+# worker of `llmfleet finetune` asks for (ray_cluster/finetune.py): engine bundles never name it
+# and a trainer host advertises no engine resource, so training and serving never share a slot.
+TRAIN_RESOURCE = "llmfleet_train"
 # Ray's head-node resource: pins the OpenAI ingress to the head, where the env file with the
 # token is mounted and the load balancer sends traffic.
 HEAD_RESOURCE = "node:__internal_head__"
@@ -211,6 +215,7 @@ def worker_args(
     cpu_slots: int | None = None,
     ip: str | None = None,
     block: bool = True,
+    train_slots: int = 0,
     options: Sequence[str] = (),
 ) -> list[str]:
     """Arguments after the node entrypoint for a worker. ip=None: the node takes its source IP
@@ -218,10 +223,15 @@ def worker_args(
     argv = ["worker", "--address", address, "--num-gpus", str(gpus)]
     if gpu_model:
         argv += ["--gpu-model", gpu_model]
+    if train_slots < 0:
+        raise ContractError(f"train_slots = {train_slots!r}: allowed >= 0")
     if check_device(device) == "cpu":
-        if not cpu_slots or cpu_slots < 1:
+        # a trainer host (train_slots) takes no engine rank: no engine resource at all
+        if (not cpu_slots or cpu_slots < 1) and not train_slots:
             raise ContractError(f"cpu_slots = {cpu_slots!r}: a CPU worker needs cpu_slots >= 1")
-        argv += ["--device", "cpu", "--cpu-slots", str(cpu_slots)]
+        argv += ["--device", "cpu", "--cpu-slots", str(cpu_slots or 0)]
+    if train_slots:
+        argv += ["--train-slots", str(train_slots)]
     argv += ["--ip", ip] if ip is not None else []
     return argv + list(options) + (["--block"] if block else [])
 

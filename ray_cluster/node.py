@@ -158,6 +158,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
         num_cpus=a.num_cpus,
         device=a.device,
         cpu_slots=a.cpu_slots,
+        train_slots=a.train_slots,
         object_store_memory=a.object_store_memory,
         block=a.block,
         temp_dir=a.temp_dir,
@@ -454,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", choices=contract.DEVICES, default="gpu")
     w.add_argument(
         "--cpu-slots", type=int, default=0, help=f"cpu device: engine ranks ({CPU_WORKER_RESOURCE})"
+    )
+    w.add_argument(
+        "--train-slots",
+        type=int,
+        default=0,
+        help=f"fine-tune workers this host takes ({contract.TRAIN_RESOURCE}); with --cpu-slots 0, a trainer host",
     )
     w.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the head to answer")
     w.add_argument("--retries", type=int, default=3)

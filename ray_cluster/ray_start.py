@@ -78,19 +78,26 @@ def worker_start_command(
     device: str = "gpu",
     cpu_slots: int = 0,
     labels: dict[str, str] | None = None,
+    train_slots: int = 0,
 ) -> list[str]:
     """argv of `ray start --address=HEAD:6379` for a worker.
 
     GPU: num_gpus GPUs and `gpu_model:<X>` = num_gpus. CPU: 0 GPUs and the CPU-worker resource
     = cpu_slots (engine ranks this host takes); the contract's bundles ask for exactly these.
-    `labels`: Ray node labels (`--labels k=v,...`), e.g. the staged weights' fingerprint."""
+    `labels`: Ray node labels (`--labels k=v,...`), e.g. the staged weights' fingerprint.
+    `train_slots`: `llmfleet_train` units, the fine-tune workers this host takes (a trainer host)."""
     if num_gpus < 0:
         raise NodeError(f"num_gpus {num_gpus} must be >= 0")
-    if device == "cpu" and (num_gpus or cpu_slots < 1):
+    if device == "cpu" and (num_gpus or (cpu_slots < 1 and train_slots < 1)):
         raise NodeError(f"a cpu worker has 0 GPUs and cpu_slots >= 1 (got {num_gpus}, {cpu_slots})")
+    if train_slots < 0:
+        raise NodeError(f"train_slots {train_slots} must be >= 0")
     slots = num_gpus if device == "gpu" else cpu_slots
     argv = [ray_bin, "start", f"--address={head_address}", f"--num-gpus={num_gpus}"]
-    resources = contract.worker_resources(device, gpu_model, slots)
+    # a trainer host (cpu_slots 0) advertises no engine resource: no replica can land on it
+    resources = contract.worker_resources(device, gpu_model, slots) if slots else {}
+    if train_slots:
+        resources[contract.TRAIN_RESOURCE] = train_slots
     if resources:
         argv.append("--resources=" + json.dumps(resources, separators=(",", ":")))
     if labels:

@@ -20,12 +20,15 @@ SERVING_MODULE = "tests/test_local.py"
 
 
 def pytest_collection_modifyitems(session, config, items):
-    # The fault suite (tests/test_faults.py, ~30 min) runs only when asked by marker (`make faults`).
-    if "faults" not in (config.option.markexpr or ""):
-        skipped = [i for i in items if i.get_closest_marker("faults")]
-        if skipped:
-            config.hook.pytest_deselected(items=skipped)
-            items[:] = [i for i in items if not i.get_closest_marker("faults")]
+    # The fault suite (tests/test_faults.py, ~30 min) and the fine-tune beside serving
+    # (tests/test_finetune_local.py, minutes of its own 3-host cluster) run only when asked by
+    # marker (`make faults`, `make finetune-local`).
+    for opt_in in ("faults", "finetune"):
+        if opt_in not in (config.option.markexpr or ""):
+            skipped = [i for i in items if i.get_closest_marker(opt_in)]
+            if skipped:
+                config.hook.pytest_deselected(items=skipped)
+                items[:] = [i for i in items if not i.get_closest_marker(opt_in)]
 
     # While the image builds in the background (~8 min from nothing, mostly one core), the suite
     # runs what it does not wait for: first the light modules (no `ray` marker: mocks, moto,

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from infra.catalog import load_catalog
 from infra.cli import app
-from infra.commands.finetune import NOT_BUILT
 from infra.stack import lora
 from infra.stack.config import ConfigError, load_stack_config
 
@@ -194,10 +193,94 @@ def test_finetune_prod_r1_is_refused_with_one_line(data: Path):
     )
 
 
-def test_finetune_dev_says_submission_is_not_built(data: Path):
+def test_finetune_dev_without_llmfleet_lora_says_where_the_adapter_would_go(data: Path):
     res = runner.invoke(app, ["finetune", "--stack", "dev", "--data", str(data), "--name", "support-v1"])
     assert res.exit_code == 1
-    assert _err(res) == NOT_BUILT
+    assert _err(res).startswith(
+        "llmfleet:lora: not set on stack dev: the Serve app loads adapters from nowhere"
+    )
+
+
+def test_finetune_stack_needs_the_dashboards_port_forward(data: Path):
+    lora_on = ["-c", f'llmfleet:lora={{"adapters": "{ADAPTERS}"}}']
+    args = ["finetune", "--stack", "dev", "--data", str(data), "--name", "a", *lora_on]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    assert _err(res) == (
+        "stack dev: Ray's dashboard (the Jobs API) is reachable only inside the cluster's network; allowed: "
+        "run the stack's dashboard_port_forward_command (pulumi stack output) and pass --dashboard http://127.0.0.1:8265"
+    )
+    res = runner.invoke(app, [*args, "--dashboard", "http://10.0.0.5:8265"])
+    assert res.exit_code == 2
+    assert (
+        _err(res)
+        == "--dashboard 'http://10.0.0.5:8265': allowed: http://127.0.0.1:PORT (the SSM port forward's local end)"
+    )
+
+
+def test_finetune_stack_says_when_the_dashboard_does_not_answer(data: Path, tmp_path: Path):
+    import socket
+
+    raw = json.loads(Path("tests/data/stack_outputs_prod.json").read_text())
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(
+        json.dumps({**raw, "model": DEV["llmfleet:model"], "served_model": DEV["llmfleet:model"]})
+    )
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = runner.invoke(
+        app,
+        ["finetune", "--stack", "dev", "--data", str(data), "--name", "a", "--outputs", str(outputs),
+         "-c", f'llmfleet:lora={{"adapters": "{ADAPTERS}"}}', "--dashboard", f"http://127.0.0.1:{port}"],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert _err(res).startswith(f"Ray's dashboard at http://127.0.0.1:{port}: not reachable (")
+
+
+def test_finetune_local_needs_a_running_cluster(data: Path, tmp_path: Path):
+    env = {"LLMFLEET_STATE_DIR": str(tmp_path / "none")}
+    res = runner.invoke(
+        app, ["finetune", "--local", "--cluster", "nope", "--data", str(data), "--name", "a"], env=env
+    )
+    assert res.exit_code == 1
+    assert _err(res) == "local cluster 'nope': not up; run `llmfleet local up --name nope ...`"
+
+
+def test_finetune_subcommands_check_the_job_id(tmp_path: Path):
+    from infra.finetune_job import JOB_ID_ALLOWED, FinetuneJobError, check_job_id
+
+    assert check_job_id("llmfleet-lora-blue-0a1b2c") == "llmfleet-lora-blue-0a1b2c"
+    for bad in ("raysubmit_123", "llmfleet-lora-", "llmfleet-lora-a;rm -rf /", "llmfleet-lora-../x"):
+        with pytest.raises(
+            FinetuneJobError, match=f"allowed: {JOB_ID_ALLOWED}".replace("(", r"\(").replace(")", r"\)")
+        ):
+            check_job_id(bad)
+    env = {"LLMFLEET_STATE_DIR": str(tmp_path)}
+    res = runner.invoke(app, ["finetune", "status", "x", "--local", "--cluster", "nope"], env=env)
+    assert res.exit_code == 1 and _err(res).startswith("local cluster 'nope': not up")
+
+
+def test_the_jobs_entrypoint_quotes_every_value():
+    import shlex
+
+    from infra.finetune_job import Target, entrypoint, fmt_progress, progress
+    from ray_cluster.finetune import FinetuneError, Progress, TrainSpec
+
+    t = Target("stack dev", "http://127.0.0.1:8265", "/opt/llm/models/x y", "m", "s3://b/a/", "python3")
+    spec = TrainSpec(base="", data="data.jsonl", name="n1", out="s3://b/a/", steps=3, rank=16, alpha=32)
+    argv = shlex.split(entrypoint(t, spec))
+    assert argv[:3] == ["python3", "-m", "ray_cluster.finetune"]
+    assert argv[argv.index("--base") + 1] == "/opt/llm/models/x y" and argv[argv.index("--rank") + 1] == "16"
+    assert argv[argv.index("--out") + 1] == "s3://b/a/" and argv[argv.index("--data") + 1] == "data.jsonl"
+    with pytest.raises(FinetuneError, match="--name 'a b'"):
+        entrypoint(t, replace(spec, name="a b"))
+    # a worker's progress line, as Ray forwards it to the job's log, and its rendering
+    line = "(RayTrainWorker pid=12, ip=10.0.0.3) " + Progress(3, 30, 5.25, 1234.5, 75.0).line()
+    p = progress(line)
+    assert p == {"step": 3, "steps": 30, "loss": 5.25, "tokens_per_s": 1234.5, "eta_s": 75.0}
+    assert fmt_progress(p) == "step 3/30  loss 5.2500  1,234 tokens/s  ETA 1:15"
+    assert progress("step 3 of something else") is None and progress("llmfleet-train {not json") is None
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "m:1", "", "x" * 65])
@@ -296,5 +379,48 @@ def test_finetune_local_takes_no_stack_override(data: Path):
         app, ["finetune", "--local", "-c", "llmfleet:replicas=2", "--data", str(data), "--name", "a"]
     )
     assert res.exit_code == 2 and _err(res).startswith("--config 'llmfleet:replicas=2': a stack override")
-    res = runner.invoke(app, ["finetune", "--local", "--data", str(data), "--name", "a"])
-    assert res.exit_code == 1 and _err(res) == NOT_BUILT
+
+
+# ---------------------------------------------------------------- the local cluster's trainer host
+
+
+def test_a_trainer_host_advertises_train_slots_and_no_engine_resource():
+    from infra.local.hosts import Host
+    from infra.local.layout import LocalError, Ports, node_argv, plan_layout
+    from ray_cluster import contract
+    from ray_cluster.ray_start import worker_start_command
+
+    lay = plan_layout(3, model_id="llmfleet/tiny-llama", trainers=1)
+    assert lay.replicas == 1 and [lay.role(i) for i in range(3)] == ["head", "worker", "trainer"]
+    with pytest.raises(LocalError, match=r"--train-hosts 1: allowed 0..0 with --hosts 2"):
+        plan_layout(2, trainers=1)
+    head, h = Host("h0", "10.0.0.1"), Host("h2", "10.0.0.3")
+    argv = node_argv("trainer", h, head, Ports(6379, 8265, 8000), lay, "/tmp/x")
+    assert argv[argv.index("--cpu-slots") + 1] == "0" and argv[argv.index("--train-slots") + 1] == "1"
+    assert argv[argv.index("--num-cpus") + 1] == "1"
+    start = worker_start_command("10.0.0.1:6379", "10.0.0.3", 0, device="cpu", cpu_slots=0, train_slots=1)
+    assert f'--resources={{"{contract.TRAIN_RESOURCE}":1}}' in start
+    assert not any(contract.CPU_WORKER_RESOURCE in a for a in start)  # no engine bundle fits here
+    serving = worker_start_command("10.0.0.1:6379", "10.0.0.2", 0, device="cpu", cpu_slots=2)
+    assert f'--resources={{"{contract.CPU_WORKER_RESOURCE}":2}}' in serving
+    assert contract.TRAIN_RESOURCE not in json.dumps(contract.placement_bundles(2, 1, "cpu"))
+
+
+def test_local_lora_renders_ray_serve_llms_lora_config_from_the_store():
+    from infra.local import adapters
+    from infra.local.layout import plan_layout, render_local_serve_config
+
+    lay = plan_layout(3, model_id="llmfleet/tiny-llama", trainers=1)
+    doc = render_local_serve_config(
+        "llmfleet/tiny-llama", "/m", lay, "10.0.0.1", 8000, lora=adapters.settings()
+    )
+    llm = doc["applications"][0]["args"]["llm_configs"][0]
+    assert llm["lora_config"]["dynamic_lora_loading_path"] == "s3://llmfleet-local/adapters"
+    assert llm["engine_kwargs"]["enable_lora"] is True and llm["engine_kwargs"]["max_lora_rank"] == 16
+    assert llm["deployment_config"]["num_replicas"] == 1
+    assert (
+        "lora_config"
+        not in render_local_serve_config("m", "/m", lay, "10.0.0.1", 8000)["applications"][0]["args"][
+            "llm_configs"
+        ][0]
+    )

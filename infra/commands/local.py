@@ -33,6 +33,7 @@ from infra.rayconf.serve_config import ServeConfigError
 from infra.stack.config import ConfigError
 from infra.stack.engine_options import ENGINE_KEY, SERVE_KEY
 from infra.stack.files import parse_override
+from infra.stack.lora import ADAPTER_NAME_ALLOWED, ADAPTER_NAME_RE
 from infra.status.local import local_status
 from infra.status.model import StatusError
 
@@ -223,6 +224,19 @@ def up_cmd(
             "MLA) or llmfleet/tiny-llama (no MLA: vLLM's CPU build caches prefixes for it).",
         ),
     ] = TINY_MODEL_ID,
+    train_hosts: Annotated[
+        int,
+        typer.Option(
+            "--train-hosts",
+            min=0,
+            max=6,
+            help="The last N worker hosts train (`llmfleet finetune --local`) instead of serving.",
+        ),
+    ] = 0,
+    lora: Annotated[
+        bool,
+        typer.Option("--lora", help="Serve LoRA adapters (<model>:NAME) from the cluster's adapters store."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     # a value outside the choices is a usage error (exit 2, as click's), before any engine check
@@ -238,7 +252,7 @@ def up_cmd(
     opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis,
                      engine_args=options.get("llmfleet:engineArgs", {}),
                      serve_options=options.get("llmfleet:serveOptions", {}), routing=routing,
-                     model=model)  # fmt: skip
+                     model=model, train_hosts=train_hosts, lora=lora)  # fmt: skip
     progress, on_stage = _progress_stages()
     try:
         with progress:
@@ -406,19 +420,25 @@ def chat_cmd(
     ] = 0.7,
     thinking_budget: ThinkingBudgetOpt = None,
     name: NameOpt = "local",
+    adapter: Annotated[
+        str | None,
+        typer.Option("--adapter", help="A LoRA adapter (llmfleet finetune --name): asks <model>:NAME."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the local endpoint one question (openai client) and print the assistant's reply."""
 
+    if adapter is not None and not ADAPTER_NAME_RE.fullmatch(adapter):
+        fail(f"--adapter {adapter!r}: allowed: {ADAPTER_NAME_ALLOWED}")
     try:
-        r = chat(message, name, max_tokens, temperature, thinking_budget)
+        r = chat(message, name, max_tokens, temperature, thinking_budget, adapter)
     except LocalError as e:
         fail(str(e), code=1)
     if as_json:
         print_json(r)
         return
     print_reply(r)
-    if is_tiny_model_id(r["model"]):
+    if is_tiny_model_id(r["model"].split(":")[0]):
         err_console.print(
             "[dim]note: the tiny model has random weights; the text proves the serving path, not sense[/]",
             soft_wrap=True,

@@ -59,14 +59,16 @@ def chat(
     max_tokens: int = 48,
     temperature: float = 0.7,
     thinking_budget: int | None = None,
+    adapter: str | None = None,
 ) -> dict:
-    """One chat completion against the local endpoint."""
+    """One chat completion against the local endpoint (`adapter`: Ray Serve LLM's `<model>:NAME`)."""
     st = load_state(name)
     if st is None:
         raise LocalError(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`")
+    model = f"{st['model']}:{adapter}" if adapter else st["model"]
     try:
         return chat_once(
-            st["endpoint"], read_token(st), st["model"], message, max_tokens, temperature, thinking_budget
+            st["endpoint"], read_token(st), model, message, max_tokens, temperature, thinking_budget
         )
     except ChatError as e:
         raise LocalError(f"{e}; see `llmfleet local status`") from None

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infra.constants import REPO_ROOT
-from infra.local import containers, hosts, prometheus, tiny_model
+from infra.local import adapters, containers, hosts, prometheus, tiny_model
 from infra.local.hosts import Host, HostSet
 from infra.local.layout import (
     DEFAULT_PORT,
@@ -137,18 +137,25 @@ class UpOptions:
     # which tiny model the replicas serve (infra.local.tiny_model.TINY_MODEL_IDS); the default
     # is R1's stand-in, the Llama one has no MLA (prefix caching works on vLLM's CPU build)
     model: str = MODEL_ID
+    # issue #33: the last N worker hosts train (`finetune --local`) instead of serving
+    train_hosts: int = 0
+    # serve LoRA adapters from the local adapters store (infra.local.adapters)
+    lora: bool = False
 
 
 Progress = Callable[[str, str], None]  # (stage key, detail)
 
 
-def _node_env(token: str) -> dict[str, str]:
+def _node_env(token: str, st: dict | None = None) -> dict[str, str]:
     root = str(REPO_ROOT)
     pp = os.environ.get("PYTHONPATH")
+    # `up --lora`: every node reaches the adapters store (a woken or restarted node too)
+    store = (st or {}).get("lora") or {}
     return {
         TOKEN_ENV: token,  # every node's Ray workers inherit it; the ingress reads it there
         "RAY_AUTH_MODE": "disabled",  # Ray's ports stay on the local bridge/loopback
         "PYTHONPATH": f"{root}{os.pathsep}{pp}" if pp else root,
+        **(adapters.env(store["endpoint"]) if store.get("endpoint") else {}),
     }
 
 
@@ -234,13 +241,15 @@ def _reuse(existing: dict, o: UpOptions, mode: str) -> dict:
     """`up` on a running cluster: the same shape and healthy -> it, else one line saying why not."""
     have = existing["layout"]
     routing = existing.get("routing", "pow2")
-    want = (o.hosts, o.tp, o.pp, o.port, mode, o.routing, o.model)
+    want = (o.hosts, o.tp, o.pp, o.port, mode, o.routing, o.model, o.train_hosts, o.lora)
     have_t = (have["hosts"], have["tp"], have["pp"], existing["ports"]["http"], existing["mode"], routing)
-    if (*have_t, existing["model"]) != want:
+    have_x = (have.get("trainers", 0), bool(existing.get("lora")))
+    if (*have_t, existing["model"], *have_x) != want:
         raise LocalError(
             f"local cluster {o.name!r} already runs with --hosts {have['hosts']} --tp {have['tp']} "
             f"--pp {have['pp']} --port {existing['ports']['http']} --routing {routing} "
-            f"--model {existing['model']} ({existing['mode']}); run `llmfleet local down` first"
+            f"--model {existing['model']} --train-hosts {have_x[0]}{' --lora' if have_x[1] else ''} "
+            f"({existing['mode']}); run `llmfleet local down` first"
         )
     ok, why = healthy(existing)
     if not ok:
@@ -306,7 +315,7 @@ def _start_nodes(
     head = hs.hosts[0]
     redis_password = _start_gcs_redis(st, head, ports, paths) if o.gcs_redis else None
     for i, h in enumerate(hs.hosts):
-        role = "head" if i == 0 else "worker"
+        role = layout.role(i)
         log = paths["logs"] / f"{h.name}.log"
         argv = node_argv(role, h, head, ports, layout, st["temp_dir"])
         host_env = dict(env)
@@ -327,7 +336,7 @@ def _start_nodes(
                 "name": h.name,
                 "ip": h.ip,
                 "role": role,
-                "ranks": 0 if role == "head" else layout.ranks_per_host,
+                "ranks": layout.ranks_per_host if role == "worker" else 0,
                 "supervisor_pid": pid,
                 "log": str(log),
             }
@@ -365,6 +374,22 @@ def _start_gcs_redis(st: dict, head: Host, ports: Ports, paths: dict) -> str:
     return password
 
 
+def _start_adapters_store(st: dict, head: Host, ports: Ports, paths: dict) -> None:
+    """`up --lora`: the adapters store on the head host, supervised, its bucket created (its
+    endpoint in the state: _node_env gives every node the env that reaches it)."""
+    log = paths["logs"] / "adapters-store.log"
+    url = adapters.endpoint(head, ports)
+    pid = start_supervisor(head, adapters.server_argv(head, ports), {}, RESTART_DELAY_S, log)
+    st["lora"] = {
+        "supervisor_pid": pid,
+        "endpoint": url,
+        "adapters": adapters.adapters_uri(),
+        "log": str(log),
+    }
+    save_state(st, Path(st["state_dir"]))
+    adapters.wait_and_create_bucket(url, log)
+
+
 def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
     """Create the hosts, start the nodes, run the production deploy flow; returns the state."""
 
@@ -372,7 +397,11 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         model_id = check_model_id(o.model)
     except ValueError as e:
         raise LocalError(f"--{e}") from None
-    layout = plan_layout(o.hosts, o.tp, o.pp, model_id=model_id)
+    layout = plan_layout(o.hosts, o.tp, o.pp, model_id=model_id, trainers=o.train_hosts)
+    if o.image and (o.train_hosts or o.lora):
+        raise LocalError("--train-hosts/--lora: allowed with the venv's nodes, not --image (not built there)")
+    if o.lora:
+        adapters.check_installed()
     check_options(o.engine_args, o.serve_options, layout)
     check_routing(o.routing, layout)  # before any host exists
     mode = containers.resolve_mode(o.mode) if o.image else resolve_mode(o.mode, hosts.is_root())
@@ -399,7 +428,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         hs = hosts.create(o.name, o.hosts, state_dir=sd, mode=mode, subnet_index=o.subnet)
     except hosts.HostsError as e:
         raise LocalError(str(e)) from None
-    head, workers = hs.hosts[0], hs.hosts[1:]
+    head, workers = hs.hosts[0], hs.hosts[1 : 1 + layout.replicas]  # serving hosts; trainers after
     token = secrets.token_urlsafe(32)
     write_secret(paths["token"], token)
     st = _new_state(o, mode, sd, paths, layout, ports, hs, model_id, model_dir)
@@ -422,13 +451,16 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             activity_file=None
             if o.image or not ACTIVITY_PATH_RE.fullmatch(str(paths["activity"]))
             else str(paths["activity"]),
+            lora=adapters.settings() if o.lora else None,
         )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
         # A marker an earlier cluster of this name left in this machine's temp dir would make
         # the deploy skip its preflight (ray_cluster.watch.preflight_needed): a new cluster has
         # deployed nothing. (Image mode keeps it in the head container's own temp dir.)
         Path(deployed_marker(str(paths["serve"]))).unlink(missing_ok=True)
-        env = _node_env(token)
+        if o.lora:  # before the nodes: their env points S3 at it
+            _start_adapters_store(st, head, ports, paths)
+        env = _node_env(token, st)
         _start_nodes(st, hs, layout, ports, env, o, paths)
         on_stage("head", f"{head.name} {head.ip}")
         _wait_head(st, hs, ports, paths["logs"] / f"{head.name}.log", min(o.timeout, 180))

@@ -6,15 +6,19 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from infra.catalog import load_catalog
 from infra.local.hosts import Host
 from infra.local.tiny_model import MODEL_ID, TINY_HEADS, TINY_LAYERS
 from infra.rayconf.serve_config import ServeInputs, render_serve_config, validate_serve_config
-from infra.rayconf.serving import serving_default_inputs
+from infra.rayconf.serving import lora_inputs, serving_default_inputs
 from infra.stack import serve_autoscaling
 from infra.stack.engine_options import OptionError, check_local, ingress_options, llm_options
 from ray_cluster import contract
+
+if TYPE_CHECKING:
+    from infra.stack.lora import LoraSettings
 
 TOKEN_ENV = contract.TOKEN_ENV  # as production names it
 
@@ -56,15 +60,27 @@ class LocalError(RuntimeError):
     """One line for the user: what failed and what to do."""
 
 
+# `local up --train-hosts N`: the last N worker hosts are trainer hosts (issue #33): no engine
+# resource, TRAIN_SLOTS units of contract.TRAIN_RESOURCE and as many CPUs, for `finetune --local`.
+TRAIN_SLOTS = 1
+
+
 @dataclass(frozen=True)
 class Layout:
     hosts: int
     tp: int
     pp: int
+    trainers: int = 0
 
     @property
     def replicas(self) -> int:
-        return self.hosts - 1  # one replica per worker host
+        return self.hosts - 1 - self.trainers  # one replica per serving worker host
+
+    def role(self, i: int) -> str:
+        """Host i's role: the head, a serving worker, or (the last `trainers` hosts) a trainer."""
+        if i == 0:
+            return "head"
+        return "trainer" if i > self.replicas else "worker"
 
     @property
     def ranks_per_host(self) -> int:
@@ -78,6 +94,7 @@ def plan_layout(
     heads: int = TINY_HEADS,
     layers: int = TINY_LAYERS,
     model_id: str = MODEL_ID,
+    trainers: int = 0,
 ) -> Layout:
     """Head + (n-1) worker hosts, one replica each; a replica's TP x PP ranks stay on its host.
 
@@ -105,7 +122,12 @@ def plan_layout(
         raise LocalError(
             f"--tp {tp} x --pp {pp} = {tp * pp} ranks per host: allowed at most {MAX_RANKS_PER_HOST}"
         )
-    return Layout(n_hosts, tp, pp)
+    if not 0 <= trainers <= n_hosts - 2:
+        raise LocalError(
+            f"--train-hosts {trainers}: allowed 0..{n_hosts - 2} with --hosts {n_hosts} "
+            "(the head and at least one serving worker host stay)"
+        )
+    return Layout(n_hosts, tp, pp, trainers)
 
 
 def omp_threads_bind(ranks: int, cpus: int | None = None, worker_index: int = 0) -> str:
@@ -124,6 +146,7 @@ class Ports:
     dashboard: int
     http: int
     redis: int = 6380  # `local up --gcs-redis`: the GCS store on the head host
+    s3: int = 6381  # `local up --lora`: the adapters store on the head host (infra.local.adapters)
 
 
 # `local up --gcs-redis`: Ray's GCS fault tolerance on a local redis-server (Debian's, from
@@ -173,7 +196,7 @@ def plan_ports(mode: str, subnet_index: int, http_port: int) -> Ports:
     base = 20000 + subnet_index * 1000 + 900
     if base + 1 > 65535:
         raise LocalError(f"--subnet {subnet_index}: allowed 0..44 in loopback mode")
-    return Ports(base, base + 1, http_port, base + 3)  # base + 2: the Prometheus (prometheus.py)
+    return Ports(base, base + 1, http_port, base + 3, base + 4)  # base + 2: the Prometheus (prometheus.py)
 
 
 def resolve_mode(mode: str, root: bool) -> str:
@@ -200,9 +223,11 @@ def node_argv(
     # (--routing prefix: Ray places an actor only where one CPU is free, though it holds none
     # once running; the production head advertises all its vCPUs); a worker's are its engine
     # ranks plus the replica actor, which Ray Serve LLM adds to bundle 0.
+    # A trainer host's CPUs are its train slots' (one Ray Train worker each, CPU: 1 apiece).
+    cpus = {"head": HEAD_CPUS, "trainer": TRAIN_SLOTS}.get(role, layout.ranks_per_host + 1)
     common = [
         "--num-cpus",
-        str(HEAD_CPUS) if role == "head" else str(layout.ranks_per_host + 1),
+        str(cpus),
         "--object-store-memory",
         str(OBJECT_STORE_BYTES),
         "--temp-dir",
@@ -221,11 +246,13 @@ def node_argv(
             str(ports.dashboard),
         ]
         return [*contract.node_command(python), *contract.head_args(ip=host.ip, options=[*dash, *common])]
+    trainer = role == "trainer"
     args = contract.worker_args(
         address=f"{head.ip}:{ports.gcs}",
         gpus=0,
         device="cpu",
-        cpu_slots=layout.ranks_per_host,
+        cpu_slots=0 if trainer else layout.ranks_per_host,
+        train_slots=TRAIN_SLOTS if trainer else 0,
         ip=host.ip,
         options=["--wait", "120", *common],
     )
@@ -307,6 +334,7 @@ def render_local_serve_config(
     serve_options: dict | None = None,
     routing: str = "pow2",
     activity_file: str | None = None,
+    lora: LoraSettings | None = None,
 ) -> dict:
     """The production Serve config (serve_config.render_serve_config) on the CPU device, with the
     same llmfleet:engineArgs / serveOptions a stack takes (checked by `check_options`) and the
@@ -341,6 +369,8 @@ def render_local_serve_config(
             # where the gate marks each completion served; the head's watcher logs the idle
             # seconds from it (`watch.log`), as production's idle stop reads them
             activity_file=activity_file,
+            # `--lora`: llmfleet:lora's own model (infra.local.adapters.settings) and renderer
+            **lora_inputs(lora),
         )
     )
     # The proxy binds the head's IP: loopback clusters share one port space.

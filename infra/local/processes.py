@@ -133,6 +133,7 @@ def stop_processes(st: dict, prefix: str, grace: float = 2.0) -> None:
     sups = {h.get("supervisor_pid") for h in st.get("hosts", [])}
     sups.add((st.get("gcs_redis") or {}).get("supervisor_pid"))  # `up --gcs-redis`
     sups.add((st.get("watcher") or {}).get("supervisor_pid"))  # the head's deploy watcher
+    sups.add((st.get("lora") or {}).get("supervisor_pid"))  # `up --lora`: the adapters store
     sups.discard(None)
     hosts.terminate(lambda: {p for p in sups if pid_alive(p, prefix)}, grace=0.0, kill_wait=5.0)
     hs = hostset(st)

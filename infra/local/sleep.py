@@ -60,7 +60,7 @@ def sleep(name: str = DEFAULT_NAME) -> dict:
 
 
 def _node_env(st: dict) -> dict[str, str]:
-    return cluster._node_env(read_token(st))
+    return cluster._node_env(read_token(st), st)
 
 
 def wake(
