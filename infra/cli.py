@@ -303,7 +303,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "finetune": (
         "finetune",
-        "Fine-tune a LoRA adapter for the stack's model (inputs checked; job submission not built yet).",
+        "Fine-tune a LoRA adapter on the cluster (a Ray Train job); served as <model>:NAME when it ends.",
     ),
     "weights": (
         "weights",
