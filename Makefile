@@ -13,7 +13,7 @@ UV_VERSION = 0.13.9
 TOOLS   = .tools
 UV      = $(TOOLS)/bin/uv
 
-.PHONY: setup system-deps system-deps-demo demo test lint bench faults finetune-local mutation clean image image-stop image-lock wheel-test
+.PHONY: setup system-deps system-deps-demo demo test lint bench faults finetune-local autoscaling-local mutation clean image image-stop image-lock wheel-test
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -96,6 +96,12 @@ faults: setup system-deps
 # hits the serving replica, then the adapter served (tests/test_finetune_local.py).
 finetune-local: setup system-deps
 	$(BIN)/pytest -m finetune -q tests/test_finetune_local.py
+
+# Issue #32's live proof (not in CI: its own 3-host local cluster; root for the namespaces): an
+# idle replica released by Serve's autoscaler, a burst bringing it back without a redeploy
+# (tests/test_local_autoscaling.py; its burst half has not passed yet, see benchmarks/RESULTS.md).
+autoscaling-local: setup system-deps
+	$(BIN)/pytest -m autoscaling -q tests/test_local_autoscaling.py
 
 # Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,480 mutants, hours on
 # one core: 10-90 a minute were measured on the shared 2-core machine, a policy mutant reusing the

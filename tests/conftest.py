@@ -20,10 +20,11 @@ SERVING_MODULE = "tests/test_local.py"
 
 
 def pytest_collection_modifyitems(session, config, items):
-    # The fault suite (tests/test_faults.py, ~30 min) and the fine-tune beside serving
-    # (tests/test_finetune_local.py, minutes of its own 3-host cluster) run only when asked by
-    # marker (`make faults`, `make finetune-local`).
-    for opt_in in ("faults", "finetune"):
+    # The fault suite (tests/test_faults.py, ~30 min), the fine-tune beside serving
+    # (tests/test_finetune_local.py) and Serve autoscaling seen live (tests/test_local_autoscaling.py),
+    # each minutes of its own 3-host cluster, run only when asked by marker (`make faults`,
+    # `make finetune-local`, `make autoscaling-local`).
+    for opt_in in ("faults", "finetune", "autoscaling"):
         if opt_in not in (config.option.markexpr or ""):
             skipped = [i for i in items if i.get_closest_marker(opt_in)]
             if skipped:

@@ -639,13 +639,13 @@ def test_json_errors_are_one_object_on_stdout_with_the_same_exit_code():
             ["local", "up", "--routing", "rr"],
             "--routing",
             "rr",
-            "error: --routing 'rr': allowed pow2, prefix",
+            "error: --routing 'rr': allowed: pow2, prefix",
         ),
         (
             ["local", "up", "--model", "x/y"],
             "--model",
             "x/y",
-            "error: --model 'x/y': allowed llmfleet/tiny-deep",
+            "error: --model 'x/y': allowed: llmfleet/tiny-deep",
         ),
     ],
 )

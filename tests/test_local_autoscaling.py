@@ -32,7 +32,7 @@ import pytest
 from infra.local import hosts, layout, state, status
 from tests.test_local import ROOT, cli, free_port
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.autoscaling]
 
 AUTOSCALING = {
     "min_replicas": 1,

@@ -40,7 +40,7 @@ N = 8
 def test_up_refuses_an_unknown_model_in_one_line_before_starting_anything(tmp_path):
     r = cli("up", "--name", "lpbad", "--hosts", "3", "--model", "llmfleet/nope",
             env={state.STATE_DIR_ENV: str(tmp_path)})  # fmt: skip
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # a usage error, as click's own (checked before any host)
     assert r.stderr.strip() == f"error: --model 'llmfleet/nope': allowed: {', '.join(TINY_MODEL_IDS)}"
     assert not list(tmp_path.iterdir())  # no state, no host
 

@@ -241,9 +241,9 @@ def up_cmd(
 ) -> None:
     # a value outside the choices is a usage error (exit 2, as click's), before any engine check
     if routing not in ROUTINGS:
-        fail(f"--routing {routing!r}: allowed {', '.join(ROUTINGS)}")
+        fail(f"--routing {routing!r}: allowed: {', '.join(ROUTINGS)}")
     if model not in TINY_MODEL_IDS:
-        fail(f"--model {model!r}: allowed {', '.join(TINY_MODEL_IDS)}")
+        fail(f"--model {model!r}: allowed: {', '.join(TINY_MODEL_IDS)}")
     require_local_engine()
 
     if gcs_redis and image:
