@@ -19,6 +19,9 @@ HTTP_PORT = 8000
 # OpenAI API request; the head's deploy watcher logs the seconds since its mtime (the idle line
 # the idle-stop alarm reads, infra/components/scaling.py). Both read its path from the Serve config.
 ACTIVITY_FILE = "/tmp/ray/llmfleet-last-request"
+# The form the gate accepts for that path (an absolute path; ".." refused beside it), and the
+# local cluster checks its own against before it names one.
+ACTIVITY_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 TOKEN_ENV = "LLMFLEET_API_TOKEN"  # the endpoint token's env var on the head (never the value)
 APP_NAME = "llm"
 SERVE_IMPORT_PATH = "ray_cluster.serve_app:build_app"

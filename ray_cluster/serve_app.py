@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from ray_cluster.auth import bearer_ok, load_token
 from ray_cluster.contract import (
+    ACTIVITY_PATH_RE,
     CPU_WORKER_RESOURCE,
     ENGINE_LIVENESS_TIMEOUT_S,
     ENV_NAME_RE,
@@ -43,7 +44,6 @@ from ray_cluster.contract import (
 )
 from ray_cluster.schedule import Schedule, ScheduleError, parse_schedule, retry_after_s
 
-ACTIVITY_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
 # Ray Serve LLM's switch that makes LLMServer itself the ingress, skipping any ingress class:
 # with it set, no gate could be in front of the engine.

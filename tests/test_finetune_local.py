@@ -15,15 +15,14 @@ import os
 import subprocess
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import openai
 import pytest
 
-from infra.local import adapters, hosts, layout, state
+from infra.local import adapters
 from infra.local.tiny_model import LLAMA_MODEL_ID
-from tests.test_local import LLMFLEET, ROOT, cli, free_port
+from tests.test_local import LLMFLEET, cli, own_cluster
 
 ADAPTER = "blue"
 STEPS = 12
@@ -41,26 +40,7 @@ def _data(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
-    name = f"ft{os.getpid() % 100000}"
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
-    sd = tmp_path_factory.mktemp("local-state")
-    env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("local-data"))}
-    try:
-        r = cli("up", "--name", name, "--hosts", "3", "--train-hosts", "1", "--lora", "--subnet", str(subnet),
-                "--port", str(free_port()), "--mode", mode, "--model", LLAMA_MODEL_ID, "--json",
-                env=env, timeout=900)  # fmt: skip
-        assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
-        yield {
-            "name": name,
-            "env": env,
-            "doc": json.loads(r.stdout),
-            "st": json.loads((sd / f"{name}.json").read_text()),
-        }
-    finally:
-        cli("down", "--name", name, env=env, timeout=120)
-        hosts.teardown(hosts.prefix_for(name), cluster=name, state_dir=sd)
+    yield from own_cluster(tmp_path_factory, "ft", "--train-hosts", "1", "--lora", "--model", LLAMA_MODEL_ID)
 
 
 class Load:

@@ -360,6 +360,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_cluster(tmp_path_factory, prefix: str, *up_args: str):
+    """A module's own 3-host local cluster (`local up --hosts 3 UP_ARGS --json`), yielded as
+    {"name", "env", "doc" (up's JSON), "st" (the state file)} and always torn down, even if
+    `down` breaks. Subnets 30..89 (netns) as this module's: a seed keeps two runs apart."""
+    mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
+    name = f"{prefix}{os.getpid() % 100000}"
+    seed = zlib.crc32(f"{name}{time.time()}".encode())
+    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
+    sd = tmp_path_factory.mktemp(f"{prefix}-state")
+    env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp(f"{prefix}-data"))}
+    try:
+        r = cli("up", "--name", name, "--hosts", "3", "--subnet", str(subnet), "--port", str(free_port()),
+                "--mode", mode, *up_args, "--json", env=env, timeout=900)  # fmt: skip
+        assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
+        yield {
+            "name": name,
+            "env": env,
+            "doc": json.loads(r.stdout),
+            "st": json.loads((sd / f"{name}.json").read_text()),
+        }
+    finally:
+        cli("down", "--name", name, env=env, timeout=120)
+        hosts.teardown(hosts.prefix_for(name), cluster=name, state_dir=sd)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     mode = os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto")

@@ -20,17 +20,15 @@ the 2 shared cores are loaded (about 8 minutes for the up alone at load average 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import openai
 import pytest
 
-from infra.local import hosts, layout, state, status
-from tests.test_local import ROOT, cli, free_port
+from infra.local import status
+from tests.test_local import cli, own_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.autoscaling]
 
@@ -47,27 +45,8 @@ AUTOSCALING = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
-    name = f"la{os.getpid() % 100000}"
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
-    sd = tmp_path_factory.mktemp("autoscale-state")
-    env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("autoscale-data"))}
     opts = json.dumps({"autoscaling_config": AUTOSCALING})
-    try:
-        r = cli("up", "--name", name, "--hosts", "3", "--subnet", str(subnet), "--port", str(free_port()),
-                "--mode", mode, "-c", f"llmfleet:serveOptions={opts}", "--json",
-                env=env, timeout=900)  # fmt: skip
-        assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
-        yield {
-            "name": name,
-            "env": env,
-            "doc": json.loads(r.stdout),
-            "st": json.loads((sd / f"{name}.json").read_text()),
-        }
-    finally:
-        cli("down", "--name", name, env=env, timeout=120)
-        hosts.teardown(hosts.prefix_for(name), cluster=name, state_dir=sd)
+    yield from own_cluster(tmp_path_factory, "la", "-c", f"llmfleet:serveOptions={opts}")
 
 
 def _dashboard(st: dict) -> str:

@@ -16,20 +16,17 @@ picks between two idle replicas at random: all 8 on one would be a 1 in 128 chan
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import openai
 import pytest
 import yaml
 
-from infra.local import hosts, layout, state, status
+from infra.local import state, status
 from infra.local.tiny_model import LLAMA_MODEL_ID, TINY_MODEL_IDS
-from tests.test_local import ROOT, cli, free_port
+from tests.test_local import cli, own_cluster
 
 # ~570 tokens of the tiny tokenizer: 4 full blocks of vLLM's CPU KV cache (128 tokens each)
 SHARED_PREFIX = " ".join(["Tensor parallelism splits every layer across the GPUs of one host."] * 40)
@@ -47,23 +44,7 @@ def test_up_refuses_an_unknown_model_in_one_line_before_starting_anything(tmp_pa
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
-    name = f"lp{os.getpid() % 100000}"
-    # Subnets 30..89 (netns) as tests/test_local.py's: a seed keeps two runs apart.
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
-    sd = tmp_path_factory.mktemp("local-state")
-    env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("local-data"))}
-    try:
-        r = cli("up", "--name", name, "--hosts", "3", "--subnet", str(subnet), "--port", str(free_port()),
-                "--mode", mode, "--routing", "prefix", "--model", LLAMA_MODEL_ID, "--json",
-                env=env, timeout=900)  # fmt: skip
-        assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
-        doc = json.loads(r.stdout)
-        yield {"doc": doc, "st": json.loads((sd / f"{name}.json").read_text())}
-    finally:
-        cli("down", "--name", name, env=env, timeout=120)
-        hosts.teardown(hosts.prefix_for(name), cluster=name, state_dir=sd)  # even if down broke
+    yield from own_cluster(tmp_path_factory, "lp", "--routing", "prefix", "--model", LLAMA_MODEL_ID)
 
 
 def _settled(st: dict, workers: list[str], done: float, quiet: float = 11.0, timeout: float = 90.0) -> dict:

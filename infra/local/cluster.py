@@ -87,8 +87,8 @@ from infra.local.state import (
 )
 from infra.local.status import healthy
 from infra.local.tiny_model import MODEL_ID, check_model_id
+from ray_cluster.contract import ACTIVITY_PATH_RE
 from ray_cluster.node import NodeError, deployed_marker, wait_for_tcp
-from ray_cluster.serve_app import ACTIVITY_PATH_RE
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
