@@ -326,6 +326,8 @@ def test_only_the_gated_ingress_or_a_subclass_passes_the_check():
         )
 
 
+# build_app() runs Ray Serve LLM's build_openai_app, which starts a local Ray (ray.init)
+@pytest.mark.ray
 def test_a_subclass_of_the_gated_ingress_is_accepted(monkeypatch):
     monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
     gated = serve_app.BearerOpenAiIngress
@@ -340,6 +342,8 @@ def test_a_subclass_of_the_gated_ingress_is_accepted(monkeypatch):
     assert issubclass(gated, OpenAiIngress)  # Ray Serve LLM's public ingress
 
 
+# build_app() starts a local Ray, as above
+@pytest.mark.ray
 def test_build_app_is_ray_serve_llms_openai_app(monkeypatch):
     monkeypatch.setenv(sc.DEFAULT_TOKEN_ENV, "tok")
     application = serve_app.build_app(_llm_args())
@@ -430,6 +434,9 @@ def test_bearer_gate_passes_lifespan_events_to_the_app():
     assert seen == ["lifespan"] and sent == []
 
 
+# get_or_create_callback() asks Ray for the current placement group, and Ray auto-inits a
+# local instance: `-m 'not ray'` must leave it out with the other tests that start Ray
+@pytest.mark.ray
 def test_staged_weights_skip_rays_download_tasks_only_when_the_checkpoint_is_there(tmp_path):
     import asyncio
 
