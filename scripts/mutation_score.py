@@ -83,9 +83,10 @@ EQUIVALENT: dict[str, str] = {
     "infra.stack.config_values.x__schedule__mutmut_23": _CAST + ": None",
     "infra.stack.config_values.x__schedule__mutmut_27": _CAST + ": 'XXstr | list[str]XX'",
     "infra.stack.config_values.x__schedule__mutmut_28": _CAST + ": 'STR | LIST[STR]'",
-    "infra.stack.config_rules.x_check_layout__mutmut_46": (
-        "cfg.gpu_model is never empty there: gpuInstanceType is validated as a GPU type, and check_hosts "
-        "(run first) refuses a worker whose model the catalog lacks"
+    "infra.stack.config_rules.x_check_layout__mutmut_3": (
+        "`cfg.gpu_model or True`: gpu_model is never empty (a catalog GPU id, or ConfigError): "
+        "gpuInstanceType is validated as a GPU type, and check_hosts (check_owned, run before "
+        "check_all) refuses a worker whose model the catalog lacks"
     ),
     "policy._props.x_tags_of__mutmut_2": "known = None instead of False: it is only read as `not known`",
     "policy._props.x_network__mutmut_2": (
@@ -110,6 +111,7 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x_monthly_cost_usd__mutmut_1": _ON_DEMAND + ": 'XXon-demandXX'",
     "policy.fleet.x_monthly_cost_usd__mutmut_2": _ON_DEMAND + ": 'ON-DEMAND'",
     "policy.fleet.x__s3__mutmut_69": "unknown = None instead of False: read only as `unknown or ...` and `not unknown`",
+    "policy.fleet.x__budget__mutmut_8": "_config.value(..., None, ...) without the None: value()'s default is None",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),

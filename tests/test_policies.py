@@ -1752,6 +1752,12 @@ def test_placement_messages_name_each_worker_group_and_zone():
     assert _found(s, "worker-placement") == [
         (None, spread + "Capacity Block (unknown): worker-2; Capacity Block cr-1: worker-0, worker-1")
     ]
+    s = good_stack()  # and so is one the offline engine marks unknown, not its marker's text
+    for w, rid in (("worker-0", "cr-1"), ("worker-1", "cr-1"), ("worker-2", UNKNOWN_PLACEHOLDER)):
+        set_input(s, w, **_capacity_block(rid))
+    assert _found(s, "worker-placement") == [
+        (None, spread + "Capacity Block (unknown): worker-2; Capacity Block cr-1: worker-0, worker-1")
+    ]
     s = good_stack()
     for w in ("worker-0", "worker-1", "worker-2"):
         set_input(s, w, **_capacity_block("cr-1"))
@@ -2161,6 +2167,46 @@ def test_the_budget_prices_on_demand_when_the_stack_config_does_not_load():
     pulumi.runtime.set_all_config({"llmfleet:workerCount": "many"}, [])  # what the CLI would hand over
     try:
         assert (stack_pricing_model(), owned_hosts_monthly_usd()) == ("on-demand", 0.0)
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+
+
+def test_the_budget_limit_falls_back_to_the_stacks_key_and_says_why_it_does_not_apply():
+    """Under the Pulumi CLI the pack gets no policy config unless given one: the limit is then the
+    stack's llmfleet:maxMonthlyUsd (PULUMI_CONFIG), and with neither the engine shows the reason."""
+    import pulumi
+    from pulumi_policy import StackValidationArgs
+    from pulumi_policy.policy import _NotApplicableError
+
+    from infra.catalog import load_catalog
+    from infra.cost.estimate import estimate_monthly_usd
+    from policy.fleet import _budget
+    from policy.runner import policy_resources
+
+    budget = "monthly-budget"
+    with pytest.raises(_NotApplicableError) as e:  # the reason the engine lists the policy with
+        _budget(StackValidationArgs(policy_resources(good_stack()), {}), lambda *a: None)
+    assert e.value.reason == "no maxMonthlyUsd set"
+    weights = load_catalog().models["deepseek-r1"].checkpoint_gib
+    total = float(
+        estimate_monthly_usd(good_stack(), "us-east-1", weights_gib=weights, pricing_model="on-demand")
+    )
+    only = [pack.by_name()[budget]]
+
+    def found() -> list[str]:  # no policy config: the schema has no default for maxMonthlyUsd or region
+        return [v.message for v in run_policies(good_stack(), {}, policies=only).violations]
+
+    assert found() == []
+    pulumi.runtime.set_all_config({"llmfleet:maxMonthlyUsd": "1000"}, [])
+    try:  # the stack's limit, priced in us-east-1 when the stack names no aws:region
+        assert found() == [
+            f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd $1,000.00 (us-east-1, on-demand snapshot prices)"
+        ]
+        pulumi.runtime.set_all_config({"llmfleet:maxMonthlyUsd": "1000", "aws:region": "eu-west-1"}, [])
+        [msg] = found()  # the stack's aws:region
+        assert msg.startswith(
+            "cannot estimate the monthly cost: aws:region: 'eu-west-1' is not in the price snapshot"
+        )
     finally:
         pulumi.runtime.set_all_config({}, [])
 
