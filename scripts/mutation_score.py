@@ -46,6 +46,10 @@ _ON_DEMAND = (
 )
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 _CAST = "typing.cast returns its value unchanged at run time; its type argument is never read"
+_REPORT_URN = (
+    "a stack policy's report(message, None) without the None: ReportViolation's urn defaults to None "
+    "(pulumi_policy's stack analyzer and the offline runner alike)"
+)
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
     "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_40": _CASE + ": CONTENT-TYPE",
@@ -111,6 +115,7 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x_monthly_cost_usd__mutmut_1": _ON_DEMAND + ": 'XXon-demandXX'",
     "policy.fleet.x_monthly_cost_usd__mutmut_2": _ON_DEMAND + ": 'ON-DEMAND'",
     "policy.fleet.x__s3__mutmut_69": "unknown = None instead of False: read only as `unknown or ...` and `not unknown`",
+    "policy.fleet.x__budget__mutmut_60": _REPORT_URN,
     "policy.fleet.x__budget__mutmut_8": "_config.value(..., None, ...) without the None: value()'s default is None",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"

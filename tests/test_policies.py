@@ -2074,6 +2074,22 @@ def test_budget_message_prices_the_stack_with_the_workers_model_and_the_region()
         )
     ]
     assert _found(good_stack(), budget, {budget: {"maxMonthlyUsd": total}}) == []  # at the limit is within it
+    # the workers' llmfleet:model tag goes before the policy config's model (a smaller checkpoint)
+    small = {budget: {"maxMonthlyUsd": 1000, "model": "deepseek-r1-distill-qwen-7b"}}
+    assert [m for _, m in _found(good_stack(), budget, small)] == [
+        f"estimated ${total:,.2f}/month exceeds maxMonthlyUsd $1,000.00 (us-east-1, on-demand snapshot prices)"
+    ]
+    # untagged workers: the policy config's model (CONFIG's deepseek-r1) prices the weights
+    untagged = good_stack()
+    for w in ("worker-0", "worker-1", "worker-2"):
+        tags = {k: v for k, v in named(untagged, w)["inputs"]["tags"].items() if k != "llmfleet:model"}
+        set_input(untagged, w, tags=tags)
+    priced = float(
+        estimate_monthly_usd(untagged, "us-east-1", weights_gib=weights, pricing_model="on-demand")
+    )
+    assert [m for _, m in _found(untagged, budget, {budget: {"maxMonthlyUsd": 1000}})] == [
+        f"estimated ${priced:,.2f}/month exceeds maxMonthlyUsd $1,000.00 (us-east-1, on-demand snapshot prices)"
+    ]
     # the estimator's own default: on-demand
     from policy._stackview import StackView
     from policy.fleet import monthly_cost_usd
