@@ -51,6 +51,32 @@ def test_args_are_real_crossguard_objects_with_parents_and_unknowns():
     assert stack[1].parent is stack[0] and stack[1].props["id"] == "w0-id"
 
 
+def test_resource_options_are_those_of_a_resource_registered_without_any():
+    """The capture records no resource options (the program sets none the policies read), so
+    each policy sees what the engine hands over for such a resource: not protected, no ignored
+    changes, no replacement order, aliases, timeouts or extra secret outputs; no provider."""
+    comp = rec("llmfleet:cluster:Cluster", "cluster")
+    child = rec("aws:ec2/instance:Instance", "w0", parent="cluster", urn_chain="llmfleet:cluster:Cluster$")
+    [(_, top), (_, kwargs)] = resource_args([comp, child])
+    built = policy_resources([comp, child])
+    assert top["provider"] is None and kwargs["provider"] is None
+    assert [o.parent for o in (top["opts"], kwargs["opts"])] == [None, comp["urn"]]
+    for opts in (top["opts"], kwargs["opts"], built[0].opts, built[1].opts):
+        assert (opts.protect, opts.ignore_changes, opts.delete_before_replace) == (False, [], None)
+        assert (opts.aliases, opts.additional_secret_outputs) == ([], [])
+        t = opts.custom_timeouts
+        assert (t.create_seconds, t.update_seconds, t.delete_seconds) == (0, 0, 0)
+    assert [o.opts.parent for o in built] == [None, comp["urn"]]
+    for r in built:
+        assert (r.provider, r.dependencies, r.property_dependencies) == (None, [], {})
+    assert [(r.resource_type, r.urn, r.name) for r in built] == [
+        (x["type"], x["urn"], x["name"]) for x in (comp, child)
+    ]
+    assert [(k["resource_type"], k["urn"], k["name"]) for k in (top, kwargs)] == [
+        (x["type"], x["urn"], x["name"]) for x in (comp, child)
+    ]
+
+
 def test_violations_name_resources_and_honour_not_applicable_async_and_crashes():
     seen = []
 
