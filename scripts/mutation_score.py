@@ -118,6 +118,7 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__budget__mutmut_60": _REPORT_URN,
     "policy.fleet.x__budget__mutmut_65": _REPORT_URN,
     "policy.fleet.x__gpu_fit__mutmut_19": _REPORT_URN,
+    "policy.fleet.x__gpu_fit__mutmut_36": _REPORT_URN,
     "policy.fleet.x__budget__mutmut_8": "_config.value(..., None, ...) without the None: value()'s default is None",
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"

@@ -2056,6 +2056,20 @@ def test_gpu_fit_without_ec2_workers_reads_the_layout_from_config():
     assert msg.startswith(
         "cannot plan deepseek-r1 on 2x 8x NOPE: --gpu: 'NOPE' is not a known GPU; allowed: "
     )
+    # any one of the three unset leaves nothing to check (this layout would not fit if checked),
+    # and the engine is told why
+    for unset in ("gpu", "gpusPerNode", "workers"):
+        layout = {"gpu": "L40S", "gpusPerNode": 8, "workers": 2, unset: None}
+        assert _found(owned, fit, {fit: layout}) == [], unset
+    from pulumi_policy import StackValidationArgs
+    from pulumi_policy.policy import _NotApplicableError
+
+    from policy.fleet import _gpu_fit
+    from policy.runner import policy_resources
+
+    with pytest.raises(_NotApplicableError) as e:
+        _gpu_fit(StackValidationArgs(policy_resources(owned), {}), lambda *a: None)
+    assert e.value.reason == "no GPU workers in the stack and no gpu/gpusPerNode/workers in policy config"
 
 
 def test_budget_message_prices_the_stack_with_the_workers_model_and_the_region():
