@@ -50,6 +50,7 @@ _REPORT_URN = (
     "a stack policy's report(message, None) without the None: ReportViolation's urn defaults to None "
     "(pulumi_policy's stack analyzer and the offline runner alike)"
 )
+_VALUE_DEFAULT = "_config.value(..., None, ...) without the None: value()'s default is None"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
     "ray_cluster.serve_app.xǁBearerGateǁ__call____mutmut_40": _CASE + ": CONTENT-TYPE",
@@ -119,7 +120,9 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__budget__mutmut_65": _REPORT_URN,
     "policy.fleet.x__gpu_fit__mutmut_19": _REPORT_URN,
     "policy.fleet.x__gpu_fit__mutmut_36": _REPORT_URN,
-    "policy.fleet.x__budget__mutmut_8": "_config.value(..., None, ...) without the None: value()'s default is None",
+    "policy.fleet.x__gpu_fit__mutmut_93": _REPORT_URN,
+    "policy.fleet.x__gpu_fit__mutmut_135": _VALUE_DEFAULT,
+    "policy.fleet.x__budget__mutmut_8": _VALUE_DEFAULT,
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),

@@ -2045,6 +2045,51 @@ def test_gpu_fit_messages_and_where_each_setting_comes_from():
     assert msg.startswith("memory: ") and "(44.7 GiB x 0.5 - 2.0 GiB runtime)" in msg
 
 
+def test_gpu_fit_reads_each_engine_setting_from_the_workers_the_policy_config_or_the_stack():
+    """Without --policy-pack-config (the Pulumi CLI's default) the pack falls back to the stack's
+    llmfleet:* keys; the workers' tags (set by the program) go before both."""
+    import pulumi
+
+    only = [pack.by_name()["gpu-fit"]]
+
+    def found(stack, block=None) -> list[str]:  # this block only: none of CONFIG's keys
+        return [v.message for v in run_policies(stack, {"gpu-fit": block or {}}, policies=only).violations]
+
+    untagged = _tag_workers(good_stack())
+    # nothing anywhere: deepseek-r1 at the context 'auto' picks
+    assert found(untagged) == found(good_stack()) == []
+    assert found(untagged, {"maxModelLen": 200000}) == [
+        "max_model_len: 200000 exceeds deepseek-r1's 163840 positions"
+    ]
+    bf16 = "memory: weights need 56.8 GiB per GPU (deepseek-r1 bf16, 1249.9 GiB over TP 8 x PP 3)"
+    [msg] = found(good_stack(), {"quantization": "bf16"})
+    assert msg.startswith(bf16)
+    quant = "llmfleet:quantization"
+    assert found(_tag_workers(good_stack(), **{quant: "fp8"}), {"quantization": "bf16"}) == []  # the tag wins
+    [msg] = found(_tag_workers(good_stack(), **{quant: "bf16"}))
+    assert msg.startswith(bf16)
+    plan_on = "cannot plan deepseek-r1 on 3x 8x L40S: "
+    target = plan_on + "--target-concurrency: 0 is not allowed; allowed: an integer >= 1"
+    conc = plan_on + "--concurrency: 0 is not allowed; allowed: an integer >= 1"
+    assert found(good_stack(), {"targetConcurrency": 0}) == [target]
+    assert found(good_stack(), {"concurrency": 0}) == [conc]
+    stack_keys = {
+        "llmfleet:targetConcurrency": ("0", [target]),
+        "llmfleet:concurrency": ("0", [conc]),
+        "llmfleet:gpuMemoryUtilization": ("0.5", ["memory: weights need 28.8 GiB per GPU"]),
+        "llmfleet:quantization": ("bf16", [bf16]),
+        "llmfleet:maxModelLen": ("200000", ["max_model_len: 200000 exceeds deepseek-r1's 163840 positions"]),
+        "llmfleet:model": ("nope", ["cannot plan nope on 3x 8x L40S: --model: 'nope' is not a known model"]),
+    }
+    try:
+        for key, (value, want) in stack_keys.items():
+            pulumi.runtime.set_all_config({key: value}, [])
+            got = found(untagged)
+            assert len(got) == 1 and got[0].startswith(want[0]), (key, got)
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+
+
 def test_gpu_fit_without_ec2_workers_reads_the_layout_from_config():
     fit = "gpu-fit"
     owned = [r for r in good_stack() if r["name"] not in WORKERS]
