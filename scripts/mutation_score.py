@@ -122,6 +122,15 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__gpu_fit__mutmut_36": _REPORT_URN,
     "policy.fleet.x__gpu_fit__mutmut_93": _REPORT_URN,
     "policy.fleet.x__gpu_fit__mutmut_135": _VALUE_DEFAULT,
+    "policy.fleet.x__gpu_fit__mutmut_136": _VALUE_DEFAULT,
+    "policy.fleet.x__gpu_fit__mutmut_154": _VALUE_DEFAULT,
+    "policy.fleet.x__gpu_fit__mutmut_169": _VALUE_DEFAULT,
+    "policy.fleet.x__placement__mutmut_97": _REPORT_URN,
+    "policy.fleet.x__placement__mutmut_138": _REPORT_URN,
+    "policy.fleet.x__placement__mutmut_128": (
+        "is_unknown(None) for a zone: Res.props come through plain(), so an unknown zone is the UNKNOWN "
+        "marker, not a str, and isinstance(az, str) already leaves it out"
+    ),
     "policy.fleet.x__budget__mutmut_8": _VALUE_DEFAULT,
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"

@@ -1722,6 +1722,66 @@ def _capacity_block(rid):
     )
 
 
+def test_placement_checks_every_worker_and_takes_only_placement_groups_and_known_zones():
+    from pulumi_policy import StackValidationArgs
+
+    from policy.fleet import _placement
+    from policy.runner import policy_resources
+
+    none = "GPU worker is in no placement group"
+    two = [r for r in good_stack() if r["name"] != "worker-2"]  # two workers are already checked
+    assert _found(set_input(two, "worker-1", placementGroup=None), "worker-placement") == [
+        ("worker-1", f"worker-1: {none}")
+    ]
+    # a worker whose group is unknown at preview is skipped, the next one is still checked
+    s = set_input(good_stack(), "worker-0", placementGroup=UNKNOWN_PLACEHOLDER)
+    assert _found(set_input(s, "worker-1", placementGroup=None), "worker-placement") == [
+        ("worker-1", f"worker-1: {none}")
+    ]
+    s = set_input(good_stack(), "worker-0", placementGroup=None)  # each worker outside a group is named
+    assert _found(set_input(s, "worker-1", placementGroup=None), "worker-placement") == [
+        (w, f"{w}: {none}") for w in ("worker-0", "worker-1")
+    ]
+    assert _found(set_input(good_stack(), "cluster", strategy=UNKNOWN_PLACEHOLDER), "worker-placement") == []
+    # a zone unknown on the instance is its subnet's; a subnet outside the stack gives no zone
+    subnet_b = res(
+        "aws:ec2/subnet:Subnet", "private-b", "subnet-b", vpcId="vpc-1", availabilityZone="us-east-1b"
+    )
+    s = set_input(
+        add(good_stack(), subnet_b), "worker-1", availabilityZone=UNKNOWN_PLACEHOLDER, subnetId="subnet-b"
+    )
+    assert _found(s, "worker-placement") == [
+        (
+            None,
+            "GPU workers are spread over availability zones: us-east-1a: worker-0, worker-2; us-east-1b: worker-1",
+        )
+    ]
+    assert _found(set_input(good_stack(), "worker-1", subnetId="subnet-elsewhere"), "worker-placement") == []
+
+    # Under the engine a reference also comes as a property dependency: only a placement group
+    # counts as the worker's group (a name built from another resource depends on that one too)
+    def placement(stack, deps: dict[str, str]) -> list[tuple[str, str | None]]:
+        built = policy_resources(stack)
+        by_name = {r.name: r for r in built}
+        for prop, dep in deps.items():
+            by_name["worker-0"].property_dependencies = {prop: [by_name[dep]]}
+        out: list[tuple[str, str | None]] = []
+        _placement(StackValidationArgs(built, {}), lambda msg, urn=None: out.append((msg, urn)))
+        return out
+
+    rid = res("random:index/randomId:RandomId", "suffix", hex="ab12")
+    named = add(good_stack(), rid)
+    group = next(r for r in named if r["name"] == "cluster")
+    group["inputs"]["name"] = group["outputs"]["name"] = "pg-ab12"
+    for w in WORKERS:
+        set_input(named, w, placementGroup="pg-ab12")  # the group's name, not its id
+    assert placement(named, {"placementGroup": "suffix"}) == []
+    s = set_input(
+        add(good_stack(), rid), "worker-0", placementGroup=None, placementGroupId=UNKNOWN_PLACEHOLDER
+    )
+    assert placement(s, {"placementGroupId": "suffix"}) == []  # unknown at preview: skipped
+
+
 def test_placement_messages_name_each_worker_group_and_zone():
     s = set_input(good_stack(), "worker-1", placementGroup=None)
     assert _found(s, "worker-placement") == [("worker-1", "worker-1: GPU worker is in no placement group")]
