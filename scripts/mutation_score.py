@@ -50,6 +50,10 @@ _REPORT_URN = (
     "a stack policy's report(message, None) without the None: ReportViolation's urn defaults to None "
     "(pulumi_policy's stack analyzer and the offline runner alike)"
 )
+_PLAN_REASON = (
+    "Plan.reason is '; '.join(reasons), never empty when the plan does not fit (fits = not reasons): "
+    "the operand after `or` is never read"
+)
 _VALUE_DEFAULT = "_config.value(..., None, ...) without the None: value()'s default is None"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -131,6 +135,13 @@ EQUIVALENT: dict[str, str] = {
         "is_unknown(None) for a zone: Res.props come through plain(), so an unknown zone is the UNKNOWN "
         "marker, not a str, and isinstance(az, str) already leaves it out"
     ),
+    "policy.fleet.x__serving_setting__mutmut_11": _VALUE_DEFAULT,
+    "policy.fleet.x__gpu_fit__mutmut_199": _REPORT_URN,
+    "policy.fleet.x__gpu_fit__mutmut_203": _REPORT_URN,
+    "policy.fleet.x__gpu_fit__mutmut_204": _PLAN_REASON
+    + ": `reason and join(reasons)` is join(reasons), which is reason",
+    "policy.fleet.x__gpu_fit__mutmut_205": _PLAN_REASON + ": join(None)",
+    "policy.fleet.x__gpu_fit__mutmut_206": _PLAN_REASON + ": 'XX; XX'.join",
     "policy.fleet.x__budget__mutmut_8": _VALUE_DEFAULT,
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"

@@ -2100,6 +2100,11 @@ def test_gpu_fit_messages_and_where_each_setting_comes_from():
     assert _found(tagged, fit) == long
     # a GPU host that is not a worker (the head) is not counted
     assert _found(set_input(good_stack(), "head", instanceType="g6e.48xlarge"), fit) == []
+    # nor is an untagged host without GPUs, or of a type the catalog lacks (tagged workers as they are)
+    for itype in ("m7i.2xlarge", "x9.unknown"):
+        cpu = instance("cpu", itype, "x")
+        cpu["inputs"]["tags"] = cpu["outputs"]["tags"] = dict(TAGS)
+        assert _found(add(good_stack(), cpu), fit) == [], itype
     # the engine's settings reach the planner: half the memory does not fit on 3 nodes
     [(_, msg)] = _found(good_stack(), fit, {fit: {"gpuMemoryUtilization": 0.5}})
     assert msg.startswith("memory: ") and "(44.7 GiB x 0.5 - 2.0 GiB runtime)" in msg
