@@ -54,6 +54,7 @@ _PLAN_REASON = (
     "Plan.reason is '; '.join(reasons), never empty when the plan does not fit (fits = not reasons): "
     "the operand after `or` is never read"
 )
+_NO_URN = "names maps URNs to names: names.get(None) is None, as the `else None` gives"
 _VALUE_DEFAULT = "_config.value(..., None, ...) without the None: value()'s default is None"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -143,6 +144,12 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__gpu_fit__mutmut_205": _PLAN_REASON + ": join(None)",
     "policy.fleet.x__gpu_fit__mutmut_206": _PLAN_REASON + ": 'XX; XX'.join",
     "policy.fleet.x__budget__mutmut_8": _VALUE_DEFAULT,
+    "policy.runner.x_enforcement_of__mutmut_9": (
+        "EnforcementLevel(level) of a member returns that member (Enum's lookup accepts one)"
+    ),
+    "policy.runner.x__invoke__mutmut_16": _NO_URN,
+    "policy.runner.x__invoke__mutmut_34": _NO_URN,
+    "policy.runner.x__invoke__mutmut_48": _NO_URN,
     "policy.network.x_subnet_is_public__mutmut_8": (
         "unknown = None instead of False: read only as `unknown or ...` and `if unknown`"
     ),

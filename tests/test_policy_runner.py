@@ -107,6 +107,55 @@ def test_violations_name_resources_and_honour_not_applicable_async_and_crashes()
     assert (report.mandatory, report.advisory) == (1, 1)
 
 
+def test_a_resource_policy_that_crashes_or_meets_an_unknown_is_reported_on_that_resource():
+    def reads_subnet(args, report):
+        args.props["subnetId"]  # unknown at preview: CrossGuard's proxy raises
+
+    def crash(args, report):
+        raise RuntimeError("boom")
+
+    policies = [
+        ResourceValidationPolicy(name="reads", description="d", validate=reads_subnet),
+        ResourceValidationPolicy(name="crash", description="d", validate=crash),
+    ]
+    report = run_policies(
+        [rec("aws:ec2/instance:Instance", "w0", subnetId="[unknown]")], {}, policies=policies
+    )
+    [unknown, crashed] = report.violations
+    assert (unknown.policy, unknown.resource, unknown.enforcement) == ("reads", "w0", "advisory")
+    assert unknown.message.startswith("can't run policy during preview: ") and "subnetId" in unknown.message
+    assert (crashed.policy, crashed.resource, crashed.enforcement) == ("crash", "w0", "mandatory")
+    assert crashed.message == "policy raised RuntimeError: boom"
+
+
+def test_schema_defaults_skip_policies_without_a_schema_and_disabled_ones_skip_only_themselves():
+    from pulumi_policy import PolicyConfigSchema
+
+    from policy.runner import schema_defaults
+
+    def says(text):
+        return lambda args, report: report(text, None)
+
+    bare = StackValidationPolicy(name="bare", description="d", validate=says("bare"))
+    no_default = StackValidationPolicy(
+        name="nd",
+        description="d",
+        validate=says("nd"),
+        config_schema=PolicyConfigSchema({"b": {"type": "string"}}),
+    )
+    defaulted = StackValidationPolicy(
+        name="p",
+        description="d",
+        validate=says("p"),
+        config_schema=PolicyConfigSchema({"a": {"type": "integer", "default": 3}}),
+    )
+    assert schema_defaults([bare, no_default, defaulted]) == {"p": {"a": 3}}
+    report = run_policies(
+        [], {"bare": {"enforcementLevel": "disabled"}}, policies=[bare, no_default, defaulted]
+    )
+    assert [(v.policy, v.message) for v in report.violations] == [("nd", "nd"), ("p", "p")]
+
+
 def test_schema_defaults_reach_the_policy():
     seen = {}
 
@@ -404,3 +453,21 @@ def test_the_policy_config_a_stack_implies():
         "monthly-budget": {"maxMonthlyUsd": 90000.0, "region": "us-east-1", "model": "deepseek-r1"},
     }
     assert isinstance(resolved.plan.max_model_len, int) and cfg.gpu_model == "L40S" and resolved.workers == 3
+    # hosts you own have no security group: no CIDR, an internal endpoint
+    owned = load_config("onprem-l20")
+    assert stack_policy_config(owned)["security-group-ingress"] == {
+        "allowedIngressCidrs": [],
+        "endpointPublic": False,
+        "endpointPort": owned.endpoint_port,
+    }
+
+
+def test_run_for_stack_adds_the_policy_config_it_is_given():
+    from policy.runner import run_for_stack
+
+    def mandatory(report):
+        return [v.policy for v in report.violations if v.enforcement == "mandatory"]
+
+    assert mandatory(run_for_stack("prod")[1]) == []
+    _, report = run_for_stack("prod", extra_config={"monthly-budget": {"maxMonthlyUsd": 1000}})
+    assert mandatory(report) == ["monthly-budget"]
