@@ -144,6 +144,10 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__gpu_fit__mutmut_205": _PLAN_REASON + ": join(None)",
     "policy.fleet.x__gpu_fit__mutmut_206": _PLAN_REASON + ": 'XX; XX'.join",
     "policy.fleet.x__budget__mutmut_8": _VALUE_DEFAULT,
+    "policy.runner.x__parent_urns__mutmut_36": (
+        "the fallback for a parent name no resource has: [] and None are both falsy, and "
+        "`cands[-1] if cands else None` gives None for either"
+    ),
     "policy.runner.x_enforcement_of__mutmut_9": (
         "EnforcementLevel(level) of a member returns that member (Enum's lookup accepts one)"
     ),

@@ -277,6 +277,19 @@ def test_parents_are_found_by_name_and_the_type_chain_of_the_childs_urn():
     other = rec("aws:ec2/instance:Instance", "w2", parent="cluster", urn_chain="x:y:Z$")
     built = {r.name + r.resource_type: r for r in policy_resources([a, b, other])}
     assert built["w2aws:ec2/instance:Instance"].parent is built["clusterllmfleet:other:Other"]
+    # nested two deep: the parent's type is the chain's last before the child, not its first
+    top = rec("llmfleet:cluster:Cluster", "top")
+    mid = rec("llmfleet:pool:Pool", "pool", parent="top", urn_chain="llmfleet:cluster:Cluster$")
+    same_name = rec("aws:ec2/vpc:Vpc", "pool")
+    deep = rec(
+        "aws:ec2/instance:Instance",
+        "w3",
+        parent="pool",
+        urn_chain="llmfleet:cluster:Cluster$llmfleet:pool:Pool$",
+    )
+    built = {r.name + r.resource_type: r for r in policy_resources([top, mid, same_name, deep])}
+    assert built["w3aws:ec2/instance:Instance"].parent is built["poolllmfleet:pool:Pool"]
+    assert built["poolllmfleet:pool:Pool"].parent is built["topllmfleet:cluster:Cluster"]
     # the state is inputs, then outputs, then the id when the outputs have none
     r = rec("aws:ec2/vpc:Vpc", "vpc", cidrBlock="10.0.0.0/16", tags={"a": ["[unknown]", {"b": "[unknown]"}]})
     r["outputs"] = {"cidrBlock": "10.1.0.0/16"}
