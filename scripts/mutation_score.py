@@ -55,6 +55,10 @@ _PLAN_REASON = (
     "the operand after `or` is never read"
 )
 _NO_URN = "names maps URNs to names: names.get(None) is None, as the `else None` gives"
+_NO_PARENT = (
+    "the fallback for a parent name no resource has: [] and None are both falsy, and "
+    "`cands[-1] if cands else None` gives None for either"
+)
 _VALUE_DEFAULT = "_config.value(..., None, ...) without the None: value()'s default is None"
 EQUIVALENT: dict[str, str] = {
     "ray_cluster.serve_app.xǁBearerGateǁallows__mutmut_15": "codec names are case-insensitive: 'LATIN-1'",
@@ -144,10 +148,8 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__gpu_fit__mutmut_205": _PLAN_REASON + ": join(None)",
     "policy.fleet.x__gpu_fit__mutmut_206": _PLAN_REASON + ": 'XX; XX'.join",
     "policy.fleet.x__budget__mutmut_8": _VALUE_DEFAULT,
-    "policy.runner.x__parent_urns__mutmut_36": (
-        "the fallback for a parent name no resource has: [] and None are both falsy, and "
-        "`cands[-1] if cands else None` gives None for either"
-    ),
+    "policy.runner.x__parent_urns__mutmut_36": _NO_PARENT + ": None",
+    "policy.runner.x__parent_urns__mutmut_38": _NO_PARENT + ": no default (None)",
     "policy.runner.x_enforcement_of__mutmut_9": (
         "EnforcementLevel(level) of a member returns that member (Enum's lookup accepts one)"
     ),
