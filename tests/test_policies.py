@@ -1757,6 +1757,11 @@ def test_placement_checks_every_worker_and_takes_only_placement_groups_and_known
         )
     ]
     assert _found(set_input(good_stack(), "worker-1", subnetId="subnet-elsewhere"), "worker-placement") == []
+    no_zone = res("aws:ec2/subnet:Subnet", "private-c", "subnet-c", vpcId="vpc-1")  # AWS picks one at create
+    assert (
+        _found(set_input(add(good_stack(), no_zone), "worker-1", subnetId="subnet-c"), "worker-placement")
+        == []
+    )
 
     # Under the engine a reference also comes as a property dependency: only a placement group
     # counts as the worker's group (a name built from another resource depends on that one too)
