@@ -170,6 +170,7 @@ EQUIVALENT: dict[str, str] = {
     ),
     "policy.engine.x__script__mutmut_10": _SENTINEL,
     "policy.engine.x__script__mutmut_24": _SENTINEL,
+    "policy.schedule.x__window_vs_cold_start__mutmut_16": _REPORT_URN,
     "policy.host_roles.x__refers__mutmut_17": (
         "the only text is_unknown() accepts is the sentinel (a UUID), which names no role: the any() is false anyway"
     ),
