@@ -47,8 +47,8 @@ _ON_DEMAND = (
 _CASE = "case-insensitive: HTTP field names (RFC 9110 5.1; h11 lower-cases them on the wire)"
 _CAST = "typing.cast returns its value unchanged at run time; its type argument is never read"
 _REPORT_URN = (
-    "a stack policy's report(message, None) without the None: ReportViolation's urn defaults to None "
-    "(pulumi_policy's stack analyzer and the offline runner alike)"
+    "report(message, None) without the None: the urn of pulumi_policy's report_violation (one factory "
+    "for resource and stack policies) defaults to None, as the offline runner's does"
 )
 _PLAN_REASON = (
     "Plan.reason is '; '.join(reasons), never empty when the plan does not fit (fits = not reasons): "
@@ -171,6 +171,16 @@ EQUIVALENT: dict[str, str] = {
     "policy.engine.x__script__mutmut_10": _SENTINEL,
     "policy.engine.x__script__mutmut_24": _SENTINEL,
     "policy.schedule.x__window_vs_cold_start__mutmut_16": _REPORT_URN,
+    "policy.alarms.x__alarm_notifies__mutmut_26": _REPORT_URN,
+    "policy.engine.x__trust_remote_code__mutmut_21": _REPORT_URN,
+    "policy.engine.x__reasoning_context__mutmut_24": _REPORT_URN,
+    "policy.logs.x__log_group_retention__mutmut_12": _REPORT_URN,
+    "policy.logs.x__log_group_retention__mutmut_19": _REPORT_URN,
+    "policy.resources.x__imdsv2__mutmut_22": _REPORT_URN,
+    "policy.resources.x__template_encrypted__mutmut_42": _REPORT_URN,
+    "policy.resources.x__ec2_encrypted__mutmut_29": _REPORT_URN,
+    "policy.resources.x__volume_encrypted__mutmut_14": _REPORT_URN,
+    "policy.schedule.x__serves__mutmut_47": _REPORT_URN,
     "policy.host_roles.x__refers__mutmut_17": (
         "the only text is_unknown() accepts is the sentinel (a UUID), which names no role: the any() is false anyway"
     ),
