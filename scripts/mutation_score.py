@@ -112,8 +112,8 @@ EQUIVALENT: dict[str, str] = {
     ),
     "policy.resources.x__statements__mutmut_7": _NO_STATEMENT + ": None",
     "policy.resources.x__statements__mutmut_9": _NO_STATEMENT + ": no default (None)",
-    "policy.resources.x__iam_least_privilege__mutmut_40": _NO_DOCUMENT + ": `None and unknown`",
-    "policy.resources.x__iam_least_privilege__mutmut_42": _NO_DOCUMENT + ": is_unknown(None)",
+    "policy.resources.x__iam_least_privilege__mutmut_42": _NO_DOCUMENT + ": `None and unknown`",
+    "policy.resources.x__iam_least_privilege__mutmut_44": _NO_DOCUMENT + ": is_unknown(None)",
     "policy.schedule.x__serves__mutmut_16": (
         "is_unknown(None) for the group: read through plain(), an unknown group is the UNKNOWN marker, "
         "which is falsy, so `group and` already leaves it out"
@@ -171,6 +171,17 @@ EQUIVALENT: dict[str, str] = {
     "policy.engine.x__script__mutmut_10": _SENTINEL,
     "policy.engine.x__script__mutmut_24": _SENTINEL,
     "policy.schedule.x__window_vs_cold_start__mutmut_16": _REPORT_URN,
+    "policy.resources.x__ec2_encrypted__mutmut_60": _REPORT_URN,
+    "policy.resources.x__no_public_ip__mutmut_19": _REPORT_URN,
+    "policy.resources.x__no_public_ip__mutmut_29": _REPORT_URN,
+    "policy.resources.x__instance_type_allowed__mutmut_24": _REPORT_URN,
+    "policy.resources.x__ecr_hardened__mutmut_24": _REPORT_URN,
+    "policy.resources.x__ecr_hardened__mutmut_38": _REPORT_URN,
+    "policy.resources.x__ecr_hardened__mutmut_48": _REPORT_URN,
+    "policy.resources.x__ecr_hardened__mutmut_67": _REPORT_URN,
+    "policy.resources.x__iam_least_privilege__mutmut_13": _REPORT_URN,
+    "policy.resources.x__iam_least_privilege__mutmut_49": _REPORT_URN,
+    "policy.resources.x__required_tags__mutmut_50": _REPORT_URN,
     "policy.alarms.x__alarm_notifies__mutmut_26": _REPORT_URN,
     "policy.engine.x__trust_remote_code__mutmut_21": _REPORT_URN,
     "policy.engine.x__reasoning_context__mutmut_24": _REPORT_URN,
