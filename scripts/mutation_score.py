@@ -171,6 +171,7 @@ EQUIVALENT: dict[str, str] = {
     "policy.engine.x__script__mutmut_10": _SENTINEL,
     "policy.engine.x__script__mutmut_24": _SENTINEL,
     "policy.schedule.x__window_vs_cold_start__mutmut_16": _REPORT_URN,
+    "policy.host_roles.x__secrets_scoped__mutmut_5": _REPORT_URN,
     "policy.resources.x__ec2_encrypted__mutmut_60": _REPORT_URN,
     "policy.resources.x__no_public_ip__mutmut_19": _REPORT_URN,
     "policy.resources.x__no_public_ip__mutmut_29": _REPORT_URN,
