@@ -130,7 +130,6 @@ EQUIVALENT: dict[str, str] = {
     "policy.fleet.x__gpu_fit__mutmut_19": _REPORT_URN,
     "policy.fleet.x__gpu_fit__mutmut_36": _REPORT_URN,
     "policy.fleet.x__gpu_fit__mutmut_93": _REPORT_URN,
-    "policy.fleet.x__gpu_fit__mutmut_135": _VALUE_DEFAULT,
     "policy.fleet.x__gpu_fit__mutmut_136": _VALUE_DEFAULT,
     "policy.fleet.x__gpu_fit__mutmut_154": _VALUE_DEFAULT,
     "policy.fleet.x__gpu_fit__mutmut_169": _VALUE_DEFAULT,
