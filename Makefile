@@ -103,9 +103,10 @@ finetune-local: setup system-deps
 autoscaling-local: setup system-deps
 	$(BIN)/pytest -m autoscaling -q tests/test_local_autoscaling.py
 
-# Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,480 mutants, hours on
-# one core: 10-90 a minute were measured on the shared 2-core machine, a policy mutant reusing the
-# offline captures its clean run made, tests/captures.py):
+# Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,570 mutants, one at a
+# time: 10-25 a minute were measured on the shared 2-core machine under load, ~170 at load 2-6 once
+# the tests killed them; a policy mutant reuses the offline captures its clean run made,
+# tests/captures.py):
 # mutmut 3 ([tool.mutmut] in pyproject.toml) breaks one condition at a time in the policy pack,
 # the stack's key values and rules, the bearer token check and gate, and the budget gate, and
 # runs the light tests that cover it; a surviving mutant is a check no test defends. Results in
