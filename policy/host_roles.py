@@ -201,6 +201,11 @@ def _policy_of(view: StackView, holder: Res, prop: str, arn: Any) -> Res | None 
     )
     if found is not None:
         return found
+    if prop == "managedPolicyArns" and isinstance(arn, str) and not is_unknown(arn):
+        # The engine's dependencies of a list are the whole list's, not this item's: a known ARN
+        # that no stack policy has (by its arn, above, or its id) is outside the stack even when a
+        # stack policy sits beside it in the list, and must be reported unreadable, not taken for it.
+        return view.by_id(arn)
     ref = view.ref(holder, prop, [POLICY], arn)
     if isinstance(ref, Res) or ref is UNKNOWN:
         return ref

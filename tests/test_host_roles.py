@@ -537,9 +537,22 @@ def test_an_attached_policy_is_found_by_its_id_or_in_a_preview_by_the_dependency
     view = StackView.of(list(built.values()))
     found, unreadable = role_grants(view, view.by_id("nodes"))
     assert ([(g.where, g.urn) for g in found], unreadable) == ([("policy own", own["urn"])], [])
+    # beside it a known ARN from outside the stack: the list's dependency is the stack policy's,
+    # so the outside one is unreadable (not taken for the stack policy); a known id is the stack's
+    outside = "arn:aws:iam::123456789012:policy/outside"
+    mine = ("policy own", own["urn"])
+    for more, held, want in (
+        (outside, [mine], [Unreadable(outside, role["urn"], False)]),
+        ("own-id", [mine, mine], []),
+    ):
+        arns = [UNKNOWN_PLACEHOLDER, more]
+        role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = arns
+        built = {r.name: r for r in policy_resources([role, own, theirs])}
+        built["nodes"].property_dependencies = {"managedPolicyArns": [built["own"]]}
+        view = StackView.of(list(built.values()))
+        found, unreadable = role_grants(view, view.by_id("nodes"))
+        assert ([(g.where, g.urn) for g in found], unreadable) == (held, want), more
 
-
-def test_whether_a_resource_refers_to_a_role():
     """By the role's name, id or ARN; not when the value names another role of the stack or
     nothing in it; during a preview (the value unknown) by the dependency, else unknown (None)."""
     from policy._stackview import StackView
