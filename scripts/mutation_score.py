@@ -27,8 +27,12 @@ _DEFAULT_ONLY = "the default of an unset env var only has to differ from '1'"
 _DOT_PARTS = "p not in ('.', '..') is a second guard: PATH_PART_RE's first character is never '.'"
 _SENTINEL = "an unknown value passed on as its sentinel string (a UUID) holds no Serve config: the search finds nothing"
 _REF_NONE = (
-    "_policy_of's last line runs only when view.ref returned None, which it does only for a known ARN "
-    "(an unknown one gives UNKNOWN): it returns None whatever the mutant does with is_unknown(arn)"
+    "_policy_of's last line runs only when view.ref returned None, which it does only for a value that "
+    "is not unknown (an unknown one gives UNKNOWN or its dependency): is_unknown(arn) is False there"
+)
+_REF_VALUE = (
+    "view.ref without the item reads the prop itself: for policyArn that is arn; for managedPolicyArns "
+    "only unknown items get there, and the list resolves as they do (its one dependency, else UNKNOWN)"
 )
 _NO_DOC = "skipping a None or UNKNOWN document is a shortcut: statements() of either is [], so no problem either way"
 _NO_STATEMENT = "a document without Statement: as_list() of the default gives [] for [] and for None alike"
@@ -200,9 +204,14 @@ EQUIVALENT: dict[str, str] = {
     ),
     "policy.host_roles.x_secrets_problems__mutmut_12": _NO_DOC,
     "policy.host_roles.x_secrets_problems__mutmut_14": _NO_DOC,
-    "policy.host_roles.x__policy_of__mutmut_22": _REF_NONE,
-    "policy.host_roles.x__policy_of__mutmut_23": _REF_NONE,
-    "policy.host_roles.x__policy_of__mutmut_25": _REF_NONE,
+    "policy.host_roles.x__policy_of__mutmut_19": (
+        "is_unknown(None) for a managedPolicyArns item: Res.props come through plain(), so an unknown "
+        "item is the UNKNOWN marker, not a str, and isinstance(arn, str) already leaves it out"
+    ),
+    "policy.host_roles.x__policy_of__mutmut_25": _REF_VALUE + ": None",
+    "policy.host_roles.x__policy_of__mutmut_29": _REF_VALUE + ": left out (None)",
+    "policy.host_roles.x__policy_of__mutmut_32": _REF_NONE,
+    "policy.host_roles.x__policy_of__mutmut_34": _REF_NONE,
     "policy.endpoint.x_tls_problems__mutmut_54": (
         "str(policy or 'XXXX'): with no sslPolicy neither '' nor 'XXXX' starts with a TLS 1.2+ prefix"
     ),

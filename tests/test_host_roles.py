@@ -498,6 +498,16 @@ def test_an_attached_policy_is_found_by_its_id_or_in_a_preview_by_the_dependency
 
     assert grants([role, att, own], deps=True) == ([("policy own", own["urn"])], [])
     assert grants([role, att, own]) == ([], [])  # unknown, nothing to follow: checked at `up`
+    # an attachment's one policyArn, known but built from the policy's name, is that policy's
+    att["inputs"]["policyArn"] = att["outputs"]["policyArn"] = "arn:aws:iam::1:policy/own"
+    assert grants([role, att, own], deps=True) == ([("policy own", own["urn"])], [])
+    # ... and one that depends on two of the stack's policies is left for `up` (which one is it?)
+    two = res("aws:iam/policy:Policy", "two", "two-id", arn=UNKNOWN_PLACEHOLDER, policy=star)
+    built = {r.name: r for r in policy_resources([role, att, own, two])}
+    built["nodes-attach"].property_dependencies = {"policyArn": [built["own"], built["two"]]}
+    view = StackView.of(list(built.values()))
+    assert role_grants(view, view.by_id("nodes")) == ([], [])
+    att["inputs"]["policyArn"] = att["outputs"]["policyArn"] = UNKNOWN_PLACEHOLDER
     role["inputs"]["managedPolicyArns"] = role["outputs"]["managedPolicyArns"] = ["own-id"]
     assert grants([role, own]) == ([("policy own", own["urn"])], [])
     # a PolicyAttachment in a preview: its roles and its policyArn both known by their dependencies
