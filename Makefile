@@ -103,7 +103,7 @@ finetune-local: setup system-deps
 autoscaling-local: setup system-deps
 	$(BIN)/pytest -m autoscaling -q tests/test_local_autoscaling.py
 
-# Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,570 mutants, one at a
+# Mutation testing of the security-relevant checks (issue #25; not in CI: ~4,580 mutants, one at a
 # time: 10-25 a minute were measured on the shared 2-core machine under load, ~170 at load 2-6 once
 # the tests killed them; a policy mutant reuses the offline captures its clean run made,
 # tests/captures.py):
