@@ -41,6 +41,12 @@ MAX_UPLOAD_BYTES = 256 << 20
 JOB_ID_PREFIX = "llmfleet-lora-"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray's JobStatus values a job ends in
 JOB_ID_ALLOWED = f"a job id this command printed ({JOB_ID_PREFIX}NAME-XXXXXX)"
+# The job driver's log deduplication (Ray's RAY_DEDUP_LOGS) folds lines that differ only in their
+# numbers once they come from two sources (ip, pid) within its 5 s window: a progress line is such a
+# line, and on the local cluster, whose hosts share one Ray temp dir, two log monitors forward the
+# worker's file. Seen: 2 of 12 steps reached the log, the rest folded into "[repeated 2x ...]".
+# Ray's allow-list keeps every line that matches: the progress lines are never folded.
+JOB_ENV = {"RAY_DEDUP_LOGS_ALLOW_REGEX": re.escape(PROGRESS_PREFIX.strip())}
 
 
 class FinetuneJobError(RuntimeError):
@@ -159,7 +165,7 @@ def submit(target: Target, spec: TrainSpec, data: Path, jobs: Any | None = None)
         return api.submit_job(
             entrypoint=entrypoint(target, spec),
             submission_id=f"{JOB_ID_PREFIX}{spec.name}-{secrets.token_hex(3)}",
-            runtime_env={"working_dir": str(work)},
+            runtime_env={"working_dir": str(work), "env_vars": JOB_ENV},
             metadata={"llmfleet": "finetune", "adapter": spec.name, "model": target.served_model},
         )
     finally:
@@ -197,6 +203,26 @@ def cause(lines: list[str]) -> str:
         if m and not m.group(1).rsplit(".", 1)[-1].startswith(_WRAPPERS):
             return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()[:300]}"
     return ""
+
+
+class Once:
+    """Each progress record once, in step order: Ray forwards a worker's lines at least once (the
+    local cluster's hosts share a log dir, so each line arrives twice there), and a record for a
+    step already shown, or a second `done`, is a copy."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.done = False
+
+    def fresh(self, p: dict[str, Any]) -> bool:
+        if "done" in p:
+            seen, self.done = self.done, True
+            return not seen
+        step = p.get("step")
+        if not isinstance(step, int) or step <= self.step:
+            return False
+        self.step = step
+        return True
 
 
 def fmt_progress(p: dict[str, Any]) -> str:

@@ -259,11 +259,13 @@ def finetune_cmd(
         f"submitted {job_id} to {target.where}; the adapter will be served as {model}", highlight=False
     )
     last: list[str] = []
+    once = finetune_job.Once()
 
     def on_line(line: str) -> None:
         p = finetune_job.progress(line)
         if p is not None and not as_json:
-            console.print(finetune_job.fmt_progress(p), highlight=False)
+            if once.fresh(p):
+                console.print(finetune_job.fmt_progress(p), highlight=False)
         elif p is None and line.strip():
             last[:] = [*last[-19:], line]
 
