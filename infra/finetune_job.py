@@ -26,11 +26,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infra.local.state import load_state
+from infra.stack.outputs import StackOutputs
 from ray_cluster import contract
 from ray_cluster.finetune import NAME_RE, PROGRESS_PREFIX, TrainSpec
 
@@ -61,6 +62,9 @@ class Target:
     served_model: str  # the id the Serve app serves; the adapter is `<served_model>:<NAME>`
     adapters: str  # the adapters location the Serve config loads from (s3://...)
     python: str  # the interpreter on the hosts
+    # The Ray cluster token (a stack's RAY_AUTH_TOKEN; None: the local cluster, auth disabled).
+    # It goes in the Authorization header of each Jobs/State API request, never in argv or a log.
+    token: str | None = field(default=None, repr=False)
 
 
 def local_target(name: str) -> Target:
@@ -121,23 +125,68 @@ def llmfleet_version() -> str:
         return "unknown"
 
 
-def client(dashboard: str) -> Any:
+def auth_headers(token: str | None) -> dict[str, str]:
+    """Ray 2.60 token auth's header (what Ray's own clients send when RAY_AUTH_MODE=token: the
+    dashboard's middleware checks `Authorization: Bearer <token>`). Passed explicitly rather than
+    through RAY_AUTH_TOKEN in this process's env, which Ray reads only in token mode and which
+    every Ray call of the process would then carry."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def ray_token(outputs: StackOutputs, ssm: Any | None) -> str:
+    """A stack's Ray cluster token: SSM (SecureString, provider aws) or the `ray_auth_token`
+    secret output (provider existing); the endpoint token's sources (infra/status/endpoint.py)."""
+    if outputs.provider == "existing":
+        if not outputs.ray_auth_token or outputs.ray_auth_token == "[secret]":
+            raise FinetuneJobError(
+                "stack output 'ray_auth_token' is hidden: read the outputs with secrets "
+                "(`pulumi stack output --json --show-secrets > outputs.json`, then --outputs outputs.json)"
+            )
+        return outputs.ray_auth_token
+    if not outputs.ray_token_parameter:
+        raise FinetuneJobError(
+            "stack output 'ray_token_parameter' is missing: run `pulumi up` with this version"
+        )
+    if ssm is None:
+        raise FinetuneJobError("reading the Ray cluster token needs an SSM client")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return ssm.get_parameter(Name=outputs.ray_token_parameter, WithDecryption=True)["Parameter"]["Value"]
+    except (ClientError, BotoCoreError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise FinetuneJobError(
+            f"reading the Ray cluster token {outputs.ray_token_parameter} from SSM: {first}"
+        ) from None
+
+
+def client(dashboard: str, token: str | None = None) -> Any:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(dashboard)
+        return JobSubmissionClient(dashboard, headers=auth_headers(token))
+    except AuthenticationError as e:  # Ray's token auth: 401 without a token, 403 with a wrong one
+        raise FinetuneJobError(
+            f"Ray's dashboard at {dashboard}: {str(e).splitlines()[0]} (the stack's Ray cluster token)"
+        ) from None
     except (ConnectionError, RuntimeError) as e:
         raise FinetuneJobError(
             f"Ray's dashboard at {dashboard}: not reachable ({str(e).splitlines()[0]})"
         ) from None
 
 
-def trainer_slots(dashboard: str) -> float:
+def trainer_slots(dashboard: str, token: str | None = None) -> float:
     """`llmfleet_train` units the cluster's live nodes advertise (Ray's state API)."""
-    from ray.util.state import list_nodes
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
     try:
-        nodes: list[Any] = list_nodes(address=dashboard, timeout=10, raise_on_missing_output=False)
+        # StateApiClient, not list_nodes(): only the client takes headers (the token)
+        api = StateApiClient(dashboard, headers={"Content-Type": "application/json", **auth_headers(token)})
+        nodes: list[Any] = api.list(
+            StateResource.NODES, options=ListApiOptions(timeout=10), raise_on_missing_output=False
+        )
     except Exception as e:  # noqa: BLE001 - Ray's state API raises its own and requests' errors alike
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise FinetuneJobError(f"Ray's dashboard at {dashboard}: not reachable ({first[:200]})") from None
@@ -152,13 +201,13 @@ def submit(target: Target, spec: TrainSpec, data: Path, jobs: Any | None = None)
     check_data_size(data)
     if not NAME_RE.fullmatch(spec.name):
         raise FinetuneJobError(f"--name {spec.name!r}: allowed: 1-64 letters, digits, '_' or '-'")
-    slots = trainer_slots(target.dashboard)
+    slots = trainer_slots(target.dashboard, target.token)
     if slots < spec.num_workers:
         raise FinetuneJobError(
             f"{target.where}: {slots:g} live trainer slot(s) ({contract.TRAIN_RESOURCE}) for "
             f"{spec.num_workers} worker(s); allowed: a cluster with trainer hosts"
         )
-    api = jobs if jobs is not None else client(target.dashboard)
+    api = jobs if jobs is not None else client(target.dashboard, target.token)
     work = Path(tempfile.mkdtemp(prefix="llmfleet-finetune-"))
     try:
         shutil.copyfile(data, work / DATA_FILE)

@@ -283,6 +283,38 @@ def test_the_jobs_entrypoint_quotes_every_value():
     assert progress("step 3 of something else") is None and progress("llmfleet-train {not json") is None
 
 
+def test_progress_lines_survive_rays_log_dedup_and_print_once():
+    """What the first e2e run showed: the worker's lines reach the job driver from two log
+    monitors (the local hosts share Ray's log dir) and Ray's deduplicator folds lines that differ
+    only in numbers. With the job's env (JOB_ENV) Ray's own LogDeduplicator keeps every progress
+    line; the CLI then shows each step once."""
+    from ray._private.ray_logging import LogDeduplicator
+
+    from infra.finetune_job import JOB_ENV, Once, progress
+    from ray_cluster.finetune import Progress
+
+    def forwarded(allow: str | None) -> list[str]:
+        dedup = LogDeduplicator(5, allow, None, _timesource=lambda: 100.0)
+        out: list[str] = []
+        for step in range(1, 13):
+            line = Progress(step, 12, 6.0 - step / 10, 1000.0 + step, 12.0 - step).line()
+            for ip in ("10.0.0.2", "10.0.0.3"):  # the same worker's line, from two monitors
+                batch = {"ip": ip, "pid": 134, "lines": [line]}
+                out += [ln for b in dedup.deduplicate(batch) for ln in b["lines"]]
+        return out
+
+    folded = [p["step"] for ln in forwarded(None) if (p := progress(ln))]
+    assert sorted(set(folded)) != list(range(1, 13))  # Ray's default loses steps
+    kept = forwarded(JOB_ENV["RAY_DEDUP_LOGS_ALLOW_REGEX"])
+    assert len(kept) == 24  # every copy: nothing folded
+    once = Once()
+    shown = [p["step"] for ln in kept if (p := progress(ln)) and once.fresh(p)]
+    assert shown == list(range(1, 13))
+    done = {"done": "s3://b/a/n1", "manifest": {}}
+    assert once.fresh(done) and not once.fresh(done)
+    assert not once.fresh({"step": "3"})  # not a step number
+
+
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "m:1", "", "x" * 65])
 def test_finetune_name_must_be_one_safe_component(data: Path, name: str):
     res = runner.invoke(app, ["finetune", "--stack", "dev", "--data", str(data), "--name", name])
