@@ -9,9 +9,12 @@ them. Ray does not isolate what two processes on one host share (CPU time, memor
 NIC): a trainer host serves nothing, so the replicas' hosts see the job only on the network.
 
 The data goes with the job: a working_dir of one file (data.jsonl), uploaded by Ray to its GCS
-and unpacked beside the driver; the driver passes its absolute path to the Train workers, which
-read it through Ray's working_dir on their own node (Ray ships the same package to every node
-that runs a task of the job).
+and unpacked beside the driver; the driver reads it and hands its bytes to the Train workers in
+the train loop config (Ray Train V2 starts a worker in a directory of its own choosing, so a
+path relative to the job's working_dir is not found there).
+
+Auth: a stack's cluster runs Ray's token auth, so every Jobs/State API request carries the
+stack's Ray cluster token in its Authorization header (Target.token; never argv, never a log).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class FinetuneError(RuntimeError):
 @dataclass(frozen=True)
 class TrainSpec:
     base: str  # the base checkpoint's directory on the trainer host
-    data: str  # the JSONL (a path on the trainer host, or in the job's working_dir)
+    data: str  # the JSONL: a path for the driver; a Train worker's copy of its bytes
     name: str
     out: str  # the adapters location: a directory or s3://BUCKET/PREFIX
     base_model_id: str = ""  # the served model id, for the manifest
@@ -335,14 +335,17 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:  # pragma: no cover 
         if ctx.get_world_rank() == 0:
             print(p.line(), flush=True)
 
-    doc = train_and_publish(
-        spec,
-        report,
-        rank=ctx.get_world_rank(),
-        world=ctx.get_world_size(),
-        wrap=ray.train.torch.prepare_model,
-        device=str(ray.train.torch.get_device()),
-    )
+    try:
+        doc = train_and_publish(
+            spec,
+            report,
+            rank=ctx.get_world_rank(),
+            world=ctx.get_world_size(),
+            wrap=ray.train.torch.prepare_model,
+            device=str(ray.train.torch.get_device()),
+        )
+    finally:
+        os.unlink(data.name)  # the worker's copy; the manifest has hashed it by now
     if doc:
         print(
             PROGRESS_PREFIX + json.dumps({"done": destination(spec.out, spec.name), "manifest": doc}),
@@ -399,8 +402,8 @@ def parse(argv: Sequence[str]) -> TrainSpec:
     return TrainSpec(
         base=a.base,
         base_model_id=a.base_model_id,
-        # relative stays relative: Ray starts the driver and every Train worker in the job's
-        # working_dir on its own node, and the unpacked path differs per node
+        # relative to the driver's cwd (the job's unpacked working_dir); the driver reads it and
+        # the Train workers get its bytes (_train_loop_per_worker), not this path
         data=a.data,
         name=a.name,
         out=a.out,
