@@ -221,6 +221,8 @@ def test_finetune_stack_needs_the_dashboards_port_forward(data: Path):
 def test_finetune_stack_says_when_the_dashboard_does_not_answer(data: Path, tmp_path: Path):
     import socket
 
+    from tests.moto_fixtures import DUMMY_CREDS, MotoServer
+
     raw = json.loads(Path("tests/data/stack_outputs_prod.json").read_text())
     outputs = tmp_path / "outputs.json"
     outputs.write_text(
@@ -229,11 +231,14 @@ def test_finetune_stack_says_when_the_dashboard_does_not_answer(data: Path, tmp_
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    res = runner.invoke(
-        app,
-        ["finetune", "--stack", "dev", "--data", str(data), "--name", "a", "--outputs", str(outputs),
-         "-c", f'llmfleet:lora={{"adapters": "{ADAPTERS}"}}', "--dashboard", f"http://127.0.0.1:{port}"],
-    )  # fmt: skip
+    with MotoServer() as moto:  # the stack's Ray token is read first (tests/test_finetune_auth.py)
+        moto.client("ssm").put_parameter(Name=raw["ray_token_parameter"], Value="t", Type="SecureString")
+        res = runner.invoke(
+            app,
+            ["finetune", "--stack", "dev", "--data", str(data), "--name", "a", "--outputs", str(outputs),
+             "-c", f'llmfleet:lora={{"adapters": "{ADAPTERS}"}}', "--dashboard", f"http://127.0.0.1:{port}"],
+            env={**DUMMY_CREDS, "AWS_ENDPOINT_URL": moto.url},
+        )  # fmt: skip
     assert res.exit_code == 1
     assert _err(res).startswith(f"Ray's dashboard at http://127.0.0.1:{port}: not reachable (")
 
