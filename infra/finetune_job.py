@@ -187,9 +187,9 @@ def trainer_slots(dashboard: str, token: str | None = None) -> float:
     try:
         # StateApiClient, not list_nodes(): only the client takes headers (the token)
         api = StateApiClient(dashboard, headers={"Content-Type": "application/json", **auth_headers(token)})
-        nodes: list[Any] = api.list(
-            StateResource.NODES, options=ListApiOptions(timeout=10), raise_on_missing_output=False
-        )
+        # ListApiOptions is `@dataclass(init=not IS_PYDANTIC_2)`: the checker sees no __init__
+        options = ListApiOptions(timeout=10)  # pyright: ignore[reportCallIssue]
+        nodes: list[Any] = api.list(StateResource.NODES, options=options, raise_on_missing_output=False)
     except Exception as e:  # noqa: BLE001 - Ray's state API raises its own and requests' errors alike
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise FinetuneJobError(f"Ray's dashboard at {dashboard}: not reachable ({first[:200]})") from None

@@ -138,10 +138,10 @@ def test_finetune_logs_on_a_stack_reads_the_token_from_ssm(dashboard, outputs: P
 
 
 def test_an_existing_hosts_stack_needs_its_secret_output():
-    base = {"endpoint_url": "http://10.0.0.1:8000/v1", "model": "m", "served_model": "m", "model_path": "/m",
-            "cluster_name": "c", "provider": "existing"}  # fmt: skip
+    raw = json.loads(Path("tests/data/stack_outputs_prod.json").read_text())
+    own = {**raw, "provider": "existing"}
     with pytest.raises(FinetuneJobError, match=r"'ray_auth_token' is hidden: .*--show-secrets"):
-        ray_token(StackOutputs.model_construct(**base, ray_auth_token="[secret]"), None)
-    assert ray_token(StackOutputs.model_construct(**base, ray_auth_token="tok"), None) == "tok"
+        ray_token(StackOutputs.parse({**own, "ray_auth_token": "[secret]"}), None)
+    assert ray_token(StackOutputs.parse({**own, "ray_auth_token": "tok"}), None) == "tok"
     with pytest.raises(FinetuneJobError, match="'ray_token_parameter' is missing"):
-        ray_token(StackOutputs.model_construct(**{**base, "provider": "aws"}), None)
+        ray_token(StackOutputs.parse({k: v for k, v in raw.items() if k != "ray_token_parameter"}), None)
