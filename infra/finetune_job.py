@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import shlex
@@ -211,6 +212,10 @@ def submit(target: Target, spec: TrainSpec, data: Path, jobs: Any | None = None)
             f"{spec.num_workers} worker(s); allowed: a cluster with trainer hosts"
         )
     api = jobs if jobs is not None else client(target.dashboard, target.token)
+    # Ray logs the working_dir's upload at INFO on stderr (two lines with a temp path); the
+    # command's own first line says what was submitted where
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="llmfleet-finetune-"))
     try:
         shutil.copyfile(data, work / DATA_FILE)
