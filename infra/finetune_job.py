@@ -164,9 +164,21 @@ def ray_token(outputs: StackOutputs, ssm: Any | None) -> str:
         ) from None
 
 
+# Ray's Jobs SDK logs at INFO on stderr: the working_dir's upload (two lines with a temp path) and
+# the log stream's WebSocket closing. The command's own lines say what was submitted and how it ended.
+RAY_INFO_LOGGERS = (
+    "ray.dashboard.modules.dashboard_sdk",
+    "ray._private.runtime_env.packaging",
+    "ray.dashboard.modules.job.sdk",
+)
+
+
 def client(dashboard: str, token: str | None = None) -> Any:
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+
+    for name in RAY_INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     try:
         return JobSubmissionClient(dashboard, headers=auth_headers(token))
@@ -212,10 +224,6 @@ def submit(target: Target, spec: TrainSpec, data: Path, jobs: Any | None = None)
             f"{spec.num_workers} worker(s); allowed: a cluster with trainer hosts"
         )
     api = jobs if jobs is not None else client(target.dashboard, target.token)
-    # Ray logs the working_dir's upload at INFO on stderr (two lines with a temp path); the
-    # command's own first line says what was submitted where
-    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="llmfleet-finetune-"))
     try:
         shutil.copyfile(data, work / DATA_FILE)
