@@ -461,3 +461,14 @@ def test_local_lora_renders_ray_serve_llms_lora_config_from_the_store():
             "llm_configs"
         ][0]
     )
+
+
+def test_local_status_takes_a_trainer_host():
+    """The README walk's `llmfleet local status` on a cluster with `--train-hosts 1` stopped on a
+    validation traceback (HostSlot's role allowed head and worker only)."""
+    from infra.status.model import HostSlot, RayNode, classify
+
+    slot = HostSlot(name="llmf-local-h2", role="trainer", ip="10.213.1.12", ranks=0, status="alive")
+    node = RayNode.model_validate({"node_id": "n2", "ip": "10.213.1.12", "alive": True, "is_head": False})
+    assert classify(slot, [node], "") == slot
+    assert classify(slot, [], "").status == "lost"
