@@ -168,7 +168,7 @@ def ray_cluster_state() -> list[NodeState]:
     return out
 
 
-def _http_json(
+def http_json(
     method: str, url: str, body: Mapping[str, object] | None, token: str | None, timeout: float
 ) -> tuple[int, Payload]:
     data = json.dumps(body).encode() if body is not None else None
@@ -211,13 +211,13 @@ def probe_completion(endpoint: str, token: str | None, model: str | None, timeou
     base = endpoint.rstrip("/")
     chosen: object = model
     if not model:
-        status, models = _http_json("GET", f"{base}/v1/models", None, token, timeout)
+        status, models = http_json("GET", f"{base}/v1/models", None, token, timeout)
         ids = [obj(m).get("id") for m in seq(obj(models).get("data"))]
         if status != 200 or not ids:
             raise NodeError(f"GET {base}/v1/models gave HTTP {status} with no model id: {str(models)[:120]}")
         chosen = ids[0]
     body: dict[str, object] = {"model": chosen, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
-    status, payload = _http_json("POST", f"{base}/v1/completions", body, token, timeout)
+    status, payload = http_json("POST", f"{base}/v1/completions", body, token, timeout)
     got = completion_tokens(payload) if status == 200 else None
     if got is None:
         raise NodeError(f"POST {base}/v1/completions gave HTTP {status} without tokens: {str(payload)[:120]}")
