@@ -80,3 +80,11 @@ def available_resources() -> dict[str, float]:
     import ray
 
     return {str(k): float(v) for k, v in ray.available_resources().items()}  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType] - as cluster_resources
+
+
+def placement_group_table() -> dict[str, object]:
+    """`ray.util.placement_group_table()`: {placement group id: its JSON record}."""
+    import ray
+
+    table = ray.util.placement_group_table()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - unannotated in Ray: a dict of dicts
+    return {str(k): v for k, v in table.items()}  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType] - as above
