@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.local import layout
+from infra.local import cluster, layout
 from infra.local.layout import LocalError
 from infra.local.state import (
     GcsRedis,
@@ -20,6 +20,7 @@ from infra.local.state import (
     public_doc,
     save_state,
 )
+from infra.status.local import local_status
 from tests.local_state_fixtures import new_state
 
 # A state file as the previous `local up` wrote it (its dict's keys, every optional record set):
@@ -207,9 +208,6 @@ def test_no_file_is_no_cluster(tmp_path):
 
 def test_local_status_and_down_on_a_corrupt_file(tmp_path, monkeypatch):
     """The commands that read the file: `status` says it in one line, `down` still cleans up."""
-    from infra.local import cluster
-    from infra.status.local import local_status
-
     monkeypatch.setenv("LLMFLEET_STATE_DIR", str(tmp_path))
     path = _write(tmp_path, "bad", {**PREVIOUS, "name": "bad", "bogus": 1})
     with pytest.raises(LocalError, match=r"is corrupt \(unknown key bogus\)"):
