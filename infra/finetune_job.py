@@ -77,17 +77,17 @@ def local_target(name: str) -> Target:
         raise FinetuneJobError(f"local cluster {name!r}: not up; run `llmfleet local up --name {name} ...`")
     where = f"local cluster {name!r}"
     up = "llmfleet local down && llmfleet local up --hosts 3 --train-hosts 1 --lora --model llmfleet/tiny-llama"
-    if not (st.get("lora") or {}).get("adapters"):
+    if st.lora is None or not st.lora.adapters:
         raise FinetuneJobError(f"{where}: serves no adapters (started without --lora); allowed: {up}")
-    if not any(h["role"] == "trainer" for h in st["hosts"]):
+    if not any(h.role == "trainer" for h in st.hosts):
         raise FinetuneJobError(f"{where}: has no trainer host (--train-hosts 0); allowed: {up}")
-    head = st["hosts"][0]
+    head = st.hosts[0]
     return Target(
         where=where,
-        dashboard=f"http://{head['ip']}:{st['ports']['dashboard']}",
-        base_path=st["model_dir"],
-        served_model=st["model"],
-        adapters=st["lora"]["adapters"],
+        dashboard=f"http://{head.ip}:{st.ports.dashboard}",
+        base_path=st.model_dir,
+        served_model=st.model,
+        adapters=st.lora.adapters,
         python=sys.executable,  # the local nodes run this venv's interpreter
     )
 

@@ -23,9 +23,11 @@ from infra.cli import COMMANDS as ROOT_TABLE
 from infra.cli import app, full_group
 from infra.commands.preview import short_type
 from infra.constants import REPO_ROOT
+from infra.local.state import save_state
 from infra.stack.config import load_stack_config
 from infra.stack.files import available_stacks
 from tests.json_http import JsonServer, Request, chat_completion
+from tests.local_state_fixtures import new_state
 from tests.snapshot import assert_snapshot
 
 RUNNER = CliRunner()
@@ -297,13 +299,10 @@ class _Completion:
 
     def state_dir(self, tmp_path) -> dict[str, str]:
         """A local cluster's state file named `t` that points `local chat` at this server."""
-        (tmp_path / "t.token").write_text(self.TOKEN)
-        state = {
-            "endpoint": f"{self.server.base}/v1",
-            "token_file": str(tmp_path / "t.token"),
-            "model": "tiny-deepseek-v3",
-        }
-        (tmp_path / "t.json").write_text(json.dumps(state))
+        st = new_state(
+            tmp_path, "t", token=self.TOKEN, endpoint=f"{self.server.base}/v1", model="tiny-deepseek-v3"
+        )
+        save_state(st, tmp_path)
         return {"LLMFLEET_STATE_DIR": str(tmp_path)}
 
 
