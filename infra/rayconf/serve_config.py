@@ -357,7 +357,8 @@ def llm_config_validator():
 #   checkpoint's config (apply_checkpoint_info);
 # - ray.serve._private.utils: `try: import pandas as pd`, for the proxy's JSON encoder of a
 #   DataFrame response.
-# Together they are most of a first render's time (torch alone ~1.5 s of CPU here; pandas ~1 s),
+# Together they were most of a first render's CPU (torch ~2 s, transformers and pandas ~1 s each
+# in a fresh `import` here; a first render 3.6 -> 1.9 s, benchmarks/RESULTS.md),
 # so they are hidden while the validators import: the same classes and validators run, in the
 # set-up Ray supports without those packages. Each name is then bound back to an import-on-use
 # stand-in (the module at first attribute access), so the rest of the process, a test session
@@ -444,8 +445,8 @@ def _serve_schemas() -> tuple[Any, Any]:
 def _validated_marker(doc: Mapping[str, Any]) -> Path | None:
     """Where a document Ray's classes accepted is remembered: keyed by its canonical JSON and the
     installed Ray's version, so the same bytes under the same Ray are not validated again.
-    Importing Ray's validators (ray.serve's schema; LLMConfig, whose module imports torch) is
-    most of `render serve-config`'s time, and a stack's config changes far less often than it
+    Importing Ray's validators (ray.serve's schema; LLMConfig's module), even without their
+    optional imports (_hidden_optional_imports), is most of `render serve-config`'s time, and a stack's config changes far less often than it
     is rendered. Only accepted documents are remembered; anything else is validated every time."""
     import hashlib
     import json
