@@ -445,6 +445,26 @@ def test_preview_keeps_types_names_and_output_keys_whole(monkeypatch, width):
 
 
 @pytest.mark.parametrize("width", [80, 100])
+def test_preview_schedule_keeps_groups_actions_and_time_zones_whole(width):
+    # the scheduled-actions table under a schedule folded them at 80 columns
+    # (`llmfleet-pr│od-worker-0`, `llmfleet-do│wn-0`, `Europe/Berl│in`)
+    schedule = "llmfleet:schedule=mon-fri 08:00-20:00 Europe/Berlin"
+    result = _width_run(width, "preview", "--stack", "prod", "-c", schedule)
+    assert result.exit_code == 0, result.stderr
+    table = result.stdout[result.stdout.index("scheduled actions") :]
+    ids = [f"llmfleet-prod-worker-{i}" for i in range(3)] + [
+        "llmfleet-up-0",
+        "llmfleet-down-0",
+        "Europe/Berlin",
+    ]
+    assert split_ids(table, ids) == []
+    # every action is there, with its cron and its lead before the opening
+    flat = " ".join(table.split())
+    assert flat.count("49 7 * * 1,2,3,4,5") == 3 and flat.count("0 20 * * 1,2,3,4,5") == 3, table
+    assert flat.count("11 min") == 3, table
+
+
+@pytest.mark.parametrize("width", [80, 100])
 def test_cost_keeps_resource_names_and_instance_types_whole(width):
     doc = json.loads(run("cost", "--stack", "prod", "--json").stdout)
     resources = doc["projects"][0]["breakdown"]["resources"]
