@@ -451,7 +451,7 @@ def wait_head_ready(
 
 
 def wait_stack_ready(
-    cfg: Any,
+    cfg: StackConfig,
     outputs: Mapping[str, Any],
     timeout_s: float,
     *,

@@ -9,15 +9,19 @@ them. Ray does not isolate what two processes on one host share (CPU time, memor
 NIC): a trainer host serves nothing, so the replicas' hosts see the job only on the network.
 
 The data goes with the job: a working_dir of one file (data.jsonl), uploaded by Ray to its GCS
-and unpacked beside the driver; the driver passes its absolute path to the Train workers, which
-read it through Ray's working_dir on their own node (Ray ships the same package to every node
-that runs a task of the job).
+and unpacked beside the driver; the driver reads it and hands its bytes to the Train workers in
+the train loop config (Ray Train V2 starts a worker in a directory of its own choosing, so a
+path relative to the job's working_dir is not found there).
+
+Auth: a stack's cluster runs Ray's token auth, so every Jobs/State API request carries the
+stack's Ray cluster token in its Authorization header (Target.token; never argv, never a log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import shlex
@@ -26,11 +30,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infra.local.state import load_state
+from infra.stack.outputs import StackOutputs
 from ray_cluster import contract
 from ray_cluster.finetune import NAME_RE, PROGRESS_PREFIX, TrainSpec
 
@@ -41,6 +46,12 @@ MAX_UPLOAD_BYTES = 256 << 20
 JOB_ID_PREFIX = "llmfleet-lora-"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray's JobStatus values a job ends in
 JOB_ID_ALLOWED = f"a job id this command printed ({JOB_ID_PREFIX}NAME-XXXXXX)"
+# The job driver's log deduplication (Ray's RAY_DEDUP_LOGS) folds lines that differ only in their
+# numbers once they come from two sources (ip, pid) within its 5 s window: a progress line is such a
+# line, and on the local cluster, whose hosts share one Ray temp dir, two log monitors forward the
+# worker's file. Seen: 2 of 12 steps reached the log, the rest folded into "[repeated 2x ...]".
+# Ray's allow-list keeps every line that matches: the progress lines are never folded.
+JOB_ENV = {"RAY_DEDUP_LOGS_ALLOW_REGEX": re.escape(PROGRESS_PREFIX.strip())}
 
 
 class FinetuneJobError(RuntimeError):
@@ -55,6 +66,9 @@ class Target:
     served_model: str  # the id the Serve app serves; the adapter is `<served_model>:<NAME>`
     adapters: str  # the adapters location the Serve config loads from (s3://...)
     python: str  # the interpreter on the hosts
+    # The Ray cluster token (a stack's RAY_AUTH_TOKEN; None: the local cluster, auth disabled).
+    # It goes in the Authorization header of each Jobs/State API request, never in argv or a log.
+    token: str | None = field(default=None, repr=False)
 
 
 def local_target(name: str) -> Target:
@@ -63,17 +77,17 @@ def local_target(name: str) -> Target:
         raise FinetuneJobError(f"local cluster {name!r}: not up; run `llmfleet local up --name {name} ...`")
     where = f"local cluster {name!r}"
     up = "llmfleet local down && llmfleet local up --hosts 3 --train-hosts 1 --lora --model llmfleet/tiny-llama"
-    if not (st.get("lora") or {}).get("adapters"):
+    if st.lora is None or not st.lora.adapters:
         raise FinetuneJobError(f"{where}: serves no adapters (started without --lora); allowed: {up}")
-    if not any(h["role"] == "trainer" for h in st["hosts"]):
+    if not any(h.role == "trainer" for h in st.hosts):
         raise FinetuneJobError(f"{where}: has no trainer host (--train-hosts 0); allowed: {up}")
-    head = st["hosts"][0]
+    head = st.hosts[0]
     return Target(
         where=where,
-        dashboard=f"http://{head['ip']}:{st['ports']['dashboard']}",
-        base_path=st["model_dir"],
-        served_model=st["model"],
-        adapters=st["lora"]["adapters"],
+        dashboard=f"http://{head.ip}:{st.ports.dashboard}",
+        base_path=st.model_dir,
+        served_model=st.model,
+        adapters=st.lora.adapters,
         python=sys.executable,  # the local nodes run this venv's interpreter
     )
 
@@ -115,23 +129,80 @@ def llmfleet_version() -> str:
         return "unknown"
 
 
-def client(dashboard: str) -> Any:
-    from ray.job_submission import JobSubmissionClient
+def auth_headers(token: str | None) -> dict[str, str]:
+    """Ray 2.60 token auth's header (what Ray's own clients send when RAY_AUTH_MODE=token: the
+    dashboard's middleware checks `Authorization: Bearer <token>`). Passed explicitly rather than
+    through RAY_AUTH_TOKEN in this process's env, which Ray reads only in token mode and which
+    every Ray call of the process would then carry."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def ray_token(outputs: StackOutputs, ssm: Any | None) -> str:
+    """A stack's Ray cluster token: SSM (SecureString, provider aws) or the `ray_auth_token`
+    secret output (provider existing); the endpoint token's sources (infra/status/endpoint.py)."""
+    if outputs.provider == "existing":
+        if not outputs.ray_auth_token or outputs.ray_auth_token == "[secret]":
+            raise FinetuneJobError(
+                "stack output 'ray_auth_token' is hidden: read the outputs with secrets "
+                "(`pulumi stack output --json --show-secrets > outputs.json`, then --outputs outputs.json)"
+            )
+        return outputs.ray_auth_token
+    if not outputs.ray_token_parameter:
+        raise FinetuneJobError(
+            "stack output 'ray_token_parameter' is missing: run `pulumi up` with this version"
+        )
+    if ssm is None:
+        raise FinetuneJobError("reading the Ray cluster token needs an SSM client")
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        return JobSubmissionClient(dashboard)
+        return ssm.get_parameter(Name=outputs.ray_token_parameter, WithDecryption=True)["Parameter"]["Value"]
+    except (ClientError, BotoCoreError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise FinetuneJobError(
+            f"reading the Ray cluster token {outputs.ray_token_parameter} from SSM: {first}"
+        ) from None
+
+
+# Ray's Jobs SDK logs at INFO on stderr: the working_dir's upload (two lines with a temp path) and
+# the log stream's WebSocket closing. The command's own lines say what was submitted and how it ended.
+RAY_INFO_LOGGERS = (
+    "ray.dashboard.modules.dashboard_sdk",
+    "ray._private.runtime_env.packaging",
+    "ray.dashboard.modules.job.sdk",
+)
+
+
+def client(dashboard: str, token: str | None = None) -> Any:
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    for name in RAY_INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    try:
+        return JobSubmissionClient(dashboard, headers=auth_headers(token))
+    except AuthenticationError as e:  # Ray's token auth: 401 without a token, 403 with a wrong one
+        raise FinetuneJobError(
+            f"Ray's dashboard at {dashboard}: {str(e).splitlines()[0]} (the stack's Ray cluster token)"
+        ) from None
     except (ConnectionError, RuntimeError) as e:
         raise FinetuneJobError(
             f"Ray's dashboard at {dashboard}: not reachable ({str(e).splitlines()[0]})"
         ) from None
 
 
-def trainer_slots(dashboard: str) -> float:
+def trainer_slots(dashboard: str, token: str | None = None) -> float:
     """`llmfleet_train` units the cluster's live nodes advertise (Ray's state API)."""
-    from ray.util.state import list_nodes
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
     try:
-        nodes: list[Any] = list_nodes(address=dashboard, timeout=10, raise_on_missing_output=False)
+        # StateApiClient, not list_nodes(): only the client takes headers (the token)
+        api = StateApiClient(dashboard, headers={"Content-Type": "application/json", **auth_headers(token)})
+        # ListApiOptions is `@dataclass(init=not IS_PYDANTIC_2)`: the checker sees no __init__
+        options = ListApiOptions(timeout=10)  # pyright: ignore[reportCallIssue]
+        nodes: list[Any] = api.list(StateResource.NODES, options=options, raise_on_missing_output=False)
     except Exception as e:  # noqa: BLE001 - Ray's state API raises its own and requests' errors alike
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise FinetuneJobError(f"Ray's dashboard at {dashboard}: not reachable ({first[:200]})") from None
@@ -146,20 +217,20 @@ def submit(target: Target, spec: TrainSpec, data: Path, jobs: Any | None = None)
     check_data_size(data)
     if not NAME_RE.fullmatch(spec.name):
         raise FinetuneJobError(f"--name {spec.name!r}: allowed: 1-64 letters, digits, '_' or '-'")
-    slots = trainer_slots(target.dashboard)
+    slots = trainer_slots(target.dashboard, target.token)
     if slots < spec.num_workers:
         raise FinetuneJobError(
             f"{target.where}: {slots:g} live trainer slot(s) ({contract.TRAIN_RESOURCE}) for "
             f"{spec.num_workers} worker(s); allowed: a cluster with trainer hosts"
         )
-    api = jobs if jobs is not None else client(target.dashboard)
+    api = jobs if jobs is not None else client(target.dashboard, target.token)
     work = Path(tempfile.mkdtemp(prefix="llmfleet-finetune-"))
     try:
         shutil.copyfile(data, work / DATA_FILE)
         return api.submit_job(
             entrypoint=entrypoint(target, spec),
             submission_id=f"{JOB_ID_PREFIX}{spec.name}-{secrets.token_hex(3)}",
-            runtime_env={"working_dir": str(work)},
+            runtime_env={"working_dir": str(work), "env_vars": JOB_ENV},
             metadata={"llmfleet": "finetune", "adapter": spec.name, "model": target.served_model},
         )
     finally:
@@ -197,6 +268,26 @@ def cause(lines: list[str]) -> str:
         if m and not m.group(1).rsplit(".", 1)[-1].startswith(_WRAPPERS):
             return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()[:300]}"
     return ""
+
+
+class Once:
+    """Each progress record once, in step order: Ray forwards a worker's lines at least once (the
+    local cluster's hosts share a log dir, so each line arrives twice there), and a record for a
+    step already shown, or a second `done`, is a copy."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.done = False
+
+    def fresh(self, p: dict[str, Any]) -> bool:
+        if "done" in p:
+            seen, self.done = self.done, True
+            return not seen
+        step = p.get("step")
+        if not isinstance(step, int) or step <= self.step:
+            return False
+        self.step = step
+        return True
 
 
 def fmt_progress(p: dict[str, Any]) -> str:

@@ -18,27 +18,15 @@ from typing import Any, TypedDict, cast
 
 from ray_cluster import contract
 from ray_cluster.driver import NodeError
+from ray_cluster.json_read import Json
+from ray_cluster.json_read import items as _items
+from ray_cluster.json_read import num as _num
+from ray_cluster.json_read import obj as _obj
+from ray_cluster.json_read import text as _text
 from ray_cluster.serve_rest import serve_document
 
 # A JSON object from Ray (its state API's records, Serve's REST document): values untyped until
-# read through the accessors below, which turn a missing or mistyped value into the default.
-Json = Mapping[str, object]
-
-
-def _obj(v: object) -> Json:
-    return cast(Json, v) if isinstance(v, Mapping) else {}
-
-
-def _items(v: object) -> list[tuple[str, Json]]:
-    return sorted((str(k), _obj(x)) for k, x in _obj(v).items())
-
-
-def _text(v: object) -> str:
-    return v if isinstance(v, str) else ""
-
-
-def _num(v: object) -> float:
-    return float(v) if isinstance(v, int | float) else 0.0
+# read through ray_cluster.json_read, which turns a missing or mistyped value into the default.
 
 
 class NodeRow(TypedDict):

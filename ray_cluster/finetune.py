@@ -60,7 +60,7 @@ class FinetuneError(RuntimeError):
 @dataclass(frozen=True)
 class TrainSpec:
     base: str  # the base checkpoint's directory on the trainer host
-    data: str  # the JSONL (a path on the trainer host, or in the job's working_dir)
+    data: str  # the JSONL: a path for the driver; a Train worker's copy of its bytes
     name: str
     out: str  # the adapters location: a directory or s3://BUCKET/PREFIX
     base_model_id: str = ""  # the served model id, for the manifest
@@ -139,6 +139,12 @@ def _texts(example: dict[str, Any], tokenizer: Any) -> tuple[str, str]:
     return str(prompt), msgs[last]["content"]
 
 
+def _pad_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id (its EOS when it has none; 0 when neither)."""
+    pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
+
+
 def tokenize(
     examples: list[dict[str, Any]], tokenizer: Any, max_length: int
 ) -> list[tuple[list[int], list[int]]]:
@@ -203,13 +209,13 @@ def fine_tune(
     from peft import LoraConfig, get_peft_model  # pyright: ignore[reportMissingTypeStubs]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(spec.seed)
-    tokenizer: Any = AutoTokenizer.from_pretrained(spec.base)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    torch.manual_seed(spec.seed)  # pyright: ignore[reportUnknownMemberType] - torch leaves `seed` unannotated
+    tokenizer: Any = AutoTokenizer.from_pretrained(spec.base)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - transformers leaves the return unannotated
+    pad = _pad_id(tokenizer)
     rows = tokenize(read_examples(spec.data), tokenizer, spec.max_length)[rank::world] or []
     if not rows:
         raise FinetuneError(f"--num-workers {world}: more workers than examples")
-    model: Any = AutoModelForCausalLM.from_pretrained(spec.base, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(spec.base, dtype=torch.float32)  # pyright: ignore[reportUnknownMemberType] - transformers leaves `**kwargs` unannotated
     lora = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
@@ -233,7 +239,7 @@ def fine_tune(
         loss = trained(**batch).loss
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        opt.step()  # pyright: ignore[reportUnknownMemberType] - torch leaves `closure` unannotated
         losses.append(float(loss.item()))
         tokens += int(batch["attention_mask"].sum().item())
         elapsed = max(clock() - started, 1e-9)
@@ -262,12 +268,16 @@ def manifest(spec: TrainSpec, losses: Sequence[float], now: datetime) -> dict[st
 
 # ----------------------------------------------------------------------------- storage
 def _s3(uri: str) -> tuple[Any, str]:
-    from pyarrow import fs
+    from pyarrow import fs  # pyright: ignore[reportMissingTypeStubs] - pyarrow ships no stubs
 
     # Ray Serve LLM's own S3 filesystem reads the endpoint the same way (pyarrow_filesystem.py)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3")
-    s3 = fs.S3FileSystem(endpoint_override=endpoint) if endpoint else fs.S3FileSystem()
-    return s3, uri.removeprefix("s3://")
+    return _filesystem(fs, endpoint), uri.removeprefix("s3://")
+
+
+def _filesystem(fs: Any, endpoint: str | None) -> Any:
+    """pyarrow's S3 filesystem (pyarrow ships no stubs: `fs` is its module)."""
+    return fs.S3FileSystem(endpoint_override=endpoint) if endpoint else fs.S3FileSystem()
 
 
 def destination(out: str, name: str) -> str:
@@ -276,10 +286,10 @@ def destination(out: str, name: str) -> str:
 
 def exists(dest: str) -> bool:
     if dest.startswith("s3://"):
-        from pyarrow import fs
+        from pyarrow import fs  # pyright: ignore[reportMissingTypeStubs] - pyarrow ships no stubs
 
         s3, path = _s3(dest)
-        return bool(s3.get_file_info(fs.FileSelector(path, allow_not_found=True, recursive=False)))
+        return bool(s3.get_file_info(fs.FileSelector(path, allow_not_found=True, recursive=False)))  # pyright: ignore[reportUnknownMemberType] - as above
     return Path(dest).exists()
 
 
@@ -327,22 +337,27 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:  # pragma: no cover 
     data = tempfile.NamedTemporaryFile(prefix="llmfleet-data-", suffix=".jsonl", delete=False)  # noqa: SIM115
     with data:
         data.write(config["data_bytes"])
-    fields = {k: v for k, v in config.items() if k != "data_bytes"}
-    spec = TrainSpec(**{**fields, "data": data.name, "target_modules": tuple(config["target_modules"])})
+    # Ray Train hands the config back untyped: TrainSpec's own fields, checked by the driver
+    fields: dict[str, Any] = {k: v for k, v in config.items() if k != "data_bytes"}
+    fields |= {"data": data.name, "target_modules": tuple(config["target_modules"])}
+    spec = TrainSpec(**fields)
     ctx = ray.train.get_context()
 
     def report(p: Progress) -> None:
         if ctx.get_world_rank() == 0:
             print(p.line(), flush=True)
 
-    doc = train_and_publish(
-        spec,
-        report,
-        rank=ctx.get_world_rank(),
-        world=ctx.get_world_size(),
-        wrap=ray.train.torch.prepare_model,
-        device=str(ray.train.torch.get_device()),
-    )
+    try:
+        doc = train_and_publish(
+            spec,
+            report,
+            rank=ctx.get_world_rank(),
+            world=ctx.get_world_size(),
+            wrap=ray.train.torch.prepare_model,
+            device=str(ray.train.torch.get_device()),
+        )
+    finally:
+        os.unlink(data.name)  # the worker's copy; the manifest has hashed it by now
     if doc:
         print(
             PROGRESS_PREFIX + json.dumps({"done": destination(spec.out, spec.name), "manifest": doc}),
@@ -399,8 +414,8 @@ def parse(argv: Sequence[str]) -> TrainSpec:
     return TrainSpec(
         base=a.base,
         base_model_id=a.base_model_id,
-        # relative stays relative: Ray starts the driver and every Train worker in the job's
-        # working_dir on its own node, and the unpacked path differs per node
+        # relative to the driver's cwd (the job's unpacked working_dir); the driver reads it and
+        # the Train workers get its bytes (_train_loop_per_worker), not this path
         data=a.data,
         name=a.name,
         out=a.out,

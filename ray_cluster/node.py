@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
-from ray_cluster import contract, healthcheck, nic
+from ray_cluster import contract, healthcheck, nic, ray_api
 from ray_cluster import placement as preflight
 from ray_cluster.cluster_status import gather
 from ray_cluster.contract import (
@@ -32,6 +32,7 @@ from ray_cluster.contract import (
     gpu_model_resource,
 )
 from ray_cluster.driver import NodeError, auth_env, connect, split_address, wait_for_tcp
+from ray_cluster.json_read import Json, num, obj, seq, text
 from ray_cluster.placement import PreflightError
 from ray_cluster.ray_start import head_start_command, shell_command, worker_start_command
 from ray_cluster.readiness import (
@@ -226,8 +227,6 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
 
     Then records the fingerprint of the bytes it deployed (read before the deploy: a rollout may
     rewrite the file meanwhile), so `status --serve-config` reports what answers, not what is on disk."""
-    import ray
-
     with open(a.serve_config, "rb") as f:
         fingerprint = config_fingerprint(f.read())
     config = load_serve_config(a.serve_config)
@@ -240,7 +239,7 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
         # Every worker must hold the checkpoint the head staged the tokenizer of: a rollout to
         # a new weightsUri re-stages one worker at a time, and a mixed set would serve garbage.
         mixed = mixed_weights(
-            ray.nodes(), contract.read_weights_fingerprint(os.environ.get(contract.MODEL_PATH_ENV))
+            ray_api.nodes(), contract.read_weights_fingerprint(os.environ.get(contract.MODEL_PATH_ENV))
         )
         if mixed:
             raise NodeError(f"refusing to deploy: {mixed}")
@@ -258,7 +257,7 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
                 raise NodeError(f"preflight failed: {'; '.join(result.problems) or result.summary(dims)}")
             print(f"preflight ok: {result.summary(dims)}", file=sys.stderr, flush=True)
     finally:
-        ray.shutdown()
+        ray_api.shutdown()
     if not preflight_first and app_needs_restart(serve_status(a.dashboard), serve_deployments(a.dashboard)):
         # Serve does not retry a failed deploy of an unchanged config, nor rebuild an app that
         # stays UNHEALTHY on one (the watcher's backoff gave Serve's own replica restarts time
@@ -270,22 +269,21 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
     print("serve deploy: applied", file=sys.stderr, flush=True)
     wait_serve_running(a.dashboard, a.timeout)
     print("serve running", file=sys.stderr, flush=True)
-    text = wait_for_completion(a.endpoint, token, a.model, a.timeout)
+    sample = wait_for_completion(a.endpoint, token, a.model, a.timeout)
     _record_deployed(a.serve_config, fingerprint)
     print(
-        json.dumps({"ready": True, "endpoint": a.endpoint, "sample": text, "config": fingerprint}), flush=True
+        json.dumps({"ready": True, "endpoint": a.endpoint, "sample": sample, "config": fingerprint}),
+        flush=True,
     )
 
 
-def _watch_view(a: argparse.Namespace):
-    import ray
-
+def _watch_view(a: argparse.Namespace) -> WatchView:
     digest = file_digest(a.serve_config)
     connect(a.address)
     try:
         workers = {n.ip: n.node_id for n in ray_cluster_state() if n.alive and not n.is_head}
     finally:
-        ray.shutdown()
+        ray_api.shutdown()
     return WatchView(digest, workers, serve_status(a.dashboard))
 
 
@@ -305,7 +303,7 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         # When the workers were last seen joining (None: none alive): idle counts from there.
         awake: dict[str, float | None] = {"since": time.time()}
 
-        def observe():
+        def observe() -> WatchView:
             view = _watch_view(a)
             if not view.workers:
                 awake["since"] = None
@@ -332,19 +330,17 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    import ray
-
     connect(a.address)
     try:
         nodes = ray_cluster_state()
-        total = ray.cluster_resources().get("GPU", 0)
-        avail = ray.available_resources().get("GPU", 0)
+        total = ray_api.cluster_resources().get("GPU", 0)
+        avail = ray_api.available_resources().get("GPU", 0)
         # Which hosts serve which engine replica (a rollout rolls one replica's hosts at a time).
-        placements = engine_placements(ray.util.placement_group_table(), {n.node_id: n.ip for n in nodes})
+        placements = engine_placements(ray_api.placement_group_table(), {n.node_id: n.ip for n in nodes})
     finally:
-        ray.shutdown()
+        ray_api.shutdown()
     apps = serve_status(a.dashboard)
-    doc = {
+    doc: dict[str, object] = {
         "nodes": [asdict(n) for n in nodes],
         "gpus_total": total,
         "gpus_available": avail,
@@ -380,24 +376,24 @@ def cmd_healthcheck(a: argparse.Namespace) -> int:
     return healthcheck.main()
 
 
-def print_status(doc: dict) -> None:
+def print_status(doc: Json) -> None:
     """A rich table when rich is installed (operator machines), plain columns otherwise (the image)."""
     rows = [
         (
-            n["ip"],
-            str(n["alive"]).lower(),
-            str(n["is_head"]).lower(),
-            f"{n['gpus']:g}",
-            ",".join(f"{k}:{v:g}" for k, v in n["gpu_model"].items()) or "-",
+            text(n.get("ip")),
+            str(n.get("alive")).lower(),
+            str(n.get("is_head")).lower(),
+            f"{num(n.get('gpus')):g}",
+            ",".join(f"{k}:{num(v):g}" for k, v in obj(n.get("gpu_model")).items()) or "-",
         )
-        for n in sorted(doc["nodes"], key=lambda n: n["ip"])
+        for n in sorted(map(obj, seq(doc.get("nodes"))), key=lambda n: text(n.get("ip")))
     ]
     header = ("ip", "alive", "head", "GPUs", "gpu_model")
     footer = [
-        f"GPUs: {doc['gpus_available']:g} available of {doc['gpus_total']:g}",
+        f"GPUs: {num(doc.get('gpus_available')):g} available of {num(doc.get('gpus_total')):g}",
         "serve: "
         + (
-            ", ".join(f"{k}={v}" for k, v in doc["serve"].items())
+            ", ".join(f"{k}={v}" for k, v in obj(doc.get("serve")).items())
             or "no applications / dashboard unreachable"
         ),
     ]

@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, cast
 
-from ray_cluster import contract, nic
+from ray_cluster import contract, nic, ray_api
 from ray_cluster.driver import connect
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.util.placement_group import PlacementGroup
+
+T = TypeVar("T")
 
 
 class PreflightError(RuntimeError):
@@ -59,7 +67,7 @@ class PreflightResult:
     ok: bool = False
     problems: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self, dims: str | None = None) -> str:
@@ -85,7 +93,7 @@ def bundles(tp: int, pp: int, gpu_model: str | None = None, device: str = "gpu")
 def tp_groups(ranks: list[RankInfo], tp: int, pp: int) -> list[TPGroup]:
     """Ranks [pp*TP, (pp+1)*TP) form one TP group; it must sit on one node (TP traffic stays on PCIe/NVLink)."""
     by_rank = {r.rank: r for r in ranks}
-    out = []
+    out: list[TPGroup] = []
     for stage in range(pp):
         members = [by_rank[i] for i in range(stage * tp, (stage + 1) * tp)]
         out.append(
@@ -113,7 +121,13 @@ def expected_sum(world: int) -> float:
 
 
 def no_fit_message(
-    tp: int, pp: int, gpu_model: str | None, waited: float, total: dict, avail: dict, device: str = "gpu"
+    tp: int,
+    pp: int,
+    gpu_model: str | None,
+    waited: float,
+    total: Mapping[str, float],
+    avail: Mapping[str, float],
+    device: str = "gpu",
 ) -> str:
     need = tp * pp
     unit = "GPU" if device == "gpu" else "CPU"
@@ -138,17 +152,34 @@ def timeout_hint(world: int, ips: list[str], timeout: float, ifname: str | None,
 # ---------------------------------------------------------------- rank actor (runs on the GPU nodes)
 
 
+class RankFacts(TypedDict):
+    """Where a rank actor landed (RankInfo without its place in the gang)."""
+
+    node_ip: str
+    node_id: str
+    hostname: str
+    gpu_ids: list[str]
+
+
+class AllreduceOut(TypedDict):
+    backend: str
+    min: float
+    max: float
+    seconds: float
+    ifname: str | None
+
+
 class _Rank:
     def __init__(self, rank: int):
         self.rank = rank
 
-    def info(self) -> dict:
+    def info(self) -> RankFacts:
         import socket
 
         import ray
 
         return {
-            "node_ip": ray.util.get_node_ip_address(),
+            "node_ip": ray_api.node_ip(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "hostname": socket.gethostname(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
@@ -159,25 +190,22 @@ class _Rank:
         name = os.environ.get("GLOO_SOCKET_IFNAME") or os.environ.get("NCCL_SOCKET_IFNAME")
         if name:
             return name
-        import ray
-
         try:
-            return nic.choose_nic(nic.read_interfaces(), ip=ray.util.get_node_ip_address()).ifname
+            return nic.choose_nic(nic.read_interfaces(), ip=ray_api.node_ip()).ifname
         except nic.NicError:
             return None
 
     def free_port(self) -> int:
         import socket
 
-        import ray
-
         with socket.socket() as s:
-            s.bind((ray.util.get_node_ip_address(), 0))
-            return s.getsockname()[1]
+            s.bind((ray_api.node_ip(), 0))
+            port: int = s.getsockname()[1]
+            return port
 
     def allreduce(
         self, world: int, master_ip: str, port: int, numel: int, iters: int, timeout_s: float
-    ) -> dict:
+    ) -> AllreduceOut:
         from datetime import timedelta
 
         import torch
@@ -199,20 +227,40 @@ class _Rank:
         )
         try:
             t = torch.full((numel,), float(self.rank + 1), dtype=torch.float32, device=device)
-            dist.all_reduce(t)
+            dist.all_reduce(t)  # pyright: ignore[reportUnknownMemberType] - torch leaves `tensor` unannotated
             if cuda:
                 torch.cuda.synchronize()
             lo, hi = float(t.min()), float(t.max())
-            dist.barrier()
+            dist.barrier()  # pyright: ignore[reportUnknownMemberType] - torch leaves `device_ids` unannotated
             start = time.perf_counter()
             for _ in range(iters):
-                dist.all_reduce(t)
+                dist.all_reduce(t)  # pyright: ignore[reportUnknownMemberType] - as above
             if cuda:
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / max(iters, 1)
             return {"backend": backend, "min": lo, "max": hi, "seconds": seconds, "ifname": ifname}
         finally:
             dist.destroy_process_group()
+
+
+class _Call(Protocol[T]):
+    """An actor method's `.remote(...)`, returning its result's ObjectRef."""
+
+    def remote(self, *args: object) -> ObjectRef[T]: ...
+
+
+class _RankHandle(Protocol):
+    """A rank actor's handle as the driver calls it (Ray types undecorated actor methods as plain
+    functions, so its ActorHandle[_Rank] has no `.remote` on them)."""
+
+    @property
+    def info(self) -> _Call[RankFacts]: ...
+    @property
+    def nic(self) -> _Call[str | None]: ...
+    @property
+    def free_port(self) -> _Call[int]: ...
+    @property
+    def allreduce(self) -> _Call[AllreduceOut]: ...
 
 
 # ---------------------------------------------------------------- driver
@@ -242,14 +290,14 @@ def run_preflight(
     owns_connection = not ray.is_initialized()
     if owns_connection:
         connect(address or "auto")
-    pg = None
-    actors: list = []
+    pg: PlacementGroup | None = None
+    actors: list[_RankHandle] = []
     try:
         # The GPU engine's own strategy (PACK). On CPU too: there the gang deliberately spans every
         # replica host (node.preflight_layout), which STRICT_PACK, the CPU engine's, would refuse.
         strategy = contract.placement_strategy("gpu")
         pg = placement_group(bundle_list, strategy=strategy, name=f"llmfleet-preflight-tp{tp}-pp{pp}")
-        ready, _ = ray.wait([pg.ready()], timeout=timeout)
+        ready, _ = ray_api.wait([ray_api.placement_ready(pg)], timeout=timeout)
         if not ready:
             raise PreflightError(
                 no_fit_message(
@@ -257,28 +305,27 @@ def run_preflight(
                     pp,
                     gpu_model,
                     timeout,
-                    ray.cluster_resources(),
-                    ray.available_resources(),
+                    ray_api.cluster_resources(),
+                    ray_api.available_resources(),
                     device,
                 )
             )
-        actors += _place_ranks(ray, pg, bundle_list)
+        actors += _place_ranks(pg, bundle_list)
         infos = _get(
-            ray,
             [a.info.remote() for a in actors],
             timeout,
             f"{world} rank actors did not start within {timeout:g} s",
             "rank actor failed",
         )
         result = _placement_result(tp, pp, gpu_model, infos)
-        _measure_allreduce(ray, actors, result, tensor_bytes, iters, timeout, collective_timeout)
+        _measure_allreduce(actors, result, tensor_bytes, iters, timeout, collective_timeout)
         result.ok = result.allreduce_ok and result.tp_groups_within_host
         return result
     finally:
-        _release(ray, actors, pg, owns_connection)
+        _release(actors, pg, owns_connection)
 
 
-def _placement_result(tp: int, pp: int, gpu_model: str | None, infos: list[dict]) -> PreflightResult:
+def _placement_result(tp: int, pp: int, gpu_model: str | None, infos: list[RankFacts]) -> PreflightResult:
     """Where each rank landed; a TP group that spans hosts is a problem (its all-reduce leaves the host)."""
     ranks = [RankInfo(rank=i, pp_stage=i // tp, tp_rank=i % tp, **info) for i, info in enumerate(infos)]
     groups = tp_groups(ranks, tp, pp)
@@ -298,13 +345,13 @@ def _placement_result(tp: int, pp: int, gpu_model: str | None, infos: list[dict]
     return result
 
 
-def _release(ray, actors: list, pg, owns_connection: bool) -> None:
+def _release(actors: Sequence[_RankHandle], pg: PlacementGroup | None, owns_connection: bool) -> None:
     """Best effort: kill the rank actors, free the placement group, disconnect if we connected."""
     from ray.util.placement_group import remove_placement_group
 
     for a in actors:
         try:
-            ray.kill(a)
+            ray_api.kill(a)
         except Exception:
             pass
     if pg is not None:
@@ -313,33 +360,32 @@ def _release(ray, actors: list, pg, owns_connection: bool) -> None:
         except Exception:
             pass
     if owns_connection:
-        ray.shutdown()
+        ray_api.shutdown()
 
 
-def _place_ranks(ray, pg, bundle_list: list[dict]) -> list:
+def _place_ranks(pg: PlacementGroup, bundle_list: list[dict[str, float]]) -> list[_RankHandle]:
     """One rank actor per bundle; each takes its whole bundle, as the engine's rank does."""
+    import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     rank_cls = ray.remote(_Rank)
-    actors = []
+    actors: list[_RankHandle] = []
     for i, b in enumerate(bundle_list):
         extra = {k: v for k, v in b.items() if k not in ("CPU", "GPU")} or None
-        actors.append(
-            rank_cls.options(
-                num_cpus=b.get("CPU", 0),
-                num_gpus=b.get("GPU", 0),
-                resources=extra,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=i
-                ),
-            ).remote(i)
-        )
+        handle = rank_cls.options(
+            num_cpus=b.get("CPU", 0),
+            num_gpus=b.get("GPU", 0),
+            resources=extra,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=i
+            ),
+        ).remote(i)
+        actors.append(cast(_RankHandle, handle))  # the boundary: Ray's handle, as _RankHandle declares it
     return actors
 
 
 def _measure_allreduce(
-    ray,
-    actors: list,
+    actors: Sequence[_RankHandle],
     result: PreflightResult,
     tensor_bytes: int,
     iters: int,
@@ -349,13 +395,12 @@ def _measure_allreduce(
     """All-reduce across every rank from rank 0's host: correct sum, time, bus bandwidth."""
     ranks, world = result.ranks, len(actors)
     master_ip = ranks[0].node_ip
-    port = _get(ray, [actors[0].free_port.remote()], timeout, "rank 0 gave no port", "rank 0 port")[0]
+    port = _get([actors[0].free_port.remote()], timeout, "rank 0 gave no port", "rank 0 port")[0]
     numel = max(1, tensor_bytes // 4)
-    ifname = _get(ray, [actors[0].nic.remote()], timeout, "rank 0 gave no NIC", "rank 0 NIC")[0]
+    ifname = _get([actors[0].nic.remote()], timeout, "rank 0 gave no NIC", "rank 0 NIC")[0]
     # Gloo/NCCL timeouts alone can hang past the bound; the outer ray.wait enforces it.
     refs = [a.allreduce.remote(world, master_ip, port, numel, iters, collective_timeout) for a in actors]
     outs = _get(
-        ray,
         refs,
         collective_timeout + 30,
         timeout_hint(world, [r.node_ip for r in ranks], collective_timeout + 30, ifname, "all-reduce"),
@@ -374,13 +419,13 @@ def _measure_allreduce(
     result.algbw_gbps, result.busbw_gbps = bus_bandwidth(result.tensor_bytes, result.seconds, world)
 
 
-def _get(ray, refs: list, timeout: float, on_timeout: str, on_error: str) -> list:
+def _get(refs: Sequence[ObjectRef[T]], timeout: float, on_timeout: str, on_error: str) -> list[T]:
     """ray.get with a bound; every failure becomes one line."""
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    ready, _ = ray_api.wait(refs, num_returns=len(refs), timeout=timeout)
     if len(ready) < len(refs):
         raise PreflightError(on_timeout)
     try:
-        return ray.get(refs)
+        return ray_api.get(refs)
     except Exception as e:
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         raise PreflightError(f"{on_error}: {lines[-1] if lines else type(e).__name__}") from None

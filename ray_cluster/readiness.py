@@ -7,16 +7,20 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ray_cluster import contract
+from ray_cluster import contract, ray_api
 from ray_cluster.contract import (
     CPU_WORKER_RESOURCE,
     GPU_MODEL_PREFIX,
     gpu_model_resource,
 )
 from ray_cluster.driver import NodeError
+from ray_cluster.json_read import Json, num, obj, seq, text
+
+# An HTTP response body: the parsed JSON, or the raw text when it is not JSON
+Payload = object
 
 
 @dataclass
@@ -87,17 +91,20 @@ def wait_for_gpus(
         sleep(interval)
 
 
-def mixed_weights(nodes: list[dict], head_weights: str | None) -> str | None:
+def mixed_weights(nodes: Iterable[Json], head_weights: str | None) -> str | None:
     """None when every alive worker in `nodes` (the shape `ray.nodes()` returns) advertises the
     weights fingerprint the head holds (ray_cluster.contract.WEIGHTS_LABEL); else one line
     naming the first odd worker by IP and both fingerprints. Without a fingerprint on the head,
     the workers' most common one is the reference; with none anywhere (the local cluster, owned
     hosts) there is nothing to compare."""
-    workers = sorted(
+    workers: list[tuple[str, str | None]] = sorted(
         (
-            (n.get("NodeManagerAddress", ""), (n.get("Labels") or {}).get(contract.WEIGHTS_LABEL) or None)
+            (
+                text(n.get("NodeManagerAddress")),
+                text(obj(n.get("Labels")).get(contract.WEIGHTS_LABEL)) or None,
+            )
             for n in nodes
-            if n.get("Alive") and contract.HEAD_RESOURCE not in (n.get("Resources") or {})
+            if n.get("Alive") and contract.HEAD_RESOURCE not in obj(n.get("Resources"))
         ),
         key=lambda w: w[0],
     )
@@ -115,23 +122,23 @@ def mixed_weights(nodes: list[dict], head_weights: str | None) -> str | None:
     return None
 
 
-def engine_placements(pg_table: dict, ip_by_node: dict[str, str]) -> list[list[str]]:
+def engine_placements(pg_table: Mapping[str, object], ip_by_node: dict[str, str]) -> list[list[str]]:
     """The hosts of each engine replica, in pipeline-stage order, from Ray's placement group
     table: every CREATED group whose bundles hold engine slots (GPU, or the CPU-worker resource),
     its nodes by their lowest bundle index (rank = stage x TP + tp rank). Which hosts make a
     replica is Ray's choice at deploy time, so a rollout asks this rather than assume slot order.
     Sorted by first host, so the numbering is stable while the placement is."""
     out: list[list[str]] = []
-    for pg in pg_table.values():
+    for pg in map(obj, pg_table.values()):
         if pg.get("state") != "CREATED":
             continue
-        bundles = pg.get("bundles") or {}
-        if not any("GPU" in b or CPU_WORKER_RESOURCE in b for b in bundles.values()):
+        bundles = obj(pg.get("bundles"))
+        if not any("GPU" in b or CPU_WORKER_RESOURCE in b for b in map(obj, bundles.values())):
             continue
-        placed = pg.get("bundles_to_node_id") or {}
+        placed = obj(pg.get("bundles_to_node_id"))
         ips: list[str] = []
         for idx in sorted(placed, key=int):
-            ip = ip_by_node.get(placed[idx])
+            ip = ip_by_node.get(text(placed[idx]))
             if ip and ip not in ips:
                 ips.append(ip)
         if ips:
@@ -141,29 +148,29 @@ def engine_placements(pg_table: dict, ip_by_node: dict[str, str]) -> list[list[s
 
 def ray_cluster_state() -> list[NodeState]:
     """Nodes of the connected cluster (needs ray.init)."""
-    import ray
-
-    out = []
-    for n in ray.nodes():
-        res = n.get("Resources", {})
-        models = {k[len(GPU_MODEL_PREFIX) :]: v for k, v in res.items() if k.startswith(GPU_MODEL_PREFIX)}
+    out: list[NodeState] = []
+    for n in ray_api.nodes():
+        res = obj(n.get("Resources"))
+        models = {
+            k[len(GPU_MODEL_PREFIX) :]: num(v) for k, v in res.items() if k.startswith(GPU_MODEL_PREFIX)
+        }
         out.append(
             NodeState(
-                ip=n.get("NodeManagerAddress", ""),
+                ip=text(n.get("NodeManagerAddress")),
                 alive=bool(n.get("Alive")),
-                gpus=float(res.get("GPU", 0)),
+                gpus=num(res.get("GPU")),
                 gpu_model=models,
                 is_head=contract.HEAD_RESOURCE in res,
-                node_id=n.get("NodeID", ""),
-                cpu_slots=float(res.get(CPU_WORKER_RESOURCE, 0)),
+                node_id=text(n.get("NodeID")),
+                cpu_slots=num(res.get(CPU_WORKER_RESOURCE)),
             )
         )
     return out
 
 
-def _http_json(
-    method: str, url: str, body: dict | None, token: str | None, timeout: float
-) -> tuple[int, dict | str]:
+def http_json(
+    method: str, url: str, body: Mapping[str, object] | None, token: str | None, timeout: float
+) -> tuple[int, Payload]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
@@ -171,48 +178,50 @@ def _http_json(
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read().decode("utf-8", "replace")
-            status = resp.status
+            raw: str = resp.read().decode("utf-8", "replace")
+            status: int = resp.status
     except urllib.error.HTTPError as e:
         raw, status = e.read().decode("utf-8", "replace"), e.code
     try:
-        return status, json.loads(raw)
+        parsed: object = json.loads(raw)
+        return status, parsed
     except ValueError:
         return status, raw
 
 
-def completion_tokens(payload: dict | str) -> str | None:
+def completion_tokens(payload: Payload) -> str | None:
     """The generated text of an OpenAI completions/chat response, or None when it holds no tokens."""
-    if not isinstance(payload, dict):
-        return None
-    choices = payload.get("choices") or []
+    doc = obj(payload)  # not a JSON object (an error page's text): no choices, so None
+    choices = seq(doc.get("choices"))
     if not choices:
         return None
-    c = choices[0]
-    text = c.get("text")
-    if text is None:
-        text = (c.get("message") or {}).get("content") or (c.get("message") or {}).get("reasoning_content")
-    usage = (payload.get("usage") or {}).get("completion_tokens", 0)
-    if text or usage:
-        return text or ""
+    c = obj(choices[0])
+    out = c.get("text")
+    if out is None:
+        message = obj(c.get("message"))
+        out = message.get("content") or message.get("reasoning_content")
+    usage = obj(doc.get("usage")).get("completion_tokens", 0)
+    if out or usage:
+        return str(out) if out else ""
     return None
 
 
 def probe_completion(endpoint: str, token: str | None, model: str | None, timeout: float = 60.0) -> str:
     """POST one tiny completion. Returns the text; raises NodeError with what was seen."""
     base = endpoint.rstrip("/")
+    chosen: object = model
     if not model:
-        status, models = _http_json("GET", f"{base}/v1/models", None, token, timeout)
-        ids = [m.get("id") for m in models.get("data", [])] if isinstance(models, dict) else []
+        status, models = http_json("GET", f"{base}/v1/models", None, token, timeout)
+        ids = [obj(m).get("id") for m in seq(obj(models).get("data"))]
         if status != 200 or not ids:
             raise NodeError(f"GET {base}/v1/models gave HTTP {status} with no model id: {str(models)[:120]}")
-        model = ids[0]
-    body = {"model": model, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
-    status, payload = _http_json("POST", f"{base}/v1/completions", body, token, timeout)
-    text = completion_tokens(payload) if status == 200 else None
-    if text is None:
+        chosen = ids[0]
+    body: dict[str, object] = {"model": chosen, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    status, payload = http_json("POST", f"{base}/v1/completions", body, token, timeout)
+    got = completion_tokens(payload) if status == 200 else None
+    if got is None:
         raise NodeError(f"POST {base}/v1/completions gave HTTP {status} without tokens: {str(payload)[:120]}")
-    return text
+    return got
 
 
 def wait_for_completion(

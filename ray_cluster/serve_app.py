@@ -30,7 +30,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -50,7 +50,9 @@ GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
 DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
 
 
-def openai_error(message: str, status: int, code: str | None = None, param: str | None = None) -> dict:
+def openai_error(
+    message: str, status: int, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """OpenAI's error body: the shape the `openai` client parses into `e.message`/`e.code`
     (anything else, e.g. FastAPI's {"detail": ...}, shows only "Error code: 404")."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
@@ -80,13 +82,13 @@ class BearerGate:
         self.app = app
         self._token = token
 
-    def allows(self, scope: dict) -> bool:
+    def allows(self, scope: dict[str, Any]) -> bool:
         for k, v in scope.get("headers") or ():
             if k.lower() == b"authorization":
                 return bearer_ok(v.decode("latin-1"), self._token)
         return False
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket") or self.allows(scope):
             await self.app(scope, receive, send)
             return
@@ -173,7 +175,7 @@ def mirror_reasoning_sse(packet: str | bytes) -> str | bytes:
     `reasoning` followed by the same `reasoning_content`."""
     if isinstance(packet, str):
         return _REASONING_RE.sub(_REASONING_SUB, packet) if _REASONING_KEY in packet else packet
-    if isinstance(packet, bytes):
+    if isinstance(packet, bytes):  # pyright: ignore[reportUnnecessaryIsInstance] - Ray passes chunks untyped: anything else goes through as is
         return _REASONING_RE_B.sub(_REASONING_SUB_B, packet) if _REASONING_KEY_B in packet else packet
     return packet
 
@@ -181,11 +183,11 @@ def mirror_reasoning_sse(packet: str | bytes) -> str | bytes:
 def mirror_reasoning_message(doc: Any) -> Any:
     """A whole chat.completion (parsed JSON): each choice's message gets `reasoning_content`
     beside `reasoning` (once per response, so parsed: keys are matched where they are, not as text)."""
-    for choice in (doc.get("choices") or []) if isinstance(doc, dict) else []:
-        msg = choice.get("message") if isinstance(choice, dict) else None
+    for choice in (doc.get("choices") or []) if isinstance(doc, dict) else []:  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - parsed JSON
+        msg: Any = choice.get("message") if isinstance(choice, dict) else None  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - parsed JSON
         if isinstance(msg, dict) and "reasoning" in msg:
             msg[REASONING_CONTENT] = msg["reasoning"]
-    return doc
+    return doc  # pyright: ignore[reportUnknownVariableType] - the parsed JSON it was given
 
 
 async def _mirrored(chunks: AsyncIterable[Any]) -> AsyncIterator[Any]:
@@ -245,7 +247,7 @@ def unavailable_body(state: str, schedule: Schedule | None, now: datetime) -> tu
     return retry, json.dumps(body).encode()
 
 
-def _gated_path(scope: dict) -> bool:
+def _gated_path(scope: dict[str, Any]) -> bool:
     """Requests that need an engine replica: the OpenAI API's POSTs (completions, chat,
     embeddings, ...). GET /v1/models answers from the ingress itself, asleep or not."""
     return (
@@ -296,7 +298,7 @@ class ServingGate:
                 self._cached = (t, SERVING)
         return self._cached[1]
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not _gated_path(scope):
             await self.app(scope, receive, send)
             return
@@ -318,11 +320,11 @@ class ServingGate:
         )
         await send({"type": "http.response.body", "body": body})
 
-    def _counting(self, send: Any) -> Callable[[dict], Awaitable[None]]:
+    def _counting(self, send: Any) -> Callable[[dict[str, Any]], Awaitable[None]]:
         """`send`, calling on_served for a 2xx answer's start and each of its body chunks."""
         answered = False
 
-        async def counted(message: dict) -> None:
+        async def counted(message: dict[str, Any]) -> None:
             nonlocal answered
             if message["type"] == "http.response.start":
                 answered = 200 <= int(message["status"]) < 300
@@ -356,9 +358,9 @@ def activity_toucher(path: str | None, monotonic: Callable[[], float] = time.mon
     return touch
 
 
-def is_worker_node(node: dict) -> bool:
+def is_worker_node(node: Mapping[str, Any]) -> bool:
     """A Ray node (ray.nodes() entry) that hosts engine ranks: it advertises a worker resource."""
-    res = node.get("Resources") or {}
+    res: Mapping[str, Any] = node.get("Resources") or {}
     return bool(node.get("Alive")) and (
         CPU_WORKER_RESOURCE in res
         or res.get("GPU", 0) > 0
@@ -366,7 +368,7 @@ def is_worker_node(node: dict) -> bool:
     )
 
 
-def cluster_state(nodes: list[dict], engine_replicas_running: int | None) -> str:
+def cluster_state(nodes: Sequence[Mapping[str, Any]], engine_replicas_running: int | None) -> str:
     """asleep: no worker host is alive; waking: hosts are up but no engine replica runs yet."""
     if not any(is_worker_node(n) for n in nodes):
         return ASLEEP
@@ -391,7 +393,7 @@ def _ray_state(own_deployment: str | None) -> str:
                 )
     except Exception:  # noqa: BLE001 - the controller is busy: judge by the hosts alone
         running = None
-    return cluster_state(ray.nodes(), running)
+    return cluster_state(ray.nodes(), running)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType] - unannotated in Ray: a list of dicts
 
 
 # ---------------------------------------------------------------- args (pure)
@@ -417,17 +419,17 @@ def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise AppArgsError(
             f"{DIRECT_STREAMING_ENV}=1 makes the engine the ingress, with no bearer gate; allowed: unset or 0"
         )
-    icc = args.get("ingress_cls_config") or {}
+    icc: dict[str, Any] | Any = args.get("ingress_cls_config") or {}
     if not isinstance(icc, dict):
         raise AppArgsError(
             f"build_app args: ingress_cls_config = {icc!r}: allowed: a mapping with ingress_cls/ingress_extra_kwargs"
         )
-    unknown = set(icc) - {"ingress_cls", "ingress_extra_kwargs"}
+    unknown = set(icc) - {"ingress_cls", "ingress_extra_kwargs"}  # pyright: ignore[reportUnknownArgumentType] - the Serve config's YAML mapping
     if unknown:
         raise AppArgsError(
             f"build_app args: ingress_cls_config.{sorted(unknown)[0]}: allowed keys: ingress_cls, ingress_extra_kwargs"
         )
-    extra = dict(icc.get("ingress_extra_kwargs") or {})
+    extra = dict(icc.get("ingress_extra_kwargs") or {})  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType] - as above
     if "api_token_env" in extra:
         raise AppArgsError(
             "build_app args: ingress_cls_config.ingress_extra_kwargs.api_token_env: not allowed; "
@@ -451,7 +453,7 @@ def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             )
         extra["activity_file"] = activity
     args["ingress_cls_config"] = {
-        "ingress_cls": icc.get("ingress_cls") or GATED_INGRESS,
+        "ingress_cls": icc.get("ingress_cls") or GATED_INGRESS,  # pyright: ignore[reportUnknownMemberType] - as above
         "ingress_extra_kwargs": extra,
     }
     return env_name, args
@@ -501,7 +503,7 @@ def _gated_base() -> type:
             self._bearer_token = load_token(api_token_env)
             self._schedule = parse_schedule(schedule) if schedule else None
             self._touch = activity_toucher(activity_file)
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)  # pyright: ignore[reportUnknownMemberType] - Ray leaves DeploymentHandle's type parameter unbound
 
         def _set_asgi_app(self, app: Any) -> None:
             from ray import serve
@@ -515,7 +517,7 @@ def _gated_base() -> type:
                 return await asyncio.to_thread(_ray_state, own)
 
             # The token first: who may not call learns nothing, not even that it sleeps.
-            super()._set_asgi_app(  # pyright: ignore[reportAttributeAccessIssue] - Ray's ingress base, bound at run time
+            super()._set_asgi_app(  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType] - Ray's ingress base, bound at run time
                 BearerGate(
                     ServingGate(install_openai_errors(app), state, self._schedule, on_served=self._touch),
                     self._bearer_token,
@@ -552,7 +554,7 @@ def _gated_base() -> type:
     for fn in vars(BearerOpenAiIngress).values():
         if callable(fn) and hasattr(fn, "__qualname__"):
             fn.__qualname__ = f"BearerOpenAiIngress.{fn.__name__}"
-    _GATED = BearerOpenAiIngress
+    _GATED = BearerOpenAiIngress  # pyright: ignore[reportConstantRedefinition] - the class, built once per process
     return _GATED
 
 
@@ -604,7 +606,7 @@ def _live_server() -> type:
     LLMServer.__module__ = __name__
     LLMServer.__qualname__ = "LLMServer"
     LLMServer.check_health.__qualname__ = "LLMServer.check_health"
-    _LIVE = LLMServer
+    _LIVE = LLMServer  # pyright: ignore[reportConstantRedefinition] - the class, built once per process
     return _LIVE
 
 
@@ -633,13 +635,13 @@ def _staged_weights() -> type:
 
     class StagedWeights(CallbackBase):
         async def on_before_node_init(self) -> None:
-            src = self.llm_config.model_loading_config.model_source  # pyright: ignore[reportAttributeAccessIssue] - Ray types it as a dict; it is a model
+            src = self.llm_config.model_loading_config.model_source  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownVariableType] - Ray types it as a dict; it is a model
             if weights_are_staged(src):
                 self.ctx.run_init_node = False
 
     StagedWeights.__module__ = __name__
     StagedWeights.__qualname__ = "StagedWeights"
-    _STAGED = StagedWeights
+    _STAGED = StagedWeights  # pyright: ignore[reportConstantRedefinition] - the class, built once per process
     return _STAGED
 
 
@@ -657,9 +659,9 @@ def __getattr__(name: str) -> Any:
 
 def build_app(args: dict[str, Any]):
     """Serve application builder: `ray.serve.llm.build_openai_app` with the gated ingress."""
-    from ray.serve.llm import LLMServingArgs, build_openai_app
+    from ray.serve.llm import LLMServingArgs, build_openai_app  # pyright: ignore[reportUnknownVariableType] - Ray annotates its argument as a bare dict
 
     _, serving = parse_args(args)
     cfg = LLMServingArgs.model_validate(serving)
-    _check_gated(cfg.ingress_cls_config.ingress_cls)  # pyright: ignore[reportAttributeAccessIssue] - Ray's annotation says dict; validated into a model
+    _check_gated(cfg.ingress_cls_config.ingress_cls)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType] - Ray's annotation says dict; validated into a model
     return build_openai_app(cfg)  # pyright: ignore[reportArgumentType] - accepts LLMServingArgs (Ray's annotation says dict)

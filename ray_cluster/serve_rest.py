@@ -4,13 +4,20 @@ read the applications and their deployments, wait for RUNNING."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 from ray_cluster.driver import NodeError
-from ray_cluster.readiness import _http_json
+from ray_cluster.json_read import Json, obj, seq, text
+from ray_cluster.readiness import http_json
 
 
-def load_serve_config(path: str) -> dict:
+class DeploymentState(TypedDict):
+    status: str
+    replicas: int  # RUNNING ones
+
+
+def load_serve_config(path: str) -> dict[str, Any]:
     """Read and validate a Serve config with Ray's own schema (what `serve deploy` sends)."""
     import yaml
     from pydantic import ValidationError
@@ -18,24 +25,23 @@ def load_serve_config(path: str) -> dict:
 
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw: object = yaml.safe_load(f)
     except OSError as e:
         raise NodeError(f"--serve-config {path!r}: {e.strerror}") from None
     try:
         schema = ServeDeploySchema.model_validate(raw)
     except Exception as e:  # pydantic ValidationError: first error only, one line
-        errors = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
-        first = errors[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()))
-        raise NodeError(f"--serve-config {path}: {loc}: {first.get('msg')}") from None
+        first = e.errors()[0] if isinstance(e, ValidationError) else None
+        loc = ".".join(str(x) for x in first["loc"]) if first else ""
+        raise NodeError(f"--serve-config {path}: {loc}: {first['msg'] if first else e}") from None
     return schema.model_dump(exclude_unset=True)
 
 
-def serve_deploy(dashboard: str, config: dict) -> None:
+def serve_deploy(dashboard: str, config: dict[str, Any]) -> None:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     try:
-        ServeSubmissionClient(dashboard).deploy_applications(config)
+        ServeSubmissionClient(dashboard).deploy_applications(config)  # pyright: ignore[reportUnknownMemberType] - Ray leaves its return unannotated
     except Exception as e:
         raise NodeError(
             f"serve deploy to {dashboard} failed: {str(e).splitlines()[0] if str(e) else e!r}"
@@ -46,40 +52,41 @@ def serve_document(dashboard: str, timeout: float = 10.0) -> dict[str, Any]:
     """The dashboard's Serve document (GET /api/serve/applications/); NodeError in one line."""
     url = f"{dashboard.rstrip('/')}/api/serve/applications/"
     try:
-        status, payload = _http_json("GET", url, None, None, timeout)
+        status, payload = http_json("GET", url, None, None, timeout)
     except OSError as e:
         raise NodeError(f"Serve REST API at {dashboard}: {e}") from None
+    doc = obj(payload)
     if status != 200 or not isinstance(payload, dict):
         raise NodeError(f"Serve REST API at {dashboard}: HTTP {status}")
-    return payload
+    return dict(doc)
 
 
-def _serve_applications(dashboard: str, timeout: float) -> dict:
+def _serve_applications(dashboard: str, timeout: float) -> Json:
     """The dashboard's Serve applications document; {} when Serve/the dashboard is not there."""
     try:
-        return serve_document(dashboard, timeout).get("applications") or {}
+        return obj(serve_document(dashboard, timeout).get("applications"))
     except NodeError:
         return {}
 
 
-def serve_status(dashboard: str, timeout: float = 5.0) -> dict:
+def serve_status(dashboard: str, timeout: float = 5.0) -> dict[str, str]:
     """{app: status} from the dashboard, or {} when Serve/the dashboard is not there."""
     return _statuses(_serve_applications(dashboard, timeout))
 
 
-def _statuses(apps: dict) -> dict:
-    return {name: app.get("status", "") for name, app in apps.items()}
+def _statuses(apps: Json) -> dict[str, str]:
+    return {name: text(obj(app).get("status")) for name, app in apps.items()}
 
 
-def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
+def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict[str, dict[str, DeploymentState]]:
     """{app: {deployment: {"status", "replicas" (RUNNING ones)}}} from the dashboard."""
     return {
         name: {
             d: {
-                "status": dep.get("status", ""),
-                "replicas": sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"),
+                "status": text(obj(dep).get("status")),
+                "replicas": sum(1 for r in seq(obj(dep).get("replicas")) if obj(r).get("state") == "RUNNING"),
             }
-            for d, dep in (app.get("deployments") or {}).items()
+            for d, dep in obj(obj(app).get("deployments")).items()
         }
         for name, app in _serve_applications(dashboard, timeout).items()
     }
@@ -88,7 +95,9 @@ def serve_deployments(dashboard: str, timeout: float = 5.0) -> dict:
 FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
 
 
-def app_needs_restart(apps: dict, deployments: dict) -> bool:
+def app_needs_restart(
+    apps: Mapping[str, str], deployments: Mapping[str, Mapping[str, DeploymentState]]
+) -> bool:
     """Whether a re-apply must delete the apps before deploying: a failed app (serve_status) with
     no deployments (its build failed), or with a failed deployment that has no RUNNING replica
     left. A deployment that is UNHEALTHY because one replica was lost (its worker restarted)
@@ -99,25 +108,25 @@ def app_needs_restart(apps: dict, deployments: dict) -> bool:
         if status not in FAILED:
             continue
         deps = deployments.get(name) or {}
-        if not deps or any(d.get("status") in FAILED and not d.get("replicas") for d in deps.values()):
+        if not deps or any(d["status"] in FAILED and not d["replicas"] for d in deps.values()):
             return True
     return False
 
 
-def failure_messages(apps: dict) -> str:
+def failure_messages(apps: Json) -> str:
     """Serve's own reason for each failed application (the REST API's `message`), one line each
     joined: the container or host that ran the deploy may be gone by the time anyone looks."""
-    out = []
-    for name, app in apps.items():
+    out: list[str] = []
+    for name, app in ((n, obj(a)) for n, a in apps.items()):
         if app.get("status") not in FAILED:
             continue
         if app.get("message"):
-            out.append(f"{name}: {_last_line(app['message'])}")
+            out.append(f"{name}: {_last_line(str(app['message']))}")
         # The app's own message is often only "Failed to update the deployments [...]"; the
         # reason is in the failed deployment's message.
-        for d, dep in (app.get("deployments") or {}).items():
+        for d, dep in ((d, obj(x)) for d, x in obj(app.get("deployments")).items()):
             if dep.get("status") in FAILED and dep.get("message"):
-                out.append(f"{name}/{d}: {_last_line(dep['message'])}")
+                out.append(f"{name}/{d}: {_last_line(str(dep['message']))}")
     return "; ".join(out)
 
 

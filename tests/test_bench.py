@@ -234,6 +234,33 @@ def test_tune_grid_and_objective():
     assert not tune.TuneSpec({"max_ongoing_requests": [1]}).restarts_engines()
 
 
+def test_batch_dry_run_prints_the_command_and_does_not_say_running(tmp_path):
+    # README's `batch --stack prod ... --dry-run`: the command on stdout, ready to run (its
+    # working dir kept for it); stderr said "running: <command>" although nothing ran
+    from typer.testing import CliRunner
+
+    from infra.cli import app
+
+    src = tmp_path / "prompts.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n{"id": 2, "prompt": "yo", "max_tokens": 8}\n')
+    args = [
+        "batch",
+        "--stack",
+        "prod",
+        "--input",
+        str(src),
+        "--output",
+        "s3://my-bucket/results/",
+        "--dry-run",
+    ]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "running" not in r.stderr and r.stdout.startswith("ray job submit "), (r.stdout, r.stderr)
+    work = r.stdout.split("--working-dir ", 1)[1].split()[0]
+    assert sorted(os.listdir(work)) == ["batch_job.py", "prompts.jsonl"]
+    shutil.rmtree(work)
+
+
 def test_batch_job_submit_command_for_a_stack(tmp_path):
     src = tmp_path / "prompts.jsonl"
     src.write_text('{"id": 1, "prompt": "hi"}\n')

@@ -23,9 +23,11 @@ from infra.cli import COMMANDS as ROOT_TABLE
 from infra.cli import app, full_group
 from infra.commands.preview import short_type
 from infra.constants import REPO_ROOT
+from infra.local.state import save_state
 from infra.stack.config import load_stack_config
 from infra.stack.files import available_stacks
 from tests.json_http import JsonServer, Request, chat_completion
+from tests.local_state_fixtures import new_state
 from tests.snapshot import assert_snapshot
 
 RUNNER = CliRunner()
@@ -297,13 +299,10 @@ class _Completion:
 
     def state_dir(self, tmp_path) -> dict[str, str]:
         """A local cluster's state file named `t` that points `local chat` at this server."""
-        (tmp_path / "t.token").write_text(self.TOKEN)
-        state = {
-            "endpoint": f"{self.server.base}/v1",
-            "token_file": str(tmp_path / "t.token"),
-            "model": "tiny-deepseek-v3",
-        }
-        (tmp_path / "t.json").write_text(json.dumps(state))
+        st = new_state(
+            tmp_path, "t", token=self.TOKEN, endpoint=f"{self.server.base}/v1", model="tiny-deepseek-v3"
+        )
+        save_state(st, tmp_path)
         return {"LLMFLEET_STATE_DIR": str(tmp_path)}
 
 
@@ -443,6 +442,26 @@ def test_preview_keeps_types_names_and_output_keys_whole(monkeypatch, width):
     assert short_type("llmfleet:components:Network") == "llmfleet:components:Network"
     if width == 80:
         assert_snapshot("cli_preview_prod_80.txt", result.stdout)
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_preview_schedule_keeps_groups_actions_and_time_zones_whole(width):
+    # the scheduled-actions table under a schedule folded them at 80 columns
+    # (`llmfleet-pr│od-worker-0`, `llmfleet-do│wn-0`, `Europe/Berl│in`)
+    schedule = "llmfleet:schedule=mon-fri 08:00-20:00 Europe/Berlin"
+    result = _width_run(width, "preview", "--stack", "prod", "-c", schedule)
+    assert result.exit_code == 0, result.stderr
+    table = result.stdout[result.stdout.index("scheduled actions") :]
+    ids = [f"llmfleet-prod-worker-{i}" for i in range(3)] + [
+        "llmfleet-up-0",
+        "llmfleet-down-0",
+        "Europe/Berlin",
+    ]
+    assert split_ids(table, ids) == []
+    # every action is there, with its cron and its lead before the opening
+    flat = " ".join(table.split())
+    assert flat.count("49 7 * * 1,2,3,4,5") == 3 and flat.count("0 20 * * 1,2,3,4,5") == 3, table
+    assert flat.count("11 min") == 3, table
 
 
 @pytest.mark.parametrize("width", [80, 100])

@@ -31,7 +31,7 @@ import yaml
 
 from infra.local import hosts, processes
 from infra.local.cluster import keep_ray_logs
-from infra.local.state import hostset
+from infra.local.state import LocalState, load_state
 from ray_cluster import serve_rest
 from tests.fault_load import Load, Window
 
@@ -92,18 +92,20 @@ def stop(c: dict) -> None:
     if keep and logs.is_dir():
         shutil.copytree(logs, Path(keep) / c["name"], dirs_exist_ok=True)
     if keep:  # and Ray's own (raylets, GCS, Serve's controller, proxy, replicas): `down` removes them
-        keep_ray_logs(state_of(c)["temp_dir"], Path(keep) / c["name"] / "ray")
+        keep_ray_logs(state_of(c).temp_dir, Path(keep) / c["name"] / "ray")
     cli("down", "--name", c["name"], env=c["env"], timeout=180)
     hosts.teardown(hosts.prefix_for(c["name"]), cluster=c["name"], state_dir=c["state_dir"])
 
 
-def state_of(c: dict) -> dict:
-    return json.loads((Path(c["state_dir"]) / f"{c['name']}.json").read_text())
+def state_of(c: dict) -> LocalState:
+    st = load_state(c["name"], Path(c["state_dir"]))
+    assert st is not None, f"no state file for {c['name']}"
+    return st
 
 
 def dashboard(c: dict) -> str:
     st = state_of(c)
-    return f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+    return f"http://{st.hosts[0].ip}:{st.ports.dashboard}"
 
 
 def load_for(c: dict, **kw) -> Load:
@@ -138,13 +140,13 @@ def descendants(root: int) -> set[int]:
 
 def host_procs(c: dict, host_name: str, comm_prefix: str) -> list[int]:
     st = state_of(c)
-    host = next(h for h in hostset(st).hosts if h.name == host_name)
+    host = next(h for h in st.hostset.hosts if h.name == host_name)
     table = _proc_table()
     return sorted(p for p in processes.host_pids(host) if table.get(p, (0, ""))[1].startswith(comm_prefix))
 
 
 def host_name(c: dict, i: int) -> str:
-    return state_of(c)["hosts"][i]["name"]
+    return state_of(c).hosts[i].name
 
 
 def engine_pids(c: dict) -> dict[str, list[int]]:
@@ -156,9 +158,9 @@ def node_pids(c: dict) -> dict[str, int | list[int]]:
     """The GCS, every host's raylet and supervisor: what a Serve-config change must not restart."""
     st = state_of(c)
     out: dict[str, int | list[int]] = {"gcs_server": host_procs(c, host_name(c, 0), "gcs_server")}
-    for h in st["hosts"]:
-        out[f"{h['name']} raylet"] = host_procs(c, h["name"], "raylet")
-        out[f"{h['name']} supervisor"] = h["supervisor_pid"]
+    for h in st.hosts:
+        out[f"{h.name} raylet"] = host_procs(c, h.name, "raylet")
+        out[f"{h.name} supervisor"] = h.supervisor_pid
     return out
 
 
@@ -265,7 +267,7 @@ def fc(tmp_path_factory):
 class TestFaults:
     def test_serve_config_change_in_place_keeps_every_node_process_and_fails_nothing(self, fc):
         st = state_of(fc)
-        cfg_path = Path(st["serve_config"])
+        cfg_path = Path(st.serve_config)
         doc = yaml.safe_load(cfg_path.read_text())
         llm = next(n for n in serve_rest.serve_deployments(dashboard(fc))["llm"] if n.startswith("LLMServer"))
         before_nodes, before_engines = node_pids(fc), engine_pids(fc)
@@ -320,7 +322,7 @@ class TestFaults:
         from tests.moto_fixtures import DUMMY_CREDS, MotoServer
 
         st = state_of(fc)
-        first, second = st["hosts"][1]["name"], st["hosts"][2]["name"]
+        first, second = st.hosts[1].name, st.hosts[2].name
         name = lr.parameter_name(fc["name"], "worker")
         token, endpoint = fc["doc"]["token"], fc["doc"]["endpoint"][: -len("/v1")]
 
@@ -415,21 +417,19 @@ class TestFaults:
         return w, w.serving_gap()
 
     def test_killed_head_serves_again_within_180_s_without_any_command(self, fc):
-        head = state_of(fc)["hosts"][0]
-        pids = descendants(head["supervisor_pid"])
+        head = state_of(fc).hosts[0]
+        pids = descendants(head.supervisor_pid)
         w, gap = self._head_fault(fc, "kill the head (SIGKILL its Ray processes)", lambda: kill(pids))
         assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
 
     def test_restarted_ray_on_the_head_serves_again_without_any_command(self, fc):
-        head = state_of(fc)["hosts"][0]
-        [child] = [
-            p for p in descendants(head["supervisor_pid"]) if _proc_table()[p][0] == head["supervisor_pid"]
-        ]
+        head = state_of(fc).hosts[0]
+        [child] = [p for p in descendants(head.supervisor_pid) if _proc_table()[p][0] == head.supervisor_pid]
         # The supervisor's child is `unshare`, which blocks SIGTERM; `ray start --block` is the
         # init of the node's PID namespace (processes.PID_NAMESPACE), as in a container.
         ray_start = (
             processes.namespace_init(child)
-            if processes.own_pid_namespace(hostset(state_of(fc)).hosts[0])
+            if processes.own_pid_namespace(state_of(fc).hostset.hosts[0])
             else child
         )
         assert ray_start is not None
@@ -459,7 +459,7 @@ class TestFaults:
 
     def test_weights_uri_change_restarts_the_engines_on_the_new_weights(self, fc):
         st = state_of(fc)
-        cfg_path = Path(st["serve_config"])
+        cfg_path = Path(st.serve_config)
         doc = yaml.safe_load(cfg_path.read_text())
         llm_cfg = doc["applications"][0]["args"]["llm_configs"][0]
         old = llm_cfg["model_loading_config"]["model_source"]
@@ -540,10 +540,10 @@ def rc(tmp_path_factory):
 class TestGcsRedis:
     def test_killed_head_with_gcs_on_redis_keeps_the_workers_and_serves_again(self, rc):
         st = state_of(rc)
-        head = st["hosts"][0]
-        workers_before = {h["name"]: host_procs(rc, h["name"], "raylet") for h in st["hosts"][1:]}
+        head = st.hosts[0]
+        workers_before = {h.name: host_procs(rc, h.name, "raylet") for h in st.hosts[1:]}
         engines_before = engine_pids(rc)
-        pids = descendants(head["supervisor_pid"])
+        pids = descendants(head.supervisor_pid)
         w, gap = TestFaults._head_fault(
             self, rc, "kill the head, GCS on redis (--gcs-redis)", lambda: kill(pids)
         )

@@ -282,3 +282,53 @@ def test_only_this_stacks_head_may_attach_the_head_interface():
         is_head = g["inputs"]["name"] == c.outputs["head_group"]
         assert tags["llmfleet:stack"] == ("prod", True)
         assert (tags["llmfleet:role"] == ("head", True)) == is_head, g["name"]
+
+
+def test_adapters_read_is_the_stacks_adapters_prefix_only():
+    doc = node_policy_document(
+        "arn:repo", "arn:param", "arn:ray-param", "weights-b", "deepseek-r1/", secrets_key_arn=KEY,
+        adapters_uri="s3://llmfleet-adapters-test/dev/",
+    )  # fmt: skip
+    assert iam_document_problems(doc) == []
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    assert by_sid["ListAdaptersPrefix"] == {
+        "Sid": "ListAdaptersPrefix",
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket"],
+        "Resource": "arn:aws:s3:::llmfleet-adapters-test",
+        "Condition": {"StringLike": {"s3:prefix": ["dev/", "dev/*"]}},
+    }
+    assert by_sid["ReadAdapters"] == {
+        "Sid": "ReadAdapters",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject"],
+        "Resource": "arn:aws:s3:::llmfleet-adapters-test/dev/*",
+    }
+    # read only: no s3 write anywhere in the document
+    assert [a for s in doc["Statement"] for a in s["Action"] if a.startswith("s3:")] == [
+        "s3:ListBucket", "s3:GetObject", "s3:ListBucket", "s3:GetObject",
+    ]  # fmt: skip
+    without = node_policy_document("arn:repo", "arn:param", "arn:ray-param", None, "", secrets_key_arn=KEY)
+    assert not {"ListAdaptersPrefix", "ReadAdapters"} & {s["Sid"] for s in without["Statement"]}
+    # a prefix without its '/' would cover siblings (dev* is dev-prod/ too): refused
+    with pytest.raises(ValueError, match=r"adapters_uri 's3://b/dev': allowed: s3://BUCKET/PREFIX/"):
+        node_policy_document(
+            "arn:repo", "arn:param", "arn:ray-param", None, "", secrets_key_arn=KEY, adapters_uri="s3://b/dev"
+        )
+
+
+def test_a_lora_stack_grants_its_adapters_prefix_and_passes_the_pack():
+    from policy.host_roles import HOST_ROLE_POLICIES
+    from policy.runner import run_policies
+
+    adapters = "s3://llmfleet-adapters-test/dev/"
+    c = capture("dev", [f'llmfleet:lora={{"adapters": "{adapters}"}}'])
+    doc = json.loads(c.named("iam-node-policy")["inputs"]["policy"])
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    assert by_sid["ReadAdapters"]["Resource"] == "arn:aws:s3:::llmfleet-adapters-test/dev/*"
+    assert iam_document_problems(doc) == []
+    report = run_policies(c.resources, {}, HOST_ROLE_POLICIES, stack=c.config)
+    assert list(report.violations) == []
+    # the stack without llmfleet:lora: no adapters grant
+    plain = json.loads(capture("dev").named("iam-node-policy")["inputs"]["policy"])
+    assert not [s["Sid"] for s in plain["Statement"] if "Adapters" in s["Sid"]]

@@ -138,7 +138,7 @@ def cluster(image, tmp_path_factory):
             tails = "".join(f"\n--- {p.name}\n{p.read_text()[-4000:]}" for p in logs)
             pytest.fail(f"local up --image failed: {r.stderr[-3000:]}{tails}")
         doc = json.loads(r.stdout)
-        st = json.loads((sd / f"{name}.json").read_text())
+        st = state.load_state(name, sd)
         yield {"name": name, "env": env, "doc": doc, "state": st, "ref": ref}
     finally:
         cli("down", "--name", name, env=env, timeout=180)
@@ -150,30 +150,30 @@ def _inspect(container: str) -> dict:
 
 def test_each_host_runs_the_image_with_the_contracts_run_options(cluster):
     st = cluster["state"]
-    assert st["mode"] == "loopback" and st["image"] == cluster["ref"]
-    for h in st["hosts"]:
-        c = _inspect(h["container"])
+    assert st.mode == "loopback" and st.image == cluster["ref"]
+    for h in st.hosts:
+        c = _inspect(h.container)
         hc, cfg = c["HostConfig"], c["Config"]
         assert c["State"]["Running"] and cfg["Image"] == cluster["ref"]
         assert (hc["NetworkMode"], hc["IpcMode"]) == ("host", "host")
-        assert f"{st['model_dir']}:{st['model_dir']}:ro" in hc["Binds"]
-        assert f"{contract.MODEL_PATH_ENV}={st['model_dir']}" in cfg["Env"]
+        assert f"{st.model_dir}:{st.model_dir}:ro" in hc["Binds"]
+        assert f"{contract.MODEL_PATH_ENV}={st.model_dir}" in cfg["Env"]
         assert any(e.startswith(f"{contract.TOKEN_ENV}=") for e in cfg["Env"])  # from the env file
         assert cfg["Entrypoint"] == ["/usr/local/bin/llmfleet-node"]
-        assert cfg["Cmd"][0] == h["role"] and cfg["Cmd"][cfg["Cmd"].index("--ip") + 1] == h["ip"]
-        assert hc["RestartPolicy"]["Name"] == ("no" if h["role"] == "head" else "unless-stopped")
-    head = _inspect(st["hosts"][0]["container"])
-    config_dir = str(Path(st["serve_config"]).parent)
+        assert cfg["Cmd"][0] == h.role and cfg["Cmd"][cfg["Cmd"].index("--ip") + 1] == h.ip
+        assert hc["RestartPolicy"]["Name"] == ("no" if h.role == "head" else "unless-stopped")
+    head = _inspect(st.hosts[0].container)
+    config_dir = str(Path(st.serve_config).parent)
     assert f"{config_dir}:{config_dir}:ro" in head["HostConfig"]["Binds"]
 
 
 def test_each_node_container_turns_healthy(cluster):
     """Docker's own verdict from the image's HEALTHCHECK: the head's raylet and GCS, the worker's
     raylet in the cluster (first check 30 s after start; `local up` takes minutes)."""
-    hosts = cluster["state"]["hosts"]
+    hosts = cluster["state"].hosts
     deadline = time.monotonic() + 120
     while True:
-        health = {h["role"]: _inspect(h["container"])["State"]["Health"] for h in hosts}
+        health = {h.role: _inspect(h.container)["State"]["Health"] for h in hosts}
         if all(x["Status"] == "healthy" for x in health.values()) or time.monotonic() > deadline:
             break
         time.sleep(5)
@@ -182,19 +182,19 @@ def test_each_node_container_turns_healthy(cluster):
     # machine one head probe answered "gcs: RPC error: Deadline Exceeded" while the head stayed
     # healthy (one failure is not `retries`).
     for h in hosts:
-        outs = [e["Output"] for e in health[h["role"]]["Log"]]
-        assert any(o.startswith(f"healthy: {h['role']} (HTTP 200, raylet: success") for o in outs), outs
+        outs = [e["Output"] for e in health[h.role]["Log"]]
+        assert any(o.startswith(f"healthy: {h.role} (HTTP 200, raylet: success") for o in outs), outs
 
 
 def test_vllm_runs_the_replica_at_tp2_pp2_in_the_worker_container(cluster):
     st = cluster["state"]
-    worker = state.hostset(st).hosts[1]
+    worker = st.hostset.hosts[1]
     # Four rank processes of vLLM's multiprocessing executor, all in the worker's container.
     ranks = [p for p in processes.host_pids(worker) if processes._comm(p).startswith("VLLM::Worker")]
     assert len(ranks) == 4, [processes._comm(p) for p in processes.host_pids(worker)]
     # Ray's temp dir is mounted from the host (containers.run_argv); vLLM logs to stdout in the
     # image (worker-*.out), its executor to stderr (worker-*.err).
-    logs = Path(st["temp_dir"]) / "session_latest" / "logs"
+    logs = Path(st.temp_dir) / "session_latest" / "logs"
     text = "\n".join(
         p.read_text(errors="replace") for p in logs.glob("worker-*.*") if p.suffix in (".out", ".err")
     )
@@ -205,7 +205,7 @@ def test_vllm_runs_the_replica_at_tp2_pp2_in_the_worker_container(cluster):
 def test_greedy_completion_is_transformers_across_the_four_ranks(cluster):
     d, st = cluster["doc"], cluster["state"]
     client = openai.OpenAI(base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=120)
-    assert_engine_computes_the_checkpoint(client, st["model_dir"], "Pipeline parallelism splits the model")
+    assert_engine_computes_the_checkpoint(client, st.model_dir, "Pipeline parallelism splits the model")
     chat = client.chat.completions.create(
         model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
     )

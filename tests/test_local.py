@@ -246,8 +246,8 @@ def test_serve_config_is_the_production_app_on_the_cpu_device(tmp_path):
 
 
 HOSTS = [
-    {"name": "h0", "ip": "10.0.0.10", "role": "head", "ranks": 0},
-    {"name": "h1", "ip": "10.0.0.11", "role": "worker", "ranks": 2},
+    state.HostEntry(name="h0", ip="10.0.0.10", role="head", ranks=0, supervisor_pid=None, log="/l/h0"),
+    state.HostEntry(name="h1", ip="10.0.0.11", role="worker", ranks=2, supervisor_pid=None, log="/l/h1"),
 ]
 
 
@@ -378,7 +378,7 @@ def own_cluster(tmp_path_factory, prefix: str, *up_args: str):
             "name": name,
             "env": env,
             "doc": json.loads(r.stdout),
-            "st": json.loads((sd / f"{name}.json").read_text()),
+            "st": state.load_state(name, sd),
         }
     finally:
         cli("down", "--name", name, env=env, timeout=120)
@@ -418,8 +418,10 @@ def cluster(tmp_path_factory):
         hosts.teardown(hosts.prefix_for(name), cluster=name, state_dir=sd)  # even if down broke
 
 
-def state_of(c) -> dict:
-    return json.loads((Path(c["state_dir"]) / f"{c['name']}.json").read_text())
+def state_of(c) -> state.LocalState:
+    st = state.load_state(c["name"], Path(c["state_dir"]))
+    assert st is not None, f"no state file for {c['name']}"
+    return st
 
 
 @pytest.fixture(scope="module")
@@ -436,10 +438,10 @@ def test_up_prints_endpoint_token_model_hosts(cluster):
     assert d["endpoint"] == f"http://{head_ip}:{cluster['port']}/v1" and d["model"] == MODEL_ID
     assert [h["name"] for h in d["hosts"]] == [f"llmf-{cluster['name']}-h{i}" for i in range(3)]
     assert len({h["ip"] for h in d["hosts"]}) == 3
-    assert st["ready"] and (st["layout"]["replicas"], st["layout"]["tp"], st["layout"]["pp"]) == (2, 1, 1)
-    token_file = Path(st["token_file"])
+    assert st.ready and (st.layout.replicas, st.layout.tp, st.layout.pp) == (2, 1, 1)
+    token_file = Path(st.token_file)
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and token_file.read_text().strip() == d["token"]
-    serve_yaml = Path(st["serve_config"]).read_text()
+    serve_yaml = Path(st.serve_config).read_text()
     assert d["token"] not in serve_yaml
     assert yaml.safe_load(serve_yaml)["applications"][0]["args"]["api_token_env"] == layout.TOKEN_ENV
     if cluster["mode"] == "netns":
@@ -602,7 +604,7 @@ def assert_engine_computes_the_checkpoint(client: openai.OpenAI, model_dir: str,
 
 @pytest.mark.ray
 def test_greedy_tokens_are_transformers_on_the_same_checkpoint(cluster, client):
-    assert_engine_computes_the_checkpoint(client, state_of(cluster)["model_dir"], "Tensor parallelism splits")
+    assert_engine_computes_the_checkpoint(client, state_of(cluster).model_dir, "Tensor parallelism splits")
 
 
 @pytest.mark.ray
@@ -667,7 +669,7 @@ def test_status_reports_every_host_alive_and_serving(cluster):
 
 
 def _settled_counts(
-    st: dict, ok=lambda c: True, quiet: float = 15.0, timeout: float = 90.0
+    st: state.LocalState, ok=lambda c: True, quiet: float = 15.0, timeout: float = 90.0
 ) -> dict[str, float]:
     """vLLM's request counters per host once ok(counts) holds and they stopped moving for `quiet`
     seconds: Ray's metrics agents export every ~10 s, so a fresh read can lag the requests."""
@@ -686,7 +688,7 @@ def _settled_counts(
 @pytest.mark.ray
 def test_serve_routes_across_both_replicas_on_both_worker_hosts(cluster):
     d, st = cluster["doc"], state_of(cluster)
-    workers = [h["ip"] for h in st["hosts"][1:]]
+    workers = [h.ip for h in st.hosts[1:]]
     before = _settled_counts(st, lambda c: set(workers) <= set(c))
     n = 24
 
@@ -707,7 +709,7 @@ def test_serve_routes_across_both_replicas_on_both_worker_hosts(cluster):
     delta = {w: after.get(w, 0) - before.get(w, 0) for w in workers}
     assert sum(delta.values()) == n, delta  # every request finished in exactly one engine
     assert all(v >= 1 for v in delta.values()), f"a replica got no traffic: {delta}"
-    assert not set(after) - set(workers) - {st["hosts"][0]["ip"]}
+    assert not set(after) - set(workers) - {st.hosts[0].ip}
 
 
 def _fresh_prompt() -> str:
@@ -766,7 +768,7 @@ def _prom_settled(url: str, keys: tuple[str, ...], ok=lambda v: True, quiet: flo
 @pytest.mark.ray
 def test_prometheus_scrapes_every_host_and_counts_the_requests_vllm_served(cluster):
     st = state_of(cluster)
-    url = st["prometheus"]["url"]
+    url = st.prometheus.url
     # every target Ray's service-discovery file lists, and so every host, is scraped and up
     deadline = time.monotonic() + 30
     while True:
@@ -777,7 +779,7 @@ def test_prometheus_scrapes_every_host_and_counts_the_requests_vllm_served(clust
             break
         assert time.monotonic() < deadline, targets
         time.sleep(1)
-    assert {h["ip"] for h in st["hosts"]} <= {t["instance"].split(":")[0] for t in targets}
+    assert {h.ip for h in st.hosts} <= {t["instance"].split(":")[0] for t in targets}
     keys = ("requests_finished", "generation_tokens", "prompt_tokens")
     before = _prom_settled(url, keys, lambda v: None not in v.values())
     n = 8
@@ -803,9 +805,9 @@ def test_prometheus_scrapes_every_host_and_counts_the_requests_vllm_served(clust
     assert sum(status.engine_requests_by_host(st).values()) == after["requests_finished"]
     series = prometheus.query(url, "ray_vllm_request_success_total")
     assert series and {s["metric"]["model_name"] for s in series} == {MODEL_ID}
-    assert {s["metric"]["NodeAddress"] for s in series} <= {h["ip"] for h in st["hosts"][1:]}
+    assert {s["metric"]["NodeAddress"] for s in series} <= {h.ip for h in st.hosts[1:]}
     # and the Ray dashboard's own metrics panels are backed by it
-    dash = f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}/api/prometheus_health"
+    dash = f"http://{st.hosts[0].ip}:{st.ports.dashboard}/api/prometheus_health"
     r = httpx.get(dash, timeout=10)
     assert r.status_code == 200 and r.json()["result"] is True, r.text
 
@@ -818,11 +820,7 @@ def test_status_json_has_live_figures_from_prometheus_and_the_measured_cost(clus
     r = cli("status", "--name", cluster["name"], "--json", env=cluster["env"])
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)["metrics"]
-    assert (
-        m["source"] == "prometheus"
-        and m["error"] == ""
-        and m["url"] == state_of(cluster)["prometheus"]["url"]
-    )
+    assert m["source"] == "prometheus" and m["error"] == "" and m["url"] == state_of(cluster).prometheus.url
     assert m["targets_up"] == m["targets_total"] >= 3
     assert (m["requests_running"], m["requests_waiting"]) == (0, 0)  # idle between tests
     assert m["requests_finished"] >= 8 and m["generation_tokens"] >= 8
@@ -922,7 +920,7 @@ def bench_cli(*args: str, env: dict, timeout: float = 300) -> subprocess.Complet
 @pytest.mark.ray
 def test_bench_sweep_figures_match_the_engines_counters_and_plot_both_series(cluster, tmp_path):
     st = state_of(cluster)
-    workers = [h["ip"] for h in st["hosts"][1:]]
+    workers = [h.ip for h in st.hosts[1:]]
     before = _settled_counts(st, lambda c: set(workers) <= set(c))
     cal, png = tmp_path / "calibration.json", tmp_path / "sweep.png"
     env = {**cluster["env"], "LLMFLEET_CALIBRATION_FILE": str(cal)}
@@ -962,7 +960,7 @@ def test_bench_tune_2x2_grid_in_place_names_the_best_and_restores_the_config(clu
     from infra.bench import tune
 
     st = state_of(cluster)
-    dashboard = f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+    dashboard = f"http://{st.hosts[0].ip}:{st.ports.dashboard}"
     original = tune.deployed_config(tune.serve_document(dashboard))
     best_file = tmp_path / "best.yaml"
     t0 = time.monotonic()
@@ -1039,7 +1037,7 @@ def test_batch_local_writes_50_results_through_ray_data_llm_and_resumes(cluster,
     # every row has the engine's own output: 1..8 tokens whose decoding is the text it wrote
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(state_of(cluster)["model_dir"])
+    tok = AutoTokenizer.from_pretrained(state_of(cluster).model_dir)
     for row in rows:
         cap = 4 if row["id"] % 3 == 0 else 8  # the row's own max_tokens, else the job's
         assert 1 <= row["num_generated_tokens"] == len(row["generated_tokens"]) <= cap and not row["error"], (
@@ -1119,7 +1117,7 @@ def test_down_leaves_nothing_behind(cluster):
     assert r.returncode == 0 and "is down" in r.stdout, r.stderr
     prefix = hosts.prefix_for(name)
     assert not hosts._pids_tagged(prefix)  # no process of any host, Ray or supervisor
-    assert not any(processes.pid_alive(h["supervisor_pid"], prefix) for h in st["hosts"])
+    assert not any(processes.pid_alive(h.supervisor_pid, prefix) for h in st.hosts)
     if ROOT:
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert prefix not in names
@@ -1129,7 +1127,7 @@ def test_down_leaves_nothing_behind(cluster):
     with socket.socket() as s:  # the port is free to bind again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1" if cluster["mode"] == "netns" else head_ip, cluster["port"]))
-    assert not Path(st["temp_dir"]).exists()
+    assert not Path(st.temp_dir).exists()
     assert sorted(p.name for p in Path(cluster["state_dir"]).rglob("*") if p.is_file()) == []
     r = cli("down", "--name", name, env=env)
     assert r.returncode == 0 and "nothing to do" in r.stdout

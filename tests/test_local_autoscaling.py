@@ -28,6 +28,7 @@ import openai
 import pytest
 
 from infra.local import status
+from infra.local.state import LocalState
 from tests.test_local import cli, own_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.autoscaling]
@@ -49,11 +50,11 @@ def cluster(tmp_path_factory):
     yield from own_cluster(tmp_path_factory, "la", "-c", f"llmfleet:serveOptions={opts}")
 
 
-def _dashboard(st: dict) -> str:
-    return f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+def _dashboard(st: LocalState) -> str:
+    return f"http://{st.hosts[0].ip}:{st.ports.dashboard}"
 
 
-def _replica_groups(st: dict, state: str = "CREATED") -> list[dict]:
+def _replica_groups(st: LocalState, state: str = "CREATED") -> list[dict]:
     """Serve's engine replicas' placement groups in Ray's table: held (CREATED) or released
     (REMOVED: Ray's state API keeps a removed group's row)."""
     from ray.util.state import list_placement_groups
@@ -72,11 +73,11 @@ def _status(c: dict) -> dict:
     return json.loads(r.stdout)
 
 
-def _watch_lines(st: dict) -> list[str]:
-    return Path(st["watcher"]["log"]).read_text().splitlines()
+def _watch_lines(st: LocalState) -> list[str]:
+    return Path(st.watcher.log).read_text().splitlines()
 
 
-def _idle_after(st: dict, since_line: int, timeout: float = 30.0) -> tuple[int, int]:
+def _idle_after(st: LocalState, since_line: int, timeout: float = 30.0) -> tuple[int, int]:
     """(idle seconds, line count) from the first idle line the watcher logs after line `since_line`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,7 +107,7 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
     doc, st = cluster["doc"], cluster["st"]
     client = openai.OpenAI(base_url=doc["endpoint"], api_key=doc["token"], max_retries=0, timeout=120)
     stranger = openai.OpenAI(base_url=doc["endpoint"], api_key="not-the-token", max_retries=0, timeout=30)
-    workers = [h["ip"] for h in st["hosts"][1:]]
+    workers = [h.ip for h in st.hosts[1:]]
     # initial_replicas 2: the deploy placed both (its readiness waits for every replica's slots);
     # with a 5 s downscale delay one may be released before this first look
     seen = {len(_replica_groups(st))}
@@ -131,7 +132,7 @@ def test_an_idle_replica_is_released_and_a_burst_brings_it_back_without_a_redepl
     _wait("one replica released", released, 180, during=noise)
     nodes = status._ray_nodes(st)
     assert nodes is not None and sorted(n["ip"] for n in nodes if n["alive"]) == sorted(
-        h["ip"] for h in st["hosts"]
+        h.ip for h in st.hosts
     ), nodes
     # noise for 12 s between two of the watcher's idle lines: the idle seconds grow by that much
     # (the watcher's own first apply ends on a real completion, so they count from there)
@@ -208,7 +209,7 @@ def _running(c: dict) -> int:
     )
 
 
-def _finished_series(st: dict) -> dict[tuple[str, frozenset], float]:
+def _finished_series(st: LocalState) -> dict[tuple[str, frozenset], float]:
     """{(node IP, label set): value} of vLLM's finished-request counter, read from every host's
     metrics agent (as infra.local.status does, without summing the label sets)."""
     import urllib.request

@@ -47,7 +47,9 @@ def cluster(tmp_path_factory):
     yield from own_cluster(tmp_path_factory, "lp", "--routing", "prefix", "--model", LLAMA_MODEL_ID)
 
 
-def _settled(st: dict, workers: list[str], done: float, quiet: float = 11.0, timeout: float = 90.0) -> dict:
+def _settled(
+    st: state.LocalState, workers: list[str], done: float, quiet: float = 11.0, timeout: float = 90.0
+) -> dict:
     """{counter: {worker IP: value}} for vLLM's finished-request and prefix-cache counters once
     `done` requests finished in all and nothing moved for `quiet` s (Ray's metrics agents export
     every ~10 s: a fresh read can lag the requests)."""
@@ -74,11 +76,11 @@ def test_a_shared_prefix_lands_on_one_replica_by_vllms_prefix_cache_hits(cluster
     from infra.rayconf.serve_config import PREFIX_ROUTER
 
     d, st = cluster["doc"], cluster["st"]
-    assert d["model"] == LLAMA_MODEL_ID and st["routing"] == "prefix"
-    llm = yaml.safe_load(Path(st["serve_config"]).read_text())["applications"][0]["args"]["llm_configs"][0]
+    assert d["model"] == LLAMA_MODEL_ID and st.routing == "prefix"
+    llm = yaml.safe_load(Path(st.serve_config).read_text())["applications"][0]["args"]["llm_configs"][0]
     assert llm["deployment_config"]["request_router_config"]["request_router_class"] == PREFIX_ROUTER
     assert llm["engine_kwargs"]["enable_prefix_caching"] is True
-    workers = [h["ip"] for h in st["hosts"][1:]]
+    workers = [h.ip for h in st.hosts[1:]]
     client = openai.OpenAI(base_url=d["endpoint"], api_key=d["token"], max_retries=0, timeout=60)
 
     def ask(prompt: str) -> None:  # one at a time: the load stays even, so the router goes by prefix

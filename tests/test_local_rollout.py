@@ -7,7 +7,9 @@ import pytest
 
 from infra.local import rollout as lr
 from infra.local.layout import LocalError
+from infra.local.state import HostEntry
 from infra.rollout import plan as p
+from tests.local_state_fixtures import new_state
 
 
 def test_node_config_parses_and_bad_values_are_one_line():
@@ -27,19 +29,16 @@ def test_node_config_parses_and_bad_values_are_one_line():
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
-def test_worker_hosts_are_one_replica_each_in_the_planners_order():
-    st = {
-        "hosts": [
-            {"name": "h0", "role": "head"},
-            {"name": "h1", "role": "worker"},
-            {"name": "h2", "role": "worker"},
-        ]
-    }
+def test_worker_hosts_are_one_replica_each_in_the_planners_order(tmp_path):
+    st = new_state(tmp_path, hosts=[
+        HostEntry(name=f"h{i}", ip=f"10.0.0.{i}", role=role, ranks=0, supervisor_pid=None, log="/l")
+        for i, role in enumerate(("head", "worker", "trainer", "worker"))
+    ])  # fmt: skip
     hosts = lr.worker_hosts(st)
-    assert [(h.instance_id, h.replica) for h in hosts] == [("h1", 0), ("h2", 1)]
+    assert [(h.instance_id, h.replica) for h in hosts] == [("h1", 0), ("h3", 1)]  # never a trainer
     steps = p.plan_rollout(hosts, ["worker"])
     assert [(s.host.instance_id, s.gate) for s in steps] == [
         ("h1", p.GATE_REPLICA),
-        ("h2", p.GATE_DEPLOYMENT),
+        ("h3", p.GATE_DEPLOYMENT),
     ]
     assert lr.parameter_name("fx", "worker") == "/llmfleet/local-fx/node/worker"

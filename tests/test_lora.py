@@ -221,6 +221,8 @@ def test_finetune_stack_needs_the_dashboards_port_forward(data: Path):
 def test_finetune_stack_says_when_the_dashboard_does_not_answer(data: Path, tmp_path: Path):
     import socket
 
+    from tests.moto_fixtures import DUMMY_CREDS, MotoServer
+
     raw = json.loads(Path("tests/data/stack_outputs_prod.json").read_text())
     outputs = tmp_path / "outputs.json"
     outputs.write_text(
@@ -229,11 +231,14 @@ def test_finetune_stack_says_when_the_dashboard_does_not_answer(data: Path, tmp_
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    res = runner.invoke(
-        app,
-        ["finetune", "--stack", "dev", "--data", str(data), "--name", "a", "--outputs", str(outputs),
-         "-c", f'llmfleet:lora={{"adapters": "{ADAPTERS}"}}', "--dashboard", f"http://127.0.0.1:{port}"],
-    )  # fmt: skip
+    with MotoServer() as moto:  # the stack's Ray token is read first (tests/test_finetune_auth.py)
+        moto.client("ssm").put_parameter(Name=raw["ray_token_parameter"], Value="t", Type="SecureString")
+        res = runner.invoke(
+            app,
+            ["finetune", "--stack", "dev", "--data", str(data), "--name", "a", "--outputs", str(outputs),
+             "-c", f'llmfleet:lora={{"adapters": "{ADAPTERS}"}}', "--dashboard", f"http://127.0.0.1:{port}"],
+            env={**DUMMY_CREDS, "AWS_ENDPOINT_URL": moto.url},
+        )  # fmt: skip
     assert res.exit_code == 1
     assert _err(res).startswith(f"Ray's dashboard at http://127.0.0.1:{port}: not reachable (")
 
@@ -281,6 +286,38 @@ def test_the_jobs_entrypoint_quotes_every_value():
     assert p == {"step": 3, "steps": 30, "loss": 5.25, "tokens_per_s": 1234.5, "eta_s": 75.0}
     assert fmt_progress(p) == "step 3/30  loss 5.2500  1,234 tokens/s  ETA 1:15"
     assert progress("step 3 of something else") is None and progress("llmfleet-train {not json") is None
+
+
+def test_progress_lines_survive_rays_log_dedup_and_print_once():
+    """What the first e2e run showed: the worker's lines reach the job driver from two log
+    monitors (the local hosts share Ray's log dir) and Ray's deduplicator folds lines that differ
+    only in numbers. With the job's env (JOB_ENV) Ray's own LogDeduplicator keeps every progress
+    line; the CLI then shows each step once."""
+    from ray._private.ray_logging import LogDeduplicator
+
+    from infra.finetune_job import JOB_ENV, Once, progress
+    from ray_cluster.finetune import Progress
+
+    def forwarded(allow: str | None) -> list[str]:
+        dedup = LogDeduplicator(5, allow, None, _timesource=lambda: 100.0)
+        out: list[str] = []
+        for step in range(1, 13):
+            line = Progress(step, 12, 6.0 - step / 10, 1000.0 + step, 12.0 - step).line()
+            for ip in ("10.0.0.2", "10.0.0.3"):  # the same worker's line, from two monitors
+                batch = {"ip": ip, "pid": 134, "lines": [line]}
+                out += [ln for b in dedup.deduplicate(batch) for ln in b["lines"]]
+        return out
+
+    folded = [p["step"] for ln in forwarded(None) if (p := progress(ln))]
+    assert sorted(set(folded)) != list(range(1, 13))  # Ray's default loses steps
+    kept = forwarded(JOB_ENV["RAY_DEDUP_LOGS_ALLOW_REGEX"])
+    assert len(kept) == 24  # every copy: nothing folded
+    once = Once()
+    shown = [p["step"] for ln in kept if (p := progress(ln)) and once.fresh(p)]
+    assert shown == list(range(1, 13))
+    done = {"done": "s3://b/a/n1", "manifest": {}}
+    assert once.fresh(done) and not once.fresh(done)
+    assert not once.fresh({"step": "3"})  # not a step number
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "m:1", "", "x" * 65])
@@ -424,3 +461,14 @@ def test_local_lora_renders_ray_serve_llms_lora_config_from_the_store():
             "llm_configs"
         ][0]
     )
+
+
+def test_local_status_takes_a_trainer_host():
+    """The README walk's `llmfleet local status` on a cluster with `--train-hosts 1` stopped on a
+    validation traceback (HostSlot's role allowed head and worker only)."""
+    from infra.status.model import HostSlot, RayNode, classify
+
+    slot = HostSlot(name="llmf-local-h2", role="trainer", ip="10.213.1.12", ranks=0, status="alive")
+    node = RayNode.model_validate({"node_id": "n2", "ip": "10.213.1.12", "alive": True, "is_head": False})
+    assert classify(slot, [node], "") == slot
+    assert classify(slot, [], "").status == "lost"

@@ -30,6 +30,7 @@ from infra.rayconf import dashboards
 from infra.stack.outputs import StackOutputs
 from policy.resources import iam_document_problems
 from tests.captures import capture
+from tests.local_state_fixtures import new_state
 from tests.node_scripts import node_script
 from tests.shell import assert_bash_and_shellcheck
 
@@ -327,39 +328,44 @@ def test_prometheus_lifecycle_and_http_api_on_a_real_prometheus(tmp_path):
     if shutil.which(prometheus.BINARY) is None:
         pytest.skip("prometheus missing: apt-get install -y prometheus (scripts/system-deps.sh)")
     ports = Ports(gcs=0, dashboard=_free_port() - 1, http=0)
-    st = {"name": "pt", "mode": "loopback", "temp_dir": str(tmp_path / "ray")}
+    st = new_state(tmp_path, "pt", temp_dir=str(tmp_path / "ray"))
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / prometheus.SD_FILE).write_text("[]")
     info = prometheus.start(st, Host("pt-h0", "127.0.0.1"), ports, tmp_path / "sd", tmp_path / "prom.log")
     try:
-        assert info["url"] == f"http://127.0.0.1:{ports.dashboard + 1}"
-        assert prometheus.scalar(info["url"], "vector(41) + 1") == 42
-        assert prometheus.scalar(info["url"], "ray_vllm_request_success_total") is None  # no series yet
-        assert prometheus.targets(info["url"]) == []
+        url = info.url
+        assert url == f"http://127.0.0.1:{ports.dashboard + 1}"
+        assert prometheus.scalar(url, "vector(41) + 1") == 42
+        assert prometheus.scalar(url, "ray_vllm_request_success_total") is None  # no series yet
+        assert prometheus.targets(url) == []
         with pytest.raises(prometheus.PromError) as e:
-            prometheus.query(info["url"], "sum(")
+            prometheus.query(url, "sum(")
         assert "HTTP 400" in str(e.value) and "\n" not in str(e.value)
-        m = live.read_live(info["url"], "m")
+        m = live.read_live(url, "m")
         assert m.source == "prometheus" and m.error == "" and m.requests_finished is None
     finally:
-        removed = prometheus.stop({**st, "prometheus": info}, tmp_path / "sd", "pt")
-    assert removed[0] == f"prometheus pid {info['pid']}" and not (tmp_path / "sd" / "prometheus").exists()
+        st.prometheus = info
+        removed = prometheus.stop(st, tmp_path / "sd", "pt")
+    assert removed[0] == f"prometheus pid {info.pid}" and not (tmp_path / "sd" / "prometheus").exists()
     with pytest.raises(prometheus.PromError):
-        prometheus.query(info["url"], "vector(1)", timeout=1)
+        prometheus.query(url, "vector(1)", timeout=1)
     # a stale state file (its pid gone or reused) kills nothing
-    assert prometheus.stop({"prometheus": {"pid": info["pid"]}}, tmp_path / "sd", "pt") == []
+    assert prometheus.stop(st, tmp_path / "sd", "pt") == []
 
 
-def test_status_without_prometheus_says_why_in_one_line():
+def test_status_without_prometheus_says_why_in_one_line(tmp_path):
+    from infra.local.state import PrometheusRecord
     from infra.status.local import local_metrics
 
-    m = local_metrics({"model": "m", "prometheus": {"missing": "prometheus not found in PATH; install"}})
+    st = new_state(tmp_path, prometheus=PrometheusRecord(missing="prometheus not found in PATH; install"))
+    m = local_metrics(st)
     assert (m.source, m.error) == (
         "none",
         "this cluster runs no Prometheus: prometheus not found in PATH; install",
     )
     assert m.targets_total is None and m.cost is None
-    m = local_metrics({"model": "m"})
+    st.prometheus = None
+    m = local_metrics(st)
     assert m.source == "none" and "started by an older llmfleet" in m.error
 
 

@@ -19,7 +19,9 @@ def project(tmp_path):
     (tmp_path / "stacks" / "Pulumi.t.yaml").write_text(
         "config:\n  aws:region: us-west-2\n  llmfleet:model: deepseek-r1-distill-qwen-7b\n"
         "  llmfleet:gpuInstanceType: g6.xlarge\n  llmfleet:workerCount: 1\n"
-        "  llmfleet:sshPrivateKey:\n    secure: AAABAJ0x\n"
+        # a secret of the stack's own provider (the AWS provider's key): the owned hosts' SSH
+        # key is refused on an aws stack (tests/test_providers.py)
+        "  aws:secretKey:\n    secure: AAABAJ0x\n"
     )
 
     def write(body: str):
@@ -42,7 +44,7 @@ def test_records_type_name_parent_and_camelcase_inputs(project):
                 self.register_outputs({})
         b = Box("box")
         pulumi.export("ip", b.inst.private_ip)
-        pulumi.export("key", pulumi.Config("llmfleet").get_secret("sshPrivateKey"))
+        pulumi.export("key", pulumi.Config("aws").get_secret("secretKey"))
     """)
     cap = capture("t", project_dir=d)
     inst = cap.named("box-vm")
@@ -92,7 +94,7 @@ def test_overrides_and_secrets_in_raw_config(project):
     raw, secrets = raw_stack_config("t", ["llmfleet:workerCount=2", "maxModelLen=4096"], project_dir=d)
     assert raw["llmfleet:workerCount"] == "2"
     assert raw["llmfleet:maxModelLen"] == "4096"
-    assert raw["llmfleet:sshPrivateKey"] == "[secret]" and "llmfleet:sshPrivateKey" in secrets
+    assert raw["aws:secretKey"] == "[secret]" and "aws:secretKey" in secrets
     assert raw["llmfleet:endpointPort"] == "8000"  # project default from Pulumi.yaml
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("workerCount")
@@ -132,7 +134,7 @@ def test_capture_leaves_no_stack_config_in_pulumis_runtime(project):
     assert cap.outputs["model"] == "deepseek-r1-distill-qwen-7b"  # the program did read it
     assert CONFIG.get() == {}
     assert pulumi.runtime.get_config("llmfleet:model") is None
-    assert not pulumi.runtime.is_config_secret("llmfleet:sshPrivateKey")
+    assert not pulumi.runtime.is_config_secret("aws:secretKey")
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])

@@ -108,10 +108,33 @@ def test_hosts_on_an_aws_stack_and_an_unknown_provider_are_refused():
     with pytest.raises(ConfigError) as e:
         load_stack_config({"llmfleet:hosts": '[{"address": "10.0.0.10", "role": "head"}]'}, "dev")
     assert str(e.value) == "llmfleet:hosts = '[...]': hosts are only used with llmfleet:provider=existing"
-    # as before the split, an aws stack may hold the owned hosts' SSH key (a secret) unused
-    assert not hasattr(
-        load_stack_config({"llmfleet:sshPrivateKey": "-----BEGIN KEY-----"}, "dev"), "ssh_private_key"
-    )
     with pytest.raises(ConfigError) as e:
         load_stack_config({"llmfleet:provider": "gcp"}, "dev")
     assert str(e.value) == "llmfleet:provider = 'gcp': allowed: aws, existing"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "line"),
+    [
+        (  # a secret: its value is never shown, not even in the refusal
+            "llmfleet:sshPrivateKey",
+            "-----BEGIN OPENSSH PRIVATE KEY----- s3cr3t",
+            "llmfleet:sshPrivateKey = '[secret]': the SSH key reaches hosts you own; EC2 hosts are "
+            "reached over SSM; allowed with provider existing",
+        ),
+        (
+            "llmfleet:hostHourlyUsd",
+            "3.80",
+            "llmfleet:hostHourlyUsd = '3.80': the price of hosts you own; EC2 hosts are priced from the "
+            "catalog; allowed with provider existing",
+        ),
+    ],
+)
+def test_an_owned_host_key_set_on_an_aws_stack_is_refused_in_one_line(key, value, line):
+    """The seam is one-way in neither direction: an aws stack holds no owned-host key either."""
+    with pytest.raises(ConfigError) as e:
+        load_stack_config({key: value}, "dev")
+    assert str(e.value) == line
+    with pytest.raises(ConfigError) as e:  # a shipped aws stack with the key set from the CLI
+        load_config("prod", [f"{key}={value}"])
+    assert str(e.value) == line and "s3cr3t" not in str(e.value)

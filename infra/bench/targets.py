@@ -40,12 +40,12 @@ def local_target(name: str) -> Resolved:
         token = read_token(st)
     except LocalError as e:
         raise BenchError(str(e)) from None
-    head = st["hosts"][0]["ip"]
+    head = st.hosts[0].ip
     return Resolved(
-        target=Target(st["endpoint"], token, st["model"], f"local:{name}"),
-        tokenizer=st["model_dir"],
-        dashboard=f"http://{head}:{st['ports']['dashboard']}",
-        model_dir=st["model_dir"],
+        target=Target(st.endpoint, token, st.model, f"local:{name}"),
+        tokenizer=st.model_dir,
+        dashboard=f"http://{head}:{st.ports.dashboard}",
+        model_dir=st.model_dir,
     )
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from infra.commands._common import console
 from infra.local.live import by_host, read_live
 from infra.local.prometheus import PromError
+from infra.local.state import LocalState
 
 # (key in the live figures, label, format)
 FIGURES = (
@@ -54,15 +55,14 @@ def cost_table(c: dict) -> Table:
     return t
 
 
-def top(st: dict, interval: float, iterations: int) -> None:
-    """Refresh the figures in place every `interval` s; iterations 0 runs until Ctrl-C."""
-
-    url = st["prometheus"]["url"]
+def top(st: LocalState, url: str, interval: float, iterations: int) -> None:
+    """Refresh the figures in place every `interval` s (Prometheus at `url`); iterations 0 runs
+    until Ctrl-C."""
 
     def frame() -> Group:
-        live = read_live(url, st["model"]).to_dict()
+        live = read_live(url, st.model).to_dict()
         title = (
-            f"llmfleet local top: {st['name']} ({st['model']}) - Prometheus {url}, "
+            f"llmfleet local top: {st.name} ({st.model}) - Prometheus {url}, "
             f"{live['targets_up']}/{live['targets_total']} targets up, {time.strftime('%H:%M:%S')}"
         )
         parts: list[RenderableType] = [figures_table(live, title)]
@@ -73,16 +73,16 @@ def top(st: dict, interval: float, iterations: int) -> None:
         for col in ("host", "ip", "running", "waiting", "KV-cache"):
             hosts_t.add_column(col)
         try:
-            cols = [by_host(url, m, st["model"]) for m in
+            cols = [by_host(url, m, st.model) for m in
                     ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc")]  # fmt: skip
         except PromError as e:
             parts.append(f"[red]{e}[/]")
             return Group(*parts)
         # Every worker host, also an idle one (whose engine gauges Ray stops exporting: 0).
         served = live["requests_finished"] is not None
-        for h in st["hosts"][1:]:
-            run, wait, kv = (c.get(h["ip"], 0.0 if served else None) for c in cols)
-            hosts_t.add_row(h["name"], h["ip"], _fmt(run, "{:.0f}"), _fmt(wait, "{:.0f}"), _fmt(kv, "{:.1%}"))
+        for h in st.hosts[1:]:
+            run, wait, kv = (c.get(h.ip, 0.0 if served else None) for c in cols)
+            hosts_t.add_row(h.name, h.ip, _fmt(run, "{:.0f}"), _fmt(wait, "{:.0f}"), _fmt(kv, "{:.1%}"))
         parts.append(hosts_t)
         return Group(*parts)
 

@@ -74,11 +74,11 @@ def batch_cmd(
         else:
             argv, work = batch.prepare_submit(stack, overrides, dashboard, input_path, output, max_tokens,  # type: ignore[arg-type]  # --stack is set here (checked above)
                                               batch_size)  # fmt: skip
-            err_console.print(f"running: {batch.shell_line(argv)}", highlight=False, soft_wrap=True)
-            if dry_run:
+            if dry_run:  # the command alone, on stdout: nothing runs, so nothing says "running"
                 print_json({"command": argv, "working_dir": work}) if as_json else console.print(
                     batch.shell_line(argv), highlight=False, soft_wrap=True)  # fmt: skip
                 return
+            err_console.print(f"running: {batch.shell_line(argv)}", highlight=False, soft_wrap=True)
             try:
                 summary = _submit(argv)
             finally:

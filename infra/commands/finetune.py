@@ -31,7 +31,7 @@ from infra.commands._common import (
     fail,
     print_json,
 )
-from infra.commands._stack_outputs import OutputsFileOpt, stack_outputs_or_fail
+from infra.commands._stack_outputs import OutputsFileOpt, aws_clients_or_fail, stack_outputs_or_fail
 from infra.finetune_job import FinetuneJobError, Target, client, local_target
 from infra.local.layout import LocalError
 from infra.stack import lora
@@ -159,6 +159,15 @@ def _local_target(cluster: str):
     return target
 
 
+def _ray_token_or_fail(outputs) -> str:
+    """The stack's Ray cluster token: its dashboard runs Ray's token auth (RAY_AUTH_MODE=token)."""
+    ssm = aws_clients_or_fail(outputs, "ssm")["ssm"] if outputs.provider == "aws" else None
+    try:
+        return finetune_job.ray_token(outputs, ssm)
+    except FinetuneJobError as e:
+        fail(str(e), 1)
+
+
 def _stack_target(stack: str, cfg, dashboard: str | None, outputs_file: Path | None):
 
     if cfg.lora is None:
@@ -181,15 +190,22 @@ def _stack_target(stack: str, cfg, dashboard: str | None, outputs_file: Path | N
         served_model=out.served_model,
         adapters=cfg.lora.adapters,
         python="python3",  # the node image's interpreter
+        token=_ray_token_or_fail(out),
     )
 
 
-def _jobs_or_fail(local: bool, stack: str | None, cluster: str, dashboard: str | None):
+def _jobs_or_fail(
+    local: bool, stack: str | None, cluster: str, dashboard: str | None, outputs_file: Path | None
+):
 
     _target_or_fail(local, stack)
-    url = _local_target(cluster).dashboard if local else _dashboard_or_fail(stack or "", dashboard)
+    if local:
+        url, token = _local_target(cluster).dashboard, None
+    else:
+        url = _dashboard_or_fail(stack or "", dashboard)
+        token = _ray_token_or_fail(stack_outputs_or_fail(stack or "", outputs_file))
     try:
-        return client(url)
+        return client(url, token)
     except FinetuneJobError as e:
         fail(str(e), 1)
 
@@ -247,7 +263,7 @@ def finetune_cmd(
     )  # fmt: skip
     try:
         spec.check()
-        jobs = finetune_job.client(target.dashboard)
+        jobs = finetune_job.client(target.dashboard, target.token)
         job_id = finetune_job.submit(target, spec, data, jobs)
     except (FinetuneError, finetune_job.FinetuneJobError) as e:
         fail(str(e), 2 if isinstance(e, FinetuneError) else 1)
@@ -259,11 +275,13 @@ def finetune_cmd(
         f"submitted {job_id} to {target.where}; the adapter will be served as {model}", highlight=False
     )
     last: list[str] = []
+    once = finetune_job.Once()
 
     def on_line(line: str) -> None:
         p = finetune_job.progress(line)
         if p is not None and not as_json:
-            console.print(finetune_job.fmt_progress(p), highlight=False)
+            if once.fresh(p):
+                console.print(finetune_job.fmt_progress(p), highlight=False)
         elif p is None and line.strip():
             last[:] = [*last[-19:], line]
 
@@ -282,11 +300,11 @@ def finetune_cmd(
 
 def status_cmd(
     job_id: JobArg, stack: StackOpt = None, local: LocalOpt = False, cluster: LocalNameOpt = "local",
-    dashboard: DashboardOpt = None, as_json: JsonOpt = False,
+    dashboard: DashboardOpt = None, outputs_file: OutputsFileOpt = None, as_json: JsonOpt = False,
 ) -> None:  # fmt: skip
     """The job's state and its last progress line."""
 
-    jobs = _jobs_or_fail(local, stack, cluster, dashboard)
+    jobs = _jobs_or_fail(local, stack, cluster, dashboard, outputs_file)
     try:
         doc = finetune_job.status(jobs, job_id)
     except finetune_job.FinetuneJobError as e:
@@ -304,11 +322,11 @@ def status_cmd(
 
 def logs_cmd(
     job_id: JobArg, stack: StackOpt = None, local: LocalOpt = False, cluster: LocalNameOpt = "local",
-    dashboard: DashboardOpt = None,
+    dashboard: DashboardOpt = None, outputs_file: OutputsFileOpt = None,
 ) -> None:  # fmt: skip
     """The job's whole log (Ray's driver log, with its workers' lines)."""
 
-    jobs = _jobs_or_fail(local, stack, cluster, dashboard)
+    jobs = _jobs_or_fail(local, stack, cluster, dashboard, outputs_file)
     try:
         sys.stdout.write(jobs.get_job_logs(finetune_job.check_job_id(job_id)))
     except finetune_job.FinetuneJobError as e:
@@ -319,11 +337,11 @@ def logs_cmd(
 
 def stop_cmd(
     job_id: JobArg, stack: StackOpt = None, local: LocalOpt = False, cluster: LocalNameOpt = "local",
-    dashboard: DashboardOpt = None,
+    dashboard: DashboardOpt = None, outputs_file: OutputsFileOpt = None,
 ) -> None:  # fmt: skip
     """Stop the job (Ray's stop_job: SIGTERM, then SIGKILL); no adapter is written."""
 
-    jobs = _jobs_or_fail(local, stack, cluster, dashboard)
+    jobs = _jobs_or_fail(local, stack, cluster, dashboard, outputs_file)
     try:
         stopped = jobs.stop_job(finetune_job.check_job_id(job_id))
     except finetune_job.FinetuneJobError as e:

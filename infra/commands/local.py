@@ -265,19 +265,21 @@ def up_cmd(
     if as_json:
         print_json(doc)
         return
-    if st.get("reused"):
+    if st.reused:
         console.print(f"local cluster {name!r} is already up and serving", highlight=False)
-    console.print(_hosts_table([{**h} for h in st["hosts"]], f"local cluster {name!r} ({st['mode']})"))
-    lay = st["layout"]
+    console.print(_hosts_table([h.model_dump() for h in st.hosts], f"local cluster {name!r} ({st.mode})"))
+    lay = st.layout
     console.print(
-        f"engine: {st['engine']}: {st['model']}, {lay['replicas']} replica(s) x TP {lay['tp']} x PP {lay['pp']}",
+        f"engine: {st.engine}: {st.model}, {lay.replicas} replica(s) x TP {lay.tp} x PP {lay.pp}",
         highlight=False,
     )
     console.print(f"endpoint: {doc['endpoint']}", highlight=False)
     console.print(f"token:    {doc['token']}", highlight=False)
-    prom = st.get("prometheus") or {}
+    prom = st.prometheus
     metrics = (
-        f"{prom['url']} (Prometheus; llmfleet local top)" if prom.get("url") else prom.get("missing", "-")
+        f"{prom.url} (Prometheus; llmfleet local top)"
+        if prom and prom.url
+        else (prom and prom.missing) or "-"
     )
     console.print(f"metrics:  {metrics}", highlight=False)
     console.print(
@@ -319,11 +321,12 @@ def top_cmd(
         fail(str(e), code=1)
     if st is None:
         fail(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`", code=1)
-    if not (st.get("prometheus") or {}).get("url"):
-        why = (st.get("prometheus") or {}).get("missing", "run `llmfleet local down` and `up` again")
+    prom = st.prometheus
+    if prom is None or not prom.url:
+        why = (prom and prom.missing) or "run `llmfleet local down` and `up` again"
         fail(f"local cluster {name!r} runs no Prometheus: {why}", code=1)
     try:
-        top(st, interval, iterations)
+        top(st, prom.url, interval, iterations)
     except KeyboardInterrupt:
         pass
 

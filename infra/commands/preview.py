@@ -21,7 +21,7 @@ from infra.commands._common import (
     fail,
     print_json,
 )
-from infra.commands._fit import Col, fitted_table, min_width
+from infra.commands._fit import Col, dropped, fitted_table, min_width
 from infra.stack import suggest
 from infra.stack.resolve import resolve
 
@@ -88,26 +88,47 @@ def up_lead_minutes(action_name: str, recurrence: str, schedule: Any) -> int | N
     return (schedule.windows[int(m.group(1))].open_min - at) % (24 * 60)
 
 
-def scheduled_actions_table(resources: list[dict], schedule: Any, cold_start_s: float) -> Table | None:
+def scheduled_actions_table(
+    resources: list[dict], schedule: Any, cold_start_s: float, console: Console = console
+) -> Table | None:
     """The captured scheduled actions, and for each scale-up how far it leads its window's
-    opening (read back from the captured cron against llmfleet:schedule), beside the cold start."""
-    rows = sorted((r for r in resources if r["type"] == SCHEDULE_TYPE), key=lambda r: r["name"])
-    if not rows:
+    opening (read back from the captured cron against llmfleet:schedule), beside the cold start.
+
+    Group, action, cron and time zone never split (a group name is what `aws autoscaling
+    describe-scheduled-actions` takes): side by side when the terminal holds them whole, else the
+    action under its group, as the resources table does; at 80 columns the desired capacity
+    (1 for a scale-up, 0 for a scale-down, as the action's name says) goes, and the title says so."""
+    found = sorted((r for r in resources if r["type"] == SCHEDULE_TYPE), key=lambda r: r["name"])
+    if not found:
         return None
-    t = Table(title=f"scheduled actions (modeled cold start {cold_start_s / 60:.1f} min)")
-    for col in ("group", "action", "cron", "time zone", "desired", "lead (before opening)"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
+    rows = []
+    for r in found:
         i = r["inputs"]
         lead = up_lead_minutes(str(i.get("scheduledActionName", "")), str(i.get("recurrence", "")), schedule)
-        t.add_row(
-            str(i.get("autoscalingGroupName", "")),
-            str(i.get("scheduledActionName", "")),
-            str(i.get("recurrence", "")),
-            str(i.get("timeZone", "")),
-            str(i.get("desiredCapacity", "")),
-            "" if lead is None else f"{lead} min",
+        rows.append(
+            [
+                str(i.get("autoscalingGroupName", "")),
+                str(i.get("scheduledActionName", "")),
+                str(i.get("recurrence", "")),
+                str(i.get("timeZone", "")),
+                str(i.get("desiredCapacity", "")),
+                "" if lead is None else f"{lead} min",
+            ]
         )
+    rest = [
+        Col("cron", whole=True),
+        Col("time zone", whole=True),
+        Col("desired", justify="right", drop=1),
+        Col("lead (before opening)"),
+    ]
+    title = f"scheduled actions (modeled cold start {cold_start_s / 60:.1f} min)"
+    cols = [Col("group", whole=True), Col("action", whole=True), *rest]
+    if min_width(console, cols, rows) > console.width:
+        cols = [Col("group / action", whole=True), *rest]
+        rows = [[Text(f"{g}\n  {a}"), *more] for g, a, *more in rows]
+    t = fitted_table(console, cols, rows, title=title)
+    if gone := dropped(t, cols):
+        t.title = f"{title}; not shown at this width: {', '.join(gone)} (--json has every field)"
     return t
 
 

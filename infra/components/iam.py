@@ -7,7 +7,8 @@ The role holds three policies, all customer managed and all read by the policy p
   (its statements in infra/catalog/aws_managed_policies.yaml, with source and version) minus
   exactly `ssm:GetParameter` and `ssm:GetParameters`, which it grants on "*": attached as is, it let
   every host read every parameter of the account, a dev spot worker prod's tokens included.
-- `node-policy`: ECR pull on this repository only, S3 read on the weights prefix only, SSM read
+- `node-policy`: ECR pull on this repository only, S3 read on the weights prefix only (and, with
+  llmfleet:lora, on the adapters prefix only), SSM read
   on the endpoint token, the Ray cluster token and this stack's node scripts
   (/llmfleet/<stack>/node/*), and kms:Decrypt on the stack's own SecretsKey, only through SSM and
   only for this stack's parameters (/llmfleet/<stack>/*).
@@ -142,6 +143,7 @@ def node_policy_document(
     weights_prefix: str,
     *,
     secrets_key_arn: str,
+    adapters_uri: str | None = None,
 ) -> dict[str, Any]:
     """The hosts' inline permissions (pure, so tests read the exact statements)."""
     stmts: list[dict[str, Any]] = [
@@ -189,7 +191,35 @@ def node_policy_document(
                 "Resource": f"arn:aws:s3:::{weights_bucket}/{prefix}*",
             },
         ]
+    if adapters_uri:
+        stmts += adapters_statements(adapters_uri)
     return {"Version": "2012-10-17", "Statement": stmts}
+
+
+def adapters_statements(adapters_uri: str) -> list[dict[str, Any]]:
+    """Read of the stack's LoRA adapters (llmfleet:lora.adapters, s3://BUCKET/PREFIX/): list that
+    prefix and get its objects, nothing else in the bucket, no write (the fine-tune job writes
+    them with its own credentials). Ray Serve LLM lists `PREFIX` for /v1/models and downloads
+    `PREFIX/NAME/*` on a request naming NAME. The prefix keeps its '/' (infra/stack/config_values
+    s3_uri adds it), so `adapters/*` never covers a sibling `adapters-prod/`."""
+    bucket, _, prefix = adapters_uri.removeprefix("s3://").partition("/")
+    if not adapters_uri.startswith("s3://") or not bucket or (prefix and not prefix.endswith("/")):
+        raise ValueError(f"adapters_uri {adapters_uri!r}: allowed: s3://BUCKET/PREFIX/ (with its '/')")
+    return [
+        {
+            "Sid": "ListAdaptersPrefix",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": f"arn:aws:s3:::{bucket}",
+            "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
+        },
+        {
+            "Sid": "ReadAdapters",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": f"arn:aws:s3:::{bucket}/{prefix}*",
+        },
+    ]
 
 
 def worker_health_statement(repository_arn: str, cluster: str, stack: str) -> dict[str, Any]:
@@ -254,6 +284,8 @@ class IamArgs:
     worker_health: tuple[str, str] | None = None
     # llmfleet:gcsRedis: the head reads the GCS store's auth token at boot
     gcs_redis_token_parameter_arn: pulumi.Input[str] | None = None
+    # llmfleet:lora.adapters: the serving hosts read the stack's adapters prefix
+    adapters_uri: str | None = None
 
 
 def _with_health(doc: dict[str, Any], repository_arn: str, args: IamArgs) -> dict[str, Any]:
@@ -312,7 +344,13 @@ class NodeIam(pulumi.ComponentResource):
                 _with_gcs_redis(
                     _with_health(
                         node_policy_document(
-                            a[0], a[1], a[2], a[3], args.weights_prefix, secrets_key_arn=a[4]
+                            a[0],
+                            a[1],
+                            a[2],
+                            a[3],
+                            args.weights_prefix,
+                            secrets_key_arn=a[4],
+                            adapters_uri=args.adapters_uri,
                         ),
                         a[0],
                         args,

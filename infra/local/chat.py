@@ -65,10 +65,10 @@ def chat(
     st = load_state(name)
     if st is None:
         raise LocalError(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`")
-    model = f"{st['model']}:{adapter}" if adapter else st["model"]
+    model = f"{st.model}:{adapter}" if adapter else st.model
     try:
         return chat_once(
-            st["endpoint"], read_token(st), model, message, max_tokens, temperature, thinking_budget
+            st.endpoint, read_token(st), model, message, max_tokens, temperature, thinking_budget
         )
     except ChatError as e:
         raise LocalError(f"{e}; see `llmfleet local status`") from None

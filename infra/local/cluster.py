@@ -79,6 +79,13 @@ from infra.local.processes import (
 )
 from infra.local.state import (
     DEFAULT_NAME,
+    GcsRedis,
+    HostEntry,
+    LayoutRecord,
+    LocalState,
+    LoraStore,
+    Options,
+    Supervised,
     load_state,
     save_state,
     state_dir,
@@ -146,26 +153,26 @@ class UpOptions:
 Progress = Callable[[str, str], None]  # (stage key, detail)
 
 
-def _node_env(token: str, st: dict | None = None) -> dict[str, str]:
+def _node_env(token: str, st: LocalState | None = None) -> dict[str, str]:
     root = str(REPO_ROOT)
     pp = os.environ.get("PYTHONPATH")
     # `up --lora`: every node reaches the adapters store (a woken or restarted node too)
-    store = (st or {}).get("lora") or {}
+    store = st.lora if st is not None else None
     return {
         TOKEN_ENV: token,  # every node's Ray workers inherit it; the ingress reads it there
         "RAY_AUTH_MODE": "disabled",  # Ray's ports stay on the local bridge/loopback
         "PYTHONPATH": f"{root}{os.pathsep}{pp}" if pp else root,
-        **(adapters.env(store["endpoint"]) if store.get("endpoint") else {}),
+        **(adapters.env(store.endpoint) if store is not None else {}),
     }
 
 
-def _wait_head(st: dict, hs: HostSet, ports: Ports, log: Path, timeout: float) -> None:
+def _wait_head(st: LocalState, hs: HostSet, ports: Ports, log: Path, timeout: float) -> None:
 
     head = hs.hosts[0]
     deadline = time.monotonic() + timeout
     for port in (ports.gcs, ports.dashboard):
         while True:
-            if not pid_alive(st["hosts"][0]["supervisor_pid"], hs.prefix):
+            if not pid_alive(st.hosts[0].supervisor_pid, hs.prefix):
                 raise LocalError(f"head node exited; log {log}: {last_lines(log)}")
             try:
                 wait_for_tcp(head.ip, port, 1.0, interval=0.5)
@@ -237,32 +244,32 @@ def _check_ports_free(ip: str, ports: Ports) -> None:
                 ) from None
 
 
-def _reuse(existing: dict, o: UpOptions, mode: str) -> dict:
+def _reuse(existing: LocalState, o: UpOptions, mode: str) -> LocalState:
     """`up` on a running cluster: the same shape and healthy -> it, else one line saying why not."""
-    have = existing["layout"]
-    routing = existing.get("routing", "pow2")
+    have = existing.layout
+    routing = existing.routing
     want = (o.hosts, o.tp, o.pp, o.port, mode, o.routing, o.model, o.train_hosts, o.lora)
-    have_t = (have["hosts"], have["tp"], have["pp"], existing["ports"]["http"], existing["mode"], routing)
-    have_x = (have.get("trainers", 0), bool(existing.get("lora")))
-    if (*have_t, existing["model"], *have_x) != want:
+    have_t = (have.hosts, have.tp, have.pp, existing.ports.http, existing.mode, routing)
+    have_x = (have.trainers, existing.lora is not None)
+    if (*have_t, existing.model, *have_x) != want:
         raise LocalError(
-            f"local cluster {o.name!r} already runs with --hosts {have['hosts']} --tp {have['tp']} "
-            f"--pp {have['pp']} --port {existing['ports']['http']} --routing {routing} "
-            f"--model {existing['model']} --train-hosts {have_x[0]}{' --lora' if have_x[1] else ''} "
-            f"({existing['mode']}); run `llmfleet local down` first"
+            f"local cluster {o.name!r} already runs with --hosts {have.hosts} --tp {have.tp} "
+            f"--pp {have.pp} --port {existing.ports.http} --routing {routing} "
+            f"--model {existing.model} --train-hosts {have_x[0]}{' --lora' if have_x[1] else ''} "
+            f"({existing.mode}); run `llmfleet local down` first"
         )
     ok, why = healthy(existing)
     if not ok:
         raise LocalError(
             f"local cluster {o.name!r} exists but is not healthy ({why}); run `llmfleet local down` first"
         )
-    options = {"engine_args": o.engine_args, "serve_options": o.serve_options}
-    if (existing.get("options") or {"engine_args": {}, "serve_options": {}}) != options:
+    options = Options(engine_args=o.engine_args, serve_options=o.serve_options)
+    if existing.options != options:
         raise LocalError(
             f"local cluster {o.name!r} already runs with other engine/Serve options "
-            f"({json.dumps(existing.get('options') or {})}); run `llmfleet local down` first"
+            f"({existing.options.model_dump_json()}); run `llmfleet local down` first"
         )
-    existing["reused"] = True
+    existing.reused = True
     return existing
 
 
@@ -276,39 +283,37 @@ def _new_state(
     hs: HostSet,
     model_id: str,
     model_dir: Path,
-) -> dict:
+) -> LocalState:
     head = hs.hosts[0]
-    return {
-        "name": o.name,
-        "mode": mode,
-        "state_dir": str(sd),
-        "created": time.time(),
-        "layout": {**asdict(layout), "replicas": layout.replicas},
-        "routing": o.routing,
-        "engine": ENGINE,
-        "ports": asdict(ports),
-        "endpoint": f"http://{head.ip}:{ports.http}/v1",
-        "model": model_id,
-        "model_dir": str(model_dir),
-        "token_file": str(paths["token"]),
-        "token_env": TOKEN_ENV,
-        "serve_config": str(paths["serve"]),
-        "image": o.image,
-        "options": {"engine_args": o.engine_args, "serve_options": o.serve_options},
-        "temp_dir": f"/tmp/llmf-{o.name}",
-        "restart_delay_s": o.restart_delay,
-        "hostset": hs.to_json(),
-        "hosts": [],
-        "ready": False,
-    }
+    return LocalState(
+        name=o.name,
+        mode=mode,
+        state_dir=str(sd),
+        created=time.time(),
+        layout=LayoutRecord(**asdict(layout), replicas=layout.replicas),
+        routing=o.routing,
+        engine=ENGINE,
+        ports=ports,
+        endpoint=f"http://{head.ip}:{ports.http}/v1",
+        model=model_id,
+        model_dir=str(model_dir),
+        token_file=str(paths["token"]),
+        token_env=TOKEN_ENV,
+        serve_config=str(paths["serve"]),
+        image=o.image,
+        options=Options(engine_args=o.engine_args, serve_options=o.serve_options),
+        temp_dir=f"/tmp/llmf-{o.name}",
+        restart_delay_s=o.restart_delay,
+        hostset=hs,
+    )
 
 
 def _start_nodes(
-    st: dict, hs: HostSet, layout: Layout, ports: Ports, env: dict, o: UpOptions, paths: dict
+    st: LocalState, hs: HostSet, layout: Layout, ports: Ports, env: dict, o: UpOptions, paths: dict
 ) -> None:
     """One supervised `ray_cluster.node` per host, each inside its host; pids saved as they start."""
     if o.image:  # the node image instead of the venv: one container per host
-        st["serve_config"] = containers.start_nodes(
+        st.serve_config = containers.start_nodes(
             st, hs, layout, ports, env[TOKEN_ENV], o.image, paths, save_state
         )
         return
@@ -317,12 +322,12 @@ def _start_nodes(
     for i, h in enumerate(hs.hosts):
         role = layout.role(i)
         log = paths["logs"] / f"{h.name}.log"
-        argv = node_argv(role, h, head, ports, layout, st["temp_dir"])
+        argv = node_argv(role, h, head, ports, layout, st.temp_dir)
         host_env = dict(env)
         if redis_password is not None:
             host_env |= gcs_redis_env(role, head.ip, ports.redis, redis_password)
         if role == "head":  # the Ray dashboard's metrics panels query the cluster's Prometheus
-            host_env["RAY_PROMETHEUS_HOST"] = prometheus.url_for(st["mode"], head, ports)
+            host_env["RAY_PROMETHEUS_HOST"] = prometheus.url_for(st.mode, head, ports)
         if role == "worker":
             # Each host's own cores, as each host's own NIC: in the node's env, not the config.
             host_env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(
@@ -331,66 +336,59 @@ def _start_nodes(
         # The head restarts too: with an empty GCS the deploy watcher (_start_watcher) deploys
         # the Serve app again once the workers rejoin; with --gcs-redis the GCS keeps it.
         pid = start_node(h, argv, host_env, o.restart_delay, log)
-        st["hosts"].append(
-            {
-                "name": h.name,
-                "ip": h.ip,
-                "role": role,
-                "ranks": layout.ranks_per_host if role == "worker" else 0,
-                "supervisor_pid": pid,
-                "log": str(log),
-            }
+        st.hosts.append(
+            HostEntry(
+                name=h.name,
+                ip=h.ip,
+                role=role,
+                ranks=layout.ranks_per_host if role == "worker" else 0,
+                supervisor_pid=pid,
+                log=str(log),
+            )
         )
-        save_state(
-            st, Path(st["state_dir"])
-        )  # pids on disk at once: `down` finds them even if `up` dies here
+        save_state(st, Path(st.state_dir))  # pids on disk at once: `down` finds them even if `up` dies here
 
 
 def _start_watcher(
-    st: dict, head: Host, deploy_argv: list[str], env: dict, paths: dict, restart: float
+    st: LocalState, head: Host, deploy_argv: list[str], env: dict, paths: dict, restart: float
 ) -> None:
     """The head's deploy watcher, supervised (production: the deploy unit, Restart=always). Its
     first pass re-applies the config just deployed, which Serve treats as no change."""
     log = paths["logs"] / "watch.log"
     pid = start_supervisor(head, local_watch_argv(deploy_argv), env, restart, log)
-    st["watcher"] = {"supervisor_pid": pid, "log": str(log)}
-    save_state(st, Path(st["state_dir"]))
+    st.watcher = Supervised(supervisor_pid=pid, log=str(log))
+    save_state(st, Path(st.state_dir))
 
 
-def _start_gcs_redis(st: dict, head: Host, ports: Ports, paths: dict) -> str:
+def _start_gcs_redis(st: LocalState, head: Host, ports: Ports, paths: dict) -> str:
     """redis-server on the head host, supervised; its config (with the password) in a 0600 file."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise LocalError("--gcs-redis: redis-server not found; install it (scripts/system-deps.sh)")
     password = secrets.token_urlsafe(32)
-    data = Path(st["state_dir"]) / "gcs-redis"
+    data = Path(st.state_dir) / "gcs-redis"
     data.mkdir(parents=True, exist_ok=True)
     conf = data / "redis.conf"
     write_secret(conf, redis_conf(head.ip, ports.redis, str(data), password))
     log = paths["logs"] / "gcs-redis.log"
     pid = start_supervisor(head, redis_server_argv(str(conf), binary), {}, RESTART_DELAY_S, log)
-    st["gcs_redis"] = {"supervisor_pid": pid, "port": ports.redis, "log": str(log)}
-    save_state(st, Path(st["state_dir"]))
+    st.gcs_redis = GcsRedis(supervisor_pid=pid, port=ports.redis, log=str(log))
+    save_state(st, Path(st.state_dir))
     return password
 
 
-def _start_adapters_store(st: dict, head: Host, ports: Ports, paths: dict) -> None:
+def _start_adapters_store(st: LocalState, head: Host, ports: Ports, paths: dict) -> None:
     """`up --lora`: the adapters store on the head host, supervised, its bucket created (its
     endpoint in the state: _node_env gives every node the env that reaches it)."""
     log = paths["logs"] / "adapters-store.log"
     url = adapters.endpoint(head, ports)
     pid = start_supervisor(head, adapters.server_argv(head, ports), {}, RESTART_DELAY_S, log)
-    st["lora"] = {
-        "supervisor_pid": pid,
-        "endpoint": url,
-        "adapters": adapters.adapters_uri(),
-        "log": str(log),
-    }
-    save_state(st, Path(st["state_dir"]))
+    st.lora = LoraStore(supervisor_pid=pid, endpoint=url, adapters=adapters.adapters_uri(), log=str(log))
+    save_state(st, Path(st.state_dir))
     adapters.wait_and_create_bucket(url, log)
 
 
-def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
+def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> LocalState:
     """Create the hosts, start the nodes, run the production deploy flow; returns the state."""
 
     try:
@@ -437,7 +435,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
 
         if o.image:  # where the image's uid can read it (containers.NODE_ROOT says why)
             model_dir = containers.stage_model(o.name, model_dir)
-            st["model_dir"] = str(model_dir)
+            st.model_dir = str(model_dir)
         doc = render_local_serve_config(
             model_id,
             str(model_dir),
@@ -465,9 +463,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         on_stage("head", f"{head.name} {head.ip}")
         _wait_head(st, hs, ports, paths["logs"] / f"{head.name}.log", min(o.timeout, 180))
         # Metrics: scraping starts before the deploy, so the first requests are counted too.
-        st["prometheus"] = prometheus.start_if_installed(
-            st, head, ports, sd, paths["logs"] / "prometheus.log"
-        )
+        st.prometheus = prometheus.start_if_installed(st, head, ports, sd, paths["logs"] / "prometheus.log")
         save_state(st, sd)
         on_stage(
             "gpus",
@@ -475,9 +471,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             f"{layout.replicas * layout.ranks_per_host} engine slots",
         )
         python = "python3" if o.image else sys.executable  # the image's interpreter, or the venv's
-        argv = local_deploy_argv(
-            head, workers, ports, layout, st["serve_config"], model_id, o.timeout, python
-        )
+        argv = local_deploy_argv(head, workers, ports, layout, st.serve_config, model_id, o.timeout, python)
         if o.image:  # the production flow from inside the head container
             argv = containers.exec_argv(head, argv)
         result = _run_deploy(
@@ -488,8 +482,8 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
             paths["logs"] / "deploy.log",
             o.timeout * 4,
         )
-        st["ready"] = True
-        st["sample"] = result.get("sample", "")
+        st.ready = True
+        st.sample = str(result.get("sample", ""))
         if not o.image:  # the image mode's head container has no watcher here (yet)
             _start_watcher(st, head, argv, env, paths, o.restart_delay)
         save_state(st, sd)
@@ -500,7 +494,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> dict:
         # Ray's own logs live in its temp dir, which `down` removes: keep them beside ours,
         # and say what the engine itself reported (Serve's message often ends in "See root
         # cause above" with the root cause only in a worker's log).
-        kept = keep_ray_logs(st["temp_dir"], paths["logs"] / "ray")
+        kept = keep_ray_logs(st.temp_dir, paths["logs"] / "ray")
         down(o.name, keep_logs=True)
         if isinstance(e, LocalError) and kept is not None:
             cause = engine_error(kept)
@@ -574,9 +568,9 @@ def down(name: str = DEFAULT_NAME, keep_logs: bool = False) -> list[str]:
     removed += containers.down(st, name, sd, paths["logs"])  # first: no restart policy revives a node
     if st is not None:
         stop_processes(st, prefix)
-        removed.append(f"supervisors of {len(st.get('hosts', []))} hosts")
+        removed.append(f"supervisors of {len(st.hosts)} hosts")
     removed += hosts.teardown(prefix, cluster=name, state_dir=sd)
-    temp_dir = (st or {}).get("temp_dir") or f"/tmp/llmf-{name}"
+    temp_dir = st.temp_dir if st is not None else f"/tmp/llmf-{name}"
     if os.path.isdir(temp_dir):
         shutil.rmtree(temp_dir, ignore_errors=True)
         removed.append(f"ray temp dir {temp_dir}")

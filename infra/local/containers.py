@@ -16,11 +16,13 @@ processes (`processes.host_pids`) include the container's.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from infra.local.docker import DOCKER, DockerError, docker
-from infra.local.hosts import HOST_ENV, Host
-from infra.local.layout import TOKEN_ENV, LocalError, node_argv, omp_threads_bind
+from infra.local.hosts import HOST_ENV, Host, HostSet
+from infra.local.layout import TOKEN_ENV, Layout, LocalError, Ports, node_argv, omp_threads_bind
+from infra.local.state import HostEntry, LocalState
 from ray_cluster import contract
 
 LABEL = "llmfleet.cluster"
@@ -175,51 +177,60 @@ def remove(cluster: str) -> list[str]:
     return [f"container {i}" for i in ids]
 
 
-def start_nodes(st: dict, hs, layout, ports, token: str, image: str, paths: dict, save) -> str:
+def start_nodes(
+    st: LocalState,
+    hs: HostSet,
+    layout: Layout,
+    ports: Ports,
+    token: str,
+    image: str,
+    paths: dict[str, Path],
+    save: Callable[[LocalState, Path], None],
+) -> str:
     """One node container per host, pids saved as they start; returns the Serve config path the
     head container deploys (in the config directory the contract mounts on the head)."""
 
-    sd = Path(st["state_dir"])
-    config_dir = node_dir(st["name"]) / "config"
+    sd = Path(st.state_dir)
+    config_dir = node_dir(st.name) / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     paths["logs"].mkdir(parents=True, exist_ok=True)  # venv mode's supervisors make it; others log there
     serve = config_dir / "serve.yaml"
     serve.write_text(paths["serve"].read_text())
-    _world_readable(node_dir(st["name"]))
+    _world_readable(node_dir(st.name))
     # RAY_AUTH_MODE=disabled as in venv mode: Ray's ports stay on this machine's loopback.
-    env_file = write_env_file(sd / f"{st['name']}.env", {TOKEN_ENV: token, "RAY_AUTH_MODE": "disabled"})
-    temp = Path(st["temp_dir"])
+    env_file = write_env_file(sd / f"{st.name}.env", {TOKEN_ENV: token, "RAY_AUTH_MODE": "disabled"})
+    temp = Path(st.temp_dir)
     temp.mkdir(parents=True, exist_ok=True)
     temp.chmod(0o1777)  # like /tmp: the image's uid writes Ray's session dirs into it
     head = hs.hosts[0]
     for i, h in enumerate(hs.hosts):
         role = "head" if i == 0 else "worker"
-        args = node_args(node_argv(role, h, head, ports, layout, st["temp_dir"], python="python3"))
+        args = node_args(node_argv(role, h, head, ports, layout, st.temp_dir, python="python3"))
         extra = {}
         if role == "worker":
             extra["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(layout.ranks_per_host, worker_index=i - 1)
         argv = run_argv(
-            role, h, image, args, cluster=st["name"], model_dir=st["model_dir"], env_file=env_file,
+            role, h, image, args, cluster=st.name, model_dir=st.model_dir, env_file=env_file,
             config_dir=str(config_dir) if role == "head" else None, extra_env=extra,
-            temp_dir=st["temp_dir"],
+            temp_dir=st.temp_dir,
         )  # fmt: skip
         pid = start(argv)
-        st["hosts"].append(
-            {"name": h.name, "ip": h.ip, "role": role, "ranks": 0 if role == "head" else layout.ranks_per_host,
-             "supervisor_pid": pid, "container": container_name(h), "log": str(paths["logs"] / f"{h.name}.log")}
+        st.hosts.append(
+            HostEntry(name=h.name, ip=h.ip, role=role, ranks=0 if role == "head" else layout.ranks_per_host,
+                      supervisor_pid=pid, container=container_name(h), log=str(paths["logs"] / f"{h.name}.log"))
         )  # fmt: skip
         save(st, sd)
     return str(serve)
 
 
-def down(st: dict | None, name: str, sd: Path, log_dir: Path) -> list[str]:
+def down(st: LocalState | None, name: str, sd: Path, log_dir: Path) -> list[str]:
     """Keep each container's output in the host's log, then remove the containers and files."""
     import shutil
 
     if st and log_dir.exists():
-        for h in st.get("hosts", []):
-            if h.get("container"):
-                logs(Host(name=h["name"], ip=h["ip"]), log_dir / f"{h['name']}.log")
+        for h in st.hosts:
+            if h.container:
+                logs(Host(name=h.name, ip=h.ip), log_dir / f"{h.name}.log")
     removed = remove(name)
     for p in (node_dir(name), sd / f"{name}.env"):
         if p.exists():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from infra.catalog import load_catalog
 from infra.local.hosts import Host
@@ -65,6 +65,9 @@ class LocalError(RuntimeError):
 TRAIN_SLOTS = 1
 
 
+Role = Literal["head", "worker", "trainer"]
+
+
 @dataclass(frozen=True)
 class Layout:
     hosts: int
@@ -76,7 +79,7 @@ class Layout:
     def replicas(self) -> int:
         return self.hosts - 1 - self.trainers  # one replica per serving worker host
 
-    def role(self, i: int) -> str:
+    def role(self, i: int) -> Role:
         """Host i's role: the head, a serving worker, or (the last `trainers` hosts) a trainer."""
         if i == 0:
             return "head"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from infra.local import hosts
 from infra.local.hosts import Host
-from infra.local.state import hostset
+from infra.local.state import LocalState
 
 RESTART_DELAY_S = 5.0  # like systemd RestartSec=5: a lost host stays visible for a moment
 # A node in a PID namespace of its own, as the production node container is (Docker gives each
@@ -65,10 +65,10 @@ def raylet_running(host: Host) -> bool:
     return any(_comm(p) == "raylet" for p in host_pids(host))
 
 
-def ray_pids(st: dict, host_name: str) -> set[int]:
+def ray_pids(st: LocalState, host_name: str) -> set[int]:
     """The host's Ray processes: everything in it except its supervisor (for fault tests)."""
-    host = next(h for h in hostset(st).hosts if h.name == host_name)
-    sup = {h["supervisor_pid"] for h in st["hosts"] if h["name"] == host_name}
+    host = next(h for h in st.hostset.hosts if h.name == host_name)
+    sup = {h.supervisor_pid for h in st.hosts if h.name == host_name and h.supervisor_pid is not None}
     return host_pids(host) - sup
 
 
@@ -126,17 +126,17 @@ def last_lines(path: Path, n: int = 3) -> str:
     return " | ".join(lines[-n:])
 
 
-def stop_processes(st: dict, prefix: str, grace: float = 2.0) -> None:
+def stop_processes(st: LocalState, prefix: str, grace: float = 2.0) -> None:
     # Supervisors first, so nothing restarts a node while it is being stopped. Ray's own graceful
     # stop takes 10-20 s per node here; the cluster is being destroyed, so a short grace will do
     # (as `ray stop --force`).
-    sups = {h.get("supervisor_pid") for h in st.get("hosts", [])}
-    sups.add((st.get("gcs_redis") or {}).get("supervisor_pid"))  # `up --gcs-redis`
-    sups.add((st.get("watcher") or {}).get("supervisor_pid"))  # the head's deploy watcher
-    sups.add((st.get("lora") or {}).get("supervisor_pid"))  # `up --lora`: the adapters store
-    sups.discard(None)
-    hosts.terminate(lambda: {p for p in sups if pid_alive(p, prefix)}, grace=0.0, kill_wait=5.0)
-    hs = hostset(st)
+    sups = {h.supervisor_pid for h in st.hosts}
+    sups.add(st.gcs_redis and st.gcs_redis.supervisor_pid)  # `up --gcs-redis`
+    sups.add(st.watcher and st.watcher.supervisor_pid)  # the head's deploy watcher
+    sups.add(st.lora and st.lora.supervisor_pid)  # `up --lora`: the adapters store
+    pids = {p for p in sups if p}
+    hosts.terminate(lambda: {p for p in pids if pid_alive(p, prefix)}, grace=0.0, kill_wait=5.0)
+    hs = st.hostset
     hosts.terminate(lambda: set().union(*(host_pids(h) for h in hs.hosts)), grace=grace, kill_wait=5.0)
 
 

@@ -28,6 +28,7 @@ import yaml
 from infra.local import hosts
 from infra.local.hosts import Host
 from infra.local.layout import LocalError, Ports
+from infra.local.state import LocalState, PrometheusRecord
 
 BINARY = "prometheus"  # Debian's package: /usr/bin/prometheus
 SD_FILE = "prom_metrics_service_discovery.json"  # Ray writes it in the head's temp dir
@@ -91,17 +92,19 @@ def _ready(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start(st: dict, head: Host, ports: Ports, sd: Path, log: Path, timeout: float = 60.0) -> dict:
-    """Start Prometheus in the head host; returns {"pid", "url", "config", "data_dir", "log"}."""
+def start(
+    st: LocalState, head: Host, ports: Ports, sd: Path, log: Path, timeout: float = 60.0
+) -> PrometheusRecord:
+    """Start Prometheus in the head host; returns its pid, url, config, data dir and log."""
     if shutil.which(BINARY) is None:
         raise LocalError(f"{BINARY} not found in PATH; {INSTALL_HINT}")
-    data = data_dir(sd, st["name"])
+    data = data_dir(sd, st.name)
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     config = data / "prometheus.yml"
-    config.write_text(yaml.safe_dump(config_doc(st["temp_dir"], st["name"]), sort_keys=False))
-    port = port_for(st["mode"], ports)
-    url = url_for(st["mode"], head, ports)
+    config.write_text(yaml.safe_dump(config_doc(st.temp_dir, st.name), sort_keys=False))
+    port = port_for(st.mode, ports)
+    url = url_for(st.mode, head, ports)
     with open(log, "ab") as out:
         proc = hosts.run_in_host(
             head,
@@ -111,7 +114,7 @@ def start(st: dict, head: Host, ports: Ports, sd: Path, log: Path, timeout: floa
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    info = {"pid": proc.pid, "url": url, "config": str(config), "data_dir": str(data), "log": str(log)}
+    info = PrometheusRecord(pid=proc.pid, url=url, config=str(config), data_dir=str(data), log=str(log))
     deadline = time.monotonic() + timeout
     while not _ready(url):
         if proc.poll() is not None:
@@ -123,11 +126,11 @@ def start(st: dict, head: Host, ports: Ports, sd: Path, log: Path, timeout: floa
     return info
 
 
-def start_if_installed(st: dict, head: Host, ports: Ports, sd: Path, log: Path) -> dict:
-    """`start`, or, without the binary (not root, no apt), {"missing": why}: the cluster still
+def start_if_installed(st: LocalState, head: Host, ports: Ports, sd: Path, log: Path) -> PrometheusRecord:
+    """`start`, or, without the binary (not root, no apt), a record of only why (`missing`): the cluster still
     serves, and `local status` says why it has no live figures."""
     if shutil.which(BINARY) is None:
-        return {"missing": f"{BINARY} not found in PATH; {INSTALL_HINT}"}
+        return PrometheusRecord(missing=f"{BINARY} not found in PATH; {INSTALL_HINT}")
     return start(st, head, ports, sd, log)
 
 
@@ -139,12 +142,11 @@ def _tail(log: Path) -> str:
     return lines[-1][-300:] if lines else ""
 
 
-def stop(st: dict | None, sd: Path, name: str) -> list[str]:
+def stop(st: LocalState | None, sd: Path, name: str) -> list[str]:
     """SIGTERM (Prometheus flushes its head block), SIGKILL after 10 s; remove the TSDB."""
     removed: list[str] = []
-    info = (st or {}).get("prometheus") or {}
-    if "pid" in info:
-        pid = info["pid"]
+    pid = st.prometheus.pid if st is not None and st.prometheus is not None else None
+    if pid is not None:
         if _is_prometheus(pid):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10

@@ -25,9 +25,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from infra.local import hosts
-from infra.local.layout import Layout, LocalError, Ports, node_argv
+from infra.local.layout import LocalError, node_argv
 from infra.local.processes import host_pids, last_lines, pid_alive, start_node
-from infra.local.state import hostset, load_state, save_state
+from infra.local.state import LocalState, load_state, save_state
 from infra.local.status import host_alive
 from infra.rollout import plan as p
 from infra.rollout.ssm import SsmRunner
@@ -70,11 +70,11 @@ def parse_node_config(text: str, where: str) -> LocalNodeConfig:
         raise LocalError(f"{where}: {f.path or 'value'} = {f.input!r}: {f.allowed()}") from None
 
 
-def worker_hosts(st: dict) -> list[p.Host]:
+def worker_hosts(st: LocalState) -> list[p.Host]:
     """The cluster's worker hosts as the planner sees them: one replica per worker host (stage 0);
     the "instance id" is the host's name, which is how every message names it."""
-    workers = [h for h in st["hosts"] if h["role"] == "worker"]
-    return [p.Host("worker", h["name"], f"worker-{i}", i, 0) for i, h in enumerate(workers)]
+    workers = [h for h in st.hosts if h.role == "worker"]
+    return [p.Host("worker", h.name, f"worker-{i}", i, 0) for i, h in enumerate(workers)]
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -101,7 +101,7 @@ class LocalRunner(SsmRunner):
         self.state_dir = state_dir
         self.alive_timeout_s = alive_timeout_s
 
-    def _state(self) -> dict:
+    def _state(self) -> LocalState:
         st = load_state(self.name, self.state_dir)
         if st is None:
             raise LocalError(f"no local cluster {self.name!r} in {self.state_dir}")
@@ -120,31 +120,24 @@ class LocalRunner(SsmRunner):
         """Stop the host's supervised node (gracefully: the supervisor stops `ray start --block`)
         and start it again with the config's extra `ray start` arguments, in the same environment."""
         st = self._state()
-        entry = next((h for h in st["hosts"] if h["name"] == host_name), None)
-        if entry is None or entry["role"] != "worker":
+        entry = st.host(host_name)
+        if entry is None or entry.role != "worker":
             raise LocalError(f"host {host_name}: not a worker host of local cluster {self.name!r}")
-        hs = hostset(st)
+        hs = st.hostset
         host = next(h for h in hs.hosts if h.name == host_name)
         prefix = hosts.prefix_for(self.name)
-        old = entry["supervisor_pid"]
-        env = _environ(old) if pid_alive(old, prefix) else {}
+        old = entry.supervisor_pid
+        alive = old is not None and pid_alive(old, prefix)
+        env = _environ(old) if alive and old is not None else {}
 
-        if pid_alive(old, prefix):
+        if alive and old is not None:
             os.kill(old, signal.SIGTERM)
         hosts.terminate(lambda: host_pids(host), grace=20.0, kill_wait=5.0)
-        lay = st["layout"]
-        argv = node_argv(
-            "worker",
-            host,
-            hs.hosts[0],
-            Ports(**st["ports"]),
-            Layout(lay["hosts"], lay["tp"], lay["pp"]),
-            st["temp_dir"],
-        )
+        argv = node_argv("worker", host, hs.hosts[0], st.ports, st.layout.layout(), st.temp_dir)
         argv += [f"--ray-arg={a}" for a in cfg.ray_args]
-        log = Path(entry["log"])
+        log = Path(entry.log)
         offset = log.stat().st_size if log.exists() else 0
-        entry["supervisor_pid"] = start_node(host, argv, env, st["restart_delay_s"], log)
+        entry.supervisor_pid = start_node(host, argv, env, st.restart_delay_s, log)
         save_state(st, self.state_dir)
         return log, offset
 

@@ -17,24 +17,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from infra.local import cluster, hosts
-from infra.local.layout import Layout, LocalError, Ports, node_argv, omp_threads_bind
+from infra.local.layout import LocalError, node_argv, omp_threads_bind
 from infra.local.processes import host_pids, pid_alive, raylet_running, start_node
-from infra.local.state import DEFAULT_NAME, hostset, load_state, read_token, save_state, state_dir
+from infra.local.state import DEFAULT_NAME, LocalState, load_state, read_token, save_state, state_dir
 from ray_cluster.node import NodeError
 from ray_cluster.readiness import probe_completion
 
 WAKE_TIMEOUT_S = 600.0
 
 
-def _state(name: str) -> dict:
+def _state(name: str) -> LocalState:
     st = load_state(name)
     if st is None:
         raise LocalError(f"no local cluster {name!r} in {state_dir()}; start one with `llmfleet local up`")
-    if st.get("image"):
+    if st.image:
         raise LocalError(
             f"local cluster {name!r} runs the node image (--image); allowed: sleep/wake a venv cluster"
         )
-    if st.get("gcs_redis"):
+    if st.gcs_redis is not None:
         raise LocalError(f"local cluster {name!r} runs --gcs-redis; allowed: sleep/wake a cluster without it")
     return st
 
@@ -43,23 +43,27 @@ def sleep(name: str = DEFAULT_NAME) -> dict:
     """Stop every worker host (supervisor first, so nothing restarts it); the head stays."""
     st = _state(name)
     prefix = hosts.prefix_for(name)
-    hs = {h.name: h for h in hostset(st).hosts}
-    stopped = []
-    for entry in st["hosts"]:
-        if entry["role"] != "worker":
+    hs = {h.name: h for h in st.hostset.hosts}
+    stopped: list[str] = []
+    for entry in st.hosts:
+        if entry.role != "worker":
             continue
-        sup = entry.get("supervisor_pid")
-        hosts.terminate(lambda sup=sup: {sup} if pid_alive(sup, prefix) else set(), grace=0.0, kill_wait=5.0)
-        host = hs[entry["name"]]
+        sup = entry.supervisor_pid
+        hosts.terminate(
+            lambda sup=sup: {sup} if sup is not None and pid_alive(sup, prefix) else set(),
+            grace=0.0,
+            kill_wait=5.0,
+        )
+        host = hs[entry.name]
         hosts.terminate(lambda host=host: host_pids(host), grace=2.0, kill_wait=5.0)
-        entry["supervisor_pid"] = None
-        stopped.append(entry["name"])
-    st["asleep"] = True
-    save_state(st, Path(st["state_dir"]))
+        entry.supervisor_pid = None
+        stopped.append(entry.name)
+    st.asleep = True
+    save_state(st, Path(st.state_dir))
     return {"name": name, "stopped": stopped, "state": "asleep"}
 
 
-def _node_env(st: dict) -> dict[str, str]:
+def _node_env(st: LocalState) -> dict[str, str]:
     return cluster._node_env(read_token(st), st)
 
 
@@ -71,35 +75,33 @@ def wake(
     """Start the worker hosts again and wait for a real completion (no deploy of its own)."""
 
     st = _state(name)
-    hs = hostset(st)
+    hs = st.hostset
     by_name = {h.name: h for h in hs.hosts}
     head = hs.hosts[0]
-    layout = Layout(st["layout"]["hosts"], st["layout"]["tp"], st["layout"]["pp"])
-    ports = Ports(**st["ports"])
+    layout = st.layout.layout()
+    ports = st.ports
     env = _node_env(st)
-    started = []
+    started: list[str] = []
     t0 = time.monotonic()
-    for i, entry in enumerate(st["hosts"]):
-        if entry["role"] != "worker":
+    for i, entry in enumerate(st.hosts):
+        if entry.role != "worker":
             continue
-        host = by_name[entry["name"]]
+        host = by_name[entry.name]
         if raylet_running(host):
             continue  # already up (a wake after a partial sleep)
-        argv = node_argv("worker", host, head, ports, layout, st["temp_dir"])
+        argv = node_argv("worker", host, head, ports, layout, st.temp_dir)
         host_env = dict(env)
         host_env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(layout.ranks_per_host, worker_index=i - 1)
-        entry["supervisor_pid"] = start_node(
-            host, argv, host_env, st.get("restart_delay_s", 5.0), Path(entry["log"])
-        )
-        started.append(entry["name"])
-    st["asleep"] = False
-    save_state(st, Path(st["state_dir"]))
+        entry.supervisor_pid = start_node(host, argv, host_env, st.restart_delay_s, Path(entry.log))
+        started.append(entry.name)
+    st.asleep = False
+    save_state(st, Path(st.state_dir))
     on_stage("workers started: " + (", ".join(started) or "none (already up)"))
-    base = st["endpoint"][: -len("/v1")]
+    base = st.base_url
     last = ""
     while time.monotonic() - t0 < timeout:
         try:
-            probe_completion(base, read_token(st), st["model"], timeout=30)
+            probe_completion(base, read_token(st), st.model, timeout=30)
             return {
                 "name": name,
                 "started": started,

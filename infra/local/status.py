@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from infra.local.processes import raylet_running
-from infra.local.state import hostset, read_token
+from infra.local.state import HostEntry, LocalState, read_token
 from ray_cluster.node import NodeError
 from ray_cluster.readiness import probe_completion
 
@@ -27,7 +27,7 @@ class HostStatus:
 
 
 def classify_hosts(
-    hosts_: list[dict], nodes: list[dict] | None, raylet_running: dict[str, bool]
+    hosts_: list[HostEntry], nodes: list[dict[str, Any]] | None, raylet_running: dict[str, bool]
 ) -> list[HostStatus]:
     """alive/lost per host from Ray's node table and the host's own processes.
 
@@ -37,25 +37,25 @@ def classify_hosts(
     """
     out = []
     for h in hosts_:
-        base = dict(name=h["name"], ip=h["ip"], role=h["role"], ranks=h["ranks"])
-        if not raylet_running.get(h["name"], False):
-            out.append(HostStatus(**base, status="lost", reason="no raylet process on the host"))
+        if not raylet_running.get(h.name, False):
+            status, why = "lost", "no raylet process on the host"
         elif nodes is None:
-            why = "GCS unreachable" if h["role"] == "head" else "head unreachable, state unknown"
-            out.append(HostStatus(**base, status="lost", reason=why))
-        elif any(n["ip"] == h["ip"] and n["alive"] for n in nodes):
-            out.append(HostStatus(**base, status="alive"))
-        elif any(n["ip"] == h["ip"] for n in nodes):
-            out.append(HostStatus(**base, status="lost", reason="Ray marks its node dead"))
+            status = "lost"
+            why = "GCS unreachable" if h.role == "head" else "head unreachable, state unknown"
+        elif any(n["ip"] == h.ip and n["alive"] for n in nodes):
+            status, why = "alive", ""
+        elif any(n["ip"] == h.ip for n in nodes):
+            status, why = "lost", "Ray marks its node dead"
         else:
-            out.append(HostStatus(**base, status="lost", reason="no Ray node with this IP"))
+            status, why = "lost", "no Ray node with this IP"
+        out.append(HostStatus(h.name, h.ip, h.role, h.ranks, status, why))
     return out
 
 
-def _ray_nodes(st: dict) -> list[dict] | None:
+def _ray_nodes(st: LocalState) -> list[dict[str, Any]] | None:
     from ray.util.state import list_nodes
 
-    head_ip, port = st["hosts"][0]["ip"], st["ports"]["dashboard"]
+    head_ip, port = st.hosts[0].ip, st.ports.dashboard
     try:
         nodes = list_nodes(address=f"http://{head_ip}:{port}", timeout=5, raise_on_missing_output=False)
     except Exception:  # unreachable dashboard/GCS: the caller reports the head as lost
@@ -64,20 +64,20 @@ def _ray_nodes(st: dict) -> list[dict] | None:
     return [{"ip": n.node_ip, "alive": n.state == "ALIVE", "node_id": n.node_id} for n in rows]
 
 
-def host_alive(st: dict, host_name: str) -> bool:
+def host_alive(st: LocalState, host_name: str) -> bool:
     """The host's raylet runs and Ray's node table has it ALIVE (the rollout's wait)."""
-    entries = [h for h in st["hosts"] if h["name"] == host_name]
-    host = next((h for h in hostset(st).hosts if h.name == host_name), None)
+    entries = [h for h in st.hosts if h.name == host_name]
+    host = next((h for h in st.hostset.hosts if h.name == host_name), None)
     if not entries or host is None:
         return False
     [hs] = classify_hosts(entries, _ray_nodes(st), {host_name: raylet_running(host)})
     return hs.status == "alive"
 
 
-def metrics_targets(st: dict) -> list[str]:
+def metrics_targets(st: LocalState) -> list[str]:
     """host:port of every Ray node's metrics agent, from Ray's own Prometheus service-discovery
     file (Ray writes it in the head's temp dir; a real Prometheus reads the same file)."""
-    path = Path(st["temp_dir"]) / "prom_metrics_service_discovery.json"
+    path = Path(st.temp_dir) / "prom_metrics_service_discovery.json"
     try:
         groups = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -92,7 +92,7 @@ PREFIX_CACHE_HITS = "ray_vllm_prefix_cache_hits_total"  # vllm:prefix_cache_hits
 PREFIX_CACHE_QUERIES = "ray_vllm_prefix_cache_queries_total"  # vllm:prefix_cache_queries (tokens)
 
 
-def engine_counter_by_host(st: dict, name: str, timeout: float = 5.0) -> dict[str, float]:
+def engine_counter_by_host(st: LocalState, name: str, timeout: float = 5.0) -> dict[str, float]:
     """{node IP: value} of one of vLLM's counters (`name` as exported, e.g. PREFIX_CACHE_HITS),
     read from every host's own metrics endpoint and summed over its label sets."""
     import urllib.request
@@ -114,21 +114,21 @@ def engine_counter_by_host(st: dict, name: str, timeout: float = 5.0) -> dict[st
     return out
 
 
-def engine_requests_by_host(st: dict, timeout: float = 5.0) -> dict[str, float]:
+def engine_requests_by_host(st: LocalState, timeout: float = 5.0) -> dict[str, float]:
     """{node IP: finished requests} from vLLM's own counter (`vllm:request_success`)."""
     return engine_counter_by_host(st, REQUESTS_FINISHED, timeout)
 
 
-def healthy(st: dict) -> tuple[bool, str]:
+def healthy(st: LocalState) -> tuple[bool, str]:
     """(ok, why not): every host alive and a real completion answered (what `local up` waits
     for; `llmfleet local status` reports the whole picture through infra/status/)."""
 
-    running = {h.name: raylet_running(h) for h in hostset(st).hosts}
-    lost = [r for r in classify_hosts(st["hosts"], _ray_nodes(st), running) if r.status != "alive"]
+    running = {h.name: raylet_running(h) for h in st.hostset.hosts}
+    lost = [r for r in classify_hosts(st.hosts, _ray_nodes(st), running) if r.status != "alive"]
     if lost:
         return False, "host " + ", ".join(f"{h.name} ({h.ip}) lost" for h in lost)
     try:
-        probe_completion(st["endpoint"][: -len("/v1")], read_token(st), st["model"], timeout=10)
+        probe_completion(st.base_url, read_token(st), st.model, timeout=10)
     except (NodeError, OSError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         return False, f"endpoint not serving: {detail}"

@@ -149,6 +149,7 @@ def _base(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> _Base:
             tags=tags,
             worker_health=(name, cfg.stack),
             gcs_redis_token_parameter_arn=gcs.token.parameter.arn if gcs else None,
+            adapters_uri=cfg.lora.adapters if cfg.lora else None,
         ),
     )
     obs = Observability(

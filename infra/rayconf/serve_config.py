@@ -40,10 +40,12 @@ kwargs with vLLM's own EngineArgs.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -335,18 +337,116 @@ def llm_config_validator():
     class (same fields, same validators; tests/test_serve_config.py checks it), but importing
     `ray.serve.llm` imports vLLM: ~10 s of CPU and vLLM's "Triton not installed" line on every
     `render serve-config`. Validating with the class itself needs neither."""
-    try:
+
+    def load() -> Any:
         from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+        return LLMConfig
+
+    try:
+        LLMConfig = _import_ray_validators(load)
     except ImportError as e:
         return None, f"Ray Serve LLM's LLMConfig does not import ({e}); install ray[serve,llm] to validate it"
     return LLMConfig, ""
 
 
+# What Ray's validator modules import only for later use, never in a validator, each behind an
+# optional import Ray itself keeps (they import, and validate, without it):
+# - ray.llm's download_utils: `torch = try_import("torch")`, used when a replica downloads a model;
+# - LLMConfig's module: `transformers = try_import("transformers")`, used when a replica reads the
+#   checkpoint's config (apply_checkpoint_info);
+# - ray.serve._private.utils: `try: import pandas as pd`, for the proxy's JSON encoder of a
+#   DataFrame response.
+# Together they were most of a first render's CPU (torch ~2 s, transformers and pandas ~1 s each
+# in a fresh `import` here; a first render 3.6 -> 1.9 s, benchmarks/RESULTS.md),
+# so they are hidden while the validators import: the same classes and validators run, in the
+# set-up Ray supports without those packages. Each name is then bound back to an import-on-use
+# stand-in (the module at first attribute access), so the rest of the process, a test session
+# included, sees what it would have. What stays different in such a process: Serve's DataFrame
+# encoder is not registered; only a process that serves HTTP through Serve's proxy uses it, and
+# Serve's proxy and replicas are Ray actors in processes of their own.
+_OPTIONAL_IN_RAY_VALIDATORS = {  # Ray module -> (its global, the module that global names)
+    "ray.llm._internal.common.utils.download_utils": ("torch", "torch"),
+    "ray.llm._internal.serve.core.configs.llm_config": ("transformers", "transformers"),
+    "ray.serve._private.utils": ("pd", "pandas"),
+}
+
+
+_T = TypeVar("_T")
+
+
+class _ImportOnUse(ModuleType):
+    """Stands for an optional module a Ray module bound to None: imports it at first use."""
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def _import_ray_validators(load: Callable[[], _T]) -> _T:
+    """load() with _hidden_optional_imports; should a Ray need one of them to import its
+    validators after all, load() again with it: slower, never a skipped check."""
+    try:
+        with _hidden_optional_imports():
+            return load()
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in {real for _, real in _OPTIONAL_IN_RAY_VALIDATORS.values()}:
+            raise
+    return load()
+
+
+@contextmanager
+def _hidden_optional_imports() -> Iterator[None]:
+    """Import Ray's validator modules with their optional heavy imports hidden (see above).
+
+    A no-op for a package the process already imported (nothing to save) or that is not
+    installed (Ray binds None either way). Hiding is process-wide for the import's duration:
+    validation runs on the thread that calls it, and no other thread of llmfleet imports these."""
+    import importlib.util
+    import logging
+    import sys
+
+    hidden = [
+        real
+        for _, real in _OPTIONAL_IN_RAY_VALIDATORS.values()
+        if real not in sys.modules and importlib.util.find_spec(real) is not None
+    ]
+    # try_import logs "Could not import torch" at WARNING: the absence is ours, not the user's
+    quiet = logging.getLogger("ray.llm._internal.common.utils.import_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    for real in hidden:
+        sys.modules[real] = None  # type: ignore[assignment]  # import raises ModuleNotFoundError
+    try:
+        yield
+    finally:
+        for real in hidden:
+            if sys.modules.get(real, 0) is None:
+                del sys.modules[real]
+        quiet.setLevel(level)
+        for name, (attr, real) in _OPTIONAL_IN_RAY_VALIDATORS.items():
+            module = sys.modules.get(name)
+            if real in hidden and module is not None and getattr(module, attr, 0) is None:
+                setattr(module, attr, _ImportOnUse(real))
+
+
+def _serve_schemas() -> tuple[Any, Any]:
+    """Ray Serve's ServeDeploySchema and DeploymentSchema, imported by _import_ray_validators."""
+
+    def load() -> tuple[Any, Any]:
+        from ray.serve.schema import DeploymentSchema, ServeDeploySchema
+
+        return ServeDeploySchema, DeploymentSchema
+
+    return _import_ray_validators(load)
+
+
 def _validated_marker(doc: Mapping[str, Any]) -> Path | None:
     """Where a document Ray's classes accepted is remembered: keyed by its canonical JSON and the
     installed Ray's version, so the same bytes under the same Ray are not validated again.
-    Importing Ray's validators (ray.serve's schema; LLMConfig, whose module imports torch) is
-    most of `render serve-config`'s time, and a stack's config changes far less often than it
+    Importing Ray's validators (ray.serve's schema; LLMConfig's module), even without their
+    optional imports (_hidden_optional_imports), is most of `render serve-config`'s time, and a stack's config changes far less often than it
     is rendered. Only accepted documents are remembered; anything else is validated every time."""
     import hashlib
     import json
@@ -382,8 +482,7 @@ def validate_serve_config(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _validate_with_ray(doc: Mapping[str, Any]) -> list[str]:
-    from ray.serve.schema import ServeDeploySchema
-
+    ServeDeploySchema, _ = _serve_schemas()
     try:
         ServeDeploySchema.model_validate(dict(doc))
     except ValidationError as e:
@@ -423,8 +522,7 @@ def _validate_with_ray(doc: Mapping[str, Any]) -> list[str]:
 def validate_deployment_options(options: Mapping[str, Any], what: str) -> None:
     """Ray Serve's own DeploymentSchema over one deployment's options (its cross-option rules
     included, e.g. num_replicas beside autoscaling_config)."""
-    from ray.serve.schema import DeploymentSchema
-
+    _, DeploymentSchema = _serve_schemas()
     try:
         DeploymentSchema.model_validate({"name": "llmfleet", **options})
     except ValidationError as e:

@@ -333,9 +333,6 @@ def declared_keys(provider: str | None = None) -> dict[str, FieldInfo]:
     return out
 
 
-# Keys of another provider a stack may hold unused, as before the split: an aws stack's file may
-# keep the owned hosts' SSH key (a secret) and their price while it moves between providers.
-UNUSED_ELSEWHERE = {"aws": ("llmfleet:sshPrivateKey", "llmfleet:hostHourlyUsd")}
 # Why a key of one provider means nothing to the other (the rest: "a key of provider X").
 OTHER_PROVIDER_WHY = {
     "llmfleet:alarmTopicArn": "the alarms watch the EC2 head and worker groups",
@@ -346,6 +343,9 @@ OTHER_PROVIDER_WHY = {
     "llmfleet:endpointHostedZoneId": "the Route 53 alias points at the AWS load balancer",
     "llmfleet:vpcCidr": "the address range of the stack's AWS VPC",
     "llmfleet:hosts": "hosts are only used with llmfleet:provider=existing",
+    # One way as the other (issue #31): an aws stack holds no owned-host key, not even unused.
+    "llmfleet:sshPrivateKey": "the SSH key reaches hosts you own; EC2 hosts are reached over SSM",
+    "llmfleet:hostHourlyUsd": "the price of hosts you own; EC2 hosts are priced from the catalog",
 }
 
 
@@ -369,7 +369,7 @@ def _is_default(key: str, value: Any) -> bool:
 
 def _other_providers_key(key: str, value: Any, provider: str) -> ConfigError:
     owner = next(name for name in PROVIDERS if key in declared_keys(name))
-    shown = SECRET_PLACEHOLDER if key in SECRET_KEYS else fmt_value(value)
+    shown = fmt_value(SECRET_PLACEHOLDER if key in SECRET_KEYS else value)  # as _one_line shows it
     why = OTHER_PROVIDER_WHY.get(key, f"a key of llmfleet:provider {owner}")
     if key == "llmfleet:hosts":
         return ConfigError(f"{key} = '[...]': {why}")
@@ -411,7 +411,7 @@ def load_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfig
         raise ConfigError(f"llmfleet:provider = {fmt_value(provider)}: allowed: {', '.join(PROVIDERS)}")
     own = declared_keys(provider)
     for key in [k for k in data if k != "stack" and k not in own]:
-        if not _is_default(key, data[key]) and key not in UNUSED_ELSEWHERE.get(provider, ()):
+        if not _is_default(key, data[key]):
             raise _other_providers_key(key, data[key], provider)
         del data[key]
     try:

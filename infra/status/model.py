@@ -29,7 +29,8 @@ class HostSlot(_Model):
     """The head or one worker slot: a local host, or an Auto Scaling group of one."""
 
     name: str  # local: the host's name; AWS: "head" or "worker-<slot>"
-    role: Literal["head", "worker"]
+    # trainer: a local host that runs fine-tune jobs and serves nothing (`local up --train-hosts`)
+    role: Literal["head", "worker", "trainer"]
     ip: str | None = None
     status: Literal["alive", "lost", "asleep"]  # asleep: scaled to zero on purpose (schedule, idle, sleep)
     reason: str = ""
