@@ -687,7 +687,12 @@ def test_status_reports_every_host_alive_and_serving(cluster):
     deps = {d["name"]: d for d in rep["applications"][0]["deployments"]}
     llm = deps[f"LLMServer:{MODEL_ID.replace('/', '--')}"]
     assert llm["status"] == "HEALTHY" and [r["state"] for r in llm["replicas"]] == ["RUNNING"] * 2
-    assert [r["state"] for r in deps["BearerOpenAiIngress"]["replicas"]] == ["RUNNING"]
+    # the gated ingress: one replica on each host as root (each its own network namespace, so
+    # every host runs a proxy: layout.every_node_serving), the head's alone in loopback mode
+    ingress = deps["BearerOpenAiIngress"]["replicas"]
+    assert [r["state"] for r in ingress] == ["RUNNING"] * (len(rep["hosts"]) if ROOT else 1)
+    if ROOT:
+        assert sorted(r["node_ip"] for r in ingress) == sorted(h["ip"] for h in rep["hosts"])
     # Ray's nodes from the state API: the head and both workers alive, each worker's engine slots
     worker_ips = sorted(h["ip"] for h in rep["hosts"][1:])
     assert sorted(n["ip"] for n in rep["nodes"] if n["alive"] and not n["is_head"]) == worker_ips
