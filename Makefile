@@ -88,7 +88,14 @@ bench: setup
 # The fault-injection suite (issue #26 point 8; not in CI: ~30 min, two 3-host local clusters, root
 # for the network namespaces): each fault under a steady openai-client load, then the fault table
 # (case, recovery time, failed/total requests) in benchmarks/faults-table.md, for benchmarks/RESULTS.md.
+# Bytecode for the venv's packages first: every engine start spawns two processes that import
+# vLLM and torch, and Ray's dashboard agent imports Ray; in a venv synced without
+# --compile-bytecode, with PYTHONDONTWRITEBYTECODE set (this machine class), each compiled them
+# from source every time: ~2.5x the import CPU, and the restarted head's raylet aborted on its
+# fixed 15 s wait for the agent (benchmarks/RESULTS.md, the runs of 2026-12-07). A pass over a compiled venv
+# costs ~9 s; its non-zero exit is a few vendored files that are not Python 3 (never imported).
 faults: setup system-deps
+	-@$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib/python3*/site-packages
 	LLMFLEET_FAULTS_TABLE=benchmarks/faults-table.md LLMFLEET_FAULTS_LOGS=$${LLMFLEET_FAULTS_LOGS:-/tmp/llmfleet-faults-logs} $(BIN)/pytest -m faults -s -q tests/test_engine_liveness.py tests/test_faults.py
 
 # Issue #33's proof (not in CI: its own 3-host local cluster, minutes on the shared 2-core machine;

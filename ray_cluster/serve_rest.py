@@ -4,7 +4,7 @@ read the applications and their deployments, wait for RUNNING."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 from ray_cluster.driver import NodeError
@@ -136,18 +136,34 @@ def _last_line(message: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
-def wait_serve_running(dashboard: str, timeout: float, interval: float = 5.0) -> None:
-    start = time.monotonic()
+# An applied config is listed by Serve within seconds (the controller records it before it builds
+# anything). Still no application this long after: the deploy was lost, e.g. taken by a head
+# that restarted right after (the fault suite's killed head, 2026-12-07: the watcher waited its
+# whole 600 s on "no applications", then a retry deployed in 8 s). Raising lets the caller retry.
+APPEAR_WITHIN_S = 60.0
+
+
+def wait_serve_running(
+    dashboard: str,
+    timeout: float,
+    interval: float = 5.0,
+    *,
+    appear_within: float = APPEAR_WITHIN_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    start = clock()
     while True:
         apps = _serve_applications(dashboard, 5.0)
         status = _statuses(apps)
         if status and all(s == "RUNNING" for s in status.values()):
             return
-        if any(s in FAILED for s in status.values()) or time.monotonic() - start >= timeout:
+        waited = clock() - start
+        lost = not status and waited >= min(appear_within, timeout)
+        if any(s in FAILED for s in status.values()) or lost or waited >= timeout:
             seen = ", ".join(f"{k}={v}" for k, v in status.items()) or "no applications"
-            why = failure_messages(apps)
+            why = failure_messages(apps) or ("the deploy was lost; apply it again" if lost else "")
             raise NodeError(
-                f"serve applications not RUNNING after {time.monotonic() - start:.0f} s: {seen}"
-                + (f" ({why})" if why else "")
+                f"serve applications not RUNNING after {waited:.0f} s: {seen}" + (f" ({why})" if why else "")
             )
-        time.sleep(interval)
+        sleep(interval)

@@ -84,6 +84,8 @@ class Load:
                     model=self.model, prompt=f"client {i} request {n}:", max_tokens=self.max_tokens
                 )
                 ok, err = bool(r.choices), "" if r.choices else "no choices"
+            except openai.APIStatusError as e:  # the HTTP status tells Serve's 503 from a 500
+                ok, err = False, f"{type(e).__name__} {e.status_code}"
             except openai.APIError as e:
                 ok, err = False, type(e).__name__
             with self._lock:

@@ -252,6 +252,50 @@ def fault_table():
     write_table()
 
 
+def head_fault(
+    c: dict, case: str, inject, side: Load | None = None
+) -> tuple[Window, float | None, Window | None]:
+    """`side`: a second load already running (a worker's own proxy); its window, from the same
+    t0 to the head's recovery, is returned third."""
+    head, workers = host_name(c, 0), [host_name(c, i) for i in (1, 2)]
+    gcs_before = set(host_procs(c, head, "gcs_server"))
+    raylets_before = {h: set(host_procs(c, h, "raylet")) for h in workers}
+    seen: dict[str, float] = {}  # what came back when: the timeline behind the recovery time
+    done = threading.Event()
+    with load_for(c) as load:
+        time.sleep(5)
+        t0 = time.monotonic()
+
+        def timeline() -> None:
+            while not done.wait(1.0):
+                now = time.monotonic() - t0
+                if not set(host_procs(c, head, "gcs_server")) & gcs_before:
+                    seen.setdefault("old GCS gone", now)
+                    if host_procs(c, head, "gcs_server"):
+                        seen.setdefault("new GCS", now)
+                for h in workers:
+                    if set(host_procs(c, h, "raylet")).isdisjoint(raylets_before[h]):
+                        seen.setdefault(f"{h[-2:]} raylet gone", now)
+                        if host_procs(c, h, "raylet"):
+                            seen.setdefault(f"{h[-2:]} new raylet", now)
+
+        watcher = threading.Thread(target=timeline, daemon=True)
+        watcher.start()
+        inject()
+        # The fault must have taken effect before "back" means anything: a SIGTERMed
+        # `ray start` drains first, and the old head answers meanwhile.
+        wait_until(lambda: "old GCS gone" in seen, 120, "the head's GCS stopped")
+        recovered = back_to_full_strength(c, load, t0)
+        done.set()
+        watcher.join(5)
+        w = load.window(t0, lead=1)
+        sw = side.window(t0, lead=1) if side is not None else None
+    note = "; ".join(f"{k} at {v:.0f} s" for k, v in sorted(seen.items(), key=lambda kv: kv[1]))
+    record(case, recovered, "fault -> both replicas RUNNING", w, note)
+    assert recovered is not None, f"not back to full strength within {FULL_STRENGTH_WITHIN_S} s"
+    return w, w.serving_gap(), sw
+
+
 # ---------------------------------------------------------------- one cluster, the cases in order
 
 
@@ -378,48 +422,10 @@ class TestFaults:
         assert not any(second in ln for ln in lines if ln.startswith("apply"))
         assert w.failed == [], w.errors()
 
-    def _head_fault(self, c, case: str, inject) -> tuple[Window, float | None]:
-        head, workers = host_name(c, 0), [host_name(c, i) for i in (1, 2)]
-        gcs_before = set(host_procs(c, head, "gcs_server"))
-        raylets_before = {h: set(host_procs(c, h, "raylet")) for h in workers}
-        seen: dict[str, float] = {}  # what came back when: the timeline behind the recovery time
-        done = threading.Event()
-        with load_for(c) as load:
-            time.sleep(5)
-            t0 = time.monotonic()
-
-            def timeline() -> None:
-                while not done.wait(1.0):
-                    now = time.monotonic() - t0
-                    if not set(host_procs(c, head, "gcs_server")) & gcs_before:
-                        seen.setdefault("old GCS gone", now)
-                        if host_procs(c, head, "gcs_server"):
-                            seen.setdefault("new GCS", now)
-                    for h in workers:
-                        if set(host_procs(c, h, "raylet")).isdisjoint(raylets_before[h]):
-                            seen.setdefault(f"{h[-2:]} raylet gone", now)
-                            if host_procs(c, h, "raylet"):
-                                seen.setdefault(f"{h[-2:]} new raylet", now)
-
-            watcher = threading.Thread(target=timeline, daemon=True)
-            watcher.start()
-            inject()
-            # The fault must have taken effect before "back" means anything: a SIGTERMed
-            # `ray start` drains first, and the old head answers meanwhile.
-            wait_until(lambda: "old GCS gone" in seen, 120, "the head's GCS stopped")
-            recovered = back_to_full_strength(c, load, t0)
-            done.set()
-            watcher.join(5)
-            w = load.window(t0, lead=1)
-        note = "; ".join(f"{k} at {v:.0f} s" for k, v in sorted(seen.items(), key=lambda kv: kv[1]))
-        record(case, recovered, "fault -> both replicas RUNNING", w, note)
-        assert recovered is not None, f"not back to full strength within {FULL_STRENGTH_WITHIN_S} s"
-        return w, w.serving_gap()
-
     def test_killed_head_serves_again_within_180_s_without_any_command(self, fc):
         head = state_of(fc).hosts[0]
         pids = descendants(head.supervisor_pid)
-        w, gap = self._head_fault(fc, "kill the head (SIGKILL its Ray processes)", lambda: kill(pids))
+        w, gap, _ = head_fault(fc, "kill the head (SIGKILL its Ray processes)", lambda: kill(pids))
         assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
 
     def test_restarted_ray_on_the_head_serves_again_without_any_command(self, fc):
@@ -433,7 +439,7 @@ class TestFaults:
             else child
         )
         assert ray_start is not None
-        w, gap = self._head_fault(
+        w, gap, _ = head_fault(
             fc,
             "restart the Ray processes on the head (SIGTERM `ray start --block`)",
             lambda: kill([ray_start], signal.SIGTERM),
@@ -544,9 +550,16 @@ class TestGcsRedis:
         workers_before = {h.name: host_procs(rc, h.name, "raylet") for h in st.hosts[1:]}
         engines_before = engine_pids(rc)
         pids = descendants(head.supervisor_pid)
-        w, gap = TestFaults._head_fault(
-            self, rc, "kill the head, GCS on redis (--gcs-redis)", lambda: kill(pids)
-        )
+        # A client of a worker host's own Serve proxy (proxy_location EveryNode locally): the
+        # proxy, the ingress replica and an LLM replica there need no head while Serve runs.
+        doc = rc["doc"]
+        worker_ep = f"http://{st.hosts[1].ip}:{rc['port']}/v1"
+        with Load(worker_ep, doc["token"], doc["model"]) as side:
+            assert side.wait_successes(4, time.monotonic(), 120), "the worker's own proxy does not answer"
+            w, gap, sw = head_fault(
+                rc, "kill the head, GCS on redis (--gcs-redis)", lambda: kill(pids), side=side
+            )
+        assert sw is not None
         # What GCS fault tolerance gives here: the workers' raylets and engines live through the
         # head's restart (same PIDs: no engine reload), and serving resumes when the head's
         # proxy and ingress are back.
@@ -560,6 +573,19 @@ class TestGcsRedis:
         )
         ROWS[-1]["note"] = f"{kept}; {ROWS[-1]['note']}"
         write_table()
+        record("same head kill, a client of a worker host's own proxy (--gcs-redis)",
+               None if ROWS[-1]["recovery_s"] is None else ROWS[-1]["recovery_s"],
+               "fault -> both replicas RUNNING (the head's view)", sw,
+               f"proxy {worker_ep.split('//')[1].split('/')[0]}: every request from 1 s before the kill "
+               "to the head's recovery")  # fmt: skip
+        # What Ray allows here (measured 2026-12-07): the worker's proxy, ingress and LLM replica
+        # answer through the head's absence; a request still waiting in the ingress's router for a
+        # replica when the restarted Serve controller re-broadcasts its state gets Serve's own 503
+        # (DeploymentUnavailableError, as when the controller alone is killed). Each client thread
+        # has one request in flight, so at most one such 503 per thread; no connection is refused.
+        assert sw.total >= 10, sw.total
+        assert all(r.error == "InternalServerError 503" for r in sw.failed), sw.errors()
+        assert len(sw.failed) <= side.concurrency, (len(sw.failed), sw.errors())
         assert gap is not None and gap < HEAD_BACK_WITHIN_S, (gap, w.errors())
         assert {h: host_procs(rc, h, "raylet") for h in workers_before} == workers_before
         assert engine_pids(rc) == engines_before

@@ -30,7 +30,7 @@ from infra.local import hosts, layout, live, processes, prometheus, state, statu
 from infra.local.hosts import Host
 from infra.local.layout import LocalError
 from infra.local.tiny_model import MODEL_ID
-from ray_cluster import node, ray_start, readiness
+from ray_cluster import node, ray_start, readiness, serve_app
 
 ROOT = os.geteuid() == 0
 _BIN = Path(sys.executable).parent / "llmfleet"
@@ -214,7 +214,7 @@ def test_node_commands_parse_with_the_node_cli_head_has_no_gpus():
         0,
         "cpu",
         2,
-        3,  # two engine ranks + the replica actor
+        4,  # two engine ranks + the replica actor + an ingress replica (every_node_serving)
         True,
     )
     ray_argv = ray_start.worker_start_command(
@@ -243,6 +243,34 @@ def test_serve_config_is_the_production_app_on_the_cpu_device(tmp_path):
     assert llm["deployment_config"] == {"num_replicas": 2}
     assert llm["engine_kwargs"]["tensor_parallel_size"] == 2 and llm["accelerator_config"] == {"kind": "cpu"}
     assert llm["model_loading_config"] == {"model_id": MODEL_ID, "model_source": str(tmp_path)}
+
+
+def test_every_node_serving_puts_a_proxy_and_a_gated_ingress_on_each_serving_host(tmp_path):
+    """With each host in its own port space, every node runs Serve's proxy (on 0.0.0.0: each
+    binds its own IP) and the gated ingress has a replica on the head and on each serving worker,
+    at most one a node; loopback and trainer hosts keep production's head-only layout."""
+    lay = layout.plan_layout(3, 2)
+    assert layout.every_node_serving("netns", lay) and not layout.every_node_serving("loopback", lay)
+    assert not layout.every_node_serving("netns", layout.plan_layout(4, 1, trainers=1))
+    doc = layout.render_local_serve_config(MODEL_ID, str(tmp_path), lay, "10.0.0.10", 8001, every_node=True)
+    assert doc["proxy_location"] == "EveryNode"
+    assert doc["http_options"] == {"host": "0.0.0.0", "port": 8001}
+    args = doc["applications"][0]["args"]
+    assert args["ingress_deployment_config"] == {
+        "max_replicas_per_node": 1,
+        "num_replicas": 3,  # the head and the two serving workers
+        "ray_actor_options": {"num_cpus": 1},
+    }
+    # every replica is the gated class: the app's own parse puts the gate on the ingress it builds
+    _, serving = serve_app.parse_args(args)
+    assert serving["ingress_cls_config"]["ingress_cls"] == serve_app.GATED_INGRESS
+    # an ingress autoscaling map of the stack's keeps its own counts, still one a node
+    auto = {"ingress": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}}
+    doc = layout.render_local_serve_config(
+        MODEL_ID, str(tmp_path), lay, "10.0.0.10", 8001, serve_options=auto, every_node=True
+    )
+    ing = doc["applications"][0]["args"]["ingress_deployment_config"]
+    assert "num_replicas" not in ing and ing["max_replicas_per_node"] == 1
 
 
 HOSTS = [
@@ -661,7 +689,12 @@ def test_status_reports_every_host_alive_and_serving(cluster):
     deps = {d["name"]: d for d in rep["applications"][0]["deployments"]}
     llm = deps[f"LLMServer:{MODEL_ID.replace('/', '--')}"]
     assert llm["status"] == "HEALTHY" and [r["state"] for r in llm["replicas"]] == ["RUNNING"] * 2
-    assert [r["state"] for r in deps["BearerOpenAiIngress"]["replicas"]] == ["RUNNING"]
+    # the gated ingress: one replica on each host as root (each its own network namespace, so
+    # every host runs a proxy: layout.every_node_serving), the head's alone in loopback mode
+    ingress = deps["BearerOpenAiIngress"]["replicas"]
+    assert [r["state"] for r in ingress] == ["RUNNING"] * (len(rep["hosts"]) if ROOT else 1)
+    if ROOT:
+        assert sorted(r["node_ip"] for r in ingress) == sorted(h["ip"] for h in rep["hosts"])
     # Ray's nodes from the state API: the head and both workers alive, each worker's engine slots
     worker_ips = sorted(h["ip"] for h in rep["hosts"][1:])
     assert sorted(n["ip"] for n in rep["nodes"] if n["alive"] and not n["is_head"]) == worker_ips

@@ -406,6 +406,36 @@ def test_a_failed_deploy_says_serves_own_reason():
     assert serve_rest.failure_messages({"x": {"status": "RUNNING", "message": "m"}}) == ""
 
 
+def test_waiting_for_serve_gives_up_early_on_a_deploy_that_never_appears(monkeypatch):
+    """An applied config Serve never lists (the head that took it restarted) fails after
+    APPEAR_WITHIN_S, not the whole timeout, so the watcher applies it again; an app that appears
+    is waited for up to the timeout."""
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    seen: list[dict] = []
+    monkeypatch.setattr(
+        serve_rest, "_serve_applications", lambda d, t: seen[min(int(now[0] // 5), len(seen) - 1)]
+    )
+    seen[:] = [{}]
+    with pytest.raises(
+        NodeError, match=r"after 60 s: no applications \(the deploy was lost; apply it again\)"
+    ):
+        serve_rest.wait_serve_running("http://h:8265", 600, clock=lambda: now[0], sleep=sleep)
+    # listed (DEPLOYING) from the second look on, RUNNING at 100 s: waited for, past APPEAR_WITHIN_S
+    now[0] = 0.0
+    seen[:] = [{}] + [{"llm": {"status": "DEPLOYING"}}] * 19 + [{"llm": {"status": "RUNNING"}}]
+    serve_rest.wait_serve_running("http://h:8265", 600, clock=lambda: now[0], sleep=sleep)
+    assert now[0] == 100
+    # never RUNNING: the whole timeout, naming what it saw
+    now[0] = 0.0
+    seen[:] = [{"llm": {"status": "DEPLOYING"}}]
+    with pytest.raises(NodeError, match=r"after 600 s: llm=DEPLOYING$"):
+        serve_rest.wait_serve_running("http://h:8265", 600, clock=lambda: now[0], sleep=sleep)
+
+
 def test_every_ray_start_fixes_the_agent_ports_unless_the_host_sets_its_own():
     """node.AGENT_PORTS: with ports given, the raylet waits for no port file (15 s, fixed in Ray)."""
     got = node.agent_port_args(["--object-store-memory=104857600"])

@@ -57,6 +57,7 @@ from infra.local.layout import (
     Ports,
     check_options,
     check_routing,
+    every_node_serving,
     gcs_redis_env,
     local_deploy_argv,
     local_watch_argv,
@@ -450,6 +451,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> LocalState:
             if o.image or not ACTIVITY_PATH_RE.fullmatch(str(paths["activity"]))
             else str(paths["activity"]),
             lora=adapters.settings() if o.lora else None,
+            every_node=every_node_serving(mode, layout),
         )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
         # A marker an earlier cluster of this name left in this machine's temp dir would make

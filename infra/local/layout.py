@@ -56,6 +56,17 @@ HEAD_CPUS = 2  # the ingress's, and the prefix router's tree actor's (node_argv 
 MODES = ("auto", "netns", "loopback")
 
 
+def every_node_serving(mode: str, layout: Layout) -> bool:
+    """A Serve proxy and an ingress replica on the head and on each serving worker: where each
+    host has its own port space (not loopback, where every proxy would bind the same port) and no
+    trainer host (its CPU is a Ray Train worker's; the ingress' spread could take it)."""
+    return mode != "loopback" and layout.trainers == 0
+
+
+def ingress_hosts(layout: Layout) -> int:
+    return 1 + layout.replicas  # the head and each serving worker
+
+
 class LocalError(RuntimeError):
     """One line for the user: what failed and what to do."""
 
@@ -225,9 +236,10 @@ def node_argv(
     # Logical CPUs: the head's are the ingress's and one free for the prefix router's tree actor
     # (--routing prefix: Ray places an actor only where one CPU is free, though it holds none
     # once running; the production head advertises all its vCPUs); a worker's are its engine
-    # ranks plus the replica actor, which Ray Serve LLM adds to bundle 0.
-    # A trainer host's CPUs are its train slots' (one Ray Train worker each, CPU: 1 apiece).
-    cpus = {"head": HEAD_CPUS, "trainer": TRAIN_SLOTS}.get(role, layout.ranks_per_host + 1)
+    # ranks plus the replica actor, which Ray Serve LLM adds to bundle 0, plus one for the ingress
+    # replica it takes when every node serves (every_node_serving; idle otherwise: logical CPUs
+    # reserve nothing). A trainer host's CPUs are its train slots' (one Ray Train worker each).
+    cpus = {"head": HEAD_CPUS, "trainer": TRAIN_SLOTS}.get(role, layout.ranks_per_host + 2)
     common = [
         "--num-cpus",
         str(cpus),
@@ -338,6 +350,7 @@ def render_local_serve_config(
     routing: str = "pow2",
     activity_file: str | None = None,
     lora: LoraSettings | None = None,
+    every_node: bool = False,
 ) -> dict:
     """The production Serve config (serve_config.render_serve_config) on the CPU device, with the
     same llmfleet:engineArgs / serveOptions a stack takes (checked by `check_options`) and the
@@ -374,9 +387,11 @@ def render_local_serve_config(
             activity_file=activity_file,
             # `--lora`: llmfleet:lora's own model (infra.local.adapters.settings) and renderer
             **lora_inputs(lora),
+            ingress_every_node=ingress_hosts(layout) if every_node else 0,
         )
     )
-    # The proxy binds the head's IP: loopback clusters share one port space.
-    doc["http_options"]["host"] = head_ip
+    if doc["proxy_location"] == "HeadOnly":
+        # The proxy binds the head's IP: loopback clusters share one port space.
+        doc["http_options"]["host"] = head_ip
     validate_serve_config(doc)
     return doc

@@ -138,6 +138,11 @@ class ServeInputs:
     schedule: str | None = None
     # llmfleet:idleStopMinutes: where the gate records the last request (ray_cluster.contract)
     activity_file: str | None = None
+    # 0: production's layout, one Serve proxy and the ingress on the head (the load balancer's
+    # target, where the token's env file is). N >= 1: a proxy on every node and N ingress
+    # replicas, at most one a node (the local cluster: head + each serving worker), so with the
+    # GCS on redis a worker's own proxy and ingress keep serving while the head restarts.
+    ingress_every_node: int = 0
 
     def check(self) -> None:
         try:
@@ -147,6 +152,10 @@ class ServeInputs:
         if not ENV_NAME_RE.match(self.api_token_env):
             raise ServeConfigError(
                 f"api_token_env = {self.api_token_env!r}: allowed: an environment variable name"
+            )
+        if self.ingress_every_node < 0:
+            raise ServeConfigError(
+                f"ingress_every_node = {self.ingress_every_node}: allowed: 0 (head only) or the ingress hosts"
             )
         for key in ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "replicas"):
             if getattr(self, key) < 1:
@@ -308,18 +317,33 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
             "api_token_env": i.api_token_env,
             **({"schedule": i.schedule} if i.schedule else {}),
             **({"activity_file": i.activity_file} if i.activity_file else {}),
-            "ingress_deployment_config": {
-                **i.ingress_options,
-                "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}},
-            },
+            "ingress_deployment_config": ingress_deployment(i),
         },
     }
     return {
-        # The load balancer targets the head; the ingress runs there too.
-        "proxy_location": "HeadOnly",
+        # Production: the load balancer targets the head; the ingress runs there too. Every
+        # node: each node's proxy routes to its own node's ingress replica first (Serve's
+        # RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING), so a worker's proxy needs no head.
+        "proxy_location": "EveryNode" if i.ingress_every_node else "HeadOnly",
         "http_options": {"host": "0.0.0.0", "port": i.http_port},
         "applications": [app],
     }
+
+
+def ingress_deployment(i: ServeInputs) -> dict[str, Any]:
+    """The OpenAI ingress deployment's options: pinned to the head, or (ingress_every_node) one
+    replica on each of that many nodes. Every replica is the same gated class (serve_app), so the
+    bearer check runs wherever a request enters."""
+    if not i.ingress_every_node:
+        return {
+            **i.ingress_options,
+            "ray_actor_options": {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001}},
+        }
+    opts: dict[str, Any] = {**i.ingress_options, "max_replicas_per_node": 1}
+    if "autoscaling_config" not in opts:
+        # one a node, as many as the nodes meant to take one: Serve's spread never doubles up
+        opts.setdefault("num_replicas", i.ingress_every_node)
+    return {**opts, "ray_actor_options": {"num_cpus": 1}}
 
 
 # ---------------------------------------------------------------- validation (Ray's own)
