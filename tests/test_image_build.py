@@ -213,7 +213,7 @@ def test_greedy_completion_is_transformers_across_the_four_ranks(cluster):
 
 
 def test_preflight_reserved_the_engines_bundles(cluster):
-    deploy_log = Path(cluster["state"]["state_dir"]) / "logs" / cluster["name"] / "deploy.log"
+    deploy_log = Path(cluster["state"].state_dir) / "logs" / cluster["name"] / "deploy.log"
     line = next(ln for ln in deploy_log.read_text().splitlines() if ln.startswith("preflight ok:"))
     # one replica of TP 2 x PP 2 on one host: a gang of its 4 ranks, an exact all-reduce over them
     assert "TP=2 PP=2 per replica; gang of 4 rank(s) per host x 1 host(s)" in line and "sum 10/10" in line, (
