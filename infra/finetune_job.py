@@ -36,6 +36,7 @@ from typing import Any
 
 from infra.local.state import load_state
 from infra.stack.outputs import StackOutputs
+from infra.status.aws import aws_error
 from ray_cluster import contract
 from ray_cluster.finetune import NAME_RE, PROGRESS_PREFIX, TrainSpec
 
@@ -158,9 +159,8 @@ def ray_token(outputs: StackOutputs, ssm: Any | None) -> str:
     try:
         return ssm.get_parameter(Name=outputs.ray_token_parameter, WithDecryption=True)["Parameter"]["Value"]
     except (ClientError, BotoCoreError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
         raise FinetuneJobError(
-            f"reading the Ray cluster token {outputs.ray_token_parameter} from SSM: {first}"
+            f"reading the Ray cluster token {outputs.ray_token_parameter} from SSM: {aws_error(e)}"
         ) from None
 
 
