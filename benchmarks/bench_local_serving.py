@@ -25,6 +25,13 @@ Then, on the Ray side only, a per-hop breakdown of time to first token: sequenti
 requests with a known `x-request-id`, matched to Ray Serve's own access logs (the proxy's, the
 ingress replica's and the LLMServer replica's: each logs its latency when the request ends, so
 start = log time - latency), against the same client's TTFT on vLLM's own server.
+
+Then, on the same cluster, the variants issue #29 weighs (short shape, the lowest two
+concurrencies, and the breakdown each): the rendered config entered at the worker's own proxy
+(`local up` runs a proxy and a gated ingress replica on every node as root, so a request can
+enter on its replica's host), and, redeployed through the deploy watcher, each `--intervals`
+value of Ray Serve LLM's stream batching (`stream_batching_interval_ms`; rendered: Ray's 50)
+entered at the head's and at the worker's proxy.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from infra.local import (
     state,  # noqa: E402
 )
 from infra.local.tiny_model import MODEL_ID, ensure_tiny_model  # noqa: E402
+from infra.rayconf.serve_config import STREAM_BATCHING_MS  # noqa: E402
 
 # (input tokens, output tokens) per shape: the issue's short shape, and a long prompt that stays
 # inside the local layout's max_model_len (1,024) after the random dataset's re-tokenisation.
@@ -356,6 +364,19 @@ def bench_vllm_serve(model_dir: Path, args: argparse.Namespace) -> dict:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def worker_endpoint(st: state.LocalState) -> str | None:
+    """The first serving worker's own proxy (`local up` runs one on every node as root: the
+    production layout's option of a proxy on the replica's host), or None when only the head's
+    proxy serves (loopback mode)."""
+    if "://" not in st.endpoint:
+        return None
+    workers = [h for h in st.hosts if h.role == "worker"]
+    head = st.hosts[0].ip
+    if not workers or head not in st.endpoint or st.mode != "netns":
+        return None
+    return st.endpoint.replace(f"//{head}:", f"//{workers[0].ip}:")[: -len("/v1")]
+
+
 def bench_ray_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     os.environ.setdefault(state.STATE_DIR_ENV, tempfile.mkdtemp(prefix="llmf-bench-"))
     name = "bench"
@@ -364,22 +385,22 @@ def bench_ray_serve(model_dir: Path, args: argparse.Namespace) -> dict:
     )
     st = cluster.up(opts)
     try:
-        base = st["endpoint"][: -len("/v1")]
+        base = st.endpoint[: -len("/v1")]
         token = state.read_token(st)
         steps = run_steps(base, token, str(model_dir), args)
         seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
         time.sleep(2)  # Serve's log handlers flush on their own schedule
         try:
-            hops = breakdown(seq, access_entries(Path(st["temp_dir"])))
+            hops = breakdown(seq, access_entries(Path(st.temp_dir)))
         except (OSError, ValueError) as e:  # the table above stands without it
             hops = {"matched": 0, "requests": len(seq), "median_ms": {}, "error": str(e)}
-        res = {"steps": steps, "breakdown": hops}
+        res: dict = {"steps": steps, "breakdown": hops, "variants": []}
         save_partial(args, "ray_serve_app", res)
-        if args.before_interval_ms is not None:
-            try:
-                res["before"] = rerun_with_interval(st, base, token, str(model_dir), args)
-            except (OSError, RuntimeError, ValueError, KeyError) as e:  # the rest stands without it
-                res["before"] = {"error": f"{type(e).__name__}: {e}"}
+        try:
+            res["variants"] = run_variants(st, base, token, str(model_dir), args)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:  # the rest stands without it
+            res["variants_error"] = f"{type(e).__name__}: {e}"
+        save_partial(args, "ray_serve_app", res)
         return res
     finally:
         cluster.down(name)
@@ -393,19 +414,16 @@ def set_interval(doc: dict, ms: float) -> dict:
     return doc
 
 
-def rerun_with_interval(st: dict, base: str, token: str, tokenizer: str, args: argparse.Namespace) -> dict:
-    """The same cluster with Ray Serve LLM's stream batching as it was before issue #29
-    (`--before-interval-ms`, Ray's default 50): the deploy watcher re-applies the rewritten
-    config file (the LLMServer replica restarts), then the short shape at the lowest two
-    concurrencies and the breakdown again."""
+def redeploy_with_interval(st: state.LocalState, ms: float) -> int:
+    """The deploy watcher re-applies the rewritten config file (the LLMServer replica restarts);
+    the seconds until Serve runs it."""
     import yaml
 
     from ray_cluster import serve_rest
 
-    ms = args.before_interval_ms
-    path = Path(st["serve_config"])
+    path = Path(st.serve_config)
     path.write_text(yaml.safe_dump(set_interval(yaml.safe_load(path.read_text()), ms), sort_keys=False))
-    dash = f"http://{st['hosts'][0]['ip']}:{st['ports']['dashboard']}"
+    dash = f"http://{st.hosts[0].ip}:{st.ports.dashboard}"
     t0 = time.monotonic()
     while True:
         try:
@@ -423,25 +441,62 @@ def rerun_with_interval(st: dict, base: str, token: str, tokenizer: str, args: a
             for a in apps.values()
         )
         if done:
-            break
+            return round(time.monotonic() - t0)
         if time.monotonic() - t0 > 600:
             raise RuntimeError(f"the app did not run with stream_batching_interval_ms {ms} within 600 s")
         time.sleep(3)
-    redeploy_s = round(time.monotonic() - t0)
-    shape = SHAPES["short"]
+
+
+def measure_variant(
+    label: str,
+    base: str,
+    token: str,
+    tokenizer: str,
+    args: argparse.Namespace,
+    seed: int,
+    st: state.LocalState,
+) -> dict:
+    """The short shape at the lowest two concurrencies and the per-hop breakdown, through `base`."""
     steps = []
     for conc in sorted(args.concurrency)[:2]:
-        argv = client_argv(base, tokenizer, shape, conc, args.prompts, seed=5000 + conc)
+        argv = client_argv(base, tokenizer, SHAPES["short"], conc, args.prompts, seed=seed + conc)
         steps.append({"shape": "short", "concurrency": conc, **summarize(run_client(argv, token))})
     seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
     time.sleep(2)
-    entries = access_entries(Path(st["temp_dir"]))
-    return {
-        "stream_batching_interval_ms": ms,
-        "redeploy_s": redeploy_s,
-        "steps": steps,
-        "breakdown": breakdown(seq, entries),
-    }
+    try:
+        hops = breakdown(seq, access_entries(Path(st.temp_dir)))
+    except (OSError, ValueError) as e:
+        hops = {"matched": 0, "requests": len(seq), "median_ms": {}, "error": str(e)}
+    return {"label": label, "base_url": base, "steps": steps, "breakdown": hops}
+
+
+def run_variants(
+    st: state.LocalState, base: str, token: str, tokenizer: str, args: argparse.Namespace
+) -> list[dict]:
+    """On the same cluster, one after another: the rendered config entered at the worker's own
+    proxy (the replica's host), then each `--intervals` value of Ray Serve LLM's stream batching
+    (redeployed) entered at the head's and at the worker's proxy."""
+    worker = worker_endpoint(st)
+    rendered = STREAM_BATCHING_MS
+    out: list[dict] = []
+    seed = 5000
+    entries = [("head", base)] + ([("worker", worker)] if worker else [])
+    if worker:
+        out.append(
+            measure_variant(
+                f"worker's proxy, interval {rendered:g} ms", worker, token, tokenizer, args, seed, st
+            )
+        )
+        save_partial(args, "variants", {"done": out})
+    for ms in args.intervals:
+        redeploy_s = redeploy_with_interval(st, ms)
+        for where, b in entries:
+            seed += 100
+            v = measure_variant(f"{where}'s proxy, interval {ms:g} ms", b, token, tokenizer, args, seed, st)
+            v["redeploy_s"] = redeploy_s
+            out.append(v)
+            save_partial(args, "variants", {"done": out})
+    return out
 
 
 def save_partial(args: argparse.Namespace, key: str, value: dict) -> None:
@@ -515,41 +570,40 @@ def render(res: dict) -> None:
         t.add_row(k, "-" if v is None else f"{v:.1f}")
     t.add_row("vLLM's own server: TTFT, same client", f"{res['vllm_serve']['sequential_ttft_ms']:.1f}")
     c.print(t)
-    before = res["ray_serve_app"].get("before")
-    if before and "error" in before:
-        c.print(f"[yellow]the run with the batching interval as before was not measured: {before['error']}")
-    elif before:
+    variants = res["ray_serve_app"].get("variants") or []
+    if err := res["ray_serve_app"].get("variants_error"):
+        c.print(f"[yellow]the variants after the main table stopped: {err}")
+    if variants:
         vl = {(st["shape"], st["concurrency"]): st for st in res["vllm_serve"]["steps"]}
-        now = {(st["shape"], st["concurrency"]): st for st in res["ray_serve_app"]["steps"]}
+        app = {(st["shape"], st["concurrency"]): st for st in res["ray_serve_app"]["steps"]}
         t = Table(
-            title=f"same cluster, stream_batching_interval_ms {before['stream_batching_interval_ms']:g} "
-            f"(Ray's default, before issue #29; redeployed in {before['redeploy_s']} s)"
+            title="the same cluster, short shape: where a request enters, and the stream batching interval"
         )
-        for col in (
-            "shape",
-            "conc.",
-            "metric",
-            "vLLM's server",
-            "app, interval 0",
-            "app, as before",
-            "before / vLLM",
-        ):
-            t.add_column(col, justify="left" if col in ("shape", "metric") else "right")
-        for st in before["steps"]:
-            k = (st["shape"], st["concurrency"])
-            for m in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "output_tok_s"):
+        for col in ("entry, interval", "conc.", "median TTFT ms", "x vLLM", "p99 TTFT ms", "median TPOT ms",
+                    "output tok/s", "x vLLM"):  # fmt: skip
+            t.add_column(col, justify="left" if col.startswith("entry") else "right")
+        rows = [{"label": f"head's proxy, interval {STREAM_BATCHING_MS:g} ms (as rendered)", "steps": [
+            app[k] for k in sorted(app) if k[0] == "short"][:2]}] + variants  # fmt: skip
+        for v in rows:
+            for st in v["steps"]:
+                b = vl[(st["shape"], st["concurrency"])]
                 t.add_row(
-                    k[0], str(k[1]), LABELS[m], f"{vl[k][m]:,.2f}", f"{now[k][m]:,.2f}", f"{st[m]:,.2f}",
-                    f"{st[m] / vl[k][m]:.2f}x" if vl[k][m] else "-",
+                    v["label"], str(st["concurrency"]), f"{st['median_ttft_ms']:,.2f}",
+                    f"{st['median_ttft_ms'] / b['median_ttft_ms']:.2f}x" if b["median_ttft_ms"] else "-",
+                    f"{st['p99_ttft_ms']:,.2f}", f"{st['median_tpot_ms']:,.2f}", f"{st['output_tok_s']:,.1f}",
+                    f"{st['output_tok_s'] / b['output_tok_s']:.2f}x" if b["output_tok_s"] else "-",
                 )  # fmt: skip
         c.print(t)
-        bb = before["breakdown"]
-        t = Table(title=f"per hop as before, median of {bb['matched']}/{bb['requests']} sequential requests")
-        t.add_column("hop")
-        t.add_column("ms", justify="right")
-        for k, v in bb["median_ms"].items():
-            t.add_row(k, "-" if v is None else f"{v:.1f}")
-        c.print(t)
+        for v in variants:
+            bb = v["breakdown"]
+            t = Table(
+                title=f"per hop, {v['label']}: median of {bb['matched']}/{bb['requests']} sequential requests"
+            )
+            t.add_column("hop")
+            t.add_column("ms", justify="right")
+            for k, val in bb["median_ms"].items():
+                t.add_row(k, "-" if val is None else f"{val:.1f}")
+            c.print(t)
     c.print(f"load average (1 min) before, between, after: {res['load_average_1m']}; {res['seconds']} s")
 
 
@@ -565,17 +619,16 @@ def main() -> None:
         help="llmfleet:serveOptions for the Ray side, as JSON (checked as `local up -c` does)",
     )
     p.add_argument(
-        "--before-interval-ms",
+        "--intervals",
         type=float,
-        default=50.0,
-        help="then redeploy with Ray Serve LLM's stream batching interval at this value (Ray's default "
-        "50, as before issue #29) and measure again; -1 skips it",
+        nargs="*",
+        default=[0.0, 10.0],
+        help="then, on the same cluster, redeploy with Ray Serve LLM's stream batching interval at each "
+        "value (ms) and measure the short shape through the head's and the worker's proxy",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--json-out", type=Path, help="also write the machine-readable result here")
     a = p.parse_args()
-    if a.before_interval_ms is not None and a.before_interval_ms < 0:
-        a.before_interval_ms = None
     res = run(a)
     if a.json_out:
         a.json_out.write_text(json.dumps(res, indent=2))

@@ -115,3 +115,17 @@ def test_set_interval_rewrites_every_llm_config_of_the_serve_config():
     cfgs = out["applications"][0]["args"]["llm_configs"]
     assert [c["experimental_configs"]["stream_batching_interval_ms"] for c in cfgs] == [50, 50]
     assert cfgs[0]["experimental_configs"]["k"] == 1  # other experimental keys kept
+
+
+def test_worker_endpoint_is_the_first_workers_own_proxy_in_netns_mode_only():
+    from types import SimpleNamespace as NS
+
+    hosts = [
+        NS(ip="10.7.0.1", role="head"),
+        NS(ip="10.7.0.3", role="trainer"),
+        NS(ip="10.7.0.2", role="worker"),
+    ]
+    st = NS(endpoint="http://10.7.0.1:8123/v1", hosts=hosts, mode="netns")
+    assert b.worker_endpoint(st) == "http://10.7.0.2:8123"
+    assert b.worker_endpoint(NS(endpoint=st.endpoint, hosts=hosts, mode="loopback")) is None
+    assert b.worker_endpoint(NS(endpoint=st.endpoint, hosts=hosts[:1], mode="netns")) is None
