@@ -36,7 +36,7 @@ from typing import Any
 
 from infra.local.state import load_state
 from infra.stack.outputs import StackOutputs
-from infra.status.aws import aws_error
+from infra.status.aws import stack_secret
 from ray_cluster import contract
 from ray_cluster.finetune import NAME_RE, PROGRESS_PREFIX, TrainSpec
 
@@ -140,28 +140,16 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 def ray_token(outputs: StackOutputs, ssm: Any | None) -> str:
     """A stack's Ray cluster token: SSM (SecureString, provider aws) or the `ray_auth_token`
-    secret output (provider existing); the endpoint token's sources (infra/status/endpoint.py)."""
-    if outputs.provider == "existing":
-        if not outputs.ray_auth_token or outputs.ray_auth_token == "[secret]":
-            raise FinetuneJobError(
-                "stack output 'ray_auth_token' is hidden: read the outputs with secrets "
-                "(`pulumi stack output --json --show-secrets > outputs.json`, then --outputs outputs.json)"
-            )
-        return outputs.ray_auth_token
-    if not outputs.ray_token_parameter:
-        raise FinetuneJobError(
-            "stack output 'ray_token_parameter' is missing: run `pulumi up` with this version"
-        )
-    if ssm is None:
-        raise FinetuneJobError("reading the Ray cluster token needs an SSM client")
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return ssm.get_parameter(Name=outputs.ray_token_parameter, WithDecryption=True)["Parameter"]["Value"]
-    except (ClientError, BotoCoreError) as e:
-        raise FinetuneJobError(
-            f"reading the Ray cluster token {outputs.ray_token_parameter} from SSM: {aws_error(e)}"
-        ) from None
+    secret output (provider existing), read as the endpoint token is (infra/status/endpoint.py)."""
+    return stack_secret(
+        outputs,
+        ssm,
+        output="ray_auth_token",
+        parameter="ray_token_parameter",
+        what="Ray cluster token",
+        show_secrets="`pulumi stack output --json --show-secrets > outputs.json`, then --outputs outputs.json",
+        error=FinetuneJobError,
+    )
 
 
 # Ray's Jobs SDK logs at INFO on stderr: the working_dir's upload (two lines with a temp path) and

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.boot.cloud_init import SERVE_CONFIG_PATH
 from infra.boot.node_apply import node_parameter_name
@@ -52,6 +52,37 @@ def aws_error(e: BaseException) -> str:
         return f"{err.get('Code')}: {err.get('Message', '')}".strip().rstrip(":")
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def stack_secret(
+    outputs: StackOutputs,
+    ssm: Any | None,
+    *,
+    output: str,
+    parameter: str,
+    what: str,
+    show_secrets: str,
+    error: type[Exception],
+) -> str:
+    """One of a stack's secrets: the secret output `output` (provider existing: Pulumi keeps it
+    encrypted in the state) or the SSM SecureString named by the output `parameter` (provider
+    aws: the hosts read it at boot; the operator's credentials read it here). Every failure is
+    one line naming the output or the parameter, raised as `error`; `show_secrets` says how
+    to read hidden outputs where the caller takes them."""
+    if outputs.provider == "existing":
+        value = getattr(outputs, output)
+        if not value or value == "[secret]":
+            raise error(f"stack output {output!r} is hidden: read the outputs with secrets ({show_secrets})")
+        return value
+    name = getattr(outputs, parameter)
+    if not name:
+        raise error(f"stack output {parameter!r} is missing: run `pulumi up` with this version")
+    if ssm is None:
+        raise error(f"reading the {what} needs an SSM client")
+    try:
+        return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    except (ClientError, BotoCoreError) as e:
+        raise error(f"reading the {what} {name} from SSM: {aws_error(e)}") from None
 
 
 # ---------------------------------------------------------------- hosts (EC2 Auto Scaling)

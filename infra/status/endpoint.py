@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from infra.local.chat import ChatError, chat_once
 from infra.stack.outputs import StackOutputs
-from infra.status.aws import aws_error
+from infra.status.aws import stack_secret
 
 
 class EndpointError(RuntimeError):
@@ -19,23 +17,15 @@ class EndpointError(RuntimeError):
 
 
 def api_token(outputs: StackOutputs, ssm: Any | None) -> str:
-    if outputs.provider == "existing":
-        if not outputs.api_token or outputs.api_token == "[secret]":
-            raise EndpointError(
-                "stack output 'api_token' is hidden: read the outputs with secrets "
-                "(`pulumi stack output --json --show-secrets`)"
-            )
-        return outputs.api_token
-    if not outputs.token_parameter:
-        raise EndpointError("stack output 'token_parameter' is missing: run `pulumi up` with this version")
-    if ssm is None:
-        raise EndpointError("reading the endpoint token needs an SSM client")
-    try:
-        return ssm.get_parameter(Name=outputs.token_parameter, WithDecryption=True)["Parameter"]["Value"]
-    except (ClientError, BotoCoreError) as e:
-        raise EndpointError(
-            f"reading the endpoint token {outputs.token_parameter} from SSM: {aws_error(e)}"
-        ) from None
+    return stack_secret(
+        outputs,
+        ssm,
+        output="api_token",
+        parameter="token_parameter",
+        what="endpoint token",
+        show_secrets="`pulumi stack output --json --show-secrets`",
+        error=EndpointError,
+    )
 
 
 def chat(
