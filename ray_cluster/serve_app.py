@@ -30,7 +30,15 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -335,6 +343,46 @@ class ServingGate:
         return counted
 
 
+# A restarted Serve controller (killed, or a head back on the GCS's Redis) re-broadcasts each
+# deployment's replicas; for a few seconds the ingress's router for the engine deployment holds
+# `is_available=False` (ray/serve/_private/deployment_state.py, broadcast_running_replicas_if_changed)
+# and fails every request at once with DeploymentUnavailableError, which Ray Serve LLM answers
+# 503 (the fault suite: 22 of 65 requests in a 5.6 s window). Such a request was never assigned
+# to a replica (router.py raises before it picks one), so calling again is safe: nothing ran.
+UNAVAILABLE_RETRY_S = 15.0  # then Serve's own 503: a deployment that really failed says so
+UNAVAILABLE_BACKOFF_S = (0.1, 1.0)  # first wait, longest wait (doubling)
+
+
+async def retry_unavailable(
+    call: Callable[[], AsyncIterator[Any]],
+    unavailable: tuple[type[BaseException], ...],
+    *,
+    budget_s: float = UNAVAILABLE_RETRY_S,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[Any]:
+    """The items of `call()`'s stream; while it raises one of `unavailable` before its first
+    item, `call()` again after a doubling backoff, for at most `budget_s` (then the error).
+    Once an item has been yielded nothing is retried: the client has part of an answer."""
+    start, delay = monotonic(), UNAVAILABLE_BACKOFF_S[0]
+    while True:
+        stream = call()
+        try:
+            first = await anext(aiter(stream))
+        except StopAsyncIteration:
+            return
+        except unavailable:
+            if monotonic() - start + delay > budget_s:
+                raise
+            await sleep(delay)
+            delay = min(delay * 2, UNAVAILABLE_BACKOFF_S[1])
+            continue
+        yield first
+        async for item in stream:
+            yield item
+        return
+
+
 ACTIVITY_TOUCH_S = 10.0  # the idle alarm counts minutes: one file write per 10 s is plenty
 
 
@@ -531,6 +579,15 @@ def _gated_base() -> type:
 
         async def chat(self, body: Any, request: Any) -> Any:
             return with_reasoning_content(await super().chat(body, request))
+
+        async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
+            # Every OpenAI route's call to the engine deployment: retried while a restarted
+            # controller has it unavailable (retry_unavailable, above).
+            from ray.serve.exceptions import DeploymentUnavailableError
+
+            base = super()._get_response  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownVariableType] - Ray's ingress base, bound at run time
+            async for item in retry_unavailable(lambda: base(**kwargs), (DeploymentUnavailableError,)):  # pyright: ignore[reportUnknownLambdaType, reportUnknownArgumentType] - the base's stream
+                yield item
 
         async def _get_model_id(self, model: Any) -> str:
             # Ray's 404 for an unknown model names only the model asked for; a client needs the
