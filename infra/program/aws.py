@@ -101,6 +101,7 @@ def _network(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> Network:
             nat_gateway=cfg.nat_gateway,
             public_subnet=cfg.endpoint_public,
             tags=cfg.common_tags,
+            nlb_targets_every_host=cfg.gcs_redis,
         ),
     )
 
