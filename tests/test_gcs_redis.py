@@ -227,7 +227,11 @@ def test_on_every_host_runs_a_proxy_and_one_gated_ingress_replica():
     ingress = on["applications"][0]["args"]["ingress_deployment_config"]
     hosts = 1 + len(c.outputs["worker_groups"])  # the head and every worker at full scale
     assert hosts == 4  # prod: 3 workers (README: "4 for prod")
-    assert ingress == {"max_replicas_per_node": 1, "num_replicas": hosts, "ray_actor_options": {"num_cpus": 1}}
+    assert ingress == {
+        "max_replicas_per_node": 1,
+        "num_replicas": hosts,
+        "ray_actor_options": {"num_cpus": 1},
+    }
     # the same app otherwise: the same gated class, token env, engine config
     for doc in (off, on):
         doc.pop("proxy_location")
@@ -285,12 +289,19 @@ def test_the_serving_port_reaches_every_host_from_the_nlbs_group_only():
     serving port from the NLB before the option, too): the port from the endpoint group only,
     every other port (Ray's) from the cluster group itself, no CIDR rule."""
     for c in (cap(), cap(ON)):
-        sgs = {r["outputs"]["tags"]["llmfleet:sg"]: r["id"] for r in c.of_type("aws:ec2/securityGroup:SecurityGroup")}
+        sgs = {
+            r["outputs"]["tags"]["llmfleet:sg"]: r["id"]
+            for r in c.of_type("aws:ec2/securityGroup:SecurityGroup")
+        }
         cluster, endpoint = sgs["cluster"], sgs["endpoint"]
         worker_lt = next(
-            lt for lt in c.of_type("aws:ec2/launchTemplate:LaunchTemplate") if lt["inputs"]["name"].endswith("-worker")
+            lt
+            for lt in c.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+            if lt["inputs"]["name"].endswith("-worker")
         )
-        assert {sg for nic in worker_lt["inputs"]["networkInterfaces"] for sg in nic["securityGroups"]} == {cluster}
+        assert {sg for nic in worker_lt["inputs"]["networkInterfaces"] for sg in nic["securityGroups"]} == {
+            cluster
+        }
         rules = [
             r["inputs"]
             for r in c.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
@@ -316,7 +327,9 @@ def test_the_workers_role_reads_exactly_the_token_and_the_pack_passes_and_flags_
 
     c = cap(ON)
     worker_lt = next(
-        lt for lt in c.of_type("aws:ec2/launchTemplate:LaunchTemplate") if lt["inputs"]["name"].endswith("-worker")
+        lt
+        for lt in c.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+        if lt["inputs"]["name"].endswith("-worker")
     )
     profile = c.named("iam-profile")
     assert worker_lt["inputs"]["iamInstanceProfile"]["name"] == profile["outputs"]["name"]
@@ -327,7 +340,10 @@ def test_the_workers_role_reads_exactly_the_token_and_the_pack_passes_and_flags_
     assert read["Resource"] == c.named("token-parameter")["outputs"]["arn"]
     assert read["Resource"].endswith(":parameter" + c.outputs["token_parameter"])
     [decrypt] = [s for s in doc["Statement"] if s.get("Sid") == "DecryptStackSecureStrings"]
-    assert decrypt["Action"] == ["kms:Decrypt"] and decrypt["Resource"] == c.named("secrets-key")["outputs"]["arn"]
+    assert (
+        decrypt["Action"] == ["kms:Decrypt"]
+        and decrypt["Resource"] == c.named("secrets-key")["outputs"]["arn"]
+    )
 
     def violations(resources):
         return run_policies(resources, {}, HOST_ROLE_POLICIES, stack=c.config).violations
@@ -374,7 +390,11 @@ def test_the_watcher_never_deletes_the_app_for_an_ingress_replica_a_missing_host
 
     apps = {"llm": "UNHEALTHY"}
     engine = {"status": "HEALTHY", "replicas": 1}  # the engine survived the head (GCS on the store)
-    every_node = {"llm": {"LLMServer:m": engine, "BearerOpenAiIngress": {"status": "UNHEALTHY", "replicas": 3}}}
-    head_only = {"llm": {"LLMServer:m": engine, "BearerOpenAiIngress": {"status": "UNHEALTHY", "replicas": 0}}}
+    every_node = {
+        "llm": {"LLMServer:m": engine, "BearerOpenAiIngress": {"status": "UNHEALTHY", "replicas": 3}}
+    }
+    head_only = {
+        "llm": {"LLMServer:m": engine, "BearerOpenAiIngress": {"status": "UNHEALTHY", "replicas": 0}}
+    }
     assert app_needs_restart(apps, every_node) is False
     assert app_needs_restart(apps, head_only) is True

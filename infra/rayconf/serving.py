@@ -22,6 +22,7 @@ from infra.rayconf.serve_config import (
     validate_with_exported_schema,
 )
 from infra.stack import serve_autoscaling
+from infra.stack.config import AwsStackConfig
 from infra.stack.engine_options import ingress_options, llm_options, unchecked
 from infra.stack.lora import LoraSettings
 from ray_cluster import contract
@@ -117,7 +118,7 @@ def ingress_hosts(cfg: StackConfig, outputs: Mapping[str, Any], plan: Plan) -> i
     alarm. A count below the hosts would leave some host's proxy without a local ingress (it
     forwards to another host's, the head's too); autoscaling the ingress would not keep one on
     each host. The head (0 GPUs) and the workers are all serving hosts on AWS: no trainer hosts."""
-    if cfg.provider != "aws" or not cfg.gcs_redis:
+    if not isinstance(cfg, AwsStackConfig) or not cfg.gcs_redis:
         return 0
     workers = outputs.get("workers")
     return 1 + (int(workers) if workers not in (None, "") else cfg.resolved_workers(plan))
