@@ -198,6 +198,7 @@ def test_on_every_hosts_group_registers_with_one_instance_target_group_checked_a
     i = tg["inputs"]
     port = c.config.endpoint_port
     assert i["targetType"] == "instance" and i["protocol"] == "TCP" and i["port"] == port
+    assert i["preserveClientIp"] == "false"  # as the head's ip target: the NLB's address reaches the hosts
     # Serve's own proxy health route (Ray 2.60: 200 ready, 503 draining)
     assert i["healthCheck"] == {
         **i["healthCheck"],
@@ -398,3 +399,10 @@ def test_the_watcher_never_deletes_the_app_for_an_ingress_replica_a_missing_host
     }
     assert app_needs_restart(apps, every_node) is False
     assert app_needs_restart(apps, head_only) is True
+    # and no re-apply at all while the host comes back within the watcher's first backoff
+    # (a head replacement: the new head's node takes the pending replica)
+    from ray_cluster.watch import BACKOFF_FIRST_S, AppBackoff
+
+    backoff = AppBackoff()
+    assert backoff.step(apps, 0.0) is None and backoff.step(apps, BACKOFF_FIRST_S - 1) is None
+    assert backoff.step({"llm": "RUNNING"}, BACKOFF_FIRST_S) is None and backoff.failing_since is None

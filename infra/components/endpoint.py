@@ -76,6 +76,11 @@ def target_group_inputs(args: EndpointArgs) -> dict[str, Any]:
         return {"target_type": "ip", "health_check": {"protocol": "TCP", **check}}
     return {
         "target_type": "instance",
+        # Instance targets preserve the client's address by default, ip targets over TCP do not
+        # (AWS: NLB target group attributes, client IP preservation). Off, as the head's ip
+        # target has it: a host sees the NLB's address, as it did, and a host that calls the
+        # endpoint is not refused as its own client (the NLB's documented hairpin limit).
+        "preserve_client_ip": "false",
         "health_check": {"protocol": "HTTP", "path": PROXY_HEALTH_PATH, "matcher": "200", **check},
     }
 
