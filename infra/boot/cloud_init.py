@@ -72,7 +72,9 @@ class NodeSpec:
     weights_s3_uri: str  # s3://bucket/prefix/ (ends with /)
     model_path: str  # where the checkpoint lands on every host
     weights_path: str  # mount point of the NVMe array (model_path lives under it)
-    token_parameter: str = ""  # head only: SSM SecureString name of the endpoint token
+    # SSM SecureString name of the endpoint token: the head's, and with llmfleet:gcsRedis every
+    # worker's too (each host then runs an ingress replica behind the NLB); "" = a worker without
+    token_parameter: str = ""
     ray_token_parameter: str = ""  # every host: SSM SecureString name of the Ray cluster token
     head_ip: str = ""  # a worker: the head to join; the head (with head_eni_id): its fixed address
     head_eni_id: str = ""  # head only: the interface holding the fixed address (infra/components/head.py)
@@ -412,7 +414,9 @@ def _secrets(spec: NodeSpec) -> str:
     reads = [("RAY_TOKEN", spec.ray_token_parameter)]
     lines = [f"{k}={v}" for k, v in RAY_AUTH_ENV.items()]
     lines.append(f"{RAY_TOKEN_ENV}=${{RAY_TOKEN}}")
-    if spec.role == "head":
+    if spec.role == "head" or spec.token_parameter:
+        # The ingress replica's bearer gate reads it where it runs (ray_cluster/serve_app.py):
+        # the head, and with llmfleet:gcsRedis every worker (infra/rayconf/serving.py ingress_hosts).
         reads.append(("API_TOKEN", spec.token_parameter))
         lines.append(f"{TOKEN_ENV}=${{API_TOKEN}}")
     if spec.role == "head" and spec.gcs_redis_address:
@@ -470,6 +474,11 @@ def _start(spec: NodeSpec) -> str:
         run += ' "${EFA_ARGS[@]}"'
     c, img = shlex.quote(spec.container), shlex.quote(spec.image_ref)
     line = f"{run} {img} {_sh(node_args(spec))}"
+    if spec.role == "worker" and spec.token_parameter:
+        # The env file is read at `docker run` only: a worker that gains the API token (an
+        # ingress replica will run there) must restart its container even when the run line is
+        # the same (a stack already on gcsRedis), or the replica would start without the token.
+        line += f" {TOKEN_ENV}"
     digest = hashlib.sha256(line.encode()).hexdigest()[:16]
     marker = shlex.quote(f"{CONFIG_DIR}/{spec.container}.run")
     return f"""

@@ -94,6 +94,15 @@ class ClusterArgs:
     # llmfleet:schedule's actions and llmfleet:idleStopMinutes (infra/components/scaling.py)
     schedule_actions: list[CronAction] = field(default_factory=list)
     idle_stop_minutes: int | None = None
+    # llmfleet:gcsRedis: the NLB's instance target group the head's and the workers' groups
+    # register with (infra/components/endpoint.py); None: the NLB targets the head's address
+    target_group_arn: pulumi.Input[str] | None = None
+
+    @property
+    def every_host_serves(self) -> bool:
+        """Every host runs a Serve proxy and an ingress replica behind the NLB (llmfleet:gcsRedis):
+        the workers then need the API token in their env file too."""
+        return self.target_group_arn is not None
 
     @property
     def alarm_topics(self) -> list[str]:
@@ -181,7 +190,13 @@ def head_script(args: ClusterArgs, head_eni_id: pulumi.Input[str]) -> pulumi.Out
 
 def worker_script(args: ClusterArgs, head_ip: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.all(
-        head_ip, args.image_ref, args.weights_s3_uri, args.ray_token_parameter, args.host_metrics
+        head_ip,
+        args.image_ref,
+        args.weights_s3_uri,
+        args.ray_token_parameter,
+        args.host_metrics,
+        # the worker's ingress replica checks the bearer token too (every_host_serves)
+        args.token_parameter if args.every_host_serves else "",
     ).apply(
         lambda a: render_user_data(
             _spec(
@@ -192,6 +207,7 @@ def worker_script(args: ClusterArgs, head_ip: pulumi.Input[str]) -> pulumi.Outpu
                 a[3],
                 a[4],
                 head_ip=a[0],
+                token_parameter=a[5],
                 gpus=args.worker_type.gpu_count,
                 gpu_model=args.worker_type.gpu or "",
                 nvme_disks=args.worker_type.nvme_disks,
@@ -291,6 +307,7 @@ class Cluster(pulumi.ComponentResource):
             user_data=launcher_user_data("head", args.region, param_name),
             tags=args.tags,
             serving_tags=serving_tags(args),
+            target_group_arn=args.target_group_arn,
         )
         # The interface first: the head's node script names it (and attaches it at boot).
         head = Head(name, head_args, parent=self, interface_only=True)
@@ -344,6 +361,7 @@ class Cluster(pulumi.ComponentResource):
             idle_stop_minutes=args.idle_stop_minutes if args.host_metrics is not None else None,
             idle_metric_namespace=recovery.app_metric_namespace(args.name),
             scales_to_zero=bool(args.schedule_actions or args.idle_stop_minutes),
+            target_group_arn=args.target_group_arn,
         )
         if pool.idle_stop_minutes and args.host_metrics is not None:
             log_group = pulumi.Output.from_input(args.host_metrics).apply(lambda m: m.boot_log_group)

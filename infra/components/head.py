@@ -30,7 +30,9 @@ head (infra/components/iam.py `head_interface_statement`).
 A replacement: the group terminates the failed instance (the interface detaches with it; it is
 kept: delete_on_termination false), then launches a new one, whose node script retries the
 attach until the interface is free. The NLB targets the interface's IP (target type ip), so it
-needs no change either.
+needs no change either; with llmfleet:gcsRedis the NLB's target group is an instance one that
+the group itself registers each new head with (and every worker group its worker), since then
+every host's Serve proxy serves (infra/components/endpoint.py).
 
 Security groups: the interface carries the cluster group (Ray among the hosts, the serving port
 from the NLB's group: infra/components/network.py); the NLB's own group is the endpoint group,
@@ -79,6 +81,9 @@ class HeadArgs:
     tags: dict[str, str]
     serving_tags: dict[str, str]
     depends_on: list[pulumi.Resource] = field(default_factory=list)
+    # llmfleet:gcsRedis: the NLB's instance target group the group registers the head with
+    # (infra/components/endpoint.py); None: the NLB targets the fixed address instead
+    target_group_arn: pulumi.Input[str] | None = None
 
 
 def head_interface(name: str, args: HeadArgs, parent: pulumi.Resource) -> aws.ec2.NetworkInterface:
@@ -136,6 +141,7 @@ def head_group(
         instance_refresh=instance_refresh(),
         enabled_metrics=[aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES],  # the head's slot alarm reads it
         wait_for_capacity_timeout=CAPACITY_TIMEOUT,
+        target_group_arns=[args.target_group_arn] if args.target_group_arn is not None else None,
         tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in head_tags(args).items()],
         opts=pulumi.ResourceOptions(
             parent=parent,

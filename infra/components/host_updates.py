@@ -49,6 +49,7 @@ GROUP_FIELDS: dict[str, tuple[str, str]] = {
     "tags": (UPDATE, "tags (model, maxModelLen, replicas) change on the group in place"),
     "healthCheckType": (UPDATE, "EC2 health checks: a group setting"),
     "minSize": (UPDATE, "one instance per slot"),
+    "targetGroupArns": (UPDATE, "the NLB's target group the group registers its instance with (gcsRedis)"),
 }
 
 # What Pulumi itself replaces the group on (a template version is an in-place group update
@@ -126,9 +127,12 @@ CHANGE_EFFECTS: list[tuple[str, str, str, str]] = [
     (
         "`gcsRedis`",
         "in place: the ElastiCache Redis, its auth token and security group are created (or deleted); "
+        "the NLB's target group is replaced (the head's address, or an instance target group the head's and "
+        "the workers' groups register with); "
         "new node scripts put the store's address (head) and the longer GCS reconnect timeout (every host) "
-        "on the node containers' run lines, so the rollout restarts each node container, the head last",
-        "head: node container; workers: node container",
+        "on the node containers' run lines, the API token in the workers' env file and a Serve proxy and "
+        "ingress replica on every host in `serve.yaml`, so the rollout restarts each node container, the head last",
+        "head: node container, serve.yaml; workers: node container",
         "full, once: the head container's restart starts a new Ray cluster (GCS), now on the store; the "
         "workers rejoin and the watcher re-deploys (weights from NVMe); no new instances",
     ),

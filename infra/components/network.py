@@ -57,6 +57,9 @@ class NetworkArgs:
     nat_gateway: bool = False
     public_subnet: bool = False  # an internet-facing NLB needs one
     tags: dict[str, str] = field(default_factory=dict)
+    # llmfleet:gcsRedis: the NLB targets every host's proxy (infra/components/endpoint.py), not
+    # the head alone; the rules are the same (every host is in the cluster group), their words not
+    nlb_targets_every_host: bool = False
 
 
 def _tag(args: NetworkArgs, name_tag: str, **extra: str) -> dict[str, str]:
@@ -231,7 +234,8 @@ class Network(pulumi.ComponentResource):
             ip_protocol="tcp",
             from_port=args.endpoint_port,
             to_port=args.endpoint_port,
-            description="forward and health-check to the head",
+            description="forward and health-check to the "
+            + ("hosts' proxies" if args.nlb_targets_every_host else "head"),
             tags=tags,
             opts=child,
         )

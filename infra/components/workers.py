@@ -123,6 +123,9 @@ class WorkerPoolArgs:
     # Whether anything scales the slots to zero (a schedule, idle stop): min size 0 and desired
     # left to the actions after creation
     scales_to_zero: bool = False
+    # llmfleet:gcsRedis: the NLB's instance target group each slot's group registers its worker
+    # with (infra/components/endpoint.py); None: the workers are no NLB target
+    target_group_arn: pulumi.Input[str] | None = None
 
 
 def _market_and_capacity(args: WorkerPoolArgs) -> dict:
@@ -225,6 +228,7 @@ def worker_group(
         instance_refresh=instance_refresh(),
         enabled_metrics=[aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES],  # the slot alarm reads it
         wait_for_capacity_timeout=CAPACITY_TIMEOUT,
+        target_group_arns=[args.target_group_arn] if args.target_group_arn is not None else None,
         # Tags reach the instance at launch (the role, Name and serving tags the policy pack and
         # the SSM targets read); changing one updates the group in place.
         tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in slot_tags(args, slot).items()],

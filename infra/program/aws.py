@@ -101,6 +101,7 @@ def _network(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> Network:
             nat_gateway=cfg.nat_gateway,
             public_subnet=cfg.endpoint_public,
             tags=cfg.common_tags,
+            nlb_targets_every_host=cfg.gcs_redis,
         ),
     )
 
@@ -170,7 +171,14 @@ def _base(cfg: AwsStackConfig, name: str, az: pulumi.Output[str]) -> _Base:
     return _Base(network, registry, image, weights, token, ray_token, iam, obs, gcs)
 
 
-def _cluster(cfg: AwsStackConfig, stack: Stack, name: str, az: pulumi.Output[str], b: _Base):
+def _cluster(
+    cfg: AwsStackConfig,
+    stack: Stack,
+    name: str,
+    az: pulumi.Output[str],
+    b: _Base,
+    target_group_arn: pulumi.Input[str] | None = None,
+):
 
     cat = load_catalog()
     return Cluster(
@@ -212,6 +220,7 @@ def _cluster(cfg: AwsStackConfig, stack: Stack, name: str, az: pulumi.Output[str
             gcs_redis_token_parameter=b.gcs.token.parameter.name if b.gcs else None,
             schedule_actions=schedule_actions(cfg, stack.plan),
             idle_stop_minutes=cfg.idle_stop_minutes,
+            target_group_arn=target_group_arn,
         ),
         # The hosts read SSM and pull from ECR at boot: the role's policy must be attached first
         # (depending on the IAM component waits for all of its children).
@@ -228,7 +237,7 @@ def _cluster(cfg: AwsStackConfig, stack: Stack, name: str, az: pulumi.Output[str
     )
 
 
-def _endpoint(cfg: AwsStackConfig, name: str, b: _Base, head_ip: pulumi.Input[str]):
+def _endpoint(cfg: AwsStackConfig, name: str, b: _Base, head_ip: pulumi.Input[str] | None):
 
     nlb_subnet = b.network.public_subnet if cfg.endpoint_public else b.network.private_subnet
     if nlb_subnet is None:  # Network makes the public subnet whenever the endpoint is public
@@ -247,6 +256,7 @@ def _endpoint(cfg: AwsStackConfig, name: str, b: _Base, head_ip: pulumi.Input[st
             dns_name=cfg.endpoint_dns_name,
             hosted_zone_id=cfg.endpoint_hosted_zone_id,
             tags=cfg.common_tags,
+            every_host=head_ip is None,
         ),
     )
 
@@ -257,8 +267,14 @@ def build_aws(cfg: AwsStackConfig) -> dict[str, Any]:
     stack = resolve(cfg)  # once per program run; everything below gets this one
     az = worker_availability_zone(cfg)
     b = _base(cfg, name, az)
-    cluster = _cluster(cfg, stack, name, az, b)
-    endpoint = _endpoint(cfg, name, b, cluster.head.private_ip)
+    if cfg.gcs_redis:
+        # Every host's proxy serves (infra/components/endpoint.py): the target group comes
+        # first, and the head's and the workers' groups register their instances with it.
+        endpoint = _endpoint(cfg, name, b, None)
+        cluster = _cluster(cfg, stack, name, az, b, endpoint.target_group.arn)
+    else:
+        cluster = _cluster(cfg, stack, name, az, b)
+        endpoint = _endpoint(cfg, name, b, cluster.head.private_ip)
     return {
         "cluster_name": name,
         "region": cfg.region,

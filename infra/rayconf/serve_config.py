@@ -138,10 +138,11 @@ class ServeInputs:
     schedule: str | None = None
     # llmfleet:idleStopMinutes: where the gate records the last request (ray_cluster.contract)
     activity_file: str | None = None
-    # 0: production's layout, one Serve proxy and the ingress on the head (the load balancer's
-    # target, where the token's env file is). N >= 1: a proxy on every node and N ingress
-    # replicas, at most one a node (the local cluster: head + each serving worker), so with the
-    # GCS on redis a worker's own proxy and ingress keep serving while the head restarts.
+    # 0: one Serve proxy and the ingress on the head (production without llmfleet:gcsRedis: the
+    # load balancer's one target, the one host whose env file holds the API token). N >= 1: a
+    # proxy on every node and N ingress replicas, at most one a node (the local cluster and a
+    # gcsRedis stack on AWS: head + each serving worker, infra/rayconf/serving.py ingress_hosts),
+    # so with the GCS on redis a worker's own proxy and ingress keep serving while the head restarts.
     ingress_every_node: int = 0
 
     def check(self) -> None:
@@ -321,9 +322,10 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
         },
     }
     return {
-        # Production: the load balancer targets the head; the ingress runs there too. Every
-        # node: each node's proxy routes to its own node's ingress replica first (Serve's
-        # RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING), so a worker's proxy needs no head.
+        # Head only: the load balancer targets the head; the ingress runs there too. Every
+        # node (gcsRedis on AWS, the local cluster): each node's proxy routes to its own node's
+        # ingress replica first (Serve's RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING), so a
+        # worker's proxy needs no head.
         "proxy_location": "EveryNode" if i.ingress_every_node else "HeadOnly",
         "http_options": {"host": "0.0.0.0", "port": i.http_port},
         "applications": [app],

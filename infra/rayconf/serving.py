@@ -22,6 +22,7 @@ from infra.rayconf.serve_config import (
     validate_with_exported_schema,
 )
 from infra.stack import serve_autoscaling
+from infra.stack.config import AwsStackConfig
 from infra.stack.engine_options import ingress_options, llm_options, unchecked
 from infra.stack.lora import LoraSettings
 from ray_cluster import contract
@@ -88,7 +89,39 @@ def serve_inputs_from_stack(outputs: Mapping[str, Any], cfg: StackConfig, plan: 
         ingress_options=ingress_options(cfg.serve_options),
         schedule=cfg.schedule,
         activity_file=contract.ACTIVITY_FILE if cfg.idle_stop_minutes else None,
+        ingress_every_node=ingress_hosts(cfg, outputs, plan),
     )
+
+
+def ingress_hosts(cfg: StackConfig, outputs: Mapping[str, Any], plan: Plan) -> int:
+    """How many ingress replicas (one a host) the stack's Serve app runs; 0 = the head only.
+
+    With llmfleet:gcsRedis on AWS the NLB targets every serving host's proxy (infra/components/
+    endpoint.py), so each host gets a proxy (`proxy_location: EveryNode`) and one replica of the
+    gated ingress (`max_replicas_per_node: 1`): the head and every worker group's host at full
+    scale. A worker's proxy then answers with its own ingress and engine replicas while the head
+    is replaced, as the local cluster's do (infra/local/layout.py ingress_hosts).
+
+    Why a fixed count at full scale, from Ray 2.60's Serve (ray/serve/_private/): while a host is
+    missing (replaced, or its group scaled down by a schedule or idle stop), the ingress replica
+    it held dies, fails its health check and marks the ingress deployment UNHEALTHY
+    (deployment_state.py `_stop_replica_mark_unhealthy_if_target_version`); its replacement asks
+    for the per-deployment implicit resource every node holds one of (deployment_scheduler.py,
+    `max_replicas_per_node`), so it waits in PENDING_ALLOCATION, which is neither a startup
+    failure nor DEPLOY_FAILED (deployment_state.py `_check_startup_replicas` only warns), and
+    the deployment turns HEALTHY again once the host is back and the replica is placed
+    (`check_curr_status`: target == running). The other replicas keep serving meanwhile. The
+    same missing host holds an engine rank, so the LLM server deployment is UNHEALTHY for the
+    same time: the app's status, which is all the deploy watcher reads (ray_cluster/watch.py
+    AppBackoff, serve_rest.app_needs_restart: never deletes a deployment that still has RUNNING
+    replicas), is the one it has without the ingress replicas, so they add no re-apply and no
+    alarm. A count below the hosts would leave some host's proxy without a local ingress (it
+    forwards to another host's, the head's too); autoscaling the ingress would not keep one on
+    each host. The head (0 GPUs) and the workers are all serving hosts on AWS: no trainer hosts."""
+    if not isinstance(cfg, AwsStackConfig) or not cfg.gcs_redis:
+        return 0
+    workers = outputs.get("workers")
+    return 1 + (int(workers) if workers not in (None, "") else cfg.resolved_workers(plan))
 
 
 def deployment_options(cfg: StackConfig, plan: Plan, replicas: int) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def check_aws(cfg: AwsStackConfig) -> None:
     check_alarm_topic(cfg)
     check_capacity_block(cfg)
     check_aws_layout(cfg)
+    check_idle_stop_with_gcs_redis(cfg)
 
 
 def check_owned(cfg: OwnedStackConfig) -> None:
@@ -113,6 +114,21 @@ def check_scale_to_zero(cfg: OwnedStackConfig) -> None:
             raise CrossKeyError(
                 key, value, "it scales the workers' Auto Scaling groups; allowed with provider aws"
             )
+
+
+def check_idle_stop_with_gcs_redis(cfg: AwsStackConfig) -> None:
+    """Idle stop reads the last request from the head's own activity file (ray_cluster/watch.py
+    idle_line), touched by the ingress replica on the head. With llmfleet:gcsRedis the NLB also
+    sends requests to the workers' proxies and ingress replicas (infra/rayconf/serving.py
+    ingress_hosts), whose activity the head's watcher does not see: the workers could be stopped
+    while they serve. Refused until that activity reaches the watcher."""
+    if cfg.gcs_redis and cfg.idle_stop_minutes:
+        raise CrossKeyError(
+            "llmfleet:idleStopMinutes",
+            cfg.idle_stop_minutes,
+            "idle stop sees only the head's requests, and with llmfleet:gcsRedis=true the workers' "
+            "proxies serve too; allowed: unset, or llmfleet:gcsRedis=false (llmfleet:schedule works with both)",
+        )
 
 
 def check_endpoint_tls_dns(cfg: AwsStackConfig) -> None:
