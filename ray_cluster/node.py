@@ -222,13 +222,15 @@ def _record_deployed(serve_config: str, fingerprint: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -> None:
+def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -> str:
     """Wait for every replica's slots -> (preflight) -> serve deploy -> RUNNING -> a real completion.
 
     Then records the fingerprint of the bytes it deployed (read before the deploy: a rollout may
-    rewrite the file meanwhile), so `status --serve-config` reports what answers, not what is on disk."""
+    rewrite the file meanwhile), so `status --serve-config` reports what answers, not what is on disk.
+    Returns those bytes' file_digest (the watcher's baseline)."""
     with open(a.serve_config, "rb") as f:
-        fingerprint = config_fingerprint(f.read())
+        data = f.read()
+    fingerprint = config_fingerprint(data)
     config = load_serve_config(a.serve_config)
     need = a.tp * a.pp * a.replicas
     expect = [ip for ip in (a.expect_workers or "").split(",") if ip]
@@ -275,6 +277,7 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
         json.dumps({"ready": True, "endpoint": a.endpoint, "sample": sample, "config": fingerprint}),
         flush=True,
     )
+    return hashlib.sha256(data).hexdigest()  # as file_digest reads the file
 
 
 def _watch_view(a: argparse.Namespace) -> WatchView:
@@ -294,7 +297,7 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         raise NodeError(f"--token-env {a.token_env}: variable is not set")
 
     deployed_before = deployed_fingerprint(a.serve_config) is not None
-    _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard), deployed_before))
+    deployed = _apply(a, token, preflight_first=preflight_needed(serve_status(a.dashboard), deployed_before))
     if a.watch:
         import time
 
@@ -325,6 +328,7 @@ def cmd_deploy(a: argparse.Namespace) -> int:
             lambda _reason: _apply(a, token, preflight_first=False),
             interval=a.watch_interval,
             idle=idle,
+            deployed_digest=deployed,
         )
     return 0
 

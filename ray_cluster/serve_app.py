@@ -425,6 +425,15 @@ def cluster_state(nodes: Sequence[Mapping[str, Any]], engine_replicas_running: i
     return SERVING
 
 
+# Engine replicas that exist and take requests, by Serve's ReplicaState (ray/serve/_private/common.py).
+# RECOVERING: a restarted Serve controller (killed, or a head back on the GCS's Redis) re-attaches
+# the live replicas in this state for seconds; the routers keep their last replica set and those
+# replicas answer, so it is no "waking" (counting only RUNNING made this gate answer 503 to 16-22
+# of ~65 requests in the fault suite's killed-controller case). UPDATING (a new user_config) and
+# PENDING_MIGRATION (its node draining) serve too. STARTING is a replica not serving yet.
+LIVE_REPLICA_STATES = ("RUNNING", "RECOVERING", "UPDATING", "PENDING_MIGRATION")
+
+
 def _ray_state(own_deployment: str | None) -> str:
     """The live cluster's state, from Ray's node table and Serve's status (run in a thread)."""
     import ray
@@ -435,9 +444,11 @@ def _ray_state(own_deployment: str | None) -> str:
         for app in serve.status().applications.values():
             engines = [d for name, d in app.deployments.items() if name != own_deployment]
             if own_deployment and own_deployment in app.deployments:
-                # keyed by ReplicaState, a str enum: "RUNNING" finds it (typed as the enum)
+                # keyed by ReplicaState, a str enum: its values find it (typed as the enum)
                 running = sum(
-                    int(cast("dict[str, int]", d.replica_states).get("RUNNING", 0)) for d in engines
+                    int(cast("dict[str, int]", d.replica_states).get(state, 0))
+                    for d in engines
+                    for state in LIVE_REPLICA_STATES
                 )
     except Exception:  # noqa: BLE001 - the controller is busy: judge by the hosts alone
         running = None

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ray_cluster.serve_rest import FAILED
@@ -155,7 +155,7 @@ def _first_line(e: Exception) -> str:
 
 def watch(
     observe: Callable[[], WatchView],
-    apply: Callable[[str], None],
+    apply: Callable[[str], object],
     *,
     interval: float = 30.0,
     polls: int | None = None,
@@ -164,14 +164,22 @@ def watch(
     backoff: AppBackoff | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
     idle: Callable[[], str | None] = lambda: None,
+    deployed_digest: str | None = None,
 ) -> None:
     """Poll every `interval` s (forever, or `polls` times); call `apply(reason)` on each reason.
 
+    `deployed_digest`: the digest of the Serve config's bytes the caller deployed before it
+    started watching (file_digest's). The first observation is the baseline otherwise, so a
+    file rewritten while that first deploy ran (a rollout, a config-only change minutes after
+    `up`) would never be applied: the fault suite lost one so (the watcher logged "idle" for
+    180 s while the file held a new max_ongoing_requests).
     A failed apply for a new config or a returning worker is logged and retried on the next
     poll (the view it failed on is not remembered), so one bad moment never stops the watcher;
     a failed app is re-applied on `backoff`'s schedule, whether the last re-apply raised or not."""
     backoff = backoff or AppBackoff()
     before = observe()
+    if deployed_digest is not None:
+        before = replace(before, config_digest=deployed_digest)
     n = 0
     while polls is None or n < polls:
         n += 1

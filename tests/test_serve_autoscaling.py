@@ -250,6 +250,10 @@ def test_the_gate_serves_while_one_replica_runs_and_says_waking_only_at_none(mon
     # the contrast the gate exists for: hosts up and no engine replica at all
     monkeypatch.setattr(serve, "status", lambda: status({"STARTING": 2}))
     assert serve_app._ray_state("BearerOpenAiIngress") == serve_app.WAKING
+    # a restarted Serve controller re-attaching the live replicas: they serve, nothing is waking
+    for live in ("RECOVERING", "UPDATING", "PENDING_MIGRATION"):
+        monkeypatch.setattr(serve, "status", lambda live=live: status({live: 1, "STARTING": 1}))
+        assert serve_app._ray_state("BearerOpenAiIngress") == serve_app.SERVING, live
 
 
 def test_status_says_serving_with_a_released_replica_and_readiness_still_counts_its_hosts(monkeypatch):

@@ -64,6 +64,27 @@ def test_loop_applies_once_per_event_and_retries_a_failed_apply(tmp_path):
     assert any("retrying" in line for line in logs)
 
 
+def test_a_file_rewritten_during_the_first_deploy_is_applied_at_the_first_poll(tmp_path):
+    """The first observation comes after the watcher's own first deploy, which may take minutes:
+    its baseline is the digest of the bytes that deploy read, not of the file at that moment."""
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("applications: [old]\n")
+    deployed = file_digest(str(cfg))  # what the first deploy read ...
+    cfg.write_text("applications: [new]\n")  # ... then a config-only change landed while it ran
+
+    def observe():
+        return WatchView(file_digest(str(cfg)), dict(A))
+
+    applied: list[str] = []
+    watch(observe, applied.append, interval=0, polls=3, sleep=lambda s: None, deployed_digest=deployed)
+    assert applied == ["the Serve config changed"]  # once: the view it applied becomes the baseline
+    # without the deployed digest the rewritten file is the baseline and is never applied (the
+    # fault suite's lost config-only change)
+    applied.clear()
+    watch(observe, applied.append, interval=0, polls=3, sleep=lambda s: None)
+    assert applied == []
+
+
 def test_a_restarted_deploy_skips_the_preflight_once_an_app_is_deployed():
     assert preflight_needed({})  # the first deploy (or the dashboard is not up yet)
     assert not preflight_needed({"llm": "RUNNING"})  # the engine holds the GPUs
