@@ -71,11 +71,14 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 ROUTINGS = ("pow2", "prefix")
 # Ray Serve LLM's LLMServer batches a streaming response's chunks (ray.llm's Batcher): it waits a
 # whole interval before it yields the first batch, so a streamed request's first token waits up
-# to this long in the replica (issue #29). Rendered explicitly at Ray's default (50 ms): 0 (each
-# chunk as the engine makes it) was measured worse here in one run, in TTFT and tokens/s alike
-# (more, smaller stream items through the ingress and the proxy on 2 shared cores), see
-# benchmarks/RESULTS.md; `bench_local_serving.py --before-interval-ms` compares values.
-STREAM_BATCHING_MS = 50
+# to this long in the replica (issue #29). Ray's default is 50 ms. Measured on one cluster in two
+# runs (benchmarks/RESULTS.md, 2026-12-07 10:25 and 10:48, vLLM's own benchmark client, short
+# prompts): 10 ms cut the median TTFT at concurrency 1 from 66-67 ms to 26-29 ms, with output
+# tokens/s within the runs' noise at concurrency 1 and 1-13% lower at 4; 0 (every token its own
+# stream item through the ingress and the proxy) cut TTFT to 19 ms but lost 9-21% of tokens/s.
+# A GPU host has the cores for the per-chunk work; a reasoning model's reader waits on the first
+# token. `benchmarks/bench_local_serving.py --intervals` compares values on one cluster.
+STREAM_BATCHING_MS = 10
 # The engine kwargs llmfleet renders that are vLLM FrontendArgs fields, not EngineArgs ones.
 FRONTEND_KWARGS = ("enable_auto_tool_choice", "tool_call_parser")
 # Ray Serve LLM's prefix-cache-aware router (public: ray.serve.llm.request_router).
