@@ -343,12 +343,14 @@ class ServingGate:
         return counted
 
 
-# A restarted Serve controller (killed, or a head back on the GCS's Redis) re-broadcasts each
-# deployment's replicas; for a few seconds the ingress's router for the engine deployment holds
-# `is_available=False` (ray/serve/_private/deployment_state.py, broadcast_running_replicas_if_changed)
-# and fails every request at once with DeploymentUnavailableError, which Ray Serve LLM answers
-# 503 (the fault suite: 22 of 65 requests in a 5.6 s window). Such a request was never assigned
-# to a replica (router.py raises before it picks one), so calling again is safe: nothing ran.
+# While Serve holds the engine deployment unavailable to a router (`is_available=False` in its
+# broadcast targets: ray/serve/_private/deployment_state.py, broadcast_running_replicas_if_changed,
+# e.g. between a failed rolling update and its surviving replicas being seen), the ingress's handle
+# call raises DeploymentUnavailableError at once and Ray Serve LLM answers 503. Such a request was
+# never assigned to a replica (router.py raises before it picks one), so calling again is safe:
+# nothing ran. Defensive: the fault suite's killed-controller 503s turned out to be this gate's own
+# "waking" answer (LIVE_REPLICA_STATES, below), not this error; the whole fault run of record ran
+# with this retry in place.
 UNAVAILABLE_RETRY_S = 15.0  # then Serve's own 503: a deployment that really failed says so
 UNAVAILABLE_BACKOFF_S = (0.1, 1.0)  # first wait, longest wait (doubling)
 
