@@ -831,21 +831,22 @@ def _build_direct(args: dict[str, Any]) -> Any:
     proxy routes each request to a replica with the deployment's request router (pow2 or
     llmfleet:routing's), one handle hop, and the replica's vLLM app streams the answer."""
     from ray import serve
-    from ray.serve.llm import LLMServingArgs, build_llm_deployment
+    from ray.serve.llm import LLMServingArgs, build_llm_deployment  # pyright: ignore[reportUnknownVariableType] - Ray annotates bind_kwargs as a bare dict
 
     bind, serving = parse_direct_args(args)
     cfg = LLMServingArgs.model_validate(serving)
-    (llm,) = cfg.llm_configs  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType] - validated into LLMConfigs
-    server_cls: Any = llm.server_cls  # pyright: ignore[reportUnknownMemberType] - Ray resolves the import path
+    llm = cast(Any, cfg.llm_configs[0])  # pyright: ignore[reportUnknownMemberType] - an LLMConfig once validated (Ray's annotation keeps the input union)
+    server_cls: Any = llm.server_cls  # Ray resolved the import path
     if not (isinstance(server_cls, type) and issubclass(server_cls, _live_server())):
         name = getattr(server_cls, "__qualname__", repr(server_cls))
         raise AppArgsError(
             f"build_app args: llm_configs[0].server_cls = {name} with direct_streaming: allowed: "
             f"{LIVE_SERVER_CLS} or a subclass of it (the bearer gate must wrap the engine's app)"
         )
+    ingress = cast(Any, serve.ingress()(server_cls))  # pyright: ignore[reportUnknownMemberType] - Serve's decorator is untyped
     return build_llm_deployment(
-        llm,  # pyright: ignore[reportUnknownArgumentType] - as above
+        llm,
         name_prefix="LLMServer:",  # the wrapper's own name would be Serve's, not the class's
         bind_kwargs=bind,
-        deployment_cls=serve.ingress()(server_cls),
+        deployment_cls=ingress,
     )
