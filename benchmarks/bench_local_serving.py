@@ -31,7 +31,10 @@ concurrencies, and the breakdown each): the rendered config entered at the worke
 (`local up` runs a proxy and a gated ingress replica on every node as root, so a request can
 enter on its replica's host), and, redeployed through the deploy watcher, each `--intervals`
 value of Ray Serve LLM's stream batching (`stream_batching_interval_ms`; rendered: Ray's 50)
-entered at the head's and at the worker's proxy.
+entered at the head's and at the worker's proxy. `--direct`: last, the same cluster redeployed as
+direct streaming (`direct_streaming: true`: the LLMServer replica's own gated vLLM app is the
+ingress, `local up -c llmfleet:directStreaming=true`), measured the same way, its breakdown
+proxy -> LLMServer replica -> first token.
 """
 
 from __future__ import annotations
