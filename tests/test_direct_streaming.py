@@ -157,6 +157,25 @@ def test_local_up_refuses_direct_streaming_with_lora_prefix_routing_or_ingress_o
     check_direct(UpOptions(lora=True, routing="prefix"))  # off: nothing refused
 
 
+def test_local_up_takes_direct_streaming_as_a_json_boolean_only(capsys):
+    import typer
+
+    from infra.commands.local import DIRECT_KEY, _serving_options
+
+    assert _serving_options([f"{DIRECT_KEY}=true"]) == {DIRECT_KEY: True}
+    assert _serving_options([f"{DIRECT_KEY}=false", 'llmfleet:engineArgs={"a": 1}']) == {
+        DIRECT_KEY: False,
+        "llmfleet:engineArgs": {"a": 1},
+    }
+    for bad, want in (
+        ("1", "= 1: allowed: true or false"),
+        ("yes", "= 'yes': not valid JSON; allowed: true or false"),
+    ):
+        with pytest.raises(typer.Exit) as e:
+            _serving_options([f"{DIRECT_KEY}={bad}"])
+        assert e.value.exit_code == 2 and want in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the gated class (no cluster)
 
 
