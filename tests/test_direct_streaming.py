@@ -263,7 +263,9 @@ def test_the_app_is_the_llm_server_alone_as_the_ingress(direct):
     assert serve_app.is_direct(args) and direct["doc"]["token"] not in json.dumps(args)
     apps = serve_rest.serve_document(f"http://{st.hosts[0].ip}:{st.ports.dashboard}")["applications"]
     [app] = apps.values()
-    assert app["status"] == "RUNNING" and list(app["deployments"]) == [f"LLMServer:{MODEL_ID}"]
+    assert app["status"] == "RUNNING" and list(app["deployments"]) == [
+        "LLMServer:" + MODEL_ID.replace("/", "--")
+    ]
 
 
 ROUTES = [
