@@ -247,7 +247,7 @@ def direct(tmp_path_factory):
     try:
         r = cli("up", "--name", name, "--hosts", "2", "--subnet", str(subnet), "--port", str(free_port()),
                 "--mode", mode, "-c", "llmfleet:directStreaming=true", "--json", env=env, timeout=900)  # fmt: skip
-        assert r.returncode == 0, f"local up failed: {r.stderr[-2000:]}"
+        assert r.returncode == 0, f"local up failed: {r.stdout[-2000:]} {r.stderr[-2000:]}"
         yield {"name": name, "env": env, "doc": json.loads(r.stdout), "st": state.load_state(name, sd)}
     finally:
         cli("down", "--name", name, env=env, timeout=120)
