@@ -31,7 +31,10 @@ concurrencies, and the breakdown each): the rendered config entered at the worke
 (`local up` runs a proxy and a gated ingress replica on every node as root, so a request can
 enter on its replica's host), and, redeployed through the deploy watcher, each `--intervals`
 value of Ray Serve LLM's stream batching (`stream_batching_interval_ms`; rendered: Ray's 50)
-entered at the head's and at the worker's proxy.
+entered at the head's and at the worker's proxy. `--direct`: last, the same cluster redeployed as
+direct streaming (`direct_streaming: true`: the LLMServer replica's own gated vLLM app is the
+ingress, `local up -c llmfleet:directStreaming=true`), measured the same way, its breakdown
+proxy -> LLMServer replica -> first token.
 """
 
 from __future__ import annotations
@@ -219,13 +222,17 @@ def hop_of(e: dict) -> str | None:
     return None
 
 
-def breakdown(requests: list[dict], entries: list[dict]) -> dict:
+def breakdown(requests: list[dict], entries: list[dict], direct: bool = False) -> dict:
     """Median per hop (ms) over the requests found in all three access logs.
 
     `requests`: the client's {request_id, sent, first} (epoch seconds). The ingress's and the
     LLMServer's lines carry the proxy's request id when Serve propagates it; otherwise the one
     line of that hop inside the proxy's interval (the requests are sequential) is taken.
+    `direct`: the app is direct streaming (the LLMServer replica is the HTTP ingress, so the
+    replica's POST line is the LLMServer's and there is no CALL hop): two logs, not three.
     """
+    if direct:
+        return _direct_breakdown(requests, entries)
     by_hop: dict[str, list[dict]] = {"proxy": [], "ingress": [], "llm": []}
     for e in entries:
         if (h := hop_of(e)) is not None:
@@ -262,6 +269,35 @@ def breakdown(requests: list[dict], entries: list[dict]) -> dict:
     n = len(hops["client -> proxy start"])
     return {
         "matched": n,
+        "requests": len(requests),
+        "median_ms": {k: round(statistics.median(v) * 1000, 1) if v else None for k, v in hops.items()},
+    }
+
+
+def _direct_breakdown(requests: list[dict], entries: list[dict]) -> dict:
+    proxy = [e for e in entries if hop_of(e) == "proxy"]
+    server = [e for e in entries if hop_of(e) == "ingress"]  # the LLMServer replica's own POST line
+    hops: dict[str, list[float]] = {
+        "client -> proxy start": [],
+        "proxy -> LLMServer replica start (direct)": [],
+        "LLMServer replica start -> first token at the client": [],
+        "first token at the client (TTFT)": [],
+    }
+    for r in requests:
+        p = next((e for e in proxy if e["request_id"] == r["request_id"]), None)
+        if p is None:
+            continue
+        same = [e for e in server if e["request_id"] == r["request_id"]]
+        inside = [e for e in server if p["start"] - 0.002 <= e["start"] <= p["end"] + 0.002]
+        ll = same[0] if same else (inside[0] if len(inside) == 1 else None)
+        if ll is None:
+            continue
+        hops["client -> proxy start"].append(p["start"] - r["sent"])
+        hops["proxy -> LLMServer replica start (direct)"].append(ll["start"] - p["start"])
+        hops["LLMServer replica start -> first token at the client"].append(r["first"] - ll["start"])
+        hops["first token at the client (TTFT)"].append(r["first"] - r["sent"])
+    return {
+        "matched": len(hops["client -> proxy start"]),
         "requests": len(requests),
         "median_ms": {k: round(statistics.median(v) * 1000, 1) if v else None for k, v in hops.items()},
     }
@@ -435,15 +471,31 @@ def set_interval(doc: dict, ms: float) -> dict:
     return doc
 
 
-def redeploy_with_interval(st: state.LocalState, ms: float) -> int:
+def set_direct(doc: dict) -> dict:
+    """The Serve config as direct streaming: each app's args are its LLMConfigs, the token's env
+    name and `direct_streaming: true` (what infra.rayconf.serve_config renders for
+    ServeInputs.direct_streaming; the ingress's own args go)."""
+    for app in doc["applications"]:
+        a = app["args"]
+        app["args"] = {
+            "llm_configs": a["llm_configs"],
+            "api_token_env": a["api_token_env"],
+            "direct_streaming": True,
+        }
+    return doc
+
+
+def redeploy_with_interval(st: state.LocalState, ms: float, direct: bool = False) -> int:
     """The deploy watcher re-applies the rewritten config file (the LLMServer replica restarts);
-    the seconds until Serve runs it."""
+    the seconds until Serve runs it. `direct`: as direct streaming (set_direct)."""
     import yaml
 
     from ray_cluster import serve_rest
+    from ray_cluster.serve_app import is_direct
 
     path = Path(st.serve_config)
-    path.write_text(yaml.safe_dump(set_interval(yaml.safe_load(path.read_text()), ms), sort_keys=False))
+    doc = set_interval(yaml.safe_load(path.read_text()), ms)
+    path.write_text(yaml.safe_dump(set_direct(doc) if direct else doc, sort_keys=False))
     dash = f"http://{st.hosts[0].ip}:{st.ports.dashboard}"
     t0 = time.monotonic()
     while True:
@@ -458,13 +510,16 @@ def redeploy_with_interval(st: state.LocalState, ms: float) -> int:
                 for c in ((a.get("deployed_app_config") or {}).get("args") or {}).get("llm_configs") or []
             ]
             == [ms]
+            and is_direct((a.get("deployed_app_config") or {}).get("args")) == direct
             and all(d.get("status") == "HEALTHY" for d in (a.get("deployments") or {}).values())
             for a in apps.values()
         )
         if done:
             return round(time.monotonic() - t0)
         if time.monotonic() - t0 > 600:
-            raise RuntimeError(f"the app did not run with stream_batching_interval_ms {ms} within 600 s")
+            raise RuntimeError(
+                f"the app did not run with stream_batching_interval_ms {ms}{' direct' if direct else ''} within 600 s"
+            )
         time.sleep(3)
 
 
@@ -476,6 +531,7 @@ def measure_variant(
     args: argparse.Namespace,
     seed: int,
     st: state.LocalState,
+    direct: bool = False,
 ) -> dict:
     """The short shape at the lowest two concurrencies and the per-hop breakdown, through `base`."""
     steps = []
@@ -485,7 +541,7 @@ def measure_variant(
     seq = asyncio.run(sequential_ttft(base, token, args.hop_requests))
     time.sleep(2)
     try:
-        hops = breakdown(seq, access_entries(Path(st.temp_dir)))
+        hops = breakdown(seq, access_entries(Path(st.temp_dir)), direct=direct)
     except (OSError, ValueError) as e:
         hops = {"matched": 0, "requests": len(seq), "median_ms": {}, "error": str(e)}
     return {"label": label, "base_url": base, "steps": steps, "breakdown": hops}
@@ -514,6 +570,19 @@ def run_variants(
         for where, b in entries:
             seed += 100
             v = measure_variant(f"{where}'s proxy, interval {ms:g} ms", b, token, tokenizer, args, seed, st)
+            v["redeploy_s"] = redeploy_s
+            out.append(v)
+            save_partial(args, "variants", {"done": out})
+    if getattr(args, "direct", False):
+        # Last: the access logs then hold the direct app's lines after every earlier variant's.
+        # Ray Serve LLM's stream batching is the LLMServer's handle path; vLLM's own app streams
+        # without it, so one interval (the rendered one) stands for all.
+        redeploy_s = redeploy_with_interval(st, rendered, direct=True)
+        for where, b in entries:
+            seed += 100
+            v = measure_variant(
+                f"{where}'s proxy, direct streaming", b, token, tokenizer, args, seed, st, True
+            )
             v["redeploy_s"] = redeploy_s
             out.append(v)
             save_partial(args, "variants", {"done": out})
@@ -646,6 +715,12 @@ def main() -> None:
         default=[0.0, 50.0],  # below the rendered 10 ms, and Ray's own default
         help="then, on the same cluster, redeploy with Ray Serve LLM's stream batching interval at each "
         "value (ms) and measure the short shape through the head's and the worker's proxy",
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="last, redeploy the same cluster with direct streaming (the LLMServer replica's own gated "
+        "vLLM app is the ingress; `local up -c llmfleet:directStreaming=true`) and measure it the same way",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--json-out", type=Path, help="also write the machine-readable result here")

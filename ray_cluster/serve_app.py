@@ -49,12 +49,16 @@ from ray_cluster.contract import (
     ENGINE_LIVENESS_TIMEOUT_S,
     ENV_NAME_RE,
     GPU_MODEL_PREFIX,
+    LIVE_SERVER_CLS,
 )
 from ray_cluster.schedule import Schedule, ScheduleError, parse_schedule, retry_after_s
 
 GATED_INGRESS = "ray_cluster.serve_app:BearerOpenAiIngress"
-# Ray Serve LLM's switch that makes LLMServer itself the ingress, skipping any ingress class:
-# with it set, no gate could be in front of the engine.
+# Ray Serve LLM's own switch for direct streaming. In Ray 2.60 its builder attaches an "ingress
+# request router" (LLMRouter) that Serve builds only with HAProxy in front
+# (RAY_SERVE_ENABLE_HA_PROXY=1 in the controller's environment; serve/_private/build_app.py
+# raises otherwise), and it skips any ingress class. The app arg `direct_streaming` is this
+# module's way to the same LLMServer-as-ingress shape, gated, behind Serve's own proxy.
 DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
 
 
@@ -460,12 +464,8 @@ def _ray_state(own_deployment: str | None) -> str:
 # ---------------------------------------------------------------- args (pure)
 
 
-def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(token env name, LLMServingArgs dict with the gated ingress); one-line AppArgsError.
-
-    `ingress_cls_config.ingress_cls` may name BearerOpenAiIngress or a subclass of it; anything
-    else could not be gated and is refused. `ingress_extra_kwargs` pass through."""
-    args = dict(args or {})
+def _token_env(args: dict[str, Any]) -> str:
+    """Pop and check `api_token_env` (and refuse a token value in the args)."""
     if "api_token" in args:
         raise AppArgsError(
             "build_app args: key 'api_token' is not allowed; put the token in an env var and pass api_token_env"
@@ -478,8 +478,28 @@ def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         )
     if os.environ.get(DIRECT_STREAMING_ENV, "0") == "1":
         raise AppArgsError(
-            f"{DIRECT_STREAMING_ENV}=1 makes the engine the ingress, with no bearer gate; allowed: unset or 0"
+            f"{DIRECT_STREAMING_ENV}=1 makes the engine the ingress, with no bearer gate; allowed: unset "
+            "or 0 (the app arg direct_streaming: true serves the engine's own app, gated)"
         )
+    return env_name
+
+
+def _direct_flag(args: dict[str, Any]) -> bool:
+    flag = args.pop("direct_streaming", False)
+    if not isinstance(flag, bool):
+        raise AppArgsError(f"build_app args: direct_streaming = {flag!r}: allowed: true or false")
+    return flag
+
+
+def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(token env name, LLMServingArgs dict with the gated ingress); one-line AppArgsError.
+
+    `ingress_cls_config.ingress_cls` may name BearerOpenAiIngress or a subclass of it; anything
+    else could not be gated and is refused. `ingress_extra_kwargs` pass through."""
+    args = dict(args or {})
+    env_name = _token_env(args)
+    if _direct_flag(args):
+        raise AppArgsError("build_app args: direct_streaming = True: build it with parse_direct_args")
     icc: dict[str, Any] | Any = args.get("ingress_cls_config") or {}
     if not isinstance(icc, dict):
         raise AppArgsError(
@@ -518,6 +538,46 @@ def parse_args(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "ingress_extra_kwargs": extra,
     }
     return env_name, args
+
+
+# What the ingress does that the engine's own app (direct streaming) cannot: each refused with
+# why, rather than silently dropped. The engine replica runs on a worker host, so a file it
+# touched would not be the head's (idle stop reads the head's), and while the workers sleep
+# there is no replica to answer the 503 that names the schedule's next opening.
+_DIRECT_REFUSED = {
+    "schedule": "the asleep 503 that names the next opening is the OpenAI ingress's; "
+    "with direct streaming there is no replica while asleep",
+    "activity_file": "the engine replica runs on a worker host; idle stop reads the head's file",
+    "ingress_cls_config": "the engine's own app is the ingress (Ray refuses an ingress class with direct streaming)",
+    "ingress_deployment_config": "the engine's own app is the ingress; set its options on the LLMConfig's deployment_config",
+}
+
+
+def is_direct(args: Mapping[str, Any] | None) -> bool:
+    """The app args ask for direct streaming (`direct_streaming: true`)."""
+    return (args or {}).get("direct_streaming") is True
+
+
+def parse_direct_args(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the gated LLMServer's bind kwargs, the LLMServingArgs dict) for `direct_streaming: true`;
+    one-line AppArgsError for what the direct path cannot honour (Ray's own direct builder
+    refuses the same: one model, no ingress class, no ingress options)."""
+    args = dict(args or {})
+    env_name = _token_env(args)
+    if not _direct_flag(args):
+        raise AppArgsError("build_app args: direct_streaming = False: build it with parse_args")
+    for key, why in _DIRECT_REFUSED.items():
+        if args.get(key):
+            raise AppArgsError(f"build_app args: {key} with direct_streaming: not allowed; {why}")
+        args.pop(key, None)
+    configs = args.get("llm_configs")
+    if not isinstance(configs, list) or len(configs) != 1:  # pyright: ignore[reportUnknownArgumentType] - the Serve config's YAML list
+        n = len(configs) if isinstance(configs, list) else configs  # pyright: ignore[reportUnknownArgumentType] - as above
+        raise AppArgsError(
+            f"build_app args: llm_configs with direct_streaming: {n!r} models; allowed: exactly one "
+            "(the engine's own app serves one model)"
+        )
+    return {"api_token_env": env_name}, args
 
 
 def _check_gated(cls: Any) -> None:
@@ -660,14 +720,50 @@ def _live_server() -> type:
     """LLMServer: Ray Serve LLM's LLMServer whose health check also round-trips to the engine
     core (engine_liveness). Named LLMServer, like its base, because Ray Serve LLM names the
     deployment after the class (`LLMServer:<model>`): dashboards, `serveOptions` and the tools
-    that find the deployment by that prefix keep working."""
+    that find the deployment by that prefix keep working.
+
+    Direct streaming (`direct_streaming: true`, build_app): the same class, wrapped by
+    `serve.ingress()`, is the app's HTTP ingress, and the app it serves is vLLM's own FastAPI
+    app, built in the replica after the engine starts (Ray's `__serve_build_asgi_app__`). Serve
+    hands that app to `_set_asgi_app` (ray/serve/_private/replica.py,
+    `_initialize_asgi_callable`), where the bearer gate goes around it, as on the ingress. The
+    token is read in the replica (`api_token_env`, bound by build_app): a replica without it
+    never starts, and one serving HTTP without the gate in front fails its health check."""
     global _LIVE
     if _LIVE is not None:
         return _LIVE
+    from ray.serve._private.http_util import ASGIAppReplicaWrapper
     from ray.serve.llm.deployment import LLMServer as RayLLMServer
 
+    if not hasattr(ASGIAppReplicaWrapper, "_set_asgi_app"):
+        raise RuntimeError(
+            "this Ray has no ASGIAppReplicaWrapper._set_asgi_app; the bearer gate cannot attach"
+        )
+
     class LLMServer(RayLLMServer):
+        async def __init__(self, *args: Any, api_token_env: str | None = None, **kwargs: Any):
+            # Bound only when this class is the HTTP ingress: read here, in the replica process,
+            # so the token is in no config and no app graph; without it the replica fails to start.
+            self._bearer_token = load_token(api_token_env) if api_token_env is not None else None
+            await super().__init__(*args, **kwargs)  # pyright: ignore[reportUnknownMemberType] - Ray's async constructor
+
+        def _set_asgi_app(self, app: Any) -> None:
+            # Reached only as `serve.ingress()(LLMServer)`, whose MRO ends in ASGIAppReplicaWrapper.
+            token = getattr(self, "_bearer_token", None)
+            if not token:
+                raise RuntimeError(
+                    "LLMServer serves HTTP only behind the bearer gate: build it with "
+                    "direct_streaming and api_token_env (ray_cluster.serve_app.build_app)"
+                )
+            # No ServingGate: a replica that answers is an engine that runs (asleep, there is no
+            # replica), and the activity file is the head's (parse_direct_args refuses both).
+            super()._set_asgi_app(BearerGate(install_openai_errors(app), token))  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType] - ASGIAppReplicaWrapper's, bound by serve.ingress
+
         async def check_health(self) -> None:
+            if isinstance(self, ASGIAppReplicaWrapper) and not isinstance(
+                getattr(self, "_asgi_app", None), BearerGate
+            ):
+                raise RuntimeError("bearer gate is not in front of the engine's app (direct streaming)")
             await super().check_health()  # the engine died: vLLM's own flag, Ray's message
             if getattr(self, "engine", None) is not None:  # None until the engine started
                 await engine_liveness(self.engine)
@@ -675,7 +771,8 @@ def _live_server() -> type:
     # Importable by name (module __getattr__ below), so replicas unpickle it by reference.
     LLMServer.__module__ = __name__
     LLMServer.__qualname__ = "LLMServer"
-    LLMServer.check_health.__qualname__ = "LLMServer.check_health"
+    for fn in ("__init__", "_set_asgi_app", "check_health"):
+        getattr(LLMServer, fn).__qualname__ = f"LLMServer.{fn}"
     _LIVE = LLMServer  # pyright: ignore[reportConstantRedefinition] - the class, built once per process
     return _LIVE
 
@@ -728,10 +825,41 @@ def __getattr__(name: str) -> Any:
 
 
 def build_app(args: dict[str, Any]):
-    """Serve application builder: `ray.serve.llm.build_openai_app` with the gated ingress."""
+    """Serve application builder: `ray.serve.llm.build_openai_app` with the gated ingress, or
+    with `direct_streaming: true` the gated LLMServer as the ingress itself."""
+    if is_direct(args):
+        return _build_direct(args)
     from ray.serve.llm import LLMServingArgs, build_openai_app  # pyright: ignore[reportUnknownVariableType] - Ray annotates its argument as a bare dict
 
     _, serving = parse_args(args)
     cfg = LLMServingArgs.model_validate(serving)
     _check_gated(cfg.ingress_cls_config.ingress_cls)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType] - Ray's annotation says dict; validated into a model
     return build_openai_app(cfg)  # pyright: ignore[reportArgumentType] - accepts LLMServingArgs (Ray's annotation says dict)
+
+
+def _build_direct(args: dict[str, Any]) -> Any:
+    """The LLMServer deployment as the app's ingress: what Ray 2.60's direct-streaming builder
+    (`_build_direct_streaming_llm_deployment`) makes, `serve.ingress()(server_cls)` through the
+    public `build_llm_deployment`, without its HAProxy-only ingress request router: Serve's own
+    proxy routes each request to a replica with the deployment's request router (pow2 or
+    llmfleet:routing's), one handle hop, and the replica's vLLM app streams the answer."""
+    from ray import serve
+    from ray.serve.llm import LLMServingArgs, build_llm_deployment  # pyright: ignore[reportUnknownVariableType] - Ray annotates bind_kwargs as a bare dict
+
+    bind, serving = parse_direct_args(args)
+    cfg = LLMServingArgs.model_validate(serving)
+    llm = cast(Any, cfg.llm_configs[0])  # pyright: ignore[reportUnknownMemberType] - an LLMConfig once validated (Ray's annotation keeps the input union)
+    server_cls: Any = llm.server_cls  # Ray resolved the import path
+    if not (isinstance(server_cls, type) and issubclass(server_cls, _live_server())):
+        name = getattr(server_cls, "__qualname__", repr(server_cls))
+        raise AppArgsError(
+            f"build_app args: llm_configs[0].server_cls = {name} with direct_streaming: allowed: "
+            f"{LIVE_SERVER_CLS} or a subclass of it (the bearer gate must wrap the engine's app)"
+        )
+    ingress = cast(Any, serve.ingress()(server_cls))  # pyright: ignore[reportUnknownMemberType] - Serve's decorator is untyped
+    return build_llm_deployment(
+        llm,
+        name_prefix="LLMServer:",  # the wrapper's own name would be Serve's, not the class's
+        bind_kwargs=bind,
+        deployment_cls=ingress,
+    )

@@ -129,3 +129,47 @@ def test_worker_endpoint_is_the_first_workers_own_proxy_in_netns_mode_only():
     assert b.worker_endpoint(st) == "http://10.7.0.2:8123"
     assert b.worker_endpoint(NS(endpoint=st.endpoint, hosts=hosts, mode="loopback")) is None
     assert b.worker_endpoint(NS(endpoint=st.endpoint, hosts=hosts[:1], mode="netns")) is None
+
+
+def test_direct_breakdown_is_proxy_then_the_llm_servers_own_post_line():
+    # direct streaming: the LLMServer replica is the HTTP ingress, so its line is a POST and
+    # there is no CALL hop; an earlier ingress run's CALL line in the same logs is not taken for it
+    server = "INFO 2026-12-07 01:20:00,166 default_LLMServer:x def456 rid-1 -- POST / 200 60.0ms"
+    log = entries(
+        (PROXY, "proxy_10.99.7.10.log"),
+        (server, "replica_default_LLMServer_def456.log"),
+        (LLM.replace("rid-1", "rid-0"), "replica_default_LLMServer_def456.log"),
+    )
+    p_start = ts("2026-12-07 01:20:00,169") - 0.0695
+    req = {"request_id": "rid-1", "sent": p_start - 0.001, "first": p_start + 0.050}
+    res = b.breakdown([req], log, direct=True)
+    m = res["median_ms"]
+    assert res["matched"] == 1 and list(m) == [
+        "client -> proxy start",
+        "proxy -> LLMServer replica start (direct)",
+        "LLMServer replica start -> first token at the client",
+        "first token at the client (TTFT)",
+    ]
+    assert m["proxy -> LLMServer replica start (direct)"] == pytest.approx(6.5, abs=0.05)
+    assert m["LLMServer replica start -> first token at the client"] == pytest.approx(43.5, abs=0.05)
+    assert sum(v for k, v in m.items() if "TTFT" not in k) == pytest.approx(
+        m["first token at the client (TTFT)"], abs=0.2
+    )
+    # by the one line inside the proxy's interval when the ids differ
+    other = entries(
+        (PROXY, "proxy_x.log"), (server.replace("rid-1", "internal-3"), "replica_default_LLMServer_d.log")
+    )
+    assert b.breakdown([req], other, direct=True)["matched"] == 1
+
+
+def test_set_direct_keeps_the_engine_and_the_token_env_and_drops_the_ingress_args():
+    from ray_cluster.serve_app import is_direct
+
+    cfgs = [{"model_loading_config": {"model_id": "m"}}]
+    doc = {"applications": [{"name": "llm", "args": {
+        "llm_configs": cfgs, "api_token_env": "T", "activity_file": "/tmp/a",
+        "ingress_deployment_config": {"num_replicas": 2},
+    }}]}  # fmt: skip
+    out = b.set_direct(doc)["applications"][0]
+    assert out["args"] == {"llm_configs": cfgs, "api_token_env": "T", "direct_streaming": True}
+    assert out["name"] == "llm" and is_direct(out["args"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -138,24 +138,31 @@ def _hosts_table(rows: list[dict], title: str) -> Table:
     return fitted_table(console, cols, table, title=title)
 
 
-def _serving_options(items: list[str]) -> dict[str, dict]:
-    """`-c KEY=JSON` of local up: only the two serving maps (the rest of a stack has no local meaning)."""
+# Local only: the engine replica's own vLLM app, gated in the replica, is the HTTP ingress
+# (ray_cluster.serve_app, direct streaming); not a stack key (infra/rayconf/serve_config.py says why).
+DIRECT_KEY = "llmfleet:directStreaming"
+
+
+def _serving_options(items: list[str]) -> dict[str, Any]:
+    """`-c KEY=JSON` of local up: the two serving maps and directStreaming (the rest of a stack
+    has no local meaning)."""
     import json
 
-    out: dict[str, dict] = {}
+    out: dict[str, Any] = {}
     for item in items:
         try:
             key, value = parse_override(item)
         except ConfigError as e:
             fail(str(e))
-        if key not in (ENGINE_KEY, SERVE_KEY):
-            fail(f"-c {key}: allowed with local up: {ENGINE_KEY}, {SERVE_KEY}")
+        if key not in (ENGINE_KEY, SERVE_KEY, DIRECT_KEY):
+            fail(f"-c {key}: allowed with local up: {ENGINE_KEY}, {SERVE_KEY}, {DIRECT_KEY}")
+        allowed = "true or false" if key == DIRECT_KEY else "a JSON mapping"
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
-            fail(f"{key} = {value!r}: not valid JSON; allowed: a JSON mapping")
-        if not isinstance(parsed, dict):
-            fail(f"{key} = {value}: allowed: a JSON mapping")
+            fail(f"{key} = {value!r}: not valid JSON; allowed: {allowed}")
+        if not isinstance(parsed, bool if key == DIRECT_KEY else dict):
+            fail(f"{key} = {value}: allowed: {allowed}")
         out[key] = parsed
     return out
 
@@ -205,7 +212,8 @@ def up_cmd(
             "--config",
             "-c",
             metavar="KEY=JSON",
-            help="llmfleet:engineArgs=JSON or llmfleet:serveOptions=JSON, as on a stack (repeatable).",
+            help="llmfleet:engineArgs=JSON or llmfleet:serveOptions=JSON, as on a stack, or "
+            "llmfleet:directStreaming=true (the engine's own app is the gated ingress) (repeatable).",
         ),
     ] = None,
     routing: Annotated[
@@ -252,7 +260,8 @@ def up_cmd(
     opts = UpOptions(hosts, tp, pp, port, mode, name, subnet, timeout, image=image, gcs_redis=gcs_redis,
                      engine_args=options.get("llmfleet:engineArgs", {}),
                      serve_options=options.get("llmfleet:serveOptions", {}), routing=routing,
-                     model=model, train_hosts=train_hosts, lora=lora)  # fmt: skip
+                     model=model, train_hosts=train_hosts, lora=lora,
+                     direct_streaming=options.get(DIRECT_KEY, False))  # fmt: skip
     progress, on_stage = _progress_stages()
     try:
         with progress:

@@ -95,6 +95,8 @@ from infra.local.state import (
 )
 from infra.local.status import healthy
 from infra.local.tiny_model import MODEL_ID, check_model_id
+from infra.rayconf.serve_config import DIRECT_LOSES
+from infra.stack.engine_options import ingress_options
 from ray_cluster.contract import ACTIVITY_PATH_RE
 from ray_cluster.node import NodeError, deployed_marker, wait_for_tcp
 
@@ -149,9 +151,27 @@ class UpOptions:
     train_hosts: int = 0
     # serve LoRA adapters from the local adapters store (infra.local.adapters)
     lora: bool = False
+    # `-c llmfleet:directStreaming=true`: the engine replica's own vLLM app, gated in the
+    # replica, is the HTTP ingress (ray_cluster.serve_app, direct streaming)
+    direct_streaming: bool = False
 
 
 Progress = Callable[[str, str], None]  # (stage key, detail)
+
+
+def check_direct(o: UpOptions) -> None:
+    """Direct streaming's refusals (serve_config.DIRECT_LOSES) in local up's words, before any
+    host exists."""
+    if not o.direct_streaming:
+        return
+    ingress = sorted(ingress_options(o.serve_options))
+    for bad, why in (
+        (o.lora and "--lora", DIRECT_LOSES["lora_config"]),
+        (o.routing != "pow2" and f"--routing {o.routing}", DIRECT_LOSES["routing"]),
+        (ingress and f"llmfleet:serveOptions.ingress.{ingress[0]}", DIRECT_LOSES["ingress_options"]),
+    ):
+        if bad:
+            raise LocalError(f"{bad} with llmfleet:directStreaming=true: not allowed; {why}")
 
 
 def _node_env(token: str, st: LocalState | None = None) -> dict[str, str]:
@@ -245,6 +265,19 @@ def _check_ports_free(ip: str, ports: Ports) -> None:
                 ) from None
 
 
+def serves_direct(st: LocalState) -> bool:
+    """The cluster's Serve config (the file its deploy watcher applies) asks for direct streaming."""
+    import yaml
+
+    from ray_cluster.serve_app import is_direct
+
+    try:
+        doc = yaml.safe_load(Path(st.serve_config).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return any(is_direct(a.get("args")) for a in doc.get("applications") or [])
+
+
 def _reuse(existing: LocalState, o: UpOptions, mode: str) -> LocalState:
     """`up` on a running cluster: the same shape and healthy -> it, else one line saying why not."""
     have = existing.layout
@@ -258,6 +291,11 @@ def _reuse(existing: LocalState, o: UpOptions, mode: str) -> LocalState:
             f"--pp {have.pp} --port {existing.ports.http} --routing {routing} "
             f"--model {existing.model} --train-hosts {have_x[0]}{' --lora' if have_x[1] else ''} "
             f"({existing.mode}); run `llmfleet local down` first"
+        )
+    if serves_direct(existing) != o.direct_streaming:
+        raise LocalError(
+            f"local cluster {o.name!r} already runs with llmfleet:directStreaming="
+            f"{str(not o.direct_streaming).lower()}; run `llmfleet local down` first"
         )
     ok, why = healthy(existing)
     if not ok:
@@ -403,6 +441,7 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> LocalState:
         adapters.check_installed()
     check_options(o.engine_args, o.serve_options, layout)
     check_routing(o.routing, layout)  # before any host exists
+    check_direct(o)
     mode = containers.resolve_mode(o.mode) if o.image else resolve_mode(o.mode, hosts.is_root())
     ports = plan_ports(mode, o.subnet, o.port)
     sd = state_dir()
@@ -447,11 +486,13 @@ def up(o: UpOptions, on_stage: Progress = lambda s, d: None) -> LocalState:
             o.serve_options,
             routing=o.routing,
             # not in image mode (the container sees no state dir), nor a path the gate would refuse
+            # nor with direct streaming: idle stop's file is the ingress's (DIRECT_LOSES)
             activity_file=None
-            if o.image or not ACTIVITY_PATH_RE.fullmatch(str(paths["activity"]))
+            if o.image or o.direct_streaming or not ACTIVITY_PATH_RE.fullmatch(str(paths["activity"]))
             else str(paths["activity"]),
             lora=adapters.settings() if o.lora else None,
             every_node=every_node_serving(mode, layout),
+            direct_streaming=o.direct_streaming,
         )
         paths["serve"].write_text(yaml.safe_dump(doc, sort_keys=False))
         # A marker an earlier cluster of this name left in this machine's temp dir would make

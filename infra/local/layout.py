@@ -351,6 +351,7 @@ def render_local_serve_config(
     activity_file: str | None = None,
     lora: LoraSettings | None = None,
     every_node: bool = False,
+    direct_streaming: bool = False,
 ) -> dict:
     """The production Serve config (serve_config.render_serve_config) on the CPU device, with the
     same llmfleet:engineArgs / serveOptions a stack takes (checked by `check_options`) and the
@@ -388,6 +389,8 @@ def render_local_serve_config(
             # `--lora`: llmfleet:lora's own model (infra.local.adapters.settings) and renderer
             **lora_inputs(lora),
             ingress_every_node=ingress_hosts(layout) if every_node else 0,
+            # `-c llmfleet:directStreaming=true`: the engine replica's gated vLLM app is the ingress
+            direct_streaming=direct_streaming,
         )
     )
     if doc["proxy_location"] == "HeadOnly":

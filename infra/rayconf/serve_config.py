@@ -147,6 +147,12 @@ class ServeInputs:
     # gcsRedis stack on AWS: head + each serving worker, infra/rayconf/serving.py ingress_hosts),
     # so with the GCS on redis a worker's own proxy and ingress keep serving while the head restarts.
     ingress_every_node: int = 0
+    # Local only (`llmfleet local up -c llmfleet:directStreaming=true`): the engine replica's own
+    # vLLM app is the HTTP ingress, gated in the replica (ray_cluster.serve_app, direct
+    # streaming): one streaming hop fewer. Production keeps the OpenAI ingress: there a worker's
+    # env file holds no API token (without gcsRedis) and the ingress answers what the engine's
+    # app cannot (DIRECT_LOSES).
+    direct_streaming: bool = False
 
     def check(self) -> None:
         try:
@@ -196,6 +202,13 @@ class ServeInputs:
             )
         if not self.model_source.startswith("/"):
             raise ServeConfigError(f"model_source = {self.model_source!r}: allowed: an absolute path")
+        if self.direct_streaming:
+            for key, why in DIRECT_LOSES.items():
+                value = getattr(self, key)
+                if value and value != DIRECT_KEEPS.get(key):
+                    raise ServeConfigError(
+                        f"{key} = {getattr(self, key)!r} with direct_streaming: not allowed; {why}"
+                    )
         if self.device == "cpu":
             if self.cpu_kvcache_gib < 1:
                 raise ServeConfigError(f"cpu_kvcache_gib = {self.cpu_kvcache_gib}: allowed: an integer >= 1")
@@ -205,6 +218,18 @@ class ServeInputs:
                 raise ServeConfigError(
                     "quantization = 'fp8': allowed on device gpu only (vLLM's CPU build has no FP8 here)"
                 )
+
+
+# What the OpenAI ingress does that the engine's own app cannot, for each ServeInputs field
+# that needs it: direct streaming refuses the combination instead of dropping it silently.
+DIRECT_LOSES = {
+    "schedule": "the 503 naming the next opening comes from the ingress; asleep, no engine replica answers",
+    "activity_file": "idle stop reads the head's activity file; the engine replica runs on a worker",
+    "ingress_options": "the engine replica is the ingress; set its options in serveOptions' LLM keys",
+    "lora_config": "Ray Serve LLM resolves '<model>:<adapter>' in the ingress; the engine's app sees no multiplexed id",
+    "routing": "the proxy's call to the engine carries the raw HTTP request, not the prompt prefix routing reads",
+}
+DIRECT_KEEPS = {"routing": "pow2"}  # the one value of a DIRECT_LOSES key the direct path serves as is
 
 
 def cluster_env_vars(efa: bool) -> dict[str, str]:
@@ -322,7 +347,9 @@ def render_serve_config(i: ServeInputs) -> dict[str, Any]:
             **({"schedule": i.schedule} if i.schedule else {}),
             **({"activity_file": i.activity_file} if i.activity_file else {}),
             "ingress_deployment_config": ingress_deployment(i),
-        },
+        }
+        if not i.direct_streaming
+        else {"llm_configs": [llm_config(i)], "api_token_env": i.api_token_env, "direct_streaming": True},
     }
     return {
         # Head only: the load balancer targets the head; the ingress runs there too. Every
