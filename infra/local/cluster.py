@@ -99,6 +99,7 @@ from infra.rayconf.serve_config import DIRECT_LOSES
 from infra.stack.engine_options import ingress_options
 from ray_cluster.contract import ACTIVITY_PATH_RE
 from ray_cluster.node import NodeError, deployed_marker, wait_for_tcp
+from ray_cluster.serve_app import is_direct
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
@@ -268,8 +269,6 @@ def _check_ports_free(ip: str, ports: Ports) -> None:
 def serves_direct(st: LocalState) -> bool:
     """The cluster's Serve config (the file its deploy watcher applies) asks for direct streaming."""
     import yaml
-
-    from ray_cluster.serve_app import is_direct
 
     try:
         doc = yaml.safe_load(Path(st.serve_config).read_text()) or {}
