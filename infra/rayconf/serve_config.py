@@ -71,13 +71,13 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 ROUTINGS = ("pow2", "prefix")
 # Ray Serve LLM's LLMServer batches a streaming response's chunks (ray.llm's Batcher): it waits a
 # whole interval before it yields the first batch, so a streamed request's first token waits up
-# to this long in the replica (issue #29). Ray's default is 50 ms. Measured on one cluster in two
-# runs (benchmarks/RESULTS.md, 2026-12-07 10:25 and 10:48, vLLM's own benchmark client, short
-# prompts): 10 ms cut the median TTFT at concurrency 1 from 66-67 ms to 26-29 ms, with output
-# tokens/s within the runs' noise at concurrency 1 and 1-13% lower at 4; 0 (every token its own
-# stream item through the ingress and the proxy) cut TTFT to 19 ms but lost 9-21% of tokens/s.
-# A GPU host has the cores for the per-chunk work; a reasoning model's reader waits on the first
-# token. `benchmarks/bench_local_serving.py --intervals` compares values on one cluster.
+# to this long in the replica (issue #29). Ray's default is 50 ms. Measured on one cluster with
+# 10 and 50 interleaved (benchmarks/RESULTS.md, 2026-12-07 11:53): 10 ms cut the median TTFT at
+# concurrency 1 from 65 ms to 23-25 ms (vLLM's own server: 6.5 ms) and at 4 from 71-78 to 42-45
+# ms, and cost 11-23% of output tokens/s at 1 and about 23% on average at 4 on this 2-core machine,
+# where the per-chunk work shares the engine's cores; 0 (every token its own stream item) cut TTFT
+# to ~19 ms and lost more. A GPU host has the cores for the per-chunk work and a reasoning model's
+# reader waits on the first token: 10. `bench_local_serving.py --intervals` compares values.
 STREAM_BATCHING_MS = 10
 # The engine kwargs llmfleet renders that are vLLM FrontendArgs fields, not EngineArgs ones.
 FRONTEND_KWARGS = ("enable_auto_tool_choice", "tool_call_parser")
