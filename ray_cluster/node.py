@@ -227,7 +227,7 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
 
     Then records the fingerprint of the bytes it deployed (read before the deploy: a rollout may
     rewrite the file meanwhile), so `status --serve-config` reports what answers, not what is on disk.
-    Returns those bytes' file_digest (the watcher's baseline)."""
+    Returns that fingerprint: the watcher's baseline (the same sha256 as its file_digest)."""
     with open(a.serve_config, "rb") as f:
         data = f.read()
     fingerprint = config_fingerprint(data)
@@ -277,7 +277,7 @@ def _apply(a: argparse.Namespace, token: str | None, *, preflight_first: bool) -
         json.dumps({"ready": True, "endpoint": a.endpoint, "sample": sample, "config": fingerprint}),
         flush=True,
     )
-    return hashlib.sha256(data).hexdigest()  # as file_digest reads the file
+    return fingerprint  # sha256 of the bytes, as the watcher's file_digest
 
 
 def _watch_view(a: argparse.Namespace) -> WatchView:

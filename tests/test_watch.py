@@ -210,3 +210,13 @@ def test_a_reapply_deletes_the_app_only_when_a_failed_deployment_serves_nothing(
     assert app_needs_restart({"llm": "DEPLOY_FAILED"}, {})  # the build failed: no deployments
     assert not app_needs_restart({"llm": "RUNNING"}, llm("HEALTHY", 2))
     assert not app_needs_restart({}, {})
+
+
+def test_the_deploys_fingerprint_is_the_watchers_digest_of_the_same_bytes(tmp_path):
+    """cmd_deploy hands its first deploy's config_fingerprint to the watcher as the baseline it
+    compares file_digest against: the two must agree on the same bytes."""
+    from ray_cluster.node import config_fingerprint
+
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_bytes(b"applications: [x]\n")
+    assert config_fingerprint(cfg.read_bytes()) == file_digest(str(cfg))

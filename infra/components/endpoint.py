@@ -43,15 +43,20 @@ class EndpointArgs:
     vpc_id: pulumi.Input[str]
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
-    head_ip: pulumi.Input[str] | None  # the head's fixed address (its interface's); None with every_host
+    # the head's fixed address (its interface's), the one target; None: every host's proxy is a
+    # target (llmfleet:gcsRedis), registered by the hosts' groups (`every_host`)
+    head_ip: pulumi.Input[str] | None
     port: int = 8000
     internal: bool = True
     certificate_arn: str | None = None
     dns_name: str | None = None
     hosted_zone_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    # llmfleet:gcsRedis: an instance target group the hosts' groups register with (see above)
-    every_host: bool = False
+
+    @property
+    def every_host(self) -> bool:
+        """llmfleet:gcsRedis: an instance target group the hosts' groups register with (above)."""
+        return self.head_ip is None
 
 
 # TLS 1.3 and 1.2 only, forward secrecy (AWS's recommended NLB policy).
@@ -112,9 +117,7 @@ class Endpoint(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
-        if not args.every_host:
-            if args.head_ip is None:
-                raise ValueError("EndpointArgs: head_ip is needed unless every_host")
+        if args.head_ip is not None:
             aws.lb.TargetGroupAttachment(
                 f"{name}-head",
                 target_group_arn=self.target_group.arn,

@@ -256,7 +256,6 @@ def _endpoint(cfg: AwsStackConfig, name: str, b: _Base, head_ip: pulumi.Input[st
             dns_name=cfg.endpoint_dns_name,
             hosted_zone_id=cfg.endpoint_hosted_zone_id,
             tags=cfg.common_tags,
-            every_host=head_ip is None,
         ),
     )
 
