@@ -631,6 +631,18 @@ LABELS = {
 }
 
 
+def hop_table(what: str, b: dict):
+    """One breakdown (`breakdown`'s result) as a table: the median ms of each hop."""
+    from rich.table import Table
+
+    t = Table(title=f"{what}: median of {b['matched']}/{b['requests']} sequential requests")
+    t.add_column("hop")
+    t.add_column("ms", justify="right")
+    for k, v in b["median_ms"].items():
+        t.add_row(k, "-" if v is None else f"{v:.1f}")
+    return t
+
+
 def render(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -650,14 +662,7 @@ def render(res: dict) -> None:
             f"{r['ratio']:.2f}x",
         )  # fmt: skip
     c.print(t)
-    b = res["ray_serve_app"]["breakdown"]
-    t = Table(
-        title=f"time to first token per hop, median of {b['matched']}/{b['requests']} sequential requests"
-    )
-    t.add_column("hop")
-    t.add_column("ms", justify="right")
-    for k, v in b["median_ms"].items():
-        t.add_row(k, "-" if v is None else f"{v:.1f}")
+    t = hop_table("time to first token per hop", res["ray_serve_app"]["breakdown"])
     t.add_row("vLLM's own server: TTFT, same client", f"{res['vllm_serve']['sequential_ttft_ms']:.1f}")
     c.print(t)
     variants = res["ray_serve_app"].get("variants") or []
@@ -685,15 +690,7 @@ def render(res: dict) -> None:
                 )  # fmt: skip
         c.print(t)
         for v in variants:
-            bb = v["breakdown"]
-            t = Table(
-                title=f"per hop, {v['label']}: median of {bb['matched']}/{bb['requests']} sequential requests"
-            )
-            t.add_column("hop")
-            t.add_column("ms", justify="right")
-            for k, val in bb["median_ms"].items():
-                t.add_row(k, "-" if val is None else f"{val:.1f}")
-            c.print(t)
+            c.print(hop_table(f"per hop, {v['label']}", v["breakdown"]))
     c.print(f"load average (1 min) before, between, after: {res['load_average_1m']}; {res['seconds']} s")
 
 

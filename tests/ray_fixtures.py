@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 
 import pytest
@@ -141,6 +142,14 @@ def pick_subnet(start: int) -> int:
         if not hosts.subnet_in_use(f"{hosts.DEFAULT_SUBNET_BASE}.{k % 256}.0/24"):
             return k % 256
     raise RuntimeError("no free 10.213.k.0/24 subnet")
+
+
+def local_subnet(name: str, netns: bool) -> int:
+    """A `llmfleet local up --subnet` for a test module's cluster: 30..89 in netns mode (clear
+    of pick_subnet's shared clusters), 3..42 in loopback; seeded by the name and the time, so two
+    runs on this machine at once rarely collide."""
+    seed = zlib.crc32(f"{name}{time.time()}".encode())
+    return 30 + seed % 60 if netns else 3 + seed % 40
 
 
 class _Shared:

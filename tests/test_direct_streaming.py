@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
-import zlib
 
 import httpx
 import openai
@@ -26,6 +24,7 @@ from infra.local.tiny_model import MODEL_ID
 from infra.rayconf import serve_config as sc
 from ray_cluster import serve_app
 from ray_cluster.auth import TokenSourceError
+from tests.ray_fixtures import local_subnet
 from tests.test_local import ROOT, cli, free_port
 
 ONE = [{"model_loading_config": {"model_id": "m", "model_source": "/x"}}]
@@ -240,8 +239,7 @@ def test_health_fails_when_the_gate_is_not_in_front_and_the_constructor_needs_th
 def direct(tmp_path_factory):
     mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
     name = f"ds{os.getpid() % 100000}"
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
+    subnet = local_subnet(name, mode == "netns")
     sd = tmp_path_factory.mktemp("ds-state")
     env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("ds-data"))}
     try:

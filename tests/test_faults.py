@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from infra.local.cluster import keep_ray_logs
 from infra.local.state import LocalState, load_state
 from ray_cluster import serve_rest
 from tests.fault_load import Load, Window
+from tests.ray_fixtures import local_subnet
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray]
 
@@ -69,8 +69,7 @@ def free_port() -> int:
 
 def start(tmp_path_factory, tag: str, *extra: str) -> dict:
     name = f"f{tag}{os.getpid() % 10000}"
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if ROOT else 3 + seed % 40  # clear of the other Ray tests' subnets
+    subnet = local_subnet(name, ROOT)  # clear of the other Ray tests' subnets
     port = free_port()
     sd = tmp_path_factory.mktemp(f"faults-{tag}")
     env = {"LLMFLEET_STATE_DIR": str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp(f"data-{tag}"))}

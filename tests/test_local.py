@@ -18,7 +18,6 @@ import stat
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,7 @@ from infra.local.hosts import Host
 from infra.local.layout import LocalError
 from infra.local.tiny_model import MODEL_ID
 from ray_cluster import node, ray_start, readiness, serve_app
+from tests.ray_fixtures import local_subnet
 
 ROOT = os.geteuid() == 0
 _BIN = Path(sys.executable).parent / "llmfleet"
@@ -394,8 +394,7 @@ def own_cluster(tmp_path_factory, prefix: str, *up_args: str):
     `down` breaks. Subnets 30..89 (netns) as this module's: a seed keeps two runs apart."""
     mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
     name = f"{prefix}{os.getpid() % 100000}"
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
+    subnet = local_subnet(name, mode == "netns")
     sd = tmp_path_factory.mktemp(f"{prefix}-state")
     env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp(f"{prefix}-data"))}
     try:
@@ -419,8 +418,7 @@ def cluster(tmp_path_factory):
     mode = layout.resolve_mode(mode, ROOT)
     name = f"lt{os.getpid() % 100000}"
     # Subnets 30..89 (netns) stay clear of the other Ray tests' 100..249; loopback allows 0..44.
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
+    subnet = local_subnet(name, mode == "netns")
     port = free_port()
     sd = tmp_path_factory.mktemp("local-state")
     env = {

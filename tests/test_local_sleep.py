@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 
 import openai
 import pytest
 
 from infra.local import hosts, layout, state
+from tests.ray_fixtures import local_subnet
 from tests.test_local import ROOT, cli, free_port
 
 pytestmark = pytest.mark.ray
@@ -25,8 +25,7 @@ pytestmark = pytest.mark.ray
 def cluster(tmp_path_factory):
     mode = layout.resolve_mode(os.environ.get("LLMFLEET_LOCAL_TEST_MODE", "auto"), ROOT)
     name = f"ls{os.getpid() % 100000}"
-    seed = zlib.crc32(f"{name}{time.time()}".encode())
-    subnet = 30 + seed % 60 if mode == "netns" else 3 + seed % 40
+    subnet = local_subnet(name, mode == "netns")
     port = free_port()
     sd = tmp_path_factory.mktemp("sleep-state")
     env = {state.STATE_DIR_ENV: str(sd), "LLMFLEET_DATA_DIR": str(tmp_path_factory.mktemp("sleep-data"))}
