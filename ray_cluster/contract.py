@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import cast
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -33,6 +34,15 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The LLM deployment's server class (ray_cluster.serve_app: Ray Serve LLM's LLMServer plus an
 # engine-core liveness round trip), rendered as server_cls.
 LIVE_SERVER_CLS = "ray_cluster.serve_app:LLMServer"
+
+
+def is_direct(args: object) -> bool:
+    """A Serve app's args ask for direct streaming (`direct_streaming: true`: serve_app's gated
+    LLMServer is the ingress). Here, not in serve_app, so the local cluster reads a config's
+    shape without importing the app module."""
+    return isinstance(args, dict) and cast("dict[str, object]", args).get("direct_streaming") is True
+
+
 # How long the replica's health check waits for the engine core to answer one utility call.
 # Below the LLM deployment's health_check_timeout_s: Ray Serve LLM's default is 10 s (its
 # RAY_SERVE_LLM_DEFAULT_HEALTH_CHECK_TIMEOUT_S; the rendered deployment sets no other, and

@@ -50,6 +50,7 @@ from ray_cluster.contract import (
     ENV_NAME_RE,
     GPU_MODEL_PREFIX,
     LIVE_SERVER_CLS,
+    is_direct,
 )
 from ray_cluster.schedule import Schedule, ScheduleError, parse_schedule, retry_after_s
 
@@ -551,11 +552,6 @@ _DIRECT_REFUSED = {
     "ingress_cls_config": "the engine's own app is the ingress (Ray refuses an ingress class with direct streaming)",
     "ingress_deployment_config": "the engine's own app is the ingress; set its options on the LLMConfig's deployment_config",
 }
-
-
-def is_direct(args: Mapping[str, Any] | None) -> bool:
-    """The app args ask for direct streaming (`direct_streaming: true`)."""
-    return (args or {}).get("direct_streaming") is True
 
 
 def parse_direct_args(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -97,9 +97,8 @@ from infra.local.status import healthy
 from infra.local.tiny_model import MODEL_ID, check_model_id
 from infra.rayconf.serve_config import DIRECT_LOSES
 from infra.stack.engine_options import ingress_options
-from ray_cluster.contract import ACTIVITY_PATH_RE
+from ray_cluster.contract import ACTIVITY_PATH_RE, is_direct
 from ray_cluster.node import NodeError, deployed_marker, wait_for_tcp
-from ray_cluster.serve_app import is_direct
 
 # Stage keys in the order `up` goes through them, with what each waits for. A label is shown
 # from the moment the stage starts, so it names the goal ("... to be RUNNING"), never a state
